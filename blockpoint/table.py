@@ -1,0 +1,36 @@
+"""Readable tables for the CLI (and ``--json`` for machines)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any, TextIO
+
+__all__ = ["human_bytes", "print_rows"]
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def print_rows(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], *,
+               as_json: bool = False, out: TextIO | None = None, empty: str = "(none)") -> None:
+    """Print ``rows`` as an aligned table of ``columns``, or as a JSON list."""
+    out = out or sys.stdout
+    if as_json:
+        json.dump([dict(r) for r in rows], out, indent=2, default=str)
+        out.write("\n")
+        return
+    if not rows:
+        out.write(empty + "\n")
+        return
+    cells = [[str(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    out.write("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip() + "\n")
+    for row in cells:
+        out.write("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() + "\n")

@@ -1,0 +1,322 @@
+"""The block store interface.
+
+A :class:`BlockStore` is a set of leases over fixed-size blocks. Backends implement a few
+primitives (the ``_``-prefixed abstract methods); everything else - argument checking, the
+:class:`~blockstore.lease.Lease` handle, readers, stats - is built on them here, once.
+
+Protocol (who calls what, in which order):
+
+1. ``acquire(name, holder, ttl)`` creates the lease (epoch 1) or takes it over (epoch + 1)
+   when it is released, expired, or ``steal=True``. A held, unexpired lease is refused with
+   ``LeaseHeldError``. The new epoch is durable before ``acquire`` returns.
+2. The holder writes blocks (``Lease.write_blocks``) under its epoch. The store checks the
+   epoch, expiry and bounds *atomically with applying the write*, so a takeover that
+   completes before the write is applied makes the write fail with ``StaleLeaseError`` and
+   change nothing; no interleaving lets a stale write land after a takeover's epoch bump.
+3. ``flush()`` makes the holder's writes durable and visible to readers in any process.
+   Before ``flush`` returns, writes may or may not be visible (object stores publish on
+   flush; files publish at once).
+4. ``release()`` ends the hold; blocks stay. ``delete_lease`` removes blocks and record.
+
+What holds after a failure at any step:
+
+* crash during ``acquire``: the lease record is either the old one or the new one (records
+  are replaced atomically); never a torn record.
+* crash during ``write_blocks``: any subset of that call's blocks may be written, each one
+  either old or new or (in the middle of a block on a file store) partly new. Layers above
+  must checksum and commit by a separate, later write - the stage checkpoint format does.
+* crash before ``flush``: written blocks may be lost; nothing else is affected.
+* a refused call (bad index, block too large, stale epoch, expired, closed): nothing changed.
+
+Reads of blocks never written return zeros. Reads need no epoch.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .errors import (
+    BlockIndexError,
+    BlockSizeError,
+    LeaseNotFoundError,
+    StoreClosedError,
+    StoreConfigError,
+)
+from .lease import Buffer, Lease, LeaseInfo, LeaseReader
+
+__all__ = ["BlockStore", "StoreCapabilities", "StoreStats", "default_holder", "new_lease_id"]
+
+MIN_BLOCK_SIZE = 512
+MAX_BLOCK_SIZE = 64 * 1024 * 1024
+DEFAULT_BLOCK_SIZE = 1024 * 1024
+DEFAULT_TTL = 30.0
+
+
+def new_lease_id() -> str:
+    """A fresh 128-bit lease id (32 hex characters)."""
+    return uuid.uuid4().hex
+
+
+def default_holder() -> str:
+    """``host:pid:random`` - unique per call, so two handles never share a holder by accident."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(frozen=True, slots=True)
+class StoreCapabilities:
+    """What a backend guarantees, declared rather than discovered.
+
+    Attributes:
+        cross_process: leases and fencing hold across processes (and nodes sharing it).
+        durable: ``flush`` survives a machine crash.
+        conditional_write: lease records are updated by compare-and-swap on the backend
+            (object stores), rather than under a lock.
+    """
+
+    cross_process: bool
+    durable: bool
+    conditional_write: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    """Totals over a store. ``bytes_allocated`` counts whole blocks of every lease."""
+
+    url: str
+    block_size: int
+    leases: int
+    held: int
+    blocks: int
+    bytes_allocated: int
+
+
+def check_block_size(block_size: int) -> int:
+    if not isinstance(block_size, int) or not (MIN_BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE):
+        raise StoreConfigError(
+            f"block size must be an int in [{MIN_BLOCK_SIZE}, {MAX_BLOCK_SIZE}], got {block_size!r}")
+    return block_size
+
+
+class BlockStore(ABC):
+    """A set of leases over fixed-size blocks. See the module docstring for the protocol.
+
+    Stores are context managers; ``close()`` twice is harmless; any use after close raises
+    :class:`StoreClosedError`. Handles of a closed store fail the same way.
+    """
+
+    capabilities: StoreCapabilities
+
+    def __init__(self, block_size: int) -> None:
+        self.block_size = check_block_size(block_size)
+        self._closed = False
+
+    # -- primitives (backends implement these) -------------------------------------------
+    @abstractmethod
+    def _acquire(self, name: str, holder: str, ttl: float, num_blocks: int,
+                 steal: bool) -> LeaseInfo:
+        """Create or take over ``name``; return the new record (epoch bumped on takeover)."""
+
+    @abstractmethod
+    def _renew(self, lease_id: str, holder: str, epoch: int, ttl: float) -> LeaseInfo:
+        """Extend the hold of ``epoch``; raise ``StaleLeaseError`` if it is not current."""
+
+    @abstractmethod
+    def _release(self, lease_id: str, holder: str, epoch: int) -> None:
+        """End the hold of ``epoch``; raise ``StaleLeaseError`` if it is not current."""
+
+    @abstractmethod
+    def _resize(self, lease_id: str, epoch: int, num_blocks: int) -> LeaseInfo:
+        """Set the lease's length under ``epoch``."""
+
+    @abstractmethod
+    def _write(self, lease_id: str, epoch: int, indices: Sequence[int],
+               datas: Sequence[memoryview]) -> None:
+        """Write ``datas[i]`` (already size-checked) to ``indices[i]`` if ``epoch`` is current,
+        unexpired and every index is within the lease - checked atomically with the write."""
+
+    @abstractmethod
+    def _read(self, lease_id: str, indices: Sequence[int], buffers: Sequence[memoryview]) -> None:
+        """Fill ``buffers[i]`` from the start of block ``indices[i]`` (zeros if never written);
+        raise ``BlockIndexError`` for an index beyond the lease."""
+
+    @abstractmethod
+    def _flush(self, lease_id: str, epoch: int) -> None:
+        """Make writes under ``epoch`` durable and visible."""
+
+    @abstractmethod
+    def _info(self, lease_id: str) -> LeaseInfo:
+        """The record of ``lease_id``; ``LeaseNotFoundError`` if absent."""
+
+    @abstractmethod
+    def _list(self) -> list[LeaseInfo]:
+        """Every lease record."""
+
+    @abstractmethod
+    def _delete(self, lease_id: str, holder: str | None, epoch: int | None) -> None:
+        """Remove the lease and its blocks; refused while another holder holds it."""
+
+    @abstractmethod
+    def _close(self) -> None:
+        """Release backend resources (files, connections)."""
+
+    @property
+    @abstractmethod
+    def url(self) -> str:
+        """A string that ``blockstore.open_store`` turns back into this store."""
+
+    # -- public API ----------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreClosedError(f"store {self.url} is closed")
+
+    def acquire(self, name: str, *, holder: str | None = None, ttl: float = DEFAULT_TTL,
+                num_blocks: int = 0, steal: bool = False, keepalive: bool = False) -> Lease:
+        """Hold lease ``name`` (created with ``num_blocks`` blocks if new).
+
+        Every successful acquisition gets a new epoch, so every earlier handle on the lease
+        is fenced. Raises ``LeaseHeldError`` if another holder holds it unexpired and
+        ``steal`` is false.
+        """
+        self._check_open()
+        if not isinstance(name, str) or not name or "\x00" in name:
+            raise ValueError(f"lease name must be a non-empty string, got {name!r}")
+        if ttl <= 0:
+            raise ValueError(f"ttl must be positive, got {ttl!r}")
+        if num_blocks < 0:
+            raise BlockIndexError(f"cannot create lease {name!r} with {num_blocks} blocks",
+                                  index=num_blocks)
+        info = self._acquire(name, holder or default_holder(), float(ttl), int(num_blocks), steal)
+        return Lease(self, info, float(ttl), keepalive)
+
+    def find(self, name: str) -> LeaseInfo | None:
+        """The record of the lease named ``name``, or ``None``."""
+        self._check_open()
+        for info in self._list():
+            if info.name == name:
+                return info
+        return None
+
+    def lease_info(self, name_or_id: str) -> LeaseInfo:
+        """The record of a lease given its id or name; ``LeaseNotFoundError`` if none."""
+        self._check_open()
+        if len(name_or_id) == 32:
+            try:
+                return self._info(name_or_id)
+            except LeaseNotFoundError:
+                pass
+        info = self.find(name_or_id)
+        if info is None:
+            raise LeaseNotFoundError(f"no lease {name_or_id!r} in {self.url}", name=name_or_id)
+        return info
+
+    def open_reader(self, name_or_id: str) -> LeaseReader:
+        """Read access to a lease without holding it."""
+        info = self.lease_info(name_or_id)
+        return LeaseReader(self, info.lease_id, info.name)
+
+    def list_leases(self) -> list[LeaseInfo]:
+        """Every lease, sorted by name."""
+        self._check_open()
+        return sorted(self._list(), key=lambda i: i.name)
+
+    def delete_lease(self, name_or_id: str, *, lease: Lease | None = None) -> None:
+        """Remove a lease and its blocks.
+
+        Allowed when the lease is released or expired, or when ``lease`` is the current
+        holder's handle; otherwise ``LeaseHeldError``.
+        """
+        info = self.lease_info(name_or_id)
+        if lease is not None:
+            self._delete(info.lease_id, lease.holder, lease.epoch)
+            lease._released = True
+            lease._stop.set()
+        else:
+            self._delete(info.lease_id, None, None)
+
+    def stats(self) -> StoreStats:
+        infos = self.list_leases()
+        blocks = sum(i.num_blocks for i in infos)
+        return StoreStats(url=self.url, block_size=self.block_size, leases=len(infos),
+                          held=sum(1 for i in infos if i.is_held()), blocks=blocks,
+                          bytes_allocated=blocks * self.block_size)
+
+    def close(self) -> None:
+        """Close the store; closing twice is harmless."""
+        if not self._closed:
+            self._closed = True
+            self._close()
+
+    def __enter__(self) -> BlockStore:
+        self._check_open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r}, block_size={self.block_size})"
+
+    # -- checked paths used by the handles -----------------------------------------------
+    def _check_index(self, lease_id: str, index: object) -> int:
+        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+            raise BlockIndexError(f"block index must be a non-negative int, got {index!r}",
+                                  lease_id=lease_id, index=index if isinstance(index, int) else None)
+        return index
+
+    def _checked_write(self, lease_id: str, epoch: int,
+                       pairs: Sequence[tuple[int, Buffer]]) -> None:
+        self._check_open()
+        indices: list[int] = []
+        datas: list[memoryview] = []
+        for index, data in pairs:
+            indices.append(self._check_index(lease_id, index))
+            mv = memoryview(data)
+            if not mv.c_contiguous:
+                raise BlockSizeError(f"block {index} data is not contiguous", lease_id=lease_id,
+                                     index=index)
+            mv = mv.cast("B") if mv.format != "B" or mv.ndim != 1 else mv
+            if mv.nbytes > self.block_size:
+                raise BlockSizeError(
+                    f"block {index} of lease {lease_id}: {mv.nbytes} bytes exceed the block "
+                    f"size {self.block_size}", lease_id=lease_id, index=index)
+            datas.append(mv)
+        if len(set(indices)) != len(indices):
+            raise BlockIndexError(f"block indices repeat in one write to lease {lease_id}",
+                                  lease_id=lease_id)
+        if indices:
+            self._write(lease_id, epoch, indices, datas)
+
+    def _checked_read(self, lease_id: str, indices: Sequence[int],
+                      buffers: Sequence[memoryview]) -> None:
+        self._check_open()
+        if len(indices) != len(buffers):
+            raise ValueError("read_blocks_into needs one buffer per index")
+        idx = [self._check_index(lease_id, i) for i in indices]
+        bufs: list[memoryview] = []
+        for i, b in zip(idx, buffers):
+            mv = memoryview(b)
+            if mv.readonly:
+                raise ValueError(f"buffer for block {i} is read-only")
+            mv = mv.cast("B") if mv.format != "B" or mv.ndim != 1 else mv
+            if mv.nbytes > self.block_size:
+                raise BlockSizeError(f"buffer for block {i} is larger than a block",
+                                     lease_id=lease_id, index=i)
+            bufs.append(mv)
+        if idx:
+            self._read(lease_id, idx, bufs)
+
+
+def bounds_error(lease_id: str, name: str, index: int, num_blocks: int) -> BlockIndexError:
+    """The error for an index at or beyond ``num_blocks`` (shared by the backends)."""
+    return BlockIndexError(
+        f"block {index} is beyond lease {name!r} ({lease_id}) of {num_blocks} blocks",
+        lease_id=lease_id, index=index)

@@ -1,0 +1,149 @@
+"""Errors of the block store.
+
+One root, :class:`BlockStoreError`; every subclass names one cause and also inherits the
+builtin that fits, so callers may catch either::
+
+    BlockStoreError
+    ├── StoreClosedError          (RuntimeError)      store used after close()
+    ├── StorePathError            (NotADirectoryError) path is not a store directory
+    ├── StoreCorruptError         (ValueError)        store metadata or a lease record unreadable
+    ├── StoreConfigError          (ValueError)        e.g. block size differs from the store's
+    ├── StorageIOError            (OSError)           the backend's I/O failed
+    ├── LeaseError
+    │   ├── LeaseNotFoundError    (KeyError)          no lease with that name or id
+    │   ├── LeaseHeldError                            held by another holder, not expired
+    │   ├── LeaseExpiredError                         the holder's TTL ran out (renew first)
+    │   ├── LeaseReleasedError                        handle used after release()
+    │   └── StaleLeaseError                           epoch is not the current one (fenced)
+    └── BlockError
+        ├── BlockIndexError       (IndexError)        negative or beyond the lease
+        └── BlockSizeError        (ValueError)        data larger than one block
+
+Backend exceptions (``OSError``, botocore) are translated where they are raised, with
+``raise ... from exc``, so the cause stays attached.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BlockError",
+    "BlockIndexError",
+    "BlockSizeError",
+    "BlockStoreError",
+    "LeaseError",
+    "LeaseExpiredError",
+    "LeaseHeldError",
+    "LeaseNotFoundError",
+    "LeaseReleasedError",
+    "StaleLeaseError",
+    "StorageIOError",
+    "StoreClosedError",
+    "StoreConfigError",
+    "StoreCorruptError",
+    "StorePathError",
+]
+
+
+class BlockStoreError(Exception):
+    """Root of every error raised by :mod:`blockstore`."""
+
+    def __str__(self) -> str:  # KeyError would otherwise repr() its message
+        return str(self.args[0]) if self.args else self.__class__.__name__
+
+
+class StoreClosedError(BlockStoreError, RuntimeError):
+    """The store (or a handle on it) was used after ``close()``."""
+
+
+class StorePathError(BlockStoreError, NotADirectoryError):
+    """The path given for a file store is not a store directory."""
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class StoreCorruptError(BlockStoreError, ValueError):
+    """Store metadata or a lease record cannot be read or parsed."""
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class StoreConfigError(BlockStoreError, ValueError):
+    """The store's configuration conflicts with what was asked (e.g. block size)."""
+
+
+class StorageIOError(BlockStoreError, OSError):
+    """The backend's I/O failed; the original exception is the ``__cause__``."""
+
+
+class LeaseError(BlockStoreError):
+    """A lease operation was refused."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        lease_id: str | None = None,
+        name: str | None = None,
+        epoch: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.lease_id = lease_id
+        self.name = name
+        self.epoch = epoch
+
+
+class LeaseNotFoundError(LeaseError, KeyError):
+    """No lease has that name or id."""
+
+
+class LeaseHeldError(LeaseError):
+    """The lease is held by another holder and has not expired."""
+
+    def __init__(self, message: str, *, holder: str | None = None,
+                 expires_at: float | None = None, **kw: object) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.holder = holder
+        self.expires_at = expires_at
+
+
+class LeaseExpiredError(LeaseError):
+    """The holder's TTL ran out; it must renew before writing again."""
+
+
+class LeaseReleasedError(LeaseError):
+    """The handle was used after ``release()``."""
+
+
+class StaleLeaseError(LeaseError):
+    """The write carried an epoch that is no longer current: another holder took over.
+
+    Attributes:
+        epoch: the epoch the caller presented.
+        current_epoch: the store's current epoch for the lease.
+    """
+
+    def __init__(self, message: str, *, current_epoch: int | None = None, **kw: object) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.current_epoch = current_epoch
+
+
+class BlockError(BlockStoreError):
+    """A block operation had bad arguments."""
+
+    def __init__(self, message: str, *, lease_id: str | None = None,
+                 index: int | None = None) -> None:
+        super().__init__(message)
+        self.lease_id = lease_id
+        self.index = index
+
+
+class BlockIndexError(BlockError, IndexError):
+    """A block index is negative or beyond the end of the lease."""
+
+
+class BlockSizeError(BlockError, ValueError):
+    """Data given for one block is larger than the store's block size."""

@@ -1,0 +1,106 @@
+"""Fault injection around a real store, for crash-safety tests.
+
+:class:`FaultyStore` forwards every primitive to a real backend and, when armed, "crashes"
+at a chosen block write: after ``k`` blocks have been written it writes nothing more, or
+writes only the first part of the next block (a torn block), then raises :class:`InjectedCrash`.
+Everything written before the crash stays in the real store, exactly as after a process
+killed at that point; tests then reopen the real store and check what a reader sees.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .base import BlockStore
+from .errors import BlockStoreError
+from .lease import LeaseInfo
+
+__all__ = ["FaultyStore", "InjectedCrash"]
+
+
+class InjectedCrash(BlockStoreError):
+    """Raised where a test asked the store to "crash"."""
+
+
+class FaultyStore(BlockStore):
+    """Wraps ``inner``; ``crash_after(k, torn=...)`` arms a crash at the (k+1)-th block write.
+
+    Attributes:
+        block_writes: blocks written through this wrapper so far.
+        flushes: flushes forwarded so far.
+    """
+
+    def __init__(self, inner: BlockStore) -> None:
+        super().__init__(inner.block_size)
+        self.inner = inner
+        self.capabilities = inner.capabilities
+        self.block_writes = 0
+        self.flushes = 0
+        self._crash_at: int | None = None
+        self._torn = False
+        self._crash_on_flush: int | None = None
+
+    def crash_after(self, k: int | None, *, torn: bool = False) -> None:
+        """Crash when a write would exceed ``k`` blocks in total (``None`` disarms).
+
+        With ``torn``, the block at which the crash happens is half written first.
+        """
+        self._crash_at = k
+        self._torn = torn
+
+    def crash_on_flush(self, n: int | None) -> None:
+        """Crash instead of performing the (n+1)-th flush (``None`` disarms)."""
+        self._crash_on_flush = n
+
+    @property
+    def url(self) -> str:
+        return self.inner.url
+
+    def _acquire(self, name: str, holder: str, ttl: float, num_blocks: int,
+                 steal: bool) -> LeaseInfo:
+        return self.inner._acquire(name, holder, ttl, num_blocks, steal)
+
+    def _renew(self, lease_id: str, holder: str, epoch: int, ttl: float) -> LeaseInfo:
+        return self.inner._renew(lease_id, holder, epoch, ttl)
+
+    def _release(self, lease_id: str, holder: str, epoch: int) -> None:
+        self.inner._release(lease_id, holder, epoch)
+
+    def _resize(self, lease_id: str, epoch: int, num_blocks: int) -> LeaseInfo:
+        return self.inner._resize(lease_id, epoch, num_blocks)
+
+    def _write(self, lease_id: str, epoch: int, indices: Sequence[int],
+               datas: Sequence[memoryview]) -> None:
+        for i, d in zip(indices, datas):
+            if self._crash_at is not None and self.block_writes >= self._crash_at:
+                if self._torn and len(d) > 1:
+                    old = bytearray(self.block_size)
+                    self.inner._read(lease_id, [i], [memoryview(old)])
+                    half = len(d) // 2
+                    old[:half] = d[:half]
+                    self.inner._write(lease_id, epoch, [i], [memoryview(old)])
+                raise InjectedCrash(f"injected crash at block write {self.block_writes} "
+                                    f"(block {i}{', torn' if self._torn else ''})")
+            self.inner._write(lease_id, epoch, [i], [d])
+            self.block_writes += 1
+
+    def _read(self, lease_id: str, indices: Sequence[int], buffers: Sequence[memoryview]) -> None:
+        self.inner._read(lease_id, indices, buffers)
+
+    def _flush(self, lease_id: str, epoch: int) -> None:
+        if self._crash_on_flush is not None and self.flushes >= self._crash_on_flush:
+            raise InjectedCrash(f"injected crash at flush {self.flushes}")
+        self.flushes += 1
+        self.inner._flush(lease_id, epoch)
+
+    def _info(self, lease_id: str) -> LeaseInfo:
+        return self.inner._info(lease_id)
+
+    def _list(self) -> list[LeaseInfo]:
+        return self.inner._list()
+
+    def _delete(self, lease_id: str, holder: str | None, epoch: int | None) -> None:
+        self.inner._delete(lease_id, holder, epoch)
+
+    def _close(self) -> None:
+        self.inner.close()

@@ -1,0 +1,381 @@
+"""File backend: a store in a directory, the embedded default.
+
+Layout (``docs/FORMAT.md`` has the details)::
+
+    <root>/blockpoint-store.json     {"format": "blockpoint-store", "version": 1, "block_size": N}
+    <root>/store.lock                flock: exclusive while a lease is created or acquired
+    <root>/leases/<id>.json          the lease record, replaced atomically
+    <root>/leases/<id>.lock          flock: shared by writers, exclusive by record changes
+    <root>/leases/<id>.dat           the blocks: block i at byte offset i * block_size
+
+Why this shape: fencing must hold across processes (and nodes on a shared filesystem with
+working ``flock``, e.g. NFSv4), so the check of the epoch and the ``pwrite`` happen under a
+shared ``flock`` on the lease's lock file, and every change of the record (takeover, renew,
+release, resize) happens under the exclusive lock. A takeover therefore waits for writes
+already checked, and every write checked after it sees the new epoch. Records are written to
+a temporary file, fsynced, renamed over the old one and the directory fsynced: a crash leaves
+the old record or the new one. The lock files are never replaced (a lock on a replaced inode
+would protect nothing).
+
+Durability: ``flush`` fsyncs the data file. Record changes are durable when they return.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import fcntl
+import json
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+
+from .base import DEFAULT_BLOCK_SIZE, BlockStore, StoreCapabilities, bounds_error, new_lease_id
+from .errors import (
+    LeaseHeldError,
+    LeaseNotFoundError,
+    StorageIOError,
+    StoreConfigError,
+    StoreCorruptError,
+    StorePathError,
+)
+from .fencing import check_current, next_acquire, released, renewed
+from .lease import LeaseInfo
+
+__all__ = ["FileStore"]
+
+META_NAME = "blockpoint-store.json"
+FORMAT_NAME = "blockpoint-store"
+FORMAT_VERSION = 1
+_IOV_MAX = 512
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write_json(path: Path, obj: object) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    data = json.dumps(obj, sort_keys=True).encode()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+class FileStore(BlockStore):
+    """A store in a directory on a local or shared filesystem.
+
+    Args:
+        root: the store directory. Created (with parents) if missing or empty and ``create``.
+        block_size: bytes per block for a new store; for an existing one it must match or be
+            ``None``.
+        create: create the store if the directory is missing or empty.
+    """
+
+    capabilities = StoreCapabilities(cross_process=True, durable=True, conditional_write=False)
+
+    def __init__(self, root: str | os.PathLike[str], block_size: int | None = None,
+                 *, create: bool = True) -> None:
+        self.root = Path(root).absolute()
+        bs = self._open_root(block_size, create)
+        super().__init__(bs)
+        self._leases_dir = self.root / "leases"
+        self._fds: dict[str, int] = {}
+        self._fds_lock = threading.Lock()
+
+    # -- opening ---------------------------------------------------------------------------
+    def _open_root(self, block_size: int | None, create: bool) -> int:
+        root = self.root
+        if root.exists() and not root.is_dir():
+            raise StorePathError(f"{root} is not a directory", path=str(root))
+        meta = root / META_NAME
+        if meta.exists():
+            try:
+                doc = json.loads(meta.read_bytes())
+                if doc.get("format") != FORMAT_NAME:
+                    raise ValueError(f"format is {doc.get('format')!r}")
+                if int(doc["version"]) > FORMAT_VERSION:
+                    raise StoreCorruptError(
+                        f"store {root} has version {doc['version']}, newer than this "
+                        f"blockpoint supports ({FORMAT_VERSION})", path=str(meta))
+                bs = int(doc["block_size"])
+            except StoreCorruptError:
+                raise
+            except (ValueError, KeyError, TypeError, OSError) as exc:
+                raise StoreCorruptError(f"store metadata {meta} is unreadable: {exc}",
+                                        path=str(meta)) from exc
+            if block_size is not None and block_size != bs:
+                raise StoreConfigError(f"store {root} has block size {bs}, not {block_size}")
+            return bs
+        if root.exists() and any(root.iterdir()):
+            raise StorePathError(f"{root} is not a blockpoint store (no {META_NAME}) and is not "
+                                 "empty; refusing to write into it", path=str(root))
+        if not create:
+            raise StorePathError(f"{root} is not a blockpoint store", path=str(root))
+        from .base import check_block_size
+        bs = check_block_size(DEFAULT_BLOCK_SIZE if block_size is None else block_size)
+        try:
+            (root / "leases").mkdir(parents=True, exist_ok=True)
+            (root / "store.lock").touch()
+            _atomic_write_json(meta, {"format": FORMAT_NAME, "version": FORMAT_VERSION,
+                                      "block_size": bs})
+        except OSError as exc:
+            raise StorageIOError(f"cannot create store at {root}: {exc}") from exc
+        return bs
+
+    @property
+    def url(self) -> str:
+        return f"file://{self.root}"
+
+    # -- paths, locks, records -------------------------------------------------------------
+    def _path(self, lease_id: str, ext: str) -> Path:
+        return self._leases_dir / f"{lease_id}.{ext}"
+
+    @contextmanager
+    def _flock(self, path: Path, mode: int) -> Iterator[None]:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StorageIOError(f"cannot open lock {path}: {exc}") from exc
+        try:
+            fcntl.flock(fd, mode)
+            yield
+        finally:
+            os.close(fd)  # closing drops the flock
+
+    def _lease_lock(self, lease_id: str, exclusive: bool) -> AbstractContextManager[None]:
+        lock = self._path(lease_id, "lock")
+        if not self._path(lease_id, "json").exists():
+            raise LeaseNotFoundError(f"no lease {lease_id} in {self.url}", lease_id=lease_id)
+        return self._flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+
+    def _read_record(self, lease_id: str) -> LeaseInfo:
+        path = self._path(lease_id, "json")
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            raise LeaseNotFoundError(f"no lease {lease_id} in {self.url}",
+                                     lease_id=lease_id) from None
+        except OSError as exc:
+            raise StorageIOError(f"cannot read lease record {path}: {exc}") from exc
+        try:
+            return LeaseInfo.from_dict(json.loads(raw))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StoreCorruptError(f"lease record {path} is unreadable: {exc}",
+                                    path=str(path)) from exc
+
+    def _write_record(self, info: LeaseInfo) -> None:
+        try:
+            _atomic_write_json(self._path(info.lease_id, "json"), info.to_dict())
+        except OSError as exc:
+            raise StorageIOError(f"cannot write lease record of {info.name!r}: {exc}") from exc
+
+    def _data_fd(self, lease_id: str) -> int:
+        fd = self._fds.get(lease_id)
+        if fd is not None:
+            return fd
+        with self._fds_lock:
+            fd = self._fds.get(lease_id)
+            if fd is None:
+                try:
+                    fd = os.open(self._path(lease_id, "dat"), os.O_RDWR | os.O_CREAT, 0o644)
+                except OSError as exc:
+                    raise StorageIOError(f"cannot open blocks of lease {lease_id}: {exc}") from exc
+                self._fds[lease_id] = fd
+            return fd
+
+    # -- primitives ------------------------------------------------------------------------
+    def _acquire(self, name: str, holder: str, ttl: float, num_blocks: int,
+                 steal: bool) -> LeaseInfo:
+        with self._flock(self.root / "store.lock", fcntl.LOCK_EX):
+            existing = next((i for i in self._list() if i.name == name), None)
+            if existing is None:
+                info = next_acquire(None, lease_id=new_lease_id(), name=name, holder=holder,
+                                    ttl=ttl, num_blocks=num_blocks, steal=steal,
+                                    block_size=self.block_size)
+                try:
+                    self._path(info.lease_id, "lock").touch()
+                    with open(self._path(info.lease_id, "dat"), "wb") as f:
+                        f.truncate(num_blocks * self.block_size)
+                        os.fsync(f.fileno())
+                except OSError as exc:
+                    raise StorageIOError(f"cannot create lease {name!r}: {exc}") from exc
+                self._write_record(info)  # the record last: it is what makes the lease exist
+                return info
+            with self._lease_lock(existing.lease_id, exclusive=True):
+                current = self._read_record(existing.lease_id)
+                info = next_acquire(current, lease_id=current.lease_id, name=name, holder=holder,
+                                    ttl=ttl, num_blocks=num_blocks, steal=steal,
+                                    block_size=self.block_size)
+                self._write_record(info)
+                return info
+
+    def _renew(self, lease_id: str, holder: str, epoch: int, ttl: float) -> LeaseInfo:
+        with self._lease_lock(lease_id, exclusive=True):
+            info = renewed(self._read_record(lease_id), epoch, ttl)
+            self._write_record(info)
+            return info
+
+    def _release(self, lease_id: str, holder: str, epoch: int) -> None:
+        with self._lease_lock(lease_id, exclusive=True):
+            self._write_record(released(self._read_record(lease_id), epoch))
+
+    def _resize(self, lease_id: str, epoch: int, num_blocks: int) -> LeaseInfo:
+        with self._lease_lock(lease_id, exclusive=True):
+            info = self._read_record(lease_id)
+            check_current(info, epoch)
+            fd = self._data_fd(lease_id)
+            try:
+                os.ftruncate(fd, num_blocks * self.block_size)
+                os.fsync(fd)
+            except OSError as exc:
+                raise StorageIOError(f"cannot resize lease {info.name!r}: {exc}") from exc
+            info = dataclasses.replace(info, num_blocks=num_blocks)
+            self._write_record(info)
+            return info
+
+    def _write(self, lease_id: str, epoch: int, indices: Sequence[int],
+               datas: Sequence[memoryview]) -> None:
+        bs = self.block_size
+        with self._lease_lock(lease_id, exclusive=False):
+            info = self._read_record(lease_id)
+            check_current(info, epoch)
+            for i in indices:
+                if i >= info.num_blocks:
+                    raise bounds_error(lease_id, info.name, i, info.num_blocks)
+            fd = self._data_fd(lease_id)
+            try:
+                for start, bufs in _runs(indices, datas, bs):
+                    _pwritev_all(fd, bufs, start * bs)
+            except OSError as exc:
+                raise StorageIOError(f"write to lease {info.name!r} failed: {exc}") from exc
+
+    def _read(self, lease_id: str, indices: Sequence[int], buffers: Sequence[memoryview]) -> None:
+        info = self._read_record(lease_id)
+        for i in indices:
+            if i >= info.num_blocks:
+                raise bounds_error(lease_id, info.name, i, info.num_blocks)
+        fd = self._data_fd(lease_id)
+        bs = self.block_size
+        try:
+            for i, buf in zip(indices, buffers):
+                n = os.preadv(fd, [buf], i * bs)
+                while 0 < n < len(buf):
+                    got = os.preadv(fd, [buf[n:]], i * bs + n)
+                    if got == 0:
+                        break
+                    n += got
+                if n < len(buf):  # beyond the end of the file: never written
+                    buf[n:] = bytes(len(buf) - n)
+        except OSError as exc:
+            raise StorageIOError(f"read from lease {info.name!r} failed: {exc}") from exc
+
+    def _flush(self, lease_id: str, epoch: int) -> None:
+        with self._lease_lock(lease_id, exclusive=False):
+            check_current(self._read_record(lease_id), epoch, allow_expired=True)
+            try:
+                os.fsync(self._data_fd(lease_id))
+            except OSError as exc:
+                raise StorageIOError(f"fsync of lease {lease_id} failed: {exc}") from exc
+
+    def _info(self, lease_id: str) -> LeaseInfo:
+        if len(lease_id) != 32 or not all(c in "0123456789abcdef" for c in lease_id):
+            raise LeaseNotFoundError(f"no lease {lease_id!r} in {self.url}", lease_id=lease_id)
+        return self._read_record(lease_id)
+
+    def _list(self) -> list[LeaseInfo]:
+        try:
+            names = sorted(p.name for p in self._leases_dir.iterdir() if p.suffix == ".json"
+                           and not p.name.startswith("."))
+        except OSError as exc:
+            raise StorageIOError(f"cannot list leases in {self._leases_dir}: {exc}") from exc
+        out = []
+        for n in names:
+            try:
+                out.append(self._read_record(n[:-5]))
+            except LeaseNotFoundError:
+                continue  # deleted while listing
+        return out
+
+    def _delete(self, lease_id: str, holder: str | None, epoch: int | None) -> None:
+        with self._flock(self.root / "store.lock", fcntl.LOCK_EX), \
+                self._lease_lock(lease_id, exclusive=True):
+            info = self._read_record(lease_id)
+            if epoch is not None:
+                check_current(info, epoch, allow_expired=True)
+            elif info.is_held():
+                raise LeaseHeldError(f"lease {info.name!r} is held by {info.holder!r}",
+                                     holder=info.holder, expires_at=info.expires_at,
+                                     lease_id=lease_id, name=info.name, epoch=info.epoch)
+            # The record goes first: without it the lease does not exist.
+            self._path(lease_id, "json").unlink()
+            _fsync_dir(self._leases_dir)
+            with self._fds_lock:
+                fd = self._fds.pop(lease_id, None)
+            if fd is not None:
+                os.close(fd)
+            for ext in ("dat", "lock"):
+                try:
+                    self._path(lease_id, ext).unlink()
+                except FileNotFoundError:
+                    pass
+
+    def _close(self) -> None:
+        with self._fds_lock:
+            fds, self._fds = list(self._fds.values()), {}
+        for fd in fds:
+            try:
+                os.close(fd)
+            except OSError as exc:  # pragma: no cover
+                if exc.errno != errno.EBADF:
+                    raise
+
+
+def _runs(indices: Sequence[int], datas: Sequence[memoryview],
+          bs: int) -> Iterator[tuple[int, list[memoryview]]]:
+    """Group writes into runs of consecutive blocks, padding short blocks with zeros."""
+    order = sorted(range(len(indices)), key=indices.__getitem__)
+    zeros = memoryview(bytes(bs))
+    start = -1
+    prev = -2
+    bufs: list[memoryview] = []
+    for k in order:
+        i = indices[k]
+        if i != prev + 1 or len(bufs) >= _IOV_MAX:
+            if bufs:
+                yield start, bufs
+            start, bufs = i, []
+        d = datas[k]
+        bufs.append(d)
+        if len(d) < bs:
+            bufs.append(zeros[: bs - len(d)])
+        prev = i
+    if bufs:
+        yield start, bufs
+
+
+def _pwritev_all(fd: int, bufs: list[memoryview], offset: int) -> None:
+    """pwritev until every byte is written (the kernel may write less than asked)."""
+    bufs = [b for b in bufs if len(b)]
+    k = 0
+    while k < len(bufs):
+        n = os.pwritev(fd, bufs[k:k + _IOV_MAX], offset)
+        if n <= 0:
+            raise OSError(errno.EIO, "pwritev wrote nothing")
+        offset += n
+        while k < len(bufs) and n >= len(bufs[k]):
+            n -= len(bufs[k])
+            k += 1
+        if n:
+            bufs[k] = bufs[k][n:]

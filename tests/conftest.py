@@ -1,0 +1,77 @@
+"""Shared fixtures: real Ray (local and a several-node Cluster) and real store directories.
+
+Ray is expensive here (``ray.init`` ~3 s, a 3-node Cluster ~7-14 s), so each is shared per
+test module. Ray writes its session files under ``RAY_TMPDIR``, pointed at a short private
+directory so tests never touch the user's ``/tmp/ray`` (socket paths must stay short).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+
+import pytest
+
+_RAY_TMP = tempfile.mkdtemp(prefix="bpray", dir="/tmp")
+os.environ.setdefault("RAY_TMPDIR", _RAY_TMP)
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+FAST_HEALTH = {
+    "health_check_period_ms": 500,
+    "health_check_failure_threshold": 3,
+    "health_check_timeout_ms": 500,
+}
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(_RAY_TMP, ignore_errors=True)
+
+
+@pytest.fixture
+def store_dir(tmp_path) -> str:
+    """A fresh, not-yet-created file store directory."""
+    return str(tmp_path / "store")
+
+
+@pytest.fixture(scope="module")
+def ray_local() -> Iterator[None]:
+    """A local single-node Ray for the module (4 logical CPUs so actors can co-exist)."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
+             object_store_memory=200 * 1024 * 1024)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[object]:
+    """A 3-node ``ray.cluster_utils.Cluster`` (head + 2 workers) with fast failure detection.
+
+    The head has 1 CPU, each worker 2; a dead node is noticed in ~1.5-2.5 s. Tests that remove
+    nodes may add replacements with ``cluster.add_node(...)``.
+    """
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "object_store_memory": 100 * 1024 * 1024,
+        "_system_config": FAST_HEALTH})
+    for _ in range(2):
+        cluster.add_node(num_cpus=2, object_store_memory=100 * 1024 * 1024)
+    ray.init(address=cluster.address, log_to_driver=False)
+    cluster.wait_for_nodes()
+    try:
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
