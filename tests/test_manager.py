@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 
 import scheduler
 from scheduler import (
@@ -675,3 +676,116 @@ def test_property_victims_safe_ordered_and_sufficient(
             assert cand.stage_id in plan.wait_for
         else:
             assert cand.stage_id not in plan.victims and cand.stage_id not in plan.wait_for
+
+
+# ----------------------------------------------------------------- state machine
+
+
+class ManagerMachine(RuleBasedStateMachine):
+    """Random operation sequences against a dict model of the registry.
+
+    Checks the manager's internal indexes (idle/marked partition, per-node index) through
+    its public answers, and the selection guarantees after every step.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clock = FakeClock(0.0)
+        self.manager = PreemptionManager(clock=self.clock, max_decisions=5)
+        self.model: dict[str, dict[str, object]] = {}
+
+    ids = Bundle("ids")
+
+    @rule(target=ids, sid=st.sampled_from([f"s{i}" for i in range(8)]),
+          node=st.sampled_from(["n0", "n1"]), prio=st.integers(0, 2))
+    def register(self, sid: str, node: str, prio: int) -> str:
+        if sid in self.model:
+            with pytest.raises(StageExistsError):
+                self.manager.register(sid, node_id=node, priority=prio, lease_id=sid)
+        else:
+            self.manager.register(sid, node_id=node, priority=prio, lease_id=sid,
+                                  resources={"CPU": 1})
+            self.model[sid] = {"node": node, "prio": prio, "records": 0, "marks": set(),
+                               "gen": -1}
+        return sid
+
+    @rule(sid=ids)
+    def unregister(self, sid: str) -> None:
+        if sid in self.model:
+            self.manager.unregister(sid)
+            del self.model[sid]
+        else:
+            with pytest.raises(UnknownStageError):
+                self.manager.unregister(sid)
+
+    @rule(sid=ids, reason=st.sampled_from(list(NonPreemptibleReason)), on=st.booleans())
+    def mark(self, sid: str, reason: NonPreemptibleReason, on: bool) -> None:
+        if sid not in self.model:
+            return
+        marks = self.model[sid]["marks"]
+        assert isinstance(marks, set)
+        if on:
+            assert self.manager.set_reason(sid, reason) == (reason not in marks)
+            marks.add(reason)
+        else:
+            assert self.manager.clear_reason(sid, reason) == (reason in marks)
+            marks.discard(reason)
+
+    @rule(sid=ids, records=st.integers(0, 3))
+    def work(self, sid: str, records: int) -> None:
+        if sid in self.model:
+            self.manager.record_work(sid, records, 0.0)
+            self.model[sid]["records"] += records  # type: ignore[operator]
+
+    @rule(sid=ids)
+    def checkpoint(self, sid: str) -> None:
+        if sid in self.model:
+            gen = self.model[sid]["gen"] + 1  # type: ignore[operator]
+            self.manager.record_checkpoint(sid, gen, 1)
+            self.model[sid].update(gen=gen, records=0)
+
+    @rule(sid=ids, node=st.sampled_from(["n0", "n1", "n2"]))
+    def move(self, sid: str, node: str) -> None:
+        if sid in self.model:
+            self.manager.update(sid, node_id=node)
+            self.model[sid]["node"] = node
+
+    @rule(count=st.integers(1, 4), node=st.sampled_from([None, "n0", "n1", "n2"]),
+          passed=st.booleans())
+    def select(self, count: int, node: str | None, passed: bool) -> None:
+        self.clock.now += 1.0
+        nodes = frozenset() if node is None else frozenset({node})
+        deadline = self.clock.now - 1 if passed else self.clock.now + 10
+        plan = self.manager.select_victims(
+            PreemptionRequest("sm", deadline, nodes=nodes, count=count))
+        keys = []
+        for v in plan.victims:
+            assert not self.model[v]["marks"]
+            keys.append((self.model[v]["prio"], self.model[v]["records"], 0.0, v))
+        assert keys == sorted(keys)
+        for w in plan.wait_for:
+            assert self.model[w]["marks"] == {FLUSHING} and not passed
+        for sid, m in self.model.items():
+            if m["node"] == node and not m["marks"]:
+                assert sid in plan.victims
+        if node is None:
+            idle = sorted((m["prio"], m["records"], sid) for sid, m in self.model.items()
+                          if not m["marks"])
+            assert plan.victims == tuple(k[2] for k in idle[:count])
+
+    @invariant()
+    def registry_matches_model(self) -> None:
+        assert len(self.manager) == len(self.model)
+        for sid, m in self.model.items():
+            rec = self.manager.stage(sid)
+            assert (rec.node_id, rec.priority, rec.work_records) == (
+                m["node"], m["prio"], m["records"])
+            assert rec.reasons == m["marks"]
+        for node in ("n0", "n1", "n2"):
+            expect = sorted(s for s, m in self.model.items() if m["node"] == node)
+            assert [r.stage_id for r in self.manager.stages_on_node(node)] == expect
+        assert len(self.manager.decisions()) <= 5
+
+
+TestManagerMachine = ManagerMachine.TestCase
+TestManagerMachine.settings = settings(max_examples=200, stateful_step_count=30, deadline=None)
