@@ -1,0 +1,132 @@
+"""Errors of the stages package.
+
+One root, :class:`StageError`; each subclass names one cause, also inherits the builtin
+that fits, and carries its context as attributes (lease, generation, block)::
+
+    StageError(Exception)
+    ├── CheckpointFailed(StageError, RuntimeError)      writing a checkpoint failed (fail-closed)
+    ├── NoCheckpointError(StageError, LookupError)      the lease holds no committed generation
+    ├── CodecError(StageError, TypeError)               state the chosen codec cannot encode
+    └── CheckpointCorrupt(StageError, ValueError)       no generation (or this one) verifies
+        ├── BadMagicError                               a header slot does not start with PCHK
+        ├── UnsupportedFormatError                      written by a newer format version
+        ├── TruncatedCheckpointError                    a referenced block is beyond the lease
+        └── CheckpointAuthError                         MAC missing or wrong while a key is set
+
+``CheckpointCorrupt`` raised by ``restore`` is the error of the newest generation tried; its
+``skipped`` attribute lists every generation that was tried and why it failed.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BadMagicError",
+    "CheckpointAuthError",
+    "CheckpointCorrupt",
+    "CheckpointFailed",
+    "CodecError",
+    "NoCheckpointError",
+    "StageError",
+    "TruncatedCheckpointError",
+    "UnsupportedFormatError",
+]
+
+
+class StageError(Exception):
+    """Root of every error raised by :mod:`stages`."""
+
+    def __str__(self) -> str:  # LookupError subclasses would otherwise repr() the message
+        return str(self.args[0]) if self.args else self.__class__.__name__
+
+
+class CheckpointFailed(StageError, RuntimeError):
+    """A checkpoint could not be written; the state is NOT saved.
+
+    The previous committed generations are intact. The original exception is ``__cause__``.
+
+    Attributes:
+        lease_id: the lease written to.
+        generation: the generation that was being written (None if not yet chosen).
+    """
+
+    def __init__(self, message: str, *, lease_id: str | None = None,
+                 generation: int | None = None) -> None:
+        super().__init__(message)
+        self.lease_id = lease_id
+        self.generation = generation
+
+
+class NoCheckpointError(StageError, LookupError):
+    """The lease holds no committed checkpoint generation (never checkpointed, or empty).
+
+    Attributes:
+        lease_id: the lease looked at.
+        name: its name.
+    """
+
+    def __init__(self, message: str, *, lease_id: str | None = None,
+                 name: str | None = None) -> None:
+        super().__init__(message)
+        self.lease_id = lease_id
+        self.name = name
+
+
+class CodecError(StageError, TypeError):
+    """The state holds something the chosen codec refuses (e.g. an object under msgpack).
+
+    Attributes:
+        codec: the codec name.
+    """
+
+    def __init__(self, message: str, *, codec: str) -> None:
+        super().__init__(message)
+        self.codec = codec
+
+
+class CheckpointCorrupt(StageError, ValueError):
+    """A checkpoint generation fails verification (or, from ``restore``, every one does).
+
+    Attributes:
+        lease_id: the lease.
+        name: the lease name.
+        generation: the generation that failed (None if its header is unreadable).
+        block: the physical block that failed (None if not tied to one block).
+        slot: the header slot involved (None if unknown).
+        skipped: from ``restore``: ``((generation, reason), ...)`` of every generation tried.
+    """
+
+    def __init__(self, message: str, *, lease_id: str | None = None, name: str | None = None,
+                 generation: int | None = None, block: int | None = None,
+                 slot: int | None = None,
+                 skipped: tuple[tuple[int | None, str], ...] = ()) -> None:
+        super().__init__(message)
+        self.lease_id = lease_id
+        self.name = name
+        self.generation = generation
+        self.block = block
+        self.slot = slot
+        self.skipped = skipped
+
+
+class BadMagicError(CheckpointCorrupt):
+    """A non-empty header slot does not start with the magic ``PCHK``."""
+
+
+class UnsupportedFormatError(CheckpointCorrupt):
+    """The header was written by a newer format version than this code reads.
+
+    Attributes:
+        version: the version found.
+    """
+
+    def __init__(self, message: str, *, version: int, **kw: object) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.version = version
+
+
+class TruncatedCheckpointError(CheckpointCorrupt):
+    """A block the generation references lies beyond the end of the lease (lease shrunk)."""
+
+
+class CheckpointAuthError(CheckpointCorrupt):
+    """The MAC is missing or wrong while a key is configured; nothing was unpickled."""
