@@ -11,7 +11,13 @@ also inherits the builtin it is a kind of, so code that only knows the builtins
     ├── InvalidStageError(SchedulerError, ValueError)     bad stage field or work report
     ├── StaleCheckpointError(SchedulerError, ValueError)  checkpoint generation went backwards
     ├── InvalidRequestError(SchedulerError, ValueError)   malformed preemption request
-    └── SnapshotError(SchedulerError, ValueError)         registry snapshot cannot be loaded
+    ├── SnapshotError(SchedulerError, ValueError)         registry snapshot cannot be loaded
+    ├── RegistryError(SchedulerError, RuntimeError)       persisted registry unreadable/unwritable
+    ├── RayUnsupportedError(SchedulerError, RuntimeError) Ray lacks an internal API we wrap
+    ├── DrainRejectedError(SchedulerError, RuntimeError)  Ray refused a drain request
+    ├── NoNodeAvailableError(SchedulerError, RuntimeError) no live node can take a stage
+    ├── RestoreError(SchedulerError, RuntimeError)        a stage could not be recreated
+    └── SchedulerUnavailableError(SchedulerError, ConnectionError)  no scheduler actor found
 
 Every error carries its context as attributes (``stage_id``, ``generation``...), so the
 actor can log or translate it without parsing the message.
@@ -20,9 +26,15 @@ actor can log or translate it without parsing the message.
 from __future__ import annotations
 
 __all__ = [
+    "DrainRejectedError",
     "InvalidRequestError",
     "InvalidStageError",
+    "NoNodeAvailableError",
+    "RayUnsupportedError",
+    "RegistryError",
+    "RestoreError",
     "SchedulerError",
+    "SchedulerUnavailableError",
     "SnapshotError",
     "StageExistsError",
     "StaleCheckpointError",
@@ -120,3 +132,89 @@ class SnapshotError(SchedulerError, ValueError):
     def __init__(self, path: str, message: str) -> None:
         super().__init__(f"registry snapshot: {path}: {message}")
         self.path = path
+
+
+class RegistryError(SchedulerError, RuntimeError):
+    """The scheduler's persisted registry cannot be read or written.
+
+    Attributes:
+        name: The registry lease's name.
+    """
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(f"scheduler registry {name!r}: {message}")
+        self.name = name
+
+
+class RayUnsupportedError(SchedulerError, RuntimeError):
+    """The running Ray lacks an internal API the scheduler's adapter wraps.
+
+    Attributes:
+        version: The running Ray version.
+        api: The missing API, e.g. ``"GcsClient.drain_node"``.
+    """
+
+    def __init__(self, version: str, api: str, message: str = "") -> None:
+        super().__init__(
+            f"Ray {version}: {api} is not available{': ' + message if message else ''} "
+            "(blockpoint's scheduler is tested with Ray 2.60)")
+        self.version = version
+        self.api = api
+
+
+class DrainRejectedError(SchedulerError, RuntimeError):
+    """Ray's GCS refused to drain a node (e.g. an idle-termination drain of a busy node).
+
+    Attributes:
+        node_id: The node that was to be drained.
+        reason: Ray's rejection message.
+    """
+
+    def __init__(self, node_id: str, reason: str) -> None:
+        super().__init__(f"drain of node {node_id} rejected by Ray: {reason}")
+        self.node_id = node_id
+        self.reason = reason
+
+
+class NoNodeAvailableError(SchedulerError, RuntimeError):
+    """No live, non-draining, non-excluded node has room for a stage.
+
+    Attributes:
+        stage_id: The stage to place.
+        excluded: Node ids that were excluded.
+    """
+
+    def __init__(self, stage_id: str, excluded: frozenset[str], message: str = "") -> None:
+        super().__init__(
+            f"no node can take stage {stage_id!r}"
+            f"{' (' + message + ')' if message else ''}; excluded: {sorted(excluded)}")
+        self.stage_id = stage_id
+        self.excluded = excluded
+
+
+class RestoreError(SchedulerError, RuntimeError):
+    """A stage could not be recreated from its spec (no spec, launch or restore failed).
+
+    Attributes:
+        stage_id: The stage.
+    """
+
+    def __init__(self, stage_id: str, message: str) -> None:
+        super().__init__(f"restore of stage {stage_id!r} failed: {message}")
+        self.stage_id = stage_id
+
+
+class SchedulerUnavailableError(SchedulerError, ConnectionError):
+    """No scheduler actor of that name runs in that namespace (or Ray is not reachable).
+
+    Attributes:
+        name: The scheduler actor's name.
+        namespace: The Ray namespace searched.
+    """
+
+    def __init__(self, name: str, namespace: str | None, message: str = "") -> None:
+        super().__init__(
+            f"no scheduler {name!r} in namespace {namespace!r}"
+            f"{': ' + message if message else ''}")
+        self.name = name
+        self.namespace = namespace
