@@ -43,6 +43,7 @@ from .errors import (
     StoreConfigError,
     StoreCorruptError,
     StorePathError,
+    StoreVersionError,
 )
 from .file import FileStore
 from .lease import Lease, LeaseInfo, LeaseReader
@@ -73,6 +74,7 @@ __all__ = [
     "StoreConfigError",
     "StoreCorruptError",
     "StorePathError",
+    "StoreVersionError",
     "StoreStats",
     "crc32c",
     "default_holder",

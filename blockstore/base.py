@@ -33,6 +33,8 @@ Reads of blocks never written return zeros. Reads need no epoch.
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 import socket
 import uuid
@@ -95,11 +97,33 @@ class StoreStats:
     bytes_allocated: int
 
 
+def _is_int(x: object) -> bool:
+    """An integer (numpy integers included), but not a bool."""
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def check_ttl(ttl: object) -> float:
+    """``ttl`` as a float; ``ValueError`` unless it is a finite number of seconds > 0."""
+    if (not isinstance(ttl, numbers.Real) or isinstance(ttl, bool)
+            or not math.isfinite(ttl) or ttl <= 0):
+        raise ValueError(f"ttl must be a finite number of seconds > 0, got {ttl!r}")
+    return float(ttl)
+
+
+def check_num_blocks(num_blocks: object, what: str) -> int:
+    """``num_blocks`` as an int; ``BlockIndexError`` unless it is an int >= 0."""
+    if not _is_int(num_blocks) or num_blocks < 0:  # type: ignore[operator]
+        raise BlockIndexError(f"cannot {what} with {num_blocks!r} blocks",
+                              index=int(num_blocks) if _is_int(num_blocks) else None)
+    return int(num_blocks)  # type: ignore[call-overload]
+
+
 def check_block_size(block_size: int) -> int:
-    if not isinstance(block_size, int) or not (MIN_BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE):
+    """``block_size`` if valid; ``StoreConfigError`` otherwise."""
+    if not _is_int(block_size) or not (MIN_BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE):
         raise StoreConfigError(
             f"block size must be an int in [{MIN_BLOCK_SIZE}, {MAX_BLOCK_SIZE}], got {block_size!r}")
-    return block_size
+    return int(block_size)
 
 
 class BlockStore(ABC):
@@ -189,13 +213,12 @@ class BlockStore(ABC):
         self._check_open()
         if not isinstance(name, str) or not name or "\x00" in name:
             raise ValueError(f"lease name must be a non-empty string, got {name!r}")
-        if ttl <= 0:
-            raise ValueError(f"ttl must be positive, got {ttl!r}")
-        if num_blocks < 0:
-            raise BlockIndexError(f"cannot create lease {name!r} with {num_blocks} blocks",
-                                  index=num_blocks)
-        info = self._acquire(name, holder or default_holder(), float(ttl), int(num_blocks), steal)
-        return Lease(self, info, float(ttl), keepalive)
+        if holder is not None and (not isinstance(holder, str) or "\x00" in holder):
+            raise ValueError(f"holder must be a string or None, got {holder!r}")
+        ttl = check_ttl(ttl)
+        num_blocks = check_num_blocks(num_blocks, f"create lease {name!r}")
+        info = self._acquire(name, holder or default_holder(), ttl, num_blocks, bool(steal))
+        return Lease(self, info, ttl, keepalive)
 
     def find(self, name: str) -> LeaseInfo | None:
         """The record of the lease named ``name``, or ``None``."""
@@ -235,11 +258,14 @@ class BlockStore(ABC):
         holder's handle; otherwise ``LeaseHeldError``.
         """
         info = self.lease_info(name_or_id)
-        if lease is not None:
+        if lease is not None and lease.lease_id != info.lease_id:
+            raise ValueError(f"handle {lease!r} is not a handle on lease {name_or_id!r} "
+                             f"({info.lease_id})")
+        if lease is not None and not lease.released:
             self._delete(info.lease_id, lease.holder, lease.epoch)
             lease._released = True
             lease._stop.set()
-        else:
+        else:  # a released handle gives no right: the lease must be released or expired
             self._delete(info.lease_id, None, None)
 
     def stats(self) -> StoreStats:
@@ -267,10 +293,10 @@ class BlockStore(ABC):
 
     # -- checked paths used by the handles -----------------------------------------------
     def _check_index(self, lease_id: str, index: object) -> int:
-        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+        if not _is_int(index) or index < 0:  # type: ignore[operator]
             raise BlockIndexError(f"block index must be a non-negative int, got {index!r}",
-                                  lease_id=lease_id, index=index if isinstance(index, int) else None)
-        return index
+                                  lease_id=lease_id, index=int(index) if _is_int(index) else None)
+        return int(index)  # type: ignore[call-overload]
 
     def _checked_write(self, lease_id: str, epoch: int,
                        pairs: Sequence[tuple[int, Buffer]]) -> None:

@@ -23,6 +23,10 @@ def crc32c_crcmod(data: bytes | bytearray | memoryview, value: int = 0) -> int:
     """CRC-32C of ``data`` continuing from ``value``, computed by crcmod."""
     c = _crcmod_template.new()
     c.crcValue = value  # crcmod keeps the output value; continuing starts from it
+    if not isinstance(data, bytes):
+        mv = memoryview(data)
+        # crcmod reads C-contiguous buffers only; others (strided views) are copied once.
+        data = mv.cast("B") if mv.c_contiguous else mv.tobytes()
     c.update(data)
     return c.crcValue
 

@@ -7,6 +7,7 @@ builtin that fits, so callers may catch either::
     ├── StoreClosedError          (RuntimeError)      store used after close()
     ├── StorePathError            (NotADirectoryError) path is not a store directory
     ├── StoreCorruptError         (ValueError)        store metadata or a lease record unreadable
+    │   └── StoreVersionError                         store written by a newer blockpoint
     ├── StoreConfigError          (ValueError)        e.g. block size differs from the store's
     ├── StorageIOError            (OSError)           the backend's I/O failed
     ├── LeaseError
@@ -41,6 +42,7 @@ __all__ = [
     "StoreConfigError",
     "StoreCorruptError",
     "StorePathError",
+    "StoreVersionError",
 ]
 
 
@@ -71,12 +73,34 @@ class StoreCorruptError(BlockStoreError, ValueError):
         self.path = path
 
 
+class StoreVersionError(StoreCorruptError):
+    """The store was written by a newer format version than this code reads.
+
+    Attributes:
+        version: the version found; ``supported``: the newest version this code reads.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None, version: int,
+                 supported: int) -> None:
+        super().__init__(message, path=path)
+        self.version = version
+        self.supported = supported
+
+
 class StoreConfigError(BlockStoreError, ValueError):
     """The store's configuration conflicts with what was asked (e.g. block size)."""
 
 
 class StorageIOError(BlockStoreError, OSError):
-    """The backend's I/O failed; the original exception is the ``__cause__``."""
+    """The backend's I/O failed; the original exception is the ``__cause__``.
+
+    Attributes:
+        path: the file or object concerned, when there is one.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class LeaseError(BlockStoreError):

@@ -40,6 +40,7 @@ from .errors import (
     StoreConfigError,
     StoreCorruptError,
     StorePathError,
+    StoreVersionError,
 )
 from .fencing import check_current, next_acquire, released, renewed
 from .lease import LeaseInfo
@@ -50,6 +51,58 @@ META_NAME = "blockpoint-store.json"
 FORMAT_NAME = "blockpoint-store"
 FORMAT_VERSION = 1
 _IOV_MAX = 512
+
+
+def _read_meta(meta: Path, block_size: int | None) -> int:
+    """The block size recorded in ``meta``, checked against ``block_size`` if given."""
+    from .base import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE
+    try:
+        doc = json.loads(meta.read_bytes())
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
+            raise ValueError(f"not a {FORMAT_NAME} document")
+        version = int(doc["version"])
+        bs = int(doc["block_size"])
+        if version < 1:
+            raise ValueError(f"version {version} is not a version")
+        if version <= FORMAT_VERSION and not (MIN_BLOCK_SIZE <= bs <= MAX_BLOCK_SIZE):
+            raise ValueError(f"block size {bs} is out of range")
+    except (ValueError, KeyError, TypeError, OSError) as exc:
+        raise StoreCorruptError(f"store metadata {meta} is unreadable: {exc}",
+                                path=str(meta)) from exc
+    if version > FORMAT_VERSION:
+        raise StoreVersionError(
+            f"store {meta.parent} has format version {version}, newer than this blockpoint "
+            f"reads ({FORMAT_VERSION}); upgrade blockpoint", path=str(meta), version=version,
+            supported=FORMAT_VERSION)
+    if block_size is not None and block_size != bs:
+        raise StoreConfigError(f"store {meta.parent} has block size {bs}, not {block_size}")
+    return bs
+
+
+def _is_empty_or_partial(root: Path) -> bool:
+    """True if ``root`` is empty or holds only what an interrupted store creation leaves."""
+    for p in root.iterdir():
+        if p.name == "leases" and p.is_dir() and not any(p.iterdir()):
+            continue
+        if p.name == "store.lock" or (p.name.startswith(f".{META_NAME}.")
+                                      and p.name.endswith(".tmp")):
+            continue
+        return False
+    return True
+
+
+@contextmanager
+def _dir_lock(path: Path) -> Iterator[None]:
+    """An exclusive flock on a directory (best effort: some filesystems refuse it)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # pragma: no cover - e.g. NFS emulating flock with fcntl locks
+            pass
+        yield
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -101,24 +154,8 @@ class FileStore(BlockStore):
             raise StorePathError(f"{root} is not a directory", path=str(root))
         meta = root / META_NAME
         if meta.exists():
-            try:
-                doc = json.loads(meta.read_bytes())
-                if doc.get("format") != FORMAT_NAME:
-                    raise ValueError(f"format is {doc.get('format')!r}")
-                if int(doc["version"]) > FORMAT_VERSION:
-                    raise StoreCorruptError(
-                        f"store {root} has version {doc['version']}, newer than this "
-                        f"blockpoint supports ({FORMAT_VERSION})", path=str(meta))
-                bs = int(doc["block_size"])
-            except StoreCorruptError:
-                raise
-            except (ValueError, KeyError, TypeError, OSError) as exc:
-                raise StoreCorruptError(f"store metadata {meta} is unreadable: {exc}",
-                                        path=str(meta)) from exc
-            if block_size is not None and block_size != bs:
-                raise StoreConfigError(f"store {root} has block size {bs}, not {block_size}")
-            return bs
-        if root.exists() and any(root.iterdir()):
+            return _read_meta(meta, block_size)
+        if root.exists() and not _is_empty_or_partial(root):
             raise StorePathError(f"{root} is not a blockpoint store (no {META_NAME}) and is not "
                                  "empty; refusing to write into it", path=str(root))
         if not create:
@@ -126,12 +163,29 @@ class FileStore(BlockStore):
         from .base import check_block_size
         bs = check_block_size(DEFAULT_BLOCK_SIZE if block_size is None else block_size)
         try:
-            (root / "leases").mkdir(parents=True, exist_ok=True)
-            (root / "store.lock").touch()
-            _atomic_write_json(meta, {"format": FORMAT_NAME, "version": FORMAT_VERSION,
-                                      "block_size": bs})
+            root.mkdir(parents=True, exist_ok=True)
+        except (NotADirectoryError, FileExistsError) as exc:
+            raise StorePathError(f"cannot create store at {root}: a parent is not a directory",
+                                 path=str(root)) from exc
         except OSError as exc:
-            raise StorageIOError(f"cannot create store at {root}: {exc}") from exc
+            raise StorageIOError(f"cannot create store at {root}: {exc}", path=str(root)) from exc
+        # Two processes may create the same store at once (every worker opens it on start):
+        # a lock on the directory itself serialises creation, and the loser reads the meta.
+        with _dir_lock(root):
+            if meta.exists():
+                return _read_meta(meta, block_size)
+            if not _is_empty_or_partial(root):
+                raise StorePathError(f"{root} is not a blockpoint store (no {META_NAME}) and "
+                                     "is not empty; refusing to write into it", path=str(root))
+            try:
+                (root / "leases").mkdir(exist_ok=True)
+                (root / "store.lock").touch()
+                # The meta last: until it exists, the directory is not a store.
+                _atomic_write_json(meta, {"format": FORMAT_NAME, "version": FORMAT_VERSION,
+                                          "block_size": bs})
+            except OSError as exc:
+                raise StorageIOError(f"cannot create store at {root}: {exc}",
+                                     path=str(root)) from exc
         return bs
 
     @property
@@ -147,7 +201,7 @@ class FileStore(BlockStore):
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise StorageIOError(f"cannot open lock {path}: {exc}") from exc
+            raise StorageIOError(f"cannot open lock {path}: {exc}", path=str(path)) from exc
         try:
             fcntl.flock(fd, mode)
             yield
@@ -168,18 +222,26 @@ class FileStore(BlockStore):
             raise LeaseNotFoundError(f"no lease {lease_id} in {self.url}",
                                      lease_id=lease_id) from None
         except OSError as exc:
-            raise StorageIOError(f"cannot read lease record {path}: {exc}") from exc
+            raise StorageIOError(f"cannot read lease record {path}: {exc}",
+                                 path=str(path)) from exc
         try:
-            return LeaseInfo.from_dict(json.loads(raw))
+            info = LeaseInfo.from_dict(json.loads(raw))
+            if info.lease_id != lease_id:
+                raise ValueError(f"it holds the record of lease {info.lease_id}")
+            if info.block_size != self.block_size:
+                raise ValueError(f"its block size {info.block_size} is not the store's")
         except (ValueError, KeyError, TypeError) as exc:
             raise StoreCorruptError(f"lease record {path} is unreadable: {exc}",
                                     path=str(path)) from exc
+        return info
 
     def _write_record(self, info: LeaseInfo) -> None:
+        path = self._path(info.lease_id, "json")
         try:
-            _atomic_write_json(self._path(info.lease_id, "json"), info.to_dict())
+            _atomic_write_json(path, info.to_dict())
         except OSError as exc:
-            raise StorageIOError(f"cannot write lease record of {info.name!r}: {exc}") from exc
+            raise StorageIOError(f"cannot write lease record of {info.name!r}: {exc}",
+                                 path=str(path)) from exc
 
     def _data_fd(self, lease_id: str) -> int:
         fd = self._fds.get(lease_id)

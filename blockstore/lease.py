@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import BlockIndexError, LeaseReleasedError
+from .errors import LeaseReleasedError
 
 if TYPE_CHECKING:
     from .base import BlockStore
@@ -128,7 +128,14 @@ class LeaseReader:
         self._store._checked_read(self.lease_id, indices, buffers)
 
     def read_run_into(self, first: int, out: memoryview) -> None:
-        """Read consecutive blocks starting at ``first`` into ``out`` (any length)."""
+        """Read consecutive blocks starting at ``first`` into ``out`` (any length).
+
+        ``out`` is any writable contiguous buffer (memoryview, bytearray, numpy array); it is
+        filled in place.
+        """
+        out = memoryview(out)
+        if out.format != "B" or out.ndim != 1:
+            out = out.cast("B")
         bs = self.block_size
         n = (len(out) + bs - 1) // bs
         self.read_blocks_into(range(first, first + n),
@@ -168,6 +175,7 @@ class Lease(LeaseReader):
         return self._released
 
     def _check(self) -> None:
+        self._store._check_open()
         if self._released:
             raise LeaseReleasedError(f"lease {self.name!r} ({self.lease_id}) was released",
                                      lease_id=self.lease_id, name=self.name, epoch=self.epoch)
@@ -175,18 +183,25 @@ class Lease(LeaseReader):
     def renew(self, ttl: float | None = None) -> LeaseInfo:
         """Extend the hold by ``ttl`` seconds from now. Raises if fenced or released."""
         self._check()
-        if ttl is not None:
-            self.ttl = ttl
-        return self._store._renew(self.lease_id, self.holder, self.epoch, self.ttl)
+        from .base import check_ttl
+        new_ttl = self.ttl if ttl is None else check_ttl(ttl)
+        info = self._store._renew(self.lease_id, self.holder, self.epoch, new_ttl)
+        self.ttl = new_ttl
+        return info
 
     def release(self) -> None:
-        """Give up the hold (data stays). Releasing twice, or after being fenced, is harmless."""
+        """Give up the hold (data stays). Releasing twice, or after being fenced, is harmless.
+
+        On a closed store this only marks the handle released; the record keeps its holder
+        until the TTL runs out (a closed store touches no storage).
+        """
         if self._released:
             return
         self._released = True
         self._stop.set()
         from .errors import LeaseError, StoreClosedError
         try:
+            self._store._check_open()
             self._store._release(self.lease_id, self.holder, self.epoch)
         except (LeaseError, StoreClosedError):
             pass  # fenced, deleted or closed: there is nothing left to give up
@@ -200,6 +215,7 @@ class Lease(LeaseReader):
     def _keep_alive(self) -> None:
         while not self._stop.wait(max(self.ttl / 3.0, 0.05)):
             try:
+                self._store._check_open()  # a closed store touches no storage
                 self._store._renew(self.lease_id, self.holder, self.epoch, self.ttl)
             except Exception:  # fenced or closed: writes will report it
                 return
@@ -223,13 +239,15 @@ class Lease(LeaseReader):
     def resize(self, num_blocks: int) -> LeaseInfo:
         """Grow or shrink the lease to ``num_blocks``. New blocks read as zeros."""
         self._check()
-        if num_blocks < 0:
-            raise BlockIndexError(f"cannot resize lease {self.name!r} to {num_blocks} blocks",
-                                  lease_id=self.lease_id, index=num_blocks)
-        return self._store._resize(self.lease_id, self.epoch, num_blocks)
+        from .base import check_num_blocks
+        n = check_num_blocks(num_blocks, f"resize lease {self.name!r}")
+        return self._store._resize(self.lease_id, self.epoch, n)
 
     def grow(self, num_blocks: int) -> LeaseInfo:
         """Ensure the lease has at least ``num_blocks`` blocks (never shrinks)."""
+        self._check()
+        from .base import check_num_blocks
+        num_blocks = check_num_blocks(num_blocks, f"grow lease {self.name!r}")
         info = self.info()
         if info.num_blocks >= num_blocks:
             return info

@@ -1,0 +1,261 @@
+"""The conformance suite against the file backend, plus what only a directory store has:
+paths, metadata, lease records on disk, reopening, and a second process's takeover."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from blockstore import (
+    FileStore,
+    LeaseHeldError,
+    StaleLeaseError,
+    StorageIOError,
+    StoreConfigError,
+    StoreCorruptError,
+    StorePathError,
+    StoreVersionError,
+    open_store,
+)
+from blockstore.testing import StoreConformance, block_pattern
+
+BS = 4096
+
+
+class TestFileStore(StoreConformance):
+    def make_store(self, block_size: int) -> FileStore:
+        return FileStore(self.tmp_path / "store", block_size)
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` with its bytes (lock files are empty)."""
+    return {str(p.relative_to(root)): p.read_bytes()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def populated(store_dir: str) -> tuple[str, str, dict[int, bytes]]:
+    """A store with lease "a" (3 blocks written, flushed, released) and its lease id."""
+    with open_store(store_dir, block_size=BS) as st:
+        with st.acquire("a", num_blocks=3) as lease:
+            data = {i: block_pattern("a", i, BS) for i in range(3)}
+            lease.write_blocks(data)
+            lease.flush()
+        st.acquire("b", num_blocks=1).release()
+        return store_dir, lease.lease_id, data
+
+
+# -- paths ---------------------------------------------------------------------------------
+def test_path_is_a_file(tmp_path: Path) -> None:
+    f = tmp_path / "file"
+    f.write_bytes(b"not a store")
+    with pytest.raises(StorePathError) as err:
+        FileStore(f)
+    assert err.value.path == str(f) and isinstance(err.value, NotADirectoryError)
+    with pytest.raises(StorePathError):
+        FileStore(f / "below", BS)  # a parent that is a file
+    assert f.read_bytes() == b"not a store"
+
+
+def test_non_empty_foreign_directory_refused(tmp_path: Path) -> None:
+    d = tmp_path / "foreign"
+    d.mkdir()
+    (d / "notes.txt").write_text("mine")
+    with pytest.raises(StorePathError) as err:
+        open_store(d, block_size=BS)
+    assert str(d) in str(err.value)
+    assert sorted(p.name for p in d.iterdir()) == ["notes.txt"]
+
+
+def test_missing_directory_without_create(tmp_path: Path) -> None:
+    with pytest.raises(StorePathError):
+        open_store(tmp_path / "absent", create=False)
+    assert not (tmp_path / "absent").exists()
+
+
+def test_existing_empty_directory_becomes_a_store(tmp_path: Path) -> None:
+    with open_store(f"file://{tmp_path}", block_size=BS) as st:
+        assert st.url == f"file://{tmp_path}" and st.block_size == BS
+    assert (tmp_path / "blockpoint-store.json").exists()
+
+
+def test_interrupted_creation_is_completed(tmp_path: Path) -> None:
+    # What a crash between creating the skeleton and publishing the metadata leaves.
+    (tmp_path / "leases").mkdir()
+    (tmp_path / "store.lock").touch()
+    (tmp_path / ".blockpoint-store.json.123.456.tmp").write_bytes(b"{")
+    with open_store(tmp_path, block_size=BS) as st:
+        st.acquire("a")
+
+
+def test_unknown_scheme_refused() -> None:
+    with pytest.raises(StoreConfigError):
+        open_store("ftp://host/x")
+
+
+# -- metadata ------------------------------------------------------------------------------
+def test_reopen_sees_data_and_keeps_block_size(populated) -> None:
+    store_dir, lease_id, data = populated
+    with open_store(store_dir) as st:  # block size comes from the store
+        assert st.block_size == BS
+        assert st.open_reader("a").read_blocks([0, 1, 2]) == [data[0], data[1], data[2]]
+        info = st.lease_info(lease_id)
+        assert (info.name, info.epoch, info.holder, info.num_blocks) == ("a", 1, None, 3)
+        with st.acquire("a") as lease:
+            assert lease.epoch == 2
+    with open_store(f"file://{store_dir}", block_size=BS) as st:
+        assert st.lease_info("a").epoch == 2
+
+
+def test_block_size_mismatch_on_reopen(populated) -> None:
+    store_dir, _, data = populated
+    before = _snapshot(Path(store_dir))
+    with pytest.raises(StoreConfigError) as err:
+        open_store(store_dir, block_size=2 * BS)
+    assert str(BS) in str(err.value)
+    assert _snapshot(Path(store_dir)) == before
+
+
+@pytest.mark.parametrize("content", [
+    b"", b"{not json", b"[1, 2]", b'"string"', b'{"format": "other", "version": 1}',
+    b'{"format": "blockpoint-store", "version": 1}',
+    b'{"format": "blockpoint-store", "version": "x", "block_size": 4096}',
+    b'{"format": "blockpoint-store", "version": 1, "block_size": 7}',
+    b'{"format": "blockpoint-store", "version": 0, "block_size": 4096}',
+    b"\xff\xfe\x00",
+])
+def test_corrupt_store_metadata(populated, content: bytes) -> None:
+    store_dir, _, _ = populated
+    meta = Path(store_dir) / "blockpoint-store.json"
+    meta.write_bytes(content)
+    before = _snapshot(Path(store_dir))
+    with pytest.raises(StoreCorruptError) as err:
+        open_store(store_dir)
+    assert err.value.path == str(meta) and str(meta) in str(err.value)
+    assert not isinstance(err.value, StoreVersionError)
+    assert _snapshot(Path(store_dir)) == before
+
+
+def test_newer_store_version_refused(populated) -> None:
+    store_dir, _, _ = populated
+    meta = Path(store_dir) / "blockpoint-store.json"
+    meta.write_text(json.dumps({"format": "blockpoint-store", "version": 99,
+                                "block_size": BS, "new_field": True}))
+    before = _snapshot(Path(store_dir))
+    with pytest.raises(StoreVersionError) as err:
+        open_store(store_dir)
+    assert (err.value.version, err.value.supported) == (99, 1)
+    assert err.value.path == str(meta) and isinstance(err.value, StoreCorruptError)
+    assert _snapshot(Path(store_dir)) == before
+
+
+# -- lease records ---------------------------------------------------------------------------
+@pytest.mark.parametrize("content", [
+    b"", b"{truncated", b"[]", b'{"lease_id": "x"}', b"\x00" * 64,
+    b'{"lease_id": "LEASE", "name": "a", "holder": null, "epoch": "one", "expires_at": 0,'
+    b' "num_blocks": 3, "block_size": 4096, "created_at": 0}',
+])
+def test_corrupt_lease_record(populated, content: bytes) -> None:
+    store_dir, lease_id, data = populated
+    record = Path(store_dir) / "leases" / f"{lease_id}.json"
+    record.write_bytes(content.replace(b"LEASE", lease_id.encode()))
+    before = _snapshot(Path(store_dir))
+    with open_store(store_dir) as st:
+        calls = [lambda: st.lease_info(lease_id), lambda: st.open_reader(lease_id),
+                 lambda: st.list_leases(), lambda: st.find("b"), lambda: st.acquire("a"),
+                 lambda: st.acquire("c"), lambda: st.delete_lease(lease_id), st.stats]
+        for call in calls:
+            with pytest.raises(StoreCorruptError) as err:
+                call()
+            assert err.value.path == str(record), call
+            assert str(record) in str(err.value)
+    assert _snapshot(Path(store_dir)) == before  # nothing else changed
+
+
+def test_lease_record_of_another_lease_is_corrupt(populated) -> None:
+    store_dir, lease_id, _ = populated
+    leases = Path(store_dir) / "leases"
+    other = next(p for p in leases.glob("*.json") if p.stem != lease_id)
+    record = leases / f"{lease_id}.json"
+    record.write_bytes(other.read_bytes())
+    with open_store(store_dir) as st, pytest.raises(StoreCorruptError) as err:
+        st.lease_info(lease_id)
+    assert err.value.path == str(record)
+
+
+def test_unreadable_lease_record(populated) -> None:
+    store_dir, lease_id, _ = populated
+    record = Path(store_dir) / "leases" / f"{lease_id}.json"
+    record.unlink()
+    record.mkdir()  # reading it fails with an OSError, whoever we are
+    with open_store(store_dir) as st, pytest.raises(StorageIOError) as err:
+        st.lease_info(lease_id)
+    assert err.value.path == str(record) and str(record) in str(err.value)
+
+
+def test_refused_write_changes_no_file(populated) -> None:
+    store_dir, _, data = populated
+    with open_store(store_dir) as st:
+        a = st.acquire("a", holder="old")
+        st.acquire("a", holder="new", steal=True)
+        before = _snapshot(Path(store_dir))
+        with pytest.raises(StaleLeaseError):
+            a.write_blocks({0: b"zombie"})
+        assert _snapshot(Path(store_dir)) == before
+
+
+def test_two_store_objects_on_one_directory(store_dir: str) -> None:
+    # Two handles in one process fence each other through the files, not through memory.
+    with open_store(store_dir, block_size=BS) as s1, open_store(store_dir) as s2:
+        a = s1.acquire("x", holder="a", num_blocks=2)
+        with pytest.raises(LeaseHeldError):
+            s2.acquire("x", holder="b")
+        b = s2.acquire("x", holder="b", steal=True)
+        with pytest.raises(StaleLeaseError):
+            a.write_blocks({0: b"late"})
+        b.write_blocks({0: b"mine"})
+        assert s1.open_reader("x").read_block(0)[:4] == b"mine"
+
+
+_TAKEOVER = textwrap.dedent("""
+    import sys
+    from blockstore import open_store
+    with open_store(sys.argv[1]) as st:
+        lease = st.acquire("a", holder="other-process", steal=True)
+        lease.write_blocks({1: b"from the other process"})
+        lease.flush()
+        print(lease.epoch)
+""")
+
+
+def test_write_after_another_process_took_over(populated) -> None:
+    store_dir, _, data = populated
+    with open_store(store_dir) as st:
+        mine = st.acquire("a", holder="me")
+        mine.write_blocks({0: b"mine"})
+        out = subprocess.run([sys.executable, "-c", _TAKEOVER, store_dir], check=True,
+                             capture_output=True, text=True, timeout=60)
+        assert int(out.stdout) == mine.epoch + 1
+        with pytest.raises(StaleLeaseError) as err:
+            mine.write_blocks({0: b"late", 1: b"late", 2: b"late"})
+        assert err.value.current_epoch == mine.epoch + 1
+        got = st.open_reader("a").read_blocks([0, 1, 2])
+        assert got[0][:4] == b"mine"
+        assert got[1].rstrip(b"\0") == b"from the other process"
+        assert got[2] == data[2]
+        assert st.lease_info("a").holder == "other-process"
+
+
+def test_files_written_are_readable_by_os(populated) -> None:
+    # The on-disk layout promised in the module docstring: block i at offset i * block_size.
+    store_dir, lease_id, data = populated
+    dat = Path(store_dir) / "leases" / f"{lease_id}.dat"
+    raw = dat.read_bytes()
+    assert raw == data[0] + data[1] + data[2]
+    assert os.path.exists(Path(store_dir) / "leases" / f"{lease_id}.lock")
