@@ -1,0 +1,741 @@
+"""Runs: a pipeline run's committed steps, and pause / resume-exactly-once, in the block store.
+
+Everything lives in the block store itself, so runs work on every backend that the stages'
+checkpoints work on (and move with them):
+
+* ``run/<run_id>/step/<step:012d>`` - one lease per committed step, holding one checksummed
+  JSON document (:class:`RunStep`: time, source position, per-stage lease id / epoch /
+  generation, in-flight items, free metadata). Written once: payload blocks, flush, then the
+  header block, flush - a crash leaves either no readable document or the whole one.
+* ``run/<run_id>/status`` - the run's control lease, holding :class:`RunStatus` in two
+  alternating one-block slots (sequence number + CRC-32C each; readers take the newest slot
+  that verifies), so a torn status write leaves the previous status readable.
+
+Why a claim is a lease: acquiring a lease is atomic on every backend and bumps a fencing
+epoch. ``claim()`` acquires the control lease *without* stealing (only one driver can hold
+it), checks the status is ``paused`` and writes ``claimed`` under its epoch while it keeps
+holding the lease (keepalive). Another driver's ``claim`` fails (``RunClaimConflict``)
+while the hold lasts. ``complete()`` writes ``running`` (resumed) under the same epoch and
+releases: idempotent, and a fenced claimer (its lease expired and someone re-armed the run)
+gets ``RunClaimLost`` instead of double-completing. A driver that dies after claiming leaves
+status ``claimed`` with an expired control lease: :meth:`RunStore.recover_orphaned` (called
+at start-up) re-arms such runs to ``paused`` - under a fresh acquisition, so a second
+recoverer or a late original claimer cannot interfere. No double resume, no lost run.
+
+Document format (little-endian)::
+
+    step document, header block 0:  0 magic b"BPRD" | 4 u32 version=1 | 8 u64 payload length
+                                    16 u32 crc32c(payload) | 20 u32 crc32c(bytes 0..20)
+                                    payload (UTF-8 JSON) in blocks 1..n
+    status slot (block 0 or 1):     0 magic b"BPRS" | 4 u32 version=1 | 8 u64 sequence
+                                    16 u32 payload length | 20 u32 crc32c(bytes 0..20 + payload)
+                                    24.. payload (UTF-8 JSON, at most block_size - 24 bytes)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from blockstore import (
+    BlockStore,
+    Lease,
+    LeaseHeldError,
+    LeaseReader,
+    StaleLeaseError,
+    crc32c,
+)
+from blockstore.errors import LeaseError, LeaseNotFoundError
+
+from .errors import StageError
+
+__all__ = [
+    "RunClaim",
+    "RunClaimConflict",
+    "RunClaimLost",
+    "RunError",
+    "RunNotFoundError",
+    "RunNotPausedError",
+    "RunStatus",
+    "RunStep",
+    "RunStepExistsError",
+    "RunStore",
+    "StageCommit",
+]
+
+_STEP_MAGIC = b"BPRD"
+_STATUS_MAGIC = b"BPRS"
+_VERSION = 1
+_STEP_HDR = struct.Struct("<4sIQI")  # magic, version, length, crc(payload); + u32 header crc
+_STATUS_HDR = struct.Struct("<4sIQI")  # magic, version, seq, length; + u32 crc
+
+RUNNING = "running"
+PAUSED = "paused"
+CLAIMED = "claimed"
+FINISHED = "finished"
+
+
+# -- errors ------------------------------------------------------------------------------------
+class RunError(StageError):
+    """Root of the run errors (a :class:`~stages.errors.StageError`).
+
+    Attributes:
+        run_id: the run concerned.
+    """
+
+    def __init__(self, message: str, *, run_id: str) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+
+
+class RunNotFoundError(RunError, LookupError):
+    """No such run, or no such step of it (``step`` is set for a missing step)."""
+
+    def __init__(self, message: str, *, run_id: str, step: int | None = None) -> None:
+        super().__init__(message, run_id=run_id)
+        self.step = step
+
+
+class RunStepExistsError(RunError, FileExistsError):
+    """That step of the run is already saved (committed steps are immutable)."""
+
+    def __init__(self, message: str, *, run_id: str, step: int) -> None:
+        super().__init__(message, run_id=run_id)
+        self.step = step
+
+
+class RunClaimConflict(RunError, RuntimeError):
+    """Another driver holds the run's control lease (claiming, or changing its status).
+
+    Attributes:
+        holder: the current holder.
+    """
+
+    def __init__(self, message: str, *, run_id: str, holder: str | None) -> None:
+        super().__init__(message, run_id=run_id)
+        self.holder = holder
+
+
+class RunNotPausedError(RunError, RuntimeError):
+    """The run is not in the state the operation needs (e.g. claim of a run not paused).
+
+    Attributes:
+        state: the run's state.
+    """
+
+    def __init__(self, message: str, *, run_id: str, state: str) -> None:
+        super().__init__(message, run_id=run_id)
+        self.state = state
+
+
+class RunClaimLost(RunError, RuntimeError):
+    """The claim was fenced: its lease expired and another driver re-armed or took the run."""
+
+
+# -- values ------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class StageCommit:
+    """Where one stage's part of a committed step lives."""
+
+    stage_id: str
+    lease_id: str | None = None
+    epoch: int | None = None
+    generation: int | None = None
+    node_id: str | None = None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> StageCommit:
+        return cls(stage_id=str(d["stage_id"]), lease_id=d.get("lease_id"),
+                   epoch=d.get("epoch"), generation=d.get("generation"),
+                   node_id=d.get("node_id"))
+
+
+@dataclass(frozen=True, slots=True)
+class RunStep:
+    """One committed step of a run.
+
+    Attributes:
+        run_id, step: identity.
+        committed_at: wall-clock time of the commit.
+        source_position: JSON-able source position to replay from after this step.
+        stages: per stage, where its checkpoint of this step is.
+        in_flight: JSON-able items accepted but not yet reflected in any stage's state.
+        meta: free JSON-able metadata (e.g. output counts).
+    """
+
+    run_id: str
+    step: int
+    committed_at: float
+    source_position: Any
+    stages: tuple[StageCommit, ...] = ()
+    in_flight: tuple[Any, ...] = ()
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["stages"] = [asdict(s) for s in self.stages]
+        d["in_flight"] = list(self.in_flight)
+        d["meta"] = dict(self.meta)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RunStep:
+        return cls(run_id=str(d["run_id"]), step=int(d["step"]),
+                   committed_at=float(d["committed_at"]), source_position=d["source_position"],
+                   stages=tuple(StageCommit.from_dict(s) for s in d.get("stages", ())),
+                   in_flight=tuple(d.get("in_flight", ())), meta=dict(d.get("meta", {})))
+
+    def stage(self, stage_id: str) -> StageCommit | None:
+        for s in self.stages:
+            if s.stage_id == stage_id:
+                return s
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class RunStatus:
+    """The control record of a run.
+
+    Attributes:
+        run_id: the run.
+        state: ``running``, ``paused``, ``claimed`` or ``finished``.
+        step: the step a pause refers to (the savepoint), else the last known step.
+        driver: who last changed the status.
+        claim_epoch: epoch of the control lease of the last claim (None if never claimed).
+        resumes: how many claims completed.
+        orphans_recovered: how many claims were re-armed by ``recover_orphaned``.
+        updated_at: wall-clock time of the change.
+        seq: write sequence number of the slot it was read from.
+        meta: free metadata.
+    """
+
+    run_id: str
+    state: str
+    step: int | None = None
+    driver: str | None = None
+    claim_epoch: int | None = None
+    resumes: int = 0
+    orphans_recovered: int = 0
+    updated_at: float = 0.0
+    seq: int = 0
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["meta"] = dict(self.meta)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RunStatus:
+        return cls(run_id=str(d["run_id"]), state=str(d["state"]), step=d.get("step"),
+                   driver=d.get("driver"), claim_epoch=d.get("claim_epoch"),
+                   resumes=int(d.get("resumes", 0)),
+                   orphans_recovered=int(d.get("orphans_recovered", 0)),
+                   updated_at=float(d.get("updated_at", 0.0)), seq=int(d.get("seq", 0)),
+                   meta=dict(d.get("meta", {})))
+
+
+def default_driver() -> str:
+    """``host:pid:random``, unique per call."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+# -- encoding ----------------------------------------------------------------------------------
+def _json(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _encode_step(doc: bytes, block_size: int) -> tuple[bytes, list[bytes]]:
+    head = _STEP_HDR.pack(_STEP_MAGIC, _VERSION, len(doc), crc32c(doc))
+    head += struct.pack("<I", crc32c(head))
+    blocks = [doc[i:i + block_size] for i in range(0, len(doc), block_size)] or [b""]
+    return head, blocks
+
+
+def _decode_step(reader: LeaseReader) -> dict[str, Any] | None:
+    """The step document, or None if absent/torn/corrupt (never a partial document)."""
+    info = reader.info()
+    if info.num_blocks < 2:
+        return None
+    head = reader.read_block(0)
+    magic, version, length, crc = _STEP_HDR.unpack_from(head)
+    (hcrc,) = struct.unpack_from("<I", head, _STEP_HDR.size)
+    if magic != _STEP_MAGIC or version != _VERSION or crc32c(head[:_STEP_HDR.size]) != hcrc:
+        return None
+    n = (length + reader.block_size - 1) // reader.block_size
+    if n + 1 > info.num_blocks:
+        return None
+    buf = bytearray(max(n, 1) * reader.block_size)
+    reader.read_run_into(1, memoryview(buf))
+    doc = bytes(buf[:length])
+    if crc32c(doc) != crc:
+        return None
+    try:
+        return json.loads(doc)
+    except ValueError:
+        return None
+
+
+def _encode_status(status: RunStatus, block_size: int) -> bytes:
+    payload = _json(status.to_dict())
+    if len(payload) > block_size - 24:
+        raise ValueError(f"status of run {status.run_id!r} is {len(payload)} bytes, more than "
+                         f"a status slot holds ({block_size - 24}); keep its meta small")
+    head = _STATUS_HDR.pack(_STATUS_MAGIC, _VERSION, status.seq, len(payload))
+    return head + struct.pack("<I", crc32c(head + payload)) + payload
+
+
+def _decode_status(block: bytes) -> RunStatus | None:
+    magic, version, seq, length = _STATUS_HDR.unpack_from(block)
+    if magic != _STATUS_MAGIC or version != _VERSION or length > len(block) - 24:
+        return None
+    (crc,) = struct.unpack_from("<I", block, _STATUS_HDR.size)
+    payload = block[24:24 + length]
+    if crc32c(block[:_STATUS_HDR.size] + payload) != crc:
+        return None
+    try:
+        st = RunStatus.from_dict(json.loads(payload))
+    except (ValueError, KeyError, TypeError):
+        return None
+    return replace(st, seq=seq)
+
+
+# -- the claim -----------------------------------------------------------------------------------
+class RunClaim:
+    """The right to resume one paused run, held by one driver.
+
+    A context manager: leaving the block normally does nothing by itself (call
+    :meth:`complete` when the resume is done); leaving it by an exception *aborts* - the run
+    is re-armed to ``paused`` - so a failed resume is never counted as done.
+
+    Attributes:
+        run_id, driver, epoch: identity of the claim (epoch of the control lease).
+        step: the savepoint step the run was paused at.
+    """
+
+    def __init__(self, runs: RunStore, lease: Lease, status: RunStatus) -> None:
+        self._runs = runs
+        self._lease = lease
+        self.run_id = status.run_id
+        self.driver = status.driver or ""
+        self.epoch = lease.epoch
+        self.step = status.step
+        self.status = status
+        self._done = False
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    def complete(self, meta: Mapping[str, Any] | None = None) -> RunStatus:
+        """Mark the resume done (state ``running`` under this driver) and release. Idempotent.
+
+        Raises ``RunClaimLost`` if the claim was fenced before completing.
+        """
+        return self._runs.complete(self, meta=meta)
+
+    def abort(self) -> RunStatus | None:
+        """Give the run back (state ``paused``); harmless after ``complete``."""
+        return self._runs._abort(self)
+
+    def __enter__(self) -> RunClaim:
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if exc_type is not None and not self._done:
+            try:
+                self.abort()
+            except RunError:
+                pass
+
+    def __repr__(self) -> str:
+        return (f"RunClaim(run_id={self.run_id!r}, driver={self.driver!r}, epoch={self.epoch}, "
+                f"step={self.step}, done={self._done})")
+
+
+# -- the store -----------------------------------------------------------------------------------
+class RunStore:
+    """Runs of pipelines, kept in ``store`` next to the stages' checkpoints.
+
+    Args:
+        store: any block store (cross-process claims need a cross-process backend).
+        claim_ttl: TTL of a claim's control lease (renewed by a keepalive thread while the
+            claiming process lives); an orphaned claim is recoverable this long after the
+            claimer died.
+    """
+
+    def __init__(self, store: BlockStore, *, claim_ttl: float = 10.0) -> None:
+        self.store = store
+        self.claim_ttl = claim_ttl
+
+    # -- names ---------------------------------------------------------------------------------
+    @staticmethod
+    def _check_id(run_id: str) -> str:
+        if not isinstance(run_id, str) or not run_id or "/" in run_id or "\x00" in run_id:
+            raise ValueError(f"run id must be a non-empty string without '/', got {run_id!r}")
+        return run_id
+
+    @staticmethod
+    def status_name(run_id: str) -> str:
+        return f"run/{run_id}/status"
+
+    @staticmethod
+    def step_name(run_id: str, step: int) -> str:
+        return f"run/{run_id}/step/{step:012d}"
+
+    def _step_numbers(self, run_id: str) -> list[int]:
+        prefix = f"run/{run_id}/step/"
+        out = []
+        for info in self.store.list_leases():
+            if info.name.startswith(prefix):
+                try:
+                    out.append(int(info.name[len(prefix):]))
+                except ValueError:
+                    continue
+        return sorted(out)
+
+    # -- status (control lease) ----------------------------------------------------------------
+    def _acquire_control(self, run_id: str, driver: str, *, keepalive: bool,
+                         retries: int = 0) -> Lease:
+        for attempt in range(retries + 1):
+            try:
+                return self.store.acquire(self.status_name(run_id), holder=driver,
+                                          ttl=self.claim_ttl, num_blocks=2, steal=False,
+                                          keepalive=keepalive)
+            except LeaseHeldError as exc:
+                if attempt == retries:
+                    raise RunClaimConflict(
+                        f"run {run_id!r} is held by {exc.holder!r} (claiming or changing "
+                        "status)", run_id=run_id, holder=exc.holder) from exc
+                time.sleep(0.05 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    def _read_status(self, reader: LeaseReader) -> RunStatus | None:
+        if reader.info().num_blocks < 2:
+            return None
+        best: RunStatus | None = None
+        for block in reader.read_blocks([0, 1]):
+            st = _decode_status(block)
+            if st is not None and (best is None or st.seq > best.seq):
+                best = st
+        return best
+
+    def _write_status(self, lease: Lease, current: RunStatus | None, new: RunStatus) -> RunStatus:
+        seq = (current.seq if current is not None else 0) + 1
+        new = replace(new, seq=seq, updated_at=time.time())
+        lease.write_blocks({seq % 2: _encode_status(new, self.store.block_size)})
+        lease.flush()
+        return new
+
+    def status(self, run_id: str) -> RunStatus:
+        """The run's current status; ``RunNotFoundError`` if the run does not exist."""
+        self._check_id(run_id)
+        try:
+            reader = self.store.open_reader(self.status_name(run_id))
+        except LeaseNotFoundError:
+            raise RunNotFoundError(f"no run {run_id!r} in {self.store.url}",
+                                   run_id=run_id) from None
+        st = self._read_status(reader)
+        if st is None:
+            raise RunNotFoundError(f"run {run_id!r} has no readable status", run_id=run_id)
+        return st
+
+    def _change(self, run_id: str, driver: str | None, expect: Iterable[str] | None,
+                **changes: Any) -> RunStatus:
+        driver = driver or default_driver()
+        lease = self._acquire_control(run_id, driver, keepalive=False, retries=20)
+        try:
+            cur = self._read_status(lease)
+            if cur is None:
+                raise RunNotFoundError(f"run {run_id!r} has no readable status", run_id=run_id)
+            if expect is not None and cur.state not in set(expect):
+                raise RunNotPausedError(
+                    f"run {run_id!r} is {cur.state}, expected one of {sorted(expect)}",
+                    run_id=run_id, state=cur.state)
+            return self._write_status(lease, cur, replace(cur, driver=driver, **changes))
+        finally:
+            lease.release()
+
+    def create_run(self, run_id: str | None = None, *, driver: str | None = None,
+                   meta: Mapping[str, Any] | None = None) -> RunStatus:
+        """Start a run (state ``running``); a new id if none given. Existing run: returned
+        unchanged if running, else ``RunNotPausedError``."""
+        run_id = self._check_id(run_id or uuid.uuid4().hex[:16])
+        driver = driver or default_driver()
+        if self.store.find(self.status_name(run_id)) is not None:
+            st = self.status(run_id)
+            if st.state != RUNNING:
+                raise RunNotPausedError(f"run {run_id!r} exists and is {st.state}",
+                                        run_id=run_id, state=st.state)
+            return st
+        lease = self._acquire_control(run_id, driver, keepalive=False, retries=20)
+        try:
+            cur = self._read_status(lease)
+            if cur is not None:
+                return cur
+            return self._write_status(lease, None, RunStatus(
+                run_id=run_id, state=RUNNING, driver=driver, meta=dict(meta or {})))
+        finally:
+            lease.release()
+
+    def list_runs(self) -> list[str]:
+        """Every run id in the store, sorted."""
+        out = set()
+        for info in self.store.list_leases():
+            parts = info.name.split("/")
+            if len(parts) == 3 and parts[0] == "run" and parts[2] == "status":
+                out.add(parts[1])
+        return sorted(out)
+
+    # -- steps ---------------------------------------------------------------------------------
+    def save_step(self, run_id: str, step: int, *, source_position: Any,
+                  stages: Sequence[StageCommit] | Mapping[str, Mapping[str, Any]] = (),
+                  in_flight: Sequence[Any] = (), meta: Mapping[str, Any] | None = None,
+                  committed_at: float | None = None) -> RunStep:
+        """Save committed ``step`` of ``run_id`` durably; immutable once saved.
+
+        Raises ``RunStepExistsError`` if that step is already saved and readable. A step whose
+        earlier save was torn by a crash is rewritten.
+        """
+        self._check_id(run_id)
+        if not isinstance(step, int) or step < 0:
+            raise ValueError(f"step must be a non-negative int, got {step!r}")
+        if isinstance(stages, Mapping):
+            stages = [StageCommit(stage_id=k, **dict(v)) for k, v in stages.items()]
+        rec = RunStep(run_id=run_id, step=step,
+                      committed_at=time.time() if committed_at is None else committed_at,
+                      source_position=source_position, stages=tuple(stages),
+                      in_flight=tuple(in_flight), meta=dict(meta or {}))
+        doc = _json(rec.to_dict())
+        name = self.step_name(run_id, step)
+        try:
+            lease = self.store.acquire(name, ttl=30.0, steal=False)
+        except LeaseHeldError as exc:
+            raise RunStepExistsError(f"step {step} of run {run_id!r} is being saved by "
+                                     f"{exc.holder!r}", run_id=run_id, step=step) from exc
+        try:
+            if _decode_step(lease) is not None:
+                raise RunStepExistsError(f"step {step} of run {run_id!r} is already saved",
+                                         run_id=run_id, step=step)
+            head, blocks = _encode_step(doc, self.store.block_size)
+            lease.resize(len(blocks) + 1)
+            lease.write_block(0, b"")  # invalidate any torn earlier header first
+            lease.write_blocks({i + 1: b for i, b in enumerate(blocks)})
+            lease.flush()
+            lease.write_block(0, head)  # commit point
+            lease.flush()
+        finally:
+            lease.release()
+        return RunStep.from_dict(json.loads(doc))
+
+    def load_step(self, run_id: str, step: int | None = None) -> RunStep:
+        """Step ``step`` of the run, or its newest readable step if ``None``.
+
+        ``RunNotFoundError`` (with ``step``) if there is no such readable step.
+        """
+        self._check_id(run_id)
+        steps = self._step_numbers(run_id) if step is None else [step]
+        for s in reversed(steps):
+            try:
+                reader = self.store.open_reader(self.step_name(run_id, s))
+            except LeaseNotFoundError:
+                continue
+            d = _decode_step(reader)
+            if d is not None:
+                return RunStep.from_dict(d)
+        raise RunNotFoundError(
+            f"run {run_id!r} has no {'readable steps' if step is None else f'step {step}'}",
+            run_id=run_id, step=step)
+
+    def latest_step(self, run_id: str) -> RunStep | None:
+        """The newest readable step, or ``None`` if the run has none."""
+        try:
+            return self.load_step(run_id)
+        except RunNotFoundError:
+            return None
+
+    def iter_steps(self, run_id: str) -> Iterator[RunStep]:
+        """Every readable step, oldest first (torn saves are skipped)."""
+        for s in self._step_numbers(run_id):
+            try:
+                d = _decode_step(self.store.open_reader(self.step_name(run_id, s)))
+            except LeaseNotFoundError:
+                continue
+            if d is not None:
+                yield RunStep.from_dict(d)
+
+    def list_steps(self, run_id: str, *, min_step: int | None = None,
+                   max_step: int | None = None, after: float | None = None,
+                   before: float | None = None, limit: int | None = None,
+                   newest_first: bool = False) -> list[RunStep]:
+        """Steps with ``min_step <= step <= max_step`` committed strictly after ``after`` and
+        strictly before ``before`` (wall-clock), sorted by step, at most ``limit`` of them
+        (the first ones in the chosen order)."""
+        self._check_id(run_id)
+        nums = [s for s in self._step_numbers(run_id)
+                if (min_step is None or s >= min_step) and (max_step is None or s <= max_step)]
+        if newest_first:
+            nums.reverse()
+        out: list[RunStep] = []
+        for s in nums:
+            if limit is not None and len(out) >= limit:
+                break
+            try:
+                d = _decode_step(self.store.open_reader(self.step_name(run_id, s)))
+            except LeaseNotFoundError:
+                continue
+            if d is None:
+                continue
+            rec = RunStep.from_dict(d)
+            if after is not None and not rec.committed_at > after:
+                continue
+            if before is not None and not rec.committed_at < before:
+                continue
+            out.append(rec)
+        return out
+
+    def prune_steps(self, run_id: str, keep: int) -> list[int]:
+        """Delete all but the newest ``keep`` steps (storage stays bounded); return those
+        deleted."""
+        if keep < 1:
+            raise ValueError("keep must be >= 1")
+        nums = self._step_numbers(run_id)
+        gone = nums[:-keep]
+        for s in gone:
+            try:
+                self.store.delete_lease(self.step_name(run_id, s))
+            except LeaseError:
+                continue
+        return gone
+
+    # -- pause / claim / complete ------------------------------------------------------------
+    def pause(self, run_id: str, step: int | None = None, *, driver: str | None = None,
+              meta: Mapping[str, Any] | None = None) -> RunStatus:
+        """Savepoint: mark a running run ``paused`` at ``step`` (default: its newest step)."""
+        if step is None:
+            last = self.latest_step(run_id)
+            step = None if last is None else last.step
+        changes: dict[str, Any] = {"state": PAUSED, "step": step}
+        if meta is not None:
+            changes["meta"] = dict(meta)
+        return self._change(run_id, driver, (RUNNING,), **changes)
+
+    def finish(self, run_id: str, *, driver: str | None = None) -> RunStatus:
+        """Mark a run ``finished`` (from running or paused); idempotent."""
+        st = self.status(run_id)
+        if st.state == FINISHED:
+            return st
+        return self._change(run_id, driver, (RUNNING, PAUSED, FINISHED), state=FINISHED)
+
+    def claim(self, run_id: str, *, driver: str | None = None) -> RunClaim:
+        """Claim a paused run for resuming; exactly one driver can win.
+
+        Raises ``RunClaimConflict`` if another driver holds the run's control lease,
+        ``RunNotPausedError`` if the run is not paused (already claimed - possibly by a crashed
+        driver, see :meth:`recover_orphaned` - running or finished), ``RunNotFoundError``.
+        """
+        self._check_id(run_id)
+        driver = driver or default_driver()
+        if self.store.find(self.status_name(run_id)) is None:
+            raise RunNotFoundError(f"no run {run_id!r} in {self.store.url}", run_id=run_id)
+        lease = self._acquire_control(run_id, driver, keepalive=True)
+        try:
+            cur = self._read_status(lease)
+            if cur is None:
+                raise RunNotFoundError(f"run {run_id!r} has no readable status", run_id=run_id)
+            if cur.state != PAUSED:
+                raise RunNotPausedError(f"run {run_id!r} is {cur.state}, not paused",
+                                        run_id=run_id, state=cur.state)
+            st = self._write_status(lease, cur, replace(cur, state=CLAIMED, driver=driver,
+                                                        claim_epoch=lease.epoch))
+        except BaseException:
+            lease.release()
+            raise
+        return RunClaim(self, lease, st)
+
+    def complete(self, claim: RunClaim, *, meta: Mapping[str, Any] | None = None) -> RunStatus:
+        """Finish a claim: state ``running`` (resumed by the claimer). Idempotent.
+
+        Raises ``RunClaimLost`` if the claim was fenced before it completed.
+        """
+        if claim._done:
+            return self.status(claim.run_id)
+        lease = claim._lease
+        try:
+            lease.renew()  # an expired claim nobody took over is still ours; a fenced one fails
+            cur = self._read_status(lease)
+            if cur is None or cur.state != CLAIMED or cur.claim_epoch != claim.epoch:
+                raise StaleLeaseError("claim superseded", epoch=claim.epoch)
+            changes: dict[str, Any] = {"state": RUNNING, "resumes": cur.resumes + 1}
+            if meta is not None:
+                changes["meta"] = dict(meta)
+            st = self._write_status(lease, cur, replace(cur, **changes))
+        except LeaseError as exc:
+            lease.release()
+            now = self.status(claim.run_id)
+            if now.claim_epoch == claim.epoch and now.state in (RUNNING, FINISHED):
+                claim._done = True
+                return now  # an earlier complete() of this claim did land
+            raise RunClaimLost(f"claim of run {claim.run_id!r} (epoch {claim.epoch}) was fenced:"
+                               f" the run is now {now.state} (claim epoch {now.claim_epoch})",
+                               run_id=claim.run_id) from exc
+        claim._done = True
+        lease.release()
+        return st
+
+    def _abort(self, claim: RunClaim) -> RunStatus | None:
+        if claim._done:
+            return None
+        lease = claim._lease
+        try:
+            cur = self._read_status(lease)
+            if cur is None or cur.state != CLAIMED or cur.claim_epoch != claim.epoch:
+                return None
+            return self._write_status(lease, cur, replace(cur, state=PAUSED))
+        except LeaseError:
+            return None
+        finally:
+            claim._done = True
+            lease.release()
+
+    def recover_orphaned(self, *, driver: str | None = None) -> list[str]:
+        """Re-arm (to ``paused``) every run left ``claimed`` by a driver whose claim lease is
+        no longer held (it crashed, or hung past the TTL). Call at driver start-up.
+
+        Safe to run from several drivers at once: each re-arm is done under a fresh,
+        non-stealing acquisition of the control lease. Returns the re-armed run ids.
+        """
+        driver = driver or default_driver()
+        out: list[str] = []
+        for run_id in self.list_runs():
+            info = self.store.find(self.status_name(run_id))
+            if info is None or info.is_held():
+                continue
+            try:
+                st = self.status(run_id)
+            except RunNotFoundError:
+                continue
+            if st.state != CLAIMED:
+                continue
+            try:
+                lease = self._acquire_control(run_id, driver, keepalive=False)
+            except RunClaimConflict:
+                continue  # someone holds it now: a live claimer or another recoverer
+            try:
+                cur = self._read_status(lease)
+                if cur is None or cur.state != CLAIMED:
+                    continue
+                self._write_status(lease, cur, replace(
+                    cur, state=PAUSED, driver=driver,
+                    orphans_recovered=cur.orphans_recovered + 1))
+                out.append(run_id)
+            finally:
+                lease.release()
+        return out
