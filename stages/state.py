@@ -1,21 +1,68 @@
 """CheckpointedStageState: a stage's state with crash-atomic, verified checkpoints on a lease.
 
-SKELETON: the API is final (see /tmp/api_stages.md); bodies are being filled in.
+The commit protocol (one mechanism, ``docs/FORMAT.md`` has the bytes):
+
+1. Choose the target header slot: an empty or invalid slot, else the slot of the *oldest*
+   committed generation. The newest K-1 committed generations are never touched.
+2. Serialize (pickle protocol 5 with out-of-band buffers, or msgpack) into segments; chunk
+   them into block-size chunks without joining (only chunks straddling a segment boundary
+   are copied); checksum and maybe compress chunks in a thread pool while earlier chunks are
+   written.
+3. Write data (and spilled map) blocks only to blocks no other retained generation
+   references, growing the lease if needed. If those blocks include blocks of the target
+   slot's old generation, that slot is first erased (zero block) and flushed, so no header
+   ever points at blocks being overwritten.
+4. ``flush`` (data durable), then write the header into the target slot, then ``flush``.
+
+So a crash at any point leaves the previous committed generations complete, and ``restore``
+sees either the old set or the new one. ``restore`` takes the newest generation whose header,
+map, chunks (and MAC) verify, and reports the ones it skipped.
+
+``checkpoint()`` runs inside :func:`~stages.observer.flush_guard`: the observer hears
+``on_flush_start`` once before anything is serialized or written and ``on_flush_complete``
+once on every exit path. Every error while checkpointing surfaces as
+:class:`~stages.errors.CheckpointFailed` (fail-closed); ``KeyboardInterrupt`` and other
+``BaseException``\\ s propagate unchanged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+import math
+import struct
+import time
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from typing import Any, Generic, TypeVar
 
-from blockstore import Lease, LeaseReader
+from blockstore import Lease, LeaseReader, crc32c
 
-from .observer import CheckpointFlushObserver
+from . import codec as codecs
+from . import format as fmt
+from .compress import ChunkCoder
+from .errors import (
+    BadMagicError,
+    CheckpointCorrupt,
+    CheckpointFailed,
+    NoCheckpointError,
+)
+from .format import CHUNK_RAW, ENTRY, MAPBLOCK, Header, MapEntry
+from .mac import PayloadMac, resolve_key
+from .observer import CheckpointFlushObserver, flush_guard
+from .verify import load_map, read_payload, scan_slots, worker_pool
 
 __all__ = ["CheckpointInfo", "CheckpointedStageState", "RestoreReport"]
 
+log = logging.getLogger(__name__)
+
 T = TypeVar("T")
+
+#: Bytes handed to one ``write_blocks`` call / one pool task.
+WRITE_BATCH = 8 * 1024 * 1024
+#: Pool tasks in flight ahead of the writer.
+WINDOW = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +72,7 @@ class CheckpointInfo:
     Attributes:
         lease_id: the lease holding it.
         name: the lease's name (the stage id).
-        generation: monotonically increasing per lease (first checkpoint is 1).
+        generation: increases by one per checkpoint attempt on the lease (first is 1).
         step: the caller's step number (e.g. the pipeline-level checkpoint step).
         data_length: bytes of the serialized payload (before compression).
         stored_bytes: bytes the payload occupies on the lease after compression.
@@ -33,7 +80,7 @@ class CheckpointInfo:
         codec: "pickle" or "msgpack".
         compression: "none", "zstd" or "auto" (the setting it was written with).
         created_at: wall-clock time the checkpoint started.
-        duration_s: seconds from start to commit (header written and flushed).
+        duration_s: seconds from start to the header write (serialize + data + flush).
         meta: the small JSON dict given to ``checkpoint(meta=...)``.
     """
 
@@ -55,6 +102,13 @@ class CheckpointInfo:
         d["meta"] = dict(self.meta)
         return d
 
+    @classmethod
+    def from_header(cls, h: Header, lease_id: str, name: str, blocks: int) -> CheckpointInfo:
+        return cls(lease_id=lease_id, name=name, generation=h.generation, step=h.step,
+                   data_length=h.data_length, stored_bytes=h.stored_bytes, blocks=blocks,
+                   codec=h.codec, compression=h.compression, created_at=h.created_at,
+                   duration_s=h.duration_s, meta=dict(h.meta))
+
 
 @dataclass(frozen=True, slots=True)
 class RestoreReport:
@@ -65,8 +119,8 @@ class RestoreReport:
         step: its step.
         meta: its metadata.
         info: its full description.
-        skipped: ``((generation, reason), ...)`` of newer generations (or unreadable slots,
-            generation None) that failed verification, newest first.
+        skipped: ``((generation, reason), ...)`` of every generation that failed verification
+            (newest first), and of unreadable header slots (generation None).
     """
 
     generation: int
@@ -76,47 +130,469 @@ class RestoreReport:
     skipped: tuple[tuple[int | None, str], ...] = ()
 
 
+@dataclass(slots=True)
+class _Slot:
+    """The writer's knowledge of one header slot."""
+
+    header: Header | None = None
+    blocks: frozenset[int] = frozenset()
+    committed: bool = False
+    dirty: bool = False  # holds something (a header, garbage, or a possibly torn write)
+
+
+def _chunks(segments: Sequence[memoryview], bs: int) -> Iterator[memoryview]:
+    """Cut segments into ``bs``-byte chunks (last one shorter); copy only straddling ones."""
+    cur: list[memoryview] = []
+    cur_len = 0
+    for seg in segments:
+        n = seg.nbytes
+        pos = 0
+        while pos < n:
+            if cur_len == 0 and n - pos >= bs:
+                yield seg[pos:pos + bs]
+                pos += bs
+                continue
+            take = min(bs - cur_len, n - pos)
+            cur.append(seg[pos:pos + take])
+            cur_len += take
+            pos += take
+            if cur_len == bs:
+                yield memoryview(b"".join(cur))
+                cur, cur_len = [], 0
+    if cur_len:
+        yield memoryview(b"".join(cur))
+
+
+def _encode_batch(coder: ChunkCoder,
+                  chunks: list[memoryview]) -> list[tuple[memoryview | bytes, int, int, int]]:
+    out = []
+    for c in chunks:
+        stored, flags = coder.encode(c)
+        out.append((stored, flags, crc32c(stored), c.nbytes))
+    return out
+
+
+def _hash_payload(key: bytes, segments: Sequence[memoryview]) -> PayloadMac:
+    return PayloadMac(key).update_all(segments)
+
+
 class CheckpointedStageState(Generic[T]):
-    """A stage's state bound to a lease; ``checkpoint()`` commits it crash-atomically."""
+    """A stage's state bound to a lease; ``checkpoint()`` commits it crash-atomically.
+
+    Nothing is written (or read) until the first ``checkpoint()``. Not thread-safe: one
+    stage, one writer. See the module docstring for the protocol and guarantees.
+
+    Args:
+        state: the state object (any picklable value; plain data for ``codec="msgpack"``).
+        lease: a held :class:`~blockstore.Lease` (or a reader: then ``checkpoint`` fails).
+        retention: K committed generations kept (>= 2; 1 would overwrite the only copy).
+            A lease that already holds checkpoints keeps the K it was first written with.
+        codec: "pickle" (default, zero-copy numpy) or "msgpack" (data only, never runs code).
+        compression: "auto" (zstd where a probe shows it pays), "zstd" or "none".
+        level: zstd level.
+        key: MAC key; default ``$BLOCKPOINT_CHECKPOINT_KEY``; when set, checkpoints carry an
+            HMAC-SHA256 and restores refuse generations without a valid one.
+        observer: told of every flush (see :mod:`stages.observer`).
+        lease_id: the id given to the observer (default: the lease's id).
+    """
 
     def __init__(self, state: T, lease: Lease | LeaseReader, *, retention: int = 2,
                  codec: str = "pickle", compression: str = "auto", level: int = 3,
-                 key: bytes | None = None, observer: CheckpointFlushObserver | None = None,
+                 key: bytes | str | None = None, observer: CheckpointFlushObserver | None = None,
                  lease_id: str | None = None) -> None:
+        if not isinstance(retention, int) or retention < 2:
+            raise ValueError(f"retention must be an int >= 2 (a commit must never overwrite the "
+                             f"only good copy), got {retention!r}")
+        if retention > fmt.MAX_SLOTS:
+            raise ValueError(f"retention must be <= {fmt.MAX_SLOTS}, got {retention}")
+        if codec not in fmt.CODECS:
+            raise ValueError(f"codec must be one of {sorted(fmt.CODECS)}, got {codec!r}")
+        self._coder = ChunkCoder(compression, level)
         self._state = state
-        self._lease = lease
+        self._lease: Lease | LeaseReader | None = lease
+        self._retention = retention
+        self._codec = codec
+        self._compression = compression
+        self._level = level
+        self._key = resolve_key(key)
+        self._observer = observer
+        self._lease_id = lease_id or lease.lease_id
+        self._slots: list[_Slot] | None = None
+        self._max_gen = 0
+        self._last: CheckpointInfo | None = None
         self.restored: RestoreReport | None = None
 
     @classmethod
     def with_observer(cls, state: T, lease: Lease | LeaseReader, lease_id: str,
                       observer: CheckpointFlushObserver | None,
                       **options: Any) -> CheckpointedStageState[T]:
+        """Like the constructor, with a flush observer notified under ``lease_id``."""
         return cls(state, lease, observer=observer, lease_id=lease_id, **options)
 
+    # -- state ---------------------------------------------------------------------------
     @property
     def state(self) -> T:
+        """The live state; assigning replaces it (nothing is written until ``checkpoint``)."""
         return self._state
 
     @state.setter
     def state(self, value: T) -> None:
         self._state = value
 
-    def checkpoint(self, *, step: int = 0,
-                   meta: Mapping[str, Any] | None = None) -> CheckpointInfo:
-        raise NotImplementedError
+    @property
+    def lease(self) -> Lease | LeaseReader:
+        if self._lease is None:
+            raise CheckpointFailed("the lease was handed over by into_block_lease()",
+                                   lease_id=self._lease_id)
+        return self._lease
 
-    @classmethod
-    def restore(cls, lease_or_reader: Lease | LeaseReader, *, key: bytes | None = None,
-                observer: CheckpointFlushObserver | None = None, lease_id: str | None = None,
-                **options: Any) -> CheckpointedStageState[Any]:
-        raise NotImplementedError
+    @property
+    def retention(self) -> int:
+        return self._retention
+
+    def into_block_lease(self) -> Lease | LeaseReader:
+        """Give up the wrapper and return the lease; this object can no longer checkpoint."""
+        lease = self.lease
+        self._lease = None
+        return lease
+
+    # -- generations ---------------------------------------------------------------------
+    def _ensure_layout(self) -> list[_Slot]:
+        """Learn the slots (read headers and maps) once, before the first write."""
+        if self._slots is not None:
+            return self._slots
+        lease = self.lease
+        k, scans = scan_slots(lease)
+        if k is not None and k != self._retention:
+            log.warning("lease %r was first checkpointed with retention %d; keeping %d "
+                        "(asked %d)", lease.name, k, k, self._retention)
+            self._retention = k
+        slots = [_Slot() for _ in range(self._retention)]
+        for s in scans:
+            if s.slot >= self._retention:
+                continue
+            slot = slots[s.slot]
+            slot.dirty = not s.empty
+            if s.header is not None:
+                self._max_gen = max(self._max_gen, s.header.generation)
+                try:
+                    _, blocks = self._blocks_of(lease, s.header)
+                except CheckpointCorrupt as exc:
+                    log.warning("generation %d of lease %r has a bad map (%s); it will be "
+                                "overwritten", s.header.generation, lease.name, exc)
+                    continue
+                slot.header, slot.blocks, slot.committed = s.header, blocks, True
+            elif s.error is not None and s.error.generation is not None:
+                self._max_gen = max(self._max_gen, s.error.generation)
+        self._slots = slots
+        return slots
+
+    @staticmethod
+    def _blocks_of(reader: LeaseReader, h: Header) -> tuple[list[MapEntry], frozenset[int]]:
+        entries, map_blocks = load_map(reader, h)
+        return entries, frozenset(e.block for e in entries) | frozenset(map_blocks)
 
     def generations(self) -> list[CheckpointInfo]:
-        raise NotImplementedError
+        """Committed generations on the lease as this object knows them, newest first.
+
+        Headers and maps are checked; data chunks are verified by ``restore``/``verify``.
+        """
+        slots = self._ensure_layout()
+        lease = self.lease
+        infos = [CheckpointInfo.from_header(s.header, lease.lease_id, lease.name, len(s.blocks))
+                 for s in slots if s.committed and s.header is not None]
+        return sorted(infos, key=lambda i: -i.generation)
 
     @property
     def last_checkpoint(self) -> CheckpointInfo | None:
-        raise NotImplementedError
+        """The newest generation committed or restored by this object, else None."""
+        return self._last
 
-    def into_block_lease(self) -> Lease | LeaseReader:
-        return self._lease
+    # -- checkpoint ----------------------------------------------------------------------
+    def checkpoint(self, *, step: int = 0,
+                   meta: Mapping[str, Any] | None = None) -> CheckpointInfo:
+        """Commit the current state as a new generation; return its description.
+
+        On return the generation is durable (data and header flushed). Raises
+        :class:`CheckpointFailed` on any error (serialization, I/O, fencing, not held); the
+        previous generations are then intact and the state is NOT saved.
+        """
+        with flush_guard(self._observer, self._lease_id):
+            try:
+                return self._checkpoint(step, meta)
+            except CheckpointFailed:
+                raise
+            except Exception as exc:
+                raise CheckpointFailed(
+                    f"checkpoint of lease {self._lease_id} failed: {type(exc).__name__}: {exc}",
+                    lease_id=self._lease_id, generation=self._max_gen or None) from exc
+
+    def _checkpoint(self, step: int, meta: Mapping[str, Any] | None) -> CheckpointInfo:
+        t0 = time.perf_counter()
+        created = time.time()
+        lease = self.lease
+        if not isinstance(lease, Lease):
+            raise CheckpointFailed(f"lease {lease.name!r} is open for reading only (restored "
+                                   "from a LeaseReader); acquire it to checkpoint",
+                                   lease_id=self._lease_id)
+        if not isinstance(step, int) or step < 0:
+            raise ValueError(f"step must be a non-negative int, got {step!r}")
+        meta_bytes = fmt.encode_meta(meta)
+        bs = lease.block_size
+        if fmt.HEADER_SIZE + len(meta_bytes) > bs:
+            raise ValueError(f"meta of {len(meta_bytes)} bytes does not fit a header block")
+        slots = self._ensure_layout()
+        k = self._retention
+        gen = self._max_gen + 1
+        self._max_gen = gen
+        target = self._target_slot(slots)
+        tslot = slots[target]
+
+        payload = codecs.encode(self._state, self._codec)
+        n_chunks = max(1, math.ceil(payload.length / bs))
+        inline = fmt.inline_fits(bs, len(meta_bytes), n_chunks)
+        epb = fmt.entries_per_map_block(bs)
+        n_map = 0 if inline else math.ceil(n_chunks / epb)
+        need = n_chunks + n_map
+
+        protected = set(range(k))
+        for i, s in enumerate(slots):
+            if i != target and s.committed:
+                protected |= s.blocks
+        nb = lease.num_blocks
+        free_now = max(0, nb - k) - sum(1 for b in protected if k <= b < nb)
+        if nb < k or free_now < need:
+            lease.grow(max(k, nb) + max(0, need - free_now))
+        alloc_list = self._allocate(protected, k, need)
+
+        pool = worker_pool()
+        mac_future: Future[PayloadMac] | None = None
+        if self._key is not None:
+            mac_future = pool.submit(_hash_payload, self._key, payload.segments)
+
+        # Erase the target slot first if its old generation's blocks are about to be reused
+        # (or it holds a damaged header), so no header ever describes overwritten blocks.
+        if tslot.dirty and (not tslot.committed or not tslot.blocks.isdisjoint(alloc_list)):
+            tslot.committed = False
+            lease.write_blocks({target: b""})
+            lease.flush()
+            tslot.dirty = False
+        tslot.committed = False
+        tslot.header = None
+
+        alloc = iter(alloc_list)
+        entries, used = self._write_chunks(lease, payload.segments, alloc, bs)
+        map_crc, first_map, map_blocks, inline_map = self._write_map(lease, entries, alloc,
+                                                                    inline, n_map, bs)
+        used |= set(map_blocks)
+        lease.flush()
+
+        stored = sum(e.stored for e in entries)
+        header = fmt.pack_header(
+            data_length=payload.length, generation=gen, step=step, created_at=created,
+            duration_s=0.0, stored_bytes=stored, chunks=len(entries), block_size=bs, slots=k,
+            slot=target, codec=self._codec, compression=self._compression, level=self._level,
+            has_mac=self._key is not None, meta=meta_bytes, map_blocks=n_map, map_crc=map_crc,
+            first_map_block=first_map, inline_map=inline_map)
+        # The duration field is filled in last, just before the MAC and CRC seal the header.
+        struct.pack_into("<d", header, 40, time.perf_counter() - t0)
+        mac = None
+        if mac_future is not None:
+            mac = mac_future.result().finish(fmt.header_mac_input(header))
+        fmt.seal_header(header, mac)
+        tslot.dirty = True
+        lease.write_blocks({target: header})
+        lease.flush()
+
+        h = fmt.parse_header(header, slot=target, lease_id=lease.lease_id, name=lease.name)
+        tslot.header, tslot.blocks, tslot.committed = h, frozenset(used), True
+        info = CheckpointInfo.from_header(h, lease.lease_id, lease.name, len(used))
+        self._last = info
+        return info
+
+    def _target_slot(self, slots: list[_Slot]) -> int:
+        for i, s in enumerate(slots):
+            if not s.committed:
+                return i
+        return min(range(len(slots)), key=lambda i: slots[i].header.generation)  # type: ignore[union-attr]
+
+    def _allocate(self, protected: set[int], k: int, need: int) -> list[int]:
+        out: list[int] = []
+        b = k
+        while len(out) < need:
+            if b not in protected:
+                out.append(b)
+            b += 1
+        return out
+
+    def _write_chunks(self, lease: Lease, segments: Sequence[memoryview], alloc: Iterator[int],
+                      bs: int) -> tuple[list[MapEntry], set[int]]:
+        pool = worker_pool()
+        coder = self._coder
+        per_task = max(1, WRITE_BATCH // bs)
+        chunk_iter = _chunks(segments, bs)
+        inflight: deque[Future[list[tuple[memoryview | bytes, int, int, int]]]] = deque()
+
+        def submit_next() -> bool:
+            batch = [c for _, c in zip(range(per_task), chunk_iter)]
+            if not batch:
+                return False
+            inflight.append(pool.submit(_encode_batch, coder, batch))
+            return True
+
+        while len(inflight) < WINDOW and submit_next():
+            pass
+        entries: list[MapEntry] = []
+        used: set[int] = set()
+        writes: list[tuple[int, memoryview | bytes | bytearray]] = []
+        wbytes = 0
+        pack: bytearray | None = None
+        pack_block = -1
+        pack_fill = 0
+        while inflight:
+            results = inflight.popleft().result()
+            submit_next()
+            for stored, flags, crc, raw in results:
+                n = len(stored) if isinstance(stored, bytes) else stored.nbytes
+                if flags == CHUNK_RAW:
+                    b = next(alloc)
+                    writes.append((b, stored))
+                    wbytes += n
+                    entries.append(MapEntry(b, 0, n, raw, crc, flags))
+                    used.add(b)
+                else:
+                    if pack is None or pack_fill + n > bs:
+                        if pack is not None:
+                            writes.append((pack_block, memoryview(pack)[:pack_fill]))
+                            wbytes += pack_fill
+                        pack, pack_block, pack_fill = bytearray(bs), next(alloc), 0
+                        used.add(pack_block)
+                    pack[pack_fill:pack_fill + n] = stored
+                    entries.append(MapEntry(pack_block, pack_fill, n, raw, crc, flags))
+                    pack_fill += n
+                if wbytes >= WRITE_BATCH:
+                    lease.write_blocks(writes)
+                    writes, wbytes = [], 0
+        if pack is not None:
+            writes.append((pack_block, memoryview(pack)[:pack_fill]))
+        if writes:
+            lease.write_blocks(writes)
+        return entries, used
+
+    def _write_map(self, lease: Lease, entries: list[MapEntry], alloc: Iterator[int],
+                   inline: bool, n_map: int, bs: int) -> tuple[int, int, list[int], bytes]:
+        raw = fmt.pack_entries(entries)
+        if inline:
+            return crc32c(raw), 0, [], raw
+        epb = fmt.entries_per_map_block(bs)
+        blocks = [next(alloc) for _ in range(n_map)]
+        crc = 0
+        writes = []
+        for i, b in enumerate(blocks):
+            part = raw[i * epb * ENTRY.size:(i + 1) * epb * ENTRY.size]
+            nxt = blocks[i + 1] if i + 1 < n_map else 0
+            blk = MAPBLOCK.pack(nxt, len(part) // ENTRY.size, 0) + part
+            crc = crc32c(blk, crc)
+            writes.append((b, blk))
+        lease.write_blocks(writes)
+        return crc, blocks[0], blocks, b""
+
+    # -- restore -------------------------------------------------------------------------
+    @classmethod
+    def restore(cls, lease_or_reader: Lease | LeaseReader, *, key: bytes | str | None = None,
+                observer: CheckpointFlushObserver | None = None, lease_id: str | None = None,
+                **options: Any) -> CheckpointedStageState[Any]:
+        """Restore the newest generation that verifies; bind the result to the lease.
+
+        Every chunk CRC (and the MAC when a key is configured) is verified before anything is
+        decoded. Newer generations that fail are skipped, logged and listed in
+        ``css.restored.skipped``. Restored numpy arrays are backed by the one buffer the
+        payload was read into (no extra copy).
+
+        Raises:
+            NoCheckpointError: the lease holds no checkpoint (never written, or empty).
+            CheckpointCorrupt: no generation verifies (a subclass names the cause of the
+                newest one: bad magic, newer version, truncated lease, MAC); ``.skipped``
+                lists them all.
+        """
+        reader = lease_or_reader
+        rkey = resolve_key(key)
+        k, scans = scan_slots(reader)
+        where = f"lease {reader.name!r} ({reader.lease_id})"
+        if all(s.empty for s in scans):
+            raise NoCheckpointError(f"{where} holds no checkpoint", lease_id=reader.lease_id,
+                                    name=reader.name)
+        headers = sorted((s.header for s in scans if s.header is not None),
+                         key=lambda h: -h.generation)
+        errors: list[CheckpointCorrupt] = [s.error for s in scans if s.error is not None]
+        skipped: list[tuple[int | None, str]] = [(e.generation, str(e)) for e in errors]
+        newest_err: CheckpointCorrupt | None = None
+        for h in headers:
+            try:
+                entries, blocks = cls._blocks_of(reader, h)
+                buf = read_payload(reader, h, entries, key=rkey)
+                try:
+                    state = codecs.decode(buf, h.codec)
+                except Exception as exc:
+                    raise CheckpointCorrupt(
+                        f"{where} generation {h.generation}: payload does not decode: "
+                        f"{type(exc).__name__}: {exc}", lease_id=reader.lease_id,
+                        name=reader.name, generation=h.generation, slot=h.slot) from exc
+            except CheckpointCorrupt as exc:
+                log.warning("restore of %s: skipping generation %d: %s", where, h.generation,
+                            exc)
+                skipped.append((h.generation, str(exc)))
+                newest_err = newest_err or exc
+                continue
+            opts = {"retention": max(k or 2, 2), **options}
+            css: CheckpointedStageState[Any] = cls(state, reader, key=key, observer=observer,
+                                                   lease_id=lease_id, **opts)
+            info = CheckpointInfo.from_header(h, reader.lease_id, reader.name, len(blocks))
+            skipped.sort(key=lambda t: -(t[0] if t[0] is not None else -1))
+            css.restored = RestoreReport(generation=h.generation, step=h.step, meta=dict(h.meta),
+                                         info=info, skipped=tuple(skipped))
+            css._last = info
+            css._adopt(k or 2, scans, h, blocks)
+            if skipped:
+                log.warning("restore of %s: restored generation %d after skipping %s", where,
+                            h.generation, [g for g, _ in skipped])
+            return css
+        err = newest_err
+        if err is None:
+            err = next((e for e in errors if not isinstance(e, BadMagicError)), None) or errors[0]
+        raise type(err)(f"no checkpoint generation of {where} verifies; newest failure: {err}",
+                        **_err_kwargs(err), skipped=tuple(skipped)) from err
+
+    def _adopt(self, k: int, scans: list[Any], restored: Header, blocks: frozenset[int]) -> None:
+        """Writer knowledge after a restore: generations newer than the restored one failed."""
+        self._retention = k
+        slots = [_Slot() for _ in range(k)]
+        for s in scans:
+            if s.slot >= k:
+                continue
+            slot = slots[s.slot]
+            slot.dirty = not s.empty
+            gen = s.header.generation if s.header else (s.error.generation if s.error else None)
+            if gen is not None:
+                self._max_gen = max(self._max_gen, gen)
+            h = s.header
+            if h is None or h.generation > restored.generation:
+                continue
+            if h.generation == restored.generation:
+                slot.header, slot.blocks, slot.committed = h, blocks, True
+                continue
+            try:
+                _, b = self._blocks_of(self.lease, h)
+            except CheckpointCorrupt:
+                continue
+            slot.header, slot.blocks, slot.committed = h, b, True
+        self._slots = slots
+
+
+def _err_kwargs(err: CheckpointCorrupt) -> dict[str, Any]:
+    kw: dict[str, Any] = {"lease_id": err.lease_id, "name": err.name,
+                          "generation": err.generation, "block": err.block, "slot": err.slot}
+    version = getattr(err, "version", None)
+    if version is not None:
+        kw["version"] = version
+    return kw

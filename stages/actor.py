@@ -1,0 +1,419 @@
+"""Stage actors: a user's plain class turned into a checkpointed, fenced Ray actor.
+
+A user writes a :class:`Stage` - a plain, picklable class with ``initial_state()`` and
+``process(state, record)`` - and describes it with a :class:`StageSpec` (stage id, a factory,
+the store URL, checkpoint options, resources). :func:`launch_stage` starts a
+:class:`StageActor` from the spec anywhere in the cluster; the spec alone is enough to start
+it again somewhere else after a crash, which is what the scheduler and the pipeline do.
+
+Why the design is as it is:
+
+* **One lease per stage, taken by force.** A new incarnation always acquires the stage's
+  lease with ``steal=True``: the fencing epoch is bumped, so the previous incarnation - dead,
+  or a zombie on a node Ray has declared lost but which still runs - can never write a
+  checkpoint again (the store refuses its epoch). Correctness never depends on timing or on
+  Ray's view of liveness. ``keepalive=True`` renews the TTL while the process lives, so an
+  expired lease means a dead (or partitioned) holder.
+* **State lives in a** :class:`~stages.state.CheckpointedStageState`. Nothing is durable until
+  ``checkpoint()``; a new incarnation restores the newest generation that verifies (or, for a
+  pipeline rollback, the newest one at or before a given step) and otherwise starts from
+  ``factory().initial_state()``. A lease that holds generations none of which verifies is an
+  error (``CheckpointCorrupt``), never a silent restart from scratch.
+* **Two concurrency groups.** Data-path methods (``process_batch``, ``checkpoint``,
+  ``rollback``, ``stop``, ``get_state``) run in Ray's default group, one at a time and in the
+  order a caller submitted them; this is what lets a pipeline's barrier (a ``checkpoint``
+  call queued after a batch) travel *with* the data. Control methods (``info``, ``ping``) run
+  in a separate ``control`` group so that the scheduler can look at a stage while it is in
+  the middle of a long checkpoint flush.
+* **The flush observer is passed through, untouched**: the scheduler supplies a picklable
+  object; the actor hands it to ``CheckpointedStageState`` which calls it around every flush.
+* **Registration is fire-and-forget.** When ``spec.scheduler`` names a scheduler actor, the
+  stage calls ``register.remote(StageRegistration)`` on it from ``__init__`` and does not
+  wait: the scheduler may call back into the stage, which cannot answer before ``__init__``
+  returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import ray
+
+from blockstore import BlockStore, Lease, open_store
+
+if TYPE_CHECKING:
+    from ray.actor import ActorHandle
+
+    from stages.state import CheckpointedStageState, CheckpointFlushObserver
+
+__all__ = [
+    "CONTROL_GROUP",
+    "Stage",
+    "StageActor",
+    "StageRegistration",
+    "StageSpec",
+    "launch_stage",
+    "restore_state",
+]
+
+log = logging.getLogger(__name__)
+
+#: Concurrency group of the methods that must answer while a checkpoint is flushing.
+CONTROL_GROUP = "control"
+_CONTROL_CONCURRENCY = 2
+_KNOWN_RESOURCE_OPTIONS = ("num_cpus", "num_gpus", "memory")
+
+
+@runtime_checkable
+class Stage(Protocol):
+    """What a user writes: a plain, picklable class.
+
+    ``process`` may mutate ``state`` in place (or replace parts of it) and yields the outputs
+    for one record. It must be deterministic given ``(state, record)`` for exactly-once
+    pipelines: replay after a failure feeds the same records to the restored state.
+    """
+
+    def initial_state(self) -> Any: ...
+
+    def process(self, state: Any, record: Any) -> Iterable[Any]: ...
+
+
+def _default_resources() -> dict[str, float]:
+    return {"num_cpus": 1}
+
+
+@dataclass(frozen=True, slots=True)
+class StageSpec:
+    """Everything needed to (re)create a stage anywhere; picklable.
+
+    Attributes:
+        stage_id: unique in the store; also the name of the stage's lease.
+        factory: zero-argument callable returning a :class:`Stage` (a class works).
+        store_url: where checkpoints live (``file://`` or a path; every node must reach it).
+        priority: for the scheduler; higher is more important.
+        resources: Ray resource options (``num_cpus``, ``num_gpus``, ``memory``; any other key
+            is a custom resource).
+        retention, codec, compression: passed to ``CheckpointedStageState``.
+        block_size: block size if the store must be created (``None``: the store's default).
+        lease_ttl: TTL of the stage's lease; a keepalive thread renews it every third.
+        scheduler: name of the scheduler actor to register with (namespace-local), or None.
+    """
+
+    stage_id: str
+    factory: Callable[[], Stage]
+    store_url: str
+    priority: int = 0
+    resources: Mapping[str, float] = field(default_factory=_default_resources)
+    retention: int = 2
+    codec: str = "pickle"
+    compression: str = "auto"
+    block_size: int | None = None
+    lease_ttl: float = 10.0
+    scheduler: str | None = None
+
+    def state_options(self) -> dict[str, Any]:
+        """Keyword options for ``CheckpointedStageState`` (constructor and ``restore``)."""
+        return {"retention": self.retention, "codec": self.codec,
+                "compression": self.compression}
+
+    def open_store(self) -> BlockStore:
+        """Open the spec's store (created with ``block_size`` if it does not exist)."""
+        return open_store(self.store_url, block_size=self.block_size)
+
+
+@dataclass(frozen=True, slots=True)
+class StageRegistration:
+    """What a stage tells the scheduler when an incarnation starts.
+
+    Sent as the single argument of ``scheduler.register.remote(...)``.
+    """
+
+    stage_id: str
+    actor: Any  # ActorHandle of this incarnation
+    node_id: str | None
+    priority: int
+    lease_id: str
+    epoch: int
+    resources: Mapping[str, float]
+    generation: int | None
+    step: int | None
+    pid: int
+
+
+def restore_state(lease: Lease, spec: StageSpec, *, observer: CheckpointFlushObserver | None,
+                  max_step: int | None = None) -> CheckpointedStageState[Any]:
+    """Bind the stage's state to ``lease``: restored if a checkpoint exists, else initial.
+
+    With ``max_step``, the newest generation whose step is ``<= max_step`` is restored
+    (pipeline rollback to its last committed step); if the lease has generations but none is
+    old enough, ``RollbackUnavailable`` is raised (a step that retention already dropped).
+    Guarantees: never returns state from a generation that does not verify; a lease with
+    generations of which none verifies raises ``CheckpointCorrupt``.
+    """
+    from stages.errors import NoCheckpointError
+    from stages.state import CheckpointedStageState
+
+    opts = spec.state_options()
+    try:
+        if max_step is None:
+            return CheckpointedStageState.restore(lease, observer=observer,
+                                                  lease_id=lease.lease_id, **opts)
+        return CheckpointedStageState.restore(lease, observer=observer, lease_id=lease.lease_id,
+                                              max_step=max_step, **opts)
+    except NoCheckpointError:
+        pass
+    state = spec.factory().initial_state()
+    if observer is None:
+        return CheckpointedStageState(state, lease, **opts)
+    return CheckpointedStageState.with_observer(state, lease, lease.lease_id, observer, **opts)
+
+
+def _ray_context() -> tuple[str | None, Any]:
+    """(node id, own actor handle) when running inside a Ray actor, else (None, None)."""
+    if not ray.is_initialized():
+        return None, None
+    ctx = ray.get_runtime_context()
+    try:
+        node_id = ctx.get_node_id()
+    except Exception:  # noqa: BLE001 - outside a worker there is no node
+        node_id = None
+    try:
+        handle = ctx.current_actor
+    except Exception:  # noqa: BLE001 - not inside an actor (plain use, tests)
+        handle = None
+    return node_id, handle
+
+
+class StageActor:
+    """One incarnation of a stage: its lease, its state, its counters.
+
+    A plain class (``launch_stage`` applies ``ray.remote``), so it also runs in-process for
+    tests. Construction acquires the lease by force (epoch bump, fencing every earlier
+    incarnation) and restores; see the module docstring.
+
+    Args:
+        spec: the stage.
+        observer: flush observer handed to ``CheckpointedStageState`` (the scheduler's).
+        restore_step: restore the newest generation at or before this step instead of the
+            newest (pipeline rollback). ``None``: newest.
+    """
+
+    def __init__(self, spec: StageSpec, observer: CheckpointFlushObserver | None = None,
+                 restore_step: int | None = None) -> None:
+        self.spec = spec
+        self._observer = observer
+        self._stage = spec.factory()
+        self._store = spec.open_store()
+        self._node_id, self._handle = _ray_context()
+        self._pid = os.getpid()
+        holder = f"{spec.stage_id}@{(self._node_id or 'local')[:12]}:{self._pid}"
+        self._lease = self._store.acquire(spec.stage_id, holder=holder, ttl=spec.lease_ttl,
+                                          steal=True, keepalive=True)
+        self._lock = threading.Lock()
+        self._stopped = False
+        self._records_total = 0
+        self._records_since = 0
+        self._last_checkpoint_at: float | None = None
+        self._css = self._bind(restore_step)
+        self._registration_ref: Any = None
+        if spec.scheduler:
+            self._register()
+
+    # -- internals -----------------------------------------------------------------------
+    def _bind(self, max_step: int | None) -> CheckpointedStageState[Any]:
+        css = restore_state(self._lease, self.spec, observer=self._observer, max_step=max_step)
+        report = getattr(css, "restored", None)
+        self._restored_from = None if report is None else report.generation
+        self._restored_step = None if report is None else report.step
+        self._restored_meta = None if report is None else dict(report.meta or {})
+        if report is not None and report.skipped:
+            log.warning("stage %s restored generation %s, skipping %s", self.spec.stage_id,
+                        report.generation, report.skipped)
+        return css
+
+    def _register(self) -> None:
+        try:
+            scheduler = ray.get_actor(self.spec.scheduler)
+            self._registration_ref = scheduler.register.remote(self.registration())
+        except Exception as exc:  # noqa: BLE001 - a missing scheduler must not stop the stage
+            log.warning("stage %s could not register with scheduler %r: %s",
+                        self.spec.stage_id, self.spec.scheduler, exc)
+
+    def _check_running(self) -> None:
+        if self._stopped:
+            from stages.errors import StageError
+            raise StageError(f"stage {self.spec.stage_id!r} was stopped")
+
+    # -- data path (default concurrency group: one at a time, in submission order) --------
+    def process_batch(self, records: list[Any]) -> list[Any]:
+        """Feed ``records`` in order; return every output, in order.
+
+        If ``process`` raises, the exception propagates and the in-memory state may hold
+        part of the batch: the caller must roll back (``rollback``) or relaunch before
+        trusting this incarnation again.
+        """
+        with self._lock:
+            self._check_running()
+            out: list[Any] = []
+            state = self._css.state
+            process = self._stage.process
+            for record in records:
+                out.extend(process(state, record))
+            self._records_total += len(records)
+            self._records_since += len(records)
+            return out
+
+    def checkpoint(self, step: int = 0, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Write a checkpoint generation; return ``CheckpointInfo.to_dict()``.
+
+        Fail-closed: any error while writing (fenced by a newer incarnation, I/O) raises
+        ``CheckpointFailed`` and the counters do not move.
+        """
+        with self._lock:
+            self._check_running()
+            info = self._css.checkpoint(step=step, meta=meta)
+            self._records_since = 0
+            self._last_checkpoint_at = time.time()
+            return info.to_dict()
+
+    def rollback(self, step: int | None = None) -> dict[str, Any]:
+        """Reload the state from this stage's lease, as of the newest generation ``<= step``.
+
+        Used by a pipeline to bring a live stage back to the last committed step. Keeps the
+        lease and epoch. Returns ``info()``.
+        """
+        with self._lock:
+            self._check_running()
+            self._css = self._bind(step)
+            self._records_since = 0
+        return self.info()
+
+    def get_state(self) -> Any:
+        """The in-memory state (for tests and inspection)."""
+        with self._lock:
+            return self._css.state
+
+    def stop(self, checkpoint: bool = False, step: int = 0,
+             meta: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """Optionally checkpoint, release the lease, then exit the actor.
+
+        Inside Ray the caller observes the actor's exit (``RayActorError``), not a return
+        value (``ray.actor.exit_actor`` semantics); call :meth:`shutdown` first to get the
+        checkpoint info back. Used in-process (no actor), it returns that info.
+        """
+        info = self.shutdown(checkpoint=checkpoint, step=step, meta=meta)
+        if self._handle is not None:
+            ray.actor.exit_actor()
+        return info
+
+    def shutdown(self, checkpoint: bool = False, step: int = 0,
+                 meta: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """Everything ``stop`` does except exiting: optional checkpoint, release the lease.
+
+        Afterwards data-path calls raise ``StageError``. Calling it twice is harmless.
+        """
+        with self._lock:
+            if self._stopped:
+                return None
+            info = None
+            if checkpoint:
+                info = self._css.checkpoint(step=step, meta=meta).to_dict()
+                self._records_since = 0
+            self._stopped = True
+            self._lease.release()
+            return info
+
+    # -- control (own concurrency group: answers during a flush) -------------------------
+    @ray.method(concurrency_group=CONTROL_GROUP)
+    def info(self) -> dict[str, Any]:
+        """A snapshot: stage_id, node_id, epoch, lease_id, generation, step, meta,
+        records_since_checkpoint, records_total, restored_from, restored_step, pid, stopped.
+
+        ``generation``/``step``/``meta`` are those of the last checkpoint written or restored
+        by this incarnation (``None`` if neither).
+        """
+        last = self._css.last_checkpoint
+        return {
+            "stage_id": self.spec.stage_id,
+            "node_id": self._node_id,
+            "epoch": self._lease.epoch,
+            "lease_id": self._lease.lease_id,
+            "generation": None if last is None else last.generation,
+            "step": None if last is None else last.step,
+            "meta": None if last is None else dict(last.meta or {}),
+            "records_since_checkpoint": self._records_since,
+            "records_total": self._records_total,
+            "last_checkpoint_at": self._last_checkpoint_at,
+            "restored_from": self._restored_from,
+            "restored_step": self._restored_step,
+            "pid": self._pid,
+            "stopped": self._stopped,
+        }
+
+    @ray.method(concurrency_group=CONTROL_GROUP)
+    def ping(self) -> str:
+        """Liveness probe; returns the stage id."""
+        return self.spec.stage_id
+
+    @ray.method(concurrency_group=CONTROL_GROUP)
+    def registration(self) -> StageRegistration:
+        """The record sent to the scheduler."""
+        last = self._css.last_checkpoint
+        return StageRegistration(
+            stage_id=self.spec.stage_id, actor=self._handle, node_id=self._node_id,
+            priority=self.spec.priority, lease_id=self._lease.lease_id, epoch=self._lease.epoch,
+            resources=dict(self.spec.resources),
+            generation=None if last is None else last.generation,
+            step=None if last is None else last.step, pid=self._pid)
+
+
+def actor_options(spec: StageSpec, *, node_id: str | None = None, soft: bool = False,
+                  name: str | None = None) -> dict[str, Any]:
+    """The ``.options(...)`` used by :func:`launch_stage` (exposed for the scheduler)."""
+    opts: dict[str, Any] = {
+        "max_restarts": 0,
+        "max_task_retries": 0,
+        "concurrency_groups": {CONTROL_GROUP: _CONTROL_CONCURRENCY},
+    }
+    custom: dict[str, float] = {}
+    for key, value in spec.resources.items():
+        if key in _KNOWN_RESOURCE_OPTIONS:
+            opts[key] = value
+        elif key == "resources" and isinstance(value, Mapping):
+            custom.update(value)
+        else:
+            custom[key] = float(value)
+    if custom:
+        opts["resources"] = custom
+    if node_id is not None:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+        opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id, soft=soft)
+    if name is not None:
+        opts["name"] = name
+    return opts
+
+
+_remote_cls: Any = None
+
+
+def launch_stage(spec: StageSpec, *, node_id: str | None = None, soft: bool = False,
+                 name: str | None = None, observer: CheckpointFlushObserver | None = None,
+                 restore_step: int | None = None) -> ActorHandle:
+    """Start an incarnation of ``spec`` as a Ray actor and return its handle at once.
+
+    ``node_id`` pins it to a node (``soft``: elsewhere if that node is gone or infeasible).
+    Ray never restarts it (``max_restarts=0``): restarting is the scheduler's or the
+    pipeline's decision, made from the spec. Construction errors (corrupt lease, unreachable
+    store) surface on the first call to the handle.
+    """
+    global _remote_cls
+    if _remote_cls is None:
+        _remote_cls = ray.remote(StageActor)
+    opts = actor_options(spec, node_id=node_id, soft=soft, name=name)
+    return _remote_cls.options(**opts).remote(spec, observer, restore_step)

@@ -1,0 +1,312 @@
+"""The checkpoint format on a lease: header slots, block map, map blocks (``docs/FORMAT.md``).
+
+Why this layout:
+
+* **K header slots** at blocks ``0..K-1`` (K = retention >= 2). A generation is committed by
+  writing its header into one slot, last, after its data is durable; the other K-1 slots keep
+  the newer generations untouched, so a crash at any point leaves a complete older
+  generation. Nothing else is ever "the" checkpoint: a header *is* the commit record.
+* **A block map** per generation: logical chunk -> (physical block, offset, stored length,
+  raw length, CRC-32C, flags). Data can therefore live anywhere in the lease. That is what
+  lets later work share unchanged blocks between generations (incremental), fill blocks in
+  the background (async), or map a generation onto immutable objects (S3) - without a
+  format change. Compressed chunks are packed several to a block; raw chunks fill a block.
+* The map is inline in the header block when it fits, otherwise it **spills** into a chain
+  of map blocks referenced from the header; a CRC over the whole map is in the header.
+* Everything a reader trusts is checksummed: the header (CRC-32C over its used bytes with the
+  CRC field zeroed), the map, every chunk as stored. An optional HMAC-SHA256 authenticates
+  payload + header.
+
+All integers are little-endian; ``struct`` formats below are the single source of truth and
+``docs/FORMAT.md`` reproduces them byte by byte (a test parses a header per the doc).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from blockstore import crc32c
+
+from .errors import BadMagicError, CheckpointCorrupt, UnsupportedFormatError
+
+__all__ = [
+    "CODECS",
+    "COMPRESSIONS",
+    "ENTRY",
+    "FLAG_MAC",
+    "FLAG_MAP_SPILLED",
+    "FORMAT_VERSION",
+    "HEADER",
+    "HEADER_SIZE",
+    "MAGIC",
+    "MAPBLOCK",
+    "MAX_SLOTS",
+    "CHUNK_RAW",
+    "CHUNK_ZSTD",
+    "Header",
+    "MapEntry",
+    "entries_per_map_block",
+    "is_zero",
+    "pack_entries",
+    "pack_header",
+    "parse_header",
+    "unpack_entries",
+]
+
+MAGIC = b"PCHK"
+FORMAT_VERSION = 1
+MAX_SLOTS = 255
+
+#: The fixed part of a header block (144 bytes). Field order = docs/FORMAT.md table.
+HEADER = struct.Struct(
+    "<4s"   # 0   magic "PCHK"
+    "I"     # 4   format version
+    "Q"     # 8   data length (serialized payload bytes)
+    "Q"     # 16  generation
+    "Q"     # 24  step
+    "d"     # 32  created_at (unix seconds, float64)
+    "d"     # 40  duration_s (float64)
+    "Q"     # 48  stored bytes (sum of stored chunk lengths)
+    "Q"     # 56  chunk count N (logical data blocks)
+    "I"     # 64  block size
+    "H"     # 68  slot count K
+    "H"     # 70  slot index of this header
+    "B"     # 72  codec id
+    "B"     # 73  compression setting id
+    "b"     # 74  compression level
+    "B"     # 75  flags
+    "I"     # 76  metadata length M
+    "I"     # 80  map block count (0 = map inline)
+    "I"     # 84  map CRC-32C
+    "Q"     # 88  first map block (physical index; 0 when inline)
+    "Q"     # 96  header length H (bytes covered by the header CRC)
+    "32s"   # 104 MAC (HMAC-SHA256; zeros when absent)
+    "I"     # 136 header CRC-32C
+    "I"     # 140 reserved (0)
+)
+HEADER_SIZE = HEADER.size  # 144
+MAC_OFFSET = 104
+CRC_OFFSET = 136
+
+#: One block-map entry (32 bytes).
+ENTRY = struct.Struct(
+    "<Q"    # 0  physical block index
+    "I"     # 8  byte offset of the stored chunk in that block
+    "I"     # 12 stored length
+    "I"     # 16 raw length (bytes of payload this chunk restores)
+    "I"     # 20 CRC-32C of the stored bytes
+    "B"     # 24 chunk flags (0 raw, 1 zstd)
+    "7x"    # 25 reserved
+)
+#: Head of a spilled map block (16 bytes), followed by ``count`` entries.
+MAPBLOCK = struct.Struct("<QII")  # next map block (0 = last), entry count, reserved
+
+FLAG_MAC = 1
+FLAG_MAP_SPILLED = 2
+
+CHUNK_RAW = 0
+CHUNK_ZSTD = 1
+
+CODECS = {"pickle": 1, "msgpack": 2}
+COMPRESSIONS = {"none": 0, "zstd": 1, "auto": 2}
+_CODEC_NAMES = {v: k for k, v in CODECS.items()}
+_COMPRESSION_NAMES = {v: k for k, v in COMPRESSIONS.items()}
+
+
+class MapEntry(NamedTuple):
+    """Where one logical chunk of the payload is stored (see :data:`ENTRY`).
+
+    A tuple rather than a dataclass: a 1 GiB state at 4 KiB blocks has 262,144 of them.
+    """
+
+    block: int
+    offset: int
+    stored: int
+    raw: int
+    crc: int
+    flags: int
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """A parsed header slot. ``inline_map`` holds the map bytes when not spilled."""
+
+    version: int
+    data_length: int
+    generation: int
+    step: int
+    created_at: float
+    duration_s: float
+    stored_bytes: int
+    chunks: int
+    block_size: int
+    slots: int
+    slot: int
+    codec: str
+    compression: str
+    level: int
+    flags: int
+    meta: Mapping[str, Any]
+    map_blocks: int
+    map_crc: int
+    first_map_block: int
+    header_length: int
+    mac: bytes
+    header_crc: int
+    inline_map: bytes = b""
+    raw: bytes = field(default=b"", repr=False)  # the covered header bytes, as read
+
+    @property
+    def has_mac(self) -> bool:
+        return bool(self.flags & FLAG_MAC)
+
+    @property
+    def spilled(self) -> bool:
+        return bool(self.flags & FLAG_MAP_SPILLED)
+
+    def for_mac(self) -> bytes:
+        """The covered header bytes with the MAC and CRC fields zeroed (MAC input)."""
+        b = bytearray(self.raw)
+        b[MAC_OFFSET:MAC_OFFSET + 32] = bytes(32)
+        b[CRC_OFFSET:CRC_OFFSET + 4] = bytes(4)
+        return bytes(b)
+
+
+def entries_per_map_block(block_size: int) -> int:
+    return (block_size - MAPBLOCK.size) // ENTRY.size
+
+
+def pack_entries(entries: Sequence[MapEntry]) -> bytes:
+    return b"".join(ENTRY.pack(*e) for e in entries)
+
+
+def unpack_entries(data: bytes | memoryview) -> list[MapEntry]:
+    return list(map(MapEntry._make, ENTRY.iter_unpack(data)))
+
+
+def inline_fits(block_size: int, meta_len: int, chunks: int) -> bool:
+    return HEADER_SIZE + meta_len + chunks * ENTRY.size <= block_size
+
+
+def encode_meta(meta: Mapping[str, Any] | None) -> bytes:
+    if not meta:
+        return b""
+    return json.dumps(dict(meta), sort_keys=True, separators=(",", ":")).encode()
+
+
+def pack_header(*, data_length: int, generation: int, step: int, created_at: float,
+                duration_s: float, stored_bytes: int, chunks: int, block_size: int,
+                slots: int, slot: int, codec: str, compression: str, level: int,
+                has_mac: bool, meta: bytes, map_blocks: int, map_crc: int,
+                first_map_block: int, inline_map: bytes) -> bytearray:
+    """A header block (``block_size`` bytes) with MAC and CRC fields zero.
+
+    Call :func:`seal_header` after computing the MAC.
+    """
+    flags = (FLAG_MAC if has_mac else 0) | (FLAG_MAP_SPILLED if map_blocks else 0)
+    length = HEADER_SIZE + len(meta) + len(inline_map)
+    if length > block_size:
+        raise ValueError(f"header of {length} bytes does not fit a {block_size}-byte block")
+    out = bytearray(block_size)
+    HEADER.pack_into(out, 0, MAGIC, FORMAT_VERSION, data_length, generation, step, created_at,
+                     duration_s, stored_bytes, chunks, block_size, slots, slot, CODECS[codec],
+                     COMPRESSIONS[compression], level, flags, len(meta), map_blocks, map_crc,
+                     first_map_block, length, bytes(32), 0, 0)
+    out[HEADER_SIZE:HEADER_SIZE + len(meta)] = meta
+    out[HEADER_SIZE + len(meta):length] = inline_map
+    return out
+
+
+def header_mac_input(block: bytearray) -> bytes:
+    """The covered bytes of a packed (unsealed) header, MAC and CRC zero."""
+    (length,) = struct.unpack_from("<Q", block, 96)
+    return bytes(block[:length])
+
+
+def seal_header(block: bytearray, mac: bytes | None) -> bytearray:
+    """Set the MAC (if any) and then the header CRC (over the covered bytes, CRC zeroed)."""
+    if mac is not None:
+        block[MAC_OFFSET:MAC_OFFSET + 32] = mac
+    struct.pack_into("<I", block, CRC_OFFSET, 0)
+    (length,) = struct.unpack_from("<Q", block, 96)
+    struct.pack_into("<I", block, CRC_OFFSET, crc32c(memoryview(block)[:length]))
+    return block
+
+
+def is_zero(data: bytes | bytearray | memoryview) -> bool:
+    """True if every byte is zero (a never-written or erased slot)."""
+    return not np.frombuffer(memoryview(data).cast("B"), dtype=np.uint8).any()
+
+
+def parse_header(block: bytes | bytearray | memoryview, *, slot: int, lease_id: str = "",
+                 name: str = "") -> Header:
+    """Parse and check a header slot; raise a specific :class:`CheckpointCorrupt` if bad.
+
+    Checks, in order: magic (:class:`BadMagicError`), version
+    (:class:`UnsupportedFormatError` for a newer one), the header CRC, then field sanity.
+    """
+    mv = memoryview(block)
+    ctx = {"lease_id": lease_id, "name": name, "slot": slot, "block": slot}
+    if len(mv) < HEADER_SIZE:
+        raise CheckpointCorrupt(f"header slot {slot} of lease {name!r} is short", **ctx)
+    if bytes(mv[:4]) != MAGIC:
+        raise BadMagicError(f"header slot {slot} of lease {name!r} ({lease_id}) has magic "
+                            f"{bytes(mv[:4])!r}, not {MAGIC!r}", **ctx)
+    (version,) = struct.unpack_from("<I", mv, 4)
+    if version > FORMAT_VERSION:
+        raise UnsupportedFormatError(
+            f"header slot {slot} of lease {name!r} ({lease_id}) has format version {version}; "
+            f"this blockpoint reads up to {FORMAT_VERSION}", version=version, **ctx)
+    if version < 1:
+        raise CheckpointCorrupt(f"header slot {slot} of lease {name!r}: version {version}",
+                                **ctx)
+    f = HEADER.unpack_from(mv, 0)
+    (_, _, data_length, generation, step, created_at, duration_s, stored, chunks, bs, slots,
+     slot_index, codec_id, comp_id, level, flags, meta_len, map_blocks, map_crc, first_map,
+     length, mac, crc, _) = f
+    ctx["generation"] = generation
+    if not HEADER_SIZE <= length <= len(mv):
+        raise CheckpointCorrupt(f"header slot {slot} of lease {name!r}: header length {length} "
+                                "out of range", **ctx)
+    covered = bytearray(mv[:length])
+    covered[CRC_OFFSET:CRC_OFFSET + 4] = bytes(4)
+    if crc32c(covered) != crc:
+        raise CheckpointCorrupt(f"header slot {slot} of lease {name!r} ({lease_id}): header "
+                                "CRC-32C mismatch", **ctx)
+    problems = []
+    if slot_index != slot:
+        problems.append(f"slot index {slot_index} != position {slot}")
+    if bs != len(mv):
+        problems.append(f"block size {bs} != {len(mv)}")
+    if not 2 <= slots <= MAX_SLOTS:
+        problems.append(f"slot count {slots}")
+    if codec_id not in _CODEC_NAMES or comp_id not in _COMPRESSION_NAMES:
+        problems.append(f"codec {codec_id} / compression {comp_id} unknown")
+    spilled = bool(flags & FLAG_MAP_SPILLED)
+    inline_len = 0 if spilled else chunks * ENTRY.size
+    if HEADER_SIZE + meta_len + inline_len != length:
+        problems.append("lengths inconsistent")
+    if problems:
+        raise CheckpointCorrupt(f"header slot {slot} of lease {name!r} ({lease_id}): "
+                                + "; ".join(problems), **ctx)
+    try:
+        meta = json.loads(bytes(mv[HEADER_SIZE:HEADER_SIZE + meta_len])) if meta_len else {}
+    except ValueError as exc:
+        raise CheckpointCorrupt(f"header slot {slot} of lease {name!r}: bad metadata: {exc}",
+                                **ctx) from exc
+    return Header(version=version, data_length=data_length, generation=generation, step=step,
+                  created_at=created_at, duration_s=duration_s, stored_bytes=stored,
+                  chunks=chunks, block_size=bs, slots=slots, slot=slot_index,
+                  codec=_CODEC_NAMES[codec_id], compression=_COMPRESSION_NAMES[comp_id],
+                  level=level, flags=flags, meta=meta, map_blocks=map_blocks, map_crc=map_crc,
+                  first_map_block=first_map, header_length=length, mac=bytes(mac),
+                  header_crc=crc,
+                  inline_map=bytes(mv[HEADER_SIZE + meta_len:length]) if not spilled else b"",
+                  raw=bytes(mv[:length]))
+
