@@ -2,14 +2,26 @@
 
 The policy core, :class:`PreemptionManager`, is plain Python (no Ray) so that it can be
 tested exhaustively; the Ray scheduler actor wraps it.
+
+The Ray-side names (the :class:`Scheduler` actor, its observer, the registry store and the
+Ray adapter's values) are imported lazily on first access, so that ``import scheduler`` for
+the manager alone does not import Ray.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from scheduler.errors import (
+    DrainRejectedError,
     InvalidRequestError,
     InvalidStageError,
+    NoNodeAvailableError,
+    RayUnsupportedError,
+    RegistryError,
+    RestoreError,
     SchedulerError,
+    SchedulerUnavailableError,
     SnapshotError,
     StageExistsError,
     StaleCheckpointError,
@@ -27,6 +39,24 @@ from scheduler.manager import (
     Verdict,
 )
 from scheduler.reasons import WAITABLE_REASONS, NonPreemptibleReason
+
+#: Ray-dependent public names -> the module defining them (imported on first access).
+_LAZY = {
+    "DrainResult": "scheduler.actor",
+    "PreemptionResult": "scheduler.actor",
+    "RestoreResult": "scheduler.actor",
+    "Scheduler": "scheduler.actor",
+    "StageOutcome": "scheduler.actor",
+    "StageStatus": "scheduler.actor",
+    "get_or_create": "scheduler.actor",
+    "get_scheduler": "scheduler.actor",
+    "PreemptionCheckpointObserver": "scheduler.observer",
+    "RegistryRecord": "scheduler.registry",
+    "RegistryStore": "scheduler.registry",
+    "ActorView": "scheduler.ray_adapter",
+    "NodeView": "scheduler.ray_adapter",
+    "check_ray_version": "scheduler.ray_adapter",
+}
 
 __all__ = [
     "Candidate",
@@ -47,4 +77,37 @@ __all__ = [
     "UnknownStageError",
     "Verdict",
     "WAITABLE_REASONS",
+    # errors used by the scheduler actor
+    "DrainRejectedError",
+    "NoNodeAvailableError",
+    "RayUnsupportedError",
+    "RegistryError",
+    "RestoreError",
+    "SchedulerUnavailableError",
+    # the scheduler actor and its parts (lazy, see _LAZY)
+    "ActorView",
+    "DrainResult",
+    "NodeView",
+    "PreemptionCheckpointObserver",
+    "PreemptionResult",
+    "RegistryRecord",
+    "RegistryStore",
+    "RestoreResult",
+    "Scheduler",
+    "StageOutcome",
+    "StageStatus",
+    "check_ray_version",
+    "get_or_create",
+    "get_scheduler",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'scheduler' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
