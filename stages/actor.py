@@ -47,13 +47,16 @@ import ray
 
 from blockstore import BlockStore, Lease, open_store
 
+from .errors import NoCheckpointError, StageError
+from .observer import CheckpointFlushObserver
+from .state import CheckpointedStageState
+
 if TYPE_CHECKING:
     from ray.actor import ActorHandle
 
-    from stages.state import CheckpointedStageState, CheckpointFlushObserver
-
 __all__ = [
     "CONTROL_GROUP",
+    "RollbackUnavailable",
     "Stage",
     "StageActor",
     "StageRegistration",
@@ -146,31 +149,42 @@ class StageRegistration:
     pid: int
 
 
+class RollbackUnavailable(StageError, LookupError):
+    """No checkpoint generation at or before the requested step is left on the stage's lease
+    (retention dropped it, or the lease was replaced).
+
+    Attributes:
+        stage_id: the stage.
+        step: the step asked for.
+    """
+
+    def __init__(self, message: str, *, stage_id: str, step: int) -> None:
+        super().__init__(message)
+        self.stage_id = stage_id
+        self.step = step
+
+
 def restore_state(lease: Lease, spec: StageSpec, *, observer: CheckpointFlushObserver | None,
                   max_step: int | None = None) -> CheckpointedStageState[Any]:
     """Bind the stage's state to ``lease``: restored if a checkpoint exists, else initial.
 
-    With ``max_step``, the newest generation whose step is ``<= max_step`` is restored
-    (pipeline rollback to its last committed step); if the lease has generations but none is
-    old enough, ``RollbackUnavailable`` is raised (a step that retention already dropped).
-    Guarantees: never returns state from a generation that does not verify; a lease with
-    generations of which none verifies raises ``CheckpointCorrupt``.
+    With ``max_step`` (pipeline rollback to its last committed step), the newest generation
+    whose step is ``<= max_step`` is restored; generations after it are ignored and are the
+    first to be overwritten. ``max_step=0`` means "before the first step": the initial state
+    when no step-0 generation exists. ``RollbackUnavailable`` if ``max_step > 0`` and no
+    generation is old enough. Never returns state from a generation that does not verify; a
+    lease whose candidate generations all fail verification raises ``CheckpointCorrupt``.
     """
-    from stages.errors import NoCheckpointError
-    from stages.state import CheckpointedStageState
-
     opts = spec.state_options()
     try:
-        if max_step is None:
-            return CheckpointedStageState.restore(lease, observer=observer,
-                                                  lease_id=lease.lease_id, **opts)
         return CheckpointedStageState.restore(lease, observer=observer, lease_id=lease.lease_id,
                                               max_step=max_step, **opts)
     except NoCheckpointError:
-        pass
+        if max_step is not None and max_step > 0:
+            raise RollbackUnavailable(
+                f"stage {spec.stage_id!r}: no checkpoint at or before step {max_step} on its "
+                "lease", stage_id=spec.stage_id, step=max_step) from None
     state = spec.factory().initial_state()
-    if observer is None:
-        return CheckpointedStageState(state, lease, **opts)
     return CheckpointedStageState.with_observer(state, lease, lease.lease_id, observer, **opts)
 
 
@@ -247,7 +261,6 @@ class StageActor:
 
     def _check_running(self) -> None:
         if self._stopped:
-            from stages.errors import StageError
             raise StageError(f"stage {self.spec.stage_id!r} was stopped")
 
     # -- data path (default concurrency group: one at a time, in submission order) --------

@@ -501,8 +501,13 @@ class CheckpointedStageState(Generic[T]):
     @classmethod
     def restore(cls, lease_or_reader: Lease | LeaseReader, *, key: bytes | str | None = None,
                 observer: CheckpointFlushObserver | None = None, lease_id: str | None = None,
+                max_step: int | None = None,
                 **options: Any) -> CheckpointedStageState[Any]:
         """Restore the newest generation that verifies; bind the result to the lease.
+
+        ``max_step`` (pipeline rollback): only generations whose step is ``<= max_step`` are
+        candidates; newer ones are ignored (not reported as skipped) and, once a checkpoint is
+        written from the result, overwritten first. ``NoCheckpointError`` if none qualifies.
 
         Every chunk CRC (and the MAC when a key is configured) is verified before anything is
         decoded. Newer generations that fail are skipped, logged and listed in
@@ -522,8 +527,12 @@ class CheckpointedStageState(Generic[T]):
         if all(s.empty for s in scans):
             raise NoCheckpointError(f"{where} holds no checkpoint", lease_id=reader.lease_id,
                                     name=reader.name)
-        headers = sorted((s.header for s in scans if s.header is not None),
+        headers = sorted((s.header for s in scans if s.header is not None
+                          and (max_step is None or s.header.step <= max_step)),
                          key=lambda h: -h.generation)
+        if max_step is not None and not headers:
+            raise NoCheckpointError(f"{where} holds no checkpoint at or before step {max_step}",
+                                    lease_id=reader.lease_id, name=reader.name)
         errors: list[CheckpointCorrupt] = [s.error for s in scans if s.error is not None]
         skipped: list[tuple[int | None, str]] = [(e.generation, str(e)) for e in errors]
         newest_err: CheckpointCorrupt | None = None
@@ -532,7 +541,7 @@ class CheckpointedStageState(Generic[T]):
                 entries, blocks = cls._blocks_of(reader, h)
                 buf = read_payload(reader, h, entries, key=rkey)
                 try:
-                    state = codecs.decode(buf, h.codec)
+                    state = codecs.decode(memoryview(buf), h.codec)
                 except Exception as exc:
                     raise CheckpointCorrupt(
                         f"{where} generation {h.generation}: payload does not decode: "

