@@ -18,28 +18,29 @@ __all__ = ["main"]
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from blockstore import StorePathError, open_store
+    from blockstore import BlockStoreError, open_store
 
     try:
         store = open_store(args.store, create=False)
-    except StorePathError as exc:
+        with store:
+            infos = store.list_leases()
+    except BlockStoreError as exc:  # not a store, corrupt metadata or lease record
         print(f"blockpoint inspect: {exc}", file=sys.stderr)
         return 2
-    with store:
-        now = time.time()
-        rows = []
-        for i in store.list_leases():
-            if i.holder is None:
-                expiry = "released"
-            elif i.expires_at <= now:
-                expiry = f"expired {now - i.expires_at:.0f}s ago"
-            else:
-                expiry = f"in {i.expires_at - now:.0f}s"
-            rows.append({"name": i.name, "id": i.lease_id, "holder": i.holder or "-",
-                         "epoch": i.epoch, "blocks": i.num_blocks, "expiry": expiry}
-                        if not args.json else i.to_dict())
-        print_rows(rows, ["name", "id", "holder", "epoch", "blocks", "expiry"],
-                   as_json=args.json, empty=f"no leases in {store.url}")
+    now = time.time()
+    rows = []
+    for i in infos:
+        if i.holder is None:
+            expiry = "released"
+        elif i.expires_at <= now:
+            expiry = f"expired {now - i.expires_at:.0f}s ago"
+        else:
+            expiry = f"in {i.expires_at - now:.0f}s"
+        rows.append({"name": i.name, "id": i.lease_id, "holder": i.holder or "-",
+                     "epoch": i.epoch, "blocks": i.num_blocks, "expiry": expiry}
+                    if not args.json else i.to_dict())
+    print_rows(rows, ["name", "id", "holder", "epoch", "blocks", "expiry"],
+               as_json=args.json, empty=f"no leases in {store.url}")
     return 0
 
 

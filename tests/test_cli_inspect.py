@@ -1,0 +1,110 @@
+"""``blockpoint inspect STORE``: the lease table, ``--json``, errors, and the installed command."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from blockpoint.cli import main
+from blockstore import open_store
+from blockstore.testing import wait_expired
+
+COLUMNS = ["NAME", "ID", "HOLDER", "EPOCH", "BLOCKS", "EXPIRY"]
+
+
+@pytest.fixture
+def populated(store_dir: str) -> dict[str, object]:
+    """Leases in every state: held (epoch 2 after a steal), released, expired."""
+    with open_store(store_dir, block_size=4096) as st:
+        st.acquire("stage-held", holder="worker-1", ttl=3600, num_blocks=4)
+        held = st.acquire("stage-held", holder="worker-2", ttl=3600, steal=True)
+        st.acquire("stage-released", holder="worker-3", num_blocks=2).release()
+        expired = st.acquire("stage-expired", holder="worker-4", ttl=0.01, num_blocks=1)
+        wait_expired(expired.acquired_info)
+        return {"dir": store_dir, "held_id": held.lease_id, "expired_id": expired.lease_id,
+                "infos": {i.name: i for i in st.list_leases()}}
+
+
+def _table(out: str) -> list[list[str]]:
+    return [line.split() for line in out.strip().splitlines()]
+
+
+def test_table(populated, capsys) -> None:
+    assert main(["inspect", populated["dir"]]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    header, *rows = _table(out)
+    assert header == COLUMNS
+    # Columns are aligned: each header starts where its values start.
+    lines = out.splitlines()
+    starts = [lines[0].index(c) for c in COLUMNS]
+    for line in lines[1:]:
+        for s in starts[1:]:
+            assert line[s - 2:s] == "  " and line[s] != " "
+    by_name = {r[0]: r for r in rows}
+    assert list(by_name) == ["stage-expired", "stage-held", "stage-released"]  # sorted
+    held = by_name["stage-held"]
+    assert held[1:5] == [populated["held_id"], "worker-2", "2", "4"]
+    assert held[5] == "in" and 3000 < int(held[6].rstrip("s")) <= 3600
+    assert by_name["stage-released"][2:6] == ["-", "1", "2", "released"]
+    assert by_name["stage-expired"][1:5] == [populated["expired_id"], "worker-4", "1", "1"]
+    assert by_name["stage-expired"][5] == "expired"
+
+
+def test_json(populated, capsys) -> None:
+    assert main(["inspect", "--json", populated["dir"]]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [d["name"] for d in doc] == ["stage-expired", "stage-held", "stage-released"]
+    for d in doc:
+        assert d == populated["infos"][d["name"]].to_dict()
+
+
+def test_empty_store(store_dir: str, capsys) -> None:
+    open_store(store_dir, block_size=4096).close()
+    assert main(["inspect", store_dir]) == 0
+    assert "no leases" in capsys.readouterr().out
+    assert main(["inspect", "--json", store_dir]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+
+
+def test_not_a_store(tmp_path: Path, capsys) -> None:
+    missing = tmp_path / "missing"
+    assert main(["inspect", str(missing)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and str(missing) in err
+    assert not missing.exists()  # inspect never creates a store
+
+
+def test_corrupt_record_reported_not_raised(populated, capsys) -> None:
+    record = Path(populated["dir"]) / "leases" / f"{populated['held_id']}.json"
+    record.write_bytes(b"{garbage")
+    assert main(["inspect", populated["dir"]]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and str(record) in err and "Traceback" not in err
+
+
+def test_inspect_leaves_the_store_unchanged(populated) -> None:
+    root = Path(populated["dir"])
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    assert main(["inspect", str(root)]) == 0
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
+
+
+def test_installed_command(populated) -> None:
+    exe = Path(sys.executable).parent / "blockpoint"
+    assert exe.exists(), "the blockpoint entry point is not installed in this environment"
+    res = subprocess.run([str(exe), "inspect", populated["dir"]], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    header, *rows = _table(res.stdout)
+    assert header == COLUMNS and len(rows) == 3
+    res = subprocess.run([str(exe), "inspect", "--json", "file://" + populated["dir"]],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0
+    assert {d["lease_id"] for d in json.loads(res.stdout)} >= {populated["held_id"]}
+    res = subprocess.run([str(exe), "inspect"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "store" in res.stderr  # argparse usage error

@@ -1,0 +1,97 @@
+"""Each package's public surface (``__all__``) exists, and imports point one way only.
+
+The import rule (STYLE.md 2): blockstore imports nothing of ours; stages may import
+blockstore; scheduler may import both; the CLI (``blockpoint``) and ``bench`` sit on top.
+It is checked by reading the source files' import statements, so a lazy import inside a
+function counts as much as one at the top.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+OURS = {"blockstore", "stages", "scheduler", "blockpoint", "bench"}
+ALLOWED = {
+    "blockstore": set(),
+    "stages": {"blockstore"},
+    "scheduler": {"blockstore", "stages"},
+}
+
+
+def _landed(pkg: str) -> bool:
+    return (ROOT / pkg / "__init__.py").exists()
+
+
+def _imports(path: Path, pkg: str, root: Path = ROOT) -> set[str]:
+    """Top-level package names of everything ``path`` imports (relative imports resolved)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    depth = len(path.relative_to(root).parts) - 1  # package nesting of the module
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 0:
+                found.add((node.module or "").split(".")[0])
+            elif node.level > depth:
+                found.add("<relative import above the package>")
+            else:
+                found.add(pkg)
+        elif (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "__import__"
+              and node.args and isinstance(node.args[0], ast.Constant)):
+            found.add(str(node.args[0].value).split(".")[0])
+    return found
+
+
+@pytest.mark.parametrize("pkg", sorted(ALLOWED))
+def test_all_names_exist(pkg: str) -> None:
+    if not _landed(pkg):
+        pytest.skip(f"package {pkg} has not landed yet")
+    mod = importlib.import_module(pkg)
+    names = getattr(mod, "__all__", None)
+    assert names, f"{pkg} does not declare __all__"
+    assert len(set(names)) == len(names), f"{pkg}.__all__ repeats a name"
+    missing = [n for n in names if not hasattr(mod, n)]
+    assert not missing, f"{pkg}.__all__ names missing attributes: {missing}"
+
+
+@pytest.mark.parametrize("pkg", sorted(ALLOWED))
+def test_submodule_all_names_exist(pkg: str) -> None:
+    if not _landed(pkg):
+        pytest.skip(f"package {pkg} has not landed yet")
+    for path in sorted((ROOT / pkg).rglob("*.py")):
+        rel = path.relative_to(ROOT).with_suffix("")
+        modname = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+        mod = importlib.import_module(modname)
+        missing = [n for n in getattr(mod, "__all__", []) if not hasattr(mod, n)]
+        assert not missing, f"{modname}.__all__ names missing attributes: {missing}"
+
+
+@pytest.mark.parametrize("pkg", sorted(ALLOWED))
+def test_imports_point_one_way(pkg: str) -> None:
+    if not _landed(pkg):
+        pytest.skip(f"package {pkg} has not landed yet")
+    forbidden = OURS - ALLOWED[pkg] - {pkg}
+    bad = {}
+    for path in sorted((ROOT / pkg).rglob("*.py")):
+        wrong = _imports(path, pkg) & (forbidden | {"<relative import above the package>"})
+        if wrong:
+            bad[str(path.relative_to(ROOT))] = sorted(wrong)
+    assert not bad, f"{pkg} imports what it must not: {bad}"
+
+
+def test_the_scanner_sees_imports(tmp_path: Path) -> None:
+    # The rule above is only as good as the scanner: it must see every form of import.
+    probe = tmp_path / "blockstore" / "probe.py"
+    probe.parent.mkdir()
+    probe.write_text("import stages.x\nfrom scheduler import y\nfrom . import z\n"
+                     "def f():\n    from blockpoint.cli import main\n    __import__('bench.b')\n"
+                     "from .. import escape\n")
+    assert _imports(probe, "blockstore", tmp_path) == {
+        "stages", "scheduler", "blockstore", "blockpoint", "bench",
+        "<relative import above the package>"}
