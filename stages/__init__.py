@@ -39,3 +39,58 @@ __all__ = [
     "flush_guard",
     "verify_lease",
 ]
+
+# -- stage actors, checkpoint policies, runs, pipelines (stages/actor.py, policy.py, runs.py,
+#    source.py, sink.py, pipeline.py) -------------------------------------------------------
+from .actor import (  # noqa: E402
+    RollbackUnavailable,
+    Stage,
+    StageActor,
+    StageRegistration,
+    StageSpec,
+    launch_stage,
+)
+from .policy import CheckpointManager, CheckpointPolicy, CheckpointRequest, PolicyCounters  # noqa: E402
+from .runs import (  # noqa: E402
+    RunClaim,
+    RunClaimConflict,
+    RunClaimLost,
+    RunError,
+    RunNotFoundError,
+    RunNotPausedError,
+    RunStatus,
+    RunStep,
+    RunStepExistsError,
+    RunStore,
+    StageCommit,
+)
+from .sink import FileSink, Sink  # noqa: E402
+from .source import GeneratedSource, Source  # noqa: E402
+
+__all__ += [
+    "CheckpointManager",
+    "CheckpointPolicy",
+    "CheckpointRequest",
+    "FileSink",
+    "GeneratedSource",
+    "PolicyCounters",
+    "RollbackUnavailable",
+    "RunClaim",
+    "RunClaimConflict",
+    "RunClaimLost",
+    "RunError",
+    "RunNotFoundError",
+    "RunNotPausedError",
+    "RunStatus",
+    "RunStep",
+    "RunStepExistsError",
+    "RunStore",
+    "Sink",
+    "Source",
+    "Stage",
+    "StageActor",
+    "StageCommit",
+    "StageRegistration",
+    "StageSpec",
+    "launch_stage",
+]

@@ -61,7 +61,9 @@ __all__ = [
     "StageActor",
     "StageRegistration",
     "StageSpec",
+    "actor_options",
     "launch_stage",
+    "remote_stage_class",
     "restore_state",
 ]
 
@@ -388,11 +390,14 @@ class StageActor:
 
 def actor_options(spec: StageSpec, *, node_id: str | None = None, soft: bool = False,
                   name: str | None = None) -> dict[str, Any]:
-    """The ``.options(...)`` used by :func:`launch_stage` (exposed for the scheduler)."""
+    """The ``.options(...)`` used by :func:`launch_stage` (exposed for the scheduler).
+
+    Apply them to :func:`remote_stage_class` (which carries the concurrency groups; Ray
+    accepts those only in ``ray.remote``, not in ``.options``).
+    """
     opts: dict[str, Any] = {
         "max_restarts": 0,
         "max_task_retries": 0,
-        "concurrency_groups": {CONTROL_GROUP: _CONTROL_CONCURRENCY},
     }
     custom: dict[str, float] = {}
     for key, value in spec.resources.items():
@@ -415,6 +420,15 @@ def actor_options(spec: StageSpec, *, node_id: str | None = None, soft: bool = F
 _remote_cls: Any = None
 
 
+def remote_stage_class() -> Any:
+    """``ray.remote(StageActor)`` with the control concurrency group (created once)."""
+    global _remote_cls
+    if _remote_cls is None:
+        _remote_cls = ray.remote(concurrency_groups={CONTROL_GROUP: _CONTROL_CONCURRENCY})(
+            StageActor)
+    return _remote_cls
+
+
 def launch_stage(spec: StageSpec, *, node_id: str | None = None, soft: bool = False,
                  name: str | None = None, observer: CheckpointFlushObserver | None = None,
                  restore_step: int | None = None) -> ActorHandle:
@@ -425,8 +439,5 @@ def launch_stage(spec: StageSpec, *, node_id: str | None = None, soft: bool = Fa
     pipeline's decision, made from the spec. Construction errors (corrupt lease, unreachable
     store) surface on the first call to the handle.
     """
-    global _remote_cls
-    if _remote_cls is None:
-        _remote_cls = ray.remote(StageActor)
     opts = actor_options(spec, node_id=node_id, soft=soft, name=name)
-    return _remote_cls.options(**opts).remote(spec, observer, restore_step)
+    return remote_stage_class().options(**opts).remote(spec, observer, restore_step)

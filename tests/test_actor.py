@@ -1,0 +1,191 @@
+"""Stage actors: lease by force (fencing), restore, rollback, control group, registration.
+
+In-process first (the actor is a plain class), then on a real local Ray: launch, process,
+checkpoint, ray.kill, relaunch from the spec -> state restored under a higher epoch.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import ray
+import ray.cloudpickle
+
+from blockstore import open_store
+from stages import CheckpointFailed
+from stages.actor import (
+    RollbackUnavailable,
+    StageActor,
+    StageRegistration,
+    StageSpec,
+    actor_options,
+    launch_stage,
+)
+from stages.source import GeneratedSource, RunningAggregate
+
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+SRC = GeneratedSource(seed=7, n=400, keys=5)
+
+
+def _spec(store_dir: str, stage_id: str = "agg", **kw: object) -> StageSpec:
+    return StageSpec(stage_id=stage_id, factory=RunningAggregate, store_url=store_dir,
+                     block_size=4096, lease_ttl=5.0, **kw)  # type: ignore[arg-type]
+
+
+def _expected(upto: int) -> dict[str, list[int]]:
+    st: dict[str, list[int]] = {}
+    agg = RunningAggregate()
+    for r in SRC.read(0, upto)[0]:
+        list(agg.process(st, r))
+    return st
+
+
+def test_in_process_restore_fencing_rollback(store_dir: str) -> None:
+    spec = _spec(store_dir)
+    a = StageActor(spec)
+    assert a.info()["restored_from"] is None and a.get_state() == {}
+    out = a.process_batch(SRC.read(0, 100)[0])
+    assert [o["i"] for o in out] == list(range(100))
+    info1 = a.checkpoint(step=1, meta={"source_position": 100})
+    assert info1["step"] == 1 and a.info()["records_since_checkpoint"] == 0
+    a.process_batch(SRC.read(100, 100)[0])
+    a.checkpoint(step=2, meta={"source_position": 200})
+    a.process_batch(SRC.read(200, 50)[0])
+    assert a.info()["records_since_checkpoint"] == 50
+
+    b = StageActor(spec)  # a new incarnation: steals the lease, fences a
+    assert b.info()["epoch"] == a.info()["epoch"] + 1
+    assert b.get_state() == _expected(200) and b.info()["restored_step"] == 2
+    assert b.info()["meta"] == {"source_position": 200}
+    with pytest.raises(CheckpointFailed):
+        a.checkpoint(step=3)  # the zombie cannot write
+    assert StageActor(spec).get_state() == _expected(200)  # a's attempt left nothing behind
+
+    c = StageActor(spec)
+    c.process_batch(SRC.read(200, 10)[0])
+    c.rollback(1)  # pipeline rollback to committed step 1
+    assert c.get_state() == _expected(100) and c.info()["restored_step"] == 1
+    c.process_batch(SRC.read(100, 100)[0])
+    c.checkpoint(step=2)  # rewrites step 2 over the stale generation, keeps step 1
+    assert c.rollback(1)["restored_step"] == 1
+    assert c.rollback(0)["restored_from"] is None and c.get_state() == {}
+    assert c.shutdown(checkpoint=True, step=0) is not None
+    assert c.shutdown() is None  # twice is harmless
+    with pytest.raises(Exception, match="stopped"):
+        c.process_batch([])
+    assert StageActor(spec).get_state() == {}  # the step-0 generation of the initial state
+
+
+def test_rollback_unavailable_when_retention_dropped_it(store_dir: str) -> None:
+    spec = _spec(store_dir, retention=2)
+    a = StageActor(spec)
+    for step in (1, 2, 3):
+        a.process_batch(SRC.read((step - 1) * 10, 10)[0])
+        a.checkpoint(step=step)
+    with pytest.raises(RollbackUnavailable) as e:
+        a.rollback(1)
+    assert e.value.step == 1 and e.value.stage_id == "agg"
+    assert a.rollback(2)["restored_step"] == 2
+
+
+def test_actor_options() -> None:
+    spec = StageSpec("s", RunningAggregate, "/x", resources={"num_cpus": 0.5, "memory": 1e6,
+                                                            "special": 1})
+    opts = actor_options(spec, name="n")
+    assert opts["num_cpus"] == 0.5 and opts["memory"] == 1e6
+    assert opts["resources"] == {"special": 1.0} and opts["max_restarts"] == 0
+    assert opts["name"] == "n" and "scheduling_strategy" not in opts
+    pinned = actor_options(spec, node_id="ab" * 28, soft=True)
+    assert pinned["scheduling_strategy"].soft is True
+
+
+class BlockingObserver:
+    """Blocks the flush start until ``release`` exists; records calls in ``log``."""
+
+    def __init__(self, release: str, log: str) -> None:
+        self.release = release
+        self.log = log
+
+    def on_flush_start(self, lease_id: str) -> None:
+        with open(self.log, "a") as f:
+            f.write(f"start {lease_id}\n")
+        while not os.path.exists(self.release):
+            time.sleep(0.01)
+
+    def on_flush_complete(self, lease_id: str, ok: bool) -> None:
+        with open(self.log, "a") as f:
+            f.write(f"complete {lease_id} {ok}\n")
+
+
+@ray.remote
+class Registry:
+    def __init__(self) -> None:
+        self.seen: list[StageRegistration] = []
+
+    def register(self, reg: StageRegistration) -> None:
+        self.seen.append(reg)
+
+    def get(self) -> list[StageRegistration]:
+        return self.seen
+
+
+@pytest.mark.ray
+def test_launch_kill_relaunch_restores_and_fences(ray_local: None, store_dir: str) -> None:
+    spec = _spec(store_dir)
+    h = launch_stage(spec)
+    out = ray.get([h.process_batch.remote(SRC.read(i, 50)[0]) for i in range(0, 200, 50)])
+    assert [o["i"] for batch in out for o in batch] == list(range(200))  # in order
+    ckpt = ray.get(h.checkpoint.remote(step=1, meta={"source_position": 200}))
+    assert ckpt["step"] == 1
+    first = ray.get(h.info.remote())
+    assert first["node_id"] == ray.get_runtime_context().get_node_id()
+    ray.get(h.process_batch.remote(SRC.read(200, 100)[0]))  # lost with the actor
+    ray.kill(h, no_restart=True)
+
+    h2 = launch_stage(spec)
+    second = ray.get(h2.info.remote())
+    assert second["epoch"] > first["epoch"] and second["pid"] != first["pid"]
+    assert second["restored_step"] == 1 and second["meta"] == {"source_position": 200}
+    assert ray.get(h2.get_state.remote()) == _expected(200)
+    # A zombie incarnation (still alive) is fenced by the next one.
+    h3 = launch_stage(spec)
+    assert ray.get(h3.info.remote())["epoch"] == second["epoch"] + 1
+    with pytest.raises(CheckpointFailed):
+        ray.get(h2.checkpoint.remote(step=2))
+    assert ray.get(h3.checkpoint.remote(step=2))["step"] == 2
+    with pytest.raises(ray.exceptions.RayActorError):
+        ray.get(h3.stop.remote(checkpoint=False))
+    assert not open_store(store_dir).find("agg").is_held()  # stop released the lease
+    ray.kill(h2, no_restart=True)
+
+
+@pytest.mark.ray
+def test_info_answers_during_flush_and_registration(ray_local: None, store_dir: str,
+                                                    tmp_path: Path) -> None:
+    registry = Registry.options(name="test-sched").remote()
+    release, log = str(tmp_path / "release"), str(tmp_path / "log")
+    spec = _spec(store_dir, stage_id="blk", scheduler="test-sched", priority=3)
+    h = launch_stage(spec, observer=BlockingObserver(release, log))
+    ray.get(h.process_batch.remote(SRC.read(0, 30)[0]))
+    ref = h.checkpoint.remote(step=1)
+    while not (os.path.exists(log) and "start" in Path(log).read_text()):
+        time.sleep(0.02)
+    info = ray.get(h.info.remote(), timeout=30)  # the control group answers mid-flush
+    assert ray.wait([ref], timeout=0)[0] == []  # ...while the flush is still blocked
+    assert info["records_since_checkpoint"] == 30
+    Path(release).touch()
+    assert ray.get(ref)["step"] == 1
+    lines = Path(log).read_text().split()
+    assert lines == ["start", info["lease_id"], "complete", info["lease_id"], "True"]
+    regs = ray.get(registry.get.remote())
+    assert len(regs) == 1
+    reg = regs[0]
+    assert (reg.stage_id, reg.priority, reg.lease_id, reg.epoch) == \
+        ("blk", 3, info["lease_id"], info["epoch"])
+    assert ray.get(reg.actor.ping.remote()) == "blk"
+    ray.kill(h, no_restart=True)
