@@ -389,7 +389,7 @@ class StageActor:
 
 
 def actor_options(spec: StageSpec, *, node_id: str | None = None, soft: bool = False,
-                  name: str | None = None) -> dict[str, Any]:
+                  name: str | None = None, spill: bool = False) -> dict[str, Any]:
     """The ``.options(...)`` used by :func:`launch_stage` (exposed for the scheduler).
 
     Apply them to :func:`remote_stage_class` (which carries the concurrency groups; Ray
@@ -411,7 +411,8 @@ def actor_options(spec: StageSpec, *, node_id: str | None = None, soft: bool = F
         opts["resources"] = custom
     if node_id is not None:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-        opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id, soft=soft)
+        opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
+            node_id, soft=soft, _spill_on_unavailable=soft and spill)
     if name is not None:
         opts["name"] = name
     return opts
@@ -431,13 +432,16 @@ def remote_stage_class() -> Any:
 
 def launch_stage(spec: StageSpec, *, node_id: str | None = None, soft: bool = False,
                  name: str | None = None, observer: CheckpointFlushObserver | None = None,
-                 restore_step: int | None = None) -> ActorHandle:
+                 restore_step: int | None = None, spill: bool = False) -> ActorHandle:
     """Start an incarnation of ``spec`` as a Ray actor and return its handle at once.
 
-    ``node_id`` pins it to a node (``soft``: elsewhere if that node is gone or infeasible).
+    ``node_id`` pins it to a node (``soft``: elsewhere if that node is gone or infeasible;
+    ``soft`` and ``spill``: also elsewhere if that node has no free resources now).
+    ``restore_step``: restore the newest generation at or before that step (see
+    :func:`restore_state`).
     Ray never restarts it (``max_restarts=0``): restarting is the scheduler's or the
     pipeline's decision, made from the spec. Construction errors (corrupt lease, unreachable
     store) surface on the first call to the handle.
     """
-    opts = actor_options(spec, node_id=node_id, soft=soft, name=name)
+    opts = actor_options(spec, node_id=node_id, soft=soft, name=name, spill=spill)
     return remote_stage_class().options(**opts).remote(spec, observer, restore_step)

@@ -104,8 +104,10 @@ ENTRY = struct.Struct(
     "B"     # 24 chunk flags (0 raw, 1 zstd)
     "7x"    # 25 reserved
 )
-#: Head of a spilled map block (16 bytes), followed by ``count`` entries.
-MAPBLOCK = struct.Struct("<QII")  # next map block (0 = last), entry count, reserved
+#: Head of a spilled map block (16 bytes), followed by ``count`` entries: next map block
+#: (0 = last), entry count, CRC-32C of this block's used bytes (16 + 32 * count) computed with
+#: this field zero - so a damaged map block is named, not just "the map".
+MAPBLOCK = struct.Struct("<QII")
 
 FLAG_MAC = 1
 FLAG_MAP_SPILLED = 2

@@ -491,7 +491,8 @@ class CheckpointedStageState(Generic[T]):
         for i, b in enumerate(blocks):
             part = raw[i * epb * ENTRY.size:(i + 1) * epb * ENTRY.size]
             nxt = blocks[i + 1] if i + 1 < n_map else 0
-            blk = MAPBLOCK.pack(nxt, len(part) // ENTRY.size, 0) + part
+            blk = bytearray(MAPBLOCK.pack(nxt, len(part) // ENTRY.size, 0) + part)
+            MAPBLOCK.pack_into(blk, 0, nxt, len(part) // ENTRY.size, crc32c(blk))
             crc = crc32c(blk, crc)
             writes.append((b, blk))
         lease.write_blocks(writes)

@@ -206,11 +206,16 @@ def load_map(reader: LeaseReader, h: Header) -> tuple[list[MapEntry], list[int]]
                 raise CheckpointCorrupt(f"{where}: map block {nxt} points into the header "
                                         "slots", block=nxt, **ctx)
             blk = _read_full(reader, [nxt])[0]
-            following, count, _ = MAPBLOCK.unpack_from(blk, 0)
+            following, count, own_crc = MAPBLOCK.unpack_from(blk, 0)
             if count > epb:
                 raise CheckpointCorrupt(f"{where}: map block {nxt} claims {count} entries",
                                         block=nxt, **ctx)
             used = memoryview(blk)[:MAPBLOCK.size + count * ENTRY.size]
+            check = bytearray(used)
+            MAPBLOCK.pack_into(check, 0, following, count, 0)
+            if crc32c(check) != own_crc:
+                raise CheckpointCorrupt(f"{where}: map block {nxt} fails its CRC-32C",
+                                        block=nxt, **ctx)
             crc = crc32c(used, crc)
             entries += fmt.unpack_entries(used[MAPBLOCK.size:])
             map_blocks.append(nxt)

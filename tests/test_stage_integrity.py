@@ -1,0 +1,266 @@
+"""Integrity (A3, A4) and authentication: flipped bits, bad headers, truncation, MACs.
+
+Bits are flipped in the store's raw data file, the way disk or transport corruption would
+look to a reader; every flip is inside bytes the format covers (header, block map, stored
+chunk), since bytes no map entry covers are never read.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from blockstore import FileStore, crc32c
+from stages import (
+    BadMagicError,
+    CheckpointAuthError,
+    CheckpointCorrupt,
+    CheckpointedStageState,
+    NoCheckpointError,
+    TruncatedCheckpointError,
+    UnsupportedFormatError,
+    verify_lease,
+)
+from stages import format as fmt
+from stages.verify import load_map, scan_slots
+
+BS = 1024
+
+
+@pytest.fixture(autouse=True)
+def _no_env_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BLOCKPOINT_CHECKPOINT_KEY", raising=False)
+
+
+def _state(tag: int) -> dict:
+    rng = np.random.default_rng(tag)
+    noise = rng.integers(0, 256, 30 * BS, dtype=np.uint8)
+    runs = np.full(20 * BS, tag, dtype=np.uint8)
+    return {"tag": tag, "noise": noise, "runs": runs}
+
+
+def _same(a: dict, b: dict) -> bool:
+    return (a["tag"] == b["tag"] and np.array_equal(a["noise"], b["noise"])
+            and np.array_equal(a["runs"], b["runs"]))
+
+
+class Lab:
+    """A store with two committed generations and access to its raw data file."""
+
+    def __init__(self, root: Path, **opts: object) -> None:
+        self.root = root
+        self.store = FileStore(root, BS)
+        self.lease = self.store.acquire("stage")
+        self.css = CheckpointedStageState(_state(1), self.lease, **opts)
+        self.css.checkpoint(step=1)
+        self.css.state = _state(2)
+        self.css.checkpoint(step=2)
+        self.dat = root / "leases" / f"{self.lease.lease_id}.dat"
+
+    def reader(self):
+        return self.store.open_reader("stage")
+
+    def covered(self) -> dict[int, list[tuple[int, int, int]]]:
+        """generation -> [(block, lo, hi)] of every byte range the generation relies on."""
+        _, scans = scan_slots(self.reader())
+        out: dict[int, list[tuple[int, int, int]]] = {}
+        for s in scans:
+            h = s.header
+            assert h is not None
+            ranges = [(s.slot, 0, h.header_length)]
+            entries, map_blocks = load_map(self.reader(), h)
+            for mb in map_blocks:
+                count = struct.unpack_from("<I", self.read(mb, 8, 4))[0]
+                ranges.append((mb, 0, fmt.MAPBLOCK.size + count * fmt.ENTRY.size))
+            ranges += [(e.block, e.offset, e.offset + e.stored) for e in entries]
+            out[h.generation] = ranges
+        return out
+
+    def read(self, block: int, pos: int, n: int) -> bytes:
+        with open(self.dat, "rb") as f:
+            f.seek(block * BS + pos)
+            return f.read(n)
+
+    def write(self, block: int, pos: int, data: bytes) -> None:
+        with open(self.dat, "r+b") as f:
+            f.seek(block * BS + pos)
+            f.write(data)
+
+    def flip(self, block: int, pos: int, bit: int = 0) -> None:
+        b = self.read(block, pos, 1)[0]
+        self.write(block, pos, bytes([b ^ (1 << bit)]))
+
+
+def test_every_single_bit_flip_is_detected_and_falls_back(tmp_path: Path) -> None:
+    lab = Lab(tmp_path / "s")
+    cov = lab.covered()
+    assert sorted(cov) == [1, 2]
+    kinds = {"zstd": 0, "raw": 0, "map": 0}
+    _, scans = scan_slots(lab.reader())
+    for s in scans:
+        entries, maps = load_map(lab.reader(), s.header)
+        kinds["map"] += len(maps)
+        kinds["zstd"] += sum(e.flags == fmt.CHUNK_ZSTD for e in entries)
+        kinds["raw"] += sum(e.flags == fmt.CHUNK_RAW for e in entries)
+    assert all(kinds.values()), kinds  # raw, packed zstd chunks and spilled map blocks
+    rng = np.random.default_rng(0)
+    seen_blocks: set[int] = set()
+    for gen, other in ((2, 1), (1, 2)):
+        for block, lo, hi in cov[gen]:
+            if block in seen_blocks and block >= 2:
+                continue  # a packed block holds several chunks; once per block is enough
+            seen_blocks.add(block)
+            pos, bit = int(rng.integers(lo, hi)), int(rng.integers(0, 8))
+            lab.flip(block, pos, bit)
+            try:
+                back = CheckpointedStageState.restore(lab.reader())
+                assert _same(back.state, _state(other)), (gen, block, pos)
+                if gen == 2:  # the newest failed: fallback, and the report says so
+                    assert back.restored.generation == 1
+                    assert back.restored.skipped and back.restored.skipped[0][0] in (2, None)
+                reports = {r.generation: r for r in verify_lease(lab.reader())}
+                bad = [r for r in verify_lease(lab.reader()) if r.corrupt]
+                assert len(bad) == 1, (gen, block, bad)
+                assert bad[0].block == block
+                assert reports.get(other) is not None and reports[other].ok
+            finally:
+                lab.flip(block, pos, bit)
+    assert CheckpointedStageState.restore(lab.reader()).restored.generation == 2
+
+
+def test_all_generations_bad_names_lease_generation_block(tmp_path: Path) -> None:
+    lab = Lab(tmp_path / "s")
+    cov = lab.covered()
+    # flip a bit in a data chunk of each generation
+    targets = {g: cov[g][-1] for g in (1, 2)}
+    for _, (block, lo, _hi) in targets.items():
+        lab.flip(block, lo)
+    with pytest.raises(CheckpointCorrupt) as ei:
+        CheckpointedStageState.restore(lab.reader())
+    err = ei.value
+    assert err.lease_id == lab.lease.lease_id and err.name == "stage"
+    assert err.generation == 2 and err.block == targets[2][0]
+    assert "stage" in str(err) and f"block {targets[2][0]}" in str(err)
+    assert [g for g, _ in err.skipped] == [2, 1]
+
+
+def test_wrong_magic(tmp_path: Path) -> None:
+    lab = Lab(tmp_path / "s")
+    lab.write(0, 0, b"XXXX")
+    back = CheckpointedStageState.restore(lab.reader())  # one slot left
+    assert back.restored.skipped and "magic" in back.restored.skipped[0][1]
+    lab.write(1, 0, b"JUNK")
+    with pytest.raises(BadMagicError):
+        CheckpointedStageState.restore(lab.reader())
+
+
+def test_newer_version(tmp_path: Path) -> None:
+    lab = Lab(tmp_path / "s")
+    newest = max(range(2), key=lambda s: struct.unpack("<Q", lab.read(s, 16, 8))[0])
+    lab.write(newest, 4, struct.pack("<I", 2))
+    back = CheckpointedStageState.restore(lab.reader())
+    assert back.restored.generation == 1
+    assert "version 2" in back.restored.skipped[0][1]
+    lab.write(1 - newest, 4, struct.pack("<I", 7))
+    with pytest.raises(UnsupportedFormatError) as ei:
+        CheckpointedStageState.restore(lab.reader())
+    assert ei.value.version in (2, 7)
+
+
+def test_truncated_lease(tmp_path: Path) -> None:
+    lab = Lab(tmp_path / "s")
+    lab.lease.resize(6)
+    with pytest.raises(TruncatedCheckpointError) as ei:
+        CheckpointedStageState.restore(lab.reader())
+    assert ei.value.block is not None and ei.value.block >= 6
+    assert all("beyond the lease" in r.status for r in verify_lease(lab.reader()))
+
+
+def test_empty_lease(tmp_path: Path) -> None:
+    with FileStore(tmp_path / "s", BS) as store:
+        store.acquire("zero")
+        with pytest.raises(NoCheckpointError) as ei:
+            CheckpointedStageState.restore(store.open_reader("zero"))
+        assert isinstance(ei.value, LookupError)
+        store.acquire("zeros", num_blocks=8)
+        with pytest.raises(NoCheckpointError):
+            CheckpointedStageState.restore(store.open_reader("zeros"))
+        with pytest.raises(NoCheckpointError):
+            verify_lease(store.open_reader("zeros"))
+
+
+class Canary:
+    """Unpickling this records it: proves a refused restore ran no pickle code."""
+
+    loaded: list[int] = []
+
+    def __reduce__(self):
+        return (_canary, (1,))
+
+
+def _canary(x: int) -> Canary:
+    Canary.loaded.append(x)
+    return Canary()
+
+
+def test_mac_wrong_key_missing_mac_and_env(tmp_path: Path, monkeypatch) -> None:
+    with FileStore(tmp_path / "s", BS) as store:
+        lease = store.acquire("m")
+        CheckpointedStageState({"c": Canary(), "v": 1}, lease, key=b"k1").checkpoint()
+        Canary.loaded.clear()
+        with pytest.raises(CheckpointAuthError):
+            CheckpointedStageState.restore(store.open_reader("m"), key=b"k2")
+        assert Canary.loaded == []
+        ok = CheckpointedStageState.restore(store.open_reader("m"), key=b"k1")
+        assert ok.state["v"] == 1 and Canary.loaded == [1]
+        # no key configured: the MAC is not checked, the checkpoint still restores
+        assert CheckpointedStageState.restore(store.open_reader("m")).state["v"] == 1
+        # env key: a checkpoint written without a MAC is refused when a key is configured
+        plain = store.acquire("plain")
+        CheckpointedStageState({"c": Canary()}, plain).checkpoint()
+        monkeypatch.setenv("BLOCKPOINT_CHECKPOINT_KEY", "k1")
+        Canary.loaded.clear()
+        with pytest.raises(CheckpointAuthError, match="no MAC"):
+            CheckpointedStageState.restore(store.open_reader("plain"))
+        assert Canary.loaded == []
+        assert CheckpointedStageState.restore(store.open_reader("m")).state["v"] == 1
+        monkeypatch.setenv("BLOCKPOINT_CHECKPOINT_KEY", "other")
+        with pytest.raises(CheckpointAuthError):
+            CheckpointedStageState.restore(store.open_reader("m"))
+
+
+def test_mac_catches_tampering_with_recomputed_crcs(tmp_path: Path) -> None:
+    """An attacker who fixes every CRC still cannot get data past the MAC."""
+    with FileStore(tmp_path / "s", BS) as store:
+        lease = store.acquire("t")
+        payload = np.zeros(100, dtype=np.uint8)
+        css = CheckpointedStageState({"x": b"A" * 200, "p": payload}, lease, key=b"secret",
+                                     compression="none", retention=2)
+        css.checkpoint()
+        dat = tmp_path / "s" / "leases" / f"{lease.lease_id}.dat"
+        _, scans = scan_slots(store.open_reader("t"))
+        h = scans[0].header
+        entries, _ = load_map(store.open_reader("t"), h)
+        e = entries[0]
+        raw = bytearray(dat.read_bytes())
+        chunk = bytearray(raw[e.block * BS:e.block * BS + e.stored])
+        i = chunk.find(b"A" * 200)
+        chunk[i:i + 200] = b"B" * 200
+        raw[e.block * BS:e.block * BS + e.stored] = chunk
+        fixed = [x._replace(crc=crc32c(bytes(chunk))) if x is e else x for x in entries]
+        inline = fmt.pack_entries(fixed)
+        block = bytearray(raw[0:BS])
+        meta_len = struct.unpack_from("<I", block, 76)[0]
+        block[fmt.HEADER_SIZE + meta_len:fmt.HEADER_SIZE + meta_len + len(inline)] = inline
+        struct.pack_into("<I", block, 84, crc32c(inline))
+        mac = bytes(block[104:136])
+        fmt.seal_header(block, mac)
+        raw[0:BS] = block
+        dat.write_bytes(bytes(raw))
+        tampered = CheckpointedStageState.restore(store.open_reader("t"))  # CRCs pass...
+        assert tampered.state["x"] == b"B" * 200
+        with pytest.raises(CheckpointAuthError, match="MAC mismatch"):  # ...the MAC does not
+            CheckpointedStageState.restore(store.open_reader("t"), key=b"secret")
