@@ -1,0 +1,105 @@
+"""docs/FORMAT.md matches the bytes: a header and a map entry parsed with ``struct`` from the
+doc's own tables, on a checkpoint written by the code."""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zstandard
+
+from blockstore import FileStore, crc32c
+from stages import CheckpointedStageState
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "FORMAT.md"
+TYPES = {"u8": "B", "i8": "b", "u16": "H", "u32": "I", "u64": "Q", "f64": "d"}
+
+
+@pytest.fixture(autouse=True)
+def _no_env_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BLOCKPOINT_CHECKPOINT_KEY", raising=False)
+
+
+def _table(section: str) -> list[tuple[int, int, str, str]]:
+    """Rows (offset, size, type, field) of the first table under ``section`` in FORMAT.md."""
+    text = DOC.read_text()
+    start = text.index(section)
+    rows = []
+    for line in text[start:].splitlines()[1:]:
+        if line.startswith("###") or line.startswith("## "):
+            break
+        m = re.match(r"\|\s*(\d+)\s*\|\s*(\d+)\s*\|\s*([\w]*)\s*\|\s*(.*?)\s*\|$", line)
+        if m:
+            rows.append((int(m[1]), int(m[2]), m[3], m[4]))
+    return rows
+
+
+def _struct_of(rows: list[tuple[int, int, str, str]]) -> tuple[struct.Struct, list[str]]:
+    fmt, names, pos = "<", [], 0
+    for off, size, typ, field in rows:
+        assert off == pos, f"FORMAT.md table gap at offset {off} (expected {pos})"
+        if typ == "bytes" or not typ:
+            fmt += f"{size}s" if typ == "bytes" else f"{size}x"
+        else:
+            fmt += TYPES[typ]
+        if typ:
+            names.append(field.split(":")[0].split(" (")[0].strip())
+        pos += size
+    s = struct.Struct(fmt)
+    assert s.size == pos
+    return s, names
+
+
+def test_header_parsed_per_format_md(tmp_path: Path) -> None:
+    fixed = [r for r in _table("### 2.1 Header block") if r[0] < 144 and r[1] < 100]
+    header, names = _struct_of(fixed)
+    assert header.size == 144
+    entry, _ = _struct_of(_table("### 2.2 Block map entry"))
+    assert entry.size == 32
+    bs = 4096
+    arr = np.random.default_rng(0).random(3000)
+    with FileStore(tmp_path / "s", bs) as store, store.acquire("fmt") as lease:
+        css = CheckpointedStageState({"arr": arr}, lease, retention=3)
+        info = css.checkpoint(step=9, meta={"source_position": 1234})
+        raw = (tmp_path / "s" / "leases" / f"{lease.lease_id}.dat").read_bytes()
+    block = raw[:bs]  # generation 1 is in slot 0
+    f = dict(zip(names, header.unpack_from(block, 0)))
+    assert f["magic `PCHK`"] == b"PCHK"
+    assert f["format version"] == 1
+    assert f["data length"] == info.data_length
+    assert f["generation"] == 1 and f["step"] == 9
+    assert f["created_at"] == pytest.approx(info.created_at)
+    assert f["stored bytes"] == info.stored_bytes
+    assert f["block size B"] == bs and f["slot count K"] == 3 and f["slot index of this header"] == 0
+    assert f["codec"] == 1 and f["compression setting"] == 2 and f["zstd level"] == 3
+    assert f["flags"] == 0 and f["map block count"] == 0
+    m, n = f["metadata length M"], f["chunk count N"]
+    assert json.loads(block[144:144 + m]) == {"source_position": 1234}
+    length = f["header length H = 144 + M +"]
+    assert length == 144 + m + 32 * n
+    covered = bytearray(block[:length])
+    covered[136:140] = bytes(4)
+    assert crc32c(bytes(covered)) == f["header CRC-32C over bytes `[0, H)` with this field zeroed"]
+    entries = [entry.unpack_from(block, 144 + m + 32 * i) for i in range(n)]
+    inline = block[144 + m:length]
+    assert crc32c(inline) == f["map CRC-32C"]
+    total = 0
+    for phys, off, stored, rawlen, crc, flags in entries:
+        assert phys >= 3
+        assert crc32c(raw[phys * bs + off:phys * bs + off + stored]) == crc
+        assert flags in (0, 1)
+        total += rawlen
+    assert total == info.data_length
+    # the payload starts with its segment table (FORMAT.md 2.4): pickle stream + 1 buffer
+    phys, off, stored, rawlen, _, flags = entries[0]
+    chunk = raw[phys * bs + off:phys * bs + off + stored]
+    if flags == 1:
+        chunk = zstandard.ZstdDecompressor().decompress(chunk, max_output_size=rawlen)
+    count, reserved = struct.unpack_from("<II", chunk, 0)
+    assert (count, reserved) == (2, 0)
+    (off1, len1) = struct.unpack_from("<QQ", chunk, 8 + 16)
+    assert len1 == arr.nbytes and off1 % 64 == 0
