@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .base import BlockStore
+from .base import BlockStore, bounds_error
 from .errors import BlockStoreError
+from .fencing import check_current
 from .lease import LeaseInfo
 
 __all__ = ["FaultyStore", "InjectedCrash"]
@@ -71,6 +72,18 @@ class FaultyStore(BlockStore):
 
     def _write(self, lease_id: str, epoch: int, indices: Sequence[int],
                datas: Sequence[memoryview]) -> None:
+        if self._crash_at is None or self.block_writes + len(indices) <= self._crash_at:
+            # No crash in this call: one call to the real store, refused or applied whole.
+            self.inner._write(lease_id, epoch, indices, datas)
+            self.block_writes += len(indices)
+            return
+        # The crash falls in this call, which is then applied block by block. A call the
+        # store would refuse (fenced, expired, out of range) is refused before any block.
+        info = self.inner._info(lease_id)
+        check_current(info, epoch)
+        for i in indices:
+            if i >= info.num_blocks:
+                raise bounds_error(lease_id, info.name, i, info.num_blocks)
         for i, d in zip(indices, datas):
             if self._crash_at is not None and self.block_writes >= self._crash_at:
                 if self._torn and len(d) > 1:

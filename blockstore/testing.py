@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+import zlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Callable
@@ -52,7 +53,7 @@ SHORT_TTL = 0.02
 
 def block_pattern(tag: int | str, index: int, size: int) -> bytes:
     """``size`` deterministic bytes that differ for every ``(tag, index)``."""
-    seed = abs(hash((str(tag), index))) % (2**32)
+    seed = zlib.crc32(f"{tag}:{index}".encode())  # not hash(): that differs per process
     return np.random.default_rng(seed).integers(1, 256, size, dtype=np.uint8).tobytes()
 
 

@@ -94,6 +94,13 @@ def test_interrupted_creation_is_completed(tmp_path: Path) -> None:
         st.acquire("a")
 
 
+@pytest.mark.parametrize("bad", [0, 100, 2**30, 4096.5])
+def test_bad_block_size_creates_nothing(tmp_path: Path, bad: object) -> None:
+    with pytest.raises(StoreConfigError):
+        open_store(tmp_path / "new", block_size=bad)  # type: ignore[arg-type]
+    assert not (tmp_path / "new").exists()
+
+
 def test_unknown_scheme_refused() -> None:
     with pytest.raises(StoreConfigError):
         open_store("ftp://host/x")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from blockstore import MemoryStore, StoreConfigError, open_store
+from blockstore import BlockStore, MemoryStore, StoreConfigError, open_store
+from blockstore.faults import FaultyStore, InjectedCrash
 from blockstore.testing import StoreConformance
 
 
@@ -39,3 +40,27 @@ def test_memory_bad_block_size(bad: object) -> None:
 def test_memory_capabilities() -> None:
     caps = MemoryStore(4096).capabilities
     assert not caps.cross_process and not caps.durable
+
+
+class TestUnarmedFaultyStore(StoreConformance):
+    """``FaultyStore`` not armed must be indistinguishable from the store it wraps."""
+
+    def make_store(self, block_size: int) -> BlockStore:
+        return FaultyStore(MemoryStore(block_size))
+
+
+def test_faulty_store_crashes_where_armed() -> None:
+    with FaultyStore(MemoryStore(4096)) as st:
+        lease = st.acquire("s", num_blocks=4)
+        lease.write_blocks({0: b"a" * 4096, 1: b"b" * 4096})
+        st.crash_after(3, torn=True)
+        with pytest.raises(InjectedCrash):
+            lease.write_blocks({2: b"c" * 4096, 3: b"d" * 4096})
+        got = lease.read_blocks([0, 1, 2, 3])
+        assert got[:3] == [b"a" * 4096, b"b" * 4096, b"c" * 4096]
+        assert got[3] == b"d" * 2048 + bytes(2048)  # torn: the first half only
+        st.crash_after(None)
+        st.crash_on_flush(0)
+        with pytest.raises(InjectedCrash):
+            lease.flush()
+        assert st.flushes == 0 and st.block_writes == 3
