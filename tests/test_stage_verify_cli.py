@@ -1,0 +1,108 @@
+"""``blockpoint verify STORE [LEASE]``: table, JSON, exit status; once as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from blockpoint.cli import main
+from blockstore import FileStore
+from stages import CheckpointedStageState
+from stages.verify import load_map, scan_slots
+
+BS = 4096
+
+
+@pytest.fixture(autouse=True)
+def _no_env_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BLOCKPOINT_CHECKPOINT_KEY", raising=False)
+
+
+@pytest.fixture
+def store_path(tmp_path: Path) -> Path:
+    root = tmp_path / "store"
+    with FileStore(root, BS) as store:
+        with store.acquire("alpha") as lease:
+            css = CheckpointedStageState({"w": np.random.default_rng(0).random(4000)}, lease)
+            css.checkpoint(step=1)
+            css.checkpoint(step=2)
+        with store.acquire("registry", num_blocks=2) as other:  # not a checkpoint lease
+            other.write_blocks({0: b'{"not": "a checkpoint"}'})
+            other.flush()
+        with store.acquire("mac") as lease:
+            CheckpointedStageState({"v": 1}, lease, key=b"sekrit").checkpoint()
+    return root
+
+
+def _corrupt_newest_data_block(root: Path, name: str) -> int:
+    with FileStore(root) as store:
+        reader = store.open_reader(name)
+        _, scans = scan_slots(reader)
+        h = max((s.header for s in scans if s.header), key=lambda h: h.generation)
+        entries, _ = load_map(reader, h)
+        e = entries[-1]
+        dat = root / "leases" / f"{reader.lease_id}.dat"
+    with open(dat, "r+b") as f:
+        f.seek(e.block * BS + e.offset)
+        b = f.read(1)
+        f.seek(e.block * BS + e.offset)
+        f.write(bytes([b[0] ^ 0x10]))
+    return e.block
+
+
+def test_verify_table_ok(store_path: Path, capsys) -> None:
+    assert main(["verify", str(store_path)]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].split() == ["LEASE", "SLOT", "GENERATION", "STEP", "SIZE", "CODEC", "RATIO",
+                                "STATUS"]
+    alpha = [ln for ln in lines if ln.startswith("alpha")]
+    assert len(alpha) == 2 and all(ln.rstrip().endswith("ok") for ln in alpha)
+    assert any(ln.startswith("registry") and "not a checkpoint" in ln for ln in lines)
+
+
+def test_verify_detects_corruption_and_json(store_path: Path, capsys) -> None:
+    block = _corrupt_newest_data_block(store_path, "alpha")
+    assert main(["verify", str(store_path)]) == 1
+    capsys.readouterr()
+    assert main(["verify", str(store_path), "alpha", "--json"]) == 1
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["generation"] for r in rows] == [2, 1]
+    assert rows[0]["block"] == block and "CRC" in rows[0]["status"]
+    assert rows[1]["status"] == "ok"
+
+
+def test_verify_one_lease_and_errors(store_path: Path, tmp_path: Path, capsys) -> None:
+    assert main(["verify", str(store_path), "registry"]) == 0
+    assert "not a checkpoint" in capsys.readouterr().out
+    assert main(["verify", str(store_path), "nope"]) == 2
+    assert main(["verify", str(tmp_path / "missing")]) == 2
+
+
+def test_verify_with_key(store_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("MY_KEY", "sekrit")
+    assert main(["verify", str(store_path), "mac", "--key-env", "MY_KEY"]) == 0
+    monkeypatch.setenv("MY_KEY", "wrong")
+    assert main(["verify", str(store_path), "mac", "--key-env", "MY_KEY"]) == 1
+    assert "MAC mismatch" in capsys.readouterr().out
+
+
+def test_verify_as_a_subprocess(store_path: Path) -> None:
+    exe = Path(sys.executable).with_name("blockpoint")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "blockpoint.cli"]
+    env = {k: v for k, v in os.environ.items() if k != "BLOCKPOINT_CHECKPOINT_KEY"}
+    ok = subprocess.run([*cmd, "verify", str(store_path), "--json"], capture_output=True,
+                        text=True, env=env, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    rows = json.loads(ok.stdout)
+    assert {r["lease"] for r in rows} == {"alpha", "registry", "mac"}
+    _corrupt_newest_data_block(store_path, "alpha")
+    bad = subprocess.run([*cmd, "verify", str(store_path)], capture_output=True, text=True,
+                         env=env, timeout=60)
+    assert bad.returncode == 1 and "CRC" in bad.stdout
