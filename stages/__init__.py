@@ -64,6 +64,14 @@ from .runs import (  # noqa: E402
     RunStore,
     StageCommit,
 )
+from .pipeline import (  # noqa: E402
+    Pipeline,
+    PipelineError,
+    PipelineEvent,
+    PipelineResult,
+    StageProcessError,
+    run_reference,
+)
 from .sink import FileSink, Sink  # noqa: E402
 from .source import GeneratedSource, Source  # noqa: E402
 
@@ -73,6 +81,10 @@ __all__ += [
     "CheckpointRequest",
     "FileSink",
     "GeneratedSource",
+    "Pipeline",
+    "PipelineError",
+    "PipelineEvent",
+    "PipelineResult",
     "PolicyCounters",
     "RollbackUnavailable",
     "RunClaim",
@@ -91,6 +103,8 @@ __all__ += [
     "StageActor",
     "StageCommit",
     "StageRegistration",
+    "StageProcessError",
     "StageSpec",
     "launch_stage",
+    "run_reference",
 ]

@@ -1,0 +1,578 @@
+"""Fault-tolerant pipelines: a replayable source, a chain of stage actors, an idempotent sink.
+
+``Pipeline(source, [StageSpec, ...], sink).run()`` drives records through the stage actors on
+Ray and commits output exactly once across stage and node loss.
+
+How, and why this way:
+
+* **The driver submits, Ray carries.** Each batch read from the source becomes a chain of
+  actor calls, ``s1.process_batch(records) -> s2.process_batch(ref) -> ...``; the object
+  references flow stage to stage without passing through the driver, and the last one is the
+  batch's output. At most ``max_in_flight`` batches are outstanding (backpressure: the source
+  is not read further until the oldest batch's output arrived).
+* **Barriers travel with the data.** A checkpoint barrier for step ``s`` is one
+  ``checkpoint(step=s, meta={"source_position": p})`` call per stage, submitted right after
+  the last batch of step ``s``. A stage actor runs its data-path calls one at a time in
+  submission order, so each stage checkpoints exactly the state after every record before the
+  barrier and none after it - consistent across stages, like aligned barriers, with no
+  records in flight between stages at the cut (``RunStep.in_flight`` is therefore empty).
+* **A step commits in one place.** When every stage's checkpoint of ``s`` returned and every
+  output of ``s`` arrived, the sink commits step ``s``'s output (idempotently), then the run
+  record of ``s`` is saved in the store (:class:`~stages.runs.RunStore`): that record is the
+  commit point. At most one barrier is outstanding, so every stage's lease holds the last
+  committed step and at most one newer, uncommitted one.
+* **Recovery is rollback and replay.** On any stage failure (actor died, node removed,
+  checkpoint failed - e.g. the stage was killed mid-flush - or a call timed out), the driver
+  drops everything in flight, relaunches the lost stages (``on_stage_lost`` hook, e.g. the
+  scheduler's restore; default: :func:`~stages.actor.launch_stage` preferring another live
+  node), rolls *every* stage back to the last committed step ``c`` (the newest generation
+  ``<= c``: a stage that already checkpointed ``c+1`` drops it), and re-reads the source from
+  ``c``'s position. Replayed records reach the sink only through a later commit, so committed
+  output has no loss and no duplicate, provided stages are deterministic.
+* **A driver restart resumes.** ``run()`` on an existing run id starts from the run's newest
+  committed step (and discards sink output of later, uncommitted steps).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
+
+from blockstore import open_store
+
+from .actor import StageSpec, launch_stage
+from .errors import CheckpointFailed, StageError
+from .observer import CheckpointFlushObserver
+from .policy import CheckpointManager, CheckpointPolicy
+from .runs import RunStore, StageCommit
+from .sink import Sink
+from .source import Source
+
+__all__ = [
+    "Pipeline",
+    "PipelineError",
+    "PipelineEvent",
+    "PipelineResult",
+    "StageLostHook",
+    "StageProcessError",
+    "run_reference",
+]
+
+log = logging.getLogger(__name__)
+
+#: The policy track of the pipeline as a whole in its :class:`CheckpointManager`.
+PIPELINE_TRACK = "pipeline"
+
+#: ``(spec, exclude_node_ids, restore_step) -> ActorHandle``: relaunch a lost stage.
+StageLostHook = Callable[[StageSpec, Sequence[str], int], Any]
+
+
+class PipelineError(StageError, RuntimeError):
+    """The pipeline cannot go on (too many recoveries, or a failure replay cannot fix)."""
+
+
+class StageProcessError(PipelineError):
+    """A stage's ``process`` raised: replaying the same records would raise again.
+
+    Attributes:
+        stage_id: the stage, when known.
+    """
+
+    def __init__(self, message: str, *, stage_id: str | None = None) -> None:
+        super().__init__(message)
+        self.stage_id = stage_id
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineEvent:
+    """Something the driver did; given to ``on_event`` as it happens.
+
+    Kinds: ``started`` (stages up), ``barrier`` (injected), ``commit``, ``failure``,
+    ``relaunched``, ``rollback``, ``done``.
+    """
+
+    kind: str
+    step: int | None = None
+    stage_id: str | None = None
+    detail: Mapping[str, Any] = field(default_factory=dict)
+    at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineResult:
+    """What one ``run()`` did.
+
+    Attributes:
+        run_id: the run.
+        committed_step: the last committed step.
+        source_position: its source position.
+        finished: the source was exhausted and everything committed.
+        records_in: source records committed by this ``run()``.
+        records_out: output records committed by this ``run()``.
+        checkpoints: stage checkpoints that became part of a committed step.
+        recoveries: rollbacks performed.
+        relaunches: stage incarnations started to replace lost ones.
+        replayed_records: source records read more than once because of rollbacks.
+        duration_s: wall-clock time of ``run()``.
+        events: every event, in order.
+    """
+
+    run_id: str
+    committed_step: int
+    source_position: Any
+    finished: bool
+    records_in: int
+    records_out: int
+    checkpoints: int
+    recoveries: int
+    relaunches: int
+    replayed_records: int
+    duration_s: float
+    events: tuple[PipelineEvent, ...]
+
+
+@dataclass(slots=True)
+class _Batch:
+    step: int
+    end_position: Any
+    n: int
+    ref: Any
+
+
+@dataclass(slots=True)
+class _Barrier:
+    step: int
+    position: Any
+    records: int
+    refs: dict[str, Any]
+
+
+class _StageFailure(Exception):
+    """Internal: a stage call failed in a way rollback and replay can fix."""
+
+    def __init__(self, stages: set[str], cause: BaseException) -> None:
+        super().__init__(f"stages {sorted(stages) or '?'}: {type(cause).__name__}: {cause}")
+        self.stages = stages
+        self.cause = cause
+
+
+def run_reference(source: Source, stages: Sequence[StageSpec | Callable[[], Any]],
+                  *, batch_size: int = 1024) -> list[Any]:
+    """The output of a failure-free run, computed in this process without Ray or storage.
+
+    For checking exactly-once: a pipeline's committed output must equal this, record for
+    record (for deterministic stages).
+    """
+    impls = [(s.factory() if isinstance(s, StageSpec) else s()) for s in stages]
+    states = [impl.initial_state() for impl in impls]
+    out: list[Any] = []
+    pos = source.initial_position()
+    while True:
+        records, pos = source.read(pos, batch_size)
+        if not records:
+            return out
+        for impl, state in zip(impls, states):
+            nxt: list[Any] = []
+            for r in records:
+                nxt.extend(impl.process(state, r))
+            records = nxt
+        out.extend(records)
+
+
+class Pipeline:
+    """A chain of checkpointed stage actors between a replayable source and a sink.
+
+    Args:
+        source: replayable input (:class:`~stages.source.Source`).
+        stages: the stages, in order (at least one); their ``stage_id``\\ s must be unique.
+        sink: where committed output goes, per step (:class:`~stages.sink.Sink`).
+        run_id: the run (a new one if ``None``); an existing run resumes from its last
+            committed step.
+        run_store_url: where run records live (default: the first stage's store).
+        batch_size: records read from the source per batch.
+        max_in_flight: batches outstanding at once (backpressure).
+        policy: when to inject a barrier (every N records and/or T seconds; ``retention``
+            is the stages' business, set in their specs). A final barrier always closes the
+            stream.
+        observer: flush observer given to every stage actor (the scheduler's).
+        on_stage_lost: relaunch hook ``(spec, exclude_node_ids, restore_step) -> handle``;
+            default: :func:`launch_stage` preferring a live node the stage was not on.
+        placement: initial node id per stage id (hard affinity), e.g. for tests and demos.
+        on_event: called with every :class:`PipelineEvent`, in the driver thread.
+        max_recoveries: give up (``PipelineError``) after this many rollbacks in one run.
+        call_timeout: seconds to wait for any one stage call before treating it as lost.
+        ping_timeout: seconds a liveness probe may take during recovery.
+        clock: for the policy's time trigger (injectable).
+    """
+
+    def __init__(self, source: Source, stages: Sequence[StageSpec], sink: Sink, *,
+                 run_id: str | None = None, run_store_url: str | None = None,
+                 batch_size: int = 256, max_in_flight: int = 8,
+                 policy: CheckpointPolicy | None = None,
+                 observer: CheckpointFlushObserver | None = None,
+                 on_stage_lost: StageLostHook | None = None,
+                 placement: Mapping[str, str] | None = None,
+                 on_event: Callable[[PipelineEvent], None] | None = None,
+                 max_recoveries: int = 20, call_timeout: float = 60.0,
+                 ping_timeout: float = 10.0, clock: Callable[[], float] = time.monotonic
+                 ) -> None:
+        if not stages:
+            raise ValueError("a pipeline needs at least one stage")
+        ids = [s.stage_id for s in stages]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"stage ids must be unique, got {ids}")
+        if batch_size < 1 or max_in_flight < 1:
+            raise ValueError("batch_size and max_in_flight must be >= 1")
+        self.source = source
+        self.specs = list(stages)
+        self.sink = sink
+        self.run_id = run_id or uuid.uuid4().hex[:16]
+        self.runs = RunStore(open_store(run_store_url or stages[0].store_url,
+                                        block_size=stages[0].block_size))
+        self.batch_size = batch_size
+        self.max_in_flight = max_in_flight
+        self.manager = CheckpointManager(policy or CheckpointPolicy(every_records=4096),
+                                         clock=clock)
+        self.observer = observer
+        self.on_stage_lost = on_stage_lost
+        self.placement = dict(placement or {})
+        self.on_event = on_event
+        self.max_recoveries = max_recoveries
+        self.call_timeout = call_timeout
+        self.ping_timeout = ping_timeout
+        self._handles: dict[str, Any] = {}
+        self._nodes: dict[str, str | None] = {}
+        self._epochs: dict[str, int] = {}
+        self._actor_ids: dict[str, str] = {}
+        self._events: list[PipelineEvent] = []
+        self._reset_counters()
+
+    # -- public --------------------------------------------------------------------------
+    @property
+    def handles(self) -> dict[str, Any]:
+        """Current actor handle per stage id (changes when a stage is relaunched)."""
+        return dict(self._handles)
+
+    def node_of(self, stage_id: str) -> str | None:
+        """Node id the current incarnation of ``stage_id`` runs on (as last reported)."""
+        return self._nodes.get(stage_id)
+
+    @property
+    def committed_step(self) -> int:
+        return self._committed
+
+    def request_checkpoint(self, note: str | None = None) -> None:
+        """Ask for a barrier as soon as possible (e.g. before a risky operation)."""
+        self.manager.request(PIPELINE_TRACK, note=note)
+
+    def run(self, *, max_steps: int | None = None) -> PipelineResult:
+        """Run until the source is exhausted and all is committed (or ``max_steps`` steps
+        were committed by this call). Stage actors are stopped on return or error.
+
+        Raises ``PipelineError`` (``StageProcessError`` for a stage's own exception).
+        """
+        t0 = time.monotonic()
+        self._reset_counters()
+        self._max_steps = max_steps
+        self.runs.create_run(self.run_id)
+        last = self.runs.latest_step(self.run_id)
+        self._committed = last.step if last is not None else 0
+        self._committed_position = (last.source_position if last is not None
+                                    else self.source.initial_position())
+        discard = getattr(self.sink, "discard_after", None)
+        if discard is not None:
+            discard(self._committed)
+        failure: _StageFailure | None = None
+        try:
+            self._launch_all()
+            while True:
+                try:
+                    if failure is not None:
+                        self._recover(failure)
+                        failure = None
+                    self._rewind()
+                    if self._drive():
+                        break
+                except _StageFailure as f:
+                    failure = f
+            finished = self._exhausted and self._barrier is None and not self._batches
+            if finished:
+                self.runs.finish(self.run_id)
+            self._emit("done", self._committed, detail={"finished": finished})
+        finally:
+            self._shutdown_stages()
+        return PipelineResult(
+            run_id=self.run_id, committed_step=self._committed,
+            source_position=self._committed_position, finished=finished,
+            records_in=self._records_in, records_out=self._records_out,
+            checkpoints=self._checkpoints, recoveries=self._recoveries,
+            relaunches=self._relaunches, replayed_records=self._replayed,
+            duration_s=time.monotonic() - t0, events=tuple(self._events))
+
+    # -- internals: lifecycle -----------------------------------------------------------------
+    def _reset_counters(self) -> None:
+        self._batches: deque[_Batch] = deque()
+        self._barrier: _Barrier | None = None
+        self._outputs: dict[int, list[Any]] = {}
+        self._committed = 0
+        self._committed_position: Any = None
+        self._position: Any = None
+        self._open_step = 1
+        self._open_records = 0
+        self._uncommitted_read = 0
+        self._exhausted = False
+        self._records_in = self._records_out = self._checkpoints = 0
+        self._recoveries = self._relaunches = self._replayed = 0
+        self._steps_this_run = 0
+        self._max_steps: int | None = None
+        self._last_progress = time.monotonic()
+
+    def _emit(self, kind: str, step: int | None = None, stage_id: str | None = None,
+              detail: Mapping[str, Any] | None = None) -> None:
+        ev = PipelineEvent(kind, step, stage_id, dict(detail or {}), time.time())
+        self._events.append(ev)
+        if self.on_event is not None:
+            self.on_event(ev)
+
+    def _launch_all(self) -> None:
+        for spec in self.specs:
+            self._handles[spec.stage_id] = launch_stage(
+                spec, node_id=self.placement.get(spec.stage_id), observer=self.observer,
+                restore_step=self._committed)
+        refs = {sid: h.info.remote() for sid, h in self._handles.items()}
+        for sid, ref in refs.items():
+            try:
+                self._note_info(sid, self._get(ref, sid))
+            except _StageFailure:
+                raise PipelineError(f"stage {sid!r} did not start") from None
+        self._emit("started", self._committed, detail={
+            "nodes": dict(self._nodes), "epochs": dict(self._epochs)})
+
+    def _note_info(self, sid: str, info: Mapping[str, Any]) -> None:
+        self._nodes[sid] = info.get("node_id")
+        self._epochs[sid] = int(info.get("epoch", 0))
+        try:
+            self._actor_ids[self._handles[sid]._actor_id.hex()] = sid
+        except AttributeError:  # pragma: no cover - handle without an id
+            pass
+
+    def _shutdown_stages(self) -> None:
+        refs = []
+        for h in self._handles.values():
+            try:
+                refs.append(h.stop.remote())
+            except Exception:  # noqa: BLE001 - already gone
+                continue
+        if refs:
+            ray.wait(refs, num_returns=len(refs), timeout=10)
+        for h in self._handles.values():
+            try:
+                ray.kill(h, no_restart=True)
+            except Exception:  # noqa: BLE001 - already gone
+                continue
+
+    def _rewind(self) -> None:
+        """Reset the driver's cursor to the last committed step."""
+        self._batches.clear()
+        self._barrier = None
+        self._outputs.clear()
+        self._replayed += self._uncommitted_read
+        self._uncommitted_read = 0
+        self._position = self._committed_position
+        self._open_step = self._committed + 1
+        self._open_records = 0
+        self._exhausted = False
+        pending = self.manager.pending(PIPELINE_TRACK)
+        if pending is not None and pending.running:
+            self.manager.fail(PIPELINE_TRACK, "rolled back")
+
+    # -- internals: the data path ---------------------------------------------------------------
+    def _submit(self, records: list[Any]) -> Any:
+        ref: Any = records
+        for spec in self.specs:
+            ref = self._handles[spec.stage_id].process_batch.remote(ref)
+        return ref
+
+    def _drive(self) -> bool:
+        """Run until done (True) or until ``max_steps`` were committed (True)."""
+        while True:
+            if self._max_steps is not None and self._steps_this_run >= self._max_steps:
+                return True
+            self._fill()
+            if not self._batches and self._barrier is None and self._exhausted:
+                return True
+            self._await_progress()
+
+    def _fill(self) -> None:
+        while (not self._exhausted and len(self._batches) < self.max_in_flight):
+            records, new_position = self.source.read(self._position, self.batch_size)
+            if not records:
+                self._exhausted = True
+                break
+            ref = self._submit(records)
+            self._batches.append(_Batch(self._open_step, new_position, len(records), ref))
+            self._position = new_position
+            self._open_records += len(records)
+            self._uncommitted_read += len(records)
+            self.manager.record(PIPELINE_TRACK, len(records))
+            self._maybe_barrier(final=False)
+        self._maybe_barrier(final=self._exhausted)
+
+    def _maybe_barrier(self, *, final: bool) -> None:
+        if self._barrier is not None or self._open_records == 0:
+            return
+        due = (self.manager.pending(PIPELINE_TRACK) is not None
+               or self.manager.poll(PIPELINE_TRACK) is not None or final)
+        if not due:
+            return
+        self.manager.begin(PIPELINE_TRACK)
+        step = self._open_step
+        meta = {"source_position": self._position, "run_id": self.run_id}
+        refs = {sid: h.checkpoint.remote(step=step, meta=meta)
+                for sid, h in self._handles.items()}
+        self._barrier = _Barrier(step, self._position, self._open_records, refs)
+        self._open_step += 1
+        self._open_records = 0
+        self._emit("barrier", step, detail={"source_position": self._position})
+
+    def _await_progress(self) -> None:
+        waiting: list[Any] = []
+        if self._batches:
+            waiting.append(self._batches[0].ref)
+        if self._barrier is not None:
+            waiting.extend(self._barrier.refs.values())
+        if not waiting:
+            return
+        ready, _ = ray.wait(waiting, num_returns=1, timeout=1.0)
+        if not ready:
+            if time.monotonic() - self._last_progress > self.call_timeout:
+                raise _StageFailure(set(), GetTimeoutError(
+                    f"no progress for {self.call_timeout:.0f}s"))
+            return
+        self._last_progress = time.monotonic()
+        while self._batches and ray.wait([self._batches[0].ref], timeout=0)[0]:
+            b = self._batches.popleft()
+            self._outputs.setdefault(b.step, []).extend(self._get(b.ref, None))
+        bar = self._barrier
+        if bar is None or (self._batches and self._batches[0].step <= bar.step):
+            return
+        refs = list(bar.refs.values())
+        if len(ray.wait(refs, num_returns=len(refs), timeout=0)[0]) < len(refs):
+            return
+        infos = {sid: self._get(ref, sid) for sid, ref in bar.refs.items()}
+        self._commit(bar, infos)
+
+    def _commit(self, bar: _Barrier, infos: Mapping[str, Mapping[str, Any]]) -> None:
+        outputs = self._outputs.pop(bar.step, [])
+        self.sink.commit(bar.step, outputs)
+        stages = [StageCommit(stage_id=sid, lease_id=info.get("lease_id"),
+                              epoch=self._epochs.get(sid), generation=info.get("generation"),
+                              node_id=self._nodes.get(sid)) for sid, info in infos.items()]
+        self.runs.save_step(self.run_id, bar.step, source_position=bar.position, stages=stages,
+                            meta={"records_in": bar.records, "records_out": len(outputs)})
+        self._committed = bar.step
+        self._committed_position = bar.position
+        self._barrier = None
+        self._records_in += bar.records
+        self._records_out += len(outputs)
+        self._uncommitted_read -= bar.records
+        self._checkpoints += len(infos)
+        self._steps_this_run += 1
+        self.manager.complete(PIPELINE_TRACK, {"step": bar.step, "generation": None})
+        self._emit("commit", bar.step, detail={
+            "source_position": bar.position, "records_in": bar.records,
+            "records_out": len(outputs),
+            "generations": {sid: i.get("generation") for sid, i in infos.items()},
+            "stored_bytes": {sid: i.get("stored_bytes") for sid, i in infos.items()}})
+
+    def _get(self, ref: Any, sid: str | None) -> Any:
+        """``ray.get`` with failures sorted into replayable (``_StageFailure``) or not."""
+        try:
+            return ray.get(ref, timeout=self.call_timeout)
+        except CheckpointFailed as exc:  # fenced, I/O, or killed mid-flush: replace the stage
+            raise _StageFailure({sid} if sid else set(), exc) from exc
+        except RayActorError as exc:
+            who = self._actor_ids.get(getattr(exc, "actor_id", None) or "")
+            raise _StageFailure({s for s in (who or sid,) if s}, exc) from exc
+        except GetTimeoutError as exc:
+            raise _StageFailure({sid} if sid else set(), exc) from exc
+        except RayTaskError as exc:
+            if isinstance(exc.cause, (RayActorError, CheckpointFailed)):
+                raise _StageFailure({sid} if sid else set(), exc) from exc
+            raise StageProcessError(f"stage {sid or '?'} raised: {exc}", stage_id=sid) from exc
+        except RayError as exc:  # object lost with its node, owner died, ...
+            raise _StageFailure({sid} if sid else set(), exc) from exc
+
+    # -- internals: recovery --------------------------------------------------------------------
+    def _alive(self, sid: str) -> bool:
+        try:
+            ray.get(self._handles[sid].ping.remote(), timeout=self.ping_timeout)
+            return True
+        except (RayError, GetTimeoutError):
+            return False
+
+    def _recover(self, failure: _StageFailure) -> None:
+        self._recoveries += 1
+        self._emit("failure", self._committed, detail={
+            "error": f"{type(failure.cause).__name__}: {failure.cause}",
+            "suspects": sorted(failure.stages)})
+        if self._recoveries > self.max_recoveries:
+            raise PipelineError(f"giving up after {self.max_recoveries} recoveries; last "
+                                f"failure: {failure}") from failure.cause
+        lost = set(failure.stages) | {s for s in self._handles if s not in failure.stages
+                                      and not self._alive(s)}
+        c = self._committed
+        for sid in sorted(lost):
+            spec = next(s for s in self.specs if s.stage_id == sid)
+            old_node = self._nodes.get(sid)
+            try:
+                ray.kill(self._handles[sid], no_restart=True)  # a zombie must not linger
+            except Exception:  # noqa: BLE001 - already dead
+                pass
+            exclude = [old_node] if old_node else []
+            if self.on_stage_lost is not None:
+                handle = self.on_stage_lost(spec, exclude, c)
+            else:
+                handle = self._relaunch(spec, exclude, c)
+            self._handles[sid] = handle
+            self._relaunches += 1
+            self._emit("relaunched", c, sid, detail={"from_node": old_node})
+        refs = {sid: h.rollback.remote(c) for sid, h in self._handles.items()}
+        for sid, ref in refs.items():
+            info = self._get(ref, sid)
+            self._note_info(sid, info)
+        self._emit("rollback", c, detail={
+            "nodes": dict(self._nodes), "epochs": dict(self._epochs),
+            "source_position": self._committed_position})
+
+    def _relaunch(self, spec: StageSpec, exclude: Sequence[str], step: int) -> Any:
+        node = self._pick_node(spec, exclude)
+        return launch_stage(spec, node_id=node, soft=True, spill=True, observer=self.observer,
+                            restore_step=step)
+
+    def _pick_node(self, spec: StageSpec, exclude: Sequence[str]) -> str | None:
+        """A live node, not excluded, with enough CPUs in total, hosting fewest of our stages."""
+        need = float(spec.resources.get("num_cpus", 1) or 0)
+        load: dict[str, int] = {}
+        for n in self._nodes.values():
+            if n:
+                load[n] = load.get(n, 0) + 1
+        best: tuple[int, str] | None = None
+        for node in ray.nodes():
+            nid = node.get("NodeID")
+            if not node.get("Alive") or nid in exclude:
+                continue
+            if float(node.get("Resources", {}).get("CPU", 0)) < need:
+                continue
+            cand = (load.get(nid, 0), nid)
+            if best is None or cand < best:
+                best = cand
+        return None if best is None else best[1]
