@@ -370,13 +370,18 @@ class CheckpointedStageState(Generic[T]):
         if self._key is not None:
             mac_future = pool.submit(_hash_payload, self._key, payload.segments)
 
-        # Erase the target slot first if its old generation's blocks are about to be reused
-        # (or it holds a damaged header), so no header ever describes overwritten blocks.
-        if tslot.dirty and (not tslot.committed or not tslot.blocks.isdisjoint(alloc_list)):
-            tslot.committed = False
-            lease.write_blocks({target: b""})
+        # Erase, and flush, before any data write: the target slot if its old generation's
+        # blocks are about to be reused, and every slot holding something that is not a
+        # committed generation (a damaged or failed header, a torn write): its blocks are not
+        # protected, so no header may keep describing them once they are overwritten.
+        erase = [i for i, s in enumerate(slots) if s.dirty and not s.committed]
+        if tslot.committed and not tslot.blocks.isdisjoint(alloc_list):
+            erase.append(target)
+        if erase:
+            lease.write_blocks({i: b"" for i in erase})
             lease.flush()
-            tslot.dirty = False
+            for i in erase:
+                slots[i].dirty = False
         tslot.committed = False
         tslot.header = None
 
