@@ -185,3 +185,37 @@ def test_sigkill_mid_checkpoint_restored_by_another_process(tmp_path: Path) -> N
         assert np.array_equal(back.state["data"], np.full(600_000, step % 251, dtype=np.uint8))
         assert np.array_equal(back.state["noise"], np.random.default_rng(step).random(100_000))
         last_seen = step
+
+
+def test_same_writer_continues_after_a_failed_checkpoint(template, tmp_path: Path) -> None:
+    """A failed checkpoint (at any write or flush) leaves the writer usable: the next one
+    commits, and the previous committed generation is still retained behind it."""
+    root, bs, nblocks, comp = template
+    a2, b, c = (_state(t, nblocks * bs, comp) for t in (2, 3, 5))
+    _, counted = _attempt(root, tmp_path / "count", b)
+    points = [("write", k) for k in range(0, counted.block_writes, 3)]
+    points += [("flush", n) for n in range(counted.flushes)]
+    for kind, n in points:
+        dest = tmp_path / f"{kind}{n}"
+        shutil.copytree(root, dest)
+        faulty = FaultyStore(FileStore(dest))
+        lease = faulty.acquire("stage")
+        css = CheckpointedStageState.restore(lease)
+        css.state = b
+        faulty.block_writes = faulty.flushes = 0
+        if kind == "write":
+            faulty.crash_after(n)
+        else:
+            faulty.crash_on_flush(n)
+        with pytest.raises(CheckpointFailed):
+            css.checkpoint(step=3)
+        faulty.crash_after(None)
+        faulty.crash_on_flush(None)
+        css.state = c
+        info = css.checkpoint(step=5)
+        faulty.close()
+        back = _restore_real(dest)
+        assert _same(back.state, c) and back.restored.generation == info.generation
+        gens = back.generations()
+        assert gens[0].step == 5 and gens[1].step == 2, (kind, n, [g.step for g in gens])
+        shutil.rmtree(dest)
