@@ -258,3 +258,20 @@ def test_public_surface() -> None:
     assert issubclass(stages.NoCheckpointError, LookupError)
     assert issubclass(stages.CheckpointCorrupt, stages.StageError)
     assert issubclass(stages.UnsupportedFormatError, stages.CheckpointCorrupt)
+
+
+def test_restore_with_max_step_rolls_back(store_dir: str) -> None:
+    with open_store(store_dir, block_size=4096) as store:
+        lease = store.acquire("rb")
+        css = CheckpointedStageState({"s": 0}, lease, retention=3)
+        for step in (1, 2, 3):
+            css.state = {"s": step}
+            css.checkpoint(step=step)
+        back = CheckpointedStageState.restore(lease, max_step=2)
+        assert back.state == {"s": 2} and back.restored.skipped == ()
+        back.state = {"s": "2b"}
+        assert back.checkpoint(step=3).generation == 4  # numbering never goes backwards
+        assert [g.step for g in back.generations()] == [3, 2, 1]
+        assert CheckpointedStageState.restore(lease).state == {"s": "2b"}
+        with pytest.raises(NoCheckpointError):
+            CheckpointedStageState.restore(lease, max_step=0)
