@@ -52,7 +52,7 @@ from .actor import StageSpec, launch_stage
 from .errors import CheckpointFailed, StageError
 from .observer import CheckpointFlushObserver
 from .policy import CheckpointManager, CheckpointPolicy
-from .runs import RunStore, StageCommit
+from .runs import RunClaim, RunStore, StageCommit
 from .sink import Sink
 from .source import Source
 
@@ -235,8 +235,9 @@ class Pipeline:
         self.specs = list(stages)
         self.sink = sink
         self.run_id = run_id or uuid.uuid4().hex[:16]
-        self.runs = RunStore(open_store(run_store_url or stages[0].store_url,
-                                        block_size=stages[0].block_size))
+        self.runs = RunStore(open_store(
+            run_store_url or stages[0].store_url,
+            block_size=stages[0].block_size if run_store_url is None else None))
         self.batch_size = batch_size
         self.max_in_flight = max_in_flight
         self.manager = CheckpointManager(policy or CheckpointPolicy(every_records=4096),
@@ -273,16 +274,30 @@ class Pipeline:
         """Ask for a barrier as soon as possible (e.g. before a risky operation)."""
         self.manager.request(PIPELINE_TRACK, note=note)
 
-    def run(self, *, max_steps: int | None = None) -> PipelineResult:
+    def run(self, *, max_steps: int | None = None, pause: bool = False,
+            claim: RunClaim | None = None) -> PipelineResult:
         """Run until the source is exhausted and all is committed (or ``max_steps`` steps
         were committed by this call). Stage actors are stopped on return or error.
 
-        Raises ``PipelineError`` (``StageProcessError`` for a stage's own exception).
+        Args:
+            max_steps: stop after committing this many steps (the run stays resumable).
+            pause: when stopping early, record a savepoint: the run becomes ``paused`` at its
+                last committed step, to be resumed exactly once by whoever claims it.
+            claim: resume a paused run claimed with ``RunStore.claim``; the claim is
+                completed once every stage is restored (so a crash before that leaves the
+                claim orphaned, for ``recover_orphaned``).
+
+        Raises ``PipelineError`` (``StageProcessError`` for a stage's own exception);
+        ``RunNotPausedError`` for a paused run without a claim.
         """
         t0 = time.monotonic()
         self._reset_counters()
         self._max_steps = max_steps
-        self.runs.create_run(self.run_id)
+        if claim is not None:
+            if claim.run_id != self.run_id:
+                raise ValueError(f"claim is for run {claim.run_id!r}, not {self.run_id!r}")
+        else:
+            self.runs.create_run(self.run_id)
         last = self.runs.latest_step(self.run_id)
         self._committed = last.step if last is not None else 0
         self._committed_position = (last.source_position if last is not None
@@ -293,6 +308,8 @@ class Pipeline:
         failure: _StageFailure | None = None
         try:
             self._launch_all()
+            if claim is not None:
+                claim.complete()
             while True:
                 try:
                     if failure is not None:
@@ -306,6 +323,8 @@ class Pipeline:
             finished = self._exhausted and self._barrier is None and not self._batches
             if finished:
                 self.runs.finish(self.run_id)
+            elif pause:
+                self.runs.pause(self.run_id, self._committed)
             self._emit("done", self._committed, detail={"finished": finished})
         finally:
             self._shutdown_stages()

@@ -95,18 +95,19 @@ class RunningAggregate:
 class Enrich:
     """Stamps each record with a running sequence number ``seq`` (state: the counter).
 
-    With ``drop_odd``, events whose value is odd are dropped (a filter with state).
+    With ``drop_odd``, records whose ``field`` is odd are dropped (a filter with state).
     """
 
-    def __init__(self, drop_odd: bool = False) -> None:
+    def __init__(self, drop_odd: bool = False, field: str = "value") -> None:
         self.drop_odd = drop_odd
+        self.field = field
 
     def initial_state(self) -> dict[str, int]:
         return {"seq": 0}
 
     def process(self, state: dict[str, int], record: dict[str, Any]
                 ) -> Iterator[dict[str, Any]]:
-        if self.drop_odd and record.get("value", 0) % 2:
+        if self.drop_odd and record.get(self.field, 0) % 2:
             return
         state["seq"] += 1
         yield {**record, "seq": state["seq"]}

@@ -23,7 +23,7 @@ from blockstore import open_store
 from stages.actor import StageSpec
 from stages.pipeline import Pipeline, PipelineEvent, StageProcessError, run_reference
 from stages.policy import CheckpointPolicy
-from stages.runs import RunStore
+from stages.runs import RunClaimConflict, RunNotPausedError, RunStore
 from stages.sink import FileSink
 from stages.source import Enrich, GeneratedSource, RunningAggregate
 
@@ -34,7 +34,7 @@ pytestmark = pytest.mark.ray
 
 def _specs(store: str, agg: Any = RunningAggregate) -> list[StageSpec]:
     return [StageSpec("agg", agg, store, block_size=64 * 1024, lease_ttl=5.0),
-            StageSpec("seq", functools.partial(Enrich, True), store, block_size=64 * 1024,
+            StageSpec("seq", functools.partial(Enrich, True, "sum"), store, block_size=64 * 1024,
                       lease_ttl=5.0)]
 
 
@@ -157,3 +157,24 @@ def test_driver_restart_resumes_from_last_commit(ray_local: None, tmp_path: Path
     second = p2.run()
     assert second.finished and first.records_in + second.records_in == 2000
     assert sink2.read_all() == run_reference(src, p.specs)
+
+
+def test_pause_then_resume_exactly_once(ray_local: None, tmp_path: Path) -> None:
+    p, sink, src = _pipeline(tmp_path, 1600, run_id="pz")
+    first = p.run(max_steps=1, pause=True)
+    runs = p.runs
+    st = runs.status("pz")
+    assert (st.state, st.step) == ("paused", first.committed_step)
+    with pytest.raises(RunNotPausedError):
+        _pipeline(tmp_path, 1600, run_id="pz")[0].run()  # paused: only a claim resumes it
+    claim = runs.claim("pz", driver="resumer")
+    with pytest.raises(RunClaimConflict):
+        runs.claim("pz", driver="other")  # ... once
+    p2, sink2, _ = _pipeline(tmp_path, 1600, run_id="pz")
+    res = p2.run(claim=claim)
+    assert claim.done and res.finished
+    st = runs.status("pz")
+    assert st.state == "finished" and st.resumes == 1
+    assert sink2.read_all() == run_reference(src, p.specs)
+    with pytest.raises(RunNotPausedError):
+        runs.claim("pz", driver="late")  # no double resume
