@@ -36,9 +36,9 @@ def next_acquire(existing: LeaseInfo | None, *, lease_id: str, name: str, holder
                          created_at=now)
     if existing.is_held(now) and not steal:
         raise LeaseHeldError(
-            f"lease {name!r} is held by {existing.holder!r} until "
-            f"{time.strftime('%H:%M:%S', time.localtime(existing.expires_at))} "
-            f"(epoch {existing.epoch}); pass steal=True to take it over",
+            f"lease {name!r} is held by {existing.holder!r} for another "
+            f"{existing.expires_at - now:.1f}s (epoch {existing.epoch}); pass steal=True to "
+            "take it over",
             holder=existing.holder, expires_at=existing.expires_at,
             lease_id=existing.lease_id, name=name, epoch=existing.epoch)
     return dataclasses.replace(existing, holder=holder, epoch=existing.epoch + 1,

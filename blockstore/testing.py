@@ -168,6 +168,13 @@ class StoreConformance:
             assert err.lease_id == lease.lease_id and err.expires_at is not None
         lease.write_blocks({0: b"still mine"})  # the holder was not fenced
 
+    def test_huge_ttl_is_held(self, store: BlockStore) -> None:
+        store.acquire("s", holder="forever", ttl=1e300)
+        with pytest.raises(LeaseHeldError) as err:
+            store.acquire("s", holder="other")
+        assert err.value.holder == "forever"
+        assert store.lease_info("s").is_held()
+
     def test_takeover_after_release_bumps_epoch_and_keeps_blocks(self, store: BlockStore) -> None:
         a = store.acquire("s", holder="h1", num_blocks=3)
         data = self.write_pattern(a, "a", [0, 2])
@@ -179,9 +186,9 @@ class StoreConformance:
         assert b.read_blocks([0, 2]) == [data[0], data[2]]
 
     def test_takeover_after_expiry_bumps_epoch(self, store: BlockStore) -> None:
-        a = store.acquire("s", holder="h1", ttl=SHORT_TTL, num_blocks=2)
+        a = store.acquire("s", holder="h1", num_blocks=2)
         data = self.write_pattern(a, "a", [0, 1])
-        wait_expired(a.acquired_info)
+        wait_expired(a.renew(ttl=SHORT_TTL))  # written while held, then left to expire
         assert not store.lease_info("s").is_held()
         b = store.acquire("s", holder="h2")
         assert b.epoch == 2 and b.holder == "h2"
@@ -238,9 +245,9 @@ class StoreConformance:
         self.assert_blocks(store, "s", {0: b"after renew"})
 
     def test_expired_holder_refused_resize_but_may_flush(self, store: BlockStore) -> None:
-        lease = store.acquire("s", ttl=SHORT_TTL, num_blocks=1)
+        lease = store.acquire("s", num_blocks=1)
         lease.write_blocks({0: b"before"})
-        wait_expired(lease.acquired_info)
+        wait_expired(lease.renew(ttl=SHORT_TTL))
         self.refused_changes_nothing(store, "s", {0: b"before"}, LeaseExpiredError,
                                      lambda: lease.resize(4))
         lease.flush()  # durability of earlier writes needs no live hold
@@ -281,7 +288,8 @@ class StoreConformance:
         self.assert_blocks(store, "s", {0: b"kept"})
 
     def test_keepalive_renews_until_release(self, store: BlockStore) -> None:
-        ttl = 0.3
+        # A TTL long enough that a loaded machine still renews in time (every ttl / 3).
+        ttl = 1.5
         lease = store.acquire("s", ttl=ttl, num_blocks=1, keepalive=True)
         first = lease.acquired_info
         deadline = time.time() + 30
@@ -293,7 +301,7 @@ class StoreConformance:
         assert store.lease_info("s").is_held()
         lease.release()
         assert store.lease_info("s").holder is None
-        time.sleep(ttl)  # a stopped keepalive does not renew a released lease
+        time.sleep(ttl / 2)  # a stopped keepalive does not renew a released lease
         assert store.lease_info("s").holder is None
 
     # -- writes and reads ------------------------------------------------------------------
