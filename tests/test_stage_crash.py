@@ -20,9 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from blockstore import FileStore
-from blockstore.faults import FaultyStore
+from blockstore import FileStore, MemoryStore
+from blockstore.faults import FaultyStore, InjectedCrash
 from stages import CheckpointedStageState, CheckpointFailed
 
 
@@ -219,3 +221,47 @@ def test_same_writer_continues_after_a_failed_checkpoint(template, tmp_path: Pat
         gens = back.generations()
         assert gens[0].step == 5 and gens[1].step == 2, (kind, n, [g.step for g in gens])
         shutil.rmtree(dest)
+
+
+OPS = st.lists(st.tuples(st.integers(0, 12_000),            # payload bytes
+                         st.booleans(),                      # compressible
+                         st.one_of(st.none(), st.integers(0, 14)),  # crash after k writes
+                         st.booleans(),                      # torn
+                         st.booleans()),                     # restart (new writer) after
+               min_size=1, max_size=12)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=OPS, retention=st.integers(2, 4))
+def test_property_restore_is_always_the_last_committed_state(ops, retention) -> None:
+    """Any sequence of checkpoints, crashes and restarts: restore == the last committed state."""
+    store = FaultyStore(MemoryStore(512))
+    lease = store.acquire("p")
+    css = CheckpointedStageState(None, lease, retention=retention)
+    committed = None
+    for i, (size, comp, crash, torn, restart) in enumerate(ops):
+        data = np.random.default_rng(i).integers(0, 256, size, dtype=np.uint8)
+        if comp:
+            data[: size * 3 // 4] = 7
+        css.state = {"i": i, "data": data}
+        store.crash_after(None if crash is None else store.block_writes + crash, torn=torn)
+        try:
+            css.checkpoint(step=i)
+            committed = i
+        except CheckpointFailed as exc:
+            assert isinstance(exc.__cause__, InjectedCrash)
+        store.crash_after(None)
+        if committed is None:
+            continue
+        back = CheckpointedStageState.restore(store.open_reader("p"))
+        assert back.state["i"] == committed
+        expect = np.random.default_rng(committed).integers(0, 256, ops[committed][0],
+                                                           dtype=np.uint8)
+        if ops[committed][1]:
+            expect[: ops[committed][0] * 3 // 4] = 7
+        assert np.array_equal(back.state["data"], expect)
+        if restart:  # a new process takes the lease over and goes on from the restored state
+            lease = store.acquire("p", steal=True)
+            css = CheckpointedStageState.restore(lease, retention=retention)
+    # storage stays bounded: K slots + K generations of at most 12 KB (+ map) in 512-byte blocks
+    assert lease.num_blocks <= retention + retention * (12_064 // 512 + 2 + 4)
