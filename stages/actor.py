@@ -19,7 +19,7 @@ Why the design is as it is:
   pipeline rollback, the newest one at or before a given step) and otherwise starts from
   ``factory().initial_state()``. A lease that holds generations none of which verifies is an
   error (``CheckpointCorrupt``), never a silent restart from scratch.
-* **Two concurrency groups.** Data-path methods (``process_batch``, ``checkpoint``,
+* **Two concurrency groups** (in :func:`remote_stage_class`). Data-path methods (``process_batch``, ``checkpoint``,
   ``rollback``, ``stop``, ``get_state``) run in Ray's default group, one at a time and in the
   order a caller submitted them; this is what lets a pipeline's barrier (a ``checkpoint``
   call queued after a batch) travel *with* the data. Control methods (``info``, ``ping``) run
@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CONTROL_GROUP",
+    "ControlledStageActor",
     "RollbackUnavailable",
     "Stage",
     "StageActor",
@@ -345,7 +346,6 @@ class StageActor:
             return info
 
     # -- control (own concurrency group: answers during a flush) -------------------------
-    @ray.method(concurrency_group=CONTROL_GROUP)
     def info(self) -> dict[str, Any]:
         """A snapshot: stage_id, node_id, epoch, lease_id, generation, step, meta,
         records_since_checkpoint, records_total, restored_from, restored_step, pid, stopped.
@@ -371,12 +371,10 @@ class StageActor:
             "stopped": self._stopped,
         }
 
-    @ray.method(concurrency_group=CONTROL_GROUP)
     def ping(self) -> str:
         """Liveness probe; returns the stage id."""
         return self.spec.stage_id
 
-    @ray.method(concurrency_group=CONTROL_GROUP)
     def registration(self) -> StageRegistration:
         """The record sent to the scheduler."""
         last = self._css.last_checkpoint
@@ -418,15 +416,37 @@ def actor_options(spec: StageSpec, *, node_id: str | None = None, soft: bool = F
     return opts
 
 
+class ControlledStageActor(StageActor):
+    """:class:`StageActor` with ``info``/``ping``/``registration`` in the control group.
+
+    A separate class so that a plain ``ray.remote(StageActor)`` still works (every method in
+    the default group; ``info`` then waits behind a running checkpoint), while
+    :func:`remote_stage_class` - what :func:`launch_stage` uses - answers during flushes.
+    """
+
+    @ray.method(concurrency_group=CONTROL_GROUP)
+    def info(self) -> dict[str, Any]:
+        return StageActor.info(self)
+
+    @ray.method(concurrency_group=CONTROL_GROUP)
+    def ping(self) -> str:
+        return StageActor.ping(self)
+
+    @ray.method(concurrency_group=CONTROL_GROUP)
+    def registration(self) -> StageRegistration:
+        return StageActor.registration(self)
+
+
 _remote_cls: Any = None
 
 
 def remote_stage_class() -> Any:
-    """``ray.remote(StageActor)`` with the control concurrency group (created once)."""
+    """``ray.remote`` of :class:`ControlledStageActor` with the control concurrency group
+    declared (created once per process). Use it with :func:`actor_options`."""
     global _remote_cls
     if _remote_cls is None:
         _remote_cls = ray.remote(concurrency_groups={CONTROL_GROUP: _CONTROL_CONCURRENCY})(
-            StageActor)
+            ControlledStageActor)
     return _remote_cls
 
 

@@ -189,3 +189,12 @@ def test_info_answers_during_flush_and_registration(ray_local: None, store_dir: 
         ("blk", 3, info["lease_id"], info["epoch"])
     assert ray.get(reg.actor.ping.remote()) == "blk"
     ray.kill(h, no_restart=True)
+
+
+@pytest.mark.ray
+def test_plain_ray_remote_of_stage_actor_works(ray_local: None, store_dir: str) -> None:
+    spec = _spec(store_dir, stage_id="plain")
+    h = ray.remote(StageActor).options(**actor_options(spec)).remote(spec, None)
+    assert len(ray.get(h.process_batch.remote(SRC.read(0, 5)[0]))) == 5
+    assert ray.get(h.info.remote())["records_total"] == 5
+    ray.kill(h, no_restart=True)
