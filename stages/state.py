@@ -9,10 +9,18 @@ The commit protocol (one mechanism, ``docs/FORMAT.md`` has the bytes):
    are copied); checksum and maybe compress chunks in a thread pool while earlier chunks are
    written.
 3. Write data (and spilled map) blocks only to blocks no other retained generation
-   references, growing the lease if needed. If those blocks include blocks of the target
-   slot's old generation, that slot is first erased (zero block) and flushed, so no header
-   ever points at blocks being overwritten.
+   references (lowest first), growing the lease once, up front, to fit the uncompressed
+   worst case. If those blocks include blocks of the target slot's old generation - or a
+   slot holds something that is not a committed generation (a failed or torn header) - that
+   slot is first erased (zero block) and flushed, so no header ever describes blocks being
+   overwritten. With K slots the lease never exceeds K + K x (largest generation) blocks.
 4. ``flush`` (data durable), then write the header into the target slot, then ``flush``.
+
+Speed (DESIGN "Speed"): the payload is never joined into one buffer - chunks are memoryview
+slices of pickle's out-of-band buffers (numpy arrays), written with ``pwritev`` while a small
+pool computes CRC-32C (and zstd, only where a cheap probe says it pays) for the next chunks.
+Restore reads straight into one preallocated buffer and checks each chunk while it is still
+in cache (:mod:`stages.verify`). ``bench/bench_checkpoint.py`` measures both against raw I/O.
 
 So a crash at any point leaves the previous committed generations complete, and ``restore``
 sees either the old set or the new one. ``restore`` takes the newest generation whose header,
