@@ -10,9 +10,11 @@ largest relative to the data.
 
 Method: every repetition writes a fresh lease / a fresh file (so both allocate the same
 blocks, and neither pays for truncating or freeing an earlier one); the contenders run in
-turn, repetition by repetition, and the best of ``repeats`` runs is reported. Reads run right after a write, with the
-page cache warm for both sides: this compares the store's read path with a plain read, not
-the disk (dropping the cache would need root and disturbs everything else on the machine).
+turn, repetition by repetition, and the best of ``repeats`` runs is reported. Reads run
+right after a write, with the page cache warm for both sides: this compares the store's read
+path with a plain read, not the disk (dropping the cache would need root and disturbs
+everything else on the machine). On a shared VM the write figures vary by +-30% from run to
+run; compare rows of one run, not across runs.
 
 Run ``python -m bench.bench_store [--quick]`` for a table; :func:`run` returns the rows.
 """

@@ -122,7 +122,8 @@ def check_block_size(block_size: int) -> int:
     """``block_size`` if valid; ``StoreConfigError`` otherwise."""
     if not _is_int(block_size) or not (MIN_BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE):
         raise StoreConfigError(
-            f"block size must be an int in [{MIN_BLOCK_SIZE}, {MAX_BLOCK_SIZE}], got {block_size!r}")
+            f"block size must be an int in [{MIN_BLOCK_SIZE}, {MAX_BLOCK_SIZE}], "
+            f"got {block_size!r}")
     return int(block_size)
 
 
