@@ -137,7 +137,8 @@ class StageSpec:
 class StageRegistration:
     """What a stage tells the scheduler when an incarnation starts.
 
-    Sent as the single argument of ``scheduler.register.remote(...)``.
+    Sent as ``scheduler.register.remote(registration)``; ``spec`` lets the scheduler
+    recreate the stage elsewhere.
     """
 
     stage_id: str
@@ -150,6 +151,7 @@ class StageRegistration:
     generation: int | None
     step: int | None
     pid: int
+    spec: StageSpec | None = None
 
 
 class RollbackUnavailable(StageError, LookupError):
@@ -383,7 +385,7 @@ class StageActor:
             priority=self.spec.priority, lease_id=self._lease.lease_id, epoch=self._lease.epoch,
             resources=dict(self.spec.resources),
             generation=None if last is None else last.generation,
-            step=None if last is None else last.step, pid=self._pid)
+            step=None if last is None else last.step, pid=self._pid, spec=self.spec)
 
 
 def actor_options(spec: StageSpec, *, node_id: str | None = None, soft: bool = False,

@@ -61,6 +61,7 @@ __all__ = [
     "PipelineError",
     "PipelineEvent",
     "PipelineResult",
+    "SchedulerRestore",
     "StageLostHook",
     "StageProcessError",
     "run_reference",
@@ -162,6 +163,37 @@ class _StageFailure(Exception):
         super().__init__(f"stages {sorted(stages) or '?'}: {type(cause).__name__}: {cause}")
         self.stages = stages
         self.cause = cause
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerRestore:
+    """A :data:`StageLostHook` that has the scheduler actor restore a lost stage.
+
+    Calls ``restore(stage_id, exclude_nodes, reason)`` on the named scheduler actor (which
+    relaunches the stage from the spec it registered, on a live node not excluded) and
+    returns ``handle_of(stage_id)``. If the scheduler is already restoring the stage on its
+    own (its watcher saw the death first), waits until that restore finished instead of
+    starting a second one. The pipeline then rolls the new incarnation back to the committed
+    step itself, whatever generation the scheduler restored.
+    """
+
+    name: str
+    namespace: str | None = None
+    timeout: float = 120.0
+
+    def __call__(self, spec: StageSpec, exclude: Sequence[str], step: int) -> Any:
+        sched = ray.get_actor(self.name, namespace=self.namespace)
+        sid = spec.stage_id
+        try:
+            ray.get(sched.restore.remote(sid, list(exclude), f"pipeline rollback to step {step}"),
+                    timeout=self.timeout)
+        except RayTaskError:
+            deadline = time.monotonic() + self.timeout
+            while ray.get(sched.stage.remote(sid), timeout=self.timeout)["status"] != "running":
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        return ray.get(sched.handle_of.remote(sid), timeout=self.timeout)
 
 
 def run_reference(source: Source, stages: Sequence[StageSpec | Callable[[], Any]],
@@ -293,6 +325,7 @@ class Pipeline:
         t0 = time.monotonic()
         self._reset_counters()
         self._max_steps = max_steps
+        orphans = self.runs.recover_orphaned()  # start-up duty: re-arm crashed claims
         if claim is not None:
             if claim.run_id != self.run_id:
                 raise ValueError(f"claim is for run {claim.run_id!r}, not {self.run_id!r}")
@@ -307,7 +340,7 @@ class Pipeline:
             discard(self._committed)
         failure: _StageFailure | None = None
         try:
-            self._launch_all()
+            self._launch_all(orphans)
             if claim is not None:
                 claim.complete()
             while True:
@@ -361,7 +394,7 @@ class Pipeline:
         if self.on_event is not None:
             self.on_event(ev)
 
-    def _launch_all(self) -> None:
+    def _launch_all(self, orphans: Sequence[str] = ()) -> None:
         for spec in self.specs:
             self._handles[spec.stage_id] = launch_stage(
                 spec, node_id=self.placement.get(spec.stage_id), observer=self.observer,
@@ -373,7 +406,8 @@ class Pipeline:
             except _StageFailure:
                 raise PipelineError(f"stage {sid!r} did not start") from None
         self._emit("started", self._committed, detail={
-            "nodes": dict(self._nodes), "epochs": dict(self._epochs)})
+            "nodes": dict(self._nodes), "epochs": dict(self._epochs),
+            "source_position": self._committed_position, "orphans_recovered": list(orphans)})
 
     def _note_info(self, sid: str, info: Mapping[str, Any]) -> None:
         self._nodes[sid] = info.get("node_id")
