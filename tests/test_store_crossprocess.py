@@ -168,20 +168,28 @@ def _decode(block: bytes) -> tuple[str, int, int] | None:
 
 @pytest.mark.timeout(120)
 def test_processes_race_to_create_store_and_lease(tmp_path: Path, agents: list[Agent]) -> None:
-    # Neither the store nor the lease exists: all four processes create both at once.
+    # Neither the store nor the lease exists: all four processes create both at once; then
+    # they race again for new leases, round after round, each round started by a go file.
     store, go = str(tmp_path / "new-store"), str(tmp_path / "go")
     agents += [Agent(store, go) for _ in range(4)]
-    for k, a in enumerate(agents):
-        a.send(op="acquire", name="s", holder=f"p{k}", ttl=60, num_blocks=2)
-    Path(go).touch()
-    answers = [a.recv() for a in agents]
-    winners = [k for k, r in enumerate(answers) if r["ok"]]
-    assert len(winners) == 1, answers
-    assert all(r["error"] == "LeaseHeldError" for r in answers if not r["ok"])
-    assert answers[winners[0]]["epoch"] == 1
+    winners = []
+    for rnd in range(6):
+        gate = f"{go}.{rnd}"
+        for k, a in enumerate(agents):
+            a.send(op="acquire", name=f"s{rnd}", holder=f"p{k}", ttl=60, num_blocks=2, go=gate)
+        if rnd == 0:
+            Path(go).touch()
+        Path(gate).touch()
+        answers = [a.recv() for a in agents]
+        won = [k for k, r in enumerate(answers) if r["ok"]]
+        assert len(won) == 1, (rnd, answers)
+        assert all(r["error"] == "LeaseHeldError" for r in answers if not r["ok"])
+        assert answers[won[0]]["epoch"] == 1
+        winners.append(won[0])
     with open_store(store) as st:
         infos = st.list_leases()
-        assert [(i.name, i.holder, i.epoch) for i in infos] == [("s", f"p{winners[0]}", 1)]
+        assert [(i.name, i.holder, i.epoch) for i in infos] == \
+            [(f"s{rnd}", f"p{w}", 1) for rnd, w in enumerate(winners)]
 
 
 @pytest.mark.timeout(120)
