@@ -250,10 +250,12 @@ class FileStore(BlockStore):
         with self._fds_lock:
             fd = self._fds.get(lease_id)
             if fd is None:
+                path = self._path(lease_id, "dat")
                 try:
-                    fd = os.open(self._path(lease_id, "dat"), os.O_RDWR | os.O_CREAT, 0o644)
+                    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
                 except OSError as exc:
-                    raise StorageIOError(f"cannot open blocks of lease {lease_id}: {exc}") from exc
+                    raise StorageIOError(f"cannot open blocks of lease {lease_id}: {exc}",
+                                         path=str(path)) from exc
                 self._fds[lease_id] = fd
             return fd
 

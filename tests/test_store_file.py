@@ -266,3 +266,17 @@ def test_files_written_are_readable_by_os(populated) -> None:
     raw = dat.read_bytes()
     assert raw == data[0] + data[1] + data[2]
     assert os.path.exists(Path(store_dir) / "leases" / f"{lease_id}.lock")
+
+
+def test_io_failure_is_translated(populated) -> None:
+    store_dir, lease_id, data = populated
+    dat = Path(store_dir) / "leases" / f"{lease_id}.dat"
+    dat.rename(dat.with_suffix(".moved"))
+    dat.mkdir()  # the blocks file can no longer be opened for writing
+    with open_store(store_dir) as st:
+        lease = st.acquire("a")
+        with pytest.raises(StorageIOError) as err:
+            lease.write_blocks({0: b"x"})
+        assert isinstance(err.value.__cause__, OSError) and err.value.path == str(dat)
+        assert lease_id in str(err.value)
+        assert st.lease_info("a").epoch == lease.epoch  # the record is untouched
