@@ -280,3 +280,18 @@ def test_io_failure_is_translated(populated) -> None:
         assert isinstance(err.value.__cause__, OSError) and err.value.path == str(dat)
         assert lease_id in str(err.value)
         assert st.lease_info("a").epoch == lease.epoch  # the record is untouched
+
+
+def test_corrupt_record_stops_acquisitions_not_other_holders(populated) -> None:
+    store_dir, lease_id, data = populated
+    with open_store(store_dir) as st:
+        b = st.acquire("b", num_blocks=1)
+        (Path(store_dir) / "leases" / f"{lease_id}.json").write_bytes(b"\0")
+        # Fail closed: the unreadable record could be of any name, so no lease is acquired...
+        with pytest.raises(StoreCorruptError):
+            st.acquire("new")
+        # ...but holders of other leases go on: their writes read only their own record.
+        b.write_blocks({0: b"still writing"})
+        b.flush()
+        b.renew()
+        assert st.open_reader(b.lease_id).read_block(0)[:13] == b"still writing"
