@@ -14,6 +14,7 @@ from .errors import (
     CodecError,
     NoCheckpointError,
     StageError,
+    TornHeaderError,
     TruncatedCheckpointError,
     UnsupportedFormatError,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "NoCheckpointError",
     "RestoreReport",
     "StageError",
+    "TornHeaderError",
     "TruncatedCheckpointError",
     "UnsupportedFormatError",
     "flush_guard",

@@ -11,6 +11,8 @@ that fits, and carries its context as attributes (lease, generation, block)::
         ├── BadMagicError                               a header slot does not start with PCHK
         ├── UnsupportedFormatError                      written by a newer format version
         ├── TruncatedCheckpointError                    a referenced block is beyond the lease
+        ├── TornHeaderError                             a header write was interrupted (never
+        │                                               committed; restore treats it as empty)
         └── CheckpointAuthError                         MAC missing or wrong while a key is set
 
 ``CheckpointCorrupt`` raised by ``restore`` is the error of the newest generation tried; its
@@ -27,6 +29,7 @@ __all__ = [
     "CodecError",
     "NoCheckpointError",
     "StageError",
+    "TornHeaderError",
     "TruncatedCheckpointError",
     "UnsupportedFormatError",
 ]
@@ -126,6 +129,12 @@ class UnsupportedFormatError(CheckpointCorrupt):
 
 class TruncatedCheckpointError(CheckpointCorrupt):
     """A block the generation references lies beyond the end of the lease (lease shrunk)."""
+
+
+class TornHeaderError(CheckpointCorrupt):
+    """A header slot holds the start of a header whose write was cut short (its trailer is
+    still zero): an interrupted commit, never a committed generation. ``restore`` treats the
+    slot as empty and ``blockpoint verify`` does not count it as corruption."""
 
 
 class CheckpointAuthError(CheckpointCorrupt):

@@ -33,7 +33,7 @@ import numpy as np
 
 from blockstore import crc32c
 
-from .errors import BadMagicError, CheckpointCorrupt, UnsupportedFormatError
+from .errors import BadMagicError, CheckpointCorrupt, TornHeaderError, UnsupportedFormatError
 
 __all__ = [
     "CODECS",
@@ -44,6 +44,7 @@ __all__ = [
     "FORMAT_VERSION",
     "HEADER",
     "HEADER_SIZE",
+    "TRAILER",
     "MAGIC",
     "MAPBLOCK",
     "MAX_SLOTS",
@@ -93,6 +94,12 @@ HEADER = struct.Struct(
 HEADER_SIZE = HEADER.size  # 144
 MAC_OFFSET = 104
 CRC_OFFSET = 136
+
+#: Right after the covered header bytes: magic ``KHCP`` + a copy of the header CRC. A header
+#: is written into a zeroed slot, so a write cut short leaves this trailer zero: that is how
+#: an interrupted commit (never committed) is told apart from a damaged committed header.
+TRAILER = struct.Struct("<4sI")
+TRAILER_MAGIC = b"KHCP"
 
 #: One block-map entry (32 bytes).
 ENTRY = struct.Struct(
@@ -193,7 +200,12 @@ def unpack_entries(data: bytes | memoryview) -> list[MapEntry]:
 
 
 def inline_fits(block_size: int, meta_len: int, chunks: int) -> bool:
-    return HEADER_SIZE + meta_len + chunks * ENTRY.size <= block_size
+    return HEADER_SIZE + meta_len + chunks * ENTRY.size + TRAILER.size <= block_size
+
+
+def max_meta(block_size: int) -> int:
+    """The largest metadata (bytes of JSON) a header block of this size can hold."""
+    return block_size - HEADER_SIZE - TRAILER.size
 
 
 def encode_meta(meta: Mapping[str, Any] | None) -> bytes:
@@ -213,7 +225,7 @@ def pack_header(*, data_length: int, generation: int, step: int, created_at: flo
     """
     flags = (FLAG_MAC if has_mac else 0) | (FLAG_MAP_SPILLED if map_blocks else 0)
     length = HEADER_SIZE + len(meta) + len(inline_map)
-    if length > block_size:
+    if length + TRAILER.size > block_size:
         raise ValueError(f"header of {length} bytes does not fit a {block_size}-byte block")
     out = bytearray(block_size)
     HEADER.pack_into(out, 0, MAGIC, FORMAT_VERSION, data_length, generation, step, created_at,
@@ -232,12 +244,14 @@ def header_mac_input(block: bytearray) -> bytes:
 
 
 def seal_header(block: bytearray, mac: bytes | None) -> bytearray:
-    """Set the MAC (if any) and then the header CRC (over the covered bytes, CRC zeroed)."""
+    """Set the MAC (if any), the header CRC (over the covered bytes, CRC zeroed), the trailer."""
     if mac is not None:
         block[MAC_OFFSET:MAC_OFFSET + 32] = mac
     struct.pack_into("<I", block, CRC_OFFSET, 0)
     (length,) = struct.unpack_from("<Q", block, 96)
-    struct.pack_into("<I", block, CRC_OFFSET, crc32c(memoryview(block)[:length]))
+    crc = crc32c(memoryview(block)[:length])
+    struct.pack_into("<I", block, CRC_OFFSET, crc)
+    TRAILER.pack_into(block, length, TRAILER_MAGIC, crc)
     return block
 
 
@@ -273,12 +287,16 @@ def parse_header(block: bytes | bytearray | memoryview, *, slot: int, lease_id: 
      slot_index, codec_id, comp_id, level, flags, meta_len, map_blocks, map_crc, first_map,
      length, mac, crc, _) = f
     ctx["generation"] = generation
-    if not HEADER_SIZE <= length <= len(mv):
+    if not HEADER_SIZE <= length <= len(mv) - TRAILER.size:
         raise CheckpointCorrupt(f"header slot {slot} of lease {name!r}: header length {length} "
                                 "out of range", **ctx)
     covered = bytearray(mv[:length])
     covered[CRC_OFFSET:CRC_OFFSET + 4] = bytes(4)
     if crc32c(covered) != crc:
+        if not any(mv[length:length + TRAILER.size]):
+            raise TornHeaderError(f"header slot {slot} of lease {name!r} ({lease_id}): write of "
+                                  f"generation {generation}'s header was cut short (never "
+                                  "committed)", **ctx)
         raise CheckpointCorrupt(f"header slot {slot} of lease {name!r} ({lease_id}): header "
                                 "CRC-32C mismatch", **ctx)
     problems = []

@@ -55,6 +55,7 @@ from .errors import (
     CheckpointCorrupt,
     CheckpointFailed,
     NoCheckpointError,
+    TornHeaderError,
 )
 from .format import CHUNK_RAW, ENTRY, MAPBLOCK, Header, MapEntry
 from .mac import PayloadMac, resolve_key
@@ -347,8 +348,9 @@ class CheckpointedStageState(Generic[T]):
             raise ValueError(f"step must be a non-negative int, got {step!r}")
         meta_bytes = fmt.encode_meta(meta)
         bs = lease.block_size
-        if fmt.HEADER_SIZE + len(meta_bytes) > bs:
-            raise ValueError(f"meta of {len(meta_bytes)} bytes does not fit a header block")
+        if len(meta_bytes) > fmt.max_meta(bs):
+            raise ValueError(f"meta of {len(meta_bytes)} bytes does not fit a header block "
+                             f"(at most {fmt.max_meta(bs)} bytes of JSON)")
         slots = self._ensure_layout()
         k = self._retention
         gen = self._max_gen + 1
@@ -378,13 +380,13 @@ class CheckpointedStageState(Generic[T]):
         if self._key is not None:
             mac_future = pool.submit(_hash_payload, self._key, payload.segments)
 
-        # Erase, and flush, before any data write: the target slot if its old generation's
-        # blocks are about to be reused, and every slot holding something that is not a
+        # Erase, and flush, before any data write: the target slot (its old generation's
+        # blocks are about to be reused), and every slot holding something that is not a
         # committed generation (a damaged or failed header, a torn write): its blocks are not
         # protected, so no header may keep describing them once they are overwritten.
-        erase = [i for i, s in enumerate(slots) if s.dirty and not s.committed]
-        if tslot.committed and not tslot.blocks.isdisjoint(alloc_list):
-            erase.append(target)
+        # The target is always erased when it holds anything: a header write that is cut
+        # short must leave a zero trailer behind it (see format.TRAILER).
+        erase = [i for i, s in enumerate(slots) if s.dirty and (i == target or not s.committed)]
         if erase:
             lease.write_blocks({i: b"" for i in erase})
             lease.flush()
@@ -538,7 +540,8 @@ class CheckpointedStageState(Generic[T]):
         rkey = resolve_key(key)
         k, scans = scan_slots(reader)
         where = f"lease {reader.name!r} ({reader.lease_id})"
-        if all(s.empty for s in scans):
+        if all(s.empty or isinstance(s.error, TornHeaderError) for s in scans):
+            # Nothing, or only the remains of an interrupted first commit: never committed.
             raise NoCheckpointError(f"{where} holds no checkpoint", lease_id=reader.lease_id,
                                     name=reader.name)
         headers = sorted((s.header for s in scans if s.header is not None

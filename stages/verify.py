@@ -39,6 +39,7 @@ from .errors import (
     CheckpointAuthError,
     CheckpointCorrupt,
     NoCheckpointError,
+    TornHeaderError,
     TruncatedCheckpointError,
 )
 from .format import CHUNK_RAW, CHUNK_ZSTD, ENTRY, MAPBLOCK, Header, MapEntry
@@ -111,7 +112,11 @@ class GenerationReport:
 
     @property
     def corrupt(self) -> bool:
-        return self.status not in ("ok", "empty")
+        """True if a committed generation (or a header that may be one) fails verification.
+
+        Empty slots and the torn header of an interrupted commit are not corruption.
+        """
+        return self.status not in ("ok", "empty") and not self.status.startswith("uncommitted")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -370,9 +375,15 @@ def verify_lease(reader: LeaseReader, *, key: bytes | None = None) -> list[Gener
         if h is None:
             err = s.error
             gen = err.generation if err is not None else None
+            if s.empty:
+                status = "empty"
+            elif isinstance(err, TornHeaderError):
+                status = f"uncommitted: {err}"
+            else:
+                status = str(err)
             out.append(GenerationReport(**base, slot=s.slot, generation=gen, step=None,
                                         size=None, stored=None, codec=None, compression=None,
-                                        ratio=None, status="empty" if s.empty else str(err),
+                                        ratio=None, status=status,
                                         block=None if s.empty else s.slot))
             continue
         status, block = "ok", None

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from blockstore import FileStore, MemoryStore
 from blockstore.faults import FaultyStore, InjectedCrash
-from stages import CheckpointedStageState, CheckpointFailed
+from stages import CheckpointedStageState, CheckpointFailed, NoCheckpointError, verify_lease
 
 
 @pytest.fixture(autouse=True)
@@ -116,6 +116,10 @@ def test_crash_at_every_block_write(template, tmp_path: Path) -> None:
             else:
                 expected = a2
             assert _same(back.state, expected), (k, torn, back.state["tag"])
+            # and a crash is never reported as corruption: erased or uncommitted slots only
+            with FileStore(dest) as store:
+                reports = verify_lease(store.open_reader("stage"))
+            assert not any(r.corrupt for r in reports), (k, torn, reports)
             outcomes.append(back.state["tag"])
             if k % 5 == 0:  # and the lease stays usable: a new holder checkpoints and restores
                 with FileStore(dest) as store, store.acquire("stage", steal=True) as lease:
@@ -245,15 +249,24 @@ def test_property_restore_is_always_the_last_committed_state(ops, retention) -> 
             data[: size * 3 // 4] = 7
         css.state = {"i": i, "data": data}
         store.crash_after(None if crash is None else store.block_writes + crash, torn=torn)
+        failed = False
         try:
             css.checkpoint(step=i)
             committed = i
         except CheckpointFailed as exc:
             assert isinstance(exc.__cause__, InjectedCrash)
+            failed = True
         store.crash_after(None)
-        if committed is None:
+        try:
+            back = CheckpointedStageState.restore(store.open_reader("p"))
+        except NoCheckpointError:
+            assert committed is None
             continue
-        back = CheckpointedStageState.restore(store.open_reader("p"))
+        if failed and back.state["i"] == i:
+            # The crash hit the header write itself and the (short) header landed whole
+            # before the tear: the new generation is committed, complete. Old or new, never
+            # a mix.
+            committed = i
         assert back.state["i"] == committed
         expect = np.random.default_rng(committed).integers(0, 256, ops[committed][0],
                                                            dtype=np.uint8)
@@ -265,3 +278,33 @@ def test_property_restore_is_always_the_last_committed_state(ops, retention) -> 
             css = CheckpointedStageState.restore(lease, retention=retention)
     # storage stays bounded: K slots + K generations of at most 12 KB (+ map) in 512-byte blocks
     assert lease.num_blocks <= retention + retention * (12_064 // 512 + 2 + 4)
+
+
+def test_torn_first_header_is_an_uncommitted_write(tmp_path: Path) -> None:
+    """A crash tearing the very first header write leaves no checkpoint, not a corrupt one."""
+    faulty = FaultyStore(FileStore(tmp_path / "s", 1024))
+    lease = faulty.acquire("stage")
+    css = CheckpointedStageState(_state(1, 20 * 1024, False), lease, compression="none")
+    _, counted = _attempt_first(tmp_path / "count")
+    faulty.crash_after(counted - 1, torn=True)  # tear the header (the last block write)
+    with pytest.raises(CheckpointFailed):
+        css.checkpoint()
+    faulty.crash_after(None)
+    reader = faulty.open_reader("stage")
+    with pytest.raises(NoCheckpointError):
+        CheckpointedStageState.restore(reader)
+    reports = verify_lease(reader)
+    assert [r.status.split(":")[0] for r in reports if not r.status == "empty"] == ["uncommitted"]
+    assert not any(r.corrupt for r in reports)
+    css.checkpoint()  # the writer goes on; the torn slot is reused
+    assert _same(CheckpointedStageState.restore(reader).state, _state(1, 20 * 1024, False))
+    faulty.close()
+
+
+def _attempt_first(root: Path) -> tuple[bool, int]:
+    faulty = FaultyStore(FileStore(root, 1024))
+    lease = faulty.acquire("stage")
+    CheckpointedStageState(_state(1, 20 * 1024, False), lease, compression="none").checkpoint()
+    n = faulty.block_writes
+    faulty.close()
+    return True, n

@@ -83,7 +83,10 @@ def test_header_parsed_per_format_md(tmp_path: Path) -> None:
     assert length == 144 + m + 32 * n
     covered = bytearray(block[:length])
     covered[136:140] = bytes(4)
-    assert crc32c(bytes(covered)) == f["header CRC-32C over bytes `[0, H)` with this field zeroed"]
+    crc = f["header CRC-32C over bytes `[0, H)` with this field zeroed"]
+    assert crc32c(bytes(covered)) == crc
+    assert block[length:length + 4] == b"KHCP"  # the trailer (FORMAT.md 2.1)
+    assert struct.unpack_from("<I", block, length + 4)[0] == crc
     entries = [entry.unpack_from(block, 144 + m + 32 * i) for i in range(n)]
     inline = block[144 + m:length]
     assert crc32c(inline) == f["map CRC-32C"]
