@@ -2,7 +2,7 @@
 
 A payload is a **segment table** followed by segments at 64-byte aligned offsets::
 
-    u32 segment count S | u32 reserved (0) | S x (u64 offset, u64 length) | pad | seg 0 | pad | seg 1 ...
+    u32 count S | u32 reserved (0) | S x (u64 offset, u64 length) | pad | seg 0 | pad | seg 1 ..
 
 Segment 0 is the codec's byte stream; for ``pickle`` the others are the out-of-band buffers
 of pickle protocol 5 (numpy arrays, bytearrays ...), so encoding hands out memoryviews of the

@@ -4,16 +4,16 @@ One root, :class:`StageError`; each subclass names one cause, also inherits the 
 that fits, and carries its context as attributes (lease, generation, block)::
 
     StageError(Exception)
-    ├── CheckpointFailed(StageError, RuntimeError)      writing a checkpoint failed (fail-closed)
-    ├── NoCheckpointError(StageError, LookupError)      the lease holds no committed generation
-    ├── CodecError(StageError, TypeError)               state the chosen codec cannot encode
-    └── CheckpointCorrupt(StageError, ValueError)       no generation (or this one) verifies
-        ├── BadMagicError                               a header slot does not start with PCHK
-        ├── UnsupportedFormatError                      written by a newer format version
-        ├── TruncatedCheckpointError                    a referenced block is beyond the lease
-        ├── TornHeaderError                             a header write was interrupted (never
-        │                                               committed; restore treats it as empty)
-        └── CheckpointAuthError                         MAC missing or wrong while a key is set
+    ├── CheckpointFailed(RuntimeError)     writing a checkpoint failed (fail-closed)
+    ├── NoCheckpointError(LookupError)     the lease holds no committed generation
+    ├── CodecError(TypeError)              state the chosen codec cannot encode
+    └── CheckpointCorrupt(ValueError)      no generation (or this one) verifies
+        ├── BadMagicError                  a header slot does not start with PCHK
+        ├── UnsupportedFormatError         written by a newer format version
+        ├── TruncatedCheckpointError       a referenced block is beyond the lease
+        ├── TornHeaderError                a header write was interrupted (never committed;
+        │                                  restore treats the slot as empty)
+        └── CheckpointAuthError            MAC missing or wrong while a key is set
 
 ``CheckpointCorrupt`` raised by ``restore`` is the error of the newest generation tried; its
 ``skipped`` attribute lists every generation that was tried and why it failed.

@@ -429,7 +429,8 @@ class CheckpointedStageState(Generic[T]):
         for i, s in enumerate(slots):
             if not s.committed:
                 return i
-        return min(range(len(slots)), key=lambda i: slots[i].header.generation)  # type: ignore[union-attr]
+        gens = [s.header.generation if s.header else 0 for s in slots]
+        return min(range(len(slots)), key=gens.__getitem__)
 
     def _allocate(self, protected: set[int], k: int, need: int) -> list[int]:
         out: list[int] = []

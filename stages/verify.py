@@ -10,7 +10,8 @@ This module is the read side of the format (``docs/FORMAT.md``), shared by ``res
   (raw chunks land in place through ``read_blocks_into`` memoryview slices, no per-block bytes
   objects). The buffer is a numpy ``uint8`` array rather than a ``bytearray``: numpy asks
   the kernel for transparent huge pages on large allocations, which makes filling 256 MiB
-  ~5x faster here (0.026 s vs 0.14 s: a bytearray takes 65,536 page faults). It checks each chunk's CRC-32C in a small thread pool while later chunks are read
+  ~5x faster here (0.026 s vs 0.14 s: a bytearray takes 65,536 page faults). It checks
+  each chunk's CRC-32C in a small thread pool while later chunks are read
   (CRC-32C and zstd release the GIL), decompresses zstd chunks in place, and checks the MAC.
 * :func:`verify_lease` runs the above on every slot and never unpickles anything.
 

@@ -74,7 +74,8 @@ def test_header_parsed_per_format_md(tmp_path: Path) -> None:
     assert f["generation"] == 1 and f["step"] == 9
     assert f["created_at"] == pytest.approx(info.created_at)
     assert f["stored bytes"] == info.stored_bytes
-    assert f["block size B"] == bs and f["slot count K"] == 3 and f["slot index of this header"] == 0
+    assert f["block size B"] == bs and f["slot count K"] == 3
+    assert f["slot index of this header"] == 0
     assert f["codec"] == 1 and f["compression setting"] == 2 and f["zstd level"] == 3
     assert f["flags"] == 0 and f["map block count"] == 0
     m, n = f["metadata length M"], f["chunk count N"]
