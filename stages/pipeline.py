@@ -122,6 +122,8 @@ class PipelineResult:
         recoveries: rollbacks performed.
         relaunches: stage incarnations started to replace lost ones.
         replayed_records: source records read more than once because of rollbacks.
+        recovery_s: seconds spent recovering (from noticing a failure to every stage being
+            rolled back), summed.
         duration_s: wall-clock time of ``run()``.
         events: every event, in order.
     """
@@ -136,6 +138,7 @@ class PipelineResult:
     recoveries: int
     relaunches: int
     replayed_records: int
+    recovery_s: float
     duration_s: float
     events: tuple[PipelineEvent, ...]
 
@@ -367,7 +370,7 @@ class Pipeline:
             records_in=self._records_in, records_out=self._records_out,
             checkpoints=self._checkpoints, recoveries=self._recoveries,
             relaunches=self._relaunches, replayed_records=self._replayed,
-            duration_s=time.monotonic() - t0, events=tuple(self._events))
+            recovery_s=self._recovery_s, duration_s=time.monotonic() - t0, events=tuple(self._events))
 
     # -- internals: lifecycle -----------------------------------------------------------------
     def _reset_counters(self) -> None:
@@ -383,6 +386,7 @@ class Pipeline:
         self._exhausted = False
         self._records_in = self._records_out = self._checkpoints = 0
         self._recoveries = self._relaunches = self._replayed = 0
+        self._recovery_s = 0.0
         self._steps_this_run = 0
         self._max_steps: int | None = None
         self._last_progress = time.monotonic()
@@ -573,9 +577,17 @@ class Pipeline:
             return False
 
     def _recover(self, failure: _StageFailure) -> None:
+        t0 = time.monotonic()
+        try:
+            self._recover_inner(failure)
+        finally:
+            self._recovery_s += time.monotonic() - t0
+
+    def _recover_inner(self, failure: _StageFailure) -> None:
         self._recoveries += 1
+        first_line = str(failure.cause).strip().splitlines()[:1]
         self._emit("failure", self._committed, detail={
-            "error": f"{type(failure.cause).__name__}: {failure.cause}",
+            "error": f"{type(failure.cause).__name__}: {(first_line or [''])[0][:200]}",
             "suspects": sorted(failure.stages)})
         if self._recoveries > self.max_recoveries:
             raise PipelineError(f"giving up after {self.max_recoveries} recoveries; last "

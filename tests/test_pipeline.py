@@ -178,3 +178,40 @@ def test_pause_then_resume_exactly_once(ray_local: None, tmp_path: Path) -> None
     assert sink2.read_all() == run_reference(src, p.specs)
     with pytest.raises(RunNotPausedError):
         runs.claim("pz", driver="late")  # no double resume
+
+
+class CountingSource:
+    """Wraps a source; records how many batches the pipeline had outstanding at each read."""
+
+    def __init__(self, inner: GeneratedSource) -> None:
+        self.inner = inner
+        self.pipeline: Pipeline | None = None
+        self.outstanding: list[int] = []
+
+    def initial_position(self) -> int:
+        return self.inner.initial_position()
+
+    def read(self, position: Any, max_n: int) -> tuple[list[Any], Any]:
+        assert self.pipeline is not None
+        self.outstanding.append(len(self.pipeline._batches))
+        return self.inner.read(position, max_n)
+
+
+class Slow(RunningAggregate):
+    def process(self, state: dict[str, list[int]], record: dict[str, Any]) -> Any:
+        import time
+        time.sleep(0.0005)
+        return super().process(state, record)
+
+
+def test_backpressure_bounds_batches_in_flight(ray_local: None, tmp_path: Path) -> None:
+    src = CountingSource(GeneratedSource(seed=3, n=1500))
+    specs = _specs(str(tmp_path / "store"), Slow)
+    sink = FileSink(tmp_path / "out", fsync=False)
+    p = Pipeline(src, specs, sink, batch_size=20, max_in_flight=3,  # type: ignore[arg-type]
+                 policy=CheckpointPolicy(every_records=300))
+    src.pipeline = p
+    p.run()
+    assert max(src.outstanding) == 2  # a read happens only while fewer than 3 are in flight
+    assert len(src.outstanding) >= 1500 // 20
+    assert sink.read_all() == run_reference(src.inner, specs)
