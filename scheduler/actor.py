@@ -856,10 +856,10 @@ class Scheduler:
             return best[1]
 
     def _launch(self, spec: Any, node_id: str) -> Any:
-        from stages.actor import StageActor, actor_options
+        from stages.actor import actor_options, remote_stage_class
 
         if self._remote_stage_cls is None:
-            self._remote_stage_cls = ray.remote(StageActor)
+            self._remote_stage_cls = remote_stage_class()
         opts = actor_options(spec, node_id=node_id, soft=False)
         opts["lifetime"] = "detached"
         opts["namespace"] = self._namespace

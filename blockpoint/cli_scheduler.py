@@ -1,0 +1,147 @@
+"""``blockpoint scheduler status|decisions``: look at a running scheduler actor.
+
+A thin layer over :class:`scheduler.Scheduler`: it connects to the cluster (``--address``,
+default ``auto``), finds the named scheduler actor in ``--namespace`` and prints its
+``status()`` (stages with node, marks and last checkpoint; nodes with free CPU and drains)
+or ``decisions()`` (the decision log) as readable tables, or JSON with ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from .table import human_bytes, print_rows
+
+__all__ = ["register"]
+
+
+def register(subparsers: Any) -> None:
+    """Add ``scheduler status`` and ``scheduler decisions`` to the ``blockpoint`` parser."""
+    sp = subparsers.add_parser("scheduler", help="inspect the scheduler actor")
+    sub = sp.add_subparsers(dest="scheduler_command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--address", default="auto",
+                       help="Ray cluster address (default: auto, the local cluster)")
+        p.add_argument("--namespace", default=None, help="Ray namespace of the scheduler")
+        p.add_argument("--name", default="blockpoint-scheduler", help="scheduler actor name")
+        p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+
+    st = sub.add_parser("status", help="stages, nodes, marks, last checkpoints")
+    common(st)
+    st.set_defaults(func=_cmd_status)
+    de = sub.add_parser("decisions", help="the decision log, newest first")
+    common(de)
+    de.add_argument("--limit", type=int, default=50, help="at most this many entries")
+    de.set_defaults(func=_cmd_decisions)
+
+
+def _connect(args: argparse.Namespace) -> Any:
+    import ray
+
+    from scheduler.actor import get_scheduler
+    from scheduler.errors import SchedulerUnavailableError
+
+    try:
+        if not ray.is_initialized():
+            ray.init(address=args.address, namespace=args.namespace, log_to_driver=False,
+                     logging_level="ERROR")
+        return get_scheduler(args.name, args.namespace)
+    except SchedulerUnavailableError as exc:
+        print(f"blockpoint scheduler: {exc}", file=sys.stderr)
+    except ConnectionError as exc:
+        print(f"blockpoint scheduler: cannot reach Ray at {args.address}: {exc}",
+              file=sys.stderr)
+    return None
+
+
+def _ago(t: float | None, now: float) -> str:
+    if not t:
+        return "-"
+    d = now - t
+    return f"{d:.0f}s ago" if d >= 0 else f"in {-d:.0f}s"
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    handle = _connect(args)
+    if handle is None:
+        return 2
+    import ray
+
+    status = ray.get(handle.status.remote())
+    if args.json:
+        json.dump(status, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+        return 0
+    now = time.time()
+    rows = []
+    for s in status["stages"]:
+        ck = s.get("checkpoint") or {}
+        rows.append({
+            "stage": s["stage_id"],
+            "status": s["status"],
+            "node": (s.get("node_id") or "-")[:12],
+            "prio": s.get("priority", "-"),
+            "epoch": s.get("epoch", "-"),
+            "marks": ",".join(s.get("reasons") or []) or "-",
+            "generation": ck.get("generation", "-"),
+            "checkpoint": _ago(ck.get("committed_at"), now),
+            "size": human_bytes(ck["size_bytes"]) if ck.get("size_bytes") else "-",
+            "work_since": f"{s.get('work_records', 0)} rec/{s.get('work_seconds', 0.0):.0f}s",
+        })
+    print(f"scheduler {status['name']!r} (namespace {status['namespace']!r}), "
+          f"{len(rows)} stage(s)")
+    print_rows(rows, ["stage", "status", "node", "prio", "epoch", "marks", "generation",
+                      "checkpoint", "size", "work_since"], empty="no stages registered")
+    print()
+    nodes = []
+    for n in status["nodes"]:
+        if "error" in n:
+            nodes.append({"node": "?", "state": n["error"]})
+            continue
+        dl = n.get("draining_deadline")
+        nodes.append({
+            "node": n["node_id"][:12],
+            "state": ("alive" if n["alive"] else "dead") + (" head" if n.get("is_head") else ""),
+            "cpu_free": f"{n['free'].get('CPU', 0):g}/{n['total'].get('CPU', 0):g}"
+            if n["alive"] else "-",
+            "draining": "-" if dl is None else ("no deadline" if dl == 0 else _ago(dl, now)),
+            "stages": sum(1 for s in status["stages"] if s.get("node_id") == n["node_id"]),
+        })
+    print_rows(nodes, ["node", "state", "cpu_free", "draining", "stages"], empty="no nodes")
+    return 0
+
+
+def _cmd_decisions(args: argparse.Namespace) -> int:
+    handle = _connect(args)
+    if handle is None:
+        return 2
+    import ray
+
+    entries = ray.get(handle.decisions.remote(args.limit))
+    if args.json:
+        print_rows(entries, [], as_json=True)
+        return 0
+    rows = []
+    for d in entries:
+        notes = "; ".join(f"{k}: {v}" for k, v in d.get("notes") or [])
+        plan = d.get("plan")
+        if plan and not notes:
+            picked = [c for c in plan["candidates"] if c["verdict"] != "skipped"][:3]
+            notes = "; ".join(f"{c['stage_id']}: {c['why']}" for c in picked)
+        rows.append({
+            "seq": d["seq"],
+            "time": time.strftime("%H:%M:%S", time.localtime(d["at"])),
+            "kind": d["kind"],
+            "outcome": d["outcome"],
+            "reason": d.get("reason") or "-",
+            "stages": ",".join(d.get("victims") or []) or "-",
+            "notes": notes[:120] or "-",
+        })
+    print_rows(rows, ["seq", "time", "kind", "outcome", "reason", "stages", "notes"],
+               empty="no decisions logged")
+    return 0

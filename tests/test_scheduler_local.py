@@ -1,0 +1,444 @@
+"""The scheduler actor on one real Ray node: flush marks, preemption, restarts, the registry.
+
+One module-scoped local Ray (``ray_local``) and one scheduler actor per test (each with its
+own name and store, so tests do not see each other's stages). Stages are real
+``stages.actor.StageActor`` incarnations whose checkpoint flush a test can hold open: their
+state contains a :class:`Gate`, whose pickling (inside the flush) blocks while a file exists,
+or a :class:`Bomb`, whose pickling raises while a file exists.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+import ray.cloudpickle
+
+from blockstore import StaleLeaseError, open_store
+from blockstore.lease import Lease
+from scheduler import (
+    NonPreemptibleReason,
+    PreemptionCheckpointObserver,
+    PreemptionRequest,
+    RegistryError,
+    RegistryStore,
+    check_ray_version,
+    get_or_create,
+)
+from scheduler import ray_adapter
+from stages.actor import StageSpec, launch_stage
+from stages.observer import flush_guard
+
+pytestmark = pytest.mark.ray
+
+# Workers cannot import this test module: ship its classes by value.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+CIP = NonPreemptibleReason.CHECKPOINT_IN_PROGRESS.value
+
+
+# --------------------------------------------------------------------------- test stages
+
+
+# Checkpoints pickle by reference and workers cannot import this module, so Gate and Bomb
+# pickle as their path string (restored state holds a str, which is all tests need).
+
+
+class Gate:
+    """Pickling blocks while ``path`` exists (at most ``limit`` s): holds a flush open."""
+
+    def __init__(self, path: str, limit: float = 30.0) -> None:
+        self.path = path
+        self.limit = limit
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        end = time.time() + self.limit
+        while os.path.exists(self.path) and time.time() < end:
+            time.sleep(0.01)
+        return (str, (self.path,))
+
+
+class Bomb:
+    """Pickling raises while ``path`` exists: makes a checkpoint fail."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        if os.path.exists(self.path):
+            raise RuntimeError("checkpoint sabotaged by the test")
+        return (str, (self.path,))
+
+
+class Counter:
+    """A stateful stage: sums records. Its state may hold a Gate or a Bomb, built in the
+    worker from a path (so that shipping the spec does not turn them into strings)."""
+
+    def __init__(self, gate: str | None = None, bomb: str | None = None) -> None:
+        self.gate = gate
+        self.bomb = bomb
+
+    def initial_state(self) -> dict[str, Any]:
+        extra = Gate(self.gate) if self.gate else Bomb(self.bomb) if self.bomb else None
+        return {"total": 0, "n": 0, "extra": extra}
+
+    def process(self, state: dict[str, Any], record: int) -> list[int]:
+        state["total"] += record
+        state["n"] += 1
+        return [state["total"]]
+
+
+def counter_factory(gate: str | None = None, bomb: str | None = None) -> Callable[[], Counter]:
+    def make() -> Counter:
+        return Counter(gate, bomb)
+    return make
+
+
+@ray.remote(num_cpus=0)
+class FlushProbe:
+    """A minimal stage stand-in: opens and closes flush guards on demand."""
+
+    def __init__(self, observer: PreemptionCheckpointObserver) -> None:
+        self.observer = observer
+        self.guard: Any = None
+
+    def start(self, lease_id: str) -> None:
+        self.guard = flush_guard(self.observer, lease_id)
+        self.guard.__enter__()
+
+    def complete(self) -> None:
+        self.guard.__exit__(None, None, None)
+
+    def round_trips(self, n: int) -> list[float]:
+        out = []
+        for _ in range(n):
+            t = time.perf_counter()
+            self.observer.on_flush_start("probe-lease")
+            out.append(time.perf_counter() - t)
+            self.observer.on_flush_complete("probe-lease", True)
+        return out
+
+    def counters(self) -> tuple[int, int]:
+        return self.observer.acked, self.observer.missed
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture
+def sched(ray_local: None, tmp_path: Path) -> Iterator[tuple[Any, str, str]]:
+    """A fresh scheduler actor (unique name) and its store; killed after the test."""
+    name = f"sched-{uuid.uuid4().hex[:8]}"
+    store = str(tmp_path / "store")
+    open_store(store, block_size=64 * 1024).close()
+    handle = get_or_create(name, store_url=store, poll_interval=0.2, retry_interval=0.5)
+    try:
+        yield handle, name, store
+    finally:
+        for st in ray.get(handle.status.remote())["stages"]:
+            h = ray.get(handle.handle_of.remote(st["stage_id"]))
+            if h is not None:
+                ray.kill(h)
+        ray.kill(handle)
+
+
+def make_spec(name: str, store: str, sid: str, *, priority: int = 0, gate: Path | None = None,
+              bomb: Path | None = None, cpus: float = 0.25) -> StageSpec:
+    factory = counter_factory(str(gate) if gate else None, str(bomb) if bomb else None)
+    return StageSpec(stage_id=sid, factory=factory, store_url=store,
+                     priority=priority, resources={"num_cpus": cpus}, scheduler=name)
+
+
+def start_stage(sched: Any, name: str, spec: StageSpec) -> Any:
+    """Launch a stage from the driver with the scheduler's observer; wait until registered."""
+    obs = PreemptionCheckpointObserver(spec.stage_id, name)
+    handle = launch_stage(spec, observer=obs)
+    ray.get(handle.info.remote())
+    wait_for(lambda: spec.stage_id in {s["stage_id"] for s in status(sched)["stages"]},
+             what=f"{spec.stage_id} registered")
+    ray.get(sched.register_spec.remote(spec))
+    return handle
+
+
+def status(sched: Any) -> dict[str, Any]:
+    return ray.get(sched.status.remote())
+
+
+def stage_status(sched: Any, sid: str) -> dict[str, Any]:
+    return ray.get(sched.stage.remote(sid))
+
+
+def wait_for(cond: Callable[[], Any], *, timeout: float = 20.0, what: str = "") -> Any:
+    end = time.time() + timeout
+    while time.time() < end:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what or cond}")
+
+
+# --------------------------------------------------------------------------- adapter
+
+
+def test_ray_version_is_known_good(ray_local: None) -> None:
+    version = check_ray_version(strict=True)
+    assert version == ray.__version__
+    assert ray_adapter.ray_version()[:2] in ray_adapter.KNOWN_GOOD_RAY
+    nodes = ray_adapter.list_nodes()
+    assert len(nodes) == 1 and nodes[0].alive and nodes[0].is_head
+    assert nodes[0].total["CPU"] == 4
+    assert ray_adapter.draining_nodes() == {}
+
+
+def test_actor_view_tracks_death(ray_local: None) -> None:
+    probe = FlushProbe.remote(PreemptionCheckpointObserver("x", "nobody"))
+    ray.get(probe.counters.remote())
+    aid = ray_adapter.actor_id_of(probe)
+    assert ray_adapter.actor_view(aid).state == "ALIVE"
+    ray.kill(probe)
+    wait_for(lambda: ray_adapter.actor_view(aid).dead, what="actor dead")
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def test_registry_round_trip_fallback_and_fencing(tmp_path: Path) -> None:
+    store = open_store(str(tmp_path / "s"), block_size=4096)
+    with RegistryStore(store, "_reg") as reg:
+        assert reg.load() is None
+        for i in range(4):
+            assert reg.save({"i": i, "pad": "x" * (3000 * i)}) == i + 1
+        rec = reg.load()
+        assert rec.generation == 4 and rec.document["i"] == 3
+        # A newer holder fences this one: its saves are refused by the store.
+        newer = RegistryStore(store, "_reg")
+        assert newer.open().document["i"] == 3
+        with pytest.raises(RegistryError) as err:
+            reg.save({"i": 99})
+        assert isinstance(err.value.__cause__, StaleLeaseError)
+        # A torn newest header: the reader falls back to the previous generation.
+        slot = newer._newest[0]
+        newer.lease.write_blocks({slot: b"torn"})
+        newer.lease.flush()
+        rec = RegistryStore(store, "_reg").load()
+        assert rec.generation == 3 and rec.document["i"] == 2
+        assert rec.skipped and "checksum" in rec.skipped[0][1]
+        newer.close()
+
+
+def test_registry_mac_rejects_other_key(tmp_path: Path) -> None:
+    store = open_store(str(tmp_path / "s"), block_size=4096)
+    with RegistryStore(store, "_reg", key=b"k1") as reg:
+        reg.save({"a": 1})
+    assert RegistryStore(store, "_reg", key=b"k1").load().document == {"a": 1}
+    with pytest.raises(RegistryError):
+        RegistryStore(store, "_reg", key=b"k2").load()
+
+
+# --------------------------------------------------------------------------- observer
+
+
+def test_observer_sets_and_clears_mark(sched: tuple[Any, str, str]) -> None:
+    handle, name, _ = sched
+    ray.get(handle.register.remote({"stage_id": "p", "node_id": ray_adapter.current_node_id(),
+                                    "priority": 0, "lease_id": "p-lease", "epoch": 1,
+                                    "resources": {"num_cpus": 1}}))
+    probe = FlushProbe.remote(PreemptionCheckpointObserver("p", name))
+    ray.get(probe.start.remote("p-lease"))
+    # on_flush_start returned, so the mark is set already (no polling needed).
+    assert ray.get(handle.reasons.remote("p")) == [CIP]
+    ray.get(probe.complete.remote())
+    wait_for(lambda: ray.get(handle.reasons.remote("p")) == [], what="mark cleared")
+    assert ray.get(probe.counters.remote()) == (1, 0)
+    ray.kill(probe)
+
+
+def test_observer_never_raises_without_scheduler(ray_local: None) -> None:
+    probe = FlushProbe.remote(PreemptionCheckpointObserver("q", "no-such-scheduler",
+                                                           ack_timeout=0.2))
+    ray.get(probe.start.remote("q-lease"))
+    ray.get(probe.complete.remote())
+    assert ray.get(probe.counters.remote()) == (0, 1)
+    ray.kill(probe)
+
+
+def test_late_completion_does_not_clear_a_newer_flush(sched: tuple[Any, str, str]) -> None:
+    handle, _, _ = sched
+    ray.get(handle.register.remote({"stage_id": "s", "node_id": "n1", "priority": 0,
+                                    "lease_id": "s-lease", "epoch": 1, "resources": {}}))
+    assert ray.get(handle.flush_started.remote("s", "s-lease", 10))
+    assert ray.get(handle.flush_started.remote("s", "s-lease", 20))
+    # The completion of flush 10 arrives after flush 20 started: the mark stays.
+    assert not ray.get(handle.flush_completed.remote("s", "s-lease", True, 10))
+    assert ray.get(handle.reasons.remote("s")) == [CIP]
+    assert ray.get(handle.flush_completed.remote("s", "s-lease", True, 20))
+    # A start older than a completion already seen is ignored.
+    assert not ray.get(handle.flush_started.remote("s", "s-lease", 15))
+    assert ray.get(handle.reasons.remote("s")) == []
+
+
+# --------------------------------------------------------------------------- preemption
+
+
+def test_flushing_stage_is_not_chosen_then_waited_for(sched: tuple[Any, str, str],
+                                                      tmp_path: Path) -> None:
+    handle, name, store = sched
+    gate = tmp_path / "gate"
+    busy = start_stage(handle, name, make_spec(name, store, "busy", gate=gate))
+    idle = start_stage(handle, name, make_spec(name, store, "idle", priority=5))
+    ray.get([busy.process_batch.remote([1, 2, 3]), idle.process_batch.remote([4])])
+    ray.get(busy.checkpoint.remote(1))            # generation 1, gate open
+    gate.touch()
+    flushing = busy.checkpoint.remote(2)          # generation 2 blocks inside the flush
+    wait_for(lambda: ray.get(handle.reasons.remote("busy")) == [CIP], what="busy flushing")
+
+    # Another candidate exists (even with a higher priority): the flushing one is skipped.
+    res = ray.get(handle.preempt.remote(
+        PreemptionRequest(reason="need one", deadline=time.time() + 20, count=1)))
+    assert res.victims == ("idle",)
+    assert res.outcome_of("idle").action == "checkpointed"
+    assert stage_status(handle, "busy")["status"] == "running"
+    assert ray.get(handle.reasons.remote("busy")) == [CIP]
+
+    # Now it is the only candidate: the preemption waits for the flush, then proceeds.
+    pending = handle.preempt.remote(
+        PreemptionRequest(reason="need another", deadline=time.time() + 30, count=1))
+    ready, _ = ray.wait([pending], timeout=1.0)
+    assert not ready, "preempted a stage in the middle of its flush"
+    assert not ray.wait([flushing], timeout=0)[0]
+    gate.unlink()
+    assert ray.get(flushing)["generation"] == 2
+    res = ray.get(pending)
+    assert res.victims == ("busy",)
+    out = res.outcome_of("busy")
+    assert out.action == "checkpointed" and out.generation == 3
+    # The decision log shows the wait before the stop.
+    kinds = [(d["kind"], d["outcome"]) for d in ray.get(handle.decisions.remote(6))]
+    assert ("select", "wait") in kinds and ("preempt", "ready") in kinds
+    # The stopped stage's newest checkpoint has everything it processed.
+    with open_store(store) as st:
+        from stages import CheckpointedStageState
+        css = CheckpointedStageState.restore(st.open_reader("busy"))
+        assert css.restored.generation == 3 and css.state["total"] == 6
+
+
+def test_preempt_kills_when_no_time_to_checkpoint(sched: tuple[Any, str, str]) -> None:
+    handle, name, store = sched
+    stage = start_stage(handle, name, make_spec(name, store, "late"))
+    ray.get(stage.process_batch.remote([1]))
+    ray.get(handle.checkpoint.remote("late", 1))
+    ray.get(stage.process_batch.remote([2]))
+    res = ray.get(handle.preempt.remote(
+        PreemptionRequest(reason="now", deadline=time.time() + 0.3, count=1)))
+    assert res.victims == ("late",)
+    out = res.outcome_of("late")
+    assert out.action == "killed" and out.generation == 1
+    assert stage_status(handle, "late")["status"] == "preempted"
+    # Restored on request: from generation 1, so record 2 must be replayed.
+    back = ray.get(handle.restore.remote("late"))
+    assert back.generation == 1
+    new = ray.get(handle.handle_of.remote("late"))
+    assert ray.get(new.get_state.remote())["total"] == 1
+
+
+# --------------------------------------------------------------------------- flush marks
+
+
+def test_mark_cleared_when_checkpoint_fails(sched: tuple[Any, str, str], tmp_path: Path) -> None:
+    handle, name, store = sched
+    bomb = tmp_path / "bomb"
+    stage = start_stage(handle, name, make_spec(name, store, "bomb", bomb=bomb))
+    ray.get(stage.checkpoint.remote(1))
+    bomb.touch()
+    with pytest.raises(ray.exceptions.RayTaskError) as err:
+        ray.get(stage.checkpoint.remote(2))
+    assert "CheckpointFailed" in str(err.value) or "sabotaged" in str(err.value)
+    wait_for(lambda: ray.get(handle.reasons.remote("bomb")) == [], what="mark cleared")
+    decisions = ray.get(handle.decisions.remote(10))
+    assert any(d["kind"] == "flush" and d["outcome"] == "failed" for d in decisions)
+
+
+def test_mark_cleared_when_flushing_actor_is_killed(sched: tuple[Any, str, str],
+                                                    tmp_path: Path) -> None:
+    handle, name, store = sched
+    ray.get(handle.set_auto_restore.remote(False))
+    gate = tmp_path / "gate"
+    stage = start_stage(handle, name, make_spec(name, store, "victim", gate=gate))
+    gate.touch()
+    stage.checkpoint.remote(1)
+    wait_for(lambda: ray.get(handle.reasons.remote("victim")) == [CIP], what="flushing")
+    ray.kill(stage)
+    # Nobody calls on_flush_complete: the scheduler must notice the death itself.
+    wait_for(lambda: ray.get(handle.reasons.remote("victim")) == [], what="mark cleared")
+    assert stage_status(handle, "victim")["status"] == "lost"
+    gate.unlink()
+
+
+def test_killed_stage_is_restored_automatically(sched: tuple[Any, str, str]) -> None:
+    handle, name, store = sched
+    stage = start_stage(handle, name, make_spec(name, store, "phoenix"))
+    ray.get(stage.process_batch.remote([5, 6]))
+    ray.get(handle.checkpoint.remote("phoenix", 1))
+    epoch = stage_status(handle, "phoenix")["epoch"]
+    ray.kill(stage)
+    wait_for(lambda: stage_status(handle, "phoenix")["epoch"] > epoch
+             and stage_status(handle, "phoenix")["status"] == "running", what="restored")
+    new = ray.get(handle.handle_of.remote("phoenix"))
+    assert ray.get(new.process_batch.remote([1])) == [12]
+
+
+# --------------------------------------------------------------------------- restart
+
+
+def test_registry_survives_scheduler_restart(sched: tuple[Any, str, str]) -> None:
+    handle, name, store = sched
+    stage = start_stage(handle, name, make_spec(name, store, "keep", priority=3))
+    ray.get(handle.checkpoint.remote("keep", 1))
+    ray.get(handle.pin.remote("keep"))
+    before = ray.get(handle.snapshot.remote())
+    pid = ray.get(handle.ping.remote())["pid"]
+    ray.kill(handle, no_restart=False)
+    info = wait_for(lambda: _ping(handle), timeout=30, what="scheduler restarted")
+    assert info["pid"] != pid and info["reloaded_generation"] is not None
+    after = ray.get(handle.snapshot.remote())
+    assert after["stages"] == before["stages"]
+    st = stage_status(handle, "keep")
+    assert st["has_spec"] and st["status"] == "running" and st["priority"] == 3
+    assert st["checkpoint"]["generation"] == 1
+    # The reloaded actor handle still reaches the stage; its flush marks still work.
+    assert ray.get(ray.get(handle.handle_of.remote("keep")).ping.remote()) == "keep"
+    ray.get(stage.checkpoint.remote(2))
+    wait_for(lambda: stage_status(handle, "keep")["checkpoint"]["generation"] == 2,
+             what="generation 2 seen")
+    assert ray.get(handle.reasons.remote("keep")) == ["pinned"]
+
+
+def _ping(handle: Any) -> dict[str, Any] | None:
+    try:
+        return ray.get(handle.ping.remote(), timeout=2)
+    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+        return None
+
+
+def test_zombie_incarnation_cannot_write(sched: tuple[Any, str, str]) -> None:
+    handle, name, store = sched
+    stage = start_stage(handle, name, make_spec(name, store, "z"))
+    ray.get(stage.process_batch.remote([7]))
+    ray.get(handle.checkpoint.remote("z", 1))
+    with open_store(store) as st:
+        old = st.lease_info("z")
+        zombie = Lease(st, old, ttl=10.0, keepalive=False)   # the old epoch's handle
+        res = ray.get(handle.restore.remote("z"))
+        assert res.epoch > old.epoch
+        with pytest.raises(StaleLeaseError):
+            zombie.write_blocks({0: b"late write"})
+    new = ray.get(handle.handle_of.remote("z"))
+    assert ray.get(new.get_state.remote())["total"] == 7
