@@ -12,9 +12,10 @@ The commit protocol (one mechanism, ``docs/FORMAT.md`` has the bytes):
    references (lowest first), growing the lease once, up front, to fit the uncompressed
    worst case. If those blocks include blocks of the target slot's old generation - or a
    slot holds something that is not a committed generation (a failed or torn header) - that
-   slot is first erased (zero block) and flushed, so no header ever describes blocks being
+   slot is first erased (zero block), so no header keeps describing blocks being
    overwritten. With K slots the lease never exceeds K + K x (largest generation) blocks.
-4. ``flush`` (data durable), then write the header into the target slot, then ``flush``.
+4. ``flush`` (data and erasures durable), then write the header into the target slot, then
+   ``flush``: two fsyncs per checkpoint.
 
 Speed (DESIGN "Speed"): the payload is never joined into one buffer - chunks are memoryview
 slices of pickle's out-of-band buffers (numpy arrays), written with ``pwritev`` while a small
@@ -380,7 +381,7 @@ class CheckpointedStageState(Generic[T]):
         if self._key is not None:
             mac_future = pool.submit(_hash_payload, self._key, payload.segments)
 
-        # Erase, and flush, before any data write: the target slot (its old generation's
+        # Erase before any data write: the target slot (its old generation's
         # blocks are about to be reused), and every slot holding something that is not a
         # committed generation (a damaged or failed header, a torn write): its blocks are not
         # protected, so no header may keep describing them once they are overwritten.
@@ -388,8 +389,12 @@ class CheckpointedStageState(Generic[T]):
         # short must leave a zero trailer behind it (see format.TRAILER).
         erase = [i for i, s in enumerate(slots) if s.dirty and (i == target or not s.committed)]
         if erase:
+            # No flush of its own: the data flush below makes it durable before the header is
+            # written (so a torn header always has a zero trailer). A process crash keeps the
+            # write order anyway; on power loss the worst case is an old header that survives
+            # while its blocks were overwritten - its CRCs fail, and it was the generation
+            # being replaced, never the only copy.
             lease.write_blocks({i: b"" for i in erase})
-            lease.flush()
             for i in erase:
                 slots[i].dirty = False
         tslot.committed = False
