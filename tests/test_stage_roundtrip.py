@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import stages
 from blockstore import MemoryStore, open_store
@@ -275,3 +277,24 @@ def test_restore_with_max_step_rolls_back(store_dir: str) -> None:
         assert CheckpointedStageState.restore(lease).state == {"s": "2b"}
         with pytest.raises(NoCheckpointError):
             CheckpointedStageState.restore(lease, max_step=0)
+
+
+_DATA = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**63, 2**63 - 1) | st.floats(allow_nan=False)
+    | st.text(max_size=50) | st.binary(max_size=3000),
+    lambda inner: st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=8), inner,
+                                                               max_size=6),
+    max_leaves=40)
+
+
+@settings(max_examples=60, deadline=None)
+@given(state=_DATA, codec=st.sampled_from(["pickle", "msgpack"]),
+       compression=st.sampled_from(["auto", "zstd", "none"]),
+       block_size=st.sampled_from([512, 1024, 4096]))
+def test_property_round_trip_of_plain_data(state, codec, compression, block_size) -> None:
+    store = MemoryStore(block_size)
+    lease = store.acquire("p")
+    css = CheckpointedStageState(state, lease, codec=codec, compression=compression)
+    css.checkpoint()
+    css.checkpoint()  # a second generation, so the first one's slot and blocks are reused
+    assert CheckpointedStageState.restore(store.open_reader("p")).state == state
