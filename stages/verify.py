@@ -63,6 +63,14 @@ _pool: ThreadPoolExecutor | None = None
 _pool_lock = Lock()
 
 
+def _forget_pool_in_child() -> None:
+    global _pool
+    _pool = None  # threads do not survive fork(); a child builds its own pool on first use
+
+
+os.register_at_fork(after_in_child=_forget_pool_in_child)
+
+
 def worker_pool() -> ThreadPoolExecutor:
     """The process-wide pool that checksums and (de)compresses chunks beside the I/O."""
     global _pool
