@@ -190,11 +190,11 @@ def _round_trip_1gib(root: str) -> list[dict[str, Any]]:
 
 
 def run(quick: bool = False) -> list[dict[str, Any]]:
-    """Measure; ``quick`` uses 64 MiB and one repetition and skips the 1 GiB round trip."""
+    """Measure; ``quick`` uses 64 MiB, best of two, and skips the 1 GiB round trip."""
     root = tempfile.mkdtemp(prefix="bench-ckpt-")
     try:
         if quick:
-            return _case(root, 64 * MiB, 1, "64 MiB float32")
+            return _case(root, 64 * MiB, 2, "64 MiB float32")
         rows = _case(root, 256 * MiB, 3, "256 MiB float32")
         shutil.rmtree(os.path.join(root, "store"), ignore_errors=True)
         rows += _round_trip_1gib(root)
