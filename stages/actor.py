@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import ray
 
-from blockstore import BlockStore, Lease, open_store
+from blockstore import BlockStore, Lease, StoreConfigError, open_store
 
 from .errors import NoCheckpointError, StageError
 from .observer import CheckpointFlushObserver
@@ -90,6 +90,17 @@ class Stage(Protocol):
     def process(self, state: Any, record: Any) -> Iterable[Any]: ...
 
 
+def open_store_for(url: str, block_size: int | None) -> BlockStore:
+    """Open ``url``, creating it with ``block_size`` if needed; an existing store keeps its
+    own block size (a block size is a property of the store, not of one stage)."""
+    try:
+        return open_store(url, block_size=block_size)
+    except StoreConfigError:
+        if block_size is None:
+            raise
+        return open_store(url)
+
+
 def _default_resources() -> dict[str, float]:
     return {"num_cpus": 1}
 
@@ -106,7 +117,8 @@ class StageSpec:
         resources: Ray resource options (``num_cpus``, ``num_gpus``, ``memory``; any other key
             is a custom resource).
         retention, codec, compression: passed to ``CheckpointedStageState``.
-        block_size: block size if the store must be created (``None``: the store's default).
+        block_size: block size if the store must be created (``None``: the default); an
+            existing store keeps its own.
         lease_ttl: TTL of the stage's lease; a keepalive thread renews it every third.
         scheduler: name of the scheduler actor to register with (namespace-local), or None.
     """
@@ -130,7 +142,7 @@ class StageSpec:
 
     def open_store(self) -> BlockStore:
         """Open the spec's store (created with ``block_size`` if it does not exist)."""
-        return open_store(self.store_url, block_size=self.block_size)
+        return open_store_for(self.store_url, self.block_size)
 
 
 @dataclass(frozen=True, slots=True)

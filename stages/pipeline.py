@@ -46,9 +46,7 @@ from typing import Any
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
 
-from blockstore import open_store
-
-from .actor import StageSpec, launch_stage
+from .actor import StageSpec, launch_stage, open_store_for
 from .errors import CheckpointFailed, StageError
 from .observer import CheckpointFlushObserver
 from .policy import CheckpointManager, CheckpointPolicy
@@ -176,8 +174,9 @@ class SchedulerRestore:
     relaunches the stage from the spec it registered, on a live node not excluded) and
     returns ``handle_of(stage_id)``. If the scheduler is already restoring the stage on its
     own (its watcher saw the death first), waits until that restore finished instead of
-    starting a second one. The pipeline then rolls the new incarnation back to the committed
-    step itself, whatever generation the scheduler restored.
+    starting a second one. If no node outside ``exclude`` can take it (e.g. one node, and only
+    the actor died), any node is allowed. The pipeline then rolls the new incarnation back to
+    the committed step itself, whatever generation the scheduler restored.
     """
 
     name: str
@@ -187,15 +186,27 @@ class SchedulerRestore:
     def __call__(self, spec: StageSpec, exclude: Sequence[str], step: int) -> Any:
         sched = ray.get_actor(self.name, namespace=self.namespace)
         sid = spec.stage_id
-        try:
-            ray.get(sched.restore.remote(sid, list(exclude), f"pipeline rollback to step {step}"),
-                    timeout=self.timeout)
-        except RayTaskError:
-            deadline = time.monotonic() + self.timeout
-            while ray.get(sched.stage.remote(sid), timeout=self.timeout)["status"] != "running":
-                if time.monotonic() > deadline:
+        reason = f"pipeline rollback to step {step}"
+        deadline = time.monotonic() + self.timeout
+        attempts = [list(exclude), []] if exclude else [[]]
+        for i, excl in enumerate(attempts):
+            try:
+                ray.get(sched.restore.remote(sid, excl, reason), timeout=self.timeout)
+                break
+            except GetTimeoutError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the scheduler's errors cross as RayError
+                if "already" in str(exc):  # its own watcher is restoring it: wait for that
+                    while ray.get(sched.stage.remote(sid), timeout=self.timeout)["status"] \
+                            != "running":
+                        if time.monotonic() > deadline:
+                            raise
+                        time.sleep(0.1)
+                    break
+                if i == len(attempts) - 1:
                     raise
-                time.sleep(0.1)
+                log.info("scheduler could not restore %s avoiding %s (%s); trying any node",
+                         sid, excl, exc)
         return ray.get(sched.handle_of.remote(sid), timeout=self.timeout)
 
 
@@ -237,7 +248,10 @@ class Pipeline:
         policy: when to inject a barrier (every N records and/or T seconds; ``retention``
             is the stages' business, set in their specs). A final barrier always closes the
             stream.
-        observer: flush observer given to every stage actor (the scheduler's).
+        observer: flush observer given to every stage actor.
+        observer_for: per-stage observer factory (e.g. ``lambda spec:
+            PreemptionCheckpointObserver(spec.stage_id, "blockpoint-scheduler")``); wins
+            over ``observer``.
         on_stage_lost: relaunch hook ``(spec, exclude_node_ids, restore_step) -> handle``;
             default: :func:`launch_stage` preferring a live node the stage was not on.
         placement: initial node id per stage id (hard affinity), e.g. for tests and demos.
@@ -253,6 +267,8 @@ class Pipeline:
                  batch_size: int = 256, max_in_flight: int = 8,
                  policy: CheckpointPolicy | None = None,
                  observer: CheckpointFlushObserver | None = None,
+                 observer_for: Callable[[StageSpec], CheckpointFlushObserver | None]
+                 | None = None,
                  on_stage_lost: StageLostHook | None = None,
                  placement: Mapping[str, str] | None = None,
                  on_event: Callable[[PipelineEvent], None] | None = None,
@@ -270,14 +286,15 @@ class Pipeline:
         self.specs = list(stages)
         self.sink = sink
         self.run_id = run_id or uuid.uuid4().hex[:16]
-        self.runs = RunStore(open_store(
+        self.runs = RunStore(open_store_for(
             run_store_url or stages[0].store_url,
-            block_size=stages[0].block_size if run_store_url is None else None))
+            stages[0].block_size if run_store_url is None else None))
         self.batch_size = batch_size
         self.max_in_flight = max_in_flight
         self.manager = CheckpointManager(policy or CheckpointPolicy(every_records=4096),
                                          clock=clock)
         self.observer = observer
+        self.observer_for = observer_for
         self.on_stage_lost = on_stage_lost
         self.placement = dict(placement or {})
         self.on_event = on_event
@@ -401,7 +418,7 @@ class Pipeline:
     def _launch_all(self, orphans: Sequence[str] = ()) -> None:
         for spec in self.specs:
             self._handles[spec.stage_id] = launch_stage(
-                spec, node_id=self.placement.get(spec.stage_id), observer=self.observer,
+                spec, node_id=self.placement.get(spec.stage_id), observer=self._observer(spec),
                 restore_step=self._committed)
         refs = {sid: h.info.remote() for sid, h in self._handles.items()}
         for sid, ref in refs.items():
@@ -592,6 +609,9 @@ class Pipeline:
         if self._recoveries > self.max_recoveries:
             raise PipelineError(f"giving up after {self.max_recoveries} recoveries; last "
                                 f"failure: {failure}") from failure.cause
+        dropped = [b.ref for b in self._batches]
+        if self._barrier is not None:
+            dropped.extend(self._barrier.refs.values())
         lost = set(failure.stages) | {s for s in self._handles if s not in failure.stages
                                       and not self._alive(s)}
         c = self._committed
@@ -614,14 +634,33 @@ class Pipeline:
         for sid, ref in refs.items():
             info = self._get(ref, sid)
             self._note_info(sid, info)
+        self._discard(dropped)
         self._emit("rollback", c, detail={
             "nodes": dict(self._nodes), "epochs": dict(self._epochs),
             "source_position": self._committed_position})
 
+    @staticmethod
+    def _discard(refs: Sequence[Any]) -> None:
+        """Retrieve (and ignore) results of abandoned calls that are done, so that Ray does
+        not report their errors as unhandled; by now the rollbacks queued behind them ran."""
+        if not refs:
+            return
+        ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=0)
+        for ref in ready:
+            try:
+                ray.get(ref, timeout=0)
+            except Exception:  # noqa: BLE001 - abandoned on purpose
+                pass
+
     def _relaunch(self, spec: StageSpec, exclude: Sequence[str], step: int) -> Any:
         node = self._pick_node(spec, exclude)
-        return launch_stage(spec, node_id=node, soft=True, spill=True, observer=self.observer,
-                            restore_step=step)
+        return launch_stage(spec, node_id=node, soft=True, spill=True,
+                            observer=self._observer(spec), restore_step=step)
+
+    def _observer(self, spec: StageSpec) -> CheckpointFlushObserver | None:
+        if self.observer_for is not None:
+            return self.observer_for(spec)
+        return self.observer
 
     def _pick_node(self, spec: StageSpec, exclude: Sequence[str]) -> str | None:
         """A live node, not excluded, with enough CPUs in total, hosting fewest of our stages."""

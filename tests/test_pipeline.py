@@ -215,3 +215,36 @@ def test_backpressure_bounds_batches_in_flight(ray_local: None, tmp_path: Path) 
     assert max(src.outstanding) == 2  # a read happens only while fewer than 3 are in flight
     assert len(src.outstanding) >= 1500 // 20
     assert sink.read_all() == run_reference(src.inner, specs)
+
+
+def test_scheduler_restores_lost_stage_for_the_pipeline(ray_local: None, tmp_path: Path) -> None:
+    """With the scheduler actor as relaunch hook and flush observer (stages register)."""
+    from scheduler.actor import get_or_create
+    from scheduler.observer import PreemptionCheckpointObserver
+
+    from stages.pipeline import SchedulerRestore
+
+    store = str(tmp_path / "store")
+    sched = get_or_create("pl-sched", store_url=store, auto_restore=False)
+    try:
+        specs = [StageSpec(s.stage_id, s.factory, store, block_size=s.block_size,
+                           lease_ttl=5.0, scheduler="pl-sched") for s in _specs(store)]
+        killed: list[bool] = []
+
+        def on_event(ev: PipelineEvent) -> None:
+            if ev.kind == "commit" and ev.step == 2 and not killed:
+                killed.append(True)
+                ray.kill(p.handles["agg"], no_restart=True)
+
+        p, sink, src = _pipeline(
+            tmp_path, 2400, specs=specs, on_event=on_event,
+            on_stage_lost=SchedulerRestore("pl-sched", timeout=60),
+            observer_for=lambda spec: PreemptionCheckpointObserver(spec.stage_id, "pl-sched"))
+        res = p.run()
+        assert killed and res.relaunches == 1
+        assert sink.read_all() == run_reference(src, specs)
+        restores = [d for d in ray.get(sched.decisions.remote())
+                    if d["kind"] == "restore" and d["outcome"] == "done"]
+        assert [d["victims"] for d in restores] == [["agg"]]
+    finally:
+        ray.kill(sched, no_restart=True)
