@@ -71,6 +71,7 @@ from .pipeline import (  # noqa: E402
     PipelineError,
     PipelineEvent,
     PipelineResult,
+    SchedulerRestore,
     StageProcessError,
     run_reference,
 )
@@ -99,6 +100,7 @@ __all__ += [
     "RunStep",
     "RunStepExistsError",
     "RunStore",
+    "SchedulerRestore",
     "Sink",
     "Source",
     "Stage",

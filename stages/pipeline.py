@@ -581,6 +581,9 @@ class Pipeline:
         except RayTaskError as exc:
             if isinstance(exc.cause, (RayActorError, CheckpointFailed)):
                 raise _StageFailure({sid} if sid else set(), exc) from exc
+            if isinstance(exc.cause, StageError):  # e.g. RollbackUnavailable, CheckpointCorrupt
+                raise PipelineError(f"stage {sid or '?'} cannot recover: "
+                                    f"{type(exc.cause).__name__}: {exc.cause}") from exc
             raise StageProcessError(f"stage {sid or '?'} raised: {exc}", stage_id=sid) from exc
         except RayError as exc:  # object lost with its node, owner died, ...
             raise _StageFailure({sid} if sid else set(), exc) from exc
