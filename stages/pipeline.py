@@ -626,10 +626,14 @@ class Pipeline:
             except Exception:  # noqa: BLE001 - already dead
                 pass
             exclude = [old_node] if old_node else []
-            if self.on_stage_lost is not None:
-                handle = self.on_stage_lost(spec, exclude, c)
-            else:
-                handle = self._relaunch(spec, exclude, c)
+            try:
+                if self.on_stage_lost is not None:
+                    handle = self.on_stage_lost(spec, exclude, c)
+                else:
+                    handle = self._relaunch(spec, exclude, c)
+            except Exception as exc:  # noqa: BLE001 - e.g. no node free yet: retry later
+                time.sleep(1.0)
+                raise _StageFailure({sid}, exc) from exc
             self._handles[sid] = handle
             self._relaunches += 1
             self._emit("relaunched", c, sid, detail={"from_node": old_node})

@@ -248,3 +248,28 @@ def test_scheduler_restores_lost_stage_for_the_pipeline(ray_local: None, tmp_pat
         assert [d["victims"] for d in restores] == [["agg"]]
     finally:
         ray.kill(sched, no_restart=True)
+
+
+def test_barrier_triggers_time_manual_and_final(ray_local: None, tmp_path: Path) -> None:
+    # No trigger at all: only the final barrier closes the stream -> one step.
+    p, sink, src = _pipeline(tmp_path / "a", 600, policy=CheckpointPolicy())
+    assert p.run().committed_step == 1 and sink.read_all() == run_reference(src, p.specs)
+
+    # A manual request right at start: a barrier after the first batch, then the final one.
+    def ask(ev: PipelineEvent) -> None:
+        if ev.kind == "started":
+            p2.request_checkpoint("before something risky")
+
+    p2, sink2, _ = _pipeline(tmp_path / "b", 600, policy=CheckpointPolicy(), on_event=ask)
+    res = p2.run()
+    assert res.committed_step == 2
+    first = next(e for e in res.events if e.kind == "barrier")
+    assert first.detail["source_position"] == 50  # one batch in
+    assert sink2.read_all() == run_reference(src, p.specs)
+
+    # Time trigger with an injected clock that jumps 10 s per reading.
+    ticks = iter(range(0, 10**6, 10))
+    p3, sink3, _ = _pipeline(tmp_path / "c", 600, policy=CheckpointPolicy(every_seconds=5.0),
+                             clock=lambda: float(next(ticks)))
+    assert p3.run().committed_step >= 3
+    assert sink3.read_all() == run_reference(src, p.specs)
