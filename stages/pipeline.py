@@ -155,6 +155,7 @@ class _Barrier:
     position: Any
     records: int
     refs: dict[str, Any]
+    done: set[str] = field(default_factory=set)
 
 
 class _StageFailure(Exception):
@@ -518,29 +519,36 @@ class Pipeline:
         self._emit("barrier", step, detail={"source_position": self._position})
 
     def _await_progress(self) -> None:
+        """Wait (at most ~1 s) for the oldest batch or a pending barrier call; drain outputs
+        in order; commit the barrier once its step is complete. Never spins on results that
+        are already in."""
+        bar = self._barrier
         waiting: list[Any] = []
         if self._batches:
             waiting.append(self._batches[0].ref)
-        if self._barrier is not None:
-            waiting.extend(self._barrier.refs.values())
-        if not waiting:
-            return
-        ready, _ = ray.wait(waiting, num_returns=1, timeout=1.0)
-        if not ready:
-            if time.monotonic() - self._last_progress > self.call_timeout:
-                raise _StageFailure(set(), GetTimeoutError(
-                    f"no progress for {self.call_timeout:.0f}s"))
-            return
-        self._last_progress = time.monotonic()
+        barrier_due = bar is not None and (not self._batches or self._batches[0].step > bar.step)
+        if bar is not None and barrier_due:
+            waiting.extend(r for sid, r in bar.refs.items() if sid not in bar.done)
+        if waiting:
+            ready, _ = ray.wait(waiting, num_returns=1, timeout=1.0)
+            if not ready:
+                if time.monotonic() - self._last_progress > self.call_timeout:
+                    raise _StageFailure(set(), GetTimeoutError(
+                        f"no progress for {self.call_timeout:.0f}s"))
+                return
+            self._last_progress = time.monotonic()
         while self._batches and ray.wait([self._batches[0].ref], timeout=0)[0]:
             b = self._batches.popleft()
             self._outputs.setdefault(b.step, []).extend(self._get(b.ref, None))
-        bar = self._barrier
         if bar is None or (self._batches and self._batches[0].step <= bar.step):
             return
-        refs = list(bar.refs.values())
-        if len(ray.wait(refs, num_returns=len(refs), timeout=0)[0]) < len(refs):
-            return
+        pending = {sid: r for sid, r in bar.refs.items() if sid not in bar.done}
+        if pending:
+            ready_refs = set(ray.wait(list(pending.values()), num_returns=len(pending),
+                                      timeout=0)[0])
+            bar.done.update(sid for sid, r in pending.items() if r in ready_refs)
+            if len(bar.done) < len(bar.refs):
+                return
         infos = {sid: self._get(ref, sid) for sid, ref in bar.refs.items()}
         self._commit(bar, infos)
 
