@@ -8,6 +8,7 @@ the source is replayed. The committed output must equal the failure-free referen
 from __future__ import annotations
 
 import functools
+import time
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,12 @@ def test_node_of_stateful_stage_removed_mid_run(ray_cluster: Any, tmp_path: Path
             assert p.node_of("agg") == victim.node_id
             removed.append(victim.node_id)
             cluster.remove_node(victim, allow_graceful=False)
+            # Its actors may answer for a moment; let Ray declare the node dead first so the
+            # loss lands mid-run rather than after a short stream has already finished.
+            deadline = time.monotonic() + 30
+            while any(n["NodeID"] == victim.node_id and n["Alive"] for n in ray.nodes()):
+                assert time.monotonic() < deadline, "node never declared dead"
+                time.sleep(0.1)
 
     src = GeneratedSource(seed=5, n=4000, keys=9)
     sink = FileSink(tmp_path / "out", fsync=False)
