@@ -96,11 +96,11 @@ _DOC_FORMAT = "blockpoint.scheduler.state"
 _DOC_VERSION = 1
 #: Seconds assumed for a checkpoint whose duration was never measured.
 _DEFAULT_CHECKPOINT_S = 1.0
-#: Seconds allowed for a restore (launch + lease takeover + reading the checkpoint).
+#: Minimum seconds allowed for a restore (launch + lease takeover + reading the checkpoint);
+#: the allowance grows to twice the slowest restore seen recently.
 _RESTORE_ALLOWANCE_S = 3.0
-#: Seconds during which a node chosen for a restore counts the stage's resources as used,
-#: because Ray's free-resource view lags behind an actor creation.
-_RESERVATION_S = 5.0
+#: Seconds to keep looking for a node with room before a restore gives up (and is retried).
+_PICK_RETRY_S = 3.0
 
 
 class StageStatus:
@@ -385,7 +385,8 @@ class Scheduler:
         self._persist_lock = threading.Lock()
         self._entries: dict[str, _Entry] = {}
         self._stores: dict[str, BlockStore] = {}
-        self._reservations: list[tuple[float, str, dict[str, float]]] = []
+        # Stage id -> (node id, resources) of launches in flight (see _pick_node).
+        self._reservations: dict[str, tuple[str, dict[str, float]]] = {}
         self._evacuating: dict[str, threading.Event] = {}
         self._drains_seen: set[str] = set()
         self._drain_results: dict[str, DrainResult] = {}
@@ -394,6 +395,7 @@ class Scheduler:
         self._dirty = False
         self._started_at = time.time()
         self._remote_stage_cls: Any = None
+        self._restore_s = 0.0  # decaying maximum of observed restore times
         self._registry = RegistryStore(self._store(store_url),
                                        f"_blockpoint/scheduler/{self._namespace or 'default'}/{name}")
         record = self._registry.open()
@@ -787,8 +789,11 @@ class Scheduler:
             if old_handle is not None:
                 self._kill(old_handle)
             target = node_id or self._pick_node(sid, spec, exclude)
-            handle = self._launch(spec, target)
-            info = ray.get(handle.info.remote(), timeout=timeout)
+            try:
+                handle = self._launch(spec, target)
+                info = ray.get(handle.info.remote(), timeout=timeout)
+            finally:
+                self._unreserve(sid)
             with self._lock:
                 entry.handle = handle
                 entry.actor_id = ray_adapter.actor_id_of(handle)
@@ -818,6 +823,9 @@ class Scheduler:
                 raise
             raise RestoreError(sid, entry.last_error) from exc
         self._manager.clear_reason(sid, _RESTORING)
+        elapsed = time.time() - t0
+        with self._lock:
+            self._restore_s = max(elapsed, 0.8 * self._restore_s)
         result = RestoreResult(stage_id=sid, node_id=entry.node_id or target, from_node=from_node,
                                epoch=entry.epoch, generation=info.get("generation"),
                                actor_id=entry.actor_id or "", seconds=time.time() - t0)
@@ -828,32 +836,50 @@ class Scheduler:
         self._persist()
         return result
 
+    def _restore_allowance(self) -> float:
+        """Seconds to reserve for a restore when planning a move."""
+        return max(_RESTORE_ALLOWANCE_S, 2.0 * self._restore_s)
+
     def _pick_node(self, sid: str, spec: Any, exclude: frozenset[str]) -> str:
+        """The live, non-draining, non-excluded node with room and the most free CPU.
+
+        Resources of launches still in flight are counted as used (Ray's free-resource
+        view lags behind actor creation); the caller releases the reservation with
+        :meth:`_unreserve` once the launch is over. If no node has room, looks again for a
+        few seconds (resources of stopped actors come back with a delay) before giving up.
+        """
         need = _cpu_need(spec)
-        now = time.time()
-        with self._lock:
-            self._reservations = [r for r in self._reservations if r[0] > now]
-            reserved: dict[str, dict[str, float]] = {}
-            for _, node, amounts in self._reservations:
-                slot = reserved.setdefault(node, {})
-                for k, v in amounts.items():
-                    slot[k] = slot.get(k, 0.0) + v
-            best: tuple[float, str] | None = None
-            for node in ray_adapter.list_nodes():
-                if node.node_id in exclude or node.draining:
-                    continue
-                free = dict(node.free)
-                for k, v in reserved.get(node.node_id, {}).items():
-                    free[k] = free.get(k, 0.0) - v
-                if any(free.get(k, 0.0) + 1e-9 < v for k, v in need.items()):
-                    continue
-                key = (free.get("CPU", 0.0), node.node_id)
-                if best is None or key > best:
-                    best = key
-            if best is None:
+        give_up = time.time() + _PICK_RETRY_S
+        while True:
+            nodes = ray_adapter.list_nodes()
+            with self._lock:
+                reserved: dict[str, dict[str, float]] = {}
+                for node_id, amounts in self._reservations.values():
+                    slot = reserved.setdefault(node_id, {})
+                    for k, v in amounts.items():
+                        slot[k] = slot.get(k, 0.0) + v
+                best: tuple[float, str] | None = None
+                for node in nodes:
+                    if node.node_id in exclude or node.draining:
+                        continue
+                    free = dict(node.free)
+                    for k, v in reserved.get(node.node_id, {}).items():
+                        free[k] = free.get(k, 0.0) - v
+                    if any(free.get(k, 0.0) + 1e-9 < v for k, v in need.items()):
+                        continue
+                    key = (free.get("CPU", 0.0), node.node_id)
+                    if best is None or key > best:
+                        best = key
+                if best is not None:
+                    self._reservations[sid] = (best[1], need)
+                    return best[1]
+            if time.time() >= give_up:
                 raise NoNodeAvailableError(sid, exclude, f"needs {need}")
-            self._reservations.append((now + _RESERVATION_S, best[1], need))
-            return best[1]
+            self._stop.wait(0.25)
+
+    def _unreserve(self, sid: str) -> None:
+        with self._lock:
+            self._reservations.pop(sid, None)
 
     def _launch(self, spec: Any, node_id: str) -> Any:
         from stages.actor import actor_options, remote_stage_class
@@ -928,7 +954,7 @@ class Scheduler:
             sids = sorted(sid for sid, e in self._entries.items()
                           if e.node_id == node_id and e.status == StageStatus.RUNNING)
             budget = max(((self._entries[s].checkpoint_s or _DEFAULT_CHECKPOINT_S) * 2
-                          for s in sids), default=0.0) + _RESTORE_ALLOWANCE_S
+                          for s in sids), default=0.0) + self._restore_allowance()
         self._manager.record_decision(
             "drain", "started", reason=reason, victims=sids,
             notes={node_id: f"deadline in {deadline - time.time():.1f} s, "
@@ -978,7 +1004,7 @@ class Scheduler:
         did_checkpoint = False
         if handle is not None:
             # Leave the restore allowance for the new incarnation.
-            ckpt_deadline = max(deadline - _RESTORE_ALLOWANCE_S, time.time() + 0.5)
+            ckpt_deadline = max(deadline - self._restore_allowance(), time.time() + 0.5)
             try:
                 ref = handle.shutdown.remote(checkpoint=True)
                 info = ray.get(ref, timeout=max(ckpt_deadline - time.time(), 0.1))
@@ -1077,7 +1103,7 @@ class Scheduler:
                 self._drains_seen.add(node_id)
                 has_stages = any(e.node_id == node_id for e in self._entries.values())
             if has_stages:
-                deadline = dl if dl else now + 2 * _RESTORE_ALLOWANCE_S
+                deadline = dl if dl else now + 2 * self._restore_allowance()
                 self._pool.submit(self._evacuate, node_id, deadline,
                                   "Ray reports the node draining", None)
         if self._dirty:

@@ -1,0 +1,195 @@
+"""The scheduler actor on a real 3-node Ray cluster: node loss, drains, the Ray adapter.
+
+One module-scoped ``ray_cluster`` (head 1 CPU + two workers of 2 CPUs, fast health checks)
+and one scheduler actor pinned to the head node (which these tests never remove or drain).
+Tests run in file order and change the cluster: the node-loss test removes a worker and adds
+a replacement; the drain tests leave drained nodes behind (Ray never un-drains a node), so
+each later test uses a node no earlier test drained.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+import ray.cloudpickle
+
+from blockstore import StaleLeaseError, open_store
+from blockstore.lease import Lease
+from scheduler import DrainRejectedError, get_or_create
+from scheduler import ray_adapter
+from stages.actor import StageSpec
+
+pytestmark = [pytest.mark.multinode, pytest.mark.ray]
+
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+WORKER_ARGS = {"num_cpus": 2, "object_store_memory": 100 * 1024 * 1024}
+
+
+class Summer:
+    """A stateful stage: running total and count of the records it has seen."""
+
+    def initial_state(self) -> dict[str, int]:
+        return {"total": 0, "n": 0}
+
+    def process(self, state: dict[str, int], record: int) -> list[int]:
+        state["total"] += record
+        state["n"] += 1
+        return [state["total"]]
+
+
+@pytest.fixture(scope="module")
+def env(ray_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    store = str(tmp_path_factory.mktemp("sched-cluster") / "store")
+    open_store(store, block_size=64 * 1024).close()
+    head = ray_adapter.head_node_id()
+    name = f"sched-{uuid.uuid4().hex[:8]}"
+    handle = get_or_create(name, store_url=store, node_id=head, poll_interval=0.25,
+                           retry_interval=0.5)
+    yield {"cluster": ray_cluster, "sched": handle, "name": name, "store": store, "head": head}
+    ray.kill(handle)
+
+
+def spec(env: dict[str, Any], sid: str, cpus: float = 0.2) -> StageSpec:
+    return StageSpec(stage_id=sid, factory=Summer, store_url=env["store"],
+                     resources={"num_cpus": cpus}, scheduler=env["name"])
+
+
+def stage(env: dict[str, Any], sid: str) -> dict[str, Any]:
+    return ray.get(env["sched"].stage.remote(sid))
+
+
+def handle_of(env: dict[str, Any], sid: str) -> Any:
+    return ray.get(env["sched"].handle_of.remote(sid))
+
+
+def wait_for(cond: Callable[[], Any], *, timeout: float = 30.0, what: str = "") -> Any:
+    end = time.time() + timeout
+    while time.time() < end:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what or cond}")
+
+
+def worker_nodes(env: dict[str, Any]) -> list[ray_adapter.NodeView]:
+    return [n for n in ray_adapter.list_nodes() if not n.is_head and not n.draining]
+
+
+def node_handle(env: dict[str, Any], node_id: str) -> Any:
+    for n in env["cluster"].worker_nodes:
+        if n.node_id == node_id:
+            return n
+    raise LookupError(node_id)
+
+
+# --------------------------------------------------------------------------- node loss
+
+
+def test_node_loss_restores_stage_elsewhere_and_fences_zombie(env: dict[str, Any]) -> None:
+    sched = env["sched"]
+    victim_node = worker_nodes(env)[0].node_id
+    placed = ray.get(sched.launch.remote(spec(env, "loss"), victim_node))
+    assert placed.node_id == victim_node
+    old = handle_of(env, "loss")
+    assert ray.get(old.process_batch.remote([1, 2, 3])) == [1, 3, 6]
+    ck = ray.get(sched.checkpoint.remote("loss", 1))
+    ray.get(old.process_batch.remote([100]))          # not checkpointed: replayed later
+
+    with open_store(env["store"]) as st:
+        before = st.lease_info("loss")
+        # The old incarnation's lease handle, kept alive past the takeover (a zombie).
+        zombie = Lease(st, before, ttl=30.0, keepalive=False)
+
+        t_lost = time.time()
+        env["cluster"].remove_node(node_handle(env, victim_node), allow_graceful=False)
+
+        def processing_again() -> list[int] | None:
+            s = stage(env, "loss")
+            if s["status"] != "running" or s["epoch"] <= before.epoch:
+                return None
+            try:
+                return ray.get(handle_of(env, "loss").process_batch.remote([10]), timeout=5)
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError,
+                    ray.exceptions.GetTimeoutError):
+                return None
+
+        out = wait_for(processing_again, timeout=45, what="stage processing on another node")
+        recovery = time.time() - t_lost
+        print(f"\nnode loss -> stage processing again: {recovery:.2f} s")
+
+        now = stage(env, "loss")
+        assert now["node_id"] != victim_node
+        assert now["node_id"] in {n.node_id for n in ray_adapter.list_nodes()}
+        assert now["epoch"] > before.epoch
+        # Restored from generation 1 (total 6): the uncheckpointed record 100 is gone.
+        assert out == [16]
+        assert now["checkpoint"]["generation"] >= ck["generation"]
+        # The zombie's late write is refused by the store, and the new state is intact.
+        with pytest.raises(StaleLeaseError):
+            zombie.write_blocks({0: b"late write from the lost node"})
+        assert st.lease_info("loss").epoch == now["epoch"]
+    assert ray.get(handle_of(env, "loss").get_state.remote())["total"] == 16
+    kinds = [(d["kind"], d["outcome"]) for d in ray.get(sched.decisions.remote(20))]
+    assert ("lost", "detected") in kinds and ("restore", "done") in kinds
+
+    # Give later tests their worker back.
+    env["cluster"].add_node(**WORKER_ARGS)
+    env["cluster"].wait_for_nodes()
+
+
+# --------------------------------------------------------------------------- drains
+
+
+def test_drain_with_deadline_moves_stages_before_it(env: dict[str, Any]) -> None:
+    sched = env["sched"]
+    node = worker_nodes(env)[0].node_id
+    for sid in ("d1", "d2"):
+        ray.get(sched.launch.remote(spec(env, sid), node))
+        ray.get(handle_of(env, sid).process_batch.remote([1, 2]))
+    # A busy node cannot be drained for idle termination (the adapter surfaces Ray's no).
+    with pytest.raises(DrainRejectedError):
+        ray_adapter.drain_node(node, deadline=None, reason="idle_termination")
+
+    deadline = time.time() + 12.0
+    assert ray.get(sched.drain_node.remote(node, deadline, True, "maintenance", False)) is None
+    # Ray's own drain table shows the node with our deadline (ms precision). (Once the
+    # node is idle Ray may shut it down, so read it now, while the stages still run.)
+    assert abs(ray_adapter.draining_nodes()[node] - deadline) < 0.01
+    result = wait_for(lambda: ray.get(sched.drain_result.remote(node)), what="drain result")
+    assert result.ray_accepted is True
+    # (Stages of earlier tests restored onto this node move too.)
+    assert {"d1", "d2"} <= {m.stage_id for m in result.moved}
+    assert {"d1", "d2"} <= set(result.checkpointed) and not result.failed
+    assert result.finished_at < deadline
+    for sid in ("d1", "d2"):
+        s = stage(env, sid)
+        assert s["status"] == "running" and s["node_id"] != node
+        # Checkpointed just before moving: nothing is lost, nothing replayed.
+        assert ray.get(handle_of(env, sid).process_batch.remote([4])) == [7]
+
+
+def test_drain_reported_by_ray_is_noticed(env: dict[str, Any]) -> None:
+    sched = env["sched"]
+    node = worker_nodes(env)[0].node_id
+    ray.get(sched.launch.remote(spec(env, "spot"), node))
+    ray.get(handle_of(env, "spot").process_batch.remote([5]))
+    # A spot notice: someone else (the autoscaler, `ray drain-node`) drains the node.
+    deadline = time.time() + 12.0
+    ray_adapter.drain_node(node, deadline=deadline, message="spot notice")
+    wait_for(lambda: stage(env, "spot")["node_id"] != node
+             and stage(env, "spot")["status"] == "running", timeout=30, what="moved")
+    moved_at = time.time()
+    assert moved_at < deadline
+    assert ray.get(handle_of(env, "spot").process_batch.remote([1])) == [6]
+    result = wait_for(lambda: ray.get(sched.drain_result.remote(node)), what="drain result")
+    assert "spot" in result.checkpointed and result.ray_accepted is None and not result.failed
+    assert result.finished_at < deadline
