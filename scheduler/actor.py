@@ -123,9 +123,11 @@ class StageOutcome:
 
     Attributes:
         stage_id: The victim.
-        action: ``"checkpointed"`` (checkpointed, then stopped), ``"killed"`` (stopped
-            without a new checkpoint; work since its last one is replayed) or ``"gone"``
-            (it was already dead).
+        action: ``"checkpointed"`` (checkpointed, then stopped), ``"stopped"`` (stopped
+            cleanly without a new checkpoint: a pipeline-aligned stage, whose state is
+            saved only at barriers, so it resumes from its last barrier), ``"killed"``
+            (stopped without a new checkpoint; work since its last one is replayed) or
+            ``"gone"`` (it was already dead).
         generation: The checkpoint generation it stopped at (``None`` if unknown).
         detail: Why, in words.
     """
@@ -726,8 +728,15 @@ class Scheduler:
                     info = ray.get(ref)
                     self._note_info_checkpoint(sid, info)
                     gen = None if not info else int(info["generation"])
-                    results[sid] = StageOutcome(sid, "checkpointed", gen,
-                                                f"checkpoint generation {gen} committed, stopped")
+                    if info and not info.get("skipped"):
+                        results[sid] = StageOutcome(
+                            sid, "checkpointed", gen,
+                            f"checkpoint generation {gen} committed, stopped")
+                    else:
+                        results[sid] = StageOutcome(
+                            sid, "stopped", gen,
+                            "pipeline-aligned stage: no out-of-band checkpoint; it resumes "
+                            f"from its last barrier generation {gen}")
                 except Exception as exc:  # noqa: BLE001
                     results[sid] = StageOutcome(
                         sid, "killed", self._generation(sid),
@@ -1009,7 +1018,7 @@ class Scheduler:
                 ref = handle.shutdown.remote(checkpoint=True)
                 info = ray.get(ref, timeout=max(ckpt_deadline - time.time(), 0.1))
                 self._note_info_checkpoint(sid, info)
-                did_checkpoint = info is not None
+                did_checkpoint = bool(info) and not info.get("skipped")
             except Exception as exc:  # noqa: BLE001 - killed below; replays from its last one
                 log.warning("stage %s: checkpoint before moving failed: %s", sid, exc)
                 self._wait_not_flushing(sid, ckpt_deadline)

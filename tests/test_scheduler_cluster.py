@@ -101,7 +101,7 @@ def test_node_loss_restores_stage_elsewhere_and_fences_zombie(env: dict[str, Any
     assert placed.node_id == victim_node
     old = handle_of(env, "loss")
     assert ray.get(old.process_batch.remote([1, 2, 3])) == [1, 3, 6]
-    ck = ray.get(sched.checkpoint.remote("loss", 1))
+    ck = ray.get(sched.checkpoint.remote("loss"))
     ray.get(old.process_batch.remote([100]))          # not checkpointed: replayed later
 
     with open_store(env["store"]) as st:
