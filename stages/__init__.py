@@ -50,6 +50,7 @@ from .actor import (  # noqa: E402
     StageActor,
     StageRegistration,
     StageSpec,
+    StageStopped,
     launch_stage,
 )
 from .policy import CheckpointManager, CheckpointPolicy, CheckpointRequest, PolicyCounters  # noqa: E402
@@ -109,6 +110,7 @@ __all__ += [
     "StageRegistration",
     "StageProcessError",
     "StageSpec",
+    "StageStopped",
     "launch_stage",
     "run_reference",
 ]

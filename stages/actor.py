@@ -25,6 +25,11 @@ Why the design is as it is:
   call queued after a batch) travel *with* the data. Control methods (``info``, ``ping``) run
   in a separate ``control`` group so that the scheduler can look at a stage while it is in
   the middle of a long checkpoint flush.
+* **Pipeline stages are "aligned".** Their state is meaningful only at barriers (a step
+  ``>= 1``); an out-of-band checkpoint request (the scheduler's, before a preemption or a
+  drain) is answered with the last barrier checkpoint instead of writing one, because the
+  pipeline replays from its last committed step anyway, and an extra generation would evict
+  one the rollback may need. Plain stages checkpoint whenever asked.
 * **The flush observer is passed through, untouched**: the scheduler supplies a picklable
   object; the actor hands it to ``CheckpointedStageState`` which calls it around every flush.
 * **Registration is fire-and-forget.** When ``spec.scheduler`` names a scheduler actor, the
@@ -62,6 +67,7 @@ __all__ = [
     "StageActor",
     "StageRegistration",
     "StageSpec",
+    "StageStopped",
     "actor_options",
     "launch_stage",
     "remote_stage_class",
@@ -175,10 +181,29 @@ class RollbackUnavailable(StageError, LookupError):
         step: the step asked for.
     """
 
-    def __init__(self, message: str, *, stage_id: str, step: int) -> None:
+    def __init__(self, message: str, *, stage_id: str | None = None,
+                 step: int | None = None) -> None:
         super().__init__(message)
         self.stage_id = stage_id
         self.step = step
+
+    def __reduce__(self) -> Any:  # crosses Ray: keep the attributes
+        return (type(self), self.args, self.__dict__)
+
+
+class StageStopped(StageError, RuntimeError):
+    """The incarnation was shut down (preempted, drained, stopped); use a new one.
+
+    Attributes:
+        stage_id: the stage.
+    """
+
+    def __init__(self, message: str, *, stage_id: str | None = None) -> None:
+        super().__init__(message)
+        self.stage_id = stage_id
+
+    def __reduce__(self) -> Any:  # crosses Ray: keep the attributes
+        return (type(self), self.args, self.__dict__)
 
 
 def restore_state(lease: Lease, spec: StageSpec, *, observer: CheckpointFlushObserver | None,
@@ -251,6 +276,7 @@ class StageActor:
         self._records_total = 0
         self._records_since = 0
         self._last_checkpoint_at: float | None = None
+        self._aligned = restore_step is not None
         self._css = self._bind(restore_step)
         self._registration_ref: Any = None
         if spec.scheduler:
@@ -278,7 +304,8 @@ class StageActor:
 
     def _check_running(self) -> None:
         if self._stopped:
-            raise StageError(f"stage {self.spec.stage_id!r} was stopped")
+            raise StageStopped(f"stage {self.spec.stage_id!r} was stopped",
+                               stage_id=self.spec.stage_id)
 
     # -- data path (default concurrency group: one at a time, in submission order) --------
     def process_batch(self, records: list[Any]) -> list[Any]:
@@ -304,13 +331,34 @@ class StageActor:
 
         Fail-closed: any error while writing (fenced by a newer incarnation, I/O) raises
         ``CheckpointFailed`` and the counters do not move.
+
+        Aligned stages (see :attr:`aligned`): a request with ``step < 1`` - an out-of-band
+        checkpoint, e.g. the scheduler's before a preemption - writes nothing and returns the
+        last barrier checkpoint's info with ``"skipped": True`` (``{}`` if there is none).
+        Such a stage's state is consistent only at pipeline barriers, and the pipeline
+        replays from its last committed barrier whatever was saved in between; writing it
+        would only evict a barrier generation the rollback may need.
         """
         with self._lock:
             self._check_running()
+            if step >= 1:
+                self._aligned = True
+            elif self._aligned:
+                return self._skipped()
             info = self._css.checkpoint(step=step, meta=meta)
             self._records_since = 0
             self._last_checkpoint_at = time.time()
             return info.to_dict()
+
+    @property
+    def aligned(self) -> bool:
+        """True once this stage belongs to a pipeline: it was launched or rolled back to a
+        step, or checkpointed with ``step >= 1`` (a barrier)."""
+        return self._aligned
+
+    def _skipped(self) -> dict[str, Any]:
+        last = self._css.last_checkpoint
+        return {} if last is None else {**last.to_dict(), "skipped": True}
 
     def rollback(self, step: int | None = None) -> dict[str, Any]:
         """Reload the state from this stage's lease, as of the newest generation ``<= step``.
@@ -322,6 +370,8 @@ class StageActor:
             self._check_running()
             self._css = self._bind(step)
             self._records_since = 0
+            if step is not None:
+                self._aligned = True
         return self.info()
 
     def get_state(self) -> Any:
@@ -346,13 +396,18 @@ class StageActor:
                  meta: dict[str, Any] | None = None) -> dict[str, Any] | None:
         """Everything ``stop`` does except exiting: optional checkpoint, release the lease.
 
-        Afterwards data-path calls raise ``StageError``. Calling it twice is harmless.
+        The checkpoint follows the rules of :meth:`checkpoint` (skipped for an aligned stage
+        unless ``step >= 1``).
+
+        Afterwards data-path calls raise ``StageStopped``. Calling it twice is harmless.
         """
         with self._lock:
             if self._stopped:
                 return None
             info = None
-            if checkpoint:
+            if checkpoint and step < 1 and self._aligned:
+                info = self._skipped() or None
+            elif checkpoint:
                 info = self._css.checkpoint(step=step, meta=meta).to_dict()
                 self._records_since = 0
             self._stopped = True
@@ -383,6 +438,7 @@ class StageActor:
             "restored_step": self._restored_step,
             "pid": self._pid,
             "stopped": self._stopped,
+            "aligned": self._aligned,
         }
 
     def ping(self) -> str:

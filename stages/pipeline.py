@@ -46,7 +46,7 @@ from typing import Any
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
 
-from .actor import StageSpec, launch_stage, open_store_for
+from .actor import StageSpec, StageStopped, launch_stage, open_store_for
 from .errors import CheckpointFailed, StageError
 from .observer import CheckpointFlushObserver
 from .policy import CheckpointManager, CheckpointPolicy
@@ -76,6 +76,9 @@ StageLostHook = Callable[[StageSpec, Sequence[str], int], Any]
 
 class PipelineError(StageError, RuntimeError):
     """The pipeline cannot go on (too many recoveries, or a failure replay cannot fix)."""
+
+    def __reduce__(self) -> Any:  # picklable with its attributes
+        return (type(self), self.args, self.__dict__)
 
 
 class StageProcessError(PipelineError):
@@ -579,15 +582,16 @@ class Pipeline:
         """``ray.get`` with failures sorted into replayable (``_StageFailure``) or not."""
         try:
             return ray.get(ref, timeout=self.call_timeout)
-        except CheckpointFailed as exc:  # fenced, I/O, or killed mid-flush: replace the stage
-            raise _StageFailure({sid} if sid else set(), exc) from exc
+        except (CheckpointFailed, StageStopped) as exc:  # fenced, I/O, preempted: replace it
+            who = getattr(exc, "stage_id", None) or sid
+            raise _StageFailure({who} if who else set(), exc) from exc
         except RayActorError as exc:
             who = self._actor_ids.get(getattr(exc, "actor_id", None) or "")
             raise _StageFailure({s for s in (who or sid,) if s}, exc) from exc
         except GetTimeoutError as exc:
             raise _StageFailure({sid} if sid else set(), exc) from exc
         except RayTaskError as exc:
-            if isinstance(exc.cause, (RayActorError, CheckpointFailed)):
+            if isinstance(exc.cause, (RayActorError, CheckpointFailed, StageStopped)):
                 raise _StageFailure({sid} if sid else set(), exc) from exc
             if isinstance(exc.cause, StageError):  # e.g. RollbackUnavailable, CheckpointCorrupt
                 raise PipelineError(f"stage {sid or '?'} cannot recover: "

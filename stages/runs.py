@@ -90,15 +90,19 @@ class RunError(StageError):
         run_id: the run concerned.
     """
 
-    def __init__(self, message: str, *, run_id: str) -> None:
+    def __init__(self, message: str, *, run_id: str | None = None) -> None:
         super().__init__(message)
         self.run_id = run_id
+
+    def __reduce__(self) -> Any:  # picklable with its attributes (crosses processes)
+        return (type(self), self.args, self.__dict__)
 
 
 class RunNotFoundError(RunError, LookupError):
     """No such run, or no such step of it (``step`` is set for a missing step)."""
 
-    def __init__(self, message: str, *, run_id: str, step: int | None = None) -> None:
+    def __init__(self, message: str, *, run_id: str | None = None,
+                 step: int | None = None) -> None:
         super().__init__(message, run_id=run_id)
         self.step = step
 
@@ -106,7 +110,8 @@ class RunNotFoundError(RunError, LookupError):
 class RunStepExistsError(RunError, FileExistsError):
     """That step of the run is already saved (committed steps are immutable)."""
 
-    def __init__(self, message: str, *, run_id: str, step: int) -> None:
+    def __init__(self, message: str, *, run_id: str | None = None,
+                 step: int | None = None) -> None:
         super().__init__(message, run_id=run_id)
         self.step = step
 
@@ -118,7 +123,8 @@ class RunClaimConflict(RunError, RuntimeError):
         holder: the current holder.
     """
 
-    def __init__(self, message: str, *, run_id: str, holder: str | None) -> None:
+    def __init__(self, message: str, *, run_id: str | None = None,
+                 holder: str | None = None) -> None:
         super().__init__(message, run_id=run_id)
         self.holder = holder
 
@@ -130,7 +136,8 @@ class RunNotPausedError(RunError, RuntimeError):
         state: the run's state.
     """
 
-    def __init__(self, message: str, *, run_id: str, state: str) -> None:
+    def __init__(self, message: str, *, run_id: str | None = None,
+                 state: str | None = None) -> None:
         super().__init__(message, run_id=run_id)
         self.state = state
 

@@ -74,11 +74,12 @@ def test_in_process_restore_fencing_rollback(store_dir: str) -> None:
     c.checkpoint(step=2)  # rewrites step 2 over the stale generation, keeps step 1
     assert c.rollback(1)["restored_step"] == 1
     assert c.rollback(0)["restored_from"] is None and c.get_state() == {}
-    assert c.shutdown(checkpoint=True, step=0) is not None
+    assert c.shutdown(checkpoint=True) is None  # aligned, and no barrier since step 0
     assert c.shutdown() is None  # twice is harmless
     with pytest.raises(Exception, match="stopped"):
         c.process_batch([])
-    assert StageActor(spec).get_state() == {}  # the step-0 generation of the initial state
+    assert StageActor(spec, restore_step=0).get_state() == {}
+    assert StageActor(spec).info()["restored_step"] == 2  # newest, for a non-pipeline restore
 
 
 def test_rollback_unavailable_when_retention_dropped_it(store_dir: str) -> None:
@@ -198,3 +199,20 @@ def test_plain_ray_remote_of_stage_actor_works(ray_local: None, store_dir: str) 
     assert len(ray.get(h.process_batch.remote(SRC.read(0, 5)[0]))) == 5
     assert ray.get(h.info.remote())["records_total"] == 5
     ray.kill(h, no_restart=True)
+
+
+def test_aligned_stage_skips_out_of_band_checkpoints(store_dir: str) -> None:
+    plain = StageActor(_spec(store_dir, stage_id="plain"))
+    assert not plain.aligned and plain.checkpoint()["generation"] == 1  # plain: writes
+    spec = _spec(store_dir, stage_id="al")
+    a = StageActor(spec, restore_step=0)  # launched by a pipeline
+    assert a.aligned and a.checkpoint() == {}  # nothing at a barrier yet: nothing written
+    a.process_batch(SRC.read(0, 40)[0])
+    barrier = a.checkpoint(step=1, meta={"source_position": 40})
+    a.process_batch(SRC.read(40, 40)[0])
+    oob = a.checkpoint()  # e.g. the scheduler's before a preemption
+    assert oob["skipped"] and oob["generation"] == barrier["generation"]
+    assert a.shutdown(checkpoint=True)["generation"] == barrier["generation"]
+    b = StageActor(spec)  # restores the barrier state, not the 80-record state
+    assert b.get_state() == _expected(40) and b.info()["restored_step"] == 1
+    assert [g.step for g in b._css.generations()][:1] == [1]

@@ -273,3 +273,21 @@ def test_barrier_triggers_time_manual_and_final(ray_local: None, tmp_path: Path)
                              clock=lambda: float(next(ticks)))
     assert p3.run().committed_step >= 3
     assert sink3.read_all() == run_reference(src, p.specs)
+
+
+def test_preempted_stage_checkpoint_then_stop_exactly_once(ray_local: None,
+                                                          tmp_path: Path) -> None:
+    """What the scheduler does to a victim: shutdown(checkpoint=True), then kill."""
+    done: list[Any] = []
+
+    def on_event(ev: PipelineEvent) -> None:
+        if ev.kind == "commit" and ev.step == 2 and not done:
+            victim = p.handles["agg"]
+            done.append(ray.get(victim.shutdown.remote(checkpoint=True)))
+            ray.get(p.handles["seq"].process_batch.remote([]))  # (other stage unaffected)
+
+    p, sink, src = _pipeline(tmp_path, 2400, on_event=on_event)
+    res = p.run()
+    assert done and done[0]["skipped"] and done[0]["step"] == 2  # no mid-step generation
+    assert res.recoveries >= 1 and res.relaunches >= 1
+    assert sink.read_all() == run_reference(src, p.specs)

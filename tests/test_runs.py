@@ -217,3 +217,20 @@ def test_sigkilled_claimer_is_recovered_once(runs: RunStore, store_dir: str,
     assert claim.step == 3
     assert claim.complete().resumes == 1
     assert runs.recover_orphaned() == []
+
+
+def test_errors_pickle_with_their_attributes() -> None:
+    """Errors cross Ray and process boundaries; they must unpickle intact."""
+    import pickle
+
+    from stages.actor import RollbackUnavailable, StageStopped
+    from stages.pipeline import PipelineError, StageProcessError
+
+    errors = [RunNotFoundError("a", run_id="r", step=2), RunClaimConflict("b", run_id="r",
+              holder="h"), RunNotPausedError("c", run_id="r", state="paused"),
+              RunStepExistsError("d", run_id="r", step=1), RunClaimLost("e", run_id="r"),
+              StageStopped("f", stage_id="s"), RollbackUnavailable("g", stage_id="s", step=3),
+              StageProcessError("h", stage_id="s"), PipelineError("i")]
+    for e in errors:
+        back = pickle.loads(pickle.dumps(e))
+        assert type(back) is type(e) and back.__dict__ == e.__dict__ and str(back) == str(e)
