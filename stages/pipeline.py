@@ -348,6 +348,7 @@ class Pipeline:
         """
         t0 = time.monotonic()
         self._reset_counters()
+        self._events = []
         self._max_steps = max_steps
         orphans = self.runs.recover_orphaned()  # start-up duty: re-arm crashed claims
         if claim is not None:
@@ -364,7 +365,12 @@ class Pipeline:
             discard(self._committed)
         failure: _StageFailure | None = None
         try:
-            self._launch_all(orphans)
+            try:
+                self._launch_all(orphans)
+            except BaseException:
+                if claim is not None:
+                    claim.abort()  # give the run back (paused) for another attempt
+                raise
             if claim is not None:
                 claim.complete()
             while True:
@@ -391,7 +397,8 @@ class Pipeline:
             records_in=self._records_in, records_out=self._records_out,
             checkpoints=self._checkpoints, recoveries=self._recoveries,
             relaunches=self._relaunches, replayed_records=self._replayed,
-            recovery_s=self._recovery_s, duration_s=time.monotonic() - t0, events=tuple(self._events))
+            recovery_s=self._recovery_s, duration_s=time.monotonic() - t0,
+            events=tuple(self._events))
 
     # -- internals: lifecycle -----------------------------------------------------------------
     def _reset_counters(self) -> None:
@@ -468,6 +475,7 @@ class Pipeline:
         self._open_step = self._committed + 1
         self._open_records = 0
         self._exhausted = False
+        self._last_progress = time.monotonic()
         pending = self.manager.pending(PIPELINE_TRACK)
         if pending is not None and pending.running:
             self.manager.fail(PIPELINE_TRACK, "rolled back")
