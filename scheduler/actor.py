@@ -797,7 +797,10 @@ class Scheduler:
         try:
             if old_handle is not None:
                 self._kill(old_handle)
-            target = node_id or self._pick_node(sid, spec, exclude)
+            # The old node is avoided when another has room: an actor that "just died"
+            # on a node Ray still lists as alive is often the first sign the node is dying.
+            avoid = frozenset({from_node}) if from_node else frozenset()
+            target = node_id or self._pick_node(sid, spec, exclude, avoid)
             try:
                 handle = self._launch(spec, target)
                 info = ray.get(handle.info.remote(), timeout=timeout)
@@ -849,8 +852,11 @@ class Scheduler:
         """Seconds to reserve for a restore when planning a move."""
         return max(_RESTORE_ALLOWANCE_S, 2.0 * self._restore_s)
 
-    def _pick_node(self, sid: str, spec: Any, exclude: frozenset[str]) -> str:
+    def _pick_node(self, sid: str, spec: Any, exclude: frozenset[str],
+                   avoid: frozenset[str] = frozenset()) -> str:
         """The live, non-draining, non-excluded node with room and the most free CPU.
+
+        Nodes in ``avoid`` are taken only when no other node has room.
 
         Resources of launches still in flight are counted as used (Ray's free-resource
         view lags behind actor creation); the caller releases the reservation with
@@ -867,7 +873,7 @@ class Scheduler:
                     slot = reserved.setdefault(node_id, {})
                     for k, v in amounts.items():
                         slot[k] = slot.get(k, 0.0) + v
-                best: tuple[float, str] | None = None
+                best: tuple[bool, float, str] | None = None
                 for node in nodes:
                     if node.node_id in exclude or node.draining:
                         continue
@@ -876,12 +882,12 @@ class Scheduler:
                         free[k] = free.get(k, 0.0) - v
                     if any(free.get(k, 0.0) + 1e-9 < v for k, v in need.items()):
                         continue
-                    key = (free.get("CPU", 0.0), node.node_id)
+                    key = (node.node_id not in avoid, free.get("CPU", 0.0), node.node_id)
                     if best is None or key > best:
                         best = key
                 if best is not None:
-                    self._reservations[sid] = (best[1], need)
-                    return best[1]
+                    self._reservations[sid] = (best[2], need)
+                    return best[2]
             if time.time() >= give_up:
                 raise NoNodeAvailableError(sid, exclude, f"needs {need}")
             self._stop.wait(0.25)
