@@ -444,3 +444,56 @@ def test_zombie_incarnation_cannot_write(sched: tuple[Any, str, str]) -> None:
             zombie.write_blocks({0: b"late write"})
     new = ray.get(handle.handle_of.remote("z"))
     assert ray.get(new.get_state.remote())["total"] == 7
+
+
+# --------------------------------------------------------------------------- latency, CLI
+
+
+def test_flush_start_is_acknowledged_every_time(sched: tuple[Any, str, str]) -> None:
+    """200 observer round trips from a stage process: each one acknowledged (not timed out).
+
+    Prints the median and p99 round trip (the figure quoted in the docs); speed itself is
+    not asserted.
+    """
+    handle, name, _ = sched
+    ray.get(handle.register.remote({"stage_id": "probe", "node_id": "n", "priority": 0,
+                                    "lease_id": "probe-lease", "epoch": 1, "resources": {}}))
+    probe = FlushProbe.remote(PreemptionCheckpointObserver("probe", name))
+    times = sorted(ray.get(probe.round_trips.remote(200)))
+    assert ray.get(probe.counters.remote()) == (200, 0)
+    print(f"\nflush-start ack round trip: median {times[100] * 1e3:.2f} ms, "
+          f"p99 {times[197] * 1e3:.2f} ms, max {times[-1] * 1e3:.2f} ms")
+    wait_for(lambda: ray.get(handle.reasons.remote("probe")) == [], what="last mark cleared")
+    ray.kill(probe)
+
+
+def test_cli_status_and_decisions(sched: tuple[Any, str, str],
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from blockpoint.cli import main
+
+    handle, name, store = sched
+    shown = start_stage(handle, name, make_spec(name, store, "shown", priority=7))  # noqa: F841 (keeps it alive)
+    ray.get(handle.checkpoint.remote("shown"))
+    ray.get(handle.pin.remote("shown"))
+    ns = ray.get_runtime_context().namespace
+    common = ["--name", name, "--namespace", ns]
+
+    assert main(["scheduler", "status", *common]) == 0
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if ln.startswith("shown"))
+    assert "running" in line and "pinned" in line and " 7 " in line
+    assert "alive head" in out
+
+    assert main(["scheduler", "status", "--json", *common]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["stages"][0]["checkpoint"]["generation"] == 1
+
+    assert main(["scheduler", "decisions", "--limit", "5", *common]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split()[:4] == ["SEQ", "TIME", "KIND", "OUTCOME"]
+    assert "register" in out
+
+    assert main(["scheduler", "decisions", "--name", "no-such", "--namespace", ns]) == 2
+    assert "no scheduler 'no-such'" in capsys.readouterr().err
