@@ -498,7 +498,8 @@ class Scheduler:
                 self._note_generation(sid, int(generation), None)
             self._manager.record_decision(
                 "register", "new" if new else "updated", victims=[sid],
-                notes={sid: f"node {entry.node_id} epoch {epoch} lease {entry.lease_id}"})
+                notes={sid: f"node {str(entry.node_id)[:12]} epoch {epoch} "
+                            f"lease {entry.lease_id[:12]}"})
             status = self._entry_status(entry)
         self._persist()
         return status
