@@ -450,6 +450,21 @@ class Pipeline:
             pass
 
     def _shutdown_stages(self) -> None:
+        # Stages stopped on purpose must not look lost: the scheduler they registered with
+        # forgets them first, or its watcher would restore them after the pipeline ended.
+        forget = []
+        for spec in self.specs:
+            if spec.scheduler and spec.stage_id in self._handles:
+                try:
+                    sched = ray.get_actor(spec.scheduler)
+                    forget.append(sched.unregister.remote(spec.stage_id))
+                except Exception:  # noqa: BLE001 - no scheduler: nothing to tell
+                    continue
+        for ref in forget:
+            try:
+                ray.get(ref, timeout=self.ping_timeout)
+            except Exception:  # noqa: BLE001 - unknown to it already, or it is gone
+                continue
         refs = []
         for h in self._handles.values():
             try:
