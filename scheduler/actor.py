@@ -34,6 +34,11 @@ Why the design is as it is:
   :meth:`Scheduler.drain_node` or noticed in Ray's draining-node table, lets the stages run
   until ``deadline - budget`` (budget: twice the stage's last checkpoint time plus a restore
   allowance), then checkpoints each one and restores it on another node.
+* **Retries across a restart.** The actor has ``max_task_retries`` so observer and
+  registration calls in flight when it dies are delivered to its next incarnation (they
+  are idempotent and ordered by sequence numbers / epochs). Methods that *act* (``launch``,
+  ``checkpoint``, ``preempt``, ``restore``, ``drain_node``) are never retried: re-running a
+  preemption would pick extra victims; the caller sees the failure and decides.
 * **What is persisted.** Registry changes (register, restore, preempt, drain, checkpoints)
   save a document with the manager's snapshot, each stage's pickled spec and actor handle,
   status and epoch. Flush marks are transient and are *not* saved at flush start (that
@@ -521,6 +526,7 @@ class Scheduler:
         reg = ray.get(handle.registration.remote(), timeout=timeout)
         return self.register(reg, spec=spec)
 
+    @ray.method(max_task_retries=0)  # acts: never re-run after a restart
     def launch(self, spec: Any, node_id: str | None = None, timeout: float = 120.0) -> RestoreResult:
         """Start a stage from its spec on ``node_id`` (default: the node with most free CPU).
 
@@ -628,6 +634,7 @@ class Scheduler:
         """Add work done since the stage's last checkpoint."""
         self._manager.record_work(stage_id, records, seconds)
 
+    @ray.method(max_task_retries=0)  # acts: never re-run after a restart
     def checkpoint(self, stage_id: str, step: int = 0, meta: dict[str, Any] | None = None,
                    timeout: float = 120.0) -> dict[str, Any]:
         """Ask a stage to checkpoint now; record and return its ``CheckpointInfo`` dict."""
@@ -643,6 +650,7 @@ class Scheduler:
 
     # ------------------------------------------------------------------ preemption
 
+    @ray.method(max_task_retries=0)  # acts: never re-run after a restart
     def preempt(self, request: PreemptionRequest | Mapping[str, Any],
                 best_effort: bool = False) -> PreemptionResult:
         """Carry out a preemption request.
@@ -758,6 +766,7 @@ class Scheduler:
 
     # ------------------------------------------------------------------ restore
 
+    @ray.method(max_task_retries=0)  # acts: never re-run after a restart
     def restore(self, stage_id: str, exclude_nodes: Iterable[str] = (), reason: str = "",
                 timeout: float = 120.0) -> RestoreResult:
         """Recreate a stage on a live node not in ``exclude_nodes``, from its spec.
@@ -808,6 +817,9 @@ class Scheduler:
             finally:
                 self._unreserve(sid)
             with self._lock:
+                if self._entries.get(sid) is not entry:
+                    self._kill(handle)
+                    raise RestoreError(sid, "unregistered while being restored")
                 entry.handle = handle
                 entry.actor_id = ray_adapter.actor_id_of(handle)
                 entry.node_id = info.get("node_id") or target
@@ -911,6 +923,7 @@ class Scheduler:
 
     # ------------------------------------------------------------------ drains
 
+    @ray.method(max_task_retries=0)  # acts: never re-run after a restart
     def drain_node(self, node_id: str, deadline: float, ray_drain: bool = True,
                    reason: str = "", wait: bool = True) -> DrainResult | None:
         """Move every stage off ``node_id`` before ``deadline`` (wall-clock seconds).
