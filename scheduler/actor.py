@@ -50,6 +50,7 @@ Why the design is as it is:
 from __future__ import annotations
 
 import base64
+import enum
 import logging
 import threading
 import time
@@ -108,15 +109,24 @@ _RESTORE_ALLOWANCE_S = 3.0
 _PICK_RETRY_S = 3.0
 
 
-class StageStatus:
-    """Status strings of a stage in the scheduler's registry."""
+class StageStatus(str, enum.Enum):
+    """Where a stage is in its life, as the scheduler sees it (values are persisted)."""
 
-    RUNNING = "running"      # an incarnation is (believed to be) up
-    LOST = "lost"            # its actor or node died; awaiting restore
-    RESTORING = "restoring"  # a new incarnation is being launched
-    MOVING = "moving"        # being checkpointed off a draining node
-    PREEMPTED = "preempted"  # stopped by a preemption; restore on request only
-    STOPPED = "stopped"      # unregistered by the user (kept only in decisions)
+    #: An incarnation is (believed to be) up.
+    RUNNING = "running"
+    #: Its actor or node died; a restore is pending (automatic, or on request).
+    LOST = "lost"
+    #: A new incarnation is being launched.
+    RESTORING = "restoring"
+    #: Being checkpointed off a draining node.
+    MOVING = "moving"
+    #: Stopped by a preemption; restored only on request.
+    PREEMPTED = "preempted"
+    #: Stopped on purpose (kept only in the decision log).
+    STOPPED = "stopped"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 # --------------------------------------------------------------------------- results
@@ -259,7 +269,7 @@ class _Entry:
         self.handle: Any = None
         self.actor_id: str | None = None
         self.spec: Any = None
-        self.status = StageStatus.RUNNING
+        self.status: StageStatus = StageStatus.RUNNING
         self.epoch = 0
         self.node_id: str | None = None
         self.lease_id = ""
@@ -290,7 +300,7 @@ class _Entry:
                 log.warning("stage %s: cannot persist %s: %s", self.stage_id,
                             type(obj).__name__, exc)
                 return None
-        return {"status": self.status, "epoch": self.epoch, "node_id": self.node_id,
+        return {"status": self.status.value, "epoch": self.epoch, "node_id": self.node_id,
                 "lease_id": self.lease_id, "actor_id": self.actor_id,
                 "checkpoint_s": self.checkpoint_s, "checkpoint_size": self.checkpoint_size,
                 "record": self.record, "handle": blob(self.handle), "spec": blob(self.spec)}
@@ -306,7 +316,10 @@ class _Entry:
                 log.warning("stage %s: cannot reload its %s: %s", stage_id, what, exc)
                 return None
         e = cls(stage_id)
-        e.status = str(doc.get("status", StageStatus.RUNNING))
+        try:
+            e.status = StageStatus(doc.get("status", StageStatus.RUNNING.value))
+        except ValueError:
+            e.status = StageStatus.LOST
         e.epoch = int(doc.get("epoch") or 0)
         e.node_id = doc.get("node_id")
         e.lease_id = str(doc.get("lease_id") or "")
@@ -1362,7 +1375,7 @@ class Scheduler:
         base = rec.to_dict() if rec is not None else dict(entry.record or {})
         base.update({
             "stage_id": entry.stage_id,
-            "status": entry.status,
+            "status": entry.status.value,
             "epoch": entry.epoch,
             "node_id": entry.node_id,
             "lease_id": entry.lease_id,
