@@ -124,7 +124,11 @@ def test_node_loss_restores_stage_elsewhere_and_fences_zombie(env: dict[str, Any
 
         out = wait_for(processing_again, timeout=45, what="stage processing on another node")
         recovery = time.time() - t_lost
-        print(f"\nnode loss -> stage processing again: {recovery:.2f} s")
+        log = ray.get(sched.decisions.remote(20))
+        seen = min(d["at"] for d in log if d["kind"] == "lost") - t_lost
+        done = max(d["at"] for d in log if d["kind"] == "restore") - t_lost
+        print(f"\nnode loss -> loss seen {seen:.2f} s, restored {done:.2f} s, "
+              f"processing again {recovery:.2f} s")
 
         now = stage(env, "loss")
         assert now["node_id"] != victim_node
