@@ -699,9 +699,8 @@ class Scheduler:
         with self._lock:
             for sid in victims:
                 entry = self._entries.get(sid)
-                if entry is not None and sid in self._manager:
-                    entry.record = self._manager.stage(sid).to_dict()
-                    self._manager.unregister(sid)
+                if entry is not None:
+                    self._park(entry)
         notes = {o.stage_id: f"{o.action}: {o.detail}" for o in outcomes}
         if not act:
             notes["-"] = f"plan {plan.outcome.value}: nothing stopped"
@@ -852,8 +851,7 @@ class Scheduler:
                 entry.status = StageStatus.LOST
                 entry.last_error = f"{type(exc).__name__}: {exc}"
                 entry.retry_at = time.time() + self._retry_interval
-                if sid in self._manager:
-                    self._manager.clear_reason(sid, _RESTORING)
+                self._park(entry)
             self._manager.record_decision(kind, "failed", reason=reason, victims=[sid],
                                           notes={sid: entry.last_error})
             self._persist()
@@ -1172,6 +1170,7 @@ class Scheduler:
             entry.info_ref = None
             if sid in self._manager:
                 self._manager.clear_reason(sid, _CIP)
+            self._park(entry)
         self._manager.record_decision("lost", "detected", victims=[sid], notes={sid: why})
         self._persist()
         if self._auto_restore and entry.spec is not None:
@@ -1285,6 +1284,8 @@ class Scheduler:
             if entry.status == StageStatus.RUNNING and entry.handle is None:
                 entry.status = StageStatus.LOST
             self._entries[sid] = entry
+            if entry.status != StageStatus.RUNNING:
+                self._park(entry)
         self._drains_seen = set(doc.get("drains_seen") or ())
 
     # ------------------------------------------------------------------ helpers
@@ -1320,12 +1321,25 @@ class Scheduler:
             return
         rec = entry.record or {}
         ckpt = rec.get("checkpoint")
+        # An operator's pin survives a park; transient marks do not.
+        kept = [NonPreemptibleReason(r) for r in rec.get("reasons", ())
+                if r not in (_CIP.value, _RESTORING.value)]
         self._manager.register(
             entry.stage_id, node_id=entry.node_id or "unknown",
             priority=int(rec.get("priority", priority)), lease_id=entry.lease_id or entry.stage_id,
             resources=resources or rec.get("resources") or {},
-            checkpoint=CheckpointInfo.from_dict(ckpt) if ckpt else None)
+            checkpoint=CheckpointInfo.from_dict(ckpt) if ckpt else None, reasons=kept)
         entry.record = None
+
+    def _park(self, entry: _Entry) -> None:
+        """Take a stage with no live incarnation out of the manager (caller holds the lock).
+
+        Only live stages are preemption candidates and hold resources; the record is kept on
+        the entry (for status and persistence) and put back by :meth:`_ensure_in_manager`.
+        """
+        if entry.stage_id in self._manager:
+            entry.record = self._manager.stage(entry.stage_id).to_dict()
+            self._manager.unregister(entry.stage_id)
 
     def _reset_work(self, sid: str) -> None:
         """A new incarnation has done no work since its checkpoint (caller holds lock)."""

@@ -380,6 +380,12 @@ def test_mark_cleared_when_flushing_actor_is_killed(sched: tuple[Any, str, str],
     wait_for(lambda: ray.get(handle.reasons.remote("victim")) == [], what="mark cleared")
     assert stage_status(handle, "victim")["status"] == "lost"
     gate.unlink()
+    # A lost stage holds nothing and is never a victim: a live one (higher priority) is.
+    other = start_stage(handle, name, make_spec(name, store, "other", priority=9))
+    res = ray.get(handle.preempt.remote(
+        PreemptionRequest(reason="one please", deadline=time.time() + 20, count=1)))
+    assert res.victims == ("other",)
+    del other
 
 
 def test_mark_cleared_when_lease_expires(sched: tuple[Any, str, str]) -> None:
