@@ -270,6 +270,30 @@ def test_observer_never_raises_without_scheduler(ray_local: None) -> None:
     ray.kill(probe)
 
 
+@ray.remote(num_cpus=0)
+class SlowScheduler:
+    """Stands in for a scheduler that is too busy to acknowledge in time."""
+
+    def flush_started(self, stage_id: str, lease_id: str, seq: int) -> bool:
+        time.sleep(3.0)
+        return True
+
+    def flush_completed(self, stage_id: str, lease_id: str, ok: bool, seq: int) -> bool:
+        return True
+
+
+def test_observer_proceeds_after_the_ack_bound(ray_local: None) -> None:
+    slow = SlowScheduler.remote()
+    probe = FlushProbe.remote(PreemptionCheckpointObserver("s", slow, ack_timeout=0.3))
+    ray.get(probe.start.remote("s-lease"))
+    ray.get(probe.complete.remote())
+    # Not acknowledged within 0.3 s: counted as missed, and the flush went on (had the
+    # observer waited for the 3 s answer, it would count as acknowledged).
+    assert ray.get(probe.counters.remote()) == (0, 1)
+    ray.kill(probe)
+    ray.kill(slow)
+
+
 def test_late_completion_does_not_clear_a_newer_flush(sched: tuple[Any, str, str]) -> None:
     handle, _, _ = sched
     ray.get(handle.register.remote({"stage_id": "s", "node_id": "n1", "priority": 0,
