@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import sys
 import time
 from typing import Any
@@ -48,6 +49,7 @@ def _connect(args: argparse.Namespace) -> Any:
 
     try:
         if not ray.is_initialized():
+            _check_reachable(args.address)
             ray.init(address=args.address, namespace=args.namespace, log_to_driver=False,
                      logging_level="ERROR")
         return get_scheduler(args.name, args.namespace)
@@ -57,6 +59,18 @@ def _connect(args: argparse.Namespace) -> Any:
         print(f"blockpoint scheduler: cannot reach Ray at {args.address}: {exc}",
               file=sys.stderr)
     return None
+
+
+def _check_reachable(address: str, timeout: float = 3.0) -> None:
+    """Fail fast on an explicit ``host:port`` nobody listens on (Ray would retry forever)."""
+    if address in ("auto", "local") or "://" in address or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except (OSError, ValueError) as exc:
+        raise ConnectionError(f"{exc}") from exc
 
 
 def _ago(t: float | None, now: float) -> str:
