@@ -410,7 +410,7 @@ class Scheduler:
         self._evacuating: dict[str, threading.Event] = {}
         self._drains_seen: set[str] = set()
         self._drain_results: dict[str, DrainResult] = {}
-        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="scheduler-work")
+        self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="scheduler-work")
         self._stop = threading.Event()
         self._dirty = False
         self._started_at = time.time()
@@ -960,8 +960,7 @@ class Scheduler:
         with self._lock:
             self._drains_seen.add(node_id)
         if not wait:
-            self._pool.submit(self._evacuate, node_id, deadline, reason or "drain requested",
-                              accepted)
+            self._spawn_evacuation(node_id, deadline, reason or "drain requested", accepted)
             return None
         return self._evacuate(node_id, deadline, reason or "drain requested", accepted)
 
@@ -969,6 +968,13 @@ class Scheduler:
         """The result of the last completed drain of ``node_id``, if any."""
         with self._lock:
             return self._drain_results.get(node_id)
+
+    def _spawn_evacuation(self, node_id: str, deadline: float, reason: str,
+                          accepted: bool | None) -> None:
+        # A thread of its own, not a pool worker: an evacuation waits for the moves it
+        # submits to the pool, so running it there could starve the pool.
+        threading.Thread(target=self._evacuate, args=(node_id, deadline, reason, accepted),
+                         name=f"evacuate-{node_id[:8]}", daemon=True).start()
 
     def _evacuate(self, node_id: str, deadline: float, reason: str,
                   accepted: bool | None) -> DrainResult:
@@ -1144,8 +1150,7 @@ class Scheduler:
                 has_stages = any(e.node_id == node_id for e in self._entries.values())
             if has_stages:
                 deadline = dl if dl else now + 2 * self._restore_allowance()
-                self._pool.submit(self._evacuate, node_id, deadline,
-                                  "Ray reports the node draining", None)
+                self._spawn_evacuation(node_id, deadline, "Ray reports the node draining", None)
         if self._dirty:
             self._persist()
 
