@@ -1013,6 +1013,9 @@ class Scheduler:
                 entry = self._entries.get(sid)
                 if entry is not None and entry.status == StageStatus.RUNNING:
                     entry.status = StageStatus.MOVING
+                    # Being moved = being restored elsewhere: no preemption may pick it.
+                    if sid in self._manager:
+                        self._manager.set_reason(sid, _RESTORING)
         futures = {sid: self._pool.submit(self._move, sid, node_id, deadline, reason)
                    for sid in sids}
         moved: list[RestoreResult] = []
