@@ -105,6 +105,8 @@ _DEFAULT_CHECKPOINT_S = 1.0
 #: Minimum seconds allowed for a restore (launch + lease takeover + reading the checkpoint);
 #: the allowance grows to twice the slowest restore seen recently.
 _RESTORE_ALLOWANCE_S = 3.0
+#: Memory (bytes) the scheduler actor reserves, so that its node preference is honoured.
+_SCHEDULER_MEMORY = 16 * 1024 * 1024
 #: Seconds to keep looking for a node with room before a restore gives up (and is retried).
 _PICK_RETRY_S = 3.0
 
@@ -1439,8 +1441,9 @@ def get_or_create(name: str = DEFAULT_SCHEDULER_NAME, namespace: str | None = No
     """Return the one scheduler actor of ``name`` in ``namespace``, creating it if needed.
 
     The actor is detached (outlives the driver), restartable (``max_restarts``; in-flight
-    calls are retried a few times across a restart) and threaded (``max_concurrency``), and
-    takes no CPU. Creation is race-free (``get_if_exists``): two drivers get the same actor.
+    observer and query calls are retried a few times across a restart) and threaded
+    (``max_concurrency``); it takes no CPU (16 MiB of the ``memory`` resource, so that Ray
+    honours ``node_id``). Creation is race-free (``get_if_exists``): two drivers get the same actor.
 
     Args:
         name: Actor name.
@@ -1469,6 +1472,9 @@ def get_or_create(name: str = DEFAULT_SCHEDULER_NAME, namespace: str | None = No
         "max_task_retries": 3,
         "max_concurrency": max_concurrency,
         "num_cpus": 0,
+        # Ray places an actor that requires no resource at all on a random node, ignoring
+        # a soft node affinity; a token amount of memory makes the preference count.
+        "memory": _SCHEDULER_MEMORY,
     }
     if node_id is not None:
         opts["scheduling_strategy"] = ray_adapter.node_affinity(node_id, soft=True)

@@ -53,6 +53,8 @@ def env(ray_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     name = f"sched-{uuid.uuid4().hex[:8]}"
     handle = get_or_create(name, store_url=store, node_id=head, poll_interval=0.25,
                            retry_interval=0.5)
+    # The tests remove and drain workers, never the head: the scheduler must be there.
+    assert ray_adapter.actor_view(ray_adapter.actor_id_of(handle)).node_id == head
     yield {"cluster": ray_cluster, "sched": handle, "name": name, "store": store, "head": head}
     ray.kill(handle)
 
@@ -146,8 +148,9 @@ def test_node_loss_restores_stage_elsewhere_and_fences_zombie(env: dict[str, Any
     assert ("lost", "detected") in kinds and ("restore", "done") in kinds
 
     # Give later tests their worker back.
-    env["cluster"].add_node(**WORKER_ARGS)
-    env["cluster"].wait_for_nodes()
+    extra = env["cluster"].add_node(**WORKER_ARGS)
+    wait_for(lambda: extra.node_id in {n.node_id for n in ray_adapter.list_nodes()},
+             what="replacement node up")
 
 
 # --------------------------------------------------------------------------- drains
@@ -197,3 +200,58 @@ def test_drain_reported_by_ray_is_noticed(env: dict[str, Any]) -> None:
     result = wait_for(lambda: ray.get(sched.drain_result.remote(node)), what="drain result")
     assert "spot" in result.checkpointed and result.ray_accepted is None and not result.failed
     assert result.finished_at < deadline
+
+
+# --------------------------------------------------------------------------- scheduler loss
+
+
+def test_scheduler_node_lost_registry_reloaded_elsewhere(env: dict[str, Any]) -> None:
+    """The scheduler's own node dies: Ray restarts it elsewhere and it reloads its registry
+    from the store; the (detached) stages it launched keep running and stay managed."""
+    cluster = env["cluster"]
+    home = cluster.add_node(**WORKER_ARGS)
+    work = cluster.add_node(**WORKER_ARGS)
+    # (Not cluster.wait_for_nodes(): Ray shuts idle drained nodes down, which the Cluster
+    # helper does not know and would wait for.)
+    wait_for(lambda: {home.node_id, work.node_id}
+             <= {n.node_id for n in ray_adapter.list_nodes()}, what="new nodes up")
+    name = f"sched-{uuid.uuid4().hex[:8]}"
+    sched = get_or_create(name, store_url=env["store"], node_id=home.node_id,
+                          poll_interval=0.25)
+    try:
+        first = ray.get(sched.ping.remote())
+        assert ray_adapter.actor_view(ray_adapter.actor_id_of(sched)).node_id == home.node_id
+        sp = StageSpec(stage_id="survivor", factory=Summer, store_url=env["store"],
+                       resources={"num_cpus": 0.2}, scheduler=name)
+        ray.get(sched.launch.remote(sp, work.node_id))
+        ray.get(handle_of({"sched": sched}, "survivor").process_batch.remote([2, 3]))
+        ray.get(sched.checkpoint.remote("survivor"))
+        before = ray.get(sched.snapshot.remote())
+
+        cluster.remove_node(home, allow_graceful=False)
+        info = wait_for(lambda: _ping(sched, first["pid"]), timeout=45, what="scheduler back")
+        assert info["reloaded_generation"] is not None
+        assert ray.get(sched.snapshot.remote())["stages"] == before["stages"]
+        s = ray.get(sched.stage.remote("survivor"))
+        assert s["status"] == "running" and s["node_id"] == work.node_id and s["has_spec"]
+        stage_handle = ray.get(sched.handle_of.remote("survivor"))
+        assert ray.get(stage_handle.process_batch.remote([5])) == [10]
+        # Its flushes reach the new scheduler incarnation (a newer generation is recorded).
+        ray.get(sched.checkpoint.remote("survivor"))
+        assert ray.get(sched.stage.remote("survivor"))["checkpoint"]["generation"] == 2
+    finally:
+        for sid in ("survivor",):
+            try:
+                ray.get(sched.unregister.remote(sid, True), timeout=10)
+            except Exception:  # noqa: BLE001 - best-effort cleanup
+                pass
+        ray.kill(sched)
+
+
+def _ping(handle: Any, old_pid: int) -> dict[str, Any] | None:
+    try:
+        info = ray.get(handle.ping.remote(), timeout=2)
+    except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError,
+            ray.exceptions.GetTimeoutError):
+        return None
+    return info if info["pid"] != old_pid else None
