@@ -234,6 +234,34 @@ def test_registry_round_trip_fallback_and_fencing(tmp_path: Path) -> None:
         newer.close()
 
 
+def test_registry_save_is_atomic_under_crashes(tmp_path: Path) -> None:
+    """A crash at every block write of a save (torn block) leaves the old or new document."""
+    from blockstore.faults import FaultyStore
+
+    old_doc = {"v": "old", "pad": "o" * 9000}
+    new_doc = {"v": "new", "pad": "n" * 14000}   # 4 payload blocks + 1 header at 4 KiB
+    outcomes = set()
+    for k in range(7):
+        inner = open_store(str(tmp_path / f"s{k}"), block_size=4096)
+        faulty = FaultyStore(inner)
+        reg = RegistryStore(faulty, "_reg")
+        reg.open()
+        reg.save(old_doc)
+        faulty.crash_after(faulty.block_writes + k, torn=True)
+        try:
+            reg.save(new_doc)
+            saved = True
+        except RegistryError:
+            saved = False
+        doc = RegistryStore(inner, "_reg").load().document
+        assert doc in (old_doc, new_doc)
+        assert saved == (doc == new_doc)
+        outcomes.add(doc["v"])
+        reg.close()
+        inner.close()
+    assert outcomes == {"old", "new"}
+
+
 def test_registry_mac_rejects_other_key(tmp_path: Path) -> None:
     store = open_store(str(tmp_path / "s"), block_size=4096)
     with RegistryStore(store, "_reg", key=b"k1") as reg:
