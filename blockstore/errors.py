@@ -46,11 +46,34 @@ __all__ = [
 ]
 
 
+def rebuild_error(cls: type[BaseException], args: tuple[object, ...],
+                  state: dict[str, object]) -> BaseException:
+    """Recreate a pickled error without calling its ``__init__`` (see ``__reduce__``)."""
+    err = cls.__new__(cls, *args)
+    err.args = args
+    err.__dict__.update(state)
+    return err
+
+
+def reduce_error(err: BaseException) -> tuple[object, ...]:
+    """``__reduce__`` for errors whose ``__init__`` takes other arguments than ``args``.
+
+    Errors cross process boundaries (Ray returns an actor's exception to its caller by
+    pickling it); the default ``BaseException.__reduce__`` calls ``cls(*args)``, which fails
+    for an ``__init__`` with required keywords and turns the error into Ray's
+    ``UnserializableException``. Rebuilding from ``args`` and ``__dict__`` keeps the type,
+    message and context attributes.
+    """
+    return (rebuild_error, (type(err), err.args, dict(err.__dict__)))
+
+
 class BlockStoreError(Exception):
-    """Root of every error raised by :mod:`blockstore`."""
+    """Root of every error raised by :mod:`blockstore`. Picklable with its attributes."""
 
     def __str__(self) -> str:  # KeyError would otherwise repr() its message
         return str(self.args[0]) if self.args else self.__class__.__name__
+
+    __reduce__ = reduce_error
 
 
 class StoreClosedError(BlockStoreError, RuntimeError):

@@ -25,6 +25,8 @@ actor can log or translate it without parsing the message.
 
 from __future__ import annotations
 
+from blockstore.errors import reduce_error
+
 __all__ = [
     "DrainRejectedError",
     "InvalidRequestError",
@@ -43,7 +45,10 @@ __all__ = [
 
 
 class SchedulerError(Exception):
-    """Root of every exception raised by :mod:`scheduler`."""
+    """Root of every exception raised by :mod:`scheduler`. Picklable with its attributes
+    (the actor's errors reach callers through Ray, which pickles them)."""
+
+    __reduce__ = reduce_error
 
 
 class UnknownStageError(SchedulerError, KeyError):

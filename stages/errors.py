@@ -15,11 +15,26 @@ that fits, and carries its context as attributes (lease, generation, block)::
         │                                  restore treats the slot as empty)
         └── CheckpointAuthError            MAC missing or wrong while a key is set
 
+Errors of one module stay with it but hang from the same root::
+
+    StageError
+    ├── RollbackUnavailable(LookupError)   stages.actor: no generation at or before the step
+    ├── StageStopped(RuntimeError)         stages.actor: the stage was stopped (preempted)
+    ├── PipelineError(RuntimeError)        stages.pipeline: the pipeline cannot go on
+    │   └── StageProcessError              a stage's own code raised (not replayed forever)
+    └── RunError                           stages.runs
+        ├── RunNotFoundError(LookupError), RunStepExistsError(FileExistsError)
+        └── RunClaimConflict, RunNotPausedError, RunClaimLost (RuntimeError)
+
+Every error pickles with its attributes (Ray returns an actor's exception by pickling it).
+
 ``CheckpointCorrupt`` raised by ``restore`` is the error of the newest generation tried; its
 ``skipped`` attribute lists every generation that was tried and why it failed.
 """
 
 from __future__ import annotations
+
+from blockstore.errors import reduce_error
 
 __all__ = [
     "BadMagicError",
@@ -36,10 +51,12 @@ __all__ = [
 
 
 class StageError(Exception):
-    """Root of every error raised by :mod:`stages`."""
+    """Root of every error raised by :mod:`stages`. Picklable with its attributes."""
 
     def __str__(self) -> str:  # LookupError subclasses would otherwise repr() the message
         return str(self.args[0]) if self.args else self.__class__.__name__
+
+    __reduce__ = reduce_error
 
 
 class CheckpointFailed(StageError, RuntimeError):
