@@ -100,6 +100,8 @@ _RESTORING = NonPreemptibleReason.RESTORING
 _PINNED = NonPreemptibleReason.PINNED
 _DOC_FORMAT = "blockpoint.scheduler.state"
 _DOC_VERSION = 1
+#: Decisions saved with the registry, so the log survives a restart of the actor.
+PERSISTED_DECISIONS = 200
 #: Seconds assumed for a checkpoint whose duration was never measured.
 _DEFAULT_CHECKPOINT_S = 1.0
 #: Minimum seconds allowed for a restore (launch + lease takeover + reading the checkpoint);
@@ -423,6 +425,7 @@ class Scheduler:
         record = self._registry.open()
         self._manager = PreemptionManager(max_decisions=max_decisions)
         self._reloaded_generation: int | None = None
+        self._earlier_decisions: list[dict[str, Any]] = []
         if record is not None:
             self._reload(record.document)
             self._reloaded_generation = record.generation
@@ -1106,8 +1109,19 @@ class Scheduler:
         return sorted(r.value for r in self._manager.reasons(stage_id))
 
     def decisions(self, limit: int | None = None) -> list[dict[str, Any]]:
-        """The decision log, newest first, as dicts."""
-        return [d.to_dict() for d in self._manager.decisions(limit)]
+        """The decision log, newest first, as dicts.
+
+        Decisions made before a restart of this actor are included (without their plans'
+        per-candidate detail, which is not persisted): the newest ``PERSISTED_DECISIONS`` of
+        them are saved with the registry.
+        """
+        live = [d.to_dict() for d in self._manager.decisions(limit)]
+        if limit is not None and len(live) >= limit:
+            return live
+        oldest = min((d["seq"] for d in live), default=None)
+        earlier = [d for d in self._earlier_decisions if oldest is None or d["seq"] < oldest]
+        out = live + earlier
+        return out if limit is None else out[:limit]
 
     def snapshot(self) -> dict[str, Any]:
         """The manager's registry snapshot (what is persisted, minus specs and handles)."""
@@ -1269,6 +1283,9 @@ class Scheduler:
                     "entries": {sid: e.to_doc() for sid, e in self._entries.items()},
                     "drains_seen": sorted(self._drains_seen),
                 }
+            # Outside the bookkeeping lock: the manager has its own.
+            doc["decisions"] = [{k: v for k, v in d.items() if k != "plan"}
+                                for d in self.decisions(PERSISTED_DECISIONS)]
             try:
                 self._registry.save(doc)
             except Exception as exc:  # noqa: BLE001 - keep serving; retried on the next change
@@ -1297,6 +1314,8 @@ class Scheduler:
             if entry.status != StageStatus.RUNNING:
                 self._park(entry)
         self._drains_seen = set(doc.get("drains_seen") or ())
+        self._earlier_decisions = [dict(d) for d in doc.get("decisions") or ()
+                                   if isinstance(d, Mapping) and "seq" in d]
 
     # ------------------------------------------------------------------ helpers
 

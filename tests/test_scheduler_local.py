@@ -478,6 +478,8 @@ def test_registry_survives_scheduler_restart(sched: tuple[Any, str, str]) -> Non
     ray.get(handle.checkpoint.remote("keep"))
     ray.get(handle.pin.remote("keep"))
     before = ray.get(handle.snapshot.remote())
+    logged = ray.get(handle.decisions.remote(None))
+    assert any(d["kind"] == "register" and "keep" in d["victims"] for d in logged)
     pid = ray.get(handle.ping.remote())["pid"]
     ray.kill(handle, no_restart=False)
     # (ray.kill is asynchronous: the old process may still answer for a moment.)
@@ -489,6 +491,11 @@ def test_registry_survives_scheduler_restart(sched: tuple[Any, str, str]) -> Non
     st = stage_status(handle, "keep")
     assert st["has_spec"] and st["status"] == "running" and st["priority"] == 3
     assert st["checkpoint"]["generation"] == 1
+    # The decision log made before the restart is still there, below the new entries.
+    seqs_after = {d["seq"]: d for d in ray.get(handle.decisions.remote(None))}
+    for d in logged[:20]:
+        assert seqs_after[d["seq"]]["kind"] == d["kind"]
+        assert seqs_after[d["seq"]]["victims"] == d["victims"]
     # The reloaded actor handle still reaches the stage; its flush marks still work.
     assert ray.get(ray.get(handle.handle_of.remote("keep")).ping.remote()) == "keep"
     ray.get(stage.checkpoint.remote())
