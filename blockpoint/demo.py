@@ -226,10 +226,12 @@ def _run_demo(*, events: int = 500_000, sketch_mib: int = 64, batch_size: int = 
     """
     assert out is not None and workdir is not None
     t_start = time.monotonic()
-    ray_tmp = os.environ.get("RAY_TMPDIR")
-    if not ray_tmp:  # keep Ray's session files out of /tmp/ray; socket paths must stay short
-        ray_tmp = tempfile.mkdtemp(prefix="bpdemo", dir="/tmp")
-        os.environ["RAY_TMPDIR"] = ray_tmp
+    own_ray_tmp: str | None = None
+    if not os.environ.get("RAY_TMPDIR"):
+        # Ray's session files go to a private directory (removed at the end), not /tmp/ray;
+        # it sits directly under /tmp because Ray's socket paths must stay short.
+        own_ray_tmp = tempfile.mkdtemp(prefix="bpdemo", dir="/tmp")
+        os.environ["RAY_TMPDIR"] = own_ray_tmp
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
@@ -395,7 +397,7 @@ def _run_demo(*, events: int = 500_000, sketch_mib: int = 64, batch_size: int = 
         finally:
             done.set()
             t_chaos.join(timeout=30)
-        progress.update(committed["records"] if result.finished else committed["records"])
+        progress.update(events if result.finished else committed["records"], "done")
         if progress.tty:
             out.write("\n")
 
@@ -461,6 +463,9 @@ def _run_demo(*, events: int = 500_000, sketch_mib: int = 64, batch_size: int = 
                 _ray.shutdown()
         finally:
             cluster.shutdown()
+            if own_ray_tmp is not None:
+                del os.environ["RAY_TMPDIR"]
+                shutil.rmtree(own_ray_tmp, ignore_errors=True)
 
 
 def _stage_rows(result: Any, store_url: str, stage_ids: Sequence[str],
