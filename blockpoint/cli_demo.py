@@ -15,7 +15,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     kw: dict[str, Any] = {}
     if args.quick:
-        kw.update(events=60_000, sketch_mib=16, checkpoint_every=3_000)
+        kw.update(events=80_000, sketch_mib=64, checkpoint_every=4_000)
     if args.events is not None:
         kw["events"] = args.events
     result = run_demo(workdir=args.workdir, keep=args.keep,

@@ -374,10 +374,19 @@ def _run_demo(*, events: int = 500_000, sketch_mib: int = 64, batch_size: int = 
             victims = list(res.victims)
             preemption.update(victims=victims, aggregate_verdict=agg.get("verdict"),
                               aggregate_why=agg.get("why"),
+                              victim_marks={v: list(cands.get(v, {}).get("marks", []))
+                                            for v in victims},
                               outcomes=[o.to_dict() for o in res.outcomes])
-            progress.say(f"preempt 1 stage for a higher-priority job -> victim {victims}; "
-                         f"'aggregate' (lowest priority) {agg.get('verdict', '?')}: "
-                         f"{agg.get('why', '?')}")
+            if "aggregate" in victims:
+                # Its flush ended between our look and the scheduler's plan: with no flush in
+                # progress it is the right victim (lowest priority). Say so.
+                progress.say(f"preempt 1 stage for a higher-priority job -> victim {victims}: "
+                             "'aggregate' had finished its flush when the scheduler decided "
+                             f"({agg.get('why', '?')})")
+            else:
+                progress.say(f"preempt 1 stage for a higher-priority job -> victim {victims}; "
+                             f"'aggregate' (lowest priority) {agg.get('verdict', '?')}: "
+                             f"{agg.get('why', '?')}")
 
         done = threading.Event()
         t_chaos = threading.Thread(target=chaos, name="demo-chaos", daemon=True)

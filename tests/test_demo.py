@@ -39,8 +39,14 @@ def test_demo_quick_is_exact(tmp_path: Path) -> None:
     assert result["pipeline"]["restores"] >= 2
     assert result["pipeline"]["preemptions"] == 1
     assert result["pipeline"]["recoveries"] >= 2
-    assert "aggregate" not in result["preemption"]["victims"]
-    assert result["preemption"]["aggregate_why"].startswith("checkpoint in progress")
+    # Never preempted mid-flush: no victim carried a mark when the scheduler planned. The
+    # demo asks while 'aggregate' (lowest priority) is flushing, so it is normally skipped;
+    # if its flush ended before the plan was made, it is rightly the victim, unmarked.
+    pre = result["preemption"]
+    assert len(pre["victims"]) == 1
+    assert all(marks == [] for marks in pre["victim_marks"].values()), pre
+    if "aggregate" not in pre["victims"]:
+        assert pre["aggregate_why"].startswith("checkpoint in progress"), pre
     agg = next(r for r in result["stages"] if r["stage"] == "aggregate")
     assert agg["epoch"] >= 2 and agg["restores"] >= 1
     # Nothing Ray printed leaked into the story.
