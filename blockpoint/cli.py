@@ -45,7 +45,9 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="blockpoint", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="blockpoint",
+        description="Durable, crash-safe checkpoints for stateful Ray pipeline stages.")
     sub = p.add_subparsers(dest="command", required=True)
     sp = sub.add_parser("inspect", help="list the leases of a store")
     sp.add_argument("store", help="store directory or URL")
