@@ -1,0 +1,33 @@
+"""`blockpoint bench --quick` runs every benchmark as installed and reports its rows.
+
+Only that the benchmarks run and report well-formed figures is checked: speed is measured by
+the benchmarks themselves (BENCHMARKS.md), never asserted in tests.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_bench_quick_runs_every_benchmark(tmp_path: Path) -> None:
+    exe = Path(sys.executable).with_name("blockpoint")
+    proc = subprocess.run([str(exe), "bench", "--quick", "--json"], capture_output=True,
+                          text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout)
+    assert set(report) == {"store", "checkpoint", "manager"}
+    store_cases = {(r["case"], r["backend"]) for r in report["store"]}
+    assert ("vectorised write+flush", "FileStore") in store_cases
+    assert ("write+fsync", "plain file") in store_cases
+    ops = {r["op"] for r in report["checkpoint"]}
+    assert {"checkpoint", "restore (verified)", "raw write+fsync"} <= ops
+    for rows in report.values():
+        for row in rows:
+            for key in ("best_s", "seconds", "median_ms"):
+                if key in row and row[key] is not None:
+                    assert row[key] > 0, row
+    assert all(r["n_stages"] > 0 for r in report["manager"])
+    assert "bench store: done" in proc.stderr
