@@ -261,6 +261,9 @@ class Pipeline:
         placement: initial node id per stage id (hard affinity), e.g. for tests and demos.
         on_event: called with every :class:`PipelineEvent`, in the driver thread.
         max_recoveries: give up (``PipelineError``) after this many rollbacks in one run.
+        keep_steps: committed step records kept in the run store (older ones are deleted
+            after each commit, so storage stays bounded); default: the largest ``retention``
+            of the stages, i.e. exactly the steps whose stage checkpoints still exist.
         call_timeout: seconds to wait for any one stage call before treating it as lost.
         ping_timeout: seconds a liveness probe may take during recovery.
         clock: for the policy's time trigger (injectable).
@@ -277,10 +280,12 @@ class Pipeline:
                  placement: Mapping[str, str] | None = None,
                  on_event: Callable[[PipelineEvent], None] | None = None,
                  max_recoveries: int = 20, call_timeout: float = 60.0,
-                 ping_timeout: float = 10.0, clock: Callable[[], float] = time.monotonic
-                 ) -> None:
+                 ping_timeout: float = 10.0, clock: Callable[[], float] = time.monotonic,
+                 keep_steps: int | None = None) -> None:
         if not stages:
             raise ValueError("a pipeline needs at least one stage")
+        if keep_steps is not None and keep_steps < 1:
+            raise ValueError(f"keep_steps must be >= 1, got {keep_steps}")
         ids = [s.stage_id for s in stages]
         if len(set(ids)) != len(ids):
             raise ValueError(f"stage ids must be unique, got {ids}")
@@ -295,6 +300,9 @@ class Pipeline:
             stages[0].block_size if run_store_url is None else None))
         self.batch_size = batch_size
         self.max_in_flight = max_in_flight
+        # Step records older than every stage's retained generations can no longer be
+        # restored; keeping them would grow the store by a lease per step forever.
+        self.keep_steps = keep_steps or max(s.retention for s in stages)
         self.manager = CheckpointManager(policy or CheckpointPolicy(every_records=4096),
                                          clock=clock)
         self.observer = observer
@@ -586,6 +594,7 @@ class Pipeline:
                               node_id=self._nodes.get(sid)) for sid, info in infos.items()]
         self.runs.save_step(self.run_id, bar.step, source_position=bar.position, stages=stages,
                             meta={"records_in": bar.records, "records_out": len(outputs)})
+        self.runs.prune_steps(self.run_id, self.keep_steps)
         self._committed = bar.step
         self._committed_position = bar.position
         self._barrier = None

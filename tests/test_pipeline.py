@@ -49,7 +49,7 @@ def _pipeline(tmp_path: Path, n: int, **kw: Any) -> tuple[Pipeline, FileSink, Ge
 
 def test_failure_free_run_matches_reference_and_records_steps(ray_local: None,
                                                               tmp_path: Path) -> None:
-    p, sink, src = _pipeline(tmp_path, 2000, run_id="ok")
+    p, sink, src = _pipeline(tmp_path, 2000, run_id="ok", keep_steps=1000)
     res = p.run()
     ref = run_reference(src, p.specs)
     assert len(ref) > 500 and sink.read_all() == ref
@@ -66,6 +66,28 @@ def test_failure_free_run_matches_reference_and_records_steps(ray_local: None,
     assert {c.stage_id for c in steps[-1].stages} == {"agg", "seq"}
     assert runs.status("ok").state == "finished"
     assert sink.committed_steps() == list(range(1, n + 1))
+
+
+def test_storage_stays_bounded_over_many_steps(ray_local: None, tmp_path: Path) -> None:
+    """A11 for pipelines: stage generations and run step records are both pruned, so the
+    store stops growing however many steps commit."""
+    p, sink, src = _pipeline(tmp_path, 6000, run_id="long",
+                             policy=CheckpointPolicy(every_records=100))
+    sizes: list[int] = []
+
+    def on_event(ev: PipelineEvent) -> None:
+        if ev.kind == "commit" and ev.step and ev.step % 3 == 0:
+            with open_store(str(tmp_path / "store")) as st:
+                sizes.append(st.stats().blocks)
+
+    p.on_event = on_event
+    res = p.run()
+    assert res.finished and res.committed_step >= 15
+    assert sink.read_all() == run_reference(src, p.specs)
+    runs = RunStore(open_store(str(tmp_path / "store")))
+    kept = [s.step for s in runs.list_steps("long")]
+    assert kept == [res.committed_step - 1, res.committed_step]   # retention 2 (default)
+    assert len(sizes) >= 5 and max(sizes[1:]) == sizes[1], sizes    # flat after warm-up
 
 
 def test_killed_stage_mid_run_exactly_once(ray_local: None, tmp_path: Path) -> None:
