@@ -12,8 +12,7 @@ from __future__ import annotations
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -25,6 +24,7 @@ from blockstore.lease import Lease
 from scheduler import DrainRejectedError, get_or_create
 from scheduler import ray_adapter
 from stages.actor import StageSpec
+from polling import wait_for
 
 pytestmark = [pytest.mark.multinode, pytest.mark.ray]
 
@@ -72,14 +72,6 @@ def handle_of(env: dict[str, Any], sid: str) -> Any:
     return ray.get(env["sched"].handle_of.remote(sid))
 
 
-def wait_for(cond: Callable[[], Any], *, timeout: float = 30.0, what: str = "") -> Any:
-    end = time.time() + timeout
-    while time.time() < end:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what or cond}")
 
 
 def worker_nodes(env: dict[str, Any]) -> list[ray_adapter.NodeView]:

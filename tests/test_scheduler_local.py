@@ -35,6 +35,7 @@ from scheduler import (
 from scheduler import ray_adapter
 from stages.actor import StageSpec, launch_stage
 from stages.observer import flush_guard
+from polling import wait_for
 
 pytestmark = pytest.mark.ray
 
@@ -175,14 +176,6 @@ def stage_status(sched: Any, sid: str) -> dict[str, Any]:
     return ray.get(sched.stage.remote(sid))
 
 
-def wait_for(cond: Callable[[], Any], *, timeout: float = 20.0, what: str = "") -> Any:
-    end = time.time() + timeout
-    while time.time() < end:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what or cond}")
 
 
 # --------------------------------------------------------------------------- adapter
