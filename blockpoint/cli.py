@@ -8,6 +8,7 @@ Every listing prints a readable table, or JSON with ``--json``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -23,13 +24,13 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     try:
         store = open_store(args.store, create=False)
         with store:
-            infos = store.list_leases()
-    except BlockStoreError as exc:  # not a store, corrupt metadata or lease record
+            scan = store.scan_leases()
+    except BlockStoreError as exc:  # not a store, or corrupt store metadata
         print(f"blockpoint inspect: {exc}", file=sys.stderr)
         return 2
     now = time.time()
-    rows = []
-    for i in infos:
+    rows: list[dict[str, object]] = []
+    for i in scan.leases:
         if i.holder is None:
             expiry = "released"
         elif i.expires_at <= now:
@@ -39,9 +40,15 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         rows.append({"name": i.name, "id": i.lease_id, "holder": i.holder or "-",
                      "epoch": i.epoch, "blocks": i.num_blocks, "expiry": expiry}
                     if not args.json else i.to_dict())
+    for err in scan.unreadable:  # listed, not hidden: one bad record must not hide the rest
+        lease_id = os.path.basename(err.path or "?").removesuffix(".json")
+        rows.append({"name": "?", "id": lease_id, "holder": "-", "epoch": "-", "blocks": "-",
+                     "expiry": "UNREADABLE RECORD"} if not args.json else
+                    {"lease_id": lease_id, "path": err.path, "error": str(err)})
+        print(f"blockpoint inspect: {err}", file=sys.stderr)
     print_rows(rows, ["name", "id", "holder", "epoch", "blocks", "expiry"],
                as_json=args.json, empty=f"no leases in {store.url}")
-    return 0
+    return 1 if scan.unreadable else 0
 
 
 def build_parser() -> argparse.ArgumentParser:

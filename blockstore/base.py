@@ -48,10 +48,11 @@ from .errors import (
     LeaseNotFoundError,
     StoreClosedError,
     StoreConfigError,
+    StoreCorruptError,
 )
 from .lease import Buffer, Lease, LeaseInfo, LeaseReader
 
-__all__ = ["BlockStore", "StoreCapabilities", "StoreStats", "default_holder", "new_lease_id"]
+__all__ = ["BlockStore", "LeaseScan", "StoreCapabilities", "StoreStats", "default_holder", "new_lease_id"]
 
 MIN_BLOCK_SIZE = 512
 MAX_BLOCK_SIZE = 64 * 1024 * 1024
@@ -83,6 +84,14 @@ class StoreCapabilities:
     cross_process: bool
     durable: bool
     conditional_write: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseScan:
+    """What :meth:`BlockStore.scan_leases` found: readable leases and unreadable records."""
+
+    leases: tuple[LeaseInfo, ...]
+    unreadable: tuple[StoreCorruptError, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,9 +257,24 @@ class BlockStore(ABC):
         return LeaseReader(self, info.lease_id, info.name)
 
     def list_leases(self) -> list[LeaseInfo]:
-        """Every lease, sorted by name."""
+        """Every lease, sorted by name. Fails closed: an unreadable record raises."""
         self._check_open()
         return sorted(self._list(), key=lambda i: i.name)
+
+    def scan_leases(self) -> LeaseScan:
+        """Every readable lease, and an error for each record that cannot be read.
+
+        For diagnosis (``blockpoint inspect``): one damaged record does not hide the others.
+        Operations that act on leases keep failing closed (``list_leases``, ``acquire``).
+        """
+        self._check_open()
+        infos, errors = self._scan()
+        return LeaseScan(tuple(sorted(infos, key=lambda i: i.name)), tuple(errors))
+
+    def _scan(self) -> tuple[list[LeaseInfo], list[StoreCorruptError]]:
+        """Backends whose records can be damaged one by one override this; the default has
+        nothing to isolate."""
+        return self._list(), []
 
     def delete_lease(self, name_or_id: str, *, lease: Lease | None = None) -> None:
         """Remove a lease and its blocks.

@@ -359,18 +359,27 @@ class FileStore(BlockStore):
         return self._read_record(lease_id)
 
     def _list(self) -> list[LeaseInfo]:
+        infos, errors = self._scan()
+        if errors:
+            raise errors[0]
+        return infos
+
+    def _scan(self) -> tuple[list[LeaseInfo], list[StoreCorruptError]]:
         try:
             names = sorted(p.name for p in self._leases_dir.iterdir() if p.suffix == ".json"
                            and not p.name.startswith("."))
         except OSError as exc:
             raise StorageIOError(f"cannot list leases in {self._leases_dir}: {exc}") from exc
-        out = []
+        out: list[LeaseInfo] = []
+        errors: list[StoreCorruptError] = []
         for n in names:
             try:
                 out.append(self._read_record(n[:-5]))
             except LeaseNotFoundError:
                 continue  # deleted while listing
-        return out
+            except StoreCorruptError as exc:
+                errors.append(exc)
+        return out, errors
 
     def _delete(self, lease_id: str, holder: str | None, epoch: int | None) -> None:
         with self._flock(self.root / "store.lock", fcntl.LOCK_EX), \

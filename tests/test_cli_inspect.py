@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from blockpoint.cli import main
-from blockstore import open_store
+from blockstore import StoreCorruptError, open_store
 from blockstore.testing import wait_expired
 
 COLUMNS = ["NAME", "ID", "HOLDER", "EPOCH", "BLOCKS", "EXPIRY"]
@@ -80,11 +80,19 @@ def test_not_a_store(tmp_path: Path, capsys) -> None:
 
 
 def test_corrupt_record_reported_not_raised(populated, capsys) -> None:
+    """One damaged record is flagged (exit 1) and does not hide the readable leases."""
     record = Path(populated["dir"]) / "leases" / f"{populated['held_id']}.json"
     record.write_bytes(b"{garbage")
-    assert main(["inspect", populated["dir"]]) == 2
+    assert main(["inspect", populated["dir"]]) == 1
     out, err = capsys.readouterr()
-    assert out == "" and str(record) in err and "Traceback" not in err
+    assert str(record) in err and "Traceback" not in err
+    rows = {r[1]: r for r in _table(out)[1:]}
+    assert rows[populated["held_id"]][-2:] == ["UNREADABLE", "RECORD"]
+    names = {r[0] for r in _table(out)[1:]}
+    assert {"stage-released", "stage-expired"} <= names
+    # Acting on leases still fails closed while a record is damaged.
+    with open_store(populated["dir"]) as st, pytest.raises(StoreCorruptError):
+        st.list_leases()
 
 
 def test_inspect_leaves_the_store_unchanged(populated) -> None:

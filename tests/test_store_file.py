@@ -295,3 +295,23 @@ def test_corrupt_record_stops_acquisitions_not_other_holders(populated) -> None:
         b.flush()
         b.renew()
         assert st.open_reader(b.lease_id).read_block(0)[:13] == b"still writing"
+
+
+def test_scan_isolates_a_damaged_record(tmp_path) -> None:
+    """scan_leases lists every readable lease and names each unreadable record; acting on
+    leases still fails closed."""
+    from blockstore import FileStore, StoreCorruptError
+
+    with FileStore(tmp_path / "s", 4096) as st:
+        good = st.acquire("good", num_blocks=1)
+        bad = st.acquire("bad", num_blocks=1)
+        record = tmp_path / "s" / "leases" / f"{bad.lease_id}.json"
+        record.write_bytes(b"[1, 2")
+        scan = st.scan_leases()
+        assert [i.name for i in scan.leases] == ["good"]
+        assert [e.path for e in scan.unreadable] == [str(record)]
+        assert isinstance(scan.unreadable[0], StoreCorruptError)
+        with pytest.raises(StoreCorruptError):
+            st.list_leases()
+        good.write_block(0, b"still writable")  # other holders carry on
+        assert good.read_block(0).startswith(b"still writable")
