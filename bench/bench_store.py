@@ -230,12 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="32 MiB, best of 2")
     p.add_argument("--dir", help="directory for the files (default: a temporary one)")
     args = p.parse_args(argv)
-    rows = run(args.quick, directory=args.dir)
-    cells = [[("" if r.get(c) is None else str(r.get(c))) for c in COLUMNS] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(COLUMNS)]
-    print("  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths)).rstrip())
-    for row in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+    from blockpoint.table import print_rows
+
+    print_rows(run(args.quick, directory=args.dir), COLUMNS)
     return 0
 
 

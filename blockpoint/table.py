@@ -29,7 +29,7 @@ def print_rows(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], *,
     if not rows:
         out.write(empty + "\n")
         return
-    cells = [[str(r.get(c, "")) for c in columns] for r in rows]
+    cells = [["" if r.get(c) is None else str(r.get(c)) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     out.write("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip() + "\n")
     for row in cells:
