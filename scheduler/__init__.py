@@ -27,27 +27,21 @@ from scheduler.errors import (
     StaleCheckpointError,
     UnknownStageError,
 )
-from scheduler.manager import (
-    Candidate,
-    CheckpointInfo,
-    Decision,
-    Outcome,
-    PreemptionManager,
-    PreemptionPlan,
-    PreemptionRequest,
-    StageRecord,
-    Verdict,
-)
+from scheduler.decisions import Decision, DecisionLog
+from scheduler.manager import PreemptionManager
+from scheduler.planner import plan_preemption
+from scheduler.plans import Candidate, Outcome, PreemptionPlan, PreemptionRequest, Verdict
+from scheduler.records import CheckpointSummary, StageRecord
 from scheduler.reasons import WAITABLE_REASONS, NonPreemptibleReason
 
 #: Ray-dependent public names -> the module defining them (imported on first access).
 _LAZY = {
-    "DrainResult": "scheduler.actor",
-    "PreemptionResult": "scheduler.actor",
-    "RestoreResult": "scheduler.actor",
+    "DrainResult": "scheduler.results",
+    "PreemptionResult": "scheduler.results",
+    "RestoreResult": "scheduler.results",
     "Scheduler": "scheduler.actor",
-    "StageOutcome": "scheduler.actor",
-    "StageStatus": "scheduler.actor",
+    "StageOutcome": "scheduler.results",
+    "StageStatus": "scheduler.results",
     "get_or_create": "scheduler.actor",
     "get_scheduler": "scheduler.actor",
     "PreemptionCheckpointObserver": "scheduler.observer",
@@ -60,8 +54,9 @@ _LAZY = {
 
 __all__ = [
     "Candidate",
-    "CheckpointInfo",
+    "CheckpointSummary",
     "Decision",
+    "DecisionLog",
     "InvalidRequestError",
     "InvalidStageError",
     "NonPreemptibleReason",
@@ -77,6 +72,7 @@ __all__ = [
     "UnknownStageError",
     "Verdict",
     "WAITABLE_REASONS",
+    "plan_preemption",
     # errors used by the scheduler actor
     "DrainRejectedError",
     "NoNodeAvailableError",

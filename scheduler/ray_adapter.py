@@ -380,3 +380,11 @@ def actor_view(actor_id: str) -> ActorView | None:
         num_restarts=int(info.get("NumRestarts") or 0),
     )
 
+
+
+def kill_actor(handle: Any) -> None:
+    """Kill the actor behind ``handle`` for good (no Ray restart); already dead is fine."""
+    try:
+        ray.kill(handle, no_restart=True)
+    except Exception as exc:  # noqa: BLE001 - already dead
+        log.debug("kill: %s", exc)

@@ -20,7 +20,7 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 
 import scheduler
 from scheduler import (
-    CheckpointInfo,
+    CheckpointSummary,
     InvalidRequestError,
     InvalidStageError,
     NonPreemptibleReason,
@@ -366,10 +366,10 @@ def test_work_accumulates_and_checkpoint_resets_it() -> None:
     rec = manager.stage("a")
     assert (rec.work_records, rec.work_seconds) == (15, 2.0)
     rec = manager.record_checkpoint("a", generation=3, size_bytes=100)
-    assert rec.checkpoint == CheckpointInfo(generation=3, committed_at=50.0, size_bytes=100)
+    assert rec.checkpoint == CheckpointSummary(generation=3, committed_at=50.0, size_bytes=100)
     assert (rec.work_records, rec.work_seconds) == (0, 0.0)
     rec = manager.record_checkpoint("a", generation=4, size_bytes=7, at=42.5)
-    assert rec.checkpoint == CheckpointInfo(4, 42.5, 7)
+    assert rec.checkpoint == CheckpointSummary(4, 42.5, 7)
 
 
 @pytest.mark.parametrize("generation", [3, 2], ids=["equal", "older"])

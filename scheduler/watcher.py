@@ -1,0 +1,211 @@
+"""The watcher: a thread that notices what Ray does not tell the scheduler.
+
+Every ``poll_interval`` (0.5 s) one pass reads node liveness and draining nodes
+(``ray.nodes``), each running stage's actor state (the GCS actor table), the lease of each
+stage marked as flushing, and each stage's work counters (its ``info()``, which answers even
+during a flush). Then:
+
+* a dead actor or node clears the stage's ``CHECKPOINT_IN_PROGRESS`` mark (a stage that died
+  mid-flush never reports the end of its flush) and, with auto-restore on, restores the
+  stage elsewhere (avoiding a dead node); a failed restore is retried every
+  ``retry_interval``;
+* a flush mark whose lease expired or was released is cleared;
+* a node Ray reports draining is handed to :class:`~scheduler.drains.Drains`;
+* a table changed by any of this is saved.
+
+A pass that fails is logged and the next one runs: the watcher outlives any one failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import ray
+
+from blockstore import BlockStore
+from scheduler import ray_adapter
+from scheduler.drains import Drains
+from scheduler.placement import Placement
+from scheduler.reasons import NonPreemptibleReason
+from scheduler.results import StageStatus
+from scheduler.table import StageEntry, StageTable, field_of
+
+__all__ = ["Watcher"]
+
+log = logging.getLogger(__name__)
+
+_CIP = NonPreemptibleReason.CHECKPOINT_IN_PROGRESS
+
+
+class Watcher:
+    """Polls Ray and the store for lost stages, stale flush marks, drains and work done.
+
+    Args:
+        table: The scheduler's stage table.
+        placement: Restores lost stages.
+        drains: Evacuates draining nodes.
+        pool: Runs restores.
+        stop: Ends the thread when set.
+        store_for: Opens (or reuses) the store of a stage's lease, by URL.
+        default_store_url: Store of stages whose spec names none.
+        poll_interval: Seconds between passes.
+        retry_interval: Seconds between attempts to restore a lost stage.
+        auto_restore: Whether lost stages are restored (read at every pass).
+    """
+
+    def __init__(self, table: StageTable, placement: Placement, drains: Drains, *,
+                 pool: ThreadPoolExecutor, stop: threading.Event,
+                 store_for: Callable[[str], BlockStore], default_store_url: str,
+                 poll_interval: float, retry_interval: float,
+                 auto_restore: Callable[[], bool]) -> None:
+        self._table = table
+        self._placement = placement
+        self._drains = drains
+        self._pool = pool
+        self._stop = stop
+        self._store_for = store_for
+        self._default_store_url = default_store_url
+        self._poll_interval = poll_interval
+        self._retry_interval = retry_interval
+        self._auto_restore = auto_restore
+        self._thread = threading.Thread(target=self._run, name="scheduler-watcher", daemon=True)
+
+    def start(self) -> None:
+        """Start the polling thread."""
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._poll_interval):
+            try:
+                self.watch_once()
+            except Exception:  # noqa: BLE001 - the watcher must outlive any one failure
+                log.exception("scheduler watcher pass failed")
+
+    def watch_once(self) -> None:
+        """One pass (see the module docstring)."""
+        table = self._table
+        nodes = ray_adapter.list_nodes(include_dead=True)
+        alive = {n.node_id for n in nodes if n.alive}
+        draining = {n.node_id: n.draining_deadline for n in nodes
+                    if n.alive and n.draining_deadline is not None}
+        now = time.time()
+        lost: list[tuple[str, str, bool]] = []
+        retry: list[str] = []
+        with table.lock:
+            entries = list(table.entries.values())
+        for entry in entries:
+            if entry.status == StageStatus.RUNNING:
+                why = self._death_of(entry, alive)
+                if why is not None:
+                    lost.append((entry.stage_id, why, entry.node_id not in alive))
+                    continue
+                self._check_flush_lease(entry, now)
+                self._refresh_info(entry, now)
+            elif entry.status == StageStatus.LOST and self._auto_restore() \
+                    and entry.spec is not None and now >= entry.retry_at:
+                retry.append(entry.stage_id)
+        for sid, why, node_dead in lost:
+            self._on_lost(sid, why, node_dead)
+        for sid in retry:
+            self._start_restore(sid, "retry after a failed restore")
+        self._drains.notice(draining, now)
+        if table.dirty:
+            table.save()
+
+    def _death_of(self, entry: StageEntry, alive: set[str]) -> str | None:
+        if entry.node_id and entry.node_id not in alive:
+            return f"node {entry.node_id[:12]} is dead"
+        if entry.actor_id:
+            view = ray_adapter.actor_view(entry.actor_id)
+            if view is None:
+                return None  # not yet known to the GCS; look again next pass
+            if view.dead:
+                return f"actor {entry.actor_id[:12]} is dead"
+        return None
+
+    def _on_lost(self, sid: str, why: str, node_dead: bool) -> None:
+        table = self._table
+        with table.lock:
+            entry = table.entries.get(sid)
+            if entry is None or entry.status != StageStatus.RUNNING:
+                return
+            entry.status = StageStatus.LOST
+            entry.reset_flush()
+            entry.info_ref = None
+            if sid in table.manager:
+                table.manager.clear_reason(sid, _CIP)
+            table.park_locked(entry)
+        table.manager.record_decision("lost", "detected", victims=[sid], notes={sid: why})
+        table.save()
+        if self._auto_restore() and entry.spec is not None:
+            self._start_restore(sid, f"auto-restore: {why}",
+                                exclude=frozenset({entry.node_id}) if node_dead and entry.node_id
+                                else frozenset())
+
+    def _start_restore(self, sid: str, reason: str, exclude: frozenset[str] = frozenset()) -> None:
+        with self._table.lock:
+            entry = self._table.entries.get(sid)
+            if entry is None or entry.status != StageStatus.LOST:
+                return
+            entry.status = StageStatus.RESTORING
+            entry.retry_at = time.time() + self._retry_interval
+
+        def run() -> None:
+            try:
+                self._placement.place(sid, exclude=exclude, node_id=None, kind="restore",
+                                      reason=reason, timeout=120.0)
+            except Exception as exc:  # noqa: BLE001 - recorded by place(); retried later
+                log.warning("auto-restore of %s failed: %s", sid, exc)
+        self._pool.submit(run)
+
+    def _check_flush_lease(self, entry: StageEntry, now: float) -> None:
+        if entry.flush_since is None or not entry.lease_id:
+            return
+        try:
+            url = field_of(entry.spec, "store_url") or self._default_store_url
+            info = self._store_for(url).lease_info(entry.lease_id)
+        except Exception:  # noqa: BLE001 - store unreachable: keep the mark (conservative)
+            return
+        if not info.is_held(now):
+            self._table.clear_flush_mark(entry)
+            self._table.manager.record_decision(
+                "flush", "mark cleared", victims=[entry.stage_id],
+                notes={entry.stage_id: "its lease expired or was released mid-flush"})
+
+    def _refresh_info(self, entry: StageEntry, now: float) -> None:
+        """Collect a pending ``info()`` answer; ask again at most once a second."""
+        table = self._table
+        ref = entry.info_ref
+        if ref is not None:
+            ready, _ = ray.wait([ref], timeout=0)
+            if not ready:
+                return
+            entry.info_ref = None
+            try:
+                info = ray.get(ref)
+            except Exception:  # noqa: BLE001 - dying actor; liveness is checked separately
+                return
+            if int(info.get("epoch") or 0) < entry.epoch:
+                return
+            gen = info.get("generation")
+            with table.lock:
+                if gen is not None:
+                    table.note_generation_locked(entry.stage_id, int(gen),
+                                                 info.get("last_checkpoint_at"))
+                if entry.stage_id in table.manager:
+                    rec = table.manager.stage(entry.stage_id)
+                    records = int(info.get("records_since_checkpoint") or 0)
+                    since = info.get("last_checkpoint_at")
+                    seconds = max(now - since, 0.0) if since else 0.0
+                    table.manager.record_work(entry.stage_id, max(records - rec.work_records, 0),
+                                              max(seconds - rec.work_seconds, 0.0))
+        if entry.handle is not None and now - entry.info_at >= 1.0:
+            entry.info_at = now
+            try:
+                entry.info_ref = entry.handle.info.remote()
+            except Exception:  # noqa: BLE001
+                entry.info_ref = None
