@@ -28,9 +28,10 @@ Why the actor is as it is:
   preemption would pick extra victims; the caller sees the failure and decides.
 * **What is persisted.** Registry changes (register, restore, preempt, drain, checkpoints)
   save the table (:mod:`scheduler.table`). Flush marks are transient and are *not* saved at
-  flush start (that would put an fsync in the acknowledgement path): after a restart they
-  are cleared, and the next flush sets them again. This is the one window where a stage
-  flushing during a scheduler restart is not protected.
+  flush start (that would put an fsync in the acknowledgement path): after a restart the
+  watcher first asks every running stage whether it is flushing and marks those that are
+  (:mod:`scheduler.watcher`), and preemptions and stops wait until it has, so a flush
+  running across a restart of the scheduler stays protected.
 """
 
 from __future__ import annotations
@@ -118,7 +119,9 @@ class Scheduler:
         self._placement = Placement(self._table, name=name, namespace=namespace,
                                     ack_timeout=float(ack_timeout),
                                     retry_interval=float(retry_interval), stop=self._stop)
-        self._stopper = Stopper(self._table)
+        # Set once flush marks are trustworthy (see scheduler/watcher.py, reconciliation).
+        marks_known = threading.Event()
+        self._stopper = Stopper(self._table, marks_known)
         self._drains = Drains(self._table, self._placement, self._stopper, pool=self._pool,
                               stop=self._stop)
         self._watcher = Watcher(self._table, self._placement, self._drains, pool=self._pool,
@@ -126,13 +129,14 @@ class Scheduler:
                                 default_store_url=store_url,
                                 poll_interval=float(poll_interval),
                                 retry_interval=float(retry_interval),
-                                auto_restore=lambda: self._auto_restore)
+                                auto_restore=lambda: self._auto_restore,
+                                marks_known=marks_known)
         self._table.manager.record_decision(
             "start", "reloaded" if record is not None else "fresh",
             reason=f"scheduler {name} started",
             victims=sorted(self._table.entries),
             notes={"registry": f"generation {record.generation}" if record else "empty"})
-        self._watcher.start()
+        self._watcher.start(reloaded=record is not None)
 
     # ------------------------------------------------------------------ basics
 

@@ -20,6 +20,7 @@ Why it works as it does:
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
@@ -49,10 +50,13 @@ class Stopper:
 
     Args:
         table: The scheduler's stage table.
+        marks_known: Set once flush marks are trustworthy (after a restart: once the stages
+            were asked whether they are flushing); preemptions wait for it.
     """
 
-    def __init__(self, table: StageTable) -> None:
+    def __init__(self, table: StageTable, marks_known: threading.Event) -> None:
         self._table = table
+        self._marks_known = marks_known
 
     def checkpoint_estimate(self, sid: str) -> float:
         """Seconds the stage's last checkpoint took (a default if never measured)."""
@@ -77,6 +81,7 @@ class Stopper:
                 stage's last checkpoint time plus 0.5 s; ``"always"``: always ask.
         """
         table = self._table
+        self._marks_known.wait(timeout=max(deadline - time.time(), 0.0))
         pending: dict[Any, tuple[str, Any]] = {}
         results: dict[str, StageOutcome] = {}
         order = list(victims)
@@ -135,6 +140,8 @@ class Stopper:
         req = request if isinstance(request, PreemptionRequest) \
             else PreemptionRequest.from_dict(request)
         t0 = time.time()
+        # After a restart, a stage flushing across it is only known once it was asked.
+        self._marks_known.wait(timeout=max(req.deadline - t0, 0.0))
         manager = table.manager
         plan = manager.select_victims(req)
         while plan.outcome is Outcome.WAIT:

@@ -64,7 +64,7 @@ class StageEntry:
     __slots__ = ("stage_id", "handle", "actor_id", "spec", "status", "epoch", "node_id",
                  "lease_id", "flush_start_seq", "flush_done_seq", "flush_since",
                  "checkpoint_s", "checkpoint_size", "info_ref", "info_at", "retry_at",
-                 "record", "last_error")
+                 "record", "last_error", "mark_from_reload")
 
     def __init__(self, stage_id: str) -> None:
         self.stage_id = stage_id
@@ -86,11 +86,15 @@ class StageEntry:
         # Manager fields kept for stages not in the manager (preempted ones).
         self.record: dict[str, Any] | None = None
         self.last_error = ""
+        # The flush mark was set by the reconciliation after a reload (the stage said it
+        # was flushing), not by a flush-start call: cleared when the stage says it is not.
+        self.mark_from_reload = False
 
     def reset_flush(self) -> None:
         self.flush_start_seq = 0
         self.flush_done_seq = 0
         self.flush_since = None
+        self.mark_from_reload = False
 
     def to_doc(self) -> dict[str, Any]:
         def blob(obj: Any) -> str | None:
@@ -281,6 +285,7 @@ class StageTable:
             if seq and seq < entry.flush_start_seq:
                 return False
             entry.flush_since = None
+            entry.mark_from_reload = False
             if entry.stage_id not in self.manager:
                 return False
             cleared = self.manager.clear_reason(entry.stage_id, _CIP)
@@ -290,10 +295,26 @@ class StageTable:
             entry.info_at = 0.0  # refresh its counters soon (a new generation)
             return cleared
 
+    def mark_flushing_after_reload(self, entry: StageEntry, done_before: int) -> bool:
+        """Set ``CHECKPOINT_IN_PROGRESS`` for a stage that reported a flush in progress.
+
+        ``done_before`` is the entry's completion sequence number when the stage was asked:
+        a completion that arrived meanwhile means the flush is over, so nothing is set.
+        """
+        with self.lock:
+            if entry.flush_done_seq != done_before or entry.stage_id not in self.manager:
+                return False
+            entry.flush_since = time.time()
+            entry.mark_from_reload = True
+            self.manager.set_reason(entry.stage_id, _CIP)
+            return True
+
     def clear_flush_mark(self, entry: StageEntry) -> None:
-        """Forget a flush of ``entry`` (its actor died or its lease expired)."""
+        """Forget a flush of ``entry`` (its actor died, its lease expired, or - for a mark
+        set after a reload - it says it is no longer flushing)."""
         with self.lock:
             entry.flush_since = None
+            entry.mark_from_reload = False
             if entry.stage_id in self.manager:
                 self.manager.clear_reason(entry.stage_id, _CIP)
 

@@ -11,6 +11,10 @@ during a flush). Then:
   ``retry_interval``;
 * a flush mark whose lease expired or was released is cleared;
 * a node Ray reports draining is handed to :class:`~scheduler.drains.Drains`;
+* after a restart of the scheduler (its registry reloaded), before the first pass, every
+  running stage is asked whether it is flushing (its ``info()`` answers mid-flush): flush
+  marks are not persisted, so without this a flush running across the restart would be
+  unprotected. Preemptions wait for this reconciliation (the ``marks_known`` event);
 * a table changed by any of this is saved.
 
 A pass that fails is logged and the next one runs: the watcher outlives any one failure.
@@ -39,6 +43,8 @@ __all__ = ["Watcher"]
 log = logging.getLogger(__name__)
 
 _CIP = NonPreemptibleReason.CHECKPOINT_IN_PROGRESS
+#: Seconds the reconciliation after a reload waits for the stages' answers.
+RECONCILE_TIMEOUT_S = 5.0
 
 
 class Watcher:
@@ -55,13 +61,15 @@ class Watcher:
         poll_interval: Seconds between passes.
         retry_interval: Seconds between attempts to restore a lost stage.
         auto_restore: Whether lost stages are restored (read at every pass).
+        marks_known: Set by the watcher once flush marks are known (at once on a fresh
+            start; after the reconciliation on a reload).
     """
 
     def __init__(self, table: StageTable, placement: Placement, drains: Drains, *,
                  pool: ThreadPoolExecutor, stop: threading.Event,
                  store_for: Callable[[str], BlockStore], default_store_url: str,
                  poll_interval: float, retry_interval: float,
-                 auto_restore: Callable[[], bool]) -> None:
+                 auto_restore: Callable[[], bool], marks_known: threading.Event) -> None:
         self._table = table
         self._placement = placement
         self._drains = drains
@@ -73,12 +81,24 @@ class Watcher:
         self._retry_interval = retry_interval
         self._auto_restore = auto_restore
         self._thread = threading.Thread(target=self._run, name="scheduler-watcher", daemon=True)
+        self._reconcile = False
+        self._marks_known = marks_known
 
-    def start(self) -> None:
-        """Start the polling thread."""
+    def start(self, *, reloaded: bool) -> None:
+        """Start the polling thread; ``reloaded``: reconcile flush marks first."""
+        self._reconcile = reloaded
+        if not reloaded:
+            self._marks_known.set()
         self._thread.start()
 
     def _run(self) -> None:
+        if self._reconcile:
+            try:
+                self.reconcile_flush_marks(RECONCILE_TIMEOUT_S)
+            except Exception:  # noqa: BLE001 - never leave preemptions waiting forever
+                log.exception("flush-mark reconciliation failed")
+            finally:
+                self._marks_known.set()
         while not self._stop.wait(self._poll_interval):
             try:
                 self.watch_once()
@@ -115,6 +135,41 @@ class Watcher:
         self._drains.notice(draining, now)
         if table.dirty:
             table.save()
+
+    def reconcile_flush_marks(self, timeout: float) -> list[str]:
+        """Ask every running stage whether it is flushing; mark those that are.
+
+        Returns:
+            The ids of the stages marked ``CHECKPOINT_IN_PROGRESS``.
+        """
+        table = self._table
+        with table.lock:
+            asked = [(e, e.flush_done_seq) for e in table.entries.values()
+                     if e.status == StageStatus.RUNNING and e.handle is not None]
+        refs: dict[object, tuple[StageEntry, int]] = {}
+        for entry, done_before in asked:
+            try:
+                refs[entry.handle.info.remote()] = (entry, done_before)
+            except Exception:  # noqa: BLE001 - a dead handle: the watcher sees the death
+                continue
+        ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=timeout) if refs \
+            else ([], [])
+        marked: list[str] = []
+        for ref in ready:
+            entry, done_before = refs[ref]
+            try:
+                info = ray.get(ref)
+            except Exception:  # noqa: BLE001 - dying actor; liveness is checked separately
+                continue
+            if info.get("flushing") and int(info.get("epoch") or 0) >= entry.epoch \
+                    and table.mark_flushing_after_reload(entry, done_before):
+                marked.append(entry.stage_id)
+        silent = sorted(e.stage_id for r, (e, _) in refs.items() if r not in ready)
+        table.manager.record_decision(
+            "reload", "flush marks reconciled", victims=marked,
+            notes={"asked": str(len(refs)), "flushing": ", ".join(marked) or "none",
+                   "no answer": ", ".join(silent) or "none"})
+        return marked
 
     def _death_of(self, entry: StageEntry, alive: set[str]) -> str | None:
         if entry.node_id and entry.node_id not in alive:
@@ -191,6 +246,8 @@ class Watcher:
                 return
             if int(info.get("epoch") or 0) < entry.epoch:
                 return
+            if entry.mark_from_reload and not info.get("flushing"):
+                self._table.clear_flush_mark(entry)
             gen = info.get("generation")
             with table.lock:
                 if gen is not None:

@@ -417,7 +417,8 @@ class StageActor:
     # -- control (own concurrency group: answers during a flush) -------------------------
     def info(self) -> dict[str, Any]:
         """A snapshot: stage_id, node_id, epoch, lease_id, generation, step, meta,
-        records_since_checkpoint, records_total, restored_from, restored_step, pid, stopped.
+        records_since_checkpoint, records_total, restored_from, restored_step, pid, stopped,
+        aligned, flushing (a checkpoint is being written right now).
 
         ``generation``/``step``/``meta`` are those of the last checkpoint written or restored
         by this incarnation (``None`` if neither).
@@ -439,6 +440,7 @@ class StageActor:
             "pid": self._pid,
             "stopped": self._stopped,
             "aligned": self._aligned,
+            "flushing": self._css.flushing,
         }
 
     def ping(self) -> str:

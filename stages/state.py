@@ -36,6 +36,7 @@ once on every exit path. Every error while checkpointing surfaces as
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import struct
@@ -230,6 +231,7 @@ class CheckpointedStageState(Generic[T]):
         self._slots: list[_Slot] | None = None
         self._max_gen = 0
         self._last: CheckpointInfo | None = None
+        self._flushes = 0
         self.restored: RestoreReport | None = None
 
     @classmethod
@@ -318,6 +320,20 @@ class CheckpointedStageState(Generic[T]):
         """The newest generation committed or restored by this object, else None."""
         return self._last
 
+    @property
+    def flushing(self) -> bool:
+        """``True`` while a :meth:`checkpoint` of this object is running (for control
+        methods that answer mid-flush, e.g. a restarted scheduler asking)."""
+        return self._flushes > 0
+
+    @contextlib.contextmanager
+    def _flush_in_progress(self) -> Iterator[None]:
+        self._flushes += 1
+        try:
+            yield
+        finally:
+            self._flushes -= 1
+
     # -- checkpoint ----------------------------------------------------------------------
     def checkpoint(self, *, step: int = 0,
                    meta: Mapping[str, Any] | None = None) -> CheckpointInfo:
@@ -327,7 +343,7 @@ class CheckpointedStageState(Generic[T]):
         :class:`CheckpointFailed` on any error (serialization, I/O, fencing, not held); the
         previous generations are then intact and the state is NOT saved.
         """
-        with flush_guard(self._observer, self._lease_id):
+        with flush_guard(self._observer, self._lease_id), self._flush_in_progress():
             try:
                 return self._checkpoint(step, meta)
             except CheckpointFailed:

@@ -497,6 +497,34 @@ def test_registry_survives_scheduler_restart(sched: tuple[Any, str, str]) -> Non
     assert ray.get(handle.reasons.remote("keep")) == ["pinned"]
 
 
+def test_flush_across_scheduler_restart_stays_protected(sched: tuple[Any, str, str],
+                                                        tmp_path: Path) -> None:
+    """Flush marks are not persisted: a restarted scheduler asks the stages before it acts."""
+    handle, name, store = sched
+    gate = tmp_path / "gate"
+    busy = start_stage(handle, name, make_spec(name, store, "busy", gate=gate))
+    ray.get(busy.process_batch.remote([1, 2]))
+    ray.get(busy.checkpoint.remote())            # generation 1, gate open
+    gate.touch()
+    flushing = busy.checkpoint.remote()          # generation 2 blocks inside the flush
+    wait_for(lambda: ray.get(handle.reasons.remote("busy")) == [CIP], what="busy flushing")
+    pid = ray.get(handle.ping.remote())["pid"]
+    ray.kill(handle, no_restart=False)
+    wait_for(lambda: (_ping(handle) or {}).get("pid") not in (None, pid),
+             timeout=30, what="scheduler restarted")
+    # The only candidate is mid-flush: the restarted scheduler must not stop it.
+    res = ray.get(handle.preempt.remote(
+        PreemptionRequest(reason="right after restart", deadline=time.time() + 3, count=1)))
+    assert res.victims == (), f"preempted a stage mid-flush after a restart: {res}"
+    assert ray.get(handle.reasons.remote("busy")) == [CIP]
+    assert not ray.wait([flushing], timeout=0)[0], "the flush should still be held open"
+    logged = ray.get(handle.decisions.remote(None))
+    assert any(d["kind"] == "reload" and "busy" in d["victims"] for d in logged)
+    gate.unlink()
+    assert ray.get(flushing)["generation"] == 2
+    wait_for(lambda: ray.get(handle.reasons.remote("busy")) == [], what="mark cleared")
+
+
 def _ping(handle: Any) -> dict[str, Any] | None:
     try:
         return ray.get(handle.ping.remote(), timeout=2)
