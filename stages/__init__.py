@@ -9,6 +9,7 @@ from __future__ import annotations
 from .errors import (
     BadMagicError,
     CheckpointAuthError,
+    CheckpointCommitUnknown,
     CheckpointCorrupt,
     CheckpointFailed,
     CodecError,
@@ -25,6 +26,7 @@ from .verify import GenerationReport, verify_lease
 __all__ = [
     "BadMagicError",
     "CheckpointAuthError",
+    "CheckpointCommitUnknown",
     "CheckpointCorrupt",
     "CheckpointFailed",
     "CheckpointFlushObserver",

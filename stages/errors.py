@@ -5,6 +5,8 @@ that fits, and carries its context as attributes (lease, generation, block)::
 
     StageError(Exception)
     ├── CheckpointFailed(RuntimeError)     writing a checkpoint failed (fail-closed)
+    │   └── CheckpointCommitUnknown        it failed at the header write or its flush: the
+    │                                      generation may or may not be committed
     ├── NoCheckpointError(LookupError)     the lease holds no committed generation
     ├── CodecError(TypeError)              state the chosen codec cannot encode
     └── CheckpointCorrupt(ValueError)      no generation (or this one) verifies
@@ -39,6 +41,7 @@ from blockstore.errors import reduce_error
 __all__ = [
     "BadMagicError",
     "CheckpointAuthError",
+    "CheckpointCommitUnknown",
     "CheckpointCorrupt",
     "CheckpointFailed",
     "CodecError",
@@ -74,6 +77,16 @@ class CheckpointFailed(StageError, RuntimeError):
         super().__init__(message)
         self.lease_id = lease_id
         self.generation = generation
+
+
+class CheckpointCommitUnknown(CheckpointFailed):
+    """The checkpoint failed after its header write began: it may or may not be committed.
+
+    Raised for an I/O error at the header write, or any error (a takeover included) at the
+    flush after it. The state must be treated as NOT saved; a later ``restore`` may still
+    return this generation (it is complete if it verifies). Callers that decide what is
+    committed elsewhere (a pipeline's run record) roll back to their own commit point.
+    """
 
 
 class NoCheckpointError(StageError, LookupError):

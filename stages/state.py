@@ -47,13 +47,14 @@ from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from typing import Any, Generic, TypeVar
 
-from blockstore import Lease, LeaseReader, crc32c
+from blockstore import Lease, LeaseReader, StaleLeaseError, crc32c
 
 from . import codec as codecs
 from . import format as fmt
 from .compress import ChunkCoder
 from .errors import (
     BadMagicError,
+    CheckpointCommitUnknown,
     CheckpointCorrupt,
     CheckpointFailed,
     NoCheckpointError,
@@ -341,7 +342,12 @@ class CheckpointedStageState(Generic[T]):
 
         On return the generation is durable (data and header flushed). Raises
         :class:`CheckpointFailed` on any error (serialization, I/O, fencing, not held); the
-        previous generations are then intact and the state is NOT saved.
+        previous generations are then intact and the state is NOT saved. When the failure
+        came after the header write began (I/O error at the header write or its flush), the
+        subclass :class:`CheckpointCommitUnknown` says so: the new generation may have been
+        committed, and a later ``restore`` may return it. Either way the caller must not
+        go on as if the state were saved; a pipeline rolls back to its last committed step
+        (the run record, not the lease, decides what is committed).
         """
         with flush_guard(self._observer, self._lease_id), self._flush_in_progress():
             try:
@@ -437,8 +443,25 @@ class CheckpointedStageState(Generic[T]):
             mac = mac_future.result().finish(fmt.header_mac_input(header))
         fmt.seal_header(header, mac)
         tslot.dirty = True
-        lease.write_blocks({target: header})
-        lease.flush()
+        # From here on a failure leaves the commit state unknown: the header may be durable
+        # (restore would return this generation) or not. A stale-epoch refusal is the one
+        # exception: the store changed nothing, so the generation is certainly not committed.
+        try:
+            lease.write_blocks({target: header})
+        except StaleLeaseError:
+            raise
+        except Exception as exc:
+            raise CheckpointCommitUnknown(
+                f"checkpoint of lease {self._lease_id}: generation {gen} may or may not be "
+                f"committed (the header write failed: {type(exc).__name__}: {exc})",
+                lease_id=self._lease_id, generation=gen) from exc
+        try:
+            lease.flush()
+        except Exception as exc:  # a takeover now is too late to un-write the header
+            raise CheckpointCommitUnknown(
+                f"checkpoint of lease {self._lease_id}: generation {gen} may or may not be "
+                f"committed (the flush after the header write failed: {type(exc).__name__}: {exc})",
+                lease_id=self._lease_id, generation=gen) from exc
 
         h = fmt.parse_header(header, slot=target, lease_id=lease.lease_id, name=lease.name)
         tslot.header, tslot.blocks, tslot.committed = h, frozenset(used), True

@@ -23,9 +23,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from blockstore import FileStore, MemoryStore
+from blockstore import FileStore, MemoryStore, StaleLeaseError
 from blockstore.faults import FaultyStore, InjectedCrash
-from stages import CheckpointedStageState, CheckpointFailed, NoCheckpointError, verify_lease
+from stages import (
+    CheckpointCommitUnknown,
+    CheckpointedStageState,
+    CheckpointFailed,
+    NoCheckpointError,
+    verify_lease,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -80,11 +86,13 @@ def _attempt(template_root: Path, dest: Path, new_state: dict, *, crash_after: i
     faulty.flushes = 0
     faulty.crash_after(crash_after, torn=torn)
     faulty.crash_on_flush(crash_on_flush)
+    faulty.last_error = None
     try:
         css.checkpoint(step=3)
         ok = True
-    except CheckpointFailed:
+    except CheckpointFailed as exc:
         ok = False
+        faulty.last_error = exc
     faulty.close()
     return ok, faulty
 
@@ -105,8 +113,13 @@ def test_crash_at_every_block_write(template, tmp_path: Path) -> None:
     for k in range(total + 1):
         for torn in (False, True):
             dest = tmp_path / f"k{k}{'t' if torn else ''}"
-            ok, _ = _attempt(root, dest, b, crash_after=k, torn=torn)
+            ok, attempt = _attempt(root, dest, b, crash_after=k, torn=torn)
             assert ok == (k >= total), (k, torn)
+            # A crash at the header write (the last one) leaves the commit state unknown;
+            # any earlier one certainly left the new generation uncommitted.
+            if not ok:
+                unknown = isinstance(attempt.last_error, CheckpointCommitUnknown)
+                assert unknown == (k == total - 1), (k, torn, attempt.last_error)
             back = _restore_real(dest)
             # The header is the last write: until it is complete, the old state is the newest.
             # A torn header write may still carry the whole (short) header: then the new
@@ -137,8 +150,10 @@ def test_crash_at_every_flush(template, tmp_path: Path) -> None:
     ok, counted = _attempt(root, tmp_path / "count", b)
     for n in range(counted.flushes):
         dest = tmp_path / f"f{n}"
-        ok, _ = _attempt(root, dest, b, crash_on_flush=n)
+        ok, attempt = _attempt(root, dest, b, crash_on_flush=n)
         assert not ok
+        unknown = isinstance(attempt.last_error, CheckpointCommitUnknown)
+        assert unknown == (n == counted.flushes - 1), (n, attempt.last_error)
         back = _restore_real(dest)
         # The header is written only after the data flush; the final flush's crash may leave
         # the (complete, written) header visible - the new state, never a mix.
@@ -308,3 +323,52 @@ def _attempt_first(root: Path) -> tuple[bool, int]:
     n = faulty.block_writes
     faulty.close()
     return True, n
+
+
+class _StealBeforeFinalFlush(FaultyStore):
+    """A real store whose lease is taken over by another holder just before the flush that
+    follows the header write (a takeover racing the commit)."""
+
+    def __init__(self, inner: FileStore, root: Path, at_flush: int) -> None:
+        super().__init__(inner)
+        self._root = root
+        self._at_flush = at_flush
+
+    def _flush(self, lease_id: str, epoch: int) -> None:
+        if self.flushes == self._at_flush:
+            with FileStore(self._root) as other:
+                other.acquire("stage", holder="usurper", steal=True)
+        super()._flush(lease_id, epoch)
+
+
+def test_takeover_between_header_write_and_flush_is_commit_unknown(tmp_path: Path) -> None:
+    """A takeover after the header write cannot un-write it: the error says "unknown", and
+    the generation it may have committed restores complete (issue 9, defect 8)."""
+    root = tmp_path / "s"
+    FileStore(root, 4096).close()
+    store = _StealBeforeFinalFlush(FileStore(root), root, at_flush=1)
+    lease = store.acquire("stage")
+    css = CheckpointedStageState({"v": 1}, lease)
+    with pytest.raises(CheckpointCommitUnknown) as err:
+        css.checkpoint(step=1)          # flush 0: data; header; flush 1: stolen first
+    assert err.value.generation == 1
+    assert isinstance(err.value.__cause__, StaleLeaseError)
+    back = _restore_real(root)
+    assert back.state == {"v": 1} and back.restored.generation == 1
+    store.close()
+
+
+def test_takeover_before_header_write_is_not_committed(tmp_path: Path) -> None:
+    """A takeover before the header write (refused at the data flush): certainly not
+    committed - a plain CheckpointFailed."""
+    root = tmp_path / "s"
+    FileStore(root, 4096).close()
+    store = _StealBeforeFinalFlush(FileStore(root), root, at_flush=0)
+    lease = store.acquire("stage")
+    css = CheckpointedStageState({"v": 1}, lease)
+    with pytest.raises(CheckpointFailed) as err:
+        css.checkpoint(step=1)
+    assert not isinstance(err.value, CheckpointCommitUnknown)
+    with FileStore(root) as fresh, pytest.raises(NoCheckpointError):
+        CheckpointedStageState.restore(fresh.open_reader("stage"))
+    store.close()
