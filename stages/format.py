@@ -260,6 +260,27 @@ def is_zero(data: bytes | bytearray | memoryview) -> bool:
     return not np.frombuffer(memoryview(data).cast("B"), dtype=np.uint8).any()
 
 
+#: The unit a disk writes atomically (at least). A header longer than one sector may be
+#: torn by power loss in any pattern of its sectors, not only cut short.
+SECTOR = 512
+
+
+def _has_zero_sector(mv: memoryview, end: int) -> bool:
+    """True if the part of some sector that lies in ``mv[:end]`` is all zeros.
+
+    A header is only written into an erased (zeroed) slot, and no sector's share of a header
+    and its trailer is all zeros (magic, lengths, CRCs, JSON, map entries; a share of fewer
+    than 4 bytes is not judged), so a zero share means that sector's write was lost: an
+    interrupted commit, not damage (a flipped bit never zeroes a sector).
+    """
+    end = min(end, len(mv))
+    for start in range(0, end, SECTOR):
+        share = mv[start:min(start + SECTOR, end)]
+        if len(share) >= 4 and is_zero(share):
+            return True
+    return False
+
+
 def parse_header(block: bytes | bytearray | memoryview, *, slot: int, lease_id: str = "",
                  name: str = "") -> Header:
     """Parse and check a header slot; raise a specific :class:`CheckpointCorrupt` if bad.
@@ -272,6 +293,11 @@ def parse_header(block: bytes | bytearray | memoryview, *, slot: int, lease_id: 
     if len(mv) < HEADER_SIZE:
         raise CheckpointCorrupt(f"header slot {slot} of lease {name!r} is short", **ctx)
     if bytes(mv[:4]) != MAGIC:
+        if is_zero(mv[:SECTOR]):
+            # The first sector was lost while later ones landed: a torn first write.
+            raise TornHeaderError(f"header slot {slot} of lease {name!r} ({lease_id}): its "
+                                  "first sector is zero but the block is not: a header write "
+                                  "torn by power loss (never committed)", **ctx)
         raise BadMagicError(f"header slot {slot} of lease {name!r} ({lease_id}) has magic "
                             f"{bytes(mv[:4])!r}, not {MAGIC!r}", **ctx)
     (version,) = struct.unpack_from("<I", mv, 4)
@@ -293,7 +319,8 @@ def parse_header(block: bytes | bytearray | memoryview, *, slot: int, lease_id: 
     covered = bytearray(mv[:length])
     covered[CRC_OFFSET:CRC_OFFSET + 4] = bytes(4)
     if crc32c(covered) != crc:
-        if not any(mv[length:length + TRAILER.size]):
+        if not any(mv[length:length + TRAILER.size]) \
+                or _has_zero_sector(mv, length + TRAILER.size):
             raise TornHeaderError(f"header slot {slot} of lease {name!r} ({lease_id}): write of "
                                   f"generation {generation}'s header was cut short (never "
                                   "committed)", **ctx)
