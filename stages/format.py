@@ -14,8 +14,10 @@ Why this layout:
 * The map is inline in the header block when it fits, otherwise it **spills** into a chain
   of map blocks referenced from the header; a CRC over the whole map is in the header.
 * Everything a reader trusts is checksummed: the header (CRC-32C over its used bytes with the
-  CRC field zeroed), the map, every chunk as stored. An optional HMAC-SHA256 authenticates
-  payload + header.
+  CRC field zeroed), the map, every chunk as stored. Optional HMAC-SHA256s authenticate the
+  header - bound to the lease's id and name, so a valid checkpoint cannot be replayed into
+  another lease - and, through a payload MAC stored in the header, the payload. The header
+  MAC is checked before anything the header points to is followed.
 
 All integers are little-endian; ``struct`` formats below are the single source of truth and
 ``docs/FORMAT.md`` reproduces them byte by byte (a test parses a header per the doc).
@@ -61,10 +63,10 @@ __all__ = [
 ]
 
 MAGIC = b"PCHK"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MAX_SLOTS = 255
 
-#: The fixed part of a header block (144 bytes). Field order = docs/FORMAT.md table.
+#: The fixed part of a header block (176 bytes). Field order = docs/FORMAT.md table.
 HEADER = struct.Struct(
     "<4s"   # 0   magic "PCHK"
     "I"     # 4   format version
@@ -87,13 +89,15 @@ HEADER = struct.Struct(
     "I"     # 84  map CRC-32C
     "Q"     # 88  first map block (physical index; 0 when inline)
     "Q"     # 96  header length H (bytes covered by the header CRC)
-    "32s"   # 104 MAC (HMAC-SHA256; zeros when absent)
+    "32s"   # 104 header MAC (HMAC-SHA256 over lease identity + header; zeros when absent)
     "I"     # 136 header CRC-32C
     "I"     # 140 reserved (0)
+    "32s"   # 144 payload MAC (HMAC-SHA256 over the payload; zeros when absent)
 )
-HEADER_SIZE = HEADER.size  # 144
+HEADER_SIZE = HEADER.size  # 176
 MAC_OFFSET = 104
 CRC_OFFSET = 136
+PAYLOAD_MAC_OFFSET = 144
 
 #: Right after the covered header bytes: magic ``KHCP`` + a copy of the header CRC. A header
 #: is written into a zeroed slot, so a write cut short leaves this trailer zero: that is how
@@ -168,6 +172,7 @@ class Header:
     header_length: int
     mac: bytes
     header_crc: int
+    payload_mac: bytes = bytes(32)
     inline_map: bytes = b""
     raw: bytes = field(default=b"", repr=False)  # the covered header bytes, as read
 
@@ -180,7 +185,8 @@ class Header:
         return bool(self.flags & FLAG_MAP_SPILLED)
 
     def for_mac(self) -> bytes:
-        """The covered header bytes with the MAC and CRC fields zeroed (MAC input)."""
+        """The covered header bytes with the header MAC and CRC fields zeroed (the header
+        MAC's input; the payload MAC field is covered)."""
         b = bytearray(self.raw)
         b[MAC_OFFSET:MAC_OFFSET + 32] = bytes(32)
         b[CRC_OFFSET:CRC_OFFSET + 4] = bytes(4)
@@ -231,7 +237,7 @@ def pack_header(*, data_length: int, generation: int, step: int, created_at: flo
     HEADER.pack_into(out, 0, MAGIC, FORMAT_VERSION, data_length, generation, step, created_at,
                      duration_s, stored_bytes, chunks, block_size, slots, slot, CODECS[codec],
                      COMPRESSIONS[compression], level, flags, len(meta), map_blocks, map_crc,
-                     first_map_block, length, bytes(32), 0, 0)
+                     first_map_block, length, bytes(32), 0, 0, bytes(32))
     out[HEADER_SIZE:HEADER_SIZE + len(meta)] = meta
     out[HEADER_SIZE + len(meta):length] = inline_map
     return out
@@ -243,8 +249,14 @@ def header_mac_input(block: bytearray) -> bytes:
     return bytes(block[:length])
 
 
+def set_payload_mac(block: bytearray, payload_mac: bytes) -> None:
+    """Put the payload MAC into a packed header (before its header MAC is computed)."""
+    block[PAYLOAD_MAC_OFFSET:PAYLOAD_MAC_OFFSET + 32] = payload_mac
+
+
 def seal_header(block: bytearray, mac: bytes | None) -> bytearray:
-    """Set the MAC (if any), the header CRC (over the covered bytes, CRC zeroed), the trailer."""
+    """Set the header MAC (if any), the header CRC (over the covered bytes, CRC zeroed), the
+    trailer."""
     if mac is not None:
         block[MAC_OFFSET:MAC_OFFSET + 32] = mac
     struct.pack_into("<I", block, CRC_OFFSET, 0)
@@ -305,13 +317,13 @@ def parse_header(block: bytes | bytearray | memoryview, *, slot: int, lease_id: 
         raise UnsupportedFormatError(
             f"header slot {slot} of lease {name!r} ({lease_id}) has format version {version}; "
             f"this blockpoint reads up to {FORMAT_VERSION}", version=version, **ctx)
-    if version < 1:
-        raise CheckpointCorrupt(f"header slot {slot} of lease {name!r}: version {version}",
-                                **ctx)
+    if version < FORMAT_VERSION:
+        raise CheckpointCorrupt(f"header slot {slot} of lease {name!r}: format version "
+                                f"{version} (a pre-release layout, not read)", **ctx)
     f = HEADER.unpack_from(mv, 0)
     (_, _, data_length, generation, step, created_at, duration_s, stored, chunks, bs, slots,
      slot_index, codec_id, comp_id, level, flags, meta_len, map_blocks, map_crc, first_map,
-     length, mac, crc, _) = f
+     length, mac, crc, _, payload_mac) = f
     ctx["generation"] = generation
     if not HEADER_SIZE <= length <= len(mv) - TRAILER.size:
         raise CheckpointCorrupt(f"header slot {slot} of lease {name!r}: header length {length} "
@@ -353,7 +365,7 @@ def parse_header(block: bytes | bytearray | memoryview, *, slot: int, lease_id: 
                   codec=_CODEC_NAMES[codec_id], compression=_COMPRESSION_NAMES[comp_id],
                   level=level, flags=flags, meta=meta, map_blocks=map_blocks, map_crc=map_crc,
                   first_map_block=first_map, header_length=length, mac=bytes(mac),
-                  header_crc=crc,
+                  header_crc=crc, payload_mac=bytes(payload_mac),
                   inline_map=bytes(mv[HEADER_SIZE + meta_len:length]) if not spilled else b"",
                   raw=bytes(mv[:length]))
 

@@ -61,7 +61,7 @@ from .errors import (
     TornHeaderError,
 )
 from .format import CHUNK_RAW, ENTRY, MAPBLOCK, Header, MapEntry
-from .mac import PayloadMac, resolve_key
+from .mac import PayloadMac, header_mac, resolve_key
 from .observer import CheckpointFlushObserver, flush_guard
 from .verify import load_map, read_payload, scan_slots, worker_pool
 
@@ -289,7 +289,7 @@ class CheckpointedStageState(Generic[T]):
             if s.header is not None:
                 self._max_gen = max(self._max_gen, s.header.generation)
                 try:
-                    _, blocks = self._blocks_of(lease, s.header)
+                    _, blocks = self._blocks_of(lease, s.header, self._key)
                 except CheckpointCorrupt as exc:
                     log.warning("generation %d of lease %r has a bad map (%s); it will be "
                                 "overwritten", s.header.generation, lease.name, exc)
@@ -301,8 +301,9 @@ class CheckpointedStageState(Generic[T]):
         return slots
 
     @staticmethod
-    def _blocks_of(reader: LeaseReader, h: Header) -> tuple[list[MapEntry], frozenset[int]]:
-        entries, map_blocks = load_map(reader, h)
+    def _blocks_of(reader: LeaseReader, h: Header,
+                   key: bytes | None = None) -> tuple[list[MapEntry], frozenset[int]]:
+        entries, map_blocks = load_map(reader, h, key=key)
         return entries, frozenset(e.block for e in entries) | frozenset(map_blocks)
 
     def generations(self) -> list[CheckpointInfo]:
@@ -352,6 +353,12 @@ class CheckpointedStageState(Generic[T]):
         with flush_guard(self._observer, self._lease_id), self._flush_in_progress():
             try:
                 return self._checkpoint(step, meta)
+            except CheckpointCommitUnknown:
+                # The target slot may hold a committed generation now: forget what this
+                # writer believed and read the slots again before the next write, so that
+                # generation is protected like any other (never erased as "uncommitted").
+                self._slots = None
+                raise
             except CheckpointFailed:
                 raise
             except Exception as exc:
@@ -440,7 +447,8 @@ class CheckpointedStageState(Generic[T]):
         struct.pack_into("<d", header, 40, time.perf_counter() - t0)
         mac = None
         if mac_future is not None:
-            mac = mac_future.result().finish(fmt.header_mac_input(header))
+            fmt.set_payload_mac(header, mac_future.result().digest())
+            mac = header_mac(self._key, lease.lease_id, lease.name, fmt.header_mac_input(header))
         fmt.seal_header(header, mac)
         tslot.dirty = True
         # From here on a failure leaves the commit state unknown: the header may be durable
@@ -600,7 +608,7 @@ class CheckpointedStageState(Generic[T]):
         newest_err: CheckpointCorrupt | None = None
         for h in headers:
             try:
-                entries, blocks = cls._blocks_of(reader, h)
+                entries, blocks = cls._blocks_of(reader, h, rkey)
                 buf = read_payload(reader, h, entries, key=rkey)
                 try:
                     state = codecs.decode(memoryview(buf), h.codec)

@@ -44,7 +44,7 @@ from .errors import (
     TruncatedCheckpointError,
 )
 from .format import CHUNK_RAW, CHUNK_ZSTD, ENTRY, MAPBLOCK, Header, MapEntry
-from .mac import PayloadMac, equal, resolve_key
+from .mac import PayloadMac, equal, header_mac, resolve_key
 
 __all__ = [
     "GenerationReport",
@@ -58,6 +58,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: The smallest stored zstd chunk (frame magic, header, one block header, one byte); a map
+#: claiming less is forged, and this bounds how many chunks one block can hold.
+MIN_ZSTD_FRAME = 9
 READ_BATCH = 2 * 1024 * 1024  # small enough to CRC while cached, big enough to amortize a read call
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = Lock()
@@ -190,12 +193,38 @@ def _ctx(reader: LeaseReader, h: Header) -> dict[str, Any]:
             "slot": h.slot}
 
 
-def load_map(reader: LeaseReader, h: Header) -> tuple[list[MapEntry], list[int]]:
+def check_header_mac(reader: LeaseReader, h: Header, key: bytes) -> None:
+    """Authenticate a parsed header for this lease before anything it points to is read.
+
+    Raises:
+        CheckpointAuthError: no MAC, or a MAC that does not match (wrong key, tampered
+            header, or a header copied from another lease).
+    """
+    where = f"lease {reader.name!r} ({reader.lease_id}) generation {h.generation}"
+    if not h.has_mac:
+        raise CheckpointAuthError(f"{where} has no MAC but a checkpoint key is configured; "
+                                  "refusing it", **_ctx(reader, h))
+    if not equal(header_mac(key, reader.lease_id, reader.name, h.for_mac()), h.mac):
+        raise CheckpointAuthError(f"{where}: header MAC mismatch (wrong key, tampered header, "
+                                  "or a checkpoint of another lease); nothing was followed",
+                                  **_ctx(reader, h))
+
+
+def load_map(reader: LeaseReader, h: Header, *,
+             key: bytes | None = None) -> tuple[list[MapEntry], list[int]]:
     """The generation's block map and its spilled map blocks, checked.
 
+    With ``key`` the header MAC is checked first. The work is bounded by the lease, whatever
+    the header claims: at most one pass over each map block (a revisited one is a loop),
+    at most as many map blocks as the lease has, and the entries must reference distinct
+    blocks (raw chunks) or disjoint ranges (packed zstd chunks) of the lease.
+
     Raises :class:`TruncatedCheckpointError` if any referenced block lies beyond the lease,
-    :class:`CheckpointCorrupt` if the map CRC or an entry's bounds are wrong.
+    :class:`CheckpointCorrupt` if the map CRC or an entry's bounds are wrong,
+    :class:`CheckpointAuthError` if ``key`` is set and the header MAC does not verify.
     """
+    if key is not None:
+        check_header_mac(reader, h, key)
     ctx = _ctx(reader, h)
     nb = reader.num_blocks
     bs = reader.block_size
@@ -209,10 +238,19 @@ def load_map(reader: LeaseReader, h: Header) -> tuple[list[MapEntry], list[int]]
         entries = fmt.unpack_entries(raw)
     else:
         epb = fmt.entries_per_map_block(bs)
+        if h.map_blocks > max(nb - h.slots, 0) or h.chunks > h.map_blocks * epb:
+            raise CheckpointCorrupt(f"{where}: header claims {h.map_blocks} map blocks for "
+                                    f"{h.chunks} chunks; the lease has {nb} blocks",
+                                    block=h.slot, **ctx)
         entries = []
         crc = 0
         nxt = h.first_map_block
+        visited: set[int] = set()
         for k in range(h.map_blocks):
+            if nxt in visited:
+                raise CheckpointCorrupt(f"{where}: map block {nxt} is referenced twice (the "
+                                        "map chain loops)", block=nxt, **ctx)
+            visited.add(nxt)
             if nxt >= nb:
                 raise TruncatedCheckpointError(f"{where}: map block {nxt} is beyond the lease "
                                                f"of {nb} blocks", block=nxt, **ctx)
@@ -232,6 +270,9 @@ def load_map(reader: LeaseReader, h: Header) -> tuple[list[MapEntry], list[int]]
                                         block=nxt, **ctx)
             crc = crc32c(used, crc)
             entries += fmt.unpack_entries(used[MAPBLOCK.size:])
+            if len(entries) > h.chunks:
+                raise CheckpointCorrupt(f"{where}: the map holds more than the {h.chunks} "
+                                        "entries the header says", block=nxt, **ctx)
             map_blocks.append(nxt)
             nxt = following
         if crc != h.map_crc:
@@ -242,6 +283,9 @@ def load_map(reader: LeaseReader, h: Header) -> tuple[list[MapEntry], list[int]]
         raise CheckpointCorrupt(f"{where}: block map has {len(entries)} entries, header says "
                                 f"{h.chunks}", **ctx)
     total = 0
+    in_map = set(map_blocks)
+    raw_blocks: set[int] = set()
+    packed: dict[int, list[tuple[int, int]]] = {}
     for e in entries:
         if e.block >= nb:
             raise TruncatedCheckpointError(f"{where}: data block {e.block} is beyond the lease "
@@ -249,11 +293,28 @@ def load_map(reader: LeaseReader, h: Header) -> tuple[list[MapEntry], list[int]]
                                            **ctx)
         bad = (e.block < h.slots or e.offset + e.stored > bs or e.raw > bs
                or e.flags not in (CHUNK_RAW, CHUNK_ZSTD)
-               or (e.flags == CHUNK_RAW and (e.offset != 0 or e.stored != e.raw)))
+               or (e.flags == CHUNK_RAW and (e.offset != 0 or e.stored != e.raw))
+               or (e.flags == CHUNK_ZSTD and e.stored < MIN_ZSTD_FRAME)
+               or e.block in in_map)
         if bad:
             raise CheckpointCorrupt(f"{where}: block map entry for block {e.block} is invalid",
                                     block=e.block, **ctx)
+        if e.flags == CHUNK_RAW:
+            if e.block in raw_blocks or e.block in packed:
+                raise CheckpointCorrupt(f"{where}: block {e.block} is referenced by more than "
+                                        "one chunk", block=e.block, **ctx)
+            raw_blocks.add(e.block)
+        else:
+            if e.block in raw_blocks:
+                raise CheckpointCorrupt(f"{where}: block {e.block} is referenced by more than "
+                                        "one chunk", block=e.block, **ctx)
+            packed.setdefault(e.block, []).append((e.offset, e.offset + e.stored))
         total += e.raw
+    for block, ranges in packed.items():
+        ranges.sort()
+        if any(a_end > b_start for (_, a_end), (b_start, _) in zip(ranges, ranges[1:])):
+            raise CheckpointCorrupt(f"{where}: packed chunks of block {block} overlap",
+                                    block=block, **ctx)
     if total != h.data_length:
         raise CheckpointCorrupt(f"{where}: block map covers {total} bytes, header says "
                                 f"{h.data_length}", **ctx)
@@ -299,7 +360,11 @@ def read_payload(reader: LeaseReader, h: Header, entries: Sequence[MapEntry], *,
         raise CheckpointAuthError(f"{where} has no MAC but a checkpoint key is configured; "
                                   "refusing it", **ctx)
     pool = worker_pool()
-    buf = np.empty(h.data_length, dtype=np.uint8)
+    try:
+        buf = np.empty(h.data_length, dtype=np.uint8)
+    except MemoryError as exc:
+        raise CheckpointCorrupt(f"{where}: claims a payload of {h.data_length} bytes, more "
+                                "than can be allocated", **ctx) from exc
     mv = memoryview(buf)
     bs = reader.block_size
     pending: list[Future[MapEntry | None]] = []
@@ -356,10 +421,10 @@ def read_payload(reader: LeaseReader, h: Header, entries: Sequence[MapEntry], *,
                                 f"({'zstd' if bad.flags == CHUNK_ZSTD else 'raw'} chunk)",
                                 block=bad.block, **ctx)
     if key is not None:
-        mac = PayloadMac(key).update_all([mv]).finish(h.for_mac())
-        if not equal(mac, h.mac):
-            raise CheckpointAuthError(f"{where}: MAC mismatch (wrong key or tampered data); "
-                                      "nothing was unpickled", **ctx)
+        # The header MAC (checked in load_map) covers the payload MAC stored in the header.
+        if not equal(PayloadMac(key).update_all([mv]).digest(), h.payload_mac):
+            raise CheckpointAuthError(f"{where}: payload MAC mismatch (wrong key or tampered "
+                                      "data); nothing was unpickled", **ctx)
     return buf
 
 
@@ -397,7 +462,7 @@ def verify_lease(reader: LeaseReader, *, key: bytes | None = None) -> list[Gener
             continue
         status, block = "ok", None
         try:
-            entries, _ = load_map(reader, h)
+            entries, _ = load_map(reader, h, key=key)
             read_payload(reader, h, entries, key=key)
         except CheckpointCorrupt as exc:
             status, block = str(exc), exc.block

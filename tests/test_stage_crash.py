@@ -229,8 +229,11 @@ def test_same_writer_continues_after_a_failed_checkpoint(template, tmp_path: Pat
             faulty.crash_after(n)
         else:
             faulty.crash_on_flush(n)
-        with pytest.raises(CheckpointFailed):
+        with pytest.raises(CheckpointFailed) as failure:
             css.checkpoint(step=3)
+        # A failure after the header write may have committed step 3 (commit unknown): the
+        # writer then re-reads its slots and keeps that generation like any committed one.
+        maybe_committed = isinstance(failure.value, CheckpointCommitUnknown)
         faulty.crash_after(None)
         faulty.crash_on_flush(None)
         css.state = c
@@ -239,7 +242,8 @@ def test_same_writer_continues_after_a_failed_checkpoint(template, tmp_path: Pat
         back = _restore_real(dest)
         assert _same(back.state, c) and back.restored.generation == info.generation
         gens = back.generations()
-        assert gens[0].step == 5 and gens[1].step == 2, (kind, n, [g.step for g in gens])
+        behind = (2, 3) if maybe_committed else (2,)
+        assert gens[0].step == 5 and gens[1].step in behind, (kind, n, [g.step for g in gens])
         shutil.rmtree(dest)
 
 

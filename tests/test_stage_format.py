@@ -55,9 +55,9 @@ def _struct_of(rows: list[tuple[int, int, str, str]]) -> tuple[struct.Struct, li
 
 
 def test_header_parsed_per_format_md(tmp_path: Path) -> None:
-    fixed = [r for r in _table("### 2.1 Header block") if r[0] < 144 and r[1] < 100]
+    fixed = [r for r in _table("### 2.1 Header block") if r[0] < 176 and r[1] < 100]
     header, names = _struct_of(fixed)
-    assert header.size == 144
+    assert header.size == 176
     entry, _ = _struct_of(_table("### 2.2 Block map entry"))
     assert entry.size == 32
     bs = 4096
@@ -69,7 +69,7 @@ def test_header_parsed_per_format_md(tmp_path: Path) -> None:
     block = raw[:bs]  # generation 1 is in slot 0
     f = dict(zip(names, header.unpack_from(block, 0)))
     assert f["magic `PCHK`"] == b"PCHK"
-    assert f["format version"] == 1
+    assert f["format version"] == 2
     assert f["data length"] == info.data_length
     assert f["generation"] == 1 and f["step"] == 9
     assert f["created_at"] == pytest.approx(info.created_at)
@@ -79,17 +79,18 @@ def test_header_parsed_per_format_md(tmp_path: Path) -> None:
     assert f["codec"] == 1 and f["compression setting"] == 2 and f["zstd level"] == 3
     assert f["flags"] == 0 and f["map block count"] == 0
     m, n = f["metadata length M"], f["chunk count N"]
-    assert json.loads(block[144:144 + m]) == {"source_position": 1234}
-    length = f["header length H = 144 + M +"]
-    assert length == 144 + m + 32 * n
+    assert json.loads(block[176:176 + m]) == {"source_position": 1234}
+    length = f["header length H = 176 + M +"]
+    assert length == 176 + m + 32 * n
+    assert f["payload MAC"] == bytes(32)  # no key: no MACs
     covered = bytearray(block[:length])
     covered[136:140] = bytes(4)
     crc = f["header CRC-32C over bytes `[0, H)` with this field zeroed"]
     assert crc32c(bytes(covered)) == crc
     assert block[length:length + 4] == b"KHCP"  # the trailer (FORMAT.md 2.1)
     assert struct.unpack_from("<I", block, length + 4)[0] == crc
-    entries = [entry.unpack_from(block, 144 + m + 32 * i) for i in range(n)]
-    inline = block[144 + m:length]
+    entries = [entry.unpack_from(block, 176 + m + 32 * i) for i in range(n)]
+    inline = block[176 + m:length]
     assert crc32c(inline) == f["map CRC-32C"]
     total = 0
     for phys, off, stored, rawlen, crc, flags in entries:

@@ -160,14 +160,15 @@ def test_wrong_magic(tmp_path: Path) -> None:
 def test_newer_version(tmp_path: Path) -> None:
     lab = Lab(tmp_path / "s")
     newest = max(range(2), key=lambda s: struct.unpack("<Q", lab.read(s, 16, 8))[0])
-    lab.write(newest, 4, struct.pack("<I", 2))
+    newer = fmt.FORMAT_VERSION + 1
+    lab.write(newest, 4, struct.pack("<I", newer))
     back = CheckpointedStageState.restore(lab.reader())
     assert back.restored.generation == 1
-    assert "version 2" in back.restored.skipped[0][1]
+    assert f"version {newer}" in back.restored.skipped[0][1]
     lab.write(1 - newest, 4, struct.pack("<I", 7))
     with pytest.raises(UnsupportedFormatError) as ei:
         CheckpointedStageState.restore(lab.reader())
-    assert ei.value.version in (2, 7)
+    assert ei.value.version in (newer, 7)
 
 
 def test_truncated_lease(tmp_path: Path) -> None:
@@ -264,3 +265,122 @@ def test_mac_catches_tampering_with_recomputed_crcs(tmp_path: Path) -> None:
         assert tampered.state["x"] == b"B" * 200
         with pytest.raises(CheckpointAuthError, match="MAC mismatch"):  # ...the MAC does not
             CheckpointedStageState.restore(store.open_reader("t"), key=b"secret")
+
+
+# ----------------------------------------------------------- forged headers (issue 9, defect 4)
+
+
+def _forge(block: bytearray, **fields: int) -> bytearray:
+    """Rewrite fixed header fields (by FORMAT.md offset) and re-seal the CRC, as an attacker
+    without the key can."""
+    offsets = {"data_length": (8, "<Q"), "chunks": (56, "<Q"), "flags": (75, "<B"),
+               "map_blocks": (80, "<I"), "map_crc": (84, "<I"), "first_map": (88, "<Q"),
+               "length": (96, "<Q")}
+    for name, value in fields.items():
+        off, f = offsets[name]
+        struct.pack_into(f, block, off, value)
+    return fmt.seal_header(block, bytes(block[104:136]))
+
+
+def _spilled_lab(root: Path, *, key: bytes | None = None) -> tuple[FileStore, Path, int]:
+    """A committed generation with a spilled map (1 KiB blocks, many chunks)."""
+    store = FileStore(root, BS)
+    lease = store.acquire("forge")
+    css = CheckpointedStageState({"a": np.random.default_rng(1).integers(
+        0, 256, 60 * BS, dtype=np.uint8)}, lease, compression="none", key=key)
+    css.checkpoint()
+    lease.release()
+    dat = root / "leases" / f"{lease.lease_id}.dat"
+    _, scans = scan_slots(store.open_reader("forge"))
+    slot = next(s.slot for s in scans if s.header is not None)
+    assert scans[slot].header.spilled
+    return store, dat, slot
+
+
+@pytest.mark.timeout(30)
+def test_self_referencing_map_block_is_refused_not_followed_forever(tmp_path: Path) -> None:
+    store, dat, slot = _spilled_lab(tmp_path / "s")
+    raw = bytearray(dat.read_bytes())
+    _, scans = scan_slots(store.open_reader("forge"))
+    first = scans[slot].header.first_map_block
+    # The first map block points at itself; the header claims 2**32-1 map blocks.
+    mb = bytearray(raw[first * BS:(first + 1) * BS])
+    count = struct.unpack_from("<I", mb, 8)[0]
+    struct.pack_into("<Q", mb, 0, first)
+    struct.pack_into("<I", mb, 12, 0)
+    struct.pack_into("<I", mb, 12, crc32c(bytes(mb[:fmt.MAPBLOCK.size + count * fmt.ENTRY.size])))
+    raw[first * BS:(first + 1) * BS] = mb
+    for claimed in (2, 2 ** 32 - 1):
+        block = _forge(bytearray(raw[slot * BS:(slot + 1) * BS]), map_blocks=claimed,
+                       chunks=claimed * fmt.entries_per_map_block(BS))
+        raw[slot * BS:(slot + 1) * BS] = block
+        dat.write_bytes(bytes(raw))
+        with pytest.raises(CheckpointCorrupt, match="loops|claims") as err:
+            CheckpointedStageState.restore(store.open_reader("forge"))
+        assert not isinstance(err.value, CheckpointAuthError)
+        assert any(r.corrupt for r in verify_lease(store.open_reader("forge")))
+    store.close()
+
+
+@pytest.mark.timeout(30)
+def test_forged_data_length_is_refused_before_any_allocation(tmp_path: Path) -> None:
+    """A 3-block lease claiming a 31 GiB payload, or chunks sharing one block: specific
+    errors, before the payload buffer is allocated."""
+    root = tmp_path / "s"
+    with FileStore(root, 4096) as store:
+        lease = store.acquire("tiny")
+        CheckpointedStageState({"v": b"x" * 5000}, lease, compression="none").checkpoint()
+        dat = root / "leases" / f"{lease.lease_id}.dat"
+        good = bytearray(dat.read_bytes())
+        _, scans = scan_slots(store.open_reader("tiny"))
+        h = next(s.header for s in scans if s.header is not None)
+        entries = load_map(store.open_reader("tiny"), h)[0]
+        assert len(entries) == 2 and entries[0].raw == 4096
+        hs = slice(h.slot * 4096, (h.slot + 1) * 4096)
+        raw = bytearray(good)
+        raw[hs] = _forge(bytearray(good[hs]), data_length=31 * 2 ** 30)
+        dat.write_bytes(bytes(raw))
+        with pytest.raises(CheckpointCorrupt, match="covers"):
+            CheckpointedStageState.restore(store.open_reader("tiny"))
+        # Both chunks name the first data block (raw length 4096 each): refused as such.
+        block = bytearray(good[hs])
+        meta_len = struct.unpack_from("<I", block, 76)[0]
+        twice = fmt.pack_entries([entries[0], entries[0]])
+        at = fmt.HEADER_SIZE + meta_len
+        block[at:at + len(twice)] = twice
+        raw[hs] = _forge(block, data_length=2 * 4096, map_crc=crc32c(twice))
+        dat.write_bytes(bytes(raw))
+        with pytest.raises(CheckpointCorrupt, match="more than one chunk"):
+            CheckpointedStageState.restore(store.open_reader("tiny"))
+
+
+def test_mac_binds_a_checkpoint_to_its_lease(tmp_path: Path) -> None:
+    """A valid authenticated checkpoint copied into another lease is refused there."""
+    with FileStore(tmp_path / "s", BS) as store:
+        a, b = store.acquire("stage-a"), store.acquire("stage-b")
+        CheckpointedStageState({"who": "b"}, b, key=b"k").checkpoint()
+        CheckpointedStageState({"who": "a"}, a, key=b"k").checkpoint()
+        for lease in (a, b):
+            lease.release()
+        dat = {n: tmp_path / "s" / "leases" / f"{ls.lease_id}.dat"
+               for n, ls in (("a", a), ("b", b))}
+        dat["b"].write_bytes(dat["a"].read_bytes())       # replay a's checkpoint into b
+        assert CheckpointedStageState.restore(store.open_reader("stage-b")).state == {"who": "a"}
+        with pytest.raises(CheckpointAuthError, match="another lease"):
+            CheckpointedStageState.restore(store.open_reader("stage-b"), key=b"k")
+        assert CheckpointedStageState.restore(store.open_reader("stage-a"),
+                                              key=b"k").state == {"who": "a"}
+
+
+@pytest.mark.timeout(30)
+def test_header_mac_is_checked_before_the_map_is_followed(tmp_path: Path) -> None:
+    """With a key, a forged header is refused by its MAC, before its (looping) map is read."""
+    store, dat, slot = _spilled_lab(tmp_path / "s", key=b"k")
+    raw = bytearray(dat.read_bytes())
+    block = _forge(bytearray(raw[slot * BS:(slot + 1) * BS]), map_blocks=2 ** 32 - 1,
+                   first_map=slot)            # points the map at a header slot
+    raw[slot * BS:(slot + 1) * BS] = block
+    dat.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointAuthError, match="header MAC"):
+        CheckpointedStageState.restore(store.open_reader("forge"), key=b"k")
+    store.close()
