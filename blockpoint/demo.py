@@ -305,6 +305,9 @@ def _run_demo(*, events: int = 500_000, sketch_mib: int = 64, batch_size: int = 
                 progress.say(f"pipeline lost stage {who} ({err})")
             elif ev.kind == "relaunched" and ev.stage_id:
                 relaunched.append(ev.stage_id)
+            elif ev.kind == "fallback":
+                progress.say(f"step {ev.detail.get('requested_step')} does not verify on every "
+                             f"stage: all stages fall back to step {ev.step}")
             elif ev.kind == "rollback":
                 recovered.set()
                 nodes, epochs = ev.detail.get("nodes", {}), ev.detail.get("epochs", {})
