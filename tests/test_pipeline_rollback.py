@@ -136,3 +136,42 @@ def test_fallback_impossible_fails_loudly(ray_local: None, tmp_path: Path) -> No
     with pytest.raises(PipelineError):
         p2.run()
     assert sink.committed_steps() == [1, 2]  # nothing lost by the refusal
+
+
+def test_reopen_after_forgets_later_steps_in_run_store_and_sink(tmp_path: Path) -> None:
+    """The store side of a fallback (``stages/recovery.py``), without Ray: the steps after
+    the target leave the run store and the sink; the target's position comes back."""
+    from blockstore.memory import MemoryStore
+    from stages.recovery import reopen_after
+    from stages.runs import RunNotFoundError
+
+    runs = RunStore(MemoryStore(block_size=4096))
+    runs.create_run("r")
+    sink = FileSink(tmp_path / "out", fsync=False)
+    for step in (1, 2, 3):
+        runs.save_step("r", step, source_position=step * 100)
+        sink.commit(step, [{"step": step}])
+    assert reopen_after(runs, "r", sink, 1, 0) == 100
+    assert [s.step for s in runs.list_steps("r")] == [1]
+    assert sink.committed_steps() == [1]
+    assert reopen_after(runs, "r", sink, 0, "start") == "start"
+    assert runs.list_steps("r") == [] and sink.committed_steps() == []
+    runs.save_step("r", 1, source_position=100)  # the reopened step commits again
+    with pytest.raises(RunNotFoundError):  # nothing to replay from: nothing touched
+        reopen_after(runs, "r", sink, 5, 0)
+    assert [s.step for s in runs.list_steps("r")] == [1]
+
+
+def test_scheduler_hooks_pickle_inside_a_spec() -> None:
+    """The registrar travels inside the spec (to every incarnation, into the registry)."""
+    import pickle
+
+    from scheduler.hooks import SchedulerRegistrar, SchedulerRestore
+    from stages.hooks import StageRegistrar
+
+    reg = SchedulerRegistrar("sched", namespace="ns")
+    spec = StageSpec("s", RunningAggregate, "/nowhere", registrar=reg)
+    back = pickle.loads(pickle.dumps(spec))
+    assert back.registrar == reg and isinstance(back.registrar, StageRegistrar)
+    restore = SchedulerRestore("sched", timeout=5.0)
+    assert pickle.loads(pickle.dumps(restore)) == restore
