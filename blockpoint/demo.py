@@ -239,16 +239,14 @@ def _run_demo(*, events: int = 500_000, sketch_mib: int = 64, batch_size: int = 
     from ray.cluster_utils import Cluster
 
     from blockstore import open_store
-    from scheduler import PreemptionCheckpointObserver, PreemptionRequest, get_or_create
-    from stages import (
-        CheckpointPolicy,
-        FileSink,
-        GeneratedSource,
-        Pipeline,
+    from scheduler import (
+        PreemptionCheckpointObserver,
+        PreemptionRequest,
+        SchedulerRegistrar,
         SchedulerRestore,
-        StageSpec,
-        run_reference,
+        get_or_create,
     )
+    from stages import CheckpointPolicy, FileSink, GeneratedSource, Pipeline, StageSpec, run_reference
 
     store_url = os.path.join(workdir, "store")
     open_store(store_url, block_size=1 << 20).close()
@@ -277,7 +275,7 @@ def _run_demo(*, events: int = 500_000, sketch_mib: int = 64, batch_size: int = 
         def spec(sid: str, factory: Any, priority: int) -> StageSpec:
             return StageSpec(sid, factory, store_url, priority=priority,
                              resources={"num_cpus": 0.5}, compression="none",
-                             scheduler=SCHEDULER_NAME)
+                             registrar=SchedulerRegistrar(SCHEDULER_NAME))
 
         import functools
         specs = [spec("normalize", Normalize, 2),
@@ -307,6 +305,9 @@ def _run_demo(*, events: int = 500_000, sketch_mib: int = 64, batch_size: int = 
                 progress.say(f"pipeline lost stage {who} ({err})")
             elif ev.kind == "relaunched" and ev.stage_id:
                 relaunched.append(ev.stage_id)
+            elif ev.kind == "fallback":
+                progress.say(f"step {ev.detail.get('requested_step')} does not verify on every "
+                             f"stage: all stages fall back to step {ev.step}")
             elif ev.kind == "rollback":
                 recovered.set()
                 nodes, epochs = ev.detail.get("nodes", {}), ev.detail.get("epochs", {})

@@ -3,8 +3,8 @@
 The policy core, :class:`PreemptionManager`, is plain Python (no Ray) so that it can be
 tested exhaustively; the Ray scheduler actor wraps it.
 
-The Ray-side names (the :class:`Scheduler` actor, its observer, the registry store and the
-Ray adapter's values) are imported lazily on first access, so that ``import scheduler`` for
+The Ray-side names (the :class:`Scheduler` actor, its observer, the hooks stages call
+(``scheduler/hooks.py``), the registry store and the Ray adapter's values) are imported lazily on first access, so that ``import scheduler`` for
 the manager alone does not import Ray.
 """
 
@@ -45,6 +45,8 @@ _LAZY = {
     "get_or_create": "scheduler.actor",
     "get_scheduler": "scheduler.actor",
     "PreemptionCheckpointObserver": "scheduler.observer",
+    "SchedulerRegistrar": "scheduler.hooks",
+    "SchedulerRestore": "scheduler.hooks",
     "RegistryRecord": "scheduler.registry",
     "RegistryStore": "scheduler.registry",
     "ActorView": "scheduler.ray_adapter",
@@ -90,6 +92,8 @@ __all__ = [
     "RegistryStore",
     "RestoreResult",
     "Scheduler",
+    "SchedulerRegistrar",
+    "SchedulerRestore",
     "StageOutcome",
     "StageStatus",
     "check_ray_version",

@@ -50,7 +50,7 @@ from scheduler import ray_adapter
 from scheduler.drains import Drains
 from scheduler.errors import RestoreError, SchedulerUnavailableError, UnknownStageError
 from scheduler.observer import DEFAULT_SCHEDULER_NAME
-from scheduler.placement import Placement, resource_view
+from scheduler.placement import Placement
 from scheduler.plans import PreemptionRequest
 from scheduler.reasons import NonPreemptibleReason
 from scheduler.registry import RegistryStore
@@ -58,6 +58,7 @@ from scheduler.results import DrainResult, PreemptionResult, RestoreResult, Stag
 from scheduler.stopping import Stopper
 from scheduler.table import StageEntry, StageTable, field_of
 from scheduler.watcher import Watcher
+from stages.actor import resource_amounts
 
 __all__ = ["Scheduler", "get_or_create", "get_scheduler"]
 
@@ -180,7 +181,8 @@ class Scheduler:
             The stage's status entry (see :meth:`status`).
         """
         spec = spec if spec is not None else field_of(registration, "spec")
-        resources = resource_view(field_of(registration, "resources", {}) or {})
+        resources = resource_amounts(field_of(registration, "resources", {}) or {},
+                                     scheduling=False)
         status, changed = self._table.register(registration, spec, resources)
         if changed:
             self._table.save()

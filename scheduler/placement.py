@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
 from typing import Any
 
 import ray
@@ -34,8 +33,10 @@ from scheduler.observer import PreemptionCheckpointObserver
 from scheduler.reasons import NonPreemptibleReason
 from scheduler.results import RestoreResult, StageStatus
 from scheduler.table import StageTable, field_of
+from stages.actor import resource_amounts
+from stages.placement import pick_node
 
-__all__ = ["Placement", "resource_need", "resource_view"]
+__all__ = ["Placement"]
 
 log = logging.getLogger(__name__)
 
@@ -46,38 +47,6 @@ _RESTORING = NonPreemptibleReason.RESTORING
 _RESTORE_ALLOWANCE_S = 3.0
 #: Seconds to keep looking for a node with room before a restore gives up (and is retried).
 _PICK_RETRY_S = 3.0
-
-
-def resource_need(spec: Any) -> dict[str, float]:
-    """Ray resource amounts a spec's actor needs, keyed as in ``NodeView.free``."""
-    need: dict[str, float] = {}
-    resources = dict(field_of(spec, "resources", {}) or {})
-    for key, value in resources.items():
-        if key == "num_cpus":
-            need["CPU"] = float(value)
-        elif key == "num_gpus":
-            need["GPU"] = float(value)
-        elif key == "memory":
-            need["memory"] = float(value)
-        elif key == "resources" and isinstance(value, Mapping):
-            need.update({k: float(v) for k, v in value.items()})
-        else:
-            need[key] = float(value)
-    if "num_cpus" not in resources:
-        need.setdefault("CPU", 1.0)
-    return {k: v for k, v in need.items() if v > 0}
-
-
-def resource_view(resources: Mapping[str, Any]) -> dict[str, float]:
-    """Spec resource options (``num_cpus``...) as the manager's resource names."""
-    out: dict[str, float] = {}
-    for key, value in dict(resources).items():
-        if key == "resources" and isinstance(value, Mapping):
-            out.update({str(k): float(v) for k, v in value.items()})
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            name = {"num_cpus": "CPU", "num_gpus": "GPU"}.get(key, key)
-            out[name] = float(value)
-    return out
 
 
 class Placement:
@@ -129,7 +98,8 @@ class Placement:
             from_node = entry.node_id
             table.ensure_in_manager_locked(
                 entry, priority=int(field_of(spec, "priority", 0) or 0),
-                resources=resource_view(field_of(spec, "resources", {})))
+                resources=resource_amounts(field_of(spec, "resources", {}) or {},
+                                           scheduling=False))
             table.manager.set_reason(sid, _RESTORING)
             table.manager.clear_reason(sid, _CIP)
             entry.reset_flush()
@@ -198,7 +168,7 @@ class Placement:
         Raises:
             NoNodeAvailableError: no node has room.
         """
-        need = resource_need(spec)
+        need = spec.ray_resources()
         give_up = time.time() + _PICK_RETRY_S
         while True:
             nodes = ray_adapter.list_nodes()
@@ -208,21 +178,10 @@ class Placement:
                     slot = reserved.setdefault(node_id, {})
                     for k, v in amounts.items():
                         slot[k] = slot.get(k, 0.0) + v
-                best: tuple[bool, float, str] | None = None
-                for node in nodes:
-                    if node.node_id in exclude or node.draining:
-                        continue
-                    free = dict(node.free)
-                    for k, v in reserved.get(node.node_id, {}).items():
-                        free[k] = free.get(k, 0.0) - v
-                    if any(free.get(k, 0.0) + 1e-9 < v for k, v in need.items()):
-                        continue
-                    key = (node.node_id not in avoid, free.get("CPU", 0.0), node.node_id)
-                    if best is None or key > best:
-                        best = key
+                best = pick_node(nodes, need, exclude=exclude, avoid=avoid, reserved=reserved)
                 if best is not None:
-                    self._reservations[sid] = (best[2], need)
-                    return best[2]
+                    self._reservations[sid] = (best, need)
+                    return best
             if time.time() >= give_up:
                 raise NoNodeAvailableError(sid, exclude, f"needs {need}")
             self._stop.wait(0.25)

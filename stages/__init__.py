@@ -21,7 +21,7 @@ from .errors import (
 )
 from .observer import CheckpointFlushObserver, flush_guard
 from .state import CheckpointedStageState, CheckpointInfo, RestoreReport
-from .verify import GenerationReport, verify_lease
+from .reader import GenerationReport, verify_lease
 
 __all__ = [
     "BadMagicError",
@@ -44,8 +44,9 @@ __all__ = [
     "verify_lease",
 ]
 
-# -- stage actors, checkpoint policies, runs, pipelines (stages/actor.py, policy.py, runs.py,
-#    source.py, sink.py, pipeline.py) -------------------------------------------------------
+# -- stage actors, their hooks and placement, checkpoint policies, runs, pipelines
+#    (stages/actor.py, hooks.py, placement.py, policy.py, runs.py, source.py, sink.py,
+#    pipeline.py) -------------------------------------------------------------------------
 from .actor import (  # noqa: E402
     RollbackUnavailable,
     Stage,
@@ -74,10 +75,11 @@ from .pipeline import (  # noqa: E402
     PipelineError,
     PipelineEvent,
     PipelineResult,
-    SchedulerRestore,
     StageProcessError,
     run_reference,
 )
+from .hooks import StageLostHook, StageRegistrar  # noqa: E402
+from .placement import NodeCapacity, pick_node  # noqa: E402
 from .sink import FileSink, Sink  # noqa: E402
 from .source import GeneratedSource, Source  # noqa: E402
 
@@ -87,6 +89,7 @@ __all__ += [
     "CheckpointRequest",
     "FileSink",
     "GeneratedSource",
+    "NodeCapacity",
     "Pipeline",
     "PipelineError",
     "PipelineEvent",
@@ -103,16 +106,18 @@ __all__ += [
     "RunStep",
     "RunStepExistsError",
     "RunStore",
-    "SchedulerRestore",
     "Sink",
     "Source",
     "Stage",
     "StageActor",
     "StageCommit",
+    "StageLostHook",
+    "StageRegistrar",
     "StageRegistration",
     "StageProcessError",
     "StageSpec",
     "StageStopped",
     "launch_stage",
+    "pick_node",
     "run_reference",
 ]

@@ -32,10 +32,15 @@ Why the design is as it is:
   one the rollback may need. Plain stages checkpoint whenever asked.
 * **The flush observer is passed through, untouched**: the scheduler supplies a picklable
   object; the actor hands it to ``CheckpointedStageState`` which calls it around every flush.
-* **Registration is fire-and-forget.** When ``spec.scheduler`` names a scheduler actor, the
-  stage calls ``register.remote(StageRegistration)`` on it from ``__init__`` and does not
-  wait: the scheduler may call back into the stage, which cannot answer before ``__init__``
-  returns.
+* **Registration is fire-and-forget, through a hook.** When ``spec.registrar`` is set (a
+  :class:`~stages.hooks.StageRegistrar`, e.g. ``scheduler.SchedulerRegistrar``), the stage
+  hands it a :class:`StageRegistration` from ``__init__`` and does not wait: the scheduler
+  may call back into the stage, which cannot answer before ``__init__`` returns. The stage
+  never names a scheduler method itself (``stages/hooks.py`` says why).
+* **One reading of a stage's resources.** :meth:`StageSpec.ray_options` (the keywords for
+  Ray's ``.options``) and :meth:`StageSpec.ray_resources` (the same amounts keyed as a
+  node's resource view, for placement) come from one parse of ``spec.resources``, so the
+  actor Ray starts and the node a placer chose for it can never disagree.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -53,6 +58,7 @@ import ray
 from blockstore import BlockStore, Lease, StoreConfigError, open_store
 
 from .errors import NoCheckpointError, StageError
+from .hooks import StageRegistrar
 from .observer import CheckpointFlushObserver
 from .state import CheckpointedStageState
 
@@ -71,6 +77,7 @@ __all__ = [
     "actor_options",
     "launch_stage",
     "remote_stage_class",
+    "resource_amounts",
     "restore_state",
 ]
 
@@ -79,7 +86,10 @@ log = logging.getLogger(__name__)
 #: Concurrency group of the methods that must answer while a checkpoint is flushing.
 CONTROL_GROUP = "control"
 _CONTROL_CONCURRENCY = 2
-_KNOWN_RESOURCE_OPTIONS = ("num_cpus", "num_gpus", "memory")
+#: Resource keywords of Ray's ``.options`` -> the name of the resource in a node's view.
+_RESOURCE_OPTIONS = {"num_cpus": "CPU", "num_gpus": "GPU", "memory": "memory"}
+#: CPUs Ray reserves to schedule an actor that does not say (``num_cpus`` absent).
+_DEFAULT_ACTOR_CPU = 1.0
 
 
 @runtime_checkable
@@ -111,6 +121,22 @@ def _default_resources() -> dict[str, float]:
     return {"num_cpus": 1}
 
 
+def _resource_items(resources: Mapping[str, Any]) -> Iterator[tuple[str | None, str, Any]]:
+    """Each resource of a spec as ``(option keyword or None if custom, node-view name, value)``.
+
+    ``num_cpus``/``num_gpus``/``memory`` are Ray's own keywords; a nested ``resources``
+    mapping and any other key are custom resources.
+    """
+    for key, value in resources.items():
+        if key in _RESOURCE_OPTIONS:
+            yield key, _RESOURCE_OPTIONS[key], value
+        elif key == "resources" and isinstance(value, Mapping):
+            for name, amount in value.items():
+                yield None, str(name), amount
+        else:
+            yield None, str(key), value
+
+
 @dataclass(frozen=True, slots=True)
 class StageSpec:
     """Everything needed to (re)create a stage anywhere; picklable.
@@ -126,7 +152,9 @@ class StageSpec:
         block_size: block size if the store must be created (``None``: the default); an
             existing store keeps its own.
         lease_ttl: TTL of the stage's lease; a keepalive thread renews it every third.
-        scheduler: name of the scheduler actor to register with (namespace-local), or None.
+        registrar: where every incarnation registers (a picklable
+            :class:`~stages.hooks.StageRegistrar`, e.g. ``scheduler.SchedulerRegistrar``),
+            or None.
     """
 
     stage_id: str
@@ -139,7 +167,7 @@ class StageSpec:
     compression: str = "auto"
     block_size: int | None = None
     lease_ttl: float = 10.0
-    scheduler: str | None = None
+    registrar: StageRegistrar | None = None
 
     def state_options(self) -> dict[str, Any]:
         """Keyword options for ``CheckpointedStageState`` (constructor and ``restore``)."""
@@ -150,12 +178,53 @@ class StageSpec:
         """Open the spec's store (created with ``block_size`` if it does not exist)."""
         return open_store_for(self.store_url, self.block_size)
 
+    def ray_options(self) -> dict[str, Any]:
+        """The resource keywords for Ray's ``.options``: ``num_cpus``, ``num_gpus``,
+        ``memory`` as given, and ``resources`` (every custom resource, as floats)."""
+        opts: dict[str, Any] = {}
+        custom: dict[str, float] = {}
+        for option, name, value in _resource_items(self.resources):
+            if option is not None:
+                opts[option] = value
+            else:
+                custom[name] = float(value)
+        if custom:
+            opts["resources"] = custom
+        return opts
+
+    def ray_resources(self) -> dict[str, float]:
+        """The amounts the stage's actor takes on a node, keyed as Ray's node resource view
+        (``CPU``, ``GPU``, ``memory``, custom names); what a placer compares with a node's
+        free resources.
+
+        ``CPU`` is 1.0 when ``num_cpus`` is not given (what Ray reserves to schedule such
+        an actor); zero amounts are left out (they never constrain a node).
+        """
+        return resource_amounts(self.resources, scheduling=True)
+
+
+def resource_amounts(resources: Mapping[str, Any], *, scheduling: bool) -> dict[str, float]:
+    """Stage resource options (``num_cpus``...) as amounts keyed like Ray's node view.
+
+    The one reading of a stage's resources. ``scheduling=True``: what placing the actor
+    needs (``CPU`` 1.0 when ``num_cpus`` is absent, as Ray reserves for scheduling);
+    ``False``: what the running actor holds, and a preemption frees (Ray holds no CPU for
+    an actor that did not ask for one). Non-numeric values and zero amounts are left out.
+    """
+    out: dict[str, float] = {}
+    for _, name, value in _resource_items(resources):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[name] = float(value)
+    if scheduling and "num_cpus" not in resources:
+        out.setdefault("CPU", _DEFAULT_ACTOR_CPU)
+    return {k: v for k, v in out.items() if v > 0}
+
 
 @dataclass(frozen=True, slots=True)
 class StageRegistration:
     """What a stage tells the scheduler when an incarnation starts.
 
-    Sent as ``scheduler.register.remote(registration)``; ``spec`` lets the scheduler
+    Handed to ``spec.registrar.register(registration)``; ``spec`` lets the scheduler
     recreate the stage elsewhere.
     """
 
@@ -187,9 +256,6 @@ class RollbackUnavailable(StageError, LookupError):
         self.stage_id = stage_id
         self.step = step
 
-    def __reduce__(self) -> Any:  # crosses Ray: keep the attributes
-        return (type(self), self.args, self.__dict__)
-
 
 class StageStopped(StageError, RuntimeError):
     """The incarnation was shut down (preempted, drained, stopped); use a new one.
@@ -201,9 +267,6 @@ class StageStopped(StageError, RuntimeError):
     def __init__(self, message: str, *, stage_id: str | None = None) -> None:
         super().__init__(message)
         self.stage_id = stage_id
-
-    def __reduce__(self) -> Any:  # crosses Ray: keep the attributes
-        return (type(self), self.args, self.__dict__)
 
 
 def restore_state(lease: Lease, spec: StageSpec, *, observer: CheckpointFlushObserver | None,
@@ -279,8 +342,8 @@ class StageActor:
         self._aligned = restore_step is not None
         self._css = self._bind(restore_step)
         self._registration_ref: Any = None
-        if spec.scheduler:
-            self._register()
+        if spec.registrar is not None:
+            self._register(spec.registrar)
 
     # -- internals -----------------------------------------------------------------------
     def _bind(self, max_step: int | None) -> CheckpointedStageState[Any]:
@@ -289,18 +352,19 @@ class StageActor:
         self._restored_from = None if report is None else report.generation
         self._restored_step = None if report is None else report.step
         self._restored_meta = None if report is None else dict(report.meta or {})
+        self._restored_skipped = [] if report is None else [
+            (gen, reason[:200]) for gen, reason in report.skipped]
         if report is not None and report.skipped:
             log.warning("stage %s restored generation %s, skipping %s", self.spec.stage_id,
                         report.generation, report.skipped)
         return css
 
-    def _register(self) -> None:
+    def _register(self, registrar: StageRegistrar) -> None:
         try:
-            scheduler = ray.get_actor(self.spec.scheduler)
-            self._registration_ref = scheduler.register.remote(self.registration())
+            self._registration_ref = registrar.register(self.registration())
         except Exception as exc:  # noqa: BLE001 - a missing scheduler must not stop the stage
-            log.warning("stage %s could not register with scheduler %r: %s",
-                        self.spec.stage_id, self.spec.scheduler, exc)
+            log.warning("stage %s could not register with %r: %s",
+                        self.spec.stage_id, registrar, exc)
 
     def _check_running(self) -> None:
         if self._stopped:
@@ -417,8 +481,9 @@ class StageActor:
     # -- control (own concurrency group: answers during a flush) -------------------------
     def info(self) -> dict[str, Any]:
         """A snapshot: stage_id, node_id, epoch, lease_id, generation, step, meta,
-        records_since_checkpoint, records_total, restored_from, restored_step, pid, stopped,
-        aligned, flushing (a checkpoint is being written right now).
+        records_since_checkpoint, records_total, restored_from, restored_step,
+        restored_skipped (``[(generation, reason)]`` the last restore could not use), pid,
+        stopped, aligned, flushing (a checkpoint is being written right now).
 
         ``generation``/``step``/``meta`` are those of the last checkpoint written or restored
         by this incarnation (``None`` if neither).
@@ -437,6 +502,7 @@ class StageActor:
             "last_checkpoint_at": self._last_checkpoint_at,
             "restored_from": self._restored_from,
             "restored_step": self._restored_step,
+            "restored_skipped": list(self._restored_skipped),
             "pid": self._pid,
             "stopped": self._stopped,
             "aligned": self._aligned,
@@ -468,17 +534,8 @@ def actor_options(spec: StageSpec, *, node_id: str | None = None, soft: bool = F
     opts: dict[str, Any] = {
         "max_restarts": 0,
         "max_task_retries": 0,
+        **spec.ray_options(),
     }
-    custom: dict[str, float] = {}
-    for key, value in spec.resources.items():
-        if key in _KNOWN_RESOURCE_OPTIONS:
-            opts[key] = value
-        elif key == "resources" and isinstance(value, Mapping):
-            custom.update(value)
-        else:
-            custom[key] = float(value)
-    if custom:
-        opts["resources"] = custom
     if node_id is not None:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
         opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(

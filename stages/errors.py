@@ -22,7 +22,8 @@ Errors of one module stay with it but hang from the same root::
     StageError
     ├── RollbackUnavailable(LookupError)   stages.actor: no generation at or before the step
     ├── StageStopped(RuntimeError)         stages.actor: the stage was stopped (preempted)
-    ├── PipelineError(RuntimeError)        stages.pipeline: the pipeline cannot go on
+    ├── PipelineError(RuntimeError)        the pipeline cannot go on (defined here, since
+    │   │                                  stages.pipeline and stages.recovery both raise it)
     │   └── StageProcessError              a stage's own code raised (not replayed forever)
     └── RunError                           stages.runs
         ├── RunNotFoundError(LookupError), RunStepExistsError(FileExistsError)
@@ -46,7 +47,9 @@ __all__ = [
     "CheckpointFailed",
     "CodecError",
     "NoCheckpointError",
+    "PipelineError",
     "StageError",
+    "StageProcessError",
     "TornHeaderError",
     "TruncatedCheckpointError",
     "UnsupportedFormatError",
@@ -169,3 +172,19 @@ class TornHeaderError(CheckpointCorrupt):
 
 class CheckpointAuthError(CheckpointCorrupt):
     """The MAC is missing or wrong while a key is configured; nothing was unpickled."""
+
+
+class PipelineError(StageError, RuntimeError):
+    """The pipeline cannot go on (too many recoveries, or a failure replay cannot fix)."""
+
+
+class StageProcessError(PipelineError):
+    """A stage's ``process`` raised: replaying the same records would raise again.
+
+    Attributes:
+        stage_id: the stage, when known.
+    """
+
+    def __init__(self, message: str, *, stage_id: str | None = None) -> None:
+        super().__init__(message)
+        self.stage_id = stage_id

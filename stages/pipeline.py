@@ -29,8 +29,16 @@ How, and why this way:
   ``<= c``: a stage that already checkpointed ``c+1`` drops it), and re-reads the source from
   ``c``'s position. Replayed records reach the sink only through a later commit, so committed
   output has no loss and no duplicate, provided stages are deterministic.
+* **One step on every stage, or an error.** If a stage's generation of ``c`` does not verify,
+  it can only restore an older step; then every stage is rolled back to the newest step ``t``
+  they all restore (``stages/recovery.py``), the run's step records after ``t`` are deleted,
+  the sink's output after ``t`` is discarded (``discard_after``, when the sink has it) and
+  the source is replayed from ``t``'s position, so steps ``t+1..c`` are committed again,
+  idempotently. A ``fallback`` event and ``PipelineResult.fallbacks`` say so. When no step is
+  left that every stage restores, the pipeline stops with ``PipelineError``.
 * **A driver restart resumes.** ``run()`` on an existing run id starts from the run's newest
-  committed step (and discards sink output of later, uncommitted steps).
+  committed step (and discards sink output of later, uncommitted steps); the same
+  one-step-everywhere rule applies to the stages it launches.
 """
 
 from __future__ import annotations
@@ -44,13 +52,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
+from ray.exceptions import GetTimeoutError
 
-from .actor import StageSpec, StageStopped, launch_stage, open_store_for
-from .errors import CheckpointFailed, StageError
+from .actor import StageSpec, launch_stage, open_store_for
+from .errors import PipelineError, StageProcessError
+from .events import PipelineEvent, PipelineResult
+from .hooks import StageLostHook
 from .observer import CheckpointFlushObserver
 from .policy import CheckpointManager, CheckpointPolicy
-from .runs import RunClaim, RunStore, StageCommit
+from .recovery import (
+    StageFailure,
+    alive,
+    discard,
+    get_sorted,
+    relaunch_node,
+    reopen_after,
+    roll_back_all,
+)
+from .reference import run_reference
+from .runs import RunClaim, RunNotFoundError, RunStore, StageCommit
 from .sink import Sink
 from .source import Source
 
@@ -59,7 +79,6 @@ __all__ = [
     "PipelineError",
     "PipelineEvent",
     "PipelineResult",
-    "SchedulerRestore",
     "StageLostHook",
     "StageProcessError",
     "run_reference",
@@ -69,79 +88,6 @@ log = logging.getLogger(__name__)
 
 #: The policy track of the pipeline as a whole in its :class:`CheckpointManager`.
 PIPELINE_TRACK = "pipeline"
-
-#: ``(spec, exclude_node_ids, restore_step) -> ActorHandle``: relaunch a lost stage.
-StageLostHook = Callable[[StageSpec, Sequence[str], int], Any]
-
-
-class PipelineError(StageError, RuntimeError):
-    """The pipeline cannot go on (too many recoveries, or a failure replay cannot fix)."""
-
-    def __reduce__(self) -> Any:  # picklable with its attributes
-        return (type(self), self.args, self.__dict__)
-
-
-class StageProcessError(PipelineError):
-    """A stage's ``process`` raised: replaying the same records would raise again.
-
-    Attributes:
-        stage_id: the stage, when known.
-    """
-
-    def __init__(self, message: str, *, stage_id: str | None = None) -> None:
-        super().__init__(message)
-        self.stage_id = stage_id
-
-
-@dataclass(frozen=True, slots=True)
-class PipelineEvent:
-    """Something the driver did; given to ``on_event`` as it happens.
-
-    Kinds: ``started`` (stages up), ``barrier`` (injected), ``commit``, ``failure``,
-    ``relaunched``, ``rollback``, ``done``.
-    """
-
-    kind: str
-    step: int | None = None
-    stage_id: str | None = None
-    detail: Mapping[str, Any] = field(default_factory=dict)
-    at: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class PipelineResult:
-    """What one ``run()`` did.
-
-    Attributes:
-        run_id: the run.
-        committed_step: the last committed step.
-        source_position: its source position.
-        finished: the source was exhausted and everything committed.
-        records_in: source records committed by this ``run()``.
-        records_out: output records committed by this ``run()``.
-        checkpoints: stage checkpoints that became part of a committed step.
-        recoveries: rollbacks performed.
-        relaunches: stage incarnations started to replace lost ones.
-        replayed_records: source records read more than once because of rollbacks.
-        recovery_s: seconds spent recovering (from noticing a failure to every stage being
-            rolled back), summed.
-        duration_s: wall-clock time of ``run()``.
-        events: every event, in order.
-    """
-
-    run_id: str
-    committed_step: int
-    source_position: Any
-    finished: bool
-    records_in: int
-    records_out: int
-    checkpoints: int
-    recoveries: int
-    relaunches: int
-    replayed_records: int
-    recovery_s: float
-    duration_s: float
-    events: tuple[PipelineEvent, ...]
 
 
 @dataclass(slots=True)
@@ -159,82 +105,6 @@ class _Barrier:
     records: int
     refs: dict[str, Any]
     done: set[str] = field(default_factory=set)
-
-
-class _StageFailure(Exception):
-    """Internal: a stage call failed in a way rollback and replay can fix."""
-
-    def __init__(self, stages: set[str], cause: BaseException) -> None:
-        super().__init__(f"stages {sorted(stages) or '?'}: {type(cause).__name__}: {cause}")
-        self.stages = stages
-        self.cause = cause
-
-
-@dataclass(frozen=True, slots=True)
-class SchedulerRestore:
-    """A :data:`StageLostHook` that has the scheduler actor restore a lost stage.
-
-    Calls ``restore(stage_id, exclude_nodes, reason)`` on the named scheduler actor (which
-    relaunches the stage from the spec it registered, on a live node not excluded) and
-    returns ``handle_of(stage_id)``. If the scheduler is already restoring the stage on its
-    own (its watcher saw the death first), waits until that restore finished instead of
-    starting a second one. If no node outside ``exclude`` can take it (e.g. one node, and only
-    the actor died), any node is allowed. The pipeline then rolls the new incarnation back to
-    the committed step itself, whatever generation the scheduler restored.
-    """
-
-    name: str
-    namespace: str | None = None
-    timeout: float = 120.0
-
-    def __call__(self, spec: StageSpec, exclude: Sequence[str], step: int) -> Any:
-        sched = ray.get_actor(self.name, namespace=self.namespace)
-        sid = spec.stage_id
-        reason = f"pipeline rollback to step {step}"
-        deadline = time.monotonic() + self.timeout
-        attempts = [list(exclude), []] if exclude else [[]]
-        for i, excl in enumerate(attempts):
-            try:
-                ray.get(sched.restore.remote(sid, excl, reason), timeout=self.timeout)
-                break
-            except GetTimeoutError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - the scheduler's errors cross as RayError
-                if "already" in str(exc):  # its own watcher is restoring it: wait for that
-                    while ray.get(sched.stage.remote(sid), timeout=self.timeout)["status"] \
-                            != "running":
-                        if time.monotonic() > deadline:
-                            raise
-                        time.sleep(0.1)
-                    break
-                if i == len(attempts) - 1:
-                    raise
-                log.info("scheduler could not restore %s avoiding %s (%s); trying any node",
-                         sid, excl, exc)
-        return ray.get(sched.handle_of.remote(sid), timeout=self.timeout)
-
-
-def run_reference(source: Source, stages: Sequence[StageSpec | Callable[[], Any]],
-                  *, batch_size: int = 1024) -> list[Any]:
-    """The output of a failure-free run, computed in this process without Ray or storage.
-
-    For checking exactly-once: a pipeline's committed output must equal this, record for
-    record (for deterministic stages).
-    """
-    impls = [(s.factory() if isinstance(s, StageSpec) else s()) for s in stages]
-    states = [impl.initial_state() for impl in impls]
-    out: list[Any] = []
-    pos = source.initial_position()
-    while True:
-        records, pos = source.read(pos, batch_size)
-        if not records:
-            return out
-        for impl, state in zip(impls, states):
-            nxt: list[Any] = []
-            for r in records:
-                nxt.extend(impl.process(state, r))
-            records = nxt
-        out.extend(records)
 
 
 class Pipeline:
@@ -256,8 +126,9 @@ class Pipeline:
         observer_for: per-stage observer factory (e.g. ``lambda spec:
             PreemptionCheckpointObserver(spec.stage_id, "blockpoint-scheduler")``); wins
             over ``observer``.
-        on_stage_lost: relaunch hook ``(spec, exclude_node_ids, restore_step) -> handle``;
-            default: :func:`launch_stage` preferring a live node the stage was not on.
+        on_stage_lost: relaunch hook (:data:`~stages.hooks.StageLostHook`, e.g.
+            ``scheduler.SchedulerRestore``); default: :func:`launch_stage` on the node
+            :func:`~stages.recovery.relaunch_node` picks, preferring one the stage was not on.
         placement: initial node id per stage id (hard affinity), e.g. for tests and demos.
         on_event: called with every :class:`PipelineEvent`, in the driver thread.
         max_recoveries: give up (``PipelineError``) after this many rollbacks in one run.
@@ -371,7 +242,7 @@ class Pipeline:
         discard = getattr(self.sink, "discard_after", None)
         if discard is not None:
             discard(self._committed)
-        failure: _StageFailure | None = None
+        failure: StageFailure | None = None
         try:
             try:
                 self._launch_all(orphans)
@@ -389,7 +260,7 @@ class Pipeline:
                     self._rewind()
                     if self._drive():
                         break
-                except _StageFailure as f:
+                except StageFailure as f:
                     failure = f
             finished = self._exhausted and self._barrier is None and not self._batches
             if finished:
@@ -406,7 +277,7 @@ class Pipeline:
             checkpoints=self._checkpoints, recoveries=self._recoveries,
             relaunches=self._relaunches, replayed_records=self._replayed,
             recovery_s=self._recovery_s, duration_s=time.monotonic() - t0,
-            events=tuple(self._events))
+            events=tuple(self._events), fallbacks=tuple(self._fallbacks))
 
     # -- internals: lifecycle -----------------------------------------------------------------
     def _reset_counters(self) -> None:
@@ -424,6 +295,8 @@ class Pipeline:
         self._recoveries = self._relaunches = self._replayed = 0
         self._recovery_s = 0.0
         self._steps_this_run = 0
+        self._step_counts: dict[int, tuple[int, int]] = {}  # committed here: (in, out)
+        self._fallbacks: list[tuple[int, int]] = []
         self._max_steps: int | None = None
         self._last_progress = time.monotonic()
 
@@ -440,11 +313,18 @@ class Pipeline:
                 spec, node_id=self.placement.get(spec.stage_id), observer=self._observer(spec),
                 restore_step=self._committed)
         refs = {sid: h.info.remote() for sid, h in self._handles.items()}
+        infos: dict[str, Mapping[str, Any]] = {}
         for sid, ref in refs.items():
             try:
-                self._note_info(sid, self._get(ref, sid))
-            except _StageFailure:
+                infos[sid] = self._get(ref, sid)
+                self._note_info(sid, infos[sid])
+            except StageFailure:
                 raise PipelineError(f"stage {sid!r} did not start") from None
+        try:
+            self._roll_back(self._committed, first=infos, announce=False)
+        except StageFailure as exc:
+            raise PipelineError(f"stages did not start at step {self._committed}: "
+                                f"{exc}") from exc
         self._emit("started", self._committed, detail={
             "nodes": dict(self._nodes), "epochs": dict(self._epochs),
             "source_position": self._committed_position, "orphans_recovered": list(orphans)})
@@ -460,19 +340,12 @@ class Pipeline:
     def _shutdown_stages(self) -> None:
         # Stages stopped on purpose must not look lost: the scheduler they registered with
         # forgets them first, or its watcher would restore them after the pipeline ended.
-        forget = []
         for spec in self.specs:
-            if spec.scheduler and spec.stage_id in self._handles:
+            if spec.registrar is not None and spec.stage_id in self._handles:
                 try:
-                    sched = ray.get_actor(spec.scheduler)
-                    forget.append(sched.unregister.remote(spec.stage_id))
-                except Exception:  # noqa: BLE001 - no scheduler: nothing to tell
+                    spec.registrar.unregister(spec.stage_id, timeout=self.ping_timeout)
+                except Exception:  # noqa: BLE001 - unknown to it already, or it is gone
                     continue
-        for ref in forget:
-            try:
-                ray.get(ref, timeout=self.ping_timeout)
-            except Exception:  # noqa: BLE001 - unknown to it already, or it is gone
-                continue
         refs = []
         for h in self._handles.values():
             try:
@@ -567,7 +440,7 @@ class Pipeline:
             ready, _ = ray.wait(waiting, num_returns=1, timeout=1.0)
             if not ready:
                 if time.monotonic() - self._last_progress > self.call_timeout:
-                    raise _StageFailure(set(), GetTimeoutError(
+                    raise StageFailure(set(), GetTimeoutError(
                         f"no progress for {self.call_timeout:.0f}s"))
                 return
             self._last_progress = time.monotonic()
@@ -603,6 +476,7 @@ class Pipeline:
         self._uncommitted_read -= bar.records
         self._checkpoints += len(infos)
         self._steps_this_run += 1
+        self._step_counts[bar.step] = (bar.records, len(outputs))
         self.manager.complete(PIPELINE_TRACK, {"step": bar.step, "generation": None})
         self._emit("commit", bar.step, detail={
             "source_position": bar.position, "records_in": bar.records,
@@ -611,43 +485,17 @@ class Pipeline:
             "stored_bytes": {sid: i.get("stored_bytes") for sid, i in infos.items()}})
 
     def _get(self, ref: Any, sid: str | None) -> Any:
-        """``ray.get`` with failures sorted into replayable (``_StageFailure``) or not."""
-        try:
-            return ray.get(ref, timeout=self.call_timeout)
-        except (CheckpointFailed, StageStopped) as exc:  # fenced, I/O, preempted: replace it
-            who = getattr(exc, "stage_id", None) or sid
-            raise _StageFailure({who} if who else set(), exc) from exc
-        except RayActorError as exc:
-            who = self._actor_ids.get(getattr(exc, "actor_id", None) or "")
-            raise _StageFailure({s for s in (who or sid,) if s}, exc) from exc
-        except GetTimeoutError as exc:
-            raise _StageFailure({sid} if sid else set(), exc) from exc
-        except RayTaskError as exc:
-            if isinstance(exc.cause, (RayActorError, CheckpointFailed, StageStopped)):
-                raise _StageFailure({sid} if sid else set(), exc) from exc
-            if isinstance(exc.cause, StageError):  # e.g. RollbackUnavailable, CheckpointCorrupt
-                raise PipelineError(f"stage {sid or '?'} cannot recover: "
-                                    f"{type(exc.cause).__name__}: {exc.cause}") from exc
-            raise StageProcessError(f"stage {sid or '?'} raised: {exc}", stage_id=sid) from exc
-        except RayError as exc:  # object lost with its node, owner died, ...
-            raise _StageFailure({sid} if sid else set(), exc) from exc
+        return get_sorted(ref, sid, timeout=self.call_timeout, actor_ids=self._actor_ids)
 
     # -- internals: recovery --------------------------------------------------------------------
-    def _alive(self, sid: str) -> bool:
-        try:
-            ray.get(self._handles[sid].ping.remote(), timeout=self.ping_timeout)
-            return True
-        except (RayError, GetTimeoutError):
-            return False
-
-    def _recover(self, failure: _StageFailure) -> None:
+    def _recover(self, failure: StageFailure) -> None:
         t0 = time.monotonic()
         try:
             self._recover_inner(failure)
         finally:
             self._recovery_s += time.monotonic() - t0
 
-    def _recover_inner(self, failure: _StageFailure) -> None:
+    def _recover_inner(self, failure: StageFailure) -> None:
         self._recoveries += 1
         first_line = str(failure.cause).strip().splitlines()[:1]
         self._emit("failure", self._committed, detail={
@@ -659,8 +507,9 @@ class Pipeline:
         dropped = [b.ref for b in self._batches]
         if self._barrier is not None:
             dropped.extend(self._barrier.refs.values())
-        lost = set(failure.stages) | {s for s in self._handles if s not in failure.stages
-                                      and not self._alive(s)}
+        lost = set(failure.stages) | {s for s, h in self._handles.items()
+                                      if s not in failure.stages
+                                      and not alive(h, self.ping_timeout)}
         c = self._committed
         for sid in sorted(lost):
             spec = next(s for s in self.specs if s.stage_id == sid)
@@ -677,34 +526,63 @@ class Pipeline:
                     handle = self._relaunch(spec, exclude, c)
             except Exception as exc:  # noqa: BLE001 - e.g. no node free yet: retry later
                 time.sleep(1.0)
-                raise _StageFailure({sid}, exc) from exc
+                raise StageFailure({sid}, exc) from exc
             self._handles[sid] = handle
             self._relaunches += 1
             self._emit("relaunched", c, sid, detail={"from_node": old_node})
-        refs = {sid: h.rollback.remote(c) for sid, h in self._handles.items()}
-        for sid, ref in refs.items():
-            info = self._get(ref, sid)
-            self._note_info(sid, info)
-        self._discard(dropped)
-        self._emit("rollback", c, detail={
-            "nodes": dict(self._nodes), "epochs": dict(self._epochs),
-            "source_position": self._committed_position})
+        self._roll_back(c)
+        discard(dropped)
 
-    @staticmethod
-    def _discard(refs: Sequence[Any]) -> None:
-        """Retrieve (and ignore) results of abandoned calls that are done, so that Ray does
-        not report their errors as unhandled; by now the rollbacks queued behind them ran."""
-        if not refs:
-            return
-        ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=0)
-        for ref in ready:
-            try:
-                ray.get(ref, timeout=0)
-            except Exception:  # noqa: BLE001 - abandoned on purpose
-                pass
+    def _roll_back(self, step: int, *, first: Mapping[str, Mapping[str, Any]] | None = None,
+                   announce: bool = True) -> None:
+        """Every stage to ``step`` - or, if one cannot restore it, all to the same older
+        committed step (:func:`~stages.recovery.roll_back_all`), then :meth:`_fall_back`."""
+        target, infos = roll_back_all(self._handles, step, self._get, first=first)
+        for sid, info in infos.items():
+            self._note_info(sid, info)
+        if target < step:
+            self._fall_back(step, target, infos)
+        if announce or target < step:
+            self._emit("rollback", target, detail={
+                "nodes": dict(self._nodes), "epochs": dict(self._epochs),
+                "source_position": self._committed_position,
+                "restored_steps": {sid: i.get("restored_step") for sid, i in infos.items()},
+                "generations": {sid: i.get("generation") for sid, i in infos.items()},
+                **({"fell_back_from": step} if target < step else {})})
+
+    def _fall_back(self, step: int, target: int, infos: Mapping[str, Mapping[str, Any]]) -> None:
+        """Re-open the committed steps after ``target``: every stage is now at ``target``.
+
+        :func:`~stages.recovery.reopen_after` forgets the steps after ``target`` in the run
+        store and the sink; the driver's cursor moves to ``target``'s source position and its
+        counters drop those steps, which the replay commits again. Raises ``PipelineError``
+        if ``target``'s own record is gone (pruned): nothing to replay from.
+        """
+        try:
+            position = reopen_after(self.runs, self.run_id, self.sink, target,
+                                    self.source.initial_position())
+        except RunNotFoundError as exc:
+            raise PipelineError(f"stages fell back to step {target}, whose run record is "
+                                f"gone; cannot replay") from exc
+        reasons = {sid: i.get("restored_skipped") for sid, i in infos.items()
+                   if i.get("restored_skipped")}
+        log.warning("run %s: step %d cannot be restored on every stage (%s); fell back to "
+                    "step %d", self.run_id, step, reasons, target)
+        for s in [s for s in self._step_counts if s > target]:
+            n_in, n_out = self._step_counts.pop(s)
+            self._records_in -= n_in
+            self._records_out -= n_out
+            self._replayed += n_in
+            self._steps_this_run -= 1
+        self._committed = target
+        self._committed_position = position
+        self._fallbacks.append((step, target))
+        self._emit("fallback", target, detail={
+            "requested_step": step, "restored_step": target, "source_position": position,
+            "skipped": reasons})
 
     def _relaunch(self, spec: StageSpec, exclude: Sequence[str], step: int) -> Any:
-        node = self._pick_node(spec, exclude)
+        node = relaunch_node(spec, exclude, self._nodes, {s.stage_id: s for s in self.specs})
         return launch_stage(spec, node_id=node, soft=True, spill=True,
                             observer=self._observer(spec), restore_step=step)
 
@@ -712,22 +590,3 @@ class Pipeline:
         if self.observer_for is not None:
             return self.observer_for(spec)
         return self.observer
-
-    def _pick_node(self, spec: StageSpec, exclude: Sequence[str]) -> str | None:
-        """A live node, not excluded, with enough CPUs in total, hosting fewest of our stages."""
-        need = float(spec.resources.get("num_cpus", 1) or 0)
-        load: dict[str, int] = {}
-        for n in self._nodes.values():
-            if n:
-                load[n] = load.get(n, 0) + 1
-        best: tuple[int, str] | None = None
-        for node in ray.nodes():
-            nid = node.get("NodeID")
-            if not node.get("Alive") or nid in exclude:
-                continue
-            if float(node.get("Resources", {}).get("CPU", 0)) < need:
-                continue
-            cand = (load.get(nid, 0), nid)
-            if best is None or cand < best:
-                best = cand
-        return None if best is None else best[1]

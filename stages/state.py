@@ -21,7 +21,7 @@ Speed (DESIGN "Speed"): the payload is never joined into one buffer - chunks are
 slices of pickle's out-of-band buffers (numpy arrays), written with ``pwritev`` while a small
 pool computes CRC-32C (and zstd, only where a cheap probe says it pays) for the next chunks.
 Restore reads straight into one preallocated buffer and checks each chunk while it is still
-in cache (:mod:`stages.verify`). ``bench/bench_checkpoint.py`` measures both against raw I/O.
+in cache (:mod:`stages.reader`). ``bench/bench_checkpoint.py`` measures both against raw I/O.
 
 So a crash at any point leaves the previous committed generations complete, and ``restore``
 sees either the old set or the new one. ``restore`` takes the newest generation whose header,
@@ -63,7 +63,7 @@ from .errors import (
 from .format import CHUNK_RAW, ENTRY, MAPBLOCK, Header, MapEntry
 from .mac import PayloadMac, header_mac, resolve_key
 from .observer import CheckpointFlushObserver, flush_guard
-from .verify import load_map, read_payload, scan_slots, worker_pool
+from .reader import load_map, read_payload, scan_slots, worker_pool
 
 __all__ = ["CheckpointInfo", "CheckpointedStageState", "RestoreReport"]
 

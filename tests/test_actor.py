@@ -16,6 +16,7 @@ import ray
 import ray.cloudpickle
 
 from blockstore import open_store
+from scheduler.hooks import SchedulerRegistrar
 from stages import CheckpointFailed
 from stages.actor import (
     RollbackUnavailable,
@@ -170,7 +171,8 @@ def test_info_answers_during_flush_and_registration(ray_local: None, store_dir: 
                                                     tmp_path: Path) -> None:
     registry = Registry.options(name="test-sched").remote()
     release, log = str(tmp_path / "release"), str(tmp_path / "log")
-    spec = _spec(store_dir, stage_id="blk", scheduler="test-sched", priority=3)
+    spec = _spec(store_dir, stage_id="blk", registrar=SchedulerRegistrar("test-sched"),
+                 priority=3)
     h = launch_stage(spec, observer=BlockingObserver(release, log))
     ray.get(h.process_batch.remote(SRC.read(0, 30)[0]))
     ref = h.checkpoint.remote(step=1)

@@ -244,13 +244,14 @@ def test_scheduler_restores_lost_stage_for_the_pipeline(ray_local: None, tmp_pat
     from scheduler.actor import get_or_create
     from scheduler.observer import PreemptionCheckpointObserver
 
-    from stages.pipeline import SchedulerRestore
+    from scheduler.hooks import SchedulerRegistrar, SchedulerRestore
 
     store = str(tmp_path / "store")
     sched = get_or_create("pl-sched", store_url=store, auto_restore=False)
     try:
         specs = [StageSpec(s.stage_id, s.factory, store, block_size=s.block_size,
-                           lease_ttl=5.0, scheduler="pl-sched") for s in _specs(store)]
+                           lease_ttl=5.0, registrar=SchedulerRegistrar("pl-sched"))
+                 for s in _specs(store)]
         killed: list[bool] = []
 
         def on_event(ev: PipelineEvent) -> None:

@@ -1,9 +1,14 @@
 """Each package's public surface (``__all__``) exists, and imports point one way only.
 
-The import rule (STYLE.md 2): blockstore imports nothing of ours; stages may import
-blockstore; scheduler may import both; the CLI (``blockpoint``) and ``bench`` sit on top.
-It is checked by reading the source files' import statements, so a lazy import inside a
-function counts as much as one at the top.
+The import rule: blockstore imports nothing of ours; stages may import blockstore;
+scheduler may import both; the CLI (``blockpoint``) and ``bench`` sit on top. It is checked
+by reading the source files' import statements, so a lazy import inside a function counts
+as much as one at the top.
+
+An upward call needs no import: ``ray.get_actor(name).restore.remote(...)`` reaches the
+scheduler from ``stages`` by name. So ``stages`` must not call, through ``.remote(``, any
+method of the scheduler actor (``class Scheduler`` in ``scheduler/actor.py``); it calls the
+hooks it defines itself (``stages/hooks.py``), which ``scheduler/hooks.py`` implements.
 """
 
 from __future__ import annotations
@@ -83,6 +88,54 @@ def test_imports_point_one_way(pkg: str) -> None:
         if wrong:
             bad[str(path.relative_to(ROOT))] = sorted(wrong)
     assert not bad, f"{pkg} imports what it must not: {bad}"
+
+
+def _scheduler_methods(root: Path = ROOT) -> set[str]:
+    """Public method names of ``class Scheduler`` (the actor's remote methods)."""
+    tree = ast.parse((root / "scheduler" / "actor.py").read_text())
+    cls = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == "Scheduler")
+    return {n.name for n in cls.body
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and not n.name.startswith("_")}
+
+
+def _remote_calls(path: Path) -> set[str]:
+    """Names ``m`` of every ``<anything>.m.remote(...)`` call in ``path``."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        func = node.func if isinstance(node, ast.Call) else None
+        if (isinstance(func, ast.Attribute) and func.attr == "remote"
+                and isinstance(func.value, ast.Attribute)):
+            found.add(func.value.attr)
+    return found
+
+
+# Methods the stage actor has under the same name as one of the scheduler's: a call of
+# these from stages addresses a stage (``stages/actor.py``), never the scheduler.
+_STAGE_METHODS = {"checkpoint", "ping", "info", "stop", "shutdown", "rollback",
+                  "process_batch", "get_state", "registration"}
+
+
+def test_stages_call_no_scheduler_method() -> None:
+    if not (_landed("stages") and _landed("scheduler")):
+        pytest.skip("stages or scheduler has not landed yet")
+    methods = _scheduler_methods()
+    assert {"register", "unregister", "restore", "handle_of", "stage"} <= methods
+    bad = {}
+    for path in sorted((ROOT / "stages").rglob("*.py")):
+        wrong = (_remote_calls(path) & methods) - _STAGE_METHODS
+        if wrong:
+            bad[str(path.relative_to(ROOT))] = sorted(wrong)
+    assert not bad, f"stages calls scheduler methods by name (use stages/hooks.py): {bad}"
+
+
+def test_the_remote_scanner_sees_calls(tmp_path: Path) -> None:
+    probe = tmp_path / "probe.py"
+    probe.write_text("import ray\nray.get_actor('s').restore.remote('x')\n"
+                     "def f(h):\n    return h.handle_of.remote('x'), h.rollback.remote(1)\n"
+                     "g = ray.remote(object).remote()\n")
+    assert _remote_calls(probe) == {"restore", "handle_of", "rollback"}
 
 
 def test_the_scanner_sees_imports(tmp_path: Path) -> None:

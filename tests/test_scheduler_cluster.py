@@ -23,6 +23,7 @@ from blockstore import StaleLeaseError, open_store
 from blockstore.lease import Lease
 from scheduler import DrainRejectedError, get_or_create
 from scheduler import ray_adapter
+from scheduler.hooks import SchedulerRegistrar
 from stages.actor import StageSpec
 from polling import wait_for
 
@@ -61,7 +62,8 @@ def env(ray_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 def spec(env: dict[str, Any], sid: str, cpus: float = 0.2) -> StageSpec:
     return StageSpec(stage_id=sid, factory=Summer, store_url=env["store"],
-                     resources={"num_cpus": cpus}, scheduler=env["name"])
+                     resources={"num_cpus": cpus},
+                     registrar=SchedulerRegistrar(env["name"]))
 
 
 def stage(env: dict[str, Any], sid: str) -> dict[str, Any]:
@@ -214,7 +216,7 @@ def test_scheduler_node_lost_registry_reloaded_elsewhere(env: dict[str, Any]) ->
         first = ray.get(sched.ping.remote())
         assert ray_adapter.actor_view(ray_adapter.actor_id_of(sched)).node_id == home.node_id
         sp = StageSpec(stage_id="survivor", factory=Summer, store_url=env["store"],
-                       resources={"num_cpus": 0.2}, scheduler=name)
+                       resources={"num_cpus": 0.2}, registrar=SchedulerRegistrar(name))
         ray.get(sched.launch.remote(sp, work.node_id))
         ray.get(handle_of({"sched": sched}, "survivor").process_batch.remote([2, 3]))
         ray.get(sched.checkpoint.remote("survivor"))

@@ -33,6 +33,7 @@ from scheduler import (
     get_or_create,
 )
 from scheduler import ray_adapter
+from scheduler.hooks import SchedulerRegistrar
 from stages.actor import StageSpec, launch_stage
 from stages.observer import flush_guard
 from polling import wait_for
@@ -154,7 +155,8 @@ def make_spec(name: str, store: str, sid: str, *, priority: int = 0, gate: Path 
               bomb: Path | None = None, cpus: float = 0.25) -> StageSpec:
     factory = counter_factory(str(gate) if gate else None, str(bomb) if bomb else None)
     return StageSpec(stage_id=sid, factory=factory, store_url=store,
-                     priority=priority, resources={"num_cpus": cpus}, scheduler=name)
+                     priority=priority, resources={"num_cpus": cpus},
+                     registrar=SchedulerRegistrar(name))
 
 
 def start_stage(sched: Any, name: str, spec: StageSpec) -> Any:

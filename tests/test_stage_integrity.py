@@ -25,7 +25,7 @@ from stages import (
     verify_lease,
 )
 from stages import format as fmt
-from stages.verify import load_map, scan_slots
+from stages.reader import load_map, scan_slots
 
 BS = 1024
 

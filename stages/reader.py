@@ -1,7 +1,8 @@
-"""Reading a checkpoint generation back and proving it intact, without trusting anything.
+"""The checkpoint reader: header slots, block map and payload, read back and proven intact.
 
-This module is the read side of the format (``docs/FORMAT.md``), shared by ``restore`` and by
-``blockpoint verify``:
+This module is the read side of the format (``docs/FORMAT.md``) - what ``restore`` depends
+on, and what ``blockpoint verify`` runs without decoding anything (:func:`verify_lease`, also
+importable from ``stages``):
 
 * :func:`scan_slots` finds the header slots and parses each one (magic, version, header CRC).
 * :func:`load_map` loads a generation's block map (inline or spilled) and checks its CRC and

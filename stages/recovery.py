@@ -1,0 +1,197 @@
+"""Recovery of a pipeline's stages: relaunch the lost ones, roll every one back consistently.
+
+The pipeline driver (``stages/pipeline.py``) calls this after a stage failure and when it
+starts on an existing run. Two things happen here, each with one rule:
+
+* **Relaunch.** A lost stage gets a new incarnation from its spec: through the pipeline's
+  ``on_stage_lost`` hook (:data:`~stages.hooks.StageLostHook`, e.g. the scheduler's restore)
+  or, by default, :func:`~stages.actor.launch_stage` on the node :func:`relaunch_node`
+  chooses with the one node picker (``stages/placement.py``).
+* **Roll back to one step, the same on every stage.** Every stage is asked for the newest
+  generation at or before the committed step ``c``. A stage whose generation of ``c`` does
+  not verify restores an older one (``stages/state.py`` falls back to the newest generation
+  that verifies), so :func:`roll_back_all` compares what each stage *reports it restored*:
+  if one came back at step ``t < c``, every stage is rolled back to ``t``, and again until all
+  agree. The target only decreases, so this ends - with every stage on the same step, or
+  with an error (``RollbackUnavailable``, ``CheckpointCorrupt``) when no step is left that
+  every stage can restore. Never a mix: the driver replays from the agreed step's source
+  position (``Pipeline._fall_back`` re-opens the steps after it).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
+
+from .actor import StageSpec, StageStopped
+from .errors import CheckpointFailed, PipelineError, StageError, StageProcessError
+from .placement import NodeCapacity, pick_node
+from .runs import RunStore
+from .sink import Sink
+
+__all__ = ["StageFailure", "alive", "discard", "get_sorted", "relaunch_node", "reopen_after",
+           "restored_step", "roll_back_all"]
+
+log = logging.getLogger(__name__)
+
+#: ``(object ref, stage id) -> result``: the pipeline's ``ray.get`` that sorts failures.
+Getter = Callable[[Any, str], Any]
+
+
+class StageFailure(Exception):
+    """A stage call failed in a way rollback and replay can fix (the driver's own signal;
+    never leaves ``Pipeline.run``).
+
+    Attributes:
+        stages: the stages suspected lost (may be empty: unknown).
+        cause: what failed.
+    """
+
+    def __init__(self, stages: set[str], cause: BaseException) -> None:
+        super().__init__(f"stages {sorted(stages) or '?'}: {type(cause).__name__}: {cause}")
+        self.stages = stages
+        self.cause = cause
+
+
+def get_sorted(ref: Any, sid: str | None, *, timeout: float,
+               actor_ids: Mapping[str, str]) -> Any:
+    """``ray.get`` with a failure sorted: replayable (:class:`StageFailure`: the stage is
+    lost, fenced, stopped or too slow - replace it and replay) or not (``PipelineError``: a
+    stage error replay cannot fix, e.g. ``RollbackUnavailable``; ``StageProcessError``: the
+    stage's own code raised, and would again).
+
+    ``actor_ids`` maps an actor id (hex) to its stage id, to name the stage an actor death
+    belongs to when the call that saw it was another stage's.
+    """
+    try:
+        return ray.get(ref, timeout=timeout)
+    except (CheckpointFailed, StageStopped) as exc:  # fenced, I/O, preempted: replace it
+        who = getattr(exc, "stage_id", None) or sid
+        raise StageFailure({who} if who else set(), exc) from exc
+    except RayActorError as exc:
+        who = actor_ids.get(getattr(exc, "actor_id", None) or "")
+        raise StageFailure({s for s in (who or sid,) if s}, exc) from exc
+    except GetTimeoutError as exc:
+        raise StageFailure({sid} if sid else set(), exc) from exc
+    except RayTaskError as exc:
+        if isinstance(exc.cause, (RayActorError, CheckpointFailed, StageStopped)):
+            raise StageFailure({sid} if sid else set(), exc) from exc
+        if isinstance(exc.cause, StageError):  # e.g. RollbackUnavailable, CheckpointCorrupt
+            raise PipelineError(f"stage {sid or '?'} cannot recover: "
+                                f"{type(exc.cause).__name__}: {exc.cause}") from exc
+        raise StageProcessError(f"stage {sid or '?'} raised: {exc}", stage_id=sid) from exc
+    except RayError as exc:  # object lost with its node, owner died, ...
+        raise StageFailure({sid} if sid else set(), exc) from exc
+
+
+def restored_step(info: Mapping[str, Any]) -> int:
+    """The step a stage's state is at after a restore or rollback (``info()`` of the stage):
+    that of the generation it restored, 0 for the initial state."""
+    step = info.get("restored_step")
+    return 0 if step is None else int(step)
+
+
+def roll_back_all(handles: Mapping[str, Any], step: int, get: Getter, *,
+                  first: Mapping[str, Mapping[str, Any]] | None = None
+                  ) -> tuple[int, dict[str, Mapping[str, Any]]]:
+    """Bring every stage to the same step ``<= step``: ``step`` itself when every stage can
+    restore it, else the newest older step that every stage restores.
+
+    Args:
+        handles: the current incarnation of each stage.
+        step: the committed step wanted.
+        get: how to wait for one stage call (raises on a failed stage).
+        first: ``info()`` of each stage when they were just launched at ``step`` (driver
+            start-up): used instead of a first round of ``rollback`` calls.
+
+    Returns:
+        ``(target, infos)``: the step every stage is now at, and each stage's ``info()``.
+        ``target < step`` means a consistent fallback; the caller must replay from
+        ``target``'s source position.
+    """
+    target = step
+    infos: dict[str, Mapping[str, Any]] = dict(first or {})
+    while True:
+        if not infos:
+            refs = {sid: h.rollback.remote(target) for sid, h in handles.items()}
+            infos = {sid: get(ref, sid) for sid, ref in refs.items()}
+        lowest = min(restored_step(i) for i in infos.values())
+        if lowest >= target:
+            return target, infos
+        behind = {sid: restored_step(i) for sid, i in infos.items() if restored_step(i) < target}
+        log.warning("rollback to step %d: stages %s restored older steps; rolling every stage "
+                    "back to step %d", target, behind, lowest)
+        target = lowest
+        infos = {}
+
+
+def reopen_after(runs: RunStore, run_id: str, sink: Sink, target: int,
+                 initial_position: Any) -> Any:
+    """Forget every committed step after ``target`` (the stages fell back to it); return
+    ``target``'s source position (``initial_position`` for step 0).
+
+    Order matters for a crash in the middle: ``target``'s record is read first (a missing
+    one raises ``RunNotFoundError`` and nothing is touched); then the run's step records
+    after it are deleted newest first, so what is left is always a prefix of committed steps;
+    then the sink's output after ``target`` is discarded (``discard_after``, if the sink has
+    one; a restarted driver discards it too, as no record commits it any more). A sink
+    without ``discard_after`` gets those steps re-committed by the replay, which is exact
+    when the replay ends its steps where the first run did.
+    """
+    position = runs.load_step(run_id, target).source_position if target else initial_position
+    # RunStore has no "delete the steps after" (stages/runs.py); its step leases are named
+    # by RunStore.step_name, and deleting them is what RunStore.prune_steps does for older ones.
+    for rec in runs.list_steps(run_id, min_step=target + 1, newest_first=True):
+        runs.store.delete_lease(runs.step_name(run_id, rec.step))
+    discard_after = getattr(sink, "discard_after", None)
+    if discard_after is not None:
+        discard_after(target)
+    return position
+
+
+def relaunch_node(spec: StageSpec, exclude: Sequence[str],
+                  placed: Mapping[str, str | None], specs: Mapping[str, StageSpec]) -> str | None:
+    """Where the pipeline relaunches ``spec`` itself (no ``on_stage_lost`` hook).
+
+    Ray's live nodes with their total resources less what the pipeline's other stages take
+    on them (``placed``: stage id -> node), so the stage goes where it fits and fewest of
+    ours already run; ``exclude`` (the node the stage was lost on) only when nothing else
+    fits. ``None``: no node fits; the caller lets Ray choose.
+    """
+    reserved: dict[str, dict[str, float]] = {}
+    for sid, node in placed.items():
+        if node and sid != spec.stage_id and sid in specs:
+            slot = reserved.setdefault(node, {})
+            for name, amount in specs[sid].ray_resources().items():
+                slot[name] = slot.get(name, 0.0) + amount
+    views = [NodeCapacity(str(n.get("NodeID", "")), alive=bool(n.get("Alive")),
+                          free={k: float(v) for k, v in (n.get("Resources") or {}).items()
+                                if not k.startswith("node:")})
+             for n in ray.nodes()]
+    return pick_node(views, spec.ray_resources(), avoid=exclude, reserved=reserved)
+
+
+def alive(handle: Any, timeout: float) -> bool:
+    """The incarnation answers its liveness probe within ``timeout`` seconds."""
+    try:
+        ray.get(handle.ping.remote(), timeout=timeout)
+        return True
+    except (RayError, GetTimeoutError):
+        return False
+
+
+def discard(refs: Sequence[Any]) -> None:
+    """Retrieve (and ignore) results of abandoned calls that are done, so that Ray does not
+    report their errors as unhandled; by the time the rollbacks returned, they ran."""
+    if not refs:
+        return
+    ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=0)
+    for ref in ready:
+        try:
+            ray.get(ref, timeout=0)
+        except Exception:  # noqa: BLE001 - abandoned on purpose
+            pass
