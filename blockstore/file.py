@@ -33,6 +33,7 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from .base import DEFAULT_BLOCK_SIZE, BlockStore, StoreCapabilities, bounds_error, new_lease_id
+from .checks import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, check_block_size
 from .errors import (
     LeaseHeldError,
     LeaseNotFoundError,
@@ -55,7 +56,6 @@ _IOV_MAX = 512
 
 def _read_meta(meta: Path, block_size: int | None) -> int:
     """The block size recorded in ``meta``, checked against ``block_size`` if given."""
-    from .base import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE
     try:
         doc = json.loads(meta.read_bytes())
         if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
@@ -160,7 +160,6 @@ class FileStore(BlockStore):
                                  "empty; refusing to write into it", path=str(root))
         if not create:
             raise StorePathError(f"{root} is not a blockpoint store", path=str(root))
-        from .base import check_block_size
         bs = check_block_size(DEFAULT_BLOCK_SIZE if block_size is None else block_size)
         try:
             root.mkdir(parents=True, exist_ok=True)
