@@ -14,6 +14,7 @@ context manager whose exit releases it (data stays; release only gives up the ri
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -26,6 +27,7 @@ from .errors import LeaseError, LeaseReleasedError, StoreClosedError
 __all__ = ["Lease", "LeaseBackend", "LeaseInfo", "LeaseReader"]
 
 Buffer = bytes | bytearray | memoryview
+log = logging.getLogger(__name__)
 
 
 class LeaseBackend(Protocol):
@@ -181,8 +183,11 @@ class Lease(LeaseReader):
     ``with`` block (normally or by an exception) releases the lease; data stays.
 
     If ``keepalive`` was set at acquisition, a daemon thread renews the TTL every third of it
-    until release; a renewal that fails (fenced, store closed) stops the thread and is reported
-    by the next write, which fails.
+    until release. A renewal that fails for a transient reason (``StorageIOError``, a lock
+    timeout, any error that is not about the lease) is retried with a growing pause, never
+    longer than that third, so a short outage does not let the lease expire under a live
+    holder. Only a lease error (fenced, deleted) or a closed store stops the thread; the
+    next write then reports it by failing.
     """
 
     def __init__(self, store: LeaseBackend, info: LeaseInfo, ttl: float, keepalive: bool) -> None:
@@ -241,12 +246,25 @@ class Lease(LeaseReader):
         self.release()
 
     def _keep_alive(self) -> None:
-        while not self._stop.wait(max(self.ttl / 3.0, 0.05)):
+        failures = 0
+        while True:
+            interval = max(self.ttl / 3.0, 0.05)
+            pause = interval if not failures else min(0.02 * 2 ** failures, interval)
+            if self._stop.wait(pause):
+                return
             try:
                 self._store._check_open()  # a closed store touches no storage
                 self._store._renew(self.lease_id, self.holder, self.epoch, self.ttl)
-            except Exception:  # fenced or closed: writes will report it
-                return
+            except (LeaseError, StoreClosedError):
+                return  # fenced, released, deleted or closed: writes will report it
+            except Exception as exc:  # transient (I/O, lock timeout): try again soon
+                failures += 1
+                if failures == 1:
+                    log.warning("lease %r: renewal failed (%s); retrying", self.name, exc)
+                continue
+            if failures:
+                log.info("lease %r: renewal succeeded after %d failures", self.name, failures)
+            failures = 0
 
     # -- writes --------------------------------------------------------------------------
     def write_block(self, index: int, data: Buffer) -> None:
