@@ -501,13 +501,9 @@ class RunStore:
         self._check_id(run_id)
         steps = self._step_numbers(run_id) if step is None else [step]
         for s in reversed(steps):
-            try:
-                reader = self.store.open_reader(self.step_name(run_id, s))
-            except LeaseNotFoundError:
-                continue
-            d = _decode_step(reader)
-            if d is not None:
-                return RunStep.from_dict(d)
+            rec = self._read_step(run_id, s)
+            if rec is not None:
+                return rec
         raise RunNotFoundError(
             f"run {run_id!r} has no {'readable steps' if step is None else f'step {step}'}",
             run_id=run_id, step=step)
@@ -522,12 +518,17 @@ class RunStore:
     def iter_steps(self, run_id: str) -> Iterator[RunStep]:
         """Every readable step, oldest first (torn saves are skipped)."""
         for s in self._step_numbers(run_id):
-            try:
-                d = _decode_step(self.store.open_reader(self.step_name(run_id, s)))
-            except LeaseNotFoundError:
-                continue
-            if d is not None:
-                yield RunStep.from_dict(d)
+            rec = self._read_step(run_id, s)
+            if rec is not None:
+                yield rec
+
+    def _read_step(self, run_id: str, step: int) -> RunStep | None:
+        """Step ``step`` if its lease holds a readable document (pruned or torn: ``None``)."""
+        try:
+            d = _decode_step(self.store.open_reader(self.step_name(run_id, step)))
+        except LeaseNotFoundError:
+            return None
+        return None if d is None else RunStep.from_dict(d)
 
     def list_steps(self, run_id: str, *, min_step: int | None = None,
                    max_step: int | None = None, after: float | None = None,
@@ -545,13 +546,9 @@ class RunStore:
         for s in nums:
             if limit is not None and len(out) >= limit:
                 break
-            try:
-                d = _decode_step(self.store.open_reader(self.step_name(run_id, s)))
-            except LeaseNotFoundError:
+            rec = self._read_step(run_id, s)
+            if rec is None:
                 continue
-            if d is None:
-                continue
-            rec = RunStep.from_dict(d)
             if after is not None and not rec.committed_at > after:
                 continue
             if before is not None and not rec.committed_at < before:
