@@ -138,6 +138,7 @@ class SlottedDocument:
 
     A context manager: leaving the ``with`` block closes the document, which releases the
     lease it was handed (the data stays). A document on a :class:`LeaseReader` only loads.
+    One saver at a time: the lease's holder, from one thread (loads may run anywhere).
 
     Args:
         lease: the lease holding the document; a held :class:`Lease` to save.

@@ -237,3 +237,43 @@ def test_growth_is_bounded_and_reader_cannot_save(backend: tuple[BlockStore, Reo
     d.close()
     d.close()  # harmless
     assert lease.released
+
+
+_KILLED_SAVER = """
+import sys
+from blockstore import FileStore, SlottedDocument
+from blockstore.faults import FaultyStore
+faulty = FaultyStore(FileStore(sys.argv[1]))
+doc = SlottedDocument(faulty.acquire("doc", steal=True), kind=b"TEST", version=1)
+faulty.crash_after(faulty.block_writes + int(sys.argv[2]), kill=True)
+doc.save({"v": "new", "pad": "n" * 1300})
+print("saved")
+"""
+
+
+def test_saver_sigkilled_at_every_block_write(tmp_path: Path) -> None:
+    """The same cut, by a real process that dies (SIGKILL) at the write: no finally runs."""
+    import signal
+    import subprocess
+    import sys
+
+    root = tmp_path / "s"
+    with FileStore(root, BS) as store, _doc(store.acquire("doc")) as d:
+        d.save(OLDER)
+        d.save(OLD)
+    writes = _writes_of_one_save(2)
+    for k in range(writes + 1):
+        p = subprocess.run([sys.executable, "-c", _KILLED_SAVER, str(root), str(k)],
+                           capture_output=True, text=True, timeout=60,
+                           cwd=str(Path(__file__).resolve().parents[1]))
+        with FileStore(root) as store:
+            got = _doc(store.open_reader("doc")).load()
+            if k < writes:
+                assert p.returncode == -signal.SIGKILL, p.stderr
+                assert got.document == OLD, (k, got)
+            else:
+                assert p.stdout.strip() == "saved", p.stderr
+                assert got.document == NEW
+            with _doc(store.acquire("doc", steal=True)) as again:  # reset for the next cut
+                again.save(OLDER)
+                again.save(OLD)
