@@ -26,7 +26,8 @@ What holds after a failure at any step:
   either old or new or (in the middle of a block on a file store) partly new. Layers above
   must checksum and commit by a separate, later write - the stage checkpoint format does.
 * crash before ``flush``: written blocks may be lost; nothing else is affected.
-* a refused call (bad index, block too large, stale epoch, expired, closed): nothing changed.
+* a refused call (bad index, block too large, a name with control characters, stale epoch,
+  expired, closed, a lock wait past the backend's timeout): nothing changed.
 
 Reads of blocks never written return zeros. Reads need no epoch.
 """
