@@ -3,7 +3,7 @@
 Layout (``docs/FORMAT.md`` has the details)::
 
     <root>/blockpoint-store.json     {"format": "blockpoint-store", "version": 1, "block_size": N}
-    <root>/store.lock                flock: exclusive while a lease is created or acquired
+    <root>/store.lock                flock: exclusive while a lease is found by name or created
     <root>/leases/<id>.json          the lease record, replaced atomically
     <root>/leases/<id>.lock          flock: shared by writers, exclusive by record changes
     <root>/leases/<id>.dat           the blocks: block i at byte offset i * block_size
