@@ -18,6 +18,17 @@ from .table import print_rows
 __all__ = ["main"]
 
 
+def _printable(text: str) -> str:
+    """``text`` with control characters escaped (``\\n``, ``\\x1b``), for table cells.
+
+    The store refuses such names (``LeaseNameError``), but a record written by an older
+    version or by hand could still hold one; printed raw it would forge table rows.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from blockstore import BlockStoreError, open_store
 
@@ -37,7 +48,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
             expiry = f"expired {now - i.expires_at:.0f}s ago"
         else:
             expiry = f"in {i.expires_at - now:.0f}s"
-        rows.append({"name": i.name, "id": i.lease_id, "holder": i.holder or "-",
+        rows.append({"name": _printable(i.name), "id": i.lease_id,
+                     "holder": _printable(i.holder or "-"),
                      "epoch": i.epoch, "blocks": i.num_blocks, "expiry": expiry}
                     if not args.json else i.to_dict())
     for err in scan.unreadable:  # listed, not hidden: one bad record must not hide the rest

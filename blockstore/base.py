@@ -26,15 +26,14 @@ What holds after a failure at any step:
   either old or new or (in the middle of a block on a file store) partly new. Layers above
   must checksum and commit by a separate, later write - the stage checkpoint format does.
 * crash before ``flush``: written blocks may be lost; nothing else is affected.
-* a refused call (bad index, block too large, stale epoch, expired, closed): nothing changed.
+* a refused call (bad index, block too large, a name with control characters, stale epoch,
+  expired, closed, a lock wait past the backend's timeout): nothing changed.
 
 Reads of blocks never written return zeros. Reads need no epoch.
 """
 
 from __future__ import annotations
 
-import math
-import numbers
 import os
 import socket
 import uuid
@@ -42,20 +41,36 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .checks import (
+    MAX_BLOCK_SIZE,
+    MIN_BLOCK_SIZE,
+    check_block_size,
+    check_holder,
+    check_name,
+    check_num_blocks,
+    check_ttl,
+    is_int,
+)
 from .errors import (
     BlockIndexError,
     BlockSizeError,
     LeaseNotFoundError,
     StoreClosedError,
-    StoreConfigError,
     StoreCorruptError,
 )
 from .lease import Buffer, Lease, LeaseInfo, LeaseReader
 
-__all__ = ["BlockStore", "LeaseScan", "StoreCapabilities", "StoreStats", "default_holder", "new_lease_id"]
+__all__ = [
+    "MAX_BLOCK_SIZE",
+    "MIN_BLOCK_SIZE",
+    "BlockStore",
+    "LeaseScan",
+    "StoreCapabilities",
+    "StoreStats",
+    "default_holder",
+    "new_lease_id",
+]
 
-MIN_BLOCK_SIZE = 512
-MAX_BLOCK_SIZE = 64 * 1024 * 1024
 DEFAULT_BLOCK_SIZE = 1024 * 1024
 DEFAULT_TTL = 30.0
 
@@ -104,36 +119,6 @@ class StoreStats:
     held: int
     blocks: int
     bytes_allocated: int
-
-
-def _is_int(x: object) -> bool:
-    """An integer (numpy integers included), but not a bool."""
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
-
-
-def check_ttl(ttl: object) -> float:
-    """``ttl`` as a float; ``ValueError`` unless it is a finite number of seconds > 0."""
-    if (not isinstance(ttl, numbers.Real) or isinstance(ttl, bool)
-            or not math.isfinite(ttl) or ttl <= 0):
-        raise ValueError(f"ttl must be a finite number of seconds > 0, got {ttl!r}")
-    return float(ttl)
-
-
-def check_num_blocks(num_blocks: object, what: str) -> int:
-    """``num_blocks`` as an int; ``BlockIndexError`` unless it is an int >= 0."""
-    if not _is_int(num_blocks) or num_blocks < 0:  # type: ignore[operator]
-        raise BlockIndexError(f"cannot {what} with {num_blocks!r} blocks",
-                              index=int(num_blocks) if _is_int(num_blocks) else None)
-    return int(num_blocks)  # type: ignore[call-overload]
-
-
-def check_block_size(block_size: int) -> int:
-    """``block_size`` if valid; ``StoreConfigError`` otherwise."""
-    if not _is_int(block_size) or not (MIN_BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE):
-        raise StoreConfigError(
-            f"block size must be an int in [{MIN_BLOCK_SIZE}, {MAX_BLOCK_SIZE}], "
-            f"got {block_size!r}")
-    return int(block_size)
 
 
 class BlockStore(ABC):
@@ -221,10 +206,8 @@ class BlockStore(ABC):
         ``steal`` is false.
         """
         self._check_open()
-        if not isinstance(name, str) or not name or "\x00" in name:
-            raise ValueError(f"lease name must be a non-empty string, got {name!r}")
-        if holder is not None and (not isinstance(holder, str) or "\x00" in holder):
-            raise ValueError(f"holder must be a string or None, got {holder!r}")
+        name = check_name(name)
+        holder = check_holder(holder)
         ttl = check_ttl(ttl)
         num_blocks = check_num_blocks(num_blocks, f"create lease {name!r}")
         info = self._acquire(name, holder or default_holder(), ttl, num_blocks, bool(steal))
@@ -318,9 +301,9 @@ class BlockStore(ABC):
 
     # -- checked paths used by the handles -----------------------------------------------
     def _check_index(self, lease_id: str, index: object) -> int:
-        if not _is_int(index) or index < 0:  # type: ignore[operator]
+        if not is_int(index) or index < 0:  # type: ignore[operator]
             raise BlockIndexError(f"block index must be a non-negative int, got {index!r}",
-                                  lease_id=lease_id, index=int(index) if _is_int(index) else None)
+                                  lease_id=lease_id, index=int(index) if is_int(index) else None)
         return int(index)  # type: ignore[call-overload]
 
     def _checked_write(self, lease_id: str, epoch: int,

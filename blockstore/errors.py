@@ -10,12 +10,17 @@ builtin that fits, so callers may catch either::
     │   └── StoreVersionError                         store written by a newer blockpoint
     ├── StoreConfigError          (ValueError)        e.g. block size differs from the store's
     ├── StorageIOError            (OSError)           the backend's I/O failed
+    │   └── LockTimeoutError      (TimeoutError)      a store or lease lock stayed taken
     ├── LeaseError
     │   ├── LeaseNotFoundError    (KeyError)          no lease with that name or id
     │   ├── LeaseHeldError                            held by another holder, not expired
     │   ├── LeaseExpiredError                         the holder's TTL ran out (renew first)
     │   ├── LeaseReleasedError                        handle used after release()
+    │   ├── LeaseNameError        (ValueError)        empty name, NUL or control character
     │   └── StaleLeaseError                           epoch is not the current one (fenced)
+    ├── DocumentError                                 a slotted document (blockstore.document)
+    │   ├── DocumentEncodeError   (TypeError)         not a JSON object JSON can encode
+    │   └── DocumentTooLargeError (ValueError)        encoded above the document's max_bytes
     └── BlockError
         ├── BlockIndexError       (IndexError)        negative or beyond the lease
         └── BlockSizeError        (ValueError)        data larger than one block
@@ -31,11 +36,16 @@ __all__ = [
     "BlockIndexError",
     "BlockSizeError",
     "BlockStoreError",
+    "DocumentEncodeError",
+    "DocumentError",
+    "DocumentTooLargeError",
     "LeaseError",
     "LeaseExpiredError",
     "LeaseHeldError",
+    "LeaseNameError",
     "LeaseNotFoundError",
     "LeaseReleasedError",
+    "LockTimeoutError",
     "StaleLeaseError",
     "StorageIOError",
     "StoreClosedError",
@@ -126,6 +136,21 @@ class StorageIOError(BlockStoreError, OSError):
         self.path = path
 
 
+class LockTimeoutError(StorageIOError, TimeoutError):
+    """A lock of the store (or of one lease) was not obtained within the store's lock timeout.
+
+    The holder is stuck (stopped process, hung I/O) or the store is overloaded; nothing was
+    changed. Retrying later is safe.
+
+    Attributes:
+        path: the lock file; ``waited``: seconds waited.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None, waited: float = 0.0) -> None:
+        super().__init__(message, path=path)
+        self.waited = waited
+
+
 class LeaseError(BlockStoreError):
     """A lease operation was refused."""
 
@@ -165,6 +190,14 @@ class LeaseReleasedError(LeaseError):
     """The handle was used after ``release()``."""
 
 
+class LeaseNameError(LeaseError, ValueError):
+    """A lease name (or holder) is empty, not a string, or holds a NUL or control character.
+
+    Names are printed by ``blockpoint inspect`` and written into records; a control
+    character (newline, ESC, any Unicode ``Cc``, line/paragraph separators) could forge output.
+    """
+
+
 class StaleLeaseError(LeaseError):
     """The write carried an epoch that is no longer current: another holder took over.
 
@@ -194,3 +227,34 @@ class BlockIndexError(BlockError, IndexError):
 
 class BlockSizeError(BlockError, ValueError):
     """Data given for one block is larger than the store's block size."""
+
+
+class DocumentError(BlockStoreError):
+    """A slotted document (:mod:`blockstore.document`) cannot be saved as asked.
+
+    Attributes:
+        lease_id, name: the document's lease.
+    """
+
+    def __init__(self, message: str, *, lease_id: str | None = None,
+                 name: str | None = None) -> None:
+        super().__init__(message)
+        self.lease_id = lease_id
+        self.name = name
+
+
+class DocumentEncodeError(DocumentError, TypeError):
+    """The document is not a dict that canonical JSON can encode; nothing was written."""
+
+
+class DocumentTooLargeError(DocumentError, ValueError):
+    """The encoded document exceeds the document's ``max_bytes``; nothing was written.
+
+    Attributes:
+        size: encoded bytes; ``limit``: the maximum.
+    """
+
+    def __init__(self, message: str, *, size: int, limit: int, **kw: str | None) -> None:
+        super().__init__(message, **kw)
+        self.size = size
+        self.limit = limit

@@ -4,15 +4,22 @@
 at a chosen block write: after ``k`` blocks have been written it writes nothing more, or
 writes only the first part of the next block (a torn block), then raises :class:`InjectedCrash`.
 Everything written before the crash stays in the real store, exactly as after a process
-killed at that point; tests then reopen the real store and check what a reader sees.
+killed at that point; tests then reopen the real store and check what a reader sees. With
+``kill=True`` the process really dies there (SIGKILL to itself): no ``finally`` block, no
+release, as after a crash - for tests that run the victim in a subprocess.
+
+``fail_renewals(n)`` makes the next ``n`` renewals fail with ``StorageIOError`` (a transient
+backend error) without touching the real store.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Sequence
 
 from .base import BlockStore, bounds_error
-from .errors import BlockStoreError
+from .errors import BlockStoreError, StorageIOError
 from .fencing import check_current
 from .lease import LeaseInfo
 
@@ -40,14 +47,28 @@ class FaultyStore(BlockStore):
         self._crash_at: int | None = None
         self._torn = False
         self._crash_on_flush: int | None = None
+        self._kill = False
+        self._failing_renewals = 0
+        self.failed_renewals = 0
 
-    def crash_after(self, k: int | None, *, torn: bool = False) -> None:
+    def crash_after(self, k: int | None, *, torn: bool = False, kill: bool = False) -> None:
         """Crash when a write would exceed ``k`` blocks in total (``None`` disarms).
 
-        With ``torn``, the block at which the crash happens is half written first.
+        With ``torn``, the block at which the crash happens is half written first. With
+        ``kill``, the process is SIGKILLed at that point instead of raising.
         """
         self._crash_at = k
         self._torn = torn
+        self._kill = kill
+
+    def fail_renewals(self, n: int) -> None:
+        """Make the next ``n`` renewals raise ``StorageIOError`` (0 disarms)."""
+        self._failing_renewals = n
+
+    def _crash(self, message: str) -> InjectedCrash:
+        if self._kill:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return InjectedCrash(message)
 
     def crash_on_flush(self, n: int | None) -> None:
         """Crash instead of performing the (n+1)-th flush (``None`` disarms)."""
@@ -62,6 +83,10 @@ class FaultyStore(BlockStore):
         return self.inner._acquire(name, holder, ttl, num_blocks, steal)
 
     def _renew(self, lease_id: str, holder: str, epoch: int, ttl: float) -> LeaseInfo:
+        if self._failing_renewals > 0:
+            self._failing_renewals -= 1
+            self.failed_renewals += 1
+            raise StorageIOError(f"injected transient failure of renewal of {lease_id}")
         return self.inner._renew(lease_id, holder, epoch, ttl)
 
     def _release(self, lease_id: str, holder: str, epoch: int) -> None:
@@ -92,8 +117,8 @@ class FaultyStore(BlockStore):
                     half = len(d) // 2
                     old[:half] = d[:half]
                     self.inner._write(lease_id, epoch, [i], [memoryview(old)])
-                raise InjectedCrash(f"injected crash at block write {self.block_writes} "
-                                    f"(block {i}{', torn' if self._torn else ''})")
+                raise self._crash(f"injected crash at block write {self.block_writes} "
+                                  f"(block {i}{', torn' if self._torn else ''})")
             self.inner._write(lease_id, epoch, [i], [d])
             self.block_writes += 1
 
@@ -102,7 +127,7 @@ class FaultyStore(BlockStore):
 
     def _flush(self, lease_id: str, epoch: int) -> None:
         if self._crash_on_flush is not None and self.flushes >= self._crash_on_flush:
-            raise InjectedCrash(f"injected crash at flush {self.flushes}")
+            raise self._crash(f"injected crash at flush {self.flushes}")
         self.flushes += 1
         self.inner._flush(lease_id, epoch)
 

@@ -3,7 +3,7 @@
 Layout (``docs/FORMAT.md`` has the details)::
 
     <root>/blockpoint-store.json     {"format": "blockpoint-store", "version": 1, "block_size": N}
-    <root>/store.lock                flock: exclusive while a lease is created or acquired
+    <root>/store.lock                flock: exclusive while a lease is found by name or created
     <root>/leases/<id>.json          the lease record, replaced atomically
     <root>/leases/<id>.lock          flock: shared by writers, exclusive by record changes
     <root>/leases/<id>.dat           the blocks: block i at byte offset i * block_size
@@ -17,6 +17,16 @@ a temporary file, fsynced, renamed over the old one and the directory fsynced: a
 the old record or the new one. The lock files are never replaced (a lock on a replaced inode
 would protect nothing).
 
+Locks are waited for with a bound (``lock_timeout``, ``LockTimeoutError``), and nobody
+waits for a lease's lock while holding ``store.lock``: a writer stopped while it holds a
+lease's lock (SIGSTOP, hung I/O) can delay only that lease, never an acquire of another.
+The only nesting is lease lock, then store lock (``delete_lease``); ``acquire`` takes the
+store lock to find or create the lease by name, lets it go, then takes the lease's lock to
+take it over (and starts again if the lease was deleted meanwhile).
+
+Data files are opened through a bounded LRU of descriptors (``blockstore/fdcache.py``),
+closed on eviction, release and delete, so a process may touch any number of leases.
+
 Durability: ``flush`` fsyncs the data file. Record changes are durable when they return.
 """
 
@@ -28,20 +38,25 @@ import fcntl
 import json
 import os
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from .base import DEFAULT_BLOCK_SIZE, BlockStore, StoreCapabilities, bounds_error, new_lease_id
+from .canonical import canonical_json
+from .checks import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, check_block_size
 from .errors import (
     LeaseHeldError,
     LeaseNotFoundError,
+    LockTimeoutError,
     StorageIOError,
     StoreConfigError,
     StoreCorruptError,
     StorePathError,
     StoreVersionError,
 )
+from .fdcache import FdCache
 from .fencing import check_current, next_acquire, released, renewed
 from .lease import LeaseInfo
 
@@ -51,11 +66,12 @@ META_NAME = "blockpoint-store.json"
 FORMAT_NAME = "blockpoint-store"
 FORMAT_VERSION = 1
 _IOV_MAX = 512
+DEFAULT_LOCK_TIMEOUT = 30.0
+DEFAULT_MAX_OPEN_FILES = 64
 
 
 def _read_meta(meta: Path, block_size: int | None) -> int:
     """The block size recorded in ``meta``, checked against ``block_size`` if given."""
-    from .base import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE
     try:
         doc = json.loads(meta.read_bytes())
         if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
@@ -113,17 +129,60 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until every byte is written (the kernel may write less than asked)."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        if n <= 0:  # pragma: no cover - a regular file returns an error instead
+            raise OSError(errno.EIO, "write wrote nothing")
+        view = view[n:]
+
+
 def _atomic_write_json(path: Path, obj: object) -> None:
+    """Replace ``path`` by ``obj`` as JSON: temporary file, fsync, rename, fsync the directory.
+
+    A failure at any step (a short write included) leaves the old file in place and no
+    temporary file behind.
+    """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    data = json.dumps(obj, sort_keys=True).encode()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    data = canonical_json(obj)
     try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
     _fsync_dir(path.parent)
+
+
+def _lock_within(fd: int, mode: int, timeout: float, path: Path, what: str) -> None:
+    """``flock(fd, mode)``, waiting at most ``timeout`` seconds (``LockTimeoutError``)."""
+    deadline = time.monotonic() + timeout
+    pause = 0.0005
+    while True:
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        now = time.monotonic()
+        if now >= deadline:
+            raise LockTimeoutError(
+                f"the lock of {what} ({path}) stayed taken for {timeout:.1f}s (a holder is "
+                "stopped or its I/O hangs); nothing was changed", path=str(path),
+                waited=timeout)
+        time.sleep(min(pause, deadline - now))
+        # Short pauses: shared holders come and go, and an exclusive waiter must catch a gap.
+        pause = min(pause * 2, 0.005)
 
 
 class FileStore(BlockStore):
@@ -134,18 +193,22 @@ class FileStore(BlockStore):
         block_size: bytes per block for a new store; for an existing one it must match or be
             ``None``.
         create: create the store if the directory is missing or empty.
+        lock_timeout: the longest wait, in seconds, for the store's or a lease's lock before
+            ``LockTimeoutError`` (also settable later as the attribute of that name).
+        max_open_files: data-file descriptors kept open when idle (an LRU).
     """
 
     capabilities = StoreCapabilities(cross_process=True, durable=True, conditional_write=False)
 
     def __init__(self, root: str | os.PathLike[str], block_size: int | None = None,
-                 *, create: bool = True) -> None:
+                 *, create: bool = True, lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+                 max_open_files: int = DEFAULT_MAX_OPEN_FILES) -> None:
         self.root = Path(root).absolute()
         bs = self._open_root(block_size, create)
         super().__init__(bs)
+        self.lock_timeout = lock_timeout
         self._leases_dir = self.root / "leases"
-        self._fds: dict[str, int] = {}
-        self._fds_lock = threading.Lock()
+        self._fds = FdCache(max_open_files, self._open_data)
 
     # -- opening ---------------------------------------------------------------------------
     def _open_root(self, block_size: int | None, create: bool) -> int:
@@ -160,7 +223,6 @@ class FileStore(BlockStore):
                                  "empty; refusing to write into it", path=str(root))
         if not create:
             raise StorePathError(f"{root} is not a blockpoint store", path=str(root))
-        from .base import check_block_size
         bs = check_block_size(DEFAULT_BLOCK_SIZE if block_size is None else block_size)
         try:
             root.mkdir(parents=True, exist_ok=True)
@@ -197,22 +259,24 @@ class FileStore(BlockStore):
         return self._leases_dir / f"{lease_id}.{ext}"
 
     @contextmanager
-    def _flock(self, path: Path, mode: int) -> Iterator[None]:
+    def _flock(self, path: Path, mode: int, what: str = "the store") -> Iterator[None]:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             raise StorageIOError(f"cannot open lock {path}: {exc}", path=str(path)) from exc
         try:
-            fcntl.flock(fd, mode)
+            _lock_within(fd, mode, self.lock_timeout, path, what)
             yield
         finally:
             os.close(fd)  # closing drops the flock
 
-    def _lease_lock(self, lease_id: str, exclusive: bool) -> AbstractContextManager[None]:
+    def _lease_lock(self, lease_id: str, exclusive: bool,
+                    name: str | None = None) -> AbstractContextManager[None]:
         lock = self._path(lease_id, "lock")
         if not self._path(lease_id, "json").exists():
             raise LeaseNotFoundError(f"no lease {lease_id} in {self.url}", lease_id=lease_id)
-        return self._flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        what = f"lease {name!r} ({lease_id})" if name else f"lease {lease_id}"
+        return self._flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH, what)
 
     def _read_record(self, lease_id: str) -> LeaseInfo:
         path = self._path(lease_id, "json")
@@ -243,47 +307,48 @@ class FileStore(BlockStore):
             raise StorageIOError(f"cannot write lease record of {info.name!r}: {exc}",
                                  path=str(path)) from exc
 
-    def _data_fd(self, lease_id: str) -> int:
-        fd = self._fds.get(lease_id)
-        if fd is not None:
-            return fd
-        with self._fds_lock:
-            fd = self._fds.get(lease_id)
-            if fd is None:
-                path = self._path(lease_id, "dat")
-                try:
-                    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-                except OSError as exc:
-                    raise StorageIOError(f"cannot open blocks of lease {lease_id}: {exc}",
-                                         path=str(path)) from exc
-                self._fds[lease_id] = fd
-            return fd
+    def _open_data(self, lease_id: str) -> int:
+        path = self._path(lease_id, "dat")
+        try:
+            return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StorageIOError(f"cannot open blocks of lease {lease_id}: {exc}",
+                                 path=str(path)) from exc
 
     # -- primitives ------------------------------------------------------------------------
     def _acquire(self, name: str, holder: str, ttl: float, num_blocks: int,
                  steal: bool) -> LeaseInfo:
-        with self._flock(self.root / "store.lock", fcntl.LOCK_EX):
-            existing = next((i for i in self._list() if i.name == name), None)
-            if existing is None:
-                info = next_acquire(None, lease_id=new_lease_id(), name=name, holder=holder,
-                                    ttl=ttl, num_blocks=num_blocks, steal=steal,
-                                    block_size=self.block_size)
-                try:
-                    self._path(info.lease_id, "lock").touch()
-                    with open(self._path(info.lease_id, "dat"), "wb") as f:
-                        f.truncate(num_blocks * self.block_size)
-                        os.fsync(f.fileno())
-                except OSError as exc:
-                    raise StorageIOError(f"cannot create lease {name!r}: {exc}") from exc
-                self._write_record(info)  # the record last: it is what makes the lease exist
-                return info
-            with self._lease_lock(existing.lease_id, exclusive=True):
-                current = self._read_record(existing.lease_id)
-                info = next_acquire(current, lease_id=current.lease_id, name=name, holder=holder,
-                                    ttl=ttl, num_blocks=num_blocks, steal=steal,
-                                    block_size=self.block_size)
-                self._write_record(info)
-                return info
+        while True:
+            with self._flock(self.root / "store.lock", fcntl.LOCK_EX):
+                existing = next((i for i in self._list() if i.name == name), None)
+                if existing is None:
+                    return self._create(name, holder, ttl, num_blocks)
+            # The takeover waits for the lease's lock only after the store lock is let go:
+            # a stopped writer holding that lock must not stall every other acquire.
+            try:
+                with self._lease_lock(existing.lease_id, exclusive=True, name=name):
+                    current = self._read_record(existing.lease_id)
+                    info = next_acquire(current, lease_id=current.lease_id, name=name,
+                                        holder=holder, ttl=ttl, num_blocks=num_blocks,
+                                        steal=steal, block_size=self.block_size)
+                    self._write_record(info)
+                    return info
+            except LeaseNotFoundError:
+                continue  # deleted since we looked: look again (it may be created anew)
+
+    def _create(self, name: str, holder: str, ttl: float, num_blocks: int) -> LeaseInfo:
+        """A new lease named ``name`` (the store lock is held, so the name stays unique)."""
+        info = next_acquire(None, lease_id=new_lease_id(), name=name, holder=holder, ttl=ttl,
+                            num_blocks=num_blocks, steal=False, block_size=self.block_size)
+        try:
+            self._path(info.lease_id, "lock").touch()
+            with open(self._path(info.lease_id, "dat"), "wb") as f:
+                f.truncate(num_blocks * self.block_size)
+                os.fsync(f.fileno())
+        except OSError as exc:
+            raise StorageIOError(f"cannot create lease {name!r}: {exc}") from exc
+        self._write_record(info)  # the record last: it is what makes the lease exist
+        return info
 
     def _renew(self, lease_id: str, holder: str, epoch: int, ttl: float) -> LeaseInfo:
         with self._lease_lock(lease_id, exclusive=True):
@@ -294,15 +359,18 @@ class FileStore(BlockStore):
     def _release(self, lease_id: str, holder: str, epoch: int) -> None:
         with self._lease_lock(lease_id, exclusive=True):
             self._write_record(released(self._read_record(lease_id), epoch))
+        self._fds.discard(lease_id)  # the holder is done: keep no descriptor for it
 
     def _resize(self, lease_id: str, epoch: int, num_blocks: int) -> LeaseInfo:
         with self._lease_lock(lease_id, exclusive=True):
             info = self._read_record(lease_id)
             check_current(info, epoch)
-            fd = self._data_fd(lease_id)
             try:
-                os.ftruncate(fd, num_blocks * self.block_size)
-                os.fsync(fd)
+                with self._fds.use(lease_id) as fd:
+                    os.ftruncate(fd, num_blocks * self.block_size)
+                    os.fsync(fd)
+            except StorageIOError:
+                raise  # already translated (opening the data file)
             except OSError as exc:
                 raise StorageIOError(f"cannot resize lease {info.name!r}: {exc}") from exc
             info = dataclasses.replace(info, num_blocks=num_blocks)
@@ -318,10 +386,12 @@ class FileStore(BlockStore):
             for i in indices:
                 if i >= info.num_blocks:
                     raise bounds_error(lease_id, info.name, i, info.num_blocks)
-            fd = self._data_fd(lease_id)
             try:
-                for start, bufs in _runs(indices, datas, bs):
-                    _pwritev_all(fd, bufs, start * bs)
+                with self._fds.use(lease_id, writing=True) as fd:
+                    for start, bufs in _runs(indices, datas, bs):
+                        _pwritev_all(fd, bufs, start * bs)
+            except StorageIOError:
+                raise  # already translated (opening the data file)
             except OSError as exc:
                 raise StorageIOError(f"write to lease {info.name!r} failed: {exc}") from exc
 
@@ -330,18 +400,20 @@ class FileStore(BlockStore):
         for i in indices:
             if i >= info.num_blocks:
                 raise bounds_error(lease_id, info.name, i, info.num_blocks)
-        fd = self._data_fd(lease_id)
         bs = self.block_size
         try:
-            for i, buf in zip(indices, buffers):
-                n = os.preadv(fd, [buf], i * bs)
-                while 0 < n < len(buf):
-                    got = os.preadv(fd, [buf[n:]], i * bs + n)
-                    if got == 0:
-                        break
-                    n += got
-                if n < len(buf):  # beyond the end of the file: never written
-                    buf[n:] = bytes(len(buf) - n)
+            with self._fds.use(lease_id) as fd:
+                for i, buf in zip(indices, buffers):
+                    n = os.preadv(fd, [buf], i * bs)
+                    while 0 < n < len(buf):
+                        got = os.preadv(fd, [buf[n:]], i * bs + n)
+                        if got == 0:
+                            break
+                        n += got
+                    if n < len(buf):  # beyond the end of the file: never written
+                        buf[n:] = bytes(len(buf) - n)
+        except StorageIOError:
+            raise  # already translated (opening the data file)
         except OSError as exc:
             raise StorageIOError(f"read from lease {info.name!r} failed: {exc}") from exc
 
@@ -349,7 +421,15 @@ class FileStore(BlockStore):
         with self._lease_lock(lease_id, exclusive=False):
             check_current(self._read_record(lease_id), epoch, allow_expired=True)
             try:
-                os.fsync(self._data_fd(lease_id))
+                with self._fds.use(lease_id) as fd:
+                    os.fsync(fd)
+                    self._fds.flushed(lease_id)
+                # An fsync done when the descriptor was evicted may have failed.
+                late = self._fds.take_error(lease_id)
+                if late is not None:
+                    raise late
+            except StorageIOError:
+                raise  # already translated (opening the data file)
             except OSError as exc:
                 raise StorageIOError(f"fsync of lease {lease_id} failed: {exc}") from exc
 
@@ -382,8 +462,9 @@ class FileStore(BlockStore):
         return out, errors
 
     def _delete(self, lease_id: str, holder: str | None, epoch: int | None) -> None:
-        with self._flock(self.root / "store.lock", fcntl.LOCK_EX), \
-                self._lease_lock(lease_id, exclusive=True):
+        # Lease lock, then store lock: the one nesting of locks (see the module docstring).
+        with self._lease_lock(lease_id, exclusive=True), \
+                self._flock(self.root / "store.lock", fcntl.LOCK_EX):
             info = self._read_record(lease_id)
             if epoch is not None:
                 check_current(info, epoch, allow_expired=True)
@@ -394,10 +475,7 @@ class FileStore(BlockStore):
             # The record goes first: without it the lease does not exist.
             self._path(lease_id, "json").unlink()
             _fsync_dir(self._leases_dir)
-            with self._fds_lock:
-                fd = self._fds.pop(lease_id, None)
-            if fd is not None:
-                os.close(fd)
+            self._fds.discard(lease_id)
             for ext in ("dat", "lock"):
                 try:
                     self._path(lease_id, ext).unlink()
@@ -405,14 +483,7 @@ class FileStore(BlockStore):
                     pass
 
     def _close(self) -> None:
-        with self._fds_lock:
-            fds, self._fds = list(self._fds.values()), {}
-        for fd in fds:
-            try:
-                os.close(fd)
-            except OSError as exc:  # pragma: no cover
-                if exc.errno != errno.EBADF:
-                    raise
+        self._fds.close()
 
 
 def _runs(indices: Sequence[int], datas: Sequence[memoryview],

@@ -14,20 +14,52 @@ context manager whose exit releases it (data stays; release only gives up the ri
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from .errors import LeaseReleasedError
+from .checks import check_num_blocks, check_ttl
+from .errors import LeaseError, LeaseReleasedError, StoreClosedError
 
-if TYPE_CHECKING:
-    from .base import BlockStore
-
-__all__ = ["Lease", "LeaseInfo", "LeaseReader"]
+__all__ = ["Lease", "LeaseBackend", "LeaseInfo", "LeaseReader"]
 
 Buffer = bytes | bytearray | memoryview
+log = logging.getLogger(__name__)
+
+
+class LeaseBackend(Protocol):
+    """What the handles call on their store: the checked primitives of ``BlockStore``.
+
+    :class:`~blockstore.base.BlockStore` satisfies it; naming it here is what lets this
+    module know nothing of ``base.py`` (which builds the handles). Each call validates or
+    fences as the store's module docstring states and changes nothing when it raises.
+    """
+
+    block_size: int
+
+    @property
+    def url(self) -> str: ...
+
+    def _check_open(self) -> None: ...
+
+    def lease_info(self, name_or_id: str) -> LeaseInfo: ...
+
+    def _renew(self, lease_id: str, holder: str, epoch: int, ttl: float) -> LeaseInfo: ...
+
+    def _release(self, lease_id: str, holder: str, epoch: int) -> None: ...
+
+    def _resize(self, lease_id: str, epoch: int, num_blocks: int) -> LeaseInfo: ...
+
+    def _flush(self, lease_id: str, epoch: int) -> None: ...
+
+    def _checked_write(self, lease_id: str, epoch: int,
+                       pairs: Sequence[tuple[int, Buffer]]) -> None: ...
+
+    def _checked_read(self, lease_id: str, indices: Sequence[int],
+                      buffers: Sequence[memoryview]) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,13 +117,13 @@ class LeaseReader:
     checksums and on the commit protocol of the layer above, never on read isolation.
     """
 
-    def __init__(self, store: BlockStore, lease_id: str, name: str) -> None:
+    def __init__(self, store: LeaseBackend, lease_id: str, name: str) -> None:
         self._store = store
         self.lease_id = lease_id
         self.name = name
 
     @property
-    def store(self) -> BlockStore:
+    def store(self) -> LeaseBackend:
         return self._store
 
     @property
@@ -151,11 +183,14 @@ class Lease(LeaseReader):
     ``with`` block (normally or by an exception) releases the lease; data stays.
 
     If ``keepalive`` was set at acquisition, a daemon thread renews the TTL every third of it
-    until release; a renewal that fails (fenced, store closed) stops the thread and is reported
-    by the next write, which fails.
+    until release. A renewal that fails for a transient reason (``StorageIOError``, a lock
+    timeout, any error that is not about the lease) is retried with a growing pause, never
+    longer than that third, so a short outage does not let the lease expire under a live
+    holder. Only a lease error (fenced, deleted) or a closed store stops the thread; the
+    next write then reports it by failing.
     """
 
-    def __init__(self, store: BlockStore, info: LeaseInfo, ttl: float, keepalive: bool) -> None:
+    def __init__(self, store: LeaseBackend, info: LeaseInfo, ttl: float, keepalive: bool) -> None:
         super().__init__(store, info.lease_id, info.name)
         self.holder: str = info.holder or ""
         self.epoch: int = info.epoch
@@ -183,7 +218,6 @@ class Lease(LeaseReader):
     def renew(self, ttl: float | None = None) -> LeaseInfo:
         """Extend the hold by ``ttl`` seconds from now. Raises if fenced or released."""
         self._check()
-        from .base import check_ttl
         new_ttl = self.ttl if ttl is None else check_ttl(ttl)
         info = self._store._renew(self.lease_id, self.holder, self.epoch, new_ttl)
         self.ttl = new_ttl
@@ -199,7 +233,6 @@ class Lease(LeaseReader):
             return
         self._released = True
         self._stop.set()
-        from .errors import LeaseError, StoreClosedError
         try:
             self._store._check_open()
             self._store._release(self.lease_id, self.holder, self.epoch)
@@ -213,12 +246,25 @@ class Lease(LeaseReader):
         self.release()
 
     def _keep_alive(self) -> None:
-        while not self._stop.wait(max(self.ttl / 3.0, 0.05)):
+        failures = 0
+        while True:
+            interval = max(self.ttl / 3.0, 0.05)
+            pause = interval if not failures else min(0.02 * 2 ** failures, interval)
+            if self._stop.wait(pause):
+                return
             try:
                 self._store._check_open()  # a closed store touches no storage
                 self._store._renew(self.lease_id, self.holder, self.epoch, self.ttl)
-            except Exception:  # fenced or closed: writes will report it
-                return
+            except (LeaseError, StoreClosedError):
+                return  # fenced, released, deleted or closed: writes will report it
+            except Exception as exc:  # transient (I/O, lock timeout): try again soon
+                failures += 1
+                if failures == 1:
+                    log.warning("lease %r: renewal failed (%s); retrying", self.name, exc)
+                continue
+            if failures:
+                log.info("lease %r: renewal succeeded after %d failures", self.name, failures)
+            failures = 0
 
     # -- writes --------------------------------------------------------------------------
     def write_block(self, index: int, data: Buffer) -> None:
@@ -239,14 +285,12 @@ class Lease(LeaseReader):
     def resize(self, num_blocks: int) -> LeaseInfo:
         """Grow or shrink the lease to ``num_blocks``. New blocks read as zeros."""
         self._check()
-        from .base import check_num_blocks
         n = check_num_blocks(num_blocks, f"resize lease {self.name!r}")
         return self._store._resize(self.lease_id, self.epoch, n)
 
     def grow(self, num_blocks: int) -> LeaseInfo:
         """Ensure the lease has at least ``num_blocks`` blocks (never shrinks)."""
         self._check()
-        from .base import check_num_blocks
         num_blocks = check_num_blocks(num_blocks, f"grow lease {self.name!r}")
         info = self.info()
         if info.num_blocks >= num_blocks:

@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from blockstore import crc32c
+from blockstore import canonical_json, crc32c
 
 from .errors import BadMagicError, CheckpointCorrupt, TornHeaderError, UnsupportedFormatError
 
@@ -217,7 +217,7 @@ def max_meta(block_size: int) -> int:
 def encode_meta(meta: Mapping[str, Any] | None) -> bytes:
     if not meta:
         return b""
-    return json.dumps(dict(meta), sort_keys=True, separators=(",", ":")).encode()
+    return canonical_json(dict(meta))
 
 
 def pack_header(*, data_length: int, generation: int, step: int, created_at: float,

@@ -3,13 +3,18 @@
 Everything lives in the block store itself, so runs work on every backend that the stages'
 checkpoints work on (and move with them):
 
-* ``run/<run_id>/step/<step:012d>`` - one lease per committed step, holding one checksummed
-  JSON document (:class:`RunStep`: time, source position, per-stage lease id / epoch /
-  generation, in-flight items, free metadata). Written once: payload blocks, flush, then the
-  header block, flush - a crash leaves either no readable document or the whole one.
-* ``run/<run_id>/status`` - the run's control lease, holding :class:`RunStatus` in two
-  alternating one-block slots (sequence number + CRC-32C each; readers take the newest slot
-  that verifies), so a torn status write leaves the previous status readable.
+* ``run/<run_id>/step/<step:012d>`` - one lease per committed step, holding one slotted
+  document (:class:`blockstore.SlottedDocument`, kind ``BPRD`` version 2) of the fields of
+  :class:`RunStep`: time, source position, per-stage lease id / epoch / generation,
+  in-flight items, free metadata. Written once; a crash leaves either no readable document
+  or the whole one. A save that finds the step's lease held by a driver that died mid-save
+  (nothing readable in it) takes the lease over instead of waiting out its TTL.
+* ``run/<run_id>/status`` - the run's control lease, holding :class:`RunStatus` as a slotted
+  document (kind ``BPRS`` version 2); its generation is the status's ``seq``. A save cut
+  short leaves the previous status readable.
+
+The crash-safety argument of both is the document's (``blockstore/document.py``); the byte
+layout is in ``docs/FORMAT.md``.
 
 Why a claim is a lease: acquiring a lease is atomic on every backend and bumps a fencing
 epoch. ``claim()`` acquires the control lease *without* stealing (only one driver can hold
@@ -21,23 +26,11 @@ gets ``RunClaimLost`` instead of double-completing. A driver that dies after cla
 status ``claimed`` with an expired control lease: :meth:`RunStore.recover_orphaned` (called
 at start-up) re-arms such runs to ``paused`` - under a fresh acquisition, so a second
 recoverer or a late original claimer cannot interfere. No double resume, no lost run.
-
-Document format (little-endian)::
-
-    step document, header block 0:  0 magic b"BPRD" | 4 u32 version=1 | 8 u64 payload length
-                                    16 u32 crc32c(payload) | 20 u32 crc32c(bytes 0..20)
-                                    payload (UTF-8 JSON) in blocks 1..n
-    status slot (block 0 or 1):     0 magic b"BPRS" | 4 u32 version=1 | 8 u64 sequence
-                                    16 u32 payload length | 20 u32 crc32c(bytes 0..20 + payload)
-                                    24.. payload (UTF-8 JSON, at most block_size - 24 bytes)
 """
 
 from __future__ import annotations
 
 import json
-import os
-import socket
-import struct
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -49,8 +42,10 @@ from blockstore import (
     Lease,
     LeaseHeldError,
     LeaseReader,
+    SlottedDocument,
     StaleLeaseError,
-    crc32c,
+    canonical_json,
+    default_holder,
 )
 from blockstore.errors import LeaseError, LeaseNotFoundError
 
@@ -70,11 +65,12 @@ __all__ = [
     "StageCommit",
 ]
 
-_STEP_MAGIC = b"BPRD"
-_STATUS_MAGIC = b"BPRS"
-_VERSION = 1
-_STEP_HDR = struct.Struct("<4sIQI")  # magic, version, length, crc(payload); + u32 header crc
-_STATUS_HDR = struct.Struct("<4sIQI")  # magic, version, seq, length; + u32 crc
+#: Document kinds (the magics of the documents' first layout) and their field version.
+STEP_KIND = b"BPRD"
+STATUS_KIND = b"BPRS"
+DOCUMENT_VERSION = 2
+#: TTL of a step lease while its document is written (a dead saver's hold is taken over).
+_STEP_TTL = 30.0
 
 RUNNING = "running"
 PAUSED = "paused"
@@ -93,9 +89,6 @@ class RunError(StageError):
     def __init__(self, message: str, *, run_id: str | None = None) -> None:
         super().__init__(message)
         self.run_id = run_id
-
-    def __reduce__(self) -> Any:  # picklable with its attributes (crosses processes)
-        return (type(self), self.args, self.__dict__)
 
 
 class RunNotFoundError(RunError, LookupError):
@@ -249,69 +242,18 @@ class RunStatus:
                    meta=dict(d.get("meta", {})))
 
 
-def default_driver() -> str:
-    """``host:pid:random``, unique per call."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+# -- documents ---------------------------------------------------------------------------------
+def _step_document(lease: LeaseReader) -> SlottedDocument:
+    return SlottedDocument(lease, kind=STEP_KIND, version=DOCUMENT_VERSION)
 
 
-# -- encoding ----------------------------------------------------------------------------------
-def _json(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
-
-
-def _encode_step(doc: bytes, block_size: int) -> tuple[bytes, list[bytes]]:
-    head = _STEP_HDR.pack(_STEP_MAGIC, _VERSION, len(doc), crc32c(doc))
-    head += struct.pack("<I", crc32c(head))
-    blocks = [doc[i:i + block_size] for i in range(0, len(doc), block_size)] or [b""]
-    return head, blocks
+def _status_document(lease: LeaseReader) -> SlottedDocument:
+    return SlottedDocument(lease, kind=STATUS_KIND, version=DOCUMENT_VERSION)
 
 
 def _decode_step(reader: LeaseReader) -> dict[str, Any] | None:
     """The step document, or None if absent/torn/corrupt (never a partial document)."""
-    info = reader.info()
-    if info.num_blocks < 2:
-        return None
-    head = reader.read_block(0)
-    magic, version, length, crc = _STEP_HDR.unpack_from(head)
-    (hcrc,) = struct.unpack_from("<I", head, _STEP_HDR.size)
-    if magic != _STEP_MAGIC or version != _VERSION or crc32c(head[:_STEP_HDR.size]) != hcrc:
-        return None
-    n = (length + reader.block_size - 1) // reader.block_size
-    if n + 1 > info.num_blocks:
-        return None
-    buf = bytearray(max(n, 1) * reader.block_size)
-    reader.read_run_into(1, memoryview(buf))
-    doc = bytes(buf[:length])
-    if crc32c(doc) != crc:
-        return None
-    try:
-        return json.loads(doc)
-    except ValueError:
-        return None
-
-
-def _encode_status(status: RunStatus, block_size: int) -> bytes:
-    payload = _json(status.to_dict())
-    if len(payload) > block_size - 24:
-        raise ValueError(f"status of run {status.run_id!r} is {len(payload)} bytes, more than "
-                         f"a status slot holds ({block_size - 24}); keep its meta small")
-    head = _STATUS_HDR.pack(_STATUS_MAGIC, _VERSION, status.seq, len(payload))
-    return head + struct.pack("<I", crc32c(head + payload)) + payload
-
-
-def _decode_status(block: bytes) -> RunStatus | None:
-    magic, version, seq, length = _STATUS_HDR.unpack_from(block)
-    if magic != _STATUS_MAGIC or version != _VERSION or length > len(block) - 24:
-        return None
-    (crc,) = struct.unpack_from("<I", block, _STATUS_HDR.size)
-    payload = block[24:24 + length]
-    if crc32c(block[:_STATUS_HDR.size] + payload) != crc:
-        return None
-    try:
-        st = RunStatus.from_dict(json.loads(payload))
-    except (ValueError, KeyError, TypeError):
-        return None
-    return replace(st, seq=seq)
+    return _step_document(reader).load().document
 
 
 # -- the claim -----------------------------------------------------------------------------------
@@ -425,21 +367,21 @@ class RunStore:
         raise AssertionError("unreachable")
 
     def _read_status(self, reader: LeaseReader) -> RunStatus | None:
-        if reader.info().num_blocks < 2:
+        found = _status_document(reader).load()
+        if found.document is None:
             return None
-        best: RunStatus | None = None
-        for block in reader.read_blocks([0, 1]):
-            st = _decode_status(block)
-            if st is not None and (best is None or st.seq > best.seq):
-                best = st
-        return best
+        try:
+            st = RunStatus.from_dict(found.document)
+        except (ValueError, KeyError, TypeError):
+            return None
+        return replace(st, seq=found.generation or 0)
 
     def _write_status(self, lease: Lease, current: RunStatus | None, new: RunStatus) -> RunStatus:
-        seq = (current.seq if current is not None else 0) + 1
-        new = replace(new, seq=seq, updated_at=time.time())
-        lease.write_blocks({seq % 2: _encode_status(new, self.store.block_size)})
-        lease.flush()
-        return new
+        new = replace(new, updated_at=time.time())
+        fields = new.to_dict()
+        del fields["seq"]  # the document's generation is the status's sequence number
+        seq = _status_document(lease).save(fields)
+        return replace(new, seq=seq)
 
     def status(self, run_id: str) -> RunStatus:
         """The run's current status; ``RunNotFoundError`` if the run does not exist."""
@@ -456,7 +398,7 @@ class RunStore:
 
     def _change(self, run_id: str, driver: str | None, expect: Iterable[str] | None,
                 **changes: Any) -> RunStatus:
-        driver = driver or default_driver()
+        driver = driver or default_holder()
         lease = self._acquire_control(run_id, driver, keepalive=False, retries=20)
         try:
             cur = self._read_status(lease)
@@ -475,7 +417,7 @@ class RunStore:
         """Start a run (state ``running``); a new id if none given. Existing run: returned
         unchanged if running, else ``RunNotPausedError``."""
         run_id = self._check_id(run_id or uuid.uuid4().hex[:16])
-        driver = driver or default_driver()
+        driver = driver or default_holder()
         if self.store.find(self.status_name(run_id)) is not None:
             st = self.status(run_id)
             if st.state != RUNNING:
@@ -520,27 +462,36 @@ class RunStore:
                       committed_at=time.time() if committed_at is None else committed_at,
                       source_position=source_position, stages=tuple(stages),
                       in_flight=tuple(in_flight), meta=dict(meta or {}))
-        doc = _json(rec.to_dict())
+        payload = canonical_json(rec.to_dict())  # bad input fails before the lease exists
         name = self.step_name(run_id, step)
-        try:
-            lease = self.store.acquire(name, ttl=30.0, steal=False)
-        except LeaseHeldError as exc:
-            raise RunStepExistsError(f"step {step} of run {run_id!r} is being saved by "
-                                     f"{exc.holder!r}", run_id=run_id, step=step) from exc
-        try:
-            if _decode_step(lease) is not None:
+        lease = self._acquire_step(run_id, step, name)
+        with _step_document(lease) as doc:  # leaving it releases the step's lease
+            if doc.load().document is not None:
                 raise RunStepExistsError(f"step {step} of run {run_id!r} is already saved",
                                          run_id=run_id, step=step)
-            head, blocks = _encode_step(doc, self.store.block_size)
-            lease.resize(len(blocks) + 1)
-            lease.write_block(0, b"")  # invalidate any torn earlier header first
-            lease.write_blocks({i + 1: b for i, b in enumerate(blocks)})
-            lease.flush()
-            lease.write_block(0, head)  # commit point
-            lease.flush()
-        finally:
-            lease.release()
-        return RunStep.from_dict(json.loads(doc))
+            doc.save(rec.to_dict())
+        return RunStep.from_dict(json.loads(payload))
+
+    def _acquire_step(self, run_id: str, step: int, name: str) -> Lease:
+        """Hold the step's lease; take it over from a saver that left nothing readable.
+
+        A driver that died inside :meth:`save_step` leaves the lease held until its TTL
+        runs out, with no readable document (or the whole one). Without a document there is
+        nothing to protect, so the lease is taken over (its epoch bump fences the old saver,
+        should it still be alive); with one, the step is saved and ``RunStepExistsError``.
+        """
+        try:
+            return self.store.acquire(name, ttl=_STEP_TTL, steal=False)
+        except LeaseHeldError as exc:
+            held = exc
+        try:
+            saved = _decode_step(self.store.open_reader(name)) is not None
+        except LeaseNotFoundError:
+            saved = False  # deleted (pruned) meanwhile: acquiring creates it afresh
+        if saved:
+            raise RunStepExistsError(f"step {step} of run {run_id!r} is already saved",
+                                     run_id=run_id, step=step) from held
+        return self.store.acquire(name, ttl=_STEP_TTL, steal=True)
 
     def load_step(self, run_id: str, step: int | None = None) -> RunStep:
         """Step ``step`` of the run, or its newest readable step if ``None``.
@@ -550,13 +501,9 @@ class RunStore:
         self._check_id(run_id)
         steps = self._step_numbers(run_id) if step is None else [step]
         for s in reversed(steps):
-            try:
-                reader = self.store.open_reader(self.step_name(run_id, s))
-            except LeaseNotFoundError:
-                continue
-            d = _decode_step(reader)
-            if d is not None:
-                return RunStep.from_dict(d)
+            rec = self._read_step(run_id, s)
+            if rec is not None:
+                return rec
         raise RunNotFoundError(
             f"run {run_id!r} has no {'readable steps' if step is None else f'step {step}'}",
             run_id=run_id, step=step)
@@ -571,12 +518,17 @@ class RunStore:
     def iter_steps(self, run_id: str) -> Iterator[RunStep]:
         """Every readable step, oldest first (torn saves are skipped)."""
         for s in self._step_numbers(run_id):
-            try:
-                d = _decode_step(self.store.open_reader(self.step_name(run_id, s)))
-            except LeaseNotFoundError:
-                continue
-            if d is not None:
-                yield RunStep.from_dict(d)
+            rec = self._read_step(run_id, s)
+            if rec is not None:
+                yield rec
+
+    def _read_step(self, run_id: str, step: int) -> RunStep | None:
+        """Step ``step`` if its lease holds a readable document (pruned or torn: ``None``)."""
+        try:
+            d = _decode_step(self.store.open_reader(self.step_name(run_id, step)))
+        except LeaseNotFoundError:
+            return None
+        return None if d is None else RunStep.from_dict(d)
 
     def list_steps(self, run_id: str, *, min_step: int | None = None,
                    max_step: int | None = None, after: float | None = None,
@@ -594,13 +546,9 @@ class RunStore:
         for s in nums:
             if limit is not None and len(out) >= limit:
                 break
-            try:
-                d = _decode_step(self.store.open_reader(self.step_name(run_id, s)))
-            except LeaseNotFoundError:
+            rec = self._read_step(run_id, s)
+            if rec is None:
                 continue
-            if d is None:
-                continue
-            rec = RunStep.from_dict(d)
             if after is not None and not rec.committed_at > after:
                 continue
             if before is not None and not rec.committed_at < before:
@@ -649,7 +597,7 @@ class RunStore:
         driver, see :meth:`recover_orphaned` - running or finished), ``RunNotFoundError``.
         """
         self._check_id(run_id)
-        driver = driver or default_driver()
+        driver = driver or default_holder()
         if self.store.find(self.status_name(run_id)) is None:
             raise RunNotFoundError(f"no run {run_id!r} in {self.store.url}", run_id=run_id)
         lease = self._acquire_control(run_id, driver, keepalive=True)
@@ -719,7 +667,7 @@ class RunStore:
         Safe to run from several drivers at once: each re-arm is done under a fresh,
         non-stealing acquisition of the control lease. Returns the re-armed run ids.
         """
-        driver = driver or default_driver()
+        driver = driver or default_holder()
         out: list[str] = []
         for run_id in self.list_runs():
             info = self.store.find(self.status_name(run_id))

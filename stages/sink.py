@@ -18,6 +18,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from blockstore import canonical_json
+
 __all__ = ["FileSink", "Sink"]
 
 
@@ -52,8 +54,7 @@ class FileSink:
 
     def commit(self, step: int, records: Sequence[Any]) -> None:
         """Write step ``step`` atomically (replacing an earlier commit of the same step)."""
-        data = "".join(json.dumps(r, sort_keys=True, separators=(",", ":")) + "\n"
-                       for r in records).encode()
+        data = b"".join(canonical_json(r) + b"\n" for r in records)
         final = self.path(step)
         tmp = final.with_name(f".{final.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)

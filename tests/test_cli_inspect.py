@@ -116,3 +116,21 @@ def test_installed_command(populated) -> None:
     assert {d["lease_id"] for d in json.loads(res.stdout)} >= {populated["held_id"]}
     res = subprocess.run([str(exe), "inspect"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "store" in res.stderr  # argparse usage error
+
+
+def test_control_characters_in_a_record_are_escaped(store_dir: str, capsys) -> None:
+    """A name with control characters (refused by acquire, but possible in a record written
+    by hand or an older version) is printed escaped: it cannot forge a table row."""
+    with open_store(store_dir, block_size=4096) as st:
+        lease = st.acquire("plain", holder="w")
+        lease_id = lease.lease_id
+    record = Path(store_dir) / "leases" / f"{lease_id}.json"
+    doc = json.loads(record.read_text())
+    doc["name"] = "evil\nforged-row  x  y\x1b[2J"
+    doc["holder"] = "h\rx"
+    record.write_text(json.dumps(doc))
+    assert main(["inspect", store_dir]) == 0
+    out = capsys.readouterr().out
+    lines = out.strip().splitlines()
+    assert len(lines) == 2 and "\x1b" not in out and "\r" not in out
+    assert "evil\\nforged-row" in lines[1] and "\\x1b[2J" in lines[1] and "h\\rx" in lines[1]

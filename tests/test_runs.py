@@ -234,3 +234,35 @@ def test_errors_pickle_with_their_attributes() -> None:
     for e in errors:
         back = pickle.loads(pickle.dumps(e))
         assert type(back) is type(e) and back.__dict__ == e.__dict__ and str(back) == str(e)
+
+
+_DIES_IN_SAVE = textwrap.dedent("""
+    import sys
+    from blockstore import open_store
+    from blockstore.faults import FaultyStore
+    from stages.runs import RunStore
+    store = FaultyStore(open_store(sys.argv[1]))
+    runs = RunStore(store)
+    runs.save_step("r", 1, source_position=1)
+    store.crash_after(store.block_writes + int(sys.argv[2]), kill=True)  # SIGKILL mid-save
+    runs.save_step("r", 2, source_position=2, in_flight=["x" * 50] * 40)
+    print("survived")
+""")
+
+
+@pytest.mark.parametrize("cut", [0, 1, 3])
+def test_driver_killed_inside_save_step_is_recovered(store_dir: str, cut: int) -> None:
+    """A driver SIGKILLed inside save_step leaves the step's lease held (its TTL); the
+    restarted driver saves that step at once instead of failing with RunStepExistsError."""
+    open_store(store_dir, block_size=BS).close()
+    p = subprocess.run([sys.executable, "-c", _DIES_IN_SAVE, store_dir, str(cut)],
+                       capture_output=True, text=True, timeout=60,
+                       cwd=str(Path(__file__).resolve().parents[1]))
+    assert p.returncode == -signal.SIGKILL, (p.returncode, p.stdout, p.stderr)
+    runs = RunStore(open_store(store_dir))
+    assert runs.store.find(runs.step_name("r", 2)).is_held()  # type: ignore[union-attr]
+    assert runs.load_step("r").step == 1  # the torn save is invisible
+    rec = runs.save_step("r", 2, source_position=2)
+    assert runs.load_step("r") == rec and rec.step == 2
+    with pytest.raises(RunStepExistsError):  # and a saved step stays immutable
+        runs.save_step("r", 2, source_position=3)

@@ -108,3 +108,40 @@ def test_header_parsed_per_format_md(tmp_path: Path) -> None:
     assert (count, reserved) == (2, 0)
     (off1, len1) = struct.unpack_from("<QQ", chunk, 8 + 16)
     assert len1 == arr.nbytes and off1 % 64 == 0
+
+
+def test_document_header_parsed_per_format_md(tmp_path: Path) -> None:
+    """FORMAT.md 5.1 describes the bytes a slotted document writes (both slots)."""
+    import hashlib
+    import hmac
+
+    from blockstore import SlottedDocument
+
+    header, names = _struct_of(_table("### 5.1 Document slot header"))
+    assert header.size == 92
+    bs = 512
+    key = b"format-key"
+    docs = [{"a": 1}, {"b": "x" * 700}]
+    with FileStore(tmp_path / "s", bs) as store, store.acquire("doc") as lease:
+        d = SlottedDocument(lease, kind=b"TEST", version=7, slots=2, key=key)
+        for doc in docs:
+            d.save(doc)
+        lease_id = lease.lease_id
+        raw = (tmp_path / "s" / "leases" / f"{lease_id}.dat").read_bytes()
+    for slot, doc in enumerate(docs):
+        f = dict(zip(names, header.unpack_from(raw, slot * bs)))
+        assert f["magic `BPDC`"] == b"BPDC" and f["layout version"] == 1
+        assert f["kind"] == b"TEST" and f["kind version"] == 7
+        assert f["generation"] == slot + 1
+        assert f["slot count K"] == 2 and f["slot index of this header"] == slot
+        assert f["flags"] == 1 and f["reserved"] == 0
+        first, length = f["first payload block"], f["payload length in bytes"]
+        assert first >= 2
+        payload = raw[first * bs:first * bs + length]
+        assert json.loads(payload) == doc
+        assert payload == json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+        assert crc32c(payload) == f["payload CRC-32C"]
+        block = raw[slot * bs:slot * bs + 92]
+        mac = hmac.new(key, block[:56] + lease_id.encode() + payload, hashlib.sha256).digest()
+        assert f["MAC"] == mac
+        assert crc32c(block[:88]) == f["header CRC-32C over bytes `[0, 88)`"]
