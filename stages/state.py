@@ -17,7 +17,7 @@ The commit protocol (one mechanism, ``docs/FORMAT.md`` has the bytes):
 4. ``flush`` (data and erasures durable), then write the header into the target slot, then
    ``flush``: two fsyncs per checkpoint.
 
-Speed (DESIGN "Speed"): the payload is never joined into one buffer - chunks are memoryview
+Speed (`BENCHMARKS.md`): the payload is never joined into one buffer - chunks are memoryview
 slices of pickle's out-of-band buffers (numpy arrays), written with ``pwritev`` while a small
 pool computes CRC-32C (and zstd, only where a cheap probe says it pays) for the next chunks.
 Restore reads straight into one preallocated buffer and checks each chunk while it is still
