@@ -9,14 +9,19 @@ killed at that point; tests then reopen the real store and check what a reader s
 release, as after a crash - for tests that run the victim in a subprocess.
 
 ``fail_renewals(n)`` makes the next ``n`` renewals fail with ``StorageIOError`` (a transient
-backend error) without touching the real store.
+backend error) without touching the real store. ``fail_io(op, errno, at=k)`` makes the
+(k+1)-th write call or flush fail the way a full, broken or read-only disk does (``ENOSPC``,
+``EIO``, ``EROFS``): a ``StorageIOError`` caused by that ``OSError``, nothing written by the
+failing call - until disarmed. Both are backend *errors*, not crashes: the process goes on.
 """
 
 from __future__ import annotations
 
+import errno as errnos
 import os
 import signal
 from collections.abc import Sequence
+from typing import Literal
 
 from .base import BlockStore, bounds_error
 from .errors import BlockStoreError, StorageIOError
@@ -50,6 +55,8 @@ class FaultyStore(BlockStore):
         self._kill = False
         self._failing_renewals = 0
         self.failed_renewals = 0
+        self._io_faults: dict[str, tuple[int, int]] = {}
+        self.write_calls = 0
 
     def crash_after(self, k: int | None, *, torn: bool = False, kill: bool = False) -> None:
         """Crash when a write would exceed ``k`` blocks in total (``None`` disarms).
@@ -64,6 +71,23 @@ class FaultyStore(BlockStore):
     def fail_renewals(self, n: int) -> None:
         """Make the next ``n`` renewals raise ``StorageIOError`` (0 disarms)."""
         self._failing_renewals = n
+
+    def fail_io(self, op: Literal["write", "flush"], errno: int | None, *, at: int = 0) -> None:
+        """Fail every ``op`` call from the (``at``+1)-th on with ``OSError(errno)`` wrapped in
+        ``StorageIOError``, writing nothing (``errno=None`` disarms). Counted from now."""
+        if errno is None:
+            self._io_faults.pop(op, None)
+            return
+        done = self.write_calls if op == "write" else self.flushes
+        self._io_faults[op] = (errno, done + at)
+
+    def _io_fault(self, op: str, done: int, what: str) -> None:
+        fault = self._io_faults.get(op)
+        if fault is not None and done >= fault[1]:
+            code = fault[0]
+            cause = OSError(code, os.strerror(code))
+            raise StorageIOError(f"injected {errnos.errorcode.get(code, code)} at {what}") \
+                from cause
 
     def _crash(self, message: str) -> InjectedCrash:
         if self._kill:
@@ -97,6 +121,8 @@ class FaultyStore(BlockStore):
 
     def _write(self, lease_id: str, epoch: int, indices: Sequence[int],
                datas: Sequence[memoryview]) -> None:
+        self._io_fault("write", self.write_calls, f"write call {self.write_calls}")
+        self.write_calls += 1
         if self._crash_at is None or self.block_writes + len(indices) <= self._crash_at:
             # No crash in this call: one call to the real store, refused or applied whole.
             self.inner._write(lease_id, epoch, indices, datas)
@@ -128,6 +154,7 @@ class FaultyStore(BlockStore):
     def _flush(self, lease_id: str, epoch: int) -> None:
         if self._crash_on_flush is not None and self.flushes >= self._crash_on_flush:
             raise self._crash(f"injected crash at flush {self.flushes}")
+        self._io_fault("flush", self.flushes, f"flush {self.flushes}")
         self.flushes += 1
         self.inner._flush(lease_id, epoch)
 
