@@ -36,12 +36,15 @@ from scheduler import ray_adapter
 from scheduler.hooks import SchedulerRegistrar
 from stages.actor import StageSpec, launch_stage
 from stages.observer import flush_guard
+import gates
+from gates import Gate
 from polling import wait_for
 
 pytestmark = pytest.mark.ray
 
 # Workers cannot import this test module: ship its classes by value.
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+ray.cloudpickle.register_pickle_by_value(gates)
 
 CIP = NonPreemptibleReason.CHECKPOINT_IN_PROGRESS.value
 
@@ -51,20 +54,6 @@ CIP = NonPreemptibleReason.CHECKPOINT_IN_PROGRESS.value
 
 # Checkpoints pickle by reference and workers cannot import this module, so Gate and Bomb
 # pickle as their path string (restored state holds a str, which is all tests need).
-
-
-class Gate:
-    """Pickling blocks while ``path`` exists (at most ``limit`` s): holds a flush open."""
-
-    def __init__(self, path: str, limit: float = 30.0) -> None:
-        self.path = path
-        self.limit = limit
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        end = time.time() + self.limit
-        while os.path.exists(self.path) and time.time() < end:
-            time.sleep(0.01)
-        return (str, (self.path,))
 
 
 class Bomb:
