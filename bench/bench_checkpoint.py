@@ -120,9 +120,18 @@ def _case(root: str, nbytes: int, repeat: int, label: str) -> list[dict[str, Any
         r = CheckpointedStageState.restore(reader)
         assert r.state["weights"].nbytes == nbytes
 
+    stalls: list[float] = []
+
+    def async_checkpoint() -> None:
+        pending = css.checkpoint_async()
+        stalls.append(pending.stall_s)
+        pending.wait()
+
     t_raw_w = _best(raw_write, repeat)
     t_raw_ow = _best(raw_overwrite, repeat)
     t_ckpt = _best(css.checkpoint, repeat)
+    t_async = _best(async_checkpoint, repeat)
+    t_stall = min(stalls)
     t_np_w = _best(np_save, repeat)
     t_pk_w = _best(pk_dump, repeat)
     t_raw_r = _best(raw_read, repeat)
@@ -142,6 +151,10 @@ def _case(root: str, nbytes: int, repeat: int, label: str) -> list[dict[str, Any
             row("raw overwrite in place+fsync", t_raw_ow, t_raw_w),
             row("checkpoint", t_ckpt, t_raw_w),
             {**row("", t_ckpt, t_raw_ow), "op": "checkpoint / raw overwrite"},
+            {**row("async checkpoint: stall", t_stall, t_ckpt), "op":
+             "async checkpoint: stall / sync checkpoint"},
+            {**row("async checkpoint: total", t_async, t_ckpt), "op":
+             "async checkpoint: total / sync checkpoint"},
             row("np.save+fsync", t_np_w, t_raw_w), row("pickle+fsync", t_pk_w, t_raw_w),
             row("raw read", t_raw_r, t_raw_r), row("raw read (np.empty)", t_raw_np, t_raw_r),
             row("restore (verified)", t_restore, t_raw_r),

@@ -62,6 +62,8 @@ from .format import Header, MapEntry
 from .mac import PayloadMac, header_mac, resolve_key
 from .observer import CheckpointFlushObserver, flush_guard
 from .reader import load_map, read_payload, scan_slots, worker_pool
+from .background import PendingCheckpoint, SnapshotBuffers, flush_executor
+from .codec import Payload
 from .reports import CheckpointInfo, RestoreReport
 from .writer import SlotState, allocate, hash_payload, target_slot, write_chunks, write_map
 
@@ -122,6 +124,8 @@ class CheckpointedStageState(Generic[T]):
         self._max_gen = 0
         self._last: CheckpointInfo | None = None
         self._flushes = 0
+        self._pending: PendingCheckpoint | None = None
+        self._snapshots = SnapshotBuffers()
         self.restored: RestoreReport | None = None
 
     @classmethod
@@ -200,6 +204,8 @@ class CheckpointedStageState(Generic[T]):
 
         Headers and maps are checked; data chunks are verified by ``restore``/``verify``.
         """
+        if self._pending is not None:
+            self._pending.failure()          # a flush in flight changes the slots
         slots = self._ensure_layout()
         lease = self.lease
         infos = [CheckpointInfo.from_header(s.header, lease.lease_id, lease.name, len(s.blocks))
@@ -226,6 +232,69 @@ class CheckpointedStageState(Generic[T]):
             self._flushes -= 1
 
     # -- checkpoint ----------------------------------------------------------------------
+    def checkpoint_async(self, *, step: int = 0,
+                         meta: Mapping[str, Any] | None = None) -> PendingCheckpoint:
+        """Snapshot the state now and commit it as a new generation in the background.
+
+        Stalls only for the snapshot (serialization, and a copy of every numpy buffer into
+        buffers reused across snapshots); afterwards the caller may change the state in any
+        way, arrays in place included. The commit is the same as :meth:`checkpoint`'s, inside
+        the flush observer's guard. At most one flush is in flight: a request made while one
+        runs first waits for it. ``.wait()`` on the result returns the ``CheckpointInfo``
+        once durable, or raises the ``CheckpointFailed``; a failure nobody waited for is
+        raised by this object's next ``checkpoint``/``checkpoint_async``/``wait`` (see
+        ``stages/background.py``).
+        """
+        self._settle()
+        t0 = time.perf_counter()
+        self._flushes += 1
+        try:
+            payload = self._snapshots.copy(codecs.encode(self._state, self._codec))
+        except BaseException as exc:
+            self._flushes -= 1
+            if isinstance(exc, Exception):
+                raise CheckpointFailed(
+                    f"checkpoint of lease {self._lease_id} failed: {type(exc).__name__}: {exc}",
+                    lease_id=self._lease_id) from exc
+            raise
+
+        def flush() -> CheckpointInfo:
+            try:
+                return self._guarded_checkpoint(step, meta, payload)
+            finally:
+                self._flushes -= 1
+
+        stall = time.perf_counter() - t0
+        pending = PendingCheckpoint(flush_executor().submit(flush), step, stall)
+        self._pending = pending
+        return pending
+
+    def wait(self, timeout: float | None = None) -> CheckpointInfo | None:
+        """Wait for the background flush in flight, if any; return its ``CheckpointInfo``.
+
+        ``None`` when no asynchronous checkpoint was requested since the last wait. Raises the
+        flush's ``CheckpointFailed`` (fail-closed).
+        """
+        pending = self._pending
+        if pending is None:
+            return None
+        try:
+            return pending.wait(timeout)
+        finally:
+            if pending.done():
+                self._pending = None
+
+    def _settle(self) -> None:
+        """Let the flush in flight end; raise its failure if no caller has seen it yet."""
+        pending = self._pending
+        if pending is None:
+            return
+        self._pending = None
+        exc = pending.failure()
+        if exc is not None and not pending.reported:
+            pending.reported = True
+            raise exc
+
     def checkpoint(self, *, step: int = 0,
                    meta: Mapping[str, Any] | None = None) -> CheckpointInfo:
         """Commit the current state as a new generation; return its description.
@@ -238,10 +307,20 @@ class CheckpointedStageState(Generic[T]):
         committed, and a later ``restore`` may return it. Either way the caller must not
         go on as if the state were saved; a pipeline rolls back to its last committed step
         (the run record, not the lease, decides what is committed).
+
+        An asynchronous checkpoint still in flight is waited for first (and its failure, if
+        nobody waited for it, is raised here).
         """
-        with flush_guard(self._observer, self._lease_id), self._flush_in_progress():
+        self._settle()
+        with self._flush_in_progress():
+            return self._guarded_checkpoint(step, meta, None)
+
+    def _guarded_checkpoint(self, step: int, meta: Mapping[str, Any] | None,
+                            payload: Payload | None) -> CheckpointInfo:
+        """The commit inside the flush observer's guard, errors mapped (fail-closed)."""
+        with flush_guard(self._observer, self._lease_id):
             try:
-                return self._checkpoint(step, meta)
+                return self._checkpoint(step, meta, payload)
             except CheckpointCommitUnknown:
                 # The target slot may hold a committed generation now: forget what this
                 # writer believed and read the slots again before the next write, so that
@@ -255,7 +334,8 @@ class CheckpointedStageState(Generic[T]):
                     f"checkpoint of lease {self._lease_id} failed: {type(exc).__name__}: {exc}",
                     lease_id=self._lease_id, generation=self._max_gen or None) from exc
 
-    def _checkpoint(self, step: int, meta: Mapping[str, Any] | None) -> CheckpointInfo:
+    def _checkpoint(self, step: int, meta: Mapping[str, Any] | None,
+                    payload: Payload | None = None) -> CheckpointInfo:
         t0 = time.perf_counter()
         created = time.time()
         lease = self.lease
@@ -277,7 +357,8 @@ class CheckpointedStageState(Generic[T]):
         target = target_slot(slots)
         tslot = slots[target]
 
-        payload = codecs.encode(self._state, self._codec)
+        if payload is None:
+            payload = codecs.encode(self._state, self._codec)
         n_chunks = max(1, math.ceil(payload.length / bs))
         inline = fmt.inline_fits(bs, len(meta_bytes), n_chunks)
         epb = fmt.entries_per_map_block(bs)

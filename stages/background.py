@@ -1,0 +1,110 @@
+"""Asynchronous checkpoints: a consistent snapshot now, the flush in the background.
+
+:meth:`~stages.state.CheckpointedStageState.checkpoint_async` stalls the caller only for
+the snapshot - the state serialized to memory, with every out-of-band buffer (numpy arrays)
+*copied* into buffers this module owns - and hands the commit (the same protocol and code as
+a synchronous checkpoint, ``stages/state.py``) to a flush thread. Why it is shaped so:
+
+* **A copy, not a promise.** After ``checkpoint_async`` returns, the caller may change the
+  state in any way, arrays in place included: the flush writes the snapshot, never the live
+  objects. The copy runs at memory speed into buffers reused from the previous snapshot
+  (:class:`SnapshotBuffers`), so a stage checkpointing the same arrays again allocates
+  nothing. Small objects are serialized in-band, which is already a copy.
+* **At most one flush in flight per state object.** A second request - sync or async - first
+  waits for the one in flight (it does not coalesce: every request is a generation).
+* **Fail-closed, never silent.** A background failure is raised by :meth:`PendingCheckpoint.wait`
+  and, if nobody waited for it, by the next ``checkpoint``/``checkpoint_async``/``wait`` of
+  the same object, as the same ``CheckpointFailed``.
+* **The flush observer spans the background flush**: the flush thread runs the whole commit
+  inside :func:`~stages.observer.flush_guard`, so a scheduler sees
+  ``CHECKPOINT_IN_PROGRESS`` until the header is durable. A stage killed before the flush
+  thread started has written nothing; killed during it, the previous generation restores.
+* **Own threads.** Flushes run in a small pool of their own, not the encode/CRC pool they
+  submit work to (a flush waiting on that pool from inside it could starve it).
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+from .codec import Payload
+
+if TYPE_CHECKING:
+    from .reports import CheckpointInfo
+
+__all__ = ["PendingCheckpoint", "SnapshotBuffers", "flush_executor"]
+
+#: Flush threads per process: one per state object flushing at the same time.
+FLUSH_THREADS = 8
+
+_executor: ThreadPoolExecutor | None = None
+_executor_lock = threading.Lock()
+
+
+def flush_executor() -> ThreadPoolExecutor:
+    """The process's pool of background flush threads (created on first use)."""
+    global _executor
+    with _executor_lock:
+        if _executor is None:
+            _executor = ThreadPoolExecutor(FLUSH_THREADS, thread_name_prefix="bp-flush")
+        return _executor
+
+
+class SnapshotBuffers:
+    """Owned copies of a payload's segments, reused from one snapshot to the next.
+
+    Not thread-safe; a state object uses its buffers only while no flush of it is in flight.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: list[bytearray] = []
+
+    def copy(self, payload: Payload) -> Payload:
+        """A payload whose segments are copies of ``payload``'s (same bytes, same order)."""
+        out: list[memoryview] = []
+        old = self._buffers
+        fresh: list[bytearray] = []
+        for i, seg in enumerate(payload.segments):
+            n = seg.nbytes
+            buf = old[i] if i < len(old) and len(old[i]) >= n else bytearray(n)
+            view = memoryview(buf)[:n]
+            view[:] = seg.cast("B")
+            fresh.append(buf)
+            out.append(view)
+        self._buffers = fresh
+        return Payload(out, payload.length)
+
+
+class PendingCheckpoint:
+    """A checkpoint whose flush runs in the background; :meth:`wait` for its result."""
+
+    def __init__(self, future: Future[CheckpointInfo], step: int, stall_s: float) -> None:
+        self._future = future
+        self.step = step
+        #: Seconds the caller was stalled (the snapshot).
+        self.stall_s = stall_s
+        #: Whether a failure of this flush has been raised to a caller.
+        self.reported = False
+
+    def done(self) -> bool:
+        """True once the flush ended (committed or failed)."""
+        return self._future.done()
+
+    def wait(self, timeout: float | None = None) -> CheckpointInfo:
+        """The committed generation's info, once durable.
+
+        Raises:
+            CheckpointFailed: the background flush failed (the state of that request is
+                NOT saved); also ``TimeoutError`` if ``timeout`` passes first.
+        """
+        exc = self.failure(timeout)
+        if exc is not None:
+            self.reported = True
+            raise exc
+        return self._future.result()
+
+    def failure(self, timeout: float | None = None) -> BaseException | None:
+        """Wait for the flush to end; its exception (without raising it), or None."""
+        return self._future.exception(timeout)
