@@ -26,6 +26,7 @@ a synchronous checkpoint, ``stages/state.py``) to a flush thread. Why it is shap
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -78,19 +79,64 @@ class SnapshotBuffers:
 
 
 class PendingCheckpoint:
-    """A checkpoint whose flush runs in the background; :meth:`wait` for its result."""
+    """A checkpoint whose flush runs in the background; :meth:`wait` for its result.
 
-    def __init__(self, future: Future[CheckpointInfo], step: int, stall_s: float) -> None:
-        self._future = future
+    Callbacks added with :meth:`add_done_callback` run in the flush thread *before* the
+    result is visible to :meth:`wait`, so a waiter sees their effects (e.g. a policy's
+    counters already updated).
+    """
+
+    def __init__(self, step: int) -> None:
         self.step = step
         #: Seconds the caller was stalled (the snapshot).
-        self.stall_s = stall_s
+        self.stall_s = 0.0
         #: Whether a failure of this flush has been raised to a caller.
         self.reported = False
+        self._future: Future[CheckpointInfo] | None = None
+        self._lock = threading.Lock()
+        self._callbacks: list[Callable[[PendingCheckpoint], None]] = []
+        self._outcome: tuple[CheckpointInfo | None, BaseException | None] | None = None
+
+    def start(self, flush: Callable[[], CheckpointInfo], stall_s: float) -> None:
+        """Run ``flush`` in a flush thread (called once, by the state object)."""
+        self.stall_s = stall_s
+
+        def run() -> CheckpointInfo:
+            try:
+                info = flush()
+            except BaseException as exc:
+                self._settled(None, exc)
+                raise
+            self._settled(info, None)
+            return info
+        self._future = flush_executor().submit(run)
+
+    def _settled(self, info: CheckpointInfo | None, exc: BaseException | None) -> None:
+        with self._lock:
+            self._outcome = (info, exc)
+            callbacks, self._callbacks = self._callbacks, []
+        for fn in callbacks:
+            fn(self)
+
+    @property
+    def outcome(self) -> tuple[CheckpointInfo | None, BaseException | None]:
+        """``(info, None)`` or ``(None, error)`` once the flush ended (for callbacks)."""
+        if self._outcome is None:
+            raise RuntimeError("the flush has not ended")
+        return self._outcome
+
+    def add_done_callback(self, fn: Callable[[PendingCheckpoint], None]) -> None:
+        """Call ``fn(self)`` once the flush ended: at once if it has, else in the flush
+        thread before :meth:`wait` returns. ``fn`` must not raise."""
+        with self._lock:
+            if self._outcome is None:
+                self._callbacks.append(fn)
+                return
+        fn(self)
 
     def done(self) -> bool:
         """True once the flush ended (committed or failed)."""
-        return self._future.done()
+        return self._future is not None and self._future.done()
 
     def wait(self, timeout: float | None = None) -> CheckpointInfo:
         """The committed generation's info, once durable.
@@ -103,8 +149,11 @@ class PendingCheckpoint:
         if exc is not None:
             self.reported = True
             raise exc
+        assert self._future is not None
         return self._future.result()
 
     def failure(self, timeout: float | None = None) -> BaseException | None:
         """Wait for the flush to end; its exception (without raising it), or None."""
+        if self._future is None:
+            raise RuntimeError("this checkpoint was never started")
         return self._future.exception(timeout)

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from blockstore import BlockStore
 
 if TYPE_CHECKING:
+    from stages.background import PendingCheckpoint
     from stages.state import CheckpointedStageState, CheckpointInfo
 
 __all__ = [
@@ -309,6 +310,37 @@ class CheckpointManager:
             raise
         self.complete(stage_id, info)
         return info
+
+    def checkpoint_async(self, stage_id: str, css: CheckpointedStageState[Any], *,
+                         step: int = 0, meta: Mapping[str, Any] | None = None,
+                         force: bool = False) -> PendingCheckpoint | None:
+        """Like :meth:`checkpoint`, with :meth:`CheckpointedStageState.checkpoint_async`.
+
+        Returns at once after the snapshot (``None`` when nothing was due). The request stays
+        outstanding - running - until the background flush ends; then it is completed or
+        counted as failed (and the failure is raised by ``wait()`` on the result, or by the
+        state's next checkpoint: fail-closed).
+        """
+        with self._lock:
+            t = self._track(stage_id)
+            if t.outstanding is None:
+                if not force and self._maybe_due(t, stage_id) is None:
+                    return None
+        self.begin(stage_id)
+        try:
+            pending = css.checkpoint_async(step=step, meta=meta)
+        except BaseException as exc:
+            self.fail(stage_id, exc)
+            raise
+
+        def settled(done: PendingCheckpoint) -> None:
+            info, exc = done.outcome
+            if exc is None:
+                self.complete(stage_id, info)
+            else:
+                self.fail(stage_id, exc)
+        pending.add_done_callback(settled)
+        return pending
 
     def counters(self, stage_id: str) -> PolicyCounters:
         """A snapshot of one stage's counters."""

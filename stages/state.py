@@ -62,7 +62,7 @@ from .format import Header, MapEntry
 from .mac import PayloadMac, header_mac, resolve_key
 from .observer import CheckpointFlushObserver, flush_guard
 from .reader import load_map, read_payload, scan_slots, worker_pool
-from .background import PendingCheckpoint, SnapshotBuffers, flush_executor
+from .background import PendingCheckpoint, SnapshotBuffers
 from .codec import Payload
 from .reports import CheckpointInfo, RestoreReport
 from .writer import SlotState, allocate, hash_payload, target_slot, write_chunks, write_map
@@ -264,8 +264,8 @@ class CheckpointedStageState(Generic[T]):
             finally:
                 self._flushes -= 1
 
-        stall = time.perf_counter() - t0
-        pending = PendingCheckpoint(flush_executor().submit(flush), step, stall)
+        pending = PendingCheckpoint(step)
+        pending.start(flush, time.perf_counter() - t0)
         self._pending = pending
         return pending
 

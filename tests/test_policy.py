@@ -141,3 +141,35 @@ def test_checkpoints_on_a_real_state_and_retention_bounded(store_dir: str) -> No
     assert latest is not None and latest.state["n"] == 1000
     gens = m.list_checkpoints("s")
     assert [g.step for g in gens] == [1001, 1000]  # retention 2, newest first
+
+
+def test_asynchronous_checkpoints_by_policy(store_dir: str) -> None:
+    """The policy's request stays running until the background flush ends, then completes;
+    a background failure is counted, keeps the trigger armed and surfaces (fail-closed)."""
+    from blockstore.faults import FaultyStore
+    from stages import CheckpointedStageState, CheckpointFailed
+
+    store = FaultyStore(open_store(store_dir, block_size=4096))
+    m = CheckpointManager(CheckpointPolicy(every_records=3, retention=2), store=store,
+                          clock=Clock())
+    css = CheckpointedStageState({"n": 0}, store.acquire("s", ttl=60), **m.state_options("s"))
+    assert m.checkpoint_async("s", css) is None            # nothing due yet
+    committed = []
+    for i in range(1, 31):
+        css.state["n"] = i
+        if m.record("s", 1) is not None:
+            pending = m.checkpoint_async("s", css, step=i)
+            assert pending is not None
+            committed.append(pending.wait().step)
+    assert committed == list(range(3, 31, 3))
+    c = m.counters("s")
+    assert (c.completed, c.failed, c.last_step) == (10, 0, 30)
+    store.crash_after(store.block_writes)                  # the next write fails
+    pending = m.checkpoint_async("s", css, step=31, force=True)
+    with pytest.raises(CheckpointFailed):
+        pending.wait()
+    c = m.counters("s")
+    assert (c.completed, c.failed) == (10, 1) and c.last_error
+    store.crash_after(None)
+    assert m.checkpoint_async("s", css, step=32, force=True).wait().step == 32
+    assert CheckpointedStageState.restore(store.open_reader("s")).state["n"] == 30
