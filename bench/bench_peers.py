@@ -1,0 +1,283 @@
+"""Durable save and load of the same states by blockpoint and by its peers, in one run.
+
+Every row is a median of ``repeat`` timed runs on the same data, and a ratio to the physical
+limits measured in the same run: a raw in-place overwrite + fsync of the same bytes, a raw
+write of a new file + fsync (``fsync`` of the directory too), and a raw read into
+``np.empty``. "Durable" means what a checkpoint must be: on stable storage when the call
+returns, so every peer's save is followed by ``fsync`` of what it wrote.
+
+Peers: ``np.save``, ``pickle`` (protocol 5), ``torch.save`` and
+``torch.distributed.checkpoint`` (when torch is installed: ``pip install torch==2.13.0``),
+Ray Train's ``Checkpoint.from_directory`` persisted to a storage path (when
+``ray[train]`` is installed), and blockpoint's synchronous and asynchronous checkpoints
+(the stall and the whole flush). States: a 256 MiB float32 array, a dict of 1 M small
+tuples, a mixed state (arrays and small objects); 1 GiB float32 with ``full=True``.
+A missing peer is reported as a row with ``note`` = "not installed".
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+__all__ = ["run"]
+
+MiB = 1 << 20
+BLOCK = 1 << 20
+
+
+def _fsync_tree(path: str) -> None:
+    for dirpath, _, files in os.walk(path):
+        for name in files:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fd = os.open(dirpath, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _median(fn: Callable[[], Any], repeat: int) -> float:
+    fn()  # warm up: allocations, page cache, lazy imports
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def _states(full: bool, quick: bool) -> dict[str, Any]:
+    rng = np.random.default_rng(0)
+    n = (16 if quick else 256) * MiB // 4
+    out: dict[str, Any] = {"numpy 256 MiB" if not quick else "numpy 16 MiB":
+                           {"weights": rng.random(n, dtype=np.float32)}}
+    small = 100_000 if quick else 1_000_000
+    out[f"{small:,} small tuples"] = {i: (i, f"k{i % 1000}", i * 0.5) for i in range(small)}
+    out["mixed"] = {"emb": rng.random(n // 4, dtype=np.float32),
+                    "ids": np.arange(n // 16, dtype=np.int64),
+                    "meta": {f"user{i}": [i, i * 2] for i in range(small // 10)}}
+    if full:
+        out["numpy 1 GiB"] = {"weights": rng.random(1024 * MiB // 4, dtype=np.float32)}
+    return out
+
+
+def _nbytes(state: Any) -> int:
+    return len(pickle.dumps(state, protocol=5))
+
+
+def _raw_limits(root: str, nbytes: int, repeat: int) -> dict[str, float]:
+    data = np.random.default_rng(1).integers(0, 255, nbytes, dtype=np.uint8)
+    path = os.path.join(root, "raw.bin")
+
+    def new_file() -> None:
+        with open(path + ".new", "wb") as f:
+            f.write(memoryview(data))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(path + ".new", path)
+        fd = os.open(root, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+
+    def overwrite() -> None:
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            mv = memoryview(data)
+            pos = 0
+            while pos < nbytes:
+                pos += os.pwrite(fd, mv[pos:pos + 64 * MiB], pos)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def read() -> None:
+        buf = np.empty(nbytes, dtype=np.uint8)
+        with open(path, "rb", buffering=0) as f:
+            f.readinto(buf)
+
+    return {"new": _median(new_file, repeat), "overwrite": _median(overwrite, repeat),
+            "read": _median(read, repeat)}
+
+
+def _peers(root: str, state: Any) -> dict[str, tuple[Callable[[], Any], Callable[[], Any]] | str]:
+    """name -> (durable save, load), or the reason it cannot run."""
+    out: dict[str, tuple[Callable[[], Any], Callable[[], Any]] | str] = {}
+    arr = state.get("weights") if isinstance(state, dict) and len(state) == 1 else None
+    if isinstance(arr, np.ndarray):
+        npy = os.path.join(root, "s.npy")
+
+        def np_save() -> None:
+            with open(npy, "wb") as f:
+                np.save(f, arr)
+                f.flush()
+                os.fsync(f.fileno())
+        out["np.save"] = (np_save, lambda: np.load(npy))
+    pkl = os.path.join(root, "s.pkl")
+
+    def pk_save() -> None:
+        with open(pkl, "wb") as f:
+            pickle.dump(state, f, protocol=5)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def pk_load() -> Any:
+        with open(pkl, "rb") as f:
+            return pickle.load(f)
+    out["pickle"] = (pk_save, pk_load)
+    try:
+        import torch
+        import torch.distributed.checkpoint as dcp
+    except ImportError:
+        out["torch.save"] = out["torch DCP"] = "not installed"
+    else:
+        tensors = ({k: torch.from_numpy(v) for k, v in state.items()}
+                   if isinstance(state, dict) and all(isinstance(v, np.ndarray)
+                                                      for v in state.values()) else None)
+        pt = os.path.join(root, "s.pt")
+
+        def t_save() -> None:
+            with open(pt, "wb") as f:
+                torch.save(tensors if tensors is not None else state, f)
+                f.flush()
+                os.fsync(f.fileno())
+        out["torch.save"] = (t_save, lambda: torch.load(pt, weights_only=False))
+        if tensors is not None:
+            dcp_dir = os.path.join(root, "dcp")
+
+            def d_save() -> None:
+                shutil.rmtree(dcp_dir, ignore_errors=True)
+                dcp.save(tensors, checkpoint_id=dcp_dir)
+                _fsync_tree(dcp_dir)
+
+            def d_load() -> None:
+                target = {k: torch.empty_like(v) for k, v in tensors.items()}
+                dcp.load(target, checkpoint_id=dcp_dir)
+            out["torch DCP"] = (d_save, d_load)
+        else:
+            out["torch DCP"] = "tensors only"
+    try:
+        from ray.train import Checkpoint
+    except ImportError:
+        out["Ray Train Checkpoint"] = "not installed"
+    else:
+        local = os.path.join(root, "rt-local")
+        storage = os.path.join(root, "rt-storage")
+
+        def rt_save() -> None:
+            shutil.rmtree(local, ignore_errors=True)
+            shutil.rmtree(storage, ignore_errors=True)
+            os.makedirs(local)
+            with open(os.path.join(local, "state.pkl"), "wb") as f:
+                pickle.dump(state, f, protocol=5)
+            Checkpoint.from_directory(local).to_directory(storage)   # persist
+            _fsync_tree(storage)
+
+        def rt_load() -> Any:
+            back = os.path.join(root, "rt-back")
+            shutil.rmtree(back, ignore_errors=True)
+            Checkpoint.from_directory(storage).to_directory(back)
+            with open(os.path.join(back, "state.pkl"), "rb") as f:
+                return pickle.load(f)
+        out["Ray Train Checkpoint"] = (rt_save, rt_load)
+    return out
+
+
+def _ours(root: str, state: Any) -> tuple[Callable[[], Any], Callable[[], Any],
+                                         Callable[[], Any], list[float]]:
+    from blockstore import open_store
+    from stages import CheckpointedStageState
+
+    store = open_store(os.path.join(root, "bp"), block_size=BLOCK)
+    lease = store.acquire("bench")
+    css = CheckpointedStageState(state, lease)
+    reader = store.open_reader("bench")
+    stalls: list[float] = []
+
+    def sync() -> None:
+        css.checkpoint()
+
+    def asynchronous() -> None:
+        pending = css.checkpoint_async()
+        stalls.append(pending.stall_s)
+        pending.wait()
+
+    def load() -> Any:
+        return CheckpointedStageState.restore(reader).state
+    return sync, asynchronous, load, stalls
+
+
+def run(quick: bool = False, full: bool = False, repeat: int | None = None) -> list[dict[str, Any]]:
+    """Rows: state, op, seconds, ratio to the raw limits of the same bytes."""
+    repeat = repeat or (2 if quick else 5)
+    rows: list[dict[str, Any]] = []
+    for label, state in _states(full, quick).items():
+        root = tempfile.mkdtemp(prefix="bp-peers-")
+        try:
+            nbytes = _nbytes(state)
+            raw = _raw_limits(root, nbytes, repeat)
+
+            def row(op: str, secs: float | None, note: str = "") -> dict[str, Any]:
+                r: dict[str, Any] = {"state": label, "MiB": round(nbytes / MiB, 1), "op": op,
+                                     "seconds": None if secs is None else round(secs, 4)}
+                if secs is not None and op.startswith("load"):
+                    r["/ raw read"] = round(secs / raw["read"], 3)
+                elif secs is not None:
+                    r["/ raw new file"] = round(secs / raw["new"], 3)
+                    r["/ raw overwrite"] = round(secs / raw["overwrite"], 3)
+                if note:
+                    r["note"] = note
+                return r
+
+            rows += [row("raw new file + fsync", raw["new"]),
+                     row("raw overwrite + fsync", raw["overwrite"]),
+                     row("load: raw read into np.empty", raw["read"])]
+            sync, asynchronous, load, stalls = _ours(root, state)
+            t_sync = _median(sync, repeat)
+            t_async = _median(asynchronous, repeat)
+            rows += [row("blockpoint checkpoint", t_sync),
+                     row("blockpoint async: stall", statistics.median(stalls),
+                         note=f"{statistics.median(stalls) / t_sync:.3f}x the sync one"),
+                     row("blockpoint async: whole flush", t_async,
+                         note=f"{t_async / t_sync:.3f}x the sync one"),
+                     row("load: blockpoint restore (verified)", _median(load, repeat))]
+            for name, peer in _peers(root, state).items():
+                if isinstance(peer, str):
+                    rows.append(row(name, None, note=peer))
+                    continue
+                save, peer_load = peer
+                rows.append(row(name, _median(save, repeat)))
+                rows.append(row(f"load: {name}", _median(peer_load, repeat)))
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+    return rows
+
+
+def main() -> None:
+    import argparse
+
+    from blockpoint.table import print_rows
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--full", action="store_true", help="also 1 GiB")
+    args = p.parse_args()
+    rows = run(quick=args.quick, full=args.full)
+    print_rows(rows, ["state", "MiB", "op", "seconds", "/ raw new file", "/ raw overwrite",
+                      "/ raw read", "note"])
+
+
+if __name__ == "__main__":
+    main()
