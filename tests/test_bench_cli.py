@@ -18,7 +18,7 @@ def test_bench_quick_runs_every_benchmark(tmp_path: Path) -> None:
                           text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(proc.stdout)
-    assert set(report) == {"store", "checkpoint", "manager"}
+    assert set(report) == {"store", "checkpoint", "manager", "peers"}
     store_cases = {(r["case"], r["backend"]) for r in report["store"]}
     assert ("vectorised write+flush", "FileStore") in store_cases
     assert ("write+fsync", "plain file") in store_cases
@@ -30,4 +30,11 @@ def test_bench_quick_runs_every_benchmark(tmp_path: Path) -> None:
                 if key in row and row[key] is not None:
                     assert row[key] > 0, row
     assert all(r["n_stages"] > 0 for r in report["manager"])
+    peers = {r["op"] for r in report["peers"]}
+    assert {"blockpoint checkpoint", "blockpoint async: stall", "pickle",
+            "raw new file + fsync"} <= peers
+    # A peer that is not installed is a row saying so, never a crash.
+    assert all(r.get("seconds") is not None or r.get("note") for r in report["peers"])
+    ops = {r["op"] for r in report["checkpoint"]}
+    assert "async checkpoint: stall / sync checkpoint" in ops
     assert "bench store: done" in proc.stderr
