@@ -25,7 +25,7 @@ Errors of one module stay with it but hang from the same root::
     ├── PipelineError(RuntimeError)        the pipeline cannot go on (defined here, since
     │   │                                  stages.pipeline and stages.recovery both raise it)
     │   └── StageProcessError              a stage's own code raised (not replayed forever)
-    └── RunError                           stages.runs
+    └── RunError                           runs (stages.runs, stages.run_driver)
         ├── RunNotFoundError(LookupError), RunStepExistsError(FileExistsError)
         └── RunClaimConflict, RunNotPausedError, RunClaimLost (RuntimeError)
 
@@ -48,6 +48,12 @@ __all__ = [
     "CodecError",
     "NoCheckpointError",
     "PipelineError",
+    "RunClaimConflict",
+    "RunClaimLost",
+    "RunError",
+    "RunNotFoundError",
+    "RunNotPausedError",
+    "RunStepExistsError",
     "StageError",
     "StageProcessError",
     "TornHeaderError",
@@ -188,3 +194,63 @@ class StageProcessError(PipelineError):
     def __init__(self, message: str, *, stage_id: str | None = None) -> None:
         super().__init__(message)
         self.stage_id = stage_id
+
+
+class RunError(StageError):
+    """Root of the errors of runs (``stages/runs.py``, ``stages/run_driver.py``).
+
+    Attributes:
+        run_id: the run concerned.
+    """
+
+    def __init__(self, message: str, *, run_id: str | None = None) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+
+
+class RunNotFoundError(RunError, LookupError):
+    """No such run, or no such step of it (``step`` is set for a missing step)."""
+
+    def __init__(self, message: str, *, run_id: str | None = None,
+                 step: int | None = None) -> None:
+        super().__init__(message, run_id=run_id)
+        self.step = step
+
+
+class RunStepExistsError(RunError, FileExistsError):
+    """That step of the run is already saved (committed steps are immutable)."""
+
+    def __init__(self, message: str, *, run_id: str | None = None,
+                 step: int | None = None) -> None:
+        super().__init__(message, run_id=run_id)
+        self.step = step
+
+
+class RunClaimConflict(RunError, RuntimeError):
+    """Another driver holds the run's control lease (claiming, or changing its status).
+
+    Attributes:
+        holder: the current holder.
+    """
+
+    def __init__(self, message: str, *, run_id: str | None = None,
+                 holder: str | None = None) -> None:
+        super().__init__(message, run_id=run_id)
+        self.holder = holder
+
+
+class RunNotPausedError(RunError, RuntimeError):
+    """The run is not in the state the operation needs (e.g. claim of a run not paused).
+
+    Attributes:
+        state: the run's state.
+    """
+
+    def __init__(self, message: str, *, run_id: str | None = None,
+                 state: str | None = None) -> None:
+        super().__init__(message, run_id=run_id)
+        self.state = state
+
+
+class RunClaimLost(RunError, RuntimeError):
+    """The claim was fenced: its lease expired and another driver re-armed or took the run."""

@@ -34,7 +34,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 from blockstore import (
@@ -49,7 +49,15 @@ from blockstore import (
 )
 from blockstore.errors import LeaseError, LeaseNotFoundError
 
-from .errors import StageError
+from .errors import (
+    RunClaimConflict,
+    RunClaimLost,
+    RunError,
+    RunNotFoundError,
+    RunNotPausedError,
+    RunStepExistsError,
+)
+from .run_records import CLAIMED, FINISHED, PAUSED, RUNNING, RunStatus, RunStep, StageCommit
 
 __all__ = [
     "RunClaim",
@@ -71,176 +79,6 @@ STATUS_KIND = b"BPRS"
 DOCUMENT_VERSION = 2
 #: TTL of a step lease while its document is written (a dead saver's hold is taken over).
 _STEP_TTL = 30.0
-
-RUNNING = "running"
-PAUSED = "paused"
-CLAIMED = "claimed"
-FINISHED = "finished"
-
-
-# -- errors ------------------------------------------------------------------------------------
-class RunError(StageError):
-    """Root of the run errors (a :class:`~stages.errors.StageError`).
-
-    Attributes:
-        run_id: the run concerned.
-    """
-
-    def __init__(self, message: str, *, run_id: str | None = None) -> None:
-        super().__init__(message)
-        self.run_id = run_id
-
-
-class RunNotFoundError(RunError, LookupError):
-    """No such run, or no such step of it (``step`` is set for a missing step)."""
-
-    def __init__(self, message: str, *, run_id: str | None = None,
-                 step: int | None = None) -> None:
-        super().__init__(message, run_id=run_id)
-        self.step = step
-
-
-class RunStepExistsError(RunError, FileExistsError):
-    """That step of the run is already saved (committed steps are immutable)."""
-
-    def __init__(self, message: str, *, run_id: str | None = None,
-                 step: int | None = None) -> None:
-        super().__init__(message, run_id=run_id)
-        self.step = step
-
-
-class RunClaimConflict(RunError, RuntimeError):
-    """Another driver holds the run's control lease (claiming, or changing its status).
-
-    Attributes:
-        holder: the current holder.
-    """
-
-    def __init__(self, message: str, *, run_id: str | None = None,
-                 holder: str | None = None) -> None:
-        super().__init__(message, run_id=run_id)
-        self.holder = holder
-
-
-class RunNotPausedError(RunError, RuntimeError):
-    """The run is not in the state the operation needs (e.g. claim of a run not paused).
-
-    Attributes:
-        state: the run's state.
-    """
-
-    def __init__(self, message: str, *, run_id: str | None = None,
-                 state: str | None = None) -> None:
-        super().__init__(message, run_id=run_id)
-        self.state = state
-
-
-class RunClaimLost(RunError, RuntimeError):
-    """The claim was fenced: its lease expired and another driver re-armed or took the run."""
-
-
-# -- values ------------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class StageCommit:
-    """Where one stage's part of a committed step lives."""
-
-    stage_id: str
-    lease_id: str | None = None
-    epoch: int | None = None
-    generation: int | None = None
-    node_id: str | None = None
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> StageCommit:
-        return cls(stage_id=str(d["stage_id"]), lease_id=d.get("lease_id"),
-                   epoch=d.get("epoch"), generation=d.get("generation"),
-                   node_id=d.get("node_id"))
-
-
-@dataclass(frozen=True, slots=True)
-class RunStep:
-    """One committed step of a run.
-
-    Attributes:
-        run_id, step: identity.
-        committed_at: wall-clock time of the commit.
-        source_position: JSON-able source position to replay from after this step.
-        stages: per stage, where its checkpoint of this step is.
-        in_flight: JSON-able items accepted but not yet reflected in any stage's state.
-        meta: free JSON-able metadata (e.g. output counts).
-    """
-
-    run_id: str
-    step: int
-    committed_at: float
-    source_position: Any
-    stages: tuple[StageCommit, ...] = ()
-    in_flight: tuple[Any, ...] = ()
-    meta: Mapping[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["stages"] = [asdict(s) for s in self.stages]
-        d["in_flight"] = list(self.in_flight)
-        d["meta"] = dict(self.meta)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> RunStep:
-        return cls(run_id=str(d["run_id"]), step=int(d["step"]),
-                   committed_at=float(d["committed_at"]), source_position=d["source_position"],
-                   stages=tuple(StageCommit.from_dict(s) for s in d.get("stages", ())),
-                   in_flight=tuple(d.get("in_flight", ())), meta=dict(d.get("meta", {})))
-
-    def stage(self, stage_id: str) -> StageCommit | None:
-        for s in self.stages:
-            if s.stage_id == stage_id:
-                return s
-        return None
-
-
-@dataclass(frozen=True, slots=True)
-class RunStatus:
-    """The control record of a run.
-
-    Attributes:
-        run_id: the run.
-        state: ``running``, ``paused``, ``claimed`` or ``finished``.
-        step: the step a pause refers to (the savepoint), else the last known step.
-        driver: who last changed the status.
-        claim_epoch: epoch of the control lease of the last claim (None if never claimed).
-        resumes: how many claims completed.
-        orphans_recovered: how many claims were re-armed by ``recover_orphaned``.
-        updated_at: wall-clock time of the change.
-        seq: write sequence number of the slot it was read from.
-        meta: free metadata.
-    """
-
-    run_id: str
-    state: str
-    step: int | None = None
-    driver: str | None = None
-    claim_epoch: int | None = None
-    resumes: int = 0
-    orphans_recovered: int = 0
-    updated_at: float = 0.0
-    seq: int = 0
-    meta: Mapping[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["meta"] = dict(self.meta)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> RunStatus:
-        return cls(run_id=str(d["run_id"]), state=str(d["state"]), step=d.get("step"),
-                   driver=d.get("driver"), claim_epoch=d.get("claim_epoch"),
-                   resumes=int(d.get("resumes", 0)),
-                   orphans_recovered=int(d.get("orphans_recovered", 0)),
-                   updated_at=float(d.get("updated_at", 0.0)), seq=int(d.get("seq", 0)),
-                   meta=dict(d.get("meta", {})))
-
 
 # -- documents ---------------------------------------------------------------------------------
 def _step_document(lease: LeaseReader) -> SlottedDocument:
