@@ -27,7 +27,10 @@ Errors of one module stay with it but hang from the same root::
     │   └── StageProcessError              a stage's own code raised (not replayed forever)
     └── RunError                           runs (stages.runs, stages.run_driver)
         ├── RunNotFoundError(LookupError), RunStepExistsError(FileExistsError)
-        └── RunClaimConflict, RunNotPausedError, RunClaimLost (RuntimeError)
+        ├── RunClaimConflict, RunNotPausedError, RunClaimLost (RuntimeError)
+        │   └── RunActiveError             (a RunClaimConflict) another driver drives the run
+        └── RunFencedError(RuntimeError)   this driver was taken over: its commit was refused
+            └── SinkFencedError            ... refused by the sink (stages.sink)
 
 Every error pickles with its attributes (Ray returns an actor's exception by pickling it).
 
@@ -48,12 +51,15 @@ __all__ = [
     "CodecError",
     "NoCheckpointError",
     "PipelineError",
+    "RunActiveError",
     "RunClaimConflict",
     "RunClaimLost",
     "RunError",
+    "RunFencedError",
     "RunNotFoundError",
     "RunNotPausedError",
     "RunStepExistsError",
+    "SinkFencedError",
     "StageError",
     "StageProcessError",
     "TornHeaderError",
@@ -254,3 +260,40 @@ class RunNotPausedError(RunError, RuntimeError):
 
 class RunClaimLost(RunError, RuntimeError):
     """The claim was fenced: its lease expired and another driver re-armed or took the run."""
+
+
+class RunActiveError(RunClaimConflict):
+    """Another driver is driving the run: it holds the run's control lease (``holder``).
+
+    Raised to a second driver of a running run (``RunStore.drive``, ``Pipeline.run``) before
+    it touched anything of the run; take the run over only with ``takeover=True``.
+    """
+
+
+class RunFencedError(RunError, RuntimeError):
+    """This driver was fenced: another driver took the run over (a newer control-lease
+    epoch), so its step commit - or sink commit - was refused. The driver must stop.
+
+    Attributes:
+        epoch: the fenced driver's epoch.
+        current_epoch: the epoch that fenced it, when known.
+    """
+
+    def __init__(self, message: str, *, run_id: str | None = None, epoch: int | None = None,
+                 current_epoch: int | None = None) -> None:
+        super().__init__(message, run_id=run_id)
+        self.epoch = epoch
+        self.current_epoch = current_epoch
+
+
+class SinkFencedError(RunFencedError):
+    """The sink refused a write whose fencing token is older than one it has seen.
+
+    Attributes:
+        path: where the sink keeps its fencing record.
+    """
+
+    def __init__(self, message: str, *, run_id: str | None = None, epoch: int | None = None,
+                 current_epoch: int | None = None, path: str | None = None) -> None:
+        super().__init__(message, run_id=run_id, epoch=epoch, current_epoch=current_epoch)
+        self.path = path

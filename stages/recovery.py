@@ -30,7 +30,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskErro
 from .actor import StageSpec, StageStopped
 from .errors import CheckpointFailed, PipelineError, StageError, StageProcessError
 from .placement import NodeCapacity, pick_node
-from .runs import RunStore
+from .run_driver import RunDriver
 from .sink import Sink
 
 __all__ = ["StageFailure", "alive", "discard", "get_sorted", "relaunch_node", "reopen_after",
@@ -129,27 +129,23 @@ def roll_back_all(handles: Mapping[str, Any], step: int, get: Getter, *,
         infos = {}
 
 
-def reopen_after(runs: RunStore, run_id: str, sink: Sink, target: int,
-                 initial_position: Any) -> Any:
+def reopen_after(hold: RunDriver, sink: Sink, target: int, initial_position: Any) -> Any:
     """Forget every committed step after ``target`` (the stages fell back to it); return
     ``target``'s source position (``initial_position`` for step 0).
 
     Order matters for a crash in the middle: ``target``'s record is read first (a missing
-    one raises ``RunNotFoundError`` and nothing is touched); then the run's step records
-    after it are deleted newest first, so what is left is always a prefix of committed steps;
-    then the sink's output after ``target`` is discarded (``discard_after``, if the sink has
-    one; a restarted driver discards it too, as no record commits it any more). A sink
-    without ``discard_after`` gets those steps re-committed by the replay, which is exact
-    when the replay ends its steps where the first run did.
+    one raises ``RunNotFoundError`` and nothing is touched); then the driver's hold
+    un-commits the steps after it (``RunDriver.forget_after``: the fenced status write,
+    then their records, newest first), so what is left is always a prefix of committed
+    steps; then the sink's output after ``target`` is discarded under the driver's token (a
+    restarted driver's ``fence`` discards it too, as no record commits it any more). A
+    fenced driver gets ``RunFencedError`` at the status write and changes nothing.
     """
-    position = runs.load_step(run_id, target).source_position if target else initial_position
-    # RunStore has no "delete the steps after" (stages/runs.py); its step leases are named
-    # by RunStore.step_name, and deleting them is what RunStore.prune_steps does for older ones.
-    for rec in runs.list_steps(run_id, min_step=target + 1, newest_first=True):
-        runs.store.delete_lease(runs.step_name(run_id, rec.step))
-    discard_after = getattr(sink, "discard_after", None)
-    if discard_after is not None:
-        discard_after(target)
+    runs = hold.runs
+    position = (runs.load_step(hold.run_id, target).source_position if target
+                else initial_position)
+    hold.forget_after(target)
+    sink.discard_after(target, token=hold.token)
     return position
 
 

@@ -49,6 +49,8 @@ class RunStep:
         stages: per stage, where its checkpoint of this step is.
         in_flight: JSON-able items accepted but not yet reflected in any stage's state.
         meta: free JSON-able metadata (e.g. output counts).
+        epoch: epoch of the run's control lease held by the driver that saved the step
+            (``stages/run_driver.py``); ``None`` for a step saved without a hold.
     """
 
     run_id: str
@@ -58,6 +60,7 @@ class RunStep:
     stages: tuple[StageCommit, ...] = ()
     in_flight: tuple[Any, ...] = ()
     meta: Mapping[str, Any] = field(default_factory=dict)
+    epoch: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -71,7 +74,8 @@ class RunStep:
         return cls(run_id=str(d["run_id"]), step=int(d["step"]),
                    committed_at=float(d["committed_at"]), source_position=d["source_position"],
                    stages=tuple(StageCommit.from_dict(s) for s in d.get("stages", ())),
-                   in_flight=tuple(d.get("in_flight", ())), meta=dict(d.get("meta", {})))
+                   in_flight=tuple(d.get("in_flight", ())), meta=dict(d.get("meta", {})),
+                   epoch=d.get("epoch"))
 
     def stage(self, stage_id: str) -> StageCommit | None:
         for s in self.stages:
@@ -95,6 +99,12 @@ class RunStatus:
         updated_at: wall-clock time of the change.
         seq: write sequence number of the slot it was read from.
         meta: free metadata.
+        committed_step: the run's last committed step, written by the driving driver under
+            its control lease (``stages/run_driver.py``): step records after it are not
+            committed. ``None``: the run was never driven under a hold; every readable step
+            record counts.
+        driver_epoch: epoch of the control lease of the driver that drives (or last drove)
+            the run.
     """
 
     run_id: str
@@ -107,6 +117,8 @@ class RunStatus:
     updated_at: float = 0.0
     seq: int = 0
     meta: Mapping[str, Any] = field(default_factory=dict)
+    committed_step: int | None = None
+    driver_epoch: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -120,4 +132,5 @@ class RunStatus:
                    resumes=int(d.get("resumes", 0)),
                    orphans_recovered=int(d.get("orphans_recovered", 0)),
                    updated_at=float(d.get("updated_at", 0.0)), seq=int(d.get("seq", 0)),
-                   meta=dict(d.get("meta", {})))
+                   meta=dict(d.get("meta", {})), committed_step=d.get("committed_step"),
+                   driver_epoch=d.get("driver_epoch"))

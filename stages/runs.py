@@ -50,9 +50,11 @@ from blockstore import (
 from blockstore.errors import LeaseError, LeaseNotFoundError
 
 from .errors import (
+    RunActiveError,
     RunClaimConflict,
     RunClaimLost,
     RunError,
+    RunFencedError,
     RunNotFoundError,
     RunNotPausedError,
     RunStepExistsError,
@@ -61,9 +63,11 @@ from .run_records import CLAIMED, FINISHED, PAUSED, RUNNING, RunStatus, RunStep,
 
 __all__ = [
     "RunClaim",
+    "RunActiveError",
     "RunClaimConflict",
     "RunClaimLost",
     "RunError",
+    "RunFencedError",
     "RunNotFoundError",
     "RunNotPausedError",
     "RunStatus",
@@ -79,6 +83,8 @@ STATUS_KIND = b"BPRS"
 DOCUMENT_VERSION = 2
 #: TTL of a step lease while its document is written (a dead saver's hold is taken over).
 _STEP_TTL = 30.0
+#: Takeovers of a step's lease tried before a save gives up (another saver keeps racing).
+_STEP_ATTEMPTS = 5
 
 # -- documents ---------------------------------------------------------------------------------
 def _step_document(lease: LeaseReader) -> SlottedDocument:
@@ -116,6 +122,7 @@ class RunClaim:
         self.step = status.step
         self.status = status
         self._done = False
+        self._kept = False  # the lease was handed to a RunDriver: complete() keeps it
 
     @property
     def done(self) -> bool:
@@ -177,7 +184,9 @@ class RunStore:
     def step_name(run_id: str, step: int) -> str:
         return f"run/{run_id}/step/{step:012d}"
 
-    def _step_numbers(self, run_id: str) -> list[int]:
+    def _step_numbers(self, run_id: str, *, committed_only: bool = True) -> list[int]:
+        """Numbers of the run's step leases, ascending; with ``committed_only``, only those
+        up to the status's ``committed_step`` (when a driver hold ever set it)."""
         prefix = f"run/{run_id}/step/"
         out = []
         for info in self.store.list_leases():
@@ -186,7 +195,18 @@ class RunStore:
                     out.append(int(info.name[len(prefix):]))
                 except ValueError:
                     continue
-        return sorted(out)
+        limit = self.committed_limit(run_id) if committed_only else None
+        return sorted(s for s in out if limit is None or s <= limit)
+
+    def committed_limit(self, run_id: str) -> int | None:
+        """The run's ``committed_step`` as its driver last committed it, or ``None`` if no
+        driver ever drove it under a hold (then every readable step record counts)."""
+        try:
+            reader = self.store.open_reader(self.status_name(run_id))
+        except LeaseNotFoundError:
+            return None
+        st = self._read_status(reader)
+        return None if st is None else st.committed_step
 
     # -- status (control lease) ----------------------------------------------------------------
     def _acquire_control(self, run_id: str, driver: str, *, keepalive: bool,
@@ -285,11 +305,16 @@ class RunStore:
     def save_step(self, run_id: str, step: int, *, source_position: Any,
                   stages: Sequence[StageCommit] | Mapping[str, Mapping[str, Any]] = (),
                   in_flight: Sequence[Any] = (), meta: Mapping[str, Any] | None = None,
-                  committed_at: float | None = None) -> RunStep:
-        """Save committed ``step`` of ``run_id`` durably; immutable once saved.
+                  committed_at: float | None = None, epoch: int | None = None) -> RunStep:
+        """Save ``step`` of ``run_id`` durably; immutable once committed.
 
-        Raises ``RunStepExistsError`` if that step is already saved and readable. A step whose
-        earlier save was torn by a crash is rewritten.
+        Without ``epoch`` (no driver hold) the saved step is committed and immutable:
+        ``RunStepExistsError`` if it is already saved and readable; a step whose earlier
+        save was torn by a crash is rewritten. With ``epoch`` (the control-lease epoch of a
+        :class:`~stages.run_driver.RunDriver`, which calls this) the record is written but
+        committed only by the driver's status write; a record of a step after the run's
+        ``committed_step`` left by an older epoch (a driver that died or was fenced before
+        committing it) is replaced, one of a newer epoch raises ``RunFencedError``.
         """
         self._check_id(run_id)
         if not isinstance(step, int) or step < 0:
@@ -299,37 +324,74 @@ class RunStore:
         rec = RunStep(run_id=run_id, step=step,
                       committed_at=time.time() if committed_at is None else committed_at,
                       source_position=source_position, stages=tuple(stages),
-                      in_flight=tuple(in_flight), meta=dict(meta or {}))
+                      in_flight=tuple(in_flight), meta=dict(meta or {}), epoch=epoch)
         payload = canonical_json(rec.to_dict())  # bad input fails before the lease exists
-        name = self.step_name(run_id, step)
-        lease = self._acquire_step(run_id, step, name)
+        lease = self._acquire_step(run_id, step, epoch)
         with _step_document(lease) as doc:  # leaving it releases the step's lease
-            if doc.load().document is not None:
-                raise RunStepExistsError(f"step {step} of run {run_id!r} is already saved",
-                                         run_id=run_id, step=step)
             doc.save(rec.to_dict())
         return RunStep.from_dict(json.loads(payload))
 
-    def _acquire_step(self, run_id: str, step: int, name: str) -> Lease:
-        """Hold the step's lease; take it over from a saver that left nothing readable.
+    def _acquire_step(self, run_id: str, step: int, epoch: int | None) -> Lease:
+        """Hold the step's lease, empty or holding a record :meth:`_check_overwrite` lets go.
 
         A driver that died inside :meth:`save_step` leaves the lease held until its TTL
         runs out, with no readable document (or the whole one). Without a document there is
         nothing to protect, so the lease is taken over (its epoch bump fences the old saver,
-        should it still be alive); with one, the step is saved and ``RunStepExistsError``.
+        should it still be alive). A record that may be replaced is dropped with its lease
+        (so no older slot of it survives as a fallback) and the lease created afresh.
         """
-        try:
-            return self.store.acquire(name, ttl=_STEP_TTL, steal=False)
-        except LeaseHeldError as exc:
-            held = exc
-        try:
-            saved = _decode_step(self.store.open_reader(name)) is not None
-        except LeaseNotFoundError:
-            saved = False  # deleted (pruned) meanwhile: acquiring creates it afresh
-        if saved:
+        name = self.step_name(run_id, step)
+        for _ in range(_STEP_ATTEMPTS):
+            try:
+                lease = self.store.acquire(name, ttl=_STEP_TTL, steal=False)
+            except LeaseHeldError as held:
+                try:
+                    found = _decode_step(self.store.open_reader(name))
+                except LeaseNotFoundError:
+                    continue  # deleted (pruned) meanwhile: acquiring creates it afresh
+                self._check_overwrite(run_id, step, found, epoch, cause=held)
+                lease = self.store.acquire(name, ttl=_STEP_TTL, steal=True)
+            found = _decode_step(lease)
+            if found is None:
+                return lease
+            try:
+                self._check_overwrite(run_id, step, found, epoch)
+                self.store.delete_lease(name, lease=lease)
+            finally:
+                lease.release()
+        raise RunStepExistsError(f"step {step} of run {run_id!r} is being saved by another "
+                                 f"driver; gave up after {_STEP_ATTEMPTS} attempts",
+                                 run_id=run_id, step=step)
+
+    def _check_overwrite(self, run_id: str, step: int, found: Mapping[str, Any] | None,
+                         epoch: int | None, *, cause: BaseException | None = None) -> None:
+        """Return if a save under ``epoch`` may replace ``found`` (the step's record or
+        ``None``), else raise: ``RunStepExistsError`` for a committed step (or any saved
+        one without ``epoch``), ``RunFencedError`` for a record of a newer driver."""
+        if found is None:
+            return
+        saved_by = found.get("epoch")
+        if epoch is not None and isinstance(saved_by, int) and saved_by > epoch:
+            raise RunFencedError(
+                f"step {step} of run {run_id!r} was saved by a newer driver (epoch {saved_by})"
+                f"; this driver (epoch {epoch}) was fenced", run_id=run_id, epoch=epoch,
+                current_epoch=saved_by) from cause
+        limit = self.committed_limit(run_id) if epoch is not None else None
+        if limit is None or step <= limit:
             raise RunStepExistsError(f"step {step} of run {run_id!r} is already saved",
-                                     run_id=run_id, step=step) from held
-        return self.store.acquire(name, ttl=_STEP_TTL, steal=True)
+                                     run_id=run_id, step=step) from cause
+
+    def delete_step(self, run_id: str, step: int) -> None:
+        """Remove the record of ``step`` (absent: nothing to do), taking its lease over from
+        a saver that still holds it."""
+        name = self.step_name(run_id, step)
+        try:
+            self.store.delete_lease(name)
+        except LeaseHeldError:
+            self.store.delete_lease(name, lease=self.store.acquire(name, ttl=_STEP_TTL,
+                                                                   steal=True))
+        except LeaseNotFoundError:
+            pass
 
     def load_step(self, run_id: str, step: int | None = None) -> RunStep:
         """Step ``step`` of the run, or its newest readable step if ``None``.
@@ -399,13 +461,9 @@ class RunStore:
         deleted."""
         if keep < 1:
             raise ValueError("keep must be >= 1")
-        nums = self._step_numbers(run_id)
-        gone = nums[:-keep]
+        gone = self._step_numbers(run_id)[:-keep]
         for s in gone:
-            try:
-                self.store.delete_lease(self.step_name(run_id, s))
-            except LeaseError:
-                continue
+            self.delete_step(run_id, s)
         return gone
 
     # -- pause / claim / complete ------------------------------------------------------------
@@ -480,7 +538,8 @@ class RunStore:
                                f" the run is now {now.state} (claim epoch {now.claim_epoch})",
                                run_id=claim.run_id) from exc
         claim._done = True
-        lease.release()
+        if not claim._kept:
+            lease.release()
         return st
 
     def _abort(self, claim: RunClaim) -> RunStatus | None:
