@@ -22,15 +22,11 @@ How, and why this way:
   under the run's control lease (:class:`~stages.run_driver.RunDriver`): that write is the
   commit point; then the sink publishes ``s``. At most one barrier is outstanding, so every
   stage's lease holds the last committed step and at most one newer, uncommitted one.
-* **One driver per run, fenced.** ``run()`` holds the run's control lease (keepalive) from
-  start to return, and every sink write and step commit carries its epoch. A second
-  driver of a running run is refused with ``RunActiveError`` (naming the holder) before it
-  touches anything; with ``takeover=True`` it steals the lease instead, and the first
-  driver's next sink write or step commit is refused (``RunFencedError``, by the store and
-  by the sink) and stops it - as does its next recovery, before it could relaunch stages
-  whose leases the new driver holds. A driver killed at any point of a step commit loses
-  nothing: before the commit point the step is replayed, after it the restarted driver's
-  ``fence`` publishes its output (``stages/sink.py``).
+* **One driver per run, fenced** (``stages/run_driver.py``). ``run()`` holds the run's
+  control lease (keepalive) from start to return; sink writes and step commits carry its
+  epoch. A second driver is refused (``RunActiveError``) before it touches anything, or with
+  ``takeover=True`` fences the first, whose next commit - or recovery, before it could
+  steal stage leases back - fails with ``RunFencedError`` and stops it.
 * **Recovery is rollback and replay.** On any stage failure (actor died, node removed,
   checkpoint failed - e.g. the stage was killed mid-flush - or a call timed out), the driver
   drops everything in flight, relaunches the lost stages (``on_stage_lost`` hook, e.g. the
@@ -80,6 +76,7 @@ from .recovery import (
     relaunch_node,
     reopen_after,
     roll_back_all,
+    stop_stages,
 )
 from .reference import run_reference
 from .run_driver import RunDriver
@@ -151,10 +148,9 @@ class Pipeline:
         call_timeout: seconds to wait for any one stage call before treating it as lost.
         ping_timeout: seconds a liveness probe may take during recovery.
         clock: for the policy's time trigger (injectable).
-        takeover: on a run another live driver is driving, fence that driver and take the
-            run over (default: refuse with ``RunActiveError``); see the module docstring.
-        run_ttl: TTL of the run's control lease (renewed by a keepalive while this driver
-            runs): how long after a driver died its run cannot be driven without takeover.
+        takeover: fence a live driver of the run and take over (default: refuse).
+        run_ttl: TTL of the run's control lease (kept alive while this driver runs): how
+            long after a driver died its run needs ``takeover`` to be driven.
     """
 
     def __init__(self, source: Source, stages: Sequence[StageSpec], sink: Sink, *,
@@ -243,10 +239,8 @@ class Pipeline:
                 claim orphaned, for ``recover_orphaned``).
 
         Raises ``PipelineError`` (``StageProcessError`` for a stage's own exception);
-        ``RunNotPausedError`` for a paused run without a claim; ``RunActiveError`` (before
-        touching anything) if another driver is driving the run and ``takeover`` is off;
-        ``RunFencedError`` if another driver took the run over while this one ran (its
-        commit was refused; nothing of the other driver's is touched).
+        ``RunNotPausedError`` for a paused run without a claim; ``RunActiveError`` if another
+        driver drives the run (no ``takeover``); ``RunFencedError`` if one took it over.
         """
         t0 = time.monotonic()
         self._reset_counters()
@@ -296,7 +290,8 @@ class Pipeline:
             fenced = True
             raise
         finally:
-            self._shutdown_stages(unregister=not fenced)
+            stop_stages(self.specs, self._handles, timeout=self.ping_timeout,
+                        unregister=not fenced)
             hold.release()
         return PipelineResult(
             run_id=self.run_id, committed_step=self._committed,
@@ -365,30 +360,6 @@ class Pipeline:
             self._actor_ids[self._handles[sid]._actor_id.hex()] = sid
         except AttributeError:  # pragma: no cover - handle without an id
             pass
-
-    def _shutdown_stages(self, *, unregister: bool = True) -> None:
-        # Stages stopped on purpose must not look lost: the scheduler they registered with
-        # forgets them first, or its watcher would restore them after the pipeline ended.
-        # A fenced driver leaves that alone: the stage ids are the new driver's now.
-        for spec in self.specs:
-            if unregister and spec.registrar is not None and spec.stage_id in self._handles:
-                try:
-                    spec.registrar.unregister(spec.stage_id, timeout=self.ping_timeout)
-                except Exception:  # noqa: BLE001 - unknown to it already, or it is gone
-                    continue
-        refs = []
-        for h in self._handles.values():
-            try:
-                refs.append(h.stop.remote())
-            except Exception:  # noqa: BLE001 - already gone
-                continue
-        if refs:
-            ray.wait(refs, num_returns=len(refs), timeout=10)
-        for h in self._handles.values():
-            try:
-                ray.kill(h, no_restart=True)
-            except Exception:  # noqa: BLE001 - already gone
-                continue
 
     def _rewind(self) -> None:
         """Reset the driver's cursor to the last committed step."""
@@ -622,9 +593,7 @@ class Pipeline:
                             observer=self._observer(spec), restore_step=step)
 
     def _driver(self) -> RunDriver:
-        """This run's hold (set for the whole of :meth:`run`)."""
-        if self._hold is None:
-            raise RuntimeError("the pipeline is not running")
+        assert self._hold is not None, "only while run() runs"  # set for the whole of it
         return self._hold
 
     def _observer(self, spec: StageSpec) -> CheckpointFlushObserver | None:

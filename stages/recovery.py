@@ -1,5 +1,7 @@
 """Recovery of a pipeline's stages: relaunch the lost ones, roll every one back consistently.
 
+(And the end of their life: :func:`stop_stages`, the one way the driver stops them.)
+
 The pipeline driver (``stages/pipeline.py``) calls this after a stage failure and when it
 starts on an existing run. Two things happen here, each with one rule:
 
@@ -34,7 +36,7 @@ from .run_driver import RunDriver
 from .sink import Sink
 
 __all__ = ["StageFailure", "alive", "discard", "get_sorted", "relaunch_node", "reopen_after",
-           "restored_step", "roll_back_all"]
+           "restored_step", "roll_back_all", "stop_stages"]
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +171,36 @@ def relaunch_node(spec: StageSpec, exclude: Sequence[str],
                                 if not k.startswith("node:")})
              for n in ray.nodes()]
     return pick_node(views, spec.ray_resources(), avoid=exclude, reserved=reserved)
+
+
+def stop_stages(specs: Sequence[StageSpec], handles: Mapping[str, Any], *, timeout: float,
+                unregister: bool = True) -> None:
+    """Stop the pipeline's stage actors on purpose (the driver returns or fails).
+
+    Stages stopped on purpose must not look lost: the scheduler they registered with forgets
+    them first (``unregister``), or its watcher would restore them after the pipeline ended.
+    A fenced driver passes ``unregister=False``: the stage ids are the new driver's now.
+    Then each stage is asked to stop (at most 10 s) and killed.
+    """
+    for spec in specs:
+        if unregister and spec.registrar is not None and spec.stage_id in handles:
+            try:
+                spec.registrar.unregister(spec.stage_id, timeout=timeout)
+            except Exception:  # noqa: BLE001 - unknown to it already, or it is gone
+                continue
+    refs = []
+    for h in handles.values():
+        try:
+            refs.append(h.stop.remote())
+        except Exception:  # noqa: BLE001 - already gone
+            continue
+    if refs:
+        ray.wait(refs, num_returns=len(refs), timeout=10)
+    for h in handles.values():
+        try:
+            ray.kill(h, no_restart=True)
+        except Exception:  # noqa: BLE001 - already gone
+            continue
 
 
 def alive(handle: Any, timeout: float) -> bool:

@@ -128,6 +128,8 @@ class RunDriver:
         except BaseException:
             if claim is None:
                 lease.release()
+            else:
+                claim._kept = False  # the claim keeps its own lease (and its abort)
             raise
         return cls(runs, lease, st)
 

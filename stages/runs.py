@@ -13,6 +13,15 @@ checkpoints work on (and move with them):
   document (kind ``BPRS`` version 2); its generation is the status's ``seq``. A save cut
   short leaves the previous status readable.
 
+A running run is driven by one driver at a time, which holds the control lease for the whole
+run (:class:`~stages.run_driver.RunDriver`, ``stages/run_driver.py``). Its step records
+carry its epoch, and a step commits by its status write ``committed_step`` under the control
+lease: readers here (:meth:`RunStore.load_step`, ``latest_step``, ``list_steps``,
+``iter_steps``, ``prune_steps``) count only steps up to it, so the record of a step whose
+driver died or was fenced before that write is no committed step - the step's next commit
+replaces it. A run never driven under a hold (``committed_step`` unset) counts every readable
+record, as does a step saved without an epoch.
+
 The crash-safety argument of both is the document's (``blockstore/document.py``); the byte
 layout is in ``docs/FORMAT.md``.
 
@@ -59,6 +68,7 @@ from .errors import (
     RunNotPausedError,
     RunStepExistsError,
 )
+from .run_claim import RunClaim
 from .run_records import CLAIMED, FINISHED, PAUSED, RUNNING, RunStatus, RunStep, StageCommit
 
 __all__ = [
@@ -98,60 +108,6 @@ def _status_document(lease: LeaseReader) -> SlottedDocument:
 def _decode_step(reader: LeaseReader) -> dict[str, Any] | None:
     """The step document, or None if absent/torn/corrupt (never a partial document)."""
     return _step_document(reader).load().document
-
-
-# -- the claim -----------------------------------------------------------------------------------
-class RunClaim:
-    """The right to resume one paused run, held by one driver.
-
-    A context manager: leaving the block normally does nothing by itself (call
-    :meth:`complete` when the resume is done); leaving it by an exception *aborts* - the run
-    is re-armed to ``paused`` - so a failed resume is never counted as done.
-
-    Attributes:
-        run_id, driver, epoch: identity of the claim (epoch of the control lease).
-        step: the savepoint step the run was paused at.
-    """
-
-    def __init__(self, runs: RunStore, lease: Lease, status: RunStatus) -> None:
-        self._runs = runs
-        self._lease = lease
-        self.run_id = status.run_id
-        self.driver = status.driver or ""
-        self.epoch = lease.epoch
-        self.step = status.step
-        self.status = status
-        self._done = False
-        self._kept = False  # the lease was handed to a RunDriver: complete() keeps it
-
-    @property
-    def done(self) -> bool:
-        return self._done
-
-    def complete(self, meta: Mapping[str, Any] | None = None) -> RunStatus:
-        """Mark the resume done (state ``running`` under this driver) and release. Idempotent.
-
-        Raises ``RunClaimLost`` if the claim was fenced before completing.
-        """
-        return self._runs.complete(self, meta=meta)
-
-    def abort(self) -> RunStatus | None:
-        """Give the run back (state ``paused``); harmless after ``complete``."""
-        return self._runs._abort(self)
-
-    def __enter__(self) -> RunClaim:
-        return self
-
-    def __exit__(self, exc_type: object, *rest: object) -> None:
-        if exc_type is not None and not self._done:
-            try:
-                self.abort()
-            except RunError:
-                pass
-
-    def __repr__(self) -> str:
-        return (f"RunClaim(run_id={self.run_id!r}, driver={self.driver!r}, epoch={self.epoch}, "
-                f"step={self.step}, done={self._done})")
 
 
 # -- the store -----------------------------------------------------------------------------------
