@@ -7,7 +7,7 @@ one committed step).
 
 | row | cases tried | outcome |
 |-----|-------------|---------|
-| driver killed at every point of a step commit | SIGKILL of the driver process at step 2 at each of the 5 points of ``Pipeline._commit`` (``stages/pipeline.py``): before the sink commit; after it, before the step record; after the step record, before the status write (the commit point, ``stages/run_driver.py``); after the status write, before the sink's publish; after the publish. Then: a reader of the sink, and a restarted driver (after the dead one's control lease expired) | nothing lost: before the restart the sink shows only steps the run committed (a prefix of the reference); after it the output equals the reference exactly and the step records cover every source record once |
+| driver killed at every point of a step commit | SIGKILL of the driver process at step 1 and at step 2 (steps 1-4 with ``BLOCKPOINT_FAULTS_FULL=1``) at each of the 5 points of ``Pipeline._commit`` (``stages/pipeline.py``): before the sink commit; after it, before the step record; after the step record, before the status write (the commit point, ``stages/run_driver.py``); after the status write, before the sink's publish; after the publish. Then: a reader of the sink, and a restarted driver (after the dead one's control lease expired) | nothing lost: before the restart the sink shows only steps the run committed (a prefix of the reference); after it the output equals the reference exactly and the step records cover every source record once |
 | two drivers on one run | a second driver while the first (another process) runs: (a) plain - refused with ``RunActiveError`` naming the holder, before it touched anything, the first finishes; (b) ``takeover=True`` - the first is fenced (its next commit or recovery fails with ``RunFencedError``, exit code 3) and the second finishes the run | nothing lost or duplicated: output equals the reference, step records cover every source record once |
 
 Before the fix (issue 9, defect 2) the second driver was not refused and the sink showed
@@ -46,6 +46,9 @@ EVERY = 150  # records per step
 #: The points of one step commit, in order (``Pipeline._commit``).
 KILL_POINTS = ["before_sink_commit", "after_sink_commit", "after_step_record",
                "after_status_write", "after_publish"]
+#: The steps killed at: the first one (nothing committed yet) and a later one; every step of
+#: the run with ``BLOCKPOINT_FAULTS_FULL=1`` (the full size of the matrix).
+KILL_STEPS = [1, 2, 3, 4] if os.environ.get("BLOCKPOINT_FAULTS_FULL") == "1" else [1, 2]
 
 # A driver process: the pipeline of `_specs` on the Ray at argv[1]; SIGKILLs itself at the
 # given point of the given step's commit, or reads its source slowly (seconds per batch).
@@ -185,16 +188,17 @@ def _assert_reader_sees_only_committed(tmp_path: Path, sink: FileSink,
     return max(committed, default=0), sum(s.meta["records_in"] for s in steps)
 
 
+@pytest.mark.parametrize("step", KILL_STEPS)
 @pytest.mark.parametrize("point", KILL_POINTS)
 def test_driver_killed_at_every_point_of_a_step_commit(ray_local: None, tmp_path: Path,
-                                                       point: str) -> None:
+                                                       point: str, step: int) -> None:
     n = 900
-    proc = _driver(tmp_path, n, kill_at=point, kill_step=2)
+    proc = _driver(tmp_path, n, kill_at=point, kill_step=step)
     _, err = proc.communicate(timeout=180)
     assert proc.returncode == -9, (proc.returncode, err[-2000:])
     sink = FileSink(tmp_path / "out", fsync=False)
     committed, done = _assert_reader_sees_only_committed(tmp_path, sink, n)
-    assert committed == (1 if KILL_POINTS.index(point) < 3 else 2)
+    assert committed == (step - 1 if KILL_POINTS.index(point) < 3 else step)
     runs = RunStore(open_store(str(tmp_path / "store")))
     _wait_released(runs)
     p, sink = _pipeline(tmp_path, n)
