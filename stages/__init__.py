@@ -45,8 +45,8 @@ __all__ = [
 ]
 
 # -- stage actors, their hooks and placement, checkpoint policies, runs, pipelines
-#    (stages/actor.py, hooks.py, placement.py, policy.py, runs.py, source.py, sink.py,
-#    pipeline.py) -------------------------------------------------------------------------
+#    (stages/actor.py, hooks.py, placement.py, policy.py, runs.py, run_driver.py, source.py,
+#    sink.py, pipeline.py) -------------------------------------------------------------------------
 from .actor import (  # noqa: E402
     RollbackUnavailable,
     Stage,
@@ -57,6 +57,7 @@ from .actor import (  # noqa: E402
     launch_stage,
 )
 from .policy import CheckpointManager, CheckpointPolicy, CheckpointRequest, PolicyCounters  # noqa: E402
+from .errors import RunActiveError, RunFencedError, SinkFencedError  # noqa: E402
 from .runs import (  # noqa: E402
     RunClaim,
     RunClaimConflict,
@@ -70,6 +71,7 @@ from .runs import (  # noqa: E402
     RunStore,
     StageCommit,
 )
+from .run_driver import RunDriver  # noqa: E402
 from .pipeline import (  # noqa: E402
     Pipeline,
     PipelineError,
@@ -80,13 +82,14 @@ from .pipeline import (  # noqa: E402
 )
 from .hooks import StageLostHook, StageRegistrar  # noqa: E402
 from .placement import NodeCapacity, pick_node  # noqa: E402
-from .sink import FileSink, Sink  # noqa: E402
+from .sink import FenceToken, FileSink, Sink  # noqa: E402
 from .source import GeneratedSource, Source  # noqa: E402
 
 __all__ += [
     "CheckpointManager",
     "CheckpointPolicy",
     "CheckpointRequest",
+    "FenceToken",
     "FileSink",
     "GeneratedSource",
     "NodeCapacity",
@@ -96,10 +99,13 @@ __all__ += [
     "PipelineResult",
     "PolicyCounters",
     "RollbackUnavailable",
+    "RunActiveError",
     "RunClaim",
     "RunClaimConflict",
     "RunClaimLost",
+    "RunDriver",
     "RunError",
+    "RunFencedError",
     "RunNotFoundError",
     "RunNotPausedError",
     "RunStatus",
@@ -107,6 +113,7 @@ __all__ += [
     "RunStepExistsError",
     "RunStore",
     "Sink",
+    "SinkFencedError",
     "Source",
     "Stage",
     "StageActor",

@@ -17,10 +17,16 @@ How, and why this way:
   barrier and none after it - consistent across stages, like aligned barriers, with no
   records in flight between stages at the cut (``RunStep.in_flight`` is therefore empty).
 * **A step commits in one place.** When every stage's checkpoint of ``s`` returned and every
-  output of ``s`` arrived, the sink commits step ``s``'s output (idempotently), then the run
-  record of ``s`` is saved in the store (:class:`~stages.runs.RunStore`): that record is the
-  commit point. At most one barrier is outstanding, so every stage's lease holds the last
-  committed step and at most one newer, uncommitted one.
+  output of ``s`` arrived, the sink commits step ``s``'s output (idempotently, not yet
+  visible), then the run record of ``s`` is saved and committed by the driver's status write
+  under the run's control lease (:class:`~stages.run_driver.RunDriver`): that write is the
+  commit point; then the sink publishes ``s``. At most one barrier is outstanding, so every
+  stage's lease holds the last committed step and at most one newer, uncommitted one.
+* **One driver per run, fenced** (``stages/run_driver.py``). ``run()`` holds the run's
+  control lease (keepalive) from start to return; sink writes and step commits carry its
+  epoch. A second driver is refused (``RunActiveError``) before it touches anything, or with
+  ``takeover=True`` fences the first, whose next commit - or recovery, before it could
+  steal stage leases back - fails with ``RunFencedError`` and stops it.
 * **Recovery is rollback and replay.** On any stage failure (actor died, node removed,
   checkpoint failed - e.g. the stage was killed mid-flush - or a call timed out), the driver
   drops everything in flight, relaunches the lost stages (``on_stage_lost`` hook, e.g. the
@@ -32,13 +38,15 @@ How, and why this way:
 * **One step on every stage, or an error.** If a stage's generation of ``c`` does not verify,
   it can only restore an older step; then every stage is rolled back to the newest step ``t``
   they all restore (``stages/recovery.py``), the run's step records after ``t`` are deleted,
-  the sink's output after ``t`` is discarded (``discard_after``, when the sink has it) and
+  the sink's output after ``t`` is discarded (``discard_after``) and
   the source is replayed from ``t``'s position, so steps ``t+1..c`` are committed again,
   idempotently. A ``fallback`` event and ``PipelineResult.fallbacks`` say so. When no step is
   left that every stage restores, the pipeline stops with ``PipelineError``.
 * **A driver restart resumes.** ``run()`` on an existing run id starts from the run's newest
-  committed step (and discards sink output of later, uncommitted steps); the same
-  one-step-everywhere rule applies to the stages it launches.
+  committed step (the sink's ``fence`` discards output of later, uncommitted steps); the
+  same one-step-everywhere rule applies to the stages it launches. A driver that died holds
+  the control lease until its TTL (``run_ttl``) runs out; restarting earlier needs
+  ``takeover=True``.
 """
 
 from __future__ import annotations
@@ -55,7 +63,7 @@ import ray
 from ray.exceptions import GetTimeoutError
 
 from .actor import StageSpec, launch_stage, open_store_for
-from .errors import PipelineError, StageProcessError
+from .errors import PipelineError, RunFencedError, StageProcessError
 from .events import PipelineEvent, PipelineResult
 from .hooks import StageLostHook
 from .observer import CheckpointFlushObserver
@@ -68,8 +76,10 @@ from .recovery import (
     relaunch_node,
     reopen_after,
     roll_back_all,
+    stop_stages,
 )
 from .reference import run_reference
+from .run_driver import RunDriver
 from .runs import RunClaim, RunNotFoundError, RunStore, StageCommit
 from .sink import Sink
 from .source import Source
@@ -138,6 +148,9 @@ class Pipeline:
         call_timeout: seconds to wait for any one stage call before treating it as lost.
         ping_timeout: seconds a liveness probe may take during recovery.
         clock: for the policy's time trigger (injectable).
+        takeover: fence a live driver of the run and take over (default: refuse).
+        run_ttl: TTL of the run's control lease (kept alive while this driver runs): how
+            long after a driver died its run needs ``takeover`` to be driven.
     """
 
     def __init__(self, source: Source, stages: Sequence[StageSpec], sink: Sink, *,
@@ -152,7 +165,8 @@ class Pipeline:
                  on_event: Callable[[PipelineEvent], None] | None = None,
                  max_recoveries: int = 20, call_timeout: float = 60.0,
                  ping_timeout: float = 10.0, clock: Callable[[], float] = time.monotonic,
-                 keep_steps: int | None = None) -> None:
+                 keep_steps: int | None = None, takeover: bool = False,
+                 run_ttl: float = 10.0) -> None:
         if not stages:
             raise ValueError("a pipeline needs at least one stage")
         if keep_steps is not None and keep_steps < 1:
@@ -168,7 +182,9 @@ class Pipeline:
         self.run_id = run_id or uuid.uuid4().hex[:16]
         self.runs = RunStore(open_store_for(
             run_store_url or stages[0].store_url,
-            stages[0].block_size if run_store_url is None else None))
+            stages[0].block_size if run_store_url is None else None), claim_ttl=run_ttl)
+        self.takeover = takeover
+        self._hold: RunDriver | None = None
         self.batch_size = batch_size
         self.max_in_flight = max_in_flight
         # Step records older than every stage's retained generations can no longer be
@@ -223,7 +239,8 @@ class Pipeline:
                 claim orphaned, for ``recover_orphaned``).
 
         Raises ``PipelineError`` (``StageProcessError`` for a stage's own exception);
-        ``RunNotPausedError`` for a paused run without a claim.
+        ``RunNotPausedError`` for a paused run without a claim; ``RunActiveError`` if another
+        driver drives the run (no ``takeover``); ``RunFencedError`` if one took it over.
         """
         t0 = time.monotonic()
         self._reset_counters()
@@ -235,15 +252,16 @@ class Pipeline:
                 raise ValueError(f"claim is for run {claim.run_id!r}, not {self.run_id!r}")
         else:
             self.runs.create_run(self.run_id)
-        last = self.runs.latest_step(self.run_id)
-        self._committed = last.step if last is not None else 0
-        self._committed_position = (last.source_position if last is not None
-                                    else self.source.initial_position())
-        discard = getattr(self.sink, "discard_after", None)
-        if discard is not None:
-            discard(self._committed)
+        hold = self._hold = RunDriver.acquire(self.runs, self.run_id, takeover=self.takeover,
+                                              claim=claim)
         failure: StageFailure | None = None
+        fenced = False
         try:
+            last = self.runs.latest_step(self.run_id)
+            self._committed = last.step if last is not None else 0
+            self._committed_position = (last.source_position if last is not None
+                                        else self.source.initial_position())
+            self.sink.fence(hold.token, self._committed)
             try:
                 self._launch_all(orphans)
             except BaseException:
@@ -264,12 +282,17 @@ class Pipeline:
                     failure = f
             finished = self._exhausted and self._barrier is None and not self._batches
             if finished:
-                self.runs.finish(self.run_id)
+                hold.finish()
             elif pause:
-                self.runs.pause(self.run_id, self._committed)
+                hold.pause(self._committed)
             self._emit("done", self._committed, detail={"finished": finished})
+        except RunFencedError:
+            fenced = True
+            raise
         finally:
-            self._shutdown_stages()
+            stop_stages(self.specs, self._handles, timeout=self.ping_timeout,
+                        unregister=not fenced)
+            hold.release()
         return PipelineResult(
             run_id=self.run_id, committed_step=self._committed,
             source_position=self._committed_position, finished=finished,
@@ -327,7 +350,8 @@ class Pipeline:
                                 f"{exc}") from exc
         self._emit("started", self._committed, detail={
             "nodes": dict(self._nodes), "epochs": dict(self._epochs),
-            "source_position": self._committed_position, "orphans_recovered": list(orphans)})
+            "source_position": self._committed_position, "orphans_recovered": list(orphans),
+            "driver_epoch": self._driver().epoch})
 
     def _note_info(self, sid: str, info: Mapping[str, Any]) -> None:
         self._nodes[sid] = info.get("node_id")
@@ -336,29 +360,6 @@ class Pipeline:
             self._actor_ids[self._handles[sid]._actor_id.hex()] = sid
         except AttributeError:  # pragma: no cover - handle without an id
             pass
-
-    def _shutdown_stages(self) -> None:
-        # Stages stopped on purpose must not look lost: the scheduler they registered with
-        # forgets them first, or its watcher would restore them after the pipeline ended.
-        for spec in self.specs:
-            if spec.registrar is not None and spec.stage_id in self._handles:
-                try:
-                    spec.registrar.unregister(spec.stage_id, timeout=self.ping_timeout)
-                except Exception:  # noqa: BLE001 - unknown to it already, or it is gone
-                    continue
-        refs = []
-        for h in self._handles.values():
-            try:
-                refs.append(h.stop.remote())
-            except Exception:  # noqa: BLE001 - already gone
-                continue
-        if refs:
-            ray.wait(refs, num_returns=len(refs), timeout=10)
-        for h in self._handles.values():
-            try:
-                ray.kill(h, no_restart=True)
-            except Exception:  # noqa: BLE001 - already gone
-                continue
 
     def _rewind(self) -> None:
         """Reset the driver's cursor to the last committed step."""
@@ -460,14 +461,16 @@ class Pipeline:
         self._commit(bar, infos)
 
     def _commit(self, bar: _Barrier, infos: Mapping[str, Mapping[str, Any]]) -> None:
+        hold = self._driver()
         outputs = self._outputs.pop(bar.step, [])
-        self.sink.commit(bar.step, outputs)
+        self.sink.commit(bar.step, outputs, token=hold.token)
         stages = [StageCommit(stage_id=sid, lease_id=info.get("lease_id"),
                               epoch=self._epochs.get(sid), generation=info.get("generation"),
                               node_id=self._nodes.get(sid)) for sid, info in infos.items()]
-        self.runs.save_step(self.run_id, bar.step, source_position=bar.position, stages=stages,
-                            meta={"records_in": bar.records, "records_out": len(outputs)})
-        self.runs.prune_steps(self.run_id, self.keep_steps)
+        hold.save_step(bar.step, source_position=bar.position, stages=stages,
+                       meta={"records_in": bar.records, "records_out": len(outputs)})
+        self.sink.publish(bar.step, token=hold.token)
+        hold.prune(self.keep_steps)
         self._committed = bar.step
         self._committed_position = bar.position
         self._barrier = None
@@ -496,6 +499,9 @@ class Pipeline:
             self._recovery_s += time.monotonic() - t0
 
     def _recover_inner(self, failure: StageFailure) -> None:
+        # A failure may be the stages' leases taken by a driver that took the run over:
+        # relaunching would steal them back. A fenced driver stops here.
+        self._driver().check()
         self._recoveries += 1
         first_line = str(failure.cause).strip().splitlines()[:1]
         self._emit("failure", self._committed, detail={
@@ -559,7 +565,7 @@ class Pipeline:
         if ``target``'s own record is gone (pruned): nothing to replay from.
         """
         try:
-            position = reopen_after(self.runs, self.run_id, self.sink, target,
+            position = reopen_after(self._driver(), self.sink, target,
                                     self.source.initial_position())
         except RunNotFoundError as exc:
             raise PipelineError(f"stages fell back to step {target}, whose run record is "
@@ -585,6 +591,10 @@ class Pipeline:
         node = relaunch_node(spec, exclude, self._nodes, {s.stage_id: s for s in self.specs})
         return launch_stage(spec, node_id=node, soft=True, spill=True,
                             observer=self._observer(spec), restore_step=step)
+
+    def _driver(self) -> RunDriver:
+        assert self._hold is not None, "only while run() runs"  # set for the whole of it
+        return self._hold
 
     def _observer(self, spec: StageSpec) -> CheckpointFlushObserver | None:
         if self.observer_for is not None:

@@ -1,5 +1,7 @@
 """Recovery of a pipeline's stages: relaunch the lost ones, roll every one back consistently.
 
+(And the end of their life: :func:`stop_stages`, the one way the driver stops them.)
+
 The pipeline driver (``stages/pipeline.py``) calls this after a stage failure and when it
 starts on an existing run. Two things happen here, each with one rule:
 
@@ -30,11 +32,11 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskErro
 from .actor import StageSpec, StageStopped
 from .errors import CheckpointFailed, PipelineError, StageError, StageProcessError
 from .placement import NodeCapacity, pick_node
-from .runs import RunStore
+from .run_driver import RunDriver
 from .sink import Sink
 
 __all__ = ["StageFailure", "alive", "discard", "get_sorted", "relaunch_node", "reopen_after",
-           "restored_step", "roll_back_all"]
+           "restored_step", "roll_back_all", "stop_stages"]
 
 log = logging.getLogger(__name__)
 
@@ -129,27 +131,23 @@ def roll_back_all(handles: Mapping[str, Any], step: int, get: Getter, *,
         infos = {}
 
 
-def reopen_after(runs: RunStore, run_id: str, sink: Sink, target: int,
-                 initial_position: Any) -> Any:
+def reopen_after(hold: RunDriver, sink: Sink, target: int, initial_position: Any) -> Any:
     """Forget every committed step after ``target`` (the stages fell back to it); return
     ``target``'s source position (``initial_position`` for step 0).
 
     Order matters for a crash in the middle: ``target``'s record is read first (a missing
-    one raises ``RunNotFoundError`` and nothing is touched); then the run's step records
-    after it are deleted newest first, so what is left is always a prefix of committed steps;
-    then the sink's output after ``target`` is discarded (``discard_after``, if the sink has
-    one; a restarted driver discards it too, as no record commits it any more). A sink
-    without ``discard_after`` gets those steps re-committed by the replay, which is exact
-    when the replay ends its steps where the first run did.
+    one raises ``RunNotFoundError`` and nothing is touched); then the driver's hold
+    un-commits the steps after it (``RunDriver.forget_after``: the fenced status write,
+    then their records, newest first), so what is left is always a prefix of committed
+    steps; then the sink's output after ``target`` is discarded under the driver's token (a
+    restarted driver's ``fence`` discards it too, as no record commits it any more). A
+    fenced driver gets ``RunFencedError`` at the status write and changes nothing.
     """
-    position = runs.load_step(run_id, target).source_position if target else initial_position
-    # RunStore has no "delete the steps after" (stages/runs.py); its step leases are named
-    # by RunStore.step_name, and deleting them is what RunStore.prune_steps does for older ones.
-    for rec in runs.list_steps(run_id, min_step=target + 1, newest_first=True):
-        runs.store.delete_lease(runs.step_name(run_id, rec.step))
-    discard_after = getattr(sink, "discard_after", None)
-    if discard_after is not None:
-        discard_after(target)
+    runs = hold.runs
+    position = (runs.load_step(hold.run_id, target).source_position if target
+                else initial_position)
+    hold.forget_after(target)
+    sink.discard_after(target, token=hold.token)
     return position
 
 
@@ -173,6 +171,36 @@ def relaunch_node(spec: StageSpec, exclude: Sequence[str],
                                 if not k.startswith("node:")})
              for n in ray.nodes()]
     return pick_node(views, spec.ray_resources(), avoid=exclude, reserved=reserved)
+
+
+def stop_stages(specs: Sequence[StageSpec], handles: Mapping[str, Any], *, timeout: float,
+                unregister: bool = True) -> None:
+    """Stop the pipeline's stage actors on purpose (the driver returns or fails).
+
+    Stages stopped on purpose must not look lost: the scheduler they registered with forgets
+    them first (``unregister``), or its watcher would restore them after the pipeline ended.
+    A fenced driver passes ``unregister=False``: the stage ids are the new driver's now.
+    Then each stage is asked to stop (at most 10 s) and killed.
+    """
+    for spec in specs:
+        if unregister and spec.registrar is not None and spec.stage_id in handles:
+            try:
+                spec.registrar.unregister(spec.stage_id, timeout=timeout)
+            except Exception:  # noqa: BLE001 - unknown to it already, or it is gone
+                continue
+    refs = []
+    for h in handles.values():
+        try:
+            refs.append(h.stop.remote())
+        except Exception:  # noqa: BLE001 - already gone
+            continue
+    if refs:
+        ray.wait(refs, num_returns=len(refs), timeout=10)
+    for h in handles.values():
+        try:
+            ray.kill(h, no_restart=True)
+        except Exception:  # noqa: BLE001 - already gone
+            continue
 
 
 def alive(handle: Any, timeout: float) -> bool:

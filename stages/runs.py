@@ -13,6 +13,15 @@ checkpoints work on (and move with them):
   document (kind ``BPRS`` version 2); its generation is the status's ``seq``. A save cut
   short leaves the previous status readable.
 
+A running run is driven by one driver at a time, which holds the control lease for the whole
+run (:class:`~stages.run_driver.RunDriver`, ``stages/run_driver.py``). Its step records
+carry its epoch, and a step commits by its status write ``committed_step`` under the control
+lease: readers here (:meth:`RunStore.load_step`, ``latest_step``, ``list_steps``,
+``iter_steps``, ``prune_steps``) count only steps up to it, so the record of a step whose
+driver died or was fenced before that write is no committed step - the step's next commit
+replaces it. A run never driven under a hold (``committed_step`` unset) counts every readable
+record, as does a step saved without an epoch.
+
 The crash-safety argument of both is the document's (``blockstore/document.py``); the byte
 layout is in ``docs/FORMAT.md``.
 
@@ -34,7 +43,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 from blockstore import (
@@ -49,13 +58,26 @@ from blockstore import (
 )
 from blockstore.errors import LeaseError, LeaseNotFoundError
 
-from .errors import StageError
+from .errors import (
+    RunActiveError,
+    RunClaimConflict,
+    RunClaimLost,
+    RunError,
+    RunFencedError,
+    RunNotFoundError,
+    RunNotPausedError,
+    RunStepExistsError,
+)
+from .run_claim import RunClaim
+from .run_records import CLAIMED, FINISHED, PAUSED, RUNNING, RunStatus, RunStep, StageCommit
 
 __all__ = [
     "RunClaim",
+    "RunActiveError",
     "RunClaimConflict",
     "RunClaimLost",
     "RunError",
+    "RunFencedError",
     "RunNotFoundError",
     "RunNotPausedError",
     "RunStatus",
@@ -71,176 +93,8 @@ STATUS_KIND = b"BPRS"
 DOCUMENT_VERSION = 2
 #: TTL of a step lease while its document is written (a dead saver's hold is taken over).
 _STEP_TTL = 30.0
-
-RUNNING = "running"
-PAUSED = "paused"
-CLAIMED = "claimed"
-FINISHED = "finished"
-
-
-# -- errors ------------------------------------------------------------------------------------
-class RunError(StageError):
-    """Root of the run errors (a :class:`~stages.errors.StageError`).
-
-    Attributes:
-        run_id: the run concerned.
-    """
-
-    def __init__(self, message: str, *, run_id: str | None = None) -> None:
-        super().__init__(message)
-        self.run_id = run_id
-
-
-class RunNotFoundError(RunError, LookupError):
-    """No such run, or no such step of it (``step`` is set for a missing step)."""
-
-    def __init__(self, message: str, *, run_id: str | None = None,
-                 step: int | None = None) -> None:
-        super().__init__(message, run_id=run_id)
-        self.step = step
-
-
-class RunStepExistsError(RunError, FileExistsError):
-    """That step of the run is already saved (committed steps are immutable)."""
-
-    def __init__(self, message: str, *, run_id: str | None = None,
-                 step: int | None = None) -> None:
-        super().__init__(message, run_id=run_id)
-        self.step = step
-
-
-class RunClaimConflict(RunError, RuntimeError):
-    """Another driver holds the run's control lease (claiming, or changing its status).
-
-    Attributes:
-        holder: the current holder.
-    """
-
-    def __init__(self, message: str, *, run_id: str | None = None,
-                 holder: str | None = None) -> None:
-        super().__init__(message, run_id=run_id)
-        self.holder = holder
-
-
-class RunNotPausedError(RunError, RuntimeError):
-    """The run is not in the state the operation needs (e.g. claim of a run not paused).
-
-    Attributes:
-        state: the run's state.
-    """
-
-    def __init__(self, message: str, *, run_id: str | None = None,
-                 state: str | None = None) -> None:
-        super().__init__(message, run_id=run_id)
-        self.state = state
-
-
-class RunClaimLost(RunError, RuntimeError):
-    """The claim was fenced: its lease expired and another driver re-armed or took the run."""
-
-
-# -- values ------------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class StageCommit:
-    """Where one stage's part of a committed step lives."""
-
-    stage_id: str
-    lease_id: str | None = None
-    epoch: int | None = None
-    generation: int | None = None
-    node_id: str | None = None
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> StageCommit:
-        return cls(stage_id=str(d["stage_id"]), lease_id=d.get("lease_id"),
-                   epoch=d.get("epoch"), generation=d.get("generation"),
-                   node_id=d.get("node_id"))
-
-
-@dataclass(frozen=True, slots=True)
-class RunStep:
-    """One committed step of a run.
-
-    Attributes:
-        run_id, step: identity.
-        committed_at: wall-clock time of the commit.
-        source_position: JSON-able source position to replay from after this step.
-        stages: per stage, where its checkpoint of this step is.
-        in_flight: JSON-able items accepted but not yet reflected in any stage's state.
-        meta: free JSON-able metadata (e.g. output counts).
-    """
-
-    run_id: str
-    step: int
-    committed_at: float
-    source_position: Any
-    stages: tuple[StageCommit, ...] = ()
-    in_flight: tuple[Any, ...] = ()
-    meta: Mapping[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["stages"] = [asdict(s) for s in self.stages]
-        d["in_flight"] = list(self.in_flight)
-        d["meta"] = dict(self.meta)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> RunStep:
-        return cls(run_id=str(d["run_id"]), step=int(d["step"]),
-                   committed_at=float(d["committed_at"]), source_position=d["source_position"],
-                   stages=tuple(StageCommit.from_dict(s) for s in d.get("stages", ())),
-                   in_flight=tuple(d.get("in_flight", ())), meta=dict(d.get("meta", {})))
-
-    def stage(self, stage_id: str) -> StageCommit | None:
-        for s in self.stages:
-            if s.stage_id == stage_id:
-                return s
-        return None
-
-
-@dataclass(frozen=True, slots=True)
-class RunStatus:
-    """The control record of a run.
-
-    Attributes:
-        run_id: the run.
-        state: ``running``, ``paused``, ``claimed`` or ``finished``.
-        step: the step a pause refers to (the savepoint), else the last known step.
-        driver: who last changed the status.
-        claim_epoch: epoch of the control lease of the last claim (None if never claimed).
-        resumes: how many claims completed.
-        orphans_recovered: how many claims were re-armed by ``recover_orphaned``.
-        updated_at: wall-clock time of the change.
-        seq: write sequence number of the slot it was read from.
-        meta: free metadata.
-    """
-
-    run_id: str
-    state: str
-    step: int | None = None
-    driver: str | None = None
-    claim_epoch: int | None = None
-    resumes: int = 0
-    orphans_recovered: int = 0
-    updated_at: float = 0.0
-    seq: int = 0
-    meta: Mapping[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["meta"] = dict(self.meta)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> RunStatus:
-        return cls(run_id=str(d["run_id"]), state=str(d["state"]), step=d.get("step"),
-                   driver=d.get("driver"), claim_epoch=d.get("claim_epoch"),
-                   resumes=int(d.get("resumes", 0)),
-                   orphans_recovered=int(d.get("orphans_recovered", 0)),
-                   updated_at=float(d.get("updated_at", 0.0)), seq=int(d.get("seq", 0)),
-                   meta=dict(d.get("meta", {})))
-
+#: Takeovers of a step's lease tried before a save gives up (another saver keeps racing).
+_STEP_ATTEMPTS = 5
 
 # -- documents ---------------------------------------------------------------------------------
 def _step_document(lease: LeaseReader) -> SlottedDocument:
@@ -254,59 +108,6 @@ def _status_document(lease: LeaseReader) -> SlottedDocument:
 def _decode_step(reader: LeaseReader) -> dict[str, Any] | None:
     """The step document, or None if absent/torn/corrupt (never a partial document)."""
     return _step_document(reader).load().document
-
-
-# -- the claim -----------------------------------------------------------------------------------
-class RunClaim:
-    """The right to resume one paused run, held by one driver.
-
-    A context manager: leaving the block normally does nothing by itself (call
-    :meth:`complete` when the resume is done); leaving it by an exception *aborts* - the run
-    is re-armed to ``paused`` - so a failed resume is never counted as done.
-
-    Attributes:
-        run_id, driver, epoch: identity of the claim (epoch of the control lease).
-        step: the savepoint step the run was paused at.
-    """
-
-    def __init__(self, runs: RunStore, lease: Lease, status: RunStatus) -> None:
-        self._runs = runs
-        self._lease = lease
-        self.run_id = status.run_id
-        self.driver = status.driver or ""
-        self.epoch = lease.epoch
-        self.step = status.step
-        self.status = status
-        self._done = False
-
-    @property
-    def done(self) -> bool:
-        return self._done
-
-    def complete(self, meta: Mapping[str, Any] | None = None) -> RunStatus:
-        """Mark the resume done (state ``running`` under this driver) and release. Idempotent.
-
-        Raises ``RunClaimLost`` if the claim was fenced before completing.
-        """
-        return self._runs.complete(self, meta=meta)
-
-    def abort(self) -> RunStatus | None:
-        """Give the run back (state ``paused``); harmless after ``complete``."""
-        return self._runs._abort(self)
-
-    def __enter__(self) -> RunClaim:
-        return self
-
-    def __exit__(self, exc_type: object, *rest: object) -> None:
-        if exc_type is not None and not self._done:
-            try:
-                self.abort()
-            except RunError:
-                pass
-
-    def __repr__(self) -> str:
-        return (f"RunClaim(run_id={self.run_id!r}, driver={self.driver!r}, epoch={self.epoch}, "
-                f"step={self.step}, done={self._done})")
 
 
 # -- the store -----------------------------------------------------------------------------------
@@ -339,7 +140,9 @@ class RunStore:
     def step_name(run_id: str, step: int) -> str:
         return f"run/{run_id}/step/{step:012d}"
 
-    def _step_numbers(self, run_id: str) -> list[int]:
+    def _step_numbers(self, run_id: str, *, committed_only: bool = True) -> list[int]:
+        """Numbers of the run's step leases, ascending; with ``committed_only``, only those
+        up to the status's ``committed_step`` (when a driver hold ever set it)."""
         prefix = f"run/{run_id}/step/"
         out = []
         for info in self.store.list_leases():
@@ -348,7 +151,18 @@ class RunStore:
                     out.append(int(info.name[len(prefix):]))
                 except ValueError:
                     continue
-        return sorted(out)
+        limit = self.committed_limit(run_id) if committed_only else None
+        return sorted(s for s in out if limit is None or s <= limit)
+
+    def committed_limit(self, run_id: str) -> int | None:
+        """The run's ``committed_step`` as its driver last committed it, or ``None`` if no
+        driver ever drove it under a hold (then every readable step record counts)."""
+        try:
+            reader = self.store.open_reader(self.status_name(run_id))
+        except LeaseNotFoundError:
+            return None
+        st = self._read_status(reader)
+        return None if st is None else st.committed_step
 
     # -- status (control lease) ----------------------------------------------------------------
     def _acquire_control(self, run_id: str, driver: str, *, keepalive: bool,
@@ -447,11 +261,16 @@ class RunStore:
     def save_step(self, run_id: str, step: int, *, source_position: Any,
                   stages: Sequence[StageCommit] | Mapping[str, Mapping[str, Any]] = (),
                   in_flight: Sequence[Any] = (), meta: Mapping[str, Any] | None = None,
-                  committed_at: float | None = None) -> RunStep:
-        """Save committed ``step`` of ``run_id`` durably; immutable once saved.
+                  committed_at: float | None = None, epoch: int | None = None) -> RunStep:
+        """Save ``step`` of ``run_id`` durably; immutable once committed.
 
-        Raises ``RunStepExistsError`` if that step is already saved and readable. A step whose
-        earlier save was torn by a crash is rewritten.
+        Without ``epoch`` (no driver hold) the saved step is committed and immutable:
+        ``RunStepExistsError`` if it is already saved and readable; a step whose earlier
+        save was torn by a crash is rewritten. With ``epoch`` (the control-lease epoch of a
+        :class:`~stages.run_driver.RunDriver`, which calls this) the record is written but
+        committed only by the driver's status write; a record of a step after the run's
+        ``committed_step`` left by an older epoch (a driver that died or was fenced before
+        committing it) is replaced, one of a newer epoch raises ``RunFencedError``.
         """
         self._check_id(run_id)
         if not isinstance(step, int) or step < 0:
@@ -461,37 +280,74 @@ class RunStore:
         rec = RunStep(run_id=run_id, step=step,
                       committed_at=time.time() if committed_at is None else committed_at,
                       source_position=source_position, stages=tuple(stages),
-                      in_flight=tuple(in_flight), meta=dict(meta or {}))
+                      in_flight=tuple(in_flight), meta=dict(meta or {}), epoch=epoch)
         payload = canonical_json(rec.to_dict())  # bad input fails before the lease exists
-        name = self.step_name(run_id, step)
-        lease = self._acquire_step(run_id, step, name)
+        lease = self._acquire_step(run_id, step, epoch)
         with _step_document(lease) as doc:  # leaving it releases the step's lease
-            if doc.load().document is not None:
-                raise RunStepExistsError(f"step {step} of run {run_id!r} is already saved",
-                                         run_id=run_id, step=step)
             doc.save(rec.to_dict())
         return RunStep.from_dict(json.loads(payload))
 
-    def _acquire_step(self, run_id: str, step: int, name: str) -> Lease:
-        """Hold the step's lease; take it over from a saver that left nothing readable.
+    def _acquire_step(self, run_id: str, step: int, epoch: int | None) -> Lease:
+        """Hold the step's lease, empty or holding a record :meth:`_check_overwrite` lets go.
 
         A driver that died inside :meth:`save_step` leaves the lease held until its TTL
         runs out, with no readable document (or the whole one). Without a document there is
         nothing to protect, so the lease is taken over (its epoch bump fences the old saver,
-        should it still be alive); with one, the step is saved and ``RunStepExistsError``.
+        should it still be alive). A record that may be replaced is dropped with its lease
+        (so no older slot of it survives as a fallback) and the lease created afresh.
         """
-        try:
-            return self.store.acquire(name, ttl=_STEP_TTL, steal=False)
-        except LeaseHeldError as exc:
-            held = exc
-        try:
-            saved = _decode_step(self.store.open_reader(name)) is not None
-        except LeaseNotFoundError:
-            saved = False  # deleted (pruned) meanwhile: acquiring creates it afresh
-        if saved:
+        name = self.step_name(run_id, step)
+        for _ in range(_STEP_ATTEMPTS):
+            try:
+                lease = self.store.acquire(name, ttl=_STEP_TTL, steal=False)
+            except LeaseHeldError as held:
+                try:
+                    found = _decode_step(self.store.open_reader(name))
+                except LeaseNotFoundError:
+                    continue  # deleted (pruned) meanwhile: acquiring creates it afresh
+                self._check_overwrite(run_id, step, found, epoch, cause=held)
+                lease = self.store.acquire(name, ttl=_STEP_TTL, steal=True)
+            found = _decode_step(lease)
+            if found is None:
+                return lease
+            try:
+                self._check_overwrite(run_id, step, found, epoch)
+                self.store.delete_lease(name, lease=lease)
+            finally:
+                lease.release()
+        raise RunStepExistsError(f"step {step} of run {run_id!r} is being saved by another "
+                                 f"driver; gave up after {_STEP_ATTEMPTS} attempts",
+                                 run_id=run_id, step=step)
+
+    def _check_overwrite(self, run_id: str, step: int, found: Mapping[str, Any] | None,
+                         epoch: int | None, *, cause: BaseException | None = None) -> None:
+        """Return if a save under ``epoch`` may replace ``found`` (the step's record or
+        ``None``), else raise: ``RunStepExistsError`` for a committed step (or any saved
+        one without ``epoch``), ``RunFencedError`` for a record of a newer driver."""
+        if found is None:
+            return
+        saved_by = found.get("epoch")
+        if epoch is not None and isinstance(saved_by, int) and saved_by > epoch:
+            raise RunFencedError(
+                f"step {step} of run {run_id!r} was saved by a newer driver (epoch {saved_by})"
+                f"; this driver (epoch {epoch}) was fenced", run_id=run_id, epoch=epoch,
+                current_epoch=saved_by) from cause
+        limit = self.committed_limit(run_id) if epoch is not None else None
+        if limit is None or step <= limit:
             raise RunStepExistsError(f"step {step} of run {run_id!r} is already saved",
-                                     run_id=run_id, step=step) from held
-        return self.store.acquire(name, ttl=_STEP_TTL, steal=True)
+                                     run_id=run_id, step=step) from cause
+
+    def delete_step(self, run_id: str, step: int) -> None:
+        """Remove the record of ``step`` (absent: nothing to do), taking its lease over from
+        a saver that still holds it."""
+        name = self.step_name(run_id, step)
+        try:
+            self.store.delete_lease(name)
+        except LeaseHeldError:
+            self.store.delete_lease(name, lease=self.store.acquire(name, ttl=_STEP_TTL,
+                                                                   steal=True))
+        except LeaseNotFoundError:
+            pass
 
     def load_step(self, run_id: str, step: int | None = None) -> RunStep:
         """Step ``step`` of the run, or its newest readable step if ``None``.
@@ -561,13 +417,9 @@ class RunStore:
         deleted."""
         if keep < 1:
             raise ValueError("keep must be >= 1")
-        nums = self._step_numbers(run_id)
-        gone = nums[:-keep]
+        gone = self._step_numbers(run_id)[:-keep]
         for s in gone:
-            try:
-                self.store.delete_lease(self.step_name(run_id, s))
-            except LeaseError:
-                continue
+            self.delete_step(run_id, s)
         return gone
 
     # -- pause / claim / complete ------------------------------------------------------------
@@ -642,7 +494,8 @@ class RunStore:
                                f" the run is now {now.state} (claim epoch {now.claim_epoch})",
                                run_id=claim.run_id) from exc
         claim._done = True
-        lease.release()
+        if not claim._kept:
+            lease.release()
         return st
 
     def _abort(self, claim: RunClaim) -> RunStatus | None:

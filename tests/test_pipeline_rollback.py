@@ -143,22 +143,26 @@ def test_reopen_after_forgets_later_steps_in_run_store_and_sink(tmp_path: Path) 
     the target leave the run store and the sink; the target's position comes back."""
     from blockstore.memory import MemoryStore
     from stages.recovery import reopen_after
+    from stages.run_driver import RunDriver
     from stages.runs import RunNotFoundError
 
     runs = RunStore(MemoryStore(block_size=4096))
     runs.create_run("r")
+    hold = RunDriver.acquire(runs, "r")
     sink = FileSink(tmp_path / "out", fsync=False)
+    sink.fence(hold.token, 0)
     for step in (1, 2, 3):
-        runs.save_step("r", step, source_position=step * 100)
-        sink.commit(step, [{"step": step}])
-    assert reopen_after(runs, "r", sink, 1, 0) == 100
+        sink.commit(step, [{"step": step}], token=hold.token)
+        hold.save_step(step, source_position=step * 100)
+        sink.publish(step, token=hold.token)
+    assert reopen_after(hold, sink, 1, 0) == 100
     assert [s.step for s in runs.list_steps("r")] == [1]
     assert sink.committed_steps() == [1]
-    assert reopen_after(runs, "r", sink, 0, "start") == "start"
+    assert reopen_after(hold, sink, 0, "start") == "start"
     assert runs.list_steps("r") == [] and sink.committed_steps() == []
-    runs.save_step("r", 1, source_position=100)  # the reopened step commits again
+    hold.save_step(1, source_position=100)  # the reopened step commits again
     with pytest.raises(RunNotFoundError):  # nothing to replay from: nothing touched
-        reopen_after(runs, "r", sink, 5, 0)
+        reopen_after(hold, sink, 5, 0)
     assert [s.step for s in runs.list_steps("r")] == [1]
 
 
