@@ -52,7 +52,7 @@ __all__ = ["DEFAULT_RETENTION", "DOCUMENT_KIND", "BlockpointSaver"]
 
 #: Checkpoints kept per (thread, namespace) unless told otherwise.
 DEFAULT_RETENTION = 64
-#: The slotted-document kind of a thread (docs/FORMAT.md, section 5.3).
+#: The slotted-document kind of a thread document (layout: blockpoint_langgraph/thread.py).
 DOCUMENT_KIND = b"BPLG"
 _SLOTS = 3  # the newest document and two fallbacks
 _CACHED_THREADS = 256
