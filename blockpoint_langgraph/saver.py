@@ -69,7 +69,10 @@ class BlockpointSaver(BaseCheckpointSaver[int]):
     * One writer per thread: writes go through this saver's lease on the thread. With
       ``on_conflict="takeover"`` a saver that writes a thread fences the previous writer,
       whose later writes raise ``StaleWriterError`` and save nothing; with ``"refuse"`` the
-      second writer gets ``ThreadBusyError`` while the first one's lease runs.
+      second writer gets ``ThreadBusyError`` while the first one's lease runs. Every call
+      that changes a thread takes it this way: ``put``, ``put_writes``, ``delete_thread``,
+      ``prune``, ``delete_for_runs`` (only threads holding one of the runs) and the target
+      of ``copy_thread``.
     * Bounded: the newest ``retention`` checkpoints per namespace are kept, with their
       blobs and pending writes; older ones are dropped by the ``put`` that passes the bound.
     * Verified reads: a document is returned only if its checksums (and MAC, with a key)

@@ -60,15 +60,22 @@ def _newest(store: Any, thread_id: str) -> tuple[str, int] | None:
     return tup.checkpoint["id"], values["n"]
 
 
-@pytest.mark.parametrize("torn", [False, True])
-def test_crash_at_every_block_write_of_a_put(tmp_path: Path, torn: bool) -> None:
+def _faulty_writer(tmp_path: Path, counter: str) -> tuple[FileStore, FaultyStore,
+                                                          BlockpointSaver, str, int]:
+    """A saver on a FaultyStore around a real file store, with checkpoints 0 and 1 put;
+    also how much ``counter`` (``block_writes`` or ``flushes``) one put advances."""
     inner = FileStore(str(tmp_path / "store"), 4096)
     faulty = FaultyStore(inner)
     saver = BlockpointSaver(faulty)
     prev = _put(saver, "t", None, 0)
-    before = faulty.block_writes
+    before = getattr(faulty, counter)
     prev = _put(saver, "t", prev, 1)
-    per_put = faulty.block_writes - before
+    return inner, faulty, saver, prev, getattr(faulty, counter) - before
+
+
+@pytest.mark.parametrize("torn", [False, True])
+def test_crash_at_every_block_write_of_a_put(tmp_path: Path, torn: bool) -> None:
+    inner, faulty, saver, prev, per_put = _faulty_writer(tmp_path, "block_writes")
     assert per_put >= 4, per_put  # a multi-block document: the test covers real cut points
     n = 2
     for k in range(per_put + 2):
@@ -91,13 +98,8 @@ def test_crash_at_every_block_write_of_a_put(tmp_path: Path, torn: bool) -> None
 
 
 def test_crash_at_every_flush_of_a_put(tmp_path: Path) -> None:
-    inner = FileStore(str(tmp_path / "store"), 4096)
-    faulty = FaultyStore(inner)
-    saver = BlockpointSaver(faulty)
-    prev = _put(saver, "t", None, 0)
-    before = faulty.flushes
-    prev = _put(saver, "t", prev, 1)
-    assert faulty.flushes - before == 2  # data, then the commit write
+    inner, faulty, saver, prev, per_put = _faulty_writer(tmp_path, "flushes")
+    assert per_put == 2  # data, then the commit write
     n = 2
     outcomes = set()
     for k in range(3):
