@@ -20,11 +20,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-OURS = {"blockstore", "stages", "scheduler", "blockpoint", "bench"}
+OURS = {"blockstore", "stages", "scheduler", "blockpoint", "bench", "blockpoint_langgraph"}
 ALLOWED = {
     "blockstore": set(),
     "stages": {"blockstore"},
     "scheduler": {"blockstore", "stages"},
+    "blockpoint_langgraph": {"blockstore", "stages"},
 }
 
 

@@ -1,0 +1,411 @@
+"""``BlockpointSaver``: a LangGraph checkpointer on blockpoint storage.
+
+Why this shape: LangGraph hands a saver small, frequent changes to one thread at a time (a
+checkpoint per super-step, a task's pending writes), and resuming needs the latest
+checkpoint with its writes exactly as committed. So each thread is one crash-atomic
+:class:`blockstore.document.SlottedDocument` (layout in ``blockpoint_langgraph/thread.py``)
+in its own lease of any block store (``blockstore.open_store``: a directory, ``file://``,
+``memory://``; other backends by URL as they land), and every change is one document save:
+a crash at any point of ``put`` or ``put_writes`` leaves the previous document - the
+previous checkpoint - complete, and checksums catch damage. Who may write a thread is the
+lease's business (``blockpoint_langgraph/ownership.py``): one writer at a time, fenced by
+the store. Retention keeps the newest N checkpoints per namespace (and only the blobs and
+writes they use), so a thread's storage is bounded however long it runs.
+
+Reads (``get_tuple``, ``list``) need no lease and see what any process committed. Every
+async method runs its sync twin in a worker thread (the store does blocking I/O).
+
+Costs: a ``put`` rewrites the thread's document (two fsyncs on the file store), so its cost
+grows with the retained history; keep ``retention`` modest for threads with large state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from typing import Any
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import (
+    WRITES_IDX_MAP,
+    BaseCheckpointSaver,
+    ChannelVersions,
+    Checkpoint,
+    CheckpointMetadata,
+    CheckpointTuple,
+    SerializerProtocol,
+    get_checkpoint_id,
+    get_checkpoint_metadata,
+    writes_sort_key,
+)
+
+from blockstore import BlockStore, Lease, LeaseReader, MemoryStore, SlottedDocument, open_store
+from blockstore.errors import LeaseNotFoundError
+
+from . import thread as td
+from .ownership import Conflict, ThreadOwnership
+
+__all__ = ["DEFAULT_RETENTION", "DOCUMENT_KIND", "BlockpointSaver"]
+
+#: Checkpoints kept per (thread, namespace) unless told otherwise.
+DEFAULT_RETENTION = 64
+#: The slotted-document kind of a thread document (layout: blockpoint_langgraph/thread.py).
+DOCUMENT_KIND = b"BPLG"
+_SLOTS = 3  # the newest document and two fallbacks
+_CACHED_THREADS = 256
+
+
+class BlockpointSaver(BaseCheckpointSaver[int]):
+    """A LangGraph ``BaseCheckpointSaver`` whose threads live in a blockpoint store.
+
+    Guarantees:
+
+    * Crash-safe: ``put``, ``put_writes`` and every other change commit with one document
+      save; a crash (or a refused write) at any point leaves the thread as it was before
+      the call, or - once the commit write landed - as after it. Never a mix.
+    * One writer per thread: writes go through this saver's lease on the thread. With
+      ``on_conflict="takeover"`` a saver that writes a thread fences the previous writer,
+      whose later writes raise ``StaleWriterError`` and save nothing; with ``"refuse"`` the
+      second writer gets ``ThreadBusyError`` while the first one's lease runs. Every call
+      that changes a thread takes it this way: ``put``, ``put_writes``, ``delete_thread``,
+      ``prune``, ``delete_for_runs`` (only threads holding one of the runs) and the target
+      of ``copy_thread``.
+    * Bounded: the newest ``retention`` checkpoints per namespace are kept, with their
+      blobs and pending writes; older ones are dropped by the ``put`` that passes the bound.
+    * Verified reads: a document is returned only if its checksums (and MAC, with a key)
+      verify; a damaged newest document falls back to the previous one.
+
+    Args:
+        store: a store URL or path (``blockstore.open_store``) or an open ``BlockStore``.
+        block_size: block size when the store is created from a URL (64 KiB suits
+            LangGraph's small documents; an existing store keeps its own).
+        retention: checkpoints kept per (thread, namespace); ``None`` keeps all.
+        on_conflict: ``"takeover"`` or ``"refuse"`` (see above).
+        ttl: seconds this saver's hold of a thread lasts without a write.
+        prefix: lease-name prefix of the threads (several apps can share one store).
+        holder: holder name recorded in the leases (default: host:pid:random).
+        key: MAC key for the documents (``SlottedDocument``); readers need the same key.
+        serde: LangGraph serializer (default: LangGraph's ``JsonPlusSerializer``).
+    """
+
+    def __init__(self, store: str | os.PathLike[str] | BlockStore, *,
+                 block_size: int | None = None, retention: int | None = DEFAULT_RETENTION,
+                 on_conflict: Conflict = "takeover", ttl: float = 60.0,
+                 prefix: str = "langgraph", holder: str | None = None,
+                 key: bytes | None = None, serde: SerializerProtocol | None = None) -> None:
+        super().__init__(serde=serde)
+        if retention is not None and (not isinstance(retention, int) or retention < 1):
+            raise ValueError(f"retention must be an int >= 1 or None, got {retention!r}")
+        if isinstance(store, BlockStore):
+            self.store, self._owns_store = store, False
+        else:
+            self.store = open_store(store, block_size=block_size)
+            self._owns_store = not isinstance(self.store, MemoryStore)
+        self.retention = retention
+        self.key = key
+        self.ownership = ThreadOwnership(self.store, prefix=prefix, on_conflict=on_conflict,
+                                         ttl=ttl, holder=holder)
+        self._docs: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._ids: dict[str, str] = {}
+        self._lock = threading.RLock()
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def close(self) -> None:
+        """Release this saver's thread leases (data stays); close a store it opened.
+
+        A memory store is left open: its data lives only while it is. Idempotent.
+        """
+        with self._lock:
+            self.ownership.release_all()
+            self._docs.clear()
+            if self._owns_store:
+                self.store.close()
+
+    def __enter__(self) -> BlockpointSaver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> BlockpointSaver:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- storage ---------------------------------------------------------------------------
+    def _document(self, lease: LeaseReader) -> SlottedDocument:
+        return SlottedDocument(lease, kind=DOCUMENT_KIND, version=td.DOC_VERSION,
+                               slots=_SLOTS, key=self.key)
+
+    def _read(self, thread_id: str) -> dict[str, Any] | None:
+        """The thread's newest verified document, or ``None`` if it has none."""
+        name = self.ownership.name_of(thread_id)
+        for _ in (0, 1):
+            lease_id = self._ids.get(name)
+            if lease_id is None:
+                info = self.store.find(name)
+                if info is None:
+                    return None
+                lease_id = self._ids[name] = info.lease_id
+            try:
+                return self._document(LeaseReader(self.store, lease_id, name)).load().document
+            except LeaseNotFoundError:  # deleted (and maybe re-created) since we looked
+                self._ids.pop(name, None)
+        return None
+
+    def _update(self, thread_id: str, change: Callable[[dict[str, Any]], bool]) -> None:
+        """Apply ``change`` to the thread's document and save it, as the thread's writer.
+
+        ``change`` mutates the document and says whether anything changed. The cached copy
+        is dropped before the change, so a failed save never leaves a half-applied cache.
+        """
+        def run(lease: Lease) -> None:
+            document = self._document(lease)
+            doc = self._docs.pop(thread_id, None)
+            if doc is None:  # our hold is the only writer, so the cache is current
+                doc = document.load().document or td.new_document(thread_id)
+            if change(doc):
+                document.save(doc)
+            self._docs[thread_id] = doc
+            while len(self._docs) > _CACHED_THREADS:
+                self._docs.popitem(last=False)
+            self._ids[lease.name] = lease.lease_id
+
+        with self._lock:
+            self.ownership.write(thread_id, run)
+
+    def _threads(self) -> list[str]:
+        found = (self.ownership.thread_of(info.name) for info in self.store.list_leases())
+        return [t for t in found if t is not None]
+
+    def _tuple(self, thread_id: str, ns: str, checkpoint_id: str,
+               space: dict[str, Any]) -> CheckpointTuple:
+        entry = space["checkpoints"][checkpoint_id]
+        loads = self.serde.loads_typed
+        checkpoint: Checkpoint = loads(td.unpack(entry["checkpoint"]))
+        values: dict[str, Any] = {}
+        for channel, version in checkpoint["channel_versions"].items():
+            pair = space["blobs"].get(channel, {}).get(td.version_key(version))
+            if pair is not None:
+                values[channel] = loads(td.unpack(pair))
+        rows = sorted(space["writes"].get(checkpoint_id, {}).values(),
+                      key=lambda r: writes_sort_key(r[4], r[0], r[1]))
+        parent = entry["parent"]
+        return CheckpointTuple(
+            config=_config(thread_id, ns, checkpoint_id),
+            checkpoint={**checkpoint, "channel_values": values},
+            metadata=loads(td.unpack(entry["metadata"])),
+            parent_config=_config(thread_id, ns, parent) if parent else None,
+            pending_writes=[(r[0], r[2], loads(td.unpack(r[3]))) for r in rows],
+        )
+
+    # -- BaseCheckpointSaver: reads --------------------------------------------------------
+    def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        """The checkpoint ``config`` names (its ``checkpoint_id``), else the thread's newest
+        in its namespace; ``None`` if there is none. Pending writes in LangGraph's order."""
+        conf = config["configurable"]
+        thread_id, ns = conf["thread_id"], conf.get("checkpoint_ns", "")
+        doc = self._read(thread_id)
+        space = doc["ns"].get(ns) if doc else None
+        if not space or not space["checkpoints"]:
+            return None
+        checkpoint_id = get_checkpoint_id(config) or max(space["checkpoints"])
+        if checkpoint_id not in space["checkpoints"]:
+            return None
+        return self._tuple(thread_id, ns, checkpoint_id, space)
+
+    def list(self, config: RunnableConfig | None, *, filter: dict[str, Any] | None = None,
+             before: RunnableConfig | None = None,
+             limit: int | None = None) -> Iterator[CheckpointTuple]:
+        """Checkpoints newest first: of ``config``'s thread (and namespace, if given), or of
+        every thread; only those whose metadata has every ``filter`` item, older than
+        ``before``'s checkpoint; at most ``limit``."""
+        conf = config["configurable"] if config else {}
+        threads = [conf["thread_id"]] if config else self._threads()
+        only_ns = conf.get("checkpoint_ns")
+        only_id = get_checkpoint_id(config) if config else None
+        before_id = get_checkpoint_id(before) if before else None
+        left = limit
+        for thread_id in threads:
+            doc = self._read(thread_id)
+            if not doc:
+                continue
+            for ns, space in sorted(doc["ns"].items()):
+                if only_ns is not None and ns != only_ns:
+                    continue
+                for checkpoint_id in sorted(space["checkpoints"], reverse=True):
+                    if only_id and checkpoint_id != only_id:
+                        continue
+                    if before_id and checkpoint_id >= before_id:
+                        continue
+                    if filter:
+                        metadata = self.serde.loads_typed(
+                            td.unpack(space["checkpoints"][checkpoint_id]["metadata"]))
+                        if not all(metadata.get(k) == v for k, v in filter.items()):
+                            continue
+                    if left is not None:
+                        if left <= 0:
+                            return
+                        left -= 1
+                    yield self._tuple(thread_id, ns, checkpoint_id, space)
+
+    # -- BaseCheckpointSaver: writes -------------------------------------------------------
+    def put(self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata,
+            new_versions: ChannelVersions) -> RunnableConfig:
+        """Commit ``checkpoint`` as the thread's newest (one document save) and return its
+        config. Raises ``StaleWriterError`` if this saver was fenced off the thread,
+        ``ThreadBusyError`` in refuse mode; then nothing was saved."""
+        conf = config["configurable"]
+        thread_id, ns = conf["thread_id"], conf.get("checkpoint_ns", "")
+        dumps = self.serde.dumps_typed
+        stored = dict(checkpoint)
+        values: dict[str, Any] = stored.pop("channel_values", {})  # type: ignore[assignment]
+        blobs = {channel: {td.version_key(version):
+                           td.pack(dumps(values[channel])) if channel in values else None}
+                 for channel, version in new_versions.items()}
+        md = get_checkpoint_metadata(config, metadata)
+        run_id = md.get("run_id")
+        entry = {
+            "checkpoint": td.pack(dumps(stored)),
+            "metadata": td.pack(dumps(md)),
+            "parent": conf.get("checkpoint_id"),
+            "run_id": None if run_id is None else str(run_id),
+            "refs": sorted([channel, td.version_key(version)]
+                           for channel, version in checkpoint["channel_versions"].items()),
+        }
+
+        def change(doc: dict[str, Any]) -> bool:
+            td.add_checkpoint(doc, ns, checkpoint["id"], entry, blobs, self.retention)
+            return True
+
+        self._update(thread_id, change)
+        return _config(thread_id, ns, checkpoint["id"])
+
+    def put_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]],
+                   task_id: str, task_path: str = "") -> None:
+        """Commit a task's pending writes for ``config``'s checkpoint (one document save).
+
+        Idempotent per (task, index); LangGraph's special channels (errors, interrupts)
+        replace. Raises as :meth:`put`.
+        """
+        conf = config["configurable"]
+        thread_id, ns = conf["thread_id"], conf.get("checkpoint_ns", "")
+        checkpoint_id = conf["checkpoint_id"]
+        rows = []
+        for idx, (channel, value) in enumerate(writes):
+            index = WRITES_IDX_MAP.get(channel, idx)
+            row = [task_id, index, channel, td.pack(self.serde.dumps_typed(value)), task_path]
+            rows.append((td.write_key(task_id, index), row, index < 0))
+        self._update(thread_id, lambda doc: td.add_writes(doc, ns, checkpoint_id, rows))
+
+    def delete_thread(self, thread_id: str) -> None:
+        """Delete the thread's checkpoints and writes (its lease and blocks); no-op if
+        absent. Takes the thread as a write does (a fenced saver gets StaleWriterError)."""
+        with self._lock:
+            name = self.ownership.name_of(thread_id)
+            if self.store.find(name) is None:
+                self._forget(thread_id)
+                return
+            self.ownership.delete(thread_id)
+            self._forget(thread_id)
+
+    def _forget(self, thread_id: str) -> None:
+        self._docs.pop(thread_id, None)
+        self._ids.pop(self.ownership.name_of(thread_id), None)
+
+    def delete_for_runs(self, run_ids: Sequence[str]) -> None:
+        """Delete every checkpoint (with its writes) whose metadata ``run_id`` is listed, in
+        every thread; each affected thread changes with one save."""
+        wanted = {str(r) for r in run_ids}
+        if not wanted:
+            return
+        for thread_id in self._threads():
+            doc = self._read(thread_id)
+            if doc and any(e.get("run_id") in wanted for space in doc["ns"].values()
+                           for e in space["checkpoints"].values()):
+                self._update(thread_id, lambda d: td.drop_runs(d, wanted))
+
+    def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        """Copy every checkpoint and write of one thread into another (one save of the
+        target; checkpoints with the same id are replaced). No-op if the source is empty."""
+        source = self._read(source_thread_id)
+        if not source or not source["ns"]:
+            return
+
+        def change(doc: dict[str, Any]) -> bool:
+            td.merge(doc, source)
+            return True
+
+        self._update(target_thread_id, change)
+
+    def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        """``"keep_latest"``: keep each namespace's newest checkpoint (with its writes and
+        blobs); ``"delete"``: delete the threads. One save per thread."""
+        if strategy not in ("keep_latest", "delete"):
+            raise ValueError(f"unknown prune strategy {strategy!r} (keep_latest, delete)")
+        for thread_id in thread_ids:
+            if strategy == "delete":
+                self.delete_thread(thread_id)
+                continue
+            doc = self._read(thread_id)
+            if not doc or all(len(s["checkpoints"]) <= 1 for s in doc["ns"].values()):
+                continue
+
+            def change(d: dict[str, Any]) -> bool:
+                for space in d["ns"].values():
+                    td.keep_newest(space, 1)
+                return True
+
+            self._update(thread_id, change)
+
+    # -- async twins (the store's I/O blocks: run in a worker thread) -----------------------
+    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        """:meth:`get_tuple` in a worker thread."""
+        return await asyncio.to_thread(self.get_tuple, config)
+
+    async def alist(self, config: RunnableConfig | None, *,
+                    filter: dict[str, Any] | None = None,
+                    before: RunnableConfig | None = None,
+                    limit: int | None = None) -> AsyncIterator[CheckpointTuple]:
+        """:meth:`list`, read in a worker thread, then yielded."""
+        found = await asyncio.to_thread(
+            lambda: [*self.list(config, filter=filter, before=before, limit=limit)])
+        for item in found:
+            yield item
+
+    async def aput(self, config: RunnableConfig, checkpoint: Checkpoint,
+                   metadata: CheckpointMetadata,
+                   new_versions: ChannelVersions) -> RunnableConfig:
+        """:meth:`put` in a worker thread."""
+        return await asyncio.to_thread(self.put, config, checkpoint, metadata, new_versions)
+
+    async def aput_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]],
+                          task_id: str, task_path: str = "") -> None:
+        """:meth:`put_writes` in a worker thread."""
+        await asyncio.to_thread(self.put_writes, config, writes, task_id, task_path)
+
+    async def adelete_thread(self, thread_id: str) -> None:
+        """:meth:`delete_thread` in a worker thread."""
+        await asyncio.to_thread(self.delete_thread, thread_id)
+
+    async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
+        """:meth:`delete_for_runs` in a worker thread."""
+        await asyncio.to_thread(self.delete_for_runs, run_ids)
+
+    async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        """:meth:`copy_thread` in a worker thread."""
+        await asyncio.to_thread(self.copy_thread, source_thread_id, target_thread_id)
+
+    async def aprune(self, thread_ids: Sequence[str], *,
+                     strategy: str = "keep_latest") -> None:
+        """:meth:`prune` in a worker thread."""
+        await asyncio.to_thread(lambda: self.prune(thread_ids, strategy=strategy))
+
+
+def _config(thread_id: str, ns: str, checkpoint_id: str) -> RunnableConfig:
+    return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns,
+                             "checkpoint_id": checkpoint_id}}
