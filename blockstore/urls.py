@@ -107,7 +107,12 @@ class StoreURL:
         return url
 
 
+_USERINFO = re.compile(r"(://)[^/?#@]*@")
+
+
 def _fail(url: str, part: str, why: str) -> StoreURLError:
+    """The error for ``url``, with any ``user:secret@`` replaced so no secret is echoed."""
+    url = _USERINFO.sub(r"\1***@", url)
     return StoreURLError(f"bad store URL {url!r}: {part}: {why}", url=url, part=part)
 
 
