@@ -29,7 +29,7 @@ import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -51,6 +51,7 @@ R = TypeVar("R")
 
 DEFAULT_CONCURRENCY = 8
 DEFAULT_RETRIES = 8
+_POOL_NAME = "objstore"
 
 
 class StoreClock:
@@ -134,7 +135,7 @@ class ObjectClient:
         self.concurrency = url.int_option("concurrency", DEFAULT_CONCURRENCY)
         self._store = store if store is not None else _build_store(
             url, url.int_option("retries", DEFAULT_RETRIES))
-        self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="objstore")
+        self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix=_POOL_NAME)
         self.clock = StoreClock()
         self.requests: Counter[str] = Counter()
         self._count_lock = threading.Lock()
@@ -230,8 +231,8 @@ class ObjectClient:
         """``fn`` over ``items`` in the bounded pool; the first failure is raised after every
         started call has ended (no request is left running behind the caller's back)."""
         items = list(items)
-        if len(items) <= 1:
-            return [fn(x) for x in items]
+        if len(items) <= 1 or threading.current_thread().name.startswith(_POOL_NAME):
+            return [fn(x) for x in items]  # nested in the pool: run here, never wait on it
         futures = [self._pool.submit(fn, x) for x in items]
         results: list[R] = []
         error: BaseException | None = None
@@ -243,6 +244,10 @@ class ObjectClient:
         if error is not None:
             raise error
         return results
+
+    def submit(self, fn: Callable[..., R], *args: Any) -> Future[R]:
+        """Run ``fn(*args)`` in the pool (for one request overlapped with others)."""
+        return self._pool.submit(fn, *args)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
