@@ -291,10 +291,11 @@ class ObjectStore(BlockStore):
                              path=self.url)
 
     def _renew(self, lease_id: str, holder: str, epoch: int, ttl: float) -> LeaseInfo:
-        with self._lease_lock(lease_id):
-            _, new = self._update(lease_id, lambda r, now: dataclasses.replace(
-                r, info=renewed(r.info, epoch, ttl, now=now), ttl=ttl))
-            return self._local(new.info)
+        # No lease lock: a keepalive renewal must not wait behind a long upload; a renewal
+        # racing this object's own flush loses one conditional put and re-applies itself.
+        _, new = self._update(lease_id, lambda r, now: dataclasses.replace(
+            r, info=renewed(r.info, epoch, ttl, now=now), ttl=ttl))
+        return self._local(new.info)
 
     def _release(self, lease_id: str, holder: str, epoch: int) -> None:
         with self._lease_lock(lease_id):

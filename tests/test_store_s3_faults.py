@@ -370,3 +370,33 @@ def test_lease_held_across_store_objects(s3_server: MotoServer) -> None:
         a.acquire("s", ttl=60)
         with pytest.raises(LeaseHeldError):
             b.acquire("s")
+
+
+def test_keepalive_renews_while_an_upload_is_slow(s3_server: MotoServer) -> None:
+    """A renewal never waits behind a write's uploads: a hold outlives an upload that takes
+    several TTLs, and nobody can take the lease meanwhile."""
+    import time
+
+    url = s3_server.url(_prefix())
+    st = open_store(url, block_size=BS)
+    assert isinstance(st, ObjectStore)
+    lease = st.acquire("s", num_blocks=1, ttl=0.6, keepalive=True)
+    real_put = st._c.put
+
+    def slow_put(key: str, data: Any) -> str:
+        time.sleep(2.0)
+        return real_put(key, data)
+
+    st._c.put = slow_put  # type: ignore[method-assign]
+    writer = threading.Thread(target=lambda: lease.write_blocks({0: b"slow"}))
+    writer.start()
+    time.sleep(1.0)
+    with ObjectStore(url) as other:
+        with pytest.raises(LeaseHeldError):
+            other.acquire("s")
+    writer.join(30)
+    st._c.put = real_put  # type: ignore[method-assign]
+    lease.flush()
+    assert ObjectStore(url).open_reader("s").read_block(0)[:4] == b"slow"
+    lease.release()
+    st.close()
