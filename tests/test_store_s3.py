@@ -1,19 +1,22 @@
 """The conformance suite against the object-store backend on a real S3 server (moto on
-loopback), plus what only an object store has: the layout, reopening, errors per cause."""
+loopback), plus what only an object store has: the object layout, reopening, lookups by id,
+``blockpoint gc``. Failures (races, zombies, cuts, throttling, errors) are in
+tests/test_store_s3_faults.py."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import uuid
 
 import pytest
 
-from blockstore import ObjectStore, open_store
+from blockstore import ObjectStore, StoreConfigError, open_store
+from blockstore.objectlayout import decode_record, name_key, parse_block_key
 from blockstore.testing import StoreConformance
 
-
-@pytest.fixture(autouse=True)
-def _server(s3_server) -> None:  # type: ignore[no-untyped-def]
-    pass
+BS = 4096
 
 
 class TestObjectStore(StoreConformance):
@@ -29,15 +32,6 @@ class TestObjectStore(StoreConformance):
 
 
 # -- what only the object store has ---------------------------------------------------------
-import json  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-
-from blockstore import StoreConfigError  # noqa: E402
-from blockstore.objectlayout import decode_record, name_key, parse_block_key  # noqa: E402
-
-BS = 4096
-
 
 def _url(server, tag: str = "") -> str:  # type: ignore[no-untyped-def]
     return server.url(f"x{tag}-{uuid.uuid4().hex[:12]}")
