@@ -1,7 +1,8 @@
 """The ``blockpoint`` command: a thin layer over the packages' APIs.
 
 Subcommands: ``inspect STORE`` (leases), ``verify STORE [LEASE]`` (checkpoints),
-``demo`` (the main job), ``bench`` (benchmarks), ``scheduler status|decisions``.
+``demo`` (the main job), ``bench`` (benchmarks), ``scheduler status|decisions``,
+``gc STORE`` (object-store garbage).
 Every listing prints a readable table, or JSON with ``--json``.
 """
 
@@ -81,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _extra_commands() -> list:
     out = []
     for modname in ("blockpoint.cli_verify", "blockpoint.cli_scheduler", "blockpoint.cli_demo",
-                    "blockpoint.cli_bench"):
+                    "blockpoint.cli_bench", "blockpoint.cli_gc"):
         try:
             mod = __import__(modname, fromlist=["register"])
         except ModuleNotFoundError as exc:

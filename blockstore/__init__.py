@@ -10,7 +10,8 @@ Quick use::
             assert lease.read_block(0)[:5] == b"hello"
 
 ``open_store`` takes a directory path or ``file://`` URL (the default backend) or
-``memory://NAME`` (one shared store per name in this process).
+``memory://NAME`` (one shared store per name in this process), or an object-store URL
+(``s3://bucket/prefix?endpoint_url=...``, ``gs://``, ``az://``; see :mod:`blockstore.urls`).
 """
 
 from __future__ import annotations
@@ -53,9 +54,18 @@ from .errors import (
     StorePathError,
     StoreVersionError,
 )
+from .errors import (  # object stores and URLs
+    BucketNotFoundError,
+    StoreAccessDeniedError,
+    StoreEndpointError,
+    StoreUnreachableError,
+    StoreURLError,
+)
 from .file import FileStore
 from .lease import Lease, LeaseInfo, LeaseReader
 from .memory import MemoryStore
+from .objectstore import ObjectStore
+from .urls import StoreURL, parse_store_url
 
 __all__ = [
     "DEFAULT_BLOCK_SIZE",
@@ -69,6 +79,7 @@ __all__ = [
     "DocumentError",
     "DocumentLoad",
     "DocumentTooLargeError",
+    "BucketNotFoundError",
     "FileStore",
     "Lease",
     "LeaseError",
@@ -84,7 +95,13 @@ __all__ = [
     "MemoryStore",
     "SkippedSlot",
     "SlottedDocument",
+    "ObjectStore",
     "StaleLeaseError",
+    "StoreAccessDeniedError",
+    "StoreEndpointError",
+    "StoreURL",
+    "StoreURLError",
+    "StoreUnreachableError",
     "StorageIOError",
     "StoreCapabilities",
     "StoreClosedError",
@@ -97,6 +114,7 @@ __all__ = [
     "crc32c",
     "default_holder",
     "open_store",
+    "parse_store_url",
 ]
 
 _memory_stores: dict[str, MemoryStore] = {}
@@ -105,26 +123,28 @@ _memory_lock = threading.Lock()
 
 def open_store(spec: str | os.PathLike[str], *, block_size: int | None = None,
                create: bool = True) -> BlockStore:
-    """Open a store from a path or URL.
+    """Open a store from a path or URL (the forms are in :mod:`blockstore.urls`).
 
     ``/path`` or ``file:///path``: :class:`FileStore`. ``memory://NAME``: the process's
-    :class:`MemoryStore` of that name (created on first use). ``s3://`` comes with the S3
-    backend. ``block_size`` applies when the store is created; an existing store keeps its own
-    (a conflicting value raises ``StoreConfigError``).
+    :class:`MemoryStore` of that name (created on first use). ``s3://``, ``gs://``,
+    ``az://``: :class:`~blockstore.objectstore.ObjectStore` (needs the ``s3`` extra). A bad
+    URL raises ``StoreURLError`` naming the wrong part. ``block_size`` applies when the store
+    is created; an existing store keeps its own (a conflicting value raises
+    ``StoreConfigError``).
     """
-    s = os.fspath(spec)
-    if s.startswith("memory://"):
-        name = s[len("memory://"):]
+    url = parse_store_url(spec)
+    if url.scheme == "memory":
+        name = url.location
         with _memory_lock:
             st = _memory_stores.get(name)
             if st is None or st.closed:
                 st = MemoryStore(block_size or DEFAULT_BLOCK_SIZE, name=name)
                 _memory_stores[name] = st
             elif block_size is not None and block_size != st.block_size:
-                raise StoreConfigError(f"{s} has block size {st.block_size}, not {block_size}")
+                raise StoreConfigError(f"{url.to_url()} has block size {st.block_size}, "
+                                       f"not {block_size}")
             return st
-    if s.startswith("file://"):
-        s = s[len("file://"):]
-    elif "://" in s:
-        raise StoreConfigError(f"unknown store scheme in {s!r} (file://, memory:// supported)")
-    return FileStore(s, block_size, create=create)
+    if url.is_object_store:
+        from .objectstore import ObjectStore
+        return ObjectStore(url, block_size, create=create)
+    return FileStore(url.location, block_size, create=create)

@@ -94,11 +94,15 @@ class StoreCapabilities:
         durable: ``flush`` survives a machine crash.
         conditional_write: lease records are updated by compare-and-swap on the backend
             (object stores), rather than under a lock.
+        publish_on_flush: other store objects (processes) see writes only after ``flush``
+            (or ``release``); unflushed writes are lost at a takeover. False: writes are
+            visible at once.
     """
 
     cross_process: bool
     durable: bool
     conditional_write: bool
+    publish_on_flush: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -258,3 +258,72 @@ class DocumentTooLargeError(DocumentError, ValueError):
         super().__init__(message, **kw)
         self.size = size
         self.limit = limit
+
+
+# -- store URLs and object stores (blockstore/urls.py, blockstore/objectclient.py) ---------
+# Appended as a block so the tree above stays as it was; each is drawn here:
+#
+#   StoreConfigError
+#   ├── StoreURLError                       the URL is malformed; ``part`` names what is wrong
+#   ├── BucketNotFoundError                 the bucket (container) does not exist
+#   └── StoreEndpointError                  the endpoint answers, but not as an object store
+#   StorageIOError
+#   ├── StoreAccessDeniedError (PermissionError)  403: credentials refused or lacking rights
+#   └── StoreUnreachableError  (ConnectionError)  no answer from the endpoint (after retries)
+
+__all__ += [
+    "BucketNotFoundError",
+    "StoreAccessDeniedError",
+    "StoreEndpointError",
+    "StoreURLError",
+    "StoreUnreachableError",
+]
+
+
+class StoreURLError(StoreConfigError):
+    """A store URL cannot be used as given.
+
+    Attributes:
+        url: the URL (credentials, if any were given, are not repeated).
+        part: the part that is wrong: ``scheme``, ``bucket``, ``prefix``, ``path``,
+            ``credentials``, ``query``, ``query key 'NAME'``, ``endpoint_url``, ...
+    """
+
+    def __init__(self, message: str, *, url: str, part: str) -> None:
+        super().__init__(message)
+        self.url = url
+        self.part = part
+
+
+class BucketNotFoundError(StoreConfigError):
+    """The bucket (or container) named in the store URL does not exist.
+
+    Attributes:
+        bucket: its name; ``url``: the store URL.
+    """
+
+    def __init__(self, message: str, *, bucket: str, url: str) -> None:
+        super().__init__(message)
+        self.bucket = bucket
+        self.url = url
+
+
+class StoreEndpointError(StoreConfigError):
+    """The endpoint answered, but not like the object store the URL names.
+
+    Attributes:
+        endpoint: the endpoint URL.
+    """
+
+    def __init__(self, message: str, *, endpoint: str) -> None:
+        super().__init__(message)
+        self.endpoint = endpoint
+
+
+class StoreAccessDeniedError(StorageIOError, PermissionError):
+    """The object store refused the request (HTTP 403): bad credentials or missing rights."""
+
+
+class StoreUnreachableError(StorageIOError, ConnectionError):
+    """The object store's endpoint did not answer (connection refused, reset or timed out),
+    retries included."""

@@ -75,3 +75,18 @@ def ray_cluster() -> Iterator[object]:
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[object]:
+    """A real S3-compatible server (moto's standalone server) on a free loopback port, for
+    the session; see tests/s3server.py. Skips only if moto is not installed (``.[test]``)."""
+    pytest.importorskip("moto", reason="moto[server] is a test dependency (pip install -e '.[test]')")
+    pytest.importorskip("obstore", reason="obstore is a test dependency (pip install -e '.[test]')")
+    from s3server import MotoServer
+
+    server = MotoServer()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -35,3 +35,63 @@ def test_validation_is_real() -> None:
     config["unknown_top_level_field"] = 1
     with pytest.raises(Exception, match="unknown_top_level_field"):
         validate_config(prepare_config(config))
+
+
+# -- what Ray does not check (issue 10, part 4) ---------------------------------------------
+import re  # noqa: E402
+import shlex  # noqa: E402
+import tomllib  # noqa: E402
+
+ROOT = CLUSTER_YAML.parent
+
+
+def test_region_set_and_zones_in_it() -> None:
+    provider = _load()["provider"]
+    region = provider["region"]
+    assert re.fullmatch(r"[a-z]{2}-[a-z]+-\d", region)
+    for zone in provider["availability_zone"].split(","):
+        assert zone.startswith(region), zone
+
+
+def test_head_on_demand_workers_spot() -> None:
+    types = _load()["available_node_types"]
+    head = types[_load()["head_node_type"]]
+    assert "InstanceMarketOptions" not in head["node_config"]
+    workers = [t for name, t in types.items() if name != _load()["head_node_type"]]
+    assert workers and all(
+        t["node_config"]["InstanceMarketOptions"]["MarketType"] == "spot" for t in workers)
+
+
+def test_store_url_exported_and_valid() -> None:
+    from blockstore import parse_store_url
+
+    config = _load()
+    found = [m.group(1) for c in config["setup_commands"]
+             for m in [re.search(r"export BLOCKPOINT_STORE_URL=\"([^\"]+)\"", c)] if m]
+    assert len(found) == 1, "setup_commands must export BLOCKPOINT_STORE_URL once"
+    url = parse_store_url(found[0])  # a bad URL raises, naming the part
+    assert url.is_object_store, "every node must reach the store: not a local path"
+    if url.scheme == "s3":
+        assert url.option("region") == config["provider"]["region"]
+
+
+def test_install_step_points_at_this_checkout() -> None:
+    config = _load()
+    mounts = config["file_mounts"]
+    for remote, local in mounts.items():
+        assert (ROOT / local).exists(), f"file mount {remote}: {local} does not exist"
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert project["project"]["name"] == "blockpoint"
+    packages = {p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]}
+    remote_root = {Path(r).parent for r in mounts}
+    assert len(remote_root) == 1, "the sources mount under one directory"
+    root = remote_root.pop()
+    mounted = {Path(r).name for r in mounts}
+    assert packages | {"pyproject.toml", project["project"]["readme"]} <= mounted
+    installs = [shlex.split(c.replace("$HOME", "~")) for c in config["setup_commands"]
+                if "pip install" in c]
+    targets = [a for cmd in installs for a in cmd[2:] if not a.startswith("-")]
+    assert f"{root}[s3]" in targets, f"no pip install of {root}[s3] in {targets}"
+    assert "blockpoint" not in targets, "blockpoint is not on the package index"
+    import ray
+    assert f"ray[default]=={ray.__version__}" in targets  # nodes run the Ray we test with

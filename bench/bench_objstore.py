@@ -1,0 +1,151 @@
+"""Benchmark: a checkpoint and a restore on the object-store backend against a plain
+parallel upload and download of the same bytes, with the same client to the same server.
+
+Issue 10 asks for this ratio and for the number of requests one checkpoint costs. The plain
+side is the least an object store can do for the same bytes: ``MiB`` objects of 1 MiB put
+in parallel through the backend's own client and pool (:class:`blockstore.objectclient.
+ObjectClient`), then fetched in parallel into a preallocated array. The backend side is
+``CheckpointedStageState.checkpoint()`` of a float32 array of the same size on a lease of
+1 MiB blocks (two record puts: the data commit and the header commit) and a verified
+``restore`` (CRC of every chunk) from a fresh store object. Contenders alternate; the best
+of ``repeats`` is reported.
+
+Run ``python -m bench.bench_objstore --url 's3://BUCKET/PREFIX?endpoint_url=...'``; without
+``--url`` it starts moto's standalone server on loopback (a test dependency) and uses that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+__all__ = ["run"]
+
+MIB = 1 << 20
+
+
+@contextmanager
+def _loopback_s3() -> Iterator[str]:
+    """moto's standalone server on a free port, with a bucket; yields its store URL base."""
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                 "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        os.environ.setdefault(k, v)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
+                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        import http.client
+        deadline = time.time() + 30
+        while True:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                conn.request("PUT", "/bench-bucket")
+                conn.getresponse().read()
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.2)
+        yield f"s3://bench-bucket/run?endpoint_url=http://127.0.0.1:{port}&region=us-east-1"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _with_prefix(url: str, prefix: str) -> str:
+    base, _, query = url.partition("?")
+    return f"{base.rstrip('/')}/{prefix}" + (f"?{query}" if query else "")
+
+
+def run(url: str, mib: int = 256, repeats: int = 2) -> list[dict[str, Any]]:
+    """Rows: seconds of each contender (best of ``repeats``), ratios, requests."""
+    from blockstore import ObjectStore, open_store
+    from blockstore.objectclient import ObjectClient
+    from blockstore.urls import parse_store_url
+    from stages import CheckpointedStageState
+
+    state = np.random.default_rng(0).random(mib * MIB // 4, dtype=np.float32)
+    raw = memoryview(state).cast("B")
+    best: dict[str, float] = {}
+    requests: dict[str, int] = {}
+    for rep in range(repeats):
+        tag = f"{uuid.uuid4().hex[:8]}-{rep}"
+        client = ObjectClient(parse_store_url(_with_prefix(url, f"plain-{tag}")))
+        t0 = time.perf_counter()
+        client.map(lambda i: client.put(f"o/{i}", raw[i * MIB:(i + 1) * MIB]), range(mib))
+        put_s = time.perf_counter() - t0
+        out = np.empty_like(state)
+        omv = memoryview(out).cast("B")
+
+        def get(i: int) -> None:
+            got = client.get(f"o/{i}")
+            assert got is not None
+            omv[i * MIB:(i + 1) * MIB] = got[0]
+        t0 = time.perf_counter()
+        client.map(get, range(mib))
+        get_s = time.perf_counter() - t0
+        assert np.array_equal(out, state)
+        client.close()
+
+        store_url = _with_prefix(url, f"store-{tag}")
+        with open_store(store_url, block_size=MIB) as st:
+            assert isinstance(st, ObjectStore)
+            lease = st.acquire("bench", ttl=600)
+            css = CheckpointedStageState(state, lease)
+            before = st.requests
+            t0 = time.perf_counter()
+            css.checkpoint(step=1)
+            ckpt_s = time.perf_counter() - t0
+            after = st.requests
+            requests = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+        with ObjectStore(store_url) as st2:
+            t0 = time.perf_counter()
+            back = CheckpointedStageState.restore(st2.open_reader("bench"))
+            restore_s = time.perf_counter() - t0
+            restore_requests = st2.requests
+            assert np.array_equal(back.state, state)
+        for k, v in {"plain put": put_s, "plain get": get_s, "checkpoint": ckpt_s,
+                     "restore": restore_s}.items():
+            best[k] = min(best.get(k, float("inf")), v)
+    return [
+        {"what": "plain parallel put", "seconds": round(best["plain put"], 3)},
+        {"what": "checkpoint()", "seconds": round(best["checkpoint"], 3),
+         "ratio": round(best["checkpoint"] / best["plain put"], 2),
+         "requests": " ".join(f"{k}={v}" for k, v in sorted(requests.items()))},
+        {"what": "plain parallel get", "seconds": round(best["plain get"], 3)},
+        {"what": "restore() verified", "seconds": round(best["restore"], 3),
+         "ratio": round(best["restore"] / best["plain get"], 2),
+         "requests": " ".join(f"{k}={v}" for k, v in sorted(restore_requests.items()))},
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--url", help="s3:// (gs://, az://) store URL; default: loopback moto")
+    p.add_argument("--mib", type=int, default=256)
+    p.add_argument("--repeats", type=int, default=2)
+    args = p.parse_args(argv)
+    if args.url:
+        rows = run(args.url, args.mib, args.repeats)
+    else:
+        with _loopback_s3() as url:
+            rows = run(url, args.mib, args.repeats)
+    for row in rows:
+        print("  ".join(f"{k}={v}" for k, v in row.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

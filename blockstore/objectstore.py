@@ -1,0 +1,557 @@
+"""Object-store backend (S3 and S3-compatible servers, GCS, Azure): fencing by conditional
+writes of the lease record, blocks as immutable objects published on flush.
+
+Why this shape: an object store has no per-write condition on data objects and no lock, so
+the file store's rule "the store refuses a stale write atomically with applying it" becomes
+"nothing a stale holder writes can ever become visible". Each lease has one record object
+(``leases/<name>.json``, layout in :mod:`blockstore.objectlayout` and docs/FORMAT.md) that
+holds the holder, the epoch, the expiry *and the block map*; every change to it is a
+conditional put (``If-None-Match: *`` to create, ``If-Match: <etag>`` to update), so of two
+writers racing from the same record exactly one succeeds and the other re-reads and
+re-decides under the fencing rules (:mod:`blockstore.fencing`).
+
+Writes upload each block at once as a new object under the holder's own generation prefix
+``blocks/<lease_id>/e<epoch>.<token>/`` (a fresh token per flush cycle, so no published
+object is ever overwritten). Nothing points at those objects until ``flush``, which puts
+the record with the new block map on the condition that it is still the record that
+carries the holder's epoch. A zombie whose takeover happened at any moment - before its
+uploads, during them, after them - fails that put and gets ``StaleLeaseError``; its objects
+stay unreferenced, invisible to every reader, and are garbage. Reads follow the record's
+block map (a reader that meets a block deleted under it by a newer commit re-reads the
+record and retries that block). Within one store object, reads also see that object's own
+unflushed writes of the current epoch ("read your writes"); other processes see them after
+``flush``. ``release`` publishes unflushed writes with the release (one conditional put).
+
+Garbage - objects of failed or fenced flushes, blocks replaced by a later commit - is
+removed without ever touching an object that a flush which can still succeed may publish:
+replaced blocks right after the commit that replaced them; objects of an older epoch (their
+flush can only fail now) and of a released lease after the first commit of each epoch and by
+:meth:`ObjectStore.gc`. Objects of the current, held epoch that the record does not list are
+kept: they may be the holder's unflushed writes.
+
+Lease times are kept in the store's clock (see :class:`~blockstore.objectclient.StoreClock`)
+and reported in the caller's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from .base import (
+    DEFAULT_BLOCK_SIZE,
+    BlockStore,
+    StoreCapabilities,
+    bounds_error,
+    check_block_size,
+    new_lease_id,
+)
+from .errors import (
+    LeaseError,
+    LeaseHeldError,
+    LeaseNotFoundError,
+    StorageIOError,
+    StoreConfigError,
+    StoreCorruptError,
+    StorePathError,
+)
+from .fencing import check_current, next_acquire, released, renewed
+from .lease import LeaseInfo
+from .objectclient import ObjectClient
+from .objectlayout import (
+    LEASES,
+    META_KEY,
+    LeaseRecord,
+    block_key,
+    blocks_prefix,
+    decode_meta,
+    decode_record,
+    encode_meta,
+    encode_record,
+    id_key,
+    name_key,
+    new_generation,
+    parse_block_key,
+)
+from .urls import StoreURL, parse_store_url
+
+__all__ = ["GCReport", "ObjectStore"]
+
+#: Conditional puts that lose a race re-read and retry; this many losses in a row is an error.
+MAX_RACES = 64
+#: gc removes a tombstone (record of a deleted lease) only when it is at least this old.
+TOMBSTONE_GRACE = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class GCReport:
+    """What one :meth:`ObjectStore.gc` run removed (objects) and kept (in-flight writes)."""
+
+    deleted_blocks: int
+    deleted_records: int
+    kept_unpublished: int
+
+
+@dataclass
+class _Pending:
+    """This store object's unflushed writes to one lease: one generation per flush cycle."""
+
+    epoch: int
+    generation: str
+    indices: set[int] = field(default_factory=set)
+
+
+def is_garbage(rec: LeaseRecord | None, generation: str, epoch: int, index: int) -> bool:
+    """Whether a block object can be removed now, given its lease's current record.
+
+    Referenced objects never are. Unreferenced ones are garbage when no flush that may still
+    succeed can publish them: the lease is gone, the object's epoch is older than the
+    record's (that holder's flush must fail), or the record's epoch is not held any more
+    (released: its writes were published by the release).
+    """
+    if rec is None or rec.deleted:
+        return True
+    if rec.blocks.get(index) == generation:
+        return False
+    return epoch < rec.info.epoch or rec.info.holder is None
+
+
+class ObjectStore(BlockStore):
+    """A block store in an object-store bucket prefix (``s3://``, ``gs://``, ``az://``).
+
+    Guarantees (each checked by the conformance suite and tests/test_store_s3*.py against a
+    real S3 server): acquire, takeover, renew, release, resize and flush are conditional
+    writes of the lease record, so across processes and machines exactly one of two racing
+    holders wins and a fenced holder's writes never become visible. ``flush`` returns once
+    the record naming every block written since the last flush is durable in the store.
+    """
+
+    capabilities = StoreCapabilities(cross_process=True, durable=True, conditional_write=True,
+                                     publish_on_flush=True)
+
+    def __init__(self, url: StoreURL | str, block_size: int | None = None, *,
+                 create: bool = True, client: ObjectClient | None = None) -> None:
+        self._u = url if isinstance(url, StoreURL) else parse_store_url(url)
+        if not self._u.is_object_store:
+            raise StoreConfigError(f"{self._u.to_url()} is not an object-store URL")
+        self._c = client or ObjectClient(self._u)
+        self._lock = threading.Lock()
+        self._lease_locks: dict[str, threading.RLock] = {}
+        self._pending: dict[str, _Pending] = {}
+        self._names: dict[str, str] = {}  # lease id -> name, learned on the way
+        self._collected: set[tuple[str, int]] = set()
+        self._seen: dict[str, tuple[LeaseRecord, str]] = {}  # last record read, per lease
+        try:
+            super().__init__(self._open_meta(block_size, create))
+        except BaseException:
+            self._c.close()
+            raise
+
+    def _open_meta(self, block_size: int | None, create: bool) -> int:
+        if block_size is not None:
+            check_block_size(block_size)
+        got = self._c.get(META_KEY)
+        if got is None:
+            if not create:
+                raise StorePathError(f"no blockpoint store at {self.url}", path=self.url)
+            bs = check_block_size(block_size or DEFAULT_BLOCK_SIZE)
+            if self._c.put_new(META_KEY, encode_meta(bs)) is not None:
+                return bs
+            got = self._c.get(META_KEY)  # created by a racing opener
+            if got is None:
+                raise StorageIOError(f"store metadata of {self.url} vanished", path=self.url)
+        bs = decode_meta(bytes(got[0]), f"{self.url}/{META_KEY}")
+        if block_size is not None and block_size != bs:
+            raise StoreConfigError(f"{self.url} has block size {bs}, not {block_size}")
+        return bs
+
+    @property
+    def url(self) -> str:
+        return self._u.to_url()
+
+    @property
+    def requests(self) -> dict[str, int]:
+        """Requests sent so far, by kind (``GET``, ``PUT``, ``LIST``, ``DELETE``)."""
+        return dict(self._c.requests)
+
+    # -- records ----------------------------------------------------------------------------
+    def _lease_lock(self, lease_id: str) -> threading.RLock:
+        with self._lock:
+            return self._lease_locks.setdefault(lease_id, threading.RLock())
+
+    def _local(self, info: LeaseInfo) -> LeaseInfo:
+        """``info`` with its times moved from the store's clock to ours."""
+        off = self._c.clock.offset
+        if off == 0.0:
+            return info
+        return dataclasses.replace(
+            info, created_at=info.created_at - off,
+            expires_at=info.expires_at - off if info.expires_at else 0.0)
+
+    def _get_record(self, key: str) -> tuple[LeaseRecord, str] | None:
+        got = self._c.get(key)
+        if got is None:
+            return None
+        rec = decode_record(bytes(got[0]), f"{self.url}/{key}")
+        return rec, got[1]["e_tag"] or ""
+
+    def _record_by_id(self, lease_id: str) -> tuple[str, LeaseRecord, str]:
+        """``(record key, record, etag)`` of the live lease ``lease_id``."""
+        candidates = []
+        if lease_id in self._names:
+            candidates.append(self._names[lease_id])
+        pointer = None if candidates else self._c.get(id_key(lease_id))
+        if pointer is not None:
+            candidates.append(bytes(pointer[0]).decode("utf-8", "replace"))
+        for name in candidates:
+            got = self._get_record(name_key(name))
+            if got is not None and got[0].info.lease_id == lease_id and not got[0].deleted:
+                return name_key(name), got[0], got[1]
+        if pointer is None and not candidates:  # a record whose pointer is not written yet
+            for key, rec, etag in self._all_records(strict=False)[0]:
+                if rec.info.lease_id == lease_id and not rec.deleted:
+                    self._names[lease_id] = rec.info.name
+                    return key, rec, etag
+        raise LeaseNotFoundError(f"no lease {lease_id} in {self.url}", lease_id=lease_id)
+
+    def _all_records(self, strict: bool) -> tuple[list[tuple[str, LeaseRecord, str]],
+                                                  list[StoreCorruptError]]:
+        keys = [m["path"] for m in self._c.list(LEASES) if m["path"].endswith(".json")]
+        errors: list[StoreCorruptError] = []
+
+        def one(key: str) -> tuple[str, LeaseRecord, str] | None:
+            try:
+                got = self._get_record(key)
+            except StoreCorruptError as exc:
+                if strict:
+                    raise
+                errors.append(exc)
+                return None
+            return None if got is None else (key, got[0], got[1])
+
+        out = [r for r in self._c.map(one, keys) if r is not None]
+        for _, rec, _ in out:
+            if not rec.deleted:
+                self._names.setdefault(rec.info.lease_id, rec.info.name)
+        return out, errors
+
+    def _update(self, lease_id: str,
+                change: Callable[[LeaseRecord, float], LeaseRecord]) -> tuple[LeaseRecord,
+                                                                              LeaseRecord]:
+        """Apply ``change`` to the record by a conditional put, re-reading after each lost
+        race; ``change`` may raise (fencing) and is then re-raised with nothing written.
+        Returns ``(record before, record after)``."""
+        for _ in range(MAX_RACES):
+            key, rec, etag = self._record_by_id(lease_id)
+            new = dataclasses.replace(change(rec, self._c.clock.now()),
+                                      nonce=secrets.token_hex(8))
+            if self._c.put_if(key, encode_record(new), etag) is not None:
+                return rec, new
+            again = self._get_record(key)
+            if again is not None and again[0].nonce == new.nonce:  # our retried put landed
+                return rec, new
+        raise StorageIOError(f"lease {lease_id} in {self.url}: lost {MAX_RACES} races in a row "
+                             "for its record", path=self.url)
+
+    # -- primitives -------------------------------------------------------------------------
+    def _acquire(self, name: str, holder: str, ttl: float, num_blocks: int,
+                 steal: bool) -> LeaseInfo:
+        key = name_key(name)
+        for _ in range(MAX_RACES):
+            got = self._get_record(key)
+            now = self._c.clock.now()
+            nonce = secrets.token_hex(8)
+            if got is None or got[0].deleted:
+                info = next_acquire(None, lease_id=new_lease_id(), name=name, holder=holder,
+                                    ttl=ttl, num_blocks=num_blocks, steal=steal,
+                                    block_size=self.block_size, now=now)
+                rec = LeaseRecord(info=info, ttl=ttl, nonce=nonce)
+                body = encode_record(rec)
+                done = (self._c.put_new(key, body) if got is None
+                        else self._c.put_if(key, body, got[1]))
+            else:
+                info = next_acquire(got[0].info, lease_id=got[0].info.lease_id, name=name,
+                                    holder=holder, ttl=ttl, num_blocks=num_blocks,
+                                    steal=steal, block_size=self.block_size, now=now)
+                rec = dataclasses.replace(got[0], info=info, ttl=ttl, nonce=nonce)
+                done = self._c.put_if(key, encode_record(rec), got[1])
+            if done is None:
+                again = self._get_record(key)
+                if again is None or again[0].nonce != nonce:
+                    continue  # lost the race: decide again from the winner's record
+            if info.epoch == 1:
+                self._c.put(id_key(info.lease_id), name.encode())
+            self._names[info.lease_id] = name
+            self._drop_pending(info.lease_id)
+            return self._local(info)
+        raise StorageIOError(f"lease {name!r} in {self.url}: lost {MAX_RACES} races in a row",
+                             path=self.url)
+
+    def _renew(self, lease_id: str, holder: str, epoch: int, ttl: float) -> LeaseInfo:
+        # No lease lock: a keepalive renewal must not wait behind a long upload; a renewal
+        # racing this object's own flush loses one conditional put and re-applies itself.
+        _, new = self._update(lease_id, lambda r, now: dataclasses.replace(
+            r, info=renewed(r.info, epoch, ttl, now=now), ttl=ttl))
+        return self._local(new.info)
+
+    def _release(self, lease_id: str, holder: str, epoch: int) -> None:
+        with self._lease_lock(lease_id):
+            pending = self._own_pending(lease_id, epoch)
+
+            def change(r: LeaseRecord, now: float) -> LeaseRecord:
+                return dataclasses.replace(self._with_pending(r, pending),
+                                           info=released(r.info, epoch))
+            self._commit(lease_id, epoch, pending, change)
+
+    def _resize(self, lease_id: str, epoch: int, num_blocks: int) -> LeaseInfo:
+        with self._lease_lock(lease_id):
+            def change(r: LeaseRecord, now: float) -> LeaseRecord:
+                check_current(r.info, epoch, now=now)
+                return dataclasses.replace(
+                    r, info=dataclasses.replace(r.info, num_blocks=num_blocks),
+                    blocks={i: g for i, g in r.blocks.items() if i < num_blocks})
+            old, new = self._update(lease_id, change)
+            self._delete_quietly(self._superseded(lease_id, old, new))
+            pending = self._own_pending(lease_id, epoch)
+            if pending is not None:
+                dropped = [i for i in pending.indices if i >= num_blocks]
+                pending.indices.difference_update(dropped)
+                self._delete_quietly([block_key(lease_id, pending.generation, i)
+                                      for i in dropped])
+            return self._local(new.info)
+
+    def _write(self, lease_id: str, epoch: int, indices: Sequence[int],
+               datas: Sequence[memoryview]) -> None:
+        _, rec, _ = self._record_by_id(lease_id)
+        check_current(rec.info, epoch, now=self._c.clock.now())
+        for i in indices:
+            if i >= rec.info.num_blocks:
+                raise bounds_error(lease_id, rec.info.name, i, rec.info.num_blocks)
+        with self._lease_lock(lease_id):
+            pending = self._own_pending(lease_id, epoch)
+            if pending is None:
+                self._drop_pending(lease_id)
+                pending = _Pending(epoch, new_generation(epoch))
+                self._pending[lease_id] = pending
+            gen = pending.generation
+            self._c.map(lambda pair: self._c.put(block_key(lease_id, gen, pair[0]), pair[1]),
+                        list(zip(indices, datas)))
+            pending.indices.update(indices)
+
+    def _read(self, lease_id: str, indices: Sequence[int], buffers: Sequence[memoryview]) -> None:
+        todo = list(zip(indices, buffers))
+        hint = self._seen.get(lease_id)
+        for _attempt in range(4):
+            if hint is not None and all(i < hint[0].info.num_blocks for i, _ in todo):
+                # Fetch the current record while fetching the blocks by the last one seen:
+                # one round trip instead of two when, as usual, it has not changed. The
+                # record is read after the call began, so a flush that returned before it
+                # is never missed.
+                current = self._c.submit(self._record_by_id, lease_id)
+                missing = self._fetch(lease_id, hint[0], todo)
+                _, rec, etag = current.result()
+                if etag == hint[1]:
+                    if not missing:
+                        return
+                    todo, hint = missing, None
+                    continue
+            else:
+                _, rec, etag = self._record_by_id(lease_id)
+            hint = None
+            for i, _buf in todo:
+                if i >= rec.info.num_blocks:
+                    raise bounds_error(lease_id, rec.info.name, i, rec.info.num_blocks)
+            self._seen[lease_id] = (rec, etag)
+            todo = self._fetch(lease_id, rec, todo)
+            if not todo:
+                return
+        raise StoreCorruptError(f"lease {lease_id} in {self.url}: the objects of blocks "
+                                f"{[i for i, _ in todo]} named by its record are missing",
+                                path=self.url)
+
+    def _fetch(self, lease_id: str, rec: LeaseRecord,
+               todo: list[tuple[int, memoryview]]) -> list[tuple[int, memoryview]]:
+        """Fill the buffers by ``rec``'s block map (and this object's unflushed writes of
+        its epoch); return the items whose object was gone (replaced by a newer commit)."""
+        with self._lease_lock(lease_id):
+            pending = self._own_pending(lease_id, rec.info.epoch)
+            mine = set(pending.indices) if pending else set()
+            mine_gen = pending.generation if pending else ""
+
+        def fetch(item: tuple[int, memoryview]) -> bool:
+            i, buf = item
+            gen = mine_gen if i in mine else rec.blocks.get(i)
+            if gen is None:
+                buf[:] = bytes(len(buf))
+                return True
+            got = self._c.get(block_key(lease_id, gen, i))
+            if got is None:
+                return False
+            data = got[0]
+            n = min(len(data), len(buf))
+            buf[:n] = data[:n]
+            if n < len(buf):
+                buf[n:] = bytes(len(buf) - n)
+            return True
+
+        ok = self._c.map(fetch, todo)
+        return [item for item, done in zip(todo, ok) if not done]
+
+    def _flush(self, lease_id: str, epoch: int) -> None:
+        with self._lease_lock(lease_id):
+            pending = self._own_pending(lease_id, epoch)
+            if pending is None or not pending.indices:
+                _, rec, _ = self._record_by_id(lease_id)
+                check_current(rec.info, epoch, now=self._c.clock.now(), allow_expired=True)
+                return
+
+            def change(r: LeaseRecord, now: float) -> LeaseRecord:
+                check_current(r.info, epoch, now=now, allow_expired=True)
+                return self._with_pending(r, pending)
+            self._commit(lease_id, epoch, pending, change)
+
+    def _info(self, lease_id: str) -> LeaseInfo:
+        return self._local(self._record_by_id(lease_id)[1].info)
+
+    def _list(self) -> list[LeaseInfo]:
+        recs, _ = self._all_records(strict=True)
+        return [self._local(r.info) for _, r, _ in recs if not r.deleted]
+
+    def _scan(self) -> tuple[list[LeaseInfo], list[StoreCorruptError]]:
+        recs, errors = self._all_records(strict=False)
+        return [self._local(r.info) for _, r, _ in recs if not r.deleted], errors
+
+    def find(self, name: str) -> LeaseInfo | None:
+        """The record of lease ``name`` (one request: records are keyed by name)."""
+        self._check_open()
+        got = self._get_record(name_key(name))
+        if got is None or got[0].deleted:
+            return None
+        self._names[got[0].info.lease_id] = name
+        return self._local(got[0].info)
+
+    def _delete(self, lease_id: str, holder: str | None, epoch: int | None) -> None:
+        with self._lease_lock(lease_id):
+            def change(r: LeaseRecord, now: float) -> LeaseRecord:
+                if epoch is not None:
+                    check_current(r.info, epoch, now=now, allow_expired=True)
+                elif r.info.is_held(now):
+                    raise LeaseHeldError(
+                        f"lease {r.info.name!r} is held by {r.info.holder!r}",
+                        holder=r.info.holder, expires_at=r.info.expires_at,
+                        lease_id=lease_id, name=r.info.name, epoch=r.info.epoch)
+                return dataclasses.replace(
+                    r, deleted=True, blocks={},
+                    info=dataclasses.replace(r.info, holder=None, expires_at=0.0))
+            # The tombstone put is the decision; what follows only removes what it orphaned.
+            # A lease created under the same name between the two puts would be removed by
+            # the final delete too: its holder then gets LeaseNotFoundError (fencing holds).
+            _, tomb = self._update(lease_id, change)
+            self._pending.pop(lease_id, None)
+            keys = [m["path"] for m in self._c.list(blocks_prefix(lease_id))]
+            self._c.delete(keys + [id_key(lease_id), name_key(tomb.info.name)])
+            self._names.pop(lease_id, None)
+            self._seen.pop(lease_id, None)
+
+    def _close(self) -> None:
+        self._pending.clear()
+        self._c.close()
+
+    # -- commits and garbage ----------------------------------------------------------------
+    def _own_pending(self, lease_id: str, epoch: int) -> _Pending | None:
+        p = self._pending.get(lease_id)
+        return p if p is not None and p.epoch == epoch else None
+
+    def _drop_pending(self, lease_id: str) -> None:
+        """Forget unflushed writes of an older epoch: they can never be published."""
+        p = self._pending.pop(lease_id, None)
+        if p is not None:
+            self._delete_quietly([block_key(lease_id, p.generation, i) for i in p.indices])
+
+    @staticmethod
+    def _with_pending(r: LeaseRecord, pending: _Pending | None) -> LeaseRecord:
+        if pending is None or not pending.indices:
+            return r
+        blocks = dict(r.blocks)
+        for i in pending.indices:
+            if i < r.info.num_blocks:
+                blocks[i] = pending.generation
+        return dataclasses.replace(r, blocks=blocks)
+
+    def _commit(self, lease_id: str, epoch: int, pending: _Pending | None,
+                change: Callable[[LeaseRecord, float], LeaseRecord]) -> None:
+        """Publish by a conditional record put; then remove what the commit made garbage.
+        A refused commit (fenced, released) drops the writes it would have published."""
+        try:
+            old, new = self._update(lease_id, change)
+        except LeaseError:
+            if pending is not None:
+                self._drop_pending(lease_id)
+            raise
+        if pending is not None:
+            self._pending.pop(lease_id, None)
+        self._delete_quietly(self._superseded(lease_id, old, new))
+        if (lease_id, epoch) not in self._collected and epoch > 1:
+            self._collected.add((lease_id, epoch))
+            self._collect_lease(lease_id, new)
+
+    @staticmethod
+    def _superseded(lease_id: str, old: LeaseRecord, new: LeaseRecord) -> list[str]:
+        return [block_key(lease_id, g, i) for i, g in old.blocks.items()
+                if new.blocks.get(i) != g]
+
+    def _collect_lease(self, lease_id: str, rec: LeaseRecord | None) -> tuple[int, int]:
+        """Remove this lease's garbage objects; ``(removed, kept unpublished)``."""
+        garbage, kept = [], 0
+        for meta in self._c.list(blocks_prefix(lease_id)):
+            parsed = parse_block_key(meta["path"])
+            if parsed is None:
+                continue
+            _, gen, epoch, index = parsed
+            if is_garbage(rec, gen, epoch, index):
+                garbage.append(meta["path"])
+            elif rec is not None and rec.blocks.get(index) != gen:
+                kept += 1
+        self._delete_quietly(garbage)
+        return len(garbage), kept
+
+    def _delete_quietly(self, keys: Sequence[str]) -> None:
+        """Remove garbage now if we can; what fails here is left to the next ``gc``."""
+        if keys:
+            try:
+                self._c.delete(keys)
+            except StorageIOError:
+                pass
+
+    def gc(self) -> GCReport:
+        """Remove every object no reader can see and no flush that may still succeed can
+        publish (the rule is :func:`is_garbage`), and the records of deleted leases.
+
+        Safe while holders are running: objects of the current epoch of a held lease are
+        kept even when unreferenced (they may be unflushed writes). Tombstones are removed
+        when older than ``TOMBSTONE_GRACE`` seconds (in the store's clock).
+        """
+        self._check_open()
+        records, _ = self._all_records(strict=False)
+        live = {r.info.lease_id: r for _, r, _ in records if not r.deleted}
+        ids: set[str] = set()
+        for meta in self._c.list("blocks/"):
+            parsed = parse_block_key(meta["path"])
+            if parsed is not None:
+                ids.add(parsed[0])
+        removed = kept = 0
+        for lease_id in sorted(ids):
+            r, k = self._collect_lease(lease_id, live.get(lease_id))
+            removed, kept = removed + r, kept + k
+        stale_ptrs = [m["path"] for m in self._c.list("ids/")
+                      if m["path"].split("/", 1)[1] not in live]
+        now = self._c.clock.now()
+        ages = {m["path"]: m["last_modified"].timestamp() for m in self._c.list(LEASES)}
+        tombs = [k for k, r, _ in records if r.deleted
+                 and now - ages.get(k, now) >= TOMBSTONE_GRACE]
+        self._delete_quietly(stale_ptrs + tombs)
+        return GCReport(deleted_blocks=removed, deleted_records=len(tombs) + len(stale_ptrs),
+                        kept_unpublished=kept)
