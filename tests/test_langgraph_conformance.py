@@ -5,8 +5,9 @@ overrides and runs each one's tests against a fresh saver from the factory. Ours
 all base and all extended capabilities on every backend; LangGraph's ``InMemorySaver`` runs
 in the same test as the reference (5/5 base, the 3 extended ones not implemented).
 
-``STORE_URLS`` is the list of backends: add the object-store URL (``s3://...``) when that
-backend lands; each entry turns a fresh temporary directory into a store URL.
+``STORE_URLS`` is the list of backends; each entry turns a fresh temporary directory into a
+store URL (the object store: a prefix of its own on the loopback S3 server of
+``tests/s3server.py``).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from blockpoint_langgraph import BlockpointSaver
 STORE_URLS: dict[str, Callable[[Path], str]] = {
     "file": lambda tmp: f"file://{tmp / 'store'}",
     "memory": lambda tmp: f"memory://langgraph-conformance-{uuid.uuid4().hex}",
+    "s3": lambda tmp: "",          # filled from the s3_server fixture
 }
 
 
@@ -48,8 +50,11 @@ def _run(factory: Callable[[], AsyncIterator[object]], name: str) -> CapabilityR
 
 
 @pytest.mark.parametrize("backend", sorted(STORE_URLS))
-def test_conformance_full(backend: str, tmp_path: Path) -> None:
-    url = STORE_URLS[backend](tmp_path)
+def test_conformance_full(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    if backend == "s3":
+        url = request.getfixturevalue("s3_server").url(f"langgraph-{uuid.uuid4().hex[:8]}")
+    else:
+        url = STORE_URLS[backend](tmp_path)
 
     async def ours() -> AsyncIterator[BlockpointSaver]:
         saver = BlockpointSaver(url, block_size=64 * 1024)

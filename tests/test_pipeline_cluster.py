@@ -24,9 +24,16 @@ from stages.source import Enrich, GeneratedSource, RunningAggregate
 pytestmark = [pytest.mark.ray, pytest.mark.multinode]
 
 
-def test_node_of_stateful_stage_removed_mid_run(ray_cluster: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["file", "s3"])
+def test_node_of_stateful_stage_removed_mid_run(s3_server: Any, ray_cluster: Any,
+                                                tmp_path: Path, backend: str) -> None:
+    """With the store in a directory, and on an S3-compatible server on loopback (no shared
+    filesystem: the restored stage reads its checkpoint from the object store). The server
+    (session-scoped) starts before the cluster, so every node has its credentials in the
+    environment."""
     cluster = ray_cluster
-    store = str(tmp_path / "store")
+    store = (s3_server.url(f"pipeline-{tmp_path.name}") if backend == "s3"
+             else str(tmp_path / "store"))
     specs = [StageSpec("agg", RunningAggregate, store, block_size=64 * 1024, lease_ttl=5.0),
              StageSpec("seq", functools.partial(Enrich, False), store, block_size=64 * 1024,
                        lease_ttl=5.0)]
