@@ -85,7 +85,7 @@ log = logging.getLogger(__name__)
 
 #: Concurrency group of the methods that must answer while a checkpoint is flushing.
 CONTROL_GROUP = "control"
-_CONTROL_CONCURRENCY = 2
+CONTROL_CONCURRENCY = 2
 #: Resource keywords of Ray's ``.options`` -> the name of the resource in a node's view.
 _RESOURCE_OPTIONS = {"num_cpus": "CPU", "num_gpus": "GPU", "memory": "memory"}
 #: CPUs Ray reserves to schedule an actor that does not say (``num_cpus`` absent).
@@ -293,7 +293,7 @@ def restore_state(lease: Lease, spec: StageSpec, *, observer: CheckpointFlushObs
     return CheckpointedStageState.with_observer(state, lease, lease.lease_id, observer, **opts)
 
 
-def _ray_context() -> tuple[str | None, Any]:
+def ray_context() -> tuple[str | None, Any]:
     """(node id, own actor handle) when running inside a Ray actor, else (None, None)."""
     if not ray.is_initialized():
         return None, None
@@ -329,7 +329,7 @@ class StageActor:
         self._observer = observer
         self._stage = spec.factory()
         self._store = spec.open_store()
-        self._node_id, self._handle = _ray_context()
+        self._node_id, self._handle = ray_context()
         self._pid = os.getpid()
         holder = f"{spec.stage_id}@{(self._node_id or 'local')[:12]}:{self._pid}"
         self._lease = self._store.acquire(spec.stage_id, holder=holder, ttl=spec.lease_ttl,
@@ -574,7 +574,7 @@ def remote_stage_class() -> Any:
     declared (created once per process). Use it with :func:`actor_options`."""
     global _remote_cls
     if _remote_cls is None:
-        _remote_cls = ray.remote(concurrency_groups={CONTROL_GROUP: _CONTROL_CONCURRENCY})(
+        _remote_cls = ray.remote(concurrency_groups={CONTROL_GROUP: CONTROL_CONCURRENCY})(
             ControlledStageActor)
     return _remote_cls
 
