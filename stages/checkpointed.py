@@ -41,8 +41,8 @@ Semantics:
   without being applied again (:mod:`stages.durability` says why this is exact), and one
   that had not is applied once. The last ``dedupe_window`` ids are kept.
 * **Calls in flight** when the actor dies fail with ``RayActorError`` unless Ray retries
-  them (``max_task_retries``); retried calls run, in submission order, on the restored
-  state.
+  them (``max_task_retries``); retried calls run on the restored state, and Ray may run
+  them after calls submitted later (its ordering is per attempt, not across retries).
 * **Killed mid-flush**: the checkpoint is crash-atomic, so the next incarnation restores the
   previous committed generation (or the new one if its header had been committed) - never a
   mix. The call that was flushing had not returned, so in exactly-once mode it is retried.
@@ -75,7 +75,7 @@ import ray
 from blockstore import BlockStore
 
 from .actor import CONTROL_GROUP, CONTROL_CONCURRENCY, StageRegistration, ray_context
-from .durability import ActorDurability, in_call
+from .durability import ActorDurability
 from .errors import StageError
 from .format import CODECS
 from .hooks import StageRegistrar
@@ -260,7 +260,7 @@ def _generated(cls: type, config: CheckpointedConfig) -> dict[str, Any]:
         """Checkpoint now (inside a method, or ``actor.checkpoint.remote()``); returns the
         ``CheckpointInfo`` as a dict. Raises ``CheckpointFailed`` if not saved."""
         d = _durability(self)
-        if in_call.get():
+        if d.inside_call():
             return d.checkpoint(step, meta).to_dict()
         return d.request(step, meta)
 

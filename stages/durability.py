@@ -339,6 +339,11 @@ class ActorDurability:
             finally:
                 self._active -= 1
 
+    @staticmethod
+    def inside_call() -> bool:
+        """True inside a wrapped call of this task (a method calling ``self.checkpoint()``)."""
+        return in_call.get()
+
     @contextlib.contextmanager
     def outer_call(self) -> Iterator[bool]:
         """Yield True for the outermost wrapped call of a task (nested ones are plain)."""
