@@ -26,6 +26,7 @@ BENCHES: dict[str, str] = {
     "store": "bench.bench_store",
     "checkpoint": "bench.bench_checkpoint",
     "manager": "bench.bench_manager",
+    "actor": "bench.bench_actor",
 }
 
 
