@@ -21,11 +21,11 @@ import os
 import shutil
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
+from .bench_checkpoint import _best
 
 __all__ = ["run"]
 
@@ -56,15 +56,6 @@ class _Plain:
         finally:
             os.close(dfd)
         return self.state["n"]
-
-
-def _best(fn: Callable[[], Any], repeat: int) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def run(quick: bool = False) -> list[dict[str, Any]]:

@@ -242,15 +242,9 @@ class StageStopped(StageError, RuntimeError):
 
 def restore_state(lease: Lease, spec: StageSpec, *, observer: CheckpointFlushObserver | None,
                   max_step: int | None = None) -> CheckpointedStageState[Any]:
-    """Bind the stage's state to ``lease``: restored if a checkpoint exists, else initial.
-
-    With ``max_step`` (pipeline rollback to its last committed step), the newest generation
-    whose step is ``<= max_step`` is restored; generations after it are ignored and are the
-    first to be overwritten. ``max_step=0`` means "before the first step": the initial state
-    when no step-0 generation exists. ``RollbackUnavailable`` if ``max_step > 0`` and no
-    generation is old enough. Never returns state from a generation that does not verify; a
-    lease whose candidate generations all fail verification raises ``CheckpointCorrupt``.
-    """
+    """Bind the stage's state to ``lease``: restored if a checkpoint exists, else the
+    factory's initial state; ``max_step`` as in :func:`stages.incarnation.restore_or_initial`
+    (whose guarantees hold: ``RollbackUnavailable``, never unverified state)."""
     return restore_or_initial(lease, lambda: spec.factory().initial_state(), observer=observer,
                               max_step=max_step, name=spec.stage_id, **spec.state_options())
 
