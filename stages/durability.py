@@ -44,6 +44,7 @@ import ray
 
 from blockstore import BlockStoreError
 
+from .actor import StageStopped
 from .errors import CheckpointFailed, StageError
 from .incarnation import Incarnation
 from .policy import CheckpointPolicy
@@ -207,7 +208,11 @@ class ActorDurability:
         return self.config.every_calls == 1
 
     def check_serving(self) -> None:
-        """Raise ``ActorFenced`` once a checkpoint was refused for a stale epoch."""
+        """Raise ``ActorFenced`` once a checkpoint was refused for a stale epoch, and
+        ``StageStopped`` after :meth:`close` (the lease is given up)."""
+        if self._closed:
+            raise StageStopped(f"{self.config.actor} {self.key!r} was shut down",
+                               stage_id=self.key)
         if self.inc.fenced:
             raise ActorFenced(f"{self.config.actor} {self.key!r}: epoch {self.inc.epoch} was "
                               "fenced by a newer incarnation", key=self.key,

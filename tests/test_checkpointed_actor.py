@@ -28,6 +28,7 @@ from stages import (
     ActorFenced,
     CheckpointedConfigError,
     CheckpointFailed,
+    StageStopped,
     StateAttributeError,
     StoreUnavailable,
     checkpointed,
@@ -145,6 +146,42 @@ def test_restore_policy_nested_and_fencing(store_dir: str) -> None:
     m.checkpoint()
     back = multi(0)
     assert back.state == {"n": 2} and back.restores == [1]  # on_restore ran after the restore
+
+
+class ListRegistrar:
+    """A registrar that keeps what it is told (in-process: the decorator holds this object)."""
+
+    def __init__(self) -> None:
+        self.seen: list[Any] = []
+
+    def register(self, registration: Any) -> None:
+        self.seen.append(registration)
+
+    def unregister(self, stage_id: str, *, timeout: float = 10.0) -> None:
+        return None
+
+
+def test_registrar_and_stage_control_calls(store_dir: str) -> None:
+    reg = ListRegistrar()
+    cls = checkpointed(store=store_dir, key="reg", registrar=reg, priority=3)(CounterBase)
+    a = cls()
+    a.add()
+    a.checkpoint()
+    b = cls()  # every incarnation registers, the newer epoch with its restored generation
+    assert [(r.epoch, r.generation, r.priority) for r in reg.seen] == [(1, None, 3), (2, 1, 3)]
+    assert b.ping() == "reg" and b.registration().epoch == 2
+    info = b.info()
+    assert info["stage_id"] == "reg" and info["records_total"] == 0 and not info["flushing"]
+    b.add()
+    assert b.shutdown(checkpoint=True)["generation"] == 2  # what the scheduler's stop does
+    with pytest.raises(StageStopped):
+        b.add()
+    assert cls().get() == 2
+
+    class HasInfo(CounterBase):
+        def info(self) -> None: ...
+    with pytest.raises(CheckpointedConfigError, match="info"):
+        checkpointed(store=store_dir, registrar=reg)(HasInfo)
 
 
 # -- real Ray --------------------------------------------------------------------------------
