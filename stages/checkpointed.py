@@ -19,7 +19,9 @@ Why it looks like this:
   lease by force (the old incarnation is fenced), restore of the newest generation that
   verifies into the named attributes, ``on_restore(report)`` if defined. No checkpoint yet:
   the constructor's values stand. Public methods are wrapped to count calls and checkpoint
-  by policy; ``@checkpointed.readonly`` methods are not (they neither count nor checkpoint).
+  by policy; ``@checkpointed.readonly`` methods, private (``_x``) ones and generators are
+  not (they neither count nor checkpoint: a generator's effects are saved by the next
+  checkpoint of a counted call, or an explicit ``self.checkpoint()``).
 * **Concurrency groups are declared by the user**, ``concurrency_groups=checkpointed.GROUPS``
   in ``ray.remote``: Ray takes them only there, and a decorator under ``@ray.remote`` runs
   before it. The control methods ``checkpoint_info`` and ``restored_from`` run in that
@@ -211,7 +213,7 @@ def _wrapped_methods(cls: type) -> dict[str, Callable[..., Any]]:
         if not inspect.isfunction(raw) or getattr(raw, "__bp_readonly__", False):
             continue
         if inspect.isgeneratorfunction(raw) or inspect.isasyncgenfunction(raw):
-            continue  # streaming methods: not counted (document: mark them readonly)
+            continue  # generators stream after returning: no point to count or commit at
         out[name] = _wrap(raw)
     return out
 
