@@ -5,7 +5,9 @@ Rows (``ratio`` is checkpointed / plain):
 * ``call, no checkpoint due``: sequential round trips ``ray.get(a.add.remote(1))`` (the
   latency a caller sees) and ``pipelined`` (N calls submitted, then one ``ray.get``: the
   actor's own per-call cost dominates), microseconds per call. The decorated actor has no
-  policy (``every_calls=None``), so this is the decorator's bookkeeping alone.
+  policy (``every_calls=None``), so this is the decorator's bookkeeping alone; a plain actor
+  declaring the same concurrency groups is measured too (Ray runs such an actor's default
+  group on a thread of its own, which changes the cost of a call by itself).
 * ``checkpoint 64 MiB``: ``ray.get(a.checkpoint.remote())`` of a 64 MiB float32 array (a
   durable, verified generation) against a plain actor method doing ``np.save`` to a new
   file + fsync of the file and its directory - the hand-written checkpoint it replaces.
@@ -72,16 +74,22 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     nbytes = 64 * MiB
     try:
         plain_cls = ray.remote(_Plain)
+        # the same concurrency groups as the decorated actor: Ray then runs the default group
+        # on its own thread, which alone changes the per-call cost; this row isolates it
+        grouped_cls = ray.remote(concurrency_groups=checkpointed.GROUPS)(_Plain)
         ckpt_cls = ray.remote(concurrency_groups=checkpointed.GROUPS)(
             checkpointed(store=os.path.join(root, "store"), key="bench-actor",
                          block_size=1 * MiB)(_Plain))
         plain = plain_cls.remote(nbytes, os.path.join(root, "plain.npy"))
+        grouped = grouped_cls.remote(8, os.path.join(root, "unused.npy"))
         ckpt = ckpt_cls.remote(nbytes, os.path.join(root, "unused.npy"))
-        ray.get([plain.add.remote(0), ckpt.add.remote(0)])
+        ray.get([plain.add.remote(0), grouped.add.remote(0), ckpt.add.remote(0)])
+        actors = (("plain", plain), ("plain, same concurrency groups", grouped),
+                  ("checkpointed", ckpt))
         rows: list[dict[str, Any]] = []
         for mode in ("sequential", "pipelined"):
             per: dict[str, float] = {}
-            for label, h in (("plain", plain), ("checkpointed", ckpt)):
+            for label, h in actors:
                 if mode == "sequential":
                     def go(h: Any = h) -> None:
                         for _ in range(n_calls):
@@ -91,7 +99,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
                         ray.get([h.add.remote(1) for _ in range(n_calls)])
                 go()  # warm-up
                 per[label] = _best(go, repeat) / n_calls * 1e6
-            for label in ("plain", "checkpointed"):
+            for label, _ in actors:
                 rows.append({"case": f"call, no checkpoint due ({mode})", "actor": label,
                              "us_per_call": per[label],
                              "ratio": per[label] / per["plain"]})
@@ -102,8 +110,8 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         for label, t in (("plain np.save+fsync", t_plain), ("checkpointed", t_ckpt)):
             rows.append({"case": "checkpoint 64 MiB float32", "actor": label, "seconds": t,
                          "ratio": t / t_plain})
-        ray.kill(plain)
-        ray.kill(ckpt)
+        for _, h in actors:
+            ray.kill(h)
         return rows
     finally:
         shutil.rmtree(root, ignore_errors=True)
