@@ -27,6 +27,7 @@ BENCHES: dict[str, str] = {
     "checkpoint": "bench.bench_checkpoint",
     "manager": "bench.bench_manager",
     "peers": "bench.bench_peers",
+    "actor": "bench.bench_actor",
 }
 
 

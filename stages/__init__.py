@@ -44,9 +44,9 @@ __all__ = [
     "verify_lease",
 ]
 
-# -- stage actors, their hooks and placement, checkpoint policies, runs, pipelines
-#    (stages/actor.py, hooks.py, placement.py, policy.py, runs.py, run_driver.py, source.py,
-#    sink.py, pipeline.py) -------------------------------------------------------------------------
+# -- stage actors, checkpointed Ray actors, their hooks and placement, checkpoint policies,
+#    runs, pipelines (stages/actor.py, checkpointed.py, durability.py, hooks.py, placement.py,
+#    policy.py, runs.py, run_driver.py, source.py, sink.py, pipeline.py) ---------------------
 from .actor import (  # noqa: E402
     RollbackUnavailable,
     Stage,
@@ -81,12 +81,16 @@ from .pipeline import (  # noqa: E402
     run_reference,
 )
 from .hooks import StageLostHook, StageRegistrar  # noqa: E402
+from .checkpointed import CheckpointedConfigError, checkpointed  # noqa: E402
+from .durability import ActorFenced, StateAttributeError, StoreUnavailable  # noqa: E402
 from .placement import NodeCapacity, pick_node  # noqa: E402
 from .sink import FenceToken, FileSink, Sink  # noqa: E402
 from .source import GeneratedSource, Source  # noqa: E402
 
 __all__ += [
+    "ActorFenced",
     "CheckpointManager",
+    "CheckpointedConfigError",
     "CheckpointPolicy",
     "CheckpointRequest",
     "FenceToken",
@@ -124,6 +128,9 @@ __all__ += [
     "StageProcessError",
     "StageSpec",
     "StageStopped",
+    "StateAttributeError",
+    "StoreUnavailable",
+    "checkpointed",
     "launch_stage",
     "pick_node",
     "run_reference",

@@ -8,17 +8,14 @@ it again somewhere else after a crash, which is what the scheduler and the pipel
 
 Why the design is as it is:
 
-* **One lease per stage, taken by force.** A new incarnation always acquires the stage's
-  lease with ``steal=True``: the fencing epoch is bumped, so the previous incarnation - dead,
-  or a zombie on a node Ray has declared lost but which still runs - can never write a
-  checkpoint again (the store refuses its epoch). Correctness never depends on timing or on
-  Ray's view of liveness. ``keepalive=True`` renews the TTL while the process lives, so an
-  expired lease means a dead (or partitioned) holder.
-* **State lives in a** :class:`~stages.state.CheckpointedStageState`. Nothing is durable until
-  ``checkpoint()``; a new incarnation restores the newest generation that verifies (or, for a
-  pipeline rollback, the newest one at or before a given step) and otherwise starts from
-  ``factory().initial_state()``. A lease that holds generations none of which verifies is an
-  error (``CheckpointCorrupt``), never a silent restart from scratch.
+* **One lease per stage, taken by force; restore on start** - the mechanism every stateful
+  actor of :mod:`stages` shares, :class:`~stages.incarnation.Incarnation` (also under
+  ``@checkpointed`` actors): ``steal=True`` bumps the fencing epoch, so the previous
+  incarnation - dead, or a zombie on a node Ray has declared lost - can never write a
+  checkpoint again; the newest generation that verifies is restored (or, for a pipeline
+  rollback, the newest at or before a step), else ``factory().initial_state()``; a lease
+  whose generations all fail verification is ``CheckpointCorrupt``, never a silent restart.
+  A stage checkpoints when its pipeline (a barrier) or the scheduler asks, never by itself.
 * **Two concurrency groups** (in :func:`remote_stage_class`). Data-path methods (``process_batch``, ``checkpoint``,
   ``rollback``, ``stop``, ``get_state``) run in Ray's default group, one at a time and in the
   order a caller submitted them; this is what lets a pipeline's barrier (a ``checkpoint``
@@ -48,17 +45,18 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import ray
 
-from blockstore import BlockStore, Lease, StoreConfigError, open_store
+from blockstore import BlockStore, Lease
 
-from .errors import NoCheckpointError, StageError
+from .errors import StageError
 from .hooks import StageRegistrar
+from .incarnation import Incarnation, RollbackUnavailable, open_store_for, register_quietly
+from .incarnation import restore_or_initial
 from .observer import CheckpointFlushObserver
 from .state import CheckpointedStageState
 
@@ -85,7 +83,7 @@ log = logging.getLogger(__name__)
 
 #: Concurrency group of the methods that must answer while a checkpoint is flushing.
 CONTROL_GROUP = "control"
-_CONTROL_CONCURRENCY = 2
+CONTROL_CONCURRENCY = 2
 #: Resource keywords of Ray's ``.options`` -> the name of the resource in a node's view.
 _RESOURCE_OPTIONS = {"num_cpus": "CPU", "num_gpus": "GPU", "memory": "memory"}
 #: CPUs Ray reserves to schedule an actor that does not say (``num_cpus`` absent).
@@ -104,17 +102,6 @@ class Stage(Protocol):
     def initial_state(self) -> Any: ...
 
     def process(self, state: Any, record: Any) -> Iterable[Any]: ...
-
-
-def open_store_for(url: str, block_size: int | None) -> BlockStore:
-    """Open ``url``, creating it with ``block_size`` if needed; an existing store keeps its
-    own block size (a block size is a property of the store, not of one stage)."""
-    try:
-        return open_store(url, block_size=block_size)
-    except StoreConfigError:
-        if block_size is None:
-            raise
-        return open_store(url)
 
 
 def _default_resources() -> dict[str, float]:
@@ -241,22 +228,6 @@ class StageRegistration:
     spec: StageSpec | None = None
 
 
-class RollbackUnavailable(StageError, LookupError):
-    """No checkpoint generation at or before the requested step is left on the stage's lease
-    (retention dropped it, or the lease was replaced).
-
-    Attributes:
-        stage_id: the stage.
-        step: the step asked for.
-    """
-
-    def __init__(self, message: str, *, stage_id: str | None = None,
-                 step: int | None = None) -> None:
-        super().__init__(message)
-        self.stage_id = stage_id
-        self.step = step
-
-
 class StageStopped(StageError, RuntimeError):
     """The incarnation was shut down (preempted, drained, stopped); use a new one.
 
@@ -271,29 +242,14 @@ class StageStopped(StageError, RuntimeError):
 
 def restore_state(lease: Lease, spec: StageSpec, *, observer: CheckpointFlushObserver | None,
                   max_step: int | None = None) -> CheckpointedStageState[Any]:
-    """Bind the stage's state to ``lease``: restored if a checkpoint exists, else initial.
-
-    With ``max_step`` (pipeline rollback to its last committed step), the newest generation
-    whose step is ``<= max_step`` is restored; generations after it are ignored and are the
-    first to be overwritten. ``max_step=0`` means "before the first step": the initial state
-    when no step-0 generation exists. ``RollbackUnavailable`` if ``max_step > 0`` and no
-    generation is old enough. Never returns state from a generation that does not verify; a
-    lease whose candidate generations all fail verification raises ``CheckpointCorrupt``.
-    """
-    opts = spec.state_options()
-    try:
-        return CheckpointedStageState.restore(lease, observer=observer, lease_id=lease.lease_id,
-                                              max_step=max_step, **opts)
-    except NoCheckpointError:
-        if max_step is not None and max_step > 0:
-            raise RollbackUnavailable(
-                f"stage {spec.stage_id!r}: no checkpoint at or before step {max_step} on its "
-                "lease", stage_id=spec.stage_id, step=max_step) from None
-    state = spec.factory().initial_state()
-    return CheckpointedStageState.with_observer(state, lease, lease.lease_id, observer, **opts)
+    """Bind the stage's state to ``lease``: restored if a checkpoint exists, else the
+    factory's initial state; ``max_step`` as in :func:`stages.incarnation.restore_or_initial`
+    (whose guarantees hold: ``RollbackUnavailable``, never unverified state)."""
+    return restore_or_initial(lease, lambda: spec.factory().initial_state(), observer=observer,
+                              max_step=max_step, name=spec.stage_id, **spec.state_options())
 
 
-def _ray_context() -> tuple[str | None, Any]:
+def ray_context() -> tuple[str | None, Any]:
     """(node id, own actor handle) when running inside a Ray actor, else (None, None)."""
     if not ray.is_initialized():
         return None, None
@@ -326,45 +282,27 @@ class StageActor:
     def __init__(self, spec: StageSpec, observer: CheckpointFlushObserver | None = None,
                  restore_step: int | None = None) -> None:
         self.spec = spec
-        self._observer = observer
         self._stage = spec.factory()
-        self._store = spec.open_store()
-        self._node_id, self._handle = _ray_context()
+        self._node_id, self._handle = ray_context()
         self._pid = os.getpid()
-        holder = f"{spec.stage_id}@{(self._node_id or 'local')[:12]}:{self._pid}"
-        self._lease = self._store.acquire(spec.stage_id, holder=holder, ttl=spec.lease_ttl,
-                                          steal=True, keepalive=True)
+        self._inc = Incarnation(spec.open_store(), spec.stage_id,
+                                lambda: spec.factory().initial_state(), node_id=self._node_id,
+                                lease_ttl=spec.lease_ttl, observer=observer,
+                                max_step=restore_step, **spec.state_options())
+        self._lease = self._inc.lease
         self._lock = threading.Lock()
         self._stopped = False
         self._records_total = 0
         self._records_since = 0
-        self._last_checkpoint_at: float | None = None
         self._aligned = restore_step is not None
-        self._css = self._bind(restore_step)
         self._registration_ref: Any = None
         if spec.registrar is not None:
-            self._register(spec.registrar)
+            self._registration_ref = register_quietly(spec.registrar, self.registration(),
+                                                      f"stage {spec.stage_id}")
 
-    # -- internals -----------------------------------------------------------------------
-    def _bind(self, max_step: int | None) -> CheckpointedStageState[Any]:
-        css = restore_state(self._lease, self.spec, observer=self._observer, max_step=max_step)
-        report = getattr(css, "restored", None)
-        self._restored_from = None if report is None else report.generation
-        self._restored_step = None if report is None else report.step
-        self._restored_meta = None if report is None else dict(report.meta or {})
-        self._restored_skipped = [] if report is None else [
-            (gen, reason[:200]) for gen, reason in report.skipped]
-        if report is not None and report.skipped:
-            log.warning("stage %s restored generation %s, skipping %s", self.spec.stage_id,
-                        report.generation, report.skipped)
-        return css
-
-    def _register(self, registrar: StageRegistrar) -> None:
-        try:
-            self._registration_ref = registrar.register(self.registration())
-        except Exception as exc:  # noqa: BLE001 - a missing scheduler must not stop the stage
-            log.warning("stage %s could not register with %r: %s",
-                        self.spec.stage_id, registrar, exc)
+    @property
+    def _css(self) -> CheckpointedStageState[Any]:
+        return self._inc.css
 
     def _check_running(self) -> None:
         if self._stopped:
@@ -409,9 +347,8 @@ class StageActor:
                 self._aligned = True
             elif self._aligned:
                 return self._skipped()
-            info = self._css.checkpoint(step=step, meta=meta)
+            info = self._inc.checkpoint(step=step, meta=meta)
             self._records_since = 0
-            self._last_checkpoint_at = time.time()
             return info.to_dict()
 
     @property
@@ -432,7 +369,7 @@ class StageActor:
         """
         with self._lock:
             self._check_running()
-            self._css = self._bind(step)
+            self._inc.bind(step)
             self._records_since = 0
             if step is not None:
                 self._aligned = True
@@ -472,10 +409,10 @@ class StageActor:
             if checkpoint and step < 1 and self._aligned:
                 info = self._skipped() or None
             elif checkpoint:
-                info = self._css.checkpoint(step=step, meta=meta).to_dict()
+                info = self._inc.checkpoint(step=step, meta=meta).to_dict()
                 self._records_since = 0
             self._stopped = True
-            self._lease.release()
+            self._inc.release()
             return info
 
     # -- control (own concurrency group: answers during a flush) -------------------------
@@ -499,10 +436,8 @@ class StageActor:
             "meta": None if last is None else dict(last.meta or {}),
             "records_since_checkpoint": self._records_since,
             "records_total": self._records_total,
-            "last_checkpoint_at": self._last_checkpoint_at,
-            "restored_from": self._restored_from,
-            "restored_step": self._restored_step,
-            "restored_skipped": list(self._restored_skipped),
+            "last_checkpoint_at": self._inc.last_checkpoint_at,
+            **{k: v for k, v in self._inc.restored_summary().items() if k != "restored_meta"},
             "pid": self._pid,
             "stopped": self._stopped,
             "aligned": self._aligned,
@@ -574,7 +509,7 @@ def remote_stage_class() -> Any:
     declared (created once per process). Use it with :func:`actor_options`."""
     global _remote_cls
     if _remote_cls is None:
-        _remote_cls = ray.remote(concurrency_groups={CONTROL_GROUP: _CONTROL_CONCURRENCY})(
+        _remote_cls = ray.remote(concurrency_groups={CONTROL_GROUP: CONTROL_CONCURRENCY})(
             ControlledStageActor)
     return _remote_cls
 

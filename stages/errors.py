@@ -20,8 +20,16 @@ that fits, and carries its context as attributes (lease, generation, block)::
 Errors of one module stay with it but hang from the same root::
 
     StageError
-    ├── RollbackUnavailable(LookupError)   stages.actor: no generation at or before the step
+    ├── RollbackUnavailable(LookupError)   stages.incarnation: no generation at or before
+    │                                      the step
     ├── StageStopped(RuntimeError)         stages.actor: the stage was stopped (preempted)
+    ├── CheckpointedConfigError(ValueError) stages.checkpointed: bad @checkpointed arguments
+    ├── StateAttributeError(AttributeError) stages.durability: a named state attribute is
+    │                                      missing
+    ├── StoreUnavailable(ConnectionError)  stages.durability: the actor's store cannot be
+    │                                      opened
+    ├── ActorFenced(RuntimeError)          stages.durability: a newer incarnation took the
+    │                                      lease; this one refuses calls
     ├── PipelineError(RuntimeError)        the pipeline cannot go on (defined here, since
     │   │                                  stages.pipeline and stages.recovery both raise it)
     │   └── StageProcessError              a stage's own code raised (not replayed forever)

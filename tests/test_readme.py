@@ -35,12 +35,22 @@ def test_storage_examples_run(heading: str, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
-@pytest.mark.ray
-def test_pipeline_example_runs(tmp_path: Path) -> None:
-    code = _block("## A user pipeline in 20 lines")
-    code = code.replace("ray.init()", "ray.init(num_cpus=2, include_dashboard=False, "
-                                      "log_to_driver=False)")
+def _run_ray(heading: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    code = _block(heading).replace("ray.init()", "ray.init(num_cpus=2, include_dashboard=False, "
+                                                 "log_to_driver=False)")
     proc = _run(code, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.ray
+def test_pipeline_example_runs(tmp_path: Path) -> None:
+    proc = _run_ray("## A user pipeline in 20 lines", tmp_path)
     committed_step, records_out, recoveries = proc.stdout.split()[-3:]
     assert int(records_out) == 100_000 and int(committed_step) >= 5
+
+
+@pytest.mark.ray
+def test_checkpointed_actor_example_runs(tmp_path: Path) -> None:
+    proc = _run_ray("## A checkpointed Ray actor in 15 lines", tmp_path)
+    assert proc.stdout.split()[-1] in {"None", "10", "11"}  # ray.kill is asynchronous

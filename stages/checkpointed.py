@@ -1,0 +1,399 @@
+"""``@checkpointed``: make an ordinary Ray actor's state survive restarts and node loss.
+
+Ray restarts an actor (``max_restarts``) by running its constructor again: its state is
+gone. Placed under ``@ray.remote``, this decorator makes named attributes durable::
+
+    @ray.remote(max_restarts=-1, max_task_retries=-1, concurrency_groups=checkpointed.GROUPS)
+    @checkpointed(store="/mnt/shared/bp", state="state", every_calls=100, retention=3)
+    class Counter:
+        def __init__(self):
+            self.state = {"n": 0}          # initial; replaced by the restored state
+        def add(self, k):
+            self.state["n"] += k
+            return self.state["n"]
+
+Why it looks like this:
+
+* **A class, not a mixin**, returned by the decorator: a subclass of the user's class whose
+  ``__init__`` runs the user's, then starts the incarnation (:mod:`stages.durability`):
+  lease by force (the old incarnation is fenced), restore of the newest generation that
+  verifies into the named attributes, ``on_restore(report)`` if defined. No checkpoint yet:
+  the constructor's values stand. Public methods are wrapped to count calls and checkpoint
+  by policy; ``@checkpointed.readonly`` methods, private (``_x``) ones and generators are
+  not (they neither count nor checkpoint: a generator's effects are saved by the next
+  checkpoint of a counted call, or an explicit ``self.checkpoint()``).
+* **Concurrency groups are declared by the user**, ``concurrency_groups=checkpointed.GROUPS``
+  in ``ray.remote``: Ray takes them only there, and a decorator under ``@ray.remote`` runs
+  before it. The control methods ``checkpoint_info`` and ``restored_from`` run in that
+  group, so they answer while a flush runs; ``checkpoint`` runs in the default group, in
+  the actor's turn like every call (a checkpoint requested after a call includes it, and it
+  never snapshots the state while a call mutates it). Without ``GROUPS`` Ray refuses calls
+  to the control methods.
+* **Key**: ``key=`` or the actor's name (``.options(name=...)``); neither is an error when
+  the actor starts. One lease per key in the store.
+
+Semantics:
+
+* **Retried calls.** A policy of every N calls or T seconds gives *at-least-once* effects:
+  after a restart the state is that of the last checkpoint, and the calls after it that Ray
+  retries (``max_task_retries``) or that callers resend are applied again; calls that were
+  neither retried nor resent are lost. ``every_calls=1`` gives *exactly-once* effects for
+  Ray's retries: each call commits before it returns, and records its task id and result in
+  the same checkpoint, so a retried call that had committed returns its recorded result
+  without being applied again (:mod:`stages.durability` says why this is exact), and one
+  that had not is applied once. The last ``dedupe_window`` ids are kept.
+* **Calls in flight** when the actor dies fail with ``RayActorError`` unless Ray retries
+  them (``max_task_retries``); retried calls run on the restored state, and Ray may run
+  them after calls submitted later (its ordering is per attempt, not across retries).
+* **Killed mid-flush**: the checkpoint is crash-atomic, so the next incarnation restores the
+  previous committed generation (or the new one if its header had been committed) - never a
+  mix. The call that was flushing had not returned, so in exactly-once mode it is retried.
+* **Graceful exit** (``ray.actor.exit_actor()``, ``actor.__ray_terminate__.remote()``,
+  handles going out of scope): Ray calls ``__ray_shutdown__``; the decorator calls the
+  user's one first, then checkpoints if anything changed, then releases the lease.
+  ``ray.kill`` and crashes skip this: the next incarnation restores the last checkpoint.
+* **Fail-closed**: a checkpoint that cannot be written raises ``CheckpointFailed`` from the
+  call that triggered it; an unpicklable state fails the first checkpoint that way. An
+  incarnation whose checkpoint was refused for a stale epoch (a zombie) raises
+  ``ActorFenced`` for every later call.
+* **Scheduler integration** (``registrar=``): every incarnation registers like a stage, and
+  the actor answers the stage control calls the scheduler makes (``info``, ``ping``,
+  ``registration`` in the control group, ``shutdown``), so preemption waits for its flushes
+  (pass the scheduler's flush observer as ``observer=``). Re-creating it is Ray's job
+  (``max_restarts``): a decorated actor has no ``StageSpec`` to relaunch it from.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import ray
+
+from blockstore import BlockStore
+
+from .actor import CONTROL_GROUP, CONTROL_CONCURRENCY, StageRegistration, ray_context
+from .durability import ActorDurability
+from .errors import StageError
+from .format import CODECS
+from .hooks import StageRegistrar
+from .incarnation import register_quietly
+from .observer import CheckpointFlushObserver
+
+__all__ = ["CheckpointedConfig", "CheckpointedConfigError", "checkpointed"]
+
+C = TypeVar("C", bound=type)
+
+_ALWAYS = ("checkpoint", "checkpoint_info", "restored_from", "checkpoint_lock", "_bp_tick",
+           "_bp_durable")
+_STAGE_CONTROL = ("info", "ping", "registration", "shutdown")
+
+
+class CheckpointedConfigError(StageError, ValueError):
+    """``@checkpointed`` was misused: bad arguments, a name clash with the generated methods,
+    a state attribute naming a method, or no key (neither ``key=`` nor an actor name).
+
+    Attributes:
+        actor: the decorated class's name.
+    """
+
+    def __init__(self, message: str, *, actor: str | None = None) -> None:
+        super().__init__(message)
+        self.actor = actor
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointedConfig:
+    """The decorator's arguments, checked; travels with the class to every worker."""
+
+    actor: str
+    store: str
+    attrs: tuple[str, ...]
+    state_arg: str | tuple[str, ...]
+    key: str | None
+    every_calls: int | None
+    every_seconds: float | None
+    retention: int
+    codec: str
+    compression: str
+    level: int
+    mac_key: bytes | str | None
+    registrar: StageRegistrar | None
+    observer: CheckpointFlushObserver | None
+    lease_ttl: float
+    block_size: int | None
+    priority: int
+    dedupe_window: int
+    checkpoint_on_exit: bool
+
+    def state_options(self) -> dict[str, Any]:
+        """Keyword options for ``CheckpointedStageState``."""
+        return {"retention": self.retention, "codec": self.codec,
+                "compression": self.compression, "level": self.level, "key": self.mac_key}
+
+
+def _fail(cls: type, message: str) -> CheckpointedConfigError:
+    return CheckpointedConfigError(f"@checkpointed on {cls.__name__}: {message}",
+                                   actor=cls.__name__)
+
+
+def _attr_names(cls: type, state: str | tuple[str, ...]) -> tuple[str, ...]:
+    names = (state,) if isinstance(state, str) else tuple(state)
+    if not names or not all(isinstance(n, str) and n.isidentifier() for n in names):
+        raise _fail(cls, f"state must be an attribute name or a tuple of them, got {state!r}")
+    for n in names:
+        raw = inspect.getattr_static(cls, n, None)
+        if inspect.isfunction(raw) or isinstance(raw, (property, staticmethod, classmethod)):
+            raise _fail(cls, f"state attribute {n!r} names a method or property of the class")
+        if n.startswith("__") or n in _ALWAYS:
+            raise _fail(cls, f"state attribute {n!r} is reserved")
+    if len(set(names)) != len(names):
+        raise _fail(cls, f"state names an attribute twice: {names!r}")
+    return names
+
+
+def _check_numbers(cls: type, every_calls: int | None, every_seconds: float | None,
+                   retention: int, codec: str, dedupe_window: int) -> None:
+    if every_calls is not None and (not isinstance(every_calls, int) or every_calls < 1):
+        raise _fail(cls, f"every_calls must be an int >= 1 or None, got {every_calls!r}")
+    if every_seconds is not None and not every_seconds > 0:
+        raise _fail(cls, f"every_seconds must be > 0 or None, got {every_seconds!r}")
+    if not isinstance(retention, int) or retention < 2:
+        raise _fail(cls, f"retention must be an int >= 2, got {retention!r}")
+    if codec not in CODECS:
+        raise _fail(cls, f"codec must be one of {sorted(CODECS)}, got {codec!r}")
+    if not isinstance(dedupe_window, int) or dedupe_window < 1:
+        raise _fail(cls, f"dedupe_window must be an int >= 1, got {dedupe_window!r}")
+
+
+def _durability(obj: Any) -> ActorDurability:
+    d = getattr(obj, "_bp_durable", None)
+    if d is None:
+        raise StageError(f"{type(obj).__name__}: not started yet (checkpoint control used "
+                         "inside __init__)")
+    return d
+
+
+def _wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The call wrapper of one public method (sync or async)."""
+    if inspect.iscoroutinefunction(fn):
+        @functools.wraps(fn)
+        async def acall(self: Any, *args: Any, **kwargs: Any) -> Any:
+            d = getattr(self, "_bp_durable", None)
+            if d is None:
+                return await fn(self, *args, **kwargs)
+            with d.outer_call() as outer:
+                if not outer:
+                    return await fn(self, *args, **kwargs)
+                return await d.call_async(fn, self, args, kwargs)
+        return acall
+
+    @functools.wraps(fn)
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        d = getattr(self, "_bp_durable", None)
+        if d is None:
+            return fn(self, *args, **kwargs)
+        with d.outer_call() as outer:
+            if not outer:
+                return fn(self, *args, **kwargs)
+            return d.call(fn, self, args, kwargs)
+    return call
+
+
+def _wrapped_methods(cls: type) -> dict[str, Callable[..., Any]]:
+    out: dict[str, Callable[..., Any]] = {}
+    for name in dir(cls):
+        if name.startswith("_"):
+            continue
+        raw = inspect.getattr_static(cls, name)
+        if not inspect.isfunction(raw) or getattr(raw, "__bp_readonly__", False):
+            continue
+        if inspect.isgeneratorfunction(raw) or inspect.isasyncgenfunction(raw):
+            continue  # generators stream after returning: no point to count or commit at
+        out[name] = _wrap(raw)
+    return out
+
+
+def _start(obj: Any, config: CheckpointedConfig) -> ActorDurability:
+    """Start the incarnation of ``obj`` (after its ``__init__``); register if asked."""
+    node_id, handle = ray_context()
+    key = config.key
+    if key is None and handle is not None:
+        key = ray.get_runtime_context().get_actor_name() or None
+    if not key:
+        raise CheckpointedConfigError(
+            f"@checkpointed on {config.actor}: no lease key - pass key=... or create the "
+            "actor with .options(name=...)", actor=config.actor)
+    d = ActorDurability(obj, config, key, handle=handle, node_id=node_id)
+    if config.registrar is not None:
+        register_quietly(config.registrar, _registration(d, handle), key)
+    return d
+
+
+def _registration(d: ActorDurability, handle: Any) -> StageRegistration:
+    last = d.inc.last_checkpoint
+    return StageRegistration(
+        stage_id=d.key, actor=handle, node_id=d.inc.node_id, priority=d.config.priority,
+        lease_id=d.inc.lease_id, epoch=d.inc.epoch, resources={},
+        generation=None if last is None else last.generation,
+        step=None if last is None else last.step, pid=d.inc.pid, spec=None)
+
+
+def _control(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return ray.method(concurrency_group=CONTROL_GROUP)(fn)
+
+
+def _generated(cls: type, config: CheckpointedConfig) -> dict[str, Any]:
+    """The methods the decorator adds (see the module docstring)."""
+    user_init = cls.__init__
+    user_shutdown = getattr(cls, "__ray_shutdown__", None)
+
+    @functools.wraps(user_init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        user_init(self, *args, **kwargs)
+        self._bp_durable = _start(self, config)
+
+    def checkpoint(self: Any, step: int = 0, meta: dict[str, Any] | None = None
+                   ) -> dict[str, Any]:
+        """Checkpoint now (inside a method, or ``actor.checkpoint.remote()``); returns the
+        ``CheckpointInfo`` as a dict. Raises ``CheckpointFailed`` if not saved."""
+        d = _durability(self)
+        if d.inside_call():
+            return d.checkpoint(step, meta).to_dict()
+        return d.request(step, meta)
+
+    def checkpoint_info(self: Any) -> dict[str, Any]:
+        """Epoch, last generation, counters, restore report; answers during a flush."""
+        return _durability(self).info()
+
+    def restored_from(self: Any) -> int | None:
+        """The generation this incarnation restored, None if it started from __init__."""
+        return _durability(self).info()["restored_from"]
+
+    def _bp_tick(self: Any) -> None:
+        _durability(self).tick()
+
+    def __ray_shutdown__(self: Any) -> None:
+        if user_shutdown is not None:
+            user_shutdown(self)
+        d = getattr(self, "_bp_durable", None)
+        if d is not None:
+            d.close(checkpoint=config.checkpoint_on_exit)
+
+    def checkpoint_lock(self: Any) -> Any:
+        """The lock the snapshot is taken under; a threaded actor mutates its state
+        attributes holding it (see :mod:`stages.durability`)."""
+        return _durability(self).lock
+
+    ns: dict[str, Any] = {
+        "__init__": __init__, "checkpoint": checkpoint,
+        "checkpoint_info": _control(checkpoint_info),
+        "restored_from": _control(restored_from), "_bp_tick": _bp_tick,
+        "__ray_shutdown__": __ray_shutdown__, "checkpoint_lock": property(checkpoint_lock),
+    }
+    if config.registrar is not None:
+        ns.update(_stage_control())
+    return ns
+
+
+def _stage_control() -> dict[str, Any]:
+    """The calls a scheduler makes on a registered stage (``scheduler/`` calls them by these
+    names on every registered actor), answered from the actor's durability."""
+
+    def info(self: Any) -> dict[str, Any]:
+        d = _durability(self).info()
+        return {**d, "stage_id": d["key"], "records_since_checkpoint": d["calls_since_checkpoint"],
+                "records_total": d["calls_total"], "aligned": False}
+
+    def ping(self: Any) -> str:
+        return _durability(self).key
+
+    def registration(self: Any) -> StageRegistration:
+        d = _durability(self)
+        return _registration(d, ray_context()[1])
+
+    def shutdown(self: Any, checkpoint: bool = False, step: int = 0,
+                 meta: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        info = _durability(self).close(checkpoint=checkpoint)
+        return None if info is None else info.to_dict()
+
+    return {"info": _control(info), "ping": _control(ping),
+            "registration": _control(registration), "shutdown": shutdown}
+
+
+class _Checkpointed:
+    """The ``checkpointed`` decorator (an object, to carry ``GROUPS`` and ``readonly``)."""
+
+    #: Pass to ``ray.remote(concurrency_groups=...)`` (merge with your own groups).
+    GROUPS: Mapping[str, int] = {CONTROL_GROUP: CONTROL_CONCURRENCY}
+    CONTROL_GROUP = CONTROL_GROUP
+
+    @staticmethod
+    def readonly(fn: Callable[..., Any]) -> Callable[..., Any]:
+        """Mark a method that does not change the state: it neither counts as a call nor
+        triggers a checkpoint (nor is it deduplicated in exactly-once mode)."""
+        fn.__bp_readonly__ = True  # type: ignore[attr-defined]
+        return fn
+
+    def __call__(self, *, store: str | os.PathLike[str], state: str | tuple[str, ...] = "state",
+                 key: str | None = None, every_calls: int | None = None,
+                 every_seconds: float | None = None, retention: int = 2,
+                 codec: str = "pickle", compression: str = "auto", level: int = 3,
+                 mac_key: bytes | str | None = None, registrar: StageRegistrar | None = None,
+                 observer: CheckpointFlushObserver | None = None, lease_ttl: float = 10.0,
+                 block_size: int | None = None, priority: int = 0, dedupe_window: int = 1024,
+                 checkpoint_on_exit: bool = True) -> Callable[[C], C]:
+        """Make the attributes ``state`` of the decorated actor class durable.
+
+        Args:
+            store: store URL or path every node reaches (``file://``, a shared path).
+            state: the attribute name, or a tuple of names, to checkpoint and restore.
+            key: lease name; default the actor's name (an error at start if neither).
+            every_calls: checkpoint after every N calls; 1 is exactly-once mode.
+            every_seconds: checkpoint when this much time passed since the last one (in the
+                actor's turn: at the next call, or by the timer's request when idle).
+            retention, codec, compression, level, mac_key: as ``CheckpointedStageState``
+                takes them (``mac_key`` is its ``key``).
+            registrar: register every incarnation (e.g. ``scheduler.SchedulerRegistrar``).
+            observer: flush observer (e.g. the scheduler's), told of every flush.
+            lease_ttl, block_size: the lease's TTL; the block size if the store is created.
+            priority: the priority registered with the scheduler.
+            dedupe_window: call ids remembered in exactly-once mode.
+            checkpoint_on_exit: checkpoint on a graceful exit if anything changed.
+
+        Raises:
+            CheckpointedConfigError: at decoration, for bad arguments or name clashes.
+        """
+        def decorate(cls: C) -> C:
+            if not inspect.isclass(cls) or hasattr(cls, "remote"):
+                raise CheckpointedConfigError(
+                    "@checkpointed decorates a plain class; put it *under* @ray.remote")
+            if isinstance(store, BlockStore) or not os.fspath(store):
+                raise _fail(cls, f"store must be a non-empty URL or path, got {store!r}")
+            attrs = _attr_names(cls, state)
+            _check_numbers(cls, every_calls, every_seconds, retention, codec, dedupe_window)
+            taken = _ALWAYS + (_STAGE_CONTROL if registrar is not None else ())
+            clash = [n for n in taken if inspect.getattr_static(cls, n, None) is not None]
+            if clash:
+                raise _fail(cls, f"the class defines {clash}, which the decorator adds")
+            config = CheckpointedConfig(
+                actor=cls.__name__, store=os.fspath(store), attrs=attrs, state_arg=state,
+                key=key, every_calls=every_calls, every_seconds=every_seconds,
+                retention=retention, codec=codec, compression=compression, level=level,
+                mac_key=mac_key, registrar=registrar, observer=observer, lease_ttl=lease_ttl,
+                block_size=block_size, priority=priority, dedupe_window=dedupe_window,
+                checkpoint_on_exit=checkpoint_on_exit)
+            ns = {**_wrapped_methods(cls), **_generated(cls, config)}
+            ns.update(__module__=cls.__module__, __qualname__=cls.__qualname__,
+                      __doc__=cls.__doc__, __bp_config__=config)
+            return type(cls.__name__, (cls,), ns)  # type: ignore[return-value]
+        return decorate
+
+
+#: The decorator; see the module docstring. ``checkpointed.GROUPS`` and
+#: ``checkpointed.readonly`` go with it.
+checkpointed = _Checkpointed()

@@ -1,0 +1,401 @@
+"""The runtime half of ``@checkpointed``: one actor incarnation's durable attributes.
+
+:mod:`stages.checkpointed` builds the decorated class; every instance of it owns one
+:class:`ActorDurability`, created right after the user's ``__init__`` ran. It holds the
+:class:`~stages.incarnation.Incarnation` (lease by force, restore, fenced checkpoints) and
+decides *when* to checkpoint - the turn-taking part:
+
+* **Checkpoints run in the actor's turn.** A policy checkpoint is taken by the call that
+  made it due, after the user's method returned and before the reply goes out; the
+  ``every_seconds`` timer thread never touches the state, it only *requests* (it submits
+  ``_bp_tick`` to the actor's own handle, which Ray runs in the default concurrency group
+  like any call). So no thread races the user's code on the state.
+* **One lock,** :attr:`ActorDurability.lock` (an ``RLock``, the actor's
+  ``checkpoint_lock``). It protects the named attributes for the whole snapshot (serialize
+  and write) and the decorator's own bookkeeping. A single-threaded actor (the default
+  ``max_concurrency=1``) or an async actor (its coroutines share one event loop and the
+  snapshot is taken synchronously on it, between two awaits) needs nothing more; a threaded
+  actor (``max_concurrency > 1``) must mutate the named attributes under
+  ``with self.checkpoint_lock:`` so that a snapshot never sees half a mutation.
+* **Exactly-once mode** (``every_calls=1``). Every call runs holding the lock (threads) or
+  an ``asyncio.Lock`` (coroutines), so calls apply one at a time, and commits a checkpoint
+  *before it returns*; the checkpoint also carries the ids of the last calls applied
+  (Ray's task id, which stays the same when Ray retries a task) and their results. A call
+  whose id is recorded is not applied again: its recorded result is returned. So a kill
+  after the commit but before the reply - which makes Ray retry the call - cannot count the
+  call twice, and a kill before the commit leaves nothing of it in the restored state.
+  A checkpoint that fails in this mode reloads the attributes from the lease (memory never
+  runs ahead of what is durable) and the call raises ``CheckpointFailed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import ray
+
+from blockstore import BlockStoreError
+
+from .actor import StageStopped
+from .errors import CheckpointFailed, StageError
+from .incarnation import Incarnation
+from .policy import CheckpointPolicy
+from .state import CheckpointInfo
+
+if TYPE_CHECKING:
+    from .checkpointed import CheckpointedConfig
+
+__all__ = ["ActorDurability", "ActorFenced", "StateAttributeError", "StoreUnavailable",
+           "in_call"]
+
+log = logging.getLogger(__name__)
+
+#: Set while a wrapped call runs, so that a method calling another one of the same actor
+#: counts (and is deduplicated) once, as the outer call.
+in_call: contextvars.ContextVar[bool] = contextvars.ContextVar("bp_in_call", default=False)
+
+_PAYLOAD_VERSION = 1
+
+
+class StateAttributeError(StageError, AttributeError):
+    """A state attribute named in ``@checkpointed(state=...)`` is missing after ``__init__``,
+    or a restored checkpoint does not hold the named attributes.
+
+    Attributes:
+        actor: the decorated class's name.
+        attribute: the missing attribute.
+    """
+
+    def __init__(self, message: str, *, actor: str | None = None,
+                 attribute: str | None = None) -> None:
+        super().__init__(message)
+        self.actor = actor
+        self.attribute = attribute
+
+
+class StoreUnavailable(StageError, ConnectionError):
+    """The actor's store could not be opened or its lease not taken at start-up.
+
+    Attributes:
+        store: the store URL.
+        key: the lease name.
+    """
+
+    def __init__(self, message: str, *, store: str | None = None,
+                 key: str | None = None) -> None:
+        super().__init__(message)
+        self.store = store
+        self.key = key
+
+
+class ActorFenced(StageError, RuntimeError):
+    """This incarnation's lease was taken by a newer one: it may no longer serve calls.
+
+    Attributes:
+        key: the lease name.
+        epoch: this incarnation's (stale) epoch.
+    """
+
+    def __init__(self, message: str, *, key: str | None = None,
+                 epoch: int | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+        self.epoch = epoch
+
+
+def _task_id() -> str | None:
+    """Ray's id of the running task (the same across Ray's retries of it), else None."""
+    if not ray.is_initialized():
+        return None
+    try:
+        return ray.get_runtime_context().get_task_id()
+    except Exception:  # noqa: BLE001 - not inside a Ray worker (plain use)
+        return None
+
+
+class ActorDurability:
+    """The durable attributes of one incarnation of a ``@checkpointed`` actor.
+
+    Construction (right after the user's ``__init__``): checks the named attributes exist,
+    takes the lease by force, restores the newest generation that verifies into them (the
+    constructor's values stand when there is none) and calls ``obj.on_restore(report)`` if
+    it restored something and the method exists. See the module docstring for the locking
+    and exactly-once rules.
+
+    Args:
+        obj: the actor instance.
+        config: the decorator's configuration.
+        key: the lease name (explicit ``key=`` or the actor's name).
+        handle: the actor's own handle (for the timer's requests), or None outside Ray.
+        node_id: the node it runs on, or None.
+    """
+
+    def __init__(self, obj: Any, config: CheckpointedConfig, key: str, *, handle: Any,
+                 node_id: str | None) -> None:
+        self.config = config
+        self.key = key
+        self.lock = threading.RLock()
+        self._obj = obj
+        self._alock: asyncio.Lock | None = None
+        self._active = 0
+        self._closed = False
+        self._tick_pending = False
+        self.applied: OrderedDict[str, Any] = OrderedDict()
+        self.calls_total = 0
+        self.calls_since = 0
+        self.deduplicated = 0
+        self.failures = 0
+        self._policy = CheckpointPolicy(every_records=config.every_calls,
+                                        every_seconds=config.every_seconds)
+        self._since = time.monotonic()
+        for name in config.attrs:
+            if not hasattr(obj, name):
+                raise StateAttributeError(
+                    f"{config.actor}: state attribute {name!r} does not exist after __init__ "
+                    f"(@checkpointed(state={config.state_arg!r}))", actor=config.actor,
+                    attribute=name)
+        try:
+            self.inc = Incarnation(config.store, key, self._payload, node_id=node_id,
+                                   lease_ttl=config.lease_ttl, block_size=config.block_size,
+                                   observer=config.observer, **config.state_options())
+        except (BlockStoreError, OSError) as exc:
+            raise StoreUnavailable(
+                f"{config.actor} {key!r}: store {config.store!r} unavailable: "
+                f"{type(exc).__name__}: {exc}", store=str(config.store), key=key) from exc
+        if self.inc.restored is not None:
+            self._adopt(self.inc.state)
+            hook = getattr(obj, "on_restore", None)
+            if callable(hook):
+                hook(self.inc.restored)
+        self._handle = handle
+        if config.every_seconds is not None and handle is not None:
+            threading.Thread(target=self._timer, name=f"bp-timer-{key}", daemon=True).start()
+
+    # -- the payload: named attributes + applied call ids --------------------------------
+    def _payload(self) -> dict[str, Any]:
+        return {"v": _PAYLOAD_VERSION,
+                "attrs": {name: getattr(self._obj, name) for name in self.config.attrs},
+                "applied": [[k, v] for k, v in self.applied.items()]}
+
+    def _adopt(self, payload: Any) -> None:
+        """Put a restored payload's attributes (and applied ids) into the actor."""
+        attrs = payload.get("attrs") if isinstance(payload, dict) else None
+        if not isinstance(attrs, dict):
+            raise StateAttributeError(
+                f"{self.config.actor}: lease {self.key!r} holds a checkpoint not written by "
+                "@checkpointed", actor=self.config.actor)
+        for name in self.config.attrs:
+            if name not in attrs:
+                raise StateAttributeError(
+                    f"{self.config.actor}: the checkpoint on lease {self.key!r} has no "
+                    f"attribute {name!r} (it holds {sorted(attrs)})", actor=self.config.actor,
+                    attribute=name)
+            setattr(self._obj, name, attrs[name])
+        self.applied = OrderedDict((k, v) for k, v in payload.get("applied", []))
+
+    # -- checkpoints ---------------------------------------------------------------------
+    @property
+    def exact(self) -> bool:
+        """Exactly-once mode: every call commits a checkpoint before it returns."""
+        return self.config.every_calls == 1
+
+    def check_serving(self) -> None:
+        """Raise ``ActorFenced`` once a checkpoint was refused for a stale epoch, and
+        ``StageStopped`` after :meth:`close` (the lease is given up)."""
+        if self._closed:
+            raise StageStopped(f"{self.config.actor} {self.key!r} was shut down",
+                               stage_id=self.key)
+        if self.inc.fenced:
+            raise ActorFenced(f"{self.config.actor} {self.key!r}: epoch {self.inc.epoch} was "
+                              "fenced by a newer incarnation", key=self.key,
+                              epoch=self.inc.epoch)
+
+    def checkpoint(self, step: int = 0, meta: dict[str, Any] | None = None) -> CheckpointInfo:
+        """Snapshot the named attributes under :attr:`lock` and commit them (fail-closed:
+        ``CheckpointFailed``, or ``ActorFenced`` if this incarnation was already fenced)."""
+        with self.lock:
+            self.check_serving()
+            self.inc.state = self._payload()
+            try:
+                info = self.inc.checkpoint(step=step, meta=meta)
+            except CheckpointFailed:
+                self.failures += 1
+                raise
+            self.calls_since = 0
+            self._since = time.monotonic()
+            return info
+
+    def request(self, step: int = 0, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+        """An on-demand checkpoint from outside (``actor.checkpoint.remote()``).
+
+        In exactly-once mode with an async call in progress (it holds no thread, so this runs
+        between two of its awaits) nothing is written: that call commits before it returns,
+        and a snapshot now would hold its effect without its id. The last committed info is
+        returned with ``"coalesced": True``.
+        """
+        if self.exact and self._active:
+            last = self.inc.last_checkpoint
+            return {**(last.to_dict() if last else {}), "coalesced": True}
+        return self.checkpoint(step, meta).to_dict()
+
+    def _due_checkpoint(self) -> None:
+        reason = self._policy.due(self.calls_since, time.monotonic() - self._since)
+        if reason is not None and self.calls_since:
+            self.checkpoint(meta={"reason": reason})
+
+    def tick(self) -> None:
+        """The timer's request, run in the actor's turn: checkpoint if still due."""
+        self._tick_pending = False
+        with self.lock:
+            if not self._closed and not self.inc.fenced:
+                self._due_checkpoint()
+
+    def _timer(self) -> None:
+        period = float(self.config.every_seconds or 1.0)
+        while not self._closed:
+            time.sleep(min(period / 4, 1.0))
+            if (self._closed or self._tick_pending or not self.calls_since
+                    or time.monotonic() - self._since < period):
+                continue
+            self._tick_pending = True
+            try:
+                self._handle._bp_tick.remote()
+            except Exception as exc:  # noqa: BLE001 - the actor is going away
+                log.debug("timer of %s stops: %s", self.key, exc)
+                return
+
+    # -- calls ---------------------------------------------------------------------------
+    def _record(self, call_id: str | None, result: Any) -> None:
+        self.calls_total += 1
+        self.calls_since += 1
+        if call_id is not None:
+            self.applied[call_id] = result
+            while len(self.applied) > self.config.dedupe_window:
+                self.applied.popitem(last=False)
+
+    def _commit_or_reload(self) -> None:
+        """Exactly-once commit; on failure, reload memory from the lease and re-raise."""
+        try:
+            self.checkpoint(meta={"reason": "call"})
+        except CheckpointFailed:
+            if not self.inc.fenced:
+                self._adopt(self.inc.bind().state)
+            raise
+
+    def call(self, fn: Callable[..., Any], obj: Any, args: tuple[Any, ...],
+             kwargs: dict[str, Any]) -> Any:
+        """Run one synchronous call under the policy (see the module docstring)."""
+        self.check_serving()
+        if not self.exact:
+            result = fn(obj, *args, **kwargs)
+            with self.lock:
+                self._record(None, result)
+                self._due_checkpoint()
+            return result
+        call_id = _task_id()
+        with self.lock:
+            self.check_serving()
+            if call_id is not None and call_id in self.applied:
+                self.deduplicated += 1
+                return self.applied[call_id]
+            result = fn(obj, *args, **kwargs)
+            self._record(call_id, result)
+            self._commit_or_reload()
+            return result
+
+    async def call_async(self, fn: Callable[..., Awaitable[Any]], obj: Any,
+                         args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Run one coroutine call under the policy (see the module docstring)."""
+        self.check_serving()
+        if not self.exact:
+            result = await fn(obj, *args, **kwargs)
+            with self.lock:
+                self._record(None, result)
+                self._due_checkpoint()
+            return result
+        call_id = _task_id()
+        async with self._one_at_a_time():
+            self.check_serving()
+            if call_id is not None and call_id in self.applied:
+                self.deduplicated += 1
+                return self.applied[call_id]
+            result = await fn(obj, *args, **kwargs)
+            with self.lock:
+                self._record(call_id, result)
+                self._commit_or_reload()
+            return result
+
+    @contextlib.asynccontextmanager
+    async def _one_at_a_time(self) -> AsyncIterator[None]:
+        if self._alock is None:
+            self._alock = asyncio.Lock()
+        async with self._alock:
+            self._active += 1
+            try:
+                yield
+            finally:
+                self._active -= 1
+
+    @staticmethod
+    def inside_call() -> bool:
+        """True inside a wrapped call of this task (a method calling ``self.checkpoint()``)."""
+        return in_call.get()
+
+    @contextlib.contextmanager
+    def outer_call(self) -> Iterator[bool]:
+        """Yield True for the outermost wrapped call of a task (nested ones are plain)."""
+        if in_call.get():
+            yield False
+            return
+        token = in_call.set(True)
+        try:
+            yield True
+        finally:
+            in_call.reset(token)
+
+    # -- inspection and the end ----------------------------------------------------------
+    def info(self) -> dict[str, Any]:
+        """What ``checkpoint_info()`` returns; reads only, safe during a flush."""
+        last = self.inc.last_checkpoint
+        return {
+            "key": self.key,
+            "lease_id": self.inc.lease_id,
+            "epoch": self.inc.epoch,
+            "node_id": self.inc.node_id,
+            "pid": self.inc.pid,
+            "generation": None if last is None else last.generation,
+            "step": None if last is None else last.step,
+            "meta": None if last is None else dict(last.meta or {}),
+            "last_checkpoint_at": self.inc.last_checkpoint_at,
+            "calls_total": self.calls_total,
+            "calls_since_checkpoint": self.calls_since,
+            "deduplicated": self.deduplicated,
+            "failed_checkpoints": self.failures,
+            "flushing": self.inc.flushing,
+            "fenced": self.inc.fenced,
+            "stopped": self._closed,
+            **self.inc.restored_summary(),
+        }
+
+    def close(self, *, checkpoint: bool) -> CheckpointInfo | None:
+        """Optionally checkpoint (if anything changed since the last one), then release the
+        lease; twice is harmless. A checkpoint failure propagates after the release."""
+        with self.lock:
+            if self._closed:
+                return None
+            self._closed = True
+            try:
+                if checkpoint and self.calls_since and not self.inc.fenced:
+                    self.inc.state = self._payload()
+                    return self.inc.checkpoint(meta={"reason": "exit"})
+                return None
+            finally:
+                self.inc.release()
