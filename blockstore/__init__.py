@@ -20,8 +20,11 @@ import threading
 
 from .base import (
     DEFAULT_BLOCK_SIZE,
+    DEFAULT_CLOCK_MARGIN,
     DEFAULT_TTL,
     BlockStore,
+    GcItem,
+    GcReport,
     LeaseScan,
     StoreCapabilities,
     StoreStats,
@@ -54,12 +57,16 @@ from .errors import (
     StoreVersionError,
 )
 from .file import FileStore
+from .keys import KEY_ENV, OLD_KEYS_ENV, KeyRing, resolve_keys
 from .lease import Lease, LeaseInfo, LeaseReader
 from .memory import MemoryStore
 
 __all__ = [
     "DEFAULT_BLOCK_SIZE",
+    "DEFAULT_CLOCK_MARGIN",
     "DEFAULT_TTL",
+    "KEY_ENV",
+    "OLD_KEYS_ENV",
     "BlockError",
     "BlockIndexError",
     "BlockSizeError",
@@ -70,6 +77,9 @@ __all__ = [
     "DocumentLoad",
     "DocumentTooLargeError",
     "FileStore",
+    "GcItem",
+    "GcReport",
+    "KeyRing",
     "Lease",
     "LeaseError",
     "LeaseExpiredError",
@@ -97,6 +107,7 @@ __all__ = [
     "crc32c",
     "default_holder",
     "open_store",
+    "resolve_keys",
 ]
 
 _memory_stores: dict[str, MemoryStore] = {}
@@ -104,21 +115,26 @@ _memory_lock = threading.Lock()
 
 
 def open_store(spec: str | os.PathLike[str], *, block_size: int | None = None,
-               create: bool = True) -> BlockStore:
+               create: bool = True, shared: bool | None = None,
+               clock_margin: float | None = None) -> BlockStore:
     """Open a store from a path or URL.
 
     ``/path`` or ``file:///path``: :class:`FileStore`. ``memory://NAME``: the process's
     :class:`MemoryStore` of that name (created on first use). ``s3://`` comes with the S3
-    backend. ``block_size`` applies when the store is created; an existing store keeps its own
-    (a conflicting value raises ``StoreConfigError``).
+    backend. ``block_size`` and ``shared`` apply when the store is created; an existing store
+    keeps its own (a conflicting value raises ``StoreConfigError``). A memory store is never
+    shared. ``clock_margin``: see :class:`BlockStore` ("Clocks").
     """
     s = os.fspath(spec)
     if s.startswith("memory://"):
+        if shared:
+            raise StoreConfigError(f"{s}: a memory store is never shared")
         name = s[len("memory://"):]
         with _memory_lock:
             st = _memory_stores.get(name)
             if st is None or st.closed:
-                st = MemoryStore(block_size or DEFAULT_BLOCK_SIZE, name=name)
+                st = MemoryStore(block_size or DEFAULT_BLOCK_SIZE, name=name,
+                                 clock_margin=clock_margin)
                 _memory_stores[name] = st
             elif block_size is not None and block_size != st.block_size:
                 raise StoreConfigError(f"{s} has block size {st.block_size}, not {block_size}")
@@ -127,4 +143,4 @@ def open_store(spec: str | os.PathLike[str], *, block_size: int | None = None,
         s = s[len("file://"):]
     elif "://" in s:
         raise StoreConfigError(f"unknown store scheme in {s!r} (file://, memory:// supported)")
-    return FileStore(s, block_size, create=create)
+    return FileStore(s, block_size, create=create, shared=shared, clock_margin=clock_margin)

@@ -39,6 +39,9 @@ class LeaseBackend(Protocol):
     """
 
     block_size: int
+    #: The store's ``blockstore.base.StoreCapabilities`` (named loosely: this module does not
+    #: import ``base.py``).
+    capabilities: Any
 
     @property
     def url(self) -> str: ...
@@ -55,11 +58,15 @@ class LeaseBackend(Protocol):
 
     def _flush(self, lease_id: str, epoch: int) -> None: ...
 
+    def _discard(self, lease_id: str, epoch: int, indices: Sequence[int]) -> None: ...
+
     def _checked_write(self, lease_id: str, epoch: int,
                        pairs: Sequence[tuple[int, Buffer]]) -> None: ...
 
     def _checked_read(self, lease_id: str, indices: Sequence[int],
                       buffers: Sequence[memoryview]) -> None: ...
+
+    def _check_index(self, lease_id: str, index: object) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,6 +288,19 @@ class Lease(LeaseReader):
         self._check()
         pairs = list(items.items()) if isinstance(items, Mapping) else list(items)
         self._store._checked_write(self.lease_id, self.epoch, pairs)
+
+    def discard_blocks(self, indices: Iterable[int]) -> None:
+        """Make blocks read as zeros, freeing their space where the backend can.
+
+        For blocks that no committed data references any more (a dropped generation), so
+        that dropped state is no longer readable. Checked like a write (epoch, bounds); a
+        refused call discards nothing. Not atomic across blocks, durable after ``flush``.
+        """
+        self._check()
+        idx = sorted({self._store._check_index(self.lease_id, i) for i in indices})
+        if idx:
+            self._store._check_open()
+            self._store._discard(self.lease_id, self.epoch, idx)
 
     def resize(self, num_blocks: int) -> LeaseInfo:
         """Grow or shrink the lease to ``num_blocks``. New blocks read as zeros."""
