@@ -15,7 +15,7 @@ flush in, so the pairing of the two calls is written once:
   (the mark may have been set before the failure surfaced).
 
 A stage that dies inside the guard never calls ``complete``; the scheduler clears the mark
-when it sees the actor or node die, or the lease expire (DESIGN, "The flush observer").
+when it sees the actor or node die, or the lease expire (`scheduler/watcher.py`).
 """
 
 from __future__ import annotations

@@ -17,10 +17,10 @@ The commit protocol (one mechanism, ``docs/FORMAT.md`` has the bytes):
 4. ``flush`` (data and erasures durable), then write the header into the target slot, then
    ``flush``: two fsyncs per checkpoint.
 
-Speed (DESIGN "Speed"): the payload is never joined into one buffer - chunks are memoryview
+Speed (`BENCHMARKS.md`): the payload is never joined into one buffer - chunks are memoryview
 slices of pickle's out-of-band buffers (numpy arrays), written with ``pwritev`` while a small
-pool computes CRC-32C (and zstd, only where a cheap probe says it pays) for the next chunks.
-Restore reads straight into one preallocated buffer and checks each chunk while it is still
+pool computes CRC-32C (and zstd, only where a cheap probe says it pays) for the next chunks
+(:mod:`stages.writer` does the writing). Restore reads straight into one preallocated buffer and checks each chunk while it is still
 in cache (:mod:`stages.reader`). ``bench/bench_checkpoint.py`` measures both against raw I/O.
 
 So a crash at any point leaves the previous committed generations complete, and ``restore``
@@ -41,13 +41,11 @@ import logging
 import math
 import struct
 import time
-from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Future
-from dataclasses import asdict, dataclass, field
 from typing import Any, Generic, TypeVar
 
-from blockstore import Lease, LeaseReader, StaleLeaseError, crc32c
+from blockstore import Lease, LeaseReader, StaleLeaseError
 
 from . import codec as codecs
 from . import format as fmt
@@ -60,10 +58,12 @@ from .errors import (
     NoCheckpointError,
     TornHeaderError,
 )
-from .format import CHUNK_RAW, ENTRY, MAPBLOCK, Header, MapEntry
+from .format import Header, MapEntry
 from .mac import PayloadMac, header_mac, resolve_key
 from .observer import CheckpointFlushObserver, flush_guard
 from .reader import load_map, read_payload, scan_slots, worker_pool
+from .reports import CheckpointInfo, RestoreReport
+from .writer import SlotState, allocate, hash_payload, target_slot, write_chunks, write_map
 
 __all__ = ["CheckpointInfo", "CheckpointedStageState", "RestoreReport"]
 
@@ -71,121 +71,10 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: Bytes handed to one ``write_blocks`` call / one pool task.
-WRITE_BATCH = 8 * 1024 * 1024
-#: Pool tasks in flight ahead of the writer.
-WINDOW = 3
 
 
-@dataclass(frozen=True, slots=True)
-class CheckpointInfo:
-    """One committed checkpoint generation, as its header describes it.
-
-    Attributes:
-        lease_id: the lease holding it.
-        name: the lease's name (the stage id).
-        generation: increases by one per checkpoint attempt on the lease (first is 1).
-        step: the caller's step number (e.g. the pipeline-level checkpoint step).
-        data_length: bytes of the serialized payload (before compression).
-        stored_bytes: bytes the payload occupies on the lease after compression.
-        blocks: physical blocks the generation occupies (data + spilled map blocks).
-        codec: "pickle" or "msgpack".
-        compression: "none", "zstd" or "auto" (the setting it was written with).
-        created_at: wall-clock time the checkpoint started.
-        duration_s: seconds from start to the header write (serialize + data + flush).
-        meta: the small JSON dict given to ``checkpoint(meta=...)``.
-    """
-
-    lease_id: str
-    name: str
-    generation: int
-    step: int
-    data_length: int
-    stored_bytes: int
-    blocks: int
-    codec: str
-    compression: str
-    created_at: float
-    duration_s: float
-    meta: Mapping[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["meta"] = dict(self.meta)
-        return d
-
-    @classmethod
-    def from_header(cls, h: Header, lease_id: str, name: str, blocks: int) -> CheckpointInfo:
-        return cls(lease_id=lease_id, name=name, generation=h.generation, step=h.step,
-                   data_length=h.data_length, stored_bytes=h.stored_bytes, blocks=blocks,
-                   codec=h.codec, compression=h.compression, created_at=h.created_at,
-                   duration_s=h.duration_s, meta=dict(h.meta))
 
 
-@dataclass(frozen=True, slots=True)
-class RestoreReport:
-    """What ``restore`` restored and what it had to skip.
-
-    Attributes:
-        generation: the generation restored.
-        step: its step.
-        meta: its metadata.
-        info: its full description.
-        skipped: ``((generation, reason), ...)`` of every generation that failed verification
-            (newest first), and of unreadable header slots (generation None).
-    """
-
-    generation: int
-    step: int
-    meta: Mapping[str, Any]
-    info: CheckpointInfo
-    skipped: tuple[tuple[int | None, str], ...] = ()
-
-
-@dataclass(slots=True)
-class _Slot:
-    """The writer's knowledge of one header slot."""
-
-    header: Header | None = None
-    blocks: frozenset[int] = frozenset()
-    committed: bool = False
-    dirty: bool = False  # holds something (a header, garbage, or a possibly torn write)
-
-
-def _chunks(segments: Sequence[memoryview], bs: int) -> Iterator[memoryview]:
-    """Cut segments into ``bs``-byte chunks (last one shorter); copy only straddling ones."""
-    cur: list[memoryview] = []
-    cur_len = 0
-    for seg in segments:
-        n = seg.nbytes
-        pos = 0
-        while pos < n:
-            if cur_len == 0 and n - pos >= bs:
-                yield seg[pos:pos + bs]
-                pos += bs
-                continue
-            take = min(bs - cur_len, n - pos)
-            cur.append(seg[pos:pos + take])
-            cur_len += take
-            pos += take
-            if cur_len == bs:
-                yield memoryview(b"".join(cur))
-                cur, cur_len = [], 0
-    if cur_len:
-        yield memoryview(b"".join(cur))
-
-
-def _encode_batch(coder: ChunkCoder,
-                  chunks: list[memoryview]) -> list[tuple[memoryview | bytes, int, int, int]]:
-    out = []
-    for c in chunks:
-        stored, flags = coder.encode(c)
-        out.append((stored, flags, crc32c(stored), c.nbytes))
-    return out
-
-
-def _hash_payload(key: bytes, segments: Sequence[memoryview]) -> PayloadMac:
-    return PayloadMac(key).update_all(segments)
 
 
 class CheckpointedStageState(Generic[T]):
@@ -229,7 +118,7 @@ class CheckpointedStageState(Generic[T]):
         self._key = resolve_key(key)
         self._observer = observer
         self._lease_id = lease_id or lease.lease_id
-        self._slots: list[_Slot] | None = None
+        self._slots: list[SlotState] | None = None
         self._max_gen = 0
         self._last: CheckpointInfo | None = None
         self._flushes = 0
@@ -270,7 +159,7 @@ class CheckpointedStageState(Generic[T]):
         return lease
 
     # -- generations ---------------------------------------------------------------------
-    def _ensure_layout(self) -> list[_Slot]:
+    def _ensure_layout(self) -> list[SlotState]:
         """Learn the slots (read headers and maps) once, before the first write."""
         if self._slots is not None:
             return self._slots
@@ -280,7 +169,7 @@ class CheckpointedStageState(Generic[T]):
             log.warning("lease %r was first checkpointed with retention %d; keeping %d "
                         "(asked %d)", lease.name, k, k, self._retention)
             self._retention = k
-        slots = [_Slot() for _ in range(self._retention)]
+        slots = [SlotState() for _ in range(self._retention)]
         for s in scans:
             if s.slot >= self._retention:
                 continue
@@ -385,7 +274,7 @@ class CheckpointedStageState(Generic[T]):
         k = self._retention
         gen = self._max_gen + 1
         self._max_gen = gen
-        target = self._target_slot(slots)
+        target = target_slot(slots)
         tslot = slots[target]
 
         payload = codecs.encode(self._state, self._codec)
@@ -403,12 +292,12 @@ class CheckpointedStageState(Generic[T]):
         free_now = max(0, nb - k) - sum(1 for b in protected if k <= b < nb)
         if nb < k or free_now < need:
             lease.grow(max(k, nb) + max(0, need - free_now))
-        alloc_list = self._allocate(protected, k, need)
+        alloc_list = allocate(protected, k, need)
 
         pool = worker_pool()
         mac_future: Future[PayloadMac] | None = None
         if self._key is not None:
-            mac_future = pool.submit(_hash_payload, self._key, payload.segments)
+            mac_future = pool.submit(hash_payload, self._key, payload.segments)
 
         # Erase before any data write: the target slot (its old generation's
         # blocks are about to be reused), and every slot holding something that is not a
@@ -430,8 +319,8 @@ class CheckpointedStageState(Generic[T]):
         tslot.header = None
 
         alloc = iter(alloc_list)
-        entries, used = self._write_chunks(lease, payload.segments, alloc, bs)
-        map_crc, first_map, map_blocks, inline_map = self._write_map(lease, entries, alloc,
+        entries, used = write_chunks(lease, self._coder, payload.segments, alloc, bs)
+        map_crc, first_map, map_blocks, inline_map = write_map(lease, entries, alloc,
                                                                     inline, n_map, bs)
         used |= set(map_blocks)
         lease.flush()
@@ -476,95 +365,6 @@ class CheckpointedStageState(Generic[T]):
         info = CheckpointInfo.from_header(h, lease.lease_id, lease.name, len(used))
         self._last = info
         return info
-
-    def _target_slot(self, slots: list[_Slot]) -> int:
-        for i, s in enumerate(slots):
-            if not s.committed:
-                return i
-        gens = [s.header.generation if s.header else 0 for s in slots]
-        return min(range(len(slots)), key=gens.__getitem__)
-
-    def _allocate(self, protected: set[int], k: int, need: int) -> list[int]:
-        out: list[int] = []
-        b = k
-        while len(out) < need:
-            if b not in protected:
-                out.append(b)
-            b += 1
-        return out
-
-    def _write_chunks(self, lease: Lease, segments: Sequence[memoryview], alloc: Iterator[int],
-                      bs: int) -> tuple[list[MapEntry], set[int]]:
-        pool = worker_pool()
-        coder = self._coder
-        per_task = max(1, WRITE_BATCH // bs)
-        chunk_iter = _chunks(segments, bs)
-        inflight: deque[Future[list[tuple[memoryview | bytes, int, int, int]]]] = deque()
-
-        def submit_next() -> bool:
-            batch = [c for _, c in zip(range(per_task), chunk_iter)]
-            if not batch:
-                return False
-            inflight.append(pool.submit(_encode_batch, coder, batch))
-            return True
-
-        while len(inflight) < WINDOW and submit_next():
-            pass
-        entries: list[MapEntry] = []
-        used: set[int] = set()
-        writes: list[tuple[int, memoryview | bytes | bytearray]] = []
-        wbytes = 0
-        pack: bytearray | None = None
-        pack_block = -1
-        pack_fill = 0
-        while inflight:
-            results = inflight.popleft().result()
-            submit_next()
-            for stored, flags, crc, raw in results:
-                n = len(stored) if isinstance(stored, bytes) else stored.nbytes
-                if flags == CHUNK_RAW:
-                    b = next(alloc)
-                    writes.append((b, stored))
-                    wbytes += n
-                    entries.append(MapEntry(b, 0, n, raw, crc, flags))
-                    used.add(b)
-                else:
-                    if pack is None or pack_fill + n > bs:
-                        if pack is not None:
-                            writes.append((pack_block, memoryview(pack)[:pack_fill]))
-                            wbytes += pack_fill
-                        pack, pack_block, pack_fill = bytearray(bs), next(alloc), 0
-                        used.add(pack_block)
-                    pack[pack_fill:pack_fill + n] = stored
-                    entries.append(MapEntry(pack_block, pack_fill, n, raw, crc, flags))
-                    pack_fill += n
-                if wbytes >= WRITE_BATCH:
-                    lease.write_blocks(writes)
-                    writes, wbytes = [], 0
-        if pack is not None:
-            writes.append((pack_block, memoryview(pack)[:pack_fill]))
-        if writes:
-            lease.write_blocks(writes)
-        return entries, used
-
-    def _write_map(self, lease: Lease, entries: list[MapEntry], alloc: Iterator[int],
-                   inline: bool, n_map: int, bs: int) -> tuple[int, int, list[int], bytes]:
-        raw = fmt.pack_entries(entries)
-        if inline:
-            return crc32c(raw), 0, [], raw
-        epb = fmt.entries_per_map_block(bs)
-        blocks = [next(alloc) for _ in range(n_map)]
-        crc = 0
-        writes = []
-        for i, b in enumerate(blocks):
-            part = raw[i * epb * ENTRY.size:(i + 1) * epb * ENTRY.size]
-            nxt = blocks[i + 1] if i + 1 < n_map else 0
-            blk = bytearray(MAPBLOCK.pack(nxt, len(part) // ENTRY.size, 0) + part)
-            MAPBLOCK.pack_into(blk, 0, nxt, len(part) // ENTRY.size, crc32c(blk))
-            crc = crc32c(blk, crc)
-            writes.append((b, blk))
-        lease.write_blocks(writes)
-        return crc, blocks[0], blocks, b""
 
     # -- restore -------------------------------------------------------------------------
     @classmethod
@@ -645,7 +445,7 @@ class CheckpointedStageState(Generic[T]):
     def _adopt(self, k: int, scans: list[Any], restored: Header, blocks: frozenset[int]) -> None:
         """Writer knowledge after a restore: generations newer than the restored one failed."""
         self._retention = k
-        slots = [_Slot() for _ in range(k)]
+        slots = [SlotState() for _ in range(k)]
         for s in scans:
             if s.slot >= k:
                 continue

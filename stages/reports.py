@@ -1,0 +1,81 @@
+"""What a checkpoint and a restore report: :class:`CheckpointInfo`, :class:`RestoreReport`.
+
+Frozen values describing one committed generation (from its header) and one restore
+(which generation came back, and which newer ones were skipped and why). They cross Ray
+(``StageActor.checkpoint`` returns ``CheckpointInfo.to_dict()``) and are shown by the CLI.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .format import Header
+
+__all__ = ["CheckpointInfo", "RestoreReport"]
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointInfo:
+    """One committed checkpoint generation, as its header describes it.
+
+    Attributes:
+        lease_id: the lease holding it.
+        name: the lease's name (the stage id).
+        generation: increases by one per checkpoint attempt on the lease (first is 1).
+        step: the caller's step number (e.g. the pipeline-level checkpoint step).
+        data_length: bytes of the serialized payload (before compression).
+        stored_bytes: bytes the payload occupies on the lease after compression.
+        blocks: physical blocks the generation occupies (data + spilled map blocks).
+        codec: "pickle" or "msgpack".
+        compression: "none", "zstd" or "auto" (the setting it was written with).
+        created_at: wall-clock time the checkpoint started.
+        duration_s: seconds from start to the header write (serialize + data + flush).
+        meta: the small JSON dict given to ``checkpoint(meta=...)``.
+    """
+
+    lease_id: str
+    name: str
+    generation: int
+    step: int
+    data_length: int
+    stored_bytes: int
+    blocks: int
+    codec: str
+    compression: str
+    created_at: float
+    duration_s: float
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["meta"] = dict(self.meta)
+        return d
+
+    @classmethod
+    def from_header(cls, h: Header, lease_id: str, name: str, blocks: int) -> CheckpointInfo:
+        return cls(lease_id=lease_id, name=name, generation=h.generation, step=h.step,
+                   data_length=h.data_length, stored_bytes=h.stored_bytes, blocks=blocks,
+                   codec=h.codec, compression=h.compression, created_at=h.created_at,
+                   duration_s=h.duration_s, meta=dict(h.meta))
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreReport:
+    """What ``restore`` restored and what it had to skip.
+
+    Attributes:
+        generation: the generation restored.
+        step: its step.
+        meta: its metadata.
+        info: its full description.
+        skipped: ``((generation, reason), ...)`` of every generation that failed verification
+            (newest first), and of unreadable header slots (generation None).
+    """
+
+    generation: int
+    step: int
+    meta: Mapping[str, Any]
+    info: CheckpointInfo
+    skipped: tuple[tuple[int | None, str], ...] = ()
