@@ -16,6 +16,16 @@ The commit protocol (one mechanism, ``docs/FORMAT.md`` has the bytes):
    overwritten. With K slots the lease never exceeds K + K x (largest generation) blocks.
 4. ``flush`` (data and erasures durable), then write the header into the target slot, then
    ``flush``: two fsyncs per checkpoint.
+5. After the commit, give storage back (:mod:`stages.compaction`): shrink the lease's tail
+   past what the retained generations use, and discard the dropped generation's blocks so
+   its state is no longer readable. A failure here is logged, never raised: the generation
+   is committed, and the next commit retries.
+
+Security defaults: on a store that declares itself shared (``capabilities.shared``) a
+pickle checkpoint without a key is refused (:class:`~stages.errors.CheckpointKeyRequired`)
+unless ``allow_unauthenticated=True``; a pickle restore without a key warns once per process
+(:class:`~stages.errors.UnauthenticatedRestoreWarning`). Keys are resolved once, by
+:func:`blockstore.keys.resolve_keys` (current key to write, old keys to verify).
 
 Speed (`BENCHMARKS.md`): the payload is never joined into one buffer - chunks are memoryview
 slices of pickle's out-of-band buffers (numpy arrays), written with ``pwritev`` while a small
@@ -40,7 +50,9 @@ import contextlib
 import logging
 import math
 import struct
+import threading
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future
 from typing import Any, Generic, TypeVar
@@ -48,6 +60,7 @@ from typing import Any, Generic, TypeVar
 from blockstore import Lease, LeaseReader, StaleLeaseError
 
 from . import codec as codecs
+from . import compaction
 from . import format as fmt
 from .compress import ChunkCoder
 from .errors import (
@@ -55,11 +68,13 @@ from .errors import (
     CheckpointCommitUnknown,
     CheckpointCorrupt,
     CheckpointFailed,
+    CheckpointKeyRequired,
     NoCheckpointError,
     TornHeaderError,
+    UnauthenticatedRestoreWarning,
 )
 from .format import Header, MapEntry
-from .mac import PayloadMac, header_mac, resolve_key
+from .mac import KeySetting, PayloadMac, header_mac, resolve_keys
 from .observer import CheckpointFlushObserver, flush_guard
 from .reader import load_map, read_payload, scan_slots, worker_pool
 from .reports import CheckpointInfo, RestoreReport
@@ -70,6 +85,20 @@ __all__ = ["CheckpointInfo", "CheckpointedStageState", "RestoreReport"]
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+_warned_unauthenticated = threading.Event()
+
+
+def _warn_unauthenticated(where: str) -> None:
+    """Warn, once per process, that a pickle checkpoint is restored without a key."""
+    if _warned_unauthenticated.is_set():
+        return
+    _warned_unauthenticated.set()
+    warnings.warn(
+        f"restoring a pickle checkpoint of {where} without a checkpoint key: anyone who can "
+        "write the store can run code in this process. Set BLOCKPOINT_CHECKPOINT_KEY (or "
+        "pass key=) to authenticate checkpoints, or use codec='msgpack'. (Warned once per "
+        "process.)", UnauthenticatedRestoreWarning, stacklevel=3)
 
 
 
@@ -91,16 +120,20 @@ class CheckpointedStageState(Generic[T]):
         codec: "pickle" (default, zero-copy numpy) or "msgpack" (data only, never runs code).
         compression: "auto" (zstd where a probe shows it pays), "zstd" or "none".
         level: zstd level.
-        key: MAC key; default ``$BLOCKPOINT_CHECKPOINT_KEY``; when set, checkpoints carry an
-            HMAC-SHA256 and restores refuse generations without a valid one.
+        key: MAC key, a key ring or keys (the first is current); default: the configured
+            keys (``$BLOCKPOINT_CHECKPOINT_KEY``, ``$BLOCKPOINT_CHECKPOINT_OLD_KEYS``). When
+            set, checkpoints carry an HMAC-SHA256 under the current key and restores refuse
+            generations without a MAC valid under one of the keys.
+        allow_unauthenticated: write pickle checkpoints without a key even on a shared
+            store (``capabilities.shared``), where they are refused by default.
         observer: told of every flush (see :mod:`stages.observer`).
         lease_id: the id given to the observer (default: the lease's id).
     """
 
     def __init__(self, state: T, lease: Lease | LeaseReader, *, retention: int = 2,
                  codec: str = "pickle", compression: str = "auto", level: int = 3,
-                 key: bytes | str | None = None, observer: CheckpointFlushObserver | None = None,
-                 lease_id: str | None = None) -> None:
+                 key: KeySetting = None, observer: CheckpointFlushObserver | None = None,
+                 lease_id: str | None = None, allow_unauthenticated: bool = False) -> None:
         if not isinstance(retention, int) or retention < 2:
             raise ValueError(f"retention must be an int >= 2 (a commit must never overwrite the "
                              f"only good copy), got {retention!r}")
@@ -115,10 +148,12 @@ class CheckpointedStageState(Generic[T]):
         self._codec = codec
         self._compression = compression
         self._level = level
-        self._key = resolve_key(key)
+        self._key = resolve_keys(key)
+        self._allow_unauthenticated = bool(allow_unauthenticated)
         self._observer = observer
         self._lease_id = lease_id or lease.lease_id
         self._slots: list[SlotState] | None = None
+        self._dropped: set[int] | None = None  # may hold dropped data; None: unknown
         self._max_gen = 0
         self._last: CheckpointInfo | None = None
         self._flushes = 0
@@ -247,10 +282,13 @@ class CheckpointedStageState(Generic[T]):
                 # writer believed and read the slots again before the next write, so that
                 # generation is protected like any other (never erased as "uncommitted").
                 self._slots = None
+                self._dropped = None
                 raise
             except CheckpointFailed:
+                self._dropped = None  # the attempt may have written blocks nothing references
                 raise
             except Exception as exc:
+                self._dropped = None
                 raise CheckpointFailed(
                     f"checkpoint of lease {self._lease_id} failed: {type(exc).__name__}: {exc}",
                     lease_id=self._lease_id, generation=self._max_gen or None) from exc
@@ -263,6 +301,14 @@ class CheckpointedStageState(Generic[T]):
             raise CheckpointFailed(f"lease {lease.name!r} is open for reading only (restored "
                                    "from a LeaseReader); acquire it to checkpoint",
                                    lease_id=self._lease_id)
+        if (self._key is None and self._codec == "pickle" and not self._allow_unauthenticated
+                and lease.store.capabilities.shared):
+            raise CheckpointKeyRequired(
+                f"lease {lease.name!r} is on a shared store ({lease.store.url}): a pickle "
+                "checkpoint without a key could be replaced by anyone who can write the store, "
+                "and restoring it runs their code. Set BLOCKPOINT_CHECKPOINT_KEY (or pass "
+                "key=), use codec='msgpack', or pass allow_unauthenticated=True",
+                lease_id=self._lease_id)
         if not isinstance(step, int) or step < 0:
             raise ValueError(f"step must be a non-negative int, got {step!r}")
         meta_bytes = fmt.encode_meta(meta)
@@ -291,13 +337,13 @@ class CheckpointedStageState(Generic[T]):
         nb = lease.num_blocks
         free_now = max(0, nb - k) - sum(1 for b in protected if k <= b < nb)
         if nb < k or free_now < need:
-            lease.grow(max(k, nb) + max(0, need - free_now))
+            nb = lease.grow(max(k, nb) + max(0, need - free_now)).num_blocks
         alloc_list = allocate(protected, k, need)
 
         pool = worker_pool()
         mac_future: Future[PayloadMac] | None = None
         if self._key is not None:
-            mac_future = pool.submit(hash_payload, self._key, payload.segments)
+            mac_future = pool.submit(hash_payload, self._key.current, payload.segments)
 
         # Erase before any data write: the target slot (its old generation's
         # blocks are about to be reused), and every slot holding something that is not a
@@ -315,6 +361,7 @@ class CheckpointedStageState(Generic[T]):
             lease.write_blocks({i: b"" for i in erase})
             for i in erase:
                 slots[i].dirty = False
+        dropped = tslot.blocks  # the replaced generation's: reused below, or given back after
         tslot.committed = False
         tslot.header = None
 
@@ -337,7 +384,8 @@ class CheckpointedStageState(Generic[T]):
         mac = None
         if mac_future is not None:
             fmt.set_payload_mac(header, mac_future.result().digest())
-            mac = header_mac(self._key, lease.lease_id, lease.name, fmt.header_mac_input(header))
+            mac = header_mac(self._key.current, lease.lease_id, lease.name,
+                             fmt.header_mac_input(header))
         fmt.seal_header(header, mac)
         tslot.dirty = True
         # From here on a failure leaves the commit state unknown: the header may be durable
@@ -364,7 +412,35 @@ class CheckpointedStageState(Generic[T]):
         tslot.header, tslot.blocks, tslot.committed = h, frozenset(used), True
         info = CheckpointInfo.from_header(h, lease.lease_id, lease.name, len(used))
         self._last = info
+        self._give_back(lease, slots, nb, dropped, need)
         return info
+
+    def _give_back(self, lease: Lease, slots: list[SlotState], num_blocks: int,
+                   dropped: frozenset[int], need: int) -> None:
+        """Step 5 of the protocol: shrink the tail, discard dropped blocks (never raises)."""
+        k = self._retention
+        if self._dropped is not None:
+            self._dropped |= dropped
+        committed = [i for i, s in enumerate(slots) if s.committed]
+        nxt = target_slot(slots)
+        next_protected = set().union(*(slots[i].blocks for i in committed if i != nxt))
+        plan = compaction.plan(
+            num_blocks=num_blocks, slots=k,
+            referenced=set().union(*(slots[i].blocks for i in committed)), next_need=need,
+            next_protected=sum(1 for b in next_protected if b >= k),
+            maybe_dropped=self._dropped)
+        try:
+            if plan.num_blocks < num_blocks:
+                lease.resize(plan.num_blocks)
+            if plan.discard:
+                lease.discard_blocks(plan.discard)
+        except Exception as exc:  # committed already: report, and sweep at the next commit
+            log.warning("lease %r: giving back unused blocks after generation %d failed "
+                        "(%s: %s); retried at the next checkpoint", lease.name, self._max_gen,
+                        type(exc).__name__, exc)
+            self._dropped = None
+            return
+        self._dropped = set()
 
     # -- restore -------------------------------------------------------------------------
     @classmethod
@@ -390,7 +466,7 @@ class CheckpointedStageState(Generic[T]):
                 lists them all.
         """
         reader = lease_or_reader
-        rkey = resolve_key(key)
+        rkey = resolve_keys(key)
         k, scans = scan_slots(reader)
         where = f"lease {reader.name!r} ({reader.lease_id})"
         if all(s.empty or isinstance(s.error, TornHeaderError) for s in scans):
@@ -410,6 +486,8 @@ class CheckpointedStageState(Generic[T]):
             try:
                 entries, blocks = cls._blocks_of(reader, h, rkey)
                 buf = read_payload(reader, h, entries, key=rkey)
+                if rkey is None and h.codec == "pickle":
+                    _warn_unauthenticated(where)
                 try:
                     state = codecs.decode(memoryview(buf), h.codec)
                 except Exception as exc:
