@@ -265,7 +265,7 @@ class SlottedDocument:
                 return None, "MAC mismatch (wrong key or forged)"
         try:
             doc = json.loads(payload)
-        except ValueError as exc:  # UnicodeDecodeError is a ValueError
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
             return None, f"payload is not JSON: {exc}"
         if not isinstance(doc, dict):
             return None, "payload is not a JSON object"

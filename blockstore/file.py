@@ -81,6 +81,8 @@ FORMAT_NAME = "blockpoint-store"
 FORMAT_VERSION = 1
 DEFAULT_LOCK_TIMEOUT = 30.0
 DEFAULT_MAX_OPEN_FILES = 64
+#: Lease records are a few hundred bytes (a name is at most a few hundred characters).
+MAX_RECORD_BYTES = 64 * 1024
 
 
 def _read_meta(meta: Path, block_size: int | None, shared: bool | None) -> tuple[int, bool]:
@@ -98,7 +100,7 @@ def _read_meta(meta: Path, block_size: int | None, shared: bool | None) -> tuple
             raise ValueError(f"version {version} is not a version")
         if version <= FORMAT_VERSION and not (MIN_BLOCK_SIZE <= bs <= MAX_BLOCK_SIZE):
             raise ValueError(f"block size {bs} is out of range")
-    except (ValueError, KeyError, TypeError, OSError) as exc:
+    except (ValueError, KeyError, TypeError, OSError, RecursionError) as exc:
         raise StoreCorruptError(f"store metadata {meta} is unreadable: {exc}",
                                 path=str(meta)) from exc
     if version > FORMAT_VERSION:
@@ -274,7 +276,8 @@ class FileStore(BlockStore):
     def _read_record(self, lease_id: str) -> LeaseInfo:
         path = self._path(lease_id, "json")
         try:
-            raw = path.read_bytes()
+            with open(path, "rb") as f:
+                raw = f.read(MAX_RECORD_BYTES + 1)  # a record is ~300 bytes: read no more
         except FileNotFoundError:
             raise LeaseNotFoundError(f"no lease {lease_id} in {self.url}",
                                      lease_id=lease_id) from None
@@ -282,12 +285,14 @@ class FileStore(BlockStore):
             raise StorageIOError(f"cannot read lease record {path}: {exc}",
                                  path=str(path)) from exc
         try:
+            if len(raw) > MAX_RECORD_BYTES:
+                raise ValueError(f"it is larger than {MAX_RECORD_BYTES} bytes")
             info = LeaseInfo.from_dict(json.loads(raw))
             if info.lease_id != lease_id:
                 raise ValueError(f"it holds the record of lease {info.lease_id}")
             if info.block_size != self.block_size:
                 raise ValueError(f"its block size {info.block_size} is not the store's")
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
             raise StoreCorruptError(f"lease record {path} is unreadable: {exc}",
                                     path=str(path)) from exc
         return info
