@@ -381,9 +381,12 @@ class FileStore(BlockStore):
             self._write_record(info)
             return info
 
-    def _write(self, lease_id: str, epoch: int, indices: Sequence[int],
-               datas: Sequence[memoryview]) -> None:
-        bs = self.block_size
+    @contextmanager
+    def _writing(self, lease_id: str, epoch: int, indices: Sequence[int],
+                 what: str) -> Iterator[int]:
+        """The data file's descriptor, for changing ``indices`` under ``epoch``: the shared
+        lease lock is held, the epoch is current and every index is inside the lease, for as
+        long as the block runs. I/O errors become ``StorageIOError``."""
         with self._lease_lock(lease_id, exclusive=False):
             info = self._read_record(lease_id)
             check_current(info, epoch)
@@ -392,12 +395,18 @@ class FileStore(BlockStore):
                     raise bounds_error(lease_id, info.name, i, info.num_blocks)
             try:
                 with self._fds.use(lease_id, writing=True) as fd:
-                    for start, bufs in runs(indices, datas, bs):
-                        pwritev_all(fd, bufs, start * bs)
+                    yield fd
             except StorageIOError:
                 raise  # already translated (opening the data file)
             except OSError as exc:
-                raise StorageIOError(f"write to lease {info.name!r} failed: {exc}") from exc
+                raise StorageIOError(f"{what} lease {info.name!r} failed: {exc}") from exc
+
+    def _write(self, lease_id: str, epoch: int, indices: Sequence[int],
+               datas: Sequence[memoryview]) -> None:
+        bs = self.block_size
+        with self._writing(lease_id, epoch, indices, "write to") as fd:
+            for start, bufs in runs(indices, datas, bs):
+                pwritev_all(fd, bufs, start * bs)
 
     def _read(self, lease_id: str, indices: Sequence[int], buffers: Sequence[memoryview]) -> None:
         info = self._read_record(lease_id)
@@ -487,20 +496,9 @@ class FileStore(BlockStore):
 
     def _discard(self, lease_id: str, epoch: int, indices: Sequence[int]) -> None:
         bs = self.block_size
-        with self._lease_lock(lease_id, exclusive=False):  # like a write: fenced, in bounds
-            info = self._read_record(lease_id)
-            check_current(info, epoch)
-            for i in indices:
-                if i >= info.num_blocks:
-                    raise bounds_error(lease_id, info.name, i, info.num_blocks)
-            try:
-                with self._fds.use(lease_id, writing=True) as fd:
-                    for first, count in index_runs(sorted(indices)):
-                        zero_range(fd, first * bs, count * bs)
-            except StorageIOError:
-                raise  # already translated (opening the data file)
-            except OSError as exc:
-                raise StorageIOError(f"discard in lease {info.name!r} failed: {exc}") from exc
+        with self._writing(lease_id, epoch, indices, "discard in") as fd:  # fenced like a write
+            for first, count in index_runs(sorted(indices)):
+                zero_range(fd, first * bs, count * bs)
 
     def _gc(self, dry_run: bool, min_age: float) -> tuple[list[GcItem], int]:
         # Under the store lock: leases are created (lock, data, then record) and deleted

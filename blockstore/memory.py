@@ -83,14 +83,19 @@ class MemoryStore(BlockStore):
             e.info = dataclasses.replace(e.info, num_blocks=num_blocks)
             return e.info
 
+    def _writable(self, lease_id: str, epoch: int, indices: Sequence[int]) -> _Entry:
+        """The entry, once ``epoch`` is current and every index inside (the lock is held)."""
+        e = self._entry(lease_id)
+        check_current(e.info, epoch)
+        for i in indices:
+            if i >= e.info.num_blocks:
+                raise bounds_error(lease_id, e.info.name, i, e.info.num_blocks)
+        return e
+
     def _write(self, lease_id: str, epoch: int, indices: Sequence[int],
                datas: Sequence[memoryview]) -> None:
         with self._lock:
-            e = self._entry(lease_id)
-            check_current(e.info, epoch)
-            for i in indices:
-                if i >= e.info.num_blocks:
-                    raise bounds_error(lease_id, e.info.name, i, e.info.num_blocks)
+            e = self._writable(lease_id, epoch, indices)
             for i, d in zip(indices, datas):
                 e.blocks[i] = bytes(d)
 
@@ -131,11 +136,7 @@ class MemoryStore(BlockStore):
 
     def _discard(self, lease_id: str, epoch: int, indices: Sequence[int]) -> None:
         with self._lock:
-            e = self._entry(lease_id)
-            check_current(e.info, epoch)
-            for i in indices:
-                if i >= e.info.num_blocks:
-                    raise bounds_error(lease_id, e.info.name, i, e.info.num_blocks)
+            e = self._writable(lease_id, epoch, indices)
             for i in indices:
                 e.blocks.pop(i, None)
 
