@@ -327,7 +327,6 @@ class Lease(LeaseReader):
         self._check()
         idx = sorted({self._store._check_index(self.lease_id, i) for i in indices})
         if idx:
-            self._store._check_open()
             self._store._discard(self.lease_id, self.epoch, idx)
 
     def resize(self, num_blocks: int) -> LeaseInfo:
