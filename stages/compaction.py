@@ -3,8 +3,8 @@
 A lease grows when a checkpoint needs room (``stages/state.py``, step 3 of the commit
 protocol) and, without this module, never shrinks: one big state left a lease of hundreds
 of blocks for two live ones, and the blocks of dropped generations stayed readable on
-disk. So after every commit :class:`~stages.state.CheckpointedStageState` asks
-:func:`plan` what to give back, and applies it:
+disk. So after every commit :class:`~stages.state.CheckpointedStageState` calls
+:func:`give_back`, which asks :func:`plan` (a pure function) what to give back and applies it:
 
 * **shrink** the lease to just past the last block a retained generation references - but
   not below what the *next* checkpoint of the same size would grow it to again (its worst
@@ -21,10 +21,17 @@ retained generation intact (at worst some dropped blocks stay until the next com
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["SHRINK_SLACK", "Compaction", "plan"]
+from blockstore import Lease
+
+from .writer import SlotState, target_slot
+
+__all__ = ["SHRINK_SLACK", "Compaction", "give_back", "plan"]
+
+log = logging.getLogger(__name__)
 
 #: Shrink only when it frees more than this fraction of the new size.
 SHRINK_SLACK = 1 / 8
@@ -62,3 +69,38 @@ def plan(*, num_blocks: int, slots: int, referenced: Iterable[int], next_need: i
     candidates = range(slots, size) if maybe_dropped is None else maybe_dropped
     discard = tuple(sorted(b for b in set(candidates) if slots <= b < size and b not in refs))
     return Compaction(min(size, num_blocks), discard)
+
+
+def give_back(lease: Lease, slots: list[SlotState], retention: int, num_blocks: int,
+              need: int, dropped: frozenset[int],
+              maybe_dropped: set[int] | None) -> set[int] | None:
+    """Right after a commit: shrink ``lease`` and discard dropped blocks, as :func:`plan` says.
+
+    ``slots`` is the writer's view with the new generation committed, ``dropped`` the blocks
+    of the generation it replaced, ``maybe_dropped`` what may still hold dropped data from
+    before (``None``: unknown). Never raises - the generation is committed already; a
+    failure is logged.
+
+    Returns:
+        What may hold dropped data afterwards: an empty set, or ``None`` (unknown) after a
+        failure, so that the next commit sweeps every unreferenced block.
+    """
+    if maybe_dropped is not None:
+        maybe_dropped = maybe_dropped | dropped
+    committed = [i for i, s in enumerate(slots) if s.committed]
+    nxt = target_slot(slots)
+    next_protected = set().union(*(slots[i].blocks for i in committed if i != nxt))
+    todo = plan(num_blocks=num_blocks, slots=retention,
+                referenced=set().union(*(slots[i].blocks for i in committed)), next_need=need,
+                next_protected=sum(1 for b in next_protected if b >= retention),
+                maybe_dropped=maybe_dropped)
+    try:
+        if todo.num_blocks < num_blocks:
+            lease.resize(todo.num_blocks)
+        if todo.discard:
+            lease.discard_blocks(todo.discard)
+    except Exception as exc:  # committed already: report, and sweep at the next commit
+        log.warning("lease %r: giving back unused blocks failed (%s: %s); retried at the next "
+                    "checkpoint", lease.name, type(exc).__name__, exc)
+        return None
+    return set()

@@ -23,16 +23,21 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import threading
+import warnings
 from collections.abc import Iterable
 
 from blockstore.keys import KEY_ENV, OLD_KEYS_ENV, KeyRing, KeySetting, resolve_keys
 
+from .errors import UnauthenticatedRestoreWarning
+
 __all__ = ["KEY_ENV", "MAC_SIZE", "OLD_KEYS_ENV", "KeyRing", "KeySetting", "PayloadMac",
-           "equal", "header_key", "header_mac", "resolve_keys"]
+           "equal", "header_key", "header_mac", "resolve_keys", "warn_unauthenticated"]
 
 MAC_SIZE = 32
 _PAYLOAD_TAG = b"blockpoint checkpoint payload v2\0"
 _HEADER_TAG = b"blockpoint checkpoint header v2\0"
+_warned_unauthenticated = threading.Event()
 
 
 class PayloadMac:
@@ -72,3 +77,16 @@ def header_key(ring: KeyRing, lease_id: str, name: str, header_for_mac: bytes,
 def equal(a: bytes, b: bytes) -> bool:
     """Constant-time comparison."""
     return hmac.compare_digest(a, b)
+
+
+def warn_unauthenticated(where: str) -> None:
+    """Warn, once per process, that a pickle checkpoint of ``where`` is restored without a
+    key (:class:`~stages.errors.UnauthenticatedRestoreWarning`)."""
+    if _warned_unauthenticated.is_set():
+        return
+    _warned_unauthenticated.set()
+    warnings.warn(
+        f"restoring a pickle checkpoint of {where} without a checkpoint key: anyone who can "
+        "write the store can run code in this process. Set BLOCKPOINT_CHECKPOINT_KEY (or "
+        "pass key=) to authenticate checkpoints, or use codec='msgpack'. (Warned once per "
+        "process.)", UnauthenticatedRestoreWarning, stacklevel=3)

@@ -50,9 +50,7 @@ import contextlib
 import logging
 import math
 import struct
-import threading
 import time
-import warnings
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future
 from typing import Any, Generic, TypeVar
@@ -71,10 +69,9 @@ from .errors import (
     CheckpointKeyRequired,
     NoCheckpointError,
     TornHeaderError,
-    UnauthenticatedRestoreWarning,
 )
 from .format import Header, MapEntry
-from .mac import KeySetting, PayloadMac, header_mac, resolve_keys
+from .mac import KeySetting, PayloadMac, header_mac, resolve_keys, warn_unauthenticated
 from .observer import CheckpointFlushObserver, flush_guard
 from .reader import load_map, read_payload, scan_slots, worker_pool
 from .reports import CheckpointInfo, RestoreReport
@@ -85,26 +82,6 @@ __all__ = ["CheckpointInfo", "CheckpointedStageState", "RestoreReport"]
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-_warned_unauthenticated = threading.Event()
-
-
-def _warn_unauthenticated(where: str) -> None:
-    """Warn, once per process, that a pickle checkpoint is restored without a key."""
-    if _warned_unauthenticated.is_set():
-        return
-    _warned_unauthenticated.set()
-    warnings.warn(
-        f"restoring a pickle checkpoint of {where} without a checkpoint key: anyone who can "
-        "write the store can run code in this process. Set BLOCKPOINT_CHECKPOINT_KEY (or "
-        "pass key=) to authenticate checkpoints, or use codec='msgpack'. (Warned once per "
-        "process.)", UnauthenticatedRestoreWarning, stacklevel=3)
-
-
-
-
-
-
 
 class CheckpointedStageState(Generic[T]):
     """A stage's state bound to a lease; ``checkpoint()`` commits it crash-atomically.
@@ -412,35 +389,10 @@ class CheckpointedStageState(Generic[T]):
         tslot.header, tslot.blocks, tslot.committed = h, frozenset(used), True
         info = CheckpointInfo.from_header(h, lease.lease_id, lease.name, len(used))
         self._last = info
-        self._give_back(lease, slots, nb, dropped, need)
+        # Step 5: never raises; None (unknown) makes the next commit sweep every free block.
+        self._dropped = compaction.give_back(lease, slots, self._retention, nb, need,
+                                             dropped, self._dropped)
         return info
-
-    def _give_back(self, lease: Lease, slots: list[SlotState], num_blocks: int,
-                   dropped: frozenset[int], need: int) -> None:
-        """Step 5 of the protocol: shrink the tail, discard dropped blocks (never raises)."""
-        k = self._retention
-        if self._dropped is not None:
-            self._dropped |= dropped
-        committed = [i for i, s in enumerate(slots) if s.committed]
-        nxt = target_slot(slots)
-        next_protected = set().union(*(slots[i].blocks for i in committed if i != nxt))
-        plan = compaction.plan(
-            num_blocks=num_blocks, slots=k,
-            referenced=set().union(*(slots[i].blocks for i in committed)), next_need=need,
-            next_protected=sum(1 for b in next_protected if b >= k),
-            maybe_dropped=self._dropped)
-        try:
-            if plan.num_blocks < num_blocks:
-                lease.resize(plan.num_blocks)
-            if plan.discard:
-                lease.discard_blocks(plan.discard)
-        except Exception as exc:  # committed already: report, and sweep at the next commit
-            log.warning("lease %r: giving back unused blocks after generation %d failed "
-                        "(%s: %s); retried at the next checkpoint", lease.name, self._max_gen,
-                        type(exc).__name__, exc)
-            self._dropped = None
-            return
-        self._dropped = set()
 
     # -- restore -------------------------------------------------------------------------
     @classmethod
@@ -487,7 +439,7 @@ class CheckpointedStageState(Generic[T]):
                 entries, blocks = cls._blocks_of(reader, h, rkey)
                 buf = read_payload(reader, h, entries, key=rkey)
                 if rkey is None and h.codec == "pickle":
-                    _warn_unauthenticated(where)
+                    warn_unauthenticated(where)
                 try:
                     state = codecs.decode(memoryview(buf), h.codec)
                 except Exception as exc:

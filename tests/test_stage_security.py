@@ -29,7 +29,7 @@ from stages import (
     UnauthenticatedRestoreWarning,
     verify_lease,
 )
-from stages import state as state_module
+from stages import mac as mac_module
 from stages.format import parse_header
 
 BS = 4096
@@ -176,7 +176,7 @@ def test_unauthenticated_pickle_restore_warns_once_per_process() -> None:
     st, lid = _written(None)
     keyed_st, keyed_lid = _written(b"k")
     CheckpointedStageState({"v": 1}, st.acquire("data"), codec="msgpack").checkpoint()
-    state_module._warned_unauthenticated.clear()
+    mac_module._warned_unauthenticated.clear()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         CheckpointedStageState.restore(keyed_st.open_reader(keyed_lid), key=b"k")
