@@ -1,49 +1,55 @@
-"""``blockpoint gc STORE``: remove a store's garbage objects (object stores).
+"""``blockpoint gc STORE``: remove what interrupted operations left in a store.
 
-Only object stores make garbage: blocks of failed or fenced flushes, blocks replaced by a
-later commit whose removal failed, records of deleted leases (see docs/FORMAT.md, section
-6.4). The rule never removes an object a flush that may still succeed could publish, so this
-is safe while stages run. File and memory stores overwrite blocks in place and keep none.
-Exit status: 0 done, 2 the store cannot be opened.
+A thin layer over :meth:`blockstore.BlockStore.gc`: the data and lock files of leases whose
+record is gone (a crash inside ``delete_lease``) and stale temporary files of record writes.
+Never a file a live lease uses; safe while stages run. ``--dry-run`` only lists them.
+Exit status: 0 (done, or nothing to do), 2 (not a store, or an I/O error).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
-from .table import print_rows
+from .table import human_bytes, print_rows
 
 __all__ = ["register"]
 
+COLUMNS = ["path", "kind", "lease", "size"]
+
 
 def _cmd_gc(args: argparse.Namespace) -> int:
-    from blockstore import BlockStoreError, ObjectStore, open_store
+    from blockstore import BlockStoreError, open_store
 
     try:
-        store = open_store(args.store, create=False)
+        with open_store(args.store, create=False) as store:
+            report = store.gc(dry_run=args.dry_run, min_age=args.min_age)
     except BlockStoreError as exc:
         print(f"blockpoint gc: {exc}", file=sys.stderr)
         return 2
-    with store:
-        if not isinstance(store, ObjectStore):
-            print(f"nothing to collect: {store.url} overwrites blocks in place and keeps no "
-                  "garbage")
-            return 0
-        try:
-            report = store.gc()
-        except BlockStoreError as exc:
-            print(f"blockpoint gc: {exc}", file=sys.stderr)
-            return 2
-    row = {"store": store.url, "deleted_blocks": report.deleted_blocks,
-           "deleted_records": report.deleted_records,
-           "kept_unpublished": report.kept_unpublished}
-    print_rows([row], list(row), as_json=args.json)
+    if args.json:
+        rows: list[dict[str, Any]] = [{"path": i.path, "kind": i.kind, "lease_id": i.lease_id,
+                                       "bytes": i.bytes, "removed": not report.dry_run}
+                                      for i in report.removed]
+    else:
+        rows = [{"path": i.path, "kind": i.kind, "lease": i.lease_id or "-",
+                 "size": human_bytes(i.bytes)} for i in report.removed]
+    print_rows(rows, COLUMNS, as_json=args.json, empty=f"nothing to collect in {report.url}")
+    if not args.json:
+        verb = "would free" if report.dry_run else "freed"
+        print(f"{len(report.removed)} item(s), {verb} {human_bytes(report.bytes_freed)}; "
+              f"{report.live_leases} live lease(s) kept", file=sys.stderr)
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    sp = sub.add_parser("gc", help="remove garbage objects of an object store")
-    sp.add_argument("store", help="store URL (s3://, gs://, az://) or directory")
+def register(subparsers: Any) -> None:
+    """Add ``gc`` to the ``blockpoint`` command (called by ``blockpoint.cli``)."""
+    sp = subparsers.add_parser("gc", help="remove orphan files (crashed deletes, temp files)")
+    sp.add_argument("store", help="store directory or URL")
+    sp.add_argument("--dry-run", action="store_true", help="list what would go, remove nothing")
+    sp.add_argument("--min-age", type=float, default=60.0, metavar="SECONDS",
+                    help="only temporary files older than this (default 60; younger ones may "
+                         "belong to a write in progress)")
     sp.add_argument("--json", action="store_true", help="print JSON instead of a table")
     sp.set_defaults(func=_cmd_gc)

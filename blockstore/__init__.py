@@ -21,8 +21,11 @@ import threading
 
 from .base import (
     DEFAULT_BLOCK_SIZE,
+    DEFAULT_CLOCK_MARGIN,
     DEFAULT_TTL,
     BlockStore,
+    GcItem,
+    GcReport,
     LeaseScan,
     StoreCapabilities,
     StoreStats,
@@ -62,6 +65,7 @@ from .errors import (  # object stores and URLs
     StoreURLError,
 )
 from .file import FileStore
+from .keys import KEY_ENV, OLD_KEYS_ENV, KeyRing, resolve_keys
 from .lease import Lease, LeaseInfo, LeaseReader
 from .memory import MemoryStore
 from .objectstore import ObjectStore
@@ -69,7 +73,10 @@ from .urls import StoreURL, parse_store_url
 
 __all__ = [
     "DEFAULT_BLOCK_SIZE",
+    "DEFAULT_CLOCK_MARGIN",
     "DEFAULT_TTL",
+    "KEY_ENV",
+    "OLD_KEYS_ENV",
     "BlockError",
     "BlockIndexError",
     "BlockSizeError",
@@ -81,6 +88,9 @@ __all__ = [
     "DocumentTooLargeError",
     "BucketNotFoundError",
     "FileStore",
+    "GcItem",
+    "GcReport",
+    "KeyRing",
     "Lease",
     "LeaseError",
     "LeaseExpiredError",
@@ -115,6 +125,7 @@ __all__ = [
     "default_holder",
     "open_store",
     "parse_store_url",
+    "resolve_keys",
 ]
 
 _memory_stores: dict[str, MemoryStore] = {}
@@ -122,23 +133,28 @@ _memory_lock = threading.Lock()
 
 
 def open_store(spec: str | os.PathLike[str], *, block_size: int | None = None,
-               create: bool = True) -> BlockStore:
+               create: bool = True, shared: bool | None = None,
+               clock_margin: float | None = None) -> BlockStore:
     """Open a store from a path or URL (the forms are in :mod:`blockstore.urls`).
 
     ``/path`` or ``file:///path``: :class:`FileStore`. ``memory://NAME``: the process's
     :class:`MemoryStore` of that name (created on first use). ``s3://``, ``gs://``,
-    ``az://``: :class:`~blockstore.objectstore.ObjectStore` (needs the ``s3`` extra). A bad
-    URL raises ``StoreURLError`` naming the wrong part. ``block_size`` applies when the store
-    is created; an existing store keeps its own (a conflicting value raises
-    ``StoreConfigError``).
+    ``az://``: :class:`~blockstore.objectstore.ObjectStore` (needs the ``s3`` extra; always
+    shared). A bad URL raises ``StoreURLError`` naming the wrong part. ``block_size`` and
+    ``shared`` apply when a file store is created; an existing store keeps its own (a
+    conflicting value raises ``StoreConfigError``). A memory store is never shared.
+    ``clock_margin``: see :class:`BlockStore` ("Clocks").
     """
     url = parse_store_url(spec)
     if url.scheme == "memory":
+        if shared:
+            raise StoreConfigError(f"{spec}: a memory store is never shared")
         name = url.location
         with _memory_lock:
             st = _memory_stores.get(name)
             if st is None or st.closed:
-                st = MemoryStore(block_size or DEFAULT_BLOCK_SIZE, name=name)
+                st = MemoryStore(block_size or DEFAULT_BLOCK_SIZE, name=name,
+                                 clock_margin=clock_margin)
                 _memory_stores[name] = st
             elif block_size is not None and block_size != st.block_size:
                 raise StoreConfigError(f"{url.to_url()} has block size {st.block_size}, "
@@ -147,4 +163,5 @@ def open_store(spec: str | os.PathLike[str], *, block_size: int | None = None,
     if url.is_object_store:
         from .objectstore import ObjectStore
         return ObjectStore(url, block_size, create=create)
-    return FileStore(url.location, block_size, create=create)
+    return FileStore(url.location, block_size, create=create, shared=shared,
+                     clock_margin=clock_margin)

@@ -17,6 +17,19 @@ Protocol (who calls what, in which order):
    Before ``flush`` returns, writes may or may not be visible (object stores publish on
    flush; files publish at once).
 4. ``release()`` ends the hold; blocks stay. ``delete_lease`` removes blocks and record.
+5. ``Lease.discard_blocks`` (after a commit, for blocks no committed data references) makes
+   blocks read as zeros and, where the backend can, frees their space; ``resize`` to fewer
+   blocks drops the tail. ``gc()`` removes what interrupted operations left behind (orphan
+   files), never anything a live lease uses.
+
+Clocks: a lease's expiry is a wall-clock time written by its holder's node and compared
+with the clock of the node that wants to take it over. So a takeover of an expired lease
+that is not stolen waits ``clock_margin`` seconds beyond the expiry (default
+:data:`DEFAULT_CLOCK_MARGIN`, or ``$BLOCKPOINT_CLOCK_MARGIN``): a holder whose clock is up
+to that much behind is not taken over while it still believes it holds the lease. Fencing
+never depends on clocks; the margin only avoids needless takeovers. A backend with a clock
+of its own (an object store's ``Last-Modified``/``Date``) should override :meth:`now` to
+use it, so that every node compares against one clock.
 
 What holds after a failure at any step:
 
@@ -34,8 +47,10 @@ Reads of blocks never written return zeros. Reads need no epoch.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
+import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -63,7 +78,10 @@ from .lease import Buffer, Lease, LeaseInfo, LeaseReader
 __all__ = [
     "MAX_BLOCK_SIZE",
     "MIN_BLOCK_SIZE",
+    "DEFAULT_CLOCK_MARGIN",
     "BlockStore",
+    "GcItem",
+    "GcReport",
     "LeaseScan",
     "StoreCapabilities",
     "StoreStats",
@@ -73,6 +91,26 @@ __all__ = [
 
 DEFAULT_BLOCK_SIZE = 1024 * 1024
 DEFAULT_TTL = 30.0
+#: Seconds beyond a lease's expiry before another holder may take it over without
+#: ``steal`` (see "Clocks" in the module docstring and docs/OPERATIONS.md).
+DEFAULT_CLOCK_MARGIN = 2.0
+CLOCK_MARGIN_ENV = "BLOCKPOINT_CLOCK_MARGIN"
+
+
+def resolve_clock_margin(margin: float | None) -> float:
+    """``margin`` if given, else ``$BLOCKPOINT_CLOCK_MARGIN``, else the default (seconds)."""
+    if margin is None:
+        env = os.environ.get(CLOCK_MARGIN_ENV)
+        if not env:
+            return DEFAULT_CLOCK_MARGIN
+        try:
+            margin = float(env)
+        except ValueError:
+            raise ValueError(f"${CLOCK_MARGIN_ENV}={env!r} is not a number of seconds") from None
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) \
+            or not math.isfinite(margin) or margin < 0:
+        raise ValueError(f"clock_margin must be a finite number of seconds >= 0, got {margin!r}")
+    return float(margin)
 
 
 def new_lease_id() -> str:
@@ -97,12 +135,53 @@ class StoreCapabilities:
         publish_on_flush: other store objects (processes) see writes only after ``flush``
             (or ``release``); unflushed writes are lost at a takeover. False: writes are
             visible at once.
+        shared: the store is reachable by other machines or users (an object store, a
+            store created ``shared=True`` on a shared filesystem), so its bytes cannot be
+            trusted: ``stages.CheckpointedStageState`` then refuses to write pickle
+            checkpoints without a key unless told otherwise.
     """
 
     cross_process: bool
     durable: bool
     conditional_write: bool
     publish_on_flush: bool = False
+    shared: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class GcItem:
+    """One thing :meth:`BlockStore.gc` removed (or would remove, on a dry run).
+
+    Attributes:
+        path: where it was (a file path, an object key).
+        kind: ``"orphan data"``, ``"orphan lock"``, ``"temporary"`` (file store);
+            ``"block"`` (an object no reader can see), ``"lease record"`` (of a deleted
+            lease), ``"id pointer"`` (object store).
+        bytes: its size when found.
+        lease_id: the lease it belonged to, when its name says so.
+    """
+
+    path: str
+    kind: str
+    bytes: int
+    lease_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GcReport:
+    """What :meth:`BlockStore.gc` found: the removed items and the live leases it kept."""
+
+    url: str
+    removed: tuple[GcItem, ...]
+    live_leases: int
+    dry_run: bool = False
+    #: Items left on purpose although unreferenced (an object store's unflushed writes of a
+    #: current holder, which a flush may still publish).
+    kept: int = 0
+
+    @property
+    def bytes_freed(self) -> int:
+        return sum(i.bytes for i in self.removed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,8 +213,9 @@ class BlockStore(ABC):
 
     capabilities: StoreCapabilities
 
-    def __init__(self, block_size: int) -> None:
+    def __init__(self, block_size: int, *, clock_margin: float | None = None) -> None:
         self.block_size = check_block_size(block_size)
+        self.clock_margin = resolve_clock_margin(clock_margin)
         self._closed = False
 
     # -- primitives (backends implement these) -------------------------------------------
@@ -191,6 +271,29 @@ class BlockStore(ABC):
     @abstractmethod
     def url(self) -> str:
         """A string that ``blockstore.open_store`` turns back into this store."""
+
+    # -- conveniences backends may override ------------------------------------------------
+    def now(self) -> float:
+        """The clock lease expiries are compared with (Unix seconds).
+
+        The local wall clock here; a backend with a clock of its own (an object store)
+        overrides this to use the store's, so that all nodes compare against one clock.
+        """
+        return time.time()
+
+    def _discard(self, lease_id: str, epoch: int, indices: Sequence[int]) -> None:
+        """Make blocks read as zeros under ``epoch`` (checked like a write).
+
+        This default writes zero blocks through :meth:`_write`; backends that can free the
+        space (a file's holes, deleting objects) override it.
+        """
+        zero = memoryview(bytes(self.block_size))
+        self._write(lease_id, epoch, list(indices), [zero] * len(indices))
+
+    def _gc(self, dry_run: bool, min_age: float) -> tuple[list[GcItem], int]:
+        """Find (and unless ``dry_run`` remove) orphans older than ``min_age`` seconds;
+        return them and the number of live leases. The default has nothing to collect."""
+        return [], len(self._list())
 
     # -- public API ----------------------------------------------------------------------
     @property
@@ -279,6 +382,18 @@ class BlockStore(ABC):
             lease._stop.set()
         else:  # a released handle gives no right: the lease must be released or expired
             self._delete(info.lease_id, None, None)
+
+    def gc(self, *, dry_run: bool = False, min_age: float = 60.0) -> GcReport:
+        """Remove what interrupted operations left behind; never anything a live lease uses.
+
+        Orphans are the data and lock files of a lease whose record is gone (a crash inside
+        ``delete_lease``) and temporary files of record writes older than ``min_age``
+        seconds (younger ones may belong to a write in progress). Safe to run at any time,
+        from any process, while stages run.
+        """
+        self._check_open()
+        items, live = self._gc(bool(dry_run), float(min_age))
+        return GcReport(self.url, tuple(items), live, bool(dry_run))
 
     def stats(self) -> StoreStats:
         infos = self.list_leases()

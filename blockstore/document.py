@@ -20,7 +20,9 @@ CRC. K > 2 keeps K - 1 older documents as fallbacks against later damage.
 
 The lease is the caller's: it acquires it (fencing is the store's job), hands it to
 :class:`SlottedDocument` and, by closing the document, releases it. The caller also
-chooses the key (this module never reads the environment).
+chooses the key (this module never reads the environment; callers resolve the configured
+keys with :func:`blockstore.keys.resolve_keys`, as checkpoints do). A key ring saves with
+its current key and loads a document whose MAC verifies under any of its keys (rotation).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from typing import Any
 from .canonical import canonical_json
 from .checksum import crc32c
 from .errors import DocumentEncodeError, DocumentTooLargeError
+from .keys import KeyRing, resolve_keys
 from .lease import Lease, LeaseReader
 
 __all__ = [
@@ -146,20 +149,22 @@ class SlottedDocument:
         version: the caller's version of the document's fields; load skips others.
         slots: K, the number of header slots (>= 2); every reader of a lease must use the
             same K.
-        key: MAC key; with one, save MACs and load refuses documents without a valid MAC.
+        key: MAC key or :class:`~blockstore.keys.KeyRing`; with one, save MACs (current key)
+            and load refuses documents without a MAC valid under one of its keys.
         max_bytes: the largest encoded document save accepts and load reads.
     """
 
     def __init__(self, lease: LeaseReader, *, kind: bytes, version: int, slots: int = 2,
-                 key: bytes | None = None, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+                 key: KeyRing | bytes | None = None,
+                 max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         if not isinstance(kind, bytes) or len(kind) != 4:
             raise ValueError(f"kind must be 4 bytes, got {kind!r}")
         if not isinstance(slots, int) or not 2 <= slots <= 0xFFFF:
             raise ValueError(f"slots must be an int in [2, 65535], got {slots!r}")
         if not isinstance(version, int) or not 0 <= version <= 0xFFFFFFFF:
             raise ValueError(f"version must be a u32, got {version!r}")
-        if key is not None and (not isinstance(key, bytes) or not key):
-            raise ValueError("key must be non-empty bytes or None")
+        if key is not None and not isinstance(key, (KeyRing, bytes)):
+            raise ValueError("key must be a KeyRing, non-empty bytes or None")
         if lease.block_size < HEADER_SIZE:
             raise ValueError(f"block size {lease.block_size} is smaller than a header")
         self.lease = lease
@@ -167,7 +172,7 @@ class SlottedDocument:
         self.version = version
         self.slots = slots
         self.max_bytes = max_bytes
-        self._key = key
+        self._keys: KeyRing | None = None if key is None else resolve_keys(key)
         self._closed = False
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -252,22 +257,22 @@ class SlottedDocument:
             self.lease.read_run_into(h.first, memoryview(payload))
         if crc32c(payload) != h.crc:
             return None, "payload checksum mismatch"
-        if self._key is not None:
+        if self._keys is not None:
             if not h.flags & _FLAG_MAC:
                 return None, "no MAC, but a key is configured"
-            if not hmac.compare_digest(self._mac(h.raw[:_MAC_AT], payload), h.mac):
+            if not any(hmac.compare_digest(self._mac(k, h.raw[:_MAC_AT], payload), h.mac)
+                       for k in self._keys.all):
                 return None, "MAC mismatch (wrong key or forged)"
         try:
             doc = json.loads(payload)
-        except ValueError as exc:  # UnicodeDecodeError is a ValueError
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
             return None, f"payload is not JSON: {exc}"
         if not isinstance(doc, dict):
             return None, "payload is not a JSON object"
         return doc, ""
 
-    def _mac(self, head: bytes, payload: bytes | bytearray) -> bytes:
-        assert self._key is not None
-        m = hmac.new(self._key, head, hashlib.sha256)
+    def _mac(self, key: bytes, head: bytes, payload: bytes | bytearray) -> bytes:
+        m = hmac.new(key, head, hashlib.sha256)
         m.update(self.lease.lease_id.encode())
         m.update(payload)
         return m.digest()
@@ -324,12 +329,12 @@ class SlottedDocument:
             if first + n <= start:
                 break
             first = max(first, end)
-        flags = _FLAG_MAC if self._key is not None else 0
+        flags = _FLAG_MAC if self._keys is not None else 0
         head = _HEAD.pack(DOCUMENT_MAGIC, DOCUMENT_VERSION, self.kind, self.version,
                           generation, len(payload), first, crc32c(payload), self.slots,
                           target, flags, 0, bytes(32))
-        if self._key is not None:
-            head = head[:_MAC_AT] + self._mac(head[:_MAC_AT], payload)
+        if self._keys is not None:
+            head = head[:_MAC_AT] + self._mac(self._keys.current, head[:_MAC_AT], payload)
         head += _HEAD_CRC.pack(crc32c(head))
         lease.grow(max(first + n, self.slots))
         old = by_slot.get(target)
@@ -344,4 +349,4 @@ class SlottedDocument:
 
     def __repr__(self) -> str:
         return (f"SlottedDocument(lease={self.lease.name!r}, kind={self.kind!r}, "
-                f"version={self.version}, slots={self.slots}, mac={self._key is not None})")
+                f"version={self.version}, slots={self.slots}, mac={self._keys is not None})")

@@ -18,29 +18,47 @@ from .errors import (
 )
 from .lease import LeaseInfo
 
-__all__ = ["check_current", "next_acquire", "renewed", "released"]
+__all__ = ["check_current", "check_free", "next_acquire", "renewed", "released"]
+
+
+def check_free(info: LeaseInfo, *, now: float | None = None, margin: float = 0.0,
+               hint: str = "pass steal=True to take it over") -> None:
+    """Raise ``LeaseHeldError`` unless ``info`` may be taken by someone else without ``steal``.
+
+    Free means released, or expired for more than ``margin`` seconds: the expiry was written
+    from the holder's clock, so a lease that expired less than ``margin`` ago on this clock
+    may still be live on a holder whose clock is behind (docs/OPERATIONS.md, "Clocks").
+    """
+    now = time.time() if now is None else now
+    if info.holder is None or info.expires_at + margin <= now:
+        return
+    if info.expires_at > now:
+        why = f"for another {info.expires_at - now:.1f}s"
+    else:
+        why = (f"expired {now - info.expires_at:.1f}s ago, within the clock margin of "
+               f"{margin:.1f}s")
+    raise LeaseHeldError(
+        f"lease {info.name!r} is held by {info.holder!r} {why} (epoch {info.epoch}); {hint}",
+        holder=info.holder, expires_at=info.expires_at,
+        lease_id=info.lease_id, name=info.name, epoch=info.epoch)
 
 
 def next_acquire(existing: LeaseInfo | None, *, lease_id: str, name: str, holder: str,
                  ttl: float, num_blocks: int, steal: bool, block_size: int,
-                 now: float | None = None) -> LeaseInfo:
+                 now: float | None = None, margin: float = 0.0) -> LeaseInfo:
     """The record after ``holder`` acquires ``name``.
 
-    New lease: epoch 1. Released, expired, or ``steal``: same id and blocks, epoch + 1.
-    Held by anyone (the same holder included) and unexpired without ``steal``: refused.
+    New lease: epoch 1. Released, expired for more than ``margin`` seconds, or ``steal``:
+    same id and blocks, epoch + 1. Otherwise (held by anyone, the same holder included):
+    refused with ``LeaseHeldError``.
     """
     now = time.time() if now is None else now
     if existing is None:
         return LeaseInfo(lease_id=lease_id, name=name, holder=holder, epoch=1,
                          expires_at=now + ttl, num_blocks=num_blocks, block_size=block_size,
                          created_at=now)
-    if existing.is_held(now) and not steal:
-        raise LeaseHeldError(
-            f"lease {name!r} is held by {existing.holder!r} for another "
-            f"{existing.expires_at - now:.1f}s (epoch {existing.epoch}); pass steal=True to "
-            "take it over",
-            holder=existing.holder, expires_at=existing.expires_at,
-            lease_id=existing.lease_id, name=name, epoch=existing.epoch)
+    if not steal:
+        check_free(existing, now=now, margin=margin)
     return dataclasses.replace(existing, holder=holder, epoch=existing.epoch + 1,
                                expires_at=now + ttl)
 

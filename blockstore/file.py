@@ -33,21 +33,25 @@ Durability: ``flush`` fsyncs the data file. Record changes are durable when they
 from __future__ import annotations
 
 import dataclasses
-import errno
 import fcntl
 import json
 import os
-import threading
+import stat
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
-from .base import DEFAULT_BLOCK_SIZE, BlockStore, StoreCapabilities, bounds_error, new_lease_id
-from .canonical import canonical_json
+from .base import (
+    DEFAULT_BLOCK_SIZE,
+    BlockStore,
+    GcItem,
+    StoreCapabilities,
+    bounds_error,
+    new_lease_id,
+)
 from .checks import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, check_block_size
 from .errors import (
-    LeaseHeldError,
     LeaseNotFoundError,
     LockTimeoutError,
     StorageIOError,
@@ -57,7 +61,17 @@ from .errors import (
     StoreVersionError,
 )
 from .fdcache import FdCache
-from .fencing import check_current, next_acquire, released, renewed
+from .fencing import check_current, check_free, next_acquire, released, renewed
+from .fileio import (
+    DIR_MODE,
+    FILE_MODE,
+    atomic_write_json,
+    fsync_dir,
+    index_runs,
+    pwritev_all,
+    runs,
+    zero_range,
+)
 from .lease import LeaseInfo
 
 __all__ = ["FileStore"]
@@ -65,24 +79,28 @@ __all__ = ["FileStore"]
 META_NAME = "blockpoint-store.json"
 FORMAT_NAME = "blockpoint-store"
 FORMAT_VERSION = 1
-_IOV_MAX = 512
 DEFAULT_LOCK_TIMEOUT = 30.0
 DEFAULT_MAX_OPEN_FILES = 64
+#: Lease records are a few hundred bytes (a name is at most a few hundred characters).
+MAX_RECORD_BYTES = 64 * 1024
 
 
-def _read_meta(meta: Path, block_size: int | None) -> int:
-    """The block size recorded in ``meta``, checked against ``block_size`` if given."""
+def _read_meta(meta: Path, block_size: int | None, shared: bool | None) -> tuple[int, bool]:
+    """The block size and sharing recorded in ``meta``, checked against the arguments."""
     try:
         doc = json.loads(meta.read_bytes())
         if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
             raise ValueError(f"not a {FORMAT_NAME} document")
         version = int(doc["version"])
         bs = int(doc["block_size"])
+        is_shared = doc.get("shared", False)
+        if not isinstance(is_shared, bool):
+            raise ValueError(f"'shared' is {is_shared!r}, not a bool")
         if version < 1:
             raise ValueError(f"version {version} is not a version")
         if version <= FORMAT_VERSION and not (MIN_BLOCK_SIZE <= bs <= MAX_BLOCK_SIZE):
             raise ValueError(f"block size {bs} is out of range")
-    except (ValueError, KeyError, TypeError, OSError) as exc:
+    except (ValueError, KeyError, TypeError, OSError, RecursionError) as exc:
         raise StoreCorruptError(f"store metadata {meta} is unreadable: {exc}",
                                 path=str(meta)) from exc
     if version > FORMAT_VERSION:
@@ -92,7 +110,10 @@ def _read_meta(meta: Path, block_size: int | None) -> int:
             supported=FORMAT_VERSION)
     if block_size is not None and block_size != bs:
         raise StoreConfigError(f"store {meta.parent} has block size {bs}, not {block_size}")
-    return bs
+    if shared is not None and bool(shared) != is_shared:
+        raise StoreConfigError(f"store {meta.parent} was created with shared={is_shared}, "
+                               f"not shared={bool(shared)} (sharing is fixed at creation)")
+    return bs, is_shared
 
 
 def _is_empty_or_partial(root: Path) -> bool:
@@ -119,49 +140,6 @@ def _dir_lock(path: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    """``os.write`` until every byte is written (the kernel may write less than asked)."""
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        if n <= 0:  # pragma: no cover - a regular file returns an error instead
-            raise OSError(errno.EIO, "write wrote nothing")
-        view = view[n:]
-
-
-def _atomic_write_json(path: Path, obj: object) -> None:
-    """Replace ``path`` by ``obj`` as JSON: temporary file, fsync, rename, fsync the directory.
-
-    A failure at any step (a short write included) leaves the old file in place and no
-    temporary file behind.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    data = canonical_json(obj)
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            _write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise
-    _fsync_dir(path.parent)
 
 
 def _lock_within(fd: int, mode: int, timeout: float, path: Path, what: str) -> None:
@@ -196,28 +174,41 @@ class FileStore(BlockStore):
         lock_timeout: the longest wait, in seconds, for the store's or a lease's lock before
             ``LockTimeoutError`` (also settable later as the attribute of that name).
         max_open_files: data-file descriptors kept open when idle (an LRU).
+        shared: for a new store, whether other machines or users reach it (a shared
+            filesystem): recorded in its metadata and declared as ``capabilities.shared``
+            (pickle checkpoints then need a key). ``None`` (default): ``False`` for a new
+            store, the recorded value for an existing one; a conflicting value raises
+            ``StoreConfigError``.
+        clock_margin: seconds beyond an expiry before a lease may be taken over without
+            ``steal`` (default ``$BLOCKPOINT_CLOCK_MARGIN`` or 2 s; see ``blockstore/base.py``).
+
+    Files are created 0600 and directories 0700 (``blockstore/fileio.py``).
     """
 
     capabilities = StoreCapabilities(cross_process=True, durable=True, conditional_write=False)
 
     def __init__(self, root: str | os.PathLike[str], block_size: int | None = None,
                  *, create: bool = True, lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
-                 max_open_files: int = DEFAULT_MAX_OPEN_FILES) -> None:
+                 max_open_files: int = DEFAULT_MAX_OPEN_FILES, shared: bool | None = None,
+                 clock_margin: float | None = None) -> None:
         self.root = Path(root).absolute()
-        bs = self._open_root(block_size, create)
-        super().__init__(bs)
+        bs, is_shared = self._open_root(block_size, create, shared)
+        super().__init__(bs, clock_margin=clock_margin)
+        self.capabilities = StoreCapabilities(cross_process=True, durable=True,
+                                              conditional_write=False, shared=is_shared)
         self.lock_timeout = lock_timeout
         self._leases_dir = self.root / "leases"
         self._fds = FdCache(max_open_files, self._open_data)
 
     # -- opening ---------------------------------------------------------------------------
-    def _open_root(self, block_size: int | None, create: bool) -> int:
+    def _open_root(self, block_size: int | None, create: bool,
+                   shared: bool | None) -> tuple[int, bool]:
         root = self.root
         if root.exists() and not root.is_dir():
             raise StorePathError(f"{root} is not a directory", path=str(root))
         meta = root / META_NAME
         if meta.exists():
-            return _read_meta(meta, block_size)
+            return _read_meta(meta, block_size, shared)
         if root.exists() and not _is_empty_or_partial(root):
             raise StorePathError(f"{root} is not a blockpoint store (no {META_NAME}) and is not "
                                  "empty; refusing to write into it", path=str(root))
@@ -225,7 +216,7 @@ class FileStore(BlockStore):
             raise StorePathError(f"{root} is not a blockpoint store", path=str(root))
         bs = check_block_size(DEFAULT_BLOCK_SIZE if block_size is None else block_size)
         try:
-            root.mkdir(parents=True, exist_ok=True)
+            root.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
         except (NotADirectoryError, FileExistsError) as exc:
             raise StorePathError(f"cannot create store at {root}: a parent is not a directory",
                                  path=str(root)) from exc
@@ -235,20 +226,24 @@ class FileStore(BlockStore):
         # a lock on the directory itself serialises creation, and the loser reads the meta.
         with _dir_lock(root):
             if meta.exists():
-                return _read_meta(meta, block_size)
+                return _read_meta(meta, block_size, shared)
             if not _is_empty_or_partial(root):
                 raise StorePathError(f"{root} is not a blockpoint store (no {META_NAME}) and "
                                      "is not empty; refusing to write into it", path=str(root))
             try:
-                (root / "leases").mkdir(exist_ok=True)
-                (root / "store.lock").touch()
+                # A directory that existed (empty) keeps only its owner's bits: stricter
+                # than both 0700 and whatever umask it was made with.
+                os.chmod(root, stat.S_IMODE(root.stat().st_mode) & DIR_MODE)
+                (root / "leases").mkdir(exist_ok=True, mode=DIR_MODE)
+                (root / "store.lock").touch(mode=FILE_MODE)
                 # The meta last: until it exists, the directory is not a store.
-                _atomic_write_json(meta, {"format": FORMAT_NAME, "version": FORMAT_VERSION,
-                                          "block_size": bs})
+                is_shared = bool(shared)
+                atomic_write_json(meta, {"format": FORMAT_NAME, "version": FORMAT_VERSION,
+                                         "block_size": bs, "shared": is_shared})
             except OSError as exc:
                 raise StorageIOError(f"cannot create store at {root}: {exc}",
                                      path=str(root)) from exc
-        return bs
+        return bs, is_shared
 
     @property
     def url(self) -> str:
@@ -261,7 +256,7 @@ class FileStore(BlockStore):
     @contextmanager
     def _flock(self, path: Path, mode: int, what: str = "the store") -> Iterator[None]:
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
         except OSError as exc:
             raise StorageIOError(f"cannot open lock {path}: {exc}", path=str(path)) from exc
         try:
@@ -281,7 +276,8 @@ class FileStore(BlockStore):
     def _read_record(self, lease_id: str) -> LeaseInfo:
         path = self._path(lease_id, "json")
         try:
-            raw = path.read_bytes()
+            with open(path, "rb") as f:
+                raw = f.read(MAX_RECORD_BYTES + 1)  # a record is ~300 bytes: read no more
         except FileNotFoundError:
             raise LeaseNotFoundError(f"no lease {lease_id} in {self.url}",
                                      lease_id=lease_id) from None
@@ -289,12 +285,14 @@ class FileStore(BlockStore):
             raise StorageIOError(f"cannot read lease record {path}: {exc}",
                                  path=str(path)) from exc
         try:
+            if len(raw) > MAX_RECORD_BYTES:
+                raise ValueError(f"it is larger than {MAX_RECORD_BYTES} bytes")
             info = LeaseInfo.from_dict(json.loads(raw))
             if info.lease_id != lease_id:
                 raise ValueError(f"it holds the record of lease {info.lease_id}")
             if info.block_size != self.block_size:
                 raise ValueError(f"its block size {info.block_size} is not the store's")
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
             raise StoreCorruptError(f"lease record {path} is unreadable: {exc}",
                                     path=str(path)) from exc
         return info
@@ -302,7 +300,7 @@ class FileStore(BlockStore):
     def _write_record(self, info: LeaseInfo) -> None:
         path = self._path(info.lease_id, "json")
         try:
-            _atomic_write_json(path, info.to_dict())
+            atomic_write_json(path, info.to_dict())
         except OSError as exc:
             raise StorageIOError(f"cannot write lease record of {info.name!r}: {exc}",
                                  path=str(path)) from exc
@@ -310,7 +308,7 @@ class FileStore(BlockStore):
     def _open_data(self, lease_id: str) -> int:
         path = self._path(lease_id, "dat")
         try:
-            return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            return os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
         except OSError as exc:
             raise StorageIOError(f"cannot open blocks of lease {lease_id}: {exc}",
                                  path=str(path)) from exc
@@ -330,7 +328,8 @@ class FileStore(BlockStore):
                     current = self._read_record(existing.lease_id)
                     info = next_acquire(current, lease_id=current.lease_id, name=name,
                                         holder=holder, ttl=ttl, num_blocks=num_blocks,
-                                        steal=steal, block_size=self.block_size)
+                                        steal=steal, block_size=self.block_size,
+                                        now=self.now(), margin=self.clock_margin)
                     self._write_record(info)
                     return info
             except LeaseNotFoundError:
@@ -339,12 +338,17 @@ class FileStore(BlockStore):
     def _create(self, name: str, holder: str, ttl: float, num_blocks: int) -> LeaseInfo:
         """A new lease named ``name`` (the store lock is held, so the name stays unique)."""
         info = next_acquire(None, lease_id=new_lease_id(), name=name, holder=holder, ttl=ttl,
-                            num_blocks=num_blocks, steal=False, block_size=self.block_size)
+                            num_blocks=num_blocks, steal=False, block_size=self.block_size,
+                            now=self.now())
         try:
-            self._path(info.lease_id, "lock").touch()
-            with open(self._path(info.lease_id, "dat"), "wb") as f:
-                f.truncate(num_blocks * self.block_size)
-                os.fsync(f.fileno())
+            self._path(info.lease_id, "lock").touch(mode=FILE_MODE)
+            fd = os.open(self._path(info.lease_id, "dat"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+                         FILE_MODE)
+            try:
+                os.ftruncate(fd, num_blocks * self.block_size)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         except OSError as exc:
             raise StorageIOError(f"cannot create lease {name!r}: {exc}") from exc
         self._write_record(info)  # the record last: it is what makes the lease exist
@@ -377,9 +381,12 @@ class FileStore(BlockStore):
             self._write_record(info)
             return info
 
-    def _write(self, lease_id: str, epoch: int, indices: Sequence[int],
-               datas: Sequence[memoryview]) -> None:
-        bs = self.block_size
+    @contextmanager
+    def _writing(self, lease_id: str, epoch: int, indices: Sequence[int],
+                 what: str) -> Iterator[int]:
+        """The data file's descriptor, for changing ``indices`` under ``epoch``: the shared
+        lease lock is held, the epoch is current and every index is inside the lease, for as
+        long as the block runs. I/O errors become ``StorageIOError``."""
         with self._lease_lock(lease_id, exclusive=False):
             info = self._read_record(lease_id)
             check_current(info, epoch)
@@ -388,12 +395,18 @@ class FileStore(BlockStore):
                     raise bounds_error(lease_id, info.name, i, info.num_blocks)
             try:
                 with self._fds.use(lease_id, writing=True) as fd:
-                    for start, bufs in _runs(indices, datas, bs):
-                        _pwritev_all(fd, bufs, start * bs)
+                    yield fd
             except StorageIOError:
                 raise  # already translated (opening the data file)
             except OSError as exc:
-                raise StorageIOError(f"write to lease {info.name!r} failed: {exc}") from exc
+                raise StorageIOError(f"{what} lease {info.name!r} failed: {exc}") from exc
+
+    def _write(self, lease_id: str, epoch: int, indices: Sequence[int],
+               datas: Sequence[memoryview]) -> None:
+        bs = self.block_size
+        with self._writing(lease_id, epoch, indices, "write to") as fd:
+            for start, bufs in runs(indices, datas, bs):
+                pwritev_all(fd, bufs, start * bs)
 
     def _read(self, lease_id: str, indices: Sequence[int], buffers: Sequence[memoryview]) -> None:
         info = self._read_record(lease_id)
@@ -468,13 +481,12 @@ class FileStore(BlockStore):
             info = self._read_record(lease_id)
             if epoch is not None:
                 check_current(info, epoch, allow_expired=True)
-            elif info.is_held():
-                raise LeaseHeldError(f"lease {info.name!r} is held by {info.holder!r}",
-                                     holder=info.holder, expires_at=info.expires_at,
-                                     lease_id=lease_id, name=info.name, epoch=info.epoch)
+            else:
+                check_free(info, now=self.now(), margin=self.clock_margin,
+                           hint="delete it with the holder's handle")
             # The record goes first: without it the lease does not exist.
             self._path(lease_id, "json").unlink()
-            _fsync_dir(self._leases_dir)
+            fsync_dir(self._leases_dir)
             self._fds.discard(lease_id)
             for ext in ("dat", "lock"):
                 try:
@@ -482,44 +494,69 @@ class FileStore(BlockStore):
                 except FileNotFoundError:
                     pass
 
+    def _discard(self, lease_id: str, epoch: int, indices: Sequence[int]) -> None:
+        bs = self.block_size
+        with self._writing(lease_id, epoch, indices, "discard in") as fd:  # fenced like a write
+            for first, count in index_runs(sorted(indices)):
+                zero_range(fd, first * bs, count * bs)
+
+    def _gc(self, dry_run: bool, min_age: float) -> tuple[list[GcItem], int]:
+        # Under the store lock: leases are created (lock, data, then record) and deleted
+        # (record, then data and lock) while it is held, so a data or lock file without a
+        # record here belongs to no lease that exists or is being made.
+        now = time.time()
+        found: list[GcItem] = []
+        with self._flock(self.root / "store.lock", fcntl.LOCK_EX):
+            try:
+                entries = list(self._leases_dir.iterdir())
+                root_tmps = [p for p in self.root.iterdir()
+                             if p.name.startswith(f".{META_NAME}.") and p.name.endswith(".tmp")]
+            except OSError as exc:
+                raise StorageIOError(f"cannot list {self._leases_dir}: {exc}") from exc
+            records = {p.name[:-5] for p in entries
+                       if p.name.endswith(".json") and not p.name.startswith(".")}
+            for p in entries + root_tmps:
+                item = _orphan(p, records, now, min_age)
+                if item is not None:
+                    found.append(item)
+            if not dry_run and found:
+                for item in found:
+                    try:
+                        Path(item.path).unlink()
+                    except FileNotFoundError:
+                        pass
+                    except OSError as exc:
+                        raise StorageIOError(f"gc cannot remove {item.path}: {exc}",
+                                             path=item.path) from exc
+                fsync_dir(self._leases_dir)
+        return found, len(records)
+
     def _close(self) -> None:
         self._fds.close()
 
 
-def _runs(indices: Sequence[int], datas: Sequence[memoryview],
-          bs: int) -> Iterator[tuple[int, list[memoryview]]]:
-    """Group writes into runs of consecutive blocks, padding short blocks with zeros."""
-    order = sorted(range(len(indices)), key=indices.__getitem__)
-    zeros = memoryview(bytes(bs))
-    start = -1
-    prev = -2
-    bufs: list[memoryview] = []
-    for k in order:
-        i = indices[k]
-        if i != prev + 1 or len(bufs) >= _IOV_MAX:
-            if bufs:
-                yield start, bufs
-            start, bufs = i, []
-        d = datas[k]
-        bufs.append(d)
-        if len(d) < bs:
-            bufs.append(zeros[: bs - len(d)])
-        prev = i
-    if bufs:
-        yield start, bufs
+def _is_lease_id(text: str) -> bool:
+    return len(text) == 32 and all(c in "0123456789abcdef" for c in text)
 
 
-def _pwritev_all(fd: int, bufs: list[memoryview], offset: int) -> None:
-    """pwritev until every byte is written (the kernel may write less than asked)."""
-    bufs = [b for b in bufs if len(b)]
-    k = 0
-    while k < len(bufs):
-        n = os.pwritev(fd, bufs[k:k + _IOV_MAX], offset)
-        if n <= 0:
-            raise OSError(errno.EIO, "pwritev wrote nothing")
-        offset += n
-        while k < len(bufs) and n >= len(bufs[k]):
-            n -= len(bufs[k])
-            k += 1
-        if n:
-            bufs[k] = bufs[k][n:]
+def _orphan(path: Path, records: set[str], now: float, min_age: float) -> GcItem | None:
+    """What ``path`` is if gc may remove it, else None (live, young, or not ours)."""
+    name = path.name
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    if name.startswith(".") and name.endswith(".tmp"):
+        # ".<record>.<pid>.<thread>.tmp" of a record write (fileio.atomic_write_json); a young
+        # one may belong to a write in progress (record writes do not hold the store lock).
+        if now - st.st_mtime < min_age:
+            return None
+        stem = name[1:].split(".", 1)[0]
+        return GcItem(str(path), "temporary", st.st_size, stem if _is_lease_id(stem) else None)
+    stem, _, ext = name.partition(".")
+    if ext in ("dat", "lock") and _is_lease_id(stem) and stem not in records:
+        kind = "orphan data" if ext == "dat" else "orphan lock"
+        return GcItem(str(path), kind, st.st_blocks * 512 if ext == "dat" else 0, stem)
+    return None

@@ -15,6 +15,7 @@ context manager whose exit releases it (data stays; release only gives up the ri
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -39,6 +40,9 @@ class LeaseBackend(Protocol):
     """
 
     block_size: int
+    #: The store's ``blockstore.base.StoreCapabilities`` (named loosely: this module does not
+    #: import ``base.py``).
+    capabilities: Any
 
     @property
     def url(self) -> str: ...
@@ -55,11 +59,15 @@ class LeaseBackend(Protocol):
 
     def _flush(self, lease_id: str, epoch: int) -> None: ...
 
+    def _discard(self, lease_id: str, epoch: int, indices: Sequence[int]) -> None: ...
+
     def _checked_write(self, lease_id: str, epoch: int,
                        pairs: Sequence[tuple[int, Buffer]]) -> None: ...
 
     def _checked_read(self, lease_id: str, indices: Sequence[int],
                       buffers: Sequence[memoryview]) -> None: ...
+
+    def _check_index(self, lease_id: str, index: object) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,16 +104,43 @@ class LeaseInfo:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> LeaseInfo:
+        """A record from its JSON form, checked field by field (records are stored bytes:
+        a damaged or forged one must not parse into a record that means something else).
+
+        Raises:
+            KeyError: a field is missing.
+            TypeError: a field has the wrong JSON type (``true`` is not an epoch).
+            ValueError: a value is out of range (epoch < 1, negative blocks, not finite).
+        """
+        if not isinstance(d, Mapping):
+            raise TypeError(f"a lease record is a JSON object, not {type(d).__name__}")
+        holder = d["holder"]
+        if holder is not None and not isinstance(holder, str):
+            raise TypeError(f"holder is {holder!r}, not a string or null")
         return cls(
-            lease_id=str(d["lease_id"]),
-            name=str(d["name"]),
-            holder=None if d["holder"] is None else str(d["holder"]),
-            epoch=int(d["epoch"]),
-            expires_at=float(d["expires_at"]),
-            num_blocks=int(d["num_blocks"]),
-            block_size=int(d["block_size"]),
-            created_at=float(d["created_at"]),
+            lease_id=_field(d, "lease_id", str),
+            name=_field(d, "name", str),
+            holder=holder,
+            epoch=_field(d, "epoch", int, minimum=1),
+            expires_at=float(_field(d, "expires_at", float)),
+            num_blocks=_field(d, "num_blocks", int, minimum=0),
+            block_size=_field(d, "block_size", int, minimum=1),
+            created_at=float(_field(d, "created_at", float)),
         )
+
+
+def _field(d: Mapping[str, Any], name: str, kind: type, minimum: int | None = None) -> Any:
+    """``d[name]`` if it is of JSON type ``kind`` (float accepts ints), finite, >= minimum."""
+    value = d[name]
+    ok = (isinstance(value, str) if kind is str else
+          not isinstance(value, bool) and isinstance(value, int if kind is int else (int, float)))
+    if not ok:
+        raise TypeError(f"{name} is {value!r}, not a JSON {kind.__name__}")
+    if kind is float and not math.isfinite(value):
+        raise ValueError(f"{name} is {value!r}, not a finite number")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} is {value!r}, less than {minimum}")
+    return value
 
 
 class LeaseReader:
@@ -281,6 +316,18 @@ class Lease(LeaseReader):
         self._check()
         pairs = list(items.items()) if isinstance(items, Mapping) else list(items)
         self._store._checked_write(self.lease_id, self.epoch, pairs)
+
+    def discard_blocks(self, indices: Iterable[int]) -> None:
+        """Make blocks read as zeros, freeing their space where the backend can.
+
+        For blocks that no committed data references any more (a dropped generation), so
+        that dropped state is no longer readable. Checked like a write (epoch, bounds); a
+        refused call discards nothing. Not atomic across blocks, durable after ``flush``.
+        """
+        self._check()
+        idx = sorted({self._store._check_index(self.lease_id, i) for i in indices})
+        if idx:
+            self._store._discard(self.lease_id, self.epoch, idx)
 
     def resize(self, num_blocks: int) -> LeaseInfo:
         """Grow or shrink the lease to ``num_blocks``. New blocks read as zeros."""

@@ -11,8 +11,8 @@ import threading
 from collections.abc import Sequence
 
 from .base import DEFAULT_BLOCK_SIZE, BlockStore, StoreCapabilities, bounds_error, new_lease_id
-from .errors import LeaseHeldError, LeaseNotFoundError
-from .fencing import check_current, next_acquire, released, renewed
+from .errors import LeaseNotFoundError
+from .fencing import check_current, check_free, next_acquire, released, renewed
 from .lease import LeaseInfo
 
 __all__ = ["MemoryStore"]
@@ -31,8 +31,9 @@ class MemoryStore(BlockStore):
 
     capabilities = StoreCapabilities(cross_process=False, durable=False, conditional_write=False)
 
-    def __init__(self, block_size: int = DEFAULT_BLOCK_SIZE, name: str = "") -> None:
-        super().__init__(block_size)
+    def __init__(self, block_size: int = DEFAULT_BLOCK_SIZE, name: str = "", *,
+                 clock_margin: float | None = None) -> None:
+        super().__init__(block_size, clock_margin=clock_margin)
         self._name = name or hex(id(self))
         self._lock = threading.RLock()
         self._entries: dict[str, _Entry] = {}
@@ -54,7 +55,8 @@ class MemoryStore(BlockStore):
             existing = next((e for e in self._entries.values() if e.info.name == name), None)
             info = next_acquire(existing.info if existing else None, lease_id=new_lease_id(),
                                 name=name, holder=holder, ttl=ttl, num_blocks=num_blocks,
-                                steal=steal, block_size=self.block_size)
+                                steal=steal, block_size=self.block_size, now=self.now(),
+                                margin=self.clock_margin)
             if existing is None:
                 self._entries[info.lease_id] = _Entry(info)
             else:
@@ -81,14 +83,19 @@ class MemoryStore(BlockStore):
             e.info = dataclasses.replace(e.info, num_blocks=num_blocks)
             return e.info
 
+    def _writable(self, lease_id: str, epoch: int, indices: Sequence[int]) -> _Entry:
+        """The entry, once ``epoch`` is current and every index inside (the lock is held)."""
+        e = self._entry(lease_id)
+        check_current(e.info, epoch)
+        for i in indices:
+            if i >= e.info.num_blocks:
+                raise bounds_error(lease_id, e.info.name, i, e.info.num_blocks)
+        return e
+
     def _write(self, lease_id: str, epoch: int, indices: Sequence[int],
                datas: Sequence[memoryview]) -> None:
         with self._lock:
-            e = self._entry(lease_id)
-            check_current(e.info, epoch)
-            for i in indices:
-                if i >= e.info.num_blocks:
-                    raise bounds_error(lease_id, e.info.name, i, e.info.num_blocks)
+            e = self._writable(lease_id, epoch, indices)
             for i, d in zip(indices, datas):
                 e.blocks[i] = bytes(d)
 
@@ -122,11 +129,16 @@ class MemoryStore(BlockStore):
             e = self._entry(lease_id)
             if epoch is not None:
                 check_current(e.info, epoch, allow_expired=True)
-            elif e.info.is_held():
-                raise LeaseHeldError(f"lease {e.info.name!r} is held by {e.info.holder!r}",
-                                     holder=e.info.holder, expires_at=e.info.expires_at,
-                                     lease_id=lease_id, name=e.info.name, epoch=e.info.epoch)
+            else:
+                check_free(e.info, now=self.now(), margin=self.clock_margin,
+                           hint="delete it with the holder's handle")
             del self._entries[lease_id]
+
+    def _discard(self, lease_id: str, epoch: int, indices: Sequence[int]) -> None:
+        with self._lock:
+            e = self._writable(lease_id, epoch, indices)
+            for i in indices:
+                e.blocks.pop(i, None)
 
     def _close(self) -> None:
         with self._lock:

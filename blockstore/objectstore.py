@@ -44,6 +44,8 @@ from dataclasses import dataclass, field
 from .base import (
     DEFAULT_BLOCK_SIZE,
     BlockStore,
+    GcItem,
+    GcReport,
     StoreCapabilities,
     bounds_error,
     check_block_size,
@@ -78,21 +80,12 @@ from .objectlayout import (
 )
 from .urls import StoreURL, parse_store_url
 
-__all__ = ["GCReport", "ObjectStore"]
+__all__ = ["ObjectStore"]
 
 #: Conditional puts that lose a race re-read and retry; this many losses in a row is an error.
 MAX_RACES = 64
 #: gc removes a tombstone (record of a deleted lease) only when it is at least this old.
 TOMBSTONE_GRACE = 60.0
-
-
-@dataclass(frozen=True, slots=True)
-class GCReport:
-    """What one :meth:`ObjectStore.gc` run removed (objects) and kept (in-flight writes)."""
-
-    deleted_blocks: int
-    deleted_records: int
-    kept_unpublished: int
 
 
 @dataclass
@@ -129,8 +122,10 @@ class ObjectStore(BlockStore):
     the record naming every block written since the last flush is durable in the store.
     """
 
+    # Shared by nature: every machine with the credentials reads it, so pickle checkpoints
+    # on it need a key (stages/state.py refuses them otherwise).
     capabilities = StoreCapabilities(cross_process=True, durable=True, conditional_write=True,
-                                     publish_on_flush=True)
+                                     publish_on_flush=True, shared=True)
 
     def __init__(self, url: StoreURL | str, block_size: int | None = None, *,
                  create: bool = True, client: ObjectClient | None = None) -> None:
@@ -496,27 +491,31 @@ class ObjectStore(BlockStore):
         self._delete_quietly(self._superseded(lease_id, old, new))
         if (lease_id, epoch) not in self._collected and epoch > 1:
             self._collected.add((lease_id, epoch))
-            self._collect_lease(lease_id, new)
+            self._collect_lease(lease_id, new, False)
 
     @staticmethod
     def _superseded(lease_id: str, old: LeaseRecord, new: LeaseRecord) -> list[str]:
         return [block_key(lease_id, g, i) for i, g in old.blocks.items()
                 if new.blocks.get(i) != g]
 
-    def _collect_lease(self, lease_id: str, rec: LeaseRecord | None) -> tuple[int, int]:
-        """Remove this lease's garbage objects; ``(removed, kept unpublished)``."""
-        garbage, kept = [], 0
+    def _collect_lease(self, lease_id: str, rec: LeaseRecord | None,
+                       dry_run: bool) -> tuple[list[GcItem], int]:
+        """This lease's garbage objects (removed unless ``dry_run``); ``(items, kept)``."""
+        garbage: list[GcItem] = []
+        kept = 0
         for meta in self._c.list(blocks_prefix(lease_id)):
             parsed = parse_block_key(meta["path"])
             if parsed is None:
                 continue
             _, gen, epoch, index = parsed
             if is_garbage(rec, gen, epoch, index):
-                garbage.append(meta["path"])
+                garbage.append(GcItem(meta["path"], "block", int(meta.get("size") or 0),
+                                      lease_id))
             elif rec is not None and rec.blocks.get(index) != gen:
                 kept += 1
-        self._delete_quietly(garbage)
-        return len(garbage), kept
+        if not dry_run:
+            self._delete_quietly([i.path for i in garbage])
+        return garbage, kept
 
     def _delete_quietly(self, keys: Sequence[str]) -> None:
         """Remove garbage now if we can; what fails here is left to the next ``gc``."""
@@ -526,13 +525,14 @@ class ObjectStore(BlockStore):
             except StorageIOError:
                 pass
 
-    def gc(self) -> GCReport:
+    def gc(self, *, dry_run: bool = False, min_age: float = TOMBSTONE_GRACE) -> GcReport:
         """Remove every object no reader can see and no flush that may still succeed can
         publish (the rule is :func:`is_garbage`), and the records of deleted leases.
 
         Safe while holders are running: objects of the current epoch of a held lease are
-        kept even when unreferenced (they may be unflushed writes). Tombstones are removed
-        when older than ``TOMBSTONE_GRACE`` seconds (in the store's clock).
+        kept even when unreferenced (they may be unflushed writes; counted in
+        ``GcReport.kept``). Tombstones are removed when older than ``min_age`` seconds (in
+        the store's clock; default ``TOMBSTONE_GRACE``). ``dry_run`` lists, removes nothing.
         """
         self._check_open()
         records, _ = self._all_records(strict=False)
@@ -542,16 +542,23 @@ class ObjectStore(BlockStore):
             parsed = parse_block_key(meta["path"])
             if parsed is not None:
                 ids.add(parsed[0])
-        removed = kept = 0
+        items: list[GcItem] = []
+        kept = 0
         for lease_id in sorted(ids):
-            r, k = self._collect_lease(lease_id, live.get(lease_id))
-            removed, kept = removed + r, kept + k
-        stale_ptrs = [m["path"] for m in self._c.list("ids/")
-                      if m["path"].split("/", 1)[1] not in live]
+            found, k = self._collect_lease(lease_id, live.get(lease_id), dry_run)
+            items += found
+            kept += k
+        items += [GcItem(m["path"], "id pointer", int(m.get("size") or 0),
+                         m["path"].split("/", 1)[1])
+                  for m in self._c.list("ids/") if m["path"].split("/", 1)[1] not in live]
         now = self._c.clock.now()
-        ages = {m["path"]: m["last_modified"].timestamp() for m in self._c.list(LEASES)}
-        tombs = [k for k, r, _ in records if r.deleted
-                 and now - ages.get(k, now) >= TOMBSTONE_GRACE]
-        self._delete_quietly(stale_ptrs + tombs)
-        return GCReport(deleted_blocks=removed, deleted_records=len(tombs) + len(stale_ptrs),
-                        kept_unpublished=kept)
+        listing = {m["path"]: m for m in self._c.list(LEASES)}
+        for key, rec, _ in records:
+            meta = listing.get(key)
+            age = now - meta["last_modified"].timestamp() if meta else 0.0
+            if rec.deleted and age >= min_age:
+                items.append(GcItem(key, "lease record", int(meta.get("size") or 0) if meta
+                                    else 0, rec.info.lease_id))
+        if not dry_run:
+            self._delete_quietly([i.path for i in items if i.kind != "block"])
+        return GcReport(self.url, tuple(items), len(live), bool(dry_run), kept=kept)

@@ -18,21 +18,25 @@ Fencing: :meth:`RegistryStore.open` acquires the lease with ``steal=True``, whic
 epoch, so a previous incarnation of the scheduler that is still running (a zombie on a
 partitioned node) can no longer write: the store refuses its stale epoch.
 
-Authentication: when ``key`` is given (default: the ``BLOCKPOINT_CHECKPOINT_KEY``
-environment variable, as for stage checkpoints), every header carries an HMAC-SHA256 and a
-record without a valid MAC is skipped; the scheduler unpickles specs and handles only from
-an authenticated (or, without a key, checksummed) document.
+Authentication: the key is resolved exactly as for stage checkpoints
+(:func:`blockstore.keys.resolve_keys`: the ``key`` argument, else
+``BLOCKPOINT_CHECKPOINT_KEY`` plus ``BLOCKPOINT_CHECKPOINT_OLD_KEYS``). With a key, every
+header carries an HMAC-SHA256 under the current key and a record without a MAC valid under
+one of the keys is skipped; the scheduler unpickles specs and handles only from an
+authenticated (or, without a key, checksummed) document. The scheduler actor reads the
+setting from its own environment, so a key set through Ray's runtime environment
+(``runtime_env={"env_vars": {...}}``) reaches it as it reaches stage actors.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from typing import Any
 
 from blockstore import BlockStore, DocumentEncodeError, Lease, SlottedDocument, open_store
 from blockstore.errors import BlockStoreError
+from blockstore.keys import KeySetting, resolve_keys
 
 from scheduler.errors import RegistryError
 
@@ -43,7 +47,6 @@ log = logging.getLogger(__name__)
 #: The registry's document kind (the magic of its first layout) and field version.
 REGISTRY_MAGIC = b"BPSR"
 REGISTRY_VERSION = 2
-_KEY_ENV = "BLOCKPOINT_CHECKPOINT_KEY"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,11 +62,6 @@ class RegistryRecord:
     generation: int
     document: dict[str, Any]
     skipped: tuple[tuple[int, str], ...] = ()
-
-
-def _env_key() -> bytes | None:
-    value = os.environ.get(_KEY_ENV)
-    return value.encode() if value else None
 
 
 class RegistryStore:
@@ -82,17 +80,17 @@ class RegistryStore:
         store: A store, or a path/URL for :func:`blockstore.open_store`.
         name: The registry lease's name (one per scheduler, e.g. ``"_scheduler/ns"``).
         ttl: The lease's TTL; a keepalive thread renews it while open.
-        key: MAC key; default from ``BLOCKPOINT_CHECKPOINT_KEY`` (no MAC if unset).
+        key: MAC key, ring or keys; default: the configured keys (no MAC if none).
         holder: Holder name recorded in the lease (default: host:pid:random).
     """
 
     def __init__(self, store: BlockStore | str, name: str, *, ttl: float = 30.0,
-                 key: bytes | None = None, holder: str | None = None) -> None:
+                 key: KeySetting = None, holder: str | None = None) -> None:
         self._own_store = not isinstance(store, BlockStore)
         self._store: BlockStore = open_store(store) if isinstance(store, str) else store
         self.name = name
         self._ttl = ttl
-        self._key = key if key is not None else _env_key()
+        self._key = resolve_keys(key)
         self._holder = holder
         self._doc: SlottedDocument | None = None
 

@@ -136,6 +136,9 @@ class StageSpec:
         resources: Ray resource options (``num_cpus``, ``num_gpus``, ``memory``; any other key
             is a custom resource).
         retention, codec, compression: passed to ``CheckpointedStageState``.
+        allow_unauthenticated: write pickle checkpoints without a key even on a shared
+            store (an object store); passed to ``CheckpointedStageState``. The key itself
+            comes from the environment (``blockstore/keys.py``), e.g. Ray's runtime env.
         block_size: block size if the store must be created (``None``: the default); an
             existing store keeps its own.
         lease_ttl: TTL of the stage's lease; a keepalive thread renews it every third.
@@ -155,11 +158,13 @@ class StageSpec:
     block_size: int | None = None
     lease_ttl: float = 10.0
     registrar: StageRegistrar | None = None
+    allow_unauthenticated: bool = False
 
     def state_options(self) -> dict[str, Any]:
         """Keyword options for ``CheckpointedStageState`` (constructor and ``restore``)."""
         return {"retention": self.retention, "codec": self.codec,
-                "compression": self.compression}
+                "compression": self.compression,
+                "allow_unauthenticated": self.allow_unauthenticated}
 
     def open_store(self) -> BlockStore:
         """Open the spec's store (created with ``block_size`` if it does not exist)."""

@@ -5,8 +5,9 @@ that fits, and carries its context as attributes (lease, generation, block)::
 
     StageError(Exception)
     ├── CheckpointFailed(RuntimeError)     writing a checkpoint failed (fail-closed)
-    │   └── CheckpointCommitUnknown        it failed at the header write or its flush: the
-    │                                      generation may or may not be committed
+    │   ├── CheckpointCommitUnknown        it failed at the header write or its flush: the
+    │   │                                  generation may or may not be committed
+    │   └── CheckpointKeyRequired          a pickle checkpoint on a shared store, no key
     ├── NoCheckpointError(LookupError)     the lease holds no committed generation
     ├── CodecError(TypeError)              state the chosen codec cannot encode
     └── CheckpointCorrupt(ValueError)      no generation (or this one) verifies
@@ -40,6 +41,11 @@ Errors of one module stay with it but hang from the same root::
         └── RunFencedError(RuntimeError)   this driver was taken over: its commit was refused
             └── SinkFencedError            ... refused by the sink (stages.sink)
 
+Warnings (``warnings.warn`` categories, not errors)::
+
+    UserWarning
+    └── UnauthenticatedRestoreWarning      a pickle checkpoint restored without a key
+
 Every error pickles with its attributes (Ray returns an actor's exception by pickling it).
 
 ``CheckpointCorrupt`` raised by ``restore`` is the error of the newest generation tried; its
@@ -56,6 +62,7 @@ __all__ = [
     "CheckpointCommitUnknown",
     "CheckpointCorrupt",
     "CheckpointFailed",
+    "CheckpointKeyRequired",
     "CodecError",
     "NoCheckpointError",
     "PipelineError",
@@ -72,6 +79,7 @@ __all__ = [
     "StageProcessError",
     "TornHeaderError",
     "TruncatedCheckpointError",
+    "UnauthenticatedRestoreWarning",
     "UnsupportedFormatError",
 ]
 
@@ -110,6 +118,20 @@ class CheckpointCommitUnknown(CheckpointFailed):
     return this generation (it is complete if it verifies). Callers that decide what is
     committed elsewhere (a pipeline's run record) roll back to their own commit point.
     """
+
+
+class CheckpointKeyRequired(CheckpointFailed):
+    """Refused: a pickle checkpoint without a key on a store that declares itself shared.
+
+    Anyone who can write a shared store (other machines, other users) could replace an
+    unauthenticated pickle checkpoint, and restoring it runs their code. Nothing was
+    written. Configure a key (``BLOCKPOINT_CHECKPOINT_KEY``), use ``codec="msgpack"``, or
+    opt out with ``allow_unauthenticated=True``.
+    """
+
+
+class UnauthenticatedRestoreWarning(UserWarning):
+    """A pickle checkpoint was restored without a key (warned once per process)."""
 
 
 class NoCheckpointError(StageError, LookupError):

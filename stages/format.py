@@ -356,9 +356,12 @@ def parse_header(block: bytes | bytearray | memoryview, *, slot: int, lease_id: 
                                 + "; ".join(problems), **ctx)
     try:
         meta = json.loads(bytes(mv[HEADER_SIZE:HEADER_SIZE + meta_len])) if meta_len else {}
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested past the limit
         raise CheckpointCorrupt(f"header slot {slot} of lease {name!r}: bad metadata: {exc}",
                                 **ctx) from exc
+    if not isinstance(meta, dict):  # only a forged header (its CRC verified) gets here
+        raise CheckpointCorrupt(f"header slot {slot} of lease {name!r}: metadata is a JSON "
+                                f"{type(meta).__name__}, not an object", **ctx)
     return Header(version=version, data_length=data_length, generation=generation, step=step,
                   created_at=created_at, duration_s=duration_s, stored_bytes=stored,
                   chunks=chunks, block_size=bs, slots=slots, slot=slot_index,

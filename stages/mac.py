@@ -11,36 +11,33 @@ rejected. So there are two MACs, both keyed with the configured key:
   included. A reader checks it right after the header CRC, before following the block map;
   a checkpoint copied into another lease (or replayed as another generation) fails it.
 
-The key comes from the ``key`` argument or, when that is None, the environment variable
-:data:`KEY_ENV` (its UTF-8 bytes). When a key is configured, a generation without a MAC or
-with a wrong one is refused.
+Keys are resolved by :func:`blockstore.keys.resolve_keys`, the one resolution shared with
+documents and the scheduler registry: the ``key`` argument, or ``$BLOCKPOINT_CHECKPOINT_KEY``
+plus ``$BLOCKPOINT_CHECKPOINT_OLD_KEYS`` (rotation). New MACs use the ring's current key;
+a MAC made with any key of the ring verifies. When a key is configured, a generation
+without a MAC or with a wrong one is refused. The header MAC names the key: the key whose
+header MAC matches is the writer's, and only that key is tried on the (large) payload.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import os
+import threading
+import warnings
 from collections.abc import Iterable
 
-__all__ = ["KEY_ENV", "MAC_SIZE", "PayloadMac", "equal", "header_mac", "resolve_key"]
+from blockstore.keys import KEY_ENV, OLD_KEYS_ENV, KeyRing, KeySetting, resolve_keys
 
-KEY_ENV = "BLOCKPOINT_CHECKPOINT_KEY"
+from .errors import UnauthenticatedRestoreWarning
+
+__all__ = ["KEY_ENV", "MAC_SIZE", "OLD_KEYS_ENV", "KeyRing", "KeySetting", "PayloadMac",
+           "equal", "header_key", "header_mac", "resolve_keys", "warn_unauthenticated"]
+
 MAC_SIZE = 32
 _PAYLOAD_TAG = b"blockpoint checkpoint payload v2\0"
 _HEADER_TAG = b"blockpoint checkpoint header v2\0"
-
-
-def resolve_key(key: bytes | str | None) -> bytes | None:
-    """The key to use: ``key`` if given, else ``$BLOCKPOINT_CHECKPOINT_KEY``, else None."""
-    if key is None:
-        env = os.environ.get(KEY_ENV)
-        return env.encode() if env else None
-    if isinstance(key, str):
-        key = key.encode()
-    if not key:
-        raise ValueError("an empty MAC key is not a key")
-    return bytes(key)
+_warned_unauthenticated = threading.Event()
 
 
 class PayloadMac:
@@ -68,6 +65,28 @@ def header_mac(key: bytes, lease_id: str, name: str, header_for_mac: bytes) -> b
     return h.digest()
 
 
+def header_key(ring: KeyRing, lease_id: str, name: str, header_for_mac: bytes,
+               mac: bytes) -> bytes | None:
+    """The key of ``ring`` under which ``mac`` is the header MAC, or None if none is."""
+    for key in ring.all:
+        if equal(header_mac(key, lease_id, name, header_for_mac), mac):
+            return key
+    return None
+
+
 def equal(a: bytes, b: bytes) -> bool:
     """Constant-time comparison."""
     return hmac.compare_digest(a, b)
+
+
+def warn_unauthenticated(where: str) -> None:
+    """Warn, once per process, that a pickle checkpoint of ``where`` is restored without a
+    key (:class:`~stages.errors.UnauthenticatedRestoreWarning`)."""
+    if _warned_unauthenticated.is_set():
+        return
+    _warned_unauthenticated.set()
+    warnings.warn(
+        f"restoring a pickle checkpoint of {where} without a checkpoint key: anyone who can "
+        "write the store can run code in this process. Set BLOCKPOINT_CHECKPOINT_KEY (or "
+        "pass key=) to authenticate checkpoints, or use codec='msgpack'. (Warned once per "
+        "process.)", UnauthenticatedRestoreWarning, stacklevel=3)

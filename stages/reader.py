@@ -45,7 +45,7 @@ from .errors import (
     TruncatedCheckpointError,
 )
 from .format import CHUNK_RAW, CHUNK_ZSTD, ENTRY, MAPBLOCK, Header, MapEntry
-from .mac import PayloadMac, equal, header_mac, resolve_key
+from .mac import KeyRing, KeySetting, PayloadMac, equal, header_key, resolve_keys
 
 __all__ = [
     "GenerationReport",
@@ -194,28 +194,44 @@ def _ctx(reader: LeaseReader, h: Header) -> dict[str, Any]:
             "slot": h.slot}
 
 
-def check_header_mac(reader: LeaseReader, h: Header, key: bytes) -> None:
+def _ring(key: KeySetting) -> KeyRing | None:
+    """``key`` as a ring; ``None`` stays None (here None means "no key", never the env)."""
+    return None if key is None else resolve_keys(key)
+
+
+def check_header_mac(reader: LeaseReader, h: Header, key: KeySetting) -> bytes:
     """Authenticate a parsed header for this lease before anything it points to is read.
 
+    ``key`` is a :class:`~blockstore.keys.KeyRing` (or one key): the header verifies if its
+    MAC matches under any key of the ring (rotation). Cheap (one HMAC of ~200 bytes per key).
+
+    Returns:
+        The key that verified it: the writer's, the one its payload MAC must match under.
+
     Raises:
-        CheckpointAuthError: no MAC, or a MAC that does not match (wrong key, tampered
+        CheckpointAuthError: no MAC, or a MAC that matches under no key (wrong key, tampered
             header, or a header copied from another lease).
     """
+    ring = resolve_keys(key)
+    assert ring is not None
     where = f"lease {reader.name!r} ({reader.lease_id}) generation {h.generation}"
     if not h.has_mac:
         raise CheckpointAuthError(f"{where} has no MAC but a checkpoint key is configured; "
                                   "refusing it", **_ctx(reader, h))
-    if not equal(header_mac(key, reader.lease_id, reader.name, h.for_mac()), h.mac):
-        raise CheckpointAuthError(f"{where}: header MAC mismatch (wrong key, tampered header, "
-                                  "or a checkpoint of another lease); nothing was followed",
+    found = header_key(ring, reader.lease_id, reader.name, h.for_mac(), h.mac)
+    if found is None:
+        raise CheckpointAuthError(f"{where}: header MAC mismatch under all {len(ring.all)} "
+                                  "configured key(s) (wrong key, tampered header, or a "
+                                  "checkpoint of another lease); nothing was followed",
                                   **_ctx(reader, h))
+    return found
 
 
 def load_map(reader: LeaseReader, h: Header, *,
-             key: bytes | None = None) -> tuple[list[MapEntry], list[int]]:
+             key: KeySetting = None) -> tuple[list[MapEntry], list[int]]:
     """The generation's block map and its spilled map blocks, checked.
 
-    With ``key`` the header MAC is checked first. The work is bounded by the lease, whatever
+    With ``key`` (a ring or one key) the header MAC is checked first. The work is bounded by the lease, whatever
     the header claims: at most one pass over each map block (a revisited one is a loop),
     at most as many map blocks as the lease has, and the entries must reference distinct
     blocks (raw chunks) or disjoint ranges (packed zstd chunks) of the lease.
@@ -224,8 +240,9 @@ def load_map(reader: LeaseReader, h: Header, *,
     :class:`CheckpointCorrupt` if the map CRC or an entry's bounds are wrong,
     :class:`CheckpointAuthError` if ``key`` is set and the header MAC does not verify.
     """
-    if key is not None:
-        check_header_mac(reader, h, key)
+    ring = _ring(key)
+    if ring is not None:
+        check_header_mac(reader, h, ring)
     ctx = _ctx(reader, h)
     nb = reader.num_blocks
     bs = reader.block_size
@@ -348,18 +365,18 @@ def _check_zstd(items: list[tuple[memoryview, memoryview, MapEntry]]) -> MapEntr
 
 
 def read_payload(reader: LeaseReader, h: Header, entries: Sequence[MapEntry], *,
-                 key: bytes | None) -> np.ndarray:
+                 key: KeySetting) -> np.ndarray:
     """Read, check and assemble the payload of a generation into one new buffer.
 
     Every chunk's CRC is verified (and the MAC, when ``key`` is set) before this returns; the
-    caller may decode the result. ``key`` set and no MAC in the header ->
-    :class:`CheckpointAuthError` before any data is read.
+    caller may decode the result. ``key`` set and no MAC in the header, or a header MAC that
+    matches no key -> :class:`CheckpointAuthError` before any data is read. The payload
+    MAC is checked under the one key the header MAC matched.
     """
     ctx = _ctx(reader, h)
     where = f"lease {reader.name!r} ({reader.lease_id}) generation {h.generation}"
-    if key is not None and not h.has_mac:
-        raise CheckpointAuthError(f"{where} has no MAC but a checkpoint key is configured; "
-                                  "refusing it", **ctx)
+    ring = _ring(key)
+    writer_key = check_header_mac(reader, h, ring) if ring is not None else None
     pool = worker_pool()
     try:
         buf = np.empty(h.data_length, dtype=np.uint8)
@@ -421,22 +438,24 @@ def read_payload(reader: LeaseReader, h: Header, entries: Sequence[MapEntry], *,
         raise CheckpointCorrupt(f"{where}: data block {bad.block} fails its CRC-32C "
                                 f"({'zstd' if bad.flags == CHUNK_ZSTD else 'raw'} chunk)",
                                 block=bad.block, **ctx)
-    if key is not None:
-        # The header MAC (checked in load_map) covers the payload MAC stored in the header.
-        if not equal(PayloadMac(key).update_all([mv]).digest(), h.payload_mac):
+    if writer_key is not None:
+        # The header MAC (checked above) covers the payload MAC stored in the header.
+        if not equal(PayloadMac(writer_key).update_all([mv]).digest(), h.payload_mac):
             raise CheckpointAuthError(f"{where}: payload MAC mismatch (wrong key or tampered "
                                       "data); nothing was unpickled", **ctx)
     return buf
 
 
-def verify_lease(reader: LeaseReader, *, key: bytes | None = None) -> list[GenerationReport]:
+def verify_lease(reader: LeaseReader, *, key: KeySetting = None) -> list[GenerationReport]:
     """Verify every header slot of a checkpoint lease (checksums, map, MAC); decode nothing.
+
+    ``key`` None: the configured keys (``blockstore.keys.resolve_keys``), if any.
 
     Returns one report per slot, newest generation first, then unreadable and empty slots.
     Raises :class:`NoCheckpointError` if no slot holds the magic ``PCHK`` (an empty lease, or
     a lease that is not a checkpoint lease).
     """
-    key = resolve_key(key)
+    ring = resolve_keys(key)
     _, scans = scan_slots(reader)
     if not any(s.header is not None or (s.error is not None
                                         and not isinstance(s.error, BadMagicError))
@@ -463,8 +482,8 @@ def verify_lease(reader: LeaseReader, *, key: bytes | None = None) -> list[Gener
             continue
         status, block = "ok", None
         try:
-            entries, _ = load_map(reader, h, key=key)
-            read_payload(reader, h, entries, key=key)
+            entries, _ = load_map(reader, h, key=ring)
+            read_payload(reader, h, entries, key=ring)
         except CheckpointCorrupt as exc:
             status, block = str(exc), exc.block
         out.append(GenerationReport(

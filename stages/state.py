@@ -16,6 +16,16 @@ The commit protocol (one mechanism, ``docs/FORMAT.md`` has the bytes):
    overwritten. With K slots the lease never exceeds K + K x (largest generation) blocks.
 4. ``flush`` (data and erasures durable), then write the header into the target slot, then
    ``flush``: two fsyncs per checkpoint.
+5. After the commit, give storage back (:mod:`stages.compaction`): shrink the lease's tail
+   past what the retained generations use, and discard the dropped generation's blocks so
+   its state is no longer readable. A failure here is logged, never raised: the generation
+   is committed, and the next commit retries.
+
+Security defaults: on a store that declares itself shared (``capabilities.shared``) a
+pickle checkpoint without a key is refused (:class:`~stages.errors.CheckpointKeyRequired`)
+unless ``allow_unauthenticated=True``; a pickle restore without a key warns once per process
+(:class:`~stages.errors.UnauthenticatedRestoreWarning`). Keys are resolved once, by
+:func:`blockstore.keys.resolve_keys` (current key to write, old keys to verify).
 
 Speed (`BENCHMARKS.md`): the payload is never joined into one buffer - chunks are memoryview
 slices of pickle's out-of-band buffers (numpy arrays), written with ``pwritev`` while a small
@@ -48,6 +58,7 @@ from typing import Any, Generic, TypeVar
 from blockstore import Lease, LeaseReader, StaleLeaseError
 
 from . import codec as codecs
+from . import compaction
 from . import format as fmt
 from .compress import ChunkCoder
 from .errors import (
@@ -55,11 +66,12 @@ from .errors import (
     CheckpointCommitUnknown,
     CheckpointCorrupt,
     CheckpointFailed,
+    CheckpointKeyRequired,
     NoCheckpointError,
     TornHeaderError,
 )
 from .format import Header, MapEntry
-from .mac import PayloadMac, header_mac, resolve_key
+from .mac import KeySetting, PayloadMac, header_mac, resolve_keys, warn_unauthenticated
 from .observer import CheckpointFlushObserver, flush_guard
 from .reader import load_map, read_payload, scan_slots, worker_pool
 from .background import PendingCheckpoint, SnapshotBuffers
@@ -72,12 +84,6 @@ __all__ = ["CheckpointInfo", "CheckpointedStageState", "RestoreReport"]
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-
-
-
-
 
 class CheckpointedStageState(Generic[T]):
     """A stage's state bound to a lease; ``checkpoint()`` commits it crash-atomically.
@@ -93,16 +99,20 @@ class CheckpointedStageState(Generic[T]):
         codec: "pickle" (default, zero-copy numpy) or "msgpack" (data only, never runs code).
         compression: "auto" (zstd where a probe shows it pays), "zstd" or "none".
         level: zstd level.
-        key: MAC key; default ``$BLOCKPOINT_CHECKPOINT_KEY``; when set, checkpoints carry an
-            HMAC-SHA256 and restores refuse generations without a valid one.
+        key: MAC key, a key ring or keys (the first is current); default: the configured
+            keys (``$BLOCKPOINT_CHECKPOINT_KEY``, ``$BLOCKPOINT_CHECKPOINT_OLD_KEYS``). When
+            set, checkpoints carry an HMAC-SHA256 under the current key and restores refuse
+            generations without a MAC valid under one of the keys.
+        allow_unauthenticated: write pickle checkpoints without a key even on a shared
+            store (``capabilities.shared``), where they are refused by default.
         observer: told of every flush (see :mod:`stages.observer`).
         lease_id: the id given to the observer (default: the lease's id).
     """
 
     def __init__(self, state: T, lease: Lease | LeaseReader, *, retention: int = 2,
                  codec: str = "pickle", compression: str = "auto", level: int = 3,
-                 key: bytes | str | None = None, observer: CheckpointFlushObserver | None = None,
-                 lease_id: str | None = None) -> None:
+                 key: KeySetting = None, observer: CheckpointFlushObserver | None = None,
+                 lease_id: str | None = None, allow_unauthenticated: bool = False) -> None:
         if not isinstance(retention, int) or retention < 2:
             raise ValueError(f"retention must be an int >= 2 (a commit must never overwrite the "
                              f"only good copy), got {retention!r}")
@@ -117,10 +127,12 @@ class CheckpointedStageState(Generic[T]):
         self._codec = codec
         self._compression = compression
         self._level = level
-        self._key = resolve_key(key)
+        self._key = resolve_keys(key)
+        self._allow_unauthenticated = bool(allow_unauthenticated)
         self._observer = observer
         self._lease_id = lease_id or lease.lease_id
         self._slots: list[SlotState] | None = None
+        self._dropped: set[int] | None = None  # may hold dropped data; None: unknown
         self._max_gen = 0
         self._last: CheckpointInfo | None = None
         self._flushes = 0
@@ -326,10 +338,13 @@ class CheckpointedStageState(Generic[T]):
                 # writer believed and read the slots again before the next write, so that
                 # generation is protected like any other (never erased as "uncommitted").
                 self._slots = None
+                self._dropped = None
                 raise
             except CheckpointFailed:
+                self._dropped = None  # the attempt may have written blocks nothing references
                 raise
             except Exception as exc:
+                self._dropped = None
                 raise CheckpointFailed(
                     f"checkpoint of lease {self._lease_id} failed: {type(exc).__name__}: {exc}",
                     lease_id=self._lease_id, generation=self._max_gen or None) from exc
@@ -343,6 +358,14 @@ class CheckpointedStageState(Generic[T]):
             raise CheckpointFailed(f"lease {lease.name!r} is open for reading only (restored "
                                    "from a LeaseReader); acquire it to checkpoint",
                                    lease_id=self._lease_id)
+        if (self._key is None and self._codec == "pickle" and not self._allow_unauthenticated
+                and lease.store.capabilities.shared):
+            raise CheckpointKeyRequired(
+                f"lease {lease.name!r} is on a shared store ({lease.store.url}): a pickle "
+                "checkpoint without a key could be replaced by anyone who can write the store, "
+                "and restoring it runs their code. Set BLOCKPOINT_CHECKPOINT_KEY (or pass "
+                "key=), use codec='msgpack', or pass allow_unauthenticated=True",
+                lease_id=self._lease_id)
         if not isinstance(step, int) or step < 0:
             raise ValueError(f"step must be a non-negative int, got {step!r}")
         meta_bytes = fmt.encode_meta(meta)
@@ -372,13 +395,13 @@ class CheckpointedStageState(Generic[T]):
         nb = lease.num_blocks
         free_now = max(0, nb - k) - sum(1 for b in protected if k <= b < nb)
         if nb < k or free_now < need:
-            lease.grow(max(k, nb) + max(0, need - free_now))
+            nb = lease.grow(max(k, nb) + max(0, need - free_now)).num_blocks
         alloc_list = allocate(protected, k, need)
 
         pool = worker_pool()
         mac_future: Future[PayloadMac] | None = None
         if self._key is not None:
-            mac_future = pool.submit(hash_payload, self._key, payload.segments)
+            mac_future = pool.submit(hash_payload, self._key.current, payload.segments)
 
         # Erase before any data write: the target slot (its old generation's
         # blocks are about to be reused), and every slot holding something that is not a
@@ -396,6 +419,7 @@ class CheckpointedStageState(Generic[T]):
             lease.write_blocks({i: b"" for i in erase})
             for i in erase:
                 slots[i].dirty = False
+        dropped = tslot.blocks  # the replaced generation's: reused below, or given back after
         tslot.committed = False
         tslot.header = None
 
@@ -418,7 +442,8 @@ class CheckpointedStageState(Generic[T]):
         mac = None
         if mac_future is not None:
             fmt.set_payload_mac(header, mac_future.result().digest())
-            mac = header_mac(self._key, lease.lease_id, lease.name, fmt.header_mac_input(header))
+            mac = header_mac(self._key.current, lease.lease_id, lease.name,
+                             fmt.header_mac_input(header))
         fmt.seal_header(header, mac)
         tslot.dirty = True
         # From here on a failure leaves the commit state unknown: the header may be durable
@@ -445,6 +470,9 @@ class CheckpointedStageState(Generic[T]):
         tslot.header, tslot.blocks, tslot.committed = h, frozenset(used), True
         info = CheckpointInfo.from_header(h, lease.lease_id, lease.name, len(used))
         self._last = info
+        # Step 5: never raises; None (unknown) makes the next commit sweep every free block.
+        self._dropped = compaction.give_back(lease, slots, self._retention, nb, need,
+                                             dropped, self._dropped)
         return info
 
     # -- restore -------------------------------------------------------------------------
@@ -471,7 +499,7 @@ class CheckpointedStageState(Generic[T]):
                 lists them all.
         """
         reader = lease_or_reader
-        rkey = resolve_key(key)
+        rkey = resolve_keys(key)
         k, scans = scan_slots(reader)
         where = f"lease {reader.name!r} ({reader.lease_id})"
         if all(s.empty or isinstance(s.error, TornHeaderError) for s in scans):
@@ -491,6 +519,8 @@ class CheckpointedStageState(Generic[T]):
             try:
                 entries, blocks = cls._blocks_of(reader, h, rkey)
                 buf = read_payload(reader, h, entries, key=rkey)
+                if rkey is None and h.codec == "pickle":
+                    warn_unauthenticated(where)
                 try:
                     state = codecs.decode(memoryview(buf), h.codec)
                 except Exception as exc:

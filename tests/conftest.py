@@ -18,6 +18,11 @@ _RAY_TMP = tempfile.mkdtemp(prefix="bpray", dir="/tmp")
 os.environ.setdefault("RAY_TMPDIR", _RAY_TMP)
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# Tests take over leases right after they expire (TTLs of milliseconds); on one machine there
+# is no clock skew to guard against. The margin itself is tested with explicit values
+# (tests/test_store_security.py); everything else runs without it (and so do the Ray workers
+# and subprocesses the tests start: they inherit this environment).
+os.environ.setdefault("BLOCKPOINT_CLOCK_MARGIN", "0")
 
 FAST_HEALTH = {
     "health_check_period_ms": 500,

@@ -275,7 +275,7 @@ def test_gc_removes_only_what_no_flush_can_publish(s3_server: MotoServer) -> Non
     assert len(_objects(st, a.lease_id)) == 4
     a.write_blocks({2: b"unflushed"})  # the holder's in-flight write: must survive gc
     report = st.gc()
-    assert report.kept_unpublished == 1 and len(_objects(st, a.lease_id)) == 5
+    assert report.kept == 1 and len(_objects(st, a.lease_id)) == 5
     other = ObjectStore(url)
     b = other.acquire("s", steal=True)  # fences epoch 1: its unflushed object is garbage now
     b.write_blocks({3: b"three"})
@@ -305,6 +305,22 @@ def test_store_clock_offset_from_stamps() -> None:
 
 
 # -- stage checkpoints on S3 -----------------------------------------------------------------
+#: An object store is shared (capabilities.shared): pickle checkpoints there need a key.
+KEY = b"s3-test-key"
+
+
+def test_pickle_checkpoints_on_s3_need_a_key(s3_server: MotoServer) -> None:
+    from stages import CheckpointedStageState, CheckpointFailed
+
+    with open_store(s3_server.url(_prefix()), block_size=64 * 1024) as st:
+        assert st.capabilities.shared
+        lease = st.acquire("stage", ttl=60)
+        with pytest.raises(CheckpointFailed, match="key"):
+            CheckpointedStageState({"n": 1}, lease).checkpoint()
+        CheckpointedStageState({"n": 1}, lease, allow_unauthenticated=True).checkpoint()
+        assert CheckpointedStageState.restore(lease).state == {"n": 1}
+
+
 def test_stage_checkpoint_round_trip_and_zombie_on_s3(s3_server: MotoServer) -> None:
     from stages import CheckpointedStageState, CheckpointFailed
 
@@ -312,16 +328,16 @@ def test_stage_checkpoint_round_trip_and_zombie_on_s3(s3_server: MotoServer) -> 
     old = open_store(url, block_size=64 * 1024)
     state = {"n": 1, "arr": np.arange(100_000, dtype=np.float32)}
     lease = old.acquire("stage-1", ttl=60)
-    css = CheckpointedStageState(state, lease)
+    css = CheckpointedStageState(state, lease, key=KEY)
     css.checkpoint(step=1)
     with ObjectStore(url) as other:
-        back = CheckpointedStageState.restore(other.open_reader("stage-1"))
+        back = CheckpointedStageState.restore(other.open_reader("stage-1"), key=KEY)
         assert back.state["n"] == 1 and np.array_equal(back.state["arr"], state["arr"])
     css.state = {"n": 2, "arr": state["arr"] * 2}
     css.checkpoint(step=2)
     new = ObjectStore(url)
     taken = new.acquire("stage-1", steal=True, ttl=60)  # the new incarnation fences the old
-    css2 = CheckpointedStageState.restore(taken)
+    css2 = CheckpointedStageState.restore(taken, key=KEY)
     assert css2.state["n"] == 2
     css.state = {"n": 666, "arr": state["arr"]}
     with pytest.raises(CheckpointFailed) as err:  # the zombie's commit is refused
@@ -330,7 +346,7 @@ def test_stage_checkpoint_round_trip_and_zombie_on_s3(s3_server: MotoServer) -> 
     css2.state = {"n": 3, "arr": state["arr"] * 3}
     css2.checkpoint(step=3)
     with ObjectStore(url) as reader:
-        back = CheckpointedStageState.restore(reader.open_reader("stage-1"))
+        back = CheckpointedStageState.restore(reader.open_reader("stage-1"), key=KEY)
         assert back.state["n"] == 3 and np.array_equal(back.state["arr"], state["arr"] * 3)
     for st in (old, new):
         st.close()
@@ -343,7 +359,7 @@ def test_stage_checkpoint_server_cut_mid_commit_restores_previous(
     url = s3_server.url(_prefix(), endpoint=proxy.endpoint, retries=1)
     st = open_store(url, block_size=64 * 1024)
     lease = st.acquire("stage", ttl=60)
-    css = CheckpointedStageState({"gen": 1, "x": np.ones(50_000)}, lease)
+    css = CheckpointedStageState({"gen": 1, "x": np.ones(50_000)}, lease, key=KEY)
     css.checkpoint(step=1)
     css.state = {"gen": 2, "x": np.zeros(50_000)}
     puts = {"n": 0}
@@ -359,7 +375,7 @@ def test_stage_checkpoint_server_cut_mid_commit_restores_previous(
         css.checkpoint(step=2)
     proxy.restore()
     with ObjectStore(url) as fresh:
-        back = CheckpointedStageState.restore(fresh.open_reader("stage"))
+        back = CheckpointedStageState.restore(fresh.open_reader("stage"), key=KEY)
         assert back.state["gen"] == 1 and np.array_equal(back.state["x"], np.ones(50_000))
     st.close()
 

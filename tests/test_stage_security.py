@@ -1,0 +1,217 @@
+"""Security defaults of checkpoints: key rotation, shared stores, the restore warning.
+
+* One key resolution (``blockstore.keys.resolve_keys``) for checkpoints, documents and the
+  scheduler registry: the current key writes, old keys verify.
+* On a shared store a pickle checkpoint without a key is refused (``CheckpointKeyRequired``)
+  unless the caller opts out; msgpack and keyed checkpoints are written.
+* A pickle restore without a key warns once per process.
+* A key set through Ray's runtime environment reaches actors.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from blockstore import FileStore, KeyRing, MemoryStore, SlottedDocument, resolve_keys
+from blockstore.keys import KEY_ENV, OLD_KEYS_ENV
+from scheduler.errors import RegistryError
+from scheduler.registry import RegistryStore
+from stages import (
+    CheckpointAuthError,
+    CheckpointCorrupt,
+    CheckpointedStageState,
+    CheckpointFailed,
+    CheckpointKeyRequired,
+    UnauthenticatedRestoreWarning,
+    verify_lease,
+)
+from stages import mac as mac_module
+from stages.format import parse_header
+
+BS = 4096
+
+
+@pytest.fixture(autouse=True)
+def no_key_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    monkeypatch.delenv(OLD_KEYS_ENV, raising=False)
+
+
+# -- key resolution ---------------------------------------------------------------------------
+def test_resolve_keys_from_arguments_and_environment() -> None:
+    assert resolve_keys(None, environ={}) is None
+    ring = resolve_keys(None, environ={KEY_ENV: "new", OLD_KEYS_ENV: "old1,,old2"})
+    assert ring == KeyRing(b"new", (b"old1", b"old2"))
+    assert ring.all == (b"new", b"old1", b"old2")
+    assert resolve_keys("k") == KeyRing(b"k") and resolve_keys(b"k") == KeyRing(b"k")
+    assert resolve_keys([b"a", "b"]) == KeyRing(b"a", (b"b",))
+    assert resolve_keys(ring) is ring
+    with pytest.raises(ValueError, match=KEY_ENV):
+        resolve_keys(None, environ={OLD_KEYS_ENV: "old"})  # verify-only config: an error
+    for bad in (b"", "", []):
+        with pytest.raises(ValueError):
+            resolve_keys(bad)
+    assert "new" not in repr(ring) and "old1" not in repr(ring)  # never print key material
+
+
+# -- rotation ---------------------------------------------------------------------------------
+def _written(key: object, *, state: object = None) -> tuple[MemoryStore, str]:
+    st = MemoryStore(BS)
+    lease = st.acquire("stage")
+    css = CheckpointedStageState(state if state is not None else {"v": 1}, lease, key=key)
+    css.checkpoint(step=1)
+    return st, lease.lease_id
+
+
+def test_old_keys_verify_and_the_current_key_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+    st, lid = _written(b"key-A", state={"arr": np.arange(5000)})
+    reader = st.open_reader(lid)
+    with pytest.raises(CheckpointAuthError):
+        CheckpointedStageState.restore(reader, key=b"key-B")
+    # Rotated: B is current, A still accepted.
+    monkeypatch.setenv(KEY_ENV, "key-B")
+    monkeypatch.setenv(OLD_KEYS_ENV, "key-Z,key-A")
+    lease = st.acquire("stage", steal=True)
+    css = CheckpointedStageState.restore(lease)
+    assert np.array_equal(css.state["arr"], np.arange(5000))
+    assert [r.ok for r in verify_lease(reader) if r.status != "empty"] == [True]
+    css.state = {"arr": np.arange(10)}
+    assert css.checkpoint(step=2).generation == 2
+    # The new generation is written with the current key only: A alone does not verify it.
+    under_a = {r.generation: r.ok for r in verify_lease(reader, key=b"key-A")
+               if r.status != "empty"}
+    assert under_a == {1: True, 2: False}
+    assert CheckpointedStageState.restore(reader, key=b"key-B").restored.step == 2
+    # Dropping the old key: generation 1 (key A) is refused, generation 2 restores.
+    monkeypatch.delenv(OLD_KEYS_ENV)
+    reports = {r.generation: r for r in verify_lease(reader) if r.status != "empty"}
+    assert reports[2].ok and not reports[1].ok and "MAC" in reports[1].status
+
+
+def test_a_forged_header_is_refused_under_every_key() -> None:
+    st, lid = _written(b"key-A")
+    reader = st.open_reader(lid)
+    raw = bytearray(reader.read_block(0))
+    h = parse_header(raw, slot=0, lease_id=lid, name="stage")
+    assert h.has_mac
+    with pytest.raises(CheckpointCorrupt):
+        CheckpointedStageState.restore(reader, key=KeyRing(b"key-B", (b"key-C",)))
+
+
+def test_document_rotation() -> None:
+    st = MemoryStore(BS)
+    with SlottedDocument(st.acquire("doc"), kind=b"TEST", version=1, key=b"A") as doc:
+        doc.save({"n": 1})
+    reader = st.open_reader("doc")
+    assert SlottedDocument(reader, kind=b"TEST", version=1,
+                           key=KeyRing(b"B", (b"A",))).load().document == {"n": 1}
+    assert SlottedDocument(reader, kind=b"TEST", version=1, key=b"B").load().document is None
+    with SlottedDocument(st.acquire("doc", steal=True), kind=b"TEST", version=1,
+                         key=KeyRing(b"B", (b"A",))) as doc:
+        doc.save({"n": 2})  # written with B
+    assert SlottedDocument(reader, kind=b"TEST", version=1, key=b"B").load().document == {"n": 2}
+
+
+def test_registry_is_covered_by_the_same_key(monkeypatch: pytest.MonkeyPatch,
+                                             tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "s", BS)
+    monkeypatch.setenv(KEY_ENV, "reg-A")
+    with RegistryStore(store, "_reg") as reg:  # the key from the environment
+        reg.save({"specs": {"a": "cloudpickled"}})
+    monkeypatch.delenv(KEY_ENV)
+    raw = SlottedDocument(store.open_reader("_reg"), kind=b"BPSR", version=2).load()
+    assert raw.document == {"specs": {"a": "cloudpickled"}}  # readable, and ...
+    with pytest.raises(RegistryError, match="MAC"):  # ... refused under another key
+        RegistryStore(store, "_reg", key=b"reg-B").load()
+    monkeypatch.setenv(KEY_ENV, "reg-B")
+    monkeypatch.setenv(OLD_KEYS_ENV, "reg-A")
+    assert RegistryStore(store, "_reg").load().document == {"specs": {"a": "cloudpickled"}}
+    # A registry written without a key (a forgery, to a keyed reader) is never loaded.
+    forged = MemoryStore(BS)
+    with RegistryStore(forged, "_reg", key=None) as reg:
+        pass
+    monkeypatch.delenv(OLD_KEYS_ENV)
+    monkeypatch.delenv(KEY_ENV)
+    with RegistryStore(forged, "_reg") as reg:
+        reg.save({"specs": {"evil": "payload"}})
+    monkeypatch.setenv(KEY_ENV, "reg-B")
+    with pytest.raises(RegistryError, match="no MAC"):
+        RegistryStore(forged, "_reg").load()
+    store.close()
+
+
+# -- shared stores ----------------------------------------------------------------------------
+def test_pickle_without_a_key_is_refused_on_a_shared_store(tmp_path: Path) -> None:
+    with FileStore(tmp_path / "shared", BS, shared=True) as st:
+        lease = st.acquire("stage")
+        css = CheckpointedStageState({"v": 1}, lease)
+        with pytest.raises(CheckpointKeyRequired, match="shared") as err:
+            css.checkpoint()
+        assert isinstance(err.value, CheckpointFailed) and err.value.lease_id == lease.lease_id
+        assert lease.num_blocks == 0  # nothing written
+        # The explicit ways: opt out, a key, or a codec that runs no code.
+        CheckpointedStageState({"v": 1}, lease, allow_unauthenticated=True).checkpoint()
+        CheckpointedStageState({"v": 2}, st.acquire("keyed"), key=b"k").checkpoint()
+        CheckpointedStageState({"v": 3}, st.acquire("data"), codec="msgpack").checkpoint()
+    with FileStore(tmp_path / "private", BS) as st:  # not shared: written as before
+        CheckpointedStageState({"v": 1}, st.acquire("stage")).checkpoint()
+
+
+def test_shared_store_with_the_key_from_the_environment(monkeypatch: pytest.MonkeyPatch,
+                                                         tmp_path: Path) -> None:
+    monkeypatch.setenv(KEY_ENV, "env-key")
+    with FileStore(tmp_path / "shared", BS, shared=True) as st:
+        lease = st.acquire("stage")
+        CheckpointedStageState({"v": 1}, lease).checkpoint()
+        reports = verify_lease(st.open_reader("stage"), key=b"env-key")
+        assert [r.ok for r in reports if r.status != "empty"] == [True]
+
+
+# -- the restore warning ----------------------------------------------------------------------
+def test_unauthenticated_pickle_restore_warns_once_per_process() -> None:
+    st, lid = _written(None)
+    keyed_st, keyed_lid = _written(b"k")
+    CheckpointedStageState({"v": 1}, st.acquire("data"), codec="msgpack").checkpoint()
+    mac_module._warned_unauthenticated.clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        CheckpointedStageState.restore(keyed_st.open_reader(keyed_lid), key=b"k")
+        CheckpointedStageState.restore(st.open_reader("data"))  # msgpack: no code runs
+        assert not [w for w in caught if issubclass(w.category, UnauthenticatedRestoreWarning)]
+        CheckpointedStageState.restore(st.open_reader(lid))
+        CheckpointedStageState.restore(st.open_reader(lid))
+    ours = [w for w in caught if issubclass(w.category, UnauthenticatedRestoreWarning)]
+    assert len(ours) == 1 and "BLOCKPOINT_CHECKPOINT_KEY" in str(ours[0].message)
+    assert issubclass(UnauthenticatedRestoreWarning, UserWarning)
+
+
+# -- Ray's runtime environment ----------------------------------------------------------------
+def test_key_reaches_actors_through_the_runtime_env(ray_local: None, tmp_path: Path) -> None:
+    import ray
+
+    root = str(tmp_path / "shared")
+    FileStore(root, BS, shared=True).close()
+
+    @ray.remote
+    class Writer:
+        def write(self, root: str, name: str) -> bool:
+            with FileStore(root) as st:
+                css = CheckpointedStageState({"from": "actor"}, st.acquire(name))
+                css.checkpoint()  # refused on a shared store unless the key arrived
+                return True
+
+    actor = Writer.options(runtime_env={"env_vars": {KEY_ENV: "ray-key"}}).remote()
+    assert ray.get(actor.write.remote(root, "stage"))
+    with FileStore(root) as st:
+        reader = st.open_reader("stage")
+        assert CheckpointedStageState.restore(reader, key=b"ray-key").state == {"from": "actor"}
+        with pytest.raises(CheckpointAuthError):
+            CheckpointedStageState.restore(reader, key=b"other")
+    bare = Writer.remote()  # no key in its environment: refused
+    with pytest.raises(ray.exceptions.RayTaskError) as err:
+        ray.get(bare.write.remote(root, "bare"))
+    assert isinstance(err.value.cause, CheckpointKeyRequired)
