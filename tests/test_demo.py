@@ -51,3 +51,9 @@ def test_demo_quick_is_exact(tmp_path: Path) -> None:
     assert agg["epoch"] >= 2 and agg["restores"] >= 1
     # Nothing Ray printed leaked into the story.
     assert "(raylet)" not in story and "[state-dump]" not in story
+    # The extra act: a @checkpointed Ray actor on the lost node resumes with its whole count.
+    act = result["actor"]
+    assert act["count"] == act["expected"] == 25, act
+    if result["node_loss"].get("node") == act["before"]:
+        assert act["after"] != act["before"], act
+    assert "checkpointed Ray actor 'tally'" in story
