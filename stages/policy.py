@@ -289,6 +289,15 @@ class CheckpointManager:
             t.failed += 1
             t.last_error = str(error) or type(error).__name__
 
+    def _begin_if_due(self, stage_id: str, force: bool) -> bool:
+        """Start the outstanding request (or a new one, if due or ``force``); False if none."""
+        with self._lock:
+            t = self._track(stage_id)
+            if t.outstanding is None and not force and self._maybe_due(t, stage_id) is None:
+                return False
+        self.begin(stage_id)
+        return True
+
     def checkpoint(self, stage_id: str, css: CheckpointedStageState[Any], *, step: int = 0,
                    meta: Mapping[str, Any] | None = None, force: bool = False
                    ) -> CheckpointInfo | None:
@@ -297,12 +306,8 @@ class CheckpointManager:
         Returns the new ``CheckpointInfo``, or ``None`` when nothing was due. A failure is
         counted and re-raised (``CheckpointFailed``: fail-closed).
         """
-        with self._lock:
-            t = self._track(stage_id)
-            if t.outstanding is None:
-                if not force and self._maybe_due(t, stage_id) is None:
-                    return None
-        self.begin(stage_id)
+        if not self._begin_if_due(stage_id, force):
+            return None
         try:
             info = css.checkpoint(step=step, meta=meta)
         except BaseException as exc:
@@ -321,12 +326,8 @@ class CheckpointManager:
         counted as failed (and the failure is raised by ``wait()`` on the result, or by the
         state's next checkpoint: fail-closed).
         """
-        with self._lock:
-            t = self._track(stage_id)
-            if t.outstanding is None:
-                if not force and self._maybe_due(t, stage_id) is None:
-                    return None
-        self.begin(stage_id)
+        if not self._begin_if_due(stage_id, force):
+            return None
         try:
             pending = css.checkpoint_async(step=step, meta=meta)
         except BaseException as exc:

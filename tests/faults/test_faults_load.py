@@ -23,7 +23,6 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,18 +57,6 @@ class Tally:
         return []
 
 
-@pytest.fixture(scope="module")
-def ray_many() -> Iterator[None]:
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
-             object_store_memory=200 * 1024 * 1024)
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
-
 def _handle(sched: Any, sid: str, not_actor: str | None, timeout: float = 60.0) -> Any:
     """The stage's running incarnation (a new one, if ``not_actor`` names the old)."""
     end = time.time() + timeout
@@ -86,7 +73,7 @@ def _handle(sched: Any, sid: str, not_actor: str | None, timeout: float = 60.0) 
     raise AssertionError(f"{sid} was not restored within {timeout} s")
 
 
-def test_many_stages_checkpointing_with_random_kills(ray_many: None, tmp_path: Path,
+def test_many_stages_checkpointing_with_random_kills(ray_local: None, tmp_path: Path,
                                                      full: bool) -> None:
     n_stages, target, kills = (100, 1000, 10) if full else (12, 360, 4)
     store_url = str(tmp_path / "store")
