@@ -24,13 +24,19 @@ COLUMNS = ["lease", "slot", "generation", "step", "size", "codec", "ratio", "sta
 def _cmd_verify(args: argparse.Namespace) -> int:
     from blockstore import LeaseNotFoundError, StorePathError, open_store
     from stages import NoCheckpointError, verify_lease
-    from stages.mac import KEY_ENV
+    from blockstore.keys import KeyRing, resolve_keys
 
-    env = args.key_env or KEY_ENV
-    key = os.environ.get(env)
-    if args.key_env and not key:
-        print(f"blockpoint verify: ${env} is not set", file=sys.stderr)
+    try:
+        ring = resolve_keys()  # $BLOCKPOINT_CHECKPOINT_KEY and the rotated-out old keys
+    except ValueError as exc:
+        print(f"blockpoint verify: {exc}", file=sys.stderr)
         return 2
+    if args.key_env:
+        key = os.environ.get(args.key_env)
+        if not key:
+            print(f"blockpoint verify: ${args.key_env} is not set", file=sys.stderr)
+            return 2
+        ring = KeyRing(key.encode(), ring.all if ring is not None else ())
     try:
         store = open_store(args.store, create=False)
     except StorePathError as exc:
@@ -47,7 +53,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         for info in infos:
             reader = store.open_reader(info.lease_id)
             try:
-                reports = verify_lease(reader, key=key.encode() if key else None)
+                reports = verify_lease(reader, key=ring)
             except NoCheckpointError:
                 rows.append({"lease": info.name, "lease_id": info.lease_id, "slot": "-",
                              "generation": "-", "step": "-", "size": "-", "codec": "-",
@@ -77,5 +83,6 @@ def register(subparsers: Any) -> None:
     sp.add_argument("--json", action="store_true", help="print JSON instead of a table")
     sp.add_argument("--key-env", metavar="VAR", default=None,
                     help="check MACs with the key in $VAR (default: $BLOCKPOINT_CHECKPOINT_KEY "
-                         "if set)")
+                         "if set); the old keys in $BLOCKPOINT_CHECKPOINT_OLD_KEYS are "
+                         "accepted too")
     sp.set_defaults(func=_cmd_verify)
