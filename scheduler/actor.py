@@ -91,12 +91,15 @@ class Scheduler:
         retry_interval: Seconds between attempts to restore a lost stage.
         ack_timeout: Given to the observers of stages the scheduler launches.
         max_decisions: Capacity of the decision log.
+        allow_unauthenticated: keep the registry on a shared store without a key
+            (refused by default: ``scheduler.registry``).
     """
 
     def __init__(self, store_url: str, *, name: str = DEFAULT_SCHEDULER_NAME,
                  namespace: str | None = None, poll_interval: float = 0.5,
                  auto_restore: bool = True, retry_interval: float = 2.0,
-                 ack_timeout: float = 1.0, max_decisions: int = 1000) -> None:
+                 ack_timeout: float = 1.0, max_decisions: int = 1000,
+                 allow_unauthenticated: bool = False) -> None:
         ray_adapter.check_ray_version()
         if ray.is_initialized() and namespace is None:
             namespace = ray.get_runtime_context().namespace
@@ -109,7 +112,8 @@ class Scheduler:
         self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="scheduler-work")
         self._registry = RegistryStore(self._store(store_url),
-                                       f"_blockpoint/scheduler/{namespace or 'default'}/{name}")
+                                       f"_blockpoint/scheduler/{namespace or 'default'}/{name}",
+                                       allow_unauthenticated=allow_unauthenticated)
         record = self._registry.open()
         self._table = StageTable(self._registry, name=name, namespace=namespace,
                                  max_decisions=max_decisions)
