@@ -94,9 +94,16 @@ def test_node_of_stateful_stage_removed_mid_run(s3_server: Any, ray_cluster: Any
     assert sink.read_all() == run_reference(src, specs)  # record for record
 
 
-#: What the job's working dir leaves out (the command docs/OPERATIONS.md shows).
-EXCLUDES = [".git", ".venv", "**/__pycache__", ".pytest_cache", ".hypothesis", "*.egg-info",
-            "build", "dist"]
+def _documented_job() -> tuple[dict[str, Any], list[str]]:
+    """The runtime env and the entrypoint of docs/OPERATIONS.md's "The demo as a job"."""
+    text = (ROOT / "docs" / "OPERATIONS.md").read_text()
+    block = re.search(r"```sh\n(.*?)```", text[text.index("### The demo as a job"):], re.S)
+    assert block, "docs/OPERATIONS.md lost its 'The demo as a job' command"
+    cmd = block.group(1)
+    assert cmd.startswith("ray job submit --address http://127.0.0.1:8265 --working-dir . ")
+    env = re.search(r"--runtime-env-json '(.*?)'", cmd, re.S)
+    assert env, cmd
+    return json.loads(env.group(1)), cmd.split(" -- ", 1)[1].split()
 
 
 def test_demo_submitted_with_ray_job_submit_on_s3(s3_server: Any, ray_cluster: Any,
@@ -117,7 +124,12 @@ def test_demo_submitted_with_ray_job_submit_on_s3(s3_server: Any, ray_cluster: A
         ".git", ".venv", "__pycache__", ".pytest_cache", ".hypothesis", "*.egg-info"))
     key = secrets.token_hex(16)
     store = s3_server.url(f"job-{tmp_path.name}")
-    runtime_env = {"excludes": EXCLUDES,
+    # The documented command, its placeholders filled in with this server and a fresh key.
+    doc_env, entrypoint = _documented_job()
+    assert set(doc_env) == {"excludes", "env_vars"}, doc_env
+    assert set(doc_env["env_vars"]) == {"BLOCKPOINT_STORE_URL", "BLOCKPOINT_CHECKPOINT_KEY"}
+    assert entrypoint == ["python", "-m", "blockpoint", "demo", "--quick"], entrypoint
+    runtime_env = {"excludes": doc_env["excludes"],
                    "env_vars": {**CREDENTIALS, "BLOCKPOINT_STORE_URL": store,
                                 "BLOCKPOINT_CHECKPOINT_KEY": key}}
     job_id = f"bp-demo-{secrets.token_hex(4)}"
@@ -127,8 +139,7 @@ def test_demo_submitted_with_ray_job_submit_on_s3(s3_server: Any, ray_cluster: A
         [str(Path(sys.executable).with_name("ray")), "job", "submit",
          "--address", ray_cluster.job_address, "--submission-id", job_id,
          "--working-dir", str(src), "--runtime-env-json", json.dumps(runtime_env),
-         "--", sys.executable, "-m", "blockpoint", "demo", "--quick",
-         "--events", "24000", "--sketch-mib", "4"],
+         "--", sys.executable, *entrypoint[1:], "--events", "24000", "--sketch-mib", "4"],
         capture_output=True, text=True, timeout=240)
     job_s = time.monotonic() - t0
     client = JobSubmissionClient(ray_cluster.job_address)
