@@ -196,6 +196,7 @@ def _run_demo(*, events: int = 500_000, sketch_mib: int = 64, batch_size: int = 
     import ray
 
     from blockstore import BlockStoreError, open_store
+    from blockstore.keys import KEY_ENV
     from scheduler import (
         PreemptionCheckpointObserver,
         PreemptionRequest,
@@ -203,7 +204,6 @@ def _run_demo(*, events: int = 500_000, sketch_mib: int = 64, batch_size: int = 
         SchedulerRestore,
         get_or_create,
     )
-    from blockstore.keys import KEY_ENV
     from stages import CheckpointPolicy, FileSink, GeneratedSource, Pipeline, StageSpec, run_reference
 
     try:
@@ -228,7 +228,7 @@ def _run_demo(*, events: int = 500_000, sketch_mib: int = 64, batch_size: int = 
     try:
         head_id = cluster.head_node_id
         nodes = cluster.workers or [head_id]
-        w1, w2 = nodes[0], nodes[-1] if len(nodes) > 1 else nodes[0]
+        w1, w2 = nodes[0], nodes[-1]  # the stateful stage's node, the others' node
         if key_fp is not None:
             check_key_reaches([head_id, *cluster.workers], key_fp)
             out.write(f"  checkpoints authenticated (HMAC-SHA256): ${KEY_ENV} reaches the "
