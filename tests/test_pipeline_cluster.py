@@ -176,3 +176,22 @@ def test_demo_submitted_with_ray_job_submit_on_s3(s3_server: Any, ray_cluster: A
         assert v.returncode == want, v.stdout + v.stderr
         if want:
             assert "MAC mismatch" in v.stdout, v.stdout
+
+
+def test_attached_driver_from_a_shell_hands_its_key_to_every_node(ray_cluster: Any) -> None:
+    """``blockpoint demo --address`` outside a job: the driver's checkpoint key reaches a
+    worker on every node (the nodes were started without one), checked the demo's way."""
+    script = (
+        "from blockpoint.demo_cluster import AttachedDemoCluster\n"
+        "from blockpoint.demo_store import check_key_reaches, key_fingerprint\n"
+        f"c = AttachedDemoCluster({ray_cluster.address!r})\n"
+        "c.start()\n"
+        "check_key_reaches([c.head_node_id, *c.workers], key_fingerprint())\n"
+        "print('reaches', 1 + len(c.workers))\n"
+        "c.close()\n")
+    env = {**os.environ, "BLOCKPOINT_CHECKPOINT_KEY": secrets.token_hex(16)}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split()[-2:] == ["reaches", "3"], proc.stdout
