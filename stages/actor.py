@@ -138,7 +138,12 @@ class StageSpec:
         retention, codec, compression: passed to ``CheckpointedStageState``.
         allow_unauthenticated: write pickle checkpoints without a key even on a shared
             store (an object store); passed to ``CheckpointedStageState``. The key itself
-            comes from the environment (``blockstore/keys.py``), e.g. Ray's runtime env.
+            is deliberately not part of the spec (specs are pickled into the scheduler's
+            registry and shown by it): it is read from the environment
+            (``$BLOCKPOINT_CHECKPOINT_KEY``, ``blockstore/keys.py``) where the state is
+            opened, in the stage's own worker process - so it reaches every incarnation,
+            the ones the scheduler restores included, through the job's runtime env
+            (``ray job submit --runtime-env-json '{"env_vars": {...}}'``, docs/OPERATIONS.md).
         block_size: block size if the store must be created (``None``: the default); an
             existing store keeps its own.
         lease_ttl: TTL of the stage's lease; a keepalive thread renews it every third.
