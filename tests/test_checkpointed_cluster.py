@@ -118,9 +118,10 @@ def env(ray_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     ray.kill(sched)
 
 
-def ledger(env: dict[str, Any], key: str) -> Any:
-    """``Ledger`` as a scheduler-managed ``@checkpointed`` actor class (no ``max_restarts``)."""
-    return ray.remote(num_cpus=1, concurrency_groups=checkpointed.GROUPS)(
+def ledger(env: dict[str, Any], key: str, **remote: Any) -> Any:
+    """``Ledger`` as a scheduler-managed ``@checkpointed`` actor class (half a CPU; no
+    ``max_restarts`` unless ``remote`` says)."""
+    return ray.remote(num_cpus=0.5, concurrency_groups=checkpointed.GROUPS, **remote)(
         checkpointed(store=env["store"], key=key, lease_ttl=5.0,
                      registrar=SchedulerRegistrar(env["name"]),
                      observer=PreemptionCheckpointObserver(key, env["name"]))(Ledger))
@@ -153,18 +154,25 @@ def forget(env: dict[str, Any], key: str) -> None:
 
 
 def test_scheduler_recreates_lost_actor_on_another_node(env: dict[str, Any]) -> None:
+    """Two actors on the lost node: one without ``max_restarts`` (the scheduler re-creates
+    it), one with (Ray restarts it; the scheduler must not start a second incarnation)."""
     cluster, sched = env["cluster"], env["sched"]
     alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
     worker = next(n for n in cluster.worker_nodes if n.node_id in alive)
-    h = ledger(env, "ledger-a").options(name="ledger-a", scheduling_strategy=(
-        NodeAffinitySchedulingStrategy(worker.node_id, soft=False))).remote(5)
+    pin = NodeAffinitySchedulingStrategy(worker.node_id, soft=True)
+    h = ledger(env, "ledger-a").options(name="ledger-a", scheduling_strategy=pin).remote(5)
+    r = ledger(env, "ledger-r", max_restarts=-1).options(name="ledger-r",
+                                                        scheduling_strategy=pin).remote(7)
     assert ray.get([h.add.remote() for _ in range(10)]) == list(range(6, 16))
     ck = ray.get(h.checkpoint.remote())
     assert ray.get(h.add.remote(100)) == 115          # not checkpointed: lost with the node
+    r_ck = ray.get(r.checkpoint.remote())
     st = wait_for(lambda: registered(env, "ledger-a"), what="registered")
     # Its real resources and a recipe to re-create it from.
-    assert st["resources"] == {"CPU": 1.0} and st["has_spec"]
+    assert st["resources"] == {"CPU": 0.5} and st["has_spec"]
+    r_before = wait_for(lambda: registered(env, "ledger-r"), what="registered")
     before = ray.get(h.checkpoint_info.remote())
+    assert before["node_id"] == worker.node_id
     try:
         with open_store(env["store"]) as store:
             # The old incarnation's lease handle, kept past the takeover (a zombie writer).
@@ -184,11 +192,23 @@ def test_scheduler_recreates_lost_actor_on_another_node(env: dict[str, Any]) -> 
         assert ray.get(new.add.remote()) == 16
         now = registered(env, "ledger-a", before["epoch"])
         assert now is not None and now["node_id"] == info["node_id"]
-        kinds = {(d["kind"], d["outcome"]) for d in ray.get(sched.decisions.remote(30))
+        kinds = {(d["kind"], d["outcome"]) for d in ray.get(sched.decisions.remote(40))
                  if "ledger-a" in d["victims"]}
         assert {("lost", "detected"), ("restore", "done")} <= kinds
+        # The restartable one: Ray's restart (same actor, one more epoch), not the scheduler's.
+        r_new, r_info = wait_for(lambda: incarnation_after("ledger-r", r_before["epoch"]),
+                                 timeout=60, what="the actor restarted by Ray")
+        assert r_info["restored_from"] == r_ck["generation"]
+        assert ray.get(r_new.value.remote()) == 7 and ray_adapter.actor_id_of(r_new) == \
+            ray_adapter.actor_id_of(r)
+        wait_for(lambda: registered(env, "ledger-r", r_before["epoch"]), what="re-registered")
+        assert r_info["epoch"] == r_before["epoch"] + 1
+        r_kinds = {d["kind"] for d in ray.get(sched.decisions.remote(40))
+                   if "ledger-r" in d["victims"]}
+        assert not r_kinds & {"lost", "restore"}, r_kinds
     finally:
         forget(env, "ledger-a")
+        forget(env, "ledger-r")
         extra = cluster.add_node(num_cpus=2, object_store_memory=100 * 1024 * 1024)
         wait_for(lambda: any(n["NodeID"] == extra.node_id and n["Alive"] for n in ray.nodes()),
                  what="replacement node up")
@@ -205,16 +225,16 @@ def test_preemption_waits_for_the_actors_flush(env: dict[str, Any], tmp_path: Pa
         flushing = h.checkpoint.remote()              # blocks inside the flush
         wait_for(lambda: ray.get(sched.reasons.remote("ledger-b")) == [CIP],
                  what="the scheduler sees the flush")
-        # Free one CPU: only this actor holds one (its registered resources).
+        # Free half a CPU: only this actor holds that (its registered resources).
         pending = sched.preempt.remote(PreemptionRequest(
-            reason="need a CPU", deadline=time.time() + 30, resources={"CPU": 1.0}))
+            reason="need half a CPU", deadline=time.time() + 30, resources={"CPU": 0.5}))
         ready, _ = ray.wait([pending], timeout=1.0)
         assert not ready, "preempted an actor in the middle of its flush"
         assert not ray.wait([flushing], timeout=0)[0]
         gate.unlink()
         gen = ray.get(flushing)["generation"]
         res = ray.get(pending)
-        assert res.victims == ("ledger-b",) and res.freed.get("CPU") == 1.0
+        assert res.victims == ("ledger-b",) and res.freed.get("CPU") == 0.5
         kinds = [(d["kind"], d["outcome"]) for d in ray.get(sched.decisions.remote(8))]
         assert ("select", "wait") in kinds and ("preempt", "ready") in kinds
         # Restored on request from its recipe, with the state of that checkpoint.
