@@ -275,6 +275,7 @@ def _start(obj: Any, config: CheckpointedConfig, args: tuple[Any, ...],
     d = ActorDurability(obj, config, key, handle=handle, node_id=node_id)
     if config.registrar is not None:
         if handle is not None:
+            d.resources = resources_held(ray.get_runtime_context().get_assigned_resources())
             d.recipe = recipe_for(obj, config, key, args, kwargs)
         register_quietly(config.registrar, _registration(d, handle), key)
     return d
@@ -285,8 +286,7 @@ def _registration(d: ActorDurability, handle: Any) -> StageRegistration:
     recipe = d.recipe
     return StageRegistration(
         stage_id=d.key, actor=handle, node_id=d.inc.node_id, priority=d.config.priority,
-        lease_id=d.inc.lease_id, epoch=d.inc.epoch,
-        resources=dict(recipe.resources) if recipe is not None else resources_held({}),
+        lease_id=d.inc.lease_id, epoch=d.inc.epoch, resources=d.resources,
         generation=None if last is None else last.generation,
         step=None if last is None else last.step, pid=d.inc.pid, spec=recipe)
 

@@ -179,6 +179,8 @@ class ActorDurability:
         self._handle = handle
         #: The relaunch recipe sent with the registration (set by the decorator), or None.
         self.recipe: ActorRecipe | None = None
+        #: What the actor holds, as stage resource options (registered with the scheduler).
+        self.resources: dict[str, Any] = {}
         if config.every_seconds is not None and handle is not None:
             threading.Thread(target=self._timer, name=f"bp-timer-{key}", daemon=True).start()
 

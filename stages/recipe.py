@@ -12,10 +12,14 @@ bump, newest generation that verifies).
 What the recipe holds, and where each part comes from (read inside the actor, so it is what
 Ray actually created, not what a caller meant to pass):
 
-* ``cls`` - the decorated class (Ray's cloudpickle ships it by value when it is not
-  importable by name, as it did to create the actor); ``args``/``kwargs`` - the
-  constructor's arguments as ``__init__`` received them. Both must stay picklable: the
-  recipe is persisted in the scheduler's registry (``scheduler/registry.py``).
+* ``constructor`` - the decorated class and the constructor's arguments as ``__init__``
+  received them, pickled together by Ray's cloudpickle (by value when the class is not
+  importable by name, as Ray did to create the actor) *inside the actor*, and unpickled
+  only when a relaunch needs them. So a registration never fails to reach the scheduler
+  because the scheduler's process cannot import what the class uses: only that relaunch
+  fails, with the import error (``RestoreError``, in the decision log). Arguments that do
+  not pickle make the incarnation register without a recipe (logged): it is then never
+  re-created, as before.
 * ``resources`` - what the actor holds (``get_assigned_resources()``), read back into
   stage resource options by :func:`stages.actor.resources_held`: the scheduler's placement
   and preemption-by-resources see the same amounts as for a stage.
@@ -39,12 +43,14 @@ again (by name) or ask the scheduler (``handle_of``).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import ray
+import ray.cloudpickle as cloudpickle
 
 from .actor import CONTROL_CONCURRENCY, CONTROL_GROUP, resource_amounts, resource_keywords
 from .actor import resources_held
@@ -54,6 +60,8 @@ if TYPE_CHECKING:
     from .observer import CheckpointFlushObserver
 
 __all__ = ["ActorRecipe", "recipe_for"]
+
+log = logging.getLogger(__name__)
 
 #: Seconds a relaunch waits for the dead incarnation's name to be released by the GCS.
 _NAME_WAIT_S = 10.0
@@ -65,8 +73,10 @@ class ActorRecipe:
 
     Attributes:
         stage_id: the actor's lease key (its id in the scheduler).
-        cls: the decorated class.
-        args, kwargs: the constructor's arguments.
+        actor_class: the class's qualified name (for messages; the class is in
+            ``constructor``).
+        constructor: cloudpickle of ``(decorated class, args, kwargs)``; see
+            :meth:`build`.
         store_url: the store its checkpoints live in.
         priority: as registered with the scheduler.
         resources: stage resource options (``num_cpus``, ``num_gpus``, ``memory``,
@@ -78,9 +88,8 @@ class ActorRecipe:
     """
 
     stage_id: str
-    cls: type
-    args: tuple[Any, ...]
-    kwargs: Mapping[str, Any]
+    actor_class: str
+    constructor: bytes
     store_url: str
     priority: int = 0
     resources: Mapping[str, Any] = field(default_factory=dict)
@@ -90,6 +99,20 @@ class ActorRecipe:
     concurrency_groups: Mapping[str, int] = field(
         default_factory=lambda: {CONTROL_GROUP: CONTROL_CONCURRENCY})
     max_restarts: int | None = None
+
+    @classmethod
+    def build(cls, stage_id: str, actor_cls: type, args: tuple[Any, ...],
+              kwargs: Mapping[str, Any], **fields: Any) -> ActorRecipe:
+        """A recipe for ``actor_cls(*args, **kwargs)``; pickling errors propagate."""
+        blob = cloudpickle.dumps((actor_cls, tuple(args), dict(kwargs)))
+        return cls(stage_id=stage_id, actor_class=actor_cls.__qualname__, constructor=blob,
+                   **fields)
+
+    def unpack(self) -> tuple[type, tuple[Any, ...], dict[str, Any]]:
+        """``(decorated class, args, kwargs)``; raises what unpickling raises (an import
+        missing in this process)."""
+        actor_cls, args, kwargs = cloudpickle.loads(self.constructor)
+        return actor_cls, args, kwargs
 
     def ray_resources(self) -> dict[str, float]:
         """The amounts placing it needs, keyed as a node's view (as for a stage)."""
@@ -116,16 +139,16 @@ class ActorRecipe:
         used: the class carries its own, see :func:`~stages.checkpointed.checkpointed`).
         A named actor waits up to ~10 s for the GCS to release the dead incarnation's name.
         """
-        groups = dict(self.concurrency_groups)
-        remote_opts: dict[str, Any] = {"concurrency_groups": groups}
+        user_cls, args, kwargs = self.unpack()
+        remote_opts: dict[str, Any] = {"concurrency_groups": dict(self.concurrency_groups)}
         if self.max_concurrency is not None:
             remote_opts["max_concurrency"] = int(self.max_concurrency)
-        actor_cls = ray.remote(**remote_opts)(self.cls)
+        actor_cls = ray.remote(**remote_opts)(user_cls)
         opts = self.ray_options(node_id, namespace=namespace)
         give_up = time.monotonic() + _NAME_WAIT_S
         while True:
             try:
-                return actor_cls.options(**opts).remote(*self.args, **dict(self.kwargs))
+                return actor_cls.options(**opts).remote(*args, **kwargs)
             except ValueError as exc:  # "The name ... is already taken": not released yet
                 if "already taken" not in str(exc) or time.monotonic() > give_up:
                     raise
@@ -141,20 +164,27 @@ def decorated_class(obj: Any) -> type:
 
 
 def recipe_for(obj: Any, config: CheckpointedConfig, key: str, args: tuple[Any, ...],
-               kwargs: Mapping[str, Any]) -> ActorRecipe:
-    """The recipe of the running incarnation ``obj`` (read inside the actor)."""
+               kwargs: Mapping[str, Any]) -> ActorRecipe | None:
+    """The recipe of the running incarnation ``obj`` (read inside the actor); ``None``, and
+    a warning, if its constructor's arguments do not pickle."""
     ctx = ray.get_runtime_context()
     name = ctx.get_actor_name() or None
     try:
         held = dict(ctx.get_assigned_resources())
     except Exception:  # noqa: BLE001 - outside a worker nothing is held
         held = {}
-    return ActorRecipe(
-        stage_id=key, cls=decorated_class(obj), args=tuple(args), kwargs=dict(kwargs),
-        store_url=config.store, priority=config.priority, resources=resources_held(held),
-        name=name, namespace=ctx.namespace if name else None,
-        max_concurrency=_max_concurrency(),
-        concurrency_groups={**config.concurrency_groups, CONTROL_GROUP: CONTROL_CONCURRENCY})
+    try:
+        return ActorRecipe.build(
+            key, decorated_class(obj), args, kwargs, store_url=config.store,
+            priority=config.priority, resources=resources_held(held), name=name,
+            namespace=ctx.namespace if name else None, max_concurrency=_max_concurrency(),
+            concurrency_groups={**config.concurrency_groups,
+                                CONTROL_GROUP: CONTROL_CONCURRENCY})
+    except Exception as exc:  # noqa: BLE001 - unpicklable arguments: no recipe, still served
+        log.warning("%s %r registers without a relaunch recipe (the scheduler will not "
+                    "re-create it): its constructor arguments do not pickle: %s: %s",
+                    config.actor, key, type(exc).__name__, exc)
+        return None
 
 
 def _max_concurrency() -> int | None:

@@ -204,9 +204,12 @@ def test_relaunch_recipe_pieces(store_dir: str) -> None:
     assert resource_amounts(opts, scheduling=False) == {k: v for k, v in held.items() if v}
     assert resources_held({}) == {} and resource_amounts({}, scheduling=True) == {"CPU": 1.0}
     cls = checkpointed(store=store_dir, key="r", concurrency_groups={"io": 3})(CounterBase)
-    recipe = ActorRecipe(stage_id="r", cls=cls, args=(1,), kwargs={}, store_url=store_dir,
-                         resources=opts, name="r", namespace="ns", max_restarts=0,
-                         concurrency_groups={"io": 3, **checkpointed.GROUPS})
+    recipe = ActorRecipe.build("r", cls, (1,), {"k": 2}, store_url=store_dir,
+                               resources=opts, name="r", namespace="ns", max_restarts=0,
+                               concurrency_groups={"io": 3, **checkpointed.GROUPS})
+    assert recipe.unpack() == (cls, (1,), {"k": 2}) and recipe.actor_class == "CounterBase"
+    with pytest.raises(TypeError):  # what recipe_for turns into "no recipe" and a warning
+        ActorRecipe.build("r", cls, (threading.Lock(),), {}, store_url=store_dir)
     got = recipe.ray_options(None, namespace="other")
     assert got["name"] == "r" and got["namespace"] == "ns" and got["lifetime"] == "detached"
     assert got["max_restarts"] == 0 and got["resources"] == {"disk": 3.0}
