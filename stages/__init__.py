@@ -49,8 +49,8 @@ __all__ = [
 ]
 
 # -- stage actors, checkpointed Ray actors, their hooks and placement, checkpoint policies,
-#    runs, pipelines (stages/actor.py, checkpointed.py, durability.py, recipe.py, hooks.py, placement.py,
-#    policy.py, runs.py, run_driver.py, source.py, sink.py, pipeline.py) ---------------------
+#    runs, pipelines (stages/actor.py, checkpointed.py, durability.py, recipe.py, hooks.py,
+#    placement.py, policy.py, runs.py, run_driver.py, source.py, sink.py, pipeline.py) -------
 from .actor import (  # noqa: E402
     RollbackUnavailable,
     Stage,

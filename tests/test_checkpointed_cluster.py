@@ -273,5 +273,15 @@ def test_recipe_survives_a_scheduler_restart(env: dict[str, Any]) -> None:
         new, info = wait_for(lambda: incarnation_after("ledger-c", first["epoch"]),
                              timeout=60, what="re-created from the reloaded recipe")
         assert info["restored_from"] == ck["generation"] and ray.get(new.value.remote()) == 42
+        # Ended on purpose (ray.kill): forgotten, not re-created.
+        ray.kill(new)
+
+        def forgotten() -> list[dict[str, Any]]:
+            return [d for d in ray.get(sched.decisions.remote(10))
+                    if d["outcome"] == "not relaunched" and "ledger-c" in d["victims"]]
+        note = dict(wait_for(forgotten, what="forgotten")[0]["notes"])["ledger-c"]
+        assert "RAY_KILL" in note
+        with pytest.raises(ray.exceptions.RayTaskError, match="ledger-c"):
+            ray.get(sched.stage.remote("ledger-c"))
     finally:
         forget(env, "ledger-c")
