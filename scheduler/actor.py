@@ -36,6 +36,7 @@ Why the actor is as it is:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -59,6 +60,7 @@ from scheduler.stopping import Stopper
 from scheduler.table import StageEntry, StageTable, field_of
 from scheduler.watcher import Watcher
 from stages.actor import resource_amounts
+from stages.recipe import ActorRecipe
 
 __all__ = ["Scheduler", "get_or_create", "get_scheduler"]
 
@@ -185,6 +187,8 @@ class Scheduler:
             The stage's status entry (see :meth:`status`).
         """
         spec = spec if spec is not None else field_of(registration, "spec")
+        if isinstance(spec, ActorRecipe) and spec.max_restarts is None:
+            spec = _with_max_restarts(spec, field_of(registration, "actor"))
         resources = resource_amounts(field_of(registration, "resources", {}) or {},
                                      scheduling=False)
         status, changed = self._table.register(registration, spec, resources)
@@ -339,7 +343,8 @@ class Scheduler:
         with self._table.lock:
             entry = self._table.get(stage_id)
             if entry.spec is None:
-                raise RestoreError(stage_id, "no StageSpec registered for it")
+                raise RestoreError(stage_id, "no spec (StageSpec or ActorRecipe) registered "
+                                             "for it")
             if entry.status == StageStatus.RESTORING:
                 raise RestoreError(stage_id, "a restore is already in progress")
             entry.status = StageStatus.RESTORING
@@ -415,6 +420,16 @@ class Scheduler:
     def snapshot(self) -> dict[str, Any]:
         """The manager's registry snapshot (what is persisted, minus specs and handles)."""
         return self._table.manager.snapshot()
+
+
+def _with_max_restarts(recipe: ActorRecipe, handle: Any) -> ActorRecipe:
+    """``recipe`` with the ``max_restarts`` Ray recorded for its actor (an actor cannot read
+    its own), so that a re-created incarnation is restartable exactly as the first was."""
+    try:
+        view = ray_adapter.actor_view(ray_adapter.actor_id_of(handle)) if handle else None
+    except Exception:  # noqa: BLE001 - the GCS is slow or gone: the watcher reads it later
+        view = None
+    return recipe if view is None else dataclasses.replace(recipe, max_restarts=view.max_restarts)
 
 
 # --------------------------------------------------------------------------- factory
