@@ -44,7 +44,7 @@ from .errors import (
     TornHeaderError,
     TruncatedCheckpointError,
 )
-from .format import CHUNK_RAW, CHUNK_ZSTD, ENTRY, MAPBLOCK, Header, MapEntry
+from .format import CHUNK_RAW, CHUNK_ZSTD, MAPBLOCK, Header, MapEntry
 from .mac import KeyRing, KeySetting, PayloadMac, equal, header_key, resolve_keys
 
 __all__ = [
@@ -253,9 +253,9 @@ def load_map(reader: LeaseReader, h: Header, *,
         if crc32c(raw) != h.map_crc:
             raise CheckpointCorrupt(f"{where}: block map CRC-32C mismatch (in header slot "
                                     f"{h.slot})", block=h.slot, **ctx)
-        entries = fmt.unpack_entries(raw)
+        entries = fmt.unpack_entries(raw, h.version)
     else:
-        epb = fmt.entries_per_map_block(bs)
+        epb = fmt.entries_per_map_block(bs, h.version)
         if h.map_blocks > max(nb - h.slots, 0) or h.chunks > h.map_blocks * epb:
             raise CheckpointCorrupt(f"{where}: header claims {h.map_blocks} map blocks for "
                                     f"{h.chunks} chunks; the lease has {nb} blocks",
@@ -280,14 +280,14 @@ def load_map(reader: LeaseReader, h: Header, *,
             if count > epb:
                 raise CheckpointCorrupt(f"{where}: map block {nxt} claims {count} entries",
                                         block=nxt, **ctx)
-            used = memoryview(blk)[:MAPBLOCK.size + count * ENTRY.size]
+            used = memoryview(blk)[:MAPBLOCK.size + count * h.entry_size]
             check = bytearray(used)
             MAPBLOCK.pack_into(check, 0, following, count, 0)
             if crc32c(check) != own_crc:
                 raise CheckpointCorrupt(f"{where}: map block {nxt} fails its CRC-32C",
                                         block=nxt, **ctx)
             crc = crc32c(used, crc)
-            entries += fmt.unpack_entries(used[MAPBLOCK.size:])
+            entries += fmt.unpack_entries(used[MAPBLOCK.size:], h.version)
             if len(entries) > h.chunks:
                 raise CheckpointCorrupt(f"{where}: the map holds more than the {h.chunks} "
                                         "entries the header says", block=nxt, **ctx)
