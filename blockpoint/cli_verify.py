@@ -3,7 +3,8 @@
 Every header slot of every lease (or of LEASE) is verified: header CRC, block map, every data
 chunk's CRC-32C and, when a key is configured, the MAC. Nothing is unpickled. Leases that
 hold no ``PCHK`` header at all (not checkpoint leases, or never checkpointed) are listed as
-"not a checkpoint" and do not fail the run. Exit status: 0 all committed generations verify,
+"not a checkpoint" and do not fail the run. The ``shared`` column counts the chunks a
+generation shares with others (incremental checkpoints) and names them. Exit status: 0 all committed generations verify,
 1 at least one is corrupt, 2 the store or lease cannot be opened.
 """
 
@@ -18,7 +19,7 @@ from .table import human_bytes, print_rows
 
 __all__ = ["register"]
 
-COLUMNS = ["lease", "slot", "generation", "step", "size", "codec", "ratio", "status"]
+COLUMNS = ["lease", "slot", "generation", "step", "size", "codec", "ratio", "shared", "status"]
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
@@ -57,7 +58,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             except NoCheckpointError:
                 rows.append({"lease": info.name, "lease_id": info.lease_id, "slot": "-",
                              "generation": "-", "step": "-", "size": "-", "codec": "-",
-                             "ratio": "-", "status": "not a checkpoint"})
+                             "ratio": "-", "shared": "-", "status": "not a checkpoint"})
                 continue
             for r in reports:
                 corrupt |= r.corrupt
@@ -70,9 +71,16 @@ def _cmd_verify(args: argparse.Namespace) -> int:
                              "size": "-" if r.size is None else human_bytes(r.size),
                              "codec": r.codec or "-",
                              "ratio": "-" if r.ratio is None else f"{r.ratio:.2f}",
-                             "status": r.status})
+                             "shared": _shared(r), "status": r.status})
         print_rows(rows, COLUMNS, as_json=args.json, empty=f"no leases in {store.url}")
     return 1 if corrupt else 0
+
+
+def _shared(r: Any) -> str:
+    """``"250 chunks with gen 4, 3"`` for incremental generations; ``"-"`` when none."""
+    if not r.shared:
+        return "-"
+    return f"{r.shared} chunks with gen {', '.join(map(str, r.shared_with))}"
 
 
 def register(subparsers: Any) -> None:

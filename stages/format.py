@@ -239,7 +239,7 @@ def pack_entries(entries: Sequence[MapEntry]) -> bytes:
 
 def unpack_entries(data: bytes | memoryview, version: int = FORMAT_VERSION) -> list[MapEntry]:
     if version == 2:
-        return list(map(MapEntry._make, ENTRY_V2.iter_unpack(data)))
+        return [MapEntry(*f) for f in ENTRY_V2.iter_unpack(data)]  # hash: the zero default
     return list(map(MapEntry._make, ENTRY.iter_unpack(data)))
 
 

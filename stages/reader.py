@@ -104,6 +104,9 @@ class GenerationReport:
     """The verification result of one header slot (one row of ``blockpoint verify``).
 
     ``status`` is ``"ok"``, ``"empty"`` or the error text; ``block`` names the failing block.
+    ``shared`` counts the chunks whose stored bytes other generations' maps also name
+    (incremental checkpoints; damage there fails every one of them), ``shared_with`` lists
+    those generations.
     """
 
     lease_id: str
@@ -118,6 +121,8 @@ class GenerationReport:
     ratio: float | None
     status: str
     block: int | None = None
+    shared: int | None = None
+    shared_with: tuple[int, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -464,6 +469,7 @@ def verify_lease(reader: LeaseReader, *, key: KeySetting = None) -> list[Generat
                                 "checkpoint header", lease_id=reader.lease_id, name=reader.name)
     out: list[GenerationReport] = []
     base = {"lease_id": reader.lease_id, "name": reader.name}
+    chunk_sets: dict[int, set[tuple[int, int]]] = {}  # generation -> (block, offset) it names
     for s in sorted(scans, key=lambda s: -(s.header.generation if s.header else -1)):
         h = s.header
         if h is None:
@@ -483,6 +489,7 @@ def verify_lease(reader: LeaseReader, *, key: KeySetting = None) -> list[Generat
         status, block = "ok", None
         try:
             entries, _ = load_map(reader, h, key=ring)
+            chunk_sets[h.generation] = {(e.block, e.offset) for e in entries}
             read_payload(reader, h, entries, key=ring)
         except CheckpointCorrupt as exc:
             status, block = str(exc), exc.block
@@ -491,4 +498,15 @@ def verify_lease(reader: LeaseReader, *, key: KeySetting = None) -> list[Generat
             stored=h.stored_bytes, codec=h.codec, compression=h.compression,
             ratio=round(h.data_length / h.stored_bytes, 3) if h.stored_bytes else None,
             status=status, block=block))
-    return out
+    return [_with_sharing(r, chunk_sets) for r in out]
+
+
+def _with_sharing(r: GenerationReport,
+                  chunk_sets: dict[int, set[tuple[int, int]]]) -> GenerationReport:
+    mine = chunk_sets.get(r.generation) if r.generation is not None else None
+    if mine is None:
+        return r
+    others = {g: c for g, c in chunk_sets.items() if g != r.generation}
+    shared = {k for c in others.values() for k in c} & mine
+    with_ = tuple(sorted((g for g, c in others.items() if c & mine), reverse=True))
+    return GenerationReport(**{**asdict(r), "shared": len(shared), "shared_with": with_})

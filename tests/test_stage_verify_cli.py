@@ -61,7 +61,7 @@ def test_verify_table_ok(store_path: Path, capsys) -> None:
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert lines[0].split() == ["LEASE", "SLOT", "GENERATION", "STEP", "SIZE", "CODEC", "RATIO",
-                                "STATUS"]
+                                "SHARED", "STATUS"]
     alpha = [ln for ln in lines if ln.startswith("alpha")]
     assert len(alpha) == 2 and all(ln.rstrip().endswith("ok") for ln in alpha)
     assert any(ln.startswith("registry") and "not a checkpoint" in ln for ln in lines)
