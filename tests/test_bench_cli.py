@@ -18,7 +18,7 @@ def test_bench_quick_runs_every_benchmark(tmp_path: Path) -> None:
                           text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(proc.stdout)
-    assert set(report) == {"store", "checkpoint", "manager", "peers", "actor"}
+    assert set(report) == {"store", "checkpoint", "incremental", "manager", "peers", "actor"}
     assert {r["actor"] for r in report["actor"]} >= {"plain", "checkpointed"}
     store_cases = {(r["case"], r["backend"]) for r in report["store"]}
     assert ("vectorised write+flush", "FileStore") in store_cases
@@ -38,4 +38,7 @@ def test_bench_quick_runs_every_benchmark(tmp_path: Path) -> None:
     assert all(r.get("seconds") is not None or r.get("note") for r in report["peers"])
     ops = {r["op"] for r in report["checkpoint"]}
     assert "async checkpoint: stall / sync checkpoint" in ops
+    inc = {r["op"]: r for r in report["incremental"]}
+    assert inc["full sync checkpoint"]["bytes"] > inc[
+        "incremental checkpoint (1% of blocks changed)"]["bytes"] > 0
     assert "bench store: done" in proc.stderr
