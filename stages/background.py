@@ -11,6 +11,9 @@ a synchronous checkpoint, ``stages/state.py``) to a flush thread. Why it is shap
   (:class:`SnapshotBuffers`), so a stage checkpointing the same arrays again allocates
   nothing; a large buffer is copied by two threads at once (``numpy.copyto`` releases the
   GIL). Small objects are serialized in-band, which is already a copy.
+* **No-copy mode** (``checkpoint_async(copy=False)``), for states too large to copy in
+  the time allowed: the stall is serialization alone and the flush reads the live buffers,
+  so the caller must not mutate them in place until ``wait()`` returned.
 * **At most one flush in flight per state object.** A second request - sync or async - first
   waits for the one in flight (it does not coalesce: every request is a generation).
 * **Fail-closed, never silent.** A background failure is raised by :meth:`PendingCheckpoint.wait`
