@@ -16,7 +16,10 @@ in the same run, interleaved (off, sync, async, off, ...), medians of ``repeat``
 
 records/s is records committed over the time from the pipeline's ``started`` event to its
 ``done`` event (stage launch and Ray start-up excluded; every commit, sink write and fsync
-included). No scheduler is attached (its flush observer adds ~1 ms per flush). Issue 13's
+included); ``steps`` lists the committed steps of every run - an async run commits fewer
+when a background flush outlasts 15,000 records (the next barrier waits for the previous
+step's commit), which makes it cheaper, so compare rates only where the steps agree; ``cpu_s`` is the CPU seconds the three stage actors and the driver used in that
+window (``/proc``; Ray's own daemons not counted). No scheduler is attached (its flush observer adds ~1 ms per flush). Issue 13's
 target: on >= 0.9x off.
 
 ``python -m bench.bench_pipeline`` prints the rows; ``blockpoint bench --only pipeline`` too.
@@ -58,9 +61,22 @@ def run_once(mode: str, root: str, *, events: int, every: int, sketch_mib: int =
              spec("aggregate", functools.partial(KeyedAggregates, sketch_mib)),
              spec("score", Scorer)]
     policy = CheckpointPolicy() if mode == "off" else CheckpointPolicy(every_records=every)
+    cpu: dict[str, float] = {}
+    pids: dict[str, int] = {}
+
+    def on_event(ev: Any) -> None:  # CPU seconds of the stage actors and the driver
+        import ray
+
+        if ev.kind == "started":
+            pids.update({sid: ray.get(h.info.remote())["pid"] for sid, h in
+                         pipe.handles.items()}, driver=os.getpid())
+            cpu.update({k: -_cpu_s(pid) for k, pid in pids.items()})
+        elif ev.kind == "done":
+            cpu.update({k: cpu[k] + _cpu_s(pid) for k, pid in pids.items()})
+
     pipe = Pipeline(GeneratedSource(seed=2026, n=events, keys=16), specs,
                     FileSink(os.path.join(work, "output")), batch_size=batch_size,
-                    max_in_flight=4, policy=policy, call_timeout=120.0)
+                    max_in_flight=4, policy=policy, call_timeout=120.0, on_event=on_event)
     try:
         res = pipe.run()
     finally:
@@ -69,7 +85,18 @@ def run_once(mode: str, root: str, *, events: int, every: int, sketch_mib: int =
     seconds = t["done"] - t["started"]
     return {"mode": mode, "records": res.records_in, "seconds": seconds,
             "records_per_s": res.records_in / seconds, "steps": res.committed_step,
-            "checkpoints": res.checkpoints, "finished": res.finished}
+            "checkpoints": res.checkpoints, "finished": res.finished,
+            "cpu_s": {k: round(v, 2) for k, v in cpu.items()}}
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux ``/proc``; NaN elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return float("nan")
 
 
 def run(quick: bool = False, repeat: int | None = None, events: int | None = None,
@@ -103,10 +130,12 @@ def run(quick: bool = False, repeat: int | None = None, events: int | None = Non
         rates = [r["records_per_s"] for r in runs[mode]]
         med = statistics.median(rates)
         rows.append({"mode": mode, "events": events, "every_records": every,
-                     "steps": runs[mode][0]["steps"],
-                     "stage_checkpoints": runs[mode][0]["checkpoints"],
+                     "steps": [r["steps"] for r in runs[mode]],
+                     "stage_checkpoints": statistics.median(r["checkpoints"]
+                                                            for r in runs[mode]),
                      "records_per_s": med, "runs": [round(x) for x in rates],
                      "seconds": statistics.median(r["seconds"] for r in runs[mode]),
+                     "cpu_s": statistics.median(sum(r["cpu_s"].values()) for r in runs[mode]),
                      "vs_off": med / off})
     return rows
 

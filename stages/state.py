@@ -260,8 +260,9 @@ class CheckpointedStageState(Generic[T]):
         ``copy=False`` (no-copy mode) skips the copy of the out-of-band buffers: the stall is
         serialization alone, and the flush reads the live arrays' memory. The caller then
         promises not to mutate those buffers in place until ``wait()`` returned (replacing
-        an array by a new one is fine: the flush keeps the old one alive); a mutation would
-        be written torn - still checksummed and crash-atomic, but not a consistent snapshot.
+        an array by a new one is fine: the flush keeps the old one alive). A mutation
+        breaks the snapshot: the generation may mix bytes from before and after it (or fail
+        verification, if it lands between a chunk's CRC and its write).
         """
         self._settle()
         t0 = time.perf_counter()

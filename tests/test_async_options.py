@@ -204,3 +204,28 @@ def test_async_decorator_background_failure_is_not_silent(store_dir: str) -> Non
     with pytest.raises(ActorFenced):
         a.add()
     assert cls().state["n"] == 2            # the zombie's snapshot never became visible
+
+
+# -- snapshot strategies ---------------------------------------------------------------------
+def test_parallel_snapshot_copy_and_no_copy_mode(tmp_path: Path) -> None:
+    from stages import background
+
+    big = np.random.default_rng(5).random((40 << 20) // 8 + 13)   # > PARALLEL_COPY_MIN, odd
+    assert big.nbytes >= background.PARALLEL_COPY_MIN
+    expect = big.copy()
+    with FileStore(tmp_path / "s", 1 << 20) as store:
+        lease = store.acquire("a")
+        state = {"big": big}
+        css = CheckpointedStageState(state, lease, compression="none")
+        pending = css.checkpoint_async(step=1)          # copied by two threads
+        big[:] = 0.0                                     # in place, right away
+        pending.wait()
+        back = _restored(store, "a")
+        assert np.array_equal(back.state["big"], expect)
+        # No-copy mode: the caller replaces the array instead of mutating it in place.
+        css.state = {"big": expect}
+        pending = css.checkpoint_async(step=2, copy=False)
+        css.state = {"big": np.ones(3)}
+        assert pending.stall_s >= 0 and pending.wait().step == 2
+        back = _restored(store, "a")
+        assert back.restored.step == 2 and np.array_equal(back.state["big"], expect)
