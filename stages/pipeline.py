@@ -469,10 +469,6 @@ class Pipeline:
         self._steps_this_run += 1
         self._step_counts[bar.step] = (bar.records, len(outputs))
         self.manager.complete(PIPELINE_TRACK, {"step": bar.step, "generation": None})
-        # The records trigger counts from the barrier, not from this commit: the records
-        # read since the barrier (the open step) count toward the next one, so a step is
-        # every_records long however long the commit took (background flushes included).
-        self.manager.record(PIPELINE_TRACK, self._open_records)
         self._emit("commit", bar.step, detail={
             "source_position": bar.position, "records_in": bar.records,
             "records_out": len(outputs),

@@ -354,7 +354,9 @@ def test_async_checkpoints_pipeline_exactly_once(ray_local: None, tmp_path: Path
     assert res.finished and res.recoveries == 0
     assert sink.read_all() == run_reference(src, specs)
     n = res.committed_step
-    assert n >= 5 and res.checkpoints == 2 * n
+    # (The records trigger counts from each commit, which waits for the flushes: fewer
+    # steps than a synchronous run of the same stream.)
+    assert n >= 3 and res.checkpoints == 2 * n
     commits = [e for e in res.events if e.kind == "commit"]
     # Every committed step names the durable generation of every stage (not an ack).
     assert all(set(e.detail["generations"]) == {"agg", "seq"}
