@@ -29,6 +29,8 @@ BENCHES: dict[str, str] = {
     "manager": "bench.bench_manager",
     "peers": "bench.bench_peers",
     "actor": "bench.bench_actor",
+    "async": "bench.bench_async",
+    "pipeline": "bench.bench_pipeline",
 }
 
 

@@ -21,12 +21,24 @@ Why the design is as it is:
   order a caller submitted them; this is what lets a pipeline's barrier (a ``checkpoint``
   call queued after a batch) travel *with* the data. Control methods (``info``, ``ping``) run
   in a separate ``control`` group so that the scheduler can look at a stage while it is in
-  the middle of a long checkpoint flush.
+  the middle of a long checkpoint flush; ``flushed`` (waiting for a background flush) in a
+  ``flush`` group of its own, so waiting never takes a thread the control calls need.
 * **Pipeline stages are "aligned".** Their state is meaningful only at barriers (a step
   ``>= 1``); an out-of-band checkpoint request (the scheduler's, before a preemption or a
   drain) is answered with the last barrier checkpoint instead of writing one, because the
   pipeline replays from its last committed step anyway, and an extra generation would evict
   one the rollback may need. Plain stages checkpoint whenever asked.
+* **Asynchronous barrier checkpoints** (``StageSpec(async_checkpoints=True)``). A barrier
+  ``checkpoint(step >= 1)`` takes a snapshot (``stages/background.py``: serialize, copy the
+  numpy buffers) and returns ``{"pending": True, ...}`` at once, so the data path goes on
+  while the flush runs in the background; the caller learns that the step is durable from
+  :meth:`StageActor.flushed`, which runs in its own ``flush`` concurrency group and returns
+  the ``CheckpointInfo`` or raises ``CheckpointFailed``. A pipeline commits the step only
+  then (``stages/barrier.py``). At most one flush is in flight: a second barrier while one
+  runs waits for it (no coalescing: every barrier is a step), and ``rollback``/``shutdown``
+  wait for it before they replace the state or give up the lease. Out-of-band checkpoints
+  (``step < 1``) and ``shutdown(checkpoint=True)`` stay synchronous: their callers (the
+  scheduler before a preemption) need the state durable when the call returns.
 * **The flush observer is passed through, untouched**: the scheduler supplies a picklable
   object; the actor hands it to ``CheckpointedStageState`` which calls it around every flush.
 * **Registration is fire-and-forget, through a hook.** When ``spec.registrar`` is set (a
@@ -53,7 +65,8 @@ import ray
 
 from blockstore import BlockStore, Lease
 
-from .errors import StageError
+from .background import PendingCheckpoint
+from .errors import CheckpointFailed, StageError
 from .hooks import StageRegistrar
 from .incarnation import Incarnation, RollbackUnavailable, open_store_for, register_quietly
 from .incarnation import restore_or_initial
@@ -65,6 +78,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CONTROL_GROUP",
+    "FLUSH_GROUP",
     "ControlledStageActor",
     "RollbackUnavailable",
     "Stage",
@@ -86,6 +100,9 @@ log = logging.getLogger(__name__)
 #: Concurrency group of the methods that must answer while a checkpoint is flushing.
 CONTROL_GROUP = "control"
 CONTROL_CONCURRENCY = 2
+#: Concurrency group of :meth:`StageActor.flushed` (waits for a background flush).
+FLUSH_GROUP = "flush"
+FLUSH_CONCURRENCY = 2
 #: Resource keywords of Ray's ``.options`` -> the name of the resource in a node's view.
 _RESOURCE_OPTIONS = {"num_cpus": "CPU", "num_gpus": "GPU", "memory": "memory"}
 #: CPUs Ray reserves to schedule an actor that does not say (``num_cpus`` absent).
@@ -152,6 +169,11 @@ class StageSpec:
         registrar: where every incarnation registers (a picklable
             :class:`~stages.hooks.StageRegistrar`, e.g. ``scheduler.SchedulerRegistrar``),
             or None.
+        async_checkpoints: barrier checkpoints (``step >= 1``) snapshot the state and flush
+            it in the background; :meth:`StageActor.flushed` says when it is durable. The
+            stage's ``process`` may then mutate the state in any way during a flush (the
+            flush writes the snapshot). Costs one copy of the state's numpy buffers in
+            memory (reused from one snapshot to the next).
     """
 
     stage_id: str
@@ -166,6 +188,7 @@ class StageSpec:
     lease_ttl: float = 10.0
     registrar: StageRegistrar | None = None
     allow_unauthenticated: bool = False
+    async_checkpoints: bool = False
 
     def state_options(self) -> dict[str, Any]:
         """Keyword options for ``CheckpointedStageState`` (constructor and ``restore``)."""
@@ -348,6 +371,7 @@ class StageActor:
         self._records_total = 0
         self._records_since = 0
         self._aligned = restore_step is not None
+        self._pending: PendingCheckpoint | None = None  # the last async barrier checkpoint
         self._registration_ref: Any = None
         if spec.registrar is not None:
             self._registration_ref = register_quietly(spec.registrar, self.registration(),
@@ -400,9 +424,33 @@ class StageActor:
                 self._aligned = True
             elif self._aligned:
                 return self._skipped()
+            if step >= 1 and self.spec.async_checkpoints:
+                pending = self._inc.checkpoint_async(step=step, meta=meta)
+                self._pending = pending
+                self._records_since = 0
+                return {"stage_id": self.spec.stage_id, "lease_id": self._lease.lease_id,
+                        "step": step, "pending": True, "stall_s": pending.stall_s}
             info = self._inc.checkpoint(step=step, meta=meta)
             self._records_since = 0
             return info.to_dict()
+
+    def flushed(self, step: int) -> dict[str, Any]:
+        """Wait until the checkpoint of barrier ``step`` is durable; its ``CheckpointInfo``.
+
+        For ``async_checkpoints`` stages, after ``checkpoint(step)`` returned ``pending``.
+        Raises ``CheckpointFailed`` when that flush failed (the step is NOT saved) or when
+        this incarnation has no checkpoint of ``step`` in flight or written (it was rolled
+        back, or never asked): fail-closed, the caller must not commit the step.
+        """
+        pending = self._pending
+        if pending is not None and pending.step == step:
+            return pending.wait().to_dict()
+        last = self._css.last_checkpoint
+        if last is not None and last.step == step:
+            return last.to_dict()
+        raise CheckpointFailed(f"stage {self.spec.stage_id!r} has no checkpoint of step {step} "
+                               "in flight or written by this incarnation",
+                               lease_id=self._lease.lease_id)
 
     @property
     def aligned(self) -> bool:
@@ -422,7 +470,8 @@ class StageActor:
         """
         with self._lock:
             self._check_running()
-            self._inc.bind(step)
+            self._inc.bind(step)  # waits for a background flush of the old state first
+            self._pending = None
             self._records_since = 0
             if step is not None:
                 self._aligned = True
@@ -534,7 +583,8 @@ def actor_options(spec: StageSpec, *, node_id: str | None = None, soft: bool = F
 
 
 class ControlledStageActor(StageActor):
-    """:class:`StageActor` with ``info``/``ping``/``registration`` in the control group.
+    """:class:`StageActor` with ``info``/``ping``/``registration`` in the control group
+    and ``flushed`` in the flush group.
 
     A separate class so that a plain ``ray.remote(StageActor)`` still works (every method in
     the default group; ``info`` then waits behind a running checkpoint), while
@@ -553,6 +603,10 @@ class ControlledStageActor(StageActor):
     def registration(self) -> StageRegistration:
         return StageActor.registration(self)
 
+    @ray.method(concurrency_group=FLUSH_GROUP)
+    def flushed(self, step: int) -> dict[str, Any]:
+        return StageActor.flushed(self, step)
+
 
 _remote_cls: Any = None
 
@@ -562,7 +616,8 @@ def remote_stage_class() -> Any:
     declared (created once per process). Use it with :func:`actor_options`."""
     global _remote_cls
     if _remote_cls is None:
-        _remote_cls = ray.remote(concurrency_groups={CONTROL_GROUP: CONTROL_CONCURRENCY})(
+        _remote_cls = ray.remote(concurrency_groups={CONTROL_GROUP: CONTROL_CONCURRENCY,
+                                                     FLUSH_GROUP: FLUSH_CONCURRENCY})(
             ControlledStageActor)
     return _remote_cls
 

@@ -9,7 +9,11 @@ a synchronous checkpoint, ``stages/state.py``) to a flush thread. Why it is shap
   state in any way, arrays in place included: the flush writes the snapshot, never the live
   objects. The copy runs at memory speed into buffers reused from the previous snapshot
   (:class:`SnapshotBuffers`), so a stage checkpointing the same arrays again allocates
-  nothing. Small objects are serialized in-band, which is already a copy.
+  nothing; a large buffer is copied by two threads at once (``numpy.copyto`` releases the
+  GIL). Small objects are serialized in-band, which is already a copy.
+* **No-copy mode** (``checkpoint_async(copy=False)``), for states too large to copy in
+  the time allowed: the stall is serialization alone and the flush reads the live buffers,
+  so the caller must not mutate them in place until ``wait()`` returned.
 * **At most one flush in flight per state object.** A second request - sync or async - first
   waits for the one in flight (it does not coalesce: every request is a generation).
 * **Fail-closed, never silent.** A background failure is raised by :meth:`PendingCheckpoint.wait`
@@ -30,12 +34,14 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from .codec import Payload
 
 if TYPE_CHECKING:
     from .reports import CheckpointInfo
 
-__all__ = ["PendingCheckpoint", "SnapshotBuffers", "flush_executor"]
+__all__ = ["PendingCheckpoint", "SnapshotBuffers", "copy_into", "flush_executor"]
 
 #: Flush threads per process: one per state object flushing at the same time.
 FLUSH_THREADS = 8
@@ -51,6 +57,41 @@ def flush_executor() -> ThreadPoolExecutor:
         if _executor is None:
             _executor = ThreadPoolExecutor(FLUSH_THREADS, thread_name_prefix="bp-flush")
         return _executor
+
+
+#: Segments at least this large are copied by :data:`COPY_THREADS` threads at once.
+PARALLEL_COPY_MIN = 16 << 20
+#: Threads that copy one large segment (the caller's and ``COPY_THREADS - 1`` helpers):
+#: ``numpy.copyto`` releases the GIL, so the parts copy at the same time.
+COPY_THREADS = 2
+
+_copy_pool: ThreadPoolExecutor | None = None
+
+
+def _copy_executor() -> ThreadPoolExecutor:
+    global _copy_pool
+    with _executor_lock:
+        if _copy_pool is None:
+            _copy_pool = ThreadPoolExecutor(max(1, COPY_THREADS - 1),
+                                            thread_name_prefix="bp-copy")
+        return _copy_pool
+
+
+def copy_into(dst: memoryview, src: memoryview) -> None:
+    """``dst[:] = src`` (same length, bytes); large copies split across threads."""
+    n = src.nbytes
+    if n < PARALLEL_COPY_MIN or COPY_THREADS < 2:
+        dst[:] = src
+        return
+    d = np.frombuffer(dst, dtype=np.uint8)
+    s = np.frombuffer(src, dtype=np.uint8)
+    part = (n // COPY_THREADS) & ~4095           # page-aligned parts; the caller takes the last
+    bounds = [(i * part, (i + 1) * part) for i in range(COPY_THREADS - 1)]
+    futures = [_copy_executor().submit(np.copyto, d[a:b], s[a:b]) for a, b in bounds]
+    start = bounds[-1][1]
+    np.copyto(d[start:], s[start:])
+    for f in futures:
+        f.result()
 
 
 class SnapshotBuffers:
@@ -71,7 +112,7 @@ class SnapshotBuffers:
             n = seg.nbytes
             buf = old[i] if i < len(old) and len(old[i]) >= n else bytearray(n)
             view = memoryview(buf)[:n]
-            view[:] = seg.cast("B")
+            copy_into(view, seg.cast("B"))
             fresh.append(buf)
             out.append(view)
         self._buffers = fresh

@@ -150,6 +150,7 @@ class CheckpointedConfig:
     dedupe_window: int
     checkpoint_on_exit: bool
     concurrency_groups: Mapping[str, int]
+    async_checkpoint: bool = False
 
     def state_options(self) -> dict[str, Any]:
         """Keyword options for ``CheckpointedStageState``."""
@@ -210,6 +211,21 @@ def _check_groups(cls: type, groups: Mapping[str, int] | None,
                                  "declare it in concurrency_groups= too, so that an actor "
                                  "the scheduler re-creates has it")
     return out
+def _check_async(cls: type, async_checkpoint: bool, every_calls: int | None,
+                 every_seconds: float | None) -> None:
+    if not isinstance(async_checkpoint, bool):
+        raise _fail(cls, f"async_checkpoint must be a bool, got {async_checkpoint!r}")
+    if not async_checkpoint:
+        return
+    if every_calls == 1:
+        raise _fail(cls, "async_checkpoint=True cannot be combined with every_calls=1: "
+                         "exactly-once mode commits each call's checkpoint before the call "
+                         "returns, which a background flush does not; use every_calls >= 2 "
+                         "or every_seconds for asynchronous checkpoints")
+    if every_calls is None and every_seconds is None:
+        raise _fail(cls, "async_checkpoint=True applies to policy checkpoints: set "
+                         "every_calls (>= 2) or every_seconds (an on-demand checkpoint() is "
+                         "always synchronous)")
 
 
 def _durability(obj: Any) -> ActorDurability:
@@ -403,7 +419,8 @@ class _Checkpointed:
                  observer: CheckpointFlushObserver | None = None, lease_ttl: float = 10.0,
                  block_size: int | None = None, priority: int = 0, dedupe_window: int = 1024,
                  checkpoint_on_exit: bool = True,
-                 concurrency_groups: Mapping[str, int] | None = None) -> Callable[[C], C]:
+                 concurrency_groups: Mapping[str, int] | None = None,
+                 async_checkpoint: bool = False) -> Callable[[C], C]:
         """Make the attributes ``state`` of the decorated actor class durable.
 
         Args:
@@ -425,6 +442,10 @@ class _Checkpointed:
             checkpoint_on_exit: checkpoint on a graceful exit if anything changed.
             concurrency_groups: your own groups, as given to ``ray.remote`` besides
                 ``GROUPS`` (the scheduler declares them when it re-creates the actor).
+            async_checkpoint: policy checkpoints (``every_calls`` >= 2, ``every_seconds``)
+                take a snapshot in the call's turn and flush in the background, so the call
+                returns without waiting for the disk (see :mod:`stages.durability`). Refused
+                with ``every_calls=1`` (exactly-once needs the commit before the return).
 
         Raises:
             CheckpointedConfigError: at decoration, for bad arguments or name clashes.
@@ -438,6 +459,7 @@ class _Checkpointed:
             attrs = _attr_names(cls, state)
             _check_numbers(cls, every_calls, every_seconds, retention, codec, dedupe_window)
             groups = _check_groups(cls, concurrency_groups, registrar)
+            _check_async(cls, async_checkpoint, every_calls, every_seconds)
             taken = _ALWAYS + (_STAGE_CONTROL if registrar is not None else ())
             clash = [n for n in taken if inspect.getattr_static(cls, n, None) is not None]
             if clash:
@@ -448,7 +470,8 @@ class _Checkpointed:
                 retention=retention, codec=codec, compression=compression, level=level,
                 mac_key=mac_key, registrar=registrar, observer=observer, lease_ttl=lease_ttl,
                 block_size=block_size, priority=priority, dedupe_window=dedupe_window,
-                checkpoint_on_exit=checkpoint_on_exit, concurrency_groups=groups)
+                checkpoint_on_exit=checkpoint_on_exit, concurrency_groups=groups,
+                async_checkpoint=async_checkpoint)
             ns = {**_wrapped_methods(cls), **_generated(cls, config)}
             ns.update(__module__=cls.__module__, __qualname__=cls.__qualname__,
                       __doc__=cls.__doc__, __bp_config__=config)

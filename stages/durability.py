@@ -26,6 +26,17 @@ decides *when* to checkpoint - the turn-taking part:
   call twice, and a kill before the commit leaves nothing of it in the restored state.
   A checkpoint that fails in this mode reloads the attributes from the lease (memory never
   runs ahead of what is durable) and the call raises ``CheckpointFailed``.
+* **Asynchronous policy checkpoints** (``async_checkpoint=True``, with ``every_calls >= 2``
+  or ``every_seconds``; refused with ``every_calls=1``). The call that makes a checkpoint
+  due takes the snapshot under the lock (the named attributes serialized, their numpy
+  buffers copied: ``stages/background.py``) and returns; the flush runs in a background
+  thread, and the next call may mutate the attributes in any way meanwhile. At most one
+  flush is in flight: the next due checkpoint (or an explicit ``checkpoint()``, always
+  synchronous) waits for it first. A background failure is never silent: the next call
+  that makes a checkpoint due raises it (``CheckpointFailed``; ``ActorFenced`` from then
+  on if the store refused a stale epoch), and that checkpoint is taken by the call after,
+  since every call since the failed snapshot is still unsaved. A graceful exit waits for
+  the flush in flight, and checkpoints again if it failed. Semantics stay at-least-once.
 """
 
 from __future__ import annotations
@@ -154,6 +165,7 @@ class ActorDurability:
         self.calls_since = 0
         self.deduplicated = 0
         self.failures = 0
+        self._flush_failed = False  # set by a failed background flush (flush thread)
         self._policy = CheckpointPolicy(every_records=config.every_calls,
                                         every_seconds=config.every_seconds)
         self._since = time.monotonic()
@@ -251,10 +263,37 @@ class ActorDurability:
             return {**(last.to_dict() if last else {}), "coalesced": True}
         return self.checkpoint(step, meta).to_dict()
 
+    def checkpoint_async(self, meta: dict[str, Any] | None = None) -> None:
+        """Snapshot the named attributes under :attr:`lock`; flush in the background.
+
+        Raises ``CheckpointFailed`` for a failed snapshot or for the previous background
+        flush's failure (nothing new is snapshotted then; the next due call does it)."""
+        with self.lock:
+            self.check_serving()
+            self.inc.state = self._payload()
+            try:
+                pending = self.inc.checkpoint_async(meta=meta)
+            except CheckpointFailed:
+                self.failures += 1
+                raise
+            self._flush_failed = False
+            self.calls_since = 0
+            self._since = time.monotonic()
+
+        def settled(done: Any) -> None:  # in the flush thread: takes no lock, never raises
+            if done.outcome[1] is not None:
+                self._flush_failed = True
+        pending.add_done_callback(settled)
+
     def _due_checkpoint(self) -> None:
         reason = self._policy.due(self.calls_since, time.monotonic() - self._since)
+        if self._flush_failed:
+            reason = reason or "retry"  # what the failed flush held is still unsaved
         if reason is not None and self.calls_since:
-            self.checkpoint(meta={"reason": reason})
+            if self.config.async_checkpoint:
+                self.checkpoint_async(meta={"reason": reason})
+            else:
+                self.checkpoint(meta={"reason": reason})
 
     def tick(self) -> None:
         """The timer's request, run in the actor's turn: checkpoint if still due."""
@@ -385,6 +424,7 @@ class ActorDurability:
             "deduplicated": self.deduplicated,
             "failed_checkpoints": self.failures,
             "flushing": self.inc.flushing,
+            "async_checkpoint": self.config.async_checkpoint,
             "fenced": self.inc.fenced,
             "stopped": self._closed,
             **self.inc.restored_summary(),
@@ -403,7 +443,10 @@ class ActorDurability:
                 return None
             self._closed = True
             try:
-                if checkpoint and self.calls_since and not self.inc.fenced:
+                if self.inc.drain() is not None:  # the flush in flight failed: still unsaved
+                    self._flush_failed = True
+                if (checkpoint and (self.calls_since or self._flush_failed)
+                        and not self.inc.fenced):
                     self.inc.state = self._payload()
                     return self.inc.checkpoint(meta={"reason": "exit"})
                 return None

@@ -17,7 +17,10 @@ way and write the same way, so that is written once, here:
 3. **Checkpoint, fail-closed.** :meth:`Incarnation.checkpoint` commits the current state as a
    new generation or raises ``CheckpointFailed``; :attr:`Incarnation.fenced` tells a caller
    that the failure was the store refusing a stale epoch (this incarnation was replaced and
-   must stop serving), not an I/O error.
+   must stop serving), not an I/O error. :meth:`Incarnation.checkpoint_async` is the same
+   with the flush in the background (``stages/background.py``): ``fenced`` and
+   ``last_checkpoint_at`` are set when that flush ends; :meth:`Incarnation.drain` waits for
+   it before the state is replaced (``bind``) or the lease given up (``release``).
 
 When to checkpoint (policy) and what the state is (an attribute of an actor, a stage's
 state object) stay with the callers; this class is not thread-safe on its own, callers
@@ -35,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from blockstore import BlockStore, Lease, StaleLeaseError, StoreConfigError, open_store
 
 from .errors import CheckpointFailed, NoCheckpointError, StageError
+from .background import PendingCheckpoint
 from .observer import CheckpointFlushObserver
 from .state import CheckpointedStageState, CheckpointInfo, RestoreReport
 
@@ -158,7 +162,10 @@ class Incarnation:
     # -- restore -------------------------------------------------------------------------
     def bind(self, max_step: int | None = None) -> CheckpointedStageState[Any]:
         """(Re)load the state from the lease (see :func:`restore_or_initial`); keeps the lease
-        and epoch. Sets :attr:`restored` and returns the new ``CheckpointedStageState``."""
+        and epoch. Sets :attr:`restored` and returns the new ``CheckpointedStageState``.
+        A background flush of the old state is waited for first (:meth:`drain`)."""
+        if getattr(self, "css", None) is not None:
+            self.drain()
         css = restore_or_initial(self.lease, self._initial, observer=self._observer,
                                  max_step=max_step, name=self.name, **self._options)
         self.restored: RestoreReport | None = css.restored
@@ -205,6 +212,42 @@ class Incarnation:
         self.last_checkpoint_at = time.time()
         return info
 
+    def checkpoint_async(self, step: int = 0,
+                         meta: Mapping[str, Any] | None = None) -> PendingCheckpoint:
+        """Snapshot the state now, commit it in the background (see
+        :meth:`CheckpointedStageState.checkpoint_async`); waits first for a flush in flight.
+
+        Raises ``CheckpointFailed`` for a failed snapshot or an earlier background failure
+        nobody saw. When the flush ends, :attr:`last_checkpoint_at` (success) or
+        :attr:`fenced` (refused for a stale epoch) is set - before ``wait()`` on the result
+        returns.
+        """
+        try:
+            pending = self.css.checkpoint_async(step=step, meta=meta)
+        except CheckpointFailed as exc:
+            if is_fenced(exc):
+                self.fenced = True
+            raise
+
+        def settled(done: PendingCheckpoint) -> None:  # in the flush thread; must not raise
+            _, exc = done.outcome
+            if exc is None:
+                self.last_checkpoint_at = time.time()
+            elif is_fenced(exc):
+                self.fenced = True
+        pending.add_done_callback(settled)
+        return pending
+
+    def drain(self) -> BaseException | None:
+        """Wait for the background flush in flight, if any; return its failure (logged, not
+        raised: whoever waits on its ``PendingCheckpoint`` is told) or None."""
+        try:
+            self.css.wait()
+        except CheckpointFailed as exc:
+            log.warning("%s: background checkpoint failed: %s", self.name, exc)
+            return exc
+        return None
+
     @property
     def last_checkpoint(self) -> CheckpointInfo | None:
         """The newest generation written or restored by this incarnation, else None."""
@@ -224,8 +267,9 @@ class Incarnation:
         return self.lease.lease_id
 
     def release(self) -> None:
-        """Give the lease up (a graceful end); twice is harmless."""
+        """Give the lease up (a graceful end), after the flush in flight; twice is harmless."""
         if not self.released:
+            self.drain()
             self.released = True
             self.lease.release()
 

@@ -16,12 +16,15 @@ How, and why this way:
   submission order, so each stage checkpoints exactly the state after every record before the
   barrier and none after it - consistent across stages, like aligned barriers, with no
   records in flight between stages at the cut (``RunStep.in_flight`` is therefore empty).
-* **A step commits in one place.** When every stage's checkpoint of ``s`` returned and every
-  output of ``s`` arrived, the sink commits step ``s``'s output (idempotently, not yet
-  visible), then the run record of ``s`` is saved and committed by the driver's status write
-  under the run's control lease (:class:`~stages.run_driver.RunDriver`): that write is the
-  commit point; then the sink publishes ``s``. At most one barrier is outstanding, so every
-  stage's lease holds the last committed step and at most one newer, uncommitted one.
+* **A step commits in one place.** When every stage's checkpoint of ``s`` is durable (it
+  returned; for ``async_checkpoints`` stages, its background flush ended too:
+  ``stages/barrier.py``) and every output of ``s`` arrived, the sink commits step ``s``'s
+  output (idempotently, not yet visible), then the run record of ``s`` is saved and
+  committed by the driver's status write under the run's control lease
+  (:class:`~stages.run_driver.RunDriver`): that write is the commit point; then the sink
+  publishes ``s``. At most one barrier is outstanding (records keep flowing while it waits
+  for background flushes), so every stage's lease holds the last committed step and at most
+  one newer, uncommitted one, and each stage has at most one flush in flight.
 * **One driver per run, fenced** (``stages/run_driver.py``). ``run()`` holds the run's
   control lease (keepalive) from start to return; sink writes and step commits carry its
   epoch. A second driver is refused (``RunActiveError``) before it touches anything, or with
@@ -56,13 +59,14 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import ray
 from ray.exceptions import GetTimeoutError
 
 from .actor import StageSpec, launch_stage, open_store_for
+from .barrier import Barrier
 from .errors import PipelineError, RunFencedError, StageProcessError
 from .events import PipelineEvent, PipelineResult
 from .hooks import StageLostHook
@@ -106,15 +110,6 @@ class _Batch:
     end_position: Any
     n: int
     ref: Any
-
-
-@dataclass(slots=True)
-class _Barrier:
-    step: int
-    position: Any
-    records: int
-    refs: dict[str, Any]
-    done: set[str] = field(default_factory=set)
 
 
 class Pipeline:
@@ -305,7 +300,7 @@ class Pipeline:
     # -- internals: lifecycle -----------------------------------------------------------------
     def _reset_counters(self) -> None:
         self._batches: deque[_Batch] = deque()
-        self._barrier: _Barrier | None = None
+        self._barrier: Barrier | None = None
         self._outputs: dict[int, list[Any]] = {}
         self._committed = 0
         self._committed_position: Any = None
@@ -421,7 +416,7 @@ class Pipeline:
         meta = {"source_position": self._position, "run_id": self.run_id}
         refs = {sid: h.checkpoint.remote(step=step, meta=meta)
                 for sid, h in self._handles.items()}
-        self._barrier = _Barrier(step, self._position, self._open_records, refs)
+        self._barrier = Barrier(step, self._position, self._open_records, refs)
         self._open_step += 1
         self._open_records = 0
         self._emit("barrier", step, detail={"source_position": self._position})
@@ -436,7 +431,7 @@ class Pipeline:
             waiting.append(self._batches[0].ref)
         barrier_due = bar is not None and (not self._batches or self._batches[0].step > bar.step)
         if bar is not None and barrier_due:
-            waiting.extend(r for sid, r in bar.refs.items() if sid not in bar.done)
+            waiting.extend(bar.waiting())
         if waiting:
             ready, _ = ray.wait(waiting, num_returns=1, timeout=1.0)
             if not ready:
@@ -450,17 +445,10 @@ class Pipeline:
             self._outputs.setdefault(b.step, []).extend(self._get(b.ref, None))
         if bar is None or (self._batches and self._batches[0].step <= bar.step):
             return
-        pending = {sid: r for sid, r in bar.refs.items() if sid not in bar.done}
-        if pending:
-            ready_refs = set(ray.wait(list(pending.values()), num_returns=len(pending),
-                                      timeout=0)[0])
-            bar.done.update(sid for sid, r in pending.items() if r in ready_refs)
-            if len(bar.done) < len(bar.refs):
-                return
-        infos = {sid: self._get(ref, sid) for sid, ref in bar.refs.items()}
-        self._commit(bar, infos)
+        if bar.advance(self._get, self._handles):  # every stage's checkpoint is durable
+            self._commit(bar, bar.infos)
 
-    def _commit(self, bar: _Barrier, infos: Mapping[str, Mapping[str, Any]]) -> None:
+    def _commit(self, bar: Barrier, infos: Mapping[str, Mapping[str, Any]]) -> None:
         hold = self._driver()
         outputs = self._outputs.pop(bar.step, [])
         self.sink.commit(bar.step, outputs, token=hold.token)
@@ -512,7 +500,7 @@ class Pipeline:
                                 f"failure: {failure}") from failure.cause
         dropped = [b.ref for b in self._batches]
         if self._barrier is not None:
-            dropped.extend(self._barrier.refs.values())
+            dropped.extend(self._barrier.refs())
         lost = set(failure.stages) | {s for s, h in self._handles.items()
                                       if s not in failure.stages
                                       and not alive(h, self.ping_timeout)}

@@ -251,8 +251,8 @@ class CheckpointedStageState(Generic[T]):
             self._flushes -= 1
 
     # -- checkpoint ----------------------------------------------------------------------
-    def checkpoint_async(self, *, step: int = 0,
-                         meta: Mapping[str, Any] | None = None) -> PendingCheckpoint:
+    def checkpoint_async(self, *, step: int = 0, meta: Mapping[str, Any] | None = None,
+                         copy: bool = True) -> PendingCheckpoint:
         """Snapshot the state now and commit it as a new generation in the background.
 
         Stalls only for the snapshot (serialization, and a copy of every numpy buffer into
@@ -263,12 +263,21 @@ class CheckpointedStageState(Generic[T]):
         once durable, or raises the ``CheckpointFailed``; a failure nobody waited for is
         raised by this object's next ``checkpoint``/``checkpoint_async``/``wait`` (see
         ``stages/background.py``).
+
+        ``copy=False`` (no-copy mode) skips the copy of the out-of-band buffers: the stall is
+        serialization alone, and the flush reads the live arrays' memory. The caller then
+        promises not to mutate those buffers in place until ``wait()`` returned (replacing
+        an array by a new one is fine: the flush keeps the old one alive). A mutation
+        breaks the snapshot: the generation may mix bytes from before and after it (or fail
+        verification, if it lands between a chunk's CRC and its write).
         """
         self._settle()
         t0 = time.perf_counter()
         self._flushes += 1
         try:
-            payload = self._snapshots.copy(codecs.encode(self._state, self._codec))
+            payload = codecs.encode(self._state, self._codec)
+            if copy:
+                payload = self._snapshots.copy(payload)
         except BaseException as exc:
             self._flushes -= 1
             if isinstance(exc, Exception):

@@ -18,7 +18,11 @@ def test_bench_quick_runs_every_benchmark(tmp_path: Path) -> None:
                           text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(proc.stdout)
-    assert set(report) == {"store", "checkpoint", "incremental", "manager", "peers", "actor"}
+    assert set(report) == {"store", "checkpoint", "incremental", "manager", "peers", "actor",
+                           "async", "pipeline"}
+    assert {r["op"] for r in report["async"]} >= {"sync checkpoint", "async stall, no copy"}
+    assert [r["mode"] for r in report["pipeline"]] == ["off", "sync", "async"]
+    assert all(r["records_per_s"] > 0 and min(r["steps"]) >= 1 for r in report["pipeline"])
     assert {r["actor"] for r in report["actor"]} >= {"plain", "checkpointed"}
     store_cases = {(r["case"], r["backend"]) for r in report["store"]}
     assert ("vectorised write+flush", "FileStore") in store_cases

@@ -322,6 +322,25 @@ def test_control_methods_answer_during_a_flush(ray_up: None, store_dir: str) -> 
     ray.kill(s)
 
 
+@pytest.mark.ray
+def test_async_policy_checkpoints_survive_a_ray_restart(ray_up: None, store_dir: str) -> None:
+    """``async_checkpoint=True``: the due call returns after the snapshot; once the
+    background flush is durable, a Ray restart (the process died) resumes from it."""
+    cls = counter(store_dir, key="async", every_calls=5, async_checkpoint=True,
+                  ray_opts=RESTART)
+    h = cls.remote()
+    assert ray.get([h.add.remote() for _ in range(12)])[-1] == 12   # snapshots at 5 and 10
+    wait_for(lambda: not ray.get(h.checkpoint_info.remote())["flushing"], what="flush done")
+    info = ray.get(h.checkpoint_info.remote())
+    assert info["generation"] == 2 and info["async_checkpoint"]
+    _, pid = ray.get(h.where.remote())
+    with pytest.raises(ray.exceptions.RayActorError):
+        ray.get(h.crash.remote())                 # the process dies; Ray restarts it
+    assert ray.get(h.get.remote()) == 10 and ray.get(h.restored_from.remote()) == 2
+    assert ray.get(h.where.remote())[1] != pid
+    ray.kill(h)
+
+
 class SlowState(CounterBase):
     def __init__(self) -> None:
         super().__init__()

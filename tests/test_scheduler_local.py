@@ -402,6 +402,63 @@ def test_mark_cleared_when_checkpoint_fails(sched: tuple[Any, str, str], tmp_pat
     assert any(d["kind"] == "flush" and d["outcome"] == "failed" for d in decisions)
 
 
+class HeldObserver:
+    """Wraps the scheduler's observer: holds the flush open after its start was
+    acknowledged while ``gate`` exists; at the completion, before the scheduler hears of it,
+    records the step of the newest generation a fresh reader restores (is it durable?)."""
+
+    def __init__(self, inner: PreemptionCheckpointObserver, gate: str, store: str, sid: str,
+                 log: str) -> None:
+        self.inner, self.gate, self.store, self.sid, self.log = inner, gate, store, sid, log
+
+    def on_flush_start(self, lease_id: str) -> None:
+        self.inner.on_flush_start(lease_id)
+        end = time.time() + 30
+        while os.path.exists(self.gate) and time.time() < end:
+            time.sleep(0.01)
+
+    def on_flush_complete(self, lease_id: str, ok: bool) -> None:
+        from stages import CheckpointedStageState
+        with open_store(self.store) as st:
+            step = CheckpointedStageState.restore(st.open_reader(self.sid)).restored.step
+        with open(self.log, "a") as f:
+            f.write(f"{step}\n")
+        self.inner.on_flush_complete(lease_id, ok)
+
+
+def test_flush_mark_spans_a_background_flush(sched: tuple[Any, str, str],
+                                             tmp_path: Path) -> None:
+    """An async barrier checkpoint returns after the snapshot; the scheduler sees
+    CHECKPOINT_IN_PROGRESS until the flush's header is durable, and waits to preempt."""
+    import dataclasses
+
+    handle, name, store = sched
+    gate, log = tmp_path / "gate", tmp_path / "log"
+    spec = dataclasses.replace(make_spec(name, store, "bg"), async_checkpoints=True)
+    obs = HeldObserver(PreemptionCheckpointObserver("bg", name), str(gate), store, "bg",
+                       str(log))
+    stage = launch_stage(spec, observer=obs)
+    ray.get(stage.process_batch.remote([1, 2, 3]))
+    wait_for(lambda: "bg" in {s["stage_id"] for s in status(handle)["stages"]},
+             what="bg registered")
+    gate.touch()
+    ack = ray.get(stage.checkpoint.remote(step=1), timeout=20)   # the flush is held open
+    assert ack["pending"] and ack["step"] == 1
+    wait_for(lambda: ray.get(handle.reasons.remote("bg")) == [CIP], what="bg flushing")
+    assert ray.get(stage.process_batch.remote([4]), timeout=20) == [10]  # data path free
+    assert ray.get(stage.info.remote())["flushing"]
+    durable = stage.flushed.remote(1)
+    pending = handle.preempt.remote(
+        PreemptionRequest(reason="need one", deadline=time.time() + 30, count=1))
+    ready, _ = ray.wait([pending, durable], num_returns=1, timeout=1.0)
+    assert not ready, "preempted (or called durable) in the middle of a background flush"
+    assert ray.get(handle.reasons.remote("bg")) == [CIP]
+    gate.unlink()
+    assert ray.get(durable, timeout=20)["step"] == 1
+    assert log.read_text().split() == ["1"]  # durable before the scheduler heard "complete"
+    assert ray.get(pending, timeout=30).victims == ("bg",)
+
+
 def test_mark_cleared_when_flushing_actor_is_killed(sched: tuple[Any, str, str],
                                                     tmp_path: Path) -> None:
     handle, name, store = sched
