@@ -41,7 +41,7 @@ BATCH = 8 * MiB  # the checkpoint writer's write batch (stages.writer.WRITE_BATC
 def _row(label: str, op: str, secs: float | None, raw: RawLimits, kind: str,
          note: str = "") -> dict[str, Any]:
     r: dict[str, Any] = {"case": label, "op": op,
-                         "seconds": None if secs is None else round(secs, 4)}
+                         "seconds": None if secs is None else round(secs, 6)}
     if kind == "read":
         r["/ raw read"] = ratio(secs, raw.read)
     elif kind == "write":

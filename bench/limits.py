@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MiB", "RawLimits", "fsync_path", "fsync_tree", "median", "ratio", "raw_limits",
+__all__ = ["MiB", "RawLimits", "best", "fsync_path", "fsync_tree", "median", "ratio", "raw_limits",
            "timed"]
 
 MiB = 1 << 20
@@ -58,6 +58,11 @@ def timed(fn: Callable[[], Any]) -> float:
     t = time.perf_counter()
     fn()
     return time.perf_counter() - t
+
+
+def best(fn: Callable[[], Any], repeat: int) -> float:
+    """Best seconds of ``repeat`` calls (for per-call overheads, where noise only adds)."""
+    return min(timed(fn) for _ in range(repeat))
 
 
 def median(fn: Callable[[], Any], repeat: int, warmup: bool = True) -> float:

@@ -28,6 +28,7 @@ BENCHES: dict[str, str] = {
     "manager": "bench.bench_manager",
     "peers": "bench.bench_peers",
     "actor": "bench.bench_actor",
+    "langgraph": "bench.bench_langgraph",
 }
 
 

@@ -18,13 +18,19 @@ def test_bench_quick_runs_every_benchmark(tmp_path: Path) -> None:
                           text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(proc.stdout)
-    assert set(report) == {"store", "checkpoint", "manager", "peers", "actor"}
+    assert set(report) == {"store", "checkpoint", "manager", "peers", "actor", "langgraph"}
     assert {r["actor"] for r in report["actor"]} >= {"plain", "checkpointed"}
     store_cases = {(r["case"], r["backend"]) for r in report["store"]}
     assert ("vectorised write+flush", "FileStore") in store_cases
     assert ("write+fsync", "plain file") in store_cases
     ops = {r["op"] for r in report["checkpoint"]}
-    assert {"checkpoint", "restore (verified)", "raw write+fsync"} <= ops
+    limits = {"raw new file + fsync", "raw overwrite in place + fsync",
+              "load: raw read into np.empty"}
+    assert limits | {"blockpoint checkpoint", "load: blockpoint restore (verified)",
+                     "blockpoint async: stall"} <= ops
+    ckpt = next(r for r in report["checkpoint"] if r["op"] == "blockpoint checkpoint")
+    assert ckpt["note"] == "2 fsyncs"  # the commit protocol: data, then header
+    assert ckpt["/ raw overwrite"] > 0 and ckpt["/ raw new file"] > 0
     for rows in report.values():
         for row in rows:
             for key in ("best_s", "seconds", "median_ms"):
@@ -36,6 +42,5 @@ def test_bench_quick_runs_every_benchmark(tmp_path: Path) -> None:
             "raw new file + fsync"} <= peers
     # A peer that is not installed is a row saying so, never a crash.
     assert all(r.get("seconds") is not None or r.get("note") for r in report["peers"])
-    ops = {r["op"] for r in report["checkpoint"]}
-    assert "async checkpoint: stall / sync checkpoint" in ops
+    assert {r["saver"] for r in report["langgraph"]} >= {"BlockpointSaver (file)"}
     assert "bench store: done" in proc.stderr
