@@ -13,7 +13,9 @@ importable from ``stages``):
   the kernel for transparent huge pages on large allocations, which makes filling 256 MiB
   ~5x faster here (0.026 s vs 0.14 s: a bytearray takes 65,536 page faults). It checks
   each chunk's CRC-32C in a small thread pool while later chunks are read
-  (CRC-32C and zstd release the GIL), decompresses zstd chunks in place, and checks the MAC.
+  (CRC-32C and zstd release the GIL), decompresses zstd chunks in place, and feeds the
+  payload MAC (when a key is set) on the calling thread in payload order as batches
+  finish - not as a second pass after the last read (``bench/notes/restore.md``).
 * :func:`verify_lease` runs the above on every slot and never unpickles anything.
 
 Nothing here returns or decodes data that failed a check: the first failure raises a
