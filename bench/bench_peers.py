@@ -15,7 +15,9 @@ tuples, a mixed state (arrays and small objects), and a 1 GiB float32 array - me
 with fewer repeats (:data:`BIG_REPEAT`, said in each row's ``note``): 1 GiB x every peer x
 5 medians takes many minutes on a 2-core VM. ``quick`` skips it. The raw limits come from
 :func:`bench.limits.raw_limits`, the same helper every table uses.
-A missing peer is reported as a row with ``note`` = "not installed".
+A missing peer is reported as a row with ``note`` = "not installed". blockpoint's rows are
+steady state (its lease already holds both retained generations and is rewritten in place);
+every peer rewrites its own file or directory.
 """
 
 from __future__ import annotations
@@ -160,6 +162,8 @@ def _ours(root: str, state: Any) -> tuple[Callable[[], Any], Callable[[], Any],
     store = open_store(os.path.join(root, "bp"), block_size=BLOCK)
     lease = store.acquire("bench")
     css = CheckpointedStageState(state, lease)
+    css.checkpoint()  # steady state: the lease sized for both retained generations, as a
+    #                   stage's lease is after its first checkpoints (median() warms up once more)
     reader = store.open_reader("bench")
     stalls: list[float] = []
 
