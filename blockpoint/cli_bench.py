@@ -25,6 +25,7 @@ __all__ = ["BENCHES", "register", "rows_of", "run_bench"]
 BENCHES: dict[str, str] = {
     "store": "bench.bench_store",
     "checkpoint": "bench.bench_checkpoint",
+    "incremental": "bench.bench_incremental",
     "manager": "bench.bench_manager",
     "peers": "bench.bench_peers",
     "actor": "bench.bench_actor",

@@ -7,7 +7,8 @@ file store. While it runs, the demo
 1. removes the node of the stateful aggregation stage without grace: the scheduler restores
    the stage on another node from its last checkpoint (lease epoch bumped, so the lost
    incarnation is fenced) and the pipeline replays input from that checkpoint's source
-   position;
+   position (on a cluster the demo attached to, it kills the stage's process instead:
+   ``blockpoint/demo_cluster.py``);
 2. asks the scheduler for one victim while the aggregation stage - the lowest priority, so the
    first choice otherwise - is in the middle of a checkpoint flush: the scheduler skips it and
    preempts another stage, which is restored elsewhere;
@@ -19,6 +20,11 @@ Why a reference computed in-process: the stages are deterministic, so the output
 them in order over the whole source without Ray or storage is what any failure-free run must
 commit. The demo ships in the installed distribution (``blockpoint`` package), as the CLI
 runs it.
+
+The same story runs on a real cluster: ``address`` attaches to a running one (``ray job
+submit`` sets ``$RAY_ADDRESS`` for the driver) and ``store`` names any store URL, under which
+each run takes a fresh place, with checkpoints authenticated where the store is shared
+(``blockpoint/demo_store.py``). Without either, it is the local run above, unchanged.
 """
 
 from __future__ import annotations
@@ -31,76 +37,20 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-import numpy as np
-
+from .demo_cluster import cluster_for
+from .demo_cluster import start as start_cluster
+from .demo_job import KeyedAggregates, Normalize, Scorer, tally_actor
+from .demo_store import STORE_ENV, check_key, check_key_reaches, run_store_url, verify_authenticated
+from .errors import DemoSetupError
 from .table import human_bytes, print_rows
 
 __all__ = ["DemoResult", "KeyedAggregates", "Normalize", "Scorer", "run_demo"]
 
 SCHEDULER_NAME = "blockpoint-scheduler"
-
-
-# -- the job's stages (deterministic: exactly-once is checked against a reference) ---------
-class Normalize:
-    """Stage 1: validates events and tags each with a per-key sequence number (small state)."""
-
-    def initial_state(self) -> dict[str, int]:
-        return {}
-
-    def process(self, state: dict[str, int], record: dict[str, Any]) -> Iterable[dict[str, Any]]:
-        key = record["key"]
-        seq = state.get(key, 0) + 1
-        state[key] = seq
-        yield {"i": record["i"], "key": key, "seq": seq, "value": int(record["value"])}
-
-
-class KeyedAggregates:
-    """Stage 2: per-key running count/sum/min/max plus a value histogram per key.
-
-    The histogram (``keys x bins`` float64, ~``sketch_mib`` MiB) makes this the big state of
-    the job, so its checkpoints take long enough to be seen in flight.
-    """
-
-    def __init__(self, sketch_mib: int = 32, keys: int = 16) -> None:
-        self.keys = keys
-        self.bins = max(1, sketch_mib * 1024 * 1024 // 8 // keys)
-
-    def initial_state(self) -> dict[str, Any]:
-        return {"agg": {}, "hist": np.zeros((self.keys, self.bins), dtype=np.float64)}
-
-    def process(self, state: dict[str, Any], record: dict[str, Any]) -> Iterable[dict[str, Any]]:
-        key = record["key"]
-        v = record["value"]
-        a = state["agg"].setdefault(key, [0, 0, v, v])
-        a[0] += 1
-        a[1] += v
-        a[2] = min(a[2], v)
-        a[3] = max(a[3], v)
-        row = int(key[1:]) % self.keys
-        state["hist"][row, (v * 7919) % self.bins] += 1.0
-        yield {"i": record["i"], "key": key, "seq": record["seq"], "value": v,
-               "count": a[0], "sum": a[1], "min": a[2], "max": a[3]}
-
-
-class Scorer:
-    """Stage 3: an exponentially weighted mean per key and a flag when a value is unusual."""
-
-    def initial_state(self) -> dict[str, float]:
-        return {}
-
-    def process(self, state: dict[str, float], record: dict[str, Any]) -> Iterable[dict[str, Any]]:
-        key = record["key"]
-        prev = state.get(key, float(record["value"]))
-        ewma = round(0.9 * prev + 0.1 * record["value"], 6)
-        state[key] = ewma
-        out = dict(record)
-        out["ewma"] = ewma
-        out["unusual"] = abs(record["value"] - ewma) > 400
-        yield out
 
 
 # -- progress and report --------------------------------------------------------------------
@@ -153,33 +103,11 @@ class DemoResult:
     node_loss: dict[str, Any] = field(default_factory=dict)
     preemption: dict[str, Any] = field(default_factory=dict)
     actor: dict[str, Any] = field(default_factory=dict)
+    store: str = ""
+    authenticated: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
-
-def _tally_actor(store_url: str) -> Any:
-    """The demo's ordinary Ray actor made durable with ``@checkpointed`` (every call commits
-    before it returns: Ray's restart after the node loss resumes it exactly)."""
-    import ray
-
-    from stages import checkpointed
-
-    @checkpointed(store=store_url, state="state", every_calls=1)
-    class Tally:
-        def __init__(self) -> None:
-            self.state = {"n": 0}
-
-        def add(self, k: int) -> int:
-            self.state["n"] += k
-            return self.state["n"]
-
-        @checkpointed.readonly
-        def where(self) -> tuple[int, str]:
-            return self.state["n"], ray.get_runtime_context().get_node_id()
-
-    return ray.remote(max_restarts=-1, max_task_retries=-1, num_cpus=0.1,
-                      concurrency_groups=checkpointed.GROUPS)(Tally)
 
 
 def _compare(got: Sequence[Any], expected: Sequence[Any]) -> tuple[int, int]:
@@ -235,8 +163,8 @@ def run_demo(**kwargs: Any) -> DemoResult:
 
 def _run_demo(*, events: int = 500_000, sketch_mib: int = 64, batch_size: int = 500,
              checkpoint_every: int = 15_000, workdir: str | None = None,
-             out: TextIO | None = None, kill_at: float = 0.3, preempt_at: float = 0.6
-             ) -> DemoResult:
+             out: TextIO | None = None, kill_at: float = 0.3, preempt_at: float = 0.6,
+             address: str | None = None, store: str | None = None) -> DemoResult:
     """The demo itself (see :func:`run_demo`).
 
     Args:
@@ -248,22 +176,27 @@ def _run_demo(*, events: int = 500_000, sketch_mib: int = 64, batch_size: int = 
         out: where the story is printed (stdout).
         kill_at / preempt_at: fractions of the stream at which the node loss and the
             preemption are staged.
+        address: a running Ray cluster to attach to (``None``: start a local one).
+        store: a store URL under which this run takes a fresh place (``None``: a directory
+            in ``workdir``); required when attached.
+
+    Raises:
+        DemoSetupError: a store no stage can reach, a bad address, a shared store without
+            a key, or a key that does not reach every node. Nothing was run.
     """
     assert out is not None and workdir is not None
     t_start = time.monotonic()
-    own_ray_tmp: str | None = None
-    if not os.environ.get("RAY_TMPDIR"):
-        # Ray's session files go to a private directory (removed at the end), not /tmp/ray;
-        # it sits directly under /tmp because Ray's socket paths must stay short.
-        own_ray_tmp = tempfile.mkdtemp(prefix="bpdemo", dir="/tmp")
-        os.environ["RAY_TMPDIR"] = own_ray_tmp
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    if address and not store:
+        raise DemoSetupError(
+            "attached to a cluster, the demo needs a store every node reaches: --store URL "
+            f"or ${STORE_ENV} (e.g. s3://bucket/prefix?region=R)", what="store")
+    store_url = run_store_url(store) if store else os.path.join(workdir, "store")
+    cluster = cluster_for(address)
 
     import ray
-    from ray.cluster_utils import Cluster
 
-    from blockstore import open_store
+    from blockstore import BlockStoreError, open_store
+    from blockstore.keys import KEY_ENV
     from scheduler import (
         PreemptionCheckpointObserver,
         PreemptionRequest,
@@ -273,27 +206,34 @@ def _run_demo(*, events: int = 500_000, sketch_mib: int = 64, batch_size: int = 
     )
     from stages import CheckpointPolicy, FileSink, GeneratedSource, Pipeline, StageSpec, run_reference
 
-    store_url = os.path.join(workdir, "store")
-    open_store(store_url, block_size=1 << 20).close()
+    try:
+        try:
+            with open_store(store_url, block_size=1 << 20) as st:
+                shared = st.capabilities.shared
+        except BlockStoreError as exc:
+            raise DemoSetupError(f"cannot open the store: {exc}", what="store") from exc
+        key_fp = check_key(store_url, shared=shared)
+    except BaseException:
+        cluster.close()
+        raise
     sink = FileSink(os.path.join(workdir, "output"))
     source = GeneratedSource(seed=2026, n=events, keys=16)
 
     out.write("blockpoint demo: a stateful streaming job that loses a node and is preempted, "
               "and still commits exactly once\n")
-    out.write(f"  work dir {workdir}\n  starting a 3-node local Ray cluster "
-              "(head + 2 workers)...\n")
-    out.flush()
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 2, "object_store_memory": 150 * 1024 * 1024,
-        "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 3,
-                           "health_check_timeout_ms": 500}})
+    out.write(f"  work dir {workdir}\n")
+    if store:
+        out.write(f"  store {store_url}\n")
+    start_cluster(cluster, out)
     try:
-        workers = [cluster.add_node(num_cpus=2, object_store_memory=150 * 1024 * 1024)
-                   for _ in range(2)]
-        ray.init(address=cluster.address, log_to_driver=False, logging_level="ERROR")
-        cluster.wait_for_nodes()
-        head_id = cluster.head_node.node_id
-        w1, w2 = (w.node_id for w in workers)
+        head_id = cluster.head_node_id
+        nodes = cluster.workers or [head_id]
+        w1, w2 = nodes[0], nodes[-1]  # the stateful stage's node, the others' node
+        if key_fp is not None:
+            check_key_reaches([head_id, *cluster.workers], key_fp)
+            out.write(f"  checkpoints authenticated (HMAC-SHA256): ${KEY_ENV} reaches the "
+                      f"workers on all {1 + len(cluster.workers)} nodes\n")
+            out.flush()
         sched = get_or_create(SCHEDULER_NAME, store_url=store_url, node_id=head_id,
                               poll_interval=0.25)
 
@@ -307,7 +247,7 @@ def _run_demo(*, events: int = 500_000, sketch_mib: int = 64, batch_size: int = 
                  spec("aggregate", functools.partial(KeyedAggregates, sketch_mib), 0),
                  spec("score", Scorer, 1)]
         placement = {"normalize": w2, "aggregate": w1, "score": w2}
-        short = {head_id: "head", w1: "worker-1", w2: "worker-2"}
+        short = cluster.short
         progress = _Progress(events, out)
         committed = {"records": 0}
         node_loss: dict[str, Any] = {}
@@ -318,7 +258,7 @@ def _run_demo(*, events: int = 500_000, sketch_mib: int = 64, batch_size: int = 
         # A short extra act: an ordinary Ray actor on the node that will be lost, its state
         # made durable by @checkpointed; Ray restarts it elsewhere and it resumes its count.
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-        tally = _tally_actor(store_url).options(
+        tally = tally_actor(store_url).options(
             name="tally", scheduling_strategy=NodeAffinitySchedulingStrategy(w1, soft=True)
         ).remote()
         increments = 25
@@ -373,13 +313,20 @@ def _run_demo(*, events: int = 500_000, sketch_mib: int = 64, batch_size: int = 
                 return
             assert pipe is not None
             node = pipe.node_of("aggregate") or w1
-            victim = next((w for w in workers if w.node_id == node), workers[0])
-            progress.say(f"killing {short.get(victim.node_id, victim.node_id[:8])}, the node of "
-                         "stateful stage 'aggregate' (no grace)")
-            node_loss.update(node=short.get(victim.node_id), at_records=committed["records"],
+
+            def procs() -> dict[str, int]:  # only asked where the loss kills processes
+                found = {"aggregate": ray.get(pipe.handles["aggregate"].info.remote(),
+                                              timeout=30)["pid"]}
+                if ray.get(tally.where.remote(), timeout=30)[1] == node:
+                    found["tally"] = ray.get(tally.pid.remote(), timeout=30)
+                    actor_act["killed"] = True
+                return found
+
+            victim = cluster.loss_target(node)
+            node_loss.update(node=short.get(victim), at_records=committed["records"],
                              t=time.monotonic())
             recovered.clear()
-            cluster.remove_node(victim, allow_graceful=False)
+            cluster.lose(victim, procs, progress.say)
 
         def _stage_preemption() -> None:
             # One story at a time: the node loss is recovered before the preemption starts.
@@ -450,8 +397,11 @@ def _run_demo(*, events: int = 500_000, sketch_mib: int = 64, batch_size: int = 
         count, node = ray.get(tally.where.remote(), timeout=120)
         actor_act.update(after=short.get(node, node[:8]), count=count, expected=increments)
         moved = actor_act["after"] != actor_act["before"]
-        where = (f"lost with its node, restarted by Ray on {actor_act['after']}" if moved
-                 else "still there")
+        if actor_act.get("killed"):
+            where = f"its process killed, restarted by Ray on {actor_act['after']}"
+        else:
+            where = (f"lost with its node, restarted by Ray on {actor_act['after']}" if moved
+                     else "still there")
         progress.say(f"checkpointed Ray actor 'tally' ran on {actor_act['before']}: {where}, "
                      f"resumed at {count} of {increments} increments")
 
@@ -485,6 +435,10 @@ def _run_demo(*, events: int = 500_000, sketch_mib: int = 64, batch_size: int = 
             {"what": "time lost to recovery", "value": f"{result.recovery_s:.1f} s"},
             {"what": "pipeline time", "value": f"{result.duration_s:.1f} s"},
         ]
+        auth = None
+        if key_fp is not None or shared:
+            auth = verify_authenticated(store_url, [*(s.stage_id for s in specs), "tally"])
+            summary.append({"what": "checkpoints authenticated", "value": auth.describe()})
         print_rows(summary, ["what", "value"], out=out)
         out.write("\n")
         verdict = (f"exact: {len(got):,} records, {lost} lost, {dup} duplicated"
@@ -505,7 +459,8 @@ def _run_demo(*, events: int = 500_000, sketch_mib: int = 64, batch_size: int = 
                                     "restores": restores, "preemptions": preempts},
                           stages=stage_rows,
                           node_loss={k: v for k, v in node_loss.items() if k != "t"},
-                          preemption=preemption, actor=actor_act)
+                          preemption=preemption, actor=actor_act, store=store_url,
+                          authenticated=None if auth is None else auth.authenticated)
     finally:
         try:
             import ray as _ray
@@ -514,12 +469,8 @@ def _run_demo(*, events: int = 500_000, sketch_mib: int = 64, batch_size: int = 
                     _ray.kill(_ray.get_actor(SCHEDULER_NAME))
                 except Exception:  # noqa: BLE001
                     pass
-                _ray.shutdown()
         finally:
-            cluster.shutdown()
-            if own_ray_tmp is not None:
-                del os.environ["RAY_TMPDIR"]
-                shutil.rmtree(own_ray_tmp, ignore_errors=True)
+            cluster.close()
 
 
 def _stage_rows(result: Any, store_url: str, stage_ids: Sequence[str],

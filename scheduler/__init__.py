@@ -19,6 +19,7 @@ from scheduler.errors import (
     NoNodeAvailableError,
     RayUnsupportedError,
     RegistryError,
+    RegistryKeyRequired,
     RestoreError,
     SchedulerError,
     SchedulerUnavailableError,
@@ -80,6 +81,7 @@ __all__ = [
     "NoNodeAvailableError",
     "RayUnsupportedError",
     "RegistryError",
+    "RegistryKeyRequired",
     "RestoreError",
     "SchedulerUnavailableError",
     # the scheduler actor and its parts (lazy, see _LAZY)

@@ -36,6 +36,7 @@ Why the actor is as it is:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -59,6 +60,7 @@ from scheduler.stopping import Stopper
 from scheduler.table import StageEntry, StageTable, field_of
 from scheduler.watcher import Watcher
 from stages.actor import resource_amounts
+from stages.recipe import ActorRecipe
 
 __all__ = ["Scheduler", "get_or_create", "get_scheduler"]
 
@@ -91,12 +93,15 @@ class Scheduler:
         retry_interval: Seconds between attempts to restore a lost stage.
         ack_timeout: Given to the observers of stages the scheduler launches.
         max_decisions: Capacity of the decision log.
+        allow_unauthenticated: keep the registry on a shared store without a key
+            (refused by default: ``scheduler.registry``).
     """
 
     def __init__(self, store_url: str, *, name: str = DEFAULT_SCHEDULER_NAME,
                  namespace: str | None = None, poll_interval: float = 0.5,
                  auto_restore: bool = True, retry_interval: float = 2.0,
-                 ack_timeout: float = 1.0, max_decisions: int = 1000) -> None:
+                 ack_timeout: float = 1.0, max_decisions: int = 1000,
+                 allow_unauthenticated: bool = False) -> None:
         ray_adapter.check_ray_version()
         if ray.is_initialized() and namespace is None:
             namespace = ray.get_runtime_context().namespace
@@ -109,7 +114,8 @@ class Scheduler:
         self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="scheduler-work")
         self._registry = RegistryStore(self._store(store_url),
-                                       f"_blockpoint/scheduler/{namespace or 'default'}/{name}")
+                                       f"_blockpoint/scheduler/{namespace or 'default'}/{name}",
+                                       allow_unauthenticated=allow_unauthenticated)
         record = self._registry.open()
         self._table = StageTable(self._registry, name=name, namespace=namespace,
                                  max_decisions=max_decisions)
@@ -181,6 +187,8 @@ class Scheduler:
             The stage's status entry (see :meth:`status`).
         """
         spec = spec if spec is not None else field_of(registration, "spec")
+        if isinstance(spec, ActorRecipe) and spec.max_restarts is None:
+            spec = _with_max_restarts(spec, field_of(registration, "actor"))
         resources = resource_amounts(field_of(registration, "resources", {}) or {},
                                      scheduling=False)
         status, changed = self._table.register(registration, spec, resources)
@@ -335,7 +343,8 @@ class Scheduler:
         with self._table.lock:
             entry = self._table.get(stage_id)
             if entry.spec is None:
-                raise RestoreError(stage_id, "no StageSpec registered for it")
+                raise RestoreError(stage_id, "no spec (StageSpec or ActorRecipe) registered "
+                                             "for it")
             if entry.status == StageStatus.RESTORING:
                 raise RestoreError(stage_id, "a restore is already in progress")
             entry.status = StageStatus.RESTORING
@@ -411,6 +420,16 @@ class Scheduler:
     def snapshot(self) -> dict[str, Any]:
         """The manager's registry snapshot (what is persisted, minus specs and handles)."""
         return self._table.manager.snapshot()
+
+
+def _with_max_restarts(recipe: ActorRecipe, handle: Any) -> ActorRecipe:
+    """``recipe`` with the ``max_restarts`` Ray recorded for its actor (an actor cannot read
+    its own), so that a re-created incarnation is restartable exactly as the first was."""
+    try:
+        view = ray_adapter.actor_view(ray_adapter.actor_id_of(handle)) if handle else None
+    except Exception:  # noqa: BLE001 - the GCS is slow or gone: the watcher reads it later
+        view = None
+    return recipe if view is None else dataclasses.replace(recipe, max_restarts=view.max_restarts)
 
 
 # --------------------------------------------------------------------------- factory

@@ -34,6 +34,7 @@ __all__ = [
     "NoNodeAvailableError",
     "RayUnsupportedError",
     "RegistryError",
+    "RegistryKeyRequired",
     "RestoreError",
     "SchedulerError",
     "SchedulerUnavailableError",
@@ -149,6 +150,17 @@ class RegistryError(SchedulerError, RuntimeError):
     def __init__(self, name: str, message: str) -> None:
         super().__init__(f"scheduler registry {name!r}: {message}")
         self.name = name
+
+
+class RegistryKeyRequired(RegistryError):
+    """Refused: the registry on a shared store without a key.
+
+    The registry holds pickled stage specs and actor handles that the scheduler unpickles
+    when it starts; on a store other machines or users can write, an unauthenticated
+    registry would run whatever anyone wrote there. Set ``BLOCKPOINT_CHECKPOINT_KEY`` (it
+    reaches the scheduler actor through ``runtime_env``), or opt out with
+    ``allow_unauthenticated=True``. Nothing was read or written.
+    """
 
 
 class RayUnsupportedError(SchedulerError, RuntimeError):

@@ -1,9 +1,12 @@
 """Placement: where a new incarnation of a stage goes, and launching it there.
 
 Restore, launch and move are all one operation, :meth:`Placement.place`: kill any old
-incarnation, pick a node, start the stage actor there from its spec with a hard
+incarnation, pick a node, start the actor there from its spec with a hard
 ``NodeAffinitySchedulingStrategy``, wait until it answers (it has taken over its lease with
-a higher epoch and restored its newest valid checkpoint), then update the table.
+a higher epoch and restored its newest valid checkpoint), then update the table. The spec is
+any :class:`~stages.hooks.Relaunchable`: a pipeline stage's ``StageSpec`` or a
+``@checkpointed`` actor's ``ActorRecipe`` (``stages/recipe.py``) - each knows how to start
+its own kind of actor (``spec.launch``); everything else here is the same for both.
 
 Why the choices are as they are:
 
@@ -34,6 +37,7 @@ from scheduler.reasons import NonPreemptibleReason
 from scheduler.results import RestoreResult, StageStatus
 from scheduler.table import StageTable, field_of
 from stages.actor import resource_amounts
+from stages.hooks import Relaunchable
 from stages.placement import pick_node
 
 __all__ = ["Placement"]
@@ -80,7 +84,6 @@ class Placement:
         # Stage id -> (node id, resources) of launches in flight (see pick_node).
         self._reservations: dict[str, tuple[str, dict[str, float]]] = {}
         self._restore_s = 0.0  # decaying maximum of observed restore times
-        self._remote_stage_cls: Any = None
 
     def restore_allowance(self) -> float:
         """Seconds to reserve for a restore when planning a move."""
@@ -190,14 +193,7 @@ class Placement:
         with self._table.lock:
             self._reservations.pop(sid, None)
 
-    def _launch(self, spec: Any, node_id: str) -> Any:
-        from stages.actor import actor_options, remote_stage_class
-
-        if self._remote_stage_cls is None:
-            self._remote_stage_cls = remote_stage_class()
-        opts = actor_options(spec, node_id=node_id, soft=False)
-        opts["lifetime"] = "detached"
-        opts["namespace"] = self._namespace
+    def _launch(self, spec: Relaunchable, node_id: str) -> Any:
         observer = PreemptionCheckpointObserver(
             spec.stage_id, self._name, namespace=self._namespace, ack_timeout=self._ack_timeout)
-        return self._remote_stage_cls.options(**opts).remote(spec, observer)
+        return spec.launch(node_id, namespace=self._namespace, observer=observer)

@@ -125,6 +125,12 @@ class ActorView:
         node_id: Hex id of the node it runs (or last ran) on; empty if never placed.
         pid: Its worker process id (0 if none).
         num_restarts: How many times Ray restarted it.
+        max_restarts: Its ``max_restarts`` (-1: unlimited).
+        death_reason: Why a dead actor died: ``"NODE_DIED"``, ``"WORKER_DIED"``,
+            ``"OUT_OF_MEMORY"`` (failures), ``"RAY_KILL"``, ``"OWNER_DIED"``,
+            ``"OUT_OF_SCOPE"``, ``"REF_DELETED"``, ``"CREATION_FAILED"``,
+            ``"UNSCHEDULABLE"``, ``"RUNTIME_ENV_FAILED"`` or ``"UNSPECIFIED"``; ``""`` while
+            it is not dead.
     """
 
     actor_id: str
@@ -132,11 +138,22 @@ class ActorView:
     node_id: str
     pid: int
     num_restarts: int
+    max_restarts: int = 0
+    death_reason: str = ""
 
     @property
     def dead(self) -> bool:
         """``True`` once the actor is permanently dead."""
         return self.state == "DEAD"
+
+    @property
+    def failed(self) -> bool:
+        """Dead from a failure (its node, worker process or memory), not on purpose."""
+        return self.dead and self.death_reason in _FAILURE_REASONS
+
+
+#: Death reasons that are failures (a lost node, a crashed or OOM-killed worker).
+_FAILURE_REASONS = frozenset({"NODE_DIED", "WORKER_DIED", "OUT_OF_MEMORY"})
 
 
 # --------------------------------------------------------------------------- version
@@ -157,7 +174,8 @@ def _missing_apis() -> list[str]:
     try:
         import ray._private.state as state_mod
         st = state_mod.state
-        for name in ("get_draining_nodes", "available_resources_per_node", "actor_table"):
+        for name in ("get_draining_nodes", "available_resources_per_node", "actor_table",
+                     "_connect_and_get_accessor"):
             if not callable(getattr(st, name, None)):
                 missing.append(f"ray._private.state.state.{name}")
     except ImportError:
@@ -366,19 +384,39 @@ def actor_id_of(handle: Any) -> str:
 def actor_view(actor_id: str) -> ActorView | None:
     """The GCS's record of an actor, or ``None`` if the GCS does not know it.
 
-    Works without the dashboard (reads the GCS actor table directly).
+    Works without the dashboard (reads the GCS actor table directly: the record itself,
+    since the parsed form Ray offers leaves out ``max_restarts``).
     """
-    info = _state().actor_table(actor_id)
-    if not info:
+    from ray.core.generated import gcs_pb2
+
+    st = _state()
+    raw = st._connect_and_get_accessor().get_actor_info(ray.ActorID(bytes.fromhex(actor_id)))
+    if raw is None:
         return None
-    address = info.get("Address") or {}
+    rec = gcs_pb2.ActorTableData.FromString(raw)
+    state = gcs_pb2.ActorTableData.ActorState.Name(rec.state)
     return ActorView(
-        actor_id=str(info.get("ActorID", actor_id)),
-        state=str(info.get("State", "")),
-        node_id=str(address.get("NodeID", "")),
-        pid=int(info.get("Pid") or 0),
-        num_restarts=int(info.get("NumRestarts") or 0),
+        actor_id=rec.actor_id.hex() or actor_id,
+        state=state,
+        node_id=rec.address.node_id.hex(),
+        pid=int(rec.pid or 0),
+        num_restarts=int(rec.num_restarts or 0),
+        max_restarts=int(rec.max_restarts),
+        death_reason=_death_reason(rec.death_cause) if state == "DEAD" else "",
     )
+
+
+def _death_reason(cause: Any) -> str:
+    """The reason name of an ``ActorDeathCause`` (see :class:`ActorView`)."""
+    which = cause.WhichOneof("context")
+    if which == "actor_died_error_context":
+        from ray.core.generated import common_pb2
+        return common_pb2.ActorDiedErrorContext.Reason.Name(
+            cause.actor_died_error_context.reason)
+    return {"creation_task_failure_context": "CREATION_FAILED",
+            "runtime_env_failed_context": "RUNTIME_ENV_FAILED",
+            "actor_unschedulable_context": "UNSCHEDULABLE",
+            "oom_context": "OUT_OF_MEMORY"}.get(str(which), "UNSPECIFIED")
 
 
 

@@ -25,7 +25,12 @@ header carries an HMAC-SHA256 under the current key and a record without a MAC v
 one of the keys is skipped; the scheduler unpickles specs and handles only from an
 authenticated (or, without a key, checksummed) document. The scheduler actor reads the
 setting from its own environment, so a key set through Ray's runtime environment
-(``runtime_env={"env_vars": {...}}``) reaches it as it reaches stage actors.
+(``runtime_env={"env_vars": {...}}``) reaches it as it reaches stage actors. On a store
+that declares itself shared (an object store, a ``shared=True`` file store) a registry
+without a key is refused (:class:`~scheduler.errors.RegistryKeyRequired`) unless
+``allow_unauthenticated=True``: anyone who can write such a store could otherwise plant the
+pickles the scheduler loads - the same rule as for stage checkpoints
+(``docs/RELIABILITY.md``).
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from blockstore import BlockStore, DocumentEncodeError, Lease, SlottedDocument, 
 from blockstore.errors import BlockStoreError
 from blockstore.keys import KeySetting, resolve_keys
 
-from scheduler.errors import RegistryError
+from scheduler.errors import RegistryError, RegistryKeyRequired
 
 __all__ = ["REGISTRY_MAGIC", "REGISTRY_VERSION", "RegistryRecord", "RegistryStore"]
 
@@ -82,10 +87,15 @@ class RegistryStore:
         ttl: The lease's TTL; a keepalive thread renews it while open.
         key: MAC key, ring or keys; default: the configured keys (no MAC if none).
         holder: Holder name recorded in the lease (default: host:pid:random).
+        allow_unauthenticated: use a shared store without a key (see the module docstring).
+
+    Raises:
+        RegistryKeyRequired: no key, on a shared store, without ``allow_unauthenticated``.
     """
 
     def __init__(self, store: BlockStore | str, name: str, *, ttl: float = 30.0,
-                 key: KeySetting = None, holder: str | None = None) -> None:
+                 key: KeySetting = None, holder: str | None = None,
+                 allow_unauthenticated: bool = False) -> None:
         self._own_store = not isinstance(store, BlockStore)
         self._store: BlockStore = open_store(store) if isinstance(store, str) else store
         self.name = name
@@ -93,6 +103,13 @@ class RegistryStore:
         self._key = resolve_keys(key)
         self._holder = holder
         self._doc: SlottedDocument | None = None
+        if self._key is None and not allow_unauthenticated and self._store.capabilities.shared:
+            if self._own_store:
+                self._store.close()
+            raise RegistryKeyRequired(name, (
+                f"the store {self._store.url} is shared and no key is configured: set "
+                "BLOCKPOINT_CHECKPOINT_KEY (it reaches the scheduler actor through "
+                "runtime_env env_vars) or pass allow_unauthenticated=True"))
 
     # ------------------------------------------------------------------ lifecycle
 

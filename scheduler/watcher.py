@@ -9,6 +9,13 @@ during a flush). Then:
   mid-flush never reports the end of its flush) and, with auto-restore on, restores the
   stage elsewhere (avoiding a dead node); a failed restore is retried every
   ``retry_interval``;
+* a ``@checkpointed`` actor (its spec is an ``ActorRecipe``) is judged by Ray's record of
+  it, not by its node: Ray may restart it (``max_restarts``), so only an actor Ray records
+  DEAD is lost. It is re-created only if it died from a failure (node, worker process,
+  memory) and has ``max_restarts == 0``; otherwise it is forgotten, with the reason in the
+  decision log - an actor Ray may restart is Ray's (a second incarnation would fight the
+  restarted one for the lease), and one that ended on purpose (``ray.kill``, its owner
+  exited, out of scope) stays ended;
 * a flush mark whose lease expired or was released is cleared;
 * a node Ray reports draining is handed to :class:`~scheduler.drains.Drains`;
 * after a restart of the scheduler (its registry reloaded), before the first pass, every
@@ -37,6 +44,7 @@ from scheduler.placement import Placement
 from scheduler.reasons import NonPreemptibleReason
 from scheduler.results import StageStatus
 from scheduler.table import StageEntry, StageTable, field_of
+from stages.recipe import ActorRecipe
 
 __all__ = ["Watcher"]
 
@@ -114,12 +122,19 @@ class Watcher:
                     if n.alive and n.draining_deadline is not None}
         now = time.time()
         lost: list[tuple[str, str, bool]] = []
+        ended: list[tuple[str, str]] = []
         retry: list[str] = []
         with table.lock:
             entries = list(table.entries.values())
         for entry in entries:
             if entry.status == StageStatus.RUNNING:
-                why = self._death_of(entry, alive)
+                if isinstance(entry.spec, ActorRecipe):
+                    why, refusal = self._actor_death_of(entry)
+                    if refusal is not None:
+                        ended.append((entry.stage_id, refusal))
+                        continue
+                else:
+                    why = self._death_of(entry, alive)
                 if why is not None:
                     lost.append((entry.stage_id, why, entry.node_id not in alive))
                     continue
@@ -130,6 +145,8 @@ class Watcher:
                 retry.append(entry.stage_id)
         for sid, why, node_dead in lost:
             self._on_lost(sid, why, node_dead)
+        for sid, why in ended:
+            self._on_ended(sid, why)
         for sid in retry:
             self._start_restore(sid, "retry after a failed restore")
         self._drains.notice(draining, now)
@@ -181,6 +198,32 @@ class Watcher:
             if view.dead:
                 return f"actor {entry.actor_id[:12]} is dead"
         return None
+
+    def _actor_death_of(self, entry: StageEntry) -> tuple[str | None, str | None]:
+        """``(why lost, None)``, ``(None, why not re-created)`` or ``(None, None)`` (alive,
+        restarting, or not yet known) for a ``@checkpointed`` actor's entry."""
+        view = ray_adapter.actor_view(entry.actor_id) if entry.actor_id else None
+        if view is None or not view.dead:
+            return None, None
+        who = f"actor {view.actor_id[:12]} is dead ({view.death_reason})"
+        if not view.failed:
+            return None, f"{who}: ended on purpose, not re-created"
+        if view.max_restarts != 0:
+            return None, (f"{who} after {view.num_restarts} Ray restart(s): max_restarts="
+                          f"{view.max_restarts} leaves it to Ray, not re-created")
+        return who, None
+
+    def _on_ended(self, sid: str, why: str) -> None:
+        """Forget a ``@checkpointed`` actor that is not to be re-created."""
+        table = self._table
+        with table.lock:
+            entry = table.entries.get(sid)
+            if entry is None or entry.status != StageStatus.RUNNING:
+                return
+            table.forget(sid)
+        table.manager.record_decision("lost", "not relaunched", victims=[sid],
+                                      notes={sid: why})
+        table.save()
 
     def _on_lost(self, sid: str, why: str, node_dead: bool) -> None:
         table = self._table

@@ -49,8 +49,8 @@ __all__ = [
 ]
 
 # -- stage actors, checkpointed Ray actors, their hooks and placement, checkpoint policies,
-#    runs, pipelines (stages/actor.py, checkpointed.py, durability.py, hooks.py, placement.py,
-#    policy.py, runs.py, run_driver.py, source.py, sink.py, pipeline.py) ---------------------
+#    runs, pipelines (stages/actor.py, checkpointed.py, durability.py, recipe.py, hooks.py,
+#    placement.py, policy.py, runs.py, run_driver.py, source.py, sink.py, pipeline.py) -------
 from .actor import (  # noqa: E402
     RollbackUnavailable,
     Stage,
@@ -84,7 +84,8 @@ from .pipeline import (  # noqa: E402
     StageProcessError,
     run_reference,
 )
-from .hooks import StageLostHook, StageRegistrar  # noqa: E402
+from .hooks import Relaunchable, StageLostHook, StageRegistrar  # noqa: E402
+from .recipe import ActorRecipe  # noqa: E402
 from .checkpointed import CheckpointedConfigError, checkpointed  # noqa: E402
 from .durability import ActorFenced, StateAttributeError, StoreUnavailable  # noqa: E402
 from .placement import NodeCapacity, pick_node  # noqa: E402
@@ -93,6 +94,7 @@ from .source import GeneratedSource, Source  # noqa: E402
 
 __all__ += [
     "ActorFenced",
+    "ActorRecipe",
     "CheckpointManager",
     "CheckpointedConfigError",
     "CheckpointPolicy",
@@ -123,6 +125,7 @@ __all__ += [
     "Sink",
     "SinkFencedError",
     "Source",
+    "Relaunchable",
     "Stage",
     "StageActor",
     "StageCommit",

@@ -76,6 +76,8 @@ __all__ = [
     "launch_stage",
     "remote_stage_class",
     "resource_amounts",
+    "resource_keywords",
+    "resources_held",
     "restore_state",
 ]
 
@@ -138,7 +140,12 @@ class StageSpec:
         retention, codec, compression: passed to ``CheckpointedStageState``.
         allow_unauthenticated: write pickle checkpoints without a key even on a shared
             store (an object store); passed to ``CheckpointedStageState``. The key itself
-            comes from the environment (``blockstore/keys.py``), e.g. Ray's runtime env.
+            is deliberately not part of the spec (specs are pickled into the scheduler's
+            registry and shown by it): it is read from the environment
+            (``$BLOCKPOINT_CHECKPOINT_KEY``, ``blockstore/keys.py``) where the state is
+            opened, in the stage's own worker process - so it reaches every incarnation,
+            the ones the scheduler restores included, through the job's runtime env
+            (``ray job submit --runtime-env-json '{"env_vars": {...}}'``, docs/OPERATIONS.md).
         block_size: block size if the store must be created (``None``: the default); an
             existing store keeps its own.
         lease_ttl: TTL of the stage's lease; a keepalive thread renews it every third.
@@ -173,16 +180,7 @@ class StageSpec:
     def ray_options(self) -> dict[str, Any]:
         """The resource keywords for Ray's ``.options``: ``num_cpus``, ``num_gpus``,
         ``memory`` as given, and ``resources`` (every custom resource, as floats)."""
-        opts: dict[str, Any] = {}
-        custom: dict[str, float] = {}
-        for option, name, value in _resource_items(self.resources):
-            if option is not None:
-                opts[option] = value
-            else:
-                custom[name] = float(value)
-        if custom:
-            opts["resources"] = custom
-        return opts
+        return resource_keywords(self.resources)
 
     def ray_resources(self) -> dict[str, float]:
         """The amounts the stage's actor takes on a node, keyed as Ray's node resource view
@@ -193,6 +191,56 @@ class StageSpec:
         an actor); zero amounts are left out (they never constrain a node).
         """
         return resource_amounts(self.resources, scheduling=True)
+
+    def launch(self, node_id: str, *, namespace: str | None,
+               observer: CheckpointFlushObserver | None) -> ActorHandle:
+        """Start a detached incarnation pinned to ``node_id`` (hard affinity) in
+        ``namespace``, reporting its flushes to ``observer``; returns its handle at once.
+
+        What a manager relaunches a stage with (:class:`~stages.hooks.Relaunchable`).
+        """
+        opts = actor_options(self, node_id=node_id, soft=False)
+        opts["lifetime"] = "detached"
+        opts["namespace"] = namespace
+        return remote_stage_class().options(**opts).remote(self, observer)
+
+
+def resource_keywords(resources: Mapping[str, Any]) -> dict[str, Any]:
+    """Stage resource options as Ray's ``.options`` keywords: ``num_cpus``, ``num_gpus``,
+    ``memory`` as given, and ``resources`` (every custom resource, as floats)."""
+    opts: dict[str, Any] = {}
+    custom: dict[str, float] = {}
+    for option, name, value in _resource_items(resources):
+        if option is not None:
+            opts[option] = value
+        else:
+            custom[name] = float(value)
+    if custom:
+        opts["resources"] = custom
+    return opts
+
+
+def resources_held(amounts: Mapping[str, float]) -> dict[str, Any]:
+    """What a running actor holds (Ray's ``get_assigned_resources()``, keyed as a node's
+    view) as stage resource options (``num_cpus``...; custom names under ``resources``):
+    the inverse of :func:`resource_amounts`, so that both readings agree.
+
+    An actor that holds no CPU gets no ``num_cpus`` (Ray's default for actors: 1 CPU to
+    schedule, none held), so a relaunch from these options asks Ray for the same thing.
+    """
+    names = {v: k for k, v in _RESOURCE_OPTIONS.items()}
+    opts: dict[str, Any] = {}
+    custom: dict[str, float] = {}
+    for name, amount in amounts.items():
+        if not amount or amount <= 0:
+            continue
+        if name in names:
+            opts[names[name]] = int(amount) if name == "memory" else float(amount)
+        else:
+            custom[str(name)] = float(amount)
+    if custom:
+        opts["resources"] = custom
+    return opts
 
 
 def resource_amounts(resources: Mapping[str, Any], *, scheduling: bool) -> dict[str, float]:

@@ -59,14 +59,28 @@ Semantics:
 * **Scheduler integration** (``registrar=``): every incarnation registers like a stage, and
   the actor answers the stage control calls the scheduler makes (``info``, ``ping``,
   ``registration`` in the control group, ``shutdown``), so preemption waits for its flushes
-  (pass the scheduler's flush observer as ``observer=``). Re-creating it is Ray's job
-  (``max_restarts``): a decorated actor has no ``StageSpec`` to relaunch it from.
+  (pass the scheduler's flush observer as ``observer=``) and preemption by resources counts
+  what the actor holds. The registration carries a relaunch recipe
+  (:class:`~stages.recipe.ActorRecipe`: the class, the constructor's arguments, name,
+  resources, concurrency), persisted with the scheduler's registry, so **the scheduler
+  re-creates a lost actor** on another live node through the placement path stages use;
+  the new incarnation takes the lease by force (the old one is fenced) and restores.
+  Who re-creates it: an actor with ``max_restarts=0`` (Ray's default) is re-created by the
+  scheduler when Ray records it dead from a failure (its node or its worker process died);
+  one with ``max_restarts != 0`` is left to Ray (the scheduler never starts a second
+  incarnation of an actor Ray may restart), and one that ended on purpose (``ray.kill``,
+  its owner exited, out of scope, a graceful exit - which also unregisters it) is not
+  re-created. A named actor keeps its name; callers holding the old handle get
+  ``RayActorError`` and look it up again (``ray.get_actor(name)``). Declare your own
+  concurrency groups to the decorator as well (``concurrency_groups=``) so that a
+  re-created actor has them.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -77,19 +91,25 @@ import ray
 from blockstore import BlockStore
 
 from .actor import CONTROL_GROUP, CONTROL_CONCURRENCY, StageRegistration, ray_context
+from .actor import resources_held
 from .durability import ActorDurability
 from .errors import StageError
 from .format import CODECS
 from .hooks import StageRegistrar
 from .incarnation import register_quietly
 from .observer import CheckpointFlushObserver
+from .recipe import recipe_for
 
 __all__ = ["CheckpointedConfig", "CheckpointedConfigError", "checkpointed"]
 
 C = TypeVar("C", bound=type)
 
+log = logging.getLogger(__name__)
+
 _ALWAYS = ("checkpoint", "checkpoint_info", "restored_from", "checkpoint_lock", "_bp_tick",
            "_bp_durable")
+#: Seconds a graceful exit waits for the scheduler to forget the actor.
+_UNREGISTER_TIMEOUT_S = 5.0
 _STAGE_CONTROL = ("info", "ping", "registration", "shutdown")
 
 
@@ -129,6 +149,7 @@ class CheckpointedConfig:
     priority: int
     dedupe_window: int
     checkpoint_on_exit: bool
+    concurrency_groups: Mapping[str, int]
 
     def state_options(self) -> dict[str, Any]:
         """Keyword options for ``CheckpointedStageState``."""
@@ -168,6 +189,27 @@ def _check_numbers(cls: type, every_calls: int | None, every_seconds: float | No
         raise _fail(cls, f"codec must be one of {sorted(CODECS)}, got {codec!r}")
     if not isinstance(dedupe_window, int) or dedupe_window < 1:
         raise _fail(cls, f"dedupe_window must be an int >= 1, got {dedupe_window!r}")
+
+
+def _check_groups(cls: type, groups: Mapping[str, int] | None,
+                  registrar: StageRegistrar | None) -> dict[str, int]:
+    """The user's concurrency groups, checked; with a registrar every group a method names
+    must be declared (a re-created actor would refuse calls to it otherwise)."""
+    out = dict(groups or {})
+    for name, size in out.items():
+        if not isinstance(name, str) or not isinstance(size, int) or size < 1:
+            raise _fail(cls, f"concurrency_groups must map names to ints >= 1, got {groups!r}")
+    if CONTROL_GROUP in out:
+        raise _fail(cls, f"concurrency group {CONTROL_GROUP!r} is the decorator's own")
+    if registrar is not None:
+        for attr in dir(cls):
+            group = getattr(inspect.getattr_static(cls, attr, None),
+                            "__ray_concurrency_group__", None)
+            if group is not None and group != CONTROL_GROUP and group not in out:
+                raise _fail(cls, f"method {attr!r} runs in concurrency group {group!r}: "
+                                 "declare it in concurrency_groups= too, so that an actor "
+                                 "the scheduler re-creates has it")
+    return out
 
 
 def _durability(obj: Any) -> ActorDurability:
@@ -218,8 +260,10 @@ def _wrapped_methods(cls: type) -> dict[str, Callable[..., Any]]:
     return out
 
 
-def _start(obj: Any, config: CheckpointedConfig) -> ActorDurability:
-    """Start the incarnation of ``obj`` (after its ``__init__``); register if asked."""
+def _start(obj: Any, config: CheckpointedConfig, args: tuple[Any, ...],
+           kwargs: dict[str, Any]) -> ActorDurability:
+    """Start the incarnation of ``obj`` (after its ``__init__``); register if asked, with
+    the recipe to re-create it from (``args``/``kwargs``: its constructor's arguments)."""
     node_id, handle = ray_context()
     key = config.key
     if key is None and handle is not None:
@@ -230,17 +274,21 @@ def _start(obj: Any, config: CheckpointedConfig) -> ActorDurability:
             "actor with .options(name=...)", actor=config.actor)
     d = ActorDurability(obj, config, key, handle=handle, node_id=node_id)
     if config.registrar is not None:
+        if handle is not None:
+            d.resources = resources_held(ray.get_runtime_context().get_assigned_resources())
+            d.recipe = recipe_for(obj, config, key, args, kwargs)
         register_quietly(config.registrar, _registration(d, handle), key)
     return d
 
 
 def _registration(d: ActorDurability, handle: Any) -> StageRegistration:
     last = d.inc.last_checkpoint
+    recipe = d.recipe
     return StageRegistration(
         stage_id=d.key, actor=handle, node_id=d.inc.node_id, priority=d.config.priority,
-        lease_id=d.inc.lease_id, epoch=d.inc.epoch, resources={},
+        lease_id=d.inc.lease_id, epoch=d.inc.epoch, resources=d.resources,
         generation=None if last is None else last.generation,
-        step=None if last is None else last.step, pid=d.inc.pid, spec=None)
+        step=None if last is None else last.step, pid=d.inc.pid, spec=recipe)
 
 
 def _control(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -255,7 +303,7 @@ def _generated(cls: type, config: CheckpointedConfig) -> dict[str, Any]:
     @functools.wraps(user_init)
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         user_init(self, *args, **kwargs)
-        self._bp_durable = _start(self, config)
+        self._bp_durable = _start(self, config, args, kwargs)
 
     def checkpoint(self: Any, step: int = 0, meta: dict[str, Any] | None = None
                    ) -> dict[str, Any]:
@@ -281,8 +329,16 @@ def _generated(cls: type, config: CheckpointedConfig) -> dict[str, Any]:
         if user_shutdown is not None:
             user_shutdown(self)
         d = getattr(self, "_bp_durable", None)
-        if d is not None:
+        if d is None or d.closed:
+            return
+        try:
             d.close(checkpoint=config.checkpoint_on_exit)
+        finally:
+            if config.registrar is not None:  # ended on purpose: not to be re-created
+                try:
+                    config.registrar.unregister(d.key, timeout=_UNREGISTER_TIMEOUT_S)
+                except Exception as exc:  # noqa: BLE001 - a missing scheduler is not fatal
+                    log.warning("%s could not unregister: %s", d.key, exc)
 
     def checkpoint_lock(self: Any) -> Any:
         """The lock the snapshot is taken under; a threaded actor mutates its state
@@ -346,7 +402,8 @@ class _Checkpointed:
                  mac_key: bytes | str | None = None, registrar: StageRegistrar | None = None,
                  observer: CheckpointFlushObserver | None = None, lease_ttl: float = 10.0,
                  block_size: int | None = None, priority: int = 0, dedupe_window: int = 1024,
-                 checkpoint_on_exit: bool = True) -> Callable[[C], C]:
+                 checkpoint_on_exit: bool = True,
+                 concurrency_groups: Mapping[str, int] | None = None) -> Callable[[C], C]:
         """Make the attributes ``state`` of the decorated actor class durable.
 
         Args:
@@ -358,12 +415,16 @@ class _Checkpointed:
                 actor's turn: at the next call, or by the timer's request when idle).
             retention, codec, compression, level, mac_key: as ``CheckpointedStageState``
                 takes them (``mac_key`` is its ``key``).
-            registrar: register every incarnation (e.g. ``scheduler.SchedulerRegistrar``).
-            observer: flush observer (e.g. the scheduler's), told of every flush.
+            registrar: register every incarnation (e.g. ``scheduler.SchedulerRegistrar``),
+                with the recipe the scheduler re-creates a lost actor from.
+            observer: flush observer (e.g. the scheduler's), told of every flush; an
+                incarnation the scheduler re-creates uses it too.
             lease_ttl, block_size: the lease's TTL; the block size if the store is created.
             priority: the priority registered with the scheduler.
             dedupe_window: call ids remembered in exactly-once mode.
             checkpoint_on_exit: checkpoint on a graceful exit if anything changed.
+            concurrency_groups: your own groups, as given to ``ray.remote`` besides
+                ``GROUPS`` (the scheduler declares them when it re-creates the actor).
 
         Raises:
             CheckpointedConfigError: at decoration, for bad arguments or name clashes.
@@ -376,6 +437,7 @@ class _Checkpointed:
                 raise _fail(cls, f"store must be a non-empty URL or path, got {store!r}")
             attrs = _attr_names(cls, state)
             _check_numbers(cls, every_calls, every_seconds, retention, codec, dedupe_window)
+            groups = _check_groups(cls, concurrency_groups, registrar)
             taken = _ALWAYS + (_STAGE_CONTROL if registrar is not None else ())
             clash = [n for n in taken if inspect.getattr_static(cls, n, None) is not None]
             if clash:
@@ -386,7 +448,7 @@ class _Checkpointed:
                 retention=retention, codec=codec, compression=compression, level=level,
                 mac_key=mac_key, registrar=registrar, observer=observer, lease_ttl=lease_ttl,
                 block_size=block_size, priority=priority, dedupe_window=dedupe_window,
-                checkpoint_on_exit=checkpoint_on_exit)
+                checkpoint_on_exit=checkpoint_on_exit, concurrency_groups=groups)
             ns = {**_wrapped_methods(cls), **_generated(cls, config)}
             ns.update(__module__=cls.__module__, __qualname__=cls.__qualname__,
                       __doc__=cls.__doc__, __bp_config__=config)

@@ -52,6 +52,7 @@ from .state import CheckpointInfo
 
 if TYPE_CHECKING:
     from .checkpointed import CheckpointedConfig
+    from .recipe import ActorRecipe
 
 __all__ = ["ActorDurability", "ActorFenced", "StateAttributeError", "StoreUnavailable",
            "in_call"]
@@ -176,6 +177,10 @@ class ActorDurability:
             if callable(hook):
                 hook(self.inc.restored)
         self._handle = handle
+        #: The relaunch recipe sent with the registration (set by the decorator), or None.
+        self.recipe: ActorRecipe | None = None
+        #: What the actor holds, as stage resource options (registered with the scheduler).
+        self.resources: dict[str, Any] = {}
         if config.every_seconds is not None and handle is not None:
             threading.Thread(target=self._timer, name=f"bp-timer-{key}", daemon=True).start()
 
@@ -384,6 +389,11 @@ class ActorDurability:
             "stopped": self._closed,
             **self.inc.restored_summary(),
         }
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` ran (the lease is given up)."""
+        return self._closed
 
     def close(self, *, checkpoint: bool) -> CheckpointInfo | None:
         """Optionally checkpoint (if anything changed since the last one), then release the

@@ -13,6 +13,11 @@ Why this layout:
   format change. Compressed chunks are packed several to a block; raw chunks fill a block.
 * The map is inline in the header block when it fits, otherwise it **spills** into a chain
   of map blocks referenced from the header; a CRC over the whole map is in the header.
+* **Content hashes** (version 3): every map entry carries the 128-bit XXH3 hash of the
+  chunk's raw bytes, so an incremental checkpoint (``stages/incremental.py``) can tell an
+  unchanged chunk from a changed one without reading the stored block - a 32-bit CRC match
+  is not enough to call content unchanged. Version 2 (32-byte entries, no hashes) is still
+  read; its chunks are simply never reused.
 * Everything a reader trusts is checksummed: the header (CRC-32C over its used bytes with the
   CRC field zeroed), the map, every chunk as stored. Optional HMAC-SHA256s authenticate the
   header - bound to the lease's id and name, so a valid checkpoint cannot be replayed into
@@ -41,6 +46,8 @@ __all__ = [
     "CODECS",
     "COMPRESSIONS",
     "ENTRY",
+    "ENTRY_V2",
+    "FLAG_HASHES",
     "FLAG_MAC",
     "FLAG_MAP_SPILLED",
     "FORMAT_VERSION",
@@ -52,7 +59,9 @@ __all__ = [
     "MAX_SLOTS",
     "CHUNK_RAW",
     "CHUNK_ZSTD",
+    "HASH_SIZE",
     "Header",
+    "READ_VERSIONS",
     "MapEntry",
     "entries_per_map_block",
     "is_zero",
@@ -63,7 +72,9 @@ __all__ = [
 ]
 
 MAGIC = b"PCHK"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+#: Versions this reader accepts: 2 (32-byte entries) and 3 (48-byte entries with hashes).
+READ_VERSIONS = (2, 3)
 MAX_SLOTS = 255
 
 #: The fixed part of a header block (176 bytes). Field order = docs/FORMAT.md table.
@@ -91,7 +102,7 @@ HEADER = struct.Struct(
     "Q"     # 96  header length H (bytes covered by the header CRC)
     "32s"   # 104 header MAC (HMAC-SHA256 over lease identity + header; zeros when absent)
     "I"     # 136 header CRC-32C
-    "I"     # 140 reserved (0)
+    "I"     # 140 incremental depth (v3; 0 = full; v2: reserved 0)
     "32s"   # 144 payload MAC (HMAC-SHA256 over the payload; zeros when absent)
 )
 HEADER_SIZE = HEADER.size  # 176
@@ -105,7 +116,7 @@ PAYLOAD_MAC_OFFSET = 144
 TRAILER = struct.Struct("<4sI")
 TRAILER_MAGIC = b"KHCP"
 
-#: One block-map entry (32 bytes).
+#: One block-map entry of version 3 (48 bytes): the version 2 entry + a content hash.
 ENTRY = struct.Struct(
     "<Q"    # 0  physical block index
     "I"     # 8  byte offset of the stored chunk in that block
@@ -114,7 +125,12 @@ ENTRY = struct.Struct(
     "I"     # 20 CRC-32C of the stored bytes
     "B"     # 24 chunk flags (0 raw, 1 zstd)
     "7x"    # 25 reserved
+    "16s"   # 32 XXH3-128 of the raw chunk bytes (zeros unless the header has FLAG_HASHES)
 )
+#: The version 2 entry (32 bytes): read, never written.
+ENTRY_V2 = struct.Struct("<QIIIIB7x")
+HASH_SIZE = 16
+_NO_HASH = bytes(HASH_SIZE)
 #: Head of a spilled map block (16 bytes), followed by ``count`` entries: next map block
 #: (0 = last), entry count, CRC-32C of this block's used bytes (16 + 32 * count) computed with
 #: this field zero - so a damaged map block is named, not just "the map".
@@ -122,6 +138,9 @@ MAPBLOCK = struct.Struct("<QII")
 
 FLAG_MAC = 1
 FLAG_MAP_SPILLED = 2
+#: The entries' content hashes are filled in (written with ``incremental=True``); only such
+#: a generation's chunks can be reused by a later one.
+FLAG_HASHES = 4
 
 CHUNK_RAW = 0
 CHUNK_ZSTD = 1
@@ -144,6 +163,7 @@ class MapEntry(NamedTuple):
     raw: int
     crc: int
     flags: int
+    hash: bytes = _NO_HASH
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +193,7 @@ class Header:
     mac: bytes
     header_crc: int
     payload_mac: bytes = bytes(32)
+    depth: int = 0
     inline_map: bytes = b""
     raw: bytes = field(default=b"", repr=False)  # the covered header bytes, as read
 
@@ -184,6 +205,15 @@ class Header:
     def spilled(self) -> bool:
         return bool(self.flags & FLAG_MAP_SPILLED)
 
+    @property
+    def hashed(self) -> bool:
+        """True if the map entries carry content hashes (its chunks may be reused)."""
+        return bool(self.flags & FLAG_HASHES)
+
+    @property
+    def entry_size(self) -> int:
+        return entry_struct(self.version).size
+
     def for_mac(self) -> bytes:
         """The covered header bytes with the header MAC and CRC fields zeroed (the header
         MAC's input; the payload MAC field is covered)."""
@@ -193,15 +223,23 @@ class Header:
         return bytes(b)
 
 
-def entries_per_map_block(block_size: int) -> int:
-    return (block_size - MAPBLOCK.size) // ENTRY.size
+def entry_struct(version: int = FORMAT_VERSION) -> struct.Struct:
+    """The map entry layout of a format version."""
+    return ENTRY_V2 if version == 2 else ENTRY
+
+
+def entries_per_map_block(block_size: int, version: int = FORMAT_VERSION) -> int:
+    return (block_size - MAPBLOCK.size) // entry_struct(version).size
 
 
 def pack_entries(entries: Sequence[MapEntry]) -> bytes:
+    """Entries in the layout this version writes (:data:`ENTRY`)."""
     return b"".join(ENTRY.pack(*e) for e in entries)
 
 
-def unpack_entries(data: bytes | memoryview) -> list[MapEntry]:
+def unpack_entries(data: bytes | memoryview, version: int = FORMAT_VERSION) -> list[MapEntry]:
+    if version == 2:
+        return [MapEntry(*f) for f in ENTRY_V2.iter_unpack(data)]  # hash: the zero default
     return list(map(MapEntry._make, ENTRY.iter_unpack(data)))
 
 
@@ -224,12 +262,14 @@ def pack_header(*, data_length: int, generation: int, step: int, created_at: flo
                 duration_s: float, stored_bytes: int, chunks: int, block_size: int,
                 slots: int, slot: int, codec: str, compression: str, level: int,
                 has_mac: bool, meta: bytes, map_blocks: int, map_crc: int,
-                first_map_block: int, inline_map: bytes) -> bytearray:
+                first_map_block: int, inline_map: bytes, hashed: bool = False,
+                depth: int = 0) -> bytearray:
     """A header block (``block_size`` bytes) with MAC and CRC fields zero.
 
     Call :func:`seal_header` after computing the MAC.
     """
-    flags = (FLAG_MAC if has_mac else 0) | (FLAG_MAP_SPILLED if map_blocks else 0)
+    flags = ((FLAG_MAC if has_mac else 0) | (FLAG_MAP_SPILLED if map_blocks else 0)
+             | (FLAG_HASHES if hashed else 0))
     length = HEADER_SIZE + len(meta) + len(inline_map)
     if length + TRAILER.size > block_size:
         raise ValueError(f"header of {length} bytes does not fit a {block_size}-byte block")
@@ -237,7 +277,7 @@ def pack_header(*, data_length: int, generation: int, step: int, created_at: flo
     HEADER.pack_into(out, 0, MAGIC, FORMAT_VERSION, data_length, generation, step, created_at,
                      duration_s, stored_bytes, chunks, block_size, slots, slot, CODECS[codec],
                      COMPRESSIONS[compression], level, flags, len(meta), map_blocks, map_crc,
-                     first_map_block, length, bytes(32), 0, 0, bytes(32))
+                     first_map_block, length, bytes(32), 0, depth, bytes(32))
     out[HEADER_SIZE:HEADER_SIZE + len(meta)] = meta
     out[HEADER_SIZE + len(meta):length] = inline_map
     return out
@@ -317,13 +357,13 @@ def parse_header(block: bytes | bytearray | memoryview, *, slot: int, lease_id: 
         raise UnsupportedFormatError(
             f"header slot {slot} of lease {name!r} ({lease_id}) has format version {version}; "
             f"this blockpoint reads up to {FORMAT_VERSION}", version=version, **ctx)
-    if version < FORMAT_VERSION:
+    if version not in READ_VERSIONS:
         raise CheckpointCorrupt(f"header slot {slot} of lease {name!r}: format version "
                                 f"{version} (a pre-release layout, not read)", **ctx)
     f = HEADER.unpack_from(mv, 0)
     (_, _, data_length, generation, step, created_at, duration_s, stored, chunks, bs, slots,
      slot_index, codec_id, comp_id, level, flags, meta_len, map_blocks, map_crc, first_map,
-     length, mac, crc, _, payload_mac) = f
+     length, mac, crc, depth, payload_mac) = f
     ctx["generation"] = generation
     if not HEADER_SIZE <= length <= len(mv) - TRAILER.size:
         raise CheckpointCorrupt(f"header slot {slot} of lease {name!r}: header length {length} "
@@ -348,7 +388,12 @@ def parse_header(block: bytes | bytearray | memoryview, *, slot: int, lease_id: 
     if codec_id not in _CODEC_NAMES or comp_id not in _COMPRESSION_NAMES:
         problems.append(f"codec {codec_id} / compression {comp_id} unknown")
     spilled = bool(flags & FLAG_MAP_SPILLED)
-    inline_len = 0 if spilled else chunks * ENTRY.size
+    inline_len = 0 if spilled else chunks * entry_struct(version).size
+    known = FLAG_MAC | FLAG_MAP_SPILLED | (FLAG_HASHES if version >= 3 else 0)
+    if flags & ~known:
+        problems.append(f"unknown flags {flags:#x}")
+    if version < 3 and depth:
+        problems.append(f"reserved field {depth} is not 0")
     if HEADER_SIZE + meta_len + inline_len != length:
         problems.append("lengths inconsistent")
     if problems:
@@ -368,7 +413,7 @@ def parse_header(block: bytes | bytearray | memoryview, *, slot: int, lease_id: 
                   codec=_CODEC_NAMES[codec_id], compression=_COMPRESSION_NAMES[comp_id],
                   level=level, flags=flags, meta=meta, map_blocks=map_blocks, map_crc=map_crc,
                   first_map_block=first_map, header_length=length, mac=bytes(mac),
-                  header_crc=crc, payload_mac=bytes(payload_mac),
+                  header_crc=crc, payload_mac=bytes(payload_mac), depth=depth,
                   inline_map=bytes(mv[HEADER_SIZE + meta_len:length]) if not spilled else b"",
                   raw=bytes(mv[:length]))
 

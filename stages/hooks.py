@@ -3,7 +3,10 @@
 ``stages`` sits below ``scheduler`` in the import order (``tests/test_public_api.py``
 checks it), yet a stage must tell a scheduler that it started and a pipeline must have a
 lost stage restored. So ``stages`` defines what it calls, here, and the layer above
-implements it (``scheduler/hooks.py``: ``SchedulerRegistrar``, ``SchedulerRestore``). No
+implements it (``scheduler/hooks.py``: ``SchedulerRegistrar``, ``SchedulerRestore``).
+The other way round, :class:`Relaunchable` is what the manager calls: the recipe a
+registration carries (a pipeline stage's ``StageSpec``, a ``@checkpointed`` actor's
+``ActorRecipe``), so one placement path relaunches both kinds of actor. No
 module of ``stages`` names a method of the scheduler actor; swapping the scheduler for
 another manager means writing these two small objects, nothing in ``stages`` changes.
 
@@ -15,13 +18,49 @@ an actor handle.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from .actor import StageRegistration, StageSpec
+    from .observer import CheckpointFlushObserver
 
-__all__ = ["StageLostHook", "StageRegistrar"]
+__all__ = ["Relaunchable", "StageLostHook", "StageRegistrar"]
+
+
+@runtime_checkable
+class Relaunchable(Protocol):
+    """What a registration's ``spec`` is: everything a manager needs to start a new
+    incarnation of a lost or preempted actor anywhere (picklable, persisted with the
+    manager's registry).
+
+    Guarantees asked of an implementation: :meth:`launch` returns at once (construction
+    errors surface on the first call to the handle); the incarnation it starts takes the
+    lease named ``stage_id`` by force (fencing every earlier one), restores its newest
+    generation that verifies, registers itself, and answers ``info()`` in a control
+    concurrency group.
+    """
+
+    @property
+    def stage_id(self) -> str: ...
+
+    @property
+    def store_url(self) -> str: ...
+
+    @property
+    def priority(self) -> int: ...
+
+    @property
+    def resources(self) -> Mapping[str, Any]: ...
+
+    def ray_resources(self) -> dict[str, float]:
+        """The amounts placing it needs, keyed as a node's resource view."""
+        ...
+
+    def launch(self, node_id: str, *, namespace: str | None,
+               observer: CheckpointFlushObserver | None) -> Any:
+        """Start an incarnation pinned to ``node_id``; return its handle at once."""
+        ...
 
 
 @runtime_checkable

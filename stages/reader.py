@@ -46,7 +46,7 @@ from .errors import (
     TornHeaderError,
     TruncatedCheckpointError,
 )
-from .format import CHUNK_RAW, CHUNK_ZSTD, ENTRY, MAPBLOCK, Header, MapEntry
+from .format import CHUNK_RAW, CHUNK_ZSTD, MAPBLOCK, Header, MapEntry
 from .mac import KeyRing, KeySetting, PayloadMac, equal, header_key, resolve_keys
 
 __all__ = [
@@ -106,6 +106,9 @@ class GenerationReport:
     """The verification result of one header slot (one row of ``blockpoint verify``).
 
     ``status`` is ``"ok"``, ``"empty"`` or the error text; ``block`` names the failing block.
+    ``shared`` counts the chunks whose stored bytes other generations' maps also name
+    (incremental checkpoints; damage there fails every one of them), ``shared_with`` lists
+    those generations.
     """
 
     lease_id: str
@@ -120,6 +123,8 @@ class GenerationReport:
     ratio: float | None
     status: str
     block: int | None = None
+    shared: int | None = None
+    shared_with: tuple[int, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -255,9 +260,9 @@ def load_map(reader: LeaseReader, h: Header, *,
         if crc32c(raw) != h.map_crc:
             raise CheckpointCorrupt(f"{where}: block map CRC-32C mismatch (in header slot "
                                     f"{h.slot})", block=h.slot, **ctx)
-        entries = fmt.unpack_entries(raw)
+        entries = fmt.unpack_entries(raw, h.version)
     else:
-        epb = fmt.entries_per_map_block(bs)
+        epb = fmt.entries_per_map_block(bs, h.version)
         if h.map_blocks > max(nb - h.slots, 0) or h.chunks > h.map_blocks * epb:
             raise CheckpointCorrupt(f"{where}: header claims {h.map_blocks} map blocks for "
                                     f"{h.chunks} chunks; the lease has {nb} blocks",
@@ -282,14 +287,14 @@ def load_map(reader: LeaseReader, h: Header, *,
             if count > epb:
                 raise CheckpointCorrupt(f"{where}: map block {nxt} claims {count} entries",
                                         block=nxt, **ctx)
-            used = memoryview(blk)[:MAPBLOCK.size + count * ENTRY.size]
+            used = memoryview(blk)[:MAPBLOCK.size + count * h.entry_size]
             check = bytearray(used)
             MAPBLOCK.pack_into(check, 0, following, count, 0)
             if crc32c(check) != own_crc:
                 raise CheckpointCorrupt(f"{where}: map block {nxt} fails its CRC-32C",
                                         block=nxt, **ctx)
             crc = crc32c(used, crc)
-            entries += fmt.unpack_entries(used[MAPBLOCK.size:])
+            entries += fmt.unpack_entries(used[MAPBLOCK.size:], h.version)
             if len(entries) > h.chunks:
                 raise CheckpointCorrupt(f"{where}: the map holds more than the {h.chunks} "
                                         "entries the header says", block=nxt, **ctx)
@@ -499,6 +504,7 @@ def verify_lease(reader: LeaseReader, *, key: KeySetting = None) -> list[Generat
                                 "checkpoint header", lease_id=reader.lease_id, name=reader.name)
     out: list[GenerationReport] = []
     base = {"lease_id": reader.lease_id, "name": reader.name}
+    chunk_sets: dict[int, set[tuple[int, int]]] = {}  # generation -> (block, offset) it names
     for s in sorted(scans, key=lambda s: -(s.header.generation if s.header else -1)):
         h = s.header
         if h is None:
@@ -518,6 +524,7 @@ def verify_lease(reader: LeaseReader, *, key: KeySetting = None) -> list[Generat
         status, block = "ok", None
         try:
             entries, _ = load_map(reader, h, key=ring)
+            chunk_sets[h.generation] = {(e.block, e.offset) for e in entries}
             read_payload(reader, h, entries, key=ring)
         except CheckpointCorrupt as exc:
             status, block = str(exc), exc.block
@@ -526,4 +533,15 @@ def verify_lease(reader: LeaseReader, *, key: KeySetting = None) -> list[Generat
             stored=h.stored_bytes, codec=h.codec, compression=h.compression,
             ratio=round(h.data_length / h.stored_bytes, 3) if h.stored_bytes else None,
             status=status, block=block))
-    return out
+    return [_with_sharing(r, chunk_sets) for r in out]
+
+
+def _with_sharing(r: GenerationReport,
+                  chunk_sets: dict[int, set[tuple[int, int]]]) -> GenerationReport:
+    mine = chunk_sets.get(r.generation) if r.generation is not None else None
+    if mine is None:
+        return r
+    others = {g: c for g, c in chunk_sets.items() if g != r.generation}
+    shared = {k for c in others.values() for k in c} & mine
+    with_ = tuple(sorted((g for g, c in others.items() if c & mine), reverse=True))
+    return GenerationReport(**{**asdict(r), "shared": len(shared), "shared_with": with_})

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .format import Header
+from .incremental import WriteStats
 
 __all__ = ["CheckpointInfo", "RestoreReport"]
 
@@ -33,6 +34,11 @@ class CheckpointInfo:
         created_at: wall-clock time the checkpoint started.
         duration_s: seconds from start to the header write (serialize + data + flush).
         meta: the small JSON dict given to ``checkpoint(meta=...)``.
+        depth: incremental depth: 0 for a full checkpoint, else the incrementals since it.
+        chunks_written: chunks this commit wrote (``None`` when not reported by a commit).
+        chunks_reused: chunks it shares with an older generation (not rewritten).
+        bytes_written: bytes the commit handed to the store (blocks of data, spilled map,
+            erased slots and the header).
     """
 
     lease_id: str
@@ -47,6 +53,11 @@ class CheckpointInfo:
     created_at: float
     duration_s: float
     meta: Mapping[str, Any] = field(default_factory=dict)
+    depth: int = 0
+    # How the commit went, not what the generation is: not compared.
+    chunks_written: int | None = field(default=None, compare=False)
+    chunks_reused: int | None = field(default=None, compare=False)
+    bytes_written: int | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -54,11 +65,16 @@ class CheckpointInfo:
         return d
 
     @classmethod
-    def from_header(cls, h: Header, lease_id: str, name: str, blocks: int) -> CheckpointInfo:
+    def from_header(cls, h: Header, lease_id: str, name: str, blocks: int,
+                    stats: WriteStats | None = None) -> CheckpointInfo:
+        """From a header; ``stats`` (the commit's own counts) only right after a commit."""
         return cls(lease_id=lease_id, name=name, generation=h.generation, step=h.step,
                    data_length=h.data_length, stored_bytes=h.stored_bytes, blocks=blocks,
                    codec=h.codec, compression=h.compression, created_at=h.created_at,
-                   duration_s=h.duration_s, meta=dict(h.meta))
+                   duration_s=h.duration_s, meta=dict(h.meta), depth=h.depth,
+                   chunks_written=None if stats is None else stats.chunks_written,
+                   chunks_reused=None if stats is None else stats.chunks_reused,
+                   bytes_written=None if stats is None else stats.bytes_written)
 
 
 @dataclass(frozen=True, slots=True)

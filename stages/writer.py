@@ -7,7 +7,12 @@ order (``stages/state.py`` states the protocol); these functions do the writing:
   joining them (only chunks straddling a segment boundary are copied);
 * :func:`write_chunks` encodes chunks (CRC-32C, zstd where it pays) in the shared worker
   pool a few batches ahead of the writer - both release the GIL, so encoding hides behind
-  ``pwritev`` - and packs compressed chunks several to a block;
+  ``pwritev`` - and packs compressed chunks several to a block. For incremental
+  checkpoints (``stages/incremental.py``) the same pool tasks hash every chunk and, where
+  the hash and length equal the base generation's chunk at the same position, hand back
+  the base's map entry instead: that chunk is neither compressed nor written;
+* :func:`learn_slots` builds the writer's knowledge of the header slots (which generation
+  each holds, the blocks its map references) from a scan, once per writer or restore;
 * :func:`allocate` picks blocks no retained generation references, so a commit never
   overwrites what a reader may still need;
 * :func:`write_map` writes the block map inline or as a chain of checksummed map blocks.
@@ -15,21 +20,27 @@ order (``stages/state.py`` states the protocol); these functions do the writing:
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 
-from blockstore import Lease, crc32c
+from blockstore import Lease, LeaseReader, crc32c
 
 from . import format as fmt
 from .compress import ChunkCoder
 from .format import CHUNK_RAW, ENTRY, MAPBLOCK, Header, MapEntry
-from .mac import PayloadMac
-from .reader import worker_pool
+from .incremental import content_hash
+from .errors import CheckpointCorrupt
+from .mac import KeySetting, PayloadMac
+from .reader import SlotScan, load_map, worker_pool
 
-__all__ = ["SlotState", "WINDOW", "WRITE_BATCH", "allocate", "chunks", "encode_batch",
-           "hash_payload", "target_slot", "write_chunks", "write_map"]
+__all__ = ["SlotState", "WINDOW", "WRITE_BATCH", "allocate", "blocks_of", "chunks",
+           "encode_batch", "hash_payload", "learn_slots", "target_slot", "write_chunks",
+           "write_map"]
+
+log = logging.getLogger(__name__)
 
 #: Bytes handed to one ``write_blocks`` call / one pool task.
 WRITE_BATCH = 8 * 1024 * 1024
@@ -45,6 +56,47 @@ class SlotState:
     blocks: frozenset[int] = frozenset()
     committed: bool = False
     dirty: bool = False  # holds something (a header, garbage, or a possibly torn write)
+
+
+def blocks_of(reader: LeaseReader, h: Header,
+              key: KeySetting = None) -> tuple[list[MapEntry], frozenset[int]]:
+    """A generation's checked map and every block it references (data and map blocks)."""
+    entries, map_blocks = load_map(reader, h, key=key)
+    return entries, frozenset(e.block for e in entries) | frozenset(map_blocks)
+
+
+def learn_slots(reader: LeaseReader, k: int, scans: Sequence[SlotScan], *,
+                key: KeySetting = None, restored: Header | None = None,
+                restored_blocks: frozenset[int] = frozenset()) -> tuple[list[SlotState], int]:
+    """The writer's view of ``k`` header slots from a scan, and the highest generation seen.
+
+    A generation counts as committed (its blocks protected) if its header parses and its
+    map loads. After a restore (``restored``), generations newer than the restored one
+    failed verification: they are not committed (their slots are overwritten first).
+    """
+    slots = [SlotState() for _ in range(k)]
+    max_gen = 0
+    for s in scans:
+        if s.slot >= k:
+            continue
+        slot = slots[s.slot]
+        slot.dirty = not s.empty
+        h = s.header
+        gen = h.generation if h else (s.error.generation if s.error else None)
+        max_gen = max(max_gen, gen or 0)
+        if h is None or (restored is not None and h.generation > restored.generation):
+            continue
+        if restored is not None and h.generation == restored.generation:
+            slot.header, slot.blocks, slot.committed = h, restored_blocks, True
+            continue
+        try:
+            _, blocks = blocks_of(reader, h, key)
+        except CheckpointCorrupt as exc:
+            log.warning("generation %d of lease %r has a bad map (%s); it will be overwritten",
+                        h.generation, reader.name, exc)
+            continue
+        slot.header, slot.blocks, slot.committed = h, blocks, True
+    return slots, max_gen
 
 
 def chunks(segments: Sequence[memoryview], bs: int) -> Iterator[memoryview]:
@@ -70,12 +122,30 @@ def chunks(segments: Sequence[memoryview], bs: int) -> Iterator[memoryview]:
         yield memoryview(b"".join(cur))
 
 
-def encode_batch(coder: ChunkCoder,
-                  chunks: list[memoryview]) -> list[tuple[memoryview | bytes, int, int, int]]:
-    out = []
-    for c in chunks:
+#: What the pool hands back per chunk: (stored bytes, flags, CRC, raw length, content hash,
+#: the base's entry when the chunk is unchanged - then nothing else is meaningful).
+Encoded = tuple["memoryview | bytes | None", int, int, int, bytes, "MapEntry | None"]
+_NO_HASH = bytes(fmt.HASH_SIZE)
+
+
+def encode_batch(coder: ChunkCoder, chunks: list[memoryview], start: int = 0,
+                 hashing: bool = False, base: Sequence[MapEntry] | None = None) -> list[Encoded]:
+    """Encode chunks ``start, start + 1, ...`` of a payload (runs in the pool).
+
+    With ``hashing`` each chunk's content hash is computed; a chunk whose raw length and
+    hash equal those of ``base[i]`` (the base generation's chunk at the same position) is
+    unchanged and comes back as that entry, not encoded.
+    """
+    out: list[Encoded] = []
+    for i, c in enumerate(chunks, start):
+        digest = content_hash(c) if hashing else _NO_HASH
+        if base is not None and i < len(base):
+            old = base[i]
+            if old.raw == c.nbytes and old.hash == digest:
+                out.append((None, old.flags, old.crc, old.raw, digest, old))
+                continue
         stored, flags = coder.encode(c)
-        out.append((stored, flags, crc32c(stored), c.nbytes))
+        out.append((stored, flags, crc32c(stored), c.nbytes, digest, None))
     return out
 
 
@@ -104,19 +174,30 @@ def allocate(protected: set[int], k: int, need: int) -> list[int]:
 
 
 def write_chunks(lease: Lease, coder: ChunkCoder, segments: Sequence[memoryview],
-                 alloc: Iterator[int], bs: int) -> tuple[list[MapEntry], set[int]]:
-    """Encode (CRC, maybe zstd) chunks in the pool while earlier ones are written; pack
-    compressed chunks several to a block. Returns the map entries and the blocks used."""
+                 alloc: Iterator[int], bs: int, *, hashing: bool = False,
+                 base: Sequence[MapEntry] | None = None,
+                 ) -> tuple[list[MapEntry], set[int], int, int]:
+    """Encode (CRC, maybe zstd, maybe hash) chunks in the pool while earlier ones are
+    written; pack compressed chunks several to a block; reuse ``base`` entries of unchanged
+    chunks (see :func:`encode_batch`). Blocks come from ``alloc`` only for written chunks.
+
+    Returns:
+        The map entries, the blocks they reference (reused ones included), the number of
+        chunks written and the bytes written.
+    """
     pool = worker_pool()
     per_task = max(1, WRITE_BATCH // bs)
     chunk_iter = chunks(segments, bs)
-    inflight: deque[Future[list[tuple[memoryview | bytes, int, int, int]]]] = deque()
+    inflight: deque[Future[list[Encoded]]] = deque()
+    submitted = 0
 
     def submit_next() -> bool:
+        nonlocal submitted
         batch = [c for _, c in zip(range(per_task), chunk_iter)]
         if not batch:
             return False
-        inflight.append(pool.submit(encode_batch, coder, batch))
+        inflight.append(pool.submit(encode_batch, coder, batch, submitted, hashing, base))
+        submitted += len(batch)
         return True
 
     while len(inflight) < WINDOW and submit_next():
@@ -128,35 +209,46 @@ def write_chunks(lease: Lease, coder: ChunkCoder, segments: Sequence[memoryview]
     pack: bytearray | None = None
     pack_block = -1
     pack_fill = 0
+    written = 0
+    total_bytes = 0
     while inflight:
         results = inflight.popleft().result()
         submit_next()
-        for stored, flags, crc, raw in results:
+        for stored, flags, crc, raw, digest, reused in results:
+            if reused is not None or stored is None:
+                assert reused is not None
+                entries.append(reused)
+                used.add(reused.block)
+                continue
+            written += 1
             n = len(stored) if isinstance(stored, bytes) else stored.nbytes
             if flags == CHUNK_RAW:
                 b = next(alloc)
                 writes.append((b, stored))
                 wbytes += n
-                entries.append(MapEntry(b, 0, n, raw, crc, flags))
+                total_bytes += bs  # a short last chunk is padded to a block by the store
+                entries.append(MapEntry(b, 0, n, raw, crc, flags, digest))
                 used.add(b)
             else:
                 if pack is None or pack_fill + n > bs:
                     if pack is not None:
                         writes.append((pack_block, memoryview(pack)[:pack_fill]))
                         wbytes += pack_fill
+                        total_bytes += bs
                     pack, pack_block, pack_fill = bytearray(bs), next(alloc), 0
                     used.add(pack_block)
                 pack[pack_fill:pack_fill + n] = stored
-                entries.append(MapEntry(pack_block, pack_fill, n, raw, crc, flags))
+                entries.append(MapEntry(pack_block, pack_fill, n, raw, crc, flags, digest))
                 pack_fill += n
             if wbytes >= WRITE_BATCH:
                 lease.write_blocks(writes)
                 writes, wbytes = [], 0
     if pack is not None:
         writes.append((pack_block, memoryview(pack)[:pack_fill]))
+        total_bytes += bs
     if writes:
         lease.write_blocks(writes)
-    return entries, used
+    return entries, used, written, total_bytes
 
 
 def write_map(lease: Lease, entries: list[MapEntry], alloc: Iterator[int],
@@ -167,7 +259,7 @@ def write_map(lease: Lease, entries: list[MapEntry], alloc: Iterator[int],
     if inline:
         return crc32c(raw), 0, [], raw
     epb = fmt.entries_per_map_block(bs)
-    blocks = [next(alloc) for _ in range(n_map)]
+    blocks = [next(alloc) for _ in range(n_map)]  # never a reused block: alloc skips them
     crc = 0
     writes = []
     for i, b in enumerate(blocks):

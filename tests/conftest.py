@@ -57,20 +57,32 @@ def ray_local() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[object]:
+def ray_cluster(request: pytest.FixtureRequest) -> Iterator[object]:
     """A 3-node ``ray.cluster_utils.Cluster`` (head + 2 workers) with fast failure detection.
 
     The head has 1 CPU, each worker 2; a dead node is noticed in ~1.5-2.5 s. Tests that remove
-    nodes may add replacements with ``cluster.add_node(...)``.
+    nodes may add replacements with ``cluster.add_node(...)``. A module that sets
+    ``RAY_JOB_SERVER = True`` gets the head with the dashboard and its job server on a free
+    loopback port (``cluster.job_address``, ``http://127.0.0.1:PORT``, for ``ray job submit``).
     """
     import ray
     from ray.cluster_utils import Cluster
 
+    from s3server import free_port
+
     if ray.is_initialized():
         ray.shutdown()
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "object_store_memory": 100 * 1024 * 1024,
-        "_system_config": FAST_HEALTH})
+    head: dict[str, object] = {"num_cpus": 1, "object_store_memory": 100 * 1024 * 1024,
+                               "_system_config": FAST_HEALTH}
+    job_port = None
+    if getattr(request.module, "RAY_JOB_SERVER", False):
+        job_port = free_port()
+        # The job server is part of the dashboard (head); the job agent on the head takes a
+        # free port too, not the fixed default another Ray on this machine may hold.
+        head.update(include_dashboard=True, dashboard_host="127.0.0.1",
+                    dashboard_port=job_port, dashboard_agent_listen_port=free_port())
+    cluster = Cluster(initialize_head=True, head_node_args=head)
+    cluster.job_address = f"http://127.0.0.1:{job_port}" if job_port else None
     for _ in range(2):
         cluster.add_node(num_cpus=2, object_store_memory=100 * 1024 * 1024)
     ray.init(address=cluster.address, log_to_driver=False)

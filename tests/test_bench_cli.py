@@ -18,7 +18,8 @@ def test_bench_quick_runs_every_benchmark(tmp_path: Path) -> None:
                           text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(proc.stdout)
-    assert set(report) == {"store", "checkpoint", "manager", "peers", "actor", "langgraph"}
+    assert set(report) == {"store", "checkpoint", "incremental", "manager", "peers", "actor",
+                           "langgraph"}
     assert {r["actor"] for r in report["actor"]} >= {"plain", "checkpointed"}
     store_cases = {(r["case"], r["backend"]) for r in report["store"]}
     assert ("vectorised write+flush", "FileStore") in store_cases
@@ -43,4 +44,7 @@ def test_bench_quick_runs_every_benchmark(tmp_path: Path) -> None:
     # A peer that is not installed is a row saying so, never a crash.
     assert all(r.get("seconds") is not None or r.get("note") for r in report["peers"])
     assert {r["saver"] for r in report["langgraph"]} >= {"BlockpointSaver (file)"}
+    inc = {r["op"]: r for r in report["incremental"]}
+    assert inc["full sync checkpoint"]["bytes"] > inc[
+        "incremental checkpoint (1% of blocks changed)"]["bytes"] > 0
     assert "bench store: done" in proc.stderr

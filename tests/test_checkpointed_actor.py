@@ -26,13 +26,16 @@ import ray.cloudpickle
 from polling import wait_for
 from stages import (
     ActorFenced,
+    ActorRecipe,
     CheckpointedConfigError,
     CheckpointFailed,
+    Relaunchable,
     StageStopped,
     StateAttributeError,
     StoreUnavailable,
     checkpointed,
 )
+from stages.actor import resource_amounts, resources_held
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -153,12 +156,13 @@ class ListRegistrar:
 
     def __init__(self) -> None:
         self.seen: list[Any] = []
+        self.gone: list[str] = []
 
     def register(self, registration: Any) -> None:
         self.seen.append(registration)
 
     def unregister(self, stage_id: str, *, timeout: float = 10.0) -> None:
-        return None
+        self.gone.append(stage_id)
 
 
 def test_registrar_and_stage_control_calls(store_dir: str) -> None:
@@ -176,12 +180,54 @@ def test_registrar_and_stage_control_calls(store_dir: str) -> None:
     assert b.shutdown(checkpoint=True)["generation"] == 2  # what the scheduler's stop does
     with pytest.raises(StageStopped):
         b.add()
-    assert cls().get() == 2
+    b.__ray_shutdown__()
+    assert reg.gone == []  # stopped by the scheduler: it stays registered (restorable)
+    c = cls()
+    assert c.get() == 2
+    c.__ray_shutdown__()  # a graceful exit: ended on purpose, so not to be re-created
+    assert reg.gone == ["reg"]
 
     class HasInfo(CounterBase):
         def info(self) -> None: ...
     with pytest.raises(CheckpointedConfigError, match="info"):
         checkpointed(store=store_dir, registrar=reg)(HasInfo)
+
+
+def test_relaunch_recipe_pieces(store_dir: str) -> None:
+    """What a re-created actor is started with (the relaunch itself runs on the Cluster:
+    tests/test_checkpointed_cluster.py)."""
+    held = {"CPU": 0.5, "GPU": 1.0, "memory": 2.0 ** 20, "disk": 3.0, "zero": 0.0}
+    opts = resources_held(held)
+    assert opts == {"num_cpus": 0.5, "num_gpus": 1.0, "memory": 2 ** 20,
+                    "resources": {"disk": 3.0}}
+    # One reading: what the scheduler counts is what the actor held, and what Ray is asked.
+    assert resource_amounts(opts, scheduling=False) == {k: v for k, v in held.items() if v}
+    assert resources_held({}) == {} and resource_amounts({}, scheduling=True) == {"CPU": 1.0}
+    cls = checkpointed(store=store_dir, key="r", concurrency_groups={"io": 3})(CounterBase)
+    recipe = ActorRecipe.build("r", cls, (1,), {"k": 2}, store_url=store_dir,
+                               resources=opts, name="r", namespace="ns", max_restarts=0,
+                               concurrency_groups={"io": 3, **checkpointed.GROUPS})
+    assert recipe.unpack() == (cls, (1,), {"k": 2}) and recipe.actor_class == "CounterBase"
+    with pytest.raises(TypeError):  # what recipe_for turns into "no recipe" and a warning
+        ActorRecipe.build("r", cls, (threading.Lock(),), {}, store_url=store_dir)
+    got = recipe.ray_options(None, namespace="other")
+    assert got["name"] == "r" and got["namespace"] == "ns" and got["lifetime"] == "detached"
+    assert got["max_restarts"] == 0 and got["resources"] == {"disk": 3.0}
+    assert isinstance(recipe, Relaunchable) and recipe.ray_resources()["CPU"] == 0.5
+    assert cls.__bp_config__.concurrency_groups == {"io": 3}
+
+    class Grouped(CounterBase):
+        @ray.method(concurrency_group="io")
+        def read(self) -> int:
+            return 0
+    reg = ListRegistrar()
+    with pytest.raises(CheckpointedConfigError, match="'io'"):
+        checkpointed(store=store_dir, registrar=reg)(Grouped)  # a re-created one lacks it
+    checkpointed(store=store_dir, registrar=reg, concurrency_groups={"io": 2})(Grouped)
+    with pytest.raises(CheckpointedConfigError, match="decorator's own"):
+        checkpointed(store=store_dir, concurrency_groups={"control": 1})(CounterBase)
+    with pytest.raises(CheckpointedConfigError, match="ints >= 1"):
+        checkpointed(store=store_dir, concurrency_groups={"io": 0})(CounterBase)
 
 
 # -- real Ray --------------------------------------------------------------------------------

@@ -2,14 +2,23 @@
 
 One 3-node ``ray.cluster_utils.Cluster`` (module-scoped, fast health checks, see
 ``tests/conftest.py``); the store is a directory every node of this one-machine cluster
-reaches, as a shared filesystem would on a real one. Ray re-creates the actor
-(``max_restarts``) on a live node; the new incarnation takes the lease by force and
-restores the last committed generation, so no increment is lost or doubled.
+reaches, as a shared filesystem would on a real one. Either Ray re-creates the actor
+(``max_restarts``) on a live node, or - for an actor without ``max_restarts`` - the real
+scheduler actor does, from the recipe the actor registered; either way the new incarnation
+takes the lease by force and restores the last committed generation. The scheduler tests
+also hold a flush open (``tests/gates.py``) while a preemption asks for the actor's CPU, and
+restart the scheduler before the actor is lost. Tests run in file order; those that remove a
+node add a replacement.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,10 +26,21 @@ import ray
 import ray.cloudpickle
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+import gates
+from blockstore import StaleLeaseError, open_store
+from blockstore.lease import Lease
+from gates import Gate
 from polling import wait_for
-from stages import checkpointed
+from scheduler import PreemptionCheckpointObserver, PreemptionRequest, get_or_create
+from scheduler import ray_adapter
+from scheduler.hooks import SchedulerRegistrar
+from scheduler.reasons import NonPreemptibleReason
+from stages import ActorFenced, CheckpointFailed, checkpointed
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+ray.cloudpickle.register_pickle_by_value(gates)
+
+CIP = NonPreemptibleReason.CHECKPOINT_IN_PROGRESS.value
 
 pytestmark = pytest.mark.ray
 
@@ -57,8 +77,211 @@ def test_node_loss_resumes_elsewhere(ray_cluster: Any, store_dir: str) -> None:
     wait_for(lambda: not any(n["Alive"] for n in ray.nodes() if n["NodeID"] == worker.node_id),
              timeout=60, what="the node declared dead")
     got = ray.get([h.add.remote() for _ in range(6)], timeout=120)
-    assert got == list(range(21, 27))  # the restored state: nothing lost, nothing doubled
+    # The restored state: nothing lost, nothing doubled. (Calls sent while Ray restarts the
+    # actor may run in any order: Ray orders per attempt, not across its retries.)
+    assert sorted(got) == list(range(21, 27))
     info = ray.get(h.checkpoint_info.remote(), timeout=30)
     assert info["node_id"] != worker.node_id and info["epoch"] >= 2
     assert info["restored_from"] is not None
     assert ray.get(h.node.remote()) != worker.node_id
+    ray.kill(h)                                       # frees its CPU for the tests below
+
+
+# --------------------------------------------------------------------------- the scheduler
+
+
+class Ledger:
+    """A plain actor class: a counter, with an optional gate that holds a flush open."""
+
+    def __init__(self, start: int, gate: str | None = None) -> None:
+        self.state = {"n": start, "gate": Gate(gate) if gate else None}
+
+    def add(self, k: int = 1) -> int:
+        self.state["n"] += k
+        return self.state["n"]
+
+    def crash(self) -> None:
+        os._exit(1)
+
+    @checkpointed.readonly
+    def value(self) -> int:
+        return self.state["n"]
+
+
+@pytest.fixture(scope="module")
+def env(ray_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """The real scheduler actor, pinned to the head node (never removed here)."""
+    store = str(tmp_path_factory.mktemp("ckpt-sched") / "store")
+    open_store(store, block_size=64 * 1024).close()
+    name = f"sched-{uuid.uuid4().hex[:8]}"
+    sched = get_or_create(name, store_url=store, node_id=ray_adapter.head_node_id(),
+                          poll_interval=0.25, retry_interval=0.5)
+    yield {"cluster": ray_cluster, "sched": sched, "name": name, "store": store}
+    ray.kill(sched)
+
+
+def ledger(env: dict[str, Any], key: str, **remote: Any) -> Any:
+    """``Ledger`` as a scheduler-managed ``@checkpointed`` actor class (half a CPU; no
+    ``max_restarts`` unless ``remote`` says)."""
+    return ray.remote(num_cpus=0.5, concurrency_groups=checkpointed.GROUPS, **remote)(
+        checkpointed(store=env["store"], key=key, lease_ttl=5.0,
+                     registrar=SchedulerRegistrar(env["name"]),
+                     observer=PreemptionCheckpointObserver(key, env["name"]))(Ledger))
+
+
+def registered(env: dict[str, Any], key: str, epoch: int = 0) -> dict[str, Any] | None:
+    try:
+        s = ray.get(env["sched"].stage.remote(key), timeout=10)
+    except ray.exceptions.RayTaskError:  # UnknownStageError: not registered yet
+        return None
+    return s if s["status"] == "running" and s["epoch"] > epoch else None
+
+
+def incarnation_after(name: str, epoch: int) -> tuple[Any, dict[str, Any]] | None:
+    """The named actor's handle and info once an incarnation newer than ``epoch`` answers."""
+    try:
+        handle = ray.get_actor(name)
+        info = ray.get(handle.checkpoint_info.remote(), timeout=5)
+    except (ValueError, ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError,
+            ray.exceptions.GetTimeoutError):
+        return None
+    return (handle, info) if info["epoch"] > epoch else None
+
+
+def forget(env: dict[str, Any], key: str) -> None:
+    try:
+        ray.get(env["sched"].unregister.remote(key, True), timeout=10)
+    except Exception:  # noqa: BLE001 - best-effort cleanup
+        pass
+
+
+def test_scheduler_recreates_lost_actor_on_another_node(env: dict[str, Any]) -> None:
+    """Two actors on the lost node: one without ``max_restarts`` (the scheduler re-creates
+    it), one with (Ray restarts it; the scheduler must not start a second incarnation)."""
+    cluster, sched = env["cluster"], env["sched"]
+    alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    worker = next(n for n in cluster.worker_nodes if n.node_id in alive)
+    pin = NodeAffinitySchedulingStrategy(worker.node_id, soft=True)
+    h = ledger(env, "ledger-a").options(name="ledger-a", scheduling_strategy=pin).remote(5)
+    r = ledger(env, "ledger-r", max_restarts=-1).options(name="ledger-r",
+                                                        scheduling_strategy=pin).remote(7)
+    assert ray.get([h.add.remote() for _ in range(10)]) == list(range(6, 16))
+    ck = ray.get(h.checkpoint.remote())
+    assert ray.get(h.add.remote(100)) == 115          # not checkpointed: lost with the node
+    r_ck = ray.get(r.checkpoint.remote())
+    st = wait_for(lambda: registered(env, "ledger-a"), what="registered")
+    # Its real resources and a recipe to re-create it from.
+    assert st["resources"] == {"CPU": 0.5} and st["has_spec"]
+    r_before = wait_for(lambda: registered(env, "ledger-r"), what="registered")
+    before = ray.get(h.checkpoint_info.remote())
+    assert before["node_id"] == worker.node_id
+    try:
+        with open_store(env["store"]) as store:
+            # The old incarnation's lease handle, kept past the takeover (a zombie writer).
+            zombie = Lease(store, store.lease_info("ledger-a"), ttl=30.0, keepalive=False)
+            cluster.remove_node(worker, allow_graceful=False)
+            new, info = wait_for(lambda: incarnation_after("ledger-a", before["epoch"]),
+                                 timeout=60, what="the actor re-created by the scheduler")
+            assert info["node_id"] not in (None, worker.node_id)
+            assert info["restored_from"] == ck["generation"]
+            assert ray.get(new.value.remote()) == 15      # the last checkpoint, exactly
+            with pytest.raises(StaleLeaseError):
+                zombie.write_blocks({0: b"late write from the lost node"})
+        # The old handle answers no more (RayActorError), or as a fenced zombie.
+        with pytest.raises((ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError,
+                            ray.exceptions.GetTimeoutError, CheckpointFailed, ActorFenced)):
+            ray.get(h.add.remote(), timeout=1.0)
+        assert ray.get(new.add.remote()) == 16
+        now = registered(env, "ledger-a", before["epoch"])
+        assert now is not None and now["node_id"] == info["node_id"]
+        kinds = {(d["kind"], d["outcome"]) for d in ray.get(sched.decisions.remote(40))
+                 if "ledger-a" in d["victims"]}
+        assert {("lost", "detected"), ("restore", "done")} <= kinds
+        # The restartable one: Ray's restart (same actor, one more epoch), not the scheduler's.
+        r_new, r_info = wait_for(lambda: incarnation_after("ledger-r", r_before["epoch"]),
+                                 timeout=60, what="the actor restarted by Ray")
+        assert r_info["restored_from"] == r_ck["generation"]
+        assert ray.get(r_new.value.remote()) == 7 and ray_adapter.actor_id_of(r_new) == \
+            ray_adapter.actor_id_of(r)
+        wait_for(lambda: registered(env, "ledger-r", r_before["epoch"]), what="re-registered")
+        assert r_info["epoch"] == r_before["epoch"] + 1
+        r_kinds = {d["kind"] for d in ray.get(sched.decisions.remote(40))
+                   if "ledger-r" in d["victims"]}
+        assert not r_kinds & {"lost", "restore"}, r_kinds
+    finally:
+        forget(env, "ledger-a")
+        forget(env, "ledger-r")
+        extra = cluster.add_node(num_cpus=2, object_store_memory=100 * 1024 * 1024)
+        wait_for(lambda: any(n["NodeID"] == extra.node_id and n["Alive"] for n in ray.nodes()),
+                 what="replacement node up")
+
+
+def test_preemption_waits_for_the_actors_flush(env: dict[str, Any], tmp_path: Path) -> None:
+    sched = env["sched"]
+    gate = tmp_path / "gate"
+    h = ledger(env, "ledger-b").options(name="ledger-b").remote(0, str(gate))
+    assert ray.get([h.add.remote() for _ in range(3)]) == [1, 2, 3]
+    wait_for(lambda: registered(env, "ledger-b"), what="registered")
+    try:
+        gate.touch()
+        flushing = h.checkpoint.remote()              # blocks inside the flush
+        wait_for(lambda: ray.get(sched.reasons.remote("ledger-b")) == [CIP],
+                 what="the scheduler sees the flush")
+        # Free half a CPU: only this actor holds that (its registered resources).
+        pending = sched.preempt.remote(PreemptionRequest(
+            reason="need half a CPU", deadline=time.time() + 30, resources={"CPU": 0.5}))
+        ready, _ = ray.wait([pending], timeout=1.0)
+        assert not ready, "preempted an actor in the middle of its flush"
+        assert not ray.wait([flushing], timeout=0)[0]
+        gate.unlink()
+        gen = ray.get(flushing)["generation"]
+        res = ray.get(pending)
+        assert res.victims == ("ledger-b",) and res.freed.get("CPU") == 0.5
+        kinds = [(d["kind"], d["outcome"]) for d in ray.get(sched.decisions.remote(8))]
+        assert ("select", "wait") in kinds and ("preempt", "ready") in kinds
+        # Restored on request from its recipe, with the state of that checkpoint.
+        ray.get(sched.restore.remote("ledger-b"))
+        new, info = wait_for(lambda: incarnation_after("ledger-b", 0), what="restored")
+        assert info["restored_from"] == gen and ray.get(new.value.remote()) == 3
+    finally:
+        gate.unlink(missing_ok=True)
+        forget(env, "ledger-b")
+
+
+def test_recipe_survives_a_scheduler_restart(env: dict[str, Any]) -> None:
+    sched = env["sched"]
+    h = ledger(env, "ledger-c").options(name="ledger-c").remote(40)
+    assert ray.get(h.add.remote(2)) == 42
+    ck = ray.get(h.checkpoint.remote())
+    first = wait_for(lambda: registered(env, "ledger-c"), what="registered")
+    pid = ray.get(sched.ping.remote())["pid"]
+    try:
+        ray.kill(sched, no_restart=False)             # Ray restarts it; it reloads its registry
+
+        def back() -> dict[str, Any] | None:
+            try:
+                info = ray.get(sched.ping.remote(), timeout=2)
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError,
+                    ray.exceptions.GetTimeoutError):
+                return None
+            return info if info["pid"] != pid else None
+        assert wait_for(back, timeout=60, what="scheduler back")["reloaded_generation"]
+        assert registered(env, "ledger-c")["has_spec"]
+        assert ray.get(h.add.remote(1)) == 43  # not checkpointed: lost in the crash
+        with pytest.raises(ray.exceptions.RayActorError):
+            ray.get(h.crash.remote())                 # its worker process dies: a failure
+        new, info = wait_for(lambda: incarnation_after("ledger-c", first["epoch"]),
+                             timeout=60, what="re-created from the reloaded recipe")
+        assert info["restored_from"] == ck["generation"] and ray.get(new.value.remote()) == 42
+        # Ended on purpose (ray.kill): forgotten, not re-created.
+        ray.kill(new)
+
+        def forgotten() -> list[dict[str, Any]]:
+            return [d for d in ray.get(sched.decisions.remote(10))
+                    if d["outcome"] == "not relaunched" and "ledger-c" in d["victims"]]
+        note = dict(wait_for(forgotten, what="forgotten")[0]["notes"])["ledger-c"]
+        assert "RAY_KILL" in note
+        with pytest.raises(ray.exceptions.RayTaskError, match="ledger-c"):
+            ray.get(sched.stage.remote("ledger-c"))
+    finally:
+        forget(env, "ledger-c")

@@ -1,13 +1,27 @@
-"""Exactly once across node loss (A8) on a 3-node ``ray.cluster_utils.Cluster``.
+"""Exactly once across node loss (A8) on a 3-node ``ray.cluster_utils.Cluster``, and the
+user path onto a cluster: the demo submitted with ``ray job submit``.
 
 The node running a stateful stage is removed without grace mid-run; the stage is relaunched
 on another live node from its lease, every stage rolls back to the last committed step and
 the source is replayed. The committed output must equal the failure-free reference.
+
+The module's one Cluster has its head's job server on (``RAY_JOB_SERVER``): the last test
+submits ``python -m blockpoint demo`` to it with the real ``ray job submit`` CLI, the
+project's sources as the job's working dir, the S3 credentials and the checkpoint key in the
+job's ``runtime_env`` (the nodes were started with neither key nor store URL), and the store
+on the loopback S3 server - the command docs/OPERATIONS.md shows.
 """
 
 from __future__ import annotations
 
 import functools
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +37,9 @@ from stages.source import Enrich, GeneratedSource, RunningAggregate
 
 pytestmark = [pytest.mark.ray, pytest.mark.multinode]
 
+RAY_JOB_SERVER = True  # the ray_cluster fixture starts the head's job server
+ROOT = Path(__file__).resolve().parent.parent
+
 
 @pytest.mark.parametrize("backend", ["file", "s3"])
 def test_node_of_stateful_stage_removed_mid_run(s3_server: Any, ray_cluster: Any,
@@ -35,7 +52,8 @@ def test_node_of_stateful_stage_removed_mid_run(s3_server: Any, ray_cluster: Any
     store = (s3_server.url(f"pipeline-{tmp_path.name}") if backend == "s3"
              else str(tmp_path / "store"))
     # An object store is shared: pickle checkpoints there need a key or an explicit opt-out
-    # (the cluster's nodes were started without a key in their environment).
+    # (the cluster's nodes were started without a key in their environment; the key's way
+    # to the workers, the job's runtime_env, is the job test's below).
     unauth = backend == "s3"
     specs = [StageSpec("agg", RunningAggregate, store, block_size=64 * 1024, lease_ttl=5.0,
                        allow_unauthenticated=unauth),
@@ -74,3 +92,106 @@ def test_node_of_stateful_stage_removed_mid_run(s3_server: Any, ray_cluster: Any
     assert p.node_of("agg") not in (None, victim.node_id)  # restored on another live node
     assert res.finished and res.records_in == 4000
     assert sink.read_all() == run_reference(src, specs)  # record for record
+
+
+def _documented_job() -> tuple[dict[str, Any], list[str]]:
+    """The runtime env and the entrypoint of docs/OPERATIONS.md's "The demo as a job"."""
+    text = (ROOT / "docs" / "OPERATIONS.md").read_text()
+    block = re.search(r"```sh\n(.*?)```", text[text.index("### The demo as a job"):], re.S)
+    assert block, "docs/OPERATIONS.md lost its 'The demo as a job' command"
+    cmd = block.group(1)
+    assert cmd.startswith("ray job submit --address http://127.0.0.1:8265 --working-dir . ")
+    env = re.search(r"--runtime-env-json '(.*?)'", cmd, re.S)
+    assert env, cmd
+    return json.loads(env.group(1)), cmd.split(" -- ", 1)[1].split()
+
+
+def test_demo_submitted_with_ray_job_submit_on_s3(s3_server: Any, ray_cluster: Any,
+                                                   tmp_path: Path) -> None:
+    """``ray job submit`` of the demo against the S3 store: SUCCEEDED, exact, and every
+    checkpoint generation it left in the bucket carries a MAC that verifies under the job's
+    key (and not under another)."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+    from s3server import CREDENTIALS
+
+    from blockstore import open_store
+    from stages.reader import scan_slots
+
+    assert ray_cluster.job_address
+    # A copy of the project's sources, as a user's checkout would be uploaded.
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "__pycache__", ".pytest_cache", ".hypothesis", "*.egg-info"))
+    key = secrets.token_hex(16)
+    store = s3_server.url(f"job-{tmp_path.name}")
+    # The documented command, its placeholders filled in with this server and a fresh key.
+    doc_env, entrypoint = _documented_job()
+    assert set(doc_env) == {"excludes", "env_vars"}, doc_env
+    assert set(doc_env["env_vars"]) == {"BLOCKPOINT_STORE_URL", "BLOCKPOINT_CHECKPOINT_KEY"}
+    assert entrypoint == ["python", "-m", "blockpoint", "demo", "--quick"], entrypoint
+    runtime_env = {"excludes": doc_env["excludes"],
+                   "env_vars": {**CREDENTIALS, "BLOCKPOINT_STORE_URL": store,
+                                "BLOCKPOINT_CHECKPOINT_KEY": key}}
+    job_id = f"bp-demo-{secrets.token_hex(4)}"
+    t0 = time.monotonic()
+    # The real CLI, as a user runs it; it waits for the job and follows its logs.
+    proc = subprocess.run(
+        [str(Path(sys.executable).with_name("ray")), "job", "submit",
+         "--address", ray_cluster.job_address, "--submission-id", job_id,
+         "--working-dir", str(src), "--runtime-env-json", json.dumps(runtime_env),
+         "--", sys.executable, *entrypoint[1:], "--events", "24000", "--sketch-mib", "4"],
+        capture_output=True, text=True, timeout=240)
+    job_s = time.monotonic() - t0
+    client = JobSubmissionClient(ray_cluster.job_address)
+    info = client.get_job_info(job_id)
+    logs = client.get_job_logs(job_id)
+    print(f"ray job submit: {job_s:.1f} s, rc {proc.returncode}, job "
+          f"{((info.end_time or 0) - (info.start_time or 0)) / 1000:.1f} s\n{logs}")
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert info.status == JobStatus.SUCCEEDED, (info.status, info.message, logs[-4000:])
+    # The driver ran the uploaded working dir, not the editable install of this checkout.
+    m = re.search(r"^  driver runs blockpoint from (.+)$", logs, re.M)
+    assert m and "runtime_resources" in m.group(1), logs[-4000:]
+    m = re.search(r"^exact: ([\d,]+) records, 0 lost, 0 duplicated$", logs, re.M)
+    assert m and int(m.group(1).replace(",", "")) == 24000, logs[-4000:]
+    assert "killing the worker processes of stateful stage 'aggregate'" in logs, logs[-4000:]
+    assert re.search(r"scheduler restored 'aggregate' on \S+ from its checkpoint", logs), \
+        logs[-4000:]
+    assert re.search(r"checkpoints authenticated\s+yes: \d+ of \d+ generations", logs), \
+        logs[-4000:]
+    # The stage leases are in the bucket, under the run's own prefix, and MAC'd.
+    run_store = re.search(r"^  store (s3://\S+)$", logs, re.M)
+    assert run_store, logs[-4000:]
+    with open_store(run_store.group(1), create=False) as st:
+        names = {i.name for i in st.list_leases()}
+        assert {"normalize", "aggregate", "score", "tally"} <= names, names
+        for name in ("normalize", "aggregate", "score"):
+            headers = [s.header for s in scan_slots(st.open_reader(name))[1] if s.header]
+            assert headers and all(h.has_mac for h in headers), name
+    exe = Path(sys.executable).with_name("blockpoint")
+    for k, want in ((key, 0), ("not-the-key", 1)):
+        env = {**os.environ, "BLOCKPOINT_CHECKPOINT_KEY": k}
+        v = subprocess.run([str(exe), "verify", run_store.group(1)], capture_output=True,
+                           text=True, timeout=120, env=env)
+        assert v.returncode == want, v.stdout + v.stderr
+        if want:
+            assert "MAC mismatch" in v.stdout, v.stdout
+
+
+def test_attached_driver_from_a_shell_hands_its_key_to_every_node(ray_cluster: Any) -> None:
+    """``blockpoint demo --address`` outside a job: the driver's checkpoint key reaches a
+    worker on every node (the nodes were started without one), checked the demo's way."""
+    script = (
+        "from blockpoint.demo_cluster import AttachedDemoCluster\n"
+        "from blockpoint.demo_store import check_key_reaches, key_fingerprint\n"
+        f"c = AttachedDemoCluster({ray_cluster.address!r})\n"
+        "c.start()\n"
+        "check_key_reaches([c.head_node_id, *c.workers], key_fingerprint())\n"
+        "print('reaches', 1 + len(c.workers))\n"
+        "c.close()\n")
+    env = {**os.environ, "BLOCKPOINT_CHECKPOINT_KEY": secrets.token_hex(16)}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split()[-2:] == ["reaches", "3"], proc.stdout

@@ -301,10 +301,13 @@ def test_property_restore_is_always_the_last_committed_state(ops, retention) -> 
 
 
 def test_torn_first_header_is_an_uncommitted_write(tmp_path: Path) -> None:
-    """A crash tearing the very first header write leaves no checkpoint, not a corrupt one."""
+    """A crash tearing the very first header write leaves no checkpoint, not a corrupt one.
+
+    (12 KiB in 1 KiB blocks: the inline map makes the header longer than the half block a
+    tear writes.)"""
     faulty = FaultyStore(FileStore(tmp_path / "s", 1024))
     lease = faulty.acquire("stage")
-    css = CheckpointedStageState(_state(1, 20 * 1024, False), lease, compression="none")
+    css = CheckpointedStageState(_state(1, 12 * 1024, False), lease, compression="none")
     _, counted = _attempt_first(tmp_path / "count")
     faulty.crash_after(counted - 1, torn=True)  # tear the header (the last block write)
     with pytest.raises(CheckpointFailed):
@@ -317,14 +320,14 @@ def test_torn_first_header_is_an_uncommitted_write(tmp_path: Path) -> None:
     assert [r.status.split(":")[0] for r in reports if not r.status == "empty"] == ["uncommitted"]
     assert not any(r.corrupt for r in reports)
     css.checkpoint()  # the writer goes on; the torn slot is reused
-    assert _same(CheckpointedStageState.restore(reader).state, _state(1, 20 * 1024, False))
+    assert _same(CheckpointedStageState.restore(reader).state, _state(1, 12 * 1024, False))
     faulty.close()
 
 
 def _attempt_first(root: Path) -> tuple[bool, int]:
     faulty = FaultyStore(FileStore(root, 1024))
     lease = faulty.acquire("stage")
-    CheckpointedStageState(_state(1, 20 * 1024, False), lease, compression="none").checkpoint()
+    CheckpointedStageState(_state(1, 12 * 1024, False), lease, compression="none").checkpoint()
     n = faulty.block_writes
     faulty.close()
     return True, n

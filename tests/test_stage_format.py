@@ -59,7 +59,7 @@ def test_header_parsed_per_format_md(tmp_path: Path) -> None:
     header, names = _struct_of(fixed)
     assert header.size == 176
     entry, _ = _struct_of(_table("### 2.2 Block map entry"))
-    assert entry.size == 32
+    assert entry.size == 48
     bs = 4096
     arr = np.random.default_rng(0).random(3000)
     with FileStore(tmp_path / "s", bs) as store, store.acquire("fmt") as lease:
@@ -69,7 +69,7 @@ def test_header_parsed_per_format_md(tmp_path: Path) -> None:
     block = raw[:bs]  # generation 1 is in slot 0
     f = dict(zip(names, header.unpack_from(block, 0)))
     assert f["magic `PCHK`"] == b"PCHK"
-    assert f["format version"] == 2
+    assert f["format version"] == 3
     assert f["data length"] == info.data_length
     assert f["generation"] == 1 and f["step"] == 9
     assert f["created_at"] == pytest.approx(info.created_at)
@@ -81,7 +81,8 @@ def test_header_parsed_per_format_md(tmp_path: Path) -> None:
     m, n = f["metadata length M"], f["chunk count N"]
     assert json.loads(block[176:176 + m]) == {"source_position": 1234}
     length = f["header length H = 176 + M +"]
-    assert length == 176 + m + 32 * n
+    assert length == 176 + m + 48 * n
+    assert f["incremental depth"] == 0
     assert f["payload MAC"] == bytes(32)  # no key: no MACs
     covered = bytearray(block[:length])
     covered[136:140] = bytes(4)
@@ -89,18 +90,19 @@ def test_header_parsed_per_format_md(tmp_path: Path) -> None:
     assert crc32c(bytes(covered)) == crc
     assert block[length:length + 4] == b"KHCP"  # the trailer (FORMAT.md 2.1)
     assert struct.unpack_from("<I", block, length + 4)[0] == crc
-    entries = [entry.unpack_from(block, 176 + m + 32 * i) for i in range(n)]
+    entries = [entry.unpack_from(block, 176 + m + 48 * i) for i in range(n)]
     inline = block[176 + m:length]
     assert crc32c(inline) == f["map CRC-32C"]
     total = 0
-    for phys, off, stored, rawlen, crc, flags in entries:
+    for phys, off, stored, rawlen, crc, flags, digest in entries:
         assert phys >= 3
         assert crc32c(raw[phys * bs + off:phys * bs + off + stored]) == crc
         assert flags in (0, 1)
+        assert digest == bytes(16)  # not incremental: no content hashes (flag bit 2 clear)
         total += rawlen
     assert total == info.data_length
     # the payload starts with its segment table (FORMAT.md 2.4): pickle stream + 1 buffer
-    phys, off, stored, rawlen, _, flags = entries[0]
+    phys, off, stored, rawlen, _, flags, _ = entries[0]
     chunk = raw[phys * bs + off:phys * bs + off + stored]
     if flags == 1:
         chunk = zstandard.ZstdDecompressor().decompress(chunk, max_output_size=rawlen)
@@ -108,6 +110,41 @@ def test_header_parsed_per_format_md(tmp_path: Path) -> None:
     assert (count, reserved) == (2, 0)
     (off1, len1) = struct.unpack_from("<QQ", chunk, 8 + 16)
     assert len1 == arr.nbytes and off1 % 64 == 0
+
+
+def test_incremental_entries_parsed_per_format_md(tmp_path: Path) -> None:
+    """Version 3 with content hashes (flag bit 2): each entry's hash is XXH3-128 of the raw
+    chunk; the second generation's unchanged chunks are the first's entries, byte for byte,
+    and its header says depth 1 (FORMAT.md 2.1, 2.2, 4)."""
+    import xxhash
+
+    fixed = [r for r in _table("### 2.1 Header block") if r[0] < 176 and r[1] < 100]
+    header, names = _struct_of(fixed)
+    entry, _ = _struct_of(_table("### 2.2 Block map entry"))
+    bs = 4096
+    arr = np.random.default_rng(1).integers(0, 256, 10 * bs, dtype=np.uint8)
+    with FileStore(tmp_path / "s", bs) as store, store.acquire("fmt") as lease:
+        css = CheckpointedStageState({"arr": arr}, lease, incremental=True, compression="none")
+        css.checkpoint()
+        arr[5 * bs] ^= 1  # one chunk changes
+        info = css.checkpoint()
+        raw = (tmp_path / "s" / "leases" / f"{lease.lease_id}.dat").read_bytes()
+    assert info.depth == 1 and info.chunks_written == 1  # one byte: one chunk rewritten
+    maps = []
+    for slot in (0, 1):
+        block = raw[slot * bs:(slot + 1) * bs]
+        f = dict(zip(names, header.unpack_from(block, 0)))
+        assert f["format version"] == 3 and f["flags"] == 4
+        assert f["incremental depth"] == slot  # generation 1 full, generation 2 reuses
+        m, n = f["metadata length M"], f["chunk count N"]
+        es = [entry.unpack_from(block, 176 + m + 48 * i) for i in range(n)]
+        for phys, off, stored, rawlen, crc, flags, digest in es:
+            assert flags == 0 and stored == rawlen
+            assert digest == xxhash.xxh3_128_digest(raw[phys * bs:phys * bs + rawlen])
+        maps.append(es)
+    shared = [a for a, b in zip(maps[0], maps[1]) if a == b]
+    assert len(shared) == len(maps[0]) - 1
+    assert info.chunks_reused == len(shared)
 
 
 def test_document_header_parsed_per_format_md(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ import pytest
 
 from blockstore import FileStore, KeyRing, MemoryStore, SlottedDocument, resolve_keys
 from blockstore.keys import KEY_ENV, OLD_KEYS_ENV
-from scheduler.errors import RegistryError
+from scheduler.errors import RegistryError, RegistryKeyRequired
 from scheduler.registry import RegistryStore
 from stages import (
     CheckpointAuthError,
@@ -215,3 +215,25 @@ def test_key_reaches_actors_through_the_runtime_env(ray_local: None, tmp_path: P
     with pytest.raises(ray.exceptions.RayTaskError) as err:
         ray.get(bare.write.remote(root, "bare"))
     assert isinstance(err.value.cause, CheckpointKeyRequired)
+
+
+def test_registry_on_a_shared_store_needs_a_key(monkeypatch: pytest.MonkeyPatch,
+                                                tmp_path: Path) -> None:
+    # The registry's pickles are loaded by the scheduler: on a shared store, no key = refused.
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    store = FileStore(tmp_path / "shared", BS, shared=True)
+    with pytest.raises(RegistryKeyRequired, match="BLOCKPOINT_CHECKPOINT_KEY"):
+        RegistryStore(store, "_reg")
+    assert store.list_leases() == []  # refused before anything was written
+    with RegistryStore(store, "_reg", allow_unauthenticated=True) as reg:
+        reg.save({"n": 1})
+    monkeypatch.setenv(KEY_ENV, "reg-A")
+    with pytest.raises(RegistryError, match="no MAC"):  # not trusted once a key is set
+        RegistryStore(store, "_reg").load()
+    keyed = FileStore(tmp_path / "keyed", BS, shared=True)
+    with RegistryStore(keyed, "_reg") as reg:
+        reg.save({"n": 2})
+    assert RegistryStore(keyed, "_reg").load().document == {"n": 2}
+    keyed.close()
+    store.close()
+

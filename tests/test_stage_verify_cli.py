@@ -61,7 +61,7 @@ def test_verify_table_ok(store_path: Path, capsys) -> None:
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert lines[0].split() == ["LEASE", "SLOT", "GENERATION", "STEP", "SIZE", "CODEC", "RATIO",
-                                "STATUS"]
+                                "SHARED", "STATUS"]
     alpha = [ln for ln in lines if ln.startswith("alpha")]
     assert len(alpha) == 2 and all(ln.rstrip().endswith("ok") for ln in alpha)
     assert any(ln.startswith("registry") and "not a checkpoint" in ln for ln in lines)
@@ -91,6 +91,23 @@ def test_verify_with_key(store_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.setenv("MY_KEY", "wrong")
     assert main(["verify", str(store_path), "mac", "--key-env", "MY_KEY"]) == 1
     assert "MAC mismatch" in capsys.readouterr().out
+
+
+def test_verify_accepts_rotated_out_keys(store_path: Path, monkeypatch, capsys) -> None:
+    # After a key rotation the old generations carry MACs of the old key: verify must check
+    # them against $BLOCKPOINT_CHECKPOINT_OLD_KEYS like restore does, not call them corrupt.
+    monkeypatch.setenv("BLOCKPOINT_CHECKPOINT_KEY", "the-new-key")
+    monkeypatch.setenv("BLOCKPOINT_CHECKPOINT_OLD_KEYS", "older,sekrit")
+    assert main(["verify", str(store_path), "mac"]) == 0
+    monkeypatch.setenv("BLOCKPOINT_CHECKPOINT_OLD_KEYS", "older")
+    assert main(["verify", str(store_path), "mac"]) == 1
+    assert "MAC mismatch" in capsys.readouterr().out
+    monkeypatch.setenv("MY_KEY", "the-new-key")
+    monkeypatch.setenv("BLOCKPOINT_CHECKPOINT_OLD_KEYS", "sekrit")
+    assert main(["verify", str(store_path), "mac", "--key-env", "MY_KEY"]) == 0
+    monkeypatch.delenv("BLOCKPOINT_CHECKPOINT_KEY")
+    assert main(["verify", str(store_path), "mac"]) == 2  # old keys without a current one
+    assert "OLD_KEYS" in capsys.readouterr().err
 
 
 def test_verify_as_a_subprocess(store_path: Path) -> None:

@@ -1,0 +1,177 @@
+"""The demo's store and key: a fresh place per run, and checkpoints authenticated where the
+store is shared.
+
+* **A store given to the demo** (``--store URL``, else ``$BLOCKPOINT_STORE_URL``, the
+  variable ``cluster.yaml`` exports on every node; any URL of ``blockstore/urls.py``) is
+  never written at its root: each run takes a fresh place under it, ``demo-<UTC time>-<6
+  hex>`` (a sub-prefix of an object store, a subdirectory of a file store). A run must never
+  restore an earlier run's checkpoints - its stages would start from that run's end state
+  and the exactness check would compare against the wrong start - and nothing else in the
+  store is touched. Without a store the demo uses a directory in its work dir, as before.
+* ``memory://`` is refused: a memory store lives in one process; the stages run in others.
+* **Keys.** On a shared store (one that declares ``capabilities.shared``: an object store)
+  pickle checkpoints need a key, and the demo never opts out (``allow_unauthenticated``
+  stays False). The key is ``$BLOCKPOINT_CHECKPOINT_KEY`` (``blockstore/keys.py``), read
+  where each state is opened - in the stage's worker process - so it must reach every
+  worker: through the job's ``runtime_env={"env_vars": ...}`` under ``ray job submit``.
+  Before the run the demo checks that the driver has a key and that the same key reaches
+  a worker on every node (a zero-CPU task per node compares a fingerprint), so a missing or
+  different key is one clear error at the start instead of ``CheckpointKeyRequired`` or a
+  MAC mismatch in the middle. After the run it verifies every generation of its leases
+  with the key (MACs included) and reports the count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from .errors import DemoSetupError
+
+__all__ = ["STORE_ENV", "AuthReport", "check_key", "check_key_reaches", "key_fingerprint",
+           "run_store_url", "verify_authenticated"]
+
+#: The environment variable naming the cluster's store (cluster.yaml, docs/OPERATIONS.md).
+STORE_ENV = "BLOCKPOINT_STORE_URL"
+_FINGERPRINT_TAG = b"blockpoint demo key fingerprint\0"
+
+
+def run_store_url(base: str, run_id: str | None = None) -> str:
+    """A fresh store place for one run under ``base`` (see the module docstring).
+
+    Raises:
+        DemoSetupError: ``base`` is a memory store.
+        blockstore.StoreURLError: ``base`` is not a store URL (its ``part`` names why).
+    """
+    from blockstore import parse_store_url
+
+    url = parse_store_url(base)
+    run_id = run_id or time.strftime("demo-%Y%m%d-%H%M%S-", time.gmtime()) + secrets.token_hex(3)
+    if url.scheme == "memory":
+        raise DemoSetupError(f"store {base!r}: a memory store lives in one process, and the "
+                             "demo's stages run in other processes; use a directory every "
+                             "node reaches or an object store", what="store")
+    if url.is_object_store:
+        prefix = f"{url.prefix}/{run_id}" if url.prefix else run_id
+        return type(url)(url.scheme, url.location, prefix, url.options).to_url()
+    return os.path.join(url.location, run_id)
+
+
+def key_fingerprint(environ: Mapping[str, str] | None = None) -> str | None:
+    """A short, non-secret fingerprint of the current checkpoint key, or ``None`` if unset.
+
+    Raises:
+        DemoSetupError: the key setting is malformed (e.g. old keys without a current one).
+    """
+    from blockstore.keys import resolve_keys
+
+    try:
+        ring = resolve_keys(None, environ=environ)
+    except (ValueError, TypeError) as exc:
+        raise DemoSetupError(f"checkpoint key: {exc}", what="key") from exc
+    if ring is None:
+        return None
+    return hmac.new(ring.current, _FINGERPRINT_TAG, hashlib.sha256).hexdigest()[:12]
+
+
+def check_key(store_url: str, *, shared: bool) -> str | None:
+    """The driver's key fingerprint; a shared store without a key is refused.
+
+    Raises:
+        DemoSetupError: ``shared`` and no key is configured.
+    """
+    from blockstore.keys import KEY_ENV
+
+    fp = key_fingerprint()
+    if shared and fp is None:
+        raise DemoSetupError(
+            f"store {store_url} is shared (an object store): its pickle checkpoints must be "
+            f"authenticated, and ${KEY_ENV} is not set. Set it for the driver and every worker "
+            f"- under `ray job submit`: --runtime-env-json '{{\"env_vars\": {{\"{KEY_ENV}\": "
+            "\"...\"}}}}' (docs/OPERATIONS.md, Security)", what="key")
+    return fp
+
+
+def _worker_fingerprint() -> tuple[str, str | None]:
+    import ray
+
+    return ray.get_runtime_context().get_node_id(), key_fingerprint()
+
+
+def check_key_reaches(node_ids: Sequence[str], fingerprint: str, *,
+                      timeout: float = 60.0) -> None:
+    """Check, with one zero-CPU task pinned to each node, that the job's workers there see
+    the driver's key (same fingerprint).
+
+    Raises:
+        DemoSetupError: a node's workers have no key or another one.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from blockstore.keys import KEY_ENV
+
+    task = ray.remote(num_cpus=0, max_retries=0)(_worker_fingerprint)
+    refs = [task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False))
+            .remote() for n in node_ids]
+    seen = dict(ray.get(refs, timeout=timeout))
+    wrong = sorted(n[:8] for n in node_ids if seen.get(n) != fingerprint)
+    if wrong:
+        missing = [n[:8] for n in node_ids if seen.get(n) is None]
+        raise DemoSetupError(
+            f"the checkpoint key does not reach the workers on node(s) {', '.join(wrong)} "
+            f"({'no key' if missing else 'another key'} there): pass ${KEY_ENV} in the job's "
+            "runtime_env env_vars, so that every worker of the job has it", what="key")
+
+
+@dataclass(frozen=True, slots=True)
+class AuthReport:
+    """What the post-run verification found.
+
+    Attributes:
+        keyed: a key was configured (every generation must then carry a valid MAC).
+        verified: committed generations that verified (checksums, and MACs when keyed).
+        failed: committed generations that did not (a MAC missing or wrong counts here).
+    """
+
+    keyed: bool
+    verified: int
+    failed: int
+
+    @property
+    def authenticated(self) -> bool:
+        """Every committed generation carries a MAC that verified under the key."""
+        return self.keyed and self.verified > 0 and self.failed == 0
+
+    def describe(self) -> str:
+        if not self.keyed:
+            return f"no (no key; {self.verified} generations verified by CRC-32C only)"
+        if self.authenticated:
+            return f"yes: {self.verified} of {self.verified} generations, HMAC-SHA256 verified"
+        return f"NO: {self.failed} of {self.verified + self.failed} generations fail the MAC"
+
+
+def verify_authenticated(store_url: str, leases: Sequence[str]) -> AuthReport:
+    """Verify every generation of ``leases`` (absent ones skipped) with the configured key."""
+    from blockstore import open_store
+    from stages import NoCheckpointError, verify_lease
+
+    keyed = key_fingerprint() is not None
+    ok = bad = 0
+    with open_store(store_url, create=False) as store:
+        for name in leases:
+            info = store.find(name)
+            if info is None:
+                continue
+            try:
+                reports = verify_lease(store.open_reader(info.lease_id))
+            except NoCheckpointError:
+                continue
+            ok += sum(1 for r in reports if r.status == "ok")
+            bad += sum(1 for r in reports if r.corrupt)
+    return AuthReport(keyed=keyed, verified=ok, failed=bad)

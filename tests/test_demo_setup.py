@@ -1,0 +1,82 @@
+"""``blockpoint demo``'s setup on a cluster, refused or prepared before any Ray starts: a
+fresh store place per run, a shared store without a key, stores and addresses no stage can
+use. (The runs themselves: tests/test_demo.py locally, tests/test_pipeline_cluster.py as a
+``ray job submit`` job.)"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from blockpoint.demo_store import key_fingerprint, run_store_url
+from blockpoint.errors import DemoSetupError
+from blockstore import StoreURLError, parse_store_url
+
+
+def test_each_run_takes_a_fresh_place_under_the_store(tmp_path: Path) -> None:
+    s3 = "s3://bucket-a/ckpt/team?endpoint_url=http://127.0.0.1:9000&region=us-east-1"
+    u = parse_store_url(run_store_url(s3, "demo-1"))
+    assert (u.scheme, u.location, u.prefix) == ("s3", "bucket-a", "ckpt/team/demo-1")
+    assert u.option("endpoint_url") == "http://127.0.0.1:9000" and u.option("region") == "us-east-1"
+    assert parse_store_url(run_store_url("s3://bucket-a", "demo-1")).prefix == "demo-1"
+    assert run_store_url(str(tmp_path), "demo-1") == str(tmp_path / "demo-1")
+    assert run_store_url(f"file://{tmp_path}", "demo-1") == str(tmp_path / "demo-1")
+    a, b = run_store_url(str(tmp_path)), run_store_url(str(tmp_path))
+    assert a != b and Path(a).name.startswith("demo-")
+    with pytest.raises(DemoSetupError, match="memory store lives in one process"):
+        run_store_url("memory://x")
+    with pytest.raises(StoreURLError):
+        run_store_url("s3://A_bad_bucket/x")
+
+
+def test_key_fingerprint_names_no_secret() -> None:
+    fp = key_fingerprint({"BLOCKPOINT_CHECKPOINT_KEY": "k" * 32})
+    assert fp and len(fp) == 12 and "k" not in fp
+    assert fp == key_fingerprint({"BLOCKPOINT_CHECKPOINT_KEY": "k" * 32})
+    assert fp != key_fingerprint({"BLOCKPOINT_CHECKPOINT_KEY": "j" * 32})
+    assert key_fingerprint({}) is None
+    with pytest.raises(DemoSetupError, match="OLD_KEYS"):
+        key_fingerprint({"BLOCKPOINT_CHECKPOINT_OLD_KEYS": "a"})
+
+
+def _demo(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    exe = Path(sys.executable).with_name("blockpoint")
+    return subprocess.run([str(exe), "demo", "--quick", *args], capture_output=True,
+                          text=True, timeout=120, env=env)
+
+
+def test_shared_store_without_key_is_refused_before_anything_runs(s3_server: Any) -> None:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("BLOCKPOINT_CHECKPOINT_KEY", "RAY_ADDRESS")}
+    env["BLOCKPOINT_STORE_URL"] = s3_server.url("demo-nokey")
+    proc = _demo(env=env)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "is shared" in proc.stderr and "BLOCKPOINT_CHECKPOINT_KEY" in proc.stderr
+    assert "starting a 3-node" not in proc.stdout  # refused before a cluster started
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("args, extra, why", [
+    (["--store", "memory://m"], {}, "memory store lives in one process"),
+    (["--address", "http://127.0.0.1:8265", "--store", "/tmp/x"], {}, "dashboard"),
+    (["--address", "auto"], {}, "needs a store every node reaches"),
+    ([], {"RAY_ADDRESS": "127.0.0.1:1"}, "needs a store every node reaches"),
+    (["--store", "s3://bp-test/x?region=us-east-1&endpoint_url=http://127.0.0.1:1"], {},
+     "cannot open the store"),
+    (["--store", "s3://x/y"], {}, "bucket"),
+])
+def test_setups_no_stage_could_use_are_refused(args: list[str], extra: dict[str, str],
+                                               why: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "BLOCKPOINT_STORE_URL")}
+    env.update(extra)
+    env["BLOCKPOINT_CHECKPOINT_KEY"] = "k" * 32
+    env.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    env.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    proc = _demo(*args, env=env)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert why in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
