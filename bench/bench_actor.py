@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from .bench_checkpoint import _best
+from .limits import best as _best
 
 __all__ = ["run"]
 

@@ -15,7 +15,8 @@ on a fresh saver; the median and the mean of each call are reported in milliseco
 Contenders whose package is not installed are skipped. On a shared VM the file figures vary
 with the disk; compare rows of one run.
 
-Run ``python -m bench.bench_langgraph [--quick]`` for a table; :func:`run` returns the rows.
+Run ``blockpoint bench --only langgraph`` or ``python -m bench.bench_langgraph [--quick]`` for
+a table; :func:`run` returns the rows.
 """
 
 from __future__ import annotations
@@ -128,17 +129,19 @@ def run(quick: bool = False, n: int | None = None) -> list[dict[str, Any]]:
     return rows
 
 
+COLUMNS = ["saver", "rounds", "put_ms_p50", "put_ms_mean", "put_writes_ms_p50",
+           "put_writes_ms_mean", "get_tuple_ms_p50", "get_tuple_ms_mean", "skipped"]
+
+
 def main() -> None:
+    from blockpoint.table import print_rows
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    for row in run(quick=args.quick):
-        if "skipped" in row:
-            print(f"{row['saver']:36s} skipped: {row['skipped']}")
-            continue
-        print(f"{row['saver']:36s} " + "  ".join(
-            f"{k[:-7]} p50 {row[k]:7.3f} ms (mean {row[k.replace('p50', 'mean')]:7.3f})"
-            for k in row if k.endswith("_ms_p50")))
+    rows = [{k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}
+            for r in run(quick=args.quick)]
+    print_rows(rows, COLUMNS)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,13 @@ Peers: ``np.save``, ``pickle`` (protocol 5), ``torch.save`` and
 Ray Train's ``Checkpoint.from_directory`` persisted to a storage path (when
 ``ray[train]`` is installed), and blockpoint's synchronous and asynchronous checkpoints
 (the stall and the whole flush). States: a 256 MiB float32 array, a dict of 1 M small
-tuples, a mixed state (arrays and small objects); 1 GiB float32 with ``full=True``.
-A missing peer is reported as a row with ``note`` = "not installed".
+tuples, a mixed state (arrays and small objects), and a 1 GiB float32 array - measured
+with fewer repeats (:data:`BIG_REPEAT`, said in each row's ``note``): 1 GiB x every peer x
+5 medians takes many minutes on a 2-core VM. ``quick`` skips it. The raw limits come from
+:func:`bench.limits.raw_limits`, the same helper every table uses.
+A missing peer is reported as a row with ``note`` = "not installed". blockpoint's rows are
+steady state (its lease already holds both retained generations and is rewritten in place);
+every peer rewrites its own file or directory.
 """
 
 from __future__ import annotations
@@ -22,41 +27,27 @@ import pickle
 import shutil
 import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-__all__ = ["run"]
+from bench.limits import MiB, fsync_tree, median, ratio, raw_limits
 
-MiB = 1 << 20
+__all__ = ["BIG_REPEAT", "run"]
+
 BLOCK = 1 << 20
+#: Repeats for the 1 GiB state (each row says so).
+BIG_REPEAT = 2
+BIG = "numpy 1 GiB"
+
+_median = median  # the names bench_plots imports
+_fsync_tree = fsync_tree
 
 
-def _fsync_tree(path: str) -> None:
-    for dirpath, _, files in os.walk(path):
-        for name in files:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fd = os.open(dirpath, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _median(fn: Callable[[], Any], repeat: int) -> float:
-    fn()  # warm up: allocations, page cache, lazy imports
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+def _raw_limits(root: str, nbytes: int, repeat: int) -> dict[str, float]:
+    lim = raw_limits(root, nbytes, repeat)
+    return {"new": lim.new, "overwrite": lim.overwrite, "read": lim.read}
 
 
 def _states(full: bool, quick: bool) -> dict[str, Any]:
@@ -70,46 +61,14 @@ def _states(full: bool, quick: bool) -> dict[str, Any]:
                     "ids": np.arange(n // 16, dtype=np.int64),
                     "meta": {f"user{i}": [i, i * 2] for i in range(small // 10)}}
     if full:
-        out["numpy 1 GiB"] = {"weights": rng.random(1024 * MiB // 4, dtype=np.float32)}
+        out[BIG] = {"weights": rng.random(1024 * MiB // 4, dtype=np.float32)}
     return out
 
 
 def _nbytes(state: Any) -> int:
-    return len(pickle.dumps(state, protocol=5))
+    from stages import codec as codecs
 
-
-def _raw_limits(root: str, nbytes: int, repeat: int) -> dict[str, float]:
-    data = np.random.default_rng(1).integers(0, 255, nbytes, dtype=np.uint8)
-    path = os.path.join(root, "raw.bin")
-
-    def new_file() -> None:
-        with open(path + ".new", "wb") as f:
-            f.write(memoryview(data))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(path + ".new", path)
-        fd = os.open(root, os.O_RDONLY)
-        os.fsync(fd)
-        os.close(fd)
-
-    def overwrite() -> None:
-        fd = os.open(path, os.O_WRONLY)
-        try:
-            mv = memoryview(data)
-            pos = 0
-            while pos < nbytes:
-                pos += os.pwrite(fd, mv[pos:pos + 64 * MiB], pos)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    def read() -> None:
-        buf = np.empty(nbytes, dtype=np.uint8)
-        with open(path, "rb", buffering=0) as f:
-            f.readinto(buf)
-
-    return {"new": _median(new_file, repeat), "overwrite": _median(overwrite, repeat),
-            "read": _median(read, repeat)}
+    return codecs.encode(state, "pickle").length  # what a checkpoint writes (pickle-5 framed)
 
 
 def _peers(root: str, state: Any) -> dict[str, tuple[Callable[[], Any], Callable[[], Any]] | str]:
@@ -160,7 +119,7 @@ def _peers(root: str, state: Any) -> dict[str, tuple[Callable[[], Any], Callable
             def d_save() -> None:
                 shutil.rmtree(dcp_dir, ignore_errors=True)
                 dcp.save(tensors, checkpoint_id=dcp_dir)
-                _fsync_tree(dcp_dir)
+                fsync_tree(dcp_dir)
 
             def d_load() -> None:
                 target = {k: torch.empty_like(v) for k, v in tensors.items()}
@@ -183,7 +142,7 @@ def _peers(root: str, state: Any) -> dict[str, tuple[Callable[[], Any], Callable
             with open(os.path.join(local, "state.pkl"), "wb") as f:
                 pickle.dump(state, f, protocol=5)
             Checkpoint.from_directory(local).to_directory(storage)   # persist
-            _fsync_tree(storage)
+            fsync_tree(storage)
 
         def rt_load() -> Any:
             back = os.path.join(root, "rt-back")
@@ -203,6 +162,8 @@ def _ours(root: str, state: Any) -> tuple[Callable[[], Any], Callable[[], Any],
     store = open_store(os.path.join(root, "bp"), block_size=BLOCK)
     lease = store.acquire("bench")
     css = CheckpointedStageState(state, lease)
+    css.checkpoint()  # steady state: the lease sized for both retained generations, as a
+    #                   stage's lease is after its first checkpoints (median() warms up once more)
     reader = store.open_reader("bench")
     stalls: list[float] = []
 
@@ -219,50 +180,63 @@ def _ours(root: str, state: Any) -> tuple[Callable[[], Any], Callable[[], Any],
     return sync, asynchronous, load, stalls
 
 
-def run(quick: bool = False, full: bool = False, repeat: int | None = None) -> list[dict[str, Any]]:
-    """Rows: state, op, seconds, ratio to the raw limits of the same bytes."""
-    repeat = repeat or (2 if quick else 5)
+def run(quick: bool = False, full: bool = True, repeat: int | None = None
+        ) -> list[dict[str, Any]]:
+    """Rows: state, op, seconds, ratio to the raw limits of the same bytes.
+
+    ``full`` (default) includes the 1 GiB state, with :data:`BIG_REPEAT` repeats; ``quick``
+    uses small states, two repeats and never the 1 GiB one.
+    """
+    base_repeat = repeat or (2 if quick else 5)
     rows: list[dict[str, Any]] = []
-    for label, state in _states(full, quick).items():
+    for label, state in _states(full and not quick, quick).items():
+        rep = min(base_repeat, BIG_REPEAT) if label == BIG else base_repeat
+        tag = f"median of {rep}" if label == BIG else ""
         root = tempfile.mkdtemp(prefix="bp-peers-")
         try:
             nbytes = _nbytes(state)
-            raw = _raw_limits(root, nbytes, repeat)
+            raw = raw_limits(root, nbytes, rep)
 
             def row(op: str, secs: float | None, note: str = "") -> dict[str, Any]:
                 r: dict[str, Any] = {"state": label, "MiB": round(nbytes / MiB, 1), "op": op,
                                      "seconds": None if secs is None else round(secs, 4)}
                 if secs is not None and op.startswith("load"):
-                    r["/ raw read"] = round(secs / raw["read"], 3)
+                    r["/ raw read"] = ratio(secs, raw.read)
                 elif secs is not None:
-                    r["/ raw new file"] = round(secs / raw["new"], 3)
-                    r["/ raw overwrite"] = round(secs / raw["overwrite"], 3)
+                    r["/ raw new file"] = ratio(secs, raw.new)
+                    r["/ raw overwrite"] = ratio(secs, raw.overwrite)
+                note = "; ".join(x for x in (note, tag) if x)
                 if note:
                     r["note"] = note
                 return r
 
-            rows += [row("raw new file + fsync", raw["new"]),
-                     row("raw overwrite + fsync", raw["overwrite"]),
-                     row("load: raw read into np.empty", raw["read"])]
+            rows += [row("raw new file + fsync", raw.new),
+                     row("raw overwrite + fsync", raw.overwrite),
+                     row("load: raw read into np.empty", raw.read)]
             sync, asynchronous, load, stalls = _ours(root, state)
-            t_sync = _median(sync, repeat)
-            t_async = _median(asynchronous, repeat)
+            t_sync = median(sync, rep)
+            t_async = median(asynchronous, rep)
+            stall = statistics.median(stalls[1:])  # the first one is the warm-up
             rows += [row("blockpoint checkpoint", t_sync),
-                     row("blockpoint async: stall", statistics.median(stalls),
-                         note=f"{statistics.median(stalls) / t_sync:.3f}x the sync one"),
+                     row("blockpoint async: stall", stall,
+                         note=f"{stall / t_sync:.3f}x the sync one"),
                      row("blockpoint async: whole flush", t_async,
                          note=f"{t_async / t_sync:.3f}x the sync one"),
-                     row("load: blockpoint restore (verified)", _median(load, repeat))]
+                     row("load: blockpoint restore (verified)", median(load, rep))]
             for name, peer in _peers(root, state).items():
                 if isinstance(peer, str):
                     rows.append(row(name, None, note=peer))
                     continue
                 save, peer_load = peer
-                rows.append(row(name, _median(save, repeat)))
-                rows.append(row(f"load: {name}", _median(peer_load, repeat)))
+                rows.append(row(name, median(save, rep)))
+                rows.append(row(f"load: {name}", median(peer_load, rep)))
         finally:
             shutil.rmtree(root, ignore_errors=True)
     return rows
+
+
+COLUMNS = ["state", "MiB", "op", "seconds", "/ raw new file", "/ raw overwrite", "/ raw read",
+           "note"]
 
 
 def main() -> None:
@@ -272,11 +246,9 @@ def main() -> None:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--full", action="store_true", help="also 1 GiB")
+    p.add_argument("--no-big", action="store_true", help="skip the 1 GiB state")
     args = p.parse_args()
-    rows = run(quick=args.quick, full=args.full)
-    print_rows(rows, ["state", "MiB", "op", "seconds", "/ raw new file", "/ raw overwrite",
-                      "/ raw read", "note"])
+    print_rows(run(quick=args.quick, full=not args.no_big), COLUMNS)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ def sweep(sizes_mib: tuple[int, ...] = (16, 64, 128, 256), repeat: int = 3
             rows.append({"MiB": size, "op": "blockpoint sync", "seconds": _median(sync, repeat)})
             whole = _median(asynchronous, repeat)
             rows.append({"MiB": size, "op": "blockpoint async (stall)",
-                         "seconds": float(np.median(stalls))})
+                         "seconds": float(np.median(stalls[1:]))})
             rows.append({"MiB": size, "op": "blockpoint async (whole flush)", "seconds": whole})
             for name, peer in _peers(root, state).items():
                 if name in ("np.save", "pickle", "torch.save") and not isinstance(peer, str):

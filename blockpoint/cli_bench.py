@@ -31,6 +31,7 @@ BENCHES: dict[str, str] = {
     "actor": "bench.bench_actor",
     "async": "bench.bench_async",
     "pipeline": "bench.bench_pipeline",
+    "langgraph": "bench.bench_langgraph",
 }
 
 

@@ -28,6 +28,9 @@ Data files are opened through a bounded LRU of descriptors (``blockstore/fdcache
 closed on eviction, release and delete, so a process may touch any number of leases.
 
 Durability: ``flush`` fsyncs the data file. Record changes are durable when they return.
+A write of 1 MiB or more also starts the kernel's write-back of what it wrote
+(:func:`~blockstore.fileio.start_writeback`), so a later ``flush`` waits for less; it orders
+and guarantees nothing by itself.
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ from .fileio import (
     index_runs,
     pwritev_all,
     runs,
+    start_writeback,
     zero_range,
 )
 from .lease import LeaseInfo
@@ -405,8 +409,13 @@ class FileStore(BlockStore):
                datas: Sequence[memoryview]) -> None:
         bs = self.block_size
         with self._writing(lease_id, epoch, indices, "write to") as fd:
+            lo, hi = None, 0
             for start, bufs in runs(indices, datas, bs):
                 pwritev_all(fd, bufs, start * bs)
+                end = start * bs + sum(len(b) for b in bufs)
+                lo, hi = start * bs if lo is None else min(lo, start * bs), max(hi, end)
+            if lo is not None:
+                start_writeback(fd, lo, hi - lo)  # a hint; flush() makes it durable
 
     def _read(self, lease_id: str, indices: Sequence[int], buffers: Sequence[memoryview]) -> None:
         info = self._read_record(lease_id)

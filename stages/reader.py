@@ -13,7 +13,9 @@ importable from ``stages``):
   the kernel for transparent huge pages on large allocations, which makes filling 256 MiB
   ~5x faster here (0.026 s vs 0.14 s: a bytearray takes 65,536 page faults). It checks
   each chunk's CRC-32C in a small thread pool while later chunks are read
-  (CRC-32C and zstd release the GIL), decompresses zstd chunks in place, and checks the MAC.
+  (CRC-32C and zstd release the GIL), decompresses zstd chunks in place, and feeds the
+  payload MAC (when a key is set) on the calling thread in payload order as batches
+  finish - not as a second pass after the last read (``bench/notes/restore.md``).
 * :func:`verify_lease` runs the above on every slot and never unpickles anything.
 
 Nothing here returns or decodes data that failed a check: the first failure raises a
@@ -369,6 +371,29 @@ def _check_zstd(items: list[tuple[memoryview, memoryview, MapEntry]]) -> MapEntr
     return None
 
 
+def _mac_in_order(key: bytes, mv: memoryview,
+                  regions: list[tuple[int, int, Future[MapEntry | None]]]) -> bytes:
+    """The payload MAC of ``mv``, each region hashed as soon as the task filling it is done.
+
+    Runs on the calling thread while the pool reads and checks later chunks (hashlib releases
+    the GIL on large updates). A region whose task failed is hashed anyway: the caller checks
+    the tasks' results before it compares the digest, so a CRC failure is reported as one.
+    """
+    mac = PayloadMac(key)
+    regions = sorted(regions, key=lambda r: r[0])
+    i = 0
+    while i < len(regions):
+        start, n, fut = regions[i]
+        end = start + n
+        i += 1
+        while i < len(regions) and regions[i][2] is fut and regions[i][0] == end:
+            end += regions[i][1]  # consecutive chunks of one task: one update
+            i += 1
+        fut.result()
+        mac.update_all([mv[start:end]])
+    return mac.digest()
+
+
 def read_payload(reader: LeaseReader, h: Header, entries: Sequence[MapEntry], *,
                  key: KeySetting) -> np.ndarray:
     """Read, check and assemble the payload of a generation into one new buffer.
@@ -391,17 +416,23 @@ def read_payload(reader: LeaseReader, h: Header, entries: Sequence[MapEntry], *,
     mv = memoryview(buf)
     bs = reader.block_size
     pending: list[Future[MapEntry | None]] = []
+    # (payload offset, length, the task that fills and checks it): the MAC is fed in payload
+    # order as tasks finish, so it runs beside the reads instead of as a second pass.
+    regions: list[tuple[int, int, Future[MapEntry | None]]] = []
     idx: list[int] = []
     views: list[memoryview] = []
     batch: list[tuple[memoryview, MapEntry]] = []
+    offs: list[tuple[int, int]] = []
     zstd: list[tuple[int, MapEntry]] = []
     nbytes = 0
 
     def flush_raw() -> None:
-        nonlocal idx, views, batch, nbytes
+        nonlocal idx, views, batch, offs, nbytes
         if idx:
-            pending.append(pool.submit(_read_and_check, reader, idx, batch))
-        idx, views, batch, nbytes = [], [], [], 0
+            fut = pool.submit(_read_and_check, reader, idx, batch)
+            pending.append(fut)
+            regions.extend((o, n, fut) for o, n in offs)
+        idx, views, batch, offs, nbytes = [], [], [], [], 0
 
     try:
         off = 0
@@ -411,6 +442,7 @@ def read_payload(reader: LeaseReader, h: Header, entries: Sequence[MapEntry], *,
                 idx.append(e.block)
                 views.append(view)
                 batch.append((view, e))
+                offs.append((off, e.raw))
                 nbytes += e.raw
                 if nbytes >= READ_BATCH:
                     flush_raw()
@@ -429,11 +461,14 @@ def read_payload(reader: LeaseReader, h: Header, entries: Sequence[MapEntry], *,
                     for o, e in zstd]
             step = max(1, len(work) // 8)
             for i in range(0, len(work), step):
-                pending.append(pool.submit(_check_zstd, work[i:i + step]))
+                fut = pool.submit(_check_zstd, work[i:i + step])
+                pending.append(fut)
+                regions.extend((o, e.raw, fut) for o, e in zstd[i:i + step])
     except BlockIndexError as exc:
         raise TruncatedCheckpointError(f"{where}: a block is beyond the lease: {exc}",
                                        block=exc.index, **ctx) from exc
     try:
+        digest = _mac_in_order(writer_key, mv, regions) if writer_key is not None else None
         failed = [f.result() for f in pending]
     except BlockIndexError as exc:
         raise TruncatedCheckpointError(f"{where}: a block is beyond the lease: {exc}",
@@ -443,9 +478,9 @@ def read_payload(reader: LeaseReader, h: Header, entries: Sequence[MapEntry], *,
         raise CheckpointCorrupt(f"{where}: data block {bad.block} fails its CRC-32C "
                                 f"({'zstd' if bad.flags == CHUNK_ZSTD else 'raw'} chunk)",
                                 block=bad.block, **ctx)
-    if writer_key is not None:
+    if digest is not None:
         # The header MAC (checked above) covers the payload MAC stored in the header.
-        if not equal(PayloadMac(writer_key).update_all([mv]).digest(), h.payload_mac):
+        if not equal(digest, h.payload_mac):
             raise CheckpointAuthError(f"{where}: payload MAC mismatch (wrong key or tampered "
                                       "data); nothing was unpickled", **ctx)
     return buf

@@ -19,7 +19,7 @@ def test_bench_quick_runs_every_benchmark(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(proc.stdout)
     assert set(report) == {"store", "checkpoint", "incremental", "manager", "peers", "actor",
-                           "async", "pipeline"}
+                           "async", "pipeline", "langgraph"}
     assert {r["op"] for r in report["async"]} >= {"sync checkpoint", "async stall, no copy"}
     assert [r["mode"] for r in report["pipeline"]] == ["off", "sync", "async"]
     assert all(r["records_per_s"] > 0 and min(r["steps"]) >= 1 for r in report["pipeline"])
@@ -28,7 +28,13 @@ def test_bench_quick_runs_every_benchmark(tmp_path: Path) -> None:
     assert ("vectorised write+flush", "FileStore") in store_cases
     assert ("write+fsync", "plain file") in store_cases
     ops = {r["op"] for r in report["checkpoint"]}
-    assert {"checkpoint", "restore (verified)", "raw write+fsync"} <= ops
+    limits = {"raw new file + fsync", "raw overwrite in place + fsync",
+              "load: raw read into np.empty"}
+    assert limits | {"blockpoint checkpoint", "load: blockpoint restore (verified)",
+                     "blockpoint async: stall"} <= ops
+    ckpt = next(r for r in report["checkpoint"] if r["op"] == "blockpoint checkpoint")
+    assert ckpt["note"] == "2 fsyncs"  # the commit protocol: data, then header
+    assert ckpt["/ raw overwrite"] > 0 and ckpt["/ raw new file"] > 0
     for rows in report.values():
         for row in rows:
             for key in ("best_s", "seconds", "median_ms"):
@@ -40,8 +46,7 @@ def test_bench_quick_runs_every_benchmark(tmp_path: Path) -> None:
             "raw new file + fsync"} <= peers
     # A peer that is not installed is a row saying so, never a crash.
     assert all(r.get("seconds") is not None or r.get("note") for r in report["peers"])
-    ops = {r["op"] for r in report["checkpoint"]}
-    assert "async checkpoint: stall / sync checkpoint" in ops
+    assert {r["saver"] for r in report["langgraph"]} >= {"BlockpointSaver (file)"}
     inc = {r["op"]: r for r in report["incremental"]}
     assert inc["full sync checkpoint"]["bytes"] > inc[
         "incremental checkpoint (1% of blocks changed)"]["bytes"] > 0
