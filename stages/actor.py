@@ -70,6 +70,7 @@ from .errors import CheckpointFailed, StageError
 from .hooks import StageRegistrar
 from .incarnation import Incarnation, RollbackUnavailable, open_store_for, register_quietly
 from .incarnation import restore_or_initial
+from .incremental import DEFAULT_FULL_EVERY
 from .observer import CheckpointFlushObserver
 from .state import CheckpointedStageState
 
@@ -174,6 +175,9 @@ class StageSpec:
             stage's ``process`` may then mutate the state in any way during a flush (the
             flush writes the snapshot). Costs one copy of the state's numpy buffers in
             memory (reused from one snapshot to the next).
+        incremental, full_every: passed to ``CheckpointedStageState``: chunks unchanged
+            since the last generation this incarnation wrote or restored are not rewritten,
+            and every ``full_every``-th checkpoint is full (``stages/incremental.py``).
     """
 
     stage_id: str
@@ -189,12 +193,15 @@ class StageSpec:
     registrar: StageRegistrar | None = None
     allow_unauthenticated: bool = False
     async_checkpoints: bool = False
+    incremental: bool = False
+    full_every: int = DEFAULT_FULL_EVERY
 
     def state_options(self) -> dict[str, Any]:
         """Keyword options for ``CheckpointedStageState`` (constructor and ``restore``)."""
         return {"retention": self.retention, "codec": self.codec,
                 "compression": self.compression,
-                "allow_unauthenticated": self.allow_unauthenticated}
+                "allow_unauthenticated": self.allow_unauthenticated,
+                "incremental": self.incremental, "full_every": self.full_every}
 
     def open_store(self) -> BlockStore:
         """Open the spec's store (created with ``block_size`` if it does not exist)."""

@@ -93,6 +93,7 @@ from blockstore import BlockStore
 from .actor import CONTROL_GROUP, CONTROL_CONCURRENCY, StageRegistration, ray_context
 from .actor import resources_held
 from .durability import ActorDurability
+from .incremental import DEFAULT_FULL_EVERY
 from .errors import StageError
 from .format import CODECS
 from .hooks import StageRegistrar
@@ -151,11 +152,14 @@ class CheckpointedConfig:
     checkpoint_on_exit: bool
     concurrency_groups: Mapping[str, int]
     async_checkpoint: bool = False
+    incremental: bool = False
+    full_every: int = DEFAULT_FULL_EVERY
 
     def state_options(self) -> dict[str, Any]:
         """Keyword options for ``CheckpointedStageState``."""
         return {"retention": self.retention, "codec": self.codec,
-                "compression": self.compression, "level": self.level, "key": self.mac_key}
+                "compression": self.compression, "level": self.level, "key": self.mac_key,
+                "incremental": self.incremental, "full_every": self.full_every}
 
 
 def _fail(cls: type, message: str) -> CheckpointedConfigError:
@@ -420,7 +424,8 @@ class _Checkpointed:
                  block_size: int | None = None, priority: int = 0, dedupe_window: int = 1024,
                  checkpoint_on_exit: bool = True,
                  concurrency_groups: Mapping[str, int] | None = None,
-                 async_checkpoint: bool = False) -> Callable[[C], C]:
+                 async_checkpoint: bool = False, incremental: bool = False,
+                 full_every: int = DEFAULT_FULL_EVERY) -> Callable[[C], C]:
         """Make the attributes ``state`` of the decorated actor class durable.
 
         Args:
@@ -446,6 +451,9 @@ class _Checkpointed:
                 take a snapshot in the call's turn and flush in the background, so the call
                 returns without waiting for the disk (see :mod:`stages.durability`). Refused
                 with ``every_calls=1`` (exactly-once needs the commit before the return).
+            incremental, full_every: rewrite only the chunks that changed since the last
+                generation this incarnation wrote or restored; every ``full_every``-th
+                checkpoint is full (``stages/incremental.py``).
 
         Raises:
             CheckpointedConfigError: at decoration, for bad arguments or name clashes.
@@ -460,6 +468,8 @@ class _Checkpointed:
             _check_numbers(cls, every_calls, every_seconds, retention, codec, dedupe_window)
             groups = _check_groups(cls, concurrency_groups, registrar)
             _check_async(cls, async_checkpoint, every_calls, every_seconds)
+            if not isinstance(full_every, int) or isinstance(full_every, bool) or full_every < 1:
+                raise _fail(cls, f"full_every must be an int >= 1, got {full_every!r}")
             taken = _ALWAYS + (_STAGE_CONTROL if registrar is not None else ())
             clash = [n for n in taken if inspect.getattr_static(cls, n, None) is not None]
             if clash:
@@ -471,7 +481,8 @@ class _Checkpointed:
                 mac_key=mac_key, registrar=registrar, observer=observer, lease_ttl=lease_ttl,
                 block_size=block_size, priority=priority, dedupe_window=dedupe_window,
                 checkpoint_on_exit=checkpoint_on_exit, concurrency_groups=groups,
-                async_checkpoint=async_checkpoint)
+                async_checkpoint=async_checkpoint, incremental=bool(incremental),
+                full_every=full_every)
             ns = {**_wrapped_methods(cls), **_generated(cls, config)}
             ns.update(__module__=cls.__module__, __qualname__=cls.__qualname__,
                       __doc__=cls.__doc__, __bp_config__=config)
