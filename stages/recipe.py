@@ -34,8 +34,10 @@ Ray actually created, not what a caller meant to pass):
 What a relaunched incarnation does *not* keep: it is **detached** (owned by no driver and
 not by the scheduler actor, whose own restart would otherwise kill it; end it with
 ``ray.kill`` or the scheduler's ``unregister(kill=True)``), its ``runtime_env`` is the
-scheduler job's (the original's is not carried: put what the class needs in the cluster's
-environment), and ``max_task_retries`` is Ray's default (retries matter only for an actor
+scheduler job's (the original's is not carried, on purpose: the recipe is persisted in the
+scheduler's registry, in the store, and a runtime env carries ``env_vars`` - the checkpoint
+key among them (``docs/OPERATIONS.md``) - which must never be written there; put what the
+class needs in the cluster's or the scheduler job's environment), and ``max_task_retries`` is Ray's default (retries matter only for an actor
 Ray restarts, which the scheduler does not re-create).
 Callers holding the old handle get ``RayActorError`` for good; they look the actor up
 again (by name) or ask the scheduler (``handle_of``).
