@@ -29,10 +29,11 @@ serialize ``checkpoint``/``bind`` (both of them do, with their own lock).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from blockstore import BlockStore, Lease, StaleLeaseError, StoreConfigError, open_store
@@ -203,12 +204,8 @@ class Incarnation:
         Raises ``CheckpointFailed`` (fail-closed: the state is NOT saved); when the store
         refused this incarnation's epoch, :attr:`fenced` becomes True first.
         """
-        try:
+        with self._noting_fence():
             info = self.css.checkpoint(step=step, meta=meta)
-        except CheckpointFailed as exc:
-            if is_fenced(exc):
-                self.fenced = True
-            raise
         self.last_checkpoint_at = time.time()
         return info
 
@@ -222,12 +219,8 @@ class Incarnation:
         :attr:`fenced` (refused for a stale epoch) is set - before ``wait()`` on the result
         returns.
         """
-        try:
+        with self._noting_fence():
             pending = self.css.checkpoint_async(step=step, meta=meta)
-        except CheckpointFailed as exc:
-            if is_fenced(exc):
-                self.fenced = True
-            raise
 
         def settled(done: PendingCheckpoint) -> None:  # in the flush thread; must not raise
             _, exc = done.outcome
@@ -237,6 +230,17 @@ class Incarnation:
                 self.fenced = True
         pending.add_done_callback(settled)
         return pending
+
+    @contextlib.contextmanager
+    def _noting_fence(self) -> Iterator[None]:
+        """Re-raise a ``CheckpointFailed``, first setting :attr:`fenced` if the store refused
+        this incarnation's epoch."""
+        try:
+            yield
+        except CheckpointFailed as exc:
+            if is_fenced(exc):
+                self.fenced = True
+            raise
 
     def drain(self) -> BaseException | None:
         """Wait for the background flush in flight, if any; return its failure (logged, not

@@ -1,5 +1,10 @@
 """Where a checkpoint of 1 M small tuples spends its time, next to pickle + fsync (bench/notes/small_objects.md)."""
-import os, pickle, statistics, sys, tempfile, time
+import os
+import pickle
+import statistics
+import tempfile
+import time
+
 import zstandard
 from blockstore import FileStore
 from stages import CheckpointedStageState
