@@ -38,16 +38,19 @@ pytestmark = pytest.mark.ray
 BS = 64 * 1024
 
 
-def _specs(store: str) -> list[StageSpec]:
-    return [StageSpec("agg", RunningAggregate, store, block_size=BS, lease_ttl=5.0),
+def _specs(store: str, retention: int = 2) -> list[StageSpec]:
+    return [StageSpec("agg", RunningAggregate, store, block_size=BS, lease_ttl=5.0,
+                      retention=retention),
             StageSpec("seq", functools.partial(Enrich, True, "sum"), store, block_size=BS,
-                      lease_ttl=5.0)]
+                      lease_ttl=5.0, retention=retention)]
 
 
-def _pipeline(tmp_path: Path, n: int, **kw: Any) -> tuple[Pipeline, FileSink, GeneratedSource]:
+def _pipeline(tmp_path: Path, n: int, retention: int = 2,
+              **kw: Any) -> tuple[Pipeline, FileSink, GeneratedSource]:
     src = GeneratedSource(seed=5, n=n, keys=7)
     sink = FileSink(tmp_path / "out", fsync=False)
-    p = Pipeline(src, _specs(str(tmp_path / "store")), sink, batch_size=50, max_in_flight=4,
+    p = Pipeline(src, _specs(str(tmp_path / "store"), retention), sink, batch_size=50,
+                 max_in_flight=4,
                  policy=CheckpointPolicy(every_records=400), **kw)
     return p, sink, src
 
@@ -99,7 +102,12 @@ def test_unverifiable_committed_generation_falls_back_consistently(
             done.append(corrupt_step(str(tmp_path / "store"), "agg", 2))
             ray.kill(p.handles[kill], no_restart=True)
 
-    p, sink, src = _pipeline(tmp_path, 2400, on_event=on_event)
+    # Retention 3: the kill lands while the pipeline runs on, so the surviving stage may
+    # already have written step 3's generation; with retention 2 that evicts its step 1,
+    # and the consistent fallback this test is about becomes impossible (the pipeline then
+    # refuses, loudly - test_fallback_impossible_fails_loudly). Keeping three generations
+    # makes the precondition hold whatever the timing.
+    p, sink, src = _pipeline(tmp_path, 2400, retention=3, on_event=on_event)
     res = p.run()
     assert done and res.finished
     assert sink.read_all() == run_reference(src, p.specs)  # record for record
