@@ -6,7 +6,7 @@ state (the lease sized by a first checkpoint), medians of ``repeat``, all in one
 * ``sync checkpoint``: ``checkpoint()`` - the stage is stalled for all of it;
 * ``async stall, copy in 1 thread`` / ``in 2 threads``: ``checkpoint_async()`` returns after
   serializing and copying the array into reused snapshot buffers
-  (``stages/background.py``; ``COPY_THREADS`` 1 or 2 - ``numpy.copyto`` releases the GIL);
+  (``stages/checkpoint/background.py``; ``COPY_THREADS`` 1 or 2 - ``numpy.copyto`` releases the GIL);
 * ``async stall, no copy``: ``checkpoint_async(copy=False)`` - serialization only; the caller
   promises not to mutate the array in place until ``wait()``;
 * ``async whole flush``: from the call to ``wait()`` returning (copy, 2 threads).
@@ -41,7 +41,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     """Measure the rows described in the module docstring."""
     from blockstore import open_store
     from stages import CheckpointedStageState
-    from stages import background
+    from stages.checkpoint import background
 
     nbytes, repeat = (64 * MiB, 3) if quick else (256 * MiB, 7)
     root = tempfile.mkdtemp(prefix="bench-async-")

@@ -35,7 +35,7 @@ from bench.limits import MiB, RawLimits, median, ratio, raw_limits
 __all__ = ["run"]
 
 BLOCK = 1 * MiB
-BATCH = 8 * MiB  # the checkpoint writer's write batch (stages.writer.WRITE_BATCH)
+BATCH = 8 * MiB  # the checkpoint writer's write batch (stages.checkpoint.writer.WRITE_BATCH)
 
 
 def _row(label: str, op: str, secs: float | None, raw: RawLimits, kind: str,
@@ -116,8 +116,8 @@ def _count_fsyncs(fn: Any) -> int:
 def _case(root: str, nbytes: int, repeat: int, label: str) -> list[dict[str, Any]]:
     from blockstore import crc32c, open_store
     from stages import CheckpointedStageState
-    from stages import codec as codecs
-    from stages.writer import chunks
+    from stages.checkpoint import codec as codecs
+    from stages.checkpoint.writer import chunks
 
     arr = np.random.default_rng(0).random(nbytes // 4, dtype=np.float32)
     state = {"weights": arr, "step": 0}

@@ -66,7 +66,7 @@ def _states(full: bool, quick: bool) -> dict[str, Any]:
 
 
 def _nbytes(state: Any) -> int:
-    from stages import codec as codecs
+    from stages.checkpoint import codec as codecs
 
     return codecs.encode(state, "pickle").length  # what a checkpoint writes (pickle-5 framed)
 

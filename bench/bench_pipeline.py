@@ -12,7 +12,7 @@ in the same run, interleaved (off, sync, async, off, ...), medians of ``repeat``
   ``checkpoint`` call returns (the data path of that stage waits for the flush);
 * ``async``: the same barriers with ``StageSpec(async_checkpoints=True)``: a stage
   acknowledges its barrier after a snapshot and flushes in the background; the driver
-  commits the step once every flush is durable (``stages/barrier.py``).
+  commits the step once every flush is durable (``stages/pipeline/barrier.py``).
 
 records/s is records committed over the time from the pipeline's ``started`` event to its
 ``done`` event (stage launch and Ray start-up excluded; every commit, sink write and fsync

@@ -5,7 +5,7 @@ between generations and diffed by operators, so every writer must produce the sa
 the same value. Sorted keys and compact separators make the encoding independent of dict
 order and of the writer; ``ensure_ascii`` (the ``json`` default) keeps it 7-bit.
 Used by the slotted documents (:mod:`blockstore.document`), the file store's records,
-checkpoint metadata (``stages/format.py``) and the sink's record lines (``stages/sink.py``).
+checkpoint metadata (``stages/checkpoint/format.py``) and the sink's record lines (``stages/pipeline/sink.py``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Slotted documents: one small JSON document per lease, saved crash-atomically.
 
-Runs (step records and the run status, ``stages/runs.py``) and the scheduler's registry
+Runs (step records and the run status, ``stages/pipeline/runs.py``) and the scheduler's registry
 (``scheduler/registry.py``) each keep one JSON-able dict in a lease of the store and rewrite
 it often. This module is the one mechanism for that; the byte layout is in
 ``docs/FORMAT.md`` (section "Slotted documents").

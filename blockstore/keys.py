@@ -1,6 +1,6 @@
 """Checkpoint keys: the one place where the MAC key setting is read and resolved.
 
-Stage checkpoints (``stages/mac.py``, ``stages/reader.py``, ``stages/state.py``), slotted
+Stage checkpoints (``stages/checkpoint/mac.py``, ``stages/checkpoint/reader.py``, ``stages/checkpoint/state.py``), slotted
 documents (``blockstore/document.py``, whose key comes from its callers) and the scheduler's
 registry (``scheduler/registry.py``) all authenticate with the same key setting, so they all
 resolve it here, with :func:`resolve_keys`. It lives in ``blockstore`` because documents are

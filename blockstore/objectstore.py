@@ -123,7 +123,7 @@ class ObjectStore(BlockStore):
     """
 
     # Shared by nature: every machine with the credentials reads it, so pickle checkpoints
-    # on it need a key (stages/state.py refuses them otherwise).
+    # on it need a key (stages/checkpoint/state.py refuses them otherwise).
     capabilities = StoreCapabilities(cross_process=True, durable=True, conditional_write=True,
                                      publish_on_flush=True, shared=True)
 

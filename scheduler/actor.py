@@ -59,8 +59,8 @@ from scheduler.results import DrainResult, PreemptionResult, RestoreResult, Stag
 from scheduler.stopping import Stopper
 from scheduler.table import StageEntry, StageTable, field_of
 from scheduler.watcher import Watcher
-from stages.actor import resource_amounts
-from stages.recipe import ActorRecipe
+from stages.actors.actor import resource_amounts
+from stages.actors.recipe import ActorRecipe
 
 __all__ = ["Scheduler", "get_or_create", "get_scheduler"]
 
@@ -176,7 +176,7 @@ class Scheduler:
     def register(self, registration: Any, spec: Any = None) -> dict[str, Any]:
         """Register a stage incarnation (or update it: a newer epoch replaces an older one).
 
-        Accepts a ``stages.actor.StageRegistration`` (what a stage sends from its
+        Accepts a ``stages.actors.actor.StageRegistration`` (what a stage sends from its
         ``__init__``) or a mapping with the same fields (``stage_id``, ``actor``,
         ``node_id``, ``priority``, ``lease_id``, ``epoch``, ``resources``, ``generation``).
         A registration with an epoch older than the known one (a late or zombie

@@ -1,14 +1,14 @@
-"""The scheduler's side of the hooks that ``stages`` calls (``stages/hooks.py``).
+"""The scheduler's side of the hooks that ``stages`` calls (``stages/actors/hooks.py``).
 
 ``stages`` may not name the scheduler actor's methods (it sits below ``scheduler`` in the
 import order), so it calls two small protocols and this module implements them on top of
 the :class:`~scheduler.actor.Scheduler` actor's remote methods:
 
-* :class:`SchedulerRegistrar` - a :class:`~stages.hooks.StageRegistrar`: put it in
+* :class:`SchedulerRegistrar` - a :class:`~stages.actors.hooks.StageRegistrar`: put it in
   ``StageSpec(registrar=...)`` and every incarnation of the stage registers with the named
   scheduler actor from its ``__init__``; a pipeline unregisters its stages when it stops
   them on purpose.
-* :class:`SchedulerRestore` - a :data:`~stages.hooks.StageLostHook`: give it to
+* :class:`SchedulerRestore` - a :data:`~stages.actors.hooks.StageLostHook`: give it to
   ``Pipeline(on_stage_lost=...)`` and the scheduler relaunches a lost stage from the spec it
   registered.
 
@@ -27,7 +27,7 @@ from typing import Any
 import ray
 from ray.exceptions import GetTimeoutError
 
-from stages.actor import StageRegistration, StageSpec
+from stages.actors.actor import StageRegistration, StageSpec
 
 __all__ = ["SchedulerRegistrar", "SchedulerRestore"]
 
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class SchedulerRegistrar:
-    """A :class:`~stages.hooks.StageRegistrar` backed by the named scheduler actor.
+    """A :class:`~stages.actors.hooks.StageRegistrar` backed by the named scheduler actor.
 
     Attributes:
         name: the scheduler actor's name.
@@ -63,7 +63,7 @@ class SchedulerRegistrar:
 
 @dataclass(frozen=True, slots=True)
 class SchedulerRestore:
-    """A :data:`~stages.hooks.StageLostHook` that has the scheduler actor restore a stage.
+    """A :data:`~stages.actors.hooks.StageLostHook` that has the scheduler actor restore a stage.
 
     Calls ``restore(stage_id, exclude_nodes, reason)`` on the named scheduler actor (which
     relaunches the stage from the spec it registered, on a live node not excluded) and

@@ -2,7 +2,7 @@
 
 A :class:`PreemptionCheckpointObserver` is handed to a stage (``StageActor(spec,
 observer)``); its ``CheckpointedStageState`` calls it around every checkpoint flush
-(see :mod:`stages.observer`). It is a small picklable value - the scheduler actor's name,
+(see :mod:`stages.checkpoint.observer`). It is a small picklable value - the scheduler actor's name,
 namespace and the stage id - so it travels with the stage to any node and into restored
 incarnations; the actor handle is resolved lazily in the stage's process and cached.
 
@@ -24,7 +24,7 @@ Why the calls are shaped as they are:
   clear its mark. Every flush therefore gets a strictly increasing number (wall-clock
   nanoseconds, bumped if needed) and the scheduler ignores a completion older than the
   newest start, and a start not newer than the newest completion.
-* **Never raises**: every failure is logged; :func:`stages.observer.flush_guard` would catch
+* **Never raises**: every failure is logged; :func:`stages.checkpoint.observer.flush_guard` would catch
   it anyway, but an observer that raises would spam the stage's log with tracebacks.
 """
 

@@ -4,8 +4,8 @@ Restore, launch and move are all one operation, :meth:`Placement.place`: kill an
 incarnation, pick a node, start the actor there from its spec with a hard
 ``NodeAffinitySchedulingStrategy``, wait until it answers (it has taken over its lease with
 a higher epoch and restored its newest valid checkpoint), then update the table. The spec is
-any :class:`~stages.hooks.Relaunchable`: a pipeline stage's ``StageSpec`` or a
-``@checkpointed`` actor's ``ActorRecipe`` (``stages/recipe.py``) - each knows how to start
+any :class:`~stages.actors.hooks.Relaunchable`: a pipeline stage's ``StageSpec`` or a
+``@checkpointed`` actor's ``ActorRecipe`` (``stages/actors/recipe.py``) - each knows how to start
 its own kind of actor (``spec.launch``); everything else here is the same for both.
 
 Why the choices are as they are:
@@ -36,9 +36,9 @@ from scheduler.observer import PreemptionCheckpointObserver
 from scheduler.reasons import NonPreemptibleReason
 from scheduler.results import RestoreResult, StageStatus
 from scheduler.table import StageTable, field_of
-from stages.actor import resource_amounts
-from stages.hooks import Relaunchable
-from stages.placement import pick_node
+from stages.actors.actor import resource_amounts
+from stages.actors.hooks import Relaunchable
+from stages.actors.placement import pick_node
 
 __all__ = ["Placement"]
 

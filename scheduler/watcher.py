@@ -44,7 +44,7 @@ from scheduler.placement import Placement
 from scheduler.reasons import NonPreemptibleReason
 from scheduler.results import StageStatus
 from scheduler.table import StageEntry, StageTable, field_of
-from stages.recipe import ActorRecipe
+from stages.actors.recipe import ActorRecipe
 
 __all__ = ["Watcher"]
 

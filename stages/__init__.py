@@ -1,7 +1,18 @@
 """Stages: checkpointed state of Ray pipeline stages on leased block storage.
 
-Public surface: :class:`CheckpointedStageState` (state + crash-atomic checkpoints on a lease),
-its value types, the flush observer protocol, lease verification, and the error tree.
+Three rooms, dependencies one way (``tests/test_public_api.py`` checks the order and that
+no two modules import each other in a circle)::
+
+    stages.errors  <-  stages.checkpoint  <-  stages.actors  <-  stages.pipeline
+
+* ``checkpoint/`` - one state's crash-atomic, verified checkpoints on one lease
+  (:class:`CheckpointedStageState`, the format, codecs, MACs, the flush observer, policies);
+* ``actors/`` - Ray actors holding such a state: pipeline stage actors, ``@checkpointed``
+  actors, the incarnation mechanism they share, relaunch recipes, the hooks a manager
+  implements, placement;
+* ``pipeline/`` - sources, stages and sinks run as one exactly-once pipeline; runs.
+
+Every public name is importable from here; each room's ``__init__`` maps its modules.
 """
 
 from __future__ import annotations
@@ -21,9 +32,15 @@ from .errors import (
     UnauthenticatedRestoreWarning,
     UnsupportedFormatError,
 )
-from .observer import CheckpointFlushObserver, flush_guard
-from .state import CheckpointedStageState, CheckpointInfo, RestoreReport
-from .reader import GenerationReport, verify_lease
+from .checkpoint import (
+    CheckpointedStageState,
+    CheckpointFlushObserver,
+    CheckpointInfo,
+    GenerationReport,
+    RestoreReport,
+    flush_guard,
+    verify_lease,
+)
 
 __all__ = [
     "BadMagicError",
@@ -48,49 +65,51 @@ __all__ = [
     "verify_lease",
 ]
 
-# -- stage actors, checkpointed Ray actors, their hooks and placement, checkpoint policies,
-#    runs, pipelines (stages/actor.py, checkpointed.py, durability.py, recipe.py, hooks.py,
-#    placement.py, policy.py, runs.py, run_driver.py, source.py, sink.py, pipeline.py) -------
-from .actor import (  # noqa: E402
+from .checkpoint import CheckpointManager, CheckpointPolicy, CheckpointRequest, PolicyCounters
+from .errors import PipelineError, RunActiveError, RunError, RunFencedError, SinkFencedError
+from .errors import StageProcessError
+from .actors import (
+    ActorFenced,
+    ActorRecipe,
+    CheckpointedConfigError,
+    NodeCapacity,
+    Relaunchable,
     RollbackUnavailable,
     Stage,
     StageActor,
+    StageLostHook,
+    StageRegistrar,
     StageRegistration,
     StageSpec,
     StageStopped,
+    StateAttributeError,
+    StoreUnavailable,
+    checkpointed,
     launch_stage,
+    pick_node,
 )
-from .policy import CheckpointManager, CheckpointPolicy, CheckpointRequest, PolicyCounters  # noqa: E402
-from .errors import RunActiveError, RunFencedError, SinkFencedError  # noqa: E402
-from .runs import (  # noqa: E402
+from .pipeline import (
+    FenceToken,
+    FileSink,
+    GeneratedSource,
+    Pipeline,
+    PipelineEvent,
+    PipelineResult,
     RunClaim,
     RunClaimConflict,
     RunClaimLost,
-    RunError,
+    RunDriver,
     RunNotFoundError,
     RunNotPausedError,
     RunStatus,
     RunStep,
     RunStepExistsError,
     RunStore,
+    Sink,
+    Source,
     StageCommit,
-)
-from .run_driver import RunDriver  # noqa: E402
-from .pipeline import (  # noqa: E402
-    Pipeline,
-    PipelineError,
-    PipelineEvent,
-    PipelineResult,
-    StageProcessError,
     run_reference,
 )
-from .hooks import Relaunchable, StageLostHook, StageRegistrar  # noqa: E402
-from .recipe import ActorRecipe  # noqa: E402
-from .checkpointed import CheckpointedConfigError, checkpointed  # noqa: E402
-from .durability import ActorFenced, StateAttributeError, StoreUnavailable  # noqa: E402
-from .placement import NodeCapacity, pick_node  # noqa: E402
-from .sink import FenceToken, FileSink, Sink  # noqa: E402
-from .source import GeneratedSource, Source  # noqa: E402
 
 __all__ += [
     "ActorFenced",

@@ -21,25 +21,25 @@ that fits, and carries its context as attributes (lease, generation, block)::
 Errors of one module stay with it but hang from the same root::
 
     StageError
-    ├── RollbackUnavailable(LookupError)   stages.incarnation: no generation at or before
+    ├── RollbackUnavailable(LookupError)   stages.actors.incarnation: no generation at or before
     │                                      the step
-    ├── StageStopped(RuntimeError)         stages.actor: the stage was stopped (preempted)
-    ├── CheckpointedConfigError(ValueError) stages.checkpointed: bad @checkpointed arguments
-    ├── StateAttributeError(AttributeError) stages.durability: a named state attribute is
+    ├── StageStopped(RuntimeError)         stages.actors.actor: the stage was stopped (preempted)
+    ├── CheckpointedConfigError(ValueError) stages.actors.checkpointed: bad @checkpointed arguments
+    ├── StateAttributeError(AttributeError) stages.actors.durability: a named state attribute is
     │                                      missing
-    ├── StoreUnavailable(ConnectionError)  stages.durability: the actor's store cannot be
+    ├── StoreUnavailable(ConnectionError)  stages.actors.durability: the actor's store cannot be
     │                                      opened
-    ├── ActorFenced(RuntimeError)          stages.durability: a newer incarnation took the
+    ├── ActorFenced(RuntimeError)          stages.actors.durability: a newer incarnation took the
     │                                      lease; this one refuses calls
     ├── PipelineError(RuntimeError)        the pipeline cannot go on (defined here, since
-    │   │                                  stages.pipeline and stages.recovery both raise it)
+    │   │                                  stages.pipeline.pipeline and stages.pipeline.recovery both raise it)
     │   └── StageProcessError              a stage's own code raised (not replayed forever)
-    └── RunError                           runs (stages.runs, stages.run_driver)
+    └── RunError                           runs (stages.pipeline.runs, stages.pipeline.run_driver)
         ├── RunNotFoundError(LookupError), RunStepExistsError(FileExistsError)
         ├── RunClaimConflict, RunNotPausedError, RunClaimLost (RuntimeError)
         │   └── RunActiveError             (a RunClaimConflict) another driver drives the run
         └── RunFencedError(RuntimeError)   this driver was taken over: its commit was refused
-            └── SinkFencedError            ... refused by the sink (stages.sink)
+            └── SinkFencedError            ... refused by the sink (stages.pipeline.sink)
 
 Warnings (``warnings.warn`` categories, not errors)::
 
@@ -233,7 +233,7 @@ class StageProcessError(PipelineError):
 
 
 class RunError(StageError):
-    """Root of the errors of runs (``stages/runs.py``, ``stages/run_driver.py``).
+    """Root of the errors of runs (``stages/pipeline/runs.py``, ``stages/pipeline/run_driver.py``).
 
     Attributes:
         run_id: the run concerned.

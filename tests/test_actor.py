@@ -18,7 +18,7 @@ import ray.cloudpickle
 from blockstore import open_store
 from scheduler.hooks import SchedulerRegistrar
 from stages import CheckpointFailed
-from stages.actor import (
+from stages.actors.actor import (
     RollbackUnavailable,
     StageActor,
     StageRegistration,
@@ -26,7 +26,7 @@ from stages.actor import (
     actor_options,
     launch_stage,
 )
-from stages.source import GeneratedSource, RunningAggregate
+from stages.pipeline.source import GeneratedSource, RunningAggregate
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 

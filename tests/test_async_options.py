@@ -36,7 +36,7 @@ from stages import (
     CheckpointFailed,
     checkpointed,
 )
-from stages.actor import StageActor, StageSpec
+from stages.actors.actor import StageActor, StageSpec
 
 
 class ArrayStage:
@@ -208,7 +208,7 @@ def test_async_decorator_background_failure_is_not_silent(store_dir: str) -> Non
 
 # -- snapshot strategies ---------------------------------------------------------------------
 def test_parallel_snapshot_copy_and_no_copy_mode(tmp_path: Path) -> None:
-    from stages import background
+    from stages.checkpoint import background
 
     big = np.random.default_rng(5).random((40 << 20) // 8 + 13)   # > PARALLEL_COPY_MIN, odd
     assert big.nbytes >= background.PARALLEL_COPY_MIN

@@ -35,7 +35,7 @@ from stages import (
     StoreUnavailable,
     checkpointed,
 )
-from stages.actor import resource_amounts, resources_held
+from stages.actors.actor import resource_amounts, resources_held
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -434,7 +434,7 @@ class KillAroundCommit:
 def test_exactly_once_counter_under_random_kills(ray_up: None, store_dir: str) -> None:
     """1,000 increments with kills before commits, after commits and at random -> 1,000.
 
-    Why it is exact (stages/durability.py): in ``every_calls=1`` mode each call commits a
+    Why it is exact (stages/actors/durability.py): in ``every_calls=1`` mode each call commits a
     checkpoint holding its effect *and* its Ray task id (and result) before it returns, one
     call at a time. Ray retries a call whose reply it did not get, under the same task id.
     Killed before the commit: the restored state holds neither the effect nor the id, so the

@@ -1,7 +1,7 @@
 """Fuzz every parser of stored bytes with random and mutated input (issue 9, security).
 
-Parsers: the checkpoint header (``stages.format.parse_header``), the block map and payload
-(``stages.reader.load_map``, ``read_payload``), slotted documents
+Parsers: the checkpoint header (``stages.checkpoint.format.parse_header``), the block map and payload
+(``stages.checkpoint.reader.load_map``, ``read_payload``), slotted documents
 (``blockstore.SlottedDocument.load``) and file-store lease records (``FileStore``'s
 ``lease_info`` / ``scan_leases``). Each gets random bytes and mutations of valid bytes -
 with the checksums recomputed after the mutation as often as not, so the field checks
@@ -41,8 +41,8 @@ from blockstore import (
     crc32c,
 )
 from stages import CheckpointCorrupt, CheckpointedStageState
-from stages import format as fmt
-from stages.reader import load_map, read_payload
+from stages.checkpoint import format as fmt
+from stages.checkpoint.reader import load_map, read_payload
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -20,12 +20,12 @@ import ray
 import ray.cloudpickle
 
 from blockstore import open_store
-from stages.actor import StageSpec
-from stages.pipeline import Pipeline, PipelineEvent, StageProcessError, run_reference
-from stages.policy import CheckpointPolicy
-from stages.runs import RunClaimConflict, RunNotPausedError, RunStore
-from stages.sink import FileSink
-from stages.source import Enrich, GeneratedSource, RunningAggregate
+from stages.actors.actor import StageSpec
+from stages.pipeline.pipeline import Pipeline, PipelineEvent, StageProcessError, run_reference
+from stages.checkpoint.policy import CheckpointPolicy
+from stages.pipeline.runs import RunClaimConflict, RunNotPausedError, RunStore
+from stages.pipeline.sink import FileSink
+from stages.pipeline.source import Enrich, GeneratedSource, RunningAggregate
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 

@@ -29,11 +29,11 @@ from typing import Any
 import pytest
 import ray
 
-from stages.actor import StageSpec
-from stages.pipeline import Pipeline, PipelineEvent, run_reference
-from stages.policy import CheckpointPolicy
-from stages.sink import FileSink
-from stages.source import Enrich, GeneratedSource, RunningAggregate
+from stages.actors.actor import StageSpec
+from stages.pipeline.pipeline import Pipeline, PipelineEvent, run_reference
+from stages.checkpoint.policy import CheckpointPolicy
+from stages.pipeline.sink import FileSink
+from stages.pipeline.source import Enrich, GeneratedSource, RunningAggregate
 
 pytestmark = [pytest.mark.ray, pytest.mark.multinode]
 
@@ -115,7 +115,7 @@ def test_demo_submitted_with_ray_job_submit_on_s3(s3_server: Any, ray_cluster: A
     from s3server import CREDENTIALS
 
     from blockstore import open_store
-    from stages.reader import scan_slots
+    from stages.checkpoint.reader import scan_slots
 
     assert ray_cluster.job_address
     # A copy of the project's sources, as a user's checkout would be uploaded.

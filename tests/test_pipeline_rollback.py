@@ -23,13 +23,13 @@ import ray
 import ray.cloudpickle
 
 from blockstore import open_store
-from stages.actor import StageSpec
-from stages.pipeline import Pipeline, PipelineEvent, run_reference
-from stages.policy import CheckpointPolicy
-from stages.reader import load_map, scan_slots
-from stages.runs import RunStore
-from stages.sink import FileSink
-from stages.source import Enrich, GeneratedSource, RunningAggregate
+from stages.actors.actor import StageSpec
+from stages.pipeline.pipeline import Pipeline, PipelineEvent, run_reference
+from stages.checkpoint.policy import CheckpointPolicy
+from stages.checkpoint.reader import load_map, scan_slots
+from stages.pipeline.runs import RunStore
+from stages.pipeline.sink import FileSink
+from stages.pipeline.source import Enrich, GeneratedSource, RunningAggregate
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -134,7 +134,7 @@ def test_driver_restart_with_unverifiable_generation_falls_back(ray_local: None,
 def test_fallback_impossible_fails_loudly(ray_local: None, tmp_path: Path) -> None:
     """Both of agg's generations damaged: no step every stage can restore exactly -> the
     pipeline stops with an error; it never runs on with a mix or from scratch."""
-    from stages.pipeline import PipelineError
+    from stages.pipeline.pipeline import PipelineError
 
     p, sink, _ = _pipeline(tmp_path, 2000, run_id="bad")
     p.run(max_steps=2)
@@ -147,12 +147,12 @@ def test_fallback_impossible_fails_loudly(ray_local: None, tmp_path: Path) -> No
 
 
 def test_reopen_after_forgets_later_steps_in_run_store_and_sink(tmp_path: Path) -> None:
-    """The store side of a fallback (``stages/recovery.py``), without Ray: the steps after
+    """The store side of a fallback (``stages/pipeline/recovery.py``), without Ray: the steps after
     the target leave the run store and the sink; the target's position comes back."""
     from blockstore.memory import MemoryStore
-    from stages.recovery import reopen_after
-    from stages.run_driver import RunDriver
-    from stages.runs import RunNotFoundError
+    from stages.pipeline.recovery import reopen_after
+    from stages.pipeline.run_driver import RunDriver
+    from stages.pipeline.runs import RunNotFoundError
 
     runs = RunStore(MemoryStore(block_size=4096))
     runs.create_run("r")
@@ -179,7 +179,7 @@ def test_scheduler_hooks_pickle_inside_a_spec() -> None:
     import pickle
 
     from scheduler.hooks import SchedulerRegistrar, SchedulerRestore
-    from stages.hooks import StageRegistrar
+    from stages.actors.hooks import StageRegistrar
 
     reg = SchedulerRegistrar("sched", namespace="ns")
     spec = StageSpec("s", RunningAggregate, "/nowhere", registrar=reg)

@@ -1,4 +1,4 @@
-"""The one node picker (``stages/placement.py``) and the one reading of a stage's resources
+"""The one node picker (``stages/actors/placement.py``) and the one reading of a stage's resources
 (``StageSpec.ray_options`` / ``StageSpec.ray_resources``); pure, no Ray."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from stages.actor import StageSpec, actor_options
-from stages.placement import NodeCapacity, pick_node
-from stages.source import RunningAggregate
+from stages.actors.actor import StageSpec, actor_options
+from stages.actors.placement import NodeCapacity, pick_node
+from stages.pipeline.source import RunningAggregate
 
 
 def _spec(resources: dict[str, Any]) -> StageSpec:
@@ -68,7 +68,7 @@ def test_one_reading_of_resources(resources: dict[str, Any], need: dict[str, flo
 def test_held_resources_are_the_same_reading_without_the_scheduling_cpu() -> None:
     """One reading of a stage's resources: what placing it needs (CPU 1 by default, as Ray
     reserves) and what the running actor holds (what a preemption frees) differ only there."""
-    from stages.actor import resource_amounts
+    from stages.actors.actor import resource_amounts
 
     for resources in ({}, {"num_cpus": 2}, {"num_cpus": 0, "num_gpus": 0.5},
                       {"memory": 10, "resources": {"x": 1, "y": 0}, "z": 3}):

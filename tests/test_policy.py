@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from blockstore import open_store
-from stages.policy import (
+from stages.checkpoint.policy import (
     REASON_INTERVAL,
     REASON_MANUAL,
     REASON_RECORDS,

@@ -8,7 +8,12 @@ as much as one at the top.
 An upward call needs no import: ``ray.get_actor(name).restore.remote(...)`` reaches the
 scheduler from ``stages`` by name. So ``stages`` must not call, through ``.remote(``, any
 method of the scheduler actor (``class Scheduler`` in ``scheduler/actor.py``); it calls the
-hooks it defines itself (``stages/hooks.py``), which ``scheduler/hooks.py`` implements.
+hooks it defines itself (``stages/actors/hooks.py``), which ``scheduler/hooks.py`` implements.
+
+Inside ``stages`` the same rule orders the three rooms: ``stages.errors`` <- ``checkpoint``
+<- ``actors`` <- ``pipeline``. And no two modules of the project import each other, however
+indirectly (a circle), lazy and ``TYPE_CHECKING`` imports included: a shared type lives
+where both sides can import it.
 """
 
 from __future__ import annotations
@@ -113,7 +118,7 @@ def _remote_calls(path: Path) -> set[str]:
 
 
 # Methods the stage actor has under the same name as one of the scheduler's: a call of
-# these from stages addresses a stage (``stages/actor.py``), never the scheduler.
+# these from stages addresses a stage (``stages/actors/actor.py``), never the scheduler.
 _STAGE_METHODS = {"checkpoint", "ping", "info", "stop", "shutdown", "rollback",
                   "process_batch", "get_state", "registration"}
 
@@ -128,7 +133,7 @@ def test_stages_call_no_scheduler_method() -> None:
         wrong = (_remote_calls(path) & methods) - _STAGE_METHODS
         if wrong:
             bad[str(path.relative_to(ROOT))] = sorted(wrong)
-    assert not bad, f"stages calls scheduler methods by name (use stages/hooks.py): {bad}"
+    assert not bad, f"stages calls scheduler methods by name (use stages/actors/hooks.py): {bad}"
 
 
 def test_the_remote_scanner_sees_calls(tmp_path: Path) -> None:
@@ -149,3 +154,129 @@ def test_the_scanner_sees_imports(tmp_path: Path) -> None:
     assert _imports(probe, "blockstore", tmp_path) == {
         "stages", "scheduler", "blockstore", "blockpoint", "bench",
         "<relative import above the package>"}
+
+
+# -- rooms of stages, and circles -----------------------------------------------------------
+
+ROOMS = ("checkpoint", "actors", "pipeline")
+
+
+def _module_name(path: Path, root: Path = ROOT) -> str:
+    rel = path.relative_to(root).with_suffix("")
+    return ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+
+
+def _is_module(name: str, root: Path) -> bool:
+    base = root.joinpath(*name.split("."))
+    return base.with_suffix(".py").exists() or (base / "__init__.py").exists()
+
+
+def _imported_modules(path: Path, root: Path = ROOT) -> set[str]:
+    """Fully qualified names of the project modules ``path`` imports (relative ones resolved,
+    ``from package import submodule`` counted as the submodule), lazy imports included."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    own = _module_name(path, root)
+    package = own if path.name == "__init__.py" else own.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            bases = [a.name for a in node.names]
+            names: list[str] = []
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = package.split(".")
+                anchor = ".".join(parts[:len(parts) - (node.level - 1)])
+                base = f"{anchor}.{node.module}" if node.module else anchor
+            else:
+                base = node.module or ""
+            bases = [base]
+            names = [a.name for a in node.names]
+        else:
+            continue
+        for base in bases:
+            if base.split(".")[0] not in OURS:
+                continue
+            subs = [f"{base}.{n}" for n in names if _is_module(f"{base}.{n}", root)]
+            found.update(subs)
+            if len(subs) < len(names) or not names:
+                found.add(base)
+    return {m for m in found if _is_module(m, root)}
+
+
+def _graph(root: Path = ROOT) -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {}
+    for pkg in sorted(OURS):
+        if not (root / pkg).is_dir():
+            continue
+        for path in sorted((root / pkg).rglob("*.py")):
+            graph[_module_name(path, root)] = _imported_modules(path, root) - {_module_name(path, root)}
+    return graph
+
+
+def _circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_circles() -> None:
+    circles = _circles(_graph())
+    assert not circles, f"modules that import each other in a circle: {circles}"
+
+
+def test_rooms_of_stages_point_one_way() -> None:
+    bad = {}
+    for i, room in enumerate(ROOMS):
+        above = {f"stages.{r}" for r in ROOMS[i + 1:]} | {"stages"}
+        for path in sorted((ROOT / "stages" / room).rglob("*.py")):
+            wrong = {m for m in _imported_modules(path)
+                     if m in above or any(m.startswith(a + ".") for a in above - {"stages"})}
+            if wrong:
+                bad[_module_name(path)] = sorted(wrong)
+    errors_imports = _imported_modules(ROOT / "stages" / "errors.py")
+    assert not {m for m in errors_imports if m.startswith("stages")}, errors_imports
+    assert not bad, f"a room of stages imports a room above it (or the package root): {bad}"
+
+
+def test_the_circle_finder_sees_circles(tmp_path: Path) -> None:
+    pkg = tmp_path / "stages"
+    (pkg / "actors").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "actors" / "__init__.py").write_text("")
+    (pkg / "actors" / "a.py").write_text("from typing import TYPE_CHECKING\n"
+                                          "if TYPE_CHECKING:\n    from .b import B\n")
+    (pkg / "actors" / "b.py").write_text("def f():\n    from . import c\n")
+    (pkg / "actors" / "c.py").write_text("from stages.actors.a import A\n")
+    (pkg / "actors" / "d.py").write_text("from ..actors import a\n")
+    graph = _graph(tmp_path)
+    assert graph["stages.actors.d"] == {"stages.actors.a"}
+    assert _circles(graph) == [["stages.actors.a", "stages.actors.b", "stages.actors.c"]]

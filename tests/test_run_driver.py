@@ -16,9 +16,9 @@ import pytest
 
 from blockstore import open_store
 from stages.errors import RunActiveError, RunFencedError, SinkFencedError
-from stages.run_driver import RunDriver
-from stages.runs import RunStore
-from stages.sink import FenceToken, FileSink
+from stages.pipeline.run_driver import RunDriver
+from stages.pipeline.runs import RunStore
+from stages.pipeline.sink import FenceToken, FileSink
 
 BS = 512
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +30,7 @@ def runs(store_dir: str) -> RunStore:
 
 
 def _commit(hold: RunDriver, sink: FileSink, step: int) -> None:
-    """One step commit in the pipeline's order (``stages/pipeline.py`` ``_commit``)."""
+    """One step commit in the pipeline's order (``stages/pipeline/pipeline.py`` ``_commit``)."""
     sink.commit(step, [{"step": step}], token=hold.token)
     hold.save_step(step, source_position=step * 10)
     sink.publish(step, token=hold.token)
@@ -40,8 +40,8 @@ _OTHER_DRIVER = textwrap.dedent("""
     import sys
     from blockstore import open_store
     from stages.errors import RunActiveError
-    from stages.run_driver import RunDriver
-    from stages.runs import RunStore
+    from stages.pipeline.run_driver import RunDriver
+    from stages.pipeline.runs import RunStore
     runs = RunStore(open_store(sys.argv[1]))
     try:
         RunDriver.acquire(runs, "r", driver="other-process")

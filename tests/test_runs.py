@@ -17,7 +17,7 @@ import pytest
 
 from blockstore import open_store
 from blockstore.faults import FaultyStore, InjectedCrash
-from stages.runs import (
+from stages.pipeline.runs import (
     RunClaimConflict,
     RunClaimLost,
     RunNotFoundError,
@@ -143,7 +143,7 @@ _CLAIMER = textwrap.dedent("""
     import sys, time, os
     from pathlib import Path
     from blockstore import open_store
-    from stages.runs import RunStore, RunError
+    from stages.pipeline.runs import RunStore, RunError
     store_dir, go, name, mode = sys.argv[1:5]
     runs = RunStore(open_store(store_dir), claim_ttl=1.0)
     while not os.path.exists(go):
@@ -223,8 +223,8 @@ def test_errors_pickle_with_their_attributes() -> None:
     """Errors cross Ray and process boundaries; they must unpickle intact."""
     import pickle
 
-    from stages.actor import RollbackUnavailable, StageStopped
-    from stages.pipeline import PipelineError, StageProcessError
+    from stages.actors.actor import RollbackUnavailable, StageStopped
+    from stages.pipeline.pipeline import PipelineError, StageProcessError
 
     errors = [RunNotFoundError("a", run_id="r", step=2), RunClaimConflict("b", run_id="r",
               holder="h"), RunNotPausedError("c", run_id="r", state="paused"),
@@ -240,7 +240,7 @@ _DIES_IN_SAVE = textwrap.dedent("""
     import sys
     from blockstore import open_store
     from blockstore.faults import FaultyStore
-    from stages.runs import RunStore
+    from stages.pipeline.runs import RunStore
     store = FaultyStore(open_store(sys.argv[1]))
     runs = RunStore(store)
     runs.save_step("r", 1, source_position=1)

@@ -24,7 +24,7 @@ from blockstore.lease import Lease
 from scheduler import DrainRejectedError, get_or_create
 from scheduler import ray_adapter
 from scheduler.hooks import SchedulerRegistrar
-from stages.actor import StageSpec
+from stages.actors.actor import StageSpec
 from polling import wait_for
 
 pytestmark = [pytest.mark.multinode, pytest.mark.ray]

@@ -2,7 +2,7 @@
 
 One module-scoped local Ray (``ray_local``) and one scheduler actor per test (each with its
 own name and store, so tests do not see each other's stages). Stages are real
-``stages.actor.StageActor`` incarnations whose checkpoint flush a test can hold open: their
+``stages.actors.actor.StageActor`` incarnations whose checkpoint flush a test can hold open: their
 state contains a :class:`Gate`, whose pickling (inside the flush) blocks while a file exists,
 or a :class:`Bomb`, whose pickling raises while a file exists.
 """
@@ -34,8 +34,8 @@ from scheduler import (
 )
 from scheduler import ray_adapter
 from scheduler.hooks import SchedulerRegistrar
-from stages.actor import StageSpec, launch_stage
-from stages.observer import flush_guard
+from stages.actors.actor import StageSpec, launch_stage
+from stages.checkpoint.observer import flush_guard
 import gates
 from gates import Gate
 from polling import wait_for

@@ -1,4 +1,4 @@
-"""Asynchronous checkpoints (``CheckpointedStageState.checkpoint_async``, ``stages/background.py``).
+"""Asynchronous checkpoints (``CheckpointedStageState.checkpoint_async``, ``stages/checkpoint/background.py``).
 
 Checked: the flush writes the snapshot, not the live state (arrays mutated in place right
 after the call); at most one flush in flight, generations in request order; a background

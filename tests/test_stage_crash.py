@@ -384,7 +384,7 @@ def test_takeover_before_header_write_is_not_committed(tmp_path: Path) -> None:
 
 def _header_sectors(header: bytes) -> int:
     """Sectors the header and its trailer occupy."""
-    from stages import format as fmt
+    from stages.checkpoint import format as fmt
     (length,) = struct.unpack_from("<Q", header, 96)
     return -(-(length + fmt.TRAILER.size) // fmt.SECTOR)
 
@@ -395,7 +395,7 @@ def test_power_loss_tearing_any_header_sectors_is_an_uncommitted_write(
     """Power loss may drop any subset of a multi-sector header's sectors, not only its tail:
     every such tear reads as an uncommitted write (no checkpoint yet, or the older
     generation), never as corruption, and the stage can start (issue 9, defect 9)."""
-    from stages import format as fmt
+    from stages.checkpoint import format as fmt
     root = tmp_path / "s"
     store = FileStore(root, 4096)
     lease = store.acquire("stage")

@@ -1,4 +1,4 @@
-"""Incremental checkpoints (issue 13 item 2, A18; ``stages/incremental.py``).
+"""Incremental checkpoints (issue 13 item 2, A18; ``stages/checkpoint/incremental.py``).
 
 Checked on real files (FileStore), a real child process SIGKILLed mid-checkpoint, and the
 loopback S3 server: unchanged chunks are reused, not rewritten, and every retained
@@ -38,8 +38,8 @@ from stages import (
     CheckpointFailed,
     verify_lease,
 )
-from stages import format as fmt
-from stages.reader import load_map, scan_slots
+from stages.checkpoint import format as fmt
+from stages.checkpoint.reader import load_map, scan_slots
 
 
 @pytest.fixture(autouse=True)
@@ -547,7 +547,7 @@ class _BigStage:
 
 
 def test_stage_spec_incremental_rewrites_only_what_changed(tmp_path) -> None:
-    from stages.actor import StageActor, StageSpec
+    from stages.actors.actor import StageActor, StageSpec
 
     store = FileStore(tmp_path / "s", 64 * 1024)
     spec = StageSpec("inc", _BigStage, store, incremental=True, full_every=4,  # type: ignore[arg-type]

@@ -24,8 +24,8 @@ from stages import (
     UnsupportedFormatError,
     verify_lease,
 )
-from stages import format as fmt
-from stages.reader import load_map, scan_slots
+from stages.checkpoint import format as fmt
+from stages.checkpoint.reader import load_map, scan_slots
 
 BS = 1024
 
@@ -403,7 +403,7 @@ def test_keyed_restore_of_many_batches_and_mixed_chunks(tmp_path: Path) -> None:
     """The MAC is computed in payload order while batches finish out of order; a keyed
     restore of a payload spanning several read batches, raw and zstd chunks interleaved,
     must verify - and a flipped bit in a middle chunk is a CRC failure, not a MAC one."""
-    from stages.reader import READ_BATCH
+    from stages.checkpoint.reader import READ_BATCH
 
     bs = 64 * 1024
     n_blocks = 3 * READ_BATCH // bs + 16
@@ -436,8 +436,8 @@ def test_mac_in_order_equals_one_pass() -> None:
     """However the regions are listed, the digest is the MAC of the whole buffer."""
     from concurrent.futures import Future
 
-    from stages.mac import PayloadMac
-    from stages.reader import _mac_in_order
+    from stages.checkpoint.mac import PayloadMac
+    from stages.checkpoint.reader import _mac_in_order
 
     buf = memoryview(np.random.default_rng(5).integers(0, 256, 10_000, dtype=np.uint8))
     futs = [Future() for _ in range(3)]

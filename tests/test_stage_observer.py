@@ -210,7 +210,7 @@ def test_raising_observer_does_not_break_the_flush(faulty: FaultyStore, caplog) 
     lease = faulty.acquire("st")
     obs = Raising()
     css = CheckpointedStageState.with_observer({"v": 42}, lease, "s", obs)
-    with caplog.at_level(logging.ERROR, logger="stages.observer"):
+    with caplog.at_level(logging.ERROR, logger="stages.checkpoint.observer"):
         info = css.checkpoint()
     assert info.generation == 1 and obs.n == 2
     assert "scheduler unreachable" in caplog.text and "no ack" in caplog.text

@@ -18,7 +18,7 @@ from stages import (
     CodecError,
     NoCheckpointError,
 )
-from stages.codec import encode
+from stages.checkpoint.codec import encode
 
 
 @pytest.fixture(autouse=True)

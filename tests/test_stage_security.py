@@ -29,8 +29,8 @@ from stages import (
     UnauthenticatedRestoreWarning,
     verify_lease,
 )
-from stages import mac as mac_module
-from stages.format import parse_header
+from stages.checkpoint import mac as mac_module
+from stages.checkpoint.format import parse_header
 
 BS = 4096
 

@@ -150,7 +150,7 @@ def test_memory_store_gives_back_too() -> None:
 
 
 def test_plan_is_conservative() -> None:
-    from stages.compaction import plan
+    from stages.checkpoint.compaction import plan
 
     # Referenced blocks are never discarded, header slots never, nothing at or past the end.
     p = plan(num_blocks=100, slots=2, referenced={2, 3, 50}, next_need=4, next_protected=2,

@@ -14,7 +14,7 @@ import pytest
 from blockpoint.cli import main
 from blockstore import FileStore
 from stages import CheckpointedStageState
-from stages.reader import load_map, scan_slots
+from stages.checkpoint.reader import load_map, scan_slots
 
 BS = 4096
 

@@ -33,7 +33,7 @@ import ray
 from blockstore import open_store
 from scheduler import SchedulerRegistrar, get_or_create
 from stages import CheckpointedStageState, verify_lease
-from stages.actor import StageSpec
+from stages.actors.actor import StageSpec
 
 pytestmark = pytest.mark.ray
 

@@ -7,7 +7,7 @@ one committed step).
 
 | row | cases tried | outcome |
 |-----|-------------|---------|
-| driver killed at every point of a step commit | SIGKILL of the driver process at step 1 and at step 2 (steps 1-4 with ``BLOCKPOINT_FAULTS_FULL=1``) at each of the 5 points of ``Pipeline._commit`` (``stages/pipeline.py``): before the sink commit; after it, before the step record; after the step record, before the status write (the commit point, ``stages/run_driver.py``); after the status write, before the sink's publish; after the publish. Then: a reader of the sink, and a restarted driver (after the dead one's control lease expired) | nothing lost: before the restart the sink shows only steps the run committed (a prefix of the reference); after it the output equals the reference exactly and the step records cover every source record once |
+| driver killed at every point of a step commit | SIGKILL of the driver process at step 1 and at step 2 (steps 1-4 with ``BLOCKPOINT_FAULTS_FULL=1``) at each of the 5 points of ``Pipeline._commit`` (``stages/pipeline/pipeline.py``): before the sink commit; after it, before the step record; after the step record, before the status write (the commit point, ``stages/pipeline/run_driver.py``); after the status write, before the sink's publish; after the publish. Then: a reader of the sink, and a restarted driver (after the dead one's control lease expired) | nothing lost: before the restart the sink shows only steps the run committed (a prefix of the reference); after it the output equals the reference exactly and the step records cover every source record once |
 | two drivers on one run | a second driver while the first (another process) runs: (a) plain - refused with ``RunActiveError`` naming the holder, before it touched anything, the first finishes; (b) ``takeover=True`` - the first is fenced (its next commit or recovery fails with ``RunFencedError``, exit code 3) and the second finishes the run | nothing lost or duplicated: output equals the reference, step records cover every source record once |
 
 Before the fix (issue 9, defect 2) the second driver was not refused and the sink showed
@@ -29,13 +29,13 @@ import pytest
 import ray
 
 from blockstore import open_store
-from stages.actor import StageSpec
+from stages.actors.actor import StageSpec
 from stages.errors import RunActiveError
-from stages.pipeline import Pipeline, run_reference
-from stages.policy import CheckpointPolicy
-from stages.runs import RunStore
-from stages.sink import FileSink
-from stages.source import Enrich, GeneratedSource, RunningAggregate
+from stages.pipeline.pipeline import Pipeline, run_reference
+from stages.checkpoint.policy import CheckpointPolicy
+from stages.pipeline.runs import RunStore
+from stages.pipeline.sink import FileSink
+from stages.pipeline.source import Enrich, GeneratedSource, RunningAggregate
 
 pytestmark = pytest.mark.ray
 
@@ -55,13 +55,13 @@ KILL_STEPS = [1, 2, 3, 4] if os.environ.get("BLOCKPOINT_FAULTS_FULL") == "1" els
 _DRIVER = textwrap.dedent("""
     import functools, os, signal, sys, time
     import ray
-    from stages.actor import StageSpec
+    from stages.actors.actor import StageSpec
     from stages.errors import RunFencedError
-    from stages.pipeline import Pipeline
-    from stages.policy import CheckpointPolicy
-    from stages.runs import RunStore
-    from stages.sink import FileSink
-    from stages.source import Enrich, GeneratedSource, RunningAggregate
+    from stages.pipeline.pipeline import Pipeline
+    from stages.checkpoint.policy import CheckpointPolicy
+    from stages.pipeline.runs import RunStore
+    from stages.pipeline.sink import FileSink
+    from stages.pipeline.source import Enrich, GeneratedSource, RunningAggregate
 
     address, store, out, run_id, n, kill_at, kill_step, delay = sys.argv[1:9]
     n, kill_step, delay = int(n), int(kill_step), float(delay)

@@ -38,7 +38,7 @@ from gates import Gate
 from polling import wait_for
 from scheduler import PreemptionRequest, SchedulerRegistrar, get_or_create, ray_adapter
 from stages import CheckpointedStageState
-from stages.actor import StageSpec
+from stages.actors.actor import StageSpec
 
 pytestmark = [pytest.mark.multinode, pytest.mark.ray]
 

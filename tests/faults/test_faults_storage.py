@@ -65,8 +65,8 @@ from stages import (
     CheckpointFailed,
     NoCheckpointError,
 )
-from stages import format as fmt
-from stages.reader import load_map, scan_slots
+from stages.checkpoint import format as fmt
+from stages.checkpoint.reader import load_map, scan_slots
 
 BS = 4096
 DATA_BLOCKS = 64  # + pickle framing and a spilled map: a checkpoint of 65+ blocks

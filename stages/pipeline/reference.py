@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .actor import StageSpec
+from ..actors.actor import StageSpec
 from .source import Source
 
 __all__ = ["run_reference"]
@@ -21,7 +21,7 @@ def run_reference(source: Source, stages: Sequence[StageSpec | Callable[[], Any]
                   *, batch_size: int = 1024) -> list[Any]:
     """The output of a failure-free run, computed in this process without Ray or storage.
 
-    ``stages`` are specs or zero-argument factories of :class:`~stages.actor.Stage`; each
+    ``stages`` are specs or zero-argument factories of :class:`~stages.actors.actor.Stage`; each
     record goes through every stage in order, as in a pipeline.
     """
     impls = [(s.factory() if isinstance(s, StageSpec) else s()) for s in stages]

@@ -11,7 +11,7 @@ module of ``stages`` names a method of the scheduler actor; swapping the schedul
 another manager means writing these two small objects, nothing in ``stages`` changes.
 
 Both hooks cross process boundaries: a registrar travels inside a pickled
-:class:`~stages.actor.StageSpec` to every incarnation of the stage (and into the scheduler's
+:class:`~stages.actors.actor.StageSpec` to every incarnation of the stage (and into the scheduler's
 persisted registry), so it must be picklable and small - a name to look an actor up by, not
 an actor handle.
 """
@@ -19,13 +19,13 @@ an actor handle.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from .actor import StageRegistration, StageSpec
-    from .observer import CheckpointFlushObserver
+    from ..checkpoint.observer import CheckpointFlushObserver
 
-__all__ = ["Relaunchable", "StageLostHook", "StageRegistrar"]
+__all__ = ["Relaunchable", "StageLostHook", "StageRegistrar", "StageRegistration"]
 
 
 @runtime_checkable
@@ -63,6 +63,27 @@ class Relaunchable(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class StageRegistration:
+    """What a stage tells the scheduler when an incarnation starts.
+
+    Handed to ``spec.registrar.register(registration)``; ``spec`` lets the scheduler
+    recreate the stage elsewhere.
+    """
+
+    stage_id: str
+    actor: Any  # ActorHandle of this incarnation
+    node_id: str | None
+    priority: int
+    lease_id: str
+    epoch: int
+    resources: Mapping[str, float]
+    generation: int | None
+    step: int | None
+    pid: int
+    spec: Relaunchable | None = None
+
+
 @runtime_checkable
 class StageRegistrar(Protocol):
     """Where a stage incarnation announces itself; carried by ``StageSpec.registrar``.
@@ -90,4 +111,4 @@ class StageRegistrar(Protocol):
 #: ``(spec, exclude_node_ids, restore_step) -> ActorHandle``: bring up a new incarnation of a
 #: lost stage, preferably on a node not in ``exclude_node_ids``. The pipeline rolls the
 #: returned incarnation back to the committed step itself, whichever generation it restored.
-StageLostHook = Callable[["StageSpec", Sequence[str], int], Any]
+StageLostHook = Callable[[Relaunchable, Sequence[str], int], Any]

@@ -3,7 +3,7 @@
 A run must have one driver at a time. Two drivers of one run used to each prune, roll back
 and commit the other's steps, and a driver that died between the sink commit and the step
 record left output for a step nothing committed. So a driver *drives* a run only while it
-holds the run's control lease (``run/<run_id>/status``, ``stages/runs.py``), acquired with a
+holds the run's control lease (``run/<run_id>/status``, ``stages/pipeline/runs.py``), acquired with a
 keepalive for the whole run, and everything it commits carries that lease's epoch:
 
 * **The commit point is a write to the control lease.** :meth:`RunDriver.save_step` writes
@@ -16,11 +16,11 @@ keepalive for the whole run, and everything it commits carries that lease's epoc
   that died or was fenced before its status write is not a committed step, and the next
   driver replaces it when it commits that step itself.
 * **Sinks are fenced by the same epoch.** The pipeline hands the sink the driver's
-  :class:`~stages.sink.FenceToken` (run id, epoch): ``fence`` at start (which also drops
+  :class:`~stages.pipeline.sink.FenceToken` (run id, epoch): ``fence`` at start (which also drops
   output after the committed step), ``commit`` of a step's output, ``publish`` of a
   committed step after the status write. The sink refuses a token older than one it has
   seen (``SinkFencedError``) and shows readers only published steps, so output of a step
-  the run did not commit is never reported (``stages/sink.py``).
+  the run did not commit is never reported (``stages/pipeline/sink.py``).
 * **A second driver is refused, unless it takes over.** :meth:`RunDriver.acquire` does not
   steal: while the first driver holds the lease, a second gets ``RunActiveError`` naming the
   run and the holder, before it has touched anything. With ``takeover=True`` it steals the
@@ -30,7 +30,7 @@ keepalive for the whole run, and everything it commits carries that lease's epoc
   expire (its TTL, ``RunStore.claim_ttl``); a restart after that needs no takeover.
 
 Crash at any point of a step commit (see :meth:`RunDriver.save_step` and
-``stages/pipeline.py``): before the status write, the step is not committed and is
+``stages/pipeline/pipeline.py``): before the status write, the step is not committed and is
 replayed; after it, the step is committed and its output, durable since the sink commit, is
 published by the restarted driver's ``fence``. Nothing is lost, nothing is reported twice.
 """
@@ -44,7 +44,7 @@ from typing import Any
 from blockstore import Lease, LeaseHeldError, default_holder
 from blockstore.errors import LeaseError, LeaseExpiredError
 
-from .errors import RunActiveError, RunFencedError, RunNotFoundError, RunNotPausedError
+from ..errors import RunActiveError, RunFencedError, RunNotFoundError, RunNotPausedError
 from .run_records import FINISHED, PAUSED, RUNNING, RunStatus, RunStep, StageCommit
 from .runs import RunClaim, RunStore
 from .sink import FenceToken

@@ -1,6 +1,6 @@
 """One pipeline barrier in flight: from the stages' acknowledgements to a durable step.
 
-The pipeline driver (``stages/pipeline.py``) injects a barrier for step ``s`` as one
+The pipeline driver (``stages/pipeline/pipeline.py``) injects a barrier for step ``s`` as one
 ``checkpoint(step=s)`` call per stage, queued after the last batch of ``s``. This module
 tracks that barrier until the step may be committed, in two phases per stage:
 

@@ -36,8 +36,8 @@ from typing import TYPE_CHECKING, Any
 from blockstore import BlockStore
 
 if TYPE_CHECKING:
-    from stages.background import PendingCheckpoint
-    from stages.state import CheckpointedStageState, CheckpointInfo
+    from stages.checkpoint.background import PendingCheckpoint
+    from stages.checkpoint.state import CheckpointedStageState, CheckpointInfo
 
 __all__ = [
     "CheckpointManager",
@@ -361,7 +361,7 @@ class CheckpointManager:
         """The newest verifying checkpoint of ``stage_id`` restored read-only, or ``None`` if
         the stage has no lease or no committed generation. Corruption raises."""
         from stages.errors import NoCheckpointError
-        from stages.state import CheckpointedStageState
+        from stages.checkpoint.state import CheckpointedStageState
 
         store = self._store()
         if store.find(stage_id) is None:

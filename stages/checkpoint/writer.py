@@ -1,14 +1,14 @@
 """The write path of a checkpoint: chunks, encoding in a pool, block allocation, the map.
 
-:class:`~stages.state.CheckpointedStageState` decides *what* a commit writes and in which
-order (``stages/state.py`` states the protocol); these functions do the writing:
+:class:`~stages.checkpoint.state.CheckpointedStageState` decides *what* a commit writes and in which
+order (``stages/checkpoint/state.py`` states the protocol); these functions do the writing:
 
 * :func:`chunks` cuts the serialized payload's segments into block-size chunks without
   joining them (only chunks straddling a segment boundary are copied);
 * :func:`write_chunks` encodes chunks (CRC-32C, zstd where it pays) in the shared worker
   pool a few batches ahead of the writer - both release the GIL, so encoding hides behind
   ``pwritev`` - and packs compressed chunks several to a block. For incremental
-  checkpoints (``stages/incremental.py``) the same pool tasks hash every chunk and, where
+  checkpoints (``stages/checkpoint/incremental.py``) the same pool tasks hash every chunk and, where
   the hash and length equal the base generation's chunk at the same position, hand back
   the base's map entry instead: that chunk is neither compressed nor written;
 * :func:`learn_slots` builds the writer's knowledge of the header slots (which generation
@@ -32,7 +32,7 @@ from . import format as fmt
 from .compress import ChunkCoder
 from .format import CHUNK_RAW, ENTRY, MAPBLOCK, Header, MapEntry
 from .incremental import content_hash
-from .errors import CheckpointCorrupt
+from ..errors import CheckpointCorrupt
 from .mac import KeySetting, PayloadMac
 from .reader import SlotScan, load_map, worker_pool
 

@@ -15,7 +15,7 @@ gone. Placed under ``@ray.remote``, this decorator makes named attributes durabl
 Why it looks like this:
 
 * **A class, not a mixin**, returned by the decorator: a subclass of the user's class whose
-  ``__init__`` runs the user's, then starts the incarnation (:mod:`stages.durability`):
+  ``__init__`` runs the user's, then starts the incarnation (:mod:`stages.actors.durability`):
   lease by force (the old incarnation is fenced), restore of the newest generation that
   verifies into the named attributes, ``on_restore(report)`` if defined. No checkpoint yet:
   the constructor's values stand. Public methods are wrapped to count calls and checkpoint
@@ -40,7 +40,7 @@ Semantics:
   neither retried nor resent are lost. ``every_calls=1`` gives *exactly-once* effects for
   Ray's retries: each call commits before it returns, and records its task id and result in
   the same checkpoint, so a retried call that had committed returns its recorded result
-  without being applied again (:mod:`stages.durability` says why this is exact), and one
+  without being applied again (:mod:`stages.actors.durability` says why this is exact), and one
   that had not is applied once. The last ``dedupe_window`` ids are kept.
 * **Calls in flight** when the actor dies fail with ``RayActorError`` unless Ray retries
   them (``max_task_retries``); retried calls run on the restored state, and Ray may run
@@ -61,7 +61,7 @@ Semantics:
   ``registration`` in the control group, ``shutdown``), so preemption waits for its flushes
   (pass the scheduler's flush observer as ``observer=``) and preemption by resources counts
   what the actor holds. The registration carries a relaunch recipe
-  (:class:`~stages.recipe.ActorRecipe`: the class, the constructor's arguments, name,
+  (:class:`~stages.actors.recipe.ActorRecipe`: the class, the constructor's arguments, name,
   resources, concurrency), persisted with the scheduler's registry, so **the scheduler
   re-creates a lost actor** on another live node through the placement path stages use;
   the new incarnation takes the lease by force (the old one is fenced) and restores.
@@ -83,22 +83,22 @@ import inspect
 import logging
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import ray
 
 from blockstore import BlockStore
 
-from .actor import CONTROL_GROUP, CONTROL_CONCURRENCY, StageRegistration, ray_context
+from .actor import CONTROL_GROUP, CONTROL_CONCURRENCY, ray_context
 from .actor import resources_held
+from .config import CheckpointedConfig
 from .durability import ActorDurability
-from .incremental import DEFAULT_FULL_EVERY
-from .errors import StageError
-from .format import CODECS
-from .hooks import StageRegistrar
+from ..checkpoint.incremental import DEFAULT_FULL_EVERY
+from ..errors import StageError
+from ..checkpoint.format import CODECS
+from .hooks import StageRegistrar, StageRegistration
 from .incarnation import register_quietly
-from .observer import CheckpointFlushObserver
+from ..checkpoint.observer import CheckpointFlushObserver
 from .recipe import recipe_for
 
 __all__ = ["CheckpointedConfig", "CheckpointedConfigError", "checkpointed"]
@@ -125,41 +125,6 @@ class CheckpointedConfigError(StageError, ValueError):
     def __init__(self, message: str, *, actor: str | None = None) -> None:
         super().__init__(message)
         self.actor = actor
-
-
-@dataclass(frozen=True, slots=True)
-class CheckpointedConfig:
-    """The decorator's arguments, checked; travels with the class to every worker."""
-
-    actor: str
-    store: str
-    attrs: tuple[str, ...]
-    state_arg: str | tuple[str, ...]
-    key: str | None
-    every_calls: int | None
-    every_seconds: float | None
-    retention: int
-    codec: str
-    compression: str
-    level: int
-    mac_key: bytes | str | None
-    registrar: StageRegistrar | None
-    observer: CheckpointFlushObserver | None
-    lease_ttl: float
-    block_size: int | None
-    priority: int
-    dedupe_window: int
-    checkpoint_on_exit: bool
-    concurrency_groups: Mapping[str, int]
-    async_checkpoint: bool = False
-    incremental: bool = False
-    full_every: int = DEFAULT_FULL_EVERY
-
-    def state_options(self) -> dict[str, Any]:
-        """Keyword options for ``CheckpointedStageState``."""
-        return {"retention": self.retention, "codec": self.codec,
-                "compression": self.compression, "level": self.level, "key": self.mac_key,
-                "incremental": self.incremental, "full_every": self.full_every}
 
 
 def _fail(cls: type, message: str) -> CheckpointedConfigError:
@@ -362,7 +327,7 @@ def _generated(cls: type, config: CheckpointedConfig) -> dict[str, Any]:
 
     def checkpoint_lock(self: Any) -> Any:
         """The lock the snapshot is taken under; a threaded actor mutates its state
-        attributes holding it (see :mod:`stages.durability`)."""
+        attributes holding it (see :mod:`stages.actors.durability`)."""
         return _durability(self).lock
 
     ns: dict[str, Any] = {
@@ -449,11 +414,11 @@ class _Checkpointed:
                 ``GROUPS`` (the scheduler declares them when it re-creates the actor).
             async_checkpoint: policy checkpoints (``every_calls`` >= 2, ``every_seconds``)
                 take a snapshot in the call's turn and flush in the background, so the call
-                returns without waiting for the disk (see :mod:`stages.durability`). Refused
+                returns without waiting for the disk (see :mod:`stages.actors.durability`). Refused
                 with ``every_calls=1`` (exactly-once needs the commit before the return).
             incremental, full_every: rewrite only the chunks that changed since the last
                 generation this incarnation wrote or restored; every ``full_every``-th
-                checkpoint is full (``stages/incremental.py``).
+                checkpoint is full (``stages/checkpoint/incremental.py``).
 
         Raises:
             CheckpointedConfigError: at decoration, for bad arguments or name clashes.

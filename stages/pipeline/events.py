@@ -1,6 +1,6 @@
 """What a pipeline run reports: the events as they happen, and the result of ``run()``.
 
-Both are frozen values (``stages/pipeline.py`` creates them, callers only read them), kept
+Both are frozen values (``stages/pipeline/pipeline.py`` creates them, callers only read them), kept
 apart from the driver so that code reading a run's history - tests, the demo, a monitoring
 hook given as ``on_event`` - needs none of the driver's machinery.
 """

@@ -9,7 +9,7 @@ it again somewhere else after a crash, which is what the scheduler and the pipel
 Why the design is as it is:
 
 * **One lease per stage, taken by force; restore on start** - the mechanism every stateful
-  actor of :mod:`stages` shares, :class:`~stages.incarnation.Incarnation` (also under
+  actor of :mod:`stages` shares, :class:`~stages.actors.incarnation.Incarnation` (also under
   ``@checkpointed`` actors): ``steal=True`` bumps the fencing epoch, so the previous
   incarnation - dead, or a zombie on a node Ray has declared lost - can never write a
   checkpoint again; the newest generation that verifies is restored (or, for a pipeline
@@ -29,12 +29,12 @@ Why the design is as it is:
   pipeline replays from its last committed step anyway, and an extra generation would evict
   one the rollback may need. Plain stages checkpoint whenever asked.
 * **Asynchronous barrier checkpoints** (``StageSpec(async_checkpoints=True)``). A barrier
-  ``checkpoint(step >= 1)`` takes a snapshot (``stages/background.py``: serialize, copy the
+  ``checkpoint(step >= 1)`` takes a snapshot (``stages/checkpoint/background.py``: serialize, copy the
   numpy buffers) and returns ``{"pending": True, ...}`` at once, so the data path goes on
   while the flush runs in the background; the caller learns that the step is durable from
   :meth:`StageActor.flushed`, which runs in its own ``flush`` concurrency group and returns
   the ``CheckpointInfo`` or raises ``CheckpointFailed``. A pipeline commits the step only
-  then (``stages/barrier.py``). At most one flush is in flight: a second barrier while one
+  then (``stages/pipeline/barrier.py``). At most one flush is in flight: a second barrier while one
   runs waits for it (no coalescing: every barrier is a step), and ``rollback``/``shutdown``
   wait for it before they replace the state or give up the lease. Out-of-band checkpoints
   (``step < 1``) and ``shutdown(checkpoint=True)`` stay synchronous: their callers (the
@@ -42,10 +42,10 @@ Why the design is as it is:
 * **The flush observer is passed through, untouched**: the scheduler supplies a picklable
   object; the actor hands it to ``CheckpointedStageState`` which calls it around every flush.
 * **Registration is fire-and-forget, through a hook.** When ``spec.registrar`` is set (a
-  :class:`~stages.hooks.StageRegistrar`, e.g. ``scheduler.SchedulerRegistrar``), the stage
+  :class:`~stages.actors.hooks.StageRegistrar`, e.g. ``scheduler.SchedulerRegistrar``), the stage
   hands it a :class:`StageRegistration` from ``__init__`` and does not wait: the scheduler
   may call back into the stage, which cannot answer before ``__init__`` returns. The stage
-  never names a scheduler method itself (``stages/hooks.py`` says why).
+  never names a scheduler method itself (``stages/actors/hooks.py`` says why).
 * **One reading of a stage's resources.** :meth:`StageSpec.ray_options` (the keywords for
   Ray's ``.options``) and :meth:`StageSpec.ray_resources` (the same amounts keyed as a
   node's resource view, for placement) come from one parse of ``spec.resources``, so the
@@ -65,15 +65,15 @@ import ray
 
 from blockstore import BlockStore, Lease
 
-from .background import PendingCheckpoint
-from .errors import CheckpointFailed, StageError
-from .hooks import StageRegistrar
+from ..checkpoint.background import PendingCheckpoint
+from ..errors import CheckpointFailed, StageError
+from .hooks import StageRegistrar, StageRegistration
 from .incarnation import Incarnation, RollbackUnavailable, open_store_for, register_quietly
 from .incarnation import restore_or_initial
-from .incremental import DEFAULT_FULL_EVERY
-from .observer import CheckpointFlushObserver
+from ..checkpoint.incremental import DEFAULT_FULL_EVERY
+from ..checkpoint.observer import CheckpointFlushObserver
 from .resources import _default_resources, resource_amounts, resource_keywords, resources_held
-from .state import CheckpointedStageState
+from ..checkpoint.state import CheckpointedStageState
 
 if TYPE_CHECKING:
     from ray.actor import ActorHandle
@@ -145,7 +145,7 @@ class StageSpec:
             existing store keeps its own.
         lease_ttl: TTL of the stage's lease; a keepalive thread renews it every third.
         registrar: where every incarnation registers (a picklable
-            :class:`~stages.hooks.StageRegistrar`, e.g. ``scheduler.SchedulerRegistrar``),
+            :class:`~stages.actors.hooks.StageRegistrar`, e.g. ``scheduler.SchedulerRegistrar``),
             or None.
         async_checkpoints: barrier checkpoints (``step >= 1``) snapshot the state and flush
             it in the background; :meth:`StageActor.flushed` says when it is durable. The
@@ -154,7 +154,7 @@ class StageSpec:
             memory (reused from one snapshot to the next).
         incremental, full_every: passed to ``CheckpointedStageState``: chunks unchanged
             since the last generation this incarnation wrote or restored are not rewritten,
-            and every ``full_every``-th checkpoint is full (``stages/incremental.py``).
+            and every ``full_every``-th checkpoint is full (``stages/checkpoint/incremental.py``).
     """
 
     stage_id: str
@@ -204,33 +204,12 @@ class StageSpec:
         """Start a detached incarnation pinned to ``node_id`` (hard affinity) in
         ``namespace``, reporting its flushes to ``observer``; returns its handle at once.
 
-        What a manager relaunches a stage with (:class:`~stages.hooks.Relaunchable`).
+        What a manager relaunches a stage with (:class:`~stages.actors.hooks.Relaunchable`).
         """
         opts = actor_options(self, node_id=node_id, soft=False)
         opts["lifetime"] = "detached"
         opts["namespace"] = namespace
         return remote_stage_class().options(**opts).remote(self, observer)
-
-
-@dataclass(frozen=True, slots=True)
-class StageRegistration:
-    """What a stage tells the scheduler when an incarnation starts.
-
-    Handed to ``spec.registrar.register(registration)``; ``spec`` lets the scheduler
-    recreate the stage elsewhere.
-    """
-
-    stage_id: str
-    actor: Any  # ActorHandle of this incarnation
-    node_id: str | None
-    priority: int
-    lease_id: str
-    epoch: int
-    resources: Mapping[str, float]
-    generation: int | None
-    step: int | None
-    pid: int
-    spec: StageSpec | None = None
 
 
 class StageStopped(StageError, RuntimeError):
@@ -248,7 +227,7 @@ class StageStopped(StageError, RuntimeError):
 def restore_state(lease: Lease, spec: StageSpec, *, observer: CheckpointFlushObserver | None,
                   max_step: int | None = None) -> CheckpointedStageState[Any]:
     """Bind the stage's state to ``lease``: restored if a checkpoint exists, else the
-    factory's initial state; ``max_step`` as in :func:`stages.incarnation.restore_or_initial`
+    factory's initial state; ``max_step`` as in :func:`stages.actors.incarnation.restore_or_initial`
     (whose guarantees hold: ``RollbackUnavailable``, never unverified state)."""
     return restore_or_initial(lease, lambda: spec.factory().initial_state(), observer=observer,
                               max_step=max_step, name=spec.stage_id, **spec.state_options())

@@ -27,7 +27,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from .errors import CodecError
+from ..errors import CodecError
 
 __all__ = ["ALIGN", "Payload", "decode", "encode"]
 

@@ -38,7 +38,7 @@ from blockstore import BlockIndexError, LeaseReader, crc32c
 
 from . import format as fmt
 from .compress import decompress_into
-from .errors import (
+from ..errors import (
     BadMagicError,
     CheckpointAuthError,
     CheckpointCorrupt,

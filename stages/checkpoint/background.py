@@ -1,9 +1,9 @@
 """Asynchronous checkpoints: a consistent snapshot now, the flush in the background.
 
-:meth:`~stages.state.CheckpointedStageState.checkpoint_async` stalls the caller only for
+:meth:`~stages.checkpoint.state.CheckpointedStageState.checkpoint_async` stalls the caller only for
 the snapshot - the state serialized to memory, with every out-of-band buffer (numpy arrays)
 *copied* into buffers this module owns - and hands the commit (the same protocol and code as
-a synchronous checkpoint, ``stages/state.py``) to a flush thread. Why it is shaped so:
+a synchronous checkpoint, ``stages/checkpoint/state.py``) to a flush thread. Why it is shaped so:
 
 * **A copy, not a promise.** After ``checkpoint_async`` returns, the caller may change the
   state in any way, arrays in place included: the flush writes the snapshot, never the live
@@ -20,7 +20,7 @@ a synchronous checkpoint, ``stages/state.py``) to a flush thread. Why it is shap
   and, if nobody waited for it, by the next ``checkpoint``/``checkpoint_async``/``wait`` of
   the same object, as the same ``CheckpointFailed``.
 * **The flush observer spans the background flush**: the flush thread runs the whole commit
-  inside :func:`~stages.observer.flush_guard`, so a scheduler sees
+  inside :func:`~stages.checkpoint.observer.flush_guard`, so a scheduler sees
   ``CHECKPOINT_IN_PROGRESS`` until the header is durable. A stage killed before the flush
   thread started has written nothing; killed during it, the previous generation restores.
 * **Own threads.** Flushes run in a small pool of their own, not the encode/CRC pool they

@@ -16,7 +16,7 @@ The commit protocol (one mechanism, ``docs/FORMAT.md`` has the bytes):
    overwritten. With K slots the lease never exceeds K + K x (largest generation) blocks.
 4. ``flush`` (data and erasures durable), then write the header into the target slot, then
    ``flush``: two fsyncs per checkpoint.
-5. After the commit, give storage back (:mod:`stages.compaction`): shrink the lease's tail
+5. After the commit, give storage back (:mod:`stages.checkpoint.compaction`): shrink the lease's tail
    past what the retained generations use, and discard the dropped generation's blocks so
    its state is no longer readable. A failure here is logged, never raised: the generation
    is committed, and the next commit retries.
@@ -30,10 +30,10 @@ unless ``allow_unauthenticated=True``; a pickle restore without a key warns once
 Speed (`BENCHMARKS.md`): the payload is never joined into one buffer - chunks are memoryview
 slices of pickle's out-of-band buffers (numpy arrays), written with ``pwritev`` while a small
 pool computes CRC-32C (and zstd, only where a cheap probe says it pays) for the next chunks
-(:mod:`stages.writer` does the writing). Restore reads straight into one preallocated buffer and checks each chunk while it is still
-in cache (:mod:`stages.reader`). ``bench/bench_checkpoint.py`` measures both against raw I/O.
+(:mod:`stages.checkpoint.writer` does the writing). Restore reads straight into one preallocated buffer and checks each chunk while it is still
+in cache (:mod:`stages.checkpoint.reader`). ``bench/bench_checkpoint.py`` measures both against raw I/O.
 
-Incremental checkpoints (``incremental=True``, :mod:`stages.incremental` says why they are
+Incremental checkpoints (``incremental=True``, :mod:`stages.checkpoint.incremental` says why they are
 safe): unchanged chunks - same 128-bit content hash as the newest generation this object
 wrote or restored - are not rewritten; the new map points at the stored ones, which the
 allocator then protects like any referenced block. A full one is written every
@@ -43,7 +43,7 @@ So a crash at any point leaves the previous committed generations complete, and 
 sees either the old set or the new one. ``restore`` takes the newest generation whose header,
 map, chunks (and MAC) verify, and reports the ones it skipped.
 
-``checkpoint()`` runs inside :func:`~stages.observer.flush_guard`: the observer hears
+``checkpoint()`` runs inside :func:`~stages.checkpoint.observer.flush_guard`: the observer hears
 ``on_flush_start`` once before anything is serialized or written and ``on_flush_complete``
 once on every exit path. Every error while checkpointing surfaces as
 :class:`~stages.errors.CheckpointFailed` (fail-closed); ``KeyboardInterrupt`` and other
@@ -67,7 +67,7 @@ from . import codec as codecs
 from . import compaction
 from . import format as fmt
 from .compress import ChunkCoder
-from .errors import (
+from ..errors import (
     BadMagicError,
     CheckpointCommitUnknown,
     CheckpointCorrupt,
@@ -121,10 +121,10 @@ class CheckpointedStageState(Generic[T]):
             generations without a MAC valid under one of the keys.
         allow_unauthenticated: write pickle checkpoints without a key even on a shared
             store (``capabilities.shared``), where they are refused by default.
-        observer: told of every flush (see :mod:`stages.observer`).
+        observer: told of every flush (see :mod:`stages.checkpoint.observer`).
         lease_id: the id given to the observer (default: the lease's id).
         incremental: reuse the stored chunks whose content did not change since the newest
-            generation this object wrote or restored (:mod:`stages.incremental`); every
+            generation this object wrote or restored (:mod:`stages.checkpoint.incremental`); every
             generation then carries content hashes. Off by default: hashing costs ~10 ms
             per 256 MiB, a loss when most of the state changes between checkpoints.
         full_every: with ``incremental``, write a full checkpoint whenever the base is
@@ -262,7 +262,7 @@ class CheckpointedStageState(Generic[T]):
         runs first waits for it. ``.wait()`` on the result returns the ``CheckpointInfo``
         once durable, or raises the ``CheckpointFailed``; a failure nobody waited for is
         raised by this object's next ``checkpoint``/``checkpoint_async``/``wait`` (see
-        ``stages/background.py``).
+        ``stages/checkpoint/background.py``).
 
         ``copy=False`` (no-copy mode) skips the copy of the out-of-band buffers: the stall is
         serialization alone, and the flush reads the live arrays' memory. The caller then

@@ -1,6 +1,6 @@
 """The values of runs: a stage's part of a committed step, a committed step, a run's status.
 
-They are what :class:`~stages.runs.RunStore` writes into its documents and hands back, and
+They are what :class:`~stages.pipeline.runs.RunStore` writes into its documents and hands back, and
 what crosses from the run store to the pipeline driver, the CLI and tests: frozen values with
 a ``to_dict`` / ``from_dict`` pair (canonical JSON in the documents, ``docs/FORMAT.md``), kept
 apart from the store so that a reader of runs needs none of its machinery.
@@ -50,7 +50,7 @@ class RunStep:
         in_flight: JSON-able items accepted but not yet reflected in any stage's state.
         meta: free JSON-able metadata (e.g. output counts).
         epoch: epoch of the run's control lease held by the driver that saved the step
-            (``stages/run_driver.py``); ``None`` for a step saved without a hold.
+            (``stages/pipeline/run_driver.py``); ``None`` for a step saved without a hold.
     """
 
     run_id: str
@@ -100,7 +100,7 @@ class RunStatus:
         seq: write sequence number of the slot it was read from.
         meta: free metadata.
         committed_step: the run's last committed step, written by the driving driver under
-            its control lease (``stages/run_driver.py``): step records after it are not
+            its control lease (``stages/pipeline/run_driver.py``): step records after it are not
             committed. ``None``: the run was never driven under a hold; every readable step
             record counts.
         driver_epoch: epoch of the control lease of the driver that drives (or last drove)

@@ -1,7 +1,7 @@
 """One incarnation's hold on a durable state: the lease taken by force, restore, checkpoint.
 
-Both kinds of stateful actor in :mod:`stages` - the pipeline's :class:`~stages.actor.StageActor`
-and an ordinary Ray actor under :func:`~stages.checkpointed.checkpointed` - start the same
+Both kinds of stateful actor in :mod:`stages` - the pipeline's :class:`~stages.actors.actor.StageActor`
+and an ordinary Ray actor under :func:`~stages.actors.checkpointed.checkpointed` - start the same
 way and write the same way, so that is written once, here:
 
 1. **Take the lease by force.** A new incarnation (a Ray restart, a re-creation on another
@@ -18,7 +18,7 @@ way and write the same way, so that is written once, here:
    new generation or raises ``CheckpointFailed``; :attr:`Incarnation.fenced` tells a caller
    that the failure was the store refusing a stale epoch (this incarnation was replaced and
    must stop serving), not an I/O error. :meth:`Incarnation.checkpoint_async` is the same
-   with the flush in the background (``stages/background.py``): ``fenced`` and
+   with the flush in the background (``stages/checkpoint/background.py``): ``fenced`` and
    ``last_checkpoint_at`` are set when that flush ends; :meth:`Incarnation.drain` waits for
    it before the state is replaced (``bind``) or the lease given up (``release``).
 
@@ -38,14 +38,13 @@ from typing import TYPE_CHECKING, Any
 
 from blockstore import BlockStore, Lease, StaleLeaseError, StoreConfigError, open_store
 
-from .errors import CheckpointFailed, NoCheckpointError, StageError
-from .background import PendingCheckpoint
-from .observer import CheckpointFlushObserver
-from .state import CheckpointedStageState, CheckpointInfo, RestoreReport
+from ..errors import CheckpointFailed, NoCheckpointError, StageError
+from ..checkpoint.background import PendingCheckpoint
+from ..checkpoint.observer import CheckpointFlushObserver
+from ..checkpoint.state import CheckpointedStageState, CheckpointInfo, RestoreReport
 
 if TYPE_CHECKING:
-    from .actor import StageRegistration
-    from .hooks import StageRegistrar
+    from .hooks import StageRegistrar, StageRegistration
 
 __all__ = ["Incarnation", "RollbackUnavailable", "is_fenced", "open_store_for", "register_quietly",
            "restore_or_initial"]
@@ -280,7 +279,7 @@ class Incarnation:
 
 def register_quietly(registrar: StageRegistrar, registration: StageRegistration,
                      who: str) -> Any:
-    """Hand ``registration`` to ``registrar`` without waiting (see ``stages/hooks.py``); a
+    """Hand ``registration`` to ``registrar`` without waiting (see ``stages/actors/hooks.py``); a
     missing manager is logged, never fatal. Returns the registrar's reply reference."""
     try:
         return registrar.register(registration)

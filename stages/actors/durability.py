@@ -1,8 +1,8 @@
 """The runtime half of ``@checkpointed``: one actor incarnation's durable attributes.
 
-:mod:`stages.checkpointed` builds the decorated class; every instance of it owns one
+:mod:`stages.actors.checkpointed` builds the decorated class; every instance of it owns one
 :class:`ActorDurability`, created right after the user's ``__init__`` ran. It holds the
-:class:`~stages.incarnation.Incarnation` (lease by force, restore, fenced checkpoints) and
+:class:`~stages.actors.incarnation.Incarnation` (lease by force, restore, fenced checkpoints) and
 decides *when* to checkpoint - the turn-taking part:
 
 * **Checkpoints run in the actor's turn.** A policy checkpoint is taken by the call that
@@ -29,7 +29,7 @@ decides *when* to checkpoint - the turn-taking part:
 * **Asynchronous policy checkpoints** (``async_checkpoint=True``, with ``every_calls >= 2``
   or ``every_seconds``; refused with ``every_calls=1``). The call that makes a checkpoint
   due takes the snapshot under the lock (the named attributes serialized, their numpy
-  buffers copied: ``stages/background.py``) and returns; the flush runs in a background
+  buffers copied: ``stages/checkpoint/background.py``) and returns; the flush runs in a background
   thread, and the next call may mutate the attributes in any way meanwhile. At most one
   flush is in flight: the next due checkpoint (or an explicit ``checkpoint()``, always
   synchronous) waits for it first. A background failure is never silent: the next call
@@ -56,13 +56,13 @@ import ray
 from blockstore import BlockStoreError
 
 from .actor import StageStopped
-from .errors import CheckpointFailed, StageError
+from ..errors import CheckpointFailed, StageError
 from .incarnation import Incarnation
-from .policy import CheckpointPolicy
-from .state import CheckpointInfo
+from ..checkpoint.policy import CheckpointPolicy
+from ..checkpoint.state import CheckpointInfo
 
 if TYPE_CHECKING:
-    from .checkpointed import CheckpointedConfig
+    from .config import CheckpointedConfig
     from .recipe import ActorRecipe
 
 __all__ = ["ActorDurability", "ActorFenced", "StateAttributeError", "StoreUnavailable",

@@ -1,9 +1,9 @@
 """Giving storage back after a commit: shrink the lease's tail, discard dropped blocks.
 
-A lease grows when a checkpoint needs room (``stages/state.py``, step 3 of the commit
+A lease grows when a checkpoint needs room (``stages/checkpoint/state.py``, step 3 of the commit
 protocol) and, without this module, never shrinks: one big state left a lease of hundreds
 of blocks for two live ones, and the blocks of dropped generations stayed readable on
-disk. So after every commit :class:`~stages.state.CheckpointedStageState` calls
+disk. So after every commit :class:`~stages.checkpoint.state.CheckpointedStageState` calls
 :func:`give_back`, which asks :func:`plan` (a pure function) what to give back and applies it:
 
 * **shrink** the lease to just past the last block a retained generation references - but

@@ -18,14 +18,14 @@ How, and why this way:
   records in flight between stages at the cut (``RunStep.in_flight`` is therefore empty).
 * **A step commits in one place.** When every stage's checkpoint of ``s`` is durable (it
   returned; for ``async_checkpoints`` stages, its background flush ended too:
-  ``stages/barrier.py``) and every output of ``s`` arrived, the sink commits step ``s``'s
+  ``stages/pipeline/barrier.py``) and every output of ``s`` arrived, the sink commits step ``s``'s
   output (idempotently, not yet visible), then the run record of ``s`` is saved and
   committed by the driver's status write under the run's control lease
-  (:class:`~stages.run_driver.RunDriver`): that write is the commit point; then the sink
+  (:class:`~stages.pipeline.run_driver.RunDriver`): that write is the commit point; then the sink
   publishes ``s``. At most one barrier is outstanding (records keep flowing while it waits
   for background flushes), so every stage's lease holds the last committed step and at most
   one newer, uncommitted one, and each stage has at most one flush in flight.
-* **One driver per run, fenced** (``stages/run_driver.py``). ``run()`` holds the run's
+* **One driver per run, fenced** (``stages/pipeline/run_driver.py``). ``run()`` holds the run's
   control lease (keepalive) from start to return; sink writes and step commits carry its
   epoch. A second driver is refused (``RunActiveError``) before it touches anything, or with
   ``takeover=True`` fences the first, whose next commit - or recovery, before it could
@@ -33,14 +33,14 @@ How, and why this way:
 * **Recovery is rollback and replay.** On any stage failure (actor died, node removed,
   checkpoint failed - e.g. the stage was killed mid-flush - or a call timed out), the driver
   drops everything in flight, relaunches the lost stages (``on_stage_lost`` hook, e.g. the
-  scheduler's restore; default: :func:`~stages.actor.launch_stage` preferring another live
+  scheduler's restore; default: :func:`~stages.actors.actor.launch_stage` preferring another live
   node), rolls *every* stage back to the last committed step ``c`` (the newest generation
   ``<= c``: a stage that already checkpointed ``c+1`` drops it), and re-reads the source from
   ``c``'s position. Replayed records reach the sink only through a later commit, so committed
   output has no loss and no duplicate, provided stages are deterministic.
 * **One step on every stage, or an error.** If a stage's generation of ``c`` does not verify,
   it can only restore an older step; then every stage is rolled back to the newest step ``t``
-  they all restore (``stages/recovery.py``), the run's step records after ``t`` are deleted,
+  they all restore (``stages/pipeline/recovery.py``), the run's step records after ``t`` are deleted,
   the sink's output after ``t`` is discarded (``discard_after``) and
   the source is replayed from ``t``'s position, so steps ``t+1..c`` are committed again,
   idempotently. A ``fallback`` event and ``PipelineResult.fallbacks`` say so. When no step is
@@ -65,13 +65,13 @@ from typing import Any
 import ray
 from ray.exceptions import GetTimeoutError
 
-from .actor import StageSpec, launch_stage, open_store_for
+from ..actors.actor import StageSpec, launch_stage, open_store_for
 from .barrier import Barrier
-from .errors import PipelineError, RunFencedError, StageProcessError
+from ..errors import PipelineError, RunFencedError, StageProcessError
 from .events import PipelineEvent, PipelineResult
-from .hooks import StageLostHook
-from .observer import CheckpointFlushObserver
-from .policy import CheckpointManager, CheckpointPolicy
+from ..actors.hooks import StageLostHook
+from ..checkpoint.observer import CheckpointFlushObserver
+from ..checkpoint.policy import CheckpointManager, CheckpointPolicy
 from .recovery import (
     StageFailure,
     alive,
@@ -116,9 +116,9 @@ class Pipeline:
     """A chain of checkpointed stage actors between a replayable source and a sink.
 
     Args:
-        source: replayable input (:class:`~stages.source.Source`).
+        source: replayable input (:class:`~stages.pipeline.source.Source`).
         stages: the stages, in order (at least one); their ``stage_id``\\ s must be unique.
-        sink: where committed output goes, per step (:class:`~stages.sink.Sink`).
+        sink: where committed output goes, per step (:class:`~stages.pipeline.sink.Sink`).
         run_id: the run (a new one if ``None``); an existing run resumes from its last
             committed step.
         run_store_url: where run records live (default: the first stage's store).
@@ -131,9 +131,9 @@ class Pipeline:
         observer_for: per-stage observer factory (e.g. ``lambda spec:
             PreemptionCheckpointObserver(spec.stage_id, "blockpoint-scheduler")``); wins
             over ``observer``.
-        on_stage_lost: relaunch hook (:data:`~stages.hooks.StageLostHook`, e.g.
+        on_stage_lost: relaunch hook (:data:`~stages.actors.hooks.StageLostHook`, e.g.
             ``scheduler.SchedulerRestore``); default: :func:`launch_stage` on the node
-            :func:`~stages.recovery.relaunch_node` picks, preferring one the stage was not on.
+            :func:`~stages.pipeline.recovery.relaunch_node` picks, preferring one the stage was not on.
         placement: initial node id per stage id (hard affinity), e.g. for tests and demos.
         on_event: called with every :class:`PipelineEvent`, in the driver thread.
         max_recoveries: give up (``PipelineError``) after this many rollbacks in one run.
@@ -530,7 +530,7 @@ class Pipeline:
     def _roll_back(self, step: int, *, first: Mapping[str, Mapping[str, Any]] | None = None,
                    announce: bool = True) -> None:
         """Every stage to ``step`` - or, if one cannot restore it, all to the same older
-        committed step (:func:`~stages.recovery.roll_back_all`), then :meth:`_fall_back`."""
+        committed step (:func:`~stages.pipeline.recovery.roll_back_all`), then :meth:`_fall_back`."""
         target, infos = roll_back_all(self._handles, step, self._get, first=first)
         for sid, info in infos.items():
             self._note_info(sid, info)
@@ -547,7 +547,7 @@ class Pipeline:
     def _fall_back(self, step: int, target: int, infos: Mapping[str, Mapping[str, Any]]) -> None:
         """Re-open the committed steps after ``target``: every stage is now at ``target``.
 
-        :func:`~stages.recovery.reopen_after` forgets the steps after ``target`` in the run
+        :func:`~stages.pipeline.recovery.reopen_after` forgets the steps after ``target`` in the run
         store and the sink; the driver's cursor moves to ``target``'s source position and its
         counters drop those steps, which the replay commits again. Raises ``PipelineError``
         if ``target``'s own record is gone (pruned): nothing to replay from.

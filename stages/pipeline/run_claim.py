@@ -1,25 +1,38 @@
 """The claim of a paused run: the right to resume it, held by one driver.
 
-``RunStore.claim`` (``stages/runs.py``) creates it while holding the run's control lease;
+``RunStore.claim`` (``stages/pipeline/runs.py``) creates it while holding the run's control lease;
 this module is the claimer's handle on that hold, as a context manager, so that a failed
 resume gives the run back instead of counting as done. Why a claim is a lease is in
-``stages/runs.py``.
+``stages/pipeline/runs.py``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from blockstore import Lease
 
-from .errors import RunError
+from ..errors import RunError
 from .run_records import RunStatus
 
-if TYPE_CHECKING:
-    from .runs import RunStore
+__all__ = ["ClaimKeeper", "RunClaim"]
 
-__all__ = ["RunClaim"]
+
+class ClaimKeeper(Protocol):
+    """What a claim reports back to: the run store that granted it (``RunStore``).
+
+    A protocol, not an import of ``runs.py``, so the claim and the store that creates it do
+    not import each other.
+    """
+
+    def complete(self, claim: RunClaim, *, meta: Mapping[str, Any] | None = None) -> RunStatus:
+        """Mark the claimed resume done; raises ``RunClaimLost`` if it was fenced."""
+        ...
+
+    def _abort(self, claim: RunClaim) -> RunStatus | None:
+        """Re-arm the run to ``paused``; harmless after ``complete``."""
+        ...
 
 
 class RunClaim:
@@ -34,7 +47,7 @@ class RunClaim:
         step: the savepoint step the run was paused at.
     """
 
-    def __init__(self, runs: RunStore, lease: Lease, status: RunStatus) -> None:
+    def __init__(self, runs: ClaimKeeper, lease: Lease, status: RunStatus) -> None:
         self._runs = runs
         self._lease = lease
         self.run_id = status.run_id

@@ -14,7 +14,7 @@ Why this layout:
 * The map is inline in the header block when it fits, otherwise it **spills** into a chain
   of map blocks referenced from the header; a CRC over the whole map is in the header.
 * **Content hashes** (version 3): every map entry carries the 128-bit XXH3 hash of the
-  chunk's raw bytes, so an incremental checkpoint (``stages/incremental.py``) can tell an
+  chunk's raw bytes, so an incremental checkpoint (``stages/checkpoint/incremental.py``) can tell an
   unchanged chunk from a changed one without reading the stored block - a 32-bit CRC match
   is not enough to call content unchanged. Version 2 (32-byte entries, no hashes) is still
   read; its chunks are simply never reused.
@@ -40,7 +40,7 @@ import numpy as np
 
 from blockstore import canonical_json, crc32c
 
-from .errors import BadMagicError, CheckpointCorrupt, TornHeaderError, UnsupportedFormatError
+from ..errors import BadMagicError, CheckpointCorrupt, TornHeaderError, UnsupportedFormatError
 
 __all__ = [
     "CODECS",

@@ -1,12 +1,12 @@
 """The relaunch recipe of a ``@checkpointed`` actor: how a manager re-creates it elsewhere.
 
-A pipeline stage is relaunched from its :class:`~stages.actor.StageSpec`. A decorated actor
+A pipeline stage is relaunched from its :class:`~stages.actors.actor.StageSpec`. A decorated actor
 has no spec - the user created it with ``Cls.options(...).remote(*args)`` - so every
 incarnation that registers (``registrar=``) builds an :class:`ActorRecipe` in its
 ``__init__`` and sends it as the registration's ``spec``. Both satisfy
-:class:`~stages.hooks.Relaunchable`, so the scheduler places and launches either through
+:class:`~stages.actors.hooks.Relaunchable`, so the scheduler places and launches either through
 its one placement path, and the new incarnation restores through the one mechanism every
-stateful actor shares (:class:`~stages.incarnation.Incarnation`: lease by force, epoch
+stateful actor shares (:class:`~stages.actors.incarnation.Incarnation`: lease by force, epoch
 bump, newest generation that verifies).
 
 What the recipe holds, and where each part comes from (read inside the actor, so it is what
@@ -21,7 +21,7 @@ Ray actually created, not what a caller meant to pass):
   not pickle make the incarnation register without a recipe (logged): it is then never
   re-created, as before.
 * ``resources`` - what the actor holds (``get_assigned_resources()``), read back into
-  stage resource options by :func:`stages.actor.resources_held`: the scheduler's placement
+  stage resource options by :func:`stages.actors.actor.resources_held`: the scheduler's placement
   and preemption-by-resources see the same amounts as for a stage.
 * ``name``/``namespace`` - the actor's; the new incarnation keeps the name (the old one is
   dead), so ``ray.get_actor(name)`` returns it.
@@ -58,8 +58,8 @@ from .actor import CONTROL_CONCURRENCY, CONTROL_GROUP, resource_amounts, resourc
 from .actor import resources_held
 
 if TYPE_CHECKING:
-    from .checkpointed import CheckpointedConfig
-    from .observer import CheckpointFlushObserver
+    from .config import CheckpointedConfig
+    from ..checkpoint.observer import CheckpointFlushObserver
 
 __all__ = ["ActorRecipe", "recipe_for"]
 
@@ -138,7 +138,7 @@ class ActorRecipe:
         """Start a new incarnation on ``node_id``; returns its handle at once.
 
         It reports flushes to the observer it was decorated with (``observer`` is not
-        used: the class carries its own, see :func:`~stages.checkpointed.checkpointed`).
+        used: the class carries its own, see :func:`~stages.actors.checkpointed.checkpointed`).
         A named actor waits up to ~10 s for the GCS to release the dead incarnation's name.
         """
         user_cls, args, kwargs = self.unpack()

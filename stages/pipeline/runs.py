@@ -14,7 +14,7 @@ checkpoints work on (and move with them):
   short leaves the previous status readable.
 
 A running run is driven by one driver at a time, which holds the control lease for the whole
-run (:class:`~stages.run_driver.RunDriver`, ``stages/run_driver.py``). Its step records
+run (:class:`~stages.pipeline.run_driver.RunDriver`, ``stages/pipeline/run_driver.py``). Its step records
 carry its epoch, and a step commits by its status write ``committed_step`` under the control
 lease: readers here (:meth:`RunStore.load_step`, ``latest_step``, ``list_steps``,
 ``iter_steps``, ``prune_steps``) count only steps up to it, so the record of a step whose
@@ -58,7 +58,7 @@ from blockstore import (
 )
 from blockstore.errors import LeaseError, LeaseNotFoundError
 
-from .errors import (
+from ..errors import (
     RunActiveError,
     RunClaimConflict,
     RunClaimLost,
@@ -267,7 +267,7 @@ class RunStore:
         Without ``epoch`` (no driver hold) the saved step is committed and immutable:
         ``RunStepExistsError`` if it is already saved and readable; a step whose earlier
         save was torn by a crash is rewritten. With ``epoch`` (the control-lease epoch of a
-        :class:`~stages.run_driver.RunDriver`, which calls this) the record is written but
+        :class:`~stages.pipeline.run_driver.RunDriver`, which calls this) the record is written but
         committed only by the driver's status write; a record of a step after the run's
         ``committed_step`` left by an older epoch (a driver that died or was fenced before
         committing it) is replaced, one of a newer epoch raises ``RunFencedError``.

@@ -2,16 +2,16 @@
 
 (And the end of their life: :func:`stop_stages`, the one way the driver stops them.)
 
-The pipeline driver (``stages/pipeline.py``) calls this after a stage failure and when it
+The pipeline driver (``stages/pipeline/pipeline.py``) calls this after a stage failure and when it
 starts on an existing run. Two things happen here, each with one rule:
 
 * **Relaunch.** A lost stage gets a new incarnation from its spec: through the pipeline's
-  ``on_stage_lost`` hook (:data:`~stages.hooks.StageLostHook`, e.g. the scheduler's restore)
-  or, by default, :func:`~stages.actor.launch_stage` on the node :func:`relaunch_node`
-  chooses with the one node picker (``stages/placement.py``).
+  ``on_stage_lost`` hook (:data:`~stages.actors.hooks.StageLostHook`, e.g. the scheduler's restore)
+  or, by default, :func:`~stages.actors.actor.launch_stage` on the node :func:`relaunch_node`
+  chooses with the one node picker (``stages/actors/placement.py``).
 * **Roll back to one step, the same on every stage.** Every stage is asked for the newest
   generation at or before the committed step ``c``. A stage whose generation of ``c`` does
-  not verify restores an older one (``stages/state.py`` falls back to the newest generation
+  not verify restores an older one (``stages/checkpoint/state.py`` falls back to the newest generation
   that verifies), so :func:`roll_back_all` compares what each stage *reports it restored*:
   if one came back at step ``t < c``, every stage is rolled back to ``t``, and again until all
   agree. The target only decreases, so this ends - with every stage on the same step, or
@@ -29,9 +29,9 @@ from typing import Any
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
 
-from .actor import StageSpec, StageStopped
-from .errors import CheckpointFailed, PipelineError, StageError, StageProcessError
-from .placement import NodeCapacity, pick_node
+from ..actors.actor import StageSpec, StageStopped
+from ..errors import CheckpointFailed, PipelineError, StageError, StageProcessError
+from ..actors.placement import NodeCapacity, pick_node
 from .run_driver import RunDriver
 from .sink import Sink
 

@@ -29,7 +29,7 @@ from collections.abc import Iterable
 
 from blockstore.keys import KEY_ENV, OLD_KEYS_ENV, KeyRing, KeySetting, resolve_keys
 
-from .errors import UnauthenticatedRestoreWarning
+from ..errors import UnauthenticatedRestoreWarning
 
 __all__ = ["KEY_ENV", "MAC_SIZE", "OLD_KEYS_ENV", "KeyRing", "KeySetting", "PayloadMac",
            "equal", "header_key", "header_mac", "resolve_keys", "warn_unauthenticated"]

@@ -26,8 +26,8 @@ entries). How it stays exactly as safe as a full checkpoint:
   rule "a block is free iff no retained generation's map names it" unchanged.
 * **Reference counting is the retained maps**: a block is live while any committed,
   retained generation's map points into it (for packed zstd blocks: at any of its chunks).
-  The allocator (``stages/writer.py``) and the compaction after a commit
-  (``stages/compaction.py``) already work on exactly that union, so a shared block is never
+  The allocator (``stages/checkpoint/writer.py``) and the compaction after a commit
+  (``stages/checkpoint/compaction.py``) already work on exactly that union, so a shared block is never
   overwritten, discarded (hole-punched) or cut off by a shrink while any retained
   generation names it. On the object store a block index is an object that a later flush
   does not replace when the block is not rewritten, so the record keeps referencing it and

@@ -3,7 +3,7 @@
 Exactly-once output needs three things from a sink: output becomes visible only for a step
 the run committed; committing the same step twice (a driver died after the sink commit,
 the step is replayed and committed again) leaves one copy; and a driver that was taken over
-(``stages/run_driver.py``) can no longer write. The pipeline drives a sink in this order
+(``stages/pipeline/run_driver.py``) can no longer write. The pipeline drives a sink in this order
 for every step ``N``, all under its driver's :class:`FenceToken` (run id, control-lease
 epoch):
 
@@ -41,7 +41,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from blockstore import canonical_json
 
-from .errors import SinkFencedError
+from ..errors import SinkFencedError
 
 __all__ = ["FenceToken", "FileSink", "Sink"]
 

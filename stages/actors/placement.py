@@ -1,13 +1,13 @@
 """Choosing a node for a stage: one pure function, used by every placer.
 
-The pipeline (relaunching a lost stage itself, ``stages/pipeline.py``) and the scheduler
+The pipeline (relaunching a lost stage itself, ``stages/pipeline/pipeline.py``) and the scheduler
 (launch, restore, drains) both have to answer "which node takes this stage now?". They
 answer it with :func:`pick_node`, so the rule is written once and tested without Ray:
 
 1. a node qualifies if it is alive, not draining, not in ``exclude``, and its free
    resources minus what is ``reserved`` on it (launches still in flight, which Ray's
    free-resource view does not show yet) cover every amount of the stage's need
-   (:meth:`stages.actor.StageSpec.ray_resources`), within a rounding tolerance;
+   (:meth:`stages.actors.actor.StageSpec.ray_resources`), within a rounding tolerance;
 2. among those, a node not in ``avoid`` wins over one in it (``avoid`` is softer than
    ``exclude``: the node an actor just died on may be dying too, but it is better than
    nothing);

@@ -1,0 +1,57 @@
+"""The actors room: Ray actors that hold a checkpointed state, and how they are relaunched.
+
+Imports ``stages.checkpoint`` (never ``stages.pipeline``). One mechanism serves both kinds
+of actor here: :class:`~stages.actors.incarnation.Incarnation` (take the lease by force,
+restore the newest generation that verifies, fail-closed checkpoints).
+
+| module          | owns |
+|-----------------|------|
+| `actor.py`      | `Stage`, `StageSpec`, `StageActor`, `launch_stage`: a pipeline stage as a fenced actor |
+| `incarnation.py`| the one mechanism of "a new incarnation" |
+| `checkpointed.py` | the `@checkpointed` decorator: validation, generated methods |
+| `config.py`     | `CheckpointedConfig`, the decorator's checked arguments |
+| `durability.py` | the runtime of a `@checkpointed` actor: policy, snapshot lock, exactly-once calls |
+| `recipe.py`     | `ActorRecipe`: how a manager re-creates a `@checkpointed` actor |
+| `hooks.py`      | what stages call and a manager implements: `StageRegistrar`, `StageLostHook`, `Relaunchable`, `StageRegistration` |
+| `resources.py`  | the one reading of a stage's or actor's Ray resources |
+| `placement.py`  | `pick_node`, the one node picker (shared with the scheduler) |
+"""
+
+from __future__ import annotations
+
+from .actor import (
+    RollbackUnavailable,
+    Stage,
+    StageActor,
+    StageSpec,
+    StageStopped,
+    launch_stage,
+)
+from .checkpointed import CheckpointedConfigError, checkpointed
+from .config import CheckpointedConfig
+from .durability import ActorFenced, StateAttributeError, StoreUnavailable
+from .hooks import Relaunchable, StageLostHook, StageRegistrar, StageRegistration
+from .placement import NodeCapacity, pick_node
+from .recipe import ActorRecipe
+
+__all__ = [
+    "ActorFenced",
+    "ActorRecipe",
+    "CheckpointedConfig",
+    "CheckpointedConfigError",
+    "NodeCapacity",
+    "Relaunchable",
+    "RollbackUnavailable",
+    "Stage",
+    "StageActor",
+    "StageLostHook",
+    "StageRegistrar",
+    "StageRegistration",
+    "StageSpec",
+    "StageStopped",
+    "StateAttributeError",
+    "StoreUnavailable",
+    "checkpointed",
+    "launch_stage",
+    "pick_node",
+]

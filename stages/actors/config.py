@@ -1,0 +1,57 @@
+"""The checked arguments of ``@checkpointed``: one frozen value that travels with the
+decorated class to every worker.
+
+Its own module because three others read it - the decorator that builds it
+(``stages/actors/checkpointed.py``), the runtime that obeys it (``durability.py``) and the
+recipe that re-creates the actor from it (``recipe.py``) - and none of them may import
+another only for the type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..checkpoint.incremental import DEFAULT_FULL_EVERY
+
+if TYPE_CHECKING:
+    from ..checkpoint.observer import CheckpointFlushObserver
+    from .hooks import StageRegistrar
+
+__all__ = ["CheckpointedConfig"]
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointedConfig:
+    """The decorator's arguments, checked; travels with the class to every worker."""
+
+    actor: str
+    store: str
+    attrs: tuple[str, ...]
+    state_arg: str | tuple[str, ...]
+    key: str | None
+    every_calls: int | None
+    every_seconds: float | None
+    retention: int
+    codec: str
+    compression: str
+    level: int
+    mac_key: bytes | str | None
+    registrar: StageRegistrar | None
+    observer: CheckpointFlushObserver | None
+    lease_ttl: float
+    block_size: int | None
+    priority: int
+    dedupe_window: int
+    checkpoint_on_exit: bool
+    concurrency_groups: Mapping[str, int]
+    async_checkpoint: bool = False
+    incremental: bool = False
+    full_every: int = DEFAULT_FULL_EVERY
+
+    def state_options(self) -> dict[str, Any]:
+        """Keyword options for ``CheckpointedStageState``."""
+        return {"retention": self.retention, "codec": self.codec,
+                "compression": self.compression, "level": self.level, "key": self.mac_key,
+                "incremental": self.incremental, "full_every": self.full_every}

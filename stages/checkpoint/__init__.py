@@ -1,0 +1,44 @@
+"""The checkpoint room: one state's crash-atomic, verified checkpoints on one lease.
+
+The bottom room of ``stages``: it imports ``blockstore`` and ``stages.errors`` only, never
+``stages.actors`` or ``stages.pipeline`` (``tests/test_public_api.py`` checks it). The bytes
+it writes are specified in ``docs/FORMAT.md``.
+
+| module          | owns |
+|-----------------|------|
+| `state.py`      | `CheckpointedStageState[T]`: `checkpoint()`, `restore()`, the commit protocol |
+| `writer.py`     | the write path: chunks, encoding in the pool, block allocation, the block map |
+| `reader.py`     | the read path: slots, the map, the verified payload; `verify_lease` |
+| `format.py`     | header, block map and slot layout (pack / unpack) |
+| `codec.py`      | pickle (protocol 5, out-of-band buffers) and msgpack codecs |
+| `compress.py`   | per-chunk zstandard, skipped where it does not pay |
+| `mac.py`        | payload and header MACs, key resolution for checkpoints |
+| `incremental.py`| content hashes, which generation a commit may reuse, `full_every` |
+| `compaction.py` | after a commit: shrink the tail, discard blocks no generation uses |
+| `background.py` | asynchronous checkpoints: the snapshot and the background flush |
+| `reports.py`    | `CheckpointInfo`, `RestoreReport` |
+| `observer.py`   | the flush observer protocol and `flush_guard` |
+| `policy.py`     | when to checkpoint: `CheckpointManager` and its policies |
+"""
+
+from __future__ import annotations
+
+from .observer import CheckpointFlushObserver, flush_guard
+from .policy import CheckpointManager, CheckpointPolicy, CheckpointRequest, PolicyCounters
+from .reader import GenerationReport, verify_lease
+from .reports import CheckpointInfo, RestoreReport
+from .state import CheckpointedStageState
+
+__all__ = [
+    "CheckpointFlushObserver",
+    "CheckpointInfo",
+    "CheckpointManager",
+    "CheckpointPolicy",
+    "CheckpointRequest",
+    "CheckpointedStageState",
+    "GenerationReport",
+    "PolicyCounters",
+    "RestoreReport",
+    "flush_guard",
+    "verify_lease",
+]

@@ -1,0 +1,61 @@
+"""The pipeline room: sources, stage actors and sinks driven as one exactly-once run.
+
+The top room of ``stages``: it imports ``stages.actors`` and ``stages.checkpoint``; nothing
+in ``stages`` imports it.
+
+| module          | owns |
+|-----------------|------|
+| `pipeline.py`   | `Pipeline`: source -> stage actors -> sink, barriers, step commits |
+| `barrier.py`    | one barrier in flight, until every checkpoint of its step is durable |
+| `recovery.py`   | relaunching lost stages, rolling every stage back to one agreed step |
+| `events.py`     | `PipelineEvent`, `PipelineResult` |
+| `reference.py`  | `run_reference`: the failure-free output to compare with |
+| `source.py`     | replayable sources; the generated event stream of the demo and tests |
+| `sink.py`       | sinks that commit per step, idempotently, fenced by the driver's token |
+| `runs.py`       | `RunStore`: committed steps, pause, claim and resume exactly once |
+| `run_claim.py`  | `RunClaim`: one driver's right to resume a paused run |
+| `run_records.py`| the values of runs: `StageCommit`, `RunStep`, `RunStatus` |
+| `run_driver.py` | `RunDriver`: the running driver's hold on its run; the fenced commit |
+"""
+
+from __future__ import annotations
+
+from .events import PipelineEvent, PipelineResult
+from .pipeline import Pipeline
+from .reference import run_reference
+from .run_claim import RunClaim
+from .run_driver import RunDriver
+from .run_records import RunStatus, RunStep, StageCommit
+from .runs import (
+    RunClaimConflict,
+    RunClaimLost,
+    RunNotFoundError,
+    RunNotPausedError,
+    RunStepExistsError,
+    RunStore,
+)
+from .sink import FenceToken, FileSink, Sink
+from .source import GeneratedSource, Source
+
+__all__ = [
+    "FenceToken",
+    "FileSink",
+    "GeneratedSource",
+    "Pipeline",
+    "PipelineEvent",
+    "PipelineResult",
+    "RunClaim",
+    "RunClaimConflict",
+    "RunClaimLost",
+    "RunDriver",
+    "RunNotFoundError",
+    "RunNotPausedError",
+    "RunStatus",
+    "RunStep",
+    "RunStepExistsError",
+    "RunStore",
+    "Sink",
+    "Source",
+    "StageCommit",
+    "run_reference",
+]
