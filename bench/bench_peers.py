@@ -41,15 +41,6 @@ BLOCK = 1 << 20
 BIG_REPEAT = 2
 BIG = "numpy 1 GiB"
 
-_median = median  # the names bench_plots imports
-_fsync_tree = fsync_tree
-
-
-def _raw_limits(root: str, nbytes: int, repeat: int) -> dict[str, float]:
-    lim = raw_limits(root, nbytes, repeat)
-    return {"new": lim.new, "overwrite": lim.overwrite, "read": lim.read}
-
-
 def _states(full: bool, quick: bool) -> dict[str, Any]:
     rng = np.random.default_rng(0)
     n = (16 if quick else 256) * MiB // 4

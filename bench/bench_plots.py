@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from bench.bench_peers import MiB, _median, _ours, _peers, _raw_limits
+from bench.bench_peers import _ours, _peers
+from bench.limits import MiB, median, raw_limits
 
 __all__ = ["plot", "sweep"]
 
@@ -30,18 +31,18 @@ def sweep(sizes_mib: tuple[int, ...] = (16, 64, 128, 256), repeat: int = 3
                                                                 dtype=np.float32)}
         root = tempfile.mkdtemp(prefix="bp-plot-")
         try:
-            raw = _raw_limits(root, size * MiB, repeat)
-            rows.append({"MiB": size, "op": "raw new file + fsync", "seconds": raw["new"]})
-            rows.append({"MiB": size, "op": "raw overwrite + fsync", "seconds": raw["overwrite"]})
+            raw = raw_limits(root, size * MiB, repeat)
+            rows.append({"MiB": size, "op": "raw new file + fsync", "seconds": raw.new})
+            rows.append({"MiB": size, "op": "raw overwrite + fsync", "seconds": raw.overwrite})
             sync, asynchronous, _, stalls = _ours(root, state)
-            rows.append({"MiB": size, "op": "blockpoint sync", "seconds": _median(sync, repeat)})
-            whole = _median(asynchronous, repeat)
+            rows.append({"MiB": size, "op": "blockpoint sync", "seconds": median(sync, repeat)})
+            whole = median(asynchronous, repeat)
             rows.append({"MiB": size, "op": "blockpoint async (stall)",
                          "seconds": float(np.median(stalls[1:]))})
             rows.append({"MiB": size, "op": "blockpoint async (whole flush)", "seconds": whole})
             for name, peer in _peers(root, state).items():
                 if name in ("np.save", "pickle", "torch.save") and not isinstance(peer, str):
-                    rows.append({"MiB": size, "op": name, "seconds": _median(peer[0], repeat)})
+                    rows.append({"MiB": size, "op": name, "seconds": median(peer[0], repeat)})
         finally:
             shutil.rmtree(root, ignore_errors=True)
     return rows

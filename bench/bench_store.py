@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from blockstore import BlockStore, FileStore, MemoryStore
+from bench.limits import read_into, write_file
 
 __all__ = ["run"]
 
@@ -71,27 +72,6 @@ def _row(case: str, backend: str, nbytes: int, seconds: float, *, baseline: floa
            "vs_plain": round(baseline / seconds, 2) if baseline else None}
     row.update(extra)
     return row
-
-
-def _plain_write(path: str, data: memoryview) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        view = data
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _plain_read(path: str, out: memoryview) -> None:
-    with open(path, "rb", buffering=0) as f:
-        view = out
-        while view:
-            n = f.readinto(view)
-            if not n:
-                raise EOFError(path)
-            view = view[n:]
 
 
 def _store_write(store: BlockStore, name: str, blocks: list[memoryview]) -> None:
@@ -137,7 +117,7 @@ def run(quick: bool = False, *, directory: str | None = None,
 
         # Interleaved, so that page-cache writeback left by one case burdens every case alike.
         best = _interleaved({
-            "plain": lambda k: _plain_write(f"{plain}.{k}", whole),
+            "plain": lambda k: write_file(f"{plain}.{k}", whole),
             "vector": lambda k: _store_write(fs, f"w{k}", blocks),
             "single": one_per_call,
             "memory": lambda k: _store_write(ms, f"w{k}", blocks),
@@ -155,7 +135,7 @@ def run(quick: bool = False, *, directory: str | None = None,
                              best["vector"], baseline=t_plain_w, blocks_per_call=n))
             rows.append(_row("write+flush, 1 block/call", "FileStore", total * MIB,
                              best["single"], baseline=t_plain_w, blocks_per_call=1))
-            t_plain_r = _best(lambda k: _plain_read(f"{plain}.0", memoryview(out)), reps)
+            t_plain_r = _best(lambda k: read_into(f"{plain}.0", memoryview(out)), reps)
             assert out == whole
             rows.append(_row("read (warm cache)", "plain file", total * MIB, t_plain_r,
                              baseline=None))

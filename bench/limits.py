@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["MiB", "RawLimits", "best", "fsync_path", "fsync_tree", "median", "ratio", "raw_limits",
-           "timed"]
+           "read_into", "timed", "write_file"]
 
 MiB = 1 << 20
 #: Bytes per ``pwrite`` of the raw overwrite.
@@ -94,18 +94,35 @@ def _write_all(fd: int, view: memoryview, offset: int = 0) -> None:
         pos += os.pwrite(fd, view[pos:pos + WRITE_PIECE], offset + pos)
 
 
+def write_file(path: str, data: memoryview) -> None:
+    """Write ``data`` to a new (or truncated) file at ``path`` and fsync it: a plain durable
+    write, the baseline a store's write is compared with."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        _write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_into(path: str, out: memoryview) -> None:
+    """Fill ``out`` from the start of the file at ``path`` (``EOFError`` if it is shorter)."""
+    with open(path, "rb", buffering=0) as f:
+        view = out
+        while view:
+            n = f.readinto(view)
+            if not n:
+                raise EOFError(path)
+            view = view[n:]
+
+
 def raw_limits(root: str, nbytes: int, repeat: int) -> RawLimits:
     """Measure the raw limits for ``nbytes`` bytes of random data in directory ``root``."""
     data = memoryview(np.random.default_rng(1).integers(0, 256, nbytes, dtype=np.uint8))
     path = os.path.join(root, "raw.bin")
 
     def new_file() -> None:
-        fd = os.open(path + ".new", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            _write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_file(path + ".new", data)
         os.replace(path + ".new", path)
         fsync_path(root)
 
@@ -118,9 +135,7 @@ def raw_limits(root: str, nbytes: int, repeat: int) -> RawLimits:
             os.close(fd)
 
     def read() -> None:
-        buf = np.empty(nbytes, dtype=np.uint8)
-        with open(path, "rb", buffering=0) as f:
-            f.readinto(buf)
+        read_into(path, memoryview(np.empty(nbytes, dtype=np.uint8)))
 
     t_new = median(new_file, repeat)  # leaves raw.bin allocated and durable for the others
     t_over = median(overwrite, repeat)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,11 +26,12 @@ import ray.cloudpickle
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 import gates
+from clusters import scheduler_on_head
 from blockstore import StaleLeaseError, open_store
 from blockstore.lease import Lease
 from gates import Gate
 from polling import wait_for
-from scheduler import PreemptionCheckpointObserver, PreemptionRequest, get_or_create
+from scheduler import PreemptionCheckpointObserver, PreemptionRequest
 from scheduler import ray_adapter
 from scheduler.hooks import SchedulerRegistrar
 from scheduler.reasons import NonPreemptibleReason
@@ -111,14 +111,8 @@ class Ledger:
 @pytest.fixture(scope="module")
 def env(ray_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """The real scheduler actor, pinned to the head node (never removed here)."""
-    store = str(tmp_path_factory.mktemp("ckpt-sched") / "store")
-    open_store(store, block_size=64 * 1024).close()
-    name = f"sched-{uuid.uuid4().hex[:8]}"
-    sched = get_or_create(name, store_url=store, node_id=ray_adapter.head_node_id(),
-                          poll_interval=0.25, retry_interval=0.5)
-    yield {"cluster": ray_cluster, "sched": sched, "name": name, "store": store}
-    ray.kill(sched)
-
+    with scheduler_on_head(ray_cluster, tmp_path_factory.mktemp("ckpt-sched"), "sched") as e:
+        yield e
 
 def ledger(env: dict[str, Any], key: str, **remote: Any) -> Any:
     """``Ledger`` as a scheduler-managed ``@checkpointed`` actor class (half a CPU; no

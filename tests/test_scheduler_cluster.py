@@ -19,6 +19,7 @@ import pytest
 import ray
 import ray.cloudpickle
 
+from clusters import scheduler_on_head
 from blockstore import StaleLeaseError, open_store
 from blockstore.lease import Lease
 from scheduler import DrainRejectedError, get_or_create
@@ -48,17 +49,8 @@ class Summer:
 
 @pytest.fixture(scope="module")
 def env(ray_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    store = str(tmp_path_factory.mktemp("sched-cluster") / "store")
-    open_store(store, block_size=64 * 1024).close()
-    head = ray_adapter.head_node_id()
-    name = f"sched-{uuid.uuid4().hex[:8]}"
-    handle = get_or_create(name, store_url=store, node_id=head, poll_interval=0.25,
-                           retry_interval=0.5)
-    # The tests remove and drain workers, never the head: the scheduler must be there.
-    assert ray_adapter.actor_view(ray_adapter.actor_id_of(handle)).node_id == head
-    yield {"cluster": ray_cluster, "sched": handle, "name": name, "store": store, "head": head}
-    ray.kill(handle)
-
+    with scheduler_on_head(ray_cluster, tmp_path_factory.mktemp("sched-cluster"), "sched") as e:
+        yield e
 
 def spec(env: dict[str, Any], sid: str, cpus: float = 0.2) -> StageSpec:
     return StageSpec(stage_id=sid, factory=Summer, store_url=env["store"],

@@ -10,10 +10,8 @@ generation or the new one, complete.
 
 from __future__ import annotations
 
+import random
 import shutil
-import signal
-import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -23,6 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from children import kill_child_writer
 from blockstore import FileStore, MemoryStore
 from blockstore.faults import FaultyStore, InjectedCrash
 from stages import CheckpointedStageState, CheckpointFailed, NoCheckpointError
@@ -188,20 +187,13 @@ CHILD = textwrap.dedent("""
 def test_sigkill_during_a_background_flush(tmp_path: Path) -> None:
     root = tmp_path / "store"
     last = 0
-    for kill in range(4):
-        proc = subprocess.Popen([sys.executable, "-c", CHILD, str(root)],
-                                stdout=subprocess.PIPE, text=True)
-        assert proc.stdout is not None
-        lines: list[str] = []
-        while True:                               # let it commit a few, then kill mid-flight
-            line = proc.stdout.readline()
-            lines.append(line)
-            if line.startswith("asked") and sum(x.startswith("done") for x in lines) >= 2:
-                break
-        time.sleep(0.01 * kill)
-        proc.send_signal(signal.SIGKILL)
-        lines += proc.stdout.read().splitlines()
-        proc.wait()
+    rng = random.Random(3)
+    for _ in range(4):
+        # let it commit a few, then kill it mid-flight (after it asked for another flush)
+        lines = kill_child_writer(
+            CHILD, root, rng=rng, max_delay=0.03,
+            ready=lambda ls: bool(ls) and ls[-1].startswith("asked")
+            and sum(x.startswith("done") for x in ls) >= 2)
         done = [int(x.split()[1]) for x in lines if x.startswith("done")]
         with FileStore(root) as store:
             back = CheckpointedStageState.restore(store.open_reader("stage"))

@@ -8,15 +8,10 @@ this process.
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import struct
-import signal
-import subprocess
-import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from children import kill_child_writer
 from blockstore import FileStore, MemoryStore, StaleLeaseError
 from blockstore.faults import FaultyStore, InjectedCrash
 from stages import (
@@ -188,17 +184,9 @@ def test_sigkill_mid_checkpoint_restored_by_another_process(tmp_path: Path) -> N
     rng = random.Random(7)
     last_seen = 0
     for _ in range(4):
-        proc = subprocess.Popen([sys.executable, "-c", CHILD, str(root)], stdout=subprocess.PIPE,
-                                text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
-        assert proc.stdout is not None
-        first = proc.stdout.readline()  # one commit done: now kill it somewhere later
-        assert first.strip(), "child did not checkpoint"
-        time.sleep(rng.uniform(0.0, 0.25))
-        os.kill(proc.pid, signal.SIGKILL)
-        rest = proc.stdout.read()
-        proc.wait()
-        proc.stdout.close()
-        committed = [int(x) for x in (first + rest).split()]
+        # one commit done: now kill it somewhere later
+        lines = kill_child_writer(CHILD, root, ready=bool, rng=rng, max_delay=0.25)
+        committed = [int(x) for x in lines]
         back = _restore_real(root)
         step = back.state["step"]
         # every printed step was durable before the print; at most one more may have landed

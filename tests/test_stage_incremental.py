@@ -13,15 +13,10 @@ version 2 leases are still read.
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
-import signal
 import struct
-import subprocess
-import sys
 import textwrap
-import time
 import uuid
 from pathlib import Path
 
@@ -30,6 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from children import kill_child_writer
 from blockstore import FileStore, crc32c, open_store
 from blockstore.faults import FaultyStore
 from stages import (
@@ -373,17 +369,8 @@ def test_sigkill_mid_incremental_checkpoint_restored_by_another_process(tmp_path
     rng = random.Random(11)
     last = 0
     for _ in range(4):
-        proc = subprocess.Popen([sys.executable, "-c", CHILD, str(root)], stdout=subprocess.PIPE,
-                                text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
-        assert proc.stdout is not None
-        first = proc.stdout.readline()
-        assert first.strip(), "child did not checkpoint"
-        time.sleep(rng.uniform(0.0, 0.2))
-        os.kill(proc.pid, signal.SIGKILL)
-        rest = proc.stdout.read()
-        proc.wait()
-        proc.stdout.close()
-        committed = [int(x) for x in (first + rest).split()]
+        lines = kill_child_writer(CHILD, root, ready=bool, rng=rng, max_delay=0.2)
+        committed = [int(x) for x in lines]
         with FileStore(root) as store:
             reader = store.open_reader("stage")
             back = CheckpointedStageState.restore(reader)

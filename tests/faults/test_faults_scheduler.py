@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,10 +32,11 @@ import pytest
 import ray
 
 import gates
+from clusters import scheduler_on_head
 from blockstore import open_store
 from gates import Gate
 from polling import wait_for
-from scheduler import PreemptionRequest, SchedulerRegistrar, get_or_create, ray_adapter
+from scheduler import PreemptionRequest, SchedulerRegistrar, ray_adapter
 from stages import CheckpointedStageState
 from stages.actors.actor import StageSpec
 
@@ -71,15 +71,8 @@ def held(gate: Path | None) -> Any:
 
 @pytest.fixture(scope="module")
 def env(ray_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    store = str(tmp_path_factory.mktemp("faults-sched") / "store")
-    open_store(store, block_size=64 * 1024).close()
-    head = ray_adapter.head_node_id()
-    name = f"fsched-{uuid.uuid4().hex[:6]}"
-    sched = get_or_create(name, store_url=store, node_id=head, poll_interval=0.25,
-                          retry_interval=0.5)
-    yield {"cluster": ray_cluster, "sched": sched, "name": name, "store": store, "head": head}
-    ray.kill(sched)
-
+    with scheduler_on_head(ray_cluster, tmp_path_factory.mktemp("faults-sched"), "fsched") as e:
+        yield e
 
 def _spec(env: dict[str, Any], sid: str, gate: Path | None = None) -> StageSpec:
     return StageSpec(stage_id=sid, factory=held(gate), store_url=env["store"],
