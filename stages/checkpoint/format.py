@@ -132,8 +132,8 @@ ENTRY_V2 = struct.Struct("<QIIIIB7x")
 HASH_SIZE = 16
 _NO_HASH = bytes(HASH_SIZE)
 #: Head of a spilled map block (16 bytes), followed by ``count`` entries: next map block
-#: (0 = last), entry count, CRC-32C of this block's used bytes (16 + 32 * count) computed with
-#: this field zero - so a damaged map block is named, not just "the map".
+#: (0 = last), entry count, CRC-32C of this block's used bytes (16 + entry size * count)
+#: computed with this field zero - so a damaged map block is named, not just "the map".
 MAPBLOCK = struct.Struct("<QII")
 
 FLAG_MAC = 1
