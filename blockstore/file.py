@@ -214,6 +214,10 @@ class FileStore(BlockStore):
         if meta.exists():
             return _read_meta(meta, block_size, shared)
         if root.exists() and not _is_empty_or_partial(root):
+            # Another process may have finished creating the store (and written its first
+            # lease) between the two looks: the meta decides, read again after the listing.
+            if meta.exists():
+                return _read_meta(meta, block_size, shared)
             raise StorePathError(f"{root} is not a blockpoint store (no {META_NAME}) and is not "
                                  "empty; refusing to write into it", path=str(root))
         if not create:

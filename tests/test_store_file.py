@@ -94,6 +94,35 @@ def test_interrupted_creation_is_completed(tmp_path: Path) -> None:
         st.acquire("a")
 
 
+def test_store_created_by_another_process_between_two_looks(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Opening races a creator: the first look finds no meta, then the other process writes
+    the meta and its first lease before the emptiness check lists the directory. The
+    opener must read the store, not call it foreign (seen once in a loaded full run of
+    ``test_processes_race_to_create_store_and_lease``)."""
+    import blockstore.file as file_module
+
+    root = tmp_path / "s"
+    root.mkdir()
+    real = file_module._is_empty_or_partial
+    done: list[bool] = []
+
+    def creator_wins_in_between(path: Path) -> bool:
+        if not done:
+            done.append(True)
+            subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+                from blockstore import FileStore
+                with FileStore({str(root)!r}, 4096) as st:
+                    st.acquire("first", num_blocks=1).release()
+            """)], check=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+        return real(path)
+
+    monkeypatch.setattr(file_module, "_is_empty_or_partial", creator_wins_in_between)
+    with FileStore(root) as store:
+        assert store.block_size == 4096 and done
+        assert [i.name for i in store.list_leases()] == ["first"]
+
+
 @pytest.mark.parametrize("bad", [0, 100, 2**30, 4096.5])
 def test_bad_block_size_creates_nothing(tmp_path: Path, bad: object) -> None:
     with pytest.raises(StoreConfigError):
