@@ -79,6 +79,7 @@ from ..errors import (
 from .format import Header
 from .incremental import DEFAULT_FULL_EVERY, Base, WriteStats, reusable_base
 from .mac import KeySetting, PayloadMac, header_mac, resolve_keys, warn_unauthenticated
+from .metering import note_checkpoint, note_failure, note_restore, note_stall
 from .observer import CheckpointFlushObserver, flush_guard
 from .reader import read_payload, scan_slots, worker_pool
 from .background import PendingCheckpoint, SnapshotBuffers
@@ -293,7 +294,9 @@ class CheckpointedStageState(Generic[T]):
                 self._flushes -= 1
 
         pending = PendingCheckpoint(step)
-        pending.start(flush, time.perf_counter() - t0)
+        stall = time.perf_counter() - t0
+        note_stall(self.lease.name, stall)
+        pending.start(flush, stall)
         self._pending = pending
         return pending
 
@@ -348,20 +351,25 @@ class CheckpointedStageState(Generic[T]):
         """The commit inside the flush observer's guard, errors mapped (fail-closed)."""
         with flush_guard(self._observer, self._lease_id):
             try:
-                return self._checkpoint(step, meta, payload)
-            except CheckpointCommitUnknown:
+                info = self._checkpoint(step, meta, payload)
+                note_checkpoint(info, self.lease, self._slots)
+                return info
+            except CheckpointCommitUnknown as exc:
                 # The target slot may hold a committed generation now: forget what this
                 # writer believed and read the slots again before the next write, so that
                 # generation is protected like any other (never erased as "uncommitted").
                 self._slots = None
                 self._dropped = None
                 self._base = None
+                note_failure(self.lease.name, exc)
                 raise
-            except CheckpointFailed:
+            except CheckpointFailed as exc:
                 self._dropped = None  # the attempt may have written blocks nothing references
+                note_failure(self.lease.name, exc)
                 raise
             except Exception as exc:
                 self._dropped = None
+                note_failure(self.lease.name, exc)
                 raise CheckpointFailed(
                     f"checkpoint of lease {self._lease_id} failed: {type(exc).__name__}: {exc}",
                     lease_id=self._lease_id, generation=self._max_gen or None) from exc
@@ -528,6 +536,7 @@ class CheckpointedStageState(Generic[T]):
                 newest one: bad magic, newer version, truncated lease, MAC); ``.skipped``
                 lists them all.
         """
+        t0 = time.perf_counter()
         reader = lease_or_reader
         rkey = resolve_keys(key)
         k, scans = scan_slots(reader)
@@ -578,6 +587,7 @@ class CheckpointedStageState(Generic[T]):
             if skipped:
                 log.warning("restore of %s: restored generation %d after skipping %s", where,
                             h.generation, [g for g, _ in skipped])
+            note_restore(css.restored, time.perf_counter() - t0, reader)
             return css
         err = newest_err
         if err is None:
