@@ -1,7 +1,8 @@
 """The ``blockpoint`` command: a thin layer over the packages' APIs.
 
 Subcommands: ``inspect STORE`` (leases), ``verify STORE [LEASE]`` (checkpoints),
-``gc STORE`` (orphan files, object-store garbage), ``demo`` (the main job), ``bench``
+``history STORE LEASE`` (one lease's generations), ``gc STORE`` (orphan files, object-store
+garbage), ``demo`` (the main job), ``bench``
 (benchmarks), ``scheduler status|decisions``.
 Every listing prints a readable table, or JSON with ``--json``.
 """
@@ -81,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extra_commands() -> list:
     out = []
-    for modname in ("blockpoint.cli_verify", "blockpoint.cli_gc", "blockpoint.cli_scheduler",
+    for modname in ("blockpoint.cli_verify", "blockpoint.cli_history", "blockpoint.cli_gc",
+                    "blockpoint.cli_scheduler",
                     "blockpoint.cli_demo", "blockpoint.cli_bench"):
         try:
             mod = __import__(modname, fromlist=["register"])

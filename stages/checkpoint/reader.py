@@ -108,7 +108,8 @@ class GenerationReport:
     ``status`` is ``"ok"``, ``"empty"`` or the error text; ``block`` names the failing block.
     ``shared`` counts the chunks whose stored bytes other generations' maps also name
     (incremental checkpoints; damage there fails every one of them), ``shared_with`` lists
-    those generations.
+    those generations. ``created_at``, ``duration_s`` and ``depth`` (0: a full checkpoint)
+    come from the header, when it parses.
     """
 
     lease_id: str
@@ -125,6 +126,9 @@ class GenerationReport:
     block: int | None = None
     shared: int | None = None
     shared_with: tuple[int, ...] = ()
+    created_at: float | None = None
+    duration_s: float | None = None
+    depth: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -532,7 +536,8 @@ def verify_lease(reader: LeaseReader, *, key: KeySetting = None) -> list[Generat
             **base, slot=s.slot, generation=h.generation, step=h.step, size=h.data_length,
             stored=h.stored_bytes, codec=h.codec, compression=h.compression,
             ratio=round(h.data_length / h.stored_bytes, 3) if h.stored_bytes else None,
-            status=status, block=block))
+            status=status, block=block, created_at=h.created_at, duration_s=h.duration_s,
+            depth=h.depth))
     return [_with_sharing(r, chunk_sets) for r in out]
 
 
