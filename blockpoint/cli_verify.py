@@ -15,6 +15,7 @@ import os
 import sys
 from typing import Any
 
+from .progress import bar
 from .table import human_bytes, print_rows
 
 __all__ = ["register"]
@@ -51,11 +52,27 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         except LeaseNotFoundError as exc:
             print(f"blockpoint verify: {exc}", file=sys.stderr)
             return 2
+        with bar(sum(i.num_blocks for i in infos) * store.block_size, "verify",
+                 as_json=args.json) as progress:
+            reports_of = {}
+            for info in infos:
+                progress.note(info.name)
+                reader = store.open_reader(info.lease_id)
+                seen = [0]
+
+                def step(n: int) -> None:
+                    seen[0] += n
+                    progress.update(n)
+
+                try:
+                    reports_of[info.lease_id] = verify_lease(reader, key=ring, progress=step)
+                except NoCheckpointError:
+                    reports_of[info.lease_id] = None
+                # The lease's headers, free and shared blocks: the bar ends at 100 %.
+                progress.update(max(0, info.num_blocks * store.block_size - seen[0]))
         for info in infos:
-            reader = store.open_reader(info.lease_id)
-            try:
-                reports = verify_lease(reader, key=ring)
-            except NoCheckpointError:
+            reports = reports_of[info.lease_id]
+            if reports is None:
                 rows.append({"lease": info.name, "lease_id": info.lease_id, "slot": "-",
                              "generation": "-", "step": "-", "size": "-", "codec": "-",
                              "ratio": "-", "shared": "-", "status": "not a checkpoint"})

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from threading import Lock
@@ -490,10 +490,12 @@ def read_payload(reader: LeaseReader, h: Header, entries: Sequence[MapEntry], *,
     return buf
 
 
-def verify_lease(reader: LeaseReader, *, key: KeySetting = None) -> list[GenerationReport]:
+def verify_lease(reader: LeaseReader, *, key: KeySetting = None,
+                 progress: Callable[[int], None] | None = None) -> list[GenerationReport]:
     """Verify every header slot of a checkpoint lease (checksums, map, MAC); decode nothing.
 
     ``key`` None: the configured keys (``blockstore.keys.resolve_keys``), if any.
+    ``progress`` is called with the stored bytes of each generation once it was read.
 
     Returns one report per slot, newest generation first, then unreadable and empty slots.
     Raises :class:`NoCheckpointError` if no slot holds the magic ``PCHK`` (an empty lease, or
@@ -532,6 +534,8 @@ def verify_lease(reader: LeaseReader, *, key: KeySetting = None) -> list[Generat
             read_payload(reader, h, entries, key=ring)
         except CheckpointCorrupt as exc:
             status, block = str(exc), exc.block
+        if progress is not None:
+            progress(h.stored_bytes)
         out.append(GenerationReport(
             **base, slot=s.slot, generation=h.generation, step=h.step, size=h.data_length,
             stored=h.stored_bytes, codec=h.codec, compression=h.compression,
