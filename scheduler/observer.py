@@ -161,7 +161,8 @@ class PreemptionCheckpointObserver:
                 self._forget_named_handle()
             log.warning("stage %s: no flush-start acknowledgement from the scheduler within "
                         "%.3f s (%s: %s); flushing anyway", self.stage_id, self.ack_timeout,
-                        type(exc).__name__, exc)
+                        type(exc).__name__, exc,
+                        extra={"stage": self.stage_id, "cause": type(exc).__name__})
 
     def on_flush_complete(self, lease_id: str, ok: bool) -> None:
         """Clear the mark (fire-and-forget: the call is sent, its result is not awaited)."""

@@ -569,7 +569,8 @@ class CheckpointedStageState(Generic[T]):
                         name=reader.name, generation=h.generation, slot=h.slot) from exc
             except CheckpointCorrupt as exc:
                 log.warning("restore of %s: skipping generation %d: %s", where, h.generation,
-                            exc)
+                            exc, extra={"stage": reader.name, "generation": h.generation,
+                                        "cause": type(exc).__name__})
                 skipped.append((h.generation, str(exc)))
                 newest_err = newest_err or exc
                 continue
