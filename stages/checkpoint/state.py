@@ -93,6 +93,7 @@ from .writer import (
     blocks_of,
     hash_payload,
     learn_slots,
+    refuse_newer_format,
     target_slot,
     write_chunks,
     write_map,
@@ -404,6 +405,7 @@ class CheckpointedStageState(Generic[T]):
             raise ValueError(f"meta of {len(meta_bytes)} bytes does not fit a header block "
                              f"(at most {fmt.max_meta(bs)} bytes of JSON)")
         slots = self._ensure_layout()
+        refuse_newer_format(slots, lease)
         k = self._retention
         gen = self._max_gen + 1
         self._max_gen = gen
