@@ -31,6 +31,7 @@ from stages import (
 )
 from stages.checkpoint import mac as mac_module
 from stages.checkpoint.format import parse_header
+from stages.checkpoint.reader import scan_slots
 
 BS = 4096
 
@@ -237,3 +238,43 @@ def test_registry_on_a_shared_store_needs_a_key(monkeypatch: pytest.MonkeyPatch,
     keyed.close()
     store.close()
 
+
+
+# -- keys are read when used (docs/OPERATIONS.md) ---------------------------------------------
+def test_a_key_set_after_construction_authenticates_the_next_checkpoint(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    with FileStore(tmp_path / "s", BS) as st:
+        lease = st.acquire("stage")
+        css = CheckpointedStageState({"v": 1}, lease)
+        monkeypatch.setenv(KEY_ENV, "late-key")  # e.g. set by the runtime env after __init__
+        css.checkpoint(step=1)
+        reports = [r for r in verify_lease(st.open_reader("stage"), key=b"late-key")
+                   if r.status != "empty"]
+        assert [(r.generation, r.ok) for r in reports] == [(1, True)]
+        _, scans = scan_slots(st.open_reader("stage"))
+        assert [s.header.has_mac for s in scans if s.header is not None] == [True]
+        back = CheckpointedStageState.restore(st.open_reader("stage"))  # key from the env
+        assert back.state == {"v": 1}
+        lease.release()
+        # The restored object reads the environment at its next checkpoint too.
+        monkeypatch.setenv(KEY_ENV, "rotated")
+        monkeypatch.setenv(OLD_KEYS_ENV, "late-key")
+        with st.acquire("stage") as lease:
+            again = CheckpointedStageState.restore(lease)
+            again.checkpoint(step=2)
+        assert verify_lease(st.open_reader("stage"), key=b"rotated")[0].generation == 2
+        assert verify_lease(st.open_reader("stage"), key=b"rotated")[0].ok
+
+
+def test_a_key_unset_after_construction_is_refused_on_a_shared_store(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv(KEY_ENV, "early-key")
+    with FileStore(tmp_path / "shared", BS, shared=True) as st:
+        lease = st.acquire("stage")
+        css = CheckpointedStageState({"v": 1}, lease)
+        css.checkpoint(step=1)
+        monkeypatch.delenv(KEY_ENV)
+        with pytest.raises(CheckpointKeyRequired, match="shared"):
+            css.checkpoint(step=2)
+        assert [r.generation for r in verify_lease(st.open_reader("stage"), key=b"early-key")
+                if r.ok] == [1]

@@ -350,8 +350,12 @@ def load_map(reader: LeaseReader, h: Header, *,
     return entries, map_blocks
 
 
+#: What a chunk-checking task returns: None, or the first failed chunk and why it failed.
+Failure = tuple[MapEntry, str] | None
+
+
 def _read_and_check(reader: LeaseReader, idx: list[int],
-                    items: list[tuple[memoryview, MapEntry]]) -> MapEntry | None:
+                    items: list[tuple[memoryview, MapEntry]]) -> Failure:
     """Read a batch of raw chunks in place and check their CRCs (runs in the pool).
 
     Reading and checking in the same task lets one worker sit in ``preadv`` (no GIL) while
@@ -360,23 +364,25 @@ def _read_and_check(reader: LeaseReader, idx: list[int],
     reader.read_blocks_into(idx, [v for v, _ in items])
     for view, e in items:
         if crc32c(view) != e.crc:
-            return e
+            return e, "fails its CRC-32C (raw chunk)"
     return None
 
 
-def _check_zstd(items: list[tuple[memoryview, memoryview, MapEntry]]) -> MapEntry | None:
+def _check_zstd(items: list[tuple[memoryview, memoryview, MapEntry]]) -> Failure:
+    """Check and decompress zstd chunks; each one's output is bounded by its raw length
+    (:func:`~stages.checkpoint.compress.decompress_into`) before it is decompressed."""
     for stored, out, e in items:
         if crc32c(stored) != e.crc:
-            return e
+            return e, "fails its CRC-32C (zstd chunk)"
         try:
             decompress_into(stored, out)
-        except ValueError:
-            return e
+        except ValueError as exc:
+            return e, f"zstd chunk at offset {e.offset}: {exc}"
     return None
 
 
 def _mac_in_order(key: bytes, mv: memoryview,
-                  regions: list[tuple[int, int, Future[MapEntry | None]]]) -> bytes:
+                  regions: list[tuple[int, int, Future[Failure]]]) -> bytes:
     """The payload MAC of ``mv``, each region hashed as soon as the task filling it is done.
 
     Runs on the calling thread while the pool reads and checks later chunks (hashlib releases
@@ -419,10 +425,10 @@ def read_payload(reader: LeaseReader, h: Header, entries: Sequence[MapEntry], *,
                                 "than can be allocated", **ctx) from exc
     mv = memoryview(buf)
     bs = reader.block_size
-    pending: list[Future[MapEntry | None]] = []
+    pending: list[Future[Failure]] = []
     # (payload offset, length, the task that fills and checks it): the MAC is fed in payload
     # order as tasks finish, so it runs beside the reads instead of as a second pass.
-    regions: list[tuple[int, int, Future[MapEntry | None]]] = []
+    regions: list[tuple[int, int, Future[Failure]]] = []
     idx: list[int] = []
     views: list[memoryview] = []
     batch: list[tuple[memoryview, MapEntry]] = []
@@ -477,11 +483,11 @@ def read_payload(reader: LeaseReader, h: Header, entries: Sequence[MapEntry], *,
     except BlockIndexError as exc:
         raise TruncatedCheckpointError(f"{where}: a block is beyond the lease: {exc}",
                                        block=exc.index, **ctx) from exc
-    bad = next((e for e in failed if e is not None), None)
+    bad = next((f for f in failed if f is not None), None)
     if bad is not None:
-        raise CheckpointCorrupt(f"{where}: data block {bad.block} fails its CRC-32C "
-                                f"({'zstd' if bad.flags == CHUNK_ZSTD else 'raw'} chunk)",
-                                block=bad.block, **ctx)
+        entry, why = bad
+        raise CheckpointCorrupt(f"{where}: data block {entry.block} {why}", block=entry.block,
+                                **ctx)
     if digest is not None:
         # The header MAC (checked above) covers the payload MAC stored in the header.
         if not equal(digest, h.payload_mac):

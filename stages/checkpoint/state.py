@@ -24,8 +24,10 @@ The commit protocol (one mechanism, ``docs/FORMAT.md`` has the bytes):
 Security defaults: on a store that declares itself shared (``capabilities.shared``) a
 pickle checkpoint without a key is refused (:class:`~stages.errors.CheckpointKeyRequired`)
 unless ``allow_unauthenticated=True``; a pickle restore without a key warns once per process
-(:class:`~stages.errors.UnauthenticatedRestoreWarning`). Keys are resolved once, by
-:func:`blockstore.keys.resolve_keys` (current key to write, old keys to verify).
+(:class:`~stages.errors.UnauthenticatedRestoreWarning`). Keys are resolved when they are
+used - at every checkpoint and restore, not when the object is built - by
+:func:`blockstore.keys.resolve_keys` (current key to write, old keys to verify), so a key
+set in the environment later is the one the next checkpoint is written with.
 
 Speed (`BENCHMARKS.md`): the payload is never joined into one buffer - chunks are memoryview
 slices of pickle's out-of-band buffers (numpy arrays), written with ``pwritev`` while a small
@@ -78,7 +80,8 @@ from ..errors import (
 )
 from .format import Header
 from .incremental import DEFAULT_FULL_EVERY, Base, WriteStats, reusable_base
-from .mac import KeySetting, PayloadMac, header_mac, resolve_keys, warn_unauthenticated
+from .mac import (KeyRing, KeySetting, PayloadMac, header_mac, resolve_keys,
+                  warn_unauthenticated)
 from .metering import note_checkpoint, note_failure, note_restore, note_stall
 from .observer import CheckpointFlushObserver, flush_guard
 from .reader import read_payload, scan_slots, worker_pool
@@ -91,6 +94,7 @@ from .writer import (
     blocks_of,
     hash_payload,
     learn_slots,
+    refuse_newer_format,
     target_slot,
     write_chunks,
     write_map,
@@ -117,7 +121,8 @@ class CheckpointedStageState(Generic[T]):
         compression: "auto" (zstd where a probe shows it pays), "zstd" or "none".
         level: zstd level.
         key: MAC key, a key ring or keys (the first is current); default: the configured
-            keys (``$BLOCKPOINT_CHECKPOINT_KEY``, ``$BLOCKPOINT_CHECKPOINT_OLD_KEYS``). When
+            keys (``$BLOCKPOINT_CHECKPOINT_KEY``, ``$BLOCKPOINT_CHECKPOINT_OLD_KEYS``),
+            read from the environment at each checkpoint (not here). When
             set, checkpoints carry an HMAC-SHA256 under the current key and restores refuse
             generations without a MAC valid under one of the keys.
         allow_unauthenticated: write pickle checkpoints without a key even on a shared
@@ -154,7 +159,11 @@ class CheckpointedStageState(Generic[T]):
         self._codec = codec
         self._compression = compression
         self._level = level
-        self._key = resolve_keys(key)
+        # An explicit key is checked now; None means the environment, read at each use
+        # (docs/OPERATIONS.md: keys are read when they are used).
+        self._key_setting: KeySetting = key
+        if key is not None:
+            self._key_setting = resolve_keys(key)
         self._allow_unauthenticated = bool(allow_unauthenticated)
         self._observer = observer
         self._lease_id = lease_id or lease.lease_id
@@ -176,6 +185,10 @@ class CheckpointedStageState(Generic[T]):
                       **options: Any) -> CheckpointedStageState[T]:
         """Like the constructor, with a flush observer notified under ``lease_id``."""
         return cls(state, lease, observer=observer, lease_id=lease_id, **options)
+
+    def _keys(self) -> KeyRing | None:
+        """The key ring for this use: the explicit key, else the environment read now."""
+        return resolve_keys(self._key_setting)
 
     # -- state ---------------------------------------------------------------------------
     @property
@@ -215,7 +228,7 @@ class CheckpointedStageState(Generic[T]):
             log.warning("lease %r was first checkpointed with retention %d; keeping %d "
                         "(asked %d)", lease.name, k, k, self._retention)
             self._retention = k
-        self._slots, max_gen = learn_slots(lease, self._retention, scans, key=self._key)
+        self._slots, max_gen = learn_slots(lease, self._retention, scans, key=self._keys())
         self._max_gen = max(self._max_gen, max_gen)
         return self._slots
 
@@ -383,7 +396,8 @@ class CheckpointedStageState(Generic[T]):
             raise CheckpointFailed(f"lease {lease.name!r} is open for reading only (restored "
                                    "from a LeaseReader); acquire it to checkpoint",
                                    lease_id=self._lease_id)
-        if (self._key is None and self._codec == "pickle" and not self._allow_unauthenticated
+        ring = self._keys()
+        if (ring is None and self._codec == "pickle" and not self._allow_unauthenticated
                 and lease.store.capabilities.shared):
             raise CheckpointKeyRequired(
                 f"lease {lease.name!r} is on a shared store ({lease.store.url}): a pickle "
@@ -399,6 +413,7 @@ class CheckpointedStageState(Generic[T]):
             raise ValueError(f"meta of {len(meta_bytes)} bytes does not fit a header block "
                              f"(at most {fmt.max_meta(bs)} bytes of JSON)")
         slots = self._ensure_layout()
+        refuse_newer_format(slots, lease)
         k = self._retention
         gen = self._max_gen + 1
         self._max_gen = gen
@@ -431,8 +446,8 @@ class CheckpointedStageState(Generic[T]):
 
         pool = worker_pool()
         mac_future: Future[PayloadMac] | None = None
-        if self._key is not None:
-            mac_future = pool.submit(hash_payload, self._key.current, payload.segments)
+        if ring is not None:
+            mac_future = pool.submit(hash_payload, ring.current, payload.segments)
 
         # Erase before any data write: the target slot (its old generation's
         # blocks are about to be reused), and every slot holding something that is not a
@@ -470,7 +485,7 @@ class CheckpointedStageState(Generic[T]):
             data_length=payload.length, generation=gen, step=step, created_at=created,
             duration_s=0.0, stored_bytes=stored, chunks=len(entries), block_size=bs, slots=k,
             slot=target, codec=self._codec, compression=self._compression, level=self._level,
-            has_mac=self._key is not None, meta=meta_bytes, map_blocks=n_map, map_crc=map_crc,
+            has_mac=ring is not None, meta=meta_bytes, map_blocks=n_map, map_crc=map_crc,
             first_map_block=first_map, inline_map=inline_map, hashed=self._incremental,
             depth=depth)
         # The duration field is filled in last, just before the MAC and CRC seal the header.
@@ -478,7 +493,7 @@ class CheckpointedStageState(Generic[T]):
         mac = None
         if mac_future is not None:
             fmt.set_payload_mac(header, mac_future.result().digest())
-            mac = header_mac(self._key.current, lease.lease_id, lease.name,
+            mac = header_mac(ring.current, lease.lease_id, lease.name,
                              fmt.header_mac_input(header))
         fmt.seal_header(header, mac)
         tslot.dirty = True
