@@ -141,7 +141,7 @@ def test_mistyped_urls_create_nothing(tmp_path, monkeypatch, spec: str, says: st
     with pytest.raises(StoreURLError, match=re.escape(says)):
         open_store(spec)
     exe = Path(sys.executable).with_name("blockpoint")
-    for cmd in ("inspect", "gc"):
+    for cmd in ("inspect", "verify", "gc"):
         proc = subprocess.run([str(exe), cmd, spec], capture_output=True, text=True,
                               timeout=60, cwd=tmp_path)
         assert proc.returncode == 2, (cmd, proc.stdout, proc.stderr)

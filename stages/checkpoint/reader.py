@@ -108,7 +108,9 @@ class GenerationReport:
     ``status`` is ``"ok"``, ``"empty"`` or the error text; ``block`` names the failing block.
     ``shared`` counts the chunks whose stored bytes other generations' maps also name
     (incremental checkpoints; damage there fails every one of them), ``shared_with`` lists
-    those generations.
+    those generations. ``has_mac``: the header carries a MAC (``None`` when no header was
+    read); ``mac_checked``: it was verified under a configured key (without a key, a MAC'd
+    generation's checksums are verified and its MAC is not).
     """
 
     lease_id: str
@@ -125,6 +127,8 @@ class GenerationReport:
     block: int | None = None
     shared: int | None = None
     shared_with: tuple[int, ...] = ()
+    has_mac: bool | None = None
+    mac_checked: bool = False
 
     @property
     def ok(self) -> bool:
@@ -532,7 +536,8 @@ def verify_lease(reader: LeaseReader, *, key: KeySetting = None) -> list[Generat
             **base, slot=s.slot, generation=h.generation, step=h.step, size=h.data_length,
             stored=h.stored_bytes, codec=h.codec, compression=h.compression,
             ratio=round(h.data_length / h.stored_bytes, 3) if h.stored_bytes else None,
-            status=status, block=block))
+            status=status, block=block, has_mac=h.has_mac,
+            mac_checked=ring is not None and status == "ok"))
     return [_with_sharing(r, chunk_sets) for r in out]
 
 
