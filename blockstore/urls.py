@@ -3,6 +3,7 @@
 Accepted forms::
 
     /path/to/store   or  file:///path/to/store            FileStore (directory)
+    relative/dir                                          FileStore under the working directory
     memory://NAME                                         this process's MemoryStore NAME
     s3://BUCKET[/PREFIX][?endpoint_url=URL&region=R]       S3 or any S3-compatible server
     gs://BUCKET[/PREFIX]                                  Google Cloud Storage
@@ -21,6 +22,11 @@ Why parsing lives here, alone: every caller that names a store goes through
 with a :class:`~blockstore.errors.StoreURLError` whose ``part`` says which piece is wrong
 (scheme, bucket, prefix, query key, endpoint). Parsing is pure (no I/O, no client import),
 so it is tested for every scheme even where no server of that kind is at hand.
+
+Two mistakes used to open a local store in the working directory without a word and are
+refused (``part="scheme"`` / ``"path"``): a known scheme missing its ``//`` (``s3:/bucket/x``,
+a relative path to ``os.path``) and ``file://relative/dir`` (a host name in a URL; file URLs
+take absolute paths, ``file:///abs``).
 """
 
 from __future__ import annotations
@@ -96,7 +102,8 @@ class StoreURL:
     def to_url(self) -> str:
         """The canonical URL: ``parse_store_url(u.to_url()) == u``."""
         if self.scheme == "file":
-            return f"file://{self.location}"
+            # A relative path has no file:// form (file://rel names a host); it stays a path.
+            return f"file://{self.location}" if self.location.startswith("/") else self.location
         if self.scheme == "memory":
             return f"memory://{self.location}"
         url = f"{self.scheme}://{self.location}"
@@ -129,6 +136,7 @@ def parse_store_url(spec: str | os.PathLike[str]) -> StoreURL:
     if "://" not in s:
         if not s:
             raise _fail(s, "path", "empty")
+        _refuse_mistyped_scheme(s)
         return StoreURL("file", s)
     scheme, rest = s.split("://", 1)
     scheme = scheme.lower()
@@ -136,6 +144,12 @@ def parse_store_url(spec: str | os.PathLike[str]) -> StoreURL:
         path = rest[len("localhost"):] if rest.startswith("localhost/") else rest
         if not path:
             raise _fail(s, "path", "file:// needs a path, e.g. file:///var/blockpoint")
+        if not path.startswith("/"):
+            # file://relative/dir names host 'relative' in a URL; taken as a path it would
+            # put the store under the working directory of whichever process opens it.
+            raise _fail(s, "path", f"file:// takes an absolute path (three slashes: "
+                        f"file:///{path}); for a directory relative to the working "
+                        f"directory give the path without file://")
         return StoreURL("file", path)
     if scheme == "memory":
         return StoreURL("memory", rest)
@@ -143,6 +157,22 @@ def parse_store_url(spec: str | os.PathLike[str]) -> StoreURL:
         known = ", ".join(["file://", "memory://"] + [f"{k}://" for k in OBJECT_SCHEMES])
         raise _fail(s, "scheme", f"unknown scheme {scheme!r} (known: {known})")
     return _parse_object_url(s, scheme)
+
+
+_KNOWN_SCHEMES = ("file", "memory", *OBJECT_SCHEMES)
+
+
+def _refuse_mistyped_scheme(s: str) -> None:
+    """Refuse ``s3:/bucket/x``, ``s3:bucket``, ``file:/x``: a known scheme without its
+    ``//``, which would otherwise be taken as a relative path (a local store in the working
+    directory, silently)."""
+    head, sep, rest = s.partition(":")
+    if sep and head.lower() in _KNOWN_SCHEMES:
+        fixed = f"{head.lower()}://{rest.lstrip('/')}"
+        if head.lower() == "file":
+            fixed = f"file:///{rest.lstrip('/')}"
+        raise _fail(s, "scheme", f"{head}: without '//' is not a store URL (did you mean "
+                    f"{fixed!r}?); a directory path must not start with '{head}:'")
 
 
 def _parse_object_url(s: str, scheme: str) -> StoreURL:

@@ -108,8 +108,10 @@ class GenerationReport:
     ``status`` is ``"ok"``, ``"empty"`` or the error text; ``block`` names the failing block.
     ``shared`` counts the chunks whose stored bytes other generations' maps also name
     (incremental checkpoints; damage there fails every one of them), ``shared_with`` lists
-    those generations. ``created_at``, ``duration_s`` and ``depth`` (0: a full checkpoint)
-    come from the header, when it parses.
+    those generations. ``has_mac``: the header carries a MAC (``None`` when no header was
+    read); ``mac_checked``: it was verified under a configured key (without a key, a MAC'd
+    generation's checksums are verified and its MAC is not). ``created_at``, ``duration_s``
+    and ``depth`` (0: a full checkpoint) come from the header, when it parses.
     """
 
     lease_id: str
@@ -126,6 +128,8 @@ class GenerationReport:
     block: int | None = None
     shared: int | None = None
     shared_with: tuple[int, ...] = ()
+    has_mac: bool | None = None
+    mac_checked: bool = False
     created_at: float | None = None
     duration_s: float | None = None
     depth: int | None = None
@@ -546,8 +550,9 @@ def verify_lease(reader: LeaseReader, *, key: KeySetting = None,
             **base, slot=s.slot, generation=h.generation, step=h.step, size=h.data_length,
             stored=h.stored_bytes, codec=h.codec, compression=h.compression,
             ratio=round(h.data_length / h.stored_bytes, 3) if h.stored_bytes else None,
-            status=status, block=block, created_at=h.created_at, duration_s=h.duration_s,
-            depth=h.depth))
+            status=status, block=block, has_mac=h.has_mac,
+            mac_checked=ring is not None and status == "ok", created_at=h.created_at,
+            duration_s=h.duration_s, depth=h.depth))
     return [_with_sharing(r, chunk_sets) for r in out]
 
 

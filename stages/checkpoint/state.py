@@ -359,6 +359,24 @@ class CheckpointedStageState(Generic[T]):
         with self._flush_in_progress():
             return self._guarded_checkpoint(step, meta, None)
 
+    def check_authenticated(self, ring: KeyRing | None | bool = False) -> None:
+        """Raise :class:`CheckpointKeyRequired` if every checkpoint of this state would be
+        refused: pickle, no key, a shared store, no ``allow_unauthenticated``. A setting, not
+        an accident of one write - callers that start many checkpoints (a stage actor) ask
+        once at start-up, so the mistake is reported before any work is done. ``ring``: the
+        keys already resolved for this use (default: read them now)."""
+        lease = self.lease
+        if ring is False:
+            ring = self._keys()
+        if (ring is None and self._codec == "pickle" and not self._allow_unauthenticated
+                and lease.store.capabilities.shared):
+            raise CheckpointKeyRequired(
+                f"lease {lease.name!r} is on a shared store ({lease.store.url}): a pickle "
+                "checkpoint without a key could be replaced by anyone who can write the store, "
+                "and restoring it runs their code. Set BLOCKPOINT_CHECKPOINT_KEY (or pass "
+                "key=), use codec='msgpack', or pass allow_unauthenticated=True",
+                lease_id=self._lease_id)
+
     def _guarded_checkpoint(self, step: int, meta: Mapping[str, Any] | None,
                             payload: Payload | None) -> CheckpointInfo:
         """The commit inside the flush observer's guard, errors mapped (fail-closed)."""
@@ -397,14 +415,7 @@ class CheckpointedStageState(Generic[T]):
                                    "from a LeaseReader); acquire it to checkpoint",
                                    lease_id=self._lease_id)
         ring = self._keys()
-        if (ring is None and self._codec == "pickle" and not self._allow_unauthenticated
-                and lease.store.capabilities.shared):
-            raise CheckpointKeyRequired(
-                f"lease {lease.name!r} is on a shared store ({lease.store.url}): a pickle "
-                "checkpoint without a key could be replaced by anyone who can write the store, "
-                "and restoring it runs their code. Set BLOCKPOINT_CHECKPOINT_KEY (or pass "
-                "key=), use codec='msgpack', or pass allow_unauthenticated=True",
-                lease_id=self._lease_id)
+        self.check_authenticated(ring)
         if not isinstance(step, int) or step < 0:
             raise ValueError(f"step must be a non-negative int, got {step!r}")
         meta_bytes = fmt.encode_meta(meta)

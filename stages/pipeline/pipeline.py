@@ -235,6 +235,8 @@ class Pipeline:
                 claim orphaned, for ``recover_orphaned``).
 
         Raises ``PipelineError`` (``StageProcessError`` for a stage's own exception);
+        ``CheckpointKeyRequired`` before the first record when a stage could never
+        checkpoint (pickle without a key on a shared store: a setting, not replayed);
         ``RunNotPausedError`` for a paused run without a claim; ``RunActiveError`` if another
         driver drives the run (no ``takeover``); ``RunFencedError`` if one took it over.
         """
