@@ -534,6 +534,34 @@ def test_killed_stage_is_restored_automatically(sched: tuple[Any, str, str]) -> 
     assert ray.get(new.process_batch.remote([1])) == [12]
 
 
+def test_stage_stopped_behind_the_schedulers_back_is_parked(sched: tuple[Any, str, str]
+                                                            ) -> None:
+    """A stage stopped by someone else (here the driver; in a full run, a ``shutdown`` sent
+    by a scheduler killed mid-preemption) is parked, not preempted a second time."""
+    handle, name, store = sched
+    ray.get(handle.set_auto_restore.remote(False))
+    quiet = start_stage(handle, name, make_spec(name, store, "quiet"))
+    other = start_stage(handle, name, make_spec(name, store, "other", priority=9))
+    ray.get(quiet.process_batch.remote([4, 5]))
+    assert ray.get(quiet.shutdown.remote(checkpoint=True))["generation"] == 1
+    assert ray.get(quiet.info.remote())["stopped"]        # alive, lease released
+    wait_for(lambda: stage_status(handle, "quiet")["status"] == "stopped",
+             what="the stopped stage parked")
+    parked = [d for d in ray.get(handle.decisions.remote(20))
+              if d["kind"] == "stopped" and d["victims"] == ["quiet"]]
+    assert parked and parked[0]["outcome"] == "parked"
+    # It is no candidate (it would be the first victim by priority): the live one is taken.
+    res = ray.get(handle.preempt.remote(
+        PreemptionRequest(reason="one please", deadline=time.time() + 60, count=1)))
+    assert res.victims == ("other",) and res.outcome_of("other").action == "checkpointed"
+    # Restored on request, from the checkpoint its own shutdown wrote.
+    back = ray.get(handle.restore.remote("quiet"))
+    assert back.generation == 1
+    new = ray.get(handle.handle_of.remote("quiet"))
+    assert ray.get(new.get_state.remote())["total"] == 9
+    del other
+
+
 # --------------------------------------------------------------------------- restart
 
 
