@@ -37,7 +37,17 @@ decides *when* to checkpoint - the turn-taking part:
   after the commit but before the reply - which makes Ray retry the call - cannot count the
   call twice, and a kill before the commit leaves nothing of it in the restored state.
   A checkpoint that fails in this mode reloads the attributes from the lease (memory never
-  runs ahead of what is durable) and the call raises ``CheckpointFailed``.
+  runs ahead of what is durable) and the call raises ``CheckpointFailed`` - unless the
+  failure left the commit's outcome unknown (``CheckpointCommitUnknown``: the store raised
+  after the generation may have landed) and the reloaded state holds the call's id: then
+  the call was committed, the lease is flushed once more and the call returns its
+  recorded result. **A call that raises** is rolled back: memory is reloaded from the last
+  committed state before the exception propagates (the lease's newest generation, or the
+  constructor's state - kept pickled until the first commit - if there is none), so the
+  next call's checkpoint never commits half of a failed call. Rolling back after the
+  exception (not snapshotting before every call) keeps the common path free; a failed
+  call costs a restore. If that reload fails, the next call reloads first, and fails
+  (``CheckpointFailed``) rather than commit the half-applied state.
 * **Asynchronous policy checkpoints** (``async_checkpoint=True``, with ``every_calls >= 2``
   or ``every_seconds``; refused with ``every_calls=1``). The call that makes a checkpoint
   due takes the snapshot under the lock (the named attributes serialized, their numpy
@@ -57,7 +67,9 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+import pickle
 import threading
+import uuid
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -68,7 +80,7 @@ import ray
 from blockstore import BlockStoreError
 
 from .actor import StageStopped
-from ..errors import CheckpointFailed, StageError
+from ..errors import CheckpointCommitUnknown, CheckpointFailed, StageError
 from .incarnation import Incarnation
 from ..checkpoint.policy import CheckpointPolicy
 from ..checkpoint.state import CheckpointInfo
@@ -149,6 +161,12 @@ def _task_id() -> str | None:
         return None
 
 
+def _call_key() -> str:
+    """The key an exactly-once call is recorded under: Ray's task id, or (plain use, no
+    task) a fresh one, so that a commit of unknown outcome can still be recognised."""
+    return _task_id() or f"local:{uuid.uuid4().hex}"
+
+
 class ActorDurability:
     """The durable attributes of one incarnation of a ``@checkpointed`` actor.
 
@@ -203,11 +221,23 @@ class ActorDurability:
             raise StoreUnavailable(
                 f"{config.actor} {key!r}: store {config.store!r} unavailable: "
                 f"{type(exc).__name__}: {exc}", store=str(config.store), key=key) from exc
+        #: Set while memory may be ahead of the lease (a rollback failed): reload first.
+        self._dirty = False
+        #: The constructor's state, pickled, until the first commit (exactly-once mode with
+        #: nothing to restore): what a call that raises is rolled back to.
+        self._initial: bytes | None = None
         if self.inc.restored is not None:
             self._adopt(self.inc.state)
             hook = getattr(obj, "on_restore", None)
             if callable(hook):
                 hook(self.inc.restored)
+        elif self.exact:
+            try:
+                self._initial = pickle.dumps(self._payload(), protocol=5)
+            except Exception as exc:  # noqa: BLE001 - the first checkpoint will say it
+                log.warning("%s %r: the constructor's state does not pickle (%s): a call "
+                            "that raises before the first commit cannot be rolled back",
+                            config.actor, key, exc)
         self._handle = handle
         #: The relaunch recipe sent with the registration (set by the decorator), or None.
         self.recipe: ActorRecipe | None = None
@@ -388,14 +418,79 @@ class ActorDurability:
             while len(self.applied) > self.config.dedupe_window:
                 self.applied.popitem(last=False)
 
-    def _commit_or_reload(self) -> None:
-        """Exactly-once commit; on failure, reload memory from the lease and re-raise."""
+    # -- exactly-once calls (every_calls=1) ----------------------------------------------
+    def _exact_begin(self, key: str) -> tuple[bool, Any]:
+        """Before the user's method, holding the call's turn: ``(True, recorded result)``
+        for a call already applied, else ``(False, None)``. Memory left ahead of the lease
+        by a failed rollback is reloaded first (``CheckpointFailed`` if it cannot be)."""
+        self.check_serving()
+        if self._dirty:
+            self._reload()
+        if key in self.applied:
+            self.deduplicated += 1
+            return True, self.applied[key]
+        return False, None
+
+    def _exact_raised(self) -> None:
+        """The user's method raised: put memory back to the last committed state, so that
+        the next call's checkpoint cannot commit half of this one. A reload that fails is
+        logged and retried before the next call (which fails if it fails again)."""
+        try:
+            self._reload()
+        except Exception as exc:  # noqa: BLE001 - the user's exception is what propagates
+            log.warning("%s %r: could not roll back after a call raised (retried before "
+                        "the next call): %s: %s", self.config.actor, self.key,
+                        type(exc).__name__, exc)
+
+    def _exact_commit(self, key: str, result: Any) -> Any:
+        """Record the call and commit it before it returns; the value to return.
+
+        A failed commit reloads memory from the lease (it never runs ahead of what is
+        durable). If the outcome was unknown (``CheckpointCommitUnknown``: the store raised
+        after the generation may have landed) and the reloaded state holds this call's key,
+        the call *was* committed: the lease is flushed once more and the recorded result
+        returned instead of an error (a resend would get it anyway)."""
+        self._record(key, result)
         try:
             self.checkpoint(meta={"reason": "call"})
+        except CheckpointFailed as exc:
+            if self.inc.fenced:
+                raise
+            try:
+                self._reload()
+            except Exception as reload_exc:  # noqa: BLE001 - report the commit's failure
+                raise exc from reload_exc
+            if not (isinstance(exc, CheckpointCommitUnknown) and key in self.applied):
+                raise
+            try:
+                self.inc.lease.flush()
+            except Exception as flush_exc:  # noqa: BLE001 - still unknown
+                raise exc from flush_exc
+            log.info("%s %r: the commit reported unknown had landed; call answered",
+                     self.config.actor, self.key)
+            self.calls_since = 0
+            self._initial = None
+            return self.applied[key]
+        self._initial = None  # the lease holds a generation now: the rollback target
+        return result
+
+    def _reload(self) -> None:
+        """Memory := the last committed state: the lease's newest generation that verifies,
+        or the constructor's state (kept pickled until the first commit) if there is none.
+        Raises what the restore raises; memory is then marked to be reloaded again."""
+        self._dirty = True
+        try:
+            css = self.inc.bind()
         except CheckpointFailed:
-            if not self.inc.fenced:
-                self._adopt(self.inc.bind().state)
             raise
+        except Exception as exc:  # noqa: BLE001 - StoreError, corrupt lease: fail-closed
+            raise CheckpointFailed(
+                f"{self.config.actor} {self.key!r}: memory could not be reloaded from the "
+                f"lease: {type(exc).__name__}: {exc}", lease_id=self.inc.lease_id) from exc
+        if css.restored is None and self._initial is not None:
+            css.state = pickle.loads(self._initial)
+        self._adopt(css.state)
+        self._dirty = False
 
     def call(self, fn: Callable[..., Any], obj: Any, args: tuple[Any, ...],
              kwargs: dict[str, Any]) -> Any:
@@ -407,16 +502,17 @@ class ActorDurability:
                 self._record(None, result)
                 self._due_checkpoint()
             return result
-        call_id = _task_id()
+        key = _call_key()
         with self.lock:
-            self.check_serving()
-            if call_id is not None and call_id in self.applied:
-                self.deduplicated += 1
-                return self.applied[call_id]
-            result = fn(obj, *args, **kwargs)
-            self._record(call_id, result)
-            self._commit_or_reload()
-            return result
+            done, recorded = self._exact_begin(key)
+            if done:
+                return recorded
+            try:
+                result = fn(obj, *args, **kwargs)
+            except BaseException:
+                self._exact_raised()
+                raise
+            return self._exact_commit(key, result)
 
     async def call_async(self, fn: Callable[..., Awaitable[Any]], obj: Any,
                          args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -433,17 +529,20 @@ class ActorDurability:
                 self._record(None, result)
                 self._due_checkpoint()
             return result
-        call_id = _task_id()
+        key = _call_key()
         async with self._one_at_a_time():
-            self.check_serving()
-            if call_id is not None and call_id in self.applied:
-                self.deduplicated += 1
-                return self.applied[call_id]
-            result = await fn(obj, *args, **kwargs)
             with self.lock:
-                self._record(call_id, result)
-                self._commit_or_reload()
-            return result
+                done, recorded = self._exact_begin(key)
+            if done:
+                return recorded
+            try:
+                result = await fn(obj, *args, **kwargs)
+            except BaseException:
+                with self.lock:
+                    self._exact_raised()
+                raise
+            with self.lock:
+                return self._exact_commit(key, result)
 
     @contextlib.asynccontextmanager
     async def _one_at_a_time(self) -> AsyncIterator[None]:
