@@ -42,6 +42,7 @@ from .errors import (
     StoreEndpointError,
     StoreUnreachableError,
 )
+from .redact import redact_text
 from .urls import StoreURL
 
 __all__ = ["ObjectClient", "StoreClock"]
@@ -119,7 +120,9 @@ def _build_store(url: StoreURL, retries: int) -> Any:
             kw["account_name"] = url.option("account")
         return AzureStore(url.location, **kw)
     except Exception as exc:  # obstore reports missing credentials/config as it builds
-        raise StoreConfigError(f"cannot configure {url.to_url()}: {exc}") from exc
+        text = redact_text(str(exc))
+        raise StoreConfigError(f"cannot configure {url.to_url()}: {text}") \
+            from (exc if text == str(exc) else None)
 
 
 class ObjectClient:
@@ -157,7 +160,7 @@ class ObjectClient:
             self._check_not_found(exc, key)
             return None
         except Exception as exc:
-            raise self._translate(exc, key) from exc
+            raise self._translate(exc, key)
         meta = res.meta
         stamp = self._own.get((key, meta["e_tag"] or ""))
         if stamp is not None and meta.get("last_modified") is not None:
@@ -190,7 +193,7 @@ class ObjectClient:
             self._check_not_found(exc, key)
             return None
         except Exception as exc:
-            raise self._translate(exc, key) from exc
+            raise self._translate(exc, key)
         etag = res["e_tag"] or ""
         if mode != "overwrite":
             self._own[(key, etag)] = (t0, time.time())
@@ -210,7 +213,7 @@ class ObjectClient:
         except FileNotFoundError as exc:
             self._check_not_found(exc, prefix)
         except Exception as exc:
-            raise self._translate(exc, prefix) from exc
+            raise self._translate(exc, prefix)
         return out
 
     def delete(self, keys: Sequence[str]) -> None:
@@ -225,7 +228,7 @@ class ObjectClient:
             except FileNotFoundError:
                 pass
             except Exception as exc:
-                raise self._translate(exc, batch[0]) from exc
+                raise self._translate(exc, batch[0])
 
     def map(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
         """``fn`` over ``items`` in the bounded pool; the first failure is raised after every
@@ -270,12 +273,25 @@ class ObjectClient:
                 endpoint=self.url.option("endpoint_url") or "") from exc
 
     def _translate(self, exc: BaseException, key: str) -> BlockStoreError:
-        """The one place client exceptions become blockstore errors."""
-        from obstore.exceptions import PermissionDeniedError, UnauthenticatedError
-        where = self._where(key)
-        text = str(exc)
+        """The one place client exceptions become blockstore errors.
+
+        The client's text may echo a URL, a signed query or a credential, so only its
+        redacted form (``blockstore/redact.py``) reaches the message; when redaction changed
+        it, the client's exception is not chained either (a logged traceback would print
+        it). Callers ``raise`` the result inside their ``except``: the chaining is set here.
+        """
         if isinstance(exc, BlockStoreError):
             return exc
+        raw = str(exc)
+        text = redact_text(raw)
+        err = self._classify(exc, key, text)
+        err.__cause__ = exc if text == raw else None
+        err.__suppress_context__ = True
+        return err
+
+    def _classify(self, exc: BaseException, key: str, text: str) -> BlockStoreError:
+        from obstore.exceptions import PermissionDeniedError, UnauthenticatedError
+        where = self._where(key)
         if isinstance(exc, (PermissionDeniedError, UnauthenticatedError)) or \
                 "status code: 403" in text or "AccessDenied" in text:
             return StoreAccessDeniedError(f"access denied to {where} (check credentials and "

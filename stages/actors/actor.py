@@ -63,7 +63,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import ray
 
-from blockstore import BlockStore, Lease
+from blockstore import BlockStore, Lease, parse_store_url
 
 from ..checkpoint.background import PendingCheckpoint
 from ..errors import CheckpointFailed, CheckpointKeyRequired, StageError
@@ -172,6 +172,11 @@ class StageSpec:
     async_checkpoints: bool = False
     incremental: bool = False
     full_every: int = DEFAULT_FULL_EVERY
+
+    def __post_init__(self) -> None:
+        # A URL carrying a secret is refused here, with the secret masked
+        # (``blockstore/redact.py``), before a spec holding it is shown or persisted.
+        parse_store_url(self.store_url)
 
     def state_options(self) -> dict[str, Any]:
         """Keyword options for ``CheckpointedStageState`` (constructor and ``restore``)."""
