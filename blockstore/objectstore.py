@@ -44,7 +44,6 @@ from dataclasses import dataclass, field
 from .base import (
     DEFAULT_BLOCK_SIZE,
     BlockStore,
-    GcItem,
     GcReport,
     StoreCapabilities,
     bounds_error,
@@ -476,17 +475,19 @@ class ObjectStore(BlockStore):
         self._delete_quietly(self._superseded(lease_id, old, new))
         if (lease_id, epoch) not in self._collected and epoch > 1:
             self._collected.add((lease_id, epoch))
-            self._collect_lease(lease_id, new, False)
+            self._collect_lease(lease_id)
 
     @staticmethod
     def _superseded(lease_id: str, old: LeaseRecord, new: LeaseRecord) -> list[str]:
         return [block_key(lease_id, g, i) for i, g in old.blocks.items()
                 if new.blocks.get(i) != g]
 
-    def _collect_lease(self, lease_id: str, rec: LeaseRecord | None,
-                       dry_run: bool) -> tuple[list[GcItem], int]:
-        """This lease's garbage objects (removed unless ``dry_run``); ``(items, kept)``."""
-        return collect_lease(self, lease_id, None, rec, dry_run)
+    def _collect_lease(self, lease_id: str) -> None:
+        """Remove this lease's garbage, judged by its record as it is now: listed first,
+        then the record read again (never this object's own last record: the lease may
+        have a next holder already, whose flush that record cannot judge)."""
+        metas = self._c.list(blocks_prefix(lease_id))
+        collect_lease(self, lease_id, metas, self._current_record(lease_id), False)
 
     def _current_record(self, lease_id: str) -> LeaseRecord | None:
         """The live record of ``lease_id`` read now, or ``None`` if the lease is gone."""

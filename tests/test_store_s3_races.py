@@ -77,3 +77,34 @@ def test_gc_spares_a_released_lease_reacquired_during_it(s3_server: MotoServer,
     assert _read(url, "s", [0, 1]) == [b"e2-0", b"e1-1"]
     gcs.close()
     other.close()
+
+
+# -- release vs the next holder ------------------------------------------------------------
+def test_release_spares_the_next_holders_flush(s3_server: MotoServer) -> None:
+    """A release collects its lease's garbage after its record put; a holder that acquired
+    the released lease (epoch 3) and flushed in that window keeps its blocks (they were
+    judged by the released epoch-2 record: 'released, unreferenced: garbage')."""
+    url = s3_server.url(_prefix())
+    with ObjectStore(url, block_size=BS) as st:
+        first = st.acquire("s", num_blocks=2)
+        first.write_blocks({0: b"e1-0", 1: b"e1-1"})
+        first.release()
+    st, hs = hooked(url)
+    other = ObjectStore(url)
+    lease = st.acquire("s")
+    assert lease.epoch == 2  # the first commit of an epoch > 1 collects the lease's garbage
+    lease.write_blocks({1: b"e2-1"})
+    got: dict[str, int] = {}
+
+    def next_holder_flushes() -> None:
+        nxt = other.acquire("s")
+        got["epoch"] = nxt.epoch
+        nxt.write_blocks({0: b"e3-0"})
+        nxt.flush()
+
+    hs.on("after", req("PUT", "leases/"), next_holder_flushes)
+    lease.release()
+    assert got == {"epoch": 3}
+    assert _read(url, "s", [0, 1]) == [b"e3-0", b"e2-1"]
+    st.close()
+    other.close()
