@@ -134,6 +134,10 @@ class ObjectClient:
     """
 
     def __init__(self, url: StoreURL, store: Any | None = None) -> None:
+        """``store``: an obstore store, or any object with its ``get``, ``put``, ``list``
+        and ``delete`` methods (tests pass a pass-through wrapper that orders requests);
+        requests go through those methods, never obstore's module functions, which accept
+        only obstore's own classes."""
         self.url = url
         self.concurrency = url.int_option("concurrency", DEFAULT_CONCURRENCY)
         self._store = store if store is not None else _build_store(
@@ -151,10 +155,9 @@ class ObjectClient:
 
     def get(self, key: str) -> tuple[memoryview, Any] | None:
         """``(bytes, meta)`` of object ``key``, or ``None`` if there is none."""
-        import obstore
         self._count("GET")
         try:
-            res = obstore.get(self._store, key)
+            res = self._store.get(key)
             data = memoryview(res.bytes())
         except FileNotFoundError as exc:
             self._check_not_found(exc, key)
@@ -181,12 +184,11 @@ class ObjectClient:
         return self._put(key, data, {"e_tag": etag})
 
     def _put(self, key: str, data: Any, mode: Any) -> str | None:
-        import obstore
         from obstore.exceptions import AlreadyExistsError, PreconditionError
         self._count("PUT")
         t0 = time.time()
         try:
-            res = obstore.put(self._store, key, data, mode=mode, use_multipart=False)
+            res = self._store.put(key, data, mode=mode, use_multipart=False)
         except (AlreadyExistsError, PreconditionError):
             return None
         except FileNotFoundError as exc:  # If-Match on a vanished object, or no bucket
@@ -204,10 +206,9 @@ class ObjectClient:
     def list(self, prefix: str) -> list[Any]:
         """Metadata (``path``, ``size``, ``last_modified``, ``e_tag``) of every object whose
         key starts with ``prefix``."""
-        import obstore
         out: list[Any] = []
         try:
-            for page in obstore.list(self._store, prefix, chunk_size=1000):
+            for page in self._store.list(prefix, chunk_size=1000):
                 self._count("LIST")
                 out.extend(page)
         except FileNotFoundError as exc:
@@ -218,13 +219,12 @@ class ObjectClient:
 
     def delete(self, keys: Sequence[str]) -> None:
         """Remove objects (absent ones are fine), 1,000 per request."""
-        import obstore
         keys = list(keys)
         for start in range(0, len(keys), 1000):
             batch = keys[start:start + 1000]
             self._count("DELETE")
             try:
-                obstore.delete(self._store, batch if len(batch) > 1 else batch[0])
+                self._store.delete(batch if len(batch) > 1 else batch[0])
             except FileNotFoundError:
                 pass
             except Exception as exc:
