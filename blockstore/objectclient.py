@@ -130,25 +130,39 @@ class ObjectClient:
     raises a :class:`~blockstore.errors.BlockStoreError`.
     """
 
-    def __init__(self, url: StoreURL, store: Any | None = None) -> None:
+    def __init__(self, url: StoreURL, store: Any | None = None, *, api: Any | None = None,
+                 pool: Any | None = None) -> None:
+        """``api`` (default: the ``obstore`` module) provides ``get``, ``put``, ``list`` and
+        ``delete`` called with ``store``; ``pool`` (default: a thread pool of
+        ``concurrency`` threads) runs :meth:`map` and :meth:`submit`. Both exist for the
+        deterministic simulation (tests/sim), which runs this client against an in-process
+        object store one request at a time."""
         self.url = url
         self.concurrency = url.int_option("concurrency", DEFAULT_CONCURRENCY)
         self._store = store if store is not None else _build_store(
             url, url.int_option("retries", DEFAULT_RETRIES))
-        self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix=_POOL_NAME)
+        self._api = api
+        self._pool = pool if pool is not None else ThreadPoolExecutor(
+            self.concurrency, thread_name_prefix=_POOL_NAME)
         self.clock = StoreClock()
         self.requests: Counter[str] = Counter()
         self._count_lock = threading.Lock()
         self._own: OrderedDict[tuple[str, str], tuple[float, float]] = OrderedDict()
 
     # -- requests ---------------------------------------------------------------------------
+    def _obstore(self) -> Any:
+        if self._api is not None:
+            return self._api
+        import obstore
+        return obstore
+
     def _count(self, op: str, n: int = 1) -> None:
         with self._count_lock:
             self.requests[op] += n
 
     def get(self, key: str) -> tuple[memoryview, Any] | None:
         """``(bytes, meta)`` of object ``key``, or ``None`` if there is none."""
-        import obstore
+        obstore = self._obstore()
         self._count("GET")
         try:
             res = obstore.get(self._store, key)
@@ -178,7 +192,7 @@ class ObjectClient:
         return self._put(key, data, {"e_tag": etag})
 
     def _put(self, key: str, data: Any, mode: Any) -> str | None:
-        import obstore
+        obstore = self._obstore()
         from obstore.exceptions import AlreadyExistsError, PreconditionError
         self._count("PUT")
         t0 = time.time()
@@ -201,7 +215,7 @@ class ObjectClient:
     def list(self, prefix: str) -> list[Any]:
         """Metadata (``path``, ``size``, ``last_modified``, ``e_tag``) of every object whose
         key starts with ``prefix``."""
-        import obstore
+        obstore = self._obstore()
         out: list[Any] = []
         try:
             for page in obstore.list(self._store, prefix, chunk_size=1000):
@@ -215,7 +229,7 @@ class ObjectClient:
 
     def delete(self, keys: Sequence[str]) -> None:
         """Remove objects (absent ones are fine), 1,000 per request."""
-        import obstore
+        obstore = self._obstore()
         keys = list(keys)
         for start in range(0, len(keys), 1000):
             batch = keys[start:start + 1000]
