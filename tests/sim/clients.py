@@ -41,8 +41,16 @@ class Sim:
         self.checker = Checker(world).attach()
         self.url = parse_store_url(URL)
 
-    def open(self, name: str) -> ObjectStore:
-        return ObjectStore(self.url, client=self.world.object_client(name, self.url))
+    def open(self, name: str, tries: int = 4) -> ObjectStore:
+        """The client's store (its metadata read again after a transient failure)."""
+        for attempt in range(tries):
+            try:
+                return ObjectStore(self.url, client=self.world.object_client(name, self.url))
+            except BlockStoreError:
+                if attempt == tries - 1:
+                    raise
+                self.world.pause(name)
+        raise AssertionError("unreachable")
 
     def setup_store(self) -> None:
         """The store's metadata, written before the run (every client opens the store)."""
@@ -95,6 +103,13 @@ def holder(lease: str, *, steal: bool = False, cycles: int = 2, end: str = "rele
         unflushed: dict[int, bytes | None] = {}
         since: int | None = None  # the bucket's version at the first flush of unflushed
         for cycle in range(cycles):
+            if cycle and rng.random() < 0.7:
+                try:
+                    h.renew()
+                except LeaseError:
+                    return "fenced at renew"
+                except BlockStoreError:
+                    pass
             free = [i for i in range(NUM_BLOCKS) if i not in unflushed]
             picked = sorted(rng.sample(free, min(len(free), rng.randint(1, 3))))
             items = {i: f"{name}/e{h.epoch}/c{cycle}/b{i}".encode() for i in picked}
@@ -147,7 +162,11 @@ def deleter(lease: str, *, tries: int = 8) -> Callable[[Sim, str], Any]:
                 return "not found"
             except LeaseHeldError:
                 sim.world.pause(name)
-        return "still held"
+            except LeaseError:
+                raise
+            except BlockStoreError:
+                sim.world.pause(name)  # transient: try again
+        return "gave up"
     return _labelled(f"deleter({lease})", run)
 
 
@@ -155,11 +174,14 @@ def gc(*, rounds: int = 1, min_age: float = 0.0) -> Callable[[Sim, str], Any]:
     """``gc()`` ``rounds`` times (tombstones older than ``min_age`` go too)."""
     def run(sim: Sim, name: str) -> str:
         st = sim.open(name)
-        removed = 0
+        removed = failed = 0
         for _ in range(rounds):
-            removed += len(st.gc(min_age=min_age).removed)
+            try:
+                removed += len(st.gc(min_age=min_age).removed)
+            except BlockStoreError:
+                failed += 1  # transient: the next round (or gc) finishes the job
             sim.world.pause(name)
-        return f"gc removed {removed}"
+        return f"gc removed {removed}" + (f", {failed} rounds failed" if failed else "")
     return _labelled(f"gc(x{rounds})", run)
 
 
@@ -172,7 +194,7 @@ def reader(lease: str, *, rounds: int = 2) -> Callable[[Sim, str], Any]:
             try:
                 r = st.open_reader(lease)
                 blocks = r.read_blocks(range(NUM_BLOCKS))
-            except LeaseNotFoundError:
+            except BlockStoreError:  # not created yet, deleted, or transient
                 sim.world.pause(name)
                 continue
             for i, data in enumerate(blocks):

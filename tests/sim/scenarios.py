@@ -153,10 +153,10 @@ def _contend(rng: random.Random, known: frozenset[str]) -> Mix:
     ends = ["release", "abandon"] + ([] if "delete_vs_recreate" in known else ["delete"])
     specs = [Spec(f"h{k}", cl.holder(
         "a", steal=rng.random() < 0.4, cycles=rng.randint(1, 3), end=rng.choice(ends),
-        ttl=rng.choice([4.0, 20.0]), flush=rng.random() < 0.85,
+        ttl=rng.choice([5.0, 60.0]), flush=rng.random() < 0.85,
         flush_before_release="release_vs_next_holder" in known))
         for k in range(1, rng.randint(2, 3) + 1)]
-    specs.append(Spec("rd", cl.reader("a", rounds=rng.randint(1, 3))))
+    specs.append(Spec("rd", cl.reader("a", rounds=rng.randint(2, 4))))
     if "gc_vs_new_lease" not in known and rng.random() < 0.5:
         specs.append(Spec("gc", cl.gc(rounds=rng.randint(1, 2), min_age=rng.choice([0, 60]))))
     if "delete_vs_recreate" not in known and rng.random() < 0.3:
@@ -189,7 +189,7 @@ def _collect(rng: random.Random, known: frozenset[str]) -> Mix:
     specs = [Spec("gc", cl.gc(rounds=rng.randint(1, 3), min_age=rng.choice([0, 60]))),
              Spec("h1", cl.holder("b", steal=gc_safe or rng.random() < 0.5,
                                   cycles=rng.randint(1, 2), end=rng.choice(ends),
-                                  ttl=rng.choice([4.0, 20.0]),
+                                  ttl=rng.choice([5.0, 60.0]),
                                   flush_before_release="release_vs_next_holder" in known)),
              Spec("del", cl.deleter("c")),
              Spec("rd", cl.reader("b", rounds=rng.randint(1, 2)))]

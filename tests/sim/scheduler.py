@@ -57,9 +57,9 @@ class Faults:
     dropped: float = 0.04
     dropped_error: float = 0.02
     stale: float = 0.15
-    crash: float = 0.004
+    crash: float = 0.008
     #: Seconds the virtual clock may move per step (drawn uniformly from this tuple).
-    advance: tuple[float, ...] = (0.0, 0.0, 0.0, 0.2, 1.0, 3.0)
+    advance: tuple[float, ...] = (0.0, 0.0, 0.0, 0.1, 0.5, 2.0)
 
     @classmethod
     def none(cls) -> Faults:
@@ -129,6 +129,7 @@ class World:
         self._cv = threading.Condition()
         self._pending: dict[str, Request] = {}
         self._running: str | None = None
+        self._aborting = False
 
     # -- clients ------------------------------------------------------------------------
     def add_client(self, name: str, body: Callable[[Any], Any]) -> None:
@@ -176,7 +177,7 @@ class World:
         try:
             c.result = c.body(c.name)
         except Crashed:
-            c.result = "crashed"
+            c.result = "stopped at the failed check" if self._aborting else "crashed"
         except BaseException as exc:  # noqa: BLE001 - reported by the run
             c.error = exc
             c.error_text = traceback.format_exc()
@@ -241,6 +242,7 @@ class World:
 
     def _abort(self) -> None:
         """With the lock held: crash every client (after a failed check) so threads end."""
+        self._aborting = True
         for c in self.clients.values():
             c.dead = True
         for name, req in sorted(self._pending.items()):

@@ -1,7 +1,8 @@
 """The deterministic simulation of the object-store protocol (issue 18 item 3).
 
 ``test_random_mixes`` runs ``$BLOCKPOINT_SIM_SEEDS`` seeds (default 2000; e.g. 100000 for a
-long run, ``$BLOCKPOINT_SIM_SEED_START`` to move the window) of random client mixes; each
+long run, ``$BLOCKPOINT_SIM_SEED_START`` to move the window) of random client mixes, and
+``test_document_mixes`` a quarter as many of slotted-document savers and loaders; each
 race in ``scenarios.KNOWN_RACES`` has a targeted scenario that is an expected failure until
 its fix lands (then remove it from the set). A failure prints the seed, the mix, each
 client's end and the trace of every step, and the command that replays it exactly.
@@ -15,6 +16,7 @@ import time
 
 import pytest
 
+from .documents import document_mix
 from .scenarios import KNOWN_RACES, RACES, Outcome, random_mix, run_mix
 
 SEEDS = int(os.environ.get("BLOCKPOINT_SIM_SEEDS", "2000"))
@@ -22,6 +24,8 @@ SEED_START = int(os.environ.get("BLOCKPOINT_SIM_SEED_START", "0"))
 #: Seeds each race scenario may take to find its race (each found its race within 30 on
 #: today's code; see docs/RELIABILITY.md).
 RACE_SEEDS = int(os.environ.get("BLOCKPOINT_SIM_RACE_SEEDS", "400"))
+#: Seeds of slotted-document mixes (a quarter of SEEDS unless set).
+DOC_SEEDS = int(os.environ.get("BLOCKPOINT_SIM_DOC_SEEDS", str(max(SEEDS // 4, 1))))
 
 
 class SeedFailed(AssertionError):
@@ -43,6 +47,17 @@ def test_random_mixes() -> None:
             _fail(out, str(seed))
     print(f"sim: {SEEDS} seeds from {SEED_START}, {steps} steps, "
           f"{time.monotonic() - t0:.1f}s; known races left out: {sorted(KNOWN_RACES)}")
+
+
+def test_document_mixes() -> None:
+    """Savers and loaders of one slotted document (blockstore/document.py): every load is a
+    document some saver saved, never older than the newest save that returned."""
+    t0 = time.monotonic()
+    for seed in range(SEED_START, SEED_START + DOC_SEEDS):
+        out = run_mix(seed, document_mix(seed))
+        if out.violation is not None:
+            _fail(out, f"{seed} --documents")
+    print(f"sim: {DOC_SEEDS} document seeds, {time.monotonic() - t0:.1f}s")
 
 
 @pytest.mark.parametrize("race", [
