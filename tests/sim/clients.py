@@ -76,17 +76,21 @@ def _labelled(label: str, fn: Callable[[Sim, str], Any]) -> Callable[[Sim, str],
 
 def holder(lease: str, *, steal: bool = False, cycles: int = 2, end: str = "release",
            ttl: float = 20.0, tries: int = 8, flush: bool = True,
-           flush_before_release: bool = False,
-           resume_after_error: bool = True) -> Callable[[Sim, str], Any]:
-    """Acquire ``lease`` (waiting while it is held, or ``steal``), then ``cycles`` times write
-    a few blocks and flush, then ``end``: ``release``, ``delete`` or ``abandon``.
+           flush_before_release: bool = False, resume_after_error: bool = True,
+           wait_first: int = 0) -> Callable[[Sim, str], Any]:
+    """Acquire ``lease`` (after ``wait_first`` pauses; waiting while it is held, or
+    ``steal``), then ``cycles`` times write a few blocks and flush (renewing between
+    cycles), then ``end``: ``release``, ``delete`` or ``abandon``.
 
     ``flush=False``: never flush (the release publishes the writes).
-    ``flush_before_release``: release only with nothing unflushed (a failed flush then ends
-    the program instead of leaving its writes to the release)."""
+    ``flush_before_release``: release only with nothing unflushed and after a flush of this
+    epoch published blocks - so the release is never the epoch's first commit (the one that
+    collects garbage; race ``release_vs_next_holder``). Otherwise the lease is abandoned."""
     def run(sim: Sim, name: str) -> str:
         rng = sim.world.client_rng(name)
         st = sim.open(name)
+        for _ in range(wait_first):  # start later than the others
+            sim.world.pause(name)
         h = None
         for _ in range(tries):
             try:
@@ -102,6 +106,7 @@ def holder(lease: str, *, steal: bool = False, cycles: int = 2, end: str = "rele
             return "never acquired"
         unflushed: dict[int, bytes | None] = {}
         since: int | None = None  # the bucket's version at the first flush of unflushed
+        published = False  # a flush of this epoch returned having published blocks
         for cycle in range(cycles):
             if cycle and rng.random() < 0.7:
                 try:
@@ -134,10 +139,11 @@ def holder(lease: str, *, steal: bool = False, cycles: int = 2, end: str = "rele
                     return "flush failed"
                 continue  # the writes stay pending in this store object
             sim.checker.flushed(name, h.lease_id, h.epoch, since, unflushed)
+            published = published or any(v is not None for v in unflushed.values())
             unflushed, since = {}, None
         if end == "release":
-            if flush_before_release and unflushed:
-                return "abandoned with unflushed writes"
+            if flush_before_release and (unflushed or not published):
+                return "abandoned (no release)"
             h.release()
             return "released"
         if end == "delete":

@@ -104,7 +104,8 @@ def loader(lease: str, *, rounds: int = 3) -> Callable[[Sim, str], Any]:
         seen = []
         for _ in range(rounds):
             floor = ds.returned
-            sim.world.pause(name)
+            for _ in range(3):  # let the savers get on
+                sim.world.pause(name)
             try:
                 got = _doc(st.open_reader(lease)).load()
             except BlockStoreError:

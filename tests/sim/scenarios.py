@@ -131,8 +131,9 @@ def _race_delete(rng: random.Random) -> Mix:
 
 def _race_lost_reply(rng: random.Random) -> Mix:
     return Mix("flush_lost_reply_takeover",
-               [Spec("h1", cl.holder("a", cycles=2, end="abandon")),
-                Spec("h2", cl.holder("a", steal=True, cycles=1, end="abandon"))],
+               [Spec("h1", cl.holder("a", cycles=3, end="abandon")),
+                Spec("h2", cl.holder("a", steal=True, cycles=1, end="abandon",
+                                     wait_first=rng.randint(2, 12)))],
                Faults(lost_reply=0.5, lost_reply_error=0.0, dropped=0.0, dropped_error=0.0,
                       stale=0.0, crash=0.0),
                prepared={"a": True}, fault_ok=only_lost_record_replies)
