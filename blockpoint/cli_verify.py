@@ -37,7 +37,12 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         if not key:
             print(f"blockpoint verify: ${args.key_env} is not set", file=sys.stderr)
             return 2
-        ring = KeyRing(key.encode(), ring.all if ring is not None else ())
+        try:
+            current = resolve_keys(key).current  # type: ignore[union-attr]
+        except ValueError as exc:  # KeySettingError: not UTF-8; names no key
+            print(f"blockpoint verify: ${args.key_env}: {exc}", file=sys.stderr)
+            return 2
+        ring = KeyRing(current, ring.all if ring is not None else ())
     try:
         store = open_store(args.store, create=False)
     except StorePathError as exc:
