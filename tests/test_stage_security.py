@@ -311,3 +311,32 @@ def test_a_key_unset_after_construction_is_refused_on_a_shared_store(
             css.checkpoint(step=2)
         assert [r.generation for r in verify_lease(st.open_reader("stage"), key=b"early-key")
                 if r.ok] == [1]
+
+
+def test_pipeline_without_a_key_on_a_shared_store_fails_before_the_first_record(
+        ray_local: None, tmp_path: Path) -> None:
+    """A configuration error, not a lost stage: ``CheckpointKeyRequired`` naming the stage
+    at once, before any record or barrier (it was 20 recoveries, ~19 s, of relaunches that
+    were refused again)."""
+    import functools
+    import time
+
+    from stages import CheckpointPolicy, FileSink, GeneratedSource, Pipeline, StageSpec
+    from stages.pipeline.source import Enrich, RunningAggregate
+
+    root = str(tmp_path / "shared")
+    FileStore(root, BS, shared=True).close()
+    specs = [StageSpec("agg", RunningAggregate, root, block_size=BS),
+             StageSpec("seq", functools.partial(Enrich, False), root, block_size=BS)]
+    events: list = []
+    sink = FileSink(tmp_path / "out", fsync=False)
+    p = Pipeline(GeneratedSource(seed=1, n=2000, keys=4), specs, sink, batch_size=50,
+                 policy=CheckpointPolicy(every_records=200), on_event=events.append)
+    t0 = time.monotonic()
+    with pytest.raises(CheckpointKeyRequired) as err:
+        p.run()
+    print(f"refused after {time.monotonic() - t0:.1f} s: {err.value}")
+    assert str(err.value).startswith("stage 'agg': lease 'agg' is on a shared store")
+    assert "BLOCKPOINT_CHECKPOINT_KEY" in str(err.value) and err.value.lease_id
+    assert [e.kind for e in events] == [], events  # no start, barrier, failure or relaunch
+    assert sink.read_all() == []

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from threading import Lock
@@ -108,7 +108,10 @@ class GenerationReport:
     ``status`` is ``"ok"``, ``"empty"`` or the error text; ``block`` names the failing block.
     ``shared`` counts the chunks whose stored bytes other generations' maps also name
     (incremental checkpoints; damage there fails every one of them), ``shared_with`` lists
-    those generations.
+    those generations. ``has_mac``: the header carries a MAC (``None`` when no header was
+    read); ``mac_checked``: it was verified under a configured key (without a key, a MAC'd
+    generation's checksums are verified and its MAC is not). ``created_at``, ``duration_s``
+    and ``depth`` (0: a full checkpoint) come from the header, when it parses.
     """
 
     lease_id: str
@@ -125,6 +128,11 @@ class GenerationReport:
     block: int | None = None
     shared: int | None = None
     shared_with: tuple[int, ...] = ()
+    has_mac: bool | None = None
+    mac_checked: bool = False
+    created_at: float | None = None
+    duration_s: float | None = None
+    depth: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -492,10 +500,12 @@ def read_payload(reader: LeaseReader, h: Header, entries: Sequence[MapEntry], *,
     return buf
 
 
-def verify_lease(reader: LeaseReader, *, key: KeySetting = None) -> list[GenerationReport]:
+def verify_lease(reader: LeaseReader, *, key: KeySetting = None,
+                 progress: Callable[[int], None] | None = None) -> list[GenerationReport]:
     """Verify every header slot of a checkpoint lease (checksums, map, MAC); decode nothing.
 
     ``key`` None: the configured keys (``blockstore.keys.resolve_keys``), if any.
+    ``progress`` is called with the stored bytes of each generation once it was read.
 
     Returns one report per slot, newest generation first, then unreadable and empty slots.
     Raises :class:`NoCheckpointError` if no slot holds the magic ``PCHK`` (an empty lease, or
@@ -534,11 +544,15 @@ def verify_lease(reader: LeaseReader, *, key: KeySetting = None) -> list[Generat
             read_payload(reader, h, entries, key=ring)
         except CheckpointCorrupt as exc:
             status, block = str(exc), exc.block
+        if progress is not None:
+            progress(h.stored_bytes)
         out.append(GenerationReport(
             **base, slot=s.slot, generation=h.generation, step=h.step, size=h.data_length,
             stored=h.stored_bytes, codec=h.codec, compression=h.compression,
             ratio=round(h.data_length / h.stored_bytes, 3) if h.stored_bytes else None,
-            status=status, block=block))
+            status=status, block=block, has_mac=h.has_mac,
+            mac_checked=ring is not None and status == "ok", created_at=h.created_at,
+            duration_s=h.duration_s, depth=h.depth))
     return [_with_sharing(r, chunk_sets) for r in out]
 
 

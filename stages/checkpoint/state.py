@@ -81,6 +81,7 @@ from .format import Header
 from .incremental import DEFAULT_FULL_EVERY, Base, WriteStats, reusable_base
 from .mac import (KeyRing, KeySetting, PayloadMac, header_mac, resolve_keys,
                   warn_unauthenticated)
+from .metering import note_checkpoint, note_failure, note_restore, note_stall
 from .observer import CheckpointFlushObserver, flush_guard
 from .reader import read_payload, scan_slots, worker_pool
 from .background import PendingCheckpoint, SnapshotBuffers
@@ -305,7 +306,9 @@ class CheckpointedStageState(Generic[T]):
                 self._flushes -= 1
 
         pending = PendingCheckpoint(step)
-        pending.start(flush, time.perf_counter() - t0)
+        stall = time.perf_counter() - t0
+        note_stall(self.lease.name, stall)
+        pending.start(flush, stall)
         self._pending = pending
         return pending
 
@@ -355,25 +358,48 @@ class CheckpointedStageState(Generic[T]):
         with self._flush_in_progress():
             return self._guarded_checkpoint(step, meta, None)
 
+    def check_authenticated(self, ring: KeyRing | None | bool = False) -> None:
+        """Raise :class:`CheckpointKeyRequired` if every checkpoint of this state would be
+        refused: pickle, no key, a shared store, no ``allow_unauthenticated``. A setting, not
+        an accident of one write - callers that start many checkpoints (a stage actor) ask
+        once at start-up, so the mistake is reported before any work is done. ``ring``: the
+        keys already resolved for this use (default: read them now)."""
+        lease = self.lease
+        if ring is False:
+            ring = self._keys()
+        if (ring is None and self._codec == "pickle" and not self._allow_unauthenticated
+                and lease.store.capabilities.shared):
+            raise CheckpointKeyRequired(
+                f"lease {lease.name!r} is on a shared store ({lease.store.url}): a pickle "
+                "checkpoint without a key could be replaced by anyone who can write the store, "
+                "and restoring it runs their code. Set BLOCKPOINT_CHECKPOINT_KEY (or pass "
+                "key=), use codec='msgpack', or pass allow_unauthenticated=True",
+                lease_id=self._lease_id)
+
     def _guarded_checkpoint(self, step: int, meta: Mapping[str, Any] | None,
                             payload: Payload | None) -> CheckpointInfo:
         """The commit inside the flush observer's guard, errors mapped (fail-closed)."""
         with flush_guard(self._observer, self._lease_id):
             try:
-                return self._checkpoint(step, meta, payload)
-            except CheckpointCommitUnknown:
+                info = self._checkpoint(step, meta, payload)
+                note_checkpoint(info, self.lease, self._slots)
+                return info
+            except CheckpointCommitUnknown as exc:
                 # The target slot may hold a committed generation now: forget what this
                 # writer believed and read the slots again before the next write, so that
                 # generation is protected like any other (never erased as "uncommitted").
                 self._slots = None
                 self._dropped = None
                 self._base = None
+                note_failure(self.lease.name, exc)
                 raise
-            except CheckpointFailed:
+            except CheckpointFailed as exc:
                 self._dropped = None  # the attempt may have written blocks nothing references
+                note_failure(self.lease.name, exc)
                 raise
             except Exception as exc:
                 self._dropped = None
+                note_failure(self.lease.name, exc)
                 raise CheckpointFailed(
                     f"checkpoint of lease {self._lease_id} failed: {type(exc).__name__}: {exc}",
                     lease_id=self._lease_id, generation=self._max_gen or None) from exc
@@ -388,14 +414,7 @@ class CheckpointedStageState(Generic[T]):
                                    "from a LeaseReader); acquire it to checkpoint",
                                    lease_id=self._lease_id)
         ring = self._keys()
-        if (ring is None and self._codec == "pickle" and not self._allow_unauthenticated
-                and lease.store.capabilities.shared):
-            raise CheckpointKeyRequired(
-                f"lease {lease.name!r} is on a shared store ({lease.store.url}): a pickle "
-                "checkpoint without a key could be replaced by anyone who can write the store, "
-                "and restoring it runs their code. Set BLOCKPOINT_CHECKPOINT_KEY (or pass "
-                "key=), use codec='msgpack', or pass allow_unauthenticated=True",
-                lease_id=self._lease_id)
+        self.check_authenticated(ring)
         if not isinstance(step, int) or step < 0:
             raise ValueError(f"step must be a non-negative int, got {step!r}")
         meta_bytes = fmt.encode_meta(meta)
@@ -542,6 +561,7 @@ class CheckpointedStageState(Generic[T]):
                 newest one: bad magic, newer version, truncated lease, MAC); ``.skipped``
                 lists them all.
         """
+        t0 = time.perf_counter()
         reader = lease_or_reader
         rkey = resolve_keys(key)
         k, scans = scan_slots(reader)
@@ -574,7 +594,8 @@ class CheckpointedStageState(Generic[T]):
                         name=reader.name, generation=h.generation, slot=h.slot) from exc
             except CheckpointCorrupt as exc:
                 log.warning("restore of %s: skipping generation %d: %s", where, h.generation,
-                            exc)
+                            exc, extra={"stage": reader.name, "generation": h.generation,
+                                        "cause": type(exc).__name__})
                 skipped.append((h.generation, str(exc)))
                 newest_err = newest_err or exc
                 continue
@@ -592,6 +613,7 @@ class CheckpointedStageState(Generic[T]):
             if skipped:
                 log.warning("restore of %s: restored generation %d after skipping %s", where,
                             h.generation, [g for g, _ in skipped])
+            note_restore(css.restored, time.perf_counter() - t0, reader)
             return css
         raise restore_failure(where, newest_err, errors, tuple(skipped))
 
