@@ -70,7 +70,6 @@ from . import compaction
 from . import format as fmt
 from .compress import ChunkCoder
 from ..errors import (
-    BadMagicError,
     CheckpointCommitUnknown,
     CheckpointCorrupt,
     CheckpointFailed,
@@ -87,7 +86,7 @@ from .observer import CheckpointFlushObserver, flush_guard
 from .reader import read_payload, scan_slots, worker_pool
 from .background import PendingCheckpoint, SnapshotBuffers
 from .codec import Payload
-from .reports import CheckpointInfo, RestoreReport
+from .reports import CheckpointInfo, RestoreReport, restore_failure
 from .writer import (
     SlotState,
     allocate,
@@ -616,11 +615,7 @@ class CheckpointedStageState(Generic[T]):
                             h.generation, [g for g, _ in skipped])
             note_restore(css.restored, time.perf_counter() - t0, reader)
             return css
-        err = newest_err
-        if err is None:
-            err = next((e for e in errors if not isinstance(e, BadMagicError)), None) or errors[0]
-        raise type(err)(f"no checkpoint generation of {where} verifies; newest failure: {err}",
-                        **_err_kwargs(err), skipped=tuple(skipped)) from err
+        raise restore_failure(where, newest_err, errors, tuple(skipped))
 
     def _adopt(self, k: int, scans: list[Any], restored: Header, blocks: frozenset[int]) -> None:
         """Writer knowledge after a restore: generations newer than the restored one failed."""
@@ -629,11 +624,3 @@ class CheckpointedStageState(Generic[T]):
                                            restored_blocks=blocks)
         self._max_gen = max(self._max_gen, max_gen)
 
-
-def _err_kwargs(err: CheckpointCorrupt) -> dict[str, Any]:
-    kw: dict[str, Any] = {"lease_id": err.lease_id, "name": err.name,
-                          "generation": err.generation, "block": err.block, "slot": err.slot}
-    version = getattr(err, "version", None)
-    if version is not None:
-        kw["version"] = version
-    return kw
