@@ -5,11 +5,13 @@ The node running a stateful stage is removed without grace mid-run; the stage is
 on another live node from its lease, every stage rolls back to the last committed step and
 the source is replayed. The committed output must equal the failure-free reference.
 
-The module's one Cluster has its head's job server on (``RAY_JOB_SERVER``): the last test
-submits ``python -m blockpoint demo`` to it with the real ``ray job submit`` CLI, the
-project's sources as the job's working dir, the S3 credentials and the checkpoint key in the
-job's ``runtime_env`` (the nodes were started with neither key nor store URL), and the store
-on the loopback S3 server - the command docs/OPERATIONS.md shows.
+The module's one Cluster has its head's job server on (``RAY_JOB_SERVER``): a test submits
+``python -m blockpoint demo`` to it with the real ``ray job submit`` CLI, the project's
+sources as the job's working dir, the S3 credentials and the checkpoint key in the job's
+``runtime_env`` (the nodes were started with neither key nor store URL), and the store on
+the loopback S3 server - the command docs/OPERATIONS.md shows. Another runs ``blockpoint demo --address`` from a shell and then
+``blockpoint inspect`` / ``scheduler status`` / ``scheduler decisions`` with the store and
+namespace the demo printed.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import json
 import os
 import re
 import secrets
+import shlex
 import shutil
 import subprocess
 import sys
@@ -178,20 +181,79 @@ def test_demo_submitted_with_ray_job_submit_on_s3(s3_server: Any, ray_cluster: A
             assert "MAC mismatch" in v.stdout, v.stdout
 
 
-def test_attached_driver_from_a_shell_hands_its_key_to_every_node(ray_cluster: Any) -> None:
-    """``blockpoint demo --address`` outside a job: the driver's checkpoint key reaches a
-    worker on every node (the nodes were started without one), checked the demo's way."""
+def test_attached_driver_from_a_shell_hands_its_key_to_every_node(s3_server: Any,
+                                                                  ray_cluster: Any) -> None:
+    """``blockpoint demo --address`` outside a job: the driver's checkpoint key and its S3
+    credentials reach a worker on every node (the nodes were started without a key and with
+    other credentials; before, the credentials stayed behind and a worker's client fell back
+    to the cloud metadata address), checked the demo's way - the key's fingerprint, and the
+    store opened there - and by reading the workers' environment."""
+    from blockstore import open_store
+
+    store = s3_server.url("attached-creds")
+    open_store(store, block_size=64 * 1024).close()  # created: the workers open it
     script = (
+        "import os, ray\n"
+        "from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy as On\n"
         "from blockpoint.demo_cluster import AttachedDemoCluster\n"
         "from blockpoint.demo_store import check_key_reaches, key_fingerprint\n"
-        f"c = AttachedDemoCluster({ray_cluster.address!r})\n"
+        f"c = AttachedDemoCluster({ray_cluster.address!r}, 'creds-check')\n"
         "c.start()\n"
-        "check_key_reaches([c.head_node_id, *c.workers], key_fingerprint())\n"
-        "print('reaches', 1 + len(c.workers))\n"
+        "nodes = [c.head_node_id, *c.workers]\n"
+        f"check_key_reaches(nodes, key_fingerprint(), store_url={store!r})\n"
+        "seen = ray.remote(num_cpus=0)(lambda: os.environ.get('AWS_ACCESS_KEY_ID'))\n"
+        "got = ray.get([seen.options(scheduling_strategy=On(n, soft=False)).remote() "
+        "for n in nodes])\n"
+        "print('reaches', len(nodes), *sorted(set(got)))\n"
         "c.close()\n")
-    env = {**os.environ, "BLOCKPOINT_CHECKPOINT_KEY": secrets.token_hex(16)}
+    env = {**os.environ, "BLOCKPOINT_CHECKPOINT_KEY": secrets.token_hex(16),
+           "AWS_ACCESS_KEY_ID": "from-the-driver-shell"}
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.split()[-2:] == ["reaches", "3"], proc.stdout
+    assert proc.stdout.split()[-3:] == ["reaches", "3", "from-the-driver-shell"], proc.stdout
+
+
+def test_demo_attached_from_a_shell_then_inspected(s3_server: Any, ray_cluster: Any,
+                                                   tmp_path: Path) -> None:
+    """``blockpoint demo --address --store`` as a user runs it from a shell on the cluster,
+    then the commands it prints: ``blockpoint inspect`` of the store it printed lists the
+    run's leases, ``scheduler status`` / ``decisions`` in the namespace it printed find its
+    scheduler and its decisions (before, the store was printed but the scheduler lived in
+    an anonymous namespace and was killed at the end)."""
+    exe = str(Path(sys.executable).with_name("blockpoint"))
+    env = {**os.environ, "BLOCKPOINT_CHECKPOINT_KEY": secrets.token_hex(16)}
+    env.pop("RAY_ADDRESS", None)
+    env.pop("BLOCKPOINT_STORE_URL", None)
+    demo = subprocess.run(
+        [exe, "demo", "--quick", "--events", "24000", "--sketch-mib", "4",
+         "--address", ray_cluster.address, "--store", s3_server.url(f"shell-{tmp_path.name}")],
+        capture_output=True, text=True, timeout=300, env=env)
+    print(demo.stdout[-3000:])
+    assert demo.returncode == 0, (demo.stdout + demo.stderr)[-4000:]
+    assert re.search(r"^exact: 24,000 records, 0 lost, 0 duplicated$", demo.stdout, re.M)
+    store = re.search(r"^  store (s3://\S+/demo-\S+)$", demo.stdout, re.M)
+    ns = re.search(r"^  namespace (demo-\d{8}-\d{6}-[0-9a-f]{6}) ", demo.stdout, re.M)
+    assert store and ns, demo.stdout[-3000:]
+    assert store.group(1).split("?")[0].endswith("/" + ns.group(1))
+    assert f"blockpoint inspect {shlex.quote(store.group(1))}" in demo.stdout
+    assert f"blockpoint scheduler status --namespace {ns.group(1)}" in demo.stdout
+
+    def cli(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([exe, *argv], capture_output=True, text=True, timeout=120,
+                              env=env)
+
+    inspect = cli("inspect", "--json", store.group(1))
+    assert inspect.returncode == 0, inspect.stderr
+    assert {"normalize", "aggregate", "score", "tally"} <= {
+        r["name"] for r in json.loads(inspect.stdout)}, inspect.stdout
+    status = cli("scheduler", "status", "--address", ray_cluster.address,
+                 "--namespace", ns.group(1))
+    assert status.returncode == 0, status.stderr
+    assert f"scheduler 'blockpoint-scheduler' (namespace '{ns.group(1)}')" in status.stdout
+    decisions = cli("scheduler", "decisions", "--json", "--address", ray_cluster.address,
+                    "--namespace", ns.group(1))
+    assert decisions.returncode == 0, decisions.stderr
+    kinds = {d["kind"] for d in json.loads(decisions.stdout)}
+    assert "preempt" in kinds and kinds & {"restore", "move"}, kinds
