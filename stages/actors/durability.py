@@ -77,7 +77,7 @@ from typing import TYPE_CHECKING, Any
 
 import ray
 
-from blockstore import BlockStoreError
+from blockstore import BlockStoreError, LeaseNameError
 
 from .actor import StageStopped
 from ..errors import CheckpointCommitUnknown, CheckpointFailed, StageError
@@ -217,6 +217,9 @@ class ActorDurability:
             self.inc = Incarnation(config.store, key, self._payload, node_id=node_id,
                                    lease_ttl=config.lease_ttl, block_size=config.block_size,
                                    observer=config.observer, **config.state_options())
+        except LeaseNameError as exc:  # the key names no lease: the name, not the store
+            raise LeaseNameError(f"{config.actor}: its lease key {key!r} (the actor's name, "
+                                 f"or key=) cannot name a lease: {exc}", name=key) from exc
         except (BlockStoreError, OSError) as exc:
             raise StoreUnavailable(
                 f"{config.actor} {key!r}: store {config.store!r} unavailable: "

@@ -295,7 +295,7 @@ class CheckpointedStageState(Generic[T]):
             self._flushes -= 1
             if isinstance(exc, Exception):
                 raise CheckpointFailed(
-                    f"checkpoint of lease {self._lease_id} failed: {type(exc).__name__}: {exc}",
+                    f"checkpoint of {self._what} failed: {type(exc).__name__}: {exc}",
                     lease_id=self._lease_id) from exc
             raise
 
@@ -358,6 +358,12 @@ class CheckpointedStageState(Generic[T]):
         with self._flush_in_progress():
             return self._guarded_checkpoint(step, meta, None)
 
+    @property
+    def _what(self) -> str:
+        """``'agg' (lease 3f2a...)``: the lease's name - the stage id, the actor's key - first,
+        since that is what the user named; the id to find it in the store."""
+        return f"{self.lease.name!r} (lease {self._lease_id})"
+
     def check_authenticated(self, ring: KeyRing | None | bool = False) -> None:
         """Raise :class:`CheckpointKeyRequired` if every checkpoint of this state would be
         refused: pickle, no key, a shared store, no ``allow_unauthenticated``. A setting, not
@@ -401,7 +407,7 @@ class CheckpointedStageState(Generic[T]):
                 self._dropped = None
                 note_failure(self.lease.name, exc)
                 raise CheckpointFailed(
-                    f"checkpoint of lease {self._lease_id} failed: {type(exc).__name__}: {exc}",
+                    f"checkpoint of {self._what} failed: {type(exc).__name__}: {exc}",
                     lease_id=self._lease_id, generation=self._max_gen or None) from exc
 
     def _checkpoint(self, step: int, meta: Mapping[str, Any] | None,
@@ -516,14 +522,14 @@ class CheckpointedStageState(Generic[T]):
             raise
         except Exception as exc:
             raise CheckpointCommitUnknown(
-                f"checkpoint of lease {self._lease_id}: generation {gen} may or may not be "
+                f"checkpoint of {self._what}: generation {gen} may or may not be "
                 f"committed (the header write failed: {type(exc).__name__}: {exc})",
                 lease_id=self._lease_id, generation=gen) from exc
         try:
             lease.flush()
         except Exception as exc:  # a takeover now is too late to un-write the header
             raise CheckpointCommitUnknown(
-                f"checkpoint of lease {self._lease_id}: generation {gen} may or may not be "
+                f"checkpoint of {self._what}: generation {gen} may or may not be "
                 f"committed (the flush after the header write failed: {type(exc).__name__}: {exc})",
                 lease_id=self._lease_id, generation=gen) from exc
 
