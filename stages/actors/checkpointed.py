@@ -94,6 +94,7 @@ from blockstore import BlockStore
 
 from .actor import CONTROL_GROUP, CONTROL_CONCURRENCY, ray_context
 from .actor import resources_held
+from .calls import REQUEST_ID, check_request_id, takes_request_id, with_request_id
 from .config import CheckpointedConfig
 from .durability import ActorDurability
 from ..checkpoint.incremental import DEFAULT_FULL_EVERY
@@ -208,29 +209,39 @@ def _durability(obj: Any) -> ActorDurability:
     return d
 
 
+def _request_id(self: Any, kwargs: dict[str, Any]) -> str | None:
+    """Pop the caller's ``request_id=`` (``stages/actors/calls.py``), checked."""
+    rid = kwargs.pop(REQUEST_ID, None)
+    return None if rid is None else check_request_id(rid, type(self).__name__)
+
+
 def _wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """The call wrapper of one public method (sync or async)."""
+    """The call wrapper of one public method (sync or async); it takes ``request_id=``."""
     if inspect.iscoroutinefunction(fn):
         @functools.wraps(fn)
         async def acall(self: Any, *args: Any, **kwargs: Any) -> Any:
+            rid = _request_id(self, kwargs)
             d = getattr(self, "_bp_durable", None)
             if d is None:
                 return await fn(self, *args, **kwargs)
             with d.outer_call() as outer:
                 if not outer:
                     return await fn(self, *args, **kwargs)
-                return await d.call_async(fn, self, args, kwargs)
+                return await d.call_async(fn, self, args, kwargs, rid)
+        with_request_id(fn, acall)
         return acall
 
     @functools.wraps(fn)
     def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        rid = _request_id(self, kwargs)
         d = getattr(self, "_bp_durable", None)
         if d is None:
             return fn(self, *args, **kwargs)
         with d.outer_call() as outer:
             if not outer:
                 return fn(self, *args, **kwargs)
-            return d.call(fn, self, args, kwargs)
+            return d.call(fn, self, args, kwargs, rid)
+    with_request_id(fn, call)
     return call
 
 
@@ -244,6 +255,9 @@ def _wrapped_methods(cls: type) -> dict[str, Callable[..., Any]]:
             continue
         if inspect.isgeneratorfunction(raw) or inspect.isasyncgenfunction(raw):
             continue  # generators stream after returning: no point to count or commit at
+        if takes_request_id(raw):
+            raise _fail(cls, f"method {name!r} has a parameter {REQUEST_ID!r}, the keyword "
+                             "@checkpointed reserves for idempotency keys (rename it)")
         out[name] = _wrap(raw)
     return out
 

@@ -161,9 +161,12 @@ def _task_id() -> str | None:
         return None
 
 
-def _call_key() -> str:
-    """The key an exactly-once call is recorded under: Ray's task id, or (plain use, no
-    task) a fresh one, so that a commit of unknown outcome can still be recognised."""
+def _call_key(request_id: str | None = None) -> str:
+    """The key a call is recorded under: the caller's request id (``stages/actors/calls.py``),
+    else Ray's task id, else (plain use, no task) a fresh one, so that a commit of unknown
+    outcome can still be recognised. Prefixes keep the three apart."""
+    if request_id is not None:
+        return f"req:{request_id}"
     return _task_id() or f"local:{uuid.uuid4().hex}"
 
 
@@ -196,6 +199,8 @@ class ActorDurability:
         self._inflight = 0
         #: When a snapshot began waiting for the calls inside to leave (None: none waits).
         self._wanted_since: float | None = None
+        #: Request keys of coroutine calls inside the user's method (policy mode).
+        self._running: set[str] = set()
         self._closed = False
         self._tick_pending = False
         self.applied: OrderedDict[str, Any] = OrderedDict()
@@ -492,17 +497,35 @@ class ActorDurability:
         self._adopt(css.state)
         self._dirty = False
 
+    def _recorded(self, key: str | None) -> tuple[bool, Any]:
+        """Policy mode, under :attr:`lock`: ``(True, result)`` if a call with this request
+        key was applied (in memory, or restored from a checkpoint that held it)."""
+        if key is not None and key in self.applied:
+            self.deduplicated += 1
+            return True, self.applied[key]
+        return False, None
+
     def call(self, fn: Callable[..., Any], obj: Any, args: tuple[Any, ...],
-             kwargs: dict[str, Any]) -> Any:
+             kwargs: dict[str, Any], request_id: str | None = None) -> Any:
         """Run one synchronous call under the policy (see the module docstring)."""
         self.check_serving()
         if not self.exact:
+            key = None if request_id is None else _call_key(request_id)
+            with self.lock:
+                done, recorded = self._recorded(key)
+                if done:
+                    return recorded
+                if key is not None:  # one at a time per id: a resend waits for the first
+                    result = fn(obj, *args, **kwargs)
+                    self._record(key, result)
+                    self._due_checkpoint()
+                    return result
             result = fn(obj, *args, **kwargs)
             with self.lock:
                 self._record(None, result)
                 self._due_checkpoint()
             return result
-        key = _call_key()
+        key = _call_key(request_id)
         with self.lock:
             done, recorded = self._exact_begin(key)
             if done:
@@ -515,21 +538,38 @@ class ActorDurability:
             return self._exact_commit(key, result)
 
     async def call_async(self, fn: Callable[..., Awaitable[Any]], obj: Any,
-                         args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+                         args: tuple[Any, ...], kwargs: dict[str, Any],
+                         request_id: str | None = None) -> Any:
         """Run one coroutine call under the policy (see the module docstring)."""
         self.check_serving()
         if not self.exact:
-            await self._enter()
-            try:
-                result = await fn(obj, *args, **kwargs)
-            finally:
+            key = None if request_id is None else _call_key(request_id)
+            while True:  # a resend of a call still running waits for it, then is answered
                 with self.lock:
-                    self._inflight -= 1
-            with self.lock:
-                self._record(None, result)
-                self._due_checkpoint()
-            return result
-        key = _call_key()
+                    done, recorded = self._recorded(key)
+                    if done:
+                        return recorded
+                    if key is None or key not in self._running:
+                        if key is not None:
+                            self._running.add(key)
+                        break
+                await asyncio.sleep(_POLL_S)
+            try:
+                await self._enter()
+                try:
+                    result = await fn(obj, *args, **kwargs)
+                finally:
+                    with self.lock:
+                        self._inflight -= 1
+                with self.lock:
+                    self._record(key, result)
+                    self._due_checkpoint()
+                return result
+            finally:
+                if key is not None:
+                    with self.lock:
+                        self._running.discard(key)
+        key = _call_key(request_id)
         async with self._one_at_a_time():
             with self.lock:
                 done, recorded = self._exact_begin(key)
