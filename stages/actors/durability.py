@@ -58,7 +58,8 @@ decides *when* to checkpoint - the turn-taking part:
   that makes a checkpoint due raises it (``CheckpointFailed``; ``ActorFenced`` from then
   on if the store refused a stale epoch), and that checkpoint is taken by the call after,
   since every call since the failed snapshot is still unsaved. A graceful exit waits for
-  the flush in flight, and checkpoints again if it failed. Semantics stay at-least-once.
+  the flush in flight, and checkpoints again if it failed. What is kept is that of
+  every_calls=N, counted from the last flush that finished (README, "What each policy keeps").
 """
 
 from __future__ import annotations
