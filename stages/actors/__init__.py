@@ -12,6 +12,7 @@ restore the newest generation that verifies, fail-closed checkpoints).
 | `config.py`     | `CheckpointedConfig`, the decorator's checked arguments |
 | `durability.py` | the runtime of a `@checkpointed` actor: policy, snapshot lock, exactly-once calls |
 | `calls.py`      | request ids (idempotency keys) and `call_once`, which resends until the actor answers |
+| `turns.py`      | `CallTurns`: async actors are snapshotted only when no call is mid-method |
 | `recipe.py`     | `ActorRecipe`: how a manager re-creates a `@checkpointed` actor |
 | `hooks.py`      | what stages call and a manager implements: `StageRegistrar`, `StageLostHook`, `Relaunchable`, `StageRegistration` |
 | `resources.py`  | the one reading of a stage's or actor's Ray resources |
