@@ -99,7 +99,7 @@ from typing import Any, TypeVar
 
 import ray
 
-from blockstore import BlockStore
+from blockstore import BlockStore, parse_store_url
 
 from .actor import CONTROL_GROUP, CONTROL_CONCURRENCY, ray_context
 from .actor import resources_held
@@ -466,6 +466,8 @@ class _Checkpointed:
 
         Raises:
             CheckpointedConfigError: at decoration, for bad arguments or name clashes.
+            StoreURLError: at decoration, for a malformed ``store`` URL (one carrying
+                credentials included; the error masks them).
         """
         def decorate(cls: C) -> C:
             if not inspect.isclass(cls) or hasattr(cls, "remote"):
@@ -473,6 +475,7 @@ class _Checkpointed:
                     "@checkpointed decorates a plain class; put it *under* @ray.remote")
             if isinstance(store, BlockStore) or not os.fspath(store):
                 raise _fail(cls, f"store must be a non-empty URL or path, got {store!r}")
+            parse_store_url(store)  # StoreURLError (secrets masked) before the URL is kept
             attrs = _attr_names(cls, state)
             _check_numbers(cls, every_calls, every_seconds, retention, codec, dedupe_window)
             groups = _check_groups(cls, concurrency_groups, registrar)
