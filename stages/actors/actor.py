@@ -176,7 +176,8 @@ class StageSpec:
     def __post_init__(self) -> None:
         # A URL carrying a secret is refused here, with the secret masked
         # (``blockstore/redact.py``), before a spec holding it is shown or persisted.
-        parse_store_url(self.store_url)
+        if isinstance(self.store_url, (str, os.PathLike)):  # an open store (tests) is taken as is
+            parse_store_url(self.store_url)
 
     def state_options(self) -> dict[str, Any]:
         """Keyword options for ``CheckpointedStageState`` (constructor and ``restore``)."""
