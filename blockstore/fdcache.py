@@ -25,6 +25,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
@@ -181,11 +182,12 @@ class FdCache:
 
 
 def _unlinked(fd: int) -> bool:
-    """The open file ``fd`` no longer has a name (deleted); a closed ``fd`` counts as not."""
+    """The open file ``fd`` no longer has a name (deleted here, or - on NFS, where a file
+    deleted by another client makes our handle stale - elsewhere)."""
     try:
         return os.fstat(fd).st_nlink == 0
-    except OSError:
-        return False
+    except OSError as exc:
+        return exc.errno == errno.ESTALE
 
 
 class _Sweeper:
