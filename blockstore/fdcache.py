@@ -15,17 +15,29 @@ Guarantees:
   fsynced before it is closed, and a failure of that fsync is kept and raised by the next
   :meth:`take_error` of the key (the store's ``flush``), because a descriptor opened later
   would not see a write-back error that happened before it was opened.
+* A file deleted by another process (a lease deleted elsewhere) does not stay allocated:
+  its cached descriptor - which pins the file's blocks on disk while it is open - is
+  noticed by its link count (``st_nlink == 0``) when it is next used (then opened again, as
+  an uncached descriptor would be) and by a sweep of the idle descriptors of every cache
+  of the process, every :data:`SWEEP_INTERVAL` seconds in a daemon thread, and closed. So
+  the space of a lease deleted elsewhere is returned within about that interval.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
+import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-__all__ = ["FdCache"]
+__all__ = ["SWEEP_INTERVAL", "FdCache"]
+
+#: Seconds between two sweeps for descriptors of files deleted elsewhere.
+SWEEP_INTERVAL = 2.0
 
 
 class _Entry:
@@ -45,7 +57,8 @@ class FdCache:
     surplus is closed as soon as its users are done.
     """
 
-    def __init__(self, limit: int, opener: Callable[[str], int]) -> None:
+    def __init__(self, limit: int, opener: Callable[[str], int], *,
+                 swept: bool = True) -> None:
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
         self.limit = limit
@@ -53,6 +66,8 @@ class FdCache:
         self._lock = threading.Lock()
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._errors: dict[str, OSError] = {}
+        if swept:  # False: only :meth:`sweep` and use close deleted files' descriptors
+            _sweeper.watch(self)
 
     def __len__(self) -> int:
         with self._lock:
@@ -63,6 +78,10 @@ class FdCache:
         """The open descriptor of ``key`` for the duration of the block."""
         with self._lock:
             entry = self._entries.get(key)
+            stale: list[tuple[str, _Entry]] = []
+            if entry is not None and _unlinked(entry.fd):  # deleted by someone else
+                stale = self._drop(key, entry)
+                entry = None
             if entry is None:
                 entry = _Entry(self._open(key))
                 self._entries[key] = entry
@@ -72,7 +91,7 @@ class FdCache:
             if writing:
                 entry.dirty = True
             victims = self._victims()
-        self._close_all(victims)
+        self._close_all(stale + victims)
         try:
             yield entry.fd
         finally:
@@ -106,6 +125,24 @@ class FdCache:
             now = entry.pins == 0
         if now:
             os.close(entry.fd)
+
+    def sweep(self) -> int:
+        """Close the idle descriptors whose files were deleted (by any process); returns
+        how many. Those in use are closed by their last user."""
+        with self._lock:
+            gone: list[tuple[str, _Entry]] = []
+            for key, entry in list(self._entries.items()):
+                if _unlinked(entry.fd):
+                    gone += self._drop(key, entry)
+        self._close_all(gone)
+        return len(gone)
+
+    def _drop(self, key: str, entry: _Entry) -> list[tuple[str, _Entry]]:
+        """Remove a deleted file's entry (lock held); what to close now (if idle)."""
+        del self._entries[key]
+        entry.doomed = True
+        entry.dirty = False  # its file is gone: nothing to make durable
+        return [(key, entry)] if entry.pins == 0 else []
 
     def close(self) -> None:
         """Close every idle descriptor; those in use close when their users are done."""
@@ -142,3 +179,53 @@ class FdCache:
                     self._errors[key] = exc
             finally:
                 os.close(entry.fd)
+
+
+def _unlinked(fd: int) -> bool:
+    """The open file ``fd`` no longer has a name (deleted here, or - on NFS, where a file
+    deleted by another client makes our handle stale - elsewhere)."""
+    try:
+        return os.fstat(fd).st_nlink == 0
+    except OSError as exc:
+        return exc.errno == errno.ESTALE
+
+
+class _Sweeper:
+    """One daemon thread per process sweeping every live cache (held weakly)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._caches: weakref.WeakSet[FdCache] = weakref.WeakSet()
+        self._thread: threading.Thread | None = None
+        os.register_at_fork(after_in_child=self._after_fork)
+
+    def watch(self, cache: FdCache) -> None:
+        with self._lock:
+            self._caches.add(cache)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="fdcache-sweeper",
+                                                daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(SWEEP_INTERVAL)
+            with self._lock:
+                caches = list(self._caches)
+            for cache in caches:
+                try:
+                    cache.sweep()
+                except Exception:  # noqa: BLE001 - a sweep must never kill the thread
+                    pass
+            del caches
+
+    def _after_fork(self) -> None:  # the thread does not survive a fork; start it again
+        self._lock = threading.Lock()
+        self._thread = None
+        if len(self._caches):
+            self._caches, old = weakref.WeakSet(), list(self._caches)
+            for cache in old:
+                self.watch(cache)
+
+
+_sweeper = _Sweeper()

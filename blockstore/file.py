@@ -25,7 +25,9 @@ store lock to find or create the lease by name, lets it go, then takes the lease
 take it over (and starts again if the lease was deleted meanwhile).
 
 Data files are opened through a bounded LRU of descriptors (``blockstore/fdcache.py``),
-closed on eviction, release and delete, so a process may touch any number of leases.
+closed on eviction, release and delete, so a process may touch any number of leases; a
+descriptor of a lease another process deleted is closed within seconds (its link count
+says so, on use and by a periodic sweep), so the deleted lease's space is returned.
 
 Durability: ``flush`` fsyncs the data file. Record changes are durable when they return.
 A write of 1 MiB or more also starts the kernel's write-back of what it wrote

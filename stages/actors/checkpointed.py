@@ -445,7 +445,11 @@ class _Checkpointed:
             every_seconds: checkpoint when this much time passed since the last one (in the
                 actor's turn: at the next call, or by the timer's request when idle).
             retention, codec, compression, level, mac_key: as ``CheckpointedStageState``
-                takes them (``mac_key`` is its ``key``).
+                takes them (``mac_key`` is its ``key``). ``mac_key`` never leaves this
+                process's incarnations: the relaunch recipe a registrar persists carries no
+                key, so an incarnation the scheduler re-creates reads
+                ``$BLOCKPOINT_CHECKPOINT_KEY`` from its environment (``recipe.py``); prefer
+                the environment variable with ``registrar=``.
             registrar: register every incarnation (e.g. ``scheduler.SchedulerRegistrar``),
                 with the recipe the scheduler re-creates a lost actor from.
             observer: flush observer (e.g. the scheduler's), told of every flush; an

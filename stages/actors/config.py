@@ -10,7 +10,7 @@ another only for the type.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from ..checkpoint.incremental import DEFAULT_FULL_EVERY
@@ -37,7 +37,7 @@ class CheckpointedConfig:
     codec: str
     compression: str
     level: int
-    mac_key: bytes | str | None
+    mac_key: bytes | str | None = field(repr=False)  # never shown; never in a recipe
     registrar: StageRegistrar | None
     observer: CheckpointFlushObserver | None
     lease_ttl: float
@@ -49,6 +49,11 @@ class CheckpointedConfig:
     async_checkpoint: bool = False
     incremental: bool = False
     full_every: int = DEFAULT_FULL_EVERY
+
+    def without_key(self) -> CheckpointedConfig:
+        """This configuration with ``mac_key=None`` (what a relaunch recipe carries: the
+        incarnation it starts reads its key from its environment, ``recipe.py``)."""
+        return replace(self, mac_key=None)
 
     def state_options(self) -> dict[str, Any]:
         """Keyword options for ``CheckpointedStageState``."""

@@ -31,6 +31,16 @@ Ray actually created, not what a caller meant to pass):
 * ``max_restarts`` - Ray's record of the actor, filled in by the scheduler when it
   registers the incarnation (an actor cannot read it); ``None`` until then.
 
+No key, in any form, goes into a recipe: the recipe is persisted in the scheduler's
+registry, in the store, where anyone who can read the store could take a MAC key from it
+and forge checkpoints. The constructor is pickled by :class:`_KeylessPickler`, which writes
+every :class:`~stages.actors.config.CheckpointedConfig` it meets (the decorated class
+carries one, and by value when the class is defined in a script) with ``mac_key=None``; a
+relaunched incarnation resolves its key where it uses it, from its environment
+(``$BLOCKPOINT_CHECKPOINT_KEY``, ``blockstore/keys.py``: set it in the scheduler job's
+environment). A class importable by name is pickled by reference and decorated again,
+``mac_key=`` included, where it is imported.
+
 What a relaunched incarnation does *not* keep: it is **detached** (owned by no driver and
 not by the scheduler actor, whose own restart would otherwise kill it; end it with
 ``ray.kill`` or the scheduler's ``unregister(kill=True)``), its ``runtime_env`` is the
@@ -45,6 +55,7 @@ again (by name) or ask the scheduler (``handle_of``).
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 from collections.abc import Mapping
@@ -56,9 +67,9 @@ import ray.cloudpickle as cloudpickle
 
 from .actor import CONTROL_CONCURRENCY, CONTROL_GROUP, resource_amounts, resource_keywords
 from .actor import resources_held
+from .config import CheckpointedConfig
 
 if TYPE_CHECKING:
-    from .config import CheckpointedConfig
     from ..checkpoint.observer import CheckpointFlushObserver
 
 __all__ = ["ActorRecipe", "recipe_for"]
@@ -105,8 +116,11 @@ class ActorRecipe:
     @classmethod
     def build(cls, stage_id: str, actor_cls: type, args: tuple[Any, ...],
               kwargs: Mapping[str, Any], **fields: Any) -> ActorRecipe:
-        """A recipe for ``actor_cls(*args, **kwargs)``; pickling errors propagate."""
-        blob = cloudpickle.dumps((actor_cls, tuple(args), dict(kwargs)))
+        """A recipe for ``actor_cls(*args, **kwargs)``; pickling errors propagate. No MAC
+        key is pickled (:class:`_KeylessPickler`)."""
+        out = io.BytesIO()
+        _KeylessPickler(out).dump((actor_cls, tuple(args), dict(kwargs)))
+        blob = out.getvalue()
         return cls(stage_id=stage_id, actor_class=actor_cls.__qualname__, constructor=blob,
                    **fields)
 
@@ -155,6 +169,23 @@ class ActorRecipe:
                 if "already taken" not in str(exc) or time.monotonic() > give_up:
                     raise
                 time.sleep(0.2)
+
+
+class _KeylessPickler(cloudpickle.Pickler):
+    """Ray's cloudpickle, writing every ``CheckpointedConfig`` without its ``mac_key``."""
+
+    def __init__(self, file: io.BytesIO) -> None:
+        super().__init__(file, protocol=5)
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, CheckpointedConfig) and obj.mac_key is not None:
+            return _as_is, (obj.without_key(),)
+        return super().reducer_override(obj)
+
+
+def _as_is(obj: Any) -> Any:
+    """The reconstructor of a keyless config (it is its own value)."""
+    return obj
 
 
 def decorated_class(obj: Any) -> type:
