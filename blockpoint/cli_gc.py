@@ -12,6 +12,7 @@ import argparse
 import sys
 from typing import Any
 
+from .progress import bar
 from .table import human_bytes, print_rows
 
 __all__ = ["register"]
@@ -22,8 +23,12 @@ COLUMNS = ["path", "kind", "lease", "size"]
 def _cmd_gc(args: argparse.Namespace) -> int:
     from blockstore import BlockStoreError, open_store
 
+    from blockstore.work import watch
+
     try:
-        with open_store(args.store, create=False) as store:
+        with open_store(args.store, create=False) as store, \
+                bar(None, "gc: listing", unit="obj", as_json=args.json) as progress, \
+                watch(lambda kind, n: progress.update(n)):
             report = store.gc(dry_run=args.dry_run, min_age=args.min_age)
     except BlockStoreError as exc:
         print(f"blockpoint gc: {exc}", file=sys.stderr)

@@ -66,6 +66,7 @@ from .errors import (
     StoreVersionError,
 )
 from .fdcache import FdCache
+from .work import advance
 from .fencing import check_current, check_free, next_acquire, released, renewed
 from .fileio import (
     DIR_MODE,
@@ -528,6 +529,7 @@ class FileStore(BlockStore):
                              if p.name.startswith(f".{META_NAME}.") and p.name.endswith(".tmp")]
             except OSError as exc:
                 raise StorageIOError(f"cannot list {self._leases_dir}: {exc}") from exc
+            advance("objects_listed", len(entries))
             records = {p.name[:-5] for p in entries
                        if p.name.endswith(".json") and not p.name.startswith(".")}
             for p in entries + root_tmps:

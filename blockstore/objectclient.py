@@ -44,6 +44,7 @@ from .errors import (
 )
 from .redact import redact_text
 from .urls import StoreURL
+from .work import advance
 
 __all__ = ["ObjectClient", "StoreClock"]
 
@@ -237,6 +238,7 @@ class ObjectClient:
             for page in self._store.list(prefix, chunk_size=1000):
                 self._count("LIST")
                 out.extend(page)
+                advance("objects_listed", len(page))
         except FileNotFoundError as exc:
             self._check_not_found(exc, prefix)
         except Exception as exc:

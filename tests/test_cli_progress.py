@@ -78,3 +78,11 @@ def test_json_and_pipes_never_carry_a_bar(store_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "blockpoint", "verify", str(store_path)],
                           capture_output=True, timeout=120)
     assert done.returncode == 0 and done.stderr == b"", done.stderr
+
+
+def test_gc_shows_what_it_lists_on_a_terminal(store_path: Path) -> None:
+    rc, out, err = _run_on_pty(["gc", str(store_path), "--dry-run"])
+    assert rc == 0, err
+    assert b"gc: listing" in err and b"obj" in err, err
+    rc, out, err = _run_on_pty(["gc", str(store_path), "--dry-run", "--json"])
+    assert rc == 0 and b"gc: listing" not in err and json.loads(out) == []

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from blockstore import BlockIndexError, LeaseReader, crc32c
+from blockstore.work import advance
 
 from . import format as fmt
 from .compress import decompress_into
@@ -483,7 +484,13 @@ def read_payload(reader: LeaseReader, h: Header, entries: Sequence[MapEntry], *,
                                        block=exc.index, **ctx) from exc
     try:
         digest = _mac_in_order(writer_key, mv, regions) if writer_key is not None else None
-        failed = [f.result() for f in pending]
+        sizes: dict[Any, int] = {}
+        for _, n, fut in regions:
+            sizes[fut] = sizes.get(fut, 0) + n
+        failed = []
+        for f in pending:
+            failed.append(f.result())
+            advance("restore_bytes", sizes.get(f, 0))
     except BlockIndexError as exc:
         raise TruncatedCheckpointError(f"{where}: a block is beyond the lease: {exc}",
                                        block=exc.index, **ctx) from exc

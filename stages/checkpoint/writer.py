@@ -27,6 +27,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 
 from blockstore import Lease, LeaseReader, crc32c
+from blockstore.work import advance
 
 from . import format as fmt
 from .compress import ChunkCoder
@@ -261,12 +262,14 @@ def write_chunks(lease: Lease, coder: ChunkCoder, segments: Sequence[memoryview]
                 pack_fill += n
             if wbytes >= WRITE_BATCH:
                 lease.write_blocks(writes)
+                advance("checkpoint_bytes", wbytes)
                 writes, wbytes = [], 0
     if pack is not None:
         writes.append((pack_block, memoryview(pack)[:pack_fill]))
         total_bytes += bs
     if writes:
         lease.write_blocks(writes)
+        advance("checkpoint_bytes", wbytes)
     return entries, used, written, total_bytes
 
 
