@@ -1,7 +1,8 @@
 """The ``blockpoint`` command: a thin layer over the packages' APIs.
 
 Subcommands: ``inspect STORE`` (leases), ``verify STORE [LEASE]`` (checkpoints),
-``gc STORE`` (orphan files, object-store garbage), ``demo`` (the main job), ``bench``
+``history STORE LEASE`` (one lease's generations), ``gc STORE`` (orphan files, object-store
+garbage), ``demo`` (the main job), ``bench``
 (benchmarks), ``scheduler status|decisions``.
 Every listing prints a readable table, or JSON with ``--json``.
 """
@@ -68,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="blockpoint",
         description="Durable, crash-safe checkpoints for stateful Ray pipeline stages.")
+    p.add_argument("--log-format", choices=("kv", "json"), default=None,
+                   help="print blockpoint's log records to stderr as key=value or JSON lines "
+                        "(default: $BLOCKPOINT_LOG_FORMAT, else Python's default logging)")
     sub = p.add_subparsers(dest="command", required=True)
     sp = sub.add_parser("inspect", help="list the leases of a store")
     sp.add_argument("store", help="store directory or URL")
@@ -81,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extra_commands() -> list:
     out = []
-    for modname in ("blockpoint.cli_verify", "blockpoint.cli_gc", "blockpoint.cli_scheduler",
+    for modname in ("blockpoint.cli_verify", "blockpoint.cli_history", "blockpoint.cli_gc",
+                    "blockpoint.cli_scheduler",
                     "blockpoint.cli_demo", "blockpoint.cli_bench"):
         try:
             mod = __import__(modname, fromlist=["register"])
@@ -95,6 +100,14 @@ def _extra_commands() -> list:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.log_format:
+        from blockstore.logs import configure
+
+        configure(args.log_format)
+    else:
+        from blockstore.logs import configure_from_env
+
+        configure_from_env()
     return int(args.func(args) or 0)
 
 

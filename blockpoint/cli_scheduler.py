@@ -104,13 +104,14 @@ def _cmd_status(args: argparse.Namespace) -> int:
             "marks": ",".join(s.get("reasons") or []) or "-",
             "generation": ck.get("generation", "-"),
             "checkpoint": _ago(ck.get("committed_at"), now),
+            "flush": _flush(s, now),
             "size": human_bytes(ck["size_bytes"]) if ck.get("size_bytes") else "-",
             "work_since": f"{s.get('work_records', 0)} rec/{s.get('work_seconds', 0.0):.0f}s",
         })
     print(f"scheduler {status['name']!r} (namespace {status['namespace']!r}), "
           f"{len(rows)} stage(s)")
     print_rows(rows, ["stage", "status", "node", "prio", "epoch", "marks", "generation",
-                      "checkpoint", "size", "work_since"], empty="no stages registered")
+                      "checkpoint", "flush", "size", "work_since"], empty="no stages registered")
     print()
     nodes = []
     for n in status["nodes"]:
@@ -128,6 +129,15 @@ def _cmd_status(args: argparse.Namespace) -> int:
         })
     print_rows(nodes, ["node", "state", "cpu_free", "draining", "stages"], empty="no nodes")
     return 0
+
+
+def _flush(stage: dict[str, Any], now: float) -> str:
+    """``"flushing 3s"`` while a flush mark is set, else the last checkpoint's duration."""
+    since = stage.get("flushing_since")
+    if since is not None:
+        return f"flushing {max(now - since, 0):.0f}s"
+    took = stage.get("checkpoint_s")
+    return "-" if took is None else f"{took:.2f}s"
 
 
 def _cmd_decisions(args: argparse.Namespace) -> int:

@@ -4,8 +4,12 @@ Every header slot of every lease (or of LEASE) is verified: header CRC, block ma
 chunk's CRC-32C and, when a key is configured, the MAC. Nothing is unpickled. Leases that
 hold no ``PCHK`` header at all (not checkpoint leases, or never checkpointed) are listed as
 "not a checkpoint" and do not fail the run. The ``shared`` column counts the chunks a
-generation shares with others (incremental checkpoints) and names them. Exit status: 0 all committed generations verify,
-1 at least one is corrupt, 2 the store or lease cannot be opened.
+generation shares with others (incremental checkpoints) and names them. Without a key, a
+generation that carries a MAC is verified by its checksums only and says so (``ok, MAC not
+checked (no key)``, and a line on stderr): ``ok`` alone means everything it carries was
+checked. Exit status: 0 all committed generations verify, 1 at least one is corrupt, 2 the
+store or lease cannot be opened or read (a bad URL, a missing or unreachable store: one line
+on stderr, as ``inspect`` and ``gc`` print it).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import os
 import sys
 from typing import Any
 
+from .progress import bar
 from .table import human_bytes, print_rows
 
 __all__ = ["register"]
@@ -23,9 +28,19 @@ COLUMNS = ["lease", "slot", "generation", "step", "size", "codec", "ratio", "sha
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from blockstore import LeaseNotFoundError, StorePathError, open_store
+    from blockstore import BlockStoreError
+
+    try:
+        return _verify(args)
+    except BlockStoreError as exc:  # a bad URL, no store there, unreachable, unreadable
+        print(f"blockpoint verify: {exc}", file=sys.stderr)
+        return 2
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from blockstore import open_store
     from stages import NoCheckpointError, verify_lease
-    from blockstore.keys import KeyRing, resolve_keys
+    from blockstore.keys import KEY_ENV, KeyRing, resolve_keys
 
     try:
         ring = resolve_keys()  # $BLOCKPOINT_CHECKPOINT_KEY and the rotated-out old keys
@@ -38,30 +53,24 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             print(f"blockpoint verify: ${args.key_env} is not set", file=sys.stderr)
             return 2
         ring = KeyRing(key.encode(), ring.all if ring is not None else ())
-    try:
-        store = open_store(args.store, create=False)
-    except StorePathError as exc:
-        print(f"blockpoint verify: {exc}", file=sys.stderr)
-        return 2
+    store = open_store(args.store, create=False)
     rows: list[dict[str, Any]] = []
     corrupt = False
+    unchecked = 0  # generations whose MAC was not checked (no key)
     with store:
-        try:
-            infos = [store.lease_info(args.lease)] if args.lease else store.list_leases()
-        except LeaseNotFoundError as exc:
-            print(f"blockpoint verify: {exc}", file=sys.stderr)
-            return 2
+        infos = [store.lease_info(args.lease)] if args.lease else store.list_leases()
+        reports_of = _verify_all(store, infos, ring, args.json, verify_lease, NoCheckpointError)
         for info in infos:
-            reader = store.open_reader(info.lease_id)
-            try:
-                reports = verify_lease(reader, key=ring)
-            except NoCheckpointError:
+            reports = reports_of[info.lease_id]
+            if reports is None:
                 rows.append({"lease": info.name, "lease_id": info.lease_id, "slot": "-",
                              "generation": "-", "step": "-", "size": "-", "codec": "-",
                              "ratio": "-", "shared": "-", "status": "not a checkpoint"})
                 continue
             for r in reports:
                 corrupt |= r.corrupt
+                not_checked = r.ok and bool(r.has_mac) and not r.mac_checked
+                unchecked += not_checked
                 if args.json:
                     rows.append({"lease": info.name, **r.to_dict()})
                     continue
@@ -71,9 +80,39 @@ def _cmd_verify(args: argparse.Namespace) -> int:
                              "size": "-" if r.size is None else human_bytes(r.size),
                              "codec": r.codec or "-",
                              "ratio": "-" if r.ratio is None else f"{r.ratio:.2f}",
-                             "shared": _shared(r), "status": r.status})
+                             "shared": _shared(r),
+                             "status": "ok, MAC not checked (no key)" if not_checked
+                             else r.status})
         print_rows(rows, COLUMNS, as_json=args.json, empty=f"no leases in {store.url}")
+    if unchecked:
+        print(f"blockpoint verify: {unchecked} generation(s) carry a MAC that was NOT "
+              f"checked - no key is set; their checksums verify. Set ${KEY_ENV} (or pass "
+              "--key-env VAR) to check who wrote them", file=sys.stderr)
     return 1 if corrupt else 0
+
+
+def _verify_all(store: Any, infos: list[Any], ring: Any, as_json: bool, verify_lease: Any,
+                no_checkpoint: type[Exception]) -> dict[str, Any]:
+    """Every lease's reports (``None``: not a checkpoint), with a bar of the bytes read."""
+    out: dict[str, Any] = {}
+    with bar(sum(i.num_blocks for i in infos) * store.block_size, "verify",
+             as_json=as_json) as progress:
+        for info in infos:
+            progress.note(info.name)
+            seen = [0]
+
+            def step(n: int) -> None:
+                seen[0] += n
+                progress.update(n)
+
+            try:
+                out[info.lease_id] = verify_lease(store.open_reader(info.lease_id), key=ring,
+                                                  progress=step)
+            except no_checkpoint:
+                out[info.lease_id] = None
+            # The lease's headers, free and shared blocks: the bar ends at 100 %.
+            progress.update(max(0, info.num_blocks * store.block_size - seen[0]))
+    return out
 
 
 def _shared(r: Any) -> str:

@@ -15,7 +15,14 @@ Quick use::
 
 from __future__ import annotations
 
-from .errors import SaverError, StaleWriterError, ThreadBusyError
+from .errors import (
+    SaverError,
+    StaleWriterError,
+    ThreadAuthError,
+    ThreadBusyError,
+    ThreadCorruptError,
+    ThreadKeyRequired,
+)
 from .ownership import ThreadOwnership
 from .saver import DEFAULT_RETENTION, DOCUMENT_KIND, BlockpointSaver
 
@@ -25,6 +32,9 @@ __all__ = [
     "BlockpointSaver",
     "SaverError",
     "StaleWriterError",
+    "ThreadAuthError",
     "ThreadBusyError",
+    "ThreadCorruptError",
+    "ThreadKeyRequired",
     "ThreadOwnership",
 ]

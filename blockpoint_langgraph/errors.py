@@ -7,8 +7,15 @@ fits and carries its context as attributes::
     ├── StaleWriterError(RuntimeError)   this saver was fenced off the thread: another writer
     │                                    took the thread's lease over (or deleted the thread)
     │                                    after this one wrote; nothing of this call was saved
-    └── ThreadBusyError(RuntimeError)    ``on_conflict="refuse"``: another live writer holds
-                                         the thread's lease; nothing was written
+    ├── ThreadBusyError(RuntimeError)    ``on_conflict="refuse"``: another live writer holds
+    │                                    the thread's lease; nothing was written
+    ├── ThreadAuthError(ValueError)      the thread has documents, but none this saver can
+    │                                    authenticate (wrong key, forged, or written with a
+    │                                    key this saver lacks); nothing read or written
+    ├── ThreadCorruptError(ValueError)   the thread has documents, none verifies (damage);
+    │                                    nothing read or written
+    └── ThreadKeyRequired(PermissionError)  a shared store and no key: unauthenticated
+                                         documents are refused there
 
 Store failures (``StorageIOError``, ``LockTimeoutError``) propagate as the block store's own
 errors (``blockstore/errors.py``). Every error pickles with its attributes.
@@ -18,7 +25,14 @@ from __future__ import annotations
 
 from blockstore.errors import reduce_error
 
-__all__ = ["SaverError", "StaleWriterError", "ThreadBusyError"]
+__all__ = [
+    "SaverError",
+    "StaleWriterError",
+    "ThreadAuthError",
+    "ThreadBusyError",
+    "ThreadCorruptError",
+    "ThreadKeyRequired",
+]
 
 
 class SaverError(Exception):
@@ -68,3 +82,46 @@ class ThreadBusyError(SaverError, RuntimeError):
         super().__init__(message, thread_id=thread_id)
         self.holder = holder
         self.expires_at = expires_at
+
+
+class ThreadAuthError(SaverError, ValueError):
+    """The thread holds documents, and none of them authenticates under this saver's keys.
+
+    A wrong key, a forged document, or a thread written with a key by a saver that has
+    none: the thread is never taken for empty (a write would replace its history), so both
+    reads and writes of it raise this until the right key is configured.
+
+    Attributes:
+        reasons: why each written slot was refused (``MAC mismatch (wrong key or
+            forged)``, ``no MAC, but a key is configured``, ...).
+    """
+
+    def __init__(self, message: str, *, thread_id: str | None = None,
+                 reasons: tuple[str, ...] = ()) -> None:
+        super().__init__(message, thread_id=thread_id)
+        self.reasons = tuple(reasons)
+
+
+class ThreadCorruptError(SaverError, ValueError):
+    """The thread holds documents whose headers verify, and none of their payloads does.
+
+    Reads and writes raise it rather than treat the thread as empty (a write would replace
+    what may still be recovered).
+
+    Attributes:
+        reasons: why each written slot was refused.
+    """
+
+    def __init__(self, message: str, *, thread_id: str | None = None,
+                 reasons: tuple[str, ...] = ()) -> None:
+        super().__init__(message, thread_id=thread_id)
+        self.reasons = tuple(reasons)
+
+
+class ThreadKeyRequired(SaverError, PermissionError):
+    """No key is configured and the store is shared (``capabilities.shared``).
+
+    Anyone who can write such a store could forge a thread's documents, and LangGraph's
+    serializer rebuilds objects they name; set ``$BLOCKPOINT_CHECKPOINT_KEY`` (or pass
+    ``key=``), or pass ``allow_unauthenticated=True`` to accept that risk.
+    """

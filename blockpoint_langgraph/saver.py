@@ -15,6 +15,25 @@ writes they use), so a thread's storage is bounded however long it runs.
 Reads (``get_tuple``, ``list``) need no lease and see what any process committed. Every
 async method runs its sync twin in a worker thread (the store does blocking I/O).
 
+Keys and trust (the rules of stage checkpoints, ``stages/checkpoint/state.py``): the MAC key
+is resolved at every use by :func:`blockstore.keys.resolve_keys` - ``key=`` when given, else
+``$BLOCKPOINT_CHECKPOINT_KEY`` (and ``$BLOCKPOINT_CHECKPOINT_OLD_KEYS``) - so Ray's runtime
+env reaches a LangGraph server's workers. On a shared store (``capabilities.shared``: an
+object store, a shared directory) a saver without a key refuses to read or write
+(:class:`~blockpoint_langgraph.errors.ThreadKeyRequired`) unless
+``allow_unauthenticated=True``: LangGraph's default serializer rebuilds whatever object a
+document names, so a forged document would run its callable. Documents read without a key
+are decoded by LangGraph's hardened serializer for untrusted input (``JsonPlusSerializer``
+with ``pickle_fallback=False`` and only LangGraph's own safe msgpack types; others come back
+as their serialized data); documents whose MAC verified use the saver's serializer.
+
+A thread whose documents exist but do not verify is never taken for empty: a wrong key (or
+a forgery, or a keyed thread read by a keyless saver) raises
+:class:`~blockpoint_langgraph.errors.ThreadAuthError` and damage that leaves no verifying
+document raises :class:`~blockpoint_langgraph.errors.ThreadCorruptError`, on reads and on
+writes, so a write never replaces a history it could not read. (Only slots whose header
+itself is unreadable - a first save torn by a crash - leave a thread empty.)
+
 Costs: a ``put`` rewrites the thread's document (two fsyncs on the file store), so its cost
 grows with the retained history; keep ``retention`` modest for threads with large state.
 """
@@ -22,6 +41,7 @@ grows with the retained history; keep ``retention`` modest for threads with larg
 from __future__ import annotations
 
 import asyncio
+import copy
 import os
 import threading
 from collections import OrderedDict
@@ -29,6 +49,8 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.serde.base import maybe_add_typed_methods
+from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.checkpoint.base import (
     WRITES_IDX_MAP,
     BaseCheckpointSaver,
@@ -43,9 +65,12 @@ from langgraph.checkpoint.base import (
 )
 
 from blockstore import BlockStore, Lease, LeaseReader, MemoryStore, SlottedDocument, open_store
+from blockstore.document import DocumentLoad
 from blockstore.errors import LeaseNotFoundError
+from blockstore.keys import KeyRing, KeySetting, resolve_keys
 
 from . import thread as td
+from .errors import ThreadAuthError, ThreadCorruptError, ThreadKeyRequired
 from .ownership import Conflict, ThreadOwnership
 
 __all__ = ["DEFAULT_RETENTION", "DOCUMENT_KIND", "BlockpointSaver"]
@@ -87,16 +112,29 @@ class BlockpointSaver(BaseCheckpointSaver[int]):
         ttl: seconds this saver's hold of a thread lasts without a write.
         prefix: lease-name prefix of the threads (several apps can share one store).
         holder: holder name recorded in the leases (default: host:pid:random).
-        key: MAC key for the documents (``SlottedDocument``); readers need the same key.
-        serde: LangGraph serializer (default: LangGraph's ``JsonPlusSerializer``).
+        key: MAC key for the documents (``SlottedDocument``), a ``str`` (its UTF-8 bytes),
+            ``bytes`` or a ``KeyRing``; default ``$BLOCKPOINT_CHECKPOINT_KEY``, read at use.
+            Readers need the same key; a wrong one raises ``ThreadAuthError``.
+        allow_unauthenticated: read and write without a key even on a shared store (where
+            it is refused by default, ``ThreadKeyRequired``).
+        serde: LangGraph serializer for every document (default: LangGraph's
+            ``JsonPlusSerializer`` for authenticated documents, its hardened configuration
+            for documents read without a key; see the module docstring).
     """
 
     def __init__(self, store: str | os.PathLike[str] | BlockStore, *,
                  block_size: int | None = None, retention: int | None = DEFAULT_RETENTION,
                  on_conflict: Conflict = "takeover", ttl: float = 60.0,
                  prefix: str = "langgraph", holder: str | None = None,
-                 key: bytes | None = None, serde: SerializerProtocol | None = None) -> None:
+                 key: KeySetting = None, allow_unauthenticated: bool = False,
+                 serde: SerializerProtocol | None = None) -> None:
         super().__init__(serde=serde)
+        resolve_keys(key)  # a malformed key fails here, not at the first read
+        self._key_setting = key
+        self._allow_unauthenticated = bool(allow_unauthenticated)
+        self._untrusted_serde = self.serde if serde is not None else maybe_add_typed_methods(
+            JsonPlusSerializer(pickle_fallback=False, allowed_json_modules=None,
+                               allowed_msgpack_modules=None))
         if retention is not None and (not isinstance(retention, int) or retention < 1):
             raise ValueError(f"retention must be an int >= 1 or None, got {retention!r}")
         if isinstance(store, BlockStore):
@@ -105,7 +143,6 @@ class BlockpointSaver(BaseCheckpointSaver[int]):
             self.store = open_store(store, block_size=block_size)
             self._owns_store = not isinstance(self.store, MemoryStore)
         self.retention = retention
-        self.key = key
         self.ownership = ThreadOwnership(self.store, prefix=prefix, on_conflict=on_conflict,
                                          ttl=ttl, holder=holder)
         self._docs: OrderedDict[str, dict[str, Any]] = OrderedDict()
@@ -136,13 +173,64 @@ class BlockpointSaver(BaseCheckpointSaver[int]):
     async def __aexit__(self, *exc: object) -> None:
         self.close()
 
-    # -- storage ---------------------------------------------------------------------------
-    def _document(self, lease: LeaseReader) -> SlottedDocument:
-        return SlottedDocument(lease, kind=DOCUMENT_KIND, version=td.DOC_VERSION,
-                               slots=_SLOTS, key=self.key)
+    def with_allowlist(self, extra_allowlist: Any) -> BlockpointSaver:
+        """A shallow clone whose serializers (both of them) also rebuild ``extra_allowlist``'s
+        types (LangGraph's ``BaseCheckpointSaver.with_allowlist``)."""
+        clone = super().with_allowlist(extra_allowlist)
+        clone = copy.copy(self) if clone is self else clone
+        untrusted = self._untrusted_serde
+        if isinstance(untrusted, JsonPlusSerializer):
+            clone._untrusted_serde = maybe_add_typed_methods(
+                untrusted.with_msgpack_allowlist(extra_allowlist))
+        return clone  # type: ignore[return-value]
 
-    def _read(self, thread_id: str) -> dict[str, Any] | None:
-        """The thread's newest verified document, or ``None`` if it has none."""
+    # -- keys and trust ----------------------------------------------------------------------
+    def _keys(self) -> KeyRing | None:
+        """The key ring now (``key=`` or the environment); refuses a shared store without."""
+        keys = resolve_keys(self._key_setting)
+        if keys is None and not self._allow_unauthenticated and self.store.capabilities.shared:
+            raise ThreadKeyRequired(
+                f"{type(self.store).__name__} {self.store.url} is shared: a thread document "
+                "without a key could be forged by anyone who can write the store, and "
+                "LangGraph's serializer would rebuild what it names. Set "
+                "BLOCKPOINT_CHECKPOINT_KEY (or pass key=), or pass allow_unauthenticated=True")
+        return keys
+
+    def _serde_for(self, keys: KeyRing | None) -> SerializerProtocol:
+        """The serializer that decodes documents read with ``keys`` (verified or not)."""
+        return self.serde if keys is not None else self._untrusted_serde
+
+    def _checked(self, found: DocumentLoad, thread_id: str,
+                 keys: KeyRing | None) -> dict[str, Any] | None:
+        """The loaded document, ``None`` for a thread with none, or the error that says why
+        its documents cannot be used (never "empty" for a thread that has some)."""
+        if found.document is not None:
+            if keys is None and found.mac:
+                raise ThreadAuthError(
+                    f"thread {thread_id!r} was written with a key and this saver has none: "
+                    "set BLOCKPOINT_CHECKPOINT_KEY (or pass key=)", thread_id=thread_id,
+                    reasons=("a MAC, but no key is configured",))
+            return found.document
+        reasons = tuple(f"slot {s.slot}: {s.reason}" for s in found.skipped)
+        if any(s.authentication for s in found.skipped):
+            raise ThreadAuthError(
+                f"thread {thread_id!r} has documents, none authenticates under this saver's "
+                f"key (wrong key, or forged): {'; '.join(reasons)}", thread_id=thread_id,
+                reasons=reasons)
+        if any(s.generation is not None for s in found.skipped):
+            raise ThreadCorruptError(
+                f"thread {thread_id!r} has documents, none verifies: {'; '.join(reasons)}",
+                thread_id=thread_id, reasons=reasons)
+        return None  # nothing, or only a first save's torn header
+
+    # -- storage ---------------------------------------------------------------------------
+    def _document(self, lease: LeaseReader, keys: KeyRing | None) -> SlottedDocument:
+        return SlottedDocument(lease, kind=DOCUMENT_KIND, version=td.DOC_VERSION,
+                               slots=_SLOTS, key=keys)
+
+    def _read(self, thread_id: str, keys: KeyRing | None) -> dict[str, Any] | None:
+        """The thread's newest verified document, or ``None`` if it has none; raises
+        ``ThreadAuthError``/``ThreadCorruptError`` for one whose documents do not verify."""
         name = self.ownership.name_of(thread_id)
         for _ in (0, 1):
             lease_id = self._ids.get(name)
@@ -152,9 +240,11 @@ class BlockpointSaver(BaseCheckpointSaver[int]):
                     return None
                 lease_id = self._ids[name] = info.lease_id
             try:
-                return self._document(LeaseReader(self.store, lease_id, name)).load().document
+                found = self._document(LeaseReader(self.store, lease_id, name), keys).load()
             except LeaseNotFoundError:  # deleted (and maybe re-created) since we looked
                 self._ids.pop(name, None)
+                continue
+            return self._checked(found, thread_id, keys)
         return None
 
     def _update(self, thread_id: str, change: Callable[[dict[str, Any]], bool]) -> None:
@@ -162,12 +252,16 @@ class BlockpointSaver(BaseCheckpointSaver[int]):
 
         ``change`` mutates the document and says whether anything changed. The cached copy
         is dropped before the change, so a failed save never leaves a half-applied cache.
+        A thread whose documents do not verify is not written (``_checked``).
         """
+        keys = self._keys()
+
         def run(lease: Lease) -> None:
-            document = self._document(lease)
+            document = self._document(lease, keys)
             doc = self._docs.pop(thread_id, None)
             if doc is None:  # our hold is the only writer, so the cache is current
-                doc = document.load().document or td.new_document(thread_id)
+                doc = self._checked(document.load(), thread_id, keys) or \
+                    td.new_document(thread_id)
             if change(doc):
                 document.save(doc)
             self._docs[thread_id] = doc
@@ -183,9 +277,9 @@ class BlockpointSaver(BaseCheckpointSaver[int]):
         return [t for t in found if t is not None]
 
     def _tuple(self, thread_id: str, ns: str, checkpoint_id: str,
-               space: dict[str, Any]) -> CheckpointTuple:
+               space: dict[str, Any], serde: SerializerProtocol) -> CheckpointTuple:
         entry = space["checkpoints"][checkpoint_id]
-        loads = self.serde.loads_typed
+        loads = serde.loads_typed
         checkpoint: Checkpoint = loads(td.unpack(entry["checkpoint"]))
         values: dict[str, Any] = {}
         for channel, version in checkpoint["channel_versions"].items():
@@ -209,14 +303,15 @@ class BlockpointSaver(BaseCheckpointSaver[int]):
         in its namespace; ``None`` if there is none. Pending writes in LangGraph's order."""
         conf = config["configurable"]
         thread_id, ns = conf["thread_id"], conf.get("checkpoint_ns", "")
-        doc = self._read(thread_id)
+        keys = self._keys()
+        doc = self._read(thread_id, keys)
         space = doc["ns"].get(ns) if doc else None
         if not space or not space["checkpoints"]:
             return None
         checkpoint_id = get_checkpoint_id(config) or max(space["checkpoints"])
         if checkpoint_id not in space["checkpoints"]:
             return None
-        return self._tuple(thread_id, ns, checkpoint_id, space)
+        return self._tuple(thread_id, ns, checkpoint_id, space, self._serde_for(keys))
 
     def list(self, config: RunnableConfig | None, *, filter: dict[str, Any] | None = None,
              before: RunnableConfig | None = None,
@@ -230,8 +325,10 @@ class BlockpointSaver(BaseCheckpointSaver[int]):
         only_id = get_checkpoint_id(config) if config else None
         before_id = get_checkpoint_id(before) if before else None
         left = limit
+        keys = self._keys()
+        serde = self._serde_for(keys)
         for thread_id in threads:
-            doc = self._read(thread_id)
+            doc = self._read(thread_id, keys)
             if not doc:
                 continue
             for ns, space in sorted(doc["ns"].items()):
@@ -243,7 +340,7 @@ class BlockpointSaver(BaseCheckpointSaver[int]):
                     if before_id and checkpoint_id >= before_id:
                         continue
                     if filter:
-                        metadata = self.serde.loads_typed(
+                        metadata = serde.loads_typed(
                             td.unpack(space["checkpoints"][checkpoint_id]["metadata"]))
                         if not all(metadata.get(k) == v for k, v in filter.items()):
                             continue
@@ -251,7 +348,7 @@ class BlockpointSaver(BaseCheckpointSaver[int]):
                         if left <= 0:
                             return
                         left -= 1
-                    yield self._tuple(thread_id, ns, checkpoint_id, space)
+                    yield self._tuple(thread_id, ns, checkpoint_id, space, serde)
 
     # -- BaseCheckpointSaver: writes -------------------------------------------------------
     def put(self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata,
@@ -323,8 +420,9 @@ class BlockpointSaver(BaseCheckpointSaver[int]):
         wanted = {str(r) for r in run_ids}
         if not wanted:
             return
+        keys = self._keys()
         for thread_id in self._threads():
-            doc = self._read(thread_id)
+            doc = self._read(thread_id, keys)
             if doc and any(e.get("run_id") in wanted for space in doc["ns"].values()
                            for e in space["checkpoints"].values()):
                 self._update(thread_id, lambda d: td.drop_runs(d, wanted))
@@ -332,7 +430,7 @@ class BlockpointSaver(BaseCheckpointSaver[int]):
     def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         """Copy every checkpoint and write of one thread into another (one save of the
         target; checkpoints with the same id are replaced). No-op if the source is empty."""
-        source = self._read(source_thread_id)
+        source = self._read(source_thread_id, self._keys())
         if not source or not source["ns"]:
             return
 
@@ -351,7 +449,7 @@ class BlockpointSaver(BaseCheckpointSaver[int]):
             if strategy == "delete":
                 self.delete_thread(thread_id)
                 continue
-            doc = self._read(thread_id)
+            doc = self._read(thread_id, self._keys())
             if not doc or all(len(s["checkpoints"]) <= 1 for s in doc["ns"].values()):
                 continue
 

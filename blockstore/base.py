@@ -73,6 +73,7 @@ from .errors import (
     StoreClosedError,
     StoreCorruptError,
 )
+from .redact import redact_url
 from .lease import Buffer, Lease, LeaseInfo, LeaseReader
 
 __all__ = [
@@ -416,7 +417,7 @@ class BlockStore(ABC):
         self.close()
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.url!r}, block_size={self.block_size})"
+        return f"{type(self).__name__}({redact_url(self.url)!r}, block_size={self.block_size})"
 
     # -- checked paths used by the handles -----------------------------------------------
     def _check_index(self, lease_id: str, index: object) -> int:

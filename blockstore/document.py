@@ -60,6 +60,9 @@ _HEAD_CRC = struct.Struct("<I")
 HEADER_SIZE = _HEAD.size + _HEAD_CRC.size  # 92
 _MAC_AT = _HEAD.size - 32  # bytes [0, 56) are MACed, the MAC field itself is not
 _FLAG_MAC = 1
+#: The reasons a slot whose checksums verify fails authentication (``SkippedSlot.reason``).
+REASON_NO_MAC = "no MAC, but a key is configured"
+REASON_BAD_MAC = "MAC mismatch (wrong key or forged)"
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 
 
@@ -78,6 +81,11 @@ class SkippedSlot:
     generation: int | None
     reason: str
 
+    @property
+    def authentication(self) -> bool:
+        """The slot verified but failed authentication (no MAC, or a MAC no key accepts)."""
+        return self.reason in (REASON_NO_MAC, REASON_BAD_MAC)
+
 
 @dataclass(frozen=True, slots=True)
 class DocumentLoad:
@@ -90,12 +98,15 @@ class DocumentLoad:
         skipped: the written slots that failed: every slot whose header is unreadable (its
             age is unknown), then the verified-CRC headers newer than the returned document
             (all of them when nothing verifies), newest first. Empty slots are not listed.
+        mac: the returned document carries a MAC (verified when a key is configured; a
+            reader without a key learns that the writer had one).
     """
 
     generation: int | None
     document: dict[str, Any] | None
     slot: int | None = None
     skipped: tuple[SkippedSlot, ...] = ()
+    mac: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,7 +236,8 @@ class SlottedDocument:
         for header in sorted(headers, key=lambda h: h.generation, reverse=True):
             doc, why = self._verify(header)
             if doc is not None:
-                return DocumentLoad(header.generation, doc, header.slot, tuple(skipped)), headers
+                return DocumentLoad(header.generation, doc, header.slot, tuple(skipped),
+                                    bool(header.flags & _FLAG_MAC)), headers
             skipped.append(SkippedSlot(header.slot, header.generation, why))
         return DocumentLoad(None, None, None, tuple(skipped)), headers
 
@@ -259,10 +271,10 @@ class SlottedDocument:
             return None, "payload checksum mismatch"
         if self._keys is not None:
             if not h.flags & _FLAG_MAC:
-                return None, "no MAC, but a key is configured"
+                return None, REASON_NO_MAC
             if not any(hmac.compare_digest(self._mac(k, h.raw[:_MAC_AT], payload), h.mac)
                        for k in self._keys.all):
-                return None, "MAC mismatch (wrong key or forged)"
+                return None, REASON_BAD_MAC
         try:
             doc = json.loads(payload)
         except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError

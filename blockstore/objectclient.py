@@ -42,6 +42,7 @@ from .errors import (
     StoreEndpointError,
     StoreUnreachableError,
 )
+from .redact import redact_text
 from .urls import StoreURL
 
 __all__ = ["ObjectClient", "StoreClock"]
@@ -119,7 +120,9 @@ def _build_store(url: StoreURL, retries: int) -> Any:
             kw["account_name"] = url.option("account")
         return AzureStore(url.location, **kw)
     except Exception as exc:  # obstore reports missing credentials/config as it builds
-        raise StoreConfigError(f"cannot configure {url.to_url()}: {exc}") from exc
+        text = redact_text(str(exc))
+        raise StoreConfigError(f"cannot configure {url.to_url()}: {text}") \
+            from (exc if text == str(exc) else None)
 
 
 class ObjectClient:
@@ -130,18 +133,19 @@ class ObjectClient:
     raises a :class:`~blockstore.errors.BlockStoreError`.
     """
 
-    def __init__(self, url: StoreURL, store: Any | None = None, *, api: Any | None = None,
+    def __init__(self, url: StoreURL, store: Any | None = None, *,
                  pool: Any | None = None) -> None:
-        """``api`` (default: the ``obstore`` module) provides ``get``, ``put``, ``list`` and
-        ``delete`` called with ``store``; ``pool`` (default: a thread pool of
-        ``concurrency`` threads) runs :meth:`map` and :meth:`submit`. Both exist for the
-        deterministic simulation (tests/sim), which runs this client against an in-process
-        object store one request at a time."""
+        """``store``: an obstore store, or any object with its ``get``, ``put``, ``list``
+        and ``delete`` methods (tests pass a pass-through wrapper that orders requests, and
+        the deterministic simulation in tests/sim an in-process object store); requests go
+        through those methods, never obstore's module functions, which accept only
+        obstore's own classes. ``pool`` (default: a thread pool of ``concurrency`` threads)
+        runs :meth:`map` and :meth:`submit`; the simulation passes one that runs each call
+        at once, so a client's requests go one at a time."""
         self.url = url
         self.concurrency = url.int_option("concurrency", DEFAULT_CONCURRENCY)
         self._store = store if store is not None else _build_store(
             url, url.int_option("retries", DEFAULT_RETRIES))
-        self._api = api
         self._pool = pool if pool is not None else ThreadPoolExecutor(
             self.concurrency, thread_name_prefix=_POOL_NAME)
         self.clock = StoreClock()
@@ -150,28 +154,21 @@ class ObjectClient:
         self._own: OrderedDict[tuple[str, str], tuple[float, float]] = OrderedDict()
 
     # -- requests ---------------------------------------------------------------------------
-    def _obstore(self) -> Any:
-        if self._api is not None:
-            return self._api
-        import obstore
-        return obstore
-
     def _count(self, op: str, n: int = 1) -> None:
         with self._count_lock:
             self.requests[op] += n
 
     def get(self, key: str) -> tuple[memoryview, Any] | None:
         """``(bytes, meta)`` of object ``key``, or ``None`` if there is none."""
-        obstore = self._obstore()
         self._count("GET")
         try:
-            res = obstore.get(self._store, key)
+            res = self._store.get(key)
             data = memoryview(res.bytes())
         except FileNotFoundError as exc:
             self._check_not_found(exc, key)
             return None
         except Exception as exc:
-            raise self._translate(exc, key) from exc
+            raise self._translate(exc, key)
         meta = res.meta
         stamp = self._own.get((key, meta["e_tag"] or ""))
         if stamp is not None and meta.get("last_modified") is not None:
@@ -192,19 +189,18 @@ class ObjectClient:
         return self._put(key, data, {"e_tag": etag})
 
     def _put(self, key: str, data: Any, mode: Any) -> str | None:
-        obstore = self._obstore()
         from obstore.exceptions import AlreadyExistsError, PreconditionError
         self._count("PUT")
         t0 = time.time()
         try:
-            res = obstore.put(self._store, key, data, mode=mode, use_multipart=False)
+            res = self._store.put(key, data, mode=mode, use_multipart=False)
         except (AlreadyExistsError, PreconditionError):
             return None
         except FileNotFoundError as exc:  # If-Match on a vanished object, or no bucket
             self._check_not_found(exc, key)
             return None
         except Exception as exc:
-            raise self._translate(exc, key) from exc
+            raise self._translate(exc, key)
         etag = res["e_tag"] or ""
         if mode != "overwrite":
             self._own[(key, etag)] = (t0, time.time())
@@ -215,31 +211,29 @@ class ObjectClient:
     def list(self, prefix: str) -> list[Any]:
         """Metadata (``path``, ``size``, ``last_modified``, ``e_tag``) of every object whose
         key starts with ``prefix``."""
-        obstore = self._obstore()
         out: list[Any] = []
         try:
-            for page in obstore.list(self._store, prefix, chunk_size=1000):
+            for page in self._store.list(prefix, chunk_size=1000):
                 self._count("LIST")
                 out.extend(page)
         except FileNotFoundError as exc:
             self._check_not_found(exc, prefix)
         except Exception as exc:
-            raise self._translate(exc, prefix) from exc
+            raise self._translate(exc, prefix)
         return out
 
     def delete(self, keys: Sequence[str]) -> None:
         """Remove objects (absent ones are fine), 1,000 per request."""
-        obstore = self._obstore()
         keys = list(keys)
         for start in range(0, len(keys), 1000):
             batch = keys[start:start + 1000]
             self._count("DELETE")
             try:
-                obstore.delete(self._store, batch if len(batch) > 1 else batch[0])
+                self._store.delete(batch if len(batch) > 1 else batch[0])
             except FileNotFoundError:
                 pass
             except Exception as exc:
-                raise self._translate(exc, batch[0]) from exc
+                raise self._translate(exc, batch[0])
 
     def map(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
         """``fn`` over ``items`` in the bounded pool; the first failure is raised after every
@@ -284,12 +278,25 @@ class ObjectClient:
                 endpoint=self.url.option("endpoint_url") or "") from exc
 
     def _translate(self, exc: BaseException, key: str) -> BlockStoreError:
-        """The one place client exceptions become blockstore errors."""
-        from obstore.exceptions import PermissionDeniedError, UnauthenticatedError
-        where = self._where(key)
-        text = str(exc)
+        """The one place client exceptions become blockstore errors.
+
+        The client's text may echo a URL, a signed query or a credential, so only its
+        redacted form (``blockstore/redact.py``) reaches the message; when redaction changed
+        it, the client's exception is not chained either (a logged traceback would print
+        it). Callers ``raise`` the result inside their ``except``: the chaining is set here.
+        """
         if isinstance(exc, BlockStoreError):
             return exc
+        raw = str(exc)
+        text = redact_text(raw)
+        err = self._classify(exc, key, text)
+        err.__cause__ = exc if text == raw else None
+        err.__suppress_context__ = True
+        return err
+
+    def _classify(self, exc: BaseException, key: str, text: str) -> BlockStoreError:
+        from obstore.exceptions import PermissionDeniedError, UnauthenticatedError
+        where = self._where(key)
         if isinstance(exc, (PermissionDeniedError, UnauthenticatedError)) or \
                 "status code: 403" in text or "AccessDenied" in text:
             return StoreAccessDeniedError(f"access denied to {where} (check credentials and "

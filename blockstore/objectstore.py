@@ -26,7 +26,7 @@ Garbage - objects of failed or fenced flushes, blocks replaced by a later commit
 removed without ever touching an object that a flush which can still succeed may publish:
 replaced blocks right after the commit that replaced them; objects of an older epoch (their
 flush can only fail now) and of a released lease after the first commit of each epoch and by
-:meth:`ObjectStore.gc`. Objects of the current, held epoch that the record does not list are
+:meth:`ObjectStore.gc` (:mod:`blockstore.objectgc`). Objects of the current, held epoch that the record does not list are
 kept: they may be the holder's unflushed writes.
 
 Lease times are kept in the store's clock (see :class:`~blockstore.objectclient.StoreClock`)
@@ -44,7 +44,6 @@ from dataclasses import dataclass, field
 from .base import (
     DEFAULT_BLOCK_SIZE,
     BlockStore,
-    GcItem,
     GcReport,
     StoreCapabilities,
     bounds_error,
@@ -63,6 +62,7 @@ from .errors import (
 from .fencing import check_current, next_acquire, released, renewed
 from .lease import LeaseInfo
 from .objectclient import ObjectClient
+from .objectgc import collect_lease, collect_store
 from .objectlayout import (
     LEASES,
     META_KEY,
@@ -76,7 +76,6 @@ from .objectlayout import (
     id_key,
     name_key,
     new_generation,
-    parse_block_key,
 )
 from .urls import StoreURL, parse_store_url
 
@@ -95,21 +94,6 @@ class _Pending:
     epoch: int
     generation: str
     indices: set[int] = field(default_factory=set)
-
-
-def is_garbage(rec: LeaseRecord | None, generation: str, epoch: int, index: int) -> bool:
-    """Whether a block object can be removed now, given its lease's current record.
-
-    Referenced objects never are. Unreferenced ones are garbage when no flush that may still
-    succeed can publish them: the lease is gone, the object's epoch is older than the
-    record's (that holder's flush must fail), or the record's epoch is not held any more
-    (released: its writes were published by the release).
-    """
-    if rec is None or rec.deleted:
-        return True
-    if rec.blocks.get(index) == generation:
-        return False
-    return epoch < rec.info.epoch or rec.info.holder is None
 
 
 class ObjectStore(BlockStore):
@@ -491,31 +475,26 @@ class ObjectStore(BlockStore):
         self._delete_quietly(self._superseded(lease_id, old, new))
         if (lease_id, epoch) not in self._collected and epoch > 1:
             self._collected.add((lease_id, epoch))
-            self._collect_lease(lease_id, new, False)
+            self._collect_lease(lease_id)
 
     @staticmethod
     def _superseded(lease_id: str, old: LeaseRecord, new: LeaseRecord) -> list[str]:
         return [block_key(lease_id, g, i) for i, g in old.blocks.items()
                 if new.blocks.get(i) != g]
 
-    def _collect_lease(self, lease_id: str, rec: LeaseRecord | None,
-                       dry_run: bool) -> tuple[list[GcItem], int]:
-        """This lease's garbage objects (removed unless ``dry_run``); ``(items, kept)``."""
-        garbage: list[GcItem] = []
-        kept = 0
-        for meta in self._c.list(blocks_prefix(lease_id)):
-            parsed = parse_block_key(meta["path"])
-            if parsed is None:
-                continue
-            _, gen, epoch, index = parsed
-            if is_garbage(rec, gen, epoch, index):
-                garbage.append(GcItem(meta["path"], "block", int(meta.get("size") or 0),
-                                      lease_id))
-            elif rec is not None and rec.blocks.get(index) != gen:
-                kept += 1
-        if not dry_run:
-            self._delete_quietly([i.path for i in garbage])
-        return garbage, kept
+    def _collect_lease(self, lease_id: str) -> None:
+        """Remove this lease's garbage, judged by its record as it is now: listed first,
+        then the record read again (never this object's own last record: the lease may
+        have a next holder already, whose flush that record cannot judge)."""
+        metas = self._c.list(blocks_prefix(lease_id))
+        collect_lease(self, lease_id, metas, self._current_record(lease_id), False)
+
+    def _current_record(self, lease_id: str) -> LeaseRecord | None:
+        """The live record of ``lease_id`` read now, or ``None`` if the lease is gone."""
+        try:
+            return self._record_by_id(lease_id)[1]
+        except LeaseNotFoundError:
+            return None
 
     def _delete_quietly(self, keys: Sequence[str]) -> None:
         """Remove garbage now if we can; what fails here is left to the next ``gc``."""
@@ -527,7 +506,9 @@ class ObjectStore(BlockStore):
 
     def gc(self, *, dry_run: bool = False, min_age: float = TOMBSTONE_GRACE) -> GcReport:
         """Remove every object no reader can see and no flush that may still succeed can
-        publish (the rule is :func:`is_garbage`), and the records of deleted leases.
+        publish, and the records of deleted leases. The rule, and the order that makes it
+        safe against leases created and flushed while it runs, are in
+        :mod:`blockstore.objectgc`.
 
         Safe while holders are running: objects of the current epoch of a held lease are
         kept even when unreferenced (they may be unflushed writes; counted in
@@ -535,30 +516,4 @@ class ObjectStore(BlockStore):
         the store's clock; default ``TOMBSTONE_GRACE``). ``dry_run`` lists, removes nothing.
         """
         self._check_open()
-        records, _ = self._all_records(strict=False)
-        live = {r.info.lease_id: r for _, r, _ in records if not r.deleted}
-        ids: set[str] = set()
-        for meta in self._c.list("blocks/"):
-            parsed = parse_block_key(meta["path"])
-            if parsed is not None:
-                ids.add(parsed[0])
-        items: list[GcItem] = []
-        kept = 0
-        for lease_id in sorted(ids):
-            found, k = self._collect_lease(lease_id, live.get(lease_id), dry_run)
-            items += found
-            kept += k
-        items += [GcItem(m["path"], "id pointer", int(m.get("size") or 0),
-                         m["path"].split("/", 1)[1])
-                  for m in self._c.list("ids/") if m["path"].split("/", 1)[1] not in live]
-        now = self._c.clock.now()
-        listing = {m["path"]: m for m in self._c.list(LEASES)}
-        for key, rec, _ in records:
-            meta = listing.get(key)
-            age = now - meta["last_modified"].timestamp() if meta else 0.0
-            if rec.deleted and age >= min_age:
-                items.append(GcItem(key, "lease record", int(meta.get("size") or 0) if meta
-                                    else 0, rec.info.lease_id))
-        if not dry_run:
-            self._delete_quietly([i.path for i in items if i.kind != "block"])
-        return GcReport(self.url, tuple(items), len(live), bool(dry_run), kept=kept)
+        return collect_store(self, bool(dry_run), float(min_age))

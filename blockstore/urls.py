@@ -3,6 +3,7 @@
 Accepted forms::
 
     /path/to/store   or  file:///path/to/store            FileStore (directory)
+    relative/dir                                          FileStore under the working directory
     memory://NAME                                         this process's MemoryStore NAME
     s3://BUCKET[/PREFIX][?endpoint_url=URL&region=R]       S3 or any S3-compatible server
     gs://BUCKET[/PREFIX]                                  Google Cloud Storage
@@ -14,13 +15,22 @@ a URL: they come from the backend's usual environment and configuration chain (f
 ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN``, web identity,
 instance metadata; for GCS ``GOOGLE_SERVICE_ACCOUNT`` / application default credentials; for
 Azure ``AZURE_STORAGE_ACCOUNT_KEY`` / ``AZURE_CLIENT_ID``...). A URL carrying ``user:pass@``
-is refused, so a secret never ends up in a ``StageSpec``, a log line or the registry.
+is refused (a ``:`` and an ``@`` before the query, even when the secret holds ``/``, ``+``,
+``@`` or ``%2F``; an ``@`` in ``endpoint_url``; any unknown query key), so a secret never ends
+up in a ``StageSpec``, a log line or the registry; and the refusal itself masks every place
+of the URL that may hold a secret (``blockstore/redact.py``) in its message, ``url`` and
+``part``.
 
 Why parsing lives here, alone: every caller that names a store goes through
 ``blockstore.open_store``, and a bad URL must fail there, before any backend is touched,
 with a :class:`~blockstore.errors.StoreURLError` whose ``part`` says which piece is wrong
 (scheme, bucket, prefix, query key, endpoint). Parsing is pure (no I/O, no client import),
 so it is tested for every scheme even where no server of that kind is at hand.
+
+Two mistakes used to open a local store in the working directory without a word and are
+refused (``part="scheme"`` / ``"path"``): a known scheme missing its ``//`` (``s3:/bucket/x``,
+a relative path to ``os.path``) and ``file://relative/dir`` (a host name in a URL; file URLs
+take absolute paths, ``file:///abs``).
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl, quote, urlsplit
 
 from .errors import StoreURLError
+from .redact import redact, scrub
 
 __all__ = ["OBJECT_SCHEMES", "StoreURL", "parse_store_url"]
 
@@ -96,7 +107,8 @@ class StoreURL:
     def to_url(self) -> str:
         """The canonical URL: ``parse_store_url(u.to_url()) == u``."""
         if self.scheme == "file":
-            return f"file://{self.location}"
+            # A relative path has no file:// form (file://rel names a host); it stays a path.
+            return f"file://{self.location}" if self.location.startswith("/") else self.location
         if self.scheme == "memory":
             return f"memory://{self.location}"
         url = f"{self.scheme}://{self.location}"
@@ -107,13 +119,23 @@ class StoreURL:
         return url
 
 
-_USERINFO = re.compile(r"(://)[^/?#@]*@")
-
-
 def _fail(url: str, part: str, why: str) -> StoreURLError:
-    """The error for ``url``, with any ``user:secret@`` replaced so no secret is echoed."""
-    url = _USERINFO.sub(r"\1***@", url)
-    return StoreURLError(f"bad store URL {url!r}: {part}: {why}", url=url, part=part)
+    """The error for ``url``, with every place of it that may hold a secret masked (in the
+    message, ``part`` and ``.url``; ``blockstore/redact.py``), echoed pieces included."""
+    safe, spans = redact(url)
+    return StoreURLError(f"bad store URL {safe!r}: {scrub(part, spans)}: {scrub(why, spans)}",
+                         url=safe, part=scrub(part, spans))
+
+
+def _has_credentials(scheme: str, head: str) -> bool:
+    """Whether the part before the query looks like it carries user information: an ``@``
+    after a ``:`` or in the first segment (a secret may hold ``/``, so RFC 3986 parsing
+    alone misses it), any ``@`` in an endpoint (``scheme`` not a store's), or, for an object
+    store, a ``:`` not followed by a port in the bucket (never valid there)."""
+    at = head.rfind("@")
+    first = head.split("/", 1)[0]
+    return (at >= 0 and (":" in head[:at] or "@" in first or scheme not in OBJECT_SCHEMES)) or \
+        (scheme in OBJECT_SCHEMES and ":" in first and not first.partition(":")[2].isdigit())
 
 
 def parse_store_url(spec: str | os.PathLike[str]) -> StoreURL:
@@ -129,6 +151,7 @@ def parse_store_url(spec: str | os.PathLike[str]) -> StoreURL:
     if "://" not in s:
         if not s:
             raise _fail(s, "path", "empty")
+        _refuse_mistyped_scheme(s)
         return StoreURL("file", s)
     scheme, rest = s.split("://", 1)
     scheme = scheme.lower()
@@ -136,6 +159,12 @@ def parse_store_url(spec: str | os.PathLike[str]) -> StoreURL:
         path = rest[len("localhost"):] if rest.startswith("localhost/") else rest
         if not path:
             raise _fail(s, "path", "file:// needs a path, e.g. file:///var/blockpoint")
+        if not path.startswith("/"):
+            # file://relative/dir names host 'relative' in a URL; taken as a path it would
+            # put the store under the working directory of whichever process opens it.
+            raise _fail(s, "path", f"file:// takes an absolute path (three slashes: "
+                        f"file:///{path}); for a directory relative to the working "
+                        f"directory give the path without file://")
         return StoreURL("file", path)
     if scheme == "memory":
         return StoreURL("memory", rest)
@@ -145,11 +174,28 @@ def parse_store_url(spec: str | os.PathLike[str]) -> StoreURL:
     return _parse_object_url(s, scheme)
 
 
+_KNOWN_SCHEMES = ("file", "memory", *OBJECT_SCHEMES)
+
+
+def _refuse_mistyped_scheme(s: str) -> None:
+    """Refuse ``s3:/bucket/x``, ``s3:bucket``, ``file:/x``: a known scheme without its
+    ``//``, which would otherwise be taken as a relative path (a local store in the working
+    directory, silently)."""
+    head, sep, rest = s.partition(":")
+    if sep and head.lower() in _KNOWN_SCHEMES:
+        fixed = f"{head.lower()}://{rest.lstrip('/')}"
+        if head.lower() == "file":
+            fixed = f"file:///{rest.lstrip('/')}"
+        raise _fail(s, "scheme", f"{head}: without '//' is not a store URL (did you mean "
+                    f"{fixed!r}?); a directory path must not start with '{head}:'")
+
+
 def _parse_object_url(s: str, scheme: str) -> StoreURL:
-    parts = urlsplit(s)
-    if "@" in parts.netloc:
+    head = re.split(r"[?#]", s.split("://", 1)[1], maxsplit=1)[0]
+    if _has_credentials(scheme, head):
         raise _fail(s, "credentials", "credentials never go in a store URL; set them in the "
                     "environment (e.g. AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)")
+    parts = urlsplit(s)
     if parts.fragment:
         raise _fail(s, "fragment", f"'#{parts.fragment}' has no meaning in a store URL")
     bucket = parts.netloc
@@ -193,11 +239,12 @@ def _parse_query(s: str, query: str, scheme: str) -> tuple[tuple[str, str], ...]
 def _check_option(s: str, key: str, value: str) -> str:
     part = f"query key {key!r}"
     if key == "endpoint_url":
+        ep_head = re.split(r"[?#]", value.split("://", 1)[-1], maxsplit=1)[0]
+        if _has_credentials("", ep_head):
+            raise _fail(s, "endpoint_url", "credentials never go in a store URL")
         ep = urlsplit(value)
         if ep.scheme not in ("http", "https") or not ep.hostname:
             raise _fail(s, "endpoint_url", f"{value!r} is not an http:// or https:// URL")
-        if "@" in ep.netloc:
-            raise _fail(s, "endpoint_url", "credentials never go in a store URL")
         try:
             ep.port  # noqa: B018 - raises ValueError for a bad port
         except ValueError:

@@ -47,6 +47,7 @@ from typing import Any
 import ray
 
 from blockstore import BlockStore, open_store
+from blockstore.logs import configure_from_env
 from scheduler import ray_adapter
 from scheduler.drains import Drains
 from scheduler.errors import RestoreError, SchedulerUnavailableError, UnknownStageError
@@ -103,6 +104,7 @@ class Scheduler:
                  ack_timeout: float = 1.0, max_decisions: int = 1000,
                  allow_unauthenticated: bool = False) -> None:
         ray_adapter.check_ray_version()
+        configure_from_env()  # $BLOCKPOINT_LOG_FORMAT in this worker (docs/OPERATIONS.md)
         if ray.is_initialized() and namespace is None:
             namespace = ray.get_runtime_context().namespace
         self._name = name

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from blockstore.metrics import record
 from scheduler.plans import PreemptionPlan
 
 __all__ = ["Decision", "DecisionLog"]
@@ -116,7 +117,8 @@ class DecisionLog:
         """Append an entry built with a :meth:`reserve`-d sequence number."""
         with self._lock:
             self._entries.append(entry)
-            return entry
+        _count(entry)
+        return entry
 
     def record(self, kind: str, outcome: str, *, reason: str = "",
                victims: Iterable[str] = (), notes: Mapping[str, str] | None = None) -> Decision:
@@ -127,7 +129,8 @@ class DecisionLog:
                              notes=tuple(sorted((notes or {}).items())))
             self._next_seq += 1
             self._entries.append(entry)
-            return entry
+        _count(entry)
+        return entry
 
     def newest(self, limit: int | None = None) -> list[Decision]:
         """Live entries, newest first, at most ``limit`` of them (all if ``None``)."""
@@ -163,3 +166,18 @@ class DecisionLog:
     def persistable(self, limit: int) -> list[dict[str, Any]]:
         """The newest ``limit`` entries as dicts without plans (what a registry save keeps)."""
         return [{k: v for k, v in d.items() if k != "plan"} for d in self.as_dicts(limit)]
+
+
+def _count(entry: Decision) -> None:
+    """Count a logged decision (``docs/OPERATIONS.md``, Metrics).
+
+    Only preemptions carry their reason as a tag - it is the request's reason, one of a few
+    an operator chooses; the other kinds' reasons are free text (node ids, errors) that
+    would make a new series each.
+    """
+    reason = entry.reason[:64] if entry.kind == "preempt" else ""
+    record("scheduler_decisions_total", 1, kind=entry.kind, outcome=entry.outcome,
+           reason=reason)
+    if entry.victims:
+        record("scheduler_victims_total", len(entry.victims), kind=entry.kind,
+               outcome=entry.outcome)

@@ -37,6 +37,8 @@ from typing import Any
 
 import ray
 
+from blockstore.metrics import record
+
 __all__ = ["DEFAULT_ACK_TIMEOUT", "DEFAULT_SCHEDULER_NAME", "PreemptionCheckpointObserver"]
 
 log = logging.getLogger(__name__)
@@ -87,6 +89,7 @@ class PreemptionCheckpointObserver:
         #: Counters for tests and logs: acknowledged starts, starts that timed out or failed.
         self.acked = 0
         self.missed = 0
+        self._mark_started: float | None = None
 
     # ------------------------------------------------------------------ pickling
 
@@ -106,6 +109,7 @@ class PreemptionCheckpointObserver:
         self._last_seq = 0
         self.acked = 0
         self.missed = 0
+        self._mark_started = None
 
     def __repr__(self) -> str:
         target = self.scheduler_name or "<handle>"
@@ -143,23 +147,30 @@ class PreemptionCheckpointObserver:
     def on_flush_start(self, lease_id: str) -> None:
         """Set the stage's ``CHECKPOINT_IN_PROGRESS`` mark; wait (bounded) for the ack."""
         seq = self._next_seq()
-        started = time.monotonic()
+        started = self._mark_started = time.monotonic()
         try:
             ref = self._scheduler().flush_started.remote(self.stage_id, lease_id, seq)
             remaining = max(self.ack_timeout - (time.monotonic() - started), 0.001)
             ray.get(ref, timeout=remaining)
             self.acked += 1
+            record("flush_ack_seconds", time.monotonic() - started, stage=self.stage_id)
         except Exception as exc:  # noqa: BLE001 - never let the scheduler abort a flush
             self.missed += 1
+            record("flush_ack_missed_total", 1, stage=self.stage_id)
             if not isinstance(exc, ray.exceptions.GetTimeoutError):
                 self._forget_named_handle()
             log.warning("stage %s: no flush-start acknowledgement from the scheduler within "
                         "%.3f s (%s: %s); flushing anyway", self.stage_id, self.ack_timeout,
-                        type(exc).__name__, exc)
+                        type(exc).__name__, exc,
+                        extra={"stage": self.stage_id, "cause": type(exc).__name__})
 
     def on_flush_complete(self, lease_id: str, ok: bool) -> None:
         """Clear the mark (fire-and-forget: the call is sent, its result is not awaited)."""
         seq = self._current_seq()
+        if self._mark_started is not None:
+            record("flush_mark_seconds", time.monotonic() - self._mark_started,
+                   stage=self.stage_id)
+            self._mark_started = None
         try:
             self._scheduler().flush_completed.remote(self.stage_id, lease_id, bool(ok), seq)
         except Exception as exc:  # noqa: BLE001

@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 import ray
 
+from blockstore.metrics import record
 from scheduler import ray_adapter
 from scheduler.plans import Outcome, PreemptionRequest
 from scheduler.results import PreemptionResult, StageOutcome, StageStatus
@@ -150,6 +151,7 @@ class Stopper:
             if time.time() >= req.deadline and plan.outcome is Outcome.WAIT:
                 break
         waited = time.time() - t0
+        record("preemption_wait_seconds", waited, reason=req.reason[:64])
         act = plan.outcome is Outcome.READY or (best_effort and plan.victims)
         victims = plan.victims if act else ()
         with table.lock:

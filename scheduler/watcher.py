@@ -17,6 +17,14 @@ during a flush). Then:
   restarted one for the lease), and one that ended on purpose (``ray.kill``, its owner
   exited, out of scope) stays ended;
 * a flush mark whose lease expired or was released is cleared;
+* a stage whose incarnation says it is stopped (its ``info()["stopped"]``) although the
+  table has it running - stopped behind the scheduler's back: by a caller that is not the
+  scheduler, or by a ``shutdown`` a killed scheduler sent just before it died - is parked
+  as ``STOPPED``: it is no preemption candidate (a preemption would "stop" it again and
+  free nothing), holds no resources in the plans, and is not restored automatically (it
+  released its lease on purpose); ``restore`` relaunches it on request. Only stage
+  actors (a ``StageSpec``): a closed ``@checkpointed`` actor exits, and Ray's record of
+  its end decides, as above;
 * a node Ray reports draining is handed to :class:`~scheduler.drains.Drains`;
 * after a restart of the scheduler (its registry reloaded), before the first pass, every
   running stage is asked whether it is flushing (its ``info()`` answers mid-flush): flush
@@ -124,6 +132,7 @@ class Watcher:
         lost: list[tuple[str, str, bool]] = []
         ended: list[tuple[str, str]] = []
         retry: list[str] = []
+        stopped: list[tuple[str, int]] = []
         with table.lock:
             entries = list(table.entries.values())
         for entry in entries:
@@ -139,7 +148,8 @@ class Watcher:
                     lost.append((entry.stage_id, why, entry.node_id not in alive))
                     continue
                 self._check_flush_lease(entry, now)
-                self._refresh_info(entry, now)
+                if self._refresh_info(entry, now) and not isinstance(entry.spec, ActorRecipe):
+                    stopped.append((entry.stage_id, entry.epoch))
             elif entry.status == StageStatus.LOST and self._auto_restore() \
                     and entry.spec is not None and now >= entry.retry_at:
                 retry.append(entry.stage_id)
@@ -147,6 +157,8 @@ class Watcher:
             self._on_lost(sid, why, node_dead)
         for sid, why in ended:
             self._on_ended(sid, why)
+        for sid, epoch in stopped:
+            self.park_stopped(sid, epoch)
         for sid in retry:
             self._start_restore(sid, "retry after a failed restore")
         self._drains.notice(draining, now)
@@ -177,6 +189,10 @@ class Watcher:
             try:
                 info = ray.get(ref)
             except Exception:  # noqa: BLE001 - dying actor; liveness is checked separately
+                continue
+            if info.get("stopped") and int(info.get("epoch") or 0) >= entry.epoch \
+                    and not isinstance(entry.spec, ActorRecipe):
+                self.park_stopped(entry.stage_id, entry.epoch)
                 continue
             if info.get("flushing") and int(info.get("epoch") or 0) >= entry.epoch \
                     and table.mark_flushing_after_reload(entry, done_before):
@@ -244,6 +260,31 @@ class Watcher:
                                 exclude=frozenset({entry.node_id}) if node_dead and entry.node_id
                                 else frozenset())
 
+    def park_stopped(self, sid: str, epoch: int) -> bool:
+        """Park a running stage whose incarnation of ``epoch`` reported itself stopped.
+
+        Returns:
+            Whether it was parked (``False``: no longer running as that epoch - a newer
+            incarnation registered, or the scheduler itself stopped or lost it meanwhile).
+        """
+        table = self._table
+        with table.lock:
+            entry = table.entries.get(sid)
+            if entry is None or entry.status != StageStatus.RUNNING or entry.epoch != epoch:
+                return False
+            entry.status = StageStatus.STOPPED
+            entry.reset_flush()
+            entry.info_ref = None
+            if sid in table.manager:
+                table.manager.clear_reason(sid, _CIP)
+            table.park_locked(entry)
+        table.manager.record_decision(
+            "stopped", "parked", victims=[sid],
+            notes={sid: f"incarnation of epoch {epoch} says it is stopped, not by this "
+                        "scheduler: no longer a preemption candidate; restore() relaunches it"})
+        table.save()
+        return True
+
     def _start_restore(self, sid: str, reason: str, exclude: frozenset[str] = frozenset()) -> None:
         with self._table.lock:
             entry = self._table.entries.get(sid)
@@ -274,21 +315,27 @@ class Watcher:
                 "flush", "mark cleared", victims=[entry.stage_id],
                 notes={entry.stage_id: "its lease expired or was released mid-flush"})
 
-    def _refresh_info(self, entry: StageEntry, now: float) -> None:
-        """Collect a pending ``info()`` answer; ask again at most once a second."""
+    def _refresh_info(self, entry: StageEntry, now: float) -> bool:
+        """Collect a pending ``info()`` answer; ask again at most once a second.
+
+        Returns:
+            Whether the answer says the incarnation is stopped (the caller parks it).
+        """
         table = self._table
         ref = entry.info_ref
         if ref is not None:
             ready, _ = ray.wait([ref], timeout=0)
             if not ready:
-                return
+                return False
             entry.info_ref = None
             try:
                 info = ray.get(ref)
             except Exception:  # noqa: BLE001 - dying actor; liveness is checked separately
-                return
+                return False
             if int(info.get("epoch") or 0) < entry.epoch:
-                return
+                return False
+            if info.get("stopped"):
+                return True
             if entry.mark_from_reload and not info.get("flushing"):
                 self._table.clear_flush_mark(entry)
             gen = info.get("generation")
@@ -309,3 +356,4 @@ class Watcher:
                 entry.info_ref = entry.handle.info.remote()
             except Exception:  # noqa: BLE001
                 entry.info_ref = None
+        return False

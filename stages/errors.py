@@ -7,7 +7,8 @@ that fits, and carries its context as attributes (lease, generation, block)::
     ├── CheckpointFailed(RuntimeError)     writing a checkpoint failed (fail-closed)
     │   ├── CheckpointCommitUnknown        it failed at the header write or its flush: the
     │   │                                  generation may or may not be committed
-    │   └── CheckpointKeyRequired          a pickle checkpoint on a shared store, no key
+    │   ├── CheckpointKeyRequired          a pickle checkpoint on a shared store, no key
+    │   └── CheckpointDowngradeRefused     the lease holds a newer format version's header
     ├── NoCheckpointError(LookupError)     the lease holds no committed generation
     ├── CodecError(TypeError)              state the chosen codec cannot encode
     └── CheckpointCorrupt(ValueError)      no generation (or this one) verifies
@@ -61,6 +62,7 @@ __all__ = [
     "CheckpointAuthError",
     "CheckpointCommitUnknown",
     "CheckpointCorrupt",
+    "CheckpointDowngradeRefused",
     "CheckpointFailed",
     "CheckpointKeyRequired",
     "CodecError",
@@ -128,6 +130,25 @@ class CheckpointKeyRequired(CheckpointFailed):
     written. Configure a key (``BLOCKPOINT_CHECKPOINT_KEY``), use ``codec="msgpack"``, or
     opt out with ``allow_unauthenticated=True``.
     """
+
+
+class CheckpointDowngradeRefused(CheckpointFailed):
+    """Refused: a header slot of the lease holds a newer format version than this code's.
+
+    This writer can read neither that generation nor which blocks it uses, so any write -
+    into its slot or any other - could destroy the newer writer's checkpoint (a downgrade
+    losing data). Nothing was written. Checkpoint this lease with the newer blockpoint.
+
+    Attributes:
+        version: the format version found.
+        slot: the header slot that holds it.
+    """
+
+    def __init__(self, message: str, *, version: int, slot: int | None = None,
+                 lease_id: str | None = None, generation: int | None = None) -> None:
+        super().__init__(message, lease_id=lease_id, generation=generation)
+        self.version = version
+        self.slot = slot
 
 
 class UnauthenticatedRestoreWarning(UserWarning):

@@ -468,3 +468,96 @@ def test_exactly_once_counter_under_random_kills(ray_up: None, store_dir: str) -
     assert sorted(seen) == list(range(1, 1001))
     info = ray.get(h.checkpoint_info.remote())
     assert info["epoch"] > 3  # it really was killed several times
+
+
+class Transfer:
+    """Async: ``move`` debits ``a``, waits for ``release`` at an ``await``, then credits
+    ``b``; a snapshot taken while it waits would hold money that exists nowhere."""
+
+    def __init__(self) -> None:
+        self.state = {"a": 100, "b": 0, "n": 0}
+        self.gate = asyncio.Event()
+
+    async def move(self, k: int) -> int:
+        self.state["a"] -= k
+        await self.gate.wait()          # suspended half-way: debited, not yet credited
+        self.state["b"] += k
+        return self.state["b"]
+
+    async def bump(self) -> int:
+        self.state["n"] += 1
+        return self.state["n"]
+
+    async def release(self) -> None:
+        self.gate.set()
+
+    @checkpointed.readonly
+    async def peek(self) -> dict[str, int]:
+        return dict(self.state)
+
+    @checkpointed.readonly
+    def crash(self) -> None:
+        os._exit(1)
+
+
+def _transfer(store_dir: str, key: str, **kw: Any) -> Any:
+    return ray.remote(concurrency_groups=checkpointed.GROUPS, max_restarts=-1,
+                      max_task_retries=0)(checkpointed(store=store_dir, key=key, **kw)(Transfer))
+
+
+def _crash_and_peek(h: Any) -> dict[str, int]:
+    with pytest.raises(ray.exceptions.RayActorError):
+        ray.get(h.crash.remote())
+    return wait_for(lambda: _peek(h), timeout=60, what="the restarted actor")
+
+
+def _peek(h: Any) -> dict[str, int] | None:
+    try:
+        return ray.get(h.peek.remote(), timeout=5)
+    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+        return None
+
+
+@pytest.mark.ray
+def test_async_policy_snapshot_never_holds_a_half_applied_call(ray_up: None,
+                                                               store_dir: str) -> None:
+    """every_calls=2: the checkpoint due at the second ``bump`` comes while ``move`` is
+    suspended mid-method. It is deferred (no torn generation is committed: a crash then
+    restores the constructor's state, whole), and taken by ``move`` as it leaves."""
+    h = _transfer(store_dir, "torn-policy", every_calls=2).remote()
+    moving = h.move.remote(10)
+    wait_for(lambda: ray.get(h.peek.remote())["a"] == 90, what="move suspended mid-method")
+    assert ray.get([h.bump.remote(), h.bump.remote()]) == [1, 2]   # the checkpoint is due
+    back = _crash_and_peek(h)                  # move dies in flight (it never answered)
+    with pytest.raises(ray.exceptions.RayActorError):
+        ray.get(moving)
+    assert back["a"] + back["b"] == 100, f"a torn snapshot was committed and restored: {back}"
+    # Again, letting move finish: the deferred snapshot is taken as the last call leaves.
+    moving = h.move.remote(10)
+    wait_for(lambda: ray.get(h.peek.remote())["a"] == back["a"] - 10, what="suspended")
+    ray.get([h.bump.remote(), h.bump.remote()])
+    ray.get(h.release.remote())       # held at the door at most HOLD_S, then let in
+    assert ray.get(moving) == back["b"] + 10
+    gen = wait_for(lambda: ray.get(h.checkpoint_info.remote())["generation"], what="gen")
+    again = _crash_and_peek(h)
+    assert again["a"] + again["b"] == 100 and again["b"] == back["b"] + 10, again
+    assert ray.get(h.restored_from.remote()) == gen
+    ray.kill(h)
+
+
+@pytest.mark.ray
+def test_async_requested_checkpoint_waits_for_calls_mid_method(ray_up: None,
+                                                               store_dir: str) -> None:
+    """``actor.checkpoint.remote()`` of an async actor while ``move`` is suspended: it
+    commits only once no call is mid-method (``release`` gets in after the bounded hold)."""
+    h = _transfer(store_dir, "torn-request", every_calls=1000).remote()
+    moving = h.move.remote(30)
+    wait_for(lambda: ray.get(h.peek.remote())["a"] == 70, what="move suspended mid-method")
+    requested = h.checkpoint.remote()
+    ray.get(h.release.remote())
+    assert ray.get(moving) == 30
+    gen = ray.get(requested)["generation"]
+    back = _crash_and_peek(h)
+    assert back == {"a": 70, "b": 30, "n": 0}, f"torn or lost: {back}"
+    assert ray.get(h.restored_from.remote()) == gen == 1
+    ray.kill(h)

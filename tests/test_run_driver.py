@@ -7,6 +7,7 @@ of a step commit, two pipeline drivers on one run) are in ``tests/faults/test_fa
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -176,3 +177,33 @@ def test_sink_tokens_and_a_directory_reused_by_another_run(tmp_path: Path) -> No
     sink.commit(1, ["n"], token=FenceToken("new-run", 1))
     sink.publish(1, token=FenceToken("new-run", 1))
     assert sink.read_all() == ["n"]
+
+
+def _mode(p: Path) -> int:
+    return p.stat().st_mode & 0o777
+
+
+def test_sink_files_are_private_like_the_store(tmp_path: Path) -> None:
+    """Step files and the fencing record are 0600 in a 0700 directory (the store's modes);
+    ``file_mode`` widens them on purpose, the directory getting the matching search bits."""
+    old = os.umask(0o022)  # a typical umask: it must not be what makes them private
+    try:
+        sink = FileSink(tmp_path / "out" / "private", fsync=False)
+        sink.fence(FenceToken("r", 1), 0)
+        sink.commit(1, [{"a": 1}], token=FenceToken("r", 1))
+        sink.publish(1, token=FenceToken("r", 1))
+        sink.commit(1, [{"a": 2}], token=FenceToken("r", 1))  # a replacement keeps the mode
+        assert _mode(sink.directory) == 0o700
+        assert {p.name: _mode(p) for p in sink.directory.iterdir()} == {
+            "step-000000001.jsonl": 0o600, "fence.json": 0o600, ".lock": 0o600}
+        shared = FileSink(tmp_path / "out" / "shared", fsync=False, file_mode=0o644)
+        shared.commit(1, ["x"])
+        assert _mode(shared.directory) == 0o755 and _mode(shared.path(1)) == 0o644
+        group = FileSink(tmp_path / "out" / "group", fsync=False, file_mode=0o640)
+        group.commit(1, ["x"])
+        assert _mode(group.directory) == 0o750 and _mode(group.path(1)) == 0o640
+    finally:
+        os.umask(old)
+    for bad in (0o755, 0o400, 0o044, True, "0644"):
+        with pytest.raises(ValueError, match="file_mode"):
+            FileSink(tmp_path / "bad", file_mode=bad)

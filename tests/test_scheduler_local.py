@@ -167,6 +167,28 @@ def stage_status(sched: Any, sid: str) -> dict[str, Any]:
     return ray.get(sched.stage.remote(sid))
 
 
+def hold_flush(sched: Any, stage: Any, sid: str, gate: Path) -> Any:
+    """Start a checkpoint of ``stage`` held open at ``gate``; return its ref once the
+    scheduler has marked that flush.
+
+    A previous flush's completion report is fire-and-forget: its mark is awaited away first,
+    or it would pass for the mark of the held flush.
+    """
+    wait_for(lambda: ray.get(sched.reasons.remote(sid)) == [], what=f"{sid}: old mark cleared")
+    gates.hold(gate)
+    flushing = stage.checkpoint.remote()
+    wait_for(lambda: gates.entered(gate), what=f"{sid}'s flush held at the gate")
+    wait_for(lambda: ray.get(sched.reasons.remote(sid)) == [CIP], what=f"{sid} flushing")
+    return flushing
+
+
+def waiting_for_flush(sched: Any, reason: str, sid: str) -> bool:
+    """The scheduler's handshake: it logged a plan for ``reason`` that waits for ``sid``."""
+    return any(d["kind"] == "select" and d["reason"] == reason and d["outcome"] == "wait"
+               and sid in ((d["plan"] or {}).get("wait_for") or ())
+               for d in ray.get(sched.decisions.remote(50)))
+
+
 
 
 # --------------------------------------------------------------------------- adapter
@@ -332,13 +354,11 @@ def test_flushing_stage_is_not_chosen_then_waited_for(sched: tuple[Any, str, str
     idle = start_stage(handle, name, make_spec(name, store, "idle", priority=5))
     ray.get([busy.process_batch.remote([1, 2, 3]), idle.process_batch.remote([4])])
     ray.get(busy.checkpoint.remote())            # generation 1, gate open
-    gate.touch()
-    flushing = busy.checkpoint.remote()          # generation 2 blocks inside the flush
-    wait_for(lambda: ray.get(handle.reasons.remote("busy")) == [CIP], what="busy flushing")
+    flushing = hold_flush(handle, busy, "busy", gate)   # generation 2 blocks in the flush
 
     # Another candidate exists (even with a higher priority): the flushing one is skipped.
     res = ray.get(handle.preempt.remote(
-        PreemptionRequest(reason="need one", deadline=time.time() + 20, count=1)))
+        PreemptionRequest(reason="need one", deadline=time.time() + 60, count=1)))
     assert res.victims == ("idle",)
     assert res.outcome_of("idle").action == "checkpointed"
     assert stage_status(handle, "busy")["status"] == "running"
@@ -346,11 +366,12 @@ def test_flushing_stage_is_not_chosen_then_waited_for(sched: tuple[Any, str, str
 
     # Now it is the only candidate: the preemption waits for the flush, then proceeds.
     pending = handle.preempt.remote(
-        PreemptionRequest(reason="need another", deadline=time.time() + 30, count=1))
-    ready, _ = ray.wait([pending], timeout=1.0)
-    assert not ready, "preempted a stage in the middle of its flush"
+        PreemptionRequest(reason="need another", deadline=time.time() + 60, count=1))
+    wait_for(lambda: waiting_for_flush(handle, "need another", "busy"),
+             what="the preemption waiting for busy's flush")
+    assert not ray.wait([pending], timeout=0)[0], "preempted a stage in the middle of its flush"
     assert not ray.wait([flushing], timeout=0)[0]
-    gate.unlink()
+    gates.release(gate)
     assert ray.get(flushing)["generation"] == 2
     res = ray.get(pending)
     assert res.victims == ("busy",)
@@ -413,7 +434,9 @@ class HeldObserver:
 
     def on_flush_start(self, lease_id: str) -> None:
         self.inner.on_flush_start(lease_id)
-        end = time.time() + 30
+        with open(self.gate + ".entered", "w"):
+            pass
+        end = time.time() + 120
         while os.path.exists(self.gate) and time.time() < end:
             time.sleep(0.01)
 
@@ -441,22 +464,25 @@ def test_flush_mark_spans_a_background_flush(sched: tuple[Any, str, str],
     ray.get(stage.process_batch.remote([1, 2, 3]))
     wait_for(lambda: "bg" in {s["stage_id"] for s in status(handle)["stages"]},
              what="bg registered")
-    gate.touch()
-    ack = ray.get(stage.checkpoint.remote(step=1), timeout=20)   # the flush is held open
+    gates.hold(gate)
+    ack = ray.get(stage.checkpoint.remote(step=1), timeout=60)   # the flush is held open
     assert ack["pending"] and ack["step"] == 1
     wait_for(lambda: ray.get(handle.reasons.remote("bg")) == [CIP], what="bg flushing")
-    assert ray.get(stage.process_batch.remote([4]), timeout=20) == [10]  # data path free
+    wait_for(lambda: gates.entered(gate), what="the background flush held at the gate")
+    assert ray.get(stage.process_batch.remote([4]), timeout=60) == [10]  # data path free
     assert ray.get(stage.info.remote())["flushing"]
     durable = stage.flushed.remote(1)
     pending = handle.preempt.remote(
-        PreemptionRequest(reason="need one", deadline=time.time() + 30, count=1))
-    ready, _ = ray.wait([pending, durable], num_returns=1, timeout=1.0)
+        PreemptionRequest(reason="need one", deadline=time.time() + 60, count=1))
+    wait_for(lambda: waiting_for_flush(handle, "need one", "bg"),
+             what="the preemption waiting for bg's background flush")
+    ready, _ = ray.wait([pending, durable], num_returns=1, timeout=0)
     assert not ready, "preempted (or called durable) in the middle of a background flush"
     assert ray.get(handle.reasons.remote("bg")) == [CIP]
-    gate.unlink()
-    assert ray.get(durable, timeout=20)["step"] == 1
+    gates.release(gate)
+    assert ray.get(durable, timeout=60)["step"] == 1
     assert log.read_text().split() == ["1"]  # durable before the scheduler heard "complete"
-    assert ray.get(pending, timeout=30).victims == ("bg",)
+    assert ray.get(pending, timeout=60).victims == ("bg",)
 
 
 def test_mark_cleared_when_flushing_actor_is_killed(sched: tuple[Any, str, str],
@@ -465,18 +491,16 @@ def test_mark_cleared_when_flushing_actor_is_killed(sched: tuple[Any, str, str],
     ray.get(handle.set_auto_restore.remote(False))
     gate = tmp_path / "gate"
     stage = start_stage(handle, name, make_spec(name, store, "victim", gate=gate))
-    gate.touch()
-    stage.checkpoint.remote()
-    wait_for(lambda: ray.get(handle.reasons.remote("victim")) == [CIP], what="flushing")
+    hold_flush(handle, stage, "victim", gate)
     ray.kill(stage)
     # Nobody calls on_flush_complete: the scheduler must notice the death itself.
     wait_for(lambda: ray.get(handle.reasons.remote("victim")) == [], what="mark cleared")
     assert stage_status(handle, "victim")["status"] == "lost"
-    gate.unlink()
+    gates.release(gate)
     # A lost stage holds nothing and is never a victim: a live one (higher priority) is.
     other = start_stage(handle, name, make_spec(name, store, "other", priority=9))
     res = ray.get(handle.preempt.remote(
-        PreemptionRequest(reason="one please", deadline=time.time() + 20, count=1)))
+        PreemptionRequest(reason="one please", deadline=time.time() + 60, count=1)))
     assert res.victims == ("other",)
     del other
 
@@ -510,6 +534,34 @@ def test_killed_stage_is_restored_automatically(sched: tuple[Any, str, str]) -> 
     assert ray.get(new.process_batch.remote([1])) == [12]
 
 
+def test_stage_stopped_behind_the_schedulers_back_is_parked(sched: tuple[Any, str, str]
+                                                            ) -> None:
+    """A stage stopped by someone else (here the driver; in a full run, a ``shutdown`` sent
+    by a scheduler killed mid-preemption) is parked, not preempted a second time."""
+    handle, name, store = sched
+    ray.get(handle.set_auto_restore.remote(False))
+    quiet = start_stage(handle, name, make_spec(name, store, "quiet"))
+    other = start_stage(handle, name, make_spec(name, store, "other", priority=9))
+    ray.get(quiet.process_batch.remote([4, 5]))
+    assert ray.get(quiet.shutdown.remote(checkpoint=True))["generation"] == 1
+    assert ray.get(quiet.info.remote())["stopped"]        # alive, lease released
+    wait_for(lambda: stage_status(handle, "quiet")["status"] == "stopped",
+             what="the stopped stage parked")
+    parked = [d for d in ray.get(handle.decisions.remote(20))
+              if d["kind"] == "stopped" and d["victims"] == ["quiet"]]
+    assert parked and parked[0]["outcome"] == "parked"
+    # It is no candidate (it would be the first victim by priority): the live one is taken.
+    res = ray.get(handle.preempt.remote(
+        PreemptionRequest(reason="one please", deadline=time.time() + 60, count=1)))
+    assert res.victims == ("other",) and res.outcome_of("other").action == "checkpointed"
+    # Restored on request, from the checkpoint its own shutdown wrote.
+    back = ray.get(handle.restore.remote("quiet"))
+    assert back.generation == 1
+    new = ray.get(handle.handle_of.remote("quiet"))
+    assert ray.get(new.get_state.remote())["total"] == 9
+    del other
+
+
 # --------------------------------------------------------------------------- restart
 
 
@@ -525,7 +577,7 @@ def test_registry_survives_scheduler_restart(sched: tuple[Any, str, str]) -> Non
     ray.kill(handle, no_restart=False)
     # (ray.kill is asynchronous: the old process may still answer for a moment.)
     info = wait_for(lambda: (_ping(handle) or {}).get("pid") not in (None, pid)
-                    and _ping(handle), timeout=30, what="scheduler restarted")
+                    and _ping(handle), timeout=60, what="scheduler restarted")
     assert info["reloaded_generation"] is not None
     after = ray.get(handle.snapshot.remote())
     assert after["stages"] == before["stages"]
@@ -553,22 +605,20 @@ def test_flush_across_scheduler_restart_stays_protected(sched: tuple[Any, str, s
     busy = start_stage(handle, name, make_spec(name, store, "busy", gate=gate))
     ray.get(busy.process_batch.remote([1, 2]))
     ray.get(busy.checkpoint.remote())            # generation 1, gate open
-    gate.touch()
-    flushing = busy.checkpoint.remote()          # generation 2 blocks inside the flush
-    wait_for(lambda: ray.get(handle.reasons.remote("busy")) == [CIP], what="busy flushing")
+    flushing = hold_flush(handle, busy, "busy", gate)   # generation 2 blocks in the flush
     pid = ray.get(handle.ping.remote())["pid"]
     ray.kill(handle, no_restart=False)
     wait_for(lambda: (_ping(handle) or {}).get("pid") not in (None, pid),
-             timeout=30, what="scheduler restarted")
+             timeout=60, what="scheduler restarted")
     # The only candidate is mid-flush: the restarted scheduler must not stop it.
     res = ray.get(handle.preempt.remote(
         PreemptionRequest(reason="right after restart", deadline=time.time() + 3, count=1)))
     assert res.victims == (), f"preempted a stage mid-flush after a restart: {res}"
-    assert ray.get(handle.reasons.remote("busy")) == [CIP]
+    wait_for(lambda: ray.get(handle.reasons.remote("busy")) == [CIP], what="mark reconciled")
     assert not ray.wait([flushing], timeout=0)[0], "the flush should still be held open"
     logged = ray.get(handle.decisions.remote(None))
     assert any(d["kind"] == "reload" and "busy" in d["victims"] for d in logged)
-    gate.unlink()
+    gates.release(gate)
     assert ray.get(flushing)["generation"] == 2
     wait_for(lambda: ray.get(handle.reasons.remote("busy")) == [], what="mark cleared")
 

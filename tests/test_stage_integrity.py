@@ -18,7 +18,9 @@ from stages import (
     BadMagicError,
     CheckpointAuthError,
     CheckpointCorrupt,
+    CheckpointDowngradeRefused,
     CheckpointedStageState,
+    CheckpointFailed,
     NoCheckpointError,
     TruncatedCheckpointError,
     UnsupportedFormatError,
@@ -169,6 +171,27 @@ def test_newer_version(tmp_path: Path) -> None:
     with pytest.raises(UnsupportedFormatError) as ei:
         CheckpointedStageState.restore(lab.reader())
     assert ei.value.version in (newer, 7)
+
+
+def test_an_older_writer_refuses_to_overwrite_a_newer_version(tmp_path: Path) -> None:
+    """A newer blockpoint wrote the newest generation (its version is all this one can read
+    of it): restore falls back, but a checkpoint - after that restore or from a fresh
+    object - is refused and leaves every byte of the lease as it was (no downgrade loss)."""
+    lab = Lab(tmp_path / "s")
+    newest = max(range(2), key=lambda s: struct.unpack("<Q", lab.read(s, 16, 8))[0])
+    newer = fmt.FORMAT_VERSION + 1
+    lab.write(newest, 4, struct.pack("<I", newer))
+    before = lab.dat.read_bytes()
+    back = CheckpointedStageState.restore(lab.lease)
+    assert back.restored.generation == 1
+    for css in (back, CheckpointedStageState(_state(9), lab.lease, retention=3)):
+        with pytest.raises(CheckpointDowngradeRefused, match=f"format version {newer}") as ei:
+            css.checkpoint(step=9)
+        assert isinstance(ei.value, CheckpointFailed)
+        assert (ei.value.version, ei.value.slot, ei.value.lease_id) == (
+            newer, newest, lab.lease.lease_id)
+        assert lab.dat.read_bytes() == before
+    lab.lease.release()
 
 
 def test_truncated_lease(tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ from stages import (
 )
 from stages.checkpoint import mac as mac_module
 from stages.checkpoint.format import parse_header
+from stages.checkpoint.reader import scan_slots
 
 BS = 4096
 
@@ -237,3 +238,72 @@ def test_registry_on_a_shared_store_needs_a_key(monkeypatch: pytest.MonkeyPatch,
     keyed.close()
     store.close()
 
+
+
+# -- keys are read when used (docs/OPERATIONS.md) ---------------------------------------------
+def test_a_key_set_after_construction_authenticates_the_next_checkpoint(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    with FileStore(tmp_path / "s", BS) as st:
+        lease = st.acquire("stage")
+        css = CheckpointedStageState({"v": 1}, lease)
+        monkeypatch.setenv(KEY_ENV, "late-key")  # e.g. set by the runtime env after __init__
+        css.checkpoint(step=1)
+        reports = [r for r in verify_lease(st.open_reader("stage"), key=b"late-key")
+                   if r.status != "empty"]
+        assert [(r.generation, r.ok) for r in reports] == [(1, True)]
+        _, scans = scan_slots(st.open_reader("stage"))
+        assert [s.header.has_mac for s in scans if s.header is not None] == [True]
+        back = CheckpointedStageState.restore(st.open_reader("stage"))  # key from the env
+        assert back.state == {"v": 1}
+        lease.release()
+        # The restored object reads the environment at its next checkpoint too.
+        monkeypatch.setenv(KEY_ENV, "rotated")
+        monkeypatch.setenv(OLD_KEYS_ENV, "late-key")
+        with st.acquire("stage") as lease:
+            again = CheckpointedStageState.restore(lease)
+            again.checkpoint(step=2)
+        assert verify_lease(st.open_reader("stage"), key=b"rotated")[0].generation == 2
+        assert verify_lease(st.open_reader("stage"), key=b"rotated")[0].ok
+
+
+def test_a_key_unset_after_construction_is_refused_on_a_shared_store(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv(KEY_ENV, "early-key")
+    with FileStore(tmp_path / "shared", BS, shared=True) as st:
+        lease = st.acquire("stage")
+        css = CheckpointedStageState({"v": 1}, lease)
+        css.checkpoint(step=1)
+        monkeypatch.delenv(KEY_ENV)
+        with pytest.raises(CheckpointKeyRequired, match="shared"):
+            css.checkpoint(step=2)
+        assert [r.generation for r in verify_lease(st.open_reader("stage"), key=b"early-key")
+                if r.ok] == [1]
+
+
+def test_pipeline_without_a_key_on_a_shared_store_fails_before_the_first_record(
+        ray_local: None, tmp_path: Path) -> None:
+    """A configuration error, not a lost stage: ``CheckpointKeyRequired`` naming the stage
+    at once, before any record or barrier (it was 20 recoveries, ~19 s, of relaunches that
+    were refused again)."""
+    import functools
+    import time
+
+    from stages import CheckpointPolicy, FileSink, GeneratedSource, Pipeline, StageSpec
+    from stages.pipeline.source import Enrich, RunningAggregate
+
+    root = str(tmp_path / "shared")
+    FileStore(root, BS, shared=True).close()
+    specs = [StageSpec("agg", RunningAggregate, root, block_size=BS),
+             StageSpec("seq", functools.partial(Enrich, False), root, block_size=BS)]
+    events: list = []
+    sink = FileSink(tmp_path / "out", fsync=False)
+    p = Pipeline(GeneratedSource(seed=1, n=2000, keys=4), specs, sink, batch_size=50,
+                 policy=CheckpointPolicy(every_records=200), on_event=events.append)
+    t0 = time.monotonic()
+    with pytest.raises(CheckpointKeyRequired) as err:
+        p.run()
+    print(f"refused after {time.monotonic() - t0:.1f} s: {err.value}")
+    assert str(err.value).startswith("stage 'agg': lease 'agg' is on a shared store")
+    assert "BLOCKPOINT_CHECKPOINT_KEY" in str(err.value) and err.value.lease_id
+    assert [e.kind for e in events] == [], events  # no start, barrier, failure or relaunch
+    assert sink.read_all() == []

@@ -123,3 +123,56 @@ def test_verify_as_a_subprocess(store_path: Path) -> None:
     bad = subprocess.run([*cmd, "verify", str(store_path)], capture_output=True, text=True,
                          env=env, timeout=60)
     assert bad.returncode == 1 and "CRC" in bad.stdout
+
+
+def _blockpoint(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).with_name("blockpoint")
+    env = env if env is not None else {k: v for k, v in os.environ.items()
+                                       if not k.startswith("BLOCKPOINT_CHECKPOINT")}
+    return subprocess.run([str(exe), *argv], capture_output=True, text=True, env=env,
+                          timeout=120)
+
+
+@pytest.mark.parametrize("url, says", [
+    ("s3://Bad_Bucket/x", "bad store URL 's3://Bad_Bucket/x': bucket:"),
+    ("ftp://host/x", "unknown scheme 'ftp'"),
+    ("s3:/bucket/x", "did you mean 's3://bucket/x'?"),
+])
+def test_verify_bad_url_is_one_line_and_exit_2(url: str, says: str) -> None:
+    """A bad store URL was a traceback and exit 1 (the corruption status): now one line, 2."""
+    proc = _blockpoint("verify", url)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == "" and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("blockpoint verify: ") and says in proc.stderr
+
+
+def test_verify_unreachable_store_is_one_line_and_exit_2() -> None:
+    """An object store nobody answers for (a loopback port with no server, one retry)."""
+    from s3server import free_port
+
+    url = f"s3://bucket-1/x?endpoint_url=http://127.0.0.1:{free_port()}&retries=0&region=us-east-1"
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("BLOCKPOINT_CHECKPOINT")},
+           "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
+    proc = _blockpoint("verify", url, env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("blockpoint verify: ")
+
+
+def test_verify_without_key_says_macs_not_checked(store_path: Path) -> None:
+    """``mac`` carries a MAC; without a key its row said ``ok`` as if it had been checked."""
+    proc = _blockpoint("verify", str(store_path))
+    assert proc.returncode == 0, proc.stderr
+    rows = [ln.rstrip() for ln in proc.stdout.splitlines()[1:]]
+    mac = [ln for ln in rows if ln.startswith("mac ") and " empty" not in ln]
+    assert len(mac) == 1 and mac[0].endswith("ok, MAC not checked (no key)"), proc.stdout
+    alpha = [ln for ln in rows if ln.startswith("alpha ")]
+    assert alpha and all(ln.endswith(" ok") for ln in alpha)  # no MAC: nothing unchecked
+    assert "1 generation(s) carry a MAC that was NOT checked - no key is set" in proc.stderr
+    as_json = json.loads(_blockpoint("verify", str(store_path), "mac", "--json").stdout)
+    assert [(r["has_mac"], r["mac_checked"]) for r in as_json
+            if r["status"] == "ok"] == [(True, False)]
+    env = {**os.environ, "BLOCKPOINT_CHECKPOINT_KEY": "sekrit"}
+    keyed = _blockpoint("verify", str(store_path), "mac", env=env)
+    assert keyed.returncode == 0 and keyed.stderr == "", keyed.stderr
+    assert keyed.stdout.splitlines()[1].rstrip().endswith(" ok")

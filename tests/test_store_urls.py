@@ -5,6 +5,8 @@ backend declares."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from blockstore import (
@@ -77,6 +79,13 @@ def test_forms_parse(spec: str, want: StoreURL) -> None:
     ("az://container/x", "query key 'account'"),
     ("az://container/x?account=NO", "query key 'account'"),
     ("s3://bucket/x?justakey", "query"),
+    # A scheme without its '//', or a relative file:// URL: refused, not a local directory.
+    ("s3:/bucket/x", "scheme"),
+    ("s3:bucket/x", "scheme"),
+    ("GS:/bucket", "scheme"),
+    ("memory:/x", "scheme"),
+    ("file:/var/bp", "scheme"),
+    ("file://relative/dir", "path"),
 ])
 def test_bad_urls_name_the_part(spec: str, part: str) -> None:
     with pytest.raises(StoreURLError) as err:
@@ -112,3 +121,34 @@ def test_object_schemes_declare_conditional_writes(scheme: str) -> None:
     url = parse_store_url(f"{scheme}://bucket-1/p" + ("?account=acct01" if scheme == "az"
                                                      else ""))
     assert url.is_object_store and url.prefix == "p"
+
+
+@pytest.mark.parametrize("spec, says", [
+    ("s3:/bucket/x", "did you mean 's3://bucket/x'?"),
+    ("file:/var/bp", "did you mean 'file:///var/bp'?"),
+    ("file://relative/dir", "file:// takes an absolute path (three slashes: "
+                            "file:///relative/dir)"),
+])
+def test_mistyped_urls_create_nothing(tmp_path, monkeypatch, spec: str, says: str) -> None:  # type: ignore[no-untyped-def]
+    """Such a URL used to become a FileStore in the working directory (``./s3:/bucket/x``,
+    ``./relative/dir``); now it is refused with the fix in the message and nothing is
+    created. Through the installed command as a user types it: one line, exit 2."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(StoreURLError, match=re.escape(says)):
+        open_store(spec)
+    exe = Path(sys.executable).with_name("blockpoint")
+    for cmd in ("inspect", "verify", "gc"):
+        proc = subprocess.run([str(exe), cmd, spec], capture_output=True, text=True,
+                              timeout=60, cwd=tmp_path)
+        assert proc.returncode == 2, (cmd, proc.stdout, proc.stderr)
+        assert proc.stderr.count("\n") == 1 and says in proc.stderr, (cmd, proc.stderr)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_relative_path_round_trips_as_a_path() -> None:
+    u = parse_store_url("relative/dir")
+    assert u.to_url() == "relative/dir" and parse_store_url(u.to_url()) == u

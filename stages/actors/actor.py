@@ -63,10 +63,10 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import ray
 
-from blockstore import BlockStore, Lease
+from blockstore import BlockStore, Lease, parse_store_url
 
 from ..checkpoint.background import PendingCheckpoint
-from ..errors import CheckpointFailed, StageError
+from ..errors import CheckpointFailed, CheckpointKeyRequired, StageError
 from .hooks import StageRegistrar, StageRegistration
 from .incarnation import Incarnation, RollbackUnavailable, open_store_for, register_quietly
 from .incarnation import restore_or_initial
@@ -173,6 +173,11 @@ class StageSpec:
     incremental: bool = False
     full_every: int = DEFAULT_FULL_EVERY
 
+    def __post_init__(self) -> None:
+        # A URL carrying a secret is refused here, with the secret masked
+        # (``blockstore/redact.py``), before a spec holding it is shown or persisted.
+        parse_store_url(self.store_url)
+
     def state_options(self) -> dict[str, Any]:
         """Keyword options for ``CheckpointedStageState`` (constructor and ``restore``)."""
         return {"retention": self.retention, "codec": self.codec,
@@ -274,6 +279,14 @@ class StageActor:
                                 lease_ttl=spec.lease_ttl, observer=observer,
                                 max_step=restore_step, **spec.state_options())
         self._lease = self._inc.lease
+        # A setting every checkpoint would refuse (no key on a shared store) is raised by the
+        # first call the driver makes, ``info``, before any record: not by the first barrier,
+        # where a failed checkpoint reads as a lost stage and is replayed.
+        self._refused: CheckpointKeyRequired | None = None
+        try:
+            self._css.check_authenticated()
+        except CheckpointKeyRequired as exc:
+            self._refused = exc
         self._lock = threading.Lock()
         self._stopped = False
         self._records_total = 0
@@ -434,7 +447,13 @@ class StageActor:
 
         ``generation``/``step``/``meta`` are those of the last checkpoint written or restored
         by this incarnation (``None`` if neither).
+
+        Raises:
+            CheckpointKeyRequired: this stage could never checkpoint (pickle, no key, a
+                shared store): a configuration error, raised before any record is sent.
         """
+        if self._refused is not None:
+            raise self._refused
         last = self._css.last_checkpoint
         return {
             "stage_id": self.spec.stage_id,

@@ -28,7 +28,10 @@ Why it looks like this:
   group, so they answer while a flush runs; ``checkpoint`` runs in the default group, in
   the actor's turn like every call (a checkpoint requested after a call includes it, and it
   never snapshots the state while a call mutates it). Without ``GROUPS`` Ray refuses calls
-  to the control methods.
+  to the control methods. In an **async actor** (any ``async def`` method) ``checkpoint``
+  is a coroutine: policy and requested snapshots are taken only when no call is suspended
+  half-way through its method (:mod:`stages.actors.durability`); inside a method,
+  ``await self.checkpoint()``.
 * **Key**: ``key=`` or the actor's name (``.options(name=...)``); neither is an error when
   the actor starts. One lease per key in the store.
 
@@ -87,7 +90,7 @@ from typing import Any, TypeVar
 
 import ray
 
-from blockstore import BlockStore
+from blockstore import BlockStore, parse_store_url
 
 from .actor import CONTROL_GROUP, CONTROL_CONCURRENCY, ray_context
 from .actor import resources_held
@@ -276,6 +279,12 @@ def _registration(d: ActorDurability, handle: Any) -> StageRegistration:
         step=None if last is None else last.step, pid=d.inc.pid, spec=recipe)
 
 
+def _is_async(cls: type) -> bool:
+    """Ray's test for an async actor: any method is a coroutine (or async generator)."""
+    return any(inspect.iscoroutinefunction(m) or inspect.isasyncgenfunction(m)
+               for _, m in inspect.getmembers(cls, inspect.isfunction))
+
+
 def _control(fn: Callable[..., Any]) -> Callable[..., Any]:
     return ray.method(concurrency_group=CONTROL_GROUP)(fn)
 
@@ -298,6 +307,15 @@ def _generated(cls: type, config: CheckpointedConfig) -> dict[str, Any]:
         if d.inside_call():
             return d.checkpoint(step, meta).to_dict()
         return d.request(step, meta)
+
+    async def checkpoint_async_actor(self: Any, step: int = 0,
+                                     meta: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Checkpoint at a point where no other call is mid-method (an async actor: see
+        :mod:`stages.actors.durability`); returns the ``CheckpointInfo`` as a dict. Raises
+        ``CheckpointFailed`` if not saved. Inside a method: ``await self.checkpoint()``."""
+        d = _durability(self)
+        return await d.request_async(step, meta, inside=d.inside_call())
+    checkpoint_async_actor.__name__ = checkpoint_async_actor.__qualname__ = "checkpoint"
 
     def checkpoint_info(self: Any) -> dict[str, Any]:
         """Epoch, last generation, counters, restore report; answers during a flush."""
@@ -331,7 +349,8 @@ def _generated(cls: type, config: CheckpointedConfig) -> dict[str, Any]:
         return _durability(self).lock
 
     ns: dict[str, Any] = {
-        "__init__": __init__, "checkpoint": checkpoint,
+        "__init__": __init__,
+        "checkpoint": checkpoint_async_actor if _is_async(cls) else checkpoint,
         "checkpoint_info": _control(checkpoint_info),
         "restored_from": _control(restored_from), "_bp_tick": _bp_tick,
         "__ray_shutdown__": __ray_shutdown__, "checkpoint_lock": property(checkpoint_lock),
@@ -422,6 +441,8 @@ class _Checkpointed:
 
         Raises:
             CheckpointedConfigError: at decoration, for bad arguments or name clashes.
+            StoreURLError: at decoration, for a malformed ``store`` URL (one carrying
+                credentials included; the error masks them).
         """
         def decorate(cls: C) -> C:
             if not inspect.isclass(cls) or hasattr(cls, "remote"):
@@ -429,6 +450,7 @@ class _Checkpointed:
                     "@checkpointed decorates a plain class; put it *under* @ray.remote")
             if isinstance(store, BlockStore) or not os.fspath(store):
                 raise _fail(cls, f"store must be a non-empty URL or path, got {store!r}")
+            parse_store_url(store)  # StoreURLError (secrets masked) before the URL is kept
             attrs = _attr_names(cls, state)
             _check_numbers(cls, every_calls, every_seconds, retention, codec, dedupe_window)
             groups = _check_groups(cls, concurrency_groups, registrar)

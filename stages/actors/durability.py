@@ -13,10 +13,22 @@ decides *when* to checkpoint - the turn-taking part:
 * **One lock,** :attr:`ActorDurability.lock` (an ``RLock``, the actor's
   ``checkpoint_lock``). It protects the named attributes for the whole snapshot (serialize
   and write) and the decorator's own bookkeeping. A single-threaded actor (the default
-  ``max_concurrency=1``) or an async actor (its coroutines share one event loop and the
-  snapshot is taken synchronously on it, between two awaits) needs nothing more; a threaded
-  actor (``max_concurrency > 1``) must mutate the named attributes under
-  ``with self.checkpoint_lock:`` so that a snapshot never sees half a mutation.
+  ``max_concurrency=1``) needs nothing more; a threaded actor (``max_concurrency > 1``)
+  must mutate the named attributes under ``with self.checkpoint_lock:`` so that a snapshot
+  never sees half a mutation.
+* **Async actors snapshot only between calls.** Coroutines share one event loop, so a
+  snapshot taken on it is never interrupted - but other calls may be suspended at an
+  ``await`` half-way through their method (debited, not yet credited). A lock cannot fix
+  that (they all run on the loop's one thread), so the decorator counts the coroutine calls
+  that are inside the user's method and takes a snapshot only when that count is zero. A
+  checkpoint that becomes due while calls are mid-method (by policy, by the timer, or
+  ``await actor.checkpoint()``) is deferred: new coroutine calls are held at the door so
+  that the ones inside drain, and the call that leaves last takes the snapshot. The hold
+  gives way after ``HOLD_S`` seconds (a call inside may be waiting for a later call, e.g.
+  an ``asyncio.Event`` another method sets: holding it for ever would deadlock); the
+  snapshot is then taken at the next moment no call is mid-method. ``actor.checkpoint()``
+  of an async actor is a coroutine that returns once that snapshot is committed; inside a
+  method, ``await self.checkpoint()`` waits until this call is the only one inside.
 * **Exactly-once mode** (``every_calls=1``). Every call runs holding the lock (threads) or
   an ``asyncio.Lock`` (coroutines), so calls apply one at a time, and commits a checkpoint
   *before it returns*; the checkpoint also carries the ids of the last calls applied
@@ -25,7 +37,17 @@ decides *when* to checkpoint - the turn-taking part:
   after the commit but before the reply - which makes Ray retry the call - cannot count the
   call twice, and a kill before the commit leaves nothing of it in the restored state.
   A checkpoint that fails in this mode reloads the attributes from the lease (memory never
-  runs ahead of what is durable) and the call raises ``CheckpointFailed``.
+  runs ahead of what is durable) and the call raises ``CheckpointFailed`` - unless the
+  failure left the commit's outcome unknown (``CheckpointCommitUnknown``: the store raised
+  after the generation may have landed) and the reloaded state holds the call's id: then
+  the call was committed, the lease is flushed once more and the call returns its
+  recorded result. **A call that raises** is rolled back: memory is reloaded from the last
+  committed state before the exception propagates (the lease's newest generation, or the
+  constructor's state - kept pickled until the first commit - if there is none), so the
+  next call's checkpoint never commits half of a failed call. Rolling back after the
+  exception (not snapshotting before every call) keeps the common path free; a failed
+  call costs a restore. If that reload fails, the next call reloads first, and fails
+  (``CheckpointFailed``) rather than commit the half-applied state.
 * **Asynchronous policy checkpoints** (``async_checkpoint=True``, with ``every_calls >= 2``
   or ``every_seconds``; refused with ``every_calls=1``). The call that makes a checkpoint
   due takes the snapshot under the lock (the named attributes serialized, their numpy
@@ -45,7 +67,9 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+import pickle
 import threading
+import uuid
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -56,7 +80,7 @@ import ray
 from blockstore import BlockStoreError
 
 from .actor import StageStopped
-from ..errors import CheckpointFailed, StageError
+from ..errors import CheckpointCommitUnknown, CheckpointFailed, StageError
 from .incarnation import Incarnation
 from ..checkpoint.policy import CheckpointPolicy
 from ..checkpoint.state import CheckpointInfo
@@ -75,6 +99,10 @@ log = logging.getLogger(__name__)
 in_call: contextvars.ContextVar[bool] = contextvars.ContextVar("bp_in_call", default=False)
 
 _PAYLOAD_VERSION = 1
+#: Seconds a deferred snapshot holds new coroutine calls back, at most (module docstring).
+HOLD_S = 1.0
+#: Seconds between two looks at the coroutine calls in flight while a snapshot waits.
+_POLL_S = 0.002
 
 
 class StateAttributeError(StageError, AttributeError):
@@ -133,6 +161,12 @@ def _task_id() -> str | None:
         return None
 
 
+def _call_key() -> str:
+    """The key an exactly-once call is recorded under: Ray's task id, or (plain use, no
+    task) a fresh one, so that a commit of unknown outcome can still be recognised."""
+    return _task_id() or f"local:{uuid.uuid4().hex}"
+
+
 class ActorDurability:
     """The durable attributes of one incarnation of a ``@checkpointed`` actor.
 
@@ -158,6 +192,10 @@ class ActorDurability:
         self._obj = obj
         self._alock: asyncio.Lock | None = None
         self._active = 0
+        #: Coroutine calls inside the user's method (policy mode): a snapshot waits for 0.
+        self._inflight = 0
+        #: When a snapshot began waiting for the calls inside to leave (None: none waits).
+        self._wanted_since: float | None = None
         self._closed = False
         self._tick_pending = False
         self.applied: OrderedDict[str, Any] = OrderedDict()
@@ -183,11 +221,23 @@ class ActorDurability:
             raise StoreUnavailable(
                 f"{config.actor} {key!r}: store {config.store!r} unavailable: "
                 f"{type(exc).__name__}: {exc}", store=str(config.store), key=key) from exc
+        #: Set while memory may be ahead of the lease (a rollback failed): reload first.
+        self._dirty = False
+        #: The constructor's state, pickled, until the first commit (exactly-once mode with
+        #: nothing to restore): what a call that raises is rolled back to.
+        self._initial: bytes | None = None
         if self.inc.restored is not None:
             self._adopt(self.inc.state)
             hook = getattr(obj, "on_restore", None)
             if callable(hook):
                 hook(self.inc.restored)
+        elif self.exact:
+            try:
+                self._initial = pickle.dumps(self._payload(), protocol=5)
+            except Exception as exc:  # noqa: BLE001 - the first checkpoint will say it
+                log.warning("%s %r: the constructor's state does not pickle (%s): a call "
+                            "that raises before the first commit cannot be rolled back",
+                            config.actor, key, exc)
         self._handle = handle
         #: The relaunch recipe sent with the registration (set by the decorator), or None.
         self.recipe: ActorRecipe | None = None
@@ -240,6 +290,7 @@ class ActorDurability:
         ``CheckpointFailed``, or ``ActorFenced`` if this incarnation was already fenced)."""
         with self.lock:
             self.check_serving()
+            self._wanted_since = None
             self.inc.state = self._payload()
             try:
                 info = self.inc.checkpoint(step=step, meta=meta)
@@ -270,6 +321,7 @@ class ActorDurability:
         flush's failure (nothing new is snapshotted then; the next due call does it)."""
         with self.lock:
             self.check_serving()
+            self._wanted_since = None
             self.inc.state = self._payload()
             try:
                 pending = self.inc.checkpoint_async(meta=meta)
@@ -290,10 +342,51 @@ class ActorDurability:
         if self._flush_failed:
             reason = reason or "retry"  # what the failed flush held is still unsaved
         if reason is not None and self.calls_since:
+            if self._inflight:  # a coroutine call is mid-method: the last one out takes it
+                self._want_snapshot()
+                return
             if self.config.async_checkpoint:
                 self.checkpoint_async(meta={"reason": reason})
             else:
                 self.checkpoint(meta={"reason": reason})
+
+    def _want_snapshot(self) -> None:
+        if self._wanted_since is None:
+            self._wanted_since = time.monotonic()
+
+    async def request_async(self, step: int = 0, meta: dict[str, Any] | None = None,
+                            *, inside: bool = False) -> dict[str, Any]:
+        """``await actor.checkpoint()`` of an async actor: a snapshot at a point where no
+        coroutine call is mid-method (``inside``: none but the calling one), committed.
+
+        New calls are held meanwhile, for ``HOLD_S`` at most (module docstring); after that
+        this waits on, without holding them, until such a point comes.
+        """
+        if self.exact and self._active and not inside:
+            return self.request(step, meta)  # coalesced: that call commits before returning
+        own = 1 if inside and not self.exact else 0
+        while True:
+            with self.lock:
+                if self._inflight <= own:
+                    return self.checkpoint(step, meta).to_dict()
+                self._want_snapshot()
+            await asyncio.sleep(_POLL_S)
+
+    async def _enter(self) -> None:
+        """Let a coroutine call in (policy mode): held while a deferred snapshot waits for
+        the calls inside to leave, ``HOLD_S`` at most; a snapshot left due by a call that
+        raised is taken here, before this call touches the state."""
+        while True:
+            with self.lock:
+                wanted = self._wanted_since
+                if wanted is None or time.monotonic() - wanted >= HOLD_S:
+                    self._inflight += 1
+                    return
+                if not self._inflight:
+                    self._due_checkpoint()
+                    if self._wanted_since is None:
+                        continue
+            await asyncio.sleep(_POLL_S)
 
     def tick(self) -> None:
         """The timer's request, run in the actor's turn: checkpoint if still due."""
@@ -325,14 +418,79 @@ class ActorDurability:
             while len(self.applied) > self.config.dedupe_window:
                 self.applied.popitem(last=False)
 
-    def _commit_or_reload(self) -> None:
-        """Exactly-once commit; on failure, reload memory from the lease and re-raise."""
+    # -- exactly-once calls (every_calls=1) ----------------------------------------------
+    def _exact_begin(self, key: str) -> tuple[bool, Any]:
+        """Before the user's method, holding the call's turn: ``(True, recorded result)``
+        for a call already applied, else ``(False, None)``. Memory left ahead of the lease
+        by a failed rollback is reloaded first (``CheckpointFailed`` if it cannot be)."""
+        self.check_serving()
+        if self._dirty:
+            self._reload()
+        if key in self.applied:
+            self.deduplicated += 1
+            return True, self.applied[key]
+        return False, None
+
+    def _exact_raised(self) -> None:
+        """The user's method raised: put memory back to the last committed state, so that
+        the next call's checkpoint cannot commit half of this one. A reload that fails is
+        logged and retried before the next call (which fails if it fails again)."""
+        try:
+            self._reload()
+        except Exception as exc:  # noqa: BLE001 - the user's exception is what propagates
+            log.warning("%s %r: could not roll back after a call raised (retried before "
+                        "the next call): %s: %s", self.config.actor, self.key,
+                        type(exc).__name__, exc)
+
+    def _exact_commit(self, key: str, result: Any) -> Any:
+        """Record the call and commit it before it returns; the value to return.
+
+        A failed commit reloads memory from the lease (it never runs ahead of what is
+        durable). If the outcome was unknown (``CheckpointCommitUnknown``: the store raised
+        after the generation may have landed) and the reloaded state holds this call's key,
+        the call *was* committed: the lease is flushed once more and the recorded result
+        returned instead of an error (a resend would get it anyway)."""
+        self._record(key, result)
         try:
             self.checkpoint(meta={"reason": "call"})
+        except CheckpointFailed as exc:
+            if self.inc.fenced:
+                raise
+            try:
+                self._reload()
+            except Exception as reload_exc:  # noqa: BLE001 - report the commit's failure
+                raise exc from reload_exc
+            if not (isinstance(exc, CheckpointCommitUnknown) and key in self.applied):
+                raise
+            try:
+                self.inc.lease.flush()
+            except Exception as flush_exc:  # noqa: BLE001 - still unknown
+                raise exc from flush_exc
+            log.info("%s %r: the commit reported unknown had landed; call answered",
+                     self.config.actor, self.key)
+            self.calls_since = 0
+            self._initial = None
+            return self.applied[key]
+        self._initial = None  # the lease holds a generation now: the rollback target
+        return result
+
+    def _reload(self) -> None:
+        """Memory := the last committed state: the lease's newest generation that verifies,
+        or the constructor's state (kept pickled until the first commit) if there is none.
+        Raises what the restore raises; memory is then marked to be reloaded again."""
+        self._dirty = True
+        try:
+            css = self.inc.bind()
         except CheckpointFailed:
-            if not self.inc.fenced:
-                self._adopt(self.inc.bind().state)
             raise
+        except Exception as exc:  # noqa: BLE001 - StoreError, corrupt lease: fail-closed
+            raise CheckpointFailed(
+                f"{self.config.actor} {self.key!r}: memory could not be reloaded from the "
+                f"lease: {type(exc).__name__}: {exc}", lease_id=self.inc.lease_id) from exc
+        if css.restored is None and self._initial is not None:
+            css.state = pickle.loads(self._initial)
+        self._adopt(css.state)
+        self._dirty = False
 
     def call(self, fn: Callable[..., Any], obj: Any, args: tuple[Any, ...],
              kwargs: dict[str, Any]) -> Any:
@@ -344,38 +502,47 @@ class ActorDurability:
                 self._record(None, result)
                 self._due_checkpoint()
             return result
-        call_id = _task_id()
+        key = _call_key()
         with self.lock:
-            self.check_serving()
-            if call_id is not None and call_id in self.applied:
-                self.deduplicated += 1
-                return self.applied[call_id]
-            result = fn(obj, *args, **kwargs)
-            self._record(call_id, result)
-            self._commit_or_reload()
-            return result
+            done, recorded = self._exact_begin(key)
+            if done:
+                return recorded
+            try:
+                result = fn(obj, *args, **kwargs)
+            except BaseException:
+                self._exact_raised()
+                raise
+            return self._exact_commit(key, result)
 
     async def call_async(self, fn: Callable[..., Awaitable[Any]], obj: Any,
                          args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run one coroutine call under the policy (see the module docstring)."""
         self.check_serving()
         if not self.exact:
-            result = await fn(obj, *args, **kwargs)
+            await self._enter()
+            try:
+                result = await fn(obj, *args, **kwargs)
+            finally:
+                with self.lock:
+                    self._inflight -= 1
             with self.lock:
                 self._record(None, result)
                 self._due_checkpoint()
             return result
-        call_id = _task_id()
+        key = _call_key()
         async with self._one_at_a_time():
-            self.check_serving()
-            if call_id is not None and call_id in self.applied:
-                self.deduplicated += 1
-                return self.applied[call_id]
-            result = await fn(obj, *args, **kwargs)
             with self.lock:
-                self._record(call_id, result)
-                self._commit_or_reload()
-            return result
+                done, recorded = self._exact_begin(key)
+            if done:
+                return recorded
+            try:
+                result = await fn(obj, *args, **kwargs)
+            except BaseException:
+                with self.lock:
+                    self._exact_raised()
+                raise
+            with self.lock:
+                return self._exact_commit(key, result)
 
     @contextlib.asynccontextmanager
     async def _one_at_a_time(self) -> AsyncIterator[None]:
@@ -445,7 +612,12 @@ class ActorDurability:
             try:
                 if self.inc.drain() is not None:  # the flush in flight failed: still unsaved
                     self._flush_failed = True
-                if (checkpoint and (self.calls_since or self._flush_failed)
+                if checkpoint and self._inflight:
+                    log.warning("%s %r exits with %d call(s) mid-method: no exit checkpoint "
+                                "(it would hold their half-applied changes); the next "
+                                "incarnation restores the last one", self.config.actor,
+                                self.key, self._inflight)
+                elif (checkpoint and (self.calls_since or self._flush_failed)
                         and not self.inc.fenced):
                     self.inc.state = self._payload()
                     return self.inc.checkpoint(meta={"reason": "exit"})

@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from blockstore import BlockStore, Lease, StaleLeaseError, StoreConfigError, open_store
+from blockstore.logs import configure_from_env
 
 from ..errors import CheckpointFailed, NoCheckpointError, StageError
 from ..checkpoint.background import PendingCheckpoint
@@ -144,6 +145,7 @@ class Incarnation:
                  holder: str | None = None, node_id: str | None = None, lease_ttl: float = 10.0,
                  block_size: int | None = None, observer: CheckpointFlushObserver | None = None,
                  max_step: int | None = None, **options: Any) -> None:
+        configure_from_env()  # $BLOCKPOINT_LOG_FORMAT in this worker (docs/OPERATIONS.md)
         self.name = name
         self.node_id = node_id
         self.pid = os.getpid()

@@ -79,7 +79,22 @@ class ChunkCoder:
 
 
 def decompress_into(stored: memoryview, out: memoryview) -> None:
-    """Decompress a zstd chunk into ``out``; raise ValueError if it is not exactly that size."""
+    """Decompress a zstd chunk into ``out``; raise ValueError if it is not exactly that size.
+
+    The work is bounded by ``out`` (the map entry's raw length, at most one block) before
+    anything is decompressed: zstd sizes its output from the frame's own content size field
+    and ignores ``max_output_size`` when that field is present, so a forged 32 KiB frame
+    claiming 1 GiB would be decompressed in full before its length could be refused. A frame
+    whose content size differs from the raw length is refused unread; one without the field
+    (writers always write it; ``docs/FORMAT.md`` 2.6) is decompressed at most ``out.nbytes``.
+    """
+    try:
+        size = zstandard.get_frame_parameters(stored).content_size
+    except zstandard.ZstdError as exc:
+        raise ValueError(f"zstd frame header does not parse: {exc}") from exc
+    if size != zstandard.CONTENTSIZE_UNKNOWN and size != out.nbytes:
+        raise ValueError(f"zstd frame content size {size} != the map entry's raw length "
+                         f"{out.nbytes} (refused before decompressing)")
     try:
         data = _decompressor().decompress(stored, max_output_size=out.nbytes)
     except zstandard.ZstdError as exc:

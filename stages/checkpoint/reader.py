@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from threading import Lock
@@ -108,7 +108,10 @@ class GenerationReport:
     ``status`` is ``"ok"``, ``"empty"`` or the error text; ``block`` names the failing block.
     ``shared`` counts the chunks whose stored bytes other generations' maps also name
     (incremental checkpoints; damage there fails every one of them), ``shared_with`` lists
-    those generations.
+    those generations. ``has_mac``: the header carries a MAC (``None`` when no header was
+    read); ``mac_checked``: it was verified under a configured key (without a key, a MAC'd
+    generation's checksums are verified and its MAC is not). ``created_at``, ``duration_s``
+    and ``depth`` (0: a full checkpoint) come from the header, when it parses.
     """
 
     lease_id: str
@@ -125,6 +128,11 @@ class GenerationReport:
     block: int | None = None
     shared: int | None = None
     shared_with: tuple[int, ...] = ()
+    has_mac: bool | None = None
+    mac_checked: bool = False
+    created_at: float | None = None
+    duration_s: float | None = None
+    depth: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -346,8 +354,12 @@ def load_map(reader: LeaseReader, h: Header, *,
     return entries, map_blocks
 
 
+#: What a chunk-checking task returns: None, or the first failed chunk and why it failed.
+Failure = tuple[MapEntry, str] | None
+
+
 def _read_and_check(reader: LeaseReader, idx: list[int],
-                    items: list[tuple[memoryview, MapEntry]]) -> MapEntry | None:
+                    items: list[tuple[memoryview, MapEntry]]) -> Failure:
     """Read a batch of raw chunks in place and check their CRCs (runs in the pool).
 
     Reading and checking in the same task lets one worker sit in ``preadv`` (no GIL) while
@@ -356,23 +368,25 @@ def _read_and_check(reader: LeaseReader, idx: list[int],
     reader.read_blocks_into(idx, [v for v, _ in items])
     for view, e in items:
         if crc32c(view) != e.crc:
-            return e
+            return e, "fails its CRC-32C (raw chunk)"
     return None
 
 
-def _check_zstd(items: list[tuple[memoryview, memoryview, MapEntry]]) -> MapEntry | None:
+def _check_zstd(items: list[tuple[memoryview, memoryview, MapEntry]]) -> Failure:
+    """Check and decompress zstd chunks; each one's output is bounded by its raw length
+    (:func:`~stages.checkpoint.compress.decompress_into`) before it is decompressed."""
     for stored, out, e in items:
         if crc32c(stored) != e.crc:
-            return e
+            return e, "fails its CRC-32C (zstd chunk)"
         try:
             decompress_into(stored, out)
-        except ValueError:
-            return e
+        except ValueError as exc:
+            return e, f"zstd chunk at offset {e.offset}: {exc}"
     return None
 
 
 def _mac_in_order(key: bytes, mv: memoryview,
-                  regions: list[tuple[int, int, Future[MapEntry | None]]]) -> bytes:
+                  regions: list[tuple[int, int, Future[Failure]]]) -> bytes:
     """The payload MAC of ``mv``, each region hashed as soon as the task filling it is done.
 
     Runs on the calling thread while the pool reads and checks later chunks (hashlib releases
@@ -415,10 +429,10 @@ def read_payload(reader: LeaseReader, h: Header, entries: Sequence[MapEntry], *,
                                 "than can be allocated", **ctx) from exc
     mv = memoryview(buf)
     bs = reader.block_size
-    pending: list[Future[MapEntry | None]] = []
+    pending: list[Future[Failure]] = []
     # (payload offset, length, the task that fills and checks it): the MAC is fed in payload
     # order as tasks finish, so it runs beside the reads instead of as a second pass.
-    regions: list[tuple[int, int, Future[MapEntry | None]]] = []
+    regions: list[tuple[int, int, Future[Failure]]] = []
     idx: list[int] = []
     views: list[memoryview] = []
     batch: list[tuple[memoryview, MapEntry]] = []
@@ -473,11 +487,11 @@ def read_payload(reader: LeaseReader, h: Header, entries: Sequence[MapEntry], *,
     except BlockIndexError as exc:
         raise TruncatedCheckpointError(f"{where}: a block is beyond the lease: {exc}",
                                        block=exc.index, **ctx) from exc
-    bad = next((e for e in failed if e is not None), None)
+    bad = next((f for f in failed if f is not None), None)
     if bad is not None:
-        raise CheckpointCorrupt(f"{where}: data block {bad.block} fails its CRC-32C "
-                                f"({'zstd' if bad.flags == CHUNK_ZSTD else 'raw'} chunk)",
-                                block=bad.block, **ctx)
+        entry, why = bad
+        raise CheckpointCorrupt(f"{where}: data block {entry.block} {why}", block=entry.block,
+                                **ctx)
     if digest is not None:
         # The header MAC (checked above) covers the payload MAC stored in the header.
         if not equal(digest, h.payload_mac):
@@ -486,10 +500,12 @@ def read_payload(reader: LeaseReader, h: Header, entries: Sequence[MapEntry], *,
     return buf
 
 
-def verify_lease(reader: LeaseReader, *, key: KeySetting = None) -> list[GenerationReport]:
+def verify_lease(reader: LeaseReader, *, key: KeySetting = None,
+                 progress: Callable[[int], None] | None = None) -> list[GenerationReport]:
     """Verify every header slot of a checkpoint lease (checksums, map, MAC); decode nothing.
 
     ``key`` None: the configured keys (``blockstore.keys.resolve_keys``), if any.
+    ``progress`` is called with the stored bytes of each generation once it was read.
 
     Returns one report per slot, newest generation first, then unreadable and empty slots.
     Raises :class:`NoCheckpointError` if no slot holds the magic ``PCHK`` (an empty lease, or
@@ -528,11 +544,15 @@ def verify_lease(reader: LeaseReader, *, key: KeySetting = None) -> list[Generat
             read_payload(reader, h, entries, key=ring)
         except CheckpointCorrupt as exc:
             status, block = str(exc), exc.block
+        if progress is not None:
+            progress(h.stored_bytes)
         out.append(GenerationReport(
             **base, slot=s.slot, generation=h.generation, step=h.step, size=h.data_length,
             stored=h.stored_bytes, codec=h.codec, compression=h.compression,
             ratio=round(h.data_length / h.stored_bytes, 3) if h.stored_bytes else None,
-            status=status, block=block))
+            status=status, block=block, has_mac=h.has_mac,
+            mac_checked=ring is not None and status == "ok", created_at=h.created_at,
+            duration_s=h.duration_s, depth=h.depth))
     return [_with_sharing(r, chunk_sets) for r in out]
 
 

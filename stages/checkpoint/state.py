@@ -24,8 +24,10 @@ The commit protocol (one mechanism, ``docs/FORMAT.md`` has the bytes):
 Security defaults: on a store that declares itself shared (``capabilities.shared``) a
 pickle checkpoint without a key is refused (:class:`~stages.errors.CheckpointKeyRequired`)
 unless ``allow_unauthenticated=True``; a pickle restore without a key warns once per process
-(:class:`~stages.errors.UnauthenticatedRestoreWarning`). Keys are resolved once, by
-:func:`blockstore.keys.resolve_keys` (current key to write, old keys to verify).
+(:class:`~stages.errors.UnauthenticatedRestoreWarning`). Keys are resolved when they are
+used - at every checkpoint and restore, not when the object is built - by
+:func:`blockstore.keys.resolve_keys` (current key to write, old keys to verify), so a key
+set in the environment later is the one the next checkpoint is written with.
 
 Speed (`BENCHMARKS.md`): the payload is never joined into one buffer - chunks are memoryview
 slices of pickle's out-of-band buffers (numpy arrays), written with ``pwritev`` while a small
@@ -78,7 +80,9 @@ from ..errors import (
 )
 from .format import Header
 from .incremental import DEFAULT_FULL_EVERY, Base, WriteStats, reusable_base
-from .mac import KeySetting, PayloadMac, header_mac, resolve_keys, warn_unauthenticated
+from .mac import (KeyRing, KeySetting, PayloadMac, header_mac, resolve_keys,
+                  warn_unauthenticated)
+from .metering import note_checkpoint, note_failure, note_restore, note_stall
 from .observer import CheckpointFlushObserver, flush_guard
 from .reader import read_payload, scan_slots, worker_pool
 from .background import PendingCheckpoint, SnapshotBuffers
@@ -90,6 +94,7 @@ from .writer import (
     blocks_of,
     hash_payload,
     learn_slots,
+    refuse_newer_format,
     target_slot,
     write_chunks,
     write_map,
@@ -116,7 +121,8 @@ class CheckpointedStageState(Generic[T]):
         compression: "auto" (zstd where a probe shows it pays), "zstd" or "none".
         level: zstd level.
         key: MAC key, a key ring or keys (the first is current); default: the configured
-            keys (``$BLOCKPOINT_CHECKPOINT_KEY``, ``$BLOCKPOINT_CHECKPOINT_OLD_KEYS``). When
+            keys (``$BLOCKPOINT_CHECKPOINT_KEY``, ``$BLOCKPOINT_CHECKPOINT_OLD_KEYS``),
+            read from the environment at each checkpoint (not here). When
             set, checkpoints carry an HMAC-SHA256 under the current key and restores refuse
             generations without a MAC valid under one of the keys.
         allow_unauthenticated: write pickle checkpoints without a key even on a shared
@@ -153,7 +159,11 @@ class CheckpointedStageState(Generic[T]):
         self._codec = codec
         self._compression = compression
         self._level = level
-        self._key = resolve_keys(key)
+        # An explicit key is checked now; None means the environment, read at each use
+        # (docs/OPERATIONS.md: keys are read when they are used).
+        self._key_setting: KeySetting = key
+        if key is not None:
+            self._key_setting = resolve_keys(key)
         self._allow_unauthenticated = bool(allow_unauthenticated)
         self._observer = observer
         self._lease_id = lease_id or lease.lease_id
@@ -175,6 +185,10 @@ class CheckpointedStageState(Generic[T]):
                       **options: Any) -> CheckpointedStageState[T]:
         """Like the constructor, with a flush observer notified under ``lease_id``."""
         return cls(state, lease, observer=observer, lease_id=lease_id, **options)
+
+    def _keys(self) -> KeyRing | None:
+        """The key ring for this use: the explicit key, else the environment read now."""
+        return resolve_keys(self._key_setting)
 
     # -- state ---------------------------------------------------------------------------
     @property
@@ -214,7 +228,7 @@ class CheckpointedStageState(Generic[T]):
             log.warning("lease %r was first checkpointed with retention %d; keeping %d "
                         "(asked %d)", lease.name, k, k, self._retention)
             self._retention = k
-        self._slots, max_gen = learn_slots(lease, self._retention, scans, key=self._key)
+        self._slots, max_gen = learn_slots(lease, self._retention, scans, key=self._keys())
         self._max_gen = max(self._max_gen, max_gen)
         return self._slots
 
@@ -293,7 +307,9 @@ class CheckpointedStageState(Generic[T]):
                 self._flushes -= 1
 
         pending = PendingCheckpoint(step)
-        pending.start(flush, time.perf_counter() - t0)
+        stall = time.perf_counter() - t0
+        note_stall(self.lease.name, stall)
+        pending.start(flush, stall)
         self._pending = pending
         return pending
 
@@ -343,25 +359,48 @@ class CheckpointedStageState(Generic[T]):
         with self._flush_in_progress():
             return self._guarded_checkpoint(step, meta, None)
 
+    def check_authenticated(self, ring: KeyRing | None | bool = False) -> None:
+        """Raise :class:`CheckpointKeyRequired` if every checkpoint of this state would be
+        refused: pickle, no key, a shared store, no ``allow_unauthenticated``. A setting, not
+        an accident of one write - callers that start many checkpoints (a stage actor) ask
+        once at start-up, so the mistake is reported before any work is done. ``ring``: the
+        keys already resolved for this use (default: read them now)."""
+        lease = self.lease
+        if ring is False:
+            ring = self._keys()
+        if (ring is None and self._codec == "pickle" and not self._allow_unauthenticated
+                and lease.store.capabilities.shared):
+            raise CheckpointKeyRequired(
+                f"lease {lease.name!r} is on a shared store ({lease.store.url}): a pickle "
+                "checkpoint without a key could be replaced by anyone who can write the store, "
+                "and restoring it runs their code. Set BLOCKPOINT_CHECKPOINT_KEY (or pass "
+                "key=), use codec='msgpack', or pass allow_unauthenticated=True",
+                lease_id=self._lease_id)
+
     def _guarded_checkpoint(self, step: int, meta: Mapping[str, Any] | None,
                             payload: Payload | None) -> CheckpointInfo:
         """The commit inside the flush observer's guard, errors mapped (fail-closed)."""
         with flush_guard(self._observer, self._lease_id):
             try:
-                return self._checkpoint(step, meta, payload)
-            except CheckpointCommitUnknown:
+                info = self._checkpoint(step, meta, payload)
+                note_checkpoint(info, self.lease, self._slots)
+                return info
+            except CheckpointCommitUnknown as exc:
                 # The target slot may hold a committed generation now: forget what this
                 # writer believed and read the slots again before the next write, so that
                 # generation is protected like any other (never erased as "uncommitted").
                 self._slots = None
                 self._dropped = None
                 self._base = None
+                note_failure(self.lease.name, exc)
                 raise
-            except CheckpointFailed:
+            except CheckpointFailed as exc:
                 self._dropped = None  # the attempt may have written blocks nothing references
+                note_failure(self.lease.name, exc)
                 raise
             except Exception as exc:
                 self._dropped = None
+                note_failure(self.lease.name, exc)
                 raise CheckpointFailed(
                     f"checkpoint of lease {self._lease_id} failed: {type(exc).__name__}: {exc}",
                     lease_id=self._lease_id, generation=self._max_gen or None) from exc
@@ -375,14 +414,8 @@ class CheckpointedStageState(Generic[T]):
             raise CheckpointFailed(f"lease {lease.name!r} is open for reading only (restored "
                                    "from a LeaseReader); acquire it to checkpoint",
                                    lease_id=self._lease_id)
-        if (self._key is None and self._codec == "pickle" and not self._allow_unauthenticated
-                and lease.store.capabilities.shared):
-            raise CheckpointKeyRequired(
-                f"lease {lease.name!r} is on a shared store ({lease.store.url}): a pickle "
-                "checkpoint without a key could be replaced by anyone who can write the store, "
-                "and restoring it runs their code. Set BLOCKPOINT_CHECKPOINT_KEY (or pass "
-                "key=), use codec='msgpack', or pass allow_unauthenticated=True",
-                lease_id=self._lease_id)
+        ring = self._keys()
+        self.check_authenticated(ring)
         if not isinstance(step, int) or step < 0:
             raise ValueError(f"step must be a non-negative int, got {step!r}")
         meta_bytes = fmt.encode_meta(meta)
@@ -391,6 +424,7 @@ class CheckpointedStageState(Generic[T]):
             raise ValueError(f"meta of {len(meta_bytes)} bytes does not fit a header block "
                              f"(at most {fmt.max_meta(bs)} bytes of JSON)")
         slots = self._ensure_layout()
+        refuse_newer_format(slots, lease)
         k = self._retention
         gen = self._max_gen + 1
         self._max_gen = gen
@@ -423,8 +457,8 @@ class CheckpointedStageState(Generic[T]):
 
         pool = worker_pool()
         mac_future: Future[PayloadMac] | None = None
-        if self._key is not None:
-            mac_future = pool.submit(hash_payload, self._key.current, payload.segments)
+        if ring is not None:
+            mac_future = pool.submit(hash_payload, ring.current, payload.segments)
 
         # Erase before any data write: the target slot (its old generation's
         # blocks are about to be reused), and every slot holding something that is not a
@@ -462,7 +496,7 @@ class CheckpointedStageState(Generic[T]):
             data_length=payload.length, generation=gen, step=step, created_at=created,
             duration_s=0.0, stored_bytes=stored, chunks=len(entries), block_size=bs, slots=k,
             slot=target, codec=self._codec, compression=self._compression, level=self._level,
-            has_mac=self._key is not None, meta=meta_bytes, map_blocks=n_map, map_crc=map_crc,
+            has_mac=ring is not None, meta=meta_bytes, map_blocks=n_map, map_crc=map_crc,
             first_map_block=first_map, inline_map=inline_map, hashed=self._incremental,
             depth=depth)
         # The duration field is filled in last, just before the MAC and CRC seal the header.
@@ -470,7 +504,7 @@ class CheckpointedStageState(Generic[T]):
         mac = None
         if mac_future is not None:
             fmt.set_payload_mac(header, mac_future.result().digest())
-            mac = header_mac(self._key.current, lease.lease_id, lease.name,
+            mac = header_mac(ring.current, lease.lease_id, lease.name,
                              fmt.header_mac_input(header))
         fmt.seal_header(header, mac)
         tslot.dirty = True
@@ -528,6 +562,7 @@ class CheckpointedStageState(Generic[T]):
                 newest one: bad magic, newer version, truncated lease, MAC); ``.skipped``
                 lists them all.
         """
+        t0 = time.perf_counter()
         reader = lease_or_reader
         rkey = resolve_keys(key)
         k, scans = scan_slots(reader)
@@ -560,7 +595,8 @@ class CheckpointedStageState(Generic[T]):
                         name=reader.name, generation=h.generation, slot=h.slot) from exc
             except CheckpointCorrupt as exc:
                 log.warning("restore of %s: skipping generation %d: %s", where, h.generation,
-                            exc)
+                            exc, extra={"stage": reader.name, "generation": h.generation,
+                                        "cause": type(exc).__name__})
                 skipped.append((h.generation, str(exc)))
                 newest_err = newest_err or exc
                 continue
@@ -578,6 +614,7 @@ class CheckpointedStageState(Generic[T]):
             if skipped:
                 log.warning("restore of %s: restored generation %d after skipping %s", where,
                             h.generation, [g for g, _ in skipped])
+            note_restore(css.restored, time.perf_counter() - t0, reader)
             return css
         err = newest_err
         if err is None:

@@ -32,13 +32,13 @@ from . import format as fmt
 from .compress import ChunkCoder
 from .format import CHUNK_RAW, ENTRY, MAPBLOCK, Header, MapEntry
 from .incremental import content_hash
-from ..errors import CheckpointCorrupt
+from ..errors import CheckpointCorrupt, CheckpointDowngradeRefused, UnsupportedFormatError
 from .mac import KeySetting, PayloadMac
 from .reader import SlotScan, load_map, worker_pool
 
 __all__ = ["SlotState", "WINDOW", "WRITE_BATCH", "allocate", "blocks_of", "chunks",
-           "encode_batch", "hash_payload", "learn_slots", "target_slot", "write_chunks",
-           "write_map"]
+           "encode_batch", "hash_payload", "learn_slots", "refuse_newer_format", "target_slot",
+           "write_chunks", "write_map"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ class SlotState:
     blocks: frozenset[int] = frozenset()
     committed: bool = False
     dirty: bool = False  # holds something (a header, garbage, or a possibly torn write)
+    newer_version: int | None = None  # a header of a format version this code cannot read
 
 
 def blocks_of(reader: LeaseReader, h: Header,
@@ -81,6 +82,8 @@ def learn_slots(reader: LeaseReader, k: int, scans: Sequence[SlotScan], *,
             continue
         slot = slots[s.slot]
         slot.dirty = not s.empty
+        if isinstance(s.error, UnsupportedFormatError):
+            slot.newer_version = s.error.version
         h = s.header
         gen = h.generation if h else (s.error.generation if s.error else None)
         max_gen = max(max_gen, gen or 0)
@@ -151,6 +154,22 @@ def encode_batch(coder: ChunkCoder, chunks: list[memoryview], start: int = 0,
 
 def hash_payload(key: bytes, segments: Sequence[memoryview]) -> PayloadMac:
     return PayloadMac(key).update_all(segments)
+
+
+def refuse_newer_format(slots: Sequence[SlotState], lease: LeaseReader) -> None:
+    """Raise :class:`CheckpointDowngradeRefused` if a slot holds a newer format's header.
+
+    Such a generation's map cannot be read, so its blocks are not protected: writing into
+    its slot, or into any block it may use, would destroy it (``docs/FORMAT.md`` 2.7).
+    """
+    for i, s in enumerate(slots):
+        if s.newer_version is not None:
+            raise CheckpointDowngradeRefused(
+                f"lease {lease.name!r} ({lease.lease_id}): header slot {i} holds format "
+                f"version {s.newer_version}, newer than this blockpoint's {fmt.FORMAT_VERSION}; "
+                "refusing to checkpoint (it would overwrite the newer writer's generations). "
+                "Use the newer blockpoint for this lease", version=s.newer_version, slot=i,
+                lease_id=lease.lease_id)
 
 
 def target_slot(slots: list[SlotState]) -> int:

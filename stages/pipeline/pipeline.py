@@ -72,6 +72,7 @@ from .events import PipelineEvent, PipelineResult
 from ..actors.hooks import StageLostHook
 from ..checkpoint.observer import CheckpointFlushObserver
 from ..checkpoint.policy import CheckpointManager, CheckpointPolicy
+from .metering import note_event, note_recovery, note_replayed
 from .recovery import (
     StageFailure,
     alive,
@@ -234,6 +235,8 @@ class Pipeline:
                 claim orphaned, for ``recover_orphaned``).
 
         Raises ``PipelineError`` (``StageProcessError`` for a stage's own exception);
+        ``CheckpointKeyRequired`` before the first record when a stage could never
+        checkpoint (pickle without a key on a shared store: a setting, not replayed);
         ``RunNotPausedError`` for a paused run without a claim; ``RunActiveError`` if another
         driver drives the run (no ``takeover``); ``RunFencedError`` if one took it over.
         """
@@ -322,6 +325,7 @@ class Pipeline:
               detail: Mapping[str, Any] | None = None) -> None:
         ev = PipelineEvent(kind, step, stage_id, dict(detail or {}), time.time())
         self._events.append(ev)
+        note_event(self.run_id, kind, ev.detail)
         if self.on_event is not None:
             self.on_event(ev)
 
@@ -362,6 +366,7 @@ class Pipeline:
         self._barrier = None
         self._outputs.clear()
         self._replayed += self._uncommitted_read
+        note_replayed(self.run_id, self._uncommitted_read)
         self._uncommitted_read = 0
         self._position = self._committed_position
         self._open_step = self._committed + 1
@@ -485,6 +490,7 @@ class Pipeline:
             self._recover_inner(failure)
         finally:
             self._recovery_s += time.monotonic() - t0
+            note_recovery(self.run_id, time.monotonic() - t0)
 
     def _recover_inner(self, failure: StageFailure) -> None:
         # A failure may be the stages' leases taken by a driver that took the run over:
@@ -567,6 +573,7 @@ class Pipeline:
             self._records_in -= n_in
             self._records_out -= n_out
             self._replayed += n_in
+            note_replayed(self.run_id, n_in)
             self._steps_this_run -= 1
         self._committed = target
         self._committed_position = position

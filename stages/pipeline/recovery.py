@@ -30,7 +30,13 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
 
 from ..actors.actor import StageSpec, StageStopped
-from ..errors import CheckpointFailed, PipelineError, StageError, StageProcessError
+from ..errors import (
+    CheckpointFailed,
+    CheckpointKeyRequired,
+    PipelineError,
+    StageError,
+    StageProcessError,
+)
 from ..actors.placement import NodeCapacity, pick_node
 from .run_driver import RunDriver
 from .sink import Sink
@@ -64,13 +70,16 @@ def get_sorted(ref: Any, sid: str | None, *, timeout: float,
     """``ray.get`` with a failure sorted: replayable (:class:`StageFailure`: the stage is
     lost, fenced, stopped or too slow - replace it and replay) or not (``PipelineError``: a
     stage error replay cannot fix, e.g. ``RollbackUnavailable``; ``StageProcessError``: the
-    stage's own code raised, and would again).
+    stage's own code raised, and would again; ``CheckpointKeyRequired``: the stage is
+    configured so that no checkpoint of it can be written).
 
     ``actor_ids`` maps an actor id (hex) to its stage id, to name the stage an actor death
     belongs to when the call that saw it was another stage's.
     """
     try:
         return ray.get(ref, timeout=timeout)
+    except CheckpointKeyRequired as exc:  # a setting: every incarnation would refuse again
+        raise _key_required(exc, sid) from exc
     except (CheckpointFailed, StageStopped) as exc:  # fenced, I/O, preempted: replace it
         who = getattr(exc, "stage_id", None) or sid
         raise StageFailure({who} if who else set(), exc) from exc
@@ -80,6 +89,8 @@ def get_sorted(ref: Any, sid: str | None, *, timeout: float,
     except GetTimeoutError as exc:
         raise StageFailure({sid} if sid else set(), exc) from exc
     except RayTaskError as exc:
+        if isinstance(exc.cause, CheckpointKeyRequired):
+            raise _key_required(exc.cause, sid) from exc
         if isinstance(exc.cause, (RayActorError, CheckpointFailed, StageStopped)):
             raise StageFailure({sid} if sid else set(), exc) from exc
         if isinstance(exc.cause, StageError):  # e.g. RollbackUnavailable, CheckpointCorrupt
@@ -88,6 +99,13 @@ def get_sorted(ref: Any, sid: str | None, *, timeout: float,
         raise StageProcessError(f"stage {sid or '?'} raised: {exc}", stage_id=sid) from exc
     except RayError as exc:  # object lost with its node, owner died, ...
         raise StageFailure({sid} if sid else set(), exc) from exc
+
+
+def _key_required(exc: CheckpointKeyRequired, sid: str | None) -> CheckpointKeyRequired:
+    """The configuration error itself, naming the stage: not replayed (no relaunch or
+    rollback would give the stage a key)."""
+    message = exc.args[0] if exc.args else str(exc)  # without Ray's traceback
+    return CheckpointKeyRequired(f"stage {sid or '?'!r}: {message}", lease_id=exc.lease_id)
 
 
 def restored_step(info: Mapping[str, Any]) -> int:

@@ -25,6 +25,12 @@ every write checks it under an ``flock`` of ``.lock`` in the directory, so the c
 atomic with the write across processes. Readers list ``step-*.jsonl`` files up to the
 published step; a half-written temporary file is never output. A directory without a
 fencing record (never used by a fenced driver) shows every step file.
+
+Modes: like the store's (``blockstore/fileio.py``), a sink's files are created ``0600`` and
+the directory it creates ``0700`` - output is often derived from the same private state.
+``file_mode`` widens that on purpose (``0o640``, ``0o644``); the directory then gets the
+matching search bits (``0750``, ``0755``). The process umask still applies on top. A
+directory that already exists keeps its mode.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from blockstore import canonical_json
+from blockstore.fileio import FILE_MODE
 
 from ..errors import SinkFencedError
 
@@ -94,13 +101,23 @@ class FileSink:
     """One JSON-lines file per committed step in ``directory``.
 
     Args:
-        directory: created if missing.
+        directory: created if missing (mode ``0700``, or the search bits ``file_mode`` implies).
         fsync: make each commit durable (``False`` only for throwaway output).
+        file_mode: permission bits of the step files and the fencing record (default
+            ``0600``, the store's); e.g. ``0o644`` to let other users read the output.
     """
 
-    def __init__(self, directory: str | os.PathLike[str], *, fsync: bool = True) -> None:
+    def __init__(self, directory: str | os.PathLike[str], *, fsync: bool = True,
+                 file_mode: int = FILE_MODE) -> None:
+        if not isinstance(file_mode, int) or isinstance(file_mode, bool) \
+                or file_mode & ~0o666 or (file_mode & 0o600) != 0o600:
+            raise ValueError(f"file_mode must be read/write bits including the owner's 0o600 "
+                             f"(e.g. 0o600, 0o640, 0o644), got {file_mode!r}")
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.file_mode = file_mode
+        # Search (x) bits for whoever may read the files; e.g. 0o600 -> 0o700, 0o644 -> 0o755.
+        dir_mode = file_mode | ((file_mode & 0o444) >> 2)
+        self.directory.mkdir(parents=True, exist_ok=True, mode=dir_mode)
         self.fsync = fsync
 
     def path(self, step: int) -> Path:
@@ -221,7 +238,7 @@ class FileSink:
         """Atomically make ``data`` the content of ``final`` (write, fsync, rename, fsync the
         directory)."""
         tmp = final.with_name(f".{final.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, self.file_mode)
         try:
             view = memoryview(data)
             while view:

@@ -102,6 +102,18 @@ def _ping(handle: Any) -> dict[str, Any] | None:
         return None
 
 
+def _waiting_for_flush(env: dict[str, Any], reason: str, sid: str) -> bool:
+    """The scheduler's handshake: it logged a plan for ``reason`` that waits for ``sid``."""
+    return any(d["kind"] == "select" and d["reason"] == reason and d["outcome"] == "wait"
+               and sid in ((d["plan"] or {}).get("wait_for") or ())
+               for d in ray.get(env["sched"].decisions.remote(50)))
+
+
+def _acted_on(env: dict[str, Any], reason: str) -> list[dict[str, Any]]:
+    return [d for d in ray.get(env["sched"].decisions.remote(50))
+            if d["kind"] == "preempt" and d["reason"] == reason]
+
+
 def test_scheduler_killed_mid_preemption(env: dict[str, Any], tmp_path: Path) -> None:
     sched = env["sched"]
     gate = tmp_path / "gate"
@@ -109,27 +121,36 @@ def test_scheduler_killed_mid_preemption(env: dict[str, Any], tmp_path: Path) ->
     busy = _handle(env, "busy")
     ray.get(busy.process_batch.remote([5]))
     ray.get(busy.checkpoint.remote())                       # generation 1
-    gate.touch()
+    # Its flush-complete report is fire-and-forget: wait until it landed, or its mark would
+    # pass for the mark of generation 2 below (and the preemption would not wait at all).
+    wait_for(lambda: ray.get(sched.reasons.remote("busy")) == [], what="gen 1 mark cleared")
+    gates.hold(gate)
     flushing = busy.checkpoint.remote()                      # generation 2, held open
+    wait_for(lambda: gates.entered(gate), what="generation 2 held at the gate")
     wait_for(lambda: ray.get(sched.reasons.remote("busy")) == [CIP], what="busy flushing")
+    reason = "kill me mid-way"
     pending = sched.preempt.remote(
-        PreemptionRequest(reason="kill me mid-way", deadline=time.time() + 30, count=1))
-    assert not ray.wait([pending], timeout=1.0)[0], "it must wait for the flush"
+        PreemptionRequest(reason=reason, deadline=time.time() + 60, count=1))
+    wait_for(lambda: _waiting_for_flush(env, reason, "busy"),
+             what="the preemption waiting for busy's flush")
+    assert not _acted_on(env, reason) and not ray.wait([pending], timeout=0)[0], \
+        "it must wait for the flush"
     pid = ray.get(sched.ping.remote())["pid"]
     ray.kill(sched, no_restart=False)
     with pytest.raises(ray.exceptions.RayActorError):
         ray.get(pending, timeout=60)                         # never retried: it acts
-    wait_for(lambda: (_ping(sched) or {}).get("pid") not in (None, pid), timeout=30,
+    wait_for(lambda: (_ping(sched) or {}).get("pid") not in (None, pid), timeout=60,
              what="scheduler restarted")
     # The stage it was waiting for was not stopped; the restarted scheduler knows it flushes.
     assert ray.get(busy.ping.remote()) == "busy"
+    assert ray.get(busy.info.remote())["stopped"] is False
     wait_for(lambda: ray.get(sched.reasons.remote("busy")) == [CIP], what="mark reconciled")
-    gate.unlink()
-    assert ray.get(flushing)["generation"] == 2
+    gates.release(gate)
+    assert ray.get(flushing, timeout=60)["generation"] == 2
     wait_for(lambda: ray.get(sched.reasons.remote("busy")) == [], what="mark cleared")
     res = ray.get(sched.preempt.remote(
-        PreemptionRequest(reason="again", deadline=time.time() + 30, count=1)))
-    assert res.victims == ("busy",) and res.outcome_of("busy").action == "checkpointed"
+        PreemptionRequest(reason="again", deadline=time.time() + 60, count=1)))
+    assert res.victims == ("busy",) and res.outcome_of("busy").action == "checkpointed", res
     with open_store(env["store"]) as st:
         back = CheckpointedStageState.restore(st.open_reader("busy"))
     assert back.restored.generation == 3 and back.state["total"] == 5

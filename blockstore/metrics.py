@@ -1,0 +1,257 @@
+"""Metrics: every figure blockpoint reports, declared once, exported to Ray and to listeners.
+
+Each figure is declared in :data:`METRICS` (name, kind, description, tag keys, buckets);
+``docs/OPERATIONS.md`` lists them and ``docs/grafana/blockpoint.json`` graphs them - tests
+check the three against each other. Library code records through :func:`record`:
+
+* inside Ray (``ray.is_initialized()`` in this process: a driver or any worker), through
+  ``ray.util.metrics``; Ray's metrics agent exports them to Prometheus as
+  ``ray_blockpoint_<name>``, adding the node's address, the worker and the session as labels
+  (so every figure is tagged by node without blockpoint asking which node it is on);
+* to every listener added with :func:`listen` (a context manager): tests, a user's own
+  exporter, a log;
+* to a ``prometheus_client`` registry given to :func:`export_to_prometheus` - for plain
+  library use outside Ray. ``prometheus_client`` is optional: nothing imports it otherwise.
+
+Guarantees: recording never raises and never blocks on I/O (Ray's recorder aggregates in
+process and its agent pulls); an unknown name or a missing tag is a programming error and
+raises :class:`ValueError` at once (tests cover every call site); a failing exporter or
+listener is logged once and then skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["METRICS", "MetricSpec", "export_to_prometheus", "listen", "record"]
+
+log = logging.getLogger(__name__)
+
+PREFIX = "blockpoint_"
+
+# Seconds: 1 ms .. 10 min, roughly x2.5 apart (checkpoints of KiB to GiB, acks to drains).
+SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+           30.0, 60.0, 120.0, 300.0, 600.0)
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSpec:
+    """One figure: ``kind`` is ``counter`` (added to), ``gauge`` (set) or ``histogram``."""
+
+    name: str
+    kind: str
+    description: str
+    tags: tuple[str, ...]
+    buckets: tuple[float, ...] = ()
+
+
+def _specs(*rows: tuple[str, str, str, tuple[str, ...]]) -> dict[str, MetricSpec]:
+    return {name: MetricSpec(name, kind, text, tags, SECONDS if kind == "histogram" else ())
+            for name, kind, text, tags in rows}
+
+
+S = ("stage",)
+#: Every figure, by name (without the ``blockpoint_`` prefix Prometheus shows).
+METRICS: Mapping[str, MetricSpec] = _specs(
+    # -- one state's checkpoints (stages/checkpoint) ----------------------------------------
+    ("checkpoint_seconds", "histogram", "time from a checkpoint's start to its durable "
+     "header (serialise, write, two flushes)", S),
+    ("checkpoint_stall_seconds", "histogram", "time an asynchronous checkpoint held the "
+     "caller (the snapshot)", S),
+    ("checkpoints_total", "counter", "generations committed", S),
+    ("checkpoint_failures_total", "counter", "checkpoints that failed, by the error's type",
+     ("stage", "cause")),
+    ("checkpoint_written_bytes_total", "counter", "bytes handed to the store by commits "
+     "(data, spilled map, erased slots, header)", S),
+    ("checkpoint_payload_bytes", "gauge", "serialised size of the newest generation", S),
+    ("checkpoint_stored_bytes", "gauge", "stored (compressed) size of the newest generation",
+     S),
+    ("checkpoint_compression_ratio", "gauge", "payload / stored bytes of the newest "
+     "generation", S),
+    ("checkpoint_generations", "gauge", "committed generations the lease retains", S),
+    ("lease_bytes", "gauge", "storage the stage's lease occupies (blocks x block size)", S),
+    ("restore_seconds", "histogram", "time a restore took (scan, verify, decode)", S),
+    ("restores_total", "counter", "restores that returned a generation", S),
+    ("restore_fallbacks_total", "counter", "generations a restore skipped because they did "
+     "not verify", S),
+    # -- the flush mark, seen from the stage (scheduler/observer.py) -------------------------
+    ("flush_ack_seconds", "histogram", "time the scheduler took to acknowledge a flush start "
+     "(the checkpoint waits for it)", S),
+    ("flush_ack_missed_total", "counter", "flush starts the scheduler did not acknowledge in "
+     "time (the flush went ahead unprotected)", S),
+    ("flush_mark_seconds", "histogram", "time a stage's flush mark was held (start to "
+     "completion reported)", S),
+    # -- the scheduler (scheduler/decisions.py) ----------------------------------------------
+    ("scheduler_decisions_total", "counter", "decisions the scheduler logged: preempt, "
+     "restore, relaunch, drain, lost, flush, by outcome and reason", ("kind", "outcome",
+                                                                      "reason")),
+    ("preemption_wait_seconds", "histogram", "time a preemption waited for its victims' "
+     "flushes before acting", ("reason",)),
+    ("scheduler_victims_total", "counter", "stages named by the scheduler's decisions, by "
+     "kind and outcome", ("kind", "outcome")),
+    # -- pipelines (stages/pipeline/pipeline.py) ---------------------------------------------
+    ("pipeline_steps_committed_total", "counter", "steps a pipeline committed", ("run",)),
+    ("pipeline_records_in_total", "counter", "source records in committed steps", ("run",)),
+    ("pipeline_records_out_total", "counter", "output records in committed steps", ("run",)),
+    ("pipeline_records_replayed_total", "counter", "source records read again after a "
+     "rollback", ("run",)),
+    ("pipeline_failures_total", "counter", "stage failures a pipeline recovered from",
+     ("run",)),
+    ("pipeline_recovery_seconds", "histogram", "time from noticing a failure to every stage "
+     "rolled back", ("run",)),
+)
+
+Listener = Callable[[str, float, Mapping[str, str]], None]
+
+_lock = threading.Lock()
+_listeners: list[Listener] = []
+_prometheus: list[tuple[Any, dict[str, Any]]] = []  # (registry, name -> instrument)
+_ray_instruments: dict[str, Any] = {}
+_ray_session: Any = None
+_ray_broken = False
+
+
+def record(name: str, value: float, **tags: Any) -> None:
+    """Record ``value`` for the figure ``name`` (add, set or observe, by its kind).
+
+    ``tags`` must be exactly the figure's tag keys; values are turned into strings. Never
+    raises for exporter failures; raises ``ValueError`` for an unknown name or wrong tags.
+    """
+    spec = METRICS.get(name)
+    if spec is None:
+        raise ValueError(f"unknown metric {name!r} (declare it in blockstore.metrics.METRICS)")
+    if set(tags) != set(spec.tags):
+        raise ValueError(f"metric {name!r} takes tags {spec.tags}, got {tuple(sorted(tags))}")
+    labels = {k: str(v) for k, v in tags.items()}
+    value = float(value)
+    _to_ray(spec, value, labels)
+    with _lock:
+        listeners = list(_listeners)
+        proms = list(_prometheus)
+    for fn in listeners:
+        try:
+            fn(name, value, labels)
+        except Exception:  # noqa: BLE001 - a listener never breaks the caller
+            log.exception("metrics listener %r failed on %s; removed", fn, name)
+            with _lock:
+                if fn in _listeners:
+                    _listeners.remove(fn)
+    for registry, instruments in proms:
+        try:
+            _to_prometheus(registry, instruments, spec, value, labels)
+        except Exception:  # noqa: BLE001
+            log.exception("prometheus export of %s failed; registry dropped", name)
+            with _lock:
+                _prometheus[:] = [p for p in _prometheus if p[0] is not registry]
+
+
+@contextmanager
+def listen(fn: Listener) -> Iterator[Listener]:
+    """Call ``fn(name, value, tags)`` for every figure recorded in this process while open."""
+    with _lock:
+        _listeners.append(fn)
+    try:
+        yield fn
+    finally:
+        with _lock:
+            if fn in _listeners:
+                _listeners.remove(fn)
+
+
+def export_to_prometheus(registry: Any) -> None:
+    """Also export every figure to a ``prometheus_client.CollectorRegistry`` (plain library use).
+
+    Names and labels are those of ``docs/OPERATIONS.md``, without Ray's ``ray_`` prefix and
+    node labels. Needs the optional ``prometheus_client`` package.
+    """
+    import prometheus_client  # noqa: F401 - fail here, not at the first record
+
+    with _lock:
+        if all(r is not registry for r, _ in _prometheus):
+            _prometheus.append((registry, {}))
+
+
+def _to_prometheus(registry: Any, instruments: dict[str, Any], spec: MetricSpec, value: float,
+                   labels: Mapping[str, str]) -> None:
+    import prometheus_client as pc
+
+    inst = instruments.get(spec.name)
+    if inst is None:
+        full = PREFIX + spec.name
+        if spec.kind == "counter":
+            # prometheus_client appends _total itself.
+            inst = pc.Counter(full.removesuffix("_total"), spec.description, spec.tags,
+                              registry=registry)
+        elif spec.kind == "gauge":
+            inst = pc.Gauge(full, spec.description, spec.tags, registry=registry)
+        else:
+            inst = pc.Histogram(full, spec.description, spec.tags, buckets=spec.buckets,
+                                registry=registry)
+        instruments[spec.name] = inst
+    child = inst.labels(**labels) if spec.tags else inst
+    if spec.kind == "counter":
+        child.inc(value)
+    elif spec.kind == "gauge":
+        child.set(value)
+    else:
+        child.observe(value)
+
+
+def _to_ray(spec: MetricSpec, value: float, labels: Mapping[str, str]) -> None:
+    global _ray_session, _ray_broken
+    try:
+        import ray
+    except ImportError:  # pragma: no cover - ray is a required dependency
+        return
+    if not ray.is_initialized():
+        return
+    try:
+        # Instruments belong to one connection to Ray: a process that shut Ray down and
+        # initialised it again (tests do) makes new ones.
+        session = ray.get_runtime_context().get_job_id(), _worker_identity(ray)
+        with _lock:
+            if session != _ray_session:
+                _ray_instruments.clear()
+                _ray_session = session
+                _ray_broken = False
+            if _ray_broken:
+                return
+            inst = _ray_instruments.get(spec.name)
+            if inst is None:
+                inst = _ray_instruments[spec.name] = _ray_instrument(spec)
+        if spec.kind == "counter":
+            if value > 0:
+                inst.inc(value, tags=dict(labels))
+        elif spec.kind == "gauge":
+            inst.set(value, tags=dict(labels))
+        else:
+            inst.observe(value, tags=dict(labels))
+    except Exception:  # noqa: BLE001 - metrics never break a checkpoint
+        log.exception("recording %s through Ray failed; Ray export off in this process",
+                      spec.name)
+        with _lock:
+            _ray_broken = True
+
+
+def _worker_identity(ray: Any) -> int:
+    worker = getattr(getattr(ray, "_private", None), "worker", None)
+    core = getattr(getattr(worker, "global_worker", None), "core_worker", None)
+    return id(core)
+
+
+def _ray_instrument(spec: MetricSpec) -> Any:
+    from ray.util import metrics as rm
+
+    # Ray appends nothing: the exported name is ray_ + this name.
+    name = PREFIX + spec.name
+    if spec.kind == "counter":
+        return rm.Counter(name, description=spec.description, tag_keys=spec.tags)
+    if spec.kind == "gauge":
+        return rm.Gauge(name, description=spec.description, tag_keys=spec.tags)
+    return rm.Histogram(name, description=spec.description, boundaries=list(spec.buckets),
+                        tag_keys=spec.tags)

@@ -1,0 +1,64 @@
+"""What one state's checkpoints and restores report to :mod:`blockstore.metrics`.
+
+Called by :class:`~stages.checkpoint.state.CheckpointedStageState` after each commit, failure
+and restore; the figures are named in ``docs/OPERATIONS.md`` (Metrics). Tagged by the lease's
+name - the stage id for stages and decorated actors - never by the lease id, so a restored
+stage's figures continue the old series.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from blockstore.metrics import record
+
+from .reports import CheckpointInfo, RestoreReport
+
+__all__ = ["note_checkpoint", "note_failure", "note_restore", "note_stall"]
+
+
+def note_checkpoint(info: CheckpointInfo, lease: Any, slots: Sequence[Any] | None) -> None:
+    """A generation committed: its duration, size, ratio, and the lease's retained state."""
+    stage = info.name
+    record("checkpoint_seconds", info.duration_s, stage=stage)
+    record("checkpoints_total", 1, stage=stage)
+    if info.bytes_written:
+        record("checkpoint_written_bytes_total", info.bytes_written, stage=stage)
+    record("checkpoint_payload_bytes", info.data_length, stage=stage)
+    record("checkpoint_stored_bytes", info.stored_bytes, stage=stage)
+    if info.stored_bytes:
+        record("checkpoint_compression_ratio", info.data_length / info.stored_bytes,
+               stage=stage)
+    if slots is not None:
+        record("checkpoint_generations", sum(1 for s in slots if s.committed), stage=stage)
+    _note_lease(stage, lease)
+
+
+def note_failure(stage: str, exc: BaseException) -> None:
+    """A checkpoint failed; ``cause`` is the error's type (the innermost one it wraps)."""
+    cause = exc.__cause__ if exc.__cause__ is not None else exc
+    record("checkpoint_failures_total", 1, stage=stage, cause=type(cause).__name__)
+
+
+def note_stall(stage: str, seconds: float) -> None:
+    """An asynchronous checkpoint held its caller ``seconds`` (the snapshot)."""
+    record("checkpoint_stall_seconds", seconds, stage=stage)
+
+
+def note_restore(report: RestoreReport, seconds: float, lease: Any) -> None:
+    """A restore returned ``report``'s generation after ``seconds``."""
+    stage = report.info.name
+    record("restore_seconds", seconds, stage=stage)
+    record("restores_total", 1, stage=stage)
+    skipped = sum(1 for gen, _ in report.skipped if gen is not None)
+    if skipped:
+        record("restore_fallbacks_total", skipped, stage=stage)
+    _note_lease(stage, lease)
+
+
+def _note_lease(stage: str, lease: Any) -> None:
+    try:
+        record("lease_bytes", lease.num_blocks * lease.block_size, stage=stage)
+    except Exception:  # noqa: BLE001 - a reader of a released lease may not know its size
+        pass

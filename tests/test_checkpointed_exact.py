@@ -1,0 +1,139 @@
+"""The exactly-once questions of ``every_calls=1`` actors (issue 18 item 2), and request ids.
+
+Without Ray first: the decorated class runs in this process on a real file store wrapped in
+``blockstore.faults.FaultyStore``, which fails a chosen write or flush the way a broken disk
+does. Two questions, one test each:
+
+* a commit whose outcome is unknown (the store raised after the generation may have landed)
+  whose generation *did* land holds the call's id: the call returns its recorded result,
+  and nothing is applied twice; one whose generation did not land raises and leaves
+  nothing of the call behind;
+* a call that raises after partly mutating the state is rolled back to the last committed
+  state, so the next call's checkpoint cannot commit half of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import errno
+from typing import Any
+
+import pytest
+
+from blockstore import FileStore
+from blockstore.faults import FaultyStore
+from stages import CheckpointCommitUnknown, checkpointed
+from stages.actors.durability import ActorDurability
+
+
+class Account:
+    """A balance and a log of what was applied; ``spend`` changes both, then may fail."""
+
+    def __init__(self) -> None:
+        self.state = {"balance": 100, "log": []}
+
+    def deposit(self, k: int) -> int:
+        self.state["balance"] += k
+        self.state["log"].append(k)
+        return self.state["balance"]
+
+    def spend_then_fail(self, k: int) -> None:
+        self.state["balance"] -= k                      # half of the change...
+        raise ValueError("card declined")               # ...and the method raises
+
+    async def spend_then_fail_async(self, k: int) -> None:
+        self.state["balance"] -= k
+        await asyncio.sleep(0)
+        raise ValueError("card declined")
+
+    @checkpointed.readonly
+    def balance(self) -> int:
+        return self.state["balance"]
+
+
+class DisarmOnFailure:
+    """A flush observer that disarms the store's injected fault once a flush failed: the
+    next flush (the one that confirms a commit of unknown outcome) succeeds."""
+
+    def __init__(self, faulty: FaultyStore) -> None:
+        self.faulty = faulty
+
+    def on_flush_start(self, lease_id: str) -> None:
+        pass
+
+    def on_flush_complete(self, lease_id: str, ok: bool) -> None:
+        if not ok:
+            self.faulty.fail_io("flush", None)
+            self.faulty.fail_io("write", None)
+
+
+def _start(store: Any, key: str, **kw: Any) -> Any:
+    """An incarnation of the decorated ``Account`` on ``store`` (a URL or an open store,
+    possibly faulty), as the decorator starts it inside an actor."""
+    cls = checkpointed(store="unused", key=key, every_calls=1, **kw)(Account)
+    config = dataclasses.replace(cls.__bp_config__, store=store)
+    obj = object.__new__(cls)
+    Account.__init__(obj)
+    obj._bp_durable = ActorDurability(obj, config, key, handle=None, node_id=None)
+    return obj
+
+
+def _faulty(tmp_path: Any) -> FaultyStore:
+    return FaultyStore(FileStore(tmp_path / "store", 4096))
+
+
+def _writes_and_flushes_of_one_call(obj: Any, faulty: FaultyStore) -> tuple[int, int]:
+    w, f = faulty.write_calls, faulty.flushes
+    obj.deposit(0)
+    return faulty.write_calls - w, faulty.flushes - f
+
+
+def test_commit_unknown_that_landed_returns_the_recorded_result(tmp_path: Any) -> None:
+    faulty = _faulty(tmp_path)
+    obj = _start(faulty, "landed", observer=DisarmOnFailure(faulty))
+    _, flushes = _writes_and_flushes_of_one_call(obj, faulty)
+    # The last flush of a checkpoint follows its header write: failing it leaves the
+    # commit unknown, with the new generation in place.
+    faulty.fail_io("flush", errno.EIO, at=flushes - 1)
+    assert obj.deposit(7) == 107          # committed after all: answered, not raised
+    assert obj.balance() == 107 and obj.state["log"] == [0, 7]
+    info = obj.checkpoint_info()
+    assert info["failed_checkpoints"] == 1 and info["deduplicated"] == 0
+    assert obj.deposit(1) == 108          # and it goes on from there
+    faulty.close()
+    again = _start(FileStore(tmp_path / "store"), "landed")
+    assert again.state == {"balance": 108, "log": [0, 7, 1]}   # applied exactly once
+
+
+def test_commit_unknown_that_did_not_land_raises_and_leaves_nothing(tmp_path: Any) -> None:
+    faulty = _faulty(tmp_path)
+    obj = _start(faulty, "lost", observer=DisarmOnFailure(faulty))
+    writes, _ = _writes_and_flushes_of_one_call(obj, faulty)
+    faulty.fail_io("write", errno.EIO, at=writes - 1)     # the header write itself fails
+    with pytest.raises(CheckpointCommitUnknown):
+        obj.deposit(7)
+    assert obj.balance() == 100 and obj.state["log"] == [0]   # memory = what is durable
+    assert obj.deposit(1) == 101
+    faulty.close()
+    assert _start(FileStore(tmp_path / "store"), "lost").state == {"balance": 101,
+                                                                   "log": [0, 1]}
+
+
+def test_a_call_that_raises_is_rolled_back_before_the_next_commit(tmp_path: Any) -> None:
+    """Rolled back to the last committed state: the lease's newest generation, or - before
+    the first commit - the constructor's state."""
+    store = str(tmp_path / "store")
+    obj = _start(store, "partial")
+    with pytest.raises(ValueError, match="declined"):
+        obj.spend_then_fail(30)               # before any commit: back to __init__'s state
+    assert obj.balance() == 100
+    assert obj.deposit(5) == 105
+    with pytest.raises(ValueError, match="declined"):
+        obj.spend_then_fail(50)
+    assert obj.balance() == 105
+    with pytest.raises(ValueError, match="declined"):
+        asyncio.run(obj.spend_then_fail_async(20))   # the coroutine path, the same rule
+    assert obj.balance() == 105
+    assert obj.deposit(1) == 106              # this commit holds no half of the failures
+    assert _start(store, "partial").state == {"balance": 106, "log": [5, 1]}

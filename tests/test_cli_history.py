@@ -1,0 +1,86 @@
+"""``blockpoint history STORE LEASE`` and the scheduler status's flush column (issue 22 item 5)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from blockpoint.cli import main
+from blockpoint.cli_scheduler import _flush
+from blockstore import FileStore
+from stages import CheckpointedStageState
+from stages.checkpoint.reader import load_map, scan_slots
+
+BS = 4096
+
+
+@pytest.fixture(autouse=True)
+def _no_env_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BLOCKPOINT_CHECKPOINT_KEY", raising=False)
+
+
+@pytest.fixture
+def store_path(tmp_path: Path) -> Path:
+    root = tmp_path / "store"
+    with FileStore(root, BS) as store, store.acquire("agg") as lease:
+        css = CheckpointedStageState({"n": 0, "pad": "x" * 30000}, lease, retention=3,
+                                     compression="zstd", incremental=True, codec="msgpack")
+        for step in (10, 20, 30):
+            css.state["n"] = step
+            css.checkpoint(step=step)
+    return root
+
+
+def test_history_lists_retained_generations_oldest_first(store_path: Path, capsys) -> None:
+    assert main(["history", str(store_path), "agg"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert "3 generation(s) retained" in lines[0]
+    header = lines[1].lower().split()
+    assert header == ["generation", "step", "written", "took", "size", "stored", "ratio",
+                      "kind", "verified"]
+    body = [ln for ln in lines[2:] if ln.strip()]
+    assert [ln.split()[0] for ln in body] == ["1", "2", "3"]
+    assert [ln.split()[1] for ln in body] == ["10", "20", "30"]
+    assert "full" in body[0] and "MAC not checked" in body[0]
+
+    assert main(["history", str(store_path), "agg", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["generation"] for r in rows] == [1, 2, 3]
+    assert all(r["verified"] and r["duration_s"] > 0 and r["created_at"] > 0 for r in rows)
+    assert rows[0]["ratio"] > 5 and rows[0]["mac_checked"] is False
+
+
+def test_history_names_a_generation_that_no_longer_verifies(store_path: Path, capsys) -> None:
+    with FileStore(store_path) as store:
+        reader = store.open_reader("agg")
+        _, scans = scan_slots(reader)
+        h = max((s.header for s in scans if s.header), key=lambda h: h.generation)
+        e = load_map(reader, h)[0][-1]
+        dat = store_path / "leases" / f"{reader.lease_id}.dat"
+    with open(dat, "r+b") as f:
+        f.seek(e.block * BS + e.offset)
+        byte = f.read(1)
+        f.seek(e.block * BS + e.offset)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    assert main(["history", str(store_path), "agg"]) == 1
+    out = capsys.readouterr().out
+    assert "NO: " in out.splitlines()[-1] and out.splitlines()[-1].split()[0] == str(h.generation)
+
+
+def test_history_of_what_cannot_be_opened_is_one_line_and_exit_2(tmp_path: Path,
+                                                                  store_path: Path,
+                                                                  capsys) -> None:
+    assert main(["history", str(tmp_path / "nowhere"), "agg"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("blockpoint history: ") and len(err.strip().splitlines()) == 1
+    assert main(["history", str(store_path), "missing"]) == 2
+    assert "missing" in capsys.readouterr().err
+
+
+def test_scheduler_status_flush_column() -> None:
+    assert _flush({"flushing_since": 100.0, "checkpoint_s": 0.5}, now=103.4) == "flushing 3s"
+    assert _flush({"flushing_since": None, "checkpoint_s": 0.25}, now=0) == "0.25s"
+    assert _flush({}, now=0) == "-"

@@ -1,0 +1,157 @@
+"""Metrics: every figure declared once, recorded where it happens, exported to listeners and
+Prometheus (plain library use), documented, and graphed by the Grafana dashboard.
+
+The Ray export (``ray_blockpoint_*`` scraped from the metrics agent during a real pipeline run)
+is in ``tests/test_metrics_ray.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import pytest
+
+from blockstore import open_store
+from blockstore.metrics import METRICS, export_to_prometheus, listen, record
+from stages import CheckpointedStageState
+from stages.errors import CheckpointFailed
+
+ROOT = Path(__file__).resolve().parents[1]
+DASHBOARD = ROOT / "docs" / "grafana" / "blockpoint.json"
+
+
+class Seen:
+    """What listeners heard: sums of counters, last gauges, histogram observations."""
+
+    def __init__(self) -> None:
+        self.values: dict[tuple[str, tuple[tuple[str, str], ...]], list[float]] = \
+            defaultdict(list)
+
+    def __call__(self, name: str, value: float, tags: Mapping[str, str]) -> None:
+        self.values[(name, tuple(sorted(tags.items())))].append(value)
+
+    def of(self, name: str, **tags: str) -> list[float]:
+        return self.values.get((name, tuple(sorted(tags.items()))), [])
+
+
+@pytest.fixture
+def seen() -> Iterator[Seen]:
+    s = Seen()
+    with listen(s):
+        yield s
+
+
+def test_checkpoints_and_restores_report_their_figures(store_dir: str, seen: Seen) -> None:
+    with open_store(store_dir, block_size=4096) as st, st.acquire("agg", holder="me", ttl=60) as lease:
+        css = CheckpointedStageState({"n": 0, "pad": b"x" * 20000}, lease, retention=2,
+                                     compression="zstd", allow_unauthenticated=True)
+        infos = []
+        for i in range(3):
+            css.state["n"] = i
+            infos.append(css.checkpoint(step=i + 1))
+        assert seen.of("checkpoints_total", stage="agg") == [1.0, 1.0, 1.0]
+        assert len(seen.of("checkpoint_seconds", stage="agg")) == 3
+        assert seen.of("checkpoint_payload_bytes", stage="agg")[-1] == infos[-1].data_length
+        assert seen.of("checkpoint_stored_bytes", stage="agg")[-1] == infos[-1].stored_bytes
+        ratio = seen.of("checkpoint_compression_ratio", stage="agg")[-1]
+        assert ratio == pytest.approx(infos[-1].data_length / infos[-1].stored_bytes) and ratio > 5
+        assert sum(seen.of("checkpoint_written_bytes_total", stage="agg")) == \
+            sum(i.bytes_written for i in infos)
+        assert seen.of("checkpoint_generations", stage="agg") == [1.0, 2.0, 2.0]
+        assert seen.of("lease_bytes", stage="agg")[-1] == lease.num_blocks * 4096
+
+        # The newest generation's first data block flipped: the restore falls back one.
+        newest = max(css._slots, key=lambda s: s.header.generation if s.header else -1)
+        block = min(newest.blocks - {0, 1})
+        buf = bytearray(lease.read_block(block))
+        buf[100] ^= 0xFF
+        lease.write_block(block, bytes(buf))
+        lease.flush()
+        back = CheckpointedStageState.restore(lease, allow_unauthenticated=True)
+        assert back.state["n"] == 1
+        assert seen.of("restores_total", stage="agg") == [1.0]
+        assert seen.of("restore_fallbacks_total", stage="agg") == [1.0]
+        assert len(seen.of("restore_seconds", stage="agg")) == 1
+
+        # A failure is counted by the type of what went wrong.
+        css.state["bad"] = lambda: None  # pickle cannot serialise a lambda
+        with pytest.raises(CheckpointFailed):
+            css.checkpoint(step=9)
+        causes = {dict(tags)["cause"] for (name, tags) in seen.values
+                  if name == "checkpoint_failures_total"}
+        assert causes and causes <= {"PicklingError", "AttributeError", "TypeError"}
+
+
+def test_async_checkpoint_reports_its_stall(store_dir: str, seen: Seen) -> None:
+    with open_store(store_dir, block_size=4096) as st, st.acquire("s", holder="me", ttl=60) as lease:
+        css = CheckpointedStageState({"n": 1}, lease, allow_unauthenticated=True)
+        css.checkpoint_async(step=1).wait(60)
+        assert len(seen.of("checkpoint_stall_seconds", stage="s")) == 1
+        assert seen.of("checkpoints_total", stage="s") == [1.0]
+
+
+def test_a_wrong_name_or_tag_is_a_programming_error() -> None:
+    with pytest.raises(ValueError, match="unknown metric"):
+        record("checkpoints", 1, stage="x")
+    with pytest.raises(ValueError, match="takes tags"):
+        record("checkpoints_total", 1, lease="x")
+
+
+def test_a_failing_listener_is_dropped_and_never_breaks_the_caller(seen: Seen) -> None:
+    calls: list[str] = []
+
+    def broken(name: str, value: float, tags: Mapping[str, str]) -> None:
+        calls.append(name)
+        raise RuntimeError("exporter down")
+
+    with listen(broken):
+        record("checkpoints_total", 1, stage="x")
+        record("checkpoints_total", 1, stage="x")
+    assert calls == ["checkpoints_total"]
+    assert seen.of("checkpoints_total", stage="x") == [1.0, 1.0]
+
+
+def test_prometheus_registry_outside_ray() -> None:
+    prometheus_client = pytest.importorskip("prometheus_client")
+    registry = prometheus_client.CollectorRegistry()
+    export_to_prometheus(registry)
+    record("checkpoints_total", 2, stage="p")
+    record("checkpoint_seconds", 0.2, stage="p")
+    record("checkpoint_generations", 3, stage="p")
+    text = prometheus_client.generate_latest(registry).decode()
+    assert 'blockpoint_checkpoints_total{stage="p"} 2.0' in text
+    assert 'blockpoint_checkpoint_seconds_count{stage="p"} 1.0' in text
+    assert 'blockpoint_checkpoint_generations{stage="p"} 3.0' in text
+
+
+def _exported_names(name: str) -> set[str]:
+    return {"ray_blockpoint_" + name} | ({"ray_blockpoint_" + name + s
+                                          for s in ("_bucket", "_count", "_sum")}
+                                         if METRICS[name].kind == "histogram" else set())
+
+
+def test_operations_md_documents_every_metric() -> None:
+    text = (ROOT / "docs" / "OPERATIONS.md").read_text()
+    rows = set(re.findall(r"^\| `ray_blockpoint_(\w+)` \|", text, re.M))
+    assert rows == set(METRICS), (sorted(set(METRICS) - rows), sorted(rows - set(METRICS)))
+    for name, spec in METRICS.items():
+        row = re.search(rf"^\| `ray_blockpoint_{name}` \| (\w+) \| ([^|]*) \|", text, re.M)
+        assert row is not None and row.group(1) == spec.kind, name
+        assert {t.strip(" `") for t in row.group(2).split(",") if t.strip()} == set(spec.tags)
+
+
+def test_grafana_dashboard_names_only_metrics_that_exist() -> None:
+    board = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for p in board["panels"] for t in p.get("targets", [])]
+    assert len(board["panels"]) >= 8 and exprs
+    known = set().union(*(_exported_names(n) for n in METRICS))
+    named = {m for e in exprs for m in re.findall(r"\bray_blockpoint_\w+", e)}
+    assert named and named <= known, sorted(named - known)
+    # Every figure is on the dashboard, so an operator never has to hunt for one.
+    shown = {n for n in METRICS if _exported_names(n) & named}
+    assert shown == set(METRICS), sorted(set(METRICS) - shown)
+    assert board["title"] and board.get("uid")

@@ -1,0 +1,170 @@
+"""No error, log line, repr or pickled exception carries a secret (issue 18, credentials).
+
+Every way a secret can reach a store URL - the user information of the URL (with a ``/``
+in the secret, which RFC 3986 parsing reads as host, port and path), the user information
+of ``endpoint_url``, an unknown query key, percent-encoded - is refused with a
+``StoreURLError`` whose message, ``.url``, ``.part``, repr, pickle and formatted traceback
+hold no form of the secret; so are the object client's translated errors when the client's
+own text echoes a URL or a key, and the reprs of specs and ``@checkpointed`` configs.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import traceback
+from urllib.parse import quote, unquote
+
+import pytest
+
+from blockstore import StoreURLError, open_store, parse_store_url
+from blockstore.objectclient import ObjectClient
+from blockstore.redact import redact_text, redact_url
+
+SECRETS = [
+    "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",  # an AWS-shaped secret: '/'
+    "abcDEF+ghiJKL+mnoPQR",                         # '+'
+    "pa@ss/wo@rd",                                  # '@' and '/'
+    "abc%2Fdef%2Fghi",                              # percent-encoded '/'
+]
+
+
+def _forms(secret: str) -> set[str]:
+    """Every way the secret could show: as given, decoded, encoded."""
+    return {s for s in {secret, unquote(secret), quote(secret, safe=""), quote(secret)}
+            if len(s) >= 6}
+
+
+def _urls(secret: str) -> list[str]:
+    return [
+        f"s3://AKIAEXAMPLE:{secret}@bucket/ckpt",
+        f"s3://AKIAEXAMPLE:{secret}@bucket/ckpt?region=us-east-1",
+        f"gs://user:{secret}@bucket/ckpt",
+        f"az://acct:{secret}@container/ckpt?account=acct01",
+        f"s3://bucket/ckpt?endpoint_url=http://AKIAEXAMPLE:{secret}@127.0.0.1:9000",
+        f"s3://bucket/ckpt?endpoint_url=http://AKIAEXAMPLE:{quote(secret, safe='')}@h:9000",
+        f"s3://bucket/ckpt?endpoint_url=https://{secret}@h",
+        f"s3://bucket/ckpt?aws_secret_access_key={secret}",
+        f"s3://bucket/ckpt?region=us-east-1&aws_secret_access_key={quote(secret, safe='')}",
+        f"s3://bucket/ckpt?{secret}",
+        f"s3://bucket/ckpt?token={secret}#frag",
+    ]
+
+
+def _assert_clean(text: str | bytes, secret: str) -> None:
+    for form in _forms(secret):
+        needle = form.encode() if isinstance(text, bytes) else form
+        assert needle not in text, f"{form!r} leaked in {text!r}"
+
+
+def _cases() -> list[tuple[str, str]]:
+    return [(secret, url) for secret in SECRETS for url in _urls(secret)]
+
+
+@pytest.mark.parametrize("secret, url", _cases())
+def test_store_url_errors_never_carry_the_secret(secret: str, url: str,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    with pytest.raises(StoreURLError) as info:
+        open_store(url)
+    err = info.value
+    for text in (str(err), repr(err), err.url, err.part, str(err.args)):
+        _assert_clean(text, secret)
+    blob = pickle.dumps(err)
+    _assert_clean(blob, secret)
+    back = pickle.loads(blob)
+    assert (str(back), back.url, back.part) == (str(err), err.url, err.part)
+    _assert_clean("".join(traceback.format_exception(err)), secret)
+    with caplog.at_level(logging.ERROR):
+        logging.getLogger("test_redact").exception("open failed: %s", err, exc_info=err)
+    _assert_clean(caplog.text, secret)
+    assert "***" in err.url
+
+
+@pytest.mark.parametrize("secret", SECRETS)
+def test_credentials_with_a_slash_are_refused_as_credentials(secret: str) -> None:
+    with pytest.raises(StoreURLError) as info:
+        parse_store_url(f"s3://AKIAEXAMPLE:{secret}@bucket/ckpt")
+    assert info.value.part == "credentials"
+    assert info.value.url.startswith("s3://***@")
+    with pytest.raises(StoreURLError) as info:
+        parse_store_url(f"s3://bucket/x?endpoint_url=http://AKIAEXAMPLE:{secret}@h:9000")
+    assert info.value.part == "endpoint_url"
+
+
+def test_redaction_keeps_what_is_not_secret() -> None:
+    url = "s3://my-bucket/a/pre@fix?endpoint_url=http://127.0.0.1:9000&region=us-east-1"
+    assert redact_url(url) == url
+    assert redact_url("/var/blockpoint") == "/var/blockpoint"
+    assert parse_store_url("s3://my-bucket/a/pre@fix").prefix == "a/pre@fix"
+    with pytest.raises(StoreURLError) as info:  # a port in the bucket: not credentials
+        parse_store_url("s3://bucket:9000/x")
+    assert info.value.part == "bucket"
+
+
+@pytest.mark.parametrize("secret", SECRETS)
+def test_client_error_translation_masks_echoed_urls_and_keys(
+        secret: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    monkeypatch.setenv("BLOCKPOINT_CHECKPOINT_KEY", secret[::-1])
+    client = ObjectClient(parse_store_url("s3://bucket/ckpt?endpoint_url=http://127.0.0.1:9"))
+    try:
+        echoes = [
+            f"Generic S3 error: error sending request for url "
+            f"(http://AKIAEXAMPLE:{secret}@127.0.0.1:9/bucket/ckpt/k)",
+            f"status code: 403 Forbidden: signing with secret {secret}",
+            f"request failed http://127.0.0.1:9/bucket/k?X-Amz-Signature={quote(secret)}"
+            f"&X-Amz-Credential=AKIAEXAMPLE",
+            f"mac key {secret[::-1]} rejected",
+        ]
+        for text in echoes:
+            try:
+                try:
+                    raise RuntimeError(text)
+                except RuntimeError as exc:
+                    raise client._translate(exc, "k")  # as every request does
+            except Exception as err:  # noqa: BLE001 - inspected below
+                translated = err
+            for shown in (str(translated), repr(translated), getattr(translated, "path", "")):
+                _assert_clean(shown, secret)
+                _assert_clean(shown, secret[::-1])
+            formatted = "".join(traceback.format_exception(translated))
+            _assert_clean(formatted, secret)
+            _assert_clean(formatted, secret[::-1])
+            _assert_clean(pickle.dumps(translated), secret)
+            assert translated.__cause__ is None  # the client's text was not clean
+    finally:
+        client.close()
+
+
+def test_clean_client_errors_stay_chained() -> None:
+    client = ObjectClient(parse_store_url("s3://bucket/ckpt?endpoint_url=http://127.0.0.1:9"))
+    try:
+        exc = RuntimeError("status code: 500 Internal Server Error")
+        err = client._translate(exc, "k")
+        assert err.__cause__ is exc and "500" in str(err)
+    finally:
+        client.close()
+
+
+def test_redact_text_masks_environment_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "FQoGZXIvYXdzE/session+token")
+    out = redact_text("token FQoGZXIvYXdzE/session+token expired")
+    assert "FQoGZXIvYXdzE" not in out and "***" in out
+
+
+@pytest.mark.parametrize("secret", SECRETS)
+def test_specs_and_checkpointed_configs_never_hold_a_secret_url(secret: str) -> None:
+    from stages import StageSpec, checkpointed
+    url = f"s3://AKIAEXAMPLE:{secret}@bucket/ckpt"
+    with pytest.raises(StoreURLError) as info:
+        StageSpec("s1", dict, url)
+    _assert_clean(str(info.value), secret)
+    with pytest.raises(StoreURLError) as info:
+        @checkpointed(store=url)
+        class Counter:
+            def __init__(self) -> None:
+                self.state = 0
+    _assert_clean(str(info.value), secret)
+    _assert_clean(pickle.dumps(info.value), secret)
+

@@ -1,0 +1,110 @@
+"""Races of two store objects on one bucket, ordered request by request (tests/s3hooks.py)
+against the real S3 server on loopback: each is a way the object-store protocol once lost
+committed data (issue 18), and each test fails on the code before its fix.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from blockstore import ObjectStore
+from s3hooks import hooked, req
+from s3server import MotoServer
+
+BS = 4096
+
+
+def _prefix() -> str:
+    return f"r-{uuid.uuid4().hex[:12]}"
+
+
+def _read(url: str, name: str, indices: list[int]) -> list[bytes]:
+    with ObjectStore(url) as fresh:
+        return [b.rstrip(b"\0") for b in fresh.open_reader(name).read_blocks(indices)]
+
+
+# -- gc vs a new lease ---------------------------------------------------------------------
+@pytest.mark.parametrize("between", ["leases/", "blocks/", "ids/"])
+def test_gc_spares_a_lease_created_and_flushed_during_it(s3_server: MotoServer,
+                                                         between: str) -> None:
+    """A lease created and flushed while gc runs (right after one of its listings) keeps
+    its blocks and its id pointer: gc judged blocks against a record listing taken before
+    the lease existed and deleted them."""
+    url = s3_server.url(_prefix())
+    ObjectStore(url, block_size=BS).close()
+    gcs, hs = hooked(url)
+    other = ObjectStore(url)
+    made: dict[str, str] = {}
+
+    def create_and_flush() -> None:
+        lease = other.acquire("new", num_blocks=2)
+        lease.write_blocks({0: b"new-0", 1: b"new-1"})
+        lease.flush()
+        made["id"] = lease.lease_id
+
+    hs.on("after", req("LIST", between), create_and_flush)
+    gcs.gc()
+    assert made, "the hook ran"
+    assert _read(url, "new", [0, 1]) == [b"new-0", b"new-1"]
+    assert other._c.get(f"ids/{made['id']}") is not None
+    gcs.close()
+    other.close()
+
+
+@pytest.mark.parametrize("between", ["leases/", "blocks/"])
+def test_gc_spares_a_released_lease_reacquired_during_it(s3_server: MotoServer,
+                                                         between: str) -> None:
+    """A released lease re-acquired (epoch 2) and flushed while gc runs keeps its new
+    blocks: gc judged them by the released epoch-1 record ("released: garbage")."""
+    url = s3_server.url(_prefix())
+    with ObjectStore(url, block_size=BS) as st:
+        lease = st.acquire("s", num_blocks=2)
+        lease.write_blocks({0: b"e1-0", 1: b"e1-1"})
+        lease.release()
+    gcs, hs = hooked(url)
+    other = ObjectStore(url)
+
+    def reacquire_and_flush() -> None:
+        again = other.acquire("s")
+        assert again.epoch == 2
+        again.write_blocks({0: b"e2-0"})
+        again.flush()
+
+    hs.on("after", req("LIST", between), reacquire_and_flush)
+    gcs.gc()
+    assert _read(url, "s", [0, 1]) == [b"e2-0", b"e1-1"]
+    gcs.close()
+    other.close()
+
+
+# -- release vs the next holder ------------------------------------------------------------
+def test_release_spares_the_next_holders_flush(s3_server: MotoServer) -> None:
+    """A release collects its lease's garbage after its record put; a holder that acquired
+    the released lease (epoch 3) and flushed in that window keeps its blocks (they were
+    judged by the released epoch-2 record: 'released, unreferenced: garbage')."""
+    url = s3_server.url(_prefix())
+    with ObjectStore(url, block_size=BS) as st:
+        first = st.acquire("s", num_blocks=2)
+        first.write_blocks({0: b"e1-0", 1: b"e1-1"})
+        first.release()
+    st, hs = hooked(url)
+    other = ObjectStore(url)
+    lease = st.acquire("s")
+    assert lease.epoch == 2  # the first commit of an epoch > 1 collects the lease's garbage
+    lease.write_blocks({1: b"e2-1"})
+    got: dict[str, int] = {}
+
+    def next_holder_flushes() -> None:
+        nxt = other.acquire("s")
+        got["epoch"] = nxt.epoch
+        nxt.write_blocks({0: b"e3-0"})
+        nxt.flush()
+
+    hs.on("after", req("PUT", "leases/"), next_holder_flushes)
+    lease.release()
+    assert got == {"epoch": 3}
+    assert _read(url, "s", [0, 1]) == [b"e3-0", b"e2-1"]
+    st.close()
+    other.close()
