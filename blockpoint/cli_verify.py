@@ -52,7 +52,12 @@ def _verify(args: argparse.Namespace) -> int:
         if not key:
             print(f"blockpoint verify: ${args.key_env} is not set", file=sys.stderr)
             return 2
-        ring = KeyRing(key.encode(), ring.all if ring is not None else ())
+        try:
+            current = resolve_keys(key).current  # type: ignore[union-attr]
+        except ValueError as exc:  # KeySettingError: not UTF-8; names no key
+            print(f"blockpoint verify: ${args.key_env}: {exc}", file=sys.stderr)
+            return 2
+        ring = KeyRing(current, ring.all if ring is not None else ())
     store = open_store(args.store, create=False)
     rows: list[dict[str, Any]] = []
     corrupt = False

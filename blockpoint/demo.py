@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -44,7 +45,14 @@ from typing import Any, TextIO
 from .demo_cluster import cluster_for
 from .demo_cluster import start as start_cluster
 from .demo_job import KeyedAggregates, Normalize, Scorer, tally_actor
-from .demo_store import STORE_ENV, check_key, check_key_reaches, run_store_url, verify_authenticated
+from .demo_store import (
+    STORE_ENV,
+    check_key,
+    check_key_reaches,
+    new_run_id,
+    run_store_url,
+    verify_authenticated,
+)
 from .errors import DemoSetupError
 from .table import human_bytes, print_rows
 
@@ -104,6 +112,7 @@ class DemoResult:
     preemption: dict[str, Any] = field(default_factory=dict)
     actor: dict[str, Any] = field(default_factory=dict)
     store: str = ""
+    namespace: str | None = None
     authenticated: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -190,8 +199,10 @@ def _run_demo(*, events: int = 500_000, sketch_mib: int = 64, batch_size: int = 
         raise DemoSetupError(
             "attached to a cluster, the demo needs a store every node reaches: --store URL "
             f"or ${STORE_ENV} (e.g. s3://bucket/prefix?region=R)", what="store")
-    store_url = run_store_url(store) if store else os.path.join(workdir, "store")
-    cluster = cluster_for(address)
+    run_id = new_run_id()  # the run's place in the store and, attached, its Ray namespace
+    store_url = run_store_url(store, run_id) if store else os.path.join(workdir, "store")
+    namespace = run_id if address else None
+    cluster = cluster_for(address, namespace)
 
     import ray
 
@@ -229,11 +240,16 @@ def _run_demo(*, events: int = 500_000, sketch_mib: int = 64, batch_size: int = 
         head_id = cluster.head_node_id
         nodes = cluster.workers or [head_id]
         w1, w2 = nodes[0], nodes[-1]  # the stateful stage's node, the others' node
+        if namespace is not None:
+            out.write(f"  namespace {namespace} (Ray namespace of this run's scheduler)\n")
+        if key_fp is not None or address:
+            # Attached, the stages' workers must reach the store with their own environment.
+            check_key_reaches([head_id, *cluster.workers], key_fp,
+                              store_url=store_url if address else None)
         if key_fp is not None:
-            check_key_reaches([head_id, *cluster.workers], key_fp)
             out.write(f"  checkpoints authenticated (HMAC-SHA256): ${KEY_ENV} reaches the "
                       f"workers on all {1 + len(cluster.workers)} nodes\n")
-            out.flush()
+        out.flush()
         sched = get_or_create(SCHEDULER_NAME, store_url=store_url, node_id=head_id,
                               poll_interval=0.25)
 
@@ -441,6 +457,14 @@ def _run_demo(*, events: int = 500_000, sketch_mib: int = 64, batch_size: int = 
             summary.append({"what": "checkpoints authenticated", "value": auth.describe()})
         print_rows(summary, ["what", "value"], out=out)
         out.write("\n")
+        if namespace is not None:
+            # Attached, the scheduler stays up (detached, no CPU) with this run's decisions.
+            q = shlex.quote
+            out.write(f"  this run: blockpoint inspect {q(store_url)}\n"
+                      f"            blockpoint scheduler status --namespace {namespace}\n"
+                      f"            blockpoint scheduler decisions --namespace {namespace}\n"
+                      f"  (its scheduler actor stays up: ray.kill(ray.get_actor("
+                      f"{SCHEDULER_NAME!r}, namespace={namespace!r})) removes it)\n\n")
         verdict = (f"exact: {len(got):,} records, {lost} lost, {dup} duplicated"
                    if exact else
                    f"NOT EXACT: {len(got):,} records vs {len(expected):,} expected, {lost} lost, "
@@ -460,11 +484,12 @@ def _run_demo(*, events: int = 500_000, sketch_mib: int = 64, batch_size: int = 
                           stages=stage_rows,
                           node_loss={k: v for k, v in node_loss.items() if k != "t"},
                           preemption=preemption, actor=actor_act, store=store_url,
+                          namespace=namespace,
                           authenticated=None if auth is None else auth.authenticated)
     finally:
         try:
             import ray as _ray
-            if _ray.is_initialized():
+            if _ray.is_initialized() and namespace is None:  # attached: left for the user
                 try:
                     _ray.kill(_ray.get_actor(SCHEDULER_NAME))
                 except Exception:  # noqa: BLE001

@@ -13,7 +13,8 @@ Two places, one story:
   finds the stage gone and has the scheduler restore it on another node (the node it was
   lost on is excluded) from its checkpoint, taking over its lease with an epoch bump: the
   path of a node loss, without the node's other processes. Nothing else on the cluster is
-  touched; the demo's scheduler actor is killed at the end, the cluster stays up.
+  touched; the demo's scheduler actor (in the run's own Ray namespace, printed) stays up
+  after the run with its decision log, for ``blockpoint scheduler status/decisions``.
 
 Node names in the story: ``head`` (the node with Ray's head resource) and ``worker-1``...
 (the others, in Ray's order).
@@ -28,9 +29,11 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
 
+from .cli_scheduler import _check_reachable
 from .errors import DemoSetupError
 
-__all__ = ["AttachedDemoCluster", "DemoCluster", "LocalDemoCluster", "cluster_for", "start"]
+__all__ = ["STORE_CREDENTIAL_ENV", "AttachedDemoCluster", "DemoCluster", "LocalDemoCluster",
+           "cluster_for", "start"]
 
 _HEAD_RESOURCE = "node:__internal_head__"
 
@@ -133,6 +136,17 @@ class LocalDemoCluster(DemoCluster):
                 self._own_ray_tmp = None
 
 
+#: The object-store client's credentials and region (docs/OPERATIONS.md, "Credentials and
+#: IAM"), handed to the workers of an attached driver with the key.
+STORE_CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                        "AWS_REGION", "AWS_DEFAULT_REGION", "GOOGLE_SERVICE_ACCOUNT",
+                        "AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_SAS_KEY")
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0][:300]
+
+
 def _kill_pids(pids: Sequence[int]) -> list[int]:
     """SIGKILL each of ``pids`` on this node; the ones that were alive."""
     killed = []
@@ -150,7 +164,8 @@ class AttachedDemoCluster(DemoCluster):
 
     removes_nodes = False
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, namespace: str | None = None) -> None:
+        self.namespace = namespace
         if address.startswith(("http://", "https://")):
             raise DemoSetupError(
                 f"Ray address {address!r} is a dashboard (job API) address: submit the demo "
@@ -168,13 +183,23 @@ class AttachedDemoCluster(DemoCluster):
 
         kw: dict[str, Any] = {}
         # A driver started from a shell (not by `ray job submit`, whose runtime_env the driver
-        # inherits and may not restate) hands its checkpoint key to the job's workers.
+        # inherits and may not restate) hands its checkpoint key and its store credentials to
+        # the job's workers: the stages open the store there, and a worker without the
+        # credentials would fall back to the cloud metadata address and fail mid-run.
         from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
         if RAY_JOB_CONFIG_JSON_ENV_VAR not in os.environ:
-            env = {k: os.environ[k] for k in (KEY_ENV, OLD_KEYS_ENV) if os.environ.get(k)}
+            env = {k: os.environ[k] for k in (KEY_ENV, OLD_KEYS_ENV, *STORE_CREDENTIAL_ENV)
+                   if os.environ.get(k)}
             if env:
                 kw["runtime_env"] = {"env_vars": env}
-        ray.init(address=self.address, log_to_driver=False, logging_level="ERROR", **kw)
+        try:
+            _check_reachable(self.address)
+            ray.init(address=self.address, namespace=self.namespace, log_to_driver=False,
+                     logging_level="ERROR", **kw)
+        except (ConnectionError, RuntimeError, ray.exceptions.AuthenticationError) as exc:
+            raise DemoSetupError(f"cannot attach to the Ray cluster at {self.address}: "
+                                 f"{type(exc).__name__}: {_first_line(exc)}",
+                                 what="address") from exc
         alive = [n for n in ray.nodes() if n.get("Alive")]
         heads = [n["NodeID"] for n in alive if _HEAD_RESOURCE in n.get("Resources", {})]
         if not heads:
@@ -213,10 +238,12 @@ class AttachedDemoCluster(DemoCluster):
             ray.shutdown()
 
 
-def cluster_for(address: str | None) -> LocalDemoCluster | AttachedDemoCluster:
-    """The demo's cluster, not started yet: attached to ``address`` if given, else a local
-    one (whose constructor points ``RAY_TMPDIR`` at a private directory before Ray loads)."""
-    return AttachedDemoCluster(address) if address else LocalDemoCluster()
+def cluster_for(address: str | None,
+                namespace: str | None = None) -> LocalDemoCluster | AttachedDemoCluster:
+    """The demo's cluster, not started yet: attached to ``address`` (in Ray namespace
+    ``namespace``) if given, else a local one (whose constructor points ``RAY_TMPDIR`` at a
+    private directory before Ray loads)."""
+    return AttachedDemoCluster(address, namespace) if address else LocalDemoCluster()
 
 
 def start(cluster: LocalDemoCluster | AttachedDemoCluster, out: TextIO) -> None:

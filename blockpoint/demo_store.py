@@ -34,11 +34,16 @@ from dataclasses import dataclass
 from .errors import DemoSetupError
 
 __all__ = ["STORE_ENV", "AuthReport", "check_key", "check_key_reaches", "key_fingerprint",
-           "run_store_url", "verify_authenticated"]
+           "new_run_id", "run_store_url", "verify_authenticated"]
 
 #: The environment variable naming the cluster's store (cluster.yaml, docs/OPERATIONS.md).
 STORE_ENV = "BLOCKPOINT_STORE_URL"
 _FINGERPRINT_TAG = b"blockpoint demo key fingerprint\0"
+
+
+def new_run_id() -> str:
+    """``demo-<UTC time>-<6 hex>``: the run's place in the store and its Ray namespace."""
+    return time.strftime("demo-%Y%m%d-%H%M%S-", time.gmtime()) + secrets.token_hex(3)
 
 
 def run_store_url(base: str, run_id: str | None = None) -> str:
@@ -51,7 +56,7 @@ def run_store_url(base: str, run_id: str | None = None) -> str:
     from blockstore import parse_store_url
 
     url = parse_store_url(base)
-    run_id = run_id or time.strftime("demo-%Y%m%d-%H%M%S-", time.gmtime()) + secrets.token_hex(3)
+    run_id = run_id or new_run_id()
     if url.scheme == "memory":
         raise DemoSetupError(f"store {base!r}: a memory store lives in one process, and the "
                              "demo's stages run in other processes; use a directory every "
@@ -97,29 +102,52 @@ def check_key(store_url: str, *, shared: bool) -> str | None:
     return fp
 
 
-def _worker_fingerprint() -> tuple[str, str | None]:
+def _worker_view(store_url: str | None) -> tuple[str, str | None, str | None]:
+    """On a worker: its node, its key fingerprint, and why it cannot open the store (or
+    ``None``)."""
     import ray
 
-    return ray.get_runtime_context().get_node_id(), key_fingerprint()
+    from blockstore import BlockStoreError, open_store
+
+    problem = None
+    if store_url is not None:
+        try:
+            with open_store(store_url, create=False) as st:
+                st.list_leases()
+        except (BlockStoreError, OSError) as exc:
+            problem = f"{type(exc).__name__}: {exc}"
+    return ray.get_runtime_context().get_node_id(), key_fingerprint(), problem
 
 
-def check_key_reaches(node_ids: Sequence[str], fingerprint: str, *,
-                      timeout: float = 60.0) -> None:
+def check_key_reaches(node_ids: Sequence[str], fingerprint: str | None, *,
+                      store_url: str | None = None, timeout: float = 60.0) -> None:
     """Check, with one zero-CPU task pinned to each node, that the job's workers there see
-    the driver's key (same fingerprint).
+    the driver's key (same fingerprint; skipped when ``fingerprint`` is None) and, given
+    ``store_url``, can open that store (its credentials reach them too).
 
     Raises:
-        DemoSetupError: a node's workers have no key or another one.
+        DemoSetupError: a node's workers have no key or another one, or cannot open the store.
     """
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from blockstore.keys import KEY_ENV
 
-    task = ray.remote(num_cpus=0, max_retries=0)(_worker_fingerprint)
+    task = ray.remote(num_cpus=0, max_retries=0)(_worker_view)
     refs = [task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False))
-            .remote() for n in node_ids]
-    seen = dict(ray.get(refs, timeout=timeout))
+            .remote(store_url) for n in node_ids]
+    views = ray.get(refs, timeout=timeout)
+    blocked = [(n[:8], why) for n, _, why in views if why is not None]
+    if blocked:
+        node, why = blocked[0]
+        raise DemoSetupError(
+            f"the workers on node(s) {', '.join(n for n, _ in blocked)} cannot open the store "
+            f"{store_url}: {why} (on node {node}). Every worker of the job needs the store's "
+            "credentials: pass them in the job's runtime_env env_vars (docs/OPERATIONS.md, "
+            "Credentials and IAM)", what="store")
+    if fingerprint is None:
+        return
+    seen = {n: fp for n, fp, _ in views}
     wrong = sorted(n[:8] for n in node_ids if seen.get(n) != fingerprint)
     if wrong:
         missing = [n[:8] for n in node_ids if seen.get(n) is None]

@@ -16,7 +16,9 @@ from .errors import BlockIndexError, LeaseNameError, StoreConfigError
 __all__ = [
     "MAX_BLOCK_SIZE",
     "MIN_BLOCK_SIZE",
+    "SECTOR_SIZE",
     "check_block_size",
+    "check_new_block_size",
     "check_holder",
     "check_name",
     "check_num_blocks",
@@ -60,6 +62,31 @@ def check_block_size(block_size: object) -> int:
             f"block size must be an int in [{MIN_BLOCK_SIZE}, {MAX_BLOCK_SIZE}], "
             f"got {block_size!r}")
     return int(block_size)  # type: ignore[call-overload]
+
+
+#: A new store's block size is a multiple of this (the disk sector): see
+#: :func:`check_new_block_size`.
+SECTOR_SIZE = 512
+
+
+def check_new_block_size(block_size: object) -> int:
+    """``block_size`` if a new store may be created with it; ``StoreConfigError`` otherwise.
+
+    Besides :func:`check_block_size`'s range, a multiple of 512: a checkpoint reader tells a
+    header write torn by power loss (never committed) from damage by its zeroed 512-byte
+    sectors, counted from the start of the block (``docs/FORMAT.md`` 2.1, the sector rule).
+    With any other size, block i starts off a sector boundary, a lost sector zeroes parts of
+    two windows and neither whole, and an interrupted commit reads as corruption
+    (``blockpoint verify`` fails). Stores made with such a size before this rule still open.
+    """
+    bs = check_block_size(block_size)
+    if bs % SECTOR_SIZE:
+        raise StoreConfigError(
+            f"block size must be a multiple of {SECTOR_SIZE} (the disk sector) for a new "
+            f"store, got {bs}: with any other size a header write torn by power loss reads as "
+            f"corruption (e.g. {bs // SECTOR_SIZE * SECTOR_SIZE or SECTOR_SIZE} or "
+            f"{(bs // SECTOR_SIZE + 1) * SECTOR_SIZE})")
+    return bs
 
 
 def _bad_character(text: str) -> str | None:

@@ -9,6 +9,7 @@ builtin that fits, so callers may catch either::
     ├── StoreCorruptError         (ValueError)        store metadata or a lease record unreadable
     │   └── StoreVersionError                         store written by a newer blockpoint
     ├── StoreConfigError          (ValueError)        e.g. block size differs from the store's
+    ├── KeySettingError           (ValueError)        the checkpoint key setting is unusable
     ├── StorageIOError            (OSError)           the backend's I/O failed
     │   └── LockTimeoutError      (TimeoutError)      a store or lease lock stayed taken
     ├── LeaseError
@@ -50,6 +51,7 @@ __all__ = [
     "StorageIOError",
     "StoreClosedError",
     "StoreConfigError",
+    "KeySettingError",
     "StoreCorruptError",
     "StorePathError",
     "StoreVersionError",
@@ -122,6 +124,12 @@ class StoreVersionError(StoreCorruptError):
 
 class StoreConfigError(BlockStoreError, ValueError):
     """The store's configuration conflicts with what was asked (e.g. block size)."""
+
+
+class KeySettingError(BlockStoreError, ValueError):
+    """The checkpoint key setting cannot be used (``blockstore/keys.py``): an empty key, old
+    keys without a current key, a key that is not UTF-8. The message names the setting
+    (the argument or the environment variable), never the key."""
 
 
 class StorageIOError(BlockStoreError, OSError):

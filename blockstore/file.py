@@ -53,7 +53,7 @@ from .base import (
     bounds_error,
     new_lease_id,
 )
-from .checks import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, check_block_size
+from .checks import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, check_new_block_size
 from .errors import (
     LeaseNotFoundError,
     LockTimeoutError,
@@ -222,7 +222,7 @@ class FileStore(BlockStore):
                                  "empty; refusing to write into it", path=str(root))
         if not create:
             raise StorePathError(f"{root} is not a blockpoint store", path=str(root))
-        bs = check_block_size(DEFAULT_BLOCK_SIZE if block_size is None else block_size)
+        bs = check_new_block_size(DEFAULT_BLOCK_SIZE if block_size is None else block_size)
         try:
             root.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
         except (NotADirectoryError, FileExistsError) as exc:

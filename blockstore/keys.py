@@ -31,6 +31,8 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from .errors import KeySettingError
+
 __all__ = ["KEY_ENV", "OLD_KEYS_ENV", "KeyRing", "KeySetting", "resolve_keys"]
 
 KEY_ENV = "BLOCKPOINT_CHECKPOINT_KEY"
@@ -39,11 +41,17 @@ OLD_KEYS_ENV = "BLOCKPOINT_CHECKPOINT_OLD_KEYS"
 
 def _as_key(value: bytes | bytearray | str, what: str) -> bytes:
     if isinstance(value, str):
-        value = value.encode()
+        try:
+            value = value.encode()
+        except UnicodeEncodeError:
+            # ``from None``: the UnicodeEncodeError's ``.object`` is the key itself. An
+            # environment value that is not UTF-8 arrives here with surrogate escapes.
+            raise KeySettingError(f"{what} is not valid UTF-8 text (keys are the UTF-8 "
+                                  "bytes of a string; set a key that is)") from None
     if not isinstance(value, (bytes, bytearray)):
         raise TypeError(f"{what} must be bytes or str, got {type(value).__name__}")
     if not value:
-        raise ValueError(f"an empty {what} is not a key")
+        raise KeySettingError(f"an empty {what} is not a key")
     return bytes(value)
 
 
@@ -89,7 +97,9 @@ def resolve_keys(key: KeySetting = None, *,
     now). Returns ``None`` when no key is configured.
 
     Raises:
-        ValueError: an empty key, or old keys configured without a current key.
+        KeySettingError: (a ``ValueError``) an empty key, a ``str`` key that is not valid
+            UTF-8 (an environment value with bytes that are not), or old keys configured
+            without a current key. The message names the setting, never the key.
         TypeError: a key that is neither bytes nor str.
     """
     if isinstance(key, KeyRing):
@@ -101,13 +111,13 @@ def resolve_keys(key: KeySetting = None, *,
                     for k in env.get(OLD_KEYS_ENV, "").split(",") if k)
         if not current:
             if old:
-                raise ValueError(f"${OLD_KEYS_ENV} is set but ${KEY_ENV} is not: set the "
-                                 "current key (checkpoints are written with it)")
+                raise KeySettingError(f"${OLD_KEYS_ENV} is set but ${KEY_ENV} is not: set "
+                                      "the current key (checkpoints are written with it)")
             return None
         return KeyRing(_as_key(current, f"${KEY_ENV}"), old)
     if isinstance(key, (bytes, bytearray, str)):
         return KeyRing(_as_key(key, "key"))
     keys = [_as_key(k, "key") for k in key]
     if not keys:
-        raise ValueError("an empty sequence of keys is not a key")
+        raise KeySettingError("an empty sequence of keys is not a key")
     return KeyRing(keys[0], tuple(keys[1:]))

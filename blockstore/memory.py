@@ -11,6 +11,7 @@ import threading
 from collections.abc import Sequence
 
 from .base import DEFAULT_BLOCK_SIZE, BlockStore, StoreCapabilities, bounds_error, new_lease_id
+from .checks import check_new_block_size
 from .errors import LeaseNotFoundError
 from .fencing import check_current, check_free, next_acquire, released, renewed
 from .lease import LeaseInfo
@@ -33,6 +34,7 @@ class MemoryStore(BlockStore):
 
     def __init__(self, block_size: int = DEFAULT_BLOCK_SIZE, name: str = "", *,
                  clock_margin: float | None = None) -> None:
+        check_new_block_size(block_size)  # a memory store is always new
         super().__init__(block_size, clock_margin=clock_margin)
         self._name = name or hex(id(self))
         self._lock = threading.RLock()

@@ -27,15 +27,27 @@ once older than the collection's ``min_age``.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from .base import GcItem, GcReport
 from .objectlayout import LEASES, LeaseRecord, blocks_prefix, parse_block_key
 
-if TYPE_CHECKING:
-    from .objectstore import ObjectStore
-
 __all__ = ["collect_lease", "collect_store", "is_garbage"]
+
+
+class ObjectStore(Protocol):
+    """What the collector uses of :class:`blockstore.objectstore.ObjectStore` (named by this
+    protocol so the two modules do not import each other)."""
+
+    url: Any
+    _c: Any
+
+    def _all_records(self, strict: bool) -> tuple[list[Any], list[Any]]: ...
+
+    def _current_record(self, lease_id: str) -> LeaseRecord | None: ...
+
+    def _delete_quietly(self, keys: Sequence[str]) -> None: ...
 
 
 def is_garbage(rec: LeaseRecord | None, generation: str, epoch: int, index: int) -> bool:

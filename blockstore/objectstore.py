@@ -50,6 +50,7 @@ from .base import (
     check_block_size,
     new_lease_id,
 )
+from .checks import check_new_block_size
 from .errors import (
     LeaseError,
     LeaseHeldError,
@@ -136,7 +137,7 @@ class ObjectStore(BlockStore):
         if got is None:
             if not create:
                 raise StorePathError(f"no blockpoint store at {self.url}", path=self.url)
-            bs = check_block_size(block_size or DEFAULT_BLOCK_SIZE)
+            bs = check_new_block_size(block_size or DEFAULT_BLOCK_SIZE)
             if self._c.put_new(META_KEY, encode_meta(bs)) is not None:
                 return bs
             got = self._c.get(META_KEY)  # created by a racing opener

@@ -64,6 +64,10 @@ def ray_cluster(request: pytest.FixtureRequest) -> Iterator[object]:
     nodes may add replacements with ``cluster.add_node(...)``. A module that sets
     ``RAY_JOB_SERVER = True`` gets the head with the dashboard and its job server on a free
     loopback port (``cluster.job_address``, ``http://127.0.0.1:PORT``, for ``ray job submit``).
+    A module that sets ``RAY_TOKEN_AUTH = True`` gets a cluster that runs Ray's token
+    authentication (``RAY_AUTH_MODE=token``, a fresh token in ``RAY_AUTH_TOKEN``, set in this
+    process for the module so its nodes, its driver and the clients it starts carry it;
+    ``cluster.auth_token``): every request without the token is refused.
     """
     import ray
     from ray.cluster_utils import Cluster
@@ -72,6 +76,7 @@ def ray_cluster(request: pytest.FixtureRequest) -> Iterator[object]:
 
     if ray.is_initialized():
         ray.shutdown()
+    auth = _TokenAuth() if getattr(request.module, "RAY_TOKEN_AUTH", False) else None
     head: dict[str, object] = {"num_cpus": 1, "object_store_memory": 100 * 1024 * 1024,
                                "_system_config": FAST_HEALTH}
     job_port = None
@@ -81,17 +86,56 @@ def ray_cluster(request: pytest.FixtureRequest) -> Iterator[object]:
         # free port too, not the fixed default another Ray on this machine may hold.
         head.update(include_dashboard=True, dashboard_host="127.0.0.1",
                     dashboard_port=job_port, dashboard_agent_listen_port=free_port())
-    cluster = Cluster(initialize_head=True, head_node_args=head)
-    cluster.job_address = f"http://127.0.0.1:{job_port}" if job_port else None
-    for _ in range(2):
-        cluster.add_node(num_cpus=2, object_store_memory=100 * 1024 * 1024)
-    ray.init(address=cluster.address, log_to_driver=False)
-    cluster.wait_for_nodes()
     try:
-        yield cluster
+        cluster = Cluster(initialize_head=True, head_node_args=head)
+        cluster.job_address = f"http://127.0.0.1:{job_port}" if job_port else None
+        cluster.auth_token = auth.token if auth else None
+        for _ in range(2):
+            cluster.add_node(num_cpus=2, object_store_memory=100 * 1024 * 1024)
+        ray.init(address=cluster.address, log_to_driver=False)
+        cluster.wait_for_nodes()
+        try:
+            yield cluster
+        finally:
+            ray.shutdown()
+            cluster.shutdown()
     finally:
-        ray.shutdown()
-        cluster.shutdown()
+        if auth is not None:
+            auth.restore()
+
+
+class _TokenAuth:
+    """Ray's token authentication on for this process and what it starts, until
+    :meth:`restore` (Ray reads ``RAY_AUTH_MODE`` into its cached config: refreshed both
+    ways, as Ray's own tests do)."""
+
+    VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+
+    def __init__(self) -> None:
+        from ray._private.authentication.authentication_token_generator import (
+            generate_new_authentication_token,
+        )
+
+        self._saved = {k: os.environ.get(k) for k in self.VARS}
+        self.token = generate_new_authentication_token()
+        os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
+        os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token)
+        self._refresh()
+
+    @staticmethod
+    def _refresh() -> None:
+        from ray._raylet import AuthenticationTokenLoader, Config
+
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
+
+    def restore(self) -> None:
+        for k, v in self._saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        self._refresh()
 
 
 @pytest.fixture(scope="session")

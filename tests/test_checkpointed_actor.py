@@ -561,3 +561,37 @@ def test_async_requested_checkpoint_waits_for_calls_mid_method(ray_up: None,
     assert back == {"a": 70, "b": 30, "n": 0}, f"torn or lost: {back}"
     assert ray.get(h.restored_from.remote()) == gen == 1
     ray.kill(h)
+
+
+class Locker(CounterBase):
+    def hold_a_lock(self) -> int:
+        self.state["lock"] = threading.Lock()  # unpicklable: the commit of this call fails
+        return 1
+
+
+@pytest.mark.ray
+def test_errors_name_the_actor(ray_up: None, store_dir: str) -> None:
+    """An actor name with a control character is the name error (it was reported as
+    ``StoreUnavailable``, as if the store were down); an unpicklable state's
+    ``CheckpointFailed`` names the actor's lease by name (it named only the lease id)."""
+    from blockstore import LeaseNameError
+
+    cls = counter(store_dir, every_calls=1, ray_opts={})
+    bad = cls.options(name="tally\nforged-row").remote()
+    with pytest.raises(ray.exceptions.RayActorError) as died:
+        ray.get(bad.get.remote(), timeout=60)
+    text = str(died.value)
+    assert "LeaseNameError: CounterBase: its lease key 'tally\\nforged-row'" in text, text
+    assert "control character U+000A" in text and "StoreUnavailable" not in text, text
+    with pytest.raises(LeaseNameError, match="its lease key 'a\\\\x1b' .* cannot name a lease"):
+        counter(store_dir, key="a\x1b")()  # the same error without Ray
+
+    locker = ray.remote(concurrency_groups=checkpointed.GROUPS)(
+        checkpointed(store=store_dir, every_calls=1)(Locker)).options(name="locky").remote()
+    with pytest.raises(ray.exceptions.RayTaskError) as failed:
+        ray.get(locker.hold_a_lock.remote(), timeout=60)
+    assert isinstance(failed.value.cause, CheckpointFailed)
+    message = failed.value.cause.args[0]
+    assert message.startswith("checkpoint of 'locky' (lease "), message
+    assert "TypeError: cannot pickle '_thread.lock' object" in message, message
+    ray.kill(locker)

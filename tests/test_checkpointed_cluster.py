@@ -7,14 +7,16 @@ reaches, as a shared filesystem would on a real one. Either Ray re-creates the a
 scheduler actor does, from the recipe the actor registered; either way the new incarnation
 takes the lease by force and restores the last committed generation. The scheduler tests
 also hold a flush open (``tests/gates.py``) while a preemption asks for the actor's CPU, and
-restart the scheduler before the actor is lost. Tests run in file order; those that remove a
-node add a replacement.
+restart the scheduler before the actor is lost, and remove a node while a committed call
+waits for its reply (request ids, ``call_once``). Tests run in file order; those that remove
+a node add a replacement.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,7 +37,7 @@ from scheduler import PreemptionCheckpointObserver, PreemptionRequest
 from scheduler import ray_adapter
 from scheduler.hooks import SchedulerRegistrar
 from scheduler.reasons import NonPreemptibleReason
-from stages import ActorFenced, CheckpointFailed, checkpointed
+from stages import ActorFenced, CheckpointFailed, call_once, checkpointed
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 ray.cloudpickle.register_pickle_by_value(gates)
@@ -279,3 +281,77 @@ def test_recipe_survives_a_scheduler_restart(env: dict[str, Any]) -> None:
             ray.get(sched.stage.remote("ledger-c"))
     finally:
         forget(env, "ledger-c")
+
+
+class HoldAfterCommitOnce:
+    """A flush observer that, once, holds the call whose checkpoint just committed (before
+    its reply leaves) until its node is removed: the first incarnation to remove the
+    trigger file touches ``held`` and waits."""
+
+    def __init__(self, trigger: str, held: str) -> None:
+        self.trigger = trigger
+        self.held = held
+
+    def on_flush_start(self, lease_id: str) -> None:
+        pass
+
+    def on_flush_complete(self, lease_id: str, ok: bool) -> None:
+        if not ok:
+            return
+        try:
+            os.unlink(self.trigger)
+        except FileNotFoundError:
+            return
+        Path(self.held).touch()
+        time.sleep(300)                               # the node goes away meanwhile
+
+
+def test_node_removed_mid_call_every_call_applied_once(env: dict[str, Any],
+                                                       tmp_path: Path) -> None:
+    """An every_calls=1 actor (no ``max_restarts``: the scheduler re-creates it) whose node
+    is removed while a committed call waits for its reply: the caller sees the actor die;
+    ``call_once`` resends under the same request id to the re-created incarnation, which
+    answers from the record. 20 calls, each applied exactly once."""
+    cluster = env["cluster"]
+    trigger, held = tmp_path / "trigger", tmp_path / "held"
+    alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    worker = next(n for n in cluster.worker_nodes if n.node_id in alive)
+    cls = ray.remote(num_cpus=0.5, concurrency_groups=checkpointed.GROUPS)(
+        checkpointed(store=env["store"], key="ledger-once", every_calls=1, lease_ttl=5.0,
+                     registrar=SchedulerRegistrar(env["name"]),
+                     observer=HoldAfterCommitOnce(str(trigger), str(held)))(Ledger))
+    h = cls.options(name="ledger-once", scheduling_strategy=NodeAffinitySchedulingStrategy(
+        worker.node_id, soft=True)).remote(0)
+    got = [call_once("ledger-once", "add", 1, request_id=f"call-{i}") for i in range(10)]
+    before = ray.get(h.checkpoint_info.remote())
+    assert before["node_id"] == worker.node_id
+    wait_for(lambda: registered(env, "ledger-once"), what="registered")
+    rest: list[int] = []
+    errors: list[BaseException] = []
+
+    def caller() -> None:
+        try:
+            rest.extend(call_once("ledger-once", "add", 1, request_id=f"call-{i}",
+                                  timeout=180) for i in range(10, 20))
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+    trigger.touch()
+    t = threading.Thread(target=caller, daemon=True)
+    t.start()
+    try:
+        wait_for(held.exists, timeout=60, what="a committed call held before its reply")
+        cluster.remove_node(worker, allow_graceful=False)
+        t.join(timeout=240)
+        assert not t.is_alive() and not errors, errors
+        assert got + rest == list(range(1, 21))       # each answered once, in order
+        new, info = wait_for(lambda: incarnation_after("ledger-once", before["epoch"]),
+                             timeout=60, what="the re-created incarnation")
+        assert info["node_id"] != worker.node_id
+        assert ray.get(new.value.remote()) == 20      # nothing applied twice
+        assert info["deduplicated"] >= 1              # the held call, answered from the record
+        assert not trigger.exists()
+    finally:
+        forget(env, "ledger-once")
+        extra = cluster.add_node(num_cpus=2, object_store_memory=100 * 1024 * 1024)
+        wait_for(lambda: any(n["NodeID"] == extra.node_id and n["Alive"] for n in ray.nodes()),
+                 what="replacement node up")

@@ -10,6 +10,10 @@ does. Two questions, one test each:
   nothing of the call behind;
 * a call that raises after partly mutating the state is rolled back to the last committed
   state, so the next call's checkpoint cannot commit half of it.
+
+Then request ids (issue 19 item 1, ``stages/actors/calls.py``): without Ray, and on a
+local Ray with the actor process killed between the commit and the reply. The same on a
+3-node cluster with the node removed mid-call: ``tests/test_checkpointed_cluster.py``.
 """
 
 from __future__ import annotations
@@ -17,14 +21,27 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import errno
+import os
+import sys
 from typing import Any
 
 import pytest
+import ray
+import ray.cloudpickle
 
 from blockstore import FileStore
 from blockstore.faults import FaultyStore
-from stages import CheckpointCommitUnknown, checkpointed
+from stages import (
+    CallNotAnswered,
+    CheckpointCommitUnknown,
+    CheckpointedConfigError,
+    RequestIdError,
+    call_once,
+    checkpointed,
+)
 from stages.actors.durability import ActorDurability
+
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 class Account:
@@ -71,7 +88,8 @@ class DisarmOnFailure:
 def _start(store: Any, key: str, **kw: Any) -> Any:
     """An incarnation of the decorated ``Account`` on ``store`` (a URL or an open store,
     possibly faulty), as the decorator starts it inside an actor."""
-    cls = checkpointed(store="unused", key=key, every_calls=1, **kw)(Account)
+    kw.setdefault("every_calls", 1)
+    cls = checkpointed(store="unused", key=key, **kw)(Account)
     config = dataclasses.replace(cls.__bp_config__, store=store)
     obj = object.__new__(cls)
     Account.__init__(obj)
@@ -137,3 +155,85 @@ def test_a_call_that_raises_is_rolled_back_before_the_next_commit(tmp_path: Any)
     assert obj.balance() == 105
     assert obj.deposit(1) == 106              # this commit holds no half of the failures
     assert _start(store, "partial").state == {"balance": 106, "log": [5, 1]}
+
+
+# -- request ids (issue 19 item 1) -----------------------------------------------------------
+def test_request_ids_without_ray(tmp_path: Any) -> None:
+    """The keyword is stripped and checked; a recorded id is answered from the record, in
+    either mode and from a new incarnation that restored it; no method may take it."""
+    store = str(tmp_path / "store")
+    obj = _start(store, "ids")
+    assert obj.deposit(5, request_id="order-1") == 105
+    assert obj.deposit(5, request_id="order-1") == 105          # a resend: not applied again
+    assert obj.checkpoint_info()["deduplicated"] == 1
+    with pytest.raises(RequestIdError, match="non-empty str"):
+        obj.deposit(1, request_id="")
+    with pytest.raises(RequestIdError, match="at most 256"):
+        obj.deposit(1, request_id="x" * 257)
+    assert _start(store, "ids").deposit(5, request_id="order-1") == 105   # after a restart
+    policy = _start(str(tmp_path / "p"), "policy", every_calls=None)
+    assert [policy.deposit(2, request_id="r") for _ in range(3)] == [102, 102, 102]
+    asyncio.run(policy.checkpoint())          # Account has an async method: a coroutine
+    back = _start(str(tmp_path / "p"), "policy", every_calls=None)
+    assert back.deposit(2, request_id="r") == 102 and back.state["log"] == [2]
+    assert back.checkpoint_info()["deduplicated"] == 1          # answered from the record
+
+    class Clash(Account):
+        def pay(self, k: int, request_id: str) -> None: ...
+    with pytest.raises(CheckpointedConfigError, match="reserves"):
+        checkpointed(store=store, key="c")(Clash)
+
+
+class KillAfterCommitOnce:
+    """Kills the actor process right after a commit (before the call's reply leaves), once:
+    the first incarnation to remove the trigger file does it."""
+
+    def __init__(self, trigger: str) -> None:
+        self.trigger = trigger
+
+    def on_flush_start(self, lease_id: str) -> None:
+        pass
+
+    def on_flush_complete(self, lease_id: str, ok: bool) -> None:
+        if not ok:
+            return
+        try:
+            os.unlink(self.trigger)
+        except FileNotFoundError:
+            return
+        os._exit(1)
+
+
+@pytest.mark.ray
+def test_resend_after_a_kill_between_commit_and_reply(ray_local: None, tmp_path: Any) -> None:
+    """Ray restarts the actor but does not retry the call (``max_task_retries=0``, as for
+    an actor the scheduler re-creates): the caller sees the actor die although the call
+    committed. A resend under the same request id returns the recorded result; without
+    one it is a new call, applied a second time. ``call_once`` does the resending."""
+    trigger = tmp_path / "kill"
+    cls = ray.remote(max_restarts=-1, max_task_retries=0,
+                     concurrency_groups=checkpointed.GROUPS)(
+        checkpointed(store=str(tmp_path / "store"), every_calls=1,
+                     observer=KillAfterCommitOnce(str(trigger)))(Account))
+    h = cls.options(name="account").remote()
+    assert ray.get(h.deposit.remote(1, request_id="a")) == 101
+    trigger.touch()
+    with pytest.raises(ray.exceptions.RayActorError):
+        ray.get(h.deposit.remote(10, request_id="b"))           # committed, never answered
+    assert ray.get(h.deposit.remote(10, request_id="b")) == 111  # the recorded result
+    assert ray.get(h.balance.remote()) == 111
+    trigger.touch()
+    with pytest.raises(ray.exceptions.RayActorError):
+        ray.get(h.deposit.remote(5))
+    assert ray.get(h.deposit.remote(5)) == 121                   # no id: applied twice
+    trigger.touch()
+    assert call_once("account", "deposit", 100, request_id="c", timeout=60) == 221
+    assert call_once(h, "deposit", 100, request_id="c") == 221   # asked again: recorded
+    assert ray.get(h.balance.remote()) == 221
+    assert not trigger.exists()                                  # it really was killed
+    with pytest.raises(RequestIdError):
+        ray.get(h.deposit.remote(1, request_id=7))
+    with pytest.raises(CallNotAnswered) as late:
+        call_once("no-such-actor", "deposit", 1, request_id="d", timeout=0.5)
+    assert late.value.request_id == "d" and late.value.attempts == 0
+    ray.kill(h)

@@ -80,3 +80,16 @@ def test_setups_no_stage_could_use_are_refused(args: list[str], extra: dict[str,
     proc = _demo(*args, env=env)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert why in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_cluster_nobody_answers_for_is_a_refused_setup(tmp_path: Path) -> None:
+    """``--address`` where no Ray listens: one line and exit 2 (was a traceback, exit 1)."""
+    from s3server import free_port
+
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "BLOCKPOINT_STORE_URL")}
+    address = f"127.0.0.1:{free_port()}"
+    proc = _demo("--address", address, "--store", str(tmp_path / "store"), env=env)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.startswith(f"blockpoint demo: cannot attach to the Ray cluster at "
+                                  f"{address}: ConnectionError: "), proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr

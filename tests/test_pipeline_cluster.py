@@ -5,11 +5,16 @@ The node running a stateful stage is removed without grace mid-run; the stage is
 on another live node from its lease, every stage rolls back to the last committed step and
 the source is replayed. The committed output must equal the failure-free reference.
 
-The module's one Cluster has its head's job server on (``RAY_JOB_SERVER``): the last test
-submits ``python -m blockpoint demo`` to it with the real ``ray job submit`` CLI, the
-project's sources as the job's working dir, the S3 credentials and the checkpoint key in the
-job's ``runtime_env`` (the nodes were started with neither key nor store URL), and the store
-on the loopback S3 server - the command docs/OPERATIONS.md shows.
+The module's one Cluster has its head's job server on (``RAY_JOB_SERVER``) and runs Ray
+2.60's token authentication (``RAY_TOKEN_AUTH``): a test submits ``python -m blockpoint
+demo`` to it with the real ``ray job submit`` CLI, authenticated the way docs/OPERATIONS.md
+says (``RAY_AUTH_MODE=token`` and the cluster's token in the client's environment; without
+them the submission is refused), the project's sources as the job's working dir, the S3
+credentials and the checkpoint key in the job's ``runtime_env`` (the nodes were started with
+neither key nor store URL), and the store on the loopback S3 server - the command
+docs/OPERATIONS.md shows. Another runs ``blockpoint demo --address`` from a shell and then
+``blockpoint inspect`` / ``scheduler status`` / ``scheduler decisions`` with the store and
+namespace the demo printed.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import json
 import os
 import re
 import secrets
+import shlex
 import shutil
 import subprocess
 import sys
@@ -38,6 +44,8 @@ from stages.pipeline.source import Enrich, GeneratedSource, RunningAggregate
 pytestmark = [pytest.mark.ray, pytest.mark.multinode]
 
 RAY_JOB_SERVER = True  # the ray_cluster fixture starts the head's job server
+RAY_TOKEN_AUTH = True  # ... and runs Ray's token authentication (RAY_AUTH_MODE=token)
+_AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -94,16 +102,29 @@ def test_node_of_stateful_stage_removed_mid_run(s3_server: Any, ray_cluster: Any
     assert sink.read_all() == run_reference(src, specs)  # record for record
 
 
-def _documented_job() -> tuple[dict[str, Any], list[str]]:
-    """The runtime env and the entrypoint of docs/OPERATIONS.md's "The demo as a job"."""
+def _documented_job() -> tuple[dict[str, str], dict[str, Any], list[str]]:
+    """The client's exports, the runtime env and the entrypoint of docs/OPERATIONS.md's
+    "The demo as a job"."""
     text = (ROOT / "docs" / "OPERATIONS.md").read_text()
     block = re.search(r"```sh\n(.*?)```", text[text.index("### The demo as a job"):], re.S)
     assert block, "docs/OPERATIONS.md lost its 'The demo as a job' command"
-    cmd = block.group(1)
+    lines = block.group(1).splitlines(keepends=True)
+    exports: dict[str, str] = {}
+    while lines and lines[0].startswith("export "):
+        for word in shlex.split(lines.pop(0))[1:]:
+            name, _, value = word.partition("=")
+            exports[name] = value
+    cmd = "".join(lines)
     assert cmd.startswith("ray job submit --address http://127.0.0.1:8265 --working-dir . ")
     env = re.search(r"--runtime-env-json '(.*?)'", cmd, re.S)
     assert env, cmd
-    return json.loads(env.group(1)), cmd.split(" -- ", 1)[1].split()
+    return exports, json.loads(env.group(1)), cmd.split(" -- ", 1)[1].split()
+
+
+def _client_env(**extra: str) -> dict[str, str]:
+    """This process's environment without Ray's auth settings (a user's shell), plus
+    ``extra``."""
+    return {**{k: v for k, v in os.environ.items() if k not in _AUTH_VARS}, **extra}
 
 
 def test_demo_submitted_with_ray_job_submit_on_s3(s3_server: Any, ray_cluster: Any,
@@ -124,8 +145,20 @@ def test_demo_submitted_with_ray_job_submit_on_s3(s3_server: Any, ray_cluster: A
         ".git", ".venv", "__pycache__", ".pytest_cache", ".hypothesis", "*.egg-info"))
     key = secrets.token_hex(16)
     store = s3_server.url(f"job-{tmp_path.name}")
-    # The documented command, its placeholders filled in with this server and a fresh key.
-    doc_env, entrypoint = _documented_job()
+    # The documented command, its placeholders filled in with this server and a fresh key,
+    # its client settings with this cluster's token.
+    exports, doc_env, entrypoint = _documented_job()
+    assert set(exports) == {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN"}, exports
+    assert exports["RAY_AUTH_MODE"] == "token", exports
+    ray_exe = str(Path(sys.executable).with_name("ray"))
+    # Without them the cluster refuses the submission (what the previous command met).
+    refused = subprocess.run([ray_exe, "job", "submit", "--address", ray_cluster.job_address,
+                              "--", "true"], capture_output=True, text=True, timeout=120,
+                             env=_client_env())
+    assert refused.returncode != 0, refused.stdout + refused.stderr
+    assert "Missing authentication token" in refused.stdout + refused.stderr, \
+        (refused.stdout + refused.stderr)[-2000:]
+    client_env = _client_env(**{**exports, "RAY_AUTH_TOKEN": ray_cluster.auth_token})
     assert set(doc_env) == {"excludes", "env_vars"}, doc_env
     assert set(doc_env["env_vars"]) == {"BLOCKPOINT_STORE_URL", "BLOCKPOINT_CHECKPOINT_KEY"}
     assert entrypoint == ["python", "-m", "blockpoint", "demo", "--quick"], entrypoint
@@ -136,11 +169,11 @@ def test_demo_submitted_with_ray_job_submit_on_s3(s3_server: Any, ray_cluster: A
     t0 = time.monotonic()
     # The real CLI, as a user runs it; it waits for the job and follows its logs.
     proc = subprocess.run(
-        [str(Path(sys.executable).with_name("ray")), "job", "submit",
+        [ray_exe, "job", "submit",
          "--address", ray_cluster.job_address, "--submission-id", job_id,
          "--working-dir", str(src), "--runtime-env-json", json.dumps(runtime_env),
          "--", sys.executable, *entrypoint[1:], "--events", "24000", "--sketch-mib", "4"],
-        capture_output=True, text=True, timeout=240)
+        capture_output=True, text=True, timeout=240, env=client_env)
     job_s = time.monotonic() - t0
     client = JobSubmissionClient(ray_cluster.job_address)
     info = client.get_job_info(job_id)
@@ -178,20 +211,80 @@ def test_demo_submitted_with_ray_job_submit_on_s3(s3_server: Any, ray_cluster: A
             assert "MAC mismatch" in v.stdout, v.stdout
 
 
-def test_attached_driver_from_a_shell_hands_its_key_to_every_node(ray_cluster: Any) -> None:
-    """``blockpoint demo --address`` outside a job: the driver's checkpoint key reaches a
-    worker on every node (the nodes were started without one), checked the demo's way."""
+def test_attached_driver_from_a_shell_hands_its_key_to_every_node(s3_server: Any,
+                                                                  ray_cluster: Any) -> None:
+    """``blockpoint demo --address`` outside a job: the driver's checkpoint key and its S3
+    credentials reach a worker on every node (the nodes were started without a key and with
+    other credentials; before, the credentials stayed behind and a worker's client fell back
+    to the cloud metadata address), checked the demo's way - the key's fingerprint, and the
+    store opened there - and by reading the workers' environment."""
+    from blockstore import open_store
+
+    store = s3_server.url("attached-creds")
+    open_store(store, block_size=64 * 1024).close()  # created: the workers open it
     script = (
+        "import os, ray\n"
+        "from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy as On\n"
         "from blockpoint.demo_cluster import AttachedDemoCluster\n"
         "from blockpoint.demo_store import check_key_reaches, key_fingerprint\n"
-        f"c = AttachedDemoCluster({ray_cluster.address!r})\n"
+        f"c = AttachedDemoCluster({ray_cluster.address!r}, 'creds-check')\n"
         "c.start()\n"
-        "check_key_reaches([c.head_node_id, *c.workers], key_fingerprint())\n"
-        "print('reaches', 1 + len(c.workers))\n"
+        "nodes = [c.head_node_id, *c.workers]\n"
+        f"check_key_reaches(nodes, key_fingerprint(), store_url={store!r})\n"
+        "seen = ray.remote(num_cpus=0)(lambda: os.environ.get('AWS_ACCESS_KEY_ID'))\n"
+        "got = ray.get([seen.options(scheduling_strategy=On(n, soft=False)).remote() "
+        "for n in nodes])\n"
+        "print('reaches', len(nodes), *sorted(set(got)))\n"
         "c.close()\n")
-    env = {**os.environ, "BLOCKPOINT_CHECKPOINT_KEY": secrets.token_hex(16)}
+    env = {**os.environ, "BLOCKPOINT_CHECKPOINT_KEY": secrets.token_hex(16),
+           "AWS_ACCESS_KEY_ID": "from-the-driver-shell"}
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.split()[-2:] == ["reaches", "3"], proc.stdout
+    assert proc.stdout.split()[-3:] == ["reaches", "3", "from-the-driver-shell"], proc.stdout
+
+
+def test_demo_attached_from_a_shell_then_inspected(s3_server: Any, ray_cluster: Any,
+                                                   tmp_path: Path) -> None:
+    """``blockpoint demo --address --store`` as a user runs it from a shell on the cluster
+    (RAY_AUTH_MODE=token and the token in its environment), then the commands it prints:
+    ``blockpoint inspect`` of the store it printed lists the run's leases, ``scheduler
+    status`` / ``decisions`` in the namespace it printed find its scheduler and its decisions
+    (before, the store was printed but the scheduler lived in an anonymous namespace and was
+    killed at the end)."""
+    exe = str(Path(sys.executable).with_name("blockpoint"))
+    env = {**os.environ, "BLOCKPOINT_CHECKPOINT_KEY": secrets.token_hex(16)}
+    env.pop("RAY_ADDRESS", None)
+    env.pop("BLOCKPOINT_STORE_URL", None)
+    demo = subprocess.run(
+        [exe, "demo", "--quick", "--events", "24000", "--sketch-mib", "4",
+         "--address", ray_cluster.address, "--store", s3_server.url(f"shell-{tmp_path.name}")],
+        capture_output=True, text=True, timeout=300, env=env)
+    print(demo.stdout[-3000:])
+    assert demo.returncode == 0, (demo.stdout + demo.stderr)[-4000:]
+    assert re.search(r"^exact: 24,000 records, 0 lost, 0 duplicated$", demo.stdout, re.M)
+    store = re.search(r"^  store (s3://\S+/demo-\S+)$", demo.stdout, re.M)
+    ns = re.search(r"^  namespace (demo-\d{8}-\d{6}-[0-9a-f]{6}) ", demo.stdout, re.M)
+    assert store and ns, demo.stdout[-3000:]
+    assert store.group(1).split("?")[0].endswith("/" + ns.group(1))
+    assert f"blockpoint inspect {shlex.quote(store.group(1))}" in demo.stdout
+    assert f"blockpoint scheduler status --namespace {ns.group(1)}" in demo.stdout
+
+    def cli(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([exe, *argv], capture_output=True, text=True, timeout=120,
+                              env=env)
+
+    inspect = cli("inspect", "--json", store.group(1))
+    assert inspect.returncode == 0, inspect.stderr
+    assert {"normalize", "aggregate", "score", "tally"} <= {
+        r["name"] for r in json.loads(inspect.stdout)}, inspect.stdout
+    status = cli("scheduler", "status", "--address", ray_cluster.address,
+                 "--namespace", ns.group(1))
+    assert status.returncode == 0, status.stderr
+    assert f"scheduler 'blockpoint-scheduler' (namespace '{ns.group(1)}')" in status.stdout
+    decisions = cli("scheduler", "decisions", "--json", "--address", ray_cluster.address,
+                    "--namespace", ns.group(1))
+    assert decisions.returncode == 0, decisions.stderr
+    kinds = {d["kind"] for d in json.loads(decisions.stdout)}
+    assert "preempt" in kinds and kinds & {"restore", "move"}, kinds

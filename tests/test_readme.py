@@ -54,3 +54,23 @@ def test_pipeline_example_runs(tmp_path: Path) -> None:
 def test_checkpointed_actor_example_runs(tmp_path: Path) -> None:
     proc = _run_ray("## A checkpointed Ray actor in 15 lines", tmp_path)
     assert proc.stdout.split()[-1] in {"None", "10", "11"}  # ray.kill is asynchronous
+
+
+def test_install_docs_name_the_extras() -> None:
+    """The install commands name every extra a user needs (an ``s3://`` store needs ``s3``),
+    and each extra they name exists in pyproject.toml."""
+    import tomllib
+
+    extras = tomllib.loads((README.parent / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    text = README.read_text()
+    named = set(re.findall(r'pip install -e "\.\[(\w+)\]"', text))
+    assert {"s3", "langgraph"} <= named and named <= set(extras), named
+    ops = (README.parent / "docs" / "OPERATIONS.md").read_text()
+    assert 'pip install -e ".[s3]"' in ops
+
+
+def test_readme_uses_no_ray_argument_ray_ignores() -> None:
+    """Ray 2.60 warns that ``ray.kill(..., no_restart=False)`` is ignored: the actor
+    example crashes the actor's process instead (Ray then restarts it)."""
+    assert "no_restart=False" not in README.read_text()

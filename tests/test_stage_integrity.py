@@ -173,6 +173,35 @@ def test_newer_version(tmp_path: Path) -> None:
     assert ei.value.version in (newer, 7)
 
 
+def test_restore_reports_the_most_informative_failure(tmp_path: Path) -> None:
+    """A torn slot (an interrupted commit) or a damaged older generation must not hide that
+    the lease holds a newer format version: that is the error that says what to do."""
+    lab = Lab(tmp_path / "s")
+    newest = max(range(2), key=lambda s: struct.unpack("<Q", lab.read(s, 16, 8))[0])
+    newer = fmt.FORMAT_VERSION + 1
+    lab.write(newest, 4, struct.pack("<I", newer))
+    older = 1 - newest
+    assert (older, newest) == (0, 1)  # the torn slot comes first in slot order
+    # Slot 0: a header write that lost its first sector (uncommitted) ...
+    lab.write(older, 0, bytes(512))
+    lab.write(older, 600, b"\x01")  # ... while a later one landed
+    with pytest.raises(UnsupportedFormatError, match=f"version {newer}") as ei:
+        CheckpointedStageState.restore(lab.reader())
+    assert ei.value.version == newer and ei.value.slot == newest
+    assert len(ei.value.skipped) == 2
+    # ... or an older generation whose data fails its CRC (damage): the newer version wins.
+    lab2 = Lab(tmp_path / "t")
+    _, scans = scan_slots(lab2.reader())
+    old_h = next(s.header for s in scans if s.header and s.header.generation == 1)
+    first = load_map(lab2.reader(), old_h)[0][0]
+    lab2.flip(first.block, first.offset)
+    lab2.write(1 - old_h.slot, 4, struct.pack("<I", newer))
+    with pytest.raises(UnsupportedFormatError) as ei:
+        CheckpointedStageState.restore(lab2.reader())
+    assert ei.value.version == newer
+    assert any("CRC" in why for _, why in ei.value.skipped), ei.value.skipped
+
+
 def test_an_older_writer_refuses_to_overwrite_a_newer_version(tmp_path: Path) -> None:
     """A newer blockpoint wrote the newest generation (its version is all this one can read
     of it): restore falls back, but a checkpoint - after that restore or from a fresh

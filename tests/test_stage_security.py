@@ -10,13 +10,21 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from blockstore import FileStore, KeyRing, MemoryStore, SlottedDocument, resolve_keys
+from blockstore import (
+    FileStore,
+    KeyRing,
+    KeySettingError,
+    MemoryStore,
+    SlottedDocument,
+    resolve_keys,
+)
 from blockstore.keys import KEY_ENV, OLD_KEYS_ENV
 from scheduler.errors import RegistryError, RegistryKeyRequired
 from scheduler.registry import RegistryStore
@@ -57,6 +65,31 @@ def test_resolve_keys_from_arguments_and_environment() -> None:
         with pytest.raises(ValueError):
             resolve_keys(bad)
     assert "new" not in repr(ring) and "old1" not in repr(ring)  # never print key material
+
+
+def test_a_key_that_is_not_utf8_is_a_specific_error(monkeypatch: pytest.MonkeyPatch,
+                                                    tmp_path: Path) -> None:
+    """An environment value that is not UTF-8 (Python holds its bad bytes as surrogates)
+    cannot be a key: a KeySettingError naming the variable, never a UnicodeEncodeError,
+    whose ``.object`` would carry the key itself into logs and tracebacks."""
+    bad = os.fsdecode(b"secret-\xff-key")
+    for environ, var in (({KEY_ENV: bad}, KEY_ENV),
+                         ({KEY_ENV: "good", OLD_KEYS_ENV: "old," + bad}, OLD_KEYS_ENV)):
+        with pytest.raises(KeySettingError, match=var) as err:
+            resolve_keys(None, environ=environ)
+        assert isinstance(err.value, ValueError)
+        assert not isinstance(err.value, UnicodeError)
+        assert err.value.__cause__ is None and err.value.__suppress_context__
+        assert "secret" not in str(err.value) and "secret" not in repr(err.value.args)
+    with pytest.raises(KeySettingError, match="UTF-8"):
+        resolve_keys("\udcff")  # an explicit str key is encoded the same way
+    # Through a checkpoint: refused as a CheckpointFailed caused by the KeySettingError.
+    monkeypatch.setenv(KEY_ENV, bad)
+    with FileStore(tmp_path / "s", BS) as st, st.acquire("stage") as lease:
+        with pytest.raises(CheckpointFailed) as err:
+            CheckpointedStageState({"v": 1}, lease).checkpoint()
+        assert isinstance(err.value.__cause__, KeySettingError)
+        assert "secret" not in str(err.value)
 
 
 # -- rotation ---------------------------------------------------------------------------------

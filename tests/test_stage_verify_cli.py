@@ -93,6 +93,18 @@ def test_verify_with_key(store_path: Path, monkeypatch, capsys) -> None:
     assert "MAC mismatch" in capsys.readouterr().out
 
 
+def test_verify_refuses_a_key_that_is_not_utf8(store_path: Path, monkeypatch, capsys) -> None:
+    bad = os.fsdecode(b"sek\xffrit")
+    monkeypatch.setenv("MY_KEY", bad)
+    assert main(["verify", str(store_path), "mac", "--key-env", "MY_KEY"]) == 2
+    monkeypatch.delenv("MY_KEY")
+    monkeypatch.setenv("BLOCKPOINT_CHECKPOINT_KEY", bad)
+    assert main(["verify", str(store_path), "mac"]) == 2
+    err = capsys.readouterr().err
+    assert "$MY_KEY" in err and "BLOCKPOINT_CHECKPOINT_KEY" in err and "UTF-8" in err
+    assert "sek" not in err
+
+
 def test_verify_accepts_rotated_out_keys(store_path: Path, monkeypatch, capsys) -> None:
     # After a key rotation the old generations carry MACs of the old key: verify must check
     # them against $BLOCKPOINT_CHECKPOINT_OLD_KEYS like restore does, not call them corrupt.

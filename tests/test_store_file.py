@@ -130,6 +130,51 @@ def test_bad_block_size_creates_nothing(tmp_path: Path, bad: object) -> None:
     assert not (tmp_path / "new").exists()
 
 
+def _store_made_before_the_sector_rule(root: Path, bs: int) -> FileStore:
+    """A file store of block size ``bs`` as an earlier blockpoint could create it."""
+    with FileStore(root, 4096):
+        pass
+    meta = json.loads((root / "blockpoint-store.json").read_text())
+    (root / "blockpoint-store.json").write_text(json.dumps({**meta, "block_size": bs}))
+    return FileStore(root)
+
+
+def test_a_new_store_needs_a_block_size_multiple_of_512(tmp_path: Path) -> None:
+    """The checkpoint sector rule (FORMAT.md 2.1) counts 512-byte windows from each block's
+    start. With B = 1000 header slot 1 starts at byte 1000 of the lease file, so a disk
+    sector lost to power loss in its write zeroes parts of two windows: the interrupted
+    commit reads as corruption (verify fails) instead of "uncommitted". New stores refuse
+    such a B; a store made with one earlier still opens and works."""
+    from blockstore import MemoryStore
+    from stages import CheckpointedStageState, verify_lease
+
+    for bad in (1000, 1500, 4097):
+        with pytest.raises(StoreConfigError, match="multiple of 512"):
+            open_store(tmp_path / "new", block_size=bad)
+        assert not (tmp_path / "new").exists()
+        with pytest.raises(StoreConfigError, match="multiple of 512"):
+            MemoryStore(bad)
+    with open_store(tmp_path / "ok", block_size=1536) as st:
+        assert st.block_size == 1536
+    statuses = {}
+    for bs in (1024, 1000):
+        with _store_made_before_the_sector_rule(tmp_path / f"b{bs}", bs) as st:
+            assert st.block_size == bs
+            with st.acquire("stage") as lease:
+                css = CheckpointedStageState({"v": 1}, lease, codec="msgpack")
+                css.checkpoint(step=1, meta={"pad": "m" * 600})  # slot 0
+                css.checkpoint(step=2, meta={"pad": "m" * 600})  # slot 1: 784+ bytes
+                assert CheckpointedStageState.restore(lease).restored.generation == 2
+                dat = tmp_path / f"b{bs}" / "leases" / f"{lease.lease_id}.dat"
+            with open(dat, "r+b") as f:  # the file's sector [1024, 1536) never landed
+                f.seek(1024)
+                f.write(bytes(512))
+            (slot1,) = [r for r in verify_lease(st.open_reader("stage")) if r.slot == 1]
+            statuses[bs] = slot1.status
+    assert statuses[1024].startswith("uncommitted"), statuses
+    assert not statuses[1000].startswith("uncommitted"), statuses  # reads as damage
+
+
 def test_unknown_scheme_refused() -> None:
     with pytest.raises(StoreConfigError):
         open_store("ftp://host/x")

@@ -73,6 +73,14 @@ def test_reopen_keeps_block_size_and_refuses_another(s3_server) -> None:  # type
     assert str(BS) in str(err.value)
 
 
+def test_a_new_object_store_needs_a_block_size_multiple_of_512(s3_server) -> None:  # type: ignore[no-untyped-def]
+    url = _url(s3_server)
+    with pytest.raises(StoreConfigError, match="multiple of 512"):
+        open_store(url, block_size=1000)
+    with open_store(url, block_size=1536) as st:  # nothing was created by the refusal
+        assert st.block_size == 1536
+
+
 def test_lookup_by_id_from_a_fresh_store_object(s3_server) -> None:  # type: ignore[no-untyped-def]
     url = _url(s3_server)
     with open_store(url, block_size=BS) as st:

@@ -11,6 +11,8 @@ restore the newest generation that verifies, fail-closed checkpoints).
 | `checkpointed.py` | the `@checkpointed` decorator: validation, generated methods |
 | `config.py`     | `CheckpointedConfig`, the decorator's checked arguments |
 | `durability.py` | the runtime of a `@checkpointed` actor: policy, snapshot lock, exactly-once calls |
+| `calls.py`      | request ids (idempotency keys) and `call_once`, which resends until the actor answers |
+| `turns.py`      | `CallTurns`: async actors are snapshotted only when no call is mid-method |
 | `recipe.py`     | `ActorRecipe`: how a manager re-creates a `@checkpointed` actor |
 | `hooks.py`      | what stages call and a manager implements: `StageRegistrar`, `StageLostHook`, `Relaunchable`, `StageRegistration` |
 | `resources.py`  | the one reading of a stage's or actor's Ray resources |
@@ -27,6 +29,7 @@ from .actor import (
     StageStopped,
     launch_stage,
 )
+from .calls import CallNotAnswered, RequestIdError, call_once
 from .checkpointed import CheckpointedConfigError, checkpointed
 from .config import CheckpointedConfig
 from .durability import ActorFenced, StateAttributeError, StoreUnavailable
@@ -37,10 +40,12 @@ from .recipe import ActorRecipe
 __all__ = [
     "ActorFenced",
     "ActorRecipe",
+    "CallNotAnswered",
     "CheckpointedConfig",
     "CheckpointedConfigError",
     "NodeCapacity",
     "Relaunchable",
+    "RequestIdError",
     "RollbackUnavailable",
     "Stage",
     "StageActor",
@@ -51,6 +56,7 @@ __all__ = [
     "StageStopped",
     "StateAttributeError",
     "StoreUnavailable",
+    "call_once",
     "checkpointed",
     "launch_stage",
     "pick_node",

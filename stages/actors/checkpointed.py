@@ -37,14 +37,23 @@ Why it looks like this:
 
 Semantics:
 
-* **Retried calls.** A policy of every N calls or T seconds gives *at-least-once* effects:
-  after a restart the state is that of the last checkpoint, and the calls after it that Ray
-  retries (``max_task_retries``) or that callers resend are applied again; calls that were
-  neither retried nor resent are lost. ``every_calls=1`` gives *exactly-once* effects for
-  Ray's retries: each call commits before it returns, and records its task id and result in
-  the same checkpoint, so a retried call that had committed returns its recorded result
-  without being applied again (:mod:`stages.actors.durability` says why this is exact), and one
-  that had not is applied once. The last ``dedupe_window`` ids are kept.
+* **What each policy keeps** (the table is in ``README.md``, "What each policy keeps").
+  A call is *acknowledged* once its caller got the reply, *in flight* if the actor died
+  before replying; Ray *retries* an in-flight call under the same task id only on an actor
+  it restarts (``max_task_retries``), else the caller may *resend* it. ``every_calls=1`` is
+  *exactly-once* for acknowledged calls and Ray's retries: each call commits before it
+  returns, and records its task id and result in the same checkpoint, so a retried call
+  that had committed returns its recorded result without being applied again
+  (:mod:`stages.actors.durability` says why this is exact), and one that had not is
+  applied once. ``every_calls=N`` (N >= 2), ``every_seconds=T`` and manual checkpoints
+  (``checkpoint()`` only) are *at-most-once for acknowledged calls* - a crash loses those
+  since the last committed checkpoint (up to N-1, about T seconds' worth, or all since the
+  last ``checkpoint()``; a graceful exit saves them) - and *at-least-once for retried or
+  resent calls*, which are applied again on the restored state, twice if that checkpoint
+  already held them. A resend under the same ``request_id=`` (:mod:`stages.actors.calls`,
+  :func:`~stages.actors.calls.call_once`) is exactly-once in every policy: the id is
+  recorded with the call's result and checkpointed with its effect. The last
+  ``dedupe_window`` ids (task ids and request ids together) are kept.
 * **Calls in flight** when the actor dies fail with ``RayActorError`` unless Ray retries
   them (``max_task_retries``); retried calls run on the restored state, and Ray may run
   them after calls submitted later (its ordering is per attempt, not across retries).
@@ -94,6 +103,7 @@ from blockstore import BlockStore, parse_store_url
 
 from .actor import CONTROL_GROUP, CONTROL_CONCURRENCY, ray_context
 from .actor import resources_held
+from .calls import REQUEST_ID, check_request_id, takes_request_id, with_request_id
 from .config import CheckpointedConfig
 from .durability import ActorDurability
 from ..checkpoint.incremental import DEFAULT_FULL_EVERY
@@ -208,29 +218,39 @@ def _durability(obj: Any) -> ActorDurability:
     return d
 
 
+def _request_id(self: Any, kwargs: dict[str, Any]) -> str | None:
+    """Pop the caller's ``request_id=`` (``stages/actors/calls.py``), checked."""
+    rid = kwargs.pop(REQUEST_ID, None)
+    return None if rid is None else check_request_id(rid, type(self).__name__)
+
+
 def _wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """The call wrapper of one public method (sync or async)."""
+    """The call wrapper of one public method (sync or async); it takes ``request_id=``."""
     if inspect.iscoroutinefunction(fn):
         @functools.wraps(fn)
         async def acall(self: Any, *args: Any, **kwargs: Any) -> Any:
+            rid = _request_id(self, kwargs)
             d = getattr(self, "_bp_durable", None)
             if d is None:
                 return await fn(self, *args, **kwargs)
             with d.outer_call() as outer:
                 if not outer:
                     return await fn(self, *args, **kwargs)
-                return await d.call_async(fn, self, args, kwargs)
+                return await d.call_async(fn, self, args, kwargs, rid)
+        with_request_id(fn, acall)
         return acall
 
     @functools.wraps(fn)
     def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        rid = _request_id(self, kwargs)
         d = getattr(self, "_bp_durable", None)
         if d is None:
             return fn(self, *args, **kwargs)
         with d.outer_call() as outer:
             if not outer:
                 return fn(self, *args, **kwargs)
-            return d.call(fn, self, args, kwargs)
+            return d.call(fn, self, args, kwargs, rid)
+    with_request_id(fn, call)
     return call
 
 
@@ -244,6 +264,9 @@ def _wrapped_methods(cls: type) -> dict[str, Callable[..., Any]]:
             continue
         if inspect.isgeneratorfunction(raw) or inspect.isasyncgenfunction(raw):
             continue  # generators stream after returning: no point to count or commit at
+        if takes_request_id(raw):
+            raise _fail(cls, f"method {name!r} has a parameter {REQUEST_ID!r}, the keyword "
+                             "@checkpointed reserves for idempotency keys (rename it)")
         out[name] = _wrap(raw)
     return out
 
@@ -416,7 +439,9 @@ class _Checkpointed:
             store: store URL or path every node reaches (``file://``, a shared path).
             state: the attribute name, or a tuple of names, to checkpoint and restore.
             key: lease name; default the actor's name (an error at start if neither).
-            every_calls: checkpoint after every N calls; 1 is exactly-once mode.
+            every_calls: checkpoint after every N calls; 1 is exactly-once mode (every
+                acknowledged call kept); N >= 2 loses the acknowledged calls since the last
+                checkpoint on a crash (see "What each policy keeps" above).
             every_seconds: checkpoint when this much time passed since the last one (in the
                 actor's turn: at the next call, or by the timer's request when idle).
             retention, codec, compression, level, mac_key: as ``CheckpointedStageState``

@@ -16,19 +16,12 @@ decides *when* to checkpoint - the turn-taking part:
   ``max_concurrency=1``) needs nothing more; a threaded actor (``max_concurrency > 1``)
   must mutate the named attributes under ``with self.checkpoint_lock:`` so that a snapshot
   never sees half a mutation.
-* **Async actors snapshot only between calls.** Coroutines share one event loop, so a
-  snapshot taken on it is never interrupted - but other calls may be suspended at an
-  ``await`` half-way through their method (debited, not yet credited). A lock cannot fix
-  that (they all run on the loop's one thread), so the decorator counts the coroutine calls
-  that are inside the user's method and takes a snapshot only when that count is zero. A
-  checkpoint that becomes due while calls are mid-method (by policy, by the timer, or
-  ``await actor.checkpoint()``) is deferred: new coroutine calls are held at the door so
-  that the ones inside drain, and the call that leaves last takes the snapshot. The hold
-  gives way after ``HOLD_S`` seconds (a call inside may be waiting for a later call, e.g.
-  an ``asyncio.Event`` another method sets: holding it for ever would deadlock); the
-  snapshot is then taken at the next moment no call is mid-method. ``actor.checkpoint()``
-  of an async actor is a coroutine that returns once that snapshot is committed; inside a
-  method, ``await self.checkpoint()`` waits until this call is the only one inside.
+* **Async actors snapshot only between calls** (:mod:`stages.actors.turns`): a snapshot
+  is never taken while a coroutine call is suspended half-way through its method; one that
+  becomes due then waits (new calls held at the door for ``HOLD_S`` at most) and the call
+  that leaves last takes it. ``actor.checkpoint()`` of an async actor is a coroutine that
+  returns once such a snapshot is committed; inside a method, ``await self.checkpoint()``
+  waits until this call is the only one inside.
 * **Exactly-once mode** (``every_calls=1``). Every call runs holding the lock (threads) or
   an ``asyncio.Lock`` (coroutines), so calls apply one at a time, and commits a checkpoint
   *before it returns*; the checkpoint also carries the ids of the last calls applied
@@ -58,7 +51,8 @@ decides *when* to checkpoint - the turn-taking part:
   that makes a checkpoint due raises it (``CheckpointFailed``; ``ActorFenced`` from then
   on if the store refused a stale epoch), and that checkpoint is taken by the call after,
   since every call since the failed snapshot is still unsaved. A graceful exit waits for
-  the flush in flight, and checkpoints again if it failed. Semantics stay at-least-once.
+  the flush in flight, and checkpoints again if it failed. What is kept is that of
+  every_calls=N, counted from the last flush that finished (README, "What each policy keeps").
 """
 
 from __future__ import annotations
@@ -77,11 +71,12 @@ from typing import TYPE_CHECKING, Any
 
 import ray
 
-from blockstore import BlockStoreError
+from blockstore import BlockStoreError, LeaseNameError
 
 from .actor import StageStopped
 from ..errors import CheckpointCommitUnknown, CheckpointFailed, StageError
 from .incarnation import Incarnation
+from .turns import CallTurns
 from ..checkpoint.policy import CheckpointPolicy
 from ..checkpoint.state import CheckpointInfo
 
@@ -99,10 +94,6 @@ log = logging.getLogger(__name__)
 in_call: contextvars.ContextVar[bool] = contextvars.ContextVar("bp_in_call", default=False)
 
 _PAYLOAD_VERSION = 1
-#: Seconds a deferred snapshot holds new coroutine calls back, at most (module docstring).
-HOLD_S = 1.0
-#: Seconds between two looks at the coroutine calls in flight while a snapshot waits.
-_POLL_S = 0.002
 
 
 class StateAttributeError(StageError, AttributeError):
@@ -161,9 +152,12 @@ def _task_id() -> str | None:
         return None
 
 
-def _call_key() -> str:
-    """The key an exactly-once call is recorded under: Ray's task id, or (plain use, no
-    task) a fresh one, so that a commit of unknown outcome can still be recognised."""
+def _call_key(request_id: str | None = None) -> str:
+    """The key a call is recorded under: the caller's request id (``stages/actors/calls.py``),
+    else Ray's task id, else (plain use, no task) a fresh one, so that a commit of unknown
+    outcome can still be recognised. Prefixes keep the three apart."""
+    if request_id is not None:
+        return f"req:{request_id}"
     return _task_id() or f"local:{uuid.uuid4().hex}"
 
 
@@ -192,10 +186,8 @@ class ActorDurability:
         self._obj = obj
         self._alock: asyncio.Lock | None = None
         self._active = 0
-        #: Coroutine calls inside the user's method (policy mode): a snapshot waits for 0.
-        self._inflight = 0
-        #: When a snapshot began waiting for the calls inside to leave (None: none waits).
-        self._wanted_since: float | None = None
+        #: Coroutine calls inside the user's method (policy mode): snapshots wait for none.
+        self.turns = CallTurns(self.lock)
         self._closed = False
         self._tick_pending = False
         self.applied: OrderedDict[str, Any] = OrderedDict()
@@ -217,6 +209,9 @@ class ActorDurability:
             self.inc = Incarnation(config.store, key, self._payload, node_id=node_id,
                                    lease_ttl=config.lease_ttl, block_size=config.block_size,
                                    observer=config.observer, **config.state_options())
+        except LeaseNameError as exc:  # the key names no lease: the name, not the store
+            raise LeaseNameError(f"{config.actor}: its lease key {key!r} (the actor's name, "
+                                 f"or key=) cannot name a lease: {exc}", name=key) from exc
         except (BlockStoreError, OSError) as exc:
             raise StoreUnavailable(
                 f"{config.actor} {key!r}: store {config.store!r} unavailable: "
@@ -290,7 +285,7 @@ class ActorDurability:
         ``CheckpointFailed``, or ``ActorFenced`` if this incarnation was already fenced)."""
         with self.lock:
             self.check_serving()
-            self._wanted_since = None
+            self.turns.taken()
             self.inc.state = self._payload()
             try:
                 info = self.inc.checkpoint(step=step, meta=meta)
@@ -321,7 +316,7 @@ class ActorDurability:
         flush's failure (nothing new is snapshotted then; the next due call does it)."""
         with self.lock:
             self.check_serving()
-            self._wanted_since = None
+            self.turns.taken()
             self.inc.state = self._payload()
             try:
                 pending = self.inc.checkpoint_async(meta=meta)
@@ -342,51 +337,22 @@ class ActorDurability:
         if self._flush_failed:
             reason = reason or "retry"  # what the failed flush held is still unsaved
         if reason is not None and self.calls_since:
-            if self._inflight:  # a coroutine call is mid-method: the last one out takes it
-                self._want_snapshot()
+            if self.turns.inside:  # a coroutine call is mid-method: the last one out takes it
+                self.turns.want()
                 return
             if self.config.async_checkpoint:
                 self.checkpoint_async(meta={"reason": reason})
             else:
                 self.checkpoint(meta={"reason": reason})
 
-    def _want_snapshot(self) -> None:
-        if self._wanted_since is None:
-            self._wanted_since = time.monotonic()
-
     async def request_async(self, step: int = 0, meta: dict[str, Any] | None = None,
                             *, inside: bool = False) -> dict[str, Any]:
         """``await actor.checkpoint()`` of an async actor: a snapshot at a point where no
-        coroutine call is mid-method (``inside``: none but the calling one), committed.
-
-        New calls are held meanwhile, for ``HOLD_S`` at most (module docstring); after that
-        this waits on, without holding them, until such a point comes.
-        """
+        coroutine call is mid-method (``inside``: none but the calling one), committed."""
         if self.exact and self._active and not inside:
             return self.request(step, meta)  # coalesced: that call commits before returning
         own = 1 if inside and not self.exact else 0
-        while True:
-            with self.lock:
-                if self._inflight <= own:
-                    return self.checkpoint(step, meta).to_dict()
-                self._want_snapshot()
-            await asyncio.sleep(_POLL_S)
-
-    async def _enter(self) -> None:
-        """Let a coroutine call in (policy mode): held while a deferred snapshot waits for
-        the calls inside to leave, ``HOLD_S`` at most; a snapshot left due by a call that
-        raised is taken here, before this call touches the state."""
-        while True:
-            with self.lock:
-                wanted = self._wanted_since
-                if wanted is None or time.monotonic() - wanted >= HOLD_S:
-                    self._inflight += 1
-                    return
-                if not self._inflight:
-                    self._due_checkpoint()
-                    if self._wanted_since is None:
-                        continue
-            await asyncio.sleep(_POLL_S)
+        return await self.turns.when_alone(own, lambda: self.checkpoint(step, meta).to_dict())
 
     def tick(self) -> None:
         """The timer's request, run in the actor's turn: checkpoint if still due."""
@@ -492,17 +458,35 @@ class ActorDurability:
         self._adopt(css.state)
         self._dirty = False
 
+    def _recorded(self, key: str | None) -> tuple[bool, Any]:
+        """Policy mode, under :attr:`lock`: ``(True, result)`` if a call with this request
+        key was applied (in memory, or restored from a checkpoint that held it)."""
+        if key is not None and key in self.applied:
+            self.deduplicated += 1
+            return True, self.applied[key]
+        return False, None
+
     def call(self, fn: Callable[..., Any], obj: Any, args: tuple[Any, ...],
-             kwargs: dict[str, Any]) -> Any:
+             kwargs: dict[str, Any], request_id: str | None = None) -> Any:
         """Run one synchronous call under the policy (see the module docstring)."""
         self.check_serving()
         if not self.exact:
+            key = None if request_id is None else _call_key(request_id)
+            with self.lock:
+                done, recorded = self._recorded(key)
+                if done:
+                    return recorded
+                if key is not None:  # one at a time per id: a resend waits for the first
+                    result = fn(obj, *args, **kwargs)
+                    self._record(key, result)
+                    self._due_checkpoint()
+                    return result
             result = fn(obj, *args, **kwargs)
             with self.lock:
                 self._record(None, result)
                 self._due_checkpoint()
             return result
-        key = _call_key()
+        key = _call_key(request_id)
         with self.lock:
             done, recorded = self._exact_begin(key)
             if done:
@@ -515,21 +499,28 @@ class ActorDurability:
             return self._exact_commit(key, result)
 
     async def call_async(self, fn: Callable[..., Awaitable[Any]], obj: Any,
-                         args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+                         args: tuple[Any, ...], kwargs: dict[str, Any],
+                         request_id: str | None = None) -> Any:
         """Run one coroutine call under the policy (see the module docstring)."""
         self.check_serving()
         if not self.exact:
-            await self._enter()
+            key = None if request_id is None else _call_key(request_id)
+            done, recorded = await self.turns.claim(key, self._recorded)
+            if done:
+                return recorded
             try:
-                result = await fn(obj, *args, **kwargs)
-            finally:
+                await self.turns.enter(self._due_checkpoint)
+                try:
+                    result = await fn(obj, *args, **kwargs)
+                finally:
+                    self.turns.leave()
                 with self.lock:
-                    self._inflight -= 1
-            with self.lock:
-                self._record(None, result)
-                self._due_checkpoint()
-            return result
-        key = _call_key()
+                    self._record(key, result)
+                    self._due_checkpoint()
+                return result
+            finally:
+                self.turns.release(key)
+        key = _call_key(request_id)
         async with self._one_at_a_time():
             with self.lock:
                 done, recorded = self._exact_begin(key)
@@ -612,11 +603,11 @@ class ActorDurability:
             try:
                 if self.inc.drain() is not None:  # the flush in flight failed: still unsaved
                     self._flush_failed = True
-                if checkpoint and self._inflight:
+                if checkpoint and self.turns.inside:
                     log.warning("%s %r exits with %d call(s) mid-method: no exit checkpoint "
                                 "(it would hold their half-applied changes); the next "
                                 "incarnation restores the last one", self.config.actor,
-                                self.key, self._inflight)
+                                self.key, self.turns.inside)
                 elif (checkpoint and (self.calls_since or self._flush_failed)
                         and not self.inc.fenced):
                     self.inc.state = self._payload()

@@ -7,14 +7,15 @@ Frozen values describing one committed generation (from its header) and one rest
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..errors import BadMagicError, CheckpointCorrupt, TornHeaderError, UnsupportedFormatError
 from .format import Header
 from .incremental import WriteStats
 
-__all__ = ["CheckpointInfo", "RestoreReport"]
+__all__ = ["CheckpointInfo", "RestoreReport", "restore_failure"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,3 +96,37 @@ class RestoreReport:
     meta: Mapping[str, Any]
     info: CheckpointInfo
     skipped: tuple[tuple[int | None, str], ...] = ()
+
+
+def restore_failure(where: str, newest_failed: CheckpointCorrupt | None,
+                    slot_errors: Sequence[CheckpointCorrupt],
+                    skipped: tuple[tuple[int | None, str], ...]) -> CheckpointCorrupt:
+    """The error ``restore`` raises when no generation verifies: the most informative one.
+
+    In order (``docs/FORMAT.md`` 2.7, step 5): a header of a newer format version (the
+    lease is not damaged, it needs a newer blockpoint - whatever else failed); else the
+    newest candidate generation that failed; else the first slot, in slot order, that
+    failed for damage; a slot that is not a header (bad magic) only after those, and a torn
+    header (an interrupted commit, no data lost) last. Its type and context are the chosen
+    error's; ``skipped`` lists every failure.
+    """
+    def rank(e: CheckpointCorrupt) -> int:
+        return 2 if isinstance(e, TornHeaderError) else 1 if isinstance(e, BadMagicError) else 0
+
+    newer = [e for e in slot_errors if isinstance(e, UnsupportedFormatError)]
+    if newer:
+        err = newer[0]
+    elif newest_failed is not None:
+        err = newest_failed
+    else:
+        err = min(slot_errors, key=rank)  # min keeps slot order among equals
+    kw: dict[str, Any] = {"lease_id": err.lease_id, "name": err.name,
+                          "generation": err.generation, "block": err.block, "slot": err.slot}
+    version = getattr(err, "version", None)
+    if version is not None:
+        kw["version"] = version
+    out = type(err)(f"no checkpoint generation of {where} verifies; "
+                    f"{'a newer format' if newer else 'newest failure'}: {err}", **kw,
+                    skipped=skipped)
+    out.__cause__ = err  # as ``raise out from err``
+    return out

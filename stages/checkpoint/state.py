@@ -70,7 +70,6 @@ from . import compaction
 from . import format as fmt
 from .compress import ChunkCoder
 from ..errors import (
-    BadMagicError,
     CheckpointCommitUnknown,
     CheckpointCorrupt,
     CheckpointFailed,
@@ -87,7 +86,7 @@ from .observer import CheckpointFlushObserver, flush_guard
 from .reader import read_payload, scan_slots, worker_pool
 from .background import PendingCheckpoint, SnapshotBuffers
 from .codec import Payload
-from .reports import CheckpointInfo, RestoreReport
+from .reports import CheckpointInfo, RestoreReport, restore_failure
 from .writer import (
     SlotState,
     allocate,
@@ -296,7 +295,7 @@ class CheckpointedStageState(Generic[T]):
             self._flushes -= 1
             if isinstance(exc, Exception):
                 raise CheckpointFailed(
-                    f"checkpoint of lease {self._lease_id} failed: {type(exc).__name__}: {exc}",
+                    f"checkpoint of {self._what} failed: {type(exc).__name__}: {exc}",
                     lease_id=self._lease_id) from exc
             raise
 
@@ -359,6 +358,12 @@ class CheckpointedStageState(Generic[T]):
         with self._flush_in_progress():
             return self._guarded_checkpoint(step, meta, None)
 
+    @property
+    def _what(self) -> str:
+        """``'agg' (lease 3f2a...)``: the lease's name - the stage id, the actor's key - first,
+        since that is what the user named; the id to find it in the store."""
+        return f"{self.lease.name!r} (lease {self._lease_id})"
+
     def check_authenticated(self, ring: KeyRing | None | bool = False) -> None:
         """Raise :class:`CheckpointKeyRequired` if every checkpoint of this state would be
         refused: pickle, no key, a shared store, no ``allow_unauthenticated``. A setting, not
@@ -402,7 +407,7 @@ class CheckpointedStageState(Generic[T]):
                 self._dropped = None
                 note_failure(self.lease.name, exc)
                 raise CheckpointFailed(
-                    f"checkpoint of lease {self._lease_id} failed: {type(exc).__name__}: {exc}",
+                    f"checkpoint of {self._what} failed: {type(exc).__name__}: {exc}",
                     lease_id=self._lease_id, generation=self._max_gen or None) from exc
 
     def _checkpoint(self, step: int, meta: Mapping[str, Any] | None,
@@ -517,14 +522,14 @@ class CheckpointedStageState(Generic[T]):
             raise
         except Exception as exc:
             raise CheckpointCommitUnknown(
-                f"checkpoint of lease {self._lease_id}: generation {gen} may or may not be "
+                f"checkpoint of {self._what}: generation {gen} may or may not be "
                 f"committed (the header write failed: {type(exc).__name__}: {exc})",
                 lease_id=self._lease_id, generation=gen) from exc
         try:
             lease.flush()
         except Exception as exc:  # a takeover now is too late to un-write the header
             raise CheckpointCommitUnknown(
-                f"checkpoint of lease {self._lease_id}: generation {gen} may or may not be "
+                f"checkpoint of {self._what}: generation {gen} may or may not be "
                 f"committed (the flush after the header write failed: {type(exc).__name__}: {exc})",
                 lease_id=self._lease_id, generation=gen) from exc
 
@@ -616,11 +621,7 @@ class CheckpointedStageState(Generic[T]):
                             h.generation, [g for g, _ in skipped])
             note_restore(css.restored, time.perf_counter() - t0, reader)
             return css
-        err = newest_err
-        if err is None:
-            err = next((e for e in errors if not isinstance(e, BadMagicError)), None) or errors[0]
-        raise type(err)(f"no checkpoint generation of {where} verifies; newest failure: {err}",
-                        **_err_kwargs(err), skipped=tuple(skipped)) from err
+        raise restore_failure(where, newest_err, errors, tuple(skipped))
 
     def _adopt(self, k: int, scans: list[Any], restored: Header, blocks: frozenset[int]) -> None:
         """Writer knowledge after a restore: generations newer than the restored one failed."""
@@ -629,11 +630,3 @@ class CheckpointedStageState(Generic[T]):
                                            restored_blocks=blocks)
         self._max_gen = max(self._max_gen, max_gen)
 
-
-def _err_kwargs(err: CheckpointCorrupt) -> dict[str, Any]:
-    kw: dict[str, Any] = {"lease_id": err.lease_id, "name": err.name,
-                          "generation": err.generation, "block": err.block, "slot": err.slot}
-    version = getattr(err, "version", None)
-    if version is not None:
-        kw["version"] = version
-    return kw

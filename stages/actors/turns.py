@@ -1,0 +1,119 @@
+"""When an async ``@checkpointed`` actor may be snapshotted: between calls, never mid-method.
+
+Coroutines share one event loop, so a snapshot taken on it is never interrupted - but other
+calls may be suspended at an ``await`` half-way through their method (debited, not yet
+credited), and a snapshot then commits a change that exists nowhere whole. A lock cannot
+help (every coroutine runs on the loop's one thread, an ``RLock`` admits them all), so
+:class:`CallTurns` counts the coroutine calls inside the user's method, and the runtime
+(:mod:`stages.actors.durability`) takes a snapshot only when that count is zero:
+
+* A snapshot that becomes due while calls are inside (policy, timer, or
+  ``await actor.checkpoint()``) is *wanted*: new calls are held at the door so that the
+  ones inside drain, and the call that leaves last takes it.
+* The hold gives way after :data:`HOLD_S` seconds: a call inside may be waiting for a later
+  call (an ``asyncio.Event`` another method sets, a queue another method fills), and holding
+  that one for ever would deadlock the actor. The snapshot is then taken at the next moment
+  no call is inside.
+* A resend of a call (same request id) that is still running waits for it and is then
+  answered from its record (:meth:`CallTurns.claim`).
+
+Waiting polls (every :data:`_POLL_S` s) instead of using ``asyncio`` primitives: an actor's
+concurrency groups run on event loops of their own threads, and the counter is shared by
+all of them under the runtime's lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+__all__ = ["HOLD_S", "CallTurns"]
+
+#: Seconds a wanted snapshot holds new coroutine calls back, at most.
+HOLD_S = 1.0
+#: Seconds between two looks at the calls inside while something waits for them.
+_POLL_S = 0.002
+
+T = TypeVar("T")
+
+
+class CallTurns:
+    """The coroutine calls inside the user's method, and the snapshot waiting for them.
+
+    Every method takes ``lock`` (the runtime's :attr:`ActorDurability.lock`) itself, except
+    :meth:`want` and :attr:`inside`, read and set by callers that hold it.
+    """
+
+    def __init__(self, lock: threading.RLock) -> None:
+        self._lock = lock
+        #: Coroutine calls between :meth:`enter` and :meth:`leave`.
+        self.inside = 0
+        self._wanted_since: float | None = None
+        self._running: set[str] = set()
+
+    def want(self) -> None:
+        """A snapshot waits for the calls inside to leave (holds new ones, for a while)."""
+        if self._wanted_since is None:
+            self._wanted_since = time.monotonic()
+
+    @property
+    def wanted(self) -> bool:
+        return self._wanted_since is not None
+
+    def taken(self) -> None:
+        """The snapshot was taken (or failed): nothing waits any more."""
+        self._wanted_since = None
+
+    async def enter(self, due: Callable[[], None]) -> None:
+        """Let a call in: held while a wanted snapshot waits, :data:`HOLD_S` at most. A
+        snapshot left wanted with nobody inside (the last call out raised) is taken here by
+        ``due()`` before this call touches the state."""
+        while True:
+            with self._lock:
+                wanted = self._wanted_since
+                if wanted is None or time.monotonic() - wanted >= HOLD_S:
+                    self.inside += 1
+                    return
+                if not self.inside:
+                    due()
+                    if self._wanted_since is None:
+                        continue
+            await asyncio.sleep(_POLL_S)
+
+    def leave(self) -> None:
+        with self._lock:
+            self.inside -= 1
+
+    async def when_alone(self, own: int, take: Callable[[], T]) -> T:
+        """``take()`` under the lock once at most ``own`` calls are inside (``own`` = 1 for
+        the caller's own call); new calls are held meanwhile, :data:`HOLD_S` at most."""
+        while True:
+            with self._lock:
+                if self.inside <= own:
+                    return take()
+                self.want()
+            await asyncio.sleep(_POLL_S)
+
+    async def claim(self, key: str | None,
+                    recorded: Callable[[str | None], tuple[bool, Any]]) -> tuple[bool, Any]:
+        """Before a call with request key ``key`` runs: ``recorded(key)`` if it was applied
+        (after waiting for a run of it still in progress), else claim the key (``(False,
+        None)``; :meth:`release` it when the call ends)."""
+        while True:
+            with self._lock:
+                done, result = recorded(key)
+                if done:
+                    return done, result
+                if key is None or key not in self._running:
+                    if key is not None:
+                        self._running.add(key)
+                    return False, None
+            await asyncio.sleep(_POLL_S)
+
+    def release(self, key: str | None) -> None:
+        if key is not None:
+            with self._lock:
+                self._running.discard(key)
