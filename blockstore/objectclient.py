@@ -126,25 +126,6 @@ def _build_store(url: StoreURL, retries: int) -> Any:
             from (exc if text == str(exc) else None)
 
 
-class _BoundApi:
-    """``api.get(store, ...)`` and friends as ``store.get(...)`` methods."""
-
-    def __init__(self, api: Any, store: Any) -> None:
-        self._api, self._inner = api, store
-
-    def get(self, *a: Any, **kw: Any) -> Any:
-        return self._api.get(self._inner, *a, **kw)
-
-    def put(self, *a: Any, **kw: Any) -> Any:
-        return self._api.put(self._inner, *a, **kw)
-
-    def list(self, *a: Any, **kw: Any) -> Any:
-        return self._api.list(self._inner, *a, **kw)
-
-    def delete(self, *a: Any, **kw: Any) -> Any:
-        return self._api.delete(self._inner, *a, **kw)
-
-
 class ObjectClient:
     """Requests to one bucket prefix, with retries, translated errors and a bounded pool.
 
@@ -153,21 +134,19 @@ class ObjectClient:
     raises a :class:`~blockstore.errors.BlockStoreError`.
     """
 
-    def __init__(self, url: StoreURL, store: Any | None = None, *, api: Any | None = None,
+    def __init__(self, url: StoreURL, store: Any | None = None, *,
                  pool: Any | None = None) -> None:
         """``store``: an obstore store, or any object with its ``get``, ``put``, ``list``
-        and ``delete`` methods (tests pass a pass-through wrapper that orders requests);
-        requests go through those methods, never obstore's module functions, which accept
-        only obstore's own classes. ``api``: a module-like object whose ``get``, ``put``,
-        ``list`` and ``delete`` functions take ``store`` first (the deterministic
-        simulation, tests/sim); ``pool`` (default: a thread pool of ``concurrency``
-        threads) runs :meth:`map` and :meth:`submit`."""
+        and ``delete`` methods (tests pass a pass-through wrapper that orders requests, and
+        the deterministic simulation in tests/sim an in-process object store); requests go
+        through those methods, never obstore's module functions, which accept only
+        obstore's own classes. ``pool`` (default: a thread pool of ``concurrency`` threads)
+        runs :meth:`map` and :meth:`submit`; the simulation passes one that runs each call
+        at once, so a client's requests go one at a time."""
         self.url = url
         self.concurrency = url.int_option("concurrency", DEFAULT_CONCURRENCY)
         self._store = store if store is not None else _build_store(
             url, url.int_option("retries", DEFAULT_RETRIES))
-        if api is not None:
-            self._store = _BoundApi(api, self._store)
         self._pool = pool if pool is not None else ThreadPoolExecutor(
             self.concurrency, thread_name_prefix=_POOL_NAME)
         self.clock = StoreClock()

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .store import Request, SimAPI, SimBucket, SimConnection, timed_out
+from .store import Request, SimBucket, SimConnection, timed_out
 
 __all__ = ["Crashed", "Faults", "SimHang", "World"]
 
@@ -143,7 +143,7 @@ class World:
 
     def object_client(self, name: str, url: Any) -> Any:
         from blockstore.objectclient import ObjectClient
-        c = ObjectClient(url, store=self.connection(name), api=SimAPI, pool=InlinePool())
+        c = ObjectClient(url, store=self.connection(name), pool=InlinePool())
         c.clock = SimClock(self)  # type: ignore[assignment]
         return c
 

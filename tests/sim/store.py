@@ -1,10 +1,11 @@
 """An in-process object store with S3 semantics, driven one request at a time.
 
 The simulated bucket holds objects (bytes, an etag, a ``Last-Modified`` stamp from the
-simulator's virtual clock). Requests come in through :class:`SimAPI`, which has the shape of
-the four ``obstore`` functions :class:`blockstore.objectclient.ObjectClient` calls (``get``,
-``put`` with ``mode="overwrite" | "create" | {"e_tag": ...}``, ``list`` by pages,
-``delete``), and raises what obstore raises: ``FileNotFoundError`` for a missing object,
+simulator's virtual clock). Requests come in through a :class:`SimConnection` per client,
+which has the four methods of an obstore store that
+:class:`blockstore.objectclient.ObjectClient` calls (``get``, ``put`` with
+``mode="overwrite" | "create" | {"e_tag": ...}``, ``list`` by pages, ``delete``), and raises
+what obstore raises: ``FileNotFoundError`` for a missing object,
 ``AlreadyExistsError`` when ``If-None-Match: *`` fails, ``PreconditionError`` when
 ``If-Match`` fails, ``GenericError`` ("timed out") when a request failed for good. Each
 request is handed to the scheduler (:mod:`.scheduler`), which decides when it is applied and
@@ -25,7 +26,7 @@ from typing import Any
 
 from obstore.exceptions import AlreadyExistsError, GenericError, PreconditionError
 
-__all__ = ["PAGE", "Request", "SimAPI", "SimBucket", "SimObject"]
+__all__ = ["PAGE", "Request", "SimBucket", "SimConnection", "SimObject"]
 
 #: Keys per listing page: small, so that listings of a few dozen objects take several pages.
 PAGE = 3
@@ -159,17 +160,6 @@ def timed_out(req: Request) -> GenericError:
                         "timed out")
 
 
-class SimConnection:
-    """One client's connection: what the client passes as its obstore store."""
-
-    def __init__(self, world: Any, client: str) -> None:
-        self.world = world
-        self.client = client
-
-    def __repr__(self) -> str:
-        return f"SimConnection({self.client!r})"
-
-
 class _Listing:
     """``obstore.list``'s iterator of pages; each page is one request."""
 
@@ -190,24 +180,28 @@ class _Listing:
         return page
 
 
-class SimAPI:
-    """The obstore functions, over a :class:`SimConnection`."""
+class SimConnection:
+    """One client's connection: what it passes to ``ObjectClient`` as its store, with the
+    methods of an obstore store (``get``, ``put``, ``list``, ``delete``)."""
 
-    @staticmethod
-    def get(conn: SimConnection, key: str) -> _Result:
-        return conn.world.request(conn, Request("GET", key))
+    def __init__(self, world: Any, client: str) -> None:
+        self.world = world
+        self.client = client
 
-    @staticmethod
-    def put(conn: SimConnection, key: str, data: Any, *, mode: Any = "overwrite",
+    def __repr__(self) -> str:
+        return f"SimConnection({self.client!r})"
+
+    def get(self, key: str) -> _Result:
+        return self.world.request(self, Request("GET", key))
+
+    def put(self, key: str, data: Any, *, mode: Any = "overwrite",
             use_multipart: bool = False) -> dict[str, Any]:
-        return conn.world.request(conn, Request("PUT", key, {"data": bytes(data),
+        return self.world.request(self, Request("PUT", key, {"data": bytes(data),
                                                              "mode": mode}))
 
-    @staticmethod
-    def list(conn: SimConnection, prefix: str, chunk_size: int = 1000) -> _Listing:
-        return _Listing(conn, prefix)
+    def list(self, prefix: str, chunk_size: int = 1000) -> _Listing:
+        return _Listing(self, prefix)
 
-    @staticmethod
-    def delete(conn: SimConnection, paths: str | list[str]) -> None:
+    def delete(self, paths: str | list[str]) -> None:
         keys = [paths] if isinstance(paths, str) else list(paths)
-        conn.world.request(conn, Request("DELETE", keys[0], {"keys": keys}))
+        self.world.request(self, Request("DELETE", keys[0], {"keys": keys}))
