@@ -38,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import secrets
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -64,6 +65,7 @@ from .lease import LeaseInfo
 from .objectclient import ObjectClient
 from .objectgc import collect_lease, collect_store
 from .objectlayout import (
+    DOOM_WINDOW,
     LEASES,
     META_KEY,
     LeaseRecord,
@@ -241,6 +243,8 @@ class ObjectStore(BlockStore):
         key = name_key(name)
         for _ in range(MAX_RACES):
             got = self._get_record(key)
+            if got is not None and got[0].doomed_at:
+                got = self._await_doomed(key, got)
             now = self._c.clock.now()
             nonce = secrets.token_hex(8)
             if got is None or got[0].deleted:
@@ -268,6 +272,16 @@ class ObjectStore(BlockStore):
             return self._local(info)
         raise StorageIOError(f"lease {name!r} in {self.url}: lost {MAX_RACES} races in a row",
                              path=self.url)
+
+    def _await_doomed(self, key: str, got: tuple[LeaseRecord, str]) -> tuple[LeaseRecord,
+                                                                            str] | None:
+        """A gc is removing this tombstone (docs/FORMAT.md 6.4): wait until it is gone (or
+        replaced) and return what is there then; after ``DOOM_WINDOW`` it is safe to reuse."""
+        until = got[0].doomed_at + DOOM_WINDOW
+        while got is not None and got[0].doomed_at and self._c.clock.now() < until:
+            time.sleep(0.05)
+            got = self._get_record(key)
+        return got
 
     def _renew(self, lease_id: str, holder: str, epoch: int, ttl: float) -> LeaseInfo:
         # No lease lock: a keepalive renewal must not wait behind a long upload; a renewal
@@ -425,13 +439,14 @@ class ObjectStore(BlockStore):
                 return dataclasses.replace(
                     r, deleted=True, blocks={},
                     info=dataclasses.replace(r.info, holder=None, expires_at=0.0))
-            # The tombstone put is the decision; what follows only removes what it orphaned.
-            # A lease created under the same name between the two puts would be removed by
-            # the final delete too: its holder then gets LeaseNotFoundError (fencing holds).
-            _, tomb = self._update(lease_id, change)
+            # The tombstone put is the decision; what follows only removes what it orphaned,
+            # all under this lease's id (never reused). The tombstone stays: the record key
+            # is shared with any lease created under the name later, and an object store
+            # has no conditional delete, so only gc removes tombstones (objectgc.py).
+            self._update(lease_id, change)
             self._pending.pop(lease_id, None)
             keys = [m["path"] for m in self._c.list(blocks_prefix(lease_id))]
-            self._c.delete(keys + [id_key(lease_id), name_key(tomb.info.name)])
+            self._c.delete(keys + [id_key(lease_id)])
             self._names.pop(lease_id, None)
             self._seen.pop(lease_id, None)
 
