@@ -52,6 +52,7 @@ from .base import (
     new_lease_id,
 )
 from .errors import (
+    CommitUnknownError,
     LeaseError,
     LeaseHeldError,
     LeaseNotFoundError,
@@ -96,6 +97,9 @@ class _Pending:
     epoch: int
     generation: str
     indices: set[int] = field(default_factory=set)
+    #: A commit of these writes ended without a known outcome (an I/O error, or a lost race
+    #: after its put): the record may name them, so they are never deleted on a refusal.
+    maybe_published: bool = False
 
 
 class ObjectStore(BlockStore):
@@ -219,21 +223,40 @@ class ObjectStore(BlockStore):
                 self._names.setdefault(rec.info.lease_id, rec.info.name)
         return out, errors
 
-    def _update(self, lease_id: str,
-                change: Callable[[LeaseRecord, float], LeaseRecord]) -> tuple[LeaseRecord,
-                                                                              LeaseRecord]:
+    def _update(self, lease_id: str, change: Callable[[LeaseRecord, float], LeaseRecord],
+                pending: _Pending | None = None) -> tuple[LeaseRecord, LeaseRecord]:
         """Apply ``change`` to the record by a conditional put, re-reading after each lost
         race; ``change`` may raise (fencing) and is then re-raised with nothing written.
-        Returns ``(record before, record after)``."""
+        Returns ``(record before, record after)``.
+
+        ``pending``: the writes this put publishes. When ``change`` refuses after a put of
+        them may have landed (a lost race whose winner is not recognisably us, or an
+        earlier attempt that failed), the refusal is no proof that nothing was committed: a
+        record naming their generation shows the commit landed (returned as ``(rec, rec)``:
+        committed, nothing superseded here); otherwise :class:`CommitUnknownError`."""
+        raced = False
         for _ in range(MAX_RACES):
             key, rec, etag = self._record_by_id(lease_id)
-            new = dataclasses.replace(change(rec, self._c.clock.now()),
-                                      nonce=secrets.token_hex(8))
+            try:
+                changed = change(rec, self._c.clock.now())
+            except LeaseError as exc:
+                if pending is None or not (raced or pending.maybe_published):
+                    raise
+                if pending.generation in rec.blocks.values():
+                    return rec, rec  # our put landed; the record (now another's) names it
+                raise CommitUnknownError(
+                    f"lease {lease_id} in {self.url}: the commit of epoch {pending.epoch} may "
+                    f"or may not have landed before epoch {rec.info.epoch} took over (its "
+                    f"answer was lost); nothing it may have published was removed",
+                    lease_id=lease_id, name=rec.info.name, epoch=pending.epoch,
+                    current_epoch=rec.info.epoch) from exc
+            new = dataclasses.replace(changed, nonce=secrets.token_hex(8))
             if self._c.put_if(key, encode_record(new), etag) is not None:
                 return rec, new
             again = self._get_record(key)
             if again is not None and again[0].nonce == new.nonce:  # our retried put landed
                 return rec, new
+            raced = True
         raise StorageIOError(f"lease {lease_id} in {self.url}: lost {MAX_RACES} races in a row "
                              "for its record", path=self.url)
 
@@ -462,7 +485,7 @@ class ObjectStore(BlockStore):
     def _drop_pending(self, lease_id: str) -> None:
         """Forget unflushed writes of an older epoch: they can never be published."""
         p = self._pending.pop(lease_id, None)
-        if p is not None:
+        if p is not None and not p.maybe_published:
             self._delete_quietly([block_key(lease_id, p.generation, i) for i in p.indices])
 
     @staticmethod
@@ -480,10 +503,17 @@ class ObjectStore(BlockStore):
         """Publish by a conditional record put; then remove what the commit made garbage.
         A refused commit (fenced, released) drops the writes it would have published."""
         try:
-            old, new = self._update(lease_id, change)
+            old, new = self._update(lease_id, change, pending)
+        except CommitUnknownError:
+            self._pending.pop(lease_id, None)  # forgotten, never deleted: they may be named
+            raise
         except LeaseError:
             if pending is not None:
                 self._drop_pending(lease_id)
+            raise
+        except BaseException:
+            if pending is not None:  # I/O error: the put may have landed
+                pending.maybe_published = True
             raise
         if pending is not None:
             self._pending.pop(lease_id, None)

@@ -8,10 +8,11 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from typing import Any
 
 import pytest
 
-from blockstore import ObjectStore, StorageIOError
+from blockstore import CommitUnknownError, ObjectStore, StaleLeaseError, StorageIOError
 from s3hooks import hooked, req
 from s3server import MotoServer
 
@@ -228,3 +229,59 @@ def test_tombstone_doomed_by_a_crashed_gc_is_reused_after_the_window(
         lease.flush()
     assert _read(url, "s", [0]) == [b"after"]
     gcs.close()
+
+
+# -- lost reply on a flush, then a takeover ---------------------------------------------------
+def _lost_reply_then_takeover(url: str, also_flush: dict[int, bytes] | None) -> tuple[
+        Any, ObjectStore, Any]:
+    """A holder's flush record put lands, its reply is lost; a takeover (and, if
+    ``also_flush``, the new holder's flush of those blocks) happens before the client's
+    retry, which then gets 412. Returns (the holder's lease, the taker's store, its lease)."""
+    st, hs = hooked(url)
+    other = ObjectStore(url)
+    lease = st.acquire("s", num_blocks=2, ttl=60)
+    lease.write_blocks({0: b"v1-0", 1: b"v1-1"})
+    lease.flush()
+    lease.write_blocks({0: b"v2-0", 1: b"v2-1"})
+    taken: dict[str, Any] = {}
+
+    def takeover() -> None:
+        taken["lease"] = other.acquire("s", steal=True, ttl=60)
+        if also_flush:
+            taken["lease"].write_blocks(also_flush)
+            taken["lease"].flush()
+
+    hs.on("lose_reply", req("PUT", "leases/"), takeover)
+    return lease, other, taken
+
+
+def test_flush_with_lost_reply_then_takeover_keeps_what_it_published(
+        s3_server: MotoServer) -> None:
+    """The landed put published v2; the new holder's record names it. The flush must not
+    call it 'not committed' and delete it: it sees its generation in the record (committed)."""
+    url = s3_server.url(_prefix())
+    lease, other, taken = _lost_reply_then_takeover(url, None)
+    try:
+        lease.flush()  # committed: the record the takeover derived from names this flush
+        outcome = "committed"
+    except StaleLeaseError as exc:
+        outcome = repr(exc)
+    assert taken["lease"].epoch == 2
+    assert _read(url, "s", [0, 1]) == [b"v2-0", b"v2-1"]  # what the landed put published
+    assert outcome == "committed"
+    assert [b.rstrip(b"\0") for b in taken["lease"].read_blocks([0, 1])] == [b"v2-0", b"v2-1"]
+    other.close()
+
+
+def test_flush_with_lost_reply_then_takeover_and_flush_is_commit_unknown(
+        s3_server: MotoServer) -> None:
+    """When the new holder has flushed over every block before the re-read, the record
+    cannot tell whether the put landed: CommitUnknownError (a StaleLeaseError callers can
+    tell apart), never a plain "not committed"."""
+    url = s3_server.url(_prefix())
+    lease, other, taken = _lost_reply_then_takeover(url, {0: b"v3-0", 1: b"v3-1"})
+    with pytest.raises(CommitUnknownError) as err:
+        lease.flush()
+    assert isinstance(err.value, StaleLeaseError) and err.value.current_epoch == 2
+    assert _read(url, "s", [0, 1]) == [b"v3-0", b"v3-1"]
+    other.close()
