@@ -19,6 +19,7 @@ builtin that fits, so callers may catch either::
     │   ├── LeaseReleasedError                        handle used after release()
     │   ├── LeaseNameError        (ValueError)        empty name, NUL or control character
     │   └── StaleLeaseError                           epoch is not the current one (fenced)
+    │       └── CommitUnknownError                    fenced, and the last commit may have landed
     ├── DocumentError                                 a slotted document (blockstore.document)
     │   ├── DocumentEncodeError   (TypeError)         not a JSON object JSON can encode
     │   └── DocumentTooLargeError (ValueError)        encoded above the document's max_bytes
@@ -37,6 +38,7 @@ __all__ = [
     "BlockIndexError",
     "BlockSizeError",
     "BlockStoreError",
+    "CommitUnknownError",
     "DocumentEncodeError",
     "DocumentError",
     "DocumentTooLargeError",
@@ -217,6 +219,17 @@ class StaleLeaseError(LeaseError):
     def __init__(self, message: str, *, current_epoch: int | None = None, **kw: object) -> None:
         super().__init__(message, **kw)  # type: ignore[arg-type]
         self.current_epoch = current_epoch
+
+
+class CommitUnknownError(StaleLeaseError):
+    """A flush (or release) was fenced after a commit whose outcome it cannot know.
+
+    Its record put may have landed with the answer lost (the retry met a newer record), or
+    an earlier attempt of the same flush failed with an I/O error, and then another holder
+    took over. Nothing the commit may have published was removed: if it landed, the new
+    holder's record names its blocks and they stay readable; if not, gc collects them. The
+    writes are NOT known to be saved; the lease is held by epoch ``current_epoch`` now.
+    """
 
 
 class BlockError(BlockStoreError):

@@ -22,32 +22,53 @@ process can land between two of ours:
 A lease whose record is gone (its tombstone collected) leaves objects only when its
 ``delete_lease`` was interrupted; without a record to judge them by, they are removed only
 once older than the collection's ``min_age``.
+
+Tombstones (records of deleted leases) are removed only here, by :func:`remove_tombstone`:
+the record key is shared with any lease created under the name later, and an object store
+has no conditional delete.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import secrets
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 from .base import GcItem, GcReport
-from .objectlayout import LEASES, LeaseRecord, blocks_prefix, parse_block_key
-
-__all__ = ["collect_lease", "collect_store", "is_garbage"]
+from .objectlayout import (
+    DOOM_WINDOW,
+    LEASES,
+    LeaseRecord,
+    blocks_prefix,
+    encode_record,
+    parse_block_key,
+)
+from .objectclient import ObjectClient
 
 
 class ObjectStore(Protocol):
-    """What the collector uses of :class:`blockstore.objectstore.ObjectStore` (named by this
-    protocol so the two modules do not import each other)."""
+    """What collection needs of :class:`blockstore.objectstore.ObjectStore` (named by this
+    Protocol so the modules do not import each other)."""
 
-    url: Any
-    _c: Any
+    _c: ObjectClient
 
-    def _all_records(self, strict: bool) -> tuple[list[Any], list[Any]]: ...
+    @property
+    def url(self) -> str: ...
+
+    def _all_records(self, strict: bool) -> tuple[list[tuple[str, LeaseRecord, str]],
+                                                  list[Any]]: ...
 
     def _current_record(self, lease_id: str) -> LeaseRecord | None: ...
 
+    def _get_record(self, key: str) -> tuple[LeaseRecord, str] | None: ...
+
     def _delete_quietly(self, keys: Sequence[str]) -> None: ...
+
+
+__all__ = ["collect_lease", "collect_store", "is_garbage", "remove_tombstone"]
 
 
 def is_garbage(rec: LeaseRecord | None, generation: str, epoch: int, index: int) -> bool:
@@ -137,14 +158,34 @@ def collect_store(store: ObjectStore, dry_run: bool, min_age: float) -> GcReport
         lease_id = m["path"].split("/", 1)[1]
         if lease_id not in live and store._current_record(lease_id) is None:
             items.append(GcItem(m["path"], "id pointer", int(m.get("size") or 0), lease_id))
+    if not dry_run:
+        store._delete_quietly([i.path for i in items if i.kind == "id pointer"])
     now = c.clock.now()
     listing = {m["path"]: m for m in c.list(LEASES)}
-    for key, rec, _ in records:
+    for key, rec, etag in records:
         meta = listing.get(key)
         age = now - meta["last_modified"].timestamp() if meta else 0.0
-        if rec.deleted and age >= min_age:
+        if rec.deleted and age >= min_age and (dry_run or remove_tombstone(store, key, rec,
+                                                                            etag)):
             items.append(GcItem(key, "lease record", int(meta.get("size") or 0) if meta
                                 else 0, rec.info.lease_id))
-    if not dry_run:
-        store._delete_quietly([i.path for i in items if i.kind != "block"])
     return GcReport(store.url, tuple(items), len(live), bool(dry_run), kept=kept)
+
+
+def remove_tombstone(store: ObjectStore, key: str, rec: LeaseRecord, etag: str) -> bool:
+    """Remove a tombstone unless a lease was created over it: the doom protocol of
+    docs/FORMAT.md 6.4. An object store has no conditional delete, so the tombstone is first
+    doomed by a conditional put (which fails if anyone replaced it since ``etag``); a
+    creator leaves a doomed tombstone alone for ``DOOM_WINDOW``, and the delete is sent only
+    while less than half of that has passed since the doom put was sent."""
+    c = store._c
+    sent = time.monotonic()
+    doomed = dataclasses.replace(rec, doomed_at=c.clock.now(), nonce=secrets.token_hex(8))
+    if c.put_if(key, encode_record(doomed), etag) is None:
+        again = store._get_record(key)  # an answer lost and retried: 412 on our own put
+        if again is None or again[0].nonce != doomed.nonce:
+            return False  # replaced (a lease created over it) or removed: not ours
+    if time.monotonic() - sent >= DOOM_WINDOW / 2:
+        return False  # too slow: a creator may reuse it soon; the next gc dooms it again
+    store._delete_quietly([key])
+    return True

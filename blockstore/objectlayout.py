@@ -29,6 +29,7 @@ from .errors import StoreCorruptError, StoreVersionError
 from .lease import LeaseInfo
 
 __all__ = [
+    "DOOM_WINDOW",
     "LEASES",
     "META_KEY",
     "LeaseRecord",
@@ -47,6 +48,9 @@ META_FORMAT = "blockpoint-object-store"
 RECORD_FORMAT = "blockpoint-lease"
 VERSION = 1
 LEASES = "leases/"
+#: Seconds a doomed tombstone is left alone by creators (the gc that doomed it deletes it at
+#: once, and never later than half of this after its doom put was sent).
+DOOM_WINDOW = 30.0
 IDS = "ids/"
 BLOCKS = "blocks/"
 
@@ -129,6 +133,8 @@ class LeaseRecord:
         nonce: random per record write, so a writer whose conditional put got an ambiguous
             answer (a retried request) can tell whether the record now is its own.
         deleted: a tombstone: the lease was deleted; a new lease may replace it.
+        doomed_at: on a tombstone, when (store clock) a gc marked it for removal; until
+            ``doomed_at + DOOM_WINDOW`` nobody replaces it (docs/FORMAT.md 6.4). 0.0: not.
     """
 
     info: LeaseInfo
@@ -136,6 +142,7 @@ class LeaseRecord:
     blocks: Mapping[int, str] = field(default_factory=dict)
     nonce: str = ""
     deleted: bool = False
+    doomed_at: float = 0.0
 
 
 def _runs(blocks: Mapping[int, str]) -> list[list[Any]]:
@@ -168,6 +175,8 @@ def encode_record(rec: LeaseRecord) -> bytes:
            "num_blocks": i.num_blocks, "block_size": i.block_size,
            "created_at": i.created_at, "ttl": rec.ttl, "nonce": rec.nonce,
            "deleted": rec.deleted, "blocks": _runs(rec.blocks)}
+    if rec.doomed_at:
+        doc["doomed_at"] = rec.doomed_at
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
@@ -184,7 +193,8 @@ def decode_record(raw: bytes, where: str) -> LeaseRecord:
                                     version=version, supported=VERSION)
         info = LeaseInfo.from_dict(doc)
         return LeaseRecord(info=info, ttl=float(doc["ttl"]), blocks=_unruns(doc["blocks"]),
-                           nonce=str(doc["nonce"]), deleted=bool(doc["deleted"]))
+                           nonce=str(doc["nonce"]), deleted=bool(doc["deleted"]),
+                           doomed_at=float(doc.get("doomed_at", 0.0)))
     except StoreVersionError:
         raise
     except (ValueError, KeyError, TypeError, AttributeError) as exc:

@@ -38,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import secrets
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -52,6 +53,7 @@ from .base import (
 )
 from .checks import check_new_block_size
 from .errors import (
+    CommitUnknownError,
     LeaseError,
     LeaseHeldError,
     LeaseNotFoundError,
@@ -65,6 +67,7 @@ from .lease import LeaseInfo
 from .objectclient import ObjectClient
 from .objectgc import collect_lease, collect_store
 from .objectlayout import (
+    DOOM_WINDOW,
     LEASES,
     META_KEY,
     LeaseRecord,
@@ -95,6 +98,9 @@ class _Pending:
     epoch: int
     generation: str
     indices: set[int] = field(default_factory=set)
+    #: A commit of these writes ended without a known outcome (an I/O error, or a lost race
+    #: after its put): the record may name them, so they are never deleted on a refusal.
+    maybe_published: bool = False
 
 
 class ObjectStore(BlockStore):
@@ -218,21 +224,40 @@ class ObjectStore(BlockStore):
                 self._names.setdefault(rec.info.lease_id, rec.info.name)
         return out, errors
 
-    def _update(self, lease_id: str,
-                change: Callable[[LeaseRecord, float], LeaseRecord]) -> tuple[LeaseRecord,
-                                                                              LeaseRecord]:
+    def _update(self, lease_id: str, change: Callable[[LeaseRecord, float], LeaseRecord],
+                pending: _Pending | None = None) -> tuple[LeaseRecord, LeaseRecord]:
         """Apply ``change`` to the record by a conditional put, re-reading after each lost
         race; ``change`` may raise (fencing) and is then re-raised with nothing written.
-        Returns ``(record before, record after)``."""
+        Returns ``(record before, record after)``.
+
+        ``pending``: the writes this put publishes. When ``change`` refuses after a put of
+        them may have landed (a lost race whose winner is not recognisably us, or an
+        earlier attempt that failed), the refusal is no proof that nothing was committed: a
+        record naming their generation shows the commit landed (returned as ``(rec, rec)``:
+        committed, nothing superseded here); otherwise :class:`CommitUnknownError`."""
+        raced = False
         for _ in range(MAX_RACES):
             key, rec, etag = self._record_by_id(lease_id)
-            new = dataclasses.replace(change(rec, self._c.clock.now()),
-                                      nonce=secrets.token_hex(8))
+            try:
+                changed = change(rec, self._c.clock.now())
+            except LeaseError as exc:
+                if pending is None or not (raced or pending.maybe_published):
+                    raise
+                if pending.generation in rec.blocks.values():
+                    return rec, rec  # our put landed; the record (now another's) names it
+                raise CommitUnknownError(
+                    f"lease {lease_id} in {self.url}: the commit of epoch {pending.epoch} may "
+                    f"or may not have landed before epoch {rec.info.epoch} took over (its "
+                    f"answer was lost); nothing it may have published was removed",
+                    lease_id=lease_id, name=rec.info.name, epoch=pending.epoch,
+                    current_epoch=rec.info.epoch) from exc
+            new = dataclasses.replace(changed, nonce=secrets.token_hex(8))
             if self._c.put_if(key, encode_record(new), etag) is not None:
                 return rec, new
             again = self._get_record(key)
             if again is not None and again[0].nonce == new.nonce:  # our retried put landed
                 return rec, new
+            raced = True
         raise StorageIOError(f"lease {lease_id} in {self.url}: lost {MAX_RACES} races in a row "
                              "for its record", path=self.url)
 
@@ -242,6 +267,8 @@ class ObjectStore(BlockStore):
         key = name_key(name)
         for _ in range(MAX_RACES):
             got = self._get_record(key)
+            if got is not None and got[0].doomed_at:
+                got = self._await_doomed(key, got)
             now = self._c.clock.now()
             nonce = secrets.token_hex(8)
             if got is None or got[0].deleted:
@@ -269,6 +296,16 @@ class ObjectStore(BlockStore):
             return self._local(info)
         raise StorageIOError(f"lease {name!r} in {self.url}: lost {MAX_RACES} races in a row",
                              path=self.url)
+
+    def _await_doomed(self, key: str, got: tuple[LeaseRecord, str]) -> tuple[LeaseRecord,
+                                                                            str] | None:
+        """A gc is removing this tombstone (docs/FORMAT.md 6.4): wait until it is gone (or
+        replaced) and return what is there then; after ``DOOM_WINDOW`` it is safe to reuse."""
+        until = got[0].doomed_at + DOOM_WINDOW
+        while got is not None and got[0].doomed_at and self._c.clock.now() < until:
+            time.sleep(0.05)
+            got = self._get_record(key)
+        return got
 
     def _renew(self, lease_id: str, holder: str, epoch: int, ttl: float) -> LeaseInfo:
         # No lease lock: a keepalive renewal must not wait behind a long upload; a renewal
@@ -426,13 +463,14 @@ class ObjectStore(BlockStore):
                 return dataclasses.replace(
                     r, deleted=True, blocks={},
                     info=dataclasses.replace(r.info, holder=None, expires_at=0.0))
-            # The tombstone put is the decision; what follows only removes what it orphaned.
-            # A lease created under the same name between the two puts would be removed by
-            # the final delete too: its holder then gets LeaseNotFoundError (fencing holds).
-            _, tomb = self._update(lease_id, change)
+            # The tombstone put is the decision; what follows only removes what it orphaned,
+            # all under this lease's id (never reused). The tombstone stays: the record key
+            # is shared with any lease created under the name later, and an object store
+            # has no conditional delete, so only gc removes tombstones (objectgc.py).
+            self._update(lease_id, change)
             self._pending.pop(lease_id, None)
             keys = [m["path"] for m in self._c.list(blocks_prefix(lease_id))]
-            self._c.delete(keys + [id_key(lease_id), name_key(tomb.info.name)])
+            self._c.delete(keys + [id_key(lease_id)])
             self._names.pop(lease_id, None)
             self._seen.pop(lease_id, None)
 
@@ -448,7 +486,7 @@ class ObjectStore(BlockStore):
     def _drop_pending(self, lease_id: str) -> None:
         """Forget unflushed writes of an older epoch: they can never be published."""
         p = self._pending.pop(lease_id, None)
-        if p is not None:
+        if p is not None and not p.maybe_published:
             self._delete_quietly([block_key(lease_id, p.generation, i) for i in p.indices])
 
     @staticmethod
@@ -466,10 +504,17 @@ class ObjectStore(BlockStore):
         """Publish by a conditional record put; then remove what the commit made garbage.
         A refused commit (fenced, released) drops the writes it would have published."""
         try:
-            old, new = self._update(lease_id, change)
+            old, new = self._update(lease_id, change, pending)
+        except CommitUnknownError:
+            self._pending.pop(lease_id, None)  # forgotten, never deleted: they may be named
+            raise
         except LeaseError:
             if pending is not None:
                 self._drop_pending(lease_id)
+            raise
+        except BaseException:
+            if pending is not None:  # I/O error: the put may have landed
+                pending.maybe_published = True
             raise
         if pending is not None:
             self._pending.pop(lease_id, None)

@@ -5,11 +5,14 @@ committed data (issue 18), and each test fails on the code before its fix.
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
+from typing import Any
 
 import pytest
 
-from blockstore import ObjectStore
+from blockstore import CommitUnknownError, ObjectStore, StaleLeaseError, StorageIOError
 from s3hooks import hooked, req
 from s3server import MotoServer
 
@@ -107,4 +110,178 @@ def test_release_spares_the_next_holders_flush(s3_server: MotoServer) -> None:
     assert got == {"epoch": 3}
     assert _read(url, "s", [0, 1]) == [b"e3-0", b"e2-1"]
     st.close()
+    other.close()
+
+
+# -- delete vs re-create ---------------------------------------------------------------------
+def test_delete_spares_a_lease_recreated_under_its_name(s3_server: MotoServer) -> None:
+    """A lease re-created under a deleted lease's name (over its tombstone) before the
+    delete finishes keeps its record and its flush: the delete ended with an unconditional
+    delete of leases/<name>.json."""
+    url = s3_server.url(_prefix())
+    with ObjectStore(url, block_size=BS) as setup:
+        old = setup.acquire("s", num_blocks=2)
+        old.write_blocks({0: b"old"})
+        old.release()
+    st, hs = hooked(url)
+    other = ObjectStore(url)
+    made: dict[str, str] = {}
+
+    def recreate_and_flush() -> None:
+        new = other.acquire("s", num_blocks=2)
+        new.write_blocks({0: b"new-0", 1: b"new-1"})
+        new.flush()
+        made["id"] = new.lease_id
+
+    hs.on("before", lambda m, k: m == "DELETE", recreate_and_flush)
+    st.delete_lease("s")
+    assert made and made["id"] != old.lease_id
+    assert _read(url, "s", [0, 1]) == [b"new-0", b"new-1"]
+    assert other.lease_info(made["id"]).epoch == 1
+    st.close()
+    other.close()
+
+
+def test_gc_spares_a_lease_recreated_over_an_old_tombstone(s3_server: MotoServer) -> None:
+    """gc removes old tombstones; a lease re-created over one (If-Match on its etag) after
+    gc judged it old keeps its record: gc deleted leases/<name>.json unconditionally."""
+    url = s3_server.url(_prefix())
+    with ObjectStore(url, block_size=BS) as setup:
+        setup.acquire("s", num_blocks=1).release()
+        setup.delete_lease("s")
+    gcs, hs = hooked(url)
+    other = ObjectStore(url)
+
+    def recreate_and_flush() -> None:
+        new = other.acquire("s", num_blocks=1)
+        new.write_blocks({0: b"new"})
+        new.flush()
+
+    hs.on("before", lambda m, k: m in ("PUT", "DELETE") and "leases/" in k,
+          recreate_and_flush)
+    gcs.gc(min_age=0.0)
+    assert _read(url, "s", [0]) == [b"new"]
+    gcs.close()
+    other.close()
+
+
+def test_creator_waits_while_gc_removes_a_doomed_tombstone(s3_server: MotoServer) -> None:
+    """The doom protocol (docs/FORMAT.md 6.4): gc dooms the tombstone by a conditional put,
+    then deletes it; a creator that meets the doomed tombstone in between waits for it to
+    go and then creates afresh, so the delete never hits the new record."""
+    url = s3_server.url(_prefix())
+    with ObjectStore(url, block_size=BS) as setup:
+        setup.acquire("s", num_blocks=1).release()
+        setup.delete_lease("s")
+    gcs, ghs = hooked(url)
+    cs, chs = hooked(url)
+    looked = threading.Event()
+    made: dict[str, int] = {}
+
+    def create() -> None:
+        lease = cs.acquire("s", num_blocks=1)
+        lease.write_blocks({0: b"new"})
+        lease.flush()
+        made["epoch"] = lease.epoch
+
+    creator = threading.Thread(target=create)
+
+    def start_creator() -> None:  # after the doom put, before the delete
+        chs.on("after", req("GET", "leases/"), looked.set)
+        creator.start()
+        assert looked.wait(30), "the creator read the record"
+
+    ghs.on("after", req("PUT", "leases/"), start_creator)
+    report = gcs.gc(min_age=0.0)
+    creator.join(60)
+    assert [i.kind for i in report.removed] == ["lease record"]
+    assert made == {"epoch": 1}
+    assert _read(url, "s", [0]) == [b"new"]
+    gcs.close()
+    cs.close()
+
+
+def test_tombstone_doomed_by_a_crashed_gc_is_reused_after_the_window(
+        s3_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gc that dies between its doom put and its delete leaves a doomed tombstone: a
+    creator waits out DOOM_WINDOW (shortened here), then replaces it conditionally."""
+    from blockstore import objectstore
+
+    monkeypatch.setattr(objectstore, "DOOM_WINDOW", 1.0)
+    url = s3_server.url(_prefix())
+    with ObjectStore(url, block_size=BS) as setup:
+        setup.acquire("s", num_blocks=1).release()
+        setup.delete_lease("s")
+    gcs, ghs = hooked(url)
+
+    def crash() -> None:
+        raise RuntimeError("gc died after dooming")
+
+    ghs.on("after", req("PUT", "leases/"), crash)
+    with pytest.raises(StorageIOError, match="died"):  # the client's error for it
+        gcs.gc(min_age=0.0)
+    with ObjectStore(url) as st:
+        assert st._get_record("leases/s.json")[0].doomed_at > 0  # type: ignore[index]
+        t0 = time.monotonic()
+        lease = st.acquire("s", num_blocks=1)
+        assert time.monotonic() - t0 >= 0.5  # waited for the window
+        lease.write_blocks({0: b"after"})
+        lease.flush()
+    assert _read(url, "s", [0]) == [b"after"]
+    gcs.close()
+
+
+# -- lost reply on a flush, then a takeover ---------------------------------------------------
+def _lost_reply_then_takeover(url: str, also_flush: dict[int, bytes] | None) -> tuple[
+        Any, ObjectStore, Any]:
+    """A holder's flush record put lands, its reply is lost; a takeover (and, if
+    ``also_flush``, the new holder's flush of those blocks) happens before the client's
+    retry, which then gets 412. Returns (the holder's lease, the taker's store, its lease)."""
+    st, hs = hooked(url)
+    other = ObjectStore(url)
+    lease = st.acquire("s", num_blocks=2, ttl=60)
+    lease.write_blocks({0: b"v1-0", 1: b"v1-1"})
+    lease.flush()
+    lease.write_blocks({0: b"v2-0", 1: b"v2-1"})
+    taken: dict[str, Any] = {}
+
+    def takeover() -> None:
+        taken["lease"] = other.acquire("s", steal=True, ttl=60)
+        if also_flush:
+            taken["lease"].write_blocks(also_flush)
+            taken["lease"].flush()
+
+    hs.on("lose_reply", req("PUT", "leases/"), takeover)
+    return lease, other, taken
+
+
+def test_flush_with_lost_reply_then_takeover_keeps_what_it_published(
+        s3_server: MotoServer) -> None:
+    """The landed put published v2; the new holder's record names it. The flush must not
+    call it 'not committed' and delete it: it sees its generation in the record (committed)."""
+    url = s3_server.url(_prefix())
+    lease, other, taken = _lost_reply_then_takeover(url, None)
+    try:
+        lease.flush()  # committed: the record the takeover derived from names this flush
+        outcome = "committed"
+    except StaleLeaseError as exc:
+        outcome = repr(exc)
+    assert taken["lease"].epoch == 2
+    assert _read(url, "s", [0, 1]) == [b"v2-0", b"v2-1"]  # what the landed put published
+    assert outcome == "committed"
+    assert [b.rstrip(b"\0") for b in taken["lease"].read_blocks([0, 1])] == [b"v2-0", b"v2-1"]
+    other.close()
+
+
+def test_flush_with_lost_reply_then_takeover_and_flush_is_commit_unknown(
+        s3_server: MotoServer) -> None:
+    """When the new holder has flushed over every block before the re-read, the record
+    cannot tell whether the put landed: CommitUnknownError (a StaleLeaseError callers can
+    tell apart), never a plain "not committed"."""
+    url = s3_server.url(_prefix())
+    lease, other, taken = _lost_reply_then_takeover(url, {0: b"v3-0", 1: b"v3-1"})
+    with pytest.raises(CommitUnknownError) as err:
+        lease.flush()
+    assert isinstance(err.value, StaleLeaseError) and err.value.current_epoch == 2
+    assert _read(url, "s", [0, 1]) == [b"v3-0", b"v3-1"]
     other.close()
