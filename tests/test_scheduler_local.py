@@ -378,7 +378,7 @@ def test_flushing_stage_is_not_chosen_then_waited_for(sched: tuple[Any, str, str
     out = res.outcome_of("busy")
     assert out.action == "checkpointed" and out.generation == 3
     # The decision log shows the wait before the stop.
-    kinds = [(d["kind"], d["outcome"]) for d in ray.get(handle.decisions.remote(6))]
+    kinds = [(d["kind"], d["outcome"]) for d in ray.get(handle.decisions.remote(50))]
     assert ("select", "wait") in kinds and ("preempt", "ready") in kinds
     # The stopped stage's newest checkpoint has everything it processed.
     with open_store(store) as st:
@@ -517,7 +517,7 @@ def test_mark_cleared_when_lease_expires(sched: tuple[Any, str, str]) -> None:
         assert ray.get(handle.reasons.remote("hung")) == [CIP]
         wait_for(lambda: ray.get(handle.reasons.remote("hung")) == [], what="mark cleared")
         assert not lease.info().is_held()
-    notes = [d["notes"] for d in ray.get(handle.decisions.remote(5)) if d["kind"] == "flush"]
+    notes = [d["notes"] for d in ray.get(handle.decisions.remote(50)) if d["kind"] == "flush"]
     assert notes and "expired" in notes[0][0][1]
 
 
@@ -715,7 +715,9 @@ def test_flush_start_is_acknowledged_every_time(sched: tuple[Any, str, str]) -> 
     handle, name, _ = sched
     ray.get(handle.register.remote({"stage_id": "probe", "node_id": "n", "priority": 0,
                                     "lease_id": "probe-lease", "epoch": 1, "resources": {}}))
-    probe = FlushProbe.remote(PreemptionCheckpointObserver("probe", name))
+    # A generous bound: what is checked is that every start is acknowledged, not how fast
+    # (a loaded machine can stall one round trip past the default 1 s).
+    probe = FlushProbe.remote(PreemptionCheckpointObserver("probe", name, ack_timeout=30.0))
     times = sorted(ray.get(probe.round_trips.remote(200)))
     assert ray.get(probe.counters.remote()) == (200, 0)
     print(f"\nflush-start ack round trip: median {times[100] * 1e3:.2f} ms, "
