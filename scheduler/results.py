@@ -67,8 +67,9 @@ class PreemptionResult:
 
     Attributes:
         seq: Sequence number of the final plan's entry in the decision log.
-        outcome: The final plan's outcome (``"ready"``, ``"unsatisfiable"``) - ``"wait"``
-            never remains: waiting happened inside the call.
+        outcome: The final plan's outcome (``"ready"``, ``"unsatisfiable"``), or ``"wait"``
+            if the deadline passed while waiting (for a needed flush, or after a restart
+            for the flush marks to be reconciled): then nothing was stopped.
         victims: The stages stopped, in victim order.
         outcomes: Per victim, what was done.
         waited_s: Seconds spent waiting for flushing stages.

@@ -141,9 +141,16 @@ class Stopper:
         req = request if isinstance(request, PreemptionRequest) \
             else PreemptionRequest.from_dict(request)
         t0 = time.time()
-        # After a restart, a stage flushing across it is only known once it was asked.
-        self._marks_known.wait(timeout=max(req.deadline - t0, 0.0))
+        # After a restart, a stage flushing across it is only known once it was asked:
+        # until then any stage may be mid-flush, so nothing is stopped.
         manager = table.manager
+        if not self._marks_known.wait(timeout=max(req.deadline - t0, 0.0)):
+            final = manager.record_decision(
+                "preempt", "wait (not acted on)", reason=req.reason,
+                notes={"-": "the deadline passed before the flush marks were reconciled "
+                            "after a restart: nothing stopped"})
+            return PreemptionResult(seq=final.seq, outcome="wait", victims=(),
+                                    outcomes=(), waited_s=time.time() - t0, freed={})
         plan = manager.select_victims(req)
         while plan.outcome is Outcome.WAIT:
             manager.wait_for_flush(plan.wait_for, req.deadline)

@@ -29,7 +29,10 @@ during a flush). Then:
 * after a restart of the scheduler (its registry reloaded), before the first pass, every
   running stage is asked whether it is flushing (its ``info()`` answers mid-flush): flush
   marks are not persisted, so without this a flush running across the restart would be
-  unprotected. Preemptions wait for this reconciliation (the ``marks_known`` event);
+  unprotected. A stage that does not answer within ``RECONCILE_TIMEOUT_S`` is marked too
+  (it may be flushing) until its next answer says it is not. Preemptions wait for this
+  reconciliation (the ``marks_known`` event) and act on nothing if it is not over by their
+  deadline;
 * a table changed by any of this is saved.
 
 A pass that fails is logged and the next one runs: the watcher outlives any one failure.
@@ -197,7 +200,13 @@ class Watcher:
             if info.get("flushing") and int(info.get("epoch") or 0) >= entry.epoch \
                     and table.mark_flushing_after_reload(entry, done_before):
                 marked.append(entry.stage_id)
+        # A stage that did not answer in time (a loaded node) may be flushing: marked as if
+        # it were, from the reload, so the watcher's next info() answer that says it is
+        # not flushing clears the mark (and its death clears it too) - conservative.
         silent = sorted(e.stage_id for r, (e, _) in refs.items() if r not in ready)
+        for ref, (entry, done_before) in refs.items():
+            if ref not in ready and table.mark_flushing_after_reload(entry, done_before):
+                marked.append(entry.stage_id)
         table.manager.record_decision(
             "reload", "flush marks reconciled", victims=marked,
             notes={"asked": str(len(refs)), "flushing": ", ".join(marked) or "none",

@@ -6,11 +6,13 @@ pytest's default import mode). Only the driver uses it; Ray workers never import
 
 from __future__ import annotations
 
+import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["wait_for"]
+__all__ = ["thread_inside", "wait_for"]
 
 
 def wait_for(cond: Callable[[], Any], *, timeout: float = 30.0, what: str = "") -> Any:
@@ -22,3 +24,17 @@ def wait_for(cond: Callable[[], Any], *, timeout: float = 30.0, what: str = "") 
             return value
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what or cond}")
+
+
+def thread_inside(thread: threading.Thread, function: str) -> bool:
+    """Whether ``thread`` is running inside a function named ``function`` right now.
+
+    The handshake for "it is waiting there" when the code under test has no other way to
+    say so (a lock wait, a drain): poll it with :func:`wait_for`, never guess it by a delay.
+    """
+    frame = sys._current_frames().get(thread.ident or -1)
+    while frame is not None:
+        if frame.f_code.co_name == function:
+            return True
+        frame = frame.f_back
+    return False

@@ -16,6 +16,7 @@ import ray
 import ray.cloudpickle
 
 from blockstore import open_store
+from polling import wait_for
 from scheduler.hooks import SchedulerRegistrar
 from stages import CheckpointFailed
 from stages.actors.actor import (
@@ -176,16 +177,17 @@ def test_info_answers_during_flush_and_registration(ray_local: None, store_dir: 
     h = launch_stage(spec, observer=BlockingObserver(release, log))
     ray.get(h.process_batch.remote(SRC.read(0, 30)[0]))
     ref = h.checkpoint.remote(step=1)
-    while not (os.path.exists(log) and "start" in Path(log).read_text()):
-        time.sleep(0.02)
-    info = ray.get(h.info.remote(), timeout=30)  # the control group answers mid-flush
+    wait_for(lambda: os.path.exists(log) and "start" in Path(log).read_text(),
+             what="the flush started (held by the observer)")
+    info = ray.get(h.info.remote(), timeout=60)  # the control group answers mid-flush
     assert ray.wait([ref], timeout=0)[0] == []  # ...while the flush is still blocked
     assert info["records_since_checkpoint"] == 30
     Path(release).touch()
     assert ray.get(ref)["step"] == 1
     lines = Path(log).read_text().split()
     assert lines == ["start", info["lease_id"], "complete", info["lease_id"], "True"]
-    regs = ray.get(registry.get.remote())
+    # The registration is sent fire-and-forget from the stage: wait until it landed.
+    regs = wait_for(lambda: ray.get(registry.get.remote()), what="the registration landed")
     assert len(regs) == 1
     reg = regs[0]
     assert (reg.stage_id, reg.priority, reg.lease_id, reg.epoch) == \

@@ -29,6 +29,7 @@ import pytest
 
 from blockstore import FileStore
 from blockstore.faults import FaultyStore
+from polling import thread_inside, wait_for
 from stages import (
     ActorFenced,
     CheckpointedConfigError,
@@ -83,7 +84,7 @@ def test_stage_actor_barrier_returns_after_the_snapshot(tmp_path: Path) -> None:
     actor.process_batch([1, 2, 3])
     ack = actor.checkpoint(step=1, meta={"source_position": 3})
     assert ack["pending"] and ack["step"] == 1 and ack["stall_s"] >= 0
-    assert obs.started.wait(5) and obs.calls[0][1].startswith("bp-flush")
+    assert obs.started.wait(60) and obs.calls[0][1].startswith("bp-flush")
     assert actor.info()["flushing"]                  # the mark spans the background flush
     assert actor.process_batch([4, 5]) == [4, 5]     # the data path goes on meanwhile
     with pytest.raises(Exception):                   # nothing committed yet
@@ -135,13 +136,15 @@ def test_stage_actor_rollback_waits_for_the_flush_in_flight(tmp_path: Path) -> N
     actor = StageActor(spec, observer=obs)
     actor.process_batch([1])
     actor.checkpoint(step=1)
-    assert obs.started.wait(5)
+    assert obs.started.wait(60)
     done = threading.Event()
     t = threading.Thread(target=lambda: (actor.rollback(0), done.set()))
     t.start()
-    assert not done.wait(0.3)             # held: the old state's flush has not ended
+    # The rollback's handshake: it is waiting in the incarnation's drain of the flush.
+    wait_for(lambda: thread_inside(t, "drain"), what="the rollback waiting for the flush")
+    assert not done.is_set()              # held: the old state's flush has not ended
     obs.gate.clear()
-    assert done.wait(10)
+    assert done.wait(60)
     t.join()
     assert actor.get_state()["n"] == 0     # rolled back to "before step 1"
     actor.shutdown()
@@ -177,7 +180,7 @@ def test_async_decorator_round_trip(store_dir: str) -> None:
     a.add()
     obs.gate.set()
     assert a.add() == 3                     # due: snapshot taken, flush held open, returned
-    assert obs.started.wait(5)
+    assert obs.started.wait(60)
     info = a.checkpoint_info()
     assert info["flushing"] and info["async_checkpoint"] and info["generation"] is None
     assert a.add(10) == 13                  # mutates while the flush runs

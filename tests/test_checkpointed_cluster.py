@@ -188,8 +188,10 @@ def test_scheduler_recreates_lost_actor_on_another_node(env: dict[str, Any]) -> 
                             ray.exceptions.GetTimeoutError, CheckpointFailed, ActorFenced)):
             ray.get(h.add.remote(), timeout=1.0)
         assert ray.get(new.add.remote()) == 16
-        now = registered(env, "ledger-a", before["epoch"])
-        assert now is not None and now["node_id"] == info["node_id"]
+        # The new incarnation registers fire-and-forget: wait until it landed.
+        now = wait_for(lambda: registered(env, "ledger-a", before["epoch"]),
+                       what="the re-created actor registered")
+        assert now["node_id"] == info["node_id"]
         kinds = {(d["kind"], d["outcome"]) for d in ray.get(sched.decisions.remote(40))
                  if "ledger-a" in d["victims"]}
         assert {("lost", "detected"), ("restore", "done")} <= kinds
@@ -219,21 +221,30 @@ def test_preemption_waits_for_the_actors_flush(env: dict[str, Any], tmp_path: Pa
     assert ray.get([h.add.remote() for _ in range(3)]) == [1, 2, 3]
     wait_for(lambda: registered(env, "ledger-b"), what="registered")
     try:
-        gate.touch()
+        # An earlier flush's completion report is fire-and-forget: its mark must be gone, or
+        # it would pass for the mark of the held flush.
+        wait_for(lambda: ray.get(sched.reasons.remote("ledger-b")) == [], what="no old mark")
+        gates.hold(gate)
         flushing = h.checkpoint.remote()              # blocks inside the flush
+        wait_for(lambda: gates.entered(gate), what="the flush held at the gate")
         wait_for(lambda: ray.get(sched.reasons.remote("ledger-b")) == [CIP],
                  what="the scheduler sees the flush")
         # Free half a CPU: only this actor holds that (its registered resources).
+        reason = "need half a CPU"
         pending = sched.preempt.remote(PreemptionRequest(
-            reason="need half a CPU", deadline=time.time() + 30, resources={"CPU": 0.5}))
-        ready, _ = ray.wait([pending], timeout=1.0)
-        assert not ready, "preempted an actor in the middle of its flush"
+            reason=reason, deadline=time.time() + 60, resources={"CPU": 0.5}))
+        wait_for(lambda: any(d["kind"] == "select" and d["reason"] == reason
+                             and d["outcome"] == "wait"
+                             and "ledger-b" in ((d["plan"] or {}).get("wait_for") or ())
+                             for d in ray.get(sched.decisions.remote(50))),
+                 what="the preemption waiting for the actor's flush")
+        assert not ray.wait([pending], timeout=0)[0], "preempted an actor mid-flush"
         assert not ray.wait([flushing], timeout=0)[0]
-        gate.unlink()
-        gen = ray.get(flushing)["generation"]
-        res = ray.get(pending)
+        gates.release(gate)
+        gen = ray.get(flushing, timeout=60)["generation"]
+        res = ray.get(pending, timeout=60)
         assert res.victims == ("ledger-b",) and res.freed.get("CPU") == 0.5
-        kinds = [(d["kind"], d["outcome"]) for d in ray.get(sched.decisions.remote(8))]
+        kinds = [(d["kind"], d["outcome"]) for d in ray.get(sched.decisions.remote(50))]
         assert ("select", "wait") in kinds and ("preempt", "ready") in kinds
         # Restored on request from its recipe, with the state of that checkpoint.
         ray.get(sched.restore.remote("ledger-b"))
@@ -273,7 +284,7 @@ def test_recipe_survives_a_scheduler_restart(env: dict[str, Any]) -> None:
         ray.kill(new)
 
         def forgotten() -> list[dict[str, Any]]:
-            return [d for d in ray.get(sched.decisions.remote(10))
+            return [d for d in ray.get(sched.decisions.remote(50))
                     if d["outcome"] == "not relaunched" and "ledger-c" in d["victims"]]
         note = dict(wait_for(forgotten, what="forgotten")[0]["notes"])["ledger-c"]
         assert "RAY_KILL" in note

@@ -134,15 +134,18 @@ def test_refuse_mode_turns_the_second_writer_away(tmp_path: Path) -> None:
 
 
 def test_refuse_mode_lets_an_idle_lease_expire(tmp_path: Path) -> None:
-    import time
+    from polling import wait_for
 
     store = str(tmp_path / "store")
     a = Writer(store, "t", "refuse", ttl=0.5)
     b = Writer(store, "t", "refuse", ttl=0.5)
     try:
         first = a.ask("put -").split()
-        time.sleep(0.8)  # A's hold ran out: B may take the thread without stealing
-        taken = b.ask(f"put {first[1]}").split()
+        # Once A's idle hold ran out, B takes the thread without stealing ("busy" until
+        # then, which changes nothing).
+        taken = wait_for(lambda: [w for w in [b.ask(f"put {first[1]}").split()]
+                                  if w[0] == "ok"], timeout=60,
+                         what="B taking the thread after A's hold ran out")[0]
         assert taken[0] == "ok"
         assert a.ask(f"put {first[1]}").split()[0] == "stale"
     finally:

@@ -329,9 +329,10 @@ def test_wait_for_flush_wakes_when_mark_cleared() -> None:
     timer.start()
     timer2.start()
     start = time.monotonic()
-    pending = manager.wait_for_flush({"a", "b"}, deadline=time.time() + 5.0)
+    pending = manager.wait_for_flush({"a", "b"}, deadline=time.time() + 120.0)
     assert pending == frozenset()
-    assert time.monotonic() - start < 2.0
+    # Woken by the clear and the unregister, not by the deadline (far away).
+    assert time.monotonic() - start < 60.0
 
 
 def test_wait_for_flush_returns_pending_at_deadline() -> None:

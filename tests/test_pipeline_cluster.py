@@ -89,7 +89,7 @@ def test_node_of_stateful_stage_removed_mid_run(s3_server: Any, ray_cluster: Any
     p = Pipeline(src, specs, sink, batch_size=50, max_in_flight=4,
                  policy=CheckpointPolicy(every_records=400),
                  placement={"agg": victim.node_id, "seq": workers[1].node_id},
-                 on_event=on_event, ping_timeout=5.0, call_timeout=30.0)
+                 on_event=on_event, ping_timeout=30.0, call_timeout=60.0)
     try:
         res = p.run()
     finally:

@@ -17,6 +17,7 @@ import pytest
 
 from blockstore import open_store
 from blockstore.faults import FaultyStore, InjectedCrash
+from polling import wait_for
 from stages.pipeline.runs import (
     RunClaimConflict,
     RunClaimLost,
@@ -132,7 +133,7 @@ def test_fenced_claimer_cannot_complete(runs: RunStore) -> None:
     assert runs.status("r").orphans_recovered == 1
 
 
-def _wait_not_held(runs: RunStore, run_id: str, timeout: float = 20.0) -> None:
+def _wait_not_held(runs: RunStore, run_id: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while runs.store.find(runs.status_name(run_id)).is_held():  # type: ignore[union-attr]
         assert time.monotonic() < deadline, "claim lease never expired"
@@ -146,6 +147,7 @@ _CLAIMER = textwrap.dedent("""
     from stages.pipeline.runs import RunStore, RunError
     store_dir, go, name, mode = sys.argv[1:5]
     runs = RunStore(open_store(store_dir), claim_ttl=1.0)
+    Path(go + "." + name + ".ready").touch()
     while not os.path.exists(go):
         time.sleep(0.002)
     results = []
@@ -172,6 +174,13 @@ def _spawn(store_dir: str, go: Path, name: str, mode: str, run_ids: list[str]
                             text=True, cwd=str(Path(__file__).resolve().parents[1]))
 
 
+def _wait_ready(go: Path, names: tuple[str, ...], procs: list[subprocess.Popen[str]]) -> None:
+    """Both claimers have opened the store and poll for ``go`` (their handshake)."""
+    wait_for(lambda: all(Path(f"{go}.{n}.ready").exists() for n in names)
+             or any(p.poll() is not None for p in procs),
+             timeout=120, what="the claimers up and waiting at the gate")
+
+
 def test_two_processes_race_exactly_one_wins(runs: RunStore, store_dir: str,
                                              tmp_path: Path) -> None:
     run_ids = [f"race{i}" for i in range(6)]
@@ -180,7 +189,7 @@ def test_two_processes_race_exactly_one_wins(runs: RunStore, store_dir: str,
         runs.pause(r, 0)
     go = tmp_path / "go"
     procs = [_spawn(store_dir, go, n, "complete", run_ids) for n in ("P1", "P2")]
-    time.sleep(1.0)  # both interpreters up and polling (not an assertion)
+    _wait_ready(go, ("P1", "P2"), procs)
     go.touch()
     outs = []
     for p in procs:

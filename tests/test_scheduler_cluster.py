@@ -110,7 +110,7 @@ def test_node_loss_restores_stage_elsewhere_and_fences_zombie(env: dict[str, Any
                     ray.exceptions.GetTimeoutError):
                 return None
 
-        out = wait_for(processing_again, timeout=45, what="stage processing on another node")
+        out = wait_for(processing_again, timeout=90, what="stage processing on another node")
         recovery = time.time() - t_lost
         log = ray.get(sched.decisions.remote(20))
         seen = min(d["at"] for d in log if d["kind"] == "lost") - t_lost

@@ -14,7 +14,6 @@ import random
 import shutil
 import textwrap
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ import numpy as np
 import pytest
 
 from children import kill_child_writer
+from polling import wait_for
 from blockstore import FileStore, MemoryStore
 from blockstore.faults import FaultyStore, InjectedCrash
 from stages import CheckpointedStageState, CheckpointFailed, NoCheckpointError
@@ -83,8 +83,8 @@ def test_background_failure_surfaces_fail_closed(tmp_path: Path) -> None:
     css.checkpoint(step=3)                          # seen already: not raised again
     # Unobserved: raised by the next checkpoint, once.
     faulty.crash_after(faulty.block_writes + 2)
-    css.checkpoint_async(step=4)
-    time.sleep(0.2)
+    unobserved = css.checkpoint_async(step=4)
+    wait_for(unobserved.done, what="the background flush of step 4 failed")  # not wait()
     faulty.crash_after(None)
     with pytest.raises(CheckpointFailed):
         css.checkpoint_async(step=5)
@@ -104,7 +104,7 @@ class _HoldingObserver:
 
     def on_flush_start(self, lease_id: str) -> None:
         self.events.append(("start", threading.current_thread().name))
-        self.release.wait(10)
+        self.release.wait(60)
 
     def on_flush_complete(self, lease_id: str, ok: bool) -> None:
         self.events.append(("complete", ok))
@@ -116,10 +116,8 @@ def test_observer_guard_spans_the_background_flush() -> None:
     obs = _HoldingObserver()
     css = CheckpointedStageState({"v": 1}, lease, observer=obs)
     pending = css.checkpoint_async(step=1)      # returns at once: the start blocks elsewhere
-    deadline = time.time() + 5
-    while not obs.events and time.time() < deadline:
-        time.sleep(0.01)
-    assert obs.events and obs.events[0][0] == "start"
+    wait_for(lambda: obs.events, what="the flush start, in the background thread")
+    assert obs.events[0][0] == "start"
     assert obs.events[0][1].startswith("bp-flush")
     assert css.flushing and not pending.done()
     with pytest.raises(NoCheckpointError):      # nothing written before the start returned

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from polling import wait_for
+
 from blockstore import FileStore
 from blockstore.faults import FaultyStore
 from stages import CheckpointedStageState, CheckpointFailed, CheckpointFlushObserver, flush_guard
@@ -168,27 +170,28 @@ def test_checkpoint_in_a_thread_from_a_cancelled_task(faulty: FaultyStore) -> No
     obs = Recorder()
     css = CheckpointedStageState.with_observer({"a": b"z" * 100000}, lease, "s", obs)
     gate = threading.Event()
+    started = threading.Event()
     orig = obs.on_flush_start
 
     def slow_start(lease_id: str) -> None:
         orig(lease_id)
-        gate.wait(5)
+        started.set()
+        gate.wait(60)
 
     obs.on_flush_start = slow_start  # type: ignore[method-assign]
 
     async def main() -> None:
         task = asyncio.ensure_future(asyncio.to_thread(css.checkpoint))
-        await asyncio.sleep(0.05)
+        # Cancel only once the flush runs in its thread (a job not yet started would be
+        # cancelled before it runs, which is another case).
+        assert await asyncio.to_thread(started.wait, 60), "the flush never started"
         task.cancel()
         gate.set()
         with pytest.raises(asyncio.CancelledError):
             await task
 
     asyncio.run(main())
-    for _ in range(100):
-        if obs.counts() == (1, 1):
-            break
-        threading.Event().wait(0.05)
+    wait_for(lambda: obs.counts() == (1, 1), timeout=60, what="the flush completed, once")
     assert obs.calls[-1] == ("complete", "s", True)
     assert CheckpointedStageState.restore(lease).state == {"a": b"z" * 100000}
 

@@ -24,6 +24,7 @@ import pytest
 import blockstore
 from blockstore import BlockStoreError, FileStore, MemoryStore, StoreCorruptError
 from blockstore.faults import FaultyStore
+from polling import thread_inside, wait_for
 
 ROOT = str(Path(__file__).resolve().parents[1])
 
@@ -180,13 +181,18 @@ def test_a_frozen_writer_stalls_neither_the_store_nor_a_takeover_forever(
             time.sleep(0.003)
         else:
             pytest.fail("never caught the writer holding its lock")
+        # Long enough that "the unrelated acquire finished while the takeover still waited"
+        # never depends on the machine's load; the takeover then ends by this bound.
+        store.lock_timeout = 8.0
         takeover, took_over = _in_thread(lambda: store.acquire("hot", steal=True))
-        time.sleep(0.3)  # the takeover is waiting for the frozen writer's lock
+        wait_for(lambda: thread_inside(takeover, "_lock_within"),
+                 what="the takeover waiting for the frozen writer's lock")
         other, got_other = _in_thread(lambda: store.acquire("unrelated"))
-        other.join(5.0)
+        other.join(60.0)
         assert "result" in got_other, f"an unrelated acquire stalled: {got_other}"
-        assert got_other["took"] < 2.0
-        takeover.join(10.0)
+        assert takeover.is_alive(), \
+            "the unrelated acquire only finished once the takeover gave up on the lock"
+        takeover.join(60.0)
         assert not takeover.is_alive(), "the takeover waits forever for a frozen writer"
         err = took_over.get("error")
         assert isinstance(err, TimeoutError) and isinstance(err, BlockStoreError), took_over
@@ -205,15 +211,16 @@ def test_keepalive_survives_transient_storage_errors() -> None:
     faulty = FaultyStore(MemoryStore(4096))
     lease = faulty.acquire("k", ttl=0.6, keepalive=True, num_blocks=1)
     faulty.fail_renewals(4)  # a few renewals in a row fail with StorageIOError
-    deadline = time.monotonic() + 3.0
-    while time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: faulty.failed_renewals == 4, what="four failed renewals")
+    failed_at = time.time()
+    # Renewed after the failures (a keepalive that gave up never renews again).
+    wait_for(lambda: lease.info().expires_at > failed_at + lease.ttl / 2,
+             what="keepalive renewing again after the transient errors")
     assert faulty.failed_renewals == 4
-    assert lease.info().is_held(), "keepalive gave up after a transient error"
     lease.write_block(0, b"still mine")
     other = faulty.acquire("k", steal=True)  # a lease error does stop it
-    time.sleep(0.6)
-    assert lease._keeper is not None and not lease._keeper.is_alive()
+    wait_for(lambda: lease._keeper is not None and not lease._keeper.is_alive(),
+             what="keepalive stopped by the takeover")
     other.release()
 
 

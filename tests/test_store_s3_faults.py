@@ -37,6 +37,7 @@ from blockstore import (
 )
 from blockstore.objectclient import StoreClock
 from blockstore.objectlayout import parse_block_key
+from polling import wait_for
 from s3server import FaultProxy, MotoServer, free_port
 
 BS = 4096
@@ -69,8 +70,9 @@ def _objects(store: ObjectStore, lease_id: str) -> list[tuple[str, int, int]]:
 RACER = r"""
 import json, os, sys, time
 from blockstore import LeaseHeldError, open_store
-url, names, go = sys.argv[1], sys.argv[2].split(","), sys.argv[3]
+url, names, go, ready = sys.argv[1], sys.argv[2].split(","), sys.argv[3], sys.argv[4]
 store = open_store(url)
+open(os.path.join(ready, str(os.getpid())), "w").close()
 while not os.path.exists(go):
     time.sleep(0.0005)
 won = []
@@ -93,10 +95,13 @@ def test_two_processes_race_for_each_lease_one_wins(s3_server: MotoServer,
     names = [f"race-{k}" for k in range(12)]
     go = tmp_path / "go"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    procs = [subprocess.Popen([sys.executable, "-c", RACER, url, ",".join(names), str(go)],
+    ready = tmp_path / "ready"
+    ready.mkdir()
+    procs = [subprocess.Popen([sys.executable, "-c", RACER, url, ",".join(names), str(go),
+                               str(ready)],
                               stdout=subprocess.PIPE, text=True, env=env) for _ in range(2)]
-    import time
-    time.sleep(1.5)  # both processes have opened the store and wait at the gate
+    wait_for(lambda: len(list(ready.iterdir())) == 2 or any(p.poll() is not None for p in procs),
+             timeout=120, what="both processes opened the store and wait at the gate")
     go.touch()
     results = [json.loads(p.communicate(timeout=120)[0]) for p in procs]
     assert all(p.returncode == 0 for p in procs)
@@ -396,21 +401,33 @@ def test_keepalive_renews_while_an_upload_is_slow(s3_server: MotoServer) -> None
     url = s3_server.url(_prefix())
     st = open_store(url, block_size=BS)
     assert isinstance(st, ObjectStore)
-    lease = st.acquire("s", num_blocks=1, ttl=0.6, keepalive=True)
+    ttl = 1.5
+    lease = st.acquire("s", num_blocks=1, ttl=ttl, keepalive=True)
     real_put = st._c.put
+    uploading, done = threading.Event(), threading.Event()
+    began: list[float] = []
 
     def slow_put(key: str, data: Any) -> str:
-        time.sleep(2.0)
+        if not began:
+            began.append(time.time())
+        uploading.set()
+        done.wait(120)                     # the upload lasts until the test lets it end
         return real_put(key, data)
 
     st._c.put = slow_put  # type: ignore[method-assign]
     writer = threading.Thread(target=lambda: lease.write_blocks({0: b"slow"}))
     writer.start()
-    time.sleep(1.0)
-    with ObjectStore(url) as other:
-        with pytest.raises(LeaseHeldError):
-            other.acquire("s")
-    writer.join(30)
+    try:
+        assert uploading.wait(60), "the write never started uploading"
+        # Two TTLs into the upload the lease is still held: renewals did not wait for it.
+        wait_for(lambda: time.time() > began[0] + 2 * ttl, what="two TTLs of upload")
+        assert writer.is_alive(), "the upload ended early"
+        with ObjectStore(url) as other:
+            with pytest.raises(LeaseHeldError):
+                other.acquire("s")
+    finally:
+        done.set()
+    writer.join(60)
     st._c.put = real_put  # type: ignore[method-assign]
     lease.flush()
     assert ObjectStore(url).open_reader("s").read_block(0)[:4] == b"slow"

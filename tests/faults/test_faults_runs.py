@@ -153,7 +153,7 @@ def _wait_line(proc: subprocess.Popen[str], prefix: str, timeout: float = 120.0)
     raise AssertionError(f"driver printed no {prefix!r} in {timeout}s")
 
 
-def _wait_released(runs: RunStore, timeout: float = 30.0) -> None:
+def _wait_released(runs: RunStore, timeout: float = 60.0) -> None:
     """Until the dead driver's control lease expired (its keepalive died with it)."""
     deadline = time.monotonic() + timeout
     while (info := runs.store.find(runs.status_name("run"))) is not None and info.is_held():

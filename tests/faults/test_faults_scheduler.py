@@ -195,7 +195,8 @@ def test_node_removed_during_a_restore(env: dict[str, Any]) -> None:
     before = _stage(env, "wander")["epoch"]
     # The only node the restore may use is `target`; remove it while the restore launches.
     pending = sched.restore.remote("wander", [home, env["head"]], "move it")
-    time.sleep(0.3)
+    wait_for(lambda: _stage(env, "wander")["status"] == "restoring"
+             or ray.wait([pending], timeout=0)[0], what="the restore under way")
     env["cluster"].remove_node(_node(env, target), allow_graceful=False)
     env["cluster"].add_node(**WORKER_ARGS)
     try:
