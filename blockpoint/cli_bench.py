@@ -32,6 +32,7 @@ BENCHES: dict[str, str] = {
     "async": "bench.bench_async",
     "pipeline": "bench.bench_pipeline",
     "langgraph": "bench.bench_langgraph",
+    "objstore": "bench.bench_objstore",
 }
 
 

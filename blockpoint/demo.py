@@ -247,7 +247,7 @@ def _run_demo(*, events: int = 500_000, sketch_mib: int = 64, batch_size: int = 
             check_key_reaches([head_id, *cluster.workers], key_fp,
                               store_url=store_url if address else None)
         if key_fp is not None:
-            out.write(f"  checkpoints authenticated (HMAC-SHA256): ${KEY_ENV} reaches the "
+            out.write(f"  checkpoints authenticated (keyed BLAKE3): ${KEY_ENV} reaches the "
                       f"workers on all {1 + len(cluster.workers)} nodes\n")
         out.flush()
         sched = get_or_create(SCHEDULER_NAME, store_url=store_url, node_id=head_id,

@@ -180,7 +180,7 @@ class AuthReport:
         if not self.keyed:
             return f"no (no key; {self.verified} generations verified by CRC-32C only)"
         if self.authenticated:
-            return f"yes: {self.verified} of {self.verified} generations, HMAC-SHA256 verified"
+            return f"yes: {self.verified} of {self.verified} generations, MAC verified"
         return f"NO: {self.failed} of {self.verified + self.failed} generations fail the MAC"
 
 

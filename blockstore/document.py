@@ -9,9 +9,11 @@ Layout: blocks ``0 .. K-1`` are header slots (K >= 2), one :data:`HEADER_SIZE`-b
 each (the rest of the slot block is never read); payloads (canonical JSON,
 :func:`blockstore.canonical.canonical_json`) fill whole runs of consecutive blocks from
 block K on. A header names its payload's first block, length and CRC-32C, carries a
-generation (+1 per save) and, when the caller passed a key, an HMAC-SHA256 over the header,
-the lease id and the payload. The whole header fits in one 512-byte sector, so a torn
-sector can only ever make it fail its CRC.
+generation (+1 per save) and, when the caller passed a key, a MAC over the header, the
+lease id and the payload - keyed BLAKE3 by default, HMAC-SHA256 on request and in every
+document of layout version 1; layout version 2 names the algorithm (``blockstore/macs.py``).
+The whole header fits in one 512-byte sector, so a torn sector can only ever make it fail
+its CRC.
 
 Why this shape: the newest verified document must survive a crash at any point of the next
 save, so a save never writes where that document lives (neither its slot nor its payload
@@ -27,8 +29,6 @@ its current key and loads a document whose MAC verifies under any of its keys (r
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import struct
 from collections.abc import Mapping
@@ -40,6 +40,8 @@ from .checksum import crc32c
 from .errors import DocumentEncodeError, DocumentTooLargeError
 from .keys import KeyRing, resolve_keys
 from .lease import Lease, LeaseReader
+from .macs import DEFAULT_MAC, MAC_ALGORITHMS, MAC_HMAC_SHA256, MAC_NONE, algorithm_id, equal
+from .macs import new_mac
 
 __all__ = [
     "DOCUMENT_MAGIC",
@@ -52,9 +54,11 @@ __all__ = [
 
 DOCUMENT_MAGIC = b"BPDC"
 #: Version of the slot layout itself (the caller's ``kind``/``version`` version the fields).
-DOCUMENT_VERSION = 1
+#: 2: the u32 at 52 (reserved in 1) is the MAC algorithm id; 1 is still read (HMAC-SHA256).
+DOCUMENT_VERSION = 2
+READ_VERSIONS = (1, 2)
 #: magic, layout version, kind, kind version, generation, length, first block, payload CRC,
-#: slot count, slot index, flags, reserved, MAC; then the header CRC (docs/FORMAT.md 5.1).
+#: slot count, slot index, flags, MAC algorithm, MAC; then the header CRC (FORMAT.md 5.1).
 _HEAD = struct.Struct("<4sI4sIQQQIHHII32s")
 _HEAD_CRC = struct.Struct("<I")
 HEADER_SIZE = _HEAD.size + _HEAD_CRC.size  # 92
@@ -119,6 +123,7 @@ class _Header:
     flags: int
     mac: bytes
     raw: bytes  # bytes [0, HEADER_SIZE) as read
+    mac_algorithm: int = MAC_NONE
 
     def blocks(self, block_size: int) -> int:
         return -(-self.length // block_size)
@@ -162,12 +167,14 @@ class SlottedDocument:
             same K.
         key: MAC key or :class:`~blockstore.keys.KeyRing`; with one, save MACs (current key)
             and load refuses documents without a MAC valid under one of its keys.
+        mac: the MAC algorithm save uses, ``"blake3"`` (keyed BLAKE3, default) or
+            ``"hmac-sha256"``; load reads either (the header names it).
         max_bytes: the largest encoded document save accepts and load reads.
     """
 
     def __init__(self, lease: LeaseReader, *, kind: bytes, version: int, slots: int = 2,
                  key: KeyRing | bytes | None = None,
-                 max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+                 max_bytes: int = DEFAULT_MAX_BYTES, mac: str = DEFAULT_MAC) -> None:
         if not isinstance(kind, bytes) or len(kind) != 4:
             raise ValueError(f"kind must be 4 bytes, got {kind!r}")
         if not isinstance(slots, int) or not 2 <= slots <= 0xFFFF:
@@ -184,6 +191,7 @@ class SlottedDocument:
         self.slots = slots
         self.max_bytes = max_bytes
         self._keys: KeyRing | None = None if key is None else resolve_keys(key)
+        self._mac_alg = algorithm_id(mac)
         self._closed = False
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -243,25 +251,31 @@ class SlottedDocument:
 
     def _parse(self, slot: int, raw: bytes, num_blocks: int) -> tuple[_Header | None, str]:
         (magic, layout, kind, version, generation, length, first, crc, k, index, flags,
-         reserved, mac) = _HEAD.unpack_from(raw)
+         mac_alg, mac) = _HEAD.unpack_from(raw)
         (stored,) = _HEAD_CRC.unpack_from(raw, _HEAD.size)
         if crc32c(raw[:_HEAD.size]) != stored:
             return None, "header checksum mismatch"
         if magic != DOCUMENT_MAGIC:
             return None, f"bad magic {magic!r}"
-        if layout != DOCUMENT_VERSION:
+        if layout not in READ_VERSIONS:
             return None, f"unsupported document layout version {layout}"
         if kind != self.kind:
             return None, f"kind {kind!r}, expected {self.kind!r}"
         if version != self.version:
             return None, f"unsupported version {version} of {kind!r} (reads {self.version})"
-        if k != self.slots or index != slot or reserved or flags & ~_FLAG_MAC:
+        if layout == 1:  # the u32 at 52 is reserved; a MAC is HMAC-SHA256
+            if mac_alg:
+                return None, f"inconsistent header (reserved field {mac_alg})"
+            mac_alg = MAC_HMAC_SHA256 if flags & _FLAG_MAC else MAC_NONE
+        if k != self.slots or index != slot or flags & ~_FLAG_MAC:
             return None, f"inconsistent header (K={k}, slot {index}, flags {flags:#x})"
+        if mac_alg not in (MAC_NONE, *MAC_ALGORITHMS.values()) or (mac_alg != MAC_NONE) != bool(flags):
+            return None, f"inconsistent header (MAC algorithm {mac_alg}, flags {flags:#x})"
         bs = self.lease.block_size
         if length > self.max_bytes or first < self.slots or first + -(-length // bs) > num_blocks:
             return None, (f"generation {generation}: payload of {length} bytes at block "
                           f"{first} does not fit the lease ({num_blocks} blocks)")
-        return _Header(slot, generation, length, first, crc, flags, mac, raw), ""
+        return _Header(slot, generation, length, first, crc, flags, mac, raw, mac_alg), ""
 
     def _verify(self, h: _Header) -> tuple[dict[str, Any] | None, str]:
         payload = bytearray(h.length)
@@ -272,7 +286,7 @@ class SlottedDocument:
         if self._keys is not None:
             if not h.flags & _FLAG_MAC:
                 return None, REASON_NO_MAC
-            if not any(hmac.compare_digest(self._mac(k, h.raw[:_MAC_AT], payload), h.mac)
+            if not any(equal(self._mac(h.mac_algorithm, k, h.raw[:_MAC_AT], payload), h.mac)
                        for k in self._keys.all):
                 return None, REASON_BAD_MAC
         try:
@@ -283,8 +297,9 @@ class SlottedDocument:
             return None, "payload is not a JSON object"
         return doc, ""
 
-    def _mac(self, key: bytes, head: bytes, payload: bytes | bytearray) -> bytes:
-        m = hmac.new(key, head, hashlib.sha256)
+    def _mac(self, alg: int, key: bytes, head: bytes, payload: bytes | bytearray) -> bytes:
+        m = new_mac(alg, key, purpose="document")
+        m.update(head)
         m.update(self.lease.lease_id.encode())
         m.update(payload)
         return m.digest()
@@ -342,11 +357,12 @@ class SlottedDocument:
                 break
             first = max(first, end)
         flags = _FLAG_MAC if self._keys is not None else 0
+        alg = self._mac_alg if self._keys is not None else MAC_NONE
         head = _HEAD.pack(DOCUMENT_MAGIC, DOCUMENT_VERSION, self.kind, self.version,
                           generation, len(payload), first, crc32c(payload), self.slots,
-                          target, flags, 0, bytes(32))
+                          target, flags, alg, bytes(32))
         if self._keys is not None:
-            head = head[:_MAC_AT] + self._mac(self._keys.current, head[:_MAC_AT], payload)
+            head = head[:_MAC_AT] + self._mac(alg, self._keys.current, head[:_MAC_AT], payload)
         head += _HEAD_CRC.pack(crc32c(head))
         lease.grow(max(first + n, self.slots))
         old = by_slot.get(target)

@@ -16,11 +16,12 @@ import re
 import struct
 from pathlib import Path
 
+import blake3
 import numpy as np
 import pytest
 import zstandard
 
-from blockstore import FileStore, checks, crc32c, document, file, objectlayout
+from blockstore import FileStore, checks, crc32c, document, file, macs, objectlayout
 from stages import CheckpointedStageState
 from stages.checkpoint import codec as payload_codec
 from stages.checkpoint import compress as chunk_compress
@@ -165,8 +166,9 @@ def test_entry_table_is_the_entry_struct_and_v2_its_prefix() -> None:
     assert "Version 2 entries end at offset 32" in _flat()
     assert fmt.ENTRY_V2.size == 32
     flat = _flat()
-    assert (f"E = {fmt.entry_struct(3).size} for version 3, E = {fmt.entry_struct(2).size} "
-            "for version 2") in flat
+    assert fmt.entry_struct(4).size == fmt.entry_struct(3).size
+    assert (f"E = {fmt.entry_struct(3).size} for versions 3 and 4, E = "
+            f"{fmt.entry_struct(2).size} for version 2") in flat
     assert fmt.HASH_SIZE == next(s for o, s, _, f in rows if f.startswith("content hash"))
 
 
@@ -227,7 +229,8 @@ def test_document_table_is_the_document_struct() -> None:
     layout += [(document._HEAD.size + o, s, c) for o, s, c in _code_layout(document._HEAD_CRC)]
     assert _doc_layout(rows) == layout
     assert f"({document.HEADER_SIZE} bytes" in _heading(heading)
-    assert _field_offset(rows, "MAC") == document._MAC_AT
+    assert _field_offset(rows, "MAC of") == document._MAC_AT
+    assert _field_offset(rows, "MAC algorithm id") == 52
     assert re.search(r"`(\w+)`", rows[0][3])[1].encode() == document.DOCUMENT_MAGIC
     assert f"bytes `[0, {document._MAC_AT})`" in rows[-2][3]
 
@@ -263,6 +266,51 @@ def test_mac_domain_tags_match_the_code() -> None:
         assert m, f"FORMAT.md 2.5 no longer defines {name}"
         assert m[1].encode("ascii") + b"\0" == tag
         assert int(m[2]) == len(tag)
+    # Keyed BLAKE3's key-derivation contexts, one per purpose.
+    for name, purpose in (("C_P", "checkpoint payload"), ("C_H", "checkpoint header"),
+                          ("C_D", "document")):
+        m = re.search(name + r" = `([^`]+)`", flat)
+        assert m, f"FORMAT.md 2.5 no longer defines {name}"
+        assert m[1] == macs.CONTEXTS[purpose]
+    assert len(set(macs.CONTEXTS.values())) == len(macs.CONTEXTS)
+
+
+def _id_table(heading: str, title: str) -> dict[str, int]:
+    """The two-column ``| id | <title> |`` table of a section: name -> id."""
+    lines = _section(heading).splitlines()
+    start = next(i for i, line in enumerate(lines)
+                 if re.match(r"^\s*\|\s*id\s*\|\s*" + re.escape(title) + r"\s*\|$", line))
+    out = {}
+    for line in lines[start + 2:]:
+        m = re.match(r"^\s*\|\s*(\d+)\s*\|\s*([^|]+?)\s*\|$", line)
+        if not m:
+            break
+        out[m[2]] = int(m[1])
+    assert out, f"no id table {title!r} under {heading!r}"
+    return out
+
+
+def test_mac_algorithm_ids_match_the_code() -> None:
+    """The id table of 2.5, the header row at 142 and the document row at 52 name the same
+    ids as the code, and every algorithm a writer can be configured with has one."""
+    table = _id_table("### 2.5 Integrity and authentication", "MAC algorithm")
+    assert table == fmt.MAC_IDS
+    assert table == {"none": macs.MAC_NONE, "HMAC-SHA256": macs.MAC_HMAC_SHA256,
+                     "keyed BLAKE3": macs.MAC_BLAKE3}
+    assert set(macs.MAC_ALGORITHMS.values()) == set(table.values()) - {macs.MAC_NONE}
+    for heading, offset in (("### 2.1 Header block", 142),
+                            ("### 5.1 Document slot header", 52)):
+        text = _row_field(heading, offset)
+        assert text.startswith("MAC algorithm id (2.5)")
+        row = {name.strip(): int(v) for v, name in re.findall(r"(\d+) = ([\w -]+?)[;,]", text)}
+        assert row == table, (heading, row)
+    # The default is the one the doc says writers write by default.
+    assert f"Writers write {'keyed BLAKE3'} ({macs.algorithm_id(macs.DEFAULT_MAC)}) by " \
+           "default" in _flat()
+    # The document layout versions: written and read.
+    versions = re.findall(r"`(\d+)`", _row_field("### 5.1 Document slot header", 4))
+    assert int(versions[0]) == document.DOCUMENT_VERSION
+    assert tuple(sorted(int(v) for v in versions)) == document.READ_VERSIONS
 
 
 def test_limits_quoted_in_the_text_match_the_code() -> None:
@@ -308,20 +356,22 @@ def _header(block: bytes) -> dict[str, object]:
     return dict(zip(names, st.unpack_from(block, 0)))
 
 
-def test_spilled_map_and_macs_follow_the_doc(tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("mac", ["blake3", "hmac-sha256"])
+def test_spilled_map_and_macs_follow_the_doc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            mac: str) -> None:
     """A spilled, MACed checkpoint (key from the environment, non-ASCII key and lease name)
     read with nothing but the doc's rules: the chain is exactly n blocks with a 0 next in
     the last, each block's own CRC is over its used bytes with that field zeroed, the map
     CRC is one running CRC over the used bytes as stored, stored bytes is the sum of the
-    stored lengths, and both MACs are the doc's HMACs under the key's UTF-8 bytes."""
+    stored lengths, and both MACs are the doc's - keyed BLAKE3 under the keys derived from
+    the key's UTF-8 bytes, or HMAC-SHA256 under those bytes - with the header's id."""
     key = "clé-ключ"
     monkeypatch.setenv("BLOCKPOINT_CHECKPOINT_KEY", key)
     bs, name = 1024, "fmt/ünïcode"
     rng = np.random.default_rng(3)
     state = {"noise": rng.random(4000), "zeros": np.zeros(30000), "tag": "x"}
     with FileStore(tmp_path / "s", bs) as store, store.acquire(name) as lease:
-        css = CheckpointedStageState(state, lease, compression="auto")
+        css = CheckpointedStageState(state, lease, compression="auto", mac=mac)
         css.checkpoint(step=2, meta={"k": 1})
         lease_id = lease.lease_id
         raw = (tmp_path / "s" / "leases" / f"{lease_id}.dat").read_bytes()
@@ -369,16 +419,26 @@ def test_spilled_map_and_macs_follow_the_doc(tmp_path: Path,
     assert kinds == {0, 1}  # both chunk kinds were exercised
     assert len(payload) == f["data length"]
     flat = _flat()
-    t_p = re.search(r"T_P = `([^`]+)`", flat)[1].encode() + b"\0"
-    t_h = re.search(r"T_H = `([^`]+)`", flat)[1].encode() + b"\0"
     k = key.encode("utf-8")
-    assert hmac.new(k, t_p + bytes(payload), hashlib.sha256).digest() == f["payload MAC"]
     ident = lease_id.encode("ascii") + b"\0" + name.encode("utf-8") + b"\0"
     covered = bytearray(block[:length])
     covered[104:140] = bytes(36)
-    expect = hmac.new(k, t_h + struct.pack("<I", len(ident)) + ident + bytes(covered),
-                      hashlib.sha256).digest()
-    assert expect == f["header MAC"]
+    header_input = struct.pack("<I", len(ident)) + ident + bytes(covered)
+    ids = _id_table("### 2.5 Integrity and authentication", "MAC algorithm")
+    if mac == "blake3":
+        assert f["MAC algorithm id"] == ids["keyed BLAKE3"]
+        k_p = blake3.blake3(k, derive_key_context=re.search(r"C_P = `([^`]+)`", flat)[1])
+        k_h = blake3.blake3(k, derive_key_context=re.search(r"C_H = `([^`]+)`", flat)[1])
+        payload_mac = blake3.blake3(bytes(payload), key=k_p.digest()).digest()
+        header_mac = blake3.blake3(header_input, key=k_h.digest()).digest()
+    else:
+        assert f["MAC algorithm id"] == ids["HMAC-SHA256"]
+        t_p = re.search(r"T_P = `([^`]+)`", flat)[1].encode() + b"\0"
+        t_h = re.search(r"T_H = `([^`]+)`", flat)[1].encode() + b"\0"
+        payload_mac = hmac.new(k, t_p + bytes(payload), hashlib.sha256).digest()
+        header_mac = hmac.new(k, t_h + header_input, hashlib.sha256).digest()
+    assert payload_mac == f["payload MAC"]
+    assert header_mac == f["header MAC"]
 
 
 def test_stored_bytes_count_reused_chunks(tmp_path: Path) -> None:

@@ -148,7 +148,7 @@ def test_header_metadata_that_is_not_an_object(meta: bytes) -> None:
     block = fmt.pack_header(
         data_length=0, generation=1, step=0, created_at=0.0, duration_s=0.0, stored_bytes=0,
         chunks=0, block_size=64 * 1024, slots=2, slot=0, codec="pickle", compression="none",
-        level=0, has_mac=False, meta=meta, map_blocks=0, map_crc=0, first_map_block=0,
+        level=0, mac_algorithm=0, meta=meta, map_blocks=0, map_crc=0, first_map_block=0,
         inline_map=b"")
     fmt.seal_header(block, None)
     with pytest.raises(CheckpointCorrupt, match="metadata"):

@@ -69,7 +69,7 @@ def test_header_parsed_per_format_md(tmp_path: Path) -> None:
     block = raw[:bs]  # generation 1 is in slot 0
     f = dict(zip(names, header.unpack_from(block, 0)))
     assert f["magic `PCHK`"] == b"PCHK"
-    assert f["format version"] == 3
+    assert f["format version"] == 4
     assert f["data length"] == info.data_length
     assert f["generation"] == 1 and f["step"] == 9
     assert f["created_at"] == pytest.approx(info.created_at)
@@ -83,6 +83,7 @@ def test_header_parsed_per_format_md(tmp_path: Path) -> None:
     length = f["header length H = 176 + M +"]
     assert length == 176 + m + 48 * n
     assert f["incremental depth"] == 0
+    assert f["MAC algorithm id"] == 0 and f["reserved"] == 0
     assert f["payload MAC"] == bytes(32)  # no key: no MACs
     covered = bytearray(block[:length])
     covered[136:140] = bytes(4)
@@ -113,7 +114,7 @@ def test_header_parsed_per_format_md(tmp_path: Path) -> None:
 
 
 def test_incremental_entries_parsed_per_format_md(tmp_path: Path) -> None:
-    """Version 3 with content hashes (flag bit 2): each entry's hash is XXH3-128 of the raw
+    """Version 4 with content hashes (flag bit 2): each entry's hash is XXH3-128 of the raw
     chunk; the second generation's unchanged chunks are the first's entries, byte for byte,
     and its header says depth 1 (FORMAT.md 2.1, 2.2, 4)."""
     import xxhash
@@ -134,7 +135,7 @@ def test_incremental_entries_parsed_per_format_md(tmp_path: Path) -> None:
     for slot in (0, 1):
         block = raw[slot * bs:(slot + 1) * bs]
         f = dict(zip(names, header.unpack_from(block, 0)))
-        assert f["format version"] == 3 and f["flags"] == 4
+        assert f["format version"] == 4 and f["flags"] == 4
         assert f["incremental depth"] == slot  # generation 1 full, generation 2 reuses
         m, n = f["metadata length M"], f["chunk count N"]
         es = [entry.unpack_from(block, 176 + m + 48 * i) for i in range(n)]
@@ -147,10 +148,14 @@ def test_incremental_entries_parsed_per_format_md(tmp_path: Path) -> None:
     assert info.chunks_reused == len(shared)
 
 
-def test_document_header_parsed_per_format_md(tmp_path: Path) -> None:
-    """FORMAT.md 5.1 describes the bytes a slotted document writes (both slots)."""
+@pytest.mark.parametrize("mac", ["blake3", "hmac-sha256"])
+def test_document_header_parsed_per_format_md(tmp_path: Path, mac: str) -> None:
+    """FORMAT.md 5.1 describes the bytes a slotted document writes (both slots), with
+    either MAC algorithm (2.5: keyed BLAKE3 under the derived document key, HMAC-SHA256)."""
     import hashlib
     import hmac
+
+    import blake3
 
     from blockstore import SlottedDocument
 
@@ -159,19 +164,20 @@ def test_document_header_parsed_per_format_md(tmp_path: Path) -> None:
     bs = 512
     key = b"format-key"
     docs = [{"a": 1}, {"b": "x" * 700}]
+    context = re.search(r"C_D = `([^`]+)`", re.sub(r"\s+", " ", DOC.read_text()))[1]
     with FileStore(tmp_path / "s", bs) as store, store.acquire("doc") as lease:
-        d = SlottedDocument(lease, kind=b"TEST", version=7, slots=2, key=key)
+        d = SlottedDocument(lease, kind=b"TEST", version=7, slots=2, key=key, mac=mac)
         for doc in docs:
             d.save(doc)
         lease_id = lease.lease_id
         raw = (tmp_path / "s" / "leases" / f"{lease_id}.dat").read_bytes()
     for slot, doc in enumerate(docs):
         f = dict(zip(names, header.unpack_from(raw, slot * bs)))
-        assert f["magic `BPDC`"] == b"BPDC" and f["layout version"] == 1
+        assert f["magic `BPDC`"] == b"BPDC" and f["layout version"] == 2
         assert f["kind"] == b"TEST" and f["kind version"] == 7
         assert f["generation"] == slot + 1
         assert f["slot count K"] == 2 and f["slot index of this header"] == slot
-        assert f["flags"] == 1 and f["reserved"] == 0
+        assert f["flags"] == 1 and f["MAC algorithm id"] == (2 if mac == "blake3" else 1)
         first, length = f["first payload block"], f["payload length in bytes"]
         assert first >= 2
         payload = raw[first * bs:first * bs + length]
@@ -179,6 +185,11 @@ def test_document_header_parsed_per_format_md(tmp_path: Path) -> None:
         assert payload == json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
         assert crc32c(payload) == f["payload CRC-32C"]
         block = raw[slot * bs:slot * bs + 92]
-        mac = hmac.new(key, block[:56] + lease_id.encode() + payload, hashlib.sha256).digest()
-        assert f["MAC"] == mac
+        m = block[:56] + lease_id.encode() + payload
+        if mac == "blake3":
+            k_d = blake3.blake3(key, derive_key_context=context).digest()
+            expect = blake3.blake3(m, key=k_d).digest()
+        else:
+            expect = hmac.new(key, m, hashlib.sha256).digest()
+        assert f["MAC of M = bytes `[0, 56)` ‖ the lease id"] == expect
         assert crc32c(block[:88]) == f["header CRC-32C over bytes `[0, 88)`"]

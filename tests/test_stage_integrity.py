@@ -488,7 +488,7 @@ def test_mac_in_order_equals_one_pass() -> None:
     """However the regions are listed, the digest is the MAC of the whole buffer."""
     from concurrent.futures import Future
 
-    from stages.checkpoint.mac import PayloadMac
+    from stages.checkpoint.mac import MAC_BLAKE3, MAC_HMAC_SHA256, PayloadMac
     from stages.checkpoint.reader import _mac_in_order
 
     buf = memoryview(np.random.default_rng(5).integers(0, 256, 10_000, dtype=np.uint8))
@@ -498,7 +498,10 @@ def test_mac_in_order_equals_one_pass() -> None:
     cuts = [0, 7, 1000, 1001, 4096, 9999, 10_000]
     regions = [(a, b - a, futs[i % 3]) for i, (a, b) in enumerate(zip(cuts, cuts[1:]))]
     regions.append((10_000, 0, futs[0]))
-    expected = PayloadMac(b"key").update_all([buf]).digest()
-    assert _mac_in_order(b"key", buf, regions[::-1]) == expected
-    assert _mac_in_order(b"key", buf, regions) == expected
-    assert _mac_in_order(b"other", buf, regions) != expected
+    for alg in (MAC_BLAKE3, MAC_HMAC_SHA256):
+        expected = PayloadMac(b"key", alg).update_all([buf]).digest()
+        assert _mac_in_order(b"key", alg, buf, regions[::-1]) == expected
+        assert _mac_in_order(b"key", alg, buf, regions) == expected
+        assert _mac_in_order(b"other", alg, buf, regions) != expected
+    assert PayloadMac(b"key", MAC_BLAKE3).update_all([buf]).digest() != \
+        PayloadMac(b"key", MAC_HMAC_SHA256).update_all([buf]).digest()

@@ -19,10 +19,14 @@ Why this layout:
   is not enough to call content unchanged. Version 2 (32-byte entries, no hashes) is still
   read; its chunks are simply never reused.
 * Everything a reader trusts is checksummed: the header (CRC-32C over its used bytes with the
-  CRC field zeroed), the map, every chunk as stored. Optional HMAC-SHA256s authenticate the
+  CRC field zeroed), the map, every chunk as stored. Optional MACs authenticate the
   header - bound to the lease's id and name, so a valid checkpoint cannot be replayed into
   another lease - and, through a payload MAC stored in the header, the payload. The header
   MAC is checked before anything the header points to is followed.
+* **The MAC algorithm** (version 4): a u8 id at offset 142 says which MAC the generation
+  carries - keyed BLAKE3 (the default: it keeps up with the disk) or HMAC-SHA256 (the only
+  one of versions 2 and 3, whose headers have no id). Version 4 is version 3 with the u32
+  incremental depth at 140 split into a u16 depth, the id and a reserved byte.
 
 All integers are little-endian; ``struct`` formats below are the single source of truth and
 ``docs/FORMAT.md`` reproduces them byte by byte (a test parses a header per the doc).
@@ -39,6 +43,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from blockstore import canonical_json, crc32c
+from blockstore.macs import MAC_BLAKE3, MAC_HMAC_SHA256, MAC_NONE
 
 from ..errors import BadMagicError, CheckpointCorrupt, TornHeaderError, UnsupportedFormatError
 
@@ -56,6 +61,8 @@ __all__ = [
     "TRAILER",
     "MAGIC",
     "MAPBLOCK",
+    "MAC_IDS",
+    "MAX_DEPTH",
     "MAX_SLOTS",
     "CHUNK_RAW",
     "CHUNK_ZSTD",
@@ -72,10 +79,15 @@ __all__ = [
 ]
 
 MAGIC = b"PCHK"
-FORMAT_VERSION = 3
-#: Versions this reader accepts: 2 (32-byte entries) and 3 (48-byte entries with hashes).
-READ_VERSIONS = (2, 3)
+FORMAT_VERSION = 4
+#: Versions this reader accepts: 2 (32-byte entries), 3 (48-byte entries with hashes) and 4
+#: (version 3 with a MAC algorithm id).
+READ_VERSIONS = (2, 3, 4)
 MAX_SLOTS = 255
+#: The largest incremental depth a version 4 header holds (a u16).
+MAX_DEPTH = 0xFFFF
+#: MAC algorithm ids of offset 142 (version 4), as ``docs/FORMAT.md`` 2.5 tabulates them.
+MAC_IDS = {"none": MAC_NONE, "HMAC-SHA256": MAC_HMAC_SHA256, "keyed BLAKE3": MAC_BLAKE3}
 
 #: The fixed part of a header block (176 bytes). Field order = docs/FORMAT.md table.
 HEADER = struct.Struct(
@@ -100,10 +112,12 @@ HEADER = struct.Struct(
     "I"     # 84  map CRC-32C
     "Q"     # 88  first map block (physical index; 0 when inline)
     "Q"     # 96  header length H (bytes covered by the header CRC)
-    "32s"   # 104 header MAC (HMAC-SHA256 over lease identity + header; zeros when absent)
+    "32s"   # 104 header MAC (over lease identity + header; zeros when absent)
     "I"     # 136 header CRC-32C
-    "I"     # 140 incremental depth (v3; 0 = full; v2: reserved 0)
-    "32s"   # 144 payload MAC (HMAC-SHA256 over the payload; zeros when absent)
+    "H"     # 140 incremental depth (0 = full; v3: a u32 at 140; v2: reserved 0)
+    "B"     # 142 MAC algorithm id (MAC_IDS; v2/v3: part of the u32 at 140)
+    "B"     # 143 reserved 0 (v2/v3: part of the u32 at 140)
+    "32s"   # 144 payload MAC (over the payload; zeros when absent)
 )
 HEADER_SIZE = HEADER.size  # 176
 MAC_OFFSET = 104
@@ -194,6 +208,7 @@ class Header:
     header_crc: int
     payload_mac: bytes = bytes(32)
     depth: int = 0
+    mac_algorithm: int = MAC_NONE  # versions 2 and 3: HMAC-SHA256 when FLAG_MAC is set
     inline_map: bytes = b""
     raw: bytes = field(default=b"", repr=False)  # the covered header bytes, as read
 
@@ -261,14 +276,19 @@ def encode_meta(meta: Mapping[str, Any] | None) -> bytes:
 def pack_header(*, data_length: int, generation: int, step: int, created_at: float,
                 duration_s: float, stored_bytes: int, chunks: int, block_size: int,
                 slots: int, slot: int, codec: str, compression: str, level: int,
-                has_mac: bool, meta: bytes, map_blocks: int, map_crc: int,
+                mac_algorithm: int, meta: bytes, map_blocks: int, map_crc: int,
                 first_map_block: int, inline_map: bytes, hashed: bool = False,
                 depth: int = 0) -> bytearray:
     """A header block (``block_size`` bytes) with MAC and CRC fields zero.
 
-    Call :func:`seal_header` after computing the MAC.
+    ``mac_algorithm``: an id of :data:`MAC_IDS` (0: no MAC). Call :func:`seal_header` after
+    computing the MAC.
     """
-    flags = ((FLAG_MAC if has_mac else 0) | (FLAG_MAP_SPILLED if map_blocks else 0)
+    if mac_algorithm not in MAC_IDS.values():
+        raise ValueError(f"unknown MAC algorithm id {mac_algorithm}")
+    if not 0 <= depth <= MAX_DEPTH:
+        raise ValueError(f"incremental depth {depth} does not fit a header (max {MAX_DEPTH})")
+    flags = ((FLAG_MAC if mac_algorithm != MAC_NONE else 0) | (FLAG_MAP_SPILLED if map_blocks else 0)
              | (FLAG_HASHES if hashed else 0))
     length = HEADER_SIZE + len(meta) + len(inline_map)
     if length + TRAILER.size > block_size:
@@ -277,7 +297,7 @@ def pack_header(*, data_length: int, generation: int, step: int, created_at: flo
     HEADER.pack_into(out, 0, MAGIC, FORMAT_VERSION, data_length, generation, step, created_at,
                      duration_s, stored_bytes, chunks, block_size, slots, slot, CODECS[codec],
                      COMPRESSIONS[compression], level, flags, len(meta), map_blocks, map_crc,
-                     first_map_block, length, bytes(32), 0, depth, bytes(32))
+                     first_map_block, length, bytes(32), 0, depth, mac_algorithm, 0, bytes(32))
     out[HEADER_SIZE:HEADER_SIZE + len(meta)] = meta
     out[HEADER_SIZE + len(meta):length] = inline_map
     return out
@@ -363,7 +383,10 @@ def parse_header(block: bytes | bytearray | memoryview, *, slot: int, lease_id: 
     f = HEADER.unpack_from(mv, 0)
     (_, _, data_length, generation, step, created_at, duration_s, stored, chunks, bs, slots,
      slot_index, codec_id, comp_id, level, flags, meta_len, map_blocks, map_crc, first_map,
-     length, mac, crc, depth, payload_mac) = f
+     length, mac, crc, depth, mac_alg, reserved, payload_mac) = f
+    if version < 4:  # one u32 at 140: the depth (v3) or reserved (v2); HMAC-SHA256 only
+        depth |= mac_alg << 16 | reserved << 24
+        mac_alg, reserved = (MAC_HMAC_SHA256 if flags & FLAG_MAC else MAC_NONE), 0
     ctx["generation"] = generation
     if not HEADER_SIZE <= length <= len(mv) - TRAILER.size:
         raise CheckpointCorrupt(f"header slot {slot} of lease {name!r}: header length {length} "
@@ -394,6 +417,13 @@ def parse_header(block: bytes | bytearray | memoryview, *, slot: int, lease_id: 
         problems.append(f"unknown flags {flags:#x}")
     if version < 3 and depth:
         problems.append(f"reserved field {depth} is not 0")
+    if reserved:
+        problems.append(f"reserved byte 143 is {reserved}, not 0")
+    if mac_alg not in MAC_IDS.values():
+        problems.append(f"MAC algorithm id {mac_alg} unknown")
+    elif (mac_alg != MAC_NONE) != bool(flags & FLAG_MAC):
+        problems.append(f"MAC algorithm id {mac_alg} with flag bit 0 "
+                        f"{'set' if flags & FLAG_MAC else 'clear'}")
     if HEADER_SIZE + meta_len + inline_len != length:
         problems.append("lengths inconsistent")
     if problems:
@@ -414,6 +444,7 @@ def parse_header(block: bytes | bytearray | memoryview, *, slot: int, lease_id: 
                   level=level, flags=flags, meta=meta, map_blocks=map_blocks, map_crc=map_crc,
                   first_map_block=first_map, header_length=length, mac=bytes(mac),
                   header_crc=crc, payload_mac=bytes(payload_mac), depth=depth,
+                  mac_algorithm=mac_alg,
                   inline_map=bytes(mv[HEADER_SIZE + meta_len:length]) if not spilled else b"",
                   raw=bytes(mv[:length]))
 

@@ -1,15 +1,21 @@
-"""Authenticated checkpoints: HMAC-SHA256 over the header and the payload (stdlib only).
+"""Authenticated checkpoints: a payload MAC and a header MAC under the configured key.
 
 Pickle is code execution, so a checkpoint from an untrusted place must be authenticated
 before anything is unpickled - and a forged header must not cost work before it is
 rejected. So there are two MACs, both keyed with the configured key:
 
-* the **payload MAC**: HMAC-SHA256 over the serialized payload, in order (the writer hashes it
-  in a background thread while blocks are written); stored in the header;
-* the **header MAC**: HMAC-SHA256 over a domain tag, the lease's id and name, and the header's
-  covered bytes with its MAC and CRC fields zeroed - the generation and the payload MAC
+* the **payload MAC** over the serialized payload, in order (the writer hashes it in the
+  pool while blocks are written, the reader as read batches land); stored in the header;
+* the **header MAC** over the lease's id and name and the header's covered bytes with its
+  MAC and CRC fields zeroed - the generation, the MAC algorithm id and the payload MAC
   included. A reader checks it right after the header CRC, before following the block map;
   a checkpoint copied into another lease (or replayed as another generation) fails it.
+
+The algorithm is recorded in the header (``docs/FORMAT.md`` 2.1, 2.5; ids in
+:mod:`blockstore.macs`): keyed BLAKE3 for new generations by default (it keeps up with the
+disk; HMAC-SHA256 does not), HMAC-SHA256 for every generation of format versions 2 and 3
+and on request (``CheckpointedStageState(mac="hmac-sha256")``). HMAC-SHA256 separates the
+two MACs by domain tags, keyed BLAKE3 by keys derived per purpose.
 
 Keys are resolved by :func:`blockstore.keys.resolve_keys`, the one resolution shared with
 documents and the scheduler registry: the ``key`` argument, or ``$BLOCKPOINT_CHECKPOINT_KEY``
@@ -21,20 +27,28 @@ header MAC matches is the writer's, and only that key is tried on the (large) pa
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import threading
 import warnings
 from collections.abc import Iterable
 
 from blockstore.keys import KEY_ENV, OLD_KEYS_ENV, KeyRing, KeySetting, resolve_keys
+from blockstore.macs import (
+    DEFAULT_MAC,
+    MAC_ALGORITHMS,
+    MAC_BLAKE3,
+    MAC_HMAC_SHA256,
+    MAC_SIZE,
+    equal,
+    new_mac,
+)
 
 from ..errors import UnauthenticatedRestoreWarning
 
-__all__ = ["KEY_ENV", "MAC_SIZE", "OLD_KEYS_ENV", "KeyRing", "KeySetting", "PayloadMac",
-           "equal", "header_key", "header_mac", "resolve_keys", "warn_unauthenticated"]
+__all__ = ["DEFAULT_MAC", "KEY_ENV", "MAC_ALGORITHMS", "MAC_BLAKE3", "MAC_HMAC_SHA256",
+           "MAC_SIZE", "OLD_KEYS_ENV", "KeyRing", "KeySetting", "PayloadMac", "equal",
+           "header_key", "header_mac", "resolve_keys", "warn_unauthenticated"]
 
-MAC_SIZE = 32
+#: HMAC-SHA256's domain tags (keyed BLAKE3 derives a key per purpose instead).
 _PAYLOAD_TAG = b"blockpoint checkpoint payload v2\0"
 _HEADER_TAG = b"blockpoint checkpoint header v2\0"
 _warned_unauthenticated = threading.Event()
@@ -43,8 +57,8 @@ _warned_unauthenticated = threading.Event()
 class PayloadMac:
     """Incremental payload MAC: feed the payload in order, then :meth:`digest`."""
 
-    def __init__(self, key: bytes) -> None:
-        self._h = hmac.new(key, _PAYLOAD_TAG, digestmod=hashlib.sha256)
+    def __init__(self, key: bytes, alg: int = MAC_BLAKE3) -> None:
+        self._h = new_mac(alg, key, purpose="checkpoint payload", hmac_tag=_PAYLOAD_TAG)
 
     def update_all(self, parts: Iterable[memoryview | bytes]) -> PayloadMac:
         for p in parts:
@@ -55,9 +69,10 @@ class PayloadMac:
         return self._h.digest()
 
 
-def header_mac(key: bytes, lease_id: str, name: str, header_for_mac: bytes) -> bytes:
+def header_mac(key: bytes, lease_id: str, name: str, header_for_mac: bytes,
+               alg: int = MAC_BLAKE3) -> bytes:
     """The header MAC, binding the header (and the payload MAC in it) to one lease."""
-    h = hmac.new(key, _HEADER_TAG, digestmod=hashlib.sha256)
+    h = new_mac(alg, key, purpose="checkpoint header", hmac_tag=_HEADER_TAG)
     ident = lease_id.encode() + b"\0" + name.encode("utf-8", "surrogatepass") + b"\0"
     h.update(len(ident).to_bytes(4, "little"))
     h.update(ident)
@@ -66,17 +81,12 @@ def header_mac(key: bytes, lease_id: str, name: str, header_for_mac: bytes) -> b
 
 
 def header_key(ring: KeyRing, lease_id: str, name: str, header_for_mac: bytes,
-               mac: bytes) -> bytes | None:
+               mac: bytes, alg: int = MAC_BLAKE3) -> bytes | None:
     """The key of ``ring`` under which ``mac`` is the header MAC, or None if none is."""
     for key in ring.all:
-        if equal(header_mac(key, lease_id, name, header_for_mac), mac):
+        if equal(header_mac(key, lease_id, name, header_for_mac, alg), mac):
             return key
     return None
-
-
-def equal(a: bytes, b: bytes) -> bool:
-    """Constant-time comparison."""
-    return hmac.compare_digest(a, b)
 
 
 def warn_unauthenticated(where: str) -> None:

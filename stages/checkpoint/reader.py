@@ -219,7 +219,8 @@ def check_header_mac(reader: LeaseReader, h: Header, key: KeySetting) -> bytes:
     """Authenticate a parsed header for this lease before anything it points to is read.
 
     ``key`` is a :class:`~blockstore.keys.KeyRing` (or one key): the header verifies if its
-    MAC matches under any key of the ring (rotation). Cheap (one HMAC of ~200 bytes per key).
+    MAC matches under any key of the ring (rotation), in the algorithm the header names
+    (``docs/FORMAT.md`` 2.5). Cheap (one MAC of ~200 bytes per key).
 
     Returns:
         The key that verified it: the writer's, the one its payload MAC must match under.
@@ -234,7 +235,7 @@ def check_header_mac(reader: LeaseReader, h: Header, key: KeySetting) -> bytes:
     if not h.has_mac:
         raise CheckpointAuthError(f"{where} has no MAC but a checkpoint key is configured; "
                                   "refusing it", **_ctx(reader, h))
-    found = header_key(ring, reader.lease_id, reader.name, h.for_mac(), h.mac)
+    found = header_key(ring, reader.lease_id, reader.name, h.for_mac(), h.mac, h.mac_algorithm)
     if found is None:
         raise CheckpointAuthError(f"{where}: header MAC mismatch under all {len(ring.all)} "
                                   "configured key(s) (wrong key, tampered header, or a "
@@ -386,15 +387,15 @@ def _check_zstd(items: list[tuple[memoryview, memoryview, MapEntry]]) -> Failure
     return None
 
 
-def _mac_in_order(key: bytes, mv: memoryview,
+def _mac_in_order(key: bytes, alg: int, mv: memoryview,
                   regions: list[tuple[int, int, Future[Failure]]]) -> bytes:
     """The payload MAC of ``mv``, each region hashed as soon as the task filling it is done.
 
-    Runs on the calling thread while the pool reads and checks later chunks (hashlib releases
-    the GIL on large updates). A region whose task failed is hashed anyway: the caller checks
+    Runs on the calling thread while the pool reads and checks later chunks (blake3 and
+    hashlib release the GIL on large updates). A region whose task failed is hashed anyway: the caller checks
     the tasks' results before it compares the digest, so a CRC failure is reported as one.
     """
-    mac = PayloadMac(key)
+    mac = PayloadMac(key, alg)
     regions = sorted(regions, key=lambda r: r[0])
     i = 0
     while i < len(regions):
@@ -483,7 +484,8 @@ def read_payload(reader: LeaseReader, h: Header, entries: Sequence[MapEntry], *,
         raise TruncatedCheckpointError(f"{where}: a block is beyond the lease: {exc}",
                                        block=exc.index, **ctx) from exc
     try:
-        digest = _mac_in_order(writer_key, mv, regions) if writer_key is not None else None
+        digest = (_mac_in_order(writer_key, h.mac_algorithm, mv, regions)
+                  if writer_key is not None else None)
         sizes: dict[Any, int] = {}
         for _, n, fut in regions:
             sizes[fut] = sizes.get(fut, 0) + n

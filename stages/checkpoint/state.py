@@ -79,8 +79,8 @@ from ..errors import (
 )
 from .format import Header
 from .incremental import DEFAULT_FULL_EVERY, Base, WriteStats, reusable_base
-from .mac import (KeyRing, KeySetting, PayloadMac, header_mac, resolve_keys,
-                  warn_unauthenticated)
+from .mac import (DEFAULT_MAC, MAC_ALGORITHMS, KeyRing, KeySetting, PayloadMac, header_mac,
+                  resolve_keys, warn_unauthenticated)
 from .metering import note_checkpoint, note_failure, note_restore, note_stall
 from .observer import CheckpointFlushObserver, flush_guard
 from .reader import read_payload, scan_slots, worker_pool
@@ -122,8 +122,11 @@ class CheckpointedStageState(Generic[T]):
         key: MAC key, a key ring or keys (the first is current); default: the configured
             keys (``$BLOCKPOINT_CHECKPOINT_KEY``, ``$BLOCKPOINT_CHECKPOINT_OLD_KEYS``),
             read from the environment at each checkpoint (not here). When
-            set, checkpoints carry an HMAC-SHA256 under the current key and restores refuse
+            set, checkpoints carry a MAC under the current key and restores refuse
             generations without a MAC valid under one of the keys.
+        mac: the MAC algorithm of new generations: "blake3" (keyed BLAKE3, default; keeps up
+            with the disk) or "hmac-sha256" (what versions before format 4 wrote). Restores
+            read either: the header names its algorithm (``docs/FORMAT.md`` 2.5).
         allow_unauthenticated: write pickle checkpoints without a key even on a shared
             store (``capabilities.shared``), where they are refused by default.
         observer: told of every flush (see :mod:`stages.checkpoint.observer`).
@@ -141,7 +144,8 @@ class CheckpointedStageState(Generic[T]):
                  codec: str = "pickle", compression: str = "auto", level: int = 3,
                  key: KeySetting = None, observer: CheckpointFlushObserver | None = None,
                  lease_id: str | None = None, allow_unauthenticated: bool = False,
-                 incremental: bool = False, full_every: int = DEFAULT_FULL_EVERY) -> None:
+                 incremental: bool = False, full_every: int = DEFAULT_FULL_EVERY,
+                 mac: str = DEFAULT_MAC) -> None:
         if not isinstance(retention, int) or retention < 2:
             raise ValueError(f"retention must be an int >= 2 (a commit must never overwrite the "
                              f"only good copy), got {retention!r}")
@@ -149,6 +153,11 @@ class CheckpointedStageState(Generic[T]):
             raise ValueError(f"retention must be <= {fmt.MAX_SLOTS}, got {retention}")
         if not isinstance(full_every, int) or isinstance(full_every, bool) or full_every < 1:
             raise ValueError(f"full_every must be an int >= 1, got {full_every!r}")
+        if full_every > fmt.MAX_DEPTH + 1:
+            raise ValueError(f"full_every must be <= {fmt.MAX_DEPTH + 1} (the header's depth "
+                             f"is a u16), got {full_every}")
+        if mac not in MAC_ALGORITHMS:
+            raise ValueError(f"mac must be one of {sorted(MAC_ALGORITHMS)}, got {mac!r}")
         if codec not in fmt.CODECS:
             raise ValueError(f"codec must be one of {sorted(fmt.CODECS)}, got {codec!r}")
         self._coder = ChunkCoder(compression, level)
@@ -163,6 +172,7 @@ class CheckpointedStageState(Generic[T]):
         self._key_setting: KeySetting = key
         if key is not None:
             self._key_setting = resolve_keys(key)
+        self._mac_alg = MAC_ALGORITHMS[mac]
         self._allow_unauthenticated = bool(allow_unauthenticated)
         self._observer = observer
         self._lease_id = lease_id or lease.lease_id
@@ -463,7 +473,8 @@ class CheckpointedStageState(Generic[T]):
         pool = worker_pool()
         mac_future: Future[PayloadMac] | None = None
         if ring is not None:
-            mac_future = pool.submit(hash_payload, ring.current, payload.segments)
+            mac_future = pool.submit(hash_payload, ring.current, self._mac_alg,
+                                     payload.segments)
 
         # Erase before any data write: the target slot (its old generation's
         # blocks are about to be reused), and every slot holding something that is not a
@@ -501,8 +512,9 @@ class CheckpointedStageState(Generic[T]):
             data_length=payload.length, generation=gen, step=step, created_at=created,
             duration_s=0.0, stored_bytes=stored, chunks=len(entries), block_size=bs, slots=k,
             slot=target, codec=self._codec, compression=self._compression, level=self._level,
-            has_mac=ring is not None, meta=meta_bytes, map_blocks=n_map, map_crc=map_crc,
-            first_map_block=first_map, inline_map=inline_map, hashed=self._incremental,
+            mac_algorithm=self._mac_alg if ring is not None else 0, meta=meta_bytes,
+            map_blocks=n_map, map_crc=map_crc, first_map_block=first_map,
+            inline_map=inline_map, hashed=self._incremental,
             depth=depth)
         # The duration field is filled in last, just before the MAC and CRC seal the header.
         struct.pack_into("<d", header, 40, time.perf_counter() - t0)
@@ -510,7 +522,7 @@ class CheckpointedStageState(Generic[T]):
         if mac_future is not None:
             fmt.set_payload_mac(header, mac_future.result().digest())
             mac = header_mac(ring.current, lease.lease_id, lease.name,
-                             fmt.header_mac_input(header))
+                             fmt.header_mac_input(header), self._mac_alg)
         fmt.seal_header(header, mac)
         tslot.dirty = True
         # From here on a failure leaves the commit state unknown: the header may be durable

@@ -153,8 +153,8 @@ def encode_batch(coder: ChunkCoder, chunks: list[memoryview], start: int = 0,
     return out
 
 
-def hash_payload(key: bytes, segments: Sequence[memoryview]) -> PayloadMac:
-    return PayloadMac(key).update_all(segments)
+def hash_payload(key: bytes, alg: int, segments: Sequence[memoryview]) -> PayloadMac:
+    return PayloadMac(key, alg).update_all(segments)
 
 
 def refuse_newer_format(slots: Sequence[SlotState], lease: LeaseReader) -> None:
