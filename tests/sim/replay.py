@@ -14,18 +14,18 @@ import time
 
 from .documents import document_mix
 from .lgsaver import saver_mix
-from .scenarios import KNOWN_RACES, RACES, Mix, random_mix, run_mix
+from .scenarios import KNOWN_RACES, OPEN_FINDINGS, RACES, Mix, random_mix, run_mix
 
 
 def _mix(seed: int, race: str | None, all_mixes: bool, kind: str = "") -> Mix:
-    known = frozenset() if all_mixes else KNOWN_RACES
+    known = frozenset() if all_mixes else KNOWN_RACES | OPEN_FINDINGS
     if kind == "documents":
         return document_mix(seed, known)
     if kind == "langgraph":
         return saver_mix(seed, known)
     if race:
         return RACES[race](random.Random(seed))
-    return random_mix(seed, frozenset() if all_mixes else KNOWN_RACES)
+    return random_mix(seed, known)
 
 
 def main() -> None:
