@@ -37,6 +37,7 @@ from .document import DocumentLoad, SkippedSlot, SlottedDocument
 from .errors import (
     BlockError,
     BlockIndexError,
+    BlockMissingError,
     BlockSizeError,
     BlockStoreError,
     CommitUnknownError,
@@ -76,6 +77,7 @@ from .urls import StoreURL, parse_store_url
 __all__ = [
     "BlockError",
     "BlockIndexError",
+    "BlockMissingError",
     "BlockSizeError",
     "BlockStore",
     "BlockStoreError",

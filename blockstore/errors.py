@@ -7,7 +7,8 @@ builtin that fits, so callers may catch either::
     ├── StoreClosedError          (RuntimeError)      store used after close()
     ├── StorePathError            (NotADirectoryError) path is not a store directory
     ├── StoreCorruptError         (ValueError)        store metadata or a lease record unreadable
-    │   └── StoreVersionError                         store written by a newer blockpoint
+    │   ├── StoreVersionError                         store written by a newer blockpoint
+    │   └── BlockMissingError                         blocks the lease record names are gone
     ├── StoreConfigError          (ValueError)        e.g. block size differs from the store's
     ├── KeySettingError           (ValueError)        the checkpoint key setting is unusable
     ├── StorageIOError            (OSError)           the backend's I/O failed
@@ -36,6 +37,7 @@ from __future__ import annotations
 __all__ = [
     "BlockError",
     "BlockIndexError",
+    "BlockMissingError",
     "BlockSizeError",
     "BlockStoreError",
     "CommitUnknownError",
@@ -122,6 +124,24 @@ class StoreVersionError(StoreCorruptError):
         super().__init__(message, path=path)
         self.version = version
         self.supported = supported
+
+
+class BlockMissingError(StoreCorruptError):
+    """Blocks that the lease's committed record names cannot be read: their objects are
+    gone (an object store; re-reading the record did not explain it as a newer commit).
+
+    A reader of a checkpoint treats it like any other damaged block: the generation that
+    uses them is corrupt, and an older one may still restore.
+
+    Attributes:
+        lease_id: the lease; ``indices``: the missing blocks.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None, lease_id: str | None = None,
+                 indices: tuple[int, ...] = ()) -> None:
+        super().__init__(message, path=path)
+        self.lease_id = lease_id
+        self.indices = tuple(indices)
 
 
 class StoreConfigError(BlockStoreError, ValueError):

@@ -53,6 +53,7 @@ from .base import (
 )
 from .checks import check_new_block_size
 from .errors import (
+    BlockMissingError,
     CommitUnknownError,
     LeaseError,
     LeaseHeldError,
@@ -385,9 +386,10 @@ class ObjectStore(BlockStore):
             todo = self._fetch(lease_id, rec, todo)
             if not todo:
                 return
-        raise StoreCorruptError(f"lease {lease_id} in {self.url}: the objects of blocks "
+        raise BlockMissingError(f"lease {lease_id} in {self.url}: the objects of blocks "
                                 f"{[i for i, _ in todo]} named by its record are missing",
-                                path=self.url)
+                                path=self.url, lease_id=lease_id,
+                                indices=tuple(i for i, _ in todo))
 
     def _fetch(self, lease_id: str, rec: LeaseRecord,
                todo: list[tuple[int, memoryview]]) -> list[tuple[int, memoryview]]:

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from blockstore import BlockIndexError, LeaseReader, crc32c
+from blockstore import BlockIndexError, BlockMissingError, LeaseReader, crc32c
 from blockstore.work import advance
 
 from . import format as fmt
@@ -158,6 +158,21 @@ def _read_full(reader: LeaseReader, indices: Sequence[int]) -> list[bytearray]:
     return bufs
 
 
+def _read_slots(reader: LeaseReader, indices: Sequence[int]) -> list[bytearray | None]:
+    """Whole blocks, ``None`` for each whose object is missing from the store (a header
+    slot that is gone is an unreadable slot, not a failed scan)."""
+    try:
+        return list(_read_full(reader, indices))
+    except BlockMissingError:
+        out: list[bytearray | None] = []
+        for i in indices:
+            try:
+                out.append(_read_full(reader, [i])[0])
+            except BlockMissingError:
+                out.append(None)
+        return out
+
+
 def scan_slots(reader: LeaseReader) -> tuple[int | None, list[SlotScan]]:
     """Parse the header slots of a lease: ``(slot count K or None, scans)``.
 
@@ -171,7 +186,11 @@ def scan_slots(reader: LeaseReader) -> tuple[int | None, list[SlotScan]]:
     if nb == 0:
         return None, []
 
-    def parse(i: int, block: bytearray) -> SlotScan:
+    def parse(i: int, block: bytearray | None) -> SlotScan:
+        if block is None:
+            return SlotScan(i, None, CheckpointCorrupt(
+                f"header slot {i} of lease {name!r} ({lid}): its block is missing from the "
+                "store", lease_id=lid, name=name, slot=i, block=i), False)
         if fmt.is_zero(block):
             return SlotScan(i, None, None, True)
         try:
@@ -181,15 +200,13 @@ def scan_slots(reader: LeaseReader) -> tuple[int | None, list[SlotScan]]:
             return SlotScan(i, None, exc, False)
 
     first = min(2, nb)
-    scans = [parse(i, b) for i, b in enumerate(_read_full(reader, range(first)))]
+    scans = [parse(i, b) for i, b in enumerate(_read_slots(reader, range(first)))]
     valid = [s.header for s in scans if s.header is not None]
     if not valid and nb > first:
         limit = min(nb, fmt.MAX_SLOTS)
-        probe = [bytearray(fmt.HEADER_SIZE) for _ in range(first, limit)]
-        reader.read_blocks_into(list(range(first, limit)), [memoryview(b) for b in probe])
-        for i, head in zip(range(first, limit), probe):
-            if head[:4] == fmt.MAGIC:
-                s = parse(i, _read_full(reader, [i])[0])
+        for i, head in zip(range(first, limit), _read_slots(reader, range(first, limit))):
+            if head is not None and head[:4] == fmt.MAGIC:
+                s = parse(i, head)
                 if s.header is not None:
                     valid.append(s.header)
     if not valid:
@@ -197,7 +214,7 @@ def scan_slots(reader: LeaseReader) -> tuple[int | None, list[SlotScan]]:
     k = max(valid, key=lambda h: h.generation).slots
     if k > first:
         rest = list(range(first, min(k, nb)))
-        scans += [parse(i, b) for i, b in zip(rest, _read_full(reader, rest))]
+        scans += [parse(i, b) for i, b in zip(rest, _read_slots(reader, rest))]
         for i in range(min(k, nb), k):
             scans.append(SlotScan(i, None, TruncatedCheckpointError(
                 f"header slot {i} of lease {name!r} ({lid}) is beyond the lease of {nb} blocks",
@@ -244,8 +261,27 @@ def check_header_mac(reader: LeaseReader, h: Header, key: KeySetting) -> bytes:
     return found
 
 
+def _missing(reader: LeaseReader, h: Header, exc: BlockMissingError) -> CheckpointCorrupt:
+    """Blocks of a generation whose objects are gone (an object store): the generation is
+    corrupt like one with a damaged block; an older one may still restore."""
+    return CheckpointCorrupt(
+        f"lease {reader.name!r} ({reader.lease_id}) generation {h.generation}: blocks "
+        f"{list(exc.indices)} are missing from the store", block=exc.indices[0]
+        if exc.indices else None, **_ctx(reader, h))
+
+
 def load_map(reader: LeaseReader, h: Header, *,
              key: KeySetting = None) -> tuple[list[MapEntry], list[int]]:
+    """:func:`_load_map`, with blocks missing from the store reported as corruption of this
+    generation (:class:`CheckpointCorrupt`)."""
+    try:
+        return _load_map(reader, h, key=key)
+    except BlockMissingError as exc:
+        raise _missing(reader, h, exc) from exc
+
+
+def _load_map(reader: LeaseReader, h: Header, *,
+              key: KeySetting = None) -> tuple[list[MapEntry], list[int]]:
     """The generation's block map and its spilled map blocks, checked.
 
     With ``key`` (a ring or one key) the header MAC is checked first. The work is bounded by the lease, whatever
@@ -412,6 +448,16 @@ def _mac_in_order(key: bytes, alg: int, mv: memoryview,
 
 def read_payload(reader: LeaseReader, h: Header, entries: Sequence[MapEntry], *,
                  key: KeySetting) -> np.ndarray:
+    """:func:`_read_payload`, with blocks missing from the store reported as corruption of
+    this generation (:class:`CheckpointCorrupt`)."""
+    try:
+        return _read_payload(reader, h, entries, key=key)
+    except BlockMissingError as exc:
+        raise _missing(reader, h, exc) from exc
+
+
+def _read_payload(reader: LeaseReader, h: Header, entries: Sequence[MapEntry], *,
+                  key: KeySetting) -> np.ndarray:
     """Read, check and assemble the payload of a generation into one new buffer.
 
     Every chunk's CRC is verified (and the MAC, when ``key`` is set) before this returns; the
