@@ -252,3 +252,28 @@ def test_langgraph_thread_documents_are_keyed_blake3() -> None:
     with BlockpointSaver(st, key=b"other") as reader:  # a wrong key is an error, not empty
         with pytest.raises(ThreadAuthError):
             reader.get_tuple(generate_config("t"))
+
+
+def test_keyed_restore_names_a_damaged_raw_block_as_a_crc_failure() -> None:
+    """With a key the raw chunks' CRCs are checked only when the payload MAC fails; a flipped
+    bit in a raw block is still reported as that block's CRC failure, not as forgery, by
+    restore and by verify."""
+    st = MemoryStore(BS)
+    lease = st.acquire("dmg")
+    arr = np.random.default_rng(2).integers(0, 256, 8 * BS, dtype=np.uint8)
+    css = CheckpointedStageState({"a": arr}, lease, key=b"k", compression="none")
+    css.checkpoint()
+    reader = st.open_reader(lease.lease_id)
+    h = _headers(st, lease.lease_id, "dmg")[1]
+    from stages.checkpoint.reader import load_map
+    entries, _ = load_map(reader, h)
+    victim = entries[3].block
+    block = bytearray(lease.read_block(victim))
+    block[100] ^= 0x10
+    lease.write_blocks({victim: block})
+    lease.flush()
+    with pytest.raises(CheckpointCorrupt, match=f"data block {victim} fails its CRC-32C") as exc:
+        CheckpointedStageState.restore(reader, key=b"k")
+    assert not isinstance(exc.value, CheckpointAuthError) and exc.value.block == victim
+    (report,) = [r for r in verify_lease(reader, key=b"k") if r.generation == 1]
+    assert report.block == victim and "CRC-32C" in report.status

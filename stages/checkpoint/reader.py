@@ -397,13 +397,20 @@ Failure = tuple[MapEntry, str] | None
 
 
 def _read_and_check(reader: LeaseReader, idx: list[int],
-                    items: list[tuple[memoryview, MapEntry]]) -> Failure:
+                    items: list[tuple[memoryview, MapEntry]], check: bool = True
+                    ) -> Failure:
     """Read a batch of raw chunks in place and check their CRCs (runs in the pool).
 
     Reading and checking in the same task lets one worker sit in ``preadv`` (no GIL) while
-    another computes CRCs, so the checks hide behind the I/O.
+    another computes CRCs, so the checks hide behind the I/O. ``check`` False: read only
+    (the payload MAC will vouch for these bytes; see :func:`read_payload`).
     """
     reader.read_blocks_into(idx, [v for v, _ in items])
+    return _first_bad(items) if check else None
+
+
+def _first_bad(items: list[tuple[memoryview, MapEntry]]) -> Failure:
+    """The first raw chunk whose CRC-32C does not match (and why), or None."""
     for view, e in items:
         if crc32c(view) != e.crc:
             return e, "fails its CRC-32C (raw chunk)"
@@ -464,6 +471,13 @@ def _read_payload(reader: LeaseReader, h: Header, entries: Sequence[MapEntry], *
     caller may decode the result. ``key`` set and no MAC in the header, or a header MAC that
     matches no key -> :class:`CheckpointAuthError` before any data is read. The payload
     MAC is checked under the one key the header MAC matched.
+
+    With a key, the CRCs of raw chunks are checked only if the payload MAC fails: a MAC
+    that matches proves every payload byte (a raw chunk's stored bytes are payload bytes),
+    and skipping the redundant CRCs is what lets a keyed restore keep up with an unkeyed
+    one on two cores. On a mismatch they are checked then, so damage is still reported as
+    a CRC failure naming the block, and only a payload whose chunks all pass their CRCs is
+    called unauthentic. zstd chunks are always CRC-checked before they are decompressed.
     """
     ctx = _ctx(reader, h)
     where = f"lease {reader.name!r} ({reader.lease_id}) generation {h.generation}"
@@ -481,6 +495,8 @@ def _read_payload(reader: LeaseReader, h: Header, entries: Sequence[MapEntry], *
     # (payload offset, length, the task that fills and checks it): the MAC is fed in payload
     # order as tasks finish, so it runs beside the reads instead of as a second pass.
     regions: list[tuple[int, int, Future[Failure]]] = []
+    raw_items: list[tuple[memoryview, MapEntry]] = []  # CRCs checked later (keyed)
+    crc_now = writer_key is None
     idx: list[int] = []
     views: list[memoryview] = []
     batch: list[tuple[memoryview, MapEntry]] = []
@@ -491,7 +507,9 @@ def _read_payload(reader: LeaseReader, h: Header, entries: Sequence[MapEntry], *
     def flush_raw() -> None:
         nonlocal idx, views, batch, offs, nbytes
         if idx:
-            fut = pool.submit(_read_and_check, reader, idx, batch)
+            fut = pool.submit(_read_and_check, reader, idx, batch, crc_now)
+            if not crc_now:
+                raw_items.extend(batch)
             pending.append(fut)
             regions.extend((o, n, fut) for o, n in offs)
         idx, views, batch, offs, nbytes = [], [], [], [], 0
@@ -543,6 +561,8 @@ def _read_payload(reader: LeaseReader, h: Header, entries: Sequence[MapEntry], *
         raise TruncatedCheckpointError(f"{where}: a block is beyond the lease: {exc}",
                                        block=exc.index, **ctx) from exc
     bad = next((f for f in failed if f is not None), None)
+    if bad is None and digest is not None and not equal(digest, h.payload_mac):
+        bad = _first_bad(raw_items)  # damage, not forgery, if a CRC fails too
     if bad is not None:
         entry, why = bad
         raise CheckpointCorrupt(f"{where}: data block {entry.block} {why}", block=entry.block,
