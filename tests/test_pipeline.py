@@ -379,18 +379,21 @@ def test_stage_killed_during_background_flush_recovers_previous_step(
         lease_id = lease.lease_id
     marker = str(tmp_path / "killed")
     p, sink, src = _pipeline(tmp_path, 2400, specs=specs,
-                             observer=KillDuringFlush(lease_id, at=3, marker=marker,
+                             observer=KillDuringFlush(lease_id, at=2, marker=marker,
                                                       where=where))
     res = p.run()
     assert os.path.exists(marker)
     failure = next(e for e in res.events if e.kind == "failure")
-    # Step 3's background flush was the one killed: it was acknowledged, but never
+    # Step 2's background flush was the one killed: it was acknowledged, but never
     # committed (even when its header was durable: the driver had not heard so); every
-    # stage went back to step 2 and the source replayed from there.
-    assert failure.step == 2
+    # stage went back to step 1 and the source replayed from there. (Step 2, not 3: how many
+    # steps a run has depends on how long the flushes take - the records trigger counts from
+    # each commit - but every run has at least two: the first barrier at 400 records and the
+    # final one. Under load a third never came and the kill never happened.)
+    assert failure.step == 1
     relaunch = next(e for e in res.events if e.kind == "relaunched")
-    assert relaunch.stage_id == "agg" and relaunch.step == 2
+    assert relaunch.stage_id == "agg" and relaunch.step == 1
     rollback = next(e for e in res.events if e.kind == "rollback")
-    assert rollback.step == 2 and set(rollback.detail["restored_steps"].values()) == {2}
+    assert rollback.step == 1 and set(rollback.detail["restored_steps"].values()) == {1}
     assert sink.read_all() == run_reference(src, specs)
     assert res.finished and res.replayed_records > 0
