@@ -244,7 +244,7 @@ class ObjectStore(BlockStore):
             except LeaseError as exc:
                 if pending is None or not (raced or pending.maybe_published):
                     raise
-                if pending.generation in rec.blocks.values():
+                if self._names_all(rec, pending):
                     return rec, rec  # our put landed; the record (now another's) names it
                 raise CommitUnknownError(
                     f"lease {lease_id} in {self.url}: the commit of epoch {pending.epoch} may "
@@ -490,6 +490,14 @@ class ObjectStore(BlockStore):
         p = self._pending.pop(lease_id, None)
         if p is not None and not p.maybe_published:
             self._delete_quietly([block_key(lease_id, p.generation, i) for i in p.indices])
+
+    @staticmethod
+    def _names_all(r: LeaseRecord, pending: _Pending) -> bool:
+        """Whether ``r`` names every block of ``pending`` (the proof that its commit landed).
+        The generation alone proves nothing: an earlier commit of the same generation whose
+        answer was lost (its writes stay pending) may have landed naming only some of them."""
+        return all(r.blocks.get(i) == pending.generation
+                   for i in pending.indices if i < r.info.num_blocks)
 
     @staticmethod
     def _with_pending(r: LeaseRecord, pending: _Pending | None) -> LeaseRecord:

@@ -287,6 +287,36 @@ def test_flush_with_lost_reply_then_takeover_and_flush_is_commit_unknown(
     other.close()
 
 
+def test_flush_after_a_failed_landed_flush_then_takeover_is_not_success(
+        s3_server: MotoServer) -> None:
+    """Sim seeds 1081/1108: a flush's record put lands naming block 0, its answer is an I/O
+    error (the writes stay pending, same generation); block 1 is written, and a takeover
+    comes before the next flush's put, which gets 412. The re-read record names the
+    generation (for block 0 only): the flush took that for "my put landed" and returned
+    success for block 1, which no record names. It must be CommitUnknownError."""
+    url = s3_server.url(_prefix())
+    st, hs = hooked(url)
+    other = ObjectStore(url)
+    lease = st.acquire("s", num_blocks=2, ttl=60)
+    lease.write_blocks({0: b"v1-0"})
+
+    def answer_lost() -> None:
+        raise ConnectionResetError("reply lost (test)")
+
+    hs.on("after", req("PUT", "leases/"), answer_lost)
+    with pytest.raises(StorageIOError):
+        lease.flush()  # landed; the holder cannot know
+    lease.write_blocks({1: b"v1-1"})
+    taken: dict[str, Any] = {}
+    hs.on("before", req("PUT", "leases/"),
+          lambda: taken.setdefault("lease", other.acquire("s", steal=True, ttl=60)))
+    with pytest.raises(CommitUnknownError) as err:
+        lease.flush()  # block 1 is named by no record: never a success
+    assert err.value.current_epoch == 2 and taken["lease"].epoch == 2
+    assert _read(url, "s", [0]) == [b"v1-0"]  # what the landed put published stays
+    other.close()
+
+
 # -- missing block objects ---------------------------------------------------------------------
 def test_restore_falls_back_when_a_generations_block_objects_are_missing(
         s3_server: MotoServer) -> None:
