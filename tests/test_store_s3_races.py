@@ -231,6 +231,32 @@ def test_tombstone_doomed_by_a_crashed_gc_is_reused_after_the_window(
     gcs.close()
 
 
+def test_gc_tombstone_delete_with_lost_reply_spares_a_lease_recreated_before_the_retry(
+        s3_server: MotoServer) -> None:
+    """Sim seed 1915: gc dooms an old tombstone and DELETEs it; the DELETE lands, its reply
+    is lost, a creator finds the key free and creates the lease, and the client's retry of
+    the DELETE removed the new lease's live record. The tombstone DELETE is now sent once
+    (ObjectClient.delete_once): the lost reply is a failure gc ignores, the record stays."""
+    url = s3_server.url(_prefix())
+    with ObjectStore(url, block_size=BS) as setup:
+        setup.acquire("s", num_blocks=1).release()
+        setup.delete_lease("s")
+    gcs, hs = hooked(url)
+    other = ObjectStore(url)
+
+    def recreate_and_flush() -> None:
+        new = other.acquire("s", num_blocks=1)
+        new.write_blocks({0: b"new"})
+        new.flush()
+
+    hs.on("lose_reply", req("DELETE", "leases/s.json"), recreate_and_flush)
+    gcs.gc(min_age=0.0)
+    assert ("DELETE", "leases/s.json") in hs.log, "the tombstone delete was sent"
+    assert _read(url, "s", [0]) == [b"new"]
+    gcs.close()
+    other.close()
+
+
 # -- lost reply on a flush, then a takeover ---------------------------------------------------
 def _lost_reply_then_takeover(url: str, also_flush: dict[int, bytes] | None) -> tuple[
         Any, ObjectStore, Any]:
