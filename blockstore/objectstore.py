@@ -354,10 +354,30 @@ class ObjectStore(BlockStore):
                 self._drop_pending(lease_id)
                 pending = _Pending(epoch, new_generation(epoch))
                 self._pending[lease_id] = pending
+            elif pending.maybe_published and pending.indices & set(indices):
+                pending = self._regenerate(lease_id, pending, set(indices))
             gen = pending.generation
             self._c.map(lambda pair: self._c.put(block_key(lease_id, gen, pair[0]), pair[1]),
                         list(zip(indices, datas)))
             pending.indices.update(indices)
+
+    def _regenerate(self, lease_id: str, old: _Pending, rewritten: set[int]) -> _Pending:
+        """Move pending writes whose commit may have landed to a fresh generation before
+        any of them is rewritten: a landed record may name the old generation's objects,
+        and overwriting one would publish bytes no flush committed. The blocks not being
+        rewritten are copied; the old objects stay (named, or gc's garbage)."""
+        new = _Pending(old.epoch, new_generation(old.epoch), set(old.indices))
+        keep = sorted(old.indices - rewritten)
+
+        def copy(i: int) -> None:
+            got = self._c.get(block_key(lease_id, old.generation, i))
+            if got is None:
+                raise StorageIOError(f"lease {lease_id} in {self.url}: unflushed block {i} "
+                                     "is gone from the store", path=self.url)
+            self._c.put(block_key(lease_id, new.generation, i), got[0])
+        self._c.map(copy, keep)
+        self._pending[lease_id] = new
+        return new
 
     def _read(self, lease_id: str, indices: Sequence[int], buffers: Sequence[memoryview]) -> None:
         todo = list(zip(indices, buffers))

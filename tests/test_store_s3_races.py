@@ -343,6 +343,32 @@ def test_flush_after_a_failed_landed_flush_then_takeover_is_not_success(
     other.close()
 
 
+def test_rewrite_after_a_failed_landed_flush_does_not_change_published_bytes(
+        s3_server: MotoServer) -> None:
+    """A flush's record put lands naming generation G, its answer is an I/O error (the
+    writes stay pending); rewriting block 0 overwrote the object G/0 that the landed record
+    names, so readers saw bytes no flush committed. The rewrite now goes to a fresh
+    generation (the other pending blocks copied there); the next flush publishes it."""
+    url = s3_server.url(_prefix())
+    st, hs = hooked(url)
+    lease = st.acquire("s", num_blocks=2, ttl=60)
+    lease.write_blocks({0: b"v1-0", 1: b"v1-1"})
+
+    def answer_lost() -> None:
+        raise ConnectionResetError("reply lost (test)")
+
+    hs.on("after", req("PUT", "leases/"), answer_lost)
+    with pytest.raises(StorageIOError):
+        lease.flush()  # landed; the holder cannot know
+    assert _read(url, "s", [0, 1]) == [b"v1-0", b"v1-1"]
+    lease.write_blocks({0: b"v2-0"})
+    assert _read(url, "s", [0, 1]) == [b"v1-0", b"v1-1"]  # not flushed: not visible
+    assert [b.rstrip(b"\0") for b in lease.read_blocks([0, 1])] == [b"v2-0", b"v1-1"]
+    lease.flush()
+    assert _read(url, "s", [0, 1]) == [b"v2-0", b"v1-1"]
+    st.close()
+
+
 # -- missing block objects ---------------------------------------------------------------------
 def test_restore_falls_back_when_a_generations_block_objects_are_missing(
         s3_server: MotoServer) -> None:
