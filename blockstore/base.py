@@ -69,6 +69,7 @@ from .checks import (
 from .errors import (
     BlockIndexError,
     BlockSizeError,
+    LeaseMismatchError,
     LeaseNotFoundError,
     StoreClosedError,
     StoreCorruptError,
@@ -375,8 +376,11 @@ class BlockStore(ABC):
         """
         info = self.lease_info(name_or_id)
         if lease is not None and lease.lease_id != info.lease_id:
-            raise ValueError(f"handle {lease!r} is not a handle on lease {name_or_id!r} "
-                             f"({info.lease_id})")
+            raise LeaseMismatchError(
+                f"handle {lease!r} is not a handle on lease {name_or_id!r} ({info.lease_id}): "
+                "its lease was deleted (and the name re-created) or it is another lease's; "
+                "nothing deleted", lease_id=info.lease_id, name=info.name,
+                handle_lease_id=lease.lease_id)
         if lease is not None and not lease.released:
             self._delete(info.lease_id, lease.holder, lease.epoch)
             lease._released = True

@@ -202,6 +202,23 @@ class LeaseNotFoundError(LeaseError, KeyError):
     """No lease has that name or id."""
 
 
+class LeaseMismatchError(LeaseNotFoundError, ValueError):
+    """``delete_lease(name, lease=handle)`` with a handle on another lease than the one
+    ``name`` names now: typically the handle's lease was deleted and a new lease created
+    under the name since (so the handle's lease is not found there). Nothing is deleted.
+    Also a ``ValueError``, as it was before it had its own class.
+
+    Attributes:
+        lease_id: the id of the lease ``name`` names now.
+        handle_lease_id: the id of the handle's lease.
+    """
+
+    def __init__(self, message: str, *, handle_lease_id: str | None = None,
+                 **kw: object) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.handle_lease_id = handle_lease_id
+
+
 class LeaseHeldError(LeaseError):
     """The lease is held by another holder and has not expired."""
 

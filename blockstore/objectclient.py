@@ -147,6 +147,8 @@ class ObjectClient:
         self.concurrency = url.int_option("concurrency", DEFAULT_CONCURRENCY)
         self._store = store if store is not None else _build_store(
             url, url.int_option("retries", DEFAULT_RETRIES))
+        self._own_store = store is None
+        self._once_store: Any | None = None
         self._pool = pool if pool is not None else ThreadPoolExecutor(
             self.concurrency, thread_name_prefix=_POOL_NAME)
         self.clock = StoreClock()
@@ -236,6 +238,25 @@ class ObjectClient:
                 pass
             except Exception as exc:
                 raise self._translate(exc, batch[0])
+
+    def delete_once(self, key: str) -> None:
+        """Remove object ``key`` by one DELETE that the client never resends: applied at
+        most once, so it cannot land again after someone re-created the key in between
+        (a tombstone's removal, docs/FORMAT.md 6.4). A lost answer raises
+        :class:`~blockstore.errors.StorageIOError` like any failure; nothing is retried.
+        A store passed in uses its own ``delete_once`` if it has one, else ``delete``."""
+        self._count("DELETE")
+        try:
+            if self._own_store:
+                if self._once_store is None:
+                    self._once_store = _build_store(self.url, 0)
+                self._once_store.delete(key)
+            else:
+                getattr(self._store, "delete_once", self._store.delete)(key)
+        except FileNotFoundError:
+            pass
+        except Exception as exc:
+            raise self._translate(exc, key)
 
     def map(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
         """``fn`` over ``items`` in the bounded pool; the first failure is raised after every

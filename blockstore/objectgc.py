@@ -38,6 +38,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from .base import GcItem, GcReport
+from .errors import StorageIOError
 from .objectlayout import (
     DOOM_WINDOW,
     LEASES,
@@ -187,5 +188,8 @@ def remove_tombstone(store: ObjectStore, key: str, rec: LeaseRecord, etag: str) 
             return False  # replaced (a lease created over it) or removed: not ours
     if time.monotonic() - sent >= DOOM_WINDOW / 2:
         return False  # too slow: a creator may reuse it soon; the next gc dooms it again
-    store._delete_quietly([key])
+    try:  # sent once: a client retry landing after a re-create would remove a live record
+        c.delete_once(key)
+    except StorageIOError:
+        pass  # removed or not: either is safe; the next gc sees which
     return True

@@ -244,7 +244,7 @@ class ObjectStore(BlockStore):
             except LeaseError as exc:
                 if pending is None or not (raced or pending.maybe_published):
                     raise
-                if pending.generation in rec.blocks.values():
+                if self._names_all(rec, pending):
                     return rec, rec  # our put landed; the record (now another's) names it
                 raise CommitUnknownError(
                     f"lease {lease_id} in {self.url}: the commit of epoch {pending.epoch} may "
@@ -354,10 +354,30 @@ class ObjectStore(BlockStore):
                 self._drop_pending(lease_id)
                 pending = _Pending(epoch, new_generation(epoch))
                 self._pending[lease_id] = pending
+            elif pending.maybe_published and pending.indices & set(indices):
+                pending = self._regenerate(lease_id, pending, set(indices))
             gen = pending.generation
             self._c.map(lambda pair: self._c.put(block_key(lease_id, gen, pair[0]), pair[1]),
                         list(zip(indices, datas)))
             pending.indices.update(indices)
+
+    def _regenerate(self, lease_id: str, old: _Pending, rewritten: set[int]) -> _Pending:
+        """Move pending writes whose commit may have landed to a fresh generation before
+        any of them is rewritten: a landed record may name the old generation's objects,
+        and overwriting one would publish bytes no flush committed. The blocks not being
+        rewritten are copied; the old objects stay (named, or gc's garbage)."""
+        new = _Pending(old.epoch, new_generation(old.epoch), set(old.indices))
+        keep = sorted(old.indices - rewritten)
+
+        def copy(i: int) -> None:
+            got = self._c.get(block_key(lease_id, old.generation, i))
+            if got is None:
+                raise StorageIOError(f"lease {lease_id} in {self.url}: unflushed block {i} "
+                                     "is gone from the store", path=self.url)
+            self._c.put(block_key(lease_id, new.generation, i), got[0])
+        self._c.map(copy, keep)
+        self._pending[lease_id] = new
+        return new
 
     def _read(self, lease_id: str, indices: Sequence[int], buffers: Sequence[memoryview]) -> None:
         todo = list(zip(indices, buffers))
@@ -490,6 +510,14 @@ class ObjectStore(BlockStore):
         p = self._pending.pop(lease_id, None)
         if p is not None and not p.maybe_published:
             self._delete_quietly([block_key(lease_id, p.generation, i) for i in p.indices])
+
+    @staticmethod
+    def _names_all(r: LeaseRecord, pending: _Pending) -> bool:
+        """Whether ``r`` names every block of ``pending`` (the proof that its commit landed).
+        The generation alone proves nothing: an earlier commit of the same generation whose
+        answer was lost (its writes stay pending) may have landed naming only some of them."""
+        return all(r.blocks.get(i) == pending.generation
+                   for i in pending.indices if i < r.info.num_blocks)
 
     @staticmethod
     def _with_pending(r: LeaseRecord, pending: _Pending | None) -> LeaseRecord:

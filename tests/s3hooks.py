@@ -34,8 +34,9 @@ class _Hook:
 class HookedStore:
     """A pass-through obstore-like store running hooks at chosen requests."""
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Any, inner_once: Any | None = None) -> None:
         self.inner = inner
+        self.inner_once = inner_once  # the same server through a client that never retries
         self.log: list[tuple[str, str]] = []
         self._hooks: list[_Hook] = []
         self._lock = threading.Lock()
@@ -83,6 +84,23 @@ class HookedStore:
         pages = self._around("LIST", prefix or "", lambda: list(self.inner.list(prefix, **kw)))
         return iter(pages)
 
+    def delete_once(self, key: str) -> Any:
+        """ObjectClient.delete_once: one DELETE never resent. ``lose_reply`` here sends it,
+        runs the hook and then fails as the client giving up (there is no second send)."""
+        with self._lock:
+            self.log.append(("DELETE", key))
+        for h in self._take("before", "DELETE", key):
+            h.fn()
+        lost = self._take("lose_reply", "DELETE", key)
+        res = self.inner_once.delete(key)
+        for h in lost:
+            h.fn()
+        if lost:
+            raise TimeoutError(f"reply to DELETE {key} lost (test)")
+        for h in self._take("after", "DELETE", key):
+            h.fn()
+        return res
+
     def delete(self, paths: Any) -> Any:
         keys = [paths] if isinstance(paths, str) else list(paths)
         return self._around("DELETE", ",".join(keys), lambda: self.inner.delete(paths))
@@ -91,7 +109,7 @@ class HookedStore:
 def hooked(url: str) -> tuple[ObjectStore, HookedStore]:
     """A store object on ``url`` whose requests pass through a :class:`HookedStore`."""
     u = parse_store_url(url)
-    hs = HookedStore(_build_store(u, u.int_option("retries", 8)))
+    hs = HookedStore(_build_store(u, u.int_option("retries", 8)), _build_store(u, 0))
     return ObjectStore(u, client=ObjectClient(u, store=hs)), hs
 
 

@@ -228,3 +228,24 @@ def test_public_names_of_the_fixes() -> None:
     for name in ("LeaseNameError", "LockTimeoutError"):
         assert name in blockstore.__all__ and issubclass(getattr(blockstore, name),
                                                          BlockStoreError)
+
+
+@pytest.mark.parametrize("kind", ["memory", "file"])
+def test_delete_with_a_handle_on_a_deleted_and_recreated_lease(tmp_path: Path,
+                                                               kind: str) -> None:
+    """Sim seeds 1408/1999: ``delete_lease(name, lease=h)`` after h's lease was deleted (by
+    its taker) and a new lease created under the name raised a plain ValueError, which no
+    caller catching BlockStoreError expects. It is LeaseMismatchError (a LeaseNotFoundError,
+    still a ValueError) naming both ids, and the new lease stays."""
+    store = MemoryStore(4096) if kind == "memory" else FileStore(tmp_path / "s", 4096)
+    h1 = store.acquire("x", num_blocks=1)
+    h2 = store.acquire("x", steal=True)
+    store.delete_lease("x", lease=h2)
+    h3 = store.acquire("x", num_blocks=1)
+    with pytest.raises(blockstore.LeaseMismatchError) as err:
+        store.delete_lease("x", lease=h1)
+    assert isinstance(err.value, blockstore.LeaseNotFoundError)
+    assert isinstance(err.value, ValueError)
+    assert err.value.lease_id == h3.lease_id and err.value.handle_lease_id == h1.lease_id
+    assert store.lease_info("x").lease_id == h3.lease_id
+    store.close()

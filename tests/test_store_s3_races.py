@@ -231,6 +231,32 @@ def test_tombstone_doomed_by_a_crashed_gc_is_reused_after_the_window(
     gcs.close()
 
 
+def test_gc_tombstone_delete_with_lost_reply_spares_a_lease_recreated_before_the_retry(
+        s3_server: MotoServer) -> None:
+    """Sim seed 1915: gc dooms an old tombstone and DELETEs it; the DELETE lands, its reply
+    is lost, a creator finds the key free and creates the lease, and the client's retry of
+    the DELETE removed the new lease's live record. The tombstone DELETE is now sent once
+    (ObjectClient.delete_once): the lost reply is a failure gc ignores, the record stays."""
+    url = s3_server.url(_prefix())
+    with ObjectStore(url, block_size=BS) as setup:
+        setup.acquire("s", num_blocks=1).release()
+        setup.delete_lease("s")
+    gcs, hs = hooked(url)
+    other = ObjectStore(url)
+
+    def recreate_and_flush() -> None:
+        new = other.acquire("s", num_blocks=1)
+        new.write_blocks({0: b"new"})
+        new.flush()
+
+    hs.on("lose_reply", req("DELETE", "leases/s.json"), recreate_and_flush)
+    gcs.gc(min_age=0.0)
+    assert ("DELETE", "leases/s.json") in hs.log, "the tombstone delete was sent"
+    assert _read(url, "s", [0]) == [b"new"]
+    gcs.close()
+    other.close()
+
+
 # -- lost reply on a flush, then a takeover ---------------------------------------------------
 def _lost_reply_then_takeover(url: str, also_flush: dict[int, bytes] | None) -> tuple[
         Any, ObjectStore, Any]:
@@ -285,6 +311,62 @@ def test_flush_with_lost_reply_then_takeover_and_flush_is_commit_unknown(
     assert isinstance(err.value, StaleLeaseError) and err.value.current_epoch == 2
     assert _read(url, "s", [0, 1]) == [b"v3-0", b"v3-1"]
     other.close()
+
+
+def test_flush_after_a_failed_landed_flush_then_takeover_is_not_success(
+        s3_server: MotoServer) -> None:
+    """Sim seeds 1081/1108: a flush's record put lands naming block 0, its answer is an I/O
+    error (the writes stay pending, same generation); block 1 is written, and a takeover
+    comes before the next flush's put, which gets 412. The re-read record names the
+    generation (for block 0 only): the flush took that for "my put landed" and returned
+    success for block 1, which no record names. It must be CommitUnknownError."""
+    url = s3_server.url(_prefix())
+    st, hs = hooked(url)
+    other = ObjectStore(url)
+    lease = st.acquire("s", num_blocks=2, ttl=60)
+    lease.write_blocks({0: b"v1-0"})
+
+    def answer_lost() -> None:
+        raise ConnectionResetError("reply lost (test)")
+
+    hs.on("after", req("PUT", "leases/"), answer_lost)
+    with pytest.raises(StorageIOError):
+        lease.flush()  # landed; the holder cannot know
+    lease.write_blocks({1: b"v1-1"})
+    taken: dict[str, Any] = {}
+    hs.on("before", req("PUT", "leases/"),
+          lambda: taken.setdefault("lease", other.acquire("s", steal=True, ttl=60)))
+    with pytest.raises(CommitUnknownError) as err:
+        lease.flush()  # block 1 is named by no record: never a success
+    assert err.value.current_epoch == 2 and taken["lease"].epoch == 2
+    assert _read(url, "s", [0]) == [b"v1-0"]  # what the landed put published stays
+    other.close()
+
+
+def test_rewrite_after_a_failed_landed_flush_does_not_change_published_bytes(
+        s3_server: MotoServer) -> None:
+    """A flush's record put lands naming generation G, its answer is an I/O error (the
+    writes stay pending); rewriting block 0 overwrote the object G/0 that the landed record
+    names, so readers saw bytes no flush committed. The rewrite now goes to a fresh
+    generation (the other pending blocks copied there); the next flush publishes it."""
+    url = s3_server.url(_prefix())
+    st, hs = hooked(url)
+    lease = st.acquire("s", num_blocks=2, ttl=60)
+    lease.write_blocks({0: b"v1-0", 1: b"v1-1"})
+
+    def answer_lost() -> None:
+        raise ConnectionResetError("reply lost (test)")
+
+    hs.on("after", req("PUT", "leases/"), answer_lost)
+    with pytest.raises(StorageIOError):
+        lease.flush()  # landed; the holder cannot know
+    assert _read(url, "s", [0, 1]) == [b"v1-0", b"v1-1"]
+    lease.write_blocks({0: b"v2-0"})
+    assert _read(url, "s", [0, 1]) == [b"v1-0", b"v1-1"]  # not flushed: not visible
+    assert [b.rstrip(b"\0") for b in lease.read_blocks([0, 1])] == [b"v2-0", b"v1-1"]
+    lease.flush()
+    assert _read(url, "s", [0, 1]) == [b"v2-0", b"v1-1"]
+    st.close()
 
 
 # -- missing block objects ---------------------------------------------------------------------

@@ -35,6 +35,7 @@ from blockstore import (
     Lease,
     LeaseExpiredError,
     LeaseHeldError,
+    LeaseMismatchError,
     LeaseNotFoundError,
     LeaseReleasedError,
     MemoryStore,
@@ -213,7 +214,7 @@ class StoreMachine(RuleBasedStateMachine):
         if m is None:
             err: type[BaseException] | None = LeaseNotFoundError
         elif m.lease_id != h.lease.lease_id:
-            err = ValueError  # a handle on an earlier lease of that name
+            err = LeaseMismatchError  # a handle on an earlier lease of that name
         elif h.released:  # no right: like a delete without a handle
             err = LeaseHeldError if m.holder is not None and not m.expired else None
         else:

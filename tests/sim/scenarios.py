@@ -38,12 +38,13 @@ KNOWN_RACES: frozenset[str] = frozenset({
     # what it published). Put a name back to see its scenario find the race again.
 })
 
-#: What the random mixes still leave out: with nothing left out they find failures on the
-#: fixed code that are not triaged yet (seeds 1081 and 1108 lost-commit, 1408 and 1999
-#: unexpected-error - ValueError from delete_lease(lease=) after a delete and re-create -,
-#: 1915 reachable-deleted - gc's tombstone DELETE, retried after a lost reply, removes a
-#: lease re-created in between). Replay with ``--all-mixes``; empty this once they are fixed.
-OPEN_FINDINGS: frozenset[str] = frozenset({"delete_vs_recreate", "flush_lost_reply_takeover"})
+#: What the random mixes still leave out (a name as in KNOWN_RACES); empty: nothing. The
+#: findings of the fixed code with nothing left out are fixed (simfind): seeds 1081/1108
+#: lost-commit ("flush_lost_reply_takeover": a flush took its generation in a record for
+#: proof that its put landed), 1408/1999 unexpected-error (delete_lease(lease=) on a
+#: deleted and re-created lease: now LeaseMismatchError), 1915 reachable-deleted
+#: ("delete_vs_recreate": gc's tombstone DELETE resent after a lost reply; now sent once).
+OPEN_FINDINGS: frozenset[str] = frozenset()
 
 
 @dataclass

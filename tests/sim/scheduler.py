@@ -259,6 +259,8 @@ class World:
         name = self.rng.choice(sorted(self._pending))
         req = self._pending[name]
         fault = self._draw_fault(req)
+        if req.args.get("once") and fault in ("lost-reply", "dropped"):
+            fault += "-error"  # a request the client never resends
         self.now += self.rng.choice(self.faults.advance)
         line = f"{self.step:4d} t+{self.now - START:7.1f} {name:>10}: {req.describe()}"
         outcome: tuple[str, Any] | None

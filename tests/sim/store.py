@@ -205,3 +205,8 @@ class SimConnection:
     def delete(self, paths: str | list[str]) -> None:
         keys = [paths] if isinstance(paths, str) else list(paths)
         self.world.request(self, Request("DELETE", keys[0], {"keys": keys}))
+
+    def delete_once(self, key: str) -> None:
+        """A DELETE the client never resends (ObjectClient.delete_once): the scheduler turns
+        its lost reply or drop into the client giving up."""
+        self.world.request(self, Request("DELETE", key, {"keys": [key], "once": True}))
