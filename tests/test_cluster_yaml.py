@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import copy
+import re
+import shlex
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
@@ -38,11 +41,8 @@ def test_validation_is_real() -> None:
 
 
 # -- what Ray does not check (issue 10, part 4) ---------------------------------------------
-import re  # noqa: E402
-import shlex  # noqa: E402
-import tomllib  # noqa: E402
-
 ROOT = CLUSTER_YAML.parent
+TOKEN_PATH = "~/.ray/auth_token"   # Ray's default token file, on every node and the client
 
 
 def test_region_set_and_zones_in_it() -> None:
@@ -77,7 +77,7 @@ def test_store_url_exported_and_valid() -> None:
 
 def test_install_step_points_at_this_checkout() -> None:
     config = _load()
-    mounts = config["file_mounts"]
+    mounts = {r: v for r, v in config["file_mounts"].items() if r != TOKEN_PATH}
     for remote, local in mounts.items():
         assert (ROOT / local).exists(), f"file mount {remote}: {local} does not exist"
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -95,3 +95,21 @@ def test_install_step_points_at_this_checkout() -> None:
     assert "blockpoint" not in targets, "blockpoint is not on the package index"
     import ray
     assert f"ray[default]=={ray.__version__}" in targets  # nodes run the Ray we test with
+
+
+def test_token_auth_on_every_node() -> None:
+    """Ray's token authentication: the one token reaches every node, every `ray start` runs
+    with RAY_AUTH_MODE=token, and jobs and drivers on the nodes send it too."""
+    config = _load()
+    assert config["file_mounts"].get(TOKEN_PATH) == TOKEN_PATH, \
+        "the operator's ~/.ray/auth_token must be mounted at the same path on every node"
+    starts = [c for key in ("head_start_ray_commands", "worker_start_ray_commands")
+              for c in config[key] if "ray start" in c]
+    assert len(starts) == 2
+    for command in starts:
+        words = shlex.split(command)
+        assert words[0] == "RAY_AUTH_MODE=token" and words[1:3] == ["ray", "start"], command
+    setup = " ".join(config["setup_commands"])
+    assert "export RAY_AUTH_MODE=token" in setup and "chmod 600 ~/.ray/auth_token" in setup
+    header = CLUSTER_YAML.read_text().split("cluster_name:")[0]
+    assert "ray get-auth-token --generate" in header, "the header says how to make the token"
