@@ -7,12 +7,15 @@ it writes are specified in ``docs/FORMAT.md``.
 | module          | owns |
 |-----------------|------|
 | `state.py`      | `CheckpointedStageState[T]`: `checkpoint()`, `restore()`, the commit protocol |
+| `commit.py`     | one commit in the protocol's order: room, erase, data, map, header, give back |
 | `writer.py`     | the write path: chunks, encoding in the pool, block allocation, the block map |
-| `reader.py`     | the read path: slots, the map, the verified payload; `verify_lease` |
+| `restore.py`    | the restore path: the newest generation that verifies, read and decoded |
+| `reader.py`     | the read path: slots, the map, the verified payload |
+| `verify.py`     | `verify_lease`: every slot of a lease checked, nothing decoded (`blockpoint verify`) |
 | `format.py`     | header, block map and slot layout (pack / unpack) |
 | `codec.py`      | pickle (protocol 5, out-of-band buffers) and msgpack codecs |
 | `compress.py`   | per-chunk zstandard, skipped where it does not pay |
-| `mac.py`        | payload and header MACs, key resolution for checkpoints |
+| `mac.py`        | payload and header MACs, header authentication, key resolution |
 | `incremental.py`| content hashes, which generation a commit may reuse, `full_every` |
 | `compaction.py` | after a commit: shrink the tail, discard blocks no generation uses |
 | `background.py` | asynchronous checkpoints: the snapshot and the background flush |
@@ -25,9 +28,9 @@ from __future__ import annotations
 
 from .observer import CheckpointFlushObserver, flush_guard
 from .policy import CheckpointManager, CheckpointPolicy, CheckpointRequest, PolicyCounters
-from .reader import GenerationReport, verify_lease
 from .reports import CheckpointInfo, RestoreReport
 from .state import CheckpointedStageState
+from .verify import GenerationReport, verify_lease
 
 __all__ = [
     "CheckpointFlushObserver",

@@ -1,8 +1,8 @@
 """The checkpoint reader: header slots, block map and payload, read back and proven intact.
 
-This module is the read side of the format (``docs/FORMAT.md``) - what ``restore`` depends
-on, and what ``blockpoint verify`` runs without decoding anything (:func:`verify_lease`, also
-importable from ``stages``):
+This module is the read side of the format (``docs/FORMAT.md``) - what ``restore``
+(:mod:`stages.checkpoint.restore`) depends on, and what ``blockpoint verify`` runs without
+decoding anything (:mod:`stages.checkpoint.verify`):
 
 * :func:`scan_slots` finds the header slots and parses each one (magic, version, header CRC).
 * :func:`load_map` loads a generation's block map (inline or spilled) and checks its CRC and
@@ -16,7 +16,8 @@ importable from ``stages``):
   (CRC-32C and zstd release the GIL), decompresses zstd chunks in place, and feeds the
   payload MAC (when a key is set) on the calling thread in payload order as batches
   finish - not as a second pass after the last read (``bench/notes/restore.md``).
-* :func:`verify_lease` runs the above on every slot and never unpickles anything.
+* headers are authenticated by :func:`~stages.checkpoint.mac.check_header_mac` before the
+  map or the payload they point to is read.
 
 Nothing here returns or decodes data that failed a check: the first failure raises a
 :class:`~stages.errors.CheckpointCorrupt` subclass naming lease, generation and block.
@@ -26,9 +27,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from threading import Lock
 from typing import Any
 
@@ -39,24 +40,15 @@ from blockstore.work import advance
 
 from . import format as fmt
 from .compress import decompress_into
-from ..errors import (
-    BadMagicError,
-    CheckpointAuthError,
-    CheckpointCorrupt,
-    NoCheckpointError,
-    TornHeaderError,
-    TruncatedCheckpointError,
-)
+from ..errors import CheckpointAuthError, CheckpointCorrupt, TruncatedCheckpointError
 from .format import CHUNK_RAW, CHUNK_ZSTD, MAPBLOCK, Header, MapEntry
-from .mac import KeyRing, KeySetting, PayloadMac, equal, header_key, resolve_keys
+from .mac import KeyRing, KeySetting, PayloadMac, check_header_mac, equal, resolve_keys
 
 __all__ = [
-    "GenerationReport",
     "SlotScan",
     "load_map",
     "read_payload",
     "scan_slots",
-    "verify_lease",
     "worker_pool",
 ]
 
@@ -100,55 +92,6 @@ class SlotScan:
     header: Header | None
     error: CheckpointCorrupt | None
     empty: bool
-
-
-@dataclass(frozen=True, slots=True)
-class GenerationReport:
-    """The verification result of one header slot (one row of ``blockpoint verify``).
-
-    ``status`` is ``"ok"``, ``"empty"`` or the error text; ``block`` names the failing block.
-    ``shared`` counts the chunks whose stored bytes other generations' maps also name
-    (incremental checkpoints; damage there fails every one of them), ``shared_with`` lists
-    those generations. ``has_mac``: the header carries a MAC (``None`` when no header was
-    read); ``mac_checked``: it was verified under a configured key (without a key, a MAC'd
-    generation's checksums are verified and its MAC is not). ``created_at``, ``duration_s``
-    and ``depth`` (0: a full checkpoint) come from the header, when it parses.
-    """
-
-    lease_id: str
-    name: str
-    slot: int | None
-    generation: int | None
-    step: int | None
-    size: int | None
-    stored: int | None
-    codec: str | None
-    compression: str | None
-    ratio: float | None
-    status: str
-    block: int | None = None
-    shared: int | None = None
-    shared_with: tuple[int, ...] = ()
-    has_mac: bool | None = None
-    mac_checked: bool = False
-    created_at: float | None = None
-    duration_s: float | None = None
-    depth: int | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-    @property
-    def corrupt(self) -> bool:
-        """True if a committed generation (or a header that may be one) fails verification.
-
-        Empty slots and the torn header of an interrupted commit are not corruption.
-        """
-        return self.status not in ("ok", "empty") and not self.status.startswith("uncommitted")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _read_full(reader: LeaseReader, indices: Sequence[int]) -> list[bytearray]:
@@ -230,35 +173,6 @@ def _ctx(reader: LeaseReader, h: Header) -> dict[str, Any]:
 def _ring(key: KeySetting) -> KeyRing | None:
     """``key`` as a ring; ``None`` stays None (here None means "no key", never the env)."""
     return None if key is None else resolve_keys(key)
-
-
-def check_header_mac(reader: LeaseReader, h: Header, key: KeySetting) -> bytes:
-    """Authenticate a parsed header for this lease before anything it points to is read.
-
-    ``key`` is a :class:`~blockstore.keys.KeyRing` (or one key): the header verifies if its
-    MAC matches under any key of the ring (rotation), in the algorithm the header names
-    (``docs/FORMAT.md`` 2.5). Cheap (one MAC of ~200 bytes per key).
-
-    Returns:
-        The key that verified it: the writer's, the one its payload MAC must match under.
-
-    Raises:
-        CheckpointAuthError: no MAC, or a MAC that matches under no key (wrong key, tampered
-            header, or a header copied from another lease).
-    """
-    ring = resolve_keys(key)
-    assert ring is not None
-    where = f"lease {reader.name!r} ({reader.lease_id}) generation {h.generation}"
-    if not h.has_mac:
-        raise CheckpointAuthError(f"{where} has no MAC but a checkpoint key is configured; "
-                                  "refusing it", **_ctx(reader, h))
-    found = header_key(ring, reader.lease_id, reader.name, h.for_mac(), h.mac, h.mac_algorithm)
-    if found is None:
-        raise CheckpointAuthError(f"{where}: header MAC mismatch under all {len(ring.all)} "
-                                  "configured key(s) (wrong key, tampered header, or a "
-                                  "checkpoint of another lease); nothing was followed",
-                                  **_ctx(reader, h))
-    return found
 
 
 def _missing(reader: LeaseReader, h: Header, exc: BlockMissingError) -> CheckpointCorrupt:
@@ -573,70 +487,3 @@ def _read_payload(reader: LeaseReader, h: Header, entries: Sequence[MapEntry], *
             raise CheckpointAuthError(f"{where}: payload MAC mismatch (wrong key or tampered "
                                       "data); nothing was unpickled", **ctx)
     return buf
-
-
-def verify_lease(reader: LeaseReader, *, key: KeySetting = None,
-                 progress: Callable[[int], None] | None = None) -> list[GenerationReport]:
-    """Verify every header slot of a checkpoint lease (checksums, map, MAC); decode nothing.
-
-    ``key`` None: the configured keys (``blockstore.keys.resolve_keys``), if any.
-    ``progress`` is called with the stored bytes of each generation once it was read.
-
-    Returns one report per slot, newest generation first, then unreadable and empty slots.
-    Raises :class:`NoCheckpointError` if no slot holds the magic ``PCHK`` (an empty lease, or
-    a lease that is not a checkpoint lease).
-    """
-    ring = resolve_keys(key)
-    _, scans = scan_slots(reader)
-    if not any(s.header is not None or (s.error is not None
-                                        and not isinstance(s.error, BadMagicError))
-               for s in scans):
-        raise NoCheckpointError(f"lease {reader.name!r} ({reader.lease_id}) holds no "
-                                "checkpoint header", lease_id=reader.lease_id, name=reader.name)
-    out: list[GenerationReport] = []
-    base = {"lease_id": reader.lease_id, "name": reader.name}
-    chunk_sets: dict[int, set[tuple[int, int]]] = {}  # generation -> (block, offset) it names
-    for s in sorted(scans, key=lambda s: -(s.header.generation if s.header else -1)):
-        h = s.header
-        if h is None:
-            err = s.error
-            gen = err.generation if err is not None else None
-            if s.empty:
-                status = "empty"
-            elif isinstance(err, TornHeaderError):
-                status = f"uncommitted: {err}"
-            else:
-                status = str(err)
-            out.append(GenerationReport(**base, slot=s.slot, generation=gen, step=None,
-                                        size=None, stored=None, codec=None, compression=None,
-                                        ratio=None, status=status,
-                                        block=None if s.empty else s.slot))
-            continue
-        status, block = "ok", None
-        try:
-            entries, _ = load_map(reader, h, key=ring)
-            chunk_sets[h.generation] = {(e.block, e.offset) for e in entries}
-            read_payload(reader, h, entries, key=ring)
-        except CheckpointCorrupt as exc:
-            status, block = str(exc), exc.block
-        if progress is not None:
-            progress(h.stored_bytes)
-        out.append(GenerationReport(
-            **base, slot=s.slot, generation=h.generation, step=h.step, size=h.data_length,
-            stored=h.stored_bytes, codec=h.codec, compression=h.compression,
-            ratio=round(h.data_length / h.stored_bytes, 3) if h.stored_bytes else None,
-            status=status, block=block, has_mac=h.has_mac,
-            mac_checked=ring is not None and status == "ok", created_at=h.created_at,
-            duration_s=h.duration_s, depth=h.depth))
-    return [_with_sharing(r, chunk_sets) for r in out]
-
-
-def _with_sharing(r: GenerationReport,
-                  chunk_sets: dict[int, set[tuple[int, int]]]) -> GenerationReport:
-    mine = chunk_sets.get(r.generation) if r.generation is not None else None
-    if mine is None:
-        return r
-    others = {g: c for g, c in chunk_sets.items() if g != r.generation}
-    shared = {k for c in others.values() for k in c} & mine
-    with_ = tuple(sorted((g for g, c in others.items() if c & mine), reverse=True))
-    return GenerationReport(**{**asdict(r), "shared": len(shared), "shared_with": with_})

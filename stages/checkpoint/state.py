@@ -21,6 +21,8 @@ The commit protocol (one mechanism, ``docs/FORMAT.md`` has the bytes):
    its state is no longer readable. A failure here is logged, never raised: the generation
    is committed, and the next commit retries.
 
+Steps 3 to 5 run in :func:`stages.checkpoint.commit.commit_generation`.
+
 Security defaults: on a store that declares itself shared (``capabilities.shared``) a
 pickle checkpoint without a key is refused (:class:`~stages.errors.CheckpointKeyRequired`)
 unless ``allow_unauthenticated=True``; a pickle restore without a key warns once per process
@@ -43,7 +45,8 @@ allocator then protects like any referenced block. A full one is written every
 
 So a crash at any point leaves the previous committed generations complete, and ``restore``
 sees either the old set or the new one. ``restore`` takes the newest generation whose header,
-map, chunks (and MAC) verify, and reports the ones it skipped.
+map, chunks (and MAC) verify, and reports the ones it skipped (the search is
+:mod:`stages.checkpoint.restore`).
 
 ``checkpoint()`` runs inside :func:`~stages.checkpoint.observer.flush_guard`: the observer hears
 ``on_flush_start`` once before anything is serialized or written and ``on_flush_complete``
@@ -56,48 +59,28 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
-import struct
 import time
 from collections.abc import Iterator, Mapping
-from concurrent.futures import Future
 from typing import Any, Generic, TypeVar
 
-from blockstore import Lease, LeaseReader, StaleLeaseError
+from blockstore import Lease, LeaseReader
 
+from ..errors import CheckpointCommitUnknown, CheckpointFailed, CheckpointKeyRequired
 from . import codec as codecs
-from . import compaction
 from . import format as fmt
-from .compress import ChunkCoder
-from ..errors import (
-    CheckpointCommitUnknown,
-    CheckpointCorrupt,
-    CheckpointFailed,
-    CheckpointKeyRequired,
-    NoCheckpointError,
-    TornHeaderError,
-)
-from .format import Header
-from .incremental import DEFAULT_FULL_EVERY, Base, WriteStats, reusable_base
-from .mac import (DEFAULT_MAC, MAC_ALGORITHMS, KeyRing, KeySetting, PayloadMac, header_mac,
-                  resolve_keys, warn_unauthenticated)
-from .metering import note_checkpoint, note_failure, note_restore, note_stall
-from .observer import CheckpointFlushObserver, flush_guard
-from .reader import read_payload, scan_slots, worker_pool
 from .background import PendingCheckpoint, SnapshotBuffers
 from .codec import Payload
-from .reports import CheckpointInfo, RestoreReport, restore_failure
-from .writer import (
-    SlotState,
-    allocate,
-    blocks_of,
-    hash_payload,
-    learn_slots,
-    refuse_newer_format,
-    target_slot,
-    write_chunks,
-    write_map,
-)
+from .commit import Commit, Encoding, commit_generation
+from .compress import ChunkCoder
+from .format import Header
+from .incremental import DEFAULT_FULL_EVERY, Base, reusable_base
+from .mac import DEFAULT_MAC, MAC_ALGORITHMS, KeyRing, KeySetting, resolve_keys
+from .metering import note_checkpoint, note_failure, note_restore, note_stall
+from .observer import CheckpointFlushObserver, flush_guard
+from .reader import scan_slots
+from .reports import CheckpointInfo, RestoreReport
+from .restore import newest_valid
+from .writer import SlotState, learn_slots, refuse_newer_format, target_slot
 
 __all__ = ["CheckpointInfo", "CheckpointedStageState", "RestoreReport"]
 
@@ -186,6 +169,7 @@ class CheckpointedStageState(Generic[T]):
         self._incremental = bool(incremental)
         self._full_every = full_every
         self._base: Base | None = None  # what an incremental commit may reuse
+        self._encoding = Encoding(codec, compression, level, self._mac_alg, self._incremental)
         self.restored: RestoreReport | None = None
 
     @classmethod
@@ -440,120 +424,30 @@ class CheckpointedStageState(Generic[T]):
                              f"(at most {fmt.max_meta(bs)} bytes of JSON)")
         slots = self._ensure_layout()
         refuse_newer_format(slots, lease)
-        k = self._retention
         gen = self._max_gen + 1
         self._max_gen = gen
         target = target_slot(slots)
-        tslot = slots[target]
-
         if payload is None:
             payload = codecs.encode(self._state, self._codec)
-        n_chunks = max(1, math.ceil(payload.length / bs))
-        inline = fmt.inline_fits(bs, len(meta_bytes), n_chunks)
-        epb = fmt.entries_per_map_block(bs)
-        n_map = 0 if inline else math.ceil(n_chunks / epb)
-        need = n_chunks + n_map
-
-        protected = set(range(k))
-        for i, s in enumerate(slots):
-            if i != target and s.committed:
-                protected |= s.blocks
-        nb = lease.num_blocks
-        free_now = max(0, nb - k) - sum(1 for b in protected if k <= b < nb)
-        if nb < k or free_now < need:
-            nb = lease.grow(max(k, nb) + max(0, need - free_now)).num_blocks
-        alloc_list = allocate(protected, k, need)
         base = None
         if self._incremental and self._base is not None:
             bslot = slots[self._base.slot]
             base = reusable_base(self._base, target=target, full_every=self._full_every,
                                  committed_generation=bslot.header.generation
                                  if bslot.committed and bslot.header else None)
-
-        pool = worker_pool()
-        mac_future: Future[PayloadMac] | None = None
-        if ring is not None:
-            mac_future = pool.submit(hash_payload, ring.current, self._mac_alg,
-                                     payload.segments)
-
-        # Erase before any data write: the target slot (its old generation's
-        # blocks are about to be reused), and every slot holding something that is not a
-        # committed generation (a damaged or failed header, a torn write): its blocks are not
-        # protected, so no header may keep describing them once they are overwritten.
-        # The target is always erased when it holds anything: a header write that is cut
-        # short must leave a zero trailer behind it (see format.TRAILER).
-        erase = [i for i, s in enumerate(slots) if s.dirty and (i == target or not s.committed)]
-        if erase:
-            # No flush of its own: the data flush below makes it durable before the header is
-            # written (so a torn header always has a zero trailer). A process crash keeps the
-            # write order anyway; on power loss the worst case is an old header that survives
-            # while its blocks were overwritten - its CRCs fail, and it was the generation
-            # being replaced, never the only copy.
-            lease.write_blocks({i: b"" for i in erase})
-            for i in erase:
-                slots[i].dirty = False
-        dropped = tslot.blocks  # the replaced generation's: reused below, or given back after
-        tslot.committed = False
-        tslot.header = None
-
-        alloc = iter(alloc_list)
-        entries, used, n_written, data_bytes = write_chunks(
-            lease, self._coder, payload.segments, alloc, bs, hashing=self._incremental,
-            base=None if base is None else base.entries)
-        reused = len(entries) - n_written
-        depth = base.depth + 1 if base is not None and reused else 0
-        map_crc, first_map, map_blocks, inline_map = write_map(lease, entries, alloc,
-                                                                    inline, n_map, bs)
-        used |= set(map_blocks)
-        lease.flush()
-
-        stored = sum(e.stored for e in entries)
-        header = fmt.pack_header(
-            data_length=payload.length, generation=gen, step=step, created_at=created,
-            duration_s=0.0, stored_bytes=stored, chunks=len(entries), block_size=bs, slots=k,
-            slot=target, codec=self._codec, compression=self._compression, level=self._level,
-            mac_algorithm=self._mac_alg if ring is not None else 0, meta=meta_bytes,
-            map_blocks=n_map, map_crc=map_crc, first_map_block=first_map,
-            inline_map=inline_map, hashed=self._incremental,
-            depth=depth)
-        # The duration field is filled in last, just before the MAC and CRC seal the header.
-        struct.pack_into("<d", header, 40, time.perf_counter() - t0)
-        mac = None
-        if mac_future is not None:
-            fmt.set_payload_mac(header, mac_future.result().digest())
-            mac = header_mac(ring.current, lease.lease_id, lease.name,
-                             fmt.header_mac_input(header), self._mac_alg)
-        fmt.seal_header(header, mac)
-        tslot.dirty = True
-        # From here on a failure leaves the commit state unknown: the header may be durable
-        # (restore would return this generation) or not. A stale-epoch refusal is the one
-        # exception: the store changed nothing, so the generation is certainly not committed.
-        try:
-            lease.write_blocks({target: header})
-        except StaleLeaseError:
-            raise
-        except Exception as exc:
-            raise CheckpointCommitUnknown(
-                f"checkpoint of {self._what}: generation {gen} may or may not be "
-                f"committed (the header write failed: {type(exc).__name__}: {exc})",
-                lease_id=self._lease_id, generation=gen) from exc
-        try:
-            lease.flush()
-        except Exception as exc:  # a takeover now is too late to un-write the header
-            raise CheckpointCommitUnknown(
-                f"checkpoint of {self._what}: generation {gen} may or may not be "
-                f"committed (the flush after the header write failed: {type(exc).__name__}: {exc})",
-                lease_id=self._lease_id, generation=gen) from exc
-
-        h = fmt.parse_header(header, slot=target, lease_id=lease.lease_id, name=lease.name)
-        tslot.header, tslot.blocks, tslot.committed = h, frozenset(used), True
-        self._base = Base(gen, target, depth, entries) if self._incremental else None
-        stats = WriteStats(n_written, reused, (len(erase) + n_map + 1) * bs + data_bytes)
-        info = CheckpointInfo.from_header(h, lease.lease_id, lease.name, len(used), stats)
+        done = commit_generation(
+            lease, slots, target, payload,
+            Commit(gen, step, meta_bytes, created, t0, self._what, self._lease_id),
+            self._encoding, coder=self._coder, ring=ring, base=base,
+            dropped_before=self._dropped)
+        if self._incremental:
+            self._base = Base(gen, target, done.depth, done.entries)
+        else:
+            self._base = None
+        info = CheckpointInfo.from_header(done.header, lease.lease_id, lease.name,
+                                          len(done.blocks), done.stats)
         self._last = info
-        # Step 5: never raises; None (unknown) makes the next commit sweep every free block.
-        self._dropped = compaction.give_back(lease, slots, self._retention, nb, need,
-                                             dropped, self._dropped)
+        self._dropped = done.dropped
         return info
 
     # -- restore -------------------------------------------------------------------------
@@ -569,7 +463,7 @@ class CheckpointedStageState(Generic[T]):
         written from the result, overwritten first. ``NoCheckpointError`` if none qualifies.
 
         Every chunk CRC (and the MAC when a key is configured) is verified before anything is
-        decoded. Newer generations that fail are skipped, logged and listed in
+        decoded (:mod:`stages.checkpoint.restore` has the search). Newer generations that fail are skipped, logged and listed in
         ``css.restored.skipped``. Restored numpy arrays are backed by the one buffer the
         payload was read into (no extra copy).
 
@@ -580,60 +474,22 @@ class CheckpointedStageState(Generic[T]):
                 lists them all.
         """
         t0 = time.perf_counter()
-        reader = lease_or_reader
-        rkey = resolve_keys(key)
-        k, scans = scan_slots(reader)
-        where = f"lease {reader.name!r} ({reader.lease_id})"
-        if all(s.empty or isinstance(s.error, TornHeaderError) for s in scans):
-            # Nothing, or only the remains of an interrupted first commit: never committed.
-            raise NoCheckpointError(f"{where} holds no checkpoint", lease_id=reader.lease_id,
-                                    name=reader.name)
-        headers = sorted((s.header for s in scans if s.header is not None
-                          and (max_step is None or s.header.step <= max_step)),
-                         key=lambda h: -h.generation)
-        if max_step is not None and not headers:
-            raise NoCheckpointError(f"{where} holds no checkpoint at or before step {max_step}",
-                                    lease_id=reader.lease_id, name=reader.name)
-        errors: list[CheckpointCorrupt] = [s.error for s in scans if s.error is not None]
-        skipped: list[tuple[int | None, str]] = [(e.generation, str(e)) for e in errors]
-        newest_err: CheckpointCorrupt | None = None
-        for h in headers:
-            try:
-                entries, blocks = blocks_of(reader, h, rkey)
-                buf = read_payload(reader, h, entries, key=rkey)
-                if rkey is None and h.codec == "pickle":
-                    warn_unauthenticated(where)
-                try:
-                    state = codecs.decode(memoryview(buf), h.codec)
-                except Exception as exc:
-                    raise CheckpointCorrupt(
-                        f"{where} generation {h.generation}: payload does not decode: "
-                        f"{type(exc).__name__}: {exc}", lease_id=reader.lease_id,
-                        name=reader.name, generation=h.generation, slot=h.slot) from exc
-            except CheckpointCorrupt as exc:
-                log.warning("restore of %s: skipping generation %d: %s", where, h.generation,
-                            exc, extra={"stage": reader.name, "generation": h.generation,
-                                        "cause": type(exc).__name__})
-                skipped.append((h.generation, str(exc)))
-                newest_err = newest_err or exc
-                continue
-            opts = {"retention": max(k or 2, 2), **options}
-            css: CheckpointedStageState[Any] = cls(state, reader, key=key, observer=observer,
-                                                   lease_id=lease_id, **opts)
-            info = CheckpointInfo.from_header(h, reader.lease_id, reader.name, len(blocks))
-            skipped.sort(key=lambda t: -(t[0] if t[0] is not None else -1))
-            css.restored = RestoreReport(generation=h.generation, step=h.step, meta=dict(h.meta),
-                                         info=info, skipped=tuple(skipped))
-            css._last = info
-            css._adopt(k or 2, scans, h, blocks)
-            if h.hashed:  # every chunk of it was just verified: a trusted incremental base
-                css._base = Base(h.generation, h.slot, h.depth, entries)
-            if skipped:
-                log.warning("restore of %s: restored generation %d after skipping %s", where,
-                            h.generation, [g for g, _ in skipped])
-            note_restore(css.restored, time.perf_counter() - t0, reader)
-            return css
-        raise restore_failure(where, newest_err, errors, tuple(skipped))
+        found = newest_valid(lease_or_reader, log=log, key=key, max_step=max_step)
+        opts = {"retention": max(found.slots, 2), **options}
+        css: CheckpointedStageState[Any] = cls(found.state, lease_or_reader, key=key,
+                                               observer=observer, lease_id=lease_id, **opts)
+        h, report = found.header, found.report
+        css.restored = report
+        css._last = report.info
+        css._adopt(found.slots, found.scans, h, found.blocks)
+        if h.hashed:  # every chunk of it was just verified: a trusted incremental base
+            css._base = Base(h.generation, h.slot, h.depth, found.entries)
+        if report.skipped:
+            log.warning("restore of lease %r (%s): restored generation %d after skipping %s",
+                        lease_or_reader.name, lease_or_reader.lease_id, h.generation,
+                        [g for g, _ in report.skipped])
+        note_restore(report, time.perf_counter() - t0, lease_or_reader)
+        return css
 
     def _adopt(self, k: int, scans: list[Any], restored: Header, blocks: frozenset[int]) -> None:
         """Writer knowledge after a restore: generations newer than the restored one failed."""
