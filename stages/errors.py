@@ -8,6 +8,7 @@ that fits, and carries its context as attributes (lease, generation, block)::
     │   ├── CheckpointCommitUnknown        it failed at the header write or its flush: the
     │   │                                  generation may or may not be committed
     │   ├── CheckpointKeyRequired          a pickle checkpoint on a shared store, no key
+    │   ├── CheckpointEncodeError          the state cannot be encoded by its codec
     │   └── CheckpointDowngradeRefused     the lease holds a newer format version's header
     ├── NoCheckpointError(LookupError)     the lease holds no committed generation
     ├── CodecError(TypeError)              state the chosen codec cannot encode
@@ -65,6 +66,7 @@ __all__ = [
     "CheckpointCommitUnknown",
     "CheckpointCorrupt",
     "CheckpointDowngradeRefused",
+    "CheckpointEncodeError",
     "CheckpointFailed",
     "CheckpointKeyRequired",
     "CodecError",
@@ -131,6 +133,16 @@ class CheckpointKeyRequired(CheckpointFailed):
     unauthenticated pickle checkpoint, and restoring it runs their code. Nothing was
     written. Configure a key (``BLOCKPOINT_CHECKPOINT_KEY``), use ``codec="msgpack"``, or
     opt out with ``allow_unauthenticated=True``.
+    """
+
+
+class CheckpointEncodeError(CheckpointFailed):
+    """The state cannot be encoded by its codec (e.g. it holds a lock, a socket or an
+    object msgpack refuses); nothing was written.
+
+    The same state fails the same way on every retry and in every incarnation: a code or
+    configuration error, so a pipeline fails at once naming the stage instead of replaying.
+    The codec's :class:`CodecError` is ``__cause__``.
     """
 
 

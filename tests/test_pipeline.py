@@ -21,8 +21,14 @@ import ray.cloudpickle
 
 from blockstore import open_store
 from stages.actors.actor import StageSpec
-from stages.pipeline.pipeline import Pipeline, PipelineEvent, StageProcessError, run_reference
 from stages.checkpoint.policy import CheckpointPolicy
+from stages.errors import CheckpointEncodeError
+from stages.pipeline.pipeline import (
+    Pipeline,
+    PipelineEvent,
+    StageProcessError,
+    run_reference,
+)
 from stages.pipeline.runs import RunClaimConflict, RunNotPausedError, RunStore
 from stages.pipeline.sink import FileSink
 from stages.pipeline.source import Enrich, GeneratedSource, RunningAggregate
@@ -170,6 +176,34 @@ def test_stage_exception_is_not_replayed_forever(ray_local: None, tmp_path: Path
     assert sink.committed_steps() == []
 
 
+class GrabsALock(RunningAggregate):
+    """Its state takes a lock at record 300: no checkpoint after that can be pickled."""
+
+    def process(self, state: dict[str, Any], record: dict[str, Any]) -> Any:
+        if record["i"] == 300:
+            import threading
+            state["lock"] = threading.Lock()
+        return super().process(state, record)
+
+
+def test_unencodable_state_fails_at_once_naming_the_stage(ray_local: None,
+                                                          tmp_path: Path) -> None:
+    """A state the codec refuses is the stage's code, not a lost stage: replaying the same
+    records builds the same state. ``CheckpointEncodeError`` naming the stage at the first
+    checkpoint that fails, with no relaunch or recovery (it was 20 recoveries)."""
+    events: list[PipelineEvent] = []
+    p, sink, _ = _pipeline(tmp_path, 2000, specs=_specs(str(tmp_path / "store"), GrabsALock),
+                           policy=CheckpointPolicy(every_records=200), on_event=events.append)
+    with pytest.raises(CheckpointEncodeError) as err:
+        p.run()
+    message = str(err.value)
+    assert message.startswith("stage 'agg': checkpoint of "), message
+    assert "TypeError: cannot pickle '_thread.lock' object" in message, message
+    assert err.value.lease_id
+    assert not [e for e in events if e.kind in ("failure", "relaunched", "recovered")], events
+    assert sink.committed_steps() == [1]  # step 1 (records before 300) stays committed
+
+
 def test_driver_restart_resumes_from_last_commit(ray_local: None, tmp_path: Path) -> None:
     p, sink, src = _pipeline(tmp_path, 2000, run_id="resume")
     first = p.run(max_steps=2)
@@ -242,9 +276,8 @@ def test_backpressure_bounds_batches_in_flight(ray_local: None, tmp_path: Path) 
 def test_scheduler_restores_lost_stage_for_the_pipeline(ray_local: None, tmp_path: Path) -> None:
     """With the scheduler actor as relaunch hook and flush observer (stages register)."""
     from scheduler.actor import get_or_create
-    from scheduler.observer import PreemptionCheckpointObserver
-
     from scheduler.hooks import SchedulerRegistrar, SchedulerRestore
+    from scheduler.observer import PreemptionCheckpointObserver
 
     store = str(tmp_path / "store")
     sched = get_or_create("pl-sched", store_url=store, auto_restore=False)

@@ -104,7 +104,13 @@ def _encode_pickle(state: Any) -> Payload:
         buffers.append(raw)
         return False
 
-    stream = pickle.dumps(state, protocol=5, buffer_callback=out_of_band)
+    try:
+        stream = pickle.dumps(state, protocol=5, buffer_callback=out_of_band)
+    except MemoryError:
+        raise  # the machine's condition, not the state's: may pass on a retry
+    except Exception as exc:
+        raise CodecError(f"pickle codec cannot encode the state: {type(exc).__name__}: {exc}",
+                         codec="pickle") from exc
     return _frame([memoryview(stream), *buffers])
 
 

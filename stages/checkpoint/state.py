@@ -65,7 +65,13 @@ from typing import Any, Generic, TypeVar
 
 from blockstore import Lease, LeaseReader
 
-from ..errors import CheckpointCommitUnknown, CheckpointFailed, CheckpointKeyRequired
+from ..errors import (
+    CheckpointCommitUnknown,
+    CheckpointEncodeError,
+    CheckpointFailed,
+    CheckpointKeyRequired,
+    CodecError,
+)
 from . import codec as codecs
 from . import format as fmt
 from .background import PendingCheckpoint, SnapshotBuffers
@@ -287,6 +293,9 @@ class CheckpointedStageState(Generic[T]):
                 payload = self._snapshots.copy(payload)
         except BaseException as exc:
             self._flushes -= 1
+            if isinstance(exc, CodecError):
+                raise CheckpointEncodeError(f"checkpoint of {self._what} failed: {exc}",
+                                            lease_id=self._lease_id) from exc
             if isinstance(exc, Exception):
                 raise CheckpointFailed(
                     f"checkpoint of {self._what} failed: {type(exc).__name__}: {exc}",
@@ -397,6 +406,10 @@ class CheckpointedStageState(Generic[T]):
                 self._dropped = None  # the attempt may have written blocks nothing references
                 note_failure(self.lease.name, exc)
                 raise
+            except CodecError as exc:  # before anything was written
+                note_failure(self.lease.name, exc)
+                raise CheckpointEncodeError(f"checkpoint of {self._what} failed: {exc}",
+                                            lease_id=self._lease_id) from exc
             except Exception as exc:
                 self._dropped = None
                 note_failure(self.lease.name, exc)

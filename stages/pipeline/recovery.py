@@ -30,14 +30,15 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
 
 from ..actors.actor import StageSpec, StageStopped
+from ..actors.placement import NodeCapacity, pick_node
 from ..errors import (
+    CheckpointEncodeError,
     CheckpointFailed,
     CheckpointKeyRequired,
     PipelineError,
     StageError,
     StageProcessError,
 )
-from ..actors.placement import NodeCapacity, pick_node
 from .run_driver import RunDriver
 from .sink import Sink
 
@@ -71,15 +72,16 @@ def get_sorted(ref: Any, sid: str | None, *, timeout: float,
     lost, fenced, stopped or too slow - replace it and replay) or not (``PipelineError``: a
     stage error replay cannot fix, e.g. ``RollbackUnavailable``; ``StageProcessError``: the
     stage's own code raised, and would again; ``CheckpointKeyRequired``: the stage is
-    configured so that no checkpoint of it can be written).
+    configured so that no checkpoint of it can be written; ``CheckpointEncodeError``: its
+    state cannot be encoded, and the replayed records would build the same state).
 
     ``actor_ids`` maps an actor id (hex) to its stage id, to name the stage an actor death
     belongs to when the call that saw it was another stage's.
     """
     try:
         return ray.get(ref, timeout=timeout)
-    except CheckpointKeyRequired as exc:  # a setting: every incarnation would refuse again
-        raise _key_required(exc, sid) from exc
+    except (CheckpointKeyRequired, CheckpointEncodeError) as exc:  # every incarnation again
+        raise _not_replayable(exc, sid) from exc
     except (CheckpointFailed, StageStopped) as exc:  # fenced, I/O, preempted: replace it
         who = getattr(exc, "stage_id", None) or sid
         raise StageFailure({who} if who else set(), exc) from exc
@@ -89,8 +91,8 @@ def get_sorted(ref: Any, sid: str | None, *, timeout: float,
     except GetTimeoutError as exc:
         raise StageFailure({sid} if sid else set(), exc) from exc
     except RayTaskError as exc:
-        if isinstance(exc.cause, CheckpointKeyRequired):
-            raise _key_required(exc.cause, sid) from exc
+        if isinstance(exc.cause, (CheckpointKeyRequired, CheckpointEncodeError)):
+            raise _not_replayable(exc.cause, sid) from exc
         if isinstance(exc.cause, (RayActorError, CheckpointFailed, StageStopped)):
             raise StageFailure({sid} if sid else set(), exc) from exc
         if isinstance(exc.cause, StageError):  # e.g. RollbackUnavailable, CheckpointCorrupt
@@ -101,11 +103,12 @@ def get_sorted(ref: Any, sid: str | None, *, timeout: float,
         raise StageFailure({sid} if sid else set(), exc) from exc
 
 
-def _key_required(exc: CheckpointKeyRequired, sid: str | None) -> CheckpointKeyRequired:
-    """The configuration error itself, naming the stage: not replayed (no relaunch or
-    rollback would give the stage a key)."""
+def _not_replayable(exc: CheckpointFailed, sid: str | None) -> CheckpointFailed:
+    """The error itself (same class), naming the stage: not replayed, as no relaunch or
+    rollback would give the stage a key or make its state encodable."""
     message = exc.args[0] if exc.args else str(exc)  # without Ray's traceback
-    return CheckpointKeyRequired(f"stage {sid or '?'!r}: {message}", lease_id=exc.lease_id)
+    cls = CheckpointKeyRequired if isinstance(exc, CheckpointKeyRequired) else CheckpointEncodeError
+    return cls(f"stage {sid or '?'!r}: {message}", lease_id=exc.lease_id)  # not Ray's class
 
 
 def restored_step(info: Mapping[str, Any]) -> int:
