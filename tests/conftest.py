@@ -138,6 +138,17 @@ class _TokenAuth:
         self._refresh()
 
 
+@pytest.fixture
+def sched(ray_local: None, tmp_path) -> Iterator[tuple[object, str, str]]:
+    """A fresh scheduler actor (unique name) and its store on the module's local Ray, as
+    ``(handle, name, store_url)``; killed with its stages after the test (the scheduler
+    tests on one node: ``tests/schedstages.py``)."""
+    from schedstages import local_scheduler
+
+    with local_scheduler(tmp_path) as handle_name_store:
+        yield handle_name_store
+
+
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[object]:
     """A real S3-compatible server (moto's standalone server) on a free loopback port, for
