@@ -41,6 +41,14 @@ def store_dir(tmp_path) -> str:
     return str(tmp_path / "store")
 
 
+@pytest.fixture
+def no_env_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No ``BLOCKPOINT_CHECKPOINT_KEY`` in the environment for the test (a module that wants
+    unauthenticated checkpoints whatever the caller's shell holds uses it for every test:
+    ``pytestmark = pytest.mark.usefixtures("no_env_key")``)."""
+    monkeypatch.delenv("BLOCKPOINT_CHECKPOINT_KEY", raising=False)
+
+
 @pytest.fixture(scope="module")
 def ray_local() -> Iterator[None]:
     """A local single-node Ray for the module (4 logical CPUs so actors can co-exist)."""
