@@ -42,9 +42,9 @@ from scheduler import (
 
 pytestmark = pytest.mark.ray
 
-# Workers cannot import this test module: ship its classes by value.
+# Workers cannot import this test module: ship its classes by value (schedstages ships
+# itself and tests/gates.py).
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-ray.cloudpickle.register_pickle_by_value(gates)
 
 
 # --------------------------------------------------------------------------- adapter

@@ -41,9 +41,9 @@ from stages.actors.actor import launch_stage
 
 pytestmark = pytest.mark.ray
 
-# Workers cannot import this test module: ship its classes by value.
+# Workers cannot import this test module: ship its classes by value (schedstages ships
+# itself and tests/gates.py).
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-ray.cloudpickle.register_pickle_by_value(gates)
 
 
 # --------------------------------------------------------------------------- observer
