@@ -1,5 +1,6 @@
 """The scheduler's registry in the block store (no Ray): round trip, fallback to an older
-generation, fencing of an older holder, crash atomicity of a save, the MAC.
+generation, fencing of an older holder, crash atomicity of a save, the MAC, and the key
+read when it is used (not when the store is constructed).
 """
 
 from __future__ import annotations
@@ -8,11 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from blockstore import StaleLeaseError, open_store
+from blockstore import FileStore, StaleLeaseError, open_store
+from blockstore.keys import KEY_ENV, OLD_KEYS_ENV
 from scheduler import (
     RegistryError,
     RegistryStore,
 )
+from scheduler.errors import RegistryKeyRequired
+
 
 def test_registry_round_trip_fallback_and_fencing(tmp_path: Path) -> None:
     store = open_store(str(tmp_path / "s"), block_size=4096)
@@ -73,3 +77,37 @@ def test_registry_mac_rejects_other_key(tmp_path: Path) -> None:
     assert RegistryStore(store, "_reg", key=b"k1").load().document == {"a": 1}
     with pytest.raises(RegistryError):
         RegistryStore(store, "_reg", key=b"k2").load()
+
+
+# -- keys are read when used (docs/OPERATIONS.md, "Keys and rotation") -----------------------
+def test_a_key_set_after_construction_authenticates_the_next_save(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    monkeypatch.delenv(OLD_KEYS_ENV, raising=False)
+    store = open_store(str(tmp_path / "s"), block_size=4096)
+    reg = RegistryStore(store, "_reg")  # built and opened while no key is set
+    reg.open()
+    monkeypatch.setenv(KEY_ENV, "late-key")  # e.g. set by the runtime env after __init__
+    assert reg.save({"v": 1}) == 1
+    assert reg.load().document == {"v": 1}  # verified under the key set now
+    reg.close()
+    assert RegistryStore(store, "_reg", key=b"late-key").load().document == {"v": 1}
+    with pytest.raises(RegistryError):  # it carries a MAC under that key, not another
+        RegistryStore(store, "_reg", key=b"other").load()
+    store.close()
+
+
+def test_a_key_unset_after_construction_is_not_used_on_a_shared_store(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv(OLD_KEYS_ENV, raising=False)
+    monkeypatch.setenv(KEY_ENV, "k")
+    shared = FileStore(tmp_path / "shared", 4096, shared=True)
+    reg = RegistryStore(shared, "_reg")
+    reg.open()
+    reg.save({"n": 1})
+    monkeypatch.delenv(KEY_ENV)
+    with pytest.raises(RegistryKeyRequired):  # no key now: refused, nothing written
+        reg.save({"n": 2})
+    reg.close()
+    assert RegistryStore(shared, "_reg", key=b"k").load().document == {"n": 1}
+    shared.close()
