@@ -15,14 +15,8 @@ Quick use::
 
 from __future__ import annotations
 
-from .errors import (
-    SaverError,
-    StaleWriterError,
-    ThreadAuthError,
-    ThreadBusyError,
-    ThreadCorruptError,
-    ThreadKeyRequired,
-)
+from . import errors
+from .errors import *  # the error tree: its names are listed once, in errors.__all__
 from .ownership import ThreadOwnership
 from .saver import DEFAULT_RETENTION, DOCUMENT_KIND, BlockpointSaver
 
@@ -30,11 +24,6 @@ __all__ = [
     "DEFAULT_RETENTION",
     "DOCUMENT_KIND",
     "BlockpointSaver",
-    "SaverError",
-    "StaleWriterError",
-    "ThreadAuthError",
-    "ThreadBusyError",
-    "ThreadCorruptError",
-    "ThreadKeyRequired",
     "ThreadOwnership",
 ]
+__all__ += errors.__all__

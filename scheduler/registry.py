@@ -23,9 +23,12 @@ Authentication: the key is resolved exactly as for stage checkpoints
 ``BLOCKPOINT_CHECKPOINT_KEY`` plus ``BLOCKPOINT_CHECKPOINT_OLD_KEYS``). With a key, every
 header carries a MAC (keyed BLAKE3, ``blockstore/macs.py``) under the current key and a record without a MAC valid under
 one of the keys is skipped; the scheduler unpickles specs and handles only from an
-authenticated (or, without a key, checksummed) document. The scheduler actor reads the
-setting from its own environment, so a key set through Ray's runtime environment
-(``runtime_env={"env_vars": {...}}``) reaches it as it reaches stage actors. On a store
+authenticated (or, without a key, checksummed) document. The setting is read when it is
+used - every load and save resolves it again (``docs/OPERATIONS.md``, "Keys and rotation"),
+so a key set or rotated after the store was constructed is the one the next save writes
+with - and the scheduler actor reads it from its own environment, so a key set through
+Ray's runtime environment (``runtime_env={"env_vars": {...}}``) reaches it as it reaches
+stage actors. On a store
 that declares itself shared (an object store, a ``shared=True`` file store) a registry
 without a key is refused (:class:`~scheduler.errors.RegistryKeyRequired`) unless
 ``allow_unauthenticated=True``: anyone who can write such a store could otherwise plant the
@@ -41,7 +44,7 @@ from typing import Any
 
 from blockstore import BlockStore, DocumentEncodeError, Lease, SlottedDocument, open_store
 from blockstore.errors import BlockStoreError
-from blockstore.keys import KeySetting, resolve_keys
+from blockstore.keys import KeyRing, KeySetting, resolve_keys
 
 from scheduler.errors import RegistryError, RegistryKeyRequired
 
@@ -85,12 +88,14 @@ class RegistryStore:
         store: A store, or a path/URL for :func:`blockstore.open_store`.
         name: The registry lease's name (one per scheduler, e.g. ``"_scheduler/ns"``).
         ttl: The lease's TTL; a keepalive thread renews it while open.
-        key: MAC key, ring or keys; default: the configured keys (no MAC if none).
+        key: MAC key, ring or keys; default: the configured keys, read at every load and
+            save (no MAC while none is configured).
         holder: Holder name recorded in the lease (default: host:pid:random).
         allow_unauthenticated: use a shared store without a key (see the module docstring).
 
     Raises:
-        RegistryKeyRequired: no key, on a shared store, without ``allow_unauthenticated``.
+        RegistryKeyRequired: no key, on a shared store, without ``allow_unauthenticated``
+            (here, and at any later load or save that finds no key).
     """
 
     def __init__(self, store: BlockStore | str, name: str, *, ttl: float = 30.0,
@@ -100,16 +105,32 @@ class RegistryStore:
         self._store: BlockStore = open_store(store) if isinstance(store, str) else store
         self.name = name
         self._ttl = ttl
-        self._key = resolve_keys(key)
+        self._key_setting = key
+        self._allow_unauthenticated = allow_unauthenticated
         self._holder = holder
-        self._doc: SlottedDocument | None = None
-        if self._key is None and not allow_unauthenticated and self._store.capabilities.shared:
+        #: The held registry lease while open (documents over it are made per use, with
+        #: the keys of that moment).
+        self._lease: Lease | None = None
+        try:
+            self._keys()  # a malformed key or a keyless shared store fails at start-up
+        except RegistryKeyRequired:
             if self._own_store:
                 self._store.close()
-            raise RegistryKeyRequired(name, (
+            raise
+
+    def _keys(self) -> KeyRing | None:
+        """The key ring now (``key=``, else the environment, read again at every use).
+
+        Raises:
+            RegistryKeyRequired: none, on a shared store, without ``allow_unauthenticated``.
+        """
+        keys = resolve_keys(self._key_setting)
+        if keys is None and not self._allow_unauthenticated and self._store.capabilities.shared:
+            raise RegistryKeyRequired(self.name, (
                 f"the store {self._store.url} is shared and no key is configured: set "
                 "BLOCKPOINT_CHECKPOINT_KEY (it reaches the scheduler actor through "
                 "runtime_env env_vars) or pass allow_unauthenticated=True"))
+        return keys
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -121,17 +142,20 @@ class RegistryStore:
     @property
     def lease(self) -> Lease | None:
         """The held lease while open, else ``None``."""
-        return None if self._doc is None else self._doc.lease  # type: ignore[return-value]
+        return self._lease
 
     @property
     def _newest(self) -> tuple[int] | None:
         """``(slot,)`` of the newest verified document in the open lease (for tests)."""
-        slot = None if self._doc is None else self._doc.load().slot
+        slot = (None if self._lease is None
+                else self._document(self._lease, self._keys()).load().slot)
         return None if slot is None else (slot,)
 
-    def _document(self, lease: Any) -> SlottedDocument:
+    def _document(self, lease: Any, keys: KeyRing | None) -> SlottedDocument:
+        """The registry document over ``lease`` (held, or a reader), authenticated with
+        ``keys`` (the ones configured at this use: :meth:`_keys`)."""
         return SlottedDocument(lease, kind=REGISTRY_MAGIC, version=REGISTRY_VERSION,
-                               key=self._key)
+                               key=keys)
 
     def open(self) -> RegistryRecord | None:
         """Take the registry lease (fencing any previous holder) and load the newest document.
@@ -142,20 +166,19 @@ class RegistryStore:
         Raises:
             RegistryError: the store refused, or headers exist but none verifies.
         """
-        if self._doc is None:
+        if self._lease is None:
             try:
-                lease = self._store.acquire(self.name, holder=self._holder, ttl=self._ttl,
-                                            steal=True, keepalive=True)
+                self._lease = self._store.acquire(self.name, holder=self._holder,
+                                                  ttl=self._ttl, steal=True, keepalive=True)
             except BlockStoreError as exc:
                 raise RegistryError(self.name, f"cannot acquire the registry lease: {exc}") from exc
-            self._doc = self._document(lease)
         return self.load()
 
     def close(self) -> None:
         """Release the lease (the documents stay). Closing twice is harmless."""
-        doc, self._doc = self._doc, None
-        if doc is not None:
-            doc.close()
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            lease.release()
         if self._own_store:
             self._store.close()
 
@@ -175,15 +198,17 @@ class RegistryStore:
 
         Raises:
             RegistryError: headers were written but no record verifies.
+            RegistryKeyRequired: no key is configured now, on a shared store.
         """
+        keys = self._keys()
         try:
-            if self._doc is not None:
-                doc = self._doc
+            if self._lease is not None:
+                doc = self._document(self._lease, keys)
             else:
                 info = self._store.find(self.name)
                 if info is None:
                     return None
-                doc = self._document(self._store.open_reader(info.lease_id))
+                doc = self._document(self._store.open_reader(info.lease_id), keys)
             found = doc.load()
         except BlockStoreError as exc:
             raise RegistryError(self.name, f"cannot read the registry lease: {exc}") from exc
@@ -210,11 +235,12 @@ class RegistryStore:
         Raises:
             RegistryError: not open, fenced by a newer holder (``StaleLeaseError`` as the
                 cause), or an I/O error; the previous document stays loadable.
+            RegistryKeyRequired: no key is configured now, on a shared store; nothing written.
             TypeError: ``document`` is not JSON-serialisable (a ``DocumentEncodeError``).
         """
-        doc = self._doc
-        if doc is None:
+        if self._lease is None:
             raise RegistryError(self.name, "not open")
+        doc = self._document(self._lease, self._keys())
         try:
             generation = doc.save(document)
         except DocumentEncodeError:

@@ -256,18 +256,25 @@ class Watcher:
             entry = table.entries.get(sid)
             if entry is None or entry.status != StageStatus.RUNNING:
                 return
-            entry.status = StageStatus.LOST
-            entry.reset_flush()
-            entry.info_ref = None
-            if sid in table.manager:
-                table.manager.clear_reason(sid, _CIP)
-            table.park_locked(entry)
+            self._park_locked(sid, entry, StageStatus.LOST)
         table.manager.record_decision("lost", "detected", victims=[sid], notes={sid: why})
         table.save()
         if self._auto_restore() and entry.spec is not None:
             self._start_restore(sid, f"auto-restore: {why}",
                                 exclude=frozenset({entry.node_id}) if node_dead and entry.node_id
                                 else frozenset())
+
+    def _park_locked(self, sid: str, entry: StageEntry, status: StageStatus) -> None:
+        """Under the table's lock: running stage ``sid`` has no live incarnation any more
+        (lost, or stopped behind the scheduler's back). It takes ``status``, its flush mark
+        and pending info probe are dropped, and it leaves the manager (no candidate)."""
+        table = self._table
+        entry.status = status
+        entry.reset_flush()
+        entry.info_ref = None
+        if sid in table.manager:
+            table.manager.clear_reason(sid, _CIP)
+        table.park_locked(entry)
 
     def park_stopped(self, sid: str, epoch: int) -> bool:
         """Park a running stage whose incarnation of ``epoch`` reported itself stopped.
@@ -281,12 +288,7 @@ class Watcher:
             entry = table.entries.get(sid)
             if entry is None or entry.status != StageStatus.RUNNING or entry.epoch != epoch:
                 return False
-            entry.status = StageStatus.STOPPED
-            entry.reset_flush()
-            entry.info_ref = None
-            if sid in table.manager:
-                table.manager.clear_reason(sid, _CIP)
-            table.park_locked(entry)
+            self._park_locked(sid, entry, StageStatus.STOPPED)
         table.manager.record_decision(
             "stopped", "parked", victims=[sid],
             notes={sid: f"incarnation of epoch {epoch} says it is stopped, not by this "

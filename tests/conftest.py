@@ -41,6 +41,14 @@ def store_dir(tmp_path) -> str:
     return str(tmp_path / "store")
 
 
+@pytest.fixture
+def no_env_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No ``BLOCKPOINT_CHECKPOINT_KEY`` in the environment for the test (a module that wants
+    unauthenticated checkpoints whatever the caller's shell holds uses it for every test:
+    ``pytestmark = pytest.mark.usefixtures("no_env_key")``)."""
+    monkeypatch.delenv("BLOCKPOINT_CHECKPOINT_KEY", raising=False)
+
+
 @pytest.fixture(scope="module")
 def ray_local() -> Iterator[None]:
     """A local single-node Ray for the module (4 logical CPUs so actors can co-exist)."""
@@ -136,6 +144,17 @@ class _TokenAuth:
             else:
                 os.environ[k] = v
         self._refresh()
+
+
+@pytest.fixture
+def sched(ray_local: None, tmp_path) -> Iterator[tuple[object, str, str]]:
+    """A fresh scheduler actor (unique name) and its store on the module's local Ray, as
+    ``(handle, name, store_url)``; killed with its stages after the test (the scheduler
+    tests on one node: ``tests/schedstages.py``)."""
+    from schedstages import local_scheduler
+
+    with local_scheduler(tmp_path) as handle_name_store:
+        yield handle_name_store
 
 
 @pytest.fixture(scope="session")

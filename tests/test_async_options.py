@@ -14,7 +14,7 @@ In process, without Ray (a ``StageActor`` and a decorated class are plain classe
   next calls raise ``ActorFenced``.
 
 (The same through real Ray pipelines: ``tests/test_pipeline.py``; the scheduler's flush mark
-over a background flush: ``tests/test_scheduler_local.py``.)
+over a background flush: ``tests/test_scheduler_marks.py``.)
 """
 
 from __future__ import annotations

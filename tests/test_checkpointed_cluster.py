@@ -28,7 +28,8 @@ import ray.cloudpickle
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 import gates
-from clusters import scheduler_on_head
+from aftercommit import AfterCommitOnce
+from clusters import add_worker, scheduler_on_head
 from blockstore import StaleLeaseError, open_store
 from blockstore.lease import Lease
 from gates import Gate
@@ -209,9 +210,7 @@ def test_scheduler_recreates_lost_actor_on_another_node(env: dict[str, Any]) -> 
     finally:
         forget(env, "ledger-a")
         forget(env, "ledger-r")
-        extra = cluster.add_node(num_cpus=2, object_store_memory=100 * 1024 * 1024)
-        wait_for(lambda: any(n["NodeID"] == extra.node_id and n["Alive"] for n in ray.nodes()),
-                 what="replacement node up")
+        add_worker(cluster)
 
 
 def test_preemption_waits_for_the_actors_flush(env: dict[str, Any], tmp_path: Path) -> None:
@@ -294,25 +293,16 @@ def test_recipe_survives_a_scheduler_restart(env: dict[str, Any]) -> None:
         forget(env, "ledger-c")
 
 
-class HoldAfterCommitOnce:
+class HoldAfterCommitOnce(AfterCommitOnce):
     """A flush observer that, once, holds the call whose checkpoint just committed (before
     its reply leaves) until its node is removed: the first incarnation to remove the
     trigger file touches ``held`` and waits."""
 
     def __init__(self, trigger: str, held: str) -> None:
-        self.trigger = trigger
+        super().__init__(trigger)
         self.held = held
 
-    def on_flush_start(self, lease_id: str) -> None:
-        pass
-
-    def on_flush_complete(self, lease_id: str, ok: bool) -> None:
-        if not ok:
-            return
-        try:
-            os.unlink(self.trigger)
-        except FileNotFoundError:
-            return
+    def act(self) -> None:
         Path(self.held).touch()
         time.sleep(300)                               # the node goes away meanwhile
 
@@ -363,6 +353,4 @@ def test_node_removed_mid_call_every_call_applied_once(env: dict[str, Any],
         assert not trigger.exists()
     finally:
         forget(env, "ledger-once")
-        extra = cluster.add_node(num_cpus=2, object_store_memory=100 * 1024 * 1024)
-        wait_for(lambda: any(n["NodeID"] == extra.node_id and n["Alive"] for n in ray.nodes()),
-                 what="replacement node up")
+        add_worker(cluster)

@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 import ray
 import ray.cloudpickle
+from aftercommit import AfterCommitOnce
 
 from blockstore import FileStore
 from blockstore.faults import FaultyStore
@@ -184,23 +185,11 @@ def test_request_ids_without_ray(tmp_path: Any) -> None:
         checkpointed(store=store, key="c")(Clash)
 
 
-class KillAfterCommitOnce:
+class KillAfterCommitOnce(AfterCommitOnce):
     """Kills the actor process right after a commit (before the call's reply leaves), once:
     the first incarnation to remove the trigger file does it."""
 
-    def __init__(self, trigger: str) -> None:
-        self.trigger = trigger
-
-    def on_flush_start(self, lease_id: str) -> None:
-        pass
-
-    def on_flush_complete(self, lease_id: str, ok: bool) -> None:
-        if not ok:
-            return
-        try:
-            os.unlink(self.trigger)
-        except FileNotFoundError:
-            return
+    def act(self) -> None:
         os._exit(1)
 
 

@@ -18,10 +18,7 @@ from stages.checkpoint.reader import load_map, scan_slots
 
 BS = 4096
 
-
-@pytest.fixture(autouse=True)
-def _no_env_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("BLOCKPOINT_CHECKPOINT_KEY", raising=False)
+pytestmark = pytest.mark.usefixtures("no_env_key")
 
 
 @pytest.fixture

@@ -8,13 +8,14 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from s3hooks import HookedStore, hooked, req
+from s3server import MotoServer
 
 from blockstore import CommitUnknownError, ObjectStore, StaleLeaseError, StorageIOError
-from s3hooks import hooked, req
-from s3server import MotoServer
 
 BS = 4096
 
@@ -28,17 +29,54 @@ def _read(url: str, name: str, indices: list[int]) -> list[bytes]:
         return [b.rstrip(b"\0") for b in fresh.open_reader(name).read_blocks(indices)]
 
 
+class Race:
+    """A fresh prefix on the S3 server (:attr:`url`) and the stores a race runs between,
+    closed after the test."""
+
+    def __init__(self, server: MotoServer) -> None:
+        self.url = server.url(_prefix())
+        self._opened: list[ObjectStore] = []
+
+    def stores(self) -> tuple[ObjectStore, HookedStore, ObjectStore]:
+        """The store whose requests the test orders (and its hooks), and a plain second
+        store on the same prefix: the one that races it."""
+        ordered, hooks = hooked(self.url)
+        other = ObjectStore(self.url)
+        self._opened += [ordered, other]
+        return ordered, hooks, other
+
+    def tombstone(self, name: str = "s") -> None:
+        """Create the store with a lease ``name`` created, released and deleted: what is
+        left of it is its tombstone record."""
+        with ObjectStore(self.url, block_size=BS) as setup:
+            setup.acquire(name, num_blocks=1).release()
+            setup.delete_lease(name)
+
+    def close(self) -> None:
+        for st in self._opened:
+            st.close()
+
+
+@pytest.fixture
+def race(s3_server: MotoServer) -> Iterator[Race]:
+    """A :class:`Race` on the session's S3 server; its stores are closed after the test."""
+    r = Race(s3_server)
+    try:
+        yield r
+    finally:
+        r.close()
+
+
 # -- gc vs a new lease ---------------------------------------------------------------------
 @pytest.mark.parametrize("between", ["leases/", "blocks/", "ids/"])
-def test_gc_spares_a_lease_created_and_flushed_during_it(s3_server: MotoServer,
+def test_gc_spares_a_lease_created_and_flushed_during_it(race: Race,
                                                          between: str) -> None:
     """A lease created and flushed while gc runs (right after one of its listings) keeps
     its blocks and its id pointer: gc judged blocks against a record listing taken before
     the lease existed and deleted them."""
-    url = s3_server.url(_prefix())
+    url = race.url
     ObjectStore(url, block_size=BS).close()
-    gcs, hs = hooked(url)
-    other = ObjectStore(url)
+    gcs, hs, other = race.stores()
     made: dict[str, str] = {}
 
     def create_and_flush() -> None:
@@ -52,22 +90,19 @@ def test_gc_spares_a_lease_created_and_flushed_during_it(s3_server: MotoServer,
     assert made, "the hook ran"
     assert _read(url, "new", [0, 1]) == [b"new-0", b"new-1"]
     assert other._c.get(f"ids/{made['id']}") is not None
-    gcs.close()
-    other.close()
 
 
 @pytest.mark.parametrize("between", ["leases/", "blocks/"])
-def test_gc_spares_a_released_lease_reacquired_during_it(s3_server: MotoServer,
+def test_gc_spares_a_released_lease_reacquired_during_it(race: Race,
                                                          between: str) -> None:
     """A released lease re-acquired (epoch 2) and flushed while gc runs keeps its new
     blocks: gc judged them by the released epoch-1 record ("released: garbage")."""
-    url = s3_server.url(_prefix())
+    url = race.url
     with ObjectStore(url, block_size=BS) as st:
         lease = st.acquire("s", num_blocks=2)
         lease.write_blocks({0: b"e1-0", 1: b"e1-1"})
         lease.release()
-    gcs, hs = hooked(url)
-    other = ObjectStore(url)
+    gcs, hs, other = race.stores()
 
     def reacquire_and_flush() -> None:
         again = other.acquire("s")
@@ -78,22 +113,19 @@ def test_gc_spares_a_released_lease_reacquired_during_it(s3_server: MotoServer,
     hs.on("after", req("LIST", between), reacquire_and_flush)
     gcs.gc()
     assert _read(url, "s", [0, 1]) == [b"e2-0", b"e1-1"]
-    gcs.close()
-    other.close()
 
 
 # -- release vs the next holder ------------------------------------------------------------
-def test_release_spares_the_next_holders_flush(s3_server: MotoServer) -> None:
+def test_release_spares_the_next_holders_flush(race: Race) -> None:
     """A release collects its lease's garbage after its record put; a holder that acquired
     the released lease (epoch 3) and flushed in that window keeps its blocks (they were
     judged by the released epoch-2 record: 'released, unreferenced: garbage')."""
-    url = s3_server.url(_prefix())
+    url = race.url
     with ObjectStore(url, block_size=BS) as st:
         first = st.acquire("s", num_blocks=2)
         first.write_blocks({0: b"e1-0", 1: b"e1-1"})
         first.release()
-    st, hs = hooked(url)
-    other = ObjectStore(url)
+    st, hs, other = race.stores()
     lease = st.acquire("s")
     assert lease.epoch == 2  # the first commit of an epoch > 1 collects the lease's garbage
     lease.write_blocks({1: b"e2-1"})
@@ -109,22 +141,19 @@ def test_release_spares_the_next_holders_flush(s3_server: MotoServer) -> None:
     lease.release()
     assert got == {"epoch": 3}
     assert _read(url, "s", [0, 1]) == [b"e3-0", b"e2-1"]
-    st.close()
-    other.close()
 
 
 # -- delete vs re-create ---------------------------------------------------------------------
-def test_delete_spares_a_lease_recreated_under_its_name(s3_server: MotoServer) -> None:
+def test_delete_spares_a_lease_recreated_under_its_name(race: Race) -> None:
     """A lease re-created under a deleted lease's name (over its tombstone) before the
     delete finishes keeps its record and its flush: the delete ended with an unconditional
     delete of leases/<name>.json."""
-    url = s3_server.url(_prefix())
+    url = race.url
     with ObjectStore(url, block_size=BS) as setup:
         old = setup.acquire("s", num_blocks=2)
         old.write_blocks({0: b"old"})
         old.release()
-    st, hs = hooked(url)
-    other = ObjectStore(url)
+    st, hs, other = race.stores()
     made: dict[str, str] = {}
 
     def recreate_and_flush() -> None:
@@ -138,19 +167,14 @@ def test_delete_spares_a_lease_recreated_under_its_name(s3_server: MotoServer) -
     assert made and made["id"] != old.lease_id
     assert _read(url, "s", [0, 1]) == [b"new-0", b"new-1"]
     assert other.lease_info(made["id"]).epoch == 1
-    st.close()
-    other.close()
 
 
-def test_gc_spares_a_lease_recreated_over_an_old_tombstone(s3_server: MotoServer) -> None:
+def test_gc_spares_a_lease_recreated_over_an_old_tombstone(race: Race) -> None:
     """gc removes old tombstones; a lease re-created over one (If-Match on its etag) after
     gc judged it old keeps its record: gc deleted leases/<name>.json unconditionally."""
-    url = s3_server.url(_prefix())
-    with ObjectStore(url, block_size=BS) as setup:
-        setup.acquire("s", num_blocks=1).release()
-        setup.delete_lease("s")
-    gcs, hs = hooked(url)
-    other = ObjectStore(url)
+    url = race.url
+    race.tombstone("s")
+    gcs, hs, other = race.stores()
 
     def recreate_and_flush() -> None:
         new = other.acquire("s", num_blocks=1)
@@ -161,18 +185,14 @@ def test_gc_spares_a_lease_recreated_over_an_old_tombstone(s3_server: MotoServer
           recreate_and_flush)
     gcs.gc(min_age=0.0)
     assert _read(url, "s", [0]) == [b"new"]
-    gcs.close()
-    other.close()
 
 
-def test_creator_waits_while_gc_removes_a_doomed_tombstone(s3_server: MotoServer) -> None:
+def test_creator_waits_while_gc_removes_a_doomed_tombstone(race: Race) -> None:
     """The doom protocol (docs/FORMAT.md 6.4): gc dooms the tombstone by a conditional put,
     then deletes it; a creator that meets the doomed tombstone in between waits for it to
     go and then creates afresh, so the delete never hits the new record."""
-    url = s3_server.url(_prefix())
-    with ObjectStore(url, block_size=BS) as setup:
-        setup.acquire("s", num_blocks=1).release()
-        setup.delete_lease("s")
+    url = race.url
+    race.tombstone("s")
     gcs, ghs = hooked(url)
     cs, chs = hooked(url)
     looked = threading.Event()
@@ -202,16 +222,14 @@ def test_creator_waits_while_gc_removes_a_doomed_tombstone(s3_server: MotoServer
 
 
 def test_tombstone_doomed_by_a_crashed_gc_is_reused_after_the_window(
-        s3_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> None:
+        race: Race, monkeypatch: pytest.MonkeyPatch) -> None:
     """A gc that dies between its doom put and its delete leaves a doomed tombstone: a
     creator waits out DOOM_WINDOW (shortened here), then replaces it conditionally."""
     from blockstore import objectstore
 
     monkeypatch.setattr(objectstore, "DOOM_WINDOW", 1.0)
-    url = s3_server.url(_prefix())
-    with ObjectStore(url, block_size=BS) as setup:
-        setup.acquire("s", num_blocks=1).release()
-        setup.delete_lease("s")
+    url = race.url
+    race.tombstone("s")
     gcs, ghs = hooked(url)
 
     def crash() -> None:
@@ -232,17 +250,14 @@ def test_tombstone_doomed_by_a_crashed_gc_is_reused_after_the_window(
 
 
 def test_gc_tombstone_delete_with_lost_reply_spares_a_lease_recreated_before_the_retry(
-        s3_server: MotoServer) -> None:
+        race: Race) -> None:
     """Sim seed 1915: gc dooms an old tombstone and DELETEs it; the DELETE lands, its reply
     is lost, a creator finds the key free and creates the lease, and the client's retry of
     the DELETE removed the new lease's live record. The tombstone DELETE is now sent once
     (ObjectClient.delete_once): the lost reply is a failure gc ignores, the record stays."""
-    url = s3_server.url(_prefix())
-    with ObjectStore(url, block_size=BS) as setup:
-        setup.acquire("s", num_blocks=1).release()
-        setup.delete_lease("s")
-    gcs, hs = hooked(url)
-    other = ObjectStore(url)
+    url = race.url
+    race.tombstone("s")
+    gcs, hs, other = race.stores()
 
     def recreate_and_flush() -> None:
         new = other.acquire("s", num_blocks=1)
@@ -253,8 +268,6 @@ def test_gc_tombstone_delete_with_lost_reply_spares_a_lease_recreated_before_the
     gcs.gc(min_age=0.0)
     assert ("DELETE", "leases/s.json") in hs.log, "the tombstone delete was sent"
     assert _read(url, "s", [0]) == [b"new"]
-    gcs.close()
-    other.close()
 
 
 # -- lost reply on a flush, then a takeover ---------------------------------------------------

@@ -10,7 +10,8 @@ restore the newest generation that verifies, fail-closed checkpoints).
 | `incarnation.py`| the one mechanism of "a new incarnation" |
 | `checkpointed.py` | the `@checkpointed` decorator: validation, generated methods |
 | `config.py`     | `CheckpointedConfig`, the decorator's checked arguments |
-| `durability.py` | the runtime of a `@checkpointed` actor: policy, snapshot lock, exactly-once calls |
+| `durability.py` | the runtime of a `@checkpointed` actor: policy, snapshot lock, checkpoints, close |
+| `dispatch.py`   | how one call of it runs: deduplicated, exactly-once commit or rollback |
 | `calls.py`      | request ids (idempotency keys) and `call_once`, which resends until the actor answers |
 | `turns.py`      | `CallTurns`: async actors are snapshotted only when no call is mid-method |
 | `recipe.py`     | `ActorRecipe`: how a manager re-creates a `@checkpointed` actor |

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from blockstore.errors import (
     BlockStoreError,
@@ -31,6 +31,8 @@ __all__ = ["URL", "Sim", "Spec", "deleter", "gc", "holder", "reader"]
 URL = "s3://simbucket/store"
 BLOCK_SIZE = 512
 NUM_BLOCKS = 6
+
+T = TypeVar("T")
 
 
 class Sim:
@@ -51,6 +53,25 @@ class Sim:
                     raise
                 self.world.pause(name)
         raise AssertionError("unreachable")
+
+    def retry(self, name: str, call: Callable[[], T], tries: int) -> tuple[bool, T | None]:
+        """Up to ``tries`` calls of ``call`` by client ``name``, pausing after each refusal
+        because the lease is held (``LeaseHeldError``) and after each transient store
+        failure; any other lease error (fenced, not found, ...) propagates.
+
+        Returns:
+            ``(True, result)``, or ``(False, None)`` if every try was refused.
+        """
+        for _ in range(tries):
+            try:
+                return True, call()
+            except LeaseHeldError:
+                self.world.pause(name)
+            except LeaseError:
+                raise
+            except BlockStoreError:
+                self.world.pause(name)  # transient: try again
+        return False, None
 
     def setup_store(self) -> None:
         """The store's metadata, written before the run (every client opens the store)."""
@@ -91,17 +112,8 @@ def holder(lease: str, *, steal: bool = False, cycles: int = 2, end: str = "rele
         st = sim.open(name)
         for _ in range(wait_first):  # start later than the others
             sim.world.pause(name)
-        h = None
-        for _ in range(tries):
-            try:
-                h = st.acquire(lease, holder=name, ttl=ttl, num_blocks=NUM_BLOCKS, steal=steal)
-                break
-            except LeaseHeldError:
-                sim.world.pause(name)
-            except BlockStoreError as exc:
-                if isinstance(exc, LeaseError):
-                    raise
-                sim.world.pause(name)  # transient: try again
+        _, h = sim.retry(name, lambda: st.acquire(lease, holder=name, ttl=ttl,
+                                                  num_blocks=NUM_BLOCKS, steal=steal), tries)
         if h is None:
             return "never acquired"
         unflushed: dict[int, bytes | None] = {}
@@ -160,19 +172,11 @@ def deleter(lease: str, *, tries: int = 8) -> Callable[[Sim, str], Any]:
     """Delete ``lease`` once it is released or expired (no handle)."""
     def run(sim: Sim, name: str) -> str:
         st = sim.open(name)
-        for _ in range(tries):
-            try:
-                st.delete_lease(lease)
-                return "deleted"
-            except LeaseNotFoundError:
-                return "not found"
-            except LeaseHeldError:
-                sim.world.pause(name)
-            except LeaseError:
-                raise
-            except BlockStoreError:
-                sim.world.pause(name)  # transient: try again
-        return "gave up"
+        try:
+            deleted, _ = sim.retry(name, lambda: st.delete_lease(lease), tries)
+        except LeaseNotFoundError:
+            return "not found"
+        return "deleted" if deleted else "gave up"
     return _labelled(f"deleter({lease})", run)
 
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from blockstore.document import SlottedDocument
-from blockstore.errors import BlockStoreError, LeaseError, LeaseHeldError
+from blockstore.errors import BlockStoreError, LeaseError
 
 from .clients import Sim, Spec, _labelled
 from .invariants import Violation
@@ -57,17 +57,8 @@ def saver(lease: str, *, saves: int = 3, steal: bool = False, ttl: float = 20.0,
     failed save's writes)."""
     def run(sim: Sim, name: str) -> str:
         st, ds = sim.open(name), _state(sim, lease)
-        h = None
-        for _ in range(tries):
-            try:
-                h = st.acquire(lease, holder=name, ttl=ttl, num_blocks=SLOTS, steal=steal)
-                break
-            except LeaseHeldError:
-                sim.world.pause(name)
-            except LeaseError:
-                raise
-            except BlockStoreError:
-                sim.world.pause(name)
+        _, h = sim.retry(name, lambda: st.acquire(lease, holder=name, ttl=ttl,
+                                                  num_blocks=SLOTS, steal=steal), tries)
         if h is None:
             return "never acquired"
         doc = _doc(h)

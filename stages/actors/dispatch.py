@@ -1,0 +1,269 @@
+"""How one call of a ``@checkpointed`` actor runs: deduplicated by its key, and in
+exactly-once mode (``every_calls=1``) committed before it returns or rolled back if it raises.
+
+Split out of :mod:`stages.actors.durability` (whose module docstring states the rules these
+methods keep: one call at a time in exactly-once mode, rollback after a call that raises, a
+commit of unknown outcome recognised by the call's recorded key). :class:`CallDispatch` is a
+mixin of :class:`~stages.actors.durability.ActorDurability`: it holds no state of its own and
+works on the runtime's lock, applied-call record, incarnation and checkpoints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+import pickle
+import threading
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import ray
+
+from ..errors import CheckpointCommitUnknown, CheckpointFailed
+
+if TYPE_CHECKING:
+    from .config import CheckpointedConfig
+    from .incarnation import Incarnation
+    from .turns import CallTurns
+
+__all__ = ["CallDispatch", "in_call"]
+
+#: The runtime's logger (these methods logged under it before they moved here).
+log = logging.getLogger("stages.actors.durability")
+
+
+#: Set while a wrapped call runs, so that a method calling another one of the same actor
+#: counts (and is deduplicated) once, as the outer call.
+in_call: contextvars.ContextVar[bool] = contextvars.ContextVar("bp_in_call", default=False)
+
+
+def _task_id() -> str | None:
+    """Ray's id of the running task (the same across Ray's retries of it), else None."""
+    if not ray.is_initialized():
+        return None
+    try:
+        return ray.get_runtime_context().get_task_id()
+    except Exception:  # noqa: BLE001 - not inside a Ray worker (plain use)
+        return None
+
+
+def _call_key(request_id: str | None = None) -> str:
+    """The key a call is recorded under: the caller's request id (``stages/actors/calls.py``),
+    else Ray's task id, else (plain use, no task) a fresh one, so that a commit of unknown
+    outcome can still be recognised. Prefixes keep the three apart."""
+    if request_id is not None:
+        return f"req:{request_id}"
+    return _task_id() or f"local:{uuid.uuid4().hex}"
+
+
+class CallDispatch:
+    """The calls of one ``@checkpointed`` incarnation (a mixin of ``ActorDurability``, which
+    defines the attributes below and ``check_serving``, ``checkpoint``, ``_due_checkpoint``,
+    ``_adopt`` and ``exact``)."""
+
+    config: CheckpointedConfig
+    key: str
+    lock: threading.RLock
+    inc: Incarnation
+    turns: CallTurns
+    applied: OrderedDict[str, Any]
+    calls_total: int
+    calls_since: int
+    deduplicated: int
+    _alock: asyncio.Lock | None
+    _active: int
+    _dirty: bool
+    _initial: bytes | None
+
+
+    # -- calls ---------------------------------------------------------------------------
+    def _record(self, call_id: str | None, result: Any) -> None:
+        self.calls_total += 1
+        self.calls_since += 1
+        if call_id is not None:
+            self.applied[call_id] = result
+            while len(self.applied) > self.config.dedupe_window:
+                self.applied.popitem(last=False)
+
+    # -- exactly-once calls (every_calls=1) ----------------------------------------------
+    def _exact_begin(self, key: str) -> tuple[bool, Any]:
+        """Before the user's method, holding the call's turn: ``(True, recorded result)``
+        for a call already applied, else ``(False, None)``. Memory left ahead of the lease
+        by a failed rollback is reloaded first (``CheckpointFailed`` if it cannot be)."""
+        self.check_serving()
+        if self._dirty:
+            self._reload()
+        if key in self.applied:
+            self.deduplicated += 1
+            return True, self.applied[key]
+        return False, None
+
+    def _exact_raised(self) -> None:
+        """The user's method raised: put memory back to the last committed state, so that
+        the next call's checkpoint cannot commit half of this one. A reload that fails is
+        logged and retried before the next call (which fails if it fails again)."""
+        try:
+            self._reload()
+        except Exception as exc:  # noqa: BLE001 - the user's exception is what propagates
+            log.warning("%s %r: could not roll back after a call raised (retried before "
+                        "the next call): %s: %s", self.config.actor, self.key,
+                        type(exc).__name__, exc)
+
+    def _exact_commit(self, key: str, result: Any) -> Any:
+        """Record the call and commit it before it returns; the value to return.
+
+        A failed commit reloads memory from the lease (it never runs ahead of what is
+        durable). If the outcome was unknown (``CheckpointCommitUnknown``: the store raised
+        after the generation may have landed) and the reloaded state holds this call's key,
+        the call *was* committed: the lease is flushed once more and the recorded result
+        returned instead of an error (a resend would get it anyway)."""
+        self._record(key, result)
+        try:
+            self.checkpoint(meta={"reason": "call"})
+        except CheckpointFailed as exc:
+            if self.inc.fenced:
+                raise
+            try:
+                self._reload()
+            except Exception as reload_exc:  # noqa: BLE001 - report the commit's failure
+                raise exc from reload_exc
+            if not (isinstance(exc, CheckpointCommitUnknown) and key in self.applied):
+                raise
+            try:
+                self.inc.lease.flush()
+            except Exception as flush_exc:  # noqa: BLE001 - still unknown
+                raise exc from flush_exc
+            log.info("%s %r: the commit reported unknown had landed; call answered",
+                     self.config.actor, self.key)
+            self.calls_since = 0
+            self._initial = None
+            return self.applied[key]
+        self._initial = None  # the lease holds a generation now: the rollback target
+        return result
+
+    def _reload(self) -> None:
+        """Memory := the last committed state: the lease's newest generation that verifies,
+        or the constructor's state (kept pickled until the first commit) if there is none.
+        Raises what the restore raises; memory is then marked to be reloaded again."""
+        self._dirty = True
+        try:
+            css = self.inc.bind()
+        except CheckpointFailed:
+            raise
+        except Exception as exc:  # noqa: BLE001 - StoreError, corrupt lease: fail-closed
+            raise CheckpointFailed(
+                f"{self.config.actor} {self.key!r}: memory could not be reloaded from the "
+                f"lease: {type(exc).__name__}: {exc}", lease_id=self.inc.lease_id) from exc
+        if css.restored is None and self._initial is not None:
+            css.state = pickle.loads(self._initial)
+        self._adopt(css.state)
+        self._dirty = False
+
+    def _recorded(self, key: str | None) -> tuple[bool, Any]:
+        """Policy mode, under :attr:`lock`: ``(True, result)`` if a call with this request
+        key was applied (in memory, or restored from a checkpoint that held it)."""
+        if key is not None and key in self.applied:
+            self.deduplicated += 1
+            return True, self.applied[key]
+        return False, None
+
+    def call(self, fn: Callable[..., Any], obj: Any, args: tuple[Any, ...],
+             kwargs: dict[str, Any], request_id: str | None = None) -> Any:
+        """Run one synchronous call under the policy (see the module docstring)."""
+        self.check_serving()
+        if not self.exact:
+            key = None if request_id is None else _call_key(request_id)
+            with self.lock:
+                done, recorded = self._recorded(key)
+                if done:
+                    return recorded
+                if key is not None:  # one at a time per id: a resend waits for the first
+                    result = fn(obj, *args, **kwargs)
+                    self._record(key, result)
+                    self._due_checkpoint()
+                    return result
+            result = fn(obj, *args, **kwargs)
+            with self.lock:
+                self._record(None, result)
+                self._due_checkpoint()
+            return result
+        key = _call_key(request_id)
+        with self.lock:
+            done, recorded = self._exact_begin(key)
+            if done:
+                return recorded
+            try:
+                result = fn(obj, *args, **kwargs)
+            except BaseException:
+                self._exact_raised()
+                raise
+            return self._exact_commit(key, result)
+
+    async def call_async(self, fn: Callable[..., Awaitable[Any]], obj: Any,
+                         args: tuple[Any, ...], kwargs: dict[str, Any],
+                         request_id: str | None = None) -> Any:
+        """Run one coroutine call under the policy (see the module docstring)."""
+        self.check_serving()
+        if not self.exact:
+            key = None if request_id is None else _call_key(request_id)
+            done, recorded = await self.turns.claim(key, self._recorded)
+            if done:
+                return recorded
+            try:
+                await self.turns.enter(self._due_checkpoint)
+                try:
+                    result = await fn(obj, *args, **kwargs)
+                finally:
+                    self.turns.leave()
+                with self.lock:
+                    self._record(key, result)
+                    self._due_checkpoint()
+                return result
+            finally:
+                self.turns.release(key)
+        key = _call_key(request_id)
+        async with self._one_at_a_time():
+            with self.lock:
+                done, recorded = self._exact_begin(key)
+            if done:
+                return recorded
+            try:
+                result = await fn(obj, *args, **kwargs)
+            except BaseException:
+                with self.lock:
+                    self._exact_raised()
+                raise
+            with self.lock:
+                return self._exact_commit(key, result)
+
+    @contextlib.asynccontextmanager
+    async def _one_at_a_time(self) -> AsyncIterator[None]:
+        if self._alock is None:
+            self._alock = asyncio.Lock()
+        async with self._alock:
+            self._active += 1
+            try:
+                yield
+            finally:
+                self._active -= 1
+
+    @staticmethod
+    def inside_call() -> bool:
+        """True inside a wrapped call of this task (a method calling ``self.checkpoint()``)."""
+        return in_call.get()
+
+    @contextlib.contextmanager
+    def outer_call(self) -> Iterator[bool]:
+        """Yield True for the outermost wrapped call of a task (nested ones are plain)."""
+        if in_call.get():
+            yield False
+            return
+        token = in_call.set(True)
+        try:
+            yield True
+        finally:
+            in_call.reset(token)
