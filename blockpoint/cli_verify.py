@@ -39,7 +39,6 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     from blockstore import open_store
-    from stages import NoCheckpointError, verify_lease
     from blockstore.keys import KEY_ENV, KeyRing, resolve_keys
 
     try:
@@ -64,7 +63,7 @@ def _verify(args: argparse.Namespace) -> int:
     unchecked = 0  # generations whose MAC was not checked (no key)
     with store:
         infos = [store.lease_info(args.lease)] if args.lease else store.list_leases()
-        reports_of = _verify_all(store, infos, ring, args.json, verify_lease, NoCheckpointError)
+        reports_of = _verify_all(store, infos, ring, args.json)
         for info in infos:
             reports = reports_of[info.lease_id]
             if reports is None:
@@ -96,27 +95,32 @@ def _verify(args: argparse.Namespace) -> int:
     return 1 if corrupt else 0
 
 
-def _verify_all(store: Any, infos: list[Any], ring: Any, as_json: bool, verify_lease: Any,
-                no_checkpoint: type[Exception]) -> dict[str, Any]:
+def _verify_all(store: Any, infos: list[Any], ring: Any, as_json: bool) -> dict[str, Any]:
     """Every lease's reports (``None``: not a checkpoint), with a bar of the bytes read."""
+    from blockstore.work import watch
+    from stages import NoCheckpointError, verify_lease
+
     out: dict[str, Any] = {}
+    seen = done = 0  # bytes the bar shows; bytes of the leases verified so far
+
+    def step(kind: str, n: int) -> None:
+        nonlocal seen
+        if kind == "verify_bytes":
+            seen += n
+            progress.update(n)
+
     with bar(sum(i.num_blocks for i in infos) * store.block_size, "verify",
-             as_json=as_json) as progress:
+             as_json=as_json) as progress, watch(step):
         for info in infos:
             progress.note(info.name)
-            seen = [0]
-
-            def step(n: int) -> None:
-                seen[0] += n
-                progress.update(n)
-
             try:
-                out[info.lease_id] = verify_lease(store.open_reader(info.lease_id), key=ring,
-                                                  progress=step)
-            except no_checkpoint:
+                out[info.lease_id] = verify_lease(store.open_reader(info.lease_id), key=ring)
+            except NoCheckpointError:
                 out[info.lease_id] = None
             # The lease's headers, free and shared blocks: the bar ends at 100 %.
-            progress.update(max(0, info.num_blocks * store.block_size - seen[0]))
+            done += info.num_blocks * store.block_size
+            progress.update(max(0, done - seen))
+            seen = max(seen, done)
     return out
 
 

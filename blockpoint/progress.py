@@ -2,9 +2,10 @@
 
 A bar is shown when standard error is a terminal, the command was not asked for ``--json``
 and ``BLOCKPOINT_PROGRESS`` is not ``0``; otherwise every call is a no-op, so output piped to
-a file or parsed as JSON never carries a bar. The library itself never prints: it takes a
-``progress`` callback (e.g. :func:`stages.verify_lease`), and this module turns those calls
-into a bar (tqdm: rate, ETA and terminal width handled for us).
+a file or parsed as JSON never carries a bar. The library itself never prints: it reports
+its work to a watcher (:mod:`blockstore.work`: checkpoints, restores, ``verify_lease``, gc),
+and a command turns those reports into a bar (tqdm: rate, ETA and terminal width handled
+for us).
 """
 
 from __future__ import annotations

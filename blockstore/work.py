@@ -8,7 +8,9 @@ Library code never prints (``blockstore/logs.py``); where work is long it calls
         css.checkpoint()
 
 Kinds: ``checkpoint_bytes`` (payload bytes handed to the store), ``restore_bytes`` (payload
-bytes read and verified), ``objects_listed`` (objects or lease files listed: gc, scans). The watcher is held in a
+bytes read and verified), ``verify_bytes`` (stored bytes of checkpoint generations read and
+verified, nothing decoded: ``verify_lease``, ``blockpoint verify``), ``objects_listed``
+(objects or lease files listed: gc, scans). The watcher is held in a
 context variable, so it follows the caller's thread (and asyncio task) and nothing else: work
 on a pool thread is reported by the thread that waits for it. A watcher that raises is logged
 once and dropped; the work goes on.

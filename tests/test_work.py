@@ -55,3 +55,28 @@ def test_a_failing_watcher_is_dropped_and_other_threads_see_nothing(tmp_path) ->
         other.join()
     assert hits == [threading.current_thread().name]
     advance("checkpoint_bytes", 1)  # outside: a no-op
+
+
+def test_verify_reports_its_bytes_like_a_restore(tmp_path) -> None:
+    """verify_lease reports through blockstore.work (``verify_bytes``: the stored bytes it
+    read and checked, as it goes), never as restore progress."""
+    from stages import verify_lease
+
+    seen: Counter[str] = Counter()
+    calls: list[tuple[str, int]] = []
+
+    def note(kind: str, n: int) -> None:
+        seen[kind] += n
+        calls.append((kind, n))
+
+    state = {"w": np.random.default_rng(4).random(1_000_000)}  # 8 MB: several read batches
+    with FileStore(tmp_path / "s", 1 << 16) as store, store.acquire("v") as lease:
+        css = CheckpointedStageState(state, lease, codec="msgpack", compression="none")
+        first = css.checkpoint(step=1)
+        second = css.checkpoint(step=2)
+        with watch(note):
+            reports = verify_lease(store.open_reader("v"))
+        assert all(r.ok for r in reports if r.generation)
+        assert seen["verify_bytes"] == first.stored_bytes + second.stored_bytes
+        assert len([c for c in calls if c[0] == "verify_bytes"]) > 2  # per batch, not per gen
+        assert seen["restore_bytes"] == 0

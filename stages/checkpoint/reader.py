@@ -368,17 +368,23 @@ def _mac_in_order(key: bytes, alg: int, mv: memoryview,
 
 
 def read_payload(reader: LeaseReader, h: Header, entries: Sequence[MapEntry], *,
-                 key: KeySetting) -> np.ndarray:
+                 key: KeySetting, kind: str = "restore_bytes") -> np.ndarray:
     """:func:`_read_payload`, with blocks missing from the store reported as corruption of
-    this generation (:class:`CheckpointCorrupt`)."""
+    this generation (:class:`CheckpointCorrupt`).
+
+    Progress goes to :func:`blockstore.work.advance` as each batch's check completes, as
+    ``kind``: ``"restore_bytes"`` counts payload bytes, ``"verify_bytes"`` (what
+    :func:`~stages.checkpoint.verify.verify_lease` reads) the stored bytes read."""
+    if kind not in ("restore_bytes", "verify_bytes"):
+        raise ValueError(f"kind must be 'restore_bytes' or 'verify_bytes', got {kind!r}")
     try:
-        return _read_payload(reader, h, entries, key=key)
+        return _read_payload(reader, h, entries, key=key, kind=kind)
     except BlockMissingError as exc:
         raise _missing(reader, h, exc) from exc
 
 
 def _read_payload(reader: LeaseReader, h: Header, entries: Sequence[MapEntry], *,
-                  key: KeySetting) -> np.ndarray:
+                  key: KeySetting, kind: str) -> np.ndarray:
     """Read, check and assemble the payload of a generation into one new buffer.
 
     Every chunk's CRC is verified (and the MAC, when ``key`` is set) before this returns; the
@@ -409,6 +415,7 @@ def _read_payload(reader: LeaseReader, h: Header, entries: Sequence[MapEntry], *
     # (payload offset, length, the task that fills and checks it): the MAC is fed in payload
     # order as tasks finish, so it runs beside the reads instead of as a second pass.
     regions: list[tuple[int, int, Future[Failure]]] = []
+    stored: dict[Future[Failure], int] = {}  # the stored bytes each task read (verify_bytes)
     raw_items: list[tuple[memoryview, MapEntry]] = []  # CRCs checked later (keyed)
     crc_now = writer_key is None
     idx: list[int] = []
@@ -425,6 +432,7 @@ def _read_payload(reader: LeaseReader, h: Header, entries: Sequence[MapEntry], *
             if not crc_now:
                 raw_items.extend(batch)
             pending.append(fut)
+            stored[fut] = nbytes
             regions.extend((o, n, fut) for o, n in offs)
         idx, views, batch, offs, nbytes = [], [], [], [], 0
 
@@ -457,6 +465,7 @@ def _read_payload(reader: LeaseReader, h: Header, entries: Sequence[MapEntry], *
             for i in range(0, len(work), step):
                 fut = pool.submit(_check_zstd, work[i:i + step])
                 pending.append(fut)
+                stored[fut] = sum(e.stored for _, e in zstd[i:i + step])
                 regions.extend((o, e.raw, fut) for o, e in zstd[i:i + step])
     except BlockIndexError as exc:
         raise TruncatedCheckpointError(f"{where}: a block is beyond the lease: {exc}",
@@ -464,13 +473,17 @@ def _read_payload(reader: LeaseReader, h: Header, entries: Sequence[MapEntry], *
     try:
         digest = (_mac_in_order(writer_key, h.mac_algorithm, mv, regions)
                   if writer_key is not None else None)
-        sizes: dict[Any, int] = {}
-        for _, n, fut in regions:
-            sizes[fut] = sizes.get(fut, 0) + n
+        sizes: dict[Any, int] = {}  # per task: the payload bytes, or the stored bytes
+        if kind == "restore_bytes":
+            for _, n, fut in regions:
+                sizes[fut] = sizes.get(fut, 0) + n
+        else:
+            for fut, n in stored.items():
+                sizes[fut] = n
         failed = []
         for f in pending:
             failed.append(f.result())
-            advance("restore_bytes", sizes.get(f, 0))
+            advance(kind, sizes.get(f, 0))
     except BlockIndexError as exc:
         raise TruncatedCheckpointError(f"{where}: a block is beyond the lease: {exc}",
                                        block=exc.index, **ctx) from exc

@@ -10,7 +10,6 @@ since damage there fails every generation that names them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -72,12 +71,13 @@ class GenerationReport:
         return asdict(self)
 
 
-def verify_lease(reader: LeaseReader, *, key: KeySetting = None,
-                 progress: Callable[[int], None] | None = None) -> list[GenerationReport]:
+def verify_lease(reader: LeaseReader, *, key: KeySetting = None) -> list[GenerationReport]:
     """Verify every header slot of a checkpoint lease (checksums, map, MAC); decode nothing.
 
     ``key`` None: the configured keys (``blockstore.keys.resolve_keys``), if any.
-    ``progress`` is called with the stored bytes of each generation once it was read.
+    Progress goes to :mod:`blockstore.work` like a restore's, as ``verify_bytes``: the stored
+    bytes of each generation as its read batches are checked (a caller shows it by wrapping
+    the call in :func:`blockstore.work.watch`).
 
     Returns one report per slot, newest generation first, then unreadable and empty slots.
     Raises :class:`NoCheckpointError` if no slot holds the magic ``PCHK`` (an empty lease, or
@@ -113,11 +113,9 @@ def verify_lease(reader: LeaseReader, *, key: KeySetting = None,
         try:
             entries, _ = load_map(reader, h, key=ring)
             chunk_sets[h.generation] = {(e.block, e.offset) for e in entries}
-            read_payload(reader, h, entries, key=ring)
+            read_payload(reader, h, entries, key=ring, kind="verify_bytes")
         except CheckpointCorrupt as exc:
             status, block = str(exc), exc.block
-        if progress is not None:
-            progress(h.stored_bytes)
         out.append(GenerationReport(
             **base, slot=s.slot, generation=h.generation, step=h.step, size=h.data_length,
             stored=h.stored_bytes, codec=h.codec, compression=h.compression,
