@@ -11,6 +11,7 @@ it writes are specified in ``docs/FORMAT.md``.
 | `writer.py`     | the write path: chunks, encoding in the pool, block allocation, the block map |
 | `restore.py`    | the restore path: the newest generation that verifies, read and decoded |
 | `reader.py`     | the read path: slots, the map, the verified payload |
+| `chunkchecks.py`| the pool tasks of a payload read: CRCs, zstd, the MAC fed by the readers |
 | `verify.py`     | `verify_lease`: every slot of a lease checked, nothing decoded (`blockpoint verify`) |
 | `format.py`     | header, block map and slot layout (pack / unpack) |
 | `codec.py`      | pickle (protocol 5, out-of-band buffers) and msgpack codecs |

@@ -1,0 +1,91 @@
+"""Keyed restores of raw payloads: the read tasks feed the payload MAC themselves, in payload
+order (``stages/checkpoint/chunkchecks.py``, ``MacChain``). Every byte is still
+authenticated before the state is returned, damage is still named as a CRC failure, and a
+read task that fails breaks the chain without hanging it."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from blockstore import BlockIndexError, FileStore
+from stages import CheckpointAuthError, CheckpointCorrupt, CheckpointedStageState
+from stages.checkpoint import format as fmt
+from stages.checkpoint.chunkchecks import MacChain
+from stages.checkpoint.mac import MAC_BLAKE3, PayloadMac
+from stages.checkpoint.reader import KEYED_READ_BATCH, load_map, scan_slots
+
+KEY = b"k" * 32
+BS = 64 * 1024
+
+
+def _raw_state() -> dict:
+    n = 3 * KEYED_READ_BATCH // 8 + 1000  # float64: more than three keyed read batches
+    return {"w": np.random.default_rng(7).random(n)}
+
+
+def test_a_raw_payload_over_several_batches_restores_and_damage_is_a_crc_failure(
+        tmp_path: Path) -> None:
+    state = _raw_state()
+    with FileStore(tmp_path / "s", BS) as store:
+        lease = store.acquire("r")
+        CheckpointedStageState(state, lease, key=KEY, compression="none").checkpoint()
+        reader = store.open_reader("r")
+        _, scans = scan_slots(reader)
+        h = next(s.header for s in scans if s.header is not None)
+        entries, _ = load_map(reader, h, key=KEY)
+        assert {e.flags for e in entries} == {fmt.CHUNK_RAW}
+        back = CheckpointedStageState.restore(reader, key=KEY)
+        np.testing.assert_array_equal(back.state["w"], state["w"])
+        victim = entries[2 * len(entries) // 3]  # in the third batch
+        dat = tmp_path / "s" / "leases" / f"{lease.lease_id}.dat"
+        with open(dat, "r+b") as f:
+            f.seek(victim.block * BS + 5)
+            byte = f.read(1)
+            f.seek(victim.block * BS + 5)
+            f.write(bytes([byte[0] ^ 0x10]))
+        with pytest.raises(CheckpointCorrupt, match=f"data block {victim.block} fails") as ei:
+            CheckpointedStageState.restore(store.open_reader("r"), key=KEY)
+        assert not isinstance(ei.value, CheckpointAuthError)
+        with pytest.raises(CheckpointAuthError):
+            CheckpointedStageState.restore(store.open_reader("r"), key=b"another key")
+
+
+def test_the_chain_is_the_mac_of_the_payload_in_order(tmp_path: Path) -> None:
+    with FileStore(tmp_path / "s", BS) as store, store.acquire("c") as lease:
+        data = np.random.default_rng(8).integers(0, 256, 12 * BS, dtype=np.uint8)
+        lease.grow(12)
+        lease.write_blocks({i: bytes(data[i * BS:(i + 1) * BS]) for i in range(12)})
+        buf = np.empty(12 * BS, dtype=np.uint8)
+        mv = memoryview(buf)
+        chain = MacChain(KEY, MAC_BLAKE3)
+        with ThreadPoolExecutor(2) as pool:
+            futs = [pool.submit(chain.read_and_feed, n, lease, list(range(3 * n, 3 * n + 3)),
+                                [(mv[b * BS:(b + 1) * BS], None) for b in range(3 * n, 3 * n + 3)],
+                                mv[3 * n * BS:(3 * n + 3) * BS])
+                    for n in range(4)]
+            assert [f.result(timeout=60) for f in futs] == [None] * 4
+        assert chain.digest() == PayloadMac(KEY, MAC_BLAKE3).update_all([data]).digest()
+        np.testing.assert_array_equal(buf, data)
+
+
+def test_a_failed_read_task_breaks_the_chain_and_nobody_hangs(tmp_path: Path) -> None:
+    with FileStore(tmp_path / "s", BS) as store, store.acquire("f") as lease:
+        lease.grow(4)
+        buf = np.empty(6 * BS, dtype=np.uint8)
+        mv = memoryview(buf)
+        chain = MacChain(KEY, MAC_BLAKE3)
+        blocks = [[0], [99], [1], [2]]  # block 99 is beyond the lease: the store refuses it
+        with ThreadPoolExecutor(2) as pool:
+            futs = [pool.submit(chain.read_and_feed, n, lease, idx,
+                                [(mv[n * BS:(n + 1) * BS], None)], mv[n * BS:(n + 1) * BS])
+                    for n, idx in enumerate(blocks)]
+            with pytest.raises(BlockIndexError):
+                futs[1].result(timeout=60)
+            for f in (futs[0], futs[2], futs[3]):
+                assert f.result(timeout=60) is None
+        with pytest.raises(RuntimeError, match="broken"):
+            chain.digest()
