@@ -32,8 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = ["CallDispatch", "in_call"]
 
-#: The runtime's logger (these methods logged under it before they moved here).
-log = logging.getLogger("stages.actors.durability")
+log = logging.getLogger(__name__)
 
 
 #: Set while a wrapped call runs, so that a method calling another one of the same actor
