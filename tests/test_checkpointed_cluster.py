@@ -131,6 +131,8 @@ def registered(env: dict[str, Any], key: str, epoch: int = 0) -> dict[str, Any] 
         s = ray.get(env["sched"].stage.remote(key), timeout=10)
     except ray.exceptions.RayTaskError:  # UnknownStageError: not registered yet
         return None
+    except ray.exceptions.GetTimeoutError:  # a busy scheduler: ask again
+        return None
     return s if s["status"] == "running" and s["epoch"] > epoch else None
 
 
