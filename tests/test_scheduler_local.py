@@ -193,6 +193,32 @@ def test_relaunch_killed_before_it_answered_stays_ended(sched: tuple[Any, str, s
     assert "held" not in {s["stage_id"] for s in status(handle)["stages"]}
 
 
+def test_registration_arriving_after_the_actor_ended_is_ignored(sched: tuple[Any, str, str]
+                                                               ) -> None:
+    """A ``@checkpointed`` actor's registration is fire-and-forget (and Ray retries it across
+    a restart of the scheduler): it may land after the actor was killed and forgotten. It
+    must not bring the stage back; the same registration of a live actor is taken."""
+    handle, name, store = sched
+    cls = ray.remote(num_cpus=0.25, concurrency_groups=checkpointed.GROUPS)(
+        checkpointed(store=store, key="late", lease_ttl=5.0,
+                     registrar=SchedulerRegistrar(name))(HeldAtStart))
+    h = cls.remote("/nonexistent/hold")
+    reg = ray.get(h.registration.remote())            # what its __init__ sent
+    wait_for(lambda: "late" in {s["stage_id"] for s in status(handle)["stages"]},
+             what="late registered")
+    ray.kill(h)
+
+    def forgotten() -> bool:
+        return any(d["outcome"] == "not relaunched" and "late" in d["victims"]
+                   for d in ray.get(handle.decisions.remote(50)))
+    wait_for(forgotten, what="the killed actor forgotten")
+    answer = ray.get(handle.register.remote(reg))     # the registration, late
+    assert answer["status"] == "ignored" and "RAY_KILL" in answer["reason"], answer
+    assert "late" not in {s["stage_id"] for s in status(handle)["stages"]}
+    assert any(d["kind"] == "register" and d["outcome"] == "ignored" and "late" in d["victims"]
+               for d in ray.get(handle.decisions.remote(50)))
+
+
 # --------------------------------------------------------------------------- restart
 
 
