@@ -55,7 +55,7 @@ from scheduler.observer import DEFAULT_SCHEDULER_NAME
 from scheduler.placement import Placement
 from scheduler.plans import PreemptionRequest
 from scheduler.reasons import NonPreemptibleReason
-from scheduler.registry import RegistryStore
+from scheduler.registry import RegistryStore, registry_name
 from scheduler.results import DrainResult, PreemptionResult, RestoreResult, StageStatus
 from scheduler.stopping import Stopper
 from scheduler.table import StageEntry, StageTable, field_of
@@ -116,7 +116,7 @@ class Scheduler:
         self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="scheduler-work")
         self._registry = RegistryStore(self._store(store_url),
-                                       f"_blockpoint/scheduler/{namespace or 'default'}/{name}",
+                                       registry_name(name, namespace),
                                        allow_unauthenticated=allow_unauthenticated)
         record = self._registry.open()
         self._table = StageTable(self._registry, name=name, namespace=namespace,
