@@ -32,10 +32,22 @@ from typing import Any, TextIO
 from .cli_scheduler import _check_reachable
 from .errors import DemoSetupError
 
-__all__ = ["STORE_CREDENTIAL_ENV", "AttachedDemoCluster", "DemoCluster", "LocalDemoCluster",
-           "cluster_for", "start"]
+__all__ = ["LOCAL_HEALTH_CHECKS", "STORE_CREDENTIAL_ENV", "AttachedDemoCluster", "DemoCluster",
+           "LocalDemoCluster", "cluster_for", "start"]
 
 _HEAD_RESOURCE = "node:__internal_head__"
+
+#: Ray's node health checks for a cluster of local nodes (the demo's, the tests'): a node
+#: whose raylet is gone is declared dead after ~5 failed checks a second apart (a dead
+#: raylet refuses at once), where Ray's defaults take 15-25 s. A live node is never
+#: declared dead for being slow: that takes 5 checks in a row each unanswered for 3 s - on
+#: a 2-core machine with other work, a raylet can miss a 0.5 s deadline three times
+#: running, and a false node death kills every actor on it.
+LOCAL_HEALTH_CHECKS: dict[str, int] = {
+    "health_check_period_ms": 1000,
+    "health_check_failure_threshold": 5,
+    "health_check_timeout_ms": 3000,
+}
 
 
 class DemoCluster:
@@ -98,9 +110,7 @@ class LocalDemoCluster(DemoCluster):
 
         self._cluster = Cluster(initialize_head=True, head_node_args={
             "num_cpus": 2, "object_store_memory": 150 * 1024 * 1024,
-            "_system_config": {"health_check_period_ms": 500,
-                               "health_check_failure_threshold": 3,
-                               "health_check_timeout_ms": 500}})
+            "_system_config": dict(LOCAL_HEALTH_CHECKS)})
         self._nodes = [self._cluster.add_node(num_cpus=2, object_store_memory=150 * 1024 * 1024)
                        for _ in range(2)]
         ray.init(address=self._cluster.address, log_to_driver=False, logging_level="ERROR")

@@ -55,7 +55,7 @@ from scheduler.observer import DEFAULT_SCHEDULER_NAME
 from scheduler.placement import Placement
 from scheduler.plans import PreemptionRequest
 from scheduler.reasons import NonPreemptibleReason
-from scheduler.registry import RegistryStore
+from scheduler.registry import RegistryStore, registry_name
 from scheduler.results import DrainResult, PreemptionResult, RestoreResult, StageStatus
 from scheduler.stopping import Stopper
 from scheduler.table import StageEntry, StageTable, field_of
@@ -116,7 +116,7 @@ class Scheduler:
         self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="scheduler-work")
         self._registry = RegistryStore(self._store(store_url),
-                                       f"_blockpoint/scheduler/{namespace or 'default'}/{name}",
+                                       registry_name(name, namespace),
                                        allow_unauthenticated=allow_unauthenticated)
         record = self._registry.open()
         self._table = StageTable(self._registry, name=name, namespace=namespace,
@@ -182,15 +182,33 @@ class Scheduler:
         ``__init__``) or a mapping with the same fields (``stage_id``, ``actor``,
         ``node_id``, ``priority``, ``lease_id``, ``epoch``, ``resources``, ``generation``).
         A registration with an epoch older than the known one (a late or zombie
-        incarnation) is ignored. ``spec`` (or ``registration.spec`` if present) is kept so
+        incarnation) is ignored, and so is that of a ``@checkpointed`` actor the scheduler
+        does not know and Ray already records dead: it arrived after its incarnation ended
+        and was forgotten (a fire-and-forget registration overtaken by a ``ray.kill``, or
+        one Ray retried across a restart of the scheduler); taken, it would bring the
+        forgotten stage back. ``spec`` (or ``registration.spec`` if present) is kept so
         the stage can be recreated elsewhere.
 
         Returns:
-            The stage's status entry (see :meth:`status`).
+            The stage's status entry (see :meth:`status`); for a registration ignored as
+            that of a dead actor, ``{"stage_id": ..., "status": "ignored", "reason": ...}``.
         """
         spec = spec if spec is not None else field_of(registration, "spec")
-        if isinstance(spec, ActorRecipe) and spec.max_restarts is None:
-            spec = _with_max_restarts(spec, field_of(registration, "actor"))
+        if isinstance(spec, ActorRecipe):
+            view = _actor_view(field_of(registration, "actor"))
+            if view is not None and spec.max_restarts is None:
+                # An actor cannot read its own max_restarts: a re-created incarnation is
+                # restartable exactly as the first was.
+                spec = dataclasses.replace(spec, max_restarts=view.max_restarts)
+            sid = str(field_of(registration, "stage_id"))
+            with self._table.lock:
+                known = sid in self._table.entries
+            if view is not None and view.dead and not known:
+                why = (f"actor {view.actor_id[:12]} is already dead ({view.death_reason}): a "
+                       "registration that arrived after its incarnation ended")
+                self._table.manager.record_decision("register", "ignored", victims=[sid],
+                                                    notes={sid: why})
+                return {"stage_id": sid, "status": "ignored", "reason": why}
         resources = resource_amounts(field_of(registration, "resources", {}) or {},
                                      scheduling=False)
         status, changed = self._table.register(registration, spec, resources)
@@ -424,14 +442,13 @@ class Scheduler:
         return self._table.manager.snapshot()
 
 
-def _with_max_restarts(recipe: ActorRecipe, handle: Any) -> ActorRecipe:
-    """``recipe`` with the ``max_restarts`` Ray recorded for its actor (an actor cannot read
-    its own), so that a re-created incarnation is restartable exactly as the first was."""
+def _actor_view(handle: Any) -> ray_adapter.ActorView | None:
+    """Ray's record of the actor behind ``handle``; ``None`` without a handle, or when the
+    GCS does not answer (the watcher reads it later)."""
     try:
-        view = ray_adapter.actor_view(ray_adapter.actor_id_of(handle)) if handle else None
-    except Exception:  # noqa: BLE001 - the GCS is slow or gone: the watcher reads it later
-        view = None
-    return recipe if view is None else dataclasses.replace(recipe, max_restarts=view.max_restarts)
+        return ray_adapter.actor_view(ray_adapter.actor_id_of(handle)) if handle else None
+    except Exception:  # noqa: BLE001 - the GCS is slow or gone
+        return None
 
 
 # --------------------------------------------------------------------------- factory

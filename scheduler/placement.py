@@ -62,7 +62,10 @@ class Placement:
           victim); its flush mark is cleared (the old incarnation is gone).
         * A failed placement leaves the stage ``LOST`` with ``retry_at`` set, is logged
           and persisted, and raises :class:`~scheduler.errors.RestoreError` (or
-          :class:`~scheduler.errors.NoNodeAvailableError`).
+          :class:`~scheduler.errors.NoNodeAvailableError`). Its entry then names the
+          incarnation that placement launched (none if it launched nothing): the next
+          placement kills that one before it launches another, so a launch that answered
+          too late never leaves two incarnations behind.
 
     Args:
         table: The scheduler's stage table.
@@ -106,6 +109,7 @@ class Placement:
             table.manager.set_reason(sid, _RESTORING)
             table.manager.clear_reason(sid, _CIP)
             entry.reset_flush()
+        handle = None
         try:
             if old_handle is not None:
                 ray_adapter.kill_actor(old_handle)
@@ -137,6 +141,12 @@ class Placement:
         except Exception as exc:
             with table.lock:
                 entry.status = StageStatus.LOST
+                # The incarnation launched here, if any, is now the stage's: one that did
+                # not answer in time may still come up (the next placement kills it), and
+                # one that was ended on purpose before it answered (``ray.kill``) is judged
+                # by the watcher like any other. The old one was killed above.
+                entry.handle = handle
+                entry.actor_id = None if handle is None else ray_adapter.actor_id_of(handle)
                 entry.last_error = f"{type(exc).__name__}: {exc}"
                 entry.retry_at = time.time() + self._retry_interval
                 table.park_locked(entry)

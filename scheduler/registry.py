@@ -48,13 +48,19 @@ from blockstore.keys import KeyRing, KeySetting, resolve_keys
 
 from scheduler.errors import RegistryError, RegistryKeyRequired
 
-__all__ = ["REGISTRY_MAGIC", "REGISTRY_VERSION", "RegistryRecord", "RegistryStore"]
+__all__ = ["REGISTRY_MAGIC", "REGISTRY_VERSION", "RegistryRecord", "RegistryStore",
+           "registry_name"]
 
 log = logging.getLogger(__name__)
 
 #: The registry's document kind (the magic of its first layout) and field version.
 REGISTRY_MAGIC = b"BPSR"
 REGISTRY_VERSION = 2
+
+
+def registry_name(name: str, namespace: str | None) -> str:
+    """The lease name of the registry of scheduler ``name`` in Ray namespace ``namespace``."""
+    return f"_blockpoint/scheduler/{namespace or 'default'}/{name}"
 
 
 @dataclass(frozen=True, slots=True)

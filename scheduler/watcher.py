@@ -15,7 +15,9 @@ during a flush). Then:
   memory) and has ``max_restarts == 0``; otherwise it is forgotten, with the reason in the
   decision log - an actor Ray may restart is Ray's (a second incarnation would fight the
   restarted one for the lease), and one that ended on purpose (``ray.kill``, its owner
-  exited, out of scope) stays ended;
+  exited, out of scope) stays ended; so does an incarnation the scheduler launched that
+  was killed (``ray.kill``) before it answered its placement: the failed placement left
+  the stage lost, naming that incarnation, and it is forgotten instead of retried;
 * a flush mark whose lease expired or was released is cleared;
 * a stage whose incarnation says it is stopped (its ``info()["stopped"]``) although the
   table has it running - stopped behind the scheduler's back: by a caller that is not the
@@ -153,9 +155,13 @@ class Watcher:
                 self._check_flush_lease(entry, now)
                 if self._refresh_info(entry, now) and not isinstance(entry.spec, ActorRecipe):
                     stopped.append((entry.stage_id, entry.epoch))
-            elif entry.status == StageStatus.LOST and self._auto_restore() \
-                    and entry.spec is not None and now >= entry.retry_at:
-                retry.append(entry.stage_id)
+            elif entry.status == StageStatus.LOST:
+                refusal = self._killed_before_it_answered(entry)
+                if refusal is not None:
+                    ended.append((entry.stage_id, refusal))
+                elif self._auto_restore() and entry.spec is not None \
+                        and now >= entry.retry_at:
+                    retry.append(entry.stage_id)
         for sid, why, node_dead in lost:
             self._on_lost(sid, why, node_dead)
         for sid, why in ended:
@@ -238,12 +244,31 @@ class Watcher:
                           f"{view.max_restarts} leaves it to Ray, not re-created")
         return who, None
 
+    def _killed_before_it_answered(self, entry: StageEntry) -> str | None:
+        """Why a lost ``@checkpointed`` actor is not to be re-created, or ``None``.
+
+        A placement that failed leaves the entry naming the incarnation it launched
+        (``scheduler/placement.py``). If that one was ended on purpose (``ray.kill``)
+        before it answered the placement - a caller that looked it up by name and killed
+        it as soon as it came up - it stays ended, as it would had the placement's answer
+        come first (then the entry was running, and :meth:`_actor_death_of` forgets it).
+        Any other end of it (its constructor failed, it could not be scheduled) is the
+        restore's own failure, retried.
+        """
+        if not isinstance(entry.spec, ActorRecipe) or not entry.actor_id:
+            return None
+        view = ray_adapter.actor_view(entry.actor_id)
+        if view is None or not view.dead or view.death_reason != "RAY_KILL":
+            return None
+        return (f"actor {view.actor_id[:12]} is dead ({view.death_reason}): killed before "
+                "it answered its placement, ended on purpose, not re-created")
+
     def _on_ended(self, sid: str, why: str) -> None:
         """Forget a ``@checkpointed`` actor that is not to be re-created."""
         table = self._table
         with table.lock:
             entry = table.entries.get(sid)
-            if entry is None or entry.status != StageStatus.RUNNING:
+            if entry is None or entry.status not in (StageStatus.RUNNING, StageStatus.LOST):
                 return
             table.forget(sid)
         table.manager.record_decision("lost", "not relaunched", victims=[sid],

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from blockpoint.demo_cluster import LOCAL_HEALTH_CHECKS
+
 _RAY_TMP = tempfile.mkdtemp(prefix="bpray", dir="/tmp")
 os.environ.setdefault("RAY_TMPDIR", _RAY_TMP)
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -24,11 +26,8 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 # and subprocesses the tests start: they inherit this environment).
 os.environ.setdefault("BLOCKPOINT_CLOCK_MARGIN", "0")
 
-FAST_HEALTH = {
-    "health_check_period_ms": 500,
-    "health_check_failure_threshold": 3,
-    "health_check_timeout_ms": 500,
-}
+#: Fast failure detection that a loaded machine does not trip (see the demo's, the same).
+FAST_HEALTH = dict(LOCAL_HEALTH_CHECKS)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -68,7 +67,8 @@ def ray_local() -> Iterator[None]:
 def ray_cluster(request: pytest.FixtureRequest) -> Iterator[object]:
     """A 3-node ``ray.cluster_utils.Cluster`` (head + 2 workers) with fast failure detection.
 
-    The head has 1 CPU, each worker 2; a dead node is noticed in ~1.5-2.5 s. Tests that remove
+    The head has 1 CPU, each worker 2; a removed node is declared dead in ~5-7 s
+    (``FAST_HEALTH``), a live but slow one never. Tests that remove
     nodes may add replacements with ``cluster.add_node(...)``. A module that sets
     ``RAY_JOB_SERVER = True`` gets the head with the dashboard and its job server on a free
     loopback port (``cluster.job_address``, ``http://127.0.0.1:PORT``, for ``ray job submit``).

@@ -15,8 +15,14 @@ from typing import Any
 __all__ = ["thread_inside", "wait_for"]
 
 
-def wait_for(cond: Callable[[], Any], *, timeout: float = 30.0, what: str = "") -> Any:
-    """Return ``cond()``'s first truthy value, polling every 50 ms; fail after ``timeout``."""
+def wait_for(cond: Callable[[], Any], *, timeout: float = 60.0, what: str = "") -> Any:
+    """Return ``cond()``'s first truthy value, polling every 50 ms; fail after ``timeout``.
+
+    The default is generous on purpose: the suite runs on a 2-core machine with one core
+    busy with other work, where a Ray round trip, a watcher pass or a restore can take
+    seconds. A condition that holds returns at once, so a long deadline costs nothing but
+    the time a failing test takes to fail.
+    """
     end = time.time() + timeout
     while time.time() < end:
         value = cond()

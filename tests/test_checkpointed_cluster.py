@@ -37,6 +37,7 @@ from polling import wait_for
 from scheduler import PreemptionCheckpointObserver, PreemptionRequest
 from scheduler import ray_adapter
 from scheduler.hooks import SchedulerRegistrar
+from scheduler.registry import RegistryStore, registry_name
 from scheduler.reasons import NonPreemptibleReason
 from stages import ActorFenced, CheckpointFailed, call_once, checkpointed
 
@@ -131,7 +132,23 @@ def registered(env: dict[str, Any], key: str, epoch: int = 0) -> dict[str, Any] 
         s = ray.get(env["sched"].stage.remote(key), timeout=10)
     except ray.exceptions.RayTaskError:  # UnknownStageError: not registered yet
         return None
+    except ray.exceptions.GetTimeoutError:  # a busy scheduler: ask again
+        return None
     return s if s["status"] == "running" and s["epoch"] > epoch else None
+
+
+def persisted(env: dict[str, Any], key: str) -> bool:
+    """Whether the scheduler's registry in the store holds ``key``'s recipe. A registration
+    is in the scheduler's table (``stage()``) before its save lands: a scheduler killed in
+    between reloads a registry without it (the registration, retried by Ray, comes back)."""
+    ns = ray.get(env["sched"].ping.remote(), timeout=30)["namespace"]
+    reg = RegistryStore(env["store"], registry_name(env["name"], ns))
+    try:
+        rec = reg.load()
+    finally:
+        reg.close()
+    entry = (rec.document.get("entries") or {}).get(key) if rec is not None else None
+    return bool(entry and entry.get("spec"))
 
 
 def incarnation_after(name: str, epoch: int) -> tuple[Any, dict[str, Any]] | None:
@@ -260,6 +277,7 @@ def test_recipe_survives_a_scheduler_restart(env: dict[str, Any]) -> None:
     assert ray.get(h.add.remote(2)) == 42
     ck = ray.get(h.checkpoint.remote())
     first = wait_for(lambda: registered(env, "ledger-c"), what="registered")
+    wait_for(lambda: persisted(env, "ledger-c"), what="the registration saved")
     pid = ray.get(sched.ping.remote())["pid"]
     try:
         ray.kill(sched, no_restart=False)             # Ray restarts it; it reloads its registry

@@ -98,8 +98,10 @@ def test_a_known_run_is_scraped_from_rays_exporter(metrics_port: int, tmp_path: 
         p = Pipeline(src, specs, sink, batch_size=50, max_in_flight=4, run_id="metrics-run",
                      policy=CheckpointPolicy(every_records=400), on_event=on_event,
                      on_stage_lost=SchedulerRestore("m-sched", timeout=60),
-                     observer_for=lambda spec: PreemptionCheckpointObserver(spec.stage_id,
-                                                                            "m-sched"))
+                     # Every ack is counted below, none may be missed: a bound a loaded
+                     # machine never hits (the default 1 s is not that).
+                     observer_for=lambda spec: PreemptionCheckpointObserver(
+                         spec.stage_id, "m-sched", ack_timeout=60.0))
         res = p.run()
         assert killed and res.relaunches == 1 and res.recoveries == 1
         assert sink.read_all() == run_reference(src, specs)

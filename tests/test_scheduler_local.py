@@ -28,6 +28,7 @@ from schedstages import (
     make_spec,
     stage_status,
     start_stage,
+    status,
     waiting_for_flush,
 )
 
@@ -39,6 +40,8 @@ from scheduler import (
     check_ray_version,
     ray_adapter,
 )
+from scheduler.hooks import SchedulerRegistrar
+from stages import checkpointed
 
 pytestmark = pytest.mark.ray
 
@@ -130,6 +133,90 @@ def test_preempt_kills_when_no_time_to_checkpoint(sched: tuple[Any, str, str]) -
     assert back.generation == 1
     new = ray.get(handle.handle_of.remote("late"))
     assert ray.get(new.get_state.remote())["total"] == 1
+
+
+# --------------------------------------------------------------------------- @checkpointed actors
+
+
+class HeldAtStart:
+    """A ``@checkpointed`` actor's class whose construction waits while ``hold`` exists (a
+    relaunch gets the same argument): its incarnation is up but has not answered yet."""
+
+    def __init__(self, hold: str) -> None:
+        end = time.time() + 120.0                     # a safety net, as for gates
+        while os.path.exists(hold) and time.time() < end:
+            time.sleep(0.01)
+        self.state = {"n": 0}
+
+    def crash(self) -> None:
+        os._exit(1)
+
+
+def test_relaunch_killed_before_it_answered_stays_ended(sched: tuple[Any, str, str],
+                                                       tmp_path: Path) -> None:
+    """The scheduler re-creates a crashed ``@checkpointed`` actor; a caller finds the new
+    incarnation by name and ``ray.kill``s it before it answered the placement (here: while
+    its constructor waits). Ended on purpose, as a kill after the answer would be: forgotten,
+    not re-created a third time by the retry of the failed placement."""
+    handle, name, store = sched
+    hold = tmp_path / "hold"
+    cls = ray.remote(num_cpus=0.25, concurrency_groups=checkpointed.GROUPS)(
+        checkpointed(store=store, key="held", lease_ttl=5.0,
+                     registrar=SchedulerRegistrar(name))(HeldAtStart))
+    first = cls.options(name="held-actor").remote(str(hold))
+    ray.get(first.checkpoint.remote())
+    wait_for(lambda: any(s["stage_id"] == "held" and s["has_spec"]
+                         for s in status(handle)["stages"]), what="held registered")
+    first_id = ray_adapter.actor_id_of(first)
+    hold.touch()
+    with pytest.raises(ray.exceptions.RayActorError):
+        ray.get(first.crash.remote())
+
+    def relaunched() -> Any:
+        try:
+            h = ray.get_actor("held-actor")
+        except ValueError:
+            return None
+        return h if ray_adapter.actor_id_of(h) != first_id else None
+    second = wait_for(relaunched, timeout=60, what="the scheduler's relaunch, held at start")
+    ray.kill(second)
+    hold.unlink()                                     # a third incarnation would come up
+
+    def forgotten() -> list[dict[str, Any]]:
+        return [d for d in ray.get(handle.decisions.remote(50))
+                if d["outcome"] == "not relaunched" and "held" in d["victims"]]
+    note = dict(wait_for(forgotten, timeout=60, what="forgotten")[0]["notes"])["held"]
+    assert "RAY_KILL" in note and ray_adapter.actor_id_of(second)[:12] in note
+    kinds = {(d["kind"], d["outcome"]) for d in ray.get(handle.decisions.remote(50))
+             if "held" in d["victims"]}
+    assert ("restore", "failed") in kinds and ("restore", "done") not in kinds, kinds
+    assert "held" not in {s["stage_id"] for s in status(handle)["stages"]}
+
+
+def test_registration_arriving_after_the_actor_ended_is_ignored(sched: tuple[Any, str, str]
+                                                               ) -> None:
+    """A ``@checkpointed`` actor's registration is fire-and-forget (and Ray retries it across
+    a restart of the scheduler): it may land after the actor was killed and forgotten. It
+    must not bring the stage back; the same registration of a live actor is taken."""
+    handle, name, store = sched
+    cls = ray.remote(num_cpus=0.25, concurrency_groups=checkpointed.GROUPS)(
+        checkpointed(store=store, key="late", lease_ttl=5.0,
+                     registrar=SchedulerRegistrar(name))(HeldAtStart))
+    h = cls.remote("/nonexistent/hold")
+    reg = ray.get(h.registration.remote())            # what its __init__ sent
+    wait_for(lambda: "late" in {s["stage_id"] for s in status(handle)["stages"]},
+             what="late registered")
+    ray.kill(h)
+
+    def forgotten() -> bool:
+        return any(d["outcome"] == "not relaunched" and "late" in d["victims"]
+                   for d in ray.get(handle.decisions.remote(50)))
+    wait_for(forgotten, what="the killed actor forgotten")
+    answer = ray.get(handle.register.remote(reg))     # the registration, late
+    assert answer["status"] == "ignored" and "RAY_KILL" in answer["reason"], answer
+    assert "late" not in {s["stage_id"] for s in status(handle)["stages"]}
+    assert any(d["kind"] == "register" and d["outcome"] == "ignored" and "late" in d["victims"]
+               for d in ray.get(handle.decisions.remote(50)))
 
 
 # --------------------------------------------------------------------------- restart
