@@ -51,6 +51,8 @@ _RESTORING = NonPreemptibleReason.RESTORING
 _RESTORE_ALLOWANCE_S = 3.0
 #: Seconds to keep looking for a node with room before a restore gives up (and is retried).
 _PICK_RETRY_S = 3.0
+#: ... and while other launches are in flight, until they end (at most this long).
+_PICK_IN_FLIGHT_S = 60.0
 
 
 class Placement:
@@ -176,13 +178,16 @@ class Placement:
 
         Nodes in ``avoid`` are taken only when no other node has room. The choice is
         reserved for ``sid`` until its launch is over. If no node has room, looks again
-        for a few seconds (resources of stopped actors come back with a delay).
+        for a few seconds (resources of stopped actors come back with a delay), and for as
+        long as other launches are in flight (at most a minute): until one answers, its
+        actor is counted both by Ray and by its reservation here.
 
         Raises:
             NoNodeAvailableError: no node has room.
         """
         need = spec.ray_resources()
         give_up = time.time() + _PICK_RETRY_S
+        hard_stop = time.time() + _PICK_IN_FLIGHT_S
         while True:
             nodes = ray_adapter.list_nodes()
             with self._table.lock:
@@ -195,7 +200,11 @@ class Placement:
                 if best is not None:
                     self._reservations[sid] = (best, need)
                     return best
-            if time.time() >= give_up:
+                # Another launch in flight is counted twice until its info() answers (our
+                # reservation and Ray's view of the placed actor): wait for it to end.
+                in_flight = any(other != sid for other in self._reservations)
+            now = time.time()
+            if now >= give_up and not (in_flight and now < hard_stop):
                 raise NoNodeAvailableError(sid, exclude, f"needs {need}")
             self._stop.wait(0.25)
 
