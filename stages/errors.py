@@ -33,7 +33,8 @@ Errors of one module stay with it but hang from the same root::
     │                                      opened
     ├── ActorFenced(RuntimeError)          stages.actors.durability: a newer incarnation took the
     │                                      lease; this one refuses calls
-    ├── RequestIdError(ValueError)         stages.actors.calls: a request_id that is not a short str
+    ├── RequestIdError(ValueError)         stages.actors.records: a request_id that is not a short str
+    │   └── RequestIdConflict              a request_id recorded for another call (method, args)
     ├── CallNotAnswered(TimeoutError)      stages.actors.calls: call_once's deadline passed
     ├── PipelineError(RuntimeError)        the pipeline cannot go on (defined here, since
     │   │                                  stages.pipeline.pipeline and stages.pipeline.recovery both raise it)

@@ -30,7 +30,7 @@ from .actor import (
     StageStopped,
     launch_stage,
 )
-from .calls import CallNotAnswered, RequestIdError, call_once
+from .calls import CallNotAnswered, RequestIdConflict, RequestIdError, call_once
 from .checkpointed import CheckpointedConfigError, checkpointed
 from .config import CheckpointedConfig
 from .durability import ActorFenced, StateAttributeError, StoreUnavailable
@@ -46,6 +46,7 @@ __all__ = [
     "CheckpointedConfigError",
     "NodeCapacity",
     "Relaunchable",
+    "RequestIdConflict",
     "RequestIdError",
     "RollbackUnavailable",
     "Stage",

@@ -12,12 +12,16 @@ closes that gap:
   user's method runs (so no method may have a parameter of that name). The call is recorded
   under it, with its result, beside the state, and committed with the checkpoint that holds
   its effect; a call whose id is recorded is not applied again - its recorded result is
-  returned, from any incarnation that restored that checkpoint. The last ``dedupe_window``
-  ids (task ids and request ids together) are kept; an id must be a non-empty ``str`` of at
-  most :data:`MAX_REQUEST_ID` characters.
+  returned, from any incarnation that restored that checkpoint. An id names one call: a
+  call of another method or with other arguments under a recorded id is refused
+  (:class:`~stages.actors.records.RequestIdConflict`), not answered with the other call's
+  result (``stages/actors/records.py``). The last ``dedupe_window`` ids (task ids and
+  request ids together) are kept; an id must be a non-empty ``str`` of at most
+  :data:`MAX_REQUEST_ID` characters.
 * **call_once** sends a call with a request id and resends it, with the same id, after any
   failure that says the incarnation could not answer (it died, is unavailable, was fenced
-  by a newer one, was stopped), re-resolving a named actor with ``ray.get_actor`` (the old
+  by a newer one, was stopped) or that the call's commit is of unknown outcome
+  (``CheckpointCommitUnknown``), re-resolving a named actor with ``ray.get_actor`` (the old
   handle may be dead for good), until it answers or the deadline passes
   (:class:`CallNotAnswered`). The application's own errors are answers: they propagate.
 
@@ -38,31 +42,19 @@ from typing import Any
 
 import ray
 
-from ..errors import StageError
+from ..errors import CheckpointCommitUnknown, StageError
 from .actor import StageStopped
 from .durability import ActorFenced
+from .records import RequestIdConflict, RequestIdError
 
-__all__ = ["CallNotAnswered", "MAX_REQUEST_ID", "REQUEST_ID", "RequestIdError", "call_once",
-           "check_request_id"]
+__all__ = ["MAX_REQUEST_ID", "REQUEST_ID", "CallNotAnswered", "RequestIdConflict",
+           "RequestIdError", "call_once", "check_request_id"]
 
 #: The keyword a wrapped method takes its request id by.
 REQUEST_ID = "request_id"
 #: The longest request id accepted (ids are kept in every checkpoint).
 MAX_REQUEST_ID = 256
 _BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0)
-
-
-class RequestIdError(StageError, ValueError):
-    """A ``request_id=`` that is not a non-empty ``str`` of at most ``MAX_REQUEST_ID``
-    characters.
-
-    Attributes:
-        actor: the actor class's name.
-    """
-
-    def __init__(self, message: str, *, actor: str | None = None) -> None:
-        super().__init__(message)
-        self.actor = actor
 
 
 class CallNotAnswered(StageError, TimeoutError):
@@ -128,8 +120,11 @@ def takes_request_id(fn: Callable[..., Any]) -> bool:
 
 
 def _retryable(exc: BaseException) -> bool:
-    """True for a failure that says the incarnation could not answer (resend it)."""
-    return isinstance(exc, (ray.exceptions.RayActorError, ActorFenced, StageStopped))
+    """True for a failure that says the incarnation could not answer (resend it), or that
+    the call's outcome is unknown (its commit may or may not have landed: the resend is
+    answered from the record if it did, applied if it did not)."""
+    return isinstance(exc, (ray.exceptions.RayActorError, ActorFenced, StageStopped,
+                            CheckpointCommitUnknown))
 
 
 def call_once(actor: Any, method: str, *args: Any, request_id: str | None = None,
@@ -142,7 +137,8 @@ def call_once(actor: Any, method: str, *args: Any, request_id: str | None = None
             or a handle (retried as is - right for an actor Ray restarts - unless ``name``
             is given too, which is then used to look it up again after a failure).
         method: the method's name.
-        request_id: the call's idempotency key; a fresh random one by default. Pass your
+        request_id: the call's idempotency key (:class:`RequestIdError` if it is not a
+            non-empty ``str``); a fresh random one if None. Pass your
             own (an order number, a message id) to make a resend from another process, or
             after this one crashed, find the first attempt's record.
         name, namespace: how to look the actor up again.
@@ -155,7 +151,7 @@ def call_once(actor: Any, method: str, *args: Any, request_id: str | None = None
         CallNotAnswered: no answer before the deadline.
         Exception: what the method raised (an answer, not resent).
     """
-    rid = check_request_id(request_id or uuid.uuid4().hex, method)
+    rid = check_request_id(uuid.uuid4().hex if request_id is None else request_id, method)
     lookup = actor if isinstance(actor, str) else name
     who = lookup or repr(actor)
     deadline = time.monotonic() + timeout

@@ -10,20 +10,19 @@ works on the runtime's lock, applied-call record, incarnation and checkpoints.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import contextvars
 import logging
 import pickle
 import threading
 import uuid
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import ray
 
 from ..errors import CheckpointCommitUnknown, CheckpointFailed
+from .records import REQUEST_PREFIX, AppliedCalls, fingerprint
 
 if TYPE_CHECKING:
     from .config import CheckpointedConfig
@@ -55,7 +54,7 @@ def _call_key(request_id: str | None = None) -> str:
     else Ray's task id, else (plain use, no task) a fresh one, so that a commit of unknown
     outcome can still be recognised. Prefixes keep the three apart."""
     if request_id is not None:
-        return f"req:{request_id}"
+        return f"{REQUEST_PREFIX}{request_id}"
     return _task_id() or f"local:{uuid.uuid4().hex}"
 
 
@@ -69,37 +68,35 @@ class CallDispatch:
     lock: threading.RLock
     inc: Incarnation
     turns: CallTurns
-    applied: OrderedDict[str, Any]
+    applied: AppliedCalls
     calls_total: int
     calls_since: int
     deduplicated: int
-    _alock: asyncio.Lock | None
     _active: int
     _dirty: bool
     _initial: bytes | None
 
 
     # -- calls ---------------------------------------------------------------------------
-    def _record(self, call_id: str | None, result: Any) -> None:
+    def _record(self, call_id: str | None, result: Any, fp: str | None = None) -> None:
         self.calls_total += 1
         self.calls_since += 1
         if call_id is not None:
-            self.applied[call_id] = result
-            while len(self.applied) > self.config.dedupe_window:
-                self.applied.popitem(last=False)
+            self.applied.record(call_id, result, fp)
 
     # -- exactly-once calls (every_calls=1) ----------------------------------------------
-    def _exact_begin(self, key: str) -> tuple[bool, Any]:
+    def _exact_begin(self, key: str, fp: str | None) -> tuple[bool, Any]:
         """Before the user's method, holding the call's turn: ``(True, recorded result)``
         for a call already applied, else ``(False, None)``. Memory left ahead of the lease
-        by a failed rollback is reloaded first (``CheckpointFailed`` if it cannot be)."""
+        by a failed rollback is reloaded first (``CheckpointFailed`` if it cannot be).
+        ``RequestIdConflict`` if the key was recorded for another call than ``fp``."""
         self.check_serving()
         if self._dirty:
             self._reload()
-        if key in self.applied:
+        done, result = self.applied.lookup(key, fp)
+        if done:
             self.deduplicated += 1
-            return True, self.applied[key]
-        return False, None
+        return done, result
 
     def _exact_raised(self) -> None:
         """The user's method raised: put memory back to the last committed state, so that
@@ -112,7 +109,7 @@ class CallDispatch:
                         "the next call): %s: %s", self.config.actor, self.key,
                         type(exc).__name__, exc)
 
-    def _exact_commit(self, key: str, result: Any) -> Any:
+    def _exact_commit(self, key: str, result: Any, fp: str | None) -> Any:
         """Record the call and commit it before it returns; the value to return.
 
         A failed commit reloads memory from the lease (it never runs ahead of what is
@@ -120,7 +117,7 @@ class CallDispatch:
         after the generation may have landed) and the reloaded state holds this call's key,
         the call *was* committed: the lease is flushed once more and the recorded result
         returned instead of an error (a resend would get it anyway)."""
-        self._record(key, result)
+        self._record(key, result, fp)
         try:
             self.checkpoint(meta={"reason": "call"})
         except CheckpointFailed as exc:
@@ -140,7 +137,7 @@ class CallDispatch:
                      self.config.actor, self.key)
             self.calls_since = 0
             self._initial = None
-            return self.applied[key]
+            return self.applied.result(key)
         self._initial = None  # the lease holds a generation now: the rollback target
         return result
 
@@ -162,27 +159,29 @@ class CallDispatch:
         self._adopt(css.state)
         self._dirty = False
 
-    def _recorded(self, key: str | None) -> tuple[bool, Any]:
+    def _recorded(self, key: str | None, fp: str | None) -> tuple[bool, Any]:
         """Policy mode, under :attr:`lock`: ``(True, result)`` if a call with this request
-        key was applied (in memory, or restored from a checkpoint that held it)."""
-        if key is not None and key in self.applied:
+        key was applied (in memory, or restored from a checkpoint that held it);
+        ``RequestIdConflict`` if it was recorded for another call than ``fp``."""
+        done, result = self.applied.lookup(key, fp)
+        if done:
             self.deduplicated += 1
-            return True, self.applied[key]
-        return False, None
+        return done, result
 
     def call(self, fn: Callable[..., Any], obj: Any, args: tuple[Any, ...],
              kwargs: dict[str, Any], request_id: str | None = None) -> Any:
         """Run one synchronous call under the policy (see the module docstring)."""
         self.check_serving()
+        fp = None if request_id is None else fingerprint(fn.__name__, args, kwargs)
         if not self.exact:
             key = None if request_id is None else _call_key(request_id)
             with self.lock:
-                done, recorded = self._recorded(key)
+                done, recorded = self._recorded(key, fp)
                 if done:
                     return recorded
                 if key is not None:  # one at a time per id: a resend waits for the first
                     result = fn(obj, *args, **kwargs)
-                    self._record(key, result)
+                    self._record(key, result, fp)
                     self._due_checkpoint()
                     return result
             result = fn(obj, *args, **kwargs)
@@ -192,7 +191,7 @@ class CallDispatch:
             return result
         key = _call_key(request_id)
         with self.lock:
-            done, recorded = self._exact_begin(key)
+            done, recorded = self._exact_begin(key, fp)
             if done:
                 return recorded
             try:
@@ -200,16 +199,17 @@ class CallDispatch:
             except BaseException:
                 self._exact_raised()
                 raise
-            return self._exact_commit(key, result)
+            return self._exact_commit(key, result, fp)
 
     async def call_async(self, fn: Callable[..., Awaitable[Any]], obj: Any,
                          args: tuple[Any, ...], kwargs: dict[str, Any],
                          request_id: str | None = None) -> Any:
         """Run one coroutine call under the policy (see the module docstring)."""
         self.check_serving()
+        fp = None if request_id is None else fingerprint(fn.__name__, args, kwargs)
         if not self.exact:
             key = None if request_id is None else _call_key(request_id)
-            done, recorded = await self.turns.claim(key, self._recorded)
+            done, recorded = await self.turns.claim(key, lambda k: self._recorded(k, fp))
             if done:
                 return recorded
             try:
@@ -219,7 +219,7 @@ class CallDispatch:
                 finally:
                     self.turns.leave()
                 with self.lock:
-                    self._record(key, result)
+                    self._record(key, result, fp)
                     self._due_checkpoint()
                 return result
             finally:
@@ -227,7 +227,7 @@ class CallDispatch:
         key = _call_key(request_id)
         async with self._one_at_a_time():
             with self.lock:
-                done, recorded = self._exact_begin(key)
+                done, recorded = self._exact_begin(key, fp)
             if done:
                 return recorded
             try:
@@ -237,13 +237,14 @@ class CallDispatch:
                     self._exact_raised()
                 raise
             with self.lock:
-                return self._exact_commit(key, result)
+                return self._exact_commit(key, result, fp)
 
     @contextlib.asynccontextmanager
     async def _one_at_a_time(self) -> AsyncIterator[None]:
-        if self._alock is None:
-            self._alock = asyncio.Lock()
-        async with self._alock:
+        """Exactly-once coroutine calls, one at a time and in arrival order, whichever
+        event loop runs them (each concurrency group has its own: one ``asyncio.Lock``
+        cannot serve two - it raises 'bound to a different event loop')."""
+        async with self.turns.one_at_a_time():
             self._active += 1
             try:
                 yield

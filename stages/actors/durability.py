@@ -23,7 +23,7 @@ decides *when* to checkpoint - the turn-taking part:
   returns once such a snapshot is committed; inside a method, ``await self.checkpoint()``
   waits until this call is the only one inside.
 * **Exactly-once mode** (``every_calls=1``). Every call runs holding the lock (threads) or
-  an ``asyncio.Lock`` (coroutines), so calls apply one at a time, and commits a checkpoint
+  a first-come turn shared by every event loop (coroutines), so calls apply one at a time, and commits a checkpoint
   *before it returns*; the checkpoint also carries the ids of the last calls applied
   (Ray's task id, which stays the same when Ray retries a task) and their results. A call
   whose id is recorded is not applied again: its recorded result is returned. So a kill
@@ -60,12 +60,10 @@ the rollback) live in :mod:`stages.actors.dispatch`, a mixin of :class:`ActorDur
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import pickle
 import threading
 import time
-from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from blockstore import BlockStoreError, LeaseNameError
@@ -76,6 +74,7 @@ from ..errors import CheckpointFailed, StageError
 from .actor import StageStopped
 from .dispatch import CallDispatch, in_call
 from .incarnation import Incarnation
+from .records import AppliedCalls
 from .turns import CallTurns
 
 if TYPE_CHECKING:
@@ -159,13 +158,13 @@ class ActorDurability(CallDispatch):
         self.key = key
         self.lock = threading.RLock()
         self._obj = obj
-        self._alock: asyncio.Lock | None = None
         self._active = 0
         #: Coroutine calls inside the user's method (policy mode): snapshots wait for none.
         self.turns = CallTurns(self.lock)
         self._closed = False
         self._tick_pending = False
-        self.applied: OrderedDict[str, Any] = OrderedDict()
+        #: The calls applied (ids, recorded results, fingerprints): ``records.py``.
+        self.applied = AppliedCalls(config.dedupe_window, config.actor)
         self.calls_total = 0
         self.calls_since = 0
         self.deduplicated = 0
@@ -220,7 +219,7 @@ class ActorDurability(CallDispatch):
     def _payload(self) -> dict[str, Any]:
         return {"v": _PAYLOAD_VERSION,
                 "attrs": {name: getattr(self._obj, name) for name in self.config.attrs},
-                "applied": [[k, v] for k, v in self.applied.items()]}
+                **self.applied.payload()}
 
     def _adopt(self, payload: Any) -> None:
         """Put a restored payload's attributes (and applied ids) into the actor."""
@@ -236,7 +235,7 @@ class ActorDurability(CallDispatch):
                     f"attribute {name!r} (it holds {sorted(attrs)})", actor=self.config.actor,
                     attribute=name)
             setattr(self._obj, name, attrs[name])
-        self.applied = OrderedDict((k, v) for k, v in payload.get("applied", []))
+        self.applied.adopt(payload)
 
     # -- checkpoints ---------------------------------------------------------------------
     @property

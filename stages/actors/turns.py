@@ -16,6 +16,9 @@ help (every coroutine runs on the loop's one thread, an ``RLock`` admits them al
   no call is inside.
 * A resend of a call (same request id) that is still running waits for it and is then
   answered from its record (:meth:`CallTurns.claim`).
+* In exactly-once mode calls take one turn at a time, in arrival order
+  (:meth:`CallTurns.one_at_a_time`) - across the event loops of every concurrency group,
+  which one ``asyncio.Lock`` cannot do (it belongs to one loop).
 
 Waiting polls (every :data:`_POLL_S` s) instead of using ``asyncio`` primitives: an actor's
 concurrency groups run on event loops of their own threads, and the counter is shared by
@@ -25,9 +28,11 @@ all of them under the runtime's lock.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 __all__ = ["HOLD_S", "CallTurns"]
@@ -53,6 +58,8 @@ class CallTurns:
         self.inside = 0
         self._wanted_since: float | None = None
         self._running: set[str] = set()
+        #: Exactly-once coroutine calls waiting for (or having, at [0]) their turn.
+        self._queue: collections.deque[object] = collections.deque()
 
     def want(self) -> None:
         """A snapshot waits for the calls inside to leave (holds new ones, for a while)."""
@@ -112,6 +119,24 @@ class CallTurns:
                         self._running.add(key)
                     return False, None
             await asyncio.sleep(_POLL_S)
+
+    @contextlib.asynccontextmanager
+    async def one_at_a_time(self) -> AsyncIterator[None]:
+        """Hold the one exactly-once turn, first come first served, across every event loop
+        of the actor; a waiter cancelled in the queue leaves it."""
+        ticket = object()
+        with self._lock:
+            self._queue.append(ticket)
+        try:
+            while True:
+                with self._lock:
+                    if self._queue[0] is ticket:
+                        break
+                await asyncio.sleep(_POLL_S)
+            yield
+        finally:
+            with self._lock:
+                self._queue.remove(ticket)
 
     def release(self, key: str | None) -> None:
         if key is not None:
