@@ -52,7 +52,9 @@ Semantics:
   resent calls*, which are applied again on the restored state, twice if that checkpoint
   already held them. A resend under the same ``request_id=`` (:mod:`stages.actors.calls`,
   :func:`~stages.actors.calls.call_once`) is exactly-once in every policy: the id is
-  recorded with the call's result and checkpointed with its effect. The last
+  recorded with the call's result and checkpointed with its effect. An id names one call
+  (``stages/actors/records.py``): reused by another method or other arguments it is
+  refused with ``RequestIdConflict``. The last
   ``dedupe_window`` ids (task ids and request ids together) are kept.
 * **Calls in flight** when the actor dies fail with ``RayActorError`` unless Ray retries
   them (``max_task_retries``); retried calls run on the restored state, and Ray may run
