@@ -73,6 +73,33 @@ def _start(store: str, key: str, **kw: Any) -> Any:
     return obj
 
 
+class Maker:
+    def __init__(self) -> None:
+        self.state = {"n": 0}
+
+    def make(self) -> Any:
+        self.state["n"] += 1
+        return lambda x: x + 1          # Ray's cloudpickle sends it; a checkpoint cannot keep it
+
+
+def test_an_unpicklable_result_is_named_not_the_state(tmp_path: Any) -> None:
+    """Review 19, F7: with ``every_calls=1`` the call's answer is recorded in the commit; when
+    it cannot be pickled the error says so (it read like an unpicklable *state*), nothing is
+    committed and the state is rolled back."""
+    from stages import CheckpointEncodeError
+
+    cls = checkpointed(store=str(tmp_path / "store"), key="maker", every_calls=1)(Maker)
+    obj = object.__new__(cls)
+    Maker.__init__(obj)
+    obj._bp_durable = ActorDurability(obj, cls.__bp_config__, "maker", handle=None, node_id=None)
+    with pytest.raises(CheckpointEncodeError) as err:
+        obj.make()
+    message = str(err.value)
+    assert "the call's result cannot be recorded" in message, message
+    assert "function objects cannot be pickled" in message, message
+    assert obj.state == {"n": 0}
+
+
 @pytest.mark.parametrize("every_calls", [1, None])
 def test_a_request_id_names_one_call(tmp_path: Any, every_calls: int | None) -> None:
     store = str(tmp_path / "store")

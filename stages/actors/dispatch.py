@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import ray
 
-from ..errors import CheckpointCommitUnknown, CheckpointFailed
+from ..errors import CheckpointCommitUnknown, CheckpointEncodeError, CheckpointFailed
 from .records import REQUEST_PREFIX, AppliedCalls, fingerprint
 
 if TYPE_CHECKING:
@@ -127,6 +127,12 @@ class CallDispatch:
                 self._reload()
             except Exception as reload_exc:  # noqa: BLE001 - report the commit's failure
                 raise exc from reload_exc
+            if isinstance(exc, CheckpointEncodeError) and not _picklable(result):
+                raise CheckpointEncodeError(
+                    f"{self.config.actor} {self.key!r}: the call's result cannot be recorded "
+                    f"(every checkpoint keeps the answers of the calls it holds): "
+                    f"{type(result).__qualname__} objects cannot be pickled; return plain "
+                    f"data. Nothing was committed", lease_id=exc.lease_id) from exc
             if not (isinstance(exc, CheckpointCommitUnknown) and key in self.applied):
                 raise
             try:
@@ -267,3 +273,12 @@ class CallDispatch:
             yield True
         finally:
             in_call.reset(token)
+
+
+def _picklable(value: Any) -> bool:
+    """``value`` pickles (as a checkpoint records it)."""
+    try:
+        pickle.dumps(value, protocol=5)
+    except Exception:  # noqa: BLE001 - whatever its __reduce__ raises
+        return False
+    return True
