@@ -5,15 +5,20 @@ checkpoint per super-step, a task's pending writes), and resuming needs the late
 checkpoint with its writes exactly as committed. So each thread is one crash-atomic
 :class:`blockstore.document.SlottedDocument` (layout in ``blockpoint_langgraph/thread.py``)
 in its own lease of any block store (``blockstore.open_store``: a directory, ``file://``,
-``memory://``; other backends by URL as they land), and every change is one document save:
-a crash at any point of ``put`` or ``put_writes`` leaves the previous document - the
-previous checkpoint - complete, and checksums catch damage. Who may write a thread is the
+``memory://``; other backends by URL as they land): a snapshot of the thread and a log of
+the changes since (``blockpoint_langgraph/storage.py``). A ``put`` or ``put_writes``
+appends one checksummed (and, with a key, MACed) record to the log - one write, one
+flush - and a crash at any point of it leaves the thread as before the call or as after
+it, never a mix; a full log is folded into a new snapshot, crash-atomically too. Who may write a thread is the
 lease's business (``blockpoint_langgraph/ownership.py``): one writer at a time, fenced by
 the store. Retention keeps the newest N checkpoints per namespace (and only the blobs and
 writes they use), so a thread's storage is bounded however long it runs.
 
-Reads (``get_tuple``, ``list``) need no lease and see what any process committed. Every
-async method runs its sync twin in a worker thread (the store does blocking I/O).
+Reads (``get_tuple``, ``list``) need no lease and see what any process committed. The
+writer keeps the threads it holds decoded in memory, so its writes re-read nothing, and its
+``get_tuple`` answers from memory once the store confirms that the thread's lease epoch is
+still the one it wrote under (any other writer bumps it). Every async method runs its sync
+twin in a worker thread (the store does blocking I/O).
 
 Keys and trust (the rules of stage checkpoints, ``stages/checkpoint/state.py``): the MAC key
 is resolved at every use by :func:`blockstore.keys.resolve_keys` - ``key=`` when given, else
@@ -34,8 +39,10 @@ document raises :class:`~blockpoint_langgraph.errors.ThreadCorruptError`, on rea
 writes, so a write never replaces a history it could not read. (Only slots whose header
 itself is unreadable - a first save torn by a crash - leave a thread empty.)
 
-Costs: a ``put`` rewrites the thread's document (two fsyncs on the file store), so its cost
-grows with the retained history; keep ``retention`` modest for threads with large state.
+Costs: a ``put`` costs one record write and one flush (one fsync on the file store),
+independent of the retained history; every ~L records (``storage.log_blocks``: 256 KiB of
+log, at least 16 records) one of them also saves a snapshot, whose cost grows with the
+retained history (keep ``retention`` modest for threads with large state).
 """
 
 from __future__ import annotations
@@ -64,22 +71,21 @@ from langgraph.checkpoint.base import (
     writes_sort_key,
 )
 
-from blockstore import BlockStore, Lease, LeaseReader, MemoryStore, SlottedDocument, open_store
+from blockstore import BlockStore, Lease, LeaseReader, MemoryStore, open_store
 from blockstore.document import DocumentLoad
 from blockstore.errors import LeaseNotFoundError
 from blockstore.keys import KeyRing, KeySetting, resolve_keys
 
+from . import storage
 from . import thread as td
 from .errors import ThreadAuthError, ThreadCorruptError, ThreadKeyRequired
 from .ownership import Conflict, ThreadOwnership
+from .storage import DOCUMENT_KIND, ThreadState
 
 __all__ = ["DEFAULT_RETENTION", "DOCUMENT_KIND", "BlockpointSaver"]
 
 #: Checkpoints kept per (thread, namespace) unless told otherwise.
 DEFAULT_RETENTION = 64
-#: The slotted-document kind of a thread document (layout: blockpoint_langgraph/thread.py).
-DOCUMENT_KIND = b"BPLG"
-_SLOTS = 3  # the newest document and two fallbacks
 _CACHED_THREADS = 256
 
 
@@ -88,9 +94,10 @@ class BlockpointSaver(BaseCheckpointSaver[int]):
 
     Guarantees:
 
-    * Crash-safe: ``put``, ``put_writes`` and every other change commit with one document
-      save; a crash (or a refused write) at any point leaves the thread as it was before
-      the call, or - once the commit write landed - as after it. Never a mix.
+    * Crash-safe: ``put``, ``put_writes`` and every other change commit with one write
+      (a log record, or a snapshot's header); a crash (or a refused write) at any point
+      leaves the thread as it was before the call, or - once the commit write landed - as
+      after it. Never a mix, and never lost once the call returned (it flushed).
     * One writer per thread: writes go through this saver's lease on the thread. With
       ``on_conflict="takeover"`` a saver that writes a thread fences the previous writer,
       whose later writes raise ``StaleWriterError`` and save nothing; with ``"refuse"`` the
@@ -145,7 +152,7 @@ class BlockpointSaver(BaseCheckpointSaver[int]):
         self.retention = retention
         self.ownership = ThreadOwnership(self.store, prefix=prefix, on_conflict=on_conflict,
                                          ttl=ttl, holder=holder)
-        self._docs: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._states: OrderedDict[str, ThreadState] = OrderedDict()
         self._ids: dict[str, str] = {}
         self._lock = threading.RLock()
 
@@ -157,7 +164,7 @@ class BlockpointSaver(BaseCheckpointSaver[int]):
         """
         with self._lock:
             self.ownership.release_all()
-            self._docs.clear()
+            self._states.clear()
             if self._owns_store:
                 self.store.close()
 
@@ -224,9 +231,22 @@ class BlockpointSaver(BaseCheckpointSaver[int]):
         return None  # nothing, or only a first save's torn header
 
     # -- storage ---------------------------------------------------------------------------
-    def _document(self, lease: LeaseReader, keys: KeyRing | None) -> SlottedDocument:
-        return SlottedDocument(lease, kind=DOCUMENT_KIND, version=td.DOC_VERSION,
-                               slots=_SLOTS, key=keys)
+    def _load(self, lease: LeaseReader, thread_id: str,
+              keys: KeyRing | None) -> tuple[dict[str, Any], Any] | None:
+        """The thread's document (snapshot and log applied) and the log's tail, or ``None``
+        if it has none; raises ``ThreadAuthError``/``ThreadCorruptError`` for one whose
+        documents do not verify."""
+        found = storage.open_document(lease, keys).load()
+        doc = self._checked(found, thread_id, keys)
+        if doc is None:
+            return None
+        try:
+            tail = storage.replay(lease, keys, found, doc)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ThreadCorruptError(
+                f"thread {thread_id!r}: its log does not apply to its snapshot: {exc}",
+                thread_id=thread_id, reasons=(str(exc),)) from exc
+        return doc, tail
 
     def _read(self, thread_id: str, keys: KeyRing | None) -> dict[str, Any] | None:
         """The thread's newest verified document, or ``None`` if it has none; raises
@@ -240,33 +260,53 @@ class BlockpointSaver(BaseCheckpointSaver[int]):
                     return None
                 lease_id = self._ids[name] = info.lease_id
             try:
-                found = self._document(LeaseReader(self.store, lease_id, name), keys).load()
+                loaded = self._load(LeaseReader(self.store, lease_id, name), thread_id, keys)
             except LeaseNotFoundError:  # deleted (and maybe re-created) since we looked
                 self._ids.pop(name, None)
                 continue
-            return self._checked(found, thread_id, keys)
+            return None if loaded is None else loaded[0]
         return None
 
-    def _update(self, thread_id: str, change: Callable[[dict[str, Any]], bool]) -> None:
-        """Apply ``change`` to the thread's document and save it, as the thread's writer.
+    def _held(self, thread_id: str, keys: KeyRing | None) -> dict[str, Any] | None:
+        """The writer's document of the thread, if it is still the truth: this saver wrote
+        it under the lease epoch the store records now (nobody else can have written since:
+        any other writer bumps the epoch). Call with ``self._lock`` held."""
+        state = self._states.get(thread_id)
+        if state is None or state.keys != keys:
+            return None
+        try:
+            info = self.store.lease_info(state.lease_id)
+        except LeaseNotFoundError:
+            return None
+        return state.doc if info.epoch == state.epoch else None
 
-        ``change`` mutates the document and says whether anything changed. The cached copy
-        is dropped before the change, so a failed save never leaves a half-applied cache.
-        A thread whose documents do not verify is not written (``_checked``).
+    def _update(self, thread_id: str, change: Callable[[dict[str, Any]], bool],
+                op: dict[str, Any] | None = None) -> None:
+        """Apply ``change`` to the thread's document and commit it, as the thread's writer.
+
+        ``change`` mutates the document and says whether anything changed. With ``op``
+        (the logged form of the same change, ``thread.apply``) the change is appended to
+        the log when it fits, else - and for every other change - a snapshot is saved. The
+        thread's state is taken out of the cache before the change, so a failed commit
+        never leaves a half-applied cache (the next write re-reads). A thread whose
+        documents do not verify is not written (``_checked``).
         """
         keys = self._keys()
 
         def run(lease: Lease) -> None:
-            document = self._document(lease, keys)
-            doc = self._docs.pop(thread_id, None)
-            if doc is None:  # our hold is the only writer, so the cache is current
-                doc = self._checked(document.load(), thread_id, keys) or \
-                    td.new_document(thread_id)
-            if change(doc):
-                document.save(doc)
-            self._docs[thread_id] = doc
-            while len(self._docs) > _CACHED_THREADS:
-                self._docs.popitem(last=False)
+            state = self._states.pop(thread_id, None)
+            if state is None or not state.current(lease, keys):
+                loaded = self._load(lease, thread_id, keys)
+                doc, tail = loaded if loaded else (td.new_document(thread_id), None)
+                state = ThreadState(doc, tail, lease.lease_id, lease.epoch, keys)
+            if change(state.doc):
+                tail = None
+                if op is not None and state.tail is not None:
+                    tail = storage.append(lease, keys, state.doc, state.tail, op)
+                state.tail = tail or storage.snapshot(lease, keys, state.doc, state.tail)
+            self._states[thread_id] = state
+            while len(self._states) > _CACHED_THREADS:
+                self._states.popitem(last=False)
             self._ids[lease.name] = lease.lease_id
 
         with self._lock:
@@ -304,7 +344,14 @@ class BlockpointSaver(BaseCheckpointSaver[int]):
         conf = config["configurable"]
         thread_id, ns = conf["thread_id"], conf.get("checkpoint_ns", "")
         keys = self._keys()
-        doc = self._read(thread_id, keys)
+        with self._lock:
+            doc = self._held(thread_id, keys)
+            if doc is not None:
+                return self._find(thread_id, ns, doc, config, keys)
+        return self._find(thread_id, ns, self._read(thread_id, keys), config, keys)
+
+    def _find(self, thread_id: str, ns: str, doc: dict[str, Any] | None,
+              config: RunnableConfig, keys: KeyRing | None) -> CheckpointTuple | None:
         space = doc["ns"].get(ns) if doc else None
         if not space or not space["checkpoints"]:
             return None
@@ -353,7 +400,7 @@ class BlockpointSaver(BaseCheckpointSaver[int]):
     # -- BaseCheckpointSaver: writes -------------------------------------------------------
     def put(self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata,
             new_versions: ChannelVersions) -> RunnableConfig:
-        """Commit ``checkpoint`` as the thread's newest (one document save) and return its
+        """Commit ``checkpoint`` as the thread's newest (one log record) and return its
         config. Raises ``StaleWriterError`` if this saver was fenced off the thread,
         ``ThreadBusyError`` in refuse mode; then nothing was saved."""
         conf = config["configurable"]
@@ -375,16 +422,14 @@ class BlockpointSaver(BaseCheckpointSaver[int]):
                            for channel, version in checkpoint["channel_versions"].items()),
         }
 
-        def change(doc: dict[str, Any]) -> bool:
-            td.add_checkpoint(doc, ns, checkpoint["id"], entry, blobs, self.retention)
-            return True
-
-        self._update(thread_id, change)
+        op = {"op": "put", "ns": ns, "id": checkpoint["id"], "entry": entry, "blobs": blobs,
+              "retention": self.retention}
+        self._update(thread_id, lambda doc: td.apply(doc, op), op)
         return _config(thread_id, ns, checkpoint["id"])
 
     def put_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]],
                    task_id: str, task_path: str = "") -> None:
-        """Commit a task's pending writes for ``config``'s checkpoint (one document save).
+        """Commit a task's pending writes for ``config``'s checkpoint (one log record).
 
         Idempotent per (task, index); LangGraph's special channels (errors, interrupts)
         replace. Raises as :meth:`put`.
@@ -396,8 +441,9 @@ class BlockpointSaver(BaseCheckpointSaver[int]):
         for idx, (channel, value) in enumerate(writes):
             index = WRITES_IDX_MAP.get(channel, idx)
             row = [task_id, index, channel, td.pack(self.serde.dumps_typed(value)), task_path]
-            rows.append((td.write_key(task_id, index), row, index < 0))
-        self._update(thread_id, lambda doc: td.add_writes(doc, ns, checkpoint_id, rows))
+            rows.append([td.write_key(task_id, index), row, index < 0])
+        op = {"op": "writes", "ns": ns, "id": checkpoint_id, "rows": rows}
+        self._update(thread_id, lambda doc: td.apply(doc, op), op)
 
     def delete_thread(self, thread_id: str) -> None:
         """Delete the thread's checkpoints and writes (its lease and blocks); no-op if
@@ -411,7 +457,7 @@ class BlockpointSaver(BaseCheckpointSaver[int]):
             self._forget(thread_id)
 
     def _forget(self, thread_id: str) -> None:
-        self._docs.pop(thread_id, None)
+        self._states.pop(thread_id, None)
         self._ids.pop(self.ownership.name_of(thread_id), None)
 
     def delete_for_runs(self, run_ids: Sequence[str]) -> None:

@@ -10,7 +10,8 @@ over plain dicts: no I/O here, no store, no LangGraph serializer state.
 
 Layout (all JSON; ``pair`` = ``[serde type, base64 bytes]`` from ``serde.dumps_typed``)::
 
-    {"v": 1, "thread_id": str,
+    {"v": 2, "thread_id": str,
+     "log": {"first": block, "blocks": n, "seq": s},     # version 2 only (storage.py)
      "ns": {checkpoint_ns: {
          "checkpoints": {checkpoint_id: {"checkpoint": pair (without channel_values),
                                          "metadata": pair, "parent": id | null,
@@ -23,6 +24,14 @@ Channel values are stored once per (channel, version), as LangGraph's own savers
 checkpoint that changes one channel adds one blob. ``refs`` lists the blobs a checkpoint
 reads, so :func:`collect` drops unreferenced blobs (and the writes of dropped checkpoints)
 without deserializing anything: storage stays bounded by the retained checkpoints.
+
+Layout 2 (``docs/FORMAT.md`` 5.4) keeps this document as a snapshot and appends the
+changes of ``put`` and ``put_writes`` to the lease's log as operations (:func:`apply`):
+``{"op": "put", "ns", "id", "entry", "blobs", "retention"}`` and
+``{"op": "writes", "ns", "id", "rows": [[write key, row, overwrite], ...]}``. A reader
+rebuilds the thread by applying them, in order, to the snapshot with the very functions
+the writer applied them with, so both hold the same document. Layout 1 documents (``"v":
+1``, no ``log``) have the same fields and are still read.
 """
 
 from __future__ import annotations
@@ -35,8 +44,10 @@ from blockstore.canonical import canonical_json
 
 __all__ = [
     "DOC_VERSION",
+    "LAYOUT_VERSION",
     "add_checkpoint",
     "add_writes",
+    "apply",
     "collect",
     "drop_runs",
     "keep_newest",
@@ -48,7 +59,12 @@ __all__ = [
     "write_key",
 ]
 
+#: The kind version in the slot header (``docs/FORMAT.md`` 5.3): the fields below.
 DOC_VERSION = 1
+#: The layout, the document's ``"v"``: 2 = a snapshot followed by its log (5.4); 1 = the
+#: whole thread in the document, rewritten per change (still read; its first change
+#: saves a layout 2 snapshot).
+LAYOUT_VERSION = 2
 Pair = list[str]  # [serde type, base64 payload]
 
 
@@ -75,7 +91,7 @@ def write_key(task_id: str, idx: int) -> str:
 
 def new_document(thread_id: str) -> dict[str, Any]:
     """An empty thread document."""
-    return {"v": DOC_VERSION, "thread_id": thread_id, "ns": {}}
+    return {"v": LAYOUT_VERSION, "thread_id": thread_id, "ns": {}}
 
 
 def _ns(doc: dict[str, Any], ns: str) -> dict[str, Any]:
@@ -115,6 +131,19 @@ def add_writes(doc: dict[str, Any], ns: str, checkpoint_id: str,
             table[key] = row
             changed = True
     return changed
+
+
+def apply(doc: dict[str, Any], op: Mapping[str, Any]) -> bool:
+    """Apply one logged operation (module docstring) to ``doc``; return whether anything
+    changed. Raises ``ValueError`` for an operation this version does not know."""
+    kind = op.get("op")
+    if kind == "put":
+        add_checkpoint(doc, op["ns"], op["id"], op["entry"], op["blobs"], op["retention"])
+        return True
+    if kind == "writes":
+        return add_writes(doc, op["ns"], op["id"],
+                          [(key, row, bool(overwrite)) for key, row, overwrite in op["rows"]])
+    raise ValueError(f"unknown thread operation {kind!r}")
 
 
 def keep_newest(space: dict[str, Any], n: int) -> None:

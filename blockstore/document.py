@@ -136,8 +136,8 @@ class SlottedDocument:
 
     1. Load (as :meth:`load`) to find the newest verified document N. The target slot is
        an empty or failed slot, else the slot of the oldest verified generation; never N's.
-    2. Choose the lowest run of blocks >= K that no verifying header other than the
-       target's uses, and grow the lease to hold it (``Lease.grow``).
+    2. Choose the lowest run of blocks >= K + ``reserved`` that no verifying header other
+       than the target's uses, and grow the lease to hold it (``Lease.grow``).
     3. If the target's old payload overlaps that run, erase the target slot (zero block).
     4. Write the payload blocks; flush.
     5. Write the header into the target slot; flush. This one write is the commit.
@@ -163,6 +163,9 @@ class SlottedDocument:
         lease: the lease holding the document; a held :class:`Lease` to save.
         kind: 4 bytes naming what the document is (e.g. ``b"BPRD"``); load skips others.
         version: the caller's version of the document's fields; load skips others.
+        reserved: blocks after the K slots that save never puts a payload in, left to the
+            caller (the LangGraph saver keeps its threads' change logs there,
+            ``blockstore/doclog.py``). Load reads a verifying payload wherever it lies.
         slots: K, the number of header slots (>= 2); every reader of a lease must use the
             same K.
         key: MAC key or :class:`~blockstore.keys.KeyRing`; with one, save MACs (current key)
@@ -174,13 +177,16 @@ class SlottedDocument:
 
     def __init__(self, lease: LeaseReader, *, kind: bytes, version: int, slots: int = 2,
                  key: KeyRing | bytes | None = None,
-                 max_bytes: int = DEFAULT_MAX_BYTES, mac: str = DEFAULT_MAC) -> None:
+                 max_bytes: int = DEFAULT_MAX_BYTES, mac: str = DEFAULT_MAC,
+                 reserved: int = 0) -> None:
         if not isinstance(kind, bytes) or len(kind) != 4:
             raise ValueError(f"kind must be 4 bytes, got {kind!r}")
         if not isinstance(slots, int) or not 2 <= slots <= 0xFFFF:
             raise ValueError(f"slots must be an int in [2, 65535], got {slots!r}")
         if not isinstance(version, int) or not 0 <= version <= 0xFFFFFFFF:
             raise ValueError(f"version must be a u32, got {version!r}")
+        if not isinstance(reserved, int) or reserved < 0:
+            raise ValueError(f"reserved must be an int >= 0, got {reserved!r}")
         if key is not None and not isinstance(key, (KeyRing, bytes)):
             raise ValueError("key must be a KeyRing, non-empty bytes or None")
         if lease.block_size < HEADER_SIZE:
@@ -189,6 +195,7 @@ class SlottedDocument:
         self.kind = kind
         self.version = version
         self.slots = slots
+        self.reserved = reserved
         self.max_bytes = max_bytes
         self._keys: KeyRing | None = None if key is None else resolve_keys(key)
         self._mac_alg = algorithm_id(mac)
@@ -351,7 +358,7 @@ class SlottedDocument:
         generation = max((h.generation for h in headers), default=0) + 1
         n = -(-len(payload) // bs)
         used = sorted((h.first, h.first + h.blocks(bs)) for h in headers if h.slot != target)
-        first = self.slots
+        first = self.slots + self.reserved
         for start, end in used:
             if first + n <= start:
                 break

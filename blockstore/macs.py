@@ -1,7 +1,8 @@
 """MAC algorithms: their ids in the formats, and keyed BLAKE3's key derivation.
 
-Checkpoints (``stages/checkpoint/mac.py``) and slotted documents (``blockstore/document.py``)
-both authenticate under the configured keys (``blockstore/keys.py``) and both record which
+Checkpoints (``stages/checkpoint/mac.py``), slotted documents (``blockstore/document.py``)
+and their log records (``blockstore/doclog.py``) all authenticate
+under the configured keys (``blockstore/keys.py``) and all record which
 algorithm a MAC was made with, by the ids below (``docs/FORMAT.md`` 2.5 and 5.1), so that
 data written before the default changed is still read.
 
@@ -60,6 +61,7 @@ CONTEXTS = {
     "checkpoint payload": "blockpoint 2026-12-02 checkpoint payload MAC key",
     "checkpoint header": "blockpoint 2026-12-02 checkpoint header MAC key",
     "document": "blockpoint 2026-12-02 document MAC key",
+    "document log": "blockpoint 2026-12-02 document log record MAC key",
 }
 
 
