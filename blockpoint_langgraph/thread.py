@@ -111,8 +111,9 @@ def add_checkpoint(doc: dict[str, Any], ns: str, checkpoint_id: str, entry: dict
     for channel, versions in blobs.items():
         space["blobs"].setdefault(channel, {}).update(versions)
     if retention is not None:
-        keep_newest(space, retention)
-    collect(space)
+        keep_newest(space, retention)  # collects
+    else:
+        collect(space)
 
 
 def add_writes(doc: dict[str, Any], ns: str, checkpoint_id: str,

@@ -253,6 +253,13 @@ class BlockStore(ABC):
     def _flush(self, lease_id: str, epoch: int) -> None:
         """Make writes under ``epoch`` durable and visible."""
 
+    def _write_flush(self, lease_id: str, epoch: int, indices: Sequence[int],
+                     datas: Sequence[memoryview]) -> None:
+        """``_write`` then ``_flush`` (``Lease.write_blocks(flush=True)``); a backend may do
+        both under one check of the epoch."""
+        self._write(lease_id, epoch, indices, datas)
+        self._flush(lease_id, epoch)
+
     @abstractmethod
     def _info(self, lease_id: str) -> LeaseInfo:
         """The record of ``lease_id``; ``LeaseNotFoundError`` if absent."""
@@ -431,7 +438,7 @@ class BlockStore(ABC):
         return int(index)  # type: ignore[call-overload]
 
     def _checked_write(self, lease_id: str, epoch: int,
-                       pairs: Sequence[tuple[int, Buffer]]) -> None:
+                       pairs: Sequence[tuple[int, Buffer]], flush: bool = False) -> None:
         self._check_open()
         indices: list[int] = []
         datas: list[memoryview] = []
@@ -450,8 +457,12 @@ class BlockStore(ABC):
         if len(set(indices)) != len(indices):
             raise BlockIndexError(f"block indices repeat in one write to lease {lease_id}",
                                   lease_id=lease_id)
-        if indices:
+        if indices and flush:
+            self._write_flush(lease_id, epoch, indices, datas)
+        elif indices:
             self._write(lease_id, epoch, indices, datas)
+        elif flush:
+            self._flush(lease_id, epoch)
 
     def _checked_read(self, lease_id: str, indices: Sequence[int],
                       buffers: Sequence[memoryview]) -> None:

@@ -29,7 +29,9 @@ closed on eviction, release and delete, so a process may touch any number of lea
 descriptor of a lease another process deleted is closed within seconds (its link count
 says so, on use and by a periodic sweep), so the deleted lease's space is returned.
 
-Durability: ``flush`` fsyncs the data file. Record changes are durable when they return.
+Durability: ``flush`` fsyncs the data file; ``write_blocks(flush=True)`` writes and fsyncs
+under one shared lock and one check of the epoch. Record changes are durable when they
+return.
 A write of 1 MiB or more also starts the kernel's write-back of what it wrote
 (:func:`~blockstore.fileio.start_writeback`), so a later ``flush`` waits for less; it orders
 and guarantees nothing by itself.
@@ -149,7 +151,7 @@ def _dir_lock(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _lock_within(fd: int, mode: int, timeout: float, path: Path, what: str) -> None:
+def _lock_within(fd: int, mode: int, timeout: float, path: Path | str, what: str) -> None:
     """``flock(fd, mode)``, waiting at most ``timeout`` seconds (``LockTimeoutError``)."""
     deadline = time.monotonic() + timeout
     pause = 0.0005
@@ -205,6 +207,7 @@ class FileStore(BlockStore):
                                               conditional_write=False, shared=is_shared)
         self.lock_timeout = lock_timeout
         self._leases_dir = self.root / "leases"
+        self._leases_str = str(self._leases_dir)
         self._fds = FdCache(max_open_files, self._open_data)
 
     # -- opening ---------------------------------------------------------------------------
@@ -264,8 +267,12 @@ class FileStore(BlockStore):
     def _path(self, lease_id: str, ext: str) -> Path:
         return self._leases_dir / f"{lease_id}.{ext}"
 
+    def _spath(self, lease_id: str, ext: str) -> str:
+        """:meth:`_path` as a string: the per-write paths skip pathlib's cost."""
+        return f"{self._leases_str}/{lease_id}.{ext}"
+
     @contextmanager
-    def _flock(self, path: Path, mode: int, what: str = "the store") -> Iterator[None]:
+    def _flock(self, path: Path | str, mode: int, what: str = "the store") -> Iterator[None]:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
         except OSError as exc:
@@ -278,17 +285,25 @@ class FileStore(BlockStore):
 
     def _lease_lock(self, lease_id: str, exclusive: bool,
                     name: str | None = None) -> AbstractContextManager[None]:
-        lock = self._path(lease_id, "lock")
-        if not self._path(lease_id, "json").exists():
+        lock = self._spath(lease_id, "lock")
+        if not os.path.exists(self._spath(lease_id, "json")):
             raise LeaseNotFoundError(f"no lease {lease_id} in {self.url}", lease_id=lease_id)
         what = f"lease {name!r} ({lease_id})" if name else f"lease {lease_id}"
         return self._flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH, what)
 
     def _read_record(self, lease_id: str) -> LeaseInfo:
-        path = self._path(lease_id, "json")
-        try:
-            with open(path, "rb") as f:
-                raw = f.read(MAX_RECORD_BYTES + 1)  # a record is ~300 bytes: read no more
+        path = self._spath(lease_id, "json")
+        try:  # os-level calls: this runs on every write, flush and read
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                raw = os.read(fd, MAX_RECORD_BYTES + 1)  # a record is ~300 bytes
+                while 0 < len(raw) <= MAX_RECORD_BYTES:
+                    more = os.read(fd, MAX_RECORD_BYTES + 1 - len(raw))
+                    if not more:
+                        break
+                    raw += more
+            finally:
+                os.close(fd)
         except FileNotFoundError:
             raise LeaseNotFoundError(f"no lease {lease_id} in {self.url}",
                                      lease_id=lease_id) from None
@@ -414,15 +429,33 @@ class FileStore(BlockStore):
 
     def _write(self, lease_id: str, epoch: int, indices: Sequence[int],
                datas: Sequence[memoryview]) -> None:
-        bs = self.block_size
         with self._writing(lease_id, epoch, indices, "write to") as fd:
-            lo, hi = None, 0
-            for start, bufs in runs(indices, datas, bs):
-                pwritev_all(fd, bufs, start * bs)
-                end = start * bs + sum(len(b) for b in bufs)
-                lo, hi = start * bs if lo is None else min(lo, start * bs), max(hi, end)
-            if lo is not None:
-                start_writeback(fd, lo, hi - lo)  # a hint; flush() makes it durable
+            self._pwrite(fd, indices, datas)
+
+    def _pwrite(self, fd: int, indices: Sequence[int], datas: Sequence[memoryview]) -> None:
+        bs = self.block_size
+        lo, hi = None, 0
+        for start, bufs in runs(indices, datas, bs):
+            pwritev_all(fd, bufs, start * bs)
+            end = start * bs + sum(len(b) for b in bufs)
+            lo, hi = start * bs if lo is None else min(lo, start * bs), max(hi, end)
+        if lo is not None:
+            start_writeback(fd, lo, hi - lo)  # a hint; flush() makes it durable
+
+    def _write_flush(self, lease_id: str, epoch: int, indices: Sequence[int],
+                     datas: Sequence[memoryview]) -> None:
+        # One shared lock and one check of the epoch for both: a flush after a write that
+        # was checked under the same lock could not be refused (its check allows expiry).
+        with self._writing(lease_id, epoch, indices, "write to (and fsync)") as fd:
+            self._pwrite(fd, indices, datas)
+            self._fsync(lease_id, fd)
+        late = self._fds.take_error(lease_id)  # as in _flush
+        if late is not None:
+            raise StorageIOError(f"fsync of lease {lease_id} failed: {late}") from late
+
+    def _fsync(self, lease_id: str, fd: int) -> None:
+        os.fsync(fd)
+        self._fds.flushed(lease_id)
 
     def _read(self, lease_id: str, indices: Sequence[int], buffers: Sequence[memoryview]) -> None:
         info = self._read_record(lease_id)
@@ -451,8 +484,7 @@ class FileStore(BlockStore):
             check_current(self._read_record(lease_id), epoch, allow_expired=True)
             try:
                 with self._fds.use(lease_id) as fd:
-                    os.fsync(fd)
-                    self._fds.flushed(lease_id)
+                    self._fsync(lease_id, fd)
                 # An fsync done when the descriptor was evicted may have failed.
                 late = self._fds.take_error(lease_id)
                 if late is not None:

@@ -62,7 +62,7 @@ class LeaseBackend(Protocol):
     def _discard(self, lease_id: str, epoch: int, indices: Sequence[int]) -> None: ...
 
     def _checked_write(self, lease_id: str, epoch: int,
-                       pairs: Sequence[tuple[int, Buffer]]) -> None: ...
+                       pairs: Sequence[tuple[int, Buffer]], flush: bool = False) -> None: ...
 
     def _checked_read(self, lease_id: str, indices: Sequence[int],
                       buffers: Sequence[memoryview]) -> None: ...
@@ -306,16 +306,21 @@ class Lease(LeaseReader):
         """Write one block (at most ``block_size`` bytes; shorter data is zero-padded)."""
         self.write_blocks([(index, data)])
 
-    def write_blocks(self, items: Mapping[int, Buffer] | Iterable[tuple[int, Buffer]]) -> None:
+    def write_blocks(self, items: Mapping[int, Buffer] | Iterable[tuple[int, Buffer]], *,
+                     flush: bool = False) -> None:
         """Write several blocks in one call: checked once against the epoch, then applied.
 
         Either every block is validated (indices, sizes) before anything is written, or the
         call raises and writes nothing. Once writing starts, a crash may leave any subset of
         the blocks written: atomicity across blocks is the job of the layer above.
+
+        With ``flush``, the call also makes every write of this handle durable, as
+        :meth:`flush` right after it would (the file store checks the epoch once for both:
+        a one-flush commit pays one fencing check).
         """
         self._check()
         pairs = list(items.items()) if isinstance(items, Mapping) else list(items)
-        self._store._checked_write(self.lease_id, self.epoch, pairs)
+        self._store._checked_write(self.lease_id, self.epoch, pairs, flush)
 
     def discard_blocks(self, indices: Iterable[int]) -> None:
         """Make blocks read as zeros, freeing their space where the backend can.

@@ -12,6 +12,7 @@ import pytest
 from ..base import BlockStore
 from ..errors import (
     BlockIndexError,
+    StaleLeaseError,
     StoreClosedError,
 )
 from ._base import SHORT_TTL, ConformanceBase
@@ -102,6 +103,16 @@ class BlockConformance(ConformanceBase):
         reader = store.open_reader("s")
         assert reader.read_blocks([0, 1, 2]) == [data[0], data[1], data[2]]
         lease.flush()  # flushing twice is fine
+
+    def test_write_with_flush_is_visible_and_fenced(self, store: BlockStore) -> None:
+        a = store.acquire("s", holder="h1", num_blocks=2)
+        a.write_blocks({0: self.pat("w", 0), 1: self.pat("w", 1)}, flush=True)
+        data = {0: self.pat("w", 0), 1: self.pat("w", 1)}
+        assert store.open_reader("s").read_blocks([0, 1]) == [data[0], data[1]]
+        store.acquire("s", holder="h2", steal=True)
+        self.refused_changes_nothing(
+            store, "s", data, StaleLeaseError,
+            lambda: a.write_blocks({0: self.pat("zombie", 0)}, flush=True))
 
     def test_overwrite_replaces_whole_block(self, store: BlockStore) -> None:
         lease = store.acquire("s", num_blocks=2)
