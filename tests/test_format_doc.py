@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import zstandard
 
-from blockstore import FileStore, checks, crc32c, document, file, macs, objectlayout
+from blockstore import FileStore, checks, crc32c, doclog, document, file, macs, objectlayout
 from stages import CheckpointedStageState
 from stages.checkpoint import codec as payload_codec
 from stages.checkpoint import compress as chunk_compress
@@ -233,6 +233,29 @@ def test_document_table_is_the_document_struct() -> None:
     assert _field_offset(rows, "MAC algorithm id") == 52
     assert re.search(r"`(\w+)`", rows[0][3])[1].encode() == document.DOCUMENT_MAGIC
     assert f"bytes `[0, {document._MAC_AT})`" in rows[-2][3]
+
+
+def test_log_record_table_is_the_record_struct() -> None:
+    heading = "#### Log record"
+    rows = _numbered(_rows(heading))
+    layout = _code_layout(doclog._REC)
+    layout += [(doclog._REC.size + o, s, c) for o, s, c in _code_layout(doclog._REC_CRC)]
+    assert _doc_layout(rows) == layout
+    assert f"({doclog.RECORD_HEADER_SIZE}-byte header" in _heading(heading)
+    assert _field_offset(rows, "MAC of") == doclog._MAC_AT
+    assert re.search(r"`(\w+)`", rows[0][3])[1].encode() == doclog.RECORD_MAGIC
+    assert f"(`{doclog.RECORD_VERSION}`)" in rows[1][3]
+    assert f"bytes `[0, {doclog._MAC_AT})`" in rows[-2][3]
+    m = re.search(r"C_L = `([^`]+)`", rows[-2][3])
+    assert m and m[1] == macs.CONTEXTS["document log"]
+    m = re.search(r"HMAC-SHA256\(key, `([^`]+)` ‖ `0x00`", rows[-2][3])
+    assert m and m[1].encode() + b"\0" == doclog.HMAC_TAG
+    from blockpoint_langgraph import storage
+    flat = _flat()
+    assert "L = max(16, min(1024, 262144 / B))" in flat
+    assert [storage.log_blocks(b) for b in (512, 4096, 65536, 1 << 20)] == [
+        max(16, min(1024, 262144 // b)) for b in (512, 4096, 65536, 1 << 20)]
+    assert "block 3 .. 3 + L - 1" in flat and storage.SLOTS == 3
 
 
 # -- enumerations, magics and limits quoted in the text ----------------------------------
