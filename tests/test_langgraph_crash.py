@@ -28,7 +28,7 @@ from langgraph.checkpoint.conformance.test_utils import (
 
 from langgraph.checkpoint.base.id import uuid6
 
-from blockstore import FileStore
+from blockstore import FileStore, MemoryStore
 from blockstore.faults import FaultyStore, InjectedCrash
 from blockpoint_langgraph import BlockpointSaver
 
@@ -118,6 +118,140 @@ def test_crash_at_every_flush_of_a_put(tmp_path: Path) -> None:
         if found[0] == new:
             prev, n = new, n + 1
     assert outcomes == {"saved", "crashed"}
+
+
+# -- the log path: every put and put_writes, across snapshots -----------------------------
+def _ops(rounds: int) -> list[tuple[str, int, str]]:
+    """put n, then its writes, for n in range(rounds); fixed ids so a retried op is the
+    same op. Every fifth checkpoint is large (a record of several blocks)."""
+    ids = [str(uuid6(clock_seq=n)) for n in range(rounds)]
+    return [(kind, n, ids[n]) for n in range(rounds) for kind in ("put", "writes")]
+
+
+def _apply(saver: BlockpointSaver, op: tuple[str, int, str]) -> None:
+    kind, n, cid = op
+    if kind == "put":
+        parent = str(uuid6(clock_seq=n - 1)) if n else None
+        _put(saver, "t", None if n == 0 else parent, n, pad=6000 if n % 5 == 0 else 300,
+             checkpoint_id=cid)
+    else:
+        saver.put_writes(generate_config("t", checkpoint_id=cid),
+                         [("ch", f"w{n}" * 50), ("other", n)], f"task-{n}")
+
+
+def _state(store: Any) -> list[Any]:
+    """The whole thread as a fresh reader sees it: ids, steps, values, pending writes."""
+    reader = BlockpointSaver(store, retention=None)
+    out = []
+    for t in reader.list(generate_config("t")):
+        values = t.checkpoint["channel_values"]
+        assert values["pad"] == str(values["n"] % 10) * len(values["pad"]), "a mixed checkpoint"
+        out.append((t.checkpoint["id"], t.metadata["step"], values["n"],
+                    sorted(t.pending_writes or [])))
+    return out
+
+
+@pytest.mark.parametrize("torn", [False, True])
+def test_crash_at_every_block_write_of_the_log_path(tmp_path: Path, torn: bool) -> None:
+    """A cut at every block write of every put and put_writes - log records and the
+    snapshots that fold a full log - leaves the thread exactly as before the call or as
+    after it; the writer then goes on (it re-reads after a crash)."""
+    inner = FileStore(str(tmp_path / "store"), 4096)
+    faulty = FaultyStore(inner)
+    saver = BlockpointSaver(faulty, retention=8)
+    model = BlockpointSaver(MemoryStore(4096), retention=8)  # what each op should leave
+    snapshots = cuts = 0
+    for op in _ops(45):
+        before = _state(model.store)
+        k = 0
+        while True:
+            flushes = faulty.flushes
+            faulty.crash_after(faulty.block_writes + k, torn=torn)
+            try:
+                _apply(saver, op)
+                crashed = False
+            except InjectedCrash:
+                crashed = True
+            faulty.crash_after(None)
+            got = _state(inner)
+            if not crashed or got != before:
+                _apply(model, op)
+                assert got == _state(model.store), (op, k)
+                snapshots += faulty.flushes - flushes > 1
+                break
+            cuts += 1
+            k += 1
+    assert snapshots >= 2 and cuts >= 90, (snapshots, cuts)  # folds, and real cut points
+
+
+class _PowerCutStore(FaultyStore):
+    """A FaultyStore whose writes since the last flush are not on "disk" yet: ``cut`` keeps
+    each such block, reverts it, or tears it (first half new), as a power loss may."""
+
+    def __init__(self, inner: FileStore) -> None:
+        super().__init__(inner)
+        self._pending: dict[tuple[str, int], bytes] = {}
+
+    def _write(self, lease_id: str, epoch: int, indices: Any, datas: Any) -> None:
+        for i in indices:
+            if (lease_id, i) not in self._pending:
+                old = bytearray(self.block_size)
+                self.inner._read(lease_id, [i], [memoryview(old)])
+                self._pending[(lease_id, i)] = bytes(old)
+        super()._write(lease_id, epoch, indices, datas)
+
+    def _flush(self, lease_id: str, epoch: int) -> None:
+        super()._flush(lease_id, epoch)
+        for key in [key for key in self._pending if key[0] == lease_id]:
+            del self._pending[key]
+
+    def cut(self, rng: random.Random) -> None:
+        for (lease_id, i), old in self._pending.items():
+            fate = rng.choice(("kept", "lost", "torn"))
+            if fate == "kept":
+                continue
+            block = bytearray(old)
+            if fate == "torn":
+                new = bytearray(self.block_size)
+                self.inner._read(lease_id, [i], [memoryview(new)])
+                block[:len(block) // 2] = new[:len(block) // 2]
+            info = self.inner._info(lease_id)
+            self.inner._write(lease_id, info.epoch, [i], [memoryview(block)])
+        self._pending.clear()
+
+
+def test_power_cut_keeps_every_returned_change(tmp_path: Path) -> None:
+    """Unflushed writes lost, kept or torn in any mix at a power cut - before each flush of
+    every put and put_writes, and after the call returned - leave the thread as before the
+    call or after it, and never lose a call that returned (its one flush made it
+    durable)."""
+    inner = FileStore(str(tmp_path / "store"), 4096)
+    faulty = _PowerCutStore(inner)
+    rng = random.Random(23)
+    saver = BlockpointSaver(faulty, retention=8)
+    model = BlockpointSaver(MemoryStore(4096), retention=8)
+    cuts = kept = 0
+    for op in _ops(40):
+        before = _state(model.store)
+        k = 0
+        while True:
+            faulty.crash_on_flush(faulty.flushes + k)
+            try:
+                _apply(saver, op)
+                crashed = False
+            except InjectedCrash:
+                crashed = True
+            faulty.crash_on_flush(None)
+            faulty.cut(rng)
+            got = _state(inner)
+            if not crashed or got != before:
+                _apply(model, op)
+                assert got == _state(model.store), (op, k)  # returned: durable
+                kept += crashed
+                break
+            cuts += 1
+            k += 1
+    assert cuts >= 20 and kept >= 10, (cuts, kept)  # both outcomes of a cut, many times
 
 
 def _writer_main(store: str, thread_id: str) -> None:
