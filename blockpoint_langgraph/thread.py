@@ -164,16 +164,23 @@ def collect(space: dict[str, Any]) -> None:
     """
     checkpoints = space["checkpoints"]
     used: dict[str, set[str]] = {}
-    for entry in checkpoints.values():
+    for entry in checkpoints.values():  # runs on every put: kept cheap
         for channel, key in entry["refs"]:
-            used.setdefault(channel, set()).add(key)
-    for channel in list(space["blobs"]):
-        keys = used.get(channel, set())
-        versions = {k: v for k, v in space["blobs"][channel].items() if k in keys}
-        if versions:
-            space["blobs"][channel] = versions
+            keys = used.get(channel)
+            if keys is None:
+                used[channel] = {key}
+            else:
+                keys.add(key)
+    blobs = space["blobs"]
+    for channel in list(blobs):
+        keys = used.get(channel)
+        versions = blobs[channel]
+        stale = [k for k in versions if k not in keys] if keys else None
+        if stale is None or len(stale) == len(versions):
+            del blobs[channel]
         else:
-            del space["blobs"][channel]
+            for k in stale:
+                del versions[k]
     newest = max(checkpoints, default="")
     for cid in list(space["writes"]):
         if cid not in checkpoints and cid <= newest:
