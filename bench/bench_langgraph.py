@@ -9,9 +9,12 @@ counter, both changing every step), so the figures are per-call overhead, not ba
 Contenders: ``InMemorySaver`` (no durability: the floor), ``SqliteSaver`` on a file
 (``langgraph-checkpoint-sqlite``, SQLite's defaults: a durable commit per call), and
 ``BlockpointSaver`` on the memory store (our overhead without I/O) and on the file store
-(durable: two fsyncs per change), with the default retention (64 checkpoints) and with 8:
-a change rewrites the thread's document, so its cost follows the retained history. Each case does ``n`` put + put_writes + get_tuple rounds
-on a fresh saver; the median and the mean of each call are reported in milliseconds.
+(durable: one record write and one fsync per change; every ~16 changes at 64 KiB blocks
+one of them also folds the log into a snapshot, which costs more with more retained
+history), with the default retention (64 checkpoints) and with 8. Each case does ``n``
+put + put_writes + get_tuple rounds on a fresh saver; the median and the mean of each call
+are reported in milliseconds, and each p50 as a multiple of SqliteSaver's in the same run
+(``*_x_sqlite``: below 1 is faster).
 Contenders whose package is not installed are skipped. On a shared VM the file figures vary
 with the disk; compare rows of one run.
 
@@ -126,11 +129,18 @@ def run(quick: bool = False, n: int | None = None) -> list[dict[str, Any]]:
             rows.append({"saver": kind, "skipped": f"not installed ({exc.name})"})
         finally:
             shutil.rmtree(root, ignore_errors=True)
+    sqlite = next((r for r in rows if r["saver"] == "SqliteSaver (file)" and
+                   "skipped" not in r), None)
+    for row in rows:
+        if sqlite is not None and "skipped" not in row:
+            for name in ("put", "put_writes", "get_tuple"):
+                row[f"{name}_x_sqlite"] = row[f"{name}_ms_p50"] / sqlite[f"{name}_ms_p50"]
     return rows
 
 
 COLUMNS = ["saver", "rounds", "put_ms_p50", "put_ms_mean", "put_writes_ms_p50",
-           "put_writes_ms_mean", "get_tuple_ms_p50", "get_tuple_ms_mean", "skipped"]
+           "put_writes_ms_mean", "get_tuple_ms_p50", "get_tuple_ms_mean", "put_x_sqlite",
+           "put_writes_x_sqlite", "get_tuple_x_sqlite", "skipped"]
 
 
 def main() -> None:
