@@ -75,7 +75,7 @@ from .errors import (
     StoreCorruptError,
 )
 from .redact import redact_url
-from .lease import Buffer, Lease, LeaseInfo, LeaseReader
+from .lease import Buffer, Lease, LeaseInfo, LeaseReader, ReadSnapshot
 
 __all__ = [
     "MAX_BLOCK_SIZE",
@@ -299,6 +299,16 @@ class BlockStore(ABC):
         zero = memoryview(bytes(self.block_size))
         self._write(lease_id, epoch, list(indices), [zero] * len(indices))
 
+    #: Bytes one read call should ask for to keep this store busy; readers that read much
+    #: (a restore) batch at least this. 0: no preference (local stores).
+    read_batch_bytes: int = 0
+
+    def _open_snapshot(self, lease_id: str) -> ReadSnapshot | None:
+        """A view for :meth:`LeaseReader.snapshot`: reads of one lease that follow its record
+        as it is now, without asking for it again per read; ``None`` (this default) when
+        reads cost no record lookup, and the handle then reads as usual."""
+        return None
+
     def _gc(self, dry_run: bool, min_age: float) -> tuple[list[GcItem], int]:
         """Find (and unless ``dry_run`` remove) orphans older than ``min_age`` seconds;
         return them and the number of live leases. The default has nothing to collect."""
@@ -465,7 +475,8 @@ class BlockStore(ABC):
             self._flush(lease_id, epoch)
 
     def _checked_read(self, lease_id: str, indices: Sequence[int],
-                      buffers: Sequence[memoryview]) -> None:
+                      buffers: Sequence[memoryview],
+                      snapshot: ReadSnapshot | None = None) -> None:
         self._check_open()
         if len(indices) != len(buffers):
             raise ValueError("read_blocks_into needs one buffer per index")
@@ -480,7 +491,9 @@ class BlockStore(ABC):
                 raise BlockSizeError(f"buffer for block {i} is larger than a block",
                                      lease_id=lease_id, index=i)
             bufs.append(mv)
-        if idx:
+        if idx and snapshot is not None:
+            snapshot.read(idx, bufs)
+        elif idx:
             self._read(lease_id, idx, bufs)
 
 

@@ -18,17 +18,27 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 from .checks import check_num_blocks, check_ttl
 from .errors import LeaseError, LeaseReleasedError, StoreClosedError
 
-__all__ = ["Lease", "LeaseBackend", "LeaseInfo", "LeaseReader"]
+__all__ = ["Lease", "LeaseBackend", "LeaseInfo", "LeaseReader", "ReadSnapshot"]
 
 Buffer = bytes | bytearray | memoryview
 log = logging.getLogger(__name__)
+
+
+class ReadSnapshot(Protocol):
+    """Reads of one lease that follow one view of its record (a backend's, for
+    :meth:`LeaseReader.snapshot`)."""
+
+    def info(self) -> LeaseInfo: ...
+
+    def read(self, indices: Sequence[int], buffers: Sequence[memoryview]) -> None: ...
 
 
 class LeaseBackend(Protocol):
@@ -65,7 +75,13 @@ class LeaseBackend(Protocol):
                        pairs: Sequence[tuple[int, Buffer]], flush: bool = False) -> None: ...
 
     def _checked_read(self, lease_id: str, indices: Sequence[int],
-                      buffers: Sequence[memoryview]) -> None: ...
+                      buffers: Sequence[memoryview],
+                      snapshot: ReadSnapshot | None = None) -> None: ...
+
+    #: Bytes one read call should ask for to keep the store busy (0: no preference).
+    read_batch_bytes: int
+
+    def _open_snapshot(self, lease_id: str) -> ReadSnapshot | None: ...
 
     def _check_index(self, lease_id: str, index: object) -> int: ...
 
@@ -156,6 +172,7 @@ class LeaseReader:
         self._store = store
         self.lease_id = lease_id
         self.name = name
+        self._snapshot: ReadSnapshot | None = None
 
     @property
     def store(self) -> LeaseBackend:
@@ -171,8 +188,37 @@ class LeaseReader:
         return self.info().num_blocks
 
     def info(self) -> LeaseInfo:
-        """The store's current record of this lease."""
+        """The store's current record of this lease (inside :meth:`snapshot`: the
+        snapshot's)."""
+        snap = self._snapshot
+        if snap is not None:
+            self._store._check_open()
+            return snap.info()
         return self._store.lease_info(self.lease_id)
+
+    @contextmanager
+    def snapshot(self) -> Iterator[LeaseReader]:
+        """Let every read through this handle follow the lease's record as it is now.
+
+        For a reader about to read much of one lease in many calls (a restore, a verify):
+        a store whose reads look the record up (an object store) does so once here instead
+        of once per call. Reads inside see every flush that returned before the snapshot
+        opened; flushes landing while it is open may or may not be seen (blocks that a
+        newer commit replaced and removed are fetched by the newer record, as by any read).
+        Within this store object, its own unflushed writes and commits are seen as usual.
+        A backend without record lookups reads as usual; a nested snapshot is the open one.
+        Yields this handle.
+        """
+        if self._snapshot is not None:
+            yield self
+            return
+        self._store._check_open()
+        snap = self._store._open_snapshot(self.lease_id)
+        self._snapshot = snap
+        try:
+            yield self
+        finally:
+            self._snapshot = None
 
     def read_block(self, index: int) -> bytes:
         """One block, exactly ``block_size`` bytes."""
@@ -192,7 +238,7 @@ class LeaseReader:
         A buffer shorter than a block receives the block's first ``len(buffer)`` bytes; this
         is how the layer above reads into a preallocated array without a copy.
         """
-        self._store._checked_read(self.lease_id, indices, buffers)
+        self._store._checked_read(self.lease_id, indices, buffers, self._snapshot)
 
     def read_run_into(self, first: int, out: memoryview) -> None:
         """Read consecutive blocks starting at ``first`` into ``out`` (any length).

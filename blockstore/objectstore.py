@@ -18,7 +18,8 @@ carries the holder's epoch. A zombie whose takeover happened at any moment - bef
 uploads, during them, after them - fails that put and gets ``StaleLeaseError``; its objects
 stay unreferenced, invisible to every reader, and are garbage. Reads follow the record's
 block map (a reader that meets a block deleted under it by a newer commit re-reads the
-record and retries that block). Within one store object, reads also see that object's own
+record and retries that block); a read snapshot lets a restore's many reads follow one
+record read once (:mod:`blockstore.objectread`). Within one store object, reads also see that object's own
 unflushed writes of the current epoch ("read your writes"); other processes see them after
 ``flush``. ``release`` publishes unflushed writes with the release (one conditional put).
 
@@ -39,6 +40,7 @@ import dataclasses
 import secrets
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -53,7 +55,6 @@ from .base import (
 )
 from .checks import check_new_block_size
 from .errors import (
-    BlockMissingError,
     CommitUnknownError,
     LeaseError,
     LeaseHeldError,
@@ -82,6 +83,7 @@ from .objectlayout import (
     name_key,
     new_generation,
 )
+from .objectread import RecordSnapshot, read_blocks
 from .urls import StoreURL, parse_store_url
 
 __all__ = ["ObjectStore"]
@@ -131,6 +133,7 @@ class ObjectStore(BlockStore):
         self._names: dict[str, str] = {}  # lease id -> name, learned on the way
         self._collected: set[tuple[str, int]] = set()
         self._seen: dict[str, tuple[LeaseRecord, str]] = {}  # last record read, per lease
+        self._commits: Counter[str] = Counter()  # record puts of ours that landed, per lease
         try:
             super().__init__(self._open_meta(block_size, create))
         except BaseException:
@@ -253,10 +256,12 @@ class ObjectStore(BlockStore):
                     lease_id=lease_id, name=rec.info.name, epoch=pending.epoch,
                     current_epoch=rec.info.epoch) from exc
             new = dataclasses.replace(changed, nonce=secrets.token_hex(8))
-            if self._c.put_if(key, encode_record(new), etag) is not None:
-                return rec, new
-            again = self._get_record(key)
-            if again is not None and again[0].nonce == new.nonce:  # our retried put landed
+            landed = self._c.put_if(key, encode_record(new), etag) is not None
+            if not landed:
+                again = self._get_record(key)
+                landed = again is not None and again[0].nonce == new.nonce  # a retry landed
+            if landed:
+                self._commits[lease_id] += 1
                 return rec, new
             raced = True
         raise StorageIOError(f"lease {lease_id} in {self.url}: lost {MAX_RACES} races in a row "
@@ -292,6 +297,7 @@ class ObjectStore(BlockStore):
                     continue  # lost the race: decide again from the winner's record
             if info.epoch == 1:
                 self._c.put(id_key(info.lease_id), name.encode())
+            self._commits[info.lease_id] += 1
             self._names[info.lease_id] = name
             self._drop_pending(info.lease_id)
             return self._local(info)
@@ -343,22 +349,41 @@ class ObjectStore(BlockStore):
 
     def _write(self, lease_id: str, epoch: int, indices: Sequence[int],
                datas: Sequence[memoryview]) -> None:
-        _, rec, _ = self._record_by_id(lease_id)
-        check_current(rec.info, epoch, now=self._c.clock.now())
-        for i in indices:
-            if i >= rec.info.num_blocks:
-                raise bounds_error(lease_id, rec.info.name, i, rec.info.num_blocks)
+        """Upload under this flush cycle's generation while the record is read for the
+        check (epoch, expiry, bounds): one round trip less per call, as reads overlap
+        theirs. The uploads are invisible until a flush names them, so a refused write
+        still changes nothing: what it uploaded is removed before the refusal is raised.
+        A rewrite of a block already written this cycle is checked before it is uploaded
+        (it replaces an object a refusal could not restore)."""
+        def check(rec: LeaseRecord) -> None:
+            check_current(rec.info, epoch, now=self._c.clock.now())
+            for i in indices:
+                if i >= rec.info.num_blocks:
+                    raise bounds_error(lease_id, rec.info.name, i, rec.info.num_blocks)
+
         with self._lease_lock(lease_id):
             pending = self._own_pending(lease_id, epoch)
+            fresh = pending is None or not pending.indices.intersection(indices)
+            current = self._c.submit(self._record_by_id, lease_id) if fresh else None
+            if current is None:
+                check(self._record_by_id(lease_id)[1])
             if pending is None:
                 self._drop_pending(lease_id)
                 pending = _Pending(epoch, new_generation(epoch))
                 self._pending[lease_id] = pending
-            elif pending.maybe_published and pending.indices & set(indices):
+            elif pending.maybe_published and not fresh:
                 pending = self._regenerate(lease_id, pending, set(indices))
             gen = pending.generation
-            self._c.map(lambda pair: self._c.put(block_key(lease_id, gen, pair[0]), pair[1]),
-                        list(zip(indices, datas)))
+            keys = [block_key(lease_id, gen, i) for i in indices]
+            try:
+                self._c.map(lambda pair: self._c.put(*pair), list(zip(keys, datas)))
+            finally:
+                if current is not None:
+                    try:
+                        check(current.result()[1])
+                    except BaseException:
+                        self._delete_quietly(keys)
+                        raise
             pending.indices.update(indices)
 
     def _regenerate(self, lease_id: str, old: _Pending, rewritten: set[int]) -> _Pending:
@@ -380,64 +405,15 @@ class ObjectStore(BlockStore):
         return new
 
     def _read(self, lease_id: str, indices: Sequence[int], buffers: Sequence[memoryview]) -> None:
-        todo = list(zip(indices, buffers))
-        hint = self._seen.get(lease_id)
-        for _attempt in range(4):
-            if hint is not None and all(i < hint[0].info.num_blocks for i, _ in todo):
-                # Fetch the current record while fetching the blocks by the last one seen:
-                # one round trip instead of two when, as usual, it has not changed. The
-                # record is read after the call began, so a flush that returned before it
-                # is never missed.
-                current = self._c.submit(self._record_by_id, lease_id)
-                missing = self._fetch(lease_id, hint[0], todo)
-                _, rec, etag = current.result()
-                if etag == hint[1]:
-                    if not missing:
-                        return
-                    todo, hint = missing, None
-                    continue
-            else:
-                _, rec, etag = self._record_by_id(lease_id)
-            hint = None
-            for i, _buf in todo:
-                if i >= rec.info.num_blocks:
-                    raise bounds_error(lease_id, rec.info.name, i, rec.info.num_blocks)
-            self._seen[lease_id] = (rec, etag)
-            todo = self._fetch(lease_id, rec, todo)
-            if not todo:
-                return
-        raise BlockMissingError(f"lease {lease_id} in {self.url}: the objects of blocks "
-                                f"{[i for i, _ in todo]} named by its record are missing",
-                                path=self.url, lease_id=lease_id,
-                                indices=tuple(i for i, _ in todo))
+        read_blocks(self, lease_id, indices, buffers)
 
-    def _fetch(self, lease_id: str, rec: LeaseRecord,
-               todo: list[tuple[int, memoryview]]) -> list[tuple[int, memoryview]]:
-        """Fill the buffers by ``rec``'s block map (and this object's unflushed writes of
-        its epoch); return the items whose object was gone (replaced by a newer commit)."""
-        with self._lease_lock(lease_id):
-            pending = self._own_pending(lease_id, rec.info.epoch)
-            mine = set(pending.indices) if pending else set()
-            mine_gen = pending.generation if pending else ""
+    def _open_snapshot(self, lease_id: str) -> RecordSnapshot:
+        return RecordSnapshot(self, lease_id)
 
-        def fetch(item: tuple[int, memoryview]) -> bool:
-            i, buf = item
-            gen = mine_gen if i in mine else rec.blocks.get(i)
-            if gen is None:
-                buf[:] = bytes(len(buf))
-                return True
-            got = self._c.get(block_key(lease_id, gen, i))
-            if got is None:
-                return False
-            data = got[0]
-            n = min(len(data), len(buf))
-            buf[:n] = data[:n]
-            if n < len(buf):
-                buf[n:] = bytes(len(buf) - n)
-            return True
-
-        ok = self._c.map(fetch, todo)
-        return [item for item, done in zip(todo, ok) if not done]
+    @property
+    def read_batch_bytes(self) -> int:
+        """One block per request the client's pool can have in flight."""
+        return self._c.concurrency * self.block_size
 
     def _flush(self, lease_id: str, epoch: int) -> None:
         with self._lease_lock(lease_id):

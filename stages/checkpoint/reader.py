@@ -195,7 +195,8 @@ def load_map(reader: LeaseReader, h: Header, *,
     """:func:`_load_map`, with blocks missing from the store reported as corruption of this
     generation (:class:`CheckpointCorrupt`)."""
     try:
-        return _load_map(reader, h, key=key)
+        with reader.snapshot():  # one record lookup for all its reads (object stores)
+            return _load_map(reader, h, key=key)
     except BlockMissingError as exc:
         raise _missing(reader, h, exc) from exc
 
@@ -346,7 +347,8 @@ def read_payload(reader: LeaseReader, h: Header, entries: Sequence[MapEntry], *,
     if kind not in ("restore_bytes", "verify_bytes"):
         raise ValueError(f"kind must be 'restore_bytes' or 'verify_bytes', got {kind!r}")
     try:
-        return _read_payload(reader, h, entries, key=key, kind=kind)
+        with reader.snapshot():  # one record lookup for all its reads (object stores)
+            return _read_payload(reader, h, entries, key=key, kind=kind)
     except BlockMissingError as exc:
         raise _missing(reader, h, exc) from exc
 
@@ -379,6 +381,7 @@ def _read_payload(reader: LeaseReader, h: Header, entries: Sequence[MapEntry], *
                                 "than can be allocated", **ctx) from exc
     mv = memoryview(buf)
     bs = reader.block_size
+    read_batch = max(READ_BATCH, reader.store.read_batch_bytes)  # keep the store busy
     pending: list[Future[Failure]] = []
     # (payload offset, length, the task that fills and checks it): the MAC is fed in payload
     # order as tasks finish, so it runs beside the reads instead of as a second pass.
@@ -390,7 +393,7 @@ def _read_payload(reader: LeaseReader, h: Header, entries: Sequence[MapEntry], *
     chain = (MacChain(writer_key, h.mac_algorithm)
              if writer_key is not None and all(e.flags == CHUNK_RAW for e in entries)
              else None)
-    limit = READ_BATCH if chain is None else KEYED_READ_BATCH
+    limit = max(read_batch, READ_BATCH if chain is None else KEYED_READ_BATCH)
     idx: list[int] = []
     views: list[memoryview] = []
     batch: list[tuple[memoryview, MapEntry]] = []
@@ -433,8 +436,8 @@ def _read_payload(reader: LeaseReader, h: Header, entries: Sequence[MapEntry], *
         if zstd:
             distinct = sorted({e.block for _, e in zstd})
             scratch: dict[int, memoryview] = {}
-            for start in range(0, len(distinct), max(1, READ_BATCH // bs)):
-                part = distinct[start:start + max(1, READ_BATCH // bs)]
+            for start in range(0, len(distinct), max(1, read_batch // bs)):
+                part = distinct[start:start + max(1, read_batch // bs)]
                 for b, data in zip(part, _read_full(reader, part)):
                     scratch[b] = memoryview(data)
             work = [(scratch[e.block][e.offset:e.offset + e.stored], mv[o:o + e.raw], e)
