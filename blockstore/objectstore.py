@@ -355,8 +355,13 @@ class ObjectStore(BlockStore):
         still changes nothing: what it uploaded is removed before the refusal is raised.
         A rewrite of a block already written this cycle is checked before it is uploaded
         (it replaces an object a refusal could not restore)."""
-        def check(rec: LeaseRecord) -> None:
-            check_current(rec.info, epoch, now=self._c.clock.now())
+        def read() -> tuple[LeaseRecord, float]:
+            return self._record_by_id(lease_id)[1], self._c.clock.now()
+
+        def check(rec: LeaseRecord, now: float) -> None:
+            # ``now``: when the record was read, as before the overlap; a hold that ran out
+            # during a long upload is the next flush's to judge (it allows expiry).
+            check_current(rec.info, epoch, now=now)
             for i in indices:
                 if i >= rec.info.num_blocks:
                     raise bounds_error(lease_id, rec.info.name, i, rec.info.num_blocks)
@@ -364,9 +369,9 @@ class ObjectStore(BlockStore):
         with self._lease_lock(lease_id):
             pending = self._own_pending(lease_id, epoch)
             fresh = pending is None or not pending.indices.intersection(indices)
-            current = self._c.submit(self._record_by_id, lease_id) if fresh else None
+            current = self._c.submit(read) if fresh else None
             if current is None:
-                check(self._record_by_id(lease_id)[1])
+                check(*read())
             if pending is None:
                 self._drop_pending(lease_id)
                 pending = _Pending(epoch, new_generation(epoch))
@@ -380,7 +385,7 @@ class ObjectStore(BlockStore):
             finally:
                 if current is not None:
                     try:
-                        check(current.result()[1])
+                        check(*current.result())
                     except BaseException:
                         self._delete_quietly(keys)
                         raise

@@ -7,6 +7,7 @@ the benchmarks themselves (BENCHMARKS.md), never asserted in tests.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -74,3 +75,7 @@ def test_bench_objstore_quick_runs_keyed_against_loopback_s3(tmp_path: Path) -> 
     assert "PUT=" in rows["checkpoint() with a key"]["requests"]
     assert "GET=" in rows["restore() verified, with a key"]["requests"]
     assert "block objects" in rows["restore() verified, with a key"]["note"]
+    # Issue 23: the record is read once per restore phase, not once per read call.
+    note = rows["restore() verified, with a key"]["note"]
+    m = re.search(r"(\d+) GETs for (\d+) block objects", note)
+    assert m is not None and int(m.group(2)) <= int(m.group(1)) <= int(m.group(2)) + 8, m
