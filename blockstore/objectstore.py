@@ -368,7 +368,10 @@ class ObjectStore(BlockStore):
 
         with self._lease_lock(lease_id):
             pending = self._own_pending(lease_id, epoch)
-            fresh = pending is None or not pending.indices.intersection(indices)
+            other = pending is None and lease_id in self._pending  # another epoch's writes
+            # Checked first: a rewrite, and a write that would drop another epoch's pending
+            # writes (only a current epoch may; a stale handle must not drop the holder's).
+            fresh = not other and (pending is None or not pending.indices.intersection(indices))
             current = self._c.submit(read) if fresh else None
             if current is None:
                 check(*read())
@@ -388,6 +391,8 @@ class ObjectStore(BlockStore):
                         check(*current.result())
                     except BaseException:
                         self._delete_quietly(keys)
+                        if not pending.indices and self._pending.get(lease_id) is pending:
+                            del self._pending[lease_id]  # created by this refused write
                         raise
             pending.indices.update(indices)
 
