@@ -143,7 +143,8 @@ class CheckpointEncodeError(CheckpointFailed):
 
     The same state fails the same way on every retry and in every incarnation: a code or
     configuration error, so a pipeline fails at once naming the stage instead of replaying.
-    The codec's :class:`CodecError` is ``__cause__``.
+    ``__cause__`` is the original exception (what pickling raised), or the codec's
+    :class:`CodecError` when the codec itself refused.
     """
 
 

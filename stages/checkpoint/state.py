@@ -295,7 +295,7 @@ class CheckpointedStageState(Generic[T]):
             self._flushes -= 1
             if isinstance(exc, CodecError):
                 raise CheckpointEncodeError(f"checkpoint of {self._what} failed: {exc}",
-                                            lease_id=self._lease_id) from exc
+                                            lease_id=self._lease_id) from exc.__cause__ or exc
             if isinstance(exc, Exception):
                 raise CheckpointFailed(
                     f"checkpoint of {self._what} failed: {type(exc).__name__}: {exc}",
@@ -409,7 +409,7 @@ class CheckpointedStageState(Generic[T]):
             except CodecError as exc:  # before anything was written
                 note_failure(self.lease.name, exc)
                 raise CheckpointEncodeError(f"checkpoint of {self._what} failed: {exc}",
-                                            lease_id=self._lease_id) from exc
+                                            lease_id=self._lease_id) from exc.__cause__ or exc
             except Exception as exc:
                 self._dropped = None
                 note_failure(self.lease.name, exc)
