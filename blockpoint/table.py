@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
@@ -23,7 +24,7 @@ def print_rows(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], *,
     """Print ``rows`` as an aligned table of ``columns``, or as a JSON list."""
     out = out or sys.stdout
     if as_json:
-        json.dump([dict(r) for r in rows], out, indent=2, default=str)
+        json.dump([_finite(dict(r)) for r in rows], out, indent=2, default=str)
         out.write("\n")
         return
     if not rows:
@@ -34,3 +35,16 @@ def print_rows(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], *,
     out.write("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip() + "\n")
     for row in cells:
         out.write("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() + "\n")
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN or infinite float made ``None``: ``--json`` output stays
+    strict JSON (``json.dump`` would write ``NaN``, which JSON parsers refuse), even for a
+    forged or damaged header's fields."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
