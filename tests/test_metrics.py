@@ -186,3 +186,22 @@ def test_restore_fallbacks_count_only_newer_generations_that_fail(tmp_path: Path
         assert sorted(g for g, _ in back.restored.skipped) == [2, 4]
         assert seen.of("restores_total", stage="agg") == [1.0]
         assert seen.of("restore_fallbacks_total", stage="agg") == []
+
+
+def test_preemption_reasons_tag_by_their_first_word_not_a_series_per_request(
+        seen: Seen) -> None:
+    """A request's reason is free text (``"spot notice node-3"``): whole, as a tag value, it
+    made a Prometheus series per node or request."""
+    from scheduler.decisions import DecisionLog
+
+    log = DecisionLog()
+    for i in range(50):
+        log.record("preempt", "ready", reason=f"spot notice node-{i}", victims=["s"])
+        log.record("preempt", "ready", reason=f"job-{i:08x} needs 4 GPUs", victims=["s"])
+        log.record("preempt", "ready", reason=f"{i} urgent", victims=["s"])
+    log.record("restore", "done", reason="node 3f2a lost", victims=["s"])
+    reasons = {dict(tags)["reason"] for (name, tags) in seen.values
+               if name == "scheduler_decisions_total"}
+    assert reasons == {"spot", "job", "other", ""}
+    assert sum(seen.of("scheduler_decisions_total", kind="preempt", outcome="ready",
+                       reason="spot")) == 50
