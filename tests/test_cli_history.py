@@ -126,14 +126,23 @@ def test_history_of_a_header_with_impossible_times_shows_question_marks(
     assert rows[-1]["generation"] == 3 and rows[-1]["created_at"] in (None, created_at)
 
 
+@pytest.fixture(params=["file", "s3"])
+def live_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "file":
+        return str(tmp_path / "live")
+    server = request.getfixturevalue("s3_server")
+    return server.url(f"live-{tmp_path.name}")
+
+
 def test_verify_of_a_live_lease_reports_a_recycled_generation_not_corruption(
-        tmp_path: Path, capsys) -> None:
+        live_store_url: str, capsys) -> None:
     """The stage checkpoints while the lease is verified: the oldest generation is dropped
     (its slot erased, its blocks reused) between the scan and the read of its data."""
+    from blockstore import open_store
     from blockstore.work import watch
     from stages import verify_lease
 
-    with FileStore(tmp_path / "live", BS) as store, store.acquire("agg") as lease:
+    with open_store(live_store_url, block_size=BS) as store, store.acquire("agg") as lease:
         css = CheckpointedStageState({"n": 0, "pad": bytes(range(256)) * 40}, lease,
                                      retention=2, codec="msgpack", compression="none")
         for step in (1, 2):
@@ -160,4 +169,4 @@ def test_verify_of_a_live_lease_reports_a_recycled_generation_not_corruption(
         assert recycled and by_gen[2].ok
         assert by_gen[1].status.startswith("recycled: generation 1"), by_gen[1].status
         assert not any(r.corrupt for r in reports)
-        assert main(["history", str(tmp_path / "live"), "agg"]) == 0
+        assert main(["history", live_store_url, "agg"]) == 0
