@@ -8,7 +8,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
-__all__ = ["human_bytes", "print_rows"]
+__all__ = ["human_bytes", "print_rows", "printable"]
 
 
 def human_bytes(n: float) -> str:
@@ -17,6 +17,18 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TiB"
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters escaped (``\\n``, ``\\x1b``), for a terminal.
+
+    The store refuses such names (``LeaseNameError``), but a record written by an older
+    version, by hand or by anyone who can write a shared store could still hold one; printed
+    raw it would forge table rows or drive the operator's terminal (escape sequences).
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def print_rows(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], *,
@@ -30,7 +42,10 @@ def print_rows(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], *,
     if not rows:
         out.write(empty + "\n")
         return
-    cells = [["" if r.get(c) is None else str(r.get(c)) for c in columns] for r in rows]
+    # Every cell escaped: names and error texts come from the store, which anyone who can
+    # write it controls (--json escapes them by itself).
+    cells = [["" if r.get(c) is None else printable(str(r.get(c))) for c in columns]
+             for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     out.write("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip() + "\n")
     for row in cells:
