@@ -16,19 +16,9 @@ import time
 from collections.abc import Sequence
 
 from .table import print_rows
+from .table import printable as _printable
 
 __all__ = ["main"]
-
-
-def _printable(text: str) -> str:
-    """``text`` with control characters escaped (``\\n``, ``\\x1b``), for table cells.
-
-    The store refuses such names (``LeaseNameError``), but a record written by an older
-    version or by hand could still hold one; printed raw it would forge table rows.
-    """
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:

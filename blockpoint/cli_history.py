@@ -6,11 +6,18 @@ written, how long the checkpoint took, payload and stored size, compression rati
 incremental, and whether it verifies now (checksums, map and - with a key - the MAC; nothing
 is decoded). Exit status: 0 every generation verifies, 1 one does not, 2 the store, the lease
 or the key cannot be opened.
+
+The lease may be live: a generation its stage dropped while this read it is shown as
+recycled, not as a failure. A header's time fields are only as trustworthy as the header
+(without a key its CRC is no proof against a forger): a time or duration no clock could have
+produced (not finite, negative, beyond the platform's calendar) is shown as ``?`` and given
+as ``null`` in ``--json``, never a traceback or a non-JSON ``NaN``.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from typing import Any
@@ -56,19 +63,37 @@ def _cmd_history(args: argparse.Namespace) -> int:
     for r in gens:
         rows.append({
             "generation": r.generation, "step": r.step,
-            "written": "-" if r.created_at is None else
-            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created_at)),
-            "took": "-" if r.duration_s is None else f"{r.duration_s:.3f}s",
+            "written": _when(r.created_at),
+            "took": _took(r.duration_s),
             "size": "-" if r.size is None else human_bytes(r.size),
             "stored": "-" if r.stored is None else human_bytes(r.stored),
             "ratio": "-" if r.ratio is None else f"{r.ratio:.2f}",
             "kind": "full" if not r.depth else f"incremental ({r.depth})",
             "verified": ("yes" if ring is not None else "yes (MAC not checked: no key)")
-            if r.ok else f"NO: {r.status}",
+            if r.ok else "recycled while reading (not corruption)"
+            if r.status.startswith("recycled") else f"NO: {r.status}",
         })
     print(f"lease {args.lease!r} in {store.url}: {len(rows)} generation(s) retained")
     print_rows(rows, COLUMNS, empty="no committed generation")
     return 1 if bad else 0
+
+
+def _when(t: float | None) -> str:
+    """A header's wall-clock time as local time; ``?`` for one no clock gives."""
+    if t is None:
+        return "-"
+    try:
+        if not math.isfinite(t) or t < 0:
+            raise ValueError(t)
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+    except (ValueError, OverflowError, OSError):
+        return "?"
+
+
+def _took(d: float | None) -> str:
+    if d is None:
+        return "-"
+    return f"{d:.3f}s" if math.isfinite(d) and d >= 0 else "?"
 
 
 def register(subparsers: Any) -> None:

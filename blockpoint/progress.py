@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from .table import printable
+
 __all__ = ["Bar", "bar", "wanted"]
 
 
@@ -42,7 +44,7 @@ class Bar:
     def note(self, text: str) -> None:
         """Show ``text`` beside the bar (e.g. the lease being read)."""
         if self._impl is not None:
-            self._impl.set_postfix_str(text[:40], refresh=False)
+            self._impl.set_postfix_str(printable(text)[:40], refresh=False)
 
 
 @contextmanager

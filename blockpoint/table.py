@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
-__all__ = ["human_bytes", "print_rows"]
+__all__ = ["human_bytes", "print_rows", "printable"]
 
 
 def human_bytes(n: float) -> str:
@@ -18,19 +19,47 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
+def printable(text: str) -> str:
+    """``text`` with control characters escaped (``\\n``, ``\\x1b``), for a terminal.
+
+    The store refuses such names (``LeaseNameError``), but a record written by an older
+    version, by hand or by anyone who can write a shared store could still hold one; printed
+    raw it would forge table rows or drive the operator's terminal (escape sequences).
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def print_rows(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], *,
                as_json: bool = False, out: TextIO | None = None, empty: str = "(none)") -> None:
     """Print ``rows`` as an aligned table of ``columns``, or as a JSON list."""
     out = out or sys.stdout
     if as_json:
-        json.dump([dict(r) for r in rows], out, indent=2, default=str)
+        json.dump([_finite(dict(r)) for r in rows], out, indent=2, default=str)
         out.write("\n")
         return
     if not rows:
         out.write(empty + "\n")
         return
-    cells = [["" if r.get(c) is None else str(r.get(c)) for c in columns] for r in rows]
+    # Every cell escaped: names and error texts come from the store, which anyone who can
+    # write it controls (--json escapes them by itself).
+    cells = [["" if r.get(c) is None else printable(str(r.get(c))) for c in columns]
+             for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     out.write("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip() + "\n")
     for row in cells:
         out.write("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() + "\n")
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN or infinite float made ``None``: ``--json`` output stays
+    strict JSON (``json.dump`` would write ``NaN``, which JSON parsers refuse), even for a
+    forged or damaged header's fields."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value

@@ -23,7 +23,10 @@ import logging
 import os
 import sys
 import time
+import traceback
 from typing import Any, TextIO
+
+from .redact import redact_text
 
 __all__ = ["JsonFormatter", "KeyValueFormatter", "PACKAGES", "configure", "configure_from_env"]
 
@@ -38,7 +41,8 @@ _HANDLER_MARK = "_blockpoint_structured"
 
 
 def fields_of(record: logging.LogRecord) -> dict[str, Any]:
-    """The record as ordered fields: ts, level, logger, the ``extra`` fields, event, exc."""
+    """The record as ordered fields: ts, level, logger, the ``extra`` fields, event, and for
+    ``log.exception`` the error (``exc``, ``Type: message``) and its ``traceback``."""
     ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
     out: dict[str, Any] = {"ts": f"{ts}.{int(record.msecs):03d}Z",
                            "level": record.levelname.lower(), "logger": record.name}
@@ -48,7 +52,15 @@ def fields_of(record: logging.LogRecord) -> dict[str, Any]:
     out["event"] = record.getMessage()
     if record.exc_info and record.exc_info[1] is not None:
         exc = record.exc_info[1]
-        out["exc"] = f"{type(exc).__name__}: {exc}"
+        out["exc"] = redact_text(f"{type(exc).__name__}: {exc}")
+        # Where it failed: what ``log.exception`` is for. Escaped into the one line (a JSON
+        # string, or a quoted value), never printed as the plain text's extra lines. The
+        # chain includes the backend errors ours were raised from (a client's raw message,
+        # which may echo a request URL): redacted like every other place that shows one.
+        out["traceback"] = redact_text(
+            "".join(traceback.format_exception(*record.exc_info)).rstrip())
+    if record.stack_info:
+        out["stack"] = record.stack_info
     return out
 
 

@@ -77,8 +77,8 @@ METRICS: Mapping[str, MetricSpec] = _specs(
     ("lease_bytes", "gauge", "storage the stage's lease occupies (blocks x block size)", S),
     ("restore_seconds", "histogram", "time a restore took (scan, verify, decode)", S),
     ("restores_total", "counter", "restores that returned a generation", S),
-    ("restore_fallbacks_total", "counter", "generations a restore skipped because they did "
-     "not verify", S),
+    ("restore_fallbacks_total", "counter", "newer generations a restore passed over because "
+     "they did not verify (not the torn header of a commit a crash cut short)", S),
     # -- the flush mark, seen from the stage (scheduler/observer.py) -------------------------
     ("flush_ack_seconds", "histogram", "time the scheduler took to acknowledge a flush start "
      "(the checkpoint waits for it)", S),

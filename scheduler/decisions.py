@@ -10,6 +10,7 @@ operator reads (``blockpoint scheduler decisions``) spans restarts.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import deque
@@ -20,7 +21,26 @@ from typing import Any
 from blockstore.metrics import record
 from scheduler.plans import PreemptionPlan
 
-__all__ = ["Decision", "DecisionLog"]
+__all__ = ["Decision", "DecisionLog", "reason_tag"]
+
+_FIRST_WORD = re.compile(r"[A-Za-z][A-Za-z_-]{0,31}")
+
+
+def reason_tag(reason: str) -> str:
+    """The metric tag of a preemption's reason: its first word, lowercased, letters only.
+
+    The reason is free text (``"spot notice node-3"``, ``"job 8f3a needs 4 GPUs"``); as a
+    tag value it would make a Prometheus series per node, job or request. Its first word
+    (``spot``, ``job``, ``demo``) is what an operator groups by; digits are cut off
+    (``job-1234`` -> ``job``), a reason that does not start with a letter is ``other``, and
+    no reason at all is ``""``.
+    """
+    text = reason.strip()
+    if not text:
+        return ""
+    m = _FIRST_WORD.match(text)
+    word = m.group(0).rstrip("-_").lower() if m else ""
+    return word or "other"
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,11 +191,11 @@ class DecisionLog:
 def _count(entry: Decision) -> None:
     """Count a logged decision (``docs/OPERATIONS.md``, Metrics).
 
-    Only preemptions carry their reason as a tag - it is the request's reason, one of a few
-    an operator chooses; the other kinds' reasons are free text (node ids, errors) that
+    Only preemptions carry their reason as a tag, and only its first word
+    (:func:`reason_tag`); the other kinds' reasons are free text (node ids, errors) that
     would make a new series each.
     """
-    reason = entry.reason[:64] if entry.kind == "preempt" else ""
+    reason = reason_tag(entry.reason) if entry.kind == "preempt" else ""
     record("scheduler_decisions_total", 1, kind=entry.kind, outcome=entry.outcome,
            reason=reason)
     if entry.victims:

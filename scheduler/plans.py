@@ -30,7 +30,8 @@ class PreemptionRequest:
     are at least ``count`` victims. At least one of the three must ask for something.
 
     Attributes:
-        reason: Free text for the decision log (``"spot notice node-3"``).
+        reason: Free text for the decision log (``"spot notice node-3"``); its first word
+            (``spot``) tags the metrics (``scheduler.decisions.reason_tag``).
         deadline: Absolute time, on the manager's clock, by which the victims must be
             stopped. Flushing stages are waited for only until then.
         resources: Resource name -> amount to free (amounts > 0; zero entries are ignored).

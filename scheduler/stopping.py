@@ -29,6 +29,7 @@ import ray
 
 from blockstore.metrics import record
 from scheduler import ray_adapter
+from scheduler.decisions import reason_tag
 from scheduler.plans import Outcome, PreemptionRequest
 from scheduler.results import PreemptionResult, StageOutcome, StageStatus
 from scheduler.table import StageTable
@@ -158,7 +159,7 @@ class Stopper:
             if time.time() >= req.deadline and plan.outcome is Outcome.WAIT:
                 break
         waited = time.time() - t0
-        record("preemption_wait_seconds", waited, reason=req.reason[:64])
+        record("preemption_wait_seconds", waited, reason=reason_tag(req.reason))
         act = plan.outcome is Outcome.READY or (best_effort and plan.victims)
         victims = plan.victims if act else ()
         with table.lock:

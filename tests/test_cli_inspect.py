@@ -134,3 +134,23 @@ def test_control_characters_in_a_record_are_escaped(store_dir: str, capsys) -> N
     lines = out.strip().splitlines()
     assert len(lines) == 2 and "\x1b" not in out and "\r" not in out
     assert "evil\\nforged-row" in lines[1] and "\\x1b[2J" in lines[1] and "h\\rx" in lines[1]
+
+
+def test_control_characters_in_a_record_are_escaped_by_every_table(store_dir: str,
+                                                                   capsys) -> None:
+    """The same forged name through ``verify``'s table (and any other ``print_rows`` table):
+    escaped, so it neither forges rows nor reaches the terminal as an escape sequence."""
+    from stages import CheckpointedStageState
+
+    with open_store(store_dir, block_size=4096) as st, st.acquire("plain", holder="w") as lease:
+        CheckpointedStageState({"n": 1}, lease, codec="msgpack").checkpoint(step=1)
+        lease_id = lease.lease_id
+    record = Path(store_dir) / "leases" / f"{lease_id}.json"
+    doc = json.loads(record.read_text())
+    doc["name"] = "evil\nforged-row  0  1  ok\x1b]0;owned\x07"
+    record.write_text(json.dumps(doc))
+    assert main(["verify", store_dir]) == 0
+    out = capsys.readouterr().out
+    lines = out.strip().splitlines()
+    assert "\x1b" not in out and "\x07" not in out
+    assert len(lines) == 3 and all(ln.startswith("evil\\nforged-row") for ln in lines[1:])

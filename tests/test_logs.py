@@ -123,3 +123,30 @@ def test_every_module_logs_through_its_own_logger() -> None:
                         and node.func.attr in {"warning", "info", "error", "exception", "debug"}:
                     offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} (root logger)")
     assert not offenders, offenders
+
+
+@pytest.mark.parametrize("fmt", ["kv", "json"])
+def test_a_logged_exception_keeps_its_traceback_on_one_line(fmt: str, restore_logging,
+                                                            monkeypatch) -> None:
+    """``log.exception`` (a failing metrics listener here) says where it failed; the
+    traceback is escaped into the record's one line, and redacted like any error text."""
+    from blockstore.metrics import listen, record
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY")
+
+    def exporter_that_breaks(name: str, value: float, tags: object) -> None:
+        raise RuntimeError("PUT failed: wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY")
+
+    out = io.StringIO()
+    configure(fmt, stream=out)
+    with listen(exporter_that_breaks):
+        record("checkpoints_total", 1, stage="x")
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1, lines
+    if fmt == "json":
+        tb = json.loads(lines[0])["traceback"]
+    else:
+        tb = json.loads(lines[0].split(" traceback=", 1)[1])
+    assert tb.startswith("Traceback (most recent call last):")
+    assert "in exporter_that_breaks" in tb and "RuntimeError: PUT failed" in tb
+    assert "wJalrXUtnFEMI" not in lines[0]

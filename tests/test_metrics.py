@@ -155,3 +155,53 @@ def test_grafana_dashboard_names_only_metrics_that_exist() -> None:
     shown = {n for n in METRICS if _exported_names(n) & named}
     assert shown == set(METRICS), sorted(set(METRICS) - shown)
     assert board["title"] and board.get("uid")
+
+
+def test_restore_fallbacks_count_only_newer_generations_that_fail(tmp_path: Path,
+                                                                   seen: Seen) -> None:
+    """A header a crash cut short (never committed) and a damaged *older* generation are
+    listed in ``restored.skipped`` but are no fallback: the restore returned the newest
+    committed generation it could."""
+    from blockstore import FileStore
+    from stages.checkpoint.reader import scan_slots
+
+    bs = 4096
+    with FileStore(tmp_path / "s", bs) as st, st.acquire("agg", holder="me", ttl=60) as lease:
+        css = CheckpointedStageState({"n": 0}, lease, retention=3, allow_unauthenticated=True)
+        for step in (1, 2, 3, 4):
+            css.state["n"] = step
+            css.checkpoint(step=step, meta={"note": "m" * 1500})  # a header of 4 sectors
+        _, scans = scan_slots(lease)
+        by_gen = {s.header.generation: s.slot for s in scans if s.header}
+        assert sorted(by_gen) == [2, 3, 4]
+        dat = tmp_path / "s" / "leases" / f"{lease.lease_id}.dat"
+        raw = bytearray(dat.read_bytes())
+        torn, old = by_gen[4] * bs, by_gen[2] * bs
+        raw[torn + 512:torn + bs] = bytes(bs - 512)  # generation 4's header write cut short
+        raw[old + 60] ^= 0x01  # generation 2's header damaged (its generation field intact)
+        dat.write_bytes(bytes(raw))
+
+        back = CheckpointedStageState.restore(lease, allow_unauthenticated=True)
+        assert back.restored.generation == 3
+        assert sorted(g for g, _ in back.restored.skipped) == [2, 4]
+        assert seen.of("restores_total", stage="agg") == [1.0]
+        assert seen.of("restore_fallbacks_total", stage="agg") == []
+
+
+def test_preemption_reasons_tag_by_their_first_word_not_a_series_per_request(
+        seen: Seen) -> None:
+    """A request's reason is free text (``"spot notice node-3"``): whole, as a tag value, it
+    made a Prometheus series per node or request."""
+    from scheduler.decisions import DecisionLog
+
+    log = DecisionLog()
+    for i in range(50):
+        log.record("preempt", "ready", reason=f"spot notice node-{i}", victims=["s"])
+        log.record("preempt", "ready", reason=f"job-{i:08x} needs 4 GPUs", victims=["s"])
+        log.record("preempt", "ready", reason=f"{i} urgent", victims=["s"])
+    log.record("restore", "done", reason="node 3f2a lost", victims=["s"])
+    reasons = {dict(tags)["reason"] for (name, tags) in seen.values
+               if name == "scheduler_decisions_total"}
+    assert reasons == {"spot", "job", "other", ""}
+    assert sum(seen.of("scheduler_decisions_total", kind="preempt", outcome="ready",
+                       reason="spot")) == 50

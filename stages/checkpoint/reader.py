@@ -50,6 +50,7 @@ __all__ = [
     "SlotScan",
     "load_map",
     "read_payload",
+    "read_slots",
     "scan_slots",
     "worker_pool",
 ]
@@ -107,7 +108,7 @@ def _read_full(reader: LeaseReader, indices: Sequence[int]) -> list[bytearray]:
     return bufs
 
 
-def _read_slots(reader: LeaseReader, indices: Sequence[int]) -> list[bytearray | None]:
+def read_slots(reader: LeaseReader, indices: Sequence[int]) -> list[bytearray | None]:
     """Whole blocks, ``None`` for each whose object is missing from the store (a header
     slot that is gone is an unreadable slot, not a failed scan)."""
     try:
@@ -149,11 +150,11 @@ def scan_slots(reader: LeaseReader) -> tuple[int | None, list[SlotScan]]:
             return SlotScan(i, None, exc, False)
 
     first = min(2, nb)
-    scans = [parse(i, b) for i, b in enumerate(_read_slots(reader, range(first)))]
+    scans = [parse(i, b) for i, b in enumerate(read_slots(reader, range(first)))]
     valid = [s.header for s in scans if s.header is not None]
     if not valid and nb > first:
         limit = min(nb, fmt.MAX_SLOTS)
-        for i, head in zip(range(first, limit), _read_slots(reader, range(first, limit))):
+        for i, head in zip(range(first, limit), read_slots(reader, range(first, limit))):
             if head is not None and head[:4] == fmt.MAGIC:
                 s = parse(i, head)
                 if s.header is not None:
@@ -163,7 +164,7 @@ def scan_slots(reader: LeaseReader) -> tuple[int | None, list[SlotScan]]:
     k = max(valid, key=lambda h: h.generation).slots
     if k > first:
         rest = list(range(first, min(k, nb)))
-        scans += [parse(i, b) for i, b in zip(rest, _read_slots(reader, rest))]
+        scans += [parse(i, b) for i, b in zip(rest, read_slots(reader, rest))]
         for i in range(min(k, nb), k):
             scans.append(SlotScan(i, None, TruncatedCheckpointError(
                 f"header slot {i} of lease {name!r} ({lid}) is beyond the lease of {nb} blocks",

@@ -43,6 +43,9 @@ class Restored:
     ``slots``: the lease's header slot count (2 when no valid header names one); ``scans``
     the slots as found; ``blocks`` every block the restored generation references (data
     and map); ``entries`` its checked map (a trusted incremental base when hashed).
+    ``fell_back``: newer generations passed over because they did not verify - fewer than
+    ``report.skipped`` lists, which also holds the torn header of a commit a crash cut
+    short (never committed) and damaged generations older than the one returned.
     """
 
     state: Any
@@ -52,6 +55,7 @@ class Restored:
     slots: int
     scans: list[SlotScan]
     report: RestoreReport
+    fell_back: int = 0
 
 
 def newest_valid(reader: LeaseReader, *, log: logging.Logger, key: KeySetting = None,
@@ -81,6 +85,7 @@ def newest_valid(reader: LeaseReader, *, log: logging.Logger, key: KeySetting = 
     errors: list[CheckpointCorrupt] = [s.error for s in scans if s.error is not None]
     skipped: list[tuple[int | None, str]] = [(e.generation, str(e)) for e in errors]
     newest_err: CheckpointCorrupt | None = None
+    fell_back = 0
     for h in headers:
         try:
             entries, blocks = blocks_of(reader, h, rkey)
@@ -100,10 +105,15 @@ def newest_valid(reader: LeaseReader, *, log: logging.Logger, key: KeySetting = 
                                     "cause": type(exc).__name__})
             skipped.append((h.generation, str(exc)))
             newest_err = newest_err or exc
+            fell_back += 1
             continue
         info = CheckpointInfo.from_header(h, reader.lease_id, reader.name, len(blocks))
         skipped.sort(key=lambda t: -(t[0] if t[0] is not None else -1))
         report = RestoreReport(generation=h.generation, step=h.step, meta=dict(h.meta),
                                info=info, skipped=tuple(skipped))
-        return Restored(state, h, entries, blocks, k or 2, scans, report)
+        # A damaged header newer than the one restored is a fallback too; the torn header
+        # of an interrupted commit (never committed) and an older damaged one are not.
+        fell_back += sum(1 for e in errors if not isinstance(e, TornHeaderError)
+                         and e.generation is not None and e.generation > h.generation)
+        return Restored(state, h, entries, blocks, k or 2, scans, report, fell_back)
     raise restore_failure(where, newest_err, errors, tuple(skipped))

@@ -501,7 +501,7 @@ class CheckpointedStageState(Generic[T]):
             log.warning("restore of lease %r (%s): restored generation %d after skipping %s",
                         lease_or_reader.name, lease_or_reader.lease_id, h.generation,
                         [g for g, _ in report.skipped])
-        note_restore(report, time.perf_counter() - t0, lease_or_reader)
+        note_restore(report, time.perf_counter() - t0, lease_or_reader, found.fell_back)
         return css
 
     def _adopt(self, k: int, scans: list[Any], restored: Header, blocks: frozenset[int]) -> None:

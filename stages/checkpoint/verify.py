@@ -13,11 +13,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from blockstore import LeaseReader
+from blockstore import BlockStoreError, LeaseReader
 
 from ..errors import BadMagicError, CheckpointCorrupt, NoCheckpointError, TornHeaderError
 from .mac import KeySetting, resolve_keys
-from .reader import load_map, read_payload, scan_slots
+from .format import Header
+from .reader import load_map, read_payload, read_slots, scan_slots
 
 __all__ = ["GenerationReport", "verify_lease"]
 
@@ -63,9 +64,11 @@ class GenerationReport:
     def corrupt(self) -> bool:
         """True if a committed generation (or a header that may be one) fails verification.
 
-        Empty slots and the torn header of an interrupted commit are not corruption.
+        Empty slots, the torn header of an interrupted commit and a generation a live writer
+        recycled while it was being read (``"recycled: ..."``) are not corruption.
         """
-        return self.status not in ("ok", "empty") and not self.status.startswith("uncommitted")
+        return self.status not in ("ok", "empty") and not self.status.startswith(
+            ("uncommitted", "recycled"))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -80,6 +83,11 @@ def verify_lease(reader: LeaseReader, *, key: KeySetting = None) -> list[Generat
     the call in :func:`blockstore.work.watch`).
 
     Returns one report per slot, newest generation first, then unreadable and empty slots.
+    The lease may be live (its stage checkpointing while this reads): a writer erases the
+    slot of the generation it drops before it reuses that generation's blocks, so a
+    generation that fails is checked again against its slot, and one whose header is no
+    longer there is reported ``"recycled: ..."`` (dropped by a newer checkpoint while it was
+    read, not corruption) instead of as the data block that no longer matches.
     Raises :class:`NoCheckpointError` if no slot holds the magic ``PCHK`` (an empty lease, or
     a lease that is not a checkpoint lease).
     """
@@ -116,6 +124,9 @@ def verify_lease(reader: LeaseReader, *, key: KeySetting = None) -> list[Generat
             read_payload(reader, h, entries, key=ring, kind="verify_bytes")
         except CheckpointCorrupt as exc:
             status, block = str(exc), exc.block
+            if _recycled(reader, s.slot, h):
+                status, block = (f"recycled: generation {h.generation} was dropped by a newer "
+                                 "checkpoint while it was read (its slot no longer holds it)"), None
         out.append(GenerationReport(
             **base, slot=s.slot, generation=h.generation, step=h.step, size=h.data_length,
             stored=h.stored_bytes, codec=h.codec, compression=h.compression,
@@ -124,6 +135,16 @@ def verify_lease(reader: LeaseReader, *, key: KeySetting = None) -> list[Generat
             mac_checked=ring is not None and status == "ok", created_at=h.created_at,
             duration_s=h.duration_s, depth=h.depth))
     return [_with_sharing(r, chunk_sets) for r in out]
+
+
+def _recycled(reader: LeaseReader, slot: int, h: Header) -> bool:
+    """True if header slot ``slot`` no longer holds ``h`` (erased or rewritten since it was
+    scanned): a live writer dropped that generation, so its blocks may hold newer data."""
+    try:
+        block = read_slots(reader, [slot])[0]
+    except BlockStoreError:
+        return False
+    return block is None or bytes(block[:h.header_length]) != h.raw
 
 
 def _with_sharing(r: GenerationReport,
