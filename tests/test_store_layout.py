@@ -14,18 +14,27 @@ PKG = Path(__file__).resolve().parents[1] / "blockstore"
 
 
 def _graph() -> dict[str, set[str]]:
-    mods = {p.stem for p in PKG.glob("*.py") if p.stem != "__init__"}
+    """Module -> the package's modules it imports; a subpackage (``testing/``) is one node,
+    its files' imports together (``from ..base`` inside it names ``base``)."""
+    files: dict[str, list[tuple[Path, int]]] = {}
+    for p in PKG.glob("*.py"):
+        if p.stem != "__init__":
+            files[p.stem] = [(p, 1)]
+    for d in PKG.iterdir():
+        if d.is_dir() and (d / "__init__.py").exists():
+            files[d.name] = [(p, 2) for p in sorted(d.glob("*.py"))]
+    mods = set(files)
     graph: dict[str, set[str]] = {}
-    for m in mods:
-        tree = ast.parse((PKG / f"{m}.py").read_text())
+    for m, sources in files.items():
         deps: set[str] = set()
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom):
-                if node.level == 1 and node.module:
-                    deps.add(node.module.split(".")[0])
-                elif node.level == 0 and (node.module or "").startswith("blockstore."):
-                    deps.add(node.module.split(".")[1])  # type: ignore[union-attr]
-        graph[m] = deps & mods
+        for path, up in sources:
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom):
+                    if node.level == up and node.module:
+                        deps.add(node.module.split(".")[0])
+                    elif node.level == 0 and (node.module or "").startswith("blockstore."):
+                        deps.add(node.module.split(".")[1])  # type: ignore[union-attr]
+        graph[m] = (deps & mods) - {m}
     return graph
 
 
