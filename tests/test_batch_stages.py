@@ -48,6 +48,8 @@ def test_formats_and_conversions() -> None:
     assert to_format(table, "pandas")["a"].tolist() == [1, 2, 3]
     assert to_table({"a": np.arange(3), "m": np.ones((3, 2))}).num_rows == 3
     assert concat([[{"a": 1}], [{"a": 2}]]) == [{"a": 1}, {"a": 2}]
+    mixed = to_table([{"a": 1}, {"a": 2, "b": "x"}])  # a later row's column is kept
+    assert mixed.to_pylist() == [{"a": 1, "b": None}, {"a": 2, "b": "x"}]
     assert concat([[{"a": 1}], pa.table({"a": [2]})]).column("a").to_pylist() == [1, 2]
 
     class Bad:

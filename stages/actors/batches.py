@@ -89,7 +89,12 @@ def to_table(batch: Any) -> Any:
     if batch is None:
         return pa.table({})
     if isinstance(batch, list):
-        return pa.Table.from_pylist(batch)
+        first = batch[0].keys() if batch and isinstance(batch[0], dict) else None
+        if first is None or all(isinstance(r, dict) and r.keys() == first for r in batch):
+            return pa.Table.from_pylist(batch)
+        # from_pylist takes the columns of the first row only: never drop a later row's key.
+        names = dict.fromkeys(k for r in batch for k in r)
+        return pa.table({k: [r.get(k) for r in batch] for k in names})
     if isinstance(batch, dict):
         return pa.table({k: _column(v) for k, v in batch.items()})
     if type(batch).__module__.startswith("pandas"):

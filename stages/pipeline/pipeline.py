@@ -5,10 +5,10 @@ Ray and commits output exactly once across stage and node loss.
 
 How, and why this way:
 
-* **The driver submits, Ray carries.** Each batch read from the source becomes a chain of
-  actor calls, ``s1.process_batch(records) -> s2.process_batch(ref) -> ...``; the object
-  references flow stage to stage without passing through the driver, and the last one is the
-  batch's output. At most ``max_in_flight`` batches are outstanding (backpressure: the source
+* **The driver submits, Ray carries.** Each batch read from the source (a list of records
+  or an Arrow table, ``stages/actors/batches.py``) becomes a chain of actor calls,
+  ``s1.process_batch(batch) -> s2.process_batch(ref) -> ...``; the object references flow
+  stage to stage without passing through the driver, and the last one is the batch's output. At most ``max_in_flight`` batches are outstanding (backpressure: the source
   is not read further until the oldest batch's output arrived).
 * **Barriers travel with the data.** A checkpoint barrier for step ``s`` is one
   ``checkpoint(step=s, meta={"source_position": p})`` call per stage, submitted right after
@@ -407,8 +407,7 @@ class Pipeline:
             records, new_position = self.source.read(self._position, self.batch_size)
             n = num_rows(records)
             if not n:
-                # A source with ``exhausted`` (a followed directory) may have more later:
-                # then what was read so far is committed now, and the source asked again.
+                # A followed directory (``exhausted``) may have more later: commit, ask again.
                 ended = getattr(self.source, "exhausted", None)
                 if ended is None or ended(self._position):
                     self._exhausted = True
