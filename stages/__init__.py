@@ -71,6 +71,7 @@ __all__ = [
 
 from .checkpoint import CheckpointManager, CheckpointPolicy, CheckpointRequest, PolicyCounters
 from .errors import PipelineError, RunActiveError, RunError, RunFencedError, SinkFencedError
+from .errors import SourceError, SourceFileChanged, SourceFileCorrupt, SourceSchemaMismatch
 from .errors import StageProcessError
 from .actors import (
     ActorFenced,
@@ -99,7 +100,11 @@ from .actors import (
 from .pipeline import (
     FenceToken,
     FileSink,
+    FileSource,
     GeneratedSource,
+    JsonlSource,
+    ParquetSink,
+    ParquetSource,
     Pipeline,
     PipelineEvent,
     PipelineResult,
@@ -129,7 +134,11 @@ __all__ += [
     "CheckpointRequest",
     "FenceToken",
     "FileSink",
+    "FileSource",
     "GeneratedSource",
+    "JsonlSource",
+    "ParquetSink",
+    "ParquetSource",
     "NodeCapacity",
     "Pipeline",
     "PipelineError",
@@ -153,6 +162,10 @@ __all__ += [
     "Sink",
     "SinkFencedError",
     "Source",
+    "SourceError",
+    "SourceFileChanged",
+    "SourceFileCorrupt",
+    "SourceSchemaMismatch",
     "Relaunchable",
     "Stage",
     "StageActor",

@@ -39,6 +39,12 @@ Errors of one module stay with it but hang from the same root::
     ├── PipelineError(RuntimeError)        the pipeline cannot go on (defined here, since
     │   │                                  stages.pipeline.pipeline and stages.pipeline.recovery both raise it)
     │   └── StageProcessError              a stage's own code raised (not replayed forever)
+    ├── SourceError                        a file source cannot replay its input (stages.pipeline
+    │   │                                  .files); ``path`` names the file
+    │   ├── SourceFileChanged(RuntimeError) the file under a recorded position changed or is
+    │   │                                  gone, or files appeared before the position
+    │   ├── SourceSchemaMismatch(TypeError) a file's schema differs from the source's
+    │   └── SourceFileCorrupt(ValueError)  a file is not readable as its format
     └── RunError                           runs (stages.pipeline.runs, stages.pipeline.run_driver)
         ├── RunNotFoundError(LookupError), RunStepExistsError(FileExistsError)
         ├── RunClaimConflict, RunNotPausedError, RunClaimLost (RuntimeError)
@@ -82,6 +88,10 @@ __all__ = [
     "RunNotPausedError",
     "RunStepExistsError",
     "SinkFencedError",
+    "SourceError",
+    "SourceFileChanged",
+    "SourceFileCorrupt",
+    "SourceSchemaMismatch",
     "StageError",
     "StageProcessError",
     "TornHeaderError",
@@ -267,6 +277,67 @@ class StageProcessError(PipelineError):
     def __init__(self, message: str, *, stage_id: str | None = None) -> None:
         super().__init__(message)
         self.stage_id = stage_id
+
+
+class SourceError(StageError):
+    """A file source cannot give the records of a position (``stages/pipeline/files.py``).
+
+    Never silent: a source that cannot replay exactly what it gave before stops the run
+    with one of these, naming the file, rather than skipping or re-reading input.
+
+    Attributes:
+        path: the file concerned (or the directory, for a listing).
+    """
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class SourceFileChanged(SourceError, RuntimeError):
+    """The file a recorded position points into is not the file it was (size or
+    modification time differ), or is gone; or the files before the position are not the
+    ones the position counted (a file appeared that sorts before it, or one was removed).
+
+    Attributes:
+        recorded: what the position recorded (e.g. ``"size=10 mtime_ns=..."``).
+        found: what is there now (``None``: the file is gone).
+    """
+
+    def __init__(self, message: str, *, path: str | None = None, recorded: str | None = None,
+                 found: str | None = None) -> None:
+        super().__init__(message, path=path)
+        self.recorded = recorded
+        self.found = found
+
+
+class SourceSchemaMismatch(SourceError, TypeError):
+    """A file's schema is not the source's (the first file's, or the one given).
+
+    Attributes:
+        expected: the source's schema, as text.
+        found: the file's schema, as text.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None, expected: str | None = None,
+                 found: str | None = None) -> None:
+        super().__init__(message, path=path)
+        self.expected = expected
+        self.found = found
+
+
+class SourceFileCorrupt(SourceError, ValueError):
+    """A file cannot be read as its format (not Parquet, a truncated footer, a line that
+    is not JSON).
+
+    Attributes:
+        offset: where in the file, when known (a byte offset of a JSON-lines file).
+    """
+
+    def __init__(self, message: str, *, path: str | None = None,
+                 offset: int | None = None) -> None:
+        super().__init__(message, path=path)
+        self.offset = offset
 
 
 class RunError(StageError):

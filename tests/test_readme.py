@@ -51,6 +51,12 @@ def test_pipeline_example_runs(tmp_path: Path) -> None:
 
 
 @pytest.mark.ray
+def test_parquet_example_runs(tmp_path: Path) -> None:
+    proc = _run_ray("## Parquet in, Parquet out", tmp_path)
+    assert proc.stdout.split()[-1] == "100000"
+
+
+@pytest.mark.ray
 def test_checkpointed_actor_example_runs(tmp_path: Path) -> None:
     proc = _run_ray("## A checkpointed Ray actor in 15 lines", tmp_path)
     assert proc.stdout.split()[-1] in {"None", "10", "11"}  # ray.kill is asynchronous

@@ -7,6 +7,7 @@ restore the newest generation that verifies, fail-closed checkpoints).
 | module          | owns |
 |-----------------|------|
 | `actor.py`      | `Stage`, `StageSpec`, `StageActor`, `launch_stage`: a pipeline stage as a fenced actor |
+| `batches.py`    | batches between stages (records or an Arrow table), batch stages' formats, `run_stage` |
 | `incarnation.py`| the one mechanism of "a new incarnation" |
 | `checkpointed.py` | the `@checkpointed` decorator: validation, generated methods |
 | `config.py`     | `CheckpointedConfig`, the decorator's checked arguments |

@@ -67,6 +67,7 @@ from blockstore import BlockStore, Lease, parse_store_url
 
 from ..checkpoint.background import PendingCheckpoint
 from ..errors import CheckpointFailed, CheckpointKeyRequired, StageError
+from .batches import num_rows, run_stage
 from .hooks import StageRegistrar, StageRegistration
 from .incarnation import Incarnation, RollbackUnavailable, open_store_for, register_quietly
 from .incarnation import restore_or_initial
@@ -114,6 +115,10 @@ class Stage(Protocol):
     ``process`` may mutate ``state`` in place (or replace parts of it) and yields the outputs
     for one record. It must be deterministic given ``(state, record)`` for exactly-once
     pipelines: replay after a failure feeds the same records to the restored state.
+
+    A batch stage defines ``process_batch(state, batch) -> batch`` (and ``batch_format``:
+    ``"numpy"``, ``"pyarrow"`` or ``"pandas"``) instead of ``process``; see
+    ``stages/actors/batches.py``.
     """
 
     def initial_state(self) -> Any: ...
@@ -309,8 +314,12 @@ class StageActor:
                                stage_id=self.spec.stage_id)
 
     # -- data path (default concurrency group: one at a time, in submission order) --------
-    def process_batch(self, records: list[Any]) -> list[Any]:
+    def process_batch(self, records: Any) -> Any:
         """Feed ``records`` in order; return every output, in order.
+
+        ``records`` is a batch (a list of records or a ``pyarrow.Table``); a record stage
+        returns a list, a batch stage (``process_batch``) a table
+        (``stages/actors/batches.py``).
 
         If ``process`` raises, the exception propagates and the in-memory state may hold
         part of the batch: the caller must roll back (``rollback``) or relaunch before
@@ -318,13 +327,10 @@ class StageActor:
         """
         with self._lock:
             self._check_running()
-            out: list[Any] = []
-            state = self._css.state
-            process = self._stage.process
-            for record in records:
-                out.extend(process(state, record))
-            self._records_total += len(records)
-            self._records_since += len(records)
+            out = run_stage(self._stage, self._css.state, records)
+            n = num_rows(records)
+            self._records_total += n
+            self._records_since += n
             return out
 
     def checkpoint(self, step: int = 0, meta: dict[str, Any] | None = None) -> dict[str, Any]:

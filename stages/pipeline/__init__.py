@@ -11,7 +11,10 @@ in ``stages`` imports it.
 | `events.py`     | `PipelineEvent`, `PipelineResult` |
 | `reference.py`  | `run_reference`: the failure-free output to compare with |
 | `source.py`     | replayable sources; the generated event stream of the demo and tests |
+| `files.py`      | file sources' listing, position (file, part, row) and checks; following a directory |
+| `file_sources.py` | `ParquetSource`, `JsonlSource` |
 | `sink.py`       | sinks that commit per step, idempotently, fenced by the driver's token |
+| `parquet_sink.py` | `ParquetSink`: each committed step a directory of Parquet files, published by one rename |
 | `runs.py`       | `RunStore`: committed steps, pause, claim and resume exactly once |
 | `run_claim.py`  | `RunClaim`: one driver's right to resume a paused run |
 | `run_records.py`| the values of runs: `StageCommit`, `RunStep`, `RunStatus` |
@@ -21,6 +24,9 @@ in ``stages`` imports it.
 from __future__ import annotations
 
 from .events import PipelineEvent, PipelineResult
+from .file_sources import JsonlSource, ParquetSource
+from .files import FileSource
+from .parquet_sink import ParquetSink
 from .pipeline import Pipeline
 from .reference import run_reference
 from .run_claim import RunClaim
@@ -40,7 +46,11 @@ from .source import GeneratedSource, Source
 __all__ = [
     "FenceToken",
     "FileSink",
+    "FileSource",
     "GeneratedSource",
+    "JsonlSource",
+    "ParquetSink",
+    "ParquetSource",
     "Pipeline",
     "PipelineEvent",
     "PipelineResult",

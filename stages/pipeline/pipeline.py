@@ -5,10 +5,10 @@ Ray and commits output exactly once across stage and node loss.
 
 How, and why this way:
 
-* **The driver submits, Ray carries.** Each batch read from the source becomes a chain of
-  actor calls, ``s1.process_batch(records) -> s2.process_batch(ref) -> ...``; the object
-  references flow stage to stage without passing through the driver, and the last one is the
-  batch's output. At most ``max_in_flight`` batches are outstanding (backpressure: the source
+* **The driver submits, Ray carries.** Each batch read from the source (a list of records
+  or an Arrow table, ``stages/actors/batches.py``) becomes a chain of actor calls,
+  ``s1.process_batch(batch) -> s2.process_batch(ref) -> ...``; the object references flow
+  stage to stage without passing through the driver, and the last one is the batch's output. At most ``max_in_flight`` batches are outstanding (backpressure: the source
   is not read further until the oldest batch's output arrived).
 * **Barriers travel with the data.** A checkpoint barrier for step ``s`` is one
   ``checkpoint(step=s, meta={"source_position": p})`` call per stage, submitted right after
@@ -66,6 +66,7 @@ import ray
 from ray.exceptions import GetTimeoutError
 
 from ..actors.actor import StageSpec, launch_stage, open_store_for
+from ..actors.batches import concat, num_rows
 from .barrier import Barrier
 from ..errors import PipelineError, RunFencedError, StageProcessError
 from .events import PipelineEvent, PipelineResult
@@ -304,7 +305,7 @@ class Pipeline:
     def _reset_counters(self) -> None:
         self._batches: deque[_Batch] = deque()
         self._barrier: Barrier | None = None
-        self._outputs: dict[int, list[Any]] = {}
+        self._outputs: dict[int, list[Any]] = {}  # step -> the outputs of its batches
         self._committed = 0
         self._committed_position: Any = None
         self._position: Any = None
@@ -312,6 +313,7 @@ class Pipeline:
         self._open_records = 0
         self._uncommitted_read = 0
         self._exhausted = False
+        self._idle = False
         self._records_in = self._records_out = self._checkpoints = 0
         self._recoveries = self._relaunches = self._replayed = 0
         self._recovery_s = 0.0
@@ -372,13 +374,14 @@ class Pipeline:
         self._open_step = self._committed + 1
         self._open_records = 0
         self._exhausted = False
+        self._idle = False
         self._last_progress = time.monotonic()
         pending = self.manager.pending(PIPELINE_TRACK)
         if pending is not None and pending.running:
             self.manager.fail(PIPELINE_TRACK, "rolled back")
 
     # -- internals: the data path ---------------------------------------------------------------
-    def _submit(self, records: list[Any]) -> Any:
+    def _submit(self, records: Any) -> Any:
         ref: Any = records
         for spec in self.specs:
             ref = self._handles[spec.stage_id].process_batch.remote(ref)
@@ -390,24 +393,35 @@ class Pipeline:
             if self._max_steps is not None and self._steps_this_run >= self._max_steps:
                 return True
             self._fill()
-            if not self._batches and self._barrier is None and self._exhausted:
-                return True
+            if not self._batches and self._barrier is None:
+                if self._exhausted:
+                    return True
+                if self._idle:  # a followed source with nothing new, nothing in flight
+                    getattr(self.source, "wait_for_more", lambda: time.sleep(0.2))()
+                    continue
             self._await_progress()
 
     def _fill(self) -> None:
+        self._idle = False
         while (not self._exhausted and len(self._batches) < self.max_in_flight):
             records, new_position = self.source.read(self._position, self.batch_size)
-            if not records:
-                self._exhausted = True
+            n = num_rows(records)
+            if not n:
+                # A followed directory (``exhausted``) may have more later: commit, ask again.
+                ended = getattr(self.source, "exhausted", None)
+                if ended is None or ended(self._position):
+                    self._exhausted = True
+                else:
+                    self._idle = True
                 break
             ref = self._submit(records)
-            self._batches.append(_Batch(self._open_step, new_position, len(records), ref))
+            self._batches.append(_Batch(self._open_step, new_position, n, ref))
             self._position = new_position
-            self._open_records += len(records)
-            self._uncommitted_read += len(records)
-            self.manager.record(PIPELINE_TRACK, len(records))
+            self._open_records += n
+            self._uncommitted_read += n
+            self.manager.record(PIPELINE_TRACK, n)
             self._maybe_barrier(final=False)
-        self._maybe_barrier(final=self._exhausted)
+        self._maybe_barrier(final=self._exhausted or self._idle)
 
     def _maybe_barrier(self, *, final: bool) -> None:
         if self._barrier is not None or self._open_records == 0:
@@ -447,7 +461,7 @@ class Pipeline:
             self._last_progress = time.monotonic()
         while self._batches and ray.wait([self._batches[0].ref], timeout=0)[0]:
             b = self._batches.popleft()
-            self._outputs.setdefault(b.step, []).extend(self._get(b.ref, None))
+            self._outputs.setdefault(b.step, []).append(self._get(b.ref, None))
         if bar is None or (self._batches and self._batches[0].step <= bar.step):
             return
         if bar.advance(self._get, self._handles):  # every stage's checkpoint is durable
@@ -455,28 +469,29 @@ class Pipeline:
 
     def _commit(self, bar: Barrier, infos: Mapping[str, Mapping[str, Any]]) -> None:
         hold = self._driver()
-        outputs = self._outputs.pop(bar.step, [])
+        outputs = concat(self._outputs.pop(bar.step, []))  # a list, or a table of batches
+        n_out = num_rows(outputs)
         self.sink.commit(bar.step, outputs, token=hold.token)
         stages = [StageCommit(stage_id=sid, lease_id=info.get("lease_id"),
                               epoch=self._epochs.get(sid), generation=info.get("generation"),
                               node_id=self._nodes.get(sid)) for sid, info in infos.items()]
         hold.save_step(bar.step, source_position=bar.position, stages=stages,
-                       meta={"records_in": bar.records, "records_out": len(outputs)})
+                       meta={"records_in": bar.records, "records_out": n_out})
         self.sink.publish(bar.step, token=hold.token)
         hold.prune(self.keep_steps)
         self._committed = bar.step
         self._committed_position = bar.position
         self._barrier = None
         self._records_in += bar.records
-        self._records_out += len(outputs)
+        self._records_out += n_out
         self._uncommitted_read -= bar.records
         self._checkpoints += len(infos)
         self._steps_this_run += 1
-        self._step_counts[bar.step] = (bar.records, len(outputs))
+        self._step_counts[bar.step] = (bar.records, n_out)
         self.manager.complete(PIPELINE_TRACK, {"step": bar.step, "generation": None})
         self._emit("commit", bar.step, detail={
             "source_position": bar.position, "records_in": bar.records,
-            "records_out": len(outputs),
+            "records_out": n_out,
             "generations": {sid: i.get("generation") for sid, i in infos.items()},
             "stored_bytes": {sid: i.get("stored_bytes") for sid, i in infos.items()}})
 

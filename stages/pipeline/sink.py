@@ -48,6 +48,7 @@ from typing import Any, Protocol, runtime_checkable
 from blockstore import canonical_json
 from blockstore.fileio import FILE_MODE
 
+from ..actors.batches import to_records
 from ..errors import SinkFencedError
 
 __all__ = ["FenceToken", "FileSink", "Sink"]
@@ -100,6 +101,11 @@ class Sink(Protocol):
 class FileSink:
     """One JSON-lines file per committed step in ``directory``.
 
+    (Also the base of :class:`~stages.pipeline.parquet_sink.ParquetSink`: the fencing record,
+    its lock and the atomic replace are here; a subclass writes and publishes its own step
+    files through :meth:`_write_step`, :meth:`_published`, :meth:`_step_files` and
+    :meth:`_remove_after`.)
+
     Args:
         directory: created if missing (mode ``0700``, or the search bits ``file_mode`` implies).
         fsync: make each commit durable (``False`` only for throwaway output).
@@ -116,12 +122,15 @@ class FileSink:
         self.directory = Path(directory)
         self.file_mode = file_mode
         # Search (x) bits for whoever may read the files; e.g. 0o600 -> 0o700, 0o644 -> 0o755.
-        dir_mode = file_mode | ((file_mode & 0o444) >> 2)
-        self.directory.mkdir(parents=True, exist_ok=True, mode=dir_mode)
+        self.dir_mode = file_mode | ((file_mode & 0o444) >> 2)
+        self.directory.mkdir(parents=True, exist_ok=True, mode=self.dir_mode)
         self.fsync = fsync
 
     def path(self, step: int) -> Path:
         return self.directory / f"step-{step:09d}.jsonl"
+
+    #: The fencing record's name in the directory.
+    fence_file = FENCE_FILE
 
     # -- writes --------------------------------------------------------------------------------
     def fence(self, token: FenceToken, committed_step: int) -> None:
@@ -134,18 +143,20 @@ class FileSink:
                 self._check(token, mark)
             self._write_fence(token, committed_step)
             self._remove_after(committed_step)
+            self._published(committed_step)
 
     def commit(self, step: int, records: Sequence[Any], *,
                token: FenceToken | None = None) -> None:
-        """Write step ``step`` atomically (replacing an earlier commit of the same step)."""
-        data = b"".join(canonical_json(r) + b"\n" for r in records)
+        """Write step ``step`` atomically (replacing an earlier commit of the same step).
+
+        ``records`` may be a batch (a ``pyarrow.Table``: its rows are the records)."""
         with self._locked():
             mark = self._read_fence()
             if token is not None and mark is not None:
                 self._check(token, mark)
                 if token.epoch > mark["epoch"]:
                     self._write_fence(token, mark["step"])
-            self._replace(self.path(step), data)
+            self._write_step(step, records, visible=mark is None)
 
     def publish(self, step: int, *, token: FenceToken) -> None:
         """Make output up to ``step`` visible (the run committed it)."""
@@ -153,6 +164,7 @@ class FileSink:
             mark = self._read_fence()
             if mark is not None:
                 self._check(token, mark)
+            self._published(step)
             self._write_fence(token, step)
 
     def discard_after(self, step: int, *, token: FenceToken | None = None) -> list[int]:
@@ -188,6 +200,16 @@ class FileSink:
         return list(self.iter_records(upto_step))
 
     # -- internals -----------------------------------------------------------------------------
+    def _write_step(self, step: int, records: Any, *, visible: bool) -> None:
+        """Write ``step``'s output durably; ``visible``: the directory was never fenced (so
+        nothing is hidden). Step files of this sink are visible by the fencing record."""
+        data = b"".join(canonical_json(r) + b"\n" for r in to_records(records))
+        self._replace(self.path(step), data)
+
+    def _published(self, step: int) -> None:
+        """Output up to ``step`` is committed: make it visible (here, the fencing record's
+        step does that, written by the caller)."""
+
     def _step_files(self) -> list[int]:
         out = []
         for p in self.directory.glob("step-*.jsonl"):
@@ -215,7 +237,7 @@ class FileSink:
 
     def _read_fence(self) -> dict[str, Any] | None:
         try:
-            with open(self.directory / FENCE_FILE, encoding="utf-8") as f:
+            with open(self.directory / self.fence_file, encoding="utf-8") as f:
                 mark = json.load(f)
         except FileNotFoundError:
             return None
@@ -228,10 +250,10 @@ class FileSink:
                 f"sink {self.directory} refused a write of run {token.run_id!r} epoch "
                 f"{token.epoch}: it is fenced by run {mark['run_id']!r} epoch {mark['epoch']}",
                 run_id=token.run_id, epoch=token.epoch, current_epoch=mark["epoch"],
-                path=str(self.directory / FENCE_FILE))
+                path=str(self.directory / self.fence_file))
 
     def _write_fence(self, token: FenceToken, step: int) -> None:
-        self._replace(self.directory / FENCE_FILE, canonical_json(
+        self._replace(self.directory / self.fence_file, canonical_json(
             {"run_id": token.run_id, "epoch": token.epoch, "step": step}))
 
     def _replace(self, final: Path, data: bytes) -> None:
@@ -249,8 +271,13 @@ class FileSink:
             os.close(fd)
         os.replace(tmp, final)
         if self.fsync:
-            dfd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            fsync_dir(self.directory)
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Make a directory's entries durable (after a rename into it)."""
+    dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)

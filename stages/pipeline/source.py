@@ -36,7 +36,11 @@ class Source(Protocol):
     def read(self, position: Any, max_n: int) -> tuple[list[Any], Any]:
         """Up to ``max_n`` records from ``position`` and the position after them.
 
-        An empty list means the source is exhausted (for now).
+        The records are a list, or a batch (a ``pyarrow.Table``: its rows are the records;
+        ``stages/actors/batches.py``). An empty one means the source is exhausted - unless
+        the source also has ``exhausted(position) -> bool`` (a followed directory,
+        ``stages/pipeline/files.py``) and it says no: then there is nothing *yet*; the
+        driver commits what it read and asks again after ``wait_for_more()``.
         """
         ...
 

@@ -1,0 +1,84 @@
+"""Stages and input files shared by the Parquet tests (imported by test modules; Ray
+workers get these classes by value: the test modules register this module with cloudpickle).
+
+``KeyedSum`` is a keyed running aggregation written twice: as a record stage and as a batch
+stage in each of Ray Data's batch formats; all of them emit the same rows.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+__all__ = ["KeyedSum", "KeyedSumBatch", "write_input"]
+
+
+class KeyedSum:
+    """Per-key running count and sum of ``value``; one output row per input row."""
+
+    def initial_state(self) -> dict[str, list[int]]:
+        return {}
+
+    def process(self, state: dict[str, list[int]], record: dict[str, Any]
+                ) -> Iterator[dict[str, Any]]:
+        agg = state.setdefault(record["key"], [0, 0])
+        agg[0] += 1
+        agg[1] += record["value"]
+        yield {"i": record["i"], "key": record["key"], "count": agg[0], "sum": agg[1]}
+
+
+class KeyedSumBatch:
+    """:class:`KeyedSum` as a batch stage taking ``batch_format`` batches."""
+
+    def __init__(self, batch_format: str = "numpy") -> None:
+        self.batch_format = batch_format
+
+    def initial_state(self) -> dict[str, list[int]]:
+        return {}
+
+    def process_batch(self, state: dict[str, list[int]], batch: Any) -> Any:
+        if self.batch_format == "pyarrow":
+            cols = {c: batch.column(c).to_pylist() for c in ("i", "key", "value")}
+        elif self.batch_format == "pandas":
+            cols = {c: batch[c].tolist() for c in ("i", "key", "value")}
+        else:
+            cols = {c: batch[c].tolist() for c in ("i", "key", "value")}
+        counts = np.empty(len(cols["i"]), np.int64)
+        sums = np.empty(len(cols["i"]), np.int64)
+        for n, (key, value) in enumerate(zip(cols["key"], cols["value"])):
+            agg = state.setdefault(key, [0, 0])
+            agg[0] += 1
+            agg[1] += value
+            counts[n], sums[n] = agg
+        out = {"i": np.asarray(cols["i"], np.int64), "key": np.asarray(cols["key"], object),
+               "count": counts, "sum": sums}
+        if self.batch_format == "pyarrow":
+            return pa.table(out)
+        if self.batch_format == "pandas":
+            import pandas as pd
+
+            return pd.DataFrame(out)
+        return out
+
+
+def write_input(directory: Path, files: int, rows: int, *, start_file: int = 0,
+                row_group_size: int = 64, keys: int = 7) -> list[Path]:
+    """``files`` Parquet files of ``rows`` rows each (``i``, ``key``, ``value``), written
+    hidden and renamed in (they appear complete)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    out = []
+    for f in range(start_file, start_file + files):
+        i = np.arange(f * rows, (f + 1) * rows, dtype=np.int64)
+        table = pa.table({"i": i, "key": [f"k{(x * 2654435761) % keys}" for x in i.tolist()],
+                          "value": (i * 7919) % 1000})
+        path = directory / f"part-{f:05d}.parquet"
+        pq.write_table(table, directory / f"_{path.name}", row_group_size=row_group_size)
+        os.replace(directory / f"_{path.name}", path)
+        out.append(path)
+    return out
