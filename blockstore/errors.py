@@ -18,7 +18,7 @@ builtin that fits, so callers may catch either::
     │   ├── LeaseHeldError                            held by another holder, not expired
     │   ├── LeaseExpiredError                         the holder's TTL ran out (renew first)
     │   ├── LeaseReleasedError                        handle used after release()
-    │   ├── LeaseNameError        (ValueError)        empty, control char, lone surrogate, id-like
+    │   ├── LeaseNameError        (ValueError)        empty, control char, surrogate, id-like
     │   └── StaleLeaseError                           epoch is not the current one (fenced)
     │       └── CommitUnknownError                    fenced, and the last commit may have landed
     ├── DocumentError                                 a slotted document (blockstore.document)

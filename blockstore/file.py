@@ -529,7 +529,9 @@ class FileStore(BlockStore):
             except StoreCorruptError as exc:
                 errors.append(exc)
             except StorageIOError as exc:  # permission denied, EIO: this record, not the rest
-                err = StoreCorruptError(f"lease record {exc.path} is unreadable: {exc.__cause__ or exc}", path=exc.path)
+                err = StoreCorruptError(
+                    f"lease record {exc.path} is unreadable: {exc.__cause__ or exc}",
+                    path=exc.path)
                 err.__cause__ = exc
                 errors.append(err)
         return out, errors

@@ -178,8 +178,9 @@ class CheckpointTooLarge(StageError, ValueError):
     """A generation declares a state larger than the restore may allocate.
 
     Its header and map are consistent, but the declared payload (``data_length``) exceeds the
-    restore's ``max_state_bytes`` (default: :func:`stages.checkpoint.restore.default_max_state_bytes`
-    of the lease; ``docs/FORMAT.md`` 2.7). Nothing was allocated or read. Not a corruption
+    restore's ``max_state_bytes`` (default for an unauthenticated header:
+    :func:`stages.checkpoint.restore.default_max_state_bytes` of the lease; ``docs/FORMAT.md``
+    2.7, step 3a). Nothing was allocated or read. Not a corruption
     that restore skips: an older generation would silently roll the stage back. If the state
     is genuine, restore with a larger ``max_state_bytes`` (or a key: an authenticated header
     is trusted); if not, ``max_step=`` picks an older generation.
