@@ -63,13 +63,13 @@ def default_max_state_bytes(num_blocks: int, slots: int, block_size: int) -> int
     the lease's data bytes (its blocks after the header slots), at least ``MIN_STATE_LIMIT``.
 
     zstd rarely compresses real state past 10-20x; zeros compress ~25,000x at 1 MiB blocks, so
-    a sparse state may need ``max_state_bytes=`` (``docs/OPERATIONS.md``, restore limits).
+    a sparse state may need ``max_state_bytes=`` (``docs/FORMAT.md`` 2.7, step 3a).
     """
     return max(MIN_STATE_LIMIT, DEFAULT_MAX_RATIO * max(num_blocks - slots, 0) * block_size)
 
 
 def check_state_size(reader: LeaseReader, h: Header, max_state_bytes: int | None,
-                authenticated: bool) -> None:
+                     authenticated: bool) -> None:
     """``CheckpointTooLarge`` if ``h`` declares more state than this restore may allocate."""
     if max_state_bytes is None:
         if authenticated:
