@@ -65,6 +65,7 @@ from .checks import (
     check_num_blocks,
     check_ttl,
     is_int,
+    looks_like_lease_id,
 )
 from .errors import (
     BlockIndexError,
@@ -332,7 +333,9 @@ class BlockStore(ABC):
         ``steal`` is false.
         """
         self._check_open()
-        name = check_name(name)
+        name = check_name(name, new=False)
+        if looks_like_lease_id(name) and self.find(name) is None:
+            check_name(name)  # raises: a new lease may not be named like an id
         holder = check_holder(holder)
         ttl = check_ttl(ttl)
         num_blocks = check_num_blocks(num_blocks, f"create lease {name!r}")
@@ -340,15 +343,34 @@ class BlockStore(ABC):
         return Lease(self, info, ttl, keepalive)
 
     def find(self, name: str) -> LeaseInfo | None:
-        """The record of the lease named ``name``, or ``None``."""
+        """The record of the lease named exactly ``name``, or ``None``.
+
+        One unreadable record (``StoreCorruptError``) does not hide the others: a lease
+        whose record reads is found. Only when no readable record has the name and some
+        record cannot be read does this raise (the first such error, naming its file): the
+        unreadable one may be this lease, and ``None`` would let a caller start it afresh.
+        """
         self._check_open()
-        for info in self._list():
+        infos, errors = self._scan()
+        for info in infos:
             if info.name == name:
                 return info
+        if errors:
+            raise errors[0]
         return None
 
     def lease_info(self, name_or_id: str) -> LeaseInfo:
-        """The record of a lease given its id or name; ``LeaseNotFoundError`` if none."""
+        """The record of a lease given its id or its exact name; ``LeaseNotFoundError`` if
+        neither names one.
+
+        A key with an id's length is looked up as an id first, then as a name. New leases
+        cannot be named like an id (:func:`~blockstore.checks.check_name`), so the two
+        never meet in a store made under this rule. In an older store a lease may be named
+        like an id: it is found by that name unless another lease HAS that id (only a
+        deliberate collision: ids are random), and then by :meth:`find`, :meth:`acquire` and
+        :meth:`list_leases` still; a name can never redirect a lookup by id
+        (``docs/FORMAT.md``, lease names).
+        """
         self._check_open()
         if len(name_or_id) == 32:
             try:
@@ -359,6 +381,11 @@ class BlockStore(ABC):
         if info is None:
             raise LeaseNotFoundError(f"no lease {name_or_id!r} in {self.url}", name=name_or_id)
         return info
+
+    def lease_info_by_id(self, lease_id: str) -> LeaseInfo:
+        """The record of lease ``lease_id`` (an id, never a name); ``LeaseNotFoundError``."""
+        self._check_open()
+        return self._info(lease_id)
 
     def open_reader(self, name_or_id: str) -> LeaseReader:
         """Read access to a lease without holding it."""

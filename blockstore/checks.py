@@ -24,6 +24,7 @@ __all__ = [
     "check_num_blocks",
     "check_ttl",
     "is_int",
+    "looks_like_lease_id",
 ]
 
 MIN_BLOCK_SIZE = 512
@@ -97,18 +98,47 @@ def _bad_character(text: str) -> str | None:
     return None
 
 
-def check_name(name: object) -> str:
+def _not_utf8(text: str) -> str | None:
+    """Why ``text`` cannot be encoded as UTF-8 (a lone surrogate), or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return (f"lone surrogate U+{ord(text[exc.start]):04X} at position {exc.start}, which "
+                "cannot be encoded as UTF-8")
+    return None
+
+
+def looks_like_lease_id(text: str) -> bool:
+    """True if ``text`` has the shape of a lease id: 32 hex digits (either case).
+
+    Such a string cannot be a *new* lease's name (:func:`check_name`): lookups that take a
+    name or an id (``BlockStore.lease_info``, ``open_reader``, ``delete_lease``, the CLI)
+    could not tell which was meant (``docs/FORMAT.md``, lease names).
+    """
+    return len(text) == 32 and all(c in "0123456789abcdefABCDEF" for c in text)
+
+
+def check_name(name: object, *, new: bool = True) -> str:
     """``name`` if it can name a lease; ``LeaseNameError`` (a ``ValueError``) otherwise.
 
-    A name is a non-empty string without NUL, control characters (Unicode category ``Cc``:
-    newline, ESC, DEL, C1 controls) or line/paragraph separators.
+    A name is a non-empty string that can be encoded as UTF-8 (no lone surrogates: records
+    and object keys are UTF-8), without NUL, control characters (Unicode category ``Cc``:
+    newline, ESC, DEL, C1 controls) or line/paragraph separators. A name for a new lease
+    (``new``) must also not look like a lease id (:func:`looks_like_lease_id`); a lease
+    already stored under such a name (made before this rule) is still found and acquired
+    by its exact name.
     """
     if not isinstance(name, str) or not name:
         raise LeaseNameError(f"lease name must be a non-empty string, got {name!r}")
-    bad = _bad_character(name)
+    bad = _not_utf8(name) or _bad_character(name)
     if bad is not None:
         raise LeaseNameError(f"lease name {name!r} contains a {bad}; names are printed and "
-                             "recorded, so they may not hold control characters", name=name)
+                             "recorded, so they may not hold control characters or lone "
+                             "surrogates", name=name)
+    if new and looks_like_lease_id(name):
+        raise LeaseNameError(f"lease name {name!r} looks like a lease id (32 hex digits): "
+                             "lookups by name or id could not tell them apart; add a prefix "
+                             "or a character that is not a hex digit", name=name)
     return name
 
 
@@ -118,7 +148,7 @@ def check_holder(holder: object) -> str | None:
         return None
     if not isinstance(holder, str):
         raise LeaseNameError(f"holder must be a string or None, got {holder!r}")
-    bad = _bad_character(holder)
+    bad = _not_utf8(holder) or _bad_character(holder)
     if bad is not None:
         raise LeaseNameError(f"holder {holder!r} contains a {bad}")
     return holder

@@ -344,8 +344,16 @@ class FileStore(BlockStore):
                  steal: bool) -> LeaseInfo:
         while True:
             with self._flock(self.root / "store.lock", fcntl.LOCK_EX):
-                existing = next((i for i in self._list() if i.name == name), None)
+                infos, errors = self._scan()  # one unreadable record must not block the rest
+                existing = next((i for i in infos if i.name == name), None)
                 if existing is None:
+                    if errors:  # it may be this lease's: a new one would hide its data
+                        paths = ", ".join(str(e.path) for e in errors)
+                        raise StoreCorruptError(
+                            f"cannot create lease {name!r} in {self.url}: lease record(s) "
+                            f"{paths} unreadable, and one may be {name!r}'s (a new lease "
+                            f"would hide its blocks); repair or remove it: {errors[0]}",
+                            path=errors[0].path) from errors[0]
                     return self._create(name, holder, ttl, num_blocks)
             # The takeover waits for the lease's lock only after the store lock is let go:
             # a stopped writer holding that lock must not stall every other acquire.
@@ -520,6 +528,12 @@ class FileStore(BlockStore):
                 continue  # deleted while listing
             except StoreCorruptError as exc:
                 errors.append(exc)
+            except StorageIOError as exc:  # permission denied, EIO: this record, not the rest
+                err = StoreCorruptError(
+                    f"lease record {exc.path} is unreadable: {exc.__cause__ or exc}",
+                    path=exc.path)
+                err.__cause__ = exc
+                errors.append(err)
         return out, errors
 
     def _delete(self, lease_id: str, holder: str | None, epoch: int | None) -> None:

@@ -61,6 +61,8 @@ class LeaseBackend(Protocol):
 
     def lease_info(self, name_or_id: str) -> LeaseInfo: ...
 
+    def lease_info_by_id(self, lease_id: str) -> LeaseInfo: ...
+
     def _renew(self, lease_id: str, holder: str, epoch: int, ttl: float) -> LeaseInfo: ...
 
     def _release(self, lease_id: str, holder: str, epoch: int) -> None: ...
@@ -194,7 +196,7 @@ class LeaseReader:
         if snap is not None:
             self._store._check_open()
             return snap.info()
-        return self._store.lease_info(self.lease_id)
+        return self._store.lease_info_by_id(self.lease_id)  # by id: a name could be alike
 
     @contextmanager
     def snapshot(self) -> Iterator[LeaseReader]:

@@ -66,7 +66,9 @@ def name_key(name: str) -> str:
         if _SAFE.match(ch):
             out.append(ch)
         else:
-            out.extend(f"~{b:02X}" for b in ch.encode("utf-8"))
+            # surrogatepass: a lone surrogate names no lease (check_name refuses it), but a
+            # lookup by it must find nothing, not fail to build the key.
+            out.extend(f"~{b:02X}" for b in ch.encode("utf-8", "surrogatepass"))
     return f"{LEASES}{''.join(out)}.json"
 
 

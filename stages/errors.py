@@ -11,6 +11,8 @@ that fits, and carries its context as attributes (lease, generation, block)::
     │   ├── CheckpointEncodeError          the state cannot be encoded by its codec
     │   └── CheckpointDowngradeRefused     the lease holds a newer format version's header
     ├── NoCheckpointError(LookupError)     the lease holds no committed generation
+    ├── CheckpointTooLarge(ValueError)     a generation declares more state than the restore
+    │                                      may allocate (``max_state_bytes``)
     ├── CodecError(TypeError)              state the chosen codec cannot encode
     └── CheckpointCorrupt(ValueError)      no generation (or this one) verifies
         ├── BadMagicError                  a header slot does not start with PCHK
@@ -76,6 +78,7 @@ __all__ = [
     "CheckpointEncodeError",
     "CheckpointFailed",
     "CheckpointKeyRequired",
+    "CheckpointTooLarge",
     "CodecError",
     "NoCheckpointError",
     "PipelineError",
@@ -179,6 +182,33 @@ class CheckpointDowngradeRefused(CheckpointFailed):
 
 class UnauthenticatedRestoreWarning(UserWarning):
     """A pickle checkpoint was restored without a key (warned once per process)."""
+
+
+class CheckpointTooLarge(StageError, ValueError):
+    """A generation declares a state larger than the restore may allocate.
+
+    Its header and map are consistent, but the declared payload (``data_length``) exceeds the
+    restore's ``max_state_bytes`` (default for an unauthenticated header:
+    :func:`stages.checkpoint.restore.default_max_state_bytes` of the lease; ``docs/FORMAT.md``
+    2.7, step 3a). Nothing was allocated or read. Not a corruption
+    that restore skips: an older generation would silently roll the stage back. If the state
+    is genuine, restore with a larger ``max_state_bytes`` (or a key: an authenticated header
+    is trusted); if not, ``max_step=`` picks an older generation.
+
+    Attributes:
+        lease_id, name: the lease; generation: the generation refused;
+        data_length: the bytes it declares; limit: the bound it exceeds.
+    """
+
+    def __init__(self, message: str, *, lease_id: str | None = None, name: str | None = None,
+                 generation: int | None = None, data_length: int = 0,
+                 limit: int = 0) -> None:
+        super().__init__(message)
+        self.lease_id = lease_id
+        self.name = name
+        self.generation = generation
+        self.data_length = data_length
+        self.limit = limit
 
 
 class NoCheckpointError(StageError, LookupError):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +24,12 @@ import pytest
 import zstandard
 
 from blockstore import FileStore, crc32c
-from stages import CheckpointCorrupt, CheckpointedStageState, verify_lease
+from stages import (
+    CheckpointCorrupt,
+    CheckpointedStageState,
+    CheckpointTooLarge,
+    verify_lease,
+)
 from stages.checkpoint import format as fmt
 from stages.checkpoint.compress import decompress_into
 from stages.checkpoint.reader import load_map, scan_slots
@@ -167,3 +173,87 @@ def test_decompress_into_is_bounded_by_the_raw_length() -> None:
     assert bytes(out) == b"a" * 4096
     with pytest.raises(ValueError, match="frame header does not parse"):
         decompress_into(memoryview(b"not a zstd frame"), out)
+
+
+# ------------------------------------------- the declared state length (max_state_bytes)
+MIB = 2 ** 20
+
+
+def _inflated_lease(root: Path) -> tuple[str, int]:
+    """A 4 MiB lease of 1 MiB blocks whose one generation is forged consistently, as an
+    attacker without the key can: the inline map is as long as the header block allows
+    (21,845 entries), each a 9-byte zstd chunk declaring 1 MiB, packed into the 2 data
+    blocks; data_length, chunks, lengths and CRCs all agree. Returns the lease id and the
+    declared length."""
+    with FileStore(root, MIB) as store:
+        lease = store.acquire("stage", num_blocks=4)
+        CheckpointedStageState({"v": 1}, lease, compression="zstd").checkpoint()
+        lease.release()
+        _, scans = scan_slots(store.open_reader("stage"))
+        h = next(s.header for s in scans if s.header is not None)
+        lease_id = lease.lease_id
+    meta_len = len(fmt.encode_meta(h.meta))
+    n = (MIB - fmt.TRAILER.size - fmt.HEADER_SIZE - meta_len) // fmt.ENTRY.size
+    per_block = MIB // fmt.ENTRY.size  # far more than n // 2 9-byte frames fit a block
+    assert n // 2 < per_block and n * MIB > 20 * 2 ** 30
+    entries = [fmt.MapEntry(block=2 + i % 2, offset=(i // 2) * 9, stored=9, raw=MIB, crc=0,
+                            flags=fmt.CHUNK_ZSTD) for i in range(n)]
+    inline = fmt.pack_entries(entries)
+    dat = root / "leases" / f"{lease_id}.dat"
+    raw = bytearray(dat.read_bytes())
+    hdr = bytearray(raw[h.slot * MIB:(h.slot + 1) * MIB])
+    at = fmt.HEADER_SIZE + meta_len
+    hdr[at:at + len(inline)] = inline
+    struct.pack_into("<Q", hdr, 8, n * MIB)            # data length
+    struct.pack_into("<Q", hdr, 48, n * 9)             # stored bytes
+    struct.pack_into("<Q", hdr, 56, n)                 # chunks
+    hdr[75] &= ~fmt.FLAG_HASHES                        # no content hashes
+    struct.pack_into("<I", hdr, 84, crc32c(inline))    # map CRC
+    struct.pack_into("<Q", hdr, 96, at + len(inline))  # header length
+    fmt.seal_header(hdr, None)
+    raw[h.slot * MIB:(h.slot + 1) * MIB] = hdr
+    dat.write_bytes(bytes(raw))
+    return lease_id, n * MIB
+
+
+@pytest.mark.timeout(60)
+def test_keyless_restore_refuses_a_declared_state_beyond_the_default_bound(
+        tmp_path: Path) -> None:
+    """~21 GiB declared by a consistent forged header in a 4 MiB lease: CheckpointTooLarge
+    before the buffer is allocated (before: a 21 GiB np.empty, then the first CRC), with
+    the default bound (256 MiB here) and with the caller's; verify reports it too."""
+    lease_id, declared = _inflated_lease(tmp_path / "s")
+    with FileStore(tmp_path / "s") as store:
+        reader = store.open_reader("stage")
+        assert reader.num_blocks * MIB == 4 * MIB
+        with pytest.raises(CheckpointTooLarge, match="declares a state of") as err:
+            CheckpointedStageState.restore(reader)
+        assert (err.value.data_length, err.value.limit) == (declared, 256 * MIB)
+        assert err.value.lease_id == lease_id and err.value.generation == 1
+        with pytest.raises(CheckpointTooLarge, match="max_state_bytes") as err:
+            CheckpointedStageState.restore(reader, max_state_bytes=MIB)
+        assert err.value.limit == MIB
+        (rep,) = [r for r in verify_lease(reader) if r.generation == 1]
+        assert rep.corrupt and rep.status.startswith("not read: ") and str(declared) in rep.status
+
+
+def test_max_state_bytes_bounds_every_restore_and_never_rolls_back(tmp_path: Path) -> None:
+    """A genuine generation above the caller's bound is refused, not skipped for the older
+    (smaller) one; the default trusts a header authenticated by the key."""
+    with FileStore(tmp_path / "s", 4096) as store:
+        lease = store.acquire("stage")
+        css = CheckpointedStageState({"a": np.zeros(1000, np.uint8)}, lease, key=b"k")
+        css.checkpoint(step=1)
+        css.state = {"a": np.zeros(100_000, np.uint8)}
+        css.checkpoint(step=2)
+        lease.release()
+        reader = store.open_reader("stage")
+        size = CheckpointedStageState.restore(reader, key=b"k").restored.info.data_length
+        assert CheckpointedStageState.restore(reader, key=b"k", max_state_bytes=size
+                                              ).restored.step == 2
+        with pytest.raises(CheckpointTooLarge) as err:
+            CheckpointedStageState.restore(reader, key=b"k", max_state_bytes=size - 1)
+        assert (err.value.data_length, err.value.limit, err.value.generation) == (
+            size, size - 1, 2)
+        with pytest.raises(ValueError, match="max_state_bytes"):
+            CheckpointedStageState.restore(reader, key=b"k", max_state_bytes=-1)

@@ -185,3 +185,18 @@ def test_verify_without_key_says_macs_not_checked(store_path: Path) -> None:
     keyed = _blockpoint("verify", str(store_path), "mac", env=env)
     assert keyed.returncode == 0 and keyed.stderr == "", keyed.stderr
     assert keyed.stdout.splitlines()[1].rstrip().endswith(" ok")
+
+
+def test_verify_reports_an_unreadable_record_and_verifies_the_rest(store_path: Path,
+                                                                   capsys) -> None:
+    """One lease record unreadable: every other lease is still verified, the bad record is
+    a row naming its file, and the exit status says something is wrong."""
+    with FileStore(store_path) as store:
+        record = store_path / "leases" / f"{store.lease_info('registry').lease_id}.json"
+    record.write_bytes(b"{truncated")
+    capsys.readouterr()
+    assert main(["verify", str(store_path)]) == 1
+    out, err = capsys.readouterr()
+    assert f"UNREADABLE RECORD {record}" in out and str(record) in err
+    assert out.count("alpha") >= 2 and "mac" in out  # the others verified, not hidden
+    assert main(["verify", str(store_path), "alpha"]) == 0  # by name: still found

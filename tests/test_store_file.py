@@ -249,7 +249,7 @@ def test_corrupt_lease_record(populated, content: bytes) -> None:
     before = _snapshot(Path(store_dir))
     with open_store(store_dir) as st:
         calls = [lambda: st.lease_info(lease_id), lambda: st.open_reader(lease_id),
-                 lambda: st.list_leases(), lambda: st.find("b"), lambda: st.acquire("a"),
+                 lambda: st.list_leases(), lambda: st.find("a"), lambda: st.acquire("a"),
                  lambda: st.acquire("c"), lambda: st.delete_lease(lease_id), st.stats]
         for call in calls:
             with pytest.raises(StoreCorruptError) as err:
@@ -257,6 +257,40 @@ def test_corrupt_lease_record(populated, content: bytes) -> None:
             assert err.value.path == str(record), call
             assert str(record) in str(err.value)
     assert _snapshot(Path(store_dir)) == before  # nothing else changed
+
+
+def _spoil(record: Path, how: str) -> None:
+    if how == "dir":  # reading fails with an OSError whoever we are (root ignores modes)
+        record.unlink()
+        record.mkdir()
+    else:
+        raw = record.read_bytes()
+        record.write_bytes({"json": b"{not json", "truncated": raw[:len(raw) // 2]}[how])
+
+
+@pytest.mark.parametrize("how", ["json", "truncated", "dir"])
+def test_one_unreadable_record_does_not_block_lookups_by_name(populated, how: str) -> None:
+    """Lease "a"'s record unreadable: "b" is still found, opened, acquired and written by
+    name; a lookup of "a" or of a name no readable record has (it may be the broken one's)
+    fails naming the file, and the scan reports it by path."""
+    store_dir, lease_id, _ = populated
+    record = Path(store_dir) / "leases" / f"{lease_id}.json"
+    _spoil(record, how)
+    with open_store(store_dir) as st:
+        b = st.find("b")
+        assert b is not None and st.lease_info("b") == b == st.lease_info(b.lease_id)
+        assert st.open_reader("b").read_blocks([0]) == [bytes(BS)]
+        with st.acquire("b") as lease:
+            lease.write_blocks({0: b"x" * BS})
+            assert lease.epoch == 2
+        for call in (lambda: st.find("a"), lambda: st.lease_info("a"), lambda: st.find("c"),
+                     lambda: st.acquire("c"), lambda: st.list_leases()):
+            with pytest.raises(StoreCorruptError) as err:
+                call()
+            assert err.value.path == str(record) and str(record) in str(err.value)
+        scan = st.scan_leases()
+        assert [i.name for i in scan.leases] == ["b"]
+        assert [e.path for e in scan.unreadable] == [str(record)]
 
 
 def test_lease_record_of_another_lease_is_corrupt(populated) -> None:

@@ -17,6 +17,7 @@ from ..errors import (
     BlockStoreError,
     LeaseExpiredError,
     LeaseHeldError,
+    LeaseNameError,
     LeaseNotFoundError,
     LeaseReleasedError,
     StaleLeaseError,
@@ -108,6 +109,55 @@ class RefusalConformance(ConformanceBase):
         with pytest.raises(ValueError):
             store.acquire(name)  # type: ignore[arg-type]
         assert [i.name for i in store.list_leases()] == ["s"]
+        self.assert_blocks(store, "s", data)
+
+    @pytest.mark.parametrize("name", ["0" * 32, "ab" * 16, "AB" * 16,
+                                      "0123456789abcdefABCDEF0123456789"])
+    def test_name_like_a_lease_id_refused(self, filled: Any, name: str) -> None:
+        """A new lease may not be named like an id: lookups by name or id (``lease_info``,
+        ``open_reader``, ``delete_lease``) could not tell which was meant."""
+        store, lease, data = filled
+        for key in (name, lease.lease_id):
+            with pytest.raises(LeaseNameError, match="looks like a lease id") as err:
+                store.acquire(key)
+            assert err.value.name == key
+        assert [i.name for i in store.list_leases()] == ["s"]
+        assert store.lease_info(lease.lease_id).name == "s"
+        self.assert_blocks(store, "s", data)
+
+    @pytest.mark.parametrize("name", ["a\ud800b", "\udfff", "s\udc80x"])
+    def test_unencodable_name_refused(self, filled: Any, name: str) -> None:
+        """Lone surrogates cannot be encoded as UTF-8 (records, object keys): refused at
+        creation with LeaseNameError, and a lookup by one finds nothing."""
+        store, _, data = filled
+        with pytest.raises(LeaseNameError, match="surrogate"):
+            store.acquire(name)
+        with pytest.raises(LeaseNameError, match="surrogate"):
+            store.acquire("new", holder=name)
+        assert store.find(name) is None
+        with pytest.raises(LeaseNotFoundError):
+            store.lease_info(name)
+        assert [i.name for i in store.list_leases()] == ["s"]
+        self.assert_blocks(store, "s", data)
+
+    def test_stored_name_like_an_id_still_found(self, filled: Any) -> None:
+        """Leases named like an id before the rule (made here through the unchecked
+        primitive) are still acquired and found by their exact name; an id lookup always
+        finds the lease with that id, and a handle's own lookups go by id."""
+        store, lease, data = filled
+        legacy = "ab" * 16
+        store._acquire(legacy, "old", 30.0, 1, False)
+        clash = store._acquire(lease.lease_id, "old", 30.0, 2, False)  # named like s's id
+        with store.acquire(legacy, steal=True) as again:
+            assert again.epoch == 2 and again.info().name == legacy
+        assert store.lease_info(legacy).name == legacy
+        assert store.open_reader(legacy).name == legacy
+        assert store.lease_info(lease.lease_id).name == "s"  # the id wins over the name
+        assert lease.info().name == "s"
+        assert store.find(lease.lease_id) == store.lease_info(clash.lease_id)
+        with store.acquire(lease.lease_id, steal=True) as taken:
+            assert taken.lease_id == clash.lease_id and taken.info().num_blocks == 2
+        assert [i.name for i in store.list_leases()] == sorted([legacy, lease.lease_id, "s"])
         self.assert_blocks(store, "s", data)
 
     @pytest.mark.parametrize("ttl", [0, -1, math.nan, math.inf, "30", None, True])

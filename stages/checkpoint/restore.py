@@ -14,6 +14,17 @@ calls :func:`newest_valid` and binds what it returns to the lease. The search
 3. If none verifies, raise the most informative failure
    (:func:`~stages.checkpoint.reports.restore_failure`), every one listed in ``.skipped``.
 
+Before a candidate's payload buffer is allocated its declared length is bounded
+(``max_state_bytes``). The map's checks bound raw chunks by the lease (each its own data
+block), but a zstd chunk of 9 stored bytes may declare a whole block of raw bytes, so a
+consistent forged header in a 4 MiB lease of 1 MiB blocks can declare ~21 GiB (21,845 inline
+map entries of 1 MiB each): no bound by the lease's size alone is useful for compressed data.
+So the caller's ``max_state_bytes`` bounds every restore, and without one a generation whose
+header is not authenticated (no key) is bounded by :func:`default_max_state_bytes`; one whose
+header MAC verified is the key holder's and is trusted. Exceeding the bound raises
+:class:`~stages.errors.CheckpointTooLarge` at once (not skipped: an older generation would be
+a silent rollback).
+
 Nothing is decoded - nothing unpickled - before every byte of it passed its checks.
 """
 
@@ -25,7 +36,12 @@ from typing import Any
 
 from blockstore import LeaseReader
 
-from ..errors import CheckpointCorrupt, NoCheckpointError, TornHeaderError
+from ..errors import (
+    CheckpointCorrupt,
+    CheckpointTooLarge,
+    NoCheckpointError,
+    TornHeaderError,
+)
 from . import codec as codecs
 from .format import Header, MapEntry
 from .mac import KeySetting, resolve_keys, warn_unauthenticated
@@ -33,7 +49,44 @@ from .reader import SlotScan, read_payload, scan_slots
 from .reports import CheckpointInfo, RestoreReport, restore_failure
 from .writer import blocks_of
 
-__all__ = ["Restored", "newest_valid"]
+__all__ = ["DEFAULT_MAX_RATIO", "MIN_STATE_LIMIT", "Restored", "check_state_size",
+           "default_max_state_bytes", "newest_valid"]
+
+#: A keyless restore allocates at most this many times the lease's data bytes ...
+DEFAULT_MAX_RATIO = 100
+#: ... or this much, whichever is more (a small lease may hold a sparse state of zeros).
+MIN_STATE_LIMIT = 256 * 1024 * 1024
+
+
+def default_max_state_bytes(num_blocks: int, slots: int, block_size: int) -> int:
+    """The bound on an unauthenticated generation's declared state: ``DEFAULT_MAX_RATIO`` x
+    the lease's data bytes (its blocks after the header slots), at least ``MIN_STATE_LIMIT``.
+
+    zstd rarely compresses real state past 10-20x; zeros compress ~25,000x at 1 MiB blocks, so
+    a sparse state may need ``max_state_bytes=`` (``docs/FORMAT.md`` 2.7, step 3a).
+    """
+    return max(MIN_STATE_LIMIT, DEFAULT_MAX_RATIO * max(num_blocks - slots, 0) * block_size)
+
+
+def check_state_size(reader: LeaseReader, h: Header, max_state_bytes: int | None,
+                     authenticated: bool) -> None:
+    """``CheckpointTooLarge`` if ``h`` declares more state than this restore may allocate."""
+    if max_state_bytes is None:
+        if authenticated:
+            return
+        limit = default_max_state_bytes(reader.num_blocks, h.slots, reader.block_size)
+        how = (f"the default for an unauthenticated header ({DEFAULT_MAX_RATIO}x the lease's "
+               f"data bytes, at least {MIN_STATE_LIMIT})")
+    else:
+        limit, how = max_state_bytes, "max_state_bytes"
+    if h.data_length > limit:
+        raise CheckpointTooLarge(
+            f"lease {reader.name!r} ({reader.lease_id}) generation {h.generation} declares a "
+            f"state of {h.data_length} bytes, more than {limit} ({how}); nothing was "
+            "allocated. If it is genuine, restore with a larger max_state_bytes= (or with "
+            "the key); if not, max_step= restores an older generation",
+            lease_id=reader.lease_id, name=reader.name, generation=h.generation,
+            data_length=h.data_length, limit=limit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,16 +112,27 @@ class Restored:
 
 
 def newest_valid(reader: LeaseReader, *, log: logging.Logger, key: KeySetting = None,
-                 max_step: int | None = None) -> Restored:
+                 max_step: int | None = None, max_state_bytes: int | None = None) -> Restored:
     """The newest generation of ``reader``'s lease (at or before ``max_step``) that verifies
     and decodes; see the module docstring. ``key`` None: the configured keys, if any.
     ``log``: the caller's logger, which reports each skipped generation (restore's events
     stay under ``stages.checkpoint.state``, where log filters select them).
 
+    ``max_state_bytes``: the largest state a generation may declare (see the module
+    docstring; None: :func:`default_max_state_bytes` for unauthenticated headers).
+
     Raises:
         NoCheckpointError: the lease holds no checkpoint (at or before ``max_step``).
         CheckpointCorrupt: no generation verifies (``.skipped`` lists them all).
+        CheckpointTooLarge: the newest candidate that passed its map checks declares more
+            than the bound.
+        ValueError: ``max_state_bytes`` is not an int >= 0 or None.
     """
+    if max_state_bytes is not None and (not isinstance(max_state_bytes, int)
+                                        or isinstance(max_state_bytes, bool)
+                                        or max_state_bytes < 0):
+        raise ValueError(f"max_state_bytes must be an int >= 0 or None, got "
+                         f"{max_state_bytes!r}")
     rkey = resolve_keys(key)
     k, scans = scan_slots(reader)
     where = f"lease {reader.name!r} ({reader.lease_id})"
@@ -88,7 +152,8 @@ def newest_valid(reader: LeaseReader, *, log: logging.Logger, key: KeySetting = 
     fell_back = 0
     for h in headers:
         try:
-            entries, blocks = blocks_of(reader, h, rkey)
+            entries, blocks = blocks_of(reader, h, rkey)  # with a key: header MAC checked
+            check_state_size(reader, h, max_state_bytes, authenticated=rkey is not None)
             buf = read_payload(reader, h, entries, key=rkey)
             if rkey is None and h.codec == "pickle":
                 warn_unauthenticated(where, stacklevel=4)  # the restore's caller

@@ -467,7 +467,7 @@ class CheckpointedStageState(Generic[T]):
     @classmethod
     def restore(cls, lease_or_reader: Lease | LeaseReader, *, key: bytes | str | None = None,
                 observer: CheckpointFlushObserver | None = None, lease_id: str | None = None,
-                max_step: int | None = None,
+                max_step: int | None = None, max_state_bytes: int | None = None,
                 **options: Any) -> CheckpointedStageState[Any]:
         """Restore the newest generation that verifies; bind the result to the lease.
 
@@ -480,14 +480,20 @@ class CheckpointedStageState(Generic[T]):
         ``css.restored.skipped``. Restored numpy arrays are backed by the one buffer the
         payload was read into (no extra copy).
 
+        ``max_state_bytes``: the largest state a generation may declare before its buffer is
+        allocated (None: bounded only for headers not authenticated by a key, by
+        :func:`~stages.checkpoint.restore.default_max_state_bytes`; ``docs/FORMAT.md`` 2.7).
+
         Raises:
             NoCheckpointError: the lease holds no checkpoint (never written, or empty).
+            CheckpointTooLarge: the newest candidate declares more than ``max_state_bytes``.
             CheckpointCorrupt: no generation verifies (a subclass names the cause of the
                 newest one: bad magic, newer version, truncated lease, MAC); ``.skipped``
                 lists them all.
         """
         t0 = time.perf_counter()
-        found = newest_valid(lease_or_reader, log=log, key=key, max_step=max_step)
+        found = newest_valid(lease_or_reader, log=log, key=key, max_step=max_step,
+                             max_state_bytes=max_state_bytes)
         opts = {"retention": max(found.slots, 2), **options}
         css: CheckpointedStageState[Any] = cls(found.state, lease_or_reader, key=key,
                                                observer=observer, lease_id=lease_id, **opts)

@@ -15,10 +15,17 @@ from typing import Any
 
 from blockstore import BlockStoreError, LeaseReader
 
-from ..errors import BadMagicError, CheckpointCorrupt, NoCheckpointError, TornHeaderError
+from ..errors import (
+    BadMagicError,
+    CheckpointCorrupt,
+    CheckpointTooLarge,
+    NoCheckpointError,
+    TornHeaderError,
+)
 from .mac import KeySetting, resolve_keys
 from .format import Header
 from .reader import load_map, read_payload, read_slots, scan_slots
+from .restore import check_state_size
 
 __all__ = ["GenerationReport", "verify_lease"]
 
@@ -74,10 +81,13 @@ class GenerationReport:
         return asdict(self)
 
 
-def verify_lease(reader: LeaseReader, *, key: KeySetting = None) -> list[GenerationReport]:
+def verify_lease(reader: LeaseReader, *, key: KeySetting = None,
+                 max_state_bytes: int | None = None) -> list[GenerationReport]:
     """Verify every header slot of a checkpoint lease (checksums, map, MAC); decode nothing.
 
     ``key`` None: the configured keys (``blockstore.keys.resolve_keys``), if any.
+    ``max_state_bytes``: as for restore (:mod:`stages.checkpoint.restore`); a generation
+    declaring more is reported failed (``not read: ...``), its payload never allocated.
     Progress goes to :mod:`blockstore.work` like a restore's, as ``verify_bytes``: the stored
     bytes of each generation as its read batches are checked (a caller shows it by wrapping
     the call in :func:`blockstore.work.watch`).
@@ -121,12 +131,15 @@ def verify_lease(reader: LeaseReader, *, key: KeySetting = None) -> list[Generat
         try:
             entries, _ = load_map(reader, h, key=ring)
             chunk_sets[h.generation] = {(e.block, e.offset) for e in entries}
+            check_state_size(reader, h, max_state_bytes, authenticated=ring is not None)
             read_payload(reader, h, entries, key=ring, kind="verify_bytes")
         except CheckpointCorrupt as exc:
             status, block = str(exc), exc.block
             if _recycled(reader, s.slot, h):
                 status, block = (f"recycled: generation {h.generation} was dropped by a newer "
                                  "checkpoint while it was read (its slot no longer holds it)"), None
+        except CheckpointTooLarge as exc:
+            status = f"not read: {exc}"
         out.append(GenerationReport(
             **base, slot=s.slot, generation=h.generation, step=h.step, size=h.data_length,
             stored=h.stored_bytes, codec=h.codec, compression=h.compression,
