@@ -14,6 +14,8 @@ that fits, and carries its context as attributes (lease, generation, block)::
     ├── CheckpointTooLarge(ValueError)     a generation declares more state than the restore
     │                                      may allocate (``max_state_bytes``)
     ├── CodecError(TypeError)              state the chosen codec cannot encode
+    ├── KeyGroupError(ValueError)          stages.checkpoint.keygroups: a record key without a
+    │                                      stable hash, or parallelism outside 1..max_parallelism
     └── CheckpointCorrupt(ValueError)      no generation (or this one) verifies
         ├── BadMagicError                  a header slot does not start with PCHK
         ├── UnsupportedFormatError         written by a newer format version
@@ -80,6 +82,7 @@ __all__ = [
     "CheckpointKeyRequired",
     "CheckpointTooLarge",
     "CodecError",
+    "KeyGroupError",
     "NoCheckpointError",
     "PipelineError",
     "RunActiveError",
@@ -236,6 +239,19 @@ class CodecError(StageError, TypeError):
     def __init__(self, message: str, *, codec: str) -> None:
         super().__init__(message)
         self.codec = codec
+
+
+class KeyGroupError(StageError, ValueError):
+    """A key cannot be placed in a key group (``stages/checkpoint/keygroups.py``): its type
+    has no stable hash, or a parallelism / max_parallelism / group is out of range.
+
+    Attributes:
+        key_type: the refused key's type name, when a key was refused.
+    """
+
+    def __init__(self, message: str, *, key_type: str | None = None) -> None:
+        super().__init__(message)
+        self.key_type = key_type
 
 
 class CheckpointCorrupt(StageError, ValueError):

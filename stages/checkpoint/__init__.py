@@ -23,6 +23,7 @@ it writes are specified in ``docs/FORMAT.md``.
 | `reports.py`    | `CheckpointInfo`, `RestoreReport` |
 | `observer.py`   | the flush observer protocol and `flush_guard` |
 | `policy.py`     | when to checkpoint: `CheckpointManager` and its policies |
+| `keygroups.py` | key groups: the stable hash of a record key, the groups an instance owns |
 """
 
 from __future__ import annotations
