@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from blockstore import KEY_ENV, KEY_FILE_ENV, OLD_KEYS_ENV, KeyFileError, KeySettingError
+from blockstore import (
+    KEY_ENV,
+    KEY_FILE_ENV,
+    OLD_KEYS_ENV,
+    KeyFileError,
+    KeySettingError,
+)
 from blockstore.credentials import SharedCredentialsFile, s3_credential_provider
 from blockstore.keys import resolve_keys
 
