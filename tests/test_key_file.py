@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -101,3 +102,28 @@ def test_shared_credentials_file_read_for_s3(tmp_path: Path) -> None:
     assert s3_credential_provider({"AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no")}) is None
     assert s3_credential_provider({**env, "AWS_PROFILE": "absent"}) is None
 
+
+
+def test_s3_store_opened_with_only_a_shared_credentials_file(s3_server: Any,
+                                                            tmp_path: Path) -> None:
+    """A process with no AWS variable but a credentials file reaches the store (before,
+    obstore ignored the file and went to the instance metadata address)."""
+    import os
+    import subprocess
+    import sys
+
+    from s3server import CREDENTIALS
+
+    creds = tmp_path / "credentials"
+    creds.write_text(f"[default]\naws_access_key_id = {CREDENTIALS['AWS_ACCESS_KEY_ID']}\n"
+                     f"aws_secret_access_key = {CREDENTIALS['AWS_SECRET_ACCESS_KEY']}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env["AWS_SHARED_CREDENTIALS_FILE"] = str(creds)
+    env["AWS_EC2_METADATA_DISABLED"] = "true"
+    url = s3_server.url(f"shared-creds-{tmp_path.name}")
+    code = ("import sys\nfrom blockstore import open_store\n"
+            "with open_store(sys.argv[1], block_size=65536) as st:\n"
+            "    print('leases', len(st.list_leases()))\n")
+    proc = subprocess.run([sys.executable, "-c", code, url], capture_output=True, text=True,
+                          timeout=120, env=env, check=False)
+    assert proc.returncode == 0 and "leases 0" in proc.stdout, proc.stderr[-2000:]
