@@ -207,7 +207,7 @@ def _run_demo(*, events: int = 500_000, sketch_mib: int = 64, batch_size: int = 
     import ray
 
     from blockstore import BlockStoreError, open_store
-    from blockstore.keys import KEY_ENV
+    from blockstore.keys import KEY_ENV, KEY_FILE_ENV
     from scheduler import (
         PreemptionCheckpointObserver,
         PreemptionRequest,
@@ -247,8 +247,9 @@ def _run_demo(*, events: int = 500_000, sketch_mib: int = 64, batch_size: int = 
             check_key_reaches([head_id, *cluster.workers], key_fp,
                               store_url=store_url if address else None)
         if key_fp is not None:
-            out.write(f"  checkpoints authenticated (keyed BLAKE3): ${KEY_ENV} reaches the "
-                      f"workers on all {1 + len(cluster.workers)} nodes\n")
+            out.write(f"  checkpoints authenticated (keyed BLAKE3): the key "
+                      f"(${KEY_FILE_ENV if os.environ.get(KEY_FILE_ENV) else KEY_ENV}) "
+                      f"reaches the workers on all {1 + len(cluster.workers)} nodes\n")
         out.flush()
         sched = get_or_create(SCHEDULER_NAME, store_url=store_url, node_id=head_id,
                               poll_interval=0.25)

@@ -32,8 +32,9 @@ from typing import Any, TextIO
 from .cli_scheduler import _check_reachable
 from .errors import DemoSetupError
 
-__all__ = ["LOCAL_HEALTH_CHECKS", "STORE_CREDENTIAL_ENV", "AttachedDemoCluster", "DemoCluster",
-           "LocalDemoCluster", "cluster_for", "start"]
+__all__ = ["FORWARDED_ENV", "LOCAL_HEALTH_CHECKS", "AttachedDemoCluster", "DemoCluster",
+           "LocalDemoCluster", "cluster_for", "refuse_secrets_in_runtime_env",
+           "secrets_in_job_runtime_env", "start"]
 
 _HEAD_RESOURCE = "node:__internal_head__"
 
@@ -146,11 +147,54 @@ class LocalDemoCluster(DemoCluster):
                 self._own_ray_tmp = None
 
 
-#: The object-store client's credentials and region (docs/OPERATIONS.md, "Credentials and
-#: IAM"), handed to the workers of an attached driver with the key.
-STORE_CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-                        "AWS_REGION", "AWS_DEFAULT_REGION", "GOOGLE_SERVICE_ACCOUNT",
-                        "AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_SAS_KEY")
+#: What an attached driver started from a shell hands to the job's workers through the
+#: job's runtime env: settings that are not secrets (a path, a region). Ray keeps a job's
+#: runtime env in its job table, shown by the dashboard and the state API (``ray list jobs
+#: --detail``), so a secret (:data:`blockstore.redact.SECRET_ENV`: the checkpoint keys, S3
+#: secret keys and session tokens, Azure keys) never goes there: the workers take the key
+#: from the key file on their node and the store credentials from their node's own chain
+#: (docs/OPERATIONS.md, Security and "Credentials and IAM").
+FORWARDED_ENV = ("BLOCKPOINT_CHECKPOINT_KEY_FILE", "AWS_REGION", "AWS_DEFAULT_REGION")
+
+
+def secrets_in_job_runtime_env(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The secret variables (names) that this driver's job carries in its runtime env, when
+    it runs under ``ray job submit`` (Ray passes the job's config to the driver as JSON);
+    empty outside a job."""
+    import json
+
+    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
+
+    from blockstore.redact import SECRET_ENV
+
+    raw = (os.environ if environ is None else environ).get(RAY_JOB_CONFIG_JSON_ENV_VAR)
+    if not raw:
+        return []
+    try:
+        env_vars = (json.loads(raw).get("runtime_env") or {}).get("env_vars") or {}
+    except (ValueError, AttributeError):
+        return []
+    return [k for k in SECRET_ENV if k in env_vars]
+
+
+def refuse_secrets_in_runtime_env(names: Sequence[str]) -> None:
+    """Refuse a job whose runtime env carries secrets (``names``), saying what to do instead.
+
+    Raises:
+        DemoSetupError: ``names`` is not empty.
+    """
+    if not names:
+        return
+    listed = ", ".join(f"${n}" for n in names)
+    raise DemoSetupError(
+        f"the job's runtime_env carries {listed}: Ray keeps a job's runtime env in its job "
+        "table, where the dashboard and `ray list jobs --detail` show it to anyone who "
+        "reaches them - treat those values as exposed and rotate them. Give the nodes their "
+        "secrets instead: the checkpoint key in a file (mode 0600, the same path on every "
+        "node, e.g. cluster.yaml's file_mounts) named by $BLOCKPOINT_CHECKPOINT_KEY_FILE "
+        "(a path may go in the runtime env), the store credentials from each node's own "
+        "chain (instance profile, ~/.aws/credentials, its environment) - docs/OPERATIONS.md, "
+        "Security", what="key" if any("CHECKPOINT" in n for n in names) else "store")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -189,17 +233,21 @@ class AttachedDemoCluster(DemoCluster):
     def start(self) -> None:
         import ray
 
-        from blockstore.keys import KEY_ENV, OLD_KEYS_ENV
-
         kw: dict[str, Any] = {}
-        # A driver started from a shell (not by `ray job submit`, whose runtime_env the driver
-        # inherits and may not restate) hands its checkpoint key and its store credentials to
-        # the job's workers: the stages open the store there, and a worker without the
-        # credentials would fall back to the cloud metadata address and fail mid-run.
+        # Under `ray job submit` the driver inherits the job's runtime_env (and may not
+        # restate it); a secret in it is already in Ray's job table: refused, with what to do.
+        # A driver started from a shell hands the job's workers only FORWARDED_ENV (the key
+        # file's path, the region): never a secret, which Ray would keep in its job table.
+        # The workers find the key and the store credentials on their own node; the per-node
+        # check (demo_store.check_key_reaches) says what to do when they do not.
         from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
-        if RAY_JOB_CONFIG_JSON_ENV_VAR not in os.environ:
-            env = {k: os.environ[k] for k in (KEY_ENV, OLD_KEYS_ENV, *STORE_CREDENTIAL_ENV)
-                   if os.environ.get(k)}
+        if RAY_JOB_CONFIG_JSON_ENV_VAR in os.environ:
+            refuse_secrets_in_runtime_env(secrets_in_job_runtime_env())
+        else:
+            env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+            if env.get("BLOCKPOINT_CHECKPOINT_KEY_FILE"):  # the workers' cwd is not ours
+                env["BLOCKPOINT_CHECKPOINT_KEY_FILE"] = os.path.abspath(
+                    env["BLOCKPOINT_CHECKPOINT_KEY_FILE"])
             if env:
                 kw["runtime_env"] = {"env_vars": env}
         try:

@@ -90,15 +90,17 @@ def check_key(store_url: str, *, shared: bool) -> str | None:
     Raises:
         DemoSetupError: ``shared`` and no key is configured.
     """
-    from blockstore.keys import KEY_ENV
+    from blockstore.keys import KEY_ENV, KEY_FILE_ENV
 
     fp = key_fingerprint()
     if shared and fp is None:
         raise DemoSetupError(
             f"store {store_url} is shared (an object store): its pickle checkpoints must be "
-            f"authenticated, and ${KEY_ENV} is not set. Set it for the driver and every worker "
-            f"- under `ray job submit`: --runtime-env-json '{{\"env_vars\": {{\"{KEY_ENV}\": "
-            "\"...\"}}}}' (docs/OPERATIONS.md, Security)", what="key")
+            f"authenticated, and no key is set (${KEY_FILE_ENV} or ${KEY_ENV}). Put the key in "
+            f"a file, mode 0600, at the same path on every node and set ${KEY_FILE_ENV} to it "
+            f"for the driver and the workers - under `ray job submit`: --runtime-env-json "
+            f"'{{\"env_vars\": {{\"{KEY_FILE_ENV}\": \"/path/to/key\"}}}}' (docs/OPERATIONS.md, "
+            "Security)", what="key")
     return fp
 
 
@@ -131,7 +133,7 @@ def check_key_reaches(node_ids: Sequence[str], fingerprint: str | None, *,
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from blockstore.keys import KEY_ENV
+    from blockstore.keys import KEY_ENV, KEY_FILE_ENV
 
     task = ray.remote(num_cpus=0, max_retries=0)(_worker_view)
     refs = [task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False))
@@ -143,8 +145,10 @@ def check_key_reaches(node_ids: Sequence[str], fingerprint: str | None, *,
         raise DemoSetupError(
             f"the workers on node(s) {', '.join(n for n, _ in blocked)} cannot open the store "
             f"{store_url}: {why} (on node {node}). Every worker of the job needs the store's "
-            "credentials: pass them in the job's runtime_env env_vars (docs/OPERATIONS.md, "
-            "Credentials and IAM)", what="store")
+            "credentials from its own node - an instance profile or web identity, "
+            "~/.aws/credentials (or $AWS_SHARED_CREDENTIALS_FILE), or the environment the "
+            "node's Ray was started with; never the job's runtime_env, which Ray shows in its "
+            "job table (docs/OPERATIONS.md, Credentials and IAM)", what="store")
     if fingerprint is None:
         return
     seen = {n: fp for n, fp, _ in views}
@@ -153,8 +157,11 @@ def check_key_reaches(node_ids: Sequence[str], fingerprint: str | None, *,
         missing = [n[:8] for n in node_ids if seen.get(n) is None]
         raise DemoSetupError(
             f"the checkpoint key does not reach the workers on node(s) {', '.join(wrong)} "
-            f"({'no key' if missing else 'another key'} there): pass ${KEY_ENV} in the job's "
-            "runtime_env env_vars, so that every worker of the job has it", what="key")
+            f"({'no key' if missing else 'another key'} there): put the key in a file, mode "
+            f"0600, at the same path on every node (cluster.yaml's file_mounts) and set "
+            f"${KEY_FILE_ENV} to that path (its path may go in the job's runtime_env; "
+            f"${KEY_ENV} may not: Ray shows a job's runtime env in its job table) - "
+            "docs/OPERATIONS.md, Security", what="key")
 
 
 @dataclass(frozen=True, slots=True)

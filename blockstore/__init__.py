@@ -44,6 +44,7 @@ from .errors import (
     DocumentEncodeError,
     DocumentError,
     DocumentTooLargeError,
+    KeyFileError,
     KeySettingError,
     LeaseError,
     LeaseExpiredError,
@@ -69,13 +70,19 @@ from .errors import (  # object stores and URLs
     StoreURLError,
 )
 from .file import FileStore
-from .keys import KEY_ENV, OLD_KEYS_ENV, KeyRing, resolve_keys
+from .keys import KEY_ENV, KEY_FILE_ENV, OLD_KEYS_ENV, KeyRing, resolve_keys
 from .lease import Lease, LeaseInfo, LeaseReader
 from .memory import MemoryStore
 from .objectstore import ObjectStore
 from .urls import StoreURL, parse_store_url
 
 __all__ = [
+    "DEFAULT_BLOCK_SIZE",
+    "DEFAULT_CLOCK_MARGIN",
+    "DEFAULT_TTL",
+    "KEY_ENV",
+    "KEY_FILE_ENV",
+    "OLD_KEYS_ENV",
     "BlockError",
     "BlockIndexError",
     "BlockMissingError",
@@ -84,9 +91,6 @@ __all__ = [
     "BlockStoreError",
     "BucketNotFoundError",
     "CommitUnknownError",
-    "DEFAULT_BLOCK_SIZE",
-    "DEFAULT_CLOCK_MARGIN",
-    "DEFAULT_TTL",
     "DocumentEncodeError",
     "DocumentError",
     "DocumentLoad",
@@ -94,15 +98,15 @@ __all__ = [
     "FileStore",
     "GcItem",
     "GcReport",
-    "KEY_ENV",
+    "KeyFileError",
     "KeyRing",
     "KeySettingError",
     "Lease",
     "LeaseError",
     "LeaseExpiredError",
     "LeaseHeldError",
-    "LeaseMismatchError",
     "LeaseInfo",
+    "LeaseMismatchError",
     "LeaseNameError",
     "LeaseNotFoundError",
     "LeaseReader",
@@ -110,7 +114,6 @@ __all__ = [
     "LeaseScan",
     "LockTimeoutError",
     "MemoryStore",
-    "OLD_KEYS_ENV",
     "ObjectStore",
     "SkippedSlot",
     "SlottedDocument",

@@ -11,6 +11,7 @@ builtin that fits, so callers may catch either::
     │   └── BlockMissingError                         blocks the lease record names are gone
     ├── StoreConfigError          (ValueError)        e.g. block size differs from the store's
     ├── KeySettingError           (ValueError)        the checkpoint key setting is unusable
+    │   └── KeyFileError                              the key file is missing, unreadable, open to others
     ├── StorageIOError            (OSError)           the backend's I/O failed
     │   └── LockTimeoutError      (TimeoutError)      a store or lease lock stayed taken
     ├── LeaseError
@@ -44,6 +45,8 @@ __all__ = [
     "DocumentEncodeError",
     "DocumentError",
     "DocumentTooLargeError",
+    "KeyFileError",
+    "KeySettingError",
     "LeaseError",
     "LeaseExpiredError",
     "LeaseHeldError",
@@ -55,7 +58,6 @@ __all__ = [
     "StorageIOError",
     "StoreClosedError",
     "StoreConfigError",
-    "KeySettingError",
     "StoreCorruptError",
     "StorePathError",
     "StoreVersionError",
@@ -152,6 +154,21 @@ class KeySettingError(BlockStoreError, ValueError):
     """The checkpoint key setting cannot be used (``blockstore/keys.py``): an empty key, old
     keys without a current key, a key that is not UTF-8. The message names the setting
     (the argument or the environment variable), never the key."""
+
+
+class KeyFileError(KeySettingError):
+    """The key file named by ``$BLOCKPOINT_CHECKPOINT_KEY_FILE`` cannot be used: missing,
+    unreadable, empty, or open to other users (its mode grants group or others any access).
+
+    Attributes:
+        path: the key file (a path is not a secret; its content is never in the message).
+        mode: its permission bits, when it could be stat'ed.
+    """
+
+    def __init__(self, message: str, *, path: str, mode: int | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.mode = mode
 
 
 class StorageIOError(BlockStoreError, OSError):

@@ -12,31 +12,48 @@ number of **old** keys, accepted when verifying. Rotation is then: add the new k
 current and the previous one as old on every node; once every retained generation and
 document has been rewritten (``retention`` checkpoints later), drop the old key.
 
-The setting:
+The setting, read from the process environment when the key is resolved (never at import):
 
-* ``BLOCKPOINT_CHECKPOINT_KEY``: the current key (its UTF-8 bytes);
+* ``BLOCKPOINT_CHECKPOINT_KEY_FILE``: the path of a **key file** - its first non-empty line
+  is the current key, each further non-empty line an old key (newest first). The file must
+  be private to its owner: a mode that grants the group or others any access (``& 0o077``)
+  is refused with :class:`~blockstore.errors.KeyFileError` (as ``ssh`` refuses a private
+  key), so is a missing, unreadable, empty or non-UTF-8 file. The file is read again at
+  every resolution, so a rotation needs no restart.
+* ``BLOCKPOINT_CHECKPOINT_KEY``: the current key itself (its UTF-8 bytes);
 * ``BLOCKPOINT_CHECKPOINT_OLD_KEYS``: old keys, comma-separated (so a key never contains a
-  comma); empty items are ignored. Old keys without a current key are a configuration error.
+  comma); empty items are ignored; added to the file's old keys when both are set. Old keys
+  without a current key are a configuration error, and so is a key file together with
+  ``BLOCKPOINT_CHECKPOINT_KEY`` (which one is meant?).
 
-Both are read from the process environment when the key is resolved (never at import), so
-Ray actors pick them up from Ray's runtime environment:
-``ray.init(runtime_env={"env_vars": {"BLOCKPOINT_CHECKPOINT_KEY": ...}})`` or
-``Actor.options(runtime_env={"env_vars": {...}})`` - Ray sets ``env_vars`` in the worker
-process before the actor is constructed.
+Why a file is the way onto a Ray cluster: whatever goes into a job's or an actor's
+``runtime_env`` (``ray.init(runtime_env={"env_vars": ...})``, ``ray job submit
+--runtime-env-json``) is kept in Ray's job table and shown by the dashboard and the state
+API (``ray list jobs --detail``) to whoever reaches them. The key file's *path* may travel
+that way - it is not a secret - while the key stays in a ``0600`` file on every node
+(``cluster.yaml`` mounts it from the operator's machine with ``file_mounts``). The key
+itself in the environment remains for a single machine and for nodes that export it
+themselves; never pass it in a ``runtime_env``.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from .errors import KeySettingError
+from .errors import KeyFileError, KeySettingError
 
-__all__ = ["KEY_ENV", "OLD_KEYS_ENV", "KeyRing", "KeySetting", "resolve_keys"]
+__all__ = ["KEY_ENV", "KEY_FILE_ENV", "OLD_KEYS_ENV", "KeyRing", "KeySetting", "read_key_file",
+           "resolve_keys"]
 
 KEY_ENV = "BLOCKPOINT_CHECKPOINT_KEY"
 OLD_KEYS_ENV = "BLOCKPOINT_CHECKPOINT_OLD_KEYS"
+KEY_FILE_ENV = "BLOCKPOINT_CHECKPOINT_KEY_FILE"
+
+#: The largest key file read (a key ring is a few lines; anything bigger is not one).
+_MAX_KEY_FILE = 64 * 1024
 
 
 def _as_key(value: bytes | bytearray | str, what: str) -> bytes:
@@ -87,14 +104,67 @@ class KeyRing:
 KeySetting = KeyRing | bytes | bytearray | str | Sequence[bytes | str] | None
 
 
+def read_key_file(path: str) -> KeyRing:
+    """The key ring in the key file at ``path``: first non-empty line current, the rest old.
+
+    Lines are stripped of surrounding whitespace (a trailing newline is not part of a key).
+
+    Raises:
+        KeyFileError: the file is missing or unreadable, is not a regular file, grants its
+            group or others any access, is empty, too large, or not UTF-8 text. The message
+            names the path, never the content.
+    """
+    try:
+        # O_NOFOLLOW is not used: file_mounts and secret volumes (Kubernetes) are symlinks.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise KeyFileError(f"${KEY_FILE_ENV} names {path!r}, which does not exist on this "
+                           "node: put the key file at that path on every node (e.g. "
+                           "cluster.yaml's file_mounts), mode 0600", path=path) from None
+    except OSError as exc:
+        raise KeyFileError(f"${KEY_FILE_ENV}: cannot open {path!r}: {exc.strerror}",
+                           path=path) from None
+    try:
+        st = os.fstat(fd)  # of the file opened, not of whatever the path names later
+        mode = stat.S_IMODE(st.st_mode)
+        if not stat.S_ISREG(st.st_mode):
+            raise KeyFileError(f"${KEY_FILE_ENV}: {path!r} is not a regular file",
+                               path=path, mode=mode)
+        if mode & 0o077:
+            raise KeyFileError(
+                f"${KEY_FILE_ENV}: {path!r} is accessible by its group or others (mode "
+                f"{mode:04o}); a checkpoint key must be private to its owner: "
+                f"chmod 600 {path}", path=path, mode=mode)
+        data = os.read(fd, _MAX_KEY_FILE + 1)
+    except OSError as exc:
+        raise KeyFileError(f"${KEY_FILE_ENV}: cannot read {path!r}: {exc.strerror}",
+                           path=path) from None
+    finally:
+        os.close(fd)
+    if len(data) > _MAX_KEY_FILE:
+        raise KeyFileError(f"${KEY_FILE_ENV}: {path!r} is larger than {_MAX_KEY_FILE} bytes: "
+                           "not a key file", path=path, mode=mode)
+    try:
+        text = data.decode()
+    except UnicodeDecodeError:
+        raise KeyFileError(f"${KEY_FILE_ENV}: {path!r} is not UTF-8 text (keys are the "
+                           "UTF-8 bytes of a string)", path=path, mode=mode) from None
+    keys = [line.strip().encode() for line in text.splitlines() if line.strip()]
+    if not keys:
+        raise KeyFileError(f"${KEY_FILE_ENV}: {path!r} is empty: write the key in it",
+                           path=path, mode=mode)
+    return KeyRing(keys[0], tuple(keys[1:]))
+
+
 def resolve_keys(key: KeySetting = None, *,
                  environ: Mapping[str, str] | None = None) -> KeyRing | None:
     """The key ring to use: from ``key`` when given, else from the environment.
 
     ``key`` may be a :class:`KeyRing` (returned as is), one key (``bytes`` or ``str``, UTF-8),
     or a sequence of keys whose first is the current one. ``None`` reads
-    :data:`KEY_ENV` and :data:`OLD_KEYS_ENV` from ``environ`` (default ``os.environ``, read
-    now). Returns ``None`` when no key is configured.
+    :data:`KEY_FILE_ENV` (the file, read now), :data:`KEY_ENV` and :data:`OLD_KEYS_ENV` from
+    ``environ`` (default ``os.environ``, read now). Returns ``None`` when no key is
+    configured.
 
     Raises:
         KeySettingError: (a ``ValueError``) an empty key, a ``str`` key that is not valid
@@ -109,6 +179,13 @@ def resolve_keys(key: KeySetting = None, *,
         current = env.get(KEY_ENV, "")
         old = tuple(_as_key(k, f"key in ${OLD_KEYS_ENV}")
                     for k in env.get(OLD_KEYS_ENV, "").split(",") if k)
+        path = env.get(KEY_FILE_ENV, "")
+        if path:
+            if current:
+                raise KeySettingError(f"both ${KEY_FILE_ENV} and ${KEY_ENV} are set: set one "
+                                      f"(${KEY_FILE_ENV} on a Ray cluster)")
+            ring = read_key_file(path)
+            return KeyRing(ring.current, (*ring.old, *old)) if old else ring
         if not current:
             if old:
                 raise KeySettingError(f"${OLD_KEYS_ENV} is set but ${KEY_ENV} is not: set "

@@ -33,6 +33,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any, TypeVar
 
+from .credentials import s3_credential_provider
 from .errors import (
     BlockStoreError,
     BucketNotFoundError,
@@ -88,7 +89,8 @@ class StoreClock:
 
 
 def _build_store(url: StoreURL, retries: int) -> Any:
-    """The obstore store for ``url`` (credentials from the environment, never the URL)."""
+    """The obstore store for ``url`` (credentials from the node - its environment, its shared
+    credentials file, its instance profile - never the URL)."""
     try:
         from obstore.store import AzureStore, GCSStore, S3Store
     except ImportError as exc:  # pragma: no cover - depends on the installed extras
@@ -110,6 +112,9 @@ def _build_store(url: StoreURL, retries: int) -> Any:
                 kw["endpoint"] = endpoint
             if url.option("region"):
                 kw["region"] = url.option("region")
+            provider = s3_credential_provider()  # ~/.aws/credentials (blockstore/credentials.py)
+            if provider is not None:
+                kw["credential_provider"] = provider
             return S3Store(url.location, **kw)
         if url.scheme == "gs":
             if endpoint:

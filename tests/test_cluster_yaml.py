@@ -43,6 +43,7 @@ def test_validation_is_real() -> None:
 # -- what Ray does not check (issue 10, part 4) ---------------------------------------------
 ROOT = CLUSTER_YAML.parent
 TOKEN_PATH = "~/.ray/auth_token"   # Ray's default token file, on every node and the client
+KEY_PATH = "~/.blockpoint/checkpoint_key"  # the checkpoint key file, on every node
 
 
 def test_region_set_and_zones_in_it() -> None:
@@ -77,7 +78,7 @@ def test_store_url_exported_and_valid() -> None:
 
 def test_install_step_points_at_this_checkout() -> None:
     config = _load()
-    mounts = {r: v for r, v in config["file_mounts"].items() if r != TOKEN_PATH}
+    mounts = {r: v for r, v in config["file_mounts"].items() if r not in (TOKEN_PATH, KEY_PATH)}
     for remote, local in mounts.items():
         assert (ROOT / local).exists(), f"file mount {remote}: {local} does not exist"
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -113,3 +114,20 @@ def test_token_auth_on_every_node() -> None:
     assert "export RAY_AUTH_MODE=token" in setup and "chmod 600 ~/.ray/auth_token" in setup
     header = CLUSTER_YAML.read_text().split("cluster_name:")[0]
     assert "ray get-auth-token --generate" in header, "the header says how to make the token"
+
+
+def test_checkpoint_key_file_on_every_node() -> None:
+    """The MAC key reaches every node as a 0600 file named by BLOCKPOINT_CHECKPOINT_KEY_FILE
+    in the nodes' environment - never as a value in a runtime env (Ray's job table shows
+    those) - and nothing in the config holds a key itself."""
+    config = _load()
+    assert config["file_mounts"].get(KEY_PATH) == KEY_PATH, \
+        "the operator's key file must be mounted at the same path on every node"
+    setup = " ".join(config["setup_commands"])
+    assert "chmod 600 ~/.blockpoint/checkpoint_key" in setup
+    exported = re.findall(r"export BLOCKPOINT_CHECKPOINT_KEY_FILE=\"([^\"]+)\"", setup)
+    assert exported == ["$HOME/.blockpoint/checkpoint_key"], exported
+    text = CLUSTER_YAML.read_text()
+    assert not re.search(r"BLOCKPOINT_CHECKPOINT_KEY(=|:)", text), "a key value in cluster.yaml"
+    header = text.split("cluster_name:")[0]
+    assert "~/.blockpoint/checkpoint_key" in header, "the header says how to make the key file"

@@ -93,3 +93,36 @@ def test_cluster_nobody_answers_for_is_a_refused_setup(tmp_path: Path) -> None:
     assert proc.stderr.startswith(f"blockpoint demo: cannot attach to the Ray cluster at "
                                   f"{address}: ConnectionError: "), proc.stderr
     assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+
+
+def test_a_job_whose_runtime_env_carries_a_secret_is_refused() -> None:
+    """Under ``ray job submit`` the driver sees the job's runtime env (Ray's JSON in its
+    environment): a secret there is already in Ray's job table - refused, saying what to do
+    (a key file, node credentials) and to rotate it; a key file's path is not a secret."""
+    import json
+
+    from blockpoint.demo_cluster import (
+        FORWARDED_ENV,
+        refuse_secrets_in_runtime_env,
+        secrets_in_job_runtime_env,
+    )
+
+    def job(env_vars: dict[str, str]) -> dict[str, str]:
+        return {"RAY_JOB_CONFIG_JSON_ENV_VAR": json.dumps(
+            {"runtime_env": {"env_vars": env_vars}, "metadata": {}})}
+
+    assert secrets_in_job_runtime_env({}) == []                       # not a job
+    assert secrets_in_job_runtime_env(job({"BLOCKPOINT_CHECKPOINT_KEY_FILE": "/k",
+                                           "BLOCKPOINT_STORE_URL": "s3://b/p"})) == []
+    found = secrets_in_job_runtime_env(job({"BLOCKPOINT_CHECKPOINT_KEY": "SEKRIT",
+                                            "AWS_SECRET_ACCESS_KEY": "SEKRIT2"}))
+    assert set(found) == {"BLOCKPOINT_CHECKPOINT_KEY", "AWS_SECRET_ACCESS_KEY"}
+    with pytest.raises(DemoSetupError) as err:
+        refuse_secrets_in_runtime_env(found)
+    text = str(err.value)
+    assert "job table" in text and "BLOCKPOINT_CHECKPOINT_KEY_FILE" in text and "rotate" in text
+    assert "SEKRIT" not in text and err.value.what == "key"
+    refuse_secrets_in_runtime_env([])                                 # nothing to refuse
+    from blockstore.redact import SECRET_ENV
+    assert not set(FORWARDED_ENV) & set(SECRET_ENV)
+    assert "AWS_ACCESS_KEY_ID" not in FORWARDED_ENV  # half of a pair the nodes have their own of

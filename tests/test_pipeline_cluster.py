@@ -9,12 +9,16 @@ The module's one Cluster has its head's job server on (``RAY_JOB_SERVER``) and r
 2.60's token authentication (``RAY_TOKEN_AUTH``): a test submits ``python -m blockpoint
 demo`` to it with the real ``ray job submit`` CLI, authenticated the way docs/OPERATIONS.md
 says (``RAY_AUTH_MODE=token`` and the cluster's token in the client's environment; without
-them the submission is refused), the project's sources as the job's working dir, the S3
-credentials and the checkpoint key in the job's ``runtime_env`` (the nodes were started with
-neither key nor store URL), and the store on the loopback S3 server - the command
-docs/OPERATIONS.md shows. Another runs ``blockpoint demo --address`` from a shell and then
-``blockpoint inspect`` / ``scheduler status`` / ``scheduler decisions`` with the store and
-namespace the demo printed.
+them the submission is refused), the project's sources as the job's working dir, the store
+URL and the *path* of the checkpoint key file in the job's ``runtime_env`` (the key itself in
+a 0600 file every node reads - one filesystem here, ``file_mounts`` on a real cluster - and
+the S3 credentials in the environment the nodes were started with), and the store on the
+loopback S3 server - the command docs/OPERATIONS.md shows. Another runs ``blockpoint demo
+--address`` from a shell and then ``blockpoint inspect`` / ``scheduler status`` / ``scheduler
+decisions`` with the store and namespace the demo printed. After both, neither the key nor the
+driver's S3 secret is in anything Ray shows or keeps (review 19, F9): the job table
+(``list_jobs(detail=True)``, the job API), nor any object of the store (the scheduler's
+registry included), while every checkpoint generation still carries a MAC that verifies.
 """
 
 from __future__ import annotations
@@ -121,6 +125,43 @@ def _documented_job() -> tuple[dict[str, str], dict[str, Any], list[str]]:
     return exports, json.loads(env.group(1)), cmd.split(" -- ", 1)[1].split()
 
 
+def _key_file(tmp_path: Path) -> tuple[str, str]:
+    """A fresh checkpoint key in a 0600 file: ``(key, path)``."""
+    key = secrets.token_hex(16)
+    path = tmp_path / "checkpoint_key"
+    path.write_text(key + "\n")
+    path.chmod(0o600)
+    return key, str(path)
+
+
+def _assert_secrets_not_shown(cluster: Any, store_url: str, *shown: str) -> None:
+    """None of ``shown`` is in Ray's job table (the state API's ``list_jobs(detail=True)``
+    and the job API's list, runtime envs included) nor in any object of the store under the
+    run's prefix (checkpoints, the scheduler's registry, lease records)."""
+    import boto3
+    from ray.job_submission import JobSubmissionClient
+    from ray.util.state import list_jobs
+    from s3server import CREDENTIALS
+
+    jobs = list_jobs(address=cluster.job_address, detail=True, limit=1000)
+    assert jobs, "the job table lists the drivers that ran"
+    table = repr(jobs) + repr(JobSubmissionClient(cluster.job_address).list_jobs())
+    for secret in shown:
+        assert secret not in table, "a secret is in Ray's job table"
+    m = re.match(r"s3://([^/]+)/([^?]+)\?.*endpoint_url=([^&]+)", store_url)
+    assert m, store_url
+    s3 = boto3.client("s3", endpoint_url=m.group(3), region_name="us-east-1",
+                      aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                      aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
+    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(
+        Bucket=m.group(1), Prefix=m.group(2)) for o in page.get("Contents", [])]
+    assert keys, store_url
+    for k in keys:
+        body = s3.get_object(Bucket=m.group(1), Key=k)["Body"].read()
+        for secret in shown:
+            assert secret.encode() not in body, f"a secret is in the store object {k}"
+
+
 def _client_env(**extra: str) -> dict[str, str]:
     """This process's environment without Ray's auth settings (a user's shell), plus
     ``extra``."""
@@ -130,10 +171,10 @@ def _client_env(**extra: str) -> dict[str, str]:
 def test_demo_submitted_with_ray_job_submit_on_s3(s3_server: Any, ray_cluster: Any,
                                                    tmp_path: Path) -> None:
     """``ray job submit`` of the demo against the S3 store: SUCCEEDED, exact, and every
-    checkpoint generation it left in the bucket carries a MAC that verifies under the job's
-    key (and not under another)."""
+    checkpoint generation it left in the bucket carries a MAC that verifies under the key of
+    the job's key file (and not under another); the key is in no job table entry and no
+    store object."""
     from ray.job_submission import JobStatus, JobSubmissionClient
-    from s3server import CREDENTIALS
 
     from blockstore import open_store
     from stages.checkpoint.reader import scan_slots
@@ -143,7 +184,7 @@ def test_demo_submitted_with_ray_job_submit_on_s3(s3_server: Any, ray_cluster: A
     src = tmp_path / "src"
     shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
         ".git", ".venv", "__pycache__", ".pytest_cache", ".hypothesis", "*.egg-info"))
-    key = secrets.token_hex(16)
+    key, key_path = _key_file(tmp_path)
     store = s3_server.url(f"job-{tmp_path.name}")
     # The documented command, its placeholders filled in with this server and a fresh key,
     # its client settings with this cluster's token.
@@ -160,11 +201,12 @@ def test_demo_submitted_with_ray_job_submit_on_s3(s3_server: Any, ray_cluster: A
         (refused.stdout + refused.stderr)[-2000:]
     client_env = _client_env(**{**exports, "RAY_AUTH_TOKEN": ray_cluster.auth_token})
     assert set(doc_env) == {"excludes", "env_vars"}, doc_env
-    assert set(doc_env["env_vars"]) == {"BLOCKPOINT_STORE_URL", "BLOCKPOINT_CHECKPOINT_KEY"}
+    # No secret in the documented runtime env: the key file's path, the store URL.
+    assert set(doc_env["env_vars"]) == {"BLOCKPOINT_STORE_URL", "BLOCKPOINT_CHECKPOINT_KEY_FILE"}
     assert entrypoint == ["python", "-m", "blockpoint", "demo", "--quick"], entrypoint
     runtime_env = {"excludes": doc_env["excludes"],
-                   "env_vars": {**CREDENTIALS, "BLOCKPOINT_STORE_URL": store,
-                                "BLOCKPOINT_CHECKPOINT_KEY": key}}
+                   "env_vars": {"BLOCKPOINT_STORE_URL": store,
+                                "BLOCKPOINT_CHECKPOINT_KEY_FILE": key_path}}
     job_id = f"bp-demo-{secrets.token_hex(4)}"
     t0 = time.monotonic()
     # The real CLI, as a user runs it; it waits for the job and follows its logs.
@@ -201,6 +243,7 @@ def test_demo_submitted_with_ray_job_submit_on_s3(s3_server: Any, ray_cluster: A
         for name in ("normalize", "aggregate", "score"):
             headers = [s.header for s in scan_slots(st.open_reader(name))[1] if s.header]
             assert headers and all(h.has_mac for h in headers), name
+    _assert_secrets_not_shown(ray_cluster, run_store.group(1), key)
     exe = Path(sys.executable).with_name("blockpoint")
     for k, want in ((key, 0), ("not-the-key", 1)):
         env = {**os.environ, "BLOCKPOINT_CHECKPOINT_KEY": k}
@@ -211,38 +254,52 @@ def test_demo_submitted_with_ray_job_submit_on_s3(s3_server: Any, ray_cluster: A
             assert "MAC mismatch" in v.stdout, v.stdout
 
 
-def test_attached_driver_from_a_shell_hands_its_key_to_every_node(s3_server: Any,
-                                                                  ray_cluster: Any) -> None:
-    """``blockpoint demo --address`` outside a job: the driver's checkpoint key and its S3
-    credentials reach a worker on every node (the nodes were started without a key and with
-    other credentials; before, the credentials stayed behind and a worker's client fell back
-    to the cloud metadata address), checked the demo's way - the key's fingerprint, and the
-    store opened there - and by reading the workers' environment."""
+def test_attached_driver_from_a_shell_hands_no_secret_to_the_workers(
+        s3_server: Any, ray_cluster: Any, tmp_path: Path) -> None:
+    """``blockpoint demo --address`` outside a job: the workers on every node get the key
+    file's path (and read the key from it: same fingerprint) but none of the driver's
+    secrets - its S3 keys stay behind (the workers open the store with their node's own
+    credentials) and neither they nor the key are in the job table. A driver whose key is
+    only in its environment is told to use a key file."""
     from blockstore import open_store
 
     store = s3_server.url("attached-creds")
     open_store(store, block_size=64 * 1024).close()  # created: the workers open it
+    key, key_path = _key_file(tmp_path)
+    aws_secret = f"SEKRIT-{secrets.token_hex(8)}"
     script = (
         "import os, ray\n"
         "from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy as On\n"
         "from blockpoint.demo_cluster import AttachedDemoCluster\n"
         "from blockpoint.demo_store import check_key_reaches, key_fingerprint\n"
+        "from blockpoint.errors import DemoSetupError\n"
         f"c = AttachedDemoCluster({ray_cluster.address!r}, 'creds-check')\n"
         "c.start()\n"
         "nodes = [c.head_node_id, *c.workers]\n"
         f"check_key_reaches(nodes, key_fingerprint(), store_url={store!r})\n"
-        "seen = ray.remote(num_cpus=0)(lambda: os.environ.get('AWS_ACCESS_KEY_ID'))\n"
+        "seen = ray.remote(num_cpus=0)(lambda: (os.environ.get('AWS_ACCESS_KEY_ID'),\n"
+        "    os.environ.get('AWS_SECRET_ACCESS_KEY'), os.environ.get('BLOCKPOINT_CHECKPOINT_KEY')))\n"
         "got = ray.get([seen.options(scheduling_strategy=On(n, soft=False)).remote() "
         "for n in nodes])\n"
-        "print('reaches', len(nodes), *sorted(set(got)))\n"
+        "print('reaches', len(nodes), *sorted({g[0] for g in got}), *sorted({str(g[2]) for g in got}))\n"
+        "assert not any(g[1] and g[1].startswith('SEKRIT') for g in got)\n"
+        "try:\n"
+        "    check_key_reaches(nodes, key_fingerprint({'BLOCKPOINT_CHECKPOINT_KEY': 'env-only'}))\n"
+        "except DemoSetupError as exc:\n"
+        "    print('REFUSED', exc)\n"
         "c.close()\n")
-    env = {**os.environ, "BLOCKPOINT_CHECKPOINT_KEY": secrets.token_hex(16),
-           "AWS_ACCESS_KEY_ID": "from-the-driver-shell"}
+    env = {**os.environ, "BLOCKPOINT_CHECKPOINT_KEY_FILE": key_path,
+           "AWS_ACCESS_KEY_ID": "from-the-driver-shell", "AWS_SECRET_ACCESS_KEY": aws_secret}
     env.pop("RAY_ADDRESS", None)
+    env.pop("BLOCKPOINT_CHECKPOINT_KEY", None)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.split()[-3:] == ["reaches", "3", "from-the-driver-shell"], proc.stdout
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("reaches"))
+    assert line.split() == ["reaches", "3", "testing", "None"], proc.stdout  # the nodes' own
+    refused = next(x for x in proc.stdout.splitlines() if x.startswith("REFUSED"))
+    assert "BLOCKPOINT_CHECKPOINT_KEY_FILE" in refused and "job table" in refused, refused
+    _assert_secrets_not_shown(ray_cluster, store, key, aws_secret)
 
 
 def test_demo_attached_from_a_shell_then_inspected(s3_server: Any, ray_cluster: Any,
@@ -254,7 +311,9 @@ def test_demo_attached_from_a_shell_then_inspected(s3_server: Any, ray_cluster: 
     (before, the store was printed but the scheduler lived in an anonymous namespace and was
     killed at the end)."""
     exe = str(Path(sys.executable).with_name("blockpoint"))
-    env = {**os.environ, "BLOCKPOINT_CHECKPOINT_KEY": secrets.token_hex(16)}
+    key, key_path = _key_file(tmp_path)
+    env = {**os.environ, "BLOCKPOINT_CHECKPOINT_KEY_FILE": key_path}
+    env.pop("BLOCKPOINT_CHECKPOINT_KEY", None)
     env.pop("RAY_ADDRESS", None)
     env.pop("BLOCKPOINT_STORE_URL", None)
     demo = subprocess.run(
@@ -288,3 +347,5 @@ def test_demo_attached_from_a_shell_then_inspected(s3_server: Any, ray_cluster: 
     assert decisions.returncode == 0, decisions.stderr
     kinds = {d["kind"] for d in json.loads(decisions.stdout)}
     assert "preempt" in kinds and kinds & {"restore", "move"}, kinds
+    assert re.search(r"checkpoints authenticated\s+yes: \d+ of \d+ generations", demo.stdout)
+    _assert_secrets_not_shown(ray_cluster, store.group(1), key)

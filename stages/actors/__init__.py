@@ -38,6 +38,7 @@ from .durability import ActorFenced, StateAttributeError, StoreUnavailable
 from .hooks import Relaunchable, StageLostHook, StageRegistrar, StageRegistration
 from .placement import NodeCapacity, pick_node
 from .recipe import ActorRecipe
+from .records import ResultNotKept
 
 __all__ = [
     "ActorFenced",
@@ -49,6 +50,7 @@ __all__ = [
     "Relaunchable",
     "RequestIdConflict",
     "RequestIdError",
+    "ResultNotKept",
     "RollbackUnavailable",
     "Stage",
     "StageActor",

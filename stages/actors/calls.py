@@ -16,7 +16,8 @@ closes that gap:
   call of another method or with other arguments under a recorded id is refused
   (:class:`~stages.actors.records.RequestIdConflict`), not answered with the other call's
   result (``stages/actors/records.py``). The last ``dedupe_window`` ids (task ids and
-  request ids together) are kept; an id must be a non-empty ``str`` of at most
+  request ids together) are kept, their results within ``dedupe_bytes`` (a resend whose
+  result was dropped is refused with ``ResultNotKept``, never applied again); an id must be a non-empty ``str`` of at most
   :data:`MAX_REQUEST_ID` characters.
 * **call_once** sends a call with a request id and resends it, with the same id, after any
   failure that says the incarnation could not answer (it died, is unavailable, was fenced

@@ -55,7 +55,12 @@ Semantics:
   recorded with the call's result and checkpointed with its effect. An id names one call
   (``stages/actors/records.py``): reused by another method or other arguments it is
   refused with ``RequestIdConflict``. The last
-  ``dedupe_window`` ids (task ids and request ids together) are kept.
+  ``dedupe_window`` ids (task ids and request ids together) are kept, and their results
+  within ``dedupe_bytes`` (oldest dropped first): a resend among those ids is answered from
+  the record, or refused with ``ResultNotKept`` once its result was dropped - never applied
+  again. A call with a request id that raises leaves nothing in every policy (memory is put
+  back; ``stages/actors/dispatch.py`` states the cost: one in-memory pickle of the state
+  before each such call outside ``every_calls=1``).
 * **Calls in flight** when the actor dies fail with ``RayActorError`` unless Ray retries
   them (``max_task_retries``); retried calls run on the restored state, and Ray may run
   them after calls submitted later (its ordering is per attempt, not across retries).
@@ -115,6 +120,7 @@ from .hooks import StageRegistrar, StageRegistration
 from .incarnation import register_quietly
 from ..checkpoint.observer import CheckpointFlushObserver
 from .recipe import recipe_for
+from .records import DEFAULT_RESULT_BYTES
 
 __all__ = ["CheckpointedConfig", "CheckpointedConfigError", "checkpointed"]
 
@@ -434,7 +440,8 @@ class _Checkpointed:
                  checkpoint_on_exit: bool = True,
                  concurrency_groups: Mapping[str, int] | None = None,
                  async_checkpoint: bool = False, incremental: bool = False,
-                 full_every: int = DEFAULT_FULL_EVERY) -> Callable[[C], C]:
+                 full_every: int = DEFAULT_FULL_EVERY,
+                 dedupe_bytes: int = DEFAULT_RESULT_BYTES) -> Callable[[C], C]:
         """Make the attributes ``state`` of the decorated actor class durable.
 
         Args:
@@ -458,7 +465,11 @@ class _Checkpointed:
                 incarnation the scheduler re-creates uses it too.
             lease_ttl, block_size: the lease's TTL; the block size if the store is created.
             priority: the priority registered with the scheduler.
-            dedupe_window: call ids remembered in exactly-once mode.
+            dedupe_window: call ids remembered (task ids and request ids together).
+            dedupe_bytes: bytes of recorded results kept within those (their pickled size;
+                default 1 MiB), oldest dropped first, the newest always kept: every
+                checkpoint carries them. A resend of a call whose result was dropped is
+                refused with ``ResultNotKept``, never applied again.
             checkpoint_on_exit: checkpoint on a graceful exit if anything changed.
             concurrency_groups: your own groups, as given to ``ray.remote`` besides
                 ``GROUPS`` (the scheduler declares them when it re-creates the actor).
@@ -488,6 +499,9 @@ class _Checkpointed:
             _check_async(cls, async_checkpoint, every_calls, every_seconds)
             if not isinstance(full_every, int) or isinstance(full_every, bool) or full_every < 1:
                 raise _fail(cls, f"full_every must be an int >= 1, got {full_every!r}")
+            if (not isinstance(dedupe_bytes, int) or isinstance(dedupe_bytes, bool)
+                    or dedupe_bytes < 0):
+                raise _fail(cls, f"dedupe_bytes must be an int >= 0, got {dedupe_bytes!r}")
             taken = _ALWAYS + (_STAGE_CONTROL if registrar is not None else ())
             clash = [n for n in taken if inspect.getattr_static(cls, n, None) is not None]
             if clash:
@@ -500,7 +514,7 @@ class _Checkpointed:
                 block_size=block_size, priority=priority, dedupe_window=dedupe_window,
                 checkpoint_on_exit=checkpoint_on_exit, concurrency_groups=groups,
                 async_checkpoint=async_checkpoint, incremental=bool(incremental),
-                full_every=full_every)
+                full_every=full_every, dedupe_bytes=dedupe_bytes)
             ns = {**_wrapped_methods(cls), **_generated(cls, config)}
             ns.update(__module__=cls.__module__, __qualname__=cls.__qualname__,
                       __doc__=cls.__doc__, __bp_config__=config)

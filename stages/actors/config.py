@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from ..checkpoint.incremental import DEFAULT_FULL_EVERY
+from .records import DEFAULT_RESULT_BYTES
 
 if TYPE_CHECKING:
     from ..checkpoint.observer import CheckpointFlushObserver
@@ -49,6 +50,7 @@ class CheckpointedConfig:
     async_checkpoint: bool = False
     incremental: bool = False
     full_every: int = DEFAULT_FULL_EVERY
+    dedupe_bytes: int = DEFAULT_RESULT_BYTES
 
     def without_key(self) -> CheckpointedConfig:
         """This configuration with ``mac_key=None`` (what a relaunch recipe carries: the

@@ -3,7 +3,21 @@ exactly-once mode (``every_calls=1``) committed before it returns or rolled back
 
 Split out of :mod:`stages.actors.durability` (whose module docstring states the rules these
 methods keep: one call at a time in exactly-once mode, rollback after a call that raises, a
-commit of unknown outcome recognised by the call's recorded key). :class:`CallDispatch` is a
+commit of unknown outcome recognised by the call's recorded key).
+
+**A call with a request id that raises leaves nothing, in every policy.** In exactly-once
+mode the rollback reloads the lease (memory equals the last commit there). In the other
+policies memory is ahead of the lease - the calls since the last checkpoint exist only in
+memory - so a reload would lose them; instead the named attributes are pickled in memory
+*before* such a call runs, and put back if it raises (:meth:`CallDispatch._snapshot_attrs`).
+The cost, paid only by calls that carry a ``request_id`` in those policies: one pickle of
+the state before the method and, when it raises, one unpickle - about the time a checkpoint
+spends serializing (no I/O, no compression). Calls without a request id are not resent under
+an id, so they pay nothing and are not rolled back. A synchronous call holds the lock for its
+whole run (threads mutate the state under it); a coroutine call runs alone
+(:meth:`~stages.actors.turns.CallTurns.enter_alone`), and if the hold gave way to another
+call meanwhile (it ran more than ``HOLD_S`` beside arriving calls) the snapshot is not put
+back over that call's change: the raise is then not rolled back, and says so in the log. :class:`CallDispatch` is a
 mixin of :class:`~stages.actors.durability.ActorDurability`: it holds no state of its own and
 works on the runtime's lock, applied-call record, incarnation and checkpoints.
 """
@@ -77,7 +91,28 @@ class CallDispatch:
     _initial: bytes | None
 
 
+    _obj: Any
+
     # -- calls ---------------------------------------------------------------------------
+    def _snapshot_attrs(self) -> bytes | None:
+        """The named attributes, pickled (policy mode, before a call with a request id), or
+        ``None`` if they do not pickle (the call then runs without a rollback; the next
+        checkpoint reports the state that does not pickle)."""
+        try:
+            return pickle.dumps({n: getattr(self._obj, n) for n in self.config.attrs},
+                                protocol=5)
+        except Exception as exc:  # noqa: BLE001 - whatever a __reduce__ raises
+            log.warning("%s %r: the state does not pickle (%s): a call that raises cannot "
+                        "be rolled back", self.config.actor, self.key, exc)
+            return None
+
+    def _restore_attrs(self, snapshot: bytes | None) -> None:
+        """Put back what :meth:`_snapshot_attrs` took (nothing if it took nothing)."""
+        if snapshot is None:
+            return
+        for name, value in pickle.loads(snapshot).items():
+            setattr(self._obj, name, value)
+
     def _record(self, call_id: str | None, result: Any, fp: str | None = None) -> None:
         self.calls_total += 1
         self.calls_since += 1
@@ -186,7 +221,12 @@ class CallDispatch:
                 if done:
                     return recorded
                 if key is not None:  # one at a time per id: a resend waits for the first
-                    result = fn(obj, *args, **kwargs)
+                    before = self._snapshot_attrs()
+                    try:
+                        result = fn(obj, *args, **kwargs)
+                    except BaseException:
+                        self._restore_attrs(before)  # a resend finds the state unchanged
+                        raise
                     self._record(key, result, fp)
                     self._due_checkpoint()
                     return result
@@ -219,11 +259,14 @@ class CallDispatch:
             if done:
                 return recorded
             try:
-                await self.turns.enter(self._due_checkpoint)
-                try:
-                    result = await fn(obj, *args, **kwargs)
-                finally:
-                    self.turns.leave()
+                if key is None:
+                    await self.turns.enter(self._due_checkpoint)
+                    try:
+                        result = await fn(obj, *args, **kwargs)
+                    finally:
+                        self.turns.leave()
+                else:
+                    result = await self._alone(fn, obj, args, kwargs)
                 with self.lock:
                     self._record(key, result, fp)
                     self._due_checkpoint()
@@ -244,6 +287,28 @@ class CallDispatch:
                 raise
             with self.lock:
                 return self._exact_commit(key, result, fp)
+
+    async def _alone(self, fn: Callable[..., Awaitable[Any]], obj: Any,
+                     args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """A coroutine call with a request id in policy mode: alone, rolled back if it
+        raises (unless another call came in beside it: see the module docstring)."""
+        entered = await self.turns.enter_alone(self._due_checkpoint)
+        try:
+            with self.lock:
+                before = self._snapshot_attrs()
+            try:
+                return await fn(obj, *args, **kwargs)
+            except BaseException:
+                with self.lock:
+                    if self.turns.entries == entered:
+                        self._restore_attrs(before)
+                    else:
+                        log.warning("%s %r: a call with a request id raised after other "
+                                    "calls ran beside it (it ran longer than the hold): "
+                                    "not rolled back", self.config.actor, self.key)
+                raise
+        finally:
+            self.turns.leave_alone()
 
     @contextlib.asynccontextmanager
     async def _one_at_a_time(self) -> AsyncIterator[None]:

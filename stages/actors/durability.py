@@ -40,7 +40,9 @@ decides *when* to checkpoint - the turn-taking part:
   next call's checkpoint never commits half of a failed call. Rolling back after the
   exception (not snapshotting before every call) keeps the common path free; a failed
   call costs a restore. If that reload fails, the next call reloads first, and fails
-  (``CheckpointFailed``) rather than commit the half-applied state.
+  (``CheckpointFailed``) rather than commit the half-applied state. In the other policies a
+  call *with a request id* that raises is put back from an in-memory snapshot taken before
+  it (``stages/actors/dispatch.py``, which states the cost).
 * **Asynchronous policy checkpoints** (``async_checkpoint=True``, with ``every_calls >= 2``
   or ``every_seconds``; refused with ``every_calls=1``). The call that makes a checkpoint
   due takes the snapshot under the lock (the named attributes serialized, their numpy
@@ -164,7 +166,7 @@ class ActorDurability(CallDispatch):
         self._closed = False
         self._tick_pending = False
         #: The calls applied (ids, recorded results, fingerprints): ``records.py``.
-        self.applied = AppliedCalls(config.dedupe_window, config.actor)
+        self.applied = AppliedCalls(config.dedupe_window, config.actor, config.dedupe_bytes)
         self.calls_total = 0
         self.calls_since = 0
         self.deduplicated = 0

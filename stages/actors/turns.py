@@ -19,6 +19,12 @@ help (every coroutine runs on the loop's one thread, an ``RLock`` admits them al
 * In exactly-once mode calls take one turn at a time, in arrival order
   (:meth:`CallTurns.one_at_a_time`) - across the event loops of every concurrency group,
   which one ``asyncio.Lock`` cannot do (it belongs to one loop).
+* In the other policies a call with a request id runs **alone** (:meth:`CallTurns.enter_alone`):
+  it enters once no call is inside, and new calls are held while it runs, so that the state
+  it snapshots before its method can be put back if the method raises
+  (``stages/actors/dispatch.py``) without undoing another call's change. The hold gives way
+  after :data:`HOLD_S`, as above (a call may await another); :attr:`CallTurns.entries` then
+  tells that another call came in, and the runtime does not restore over its change.
 
 Waiting polls (every :data:`_POLL_S` s) instead of using ``asyncio`` primitives: an actor's
 concurrency groups run on event loops of their own threads, and the counter is shared by
@@ -57,6 +63,10 @@ class CallTurns:
         #: Coroutine calls between :meth:`enter` and :meth:`leave`.
         self.inside = 0
         self._wanted_since: float | None = None
+        #: Since when a call with a request id waits to run, or runs, alone (policy mode).
+        self._sole_since: float | None = None
+        #: Calls let in so far (a call running alone compares it before and after).
+        self.entries = 0
         self._running: set[str] = set()
         #: Exactly-once coroutine calls waiting for (or having, at [0]) their turn.
         self._queue: collections.deque[object] = collections.deque()
@@ -81,8 +91,12 @@ class CallTurns:
         while True:
             with self._lock:
                 wanted = self._wanted_since
-                if wanted is None or time.monotonic() - wanted >= HOLD_S:
+                sole = self._sole_since
+                now = time.monotonic()
+                if ((wanted is None or now - wanted >= HOLD_S)
+                        and (sole is None or now - sole >= HOLD_S)):
                     self.inside += 1
+                    self.entries += 1
                     return
                 if not self.inside:
                     due()
@@ -93,6 +107,30 @@ class CallTurns:
     def leave(self) -> None:
         with self._lock:
             self.inside -= 1
+
+    async def enter_alone(self, due: Callable[[], None]) -> int:
+        """Let a call in once no call is inside, holding new calls meanwhile and while it
+        runs (:data:`HOLD_S` at most each time, as :meth:`enter`); a wanted snapshot is
+        taken first by ``due()``. Returns :attr:`entries` after it entered: if the value
+        is the same when it leaves, no other call ran beside it. Leave with
+        :meth:`leave_alone`."""
+        while True:
+            with self._lock:
+                if not self.inside:
+                    if self._wanted_since is not None:
+                        due()
+                    self.inside += 1
+                    self.entries += 1
+                    self._sole_since = time.monotonic()
+                    return self.entries
+                if self._sole_since is None:
+                    self._sole_since = time.monotonic()
+            await asyncio.sleep(_POLL_S)
+
+    def leave_alone(self) -> None:
+        with self._lock:
+            self.inside -= 1
+            self._sole_since = None
 
     async def when_alone(self, own: int, take: Callable[[], T]) -> T:
         """``take()`` under the lock once at most ``own`` calls are inside (``own`` = 1 for

@@ -1,0 +1,115 @@
+"""Object-store credentials from the node: the shared credentials file of the AWS chain.
+
+Why this exists: on a Ray cluster a secret must never travel through Ray - a job's or an
+actor's ``runtime_env`` is kept in Ray's job table and shown by the dashboard and the state
+API (``ray list jobs --detail``). So every process finds its object-store credentials on its
+own node. obstore (the Rust ``object_store`` crate) reads the environment
+(``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN``), web identity
+(``AWS_WEB_IDENTITY_TOKEN_FILE`` + ``AWS_ROLE_ARN``), ECS task roles and the instance
+metadata service (the instance profile), but not the shared credentials file that the AWS
+CLI and boto3 read (``~/.aws/credentials``, or ``$AWS_SHARED_CREDENTIALS_FILE``, profile
+``$AWS_PROFILE`` or ``default``). This module fills that gap with a credential provider
+(obstore's ``credential_provider=`` callable), in the order of the AWS chain: the
+environment first (left to obstore), then the shared credentials file, then web identity
+and the instance profile (left to obstore).
+
+The file is read again each time obstore asks (credentials are given a 5-minute life), so a
+rotated file is picked up without a restart. Static keys only (``aws_access_key_id``,
+``aws_secret_access_key``, optional ``aws_session_token``); a profile that assumes a role or
+uses SSO is not followed - export its credentials (``aws configure export-credentials``) or
+use an instance profile. Nothing here prints or logs a secret; the provider's repr names the
+file and profile only.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from .errors import StoreConfigError
+
+__all__ = ["SharedCredentialsFile", "s3_credential_provider"]
+
+#: How long obstore keeps credentials from the file before it asks again.
+_LIFE = timedelta(minutes=5)
+
+#: Variables that make obstore's own chain find credentials before the shared file would.
+_CHAIN_FIRST = ("AWS_ACCESS_KEY_ID", "AWS_WEB_IDENTITY_TOKEN_FILE",
+                "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI")
+
+
+class SharedCredentialsFile:
+    """An obstore S3 credential provider reading one profile of a shared credentials file.
+
+    Attributes:
+        path: the credentials file.
+        profile: the profile (section) read.
+    """
+
+    def __init__(self, path: str, profile: str) -> None:
+        self.path = path
+        self.profile = profile
+
+    def __repr__(self) -> str:
+        return f"SharedCredentialsFile(path={self.path!r}, profile={self.profile!r})"
+
+    def read(self) -> dict[str, str] | None:
+        """The profile's static keys, or ``None`` when the file or profile has none.
+
+        Raises:
+            StoreConfigError: the file exists but cannot be read or parsed (the message
+                names the file and profile, never a value).
+        """
+        parser = configparser.RawConfigParser()
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                parser.read_file(f)
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError, configparser.Error) as exc:
+            raise StoreConfigError(f"cannot read the AWS shared credentials file "
+                                   f"{self.path!r}: {type(exc).__name__}") from None
+        if not parser.has_section(self.profile):
+            return None
+        sec = parser[self.profile]
+        key_id, secret = sec.get("aws_access_key_id", ""), sec.get("aws_secret_access_key", "")
+        if not (key_id.strip() and secret.strip()):
+            return None
+        out = {"access_key_id": key_id.strip(), "secret_access_key": secret.strip()}
+        token = sec.get("aws_session_token", "").strip()
+        if token:
+            out["token"] = token
+        return out
+
+    def __call__(self) -> dict[str, Any]:
+        """obstore's callback: the credentials, valid for a few minutes.
+
+        Raises:
+            StoreConfigError: the profile's keys are gone from the file since the store was
+                configured.
+        """
+        creds = self.read()
+        if creds is None:
+            raise StoreConfigError(f"no aws_access_key_id/aws_secret_access_key in profile "
+                                   f"{self.profile!r} of {self.path!r} any more")
+        return {"token": None, **creds, "expires_at": datetime.now(UTC) + _LIFE}
+
+
+def s3_credential_provider(environ: Mapping[str, str] | None = None
+                           ) -> SharedCredentialsFile | None:
+    """The provider to give obstore's ``S3Store``, or ``None`` to leave obstore's chain alone.
+
+    ``None`` when the environment already names credentials obstore finds first (static
+    keys, web identity, a container role), or when the shared credentials file has no static
+    keys for the profile (obstore then tries the instance profile).
+    """
+    env = os.environ if environ is None else environ
+    if any(env.get(k) for k in _CHAIN_FIRST):
+        return None
+    path = env.get("AWS_SHARED_CREDENTIALS_FILE") or os.path.join(
+        os.path.expanduser("~"), ".aws", "credentials")
+    provider = SharedCredentialsFile(path, env.get("AWS_PROFILE") or "default")
+    return provider if provider.read() is not None else None

@@ -1,0 +1,129 @@
+"""The checkpoint key from a file (``$BLOCKPOINT_CHECKPOINT_KEY_FILE``, blockstore/keys.py),
+and S3 credentials from the node's shared credentials file (blockstore/credentials.py): the
+two ways a secret reaches a Ray worker without passing through Ray."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from blockstore import (
+    KEY_ENV,
+    KEY_FILE_ENV,
+    OLD_KEYS_ENV,
+    KeyFileError,
+    KeySettingError,
+)
+from blockstore.credentials import SharedCredentialsFile, s3_credential_provider
+from blockstore.keys import resolve_keys
+
+
+def _key_file(tmp_path: Path, text: str, mode: int = 0o600) -> str:
+    path = tmp_path / "key"
+    path.write_text(text)
+    path.chmod(mode)
+    return str(path)
+
+
+def test_key_file_gives_the_ring(tmp_path: Path) -> None:
+    path = _key_file(tmp_path, "current-key\n\n  old-1 \nold-2\n")
+    ring = resolve_keys(environ={KEY_FILE_ENV: path})
+    assert ring is not None
+    assert ring.current == b"current-key" and ring.old == (b"old-1", b"old-2")
+    ring = resolve_keys(environ={KEY_FILE_ENV: path, OLD_KEYS_ENV: "old-3"})
+    assert ring is not None and ring.old == (b"old-1", b"old-2", b"old-3")
+
+
+def test_key_file_read_at_every_resolution(tmp_path: Path) -> None:
+    path = _key_file(tmp_path, "first\n")
+    env = {KEY_FILE_ENV: path}
+    assert resolve_keys(environ=env).current == b"first"  # type: ignore[union-attr]
+    Path(path).write_text("second\nfirst\n")  # rotated in place
+    ring = resolve_keys(environ=env)
+    assert ring is not None and ring.current == b"second" and ring.old == (b"first",)
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o644, 0o660, 0o610, 0o601])
+def test_key_file_open_to_others_refused(tmp_path: Path, mode: int) -> None:
+    path = _key_file(tmp_path, "SEKRIT-key-material\n", mode)
+    with pytest.raises(KeyFileError) as err:
+        resolve_keys(environ={KEY_FILE_ENV: path})
+    assert err.value.path == path and err.value.mode == mode
+    assert f"{mode:04o}" in str(err.value) and f"chmod 600 {path}" in str(err.value)
+    assert "SEKRIT" not in str(err.value) and "SEKRIT" not in repr(err.value)
+    again = pickle.loads(pickle.dumps(err.value))  # crosses Ray's process boundaries
+    assert isinstance(again, KeyFileError) and again.path == path and again.mode == mode
+
+
+def test_key_file_missing_empty_or_not_text_refused(tmp_path: Path) -> None:
+    missing = str(tmp_path / "nope")
+    with pytest.raises(KeyFileError, match="does not exist on this node"):
+        resolve_keys(environ={KEY_FILE_ENV: missing})
+    with pytest.raises(KeyFileError, match="is empty"):
+        resolve_keys(environ={KEY_FILE_ENV: _key_file(tmp_path, " \n\n")})
+    bad = tmp_path / "bin"
+    bad.write_bytes(b"\xff\xfe\x00key")
+    bad.chmod(0o600)
+    with pytest.raises(KeyFileError, match="not UTF-8"):
+        resolve_keys(environ={KEY_FILE_ENV: str(bad)})
+    with pytest.raises(KeyFileError, match="not a regular file"):
+        resolve_keys(environ={KEY_FILE_ENV: str(tmp_path)})
+    assert issubclass(KeyFileError, KeySettingError) and issubclass(KeyFileError, ValueError)
+
+
+def test_key_file_and_key_both_set_refused(tmp_path: Path) -> None:
+    path = _key_file(tmp_path, "from-file\n")
+    with pytest.raises(KeySettingError, match="both"):
+        resolve_keys(environ={KEY_FILE_ENV: path, KEY_ENV: "from-env"})
+
+
+def test_shared_credentials_file_read_for_s3(tmp_path: Path) -> None:
+    creds = tmp_path / "credentials"
+    creds.write_text("[default]\naws_access_key_id = AKIDDEFAULT\n"
+                     "aws_secret_access_key = SEKRIT-default\n"
+                     "[other]\naws_access_key_id=AKIDOTHER\naws_secret_access_key=SEKRIT-o\n"
+                     "aws_session_token = TOK\n")
+    env = {"AWS_SHARED_CREDENTIALS_FILE": str(creds)}
+    p = s3_credential_provider(env)
+    assert isinstance(p, SharedCredentialsFile) and p.profile == "default"
+    got = p()
+    assert got["access_key_id"] == "AKIDDEFAULT" and got["secret_access_key"] == "SEKRIT-default"
+    assert got["token"] is None and got["expires_at"] is not None
+    assert "SEKRIT" not in repr(p)
+    other = s3_credential_provider({**env, "AWS_PROFILE": "other"})
+    assert other is not None and other()["token"] == "TOK"
+    # The environment's own keys (and web identity) come first: obstore reads those itself.
+    assert s3_credential_provider({**env, "AWS_ACCESS_KEY_ID": "x"}) is None
+    assert s3_credential_provider({**env, "AWS_WEB_IDENTITY_TOKEN_FILE": "/t"}) is None
+    # No file, or no static keys in the profile: obstore's chain (the instance profile).
+    assert s3_credential_provider({"AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no")}) is None
+    assert s3_credential_provider({**env, "AWS_PROFILE": "absent"}) is None
+
+
+
+def test_s3_store_opened_with_only_a_shared_credentials_file(s3_server: Any,
+                                                            tmp_path: Path) -> None:
+    """A process with no AWS variable but a credentials file reaches the store (before,
+    obstore ignored the file and went to the instance metadata address)."""
+    import os
+    import subprocess
+    import sys
+
+    from s3server import CREDENTIALS
+
+    creds = tmp_path / "credentials"
+    creds.write_text(f"[default]\naws_access_key_id = {CREDENTIALS['AWS_ACCESS_KEY_ID']}\n"
+                     f"aws_secret_access_key = {CREDENTIALS['AWS_SECRET_ACCESS_KEY']}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env["AWS_SHARED_CREDENTIALS_FILE"] = str(creds)
+    env["AWS_EC2_METADATA_DISABLED"] = "true"
+    url = s3_server.url(f"shared-creds-{tmp_path.name}")
+    code = ("import sys\nfrom blockstore import open_store\n"
+            "with open_store(sys.argv[1], block_size=65536) as st:\n"
+            "    print('leases', len(st.list_leases()))\n")
+    proc = subprocess.run([sys.executable, "-c", code, url], capture_output=True, text=True,
+                          timeout=120, env=env, check=False)
+    assert proc.returncode == 0 and "leases 0" in proc.stdout, proc.stderr[-2000:]
