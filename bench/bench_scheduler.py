@@ -132,8 +132,8 @@ def run_load(n_stages: int, rounds: int, kills: int, *, seed: int = 5,
             seq = 0
             while not stop.is_set():
                 seq += 1
-                calls = [("ack", lambda: sched.flush_started.remote("probe", "probe-lease",
-                                                                    seq)),
+                calls = [("ack", lambda s=seq: sched.flush_started.remote("probe",
+                                                                          "probe-lease", s)),
                          ("noop", noop.ping.remote)]
                 if seq % 2:
                     calls.reverse()  # neither call always goes first
