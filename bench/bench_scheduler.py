@@ -202,8 +202,10 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
 
     started = not ray.is_initialized()
     if started:
+        # A named namespace: the scheduler is detached, and Ray prints a warning on stdout
+        # (which --json owns) for a detached actor in an anonymous one.
         ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
-                 object_store_memory=200 * 1024 * 1024)
+                 object_store_memory=200 * 1024 * 1024, namespace="blockpoint-bench")
     sizes = [(4, 3, 1)] if quick else [(12, 30, 4), (100, 10, 10)]
     try:
         rows: list[dict[str, Any]] = []
