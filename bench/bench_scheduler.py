@@ -130,6 +130,7 @@ def run_load(n_stages: int, rounds: int, kills: int, *, seed: int = 5,
 
         def probe() -> None:
             seq = 0
+            done: Any = None
             while not stop.is_set():
                 seq += 1
                 calls = [("ack", lambda s=seq: sched.flush_started.remote("probe",
@@ -141,8 +142,10 @@ def run_load(n_stages: int, rounds: int, kills: int, *, seed: int = 5,
                     t = time.perf_counter()
                     ray.get(call())
                     (acks if what == "ack" else noops).append(time.perf_counter() - t)
-                sched.flush_completed.remote("probe", "probe-lease", True, seq)
+                done = sched.flush_completed.remote("probe", "probe-lease", True, seq)
                 stop.wait(probe_gap_s)
+            if done is not None:
+                ray.get(done)  # none in flight when the scheduler is killed
 
         rng = random.Random(seed)
         kill_rounds = set(rng.sample(range(1, rounds + 1), min(kills, rounds)))
@@ -174,8 +177,13 @@ def run_load(n_stages: int, rounds: int, kills: int, *, seed: int = 5,
         return {"n_stages": n_stages, "rounds": rounds, "checkpoints": done, "kills": killed,
                 "ack": acks, "noop": noops}
     finally:
+        # Stages first, and gone before the scheduler: a stage's fire-and-forget completion
+        # still in flight to a killed scheduler makes Ray print a retry notice on stdout.
         for h, _ in handles.values():
             ray.kill(h, no_restart=True)
+        pings = [h.ping.remote() for h, _ in handles.values()]
+        if pings:  # each fails once its actor died
+            ray.wait(pings, num_returns=len(pings), timeout=30)
         ray.kill(noop)
         ray.kill(sched)
         shutil.rmtree(root, ignore_errors=True)
