@@ -33,6 +33,7 @@ BENCHES: dict[str, str] = {
     "pipeline": "bench.bench_pipeline",
     "langgraph": "bench.bench_langgraph",
     "objstore": "bench.bench_objstore",
+    "scheduler": "bench.bench_scheduler",
 }
 
 

@@ -13,6 +13,7 @@ part                   owns
 ``stopper``            checkpoint-then-stop with kill fallback; preemptions
 ``drains``             evacuating draining nodes just in time
 ``watcher``            the thread noticing deaths, stale marks, drains, work
+``table.marks``        the flush marks, on their own lock (``scheduler/marks.py``)
 =====================  ==========================================================
 
 Why the actor is as it is:
@@ -21,6 +22,11 @@ Why the actor is as it is:
   behind a preemption that is itself waiting for that flush, so every method may run
   concurrently; the manager has its own lock and the table another (taken first, never
   while holding the manager's).
+* **The acknowledgement has a path of its own** (issue 20: its cost must not grow with the
+  number of stages). ``flush_started`` runs in the concurrency group ``marks``,
+  ``flush_completed`` in ``marks_done``, never queued behind the default group; they take
+  the marks' lock and the manager's, never the table's; the process's GIL switch interval
+  is 0.5 ms. Why the mark stays atomic with preemption plans: ``scheduler/marks.py``.
 * **Retries across a restart.** The actor has ``max_task_retries`` so observer and
   registration calls in flight when it dies are delivered to its next incarnation (they
   are idempotent and ordered by sequence numbers / epochs). Methods that *act* (``launch``,
@@ -38,6 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -66,6 +73,16 @@ from stages.actors.recipe import ActorRecipe
 __all__ = ["Scheduler", "get_or_create", "get_scheduler"]
 
 _PINNED = NonPreemptibleReason.PINNED
+#: The concurrency group serving the flush observer's calls (``scheduler/marks.py``), and
+#: its threads: a flush start never queues behind the default group's calls.
+MARKS_GROUP = "marks"
+MARKS_THREADS = 4
+#: Completions are fire-and-forget: their own group (one thread), so that a burst of them
+#: never sits in front of a start in the same queue.
+DONE_GROUP = "marks_done"
+#: The actor process's GIL switch interval (seconds; Python's default is 5 ms): a thread
+#: serving an acknowledgement gets the interpreter back from the watcher within this.
+_SWITCH_INTERVAL_S = 0.0005
 #: Memory (bytes) the scheduler actor reserves, so that its node preference is honoured.
 _SCHEDULER_MEMORY = 16 * 1024 * 1024
 
@@ -104,6 +121,8 @@ class Scheduler:
                  ack_timeout: float = 1.0, max_decisions: int = 1000,
                  allow_unauthenticated: bool = False) -> None:
         ray_adapter.check_ray_version()
+        if ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE:
+            sys.setswitchinterval(_SWITCH_INTERVAL_S)  # in its own process only
         configure_from_env()  # $BLOCKPOINT_LOG_FORMAT in this worker (docs/OPERATIONS.md)
         if ray.is_initialized() and namespace is None:
             namespace = ray.get_runtime_context().namespace
@@ -194,24 +213,22 @@ class Scheduler:
             that of a dead actor, ``{"stage_id": ..., "status": "ignored", "reason": ...}``.
         """
         spec = spec if spec is not None else field_of(registration, "spec")
+        dead: str | None = None
         if isinstance(spec, ActorRecipe):
             view = _actor_view(field_of(registration, "actor"))
             if view is not None and spec.max_restarts is None:
                 # An actor cannot read its own max_restarts: a re-created incarnation is
                 # restartable exactly as the first was.
                 spec = dataclasses.replace(spec, max_restarts=view.max_restarts)
-            sid = str(field_of(registration, "stage_id"))
-            with self._table.lock:
-                known = sid in self._table.entries
-            if view is not None and view.dead and not known:
-                why = (f"actor {view.actor_id[:12]} is already dead ({view.death_reason}): a "
-                       "registration that arrived after its incarnation ended")
-                self._table.manager.record_decision("register", "ignored", victims=[sid],
-                                                    notes={sid: why})
-                return {"stage_id": sid, "status": "ignored", "reason": why}
+            if view is not None and view.dead:
+                # Refused only if the stage is not in the table - decided by the table
+                # under the lock it updates with, so a forget (the watcher's pass) cannot
+                # slip between the check and the update and let the stage show again.
+                dead = (f"actor {view.actor_id[:12]} is already dead ({view.death_reason}): "
+                        "a registration that arrived after its incarnation ended")
         resources = resource_amounts(field_of(registration, "resources", {}) or {},
                                      scheduling=False)
-        status, changed = self._table.register(registration, spec, resources)
+        status, changed = self._table.register(registration, spec, resources, dead=dead)
         if changed:
             self._table.save()
         return status
@@ -273,6 +290,7 @@ class Scheduler:
 
     # ------------------------------------------------------------------ observer side
 
+    @ray.method(concurrency_group=MARKS_GROUP)
     def flush_started(self, stage_id: str, lease_id: str, seq: int = 0) -> bool:
         """Set ``CHECKPOINT_IN_PROGRESS`` for the stage; returning is the acknowledgement.
 
@@ -282,6 +300,7 @@ class Scheduler:
         """
         return self._table.flush_started(stage_id, lease_id, seq)
 
+    @ray.method(concurrency_group=DONE_GROUP)
     def flush_completed(self, stage_id: str, lease_id: str, ok: bool, seq: int = 0) -> bool:
         """Clear ``CHECKPOINT_IN_PROGRESS`` unless a newer flush of the stage has started.
 
@@ -510,7 +529,7 @@ def get_or_create(name: str = DEFAULT_SCHEDULER_NAME, namespace: str | None = No
     }
     if node_id is not None:
         opts["scheduling_strategy"] = ray_adapter.node_affinity(node_id, soft=True)
-    handle = ray.remote(Scheduler).options(**opts).remote(store_url, name=name, namespace=ns,
+    handle = ray.remote(concurrency_groups={MARKS_GROUP: MARKS_THREADS, DONE_GROUP: 1})(Scheduler).options(**opts).remote(store_url, name=name, namespace=ns,
                                                           **options)
     ray.get(handle.ping.remote())
     return handle

@@ -44,7 +44,6 @@ __all__ = ["Placement"]
 
 log = logging.getLogger(__name__)
 
-_CIP = NonPreemptibleReason.CHECKPOINT_IN_PROGRESS
 _RESTORING = NonPreemptibleReason.RESTORING
 #: Minimum seconds allowed for a restore (launch + lease takeover + reading the checkpoint);
 #: the allowance grows to twice the slowest restore seen recently.
@@ -109,8 +108,8 @@ class Placement:
                 resources=resource_amounts(field_of(spec, "resources", {}) or {},
                                            scheduling=False))
             table.manager.set_reason(sid, _RESTORING)
-            table.manager.clear_reason(sid, _CIP)
-            entry.reset_flush()
+            table.marks.bind(sid, entry.lease_id)
+            table.marks.reset(sid)  # the old incarnation's flush, if any, is over
         handle = None
         try:
             if old_handle is not None:
@@ -134,7 +133,8 @@ class Placement:
                 entry.status = StageStatus.RUNNING
                 entry.last_error = ""
                 entry.info_ref = None
-                entry.reset_flush()
+                table.marks.reset(sid)
+                table.marks.bind(sid, entry.lease_id)
                 table.manager.update(sid, node_id=entry.node_id, lease_id=entry.lease_id or sid)
                 gen = info.get("generation")
                 if gen is not None:

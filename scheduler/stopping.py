@@ -13,7 +13,9 @@ Why it works as it does:
 * **Kill as the fallback, never mid-flush before the deadline.** A victim that cannot be
   asked, whose checkpoint fails, or that has not finished by the deadline is killed; its
   work since its last checkpoint is replayed. Before killing, the scheduler waits (until
-  the deadline) for any flush the stage itself is running.
+  the deadline) for any flush the stage itself is running, and holds off the
+  acknowledgement of a new one until the kill is sent (``scheduler/marks.py``: the wait
+  and the kill are atomic with the stage's marks).
 * **Concurrently.** All victims are asked at once and collected with ``ray.wait``, so the
   deadline bounds the whole preemption, not each victim.
 """
@@ -194,5 +196,18 @@ class Stopper:
                             f"from its last barrier generation {gen}")
 
     def _kill(self, sid: str, handle: Any, deadline: float) -> None:
-        self.wait_not_flushing(sid, deadline)
-        ray_adapter.kill_actor(handle)
+        """Kill a victim once it is not flushing (or at the deadline).
+
+        The wait and the kill are one step for the stage's flush marks: from the moment it
+        is seen not flushing until the kill was sent it is fenced
+        (:meth:`~scheduler.marks.FlushMarks.fence`), so a flush start arriving in between
+        is not acknowledged before the kill is out - the stage dies before its first
+        write, never in the middle of its flush.
+        """
+        marks = self._table.marks
+        fenced = marks.fence(sid, deadline)
+        try:
+            ray_adapter.kill_actor(handle)
+        finally:
+            if fenced:
+                marks.unfence(sid)

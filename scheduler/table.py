@@ -28,11 +28,12 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-import ray.cloudpickle as cloudpickle
+from ray import cloudpickle
 
 from scheduler import ray_adapter
 from scheduler.errors import StaleCheckpointError, UnknownStageError
 from scheduler.manager import PreemptionManager
+from scheduler.marks import FlushMarks
 from scheduler.reasons import NonPreemptibleReason
 from scheduler.records import CheckpointSummary
 from scheduler.registry import RegistryStore
@@ -61,10 +62,25 @@ def field_of(obj: Any, name: str, default: Any = None) -> Any:
 class StageEntry:
     """The actor's bookkeeping for one stage (the manager keeps the policy view)."""
 
-    __slots__ = ("stage_id", "handle", "actor_id", "spec", "status", "epoch", "node_id",
-                 "lease_id", "flush_start_seq", "flush_done_seq", "flush_since",
-                 "checkpoint_s", "checkpoint_size", "info_ref", "info_at", "retry_at",
-                 "record", "last_error", "mark_from_reload")
+    __slots__ = (
+        "_blobs",
+        "actor_id",
+        "checkpoint_s",
+        "checkpoint_size",
+        "epoch",
+        "handle",
+        "info_at",
+        "info_ref",
+        "info_sent",
+        "last_error",
+        "lease_id",
+        "node_id",
+        "record",
+        "retry_at",
+        "spec",
+        "stage_id",
+        "status",
+    )
 
     def __init__(self, stage_id: str) -> None:
         self.stage_id = stage_id
@@ -75,41 +91,41 @@ class StageEntry:
         self.epoch = 0
         self.node_id: str | None = None
         self.lease_id = ""
-        self.flush_start_seq = 0
-        self.flush_done_seq = 0
-        self.flush_since: float | None = None
         self.checkpoint_s: float | None = None
         self.checkpoint_size = 0
         self.info_ref: Any = None
         self.info_at = 0.0
+        #: When the pending ``info()`` probe was sent (monotonic), for the watcher.
+        self.info_sent = 0.0
         self.retry_at = 0.0
         # Manager fields kept for stages not in the manager (preempted ones).
         self.record: dict[str, Any] | None = None
         self.last_error = ""
-        # The flush mark was set by the reconciliation after a reload (the stage said it
-        # was flushing), not by a flush-start call: cleared when the stage says it is not.
-        self.mark_from_reload = False
+        # What = (the object pickled, its blob): a save pickles only what changed.
+        self._blobs: dict[str, tuple[Any, str | None]] = {}
 
-    def reset_flush(self) -> None:
-        self.flush_start_seq = 0
-        self.flush_done_seq = 0
-        self.flush_since = None
-        self.mark_from_reload = False
+    def _blob(self, what: str, obj: Any) -> str | None:
+        if obj is None:
+            return None
+        cached = self._blobs.get(what)
+        if cached is not None and cached[0] is obj:
+            return cached[1]
+        try:
+            text: str | None = base64.b64encode(cloudpickle.dumps(obj)).decode("ascii")
+        except Exception as exc:  # noqa: BLE001 - an unpicklable spec is not fatal
+            log.warning("stage %s: cannot persist %s: %s", self.stage_id,
+                        type(obj).__name__, exc)
+            text = None
+        self._blobs[what] = (obj, text)
+        return text
 
     def to_doc(self) -> dict[str, Any]:
-        def blob(obj: Any) -> str | None:
-            if obj is None:
-                return None
-            try:
-                return base64.b64encode(cloudpickle.dumps(obj)).decode("ascii")
-            except Exception as exc:  # noqa: BLE001 - an unpicklable spec is not fatal
-                log.warning("stage %s: cannot persist %s: %s", self.stage_id,
-                            type(obj).__name__, exc)
-                return None
+        blob = self._blob
         return {"status": self.status.value, "epoch": self.epoch, "node_id": self.node_id,
                 "lease_id": self.lease_id, "actor_id": self.actor_id,
                 "checkpoint_s": self.checkpoint_s, "checkpoint_size": self.checkpoint_size,
-                "record": self.record, "handle": blob(self.handle), "spec": blob(self.spec)}
+                "record": self.record, "handle": blob("handle", self.handle),
+                "spec": blob("spec", self.spec)}
 
     @classmethod
     def from_doc(cls, stage_id: str, doc: Mapping[str, Any]) -> StageEntry:
@@ -135,6 +151,9 @@ class StageEntry:
         e.record = doc.get("record")
         e.handle = unblob(doc.get("handle"), "actor handle")
         e.spec = unblob(doc.get("spec"), "spec")
+        for what, obj in (("handle", e.handle), ("spec", e.spec)):
+            if obj is not None:
+                e._blobs[what] = (obj, doc.get(what))
         return e
 
 
@@ -147,7 +166,11 @@ class StageTable:
         * :meth:`save` writes the whole table or nothing (the registry document is
           crash-atomic); a failed save marks the table dirty so the next change retries.
         * A flush-start mark is only set for a stage the manager knows; a completion older
-          than the newest start (by the observer's sequence numbers) never clears it.
+          than the newest start (by the observer's sequence numbers) never clears it
+          (:class:`~scheduler.marks.FlushMarks`, which takes neither this table's lock nor
+          any per-stage work).
+        * A registration refused as that of a dead actor is refused under the same lock
+          hold as the table's update: it never shows the stage, even briefly.
 
     Args:
         registry: Where the table is persisted (already opened by the caller).
@@ -161,6 +184,8 @@ class StageTable:
         self.lock = threading.RLock()
         self.entries: dict[str, StageEntry] = {}
         self.manager = PreemptionManager(max_decisions=max_decisions)
+        #: The flush marks, on their own lock (``scheduler/marks.py``).
+        self.marks = FlushMarks(lambda: self.manager)
         #: Nodes whose drain was already handled (not evacuated twice).
         self.drains_seen: set[str] = set()
         #: Set when something changed that is worth saving but was not saved yet.
@@ -183,13 +208,6 @@ class StageTable:
             raise UnknownStageError(stage_id)
         return entry
 
-    def by_lease(self, lease_id: str) -> StageEntry | None:
-        """The entry whose stage holds ``lease_id`` (caller holds the lock)."""
-        for entry in self.entries.values():
-            if entry.lease_id and entry.lease_id == lease_id:
-                return entry
-        return None
-
     def generation(self, sid: str) -> int | None:
         """The last committed generation the manager knows for ``sid``."""
         rec = self.manager.get(sid)
@@ -197,13 +215,21 @@ class StageTable:
 
     # ------------------------------------------------------------------ registration
 
-    def register(self, registration: Any, spec: Any, resources: Mapping[str, float]
-                 ) -> tuple[dict[str, Any], bool]:
+    def register(self, registration: Any, spec: Any, resources: Mapping[str, float], *,
+                 dead: str | None = None) -> tuple[dict[str, Any], bool]:
         """Register a stage incarnation or update it (a newer epoch replaces an older one).
 
+        Args:
+            registration: A ``StageRegistration`` or its mapping form.
+            spec: What the stage is recreated from (``None``: keep the known one).
+            resources: Its resource amounts.
+            dead: Why the registering actor is known to be dead (``None``: it is not): such
+                a registration is refused if the stage is not in the table - checked under
+                the same lock hold as the update, so it never shows the stage.
+
         Returns:
-            The stage's status entry and whether anything changed (``False``: ignored as
-            older than the known epoch).
+            The stage's status entry (``{"stage_id", "status": "ignored", "reason"}`` for
+            a refused dead one) and whether anything changed (``False``: ignored).
         """
         sid = str(field_of(registration, "stage_id"))
         handle = field_of(registration, "actor")
@@ -214,6 +240,10 @@ class StageTable:
         generation = field_of(registration, "generation")
         with self.lock:
             entry = self.entries.get(sid)
+            if entry is None and dead is not None:
+                self.manager.record_decision("register", "ignored", victims=[sid],
+                                             notes={sid: dead})
+                return {"stage_id": sid, "status": "ignored", "reason": dead}, False
             if entry is not None and epoch < entry.epoch:
                 self.manager.record_decision(
                     "register", "ignored", victims=[sid],
@@ -229,10 +259,11 @@ class StageTable:
             if spec is not None:
                 entry.spec = spec
             if epoch != entry.epoch:
-                entry.reset_flush()
+                self.marks.reset(sid)
             entry.epoch = epoch
             entry.node_id = node_id or entry.node_id
             entry.lease_id = lease_id or entry.lease_id
+            self.marks.bind(sid, entry.lease_id)
             if entry.status in (StageStatus.LOST, StageStatus.PREEMPTED, StageStatus.STOPPED):
                 entry.status = StageStatus.RUNNING
             self.ensure_in_manager_locked(entry, priority=priority, resources=resources)
@@ -256,6 +287,7 @@ class StageTable:
         with self.lock:
             entry = self.get(stage_id)
             del self.entries[stage_id]
+            self.marks.forget(stage_id)
             if stage_id in self.manager:
                 self.manager.unregister(stage_id)
             return entry
@@ -263,60 +295,14 @@ class StageTable:
     # ------------------------------------------------------------------ flush marks
 
     def flush_started(self, stage_id: str, lease_id: str, seq: int) -> bool:
-        """Set ``CHECKPOINT_IN_PROGRESS`` for the stage (see :class:`StageTable`)."""
-        with self.lock:
-            entry = self.entries.get(stage_id) or self.by_lease(lease_id)
-            if entry is None or entry.stage_id not in self.manager:
-                return False
-            if seq and seq <= entry.flush_done_seq:
-                return False
-            entry.flush_start_seq = max(entry.flush_start_seq, seq)
-            entry.flush_since = time.time()
-            self.manager.set_reason(entry.stage_id, _CIP)
-            return True
+        """Set ``CHECKPOINT_IN_PROGRESS`` for the stage (:meth:`FlushMarks.started`; the
+        table's lock is not taken)."""
+        return self.marks.started(stage_id, lease_id, seq)
 
     def flush_completed(self, stage_id: str, lease_id: str, ok: bool, seq: int) -> bool:
-        """Clear ``CHECKPOINT_IN_PROGRESS`` unless a newer flush of the stage has started."""
-        with self.lock:
-            entry = self.entries.get(stage_id) or self.by_lease(lease_id)
-            if entry is None:
-                return False
-            entry.flush_done_seq = max(entry.flush_done_seq, seq)
-            if seq and seq < entry.flush_start_seq:
-                return False
-            entry.flush_since = None
-            entry.mark_from_reload = False
-            if entry.stage_id not in self.manager:
-                return False
-            cleared = self.manager.clear_reason(entry.stage_id, _CIP)
-            if not ok:
-                self.manager.record_decision("flush", "failed", victims=[entry.stage_id],
-                                             notes={entry.stage_id: "checkpoint flush failed"})
-            entry.info_at = 0.0  # refresh its counters soon (a new generation)
-            return cleared
-
-    def mark_flushing_after_reload(self, entry: StageEntry, done_before: int) -> bool:
-        """Set ``CHECKPOINT_IN_PROGRESS`` for a stage that reported a flush in progress.
-
-        ``done_before`` is the entry's completion sequence number when the stage was asked:
-        a completion that arrived meanwhile means the flush is over, so nothing is set.
-        """
-        with self.lock:
-            if entry.flush_done_seq != done_before or entry.stage_id not in self.manager:
-                return False
-            entry.flush_since = time.time()
-            entry.mark_from_reload = True
-            self.manager.set_reason(entry.stage_id, _CIP)
-            return True
-
-    def clear_flush_mark(self, entry: StageEntry) -> None:
-        """Forget a flush of ``entry`` (its actor died, its lease expired, or - for a mark
-        set after a reload - it says it is no longer flushing)."""
-        with self.lock:
-            entry.flush_since = None
-            entry.mark_from_reload = False
-            if entry.stage_id in self.manager:
-                self.manager.clear_reason(entry.stage_id, _CIP)
+        """Clear ``CHECKPOINT_IN_PROGRESS`` unless a newer flush of the stage has started
+        (:meth:`FlushMarks.completed`; the table's lock is not taken)."""
+        return self.marks.completed(stage_id, lease_id, ok, seq)
 
     # ------------------------------------------------------------------ manager bridge
 
@@ -344,6 +330,7 @@ class StageTable:
         the entry (for status and persistence) and put back by
         :meth:`ensure_in_manager_locked`.
         """
+        self.marks.reset(entry.stage_id)
         if entry.stage_id in self.manager:
             entry.record = self.manager.stage(entry.stage_id).to_dict()
             self.manager.unregister(entry.stage_id)
@@ -392,6 +379,7 @@ class StageTable:
         """One stage's status entry: its manager record plus the Ray-side fields."""
         rec = self.manager.get(entry.stage_id)
         base = rec.to_dict() if rec is not None else dict(entry.record or {})
+        mark = self.marks.view(entry.stage_id)
         base.update({
             "stage_id": entry.stage_id,
             "status": entry.status.value,
@@ -400,7 +388,7 @@ class StageTable:
             "lease_id": entry.lease_id,
             "actor_id": entry.actor_id,
             "has_spec": entry.spec is not None,
-            "flushing_since": entry.flush_since,
+            "flushing_since": None if mark is None else mark.since,
             "checkpoint_s": entry.checkpoint_s,
             "last_error": entry.last_error,
         })
@@ -454,6 +442,7 @@ class StageTable:
                 if entry.status == StageStatus.RUNNING and entry.handle is None:
                     entry.status = StageStatus.LOST
                 self.entries[sid] = entry
+                self.marks.bind(sid, entry.lease_id)
                 if entry.status != StageStatus.RUNNING:
                     self.park_locked(entry)
             self.drains_seen = set(doc.get("drains_seen") or ())

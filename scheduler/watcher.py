@@ -1,9 +1,24 @@
 """The watcher: a thread that notices what Ray does not tell the scheduler.
 
 Every ``poll_interval`` (0.5 s) one pass reads node liveness and draining nodes
-(``ray.nodes``), each running stage's actor state (the GCS actor table), the lease of each
-stage marked as flushing, and each stage's work counters (its ``info()``, which answers even
-during a flush). Then:
+(``ray.nodes``), the answers of the stages' ``info()`` probes (work counters, generation,
+"stopped"; it answers even during a flush), Ray's record of the actors that are suspect, and
+the lease of each stage marked as flushing for a while. The Ray calls of a pass do not grow
+with the number of stages (issue 20: the scheduler's other work must not slow the flush
+acknowledgement down), so:
+
+* the pending probes are collected with one ``ray.wait``; at most ``PROBES_PER_PASS`` are
+  sent per pass, longest-unasked first (each stage at most once a second);
+* Ray's actor record (a GCS read) is read only for *suspects* - a stage whose probe failed
+  or has gone unanswered for ``SUSPECT_AFTER_S`` - and for a rotating sweep of
+  ``SWEEP_PER_PASS`` stages; a live stage's answers stand for its record. An actor killed
+  is noticed when its next probe fails, or by the sweep;
+* a mark's lease is read only once the mark is ``LEASE_CHECK_S`` old, then at most that
+  often (a lease outlives its TTL: a younger mark cannot have outlived its lease);
+* a table changed only by progress (generations) is saved at most every
+  ``SAVE_INTERVAL_S``; everything else saves at once, as before.
+
+Then:
 
 * a dead actor or node clears the stage's ``CHECKPOINT_IN_PROGRESS`` mark (a stage that died
   mid-flush never reports the end of its flush) and, with auto-restore on, restores the
@@ -42,6 +57,7 @@ A pass that fails is logged and the next one runs: the watcher outlives any one 
 
 from __future__ import annotations
 
+import heapq
 import logging
 import threading
 import time
@@ -54,7 +70,6 @@ from blockstore import BlockStore
 from scheduler import ray_adapter
 from scheduler.drains import Drains
 from scheduler.placement import Placement
-from scheduler.reasons import NonPreemptibleReason
 from scheduler.results import StageStatus
 from scheduler.table import StageEntry, StageTable, field_of
 from stages.actors.recipe import ActorRecipe
@@ -63,9 +78,18 @@ __all__ = ["Watcher"]
 
 log = logging.getLogger(__name__)
 
-_CIP = NonPreemptibleReason.CHECKPOINT_IN_PROGRESS
 #: Seconds the reconciliation after a reload waits for the stages' answers.
 RECONCILE_TIMEOUT_S = 5.0
+#: Seconds a stage's ``info()`` probe may go unanswered before its actor record is read.
+SUSPECT_AFTER_S = 2.0
+#: Running stages whose actor record is read every pass anyway (a rotating sweep).
+SWEEP_PER_PASS = 8
+#: Most ``info()`` probes sent in one pass (each stage at most once a second).
+PROBES_PER_PASS = 16
+#: A flush mark's lease is checked once the mark is this old, then at most this often.
+LEASE_CHECK_S = 1.0
+#: Least seconds between two saves of a table changed only by progress (generations).
+SAVE_INTERVAL_S = 1.0
 
 
 class Watcher:
@@ -104,6 +128,10 @@ class Watcher:
         self._thread = threading.Thread(target=self._run, name="scheduler-watcher", daemon=True)
         self._reconcile = False
         self._marks_known = marks_known
+        self._suspect_next: set[str] = set()
+        self._sweep = 0
+        self._lease_checked: dict[str, float] = {}
+        self._saved_at = 0.0
 
     def start(self, *, reloaded: bool) -> None:
         """Start the polling thread; ``reloaded``: reconcile flush marks first."""
@@ -134,27 +162,42 @@ class Watcher:
         draining = {n.node_id: n.draining_deadline for n in nodes
                     if n.alive and n.draining_deadline is not None}
         now = time.time()
+        mono = time.monotonic()
         lost: list[tuple[str, str, bool]] = []
         ended: list[tuple[str, str]] = []
         retry: list[str] = []
         stopped: list[tuple[str, int]] = []
         with table.lock:
             entries = list(table.entries.values())
+        by_id = {e.stage_id: e for e in entries}
+        for sid in table.marks.take_completed():
+            if sid in by_id:
+                by_id[sid].info_at = 0.0  # a new generation: refresh its counters soon
+        running = [e for e in entries if e.status == StageStatus.RUNNING]
+        answers = self._collect_answers(running)
+        suspects = self._suspects(running, answers, mono)
+        due: list[StageEntry] = []
         for entry in entries:
             if entry.status == StageStatus.RUNNING:
+                read = entry.stage_id in suspects
                 if isinstance(entry.spec, ActorRecipe):
-                    why, refusal = self._actor_death_of(entry)
+                    why, refusal = self._actor_death_of(entry) if read else (None, None)
                     if refusal is not None:
                         ended.append((entry.stage_id, refusal))
                         continue
                 else:
-                    why = self._death_of(entry, alive)
+                    why = self._death_of(entry, alive, read_actor=read)
                 if why is not None:
                     lost.append((entry.stage_id, why, entry.node_id not in alive))
                     continue
-                self._check_flush_lease(entry, now)
-                if self._refresh_info(entry, now) and not isinstance(entry.spec, ActorRecipe):
+                answer = answers.get(entry.stage_id)
+                if isinstance(answer, dict) and self._use_info(entry, answer, now) \
+                        and not isinstance(entry.spec, ActorRecipe):
                     stopped.append((entry.stage_id, entry.epoch))
+                    continue
+                if entry.info_ref is None and entry.handle is not None \
+                        and now - entry.info_at >= 1.0:
+                    due.append(entry)
             elif entry.status == StageStatus.LOST:
                 refusal = self._killed_before_it_answered(entry)
                 if refusal is not None:
@@ -162,6 +205,12 @@ class Watcher:
                 elif self._auto_restore() and entry.spec is not None \
                         and now >= entry.retry_at:
                     retry.append(entry.stage_id)
+        # The longest-unasked first, a bounded number per pass: a pass sends as many calls
+        # with 1,000 stages as with 10 (each stage is then asked less often than once a
+        # second, and its death noticed by the sweep or its next probe).
+        for entry in heapq.nsmallest(PROBES_PER_PASS, due, key=lambda e: e.info_at):
+            self._probe(entry, now, mono)
+        self._check_flush_leases(by_id, {sid for sid, _, _ in lost}, now)
         for sid, why, node_dead in lost:
             self._on_lost(sid, why, node_dead)
         for sid, why in ended:
@@ -171,8 +220,54 @@ class Watcher:
         for sid in retry:
             self._start_restore(sid, "retry after a failed restore")
         self._drains.notice(draining, now)
-        if table.dirty:
+        if table.dirty and now - self._saved_at >= SAVE_INTERVAL_S:
+            self._saved_at = now
             table.save()
+
+    def _collect_answers(self, running: list[StageEntry]) -> dict[str, object]:
+        """The ``info()`` answers that arrived since the last pass (one ``ray.wait`` for
+        all): stage id -> the info dict, or the exception its call raised."""
+        pending = {e.info_ref: e for e in running if e.info_ref is not None}
+        if not pending:
+            return {}
+        ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
+        answers: dict[str, object] = {}
+        for ref in ready:
+            entry = pending[ref]
+            entry.info_ref = None
+            try:
+                answers[entry.stage_id] = ray.get(ref)
+            except Exception as exc:  # noqa: BLE001 - a dying actor: its record is read
+                answers[entry.stage_id] = exc
+        return answers
+
+    def _suspects(self, running: list[StageEntry], answers: dict[str, object],
+                  mono: float) -> set[str]:
+        """The running stages whose actor record is read this pass (see the module
+        docstring: the answers to the probes stand for the others)."""
+        out = {sid for sid, a in answers.items() if isinstance(a, BaseException)}
+        out |= self._suspect_next
+        self._suspect_next = set()
+        for e in running:
+            if e.info_ref is not None and mono - e.info_sent > SUSPECT_AFTER_S:
+                out.add(e.stage_id)     # no answer for a while: alive?
+            elif e.handle is None and e.actor_id:
+                out.add(e.stage_id)     # cannot be probed
+        if running:
+            start = self._sweep % len(running)
+            out.update(e.stage_id for e in (running[start:] + running[:start])[:SWEEP_PER_PASS])
+            self._sweep = start + SWEEP_PER_PASS
+        return out
+
+    def _probe(self, entry: StageEntry, now: float, mono: float) -> None:
+        """Ask the stage for its ``info()`` (the caller checked that one is due)."""
+        entry.info_at = now
+        entry.info_sent = mono
+        try:
+            entry.info_ref = entry.handle.info.remote()
+        except Exception:  # noqa: BLE001 - a dead handle: read its record next pass
+            entry.info_ref = None
+            self._suspect_next.add(entry.stage_id)
 
     def reconcile_flush_marks(self, timeout: float) -> list[str]:
         """Ask every running stage whether it is flushing; mark those that are.
@@ -182,7 +277,7 @@ class Watcher:
         """
         table = self._table
         with table.lock:
-            asked = [(e, e.flush_done_seq) for e in table.entries.values()
+            asked = [(e, self._done_seq(e)) for e in table.entries.values()
                      if e.status == StageStatus.RUNNING and e.handle is not None]
         refs: dict[object, tuple[StageEntry, int]] = {}
         for entry, done_before in asked:
@@ -204,14 +299,14 @@ class Watcher:
                 self.park_stopped(entry.stage_id, entry.epoch)
                 continue
             if info.get("flushing") and int(info.get("epoch") or 0) >= entry.epoch \
-                    and table.mark_flushing_after_reload(entry, done_before):
+                    and table.marks.mark_after_reload(entry.stage_id, done_before):
                 marked.append(entry.stage_id)
         # A stage that did not answer in time (a loaded node) may be flushing: marked as if
         # it were, from the reload, so the watcher's next info() answer that says it is
         # not flushing clears the mark (and its death clears it too) - conservative.
         silent = sorted(e.stage_id for r, (e, _) in refs.items() if r not in ready)
         for ref, (entry, done_before) in refs.items():
-            if ref not in ready and table.mark_flushing_after_reload(entry, done_before):
+            if ref not in ready and table.marks.mark_after_reload(entry.stage_id, done_before):
                 marked.append(entry.stage_id)
         table.manager.record_decision(
             "reload", "flush marks reconciled", victims=marked,
@@ -219,10 +314,14 @@ class Watcher:
                    "no answer": ", ".join(silent) or "none"})
         return marked
 
-    def _death_of(self, entry: StageEntry, alive: set[str]) -> str | None:
+    def _done_seq(self, entry: StageEntry) -> int:
+        view = self._table.marks.view(entry.stage_id)
+        return 0 if view is None else view.done_seq
+
+    def _death_of(self, entry: StageEntry, alive: set[str], *, read_actor: bool) -> str | None:
         if entry.node_id and entry.node_id not in alive:
             return f"node {entry.node_id[:12]} is dead"
-        if entry.actor_id:
+        if entry.actor_id and read_actor:
             view = ray_adapter.actor_view(entry.actor_id)
             if view is None:
                 return None  # not yet known to the GCS; look again next pass
@@ -295,11 +394,8 @@ class Watcher:
         and pending info probe are dropped, and it leaves the manager (no candidate)."""
         table = self._table
         entry.status = status
-        entry.reset_flush()
         entry.info_ref = None
-        if sid in table.manager:
-            table.manager.clear_reason(sid, _CIP)
-        table.park_locked(entry)
+        table.park_locked(entry)  # its flush mark too
 
     def park_stopped(self, sid: str, epoch: int) -> bool:
         """Park a running stage whose incarnation of ``epoch`` reported itself stopped.
@@ -337,59 +433,60 @@ class Watcher:
                 log.warning("auto-restore of %s failed: %s", sid, exc)
         self._pool.submit(run)
 
-    def _check_flush_lease(self, entry: StageEntry, now: float) -> None:
-        if entry.flush_since is None or not entry.lease_id:
-            return
-        try:
-            url = field_of(entry.spec, "store_url") or self._default_store_url
-            info = self._store_for(url).lease_info(entry.lease_id)
-        except Exception:  # noqa: BLE001 - store unreachable: keep the mark (conservative)
-            return
-        if not info.is_held(now):
-            self._table.clear_flush_mark(entry)
-            self._table.manager.record_decision(
-                "flush", "mark cleared", victims=[entry.stage_id],
-                notes={entry.stage_id: "its lease expired or was released mid-flush"})
+    def _check_flush_leases(self, by_id: dict[str, StageEntry], skip: set[str],
+                            now: float) -> None:
+        """Clear the marks of running stages whose lease expired or was released.
 
-    def _refresh_info(self, entry: StageEntry, now: float) -> bool:
-        """Collect a pending ``info()`` answer; ask again at most once a second.
+        Only marks older than ``LEASE_CHECK_S`` are checked, each at most that often: a
+        lease outlives its TTL, so a younger mark cannot have outlived its lease, and the
+        cost of a pass stays with the few long flushes, not with every flush.
+        """
+        table = self._table
+        for view in table.marks.flushing():
+            sid = view.stage_id
+            entry = by_id.get(sid)
+            if entry is None or entry.status != StageStatus.RUNNING or sid in skip \
+                    or not view.lease_id or view.since is None \
+                    or now - view.since < LEASE_CHECK_S \
+                    or now - self._lease_checked.get(sid, 0.0) < LEASE_CHECK_S:
+                continue
+            self._lease_checked[sid] = now
+            try:
+                url = field_of(entry.spec, "store_url") or self._default_store_url
+                info = self._store_for(url).lease_info(view.lease_id)
+            except Exception:  # noqa: BLE001 - store unreachable: keep the mark (conservative)
+                continue
+            if not info.is_held(now) and table.marks.clear(sid, since=view.since):
+                table.manager.record_decision(
+                    "flush", "mark cleared", victims=[sid],
+                    notes={sid: "its lease expired or was released mid-flush"})
+        for sid in [s for s in self._lease_checked if s not in by_id]:
+            del self._lease_checked[sid]
+
+    def _use_info(self, entry: StageEntry, info: dict, now: float) -> bool:
+        """Take in an ``info()`` answer: progress, generation, a reload mark to clear.
 
         Returns:
             Whether the answer says the incarnation is stopped (the caller parks it).
         """
         table = self._table
-        ref = entry.info_ref
-        if ref is not None:
-            ready, _ = ray.wait([ref], timeout=0)
-            if not ready:
-                return False
-            entry.info_ref = None
-            try:
-                info = ray.get(ref)
-            except Exception:  # noqa: BLE001 - dying actor; liveness is checked separately
-                return False
-            if int(info.get("epoch") or 0) < entry.epoch:
-                return False
-            if info.get("stopped"):
-                return True
-            if entry.mark_from_reload and not info.get("flushing"):
-                self._table.clear_flush_mark(entry)
-            gen = info.get("generation")
-            with table.lock:
-                if gen is not None:
-                    table.note_generation_locked(entry.stage_id, int(gen),
-                                                 info.get("last_checkpoint_at"))
-                if entry.stage_id in table.manager:
-                    rec = table.manager.stage(entry.stage_id)
-                    records = int(info.get("records_since_checkpoint") or 0)
-                    since = info.get("last_checkpoint_at")
-                    seconds = max(now - since, 0.0) if since else 0.0
-                    table.manager.record_work(entry.stage_id, max(records - rec.work_records, 0),
-                                              max(seconds - rec.work_seconds, 0.0))
-        if entry.handle is not None and now - entry.info_at >= 1.0:
-            entry.info_at = now
-            try:
-                entry.info_ref = entry.handle.info.remote()
-            except Exception:  # noqa: BLE001
-                entry.info_ref = None
+        if int(info.get("epoch") or 0) < entry.epoch:
+            return False
+        if info.get("stopped"):
+            return True
+        view = table.marks.view(entry.stage_id)
+        if view is not None and view.from_reload and not info.get("flushing"):
+            table.marks.clear(entry.stage_id, since=view.since)
+        gen = info.get("generation")
+        with table.lock:
+            if gen is not None:
+                table.note_generation_locked(entry.stage_id, int(gen),
+                                             info.get("last_checkpoint_at"))
+            if entry.stage_id in table.manager:
+                rec = table.manager.stage(entry.stage_id)
+                records = int(info.get("records_since_checkpoint") or 0)
+                since = info.get("last_checkpoint_at")
+                seconds = max(now - since, 0.0) if since else 0.0
+                table.manager.record_work(entry.stage_id, max(records - rec.work_records, 0),
+                                          max(seconds - rec.work_seconds, 0.0))
         return False

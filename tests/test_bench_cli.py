@@ -20,7 +20,7 @@ def test_bench_quick_runs_every_benchmark(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(proc.stdout)
     assert set(report) == {"store", "checkpoint", "incremental", "manager", "peers", "actor",
-                           "async", "pipeline", "langgraph", "objstore"}
+                           "async", "pipeline", "langgraph", "objstore", "scheduler"}
     assert {r["op"] for r in report["async"]} >= {"sync checkpoint", "async stall, no copy"}
     assert [r["mode"] for r in report["pipeline"]] == ["off", "sync", "async"]
     assert all(r["records_per_s"] > 0 and min(r["steps"]) >= 1 for r in report["pipeline"])
