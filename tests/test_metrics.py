@@ -136,10 +136,11 @@ def _exported_names(name: str) -> set[str]:
 
 def test_operations_md_documents_every_metric() -> None:
     text = (ROOT / "docs" / "OPERATIONS.md").read_text()
-    rows = set(re.findall(r"^\| `ray_blockpoint_(\w+)` \|", text, re.M))
+    rows = set(re.findall(r"^\| `ray_blockpoint_(\w+)` \|", text, re.MULTILINE))
     assert rows == set(METRICS), (sorted(set(METRICS) - rows), sorted(rows - set(METRICS)))
     for name, spec in METRICS.items():
-        row = re.search(rf"^\| `ray_blockpoint_{name}` \| (\w+) \| ([^|]*) \|", text, re.M)
+        row = re.search(rf"^\| `ray_blockpoint_{name}` \| (\w+) \| ([^|]*) \|", text,
+                        re.MULTILINE)
         assert row is not None and row.group(1) == spec.kind, name
         assert {t.strip(" `") for t in row.group(2).split(",") if t.strip()} == set(spec.tags)
 
@@ -205,3 +206,41 @@ def test_preemption_reasons_tag_by_their_first_word_not_a_series_per_request(
     assert reasons == {"spot", "job", "other", ""}
     assert sum(seen.of("scheduler_decisions_total", kind="preempt", outcome="ready",
                        reason="spot")) == 50
+
+
+def test_preemption_wait_is_measured_on_a_monotonic_clock(seen: Seen,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wall clock steps back 1000 s (NTP, a resumed VM) while a preemption runs: the wait
+    it reports stays a small non-negative duration (it was -1000 s: measured with
+    ``time.time``). Deadlines stay on the wall clock; only the duration changes clocks."""
+    import threading
+    import time as real_time
+    import types
+
+    from scheduler import stopping
+    from scheduler.registry import RegistryStore
+    from scheduler.table import StageTable
+
+    class SteppingClock:
+        """``time`` for scheduler.stopping: the wall clock steps back after its first read."""
+
+        def __init__(self) -> None:
+            self.reads = 0
+
+        def time(self) -> float:
+            self.reads += 1
+            return real_time.time() - (1000.0 if self.reads > 1 else 0.0)
+
+    clock = SteppingClock()
+    monkeypatch.setattr(stopping, "time", types.SimpleNamespace(
+        time=clock.time, monotonic=real_time.monotonic, sleep=real_time.sleep))
+    marks_known = threading.Event()
+    marks_known.set()
+    with RegistryStore(f"memory://wait-{id(clock)}", "_reg") as reg:
+        table = StageTable(reg, name="s", namespace=None)
+        result = stopping.Stopper(table, marks_known).preempt(
+            {"reason": "spot notice node-1", "deadline": real_time.time() + 60, "count": 1})
+    assert clock.reads > 1  # the step happened inside the preemption
+    waits = seen.of("preemption_wait_seconds", reason="spot")
+    assert len(waits) == 1 and 0 <= waits[0] < 60, waits
+    assert 0 <= result.waited_s < 60
