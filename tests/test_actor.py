@@ -220,3 +220,16 @@ def test_aligned_stage_skips_out_of_band_checkpoints(store_dir: str) -> None:
     b = StageActor(spec)  # restores the barrier state, not the 80-record state
     assert b.get_state() == _expected(40) and b.info()["restored_step"] == 1
     assert [g.step for g in b._css.generations()][:1] == [1]
+
+
+@pytest.mark.parametrize("stage_id", ["agg\u202egnp", "agg\u200b", "a\u2067b\u2069", "a\nb"])
+def test_stage_id_with_an_invisible_or_control_character_refused(store_dir: str,
+                                                                 stage_id: str) -> None:
+    """A stage id names its lease and tags its metrics and logs: refused when the spec is
+    made (naming the code point), not by the store inside a Ray actor later."""
+    from blockstore import LeaseNameError
+
+    point = next(f"U+{ord(c):04X}" for c in stage_id if not c.isprintable())
+    with pytest.raises(LeaseNameError) as err:
+        StageSpec(stage_id, RunningAggregate, store_dir)
+    assert str(err.value).startswith("stage id ") and point in str(err.value)

@@ -183,6 +183,10 @@ class StageSpec:
         # (``blockstore/redact.py``), before a spec holding it is shown or persisted.
         if isinstance(self.store_url, (str, os.PathLike)):  # an open store (tests) is taken as is
             parse_store_url(self.store_url)
+        # The stage id names its lease: refused here, when the spec is made, not in Ray.
+        from blockstore.checks import check_id
+
+        check_id(self.stage_id, "stage id")
 
     def state_options(self) -> dict[str, Any]:
         """Keyword options for ``CheckpointedStageState`` (constructor and ``restore``)."""
