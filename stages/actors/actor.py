@@ -177,6 +177,7 @@ class StageSpec:
     async_checkpoints: bool = False
     incremental: bool = False
     full_every: int = DEFAULT_FULL_EVERY
+    max_state_bytes: int | None = None  # the restore's bound (CheckpointTooLarge; FORMAT.md 2.7)
 
     def __post_init__(self) -> None:
         # A URL carrying a secret is refused here, with the secret masked
@@ -189,11 +190,13 @@ class StageSpec:
         check_id(self.stage_id, "stage id")
 
     def state_options(self) -> dict[str, Any]:
-        """Keyword options for ``CheckpointedStageState`` (constructor and ``restore``)."""
+        """Keyword options for ``CheckpointedStageState`` (constructor and ``restore``) and
+        the restore's ``max_state_bytes`` (``incarnation.restore_or_initial``)."""
         return {"retention": self.retention, "codec": self.codec,
                 "compression": self.compression,
                 "allow_unauthenticated": self.allow_unauthenticated,
-                "incremental": self.incremental, "full_every": self.full_every}
+                "incremental": self.incremental, "full_every": self.full_every,
+                "max_state_bytes": self.max_state_bytes}
 
     def open_store(self) -> BlockStore:
         """Open the spec's store (created with ``block_size`` if it does not exist)."""
