@@ -244,3 +244,45 @@ def test_preemption_wait_is_measured_on_a_monotonic_clock(seen: Seen,
     waits = seen.of("preemption_wait_seconds", reason="spot")
     assert len(waits) == 1 and 0 <= waits[0] < 60, waits
     assert 0 <= result.waited_s < 60
+
+
+def test_the_run_tag_is_bounded_per_process(seen: Seen, monkeypatch: pytest.MonkeyPatch,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    """A driver starting a run per job made a series per run id per figure, for the life of
+    the process. The first N run ids keep their own ``run`` value; later runs share
+    ``other`` (logged once); a run that got its own value keeps it."""
+    import logging
+
+    from stages.pipeline import metering
+
+    # A fresh cap for this test (the process's own, RUN_TAGS, is shared by other tests).
+    monkeypatch.setattr(metering, "RUN_TAGS", metering.RunTags(3), raising=False)
+    with caplog.at_level(logging.WARNING, logger="stages.pipeline.metering"):
+        for i in range(50):
+            metering.note_event(f"job-{i:04x}", "commit", {"records_in": 2, "records_out": 1})
+        metering.note_event("job-0001", "failure", {})
+        metering.note_replayed("job-0031", 5)
+        metering.note_recovery("job-0000", 0.5)
+    runs = {dict(tags)["run"] for (name, tags) in seen.values if name.startswith("pipeline_")}
+    assert runs == {"job-0000", "job-0001", "job-0002", "other"}
+    assert sum(seen.of("pipeline_steps_committed_total", run="other")) == 47
+    assert sum(seen.of("pipeline_records_in_total", run="other")) == 94
+    assert seen.of("pipeline_failures_total", run="job-0001") == [1.0]
+    assert seen.of("pipeline_records_replayed_total", run="other") == [5.0]
+    assert len(seen.of("pipeline_recovery_seconds", run="job-0000")) == 1
+    warned = [r for r in caplog.records if "run='other'" in r.getMessage()]
+    assert len(warned) == 1 and "job-0003" in warned[0].getMessage()
+
+
+def test_the_run_tag_limit_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from stages.pipeline.metering import DEFAULT_MAX_RUNS, MAX_RUNS_ENV, RunTags
+
+    monkeypatch.setenv(MAX_RUNS_ENV, "1")
+    tags = RunTags()
+    assert (tags.tag("a"), tags.tag("b"), tags.tag("a")) == ("a", "other", "a")
+    monkeypatch.setenv(MAX_RUNS_ENV, "0")
+    assert RunTags().tag("a") == "other"
+    monkeypatch.setenv(MAX_RUNS_ENV, "many")
+    assert RunTags().limit == DEFAULT_MAX_RUNS
+    monkeypatch.delenv(MAX_RUNS_ENV)
+    assert RunTags().limit == DEFAULT_MAX_RUNS
