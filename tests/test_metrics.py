@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -16,7 +17,13 @@ from pathlib import Path
 import pytest
 
 from blockstore import open_store
-from blockstore.metrics import METRICS, export_to_prometheus, listen, record
+from blockstore.metrics import (
+    METRICS,
+    export_to_prometheus,
+    flush_listeners,
+    listen,
+    record,
+)
 from stages import CheckpointedStageState
 from stages.errors import CheckpointFailed
 
@@ -25,14 +32,22 @@ DASHBOARD = ROOT / "docs" / "grafana" / "blockpoint.json"
 
 
 class Seen:
-    """What listeners heard: sums of counters, last gauges, histogram observations."""
+    """What listeners heard: sums of counters, last gauges, histogram observations.
+
+    Listeners run on their own threads: reading waits until what was recorded so far has
+    been delivered (``flush_listeners``)."""
 
     def __init__(self) -> None:
-        self.values: dict[tuple[str, tuple[tuple[str, str], ...]], list[float]] = \
+        self._values: dict[tuple[str, tuple[tuple[str, str], ...]], list[float]] = \
             defaultdict(list)
 
     def __call__(self, name: str, value: float, tags: Mapping[str, str]) -> None:
-        self.values[(name, tuple(sorted(tags.items())))].append(value)
+        self._values[(name, tuple(sorted(tags.items())))].append(value)
+
+    @property
+    def values(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], list[float]]:
+        assert flush_listeners(60), "listeners did not take their figures"
+        return self._values
 
     def of(self, name: str, **tags: str) -> list[float]:
         return self.values.get((name, tuple(sorted(tags.items()))), [])
@@ -286,3 +301,114 @@ def test_the_run_tag_limit_comes_from_the_environment(monkeypatch: pytest.Monkey
     assert RunTags().limit == DEFAULT_MAX_RUNS
     monkeypatch.delenv(MAX_RUNS_ENV)
     assert RunTags().limit == DEFAULT_MAX_RUNS
+
+
+class NotingObserver:
+    """A flush observer that notes its calls (in-process, no scheduler)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, bool | None]] = []
+
+    def on_flush_start(self, lease_id: str) -> None:
+        self.calls.append(("start", None))
+
+    def on_flush_complete(self, lease_id: str, ok: bool) -> None:
+        self.calls.append(("complete", ok))
+
+
+def test_a_blocking_listener_never_holds_the_flush_mark(store_dir: str, seen: Seen) -> None:
+    """A listener that blocks (an exporter's network call) ran inline inside the flush
+    mark: the checkpoint, and the scheduler's protection, waited for it. The checkpoint
+    returns and the mark is released while the listener is still blocked; the figures
+    reach it once it unblocks."""
+    from polling import wait_for
+
+    gate = threading.Event()
+    inside = threading.Event()
+
+    def blocking(name: str, value: float, tags: Mapping[str, str]) -> None:
+        inside.set()
+        gate.wait(120)
+
+    obs = NotingObserver()
+    done: list[object] = []
+    try:
+        with open_store(store_dir, block_size=4096) as st, \
+                st.acquire("slow", holder="me", ttl=60) as lease, listen(blocking):
+            css = CheckpointedStageState.with_observer({"n": 1}, lease, lease.lease_id, obs,
+                                                       allow_unauthenticated=True)
+            t = threading.Thread(target=lambda: done.append(css.checkpoint(step=1)),
+                                 daemon=True)
+            t.start()
+            wait_for(lambda: done, timeout=30, what="the checkpoint to return while a "
+                     "listener blocks")
+            assert inside.is_set()  # the listener was called, and is blocked right now
+            assert obs.calls == [("start", None), ("complete", True)]
+            gate.set()
+        assert seen.of("checkpoints_total", stage="slow") == [1.0]
+    finally:
+        gate.set()
+
+
+class ListenerAbort(BaseException):
+    """What a listener might raise that is not an Exception (SystemExit-like)."""
+
+
+def test_a_listener_raising_a_base_exception_never_changes_the_outcome(
+        store_dir: str, seen: Seen, caplog: pytest.LogCaptureFixture) -> None:
+    """A listener's ``BaseException`` escaped ``checkpoint()`` after the commit: the caller
+    took a committed generation for a failed one, and the observer heard ``ok=False``. It is
+    logged and the listener removed; the checkpoint's outcome is its own."""
+    import logging
+
+    calls: list[str] = []
+
+    def aborting(name: str, value: float, tags: Mapping[str, str]) -> None:
+        calls.append(name)
+        raise ListenerAbort("exporter gave up")
+
+    obs = NotingObserver()
+    with caplog.at_level(logging.ERROR, logger="blockstore.metrics"), \
+            open_store(store_dir, block_size=4096) as st, \
+            st.acquire("b", holder="me", ttl=60) as lease:
+        css = CheckpointedStageState.with_observer({"n": 1}, lease, lease.lease_id, obs,
+                                                   allow_unauthenticated=True)
+        with listen(aborting):
+            info = css.checkpoint(step=1)
+            css.state["n"] = 2
+            css.checkpoint(step=2)
+        assert info.generation == 1
+        assert obs.calls == [("start", None), ("complete", True)] * 2
+        assert CheckpointedStageState.restore(lease, allow_unauthenticated=True).state == \
+            {"n": 2}
+    assert len(calls) == 1  # removed after its first failure
+    assert seen.of("checkpoints_total", stage="b") == [1.0, 1.0]
+    failed = [r for r in caplog.records if "metrics listener" in r.getMessage()]
+    assert len(failed) == 1 and failed[0].exc_info and \
+        failed[0].exc_info[0] is ListenerAbort
+
+
+def test_a_listener_far_behind_loses_new_figures_never_blocks_the_caller(
+        seen: Seen, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from blockstore.metrics import LISTENER_QUEUE
+
+    gate = threading.Event()
+    got: list[float] = []
+
+    def stuck(name: str, value: float, tags: Mapping[str, str]) -> None:
+        gate.wait(120)
+        got.append(value)
+
+    try:
+        with caplog.at_level(logging.WARNING, logger="blockstore.metrics"), listen(stuck):
+            for i in range(LISTENER_QUEUE + 50):
+                record("checkpoints_total", 1, stage="q")
+            gate.set()
+    finally:
+        gate.set()
+    assert LISTENER_QUEUE <= len(got) < LISTENER_QUEUE + 50
+    assert sum(seen.of("checkpoints_total", stage="q")) == LISTENER_QUEUE + 50
+    behind = [r for r in caplog.records if "figures behind" in r.getMessage()]
+    assert len(behind) == 1
