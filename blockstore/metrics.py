@@ -30,6 +30,13 @@ listener that raises anything is logged once and removed. Delivery is in recordi
 per listener. :func:`flush_listeners` waits until what was recorded has been delivered
 (tests; a user's exporter before it reads its totals); leaving :func:`listen` does the same,
 bounded by ``drain_timeout``.
+
+Why Ray export is retried, not switched off: one error of Ray's recorder (a worker not yet
+connected, a transient failure of the core worker) switched Ray export off for the whole
+process, silently losing every later figure. Now a failing figure is skipped for a
+back-off (0.5 s doubling to 60 s, per figure), then tried again with a fresh instrument;
+the first failure of a streak is logged with its traceback, later ones only counted, and
+the recovery is logged once with how many figures were lost.
 """
 
 from __future__ import annotations
@@ -126,6 +133,10 @@ Listener = Callable[[str, float, Mapping[str, str]], None]
 
 #: Figures a listener may have pending; past this a slow listener loses the newest ones.
 LISTENER_QUEUE = 10_000
+#: Seconds a Ray export of a figure is skipped after its first failure (doubling per failure
+#: in a row, up to :data:`RAY_RETRY_MAX`).
+RAY_RETRY_MIN = 0.5
+RAY_RETRY_MAX = 60.0
 
 
 class _Delivery:
@@ -222,7 +233,17 @@ _prometheus: list[tuple[Any, dict[str, Any]]] = []  # (registry, name -> instrum
 _ray_instruments: dict[str, Any] = {}
 _ray_session: Any = None
 
-_ray_broken = False
+
+@dataclass(slots=True)
+class _Failing:
+    """A figure whose Ray export failed and has not worked since."""
+
+    failures: int  # tries that failed in a row (the back-off doubles with each)
+    lost: int  # figures not exported: the failed ones and those skipped in the back-off
+    retry_at: float  # time.monotonic() of the next try
+
+
+_ray_failing: dict[str, _Failing] = {}
 
 
 def record(name: str, value: float, **tags: Any) -> None:
@@ -324,7 +345,7 @@ def _to_prometheus(registry: Any, instruments: dict[str, Any], spec: MetricSpec,
 
 
 def _to_ray(spec: MetricSpec, value: float, labels: Mapping[str, str]) -> None:
-    global _ray_session, _ray_broken
+    global _ray_session
     try:
         import ray
     except ImportError:  # pragma: no cover - ray is a required dependency
@@ -338,9 +359,11 @@ def _to_ray(spec: MetricSpec, value: float, labels: Mapping[str, str]) -> None:
         with _lock:
             if session != _ray_session:
                 _ray_instruments.clear()
+                _ray_failing.clear()
                 _ray_session = session
-                _ray_broken = False
-            if _ray_broken:
+            failing = _ray_failing.get(spec.name)
+            if failing is not None and time.monotonic() < failing.retry_at:
+                failing.lost += 1
                 return
             inst = _ray_instruments.get(spec.name)
             if inst is None:
@@ -353,10 +376,33 @@ def _to_ray(spec: MetricSpec, value: float, labels: Mapping[str, str]) -> None:
         else:
             inst.observe(value, tags=dict(labels))
     except Exception:  # noqa: BLE001 - metrics never break a checkpoint
-        log.exception("recording %s through Ray failed; Ray export off in this process",
-                      spec.name)
+        _ray_failed(spec.name)
+        return
+    if failing is not None:
         with _lock:
-            _ray_broken = True
+            _ray_failing.pop(spec.name, None)
+        log.warning("recording %s through Ray works again (%d figure(s) of it lost)",
+                    spec.name, failing.lost)
+
+
+def _ray_failed(name: str) -> None:
+    """A Ray export of ``name`` failed: skip it for a back-off, then retry afresh.
+
+    Logged with its traceback at the first failure of a streak only; the instrument is
+    dropped so the retry makes a new one (a broken one would fail forever).
+    """
+    with _lock:
+        failing = _ray_failing.setdefault(name, _Failing(0, 0, 0.0))
+        failing.failures += 1
+        failing.lost += 1
+        delay = min(RAY_RETRY_MIN * 2 ** (failing.failures - 1), RAY_RETRY_MAX)
+        failing.retry_at = time.monotonic() + delay
+        _ray_instruments.pop(name, None)
+        first = failing.failures == 1
+    if first:
+        log.exception("recording %s through Ray failed; skipped for %.1f s, then retried "
+                      "(later failures of it are not logged until it works again)", name,
+                      delay)
 
 
 def _worker_identity(ray: Any) -> int:
