@@ -19,10 +19,9 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import time
 from typing import Any
 
-from .table import human_bytes, print_rows
+from .table import human_bytes, local_time, print_rows
 
 __all__ = ["register"]
 
@@ -80,14 +79,7 @@ def _cmd_history(args: argparse.Namespace) -> int:
 
 def _when(t: float | None) -> str:
     """A header's wall-clock time as local time; ``?`` for one no clock gives."""
-    if t is None:
-        return "-"
-    try:
-        if not math.isfinite(t) or t < 0:
-            raise ValueError(t)
-        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
-    except (ValueError, OverflowError, OSError):
-        return "?"
+    return "-" if t is None else local_time(t)
 
 
 def _took(d: float | None) -> str:

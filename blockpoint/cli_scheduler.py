@@ -13,9 +13,10 @@ import json
 import socket
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .table import human_bytes, print_rows
+from .table import human_bytes, local_time, print_rows
 
 __all__ = ["register"]
 
@@ -131,6 +132,45 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def decision_rows(entries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The table rows of ``scheduler decisions``: one per entry, whatever it lacks.
+
+    Entries come from the scheduler's log and from its persisted registry, which an older
+    version, a damaged document or a hand edit may have left without a field: a missing
+    ``at`` (or one no clock gives) shows ``?``, a missing ``seq``, ``kind`` or ``outcome``
+    ``?``; one odd entry never hides the others (it raised ``KeyError`` before).
+    """
+    rows = []
+    for d in entries:
+        notes = "; ".join(f"{k}: {v}" for k, v in _pairs(d.get("notes")))
+        plan = d.get("plan")
+        if isinstance(plan, Mapping) and not notes:
+            picked = [c for c in plan.get("candidates") or []
+                      if isinstance(c, Mapping) and c.get("verdict") != "skipped"][:3]
+            notes = "; ".join(f"{c.get('stage_id', '?')}: {c.get('why', '')}" for c in picked)
+        rows.append({
+            "seq": d.get("seq", "?"),
+            "time": local_time(d.get("at"), "%H:%M:%S"),
+            "kind": d.get("kind") or "?",
+            "outcome": d.get("outcome") or "?",
+            "reason": d.get("reason") or "-",
+            "stages": ",".join(map(str, d.get("victims") or [])) or "-",
+            "notes": notes[:120] or "-",
+        })
+    return rows
+
+
+def _pairs(notes: Any) -> list[tuple[Any, Any]]:
+    """A decision's notes as (stage id, text) pairs; a malformed note is shown whole."""
+    out = []
+    for n in notes or []:
+        if isinstance(n, (list, tuple)) and len(n) == 2:
+            out.append((n[0], n[1]))
+        else:
+            out.append(("?", n))
+    return out
+
+
 def _flush(stage: dict[str, Any], now: float) -> str:
     """``"flushing 3s"`` while a flush mark is set, else the last checkpoint's duration."""
     since = stage.get("flushing_since")
@@ -150,22 +190,7 @@ def _cmd_decisions(args: argparse.Namespace) -> int:
     if args.json:
         print_rows(entries, [], as_json=True)
         return 0
-    rows = []
-    for d in entries:
-        notes = "; ".join(f"{k}: {v}" for k, v in d.get("notes") or [])
-        plan = d.get("plan")
-        if plan and not notes:
-            picked = [c for c in plan["candidates"] if c["verdict"] != "skipped"][:3]
-            notes = "; ".join(f"{c['stage_id']}: {c['why']}" for c in picked)
-        rows.append({
-            "seq": d["seq"],
-            "time": time.strftime("%H:%M:%S", time.localtime(d["at"])),
-            "kind": d["kind"],
-            "outcome": d["outcome"],
-            "reason": d.get("reason") or "-",
-            "stages": ",".join(d.get("victims") or []) or "-",
-            "notes": notes[:120] or "-",
-        })
+    rows = decision_rows(entries)
     print_rows(rows, ["seq", "time", "kind", "outcome", "reason", "stages", "notes"],
                empty="no decisions logged")
     return 0

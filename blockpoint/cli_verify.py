@@ -7,9 +7,12 @@ hold no ``PCHK`` header at all (not checkpoint leases, or never checkpointed) ar
 generation shares with others (incremental checkpoints) and names them. Without a key, a
 generation that carries a MAC is verified by its checksums only and says so (``ok, MAC not
 checked (no key)``, and a line on stderr): ``ok`` alone means everything it carries was
-checked. Exit status: 0 all committed generations verify, 1 at least one is corrupt, 2 the
-store or lease cannot be opened or read (a bad URL, a missing or unreachable store: one line
-on stderr, as ``inspect`` and ``gc`` print it).
+checked. ``--max-state-bytes N`` applies a restore's bound (``max_state_bytes``,
+``docs/FORMAT.md`` 2.7 step 3a): a generation declaring more state fails without its payload
+being read, as a restore with that bound would refuse it. Exit status: 0 all committed
+generations verify, 1 at least one is corrupt, 2 the store or lease cannot be opened or read
+(a bad URL, a missing or unreachable store: one line on stderr, as ``inspect`` and ``gc``
+print it).
 """
 
 from __future__ import annotations
@@ -74,7 +77,7 @@ def _verify(args: argparse.Namespace) -> int:
                          .removesuffix(".json"), "slot": "-", "generation": "-", "step": "-",
                          "size": "-", "codec": "-", "ratio": "-", "shared": "-",
                          "status": f"UNREADABLE RECORD {err.path}"})
-        reports_of = _verify_all(store, infos, ring, args.json)
+        reports_of = _verify_all(store, infos, ring, args.json, args.max_state_bytes)
         for info in infos:
             reports = reports_of[info.lease_id]
             if reports is None:
@@ -106,7 +109,8 @@ def _verify(args: argparse.Namespace) -> int:
     return 1 if corrupt else 0
 
 
-def _verify_all(store: Any, infos: list[Any], ring: Any, as_json: bool) -> dict[str, Any]:
+def _verify_all(store: Any, infos: list[Any], ring: Any, as_json: bool,
+                max_state_bytes: int | None) -> dict[str, Any]:
     """Every lease's reports (``None``: not a checkpoint), with a bar of the bytes read."""
     from blockstore.work import watch
     from stages import NoCheckpointError, verify_lease
@@ -125,7 +129,8 @@ def _verify_all(store: Any, infos: list[Any], ring: Any, as_json: bool) -> dict[
         for info in infos:
             progress.note(info.name)
             try:
-                out[info.lease_id] = verify_lease(store.open_reader(info.lease_id), key=ring)
+                out[info.lease_id] = verify_lease(store.open_reader(info.lease_id), key=ring,
+                                                  max_state_bytes=max_state_bytes)
             except NoCheckpointError:
                 out[info.lease_id] = None
             # The lease's headers, free and shared blocks: the bar ends at 100 %.
@@ -152,4 +157,20 @@ def register(subparsers: Any) -> None:
                     help="check MACs with the key in $VAR (default: $BLOCKPOINT_CHECKPOINT_KEY "
                          "if set); the old keys in $BLOCKPOINT_CHECKPOINT_OLD_KEYS are "
                          "accepted too")
+    sp.add_argument("--max-state-bytes", metavar="N", type=_max_state_bytes, default=None,
+                    help="the largest state a generation may declare before it is read "
+                         "(default: unbounded for headers a key authenticates, else "
+                         "max(256 MiB, 100 x the lease's data bytes)); a generation declaring "
+                         "more fails ('not read: ...'), as a restore would refuse it")
     sp.set_defaults(func=_cmd_verify)
+
+
+def _max_state_bytes(text: str) -> int:
+    """``--max-state-bytes``: an int >= 0 (bytes; ``_`` separators allowed)."""
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of bytes: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
-__all__ = ["human_bytes", "print_rows", "printable"]
+__all__ = ["human_bytes", "local_time", "print_rows", "printable"]
 
 
 def human_bytes(n: float) -> str:
@@ -17,6 +18,20 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TiB"
+
+
+def local_time(t: Any, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
+    """A wall-clock time (seconds since the epoch) as local time; ``?`` for anything no clock
+    gives (missing, not a number, NaN, negative, out of range): the values come from headers
+    and logs that an older version, a damaged record or anyone who can write the store made,
+    and one bad value must not fail the whole table."""
+    try:
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) \
+                or t < 0:
+            raise ValueError(t)
+        return time.strftime(fmt, time.localtime(t))
+    except (ValueError, OverflowError, OSError):
+        return "?"
 
 
 def printable(text: str) -> str:

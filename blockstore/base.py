@@ -65,7 +65,7 @@ from .checks import (
     check_num_blocks,
     check_ttl,
     is_int,
-    looks_like_lease_id,
+    new_names_only,
 )
 from .errors import (
     BlockIndexError,
@@ -334,8 +334,8 @@ class BlockStore(ABC):
         """
         self._check_open()
         name = check_name(name, new=False)
-        if looks_like_lease_id(name) and self.find(name) is None:
-            check_name(name)  # raises: a new lease may not be named like an id
+        if new_names_only(name) and self.find(name) is None:
+            check_name(name)  # raises: a new lease may not be named like an id, nor hold Cf
         holder = check_holder(holder)
         ttl = check_ttl(ttl)
         num_blocks = check_num_blocks(num_blocks, f"create lease {name!r}")

@@ -18,13 +18,15 @@ __all__ = [
     "MIN_BLOCK_SIZE",
     "SECTOR_SIZE",
     "check_block_size",
-    "check_new_block_size",
     "check_holder",
+    "check_id",
     "check_name",
+    "check_new_block_size",
     "check_num_blocks",
     "check_ttl",
     "is_int",
     "looks_like_lease_id",
+    "new_names_only",
 ]
 
 MIN_BLOCK_SIZE = 512
@@ -32,6 +34,14 @@ MAX_BLOCK_SIZE = 64 * 1024 * 1024
 #: Unicode categories refused in names: controls (``\n``, ESC, DEL, C1 ...) and the line
 #: and paragraph separators - anything that could forge a line of ``blockpoint inspect``.
 _BAD_CATEGORIES = frozenset({"Cc", "Zl", "Zp"})
+#: Unicode category refused in new names, holders, stage ids and run ids: format characters
+#: (``Cf``) - the bidirectional overrides, embeddings and isolates (U+202A-202E,
+#: U+2066-2069) that reorder the text around them on screen, and the invisible ones (zero
+#: width space U+200B, joiners U+200C/200D, word joiner U+2060, BOM U+FEFF, soft hyphen
+#: U+00AD). Names are shown raw where nothing escapes them (log lines, metric tags, Grafana
+#: legends), so ``agg\u202egnp.`` would read as another stage's name. The joiners are
+#: refused too although some scripts and emoji use them: one rule for the whole category.
+_FORMAT_CATEGORY = "Cf"
 
 
 def is_int(x: object) -> bool:
@@ -98,6 +108,14 @@ def _bad_character(text: str) -> str | None:
     return None
 
 
+def _format_character(text: str) -> str | None:
+    for pos, ch in enumerate(text):
+        if unicodedata.category(ch) == _FORMAT_CATEGORY:
+            return (f"format character U+{ord(ch):04X} ({unicodedata.name(ch, 'unnamed')}) "
+                    f"at position {pos} (invisible, or reorders the text around it)")
+    return None
+
+
 def _not_utf8(text: str) -> str | None:
     """Why ``text`` cannot be encoded as UTF-8 (a lone surrogate), or None."""
     try:
@@ -124,9 +142,10 @@ def check_name(name: object, *, new: bool = True) -> str:
     A name is a non-empty string that can be encoded as UTF-8 (no lone surrogates: records
     and object keys are UTF-8), without NUL, control characters (Unicode category ``Cc``:
     newline, ESC, DEL, C1 controls) or line/paragraph separators. A name for a new lease
-    (``new``) must also not look like a lease id (:func:`looks_like_lease_id`); a lease
-    already stored under such a name (made before this rule) is still found and acquired
-    by its exact name.
+    (``new``) must also hold no format character (category ``Cf``: bidirectional overrides
+    and isolates, zero-width characters; see ``_FORMAT_CATEGORY``) and not look like a lease
+    id (:func:`looks_like_lease_id`); a lease already stored under such a name (made before
+    these rules) is still found and acquired by its exact name (:func:`new_names_only`).
     """
     if not isinstance(name, str) or not name:
         raise LeaseNameError(f"lease name must be a non-empty string, got {name!r}")
@@ -135,11 +154,43 @@ def check_name(name: object, *, new: bool = True) -> str:
         raise LeaseNameError(f"lease name {name!r} contains a {bad}; names are printed and "
                              "recorded, so they may not hold control characters or lone "
                              "surrogates", name=name)
-    if new and looks_like_lease_id(name):
+    if not new:
+        return name
+    invisible = _format_character(name)
+    if invisible is not None:
+        raise LeaseNameError(f"lease name {name!r} contains a {invisible}; names are shown in "
+                             "logs, metrics and dashboards, where it would hide or reorder "
+                             "text", name=name)
+    if looks_like_lease_id(name):
         raise LeaseNameError(f"lease name {name!r} looks like a lease id (32 hex digits): "
                              "lookups by name or id could not tell them apart; add a prefix "
                              "or a character that is not a hex digit", name=name)
     return name
+
+
+def new_names_only(name: str) -> bool:
+    """True if ``name`` passes :func:`check_name` only as an existing lease's name (it looks
+    like a lease id or holds a format character): ``acquire`` then takes over a lease of
+    that exact name but creates none."""
+    return looks_like_lease_id(name) or _format_character(name) is not None
+
+
+def check_id(value: object, what: str) -> str:
+    """``value`` if it can be a stage id or run id (``what`` says which, for the message).
+
+    The rules of a new lease's name except the id rule (a stage id or run id is the name,
+    or part of the name, of a lease; ``docs/FORMAT.md`` 1.4): a non-empty UTF-8 string
+    without NUL, control characters, line/paragraph separators or format characters.
+    Refused with :class:`LeaseNameError` naming the code point and its position, before
+    any lease is taken.
+    """
+    if not isinstance(value, str) or not value:
+        raise LeaseNameError(f"{what} must be a non-empty string, got {value!r}")
+    bad = _not_utf8(value) or _bad_character(value) or _format_character(value)
+    if bad is not None:
+        raise LeaseNameError(f"{what} {value!r} contains a {bad}; it names leases and "
+                             "is shown in logs, metrics and dashboards", name=value)
+    return value
 
 
 def check_holder(holder: object) -> str | None:
@@ -148,7 +199,7 @@ def check_holder(holder: object) -> str | None:
         return None
     if not isinstance(holder, str):
         raise LeaseNameError(f"holder must be a string or None, got {holder!r}")
-    bad = _not_utf8(holder) or _bad_character(holder)
+    bad = _not_utf8(holder) or _bad_character(holder) or _format_character(holder)
     if bad is not None:
         raise LeaseNameError(f"holder {holder!r} contains a {bad}")
     return holder

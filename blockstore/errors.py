@@ -19,7 +19,7 @@ builtin that fits, so callers may catch either::
     │   ├── LeaseHeldError                            held by another holder, not expired
     │   ├── LeaseExpiredError                         the holder's TTL ran out (renew first)
     │   ├── LeaseReleasedError                        handle used after release()
-    │   ├── LeaseNameError        (ValueError)        empty, control char, surrogate, id-like
+    │   ├── LeaseNameError        (ValueError)        empty, control/Cf char, surrogate, id-like
     │   └── StaleLeaseError                           epoch is not the current one (fenced)
     │       └── CommitUnknownError                    fenced, and the last commit may have landed
     ├── DocumentError                                 a slotted document (blockstore.document)
@@ -255,9 +255,11 @@ class LeaseReleasedError(LeaseError):
 
 
 class LeaseNameError(LeaseError, ValueError):
-    """A lease name (or holder) is empty, not a string, holds a NUL or control character or
-    a lone surrogate (not UTF-8), or - for a new lease - looks like a lease id (32 hex digits,
-    which lookups by name or id could not tell apart; ``docs/FORMAT.md`` 1.4).
+    """A lease name (or holder, stage id, run id) is empty, not a string, holds a NUL or
+    control character or a lone surrogate (not UTF-8), or - for a new lease - a format
+    character (bidirectional override, zero width; the message names the code point) or
+    looks like a lease id (32 hex digits, which lookups by name or id could not tell apart;
+    ``docs/FORMAT.md`` 1.4).
 
     Names are printed by ``blockpoint inspect`` and written into records; a control
     character (newline, ESC, any Unicode ``Cc``, line/paragraph separators) could forge output.

@@ -167,10 +167,8 @@ class PreemptionCheckpointObserver:
     def on_flush_complete(self, lease_id: str, ok: bool) -> None:
         """Clear the mark (fire-and-forget: the call is sent, its result is not awaited)."""
         seq = self._current_seq()
-        if self._mark_started is not None:
-            record("flush_mark_seconds", time.monotonic() - self._mark_started,
-                   stage=self.stage_id)
-            self._mark_started = None
+        held = None if self._mark_started is None else time.monotonic() - self._mark_started
+        self._mark_started = None
         try:
             self._scheduler().flush_completed.remote(self.stage_id, lease_id, bool(ok), seq)
         except Exception as exc:  # noqa: BLE001
@@ -178,3 +176,5 @@ class PreemptionCheckpointObserver:
             log.warning("stage %s: could not tell the scheduler the flush ended (ok=%s): "
                         "%s: %s; its mark stays until the scheduler clears it",
                         self.stage_id, ok, type(exc).__name__, exc)
+        if held is not None:  # after the completion is sent: metrics never hold the mark
+            record("flush_mark_seconds", held, stage=self.stage_id)

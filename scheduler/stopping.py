@@ -18,6 +18,11 @@ Why it works as it does:
   and the kill are atomic with the stage's marks).
 * **Concurrently.** All victims are asked at once and collected with ``ray.wait``, so the
   deadline bounds the whole preemption, not each victim.
+* **Deadlines on the wall clock, durations on a monotonic one.** A request's deadline is a
+  wall-clock time (it crosses processes, like the manager's clock), but how long a
+  preemption waited (``waited_s``, ``preemption_wait_seconds``) is measured with
+  :func:`time.monotonic`: a wall-clock step (NTP, a VM resumed) during the wait would make
+  it negative or hours long.
 """
 
 from __future__ import annotations
@@ -144,6 +149,7 @@ class Stopper:
         req = request if isinstance(request, PreemptionRequest) \
             else PreemptionRequest.from_dict(request)
         t0 = time.time()
+        started = time.monotonic()  # the wait's duration: immune to wall-clock steps
         # After a restart, a stage flushing across it is only known once it was asked:
         # until then any stage may be mid-flush, so nothing is stopped.
         manager = table.manager
@@ -153,14 +159,15 @@ class Stopper:
                 notes={"-": "the deadline passed before the flush marks were reconciled "
                             "after a restart: nothing stopped"})
             return PreemptionResult(seq=final.seq, outcome="wait", victims=(),
-                                    outcomes=(), waited_s=time.time() - t0, freed={})
+                                    outcomes=(), waited_s=time.monotonic() - started,
+                                    freed={})
         plan = manager.select_victims(req)
         while plan.outcome is Outcome.WAIT:
             manager.wait_for_flush(plan.wait_for, req.deadline)
             plan = manager.replan(plan)
             if time.time() >= req.deadline and plan.outcome is Outcome.WAIT:
                 break
-        waited = time.time() - t0
+        waited = time.monotonic() - started
         record("preemption_wait_seconds", waited, reason=reason_tag(req.reason))
         act = plan.outcome is Outcome.READY or (best_effort and plan.victims)
         victims = plan.victims if act else ()

@@ -220,3 +220,38 @@ def test_aligned_stage_skips_out_of_band_checkpoints(store_dir: str) -> None:
     b = StageActor(spec)  # restores the barrier state, not the 80-record state
     assert b.get_state() == _expected(40) and b.info()["restored_step"] == 1
     assert [g.step for g in b._css.generations()][:1] == [1]
+
+
+@pytest.mark.parametrize("stage_id", ["agg\u202egnp", "agg\u200b", "a\u2067b\u2069", "a\nb"])
+def test_stage_id_with_an_invisible_or_control_character_refused(store_dir: str,
+                                                                 stage_id: str) -> None:
+    """A stage id names its lease and tags its metrics and logs: refused when the spec is
+    made (naming the code point), not by the store inside a Ray actor later."""
+    from blockstore import LeaseNameError
+
+    point = next(f"U+{ord(c):04X}" for c in stage_id if not c.isprintable())
+    with pytest.raises(LeaseNameError) as err:
+        StageSpec(stage_id, RunningAggregate, store_dir)
+    assert str(err.value).startswith("stage id ") and point in str(err.value)
+
+
+def test_stage_spec_max_state_bytes_bounds_its_restores(store_dir: str) -> None:
+    """``StageSpec(max_state_bytes=N)`` reaches every restore of the stage (start, rollback):
+    a generation declaring more is refused with ``CheckpointTooLarge`` before anything is
+    allocated (the spec had no way to set the bound)."""
+    from stages import CheckpointTooLarge
+
+    a = StageActor(_spec(store_dir))
+    a.process_batch(SRC.read(0, 200)[0])
+    size = a.checkpoint(step=1)["data_length"]
+    a.process_batch(SRC.read(200, 100)[0])
+    a.checkpoint(step=2)
+    with pytest.raises(CheckpointTooLarge) as e:
+        StageActor(_spec(store_dir, max_state_bytes=size - 1), restore_step=1)
+    assert e.value.limit == size - 1 and e.value.data_length == size
+    assert StageActor(_spec(store_dir, max_state_bytes=size), restore_step=1).get_state() == \
+        _expected(200)
+    b = StageActor(_spec(store_dir, max_state_bytes=10 * size))
+    assert b.get_state() == _expected(300) and b.info()["restored_step"] == 2
+    with pytest.raises(ValueError, match="max_state_bytes"):
+        StageActor(_spec(store_dir, max_state_bytes=-1))

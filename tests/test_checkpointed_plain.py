@@ -174,3 +174,23 @@ def test_relaunch_recipe_pieces(store_dir: str) -> None:
         checkpointed(store=store_dir, concurrency_groups={"control": 1})(CounterBase)
     with pytest.raises(CheckpointedConfigError, match="ints >= 1"):
         checkpointed(store=store_dir, concurrency_groups={"io": 0})(CounterBase)
+
+
+def test_max_state_bytes_bounds_the_restore(store_dir: str) -> None:
+    """``@checkpointed(max_state_bytes=N)`` reaches the restore of every incarnation: a
+    generation declaring more is refused with ``CheckpointTooLarge`` at start, nothing
+    allocated (the decorator had no way to set the bound); a bad bound is refused at
+    decoration."""
+    from stages import CheckpointTooLarge
+
+    a = counter(store_dir, key="bounded")(1)
+    a.state["pad"] = "x" * 5000
+    a.add()
+    size = a.checkpoint()["data_length"]
+    with pytest.raises(CheckpointTooLarge) as e:
+        counter(store_dir, key="bounded", max_state_bytes=size - 1)(0)
+    assert e.value.limit == size - 1 and e.value.data_length == size
+    back = counter(store_dir, key="bounded", max_state_bytes=size)(0)
+    assert back.get() == 2 and back.restored_from() == 1
+    with pytest.raises(ValueError, match="max_state_bytes"):
+        counter(store_dir, key="bounded", max_state_bytes=-1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -16,7 +17,13 @@ from pathlib import Path
 import pytest
 
 from blockstore import open_store
-from blockstore.metrics import METRICS, export_to_prometheus, listen, record
+from blockstore.metrics import (
+    METRICS,
+    export_to_prometheus,
+    flush_listeners,
+    listen,
+    record,
+)
 from stages import CheckpointedStageState
 from stages.errors import CheckpointFailed
 
@@ -25,14 +32,22 @@ DASHBOARD = ROOT / "docs" / "grafana" / "blockpoint.json"
 
 
 class Seen:
-    """What listeners heard: sums of counters, last gauges, histogram observations."""
+    """What listeners heard: sums of counters, last gauges, histogram observations.
+
+    Listeners run on their own threads: reading waits until what was recorded so far has
+    been delivered (``flush_listeners``)."""
 
     def __init__(self) -> None:
-        self.values: dict[tuple[str, tuple[tuple[str, str], ...]], list[float]] = \
+        self._values: dict[tuple[str, tuple[tuple[str, str], ...]], list[float]] = \
             defaultdict(list)
 
     def __call__(self, name: str, value: float, tags: Mapping[str, str]) -> None:
-        self.values[(name, tuple(sorted(tags.items())))].append(value)
+        self._values[(name, tuple(sorted(tags.items())))].append(value)
+
+    @property
+    def values(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], list[float]]:
+        assert flush_listeners(60), "listeners did not take their figures"
+        return self._values
 
     def of(self, name: str, **tags: str) -> list[float]:
         return self.values.get((name, tuple(sorted(tags.items()))), [])
@@ -136,10 +151,11 @@ def _exported_names(name: str) -> set[str]:
 
 def test_operations_md_documents_every_metric() -> None:
     text = (ROOT / "docs" / "OPERATIONS.md").read_text()
-    rows = set(re.findall(r"^\| `ray_blockpoint_(\w+)` \|", text, re.M))
+    rows = set(re.findall(r"^\| `ray_blockpoint_(\w+)` \|", text, re.MULTILINE))
     assert rows == set(METRICS), (sorted(set(METRICS) - rows), sorted(rows - set(METRICS)))
     for name, spec in METRICS.items():
-        row = re.search(rf"^\| `ray_blockpoint_{name}` \| (\w+) \| ([^|]*) \|", text, re.M)
+        row = re.search(rf"^\| `ray_blockpoint_{name}` \| (\w+) \| ([^|]*) \|", text,
+                        re.MULTILINE)
         assert row is not None and row.group(1) == spec.kind, name
         assert {t.strip(" `") for t in row.group(2).split(",") if t.strip()} == set(spec.tags)
 
@@ -205,3 +221,194 @@ def test_preemption_reasons_tag_by_their_first_word_not_a_series_per_request(
     assert reasons == {"spot", "job", "other", ""}
     assert sum(seen.of("scheduler_decisions_total", kind="preempt", outcome="ready",
                        reason="spot")) == 50
+
+
+def test_preemption_wait_is_measured_on_a_monotonic_clock(seen: Seen,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wall clock steps back 1000 s (NTP, a resumed VM) while a preemption runs: the wait
+    it reports stays a small non-negative duration (it was -1000 s: measured with
+    ``time.time``). Deadlines stay on the wall clock; only the duration changes clocks."""
+    import threading
+    import time as real_time
+    import types
+
+    from scheduler import stopping
+    from scheduler.registry import RegistryStore
+    from scheduler.table import StageTable
+
+    class SteppingClock:
+        """``time`` for scheduler.stopping: the wall clock steps back after its first read."""
+
+        def __init__(self) -> None:
+            self.reads = 0
+
+        def time(self) -> float:
+            self.reads += 1
+            return real_time.time() - (1000.0 if self.reads > 1 else 0.0)
+
+    clock = SteppingClock()
+    monkeypatch.setattr(stopping, "time", types.SimpleNamespace(
+        time=clock.time, monotonic=real_time.monotonic, sleep=real_time.sleep))
+    marks_known = threading.Event()
+    marks_known.set()
+    with RegistryStore(f"memory://wait-{id(clock)}", "_reg") as reg:
+        table = StageTable(reg, name="s", namespace=None)
+        result = stopping.Stopper(table, marks_known).preempt(
+            {"reason": "spot notice node-1", "deadline": real_time.time() + 60, "count": 1})
+    assert clock.reads > 1  # the step happened inside the preemption
+    waits = seen.of("preemption_wait_seconds", reason="spot")
+    assert len(waits) == 1 and 0 <= waits[0] < 60, waits
+    assert 0 <= result.waited_s < 60
+
+
+def test_the_run_tag_is_bounded_per_process(seen: Seen, monkeypatch: pytest.MonkeyPatch,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    """A driver starting a run per job made a series per run id per figure, for the life of
+    the process. The first N run ids keep their own ``run`` value; later runs share
+    ``other`` (logged once); a run that got its own value keeps it."""
+    import logging
+
+    from stages.pipeline import metering
+
+    # A fresh cap for this test (the process's own, RUN_TAGS, is shared by other tests).
+    monkeypatch.setattr(metering, "RUN_TAGS", metering.RunTags(3), raising=False)
+    with caplog.at_level(logging.WARNING, logger="stages.pipeline.metering"):
+        for i in range(50):
+            metering.note_event(f"job-{i:04x}", "commit", {"records_in": 2, "records_out": 1})
+        metering.note_event("job-0001", "failure", {})
+        metering.note_replayed("job-0031", 5)
+        metering.note_recovery("job-0000", 0.5)
+    runs = {dict(tags)["run"] for (name, tags) in seen.values if name.startswith("pipeline_")}
+    assert runs == {"job-0000", "job-0001", "job-0002", "other"}
+    assert sum(seen.of("pipeline_steps_committed_total", run="other")) == 47
+    assert sum(seen.of("pipeline_records_in_total", run="other")) == 94
+    assert seen.of("pipeline_failures_total", run="job-0001") == [1.0]
+    assert seen.of("pipeline_records_replayed_total", run="other") == [5.0]
+    assert len(seen.of("pipeline_recovery_seconds", run="job-0000")) == 1
+    warned = [r for r in caplog.records if "run='other'" in r.getMessage()]
+    assert len(warned) == 1 and "job-0003" in warned[0].getMessage()
+
+
+def test_the_run_tag_limit_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from stages.pipeline.metering import DEFAULT_MAX_RUNS, MAX_RUNS_ENV, RunTags
+
+    monkeypatch.setenv(MAX_RUNS_ENV, "1")
+    tags = RunTags()
+    assert (tags.tag("a"), tags.tag("b"), tags.tag("a")) == ("a", "other", "a")
+    monkeypatch.setenv(MAX_RUNS_ENV, "0")
+    assert RunTags().tag("a") == "other"
+    monkeypatch.setenv(MAX_RUNS_ENV, "many")
+    assert RunTags().limit == DEFAULT_MAX_RUNS
+    monkeypatch.delenv(MAX_RUNS_ENV)
+    assert RunTags().limit == DEFAULT_MAX_RUNS
+
+
+class NotingObserver:
+    """A flush observer that notes its calls (in-process, no scheduler)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, bool | None]] = []
+
+    def on_flush_start(self, lease_id: str) -> None:
+        self.calls.append(("start", None))
+
+    def on_flush_complete(self, lease_id: str, ok: bool) -> None:
+        self.calls.append(("complete", ok))
+
+
+def test_a_blocking_listener_never_holds_the_flush_mark(store_dir: str, seen: Seen) -> None:
+    """A listener that blocks (an exporter's network call) ran inline inside the flush
+    mark: the checkpoint, and the scheduler's protection, waited for it. The checkpoint
+    returns and the mark is released while the listener is still blocked; the figures
+    reach it once it unblocks."""
+    from polling import wait_for
+
+    gate = threading.Event()
+    inside = threading.Event()
+
+    def blocking(name: str, value: float, tags: Mapping[str, str]) -> None:
+        inside.set()
+        gate.wait(120)
+
+    obs = NotingObserver()
+    done: list[object] = []
+    try:
+        with open_store(store_dir, block_size=4096) as st, \
+                st.acquire("slow", holder="me", ttl=60) as lease, listen(blocking):
+            css = CheckpointedStageState.with_observer({"n": 1}, lease, lease.lease_id, obs,
+                                                       allow_unauthenticated=True)
+            t = threading.Thread(target=lambda: done.append(css.checkpoint(step=1)),
+                                 daemon=True)
+            t.start()
+            wait_for(lambda: done, timeout=30, what="the checkpoint to return while a "
+                     "listener blocks")
+            assert inside.is_set()  # the listener was called, and is blocked right now
+            assert obs.calls == [("start", None), ("complete", True)]
+            gate.set()
+        assert seen.of("checkpoints_total", stage="slow") == [1.0]
+    finally:
+        gate.set()
+
+
+class ListenerAbort(BaseException):
+    """What a listener might raise that is not an Exception (SystemExit-like)."""
+
+
+def test_a_listener_raising_a_base_exception_never_changes_the_outcome(
+        store_dir: str, seen: Seen, caplog: pytest.LogCaptureFixture) -> None:
+    """A listener's ``BaseException`` escaped ``checkpoint()`` after the commit: the caller
+    took a committed generation for a failed one, and the observer heard ``ok=False``. It is
+    logged and the listener removed; the checkpoint's outcome is its own."""
+    import logging
+
+    calls: list[str] = []
+
+    def aborting(name: str, value: float, tags: Mapping[str, str]) -> None:
+        calls.append(name)
+        raise ListenerAbort("exporter gave up")
+
+    obs = NotingObserver()
+    with caplog.at_level(logging.ERROR, logger="blockstore.metrics"), \
+            open_store(store_dir, block_size=4096) as st, \
+            st.acquire("b", holder="me", ttl=60) as lease:
+        css = CheckpointedStageState.with_observer({"n": 1}, lease, lease.lease_id, obs,
+                                                   allow_unauthenticated=True)
+        with listen(aborting):
+            info = css.checkpoint(step=1)
+            css.state["n"] = 2
+            css.checkpoint(step=2)
+        assert info.generation == 1
+        assert obs.calls == [("start", None), ("complete", True)] * 2
+        assert CheckpointedStageState.restore(lease, allow_unauthenticated=True).state == \
+            {"n": 2}
+    assert len(calls) == 1  # removed after its first failure
+    assert seen.of("checkpoints_total", stage="b") == [1.0, 1.0]
+    failed = [r for r in caplog.records if "metrics listener" in r.getMessage()]
+    assert len(failed) == 1 and failed[0].exc_info and \
+        failed[0].exc_info[0] is ListenerAbort
+
+
+def test_a_listener_far_behind_loses_new_figures_never_blocks_the_caller(
+        seen: Seen, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from blockstore.metrics import LISTENER_QUEUE
+
+    gate = threading.Event()
+    got: list[float] = []
+
+    def stuck(name: str, value: float, tags: Mapping[str, str]) -> None:
+        gate.wait(120)
+        got.append(value)
+
+    try:
+        with caplog.at_level(logging.WARNING, logger="blockstore.metrics"), listen(stuck):
+            for i in range(LISTENER_QUEUE + 50):
+                record("checkpoints_total", 1, stage="q")
+            gate.set()
+    finally:
+        gate.set()
+    assert LISTENER_QUEUE <= len(got) < LISTENER_QUEUE + 50
+    assert sum(seen.of("checkpoints_total", stage="q")) == LISTENER_QUEUE + 50
+    behind = [r for r in caplog.records if "figures behind" in r.getMessage()]
+    assert len(behind) == 1

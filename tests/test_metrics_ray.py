@@ -145,3 +145,48 @@ def test_a_known_run_is_scraped_from_rays_exporter(metrics_port: int, tmp_path: 
             res.replayed_records
     finally:
         ray.kill(sched, no_restart=True)
+
+
+def test_one_failure_of_the_ray_export_does_not_switch_it_off(
+        metrics_port: int, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """One error while recording through Ray switched Ray export off for the whole process:
+    every later figure, of every name, was lost. Now the failing figure is skipped for a
+    back-off and retried; the others go on; the failure is logged once, the recovery once.
+
+    The failure is injected in blockpoint's own instrument factory (Ray itself untouched):
+    its first call raises, as Ray's recorder does before a worker is connected."""
+    import logging
+
+    from blockstore import metrics
+
+    real = metrics._ray_instrument
+    calls: list[str] = []
+
+    def failing_once(spec: Any) -> Any:
+        calls.append(spec.name)
+        if len(calls) == 1:
+            raise RuntimeError("core worker not ready")
+        return real(spec)
+
+    monkeypatch.setattr(metrics, "_ray_instrument", failing_once)
+    with metrics._lock:  # a name not recorded yet in this process: built afresh, so it fails
+        metrics._ray_instruments.pop("checkpoint_stored_bytes", None)
+        metrics._ray_instruments.pop("checkpoint_payload_bytes", None)
+    with caplog.at_level(logging.INFO, logger="blockstore.metrics"):
+        metrics.record("checkpoint_stored_bytes", 1.0, stage="retry")  # fails
+        metrics.record("checkpoint_stored_bytes", 2.0, stage="retry")  # in the back-off
+        metrics.record("checkpoint_payload_bytes", 7.0, stage="retry")  # another figure
+
+        def exported() -> dict[str, Any] | None:
+            metrics.record("checkpoint_stored_bytes", 3.0, stage="retry")
+            s = scrape(metrics_port)
+            ok = value(s, "ray_blockpoint_checkpoint_stored_bytes", stage="retry") == 3.0 \
+                and value(s, "ray_blockpoint_checkpoint_payload_bytes", stage="retry") == 7.0
+            return s if ok else None
+
+        wait_for(exported, timeout=90, what="both figures in Ray's export after one failure")
+    failed = [r for r in caplog.records if "through Ray failed" in r.getMessage()]
+    back = [r for r in caplog.records if "works again (" in r.getMessage()]
+    assert len(failed) == 1 and failed[0].exc_info is not None
+    assert len(back) == 1 and "checkpoint_stored_bytes" in back[0].getMessage()

@@ -275,3 +275,20 @@ def test_driver_killed_inside_save_step_is_recovered(store_dir: str, cut: int) -
     assert runs.load_step("r") == rec and rec.step == 2
     with pytest.raises(RunStepExistsError):  # and a saved step stays immutable
         runs.save_step("r", 2, source_position=3)
+
+
+@pytest.mark.parametrize("run_id", ["nightly\u202e1", "\u200brun", "r\u2066x\u2069", "r\x1b[2J"])
+def test_run_id_with_an_invisible_or_control_character_refused(runs: RunStore,
+                                                                run_id: str) -> None:
+    """A run id is shown in logs, metrics (``run`` tag) and dashboards: a bidirectional
+    override or a zero-width character made another run's id there. Refused as a run id,
+    naming the code point, before any lease is taken."""
+    from blockstore import LeaseNameError
+
+    point = next(f"U+{ord(c):04X}" for c in run_id if not c.isprintable())
+    for call in (lambda: runs.create_run(run_id), lambda: _save(runs, run_id, 1, 1.0),
+                 lambda: runs.claim(run_id)):
+        with pytest.raises(LeaseNameError) as err:
+            call()
+        assert str(err.value).startswith("run id ") and point in str(err.value)
+    assert runs.list_runs() == [] and runs.store.list_leases() == []

@@ -200,3 +200,20 @@ def test_verify_reports_an_unreadable_record_and_verifies_the_rest(store_path: P
     assert f"UNREADABLE RECORD {record}" in out and str(record) in err
     assert out.count("alpha") >= 2 and "mac" in out  # the others verified, not hidden
     assert main(["verify", str(store_path), "alpha"]) == 0  # by name: still found
+
+
+def test_verify_max_state_bytes_flag(store_path: Path, capsys) -> None:
+    """``--max-state-bytes N`` applies a restore's bound: a generation declaring more state
+    fails ('not read: ...', exit 1) without its payload being read; a bound it fits is ok.
+    (There was no way to give the bound to ``verify``.)"""
+    assert main(["verify", str(store_path), "alpha", "--max-state-bytes", "1000",
+                 "--json"]) == 1
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 2 and all(r["status"].startswith("not read: ") for r in rows)
+    assert all("max_state_bytes" in r["status"] for r in rows)
+    assert main(["verify", str(store_path), "alpha", "--max-state-bytes", "1_000_000"]) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(["verify", str(store_path), "--max-state-bytes", "-1"])
+    assert e.value.code == 2
+    assert "must be >= 0" in capsys.readouterr().err

@@ -160,6 +160,33 @@ class RefusalConformance(ConformanceBase):
         assert [i.name for i in store.list_leases()] == sorted([legacy, lease.lease_id, "s"])
         self.assert_blocks(store, "s", data)
 
+    @pytest.mark.parametrize("name", ["agg\u202egnp", "\u200bagg", "a\u2066b\u2069",
+                                      "s\u2067x", "s\u2068", "\ufeffs", "a\u200db"])
+    def test_format_character_refused(self, filled: Any, name: str) -> None:
+        """Bidirectional overrides and isolates, zero-width characters (Unicode ``Cf``)
+        passed: ``agg\u202egnp`` shows as another name in a log line or a Grafana legend.
+        Refused for a new lease and a holder, naming the code point."""
+        store, _, data = filled
+        point = next(f"U\\+{ord(c):04X}" for c in name if not c.isprintable())
+        with pytest.raises(LeaseNameError, match=point) as err:
+            store.acquire(name)
+        assert err.value.name == name and "format character" in str(err.value)
+        with pytest.raises(LeaseNameError, match=point):
+            store.acquire("new", holder=name)
+        assert [i.name for i in store.list_leases()] == ["s"]
+        self.assert_blocks(store, "s", data)
+
+    def test_stored_name_with_a_format_character_still_acquired(self, filled: Any) -> None:
+        """A lease stored under such a name before the rule (made here through the
+        unchecked primitive) is still acquired and found by its exact name."""
+        store, _, data = filled
+        legacy = "old\u200bname"
+        store._acquire(legacy, "old", 30.0, 1, False)
+        with store.acquire(legacy, steal=True) as again:
+            assert again.epoch == 2 and again.info().name == legacy
+        assert store.lease_info(legacy).name == legacy
+        self.assert_blocks(store, "s", data)
+
     @pytest.mark.parametrize("ttl", [0, -1, math.nan, math.inf, "30", None, True])
     def test_invalid_ttl_refused(self, filled: Any, ttl: object) -> None:
         store, _, data = filled

@@ -177,19 +177,26 @@ class StageSpec:
     async_checkpoints: bool = False
     incremental: bool = False
     full_every: int = DEFAULT_FULL_EVERY
+    max_state_bytes: int | None = None  # the restore's bound (CheckpointTooLarge; FORMAT.md 2.7)
 
     def __post_init__(self) -> None:
         # A URL carrying a secret is refused here, with the secret masked
         # (``blockstore/redact.py``), before a spec holding it is shown or persisted.
         if isinstance(self.store_url, (str, os.PathLike)):  # an open store (tests) is taken as is
             parse_store_url(self.store_url)
+        # The stage id names its lease: refused here, when the spec is made, not in Ray.
+        from blockstore.checks import check_id
+
+        check_id(self.stage_id, "stage id")
 
     def state_options(self) -> dict[str, Any]:
-        """Keyword options for ``CheckpointedStageState`` (constructor and ``restore``)."""
+        """Keyword options for ``CheckpointedStageState`` (constructor and ``restore``) and
+        the restore's ``max_state_bytes`` (``incarnation.restore_or_initial``)."""
         return {"retention": self.retention, "codec": self.codec,
                 "compression": self.compression,
                 "allow_unauthenticated": self.allow_unauthenticated,
-                "incremental": self.incremental, "full_every": self.full_every}
+                "incremental": self.incremental, "full_every": self.full_every,
+                "max_state_bytes": self.max_state_bytes}
 
     def open_store(self) -> BlockStore:
         """Open the spec's store (created with ``block_size`` if it does not exist)."""

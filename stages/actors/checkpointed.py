@@ -441,7 +441,8 @@ class _Checkpointed:
                  concurrency_groups: Mapping[str, int] | None = None,
                  async_checkpoint: bool = False, incremental: bool = False,
                  full_every: int = DEFAULT_FULL_EVERY,
-                 dedupe_bytes: int = DEFAULT_RESULT_BYTES) -> Callable[[C], C]:
+                 dedupe_bytes: int = DEFAULT_RESULT_BYTES,
+                 max_state_bytes: int | None = None) -> Callable[[C], C]:
         """Make the attributes ``state`` of the decorated actor class durable.
 
         Args:
@@ -480,6 +481,8 @@ class _Checkpointed:
             incremental, full_every: rewrite only the chunks that changed since the last
                 generation this incarnation wrote or restored; every ``full_every``-th
                 checkpoint is full (``stages/checkpoint/incremental.py``).
+            max_state_bytes: the restore's bound on the state a generation may declare
+                (``CheckpointTooLarge``; ``None``: the default, ``docs/FORMAT.md`` 2.7).
 
         Raises:
             CheckpointedConfigError: at decoration, for bad arguments or name clashes.
@@ -514,7 +517,8 @@ class _Checkpointed:
                 block_size=block_size, priority=priority, dedupe_window=dedupe_window,
                 checkpoint_on_exit=checkpoint_on_exit, concurrency_groups=groups,
                 async_checkpoint=async_checkpoint, incremental=bool(incremental),
-                full_every=full_every, dedupe_bytes=dedupe_bytes)
+                full_every=full_every, dedupe_bytes=dedupe_bytes,
+                max_state_bytes=max_state_bytes)
             ns = {**_wrapped_methods(cls), **_generated(cls, config)}
             ns.update(__module__=cls.__module__, __qualname__=cls.__qualname__,
                       __doc__=cls.__doc__, __bp_config__=config)

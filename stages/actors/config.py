@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from ..checkpoint.incremental import DEFAULT_FULL_EVERY
+from ..checkpoint.restore import check_max_state_bytes
 from .records import DEFAULT_RESULT_BYTES
 
 if TYPE_CHECKING:
@@ -51,6 +52,11 @@ class CheckpointedConfig:
     incremental: bool = False
     full_every: int = DEFAULT_FULL_EVERY
     dedupe_bytes: int = DEFAULT_RESULT_BYTES
+    #: The restore's bound on a generation's declared state (``None``: the default bound).
+    max_state_bytes: int | None = None
+
+    def __post_init__(self) -> None:
+        check_max_state_bytes(self.max_state_bytes)  # ValueError at decoration, not at start
 
     def without_key(self) -> CheckpointedConfig:
         """This configuration with ``mac_key=None`` (what a relaunch recipe carries: the
@@ -58,7 +64,9 @@ class CheckpointedConfig:
         return replace(self, mac_key=None)
 
     def state_options(self) -> dict[str, Any]:
-        """Keyword options for ``CheckpointedStageState``."""
+        """Keyword options for the incarnation's state (``CheckpointedStageState``'s, and the
+        restore's ``max_state_bytes``: :func:`~stages.actors.incarnation.restore_or_initial`)."""
         return {"retention": self.retention, "codec": self.codec,
                 "compression": self.compression, "level": self.level, "key": self.mac_key,
-                "incremental": self.incremental, "full_every": self.full_every}
+                "incremental": self.incremental, "full_every": self.full_every,
+                "max_state_bytes": self.max_state_bytes}

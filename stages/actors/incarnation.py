@@ -85,7 +85,8 @@ def open_store_for(url: str | BlockStore, block_size: int | None) -> BlockStore:
 
 def restore_or_initial(lease: Lease, initial: Callable[[], Any], *,
                        observer: CheckpointFlushObserver | None, max_step: int | None = None,
-                       name: str | None = None, **options: Any) -> CheckpointedStageState[Any]:
+                       name: str | None = None, max_state_bytes: int | None = None,
+                       **options: Any) -> CheckpointedStageState[Any]:
     """Bind a state to ``lease``: restored if a checkpoint exists, else ``initial()``.
 
     With ``max_step`` (pipeline rollback to its last committed step), the newest generation
@@ -94,11 +95,16 @@ def restore_or_initial(lease: Lease, initial: Callable[[], Any], *,
     when no step-0 generation exists. ``RollbackUnavailable`` if ``max_step > 0`` and no
     generation is old enough. Never returns state from a generation that does not verify; a
     lease whose candidate generations all fail verification raises ``CheckpointCorrupt``.
-    ``options`` are ``CheckpointedStageState``'s (retention, codec, compression, level, key).
+    ``max_state_bytes`` bounds the state a generation may declare before it is allocated
+    (``CheckpointTooLarge``; ``None``: the default bound of
+    :func:`~stages.checkpoint.restore.default_max_state_bytes` for headers no key
+    authenticates). ``options`` are ``CheckpointedStageState``'s (retention, codec,
+    compression, level, key).
     """
     try:
         return CheckpointedStageState.restore(lease, observer=observer, lease_id=lease.lease_id,
-                                              max_step=max_step, **options)
+                                              max_step=max_step,
+                                              max_state_bytes=max_state_bytes, **options)
     except NoCheckpointError:
         if max_step is not None and max_step > 0:
             who = name or lease.name
@@ -138,7 +144,7 @@ class Incarnation:
         observer: flush observer handed to ``CheckpointedStageState``.
         max_step: restore the newest generation at or before this step (rollback).
         options: ``CheckpointedStageState`` options (retention, codec, compression, level,
-            key).
+            key) and ``max_state_bytes``, the restore's bound (:func:`restore_or_initial`).
     """
 
     def __init__(self, store: str | BlockStore, name: str, initial: Callable[[], Any], *,

@@ -4,12 +4,18 @@ Called by :class:`~stages.checkpoint.state.CheckpointedStageState` after each co
 and restore; the figures are named in ``docs/OPERATIONS.md`` (Metrics). Tagged by the lease's
 name - the stage id for stages and decorated actors - never by the lease id, so a restored
 stage's figures continue the old series.
+
+Each ``note_*`` is called after the fact (a committed generation: after the flush mark is
+released) and never raises: a figure that cannot be recorded is logged, and the checkpoint
+or restore it describes keeps its outcome.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import functools
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from blockstore.metrics import record
 
@@ -17,7 +23,23 @@ from .reports import CheckpointInfo, RestoreReport
 
 __all__ = ["note_checkpoint", "note_failure", "note_restore", "note_stall"]
 
+log = logging.getLogger(__name__)
 
+F = TypeVar("F", bound=Callable[..., None])
+
+
+def _never_raises(fn: F) -> F:
+    @functools.wraps(fn)
+    def noted(*args: Any, **kwargs: Any) -> None:
+        try:
+            fn(*args, **kwargs)
+        except Exception:  # metrics never change a checkpoint's outcome
+            log.exception("metrics: %s failed; the figures of this event are lost",
+                          fn.__name__)
+    return noted  # type: ignore[return-value]
+
+
+@_never_raises
 def note_checkpoint(info: CheckpointInfo, lease: Any, slots: Sequence[Any] | None) -> None:
     """A generation committed: its duration, size, ratio, and the lease's retained state."""
     stage = info.name
@@ -35,17 +57,20 @@ def note_checkpoint(info: CheckpointInfo, lease: Any, slots: Sequence[Any] | Non
     _note_lease(stage, lease)
 
 
+@_never_raises
 def note_failure(stage: str, exc: BaseException) -> None:
     """A checkpoint failed; ``cause`` is the error's type (the innermost one it wraps)."""
     cause = exc.__cause__ if exc.__cause__ is not None else exc
     record("checkpoint_failures_total", 1, stage=stage, cause=type(cause).__name__)
 
 
+@_never_raises
 def note_stall(stage: str, seconds: float) -> None:
     """An asynchronous checkpoint held its caller ``seconds`` (the snapshot)."""
     record("checkpoint_stall_seconds", seconds, stage=stage)
 
 
+@_never_raises
 def note_restore(report: RestoreReport, seconds: float, lease: Any, fell_back: int) -> None:
     """A restore returned ``report``'s generation after ``seconds``, passing over
     ``fell_back`` newer generations that did not verify.

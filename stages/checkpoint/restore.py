@@ -49,8 +49,8 @@ from .reader import SlotScan, read_payload, scan_slots
 from .reports import CheckpointInfo, RestoreReport, restore_failure
 from .writer import blocks_of
 
-__all__ = ["DEFAULT_MAX_RATIO", "MIN_STATE_LIMIT", "Restored", "check_state_size",
-           "default_max_state_bytes", "newest_valid"]
+__all__ = ["DEFAULT_MAX_RATIO", "MIN_STATE_LIMIT", "Restored", "check_max_state_bytes",
+           "check_state_size", "default_max_state_bytes", "newest_valid"]
 
 #: A keyless restore allocates at most this many times the lease's data bytes ...
 DEFAULT_MAX_RATIO = 100
@@ -66,6 +66,16 @@ def default_max_state_bytes(num_blocks: int, slots: int, block_size: int) -> int
     a sparse state may need ``max_state_bytes=`` (``docs/FORMAT.md`` 2.7, step 3a).
     """
     return max(MIN_STATE_LIMIT, DEFAULT_MAX_RATIO * max(num_blocks - slots, 0) * block_size)
+
+
+def check_max_state_bytes(value: object) -> int | None:
+    """``value`` if it can bound a restore (an int >= 0, or None for the default); else
+    ``ValueError``. Checked where the bound is given (``@checkpointed``, ``StageSpec``'s
+    restore, ``blockpoint verify``) as well as where it is used."""
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                              or value < 0):
+        raise ValueError(f"max_state_bytes must be an int >= 0 or None, got {value!r}")
+    return value
 
 
 def check_state_size(reader: LeaseReader, h: Header, max_state_bytes: int | None,
@@ -128,11 +138,7 @@ def newest_valid(reader: LeaseReader, *, log: logging.Logger, key: KeySetting = 
             than the bound.
         ValueError: ``max_state_bytes`` is not an int >= 0 or None.
     """
-    if max_state_bytes is not None and (not isinstance(max_state_bytes, int)
-                                        or isinstance(max_state_bytes, bool)
-                                        or max_state_bytes < 0):
-        raise ValueError(f"max_state_bytes must be an int >= 0 or None, got "
-                         f"{max_state_bytes!r}")
+    check_max_state_bytes(max_state_bytes)
     rkey = resolve_keys(key)
     k, scans = scan_slots(reader)
     where = f"lease {reader.name!r} ({reader.lease_id})"

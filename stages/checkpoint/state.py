@@ -387,12 +387,15 @@ class CheckpointedStageState(Generic[T]):
 
     def _guarded_checkpoint(self, step: int, meta: Mapping[str, Any] | None,
                             payload: Payload | None) -> CheckpointInfo:
-        """The commit inside the flush observer's guard, errors mapped (fail-closed)."""
+        """The commit inside the flush observer's guard, errors mapped (fail-closed).
+
+        The committed generation's figures are recorded after the guard, once the mark is
+        released: what metrics do (``blockstore/metrics.py``) never holds the mark nor
+        changes the outcome of a commit that happened.
+        """
         with flush_guard(self._observer, self._lease_id):
             try:
                 info = self._checkpoint(step, meta, payload)
-                note_checkpoint(info, self.lease, self._slots)
-                return info
             except CheckpointCommitUnknown as exc:
                 # The target slot may hold a committed generation now: forget what this
                 # writer believed and read the slots again before the next write, so that
@@ -416,6 +419,8 @@ class CheckpointedStageState(Generic[T]):
                 raise CheckpointFailed(
                     f"checkpoint of {self._what} failed: {type(exc).__name__}: {exc}",
                     lease_id=self._lease_id, generation=self._max_gen or None) from exc
+        note_checkpoint(info, self.lease, self._slots)
+        return info
 
     def _checkpoint(self, step: int, meta: Mapping[str, Any] | None,
                     payload: Payload | None = None) -> CheckpointInfo:

@@ -25,7 +25,7 @@ from ..errors import (
 from .mac import KeySetting, resolve_keys
 from .format import Header
 from .reader import load_map, read_payload, read_slots, scan_slots
-from .restore import check_state_size
+from .restore import check_max_state_bytes, check_state_size
 
 __all__ = ["GenerationReport", "verify_lease"]
 
@@ -101,6 +101,7 @@ def verify_lease(reader: LeaseReader, *, key: KeySetting = None,
     Raises :class:`NoCheckpointError` if no slot holds the magic ``PCHK`` (an empty lease, or
     a lease that is not a checkpoint lease).
     """
+    check_max_state_bytes(max_state_bytes)
     ring = resolve_keys(key)
     _, scans = scan_slots(reader)
     if not any(s.header is not None or (s.error is not None

@@ -56,6 +56,7 @@ from blockstore import (
     canonical_json,
     default_holder,
 )
+from blockstore.checks import check_id
 from blockstore.errors import LeaseError, LeaseNotFoundError
 
 from ..errors import (
@@ -130,7 +131,9 @@ class RunStore:
     def _check_id(run_id: str) -> str:
         if not isinstance(run_id, str) or not run_id or "/" in run_id or "\x00" in run_id:
             raise ValueError(f"run id must be a non-empty string without '/', got {run_id!r}")
-        return run_id
+        # Control, format (bidi override, zero width) characters, lone surrogates: refused
+        # here, naming the code point, not later as the name of the run's status lease.
+        return check_id(run_id, "run id")
 
     @staticmethod
     def status_name(run_id: str) -> str:

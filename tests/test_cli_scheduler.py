@@ -1,0 +1,35 @@
+"""``blockpoint scheduler decisions`` rows, without a cluster: the table is built from the
+decision log's dicts (``scheduler/decisions.py``, ``Decision.to_dict``), whatever they lack.
+The command against a live scheduler is in ``tests/test_scheduler_local.py``."""
+
+from __future__ import annotations
+
+import io
+import time
+
+from blockpoint.cli_scheduler import decision_rows
+from blockpoint.table import local_time, print_rows
+from scheduler.decisions import DecisionLog
+
+
+def test_a_decision_without_at_is_printed_with_a_placeholder() -> None:
+    """An entry of a persisted registry without ``at`` (older version, damaged or edited
+    document) raised ``KeyError`` and hid the whole log; it is a row with ``?`` now."""
+    log = DecisionLog()
+    good = log.record("preempt", "ready", reason="spot notice node-3", victims=["a", "b"],
+                      notes={"a": "killed: no time"}).to_dict()
+    no_at = dict(good, seq=good["seq"] + 1)
+    del no_at["at"]
+    odd = {"seq": 9, "at": float("nan"), "kind": "drain", "outcome": "done",
+           "plan": {"candidates": [{"verdict": "chosen"}]}, "notes": [["x"]]}
+    bare: dict[str, object] = {}
+    rows = decision_rows([good, no_at, odd, bare])
+    assert [r["time"] for r in rows] == [local_time(good["at"], "%H:%M:%S"), "?", "?", "?"]
+    assert rows[0]["time"] == time.strftime("%H:%M:%S", time.localtime(good["at"]))
+    assert rows[1]["kind"] == "preempt" and rows[1]["stages"] == "a,b"
+    assert rows[1]["notes"] == "a: killed: no time"
+    assert rows[2]["notes"] == "?: ['x']"
+    assert (rows[3]["seq"], rows[3]["kind"], rows[3]["outcome"]) == ("?", "?", "?")
+    out = io.StringIO()
+    print_rows(rows, ["seq", "time", "kind", "outcome", "reason", "stages", "notes"], out=out)
+    assert len(out.getvalue().splitlines()) == 5
