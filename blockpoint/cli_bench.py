@@ -31,6 +31,7 @@ BENCHES: dict[str, str] = {
     "actor": "bench.bench_actor",
     "async": "bench.bench_async",
     "pipeline": "bench.bench_pipeline",
+    "batch": "bench.bench_batch",
     "langgraph": "bench.bench_langgraph",
     "objstore": "bench.bench_objstore",
     "scheduler": "bench.bench_scheduler",

@@ -20,7 +20,13 @@ def test_bench_quick_runs_every_benchmark(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(proc.stdout)
     assert set(report) == {"store", "checkpoint", "incremental", "manager", "peers", "actor",
-                           "async", "pipeline", "langgraph", "objstore", "scheduler"}
+                           "async", "pipeline", "batch", "langgraph", "objstore",
+                           "scheduler"}
+    batch = {r["case"]: r for r in report["batch"]}
+    assert set(batch) == {"demo work: record", "demo work: batch", "demo work: ray_data",
+                          "parquet: pipeline", "parquet: pyarrow"}
+    assert all(batch[c]["records_per_s"] > 0 for c in batch if c.startswith("demo"))
+    assert all(batch[c]["mb_per_s"] > 0 for c in batch if c.startswith("parquet"))
     assert {r["op"] for r in report["async"]} >= {"sync checkpoint", "async stall, no copy"}
     assert [r["mode"] for r in report["pipeline"]] == ["off", "sync", "async"]
     assert all(r["records_per_s"] > 0 and min(r["steps"]) >= 1 for r in report["pipeline"])
