@@ -33,6 +33,7 @@ checkpoint key file, the AWS shared credentials file) are masked wherever they a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Iterable
@@ -166,10 +167,9 @@ def _file_secrets() -> list[str]:
     out: list[str] = []
     path = os.environ.get(KEY_FILE_ENV, "")
     if path:
-        try:
+        # redaction must never fail the message it guards: an unreadable file gives nothing
+        with contextlib.suppress(Exception):
             out.extend(k.decode() for k in read_key_file(path).all)
-        except Exception:  # noqa: BLE001 - redaction must never fail the message it guards
-            pass
     try:
         provider = s3_credential_provider()
         creds = provider.read() if provider is not None else None
