@@ -27,11 +27,13 @@ which *places* of a URL may hold one and mask those places whole:
 (a bucket "name" that was really ``KEY:SECRET``) is scrubbed by :func:`scrub`.
 :func:`redact_text` handles free text (a client's exception): every URL in it is redacted,
 and the values of the credential variables of the environment (AWS, Azure, GCS, the
-checkpoint keys of ``blockstore/keys.py``) are masked wherever they appear.
+checkpoint keys of ``blockstore/keys.py``) and the secrets this process reads from files (the
+checkpoint key file, the AWS shared credentials file) are masked wherever they appear.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Iterable
@@ -100,7 +102,7 @@ def scrub(text: str, spans: Iterable[str]) -> str:
 def redact_text(text: str, extra: Iterable[str] = ()) -> str:
     """Free text (a client's error) made safe: URLs redacted, credential-looking query
     parameters masked, and the values of :data:`SECRET_ENV` and ``extra`` masked."""
-    spans: list[str] = list(extra)
+    spans: list[str] = [*extra, *_file_secrets()]
     for name in SECRET_ENV:
         value = os.environ.get(name, "")
         if value:
@@ -152,6 +154,30 @@ def _redact_query(query: str, masked: list[str]) -> str:
             masked.extend((item, key, value))
             parts.append(MASK)
     return "&".join(parts)
+
+
+def _file_secrets() -> list[str]:
+    """The secrets this process reads from files: the keys of the checkpoint key file
+    (``$BLOCKPOINT_CHECKPOINT_KEY_FILE``) and the secret and token of the AWS shared
+    credentials file's profile (``blockstore/credentials.py``). A file that cannot be read
+    gives nothing (its own error says so where it is used); never raises."""
+    from .credentials import s3_credential_provider
+    from .keys import KEY_FILE_ENV, read_key_file
+
+    out: list[str] = []
+    path = os.environ.get(KEY_FILE_ENV, "")
+    if path:
+        # redaction must never fail the message it guards: an unreadable file gives nothing
+        with contextlib.suppress(Exception):
+            out.extend(k.decode() for k in read_key_file(path).all)
+    try:
+        provider = s3_credential_provider()
+        creds = provider.read() if provider is not None else None
+    except Exception:  # noqa: BLE001 - as above
+        creds = None
+    if creds:
+        out.extend(v for k, v in creds.items() if k != "access_key_id")
+    return out
 
 
 def _spans(spans: Iterable[str]) -> tuple[str, ...]:

@@ -157,8 +157,10 @@ class RegistryKeyRequired(RegistryError):
 
     The registry holds pickled stage specs and actor handles that the scheduler unpickles
     when it starts; on a store other machines or users can write, an unauthenticated
-    registry would run whatever anyone wrote there. Set ``BLOCKPOINT_CHECKPOINT_KEY`` (it
-    reaches the scheduler actor through ``runtime_env``), or opt out with
+    registry would run whatever anyone wrote there. On a cluster, give every node a key
+    file and set ``BLOCKPOINT_CHECKPOINT_KEY_FILE`` to its path in the environment Ray
+    starts with (``cluster.yaml`` does; never a secret in a ``runtime_env``, which Ray shows
+    in its job table - docs/OPERATIONS.md, "Keys on a cluster"), or opt out with
     ``allow_unauthenticated=True``. Nothing was read or written.
     """
 

@@ -26,9 +26,10 @@ one of the keys is skipped; the scheduler unpickles specs and handles only from 
 authenticated (or, without a key, checksummed) document. The setting is read when it is
 used - every load and save resolves it again (``docs/OPERATIONS.md``, "Keys and rotation"),
 so a key set or rotated after the store was constructed is the one the next save writes
-with - and the scheduler actor reads it from its own environment, so a key set through
-Ray's runtime environment (``runtime_env={"env_vars": {...}}``) reaches it as it reaches
-stage actors. On a store
+with - and the scheduler actor reads it from its own environment, so a key file named by
+``BLOCKPOINT_CHECKPOINT_KEY_FILE`` on every node reaches it as it reaches stage actors
+(never the key itself in a ``runtime_env``: Ray shows those in its job table -
+``docs/OPERATIONS.md``, "Keys on a cluster"). On a store
 that declares itself shared (an object store, a ``shared=True`` file store) a registry
 without a key is refused (:class:`~scheduler.errors.RegistryKeyRequired`) unless
 ``allow_unauthenticated=True``: anyone who can write such a store could otherwise plant the
@@ -133,9 +134,11 @@ class RegistryStore:
         keys = resolve_keys(self._key_setting)
         if keys is None and not self._allow_unauthenticated and self._store.capabilities.shared:
             raise RegistryKeyRequired(self.name, (
-                f"the store {self._store.url} is shared and no key is configured: set "
-                "BLOCKPOINT_CHECKPOINT_KEY (it reaches the scheduler actor through "
-                "runtime_env env_vars) or pass allow_unauthenticated=True"))
+                f"the store {self._store.url} is shared and no key is configured: put "
+                "the key in a 0600 file on every node and set "
+                "BLOCKPOINT_CHECKPOINT_KEY_FILE to its path where Ray starts (never the "
+                "key in a runtime_env: Ray shows it in its job table; docs/OPERATIONS.md, "
+                "'Keys on a cluster'), or pass allow_unauthenticated=True"))
         return keys
 
     # ------------------------------------------------------------------ lifecycle

@@ -168,3 +168,30 @@ def test_specs_and_checkpointed_configs_never_hold_a_secret_url(secret: str) -> 
     _assert_clean(str(info.value), secret)
     _assert_clean(pickle.dumps(info.value), secret)
 
+
+
+def test_redact_text_masks_the_secrets_read_from_files(
+        tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The key file's keys (current and old) and the shared credentials file's secret and
+    token are masked like the environment's: on a cluster they are the only copies."""
+    for name in ("BLOCKPOINT_CHECKPOINT_KEY", "BLOCKPOINT_CHECKPOINT_OLD_KEYS",
+                 "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                 "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    key_file = tmp_path / "checkpoint_key"
+    key_file.write_text("current-key/with+slash\nolder-key-0123\n")
+    key_file.chmod(0o600)
+    creds = tmp_path / "credentials"
+    creds.write_text("[default]\naws_access_key_id = AKIAEXAMPLE\n"
+                     "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG\n"
+                     "aws_session_token = FQoGZXIvYXdzEtoken\n")
+    monkeypatch.setenv("BLOCKPOINT_CHECKPOINT_KEY_FILE", str(key_file))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(creds))
+    out = redact_text("mac under current-key/with+slash or older-key-0123 failed; "
+                      "signing with wJalrXUtnFEMI/K7MDENG and FQoGZXIvYXdzEtoken as AKIAEXAMPLE")
+    for secret in ("current-key/with+slash", "older-key-0123", "wJalrXUtnFEMI",
+                   "FQoGZXIvYXdzEtoken"):
+        assert secret not in out
+    assert "AKIAEXAMPLE" in out and out.count("***") == 4
+    key_file.chmod(0o644)  # a key file refused where it is used: redaction still answers
+    assert "older-key-0123" in redact_text("older-key-0123")

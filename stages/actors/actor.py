@@ -142,10 +142,11 @@ class StageSpec:
             store (an object store); passed to ``CheckpointedStageState``. The key itself
             is deliberately not part of the spec (specs are pickled into the scheduler's
             registry and shown by it): it is read from the environment
-            (``$BLOCKPOINT_CHECKPOINT_KEY``, ``blockstore/keys.py``) where the state is
-            opened, in the stage's own worker process - so it reaches every incarnation,
-            the ones the scheduler restores included, through the job's runtime env
-            (``ray job submit --runtime-env-json '{"env_vars": {...}}'``, docs/OPERATIONS.md).
+            (``$BLOCKPOINT_CHECKPOINT_KEY_FILE`` or ``$BLOCKPOINT_CHECKPOINT_KEY``,
+            ``blockstore/keys.py``) where the state is opened, in the stage's own worker
+            process - so a key file on every node reaches every incarnation, the ones the
+            scheduler restores included (never the key in a runtime env, which Ray shows
+            in its job table: docs/OPERATIONS.md, "Keys on a cluster").
         block_size: block size if the store must be created (``None``: the default); an
             existing store keeps its own.
         lease_ttl: TTL of the stage's lease; a keepalive thread renews it every third.

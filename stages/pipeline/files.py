@@ -32,9 +32,10 @@ when ``end_marker`` (default ``_DONE``) exists and every file listed after it wa
 been read; until then an empty read means "nothing yet" (:meth:`FileSource.exhausted`).
 Without ``follow``, the input is the files listed at this source object's first read.
 
-Files are reached through pyarrow's filesystems: a local path, or any URI
+Files are reached through pyarrow's filesystems: a local path, an ``s3://`` URL in the
+store-URL form (``?endpoint_url=...&region=...``, as for ``open_store``), any URI
 ``pyarrow.fs.FileSystem.from_uri`` understands (``s3://``, ``gs://``, ...), or an explicit
-``filesystem``.
+``filesystem`` (:func:`filesystem_for`).
 """
 
 from __future__ import annotations
@@ -48,10 +49,52 @@ from typing import Any
 
 from ..errors import SourceFileChanged
 
-__all__ = ["EMPTY_DIGEST", "FilePosition", "FileSource", "chain_digest"]
+__all__ = ["EMPTY_DIGEST", "FilePosition", "FileSource", "chain_digest", "filesystem_for"]
 
 #: The digest of no files.
 EMPTY_DIGEST = "0" * 16
+
+
+def filesystem_for(uri: str) -> Any:
+    """The ``pyarrow.fs`` filesystem of a source URI.
+
+    An ``s3://`` URL in the project's store-URL form (``s3://BUCKET/PREFIX?endpoint_url=
+    http://HOST:PORT&region=R``, ``blockstore/urls.py``: validated the same way, so
+    credentials in it are refused) becomes an ``S3FileSystem`` at that endpoint; anything
+    else is whatever ``pyarrow.fs.FileSystem.from_uri`` makes of it (``s3://`` with
+    pyarrow's own options such as ``endpoint_override``, ``gs://``, ``hdfs://``, ...).
+    Credentials come from where the AWS SDK looks (the environment, the shared credentials
+    file, the instance profile), never from the URL.
+    """
+    import pyarrow.fs as pafs
+
+    from blockstore.urls import OBJECT_SCHEMES, parse_store_url
+
+    scheme, _, rest = uri.partition("://")
+    scheme = scheme.lower()
+    head, _, query = rest.partition("?")
+    if scheme not in OBJECT_SCHEMES:
+        return pafs.FileSystem.from_uri(uri)[0]
+    keys = {kv.partition("=")[0] for kv in query.split("&") if kv}
+    if keys - OBJECT_SCHEMES[scheme]:  # pyarrow's own options (endpoint_override, ...)
+        parse_store_url(f"{scheme}://{head}")  # still: no credentials in the URL
+        return pafs.FileSystem.from_uri(uri)[0]
+    url = parse_store_url(uri)  # the store-URL form: validated, credentials refused
+    if scheme != "s3":
+        return pafs.FileSystem.from_uri(f"{scheme}://{head}")[0]
+    kw: dict[str, Any] = {}
+    endpoint = url.option("endpoint_url")
+    if endpoint:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(endpoint)
+        kw["endpoint_override"] = parts.netloc
+        kw["scheme"] = parts.scheme
+    region = url.option("region") or os.environ.get("AWS_REGION") or \
+        os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        kw["region"] = region
+    return pafs.S3FileSystem(**kw)
 
 
 def chain_digest(previous: str, name: str) -> str:
@@ -141,10 +184,7 @@ class FileSource:
             first = items[0]
             self._explicit = items
         if filesystem is None:
-            if "://" in first:
-                filesystem, _ = pafs.FileSystem.from_uri(first)
-            else:
-                filesystem = pafs.LocalFileSystem()
+            filesystem = filesystem_for(first) if "://" in first else pafs.LocalFileSystem()
         self.fs = filesystem
         if self._explicit is None:
             self.root = self._fs_path(first)
@@ -159,8 +199,8 @@ class FileSource:
             "_names": None, "_digests": [EMPTY_DIGEST]}
 
     def _fs_path(self, p: str) -> str:
-        if "://" in p:
-            return p.split("://", 1)[1]
+        if "://" in p:  # the filesystem's path: no scheme, no query (options, endpoint)
+            return p.split("://", 1)[1].split("?", 1)[0].rstrip("/")
         return os.path.abspath(p)
 
     # -- the Source protocol ---------------------------------------------------------------

@@ -73,20 +73,12 @@ from .events import PipelineEvent, PipelineResult
 from ..actors.hooks import StageLostHook
 from ..checkpoint.observer import CheckpointFlushObserver
 from ..checkpoint.policy import CheckpointManager, CheckpointPolicy
-from .metering import note_event, note_recovery, note_replayed
-from .recovery import (
-    StageFailure,
-    alive,
-    discard,
-    get_sorted,
-    relaunch_node,
-    reopen_after,
-    roll_back_all,
-    stop_stages,
-)
+from .metering import note_event, note_replayed
+from .recovery import StageFailure, get_sorted, stop_stages
 from .reference import run_reference
+from .rollback import Recovering
 from .run_driver import RunDriver
-from .runs import RunClaim, RunNotFoundError, RunStore, StageCommit
+from .runs import RunClaim, RunStore, StageCommit
 from .sink import Sink
 from .source import Source
 
@@ -114,7 +106,7 @@ class _Batch:
     ref: Any
 
 
-class Pipeline:
+class Pipeline(Recovering):
     """A chain of checkpointed stage actors between a replayable source and a sink.
 
     Args:
@@ -497,110 +489,6 @@ class Pipeline:
 
     def _get(self, ref: Any, sid: str | None) -> Any:
         return get_sorted(ref, sid, timeout=self.call_timeout, actor_ids=self._actor_ids)
-
-    # -- internals: recovery --------------------------------------------------------------------
-    def _recover(self, failure: StageFailure) -> None:
-        t0 = time.monotonic()
-        try:
-            self._recover_inner(failure)
-        finally:
-            self._recovery_s += time.monotonic() - t0
-            note_recovery(self.run_id, time.monotonic() - t0)
-
-    def _recover_inner(self, failure: StageFailure) -> None:
-        # A failure may be the stages' leases taken by a driver that took the run over:
-        # relaunching would steal them back. A fenced driver stops here.
-        self._driver().check()
-        self._recoveries += 1
-        first_line = str(failure.cause).strip().splitlines()[:1]
-        self._emit("failure", self._committed, detail={
-            "error": f"{type(failure.cause).__name__}: {(first_line or [''])[0][:200]}",
-            "suspects": sorted(failure.stages)})
-        if self._recoveries > self.max_recoveries:
-            raise PipelineError(f"giving up after {self.max_recoveries} recoveries; last "
-                                f"failure: {failure}") from failure.cause
-        dropped = [b.ref for b in self._batches]
-        if self._barrier is not None:
-            dropped.extend(self._barrier.refs())
-        lost = set(failure.stages) | {s for s, h in self._handles.items()
-                                      if s not in failure.stages
-                                      and not alive(h, self.ping_timeout)}
-        c = self._committed
-        for sid in sorted(lost):
-            spec = next(s for s in self.specs if s.stage_id == sid)
-            old_node = self._nodes.get(sid)
-            try:
-                ray.kill(self._handles[sid], no_restart=True)  # a zombie must not linger
-            except Exception:  # noqa: BLE001 - already dead
-                pass
-            exclude = [old_node] if old_node else []
-            try:
-                if self.on_stage_lost is not None:
-                    handle = self.on_stage_lost(spec, exclude, c)
-                else:
-                    handle = self._relaunch(spec, exclude, c)
-            except Exception as exc:  # noqa: BLE001 - e.g. no node free yet: retry later
-                time.sleep(1.0)
-                raise StageFailure({sid}, exc) from exc
-            self._handles[sid] = handle
-            self._relaunches += 1
-            self._emit("relaunched", c, sid, detail={"from_node": old_node})
-        self._roll_back(c)
-        discard(dropped)
-
-    def _roll_back(self, step: int, *, first: Mapping[str, Mapping[str, Any]] | None = None,
-                   announce: bool = True) -> None:
-        """Every stage to ``step`` - or, if one cannot restore it, all to the same older
-        committed step (:func:`~stages.pipeline.recovery.roll_back_all`), then :meth:`_fall_back`."""
-        target, infos = roll_back_all(self._handles, step, self._get, first=first)
-        for sid, info in infos.items():
-            self._note_info(sid, info)
-        if target < step:
-            self._fall_back(step, target, infos)
-        if announce or target < step:
-            self._emit("rollback", target, detail={
-                "nodes": dict(self._nodes), "epochs": dict(self._epochs),
-                "source_position": self._committed_position,
-                "restored_steps": {sid: i.get("restored_step") for sid, i in infos.items()},
-                "generations": {sid: i.get("generation") for sid, i in infos.items()},
-                **({"fell_back_from": step} if target < step else {})})
-
-    def _fall_back(self, step: int, target: int, infos: Mapping[str, Mapping[str, Any]]) -> None:
-        """Re-open the committed steps after ``target``: every stage is now at ``target``.
-
-        :func:`~stages.pipeline.recovery.reopen_after` forgets the steps after ``target`` in the run
-        store and the sink; the driver's cursor moves to ``target``'s source position and its
-        counters drop those steps, which the replay commits again. Raises ``PipelineError``
-        if ``target``'s own record is gone (pruned): nothing to replay from.
-        """
-        try:
-            position = reopen_after(self._driver(), self.sink, target,
-                                    self.source.initial_position())
-        except RunNotFoundError as exc:
-            raise PipelineError(f"stages fell back to step {target}, whose run record is "
-                                f"gone; cannot replay") from exc
-        reasons = {sid: i.get("restored_skipped") for sid, i in infos.items()
-                   if i.get("restored_skipped")}
-        log.warning("run %s: step %d cannot be restored on every stage (%s); fell back to "
-                    "step %d", self.run_id, step, reasons, target)
-        for s in [s for s in self._step_counts if s > target]:
-            n_in, n_out = self._step_counts.pop(s)
-            self._records_in -= n_in
-            self._records_out -= n_out
-            self._replayed += n_in
-            note_replayed(self.run_id, n_in)
-            self._steps_this_run -= 1
-        self._committed = target
-        self._committed_position = position
-        self._fallbacks.append((step, target))
-        self._emit("fallback", target, detail={
-            "requested_step": step, "restored_step": target, "source_position": position,
-            "skipped": reasons})
-
-    def _relaunch(self, spec: StageSpec, exclude: Sequence[str], step: int) -> Any:
-        node = relaunch_node(spec, exclude, self._nodes, {s.stage_id: s for s in self.specs})
-        return launch_stage(spec, node_id=node, soft=True, spill=True,
-                            observer=self._observer(spec), restore_step=step)
 
     def _driver(self) -> RunDriver:
         assert self._hold is not None, "only while run() runs"  # set for the whole of it
