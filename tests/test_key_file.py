@@ -4,7 +4,10 @@ two ways a secret reaches a Ray worker without passing through Ray."""
 
 from __future__ import annotations
 
+import os
 import pickle
+import pwd
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,7 @@ from blockstore import (
     OLD_KEYS_ENV,
     KeyFileError,
     KeySettingError,
+    StoreConfigError,
 )
 from blockstore.credentials import SharedCredentialsFile, s3_credential_provider
 from blockstore.keys import resolve_keys
@@ -98,9 +102,19 @@ def test_shared_credentials_file_read_for_s3(tmp_path: Path) -> None:
     # The environment's own keys (and web identity) come first: obstore reads those itself.
     assert s3_credential_provider({**env, "AWS_ACCESS_KEY_ID": "x"}) is None
     assert s3_credential_provider({**env, "AWS_WEB_IDENTITY_TOKEN_FILE": "/t"}) is None
-    # No file, or no static keys in the profile: obstore's chain (the instance profile).
+    # No file, or no static keys in the default profile: obstore's chain (the instance
+    # profile).
     assert s3_credential_provider({"AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no")}) is None
-    assert s3_credential_provider({**env, "AWS_PROFILE": "absent"}) is None
+    # A profile the operator named and the file lacks (a typo, a role or SSO profile): an
+    # error naming it, never the instance's own identity instead (as the AWS CLI refuses).
+    creds.write_text(creds.read_text() + "[writer]\nrole_arn = arn:aws:iam::1:role/w\n")
+    for absent in ("absent", "writer"):
+        with pytest.raises(StoreConfigError, match=repr(absent)) as err:
+            s3_credential_provider({**env, "AWS_PROFILE": absent})
+        assert "SEKRIT" not in str(err.value)
+    with pytest.raises(StoreConfigError):  # named, and no file at all
+        s3_credential_provider({"AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no"),
+                                "AWS_PROFILE": "other"})
 
 
 
@@ -127,3 +141,47 @@ def test_s3_store_opened_with_only_a_shared_credentials_file(s3_server: Any,
     proc = subprocess.run([sys.executable, "-c", code, url], capture_output=True, text=True,
                           timeout=120, env=env, check=False)
     assert proc.returncode == 0 and "leases 0" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_a_fifo_at_the_key_file_path_is_refused_not_waited_on(tmp_path: Path) -> None:
+    """A FIFO (or a path swapped to one) must not hang every checkpoint: the open does not
+    block, the check that it is a regular file refuses it."""
+    fifo = str(tmp_path / "key")
+    os.mkfifo(fifo, 0o600)
+    got: list[object] = []
+
+    def read() -> None:
+        try:
+            got.append(resolve_keys(environ={KEY_FILE_ENV: fifo}))
+        except BaseException as exc:  # noqa: BLE001 - recorded for the assertion
+            got.append(exc)
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    t.join(timeout=60)  # a bound on the defect (a read blocked forever), not a wait for time
+    if t.is_alive():  # unblock the reader so the test process can end
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        t.join()
+        pytest.fail("the key file read blocked on a FIFO")
+    assert isinstance(got[0], KeyFileError) and "not a regular file" in str(got[0])
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a file to another user")
+def test_a_key_file_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    """Whoever owns a key file chooses the key: a 0600 file of another user (read by root,
+    as Ray often runs) is refused, naming both uids."""
+    path = _key_file(tmp_path, "attacker-chosen-key\n")
+    os.chown(path, pwd.getpwnam("nobody").pw_uid, -1)
+    with pytest.raises(KeyFileError, match="owned by uid") as err:
+        resolve_keys(environ={KEY_FILE_ENV: path})
+    assert "attacker" not in str(err.value)
+
+
+def test_a_relative_key_file_path_is_refused(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A relative path resolves in whatever directory a worker runs in (under Ray, the
+    job's unpacked working_dir): refused, even when a file is there."""
+    _key_file(tmp_path, "k-relative\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(KeyFileError, match="relative path"):
+        resolve_keys(environ={KEY_FILE_ENV: "key"})
