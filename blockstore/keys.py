@@ -127,10 +127,13 @@ def read_key_file(path: str) -> KeyRing:
             names the path, never the content.
     """
     if not os.path.isabs(path):
-        raise KeyFileError(f"${KEY_FILE_ENV} is {path!r}, a relative path: give the absolute "
-                           "path of the key file on the node (a relative one resolves in "
-                           "whatever directory a worker runs in - under Ray, the job's "
-                           "working_dir, which Ray ships through its GCS)", path=path)
+        # not shown: a value that is no absolute path may be the key itself, pasted there
+        shown = f"<{len(path)} characters, not shown>"
+        raise KeyFileError(f"${KEY_FILE_ENV} is not an absolute path ({shown}): give the "
+                           "absolute path of the key file on the node (a relative one "
+                           "resolves in whatever directory a worker runs in - under Ray, the "
+                           "job's working_dir, which Ray ships through its GCS); if you put "
+                           f"the key itself there, move it into a 0600 file", path=shown)
     shipped = _shipped_by_ray(path)
     if shipped:
         raise KeyFileError(f"${KEY_FILE_ENV}: {path!r} lies in {shipped!r}, a package Ray "
@@ -145,9 +148,12 @@ def read_key_file(path: str) -> KeyRing:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0)
                      | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
-        raise KeyFileError(f"${KEY_FILE_ENV} names {path!r}, which does not exist on this "
+        # A path whose directory does not exist either may be a key pasted there: not shown.
+        shown = repr(path) if os.path.isdir(os.path.dirname(path)) else (
+            f"<{len(path)} characters whose directory does not exist, not shown>")
+        raise KeyFileError(f"${KEY_FILE_ENV} names {shown}, which does not exist on this "
                            "node: put the key file at that path on every node (e.g. "
-                           "cluster.yaml's file_mounts), mode 0600", path=path) from None
+                           "cluster.yaml's file_mounts), mode 0600", path=shown) from None
     except OSError as exc:
         raise KeyFileError(f"${KEY_FILE_ENV}: cannot open {path!r}: {exc.strerror}",
                            path=path) from None

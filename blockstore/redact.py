@@ -173,6 +173,8 @@ def _file_secrets() -> list[str]:
     out: list[str] = []
     path = os.environ.get(KEY_FILE_ENV, "")
     if path:
+        if not os.path.isfile(path):
+            out.append(path)  # not a file: perhaps the key itself, pasted in the variable
         # redaction must never fail the message it guards: an unreadable file gives nothing
         with contextlib.suppress(Exception):
             out.extend(k.decode() for k in read_key_file(path).all)

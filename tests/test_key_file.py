@@ -183,5 +183,50 @@ def test_a_relative_key_file_path_is_refused(tmp_path: Path,
     job's unpacked working_dir): refused, even when a file is there."""
     _key_file(tmp_path, "k-relative\n")
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(KeyFileError, match="relative path"):
+    with pytest.raises(KeyFileError, match="not an absolute path"):
         resolve_keys(environ={KEY_FILE_ENV: "key"})
+
+
+@pytest.mark.parametrize("value", [
+    "9c1f4e2ab07d44f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f70819",  # relative
+    "/9c1f4e2ab07d44f1a2b3c4d5e6f7/08192a3b4c5d6e7f8091a2b3c4d5e6f70819",  # no such directory
+])
+def test_a_key_given_as_the_key_files_path_is_not_repeated(
+        value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The key itself put in ``$BLOCKPOINT_CHECKPOINT_KEY_FILE`` (a slip) is refused without
+    being echoed as the missing path, and redact_text masks it (review 19, R16)."""
+    from blockstore.redact import redact_text
+
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    monkeypatch.setenv(KEY_FILE_ENV, value)
+    with pytest.raises(KeyFileError) as err:
+        resolve_keys()
+    assert value not in str(err.value) and value not in err.value.path
+    assert "9c1f4e2a" not in str(err.value)
+    assert value not in redact_text(f"mac under {value} failed")
+
+
+def test_the_keyless_refusal_and_warning_name_the_key_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a user reads when no key is set names the cluster way (the key file), not only
+    the variable, which on a cluster people set through a runtime env (review 19)."""
+    import warnings
+
+    from blockstore import FileStore
+    from stages import CheckpointedStageState, CheckpointKeyRequired
+    from stages.checkpoint import mac as mac_module
+
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    monkeypatch.delenv(KEY_FILE_ENV, raising=False)
+    with FileStore(tmp_path / "shared", 4096, shared=True) as st:
+        css = CheckpointedStageState({"v": 1}, st.acquire("stage"))
+        with pytest.raises(CheckpointKeyRequired, match=KEY_FILE_ENV):
+            css.checkpoint()
+    mac_module._warned_unauthenticated.clear()
+    try:
+        with warnings.catch_warnings(record=True) as got:
+            warnings.simplefilter("always")
+            mac_module.warn_unauthenticated("lease 'x'")
+    finally:
+        mac_module._warned_unauthenticated.clear()
+    assert any(KEY_FILE_ENV in str(w.message) for w in got), [str(w.message) for w in got]

@@ -60,6 +60,6 @@ def test_a_key_file_shipped_in_the_working_dir_is_refused(ray_local: None,
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
     assert len(lines) == 2, (out.stdout + out.stderr)[-3000:]
     relative, absolute = lines
-    assert relative.startswith("RESULT refused") and "relative path" in relative, relative
+    assert relative.startswith("RESULT refused") and "not an absolute path" in relative, relative
     assert absolute.startswith("RESULT refused") and "Ray unpacked" in absolute, absolute
     assert KEY not in out.stdout + out.stderr
