@@ -42,7 +42,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     from blockstore import open_store
-    from blockstore.keys import KEY_ENV, KeyRing, resolve_keys
+    from blockstore.keys import KEY_ENV, KEY_FILE_ENV, KeyRing, resolve_keys
 
     try:
         ring = resolve_keys()  # $BLOCKPOINT_CHECKPOINT_KEY and the rotated-out old keys
@@ -104,8 +104,9 @@ def _verify(args: argparse.Namespace) -> int:
         print_rows(rows, COLUMNS, as_json=args.json, empty=f"no leases in {store.url}")
     if unchecked:
         print(f"blockpoint verify: {unchecked} generation(s) carry a MAC that was NOT "
-              f"checked - no key is set; their checksums verify. Set ${KEY_ENV} (or pass "
-              "--key-env VAR) to check who wrote them", file=sys.stderr)
+              f"checked - no key is set; their checksums verify. Set ${KEY_FILE_ENV} (a "
+              f"0600 key file) or ${KEY_ENV}, or pass --key-env VAR, to check who wrote "
+              "them", file=sys.stderr)
     return 1 if corrupt else 0
 
 

@@ -11,9 +11,11 @@ store is shared.
 * ``memory://`` is refused: a memory store lives in one process; the stages run in others.
 * **Keys.** On a shared store (one that declares ``capabilities.shared``: an object store)
   pickle checkpoints need a key, and the demo never opts out (``allow_unauthenticated``
-  stays False). The key is ``$BLOCKPOINT_CHECKPOINT_KEY`` (``blockstore/keys.py``), read
-  where each state is opened - in the stage's worker process - so it must reach every
-  worker: through the job's ``runtime_env={"env_vars": ...}`` under ``ray job submit``.
+  stays False). The key is the key file named by ``$BLOCKPOINT_CHECKPOINT_KEY_FILE`` (or
+  ``$BLOCKPOINT_CHECKPOINT_KEY`` on one machine; ``blockstore/keys.py``), read where each
+  state is opened - in the stage's worker process - so it must reach every worker: the key
+  file on every node (``cluster.yaml`` mounts it), only its path in a runtime env; never
+  the key itself in one (Ray shows runtime envs in its job table).
   Before the run the demo checks that the driver has a key and that the same key reaches
   a worker on every node (a zero-CPU task per node compares a fingerprint), so a missing or
   different key is one clear error at the start instead of ``CheckpointKeyRequired`` or a

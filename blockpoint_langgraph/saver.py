@@ -215,7 +215,8 @@ class BlockpointSaver(BaseCheckpointSaver[int]):
             if keys is None and found.mac:
                 raise ThreadAuthError(
                     f"thread {thread_id!r} was written with a key and this saver has none: "
-                    "set BLOCKPOINT_CHECKPOINT_KEY (or pass key=)", thread_id=thread_id,
+                    "set BLOCKPOINT_CHECKPOINT_KEY_FILE (or BLOCKPOINT_CHECKPOINT_KEY, or "
+                    "pass key=)", thread_id=thread_id,
                     reasons=("a MAC, but no key is configured",))
             return found.document
         reasons = tuple(f"slot {s.slot}: {s.reason}" for s in found.skipped)

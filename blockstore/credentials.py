@@ -104,12 +104,27 @@ def s3_credential_provider(environ: Mapping[str, str] | None = None
 
     ``None`` when the environment already names credentials obstore finds first (static
     keys, web identity, a container role), or when the shared credentials file has no static
-    keys for the profile (obstore then tries the instance profile).
+    keys for the ``default`` profile (obstore then tries the instance profile).
+
+    Raises:
+        StoreConfigError: ``$AWS_PROFILE`` names a profile the file has no static keys for
+            (as the AWS CLI refuses an unknown profile): the store is never opened with
+            another identity than the one chosen.
     """
     env = os.environ if environ is None else environ
     if any(env.get(k) for k in _CHAIN_FIRST):
         return None
     path = env.get("AWS_SHARED_CREDENTIALS_FILE") or os.path.join(
         os.path.expanduser("~"), ".aws", "credentials")
-    provider = SharedCredentialsFile(path, env.get("AWS_PROFILE") or "default")
-    return provider if provider.read() is not None else None
+    chosen = env.get("AWS_PROFILE") or ""
+    provider = SharedCredentialsFile(path, chosen or "default")
+    if provider.read() is not None:
+        return provider
+    if chosen:  # an identity the operator named: never fall back to the instance's own
+        raise StoreConfigError(
+            f"$AWS_PROFILE is {chosen!r}, but the shared credentials file {path!r} has no "
+            f"static keys (aws_access_key_id/aws_secret_access_key) for that profile (missing, "
+            f"a typo, or a role/SSO profile, which is not followed): export its credentials "
+            f"(aws configure export-credentials --profile {chosen}) or unset AWS_PROFILE to "
+            f"use the node's instance profile")
+    return None

@@ -104,23 +104,56 @@ class KeyRing:
 KeySetting = KeyRing | bytes | bytearray | str | Sequence[bytes | str] | None
 
 
+def _shipped_by_ray(path: str) -> str | None:
+    """The directory of a Ray runtime-env package (``.../runtime_resources/.../_ray_pkg_*``)
+    that ``path`` lies in, if any: such files were uploaded to Ray's GCS by a driver."""
+    parts = os.path.realpath(path).split(os.sep)
+    for i, part in enumerate(parts):
+        if part.startswith("_ray_pkg_") and "runtime_resources" in parts[:i]:
+            return os.sep.join(parts[:i + 1])
+    return None
+
+
 def read_key_file(path: str) -> KeyRing:
     """The key ring in the key file at ``path``: first non-empty line current, the rest old.
 
     Lines are stripped of surrounding whitespace (a trailing newline is not part of a key).
 
     Raises:
-        KeyFileError: the file is missing or unreadable, is not a regular file, grants its
+        KeyFileError: the path is relative or lies in a package Ray shipped (a runtime
+            env's working_dir); the file is missing or unreadable, is not a regular file
+            (a FIFO is refused, never waited on), is owned by another user, grants its
             group or others any access, is empty, too large, or not UTF-8 text. The message
             names the path, never the content.
     """
+    if not os.path.isabs(path):
+        # not shown: a value that is no absolute path may be the key itself, pasted there
+        shown = f"<{len(path)} characters, not shown>"
+        raise KeyFileError(f"${KEY_FILE_ENV} is not an absolute path ({shown}): give the "
+                           "absolute path of the key file on the node (a relative one "
+                           "resolves in whatever directory a worker runs in - under Ray, the "
+                           "job's working_dir, which Ray ships through its GCS); if you put "
+                           f"the key itself there, move it into a 0600 file", path=shown)
+    shipped = _shipped_by_ray(path)
+    if shipped:
+        raise KeyFileError(f"${KEY_FILE_ENV}: {path!r} lies in {shipped!r}, a package Ray "
+                           "unpacked from its GCS (a runtime env's working_dir or py_modules): "
+                           "the key went through Ray, readable by every client of the "
+                           "cluster. Keep the key file outside the project directory (e.g. "
+                           "~/.blockpoint/checkpoint_key, cluster.yaml's file_mounts) and "
+                           "rotate the key", path=path)
     try:
         # O_NOFOLLOW is not used: file_mounts and secret volumes (Kubernetes) are symlinks.
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        # O_NONBLOCK: a FIFO (or a device) at the path must be refused below, not waited on.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0)
+                     | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
-        raise KeyFileError(f"${KEY_FILE_ENV} names {path!r}, which does not exist on this "
+        # A path whose directory does not exist either may be a key pasted there: not shown.
+        shown = repr(path) if os.path.isdir(os.path.dirname(path)) else (
+            f"<{len(path)} characters whose directory does not exist, not shown>")
+        raise KeyFileError(f"${KEY_FILE_ENV} names {shown}, which does not exist on this "
                            "node: put the key file at that path on every node (e.g. "
-                           "cluster.yaml's file_mounts), mode 0600", path=path) from None
+                           "cluster.yaml's file_mounts), mode 0600", path=shown) from None
     except OSError as exc:
         raise KeyFileError(f"${KEY_FILE_ENV}: cannot open {path!r}: {exc.strerror}",
                            path=path) from None
@@ -130,6 +163,11 @@ def read_key_file(path: str) -> KeyRing:
         if not stat.S_ISREG(st.st_mode):
             raise KeyFileError(f"${KEY_FILE_ENV}: {path!r} is not a regular file",
                                path=path, mode=mode)
+        if st.st_uid != os.geteuid():
+            raise KeyFileError(
+                f"${KEY_FILE_ENV}: {path!r} is owned by uid {st.st_uid}, not by this "
+                f"process's user (uid {os.geteuid()}): whoever owns a key file chooses the "
+                f"key; chown it to the user Ray runs as", path=path, mode=mode)
         if mode & 0o077:
             raise KeyFileError(
                 f"${KEY_FILE_ENV}: {path!r} is accessible by its group or others (mode "

@@ -45,11 +45,17 @@ __all__ = ["MASK", "SECRET_ENV", "redact", "redact_text", "redact_url", "scrub"]
 MASK = "***"
 
 #: Environment variables whose values are secrets (masked wherever they appear in a text).
+#: Every credential variable the object-store client (obstore 0.12: its AWS, Azure and GCS
+#: configuration keys) reads, and the checkpoint keys.
 SECRET_ENV: tuple[str, ...] = (
-    "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
+    "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_TOKEN",
+    "AWS_SSE_CUSTOMER_KEY_BASE64",
     "AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_KEY", "AZURE_STORAGE_ACCESS_KEY",
+    "AZURE_STORAGE_MASTER_KEY", "AZURE_STORAGE_CLIENT_SECRET", "AZURE_STORAGE_TOKEN",
     "AZURE_STORAGE_SAS_KEY", "AZURE_STORAGE_SAS_TOKEN", "AZURE_CLIENT_SECRET",
-    "GOOGLE_SERVICE_ACCOUNT_KEY", "BLOCKPOINT_CHECKPOINT_KEY", "BLOCKPOINT_CHECKPOINT_OLD_KEYS",
+    "AZURE_FABRIC_SESSION_TOKEN",
+    "GOOGLE_SERVICE_ACCOUNT_KEY", "GOOGLE_BEARER_TOKEN",
+    "BLOCKPOINT_CHECKPOINT_KEY", "BLOCKPOINT_CHECKPOINT_OLD_KEYS",
 )
 
 _SAFE_OPTIONS = frozenset({"region", "concurrency", "retries", "account"})
@@ -167,6 +173,8 @@ def _file_secrets() -> list[str]:
     out: list[str] = []
     path = os.environ.get(KEY_FILE_ENV, "")
     if path:
+        if not os.path.isfile(path):
+            out.append(path)  # not a file: perhaps the key itself, pasted in the variable
         # redaction must never fail the message it guards: an unreadable file gives nothing
         with contextlib.suppress(Exception):
             out.extend(k.decode() for k in read_key_file(path).all)

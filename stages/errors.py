@@ -16,6 +16,8 @@ that fits, and carries its context as attributes (lease, generation, block)::
     ├── CodecError(TypeError)              state the chosen codec cannot encode
     ├── KeyGroupError(ValueError)          stages.checkpoint.keygroups: a record key without a
     │                                      stable hash, or parallelism outside 1..max_parallelism
+    ├── MacKeyNotShippable(TypeError)      ``@checkpointed(mac_key=...)`` on a class Ray would
+    │                                      pickle by value into its GCS: refused, never sent
     └── CheckpointCorrupt(ValueError)      no generation (or this one) verifies
         ├── BadMagicError                  a header slot does not start with PCHK
         ├── UnsupportedFormatError         written by a newer format version
@@ -83,6 +85,7 @@ __all__ = [
     "CheckpointTooLarge",
     "CodecError",
     "KeyGroupError",
+    "MacKeyNotShippable",
     "NoCheckpointError",
     "PipelineError",
     "RunActiveError",
@@ -252,6 +255,25 @@ class KeyGroupError(StageError, ValueError):
     def __init__(self, message: str, *, key_type: str | None = None) -> None:
         super().__init__(message)
         self.key_type = key_type
+
+
+class MacKeyNotShippable(StageError, TypeError):
+    """``@checkpointed(mac_key=...)`` on a class that is being pickled: refused.
+
+    Ray ships a class defined in a script (or registered by value with cloudpickle) *by
+    value*, into its GCS function table, which any client of the cluster can read - the
+    configuration and its ``mac_key`` with it, so whoever reads it could forge checkpoints.
+    A class imported on the workers by reference runs the decorator there and is never
+    pickled. Give such actors their key by ``BLOCKPOINT_CHECKPOINT_KEY_FILE`` on every node
+    (docs/OPERATIONS.md, "Keys on a cluster").
+
+    Attributes:
+        actor: the decorated class's qualified name.
+    """
+
+    def __init__(self, message: str, *, actor: str) -> None:
+        super().__init__(message)
+        self.actor = actor
 
 
 class CheckpointCorrupt(StageError, ValueError):

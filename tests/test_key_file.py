@@ -4,7 +4,10 @@ two ways a secret reaches a Ray worker without passing through Ray."""
 
 from __future__ import annotations
 
+import os
 import pickle
+import pwd
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,7 @@ from blockstore import (
     OLD_KEYS_ENV,
     KeyFileError,
     KeySettingError,
+    StoreConfigError,
 )
 from blockstore.credentials import SharedCredentialsFile, s3_credential_provider
 from blockstore.keys import resolve_keys
@@ -98,9 +102,19 @@ def test_shared_credentials_file_read_for_s3(tmp_path: Path) -> None:
     # The environment's own keys (and web identity) come first: obstore reads those itself.
     assert s3_credential_provider({**env, "AWS_ACCESS_KEY_ID": "x"}) is None
     assert s3_credential_provider({**env, "AWS_WEB_IDENTITY_TOKEN_FILE": "/t"}) is None
-    # No file, or no static keys in the profile: obstore's chain (the instance profile).
+    # No file, or no static keys in the default profile: obstore's chain (the instance
+    # profile).
     assert s3_credential_provider({"AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no")}) is None
-    assert s3_credential_provider({**env, "AWS_PROFILE": "absent"}) is None
+    # A profile the operator named and the file lacks (a typo, a role or SSO profile): an
+    # error naming it, never the instance's own identity instead (as the AWS CLI refuses).
+    creds.write_text(creds.read_text() + "[writer]\nrole_arn = arn:aws:iam::1:role/w\n")
+    for absent in ("absent", "writer"):
+        with pytest.raises(StoreConfigError, match=repr(absent)) as err:
+            s3_credential_provider({**env, "AWS_PROFILE": absent})
+        assert "SEKRIT" not in str(err.value)
+    with pytest.raises(StoreConfigError):  # named, and no file at all
+        s3_credential_provider({"AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no"),
+                                "AWS_PROFILE": "other"})
 
 
 
@@ -127,3 +141,92 @@ def test_s3_store_opened_with_only_a_shared_credentials_file(s3_server: Any,
     proc = subprocess.run([sys.executable, "-c", code, url], capture_output=True, text=True,
                           timeout=120, env=env, check=False)
     assert proc.returncode == 0 and "leases 0" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_a_fifo_at_the_key_file_path_is_refused_not_waited_on(tmp_path: Path) -> None:
+    """A FIFO (or a path swapped to one) must not hang every checkpoint: the open does not
+    block, the check that it is a regular file refuses it."""
+    fifo = str(tmp_path / "key")
+    os.mkfifo(fifo, 0o600)
+    got: list[object] = []
+
+    def read() -> None:
+        try:
+            got.append(resolve_keys(environ={KEY_FILE_ENV: fifo}))
+        except BaseException as exc:  # noqa: BLE001 - recorded for the assertion
+            got.append(exc)
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    t.join(timeout=60)  # a bound on the defect (a read blocked forever), not a wait for time
+    if t.is_alive():  # unblock the reader so the test process can end
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        t.join()
+        pytest.fail("the key file read blocked on a FIFO")
+    assert isinstance(got[0], KeyFileError) and "not a regular file" in str(got[0])
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a file to another user")
+def test_a_key_file_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    """Whoever owns a key file chooses the key: a 0600 file of another user (read by root,
+    as Ray often runs) is refused, naming both uids."""
+    path = _key_file(tmp_path, "attacker-chosen-key\n")
+    os.chown(path, pwd.getpwnam("nobody").pw_uid, -1)
+    with pytest.raises(KeyFileError, match="owned by uid") as err:
+        resolve_keys(environ={KEY_FILE_ENV: path})
+    assert "attacker" not in str(err.value)
+
+
+def test_a_relative_key_file_path_is_refused(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A relative path resolves in whatever directory a worker runs in (under Ray, the
+    job's unpacked working_dir): refused, even when a file is there."""
+    _key_file(tmp_path, "k-relative\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(KeyFileError, match="not an absolute path"):
+        resolve_keys(environ={KEY_FILE_ENV: "key"})
+
+
+@pytest.mark.parametrize("value", [
+    "9c1f4e2ab07d44f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f70819",  # relative
+    "/9c1f4e2ab07d44f1a2b3c4d5e6f7/08192a3b4c5d6e7f8091a2b3c4d5e6f70819",  # no such directory
+])
+def test_a_key_given_as_the_key_files_path_is_not_repeated(
+        value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The key itself put in ``$BLOCKPOINT_CHECKPOINT_KEY_FILE`` (a slip) is refused without
+    being echoed as the missing path, and redact_text masks it (review 19, R16)."""
+    from blockstore.redact import redact_text
+
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    monkeypatch.setenv(KEY_FILE_ENV, value)
+    with pytest.raises(KeyFileError) as err:
+        resolve_keys()
+    assert value not in str(err.value) and value not in err.value.path
+    assert "9c1f4e2a" not in str(err.value)
+    assert value not in redact_text(f"mac under {value} failed")
+
+
+def test_the_keyless_refusal_and_warning_name_the_key_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a user reads when no key is set names the cluster way (the key file), not only
+    the variable, which on a cluster people set through a runtime env (review 19)."""
+    import warnings
+
+    from blockstore import FileStore
+    from stages import CheckpointedStageState, CheckpointKeyRequired
+    from stages.checkpoint import mac as mac_module
+
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    monkeypatch.delenv(KEY_FILE_ENV, raising=False)
+    with FileStore(tmp_path / "shared", 4096, shared=True) as st:
+        css = CheckpointedStageState({"v": 1}, st.acquire("stage"))
+        with pytest.raises(CheckpointKeyRequired, match=KEY_FILE_ENV):
+            css.checkpoint()
+    mac_module._warned_unauthenticated.clear()
+    try:
+        with warnings.catch_warnings(record=True) as got:
+            warnings.simplefilter("always")
+            mac_module.warn_unauthenticated("lease 'x'")
+    finally:
+        mac_module._warned_unauthenticated.clear()
+    assert any(KEY_FILE_ENV in str(w.message) for w in got), [str(w.message) for w in got]

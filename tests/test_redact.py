@@ -195,3 +195,26 @@ def test_redact_text_masks_the_secrets_read_from_files(
     assert "AKIAEXAMPLE" in out and out.count("***") == 4
     key_file.chmod(0o644)  # a key file refused where it is used: redaction still answers
     assert "older-key-0123" in redact_text("older-key-0123")
+
+
+#: Credential variables obstore 0.12 reads beyond the common ones (its AWS, Azure and GCS
+#: configuration keys): each is a secret for the job check and for redaction.
+OBSTORE_SECRETS = ["AWS_TOKEN", "AWS_SSE_CUSTOMER_KEY_BASE64", "AZURE_STORAGE_MASTER_KEY",
+                   "AZURE_STORAGE_CLIENT_SECRET", "AZURE_STORAGE_TOKEN",
+                   "AZURE_FABRIC_SESSION_TOKEN", "GOOGLE_BEARER_TOKEN"]
+
+
+@pytest.mark.parametrize("name", OBSTORE_SECRETS)
+def test_every_obstore_credential_variable_is_a_secret(
+        name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
+
+    from blockpoint.demo_cluster import secrets_in_job_runtime_env
+
+    job = {RAY_JOB_CONFIG_JSON_ENV_VAR: json.dumps(
+        {"runtime_env": {"env_vars": {name: "s3cr3t"}}, "metadata": {}})}
+    assert secrets_in_job_runtime_env(job) == [name]  # a job carrying it is refused
+    monkeypatch.setenv(name, "s3cr3t-Qx81")
+    assert "s3cr3t-Qx81" not in redact_text("the client said: s3cr3t-Qx81 is wrong")

@@ -58,6 +58,23 @@ class CheckpointedConfig:
     def __post_init__(self) -> None:
         check_max_state_bytes(self.max_state_bytes)  # ValueError at decoration, not at start
 
+    def __reduce__(self) -> Any:
+        """Pickled only without a key: a configuration travels by pickle only when Ray ships
+        the decorated class by value (into its GCS) or a recipe is written (``recipe.py``
+        drops the key first), and no key may go either way."""
+        if self.mac_key is not None:
+            from ..errors import MacKeyNotShippable
+
+            raise MacKeyNotShippable(
+                f"@checkpointed(mac_key=...) of actor class {self.actor!r}: Ray is pickling "
+                "the class by value (it is defined in a script, or its module is registered "
+                "by value), which would write the key into Ray's GCS, readable by every "
+                "client of the cluster. Put the key in a 0600 file on every node and set "
+                "BLOCKPOINT_CHECKPOINT_KEY_FILE to its path (docs/OPERATIONS.md, 'Keys on a "
+                "cluster'), or define the class in a module the workers import",
+                actor=self.actor)
+        return (_rebuild, (tuple(getattr(self, f) for f in self.__dataclass_fields__),))
+
     def without_key(self) -> CheckpointedConfig:
         """This configuration with ``mac_key=None`` (what a relaunch recipe carries: the
         incarnation it starts reads its key from its environment, ``recipe.py``)."""
@@ -70,3 +87,8 @@ class CheckpointedConfig:
                 "compression": self.compression, "level": self.level, "key": self.mac_key,
                 "incremental": self.incremental, "full_every": self.full_every,
                 "max_state_bytes": self.max_state_bytes}
+
+
+def _rebuild(values: tuple[Any, ...]) -> CheckpointedConfig:
+    """The reconstructor of a pickled (keyless) configuration."""
+    return CheckpointedConfig(*values)

@@ -37,8 +37,7 @@ and forge checkpoints. The constructor is pickled by :class:`_KeylessPickler`, w
 every :class:`~stages.actors.config.CheckpointedConfig` it meets (the decorated class
 carries one, and by value when the class is defined in a script) with ``mac_key=None``; a
 relaunched incarnation resolves its key where it uses it, from its environment
-(``$BLOCKPOINT_CHECKPOINT_KEY``, ``blockstore/keys.py``: set it in the scheduler job's
-environment). A class importable by name is pickled by reference and decorated again,
+(``$BLOCKPOINT_CHECKPOINT_KEY_FILE``, ``blockstore/keys.py``: a key file on every node). A class importable by name is pickled by reference and decorated again,
 ``mac_key=`` included, where it is imported.
 
 What a relaunched incarnation does *not* keep: it is **detached** (owned by no driver and

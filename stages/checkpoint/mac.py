@@ -131,6 +131,7 @@ def warn_unauthenticated(where: str, stacklevel: int = 3) -> None:
     _warned_unauthenticated.set()
     warnings.warn(
         f"restoring a pickle checkpoint of {where} without a checkpoint key: anyone who can "
-        "write the store can run code in this process. Set BLOCKPOINT_CHECKPOINT_KEY (or "
-        "pass key=) to authenticate checkpoints, or use codec='msgpack'. (Warned once per "
+        "write the store can run code in this process. Give a key to authenticate "
+        "checkpoints - BLOCKPOINT_CHECKPOINT_KEY_FILE naming a 0600 key file (on a cluster: "
+        "on every node, never in a runtime env), BLOCKPOINT_CHECKPOINT_KEY, or key= - or use codec='msgpack'. (Warned once per "
         "process.)", UnauthenticatedRestoreWarning, stacklevel=stacklevel)

@@ -10,7 +10,11 @@ calls :func:`newest_valid` and binds what it returns to the lease. The search
    rollback). For each: load and check its map (its header MAC first, with a key), read and
    verify every chunk (:func:`~stages.checkpoint.reader.read_payload`: CRCs, the payload MAC),
    then decode. A generation that fails any of these is logged, listed as skipped, and the
-   next older one is tried.
+   next older one is tried - except one that is well-formed but not authentic under any
+   configured key (:class:`~stages.errors.CheckpointAuthError`: no MAC, or a MAC no key
+   matches, with every CRC passing): that is a key this process lacks (a rotation not yet
+   everywhere) or a writer without a key, and falling back would silently drop what it
+   committed, so the restore raises it (``max_step=`` restores an older one on purpose).
 3. If none verifies, raise the most informative failure
    (:func:`~stages.checkpoint.reports.restore_failure`), every one listed in ``.skipped``.
 
@@ -37,6 +41,7 @@ from typing import Any
 from blockstore import LeaseReader
 
 from ..errors import (
+    CheckpointAuthError,
     CheckpointCorrupt,
     CheckpointTooLarge,
     NoCheckpointError,
@@ -133,6 +138,8 @@ def newest_valid(reader: LeaseReader, *, log: logging.Logger, key: KeySetting = 
 
     Raises:
         NoCheckpointError: the lease holds no checkpoint (at or before ``max_step``).
+        CheckpointAuthError: the newest candidate is well-formed but not authentic under
+            any configured key (never skipped: see the module docstring).
         CheckpointCorrupt: no generation verifies (``.skipped`` lists them all).
         CheckpointTooLarge: the newest candidate that passed its map checks declares more
             than the bound.
@@ -170,6 +177,20 @@ def newest_valid(reader: LeaseReader, *, log: logging.Logger, key: KeySetting = 
                     f"{where} generation {h.generation}: payload does not decode: "
                     f"{type(exc).__name__}: {exc}", lease_id=reader.lease_id,
                     name=reader.name, generation=h.generation, slot=h.slot) from exc
+        except CheckpointAuthError as exc:
+            # Well-formed (its CRCs pass: damage is a CheckpointCorrupt above) but not
+            # authentic under any configured key: written under a key this process lacks
+            # (a rotation not yet on every node) or by a writer without one. An older
+            # generation would silently drop what this one committed: refuse instead.
+            raise CheckpointAuthError(
+                f"{exc}. Refusing to fall back to an older generation: generation "
+                f"{h.generation} is well-formed, so falling back would silently lose what it "
+                "committed. If this process lacks the key it was written with (a key "
+                "rotation not yet on every node: docs/OPERATIONS.md, 'Keys and rotation'), "
+                "give it that key, as an old key, and restore again; to give up that "
+                "generation, restore with max_step= below its step",
+                lease_id=reader.lease_id, name=reader.name, generation=h.generation,
+                slot=h.slot) from exc
         except CheckpointCorrupt as exc:
             log.warning("restore of %s: skipping generation %d: %s", where, h.generation,
                         exc, extra={"stage": reader.name, "generation": h.generation,

@@ -381,8 +381,10 @@ class CheckpointedStageState(Generic[T]):
             raise CheckpointKeyRequired(
                 f"lease {lease.name!r} is on a shared store ({lease.store.url}): a pickle "
                 "checkpoint without a key could be replaced by anyone who can write the store, "
-                "and restoring it runs their code. Set BLOCKPOINT_CHECKPOINT_KEY (or pass "
-                "key=), use codec='msgpack', or pass allow_unauthenticated=True",
+                "and restoring it runs their code. Give a key - BLOCKPOINT_CHECKPOINT_KEY_FILE "
+                "naming a 0600 key file (on a cluster: on every node, never in a runtime "
+                "env), BLOCKPOINT_CHECKPOINT_KEY, or key= - use codec='msgpack', or pass "
+                "allow_unauthenticated=True",
                 lease_id=self._lease_id)
 
     def _guarded_checkpoint(self, step: int, meta: Mapping[str, Any] | None,
