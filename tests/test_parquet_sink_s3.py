@@ -1,0 +1,314 @@
+"""The Parquet sink on S3 (``ParquetSink("s3://...")``), on the real loopback S3 server.
+
+The sink protocol driven directly, as the pipeline drives it, with the failures that matter
+made to happen between the requests that matter (tests/s3hooks.py): a create put whose reply
+was lost after it landed (the client's retry meets 412), a crash between publishing two
+parts, a driver taken over. ``pyarrow.dataset`` over pyarrow's own S3 filesystem - which
+knows nothing of blockpoint - reads exactly the published steps at every point. Then a Ray
+pipeline with a killed stage writes through the S3 sink, read back by pyarrow and Ray Data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import uuid
+from typing import Any
+
+import parquet_stages
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+import ray
+import ray.cloudpickle
+from parquet_stages import KeyedSum, write_input
+from s3hooks import HookedStore, req
+from s3server import BUCKET, CREDENTIALS
+
+from blockstore.errors import StorageIOError
+from blockstore.objectclient import ObjectClient, _build_store
+from blockstore.urls import parse_store_url
+from stages import (
+    CheckpointPolicy,
+    FenceToken,
+    ParquetSink,
+    ParquetSource,
+    Pipeline,
+    PipelineEvent,
+    SinkFencedError,
+    StageSpec,
+    run_reference,
+)
+from stages.pipeline.parquet_object_sink import ObjectParquetSink
+
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+ray.cloudpickle.register_pickle_by_value(parquet_stages)
+
+
+class Crash(BaseException):
+    """The driver process dying at a chosen request (nothing after it is sent)."""
+
+
+def _rows(step: int, n: int = 5) -> pa.Table:
+    return pa.table({"step": [step] * n, "j": list(range(n))})
+
+
+def _expect(*steps: int, n: int = 5) -> list[tuple[int, int]]:
+    return sorted((s, j) for s in steps for j in range(n))
+
+
+def _fs(server: Any) -> pafs.S3FileSystem:
+    return pafs.S3FileSystem(access_key=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                             secret_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+                             endpoint_override=server.endpoint, scheme="http",
+                             region="us-east-1")
+
+
+class Env:
+    """One sink prefix on the server, sinks on it (plain or hooked), and a plain reader."""
+
+    def __init__(self, server: Any, **options: object) -> None:
+        self.server = server
+        self.prefix = f"pq-{uuid.uuid4().hex[:12]}"
+        self.url = server.url(self.prefix, **options)
+
+    def sink(self, **kw: Any) -> Any:
+        return ParquetSink(self.url, **kw)
+
+    def hooked(self, **kw: Any) -> tuple[ObjectParquetSink, HookedStore]:
+        u = parse_store_url(self.url)
+        hs = HookedStore(_build_store(u, 8), _build_store(u, 0))
+        return ObjectParquetSink(u, client=ObjectClient(u, store=hs), **kw), hs
+
+    def keys(self) -> list[str]:
+        u = parse_store_url(self.url)
+        return sorted(m["path"] for m in ObjectClient(u).list(""))
+
+    def seen(self) -> list[tuple[int, int]]:
+        """What a Parquet reader that knows nothing of the sink sees, sorted."""
+        try:
+            table = ds.dataset(f"{BUCKET}/{self.prefix}", format="parquet",
+                               filesystem=_fs(self.server)).to_table()
+        except FileNotFoundError:  # nothing under the prefix yet
+            return []
+        if not table.num_rows:
+            return []
+        return sorted(zip(table.column("step").to_pylist(), table.column("j").to_pylist()))
+
+
+@pytest.fixture
+def env(s3_server: Any) -> Env:
+    return Env(s3_server)
+
+
+def test_object_url_builds_the_object_sink(env: Env, tmp_path: Any) -> None:
+    assert isinstance(env.sink(), ObjectParquetSink)
+    assert isinstance(ParquetSink(tmp_path / "local"), ParquetSink)
+    assert type(ParquetSink(str(tmp_path / "local2"))) is ParquetSink
+
+
+def test_steps_are_hidden_until_published_then_seen_once(env: Env) -> None:
+    sink = env.sink(rows_per_file=2)
+    t = FenceToken("run", 1)
+    sink.fence(t, 0)
+    sink.commit(1, _rows(1), token=t)
+    assert env.seen() == [] and sink.committed_steps() == []
+    assert [k for k in env.keys() if not k.startswith("_")] == []  # all hidden
+    sink.publish(1, token=t)
+    assert env.seen() == _expect(1) and len(sink.files(1)) == 3  # 5 rows, 2 per file
+    sink.commit(2, [{"step": 2, "j": j} for j in range(5)], token=t)  # records work too
+    sink.commit(2, _rows(2), token=t)  # a replayed step: its hidden parts replaced
+    assert env.seen() == _expect(1)
+    assert len([k for k in env.keys() if k.startswith("_pending/")]) == 3  # one commit's
+    sink.publish(2, token=t)
+    assert env.seen() == _expect(1, 2) and sink.committed_steps() == [1, 2]
+    assert sink.read_table().num_rows == 10 and sink.read_step(2)[0] == {"step": 2, "j": 0}
+    assert env.keys() == ["_fence.json"] + [f"step-00000000{s}/part-0000{k}.parquet"
+                                            for s in (1, 2) for k in range(3)]
+    sink.publish(2, token=t)  # replayed publish: nothing to do, nothing duplicated
+    assert env.seen() == _expect(1, 2)
+
+
+def test_publish_whose_create_reply_was_lost_is_published_once(env: Env) -> None:
+    sink, hs = env.hooked()
+    t = FenceToken("run", 1)
+    sink.fence(t, 0)
+    sink.commit(1, _rows(1), token=t)
+    landed: list[bool] = []
+    # The create put lands, its answer is lost, the client resends: 412. The sink reads the
+    # object and accepts it as its own by the manifest's digest.
+    hs.on("lose_reply", req("PUT", "step-000000001/part-00000"),
+          lambda: landed.append(bool(env.seen())))
+    # ... and the record's conditional put likewise (recognised by its nonce).
+    hs.on("lose_reply", req("PUT", "_fence.json"), lambda: None, times=2)
+    sink.publish(1, token=t)
+    assert landed == [True] and env.seen() == _expect(1)
+    assert [m for m, k in hs.log].count("PUT") >= 4
+    assert sink.committed_steps() == [1] and not [k for k in env.keys() if "_pending" in k]
+
+
+def test_crash_between_publishing_two_parts_ends_published_once(env: Env) -> None:
+    first, hs = env.hooked(rows_per_file=3)  # concurrency 8, but the hook stops part 1
+
+    def crash() -> None:
+        raise Crash
+
+    t1 = FenceToken("run", 1)
+    first.fence(t1, 0)
+    first.commit(1, _rows(1), token=t1)  # 5 rows: parts 0 (3 rows) and 1 (2 rows)
+    hs.on("before", req("PUT", "step-000000001/part-00001"), crash)
+    with pytest.raises(Crash):
+        first.publish(1, token=t1)
+    # The run committed step 1: a reader may see part 0 of it (never uncommitted rows).
+    assert env.seen() in ([(1, j) for j in range(3)], _expect(1))
+    # The restarted driver's fence finishes the step from the hidden copies, part 0 found
+    # in place with the same bytes.
+    second = env.sink(rows_per_file=3)
+    t2 = FenceToken("run", 2)
+    second.fence(t2, 1)
+    assert env.seen() == _expect(1) and second.committed_steps() == [1]
+    assert env.keys() == ["_fence.json", "step-000000001/part-00000.parquet",
+                          "step-000000001/part-00001.parquet"]
+
+
+def test_a_published_name_holding_other_bytes_is_never_overwritten(env: Env) -> None:
+    sink = env.sink()
+    t = FenceToken("run", 1)
+    sink.fence(t, 0)
+    sink.commit(1, _rows(1), token=t)
+    client = ObjectClient(parse_store_url(env.url))
+    alien = b"not these bytes"
+    client.put("step-000000001/part-00000.parquet", alien)
+    with pytest.raises(StorageIOError, match="other bytes"):
+        sink.publish(1, token=t)
+    got = client.get("step-000000001/part-00000.parquet")
+    assert got is not None and hashlib.sha256(bytes(got[0])).digest() == \
+        hashlib.sha256(alien).digest()
+
+
+def test_crash_before_the_run_commit_drops_and_after_it_publishes(env: Env) -> None:
+    first = env.sink()
+    t1 = FenceToken("run", 1)
+    first.fence(t1, 0)
+    first.commit(1, _rows(1), token=t1)
+    first.publish(1, token=t1)
+    first.commit(2, _rows(2), token=t1)  # the run committed 2; the driver died before publish
+    first.commit(3, _rows(3), token=t1)  # never committed by the run
+    ObjectClient(parse_store_url(env.url)).put(  # an upload whose commit never registered
+        "_pending/step-000000002/e1-deadbeef/part-00000.parquet", b"junk")
+    assert env.seen() == _expect(1)
+    second = env.sink()  # a fresh sink object: a new driver process, no cache
+    t2 = FenceToken("run", 2)
+    second.fence(t2, 2)  # the run's committed step is 2
+    assert env.seen() == _expect(1, 2)
+    assert env.keys() == ["_fence.json", "step-000000001/part-00000.parquet",
+                          "step-000000002/part-00000.parquet"]
+    second.commit(3, _rows(3), token=t2)  # replayed
+    second.publish(3, token=t2)
+    assert env.seen() == _expect(1, 2, 3)
+    before = env.keys()
+    with pytest.raises(SinkFencedError) as err:  # the first driver, taken over
+        first.commit(4, _rows(4), token=t1)
+    assert err.value.current_epoch == 2 and err.value.epoch == 1
+    with pytest.raises(SinkFencedError):
+        first.publish(3, token=t1)
+    with pytest.raises(SinkFencedError):
+        first.discard_after(1, token=t1)
+    with pytest.raises(SinkFencedError):
+        first.fence(t1, 0)
+    assert env.seen() == _expect(1, 2, 3) and env.keys() == before  # nothing changed
+    assert "testing" not in str(err.value)  # no credential in the refusal
+
+
+def test_fenced_commit_racing_the_takeover_is_never_registered(env: Env) -> None:
+    first, hs = env.hooked()
+    t1, t2 = FenceToken("run", 1), FenceToken("run", 2)
+    first.fence(t1, 0)
+    # The takeover lands while the old driver uploads its hidden parts: its manifest put
+    # then loses the race, re-reads, and is refused.
+    hs.on("after", req("PUT", "_pending/step-000000001/"),
+          lambda: env.sink().fence(t2, 0))
+    with pytest.raises(SinkFencedError):
+        first.commit(1, _rows(1), token=t1)
+    second = env.sink()
+    second.publish(1, token=t2)  # nothing of the old driver's commit is published
+    assert env.seen() == [] and second.committed_steps() == []
+
+
+def test_discard_after_removes_later_steps(env: Env) -> None:
+    sink = env.sink()
+    t = FenceToken("run", 1)
+    sink.fence(t, 0)
+    for s in (1, 2, 3):
+        sink.commit(s, _rows(s), token=t)
+        sink.publish(s, token=t)
+    sink.commit(4, _rows(4), token=t)
+    assert sink.discard_after(1, token=t) == [2, 3, 4]
+    assert env.seen() == _expect(1) and sink.committed_steps() == [1]
+    assert env.keys() == ["_fence.json", "step-000000001/part-00000.parquet"]
+    sink.commit(2, _rows(2, n=2), token=t)  # redone after the fallback, other rows
+    sink.publish(2, token=t)
+    assert env.seen() == sorted(_expect(1) + [(2, 0), (2, 1)])
+
+
+def test_unfenced_prefix_writes_visible(env: Env) -> None:
+    sink = env.sink()
+    sink.commit(1, _rows(1))
+    assert env.seen() == _expect(1) and sink.committed_steps() == [1]
+
+
+# -- a Ray pipeline into the S3 sink ---------------------------------------------------------
+
+@pytest.mark.ray
+def test_pipeline_into_s3_killed_mid_run_is_exact(ray_local: None, s3_server: Any,
+                                                  tmp_path: Any) -> None:
+    write_input(tmp_path / "in", files=6, rows=500, row_group_size=128)
+    src = ParquetSource(tmp_path / "in")
+    spec = StageSpec("agg", KeyedSum, str(tmp_path / "store"), block_size=64 * 1024,
+                     lease_ttl=5.0)
+    ref = run_reference(src, [KeyedSum])
+    assert len(ref) == 3000
+    out = Env(s3_server)
+    sink = out.sink(rows_per_file=300)
+    fs = _fs(s3_server)
+
+    def read() -> list[dict[str, Any]]:
+        try:
+            table = ds.dataset(f"{BUCKET}/{out.prefix}", format="parquet",
+                               filesystem=fs).to_table()
+        except FileNotFoundError:
+            return []
+        return table.sort_by([("i", "ascending")]).to_pylist() if table.num_rows else []
+
+    committed_rows = [0]
+    killed: list[int] = []
+
+    def on_event(ev: PipelineEvent) -> None:
+        if ev.kind != "commit":
+            return
+        committed_rows[0] += ev.detail["records_out"]
+        rows = read()  # after the publish: exactly the committed steps
+        assert len(rows) == committed_rows[0], ev.step
+        if ev.step == 2 and not killed:
+            killed.append(ev.step)
+            ray.kill(p.handles["agg"], no_restart=True)
+
+    p = Pipeline(src, [spec], sink, batch_size=100, max_in_flight=4,
+                 policy=CheckpointPolicy(every_records=400), on_event=on_event)
+    res = p.run()
+    assert killed and res.recoveries >= 1 and res.relaunches >= 1 and res.finished
+    assert res.records_in == 3000 and res.records_out == 3000
+    by_i = sorted(ref, key=lambda r: r["i"])
+    assert read() == by_i  # none lost, none duplicated
+    assert sink.read_table().to_pylist() == ref  # in step order: the reference's order
+    assert not [k for k in out.keys() if k.startswith("_pending")]
+    stray = pa.BufferOutputStream()  # a hidden step (as a commit leaves it): never read
+    pq.write_table(pa.table({"i": [10**9], "key": ["x"], "count": [1], "sum": [1]}), stray)
+    ObjectClient(parse_store_url(out.url)).put(
+        "_pending/step-000000099/e9-0/part-00000.parquet", stray.getvalue().to_pybytes())
+    assert read() == by_i
+    data = ray.data.read_parquet(f"{BUCKET}/{out.prefix}", filesystem=fs).take_all()
+    assert sorted((r["i"], r["count"], r["sum"]) for r in data) == sorted(
+        (r["i"], r["count"], r["sum"]) for r in ref)
