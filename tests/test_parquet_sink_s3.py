@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+import threading
 import uuid
 from typing import Any
 
@@ -82,7 +83,7 @@ class Env:
         hs = HookedStore(_build_store(u, 8), _build_store(u, 0))
         return ObjectParquetSink(u, client=ObjectClient(u, store=hs), **kw), hs
 
-    def keys(self) -> list[str]:
+    def object_keys(self) -> list[str]:
         u = parse_store_url(self.url)
         return sorted(m["path"] for m in ObjectClient(u).list(""))
 
@@ -115,17 +116,17 @@ def test_steps_are_hidden_until_published_then_seen_once(env: Env) -> None:
     sink.fence(t, 0)
     sink.commit(1, _rows(1), token=t)
     assert env.seen() == [] and sink.committed_steps() == []
-    assert [k for k in env.keys() if not k.startswith("_")] == []  # all hidden
+    assert [k for k in env.object_keys() if not k.startswith("_")] == []  # all hidden
     sink.publish(1, token=t)
     assert env.seen() == _expect(1) and len(sink.files(1)) == 3  # 5 rows, 2 per file
     sink.commit(2, [{"step": 2, "j": j} for j in range(5)], token=t)  # records work too
     sink.commit(2, _rows(2), token=t)  # a replayed step: its hidden parts replaced
     assert env.seen() == _expect(1)
-    assert len([k for k in env.keys() if k.startswith("_pending/")]) == 3  # one commit's
+    assert len([k for k in env.object_keys() if k.startswith("_pending/")]) == 3  # one commit's
     sink.publish(2, token=t)
     assert env.seen() == _expect(1, 2) and sink.committed_steps() == [1, 2]
     assert sink.read_table().num_rows == 10 and sink.read_step(2)[0] == {"step": 2, "j": 0}
-    assert env.keys() == ["_fence.json"] + [f"step-00000000{s}/part-0000{k}.parquet"
+    assert env.object_keys() == ["_fence.json"] + [f"step-00000000{s}/part-0000{k}.parquet"
                                             for s in (1, 2) for k in range(3)]
     sink.publish(2, token=t)  # replayed publish: nothing to do, nothing duplicated
     assert env.seen() == _expect(1, 2)
@@ -135,7 +136,9 @@ def test_publish_whose_create_reply_was_lost_is_published_once(env: Env) -> None
     sink, hs = env.hooked()
     t = FenceToken("run", 1)
     sink.fence(t, 0)
+    hs.on("lose_reply", req("PUT", "_fence.json"), lambda: None)  # the manifest's put
     sink.commit(1, _rows(1), token=t)
+    assert len([k for k in env.object_keys() if k.startswith("_pending/")]) == 1
     landed: list[bool] = []
     # The create put lands, its answer is lost, the client resends: 412. The sink reads the
     # object and accepts it as its own by the manifest's digest.
@@ -146,11 +149,11 @@ def test_publish_whose_create_reply_was_lost_is_published_once(env: Env) -> None
     sink.publish(1, token=t)
     assert landed == [True] and env.seen() == _expect(1)
     assert [m for m, k in hs.log].count("PUT") >= 4
-    assert sink.committed_steps() == [1] and not [k for k in env.keys() if "_pending" in k]
+    assert sink.committed_steps() == [1] and not [k for k in env.object_keys() if "_pending" in k]
 
 
 def test_crash_between_publishing_two_parts_ends_published_once(env: Env) -> None:
-    first, hs = env.hooked(rows_per_file=3)  # concurrency 8, but the hook stops part 1
+    first, hs = env.hooked(rows_per_file=3)
 
     def crash() -> None:
         raise Crash
@@ -161,15 +164,15 @@ def test_crash_between_publishing_two_parts_ends_published_once(env: Env) -> Non
     hs.on("before", req("PUT", "step-000000001/part-00001"), crash)
     with pytest.raises(Crash):
         first.publish(1, token=t1)
-    # The run committed step 1: a reader may see part 0 of it (never uncommitted rows).
-    assert env.seen() in ([(1, j) for j in range(3)], _expect(1))
+    # The run committed step 1: a reader sees its part 0 (never uncommitted rows).
+    assert env.seen() == [(1, j) for j in range(3)]
     # The restarted driver's fence finishes the step from the hidden copies, part 0 found
     # in place with the same bytes.
     second = env.sink(rows_per_file=3)
     t2 = FenceToken("run", 2)
     second.fence(t2, 1)
     assert env.seen() == _expect(1) and second.committed_steps() == [1]
-    assert env.keys() == ["_fence.json", "step-000000001/part-00000.parquet",
+    assert env.object_keys() == ["_fence.json", "step-000000001/part-00000.parquet",
                           "step-000000001/part-00001.parquet"]
 
 
@@ -203,12 +206,12 @@ def test_crash_before_the_run_commit_drops_and_after_it_publishes(env: Env) -> N
     t2 = FenceToken("run", 2)
     second.fence(t2, 2)  # the run's committed step is 2
     assert env.seen() == _expect(1, 2)
-    assert env.keys() == ["_fence.json", "step-000000001/part-00000.parquet",
+    assert env.object_keys() == ["_fence.json", "step-000000001/part-00000.parquet",
                           "step-000000002/part-00000.parquet"]
     second.commit(3, _rows(3), token=t2)  # replayed
     second.publish(3, token=t2)
     assert env.seen() == _expect(1, 2, 3)
-    before = env.keys()
+    before = env.object_keys()
     with pytest.raises(SinkFencedError) as err:  # the first driver, taken over
         first.commit(4, _rows(4), token=t1)
     assert err.value.current_epoch == 2 and err.value.epoch == 1
@@ -218,7 +221,7 @@ def test_crash_before_the_run_commit_drops_and_after_it_publishes(env: Env) -> N
         first.discard_after(1, token=t1)
     with pytest.raises(SinkFencedError):
         first.fence(t1, 0)
-    assert env.seen() == _expect(1, 2, 3) and env.keys() == before  # nothing changed
+    assert env.seen() == _expect(1, 2, 3) and env.object_keys() == before  # nothing changed
     assert "testing" not in str(err.value)  # no credential in the refusal
 
 
@@ -247,7 +250,7 @@ def test_discard_after_removes_later_steps(env: Env) -> None:
     sink.commit(4, _rows(4), token=t)
     assert sink.discard_after(1, token=t) == [2, 3, 4]
     assert env.seen() == _expect(1) and sink.committed_steps() == [1]
-    assert env.keys() == ["_fence.json", "step-000000001/part-00000.parquet"]
+    assert env.object_keys() == ["_fence.json", "step-000000001/part-00000.parquet"]
     sink.commit(2, _rows(2, n=2), token=t)  # redone after the fallback, other rows
     sink.publish(2, token=t)
     assert env.seen() == sorted(_expect(1) + [(2, 0), (2, 1)])
@@ -280,7 +283,7 @@ def test_pipeline_into_s3_killed_mid_run_is_exact(ray_local: None, s3_server: An
                                filesystem=fs).to_table()
         except FileNotFoundError:
             return []
-        return table.sort_by([("i", "ascending")]).to_pylist() if table.num_rows else []
+        return table.to_pylist() if table.num_rows else []  # key order: step, part
 
     committed_rows = [0]
     killed: list[int] = []
@@ -290,25 +293,42 @@ def test_pipeline_into_s3_killed_mid_run_is_exact(ray_local: None, s3_server: An
             return
         committed_rows[0] += ev.detail["records_out"]
         rows = read()  # after the publish: exactly the committed steps
-        assert len(rows) == committed_rows[0], ev.step
+        assert rows == ref[:committed_rows[0]], ev.step
         if ev.step == 2 and not killed:
             killed.append(ev.step)
             ray.kill(p.handles["agg"], no_restart=True)
 
+    observed: list[int] = []
+    wrong: list[int] = []
+    stop = threading.Event()
+
+    def reader() -> None:  # reading all along: always a prefix of the output
+        while not stop.is_set():
+            rows = read()
+            if rows != ref[:len(rows)]:
+                wrong.append(len(rows))
+            observed.append(len(rows))
+
+    thread = threading.Thread(target=reader, daemon=True)
     p = Pipeline(src, [spec], sink, batch_size=100, max_in_flight=4,
                  policy=CheckpointPolicy(every_records=400), on_event=on_event)
-    res = p.run()
+    thread.start()
+    try:
+        res = p.run()
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    assert not wrong and observed
     assert killed and res.recoveries >= 1 and res.relaunches >= 1 and res.finished
     assert res.records_in == 3000 and res.records_out == 3000
-    by_i = sorted(ref, key=lambda r: r["i"])
-    assert read() == by_i  # none lost, none duplicated
+    assert read() == ref  # none lost, none duplicated, in order
     assert sink.read_table().to_pylist() == ref  # in step order: the reference's order
-    assert not [k for k in out.keys() if k.startswith("_pending")]
+    assert not [k for k in out.object_keys() if k.startswith("_pending")]
     stray = pa.BufferOutputStream()  # a hidden step (as a commit leaves it): never read
     pq.write_table(pa.table({"i": [10**9], "key": ["x"], "count": [1], "sum": [1]}), stray)
     ObjectClient(parse_store_url(out.url)).put(
         "_pending/step-000000099/e9-0/part-00000.parquet", stray.getvalue().to_pybytes())
-    assert read() == by_i
+    assert read() == ref
     data = ray.data.read_parquet(f"{BUCKET}/{out.prefix}", filesystem=fs).take_all()
     assert sorted((r["i"], r["count"], r["sum"]) for r in data) == sorted(
         (r["i"], r["count"], r["sum"]) for r in ref)

@@ -40,10 +40,11 @@ step (some parts visible) is finished by the next ``publish``/``fence`` with the
 What a reader listing the prefix sees (S3 gives no atomic multi-object visibility): only
 steps the run committed, and each part object whole. A step of one part - the default
 ``rows_per_file`` of a million rows holds most steps - appears atomically; a step of several
-parts appears part by part after the run committed it, so a reader listing mid-publish may
-see a prefix of a committed step's parts (never an uncommitted step). A reader that needs
-whole steps reads ``committed_steps()`` (the record's published step bounds it) or waits
-for the run to finish.
+parts appears part by part after the run committed it (the parts are put one at a time, in
+key order, so a listing sees a prefix of the committed output, in step and part order: the
+first parts of the last step, never an uncommitted step, never a part twice). A reader
+that needs whole steps reads ``committed_steps()`` (the record's published step bounds it)
+or waits for the run to finish.
 
 Limits: the fencing check and the object writes are separate requests (no store offers a
 condition across objects), so a driver paused between the record's conditional put and its
@@ -72,7 +73,7 @@ from ..actors.batches import concat, num_rows, to_table
 from ..errors import SinkFencedError
 from .sink import FenceToken
 
-__all__ = ["ObjectParquetSink", "step_prefix", "pending_prefix"]
+__all__ = ["ObjectParquetSink", "pending_prefix", "step_prefix"]
 
 #: The fencing record's key (hidden from Parquet readers by its ``_``).
 FENCE_KEY = "_fence.json"
@@ -188,7 +189,8 @@ class ObjectParquetSink:
             if token is not None:
                 self._check(token, rec)
             prev = rec["pending"].get(str(step))
-            old[:] = [] if prev is None else [prev["token"]]
+            # (our own entry if an earlier attempt of this put landed: nothing to replace)
+            old[:] = [] if prev is None or prev["token"] == tok else [prev["token"]]
             pending = dict(rec["pending"], **{str(step): entry})
             epoch = rec["epoch"] if token is None else max(rec["epoch"], token.epoch)
             return dict(rec, epoch=epoch, pending=pending)
@@ -284,10 +286,10 @@ class ObjectParquetSink:
         (create-only, checked if present), then record the step published and delete the
         hidden copies."""
         done = sorted(int(k) for k in rec["pending"] if int(k) <= step)
-        for s in done:
+        for s in done:  # in order, one at a time: what is visible is a prefix
             entry = rec["pending"][str(s)]
-            self._c.map(lambda p, s=s, entry=entry: self._publish_part(s, entry, p),
-                        range(len(entry["parts"])))
+            for part in range(len(entry["parts"])):
+                self._publish_part(s, entry, part)
 
         def advance(r: Record | None) -> Record:
             r = self._claim(token, r)
