@@ -11,6 +11,8 @@ pipeline with a killed stage writes through the S3 sink, read back by pyarrow an
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 import sys
 import threading
 import uuid
@@ -117,6 +119,15 @@ def test_steps_are_hidden_until_published_then_seen_once(env: Env) -> None:
     sink.commit(1, _rows(1), token=t)
     assert env.seen() == [] and sink.committed_steps() == []
     assert [k for k in env.object_keys() if not k.startswith("_")] == []  # all hidden
+    hidden = [k for k in env.object_keys() if k != "_fence.json"]  # docs/FORMAT.md 7.3
+    assert len(hidden) == 3 and all(re.fullmatch(
+        r"_pending/step-000000001/e1-[0-9a-f]{12}/part-0000[0-2]\.parquet", k) for k in hidden)
+    got = ObjectClient(parse_store_url(env.url)).get("_fence.json")
+    assert got is not None
+    record = json.loads(bytes(got[0]))
+    assert set(record) == {"run_id", "epoch", "step", "pending", "nonce"}
+    assert (record["run_id"], record["epoch"], record["step"]) == ("run", 1, 0)
+    assert [len(p) for p in record["pending"]["1"]["parts"]] == [2, 2, 2]
     sink.publish(1, token=t)
     assert env.seen() == _expect(1) and len(sink.files(1)) == 3  # 5 rows, 2 per file
     sink.commit(2, [{"step": 2, "j": j} for j in range(5)], token=t)  # records work too

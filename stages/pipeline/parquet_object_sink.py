@@ -6,7 +6,7 @@ store has no rename and no lock, so the local sink's "one directory rename publi
 under an flock" becomes: the fencing record is one object changed only by conditional puts,
 and a step is published by create-only puts of its files under their visible names.
 
-Layout under the URL's prefix (``docs/FORMAT.md``, "Parquet sink layout on an object store")::
+Layout under the URL's prefix (``docs/FORMAT.md`` 7.3, "Parquet sink layout on an object store")::
 
     step-000000001/part-00000.parquet                   published (visible)
     _pending/step-000000002/<token>/part-00000.parquet  committed by the sink, hidden
