@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import re
 import sys
 import threading
@@ -28,9 +29,9 @@ import ray
 import ray.cloudpickle
 from parquet_stages import KeyedSum, write_input
 from s3hooks import HookedStore, req
-from s3server import BUCKET, CREDENTIALS
+from s3server import BUCKET, CREDENTIALS, free_port
 
-from blockstore.errors import StorageIOError
+from blockstore.errors import BlockStoreError, StorageIOError
 from blockstore.objectclient import ObjectClient, _build_store
 from blockstore.urls import parse_store_url
 from stages import (
@@ -187,6 +188,45 @@ def test_crash_between_publishing_two_parts_ends_published_once(env: Env) -> Non
                           "step-000000001/part-00001.parquet"]
 
 
+def _driver_run(sink: Any, token: FenceToken, committed: list[int], start: int) -> None:
+    """A driver from ``start``: fence, then per step commit, the run's commit point (the
+    step appended to ``committed``), publish; steps 1 and 2."""
+    sink.fence(token, committed[-1] if committed else 0)
+    for step in range(start, 3):
+        sink.commit(step, _rows(step), token=token)
+        committed.append(step)  # the run's status write: the commit point
+        sink.publish(step, token=token)
+
+
+def test_crash_at_every_request_ends_hidden_or_published_never_twice(env: Env) -> None:
+    probe, hs = env.hooked(rows_per_file=3)  # 5 rows: 2 parts per step
+    _driver_run(probe, FenceToken("run", 1), [], 1)
+    total = len(hs.log)
+    assert env.seen() == _expect(1, 2) and total > 20
+    for k in range(total):
+        case = Env(env.server)
+        first, hs = case.hooked(rows_per_file=3)
+        seen = [0]
+
+        def at_k(method: str, key: str, k: int = k, seen: list[int] = seen) -> bool:
+            seen[0] += 1
+            return seen[0] == k + 1
+
+        def crash() -> None:
+            raise Crash
+
+        hs.on("before", at_k, crash)
+        committed: list[int] = []
+        with pytest.raises(Crash):
+            _driver_run(first, FenceToken("run", 1), committed, 1)
+        visible = case.seen()  # only committed steps' rows, each once, a prefix
+        assert visible == _expect(*committed)[:len(visible)], (k, hs.log[-1])
+        second = case.sink(rows_per_file=3)  # the restarted driver
+        _driver_run(second, FenceToken("run", 2), committed, (committed or [0])[-1] + 1)
+        assert case.seen() == _expect(1, 2), (k, hs.log[-1])
+        assert not [key for key in case.object_keys() if key.startswith("_pending")], k
+
+
 def test_a_published_name_holding_other_bytes_is_never_overwritten(env: Env) -> None:
     sink = env.sink()
     t = FenceToken("run", 1)
@@ -271,6 +311,31 @@ def test_unfenced_prefix_writes_visible(env: Env) -> None:
     sink = env.sink()
     sink.commit(1, _rows(1))
     assert env.seen() == _expect(1) and sink.committed_steps() == [1]
+
+
+def test_pickled_sink_carries_on(env: Env) -> None:
+    sink = env.sink()
+    t = FenceToken("run", 1)
+    sink.fence(t, 0)
+    sink.commit(1, _rows(1), token=t)
+    again = pickle.loads(pickle.dumps(sink))  # a new client, no cache: reads the hidden copy
+    again.publish(1, token=t)
+    assert env.seen() == _expect(1)
+
+
+def test_errors_carry_no_secret(s3_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret, session = "Zq9-not-a-real-secret-8Hh", "FwoGZX-session-token-77Kq"
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    monkeypatch.setenv("AWS_SESSION_TOKEN", session)
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens: every request fails
+    sink = ParquetSink(s3_server.url(f"pq-{uuid.uuid4().hex[:8]}", endpoint=dead, retries=0))
+    with pytest.raises(BlockStoreError) as err:
+        sink.fence(FenceToken("run", 1), 0)
+    chain, exc = [], err.value
+    while exc is not None:
+        chain.append(f"{exc!s} {exc!r}")
+        exc = exc.__cause__ or exc.__context__
+    assert not [c for c in chain if secret in c or session in c]
 
 
 # -- a Ray pipeline into the S3 sink ---------------------------------------------------------
