@@ -126,18 +126,20 @@ class ObjectParquetSink:
         self._c = client if client is not None else ObjectClient(self.url)
         self._where = redact_url(self.url.to_url())
         self._cache: dict[tuple[int, str], list[bytes]] = {}  # this process's commits
+        self._last: tuple[Record, str] | None = None  # the record this sink last wrote
 
     def __repr__(self) -> str:
         return f"ObjectParquetSink({self._where!r})"
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled without its client and cache (a new client is built where unpickled)."""
-        return {k: v for k, v in self.__dict__.items() if k not in ("_c", "_cache")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_c", "_cache", "_last")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._c = ObjectClient(self.url)
         self._cache = {}
+        self._last = None
 
     @property
     def requests(self) -> Any:
@@ -166,7 +168,7 @@ class ObjectParquetSink:
         A replayed commit of ``step`` replaces its hidden parts. Without a token on a
         never-fenced prefix, the parts are written visible at once."""
         datas = self._encode(records)
-        got = self._get_record()
+        got = self._last = self._get_record()  # read fresh: a fenced driver uploads nothing
         if got is None and token is None:
             for part, data in enumerate(datas):
                 self._c.put(step_prefix(step) + part_name(part), data)
@@ -298,9 +300,14 @@ class ObjectParquetSink:
             return dict(r, step=max(r["step"], step), pending=pending)
 
         self._update(advance)
+        hidden = []  # the manifest names them: no listing (strays go at the next fence)
         for s in done:
-            self._delete_prefix(pending_prefix(s))
-            self._cache.pop((s, rec["pending"][str(s)]["token"]), None)
+            entry = rec["pending"][str(s)]
+            hidden += [pending_prefix(s, entry["token"]) + part_name(p)
+                       for p in range(len(entry["parts"]))]
+            self._cache.pop((s, entry["token"]), None)
+        if hidden:
+            self._c.delete(hidden)
 
     def _publish_part(self, step: int, entry: Record, part: int) -> None:
         size, digest = entry["parts"][part]
@@ -395,8 +402,10 @@ class ObjectParquetSink:
         """Apply ``change`` to the record by a conditional put, re-deciding after each lost
         race (a retried put whose first attempt landed is recognised by its nonce).
         ``change`` may raise (fencing): nothing is written. Returns the record written."""
+        got = self._last  # what this sink last wrote: if it is stale, its put fails
         for _ in range(MAX_RACES):
-            got = self._get_record()
+            if got is None:
+                got = self._get_record()
             new = change(None if got is None else {k: v for k, v in got[0].items()
                                                    if k != "nonce"})
             if new is None:
@@ -405,12 +414,14 @@ class ObjectParquetSink:
                 raise StorageIOError(f"{self._where}: no fencing record", path=self._where)
             new = dict(new, nonce=secrets.token_hex(8))
             body = canonical_json(new)
-            landed = (self._c.put_new(FENCE_KEY, body) if got is None
-                      else self._c.put_if(FENCE_KEY, body, got[1])) is not None
-            if not landed:
-                again = self._get_record()
-                landed = again is not None and again[0]["nonce"] == new["nonce"]
-            if landed:
+            etag = (self._c.put_new(FENCE_KEY, body) if got is None
+                    else self._c.put_if(FENCE_KEY, body, got[1]))
+            if etag is None:
+                got = self._get_record()
+                if got is not None and got[0]["nonce"] == new["nonce"]:
+                    etag = got[1]  # a retry of a put that had landed
+            if etag is not None:
+                self._last = (new, etag) if etag else None
                 return new
         raise StorageIOError(f"{self._where}: lost {MAX_RACES} races in a row for "
                              f"{FENCE_KEY}", path=self._where)
