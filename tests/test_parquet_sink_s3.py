@@ -307,6 +307,49 @@ def test_discard_after_removes_later_steps(env: Env) -> None:
     assert env.seen() == sorted(_expect(1) + [(2, 0), (2, 1)])
 
 
+def test_same_outcomes_as_the_local_sink(env: Env, tmp_path: Any) -> None:
+    """One sequence - two drivers of a run, a fallback, another run taking over - on the
+    local sink and the S3 sink: the same steps visible, the same refusals, at every point."""
+    local_dir = tmp_path / "local"
+    a1, a2, b1 = FenceToken("a", 1), FenceToken("a", 2), FenceToken("b", 1)
+    script: list[tuple[str, Any, tuple[Any, ...]]] = [
+        ("fence", a1, (0,)), ("commit", a1, (1,)), ("publish", a1, (1,)),
+        ("commit", a1, (2,)), ("commit", a1, (3,)), ("fence", a2, (2,)),
+        ("commit", a1, (4,)), ("publish", a1, (3,)), ("commit", a2, (3,)),
+        ("publish", a2, (3,)), ("commit", a2, (4,)), ("discard", a2, (2,)),
+        ("commit", a2, (3,)), ("publish", a2, (3,)), ("fence", b1, (1,)),
+        ("publish", a2, (3,)), ("commit", b1, (2,)), ("publish", b1, (2,))]
+
+    def play(make: Any, seen: Any) -> list[Any]:
+        trace = []
+        for op, token, args in script:
+            sink = make()  # a fresh sink object each time: nothing cached helps
+            try:
+                if op == "fence":
+                    sink.fence(token, *args)
+                elif op == "commit":
+                    sink.commit(args[0], _rows(args[0]), token=token)
+                elif op == "publish":
+                    sink.publish(args[0], token=token)
+                else:
+                    sink.discard_after(args[0], token=token)
+                outcome = "ok"
+            except SinkFencedError:
+                outcome = "fenced"
+            trace.append((op, token, outcome, sink.committed_steps(), seen()))
+        return trace
+
+    def seen_local() -> list[tuple[int, int]]:
+        table = ds.dataset(local_dir, format="parquet").to_table()
+        return sorted(zip(table.column("step").to_pylist(), table.column("j").to_pylist())) \
+            if table.num_rows else []
+
+    local = play(lambda: ParquetSink(local_dir, fsync=False), seen_local)
+    remote = play(env.sink, env.seen)
+    assert remote == local
+    assert [t[2] for t in local].count("fenced") == 3 and local[-1][3] == [1, 2]
+
+
 def test_unfenced_prefix_writes_visible(env: Env) -> None:
     sink = env.sink()
     sink.commit(1, _rows(1))
