@@ -41,6 +41,7 @@ from stages import (
     ParquetSource,
     Pipeline,
     PipelineEvent,
+    Sink,
     SinkFencedError,
     StageSpec,
     run_reference,
@@ -108,7 +109,8 @@ def env(s3_server: Any) -> Env:
 
 
 def test_object_url_builds_the_object_sink(env: Env, tmp_path: Any) -> None:
-    assert isinstance(env.sink(), ObjectParquetSink)
+    assert isinstance(env.sink(), ObjectParquetSink) and isinstance(env.sink(), Sink)
+    assert isinstance(ParquetSink(directory=env.url, rows_per_file=7), ObjectParquetSink)
     assert isinstance(ParquetSink(tmp_path / "local"), ParquetSink)
     assert type(ParquetSink(str(tmp_path / "local2"))) is ParquetSink
 
