@@ -15,6 +15,7 @@ in ``stages`` imports it.
 | `file_sources.py` | `ParquetSource`, `JsonlSource` |
 | `sink.py`       | sinks that commit per step, idempotently, fenced by the driver's token |
 | `parquet_sink.py` | `ParquetSink`: each committed step a directory of Parquet files, published by one rename |
+| `parquet_object_sink.py` | `ParquetSink(url)` on an object store: hidden parts, a fencing record by conditional puts, create-only publication |
 | `runs.py`       | `RunStore`: committed steps, pause, claim and resume exactly once |
 | `run_claim.py`  | `RunClaim`: one driver's right to resume a paused run |
 | `run_records.py`| the values of runs: `StageCommit`, `RunStep`, `RunStatus` |

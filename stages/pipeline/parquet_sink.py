@@ -35,8 +35,12 @@ have seen output that goes away, as with every sink.
 Modes are the store's, as for ``FileSink``: files ``0600`` (created by this process with that
 mode, before pyarrow writes them) and directories ``0700`` unless ``file_mode`` widens both.
 
-Only local (or mounted shared) directories: publication needs an atomic directory rename,
-which object stores do not have.
+This class writes local (or mounted shared) directories: publication by an atomic directory
+rename. Given an object-store URL (``s3://``, ``gs://``, ``az://``, ``blockstore/urls.py``),
+``ParquetSink(url, ...)`` returns an
+:class:`~stages.pipeline.parquet_object_sink.ObjectParquetSink` instead: the same protocol
+and layout names, by conditional writes (its module docstring says what readers of an
+object store see).
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from blockstore.fileio import FILE_MODE
+from blockstore.urls import OBJECT_SCHEMES
 
 from ..actors.batches import concat, num_rows, to_table
 from .sink import FileSink, fsync_dir
@@ -73,6 +78,14 @@ class ParquetSink(FileSink):
     """
 
     fence_file = PARQUET_FENCE_FILE
+
+    def __new__(cls, directory: str | os.PathLike[str] | None = None, **kw: Any) -> Any:
+        """A local sink, or for an object-store URL an ``ObjectParquetSink``."""
+        if cls is ParquetSink and isinstance(directory, str) and _is_object_url(directory):
+            from .parquet_object_sink import ObjectParquetSink
+
+            return ObjectParquetSink(directory, **kw)
+        return super().__new__(cls)
 
     def __init__(self, directory: str | os.PathLike[str], *, fsync: bool = True,
                  file_mode: int = FILE_MODE, rows_per_file: int = 1_000_000,
@@ -198,3 +211,8 @@ class ParquetSink(FileSink):
 
     def _pending(self) -> list[int]:
         return self._steps("_step-")
+
+
+def _is_object_url(spec: str) -> bool:
+    scheme = spec.split("://", 1)[0].lower() if "://" in spec else ""
+    return scheme in OBJECT_SCHEMES
