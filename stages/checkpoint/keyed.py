@@ -46,7 +46,12 @@ from typing import Any
 
 from blockstore import Lease, LeaseReader
 
-from ..errors import CheckpointEncodeError, KeyedStateMismatch, KeyGroupError, UntrackedWrite
+from ..errors import (
+    CheckpointEncodeError,
+    KeyedStateMismatch,
+    KeyGroupError,
+    UntrackedWrite,
+)
 from .codec import Payload
 from .format import MapEntry
 from .keygroups import DEFAULT_MAX_PARALLELISM, key_group
@@ -202,8 +207,8 @@ class KeyedState:
             yield from self._data[g].items()
 
     def values(self) -> Iterator[Any]:
-        for _, v in self.items():
-            yield v
+        for g in sorted(self._data):
+            yield from self._data[g].values()
 
     def to_dict(self) -> dict[Any, Any]:
         """A plain dict of every key (a shallow copy)."""
