@@ -120,6 +120,11 @@ class KeyedState:
         """Groups written since the last checkpoint (what the next one serialises)."""
         return frozenset(self._dirty)
 
+    def touch_all(self) -> None:
+        """Count every group as written: the next checkpoint serialises them all (after
+        changes the contract did not track, or to measure a full re-serialisation)."""
+        self._dirty.update(self._data)
+
     def group_of(self, key: Any) -> int:
         """The key group of ``key``; :class:`KeyGroupError` if this object does not own it."""
         g = key_group(key, self._m)
