@@ -20,7 +20,7 @@ def test_bench_keyed_quick_reports_every_row(tmp_path: Path) -> None:
     rows = json.loads(proc.stdout)["keyed"]
     cases = {r["case"] for r in rows}
     assert cases == {"arrays 16 MiB, 128 groups", "arrays 16 MiB, 1024 groups",
-                     "small keys 100,000, 128 groups"}, cases
+                     "small keys 100,000, 128 groups", "small keys 100,000, 1024 groups"}, cases
     for case in cases:
         ops = {r["op"]: r for r in rows if r["case"] == case}
         assert {"full keyed checkpoint", "full plain checkpoint (one dict)"} <= set(ops)
