@@ -26,6 +26,7 @@ from stages import (
     UntrackedWrite,
     verify_lease,
 )
+from stages.checkpoint import writer
 from stages.checkpoint.keygroups import key_group, key_group_range
 from stages.checkpoint.reader import load_map, scan_slots
 
@@ -107,7 +108,15 @@ def test_round_trip_over_generations(tmp_path: Path) -> None:
     assert "user-11" in back and back.get("nope", 5) == 5 and "nope" not in back
 
 
-def test_only_written_groups_are_serialised_and_written(tmp_path: Path) -> None:
+def test_only_written_groups_are_serialised_and_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    hashed: list[int] = []
+    real_hash = writer.content_hash
+
+    def counting_hash(chunk: Any) -> bytes:  # the real hash, counted: which chunks are read
+        hashed.append(memoryview(chunk).nbytes)
+        return real_hash(chunk)
+    monkeypatch.setattr(writer, "content_hash", counting_hash)
     Counted.pickled = 0
     with FileStore(tmp_path / "s", BS) as store, store.acquire("ks") as lease:
         ks = KeyedState(lease, max_parallelism=M, compression="none")
@@ -122,11 +131,14 @@ def test_only_written_groups_are_serialised_and_written(tmp_path: Path) -> None:
         for g in dirty:
             ks[_keys_in(g, 1)[0]] = Counted(-1)
         Counted.pickled = 0
+        hashed.clear()
         info = ks.checkpoint(step=2)
         assert Counted.pickled == 40 * len(dirty)  # clean groups were not serialised
+        per_group = first.data_length // BS // M  # every group spans the same few blocks
+        # ... nor read: only the written groups' chunks, the table and the manifest are hashed
+        assert len(hashed) <= len(dirty) * (per_group + 1) + 2
         assert ks.last_groups_written == len(dirty)
         new = _entries(reader, 2)
-        per_group = first.data_length // BS // M  # every group spans the same few blocks
         assert info.chunks_written is not None and info.chunks_reused is not None
         # the written groups' chunks, the table and the manifest at most
         assert info.chunks_written <= len(dirty) * (per_group + 1) + 2
