@@ -26,6 +26,7 @@ BENCHES: dict[str, str] = {
     "store": "bench.bench_store",
     "checkpoint": "bench.bench_checkpoint",
     "incremental": "bench.bench_incremental",
+    "keyed": "bench.bench_keyed_state",
     "manager": "bench.bench_manager",
     "peers": "bench.bench_peers",
     "actor": "bench.bench_actor",

@@ -15,7 +15,12 @@ that fits, and carries its context as attributes (lease, generation, block)::
     │                                      may allocate (``max_state_bytes``)
     ├── CodecError(TypeError)              state the chosen codec cannot encode
     ├── KeyGroupError(ValueError)          stages.checkpoint.keygroups: a record key without a
-    │                                      stable hash, or parallelism outside 1..max_parallelism
+    │   │                                  stable hash, or parallelism outside 1..max_parallelism
+    │   └── KeyedStateMismatch             stages.checkpoint.keyed: a keyed restore that does not
+    │                                      fit the lease (another max_parallelism, not keyed
+    │                                      state, a key group held by two leases)
+    ├── UntrackedWrite(RuntimeError)       stages.checkpoint.keyed: a key group changed without
+    │                                      a tracked write (found by ``check_untracked``)
     ├── MacKeyNotShippable(TypeError)      ``@checkpointed(mac_key=...)`` on a class Ray would
     │                                      pickle by value into its GCS: refused, never sent
     └── CheckpointCorrupt(ValueError)      no generation (or this one) verifies
@@ -85,6 +90,7 @@ __all__ = [
     "CheckpointTooLarge",
     "CodecError",
     "KeyGroupError",
+    "KeyedStateMismatch",
     "MacKeyNotShippable",
     "NoCheckpointError",
     "PipelineError",
@@ -107,6 +113,7 @@ __all__ = [
     "TruncatedCheckpointError",
     "UnauthenticatedRestoreWarning",
     "UnsupportedFormatError",
+    "UntrackedWrite",
 ]
 
 
@@ -274,6 +281,36 @@ class MacKeyNotShippable(StageError, TypeError):
     def __init__(self, message: str, *, actor: str) -> None:
         super().__init__(message)
         self.actor = actor
+class KeyedStateMismatch(KeyGroupError):
+    """A keyed restore that does not fit what the lease holds (``stages/checkpoint/keyed.py``):
+    the generation was written with another ``max_parallelism`` (its key groups are other
+    groups: restoring would misroute every key), it is not keyed state, or two leases given
+    to one restore both hold a key group.
+
+    Attributes:
+        expected: what the restore asked (e.g. ``"max_parallelism=128"``).
+        found: what the lease holds.
+    """
+
+    def __init__(self, message: str, *, expected: str | None = None,
+                 found: str | None = None) -> None:
+        super().__init__(message)
+        self.expected = expected
+        self.found = found
+
+
+class UntrackedWrite(StageError, RuntimeError):
+    """A key group's state changed without a tracked write (a value read by ``get`` or
+    ``[]`` and mutated in place): a checkpoint would have reused its stale segment. Raised
+    by ``KeyedState.checkpoint`` only with ``check_untracked=True``; nothing was written.
+
+    Attributes:
+        group: the key group.
+    """
+
+    def __init__(self, message: str, *, group: int | None = None) -> None:
+        super().__init__(message)
+        self.group = group
 
 
 class CheckpointCorrupt(StageError, ValueError):

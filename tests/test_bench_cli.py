@@ -19,7 +19,8 @@ def test_bench_quick_runs_every_benchmark(tmp_path: Path) -> None:
                           text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(proc.stdout)
-    assert set(report) == {"store", "checkpoint", "incremental", "manager", "peers", "actor",
+    assert set(report) == {"store", "checkpoint", "incremental", "keyed", "manager", "peers",
+                           "actor",
                            "async", "pipeline", "batch", "langgraph", "objstore",
                            "scheduler"}
     batch = {r["case"]: r for r in report["batch"]}

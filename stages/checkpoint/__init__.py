@@ -24,11 +24,14 @@ it writes are specified in ``docs/FORMAT.md``.
 | `observer.py`   | the flush observer protocol and `flush_guard` |
 | `policy.py`     | when to checkpoint: `CheckpointManager` and its policies |
 | `keygroups.py` | key groups: the stable hash of a record key, the groups an instance owns |
+| `keyed.py`      | `KeyedState`: per-key state that tracks writes; checkpoints only written key groups |
+| `table.py`      | the keyed payload: one block-aligned segment per key group, the manifest |
 """
 
 from __future__ import annotations
 
 from .observer import CheckpointFlushObserver, flush_guard
+from .keyed import KeyedState
 from .policy import CheckpointManager, CheckpointPolicy, CheckpointRequest, PolicyCounters
 from .reports import CheckpointInfo, RestoreReport
 from .state import CheckpointedStageState
@@ -42,6 +45,7 @@ __all__ = [
     "CheckpointRequest",
     "CheckpointedStageState",
     "GenerationReport",
+    "KeyedState",
     "PolicyCounters",
     "RestoreReport",
     "flush_guard",

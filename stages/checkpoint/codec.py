@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import pickle
 import struct
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
@@ -46,10 +46,18 @@ class Payload:
     """A serialized state: ``segments`` (memoryviews, in order) total ``length`` bytes.
 
     The segments include the table and the zero padding; nothing has been joined.
+
+    ``reuse`` (keyed state, ``stages/checkpoint/keyed.py``): chunk index -> the map entry
+    of generation ``reuse_generation`` that already stores exactly that chunk's bytes. A
+    commit whose incremental base is that generation takes those entries as they are -
+    the chunk is neither hashed, compressed nor written; on any other base they are
+    ignored and the chunk is encoded from ``segments`` like any other.
     """
 
     segments: Sequence[memoryview]
     length: int
+    reuse: Mapping[int, Any] = field(default_factory=dict)
+    reuse_generation: int | None = None
 
 
 def _align(n: int) -> int:

@@ -134,9 +134,12 @@ def commit_generation(lease: Lease, slots: list[SlotState], target: int, payload
     tslot.header = None
 
     alloc = iter(alloc_list)
+    # Known-unchanged chunks (keyed state) only ride on the base they were stored by.
+    reuse = (payload.reuse if base is not None and payload.reuse
+             and payload.reuse_generation == base.generation else None)
     entries, used, n_written, data_bytes = write_chunks(
         lease, coder, payload.segments, alloc, bs, hashing=enc.hashed,
-        base=None if base is None else base.entries)
+        base=None if base is None else base.entries, reuse=reuse)
     reused = len(entries) - n_written
     depth = base.depth + 1 if base is not None and reused else 0
     map_crc, first_map, map_blocks, inline_map = write_map(lease, entries, alloc,

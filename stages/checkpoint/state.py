@@ -60,7 +60,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 from blockstore import Lease, LeaseReader
@@ -78,7 +78,7 @@ from .background import PendingCheckpoint, SnapshotBuffers
 from .codec import Payload
 from .commit import Commit, Encoding, commit_generation
 from .compress import ChunkCoder
-from .format import Header
+from .format import Header, MapEntry
 from .incremental import DEFAULT_FULL_EVERY, Base, reusable_base
 from .mac import DEFAULT_MAC, MAC_ALGORITHMS, KeyRing, KeySetting, resolve_keys
 from .metering import note_checkpoint, note_failure, note_restore, note_stall
@@ -360,6 +360,26 @@ class CheckpointedStageState(Generic[T]):
         self._settle()
         with self._flush_in_progress():
             return self._guarded_checkpoint(step, meta, None)
+
+    def checkpoint_payload(self, payload: Payload, *, step: int = 0,
+                           meta: Mapping[str, Any] | None = None) -> CheckpointInfo:
+        """Commit an already encoded ``payload`` (not ``state``) as a new generation.
+
+        For writers that build their own payload (keyed state, ``stages/checkpoint/keyed.py``):
+        the commit, its guarantees and its errors are :meth:`checkpoint`'s. ``payload.reuse``
+        entries are taken only when this object's incremental base is
+        ``payload.reuse_generation`` (see :meth:`committed_map`).
+        """
+        self._settle()
+        with self._flush_in_progress():
+            return self._guarded_checkpoint(step, meta, payload)
+
+    def committed_map(self) -> tuple[int, Sequence[MapEntry]] | None:
+        """The generation a next incremental commit may reuse chunks of, and its block map
+        (``None``: none is trusted; the next commit writes everything)."""
+        if self._base is None:
+            return None
+        return self._base.generation, self._base.entries
 
     @property
     def _what(self) -> str:

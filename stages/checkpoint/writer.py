@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 
@@ -133,15 +133,23 @@ _NO_HASH = bytes(fmt.HASH_SIZE)
 
 
 def encode_batch(coder: ChunkCoder, chunks: list[memoryview], start: int = 0,
-                 hashing: bool = False, base: Sequence[MapEntry] | None = None) -> list[Encoded]:
+                 hashing: bool = False, base: Sequence[MapEntry] | None = None,
+                 reuse: Mapping[int, MapEntry] | None = None) -> list[Encoded]:
     """Encode chunks ``start, start + 1, ...`` of a payload (runs in the pool).
 
     With ``hashing`` each chunk's content hash is computed; a chunk whose raw length and
     hash equal those of ``base[i]`` (the base generation's chunk at the same position) is
-    unchanged and comes back as that entry, not encoded.
+    unchanged and comes back as that entry, not encoded. A chunk ``i`` in ``reuse`` (the
+    caller knows it unchanged: keyed state's clean key groups) comes back as ``reuse[i]``
+    without being read at all, if its raw length matches (else it is encoded).
     """
     out: list[Encoded] = []
     for i, c in enumerate(chunks, start):
+        if reuse:
+            known = reuse.get(i)
+            if known is not None and known.raw == c.nbytes:
+                out.append((None, known.flags, known.crc, known.raw, known.hash, known))
+                continue
         digest = content_hash(c) if hashing else _NO_HASH
         if base is not None and i < len(base):
             old = base[i]
@@ -196,6 +204,7 @@ def allocate(protected: set[int], k: int, need: int) -> list[int]:
 def write_chunks(lease: Lease, coder: ChunkCoder, segments: Sequence[memoryview],
                  alloc: Iterator[int], bs: int, *, hashing: bool = False,
                  base: Sequence[MapEntry] | None = None,
+                 reuse: Mapping[int, MapEntry] | None = None,
                  ) -> tuple[list[MapEntry], set[int], int, int]:
     """Encode (CRC, maybe zstd, maybe hash) chunks in the pool while earlier ones are
     written; pack compressed chunks several to a block; reuse ``base`` entries of unchanged
@@ -216,7 +225,8 @@ def write_chunks(lease: Lease, coder: ChunkCoder, segments: Sequence[memoryview]
         batch = [c for _, c in zip(range(per_task), chunk_iter)]
         if not batch:
             return False
-        inflight.append(pool.submit(encode_batch, coder, batch, submitted, hashing, base))
+        inflight.append(pool.submit(encode_batch, coder, batch, submitted, hashing, base,
+                                    reuse))
         submitted += len(batch)
         return True
 
