@@ -60,12 +60,16 @@ class MacChain:
     the chain is broken, later batches are not hashed, and :meth:`digest` refuses.
     """
 
+    #: Batches read and not yet fed past which a reader waits for the feeding task (or for
+    #: it to finish) before it returns to the next read.
+    AHEAD = 2
+
     def __init__(self, key: bytes, alg: int) -> None:
         self._mac = PayloadMac(key, alg)
         self._next = 0  # the batch the MAC needs next
         self._offered: dict[int, memoryview | None] = {}  # read, not yet fed (None: failed)
         self._feeding = False  # a task is feeding the MAC (only one at a time)
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
         self._broken = False
 
     def read_and_feed(self, n: int, reader: LeaseReader, idx: list[int],
@@ -83,21 +87,27 @@ class MacChain:
         return None
 
     def _offer(self, n: int, region: memoryview | None) -> None:
-        with self._lock:
+        with self._cond:
             if n in self._offered or n < self._next:
                 self._broken = True  # offered twice: never a digest of a guessed order
             self._offered[n] = region
+            # Readers far ahead of the MAC: wait while the feeding task catches up, so the
+            # batches it hashes are still in cache. It never waits itself, so it ends.
+            while self._feeding and len(self._offered) > self.AHEAD:
+                self._cond.wait()
             if self._feeding:
                 return  # the feeding task takes it in its turn
             self._feeding = True
         try:
             while True:
-                with self._lock:
+                with self._cond:
                     if self._next not in self._offered:
                         self._feeding = False  # under the lock: no offer is missed
+                        self._cond.notify_all()
                         return
                     part = self._offered.pop(self._next)
                     self._next += 1
+                    self._cond.notify_all()
                     if part is None:
                         self._broken = True
                     broken = self._broken
@@ -105,16 +115,17 @@ class MacChain:
                     assert part is not None
                     self._mac.update_all([part])
         except BaseException:
-            with self._lock:
+            with self._cond:
                 self._broken = True
                 self._feeding = False
+                self._cond.notify_all()
             raise
 
     def digest(self, tasks: int) -> bytes:
         """The MAC of batches ``0 .. tasks - 1``, every one fed; raises if a task failed or
         any batch is missing (its error is the one to report; a digest of part of the
         payload must never be compared)."""
-        with self._lock:
+        with self._cond:
             whole = not self._broken and self._next == tasks and not self._offered
         if not whole:
             raise RuntimeError("a read task of the payload failed; the MAC chain is broken")
