@@ -50,14 +50,16 @@ def read_and_check(reader: LeaseReader, idx: list[int],
 class MacChain:
     """The payload MAC fed by the pool tasks that read the payload, in payload order.
 
-    Task ``n`` reads its batch and offers it. A task never waits for another: if batch
-    ``n`` is the next one the MAC needs and no task is feeding, this task feeds it and then
-    every later batch already offered, in order; otherwise it leaves its batch to the task
-    that is feeding (or to the one whose batch the MAC needs next) and returns, so its
-    worker goes on to the next read. Both cores stay busy with reads and the one sequential
-    MAC (``bench/notes/restore.md``: a task that waited for its turn left a core idle), and
-    tasks may run in any order on any pool. A task whose read fails offers nothing usable:
-    the chain is broken, later batches are not hashed, and :meth:`digest` refuses.
+    Task ``n`` reads its batch and offers it. No task waits for its turn: if batch ``n``
+    is the next one the MAC needs and no task is feeding, this task feeds it and then every
+    later batch already offered, in order; otherwise it leaves its batch to the task that
+    is feeding (or to the one whose batch the MAC needs next) and returns, so its worker
+    goes on to the next read. Both cores stay busy with reads and the one sequential MAC
+    (``bench/notes/restore.md``: a task that waited for its turn left a core idle). The one
+    wait: a reader more than :attr:`AHEAD` batches ahead of the MAC waits until the feeding
+    task catches up or ends; that task never waits, so tasks may run in any order on any
+    pool. A task whose read fails offers nothing usable: the chain is broken, later batches
+    are not hashed, and :meth:`digest` refuses.
     """
 
     #: Batches read and not yet fed past which a reader waits for the feeding task (or for
