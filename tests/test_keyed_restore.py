@@ -129,3 +129,26 @@ def test_a_digest_of_part_of_the_payload_is_refused(tmp_path: Path) -> None:
             chain.digest(3)
         with pytest.raises(RuntimeError, match="broken"):
             chain.digest(1)  # batch 2 was offered beyond the payload asked for
+
+
+@pytest.mark.parametrize("ahead", [0, 1])
+def test_readers_that_wait_for_the_mac_to_catch_up_never_hang_it(tmp_path: Path,
+                                                                 ahead: int) -> None:
+    """AHEAD 0: every reader that finds the MAC busy waits for it; on four threads the
+    digest is still the payload's in order and every task ends."""
+    n = 24
+    with FileStore(tmp_path / "s", BS) as store, store.acquire("w") as lease:
+        data = np.random.default_rng(10).integers(0, 256, n * BS, dtype=np.uint8)
+        lease.grow(n)
+        lease.write_blocks({i: bytes(data[i * BS:(i + 1) * BS]) for i in range(n)})
+        buf = np.empty(n * BS, dtype=np.uint8)
+        mv = memoryview(buf)
+        chain = MacChain(KEY, MAC_BLAKE3)
+        chain.AHEAD = ahead
+        with ThreadPoolExecutor(4) as pool:
+            futs = [pool.submit(chain.read_and_feed, i, lease, [i],
+                                [(mv[i * BS:(i + 1) * BS], None)], mv[i * BS:(i + 1) * BS])
+                    for i in range(n)]
+            assert [f.result(timeout=60) for f in futs] == [None] * n
+        assert chain.digest(n) == PayloadMac(KEY, MAC_BLAKE3).update_all([data]).digest()
+        np.testing.assert_array_equal(buf, data)
