@@ -1,10 +1,12 @@
 """Keyed restores of raw payloads: the read tasks feed the payload MAC themselves, in payload
-order (``stages/checkpoint/chunkchecks.py``, ``MacChain``). Every byte is still
-authenticated before the state is returned, damage is still named as a CRC failure, and a
-read task that fails breaks the chain without hanging it."""
+order (``stages/checkpoint/chunkchecks.py``, ``MacChain``), and none waits for another.
+Every byte is still authenticated before the state is returned, damage is still named as a
+CRC failure, a read task that fails breaks the chain without hanging it, and a digest of
+part of the payload is refused."""
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -68,7 +70,7 @@ def test_the_chain_is_the_mac_of_the_payload_in_order(tmp_path: Path) -> None:
                                 mv[3 * n * BS:(3 * n + 3) * BS])
                     for n in range(4)]
             assert [f.result(timeout=60) for f in futs] == [None] * 4
-        assert chain.digest() == PayloadMac(KEY, MAC_BLAKE3).update_all([data]).digest()
+        assert chain.digest(4) == PayloadMac(KEY, MAC_BLAKE3).update_all([data]).digest()
         np.testing.assert_array_equal(buf, data)
 
 
@@ -88,4 +90,65 @@ def test_a_failed_read_task_breaks_the_chain_and_nobody_hangs(tmp_path: Path) ->
             for f in (futs[0], futs[2], futs[3]):
                 assert f.result(timeout=60) is None
         with pytest.raises(RuntimeError, match="broken"):
-            chain.digest()
+            chain.digest(4)
+
+
+def _feed_all(chain: MacChain, lease, mv: memoryview, order: list[int]) -> None:
+    for n in order:
+        assert chain.read_and_feed(n, lease, [n], [(mv[n * BS:(n + 1) * BS], None)],
+                                   mv[n * BS:(n + 1) * BS]) is None
+
+
+def test_tasks_in_reverse_order_on_one_thread_give_the_mac_in_payload_order(
+        tmp_path: Path) -> None:
+    """No task waits for an earlier one: run last-to-first on one thread (the chain that
+    made each task wait for its turn hung here), the MAC is still the payload's in order."""
+    with FileStore(tmp_path / "s", BS) as store, store.acquire("o") as lease:
+        data = np.random.default_rng(9).integers(0, 256, 5 * BS, dtype=np.uint8)
+        lease.grow(5)
+        lease.write_blocks({i: bytes(data[i * BS:(i + 1) * BS]) for i in range(5)})
+        buf = np.empty(5 * BS, dtype=np.uint8)
+        chain = MacChain(KEY, MAC_BLAKE3)
+        t = threading.Thread(target=_feed_all, args=(chain, lease, memoryview(buf),
+                                                     [4, 2, 3, 0, 1]), daemon=True)
+        t.start()
+        t.join(timeout=60)
+        assert not t.is_alive(), "a task waited for an earlier one"
+        assert chain.digest(5) == PayloadMac(KEY, MAC_BLAKE3).update_all([data]).digest()
+        np.testing.assert_array_equal(buf, data)
+
+
+def test_a_digest_of_part_of_the_payload_is_refused(tmp_path: Path) -> None:
+    with FileStore(tmp_path / "s", BS) as store, store.acquire("p") as lease:
+        lease.grow(3)
+        lease.write_blocks({i: bytes([i]) * BS for i in range(3)})
+        buf = np.empty(3 * BS, dtype=np.uint8)
+        chain = MacChain(KEY, MAC_BLAKE3)
+        _feed_all(chain, lease, memoryview(buf), [0, 2])  # batch 1 never read: 2 waits
+        with pytest.raises(RuntimeError, match="broken"):
+            chain.digest(3)
+        with pytest.raises(RuntimeError, match="broken"):
+            chain.digest(1)  # batch 2 was offered beyond the payload asked for
+
+
+@pytest.mark.parametrize("ahead", [0, 1])
+def test_readers_that_wait_for_the_mac_to_catch_up_never_hang_it(tmp_path: Path,
+                                                                 ahead: int) -> None:
+    """AHEAD 0: every reader that finds the MAC busy waits for it; on four threads the
+    digest is still the payload's in order and every task ends."""
+    n = 24
+    with FileStore(tmp_path / "s", BS) as store, store.acquire("w") as lease:
+        data = np.random.default_rng(10).integers(0, 256, n * BS, dtype=np.uint8)
+        lease.grow(n)
+        lease.write_blocks({i: bytes(data[i * BS:(i + 1) * BS]) for i in range(n)})
+        buf = np.empty(n * BS, dtype=np.uint8)
+        mv = memoryview(buf)
+        chain = MacChain(KEY, MAC_BLAKE3)
+        chain.AHEAD = ahead
+        with ThreadPoolExecutor(4) as pool:
+            futs = [pool.submit(chain.read_and_feed, i, lease, [i],
+                                [(mv[i * BS:(i + 1) * BS], None)], mv[i * BS:(i + 1) * BS])
+                    for i in range(n)]
+            assert [f.result(timeout=60) for f in futs] == [None] * n
+        assert chain.digest(n) == PayloadMac(KEY, MAC_BLAKE3).update_all([data]).digest()
+        np.testing.assert_array_equal(buf, data)

@@ -9,10 +9,10 @@ and checks them while they are in that core's cache:
 * :func:`check_zstd`: zstd chunks, CRC-32C of the stored bytes, then decompression into
   place, bounded by the raw length;
 * :class:`MacChain`: with a key and only raw chunks (the usual numpy state), the read tasks
-  feed the payload MAC themselves, each its own batch right after reading it, in payload
-  order - the MAC then reads bytes still in cache and no third thread competes with the two
-  readers for two cores (``bench/notes/restore.md``). Otherwise the reader feeds the MAC on
-  the calling thread as tasks finish (``reader._mac_in_order``).
+  feed the payload MAC themselves, in payload order, right after reading - the MAC reads
+  bytes still in cache, no third thread competes with the two readers for two cores, and
+  no task waits for another's turn (``bench/notes/restore.md``). Otherwise the reader feeds
+  the MAC on the calling thread as tasks finish (``reader._mac_in_order``).
 
 Every task returns ``None`` or the first failed chunk and why (:data:`Failure`); CRC-32C and
 zstd and the MACs release the GIL.
@@ -50,48 +50,86 @@ def read_and_check(reader: LeaseReader, idx: list[int],
 class MacChain:
     """The payload MAC fed by the pool tasks that read the payload, in payload order.
 
-    Task ``n`` reads its batch, waits until tasks ``0..n-1`` have fed theirs, then feeds its
-    own - on the core that just read it, while the bytes are still in its cache, and with no
-    third thread competing with the two readers for two cores. Tasks are submitted in
-    payload order to a FIFO pool, so the task a waiter waits for has always started: no
-    deadlock. A task that fails still passes its turn on (and breaks the chain: the digest
-    is then never used, the failure is raised).
+    Task ``n`` reads its batch and offers it. No task waits for its turn: if batch ``n``
+    is the next one the MAC needs and no task is feeding, this task feeds it and then every
+    later batch already offered, in order; otherwise it leaves its batch to the task that
+    is feeding (or to the one whose batch the MAC needs next) and returns, so its worker
+    goes on to the next read. Both cores stay busy with reads and the one sequential MAC
+    (``bench/notes/restore.md``: a task that waited for its turn left a core idle). The one
+    wait: a reader more than :attr:`AHEAD` batches ahead of the MAC waits until the feeding
+    task catches up or ends; that task never waits, so tasks may run in any order on any
+    pool. A task whose read fails offers nothing usable: the chain is broken, later batches
+    are not hashed, and :meth:`digest` refuses.
     """
+
+    #: Batches read and not yet fed past which a reader waits for the feeding task (or for
+    #: it to finish) before it returns to the next read.
+    AHEAD = 2
 
     def __init__(self, key: bytes, alg: int) -> None:
         self._mac = PayloadMac(key, alg)
-        self._turn = 0
+        self._next = 0  # the batch the MAC needs next
+        self._offered: dict[int, memoryview | None] = {}  # read, not yet fed (None: failed)
+        self._feeding = False  # a task is feeding the MAC (only one at a time)
         self._cond = threading.Condition()
         self._broken = False
 
     def read_and_feed(self, n: int, reader: LeaseReader, idx: list[int],
                       items: list[tuple[memoryview, MapEntry]], region: memoryview) -> Failure:
-        """Task ``n`` (runs in the pool): read the batch ``items`` in place, then, in its
-        turn, feed ``region`` - the payload bytes the batch filled - to the MAC. Its CRCs
-        are not checked here (only if the MAC fails: ``first_bad``)."""
+        """Task ``n`` (runs in the pool): read the batch ``items`` in place and offer
+        ``region`` - the payload bytes the batch filled - to the MAC (fed by this task or
+        a later one, in payload order). Its CRCs are not checked here (only if the MAC
+        fails: ``first_bad``)."""
         ok = False
         try:
             reader.read_blocks_into(idx, [v for v, _ in items])
             ok = True
         finally:
-            with self._cond:
-                while self._turn != n:
-                    self._cond.wait()
-            try:
-                if ok and not self._broken:
-                    self._mac.update_all([region])
-                else:
-                    self._broken = True
-            finally:
-                with self._cond:
-                    self._turn += 1
-                    self._cond.notify_all()
+            self._offer(n, region if ok else None)
         return None
 
-    def digest(self) -> bytes:
-        """The MAC of every batch fed; raises if a task failed (its error is the one to
-        report; a digest of part of the payload must never be compared)."""
-        if self._broken:
+    def _offer(self, n: int, region: memoryview | None) -> None:
+        with self._cond:
+            if n in self._offered or n < self._next:
+                self._broken = True  # offered twice: never a digest of a guessed order
+            self._offered[n] = region
+            # Readers far ahead of the MAC: wait while the feeding task catches up, so the
+            # batches it hashes are still in cache. It never waits itself, so it ends.
+            while self._feeding and len(self._offered) > self.AHEAD:
+                self._cond.wait()
+            if self._feeding:
+                return  # the feeding task takes it in its turn
+            self._feeding = True
+        try:
+            while True:
+                with self._cond:
+                    if self._next not in self._offered:
+                        self._feeding = False  # under the lock: no offer is missed
+                        self._cond.notify_all()
+                        return
+                    part = self._offered.pop(self._next)
+                    self._next += 1
+                    self._cond.notify_all()
+                    if part is None:
+                        self._broken = True
+                    broken = self._broken
+                if not broken:
+                    assert part is not None
+                    self._mac.update_all([part])
+        except BaseException:
+            with self._cond:
+                self._broken = True
+                self._feeding = False
+                self._cond.notify_all()
+            raise
+
+    def digest(self, tasks: int) -> bytes:
+        """The MAC of batches ``0 .. tasks - 1``, every one fed; raises if a task failed or
+        any batch is missing (its error is the one to report; a digest of part of the
+        payload must never be compared)."""
+        with self._cond:
+            whole = not self._broken and self._next == tasks and not self._offered
+        if not whole:
             raise RuntimeError("a read task of the payload failed; the MAC chain is broken")
         return self._mac.digest()
 

@@ -62,7 +62,7 @@ log = logging.getLogger(__name__)
 MIN_ZSTD_FRAME = 9
 READ_BATCH = 2 * 1024 * 1024  # small enough to CRC while cached, big enough to amortize a read call
 #: With a key and raw chunks only, the read tasks feed the MAC (``chunkchecks.MacChain``):
-#: larger batches there - each costs a store call and a turn of the chain, and the MAC
+#: larger batches there - each costs a store call and a hand-over in the chain, and the MAC
 #: reads a batch back from L3 nearly as fast as from L2 (4 MiB measured best of 2-16 MiB).
 KEYED_READ_BATCH = 4 * 1024 * 1024
 _pool: ThreadPoolExecutor | None = None
@@ -470,7 +470,7 @@ def _read_payload(reader: LeaseReader, h: Header, entries: Sequence[MapEntry], *
         raise TruncatedCheckpointError(f"{where}: a block is beyond the lease: {exc}",
                                        block=exc.index, **ctx) from exc
     if chain is not None:
-        digest = chain.digest()  # every task succeeded (else raised above): the chain is whole
+        digest = chain.digest(len(pending))  # every task succeeded (else raised above)
     bad = next((f for f in failed if f is not None), None)
     if bad is None and digest is not None and not equal(digest, h.payload_mac):
         bad = first_bad(raw_items)  # damage, not forgery, if a CRC fails too
