@@ -451,7 +451,7 @@ class FileStore(BlockStore):
             info = self._read_record(lease_id)
             check_current(info, epoch)
             try:
-                with self._fds.use(lease_id) as fd:
+                with self._fds.use(lease_id, linked=True) as fd:
                     os.ftruncate(fd, num_blocks * self.block_size)
                     os.fsync(fd)
             except StorageIOError:
@@ -475,7 +475,8 @@ class FileStore(BlockStore):
                 if i >= info.num_blocks:
                     raise bounds_error(lease_id, info.name, i, info.num_blocks)
             try:
-                with self._fds.use(lease_id, writing=True) as fd:
+                # The record is there and its lock held: the data file has its name.
+                with self._fds.use(lease_id, writing=True, linked=True) as fd:
                     yield fd
             except StorageIOError:
                 raise  # already translated (opening the data file)
@@ -549,7 +550,7 @@ class FileStore(BlockStore):
         with self._lease_lock(lease_id, exclusive=False):
             check_current(self._read_record(lease_id), epoch, allow_expired=True)
             try:
-                with self._fds.use(lease_id) as fd:
+                with self._fds.use(lease_id, linked=True) as fd:
                     self._fsync(lease_id, fd)
                 # An fsync done when the descriptor was evicted may have failed.
                 late = self._fds.take_error(lease_id)
