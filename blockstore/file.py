@@ -24,6 +24,13 @@ The only nesting is lease lock, then store lock (``delete_lease``); ``acquire`` 
 store lock to find or create the lease by name, lets it go, then takes the lease's lock to
 take it over (and starts again if the lease was deleted meanwhile).
 
+The per-call check of a record is one ``stat`` where it can be exact: a record this
+store parsed is kept open (pinned, ``blockstore/recordpins.py``) and trusted while the path
+still names that very file, since records are replaced by rename and never changed in
+place; on a store created ``shared`` or a filesystem not known to be local every check
+reads the record. The data file is not ``fstat``-ed on the write path (the record check
+under the lock proves it has its name; see ``FdCache.use(linked=True)``).
+
 Data files are opened through a bounded LRU of descriptors (``blockstore/fdcache.py``),
 closed on eviction, release and delete, so a process may touch any number of leases; a
 descriptor of a lease another process deleted is closed within seconds (its link count
