@@ -569,7 +569,7 @@ class FileStore(BlockStore):
                 raise StorageIOError(f"fsync of lease {lease_id} failed: {exc}") from exc
 
     def _info(self, lease_id: str) -> LeaseInfo:
-        if len(lease_id) != 32 or not all(c in "0123456789abcdef" for c in lease_id):
+        if len(lease_id) != 32 or not _HEX.issuperset(lease_id):
             raise LeaseNotFoundError(f"no lease {lease_id!r} in {self.url}", lease_id=lease_id)
         return self._read_record(lease_id)
 
@@ -666,6 +666,9 @@ class FileStore(BlockStore):
         self._fds.close()
         if self._pins is not None:
             self._pins.close()
+
+
+_HEX = frozenset("0123456789abcdef")
 
 
 def _is_lease_id(text: str) -> bool:
