@@ -37,6 +37,7 @@ the writer applied them with, so both hold the same document. Layout 1 documents
 from __future__ import annotations
 
 import base64
+import binascii
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -76,11 +77,20 @@ def pack(typed: tuple[str, bytes]) -> Pair:
 
 def unpack(pair: Pair) -> tuple[str, bytes]:
     """The inverse of :func:`pack`, ready for ``serde.loads_typed``."""
-    return pair[0], base64.b64decode(pair[1])
+    # base64.b64decode(str) without its argument conversion: the same non-strict decoding.
+    return pair[0], binascii.a2b_base64(pair[1])
 
 
 def version_key(version: object) -> str:
     """The JSON key of a channel version (int, float or str), distinct per type and value."""
+    # The common versions without the encoder, to the same text (get_tuple runs this per
+    # channel): an int is its decimal digits; a printable ASCII string without quotes or
+    # backslashes is itself in quotes.
+    if type(version) is int:
+        return str(version)
+    if type(version) is str and version.isascii() and version.isprintable() and \
+            '"' not in version and "\\" not in version:
+        return f'"{version}"'
     return canonical_json(version).decode("ascii")
 
 

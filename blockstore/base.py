@@ -261,6 +261,16 @@ class BlockStore(ABC):
         self._write(lease_id, epoch, indices, datas)
         self._flush(lease_id, epoch)
 
+    def _write_unpadded(self, lease_id: str, epoch: int, indices: Sequence[int],
+                        datas: Sequence[memoryview], flush: bool) -> None:
+        """``_write`` (then ``_flush`` with ``flush``) where a short buffer may leave the rest
+        of its block as it was (``Lease.write_blocks(pad=False)``). By default the block is
+        zero-padded as by every write; a backend that can write part of a block overrides."""
+        if flush:
+            self._write_flush(lease_id, epoch, indices, datas)
+        else:
+            self._write(lease_id, epoch, indices, datas)
+
     @abstractmethod
     def _info(self, lease_id: str) -> LeaseInfo:
         """The record of ``lease_id``; ``LeaseNotFoundError`` if absent."""
@@ -475,7 +485,8 @@ class BlockStore(ABC):
         return int(index)  # type: ignore[call-overload]
 
     def _checked_write(self, lease_id: str, epoch: int,
-                       pairs: Sequence[tuple[int, Buffer]], flush: bool = False) -> None:
+                       pairs: Sequence[tuple[int, Buffer]], flush: bool = False,
+                       pad: bool = True) -> None:
         self._check_open()
         indices: list[int] = []
         datas: list[memoryview] = []
@@ -494,7 +505,9 @@ class BlockStore(ABC):
         if len(set(indices)) != len(indices):
             raise BlockIndexError(f"block indices repeat in one write to lease {lease_id}",
                                   lease_id=lease_id)
-        if indices and flush:
+        if indices and not pad:
+            self._write_unpadded(lease_id, epoch, indices, datas, flush)
+        elif indices and flush:
             self._write_flush(lease_id, epoch, indices, datas)
         elif indices:
             self._write(lease_id, epoch, indices, datas)

@@ -170,7 +170,9 @@ class DocumentLog:
         view = memoryview(data)
         at = self.first + tail.block
         # The commit: one write and its flush, in one call (one fencing check).
-        lease.write_blocks([(at + i, view[i * bs:(i + 1) * bs]) for i in range(n)], flush=True)
+        # Unpadded: nothing reads a record's block past its end (docs/FORMAT.md 5.4).
+        lease.write_blocks([(at + i, view[i * bs:(i + 1) * bs]) for i in range(n)], flush=True,
+                           pad=False)
         return LogTail(tail.base, tail.seq + 1, tail.block + n, crc, lease.epoch)
 
     # -- read ------------------------------------------------------------------------------

@@ -24,6 +24,13 @@ The only nesting is lease lock, then store lock (``delete_lease``); ``acquire`` 
 store lock to find or create the lease by name, lets it go, then takes the lease's lock to
 take it over (and starts again if the lease was deleted meanwhile).
 
+The per-call check of a record is one ``stat`` where it can be exact: a record this
+store parsed is kept open (pinned, ``blockstore/recordpins.py``) and trusted while the path
+still names that very file, since records are replaced by rename and never changed in
+place; on a store created ``shared`` or a filesystem not known to be local every check
+reads the record. The data file is not ``fstat``-ed on the write path (the record check
+under the lock proves it has its name; see ``FdCache.use(linked=True)``).
+
 Data files are opened through a bounded LRU of descriptors (``blockstore/fdcache.py``),
 closed on eviction, release and delete, so a process may touch any number of leases; a
 descriptor of a lease another process deleted is closed within seconds (its link count
@@ -82,6 +89,7 @@ from .fileio import (
     zero_range,
 )
 from .lease import LeaseInfo
+from .recordpins import RecordPins, local_filesystem
 
 __all__ = ["FileStore"]
 
@@ -182,7 +190,8 @@ class FileStore(BlockStore):
         create: create the store if the directory is missing or empty.
         lock_timeout: the longest wait, in seconds, for the store's or a lease's lock before
             ``LockTimeoutError`` (also settable later as the attribute of that name).
-        max_open_files: data-file descriptors kept open when idle (an LRU).
+        max_open_files: data-file descriptors kept open when idle (an LRU); a quarter as
+            many lease records stay open too, pinned (``blockstore/recordpins.py``).
         shared: for a new store, whether other machines or users reach it (a shared
             filesystem): recorded in its metadata and declared as ``capabilities.shared``
             (pickle checkpoints then need a key). ``None`` (default): ``False`` for a new
@@ -209,6 +218,10 @@ class FileStore(BlockStore):
         self._leases_dir = self.root / "leases"
         self._leases_str = str(self._leases_dir)
         self._fds = FdCache(max_open_files, self._open_data)
+        # Pinned records (blockstore/recordpins.py): only where stat sees every rename.
+        self._pins: RecordPins[LeaseInfo] | None = (
+            RecordPins(max(1, max_open_files // 4)) if not is_shared and local_filesystem(self.root)
+            else None)
 
     # -- opening ---------------------------------------------------------------------------
     def _open_root(self, block_size: int | None, create: bool,
@@ -272,11 +285,14 @@ class FileStore(BlockStore):
         return f"{self._leases_str}/{lease_id}.{ext}"
 
     @contextmanager
-    def _flock(self, path: Path | str, mode: int, what: str = "the store") -> Iterator[None]:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
-        except OSError as exc:
-            raise StorageIOError(f"cannot open lock {path}: {exc}", path=str(path)) from exc
+    def _flock(self, path: Path | str, mode: int, what: str = "the store",
+               fd: int | None = None) -> Iterator[None]:
+        if fd is None:
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+            except OSError as exc:
+                raise StorageIOError(f"cannot open lock {path}: {exc}",
+                                     path=str(path)) from exc
         try:
             _lock_within(fd, mode, self.lock_timeout, path, what)
             yield
@@ -286,45 +302,83 @@ class FileStore(BlockStore):
     def _lease_lock(self, lease_id: str, exclusive: bool,
                     name: str | None = None) -> AbstractContextManager[None]:
         lock = self._spath(lease_id, "lock")
-        if not os.path.exists(self._spath(lease_id, "json")):
-            raise LeaseNotFoundError(f"no lease {lease_id} in {self.url}", lease_id=lease_id)
+        try:  # a lease's lock file exists from before its record until after it
+            fd: int | None = os.open(lock, os.O_RDWR)
+        except OSError:  # none (or unreadable): as before, only for a lease that exists
+            fd = None
+            if not os.path.exists(self._spath(lease_id, "json")):
+                raise LeaseNotFoundError(f"no lease {lease_id} in {self.url}",
+                                         lease_id=lease_id) from None
         what = f"lease {name!r} ({lease_id})" if name else f"lease {lease_id}"
-        return self._flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH, what)
+        return self._flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH, what, fd)
 
-    def _read_record(self, lease_id: str) -> LeaseInfo:
+    def _read_record(self, lease_id: str, pin: bool = True) -> LeaseInfo:
+        """The lease record. With ``pin`` (every per-call check) a record this store parsed
+        before is returned after one ``stat`` shows the very same file at the path
+        (``blockstore/recordpins.py``: records are replaced by rename, never changed in
+        place); otherwise it is read, parsed and - with ``pin`` - pinned."""
         path = self._spath(lease_id, "json")
+        pins = self._pins if pin else None
+        if pins is not None:
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                pins.discard(lease_id)
+                raise LeaseNotFoundError(f"no lease {lease_id} in {self.url}",
+                                         lease_id=lease_id) from None
+            except OSError:
+                st = None  # the read below reports it
+            if st is not None:
+                known = pins.get(lease_id, st)
+                if known is not None:
+                    return known
         try:  # os-level calls: this runs on every write, flush and read
             fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            if pins is not None:
+                pins.discard(lease_id)
+            raise LeaseNotFoundError(f"no lease {lease_id} in {self.url}",
+                                     lease_id=lease_id) from None
+        except OSError as exc:
+            raise StorageIOError(f"cannot read lease record {path}: {exc}",
+                                 path=str(path)) from exc
+        kept = False
+        try:
             try:
+                # Before the read: a change in place after it shows as a changed signature.
+                seen = os.fstat(fd) if pins is not None else None
                 raw = os.read(fd, MAX_RECORD_BYTES + 1)  # a record is ~300 bytes
                 while 0 < len(raw) <= MAX_RECORD_BYTES:
                     more = os.read(fd, MAX_RECORD_BYTES + 1 - len(raw))
                     if not more:
                         break
                     raw += more
-            finally:
+            except OSError as exc:
+                raise StorageIOError(f"cannot read lease record {path}: {exc}",
+                                     path=str(path)) from exc
+            try:
+                if len(raw) > MAX_RECORD_BYTES:
+                    raise ValueError(f"it is larger than {MAX_RECORD_BYTES} bytes")
+                info = LeaseInfo.from_dict(json.loads(raw))
+                if info.lease_id != lease_id:
+                    raise ValueError(f"it holds the record of lease {info.lease_id}")
+                if info.block_size != self.block_size:
+                    raise ValueError(f"its block size {info.block_size} is not the store's")
+            except (ValueError, KeyError, TypeError, RecursionError) as exc:
+                raise StoreCorruptError(f"lease record {path} is unreadable: {exc}",
+                                        path=str(path)) from exc
+            if pins is not None and seen is not None:
+                pins.put(lease_id, fd, seen, info)
+                kept = True
+            return info
+        finally:
+            if not kept:
                 os.close(fd)
-        except FileNotFoundError:
-            raise LeaseNotFoundError(f"no lease {lease_id} in {self.url}",
-                                     lease_id=lease_id) from None
-        except OSError as exc:
-            raise StorageIOError(f"cannot read lease record {path}: {exc}",
-                                 path=str(path)) from exc
-        try:
-            if len(raw) > MAX_RECORD_BYTES:
-                raise ValueError(f"it is larger than {MAX_RECORD_BYTES} bytes")
-            info = LeaseInfo.from_dict(json.loads(raw))
-            if info.lease_id != lease_id:
-                raise ValueError(f"it holds the record of lease {info.lease_id}")
-            if info.block_size != self.block_size:
-                raise ValueError(f"its block size {info.block_size} is not the store's")
-        except (ValueError, KeyError, TypeError, RecursionError) as exc:
-            raise StoreCorruptError(f"lease record {path} is unreadable: {exc}",
-                                    path=str(path)) from exc
-        return info
 
     def _write_record(self, info: LeaseInfo) -> None:
         path = self._path(info.lease_id, "json")
+        if self._pins is not None:  # the pinned file is being replaced: let it go
+            self._pins.discard(info.lease_id)
         try:
             atomic_write_json(path, info.to_dict())
         except OSError as exc:
@@ -404,7 +458,7 @@ class FileStore(BlockStore):
             info = self._read_record(lease_id)
             check_current(info, epoch)
             try:
-                with self._fds.use(lease_id) as fd:
+                with self._fds.use(lease_id, linked=True) as fd:
                     os.ftruncate(fd, num_blocks * self.block_size)
                     os.fsync(fd)
             except StorageIOError:
@@ -428,7 +482,8 @@ class FileStore(BlockStore):
                 if i >= info.num_blocks:
                     raise bounds_error(lease_id, info.name, i, info.num_blocks)
             try:
-                with self._fds.use(lease_id, writing=True) as fd:
+                # The record is there and its lock held: the data file has its name.
+                with self._fds.use(lease_id, writing=True, linked=True) as fd:
                     yield fd
             except StorageIOError:
                 raise  # already translated (opening the data file)
@@ -440,10 +495,11 @@ class FileStore(BlockStore):
         with self._writing(lease_id, epoch, indices, "write to") as fd:
             self._pwrite(fd, indices, datas)
 
-    def _pwrite(self, fd: int, indices: Sequence[int], datas: Sequence[memoryview]) -> None:
+    def _pwrite(self, fd: int, indices: Sequence[int], datas: Sequence[memoryview],
+                pad: bool = True) -> None:
         bs = self.block_size
         lo, hi = None, 0
-        for start, bufs in runs(indices, datas, bs):
+        for start, bufs in runs(indices, datas, bs, pad):
             pwritev_all(fd, bufs, start * bs)
             end = start * bs + sum(len(b) for b in bufs)
             lo, hi = start * bs if lo is None else min(lo, start * bs), max(hi, end)
@@ -451,15 +507,25 @@ class FileStore(BlockStore):
             start_writeback(fd, lo, hi - lo)  # a hint; flush() makes it durable
 
     def _write_flush(self, lease_id: str, epoch: int, indices: Sequence[int],
-                     datas: Sequence[memoryview]) -> None:
+                     datas: Sequence[memoryview], pad: bool = True) -> None:
         # One shared lock and one check of the epoch for both: a flush after a write that
         # was checked under the same lock could not be refused (its check allows expiry).
         with self._writing(lease_id, epoch, indices, "write to (and fsync)") as fd:
-            self._pwrite(fd, indices, datas)
+            self._pwrite(fd, indices, datas, pad)
             self._fsync(lease_id, fd)
         late = self._fds.take_error(lease_id)  # as in _flush
         if late is not None:
             raise StorageIOError(f"fsync of lease {lease_id} failed: {late}") from late
+
+    def _write_unpadded(self, lease_id: str, epoch: int, indices: Sequence[int],
+                        datas: Sequence[memoryview], flush: bool) -> None:
+        # Only the buffers' bytes: a short record's block tail is not rewritten (a 3 KiB log
+        # record in a 64 KiB block costs a 3 KiB write, and its fsync flushes less).
+        if flush:
+            self._write_flush(lease_id, epoch, indices, datas, pad=False)
+            return
+        with self._writing(lease_id, epoch, indices, "write to") as fd:
+            self._pwrite(fd, indices, datas, pad=False)
 
     def _fsync(self, lease_id: str, fd: int) -> None:
         os.fsync(fd)
@@ -491,7 +557,7 @@ class FileStore(BlockStore):
         with self._lease_lock(lease_id, exclusive=False):
             check_current(self._read_record(lease_id), epoch, allow_expired=True)
             try:
-                with self._fds.use(lease_id) as fd:
+                with self._fds.use(lease_id, linked=True) as fd:
                     self._fsync(lease_id, fd)
                 # An fsync done when the descriptor was evicted may have failed.
                 late = self._fds.take_error(lease_id)
@@ -503,7 +569,7 @@ class FileStore(BlockStore):
                 raise StorageIOError(f"fsync of lease {lease_id} failed: {exc}") from exc
 
     def _info(self, lease_id: str) -> LeaseInfo:
-        if len(lease_id) != 32 or not all(c in "0123456789abcdef" for c in lease_id):
+        if len(lease_id) != 32 or not _HEX.issuperset(lease_id):
             raise LeaseNotFoundError(f"no lease {lease_id!r} in {self.url}", lease_id=lease_id)
         return self._read_record(lease_id)
 
@@ -523,7 +589,7 @@ class FileStore(BlockStore):
         errors: list[StoreCorruptError] = []
         for n in names:
             try:
-                out.append(self._read_record(n[:-5]))
+                out.append(self._read_record(n[:-5], pin=False))  # keeps no pins
             except LeaseNotFoundError:
                 continue  # deleted while listing
             except StoreCorruptError as exc:
@@ -550,6 +616,8 @@ class FileStore(BlockStore):
             self._path(lease_id, "json").unlink()
             fsync_dir(self._leases_dir)
             self._fds.discard(lease_id)
+            if self._pins is not None:
+                self._pins.discard(lease_id)
             for ext in ("dat", "lock"):
                 try:
                     self._path(lease_id, ext).unlink()
@@ -596,6 +664,11 @@ class FileStore(BlockStore):
 
     def _close(self) -> None:
         self._fds.close()
+        if self._pins is not None:
+            self._pins.close()
+
+
+_HEX = frozenset("0123456789abcdef")
 
 
 def _is_lease_id(text: str) -> bool:

@@ -176,11 +176,12 @@ def atomic_write_json(path: Path, obj: object) -> None:
     fsync_dir(path.parent)
 
 
-def runs(indices: Sequence[int], datas: Sequence[memoryview],
-         bs: int) -> Iterator[tuple[int, list[memoryview]]]:
-    """Group writes into runs of consecutive blocks, padding short blocks with zeros."""
+def runs(indices: Sequence[int], datas: Sequence[memoryview], bs: int,
+         pad: bool = True) -> Iterator[tuple[int, list[memoryview]]]:
+    """Group writes into runs of consecutive blocks, padding short blocks with zeros (without
+    ``pad``: a short block ends its run, and the rest of that block is not written)."""
     order = sorted(range(len(indices)), key=indices.__getitem__)
-    zeros = memoryview(bytes(bs))
+    zeros = memoryview(bytes(bs)) if pad else memoryview(b"")
     start = -1
     prev = -2
     bufs: list[memoryview] = []
@@ -193,7 +194,11 @@ def runs(indices: Sequence[int], datas: Sequence[memoryview],
         d = datas[k]
         bufs.append(d)
         if len(d) < bs:
-            bufs.append(zeros[: bs - len(d)])
+            if pad:
+                bufs.append(zeros[: bs - len(d)])
+            else:  # the next block's bytes do not follow these
+                yield start, bufs
+                start, bufs, i = -1, [], -2
         prev = i
     if bufs:
         yield start, bufs

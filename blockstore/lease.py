@@ -74,7 +74,8 @@ class LeaseBackend(Protocol):
     def _discard(self, lease_id: str, epoch: int, indices: Sequence[int]) -> None: ...
 
     def _checked_write(self, lease_id: str, epoch: int,
-                       pairs: Sequence[tuple[int, Buffer]], flush: bool = False) -> None: ...
+                       pairs: Sequence[tuple[int, Buffer]], flush: bool = False,
+                       pad: bool = True) -> None: ...
 
     def _checked_read(self, lease_id: str, indices: Sequence[int],
                       buffers: Sequence[memoryview],
@@ -355,7 +356,7 @@ class Lease(LeaseReader):
         self.write_blocks([(index, data)])
 
     def write_blocks(self, items: Mapping[int, Buffer] | Iterable[tuple[int, Buffer]], *,
-                     flush: bool = False) -> None:
+                     flush: bool = False, pad: bool = True) -> None:
         """Write several blocks in one call: checked once against the epoch, then applied.
 
         Either every block is validated (indices, sizes) before anything is written, or the
@@ -365,10 +366,16 @@ class Lease(LeaseReader):
         With ``flush``, the call also makes every write of this handle durable, as
         :meth:`flush` right after it would (the file store checks the epoch once for both:
         a one-flush commit pays one fencing check).
+
+        With ``pad=False`` a buffer shorter than the block may leave the block's later bytes
+        as they were instead of zeroing them (the file store then writes only the buffer;
+        other backends zero them as always): for formats that never read past what they
+        wrote, such as a document log's records (``docs/FORMAT.md`` 5.4). Fencing and
+        checks are the same.
         """
         self._check()
         pairs = list(items.items()) if isinstance(items, Mapping) else list(items)
-        self._store._checked_write(self.lease_id, self.epoch, pairs, flush)
+        self._store._checked_write(self.lease_id, self.epoch, pairs, flush, pad)
 
     def discard_blocks(self, indices: Iterable[int]) -> None:
         """Make blocks read as zeros, freeing their space where the backend can.

@@ -160,5 +160,53 @@ def test_bad_conflict_mode(on_conflict: str, tmp_path: Path) -> None:
         BlockpointSaver(str(tmp_path / "s"), on_conflict=on_conflict)  # type: ignore[arg-type]
 
 
+def test_a_takeover_between_two_writes_is_seen_by_the_fast_checks(tmp_path: Path) -> None:
+    """Writer A's store trusts the thread's lease record after one stat while the record
+    file is the one it parsed (blockstore/recordpins.py), and A's get_tuple answers from
+    memory after that check. A takeover by B between two of A's calls - and record changes
+    after it, which recycle inode numbers - must each be seen: A's get_tuple returns B's
+    checkpoint, not A's memory; A's put and put_writes are refused and save nothing."""
+    from langgraph.checkpoint.conformance.test_utils import (
+        generate_checkpoint,
+        generate_config,
+        generate_metadata,
+    )
+
+    from blockpoint_langgraph import StaleWriterError
+
+    store = str(tmp_path / "store")
+    thread = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+
+    def put(saver: BlockpointSaver, who: str, parent: str | None) -> str:
+        config = generate_config("t")
+        if parent:
+            config["configurable"]["checkpoint_id"] = parent
+        cp = generate_checkpoint(channel_values={"who": who}, channel_versions={"who": 1})
+        return saver.put(config, cp, generate_metadata(), {"who": 1})[
+            "configurable"]["checkpoint_id"]
+
+    with BlockpointSaver(store) as a, BlockpointSaver(store) as b:
+        first = put(a, "a", None)
+        second = put(a, "a", first)
+        got = a.get_tuple(thread)
+        assert got is not None and got.checkpoint["id"] == second
+        assert a.store._pins is not None and len(a.store._pins) == 1  # the fast path ran
+        taken = put(b, "b", second)  # B takes the thread over
+        for _ in range(3):  # more record changes: a freed inode number may come back
+            b.ownership.lease("t").renew()
+        got = a.get_tuple(thread)
+        assert got is not None and got.checkpoint["id"] == taken
+        assert got.checkpoint["channel_values"] == {"who": "b"}
+        with pytest.raises(StaleWriterError):
+            put(a, "a", second)
+        with pytest.raises(StaleWriterError):
+            a.put_writes(generate_config("t", checkpoint_id=taken), [("ch", "late")], "x")
+    chain = _chain(store, "t")
+    assert [c for c, _ in chain] == [taken, second, first]
+    with BlockpointSaver(store) as reader:
+        tup = reader.get_tuple(thread)
+        assert tup is not None and tup.checkpoint["id"] == taken and tup.pending_writes == []
+
+
 if __name__ == "__main__":
     _child_main(sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]))

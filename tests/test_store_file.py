@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from blockstore import (
+    BlockIndexError,
     FileStore,
     LeaseHeldError,
     StaleLeaseError,
@@ -460,3 +461,72 @@ def test_big_write_then_flush_round_trips(tmp_path: Path) -> None:
     assert lease.read_blocks([10])[0][1000:] == bytes((1 << 20) - 1000)
     lease.release()
     store.close()
+
+
+# -- pinned lease records (blockstore/recordpins.py) -----------------------------------------
+def test_a_pinned_record_never_hides_a_takeover(tmp_path: Path) -> None:
+    """The holder's store has the record pinned (parsed once, then trusted while stat shows
+    the same file); record changes by another store object - a takeover, then more, so a
+    freed inode number could come back - are each seen at the holder's next write."""
+    root = tmp_path / "s"
+    with FileStore(root, BS) as mine, FileStore(root) as other:
+        lease = mine.acquire("a", num_blocks=2)
+        lease.write_blocks({0: b"first"}, flush=True)
+        assert mine._pins is not None and len(mine._pins) == 1  # the fast path is in use
+        assert mine.lease_info(lease.lease_id).epoch == lease.epoch
+        for _ in range(5):  # each steal replaces the record file (a new inode)
+            taken = other.acquire("a", steal=True)
+            with pytest.raises(StaleLeaseError):
+                lease.write_blocks({0: b"zombie"}, flush=True)
+            with pytest.raises(StaleLeaseError):
+                lease.write_blocks({1: b"zombie"}, pad=False)
+            assert mine.lease_info(lease.lease_id).epoch == taken.epoch
+            lease = mine.acquire("a", steal=True)  # and back: mine pins the new record
+            lease.write_blocks({0: b"first"}, flush=True)
+        with pytest.raises(StaleLeaseError):
+            taken.write_blocks({0: b"zombie"})
+    with FileStore(root) as fresh:
+        assert fresh.open_reader("a").read_blocks([0, 1]) == [b"first".ljust(BS, b"\0"),
+                                                              bytes(BS)]
+
+
+def test_a_record_changed_in_place_is_read_again(tmp_path: Path) -> None:
+    """Out of protocol (records are only ever renamed into place), an edit in place that
+    changes the size is still noticed by a store that has the record pinned."""
+    root = tmp_path / "s"
+    with FileStore(root, BS) as st:
+        lease = st.acquire("a", num_blocks=1)
+        lease.write_blocks({0: b"x"})
+        record = root / "leases" / f"{lease.lease_id}.json"
+        record.write_bytes(b"{not json")
+        with pytest.raises(StoreCorruptError):
+            lease.write_blocks({0: b"y"})
+
+
+def test_records_are_not_pinned_on_a_shared_store(tmp_path: Path) -> None:
+    """A shared store may sit on a network filesystem whose stat can lag another node's
+    rename: every check reads the record there."""
+    with FileStore(tmp_path / "s", BS, shared=True) as st:
+        assert st._pins is None
+        lease = st.acquire("a", num_blocks=1)
+        lease.write_blocks({0: b"x"}, flush=True)
+    with FileStore(tmp_path / "t", BS) as st:
+        assert st._pins is not None
+
+
+def test_an_unpadded_write_leaves_the_rest_of_the_block(tmp_path: Path) -> None:
+    """write_blocks(pad=False): the file store writes only the buffer (a padded write zeroes
+    the rest of the block); fencing and bounds are checked the same."""
+    with FileStore(tmp_path / "s", BS) as st:
+        lease = st.acquire("a", num_blocks=2)
+        lease.write_blocks({0: b"x" * BS, 1: b"y" * BS})
+        lease.write_blocks({0: b"ab", 1: b"cd"}, flush=True, pad=False)
+        assert lease.read_blocks([0, 1]) == [b"ab" + b"x" * (BS - 2), b"cd" + b"y" * (BS - 2)]
+        lease.write_blocks({0: b"ab"}, pad=True)
+        assert lease.read_block(0) == b"ab".ljust(BS, b"\0")
+        with pytest.raises(BlockIndexError):
+            lease.write_blocks({2: b"z"}, pad=False)
+        st.acquire("a", steal=True)
+        with pytest.raises(StaleLeaseError):
+            lease.write_blocks({1: b"zz"}, pad=False)
+        assert st.open_reader("a").read_block(1) == b"cd" + b"y" * (BS - 2)

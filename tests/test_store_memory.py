@@ -64,3 +64,13 @@ def test_faulty_store_crashes_where_armed() -> None:
         with pytest.raises(InjectedCrash):
             lease.flush()
         assert st.flushes == 0 and st.block_writes == 3
+
+
+def test_an_unpadded_write_is_padded_where_the_backend_cannot_write_part_of_a_block() -> None:
+    """write_blocks(pad=False) may leave a block's later bytes: a backend without partial
+    block writes (the memory store) zero-pads as always."""
+    st = MemoryStore(4096)
+    lease = st.acquire("a", num_blocks=1)
+    lease.write_blocks({0: b"x" * 4096})
+    lease.write_blocks({0: b"ab"}, flush=True, pad=False)
+    assert lease.read_block(0) == b"ab".ljust(4096, b"\0")
