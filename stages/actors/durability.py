@@ -171,6 +171,9 @@ class ActorDurability(CallDispatch):
         self.calls_since = 0
         self.deduplicated = 0
         self.failures = 0
+        #: Checkpoints committed (or snapshotted, with async_checkpoint): a call that raised
+        #: compares it to know whether it committed part of itself (``dispatch.py``).
+        self.commits = 0
         self._flush_failed = False  # set by a failed background flush (flush thread)
         self._policy = CheckpointPolicy(every_records=config.every_calls,
                                         every_seconds=config.every_seconds)
@@ -268,6 +271,8 @@ class ActorDurability(CallDispatch):
             except CheckpointFailed:
                 self.failures += 1
                 raise
+            self.commits += 1
+            self._flush_failed = False
             self.calls_since = 0
             self._since = time.monotonic()
             return info
@@ -300,6 +305,7 @@ class ActorDurability(CallDispatch):
                 self.failures += 1
                 raise
             self._flush_failed = False
+            self.commits += 1
             self.calls_since = 0
             self._since = time.monotonic()
 
