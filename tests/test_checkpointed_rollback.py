@@ -24,7 +24,10 @@ while the failing one is suspended mid-method.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -243,11 +246,15 @@ class ProgressShop:
     def __init__(self) -> None:
         self.state = {"stock": 10, "orders": []}
         self.fail_next = 0
+        self.saved = False
 
-    def order(self, k: int) -> int:
+    def order(self, k: int, gate: Any = None) -> int:
         self.state["stock"] -= k
         self.state["orders"].append(k)
         self.checkpoint()
+        self.saved = True           # not state: the checkpoint above returned
+        if gate is not None:
+            gate.wait()             # the slow part; the actor dies here
         if self.fail_next:
             self.fail_next -= 1
             raise ConnectionError("payment service timed out")
@@ -263,12 +270,14 @@ def _progress_shop(store: str, **kw: Any) -> Any:
     return obj
 
 
-@pytest.mark.parametrize("policy", POLICIES[1:], ids=["every5", "seconds", "manual"])
+@pytest.mark.parametrize("policy", POLICIES, ids=["exact", "every5", "seconds", "manual"])
 def test_a_raising_call_that_checkpointed_half_way_is_not_applied_twice_after_a_crash(
         tmp_path: Any, policy: dict[str, Any]) -> None:
     """repro/r9_* of review 19: memory was put back, the lease kept the half the call had
     committed (without its id); after a crash the resend applied it again (stock 4, not 7).
-    Now the rolled-back state is committed too."""
+    Now the rolled-back state is committed too. In exactly-once mode the rollback *reloaded*
+    that half (stock 7 in memory at once, 4 after the resend); a checkpoint inside its call
+    is now coalesced (the call commits before it returns)."""
     store = str(tmp_path / "store")
     shop = _progress_shop(store, **policy)
     shop.fail_next = 1
@@ -279,6 +288,34 @@ def test_a_raising_call_that_checkpointed_half_way_is_not_applied_twice_after_a_
     assert again.state == {"stock": 10, "orders": []}
     assert again.order(3, request_id="o-1") == 7
     assert again.state == {"stock": 7, "orders": [3]}
+
+
+@pytest.mark.parametrize("policy", POLICIES[1:], ids=["every5", "seconds", "manual"])
+def test_a_call_that_died_after_checkpointing_part_of_itself_is_not_applied_twice(
+        tmp_path: Any, policy: dict[str, Any]) -> None:
+    """The window R9 leaves: the actor dies inside the call, after its ``self.checkpoint()``
+    committed part of it. That checkpoint holds the call's id as in progress, so the resend
+    to the new incarnation is refused (``ResultNotKept``), not applied on top of the half."""
+    store = str(tmp_path / "store")
+    shop = _progress_shop(store, **policy)
+    gate = threading.Event()
+
+    def run() -> None:
+        with contextlib.suppress(Exception):  # the old incarnation is fenced when it goes on
+            shop.order(3, gate, request_id="o-1")
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    deadline = time.monotonic() + 60          # a bound on a bug; the loop ends on the flag
+    while not shop.saved and time.monotonic() < deadline:
+        time.sleep(0.005)
+    again = _progress_shop(store, **policy)    # the actor died: a new incarnation
+    assert again.state == {"stock": 7, "orders": [3]}       # the half that was committed
+    with pytest.raises(ResultNotKept, match="did not end cleanly"):
+        again.order(3, request_id="o-1")
+    assert again.state == {"stock": 7, "orders": [3]}
+    gate.set()
+    t.join()
 
 
 class SlowShop:

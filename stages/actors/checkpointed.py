@@ -336,7 +336,7 @@ def _generated(cls: type, config: CheckpointedConfig) -> dict[str, Any]:
         ``CheckpointInfo`` as a dict. Raises ``CheckpointFailed`` if not saved."""
         d = _durability(self)
         if d.inside_call():
-            return d.checkpoint(step, meta).to_dict()
+            return d.checkpoint_inside(step, meta)
         return d.request(step, meta)
 
     async def checkpoint_async_actor(self: Any, step: int = 0,

@@ -123,6 +123,7 @@ class CallDispatch:
     _flush_failed: bool
     _initial: bytes | None
     commits: int
+    in_progress: set[str]
 
 
     _obj: Any
@@ -294,11 +295,14 @@ class CallDispatch:
                 if key is not None:  # one at a time per id: a resend waits for the first
                     before = self._snapshot_attrs()
                     commits = self.commits
+                    self.in_progress.add(key)
                     try:
                         result = fn(obj, *args, **kwargs)
                     except BaseException:
+                        self.in_progress.discard(key)
                         self._roll_back(before, commits)  # a resend finds the state unchanged
                         raise
+                    self.in_progress.discard(key)
                     try:
                         self._record(key, result, fp)
                     except UnrecordableResult as exc:
@@ -375,13 +379,16 @@ class CallDispatch:
             with self.lock:
                 before = self._snapshot_attrs()
                 commits = self.commits
+                self.in_progress.add(key)
             try:
                 result = await fn(obj, *args, **kwargs)
             except BaseException:
                 with self.lock:
+                    self.in_progress.discard(key)
                     self._undo_alone(entered, before, commits, key, fp)
                 raise
             with self.lock:
+                self.in_progress.discard(key)
                 try:
                     self._record(key, result, fp)
                 except UnrecordableResult as exc:

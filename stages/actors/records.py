@@ -275,9 +275,11 @@ class AppliedCalls:
                 method=method)
         if key in self._unrolled:
             raise ResultNotKept(
-                f"{self.actor}: the call {rid!r} raised after another call had run beside it, "
-                "so it could not be rolled back (what it changed before raising stays): its "
-                "resend is refused, not applied a second time. Give a new call its own id",
+                f"{self.actor}: the call {rid!r} did not end cleanly - it raised after another "
+                "call had run beside it, so it could not be rolled back, or the actor stopped "
+                "after a checkpoint inside it had committed part of it - and what it changed "
+                "stays: its resend is refused, not applied a second time. Give a new call its "
+                "own id",
                 actor=self.actor, request_id=rid)
         if key not in self._kept:
             raise ResultNotKept(
@@ -327,14 +329,18 @@ class AppliedCalls:
         while self.kept_bytes > self.max_bytes and len(self._kept) > 1:
             self._drop_result(next(iter(self._kept)))
 
-    def payload(self) -> dict[str, Any]:
+    def payload(self, in_progress: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
         """The checkpointed part (the ``applied``, ``fingerprints``, ``dropped``, ``sizes``
-        and ``unrolled`` payload fields)."""
-        return {"applied": [[k, v] for k, v in self.results.items()],
+        and ``unrolled`` payload fields). ``in_progress``: keys of calls running while this
+        checkpoint is taken (one called ``self.checkpoint()``): written as not rolled back,
+        so that if the actor dies before the call ends, a resend is refused instead of
+        applied on top of the part of it this checkpoint holds."""
+        running = [k for k in sorted(in_progress) if k not in self.results]
+        return {"applied": [[k, v] for k, v in self.results.items()] + [[k, None] for k in running],
                 "fingerprints": [[k, v] for k, v in self._prints.items()],
-                "dropped": [k for k in self.results if k not in self._kept],
+                "dropped": [k for k in self.results if k not in self._kept] + running,
                 "sizes": [[k, n] for k, n in self._kept.items()],
-                "unrolled": sorted(self._unrolled)}
+                "unrolled": sorted(self._unrolled | set(running))}
 
     def adopt(self, payload: Mapping[str, Any]) -> None:
         """Replace the table by a restored payload's (fields as :meth:`payload` writes)."""
