@@ -8,6 +8,10 @@ renewed, twice as long each time, for the calls that arrive after it gave way. H
 of 1.5 s sent every 0.3 s; the request-id call, sent early, completes before 30 calls sent
 after it do (fails on the code before the fix: it starved for the whole stream). Without
 Ray: the decorated class in this process on a real file store.
+
+The same hold served a policy snapshot that became due while calls were inside, with the
+same flaw (found while fixing R8): under that stream ``every_calls=3`` took no checkpoint
+for as long as the stream lasted (30 calls in 10 s, none saved). It is renewed the same way.
 """
 
 from __future__ import annotations
@@ -33,8 +37,8 @@ class Svc:
         return self.state["n"]
 
 
-def _start(store: str) -> Any:
-    cls = checkpointed(store=store, key="svc", every_calls=1000)(Svc)
+def _start(store: str, every_calls: int = 1000) -> Any:
+    cls = checkpointed(store=store, key="svc", every_calls=every_calls)(Svc)
     obj = object.__new__(cls)
     Svc.__init__(obj)
     obj._bp_durable = ActorDurability(obj, cls.__bp_config__, "svc", handle=None, node_id=None)
@@ -59,3 +63,20 @@ def test_a_request_id_call_runs_under_a_stream_of_long_calls(tmp_path: Any) -> N
     starved, sent, n = asyncio.run(scenario())
     assert not starved, f"30 calls sent after pay(request_id=...) completed before it ({sent} sent)"
     assert n == 100 + 3 + sent                  # every call applied once
+
+
+def test_a_due_snapshot_is_taken_under_a_stream_of_long_calls(tmp_path: Any) -> None:
+    s = _start(str(tmp_path / "store"), every_calls=3)
+    durable = s._bp_durable
+
+    async def scenario() -> tuple[int, int]:
+        sent: list[asyncio.Future[int]] = []
+        while durable.commits == 0 and sum(t.done() for t in sent) < 30:
+            sent.append(asyncio.ensure_future(s.slow()))
+            await asyncio.sleep(0.3)
+        commits = durable.commits
+        await asyncio.gather(*sent)
+        return commits, len(sent)
+
+    commits, sent = asyncio.run(scenario())
+    assert commits >= 1, f"no checkpoint while {sent} calls ran (every_calls=3)"

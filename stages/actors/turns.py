@@ -12,8 +12,9 @@ help (every coroutine runs on the loop's one thread, an ``RLock`` admits them al
   ones inside drain, and the call that leaves last takes it.
 * The hold gives way after :data:`HOLD_S` seconds: a call inside may be waiting for a later
   call (an ``asyncio.Event`` another method sets, a queue another method fills), and holding
-  that one for ever would deadlock the actor. The snapshot is then taken at the next moment
-  no call is inside.
+  that one for ever would deadlock the actor. The calls it held go in, and a new hold, twice
+  as long, begins for the calls arriving after - so a stream of calls that each last longer
+  than :data:`HOLD_S` cannot put the snapshot off for as long as it lasts (before, it did).
 * A resend of a call (same request id) that is still running waits for it and is then
   answered from its record (:meth:`CallTurns.claim`).
 * In exactly-once mode calls take one turn at a time, in arrival order
@@ -68,6 +69,9 @@ class CallTurns:
         #: Coroutine calls between :meth:`enter` and :meth:`leave`.
         self.inside = 0
         self._wanted_since: float | None = None
+        #: How long the current hold for a wanted snapshot lasts (renewed as for a call
+        #: waiting to run alone, :meth:`enter`).
+        self._wanted_hold = HOLD_S
         #: Since when the current hold for a call with a request id runs (policy mode):
         #: the hold while it waits to run alone (renewed, :meth:`enter_alone`), or while it
         #: runs (:data:`HOLD_S`).
@@ -95,25 +99,32 @@ class CallTurns:
     def taken(self) -> None:
         """The snapshot was taken (or failed): nothing waits any more."""
         self._wanted_since = None
+        self._wanted_hold = HOLD_S
 
     async def enter(self, due: Callable[[], None]) -> None:
         """Let a call in: held while a wanted snapshot waits, :data:`HOLD_S` at most. A
         snapshot left wanted with nobody inside (the last call out raised) is taken here by
-        ``due()`` before this call touches the state. A call waiting to run alone holds the
-        calls that arrive after its current hold began (:meth:`enter_alone`)."""
+        ``due()`` before this call touches the state. A snapshot, or a call waiting to run
+        alone, holds the calls that arrive after its current hold began; when the hold gives
+        way a new one, twice as long, begins (so a stream of calls longer than
+        :data:`HOLD_S` cannot put the snapshot off for ever: :meth:`enter_alone`)."""
         arrived = time.monotonic()
         while True:
             with self._lock:
+                now = time.monotonic()
+                if (self._wanted_since is not None
+                        and now - self._wanted_since >= self._wanted_hold):
+                    self._wanted_since, self._wanted_hold = now, 2 * self._wanted_hold
                 wanted = self._wanted_since
                 sole = self._sole_since
-                now = time.monotonic()
                 if sole is None:
                     held = False
                 elif self.alone:
                     held = now - sole < HOLD_S
                 else:
                     held = arrived >= sole and now - sole < self._sole_hold
-                if (wanted is None or now - wanted >= HOLD_S) and not held:
+                held = held or (wanted is not None and arrived >= wanted)
+                if not held:
                     self.inside += 1
                     self.entries += 1
                     return
