@@ -34,6 +34,7 @@ from .actor import (
 from .calls import CallNotAnswered, RequestIdConflict, RequestIdError, call_once
 from .checkpointed import CheckpointedConfigError, checkpointed
 from .config import CheckpointedConfig
+from .dispatch import SyncCallRefused
 from .durability import ActorFenced, StateAttributeError, StoreUnavailable
 from .hooks import Relaunchable, StageLostHook, StageRegistrar, StageRegistration
 from .placement import NodeCapacity, pick_node
@@ -61,6 +62,7 @@ __all__ = [
     "StageStopped",
     "StateAttributeError",
     "StoreUnavailable",
+    "SyncCallRefused",
     "call_once",
     "checkpointed",
     "launch_stage",

@@ -21,7 +21,8 @@ closes that gap:
   :data:`MAX_REQUEST_ID` characters.
 * **call_once** sends a call with a request id and resends it, with the same id, after any
   failure that says the incarnation could not answer (it died, is unavailable, was fenced
-  by a newer one, was stopped) or that the call's commit is of unknown outcome
+  by a newer one, was stopped, refused a synchronous call beside one that runs alone:
+  ``SyncCallRefused``) or that the call's commit is of unknown outcome
   (``CheckpointCommitUnknown``), re-resolving a named actor with ``ray.get_actor`` (the old
   handle may be dead for good), until it answers or the deadline passes
   (:class:`CallNotAnswered`). The application's own errors are answers: they propagate.
@@ -45,6 +46,7 @@ import ray
 
 from ..errors import CheckpointCommitUnknown, StageError
 from .actor import StageStopped
+from .dispatch import SyncCallRefused
 from .durability import ActorFenced
 from .records import RequestIdConflict, RequestIdError
 
@@ -121,11 +123,12 @@ def takes_request_id(fn: Callable[..., Any]) -> bool:
 
 
 def _retryable(exc: BaseException) -> bool:
-    """True for a failure that says the incarnation could not answer (resend it), or that
+    """True for a failure that says the incarnation could not answer (resend it: a
+    ``SyncCallRefused`` call applied nothing, it may run once the call it met is done), or that
     the call's outcome is unknown (its commit may or may not have landed: the resend is
     answered from the record if it did, applied if it did not)."""
     return isinstance(exc, (ray.exceptions.RayActorError, ActorFenced, StageStopped,
-                            CheckpointCommitUnknown))
+                            CheckpointCommitUnknown, SyncCallRefused))
 
 
 def call_once(actor: Any, method: str, *args: Any, request_id: str | None = None,

@@ -59,8 +59,13 @@ Semantics:
   within ``dedupe_bytes`` (oldest dropped first): a resend among those ids is answered from
   the record, or refused with ``ResultNotKept`` once its result was dropped - never applied
   again. A call with a request id that raises leaves nothing in every policy (memory is put
-  back; ``stages/actors/dispatch.py`` states the cost: one in-memory pickle of the state
-  before each such call outside ``every_calls=1``).
+  back, and the lease too if the call checkpointed half-way; ``stages/actors/dispatch.py``
+  states the cost: one in-memory pickle of the whole state before each such call outside
+  ``every_calls=1``, and the exceptions: a call that another ran beside, or that died after
+  a checkpoint inside it, is not undone and its resend is refused). A result that does not
+  pickle is refused (``CheckpointEncodeError``, the call undone). In an async actor a
+  synchronous method called while a call that runs alone is mid-method is refused
+  (``SyncCallRefused``, nothing applied): it cannot wait on the event loop.
 * **Calls in flight** when the actor dies fail with ``RayActorError`` unless Ray retries
   them (``max_task_retries``); retried calls run on the restored state, and Ray may run
   them after calls submitted later (its ordering is per attempt, not across retries).
@@ -336,7 +341,7 @@ def _generated(cls: type, config: CheckpointedConfig) -> dict[str, Any]:
         ``CheckpointInfo`` as a dict. Raises ``CheckpointFailed`` if not saved."""
         d = _durability(self)
         if d.inside_call():
-            return d.checkpoint(step, meta).to_dict()
+            return d.checkpoint_inside(step, meta)
         return d.request(step, meta)
 
     async def checkpoint_async_actor(self: Any, step: int = 0,

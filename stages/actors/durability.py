@@ -171,6 +171,12 @@ class ActorDurability(CallDispatch):
         self.calls_since = 0
         self.deduplicated = 0
         self.failures = 0
+        #: Checkpoints committed (or snapshotted, with async_checkpoint): a call that raised
+        #: compares it to know whether it committed part of itself (``dispatch.py``).
+        self.commits = 0
+        #: Request keys of the policy-mode calls running now: a checkpoint taken meanwhile
+        #: (inside one of them) records them as in progress (``records.py``).
+        self.in_progress: set[str] = set()
         self._flush_failed = False  # set by a failed background flush (flush thread)
         self._policy = CheckpointPolicy(every_records=config.every_calls,
                                         every_seconds=config.every_seconds)
@@ -221,7 +227,7 @@ class ActorDurability(CallDispatch):
     def _payload(self) -> dict[str, Any]:
         return {"v": _PAYLOAD_VERSION,
                 "attrs": {name: getattr(self._obj, name) for name in self.config.attrs},
-                **self.applied.payload()}
+                **self.applied.payload(in_progress=self.in_progress)}
 
     def _adopt(self, payload: Any) -> None:
         """Put a restored payload's attributes (and applied ids) into the actor."""
@@ -268,9 +274,24 @@ class ActorDurability(CallDispatch):
             except CheckpointFailed:
                 self.failures += 1
                 raise
+            self.commits += 1
+            self._flush_failed = False
             self.calls_since = 0
             self._since = time.monotonic()
             return info
+
+    def checkpoint_inside(self, step: int = 0,
+                          meta: dict[str, Any] | None = None) -> dict[str, Any]:
+        """``self.checkpoint()`` inside a call. In exactly-once mode nothing is written (the
+        call commits before it returns; a commit half-way would be what its rollback
+        reloads if it raised): the last committed info, with ``"coalesced": True``. In the
+        other policies a commit now; it holds the running call's request id as *in progress*
+        (a resend after a crash is refused, not applied on top of the half: ``records.py``),
+        and if the call raises, its rollback is committed too (``dispatch.py``)."""
+        if self.exact:
+            last = self.inc.last_checkpoint
+            return {**(last.to_dict() if last else {}), "coalesced": True}
+        return self.checkpoint(step, meta).to_dict()
 
     def request(self, step: int = 0, meta: dict[str, Any] | None = None) -> dict[str, Any]:
         """An on-demand checkpoint from outside (``actor.checkpoint.remote()``).
@@ -300,6 +321,7 @@ class ActorDurability(CallDispatch):
                 self.failures += 1
                 raise
             self._flush_failed = False
+            self.commits += 1
             self.calls_since = 0
             self._since = time.monotonic()
 
@@ -325,8 +347,8 @@ class ActorDurability(CallDispatch):
                             *, inside: bool = False) -> dict[str, Any]:
         """``await actor.checkpoint()`` of an async actor: a snapshot at a point where no
         coroutine call is mid-method (``inside``: none but the calling one), committed."""
-        if self.exact and self._active and not inside:
-            return self.request(step, meta)  # coalesced: that call commits before returning
+        if self.exact and (self._active or inside):
+            return self.checkpoint_inside(step, meta)  # coalesced: that call commits first
         own = 1 if inside and not self.exact else 0
         return await self.turns.when_alone(own, lambda: self.checkpoint(step, meta).to_dict())
 

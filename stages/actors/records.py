@@ -15,7 +15,7 @@ answer the right one:
   sorted order (a set of strings iterates in another order in another process); arguments
   that do not pickle are not compared (the method's name still is). Ray's task ids (the keys of calls without a request id)
   need no fingerprint: Ray retries a task with the arguments it was sent with.
-* **The recorded result is a copy** taken when the call returned (``copy.deepcopy``): a
+* **The recorded result is a copy** taken when the call returned (a pickle round trip): a
   result that aliases the state (a method returning a list it keeps) would otherwise
   change with later calls - and keep changing in a new incarnation, since pickle keeps the
   sharing - and a resend would be answered with today's value, not the first attempt's.
@@ -35,14 +35,14 @@ answer the right one:
 The payload keeps the results as ``"applied": [[key, result], ...]`` (as before; ``None``
 for a dropped result), the fingerprints beside them as ``"fingerprints": [[key,
 fingerprint], ...]``, the keys whose result was dropped as ``"dropped": [key, ...]`` and the
-kept results' pickled sizes as ``"sizes": [[key, bytes], ...]``; a payload without
+kept results' pickled sizes as ``"sizes": [[key, bytes], ...]`` and the keys of calls that
+raised without being rolled back as ``"unrolled": [key, ...]``; a payload without
 fingerprints (an older version's) restores with none, its ids unchecked, one without sizes
 has them measured when it is restored.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import io
 import logging
@@ -57,7 +57,7 @@ import ray.actor
 from ..errors import StageError
 
 __all__ = ["DEFAULT_RESULT_BYTES", "AppliedCalls", "RequestIdConflict", "RequestIdError",
-           "ResultNotKept", "fingerprint"]
+           "ResultNotKept", "UnrecordableResult", "fingerprint"]
 
 log = logging.getLogger(__name__)
 
@@ -193,33 +193,32 @@ def _same_call(recorded: str, attempt: str) -> bool:
     return rec_method == method and (not rec_args or not args or rec_args == args)
 
 
-#: The size counted for a result that is None, a bool or a number.
-_SCALAR_BYTES = 16
+class UnrecordableResult(Exception):
+    """A result that does not pickle: no checkpoint could carry it (``__cause__`` says why).
+    The dispatcher turns it into ``CheckpointEncodeError`` after putting the state back."""
 
 
 def _snapshot(result: Any) -> tuple[Any, int]:
-    """A copy of ``result`` that later calls cannot change, and its pickled size (what it
-    adds to every checkpoint). A pickle round trip makes the copy and measures it at once;
-    a result that does not pickle is deep-copied (or, failing that, kept as it is, and may
-    alias the state), with size 0 - the checkpoint that should carry it fails anyway."""
-    if result is None or isinstance(result, (bool, int, float, complex)):
-        return result, _SCALAR_BYTES
-    if isinstance(result, (str, bytes)):
-        return result, len(result) + _SCALAR_BYTES
+    """A copy of ``result`` that later calls cannot change, and its pickled size - what it
+    adds to every checkpoint, counted for every type (a ``str`` by its encoded bytes, an
+    ``int`` by its digits, not a flat figure). A pickle round trip makes the copy and
+    measures it at once; immutable scalars and strings are kept as they are (nothing can
+    change them). :class:`UnrecordableResult` if it does not pickle: recorded anyway, it
+    would make every later checkpoint fail until ``dedupe_window`` calls pushed it out."""
     try:
         blob = pickle.dumps(result, protocol=5)
-        return pickle.loads(blob), len(blob)
-    except Exception as exc:  # noqa: BLE001 - whatever a __reduce__ raises
-        log.debug("a result that does not pickle is deep-copied: %s", exc)
-    try:
-        return copy.deepcopy(result), 0
-    except Exception as exc:  # noqa: BLE001 - recorded uncopied rather than not at all
-        log.debug("recording a result that does not deepcopy as is: %s", exc)
-        return result, 0
+    except Exception as exc:  # whatever a __reduce__ raises
+        raise UnrecordableResult(f"{type(result).__qualname__}: {exc}") from exc
+    if result is None or isinstance(result, (bool, int, float, complex, str, bytes)):
+        return result, len(blob)
+    return pickle.loads(blob), len(blob)
 
 
 def _size(result: Any) -> int:
-    return _snapshot(result)[1]
+    try:
+        return _snapshot(result)[1]
+    except UnrecordableResult:
+        return 0
 
 
 class AppliedCalls:
@@ -241,6 +240,8 @@ class AppliedCalls:
         #: Keys whose result is kept, oldest first, with its size.
         self._kept: OrderedDict[str, int] = OrderedDict()
         self.kept_bytes = 0
+        #: Keys of calls that raised and could not be rolled back (:meth:`record_unrolled`).
+        self._unrolled: set[str] = set()
 
     def __contains__(self, key: object) -> bool:
         return key in self.results
@@ -272,6 +273,14 @@ class AppliedCalls:
                 "applied). A request id names one call: resend that call with it, give "
                 "this one its own", actor=self.actor, request_id=rid, recorded=rec_method,
                 method=method)
+        if key in self._unrolled:
+            raise ResultNotKept(
+                f"{self.actor}: the call {rid!r} did not end cleanly - it raised after another "
+                "call had run beside it, so it could not be rolled back, or the actor stopped "
+                "after a checkpoint inside it had committed part of it - and what it changed "
+                "stays: its resend is refused, not applied a second time. Give a new call its "
+                "own id",
+                actor=self.actor, request_id=rid)
         if key not in self._kept:
             raise ResultNotKept(
                 f"{self.actor}: the call {rid!r} was applied already, but its recorded result "
@@ -291,6 +300,18 @@ class AppliedCalls:
             self._prints[key] = fp
         self._bound()
 
+    def record_unrolled(self, key: str, fp: str | None = None) -> None:
+        """The call under ``key`` raised and was not rolled back (another call ran beside it,
+        ``stages/actors/dispatch.py``): a resend is refused with :class:`ResultNotKept`
+        rather than applied on top of what the first attempt left."""
+        self._drop_result(key)
+        self.results[key] = None
+        self.results.move_to_end(key)
+        self._unrolled.add(key)
+        if fp is not None:
+            self._prints[key] = fp
+        self._bound()
+
     def _drop_result(self, key: str) -> None:
         size = self._kept.pop(key, None)
         if size is not None:
@@ -301,19 +322,25 @@ class AppliedCalls:
         while len(self.results) > self.window:
             old, _ = self.results.popitem(last=False)
             self._prints.pop(old, None)
+            self._unrolled.discard(old)
             size = self._kept.pop(old, None)
             if size is not None:
                 self.kept_bytes -= size
         while self.kept_bytes > self.max_bytes and len(self._kept) > 1:
             self._drop_result(next(iter(self._kept)))
 
-    def payload(self) -> dict[str, Any]:
-        """The checkpointed part (the ``applied``, ``fingerprints``, ``dropped`` and
-        ``sizes`` payload fields)."""
-        return {"applied": [[k, v] for k, v in self.results.items()],
+    def payload(self, in_progress: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
+        """The checkpointed part (the ``applied``, ``fingerprints``, ``dropped``, ``sizes``
+        and ``unrolled`` payload fields). ``in_progress``: keys of calls running while this
+        checkpoint is taken (one called ``self.checkpoint()``): written as not rolled back,
+        so that if the actor dies before the call ends, a resend is refused instead of
+        applied on top of the part of it this checkpoint holds."""
+        running = [k for k in sorted(in_progress) if k not in self.results]
+        return {"applied": [[k, v] for k, v in self.results.items()] + [[k, None] for k in running],
                 "fingerprints": [[k, v] for k, v in self._prints.items()],
-                "dropped": [k for k in self.results if k not in self._kept],
-                "sizes": [[k, n] for k, n in self._kept.items()]}
+                "dropped": [k for k in self.results if k not in self._kept] + running,
+                "sizes": [[k, n] for k, n in self._kept.items()],
+                "unrolled": sorted(self._unrolled | set(running))}
 
     def adopt(self, payload: Mapping[str, Any]) -> None:
         """Replace the table by a restored payload's (fields as :meth:`payload` writes)."""
@@ -321,6 +348,8 @@ class AppliedCalls:
         self._prints = {k: v for k, v in payload.get("fingerprints", [])
                         if k in self.results and isinstance(v, str)}
         dropped = set(payload.get("dropped", []))
+        self._unrolled = {k for k in payload.get("unrolled", []) if k in self.results}
+        dropped |= self._unrolled
         sizes = {k: n for k, n in payload.get("sizes", []) if isinstance(n, int)}
         self._kept = OrderedDict(
             (k, sizes[k] if k in sizes else _size(v))

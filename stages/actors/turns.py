@@ -12,8 +12,9 @@ help (every coroutine runs on the loop's one thread, an ``RLock`` admits them al
   ones inside drain, and the call that leaves last takes it.
 * The hold gives way after :data:`HOLD_S` seconds: a call inside may be waiting for a later
   call (an ``asyncio.Event`` another method sets, a queue another method fills), and holding
-  that one for ever would deadlock the actor. The snapshot is then taken at the next moment
-  no call is inside.
+  that one for ever would deadlock the actor. The calls it held go in, and a new hold, twice
+  as long, begins for the calls arriving after - so a stream of calls that each last longer
+  than :data:`HOLD_S` cannot put the snapshot off for as long as it lasts (before, it did).
 * A resend of a call (same request id) that is still running waits for it and is then
   answered from its record (:meth:`CallTurns.claim`).
 * In exactly-once mode calls take one turn at a time, in arrival order
@@ -22,9 +23,14 @@ help (every coroutine runs on the loop's one thread, an ``RLock`` admits them al
 * In the other policies a call with a request id runs **alone** (:meth:`CallTurns.enter_alone`):
   it enters once no call is inside, and new calls are held while it runs, so that the state
   it snapshots before its method can be put back if the method raises
-  (``stages/actors/dispatch.py``) without undoing another call's change. The hold gives way
-  after :data:`HOLD_S`, as above (a call may await another); :attr:`CallTurns.entries` then
+  (``stages/actors/dispatch.py``) without undoing another call's change. While it waits, the
+  hold gives way after :data:`HOLD_S` to the calls it held (a call inside may await one of
+  them) and is renewed, twice as long each time, for the calls arriving after - so a stream
+  of calls longer than :data:`HOLD_S` cannot starve it. While it runs, the hold gives way
+  after :data:`HOLD_S` (it may itself await another call); :attr:`CallTurns.entries` then
   tells that another call came in, and the runtime does not restore over its change.
+  A *synchronous* method of an async actor runs on the event loop and cannot wait: it is
+  refused while a call runs alone (:attr:`CallTurns.alone`).
 
 Waiting polls (every :data:`_POLL_S` s) instead of using ``asyncio`` primitives: an actor's
 concurrency groups run on event loops of their own threads, and the counter is shared by
@@ -63,8 +69,18 @@ class CallTurns:
         #: Coroutine calls between :meth:`enter` and :meth:`leave`.
         self.inside = 0
         self._wanted_since: float | None = None
-        #: Since when a call with a request id waits to run, or runs, alone (policy mode).
+        #: How long the current hold for a wanted snapshot lasts (renewed as for a call
+        #: waiting to run alone, :meth:`enter`).
+        self._wanted_hold = HOLD_S
+        #: Since when the current hold for a call with a request id runs (policy mode):
+        #: the hold while it waits to run alone (renewed, :meth:`enter_alone`), or while it
+        #: runs (:data:`HOLD_S`).
         self._sole_since: float | None = None
+        #: How long the current hold while a call waits to run alone lasts.
+        self._sole_hold = HOLD_S
+        #: True while a call with a request id runs alone (a synchronous call of an async
+        #: actor, which cannot wait for it, is refused meanwhile: ``dispatch.py``).
+        self.alone = False
         #: Calls let in so far (a call running alone compares it before and after).
         self.entries = 0
         self._running: set[str] = set()
@@ -83,18 +99,32 @@ class CallTurns:
     def taken(self) -> None:
         """The snapshot was taken (or failed): nothing waits any more."""
         self._wanted_since = None
+        self._wanted_hold = HOLD_S
 
     async def enter(self, due: Callable[[], None]) -> None:
         """Let a call in: held while a wanted snapshot waits, :data:`HOLD_S` at most. A
         snapshot left wanted with nobody inside (the last call out raised) is taken here by
-        ``due()`` before this call touches the state."""
+        ``due()`` before this call touches the state. A snapshot, or a call waiting to run
+        alone, holds the calls that arrive after its current hold began; when the hold gives
+        way a new one, twice as long, begins (so a stream of calls longer than
+        :data:`HOLD_S` cannot put the snapshot off for ever: :meth:`enter_alone`)."""
+        arrived = time.monotonic()
         while True:
             with self._lock:
+                now = time.monotonic()
+                if (self._wanted_since is not None
+                        and now - self._wanted_since >= self._wanted_hold):
+                    self._wanted_since, self._wanted_hold = now, 2 * self._wanted_hold
                 wanted = self._wanted_since
                 sole = self._sole_since
-                now = time.monotonic()
-                if ((wanted is None or now - wanted >= HOLD_S)
-                        and (sole is None or now - sole >= HOLD_S)):
+                if sole is None:
+                    held = False
+                elif self.alone:
+                    held = now - sole < HOLD_S
+                else:
+                    held = arrived >= sole and now - sole < self._sole_hold
+                held = held or (wanted is not None and arrived >= wanted)
+                if not held:
                     self.inside += 1
                     self.entries += 1
                     return
@@ -110,27 +140,41 @@ class CallTurns:
 
     async def enter_alone(self, due: Callable[[], None]) -> int:
         """Let a call in once no call is inside, holding new calls meanwhile and while it
-        runs (:data:`HOLD_S` at most each time, as :meth:`enter`); a wanted snapshot is
-        taken first by ``due()``. Returns :attr:`entries` after it entered: if the value
-        is the same when it leaves, no other call ran beside it. Leave with
-        :meth:`leave_alone`."""
+        runs; a wanted snapshot is taken first by ``due()``. Returns :attr:`entries` after
+        it entered: if the value is the same when it leaves, no other call ran beside it.
+        Leave with :meth:`leave_alone`.
+
+        While it waits, the calls that arrive are held for :data:`HOLD_S`; then the hold
+        gives way to them (one may be what a call inside waits for) and a new hold, twice
+        as long, begins for the calls arriving after that. So a stream of calls that each
+        last longer than :data:`HOLD_S` cannot starve it: the hold soon outlasts the calls
+        inside, which then drain. While it runs, new calls are held :data:`HOLD_S` at most
+        (it may itself wait for one)."""
         while True:
             with self._lock:
+                now = time.monotonic()
                 if not self.inside:
                     if self._wanted_since is not None:
                         due()
                     self.inside += 1
                     self.entries += 1
-                    self._sole_since = time.monotonic()
+                    self.alone = True
+                    self._sole_since = now
                     return self.entries
-                if self._sole_since is None:
-                    self._sole_since = time.monotonic()
+                if self.alone:      # another one runs alone: its hold rules
+                    pass
+                elif self._sole_since is None:
+                    self._sole_since, self._sole_hold = now, HOLD_S
+                elif now - self._sole_since >= self._sole_hold:
+                    self._sole_since, self._sole_hold = now, 2 * self._sole_hold
             await asyncio.sleep(_POLL_S)
 
     def leave_alone(self) -> None:
         with self._lock:
             self.inside -= 1
+            self.alone = False
             self._sole_since = None
+            self._sole_hold = HOLD_S
 
     async def when_alone(self, own: int, take: Callable[[], T]) -> T:
         """``take()`` under the lock once at most ``own`` calls are inside (``own`` = 1 for
