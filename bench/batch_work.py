@@ -1,18 +1,22 @@
 """The demo's three stages written as batch stages (``pyarrow`` batches), for bench_batch.
 
 Each computes exactly what its record twin in ``blockpoint/demo_job.py`` computes - the same
-output rows and the same state - but per batch, with numpy over whole columns instead of
-Python per record:
+output rows and the same state, bit for bit - but per batch, with numpy over whole columns
+instead of Python per record (no Python loop over records, except the Scorer's):
 
-* ``BatchNormalize``: the per-key sequence number is the key's running count (a stable sort
-  by key, the rank within each key's run, plus the count carried in the state);
-* ``BatchAggregates``: per-key running count/sum/min/max by segmented cumulative sums and
-  ``ufunc.accumulate`` over each key's slice (a loop over the distinct keys of the batch,
-  not over records), the histogram by ``np.add.at``;
-* ``BatchScorer``: the EWMA recurrence rounds at every step (``round(..., 6)``), so it is not
-  a closed form; it runs per key over a Python list of that key's values (plain float
-  arithmetic, the same operations in the same order as the record stage), and the flag is
-  vectorised.
+* ``BatchNormalize``: the per-key sequence number is the key's running count (the row's
+  occurrence index within its key in the batch plus the count carried in the state);
+* ``BatchAggregates``: per-key running count/sum/min/max by segmented scans over the rows
+  sorted by key (cumulative sums less each segment's start; min/max by one
+  ``ufunc.accumulate`` over values shifted apart per key), the histogram by ``np.add.at``;
+* ``BatchScorer``: the EWMA recurrence rounds at every step (``round(..., 6)``), so it has
+  no closed form and is sequential per key; it runs per key over a Python list of that
+  key's values (``ewma_chain``: the same IEEE operations in the same order as the record
+  stage, the rounding by ``bench/exact_round.py``'s exact float rule, ~2x cheaper than
+  ``round(x, 6)``), the flag vectorised. Running all keys as numpy lanes (one step for
+  every key at a time) was measured slower with the demo's 16 keys: ~2,000 steps of
+  several ufunc calls on 16 elements per batch, with the exact-half products (~6 % of the
+  steps) decided per element.
 
 ``tests/test_bench_batch.py`` checks that each chain gives the record chain's output.
 """
@@ -23,20 +27,36 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["BatchAggregates", "BatchNormalize", "BatchScorer", "Passthrough", "stateless_part"]
+from .exact_round import FAST_LIMIT, round6
+
+__all__ = ["BatchAggregates", "BatchNormalize", "BatchScorer", "Passthrough", "ewma_chain",
+           "stateless_part"]
 
 
-def _groups(keys: Any) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray]:
-    """(order, distinct keys, start, end) of a key column: ``order`` sorts rows by key
-    stably; the rows of distinct key ``j`` are ``order[start[j]:end[j]]``, in input order."""
-    import pyarrow.compute as pc
+class _Groups:
+    """A key column's groups: ``codes`` (row -> distinct key), ``names``, ``counts``,
+    ``order`` (rows sorted by key, stably), ``start`` (each key's first place in ``order``)
+    and ``occ`` (each row's occurrence index within its key, in input order)."""
 
-    enc = pc.dictionary_encode(keys).combine_chunks()
-    codes = enc.indices.to_numpy(zero_copy_only=False)
-    order = np.argsort(codes, kind="stable")
-    counts = np.bincount(codes, minlength=len(enc.dictionary))
-    end = np.cumsum(counts)
-    return order, enc.dictionary.to_pylist(), end - counts, end
+    def __init__(self, keys: Any) -> None:
+        import pyarrow.compute as pc
+
+        enc = pc.dictionary_encode(keys).combine_chunks()
+        self.codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        self.names: list[str] = enc.dictionary.to_pylist()
+        self.counts = np.bincount(self.codes, minlength=len(self.names))
+        self.order = np.argsort(self.codes, kind="stable")
+        self.start = np.cumsum(self.counts) - self.counts
+        self.occ = np.empty(len(self.codes), np.int64)
+        self.occ[self.order] = np.arange(len(self.codes)) - np.repeat(self.start, self.counts)
+
+    def last_rows(self) -> np.ndarray:
+        """Each key's last row (input order)."""
+        return self.order[self.start + self.counts - 1]
+
+    def first_rows(self) -> np.ndarray:
+        """Each key's first row (input order)."""
+        return self.order[self.start]
 
 
 class BatchNormalize:
@@ -50,16 +70,33 @@ class BatchNormalize:
     def process_batch(self, state: dict[str, int], table: Any) -> Any:
         import pyarrow as pa
 
-        order, names, start, end = _groups(table.column("key"))
-        seq = np.empty(table.num_rows, np.int64)
-        for j, key in enumerate(names):
-            rows = order[start[j]:end[j]]
-            base = state.get(key, 0)
-            seq[rows] = np.arange(base + 1, base + 1 + len(rows))
-            state[key] = base + len(rows)
+        g = _Groups(table.column("key"))
+        base = np.array([state.get(k, 0) for k in g.names], np.int64)
+        seq = base[g.codes] + g.occ + 1
+        state.update(zip(g.names, (base + g.counts).tolist()))
         value = table.column("value").cast(pa.int64())
         return pa.table({"i": table.column("i"), "key": table.column("key"),
                          "seq": pa.array(seq), "value": value})
+
+
+def _segmented(op: Any, vals: np.ndarray, g: _Groups) -> np.ndarray:
+    """``op.accumulate`` (``np.minimum``/``np.maximum``) of ``vals`` within each key's rows
+    in input order, as one scan: sorted by key, each key's values are shifted by a multiple
+    of the value range so no key's value can win over a later key's (``maximum``) or an
+    earlier key's (``minimum``); a per-key loop where the shift could overflow int64."""
+    out = np.empty_like(vals)
+    lo, hi = int(vals.min()), int(vals.max())
+    span = hi - lo + 1
+    keys = len(g.names)
+    if span * keys < 2 ** 62:
+        sign = 1 if op is np.maximum else -1
+        shift = (g.codes[g.order] * span * sign)
+        out[g.order] = op.accumulate((vals[g.order] - lo) + shift) - shift + lo
+        return out
+    for j in range(keys):
+        rows = g.order[g.start[j]:g.start[j] + g.counts[j]]
+        out[rows] = op.accumulate(vals[rows])
+    return out
 
 
 class BatchAggregates:
@@ -77,31 +114,61 @@ class BatchAggregates:
     def process_batch(self, state: dict[str, Any], table: Any) -> Any:
         import pyarrow as pa
 
-        v = table.column("value").to_numpy()
-        order, names, start, end = _groups(table.column("key"))
-        n = table.num_rows
-        count, total = np.empty(n, np.int64), np.empty(n, np.int64)
-        low, high = np.empty(n, np.int64), np.empty(n, np.int64)
-        rows_of_hist = np.empty(n, np.int64)
-        for j, key in enumerate(names):
-            rows = order[start[j]:end[j]]
-            vals = v[rows]
-            a = state["agg"].setdefault(key, [0, 0, int(vals[0]), int(vals[0])])
-            count[rows] = a[0] + np.arange(1, len(rows) + 1)
-            total[rows] = a[1] + np.cumsum(vals)
-            low[rows] = np.minimum.accumulate(np.minimum(vals, a[2]))
-            high[rows] = np.maximum.accumulate(np.maximum(vals, a[3]))
-            a[0], a[1] = int(count[rows[-1]]), int(total[rows[-1]])
-            a[2], a[3] = int(low[rows[-1]]), int(high[rows[-1]])
-            rows_of_hist[rows] = int(key[1:]) % self.keys
-        np.add.at(state["hist"], (rows_of_hist, (v * 7919) % self.bins), 1.0)
+        v = table.column("value").to_numpy().astype(np.int64, copy=False)
+        g = _Groups(table.column("key"))
+        first = v[g.first_rows()].tolist()
+        agg = state["agg"]
+        prior = np.array([agg.get(k, [0, 0, f, f]) for k, f in zip(g.names, first)],
+                         np.int64).reshape(-1, 4)
+        count = prior[g.codes, 0] + g.occ + 1
+        sorted_sum = np.cumsum(v[g.order])
+        before = np.concatenate(([0], sorted_sum))[g.start]  # the sum of earlier keys' rows
+        total = np.empty_like(v)
+        total[g.order] = sorted_sum - np.repeat(before, g.counts)
+        total += prior[g.codes, 1]
+        low = _segmented(np.minimum, np.minimum(v, prior[g.codes, 2]), g)
+        high = _segmented(np.maximum, np.maximum(v, prior[g.codes, 3]), g)
+        last = g.last_rows()
+        for k, row in zip(g.names, zip(count[last].tolist(), total[last].tolist(),
+                                       low[last].tolist(), high[last].tolist())):
+            agg[k] = list(row)
+        key_row = np.array([int(k[1:]) % self.keys for k in g.names], np.int64)
+        np.add.at(state["hist"], (key_row[g.codes], (v * 7919) % self.bins), 1.0)
         return pa.table({"i": table.column("i"), "key": table.column("key"),
                          "seq": table.column("seq"), "value": table.column("value"),
                          "count": count, "sum": total, "min": low, "max": high})
 
 
+def ewma_chain(prev: float, xs: list[float]) -> list[float]:
+    """``prev = round(0.9 * prev + x, 6)`` for each ``x`` in turn (``x`` is the record's
+    ``0.1 * value``): the values after each step, bit-identical to that expression.
+
+    The rounding is ``bench/exact_round.py``'s rule in scalar form: ``rint(p) / 1e6`` with
+    ``p = y * 1e6``, unless ``p`` is exactly a half-integer (the product's error decides) or
+    rounds to 0 (the sign of zero): then ``round`` itself (~6 % of the demo's steps). The
+    rule needs ``|p| < 2**52``: checked once for the whole chain (``|y|`` never exceeds
+    ``max(|prev|, 10 |x|)``), else every step uses ``round``."""
+    out: list[float] = []
+    append = out.append
+    bound = max([abs(prev)] + [10.0 * abs(x) for x in xs]) if xs else 0.0
+    if not bound * 1e6 < FAST_LIMIT / 2:
+        for x in xs:
+            prev = round(0.9 * prev + x, 6)
+            append(prev)
+        return out
+    for x in xs:
+        y = 0.9 * prev + x
+        p = y * 1e6
+        k = round(p)
+        d = p - k
+        prev = k / 1e6 if k and d != 0.5 and d != -0.5 else round(y, 6)
+        append(prev)
+    return out
+
+
 class BatchScorer:
-    """``Scorer`` as a batch stage: the rounded EWMA per key, the flag vectorised."""
+    """``Scorer`` as a batch stage: the rounded EWMA per key (``ewma_chain``), the flag
+    vectorised."""
 
     batch_format = "pyarrow"
 
@@ -112,18 +179,15 @@ class BatchScorer:
         import pyarrow as pa
 
         v = table.column("value").to_numpy()
-        order, names, start, end = _groups(table.column("key"))
-        ewma = np.empty(table.num_rows, np.float64)
-        for j, key in enumerate(names):
-            rows = order[start[j]:end[j]]
-            vals = v[rows].tolist()
-            prev = state.get(key, float(vals[0]))
-            out = []
-            for x in vals:
-                prev = round(0.9 * prev + 0.1 * x, 6)
-                out.append(prev)
-            state[key] = prev
-            ewma[rows] = out
+        g = _Groups(table.column("key"))
+        first = v[g.first_rows()].tolist()
+        x01 = 0.1 * v
+        ewma = np.empty(len(v))
+        for j, (key, f) in enumerate(zip(g.names, first)):
+            rows = g.order[g.start[j]:g.start[j] + g.counts[j]]
+            chain = ewma_chain(state.get(key, float(f)), x01[rows].tolist())
+            ewma[rows] = chain
+            state[key] = chain[-1]
         return table.append_column("ewma", pa.array(ewma)).append_column(
             "unusual", pa.array(np.abs(v - ewma) > 400))
 
@@ -145,6 +209,6 @@ def stateless_part(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     a score against a fixed mean and the flag - no per-key state, which Ray Data cannot
     keep exactly once."""
     value = batch["value"].astype(np.int64)
-    score = np.round(0.9 * 500.0 + 0.1 * value, 6)
+    score = round6(0.9 * 500.0 + 0.1 * value)  # Python's round(..., 6), as the Scorer
     return {"i": batch["i"], "key": batch["key"], "value": value, "ewma": score,
             "unusual": np.abs(value - score) > 400}
