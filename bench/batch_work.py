@@ -150,18 +150,18 @@ def ewma_chain(prev: float, xs: list[float]) -> list[float]:
     ``max(|prev|, 10 |x|)``), else every step uses ``round``."""
     out: list[float] = []
     append = out.append
-    bound = max([abs(prev)] + [10.0 * abs(x) for x in xs]) if xs else 0.0
+    bound = max(abs(prev), 10.0 * max(xs, default=0.0), -10.0 * min(xs, default=0.0))
     if not bound * 1e6 < FAST_LIMIT / 2:
         for x in xs:
             prev = round(0.9 * prev + x, 6)
             append(prev)
         return out
+    rnd = round
     for x in xs:
         y = 0.9 * prev + x
         p = y * 1e6
-        k = round(p)
-        d = p - k
-        prev = k / 1e6 if k and d != 0.5 and d != -0.5 else round(y, 6)
+        k = rnd(p)
+        prev = k / 1e6 if k and -0.5 < p - k < 0.5 else rnd(y, 6)  # p - k is exact
         append(prev)
     return out
 
