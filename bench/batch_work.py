@@ -6,9 +6,10 @@ instead of Python per record (no Python loop over records, except the Scorer's):
 
 * ``BatchNormalize``: the per-key sequence number is the key's running count (the row's
   occurrence index within its key in the batch plus the count carried in the state);
-* ``BatchAggregates``: per-key running count/sum/min/max by segmented scans over the rows
-  sorted by key (cumulative sums less each segment's start; min/max by one
-  ``ufunc.accumulate`` over values shifted apart per key), the histogram by ``np.add.at``;
+* ``BatchAggregates``: per-key running count/sum/min/max by cumulative sums and
+  ``ufunc.accumulate`` over each key's slice (a loop over the distinct keys of the batch,
+  not over records: with the demo's 16 keys this measured faster than one segmented scan
+  over all keys), the histogram by ``np.add.at``;
 * ``BatchScorer``: the EWMA recurrence rounds at every step (``round(..., 6)``), so it has
   no closed form and is sequential per key; it runs per key over a Python list of that
   key's values (``ewma_chain``: the same IEEE operations in the same order as the record
@@ -79,26 +80,6 @@ class BatchNormalize:
                          "seq": pa.array(seq), "value": value})
 
 
-def _segmented(op: Any, vals: np.ndarray, g: _Groups) -> np.ndarray:
-    """``op.accumulate`` (``np.minimum``/``np.maximum``) of ``vals`` within each key's rows
-    in input order, as one scan: sorted by key, each key's values are shifted by a multiple
-    of the value range so no key's value can win over a later key's (``maximum``) or an
-    earlier key's (``minimum``); a per-key loop where the shift could overflow int64."""
-    out = np.empty_like(vals)
-    lo, hi = int(vals.min()), int(vals.max())
-    span = hi - lo + 1
-    keys = len(g.names)
-    if span * keys < 2 ** 62:
-        sign = 1 if op is np.maximum else -1
-        shift = (g.codes[g.order] * span * sign)
-        out[g.order] = op.accumulate((vals[g.order] - lo) + shift) - shift + lo
-        return out
-    for j in range(keys):
-        rows = g.order[g.start[j]:g.start[j] + g.counts[j]]
-        out[rows] = op.accumulate(vals[rows])
-    return out
-
-
 class BatchAggregates:
     """``KeyedAggregates`` as a batch stage (the same state layout: ``agg`` and ``hist``)."""
 
@@ -114,26 +95,24 @@ class BatchAggregates:
     def process_batch(self, state: dict[str, Any], table: Any) -> Any:
         import pyarrow as pa
 
-        v = table.column("value").to_numpy().astype(np.int64, copy=False)
+        v = table.column("value").to_numpy()
         g = _Groups(table.column("key"))
-        first = v[g.first_rows()].tolist()
-        agg = state["agg"]
-        prior = np.array([agg.get(k, [0, 0, f, f]) for k, f in zip(g.names, first)],
-                         np.int64).reshape(-1, 4)
-        count = prior[g.codes, 0] + g.occ + 1
-        sorted_sum = np.cumsum(v[g.order])
-        before = np.concatenate(([0], sorted_sum))[g.start]  # the sum of earlier keys' rows
-        total = np.empty_like(v)
-        total[g.order] = sorted_sum - np.repeat(before, g.counts)
-        total += prior[g.codes, 1]
-        low = _segmented(np.minimum, np.minimum(v, prior[g.codes, 2]), g)
-        high = _segmented(np.maximum, np.maximum(v, prior[g.codes, 3]), g)
-        last = g.last_rows()
-        for k, row in zip(g.names, zip(count[last].tolist(), total[last].tolist(),
-                                       low[last].tolist(), high[last].tolist())):
-            agg[k] = list(row)
-        key_row = np.array([int(k[1:]) % self.keys for k in g.names], np.int64)
-        np.add.at(state["hist"], (key_row[g.codes], (v * 7919) % self.bins), 1.0)
+        n = table.num_rows
+        count, total = np.empty(n, np.int64), np.empty(n, np.int64)
+        low, high = np.empty(n, np.int64), np.empty(n, np.int64)
+        rows_of_hist = np.empty(n, np.int64)
+        for j, key in enumerate(g.names):  # numpy per key: no Python per record
+            rows = g.order[g.start[j]:g.start[j] + g.counts[j]]
+            vals = v[rows]
+            a = state["agg"].setdefault(key, [0, 0, int(vals[0]), int(vals[0])])
+            count[rows] = a[0] + np.arange(1, len(rows) + 1)
+            total[rows] = a[1] + np.cumsum(vals)
+            low[rows] = np.minimum.accumulate(np.minimum(vals, a[2]))
+            high[rows] = np.maximum.accumulate(np.maximum(vals, a[3]))
+            a[0], a[1] = int(count[rows[-1]]), int(total[rows[-1]])
+            a[2], a[3] = int(low[rows[-1]]), int(high[rows[-1]])
+            rows_of_hist[rows] = int(key[1:]) % self.keys
+        np.add.at(state["hist"], (rows_of_hist, (v * 7919) % self.bins), 1.0)
         return pa.table({"i": table.column("i"), "key": table.column("key"),
                          "seq": table.column("seq"), "value": table.column("value"),
                          "count": count, "sum": total, "min": low, "max": high})
