@@ -24,7 +24,8 @@ stages on the demo work; the Parquet path >= 0.8x plain pyarrow):
   file (``pq.read_table``) and writing it (``pq.write_table``, zstd, fsync'd) in the driver:
   MB of input Parquet per second.
 
-``python -m bench.bench_batch [--quick]``; ``blockpoint bench --only batch``.
+``python -m bench.bench_batch [--quick] [--events N] [--repeat R] [--demo-only]``;
+``blockpoint bench --only batch``.
 """
 
 from __future__ import annotations
@@ -125,8 +126,11 @@ def _plain_pyarrow(work: Path, inputs: Path) -> float:
     return time.perf_counter() - t0
 
 
-def run(quick: bool = False, repeat: int | None = None) -> list[dict[str, Any]]:
-    """One row per case (medians of ``repeat``) with its ratio to the reference case."""
+def run(quick: bool = False, repeat: int | None = None, events: int | None = None,
+        demo_only: bool = False) -> list[dict[str, Any]]:
+    """One row per case (medians of ``repeat``) with its ratio to the reference case;
+    ``events`` overrides the demo's size, ``demo_only`` skips Ray Data and the Parquet
+    MB/s cases."""
     import ray
 
     from blockpoint.demo_job import KeyedAggregates, Normalize, Scorer
@@ -134,7 +138,7 @@ def run(quick: bool = False, repeat: int | None = None) -> list[dict[str, Any]]:
     from .batch_work import BatchAggregates, BatchNormalize, BatchScorer, Passthrough
 
     repeat = repeat or (1 if quick else 3)
-    events = 20_000 if quick else 300_000
+    events = events or (20_000 if quick else 300_000)
     wide_rows = 50_000 if quick else 2_000_000
     batch_size = 32_768
     started = not ray.is_initialized()
@@ -142,11 +146,12 @@ def run(quick: bool = False, repeat: int | None = None) -> list[dict[str, Any]]:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
                  object_store_memory=400 * 1024 * 1024)
     root = Path(tempfile.mkdtemp(prefix="bench-batch-"))
-    rates: dict[str, list[float]] = {k: [] for k in ("record", "batch", "ray_data")}
+    rates: dict[str, list[float]] = {k: [] for k in ("record", "batch", "ray_data")
+                                     if not (demo_only and k == "ray_data")}
     mbps: dict[str, list[float]] = {"pipeline": [], "pyarrow": []}
     try:
         write_events(root / "events", events)
-        wide_bytes = write_wide(root / "wide", wide_rows)
+        wide_bytes = 0 if demo_only else write_wide(root / "wide", wide_rows)
         record = [Normalize, functools.partial(KeyedAggregates, 4), Scorer]
         batch = [BatchNormalize, functools.partial(BatchAggregates, 4), BatchScorer]
         for r in range(repeat):
@@ -154,6 +159,10 @@ def run(quick: bool = False, repeat: int | None = None) -> list[dict[str, Any]]:
                 got = _pipeline(Path(tempfile.mkdtemp(dir=root)), root / "events", stages,
                                 batch_size)
                 rates[case].append(got["records"] / got["seconds"])
+            if demo_only:
+                print(f"bench batch: round {r + 1} of {repeat} done", file=sys.stderr,
+                      flush=True)
+                continue
             got = _ray_data(Path(tempfile.mkdtemp(dir=root)), root / "events")
             rates["ray_data"].append(got["records"] / got["seconds"])
             got = _pipeline(Path(tempfile.mkdtemp(dir=root)), root / "wide", [Passthrough],
@@ -167,7 +176,7 @@ def run(quick: bool = False, repeat: int | None = None) -> list[dict[str, Any]]:
         if started:
             ray.shutdown()
     rec = statistics.median(rates["record"])
-    plain = statistics.median(mbps["pyarrow"])
+    plain = statistics.median(mbps["pyarrow"]) if mbps["pyarrow"] else 0.0
     notes = {"record": "record stages, exactly once", "batch": "batch stages, exactly once",
              "ray_data": "stateless part only: Ray Data keeps no exactly-once state"}
     rows: list[dict[str, Any]] = [
@@ -180,14 +189,24 @@ def run(quick: bool = False, repeat: int | None = None) -> list[dict[str, Any]]:
               "vs_pyarrow": statistics.median(v) / plain,
               "note": ("ParquetSource -> pass-through -> ParquetSink, exactly once"
                        if case == "pipeline" else "read_table + write_table + fsync, driver")}
-             for case, v in mbps.items()]
+             for case, v in mbps.items() if v]
     return rows
 
 
 if __name__ == "__main__":
+    import argparse
+
     from blockpoint.table import print_rows
 
-    rows = run(quick="--quick" in sys.argv)
+    ap = argparse.ArgumentParser(prog="python -m bench.bench_batch")
+    ap.add_argument("--quick", action="store_true", help="20,000 events, one round")
+    ap.add_argument("--events", type=int, help="demo events (default 300,000)")
+    ap.add_argument("--repeat", type=int, help="rounds (default 3; 1 with --quick)")
+    ap.add_argument("--demo-only", action="store_true",
+                    help="the record and batch cases only (no Ray Data, no Parquet MB/s)")
+    args = ap.parse_args()
+    rows = run(quick=args.quick, repeat=args.repeat, events=args.events,
+               demo_only=args.demo_only)
     cols: list[str] = []
     for row in rows:
         cols.extend(k for k in row if k not in cols)
