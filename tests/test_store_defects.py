@@ -185,7 +185,7 @@ def test_a_frozen_writer_stalls_neither_the_store_nor_a_takeover_forever(
         # never depends on the machine's load; the takeover then ends by this bound.
         store.lock_timeout = 8.0
         takeover, took_over = _in_thread(lambda: store.acquire("hot", steal=True))
-        wait_for(lambda: thread_inside(takeover, "_lock_within"),
+        wait_for(lambda: thread_inside(takeover, "lock_within"),
                  what="the takeover waiting for the frozen writer's lock")
         other, got_other = _in_thread(lambda: store.acquire("unrelated"))
         other.join(60.0)

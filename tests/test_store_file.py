@@ -105,7 +105,7 @@ def test_store_created_by_another_process_between_two_looks(tmp_path: Path,
 
     root = tmp_path / "s"
     root.mkdir()
-    real = file_module._is_empty_or_partial
+    real = file_module.is_empty_or_partial
     done: list[bool] = []
 
     def creator_wins_in_between(path: Path) -> bool:
@@ -118,7 +118,7 @@ def test_store_created_by_another_process_between_two_looks(tmp_path: Path,
             """)], check=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
         return real(path)
 
-    monkeypatch.setattr(file_module, "_is_empty_or_partial", creator_wins_in_between)
+    monkeypatch.setattr(file_module, "is_empty_or_partial", creator_wins_in_between)
     with FileStore(root) as store:
         assert store.block_size == 4096 and done
         assert [i.name for i in store.list_leases()] == ["first"]
