@@ -35,7 +35,7 @@ from .runs import RunNotFoundError
 
 __all__ = ["Recovering"]
 
-log = logging.getLogger("stages.pipeline.pipeline")  # one logger for the driver's messages
+log = logging.getLogger(__name__)
 
 
 class Recovering:
