@@ -387,9 +387,11 @@ def test_async_checkpoints_pipeline_exactly_once(ray_local: None, tmp_path: Path
     assert res.finished and res.recoveries == 0
     assert sink.read_all() == run_reference(src, specs)
     n = res.committed_step
-    # (The records trigger counts from each commit, which waits for the flushes: fewer
-    # steps than a synchronous run of the same stream.)
-    assert n >= 3 and res.checkpoints == 2 * n
+    # (The records trigger counts from each commit, which waits for the flushes, while the
+    # source keeps being read: how many steps a run has depends on how long the flushes
+    # take. Under load all records after the first barrier may land in the final step, so
+    # two steps is all a run is sure to have - a loaded run once had exactly two.)
+    assert n >= 2 and res.checkpoints == 2 * n
     commits = [e for e in res.events if e.kind == "commit"]
     # Every committed step names the durable generation of every stage (not an ack).
     assert all(set(e.detail["generations"]) == {"agg", "seq"}
