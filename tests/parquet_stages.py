@@ -1,22 +1,27 @@
-"""Stages and input files shared by the Parquet tests (imported by test modules; Ray
-workers get these classes by value: the test modules register this module with cloudpickle).
+"""Stages, input files and a read-along reader shared by the Parquet tests (imported by test
+modules; Ray workers get these classes by value: the test modules register this module with
+cloudpickle).
 
 ``KeyedSum`` is a keyed running aggregation written twice: as a record stage and as a batch
-stage in each of Ray Data's batch formats; all of them emit the same rows.
+stage in each of Ray Data's batch formats; all of them emit the same rows. ``ReadAlong`` is a
+plain reader reading an output all along a run, checking each read is a prefix of the
+reference.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-__all__ = ["KeyedSum", "KeyedSumBatch", "write_input"]
+__all__ = ["KeyedSum", "KeyedSumBatch", "ReadAlong", "write_input"]
 
 
 class KeyedSum:
@@ -82,3 +87,36 @@ def write_input(directory: Path, files: int, rows: int, *, start_file: int = 0,
         os.replace(directory / f"_{path.name}", path)
         out.append(path)
     return out
+
+
+class ReadAlong:
+    """A thread calling ``read`` over and over while the ``with`` body runs (a run going on).
+
+    Each read's length is kept in ``observed``; a read that is not a prefix of ``ref`` has its
+    length kept in ``wrong`` too. Leaving the block stops the thread and joins it.
+    """
+
+    def __init__(self, read: Callable[[], list[dict[str, Any]]],
+                 ref: list[dict[str, Any]]) -> None:
+        self.read = read
+        self.ref = ref
+        self.observed: list[int] = []
+        self.wrong: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            rows = self.read()
+            if rows != self.ref[:len(rows)]:  # not a prefix of the output
+                self.wrong.append(len(rows))
+            self.observed.append(len(rows))
+
+    def __enter__(self) -> ReadAlong:
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)

@@ -15,7 +15,6 @@ import json
 import pickle
 import re
 import sys
-import threading
 import uuid
 from typing import Any
 
@@ -27,7 +26,7 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 import ray.cloudpickle
-from parquet_stages import KeyedSum, write_input
+from parquet_stages import KeyedSum, ReadAlong, write_input
 from s3hooks import HookedStore, req
 from s3server import BUCKET, CREDENTIALS, free_port
 
@@ -419,27 +418,11 @@ def test_pipeline_into_s3_killed_mid_run_is_exact(ray_local: None, s3_server: An
             killed.append(ev.step)
             ray.kill(p.handles["agg"], no_restart=True)
 
-    observed: list[int] = []
-    wrong: list[int] = []
-    stop = threading.Event()
-
-    def reader() -> None:  # reading all along: always a prefix of the output
-        while not stop.is_set():
-            rows = read()
-            if rows != ref[:len(rows)]:
-                wrong.append(len(rows))
-            observed.append(len(rows))
-
-    thread = threading.Thread(target=reader, daemon=True)
     p = Pipeline(src, [spec], sink, batch_size=100, max_in_flight=4,
                  policy=CheckpointPolicy(every_records=400), on_event=on_event)
-    thread.start()
-    try:
+    with ReadAlong(read, ref) as along:  # reading all along: always a prefix of the output
         res = p.run()
-    finally:
-        stop.set()
-        thread.join(timeout=60)
-    assert not wrong and observed
+    assert not along.wrong and along.observed
     assert killed and res.recoveries >= 1 and res.relaunches >= 1 and res.finished
     assert res.records_in == 3000 and res.records_out == 3000
     assert read() == ref  # none lost, none duplicated, in order
