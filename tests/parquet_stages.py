@@ -1,6 +1,6 @@
 """Stages, input files and a read-along reader shared by the Parquet tests (imported by test
-modules; Ray workers get these classes by value: the test modules register this module with
-cloudpickle).
+modules; Ray workers get these classes by value: the module registers itself with cloudpickle
+on import, as tests/counters.py does, so its importers need not).
 
 ``KeyedSum`` is a keyed running aggregation written twice: as a record stage and as a batch
 stage in each of Ray Data's batch formats; all of them emit the same rows. ``ReadAlong`` is a
@@ -11,6 +11,7 @@ reference.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,8 +21,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import ray.cloudpickle
 
 __all__ = ["KeyedSum", "KeyedSumBatch", "ReadAlong", "write_input"]
+
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 class KeyedSum:

@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import parquet_stages
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
@@ -35,7 +34,6 @@ from stages import (
 )
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-ray.cloudpickle.register_pickle_by_value(parquet_stages)
 
 pytestmark = pytest.mark.ray
 

@@ -18,7 +18,6 @@ import sys
 import uuid
 from typing import Any
 
-import parquet_stages
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
@@ -51,7 +50,6 @@ from stages import (
 from stages.pipeline.parquet_object_sink import ObjectParquetSink
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-ray.cloudpickle.register_pickle_by_value(parquet_stages)
 
 
 class Crash(BaseException):
