@@ -2,10 +2,10 @@
 modules; Ray workers get these classes by value: the module registers itself with cloudpickle
 on import, as tests/counters.py does, so its importers need not).
 
-``KeyedSum`` is a keyed running aggregation written twice: as a record stage and as a batch
-stage in each of Ray Data's batch formats; all of them emit the same rows. ``ReadAlong`` is a
-plain reader reading an output all along a run, checking each read is a prefix of the
-reference.
+``KeyedSum`` is a keyed running aggregation as a record stage (the library's
+``RunningAggregate``), written again as a batch stage in each of Ray Data's batch formats;
+all of them emit the same rows. ``ReadAlong`` is a plain reader reading an output all along
+a run, checking each read is a prefix of the reference.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -23,23 +23,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray.cloudpickle
 
+from stages.pipeline.source import RunningAggregate
+
 __all__ = ["KeyedSum", "KeyedSumBatch", "ReadAlong", "write_input"]
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
-class KeyedSum:
-    """Per-key running count and sum of ``value``; one output row per input row."""
-
-    def initial_state(self) -> dict[str, list[int]]:
-        return {}
-
-    def process(self, state: dict[str, list[int]], record: dict[str, Any]
-                ) -> Iterator[dict[str, Any]]:
-        agg = state.setdefault(record["key"], [0, 0])
-        agg[0] += 1
-        agg[1] += record["value"]
-        yield {"i": record["i"], "key": record["key"], "count": agg[0], "sum": agg[1]}
+#: Per-key running count and sum of ``value``; one output row per input row: the library's own
+#: record stage (``stages/pipeline/source.py``), which the batch stage below must match.
+KeyedSum = RunningAggregate
 
 
 class KeyedSumBatch:
