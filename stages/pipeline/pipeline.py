@@ -54,7 +54,6 @@ How, and why this way:
 
 from __future__ import annotations
 
-import logging
 import time
 import uuid
 from collections import deque
@@ -91,8 +90,6 @@ __all__ = [
     "StageProcessError",
     "run_reference",
 ]
-
-log = logging.getLogger(__name__)
 
 #: The policy track of the pipeline as a whole in its :class:`CheckpointManager`.
 PIPELINE_TRACK = "pipeline"
