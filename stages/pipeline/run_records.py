@@ -34,7 +34,7 @@ class StageCommit:
     ``stage`` (the stage's own id), ``index`` of ``parallelism`` instances and, for a keyed
     stage, ``max_parallelism`` (so the instance held key groups
     ``key_group_range(index, parallelism, max_parallelism)`` at this step). A plain stage
-    leaves them ``None`` and its record has no such keys (``docs/FORMAT.md`` 6.3).
+    leaves them ``None`` and its record has no such keys (``docs/FORMAT.md`` 5.3).
     """
 
     stage_id: str
