@@ -22,8 +22,12 @@ $(STAMP_TEST): $(BIN)/python pyproject.toml
 demo: $(STAMP_RUN)
 	$(BIN)/blockpoint demo
 
+# Two workers, whole modules each (a module shares one Ray, ~3-7 s to start): the suite
+# waits on Ray (starts, health checks, subprocesses) far more than it computes.
+TEST_WORKERS ?= 2
+
 test: $(STAMP_TEST)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 bench: $(STAMP_RUN)
 	$(BIN)/blockpoint bench

@@ -138,8 +138,8 @@ def run(quick: bool = False, repeat: int | None = None, events: int | None = Non
     from .batch_work import BatchAggregates, BatchNormalize, BatchScorer, Passthrough
 
     repeat = repeat or (1 if quick else 3)
-    events = events or (20_000 if quick else 300_000)
-    wide_rows = 50_000 if quick else 2_000_000
+    events = events or (8_000 if quick else 300_000)
+    wide_rows = 20_000 if quick else 2_000_000
     batch_size = 32_768
     started = not ray.is_initialized()
     if started:
@@ -199,7 +199,7 @@ if __name__ == "__main__":
     from blockpoint.table import print_rows
 
     ap = argparse.ArgumentParser(prog="python -m bench.bench_batch")
-    ap.add_argument("--quick", action="store_true", help="20,000 events, one round")
+    ap.add_argument("--quick", action="store_true", help="8,000 events, one round")
     ap.add_argument("--events", type=int, help="demo events (default 300,000)")
     ap.add_argument("--repeat", type=int, help="rounds (default 3; 1 with --quick)")
     ap.add_argument("--demo-only", action="store_true",

@@ -27,11 +27,12 @@ import os
 import shutil
 import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
+from bench.limits import timed_runs
 
 __all__ = ["run"]
 
@@ -43,13 +44,7 @@ CHANGED = 0.01
 def _measure(fn: Callable[[], Any], repeat: int,
              before: Callable[[], None] | None = None) -> tuple[float, list[Any]]:
     """Median seconds of ``fn`` (``before`` runs untimed first) and its results."""
-    times, results = [], []
-    for _ in range(repeat):
-        if before is not None:
-            before()
-        t = time.perf_counter()
-        results.append(fn())
-        times.append(time.perf_counter() - t)
+    times, results = timed_runs(fn, repeat, before)
     return statistics.median(times), results
 
 

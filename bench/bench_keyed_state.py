@@ -30,28 +30,17 @@ import pickle
 import shutil
 import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from bench.limits import timed_runs
+
 __all__ = ["run"]
 
 MiB = 1024 * 1024
 BLOCK = 64 * 1024
-
-
-def _measure(fn: Callable[[], Any], repeat: int,
-             before: Callable[[], None] | None = None) -> tuple[list[float], list[Any]]:
-    times, results = [], []
-    for _ in range(repeat):
-        if before is not None:
-            before()
-        t = time.perf_counter()
-        results.append(fn())
-        times.append(time.perf_counter() - t)
-    return times, results
 
 
 def _case(store: Any, label: str, data: dict[Any, Any], m: int, changed: str,
@@ -77,9 +66,9 @@ def _case(store: Any, label: str, data: dict[Any, Any], m: int, changed: str,
         state["n"] += 1
         change(inc, state["n"])
 
-    t_full, i_full = _measure(full.checkpoint, repeat, before=touch_all)
-    t_plain, i_plain = _measure(plain.checkpoint, repeat)
-    t_inc, i_inc = _measure(inc.checkpoint, repeat, before=change_some)
+    t_full, i_full = timed_runs(full.checkpoint, repeat, before=touch_all)
+    t_plain, i_plain = timed_runs(plain.checkpoint, repeat)
+    t_inc, i_inc = timed_runs(inc.checkpoint, repeat, before=change_some)
     groups = inc.last_groups_written
     rows = []
     f_med = statistics.median(t_full)
@@ -103,7 +92,7 @@ def _case(store: Any, label: str, data: dict[Any, Any], m: int, changed: str,
     rows.append(row("full keyed checkpoint", t_full, i_full))
     rows.append(row("full plain checkpoint (one dict)", t_plain, i_plain))
     if pickle_row:
-        t_pk, _ = _measure(lambda: pickle.dumps(data, protocol=5), repeat)
+        t_pk, _ = timed_runs(lambda: pickle.dumps(data, protocol=5), repeat)
         rows.append(row("pickle.dumps of the whole state (no I/O)", t_pk, None))
     med_inc = statistics.median(t_inc)
     rows.append(row(f"keyed checkpoint, {changed} changed", t_inc, i_inc,

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["MiB", "RawLimits", "best", "fsync_path", "fsync_tree", "median", "ratio", "raw_limits",
-           "read_into", "timed", "write_file"]
+           "read_into", "timed", "timed_runs", "write_file"]
 
 MiB = 1 << 20
 #: Bytes per ``pwrite`` of the raw overwrite.
@@ -58,6 +58,20 @@ def timed(fn: Callable[[], Any]) -> float:
     t = time.perf_counter()
     fn()
     return time.perf_counter() - t
+
+
+def timed_runs(fn: Callable[[], Any], repeat: int, before: Callable[[], None] | None = None
+               ) -> tuple[list[float], list[Any]]:
+    """Seconds and results of ``repeat`` calls of ``fn``, in call order; ``before`` (if given)
+    runs untimed ahead of each call (the change a measured checkpoint then writes)."""
+    times, results = [], []
+    for _ in range(repeat):
+        if before is not None:
+            before()
+        t = time.perf_counter()
+        results.append(fn())
+        times.append(time.perf_counter() - t)
+    return times, results
 
 
 def best(fn: Callable[[], Any], repeat: int) -> float:

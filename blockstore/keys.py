@@ -114,6 +114,17 @@ def _shipped_by_ray(path: str) -> str | None:
     return None
 
 
+def _shown_unopened(path: str) -> str:
+    """An absolute path that could not be opened, as a message may show it: the value may
+    be the key itself pasted in the variable (base64 holds ``/``; 1 key in 64 starts with
+    one), so it is shown only when it names a file in an existing directory other than the
+    root - never a value whose only ``/`` is the first; else its length."""
+    parent = os.path.dirname(path)
+    if parent != os.path.dirname(parent) and os.path.isdir(parent):
+        return repr(path)
+    return f"<{len(path)} characters, not in an existing directory other than '/'; not shown>"
+
+
 def read_key_file(path: str) -> KeyRing:
     """The key ring in the key file at ``path``: first non-empty line current, the rest old.
 
@@ -148,15 +159,14 @@ def read_key_file(path: str) -> KeyRing:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0)
                      | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
-        # A path whose directory does not exist either may be a key pasted there: not shown.
-        shown = repr(path) if os.path.isdir(os.path.dirname(path)) else (
-            f"<{len(path)} characters whose directory does not exist, not shown>")
+        shown = _shown_unopened(path)
         raise KeyFileError(f"${KEY_FILE_ENV} names {shown}, which does not exist on this "
                            "node: put the key file at that path on every node (e.g. "
                            "cluster.yaml's file_mounts), mode 0600", path=shown) from None
     except OSError as exc:
-        raise KeyFileError(f"${KEY_FILE_ENV}: cannot open {path!r}: {exc.strerror}",
-                           path=path) from None
+        shown = _shown_unopened(path)
+        raise KeyFileError(f"${KEY_FILE_ENV}: cannot open {shown}: {exc.strerror}",
+                           path=shown) from None
     try:
         st = os.fstat(fd)  # of the file opened, not of whatever the path names later
         mode = stat.S_IMODE(st.st_mode)

@@ -17,9 +17,15 @@ instance metadata; for GCS ``GOOGLE_SERVICE_ACCOUNT`` / application default cred
 Azure ``AZURE_STORAGE_ACCOUNT_KEY`` / ``AZURE_CLIENT_ID``...). A URL carrying ``user:pass@``
 is refused (a ``:`` and an ``@`` before the query, even when the secret holds ``/``, ``+``,
 ``@`` or ``%2F``; an ``@`` in ``endpoint_url``; any unknown query key), so a secret never ends
-up in a ``StageSpec``, a log line or the registry; and the refusal itself masks every place
-of the URL that may hold a secret (``blockstore/redact.py``) in its message, ``url`` and
-``part``.
+up in a ``StageSpec``, a log line or the registry. The refusal itself shows the URL built
+only from parts proven harmless - a known scheme, a valid bucket name, the path of a URL
+without user information, the names of query keys, the values of ``region`` / ``account``
+/ ``concurrency`` / ``retries`` that pass their rules, an ``endpoint_url`` that parses
+cleanly as ``http(s)://HOST[:PORT][/PATH]`` - and ``***`` for everything else; its message
+echoes no value that failed a rule, and what ``blockstore/redact.py`` would mask is scrubbed
+from the message, ``url`` and ``part`` on top of that. So a secret in a place the parser
+cannot even read (``http:/user:pass@h``, a password holding ``&``, ``#`` or ``?``, an
+endpoint encoded twice) is not shown either.
 
 Why parsing lives here, alone: every caller that names a store goes through
 ``blockstore.open_store``, and a bad URL must fail there, before any backend is touched,
@@ -38,10 +44,10 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, quote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote_plus, urlsplit
 
 from .errors import StoreURLError
-from .redact import redact, scrub
+from .redact import MASK, redact, scrub
 
 __all__ = ["OBJECT_SCHEMES", "StoreURL", "parse_store_url"]
 
@@ -68,6 +74,11 @@ _REGION = re.compile(r"^[a-z0-9][a-z0-9-]{0,40}$")
 _ACCOUNT = re.compile(r"^[a-z0-9]{3,24}$")
 _PREFIX_SEGMENT = re.compile(r"^[A-Za-z0-9._~=+@,-]+$")
 _INT_OPTIONS = {"concurrency": (1, 64), "retries": (0, 20)}
+#: What a refused URL may show (``_shown``): a name, a scheme, a query key, an endpoint host.
+_NAME = re.compile(r"^[A-Za-z0-9._~-]{1,63}$")
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]{0,15}$")
+_QUERY_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+_HOST = re.compile(r"^(?:[A-Za-z0-9-]{1,63}\.)*[A-Za-z0-9-]{1,63}$|^\[[0-9A-Fa-f:.]{2,45}\]$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,11 +131,77 @@ class StoreURL:
 
 
 def _fail(url: str, part: str, why: str) -> StoreURLError:
-    """The error for ``url``, with every place of it that may hold a secret masked (in the
-    message, ``part`` and ``.url``; ``blockstore/redact.py``), echoed pieces included."""
-    safe, spans = redact(url)
+    """The error for ``url``: the URL as :func:`_shown` builds it (harmless parts only);
+    ``part`` and ``why`` are written by the callers from harmless parts too, and whatever
+    ``blockstore/redact.py`` masks in ``url`` is scrubbed from all three as a second line."""
+    spans = redact(url)[1]
+    safe = scrub(_shown(url), spans)
     return StoreURLError(f"bad store URL {safe!r}: {scrub(part, spans)}: {scrub(why, spans)}",
                          url=safe, part=scrub(part, spans))
+
+
+def _shown(s: str) -> str:
+    """``s`` rebuilt from the parts proven harmless, ``***`` for every other part: never a
+    raw piece that failed to parse (module docstring)."""
+    if "://" not in s:
+        head, sep, rest = s.partition(":")
+        if sep and head.lower() in _KNOWN_SCHEMES:  # a mistyped scheme: shown if its fix is
+            fixed = _mistyped_fix(head, rest)
+            return s if _shown(fixed) == fixed else f"{head}:{MASK}"
+        return s  # a path
+    scheme, rest = s.split("://", 1)
+    low = scheme.lower()
+    shown_scheme = scheme if low in _KNOWN_SCHEMES or _SCHEME.match(scheme) else MASK
+    if low in ("file", "memory"):
+        return f"{shown_scheme}://{_shown_path(rest)}"
+    head, hmark, _ = rest.partition("#")
+    head, qmark, query = head.partition("?")
+    if _has_credentials(low, head):
+        out = MASK
+    else:
+        bucket, slash, path = head.partition("/")
+        out = (bucket if _NAME.match(bucket) else MASK) + slash + path
+    if qmark:
+        out += "?" + "&".join(_shown_query_item(item) for item in query.split("&"))
+    if hmark:
+        out += "#" + MASK
+    return f"{shown_scheme}://{out}"
+
+
+def _shown_path(path: str) -> str:
+    """A path of ``file://`` / ``memory://``: shown unless it could hold user information."""
+    return path if "@" not in path and ":" not in path else MASK
+
+
+def _shown_query_item(item: str) -> str:
+    key, eq, value = item.partition("=")
+    key, value = unquote_plus(key), unquote_plus(value)
+    if not eq or not _QUERY_KEY.match(key):
+        return MASK if item else ""
+    if not value:
+        return f"{key}="
+    rule = {"region": _REGION, "account": _ACCOUNT}.get(key)
+    if rule is not None:
+        ok = bool(rule.match(value))
+    elif key in _INT_OPTIONS:
+        ok = value.isdigit() and len(value) <= 6
+    else:
+        ok = key == "endpoint_url" and _clean_endpoint(value)
+    return f"{key}={value if ok else MASK}"
+
+
+def _clean_endpoint(value: str) -> bool:
+    """Whether ``value`` is exactly ``http(s)://HOST[:PORT][/PATH]`` with a plain host, a
+    numeric port and plain path segments (nothing that could be user information)."""
+    try:
+        ep = urlsplit(value)
+        port = ep.port
+    except ValueError:
+        return False
+    host = ep.netloc.rsplit(":", 1)[0] if port is not None else ep.netloc
+    rebuilt = f"{ep.scheme}://{host}" + (f":{port}" if port is not None else "") + ep.path
+    return (ep.scheme in ("http", "https") and bool(_HOST.match(host)) and rebuilt == value
+            and all(seg == "" or _NAME.match(seg) for seg in ep.path.split("/")))
 
 
 def _has_credentials(scheme: str, head: str) -> bool:
@@ -163,14 +240,15 @@ def parse_store_url(spec: str | os.PathLike[str]) -> StoreURL:
             # file://relative/dir names host 'relative' in a URL; taken as a path it would
             # put the store under the working directory of whichever process opens it.
             raise _fail(s, "path", f"file:// takes an absolute path (three slashes: "
-                        f"file:///{path}); for a directory relative to the working "
+                        f"file:///{_shown_path(path)}); for a directory relative to the working "
                         f"directory give the path without file://")
         return StoreURL("file", path)
     if scheme == "memory":
         return StoreURL("memory", rest)
     if scheme not in OBJECT_SCHEMES:
         known = ", ".join(["file://", "memory://"] + [f"{k}://" for k in OBJECT_SCHEMES])
-        raise _fail(s, "scheme", f"unknown scheme {scheme!r} (known: {known})")
+        shown = scheme if _SCHEME.match(scheme) else MASK
+        raise _fail(s, "scheme", f"unknown scheme {shown!r} (known: {known})")
     return _parse_object_url(s, scheme)
 
 
@@ -183,11 +261,16 @@ def _refuse_mistyped_scheme(s: str) -> None:
     directory, silently)."""
     head, sep, rest = s.partition(":")
     if sep and head.lower() in _KNOWN_SCHEMES:
-        fixed = f"{head.lower()}://{rest.lstrip('/')}"
-        if head.lower() == "file":
-            fixed = f"file:///{rest.lstrip('/')}"
+        fixed = _shown(_mistyped_fix(head, rest))
         raise _fail(s, "scheme", f"{head}: without '//' is not a store URL (did you mean "
                     f"{fixed!r}?); a directory path must not start with '{head}:'")
+
+
+def _mistyped_fix(head: str, rest: str) -> str:
+    """What ``HEAD:REST`` (a known scheme without its ``//``) most likely meant."""
+    if head.lower() == "file":
+        return f"file:///{rest.lstrip('/')}"
+    return f"{head.lower()}://{rest.lstrip('/')}"
 
 
 def _parse_object_url(s: str, scheme: str) -> StoreURL:
@@ -197,12 +280,13 @@ def _parse_object_url(s: str, scheme: str) -> StoreURL:
                     "environment (e.g. AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)")
     parts = urlsplit(s)
     if parts.fragment:
-        raise _fail(s, "fragment", f"'#{parts.fragment}' has no meaning in a store URL")
+        raise _fail(s, "fragment", "a fragment ('#...') has no meaning in a store URL")
     bucket = parts.netloc
     rule, why = _BUCKET_RULES[scheme]
     if not rule.match(bucket) or ".." in bucket or (scheme == "s3" and _IPV4.match(bucket)):
         what = "container" if scheme == "az" else "bucket"
-        raise _fail(s, what, f"{bucket!r} is not a valid name ({why})")
+        shown = repr(bucket) if _NAME.match(bucket) else f"the {what}"
+        raise _fail(s, what, f"{shown} is not a valid name ({why})")
     prefix = parts.path.strip("/")
     if prefix:
         for seg in prefix.split("/"):
@@ -221,11 +305,11 @@ def _parse_query(s: str, query: str, scheme: str) -> tuple[tuple[str, str], ...]
     try:
         pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True)
     except ValueError:
-        raise _fail(s, "query", f"{query!r} is not key=value pairs joined by '&'") from None
+        raise _fail(s, "query", "the query is not key=value pairs joined by '&'") from None
     seen: dict[str, str] = {}
     allowed = OBJECT_SCHEMES[scheme]
     for key, value in pairs:
-        part = f"query key {key!r}"
+        part = f"query key {key if _QUERY_KEY.match(key) else MASK!r}"
         if key not in allowed:
             raise _fail(s, part, f"unknown for {scheme}:// (known: {', '.join(sorted(allowed))})")
         if key in seen:
@@ -237,6 +321,7 @@ def _parse_query(s: str, query: str, scheme: str) -> tuple[tuple[str, str], ...]
 
 
 def _check_option(s: str, key: str, value: str) -> str:
+    """``value`` of the known option ``key``, checked; a refusal echoes no part of it."""
     part = f"query key {key!r}"
     if key == "endpoint_url":
         ep_head = re.split(r"[?#]", value.split("://", 1)[-1], maxsplit=1)[0]
@@ -244,21 +329,21 @@ def _check_option(s: str, key: str, value: str) -> str:
             raise _fail(s, "endpoint_url", "credentials never go in a store URL")
         ep = urlsplit(value)
         if ep.scheme not in ("http", "https") or not ep.hostname:
-            raise _fail(s, "endpoint_url", f"{value!r} is not an http:// or https:// URL")
+            raise _fail(s, "endpoint_url", "not an http:// or https:// URL")
         try:
             ep.port  # noqa: B018 - raises ValueError for a bad port
         except ValueError:
-            raise _fail(s, "endpoint_url", f"bad port in {value!r}") from None
+            raise _fail(s, "endpoint_url", "bad port") from None
         if ep.query or ep.fragment:
-            raise _fail(s, "endpoint_url", f"{value!r} must not carry a query or fragment")
+            raise _fail(s, "endpoint_url", "must not carry a query or fragment")
         return value.rstrip("/")
     if key == "region" and not _REGION.match(value):
-        raise _fail(s, part, f"{value!r} is not a region name (e.g. us-east-1)")
+        raise _fail(s, part, "not a region name (e.g. us-east-1)")
     if key == "account" and not _ACCOUNT.match(value):
-        raise _fail(s, part, f"{value!r} is not a storage account name (3-24 of a-z, 0-9)")
+        raise _fail(s, part, "not a storage account name (3-24 of a-z, 0-9)")
     if key in _INT_OPTIONS:
         lo, hi = _INT_OPTIONS[key]
         if not value.isdigit() or not lo <= int(value) <= hi:
-            raise _fail(s, part, f"{value!r} is not an integer in [{lo}, {hi}]")
+            raise _fail(s, part, f"not an integer in [{lo}, {hi}]")
         return str(int(value))
     return value

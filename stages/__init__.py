@@ -84,7 +84,7 @@ __all__ = [
 from .checkpoint import CheckpointManager, CheckpointPolicy, CheckpointRequest, PolicyCounters
 from .errors import PipelineError, RunActiveError, RunError, RunFencedError, SinkFencedError
 from .errors import SourceError, SourceFileChanged, SourceFileCorrupt, SourceSchemaMismatch
-from .errors import StageProcessError
+from .errors import KeylessRescaleRefused, MaxParallelismChanged, StageProcessError
 from .actors import (
     ActorFenced,
     ActorRecipe,
@@ -151,6 +151,8 @@ __all__ += [
     "FileSource",
     "GeneratedSource",
     "JsonlSource",
+    "KeylessRescaleRefused",
+    "MaxParallelismChanged",
     "ParquetSink",
     "ParquetSource",
     "NodeCapacity",

@@ -49,7 +49,11 @@ Errors of one module stay with it but hang from the same root::
     ├── CallNotAnswered(TimeoutError)      stages.actors.calls: call_once's deadline passed
     ├── PipelineError(RuntimeError)        the pipeline cannot go on (defined here, since
     │   │                                  stages.pipeline.pipeline and stages.pipeline.recovery both raise it)
-    │   └── StageProcessError              a stage's own code raised (not replayed forever)
+    │   ├── StageProcessError              a stage's own code raised (not replayed forever)
+    │   ├── MaxParallelismChanged(ValueError) a keyed stage restored with another
+    │   │                                  max_parallelism than its run recorded
+    │   └── KeylessRescaleRefused(ValueError) a keyless parallel stage restored at another
+    │                                      parallelism (its state is per instance)
     ├── SourceError                        a file source cannot replay its input (stages.pipeline
     │   │                                  .files); ``path`` names the file
     │   ├── SourceFileChanged(RuntimeError) the file under a recorded position changed or is
@@ -91,7 +95,9 @@ __all__ = [
     "CodecError",
     "KeyGroupError",
     "KeyedStateMismatch",
+    "KeylessRescaleRefused",
     "MacKeyNotShippable",
+    "MaxParallelismChanged",
     "NoCheckpointError",
     "PipelineError",
     "RunActiveError",
@@ -370,6 +376,44 @@ class CheckpointAuthError(CheckpointCorrupt):
 
 class PipelineError(StageError, RuntimeError):
     """The pipeline cannot go on (too many recoveries, or a failure replay cannot fix)."""
+
+
+class MaxParallelismChanged(PipelineError, ValueError):
+    """A run is restored with another ``max_parallelism`` for a keyed stage than the one its
+    committed step recorded: the key groups would be other groups (every key misrouted), so
+    the run refuses to start (``stages/pipeline/instances.py``).
+
+    Attributes:
+        stage_id: the keyed stage.
+        recorded: the run's max_parallelism (fixed for the life of the run).
+        requested: the spec's.
+    """
+
+    def __init__(self, message: str, *, stage_id: str | None = None,
+                 recorded: int | None = None, requested: int | None = None) -> None:
+        super().__init__(message)
+        self.stage_id = stage_id
+        self.recorded = recorded
+        self.requested = requested
+
+
+class KeylessRescaleRefused(PipelineError, ValueError):
+    """A keyless parallel stage is restored at another parallelism than its committed step
+    recorded (or a stage changed between keyed, keyless and plain): its state is per
+    instance, with nothing to redistribute by.
+
+    Attributes:
+        stage_id: the stage.
+        recorded: the layout its run recorded (e.g. ``"parallelism=2"``).
+        requested: the spec's.
+    """
+
+    def __init__(self, message: str, *, stage_id: str | None = None,
+                 recorded: str | None = None, requested: str | None = None) -> None:
+        super().__init__(message)
+        self.stage_id = stage_id
+        self.recorded = recorded
+        self.requested = requested
 
 
 class StageProcessError(PipelineError):

@@ -18,6 +18,11 @@ from blockpoint.demo_cluster import LOCAL_HEALTH_CHECKS
 
 _RAY_TMP = tempfile.mkdtemp(prefix="bpray", dir="/tmp")
 os.environ.setdefault("RAY_TMPDIR", _RAY_TMP)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs on pytest-xdist workers, which inherit the controller's RAY_TMPDIR:
+    # each needs its own, or a worker's `ray.init()` finds the Cluster another worker started
+    # (Ray connects to the newest cluster recorded under its temp dir) and fails.
+    os.environ["RAY_TMPDIR"] = _RAY_TMP
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 # Tests take over leases right after they expire (TTLs of milliseconds); on one machine there

@@ -1,36 +1,38 @@
-"""Stages and input files shared by the Parquet tests (imported by test modules; Ray
-workers get these classes by value: the test modules register this module with cloudpickle).
+"""Stages, input files and a read-along reader shared by the Parquet tests (imported by test
+modules; Ray workers get these classes by value: the module registers itself with cloudpickle
+on import, as tests/counters.py does, so its importers need not).
 
-``KeyedSum`` is a keyed running aggregation written twice: as a record stage and as a batch
-stage in each of Ray Data's batch formats; all of them emit the same rows.
+``KeyedSum`` is a keyed running aggregation as a record stage (the library's
+``RunningAggregate``), written again as a batch stage in each of Ray Data's batch formats;
+all of them emit the same rows. ``ReadAlong`` is a plain reader reading an output all along
+a run, checking each read is a prefix of the reference.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import ray.cloudpickle
 
-__all__ = ["KeyedSum", "KeyedSumBatch", "write_input"]
+from stages.pipeline.source import RunningAggregate
+
+__all__ = ["KeyedSum", "KeyedSumBatch", "ReadAlong", "write_input"]
+
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
-class KeyedSum:
-    """Per-key running count and sum of ``value``; one output row per input row."""
-
-    def initial_state(self) -> dict[str, list[int]]:
-        return {}
-
-    def process(self, state: dict[str, list[int]], record: dict[str, Any]
-                ) -> Iterator[dict[str, Any]]:
-        agg = state.setdefault(record["key"], [0, 0])
-        agg[0] += 1
-        agg[1] += record["value"]
-        yield {"i": record["i"], "key": record["key"], "count": agg[0], "sum": agg[1]}
+#: Per-key running count and sum of ``value``; one output row per input row: the library's own
+#: record stage (``stages/pipeline/source.py``), which the batch stage below must match.
+KeyedSum = RunningAggregate
 
 
 class KeyedSumBatch:
@@ -82,3 +84,36 @@ def write_input(directory: Path, files: int, rows: int, *, start_file: int = 0,
         os.replace(directory / f"_{path.name}", path)
         out.append(path)
     return out
+
+
+class ReadAlong:
+    """A thread calling ``read`` over and over while the ``with`` body runs (a run going on).
+
+    Each read's length is kept in ``observed``; a read that is not a prefix of ``ref`` has its
+    length kept in ``wrong`` too. Leaving the block stops the thread and joins it.
+    """
+
+    def __init__(self, read: Callable[[], list[dict[str, Any]]],
+                 ref: list[dict[str, Any]]) -> None:
+        self.read = read
+        self.ref = ref
+        self.observed: list[int] = []
+        self.wrong: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            rows = self.read()
+            if rows != self.ref[:len(rows)]:  # not a prefix of the output
+                self.wrong.append(len(rows))
+            self.observed.append(len(rows))
+
+    def __enter__(self) -> ReadAlong:
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)

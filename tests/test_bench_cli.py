@@ -1,7 +1,9 @@
 """`blockpoint bench --quick` runs every benchmark as installed and reports its rows.
 
 Only that the benchmarks run and report well-formed figures is checked: speed is measured by
-the benchmarks themselves (BENCHMARKS.md), never asserted in tests.
+the benchmarks themselves (BENCHMARKS.md), never asserted in tests. The benches that a test
+of their own runs (:data:`RUN_ELSEWHERE`) are left out of the run of all the others, so no
+bench runs twice in ``make test``; a test checks that together they are every bench.
 """
 
 from __future__ import annotations
@@ -12,17 +14,43 @@ import subprocess
 import sys
 from pathlib import Path
 
+#: Bench -> the test that runs its ``--quick`` form through the CLI.
+RUN_ELSEWHERE = {
+    "keyed": "tests/test_bench_keyed.py::test_bench_keyed_quick_reports_every_row",
+    "objstore": "tests/test_bench_cli.py::"
+                "test_bench_objstore_quick_runs_keyed_against_loopback_s3",
+    "scheduler": "tests/test_bench_scheduler.py::"
+                 "test_bench_scheduler_quick_reports_ack_and_noop",
+}
+#: Every other bench, run together by test_bench_quick_runs_every_benchmark.
+RUN_HERE = ("store", "checkpoint", "incremental", "manager", "peers", "actor", "async",
+            "pipeline", "batch", "langgraph")
+
+
+def test_every_bench_is_run_by_one_test() -> None:
+    """A new bench joins RUN_HERE (or gets a test of its own, listed in RUN_ELSEWHERE)."""
+    from blockpoint.cli_bench import BENCHES
+
+    assert set(RUN_HERE) | set(RUN_ELSEWHERE) == set(BENCHES)
+    assert not set(RUN_HERE) & set(RUN_ELSEWHERE)
+    root = Path(__file__).resolve().parent.parent
+    for bench, nodeid in RUN_ELSEWHERE.items():
+        path, name = nodeid.split("::")
+        text = (root / path).read_text()
+        assert f"def {name}(" in text, nodeid
+        # Through the CLI (`"--only", "<bench>"`) or tests/benchcli.py's helper.
+        assert (f'"--only", "{bench}"' in text
+                or f'run_bench_quick(tmp_path, "{bench}"' in text), (bench, nodeid)
+
 
 def test_bench_quick_runs_every_benchmark(tmp_path: Path) -> None:
     exe = Path(sys.executable).with_name("blockpoint")
-    proc = subprocess.run([str(exe), "bench", "--quick", "--json"], capture_output=True,
-                          text=True, timeout=300, cwd=tmp_path)
+    only = [arg for name in RUN_HERE for arg in ("--only", name)]
+    proc = subprocess.run([str(exe), "bench", "--quick", "--json", *only],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(proc.stdout)
-    assert set(report) == {"store", "checkpoint", "incremental", "keyed", "manager", "peers",
-                           "actor",
-                           "async", "pipeline", "batch", "langgraph", "objstore",
-                           "scheduler"}
+    assert set(report) == set(RUN_HERE)
     batch = {r["case"]: r for r in report["batch"]}
     assert set(batch) == {"demo work: record", "demo work: batch", "demo work: ray_data",
                           "parquet: pipeline", "parquet: pyarrow"}

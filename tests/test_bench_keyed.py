@@ -5,19 +5,13 @@ the bench's (BENCHMARKS.md), never asserted."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
+
+from benchcli import run_bench_quick
 
 
 def test_bench_keyed_quick_reports_every_row(tmp_path: Path) -> None:
-    exe = Path(sys.executable).with_name("blockpoint")
-    proc = subprocess.run([str(exe), "bench", "--quick", "--json", "--only", "keyed"],
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path,
-                          check=False)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = json.loads(proc.stdout)["keyed"]
+    rows = run_bench_quick(tmp_path, "keyed", timeout=300)["keyed"]
     cases = {r["case"] for r in rows}
     assert cases == {"arrays 16 MiB, 128 groups", "arrays 16 MiB, 1024 groups",
                      "small keys 100,000, 128 groups", "small keys 100,000, 1024 groups"}, cases

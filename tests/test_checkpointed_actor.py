@@ -241,7 +241,7 @@ class KillAroundCommit:
 
 @pytest.mark.ray
 def test_exactly_once_counter_under_random_kills(ray_up: None, store_dir: str) -> None:
-    """1,000 increments with kills before commits, after commits and at random -> 1,000.
+    """600 increments with kills before commits, after commits and at random -> 600.
 
     Why it is exact (stages/actors/durability.py): in ``every_calls=1`` mode each call commits a
     checkpoint holding its effect *and* its Ray task id (and result) before it returns, one
@@ -253,28 +253,33 @@ def test_exactly_once_counter_under_random_kills(ray_up: None, store_dir: str) -
     (in the order Ray ran the calls: retries may overtake later calls).
     """
     cls = counter(store_dir, key="exact", every_calls=1, ray_opts=RESTART,
-                  observer=KillAroundCommit(0.004, 0.006))
+                  observer=KillAroundCommit(0.006, 0.009))
     h = cls.remote()
     stop = threading.Event()
 
     def killer() -> None:
+        # A bounded number of kills at random moments: an unbounded killer (one every 1-3 s)
+        # kept killing while each restart took seconds on a loaded machine, so the test's
+        # length grew with the load (194 s in one run) without testing anything more.
         rng = random.Random(11)
-        while not stop.wait(rng.uniform(1.0, 3.0)):
+        for _ in range(5):
+            if stop.wait(rng.uniform(1.0, 3.0)):
+                return
             ray.kill(h, no_restart=False)
 
     t = threading.Thread(target=killer, daemon=True)
     t.start()
     seen: list[int] = []
     try:
-        for _ in range(20):
+        for _ in range(12):
             seen += ray.get([h.add.remote() for _ in range(50)])
     finally:
         stop.set()
         t.join()
-    assert ray.get(h.get.remote()) == 1000
+    assert ray.get(h.get.remote()) == 600
     # each call applied once, a retried one answered as it was first (Ray may run retried
     # calls out of submission order, so the values come back permuted, never repeated)
-    assert sorted(seen) == list(range(1, 1001))
+    assert sorted(seen) == list(range(1, 601))
     info = ray.get(h.checkpoint_info.remote())
     assert info["epoch"] > 3  # it really was killed several times
 

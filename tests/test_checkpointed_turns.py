@@ -80,3 +80,40 @@ def test_a_due_snapshot_is_taken_under_a_stream_of_long_calls(tmp_path: Any) -> 
 
     commits, sent = asyncio.run(scenario())
     assert commits >= 1, f"no checkpoint while {sent} calls ran (every_calls=3)"
+
+
+def test_a_sync_method_in_another_group_of_an_async_actor_is_refused(tmp_path: Any) -> None:
+    """attack19 F6/F9: a sync method in another concurrency group runs on another thread,
+    outside the calls' turns; refused at decoration, naming the method and the group."""
+    import pytest
+    import ray
+
+    from stages import CheckpointedConfigError
+
+    class Mixed:
+        def __init__(self) -> None:
+            self.state = {"n": 0}
+
+        @ray.method(concurrency_group="io")
+        def deposit(self) -> int:
+            return 0
+
+        async def pay(self) -> int:
+            return 1
+
+    with pytest.raises(CheckpointedConfigError, match=r"'deposit'.*'io'.*async def"):
+        checkpointed(store=str(tmp_path / "s"), key="m", concurrency_groups={"io": 1})(Mixed)
+
+    class Same:
+        def __init__(self) -> None:
+            self.state = {"n": 0}
+
+        @ray.method(concurrency_group="io")
+        def deposit(self) -> int:
+            return 0
+
+        @ray.method(concurrency_group="io")
+        async def pay(self) -> int:
+            return 1
+
+    checkpointed(store=str(tmp_path / "t"), key="s", concurrency_groups={"io": 1})(Same)

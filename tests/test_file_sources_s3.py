@@ -12,18 +12,15 @@ committed Parquet output equals the failure-free reference.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-import parquet_stages
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 import ray
-import ray.cloudpickle
 from parquet_stages import KeyedSum
 
 from blockstore import StoreURLError
@@ -38,9 +35,6 @@ from stages import (
     StageSpec,
     run_reference,
 )
-
-ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-ray.cloudpickle.register_pickle_by_value(parquet_stages)
 
 
 def _fs(server: Any) -> pafs.S3FileSystem:

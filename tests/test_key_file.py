@@ -190,6 +190,8 @@ def test_a_relative_key_file_path_is_refused(tmp_path: Path,
 @pytest.mark.parametrize("value", [
     "9c1f4e2ab07d44f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f70819",  # relative
     "/9c1f4e2ab07d44f1a2b3c4d5e6f7/08192a3b4c5d6e7f8091a2b3c4d5e6f70819",  # no such directory
+    "/Zq9Xk3vT8mW2pR7nY4bL6cH1dF5gJ0sA+eKuIoPqM=",  # base64, its only '/' first (attack19 F5)
+    "/" + "Zq9Xk3vT8mW2pR7nY4bL6cH1dF5gJ0sA" * 9,  # too long a name: ENAMETOOLONG, not ENOENT
 ])
 def test_a_key_given_as_the_key_files_path_is_not_repeated(
         value: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -202,7 +204,8 @@ def test_a_key_given_as_the_key_files_path_is_not_repeated(
     with pytest.raises(KeyFileError) as err:
         resolve_keys()
     assert value not in str(err.value) and value not in err.value.path
-    assert "9c1f4e2a" not in str(err.value)
+    assert "9c1f4e2a" not in str(err.value) and "Zq9Xk3vT" not in str(err.value)
+    assert "Zq9Xk3vT" not in repr(err.value.__reduce__())
     assert value not in redact_text(f"mac under {value} failed")
 
 

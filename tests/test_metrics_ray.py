@@ -70,7 +70,17 @@ def value(scraped: dict[str, Any], name: str, **labels: str) -> float:
     return scraped.get(name, {}).get(tuple(sorted(labels.items())), 0.0)
 
 
-def test_a_known_run_is_scraped_from_rays_exporter(metrics_port: int, tmp_path: Path) -> None:
+@pytest.fixture
+def own_run_tags(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This driver's run tags start empty: earlier tests of this process (a pytest worker
+    runs many) used up the per-process cap on run ids with their own series, after which
+    every run is tagged ``run="other"`` (stages/pipeline/metering.py)."""
+    from stages.pipeline import metering
+    monkeypatch.setattr(metering, "RUN_TAGS", metering.RunTags())
+
+
+def test_a_known_run_is_scraped_from_rays_exporter(metrics_port: int, tmp_path: Path,
+                                                   own_run_tags: None) -> None:
     from scheduler.actor import get_or_create
     from scheduler.hooks import SchedulerRegistrar, SchedulerRestore
     from scheduler.observer import PreemptionCheckpointObserver

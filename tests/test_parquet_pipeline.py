@@ -12,17 +12,15 @@ exactly once; a file changed under the position stops the run with the error nam
 from __future__ import annotations
 
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
-import parquet_stages
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 import ray
 import ray.cloudpickle
-from parquet_stages import KeyedSum, KeyedSumBatch, write_input
+from parquet_stages import KeyedSum, KeyedSumBatch, ReadAlong, write_input
 
 from stages import (
     CheckpointPolicy,
@@ -36,7 +34,6 @@ from stages import (
 )
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-ray.cloudpickle.register_pickle_by_value(parquet_stages)
 
 pytestmark = pytest.mark.ray
 
@@ -85,31 +82,16 @@ def test_parquet_keyed_aggregation_killed_mid_run_is_exact(ray_local: None, tmp_
             killed.append(ev.step)
             ray.kill(p.handles["agg"], no_restart=True)
 
-    observed: list[int] = []
-    wrong: list[int] = []
-    stop = threading.Event()
-
-    def reader() -> None:
-        while not stop.is_set():
-            rows = _read(out)
-            if rows != ref[:len(rows)]:  # not a prefix of the output
-                wrong.append(len(rows))
-            observed.append(len(rows))
-
-    thread = threading.Thread(target=reader, daemon=True)
     p = Pipeline(src, [spec], sink, batch_size=100, max_in_flight=4,
                  policy=CheckpointPolicy(every_records=400), on_event=on_event)
-    thread.start()
-    try:
+    with ReadAlong(lambda: _read(out), ref) as along:
         res = p.run()
-    finally:
-        stop.set()
-        thread.join(timeout=60)
     assert killed and res.recoveries >= 1 and res.relaunches >= 1 and res.finished
     assert res.records_in == 3000 and res.records_out == 3000
     assert _read(out) == ref  # none lost, none duplicated
     assert len(seen_at_commit) == res.committed_step and seen_at_commit[-1] == 3000
-    assert not wrong and observed and set(observed) <= {0, *seen_at_commit}  # whole steps
+    assert not along.wrong and along.observed  # whole steps:
+    assert set(along.observed) <= {0, *seen_at_commit}
     assert [p.name for p in sorted(out.iterdir()) if p.name.startswith("_step")] == []
     data = ray.data.read_parquet(str(out)).take_all()
     assert sorted((r["i"], r["count"], r["sum"]) for r in data) == sorted(

@@ -15,11 +15,9 @@ import json
 import pickle
 import re
 import sys
-import threading
 import uuid
 from typing import Any
 
-import parquet_stages
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
@@ -27,9 +25,12 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 import ray.cloudpickle
-from parquet_stages import KeyedSum, write_input
+from parquet_stages import KeyedSum, ReadAlong, write_input
 from s3hooks import HookedStore, req
 from s3server import BUCKET, CREDENTIALS, free_port
+from sinksteps import discard_after_first_of_four, seen_in, step_pairs
+from sinksteps import expect as _expect
+from sinksteps import rows as _rows
 
 from blockstore.errors import BlockStoreError, StorageIOError
 from blockstore.objectclient import ObjectClient, _build_store
@@ -49,19 +50,10 @@ from stages import (
 from stages.pipeline.parquet_object_sink import ObjectParquetSink
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-ray.cloudpickle.register_pickle_by_value(parquet_stages)
 
 
 class Crash(BaseException):
     """The driver process dying at a chosen request (nothing after it is sent)."""
-
-
-def _rows(step: int, n: int = 5) -> pa.Table:
-    return pa.table({"step": [step] * n, "j": list(range(n))})
-
-
-def _expect(*steps: int, n: int = 5) -> list[tuple[int, int]]:
-    return sorted((s, j) for s in steps for j in range(n))
 
 
 def _fs(server: Any) -> pafs.S3FileSystem:
@@ -98,9 +90,7 @@ class Env:
                                filesystem=_fs(self.server)).to_table()
         except FileNotFoundError:  # nothing under the prefix yet
             return []
-        if not table.num_rows:
-            return []
-        return sorted(zip(table.column("step").to_pylist(), table.column("j").to_pylist()))
+        return step_pairs(table)
 
 
 @pytest.fixture
@@ -295,13 +285,7 @@ def test_fenced_commit_racing_the_takeover_is_never_registered(env: Env) -> None
 
 def test_discard_after_removes_later_steps(env: Env) -> None:
     sink = env.sink()
-    t = FenceToken("run", 1)
-    sink.fence(t, 0)
-    for s in (1, 2, 3):
-        sink.commit(s, _rows(s), token=t)
-        sink.publish(s, token=t)
-    sink.commit(4, _rows(4), token=t)
-    assert sink.discard_after(1, token=t) == [2, 3, 4]
+    t = discard_after_first_of_four(sink)
     assert env.seen() == _expect(1) and sink.committed_steps() == [1]
     assert env.object_keys() == ["_fence.json", "step-000000001/part-00000.parquet"]
     sink.commit(2, _rows(2, n=2), token=t)  # redone after the fallback, other rows
@@ -341,12 +325,7 @@ def test_same_outcomes_as_the_local_sink(env: Env, tmp_path: Any) -> None:
             trace.append((op, token, outcome, sink.committed_steps(), seen()))
         return trace
 
-    def seen_local() -> list[tuple[int, int]]:
-        table = ds.dataset(local_dir, format="parquet").to_table()
-        return sorted(zip(table.column("step").to_pylist(), table.column("j").to_pylist())) \
-            if table.num_rows else []
-
-    local = play(lambda: ParquetSink(local_dir, fsync=False), seen_local)
+    local = play(lambda: ParquetSink(local_dir, fsync=False), lambda: seen_in(local_dir))
     remote = play(env.sink, env.seen)
     assert remote == local
     assert [t[2] for t in local].count("fenced") == 3 and local[-1][3] == [1, 2]
@@ -419,27 +398,11 @@ def test_pipeline_into_s3_killed_mid_run_is_exact(ray_local: None, s3_server: An
             killed.append(ev.step)
             ray.kill(p.handles["agg"], no_restart=True)
 
-    observed: list[int] = []
-    wrong: list[int] = []
-    stop = threading.Event()
-
-    def reader() -> None:  # reading all along: always a prefix of the output
-        while not stop.is_set():
-            rows = read()
-            if rows != ref[:len(rows)]:
-                wrong.append(len(rows))
-            observed.append(len(rows))
-
-    thread = threading.Thread(target=reader, daemon=True)
     p = Pipeline(src, [spec], sink, batch_size=100, max_in_flight=4,
                  policy=CheckpointPolicy(every_records=400), on_event=on_event)
-    thread.start()
-    try:
+    with ReadAlong(read, ref) as along:  # reading all along: always a prefix of the output
         res = p.run()
-    finally:
-        stop.set()
-        thread.join(timeout=60)
-    assert not wrong and observed
+    assert not along.wrong and along.observed
     assert killed and res.recoveries >= 1 and res.relaunches >= 1 and res.finished
     assert res.records_in == 3000 and res.records_out == 3000
     assert read() == ref  # none lost, none duplicated, in order

@@ -164,6 +164,9 @@ def test_sink_tokens_and_a_directory_reused_by_another_run(tmp_path: Path) -> No
     with pytest.raises(SinkFencedError) as e:
         sink.fence(FenceToken("r", 2), 0)
     assert (e.value.epoch, e.value.current_epoch) == (2, 3) and e.value.run_id == "r"
+    assert e.value.path == str(tmp_path / "out" / "fence.json")
+    assert str(e.value) == (f"sink {tmp_path / 'out'} refused a write of run 'r' epoch 2: "
+                            "it is fenced by run 'r' epoch 3")
     with pytest.raises(SinkFencedError):
         sink.commit(1, ["x"], token=FenceToken("other", 9))  # another run's token
     sink.commit(1, ["a"], token=FenceToken("r", 4))  # a newer epoch fences older ones

@@ -57,9 +57,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 import ray
 
@@ -69,9 +69,13 @@ from ..checkpoint.background import PendingCheckpoint
 from ..errors import CheckpointFailed, CheckpointKeyRequired, StageError
 from .batches import num_rows, run_stage
 from .hooks import StageRegistrar, StageRegistration
+from .instance import InstanceWork
+from .routing import KeySpec, Part, merge_parts
+from .stage import Stage, check_parallel, ray_context
 from .incarnation import Incarnation, RollbackUnavailable, open_store_for, register_quietly
 from .incarnation import restore_or_initial
 from ..checkpoint.incremental import DEFAULT_FULL_EVERY
+from ..checkpoint.keygroups import DEFAULT_MAX_PARALLELISM
 from ..checkpoint.observer import CheckpointFlushObserver
 from .resources import _default_resources, resource_amounts, resource_keywords, resources_held
 from ..checkpoint.state import CheckpointedStageState
@@ -106,24 +110,6 @@ CONTROL_CONCURRENCY = 2
 #: Concurrency group of :meth:`StageActor.flushed` (waits for a background flush).
 FLUSH_GROUP = "flush"
 FLUSH_CONCURRENCY = 2
-
-
-@runtime_checkable
-class Stage(Protocol):
-    """What a user writes: a plain, picklable class.
-
-    ``process`` may mutate ``state`` in place (or replace parts of it) and yields the outputs
-    for one record. It must be deterministic given ``(state, record)`` for exactly-once
-    pipelines: replay after a failure feeds the same records to the restored state.
-
-    A batch stage defines ``process_batch(state, batch) -> batch`` (and ``batch_format``:
-    ``"numpy"``, ``"pyarrow"`` or ``"pandas"``) instead of ``process``; see
-    ``stages/actors/batches.py``.
-    """
-
-    def initial_state(self) -> Any: ...
-
-    def process(self, state: Any, record: Any) -> Iterable[Any]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +147,15 @@ class StageSpec:
         incremental, full_every: passed to ``CheckpointedStageState``: chunks unchanged
             since the last generation this incarnation wrote or restored are not rewritten,
             and every ``full_every``-th checkpoint is full (``stages/checkpoint/incremental.py``).
+        parallelism: instances (actors) the stage runs as in a pipeline, each on its own
+            lease (``stages/actors/instance.py``); 1 and no ``key``: one plain stage actor.
+        key: a record field's name or a function of the record: the stage is keyed, its
+            state per key group (records routed by a stable hash of the key, even at
+            parallelism 1, so a run can be resumed at another parallelism). ``None``:
+            keyless; parallel instances then take records round robin, state per instance.
+        max_parallelism: key groups of a keyed stage (fixed for the life of a run; a
+            restore with another is refused with ``MaxParallelismChanged``).
+        index: set by :meth:`instances` only: this spec is instance ``index`` of the stage.
     """
 
     stage_id: str
@@ -179,6 +174,10 @@ class StageSpec:
     incremental: bool = False
     full_every: int = DEFAULT_FULL_EVERY
     max_state_bytes: int | None = None  # the restore's bound (CheckpointTooLarge; FORMAT.md 2.7)
+    parallelism: int = 1
+    key: KeySpec | None = None
+    max_parallelism: int = DEFAULT_MAX_PARALLELISM
+    index: int | None = None
 
     def __post_init__(self) -> None:
         # A URL carrying a secret is refused here, with the secret masked
@@ -189,6 +188,25 @@ class StageSpec:
         from blockstore.checks import check_id
 
         check_id(self.stage_id, "stage id")
+        check_parallel(self)
+
+    @property
+    def parallel(self) -> bool:
+        """True if the stage runs as instances (``parallelism > 1`` or keyed)."""
+        return self.parallelism > 1 or self.key is not None
+
+    @property
+    def base_id(self) -> str:
+        """The stage's own id (an instance spec's ``stage_id`` is ``<base_id>@<i>of<N>``)."""
+        return self.stage_id.rsplit("@", 1)[0] if self.index is not None else self.stage_id
+
+    def instances(self) -> list[StageSpec]:
+        """The specs of the stage's instances: itself when it is not parallel, else one per
+        index with ``stage_id`` ``<stage_id>@<i>of<parallelism>`` (its lease's name)."""
+        if not self.parallel or self.index is not None:
+            return [self]
+        return [replace(self, stage_id=f"{self.stage_id}@{i}of{self.parallelism}", index=i)
+                for i in range(self.parallelism)]
 
     def state_options(self) -> dict[str, Any]:
         """Keyword options for ``CheckpointedStageState`` (constructor and ``restore``) and
@@ -252,22 +270,6 @@ def restore_state(lease: Lease, spec: StageSpec, *, observer: CheckpointFlushObs
                               max_step=max_step, name=spec.stage_id, **spec.state_options())
 
 
-def ray_context() -> tuple[str | None, Any]:
-    """(node id, own actor handle) when running inside a Ray actor, else (None, None)."""
-    if not ray.is_initialized():
-        return None, None
-    ctx = ray.get_runtime_context()
-    try:
-        node_id = ctx.get_node_id()
-    except Exception:  # noqa: BLE001 - outside a worker there is no node
-        node_id = None
-    try:
-        handle = ctx.current_actor
-    except Exception:  # noqa: BLE001 - not inside an actor (plain use, tests)
-        handle = None
-    return node_id, handle
-
-
 class StageActor:
     """One incarnation of a stage: its lease, its state, its counters.
 
@@ -288,10 +290,16 @@ class StageActor:
         self._stage = spec.factory()
         self._node_id, self._handle = ray_context()
         self._pid = os.getpid()
-        self._inc = Incarnation(spec.open_store(), spec.stage_id,
-                                lambda: spec.factory().initial_state(), node_id=self._node_id,
-                                lease_ttl=spec.lease_ttl, observer=observer,
-                                max_step=restore_step, **spec.state_options())
+        # An instance of a parallel stage: its share of the records, its key groups.
+        self._work = InstanceWork(spec) if spec.index is not None else None
+        if self._work is not None:
+            self._work.check(self._stage)
+        opts = {"node_id": self._node_id, "lease_ttl": spec.lease_ttl, "observer": observer,
+                "max_step": restore_step, **spec.state_options()}
+        self._inc = (self._work.incarnation(spec.open_store(), spec, **opts)
+                     if self._work is not None else
+                     Incarnation(spec.open_store(), spec.stage_id,
+                                 lambda: spec.factory().initial_state(), **opts))
         self._lease = self._inc.lease
         # A setting every checkpoint would refuse (no key on a shared store) is raised by the
         # first call the driver makes, ``info``, before any record: not by the first barrier,
@@ -322,12 +330,15 @@ class StageActor:
                                stage_id=self.spec.stage_id)
 
     # -- data path (default concurrency group: one at a time, in submission order) --------
-    def process_batch(self, records: Any) -> Any:
+    def process_batch(self, records: Any, *parts: Any) -> Any:
         """Feed ``records`` in order; return every output, in order.
 
         ``records`` is a batch (a list of records or a ``pyarrow.Table``); a record stage
         returns a list, a batch stage (``process_batch``) a table
-        (``stages/actors/batches.py``).
+        (``stages/actors/batches.py``). After a parallel stage, the arguments are the
+        :class:`~stages.actors.routing.Part`\\ s of one batch, merged in input order first.
+        An instance of a parallel stage returns its own ``Part``
+        (``stages/actors/instance.py``).
 
         If ``process`` raises, the exception propagates and the in-memory state may hold
         part of the batch: the caller must roll back (``rollback``) or relaunch before
@@ -335,8 +346,13 @@ class StageActor:
         """
         with self._lock:
             self._check_running()
-            out = run_stage(self._stage, self._css.state, records)
-            n = num_rows(records)
+            if self._work is not None:
+                out, n = self._work.process(self._stage, self._inc, (records, *parts))
+            else:
+                if parts or isinstance(records, Part):
+                    records = merge_parts((records, *parts))
+                out = run_stage(self._stage, self._css.state, records)
+                n = num_rows(records)
             self._records_total += n
             self._records_since += n
             return out
@@ -398,15 +414,20 @@ class StageActor:
         last = self._css.last_checkpoint
         return {} if last is None else {**last.to_dict(), "skipped": True}
 
-    def rollback(self, step: int | None = None) -> dict[str, Any]:
+    def rollback(self, step: int | None = None,
+                 sources: list[str] | None = None) -> dict[str, Any]:
         """Reload the state from this stage's lease, as of the newest generation ``<= step``.
 
         Used by a pipeline to bring a live stage back to the last committed step. Keeps the
-        lease and epoch. Returns ``info()``.
+        lease and epoch. Returns ``info()``. A keyed instance restores from the leases
+        ``sources`` (those that held its key groups at ``step``; ``None``: empty state).
         """
         with self._lock:
             self._check_running()
-            self._inc.bind(step)  # waits for a background flush of the old state first
+            if self._work is not None and self.spec.key is not None:
+                self._inc.bind(step, sources)  # type: ignore[call-arg]
+            else:
+                self._inc.bind(step)  # waits for a background flush of the old state first
             self._pending = None
             self._records_since = 0
             if step is not None:
@@ -416,7 +437,7 @@ class StageActor:
     def get_state(self) -> Any:
         """The in-memory state (for tests and inspection)."""
         with self._lock:
-            return self._css.state
+            return self._inc.state
 
     def stop(self, checkpoint: bool = False, step: int = 0,
              meta: dict[str, Any] | None = None) -> dict[str, Any] | None:

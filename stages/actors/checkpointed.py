@@ -321,6 +321,36 @@ def _is_async(cls: type) -> bool:
                for _, m in inspect.getmembers(cls, inspect.isfunction))
 
 
+def _check_sync_groups(cls: type) -> None:
+    """An async actor's synchronous methods must share the one concurrency group of its
+    coroutines: Ray runs each group on its own thread, and a sync method on another thread
+    would run outside the runtime's turns (a rollback or a snapshot beside it would undo it
+    or commit it half-run; see README "Exactly-once calls")."""
+    if not _is_async(cls):
+        return
+    coro: set[str | None] = set()
+    sync: list[tuple[str, str | None]] = []
+    for name, fn in inspect.getmembers(cls, inspect.isfunction):
+        if name.startswith("__") or isinstance(inspect.getattr_static(cls, name, None),
+                                               (staticmethod, classmethod)):
+            continue
+        group = getattr(fn, "__ray_concurrency_group__", None)
+        if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+            coro.add(group)
+        else:
+            sync.append((name, group))
+    for name, group in sync:
+        if coro - {group}:
+            where = "the default group" if group is None else f"concurrency group {group!r}"
+            theirs = ", ".join("the default group" if g is None else repr(g)
+                               for g in sorted(coro, key=str))
+            raise _fail(cls, f"synchronous method {name!r} runs in {where} but the actor's "
+                             f"coroutines run in {theirs}: Ray runs it on another thread, "
+                             "outside the calls' turns, so a rollback or a snapshot could "
+                             f"undo it or save it half-run. Make {name!r} `async def`, or "
+                             "put it in the same concurrency group as the coroutines")
+
+
 def _control(fn: Callable[..., Any]) -> Callable[..., Any]:
     return ray.method(concurrency_group=CONTROL_GROUP)(fn)
 
@@ -504,6 +534,7 @@ class _Checkpointed:
             attrs = _attr_names(cls, state)
             _check_numbers(cls, every_calls, every_seconds, retention, codec, dedupe_window)
             groups = _check_groups(cls, concurrency_groups, registrar)
+            _check_sync_groups(cls)
             _check_async(cls, async_checkpoint, every_calls, every_seconds)
             if not isinstance(full_every, int) or isinstance(full_every, bool) or full_every < 1:
                 raise _fail(cls, f"full_every must be an int >= 1, got {full_every!r}")

@@ -103,6 +103,8 @@ class KeyedState:
         self._chunks: dict[int, StoredRun] = {}  # each clean group's chunks in _chunks_gen
         self._chunks_gen: int | None = None
         self.restored: RestoreReport | None = None
+        #: the report of every source of the last restore (one per lease, in order)
+        self.restored_reports: tuple[RestoreReport, ...] = ()
         self.last_groups_written = 0
 
     # -- the mapping ---------------------------------------------------------------------
@@ -143,6 +145,12 @@ class KeyedState:
         if write:
             self._dirty.add(g)
         return d
+
+    def group_for_write(self, key: Any) -> dict[Any, Any]:
+        """The plain dict of ``key``'s group, which counts as written: a pipeline instance
+        hands it to a stage's ``process`` (``stages/actors/instance.py``), which may change
+        it in any way - the whole group is re-serialised at the next checkpoint."""
+        return self._group(key, True)
 
     def __getitem__(self, key: Any) -> Any:
         return self._group(key, False)[key]
@@ -223,6 +231,12 @@ class KeyedState:
     @property
     def lease(self) -> Lease | LeaseReader:
         return self._css.lease
+
+    @property
+    def checkpointed(self) -> CheckpointedStageState[Any]:
+        """The checkpointed state this object commits through (its lease, last checkpoint,
+        whether a flush is running); its ``state`` is not the keyed state."""
+        return self._css
 
     def checkpoint(self, *, step: int = 0, meta: dict[str, Any] | None = None) -> CheckpointInfo:
         """Commit the owned groups as a new generation; only written groups are serialised.
@@ -355,6 +369,7 @@ class KeyedState:
         ks = cls.__new__(cls)
         ks._init(css0, owned, max_parallelism, check_untracked)
         ks.restored = restored[0][0].restored if len(restored) == 1 else None
+        ks.restored_reports = tuple(c.restored for c, _ in restored if c.restored is not None)
         bs = ks.lease.block_size
         for g in sorted(found):
             _, seg, _ = found[g]

@@ -70,8 +70,7 @@ from blockstore.redact import redact_url
 from blockstore.urls import StoreURL, parse_store_url
 
 from ..actors.batches import concat, num_rows, to_table
-from ..errors import SinkFencedError
-from .sink import FenceToken
+from .sink import FenceToken, check_fence
 
 __all__ = ["ObjectParquetSink", "pending_prefix", "step_prefix"]
 
@@ -375,12 +374,7 @@ class ObjectParquetSink:
         return sorted(steps)
 
     def _check(self, token: FenceToken, rec: Record) -> None:
-        if token.run_id != rec["run_id"] or token.epoch < rec["epoch"]:
-            raise SinkFencedError(
-                f"sink {self._where} refused a write of run {token.run_id!r} epoch "
-                f"{token.epoch}: it is fenced by run {rec['run_id']!r} epoch {rec['epoch']}",
-                run_id=token.run_id, epoch=token.epoch, current_epoch=rec["epoch"],
-                path=f"{self._where.split('?')[0]}/{FENCE_KEY}")
+        check_fence(token, rec, sink=self._where, path=f"{self._where.split('?')[0]}/{FENCE_KEY}")
 
     def _get_record(self) -> tuple[Record, str] | None:
         got = self._c.get(FENCE_KEY)

@@ -54,7 +54,6 @@ How, and why this way:
 
 from __future__ import annotations
 
-import logging
 import time
 import uuid
 from collections import deque
@@ -67,6 +66,7 @@ from ray.exceptions import GetTimeoutError
 
 from ..actors.actor import StageSpec, launch_stage, open_store_for
 from ..actors.batches import concat, num_rows
+from ..actors.routing import merge_parts
 from .barrier import Barrier
 from ..errors import PipelineError, RunFencedError, StageProcessError
 from .events import PipelineEvent, PipelineResult
@@ -78,6 +78,8 @@ from .recovery import StageFailure, get_sorted, stop_stages
 from .reference import run_reference
 from .rollback import Recovering
 from .run_driver import RunDriver
+from .instances import check_layout, expand, layout_of, sources_for
+from .run_records import RunStep
 from .runs import RunClaim, RunStore, StageCommit
 from .sink import Sink
 from .source import Source
@@ -92,8 +94,6 @@ __all__ = [
     "run_reference",
 ]
 
-log = logging.getLogger(__name__)
-
 #: The policy track of the pipeline as a whole in its :class:`CheckpointManager`.
 PIPELINE_TRACK = "pipeline"
 
@@ -103,7 +103,7 @@ class _Batch:
     step: int
     end_position: Any
     n: int
-    ref: Any
+    refs: list[Any]  # the last stage's output: one ref, or one per instance (Parts)
 
 
 class Pipeline(Recovering):
@@ -163,10 +163,17 @@ class Pipeline(Recovering):
         ids = [s.stage_id for s in stages]
         if len(set(ids)) != len(ids):
             raise ValueError(f"stage ids must be unique, got {ids}")
+        for s in stages:
+            if s.index is not None:
+                raise ValueError(f"{s.stage_id!r} is an instance spec: give the stage's own")
         if batch_size < 1 or max_in_flight < 1:
             raise ValueError("batch_size and max_in_flight must be >= 1")
         self.source = source
         self.specs = list(stages)
+        #: every instance of every stage (a plain stage is its own), in pipeline order
+        self.instances = expand(self.specs)
+        self._spec_of = {s.stage_id: s for s in self.instances}
+        self._records: dict[int, RunStep | None] = {}  # step records read by a rollback
         self.sink = sink
         self.run_id = run_id or uuid.uuid4().hex[:16]
         self.runs = RunStore(open_store_for(
@@ -199,7 +206,8 @@ class Pipeline(Recovering):
     # -- public --------------------------------------------------------------------------
     @property
     def handles(self) -> dict[str, Any]:
-        """Current actor handle per stage id (changes when a stage is relaunched)."""
+        """Current actor handle per stage id - per instance id (``<stage>@<i>of<N>``) for a
+        parallel stage (changes when a stage is relaunched)."""
         return dict(self._handles)
 
     def node_of(self, stage_id: str) -> str | None:
@@ -254,6 +262,7 @@ class Pipeline(Recovering):
                                         else self.source.initial_position())
             self.sink.fence(hold.token, self._committed)
             try:
+                check_layout(last, self.specs)
                 self._launch_all(orphans)
             except BaseException:
                 if claim is not None:
@@ -281,7 +290,7 @@ class Pipeline(Recovering):
             fenced = True
             raise
         finally:
-            stop_stages(self.specs, self._handles, timeout=self.ping_timeout,
+            stop_stages(self.instances, self._handles, timeout=self.ping_timeout,
                         unregister=not fenced)
             hold.release()
         return PipelineResult(
@@ -324,10 +333,10 @@ class Pipeline(Recovering):
             self.on_event(ev)
 
     def _launch_all(self, orphans: Sequence[str] = ()) -> None:
-        for spec in self.specs:
+        for spec in self.instances:
+            node = self.placement.get(spec.stage_id, self.placement.get(spec.base_id))
             self._handles[spec.stage_id] = launch_stage(
-                spec, node_id=self.placement.get(spec.stage_id), observer=self._observer(spec),
-                restore_step=self._committed)
+                spec, node_id=node, observer=self._observer(spec), restore_step=self._committed)
         refs = {sid: h.info.remote() for sid, h in self._handles.items()}
         infos: dict[str, Mapping[str, Any]] = {}
         for sid, ref in refs.items():
@@ -336,8 +345,11 @@ class Pipeline(Recovering):
                 self._note_info(sid, infos[sid])
             except StageFailure:
                 raise PipelineError(f"stage {sid!r} did not start") from None
+        # Keyed instances start empty: their restore is the rollback's (from the leases the
+        # committed step names), so they are not among the ``first`` infos.
+        first = {sid: i for sid, i in infos.items() if self._spec_of[sid].key is None}
         try:
-            self._roll_back(self._committed, first=infos, announce=False)
+            self._roll_back(self._committed, first=first, announce=False)
         except StageFailure as exc:
             raise PipelineError(f"stages did not start at step {self._committed}: "
                                 f"{exc}") from exc
@@ -373,11 +385,24 @@ class Pipeline(Recovering):
             self.manager.fail(PIPELINE_TRACK, "rolled back")
 
     # -- internals: the data path ---------------------------------------------------------------
-    def _submit(self, records: Any) -> Any:
-        ref: Any = records
+    def _submit(self, records: Any) -> list[Any]:
+        refs: list[Any] = [records]
         for spec in self.specs:
-            ref = self._handles[spec.stage_id].process_batch.remote(ref)
-        return ref
+            # Every instance gets the whole batch (or the parts of it) and keeps its share
+            # (``stages/actors/routing.py``).
+            refs = [self._handles[inst.stage_id].process_batch.remote(*refs)
+                    for inst in spec.instances()]
+        return refs
+
+    def rollback_options(self, sid: str, step: int) -> dict[str, Any]:
+        """The ``rollback`` arguments of stage (instance) ``sid`` to ``step``: a keyed
+        instance's source leases, from ``step``'s run record (``instances.sources_for``)."""
+        spec = self._spec_of[sid]
+        if spec.key is None:
+            return {}
+        if step not in self._records:
+            self._records[step] = self.runs.load_step(self.run_id, step) if step else None
+        return {"sources": sources_for(spec, self._records[step])}
 
     def _drive(self) -> bool:
         """Run until done (True) or until ``max_steps`` were committed (True)."""
@@ -406,8 +431,8 @@ class Pipeline(Recovering):
                 else:
                     self._idle = True
                 break
-            ref = self._submit(records)
-            self._batches.append(_Batch(self._open_step, new_position, n, ref))
+            refs = self._submit(records)
+            self._batches.append(_Batch(self._open_step, new_position, n, refs))
             self._position = new_position
             self._open_records += n
             self._uncommitted_read += n
@@ -439,7 +464,7 @@ class Pipeline(Recovering):
         bar = self._barrier
         waiting: list[Any] = []
         if self._batches:
-            waiting.append(self._batches[0].ref)
+            waiting.extend(self._batches[0].refs)
         barrier_due = bar is not None and (not self._batches or self._batches[0].step > bar.step)
         if bar is not None and barrier_due:
             waiting.extend(bar.waiting())
@@ -451,9 +476,10 @@ class Pipeline(Recovering):
                         f"no progress for {self.call_timeout:.0f}s"))
                 return
             self._last_progress = time.monotonic()
-        while self._batches and ray.wait([self._batches[0].ref], timeout=0)[0]:
+        while self._batches and _ready(self._batches[0].refs):
             b = self._batches.popleft()
-            self._outputs.setdefault(b.step, []).append(self._get(b.ref, None))
+            out = merge_parts([self._get(r, None) for r in b.refs])
+            self._outputs.setdefault(b.step, []).append(out)
         if bar is None or (self._batches and self._batches[0].step <= bar.step):
             return
         if bar.advance(self._get, self._handles):  # every stage's checkpoint is durable
@@ -466,7 +492,8 @@ class Pipeline(Recovering):
         self.sink.commit(bar.step, outputs, token=hold.token)
         stages = [StageCommit(stage_id=sid, lease_id=info.get("lease_id"),
                               epoch=self._epochs.get(sid), generation=info.get("generation"),
-                              node_id=self._nodes.get(sid)) for sid, info in infos.items()]
+                              node_id=self._nodes.get(sid), **layout_of(self._spec_of[sid]))
+                  for sid, info in infos.items()]
         hold.save_step(bar.step, source_position=bar.position, stages=stages,
                        meta={"records_in": bar.records, "records_out": n_out})
         self.sink.publish(bar.step, token=hold.token)
@@ -498,3 +525,8 @@ class Pipeline(Recovering):
         if self.observer_for is not None:
             return self.observer_for(spec)
         return self.observer
+
+
+def _ready(refs: list[Any]) -> bool:
+    """Every one of ``refs`` has its result (without waiting)."""
+    return len(ray.wait(refs, num_returns=len(refs), timeout=0)[0]) == len(refs)

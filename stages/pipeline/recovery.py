@@ -119,7 +119,8 @@ def restored_step(info: Mapping[str, Any]) -> int:
 
 
 def roll_back_all(handles: Mapping[str, Any], step: int, get: Getter, *,
-                  first: Mapping[str, Mapping[str, Any]] | None = None
+                  first: Mapping[str, Mapping[str, Any]] | None = None,
+                  options: Callable[[str, int], Mapping[str, Any]] | None = None
                   ) -> tuple[int, dict[str, Mapping[str, Any]]]:
     """Bring every stage to the same step ``<= step``: ``step`` itself when every stage can
     restore it, else the newest older step that every stage restores.
@@ -128,8 +129,10 @@ def roll_back_all(handles: Mapping[str, Any], step: int, get: Getter, *,
         handles: the current incarnation of each stage.
         step: the committed step wanted.
         get: how to wait for one stage call (raises on a failed stage).
-        first: ``info()`` of each stage when they were just launched at ``step`` (driver
-            start-up): used instead of a first round of ``rollback`` calls.
+        first: ``info()`` of stages just launched at ``step`` (driver start-up): used
+            instead of their first ``rollback`` call (the others are rolled back).
+        options: ``(stage id, target step) -> keyword arguments`` of that stage's
+            ``rollback`` call (a keyed instance's source leases); none if ``None``.
 
     Returns:
         ``(target, infos)``: the step every stage is now at, and each stage's ``info()``.
@@ -139,9 +142,12 @@ def roll_back_all(handles: Mapping[str, Any], step: int, get: Getter, *,
     target = step
     infos: dict[str, Mapping[str, Any]] = dict(first or {})
     while True:
-        if not infos:
-            refs = {sid: h.rollback.remote(target) for sid, h in handles.items()}
-            infos = {sid: get(ref, sid) for sid, ref in refs.items()}
+        missing = [sid for sid in handles if sid not in infos]
+        if missing:
+            refs = {sid: handles[sid].rollback.remote(
+                target, **(options(sid, target) if options is not None else {}))
+                for sid in missing}
+            infos.update({sid: get(ref, sid) for sid, ref in refs.items()})
         lowest = min(restored_step(i) for i in infos.values())
         if lowest >= target:
             return target, infos

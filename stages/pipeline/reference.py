@@ -24,16 +24,44 @@ def run_reference(source: Source, stages: Sequence[StageSpec | Callable[[], Any]
 
     ``stages`` are specs or zero-argument factories of :class:`~stages.actors.actor.Stage`; each
     record goes through every stage in order, as in a pipeline (batch stages get batches of
-    ``batch_size`` rows). The output is a list of records (a table's rows as dicts).
+    ``batch_size`` rows; parallel stages as :class:`_Runner` says). The output is a list of
+    records (a table's rows as dicts).
     """
-    impls = [(s.factory() if isinstance(s, StageSpec) else s()) for s in stages]
-    states = [impl.initial_state() for impl in impls]
+    runners = [_Runner(s) for s in stages]
     out: list[Any] = []
     pos = source.initial_position()
     while True:
         batch, pos = source.read(pos, batch_size)
         if not num_rows(batch):
             return to_records(concat(out))
-        for impl, state in zip(impls, states):
-            batch = run_stage(impl, state, batch)
+        for runner in runners:
+            batch = runner.run(batch)
         out.append(batch)
+
+
+class _Runner:
+    """One stage of the reference run, as its pipeline would run it (without instances).
+
+    A keyed stage keeps one dict for every key (its state starts empty, as each key group's
+    does; a stage that changes only the record's key - the keyed contract - gives the same
+    outputs as with its keys spread over groups and instances). A keyless parallel stage of
+    N instances keeps N states and gives record ``j`` of its input to state ``j % N``.
+    """
+
+    def __init__(self, stage: StageSpec | Callable[[], Any]) -> None:
+        spec = stage if isinstance(stage, StageSpec) else None
+        self.impl = spec.factory() if spec is not None else stage()  # type: ignore[operator]
+        self.keyed = spec is not None and spec.key is not None
+        self.n = spec.parallelism if spec is not None and not self.keyed else 1
+        self.states = ([{}] if self.keyed else
+                       [self.impl.initial_state() for _ in range(self.n)])
+        self.seen = 0
+
+    def run(self, batch: Any) -> Any:
+        if self.n == 1:
+            return run_stage(self.impl, self.states[0], batch)
+        out: list[Any] = []
+        for record in to_records(batch):
+            out.extend(self.impl.process(self.states[self.seen % self.n], record))
+            self.seen += 1
+        return out

@@ -62,7 +62,7 @@ class Recovering:
         if self._recoveries > self.max_recoveries:
             raise PipelineError(f"giving up after {self.max_recoveries} recoveries; last "
                                 f"failure: {failure}") from failure.cause
-        dropped = [b.ref for b in self._batches]
+        dropped = [r for b in self._batches for r in b.refs]
         if self._barrier is not None:
             dropped.extend(self._barrier.refs())
         lost = set(failure.stages) | {s for s, h in self._handles.items()
@@ -70,7 +70,7 @@ class Recovering:
                                       and not alive(h, self.ping_timeout)}
         c = self._committed
         for sid in sorted(lost):
-            spec = next(s for s in self.specs if s.stage_id == sid)
+            spec = self._spec_of[sid]
             old_node = self._nodes.get(sid)
             with contextlib.suppress(Exception):  # already dead
                 ray.kill(self._handles[sid], no_restart=True)  # a zombie must not linger
@@ -93,7 +93,9 @@ class Recovering:
                    announce: bool = True) -> None:
         """Every stage to ``step`` - or, if one cannot restore it, all to the same older
         committed step (:func:`~stages.pipeline.recovery.roll_back_all`), then :meth:`_fall_back`."""
-        target, infos = roll_back_all(self._handles, step, self._get, first=first)
+        self._records.clear()  # step records are read afresh by each rollback
+        target, infos = roll_back_all(self._handles, step, self._get, first=first,
+                                      options=self.rollback_options)
         for sid, info in infos.items():
             self._note_info(sid, info)
         if target < step:
@@ -139,6 +141,6 @@ class Recovering:
             "skipped": reasons})
 
     def _relaunch(self, spec: StageSpec, exclude: Sequence[str], step: int) -> Any:
-        node = relaunch_node(spec, exclude, self._nodes, {s.stage_id: s for s in self.specs})
+        node = relaunch_node(spec, exclude, self._nodes, self._spec_of)
         return launch_stage(spec, node_id=node, soft=True, spill=True,
                             observer=self._observer(spec), restore_step=step)

@@ -21,21 +21,45 @@ CLAIMED = "claimed"
 FINISHED = "finished"
 
 
+#: The layout fields of an instance of a parallel stage (absent for a plain stage).
+LAYOUT_FIELDS = ("stage", "index", "parallelism", "max_parallelism")
+
+
 @dataclass(frozen=True, slots=True)
 class StageCommit:
-    """Where one stage's part of a committed step lives."""
+    """Where one stage's (or one instance's) part of a committed step lives.
+
+    For an instance of a parallel stage (``StageSpec(parallelism=..., key=...)``),
+    ``stage_id`` is the instance's id (its lease's name) and the layout says which:
+    ``stage`` (the stage's own id), ``index`` of ``parallelism`` instances and, for a keyed
+    stage, ``max_parallelism`` (so the instance held key groups
+    ``key_group_range(index, parallelism, max_parallelism)`` at this step). A plain stage
+    leaves them ``None`` and its record has no such keys (``docs/FORMAT.md`` 5.3).
+    """
 
     stage_id: str
     lease_id: str | None = None
     epoch: int | None = None
     generation: int | None = None
     node_id: str | None = None
+    stage: str | None = None
+    index: int | None = None
+    parallelism: int | None = None
+    max_parallelism: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for name in LAYOUT_FIELDS:
+            if d[name] is None:
+                del d[name]
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> StageCommit:
         return cls(stage_id=str(d["stage_id"]), lease_id=d.get("lease_id"),
                    epoch=d.get("epoch"), generation=d.get("generation"),
-                   node_id=d.get("node_id"))
+                   node_id=d.get("node_id"), stage=d.get("stage"), index=d.get("index"),
+                   parallelism=d.get("parallelism"), max_parallelism=d.get("max_parallelism"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +88,7 @@ class RunStep:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["stages"] = [asdict(s) for s in self.stages]
+        d["stages"] = [s.to_dict() for s in self.stages]
         d["in_flight"] = list(self.in_flight)
         d["meta"] = dict(self.meta)
         return d

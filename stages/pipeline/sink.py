@@ -39,7 +39,7 @@ import fcntl
 import json
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +64,21 @@ class FenceToken:
 
     run_id: str
     epoch: int
+
+
+def check_fence(token: FenceToken, mark: Mapping[str, Any], *, sink: str, path: str) -> None:
+    """Refuse ``token`` unless it may write under the fencing record ``mark``.
+
+    A token may write when it is of the record's run (``mark["run_id"]``) at the record's
+    epoch or a newer one; otherwise ``SinkFencedError`` names both, the sink ``sink`` (as
+    the caller may show it: redacted) and ``path``, where the record is kept. Every sink
+    applies this one rule before it changes anything.
+    """
+    if token.run_id != mark["run_id"] or token.epoch < mark["epoch"]:
+        raise SinkFencedError(
+            f"sink {sink} refused a write of run {token.run_id!r} epoch "
+            f"{token.epoch}: it is fenced by run {mark['run_id']!r} epoch {mark['epoch']}",
+            run_id=token.run_id, epoch=token.epoch, current_epoch=mark["epoch"], path=path)
 
 
 @runtime_checkable
@@ -245,12 +260,8 @@ class FileSink:
                 "step": int(mark["step"])}
 
     def _check(self, token: FenceToken, mark: dict[str, Any]) -> None:
-        if token.run_id != mark["run_id"] or token.epoch < mark["epoch"]:
-            raise SinkFencedError(
-                f"sink {self.directory} refused a write of run {token.run_id!r} epoch "
-                f"{token.epoch}: it is fenced by run {mark['run_id']!r} epoch {mark['epoch']}",
-                run_id=token.run_id, epoch=token.epoch, current_epoch=mark["epoch"],
-                path=str(self.directory / self.fence_file))
+        check_fence(token, mark, sink=str(self.directory),
+                    path=str(self.directory / self.fence_file))
 
     def _write_fence(self, token: FenceToken, step: int) -> None:
         self._replace(self.directory / self.fence_file, canonical_json(

@@ -53,13 +53,26 @@ class Commit:
     replaced: set[int] = field(default_factory=set)  # indices a legitimate commit replaced
 
 
+#: Decoded records by their bytes: the checker reads every record at every step, and a
+#: record's bytes decode to the same (never mutated) record every time.
+_DECODED: dict[bytes, LeaseRecord | None] = {}
+
+
 def _record(obj: SimObject | None) -> LeaseRecord | None:
     if obj is None:
         return None
     try:
-        return decode_record(obj.data, "sim")
+        return _DECODED[obj.data]
+    except KeyError:
+        pass
+    try:
+        rec: LeaseRecord | None = decode_record(obj.data, "sim")
     except StoreCorruptError:
-        return None
+        rec = None
+    if len(_DECODED) > 100_000:  # a long run: keep the memory bounded
+        _DECODED.clear()
+    _DECODED[obj.data] = rec
+    return rec
 
 
 class Checker:
@@ -70,6 +83,7 @@ class Checker:
         self.commits: dict[str, list[Commit]] = {}  # lease id -> landed record puts
         self.seen: dict[tuple[str, int], set[bytes]] = {}  # bytes any landed record named
         self.violations: list[Violation] = []
+        self._records_at: tuple[int, dict[str, tuple[str, LeaseRecord]]] = (-1, {})
 
     def attach(self) -> Checker:
         w = self.world
@@ -88,13 +102,18 @@ class Checker:
         return self.world.bucket.objects  # type: ignore[attr-defined]
 
     def _records(self) -> dict[str, tuple[str, LeaseRecord]]:
-        """lease id -> (record key, record) of every record in the bucket now."""
+        """lease id -> (record key, record) of every record in the bucket now (computed once
+        per bucket version: the bucket's objects change only with its version)."""
+        version = self.world.bucket.version  # type: ignore[attr-defined]
+        if self._records_at[0] == version:
+            return self._records_at[1]
         out = {}
         for key, obj in self._objects.items():
             if key.startswith(LEASES):
                 rec = _record(obj)
                 if rec is not None:
                     out[rec.info.lease_id] = (key, rec)
+        self._records_at = (version, out)
         return out
 
     def _on_mutation(self, req: Request, key: str, old: SimObject | None,
