@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import pickle
 import struct
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
@@ -47,16 +47,17 @@ class Payload:
 
     The segments include the table and the zero padding; nothing has been joined.
 
-    ``reuse`` (keyed state, ``stages/checkpoint/keyed.py``): chunk index -> the map entry
-    of generation ``reuse_generation`` that already stores exactly that chunk's bytes. A
-    commit whose incremental base is that generation takes those entries as they are -
-    the chunk is neither hashed, compressed nor written; on any other base they are
-    ignored and the chunk is encoded from ``segments`` like any other.
+    ``reuse`` (keyed state, ``stages/checkpoint/keyed.py``): ``(first chunk index, run)``
+    pairs, ascending and not overlapping, each run (``incremental.StoredRun``) the map
+    entries of generation ``reuse_generation`` that already store exactly those chunks'
+    bytes. A commit whose incremental base is that generation takes those entries as they
+    are - the chunks are neither visited, hashed, compressed nor written; on any other base
+    they are ignored and the chunks are encoded from ``segments`` like any other.
     """
 
     segments: Sequence[memoryview]
     length: int
-    reuse: Mapping[int, Any] = field(default_factory=dict)
+    reuse: Sequence[tuple[int, Any]] = ()
     reuse_generation: int | None = None
 
 

@@ -17,6 +17,15 @@ in this order:
 
 The writer's view of the slots (``slots``) is updated in place as the commit goes, so a
 failure at any step leaves it describing the lease as it may now be.
+
+Cost: the Python-level work of a commit is proportional to the chunks it visits (written,
+or hashed against the base) and to the number of known-unchanged runs (keyed state's clean
+groups), not to the size of the state: a run's entries, blocks and map bytes are carried as
+they are (list extend, set union, bytes join, all in C), blocks are allocated lazily by a
+C-level scan, and the block sets of the retained generations are combined by set
+operations, never walked in Python. The map itself is still written whole every
+generation (the format: one map per generation, ``docs/FORMAT.md`` 2.3), which is a copy
+of ~48 bytes per chunk. ``tests/test_keyed_state.py`` counts this work.
 """
 
 from __future__ import annotations
@@ -103,10 +112,10 @@ def commit_generation(lease: Lease, slots: list[SlotState], target: int, payload
         if i != target and s.committed:
             protected |= s.blocks
     nb = lease.num_blocks
-    free_now = max(0, nb - k) - sum(1 for b in protected if k <= b < nb)
+    free_now = max(0, nb - k) - len(protected.intersection(range(k, max(k, nb))))
     if nb < k or free_now < need:
         nb = lease.grow(max(k, nb) + max(0, need - free_now)).num_blocks
-    alloc_list = allocate(protected, k, need)
+    alloc = allocate(protected, k)  # lazy: at most ``need`` are taken, all below ``nb``
     pool = worker_pool()
     mac_future: Future[PayloadMac] | None = None
     if ring is not None:
@@ -133,21 +142,20 @@ def commit_generation(lease: Lease, slots: list[SlotState], target: int, payload
     tslot.committed = False
     tslot.header = None
 
-    alloc = iter(alloc_list)
     # Known-unchanged chunks (keyed state) only ride on the base they were stored by.
-    reuse = (payload.reuse if base is not None and payload.reuse
-             and payload.reuse_generation == base.generation else None)
-    entries, used, n_written, data_bytes = write_chunks(
-        lease, coder, payload.segments, alloc, bs, hashing=enc.hashed,
-        base=None if base is None else base.entries, reuse=reuse)
+    known = (payload.reuse if base is not None and payload.reuse
+             and payload.reuse_generation == base.generation else ())
+    w = write_chunks(lease, coder, payload.segments, alloc, bs, hashing=enc.hashed,
+                     base=None if base is None else base.entries, known=known)
+    entries, used, n_written = w.entries, w.blocks, w.written
     reused = len(entries) - n_written
     depth = base.depth + 1 if base is not None and reused else 0
-    map_crc, first_map, map_blocks, inline_map = write_map(lease, entries, alloc,
-                                                                inline, n_map, bs)
-    used |= set(map_blocks)
+    map_crc, first_map, map_blocks, inline_map = write_map(lease, w.packed, alloc,
+                                                           inline, n_map, bs)
+    used.update(map_blocks)
     lease.flush()
 
-    stored = sum(e.stored for e in entries)
+    stored = w.stored
     header = fmt.pack_header(
         data_length=payload.length, generation=gen, step=todo.step, created_at=todo.created_at,
         duration_s=0.0, stored_bytes=stored, chunks=len(entries), block_size=bs, slots=k,
@@ -187,7 +195,8 @@ def commit_generation(lease: Lease, slots: list[SlotState], target: int, payload
 
     h = fmt.parse_header(header, slot=target, lease_id=lease.lease_id, name=lease.name)
     tslot.header, tslot.blocks, tslot.committed = h, frozenset(used), True
-    stats = WriteStats(n_written, reused, (len(erase) + n_map + 1) * bs + data_bytes)
+    stats = WriteStats(n_written, reused, (len(erase) + n_map + 1) * bs + w.bytes_written,
+                       w.visited)
     # Step 6: never raises; None (unknown) makes the next commit sweep every free block.
     dropped_now = compaction.give_back(lease, slots, k, nb, need, dropped, dropped_before)
     return Committed(h, frozenset(used), entries, depth, stats, dropped_now)

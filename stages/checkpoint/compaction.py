@@ -67,7 +67,8 @@ def plan(*, num_blocks: int, slots: int, referenced: Iterable[int], next_need: i
     keep = max(tail, slots + next_protected + next_need)
     size = keep if num_blocks - keep > keep * SHRINK_SLACK else num_blocks
     candidates = range(slots, size) if maybe_dropped is None else maybe_dropped
-    discard = tuple(sorted(b for b in set(candidates) if slots <= b < size and b not in refs))
+    # Set operations in C first: the Python loop sees only the blocks given back.
+    discard = tuple(sorted(b for b in set(candidates).difference(refs) if slots <= b < size))
     return Compaction(min(size, num_blocks), discard)
 
 
@@ -92,7 +93,8 @@ def give_back(lease: Lease, slots: list[SlotState], retention: int, num_blocks: 
     next_protected = set().union(*(slots[i].blocks for i in committed if i != nxt))
     todo = plan(num_blocks=num_blocks, slots=retention,
                 referenced=set().union(*(slots[i].blocks for i in committed)), next_need=need,
-                next_protected=sum(1 for b in next_protected if b >= retention),
+                next_protected=len(next_protected) - len(next_protected.intersection(
+                    range(retention))),
                 maybe_dropped=maybe_dropped)
     try:
         if todo.num_blocks < num_blocks:

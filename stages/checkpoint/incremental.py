@@ -55,9 +55,10 @@ from dataclasses import dataclass
 
 import xxhash
 
-from .format import MapEntry
+from .format import MapEntry, pack_entries
 
-__all__ = ["Base", "DEFAULT_FULL_EVERY", "WriteStats", "content_hash", "reusable_base"]
+__all__ = ["Base", "DEFAULT_FULL_EVERY", "StoredRun", "WriteStats", "content_hash",
+           "reusable_base"]
 
 #: A full checkpoint after at most this many generations (see the module docstring).
 DEFAULT_FULL_EVERY = 8
@@ -84,13 +85,42 @@ class Base:
 
 
 @dataclass(frozen=True, slots=True)
+class StoredRun:
+    """Consecutive whole-block chunks as one generation stores them, known unchanged by the
+    writer (keyed state's clean key groups, ``stages/checkpoint/keyed.py``).
+
+    Besides the map entries it keeps what a commit needs of them - the blocks they
+    reference, their map bytes, their stored length - computed once, when the run is
+    learnt, so a commit that reuses a run does no per-chunk work for it (only C-level
+    copies: a list extend, a set union, a bytes join). Build it with :meth:`of`.
+    """
+
+    entries: tuple[MapEntry, ...]
+    blocks: frozenset[int]
+    packed: bytes  # the entries in the map layout (``format.pack_entries``)
+    stored: int
+
+    @classmethod
+    def of(cls, entries: Sequence[MapEntry], block_size: int) -> StoredRun | None:
+        """The run of ``entries``; ``None`` unless every one is a whole block of raw bytes
+        (the only chunks a commit may take by index without looking at them)."""
+        run = tuple(entries)
+        if not run or any(e.raw != block_size for e in run):
+            return None
+        return cls(run, frozenset(e.block for e in run), pack_entries(run),
+                   sum(e.stored for e in run))
+
+
+@dataclass(frozen=True, slots=True)
 class WriteStats:
-    """What one commit wrote: chunks written vs reused, and the bytes handed to the store
-    (data blocks, spilled map blocks, erased slots and the header block)."""
+    """What one commit wrote: chunks written vs reused, the bytes handed to the store
+    (data blocks, spilled map blocks, erased slots and the header block), and the chunks
+    it visited (read to hash, compare or encode; a known-unchanged run is not visited)."""
 
     chunks_written: int
     chunks_reused: int
     bytes_written: int
+    chunks_visited: int = 0
 
 
 def reusable_base(base: Base | None, *, committed_generation: int | None, target: int,

@@ -53,7 +53,7 @@ from ..errors import (
     UntrackedWrite,
 )
 from .codec import Payload
-from .format import MapEntry
+from .incremental import StoredRun
 from .keygroups import DEFAULT_MAX_PARALLELISM, key_group
 from .reports import CheckpointInfo, RestoreReport
 from .state import CheckpointedStageState
@@ -100,7 +100,7 @@ class KeyedState:
         self._data: dict[int, dict[Any, Any]] = {}
         self._dirty: set[int] = set()
         self._segments: dict[int, tuple[memoryview, int]] = {}  # padded bytes, true length
-        self._chunks: dict[int, Sequence[MapEntry]] = {}  # stored chunks in _chunks_gen
+        self._chunks: dict[int, StoredRun] = {}  # each clean group's chunks in _chunks_gen
         self._chunks_gen: int | None = None
         self.restored: RestoreReport | None = None
         #: the report of every source of the last restore (one per lease, in order)
@@ -263,13 +263,11 @@ class KeyedState:
         order = sorted(self._segments)
         man = Manifest(self._m, order, [self._segments[g][1] for g in order])
         payload, offsets = frame(man, [self._segments[g] for g in order], bs)
-        reuse: dict[int, MapEntry] = {}
+        # One run per clean group: the commit takes it whole, without visiting its chunks.
+        reuse: list[tuple[int, StoredRun]] = []
         if self._chunks_gen is not None:
-            for g, off in zip(order, offsets):
-                stored = self._chunks.get(g)
-                if stored is not None:
-                    first = off // bs
-                    reuse.update((first + j, e) for j, e in enumerate(stored))
+            chunks = self._chunks
+            reuse = [(off // bs, chunks[g]) for g, off in zip(order, offsets) if g in chunks]
         payload = Payload(payload.segments, payload.length, reuse, self._chunks_gen)
         info = self._css.checkpoint_payload(payload, step=step, meta=meta)
         self._learn_chunks(order, offsets, bs)
@@ -296,16 +294,25 @@ class KeyedState:
                     "or ks.mutable(key); nothing was written", group=g)
 
     def _learn_chunks(self, order: Sequence[int], offsets: Sequence[int], bs: int) -> None:
-        """After a commit: where each group's chunks are stored in the new base."""
+        """After a commit: where each group's chunks are stored in the new base.
+
+        A group whose entries are the run it was reused as keeps that run (one C-level
+        comparison); only the others - the groups written - build a new one.
+        """
         committed = self._css.committed_map()
-        self._chunks.clear()
+        before, self._chunks = self._chunks, {}
         self._chunks_gen = None
         if committed is None:
             return
         gen, entries = committed
         for g, off in zip(order, offsets):
             first = off // bs
-            self._chunks[g] = tuple(entries[first:first + self._segments[g][0].nbytes // bs])
+            now = tuple(entries[first:first + self._segments[g][0].nbytes // bs])
+            run = before.get(g)
+            if run is None or run.entries != now:
+                run = StoredRun.of(now, bs)
+            if run is not None:
+                self._chunks[g] = run
         self._chunks_gen = gen
 
     # -- restore -------------------------------------------------------------------------

@@ -38,6 +38,8 @@ class CheckpointInfo:
         depth: incremental depth: 0 for a full checkpoint, else the incrementals since it.
         chunks_written: chunks this commit wrote (``None`` when not reported by a commit).
         chunks_reused: chunks it shares with an older generation (not rewritten).
+        chunks_visited: chunks whose bytes the commit read (to hash, compare or encode);
+            keyed state's clean groups are reused without being visited.
         bytes_written: bytes the commit handed to the store (blocks of data, spilled map,
             erased slots and the header).
     """
@@ -59,6 +61,7 @@ class CheckpointInfo:
     chunks_written: int | None = field(default=None, compare=False)
     chunks_reused: int | None = field(default=None, compare=False)
     bytes_written: int | None = field(default=None, compare=False)
+    chunks_visited: int | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -75,6 +78,7 @@ class CheckpointInfo:
                    duration_s=h.duration_s, meta=dict(h.meta), depth=h.depth,
                    chunks_written=None if stats is None else stats.chunks_written,
                    chunks_reused=None if stats is None else stats.chunks_reused,
+                   chunks_visited=None if stats is None else stats.chunks_visited,
                    bytes_written=None if stats is None else stats.bytes_written)
 
 

@@ -4,25 +4,30 @@
 order (``stages/checkpoint/state.py`` states the protocol); these functions do the writing:
 
 * :func:`chunks` cuts the serialized payload's segments into block-size chunks without
-  joining them (only chunks straddling a segment boundary are copied);
+  joining them (only chunks straddling a segment boundary are copied), from any chunk on;
 * :func:`write_chunks` encodes chunks (CRC-32C, zstd where it pays) in the shared worker
   pool a few batches ahead of the writer - both release the GIL, so encoding hides behind
   ``pwritev`` - and packs compressed chunks several to a block. For incremental
   checkpoints (``stages/checkpoint/incremental.py``) the same pool tasks hash every chunk and, where
   the hash and length equal the base generation's chunk at the same position, hand back
-  the base's map entry instead: that chunk is neither compressed nor written;
+  the base's map entry instead: that chunk is neither compressed nor written. Runs of
+  chunks the caller knows unchanged (keyed state's clean groups,
+  :class:`~stages.checkpoint.incremental.StoredRun`) are not visited at all: the commit's
+  work is proportional to the chunks it visits plus C-level copies of the runs' entries;
 * :func:`learn_slots` builds the writer's knowledge of the header slots (which generation
   each holds, the blocks its map references) from a scan, once per writer or restore;
-* :func:`allocate` picks blocks no retained generation references, so a commit never
-  overwrites what a reader may still need;
+* :func:`allocate` yields, lowest first and only as many as are taken, the blocks no
+  retained generation references, so a commit never overwrites what a reader may still need;
 * :func:`write_map` writes the block map inline or as a chain of checksummed map blocks.
 """
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import logging
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 
@@ -32,12 +37,12 @@ from blockstore.work import advance
 from . import format as fmt
 from .compress import ChunkCoder
 from .format import CHUNK_RAW, ENTRY, MAPBLOCK, Header, MapEntry
-from .incremental import content_hash
+from .incremental import StoredRun, content_hash
 from ..errors import CheckpointCorrupt, CheckpointDowngradeRefused, UnsupportedFormatError
 from .mac import KeySetting, PayloadMac
 from .reader import SlotScan, load_map, worker_pool
 
-__all__ = ["SlotState", "WINDOW", "WRITE_BATCH", "allocate", "blocks_of", "chunks",
+__all__ = ["SlotState", "WINDOW", "WRITE_BATCH", "Written", "allocate", "blocks_of", "chunks",
            "encode_batch", "hash_payload", "learn_slots", "refuse_newer_format", "target_slot",
            "write_chunks", "write_map"]
 
@@ -103,27 +108,43 @@ def learn_slots(reader: LeaseReader, k: int, scans: Sequence[SlotScan], *,
     return slots, max_gen
 
 
-def chunks(segments: Sequence[memoryview], bs: int) -> Iterator[memoryview]:
-    """Cut segments into ``bs``-byte chunks (last one shorter); copy only straddling ones."""
+def chunks(segments: Sequence[memoryview], bs: int, start: int = 0, stop: int | None = None,
+           starts: Sequence[int] | None = None) -> Iterator[memoryview]:
+    """Cut segments into ``bs``-byte chunks (last one shorter); copy only straddling ones.
+
+    Yields chunks ``start .. stop - 1`` (default: all). ``starts``: each segment's payload
+    offset and, last, the payload length (``segment_starts``), when the caller has them.
+    """
+    if starts is None:
+        starts = segment_starts(segments)
+    end = starts[-1] if stop is None else min(starts[-1], stop * bs)
+    pos = start * bs
+    si = bisect.bisect_right(starts, pos) - 1
     cur: list[memoryview] = []
     cur_len = 0
-    for seg in segments:
+    while pos < end:
+        seg = segments[si]
+        off = pos - starts[si]
         n = seg.nbytes
-        pos = 0
-        while pos < n:
-            if cur_len == 0 and n - pos >= bs:
-                yield seg[pos:pos + bs]
-                pos += bs
-                continue
-            take = min(bs - cur_len, n - pos)
-            cur.append(seg[pos:pos + take])
-            cur_len += take
-            pos += take
-            if cur_len == bs:
-                yield memoryview(b"".join(cur))
-                cur, cur_len = [], 0
-    if cur_len:
-        yield memoryview(b"".join(cur))
+        if off >= n:
+            si += 1
+            continue
+        take = min(bs - cur_len, n - off, end - pos)
+        piece = seg[off:off + take]
+        pos += take
+        if cur_len == 0 and (take == bs or pos == end):
+            yield piece
+            continue
+        cur.append(piece)
+        cur_len += take
+        if cur_len == bs or pos == end:
+            yield memoryview(b"".join(cur))
+            cur, cur_len = [], 0
+
+
+def segment_starts(segments: Sequence[memoryview]) -> list[int]:
+    """Each segment's payload offset, then the payload length."""
+    return list(itertools.accumulate((s.nbytes for s in segments), initial=0))
 
 
 #: What the pool hands back per chunk: (stored bytes, flags, CRC, raw length, content hash,
@@ -133,23 +154,17 @@ _NO_HASH = bytes(fmt.HASH_SIZE)
 
 
 def encode_batch(coder: ChunkCoder, chunks: list[memoryview], start: int = 0,
-                 hashing: bool = False, base: Sequence[MapEntry] | None = None,
-                 reuse: Mapping[int, MapEntry] | None = None) -> list[Encoded]:
-    """Encode chunks ``start, start + 1, ...`` of a payload (runs in the pool).
+                 hashing: bool = False,
+                 base: Sequence[MapEntry] | None = None) -> list[Encoded]:
+    """Encode chunks ``start, start + 1, ...`` of a payload (runs in the pool, or in the
+    caller when it is the commit's only batch).
 
     With ``hashing`` each chunk's content hash is computed; a chunk whose raw length and
     hash equal those of ``base[i]`` (the base generation's chunk at the same position) is
-    unchanged and comes back as that entry, not encoded. A chunk ``i`` in ``reuse`` (the
-    caller knows it unchanged: keyed state's clean key groups) comes back as ``reuse[i]``
-    without being read at all, if its raw length matches (else it is encoded).
+    unchanged and comes back as that entry, not encoded.
     """
     out: list[Encoded] = []
     for i, c in enumerate(chunks, start):
-        if reuse:
-            known = reuse.get(i)
-            if known is not None and known.raw == c.nbytes:
-                out.append((None, known.flags, known.crc, known.raw, known.hash, known))
-                continue
         digest = content_hash(c) if hashing else _NO_HASH
         if base is not None and i < len(base):
             old = base[i]
@@ -202,49 +217,96 @@ def target_slot(slots: list[SlotState]) -> int:
     return min(range(len(slots)), key=gens.__getitem__)
 
 
-def allocate(protected: set[int], k: int, need: int) -> list[int]:
-    """The ``need`` lowest data blocks (``>= k``) that no retained generation references."""
-    out: list[int] = []
-    b = k
-    while len(out) < need:
-        if b not in protected:
-            out.append(b)
-        b += 1
-    return out
+def allocate(protected: set[int], k: int) -> Iterator[int]:
+    """The data blocks (``>= k``) no retained generation references, lowest first, lazily:
+    a commit takes only the blocks it writes (the caller grew the lease for its worst case),
+    and skipping the protected ones runs in C."""
+    return itertools.filterfalse(protected.__contains__, itertools.count(k))
+
+
+@dataclass(slots=True)
+class Written:
+    """What :func:`write_chunks` did: the new map (entries and their packed bytes), the
+    blocks it references (reused ones included), the chunks written, the chunks visited
+    (sliced and handed to encoding: hashed, compared or encoded - never a known run's),
+    the bytes handed to the store, and the stored bytes of every entry."""
+
+    entries: list[MapEntry]
+    packed: bytes
+    blocks: set[int]
+    written: int
+    visited: int
+    bytes_written: int
+    stored: int
+
+
+def _plan(n_chunks: int, whole: int, per_task: int,
+          known: Sequence[tuple[int, StoredRun]]) -> Iterator[tuple[int, int] | StoredRun]:
+    """The commit's work in payload order: ranges of chunks to encode (at most ``per_task``
+    each) and the known runs, taken only in order, not overlapping, on whole chunks (the
+    first ``whole``); any other is encoded like the chunks around it."""
+    pos = 0
+    for start, run in known:
+        stop = start + len(run.entries)
+        if start < pos or stop > whole:
+            continue
+        for lo in range(pos, start, per_task):
+            yield lo, min(start, lo + per_task)
+        yield run
+        pos = stop
+    for lo in range(pos, n_chunks, per_task):
+        yield lo, min(n_chunks, lo + per_task)
 
 
 def write_chunks(lease: Lease, coder: ChunkCoder, segments: Sequence[memoryview],
                  alloc: Iterator[int], bs: int, *, hashing: bool = False,
                  base: Sequence[MapEntry] | None = None,
-                 reuse: Mapping[int, MapEntry] | None = None,
-                 ) -> tuple[list[MapEntry], set[int], int, int]:
+                 known: Sequence[tuple[int, StoredRun]] = ()) -> Written:
     """Encode (CRC, maybe zstd, maybe hash) chunks in the pool while earlier ones are
     written; pack compressed chunks several to a block; reuse ``base`` entries of unchanged
-    chunks (see :func:`encode_batch`). Blocks come from ``alloc`` only for written chunks.
-
-    Returns:
-        The map entries, the blocks they reference (reused ones included), the number of
-        chunks written and the bytes written.
+    chunks (see :func:`encode_batch`) and the entries of the ``known`` runs (``(first chunk,
+    run)``, see ``codec.Payload.reuse``) without visiting their chunks. Blocks come from
+    ``alloc`` only for written chunks. When the chunks to visit fit one batch they are
+    encoded in the calling thread: nothing would overlap, and a hand-over costs more than
+    a few chunks' work on a busy machine.
     """
     pool = worker_pool()
     per_task = max(1, WRITE_BATCH // bs)
-    chunk_iter = chunks(segments, bs)
-    inflight: deque[Future[list[Encoded]]] = deque()
-    submitted = 0
+    starts = segment_starts(segments)
+    length = starts[-1]
+    n_chunks = -(-length // bs)
+    plan = _plan(n_chunks, length // bs, per_task, known)
+    todo = n_chunks - sum(len(run.entries) for _, run in known)
+    inline = todo <= per_task
+    inflight: deque[Future[list[Encoded]] | list[Encoded] | StoredRun] = deque()
+    futures = 0
+    visited = 0
 
     def submit_next() -> bool:
-        nonlocal submitted
-        batch = [c for _, c in zip(range(per_task), chunk_iter)]
-        if not batch:
+        nonlocal futures, visited
+        item = next(plan, None)
+        if item is None:
             return False
-        inflight.append(pool.submit(encode_batch, coder, batch, submitted, hashing, base,
-                                    reuse))
-        submitted += len(batch)
+        if isinstance(item, StoredRun):
+            inflight.append(item)
+            return True
+        lo, hi = item
+        batch = list(chunks(segments, bs, lo, hi, starts))
+        visited += len(batch)
+        if inline:
+            inflight.append(encode_batch(coder, batch, lo, hashing, base))
+        else:
+            inflight.append(pool.submit(encode_batch, coder, batch, lo, hashing, base))
+            futures += 1
         return True
 
-    while len(inflight) < WINDOW and submit_next():
-        pass
+    def refill() -> None:
+        while futures < WINDOW and submit_next():
+            pass
+
+    refill()
     entries: list[MapEntry] = []
+    packed: list[bytes] = []
     used: set[int] = set()
     writes: list[tuple[int, memoryview | bytes | bytearray]] = []
     wbytes = 0
@@ -253,23 +315,39 @@ def write_chunks(lease: Lease, coder: ChunkCoder, segments: Sequence[memoryview]
     pack_fill = 0
     written = 0
     total_bytes = 0
+    stored_total = 0
     while inflight:
-        results = inflight.popleft().result()
-        submit_next()
+        item = inflight.popleft()
+        if isinstance(item, StoredRun):
+            entries.extend(item.entries)
+            packed.append(item.packed)
+            used |= item.blocks
+            stored_total += item.stored
+            refill()
+            continue
+        if isinstance(item, Future):
+            futures -= 1
+            results = item.result()
+        else:
+            results = item
+        refill()
         for stored, flags, crc, raw, digest, reused in results:
             if reused is not None or stored is None:
                 assert reused is not None
                 entries.append(reused)
+                packed.append(ENTRY.pack(*reused))
                 used.add(reused.block)
+                stored_total += reused.stored
                 continue
             written += 1
             n = len(stored) if isinstance(stored, bytes) else stored.nbytes
+            stored_total += n
             if flags == CHUNK_RAW:
                 b = next(alloc)
                 writes.append((b, stored))
                 wbytes += n
                 total_bytes += bs  # a short last chunk is padded to a block by the store
-                entries.append(MapEntry(b, 0, n, raw, crc, flags, digest))
+                entry = MapEntry(b, 0, n, raw, crc, flags, digest)
                 used.add(b)
             else:
                 if pack is None or pack_fill + n > bs:
@@ -280,8 +358,10 @@ def write_chunks(lease: Lease, coder: ChunkCoder, segments: Sequence[memoryview]
                     pack, pack_block, pack_fill = bytearray(bs), next(alloc), 0
                     used.add(pack_block)
                 pack[pack_fill:pack_fill + n] = stored
-                entries.append(MapEntry(pack_block, pack_fill, n, raw, crc, flags, digest))
+                entry = MapEntry(pack_block, pack_fill, n, raw, crc, flags, digest)
                 pack_fill += n
+            entries.append(entry)
+            packed.append(ENTRY.pack(*entry))
             if wbytes >= WRITE_BATCH:
                 lease.write_blocks(writes)
                 advance("checkpoint_bytes", wbytes)
@@ -292,14 +372,14 @@ def write_chunks(lease: Lease, coder: ChunkCoder, segments: Sequence[memoryview]
     if writes:
         lease.write_blocks(writes)
         advance("checkpoint_bytes", wbytes)
-    return entries, used, written, total_bytes
+    return Written(entries, b"".join(packed), used, written, visited, total_bytes, stored_total)
 
 
-def write_map(lease: Lease, entries: list[MapEntry], alloc: Iterator[int],
+def write_map(lease: Lease, raw: bytes, alloc: Iterator[int],
               inline: bool, n_map: int, bs: int) -> tuple[int, int, list[int], bytes]:
-    """Write the block map (spilled into chained map blocks unless ``inline``); return its
-    CRC, first map block, map blocks and the inline bytes."""
-    raw = fmt.pack_entries(entries)
+    """Write the block map ``raw`` (the packed entries, :attr:`Written.packed`; spilled into
+    chained map blocks unless ``inline``); return its CRC, first map block, map blocks and
+    the inline bytes."""
     if inline:
         return crc32c(raw), 0, [], raw
     epb = fmt.entries_per_map_block(bs)
