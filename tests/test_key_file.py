@@ -78,6 +78,37 @@ def test_key_file_missing_empty_or_not_text_refused(tmp_path: Path) -> None:
     assert issubclass(KeyFileError, KeySettingError) and issubclass(KeyFileError, ValueError)
 
 
+def test_env_key_is_stripped_like_the_key_file(tmp_path: Path,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    """The same key text is the same key from $BLOCKPOINT_CHECKPOINT_KEY and from a key file
+    (review 19, F2: the variable was used byte for byte, the file's lines stripped, so moving
+    a key into a key file changed it). The raw value stays an old key, with one warning that
+    names the variable, never the key."""
+    import blockstore.keys as keys_mod
+
+    getattr(keys_mod, "_warned_whitespace", set()).clear()  # warned once per process
+    text = "SEKRIT-key\n"  # what `kubectl create secret --from-file` puts in the variable
+    from_file = resolve_keys(environ={KEY_FILE_ENV: _key_file(tmp_path, text)})
+    with caplog.at_level("WARNING", logger="blockstore.keys"):
+        from_env = resolve_keys(environ={KEY_ENV: text})
+        again = resolve_keys(environ={KEY_ENV: " SEKRIT-key\t"})
+    assert from_env is not None and from_file is not None and again is not None
+    assert from_env.current == from_file.current == again.current == b"SEKRIT-key"
+    # checkpoints MACed before with the whitespace still verify (accepted, never written)
+    assert from_env.old == (b"SEKRIT-key\n",) and again.old == (b" SEKRIT-key\t",)
+    ours = [r for r in caplog.records if r.name == "blockstore.keys"]
+    assert len(ours) == 1 and KEY_ENV in ours[0].getMessage()          # warned once
+    assert "SEKRIT" not in ours[0].getMessage() and "retention" in ours[0].getMessage()
+    # a value without whitespace: no old key added, no warning
+    assert resolve_keys(environ={KEY_ENV: "SEKRIT-key"}).old == ()  # type: ignore[union-attr]
+    # old keys are stripped the same way, each keeping its raw value after it
+    ring = resolve_keys(environ={KEY_ENV: "cur", OLD_KEYS_ENV: " old-1 , old-2, ,"})
+    assert ring is not None and ring.old == (b"old-1", b" old-1 ", b"old-2", b" old-2")
+    with pytest.raises(KeySettingError, match="only whitespace") as err:
+        resolve_keys(environ={KEY_ENV: " \n"})
+    assert KEY_ENV in str(err.value)
+
+
 def test_key_file_and_key_both_set_refused(tmp_path: Path) -> None:
     path = _key_file(tmp_path, "from-file\n")
     with pytest.raises(KeySettingError, match="both"):
