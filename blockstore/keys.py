@@ -61,7 +61,7 @@ from dataclasses import dataclass
 from .errors import KeyFileError, KeySettingError
 
 __all__ = ["KEY_ENV", "KEY_FILE_ENV", "OLD_KEYS_ENV", "KeyRing", "KeySetting", "env_keys",
-           "read_key_file", "resolve_keys"]
+           "read_key_file", "resolve_keys", "shipped_by_ray"]
 
 KEY_ENV = "BLOCKPOINT_CHECKPOINT_KEY"
 OLD_KEYS_ENV = "BLOCKPOINT_CHECKPOINT_OLD_KEYS"
@@ -149,9 +149,11 @@ class KeyRing:
 KeySetting = KeyRing | bytes | bytearray | str | Sequence[bytes | str] | None
 
 
-def _shipped_by_ray(path: str) -> str | None:
+def shipped_by_ray(path: str) -> str | None:
     """The directory of a Ray runtime-env package (``.../runtime_resources/.../_ray_pkg_*``)
-    that ``path`` lies in, if any: such files were uploaded to Ray's GCS by a driver."""
+    that ``path`` lies in, if any: such files were uploaded to Ray's GCS by a driver. The
+    one check for every secret file read from the node (the key file here, the AWS shared
+    credentials file in ``blockstore/credentials.py``)."""
     parts = os.path.realpath(path).split(os.sep)
     for i, part in enumerate(parts):
         if part.startswith("_ray_pkg_") and "runtime_resources" in parts[:i]:
@@ -190,7 +192,7 @@ def read_key_file(path: str) -> KeyRing:
                            "resolves in whatever directory a worker runs in - under Ray, the "
                            "job's working_dir, which Ray ships through its GCS); if you put "
                            f"the key itself there, move it into a 0600 file", path=shown)
-    shipped = _shipped_by_ray(path)
+    shipped = shipped_by_ray(path)
     if shipped:
         raise KeyFileError(f"${KEY_FILE_ENV}: {path!r} lies in {shipped!r}, a package Ray "
                            "unpacked from its GCS (a runtime env's working_dir or py_modules): "

@@ -149,6 +149,41 @@ def test_shared_credentials_file_read_for_s3(tmp_path: Path) -> None:
 
 
 
+def test_shared_credentials_file_shipped_by_ray_or_relative_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 19, F8: a credentials file in a package Ray unpacked (``ray job submit
+    --working-dir`` with the file in the project) or named by a relative path (resolved in
+    the worker's cwd, the unpacked working_dir) is refused as the key file is, with an error
+    naming the variable and why - never a secret. Before, both were read."""
+    pkg = tmp_path / "session_x" / "runtime_resources" / "working_dir_files" / "_ray_pkg_0a1b"
+    pkg.mkdir(parents=True)
+    creds = pkg / "creds"
+    creds.write_text("[default]\naws_access_key_id = AKIDSHIPPED\n"
+                     "aws_secret_access_key = SEKRIT-shipped\n")
+    creds.chmod(0o600)
+    key = _key_file(pkg, "SEKRIT-key\n")
+    with pytest.raises(KeyFileError, match="a package Ray"):  # the key file: as before
+        resolve_keys(environ={KEY_FILE_ENV: key})
+    with pytest.raises(StoreConfigError) as err:
+        s3_credential_provider({"AWS_SHARED_CREDENTIALS_FILE": str(creds)})
+    msg = str(err.value)
+    assert "$AWS_SHARED_CREDENTIALS_FILE" in msg and "a package Ray unpacked" in msg
+    assert "rotate" in msg and "SEKRIT" not in msg and "AKID" not in msg
+    monkeypatch.chdir(pkg)
+    for relative in ("creds", "./creds"):
+        with pytest.raises(StoreConfigError, match="not an absolute path") as err:
+            s3_credential_provider({"AWS_SHARED_CREDENTIALS_FILE": relative})
+        assert "$AWS_SHARED_CREDENTIALS_FILE" in str(err.value)
+        assert f"<{len(relative)} characters, not shown>" in str(err.value)
+    # the same file outside a Ray package, and ~ expanded as the AWS CLI does, are read
+    home = tmp_path / "home"
+    (home / "aws").mkdir(parents=True)
+    (home / "aws" / "credentials").write_text(creds.read_text())
+    monkeypatch.setenv("HOME", str(home))
+    p = s3_credential_provider({"AWS_SHARED_CREDENTIALS_FILE": "~/aws/credentials"})
+    assert p is not None and p()["access_key_id"] == "AKIDSHIPPED"
+
+
 def test_s3_store_opened_with_only_a_shared_credentials_file(s3_server: Any,
                                                             tmp_path: Path) -> None:
     """A process with no AWS variable but a credentials file reaches the store (before,
