@@ -77,9 +77,10 @@ _MAX_KEY_FILE = 64 * 1024
 
 
 def env_keys(value: str, what: str) -> tuple[bytes, ...]:
-    """The keys of one environment value named ``what`` (for messages): stripped of surrounding whitespace (as a key
-    file's lines are), then, when that changed it, the raw value - the key checkpoints
-    written before this rule were MACed with, accepted as an old key (module docstring).
+    """The keys of one environment value named ``what`` (for messages): the value stripped
+    of surrounding whitespace (as a key file's lines are), then, when that changed it, the
+    raw value - the key checkpoints written before this rule were MACed with, accepted as
+    an old key (module docstring).
 
     Raises:
         KeySettingError: the value is only whitespace, or not UTF-8.
