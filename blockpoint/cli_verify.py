@@ -42,7 +42,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     from blockstore import open_store
-    from blockstore.keys import KEY_ENV, KEY_FILE_ENV, KeyRing, resolve_keys
+    from blockstore.keys import KEY_ENV, KEY_FILE_ENV, KeyRing, env_keys, resolve_keys
 
     try:
         ring = resolve_keys()  # $BLOCKPOINT_CHECKPOINT_KEY and the rotated-out old keys
@@ -54,12 +54,12 @@ def _verify(args: argparse.Namespace) -> int:
         if not key:
             print(f"blockpoint verify: ${args.key_env} is not set", file=sys.stderr)
             return 2
-        try:
-            current = resolve_keys(key).current  # type: ignore[union-attr]
-        except ValueError as exc:  # KeySettingError: not UTF-8; names no key
-            print(f"blockpoint verify: ${args.key_env}: {exc}", file=sys.stderr)
+        try:  # read as $BLOCKPOINT_CHECKPOINT_KEY is: stripped, the raw value an old key
+            current, *raw = env_keys(key, f"${args.key_env}")
+        except ValueError as exc:  # KeySettingError: names the variable, never the key
+            print(f"blockpoint verify: {exc}", file=sys.stderr)
             return 2
-        ring = KeyRing(current, ring.all if ring is not None else ())
+        ring = KeyRing(current, (*raw, *(ring.all if ring is not None else ())))
     store = open_store(args.store, create=False)
     rows: list[dict[str, Any]] = []
     corrupt = False

@@ -33,8 +33,8 @@ from .cli_scheduler import _check_reachable
 from .errors import DemoSetupError
 
 __all__ = ["FORWARDED_ENV", "LOCAL_HEALTH_CHECKS", "AttachedDemoCluster", "DemoCluster",
-           "LocalDemoCluster", "cluster_for", "refuse_secrets_in_runtime_env",
-           "secrets_in_job_runtime_env", "start"]
+           "LocalDemoCluster", "cluster_for", "job_entrypoint", "refuse_secrets_in_runtime_env",
+           "secrets_in_job_entrypoint", "secrets_in_job_runtime_env", "start"]
 
 _HEAD_RESOURCE = "node:__internal_head__"
 
@@ -177,8 +177,63 @@ def secrets_in_job_runtime_env(environ: Mapping[str, str] | None = None) -> list
     return [k for k in SECRET_ENV if k in env_vars]
 
 
-def refuse_secrets_in_runtime_env(names: Sequence[str]) -> None:
-    """Refuse a job whose runtime env carries secrets (``names``), saying what to do instead.
+#: The shortest environment value looked for in a job's entrypoint (a shorter one would
+#: be found by chance in any command line; a real key or secret is far longer).
+_MIN_SECRET_SEEN = 8
+
+
+def secrets_in_job_entrypoint(entrypoint: str,
+                              environ: Mapping[str, str] | None = None) -> list[str]:
+    """The secret variables (names) that a job's ``entrypoint`` carries: assigned there
+    (``ray job submit -- env BLOCKPOINT_CHECKPOINT_KEY=... blockpoint demo``, ``NAME=...
+    cmd``), or whose value in ``environ`` (default ``os.environ``: what the entrypoint gave
+    this driver) appears in it - e.g. the key pasted as an argument. Values of fewer than
+    8 characters are not looked for. Names only, never a value."""
+    import re
+
+    from blockstore.redact import SECRET_ENV
+
+    env = os.environ if environ is None else environ
+    found = []
+    for name in SECRET_ENV:
+        values = [v.strip() for v in env.get(name, "").split(",")] \
+            if name.endswith("_KEYS") else [env.get(name, "").strip()]
+        if (re.search(rf"(?<![A-Za-z0-9_]){name}\s*=", entrypoint)
+                or any(len(v) >= _MIN_SECRET_SEEN and v in entrypoint for v in values)):
+            found.append(name)
+    return found
+
+
+def job_entrypoint() -> str | None:
+    """The entrypoint of the job this driver runs as (``ray job submit -- ENTRYPOINT``), as
+    Ray's job table keeps it and shows it (``ray list jobs --detail``, the dashboard); None
+    outside a submitted job or when it cannot be read. Needs ``ray.init`` done."""
+    import json
+
+    from ray._private import ray_constants
+    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
+    from ray.dashboard.modules.job.common import (
+        JOB_ID_METADATA_KEY,
+        JobInfoStorageClient,
+    )
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    try:
+        config = json.loads(os.environ.get(RAY_JOB_CONFIG_JSON_ENV_VAR) or "{}")
+        submission_id = (config.get("metadata") or {}).get(JOB_ID_METADATA_KEY)
+        if not submission_id:
+            return None
+        raw = _internal_kv_get(JobInfoStorageClient.JOB_DATA_KEY.format(job_id=submission_id),
+                               namespace=ray_constants.KV_NAMESPACE_JOB)
+        entrypoint = json.loads(raw).get("entrypoint") if raw else None
+    except Exception:  # noqa: BLE001 - the check is best effort, never the run's failure
+        return None
+    return entrypoint if isinstance(entrypoint, str) else None
+
+
+def refuse_secrets_in_runtime_env(names: Sequence[str], where: str = "runtime_env") -> None:
+    """Refuse a job whose runtime env (or, ``where="entrypoint"``, entrypoint) carries
+    secrets (``names``), saying what to do instead.
 
     Raises:
         DemoSetupError: ``names`` is not empty.
@@ -186,9 +241,11 @@ def refuse_secrets_in_runtime_env(names: Sequence[str]) -> None:
     if not names:
         return
     listed = ", ".join(f"${n}" for n in names)
+    kept = ("runtime env in its job table" if where == "runtime_env" else
+            "entrypoint in its job table and echoes it at the top of the job's log")
     raise DemoSetupError(
-        f"the job's runtime_env carries {listed}: Ray keeps a job's runtime env in its job "
-        "table, where the dashboard and `ray list jobs --detail` show it to anyone who "
+        f"the job's {where} carries {listed}: Ray keeps a job's {kept}, "
+        "where the dashboard and `ray list jobs --detail` show it to anyone who "
         "reaches them - treat those values as exposed and rotate them. Give the nodes their "
         "secrets instead: the checkpoint key in a file (mode 0600, the same path on every "
         "node, e.g. cluster.yaml's file_mounts) named by $BLOCKPOINT_CHECKPOINT_KEY_FILE "
@@ -258,6 +315,11 @@ class AttachedDemoCluster(DemoCluster):
             raise DemoSetupError(f"cannot attach to the Ray cluster at {self.address}: "
                                  f"{type(exc).__name__}: {_first_line(exc)}",
                                  what="address") from exc
+        if RAY_JOB_CONFIG_JSON_ENV_VAR in os.environ:  # the entrypoint is in the job table too
+            names = secrets_in_job_entrypoint(job_entrypoint() or "")
+            if names:
+                ray.shutdown()
+                refuse_secrets_in_runtime_env(names, where="entrypoint")
         alive = [n for n in ray.nodes() if n.get("Alive")]
         heads = [n["NodeID"] for n in alive if _HEAD_RESOURCE in n.get("Resources", {})]
         if not heads:

@@ -30,6 +30,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .errors import StoreConfigError
+from .keys import shipped_by_ray
 
 __all__ = ["SharedCredentialsFile", "s3_credential_provider"]
 
@@ -98,6 +99,40 @@ class SharedCredentialsFile:
         return {"token": None, **creds, "expires_at": datetime.now(UTC) + _LIFE}
 
 
+def _credentials_path(named: str) -> str:
+    """The shared credentials file to read: ``named`` (``$AWS_SHARED_CREDENTIALS_FILE``,
+    ``~`` expanded as the AWS CLI does) or ``~/.aws/credentials``.
+
+    Refused as the key file is (``blockstore/keys.py``): a relative path (it resolves in
+    whatever directory a worker runs in - under Ray, the job's working_dir, shipped through
+    Ray's GCS) and a file in a package Ray unpacked (``ray job submit --working-dir`` with
+    the file in the project): the secret went through Ray.
+
+    Raises:
+        StoreConfigError: naming the variable and why; a relative value is not shown (it may
+            be a secret pasted in the variable), the file's content never.
+    """
+    var = "$AWS_SHARED_CREDENTIALS_FILE"
+    path = os.path.expanduser(named) if named else os.path.join(
+        os.path.expanduser("~"), ".aws", "credentials")
+    if named and not os.path.isabs(path):
+        raise StoreConfigError(
+            f"{var} is not an absolute path (<{len(named)} characters, not shown>): give "
+            "the absolute path of the credentials file on the node (a relative one resolves "
+            "in whatever directory a worker runs in - under Ray, the job's working_dir, "
+            "which Ray ships through its GCS), or unset it for ~/.aws/credentials")
+    shipped = shipped_by_ray(path)
+    if shipped:
+        what = var if named else "~/.aws/credentials"
+        raise StoreConfigError(
+            f"{what}: {path!r} lies in {shipped!r}, a package Ray unpacked from its GCS (a "
+            "runtime env's working_dir or py_modules): the object-store secret went through "
+            "Ray, readable by every client of the cluster. Keep the credentials file outside "
+            "the project directory (e.g. ~/.aws/credentials on every node, cluster.yaml's "
+            "file_mounts) and rotate the keys in it")
+    return path
+
+
 def s3_credential_provider(environ: Mapping[str, str] | None = None
                            ) -> SharedCredentialsFile | None:
     """The provider to give obstore's ``S3Store``, or ``None`` to leave obstore's chain alone.
@@ -109,13 +144,13 @@ def s3_credential_provider(environ: Mapping[str, str] | None = None
     Raises:
         StoreConfigError: ``$AWS_PROFILE`` names a profile the file has no static keys for
             (as the AWS CLI refuses an unknown profile): the store is never opened with
-            another identity than the one chosen.
+            another identity than the one chosen. Or the file would be read from a relative
+            path or from a package Ray shipped (:func:`_credentials_path`).
     """
     env = os.environ if environ is None else environ
     if any(env.get(k) for k in _CHAIN_FIRST):
         return None
-    path = env.get("AWS_SHARED_CREDENTIALS_FILE") or os.path.join(
-        os.path.expanduser("~"), ".aws", "credentials")
+    path = _credentials_path(env.get("AWS_SHARED_CREDENTIALS_FILE", ""))
     chosen = env.get("AWS_PROFILE") or ""
     provider = SharedCredentialsFile(path, chosen or "default")
     if provider.read() is not None:

@@ -20,11 +20,25 @@ The setting, read from the process environment when the key is resolved (never a
   is refused with :class:`~blockstore.errors.KeyFileError` (as ``ssh`` refuses a private
   key), so is a missing, unreadable, empty or non-UTF-8 file. The file is read again at
   every resolution, so a rotation needs no restart.
-* ``BLOCKPOINT_CHECKPOINT_KEY``: the current key itself (its UTF-8 bytes);
+* ``BLOCKPOINT_CHECKPOINT_KEY``: the current key itself (the UTF-8 bytes of the value
+  stripped of surrounding whitespace, as a key file's line is);
 * ``BLOCKPOINT_CHECKPOINT_OLD_KEYS``: old keys, comma-separated (so a key never contains a
-  comma); empty items are ignored; added to the file's old keys when both are set. Old keys
-  without a current key are a configuration error, and so is a key file together with
-  ``BLOCKPOINT_CHECKPOINT_KEY`` (which one is meant?).
+  comma), each stripped the same way; empty items are ignored; added to the file's old keys
+  when both are set. Old keys without a current key are a configuration error, and so is a
+  key file together with ``BLOCKPOINT_CHECKPOINT_KEY`` (which one is meant?).
+
+Why the environment is stripped like the file: the same key text must be the same key
+whichever way it comes, or moving a key from the environment into a key file (the way onto
+a cluster, below) silently changes it. A value read with ``$(cat keyfile)`` loses its
+trailing newline but one from a Kubernetes secret (``--from-file``) keeps it. Until this
+rule, an environment value was used byte for byte: checkpoints written under a value with
+surrounding whitespace were MACed with it. So a variable whose value differs once stripped
+also contributes its raw value as an *old* key (accepted when verifying, never written
+with) and logs a warning once per process naming the variable (never the key): those
+checkpoints stay readable while the variable keeps its whitespace, and are rewritten with
+the stripped key as stages checkpoint. A key file (its lines were always stripped) and a
+stripped variable no longer accept them - let every stage checkpoint ``retention`` times
+before moving such a key (docs/OPERATIONS.md, "Keys and rotation").
 
 Why a file is the way onto a Ray cluster: whatever goes into a job's or an actor's
 ``runtime_env`` (``ray.init(runtime_env={"env_vars": ...})``, ``ray job submit
@@ -38,6 +52,7 @@ themselves; never pass it in a ``runtime_env``.
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 from collections.abc import Mapping, Sequence
@@ -45,15 +60,46 @@ from dataclasses import dataclass
 
 from .errors import KeyFileError, KeySettingError
 
-__all__ = ["KEY_ENV", "KEY_FILE_ENV", "OLD_KEYS_ENV", "KeyRing", "KeySetting", "read_key_file",
-           "resolve_keys"]
+__all__ = ["KEY_ENV", "KEY_FILE_ENV", "OLD_KEYS_ENV", "KeyRing", "KeySetting", "env_keys",
+           "read_key_file", "resolve_keys", "shipped_by_ray"]
 
 KEY_ENV = "BLOCKPOINT_CHECKPOINT_KEY"
 OLD_KEYS_ENV = "BLOCKPOINT_CHECKPOINT_OLD_KEYS"
 KEY_FILE_ENV = "BLOCKPOINT_CHECKPOINT_KEY_FILE"
 
+log = logging.getLogger(__name__)
+
+#: The variables whose surrounding whitespace was warned about in this process.
+_warned_whitespace: set[str] = set()
+
 #: The largest key file read (a key ring is a few lines; anything bigger is not one).
 _MAX_KEY_FILE = 64 * 1024
+
+
+def env_keys(value: str, what: str) -> tuple[bytes, ...]:
+    """The keys of one environment value named ``what`` (for messages): the value stripped
+    of surrounding whitespace (as a key file's lines are), then, when that changed it, the
+    raw value - the key checkpoints written before this rule were MACed with, accepted as
+    an old key (module docstring).
+
+    Raises:
+        KeySettingError: the value is only whitespace, or not UTF-8.
+    """
+    stripped = value.strip()
+    if not stripped:
+        raise KeySettingError(f"{what} is only whitespace: not a key (set the key, or "
+                              "unset the variable)")
+    if stripped == value:
+        return (_as_key(value, what),)
+    if what not in _warned_whitespace:
+        _warned_whitespace.add(what)
+        log.warning("%s has whitespace around the key (e.g. a trailing newline): the key is "
+                    "the value stripped, as in a key file; checkpoints MACed earlier with "
+                    "the whitespace are still accepted, as an old key, only while the "
+                    "variable keeps it - let every stage checkpoint `retention` times before "
+                    "moving the key into a key file (docs/OPERATIONS.md, 'Keys and "
+                    "rotation'). (Warned once per process.)", what)
+    return (_as_key(stripped, what), _as_key(value, what))
 
 
 def _as_key(value: bytes | bytearray | str, what: str) -> bytes:
@@ -104,9 +150,11 @@ class KeyRing:
 KeySetting = KeyRing | bytes | bytearray | str | Sequence[bytes | str] | None
 
 
-def _shipped_by_ray(path: str) -> str | None:
+def shipped_by_ray(path: str) -> str | None:
     """The directory of a Ray runtime-env package (``.../runtime_resources/.../_ray_pkg_*``)
-    that ``path`` lies in, if any: such files were uploaded to Ray's GCS by a driver."""
+    that ``path`` lies in, if any: such files were uploaded to Ray's GCS by a driver. The
+    one check for every secret file read from the node (the key file here, the AWS shared
+    credentials file in ``blockstore/credentials.py``)."""
     parts = os.path.realpath(path).split(os.sep)
     for i, part in enumerate(parts):
         if part.startswith("_ray_pkg_") and "runtime_resources" in parts[:i]:
@@ -145,7 +193,7 @@ def read_key_file(path: str) -> KeyRing:
                            "resolves in whatever directory a worker runs in - under Ray, the "
                            "job's working_dir, which Ray ships through its GCS); if you put "
                            f"the key itself there, move it into a 0600 file", path=shown)
-    shipped = _shipped_by_ray(path)
+    shipped = shipped_by_ray(path)
     if shipped:
         raise KeyFileError(f"${KEY_FILE_ENV}: {path!r} lies in {shipped!r}, a package Ray "
                            "unpacked from its GCS (a runtime env's working_dir or py_modules): "
@@ -225,8 +273,8 @@ def resolve_keys(key: KeySetting = None, *,
     if key is None:
         env = os.environ if environ is None else environ
         current = env.get(KEY_ENV, "")
-        old = tuple(_as_key(k, f"key in ${OLD_KEYS_ENV}")
-                    for k in env.get(OLD_KEYS_ENV, "").split(",") if k)
+        old = tuple(k for item in env.get(OLD_KEYS_ENV, "").split(",") if item.strip()
+                    for k in env_keys(item, f"${OLD_KEYS_ENV}"))
         path = env.get(KEY_FILE_ENV, "")
         if path:
             if current:
@@ -239,7 +287,8 @@ def resolve_keys(key: KeySetting = None, *,
                 raise KeySettingError(f"${OLD_KEYS_ENV} is set but ${KEY_ENV} is not: set "
                                       "the current key (checkpoints are written with it)")
             return None
-        return KeyRing(_as_key(current, f"${KEY_ENV}"), old)
+        first, *raw = env_keys(current, f"${KEY_ENV}")
+        return KeyRing(first, (*raw, *old))
     if isinstance(key, (bytes, bytearray, str)):
         return KeyRing(_as_key(key, "key"))
     keys = [_as_key(k, "key") for k in key]

@@ -126,3 +126,40 @@ def test_a_job_whose_runtime_env_carries_a_secret_is_refused() -> None:
     from blockstore.redact import SECRET_ENV
     assert not set(FORWARDED_ENV) & set(SECRET_ENV)
     assert "AWS_ACCESS_KEY_ID" not in FORWARDED_ENV  # half of a pair the nodes have their own of
+
+
+def test_secrets_in_the_job_entrypoint_named_never_shown() -> None:
+    """``ray job submit -- env BLOCKPOINT_CHECKPOINT_KEY=... blockpoint demo`` (or a secret
+    pasted as an argument) puts the secret in the job's entrypoint, which Ray's job table
+    keeps and shows as it does the runtime env (review 19, "Risk"): found by name when
+    assigned there, by value when this driver's secret appears in it; refused like the
+    runtime env, naming the variable, never the value."""
+    from blockpoint.demo_cluster import (
+        refuse_secrets_in_runtime_env,
+        secrets_in_job_entrypoint,
+    )
+
+    key, aws = "SEKRIT-checkpoint-key-0123", "SEKRIT-aws-secret-4567"
+    env = {"BLOCKPOINT_CHECKPOINT_KEY": key, "AWS_SECRET_ACCESS_KEY": aws,
+           "BLOCKPOINT_CHECKPOINT_OLD_KEYS": "SEKRIT-old-key-89ab, short"}
+    assert secrets_in_job_entrypoint(
+        f"env BLOCKPOINT_CHECKPOINT_KEY={key} blockpoint demo --quick", env) == [
+            "BLOCKPOINT_CHECKPOINT_KEY"]
+    assert secrets_in_job_entrypoint(
+        "AWS_SECRET_ACCESS_KEY='x' BLOCKPOINT_CHECKPOINT_KEY=$(cat k) python -m blockpoint demo",
+        {}) == ["AWS_SECRET_ACCESS_KEY", "BLOCKPOINT_CHECKPOINT_KEY"]
+    assert secrets_in_job_entrypoint(f"python run.py --secret {aws}", env) == [
+        "AWS_SECRET_ACCESS_KEY"]                                       # pasted: by value
+    assert secrets_in_job_entrypoint("demo --k SEKRIT-old-key-89ab", env) == [
+        "BLOCKPOINT_CHECKPOINT_OLD_KEYS"]                              # one of the old keys
+    # not secrets: a key file's path, the store URL, a short value seen by chance
+    assert secrets_in_job_entrypoint(
+        "env BLOCKPOINT_CHECKPOINT_KEY_FILE=/k/key BLOCKPOINT_STORE_URL=s3://b/p "
+        "python -m blockpoint demo --short", env) == []
+    assert secrets_in_job_entrypoint("", env) == []                    # not a job
+    with pytest.raises(DemoSetupError) as err:
+        refuse_secrets_in_runtime_env(["BLOCKPOINT_CHECKPOINT_KEY"], where="entrypoint")
+    text = str(err.value)
+    assert "entrypoint carries $BLOCKPOINT_CHECKPOINT_KEY" in text and "job table" in text
+    assert "rotate" in text and "BLOCKPOINT_CHECKPOINT_KEY_FILE" in text
+    assert "SEKRIT" not in text and err.value.what == "key"

@@ -78,6 +78,37 @@ def test_key_file_missing_empty_or_not_text_refused(tmp_path: Path) -> None:
     assert issubclass(KeyFileError, KeySettingError) and issubclass(KeyFileError, ValueError)
 
 
+def test_env_key_is_stripped_like_the_key_file(tmp_path: Path,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    """The same key text is the same key from $BLOCKPOINT_CHECKPOINT_KEY and from a key file
+    (review 19, F2: the variable was used byte for byte, the file's lines stripped, so moving
+    a key into a key file changed it). The raw value stays an old key, with one warning that
+    names the variable, never the key."""
+    import blockstore.keys as keys_mod
+
+    getattr(keys_mod, "_warned_whitespace", set()).clear()  # warned once per process
+    text = "SEKRIT-key\n"  # what `kubectl create secret --from-file` puts in the variable
+    from_file = resolve_keys(environ={KEY_FILE_ENV: _key_file(tmp_path, text)})
+    with caplog.at_level("WARNING", logger="blockstore.keys"):
+        from_env = resolve_keys(environ={KEY_ENV: text})
+        again = resolve_keys(environ={KEY_ENV: " SEKRIT-key\t"})
+    assert from_env is not None and from_file is not None and again is not None
+    assert from_env.current == from_file.current == again.current == b"SEKRIT-key"
+    # checkpoints MACed before with the whitespace still verify (accepted, never written)
+    assert from_env.old == (b"SEKRIT-key\n",) and again.old == (b" SEKRIT-key\t",)
+    ours = [r for r in caplog.records if r.name == "blockstore.keys"]
+    assert len(ours) == 1 and KEY_ENV in ours[0].getMessage()          # warned once
+    assert "SEKRIT" not in ours[0].getMessage() and "retention" in ours[0].getMessage()
+    # a value without whitespace: no old key added, no warning
+    assert resolve_keys(environ={KEY_ENV: "SEKRIT-key"}).old == ()  # type: ignore[union-attr]
+    # old keys are stripped the same way, each keeping its raw value after it
+    ring = resolve_keys(environ={KEY_ENV: "cur", OLD_KEYS_ENV: " old-1 , old-2, ,"})
+    assert ring is not None and ring.old == (b"old-1", b" old-1 ", b"old-2", b" old-2")
+    with pytest.raises(KeySettingError, match="only whitespace") as err:
+        resolve_keys(environ={KEY_ENV: " \n"})
+    assert KEY_ENV in str(err.value)
+
+
 def test_key_file_and_key_both_set_refused(tmp_path: Path) -> None:
     path = _key_file(tmp_path, "from-file\n")
     with pytest.raises(KeySettingError, match="both"):
@@ -116,6 +147,41 @@ def test_shared_credentials_file_read_for_s3(tmp_path: Path) -> None:
         s3_credential_provider({"AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no"),
                                 "AWS_PROFILE": "other"})
 
+
+
+def test_shared_credentials_file_shipped_by_ray_or_relative_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 19, F8: a credentials file in a package Ray unpacked (``ray job submit
+    --working-dir`` with the file in the project) or named by a relative path (resolved in
+    the worker's cwd, the unpacked working_dir) is refused as the key file is, with an error
+    naming the variable and why - never a secret. Before, both were read."""
+    pkg = tmp_path / "session_x" / "runtime_resources" / "working_dir_files" / "_ray_pkg_0a1b"
+    pkg.mkdir(parents=True)
+    creds = pkg / "creds"
+    creds.write_text("[default]\naws_access_key_id = AKIDSHIPPED\n"
+                     "aws_secret_access_key = SEKRIT-shipped\n")
+    creds.chmod(0o600)
+    key = _key_file(pkg, "SEKRIT-key\n")
+    with pytest.raises(KeyFileError, match="a package Ray"):  # the key file: as before
+        resolve_keys(environ={KEY_FILE_ENV: key})
+    with pytest.raises(StoreConfigError) as err:
+        s3_credential_provider({"AWS_SHARED_CREDENTIALS_FILE": str(creds)})
+    msg = str(err.value)
+    assert "$AWS_SHARED_CREDENTIALS_FILE" in msg and "a package Ray unpacked" in msg
+    assert "rotate" in msg and "SEKRIT" not in msg and "AKID" not in msg
+    monkeypatch.chdir(pkg)
+    for relative in ("creds", "./creds"):
+        with pytest.raises(StoreConfigError, match="not an absolute path") as err:
+            s3_credential_provider({"AWS_SHARED_CREDENTIALS_FILE": relative})
+        assert "$AWS_SHARED_CREDENTIALS_FILE" in str(err.value)
+        assert f"<{len(relative)} characters, not shown>" in str(err.value)
+    # the same file outside a Ray package, and ~ expanded as the AWS CLI does, are read
+    home = tmp_path / "home"
+    (home / "aws").mkdir(parents=True)
+    (home / "aws" / "credentials").write_text(creds.read_text())
+    monkeypatch.setenv("HOME", str(home))
+    p = s3_credential_provider({"AWS_SHARED_CREDENTIALS_FILE": "~/aws/credentials"})
+    assert p is not None and p()["access_key_id"] == "AKIDSHIPPED"
 
 
 def test_s3_store_opened_with_only_a_shared_credentials_file(s3_server: Any,

@@ -74,3 +74,39 @@ def test_a_node_without_the_new_key_refuses_instead_of_rolling_back(
     b.add(1)
     monkeypatch.setenv("BLOCKPOINT_CHECKPOINT_KEY_FILE", new)
     assert _start(store).state == {"n": 5}
+
+
+def test_an_env_key_with_a_newline_moved_into_a_key_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 19, F2: $BLOCKPOINT_CHECKPOINT_KEY is now stripped as a key file's lines are.
+    A generation MACed earlier under the raw value (with its newline; written here with that
+    key given explicitly, as the old code did from the variable) still restores while the
+    variable keeps the newline; the next checkpoint is written under the stripped key, which
+    the key file holding the same text then accepts."""
+    from blockstore import FileStore
+    from stages import CheckpointedStageState
+
+    monkeypatch.delenv("BLOCKPOINT_CHECKPOINT_OLD_KEYS", raising=False)
+    monkeypatch.delenv("BLOCKPOINT_CHECKPOINT_KEY_FILE", raising=False)
+    with FileStore(tmp_path / "s", 4096) as store:
+        lease = store.acquire("st")
+        CheckpointedStageState({"n": 1}, lease, key=b"key-TEXT\n", retention=2).checkpoint()
+        monkeypatch.setenv("BLOCKPOINT_CHECKPOINT_KEY", "key-TEXT\n")   # as it was written
+        css = CheckpointedStageState.restore(lease)
+        assert css.state == {"n": 1}
+        monkeypatch.delenv("BLOCKPOINT_CHECKPOINT_KEY")
+        key_file = _key_file(tmp_path / "key", ["key-TEXT"])
+        monkeypatch.setenv("BLOCKPOINT_CHECKPOINT_KEY_FILE", key_file)
+        with pytest.raises(CheckpointAuthError):                         # the documented limit
+            CheckpointedStageState.restore(store.open_reader("st"))
+        monkeypatch.delenv("BLOCKPOINT_CHECKPOINT_KEY_FILE")
+        monkeypatch.setenv("BLOCKPOINT_CHECKPOINT_KEY", "key-TEXT\n")
+        css.state = {"n": 2}
+        css.checkpoint()                                                 # under b"key-TEXT"
+        css.state = {"n": 3}
+        css.checkpoint()                                                 # retention (2) times
+        monkeypatch.delenv("BLOCKPOINT_CHECKPOINT_KEY")
+        monkeypatch.setenv("BLOCKPOINT_CHECKPOINT_KEY_FILE", key_file)
+        assert CheckpointedStageState.restore(store.open_reader("st")).state == {"n": 3}
+        assert CheckpointedStageState.restore(
+            store.open_reader("st"), key=b"key-TEXT").state == {"n": 3}

@@ -349,3 +349,43 @@ def test_demo_attached_from_a_shell_then_inspected(s3_server: Any, ray_cluster: 
     assert "preempt" in kinds and kinds & {"restore", "move"}, kinds
     assert re.search(r"checkpoints authenticated\s+yes: \d+ of \d+ generations", demo.stdout)
     _assert_secrets_not_shown(ray_cluster, store.group(1), key)
+
+
+def test_demo_submitted_with_the_key_in_its_entrypoint_refused(s3_server: Any,
+                                                                ray_cluster: Any,
+                                                                tmp_path: Path) -> None:
+    """``ray job submit -- env BLOCKPOINT_CHECKPOINT_KEY=... python -m blockpoint demo`` puts
+    the key in the job's entrypoint, which Ray's job table keeps and shows (review 19,
+    "Risk"): the driver reads its own job's entrypoint from Ray's job info and refuses the
+    run (exit 2, FAILED) naming the variable and saying to rotate - never showing the key."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    src = tmp_path / "src"  # this checkout's sources: the driver runs them
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "__pycache__", ".pytest_cache", ".hypothesis", "*.egg-info"))
+    _, doc_env, _ = _documented_job()
+    key = f"SEKRIT-{secrets.token_hex(8)}"
+    job_id = f"bp-entry-{secrets.token_hex(4)}"
+    runtime_env = {"excludes": doc_env["excludes"],
+                   "env_vars": {"BLOCKPOINT_STORE_URL": s3_server.url(f"entry-{tmp_path.name}")}}
+    proc = subprocess.run(  # noqa: PLW1510 - the job status is checked
+        [str(Path(sys.executable).with_name("ray")), "job", "submit",
+         "--address", ray_cluster.job_address, "--submission-id", job_id,
+         "--working-dir", str(src), "--runtime-env-json", json.dumps(runtime_env),
+         "--", "env", f"BLOCKPOINT_CHECKPOINT_KEY={key}", sys.executable, "-m", "blockpoint",
+         "demo", "--quick", "--events", "2000"],
+        capture_output=True, text=True, timeout=240,
+        env=_client_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=ray_cluster.auth_token))
+    client = JobSubmissionClient(ray_cluster.job_address)
+    info = client.get_job_info(job_id)
+    logs = client.get_job_logs(job_id)
+    print(logs[-3000:])
+    assert info.status == JobStatus.FAILED, (info.status, proc.stdout[-2000:], proc.stderr[-2000:])
+    assert "entrypoint carries $BLOCKPOINT_CHECKPOINT_KEY" in logs, logs[-3000:]
+    assert "rotate" in logs and "BLOCKPOINT_CHECKPOINT_KEY_FILE" in logs, logs[-3000:]
+    # named, never shown: the only line with the key is Ray's own echo of the entrypoint
+    # at the top of the job's log (why the refusal says the job's log holds it too)
+    shown = [ln for ln in logs.splitlines() if key in ln]
+    assert len(shown) == 1 and shown[0].startswith("Running entrypoint for job"), shown
+    assert "job's log" in logs
+    assert "exactly once" not in logs.split("entrypoint carries")[1]  # no run after it

@@ -85,6 +85,8 @@ def test_verify_one_lease_and_errors(store_path: Path, tmp_path: Path, capsys) -
 def test_verify_with_key(store_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.setenv("MY_KEY", "sekrit")
     assert main(["verify", str(store_path), "mac", "--key-env", "MY_KEY"]) == 0
+    monkeypatch.setenv("MY_KEY", "sekrit\n")  # stripped, as a key file line (review 19, F2)
+    assert main(["verify", str(store_path), "mac", "--key-env", "MY_KEY"]) == 0
     monkeypatch.setenv("MY_KEY", "wrong")
     assert main(["verify", str(store_path), "mac", "--key-env", "MY_KEY"]) == 1
     assert "MAC mismatch" in capsys.readouterr().out
