@@ -29,6 +29,7 @@ import pytest
 import ray
 import ray.cloudpickle
 from aftercommit import AfterCommitOnce
+from polling import wait_for
 
 from blockstore import FileStore
 from blockstore.faults import FaultyStore
@@ -205,15 +206,28 @@ def test_resend_after_a_kill_between_commit_and_reply(ray_local: None, tmp_path:
         checkpointed(store=str(tmp_path / "store"), every_calls=1,
                      observer=KillAfterCommitOnce(str(trigger)))(Account))
     h = cls.options(name="account").remote()
+
+    def answers() -> bool:
+        """Whether the restarted actor takes calls again: until then Ray refuses them with
+        ``ActorUnavailableError`` ("the actor is restarting"), a resend the test must not
+        count as sent. ``balance`` only reads, so asking it changes nothing."""
+        try:
+            ray.get(h.balance.remote())
+        except ray.exceptions.RayActorError:
+            return False
+        return True
+
     assert ray.get(h.deposit.remote(1, request_id="a")) == 101
     trigger.touch()
     with pytest.raises(ray.exceptions.RayActorError):
         ray.get(h.deposit.remote(10, request_id="b"))           # committed, never answered
+    wait_for(answers, what="the actor restarted")
     assert ray.get(h.deposit.remote(10, request_id="b")) == 111  # the recorded result
     assert ray.get(h.balance.remote()) == 111
     trigger.touch()
     with pytest.raises(ray.exceptions.RayActorError):
         ray.get(h.deposit.remote(5))
+    wait_for(answers, what="the actor restarted")
     assert ray.get(h.deposit.remote(5)) == 121                   # no id: applied twice
     trigger.touch()
     assert call_once("account", "deposit", 100, request_id="c", timeout=60) == 221
