@@ -20,6 +20,7 @@ event loops) apply one at a time and none fails; ``call_once`` resends after
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import os
 import subprocess
@@ -115,7 +116,7 @@ def test_a_request_id_names_one_call(tmp_path: Any, every_calls: int | None) -> 
         bank.withdraw(50, request_id="user-42")
     assert method.value.recorded == "deposit" and isinstance(method.value, RequestIdError)
     assert bank.state == {"balance": 105, "log": [5]}              # nothing of either applied
-    assert bank.deposit(5, tags=set(sorted(tags)), request_id="user-42") == 105   # a resend
+    assert bank.deposit(5, tags=set(tags), request_id="user-42") == 105   # a resend
     if every_calls is None:
         bank.checkpoint()
     again = _start(store, "bank", every_calls=every_calls)        # a new incarnation
@@ -129,7 +130,8 @@ def test_a_request_id_names_one_call(tmp_path: Any, every_calls: int | None) -> 
             f"print(b.deposit(5, tags=set({sorted(tags)!r}), request_id='user-42'), "
             "b.state['log'])")
     for seed in ("1", "2", "3"):
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+        out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True,
+                             text=True,
                              env={**os.environ, "PYTHONHASHSEED": seed,
                                   "PYTHONPATH": ROOT}, timeout=120)
         assert out.returncode == 0, out.stderr
@@ -272,3 +274,149 @@ def test_recorded_results_are_bounded_in_bytes_and_a_dropped_one_is_refused(
     assert tiny.state == {"n": 2}
     with pytest.raises(CheckpointedConfigError, match="dedupe_bytes"):
         checkpointed(store=store, key="x", dedupe_bytes=-1)(Reporter)
+
+
+@dataclasses.dataclass
+class Order:
+    """An argument class of this module, which Ray's cloudpickle sends by value (the
+    module is registered so at the top): it does not pickle by reference in the actor."""
+
+    amount: int
+    tags: set[str] = dataclasses.field(default_factory=set)
+
+
+Tagged = collections.namedtuple("Tagged", "amount tags")
+TAGS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]
+
+
+def _nested_values() -> list[Any]:
+    """Sets inside objects other than a plain list/tuple/dict/set (review 19, F3)."""
+    return [Order(5, set(TAGS)), Tagged(5, set(TAGS)), collections.Counter(TAGS),
+            collections.OrderedDict([("tags", frozenset(TAGS))]), [Order(1, {t}) for t in TAGS]]
+
+
+def test_a_set_inside_any_object_has_one_fingerprint_in_every_process(tmp_path: Any) -> None:
+    """Review 19, F3: a true resend whose argument holds a set inside a dataclass, a
+    namedtuple, a Counter or an OrderedDict has the same fingerprint under another hash seed
+    (it was pickled in hash order and refused as a conflict after a restart), and is
+    answered from the record by a new incarnation in another process."""
+    code = (f"import sys; sys.path.insert(0, {HERE!r}); "
+            "import test_checkpointed_request_ids as t; "
+            "from stages.actors.records import fingerprint; "
+            "print([fingerprint('deposit', (v,), {}) for v in t._nested_values()])")
+    prints = set()
+    for seed in ("0", "1", "2", "3"):
+        out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True,
+                             text=True,
+                             env={**os.environ, "PYTHONHASHSEED": seed,
+                                  "PYTHONPATH": ROOT}, timeout=120)
+        assert out.returncode == 0, out.stderr
+        prints.add(out.stdout)
+    assert len(prints) == 1, prints
+    assert "|'" not in prints.pop()                   # every value compared, none "method only"
+    store = str(tmp_path / "store")
+    bank = _start(store, "bank")
+    assert bank.deposit(5, tags=Order(5, set(TAGS)), request_id="o-1") == 105
+    resend = (f"import sys; sys.path.insert(0, {HERE!r}); "
+              "import test_checkpointed_request_ids as t; "
+              f"b = t._start({store!r}, 'bank'); "
+              "print(b.deposit(5, tags=t.Order(5, set(t.TAGS)), request_id='o-1'), "
+              "b.state['log'])")
+    for seed in ("1", "2", "3"):
+        out = subprocess.run([sys.executable, "-c", resend], check=False, capture_output=True,
+                             text=True,
+                             env={**os.environ, "PYTHONHASHSEED": seed,
+                                  "PYTHONPATH": ROOT}, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.split() == ["105", "[5]"], out.stdout
+
+
+def test_a_respelled_resend_is_answered_from_the_record(tmp_path: Any) -> None:
+    """Review 19, F7: the same call spelled another way (a keyword for a position, a
+    default given explicitly) is a resend, not a conflict, in this incarnation and the next;
+    other values still are a conflict."""
+    store = str(tmp_path / "store")
+    bank = _start(store, "bank")
+    assert bank.deposit(5, request_id="o-7") == 105
+    assert bank.deposit(k=5, request_id="o-7") == 105
+    assert bank.deposit(5, tags=None, request_id="o-7") == 105
+    assert bank.deposit(5, None, request_id="o-7") == 105
+    again = _start(store, "bank")
+    assert again.deposit(tags=None, k=5, request_id="o-7") == 105
+    with pytest.raises(RequestIdConflict, match="other arguments"):
+        again.deposit(k=6, request_id="o-7")
+    assert again.state == {"balance": 105, "log": [5]}
+
+
+def test_a_driver_class_argument_is_compared_on_ray(ray_local: None, tmp_path: Any) -> None:
+    """Review 19, F4: an argument whose class Ray sends by value (a dataclass of the
+    driver's script or of this module) does not pickle in the actor; its fingerprint fell
+    back to the method only, and a request id reused with other arguments was answered
+    with the first call's result, its own effect dropped. Now it is refused."""
+
+    @ray.remote(concurrency_groups=checkpointed.GROUPS)
+    @checkpointed(store=str(tmp_path / "store"), every_calls=1)
+    class Till:
+        def __init__(self) -> None:
+            self.state = {"n": 0}
+
+        def pay(self, order: Order) -> int:
+            self.state["n"] += order.amount
+            return self.state["n"]
+
+    t = Till.options(name="till-f4").remote()
+    assert ray.get(t.pay.remote(Order(5, set(TAGS)), request_id="p-1")) == 5
+    assert ray.get(t.pay.remote(Order(5, set(TAGS)), request_id="p-1")) == 5   # a resend
+    with pytest.raises(RequestIdConflict, match="other arguments"):
+        ray.get(t.pay.remote(Order(500), request_id="p-1"))
+    assert ray.get(t.pay.remote(Order(1), request_id="p-2")) == 6
+    ray.kill(t)
+
+
+def test_an_uncomparable_argument_is_said_and_an_old_fingerprint_compares_the_method() -> None:
+    """An argument that does not reduce keeps the method-only comparison, with one warning
+    naming method and type; a fingerprint recorded by the older version (no ``v2:`` tag)
+    is compared by method only, so a resend after the upgrade is answered, not refused."""
+    import logging
+    import threading
+
+    from stages.actors.fingerprints import fingerprint
+    from stages.actors.records import REQUEST_PREFIX, AppliedCalls
+
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    logger = logging.getLogger("stages.actors.fingerprints")
+    handler = Keep()
+    logger.addHandler(handler)
+    try:
+        assert fingerprint("lockstep", (threading.Lock(),), {}) == "lockstep|"
+        assert fingerprint("lockstep", (threading.Lock(),), {}) == "lockstep|"
+    finally:
+        logger.removeHandler(handler)
+    assert len(records) == 1, records
+    assert "lockstep()" in records[0].getMessage() and "lock" in records[0].getMessage()
+    assert fingerprint("deposit", (5,), {}).startswith("deposit|v2:")
+    applied = AppliedCalls(8, "Bank")
+    key = REQUEST_PREFIX + "old"
+    applied.adopt({"applied": [[key, 105]], "fingerprints": [[key, "deposit|0123abcd"]]})
+    assert applied.lookup(key, fingerprint("deposit", (5,), {})) == (True, 105)
+    with pytest.raises(RequestIdConflict):
+        applied.lookup(key, fingerprint("withdraw", (5,), {}))
+
+
+def test_call_once_resends_when_the_reply_was_lost() -> None:
+    """A reply lost with the actor's node (its object lost, its owner dead, not
+    reconstructable) or the node's death: the call may have been applied, exactly the case
+    a request id is for - call_once resends it."""
+    from stages.actors.calls import _retryable
+
+    lost = [ray.exceptions.ObjectLostError("ab" * 14, None, ""),
+            ray.exceptions.OwnerDiedError("ab" * 14, None, ""),
+            ray.exceptions.ObjectReconstructionFailedError("ab" * 14),
+            ray.exceptions.NodeDiedError("node died")]
+    assert [_retryable(e) for e in lost] == [True] * 4
+    assert not _retryable(ValueError("an answer"))

@@ -21,7 +21,7 @@ closes that gap:
   :data:`MAX_REQUEST_ID` characters.
 * **call_once** sends a call with a request id and resends it, with the same id, after any
   failure that says the incarnation could not answer (it died, is unavailable, was fenced
-  by a newer one, was stopped, refused a synchronous call beside one that runs alone:
+  by a newer one, was stopped, its reply was lost with its node, refused a synchronous call beside one that runs alone:
   ``SyncCallRefused``) or that the call's commit is of unknown outcome
   (``CheckpointCommitUnknown``), re-resolving a named actor with ``ray.get_actor`` (the old
   handle may be dead for good), until it answers or the deadline passes
@@ -122,13 +122,23 @@ def takes_request_id(fn: Callable[..., Any]) -> bool:
         return False
 
 
+#: Ray's failures of a reply lost on its way back (the reply's object lost with the actor's
+#: node or its owner; subclasses: ``OwnerDiedError``, ``ObjectReconstructionFailedError``),
+#: or of the actor's node dying: the call may or may not have been applied.
+_LOST_REPLY: tuple[type[BaseException], ...] = tuple(
+    kind for kind in (getattr(ray.exceptions, name, None)
+                      for name in ("ObjectLostError", "NodeDiedError"))
+    if isinstance(kind, type))
+
+
 def _retryable(exc: BaseException) -> bool:
     """True for a failure that says the incarnation could not answer (resend it: a
-    ``SyncCallRefused`` call applied nothing, it may run once the call it met is done), or that
+    ``SyncCallRefused`` call applied nothing, it may run once the call it met is done), that
+    its reply was lost (``ObjectLostError`` and its subclasses, ``NodeDiedError``), or that
     the call's outcome is unknown (its commit may or may not have landed: the resend is
     answered from the record if it did, applied if it did not)."""
     return isinstance(exc, (ray.exceptions.RayActorError, ActorFenced, StageStopped,
-                            CheckpointCommitUnknown, SyncCallRefused))
+                            CheckpointCommitUnknown, SyncCallRefused, *_LOST_REPLY))
 
 
 def call_once(actor: Any, method: str, *args: Any, request_id: str | None = None,

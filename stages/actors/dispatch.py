@@ -306,7 +306,7 @@ class CallDispatch:
              kwargs: dict[str, Any], request_id: str | None = None) -> Any:
         """Run one synchronous call under the policy (see the module docstring)."""
         self.check_serving()
-        fp = None if request_id is None else fingerprint(fn.__name__, args, kwargs)
+        fp = None if request_id is None else fingerprint(fn.__name__, args, kwargs, fn)
         if not self.exact:
             key = None if request_id is None else _call_key(request_id)
             with self.lock:
@@ -355,7 +355,7 @@ class CallDispatch:
                          request_id: str | None = None) -> Any:
         """Run one coroutine call under the policy (see the module docstring)."""
         self.check_serving()
-        fp = None if request_id is None else fingerprint(fn.__name__, args, kwargs)
+        fp = None if request_id is None else fingerprint(fn.__name__, args, kwargs, fn)
         if not self.exact:
             key = None if request_id is None else _call_key(request_id)
             done, recorded = await self.turns.claim(key, lambda k: self._recorded(k, fp))

@@ -11,10 +11,10 @@ answer the right one:
   new call that reuses its id (an id computed from too little: ``f"user-{uid}"``); it is
   refused with :class:`RequestIdConflict` instead of being answered with the other call's
   result while its own effect is silently dropped. Arguments are compared by a digest of
-  their pickle, with the sets and dicts among them (in lists, tuples, sets, dicts) taken in
-  sorted order (a set of strings iterates in another order in another process); arguments
-  that do not pickle are not compared (the method's name still is). Ray's task ids (the keys of calls without a request id)
-  need no fingerprint: Ray retries a task with the arguments it was sent with.
+  a structural canonical form of the bound arguments, the same in every process for a true
+  resend (``stages/actors/fingerprints.py``); arguments that cannot be compared are not (the
+  method's name still is, and a warning says so). Ray's task ids (the keys of calls
+  without a request id) need no fingerprint: Ray retries a task with the arguments it was sent with.
 * **The recorded result is a copy** taken when the call returned (a pickle round trip): a
   result that aliases the state (a method returning a list it keeps) would otherwise
   change with later calls - and keep changing in a new incarnation, since pickle keeps the
@@ -43,18 +43,14 @@ has them measured when it is restored.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import logging
 import pickle
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
-import ray
-import ray.actor
-
 from ..errors import StageError
+from .fingerprints import fingerprint, same_call
 
 __all__ = ["DEFAULT_RESULT_BYTES", "AppliedCalls", "RequestIdConflict", "RequestIdError",
            "ResultNotKept", "UnrecordableResult", "fingerprint"]
@@ -114,83 +110,6 @@ class ResultNotKept(StageError, LookupError):
         super().__init__(message)
         self.actor = actor
         self.request_id = request_id
-
-
-class _Digest(io.RawIOBase):
-    """A write-only file that hashes what is written (the pickle is never kept whole)."""
-
-    def __init__(self) -> None:
-        self.hash = hashlib.blake2b(digest_size=16)
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, b: Any) -> int:
-        self.hash.update(b)
-        return len(b)
-
-
-#: How deep :func:`_canonical` goes into nested containers (deeper: not compared).
-_MAX_DEPTH = 32
-
-
-class _Uncomparable(Exception):
-    pass
-
-
-def _pickled(value: Any) -> bytes:
-    return pickle.dumps(value, protocol=5)
-
-
-def _canonical(value: Any, depth: int = 0) -> Any:
-    """``value`` with every set and dict (inside lists, tuples, sets and dicts) replaced by
-    a list in sorted order: a set of strings iterates in another order in another process
-    (hash randomisation), and equal dicts built in another order pickle differently. Other
-    objects are left as they are (what is inside them is not reordered)."""
-    if depth > _MAX_DEPTH:
-        raise _Uncomparable
-    kind = type(value)
-    if kind is dict:
-        items = [(_canonical(k, depth + 1), _canonical(v, depth + 1)) for k, v in value.items()]
-        return ("\0dict", sorted(items, key=lambda kv: _pickled(kv[0])))
-    if kind is set or kind is frozenset:
-        return ("\0" + kind.__name__,
-                sorted((_canonical(v, depth + 1) for v in value), key=_pickled))
-    if kind is list or kind is tuple:
-        return ("\0" + kind.__name__, [_canonical(v, depth + 1) for v in value])
-    return value
-
-
-class _ArgsPickler(pickle.Pickler):
-    """Pickles arguments for their digest; Ray's object refs and actor handles stand by
-    their ids (pickling them would tell Ray they escaped, and pin their objects)."""
-
-    def __init__(self, file: Any) -> None:
-        super().__init__(file, protocol=5)
-
-    def persistent_id(self, obj: Any) -> Any:
-        if isinstance(obj, ray.ObjectRef):
-            return ("ref", obj.hex())
-        if isinstance(obj, ray.actor.ActorHandle):
-            return ("actor", obj._actor_id.hex())
-        return None
-
-
-def fingerprint(method: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
-    """``method`` and a digest of the arguments (``method`` alone, ``"name|"``, if they do
-    not pickle: then only the method is compared)."""
-    digest = _Digest()
-    try:
-        _ArgsPickler(digest).dump(_canonical((tuple(args), dict(kwargs))))
-    except Exception:  # noqa: BLE001 - unpicklable arguments: compare the method only
-        return f"{method}|"
-    return f"{method}|{digest.hash.hexdigest()}"
-
-
-def _same_call(recorded: str, attempt: str) -> bool:
-    rec_method, _, rec_args = recorded.partition("|")
-    method, _, args = attempt.partition("|")
-    return rec_method == method and (not rec_args or not args or rec_args == args)
 
 
 class UnrecordableResult(Exception):
@@ -263,7 +182,7 @@ class AppliedCalls:
             return False, None
         recorded = self._prints.get(key)
         rid = key.removeprefix(REQUEST_PREFIX)
-        if fp is not None and recorded is not None and not _same_call(recorded, fp):
+        if fp is not None and recorded is not None and not same_call(recorded, fp):
             rec_method, method = recorded.partition("|")[0], fp.partition("|")[0]
             what = (f"{method}() with other arguments" if rec_method == method
                     else f"{method}()")
