@@ -10,7 +10,15 @@ where the budget is twice the slowest stage's last checkpoint time plus the rest
 allowance (:meth:`scheduler.placement.Placement.restore_allowance`). Then each stage carries
 ``RESTORING`` (no preemption may pick a stage being moved), is checkpointed and stopped
 (:meth:`scheduler.stopping.Stopper.stop`, always asking for the checkpoint) and is placed on
-another node. Moves of one drain run concurrently in the shared pool; each evacuation runs
+another node.
+
+The checkpoint comes first: it is given until ``deadline - restore allowance`` when that
+leaves it twice its last duration plus 0.5 s, else until the deadline itself (at least that
+long from now). A restore runs on another node and may end after the deadline; a checkpoint
+cut short is work lost to replay. (It once got 0.5 s whenever the deadline was closer than
+the allowance - a short spot notice, or an allowance grown by a slow restore - and a stage
+whose checkpoint took longer was killed instead of checkpointed.) The allowance is taken
+once per evacuation, so the moves use the budget they were planned with. Moves of one drain run concurrently in the shared pool; each evacuation runs
 in a thread of its own, since it waits for those moves and would otherwise starve the pool.
 """
 
@@ -135,8 +143,9 @@ class Drains:
         with table.lock:
             sids = sorted(sid for sid, e in table.entries.items()
                           if e.node_id == node_id and e.status == StageStatus.RUNNING)
+            allowance = self._placement.restore_allowance()
             budget = max(((table.entries[s].checkpoint_s or DEFAULT_CHECKPOINT_S) * 2
-                          for s in sids), default=0.0) + self._placement.restore_allowance()
+                          for s in sids), default=0.0) + allowance
         table.manager.record_decision(
             "drain", "started", reason=reason, victims=sids,
             notes={node_id: f"deadline in {deadline - time.time():.1f} s, "
@@ -151,7 +160,7 @@ class Drains:
                     entry.status = StageStatus.MOVING
                     if sid in table.manager:
                         table.manager.set_reason(sid, _RESTORING)
-        futures = {sid: self._pool.submit(self._move, sid, node_id, deadline, reason)
+        futures = {sid: self._pool.submit(self._move, sid, node_id, deadline, allowance, reason)
                    for sid in sids}
         moved: list[RestoreResult] = []
         checkpointed: list[str] = []
@@ -180,10 +189,15 @@ class Drains:
         table.save()
         return result
 
-    def _move(self, sid: str, node_id: str, deadline: float,
+    def _move(self, sid: str, node_id: str, deadline: float, allowance: float,
               reason: str) -> tuple[RestoreResult, bool]:
-        # Leave the restore allowance for the new incarnation.
-        ckpt_deadline = max(deadline - self._placement.restore_allowance(), time.time() + 0.5)
+        # Leave the restore allowance for the new incarnation if the checkpoint still fits;
+        # else the checkpoint gets the time (see the module docstring).
+        now = time.time()
+        need = 2 * self._stopper.checkpoint_estimate(sid) + 0.5
+        ckpt_deadline = deadline - allowance
+        if ckpt_deadline - now < need:
+            ckpt_deadline = max(deadline, now + need)
         outcomes = self._stopper.stop([sid], ckpt_deadline, ask="always")
         did_checkpoint = bool(outcomes) and outcomes[0].action == "checkpointed"
         with self._table.lock:

@@ -47,6 +47,25 @@ class Summer:
         return [state["total"]]
 
 
+class _SlowToPickle:
+    """Part of a state that takes a second to pickle: a checkpoint that takes that long.
+
+    It pickles as an empty dict: the checkpoint codec is the standard pickle, and workers
+    cannot import this module (Ray has the class by value only). A restored state is fast.
+    """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        time.sleep(1.0)  # the checkpoint's cost, not a wait for something
+        return (dict, ())
+
+
+class SlowSummer(Summer):
+    """A :class:`Summer` whose checkpoint takes about a second."""
+
+    def initial_state(self) -> dict[str, Any]:
+        return {"total": 0, "n": 0, "slow": _SlowToPickle()}
+
+
 @pytest.fixture(scope="module")
 def env(ray_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     with scheduler_on_head(ray_cluster, tmp_path_factory.mktemp("sched-cluster"), "sched") as e:
@@ -189,6 +208,28 @@ def test_drain_reported_by_ray_is_noticed(env: dict[str, Any]) -> None:
     assert ray.get(handle_of(env, "spot").process_batch.remote([1])) == [6]
     result = wait_for(lambda: ray.get(sched.drain_result.remote(node)), what="drain result")
     assert "spot" in result.checkpointed and result.ray_accepted is None and not result.failed
+
+
+def test_drain_closer_than_the_restore_allowance_checkpoints_first(env: dict[str, Any]) -> None:
+    """A deadline closer than the restore allowance (>= 3 s): the checkpoint is given until
+    the deadline, the restore on another node may end after it. (It was given 0.5 s, so a
+    stage whose checkpoint takes a second was killed and its work replayed: under load,
+    test_drain_reported_by_ray_is_noticed moved a stage with ``checkpointed=()``.)"""
+    sched = env["sched"]
+    extra = env["cluster"].add_node(**WORKER_ARGS)
+    wait_for(lambda: extra.node_id in {n.node_id for n in ray_adapter.list_nodes()},
+             what="a node for this drain")
+    sp = StageSpec(stage_id="slow", factory=SlowSummer, store_url=env["store"],
+                   resources={"num_cpus": 0.1}, registrar=SchedulerRegistrar(env["name"]))
+    ray.get(sched.launch.remote(sp, extra.node_id))
+    ray.get(handle_of(env, "slow").process_batch.remote([5]))
+    ray.get(sched.checkpoint.remote("slow"))        # measured: about a second
+    ray.get(handle_of(env, "slow").process_batch.remote([1]))   # only the drain saves this
+    result = ray.get(sched.drain_node.remote(extra.node_id, time.time() + 3.0, True,
+                                             "short notice"))
+    assert "slow" in result.checkpointed and not result.failed
+    assert stage(env, "slow")["node_id"] != extra.node_id
+    assert ray.get(handle_of(env, "slow").process_batch.remote([0])) == [6]  # nothing replayed
 
 
 # --------------------------------------------------------------------------- scheduler loss
