@@ -10,7 +10,8 @@ lease of 1 MiB blocks (two record puts: the data commit and the header commit) a
 verified ``restore`` (CRC of every chunk, and the MACs) from a fresh store object.
 
 Keyed by default, as every pickle checkpoint on an object store (a shared store) must be:
-the key is ``$BLOCKPOINT_CHECKPOINT_KEY`` when set, else a random one for the run. Requests
+the key is the configured one, read as the stages read it (the key file, or
+``$BLOCKPOINT_CHECKPOINT_KEY`` stripped), else a random one for the run. Requests
 are counted per kind around each operation; the restore row compares its GETs with the
 block objects the generation has. Contenders alternate; the best of ``repeats`` is reported.
 
@@ -105,13 +106,15 @@ def _fmt(counts: dict[str, int]) -> str:
 
 
 def _measure(url: str, mib: int, repeats: int, key: bytes | None) -> list[dict[str, Any]]:
-    from blockstore import KEY_ENV, ObjectStore, open_store
+    from blockstore import ObjectStore, open_store
+    from blockstore.keys import resolve_keys
     from blockstore.objectclient import ObjectClient
     from blockstore.urls import parse_store_url
     from stages import CheckpointedStageState
 
     if key is None:
-        key = os.environ.get(KEY_ENV, "").encode() or os.urandom(32)
+        ring = resolve_keys()  # as the stages read it: the key file, or the stripped env
+        key = ring.current if ring is not None else os.urandom(32)
 
     state = np.random.default_rng(0).random(mib * MIB // 4, dtype=np.float32)
     raw = memoryview(state).cast("B")
