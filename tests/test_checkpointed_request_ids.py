@@ -420,3 +420,16 @@ def test_call_once_resends_when_the_reply_was_lost() -> None:
             ray.exceptions.NodeDiedError("node died")]
     assert [_retryable(e) for e in lost] == [True] * 4
     assert not _retryable(ValueError("an answer"))
+
+
+def test_a_defaultdict_argument_is_compared_with_its_factory() -> None:
+    """Two defaultdicts with equal items but other factories are other calls (the factory
+    decides what the method sees for a missing key); equal ones are one call."""
+    from stages.actors.fingerprints import fingerprint
+
+    def call(factory: Any) -> str:
+        return fingerprint("tally", (collections.defaultdict(factory, {"a": 1}),), {})
+
+    assert call(int) == call(int)
+    assert call(int) != call(list)
+    assert call(int) != fingerprint("tally", ({"a": 1},), {})

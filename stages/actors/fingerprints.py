@@ -13,8 +13,9 @@ call with other arguments another one:
 * **Structural**: ``None``, ``bool``, ``int``, ``float``, ``complex``, ``str`` and
   ``bytes`` stand as themselves; lists, tuples, dicts, sets and frozensets (and their
   subclasses - a namedtuple, a ``Counter``, an ``OrderedDict`` - tagged with the class's
-  module and qualname) by their items, the items of sets and dicts sorted by their canonical
-  form (a set of strings iterates in another order under another hash seed); any other
+  module and qualname, a ``defaultdict`` with its factory) by their items, the items of
+  sets and dicts sorted by their canonical form (a set of strings iterates in another
+  order under another hash seed); any other
   object (a dataclass, an enum, a numpy array) by its ``__reduce_ex__(5)``: the callable
   named by module and qualname, its arguments and state canonicalised in turn. Classes and
   functions stand by their module and qualname. Nothing depends on hash order or on the
@@ -32,6 +33,7 @@ call with other arguments another one:
 
 from __future__ import annotations
 
+import collections
 import functools
 import hashlib
 import inspect
@@ -93,6 +95,8 @@ def _canonical(value: Any, depth: int = 0) -> Any:
         extra = ()
         if kind not in _CONTAINERS and getattr(value, "__dict__", None):
             extra = (_canonical(vars(value), down),)      # a subclass's own attributes
+        if isinstance(value, collections.defaultdict):    # its factory is part of its value
+            extra = (*extra, _canonical(value.default_factory, down))
         if isinstance(value, dict):
             items = [(_canonical(k, down), _canonical(v, down)) for k, v in value.items()]
             return ("\0dict", tag, sorted(items, key=lambda kv: _key(kv[0])), *extra)
