@@ -112,9 +112,11 @@ def redact_text(text: str, extra: Iterable[str] = ()) -> str:
     for name in SECRET_ENV:
         value = os.environ.get(name, "")
         if value:
-            spans.append(value)
+            # As written and as used: keys are stripped of surrounding whitespace
+            # (blockstore/keys.py), so the key in use is the stripped value.
+            spans.extend((value, value.strip()))
             if name.endswith("OLD_KEYS"):
-                spans.extend(k for k in value.split(",") if k)
+                spans.extend(part for k in value.split(",") for part in (k, k.strip()))
 
     def one(m: re.Match[str]) -> str:
         safe, found = redact(m.group(0))

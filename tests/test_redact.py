@@ -194,6 +194,17 @@ def test_redact_text_masks_environment_secrets(monkeypatch: pytest.MonkeyPatch) 
     assert "FQoGZXIvYXdzE" not in out and "***" in out
 
 
+def test_redact_text_masks_the_keys_as_used_when_stripped(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keys are stripped of surrounding whitespace: the key in use (the stripped value) is
+    masked, not only the value as written (review 19b, F14: it was shown in clear)."""
+    monkeypatch.setenv("BLOCKPOINT_CHECKPOINT_KEY", "Zm9vYmFyYmF6cXV1eC1rZXk\n")
+    monkeypatch.setenv("BLOCKPOINT_CHECKPOINT_OLD_KEYS", "b2xkLWtleS1vbmU, b2xkLWtleS10d28")
+    out = redact_text("bad key Zm9vYmFyYmF6cXV1eC1rZXk; tried b2xkLWtleS10d28 then "
+                      "b2xkLWtleS1vbmU")
+    assert out == "bad key ***; tried *** then ***", out
+
+
 @pytest.mark.parametrize("secret", SECRETS)
 def test_specs_and_checkpointed_configs_never_hold_a_secret_url(secret: str) -> None:
     from stages import StageSpec, checkpointed
