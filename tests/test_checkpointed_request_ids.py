@@ -433,3 +433,121 @@ def test_a_defaultdict_argument_is_compared_with_its_factory() -> None:
     assert call(int) == call(int)
     assert call(int) != call(list)
     assert call(int) != fingerprint("tally", ({"a": 1},), {})
+
+
+def _op(sign: int) -> Any:
+    def op(self: Any, amount: int) -> int:             # both methods' functions are "op"
+        self.state["n"] += sign * amount
+        return self.state["n"]
+    return op
+
+
+def _logged(fn: Any) -> Any:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:     # no functools.wraps, self in *args
+        return fn(*args, **kwargs)
+    return wrapper
+
+
+class Ledger:
+    def __init__(self) -> None:
+        self.state = {"n": 0}
+
+    deposit = _op(+1)
+    withdraw = _op(-1)
+
+    @_logged
+    def transfer(self, amount: int, to: str) -> dict[str, Any]:
+        self.state["n"] -= amount
+        return {"sent": amount, "to": to}
+
+
+def test_a_request_id_is_recorded_for_the_method_as_called(tmp_path: Any) -> None:
+    """Review 19b, F1: methods whose functions share a ``__name__`` (made by a factory,
+    wrapped without ``functools.wraps``) shared a fingerprint, so an id reused on the other
+    method was answered with the first one's result; F1b: a ``(*args, **kwargs)`` wrapper
+    lost every positional argument from the fingerprint. Both are refused now."""
+    cls = checkpointed(store=str(tmp_path / "s"), key="l", every_calls=1)(Ledger)
+    obj = object.__new__(cls)
+    Ledger.__init__(obj)
+    obj._bp_durable = ActorDurability(obj, cls.__bp_config__, "l", handle=None, node_id=None)
+    assert obj.deposit(100, request_id="o-1") == 100
+    with pytest.raises(RequestIdConflict, match="withdraw"):
+        obj.withdraw(100, request_id="o-1")
+    assert obj.transfer(10, "alice", request_id="t-1") == {"sent": 10, "to": "alice"}
+    assert obj.transfer(10, "alice", request_id="t-1") == {"sent": 10, "to": "alice"}
+    with pytest.raises(RequestIdConflict, match="other arguments"):
+        obj.transfer(9999, "mallory", request_id="t-1")
+    assert obj.state == {"n": 90}
+
+
+class _Tax:
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+
+    def apply(self, x: int) -> int:
+        return x + self.rate
+
+
+def _rule(extra: int) -> Any:
+    return lambda x: x + extra
+
+
+class _Node:
+    def __init__(self, parent: Any = None) -> None:
+        self.parent = parent
+        self.children: list[Any] = []
+
+
+def _tree(label: str) -> _Node:
+    root = _Node()
+    root.label = label                              # type: ignore[attr-defined]
+    root.children.append(_Node(root))
+    return root
+
+
+class _Money(dict):
+    __slots__ = ("currency",)
+
+    def __init__(self, items: dict[str, int], currency: str) -> None:
+        super().__init__(items)
+        self.currency = currency
+
+
+def _seen(k: int, seen: list[int] = []) -> None:  # noqa: B006 - the case under test
+    seen.append(k)
+
+
+def test_arguments_are_compared_by_what_they_are() -> None:
+    """Review 19b, F2/F9/F10/F11: closures, lambdas and bound methods compare by their code,
+    cells and objects (two of one factory were one call); a value that contains itself, a
+    compiled pattern and 40 levels of nesting are compared (they were "method only"); a
+    dict subclass's slots count; a default the method mutates does not change its
+    resend; an object ref stands as a ref, so a resend that puts its data again under
+    another id is the same call. A long bytes or buffer argument stands by its digest."""
+    import re
+
+    from stages.actors.fingerprints import fingerprint
+
+    def fp(*args: Any, fn: Any = None) -> str:
+        out = fingerprint("m", args, {}, fn)
+        assert out.startswith("m|v2:"), out             # compared, not "method only"
+        return out
+
+    assert fp(_rule(10)) != fp(_rule(90)) and fp(_rule(10)) == fp(_rule(10))
+    assert fp(lambda x: x + 1) != fp(lambda x: x * 2)
+    assert fp(_Tax(5).apply) != fp(_Tax(50).apply) and fp(_Tax(5).apply) == fp(_Tax(5).apply)
+    assert fp(_tree("a")) != fp(_tree("b")) and fp(_tree("a")) == fp(_tree("a"))
+    assert fp(re.compile("a+")) != fp(re.compile("b+"))
+    deep_a: Any = "a"
+    deep_b: Any = "b"
+    for _ in range(40):
+        deep_a, deep_b = [deep_a], [deep_b]
+    assert fp(deep_a) != fp(deep_b)
+    assert fp(_Money({"amt": 5}, "USD")) != fp(_Money({"amt": 5}, "EUR"))
+    first = fingerprint("m", (1,), {}, _seen)
+    _seen(1)                                             # the method mutated its default
+    assert fingerprint("m", (1,), {}, _seen) == first
+    assert fp([ray.ObjectRef.from_random(), 1]) == fp([ray.ObjectRef.from_random(), 1])
+    assert fp([ray.ObjectRef.from_random(), 1]) != fp([ray.ObjectRef.from_random(), 2])
+    big = os.urandom(1 << 20)
+    assert fp(big) == fp(bytes(big)) and fp(big) != fp(big[:-1] + b"!")

@@ -237,8 +237,10 @@ def _request_id(self: Any, kwargs: dict[str, Any]) -> str | None:
     return None if rid is None else check_request_id(rid, type(self).__name__)
 
 
-def _wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """The call wrapper of one public method (sync or async); it takes ``request_id=``."""
+def _wrap(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
+    """The call wrapper of the public method ``name`` (sync or async); it takes
+    ``request_id=``. A request id is recorded for ``name``, the method as called, not
+    ``fn.__name__`` (a factory's or an undecorated wrapper's functions share theirs)."""
     if inspect.iscoroutinefunction(fn):
         @functools.wraps(fn)
         async def acall(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -249,7 +251,7 @@ def _wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
             with d.outer_call() as outer:
                 if not outer:
                     return await fn(self, *args, **kwargs)
-                return await d.call_async(fn, self, args, kwargs, rid)
+                return await d.call_async(fn, self, args, kwargs, rid, method=name)
         with_request_id(fn, acall)
         return acall
 
@@ -262,7 +264,7 @@ def _wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
         with d.outer_call() as outer:
             if not outer:
                 return fn(self, *args, **kwargs)
-            return d.call(fn, self, args, kwargs, rid)
+            return d.call(fn, self, args, kwargs, rid, method=name)
     with_request_id(fn, call)
     return call
 
@@ -280,7 +282,7 @@ def _wrapped_methods(cls: type) -> dict[str, Callable[..., Any]]:
         if takes_request_id(raw):
             raise _fail(cls, f"method {name!r} has a parameter {REQUEST_ID!r}, the keyword "
                              "@checkpointed reserves for idempotency keys (rename it)")
-        out[name] = _wrap(raw)
+        out[name] = _wrap(raw, name)
     return out
 
 

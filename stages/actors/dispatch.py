@@ -303,10 +303,12 @@ class CallDispatch:
         return done, result
 
     def call(self, fn: Callable[..., Any], obj: Any, args: tuple[Any, ...],
-             kwargs: dict[str, Any], request_id: str | None = None) -> Any:
-        """Run one synchronous call under the policy (see the module docstring)."""
+             kwargs: dict[str, Any], request_id: str | None = None, *,
+             method: str | None = None) -> Any:
+        """Run one synchronous call of ``method`` (default ``fn.__name__``) under the policy
+        (see the module docstring)."""
         self.check_serving()
-        fp = None if request_id is None else fingerprint(fn.__name__, args, kwargs, fn)
+        fp = None if request_id is None else fingerprint(method or fn.__name__, args, kwargs, fn)
         if not self.exact:
             key = None if request_id is None else _call_key(request_id)
             with self.lock:
@@ -352,10 +354,11 @@ class CallDispatch:
 
     async def call_async(self, fn: Callable[..., Awaitable[Any]], obj: Any,
                          args: tuple[Any, ...], kwargs: dict[str, Any],
-                         request_id: str | None = None) -> Any:
-        """Run one coroutine call under the policy (see the module docstring)."""
+                         request_id: str | None = None, *, method: str | None = None) -> Any:
+        """Run one coroutine call of ``method`` (default ``fn.__name__``) under the policy
+        (see the module docstring)."""
         self.check_serving()
-        fp = None if request_id is None else fingerprint(fn.__name__, args, kwargs, fn)
+        fp = None if request_id is None else fingerprint(method or fn.__name__, args, kwargs, fn)
         if not self.exact:
             key = None if request_id is None else _call_key(request_id)
             done, recorded = await self.turns.claim(key, lambda k: self._recorded(k, fp))
