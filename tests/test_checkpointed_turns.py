@@ -117,3 +117,38 @@ def test_a_sync_method_in_another_group_of_an_async_actor_is_refused(tmp_path: A
             return 1
 
     checkpointed(store=str(tmp_path / "t"), key="s", concurrency_groups={"io": 1})(Same)
+
+
+def test_a_held_call_sleeps_while_nobody_is_inside() -> None:
+    """The root of a loaded run's starvation of ``pay(request_id=...)`` above: a call held
+    for a call waiting to run alone, arriving when nobody was inside, looped without
+    awaiting (``due()``, then again) on the loop's one thread until its hold ran out (1 s),
+    then went in first - the call it was held for never got to look. Now it sleeps, and the
+    waiting call goes in first."""
+    import threading
+
+    from stages.actors.turns import CallTurns
+
+    turns = CallTurns(threading.RLock())
+    order: list[str] = []
+
+    async def scenario() -> None:
+        await turns.enter(lambda: None)                 # a call inside
+        alone = asyncio.ensure_future(turns.enter_alone(lambda: None))
+        while turns._sole_since is None:                 # the alone call is waiting
+            await asyncio.sleep(0)
+        turns.leave()                                   # nobody inside now
+
+        async def held() -> None:
+            await turns.enter(lambda: None)
+            order.append("held")
+            turns.leave()
+
+        later = asyncio.ensure_future(held())
+        await alone
+        order.append("alone")
+        turns.leave_alone()
+        await later
+
+    asyncio.run(scenario())
+    assert order == ["alone", "held"], order
