@@ -182,7 +182,8 @@ class CallDispatch:
         return CheckpointEncodeError(
             f"{self.config.actor} {self.key!r}: the call's result cannot be recorded (every "
             f"checkpoint keeps the answers of the calls it holds): "
-            f"{type(result).__qualname__} objects cannot be pickled; return plain data. "
+            f"{type(result).__qualname__} objects cannot be encoded by the "
+            f"{self.config.codec} codec; return plain data. "
             f"{what}", lease_id=self.inc.lease_id)
 
     def _roll_back(self, before: bytes | None, commits: int) -> None:

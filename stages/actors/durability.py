@@ -166,7 +166,8 @@ class ActorDurability(CallDispatch):
         self._closed = False
         self._tick_pending = False
         #: The calls applied (ids, recorded results, fingerprints): ``records.py``.
-        self.applied = AppliedCalls(config.dedupe_window, config.actor, config.dedupe_bytes)
+        self.applied = AppliedCalls(config.dedupe_window, config.actor, config.dedupe_bytes,
+                                    config.codec)
         self.calls_total = 0
         self.calls_since = 0
         self.deduplicated = 0

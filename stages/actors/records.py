@@ -49,7 +49,8 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
-from ..errors import StageError
+from ..checkpoint.codec import msgpack_copy
+from ..errors import CodecError, StageError
 from .fingerprints import fingerprint, same_call
 
 __all__ = ["DEFAULT_RESULT_BYTES", "AppliedCalls", "RequestIdConflict", "RequestIdError",
@@ -117,13 +118,20 @@ class UnrecordableResult(Exception):
     The dispatcher turns it into ``CheckpointEncodeError`` after putting the state back."""
 
 
-def _snapshot(result: Any) -> tuple[Any, int]:
+def _snapshot(result: Any, codec: str = "pickle") -> tuple[Any, int]:
     """A copy of ``result`` that later calls cannot change, and its pickled size - what it
     adds to every checkpoint, counted for every type (a ``str`` by its encoded bytes, an
     ``int`` by its digits, not a flat figure). A pickle round trip makes the copy and
     measures it at once; immutable scalars and strings are kept as they are (nothing can
     change them). :class:`UnrecordableResult` if it does not pickle: recorded anyway, it
-    would make every later checkpoint fail until ``dedupe_window`` calls pushed it out."""
+    would make every later checkpoint fail until ``dedupe_window`` calls pushed it out.
+    With ``codec="msgpack"`` the copy is a msgpack round trip (what a restored record
+    answers: a tuple comes back a list), refused if msgpack cannot encode it."""
+    if codec == "msgpack":
+        try:
+            return msgpack_copy(result)
+        except CodecError as exc:
+            raise UnrecordableResult(f"{type(result).__qualname__}: {exc}") from exc
     try:
         blob = pickle.dumps(result, protocol=5)
     except Exception as exc:  # whatever a __reduce__ raises
@@ -148,9 +156,12 @@ class AppliedCalls:
         window: keys kept (``dedupe_window``).
         actor: the actor class's name, for errors.
         max_bytes: bytes of results kept (``dedupe_bytes``); the newest is always kept.
+        codec: the checkpoint codec that carries the results (``pickle``, ``msgpack``).
     """
 
-    def __init__(self, window: int, actor: str, max_bytes: int = DEFAULT_RESULT_BYTES) -> None:
+    def __init__(self, window: int, actor: str, max_bytes: int = DEFAULT_RESULT_BYTES,
+                 codec: str = "pickle") -> None:
+        self.codec = codec
         self.window = window
         self.actor = actor
         self.max_bytes = max_bytes
@@ -209,7 +220,7 @@ class AppliedCalls:
         return True, self.results[key]
 
     def record(self, key: str, result: Any, fp: str | None = None) -> None:
-        copied, size = _snapshot(result)
+        copied, size = _snapshot(result, self.codec)
         self._drop_result(key)
         self.results[key] = copied
         self.results.move_to_end(key)

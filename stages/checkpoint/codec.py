@@ -29,7 +29,7 @@ import numpy as np
 
 from ..errors import CodecError
 
-__all__ = ["ALIGN", "Payload", "decode", "encode"]
+__all__ = ["ALIGN", "Payload", "decode", "encode", "msgpack_copy"]
 
 ALIGN = 64
 _TABLE_HEAD = struct.Struct("<II")
@@ -163,6 +163,19 @@ def _encode_msgpack(state: Any) -> Payload:
         raise CodecError(f"msgpack codec cannot encode the state: {exc}",
                          codec="msgpack") from exc
     return _frame([memoryview(stream)])
+
+
+def msgpack_copy(value: Any) -> tuple[Any, int]:
+    """``value`` as the msgpack codec gives it back (a tuple as a list) and its encoded size;
+    :class:`CodecError` if the codec cannot encode it (a set, an object)."""
+    try:
+        stream = msgpack.packb(value, default=_msgpack_default, use_bin_type=True)
+    except CodecError:
+        raise
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise CodecError(f"msgpack codec cannot encode it: {exc}", codec="msgpack") from exc
+    return (msgpack.unpackb(stream, raw=False, strict_map_key=False, ext_hook=_msgpack_ext,
+                            use_list=True), len(stream))
 
 
 def _decode_msgpack(buf: memoryview) -> Any:
