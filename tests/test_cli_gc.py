@@ -60,3 +60,11 @@ def test_gc_of_something_that_is_not_a_store(tmp_path: Path, capsys) -> None:
     (tmp_path / "x" / "file").write_text("not a store")
     assert main(["gc", str(tmp_path / "x")]) == 2
     assert "not a blockpoint store" in capsys.readouterr().err
+
+
+def test_gc_of_a_store_path_too_long_for_the_filesystem(tmp_path: Path, capsys) -> None:
+    """ENAMETOOLONG: one line, exit 2 (review attack19b F5: a traceback, exit 1)."""
+    assert main(["gc", str(tmp_path / ("x" * 300)), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("blockpoint gc: cannot open the store at ") and "too long" in err
+    assert err.count("\n") == 1, err

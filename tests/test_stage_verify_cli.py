@@ -219,3 +219,11 @@ def test_verify_max_state_bytes_flag(store_path: Path, capsys) -> None:
         main(["verify", str(store_path), "--max-state-bytes", "-1"])
     assert e.value.code == 2
     assert "must be >= 0" in capsys.readouterr().err
+
+
+def test_verify_of_a_store_path_too_long_for_the_filesystem(tmp_path: Path, capsys) -> None:
+    """ENAMETOOLONG: one line, exit 2 (review attack19b F5: a traceback, exit 1)."""
+    assert main(["verify", str(tmp_path / ("x" * 300))]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("blockpoint verify: cannot open the store at ") and "too long" in err
+    assert err.count("\n") == 1, err
