@@ -3,12 +3,14 @@
 A thin layer over :meth:`blockstore.BlockStore.gc`: the data and lock files of leases whose
 record is gone (a crash inside ``delete_lease``) and stale temporary files of record writes.
 Never a file a live lease uses; safe while stages run. ``--dry-run`` only lists them.
-Exit status: 0 (done, or nothing to do), 2 (not a store, or an I/O error).
+Exit status: 0 (done, or nothing to do), 2 (not a store, an I/O error, or a ``--min-age``
+that is not a finite number of seconds >= 0).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from typing import Any
 
@@ -22,9 +24,14 @@ COLUMNS = ["path", "kind", "lease", "size"]
 
 def _cmd_gc(args: argparse.Namespace) -> int:
     from blockstore import BlockStoreError, open_store
-
     from blockstore.work import watch
 
+    if not math.isfinite(args.min_age) or args.min_age < 0:
+        # nan compares false with every age: every temporary file, a write's in progress
+        # too, would count as old (and a negative age asks for the same)
+        print(f"blockpoint gc: --min-age must be a finite number of seconds >= 0, not "
+              f"{args.min_age:g}", file=sys.stderr)
+        return 2
     try:
         with open_store(args.store, create=False) as store, \
                 bar(None, "gc: listing", unit="obj", as_json=args.json) as progress, \

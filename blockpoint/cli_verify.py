@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from typing import Any
 
@@ -26,6 +27,9 @@ from .progress import bar
 from .table import human_bytes, print_rows
 
 __all__ = ["register"]
+
+#: What ``--key-env`` takes: the name of an environment variable (POSIX portable names).
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 COLUMNS = ["lease", "slot", "generation", "step", "size", "codec", "ratio", "shared", "status"]
 
@@ -42,14 +46,36 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     from blockstore import open_store
-    from blockstore.keys import KEY_ENV, KEY_FILE_ENV, KeyRing, env_keys, resolve_keys
+    from blockstore.keys import (
+        KEY_ENV,
+        KEY_FILE_ENV,
+        KeyRing,
+        env_keys,
+        not_shown,
+        resolve_keys,
+    )
 
     try:
         ring = resolve_keys()  # $BLOCKPOINT_CHECKPOINT_KEY and the rotated-out old keys
     except ValueError as exc:
         print(f"blockpoint verify: {exc}", file=sys.stderr)
         return 2
-    if args.key_env:
+    if args.lease == "":
+        print("blockpoint verify: the LEASE argument is empty: give a lease name or id, or "
+              "leave it out to verify every lease", file=sys.stderr)
+        return 2
+    if args.key_env is not None:
+        if not args.key_env:
+            print("blockpoint verify: --key-env is empty: give the name of the environment "
+                  "variable that holds the key (or leave the option out)", file=sys.stderr)
+            return 2
+        if not _ENV_NAME.match(args.key_env):  # perhaps the key itself, pasted: not echoed
+            print(f"blockpoint verify: --key-env takes the name of the environment variable "
+                  f"that holds the key, and {not_shown(args.key_env)} is not a variable "
+                  f"name; if you pasted the key itself, treat it as exposed (a CI log, the "
+                  f"shell's history) and put the new key in a 0600 file named by "
+                  f"${KEY_FILE_ENV}", file=sys.stderr)
+            return 2
         key = os.environ.get(args.key_env)
         if not key:
             print(f"blockpoint verify: ${args.key_env} is not set", file=sys.stderr)
@@ -155,7 +181,8 @@ def register(subparsers: Any) -> None:
     sp.add_argument("lease", nargs="?", default=None, help="only this lease (name or id)")
     sp.add_argument("--json", action="store_true", help="print JSON instead of a table")
     sp.add_argument("--key-env", metavar="VAR", default=None,
-                    help="check MACs with the key in $VAR (default: $BLOCKPOINT_CHECKPOINT_KEY "
+                    help="check MACs with the key in $VAR (the variable's name, not the "
+                         "key; default: $BLOCKPOINT_CHECKPOINT_KEY "
                          "if set); the old keys in $BLOCKPOINT_CHECKPOINT_OLD_KEYS are "
                          "accepted too")
     sp.add_argument("--max-state-bytes", metavar="N", type=_max_state_bytes, default=None,

@@ -29,7 +29,7 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
 
-from .cli_scheduler import _check_reachable
+from .cli_scheduler import _check_reachable, redact_address
 from .errors import DemoSetupError
 
 __all__ = ["FORWARDED_ENV", "LOCAL_HEALTH_CHECKS", "AttachedDemoCluster", "DemoCluster",
@@ -277,15 +277,17 @@ class AttachedDemoCluster(DemoCluster):
 
     def __init__(self, address: str, namespace: str | None = None) -> None:
         self.namespace = namespace
+        # Every message shows the address redacted: user information may hold a password.
+        self.shown_address, self._address_spans = redact_address(address)
         if address.startswith(("http://", "https://")):
             raise DemoSetupError(
-                f"Ray address {address!r} is a dashboard (job API) address: submit the demo "
+                f"Ray address {self.shown_address!r} is a dashboard (job API) address: submit the demo "
                 "with `ray job submit --address <it> -- blockpoint demo ...`, or give the "
                 "cluster's GCS address (HOST:6379, or 'auto') here", what="address")
         self.address = address
 
     def intro(self) -> str:
-        return f"  attaching to the Ray cluster at {self.address}...\n"
+        return f"  attaching to the Ray cluster at {self.shown_address}...\n"
 
     def start(self) -> None:
         import ray
@@ -312,9 +314,14 @@ class AttachedDemoCluster(DemoCluster):
             ray.init(address=self.address, namespace=self.namespace, log_to_driver=False,
                      logging_level="ERROR", **kw)
         except (ConnectionError, RuntimeError, ray.exceptions.AuthenticationError) as exc:
-            raise DemoSetupError(f"cannot attach to the Ray cluster at {self.address}: "
-                                 f"{type(exc).__name__}: {_first_line(exc)}",
-                                 what="address") from exc
+            from blockstore.redact import redact_text
+
+            err = DemoSetupError(
+                f"cannot attach to the Ray cluster at {self.shown_address}: "
+                f"{type(exc).__name__}: {redact_text(_first_line(exc), self._address_spans)}",
+                what="address")
+            # Ray's own text (the cause, in a logged traceback) may repeat the address.
+            raise err from (None if self._address_spans else exc)
         if RAY_JOB_CONFIG_JSON_ENV_VAR in os.environ:  # the entrypoint is in the job table too
             names = secrets_in_job_entrypoint(job_entrypoint() or "")
             if names:
@@ -323,7 +330,7 @@ class AttachedDemoCluster(DemoCluster):
         alive = [n for n in ray.nodes() if n.get("Alive")]
         heads = [n["NodeID"] for n in alive if _HEAD_RESOURCE in n.get("Resources", {})]
         if not heads:
-            raise DemoSetupError(f"no live head node in the cluster at {self.address}",
+            raise DemoSetupError(f"no live head node in the cluster at {self.shown_address}",
                                  what="address")
         self.head_node_id = heads[0]
         self.workers = [n["NodeID"] for n in alive if n["NodeID"] != self.head_node_id]

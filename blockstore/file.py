@@ -66,6 +66,7 @@ from .base import (
 )
 from .checks import check_new_block_size
 from .errors import (
+    BlockStoreError,
     LeaseNotFoundError,
     StorageIOError,
     StoreCorruptError,
@@ -137,7 +138,13 @@ class FileStore(BlockStore):
                  max_open_files: int = DEFAULT_MAX_OPEN_FILES, shared: bool | None = None,
                  clock_margin: float | None = None) -> None:
         self.root = Path(root).absolute()
-        bs, is_shared = self._open_root(block_size, create, shared)
+        try:
+            bs, is_shared = self._open_root(block_size, create, shared)
+        except BlockStoreError:
+            raise
+        except OSError as exc:  # a name too long, a parent we may not search: one line
+            raise StorageIOError(f"cannot open the store at {self.root}: "
+                                 f"{exc.strerror or exc}", path=str(self.root)) from exc
         super().__init__(bs, clock_margin=clock_margin)
         self.capabilities = StoreCapabilities(cross_process=True, durable=True,
                                               conditional_write=False, shared=is_shared)

@@ -61,7 +61,7 @@ from dataclasses import dataclass
 from .errors import KeyFileError, KeySettingError
 
 __all__ = ["KEY_ENV", "KEY_FILE_ENV", "OLD_KEYS_ENV", "KeyRing", "KeySetting", "env_keys",
-           "read_key_file", "resolve_keys", "shipped_by_ray"]
+           "not_shown", "read_key_file", "resolve_keys", "shipped_by_ray"]
 
 KEY_ENV = "BLOCKPOINT_CHECKPOINT_KEY"
 OLD_KEYS_ENV = "BLOCKPOINT_CHECKPOINT_OLD_KEYS"
@@ -162,6 +162,12 @@ def shipped_by_ray(path: str) -> str | None:
     return None
 
 
+def not_shown(value: str) -> str:
+    """A setting that may be the key itself, pasted where a name or path was asked for, as
+    a message shows it: its length only."""
+    return f"<{len(value)} characters, not shown>"
+
+
 def _shown_unopened(path: str) -> str:
     """An absolute path that could not be opened, as a message may show it: the value may
     be the key itself pasted in the variable (base64 holds ``/``; 1 key in 64 starts with
@@ -187,7 +193,7 @@ def read_key_file(path: str) -> KeyRing:
     """
     if not os.path.isabs(path):
         # not shown: a value that is no absolute path may be the key itself, pasted there
-        shown = f"<{len(path)} characters, not shown>"
+        shown = not_shown(path)
         raise KeyFileError(f"${KEY_FILE_ENV} is not an absolute path ({shown}): give the "
                            "absolute path of the key file on the node (a relative one "
                            "resolves in whatever directory a worker runs in - under Ray, the "

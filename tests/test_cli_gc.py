@@ -60,3 +60,29 @@ def test_gc_of_something_that_is_not_a_store(tmp_path: Path, capsys) -> None:
     (tmp_path / "x" / "file").write_text("not a store")
     assert main(["gc", str(tmp_path / "x")]) == 2
     assert "not a blockpoint store" in capsys.readouterr().err
+
+
+def test_gc_of_a_store_path_too_long_for_the_filesystem(tmp_path: Path, capsys) -> None:
+    """ENAMETOOLONG: one line, exit 2 (review attack19b F5: a traceback, exit 1)."""
+    assert main(["gc", str(tmp_path / ("x" * 300)), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("blockpoint gc: cannot open the store at ") and "too long" in err
+    assert err.count("\n") == 1, err
+
+
+def test_gc_refuses_a_min_age_that_is_not_a_finite_age(tmp_path: Path, capsys) -> None:
+    """``--min-age nan`` compared false with every age and removed the temporary file of a
+    write in progress (review attack19b F7); nan, inf and negative ages: one line, exit 2,
+    nothing removed."""
+    root = tmp_path / "s"
+    _store_with_orphan(root)
+    fresh = root / "leases" / f".{'ab' * 16}.json.4242.1.tmp"  # a record write, just now
+    fresh.touch()
+    for bad in ("nan", "inf", "-inf", "-1"):
+        assert main(["gc", str(root), f"--min-age={bad}"]) == 2, bad
+        err = capsys.readouterr().err
+        assert err.startswith("blockpoint gc: --min-age must be a finite number of seconds "
+                              ">= 0, not ") and err.count("\n") == 1, err
+    assert fresh.exists() and (root / "leases" / f"{ORPHAN}.dat").exists()
+    assert main(["gc", str(root), "--dry-run"]) == 0          # the default still runs
+    assert fresh.name not in capsys.readouterr().out

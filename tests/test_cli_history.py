@@ -170,3 +170,11 @@ def test_verify_of_a_live_lease_reports_a_recycled_generation_not_corruption(
         assert by_gen[1].status.startswith("recycled: generation 1"), by_gen[1].status
         assert not any(r.corrupt for r in reports)
         assert main(["history", live_store_url, "agg"]) == 0
+
+
+def test_history_of_a_store_path_too_long_for_the_filesystem(tmp_path: Path, capsys) -> None:
+    """ENAMETOOLONG: one line, exit 2 (review attack19b F5: a traceback, exit 1)."""
+    assert main(["history", str(tmp_path / ("x" * 300)), "agg"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("blockpoint history: cannot open the store at ") and "too long" in err
+    assert err.count("\n") == 1, err

@@ -154,3 +154,13 @@ def test_control_characters_in_a_record_are_escaped_by_every_table(store_dir: st
     lines = out.strip().splitlines()
     assert "\x1b" not in out and "\x07" not in out
     assert len(lines) == 3 and all(ln.startswith("evil\\nforged-row") for ln in lines[1:])
+
+
+def test_a_store_path_too_long_for_the_filesystem_is_one_line_and_exit_2(tmp_path: Path,
+                                                                        capsys) -> None:
+    """ENAMETOOLONG from the store's first look (review attack19b F5: a traceback, exit 1)."""
+    long = str(tmp_path / ("x" * 300))
+    assert main(["inspect", long]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"blockpoint inspect: cannot open the store at {long}: ")
+    assert "too long" in err and err.count("\n") == 1, err

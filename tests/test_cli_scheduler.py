@@ -33,3 +33,20 @@ def test_a_decision_without_at_is_printed_with_a_placeholder() -> None:
     out = io.StringIO()
     print_rows(rows, ["seq", "time", "kind", "outcome", "reason", "stages", "notes"], out=out)
     assert len(out.getvalue().splitlines()) == 5
+
+
+def test_a_password_in_the_address_is_never_shown() -> None:
+    """``scheduler status --address user:pw@host:port`` that cannot be reached: one line,
+    exit 2, the user information masked (review attack19b F3: printed whole)."""
+    import os
+    import subprocess
+    import sys
+
+    secret = "Pa55w0rd-SECRET"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run([sys.executable, "-m", "blockpoint", "scheduler", "status",
+                           "--address", f"user:{secret}@127.0.0.1:1"],
+                          check=False, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert secret not in proc.stdout + proc.stderr, proc.stderr
+    assert proc.stderr.startswith("blockpoint scheduler: cannot reach Ray at ***@127.0.0.1:1: ")

@@ -46,7 +46,7 @@ def test_key_fingerprint_names_no_secret() -> None:
 
 def _demo(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     exe = Path(sys.executable).with_name("blockpoint")
-    return subprocess.run([str(exe), "demo", "--quick", *args], capture_output=True,
+    return subprocess.run([str(exe), "demo", "--quick", *args], check=False, capture_output=True,
                           text=True, timeout=120, env=env)
 
 
@@ -163,3 +163,41 @@ def test_secrets_in_the_job_entrypoint_named_never_shown() -> None:
     assert "entrypoint carries $BLOCKPOINT_CHECKPOINT_KEY" in text and "job table" in text
     assert "rotate" in text and "BLOCKPOINT_CHECKPOINT_KEY_FILE" in text
     assert "SEKRIT" not in text and err.value.what == "key"
+
+
+_PASSWORD = "Pa55w0rd-SECRET"
+
+
+@pytest.mark.parametrize("args, extra", [
+    (["--address", f"https://admin:{_PASSWORD}@ray.example.com:8265"], {}),
+    (["--address", f"admin:{_PASSWORD}@127.0.0.1:1"], {}),
+    ([], {"RAY_ADDRESS": f"admin:{_PASSWORD}@127.0.0.1:1"}),
+])
+def test_a_password_in_the_ray_address_is_never_shown(tmp_path: Path, args: list[str],
+                                                      extra: dict[str, str]) -> None:
+    """User information in ``--address`` / ``$RAY_ADDRESS`` (a dashboard behind an
+    authenticating proxy, ``user:token@host``) is masked in the refusal, the "attaching"
+    line and "cannot attach" (review attack19b F3: printed whole)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "BLOCKPOINT_STORE_URL")}
+    env.update(extra)
+    proc = _demo(*args, "--store", str(tmp_path / "store"), env=env)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert _PASSWORD not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    assert "***@" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_a_password_in_the_ray_address_is_not_in_the_error_or_its_pickle() -> None:
+    import pickle
+
+    from blockpoint.cli_scheduler import redact_address
+    from blockpoint.demo_cluster import AttachedDemoCluster
+
+    with pytest.raises(DemoSetupError) as err:
+        AttachedDemoCluster(f"https://admin:{_PASSWORD}@ray.example.com:8265")
+    assert "dashboard" in str(err.value) and "https://***@ray.example.com:8265" in str(err.value)
+    assert _PASSWORD not in str(err.value) and _PASSWORD.encode() not in pickle.dumps(err.value)
+    cluster = AttachedDemoCluster(f"ray://admin:{_PASSWORD}@10.0.0.1:10001")
+    assert _PASSWORD not in cluster.intro() and "ray://***@10.0.0.1:10001" in cluster.intro()
+    assert redact_address(f"u:{_PASSWORD}@h:6379")[0] == "***@h:6379"
+    assert redact_address("10.0.0.1:6379") == ("10.0.0.1:6379", ())
+    assert redact_address("auto") == ("auto", ())

@@ -219,3 +219,35 @@ def test_verify_max_state_bytes_flag(store_path: Path, capsys) -> None:
         main(["verify", str(store_path), "--max-state-bytes", "-1"])
     assert e.value.code == 2
     assert "must be >= 0" in capsys.readouterr().err
+
+
+def test_verify_of_a_store_path_too_long_for_the_filesystem(tmp_path: Path, capsys) -> None:
+    """ENAMETOOLONG: one line, exit 2 (review attack19b F5: a traceback, exit 1)."""
+    assert main(["verify", str(tmp_path / ("x" * 300))]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("blockpoint verify: cannot open the store at ") and "too long" in err
+    assert err.count("\n") == 1, err
+
+
+def test_verify_key_env_that_is_no_variable_name_is_not_echoed(store_path: Path, monkeypatch,
+                                                               capsys) -> None:
+    """``--key-env "$KEY"`` (the key pasted where its variable's name goes) printed the key
+    in "$<key> is not set" (review attack19b F6): refused, its length shown, not the value;
+    ``--key-env ''`` verified without a key and an empty LEASE widened to every lease (exit
+    0): both refused, exit 2."""
+    monkeypatch.delenv("BLOCKPOINT_CHECKPOINT_KEY", raising=False)
+    monkeypatch.delenv("BLOCKPOINT_CHECKPOINT_OLD_KEYS", raising=False)
+    pasted = "k3y-Zm9vYmFyYmF6cXV1eA"
+    assert main(["verify", str(store_path), "--key-env", pasted]) == 2
+    out, err = capsys.readouterr()
+    assert pasted not in out + err and "Zm9v" not in out + err
+    assert err.startswith("blockpoint verify: --key-env takes the name of the environment "
+                          "variable") and f"<{len(pasted)} characters, not shown>" in err
+    assert err.count("\n") == 1, err
+    assert main(["verify", str(store_path), "--key-env", ""]) == 2
+    assert capsys.readouterr().err.startswith("blockpoint verify: --key-env is empty")
+    assert main(["verify", str(store_path), ""]) == 2
+    out, err = capsys.readouterr()
+    assert err.startswith("blockpoint verify: the LEASE argument is empty") and not out
+    assert main(["verify", str(store_path), "--key-env", "NO_SUCH_VAR_19"]) == 2  # a name
+    assert "$NO_SUCH_VAR_19 is not set" in capsys.readouterr().err
