@@ -154,34 +154,33 @@ def _msgpack_ext(code: int, data: bytes) -> Any:
     return np.frombuffer(raw, dtype=dtype).reshape(shape).copy()
 
 
-def _encode_msgpack(state: Any) -> Payload:
+def _pack(value: Any, what: str) -> bytes:
     try:
-        stream = msgpack.packb(state, default=_msgpack_default, use_bin_type=True)
+        return msgpack.packb(value, default=_msgpack_default, use_bin_type=True)
     except CodecError:
         raise
     except (TypeError, ValueError, OverflowError) as exc:
-        raise CodecError(f"msgpack codec cannot encode the state: {exc}",
-                         codec="msgpack") from exc
-    return _frame([memoryview(stream)])
+        raise CodecError(f"msgpack codec cannot encode {what}: {exc}", codec="msgpack") from exc
+
+
+def _unpack(data: bytes | memoryview) -> Any:
+    return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_msgpack_ext,
+                           use_list=True)
+
+
+def _encode_msgpack(state: Any) -> Payload:
+    return _frame([memoryview(_pack(state, "the state"))])
 
 
 def msgpack_copy(value: Any) -> tuple[Any, int]:
     """``value`` as the msgpack codec gives it back (a tuple as a list) and its encoded size;
     :class:`CodecError` if the codec cannot encode it (a set, an object)."""
-    try:
-        stream = msgpack.packb(value, default=_msgpack_default, use_bin_type=True)
-    except CodecError:
-        raise
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise CodecError(f"msgpack codec cannot encode it: {exc}", codec="msgpack") from exc
-    return (msgpack.unpackb(stream, raw=False, strict_map_key=False, ext_hook=_msgpack_ext,
-                            use_list=True), len(stream))
+    stream = _pack(value, "it")
+    return _unpack(stream), len(stream)
 
 
 def _decode_msgpack(buf: memoryview) -> Any:
-    segs = _segments(buf)
-    return msgpack.unpackb(segs[0], raw=False, strict_map_key=False, ext_hook=_msgpack_ext,
-                           use_list=True)
+    return _unpack(_segments(buf)[0])
 
 
 def encode(state: Any, codec: str) -> Payload:
