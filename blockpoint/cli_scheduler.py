@@ -19,7 +19,7 @@ from typing import Any
 
 from .table import human_bytes, local_time, print_rows
 
-__all__ = ["redact_address", "register"]
+__all__ = ["register"]
 
 
 def register(subparsers: Any) -> None:
@@ -58,26 +58,13 @@ def _connect(args: argparse.Namespace) -> Any:
     except SchedulerUnavailableError as exc:
         print(f"blockpoint scheduler: {exc}", file=sys.stderr)
     except ConnectionError as exc:
-        from blockstore.redact import redact_text
+        from blockstore.redact import redact_address, redact_text
 
         shown, spans = redact_address(args.address)
         env_spans = redact_address(os.environ.get("RAY_ADDRESS", ""))[1]  # what "auto" reads
         print(f"blockpoint scheduler: cannot reach Ray at {shown}: "
               f"{redact_text(str(exc), (*spans, *env_spans))}", file=sys.stderr)
     return None
-
-
-def redact_address(address: str) -> tuple[str, tuple[str, ...]]:
-    """``(the Ray address as it may be shown, the spans masked)``: user information (a
-    password or token, ``https://user:token@host`` behind an authenticating proxy, or
-    ``user:pw@host:port``) and query values are masked by :func:`blockstore.redact.redact`,
-    as in a store URL; an address without a scheme is read as if it had one."""
-    from blockstore.redact import redact
-
-    if "://" in address:
-        return redact(address)
-    shown, spans = redact(f"ray://{address}")
-    return shown.removeprefix("ray://"), spans
 
 
 def _check_reachable(address: str, timeout: float = 3.0) -> None:

@@ -29,7 +29,7 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
 
-from .cli_scheduler import _check_reachable, redact_address
+from .cli_scheduler import _check_reachable
 from .errors import DemoSetupError
 
 __all__ = ["FORWARDED_ENV", "LOCAL_HEALTH_CHECKS", "AttachedDemoCluster", "DemoCluster",
@@ -278,6 +278,8 @@ class AttachedDemoCluster(DemoCluster):
     def __init__(self, address: str, namespace: str | None = None) -> None:
         self.namespace = namespace
         # Every message shows the address redacted: user information may hold a password.
+        from blockstore.redact import redact_address
+
         self.shown_address, self._address_spans = redact_address(address)
         if address.startswith(("http://", "https://")):
             raise DemoSetupError(

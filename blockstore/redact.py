@@ -39,7 +39,7 @@ import re
 from collections.abc import Iterable
 from urllib.parse import unquote
 
-__all__ = ["MASK", "SECRET_ENV", "redact", "redact_text", "redact_url", "scrub"]
+__all__ = ["MASK", "SECRET_ENV", "redact", "redact_address", "redact_text", "redact_url", "scrub"]
 
 #: What a masked span is replaced with.
 MASK = "***"
@@ -89,6 +89,17 @@ def redact(url: str) -> tuple[str, tuple[str, ...]]:
         masked.append(tail[1:])
         out += "#" + MASK
     return out, _spans(masked)
+
+
+def redact_address(address: str) -> tuple[str, tuple[str, ...]]:
+    """``(the Ray address as it may be shown, the spans masked)``: user information (a
+    password or token, ``https://user:token@host`` behind an authenticating proxy, or
+    ``user:pw@host:port``) and query values are masked by :func:`redact`,
+    as in a store URL; an address without a scheme is read as if it had one."""
+    if "://" in address:
+        return redact(address)
+    shown, spans = redact(f"ray://{address}")
+    return shown.removeprefix("ray://"), spans
 
 
 def redact_url(url: str) -> str:

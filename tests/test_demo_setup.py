@@ -189,7 +189,7 @@ def test_a_password_in_the_ray_address_is_never_shown(tmp_path: Path, args: list
 def test_a_password_in_the_ray_address_is_not_in_the_error_or_its_pickle() -> None:
     import pickle
 
-    from blockpoint.cli_scheduler import redact_address
+    from blockstore.redact import redact_address
     from blockpoint.demo_cluster import AttachedDemoCluster
 
     with pytest.raises(DemoSetupError) as err:
