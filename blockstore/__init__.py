@@ -153,7 +153,9 @@ def open_store(spec: str | os.PathLike[str], *, block_size: int | None = None,
     ``az://``: :class:`~blockstore.objectstore.ObjectStore` (needs the ``s3`` extra; always
     shared). A bad URL raises ``StoreURLError`` naming the wrong part. ``block_size`` and
     ``shared`` apply when a file store is created; an existing store keeps its own (a
-    conflicting value raises ``StoreConfigError``). A memory store is never shared.
+    conflicting value raises ``StoreConfigError``). A memory store is never shared; with
+    ``create=False`` a memory store this process has not made raises ``StorePathError``
+    (it lives only in the process that made it, so a CLI never sees another's).
     ``clock_margin``: see :class:`BlockStore` ("Clocks").
     """
     url = parse_store_url(spec)
@@ -163,6 +165,11 @@ def open_store(spec: str | os.PathLike[str], *, block_size: int | None = None,
         name = url.location
         with _memory_lock:
             st = _memory_stores.get(name)
+            if (st is None or st.closed) and not create:
+                raise StorePathError(
+                    f"{url.to_url()}: no memory store of that name in this process (a memory "
+                    "store lives only in the process that made it; give the file or "
+                    "object-store URL the job used)", path=url.to_url())
             if st is None or st.closed:
                 st = MemoryStore(block_size or DEFAULT_BLOCK_SIZE, name=name,
                                  clock_margin=clock_margin)

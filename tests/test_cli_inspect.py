@@ -164,3 +164,30 @@ def test_a_store_path_too_long_for_the_filesystem_is_one_line_and_exit_2(tmp_pat
     err = capsys.readouterr().err
     assert err.startswith(f"blockpoint inspect: cannot open the store at {long}: ")
     assert "too long" in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("argv", [["inspect"], ["verify"], ["gc", "--dry-run"],
+                                  ["history"]])
+def test_a_memory_store_url_is_refused_by_every_command(argv: list[str], capsys) -> None:
+    """A CLI process never sees another's memory store: it had made an empty one and
+    reported "no leases" / "ok" (review attack19b F13). One line, exit 2, nothing made."""
+    from blockstore import _memory_stores
+
+    name = f"cli-{argv[0]}-never-made"
+    args = [*argv, f"memory://{name}"] + (["stage-x"] if argv[0] == "history" else [])
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"blockpoint {argv[0]}: memory://{name}: no memory store of that "
+                          "name in this process"), err
+    assert err.count("\n") == 1, err
+    assert name not in _memory_stores
+
+
+def test_open_store_does_not_make_a_memory_store_when_create_is_false() -> None:
+    from blockstore import StorePathError
+
+    with pytest.raises(StorePathError, match="no memory store of that name") as err:
+        open_store("memory://never-made-here", create=False)
+    assert err.value.path == "memory://never-made-here"
+    with open_store("memory://made-here") as st:  # made by this process: found again
+        assert open_store("memory://made-here", create=False) is st
