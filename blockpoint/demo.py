@@ -29,6 +29,7 @@ each run takes a fresh place, with checkpoints authenticated where the store is 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -50,6 +51,8 @@ from .demo_store import (
     check_key,
     check_key_reaches,
     new_run_id,
+    place_exists,
+    remove_run_place,
     run_store_url,
     verify_authenticated,
 )
@@ -141,7 +144,10 @@ def run_demo(**kwargs: Any) -> DemoResult:
     workdir = kwargs.pop("workdir", None)
     keep = kwargs.pop("keep", False)
     own_dir = workdir is None
+    made_dir = own_dir or not os.path.lexists(workdir)
     workdir = workdir or tempfile.mkdtemp(prefix="blockpoint-demo-")
+    log_path = os.path.join(workdir, "ray-processes.log")
+    made_log = not os.path.lexists(log_path)
     os.makedirs(workdir, exist_ok=True)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -151,12 +157,20 @@ def run_demo(**kwargs: Any) -> DemoResult:
     else:
         story = out
     saved = (os.dup(1), os.dup(2))
-    log_fd = os.open(os.path.join(workdir, "ray-processes.log"),
-                     os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)
+    from blockstore import StoreURLError
+
+    made: dict[str, str] = {}  # the run's store place, while only the setup has touched it
+    refused = False
     try:
-        return _run_demo(workdir=workdir, out=story, **kwargs)
+        return _run_demo(workdir=workdir, out=story, made=made, **kwargs)
+    except (DemoSetupError, StoreURLError):
+        refused = True  # a refused setup leaves nothing it made: no store place, no log
+        if "place" in made:
+            remove_run_place(made["place"])
+        raise
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -166,14 +180,18 @@ def run_demo(**kwargs: Any) -> DemoResult:
             os.close(fd)
         if story is not out:
             story.close()
-        if own_dir and not keep:
+        if (own_dir and not keep) or (refused and made_dir):
             shutil.rmtree(workdir, ignore_errors=True)
+        elif refused and made_log:
+            with contextlib.suppress(OSError):
+                os.unlink(log_path)
 
 
 def _run_demo(*, events: int = 500_000, sketch_mib: int = 64, batch_size: int = 500,
              checkpoint_every: int = 15_000, workdir: str | None = None,
              out: TextIO | None = None, kill_at: float = 0.3, preempt_at: float = 0.6,
-             address: str | None = None, store: str | None = None) -> DemoResult:
+             address: str | None = None, store: str | None = None,
+             made: dict[str, str] | None = None) -> DemoResult:
     """The demo itself (see :func:`run_demo`).
 
     Args:
@@ -188,6 +206,8 @@ def _run_demo(*, events: int = 500_000, sketch_mib: int = 64, batch_size: int = 
         address: a running Ray cluster to attach to (``None``: start a local one).
         store: a store URL under which this run takes a fresh place (``None``: a directory
             in ``workdir``); required when attached.
+        made: ``made["place"]`` is set to the store place while the setup alone has made it
+            (removed by :func:`run_demo` if the setup is refused), and cleared once stages run.
 
     Raises:
         DemoSetupError: a store no stage can reach, a bad address, a shared store without
@@ -219,16 +239,17 @@ def _run_demo(*, events: int = 500_000, sketch_mib: int = 64, batch_size: int = 
 
     try:
         try:
+            fresh = not place_exists(store_url)
             with open_store(store_url, block_size=1 << 20) as st:
                 shared = st.capabilities.shared
+            if fresh and made is not None:
+                made["place"] = store_url
         except BlockStoreError as exc:
             raise DemoSetupError(f"cannot open the store: {exc}", what="store") from exc
         key_fp = check_key(store_url, shared=shared)
     except BaseException:
         cluster.close()
         raise
-    sink = FileSink(os.path.join(workdir, "output"))
-    source = GeneratedSource(seed=2026, n=events, keys=16)
 
     out.write("blockpoint demo: a stateful streaming job that loses a node and is preempted, "
               "and still commits exactly once\n")
@@ -251,6 +272,10 @@ def _run_demo(*, events: int = 500_000, sketch_mib: int = 64, batch_size: int = 
                       f"(${KEY_FILE_ENV if os.environ.get(KEY_FILE_ENV) else KEY_ENV}) "
                       f"reaches the workers on all {1 + len(cluster.workers)} nodes\n")
         out.flush()
+        if made is not None:  # the setup passed: from here the place holds the run's work
+            made.pop("place", None)
+        sink = FileSink(os.path.join(workdir, "output"))
+        source = GeneratedSource(seed=2026, n=events, keys=16)
         sched = get_or_create(SCHEDULER_NAME, store_url=store_url, node_id=head_id,
                               poll_interval=0.25)
 

@@ -36,7 +36,8 @@ from dataclasses import dataclass
 from .errors import DemoSetupError
 
 __all__ = ["STORE_ENV", "AuthReport", "check_key", "check_key_reaches", "key_fingerprint",
-           "new_run_id", "run_store_url", "verify_authenticated"]
+           "new_run_id", "place_exists", "remove_run_place", "run_store_url",
+           "verify_authenticated"]
 
 #: The environment variable naming the cluster's store (cluster.yaml, docs/OPERATIONS.md).
 STORE_ENV = "BLOCKPOINT_STORE_URL"
@@ -67,6 +68,40 @@ def run_store_url(base: str, run_id: str | None = None) -> str:
         prefix = f"{url.prefix}/{run_id}" if url.prefix else run_id
         return type(url)(url.scheme, url.location, prefix, url.options).to_url()
     return os.path.join(url.location, run_id)
+
+
+def place_exists(store_url: str) -> bool:
+    """Whether a run's place is there already: a file store's directory (an object store's
+    fresh prefix is taken as new: its name carries the time and 48 random bits)."""
+    from blockstore import parse_store_url
+
+    url = parse_store_url(store_url)
+    return not url.is_object_store and os.path.lexists(url.location)
+
+
+def remove_run_place(store_url: str) -> None:
+    """Remove the place a refused run made (a refused setup leaves nothing behind): a file
+    store's directory, or every object under an object store's fresh prefix. Only called
+    for a place this run created, before any stage ran; failures are ignored (the setup's
+    own error is what the user needs to see)."""
+    import shutil
+
+    from blockstore import BlockStoreError, parse_store_url
+
+    url = parse_store_url(store_url)
+    if not url.is_object_store:
+        shutil.rmtree(url.location, ignore_errors=True)
+        return
+    from blockstore.objectclient import ObjectClient
+
+    try:
+        client = ObjectClient(url)
+        try:
+            client.delete([o["path"] for o in client.list("")])
+        finally:
+            client.close()
+    except (BlockStoreError, OSError):
+        pass
 
 
 def key_fingerprint(environ: Mapping[str, str] | None = None) -> str | None:

@@ -59,6 +59,16 @@ def test_shared_store_without_key_is_refused_before_anything_runs(s3_server: Any
     assert "is shared" in proc.stderr and "BLOCKPOINT_CHECKPOINT_KEY" in proc.stderr
     assert "starting a 3-node" not in proc.stdout  # refused before a cluster started
     assert "Traceback" not in proc.stderr
+    # the store was opened (to learn it is shared) before the refusal: the fresh demo-*
+    # place it made is gone again (review attack19b F4)
+    from blockstore import parse_store_url
+    from blockstore.objectclient import ObjectClient
+
+    client = ObjectClient(parse_store_url(s3_server.url("demo-nokey")))
+    try:
+        assert [m["path"] for m in client.list("")] == []
+    finally:
+        client.close()
 
 
 @pytest.mark.parametrize("args, extra, why", [
@@ -88,11 +98,37 @@ def test_cluster_nobody_answers_for_is_a_refused_setup(tmp_path: Path) -> None:
 
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "BLOCKPOINT_STORE_URL")}
     address = f"127.0.0.1:{free_port()}"
-    proc = _demo("--address", address, "--store", str(tmp_path / "store"), env=env)
+    (tmp_path / "store").mkdir()
+    work = tmp_path / "work"
+    proc = _demo("--address", address, "--store", str(tmp_path / "store"),
+                 "--workdir", str(work), env=env)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert proc.stderr.startswith(f"blockpoint demo: cannot attach to the Ray cluster at "
                                   f"{address}: ConnectionError: "), proc.stderr
     assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    # a refused setup leaves nothing it made: the demo-* store place it had created before
+    # attaching, the work dir and its ray-processes.log (review attack19b F4)
+    assert list((tmp_path / "store").iterdir()) == [] and not work.exists()
+
+
+def test_a_refused_setup_keeps_what_was_there(tmp_path: Path) -> None:
+    """A work dir that existed keeps its files (an earlier run's log too); only what the
+    refused run made goes."""
+    from s3server import free_port
+
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "BLOCKPOINT_STORE_URL")}
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "mine.txt").write_text("keep")
+    proc = _demo("--address", f"127.0.0.1:{free_port()}", "--store", str(tmp_path / "store"),
+                 "--workdir", str(work), env=env)
+    assert proc.returncode == 2 and "cannot attach" in proc.stderr, proc.stdout + proc.stderr
+    assert sorted(p.name for p in work.iterdir()) == ["mine.txt"]
+    (work / "ray-processes.log").write_text("an earlier run's log\n")
+    proc = _demo("--store", "memory://m", "--workdir", str(work), env=env)
+    assert proc.returncode == 2 and "memory store" in proc.stderr, proc.stdout + proc.stderr
+    assert sorted(p.name for p in work.iterdir()) == ["mine.txt", "ray-processes.log"]
+    assert (work / "ray-processes.log").read_text() == "an earlier run's log\n"
 
 
 def test_a_job_whose_runtime_env_carries_a_secret_is_refused() -> None:
