@@ -30,6 +30,9 @@ __all__ = ["register"]
 
 #: What ``--key-env`` takes: the name of an environment variable (POSIX portable names).
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+#: A variable name as people write them (capitals, digits, ``_``): shown when unset; any
+#: other name may be a key pasted where its name goes, and is not.
+_CONVENTIONAL_NAME = re.compile(r"[A-Z_][A-Z0-9_]*\Z")
 
 COLUMNS = ["lease", "slot", "generation", "step", "size", "codec", "ratio", "shared", "status"]
 
@@ -77,6 +80,13 @@ def _verify(args: argparse.Namespace) -> int:
                   f"${KEY_FILE_ENV}", file=sys.stderr)
             return 2
         key = os.environ.get(args.key_env)
+        if not key and not _CONVENTIONAL_NAME.match(args.key_env):
+            # a name like this may be the key pasted (base64 without + or /): not echoed
+            print(f"blockpoint verify: the variable --key-env names "
+                  f"({not_shown(args.key_env)}) is not set; if you pasted the key itself, "
+                  f"treat it as exposed and put the new key in a 0600 file named by "
+                  f"${KEY_FILE_ENV}", file=sys.stderr)
+            return 2
         if not key:
             print(f"blockpoint verify: ${args.key_env} is not set", file=sys.stderr)
             return 2

@@ -73,6 +73,7 @@ from .errors import (
     LeaseMismatchError,
     LeaseNotFoundError,
     StoreClosedError,
+    StoreConfigError,
     StoreCorruptError,
 )
 from .redact import redact_url
@@ -448,9 +449,14 @@ class BlockStore(ABC):
         Orphans are the data and lock files of a lease whose record is gone (a crash inside
         ``delete_lease``) and temporary files of record writes older than ``min_age``
         seconds (younger ones may belong to a write in progress). Safe to run at any time,
-        from any process, while stages run.
+        from any process, while stages run. ``min_age`` must be finite and >= 0
+        (``StoreConfigError``): ``nan`` compares false with every age and would count a
+        write in progress as old.
         """
         self._check_open()
+        if not math.isfinite(float(min_age)) or float(min_age) < 0:
+            raise StoreConfigError(f"gc min_age must be a finite number of seconds >= 0, "
+                                   f"not {float(min_age):g}")
         items, live = self._gc(bool(dry_run), float(min_age))
         return GcReport(self.url, tuple(items), live, bool(dry_run))
 

@@ -6,8 +6,10 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
+
 from blockpoint.cli import main
-from blockstore import open_store
+from blockstore import StoreConfigError, open_store
 
 BS = 4096
 ORPHAN = "0123456789abcdef0123456789abcdef"
@@ -86,3 +88,19 @@ def test_gc_refuses_a_min_age_that_is_not_a_finite_age(tmp_path: Path, capsys) -
     assert fresh.exists() and (root / "leases" / f"{ORPHAN}.dat").exists()
     assert main(["gc", str(root), "--dry-run"]) == 0          # the default still runs
     assert fresh.name not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("spec", ["file", "memory://gc-min-age"])
+def test_store_gc_refuses_a_min_age_that_is_not_a_finite_age(tmp_path: Path, spec: str) -> None:
+    """The library's ``BlockStore.gc`` as the CLI: ``min_age=nan`` had been accepted (and
+    would count a write in progress as old)."""
+    root = tmp_path / "s"
+    if spec == "file":
+        _store_with_orphan(root)
+    with open_store(str(root) if spec == "file" else spec) as st:
+        for bad in (float("nan"), float("inf"), -1.0):
+            with pytest.raises(StoreConfigError, match="finite number of seconds >= 0"):
+                st.gc(min_age=bad)
+        st.gc(dry_run=True, min_age=0)
+    if spec == "file":
+        assert (root / "leases" / f"{ORPHAN}.dat").exists()

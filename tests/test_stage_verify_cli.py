@@ -251,3 +251,14 @@ def test_verify_key_env_that_is_no_variable_name_is_not_echoed(store_path: Path,
     assert err.startswith("blockpoint verify: the LEASE argument is empty") and not out
     assert main(["verify", str(store_path), "--key-env", "NO_SUCH_VAR_19"]) == 2  # a name
     assert "$NO_SUCH_VAR_19 is not set" in capsys.readouterr().err
+    # a key that happens to be a valid variable name (base64 without + or /) and is unset:
+    # it was echoed as "$<key> is not set"
+    pasted = "Zm9vYmFyYmF6cXV1eGtleTE2"
+    assert main(["verify", str(store_path), "--key-env", pasted]) == 2
+    out, err = capsys.readouterr()
+    assert pasted not in out + err and "Zm9v" not in out + err
+    assert err.startswith("blockpoint verify: the variable --key-env names (<24 characters, "
+                          "not shown>) is not set") and err.count("\n") == 1, err
+    monkeypatch.setenv("my_key_19", "x" * 32)  # set, in any case: used (wrong key: exit 1)
+    assert main(["verify", str(store_path), "--key-env", "my_key_19"]) != 2
+    capsys.readouterr()
