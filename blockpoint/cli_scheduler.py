@@ -52,8 +52,11 @@ def _connect(args: argparse.Namespace) -> Any:
     try:
         if not ray.is_initialized():
             _check_reachable(args.address)
-            ray.init(address=args.address, namespace=args.namespace, log_to_driver=False,
-                     logging_level="ERROR")
+            try:
+                ray.init(address=args.address, namespace=args.namespace, log_to_driver=False,
+                         logging_level="ERROR")
+            except ValueError as exc:  # "Invalid address format: <the address, whole>"
+                raise ConnectionError(str(exc)) from exc
         return get_scheduler(args.name, args.namespace)
     except SchedulerUnavailableError as exc:
         print(f"blockpoint scheduler: {exc}", file=sys.stderr)
@@ -61,7 +64,10 @@ def _connect(args: argparse.Namespace) -> Any:
         from blockstore.redact import redact_address, redact_text
 
         shown, spans = redact_address(args.address)
-        env_spans = redact_address(os.environ.get("RAY_ADDRESS", ""))[1]  # what "auto" reads
+        env = os.environ.get("RAY_ADDRESS", "")
+        env_shown, env_spans = redact_address(env)  # what "auto" reads
+        if args.address == "auto" and env:
+            shown = f"auto ($RAY_ADDRESS={env_shown})"
         print(f"blockpoint scheduler: cannot reach Ray at {shown}: "
               f"{redact_text(str(exc), (*spans, *env_spans))}", file=sys.stderr)
     return None

@@ -50,3 +50,22 @@ def test_a_password_in_the_address_is_never_shown() -> None:
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert secret not in proc.stdout + proc.stderr, proc.stderr
     assert proc.stderr.startswith("blockpoint scheduler: cannot reach Ray at ***@127.0.0.1:1: ")
+
+
+def test_a_password_in_ray_address_read_by_auto_is_never_shown() -> None:
+    """``--address auto`` (the default) reads ``$RAY_ADDRESS``: one with ``user:pw@`` made
+    Ray raise ``ValueError: Invalid address format: <the address>`` - a traceback with the
+    password, exit 1. Now one line, exit 2, the user information masked."""
+    import os
+    import subprocess
+    import sys
+
+    secret = "Pa55w0rd-SECRET"
+    env = dict(os.environ, RAY_ADDRESS=f"user:{secret}@127.0.0.1:1")
+    proc = subprocess.run([sys.executable, "-m", "blockpoint", "scheduler", "status"],
+                          check=False, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert secret not in proc.stdout + proc.stderr, proc.stderr
+    assert proc.stderr.startswith("blockpoint scheduler: cannot reach Ray at auto "
+                                  "($RAY_ADDRESS=***@127.0.0.1:1): "), proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
