@@ -389,3 +389,51 @@ def test_demo_submitted_with_the_key_in_its_entrypoint_refused(s3_server: Any,
     assert len(shown) == 1 and shown[0].startswith("Running entrypoint for job"), shown
     assert "job's log" in logs
     assert "exactly once" not in logs.split("entrypoint carries")[1]  # no run after it
+
+
+def test_demo_attached_without_the_token_is_a_refused_setup(s3_server: Any, ray_cluster: Any,
+                                                            tmp_path: Path) -> None:
+    """``blockpoint demo --address`` from a shell without the cluster's token (Ray 2.60's
+    token auth): one line naming Ray's refusal and exit 2 (the docs' refused setup; it was a
+    traceback, exit 1), and the store place it had made before attaching is gone again."""
+    from blockstore import parse_store_url
+    from blockstore.objectclient import ObjectClient
+
+    exe = str(Path(sys.executable).with_name("blockpoint"))
+    _, key_path = _key_file(tmp_path)
+    env = _client_env(BLOCKPOINT_CHECKPOINT_KEY_FILE=key_path)
+    for name in ("BLOCKPOINT_CHECKPOINT_KEY", "RAY_ADDRESS", "BLOCKPOINT_STORE_URL"):
+        env.pop(name, None)
+    store = s3_server.url(f"notoken-{tmp_path.name}")
+    demo = subprocess.run([exe, "demo", "--quick", "--address", ray_cluster.address,
+                           "--store", store], capture_output=True, text=True, timeout=300,
+                          env=env)
+    assert demo.returncode == 2, (demo.stdout + demo.stderr)[-4000:]
+    assert demo.stderr.startswith(f"blockpoint demo: cannot attach to the Ray cluster at "
+                                  f"{ray_cluster.address}: "), demo.stderr
+    assert "Traceback" not in demo.stderr and demo.stderr.count("\n") == 1, demo.stderr
+    client = ObjectClient(parse_store_url(store))
+    try:
+        assert [m["path"] for m in client.list("")] == []  # the demo-* place was removed
+    finally:
+        client.close()
+
+
+def test_a_node_whose_workers_cannot_open_the_store_is_a_refused_setup(ray_cluster: Any,
+                                                                        tmp_path: Path) -> None:
+    """The demo's per-node check (one task pinned to each node, with the workers' own
+    environment): a store the workers cannot open is a refused setup naming the nodes and
+    what to do - never passing credentials in the job's runtime env."""
+    from blockpoint.demo_store import check_key_reaches
+    from blockpoint.errors import DemoSetupError
+
+    nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
+    missing = str(tmp_path / "no-store-here")
+    with pytest.raises(DemoSetupError) as err:
+        check_key_reaches(nodes, None, store_url=missing)
+    text = str(err.value)
+    assert text.startswith("the workers on node(s) ") and f"cannot open the store {missing}: " \
+        "StorePathError" in text, text
+    assert all(n[:8] in text for n in nodes), text
+    assert "never the job's runtime_env, which Ray shows in its job table" in text, text
+    assert err.value.what == "store"
