@@ -72,7 +72,7 @@ def run_store_url(base: str, run_id: str | None = None) -> str:
 
 def place_exists(store_url: str) -> bool:
     """Whether a run's place is there already: a file store's directory (an object store's
-    fresh prefix is taken as new: its name carries the time and 48 random bits)."""
+    fresh prefix is taken as new: its name carries the time to the second and 24 random bits)."""
     from blockstore import parse_store_url
 
     url = parse_store_url(store_url)

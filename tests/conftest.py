@@ -85,7 +85,7 @@ def ray_cluster(request: pytest.FixtureRequest) -> Iterator[object]:
     import ray
     from ray.cluster_utils import Cluster
 
-    from s3server import free_port
+    from s3server import free_ports
 
     if ray.is_initialized():
         ray.shutdown()
@@ -94,11 +94,11 @@ def ray_cluster(request: pytest.FixtureRequest) -> Iterator[object]:
                                "_system_config": FAST_HEALTH}
     job_port = None
     if getattr(request.module, "RAY_JOB_SERVER", False):
-        job_port = free_port()
+        job_port, agent_port = free_ports(2)
         # The job server is part of the dashboard (head); the job agent on the head takes a
         # free port too, not the fixed default another Ray on this machine may hold.
         head.update(include_dashboard=True, dashboard_host="127.0.0.1",
-                    dashboard_port=job_port, dashboard_agent_listen_port=free_port())
+                    dashboard_port=job_port, dashboard_agent_listen_port=agent_port)
     try:
         cluster = Cluster(initialize_head=True, head_node_args=head)
         cluster.job_address = f"http://127.0.0.1:{job_port}" if job_port else None
