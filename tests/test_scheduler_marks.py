@@ -144,7 +144,7 @@ class HeldObserver:
         self.inner.on_flush_start(lease_id)
         with open(self.gate + ".entered", "w"):
             pass
-        end = time.time() + 120
+        end = time.time() + 600  # a safety net, as for gates (gates.DEFAULT_LIMIT_S)
         while os.path.exists(self.gate) and time.time() < end:
             time.sleep(0.01)
 
