@@ -92,6 +92,8 @@ def remove_run_place(store_url: str) -> None:
     if not url.is_object_store:
         shutil.rmtree(url.location, ignore_errors=True)
         return
+    if not url.prefix or not url.prefix.rsplit("/", 1)[-1].startswith("demo-"):
+        return  # never a store's root nor a place that is not a run's (defence in depth)
     from blockstore.objectclient import ObjectClient
 
     try:

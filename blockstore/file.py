@@ -50,44 +50,35 @@ import dataclasses
 import fcntl
 import json
 import os
-import stat
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from .base import (
-    DEFAULT_BLOCK_SIZE,
     BlockStore,
     GcItem,
     StoreCapabilities,
     bounds_error,
     new_lease_id,
 )
-from .checks import check_new_block_size
 from .errors import (
     BlockStoreError,
     LeaseNotFoundError,
     StorageIOError,
     StoreCorruptError,
-    StorePathError,
 )
 from .fdcache import FdCache
 from .work import advance
 from .fencing import check_current, check_free, next_acquire, released, renewed
 from .fileroot import (
-    FORMAT_NAME,
-    FORMAT_VERSION,
     HEX as _HEX,
     META_NAME,
-    dir_lock,
-    is_empty_or_partial,
     lock_within,
+    open_root,
     orphan,
-    read_meta,
 )
 from .fileio import (
-    DIR_MODE,
     FILE_MODE,
     atomic_write_json,
     fsync_dir,
@@ -139,7 +130,7 @@ class FileStore(BlockStore):
                  clock_margin: float | None = None) -> None:
         self.root = Path(root).absolute()
         try:
-            bs, is_shared = self._open_root(block_size, create, shared)
+            bs, is_shared = open_root(self.root, block_size, create, shared)
         except BlockStoreError:
             raise
         except OSError as exc:  # a name too long, a parent we may not search: one line
@@ -156,55 +147,6 @@ class FileStore(BlockStore):
         self._pins: RecordPins[LeaseInfo] | None = (
             RecordPins(max(1, max_open_files // 4)) if not is_shared and local_filesystem(self.root)
             else None)
-
-    # -- opening ---------------------------------------------------------------------------
-    def _open_root(self, block_size: int | None, create: bool,
-                   shared: bool | None) -> tuple[int, bool]:
-        root = self.root
-        if root.exists() and not root.is_dir():
-            raise StorePathError(f"{root} is not a directory", path=str(root))
-        meta = root / META_NAME
-        if meta.exists():
-            return read_meta(meta, block_size, shared)
-        if root.exists() and not is_empty_or_partial(root):
-            # Another process may have finished creating the store (and written its first
-            # lease) between the two looks: the meta decides, read again after the listing.
-            if meta.exists():
-                return read_meta(meta, block_size, shared)
-            raise StorePathError(f"{root} is not a blockpoint store (no {META_NAME}) and is not "
-                                 "empty; refusing to write into it", path=str(root))
-        if not create:
-            raise StorePathError(f"{root} is not a blockpoint store", path=str(root))
-        bs = check_new_block_size(DEFAULT_BLOCK_SIZE if block_size is None else block_size)
-        try:
-            root.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
-        except (NotADirectoryError, FileExistsError) as exc:
-            raise StorePathError(f"cannot create store at {root}: a parent is not a directory",
-                                 path=str(root)) from exc
-        except OSError as exc:
-            raise StorageIOError(f"cannot create store at {root}: {exc}", path=str(root)) from exc
-        # Two processes may create the same store at once (every worker opens it on start):
-        # a lock on the directory itself serialises creation, and the loser reads the meta.
-        with dir_lock(root):
-            if meta.exists():
-                return read_meta(meta, block_size, shared)
-            if not is_empty_or_partial(root):
-                raise StorePathError(f"{root} is not a blockpoint store (no {META_NAME}) and "
-                                     "is not empty; refusing to write into it", path=str(root))
-            try:
-                # A directory that existed (empty) keeps only its owner's bits: stricter
-                # than both 0700 and whatever umask it was made with.
-                os.chmod(root, stat.S_IMODE(root.stat().st_mode) & DIR_MODE)
-                (root / "leases").mkdir(exist_ok=True, mode=DIR_MODE)
-                (root / "store.lock").touch(mode=FILE_MODE)
-                # The meta last: until it exists, the directory is not a store.
-                is_shared = bool(shared)
-                atomic_write_json(meta, {"format": FORMAT_NAME, "version": FORMAT_VERSION,
-                                         "block_size": bs, "shared": is_shared})
-            except OSError as exc:
-                raise StorageIOError(f"cannot create store at {root}: {exc}",
-                                     path=str(root)) from exc
-        return bs, is_shared
 
     @property
     def url(self) -> str:

@@ -1,5 +1,5 @@
-"""The file store's directory, apart from its leases: the metadata file, the directory and
-lock-file locks, and what gc may remove.
+"""The file store's directory, apart from its leases: opening (and creating) it, the
+metadata file, the directory and lock-file locks, and what gc may remove.
 
 ``FileStore`` (``blockstore/file.py``) keeps the leases; this is what it reads and locks around
 them. Layout and fields: docs/FORMAT.md 1 ("File store layout") and 1.1 ("Store metadata").
@@ -16,17 +16,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .base import GcItem
-from .checks import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE
+from .base import DEFAULT_BLOCK_SIZE, GcItem
+from .checks import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, check_new_block_size
 from .errors import (
     LockTimeoutError,
+    StorageIOError,
     StoreConfigError,
     StoreCorruptError,
+    StorePathError,
     StoreVersionError,
 )
+from .fileio import DIR_MODE, FILE_MODE, atomic_write_json
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "HEX", "META_NAME", "dir_lock", "is_empty_or_partial",
-           "lock_within", "orphan", "read_meta"]
+           "lock_within", "open_root", "orphan", "read_meta"]
 
 META_NAME = "blockpoint-store.json"
 FORMAT_NAME = "blockpoint-store"
@@ -61,6 +64,58 @@ def read_meta(meta: Path, block_size: int | None, shared: bool | None) -> tuple[
     if shared is not None and bool(shared) != is_shared:
         raise StoreConfigError(f"store {meta.parent} was created with shared={is_shared}, "
                                f"not shared={bool(shared)} (sharing is fixed at creation)")
+    return bs, is_shared
+
+
+def open_root(root: Path, block_size: int | None, create: bool,
+              shared: bool | None) -> tuple[int, bool]:
+    """Open (or, with ``create``, make) the store at ``root``: its block size and whether
+    it is shared. Creation is serialised by a lock on the directory; a directory that is
+    neither empty nor a store is refused (``StorePathError``), I/O errors are
+    ``StorageIOError``."""
+    if root.exists() and not root.is_dir():
+        raise StorePathError(f"{root} is not a directory", path=str(root))
+    meta = root / META_NAME
+    if meta.exists():
+        return read_meta(meta, block_size, shared)
+    if root.exists() and not is_empty_or_partial(root):
+        # Another process may have finished creating the store (and written its first
+        # lease) between the two looks: the meta decides, read again after the listing.
+        if meta.exists():
+            return read_meta(meta, block_size, shared)
+        raise StorePathError(f"{root} is not a blockpoint store (no {META_NAME}) and is not "
+                             "empty; refusing to write into it", path=str(root))
+    if not create:
+        raise StorePathError(f"{root} is not a blockpoint store", path=str(root))
+    bs = check_new_block_size(DEFAULT_BLOCK_SIZE if block_size is None else block_size)
+    try:
+        root.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+    except (NotADirectoryError, FileExistsError) as exc:
+        raise StorePathError(f"cannot create store at {root}: a parent is not a directory",
+                             path=str(root)) from exc
+    except OSError as exc:
+        raise StorageIOError(f"cannot create store at {root}: {exc}", path=str(root)) from exc
+    # Two processes may create the same store at once (every worker opens it on start):
+    # a lock on the directory itself serialises creation, and the loser reads the meta.
+    with dir_lock(root):
+        if meta.exists():
+            return read_meta(meta, block_size, shared)
+        if not is_empty_or_partial(root):
+            raise StorePathError(f"{root} is not a blockpoint store (no {META_NAME}) and "
+                                 "is not empty; refusing to write into it", path=str(root))
+        try:
+            # A directory that existed (empty) keeps only its owner's bits: stricter
+            # than both 0700 and whatever umask it was made with.
+            os.chmod(root, stat.S_IMODE(root.stat().st_mode) & DIR_MODE)
+            (root / "leases").mkdir(exist_ok=True, mode=DIR_MODE)
+            (root / "store.lock").touch(mode=FILE_MODE)
+            # The meta last: until it exists, the directory is not a store.
+            is_shared = bool(shared)
+            atomic_write_json(meta, {"format": FORMAT_NAME, "version": FORMAT_VERSION,
+                                     "block_size": bs, "shared": is_shared})
+        except OSError as exc:
+            raise StorageIOError(f"cannot create store at {root}: {exc}",
+                                 path=str(root)) from exc
     return bs, is_shared
 
 

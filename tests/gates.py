@@ -21,9 +21,10 @@ from typing import Any
 
 __all__ = ["Gate", "entered", "hold", "release"]
 
-#: Seconds a held gate blocks at most (a safety net for a test that fails while holding it;
-#: generous, so a loaded machine never opens a gate a test still relies on).
-DEFAULT_LIMIT_S = 120.0
+#: Seconds a held gate blocks at most (a safety net for a test that fails while holding it).
+#: Longer than any test's pytest timeout (300 s), so a gate never opens by itself while a
+#: test still relies on it, however loaded the machine; a hung test ends by that timeout.
+DEFAULT_LIMIT_S = 600.0
 
 
 def _marker(path: str | os.PathLike[str]) -> str:

@@ -62,7 +62,7 @@ class MotoServer:
         cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "moto.server"]
         self.proc = subprocess.Popen(cmd + ["-H", "127.0.0.1", "-p", str(self.port)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 30
+        deadline = time.time() + 120  # a bound only: it ends once the port answers
         while True:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):

@@ -36,7 +36,7 @@ SRC = GeneratedSource(seed=7, n=400, keys=5)
 
 def _spec(store_dir: str, stage_id: str = "agg", **kw: object) -> StageSpec:
     return StageSpec(stage_id=stage_id, factory=RunningAggregate, store_url=store_dir,
-                     block_size=4096, lease_ttl=5.0, **kw)  # type: ignore[arg-type]
+                     block_size=4096, lease_ttl=30.0, **kw)  # type: ignore[arg-type]
 
 
 def _expected(upto: int) -> dict[str, list[int]]:

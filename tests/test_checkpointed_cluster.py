@@ -122,7 +122,7 @@ def ledger(env: dict[str, Any], key: str, **remote: Any) -> Any:
     """``Ledger`` as a scheduler-managed ``@checkpointed`` actor class (half a CPU; no
     ``max_restarts`` unless ``remote`` says)."""
     return ray.remote(num_cpus=0.5, concurrency_groups=checkpointed.GROUPS, **remote)(
-        checkpointed(store=env["store"], key=key, lease_ttl=5.0,
+        checkpointed(store=env["store"], key=key, lease_ttl=30.0,
                      registrar=SchedulerRegistrar(env["name"]),
                      observer=PreemptionCheckpointObserver(key, env["name"]))(Ledger))
 
@@ -201,10 +201,11 @@ def test_scheduler_recreates_lost_actor_on_another_node(env: dict[str, Any]) -> 
             assert ray.get(new.value.remote()) == 15      # the last checkpoint, exactly
             with pytest.raises(StaleLeaseError):
                 zombie.write_blocks({0: b"late write from the lost node"})
-        # The old handle answers no more (RayActorError), or as a fenced zombie.
+        # The old handle answers no more (RayActorError), or as a fenced zombie; not merely
+        # late (its node is dead, so Ray answers at once; the timeout is only a bound).
         with pytest.raises((ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError,
-                            ray.exceptions.GetTimeoutError, CheckpointFailed, ActorFenced)):
-            ray.get(h.add.remote(), timeout=1.0)
+                            CheckpointFailed, ActorFenced)):
+            ray.get(h.add.remote(), timeout=60)
         assert ray.get(new.add.remote()) == 16
         # The new incarnation registers fire-and-forget: wait until it landed.
         now = wait_for(lambda: registered(env, "ledger-a", before["epoch"]),
@@ -336,7 +337,7 @@ def test_node_removed_mid_call_every_call_applied_once(env: dict[str, Any],
     alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
     worker = next(n for n in cluster.worker_nodes if n.node_id in alive)
     cls = ray.remote(num_cpus=0.5, concurrency_groups=checkpointed.GROUPS)(
-        checkpointed(store=env["store"], key="ledger-once", every_calls=1, lease_ttl=5.0,
+        checkpointed(store=env["store"], key="ledger-once", every_calls=1, lease_ttl=30.0,
                      registrar=SchedulerRegistrar(env["name"]),
                      observer=HoldAfterCommitOnce(str(trigger), str(held)))(Ledger))
     h = cls.options(name="ledger-once", scheduling_strategy=NodeAffinitySchedulingStrategy(

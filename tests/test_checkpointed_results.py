@@ -89,3 +89,18 @@ def test_the_result_budget_counts_what_a_checkpoint_carries(make: Callable[[int]
     newest = len(pickle.dumps(kept[-1], protocol=5))
     assert carried <= calls.max_bytes + newest, (carried, calls.max_bytes, len(kept))
     assert calls.kept_bytes == carried          # what is counted is what is carried
+
+
+def test_results_restored_without_sizes_are_measured_in_the_actors_codec() -> None:
+    """A payload without ``sizes`` (an older version's) is measured on restore: under
+    msgpack by its msgpack size, as it was recorded, not by its pickle (which differs)."""
+    from stages.checkpoint.codec import msgpack_copy
+
+    value = {"items": list(range(300)), "name": "x" * 40}
+    recorded = AppliedCalls(window=10, actor="T", max_bytes=1 << 20, codec="msgpack")
+    recorded.record("req:1", value)
+    payload = {k: v for k, v in recorded.payload().items() if k != "sizes"}
+    back = AppliedCalls(window=10, actor="T", max_bytes=1 << 20, codec="msgpack")
+    back.adopt(payload)
+    assert back.kept_bytes == recorded.kept_bytes == msgpack_copy(value)[1]
+    assert back.kept_bytes != len(pickle.dumps(recorded.results["req:1"], protocol=5))

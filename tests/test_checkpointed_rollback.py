@@ -55,12 +55,15 @@ class Shop:
             raise ConnectionError("payment service timed out")  # ...then a transient failure
         return self.state["stock"]
 
-    async def order_async(self, k: int, gate: Any = None) -> int:
+    async def order_async(self, k: int, gate: Any = None, go: Any = None) -> int:
         self.state["stock"] -= k
         self.state["orders"].append(k)
-        await asyncio.sleep(0.01)                       # suspended mid-method
         if gate is not None:
-            gate.set()
+            gate.set()                                  # inside its method, suspending
+        if go is not None:
+            await go.wait()                             # suspended mid-method until told
+        else:
+            await asyncio.sleep(0.01)                   # suspended mid-method
         if self.fail_next:
             self.fail_next -= 1
             raise ConnectionError("payment service timed out")
@@ -111,11 +114,14 @@ def test_a_raising_coroutine_call_is_rolled_back_not_the_call_beside_it(
     shop = _start(str(tmp_path / "store"), "shop", **policy)
 
     async def scenario() -> tuple[Any, int]:
-        gate = asyncio.Event()
+        gate, go = asyncio.Event(), asyncio.Event()
         shop.fail_next = 1
-        failing = asyncio.ensure_future(shop.order_async(3, gate, request_id="o-1"))
-        await asyncio.sleep(0.005)          # the order is inside its method now
+        failing = asyncio.ensure_future(shop.order_async(3, gate, go, request_id="o-1"))
+        await gate.wait()                   # the order is inside its method now, suspended
         beside = asyncio.ensure_future(shop.restock_async(5))
+        await asyncio.sleep(0)              # one loop turn: the call beside arrives first
+        assert shop.state["restocked"] == 0  # ... and is held at the door: it waits
+        go.set()
         got = await asyncio.gather(failing, return_exceptions=True)
         return got[0], await beside
 

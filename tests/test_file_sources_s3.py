@@ -115,7 +115,7 @@ def test_jsonl_on_a_bucket_through_a_pipeline_killed_mid_run_is_exact(
     ref = run_reference(src, [KeyedSum])
     assert len(ref) == 1000
     spec = StageSpec("agg", KeyedSum, str(tmp_path / "store"), block_size=64 * 1024,
-                     lease_ttl=5.0)
+                     lease_ttl=30.0)
     out = tmp_path / "out"
     killed: list[int] = []
 

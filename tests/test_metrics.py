@@ -340,9 +340,10 @@ def test_a_blocking_listener_never_holds_the_flush_mark(store_dir: str, seen: Se
             t = threading.Thread(target=lambda: done.append(css.checkpoint(step=1)),
                                  daemon=True)
             t.start()
-            wait_for(lambda: done, timeout=30, what="the checkpoint to return while a "
+            wait_for(lambda: done, timeout=60, what="the checkpoint to return while a "
                      "listener blocks")
-            assert inside.is_set()  # the listener was called, and is blocked right now
+            # The listener is called (on its own thread) and is blocked right now.
+            assert inside.wait(60), "the listener was never called"
             assert obs.calls == [("start", None), ("complete", True)]
             gate.set()
         assert seen.of("checkpoints_total", stage="slow") == [1.0]

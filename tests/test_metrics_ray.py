@@ -88,10 +88,10 @@ def test_a_known_run_is_scraped_from_rays_exporter(metrics_port: int, tmp_path: 
     store = str(tmp_path / "store")
     sched = get_or_create("m-sched", store_url=store, auto_restore=False)
     try:
-        specs = [StageSpec("agg", RunningAggregate, store, block_size=64 * 1024, lease_ttl=5.0,
+        specs = [StageSpec("agg", RunningAggregate, store, block_size=64 * 1024, lease_ttl=30.0,
                            registrar=SchedulerRegistrar("m-sched")),
                  StageSpec("seq", functools.partial(Enrich, True, "sum"), store,
-                           block_size=64 * 1024, lease_ttl=5.0,
+                           block_size=64 * 1024, lease_ttl=30.0,
                            registrar=SchedulerRegistrar("m-sched"))]
         seq_checkpoints: list[int] = []
 

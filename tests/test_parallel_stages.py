@@ -42,10 +42,10 @@ SMALL = {"num_cpus": 0.25}  # five actors fit the fixture's four CPUs
 
 def _specs(store: str, p: int, *, m: int = M, key: Any = "key",
            seq_parallelism: int = 1) -> list[StageSpec]:
-    return [StageSpec("agg", RunningAggregate, store, block_size=64 * 1024, lease_ttl=5.0,
+    return [StageSpec("agg", RunningAggregate, store, block_size=64 * 1024, lease_ttl=30.0,
                       parallelism=p, key=key, max_parallelism=m, resources=SMALL),
             StageSpec("seq", functools.partial(Enrich, True, "sum"), store,
-                      block_size=64 * 1024, lease_ttl=5.0, resources=SMALL,
+                      block_size=64 * 1024, lease_ttl=30.0, resources=SMALL,
                       parallelism=seq_parallelism)]
 
 
@@ -180,7 +180,7 @@ def test_keyless_parallel_stage_round_robin_is_exact_across_a_kill(ray_local: No
             ray.kill(pipe.handles["seq@0of2"], no_restart=True)
 
     store = str(tmp_path / "store")
-    specs = [StageSpec("agg", RunningAggregate, store, block_size=64 * 1024, lease_ttl=5.0,
+    specs = [StageSpec("agg", RunningAggregate, store, block_size=64 * 1024, lease_ttl=30.0,
                        resources=SMALL), _specs(store, 1, seq_parallelism=2)[1]]
     pipe, sink, src = _pipeline(tmp_path, specs, 2400, on_event=on_event)
     res = pipe.run()

@@ -39,7 +39,7 @@ pytestmark = pytest.mark.ray
 
 
 def _spec(store: Path, factory: Any) -> StageSpec:
-    return StageSpec("agg", factory, str(store), block_size=64 * 1024, lease_ttl=5.0)
+    return StageSpec("agg", factory, str(store), block_size=64 * 1024, lease_ttl=30.0)
 
 
 def _read(directory: Path) -> list[dict[str, Any]]:

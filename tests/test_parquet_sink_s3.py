@@ -370,7 +370,7 @@ def test_pipeline_into_s3_killed_mid_run_is_exact(ray_local: None, s3_server: An
     write_input(tmp_path / "in", files=6, rows=500, row_group_size=128)
     src = ParquetSource(tmp_path / "in")
     spec = StageSpec("agg", KeyedSum, str(tmp_path / "store"), block_size=64 * 1024,
-                     lease_ttl=5.0)
+                     lease_ttl=30.0)
     ref = run_reference(src, [KeyedSum])
     assert len(ref) == 3000
     out = Env(s3_server)

@@ -39,9 +39,9 @@ pytestmark = pytest.mark.ray
 
 
 def _specs(store: str, agg: Any = RunningAggregate) -> list[StageSpec]:
-    return [StageSpec("agg", agg, store, block_size=64 * 1024, lease_ttl=5.0),
+    return [StageSpec("agg", agg, store, block_size=64 * 1024, lease_ttl=30.0),
             StageSpec("seq", functools.partial(Enrich, True, "sum"), store, block_size=64 * 1024,
-                      lease_ttl=5.0)]
+                      lease_ttl=30.0)]
 
 
 def _pipeline(tmp_path: Path, n: int, **kw: Any) -> tuple[Pipeline, FileSink, GeneratedSource]:
@@ -283,7 +283,7 @@ def test_scheduler_restores_lost_stage_for_the_pipeline(ray_local: None, tmp_pat
     sched = get_or_create("pl-sched", store_url=store, auto_restore=False)
     try:
         specs = [StageSpec(s.stage_id, s.factory, store, block_size=s.block_size,
-                           lease_ttl=5.0, registrar=SchedulerRegistrar("pl-sched"))
+                           lease_ttl=30.0, registrar=SchedulerRegistrar("pl-sched"))
                  for s in _specs(store)]
         killed: list[bool] = []
 

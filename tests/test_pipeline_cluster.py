@@ -67,10 +67,10 @@ def test_node_of_stateful_stage_removed_mid_run(s3_server: Any, ray_cluster: Any
     # (the cluster's nodes were started without a key in their environment; the key's way
     # to the workers, the job's runtime_env, is the job test's below).
     unauth = backend == "s3"
-    specs = [StageSpec("agg", RunningAggregate, store, block_size=64 * 1024, lease_ttl=5.0,
+    specs = [StageSpec("agg", RunningAggregate, store, block_size=64 * 1024, lease_ttl=30.0,
                        allow_unauthenticated=unauth),
              StageSpec("seq", functools.partial(Enrich, False), store, block_size=64 * 1024,
-                       lease_ttl=5.0, allow_unauthenticated=unauth)]
+                       lease_ttl=30.0, allow_unauthenticated=unauth)]
     head_id = cluster.head_node.node_id
     workers = [n for n in cluster.list_all_nodes() if n.node_id != head_id]
     victim = workers[0]
@@ -83,7 +83,7 @@ def test_node_of_stateful_stage_removed_mid_run(s3_server: Any, ray_cluster: Any
             cluster.remove_node(victim, allow_graceful=False)
             # Its actors may answer for a moment; let Ray declare the node dead first so the
             # loss lands mid-run rather than after a short stream has already finished.
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + 120
             while any(n["NodeID"] == victim.node_id and n["Alive"] for n in ray.nodes()):
                 assert time.monotonic() < deadline, "node never declared dead"
                 time.sleep(0.1)

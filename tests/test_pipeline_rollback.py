@@ -39,10 +39,10 @@ BS = 64 * 1024
 
 
 def _specs(store: str, retention: int = 2) -> list[StageSpec]:
-    return [StageSpec("agg", RunningAggregate, store, block_size=BS, lease_ttl=5.0,
+    return [StageSpec("agg", RunningAggregate, store, block_size=BS, lease_ttl=30.0,
                       retention=retention),
             StageSpec("seq", functools.partial(Enrich, True, "sum"), store, block_size=BS,
-                      lease_ttl=5.0, retention=retention)]
+                      lease_ttl=30.0, retention=retention)]
 
 
 def _pipeline(tmp_path: Path, n: int, retention: int = 2,

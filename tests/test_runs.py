@@ -31,9 +31,15 @@ from stages.pipeline.runs import (
 BS = 512
 
 
+#: A claim that stays held however slow its keepalive is under load.
+HELD_TTL = 30.0
+#: A claim whose expiry a test waits out (by condition).
+SHORT_TTL = 1.0
+
+
 @pytest.fixture
 def runs(store_dir: str) -> RunStore:
-    return RunStore(open_store(store_dir, block_size=BS), claim_ttl=1.0)
+    return RunStore(open_store(store_dir, block_size=BS), claim_ttl=HELD_TTL)
 
 
 def _save(runs: RunStore, run_id: str, step: int, t: float, **kw: object) -> None:
@@ -122,7 +128,7 @@ def test_claim_once_complete_idempotent_and_abort(runs: RunStore) -> None:
 def test_fenced_claimer_cannot_complete(runs: RunStore) -> None:
     runs.create_run("r")
     runs.pause("r", 0)
-    a = runs.claim("r", driver="A")
+    a = RunStore(runs.store, claim_ttl=SHORT_TTL).claim("r", driver="A")
     a._lease._stop.set()  # A hangs: its keepalive stops, as in a long GC pause
     _wait_not_held(runs, "r")
     assert runs.recover_orphaned() == ["r"]
@@ -133,7 +139,7 @@ def test_fenced_claimer_cannot_complete(runs: RunStore) -> None:
     assert runs.status("r").orphans_recovered == 1
 
 
-def _wait_not_held(runs: RunStore, run_id: str, timeout: float = 60.0) -> None:
+def _wait_not_held(runs: RunStore, run_id: str, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while runs.store.find(runs.status_name(run_id)).is_held():  # type: ignore[union-attr]
         assert time.monotonic() < deadline, "claim lease never expired"
@@ -146,7 +152,8 @@ _CLAIMER = textwrap.dedent("""
     from blockstore import open_store
     from stages.pipeline.runs import RunStore, RunError
     store_dir, go, name, mode = sys.argv[1:5]
-    runs = RunStore(open_store(store_dir), claim_ttl=1.0)
+    # A short claim only where its expiry is waited for (a hung claimer is SIGKILLed).
+    runs = RunStore(open_store(store_dir), claim_ttl=1.0 if mode == "hang" else 30.0)
     Path(go + "." + name + ".ready").touch()
     while not os.path.exists(go):
         time.sleep(0.002)

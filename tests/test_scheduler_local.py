@@ -143,7 +143,7 @@ class HeldAtStart:
     relaunch gets the same argument): its incarnation is up but has not answered yet."""
 
     def __init__(self, hold: str) -> None:
-        end = time.time() + 120.0                     # a safety net, as for gates
+        end = time.time() + 600.0                     # a safety net, as for gates
         while os.path.exists(hold) and time.time() < end:
             time.sleep(0.01)
         self.state = {"n": 0}
@@ -161,7 +161,7 @@ def test_relaunch_killed_before_it_answered_stays_ended(sched: tuple[Any, str, s
     handle, name, store = sched
     hold = tmp_path / "hold"
     cls = ray.remote(num_cpus=0.25, concurrency_groups=checkpointed.GROUPS)(
-        checkpointed(store=store, key="held", lease_ttl=5.0,
+        checkpointed(store=store, key="held", lease_ttl=30.0,
                      registrar=SchedulerRegistrar(name))(HeldAtStart))
     first = cls.options(name="held-actor").remote(str(hold))
     ray.get(first.checkpoint.remote())
@@ -200,7 +200,7 @@ def test_registration_arriving_after_the_actor_ended_is_ignored(sched: tuple[Any
     must not bring the stage back; the same registration of a live actor is taken."""
     handle, name, store = sched
     cls = ray.remote(num_cpus=0.25, concurrency_groups=checkpointed.GROUPS)(
-        checkpointed(store=store, key="late", lease_ttl=5.0,
+        checkpointed(store=store, key="late", lease_ttl=30.0,
                      registrar=SchedulerRegistrar(name))(HeldAtStart))
     h = cls.remote("/nonexistent/hold")
     reg = ray.get(h.registration.remote())            # what its __init__ sent
@@ -290,7 +290,7 @@ class SilentStage:
         self.stopped = False
 
     def info(self) -> dict[str, Any]:
-        end = time.time() + 120
+        end = time.time() + 600  # a safety net, as for gates (gates.DEFAULT_LIMIT_S)
         while os.path.exists(self.gate) and time.time() < end:
             time.sleep(0.01)
         return {"stage_id": "silent", "epoch": 1, "flushing": False, "stopped": self.stopped,

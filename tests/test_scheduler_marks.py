@@ -144,7 +144,7 @@ class HeldObserver:
         self.inner.on_flush_start(lease_id)
         with open(self.gate + ".entered", "w"):
             pass
-        end = time.time() + 120
+        end = time.time() + 600  # a safety net, as for gates (gates.DEFAULT_LIMIT_S)
         while os.path.exists(self.gate) and time.time() < end:
             time.sleep(0.01)
 
@@ -217,12 +217,13 @@ def test_mark_cleared_when_lease_expires(sched: tuple[Any, str, str]) -> None:
     """A holder that stops renewing mid-flush (hung, partitioned) loses its mark too."""
     handle, _, store = sched
     with open_store(store) as st:
-        lease = st.acquire("hung", ttl=1.0)       # no keepalive: expires in 1 s
+        lease = st.acquire("hung", ttl=60.0)      # no keepalive; held while the mark is seen
         ray.get(handle.register.remote({
             "stage_id": "hung", "node_id": ray_adapter.current_node_id(), "priority": 0,
             "lease_id": lease.lease_id, "epoch": lease.epoch, "resources": {}}))
         assert ray.get(handle.flush_started.remote("hung", lease.lease_id, 1))
         assert ray.get(handle.reasons.remote("hung")) == [CIP]
+        lease.renew(ttl=0.001)                    # now it stops renewing: expires at once
         wait_for(lambda: ray.get(handle.reasons.remote("hung")) == [], what="mark cleared")
         assert not lease.info().is_held()
     notes = [d["notes"] for d in ray.get(handle.decisions.remote(50)) if d["kind"] == "flush"]

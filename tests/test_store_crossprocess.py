@@ -80,6 +80,9 @@ for line in sys.stdin:
                     if seq == 1:
                         reply(ok=True, started=True)
                 except BlockStoreError as exc:
+                    if last_ok < 0:  # refused before it ever wrote: say so, do not hang
+                        reply(ok=False, started=False, error=type(exc).__name__, msg=str(exc))
+                        break
                     stale = stale or type(exc).__name__
                     refused += 1
             else:
@@ -87,10 +90,16 @@ for line in sys.stdin:
         elif op == "duel":
             # Steal, write every block with our epoch, read them back: a block holding a
             # smaller epoch than ours, after our write returned, is a stale write that landed
-            # after a takeover. Two duelling processes make thousands of takeovers.
-            n, until = cmd["blocks"], time.time() + cmd["seconds"]
+            # after a takeover. Two duelling processes make thousands of takeovers. Once we
+            # have stolen and been fenced `enough` times we say so, and keep duelling (so the
+            # other can still be fenced) until the `stop` file exists.
+            n, stop, need = cmd["blocks"], cmd["stop"], cmd["enough"]
             counts = dict(steals=0, writes=0, refused=0, violations=0)
-            while time.time() < until:
+            said = False
+            while not os.path.exists(stop):
+                if not said and counts["steals"] >= need and counts["refused"] >= need:
+                    reply(ok=True, enough=True)
+                    said = True
                 lease = store.acquire(cmd["name"], holder=cmd["holder"], ttl=60, steal=True)
                 counts["steals"] += 1
                 mine = lease.epoch.to_bytes(8, "little")
@@ -226,20 +235,23 @@ def test_loser_steals_later_and_old_holders_writes_are_refused(
         assert (info.holder, info.epoch) == ("thief", 2)
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(240)
 def test_sigkilled_holder_is_taken_over_after_expiry(store_dir: str,
                                                      agents: list[Agent]) -> None:
     with open_store(store_dir, block_size=BS):
         pass
     holder = Agent(store_dir)
     agents.append(holder)
-    first = holder.call(op="acquire", name="s", holder="doomed", ttl=1.5, num_blocks=8,
+    # A TTL long enough that the keepalive never lapses before the kill (only the expiry
+    # after the kill is waited for, by condition).
+    first = holder.call(op="acquire", name="s", holder="doomed", ttl=10, num_blocks=8,
                         keepalive=True)
     assert first["ok"] and first["epoch"] == 1
     # Killed in the middle of writing, possibly holding the lease's lock: the kernel drops
     # the flock with the process, so nobody waits on a dead holder.
     holder.send(op="hammer", name="s", blocks=8, attempts_after_refusal=10**9)
-    assert holder.recv()["started"]
+    started = holder.recv()
+    assert started.get("started"), started
     os.kill(holder.proc.pid, signal.SIGKILL)
     holder.proc.wait(timeout=30)
 
@@ -249,11 +261,13 @@ def test_sigkilled_holder_is_taken_over_after_expiry(store_dir: str,
         successor = Agent(store_dir)
         agents.append(successor)
         refusals = 0
+        deadline = time.monotonic() + 120
         while True:
             r = successor.call(op="acquire", name="s", holder="successor", ttl=60)
             if r["ok"]:
                 break
             assert r["error"] == "LeaseHeldError", r
+            assert time.monotonic() < deadline, "the dead holder's lease never expired"
             refusals += 1
             time.sleep(0.05)
         acquired_at = r["expires_at"] - r["ttl"]
@@ -295,20 +309,27 @@ def test_takeover_while_writer_hammers(store_dir: str, agents: list[Agent]) -> N
         assert st.lease_info("s").holder == "thief"
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)
 def test_duelling_takeovers_never_let_a_stale_write_land(store_dir: str,
                                                          agents: list[Agent]) -> None:
     with open_store(store_dir, block_size=BS) as st:
         st.acquire("s", num_blocks=N_DUEL).release()
     go = store_dir + ".go"
     agents += [Agent(store_dir, go), Agent(store_dir, go)]
+    stop = store_dir + ".stop"
     for k, a in enumerate(agents):
-        a.send(op="duel", name="s", holder=f"d{k}", blocks=N_DUEL, seconds=2.0, writes_per_steal=5)
+        a.send(op="duel", name="s", holder=f"d{k}", blocks=N_DUEL, stop=stop, enough=3,
+               writes_per_steal=5)
     Path(go).touch()
+    # Each says when it has stolen and been fenced 3 times, however late it started; only
+    # then do both stop (bounded by the test's timeout).
+    enough = [a.recv() for a in agents]
+    assert all(r.get("enough") for r in enough), enough
+    Path(stop).touch()
     results = [a.recv() for a in agents]
     assert all(r["ok"] for r in results), results
     assert sum(r["violations"] for r in results) == 0, results
     # Both took over repeatedly and both were fenced mid-stream: the race was exercised.
-    assert all(r["steals"] > 0 and r["refused"] > 0 for r in results), results
+    assert all(r["steals"] >= 3 and r["refused"] >= 3 for r in results), results
     with open_store(store_dir) as st:
         assert st.lease_info("s").epoch == 1 + sum(r["steals"] for r in results)

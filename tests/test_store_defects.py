@@ -170,7 +170,7 @@ def test_a_frozen_writer_stalls_neither_the_store_nor_a_takeover_forever(
     try:
         assert writer.stdout is not None and writer.stdout.readline().strip() == "writing"
         store = FileStore(root)
-        store.lock_timeout = 1.5
+        store.lock_timeout = 60.0  # only a bound: lease_info while the writer hammers
         lock = root / "leases" / f"{store.lease_info('hot').lease_id}.lock"
         for _ in range(500):  # stop the writer while it holds the lease's lock
             os.kill(writer.pid, signal.SIGSTOP)
@@ -181,9 +181,10 @@ def test_a_frozen_writer_stalls_neither_the_store_nor_a_takeover_forever(
             time.sleep(0.003)
         else:
             pytest.fail("never caught the writer holding its lock")
-        # Long enough that "the unrelated acquire finished while the takeover still waited"
-        # never depends on the machine's load; the takeover then ends by this bound.
-        store.lock_timeout = 8.0
+        # (a) A takeover waiting for the frozen writer's lock stalls nothing else. Its bound
+        # is long, so "the unrelated acquire finished while the takeover still waited"
+        # never depends on the machine's load.
+        store.lock_timeout = 120.0
         takeover, took_over = _in_thread(lambda: store.acquire("hot", steal=True))
         wait_for(lambda: thread_inside(takeover, "lock_within"),
                  what="the takeover waiting for the frozen writer's lock")
@@ -192,24 +193,34 @@ def test_a_frozen_writer_stalls_neither_the_store_nor_a_takeover_forever(
         assert "result" in got_other, f"an unrelated acquire stalled: {got_other}"
         assert takeover.is_alive(), \
             "the unrelated acquire only finished once the takeover gave up on the lock"
-        takeover.join(60.0)
-        assert not takeover.is_alive(), "the takeover waits forever for a frozen writer"
-        err = took_over.get("error")
-        assert isinstance(err, TimeoutError) and isinstance(err, BlockStoreError), took_over
+        # (b) A takeover does not wait forever for a frozen writer: with a short bound and
+        # nothing racing it, it gives up with LockTimeoutError and changes nothing.
+        bounded = FileStore(root)
+        bounded.lock_timeout = 1.0
+        with pytest.raises(TimeoutError) as gave_up:
+            bounded.acquire("hot", steal=True)
+        err = gave_up.value
+        assert isinstance(err, BlockStoreError)
         assert type(err).__name__ == "LockTimeoutError" and "hot" in str(err)
-        assert store.lease_info("hot").epoch == 1  # nothing changed
+        assert bounded.lease_info("hot").epoch == 1  # nothing changed
+        bounded.close()
     finally:
         writer.kill()
         writer.wait(timeout=30)
-    after = store.acquire("hot", steal=True)  # the writer is gone: the takeover goes through
-    assert after.epoch == 2
+    # The writer is gone (its flock with it): the waiting takeover goes through.
+    takeover.join(120.0)
+    assert not takeover.is_alive(), "the takeover still waits after the writer died"
+    assert "result" in took_over, took_over
+    assert took_over["result"].epoch == 2
     store.close()
 
 
 # -- 9.7 keepalive -----------------------------------------------------------------------------
 def test_keepalive_survives_transient_storage_errors() -> None:
     faulty = FaultyStore(MemoryStore(4096))
-    lease = faulty.acquire("k", ttl=0.6, keepalive=True, num_blocks=1)
+    # A TTL long enough that a stalled keepalive never lets it lapse before the write; the
+    # failures are injected by count, so nothing else depends on it.
+    lease = faulty.acquire("k", ttl=6.0, keepalive=True, num_blocks=1)
     faulty.fail_renewals(4)  # a few renewals in a row fail with StorageIOError
     wait_for(lambda: faulty.failed_renewals == 4, what="four failed renewals")
     failed_at = time.time()

@@ -151,21 +151,29 @@ def test_zombie_uploads_after_takeover_never_visible(s3_server: MotoServer) -> N
     a = old.acquire("s", num_blocks=2)
     a.write_blocks({0: b"v1"})
     a.flush()
-    gate, landed = threading.Event(), threading.Event()
-    real_put = old._c.put
+    gate, landed, checked = threading.Event(), threading.Event(), threading.Event()
+    real_put, real_record = old._c.put, old._record_by_id
 
     def slow_put(key: str, data: Any) -> str:
-        gate.wait(30)  # the takeover happens while the zombie's upload is in flight
+        gate.wait(120)  # the takeover happens while the zombie's upload is in flight
         etag = real_put(key, data)
         landed.set()
         return etag
 
+    def record_read(lease_id: str) -> Any:  # the write check's read of the lease record
+        got = real_record(lease_id)
+        checked.set()
+        return got
+
     old._c.put = slow_put  # type: ignore[method-assign]
+    old._record_by_id = record_read  # type: ignore[method-assign]
     t = threading.Thread(target=lambda: a.write_blocks({0: b"zombie", 1: b"zombie"}))
     t.start()
+    assert checked.wait(60), "the zombie's write never read its record"  # before the steal
     b = new.acquire("s", steal=True)
     gate.set()
-    t.join(30)
+    t.join(120)
+    assert not t.is_alive()
     assert landed.is_set()
     assert any(epoch == 1 for _, epoch, _ in _objects(new, b.lease_id))  # they landed
     with pytest.raises(StaleLeaseError):
@@ -394,14 +402,12 @@ def test_lease_held_across_store_objects(s3_server: MotoServer) -> None:
 
 
 def test_keepalive_renews_while_an_upload_is_slow(s3_server: MotoServer) -> None:
-    """A renewal never waits behind a write's uploads: a hold outlives an upload that takes
-    several TTLs, and nobody can take the lease meanwhile."""
-    import time
-
+    """A renewal never waits behind a write's uploads: the hold is renewed while an upload
+    is blocked, and nobody can take the lease meanwhile."""
     url = s3_server.url(_prefix())
     st = open_store(url, block_size=BS)
     assert isinstance(st, ObjectStore)
-    ttl = 1.5
+    ttl = 10.0  # renewed every ttl/3; long enough that a late renewal never lets it lapse
     lease = st.acquire("s", num_blocks=1, ttl=ttl, keepalive=True)
     real_put = st._c.put
     uploading, done = threading.Event(), threading.Event()
@@ -409,7 +415,7 @@ def test_keepalive_renews_while_an_upload_is_slow(s3_server: MotoServer) -> None
 
     def slow_put(key: str, data: Any) -> str:
         if not began:
-            began.append(time.time())
+            began.append(st._c.clock.now())  # the store's clock, as expires_at
         uploading.set()
         done.wait(120)                     # the upload lasts until the test lets it end
         return real_put(key, data)
@@ -419,8 +425,10 @@ def test_keepalive_renews_while_an_upload_is_slow(s3_server: MotoServer) -> None
     writer.start()
     try:
         assert uploading.wait(60), "the write never started uploading"
-        # Two TTLs into the upload the lease is still held: renewals did not wait for it.
-        wait_for(lambda: time.time() > began[0] + 2 * ttl, what="two TTLs of upload")
+        # A renewal made a second or more into the blocked upload: renewals did not wait
+        # for it.
+        wait_for(lambda: st.lease_info("s").expires_at > began[0] + 1 + ttl, timeout=60,
+                 what="a renewal during the upload")
         assert writer.is_alive(), "the upload ended early"
         with ObjectStore(url) as other:
             with pytest.raises(LeaseHeldError):

@@ -141,9 +141,10 @@ def _snapshot(result: Any, codec: str = "pickle") -> tuple[Any, int]:
     return pickle.loads(blob), len(blob)
 
 
-def _size(result: Any) -> int:
+def _size(result: Any, codec: str = "pickle") -> int:
+    """What ``result`` adds to a checkpoint in ``codec`` (0 if the codec cannot encode it)."""
     try:
-        return _snapshot(result)[1]
+        return _snapshot(result, codec)[1]
     except UnrecordableResult:
         return 0
 
@@ -282,7 +283,7 @@ class AppliedCalls:
         dropped |= self._unrolled
         sizes = {k: n for k, n in payload.get("sizes", []) if isinstance(n, int)}
         self._kept = OrderedDict(
-            (k, sizes[k] if k in sizes else _size(v))
+            (k, sizes[k] if k in sizes else _size(v, self.codec))
             for k, v in self.results.items() if k not in dropped)
         self.kept_bytes = sum(self._kept.values())
         self._bound()  # a smaller budget (or window) than the one that wrote it

@@ -41,7 +41,9 @@ pytestmark = pytest.mark.ray
 
 ROOT = Path(__file__).resolve().parents[2]
 BS = 64 * 1024
-RUN_TTL = 2.0
+RUN_TTL = 2.0  # where a dead driver's control lease is waited out
+#: Where a driver must keep its run however slow its keepalive is under load.
+HELD_TTL = 60.0
 EVERY = 150  # records per step
 #: The points of one step commit, in order (``Pipeline._commit``).
 KILL_POINTS = ["before_sink_commit", "after_sink_commit", "after_step_record",
@@ -52,6 +54,7 @@ KILL_STEPS = [1, 2, 3, 4] if os.environ.get("BLOCKPOINT_FAULTS_FULL") == "1" els
 
 # A driver process: the pipeline of `_specs` on the Ray at argv[1]; SIGKILLs itself at the
 # given point of the given step's commit, or reads its source slowly (seconds per batch).
+# Once it has committed a step, its source blocks while the `hold` file exists (if named).
 _DRIVER = textwrap.dedent("""
     import functools, os, signal, sys, time
     import ray
@@ -63,8 +66,9 @@ _DRIVER = textwrap.dedent("""
     from stages.pipeline.sink import FileSink
     from stages.pipeline.source import Enrich, GeneratedSource, RunningAggregate
 
-    address, store, out, run_id, n, kill_at, kill_step, delay = sys.argv[1:9]
-    n, kill_step, delay = int(n), int(kill_step), float(delay)
+    address, store, out, run_id, n, kill_at, kill_step, delay, ttl, hold = sys.argv[1:11]
+    n, kill_step, delay, ttl = int(n), int(kill_step), float(delay), float(ttl)
+    committed = []
 
     def die(point, step):
         if point == kill_at and step == kill_step:
@@ -91,18 +95,22 @@ _DRIVER = textwrap.dedent("""
     class SlowSource(GeneratedSource):
         def read(self, position, max_n):
             time.sleep(delay)
+            while committed and hold != "-" and os.path.exists(hold):
+                time.sleep(0.01)
             return super().read(position, max_n)
 
     def on_event(ev):
         print(ev.kind.upper(), ev.step, flush=True)
+        if ev.kind == "commit":
+            committed.append(ev.step)
 
     ray.init(address=address, log_to_driver=False)
-    specs = [StageSpec("agg", RunningAggregate, store, block_size=%(bs)d, lease_ttl=5.0),
+    specs = [StageSpec("agg", RunningAggregate, store, block_size=%(bs)d, lease_ttl=30.0),
              StageSpec("seq", functools.partial(Enrich, True, "sum"), store,
-                       block_size=%(bs)d, lease_ttl=5.0)]
+                       block_size=%(bs)d, lease_ttl=30.0)]
     p = Pipeline(SlowSource(seed=7, n=n, keys=5), specs, KillingSink(out, fsync=False),
                  run_id=run_id, batch_size=50, max_in_flight=2, keep_steps=1000,
-                 policy=CheckpointPolicy(every_records=%(every)d), run_ttl=%(ttl)r,
+                 policy=CheckpointPolicy(every_records=%(every)d), run_ttl=ttl,
                  on_event=on_event)
     try:
         res = p.run()
@@ -110,13 +118,13 @@ _DRIVER = textwrap.dedent("""
         print("FENCED", type(exc).__name__, flush=True)
         sys.exit(3)
     print("FINISHED", res.finished, flush=True)
-""") % {"bs": BS, "every": EVERY, "ttl": RUN_TTL}
+""") % {"bs": BS, "every": EVERY}
 
 
 def _specs(store: str) -> list[StageSpec]:
-    return [StageSpec("agg", RunningAggregate, store, block_size=BS, lease_ttl=5.0),
+    return [StageSpec("agg", RunningAggregate, store, block_size=BS, lease_ttl=30.0),
             StageSpec("seq", functools.partial(Enrich, True, "sum"), store, block_size=BS,
-                      lease_ttl=5.0)]
+                      lease_ttl=30.0)]
 
 
 def _source(n: int) -> GeneratedSource:
@@ -124,18 +132,21 @@ def _source(n: int) -> GeneratedSource:
 
 
 def _driver(tmp_path: Path, n: int, *, kill_at: str = "-", kill_step: int = 0,
-            delay: float = 0.0) -> subprocess.Popen[str]:
+            delay: float = 0.0, ttl: float = RUN_TTL,
+            hold: Path | None = None) -> subprocess.Popen[str]:
     address = ray.get_runtime_context().gcs_address
     return subprocess.Popen(
         [sys.executable, "-c", _DRIVER, address, str(tmp_path / "store"), str(tmp_path / "out"),
-         "run", str(n), kill_at, str(kill_step), str(delay)],
+         "run", str(n), kill_at, str(kill_step), str(delay), str(ttl),
+         "-" if hold is None else str(hold)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(ROOT))
 
 
-def _pipeline(tmp_path: Path, n: int, **kw: Any) -> tuple[Pipeline, FileSink]:
+def _pipeline(tmp_path: Path, n: int, ttl: float = RUN_TTL,
+              **kw: Any) -> tuple[Pipeline, FileSink]:
     sink = FileSink(tmp_path / "out", fsync=False)
     p = Pipeline(_source(n), _specs(str(tmp_path / "store")), sink, run_id="run",
-                 batch_size=50, max_in_flight=2, keep_steps=1000, run_ttl=RUN_TTL,
+                 batch_size=50, max_in_flight=2, keep_steps=1000, run_ttl=ttl,
                  policy=CheckpointPolicy(every_records=EVERY), **kw)
     return p, sink
 
@@ -153,7 +164,7 @@ def _wait_line(proc: subprocess.Popen[str], prefix: str, timeout: float = 120.0)
     raise AssertionError(f"driver printed no {prefix!r} in {timeout}s")
 
 
-def _wait_released(runs: RunStore, timeout: float = 60.0) -> None:
+def _wait_released(runs: RunStore, timeout: float = 120.0) -> None:
     """Until the dead driver's control lease expired (its keepalive died with it)."""
     deadline = time.monotonic() + timeout
     while (info := runs.store.find(runs.status_name("run"))) is not None and info.is_held():
@@ -209,13 +220,16 @@ def test_driver_killed_at_every_point_of_a_step_commit(ray_local: None, tmp_path
 
 def test_second_driver_is_refused_while_the_first_runs(ray_local: None, tmp_path: Path) -> None:
     n = 1200
-    first = _driver(tmp_path, n, delay=0.15)
+    hold = tmp_path / "hold"  # the first driver waits after its first commit while it exists
+    hold.touch()
+    first = _driver(tmp_path, n, ttl=HELD_TTL, hold=hold)
     _wait_line(first, "COMMIT")
-    p, _ = _pipeline(tmp_path, n)
+    p, _ = _pipeline(tmp_path, n, ttl=HELD_TTL)
     with pytest.raises(RunActiveError) as refused:
         p.run()
     assert refused.value.run_id == "run"
     assert f":{first.pid}:" in str(refused.value.holder)  # the first driver holds it
+    hold.unlink()  # the first is still mid-run: let it finish
     out, err = first.communicate(timeout=180)
     assert first.returncode == 0 and "FINISHED True" in out, err[-2000:]
     _assert_exact(tmp_path, FileSink(tmp_path / "out"), n)
@@ -223,11 +237,14 @@ def test_second_driver_is_refused_while_the_first_runs(ray_local: None, tmp_path
 
 def test_second_driver_taking_over_fences_the_first(ray_local: None, tmp_path: Path) -> None:
     n = 1500
-    first = _driver(tmp_path, n, delay=0.25)
+    hold = tmp_path / "hold"  # the first driver waits after its first commit while it exists
+    hold.touch()
+    first = _driver(tmp_path, n, ttl=HELD_TTL, hold=hold)
     _wait_line(first, "COMMIT")
-    p, sink = _pipeline(tmp_path, n, takeover=True)
+    p, sink = _pipeline(tmp_path, n, ttl=HELD_TTL, takeover=True)
     res = p.run()
     assert res.finished
+    hold.unlink()  # the first, still mid-run and holding (its TTL has not run out), goes on
     out, err = first.communicate(timeout=180)
     assert first.returncode == 3, (first.returncode, out, err[-2000:])
     assert "FENCED" in out  # stopped by its next sink commit, step commit or recovery
