@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from benchcli import run_bench_quick
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]  # the bench gets 600 s of its own
 
 
 def test_bench_scheduler_quick_reports_ack_and_noop(tmp_path: Path) -> None:

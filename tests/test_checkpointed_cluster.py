@@ -79,7 +79,7 @@ def test_node_loss_resumes_elsewhere(ray_cluster: Any, store_dir: str) -> None:
     # The actor's process may outlive its raylet for a moment (a zombie: its late writes
     # would be fenced); wait for Ray to declare the node dead, which restarts the actor.
     wait_for(lambda: not any(n["Alive"] for n in ray.nodes() if n["NodeID"] == worker.node_id),
-             timeout=60, what="the node declared dead")
+             timeout=120, what="the node declared dead")
     got = ray.get([h.add.remote() for _ in range(6)], timeout=120)
     # The restored state: nothing lost, nothing doubled. (Calls sent while Ray restarts the
     # actor may run in any order: Ray orders per attempt, not across its retries.)
@@ -195,7 +195,7 @@ def test_scheduler_recreates_lost_actor_on_another_node(env: dict[str, Any]) -> 
             zombie = Lease(store, store.lease_info("ledger-a"), ttl=30.0, keepalive=False)
             cluster.remove_node(worker, allow_graceful=False)
             new, info = wait_for(lambda: incarnation_after("ledger-a", before["epoch"]),
-                                 timeout=60, what="the actor re-created by the scheduler")
+                                 timeout=120, what="the actor re-created by the scheduler")
             assert info["node_id"] not in (None, worker.node_id)
             assert info["restored_from"] == ck["generation"]
             assert ray.get(new.value.remote()) == 15      # the last checkpoint, exactly
@@ -216,7 +216,7 @@ def test_scheduler_recreates_lost_actor_on_another_node(env: dict[str, Any]) -> 
         assert {("lost", "detected"), ("restore", "done")} <= kinds
         # The restartable one: Ray's restart (same actor, one more epoch), not the scheduler's.
         r_new, r_info = wait_for(lambda: incarnation_after("ledger-r", r_before["epoch"]),
-                                 timeout=60, what="the actor restarted by Ray")
+                                 timeout=120, what="the actor restarted by Ray")
         assert r_info["restored_from"] == r_ck["generation"]
         assert ray.get(r_new.value.remote()) == 7 and ray_adapter.actor_id_of(r_new) == \
             ray_adapter.actor_id_of(r)
@@ -290,13 +290,13 @@ def test_recipe_survives_a_scheduler_restart(env: dict[str, Any]) -> None:
                     ray.exceptions.GetTimeoutError):
                 return None
             return info if info["pid"] != pid else None
-        assert wait_for(back, timeout=60, what="scheduler back")["reloaded_generation"]
+        assert wait_for(back, timeout=120, what="scheduler back")["reloaded_generation"]
         assert registered(env, "ledger-c")["has_spec"]
         assert ray.get(h.add.remote(1)) == 43  # not checkpointed: lost in the crash
         with pytest.raises(ray.exceptions.RayActorError):
             ray.get(h.crash.remote())                 # its worker process dies: a failure
         new, info = wait_for(lambda: incarnation_after("ledger-c", first["epoch"]),
-                             timeout=60, what="re-created from the reloaded recipe")
+                             timeout=120, what="re-created from the reloaded recipe")
         assert info["restored_from"] == ck["generation"] and ray.get(new.value.remote()) == 42
         # Ended on purpose (ray.kill): forgotten, not re-created.
         ray.kill(new)
@@ -365,7 +365,7 @@ def test_node_removed_mid_call_every_call_applied_once(env: dict[str, Any],
         assert not t.is_alive() and not errors, errors
         assert got + rest == list(range(1, 21))       # each answered once, in order
         new, info = wait_for(lambda: incarnation_after("ledger-once", before["epoch"]),
-                             timeout=60, what="the re-created incarnation")
+                             timeout=120, what="the re-created incarnation")
         assert info["node_id"] != worker.node_id
         assert ray.get(new.value.remote()) == 20      # nothing applied twice
         assert info["deduplicated"] >= 1              # the held call, answered from the record

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import zstandard
 
-from blockstore import FileStore, checks, crc32c, doclog, document, file, macs, objectlayout
+from blockstore import FileStore, checks, crc32c, doclog, document, file, fileroot, macs, objectlayout
 from stages import CheckpointedStageState
 from stages.checkpoint import codec as payload_codec
 from stages.checkpoint import compress as chunk_compress
@@ -339,8 +339,8 @@ def test_mac_algorithm_ids_match_the_code() -> None:
 def test_limits_quoted_in_the_text_match_the_code() -> None:
     flat = _flat()
     assert f"[{checks.MIN_BLOCK_SIZE}, {checks.MAX_BLOCK_SIZE}]" in flat
-    assert f'`format` is not `"{file.FORMAT_NAME}"`' in flat
-    assert f"A `version` greater than {file.FORMAT_VERSION} MUST be refused" in flat
+    assert f'`format` is not `"{fileroot.FORMAT_NAME}"`' in flat
+    assert f"A `version` greater than {fileroot.FORMAT_VERSION} MUST be refused" in flat
     assert file.MAX_RECORD_BYTES == 64 * 1024 and "at most 64 KiB" in flat
     assert f'"format": "{objectlayout.META_FORMAT}", "version": {objectlayout.VERSION}' in flat
     assert f'`"{objectlayout.RECORD_FORMAT}"`' in flat

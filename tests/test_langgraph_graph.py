@@ -83,11 +83,12 @@ def test_killed_graph_resumes_in_another_process(tmp_path: Path) -> None:
     first = _child(store, "run", {"BP_LOG": str(log), "BP_SLOW_NODE": "b2",
                                   "BP_MARKER": str(marker)})
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120  # a subprocess start, langgraph's import, node a
         while not marker.exists():
             assert first.poll() is None, first.communicate()[1][-3000:]
             assert time.monotonic() < deadline, "b2 never started"
             time.sleep(0.05)
+        deadline = time.monotonic() + 120  # its own bound: b1's writes after b2 started
         with BlockpointSaver(store) as reader:  # b1's writes are committed before the kill
             while True:
                 tup = reader.get_tuple(CONFIG)

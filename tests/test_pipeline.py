@@ -295,6 +295,8 @@ def test_scheduler_restores_lost_stage_for_the_pipeline(ray_local: None, tmp_pat
         p, sink, src = _pipeline(
             tmp_path, 2400, specs=specs, on_event=on_event,
             on_stage_lost=SchedulerRestore("pl-sched", timeout=60),
+            # a slow liveness probe of a surviving stage must not count as a second loss
+            ping_timeout=30.0,
             observer_for=lambda spec: PreemptionCheckpointObserver(spec.stage_id, "pl-sched"))
         res = p.run()
         assert killed and res.relaunches == 1

@@ -45,7 +45,8 @@ from stages.checkpoint.policy import CheckpointPolicy
 from stages.pipeline.sink import FileSink
 from stages.pipeline.source import Enrich, GeneratedSource, RunningAggregate
 
-pytestmark = [pytest.mark.ray, pytest.mark.multinode]
+# 900 s: the job-submit tests wait 120 + 240 s in sequence, past the suite-wide 300 s
+pytestmark = [pytest.mark.ray, pytest.mark.multinode, pytest.mark.timeout(900)]
 
 RAY_JOB_SERVER = True  # the ray_cluster fixture starts the head's job server
 RAY_TOKEN_AUTH = True  # ... and runs Ray's token authentication (RAY_AUTH_MODE=token)

@@ -101,7 +101,7 @@ def test_store_created_by_another_process_between_two_looks(tmp_path: Path,
     the meta and its first lease before the emptiness check lists the directory. The
     opener must read the store, not call it foreign (seen once in a loaded full run of
     ``test_processes_race_to_create_store_and_lease``)."""
-    import blockstore.file as file_module
+    import blockstore.fileroot as file_module  # open_root looks there
 
     root = tmp_path / "s"
     root.mkdir()
