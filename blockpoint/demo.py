@@ -268,7 +268,7 @@ def _run_demo(*, events: int = 500_000, sketch_mib: int = 64, batch_size: int = 
             check_key_reaches([head_id, *cluster.workers], key_fp,
                               store_url=store_url if address else None)
         if key_fp is not None:
-            out.write(f"  checkpoints authenticated (keyed BLAKE3): the key "
+            out.write(f"  checkpoints authenticated (AES-GMAC): the key "
                       f"(${KEY_FILE_ENV if os.environ.get(KEY_FILE_ENV) else KEY_ENV}) "
                       f"reaches the workers on all {1 + len(cluster.workers)} nodes\n")
         out.flush()

@@ -59,7 +59,7 @@ _FLAG_MAC = 1
 #: Bytes of each region block read in one go by :meth:`DocumentLog.replay` (records
 #: longer than this are read again whole).
 _PREFIX = 4096
-#: The HMAC-SHA256 domain tag of a record MAC (keyed BLAKE3 uses the "document log" key).
+#: The HMAC-SHA256 domain tag of a record MAC (the others use "document log" keys).
 HMAC_TAG = b"blockpoint document log v1\x00"
 
 
@@ -114,7 +114,7 @@ class DocumentLog:
         key: MAC key ring; with one, appends MAC (current key) and replays take only
             records whose MAC verifies under one of its keys. Without one, replays check
             CRCs only (the caller decides whether it trusts an unauthenticated thread).
-        mac: the algorithm appends use (``"blake3"`` or ``"hmac-sha256"``).
+        mac: the algorithm appends use (``"aes-gmac"``, ``"blake3"`` or ``"hmac-sha256"``).
     """
 
     def __init__(self, lease: LeaseReader, *, kind: bytes, first: int, blocks: int,
@@ -132,8 +132,9 @@ class DocumentLog:
         self._keys = key
         self._alg = algorithm_id(mac) if key is not None else MAC_NONE
 
-    def _mac(self, alg: int, key: bytes, head: bytes, payload: bytes | memoryview) -> bytes:
-        m = new_mac(alg, key, purpose="document log", hmac_tag=HMAC_TAG)
+    def _mac(self, alg: int, key: bytes, head: bytes, payload: bytes | memoryview,
+             verifying: bytes | None = None) -> bytes:
+        m = new_mac(alg, key, purpose="document log", hmac_tag=HMAC_TAG, verifying=verifying)
         m.update(head)
         m.update(self.lease.lease_id.encode())
         m.update(payload)
@@ -250,7 +251,7 @@ class DocumentLog:
         if self._keys is not None:
             if not flags & _FLAG_MAC:
                 return "no MAC, but a key is configured"
-            if not any(equal(self._mac(alg, k, head[:_MAC_AT], payload), mac)
+            if not any(equal(self._mac(alg, k, head[:_MAC_AT], payload, mac), mac)
                        for k in self._keys.all):
                 return "MAC mismatch (wrong key or forged)"
         return ""

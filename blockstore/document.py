@@ -10,8 +10,8 @@ each (the rest of the slot block is never read); payloads (canonical JSON,
 :func:`blockstore.canonical.canonical_json`) fill whole runs of consecutive blocks from
 block K on. A header names its payload's first block, length and CRC-32C, carries a
 generation (+1 per save) and, when the caller passed a key, a MAC over the header, the
-lease id and the payload - keyed BLAKE3 by default, HMAC-SHA256 on request and in every
-document of layout version 1; layout version 2 names the algorithm (``blockstore/macs.py``).
+lease id and the payload - AES-GMAC by default, keyed BLAKE3 or HMAC-SHA256 on request,
+HMAC-SHA256 in every document of layout version 1; layout version 2 names the algorithm (``blockstore/macs.py``).
 The whole header fits in one 512-byte sector, so a torn sector can only ever make it fail
 its CRC.
 
@@ -170,8 +170,8 @@ class SlottedDocument:
             same K.
         key: MAC key or :class:`~blockstore.keys.KeyRing`; with one, save MACs (current key)
             and load refuses documents without a MAC valid under one of its keys.
-        mac: the MAC algorithm save uses, ``"blake3"`` (keyed BLAKE3, default) or
-            ``"hmac-sha256"``; load reads either (the header names it).
+        mac: the MAC algorithm save uses, ``"aes-gmac"`` (default), ``"blake3"`` (keyed
+            BLAKE3) or ``"hmac-sha256"``; load reads any (the header names it).
         max_bytes: the largest encoded document save accepts and load reads.
     """
 
@@ -293,7 +293,8 @@ class SlottedDocument:
         if self._keys is not None:
             if not h.flags & _FLAG_MAC:
                 return None, REASON_NO_MAC
-            if not any(equal(self._mac(h.mac_algorithm, k, h.raw[:_MAC_AT], payload), h.mac)
+            head = h.raw[:_MAC_AT]
+            if not any(equal(self._mac(h.mac_algorithm, k, head, payload, h.mac), h.mac)
                        for k in self._keys.all):
                 return None, REASON_BAD_MAC
         try:
@@ -304,8 +305,9 @@ class SlottedDocument:
             return None, "payload is not a JSON object"
         return doc, ""
 
-    def _mac(self, alg: int, key: bytes, head: bytes, payload: bytes | bytearray) -> bytes:
-        m = new_mac(alg, key, purpose="document")
+    def _mac(self, alg: int, key: bytes, head: bytes, payload: bytes | bytearray,
+             verifying: bytes | None = None) -> bytes:
+        m = new_mac(alg, key, purpose="document", verifying=verifying)
         m.update(head)
         m.update(self.lease.lease_id.encode())
         m.update(payload)

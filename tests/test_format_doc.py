@@ -20,6 +20,7 @@ import blake3
 import numpy as np
 import pytest
 import zstandard
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from blockstore import FileStore, checks, crc32c, doclog, document, file, fileroot, macs, objectlayout
 from stages import CheckpointedStageState
@@ -319,7 +320,7 @@ def test_mac_algorithm_ids_match_the_code() -> None:
     table = _id_table("### 2.5 Integrity and authentication", "MAC algorithm")
     assert table == fmt.MAC_IDS
     assert table == {"none": macs.MAC_NONE, "HMAC-SHA256": macs.MAC_HMAC_SHA256,
-                     "keyed BLAKE3": macs.MAC_BLAKE3}
+                     "keyed BLAKE3": macs.MAC_BLAKE3, "AES-GMAC": macs.MAC_GMAC}
     assert set(macs.MAC_ALGORITHMS.values()) == set(table.values()) - {macs.MAC_NONE}
     for heading, offset in (("### 2.1 Header block", 142),
                             ("### 5.1 Document slot header", 52)):
@@ -328,7 +329,7 @@ def test_mac_algorithm_ids_match_the_code() -> None:
         row = {name.strip(): int(v) for v, name in re.findall(r"(\d+) = ([\w -]+?)[;,]", text)}
         assert row == table, (heading, row)
     # The default is the one the doc says writers write by default.
-    assert f"Writers write {'keyed BLAKE3'} ({macs.algorithm_id(macs.DEFAULT_MAC)}) by " \
+    assert f"Writers write {'AES-GMAC'} ({macs.algorithm_id(macs.DEFAULT_MAC)}) by " \
            "default" in _flat()
     # The document layout versions: written and read.
     versions = re.findall(r"`(\d+)`", _row_field("### 5.1 Document slot header", 4))
@@ -379,15 +380,16 @@ def _header(block: bytes) -> dict[str, object]:
     return dict(zip(names, st.unpack_from(block, 0)))
 
 
-@pytest.mark.parametrize("mac", ["blake3", "hmac-sha256"])
+@pytest.mark.parametrize("mac", ["aes-gmac", "blake3", "hmac-sha256"])
 def test_spilled_map_and_macs_follow_the_doc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                             mac: str) -> None:
     """A spilled, MACed checkpoint (key from the environment, non-ASCII key and lease name)
     read with nothing but the doc's rules: the chain is exactly n blocks with a 0 next in
     the last, each block's own CRC is over its used bytes with that field zeroed, the map
     CRC is one running CRC over the used bytes as stored, stored bytes is the sum of the
-    stored lengths, and both MACs are the doc's - keyed BLAKE3 under the keys derived from
-    the key's UTF-8 bytes, or HMAC-SHA256 under those bytes - with the header's id."""
+    stored lengths, and both MACs are the doc's - AES-GMAC or keyed BLAKE3 under the keys
+    derived from the key's UTF-8 bytes, or HMAC-SHA256 under those bytes - with the
+    header's id."""
     key = "clé-ключ"
     monkeypatch.setenv("BLOCKPOINT_CHECKPOINT_KEY", key)
     bs, name = 1024, "fmt/ünïcode"
@@ -454,6 +456,22 @@ def test_spilled_map_and_macs_follow_the_doc(tmp_path: Path, monkeypatch: pytest
         k_h = blake3.blake3(k, derive_key_context=re.search(r"C_H = `([^`]+)`", flat)[1])
         payload_mac = blake3.blake3(bytes(payload), key=k_p.digest()).digest()
         header_mac = blake3.blake3(header_input, key=k_h.digest()).digest()
+    elif mac == "aes-gmac":
+        assert f["MAC algorithm id"] == ids["AES-GMAC"]
+
+        def gmac(context: str, message: bytes, stored: bytes) -> bytes:
+            # The doc's GMAC, written from 2.5 with the one-shot AEAD: the salt S is the
+            # stored MAC's first 16 bytes; the tag is AES-256-GCM's over an empty plaintext.
+            k_g = blake3.blake3(k, derive_key_context=context).digest()
+            salt = stored[:16]
+            k_m = blake3.blake3(salt, key=k_g).digest()
+            return salt + AESGCM(k_m).encrypt(bytes(12), b"", message)
+
+        g_p = re.search(r"G_P = `([^`]+)`", flat)[1]
+        g_h = re.search(r"G_H = `([^`]+)`", flat)[1]
+        payload_mac = gmac(g_p, bytes(payload), f["payload MAC"])
+        header_mac = gmac(g_h, header_input, f["header MAC"])
+        assert f["payload MAC"][:16] != f["header MAC"][:16]  # a salt of each MAC's own
     else:
         assert f["MAC algorithm id"] == ids["HMAC-SHA256"]
         t_p = re.search(r"T_P = `([^`]+)`", flat)[1].encode() + b"\0"

@@ -1,13 +1,15 @@
-"""MAC algorithms (docs/FORMAT.md 2.5, 5.1): keyed BLAKE3 by default, HMAC-SHA256 still read.
+"""MAC algorithms (docs/FORMAT.md 2.5, 5.1): AES-GMAC by default, keyed BLAKE3 and
+HMAC-SHA256 still read.
 
-* New checkpoint generations and documents carry keyed BLAKE3 and say so in their header;
-  ``mac="hmac-sha256"`` writes HMAC-SHA256, and either restores under the same key.
+* New checkpoint generations and documents carry AES-GMAC and say so in their header;
+  ``mac="blake3"`` and ``mac="hmac-sha256"`` write the others, and each restores under the
+  same key.
 * A version 3 header (no algorithm id: HMAC-SHA256) and a layout 1 document, rewritten by
   hand from the doc's rules, are read.
 * The algorithm id is authenticated: a forger who changes it (CRC recomputed) fails the
   header MAC; an id that contradicts flag bit 0, an unknown id or a non-zero reserved byte
   is refused as damage.
-* The LangGraph saver's thread documents are keyed BLAKE3 and need the key.
+* The LangGraph saver's thread documents are AES-GMAC and need the key.
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ import hashlib
 import hmac
 import struct
 
+import blake3
 import numpy as np
 import pytest
 
 from blockstore import KeyRing, MemoryStore, SlottedDocument, crc32c
 from blockstore.keys import KEY_ENV, OLD_KEYS_ENV
-from blockstore.macs import MAC_BLAKE3, MAC_HMAC_SHA256, blake3_key
+from blockstore.macs import MAC_BLAKE3, MAC_GMAC, MAC_HMAC_SHA256, blake3_key, gmac_key
 from stages import CheckpointAuthError, CheckpointCorrupt, CheckpointedStageState, verify_lease
 from stages.checkpoint import format as fmt
 from stages.checkpoint.mac import _HEADER_TAG
@@ -55,17 +58,18 @@ def _reseal(block: bytearray) -> None:
     struct.pack_into("<4sI", block, length, b"KHCP", crc)
 
 
-def test_blake3_by_default_and_hmac_generations_restore_beside_it() -> None:
-    """Generation 1 HMAC-SHA256, generation 2 keyed BLAKE3 (the default), one lease: both
-    verify under the key, the newest restores, and an HMAC-only lease restores through a
-    default (BLAKE3-writing) state; a wrong key verifies neither."""
+def test_gmac_by_default_and_older_algorithms_restore_beside_it() -> None:
+    """Generation 1 HMAC-SHA256, generation 2 keyed BLAKE3, one lease: both verify under the
+    key, the newest restores, and an HMAC-only lease restores through a default
+    (GMAC-writing) state; a wrong key verifies neither. Generation 3 (the default) is
+    AES-GMAC beside the BLAKE3 one, and both verify."""
     st = MemoryStore(BS)
     lease = st.acquire("stage")
     arr = np.arange(20_000, dtype=np.int64)
     CheckpointedStageState({"a": arr}, lease, key=b"k", mac="hmac-sha256").checkpoint(step=1)
     only_hmac = CheckpointedStageState.restore(st.open_reader(lease.lease_id), key=b"k")
     assert np.array_equal(only_hmac.state["a"], arr)
-    CheckpointedStageState({"a": arr * 2}, lease, key=b"k").checkpoint(step=2)
+    CheckpointedStageState({"a": arr * 2}, lease, key=b"k", mac="blake3").checkpoint(step=2)
     hs = _headers(st, lease.lease_id, "stage")
     assert (hs[1].version, hs[1].mac_algorithm) == (4, MAC_HMAC_SHA256)
     assert (hs[2].version, hs[2].mac_algorithm) == (4, MAC_BLAKE3)
@@ -76,6 +80,15 @@ def test_blake3_by_default_and_hmac_generations_restore_beside_it() -> None:
     assert {r.generation: r.ok for r in verify_lease(reader, key=b"k")} == {2: True, 1: True}
     wrong = {r.generation: r.status for r in verify_lease(reader, key=b"other")}
     assert all("MAC" in s for s in wrong.values()), wrong
+    with pytest.raises(CheckpointAuthError):
+        CheckpointedStageState.restore(reader, key=b"other")
+    CheckpointedStageState({"a": arr * 3}, lease, key=b"k").checkpoint(step=3)
+    hs = _headers(st, lease.lease_id, "stage")
+    assert (hs[3].version, hs[3].mac_algorithm) == (4, MAC_GMAC)
+    assert hs[2].mac_algorithm == MAC_BLAKE3
+    back = CheckpointedStageState.restore(reader, key=b"k")
+    assert back.restored.step == 3 and np.array_equal(back.state["a"], arr * 3)
+    assert {r.generation: r.ok for r in verify_lease(reader, key=b"k")} == {3: True, 2: True}
     with pytest.raises(CheckpointAuthError):
         CheckpointedStageState.restore(reader, key=b"other")
     with pytest.raises(ValueError, match="mac must be one of"):
@@ -122,11 +135,11 @@ def _keyed_block(st: MemoryStore) -> tuple[str, bytearray]:
 
 
 def test_the_algorithm_id_is_covered_by_the_header_mac() -> None:
-    """Relabelling a BLAKE3 generation as HMAC-SHA256 (CRC recomputed, no key) fails the
+    """Relabelling a GMAC generation as HMAC-SHA256 (CRC recomputed, no key) fails the
     header MAC before anything it points to is read."""
     st = MemoryStore(BS)
     lid, block = _keyed_block(st)
-    assert block[142] == MAC_BLAKE3
+    assert block[142] == MAC_GMAC
     block[142] = MAC_HMAC_SHA256
     _reseal(block)
     lease = st.acquire("forge", steal=True)
@@ -137,7 +150,7 @@ def test_the_algorithm_id_is_covered_by_the_header_mac() -> None:
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda b: b.__setitem__(75, b[75] & ~fmt.FLAG_MAC), "MAC algorithm id 2 with flag bit 0 clear"),
+    (lambda b: b.__setitem__(75, b[75] & ~fmt.FLAG_MAC), "MAC algorithm id 3 with flag bit 0 clear"),
     (lambda b: b.__setitem__(142, 9), "MAC algorithm id 9 unknown"),
     (lambda b: b.__setitem__(143, 1), "reserved byte 143 is 1"),
 ])
@@ -169,9 +182,22 @@ def _doc_head(st: MemoryStore, name: str) -> bytearray:
     return bytearray(st.open_reader(name).read_block(0)[:92])
 
 
-def test_documents_default_to_blake3_and_read_hmac_and_layout_1() -> None:
+def test_documents_default_to_gmac_and_read_blake3_hmac_and_layout_1() -> None:
     st = MemoryStore(BS)
-    with SlottedDocument(st.acquire("b3"), kind=b"TEST", version=1, key=b"K") as d:
+    with SlottedDocument(st.acquire("gm"), kind=b"TEST", version=1, key=b"K") as d:
+        d.save({"n": 0})
+    gm = _doc_head(st, "gm")
+    assert struct.unpack_from("<I", gm, 52)[0] == MAC_GMAC
+    # AES-GMAC under a key derived from K and the salt that opens the MAC (FORMAT.md 2.5)
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    lid = st.open_reader("gm").lease_id
+    payload = bytes(st.open_reader("gm").read_block(2)[:struct.unpack_from("<Q", gm, 24)[0]])
+    salt = bytes(gm[56:72])
+    k_m = blake3.blake3(salt, key=gmac_key(b"K", "document")).digest()
+    assert bytes(gm[56:88]) == salt + AESGCM(k_m).encrypt(
+        bytes(12), b"", bytes(gm[:56]) + lid.encode() + payload)
+    with SlottedDocument(st.acquire("b3"), kind=b"TEST", version=1, key=b"K",
+                         mac="blake3") as d:
         d.save({"n": 1})
     with SlottedDocument(st.acquire("hm"), kind=b"TEST", version=1, key=b"K",
                          mac="hmac-sha256") as d:
@@ -180,12 +206,11 @@ def test_documents_default_to_blake3_and_read_hmac_and_layout_1() -> None:
     assert struct.unpack_from("<II", b3, 4)[0] == 2 and struct.unpack_from("<I", b3, 52)[0] == 2
     assert struct.unpack_from("<I", hm, 52)[0] == 1
     # keyed BLAKE3 under the document key derived from K (FORMAT.md 2.5, 5.1)
-    import blake3
     lid = st.open_reader("b3").lease_id
     payload = bytes(st.open_reader("b3").read_block(2)[:struct.unpack_from("<Q", b3, 24)[0]])
     assert bytes(b3[56:88]) == blake3.blake3(bytes(b3[:56]) + lid.encode() + payload,
                                              key=blake3_key(b"K", "document")).digest()
-    for name, n in (("b3", 1), ("hm", 2)):
+    for name, n in (("gm", 0), ("b3", 1), ("hm", 2)):
         reader = st.open_reader(name)
         assert SlottedDocument(reader, kind=b"TEST", version=1, key=b"K").load().document \
             == {"n": n}
@@ -230,7 +255,7 @@ def test_document_algorithm_id_is_covered_by_its_mac() -> None:
     assert got.document is None and "MAC mismatch" in got.skipped[0].reason
 
 
-def test_langgraph_thread_documents_are_keyed_blake3() -> None:
+def test_langgraph_thread_documents_are_gmac() -> None:
     from langgraph.checkpoint.conformance.test_utils import (
         generate_checkpoint,
         generate_config,
@@ -246,7 +271,7 @@ def test_langgraph_thread_documents_are_keyed_blake3() -> None:
         saver.put(generate_config("t"), cp, generate_metadata(step=1), {"x": 1})
     name = next(i.name for i in st.list_leases() if i.name.startswith("langgraph/"))
     head = _doc_head(st, name)
-    assert struct.unpack_from("<II", head, 48) == (1, MAC_BLAKE3)  # flags, MAC algorithm
+    assert struct.unpack_from("<II", head, 48) == (1, MAC_GMAC)  # flags, MAC algorithm
     with BlockpointSaver(st, key=b"K") as reader:
         assert reader.get_tuple(generate_config("t")).checkpoint["id"] == cp["id"]
     with BlockpointSaver(st, key=b"other") as reader:  # a wrong key is an error, not empty

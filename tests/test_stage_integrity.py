@@ -488,6 +488,7 @@ def test_mac_in_order_equals_one_pass() -> None:
     """However the regions are listed, the digest is the MAC of the whole buffer."""
     from concurrent.futures import Future
 
+    from blockstore.macs import MAC_GMAC
     from stages.checkpoint.mac import MAC_BLAKE3, MAC_HMAC_SHA256, PayloadMac
     from stages.checkpoint.reader import _mac_in_order
 
@@ -498,10 +499,13 @@ def test_mac_in_order_equals_one_pass() -> None:
     cuts = [0, 7, 1000, 1001, 4096, 9999, 10_000]
     regions = [(a, b - a, futs[i % 3]) for i, (a, b) in enumerate(zip(cuts, cuts[1:]))]
     regions.append((10_000, 0, futs[0]))
-    for alg in (MAC_BLAKE3, MAC_HMAC_SHA256):
+    for alg in (MAC_GMAC, MAC_BLAKE3, MAC_HMAC_SHA256):
         expected = PayloadMac(b"key", alg).update_all([buf]).digest()
-        assert _mac_in_order(b"key", alg, buf, regions[::-1]) == expected
-        assert _mac_in_order(b"key", alg, buf, regions) == expected
-        assert _mac_in_order(b"other", alg, buf, regions) != expected
+        assert _mac_in_order(b"key", alg, buf, regions[::-1], expected) == expected
+        assert _mac_in_order(b"key", alg, buf, regions, expected) == expected
+        assert _mac_in_order(b"other", alg, buf, regions, expected) != expected
+        other = bytearray(buf)
+        other[5000] ^= 1
+        assert _mac_in_order(b"key", alg, memoryview(other), regions, expected) != expected
     assert PayloadMac(b"key", MAC_BLAKE3).update_all([buf]).digest() != \
         PayloadMac(b"key", MAC_HMAC_SHA256).update_all([buf]).digest()

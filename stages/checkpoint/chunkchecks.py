@@ -66,8 +66,9 @@ class MacChain:
     #: it to finish) before it returns to the next read.
     AHEAD = 2
 
-    def __init__(self, key: bytes, alg: int) -> None:
-        self._mac = PayloadMac(key, alg)
+    def __init__(self, key: bytes, alg: int, verifying: bytes | None = None) -> None:
+        # verifying: the stored payload MAC (AES-GMAC's salt is in it; a reader passes it)
+        self._mac = PayloadMac(key, alg, verifying)
         self._next = 0  # the batch the MAC needs next
         self._offered: dict[int, memoryview | None] = {}  # read, not yet fed (None: failed)
         self._feeding = False  # a task is feeding the MAC (only one at a time)

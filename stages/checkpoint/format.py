@@ -24,8 +24,8 @@ Why this layout:
   another lease - and, through a payload MAC stored in the header, the payload. The header
   MAC is checked before anything the header points to is followed.
 * **The MAC algorithm** (version 4): a u8 id at offset 142 says which MAC the generation
-  carries - keyed BLAKE3 (the default: it keeps up with the disk) or HMAC-SHA256 (the only
-  one of versions 2 and 3, whose headers have no id). Version 4 is version 3 with the u32
+  carries - AES-GMAC (the default: faster than the CRCs), keyed BLAKE3, or HMAC-SHA256 (the
+  only one of versions 2 and 3, whose headers have no id). Version 4 is version 3 with the u32
   incremental depth at 140 split into a u16 depth, the id and a reserved byte.
 
 All integers are little-endian; ``struct`` formats below are the single source of truth and
@@ -43,7 +43,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from blockstore import canonical_json, crc32c
-from blockstore.macs import MAC_BLAKE3, MAC_HMAC_SHA256, MAC_NONE
+from blockstore.macs import MAC_BLAKE3, MAC_GMAC, MAC_HMAC_SHA256, MAC_NONE
 
 from ..errors import BadMagicError, CheckpointCorrupt, TornHeaderError, UnsupportedFormatError
 
@@ -87,7 +87,8 @@ MAX_SLOTS = 255
 #: The largest incremental depth a version 4 header holds (a u16).
 MAX_DEPTH = 0xFFFF
 #: MAC algorithm ids of offset 142 (version 4), as ``docs/FORMAT.md`` 2.5 tabulates them.
-MAC_IDS = {"none": MAC_NONE, "HMAC-SHA256": MAC_HMAC_SHA256, "keyed BLAKE3": MAC_BLAKE3}
+MAC_IDS = {"none": MAC_NONE, "HMAC-SHA256": MAC_HMAC_SHA256, "keyed BLAKE3": MAC_BLAKE3,
+           "AES-GMAC": MAC_GMAC}
 
 #: The fixed part of a header block (176 bytes). Field order = docs/FORMAT.md table.
 HEADER = struct.Struct(

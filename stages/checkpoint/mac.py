@@ -12,10 +12,11 @@ rejected. So there are two MACs, both keyed with the configured key:
   a checkpoint copied into another lease (or replayed as another generation) fails it.
 
 The algorithm is recorded in the header (``docs/FORMAT.md`` 2.1, 2.5; ids in
-:mod:`blockstore.macs`): keyed BLAKE3 for new generations by default (it keeps up with the
-disk; HMAC-SHA256 does not), HMAC-SHA256 for every generation of format versions 2 and 3
-and on request (``CheckpointedStageState(mac="hmac-sha256")``). HMAC-SHA256 separates the
-two MACs by domain tags, keyed BLAKE3 by keys derived per purpose.
+:mod:`blockstore.macs`): AES-GMAC for new generations by default (faster than the CRCs;
+keyed BLAKE3 and HMAC-SHA256 are slower), keyed BLAKE3 or HMAC-SHA256 on request
+(``CheckpointedStageState(mac="blake3")``), HMAC-SHA256 for every generation of format
+versions 2 and 3. HMAC-SHA256 separates the two MACs by domain tags, the others by keys
+derived per purpose (AES-GMAC: and per MAC, from a salt stored with it).
 
 Keys are resolved by :func:`blockstore.keys.resolve_keys`, the one resolution shared with
 documents and the scheduler registry: the ``key`` argument, or ``$BLOCKPOINT_CHECKPOINT_KEY``
@@ -57,10 +58,13 @@ _warned_unauthenticated = threading.Event()
 
 
 class PayloadMac:
-    """Incremental payload MAC: feed the payload in order, then :meth:`digest`."""
+    """Incremental payload MAC: feed the payload in order, then :meth:`digest`.
 
-    def __init__(self, key: bytes, alg: int = MAC_BLAKE3) -> None:
-        self._h = new_mac(alg, key, purpose="checkpoint payload", hmac_tag=_PAYLOAD_TAG)
+    To verify, pass the stored MAC as ``verifying`` (AES-GMAC takes its salt from it)."""
+
+    def __init__(self, key: bytes, alg: int = MAC_BLAKE3, verifying: bytes | None = None) -> None:
+        self._h = new_mac(alg, key, purpose="checkpoint payload", hmac_tag=_PAYLOAD_TAG,
+                          verifying=verifying)
 
     def update_all(self, parts: Iterable[memoryview | bytes]) -> PayloadMac:
         for p in parts:
@@ -72,9 +76,11 @@ class PayloadMac:
 
 
 def header_mac(key: bytes, lease_id: str, name: str, header_for_mac: bytes,
-               alg: int = MAC_BLAKE3) -> bytes:
-    """The header MAC, binding the header (and the payload MAC in it) to one lease."""
-    h = new_mac(alg, key, purpose="checkpoint header", hmac_tag=_HEADER_TAG)
+               alg: int = MAC_BLAKE3, verifying: bytes | None = None) -> bytes:
+    """The header MAC, binding the header (and the payload MAC in it) to one lease
+    (``verifying``: the stored MAC being checked, as for :class:`PayloadMac`)."""
+    h = new_mac(alg, key, purpose="checkpoint header", hmac_tag=_HEADER_TAG,
+                verifying=verifying)
     ident = lease_id.encode() + b"\0" + name.encode("utf-8", "surrogatepass") + b"\0"
     h.update(len(ident).to_bytes(4, "little"))
     h.update(ident)
@@ -86,7 +92,7 @@ def header_key(ring: KeyRing, lease_id: str, name: str, header_for_mac: bytes,
                mac: bytes, alg: int = MAC_BLAKE3) -> bytes | None:
     """The key of ``ring`` under which ``mac`` is the header MAC, or None if none is."""
     for key in ring.all:
-        if equal(header_mac(key, lease_id, name, header_for_mac, alg), mac):
+        if equal(header_mac(key, lease_id, name, header_for_mac, alg, verifying=mac), mac):
             return key
     return None
 

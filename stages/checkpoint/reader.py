@@ -315,14 +315,16 @@ def _load_map(reader: LeaseReader, h: Header, *,
 
 
 def _mac_in_order(key: bytes, alg: int, mv: memoryview,
-                  regions: list[tuple[int, int, Future[Failure]]]) -> bytes:
+                  regions: list[tuple[int, int, Future[Failure]]],
+                  verifying: bytes) -> bytes:
     """The payload MAC of ``mv``, each region hashed as soon as the task filling it is done.
 
-    Runs on the calling thread while the pool reads and checks later chunks (blake3 and
-    hashlib release the GIL on large updates). A region whose task failed is hashed anyway: the caller checks
-    the tasks' results before it compares the digest, so a CRC failure is reported as one.
+    Runs on the calling thread while the pool reads and checks later chunks (blake3,
+    hashlib and OpenSSL's GMAC release the GIL on large updates). A region whose task
+    failed is hashed anyway: the caller checks the tasks' results before it compares the
+    digest, so a CRC failure is reported as one.
     """
-    mac = PayloadMac(key, alg)
+    mac = PayloadMac(key, alg, verifying)
     regions = sorted(regions, key=lambda r: r[0])
     i = 0
     while i < len(regions):
@@ -391,7 +393,7 @@ def _read_payload(reader: LeaseReader, h: Header, entries: Sequence[MapEntry], *
     raw_items: list[tuple[memoryview, MapEntry]] = []  # CRCs checked later (keyed)
     crc_now = writer_key is None
     # Raw chunks only (the usual numpy state): the read tasks feed the MAC themselves.
-    chain = (MacChain(writer_key, h.mac_algorithm)
+    chain = (MacChain(writer_key, h.mac_algorithm, h.payload_mac)
              if writer_key is not None and all(e.flags == CHUNK_RAW for e in entries)
              else None)
     limit = max(read_batch, READ_BATCH if chain is None else KEYED_READ_BATCH)
@@ -453,7 +455,7 @@ def _read_payload(reader: LeaseReader, h: Header, entries: Sequence[MapEntry], *
         raise TruncatedCheckpointError(f"{where}: a block is beyond the lease: {exc}",
                                        block=exc.index, **ctx) from exc
     try:
-        digest = (_mac_in_order(writer_key, h.mac_algorithm, mv, regions)
+        digest = (_mac_in_order(writer_key, h.mac_algorithm, mv, regions, h.payload_mac)
                   if writer_key is not None and chain is None else None)
         sizes: dict[Any, int] = {}  # per task: the payload bytes, or the stored bytes
         if kind == "restore_bytes":

@@ -113,9 +113,10 @@ class CheckpointedStageState(Generic[T]):
             read from the environment at each checkpoint (not here). When
             set, checkpoints carry a MAC under the current key and restores refuse
             generations without a MAC valid under one of the keys.
-        mac: the MAC algorithm of new generations: "blake3" (keyed BLAKE3, default; keeps up
-            with the disk) or "hmac-sha256" (what versions before format 4 wrote). Restores
-            read either: the header names its algorithm (``docs/FORMAT.md`` 2.5).
+        mac: the MAC algorithm of new generations: "aes-gmac" (default; faster than the
+            CRCs), "blake3" (keyed BLAKE3, the default until 2026-12-07) or "hmac-sha256"
+            (what versions before format 4 wrote). Restores read any: the header names its
+            algorithm (``docs/FORMAT.md`` 2.5).
         allow_unauthenticated: write pickle checkpoints without a key even on a shared
             store (``capabilities.shared``), where they are refused by default.
         observer: told of every flush (see :mod:`stages.checkpoint.observer`).
