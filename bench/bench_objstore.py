@@ -13,7 +13,8 @@ Keyed by default, as every pickle checkpoint on an object store (a shared store)
 the key is the configured one, read as the stages read it (the key file, or
 ``$BLOCKPOINT_CHECKPOINT_KEY`` stripped), else a random one for the run. Requests
 are counted per kind around each operation; the restore row compares its GETs with the
-block objects the generation has. Contenders alternate; the best of ``repeats`` is reported.
+block objects the generation has. Each pair (put and checkpoint, get and restore) runs
+back to back, its order turned every round; the median of ``repeats`` rounds is reported.
 
 Run ``python -m bench.bench_objstore --url 's3://BUCKET/PREFIX?endpoint_url=...'``; without
 ``--url`` (and in ``blockpoint bench --only objstore``) it starts moto's standalone server on
@@ -26,6 +27,7 @@ import argparse
 import os
 import socket
 import subprocess
+import statistics
 import sys
 import time
 import uuid
@@ -75,9 +77,9 @@ def _with_prefix(url: str, prefix: str) -> str:
     return f"{base.rstrip('/')}/{prefix}" + (f"?{query}" if query else "")
 
 
-def run(url: str | None = None, mib: int = 256, repeats: int = 2, *, quick: bool = False,
+def run(url: str | None = None, mib: int = 256, repeats: int = 5, *, quick: bool = False,
         key: bytes | None = None) -> list[dict[str, Any]]:
-    """Rows: seconds of each contender (best of ``repeats``), ratios, requests.
+    """Rows: seconds of each contender (median of ``repeats`` rounds), ratios, requests.
 
     ``url`` None: a moto server on loopback for the run. ``quick``: 16 MiB, one repeat.
     """
@@ -118,51 +120,65 @@ def _measure(url: str, mib: int, repeats: int, key: bytes | None) -> list[dict[s
 
     state = np.random.default_rng(0).random(mib * MIB // 4, dtype=np.float32)
     raw = memoryview(state).cast("B")
-    best: dict[str, float] = {}
+    times: dict[str, list[float]] = {"plain put": [], "plain get": [], "checkpoint": [],
+                                     "restore": []}
     requests: dict[str, int] = {}
     restore_requests: dict[str, int] = {}
     objects = 0
     for rep in range(repeats):
         tag = f"{uuid.uuid4().hex[:8]}-{rep}"
         client = ObjectClient(parse_store_url(_with_prefix(url, f"plain-{tag}")))
-        t0 = time.perf_counter()
-        client.map(lambda i: client.put(f"o/{i}", raw[i * MIB:(i + 1) * MIB]), range(mib))
-        put_s = time.perf_counter() - t0
+        store_url = _with_prefix(url, f"store-{tag}")
         out = np.empty_like(state)
         omv = memoryview(out).cast("B")
+
+        def plain_put() -> None:
+            t0 = time.perf_counter()
+            client.map(lambda i: client.put(f"o/{i}", raw[i * MIB:(i + 1) * MIB]), range(mib))
+            times["plain put"].append(time.perf_counter() - t0)
 
         def get(i: int) -> None:
             got = client.get(f"o/{i}")
             assert got is not None
             omv[i * MIB:(i + 1) * MIB] = got[0]
-        t0 = time.perf_counter()
-        client.map(get, range(mib))
-        get_s = time.perf_counter() - t0
-        assert np.array_equal(out, state)
-        client.close()
 
-        store_url = _with_prefix(url, f"store-{tag}")
-        with open_store(store_url, block_size=MIB) as st:
-            assert isinstance(st, ObjectStore)
-            lease = st.acquire("bench", ttl=600)
-            css = CheckpointedStageState(state, lease, key=key)
-            before = st.requests
+        def plain_get() -> None:
             t0 = time.perf_counter()
-            info = css.checkpoint(step=1)
-            ckpt_s = time.perf_counter() - t0
-            requests = _count(before, st.requests)
-            objects = info.blocks + 1  # data and map blocks, and the header slot
-        with ObjectStore(store_url) as st2:
-            reader = st2.open_reader("bench")
-            before = st2.requests
-            t0 = time.perf_counter()
-            back = CheckpointedStageState.restore(reader, key=key)
-            restore_s = time.perf_counter() - t0
-            restore_requests = _count(before, st2.requests)
-            assert np.array_equal(back.state, state)
-        for k, v in {"plain put": put_s, "plain get": get_s, "checkpoint": ckpt_s,
-                     "restore": restore_s}.items():
-            best[k] = min(best.get(k, float("inf")), v)
+            client.map(get, range(mib))
+            times["plain get"].append(time.perf_counter() - t0)
+            assert np.array_equal(out, state)
+
+        def checkpoint() -> None:
+            nonlocal requests, objects
+            with open_store(store_url, block_size=MIB) as st:
+                assert isinstance(st, ObjectStore)
+                lease = st.acquire("bench", ttl=600)
+                css = CheckpointedStageState(state, lease, key=key)
+                before = st.requests
+                t0 = time.perf_counter()
+                info = css.checkpoint(step=1)
+                times["checkpoint"].append(time.perf_counter() - t0)
+                requests = _count(before, st.requests)
+                objects = info.blocks + 1  # data and map blocks, and the header slot
+
+        def restore() -> None:
+            nonlocal restore_requests
+            with ObjectStore(store_url) as st2:
+                reader = st2.open_reader("bench")
+                before = st2.requests
+                t0 = time.perf_counter()
+                back = CheckpointedStageState.restore(reader, key=key)
+                times["restore"].append(time.perf_counter() - t0)
+                restore_requests = _count(before, st2.requests)
+                assert np.array_equal(back.state, state)
+
+        # Each pair back to back, the order turned every round: neither side always meets
+        # the server (and the machine) fresher.
+        for first, second in ((plain_put, checkpoint), (plain_get, restore)):
+            for fn in ((first, second) if rep % 2 == 0 else (second, first)):
+                fn()
+        client.close()
+    best = {k: statistics.median(v) for k, v in times.items()}
     size = f"{mib} MiB"
     gets = restore_requests.get("GET", 0)
     return [
@@ -186,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--url", help="s3:// (gs://, az://) store URL; default: loopback moto")
     p.add_argument("--mib", type=int, default=256)
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--quick", action="store_true", help="16 MiB, one repeat")
     args = p.parse_args(argv)
     rows = run(args.url, args.mib, args.repeats, quick=args.quick)

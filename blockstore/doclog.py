@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from .checksum import crc32c
 from .keys import KeyRing
 from .lease import Lease, LeaseReader
-from .macs import DEFAULT_MAC, MAC_ALGORITHMS, MAC_NONE, algorithm_id, equal, new_mac
+from .macs import DOCUMENT_MAC, MAC_ALGORITHMS, MAC_NONE, algorithm_id, equal, new_mac
 
 __all__ = [
     "RECORD_HEADER_SIZE",
@@ -114,11 +114,12 @@ class DocumentLog:
         key: MAC key ring; with one, appends MAC (current key) and replays take only
             records whose MAC verifies under one of its keys. Without one, replays check
             CRCs only (the caller decides whether it trusts an unauthenticated thread).
-        mac: the algorithm appends use (``"aes-gmac"``, ``"blake3"`` or ``"hmac-sha256"``).
+        mac: the algorithm appends use (``"blake3"``, the default, ``"aes-gmac"`` or
+            ``"hmac-sha256"``).
     """
 
     def __init__(self, lease: LeaseReader, *, kind: bytes, first: int, blocks: int,
-                 key: KeyRing | None = None, mac: str = DEFAULT_MAC) -> None:
+                 key: KeyRing | None = None, mac: str = DOCUMENT_MAC) -> None:
         if not isinstance(kind, bytes) or len(kind) != 4:
             raise ValueError(f"kind must be 4 bytes, got {kind!r}")
         if first < 0 or blocks < 1:

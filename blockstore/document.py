@@ -10,8 +10,8 @@ each (the rest of the slot block is never read); payloads (canonical JSON,
 :func:`blockstore.canonical.canonical_json`) fill whole runs of consecutive blocks from
 block K on. A header names its payload's first block, length and CRC-32C, carries a
 generation (+1 per save) and, when the caller passed a key, a MAC over the header, the
-lease id and the payload - AES-GMAC by default, keyed BLAKE3 or HMAC-SHA256 on request,
-HMAC-SHA256 in every document of layout version 1; layout version 2 names the algorithm (``blockstore/macs.py``).
+lease id and the payload - keyed BLAKE3 by default (``blockstore.macs.DOCUMENT_MAC``),
+AES-GMAC or HMAC-SHA256 on request, HMAC-SHA256 in every document of layout version 1; layout version 2 names the algorithm (``blockstore/macs.py``).
 The whole header fits in one 512-byte sector, so a torn sector can only ever make it fail
 its CRC.
 
@@ -40,7 +40,7 @@ from .checksum import crc32c
 from .errors import DocumentEncodeError, DocumentTooLargeError
 from .keys import KeyRing, resolve_keys
 from .lease import Lease, LeaseReader
-from .macs import DEFAULT_MAC, MAC_ALGORITHMS, MAC_HMAC_SHA256, MAC_NONE, algorithm_id, equal
+from .macs import DOCUMENT_MAC, MAC_ALGORITHMS, MAC_HMAC_SHA256, MAC_NONE, algorithm_id, equal
 from .macs import new_mac
 
 __all__ = [
@@ -170,14 +170,15 @@ class SlottedDocument:
             same K.
         key: MAC key or :class:`~blockstore.keys.KeyRing`; with one, save MACs (current key)
             and load refuses documents without a MAC valid under one of its keys.
-        mac: the MAC algorithm save uses, ``"aes-gmac"`` (default), ``"blake3"`` (keyed
-            BLAKE3) or ``"hmac-sha256"``; load reads any (the header names it).
+        mac: the MAC algorithm save uses, ``"blake3"`` (keyed BLAKE3, default),
+            ``"aes-gmac"`` (not read by blockpoint before 2026-12-07) or ``"hmac-sha256"``;
+            load reads any (the header names it).
         max_bytes: the largest encoded document save accepts and load reads.
     """
 
     def __init__(self, lease: LeaseReader, *, kind: bytes, version: int, slots: int = 2,
                  key: KeyRing | bytes | None = None,
-                 max_bytes: int = DEFAULT_MAX_BYTES, mac: str = DEFAULT_MAC,
+                 max_bytes: int = DEFAULT_MAX_BYTES, mac: str = DOCUMENT_MAC,
                  reserved: int = 0) -> None:
         if not isinstance(kind, bytes) or len(kind) != 4:
             raise ValueError(f"kind must be 4 bytes, got {kind!r}")

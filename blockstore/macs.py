@@ -58,6 +58,7 @@ __all__ = [
     "MAC_NONE",
     "MAC_SIZE",
     "DEFAULT_MAC",
+    "DOCUMENT_MAC",
     "algorithm_id",
     "algorithm_name",
     "blake3_key",
@@ -76,6 +77,13 @@ MAC_GMAC = 3
 #: The names a writer is configured with, and their ids.
 MAC_ALGORITHMS = {"hmac-sha256": MAC_HMAC_SHA256, "blake3": MAC_BLAKE3, "aes-gmac": MAC_GMAC}
 DEFAULT_MAC = "aes-gmac"
+#: The default of documents and document log records: keyed BLAKE3. A document is small (the
+#: MAC's speed does not show), and a blockpoint from before AES-GMAC skips a document slot of
+#: an id it does not know as damage and may then save over it - so documents, which several
+#: versions of blockpoint may share during an upgrade (the scheduler registry, runs,
+#: LangGraph threads), keep the MAC every version since 2026-12-02 reads. Checkpoints carry
+#: AES-GMAC in a format version of its own (5), which older readers refuse as newer.
+DOCUMENT_MAC = "blake3"
 #: AES-GMAC: the salt's length at the start of the MAC field; the tag fills the rest.
 SALT_SIZE = 16
 _NAMES = {v: k for k, v in MAC_ALGORITHMS.items()}

@@ -21,7 +21,7 @@ partitioned node) can no longer write: the store refuses its stale epoch.
 Authentication: the key is resolved exactly as for stage checkpoints
 (:func:`blockstore.keys.resolve_keys`: the ``key`` argument, else
 ``BLOCKPOINT_CHECKPOINT_KEY`` plus ``BLOCKPOINT_CHECKPOINT_OLD_KEYS``). With a key, every
-header carries a MAC (AES-GMAC by default, ``blockstore/macs.py``) under the current key and a record without a MAC valid under
+header carries a MAC (keyed BLAKE3, ``blockstore/macs.py``) under the current key and a record without a MAC valid under
 one of the keys is skipped; the scheduler unpickles specs and handles only from an
 authenticated (or, without a key, checksummed) document. The setting is read when it is
 used - every load and save resolves it again (``docs/OPERATIONS.md``, "Keys and rotation"),

@@ -168,7 +168,7 @@ def test_entry_table_is_the_entry_struct_and_v2_its_prefix() -> None:
     assert fmt.ENTRY_V2.size == 32
     flat = _flat()
     assert fmt.entry_struct(4).size == fmt.entry_struct(3).size
-    assert (f"E = {fmt.entry_struct(3).size} for versions 3 and 4, E = "
+    assert (f"E = {fmt.entry_struct(3).size} for versions 3, 4 and 5, E = "
             f"{fmt.entry_struct(2).size} for version 2") in flat
     assert fmt.HASH_SIZE == next(s for o, s, _, f in rows if f.startswith("content hash"))
 

@@ -9,7 +9,9 @@ HMAC-SHA256 still read.
 * The algorithm id is authenticated: a forger who changes it (CRC recomputed) fails the
   header MAC; an id that contradicts flag bit 0, an unknown id or a non-zero reserved byte
   is refused as damage.
-* The LangGraph saver's thread documents are AES-GMAC and need the key.
+* Documents (and so the LangGraph saver's threads) stay keyed BLAKE3 by default, which
+  every earlier version reads; AES-GMAC checkpoints are format version 5, which a reader
+  of version 4 refuses as newer and whose slots its writer does not overwrite.
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ def test_gmac_by_default_and_older_algorithms_restore_beside_it() -> None:
         CheckpointedStageState.restore(reader, key=b"other")
     CheckpointedStageState({"a": arr * 3}, lease, key=b"k").checkpoint(step=3)
     hs = _headers(st, lease.lease_id, "stage")
-    assert (hs[3].version, hs[3].mac_algorithm) == (4, MAC_GMAC)
+    assert (hs[3].version, hs[3].mac_algorithm) == (5, MAC_GMAC)
     assert hs[2].mac_algorithm == MAC_BLAKE3
     back = CheckpointedStageState.restore(reader, key=b"k")
     assert back.restored.step == 3 and np.array_equal(back.state["a"], arr * 3)
@@ -93,6 +95,46 @@ def test_gmac_by_default_and_older_algorithms_restore_beside_it() -> None:
         CheckpointedStageState.restore(reader, key=b"other")
     with pytest.raises(ValueError, match="mac must be one of"):
         CheckpointedStageState({}, lease, mac="sha1")
+
+
+def test_gmac_generations_are_version_5_which_a_version_4_blockpoint_refuses(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An AES-GMAC generation is format version 5 and every other one version 4, so a
+    blockpoint that reads up to version 4 (simulated: this module's limit lowered) refuses
+    a GMAC generation as newer - restore skips it as a newer format, and its writer refuses
+    to checkpoint over it (CheckpointDowngradeRefused) - instead of skipping it as damage
+    and overwriting it; an unkeyed generation is version 4."""
+    from stages import CheckpointDowngradeRefused
+    st = MemoryStore(BS)
+    lease = st.acquire("mixed")
+    CheckpointedStageState({"v": 1}, lease, key=b"k", mac="blake3").checkpoint(step=1)
+    CheckpointedStageState({"v": 2}, lease, key=b"k").checkpoint(step=2)
+    hs = _headers(st, lease.lease_id, "mixed")
+    assert (hs[1].version, hs[2].version) == (4, 5)
+    plain = st.acquire("plain")
+    CheckpointedStageState({"v": 0}, plain, codec="msgpack").checkpoint()
+    assert _headers(st, plain.lease_id, "plain")[1].version == 4
+    monkeypatch.setattr(fmt, "FORMAT_VERSION", 4)
+    monkeypatch.setattr(fmt, "READ_VERSIONS", (2, 3, 4))
+    back = CheckpointedStageState.restore(st.open_reader(lease.lease_id), key=b"k")
+    assert back.restored.step == 1  # the GMAC generation is not this reader's to read
+    assert "format version 5" in str(back.restored.skipped), \
+        back.restored.skipped
+    with pytest.raises(CheckpointDowngradeRefused, match="format version 5"):
+        CheckpointedStageState({"v": 3}, lease, key=b"k", mac="blake3").checkpoint(step=3)
+    monkeypatch.undo()
+    assert CheckpointedStageState.restore(st.open_reader(lease.lease_id),
+                                          key=b"k").restored.step == 2  # nothing lost
+
+
+def test_a_gmac_id_in_a_version_4_header_is_damage() -> None:
+    st = MemoryStore(BS)
+    lid, block = _keyed_block(st)
+    assert (struct.unpack_from("<I", block, 4)[0], block[142]) == (5, MAC_GMAC)
+    struct.pack_into("<I", block, 4, 4)
+    _reseal(block)
+    with pytest.raises(CheckpointCorrupt, match="MAC algorithm id 3 in a version 4 header"):
+        fmt.parse_header(block, slot=0, lease_id=lid, name="forge")
 
 
 def test_a_version_3_hmac_generation_is_restored() -> None:
@@ -182,9 +224,10 @@ def _doc_head(st: MemoryStore, name: str) -> bytearray:
     return bytearray(st.open_reader(name).read_block(0)[:92])
 
 
-def test_documents_default_to_gmac_and_read_blake3_hmac_and_layout_1() -> None:
+def test_documents_default_to_blake3_and_read_gmac_hmac_and_layout_1() -> None:
     st = MemoryStore(BS)
-    with SlottedDocument(st.acquire("gm"), kind=b"TEST", version=1, key=b"K") as d:
+    with SlottedDocument(st.acquire("gm"), kind=b"TEST", version=1, key=b"K",
+                         mac="aes-gmac") as d:
         d.save({"n": 0})
     gm = _doc_head(st, "gm")
     assert struct.unpack_from("<I", gm, 52)[0] == MAC_GMAC
@@ -196,8 +239,7 @@ def test_documents_default_to_gmac_and_read_blake3_hmac_and_layout_1() -> None:
     k_m = blake3.blake3(salt, key=gmac_key(b"K", "document")).digest()
     assert bytes(gm[56:88]) == salt + AESGCM(k_m).encrypt(
         bytes(12), b"", bytes(gm[:56]) + lid.encode() + payload)
-    with SlottedDocument(st.acquire("b3"), kind=b"TEST", version=1, key=b"K",
-                         mac="blake3") as d:
+    with SlottedDocument(st.acquire("b3"), kind=b"TEST", version=1, key=b"K") as d:
         d.save({"n": 1})
     with SlottedDocument(st.acquire("hm"), kind=b"TEST", version=1, key=b"K",
                          mac="hmac-sha256") as d:
@@ -255,7 +297,7 @@ def test_document_algorithm_id_is_covered_by_its_mac() -> None:
     assert got.document is None and "MAC mismatch" in got.skipped[0].reason
 
 
-def test_langgraph_thread_documents_are_gmac() -> None:
+def test_langgraph_thread_documents_are_keyed_blake3() -> None:
     from langgraph.checkpoint.conformance.test_utils import (
         generate_checkpoint,
         generate_config,
@@ -271,7 +313,7 @@ def test_langgraph_thread_documents_are_gmac() -> None:
         saver.put(generate_config("t"), cp, generate_metadata(step=1), {"x": 1})
     name = next(i.name for i in st.list_leases() if i.name.startswith("langgraph/"))
     head = _doc_head(st, name)
-    assert struct.unpack_from("<II", head, 48) == (1, MAC_GMAC)  # flags, MAC algorithm
+    assert struct.unpack_from("<II", head, 48) == (1, MAC_BLAKE3)  # flags, MAC algorithm
     with BlockpointSaver(st, key=b"K") as reader:
         assert reader.get_tuple(generate_config("t")).checkpoint["id"] == cp["id"]
     with BlockpointSaver(st, key=b"other") as reader:  # a wrong key is an error, not empty

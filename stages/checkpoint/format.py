@@ -23,10 +23,11 @@ Why this layout:
   header - bound to the lease's id and name, so a valid checkpoint cannot be replayed into
   another lease - and, through a payload MAC stored in the header, the payload. The header
   MAC is checked before anything the header points to is followed.
-* **The MAC algorithm** (version 4): a u8 id at offset 142 says which MAC the generation
+* **The MAC algorithm** (versions 4 and 5): a u8 id at offset 142 says which MAC the generation
   carries - AES-GMAC (the default: faster than the CRCs), keyed BLAKE3, or HMAC-SHA256 (the
   only one of versions 2 and 3, whose headers have no id). Version 4 is version 3 with the u32
-  incremental depth at 140 split into a u16 depth, the id and a reserved byte.
+  incremental depth at 140 split into a u16 depth, the id and a reserved byte; version 5 is
+  version 4 whose id may be AES-GMAC's, written exactly for AES-GMAC generations.
 
 All integers are little-endian; ``struct`` formats below are the single source of truth and
 ``docs/FORMAT.md`` reproduces them byte by byte (a test parses a header per the doc).
@@ -56,6 +57,7 @@ __all__ = [
     "FLAG_MAC",
     "FLAG_MAP_SPILLED",
     "FORMAT_VERSION",
+    "GMAC_VERSION",
     "HEADER",
     "HEADER_SIZE",
     "TRAILER",
@@ -79,10 +81,14 @@ __all__ = [
 ]
 
 MAGIC = b"PCHK"
-FORMAT_VERSION = 4
-#: Versions this reader accepts: 2 (32-byte entries), 3 (48-byte entries with hashes) and 4
-#: (version 3 with a MAC algorithm id).
-READ_VERSIONS = (2, 3, 4)
+FORMAT_VERSION = 5
+#: Versions this reader accepts: 2 (32-byte entries), 3 (48-byte entries with hashes), 4
+#: (version 3 with a MAC algorithm id) and 5 (version 4 whose MAC may be AES-GMAC).
+READ_VERSIONS = (2, 3, 4, 5)
+#: Writers write version 5 exactly for an AES-GMAC generation, version 4 otherwise: a reader
+#: of version 4 (which does not know id 3) then refuses an AES-GMAC generation as newer -
+#: and its writer refuses to overwrite it (2.7) - instead of skipping it as damage.
+GMAC_VERSION = 5
 MAX_SLOTS = 255
 #: The largest incremental depth a version 4 header holds (a u16).
 MAX_DEPTH = 0xFFFF
@@ -295,7 +301,8 @@ def pack_header(*, data_length: int, generation: int, step: int, created_at: flo
     if length + TRAILER.size > block_size:
         raise ValueError(f"header of {length} bytes does not fit a {block_size}-byte block")
     out = bytearray(block_size)
-    HEADER.pack_into(out, 0, MAGIC, FORMAT_VERSION, data_length, generation, step, created_at,
+    version = GMAC_VERSION if mac_algorithm == MAC_GMAC else 4
+    HEADER.pack_into(out, 0, MAGIC, version, data_length, generation, step, created_at,
                      duration_s, stored_bytes, chunks, block_size, slots, slot, CODECS[codec],
                      COMPRESSIONS[compression], level, flags, len(meta), map_blocks, map_crc,
                      first_map_block, length, bytes(32), 0, depth, mac_algorithm, 0, bytes(32))
@@ -422,6 +429,9 @@ def parse_header(block: bytes | bytearray | memoryview, *, slot: int, lease_id: 
         problems.append(f"reserved byte 143 is {reserved}, not 0")
     if mac_alg not in MAC_IDS.values():
         problems.append(f"MAC algorithm id {mac_alg} unknown")
+    elif mac_alg == MAC_GMAC and version < GMAC_VERSION:
+        problems.append(f"MAC algorithm id {mac_alg} in a version {version} header "
+                        f"(AES-GMAC generations are version {GMAC_VERSION})")
     elif (mac_alg != MAC_NONE) != bool(flags & FLAG_MAC):
         problems.append(f"MAC algorithm id {mac_alg} with flag bit 0 "
                         f"{'set' if flags & FLAG_MAC else 'clear'}")
