@@ -36,6 +36,7 @@ BS = 4096
 
 @pytest.fixture(autouse=True)
 def no_key_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BLOCKPOINT_CHECKPOINT_MAC", raising=False)
     monkeypatch.delenv(KEY_ENV, raising=False)
     monkeypatch.delenv(OLD_KEYS_ENV, raising=False)
 
@@ -125,6 +126,28 @@ def test_gmac_generations_are_version_5_which_a_version_4_blockpoint_refuses(
     monkeypatch.undo()
     assert CheckpointedStageState.restore(st.open_reader(lease.lease_id),
                                           key=b"k").restored.step == 2  # nothing lost
+
+
+def test_the_mac_of_new_generations_can_be_set_for_a_staged_upgrade(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """$BLOCKPOINT_CHECKPOINT_MAC picks the algorithm where the code gives none (so stage
+    actors and pipelines follow it); an explicit ``mac=`` wins; a bad name is refused naming
+    the variable (nothing written)."""
+    from stages.checkpoint.mac import MAC_ENV
+    st = MemoryStore(BS)
+    lease = st.acquire("env")
+    monkeypatch.setenv(MAC_ENV, " blake3 ")
+    CheckpointedStageState({"v": 1}, lease, key=b"k").checkpoint(step=1)
+    CheckpointedStageState({"v": 2}, lease, key=b"k", mac="aes-gmac").checkpoint(step=2)
+    hs = _headers(st, lease.lease_id, "env")
+    assert [(hs[g].version, hs[g].mac_algorithm) for g in (1, 2)] == [(4, MAC_BLAKE3),
+                                                                       (5, MAC_GMAC)]
+    monkeypatch.setenv(MAC_ENV, "sha1")
+    with pytest.raises(ValueError, match=r"\$BLOCKPOINT_CHECKPOINT_MAC must be one of .*'sha1'"):
+        CheckpointedStageState({"v": 3}, lease, key=b"k")
+    monkeypatch.setenv(MAC_ENV, "")
+    CheckpointedStageState({"v": 3}, lease, key=b"k").checkpoint(step=3)
+    assert _headers(st, lease.lease_id, "env")[3].mac_algorithm == MAC_GMAC
 
 
 def test_a_gmac_id_in_a_version_4_header_is_damage() -> None:

@@ -28,6 +28,7 @@ header MAC matches is the writer's, and only that key is tried on the (large) pa
 
 from __future__ import annotations
 
+import os
 import threading
 import warnings
 from collections.abc import Iterable
@@ -48,7 +49,8 @@ from ..errors import CheckpointAuthError, UnauthenticatedRestoreWarning
 from .format import Header
 
 __all__ = ["DEFAULT_MAC", "KEY_ENV", "MAC_ALGORITHMS", "MAC_BLAKE3", "MAC_HMAC_SHA256",
-           "MAC_SIZE", "OLD_KEYS_ENV", "KeyRing", "KeySetting", "PayloadMac", "check_header_mac",
+           "MAC_ENV", "MAC_SIZE", "OLD_KEYS_ENV", "KeyRing", "KeySetting", "PayloadMac",
+           "check_header_mac", "checkpoint_mac",
            "equal", "header_key", "header_mac", "resolve_keys", "warn_unauthenticated"]
 
 #: HMAC-SHA256's domain tags (keyed BLAKE3 derives a key per purpose instead).
@@ -73,6 +75,26 @@ class PayloadMac:
 
     def digest(self) -> bytes:
         return self._h.digest()
+
+
+#: Names the MAC algorithm of new generations where the code gives none (``mac=None``):
+#: ``"blake3"`` keeps checkpoints readable by a blockpoint from before AES-GMAC (format
+#: version 4) during a staged upgrade or a rollback (docs/OPERATIONS.md).
+MAC_ENV = "BLOCKPOINT_CHECKPOINT_MAC"
+
+
+def checkpoint_mac(mac: str | None) -> int:
+    """The algorithm id of new generations: ``mac``, else ``$BLOCKPOINT_CHECKPOINT_MAC``
+    (stripped; unset or empty: :data:`DEFAULT_MAC`). Raises ``ValueError`` naming the
+    argument or the variable for a name that is not an algorithm."""
+    if mac is None:
+        name = os.environ.get(MAC_ENV, "").strip() or DEFAULT_MAC
+        where = f"${MAC_ENV}"
+    else:
+        name, where = mac, "mac"
+    if name not in MAC_ALGORITHMS:
+        raise ValueError(f"{where} must be one of {sorted(MAC_ALGORITHMS)}, got {name!r}")
+    return MAC_ALGORITHMS[name]
 
 
 def header_mac(key: bytes, lease_id: str, name: str, header_for_mac: bytes,

@@ -80,7 +80,7 @@ from .commit import Commit, Encoding, commit_generation
 from .compress import ChunkCoder
 from .format import Header, MapEntry
 from .incremental import DEFAULT_FULL_EVERY, Base, reusable_base
-from .mac import DEFAULT_MAC, MAC_ALGORITHMS, KeyRing, KeySetting, resolve_keys
+from .mac import KeyRing, KeySetting, checkpoint_mac, resolve_keys
 from .metering import note_checkpoint, note_failure, note_restore, note_stall
 from .observer import CheckpointFlushObserver, flush_guard
 from .reader import scan_slots
@@ -113,10 +113,11 @@ class CheckpointedStageState(Generic[T]):
             read from the environment at each checkpoint (not here). When
             set, checkpoints carry a MAC under the current key and restores refuse
             generations without a MAC valid under one of the keys.
-        mac: the MAC algorithm of new generations: "aes-gmac" (default; faster than the
-            CRCs), "blake3" (keyed BLAKE3, the default until 2026-12-07) or "hmac-sha256"
-            (what versions before format 4 wrote). Restores read any: the header names its
-            algorithm (``docs/FORMAT.md`` 2.5).
+        mac: the MAC algorithm of new generations: "aes-gmac" (faster than the CRCs;
+            format version 5), "blake3" (keyed BLAKE3, the default until 2026-12-07) or
+            "hmac-sha256" (what versions before format 4 wrote); None (default):
+            ``$BLOCKPOINT_CHECKPOINT_MAC``, else "aes-gmac". Restores read any: the header
+            names its algorithm (``docs/FORMAT.md`` 2.5).
         allow_unauthenticated: write pickle checkpoints without a key even on a shared
             store (``capabilities.shared``), where they are refused by default.
         observer: told of every flush (see :mod:`stages.checkpoint.observer`).
@@ -135,7 +136,7 @@ class CheckpointedStageState(Generic[T]):
                  key: KeySetting = None, observer: CheckpointFlushObserver | None = None,
                  lease_id: str | None = None, allow_unauthenticated: bool = False,
                  incremental: bool = False, full_every: int = DEFAULT_FULL_EVERY,
-                 mac: str = DEFAULT_MAC) -> None:
+                 mac: str | None = None) -> None:
         if not isinstance(retention, int) or retention < 2:
             raise ValueError(f"retention must be an int >= 2 (a commit must never overwrite the "
                              f"only good copy), got {retention!r}")
@@ -146,8 +147,7 @@ class CheckpointedStageState(Generic[T]):
         if full_every > fmt.MAX_DEPTH + 1:
             raise ValueError(f"full_every must be <= {fmt.MAX_DEPTH + 1} (the header's depth "
                              f"is a u16), got {full_every}")
-        if mac not in MAC_ALGORITHMS:
-            raise ValueError(f"mac must be one of {sorted(MAC_ALGORITHMS)}, got {mac!r}")
+        mac_alg = checkpoint_mac(mac)
         if codec not in fmt.CODECS:
             raise ValueError(f"codec must be one of {sorted(fmt.CODECS)}, got {codec!r}")
         self._coder = ChunkCoder(compression, level)
@@ -162,7 +162,7 @@ class CheckpointedStageState(Generic[T]):
         self._key_setting: KeySetting = key
         if key is not None:
             self._key_setting = resolve_keys(key)
-        self._mac_alg = MAC_ALGORITHMS[mac]
+        self._mac_alg = mac_alg
         self._allow_unauthenticated = bool(allow_unauthenticated)
         self._observer = observer
         self._lease_id = lease_id or lease.lease_id
