@@ -84,7 +84,12 @@ __all__ = [
 from .checkpoint import CheckpointManager, CheckpointPolicy, CheckpointRequest, PolicyCounters
 from .errors import PipelineError, RunActiveError, RunError, RunFencedError, SinkFencedError
 from .errors import SourceError, SourceFileChanged, SourceFileCorrupt, SourceSchemaMismatch
-from .errors import KeylessRescaleRefused, MaxParallelismChanged, StageProcessError
+from .errors import (
+    KeylessRescaleRefused,
+    MaxParallelismChanged,
+    PipelineGraphError,
+    StageProcessError,
+)
 from .actors import (
     ActorFenced,
     ActorRecipe,
@@ -112,6 +117,7 @@ from .actors import (
     pick_node,
 )
 from .pipeline import (
+    SOURCE,
     FenceToken,
     FileSink,
     FileSource,
@@ -128,6 +134,7 @@ from .pipeline import (
     RunDriver,
     RunNotFoundError,
     RunNotPausedError,
+    SinkSet,
     RunStatus,
     RunStep,
     RunStepExistsError,
@@ -152,6 +159,7 @@ __all__ += [
     "GeneratedSource",
     "JsonlSource",
     "KeylessRescaleRefused",
+    "PipelineGraphError",
     "MaxParallelismChanged",
     "ParquetSink",
     "ParquetSource",
@@ -175,7 +183,9 @@ __all__ += [
     "RunStep",
     "RunStepExistsError",
     "RunStore",
+    "SOURCE",
     "Sink",
+    "SinkSet",
     "SinkFencedError",
     "Source",
     "SourceError",

@@ -52,8 +52,10 @@ Errors of one module stay with it but hang from the same root::
     │   ├── StageProcessError              a stage's own code raised (not replayed forever)
     │   ├── MaxParallelismChanged(ValueError) a keyed stage restored with another
     │   │                                  max_parallelism than its run recorded
-    │   └── KeylessRescaleRefused(ValueError) a keyless parallel stage restored at another
-    │                                      parallelism (its state is per instance)
+    │   ├── KeylessRescaleRefused(ValueError) a keyless parallel stage restored at another
+    │   │                                  parallelism (its state is per instance)
+    │   └── PipelineGraphError(ValueError) the stages' inputs and sinks do not make a DAG
+    │                                      whose every output goes somewhere (names the stage)
     ├── SourceError                        a file source cannot replay its input (stages.pipeline
     │   │                                  .files); ``path`` names the file
     │   ├── SourceFileChanged(RuntimeError) the file under a recorded position changed or is
@@ -96,6 +98,7 @@ __all__ = [
     "KeyGroupError",
     "KeyedStateMismatch",
     "KeylessRescaleRefused",
+    "PipelineGraphError",
     "MacKeyNotShippable",
     "MaxParallelismChanged",
     "NoCheckpointError",
@@ -414,6 +417,13 @@ class KeylessRescaleRefused(PipelineError, ValueError):
         self.stage_id = stage_id
         self.recorded = recorded
         self.requested = requested
+
+
+class PipelineGraphError(PipelineError, ValueError):
+    """The stages' ``inputs`` and the sinks do not make a pipeline: an input that is no
+    stage, a cycle, a stage whose output goes nowhere, a sink of an unknown stage
+    (``stages/pipeline/graph.py``). Raised when the pipeline is made, before anything runs;
+    the message names the stages."""
 
 
 class StageProcessError(PipelineError):

@@ -35,9 +35,9 @@ def test_storage_examples_run(heading: str, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
-def _run_ray(heading: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    code = _block(heading).replace("ray.init()", "ray.init(num_cpus=2, include_dashboard=False, "
-                                                 "log_to_driver=False)")
+def _run_ray(heading: str, tmp_path: Path, cpus: int = 2) -> subprocess.CompletedProcess[str]:
+    code = _block(heading).replace("ray.init()", f"ray.init(num_cpus={cpus}, "
+                                                 "include_dashboard=False, log_to_driver=False)")
     proc = _run(code, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -48,6 +48,14 @@ def test_pipeline_example_runs(tmp_path: Path) -> None:
     proc = _run_ray("## A user pipeline in 20 lines", tmp_path)
     committed_step, records_out, recoveries = proc.stdout.split()[-3:]
     assert int(records_out) == 100_000 and int(committed_step) >= 5
+
+
+@pytest.mark.ray
+def test_dag_example_runs(tmp_path: Path) -> None:
+    # four actors of one CPU each (a laptop has them; this machine's 2 cores are shared)
+    proc = _run_ray("### A DAG: fan-out, fan-in, a sink per output", tmp_path, cpus=4)
+    committed_step, records_out = proc.stdout.split()[-2:]
+    assert int(committed_step) >= 4 and 35_000 < int(records_out) < 45_000
 
 
 @pytest.mark.ray

@@ -155,6 +155,9 @@ class StageSpec:
             keyless; parallel instances then take records round robin, state per instance.
         max_parallelism: key groups of a keyed stage (fixed for the life of a run; a
             restore with another is refused with ``MaxParallelismChanged``).
+        inputs: the stages (ids) this one reads in a pipeline, ``"source"`` for the source;
+            ``None``: the stage listed before it (the first: the source) - a chain
+            (``stages/pipeline/graph.py``).
         index: set by :meth:`instances` only: this spec is instance ``index`` of the stage.
     """
 
@@ -178,6 +181,7 @@ class StageSpec:
     key: KeySpec | None = None
     max_parallelism: int = DEFAULT_MAX_PARALLELISM
     index: int | None = None
+    inputs: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         # A URL carrying a secret is refused here, with the secret masked
@@ -189,6 +193,11 @@ class StageSpec:
 
         check_id(self.stage_id, "stage id")
         check_parallel(self)
+        if self.inputs is not None:
+            if isinstance(self.inputs, str) or not all(isinstance(i, str) for i in self.inputs):
+                raise TypeError(f"stage {self.stage_id!r}: inputs is a sequence of stage ids, "
+                                f"got {self.inputs!r}")
+            object.__setattr__(self, "inputs", tuple(self.inputs))
 
     @property
     def parallel(self) -> bool:

@@ -5,7 +5,8 @@ in ``stages`` imports it.
 
 | module          | owns |
 |-----------------|------|
-| `pipeline.py`   | `Pipeline`: source -> stage actors -> sink, barriers, step commits |
+| `pipeline.py`   | `Pipeline`: source -> stage actors (a chain or a DAG) -> sinks, barriers, step commits |
+| `graph.py`      | DAG pipelines: each stage's inputs, the order, one sink per output stage (`SinkSet`) |
 | `barrier.py`    | one barrier in flight, until every checkpoint of its step is durable |
 | `recovery.py`   | relaunching lost stages, rolling every stage back to one agreed step |
 | `events.py`     | `PipelineEvent`, `PipelineResult` |
@@ -27,6 +28,7 @@ from __future__ import annotations
 from .events import PipelineEvent, PipelineResult
 from .file_sources import JsonlSource, ParquetSource
 from .files import FileSource
+from .graph import SOURCE, SinkSet
 from .parquet_sink import ParquetSink
 from .pipeline import Pipeline
 from .reference import run_reference
@@ -65,7 +67,9 @@ __all__ = [
     "RunStep",
     "RunStepExistsError",
     "RunStore",
+    "SOURCE",
     "Sink",
+    "SinkSet",
     "Source",
     "StageCommit",
     "run_reference",

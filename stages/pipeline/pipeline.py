@@ -1,4 +1,4 @@
-"""Fault-tolerant pipelines: a replayable source, a chain of stage actors, an idempotent sink.
+"""Fault-tolerant pipelines: a replayable source, stage actors (a chain or a DAG), idempotent sinks.
 
 ``Pipeline(source, [StageSpec, ...], sink).run()`` drives records through the stage actors on
 Ray and commits output exactly once across stage and node loss.
@@ -8,8 +8,11 @@ How, and why this way:
 * **The driver submits, Ray carries.** Each batch read from the source (a list of records
   or an Arrow table, ``stages/actors/batches.py``) becomes a chain of actor calls,
   ``s1.process_batch(batch) -> s2.process_batch(ref) -> ...``; the object references flow
-  stage to stage without passing through the driver, and the last one is the batch's output. At most ``max_in_flight`` batches are outstanding (backpressure: the source
-  is not read further until the oldest batch's output arrived).
+  stage to stage without passing through the driver, and the last one is the batch's output.
+  In a DAG (``stages/pipeline/graph.py``) a stage makes one call per output of each of its
+  inputs, and each output stage's outputs go to its own sink. At most ``max_in_flight``
+  batches are outstanding (backpressure: the source is not read further until the oldest
+  batch's output arrived).
 * **Barriers travel with the data.** A checkpoint barrier for step ``s`` is one
   ``checkpoint(step=s, meta={"source_position": p})`` call per stage, submitted right after
   the last batch of step ``s``. A stage actor runs its data-path calls one at a time in
@@ -68,6 +71,7 @@ from ..actors.actor import StageSpec, launch_stage, open_store_for
 from ..actors.batches import concat, num_rows
 from ..actors.routing import merge_parts
 from .barrier import Barrier
+from .graph import SOURCE, Graph, SinkSet
 from ..errors import PipelineError, RunFencedError, StageProcessError
 from .events import PipelineEvent, PipelineResult
 from ..actors.hooks import StageLostHook
@@ -103,16 +107,26 @@ class _Batch:
     step: int
     end_position: Any
     n: int
-    refs: list[Any]  # the last stage's output: one ref, or one per instance (Parts)
+    #: per output stage (a sink's), its outputs of this batch: each one ref, or one per
+    #: instance (Parts) - one output per call the stage made (``graph.py``)
+    outs: dict[str, list[list[Any]]]
+
+    @property
+    def refs(self) -> list[Any]:
+        return [r for calls in self.outs.values() for group in calls for r in group]
 
 
 class Pipeline(Recovering):
-    """A chain of checkpointed stage actors between a replayable source and a sink.
+    """Checkpointed stage actors - a chain, or a DAG - between a replayable source and sinks.
 
     Args:
         source: replayable input (:class:`~stages.pipeline.source.Source`).
-        stages: the stages, in order (at least one); their ``stage_id``\\ s must be unique.
-        sink: where committed output goes, per step (:class:`~stages.pipeline.sink.Sink`).
+        stages: the stages (at least one); their ``stage_id``\\ s must be unique. Each reads
+            its spec's ``inputs``, by default the stage listed before it (a chain;
+            ``stages/pipeline/graph.py``).
+        sink: where committed output goes, per step (:class:`~stages.pipeline.sink.Sink`):
+            one sink for the last listed stage's output, or ``{stage_id: Sink, ...}`` for
+            several output stages (every stage no stage reads needs one).
         run_id: the run (a new one if ``None``); an existing run resumes from its last
             committed step.
         run_store_url: where run records live (default: the first stage's store).
@@ -142,7 +156,8 @@ class Pipeline(Recovering):
             long after a driver died its run needs ``takeover`` to be driven.
     """
 
-    def __init__(self, source: Source, stages: Sequence[StageSpec], sink: Sink, *,
+    def __init__(self, source: Source, stages: Sequence[StageSpec],
+                 sink: Sink | Mapping[str, Sink], *,
                  run_id: str | None = None, run_store_url: str | None = None,
                  batch_size: int = 256, max_in_flight: int = 8,
                  policy: CheckpointPolicy | None = None,
@@ -170,6 +185,12 @@ class Pipeline(Recovering):
             raise ValueError("batch_size and max_in_flight must be >= 1")
         self.source = source
         self.specs = list(stages)
+        if isinstance(sink, Mapping):
+            sink = SinkSet(sink)
+        #: the edges, checked (``PipelineGraphError`` here, before anything runs)
+        self.graph = Graph(self.specs, list(sink) if isinstance(sink, SinkSet)
+                           else [self.specs[-1].stage_id])
+        self._by_id = {s.stage_id: s for s in self.specs}
         #: every instance of every stage (a plain stage is its own), in pipeline order
         self.instances = expand(self.specs)
         self._spec_of = {s.stage_id: s for s in self.instances}
@@ -306,7 +327,8 @@ class Pipeline(Recovering):
     def _reset_counters(self) -> None:
         self._batches: deque[_Batch] = deque()
         self._barrier: Barrier | None = None
-        self._outputs: dict[int, list[Any]] = {}  # step -> the outputs of its batches
+        # step -> output stage -> the outputs of its batches
+        self._outputs: dict[int, dict[str, list[Any]]] = {}
         self._committed = 0
         self._committed_position: Any = None
         self._position: Any = None
@@ -385,14 +407,17 @@ class Pipeline(Recovering):
             self.manager.fail(PIPELINE_TRACK, "rolled back")
 
     # -- internals: the data path ---------------------------------------------------------------
-    def _submit(self, records: Any) -> list[Any]:
-        refs: list[Any] = [records]
-        for spec in self.specs:
-            # Every instance gets the whole batch (or the parts of it) and keeps its share
-            # (``stages/actors/routing.py``).
-            refs = [self._handles[inst.stage_id].process_batch.remote(*refs)
-                    for inst in spec.instances()]
-        return refs
+    def _submit(self, records: Any) -> dict[str, list[list[Any]]]:
+        # One call per output of each input, inputs in their listed order (``graph.py``);
+        # every instance gets the whole batch (or the parts of it) and keeps its share
+        # (``stages/actors/routing.py``).
+        outs: dict[str, list[list[Any]]] = {SOURCE: [[records]]}
+        for sid in self.graph.order:
+            instances = self._by_id[sid].instances()
+            outs[sid] = [[self._handles[inst.stage_id].process_batch.remote(*group)
+                          for inst in instances]
+                         for name in self.graph.inputs[sid] for group in outs[name]]
+        return {sid: outs[sid] for sid in self.graph.sinks}
 
     def rollback_options(self, sid: str, step: int) -> dict[str, Any]:
         """The ``rollback`` arguments of stage (instance) ``sid`` to ``step``: a keyed
@@ -478,8 +503,10 @@ class Pipeline(Recovering):
             self._last_progress = time.monotonic()
         while self._batches and _ready(self._batches[0].refs):
             b = self._batches.popleft()
-            out = merge_parts([self._get(r, None) for r in b.refs])
-            self._outputs.setdefault(b.step, []).append(out)
+            step_out = self._outputs.setdefault(b.step, {})
+            for sid, calls in b.outs.items():
+                step_out.setdefault(sid, []).extend(
+                    merge_parts([self._get(r, None) for r in group]) for group in calls)
         if bar is None or (self._batches and self._batches[0].step <= bar.step):
             return
         if bar.advance(self._get, self._handles):  # every stage's checkpoint is durable
@@ -487,9 +514,12 @@ class Pipeline(Recovering):
 
     def _commit(self, bar: Barrier, infos: Mapping[str, Mapping[str, Any]]) -> None:
         hold = self._driver()
-        outputs = concat(self._outputs.pop(bar.step, []))  # a list, or a table of batches
-        n_out = num_rows(outputs)
-        self.sink.commit(bar.step, outputs, token=hold.token)
+        by_stage = self._outputs.pop(bar.step, {})
+        # a list, or a table of batches, per output stage
+        outs = {sid: concat(by_stage.get(sid, [])) for sid in self.graph.sinks}
+        n_out = sum(num_rows(o) for o in outs.values())
+        self.sink.commit(bar.step, outs if isinstance(self.sink, SinkSet)
+                         else outs[self.graph.sinks[0]], token=hold.token)
         stages = [StageCommit(stage_id=sid, lease_id=info.get("lease_id"),
                               epoch=self._epochs.get(sid), generation=info.get("generation"),
                               node_id=self._nodes.get(sid), **layout_of(self._spec_of[sid]))

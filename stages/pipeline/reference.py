@@ -13,30 +13,51 @@ from typing import Any
 
 from ..actors.actor import StageSpec
 from ..actors.batches import concat, num_rows, run_stage, to_records
+from .graph import SOURCE, Graph
 from .source import Source
 
 __all__ = ["run_reference"]
 
 
 def run_reference(source: Source, stages: Sequence[StageSpec | Callable[[], Any]],
-                  *, batch_size: int = 1024) -> list[Any]:
+                  *, batch_size: int = 1024, outputs: Sequence[str] | None = None
+                  ) -> Any:
     """The output of a failure-free run, computed in this process without Ray or storage.
 
-    ``stages`` are specs or zero-argument factories of :class:`~stages.actors.actor.Stage`; each
-    record goes through every stage in order, as in a pipeline (batch stages get batches of
-    ``batch_size`` rows; parallel stages as :class:`_Runner` says). The output is a list of
-    records (a table's rows as dicts).
+    ``stages`` are specs or zero-argument factories of :class:`~stages.actors.actor.Stage`;
+    records go through them as in a pipeline - a chain, or the DAG the specs' ``inputs``
+    make, with the pipeline's order of calls (``stages/pipeline/graph.py``); batch stages
+    get batches of ``batch_size`` rows, parallel stages as :class:`_Runner` says.
+
+    Returns:
+        The last listed stage's output as a list of records (a table's rows as dicts); with
+        ``outputs`` (stage ids), ``{stage_id: records}`` of each.
     """
-    runners = [_Runner(s) for s in stages]
-    out: list[Any] = []
+    runners = {_id(s, i): _Runner(s) for i, s in enumerate(stages)}
+    ids = list(runners)
+    wanted = list(outputs) if outputs is not None else [ids[-1]]
+    if all(isinstance(s, StageSpec) for s in stages):
+        graph = Graph(stages, wanted)  # type: ignore[arg-type]
+        order, inputs = graph.order, graph.inputs
+    else:  # factories: a chain
+        order = tuple(ids)
+        inputs = {sid: ((ids[i - 1],) if i else (SOURCE,)) for i, sid in enumerate(ids)}
+    got: dict[str, list[Any]] = {sid: [] for sid in wanted}
     pos = source.initial_position()
     while True:
         batch, pos = source.read(pos, batch_size)
         if not num_rows(batch):
-            return to_records(concat(out))
-        for runner in runners:
-            batch = runner.run(batch)
-        out.append(batch)
+            out = {sid: to_records(concat(v)) for sid, v in got.items()}
+            return out if outputs is not None else out[wanted[0]]
+        outs: dict[str, list[Any]] = {SOURCE: [batch]}
+        for sid in order:
+            outs[sid] = [runners[sid].run(b) for name in inputs[sid] for b in outs[name]]
+        for sid in wanted:
+            got[sid].extend(outs[sid])
+
+
+def _id(stage: StageSpec | Callable[[], Any], i: int) -> str:
+    return stage.stage_id if isinstance(stage, StageSpec) else f"stage-{i}"
 
 
 class _Runner:
