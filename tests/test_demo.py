@@ -47,8 +47,15 @@ def test_demo_quick_is_exact(tmp_path: Path) -> None:
     assert all(marks == [] for marks in pre["victim_marks"].values()), pre
     if "aggregate" not in pre["victims"]:
         assert pre["aggregate_why"].startswith("checkpoint in progress"), pre
-    agg = next(r for r in result["stages"] if r["stage"] == "aggregate")
+    rows = {r["stage"]: r for r in result["stages"]}
+    agg = rows["aggregate"]
     assert agg["epoch"] >= 2 and agg["restores"] >= 1
+    # normalize is keyed, two instances, one on each worker: the one on the lost node came
+    # back from its own lease, the other went on (rolled back, not relaunched)
+    assert set(rows) == {"normalize@0of2", "normalize@1of2", "aggregate", "score"}
+    assert all(rows[i]["checkpoints"] >= 1 for i in rows)
+    if result["node_loss"]["node"] == "worker-1":
+        assert rows["normalize@0of2"]["restores"] >= 1 and rows["normalize@0of2"]["epoch"] >= 2
     # Nothing Ray printed leaked into the story.
     assert "(raylet)" not in story and "[state-dump]" not in story
     # The extra act: a @checkpointed Ray actor on the lost node resumes with its whole count.

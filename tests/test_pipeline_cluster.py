@@ -240,8 +240,9 @@ def test_demo_submitted_with_ray_job_submit_on_s3(s3_server: Any, ray_cluster: A
     assert run_store, logs[-4000:]
     with open_store(run_store.group(1), create=False) as st:
         names = {i.name for i in st.list_leases()}
-        assert {"normalize", "aggregate", "score", "tally"} <= names, names
-        for name in ("normalize", "aggregate", "score"):
+        assert {"normalize@0of2", "normalize@1of2", "aggregate", "score", "tally"} <= names, \
+            names
+        for name in ("normalize@0of2", "normalize@1of2", "aggregate", "score"):
             headers = [s.header for s in scan_slots(st.open_reader(name))[1] if s.header]
             assert headers and all(h.has_mac for h in headers), name
     _assert_secrets_not_shown(ray_cluster, run_store.group(1), key)
@@ -337,7 +338,7 @@ def test_demo_attached_from_a_shell_then_inspected(s3_server: Any, ray_cluster: 
 
     inspect = cli("inspect", "--json", store.group(1))
     assert inspect.returncode == 0, inspect.stderr
-    assert {"normalize", "aggregate", "score", "tally"} <= {
+    assert {"normalize@0of2", "normalize@1of2", "aggregate", "score", "tally"} <= {
         r["name"] for r in json.loads(inspect.stdout)}, inspect.stdout
     status = cli("scheduler", "status", "--address", ray_cluster.address,
                  "--namespace", ns.group(1))
