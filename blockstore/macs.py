@@ -171,7 +171,9 @@ class _Gmac:
         self._mac: bytes | None = None
 
     def update(self, data: bytes | bytearray | memoryview) -> None:
-        if len(data):
+        if isinstance(data, memoryview) and data.format not in ("B", "b", "c"):
+            data = data.cast("B")  # OpenSSL takes bytes; a float32 view is bytes all the same
+        if data.nbytes if isinstance(data, memoryview) else len(data):
             self._enc.authenticate_additional_data(data)
 
     def digest(self) -> bytes:

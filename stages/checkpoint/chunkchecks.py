@@ -21,6 +21,7 @@ zstd and the MACs release the GIL.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 
 from blockstore import LeaseReader, crc32c
 
@@ -70,7 +71,8 @@ class MacChain:
         # verifying: the stored payload MAC (AES-GMAC's salt is in it; a reader passes it)
         self._mac = PayloadMac(key, alg, verifying)
         self._next = 0  # the batch the MAC needs next
-        self._offered: dict[int, memoryview | None] = {}  # read, not yet fed (None: failed)
+        # read (or encoded), not yet fed (None: failed)
+        self._offered: dict[int, memoryview | list[memoryview] | None] = {}
         self._feeding = False  # a task is feeding the MAC (only one at a time)
         self._cond = threading.Condition()
         self._broken = False
@@ -89,7 +91,13 @@ class MacChain:
             self._offer(n, region if ok else None)
         return None
 
-    def _offer(self, n: int, region: memoryview | None) -> None:
+    def offer(self, n: int, parts: Sequence[memoryview] | None) -> None:
+        """Offer batch ``n`` - the payload bytes it covers, as views in order (``None``:
+        the task that made it failed) - to be fed in its turn; the write path's encode tasks
+        call this once per batch, right after encoding it (its bytes still in cache)."""
+        self._offer(n, None if parts is None else list(parts))
+
+    def _offer(self, n: int, region: memoryview | list[memoryview] | None) -> None:
         with self._cond:
             if n in self._offered or n < self._next:
                 self._broken = True  # offered twice: never a digest of a guessed order
@@ -116,7 +124,7 @@ class MacChain:
                     broken = self._broken
                 if not broken:
                     assert part is not None
-                    self._mac.update_all([part])
+                    self._mac.update_all(part if isinstance(part, list) else [part])
         except BaseException:
             with self._cond:
                 self._broken = True

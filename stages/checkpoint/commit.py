@@ -33,7 +33,6 @@ from __future__ import annotations
 import math
 import struct
 import time
-from concurrent.futures import Future
 from dataclasses import dataclass
 
 from blockstore import Lease, StaleLeaseError
@@ -45,9 +44,9 @@ from .codec import Payload
 from .compress import ChunkCoder
 from .format import Header, MapEntry
 from .incremental import Base, WriteStats
-from .mac import KeyRing, PayloadMac, header_mac
-from .reader import worker_pool
-from .writer import SlotState, allocate, hash_payload, write_chunks, write_map
+from .chunkchecks import MacChain
+from .mac import KeyRing, header_mac
+from .writer import SlotState, allocate, write_chunks, write_map
 
 __all__ = ["Commit", "Committed", "Encoding", "commit_generation"]
 
@@ -116,11 +115,9 @@ def commit_generation(lease: Lease, slots: list[SlotState], target: int, payload
     if nb < k or free_now < need:
         nb = lease.grow(max(k, nb) + max(0, need - free_now)).num_blocks
     alloc = allocate(protected, k)  # lazy: at most ``need`` are taken, all below ``nb``
-    pool = worker_pool()
-    mac_future: Future[PayloadMac] | None = None
-    if ring is not None:
-        mac_future = pool.submit(hash_payload, ring.current, enc.mac_algorithm,
-                                 payload.segments)
+    # The payload MAC is fed by the encode tasks, each batch right after it was encoded
+    # (its bytes still in that core's cache), in payload order (``writer.write_chunks``).
+    chain = MacChain(ring.current, enc.mac_algorithm) if ring is not None else None
 
     # Erase before any data write: the target slot (its old generation's
     # blocks are about to be reused), and every slot holding something that is not a
@@ -146,7 +143,7 @@ def commit_generation(lease: Lease, slots: list[SlotState], target: int, payload
     known = (payload.reuse if base is not None and payload.reuse
              and payload.reuse_generation == base.generation else ())
     w = write_chunks(lease, coder, payload.segments, alloc, bs, hashing=enc.hashed,
-                     base=None if base is None else base.entries, known=known)
+                     base=None if base is None else base.entries, known=known, mac=chain)
     entries, used, n_written = w.entries, w.blocks, w.written
     reused = len(entries) - n_written
     depth = base.depth + 1 if base is not None and reused else 0
@@ -167,8 +164,9 @@ def commit_generation(lease: Lease, slots: list[SlotState], target: int, payload
     # The duration field is filled in last, just before the MAC and CRC seal the header.
     struct.pack_into("<d", header, 40, time.perf_counter() - todo.started)
     mac = None
-    if mac_future is not None:
-        fmt.set_payload_mac(header, mac_future.result().digest())
+    if chain is not None:
+        assert w.payload_mac is not None
+        fmt.set_payload_mac(header, w.payload_mac)
         mac = header_mac(ring.current, lease.lease_id, lease.name,
                          fmt.header_mac_input(header), enc.mac_algorithm)
     fmt.seal_header(header, mac)

@@ -39,11 +39,12 @@ from .compress import ChunkCoder
 from .format import CHUNK_RAW, ENTRY, MAPBLOCK, Header, MapEntry
 from .incremental import StoredRun, content_hash
 from ..errors import CheckpointCorrupt, CheckpointDowngradeRefused, UnsupportedFormatError
-from .mac import KeySetting, PayloadMac
+from .chunkchecks import MacChain
+from .mac import KeySetting
 from .reader import SlotScan, load_map, worker_pool
 
 __all__ = ["SlotState", "WINDOW", "WRITE_BATCH", "Written", "allocate", "blocks_of", "chunks",
-           "encode_batch", "hash_payload", "learn_slots", "refuse_newer_format", "target_slot",
+           "encode_and_offer", "encode_batch", "learn_slots", "refuse_newer_format", "target_slot",
            "write_chunks", "write_map"]
 
 log = logging.getLogger(__name__)
@@ -176,23 +177,6 @@ def encode_batch(coder: ChunkCoder, chunks: list[memoryview], start: int = 0,
     return out
 
 
-#: The payload MAC of a checkpoint is fed in pieces of this size: keyed BLAKE3 (measured
-#: when it was the default) over cold
-#: memory runs ~15 % slower in one 256 MiB update than in 4 MiB ones (``bench/notes/restore.md``).
-MAC_PIECE = 4 * 1024 * 1024
-
-
-def hash_payload(key: bytes, alg: int, segments: Sequence[memoryview]) -> PayloadMac:
-    """The payload MAC of ``segments`` in order (runs in the pool, beside the writes)."""
-    mac = PayloadMac(key, alg)
-    for seg in segments:
-        seg = memoryview(seg)
-        if seg.format != "B" or seg.ndim != 1:
-            seg = seg.cast("B")
-        mac.update_all(seg[i:i + MAC_PIECE] for i in range(0, len(seg), MAC_PIECE))
-    return mac
-
-
 def refuse_newer_format(slots: Sequence[SlotState], lease: LeaseReader) -> None:
     """Raise :class:`CheckpointDowngradeRefused` if a slot holds a newer format's header.
 
@@ -239,6 +223,8 @@ class Written:
     visited: int
     bytes_written: int
     stored: int
+    #: the payload MAC, when ``write_chunks`` was given a :class:`MacChain` to feed
+    payload_mac: bytes | None = None
 
 
 def _plan(n_chunks: int, whole: int, per_task: int,
@@ -259,10 +245,26 @@ def _plan(n_chunks: int, whole: int, per_task: int,
         yield lo, min(n_chunks, lo + per_task)
 
 
+def encode_and_offer(coder: ChunkCoder, batch: list[memoryview], lo: int, hashing: bool,
+                     base: Sequence[MapEntry] | None, mac: MacChain | None,
+                     n: int) -> list[Encoded]:
+    """:func:`encode_batch`, then the batch's bytes offered to the payload MAC as item ``n``
+    while they are still in this core's cache (``None`` if encoding failed: the chain is
+    broken and the commit fails with the encoding's error)."""
+    out = None
+    try:
+        out = encode_batch(coder, batch, lo, hashing, base)
+    finally:
+        if mac is not None:
+            mac.offer(n, batch if out is not None else None)
+    return out
+
+
 def write_chunks(lease: Lease, coder: ChunkCoder, segments: Sequence[memoryview],
                  alloc: Iterator[int], bs: int, *, hashing: bool = False,
                  base: Sequence[MapEntry] | None = None,
-                 known: Sequence[tuple[int, StoredRun]] = ()) -> Written:
+                 known: Sequence[tuple[int, StoredRun]] = (),
+                 mac: MacChain | None = None) -> Written:
     """Encode (CRC, maybe zstd, maybe hash) chunks in the pool while earlier ones are
     written; pack compressed chunks several to a block; reuse ``base`` entries of unchanged
     chunks (see :func:`encode_batch`) and the entries of the ``known`` runs (``(first chunk,
@@ -270,6 +272,10 @@ def write_chunks(lease: Lease, coder: ChunkCoder, segments: Sequence[memoryview]
     ``alloc`` only for written chunks. When the chunks to visit fit one batch they are
     encoded in the calling thread: nothing would overlap, and a hand-over costs more than
     a few chunks' work on a busy machine.
+
+    ``mac``: the payload MAC to feed, in payload order - each encoded batch by the task that
+    encoded it, a known run by this thread (its chunks are not otherwise read) - returned as
+    :attr:`Written.payload_mac`.
     """
     pool = worker_pool()
     per_task = max(1, WRITE_BATCH // bs)
@@ -282,22 +288,30 @@ def write_chunks(lease: Lease, coder: ChunkCoder, segments: Sequence[memoryview]
     inflight: deque[Future[list[Encoded]] | list[Encoded] | StoredRun] = deque()
     futures = 0
     visited = 0
+    pos = 0  # the next plan item's first chunk (the plan covers the payload in order)
+    seq = 0  # the next plan item's number in the MAC chain
 
     def submit_next() -> bool:
-        nonlocal futures, visited
+        nonlocal futures, visited, pos, seq
         item = next(plan, None)
         if item is None:
             return False
+        n, seq = seq, seq + 1
         if isinstance(item, StoredRun):
+            if mac is not None:  # unchanged bytes are authenticated all the same
+                mac.offer(n, list(chunks(segments, bs, pos, pos + len(item.entries), starts)))
+            pos += len(item.entries)
             inflight.append(item)
             return True
         lo, hi = item
+        pos = hi
         batch = list(chunks(segments, bs, lo, hi, starts))
         visited += len(batch)
         if inline:
-            inflight.append(encode_batch(coder, batch, lo, hashing, base))
+            inflight.append(encode_and_offer(coder, batch, lo, hashing, base, mac, n))
         else:
-            inflight.append(pool.submit(encode_batch, coder, batch, lo, hashing, base))
+            inflight.append(pool.submit(encode_and_offer, coder, batch, lo, hashing, base,
+                                        mac, n))
             futures += 1
         return True
 
@@ -373,7 +387,9 @@ def write_chunks(lease: Lease, coder: ChunkCoder, segments: Sequence[memoryview]
     if writes:
         lease.write_blocks(writes)
         advance("checkpoint_bytes", wbytes)
-    return Written(entries, b"".join(packed), used, written, visited, total_bytes, stored_total)
+    digest = mac.digest(seq) if mac is not None else None
+    return Written(entries, b"".join(packed), used, written, visited, total_bytes, stored_total,
+                   digest)
 
 
 def write_map(lease: Lease, raw: bytes, alloc: Iterator[int],
