@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import socket
 import sys
 import time
@@ -55,21 +54,19 @@ def _connect(args: argparse.Namespace) -> Any:
             try:
                 ray.init(address=args.address, namespace=args.namespace, log_to_driver=False,
                          logging_level="ERROR")
-            except ValueError as exc:  # "Invalid address format: <the address, whole>"
-                raise ConnectionError(str(exc)) from exc
+            # ValueError: "Invalid address format: <the address, whole>"; RuntimeError:
+            # "Module: redis does not exist. This module was parsed from Address: <it>"
+            except (ValueError, RuntimeError) as exc:
+                raise ConnectionError(str(exc)) from None
         return get_scheduler(args.name, args.namespace)
     except SchedulerUnavailableError as exc:
         print(f"blockpoint scheduler: {exc}", file=sys.stderr)
     except ConnectionError as exc:
-        from blockstore.redact import redact_address, redact_text
+        from blockstore.redact import redact_ray_address, redact_text
 
-        shown, spans = redact_address(args.address)
-        env = os.environ.get("RAY_ADDRESS", "")
-        env_shown, env_spans = redact_address(env)  # what "auto" reads
-        if args.address == "auto" and env:
-            shown = f"auto ($RAY_ADDRESS={env_shown})"
+        shown, spans = redact_ray_address(args.address)
         print(f"blockpoint scheduler: cannot reach Ray at {shown}: "
-              f"{redact_text(str(exc), (*spans, *env_spans))}", file=sys.stderr)
+              f"{redact_text(' '.join(str(exc).split()), spans)}", file=sys.stderr)
     return None
 
 

@@ -278,9 +278,10 @@ class AttachedDemoCluster(DemoCluster):
     def __init__(self, address: str, namespace: str | None = None) -> None:
         self.namespace = namespace
         # Every message shows the address redacted: user information may hold a password.
-        from blockstore.redact import redact_address
+        from blockstore.redact import redact_ray_address
 
-        self.shown_address, self._address_spans = redact_address(address)
+        # ("auto": shown with $RAY_ADDRESS, whose secrets are masked too)
+        self.shown_address, self._address_spans = redact_ray_address(address)
         if address.startswith(("http://", "https://")):
             raise DemoSetupError(
                 f"Ray address {self.shown_address!r} is a dashboard (job API) address: submit the demo "
@@ -315,7 +316,8 @@ class AttachedDemoCluster(DemoCluster):
             _check_reachable(self.address)
             ray.init(address=self.address, namespace=self.namespace, log_to_driver=False,
                      logging_level="ERROR", **kw)
-        except (ConnectionError, RuntimeError, ray.exceptions.AuthenticationError) as exc:
+        except (ConnectionError, RuntimeError, ValueError,
+                ray.exceptions.AuthenticationError) as exc:
             from blockstore.redact import redact_text
 
             err = DemoSetupError(

@@ -208,6 +208,23 @@ class StoreStats:
     bytes_allocated: int
 
 
+
+def check_min_age(min_age: object) -> float:
+    """``min_age`` of a gc as seconds: a real number (int or float, not a bool or a
+    string), finite and >= 0 - a nan or a negative age would make just-written objects
+    look old enough to remove. Anything else is :class:`StoreConfigError`."""
+    if isinstance(min_age, bool) or not isinstance(min_age, (int, float)):
+        raise StoreConfigError(f"gc min_age must be a number of seconds, not "
+                               f"{type(min_age).__name__} {min_age!r}")
+    try:
+        age = float(min_age)
+    except OverflowError:
+        age = math.inf
+    if not math.isfinite(age) or age < 0:
+        raise StoreConfigError(f"gc min_age must be a finite number of seconds >= 0, "
+                               f"not {age:g}")
+    return age
+
 class BlockStore(ABC):
     """A set of leases over fixed-size blocks. See the module docstring for the protocol.
 
@@ -454,10 +471,7 @@ class BlockStore(ABC):
         write in progress as old.
         """
         self._check_open()
-        if not math.isfinite(float(min_age)) or float(min_age) < 0:
-            raise StoreConfigError(f"gc min_age must be a finite number of seconds >= 0, "
-                                   f"not {float(min_age):g}")
-        items, live = self._gc(bool(dry_run), float(min_age))
+        items, live = self._gc(bool(dry_run), check_min_age(min_age))
         return GcReport(self.url, tuple(items), live, bool(dry_run))
 
     def stats(self) -> StoreStats:

@@ -51,6 +51,7 @@ from .base import (
     StoreCapabilities,
     bounds_error,
     check_block_size,
+    check_min_age,
     new_lease_id,
 )
 from .checks import check_new_block_size
@@ -578,4 +579,4 @@ class ObjectStore(BlockStore):
         the store's clock; default ``TOMBSTONE_GRACE``). ``dry_run`` lists, removes nothing.
         """
         self._check_open()
-        return collect_store(self, bool(dry_run), float(min_age))
+        return collect_store(self, bool(dry_run), check_min_age(min_age))

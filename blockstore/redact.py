@@ -39,7 +39,8 @@ import re
 from collections.abc import Iterable
 from urllib.parse import unquote
 
-__all__ = ["MASK", "SECRET_ENV", "redact", "redact_address", "redact_text", "redact_url", "scrub"]
+__all__ = ["MASK", "SECRET_ENV", "redact", "redact_address", "redact_ray_address",
+           "redact_text", "redact_url", "scrub"]
 
 #: What a masked span is replaced with.
 MASK = "***"
@@ -95,11 +96,37 @@ def redact_address(address: str) -> tuple[str, tuple[str, ...]]:
     """``(the Ray address as it may be shown, the spans masked)``: user information (a
     password or token, ``https://user:token@host`` behind an authenticating proxy, or
     ``user:pw@host:port``) and query values are masked by :func:`redact`,
-    as in a store URL; an address without a scheme is read as if it had one."""
-    if "://" in address:
-        return redact(address)
-    shown, spans = redact(f"ray://{address}")
-    return shown.removeprefix("ray://"), spans
+    as in a store URL; an address without a scheme is read as if it had one.
+
+    Everything before the last ``@`` is user information here, even a ``?`` or ``#`` in it
+    (a Ray address is no strict URL: a password is rarely percent-encoded), and the
+    password after its ``:`` is a span of its own (a message may quote it alone:
+    ``pw@host``)."""
+    scheme, rest = address.split("://", 1) if "://" in address else ("ray", address)
+    extra: list[str] = []
+    at = rest.rfind("@")
+    if at >= 0:
+        user = rest[:at]
+        extra += [user, user.partition(":")[2]]
+        rest = MASK + rest[at:]
+    shown, spans = redact(f"{scheme}://{rest}")
+    if "://" not in address:
+        shown = shown.removeprefix("ray://")
+    return shown, _spans([s for s in (*spans, *extra) if s != MASK])
+
+
+def redact_ray_address(address: str) -> tuple[str, tuple[str, ...]]:
+    """:func:`redact_address` for an address given to ``ray.init``: ``"auto"`` is shown as
+    ``auto ($RAY_ADDRESS=<it, redacted>)``, and the spans of ``$RAY_ADDRESS`` are masked
+    whatever the address (Ray's own messages may quote it)."""
+    shown, spans = redact_address(address)
+    env = os.environ.get("RAY_ADDRESS", "")
+    if env:
+        env_shown, env_spans = redact_address(env)
+        spans = (*spans, *env_spans)
+        if address in ("auto", ""):
+            shown = f"auto ($RAY_ADDRESS={env_shown})"
+    return shown, spans
 
 
 def redact_url(url: str) -> str:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import io
 import time
 
+import pytest
+
 from blockpoint.cli_scheduler import decision_rows
 from blockpoint.table import local_time, print_rows
 from scheduler.decisions import DecisionLog
@@ -69,3 +71,63 @@ def test_a_password_in_ray_address_read_by_auto_is_never_shown() -> None:
     assert proc.stderr.startswith("blockpoint scheduler: cannot reach Ray at auto "
                                   "($RAY_ADDRESS=***@127.0.0.1:1): "), proc.stderr
     assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+
+
+def test_every_form_of_a_password_in_a_ray_address_is_masked() -> None:
+    """``redact_ray_address`` (the scheduler CLI and the demo's attach): user information
+    before the last ``@`` - with a ``?`` or ``#`` in the password, without a port, under a
+    scheme - and the password alone are spans; ``auto`` shows and masks $RAY_ADDRESS
+    (review of the 19b fixes: a portless address, a ``?`` in a password and ``auto`` in the
+    demo showed the password)."""
+    import os
+
+    from blockstore.redact import redact_ray_address, redact_text
+
+    for address, shown, pw in (
+            ("user:pw-SECRET@127.0.0.1:1", "***@127.0.0.1:1", "pw-SECRET"),
+            ("user:pw-SECRET@127.0.0.1", "***@127.0.0.1", "pw-SECRET"),
+            ("admin:AAA?pw-SECRET#x@h:6379", "***@h:6379", "AAA?pw-SECRET#x"),
+            ("redis://:pw-SECRET@h:6379", "redis://***@h:6379", "pw-SECRET"),
+            ("ray://u:pw-SECRET@h:10001", "ray://***@h:10001", "pw-SECRET"),
+            ("h:6379?password=pw-SECRET", "h:6379?password=***", "pw-SECRET")):
+        got, spans = redact_ray_address(address)
+        assert got == shown, address
+        for text in (address, f"Unable to parse port number from {pw}@127.0.0.1",
+                     f"invalid literal for int() with base 10: '{pw}@127.0.0.1'"):
+            assert "pw-SECRET" not in redact_text(text, spans), (address, text)
+    old = os.environ.get("RAY_ADDRESS")
+    os.environ["RAY_ADDRESS"] = "redis://:pw-SECRET@h:6379"
+    try:
+        got, spans = redact_ray_address("auto")
+        assert got == "auto ($RAY_ADDRESS=redis://***@h:6379)"
+        assert "pw-SECRET" not in redact_text("Address: redis://:pw-SECRET@h:6379", spans)
+    finally:
+        if old is None:
+            del os.environ["RAY_ADDRESS"]
+        else:
+            os.environ["RAY_ADDRESS"] = old
+
+
+@pytest.mark.parametrize("where", ["env", "arg"])
+def test_a_redis_address_with_a_password_is_one_masked_line(where: str) -> None:
+    """Ray refuses ``redis://`` with ``RuntimeError: Module: redis does not exist. This
+    module was parsed from Address: <it, whole>``: that was a 39-line traceback with the
+    password, exit 1. Now one line, exit 2, masked."""
+    import os
+    import subprocess
+    import sys
+
+    secret = "Pa55w0rd-SECRET"
+    address = f"redis://:{secret}@127.0.0.1:1"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    argv = [sys.executable, "-m", "blockpoint", "scheduler", "status"]
+    if where == "env":
+        env["RAY_ADDRESS"] = address
+    else:
+        argv += ["--address", address]
+    proc = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=120,
+                          env=env)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert secret not in proc.stdout + proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    assert "redis://***@127.0.0.1:1" in proc.stderr, proc.stderr

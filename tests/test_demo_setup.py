@@ -237,3 +237,21 @@ def test_a_password_in_the_ray_address_is_not_in_the_error_or_its_pickle() -> No
     assert redact_address(f"u:{_PASSWORD}@h:6379")[0] == "***@h:6379"
     assert redact_address("10.0.0.1:6379") == ("10.0.0.1:6379", ())
     assert redact_address("auto") == ("auto", ())
+
+
+def test_auto_with_a_password_in_ray_address_is_a_masked_refusal(tmp_path: Path) -> None:
+    """``--address auto`` reads $RAY_ADDRESS; with ``user:pw@h:p?password=...`` Ray's
+    ``ValueError`` quoted it whole: a traceback with the password, exit 1, and the setup
+    left behind (review of the 19b fixes). Now one line, exit 2, masked, nothing left."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "BLOCKPOINT_STORE_URL")}
+    secret = "Pa55w0rd-SECRET"
+    env["RAY_ADDRESS"] = f"user:{secret}@127.0.0.1:1?password={secret}"
+    (tmp_path / "store").mkdir()
+    work = tmp_path / "work"
+    proc = _demo("--address", "auto", "--store", str(tmp_path / "store"),
+                 "--workdir", str(work), env=env)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert secret not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    assert "auto ($RAY_ADDRESS=***@127.0.0.1:1?password=***)" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert list((tmp_path / "store").iterdir()) == [] and not work.exists()

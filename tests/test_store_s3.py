@@ -113,3 +113,21 @@ def test_cli_gc_and_inspect(s3_server) -> None:  # type: ignore[no-untyped-def]
     res = subprocess.run(exe + ["gc", _url(s3_server, "none")], capture_output=True,
                          text=True, timeout=120)
     assert res.returncode == 2 and "no blockpoint store" in res.stderr
+
+
+def test_gc_refuses_a_min_age_that_is_not_a_finite_age(s3_server) -> None:  # type: ignore[no-untyped-def]
+    """The object store's gc (its own override) applies the same check as the file store's:
+    a nan or negative ``min_age`` would remove a just-written object whose lease has no
+    record, or a moment-old tombstone (found by a review: only ``BlockStore.gc`` checked)."""
+    url = _url(s3_server)
+    with open_store(url, block_size=BS) as st:
+        lease = st.acquire("kept", num_blocks=1)
+        lease.write_blocks({0: b"k"}, flush=True)
+        for bad in (float("nan"), float("inf"), -1.0, 10**400):
+            with pytest.raises(StoreConfigError, match="finite number of seconds >= 0"):
+                st.gc(min_age=bad)
+        for bad in ("5", True, None):
+            with pytest.raises(StoreConfigError, match="must be a number of seconds"):
+                st.gc(min_age=bad)  # type: ignore[arg-type]
+        st.gc(dry_run=True, min_age=0)
+        assert lease.read_block(0)[:1] == b"k"
