@@ -157,7 +157,7 @@ def test_one_sink_takes_the_last_listed_stage_and_a_branch_needs_its_own(
         Pipeline(GeneratedSource(seed=1, n=10), specs, {})
     with pytest.raises(PipelineGraphError, match="the sink of 'b' is a str"):
         Pipeline(GeneratedSource(seed=1, n=10), specs, {"b": "out/", "c": FileSink(tmp_path)})
-    with pytest.raises(TypeError, match="inputs is a sequence of stage ids"):
+    with pytest.raises(TypeError, match="inputs is a list or tuple of stage ids"):
         _spec(s, "d", Enrich, inputs="a")
 
 
@@ -183,3 +183,63 @@ def test_the_reference_of_a_chain_is_unchanged_and_of_a_dag_follows_its_calls(
     chain = [_spec(s, "a", Enrich), _spec(s, "b", RunningAggregate)]
     assert run_reference(src, chain, batch_size=40) == run_reference(
         src, [Enrich, RunningAggregate], batch_size=40)
+
+
+def test_inputs_are_ordered_and_each_output_has_a_sink_of_its_own(tmp_path: Path) -> None:
+    """Found by a review: a set of inputs made the union's order follow the hash seed (a
+    plain restart changed it); one sink (or one directory) for two stages let each step's
+    second commit overwrite the first's output."""
+    s = str(tmp_path / "s")
+    for bad in ({"a", "b"}, {"a": 1}, (i for i in "a")):
+        with pytest.raises(TypeError, match="list or tuple of stage ids"):
+            _spec(s, "d", Enrich, inputs=bad)
+    assert _spec(s, "d", Enrich, inputs=["a"]).inputs == ("a",)
+    specs = [_spec(s, "a", Enrich), _spec(s, "b", Enrich, inputs=("a",)),
+             _spec(s, "c", Enrich, inputs=("a",))]
+    one = FileSink(tmp_path / "o")
+    with pytest.raises(PipelineGraphError, match="outputs of 'b' and 'c' go to one sink"):
+        Pipeline(GeneratedSource(seed=1, n=10), specs, {"b": one, "c": one})
+    with pytest.raises(PipelineGraphError, match=r"go to one sink \(one place\)"):
+        Pipeline(GeneratedSource(seed=1, n=10), specs,
+                 {"b": FileSink(tmp_path / "o"), "c": FileSink(tmp_path / "x" / ".." / "o")})
+
+
+def test_the_reference_refuses_what_it_cannot_compute_as_the_pipeline_would(
+        tmp_path: Path) -> None:
+    s = str(tmp_path / "s")
+    src = GeneratedSource(seed=1, n=10)
+    with pytest.raises(ValueError, match="needs specs for every stage"):
+        run_reference(src, [Enrich, _spec(s, "b", Enrich, inputs=("stage-0",))])
+    with pytest.raises(ValueError, match="stage ids must be unique"):
+        run_reference(src, [_spec(s, "stage-1", Enrich), Enrich])
+    with pytest.raises(ValueError, match="outputs must be distinct stages"):
+        run_reference(src, [_spec(s, "a", Enrich)], outputs=["a", "a"])
+    with pytest.raises(ValueError, match="outputs must be distinct stages"):
+        run_reference(src, [Enrich], outputs=["zz"])
+
+
+@pytest.mark.ray
+def test_a_run_resumed_with_another_graph_is_refused(ray_local: None,
+                                                     tmp_path: Path) -> None:
+    """Found by a review: the same stages rewired (the union read in the other order, an
+    input dropped, a sink added) were accepted on resume and committed output matching no
+    graph. The step record keeps the graph; another is refused before anything runs."""
+    pipe, sinks, src = _run(tmp_path, 900, run_id="rewire")
+    first = pipe.run(max_steps=2)
+    assert first.committed_step == 2 and not first.finished
+    store = str(tmp_path / "store")
+    rewired = _diamond(store)
+    rewired[3] = _spec(store, "join", Enrich, inputs=("tag", "agg"))
+    for specs, sink_map in ((rewired, sinks), (_diamond(store), {**sinks, "agg": FileSink(
+            tmp_path / "agg", fsync=False)})):
+        again = Pipeline(src, specs, sink_map, run_id="rewire", batch_size=50,
+                         policy=CheckpointPolicy(every_records=300))
+        with pytest.raises(PipelineGraphError, match="committed step 2 was made by another "
+                                                     "graph"):
+            again.run()
+    assert sinks["join"].committed_steps() == [1, 2]  # nothing was touched
+    res = Pipeline(src, _diamond(store), sinks, run_id="rewire", batch_size=50,
+                   policy=CheckpointPolicy(every_records=300)).run()
+    assert res.finished
+    ref = _reference(pipe, src)
+    assert sinks["join"].read_all() == ref["join"] and sinks["tag"].read_all() == ref["tag"]

@@ -194,9 +194,12 @@ class StageSpec:
         check_id(self.stage_id, "stage id")
         check_parallel(self)
         if self.inputs is not None:
-            if isinstance(self.inputs, str) or not all(isinstance(i, str) for i in self.inputs):
-                raise TypeError(f"stage {self.stage_id!r}: inputs is a sequence of stage ids, "
-                                f"got {self.inputs!r}")
+            # An ordered sequence only: a fan-in's union follows the order (a set's order
+            # would change with the hash seed, from one driver restart to the next).
+            if not isinstance(self.inputs, (list, tuple)) or \
+                    not all(isinstance(i, str) for i in self.inputs):
+                raise TypeError(f"stage {self.stage_id!r}: inputs is a list or tuple of stage "
+                                f"ids (in the order a fan-in reads them), got {self.inputs!r}")
             object.__setattr__(self, "inputs", tuple(self.inputs))
 
     @property

@@ -30,6 +30,7 @@ each commits its stage's output, then the run commits the step, then each publis
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -88,6 +89,27 @@ class Graph:
                                      "and no sink takes it (give sink={stage_id: Sink, ...})")
         self.sinks: tuple[str, ...] = tuple(sinks)
 
+    def record(self) -> dict[str, Any]:
+        """The graph as a run's step records keep it (``meta["graph"]``)."""
+        return {"inputs": {sid: list(ins) for sid, ins in self.inputs.items()},
+                "sinks": list(self.sinks)}
+
+    def check_resume(self, recorded: Mapping[str, Any] | None, step: int) -> None:
+        """Refuse to resume a run whose committed step ``step`` was made by another graph:
+        the stages' states and the sinks' output follow its edges (a union read in
+        another order, a dropped input, a sink that missed the steps before). ``None``: a
+        step recorded before graphs were (a chain), not checked."""
+        if recorded is None:
+            return
+        mine = self.record()
+        if dict(recorded.get("inputs", {})) != mine["inputs"] or \
+                list(recorded.get("sinks", [])) != mine["sinks"]:
+            raise PipelineGraphError(
+                f"the run's committed step {step} was made by another graph (inputs "
+                f"{recorded.get('inputs')}, sinks {recorded.get('sinks')}); this pipeline's "
+                f"is inputs {mine['inputs']}, sinks {mine['sinks']}: a run keeps its graph "
+                "(start a new run for another)")
+
     @property
     def is_chain(self) -> bool:
         """True if each stage reads the one before it (the first the source)."""
@@ -125,6 +147,15 @@ def _cycle(left: Sequence[str], inputs: Mapping[str, tuple[str, ...]]) -> list[s
         path.append(nxt)
 
 
+def _place(sink: Sink) -> str | None:
+    """Where a sink keeps its output (a directory, a URL), if it says."""
+    for attr in ("directory", "url"):
+        where = getattr(sink, attr, None)
+        if where is not None:
+            return os.path.realpath(where) if attr == "directory" else str(where)
+    return None
+
+
 class SinkSet:
     """Several sinks driven as one: ``commit`` takes ``{stage_id: records}`` and commits each
     sink's share; every other call goes to each sink (the order of the mapping).
@@ -136,10 +167,22 @@ class SinkSet:
     def __init__(self, sinks: Mapping[str, Sink]) -> None:
         if not sinks:
             raise PipelineGraphError("sink={} names no sink")
+        seen: dict[Any, str] = {}
         for sid, sink in sinks.items():
             if not isinstance(sink, Sink):
                 raise PipelineGraphError(f"the sink of {sid!r} is a {type(sink).__name__}, "
                                          "not a Sink")
+            # One sink per output: two stages committing a step into one sink would
+            # overwrite each other's output of that step.
+            for place in (("object", id(sink)), ("place", _place(sink))):
+                if place[1] is None:
+                    continue
+                if place in seen:
+                    raise PipelineGraphError(
+                        f"the outputs of {seen[place]!r} and {sid!r} go to one sink"
+                        f"{'' if place[0] == 'object' else ' (one place)'}: each output "
+                        "stage needs a sink of its own")
+                seen[place] = sid
         self.sinks: dict[str, Sink] = dict(sinks)
 
     def __iter__(self) -> Iterator[str]:

@@ -191,6 +191,7 @@ class Pipeline(Recovering):
         self.graph = Graph(self.specs, list(sink) if isinstance(sink, SinkSet)
                            else [self.specs[-1].stage_id])
         self._by_id = {s.stage_id: s for s in self.specs}
+        self._graph_record = self.graph.record()
         #: every instance of every stage (a plain stage is its own), in pipeline order
         self.instances = expand(self.specs)
         self._spec_of = {s.stage_id: s for s in self.instances}
@@ -281,6 +282,8 @@ class Pipeline(Recovering):
             self._committed = last.step if last is not None else 0
             self._committed_position = (last.source_position if last is not None
                                         else self.source.initial_position())
+            if last is not None:  # before anything is fenced, launched or replayed
+                self.graph.check_resume(last.meta.get("graph"), last.step)
             self.sink.fence(hold.token, self._committed)
             try:
                 check_layout(last, self.specs)
@@ -525,7 +528,8 @@ class Pipeline(Recovering):
                               node_id=self._nodes.get(sid), **layout_of(self._spec_of[sid]))
                   for sid, info in infos.items()]
         hold.save_step(bar.step, source_position=bar.position, stages=stages,
-                       meta={"records_in": bar.records, "records_out": n_out})
+                       meta={"records_in": bar.records, "records_out": n_out,
+                             "graph": self._graph_record})
         self.sink.publish(bar.step, token=hold.token)
         hold.prune(self.keep_steps)
         self._committed = bar.step

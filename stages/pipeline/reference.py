@@ -33,10 +33,19 @@ def run_reference(source: Source, stages: Sequence[StageSpec | Callable[[], Any]
         The last listed stage's output as a list of records (a table's rows as dicts); with
         ``outputs`` (stage ids), ``{stage_id: records}`` of each.
     """
-    runners = {_id(s, i): _Runner(s) for i, s in enumerate(stages)}
-    ids = list(runners)
+    ids = [_id(s, i) for i, s in enumerate(stages)]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"stage ids must be unique, got {ids}")
+    specs_only = all(isinstance(s, StageSpec) for s in stages)
+    if not specs_only and any(isinstance(s, StageSpec) and s.inputs is not None
+                              for s in stages):
+        raise ValueError("a graph (specs with inputs) needs specs for every stage, not "
+                         "factories: a list with a factory is a chain")
     wanted = list(outputs) if outputs is not None else [ids[-1]]
-    if all(isinstance(s, StageSpec) for s in stages):
+    if len(set(wanted)) != len(wanted) or not set(wanted) <= set(ids):
+        raise ValueError(f"outputs must be distinct stages of {ids}, got {wanted}")
+    runners = {sid: _Runner(s) for sid, s in zip(ids, stages)}
+    if specs_only:
         graph = Graph(stages, wanted)  # type: ignore[arg-type]
         order, inputs = graph.order, graph.inputs
     else:  # factories: a chain
