@@ -149,6 +149,16 @@ def run_demo(**kwargs: Any) -> DemoResult:
     log_path = os.path.join(workdir, "ray-processes.log")
     made_log = not os.path.lexists(log_path)
     os.makedirs(workdir, exist_ok=True)
+    try:  # never through a symlink: Ray's output would be appended to whatever it names
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW,
+                         0o644)
+    except OSError as exc:
+        if made_dir and not own_dir:
+            with contextlib.suppress(OSError):
+                os.rmdir(workdir)
+        raise DemoSetupError(f"cannot open the work dir's ray-processes.log ({exc.strerror}"
+                             f"{'; it is a symlink' if os.path.islink(log_path) else ''})",
+                             what="workdir") from None
     sys.stdout.flush()
     sys.stderr.flush()
     if out is None or out is sys.stdout or out is sys.stderr:
@@ -157,7 +167,6 @@ def run_demo(**kwargs: Any) -> DemoResult:
     else:
         story = out
     saved = (os.dup(1), os.dup(2))
-    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)
     from blockstore import StoreURLError
@@ -180,11 +189,18 @@ def run_demo(**kwargs: Any) -> DemoResult:
             os.close(fd)
         if story is not out:
             story.close()
-        if (own_dir and not keep) or (refused and made_dir):
+        if own_dir and not keep:  # a private temporary directory: all of it is ours
             shutil.rmtree(workdir, ignore_errors=True)
-        elif refused and made_log:
-            with contextlib.suppress(OSError):
-                os.unlink(log_path)
+        elif refused:
+            # Only what this run made: its log, then the work dir if it made it and nothing
+            # else is in it now (another process may have put something there meanwhile).
+            if made_log:
+                with contextlib.suppress(OSError):
+                    os.unlink(log_path)
+            if made_dir:  # empty directories only, deepest first: never another's file
+                for root, _dirs, _files in os.walk(workdir, topdown=False):
+                    with contextlib.suppress(OSError):
+                        os.rmdir(root)
 
 
 def _run_demo(*, events: int = 500_000, sketch_mib: int = 64, batch_size: int = 500,

@@ -255,3 +255,24 @@ def test_auto_with_a_password_in_ray_address_is_a_masked_refusal(tmp_path: Path)
     assert "auto ($RAY_ADDRESS=***@127.0.0.1:1?password=***)" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr
     assert list((tmp_path / "store").iterdir()) == [] and not work.exists()
+
+
+def test_a_refused_setup_removes_only_what_it_made(tmp_path: Path) -> None:
+    """Found by a review: a refused demo removed its whole new work dir with ``rmtree`` -
+    also what another process had put there meanwhile - and wrote Ray's log through a
+    symlink at ``ray-processes.log``. Now only its log and the empty directories it made
+    go, and a symlinked log is a refused setup."""
+    from s3server import free_port
+
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "BLOCKPOINT_STORE_URL")}
+    work = tmp_path / "work"
+    work.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("not Ray's log\n")
+    (work / "ray-processes.log").symlink_to(victim)
+    proc = _demo("--address", f"127.0.0.1:{free_port()}", "--store", str(tmp_path / "store"),
+                 "--workdir", str(work), env=env)
+    assert proc.returncode == 2 and "ray-processes.log" in proc.stderr, proc.stderr
+    assert "symlink" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert victim.read_text() == "not Ray's log\n"
+    assert (work / "ray-processes.log").is_symlink()  # what was there stays

@@ -34,6 +34,13 @@ def run_reference(source: Source, stages: Sequence[StageSpec | Callable[[], Any]
         ``outputs`` (stage ids), ``{stage_id: records}`` of each.
     """
     ids = [_id(s, i) for i, s in enumerate(stages)]
+    if not ids and outputs is None:  # no stage: the source's records as they are
+        batches, pos = [], source.initial_position()
+        while True:
+            batch, pos = source.read(pos, batch_size)
+            if not num_rows(batch):
+                return to_records(concat(batches))
+            batches.append(batch)
     if len(set(ids)) != len(ids):
         raise ValueError(f"stage ids must be unique, got {ids}")
     specs_only = all(isinstance(s, StageSpec) for s in stages)
