@@ -146,6 +146,15 @@ def newest_valid(reader: LeaseReader, *, log: logging.Logger, key: KeySetting = 
         ValueError: ``max_state_bytes`` is not an int >= 0 or None.
     """
     check_max_state_bytes(max_state_bytes)
+    # One record lookup (object stores) for the slot scan, the maps and the payloads: one
+    # consistent view of the lease, and no serial lookups before the payload's reads.
+    with reader.snapshot():
+        return _newest_valid(reader, log=log, key=key, max_step=max_step,
+                             max_state_bytes=max_state_bytes)
+
+
+def _newest_valid(reader: LeaseReader, *, log: logging.Logger, key: KeySetting,
+                  max_step: int | None, max_state_bytes: int | None) -> Restored:
     rkey = resolve_keys(key)
     k, scans = scan_slots(reader)
     where = f"lease {reader.name!r} ({reader.lease_id})"
