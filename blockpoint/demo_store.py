@@ -61,7 +61,10 @@ def run_store_url(base: str, run_id: str | None = None) -> str:
     url = parse_store_url(base)
     run_id = run_id or new_run_id()
     if url.scheme == "memory":
-        raise DemoSetupError(f"store {base!r}: a memory store lives in one process, and the "
+        from blockstore.redact import redact_url
+
+        raise DemoSetupError(f"store {redact_url(base)!r}: a memory store lives in one "
+                             "process, and the "
                              "demo's stages run in other processes; use a directory every "
                              "node reaches or an object store", what="store")
     if url.is_object_store:

@@ -160,16 +160,19 @@ def open_store(spec: str | os.PathLike[str], *, block_size: int | None = None,
     """
     url = parse_store_url(spec)
     if url.scheme == "memory":
+        from .redact import redact_url
+
+        shown = redact_url(str(spec))  # a URL given by mistake may carry a secret
         if shared:
-            raise StoreConfigError(f"{spec}: a memory store is never shared")
+            raise StoreConfigError(f"{shown}: a memory store is never shared")
         name = url.location
         with _memory_lock:
             st = _memory_stores.get(name)
             if (st is None or st.closed) and not create:
                 raise StorePathError(
-                    f"{url.to_url()}: no memory store of that name in this process (a memory "
+                    f"{shown}: no memory store of that name in this process (a memory "
                     "store lives only in the process that made it; give the file or "
-                    "object-store URL the job used)", path=url.to_url())
+                    "object-store URL the job used)", path=shown)
             if st is None or st.closed:
                 st = MemoryStore(block_size or DEFAULT_BLOCK_SIZE, name=name,
                                  clock_margin=clock_margin)

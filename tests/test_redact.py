@@ -270,3 +270,19 @@ def test_every_obstore_credential_variable_is_a_secret(
     assert secrets_in_job_runtime_env(job) == [name]  # a job carrying it is refused
     monkeypatch.setenv(name, "s3cr3t-Qx81")
     assert "s3cr3t-Qx81" not in redact_text("the client said: s3cr3t-Qx81 is wrong")
+
+
+def test_the_memory_store_refusals_never_show_a_secret_in_the_url() -> None:
+    """Found by a review: ``memory://u:SECRET@x``, ``?token=SECRET`` and ``#SECRET`` were
+    echoed whole by the memory-store refusal (the CLI's ``create=False``) and kept in its
+    ``path``."""
+    from blockstore import StorePathError, open_store
+
+    for url in ("memory://u:SECRET1@nowhere-r", "memory://nowhere-r?token=SECRET1",
+                "memory://nowhere-r#SECRET1"):
+        try:
+            open_store(url, create=False)
+        except StorePathError as exc:
+            assert "SECRET1" not in str(exc) and "SECRET1" not in str(exc.path), exc
+        else:
+            raise AssertionError(f"{url} was opened")
