@@ -208,7 +208,6 @@ class StoreStats:
     bytes_allocated: int
 
 
-
 def check_min_age(min_age: object) -> float:
     """``min_age`` of a gc as seconds: a real number (int or float, not a bool or a
     string), finite and >= 0 - a nan or a negative age would make just-written objects
@@ -224,6 +223,7 @@ def check_min_age(min_age: object) -> float:
         raise StoreConfigError(f"gc min_age must be a finite number of seconds >= 0, "
                                f"not {age:g}")
     return age
+
 
 class BlockStore(ABC):
     """A set of leases over fixed-size blocks. See the module docstring for the protocol.

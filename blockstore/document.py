@@ -11,7 +11,8 @@ each (the rest of the slot block is never read); payloads (canonical JSON,
 block K on. A header names its payload's first block, length and CRC-32C, carries a
 generation (+1 per save) and, when the caller passed a key, a MAC over the header, the
 lease id and the payload - keyed BLAKE3 by default (``blockstore.macs.DOCUMENT_MAC``),
-AES-GMAC or HMAC-SHA256 on request, HMAC-SHA256 in every document of layout version 1; layout version 2 names the algorithm (``blockstore/macs.py``).
+AES-GMAC or HMAC-SHA256 on request, HMAC-SHA256 in every document of layout version 1;
+layout version 2 names the algorithm (``blockstore/macs.py``).
 The whole header fits in one 512-byte sector, so a torn sector can only ever make it fail
 its CRC.
 

@@ -132,6 +132,14 @@ def gmac_key(key: bytes, purpose: str) -> bytes:
     return blake3.blake3(key, derive_key_context=GMAC_CONTEXTS[purpose]).digest()
 
 
+def _as_bytes(data: bytes | bytearray | memoryview) -> bytes | bytearray | memoryview:
+    """``data`` as bytes every MAC takes: a view of other items (a float32 payload segment,
+    a 2-D array) is cast to its bytes; blake3 and OpenSSL refuse such views."""
+    if isinstance(data, memoryview) and (data.format != "B" or data.ndim != 1):
+        return data.cast("B")
+    return data
+
+
 class _Hmac:
     __slots__ = ("_h",)
 
@@ -139,7 +147,7 @@ class _Hmac:
         self._h = hmac.new(key, tag, digestmod=hashlib.sha256)
 
     def update(self, data: bytes | bytearray | memoryview) -> None:
-        self._h.update(data)
+        self._h.update(_as_bytes(data))
 
     def digest(self) -> bytes:
         return self._h.digest()
@@ -152,7 +160,7 @@ class _Blake3:
         self._h = blake3.blake3(key=blake3_key(key, purpose))
 
     def update(self, data: bytes | bytearray | memoryview) -> None:
-        self._h.update(data)
+        self._h.update(_as_bytes(data))
 
     def digest(self) -> bytes:
         return self._h.digest()
@@ -171,9 +179,8 @@ class _Gmac:
         self._mac: bytes | None = None
 
     def update(self, data: bytes | bytearray | memoryview) -> None:
-        if isinstance(data, memoryview) and data.format not in ("B", "b", "c"):
-            data = data.cast("B")  # OpenSSL takes bytes; a float32 view is bytes all the same
-        if data.nbytes if isinstance(data, memoryview) else len(data):
+        data = _as_bytes(data)
+        if len(data):
             self._enc.authenticate_additional_data(data)
 
     def digest(self) -> bytes:

@@ -72,7 +72,7 @@ class MacChain:
         self._mac = PayloadMac(key, alg, verifying)
         self._next = 0  # the batch the MAC needs next
         # read (or encoded), not yet fed (None: failed)
-        self._offered: dict[int, memoryview | list[memoryview] | None] = {}
+        self._offered: dict[int, list[memoryview] | None] = {}
         self._feeding = False  # a task is feeding the MAC (only one at a time)
         self._cond = threading.Condition()
         self._broken = False
@@ -88,16 +88,15 @@ class MacChain:
             reader.read_blocks_into(idx, [v for v, _ in items])
             ok = True
         finally:
-            self._offer(n, region if ok else None)
+            self.offer(n, [region] if ok else None)
         return None
 
     def offer(self, n: int, parts: Sequence[memoryview] | None) -> None:
         """Offer batch ``n`` - the payload bytes it covers, as views in order (``None``:
-        the task that made it failed) - to be fed in its turn; the write path's encode tasks
-        call this once per batch, right after encoding it (its bytes still in cache)."""
-        self._offer(n, None if parts is None else list(parts))
-
-    def _offer(self, n: int, region: memoryview | list[memoryview] | None) -> None:
+        the task that made it failed) - to be fed in its turn: a read task once its batch
+        landed, an encode task of the write path right after encoding its batch (the bytes
+        still in cache)."""
+        region = None if parts is None else list(parts)
         with self._cond:
             if n in self._offered or n < self._next:
                 self._broken = True  # offered twice: never a digest of a guessed order
@@ -124,7 +123,7 @@ class MacChain:
                     broken = self._broken
                 if not broken:
                     assert part is not None
-                    self._mac.update_all(part if isinstance(part, list) else [part])
+                    self._mac.update_all(part)
         except BaseException:
             with self._cond:
                 self._broken = True

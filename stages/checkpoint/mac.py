@@ -70,8 +70,6 @@ class PayloadMac:
 
     def update_all(self, parts: Iterable[memoryview | bytes]) -> PayloadMac:
         for p in parts:
-            if isinstance(p, memoryview) and (p.format != "B" or p.ndim != 1):
-                p = p.cast("B")  # a view of float32 (a payload segment) is its bytes
             self._h.update(p)
         return self
 
