@@ -42,6 +42,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 from .base import (
@@ -420,6 +421,9 @@ class ObjectStore(BlockStore):
 
     def _open_snapshot(self, lease_id: str) -> RecordSnapshot:
         return RecordSnapshot(self, lease_id)
+
+    def _request_pool(self) -> Executor | None:
+        return self._c.pool()
 
     @property
     def read_batch_bytes(self) -> int:
