@@ -66,8 +66,13 @@ def _case(store: Any, label: str, data: dict[Any, Any], m: int, changed: str,
         state["n"] += 1
         change(inc, state["n"])
 
+    # The disk settles before each row (os.sync): a row's fsyncs do not wait for the write-back
+    # of the row before it (the full rows write ~1 GiB).
+    os.sync()
     t_full, i_full = timed_runs(full.checkpoint, repeat, before=touch_all)
+    os.sync()
     t_plain, i_plain = timed_runs(plain.checkpoint, repeat)
+    os.sync()
     t_inc, i_inc = timed_runs(inc.checkpoint, repeat, before=change_some)
     groups = inc.last_groups_written
     rows = []

@@ -320,8 +320,10 @@ class BlockStore(ABC):
         """
         return time.time()
 
-    def _discard(self, lease_id: str, epoch: int, indices: Sequence[int]) -> None:
-        """Make blocks read as zeros under ``epoch`` (checked like a write).
+    def _discard(self, lease_id: str, epoch: int, indices: Sequence[int],
+                 keep_space: bool = False) -> None:
+        """Make blocks read as zeros under ``epoch`` (checked like a write); ``keep_space``:
+        they are written again soon, their space need not be freed.
 
         This default writes zero blocks through :meth:`_write`; backends that can free the
         space (a file's holes, deleting objects) override it.

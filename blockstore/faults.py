@@ -119,10 +119,11 @@ class FaultyStore(BlockStore):
     def _resize(self, lease_id: str, epoch: int, num_blocks: int) -> LeaseInfo:
         return self.inner._resize(lease_id, epoch, num_blocks)
 
-    def _discard(self, lease_id: str, epoch: int, indices: Sequence[int]) -> None:
+    def _discard(self, lease_id: str, epoch: int, indices: Sequence[int],
+                 keep_space: bool = False) -> None:
         # Forwarded like resize, not counted as block writes: crashes are injected into the
         # writes a commit depends on, and a discard only ever follows a commit.
-        self.inner._discard(lease_id, epoch, indices)
+        self.inner._discard(lease_id, epoch, indices, keep_space)
 
     def _write(self, lease_id: str, epoch: int, indices: Sequence[int],
                datas: Sequence[memoryview]) -> None:

@@ -500,11 +500,12 @@ class FileStore(BlockStore):
                 except FileNotFoundError:
                     pass
 
-    def _discard(self, lease_id: str, epoch: int, indices: Sequence[int]) -> None:
+    def _discard(self, lease_id: str, epoch: int, indices: Sequence[int],
+                 keep_space: bool = False) -> None:
         bs = self.block_size
         with self._writing(lease_id, epoch, indices, "discard in") as fd:  # fenced like a write
             for first, count in index_runs(sorted(indices)):
-                zero_range(fd, first * bs, count * bs)
+                zero_range(fd, first * bs, count * bs, keep_space=keep_space)
 
     def _gc(self, dry_run: bool, min_age: float) -> tuple[list[GcItem], int]:
         # Under the store lock: leases are created (lock, data, then record) and deleted

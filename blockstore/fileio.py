@@ -20,8 +20,11 @@ both, and reports any write-back error - so a failure of the hint is ignored.
 
 Holes: :func:`zero_range` punches a hole (``fallocate(FALLOC_FL_PUNCH_HOLE |
 FALLOC_FL_KEEP_SIZE)`` through ctypes, Linux) so the range reads as zeros and its disk
-space is freed; where that is not supported it writes zeros instead. Either way the old
-bytes are gone from the file once it returns (durable after ``fsync``).
+space is freed; where that is not supported it writes zeros instead. With ``keep_space``
+(blocks about to be written again: a checkpoint's free blocks) it first zeroes the range in
+place (``FALLOC_FL_ZERO_RANGE``: the extents stay allocated, marked unwritten), ~9x cheaper
+than a punch here and cheaper for the write that reuses the blocks (no new allocation).
+Either way the old bytes are gone from the file once it returns (durable after ``fsync``).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ __all__ = [
     "runs",
     "start_writeback",
     "write_all",
+    "zero_in_place",
     "zero_range",
 ]
 
@@ -53,6 +57,7 @@ DIR_MODE = 0o700
 IOV_MAX = 512
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
+_FALLOC_FL_ZERO_RANGE = 0x10
 _ZERO_CHUNK = 1 << 20
 
 
@@ -69,6 +74,7 @@ def _load_fallocate() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
 
 _fallocate = _load_fallocate()
 _punch_unsupported = False
+_zero_unsupported: set[int] = set()  # devices (st_dev) whose filesystem cannot zero in place
 _SYNC_FILE_RANGE_WRITE = 0x02
 
 
@@ -120,8 +126,29 @@ def punch_hole(fd: int, offset: int, length: int) -> bool:
     raise OSError(err, f"fallocate(PUNCH_HOLE) failed: {os.strerror(err)}")
 
 
-def zero_range(fd: int, offset: int, length: int) -> None:
-    """Make ``[offset, offset + length)`` of ``fd`` read as zeros, freeing space if possible."""
+def zero_in_place(fd: int, offset: int, length: int) -> bool:
+    """Zero ``[offset, offset + length)`` keeping its space allocated; False if the
+    filesystem cannot (tmpfs, for one: then remembered for its device)."""
+    if _fallocate is None or length <= 0:
+        return length <= 0
+    dev = os.fstat(fd).st_dev
+    if dev in _zero_unsupported:
+        return False
+    rc = _fallocate(fd, _FALLOC_FL_ZERO_RANGE | _FALLOC_FL_KEEP_SIZE, offset, length)
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+        _zero_unsupported.add(dev)
+        return False
+    raise OSError(err, f"fallocate(ZERO_RANGE) failed: {os.strerror(err)}")
+
+
+def zero_range(fd: int, offset: int, length: int, *, keep_space: bool = False) -> None:
+    """Make ``[offset, offset + length)`` of ``fd`` read as zeros: zeroed in place when
+    ``keep_space`` and the filesystem can, else a hole (space freed), else zeros written."""
+    if keep_space and zero_in_place(fd, offset, length):
+        return
     if punch_hole(fd, offset, length):
         return
     zeros = memoryview(bytes(min(length, _ZERO_CHUNK)))

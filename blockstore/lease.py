@@ -72,7 +72,8 @@ class LeaseBackend(Protocol):
 
     def _flush(self, lease_id: str, epoch: int) -> None: ...
 
-    def _discard(self, lease_id: str, epoch: int, indices: Sequence[int]) -> None: ...
+    def _discard(self, lease_id: str, epoch: int, indices: Sequence[int],
+                 keep_space: bool = False) -> None: ...
 
     def _checked_write(self, lease_id: str, epoch: int,
                        pairs: Sequence[tuple[int, Buffer]], flush: bool = False,
@@ -380,17 +381,20 @@ class Lease(LeaseReader):
         pairs = list(items.items()) if isinstance(items, Mapping) else list(items)
         self._store._checked_write(self.lease_id, self.epoch, pairs, flush, pad)
 
-    def discard_blocks(self, indices: Iterable[int]) -> None:
+    def discard_blocks(self, indices: Iterable[int], *, reuse: bool = False) -> None:
         """Make blocks read as zeros, freeing their space where the backend can.
 
         For blocks that no committed data references any more (a dropped generation), so
-        that dropped state is no longer readable. Checked like a write (epoch, bounds); a
-        refused call discards nothing. Not atomic across blocks, durable after ``flush``.
+        that dropped state is no longer readable. ``reuse``: the blocks are about to be
+        written again (a checkpoint's free blocks), so a backend may keep their space and
+        only zero them (the file store: in place, cheaper now and for the write that reuses
+        them). Checked like a write (epoch, bounds); a refused call discards nothing. Not
+        atomic across blocks, durable after ``flush``.
         """
         self._check()
         idx = sorted({self._store._check_index(self.lease_id, i) for i in indices})
         if idx:
-            self._store._discard(self.lease_id, self.epoch, idx)
+            self._store._discard(self.lease_id, self.epoch, idx, reuse)
 
     def resize(self, num_blocks: int) -> LeaseInfo:
         """Grow or shrink the lease to ``num_blocks``. New blocks read as zeros."""

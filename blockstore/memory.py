@@ -136,7 +136,8 @@ class MemoryStore(BlockStore):
                            hint="delete it with the holder's handle")
             del self._entries[lease_id]
 
-    def _discard(self, lease_id: str, epoch: int, indices: Sequence[int]) -> None:
+    def _discard(self, lease_id: str, epoch: int, indices: Sequence[int],
+                 keep_space: bool = False) -> None:
         with self._lock:
             e = self._writable(lease_id, epoch, indices)
             for i in indices:

@@ -217,6 +217,40 @@ def test_discard_frees_disk_space(tmp_path: Path) -> None:
         assert dat.read_bytes()[:BS] == bytes(BS) and lease.read_block(1) == b"\xff" * BS
 
 
+def test_discard_for_reuse_zeroes_in_place(tmp_path: Path) -> None:
+    """``reuse=True`` (a checkpoint's dropped blocks, written again soon): the old bytes are
+    gone from the file as with a hole, the space stays allocated where the filesystem can
+    zero in place (``fallocate(ZERO_RANGE)``), and the blocks take writes again."""
+    from blockstore.fileio import zero_in_place
+
+    with FileStore(tmp_path / "s", BS) as st, st.acquire("s", num_blocks=64) as lease:
+        lease.write_blocks({i: bytes([i + 1]) * BS for i in range(64)})
+        lease.flush()
+        dat = tmp_path / "s" / "leases" / f"{lease.lease_id}.dat"
+        before = dat.stat().st_blocks
+        lease.discard_blocks(range(0, 64, 2), reuse=True)
+        lease.flush()
+        raw = dat.read_bytes()
+        for i in range(64):
+            want = bytes(BS) if i % 2 == 0 else bytes([i + 1]) * BS
+            assert raw[i * BS:(i + 1) * BS] == want, i
+            assert lease.read_block(i) == want, i
+        with open(tmp_path / "probe", "wb") as f:
+            f.write(b"x" * 8192)
+            f.flush()
+            can = zero_in_place(f.fileno(), 0, 4096)
+        if can:  # the space is kept: only the contents went
+            assert dat.stat().st_blocks >= before, (before, dat.stat().st_blocks)
+        else:  # a filesystem that cannot: punched (space freed) or zeros written
+            assert dat.stat().st_blocks <= before
+        lease.write_blocks({0: b"\x07" * BS})
+        assert lease.read_block(0) == b"\x07" * BS
+        st.acquire("s", steal=True)
+        with pytest.raises(StaleLeaseError):  # fenced like a write
+            lease.discard_blocks([1], reuse=True)
+        assert lease.read_block(1) == b"\x02" * BS
+
+
 # -- gc ---------------------------------------------------------------------------------------
 def _crash_inside_delete(root: Path, name: str) -> None:
     """A real process that dies (SIGKILL-like ``os._exit``) right after ``delete_lease``

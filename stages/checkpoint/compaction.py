@@ -10,9 +10,10 @@ disk. So after every commit :class:`~stages.checkpoint.state.CheckpointedStageSt
   not below what the *next* checkpoint of the same size would grow it to again (its worst
   case is the uncompressed size), and only when that frees more than an eighth: a state of
   steady size never resizes, a shrunken one resizes once;
-* **discard** (``Lease.discard_blocks``: holes on the file store) every block below the new
-  end that may hold dropped data and that no retained generation references, so dropped
-  state is not readable afterwards.
+* **discard** (``Lease.discard_blocks(reuse=True)``: zeroed in place on the file store, as
+  the next checkpoints write there again) every block below the new end that may hold
+  dropped data and that no retained generation references, so dropped state is not
+  readable afterwards.
 
 Safety: only blocks no committed, retained generation references are touched, and only
 after the new generation's header is durable, so a crash at any point of this leaves every
@@ -100,7 +101,8 @@ def give_back(lease: Lease, slots: list[SlotState], retention: int, num_blocks: 
         if todo.num_blocks < num_blocks:
             lease.resize(todo.num_blocks)
         if todo.discard:
-            lease.discard_blocks(todo.discard)
+            # Below the kept length: room the next checkpoints write again (zeroed in place).
+            lease.discard_blocks(todo.discard, reuse=True)
     except Exception as exc:  # committed already: report, and sweep at the next commit
         log.warning("lease %r: giving back unused blocks failed (%s: %s); retried at the next "
                     "checkpoint", lease.name, type(exc).__name__, exc)
