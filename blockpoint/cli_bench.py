@@ -32,6 +32,7 @@ BENCHES: dict[str, str] = {
     "actor": "bench.bench_actor",
     "async": "bench.bench_async",
     "pipeline": "bench.bench_pipeline",
+    "engine": "bench.bench_engine",
     "batch": "bench.bench_batch",
     "langgraph": "bench.bench_langgraph",
     "objstore": "bench.bench_objstore",

@@ -24,7 +24,7 @@ RUN_ELSEWHERE = {
 }
 #: Every other bench, run together by test_bench_quick_runs_every_benchmark.
 RUN_HERE = ("store", "checkpoint", "incremental", "manager", "peers", "actor", "async",
-            "pipeline", "batch", "langgraph")
+            "pipeline", "engine", "batch", "langgraph")
 
 
 def test_every_bench_is_run_by_one_test() -> None:
@@ -58,6 +58,10 @@ def test_bench_quick_runs_every_benchmark(tmp_path: Path) -> None:
     assert all(batch[c]["mb_per_s"] > 0 for c in batch if c.startswith("parquet"))
     assert {r["op"] for r in report["async"]} >= {"sync checkpoint", "async stall, no copy"}
     assert [r["mode"] for r in report["pipeline"]] == ["off", "sync", "async"]
+    engine = {r["case"]: r for r in report["engine"]}
+    assert list(engine) == ["loop", "hand-rolled chain", "pipeline off", "pipeline on"]
+    assert all(r["records_per_s"] > 0 for r in engine.values())
+    assert engine["pipeline off"]["vs chain"] > 0 and engine["pipeline on"]["vs off"] > 0
     assert all(r["records_per_s"] > 0 and min(r["steps"]) >= 1 for r in report["pipeline"])
     assert {r["actor"] for r in report["actor"]} >= {"plain", "checkpointed"}
     store_cases = {(r["case"], r["backend"]) for r in report["store"]}
