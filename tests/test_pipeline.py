@@ -113,6 +113,59 @@ def test_killed_stage_mid_run_exactly_once(ray_local: None, tmp_path: Path) -> N
     assert res.records_in == 3000
 
 
+def test_outputs_reach_the_sink_writer_not_the_driver_and_a_lost_writer_is_replaced(
+        ray_local: None, tmp_path: Path) -> None:
+    """A FileSink commits in the pipeline's sink writer (``stages/pipeline/sink_writer.py``):
+    the last stage returns its output encoded for the sink, the driver sees none of it. The
+    writer SIGKILLed after step 2 (holding step 3's batches) loses only uncommitted output: a
+    new writer, a rollback, and the committed output is exact."""
+    killed: list[int] = []
+    seen: list[Any] = []
+
+    def on_event(ev: PipelineEvent) -> None:
+        if ev.kind == "commit" and ev.step == 2 and not killed:
+            pid = ray.get(p._writer.__ray_call__.remote(lambda w: os.getpid()))
+            killed.append(pid)
+            os.kill(pid, signal.SIGKILL)
+
+    p, sink, src = _pipeline(tmp_path, 3000, on_event=on_event)
+    assert p.remote_commit and set(p._encoders) == {"seq"}
+    get = p._get
+
+    def spying_get(ref: Any, sid: Any) -> Any:  # what the driver gets
+        out = get(ref, sid)
+        seen.append(out)
+        return out
+
+    p._get = spying_get  # type: ignore[method-assign]
+    res = p.run()
+    assert killed and res.recoveries >= 1
+    assert sink.read_all() == run_reference(src, p.specs)
+    assert res.records_in == 3000 and res.records_out == len(sink.read_all())
+    # Counts, infos and the writer's answers; never a batch of records.
+    assert not [x for x in seen if isinstance(x, list) and x and isinstance(x[0], dict)]
+
+
+class ExplodesLast(Enrich):
+    def process(self, state: dict[str, int], record: dict[str, Any]) -> Any:
+        if record["i"] == 321:
+            raise ValueError("bad record 321 in the last stage")
+        return super().process(state, record)
+
+
+def test_output_stage_exception_through_the_writer_names_it(ray_local: None,
+                                                           tmp_path: Path) -> None:
+    """The output stage's own error reaches the driver through the writer's take as the
+    same ``StageProcessError`` a get of the output raised; nothing is committed."""
+    store = str(tmp_path / "store")
+    specs = [StageSpec("agg", RunningAggregate, store, block_size=64 * 1024, lease_ttl=30.0),
+             StageSpec("last", ExplodesLast, store, block_size=64 * 1024, lease_ttl=30.0)]
+    p, sink, _ = _pipeline(tmp_path, 500, specs=specs, policy=CheckpointPolicy())
+    with pytest.raises(StageProcessError, match="bad record 321"):
+        p.run()
+    assert sink.committed_steps() == []
+
+
 class BigAggregate(RunningAggregate):
     """RunningAggregate whose state also carries 2 MiB of incompressible bytes."""
 

@@ -67,7 +67,7 @@ from blockstore import BlockStore, Lease, parse_store_url
 
 from ..checkpoint.background import PendingCheckpoint
 from ..errors import CheckpointFailed, CheckpointKeyRequired, StageError
-from .batches import num_rows, run_stage
+from .batches import EncodedBatch, num_rows, run_stage
 from .hooks import StageRegistrar, StageRegistration
 from .instance import InstanceWork
 from .routing import KeySpec, Part, merge_parts
@@ -342,8 +342,10 @@ class StageActor:
                                stage_id=self.spec.stage_id)
 
     # -- data path (default concurrency group: one at a time, in submission order) --------
-    def process_batch(self, records: Any, *parts: Any) -> Any:
-        """Feed ``records`` in order; return every output, in order.
+    def process_batch(self, records: Any, *parts: Any, encode: Any = None) -> Any:
+        """Feed ``records`` in order; return every output, in order (``encode``: a sink's
+        batch encoder - the output returned encoded, ``EncodedBatch``, for the pipeline's
+        sink writer; ``stages/pipeline/sink_writer.py``).
 
         ``records`` is a batch (a list of records or a ``pyarrow.Table``); a record stage
         returns a list, a batch stage (``process_batch``) a table
@@ -367,7 +369,9 @@ class StageActor:
                 n = num_rows(records)
             self._records_total += n
             self._records_since += n
-            return out
+        if encode is not None and self._work is None:  # outside the lock: no state touched
+            return EncodedBatch(encode(out), num_rows(out))
+        return out
 
     def checkpoint(self, step: int = 0, meta: dict[str, Any] | None = None) -> dict[str, Any]:
         """Write a checkpoint generation; return ``CheckpointInfo.to_dict()``.

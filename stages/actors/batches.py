@@ -32,9 +32,10 @@ resumed with other settings.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["BATCH_FORMATS", "batch_format_of", "concat", "num_rows", "run_stage",
+__all__ = ["BATCH_FORMATS", "EncodedBatch", "batch_format_of", "concat", "num_rows", "run_stage",
            "to_format", "to_records", "to_table"]
 
 #: The batch formats a batch stage may ask for.
@@ -69,6 +70,15 @@ def num_rows(batch: Any) -> int:
     if batch is None:
         return 0
     return len(batch)
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedBatch:
+    """One batch's output as its sink stores it (a sink's ``encode``, e.g. JSON lines),
+    encoded by the stage that made it, and its records (rows)."""
+
+    data: bytes
+    rows: int
 
 
 def to_records(batch: Any) -> list[Any]:

@@ -131,6 +131,9 @@ class ParquetSink(FileSink):
         return [s for s in self._visible() if limit is None or s <= limit]
 
     # -- the hooks of FileSink ------------------------------------------------------------------
+    #: A step's Parquet file is written whole, from the step's records (no batch encoding).
+    encode = None
+
     def _write_step(self, step: int, records: Any, *, visible: bool) -> None:
         table = to_table(records)
         tmp = self.directory / f"_tmp-{step:09d}-{os.getpid()}-{uuid.uuid4().hex[:8]}"

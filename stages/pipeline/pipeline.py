@@ -12,7 +12,9 @@ How, and why this way:
   In a DAG (``stages/pipeline/graph.py``) a stage makes one call per output of each of its
   inputs, and each output stage's outputs go to its own sink. At most ``max_in_flight``
   batches are outstanding (backpressure: the source is not read further until the oldest
-  batch's output arrived).
+  batch's output arrived). With a sink that may commit in another process (a ``FileSink``),
+  the outputs go to the sink writer (``stages/pipeline/sink_writer.py``), encoded for the
+  sink by the stage that made them, and the driver gets back only record counts.
 * **Barriers travel with the data.** A checkpoint barrier for step ``s`` is one
   ``checkpoint(step=s, meta={"source_position": p})`` call per stage, submitted right after
   the last batch of step ``s``. A stage actor runs its data-path calls one at a time in
@@ -57,6 +59,7 @@ How, and why this way:
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections import deque
@@ -78,7 +81,7 @@ from ..actors.hooks import StageLostHook
 from ..checkpoint.observer import CheckpointFlushObserver
 from ..checkpoint.policy import CheckpointManager, CheckpointPolicy
 from .metering import note_event, note_replayed
-from .recovery import StageFailure, get_sorted, stop_stages
+from .recovery import StageFailure, alive, get_sorted, stop_stages
 from .reference import run_reference
 from .rollback import Recovering
 from .run_driver import RunDriver
@@ -86,6 +89,7 @@ from .instances import check_layout, expand, layout_of, sources_for
 from .run_records import RunStep
 from .runs import RunClaim, RunStore, StageCommit
 from .sink import Sink
+from .sink_writer import commits_anywhere, stage_encoders, start_writer
 from .source import Source
 
 __all__ = [
@@ -110,10 +114,19 @@ class _Batch:
     #: per output stage (a sink's), its outputs of this batch: each one ref, or one per
     #: instance (Parts) - one output per call the stage made (``graph.py``)
     outs: dict[str, list[list[Any]]]
+    #: the sink writer's ``take`` of these outputs (``sink_writer.py``), if it takes them
+    taken: Any = None
 
     @property
     def refs(self) -> list[Any]:
-        return [r for calls in self.outs.values() for group in calls for r in group]
+        refs = [r for calls in self.outs.values() for group in calls for r in group]
+        return refs if self.taken is None else [*refs, self.taken]
+
+    @property
+    def waits(self) -> list[Any]:
+        """What says the batch is done: its outputs, or the writer's take of them (done
+        only after every output is: waiting on both would wake on the first and spin)."""
+        return self.refs if self.taken is None else [self.taken]
 
 
 class Pipeline(Recovering):
@@ -197,6 +210,14 @@ class Pipeline(Recovering):
         self._spec_of = {s.stage_id: s for s in self.instances}
         self._records: dict[int, RunStep | None] = {}  # step records read by a rollback
         self.sink = sink
+        #: outputs go stage -> sink writer -> sink, never through the driver, when the sink
+        #: may commit in another process (``stages/pipeline/sink_writer.py``)
+        self.remote_commit = commits_anywhere(sink)
+        self._writer: Any = None
+        read = {name for ins in self.graph.inputs.values() for name in ins}
+        self._encoders = {sid: enc for sid, enc in stage_encoders(
+            sink, self.graph.sinks, read).items()
+            if self.remote_commit and not self._by_id[sid].parallel}
         self.run_id = run_id or uuid.uuid4().hex[:16]
         self.runs = RunStore(open_store_for(
             run_store_url or stages[0].store_url,
@@ -316,6 +337,9 @@ class Pipeline(Recovering):
         finally:
             stop_stages(self.instances, self._handles, timeout=self.ping_timeout,
                         unregister=not fenced)
+            if self._writer is not None:
+                ray.kill(self._writer, no_restart=True)
+                self._writer = None
             hold.release()
         return PipelineResult(
             run_id=self.run_id, committed_step=self._committed,
@@ -358,6 +382,8 @@ class Pipeline(Recovering):
             self.on_event(ev)
 
     def _launch_all(self, orphans: Sequence[str] = ()) -> None:
+        if self.remote_commit:
+            self._writer = start_writer(self.sink, self.graph.sinks)
         for spec in self.instances:
             node = self.placement.get(spec.stage_id, self.placement.get(spec.base_id))
             self._handles[spec.stage_id] = launch_stage(
@@ -396,6 +422,12 @@ class Pipeline(Recovering):
         self._batches.clear()
         self._barrier = None
         self._outputs.clear()
+        if self._writer is not None:
+            if not alive(self._writer, self.ping_timeout):  # lost: uncommitted output only
+                with contextlib.suppress(Exception):
+                    ray.kill(self._writer, no_restart=True)
+                self._writer = start_writer(self.sink, self.graph.sinks)
+            self._writer.reset.remote()  # runs before any replayed batch's take
         self._replayed += self._uncommitted_read
         note_replayed(self.run_id, self._uncommitted_read)
         self._uncommitted_read = 0
@@ -414,10 +446,12 @@ class Pipeline(Recovering):
         # One call per output of each input, inputs in their listed order (``graph.py``);
         # every instance gets the whole batch (or the parts of it) and keeps its share
         # (``stages/actors/routing.py``).
+        # An output stage the sink writer takes from encodes its own output (``encoders``).
         outs: dict[str, list[list[Any]]] = {SOURCE: [[records]]}
         for sid in self.graph.order:
             instances = self._by_id[sid].instances()
-            outs[sid] = [[self._handles[inst.stage_id].process_batch.remote(*group)
+            kw = {"encode": self._encoders[sid]} if sid in self._encoders else {}
+            outs[sid] = [[self._handles[inst.stage_id].process_batch.remote(*group, **kw)
                           for inst in instances]
                          for name in self.graph.inputs[sid] for group in outs[name]]
         return {sid: outs[sid] for sid in self.graph.sinks}
@@ -460,7 +494,12 @@ class Pipeline(Recovering):
                     self._idle = True
                 break
             refs = self._submit(records)
-            self._batches.append(_Batch(self._open_step, new_position, n, refs))
+            taken = None
+            if self._writer is not None:
+                layout = [(sid, len(group)) for sid, calls in refs.items() for group in calls]
+                flat = [r for calls in refs.values() for group in calls for r in group]
+                taken = self._writer.take.remote(self._open_step, layout, *flat)
+            self._batches.append(_Batch(self._open_step, new_position, n, refs, taken))
             self._position = new_position
             self._open_records += n
             self._uncommitted_read += n
@@ -492,7 +531,7 @@ class Pipeline(Recovering):
         bar = self._barrier
         waiting: list[Any] = []
         if self._batches:
-            waiting.extend(self._batches[0].refs)
+            waiting.extend(self._batches[0].waits)
         barrier_due = bar is not None and (not self._batches or self._batches[0].step > bar.step)
         if bar is not None and barrier_due:
             waiting.extend(bar.waiting())
@@ -504,8 +543,11 @@ class Pipeline(Recovering):
                         f"no progress for {self.call_timeout:.0f}s"))
                 return
             self._last_progress = time.monotonic()
-        while self._batches and _ready(self._batches[0].refs):
+        while self._batches and _ready(self._batches[0].waits):
             b = self._batches.popleft()
+            if b.taken is not None:  # the writer has the outputs; a stage's error is raised
+                self._get(b.taken, None)
+                continue
             step_out = self._outputs.setdefault(b.step, {})
             for sid, calls in b.outs.items():
                 step_out.setdefault(sid, []).extend(
@@ -517,12 +559,17 @@ class Pipeline(Recovering):
 
     def _commit(self, bar: Barrier, infos: Mapping[str, Mapping[str, Any]]) -> None:
         hold = self._driver()
-        by_stage = self._outputs.pop(bar.step, {})
-        # a list, or a table of batches, per output stage
-        outs = {sid: concat(by_stage.get(sid, [])) for sid in self.graph.sinks}
-        n_out = sum(num_rows(o) for o in outs.values())
-        self.sink.commit(bar.step, outs if isinstance(self.sink, SinkSet)
-                         else outs[self.graph.sinks[0]], token=hold.token)
+        if self._writer is not None:
+            n_out, error = self._get(self._writer.commit.remote(bar.step, hold.token), None)
+            if error is not None:  # the sink's own error (e.g. RunFencedError), as if here
+                raise error
+        else:
+            by_stage = self._outputs.pop(bar.step, {})
+            # a list, or a table of batches, per output stage
+            outs = {sid: concat(by_stage.get(sid, [])) for sid in self.graph.sinks}
+            n_out = sum(num_rows(o) for o in outs.values())
+            self.sink.commit(bar.step, outs if isinstance(self.sink, SinkSet)
+                             else outs[self.graph.sinks[0]], token=hold.token)
         stages = [StageCommit(stage_id=sid, lease_id=info.get("lease_id"),
                               epoch=self._epochs.get(sid), generation=info.get("generation"),
                               node_id=self._nodes.get(sid), **layout_of(self._spec_of[sid]))

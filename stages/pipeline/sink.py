@@ -48,10 +48,10 @@ from typing import Any, Protocol, runtime_checkable
 from blockstore import canonical_json
 from blockstore.fileio import FILE_MODE
 
-from ..actors.batches import to_records
+from ..actors.batches import EncodedBatch, to_records
 from ..errors import SinkFencedError
 
-__all__ = ["FenceToken", "FileSink", "Sink"]
+__all__ = ["EncodedBatch", "EncodedParts", "FenceToken", "FileSink", "Sink", "encode_jsonl"]
 
 #: The fencing record and the lock file of a :class:`FileSink` directory.
 FENCE_FILE = "fence.json"
@@ -113,6 +113,20 @@ class Sink(Protocol):
         ...
 
 
+def encode_jsonl(records: Any) -> bytes:
+    """``records`` (a list or a table) as JSON lines: canonical JSON, one record a line."""
+    return b"".join(canonical_json(r) + b"\n" for r in to_records(records))
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedParts:
+    """A step's output already encoded by the sink's :meth:`FileSink.encode`, batch by batch
+    (the pipeline's sink writer encodes each batch as it arrives, ``sink_writer.py``)."""
+
+    parts: list[bytes]
+    rows: int
+
+
 class FileSink:
     """One JSON-lines file per committed step in ``directory``.
 
@@ -146,6 +160,10 @@ class FileSink:
 
     #: The fencing record's name in the directory.
     fence_file = FENCE_FILE
+    #: ``commit`` touches only this sink's files, so a pipeline may run it in its sink writer
+    #: (another process on the driver's machine: ``stages/pipeline/sink_writer.py``); a
+    #: subclass whose ``commit`` keeps state in memory or acts on this process sets False.
+    commit_anywhere = True
 
     # -- writes --------------------------------------------------------------------------------
     def fence(self, token: FenceToken, committed_step: int) -> None:
@@ -215,10 +233,18 @@ class FileSink:
         return list(self.iter_records(upto_step))
 
     # -- internals -----------------------------------------------------------------------------
+    #: ``encode(records) -> bytes``: a batch as this sink's step file holds it (JSON lines),
+    #: for a commit of :class:`EncodedParts`; a plain function (it travels to the stage that
+    #: makes the output, by reference), or ``None`` for a sink whose files are written whole.
+    encode: Any = staticmethod(encode_jsonl)
+
     def _write_step(self, step: int, records: Any, *, visible: bool) -> None:
         """Write ``step``'s output durably; ``visible``: the directory was never fenced (so
         nothing is hidden). Step files of this sink are visible by the fencing record."""
-        data = b"".join(canonical_json(r) + b"\n" for r in to_records(records))
+        if isinstance(records, EncodedParts):
+            data = b"".join(records.parts)
+        else:
+            data = encode_jsonl(records)
         self._replace(self.path(step), data)
 
     def _published(self, step: int) -> None:
