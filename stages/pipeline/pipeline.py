@@ -114,19 +114,10 @@ class _Batch:
     #: per output stage (a sink's), its outputs of this batch: each one ref, or one per
     #: instance (Parts) - one output per call the stage made (``graph.py``)
     outs: dict[str, list[list[Any]]]
-    #: the sink writer's ``take`` of these outputs (``sink_writer.py``), if it takes them
-    taken: Any = None
 
     @property
     def refs(self) -> list[Any]:
-        refs = [r for calls in self.outs.values() for group in calls for r in group]
-        return refs if self.taken is None else [*refs, self.taken]
-
-    @property
-    def waits(self) -> list[Any]:
-        """What says the batch is done: its outputs, or the writer's take of them (done
-        only after every output is: waiting on both would wake on the first and spin)."""
-        return self.refs if self.taken is None else [self.taken]
+        return [r for calls in self.outs.values() for group in calls for r in group]
 
 
 class Pipeline(Recovering):
@@ -427,7 +418,7 @@ class Pipeline(Recovering):
                 with contextlib.suppress(Exception):
                     ray.kill(self._writer, no_restart=True)
                 self._writer = start_writer(self.sink, self.graph.sinks)
-            self._writer.reset.remote()  # runs before any replayed batch's take
+
         self._replayed += self._uncommitted_read
         note_replayed(self.run_id, self._uncommitted_read)
         self._uncommitted_read = 0
@@ -494,12 +485,7 @@ class Pipeline(Recovering):
                     self._idle = True
                 break
             refs = self._submit(records)
-            taken = None
-            if self._writer is not None:
-                layout = [(sid, len(group)) for sid, calls in refs.items() for group in calls]
-                flat = [r for calls in refs.values() for group in calls for r in group]
-                taken = self._writer.take.remote(self._open_step, layout, *flat)
-            self._batches.append(_Batch(self._open_step, new_position, n, refs, taken))
+            self._batches.append(_Batch(self._open_step, new_position, n, refs))
             self._position = new_position
             self._open_records += n
             self._uncommitted_read += n
@@ -531,7 +517,7 @@ class Pipeline(Recovering):
         bar = self._barrier
         waiting: list[Any] = []
         if self._batches:
-            waiting.extend(self._batches[0].waits)
+            waiting.extend(self._batches[0].refs)
         barrier_due = bar is not None and (not self._batches or self._batches[0].step > bar.step)
         if bar is not None and barrier_due:
             waiting.extend(bar.waiting())
@@ -543,12 +529,13 @@ class Pipeline(Recovering):
                         f"no progress for {self.call_timeout:.0f}s"))
                 return
             self._last_progress = time.monotonic()
-        while self._batches and _ready(self._batches[0].waits):
+        while self._batches and _ready(self._batches[0].refs):
             b = self._batches.popleft()
-            if b.taken is not None:  # the writer has the outputs; a stage's error is raised
-                self._get(b.taken, None)
-                continue
             step_out = self._outputs.setdefault(b.step, {})
+            if self._writer is not None:  # the refs: the writer gets the outputs at the commit
+                for sid, calls in b.outs.items():
+                    step_out.setdefault(sid, []).extend(calls)
+                continue
             for sid, calls in b.outs.items():
                 step_out.setdefault(sid, []).extend(
                     merge_parts([self._get(r, None) for r in group]) for group in calls)
@@ -560,7 +547,14 @@ class Pipeline(Recovering):
     def _commit(self, bar: Barrier, infos: Mapping[str, Mapping[str, Any]]) -> None:
         hold = self._driver()
         if self._writer is not None:
-            n_out, error = self._get(self._writer.commit.remote(bar.step, hold.token), None)
+            # The step's outputs go to the writer as refs: Ray hands them over, and an output
+            # that is a stage's error fails the call with it, as a get here would have.
+            by_ref = self._outputs.pop(bar.step, {})
+            layout = [(sid, len(group)) for sid in self.graph.sinks
+                      for group in by_ref.get(sid, [])]
+            flat = [r for sid in self.graph.sinks for group in by_ref.get(sid, []) for r in group]
+            n_out, error = self._get(
+                self._writer.commit.remote(bar.step, hold.token, layout, *flat), None)
             if error is not None:  # the sink's own error (e.g. RunFencedError), as if here
                 raise error
         else:
