@@ -12,13 +12,17 @@ The work: ``GeneratedSource`` events (16 keys) -> ``Enrich`` -> ``RunningAggrega
   passes the returned ref to the next (the data goes actor to actor), keeps 8 batches in
   flight and gets the last actor's outputs - no checkpoint, no lease, no commit: the
   least a chain of actors can cost;
+* ``hand-rolled chain, JSONL``: the same, the last actor returning its output as JSON lines
+  (the ``FileSink``'s encoding) and the driver appending them to a file - the chain that
+  writes the output a pipeline writes;
 * ``pipeline off``: ``Pipeline`` of the three as ``StageSpec``s (file store, ``num_cpus=0.5``,
   8 batches in flight, a ``FileSink`` without fsync), one barrier at the end;
 * ``pipeline on``: the same with a barrier every 15,000 records (6,000 quick).
 
 records/s over the whole run of each case (for the pipeline: its ``started`` to ``done``
 events, stage launch excluded); medians of ``repeat`` (default 3), cases interleaved per
-round. Ratios: ``vs chain`` (pipeline off / hand-rolled chain; the target is >= 0.9) and
+round. Ratios: ``vs chain`` (pipeline off / hand-rolled chain; the target is >= 0.9),
+``vs chain, JSONL`` (pipeline off / the chain writing the same output) and
 ``vs off`` (on / off; the target is >= 0.9). ``python -m bench.bench_engine``;
 ``blockpoint bench --only engine``.
 """
@@ -75,29 +79,40 @@ def loop(events: int) -> tuple[float, list[Any]]:
 
 
 class _PlainStage:
-    """One stage in a plain Ray actor: its state in memory, nothing durable."""
+    """One stage in a plain Ray actor: its state in memory, nothing durable; ``lines``: its
+    output returned as JSON lines (the FileSink's encoding)."""
 
-    def __init__(self, index: int) -> None:
+    def __init__(self, index: int, lines: bool = False) -> None:
         self.stage = _stages()[index]
         self.state = self.stage.initial_state()
+        self.lines = lines
 
-    def process_batch(self, batch: list[Any]) -> list[Any]:
-        return _apply(self.stage, self.state, batch)
+    def process_batch(self, batch: list[Any]) -> Any:
+        out = _apply(self.stage, self.state, batch)
+        if self.lines:
+            from stages.pipeline.sink import encode_jsonl
+
+            return encode_jsonl(out)
+        return out
 
 
-def chain(events: int) -> tuple[float, list[Any]]:
-    """Seconds and outputs of the hand-rolled chain (actors started before the clock)."""
+def chain(events: int, out_file: str | None = None) -> tuple[float, list[Any]]:
+    """Seconds and outputs of the hand-rolled chain (actors started before the clock);
+    ``out_file``: the last actor encodes JSON lines and the driver appends them there."""
+    import json
+
     import ray
 
     from stages import GeneratedSource
 
     cls = ray.remote(num_cpus=0.5)(_PlainStage)
-    actors = [cls.remote(i) for i in range(3)]
+    actors = [cls.remote(i, out_file is not None and i == 2) for i in range(3)]
     ray.get([a.__ray_ready__.remote() for a in actors])
     src = GeneratedSource(seed=2026, n=events, keys=16)
     outs: list[Any] = []
     pending: deque[Any] = deque()
     t = time.perf_counter()
+    f = open(out_file, "wb") if out_file is not None else None  # noqa: SIM115
     pos = src.initial_position()
     done = False
     while not done or pending:
@@ -111,10 +126,19 @@ def chain(events: int) -> tuple[float, list[Any]]:
                 ref = a.process_batch.remote(ref)
             pending.append(ref)
         if pending:
-            outs.extend(ray.get(pending.popleft()))
+            got = ray.get(pending.popleft())
+            if f is not None:
+                f.write(got)
+            else:
+                outs.extend(got)
+    if f is not None:
+        f.close()
     seconds = time.perf_counter() - t
     for a in actors:
         ray.kill(a)
+    if out_file is not None:
+        with open(out_file, encoding="utf-8") as fh:
+            outs = [json.loads(line) for line in fh]
     return seconds, outs
 
 
@@ -163,8 +187,8 @@ def run(quick: bool = False, repeat: int | None = None,
                  object_store_memory=300 * 1024 * 1024)
     root = tempfile.mkdtemp(prefix="bench-engine-")
     rates: dict[str, list[float]] = {c: [] for c in
-                                     ("loop", "hand-rolled chain", "pipeline off",
-                                      "pipeline on")}
+                                     ("loop", "hand-rolled chain", "hand-rolled chain, JSONL",
+                                      "pipeline off", "pipeline on")}
     extra: dict[str, dict[str, Any]] = {}
     try:
         _, want = loop(events)
@@ -174,6 +198,9 @@ def run(quick: bool = False, repeat: int | None = None,
             s, out = chain(events)
             _same(out, want, "hand-rolled chain")
             rates["hand-rolled chain"].append(events / s)
+            s, out = chain(events, os.path.join(root, "chain.jsonl"))
+            _same(out, want, "hand-rolled chain, JSONL")
+            rates["hand-rolled chain, JSONL"].append(events / s)
             for case, ev in (("pipeline off", None), ("pipeline on", every)):
                 s, out, fig = pipeline(events, ev, root)
                 _same(out, want, case)
@@ -190,6 +217,7 @@ def run(quick: bool = False, repeat: int | None = None,
                                "runs": [round(x) for x in v]}
         if case == "pipeline off":
             row["vs chain"] = round(med[case] / med["hand-rolled chain"], 3)
+            row["vs chain, JSONL"] = round(med[case] / med["hand-rolled chain, JSONL"], 3)
         if case == "pipeline on":
             row["vs off"] = round(med[case] / med["pipeline off"], 3)
             row["every_records"] = every

@@ -59,7 +59,8 @@ def test_bench_quick_runs_every_benchmark(tmp_path: Path) -> None:
     assert {r["op"] for r in report["async"]} >= {"sync checkpoint", "async stall, no copy"}
     assert [r["mode"] for r in report["pipeline"]] == ["off", "sync", "async"]
     engine = {r["case"]: r for r in report["engine"]}
-    assert list(engine) == ["loop", "hand-rolled chain", "pipeline off", "pipeline on"]
+    assert list(engine) == ["loop", "hand-rolled chain", "hand-rolled chain, JSONL",
+                            "pipeline off", "pipeline on"]
     assert all(r["records_per_s"] > 0 for r in engine.values())
     assert engine["pipeline off"]["vs chain"] > 0 and engine["pipeline on"]["vs off"] > 0
     assert all(r["records_per_s"] > 0 and min(r["steps"]) >= 1 for r in report["pipeline"])

@@ -117,8 +117,8 @@ def test_outputs_reach_the_sink_writer_not_the_driver_and_a_lost_writer_is_repla
         ray_local: None, tmp_path: Path) -> None:
     """A FileSink commits in the pipeline's sink writer (``stages/pipeline/sink_writer.py``):
     the last stage returns its output encoded for the sink, the driver sees none of it. The
-    writer SIGKILLed after step 2 (holding step 3's batches) loses only uncommitted output: a
-    new writer, a rollback, and the committed output is exact."""
+    writer SIGKILLed after step 2's commit: the next commit fails, the driver starts a new
+    writer at the rewind and replays from step 2, and the committed output is exact."""
     killed: list[int] = []
     seen: list[Any] = []
 
