@@ -33,6 +33,7 @@ BENCHES: dict[str, str] = {
     "async": "bench.bench_async",
     "pipeline": "bench.bench_pipeline",
     "engine": "bench.bench_engine",
+    "parallel": "bench.bench_parallel",
     "batch": "bench.bench_batch",
     "langgraph": "bench.bench_langgraph",
     "objstore": "bench.bench_objstore",

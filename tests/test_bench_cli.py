@@ -24,7 +24,7 @@ RUN_ELSEWHERE = {
 }
 #: Every other bench, run together by test_bench_quick_runs_every_benchmark.
 RUN_HERE = ("store", "checkpoint", "incremental", "manager", "peers", "actor", "async",
-            "pipeline", "engine", "batch", "langgraph")
+            "pipeline", "engine", "parallel", "batch", "langgraph")
 
 
 def test_every_bench_is_run_by_one_test() -> None:
@@ -63,6 +63,11 @@ def test_bench_quick_runs_every_benchmark(tmp_path: Path) -> None:
                             "pipeline off", "pipeline on"]
     assert all(r["records_per_s"] > 0 for r in engine.values())
     assert engine["pipeline off"]["vs chain"] > 0 and engine["pipeline on"]["vs off"] > 0
+    par = {r["case"]: r for r in report["parallel"]}
+    assert list(par) == ["keyed parallelism 1", "keyed parallelism 2", "keyed parallelism 4",
+                         "rescale 2 -> 4"]
+    assert all(par[f"keyed parallelism {p}"]["records_per_s"] > 0 for p in (1, 2, 4))
+    assert par["rescale 2 -> 4"]["seconds"] > 0 and par["rescale 2 -> 4"]["keys"] == 1024
     assert all(r["records_per_s"] > 0 and min(r["steps"]) >= 1 for r in report["pipeline"])
     assert {r["actor"] for r in report["actor"]} >= {"plain", "checkpointed"}
     store_cases = {(r["case"], r["backend"]) for r in report["store"]}
