@@ -30,9 +30,10 @@ __all__ = ["register"]
 
 #: What ``--key-env`` takes: the name of an environment variable (POSIX portable names).
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-#: A variable name as people write them (capitals, digits, ``_``): shown when unset; any
-#: other name may be a key pasted where its name goes, and is not.
-_CONVENTIONAL_NAME = re.compile(r"[A-Z_][A-Z0-9_]*\Z")
+#: A variable name as people write them (capitals, digits, ``_``; with an ``_`` or at most 20
+#: characters - an all-capitals base32 or hex key is longer and has none): shown when unset;
+#: any other name may be a key pasted where its name goes, and is not.
+_CONVENTIONAL_NAME = re.compile(r"(?=[A-Z0-9_]*_|[A-Z0-9_]{1,20}\Z)[A-Z_][A-Z0-9_]*\Z")
 
 COLUMNS = ["lease", "slot", "generation", "step", "size", "codec", "ratio", "shared", "status"]
 

@@ -259,6 +259,14 @@ def test_verify_key_env_that_is_no_variable_name_is_not_echoed(store_path: Path,
     assert pasted not in out + err and "Zm9v" not in out + err
     assert err.startswith("blockpoint verify: the variable --key-env names (<24 characters, "
                           "not shown>) is not set") and err.count("\n") == 1, err
+    # an all-capitals base32 key (no "_", longer than a name is written) was echoed too
+    pasted = "MZXW6YTBOJRGC6TROV2XQ22FPEYTM"
+    assert main(["verify", str(store_path), "--key-env", pasted]) == 2
+    out, err = capsys.readouterr()
+    assert pasted not in out + err and "MZXW" not in out + err
+    assert "(<29 characters, not shown>) is not set" in err
+    assert main(["verify", str(store_path), "--key-env", "NOKEY"]) == 2  # short: a name
+    assert "$NOKEY is not set" in capsys.readouterr().err
     monkeypatch.setenv("my_key_19", "x" * 32)  # set, in any case: used (wrong key: exit 1)
     assert main(["verify", str(store_path), "--key-env", "my_key_19"]) != 2
     capsys.readouterr()
