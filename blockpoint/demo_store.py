@@ -93,7 +93,12 @@ def remove_run_place(store_url: str) -> None:
 
     url = parse_store_url(store_url)
     if not url.is_object_store:
-        shutil.rmtree(url.location, ignore_errors=True)
+        import os
+
+        # Only a run's own directory (``demo-...``), never a store or a directory above one
+        # (defence in depth, as for an object store's prefix below).
+        if os.path.basename(os.path.normpath(url.location)).startswith("demo-"):
+            shutil.rmtree(url.location, ignore_errors=True)
         return
     if not url.prefix or not url.prefix.rsplit("/", 1)[-1].startswith("demo-"):
         return  # never a store's root nor a place that is not a run's (defence in depth)

@@ -50,6 +50,23 @@ def _demo(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=120, env=env)
 
 
+def test_removing_a_refused_run_s_place_touches_only_a_run_s_directory(tmp_path: Path) -> None:
+    """``remove_run_place`` on a file store removes a ``demo-*`` directory and nothing else:
+    a store's own directory (or one above it) given by mistake stays (it had no guard; the
+    object-store branch had one)."""
+    from blockpoint.demo_store import remove_run_place
+
+    store = tmp_path / "store"
+    (store / "leases").mkdir(parents=True)
+    remove_run_place(str(store))
+    remove_run_place(f"file://{tmp_path}")
+    assert (store / "leases").is_dir()
+    run = Path(run_store_url(str(store)))
+    (run / "leases").mkdir(parents=True)
+    remove_run_place(str(run))
+    assert not run.exists() and (store / "leases").is_dir()
+
+
 def test_shared_store_without_key_is_refused_before_anything_runs(s3_server: Any) -> None:
     env = {k: v for k, v in os.environ.items()
            if k not in ("BLOCKPOINT_CHECKPOINT_KEY", "RAY_ADDRESS")}
