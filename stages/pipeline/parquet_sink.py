@@ -133,6 +133,11 @@ class ParquetSink(FileSink):
     # -- the hooks of FileSink ------------------------------------------------------------------
     #: A step's Parquet file is written whole, from the step's records (no batch encoding).
     encode = None
+    #: Committed in the driver: it gets each batch's records as they come, overlapped with
+    #: the run, where the sink writer would fetch all of a step's at its commit (bench_batch's
+    #: record stages at 3,000,000 events, one run each: 108k rec/s through the writer against
+    #: 130k in the driver).
+    commit_anywhere = False
 
     def _write_step(self, step: int, records: Any, *, visible: bool) -> None:
         table = to_table(records)

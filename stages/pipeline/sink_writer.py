@@ -39,7 +39,9 @@ __all__ = ["SinkWriter", "commits_anywhere", "stage_encoders", "start_writer"]
 
 def commits_anywhere(sink: Sink | SinkSet) -> bool:
     """True if ``sink`` (every sink of a set) says its ``commit`` may run in another process
-    on this machine (``commit_anywhere = True``: it touches only its files)."""
+    on this machine (``commit_anywhere = True``: it touches only its files; a sink that
+    builds its files from a step's records whole, like ``ParquetSink``, says False: the
+    driver fetching them as they come overlaps that work with the run)."""
     sinks = sink.sinks.values() if isinstance(sink, SinkSet) else [sink]
     return all(getattr(s, "commit_anywhere", False) is True for s in sinks)
 
