@@ -54,7 +54,6 @@ import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from concurrent.futures import Executor
 from dataclasses import dataclass
 
 from .checks import (
@@ -339,14 +338,6 @@ class BlockStore(ABC):
         """A view for :meth:`LeaseReader.snapshot`: reads of one lease that follow its record
         as it is now, without asking for it again per read; ``None`` (this default) when
         reads cost no record lookup, and the handle then reads as usual."""
-        return None
-
-    def _request_pool(self) -> Executor | None:
-        """The pool whose threads send this store's requests, for a reader with many blocks
-        to read (a restore): it submits its reads there one block per task, so the pool stays
-        full over the whole read instead of draining at the end of every batch (a read in
-        one of those threads sends its request at once). ``None`` (this default): reads are
-        not requests (local stores); read in the caller's own pool."""
         return None
 
     def _gc(self, dry_run: bool, min_age: float) -> tuple[list[GcItem], int]:

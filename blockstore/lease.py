@@ -19,7 +19,6 @@ import math
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
@@ -87,8 +86,6 @@ class LeaseBackend(Protocol):
     read_batch_bytes: int
 
     def _open_snapshot(self, lease_id: str) -> ReadSnapshot | None: ...
-
-    def _request_pool(self) -> Executor | None: ...
 
     def _check_index(self, lease_id: str, index: object) -> int: ...
 

@@ -29,7 +29,7 @@ import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -284,13 +284,6 @@ class ObjectClient:
     def submit(self, fn: Callable[..., R], *args: Any) -> Future[R]:
         """Run ``fn(*args)`` in the pool (for one request overlapped with others)."""
         return self._pool.submit(fn, *args)
-
-    def pool(self) -> Executor | None:
-        """The pool requests run in, for tasks of one request each; ``None`` when called
-        from one of its own threads (a task there waiting on the pool could wait forever)."""
-        if threading.current_thread().name.startswith(_POOL_NAME):
-            return None
-        return self._pool
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

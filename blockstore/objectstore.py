@@ -42,7 +42,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 from .base import (
@@ -421,9 +420,6 @@ class ObjectStore(BlockStore):
 
     def _open_snapshot(self, lease_id: str) -> RecordSnapshot:
         return RecordSnapshot(self, lease_id)
-
-    def _request_pool(self) -> Executor | None:
-        return self._c.pool()
 
     @property
     def read_batch_bytes(self) -> int:

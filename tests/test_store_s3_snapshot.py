@@ -141,3 +141,47 @@ def test_a_refused_write_leaves_no_object(s3_server) -> None:  # type: ignore[no
         new.flush()
         assert b.open_reader("s").read_blocks([0, 1]) == [b"kept".ljust(BS, b"\0"),
                                                           b"new".ljust(BS, b"\0")]
+
+
+def test_a_restore_and_a_checkpoint_of_one_lease_through_one_store_both_finish(
+        s3_server) -> None:  # type: ignore[no-untyped-def]
+    """Found by a review of the restore's read path: a restore whose raw reads ran as tasks
+    in the object client's own pool, beside a checkpoint of the same lease through the same
+    store object (the LangGraph saver's get and put, a verify beside a stage), deadlocked -
+    each read task waited for the lease's lock, held by the write that waited for its PUTs,
+    queued behind those read tasks in the same pool. The reads run in the process's chunk
+    pool again. Here: a pool of one thread, the checkpoint started once the restore is
+    fetching its payload (20 block GETs in); both finish."""
+    import threading
+
+    np = pytest.importorskip("numpy")
+    from polling import wait_for
+    from stages import CheckpointedStageState
+
+    key = b"deadlock-test-key"
+    rng = np.random.default_rng(3)
+    with ObjectStore(_url(s3_server) + "&concurrency=1", block_size=4096) as st:
+        css = CheckpointedStageState(rng.integers(0, 256, 300 * 4096, dtype=np.uint8),
+                                     st.acquire("s", ttl=600), key=key)
+        css.checkpoint(step=1)
+        done: dict[str, object] = {}
+
+        def run(name: str, fn: object) -> None:
+            try:
+                done[name] = fn()  # type: ignore[operator]
+            except Exception as exc:  # noqa: BLE001 - reported below
+                done[name] = exc
+
+        def checkpoint() -> object:
+            css.state = rng.integers(0, 256, 300 * 4096, dtype=np.uint8)
+            return css.checkpoint(step=2)
+
+        before = st.requests.get("GET", 0)
+        threading.Thread(target=run, daemon=True, args=(
+            "restore", lambda: CheckpointedStageState.restore(st.open_reader("s"), key=key))
+        ).start()
+        wait_for(lambda: st.requests.get("GET", 0) - before >= 20 or done,
+                 what="the restore fetching its payload")
+        threading.Thread(target=run, daemon=True, args=("checkpoint", checkpoint)).start()
+        wait_for(lambda: len(done) == 2, timeout=120, what="restore and checkpoint")
+        assert not any(isinstance(v, Exception) for v in done.values()), done

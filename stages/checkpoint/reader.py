@@ -397,13 +397,6 @@ def _read_payload(reader: LeaseReader, h: Header, entries: Sequence[MapEntry], *
              if writer_key is not None and all(e.flags == CHUNK_RAW for e in entries)
              else None)
     limit = max(read_batch, READ_BATCH if chain is None else KEYED_READ_BATCH)
-    # A store whose reads are requests: the raw reads go to its pool one block per task, a
-    # sliding window of requests as a plain parallel get keeps (a batch of several blocks
-    # waits for its slowest request while the pool drains).
-    requests = reader.store._request_pool()
-    raw_pool = pool if requests is None else requests
-    if requests is not None:
-        limit = bs
     idx: list[int] = []
     views: list[memoryview] = []
     batch: list[tuple[memoryview, MapEntry]] = []
@@ -415,10 +408,10 @@ def _read_payload(reader: LeaseReader, h: Header, entries: Sequence[MapEntry], *
         nonlocal idx, views, batch, offs, nbytes
         if idx and chain is not None:
             first, last = offs[0][0], offs[-1][0] + offs[-1][1]
-            fut = raw_pool.submit(chain.read_and_feed, len(pending), reader, idx, batch,
-                                  mv[first:last])
+            fut = pool.submit(chain.read_and_feed, len(pending), reader, idx, batch,
+                              mv[first:last])
         elif idx:
-            fut = raw_pool.submit(read_and_check, reader, idx, batch, crc_now)
+            fut = pool.submit(read_and_check, reader, idx, batch, crc_now)
         if idx:
             if not crc_now:
                 raw_items.extend(batch)
