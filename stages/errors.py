@@ -50,6 +50,8 @@ Errors of one module stay with it but hang from the same root::
     ├── PipelineError(RuntimeError)        the pipeline cannot go on (defined here, since
     │   │                                  stages.pipeline.pipeline and stages.pipeline.recovery both raise it)
     │   ├── StageProcessError              a stage's own code raised (not replayed forever)
+    │   ├── SinkCommitError                a sink's commit raised, in the sink writer, an error
+    │   │                                  that cannot travel to the driver as itself
     │   ├── MaxParallelismChanged(ValueError) a keyed stage restored with another
     │   │                                  max_parallelism than its run recorded
     │   ├── KeylessRescaleRefused(ValueError) a keyless parallel stage restored at another
@@ -111,6 +113,7 @@ __all__ = [
     "RunNotFoundError",
     "RunNotPausedError",
     "RunStepExistsError",
+    "SinkCommitError",
     "SinkFencedError",
     "SourceError",
     "SourceFileChanged",
@@ -581,6 +584,12 @@ class RunFencedError(RunError, RuntimeError):
         super().__init__(message, run_id=run_id)
         self.epoch = epoch
         self.current_epoch = current_epoch
+
+
+class SinkCommitError(PipelineError):
+    """A sink's ``commit`` raised an error that could not be carried from the pipeline's sink
+    writer to the driver as itself (its class cannot be rebuilt from a pickle); the message
+    names its class and says what it said."""
 
 
 class SinkFencedError(RunFencedError):

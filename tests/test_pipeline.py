@@ -166,6 +166,90 @@ def test_output_stage_exception_through_the_writer_names_it(ray_local: None,
     assert sink.committed_steps() == []
 
 
+class QuotaExceeded(OSError):
+    """A sink error whose class cannot be rebuilt from a pickle (a keyword-only argument)."""
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class FullDisk(FileSink):
+    commit_anywhere = True  # opted in again: its commit runs in the sink writer
+
+    def commit(self, step: int, records: Any, *, token: Any = None) -> None:
+        if step >= 2:
+            raise QuotaExceeded(f"quota exceeded writing step {step}", path="/x")
+        super().commit(step, records, token=token)
+
+
+class SlowDisk(FileSink):
+    commit_anywhere = True
+
+    def _write_step(self, step: int, records: Any, *, visible: bool) -> None:
+        import time
+        time.sleep(6.0)  # longer than the pipeline's call_timeout below
+        super()._write_step(step, records, visible=visible)
+
+
+class Audited(FileSink):
+    """A subclass that does not say commit_anywhere: its commit stays in the driver."""
+
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        self.audit: list[int] = []
+
+    def commit(self, step: int, records: Any, *, token: Any = None) -> None:
+        self.audit.append(step)
+        super().commit(step, records, token=token)
+
+
+def test_the_sink_writer_keeps_the_driver_s_semantics(ray_local: None, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a review of the sink writer: (1) a relative sink directory was resolved in
+    the writer's working directory (output written elsewhere, or lost); (2) a FileSink
+    subclass inherited commit_anywhere, so its commit's side effects happened in the
+    writer's copy; (3) a sink error that cannot be rebuilt from a pickle came back as an
+    unreadable reply, taken for a lost writer and replayed until max_recoveries; (4) a
+    commit slower than call_timeout was taken for a lost stage. Now: the directory is
+    absolute, a subclass commits in the driver unless it opts in, such an error is a
+    SinkCommitError naming it (not replayed), and a slow commit just takes its time."""
+    from stages.errors import SinkCommitError
+
+    def store(name: str) -> str:  # a store per run: each run's stages start afresh
+        return str(tmp_path / f"store-{name}")
+
+    monkeypatch.chdir(tmp_path)
+    rel = FileSink("relative-out", fsync=False)
+    assert rel.directory == tmp_path / "relative-out"
+    src = GeneratedSource(seed=11, n=600, keys=7)
+    p = Pipeline(src, _specs(store("rel")), rel, batch_size=50, max_in_flight=4, run_id="rel",
+                 policy=CheckpointPolicy(every_records=200))
+    assert p.remote_commit
+    res = p.run()
+    assert res.finished and rel.read_all() == run_reference(src, p.specs)
+
+    audited = Audited(tmp_path / "audited", fsync=False)
+    p = Pipeline(src, _specs(store("aud")), audited, batch_size=50, max_in_flight=4, run_id="aud",
+                 policy=CheckpointPolicy(every_records=200))
+    assert not p.remote_commit
+    res = p.run()
+    assert audited.audit == list(range(1, res.committed_step + 1))
+
+    p = Pipeline(src, _specs(store("full")), FullDisk(tmp_path / "full", fsync=False), batch_size=50,
+                 max_in_flight=4, run_id="full", policy=CheckpointPolicy(every_records=200))
+    assert p.remote_commit
+    with pytest.raises(SinkCommitError, match="QuotaExceeded: quota exceeded writing step 2"):
+        p.run()
+
+    slow = SlowDisk(tmp_path / "slow", fsync=False)
+    p = Pipeline(src, _specs(store("slow")), slow, batch_size=50, max_in_flight=4, run_id="slow",
+                 policy=CheckpointPolicy(), call_timeout=5.0)
+    res = p.run()
+    assert res.finished and res.recoveries == 0
+    assert slow.read_all() == run_reference(src, p.specs)
+
+
 class BigAggregate(RunningAggregate):
     """RunningAggregate whose state also carries 2 MiB of incompressible bytes."""
 

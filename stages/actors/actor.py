@@ -369,8 +369,11 @@ class StageActor:
                 n = num_rows(records)
             self._records_total += n
             self._records_since += n
-        if encode is not None and self._work is None:  # outside the lock: no state touched
-            return EncodedBatch(encode(out), num_rows(out))
+        if encode is not None and self._work is None and isinstance(out, list):
+            try:  # outside the lock: no state touched
+                return EncodedBatch(encode(out), len(out))
+            except Exception:  # noqa: BLE001 - the sink's error: raised by its commit
+                return out
         return out
 
     def checkpoint(self, step: int = 0, meta: dict[str, Any] | None = None) -> dict[str, Any]:

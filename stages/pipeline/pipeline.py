@@ -553,8 +553,11 @@ class Pipeline(Recovering):
             layout = [(sid, len(group)) for sid in self.graph.sinks
                       for group in by_ref.get(sid, [])]
             flat = [r for sid in self.graph.sinks for group in by_ref.get(sid, []) for r in group]
-            n_out, error = self._get(
-                self._writer.commit.remote(bar.step, hold.token, layout, *flat), None)
+            # No call timeout, as for a commit in the driver: a slow disk is not a lost stage
+            # (a writer that dies still fails the call).
+            n_out, error = get_sorted(
+                self._writer.commit.remote(bar.step, hold.token, layout, *flat), None,
+                timeout=None, actor_ids=self._actor_ids)
             if error is not None:  # the sink's own error (e.g. RunFencedError), as if here
                 raise error
         else:

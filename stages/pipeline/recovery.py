@@ -66,7 +66,7 @@ class StageFailure(Exception):
         self.cause = cause
 
 
-def get_sorted(ref: Any, sid: str | None, *, timeout: float,
+def get_sorted(ref: Any, sid: str | None, *, timeout: float | None,
                actor_ids: Mapping[str, str]) -> Any:
     """``ray.get`` with a failure sorted: replayable (:class:`StageFailure`: the stage is
     lost, fenced, stopped or too slow - replace it and replay) or not (``PipelineError``: a

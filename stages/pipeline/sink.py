@@ -148,7 +148,9 @@ class FileSink:
                 or file_mode & ~0o666 or (file_mode & 0o600) != 0o600:
             raise ValueError(f"file_mode must be read/write bits including the owner's 0o600 "
                              f"(e.g. 0o600, 0o640, 0o644), got {file_mode!r}")
-        self.directory = Path(directory)
+        # Absolute: the sink writer (another process, another working directory) must
+        # commit where this process fences and publishes.
+        self.directory = Path(directory).absolute()
         self.file_mode = file_mode
         # Search (x) bits for whoever may read the files; e.g. 0o600 -> 0o700, 0o644 -> 0o755.
         self.dir_mode = file_mode | ((file_mode & 0o444) >> 2)

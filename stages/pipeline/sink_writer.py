@@ -32,6 +32,7 @@ import ray
 from ..actors.batches import concat, num_rows
 from ..actors.routing import merge_parts
 from .graph import SinkSet
+from ..errors import SinkCommitError
 from .sink import EncodedBatch, EncodedParts, FenceToken, Sink
 
 __all__ = ["SinkWriter", "commits_anywhere", "stage_encoders", "start_writer"]
@@ -43,7 +44,14 @@ def commits_anywhere(sink: Sink | SinkSet) -> bool:
     builds its files from a step's records whole, like ``ParquetSink``, says False: the
     driver fetching them as they come overlaps that work with the run)."""
     sinks = sink.sinks.values() if isinstance(sink, SinkSet) else [sink]
-    return all(getattr(s, "commit_anywhere", False) is True for s in sinks)
+    return all(_says_anywhere(type(s)) for s in sinks)
+
+
+def _says_anywhere(cls: type) -> bool:
+    """The class itself sets ``commit_anywhere = True``: a subclass does not inherit it (its
+    ``commit`` may keep state in memory or act on the driver's process, which a commit in the
+    writer would do elsewhere), unless it says so again."""
+    return cls.__dict__.get("commit_anywhere", False) is True
 
 
 class SinkWriter:
@@ -74,23 +82,43 @@ class SinkWriter:
             i += width
             parts[sid].append(batch)
             rows += batch.rows if isinstance(batch, EncodedBatch) else num_rows(batch)
-        step_out = {sid: self._combine(sid, p) for sid, p in parts.items()}
-        try:
+        try:  # the sink's encoding is the sink's: its errors too
+            step_out = {sid: self._combine(sid, p) for sid, p in parts.items()}
             self._sink.commit(step, step_out if isinstance(self._sink, SinkSet)
                               else step_out[self._outputs[0]], token=token)
         except Exception as exc:  # noqa: BLE001 - handed back whole, raised by the driver
-            return rows, exc
+            return rows, _portable(exc)
         return rows, None
 
     def _combine(self, sid: str, parts: list[Any]) -> Any:
         """One output stage's share of the step: the encoded bytes in order, when its sink
         encodes batches (each encoded by its stage, or here), else the records."""
         encode = getattr(self._of[sid], "encode", None)
-        if encode is None:
-            return concat([p for p in parts if not isinstance(p, EncodedBatch)])
+        if encode is None or not all(isinstance(p, (EncodedBatch, list)) for p in parts):
+            # Tables (a batch stage's output): concatenated first, as the driver does, so a
+            # column only some batches have is null in the others (never encoded per batch).
+            if any(isinstance(p, EncodedBatch) for p in parts):
+                raise TypeError(f"output stage {sid!r} returned records and tables in one "
+                                "step; a stage returns one or the other")
+            return concat(parts)
         data = [p.data if isinstance(p, EncodedBatch) else encode(p) for p in parts]
         return EncodedParts(data, sum(p.rows if isinstance(p, EncodedBatch) else num_rows(p)
                                       for p in parts))
+
+
+def _portable(exc: BaseException) -> BaseException:
+    """``exc`` if it survives the trip to the driver (pickled and rebuilt), else a
+    :class:`~stages.errors.SinkCommitError` saying what it was: a sink error whose class
+    cannot be rebuilt (a keyword-only ``__init__`` argument) would otherwise reach the driver
+    as an unreadable reply, taken for a lost writer and replayed."""
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:  # noqa: BLE001 - any failure to travel
+        return SinkCommitError(f"the sink's commit raised {type(exc).__module__}."
+                               f"{type(exc).__qualname__}: {exc}")
 
 
 def stage_encoders(sink: Sink | SinkSet, outputs: Sequence[str],
