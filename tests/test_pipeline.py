@@ -250,6 +250,30 @@ def test_the_sink_writer_keeps_the_driver_s_semantics(ray_local: None, tmp_path:
     assert slow.read_all() == run_reference(src, p.specs)
 
 
+class SelfCwdSink(FileSink):
+    commit_anywhere = True  # opted in; its directory is another one in every process
+
+
+def test_a_writer_that_sees_other_files_leaves_the_commit_to_the_driver(
+        ray_local: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by the review: a driver whose view of the files differs from its node's
+    processes (Ray Client, a container) would have its output committed where the writer
+    sees the path. The writer's view of each sink directory (device, inode) is compared
+    with the driver's first: ``/proc/self/cwd/out`` is this test's directory in the driver
+    and another in the writer, so the driver commits, and the output is where it looks."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+    sink = SelfCwdSink("/proc/self/cwd/out", fsync=False)
+    src = GeneratedSource(seed=11, n=600, keys=7)
+    p = Pipeline(src, _specs(str(tmp_path / "store")), sink, batch_size=50, max_in_flight=4,
+                 policy=CheckpointPolicy(every_records=200))
+    assert p.remote_commit
+    res = p.run()
+    assert not p.remote_commit and p._writer is None  # it fell back, once
+    assert res.finished and sink.read_all() == run_reference(src, p.specs)
+    assert sorted(x.name for x in (tmp_path / "out").glob("step-*"))
+
+
 class BigAggregate(RunningAggregate):
     """RunningAggregate whose state also carries 2 MiB of incompressible bytes."""
 

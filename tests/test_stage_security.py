@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -340,3 +341,88 @@ def test_pipeline_without_a_key_on_a_shared_store_fails_before_the_first_record(
     assert "BLOCKPOINT_CHECKPOINT_KEY" in str(err.value) and err.value.lease_id
     assert [e.kind for e in events] == [], events  # no start, barrier, failure or relaunch
     assert sink.read_all() == []
+
+
+def _forge_crc(buf: bytearray, pos: int, crc_of: Any, target: int) -> None:
+    """Set 4 bytes at ``pos`` so that ``crc_of(buf) == target`` (CRC-32C is affine over
+    GF(2): solve for the 32 bits)."""
+    buf[pos:pos + 4] = bytes(4)
+    base = crc_of(buf)
+    basis: dict[int, tuple[int, int]] = {}
+    for j in range(32):
+        b = bytearray(buf)
+        b[pos + j // 8] ^= 1 << (j % 8)
+        v, comb = crc_of(b) ^ base, 1 << j
+        for bit in reversed(range(32)):
+            if (v >> bit) & 1:
+                if bit not in basis:
+                    basis[bit] = (v, comb)
+                    break
+                v, comb = v ^ basis[bit][0], comb ^ basis[bit][1]
+    want, x = target ^ base, 0
+    for bit in reversed(range(32)):
+        if (want >> bit) & 1:
+            want, x = want ^ basis[bit][0], x ^ basis[bit][1]
+    for j in range(32):
+        if (x >> j) & 1:
+            buf[pos + j // 8] ^= 1 << (j % 8)
+    assert crc_of(buf) == target
+
+
+def test_forged_hashes_in_a_spilled_map_never_make_a_stale_chunk_reused(tmp_path: Path) -> None:
+    """Found by a review: a spilled map is checked by CRC-32C only, so a store writer
+    without the key could set every entry's content hash to the hash of a zero chunk
+    (keeping each map block's CRC by 4 reserved bytes); the restore verifies (the payload
+    MAC covers the payload), the forged entries became the incremental base, and the key
+    holder's next checkpoint, zeroing part of its state, reused the old blocks for those
+    chunks - a generation that never verified again. The base's hashes are now taken from
+    the verified payload (FORMAT.md 2.2)."""
+    import numpy as np
+    import xxhash
+
+    from blockstore import crc32c
+    from stages.checkpoint import format as fmt
+    from stages.checkpoint.reader import load_map, scan_slots
+
+    bs = 4096
+    key = b"a key of the cluster, 32 bytes.."
+    with FileStore(tmp_path / "s", bs) as st:
+        lease = st.acquire("stage", ttl=600)
+        arr = np.random.default_rng(7).integers(0, 256, 300 * bs, dtype=np.uint8)
+        CheckpointedStageState({"a": arr}, lease, key=key, incremental=True,
+                               compression="none").checkpoint(step=1)
+        _, scans = scan_slots(st.open_reader("stage"))
+        h = max((s.header for s in scans if s.header), key=lambda h: h.generation)
+        assert h.spilled
+        _, map_blocks = load_map(st.open_reader("stage"), h)
+        zero = xxhash.xxh3_128_digest(bytes(bs))
+        dat = tmp_path / "s" / "leases" / f"{lease.lease_id}.dat"
+        with open(dat, "r+b") as f:
+            for mb in map_blocks:
+                f.seek(mb * bs)
+                blk = bytearray(f.read(bs))
+                following, count, own = fmt.MAPBLOCK.unpack_from(blk, 0)
+                for j in range(count):
+                    at = fmt.MAPBLOCK.size + j * fmt.ENTRY.size
+                    blk[at + 32:at + 48] = zero
+                used = fmt.MAPBLOCK.size + count * fmt.ENTRY.size
+
+                def own_crc(b: bytearray) -> int:
+                    c = bytearray(b[:used])
+                    fmt.MAPBLOCK.pack_into(c, 0, following, count, 0)
+                    return crc32c(bytes(c))
+
+                last = fmt.MAPBLOCK.size + (count - 1) * fmt.ENTRY.size
+                _forge_crc(blk, last + 25, own_crc, own)  # a reserved field: not checked
+                f.seek(mb * bs)
+                f.write(blk)
+        back = CheckpointedStageState.restore(lease, key=key, incremental=True,
+                                              compression="none")
+        assert np.array_equal(back.state["a"], arr)
+        new = arr.copy()
+        new[100 * bs:200 * bs] = 0
+        back.state = {"a": new}
+        info = back.checkpoint(step=2)
+        again = CheckpointedStageState.restore(st.open_reader("stage"), key=key)
+        assert again.restored.generation == info.generation
+        assert np.array_equal(again.state["a"], new)

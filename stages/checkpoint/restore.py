@@ -35,6 +35,7 @@ Nothing is decoded - nothing unpickled - before every byte of it passed its chec
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +50,7 @@ from ..errors import (
 )
 from . import codec as codecs
 from .format import Header, MapEntry
+from .incremental import content_hash
 from .mac import KeySetting, resolve_keys, warn_unauthenticated
 from .reader import SlotScan, read_payload, scan_slots
 from .reports import CheckpointInfo, RestoreReport, restore_failure
@@ -208,6 +210,8 @@ def _newest_valid(reader: LeaseReader, *, log: logging.Logger, key: KeySetting,
             newest_err = newest_err or exc
             fell_back += 1
             continue
+        if h.hashed:  # the entries become the next commit's incremental base
+            entries = _hashes_of(entries, buf)
         info = CheckpointInfo.from_header(h, reader.lease_id, reader.name, len(blocks))
         skipped.sort(key=lambda t: -(t[0] if t[0] is not None else -1))
         report = RestoreReport(generation=h.generation, step=h.step, meta=dict(h.meta),
@@ -218,3 +222,19 @@ def _newest_valid(reader: LeaseReader, *, log: logging.Logger, key: KeySetting,
                          and e.generation is not None and e.generation > h.generation)
         return Restored(state, h, entries, blocks, k or 2, scans, report, fell_back)
     raise restore_failure(where, newest_err, errors, tuple(skipped))
+
+
+def _hashes_of(entries: Sequence[MapEntry], buf: Any) -> list[MapEntry]:
+    """``entries`` with each chunk's content hash taken from the verified payload ``buf``,
+    not from the map: a spilled map is checked by CRC-32C only, so a store writer without
+    the key could set an entry's hash (keeping the CRCs) to one of other bytes, and the next
+    incremental commit would reuse a stale chunk for them (FORMAT.md 2.2). Found by a
+    review; costs one XXH3 pass over the payload of a hashed generation."""
+    mv = memoryview(buf)
+    out: list[MapEntry] = []
+    pos = 0
+    for e in entries:
+        digest = content_hash(mv[pos:pos + e.raw])
+        pos += e.raw
+        out.append(e if e.hash == digest else e._replace(hash=digest))
+    return out

@@ -60,6 +60,7 @@ How, and why this way:
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 import uuid
 from collections import deque
@@ -89,7 +90,7 @@ from .instances import check_layout, expand, layout_of, sources_for
 from .run_records import RunStep
 from .runs import RunClaim, RunStore, StageCommit
 from .sink import Sink
-from .sink_writer import commits_anywhere, stage_encoders, start_writer
+from .sink_writer import commits_anywhere, sink_places, stage_encoders, start_writer
 from .source import Source
 
 __all__ = [
@@ -101,6 +102,8 @@ __all__ = [
     "StageProcessError",
     "run_reference",
 ]
+
+log = logging.getLogger(__name__)
 
 #: The policy track of the pipeline as a whole in its :class:`CheckpointManager`.
 PIPELINE_TRACK = "pipeline"
@@ -375,6 +378,7 @@ class Pipeline(Recovering):
     def _launch_all(self, orphans: Sequence[str] = ()) -> None:
         if self.remote_commit:
             self._writer = start_writer(self.sink, self.graph.sinks)
+            self._check_writer_sees_the_sink()
         for spec in self.instances:
             node = self.placement.get(spec.stage_id, self.placement.get(spec.base_id))
             self._handles[spec.stage_id] = launch_stage(
@@ -399,6 +403,24 @@ class Pipeline(Recovering):
             "nodes": dict(self._nodes), "epochs": dict(self._epochs),
             "source_position": self._committed_position, "orphans_recovered": list(orphans),
             "driver_epoch": self._driver().epoch})
+
+    def _check_writer_sees_the_sink(self) -> None:
+        """The writer must see the sink's directories as this process does; where it does
+        not (or does not answer), the sink commits here, as before the writer."""
+        mine = sink_places(self.sink)
+        try:
+            theirs = ray.get(self._writer.places.remote(), timeout=self.call_timeout)
+        except Exception as exc:  # noqa: BLE001 - any failure: commit in the driver
+            theirs = exc
+        if theirs == mine and None not in mine:
+            return
+        log.warning("run %s: the sink writer on this node sees the sink's directory as %r, "
+                    "this process as %r: committing in the driver", self.run_id, theirs, mine)
+        with contextlib.suppress(Exception):
+            ray.kill(self._writer, no_restart=True)
+        self._writer = None
+        self.remote_commit = False
+        self._encoders = {}
 
     def _note_info(self, sid: str, info: Mapping[str, Any]) -> None:
         self._nodes[sid] = info.get("node_id")

@@ -35,7 +35,7 @@ from .graph import SinkSet
 from ..errors import SinkCommitError
 from .sink import EncodedBatch, EncodedParts, FenceToken, Sink
 
-__all__ = ["SinkWriter", "commits_anywhere", "stage_encoders", "start_writer"]
+__all__ = ["SinkWriter", "commits_anywhere", "sink_places", "stage_encoders", "start_writer"]
 
 
 def commits_anywhere(sink: Sink | SinkSet) -> bool:
@@ -66,6 +66,10 @@ class SinkWriter:
 
     def ping(self) -> bool:
         return True
+
+    def places(self) -> list[tuple[int, int] | None]:
+        """What each sink's directory is as this process sees it (:func:`sink_places`)."""
+        return sink_places(self._sink)
 
     def commit(self, step: int, token: FenceToken, layout: Sequence[tuple[str, int]],
                *outs: Any) -> tuple[int, BaseException | None]:
@@ -119,6 +123,25 @@ def _portable(exc: BaseException) -> BaseException:
     except Exception:  # noqa: BLE001 - any failure to travel
         return SinkCommitError(f"the sink's commit raised {type(exc).__module__}."
                                f"{type(exc).__qualname__}: {exc}")
+
+
+def sink_places(sink: Sink | SinkSet) -> list[tuple[int, int] | None]:
+    """``(st_dev, st_ino)`` of each sink's ``directory`` (``None``: no directory, or not
+    there): the driver and the writer compare theirs before the writer commits anything - a
+    driver that sees other files than its node's processes (Ray Client, a container, a
+    path through ``/proc/self``) commits in the driver."""
+    import os
+
+    sinks = sink.sinks.values() if isinstance(sink, SinkSet) else [sink]
+    out: list[tuple[int, int] | None] = []
+    for s in sinks:
+        d = getattr(s, "directory", None)
+        try:
+            st = os.stat(d) if d is not None else None
+        except OSError:
+            st = None
+        out.append(None if st is None else (st.st_dev, st.st_ino))
+    return out
 
 
 def stage_encoders(sink: Sink | SinkSet, outputs: Sequence[str],
