@@ -20,6 +20,14 @@ fencing token travels with the request. A sink error raised in the writer is ret
 raised again in the driver, so ``RunFencedError`` and the rest reach the caller as before.
 The writer keeps nothing between calls: one that dies loses no output, and the driver starts
 another at the rewind and replays from the committed step.
+
+When the writer is not used (the driver commits, as before): a sink whose class does not set
+``commit_anywhere = True`` itself (a subclass may keep state or act in the driver; a
+``ParquetSink`` builds its files from a step's records whole, which the driver overlaps with
+the run by fetching them as they come); a writer that sees a sink directory as another file
+than the driver does (:func:`sink_places`: Ray Client, a container). The cost of the design:
+a step's outputs stay in Ray's object store until its commit, so a step bigger than the
+object store spills to disk (a barrier policy bounds it).
 """
 
 from __future__ import annotations
