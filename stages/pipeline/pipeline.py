@@ -440,7 +440,6 @@ class Pipeline(Recovering):
                 with contextlib.suppress(Exception):
                     ray.kill(self._writer, no_restart=True)
                 self._writer = start_writer(self.sink, self.graph.sinks)
-
         self._replayed += self._uncommitted_read
         note_replayed(self.run_id, self._uncommitted_read)
         self._uncommitted_read = 0

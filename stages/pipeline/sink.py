@@ -48,10 +48,10 @@ from typing import Any, Protocol, runtime_checkable
 from blockstore import canonical_json
 from blockstore.fileio import FILE_MODE
 
-from ..actors.batches import EncodedBatch, to_records
+from ..actors.batches import to_records
 from ..errors import SinkFencedError
 
-__all__ = ["EncodedBatch", "EncodedParts", "FenceToken", "FileSink", "Sink", "encode_jsonl"]
+__all__ = ["EncodedParts", "FenceToken", "FileSink", "Sink", "encode_jsonl"]
 
 #: The fencing record and the lock file of a :class:`FileSink` directory.
 FENCE_FILE = "fence.json"
@@ -120,8 +120,8 @@ def encode_jsonl(records: Any) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class EncodedParts:
-    """A step's output already encoded by the sink's :meth:`FileSink.encode`, batch by batch
-    (the pipeline's sink writer encodes each batch as it arrives, ``sink_writer.py``)."""
+    """A step's output already encoded by the sink's ``encode``, batch by batch (by the
+    stages that made it, or by the pipeline's sink writer at the commit: ``sink_writer.py``)."""
 
     parts: list[bytes]
     rows: int

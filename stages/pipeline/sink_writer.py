@@ -37,11 +37,11 @@ from typing import Any
 
 import ray
 
-from ..actors.batches import concat, num_rows
+from ..actors.batches import EncodedBatch, concat, num_rows
 from ..actors.routing import merge_parts
 from .graph import SinkSet
 from ..errors import SinkCommitError
-from .sink import EncodedBatch, EncodedParts, FenceToken, Sink
+from .sink import EncodedParts, FenceToken, Sink
 
 __all__ = ["SinkWriter", "commits_anywhere", "sink_places", "stage_encoders", "start_writer"]
 
@@ -51,8 +51,17 @@ def commits_anywhere(sink: Sink | SinkSet) -> bool:
     on this machine (``commit_anywhere = True``: it touches only its files; a sink that
     builds its files from a step's records whole, like ``ParquetSink``, says False: the
     driver fetching them as they come overlaps that work with the run)."""
-    sinks = sink.sinks.values() if isinstance(sink, SinkSet) else [sink]
-    return all(_says_anywhere(type(s)) for s in sinks)
+    return all(_says_anywhere(type(s)) for s in _sinks(sink))
+
+
+def _sinks(sink: Sink | SinkSet) -> list[Sink]:
+    """The sinks of a set, or the one sink."""
+    return list(sink.sinks.values()) if isinstance(sink, SinkSet) else [sink]
+
+
+def _by_output(sink: Sink | SinkSet, outputs: Sequence[str]) -> dict[str, Sink]:
+    """Each output stage's sink (one sink: the only output's)."""
+    return dict(sink.sinks) if isinstance(sink, SinkSet) else {outputs[0]: sink}
 
 
 def _says_anywhere(cls: type) -> bool:
@@ -69,8 +78,7 @@ class SinkWriter:
     def __init__(self, sink: Sink | SinkSet, outputs: Sequence[str]) -> None:
         self._sink = sink
         self._outputs = list(outputs)
-        self._of = (dict(sink.sinks) if isinstance(sink, SinkSet)
-                    else {self._outputs[0]: sink})
+        self._of = _by_output(sink, self._outputs)
 
     def ping(self) -> bool:
         return True
@@ -140,9 +148,8 @@ def sink_places(sink: Sink | SinkSet) -> list[tuple[int, int] | None]:
     path through ``/proc/self``) commits in the driver."""
     import os
 
-    sinks = sink.sinks.values() if isinstance(sink, SinkSet) else [sink]
     out: list[tuple[int, int] | None] = []
-    for s in sinks:
+    for s in _sinks(sink):
         d = getattr(s, "directory", None)
         try:
             st = os.stat(d) if d is not None else None
@@ -156,7 +163,7 @@ def stage_encoders(sink: Sink | SinkSet, outputs: Sequence[str],
                    read: set[str]) -> dict[str, Any]:
     """Per output stage that no stage reads, its sink's ``encode`` (if it has one): that
     stage encodes its own output, so the records are pickled nowhere."""
-    of = dict(sink.sinks) if isinstance(sink, SinkSet) else {outputs[0]: sink}
+    of = _by_output(sink, outputs)
     return {sid: enc for sid in outputs if sid not in read
             and (enc := getattr(of[sid], "encode", None)) is not None}
 
