@@ -333,6 +333,9 @@ class BlockStore(ABC):
     #: Bytes one read call should ask for to keep this store busy; readers that read much
     #: (a restore) batch at least this. 0: no preference (local stores).
     read_batch_bytes: int = 0
+    #: Bytes one write call should carry to keep this store busy; writers that write much
+    #: (a checkpoint) batch at least this. 0: no preference (local stores).
+    write_batch_bytes: int = 0
 
     def _open_snapshot(self, lease_id: str) -> ReadSnapshot | None:
         """A view for :meth:`LeaseReader.snapshot`: reads of one lease that follow its record

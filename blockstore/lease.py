@@ -84,6 +84,8 @@ class LeaseBackend(Protocol):
 
     #: Bytes one read call should ask for to keep the store busy (0: no preference).
     read_batch_bytes: int
+    #: Bytes one write call should carry to keep the store busy (0: no preference).
+    write_batch_bytes: int
 
     def _open_snapshot(self, lease_id: str) -> ReadSnapshot | None: ...
 

@@ -426,6 +426,13 @@ class ObjectStore(BlockStore):
         """One block per request the client's pool can have in flight."""
         return self._c.concurrency * self.block_size
 
+    @property
+    def write_batch_bytes(self) -> int:
+        """Four blocks per request the client's pool can have in flight: a write call
+        checks the record once and then waits for its slowest upload, so fewer, larger
+        calls keep the pool busy (``docs/ARCHITECTURE.md``, the object store)."""
+        return 4 * self._c.concurrency * self.block_size
+
     def _flush(self, lease_id: str, epoch: int) -> None:
         with self._lease_lock(lease_id):
             pending = self._own_pending(lease_id, epoch)

@@ -79,8 +79,9 @@ class Commit:
 @dataclass(frozen=True, slots=True)
 class Committed:
     """A durable generation: its header, the blocks it references, its map, its depth
-    (incremental), what was written, and the blocks compaction may not have given back
-    (``None``: unknown, the next commit sweeps every free block)."""
+    (incremental), what was written, the blocks compaction may not have given back
+    (``None``: unknown, the next commit sweeps every free block) and the lease's size in
+    blocks after the commit."""
 
     header: Header
     blocks: frozenset[int]
@@ -88,6 +89,7 @@ class Committed:
     depth: int
     stats: WriteStats
     dropped: set[int] | None
+    lease_blocks: int
 
 
 def commit_generation(lease: Lease, slots: list[SlotState], target: int, payload: Payload,
@@ -110,10 +112,10 @@ def commit_generation(lease: Lease, slots: list[SlotState], target: int, payload
     for i, s in enumerate(slots):
         if i != target and s.committed:
             protected |= s.blocks
-    nb = lease.num_blocks
+    nb = lease.num_blocks  # one lookup: on an object store a record GET in the commit's path
     free_now = max(0, nb - k) - len(protected.intersection(range(k, max(k, nb))))
-    if nb < k or free_now < need:
-        nb = lease.grow(max(k, nb) + max(0, need - free_now)).num_blocks
+    if nb < k or free_now < need:  # grows only: the new size is above ``nb``
+        nb = lease.resize(max(k, nb) + max(0, need - free_now)).num_blocks
     alloc = allocate(protected, k)  # lazy: at most ``need`` are taken, all below ``nb``
     # The payload MAC is fed by the encode tasks, each batch right after it was encoded
     # (its bytes still in that core's cache), in payload order (``writer.write_chunks``).
@@ -197,4 +199,4 @@ def commit_generation(lease: Lease, slots: list[SlotState], target: int, payload
                        w.visited)
     # Step 6: never raises; None (unknown) makes the next commit sweep every free block.
     dropped_now = compaction.give_back(lease, slots, k, nb, need, dropped, dropped_before)
-    return Committed(h, frozenset(used), entries, depth, stats, dropped_now)
+    return Committed(h, frozenset(used), entries, depth, stats, dropped_now, nb)

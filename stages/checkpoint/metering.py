@@ -40,8 +40,10 @@ def _never_raises(fn: F) -> F:
 
 
 @_never_raises
-def note_checkpoint(info: CheckpointInfo, lease: Any, slots: Sequence[Any] | None) -> None:
-    """A generation committed: its duration, size, ratio, and the lease's retained state."""
+def note_checkpoint(info: CheckpointInfo, lease: Any, slots: Sequence[Any] | None,
+                    lease_blocks: int | None = None) -> None:
+    """A generation committed: its duration, size, ratio, and the lease's retained state
+    (``lease_blocks``: its size as the commit left it; ``None``: asked of the lease)."""
     stage = info.name
     record("checkpoint_seconds", info.duration_s, stage=stage)
     record("checkpoints_total", 1, stage=stage)
@@ -54,7 +56,10 @@ def note_checkpoint(info: CheckpointInfo, lease: Any, slots: Sequence[Any] | Non
                stage=stage)
     if slots is not None:
         record("checkpoint_generations", sum(1 for s in slots if s.committed), stage=stage)
-    _note_lease(stage, lease)
+    if lease_blocks is not None:
+        record("lease_bytes", lease_blocks * lease.block_size, stage=stage)
+    else:
+        _note_lease(stage, lease)
 
 
 @_never_raises

@@ -170,6 +170,7 @@ class CheckpointedStageState(Generic[T]):
         self._dropped: set[int] | None = None  # may hold dropped data; None: unknown
         self._max_gen = 0
         self._last: CheckpointInfo | None = None
+        self._lease_blocks: int | None = None  # the lease's size after the last commit
         self._flushes = 0
         self._pending: PendingCheckpoint | None = None
         self._snapshots = SnapshotBuffers()
@@ -442,7 +443,7 @@ class CheckpointedStageState(Generic[T]):
                 raise CheckpointFailed(
                     f"checkpoint of {self._what} failed: {type(exc).__name__}: {exc}",
                     lease_id=self._lease_id, generation=self._max_gen or None) from exc
-        note_checkpoint(info, self.lease, self._slots)
+        note_checkpoint(info, self.lease, self._slots, self._lease_blocks)
         return info
 
     def _checkpoint(self, step: int, meta: Mapping[str, Any] | None,
@@ -489,6 +490,7 @@ class CheckpointedStageState(Generic[T]):
                                           len(done.blocks), done.stats)
         self._last = info
         self._dropped = done.dropped
+        self._lease_blocks = done.lease_blocks
         return info
 
     # -- restore -------------------------------------------------------------------------

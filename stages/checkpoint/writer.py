@@ -320,6 +320,9 @@ def write_chunks(lease: Lease, coder: ChunkCoder, segments: Sequence[memoryview]
             pass
 
     refill()
+    # A store with a request's round trip per block (an object store) gets larger calls:
+    # each call checks the epoch once and waits for its slowest upload.
+    write_batch = max(WRITE_BATCH, lease.store.write_batch_bytes)
     entries: list[MapEntry] = []
     packed: list[bytes] = []
     used: set[int] = set()
@@ -377,7 +380,7 @@ def write_chunks(lease: Lease, coder: ChunkCoder, segments: Sequence[memoryview]
                 pack_fill += n
             entries.append(entry)
             packed.append(ENTRY.pack(*entry))
-            if wbytes >= WRITE_BATCH:
+            if wbytes >= write_batch:
                 lease.write_blocks(writes)
                 advance("checkpoint_bytes", wbytes)
                 writes, wbytes = [], 0
