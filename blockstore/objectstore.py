@@ -430,7 +430,7 @@ class ObjectStore(BlockStore):
     def write_batch_bytes(self) -> int:
         """Four blocks per request the client's pool can have in flight: a write call
         checks the record once and then waits for its slowest upload, so fewer, larger
-        calls keep the pool busy (``docs/ARCHITECTURE.md``, the object store)."""
+        calls keep the pool busy (``docs/FORMAT.md`` 6.2)."""
         return 4 * self._c.concurrency * self.block_size
 
     def _flush(self, lease_id: str, epoch: int) -> None:

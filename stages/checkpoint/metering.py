@@ -56,10 +56,7 @@ def note_checkpoint(info: CheckpointInfo, lease: Any, slots: Sequence[Any] | Non
                stage=stage)
     if slots is not None:
         record("checkpoint_generations", sum(1 for s in slots if s.committed), stage=stage)
-    if lease_blocks is not None:
-        record("lease_bytes", lease_blocks * lease.block_size, stage=stage)
-    else:
-        _note_lease(stage, lease)
+    _note_lease(stage, lease, lease_blocks)
 
 
 @_never_raises
@@ -93,8 +90,9 @@ def note_restore(report: RestoreReport, seconds: float, lease: Any, fell_back: i
     _note_lease(stage, lease)
 
 
-def _note_lease(stage: str, lease: Any) -> None:
+def _note_lease(stage: str, lease: Any, blocks: int | None = None) -> None:
     try:
-        record("lease_bytes", lease.num_blocks * lease.block_size, stage=stage)
+        n = lease.num_blocks if blocks is None else blocks
+        record("lease_bytes", n * lease.block_size, stage=stage)
     except Exception:  # noqa: BLE001 - a reader of a released lease may not know its size
         pass
