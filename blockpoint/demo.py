@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shlex
 import shutil
@@ -46,6 +47,7 @@ from typing import Any, TextIO
 from .demo_cluster import cluster_for
 from .demo_cluster import start as start_cluster
 from .demo_job import KeyedAggregates, Normalize, Scorer, tally_actor
+from .demo_source import HeldSource
 from .demo_store import (
     STORE_ENV,
     check_key,
@@ -292,6 +294,10 @@ def _run_demo(*, events: int = 500_000, sketch_mib: int = 64, batch_size: int = 
             made.pop("place", None)
         sink = FileSink(os.path.join(workdir, "output"))
         source = GeneratedSource(seed=2026, n=events, keys=16)
+        # The stream waits at each act until it is staged (blockpoint/demo_source.py): the
+        # node loss before 10 % past kill_at, the preemption before the last batch.
+        held = HeldSource(source, [math.ceil((kill_at + 0.1) * events),
+                                   max(math.ceil(preempt_at * events), events - batch_size)])
         sched = get_or_create(SCHEDULER_NAME, store_url=store_url, node_id=head_id,
                               poll_interval=0.25)
 
@@ -361,9 +367,12 @@ def _run_demo(*, events: int = 500_000, sketch_mib: int = 64, batch_size: int = 
         def chaos() -> None:
             try:
                 _stage_node_loss()
+                held.release()
                 _stage_preemption()
             except Exception as exc:  # noqa: BLE001 - the demo reports, the run goes on
                 progress.say(f"chaos step failed: {type(exc).__name__}: {exc}")
+            finally:
+                held.release_all()
 
         def _wait_progress(frac: float) -> bool:
             while committed["records"] < frac * events:
@@ -393,10 +402,15 @@ def _run_demo(*, events: int = 500_000, sketch_mib: int = 64, batch_size: int = 
             cluster.lose(victim, procs, progress.say)
 
         def _stage_preemption() -> None:
-            # One story at a time: the node loss is recovered before the preemption starts.
+            # One story at a time: the node loss is recovered before the preemption starts
+            # (bounded: the held stream cannot end while this act waits).
+            give_up = time.monotonic() + 120
             while not recovered.wait(0.1):
                 if done.is_set():
                     return
+                if time.monotonic() > give_up:
+                    progress.say("no recovery from the node loss seen; preempting anyway")
+                    break
             if not _wait_progress(preempt_at):
                 return
             # Wait for the aggregation stage to be mid-flush, then ask for one victim.
@@ -437,7 +451,7 @@ def _run_demo(*, events: int = 500_000, sketch_mib: int = 64, batch_size: int = 
 
         done = threading.Event()
         t_chaos = threading.Thread(target=chaos, name="demo-chaos", daemon=True)
-        pipe = Pipeline(source, specs, sink, batch_size=batch_size, max_in_flight=4,
+        pipe = Pipeline(held, specs, sink, batch_size=batch_size, max_in_flight=4,
                         policy=CheckpointPolicy(every_records=checkpoint_every),
                         observer_for=lambda s: PreemptionCheckpointObserver(
                             s.stage_id, SCHEDULER_NAME),
