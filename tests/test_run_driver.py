@@ -31,7 +31,7 @@ def runs(store_dir: str) -> RunStore:
 
 
 def _commit(hold: RunDriver, sink: FileSink, step: int) -> None:
-    """One step commit in the pipeline's order (``stages/pipeline/pipeline.py`` ``_commit``)."""
+    """One step commit in the pipeline's order (``stages/pipeline/committing.py`` ``_commit``)."""
     sink.commit(step, [{"step": step}], token=hold.token)
     hold.save_step(step, source_position=step * 10)
     sink.publish(step, token=hold.token)
