@@ -11,6 +11,7 @@ instances' leases after the run and compared with the state of one plain aggrega
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sys
 from pathlib import Path
@@ -23,10 +24,12 @@ import ray.cloudpickle
 from blockstore import open_store
 from stages import KeyedState, KeylessRescaleRefused, MaxParallelismChanged
 from stages.actors.actor import StageSpec
-from stages.actors.routing import Part, merge_parts
+from stages.actors.instance import InstanceWork
+from stages.actors.routing import Part, Splitting, merge_parts, split
 from stages.checkpoint.keygroups import key_group, key_group_range
 from stages.checkpoint.policy import CheckpointPolicy
 from stages.errors import KeyGroupError, PipelineError
+from stages.pipeline.graph import SOURCE, Graph
 from stages.pipeline.pipeline import Pipeline, PipelineEvent, run_reference
 from stages.pipeline.runs import RunStore
 from stages.pipeline.sink import FileSink
@@ -235,3 +238,70 @@ def test_parts_merge_back_into_input_order() -> None:
     assert merge_parts([[1, 2]]) == [1, 2]
     with pytest.raises(ValueError):
         merge_parts([a, Part(3, (), ())])
+
+
+def test_a_split_gives_each_instance_the_records_of_its_key_groups() -> None:
+    records = list(_source(300))
+    how = Splitting("key", 3, M)
+    shares = split(records, how)
+    assert [s.index for s in shares] == [0, 1, 2] and all(s.n == 300 for s in shares)
+    for s in shares:
+        own = key_group_range(s.index, 3, M)
+        assert s.records == [records[j] for j in s.indices]
+        assert list(s.groups) == [key_group(r["key"], M) for r in s.records]
+        assert all(g in own for g in s.groups) and list(s.indices) == sorted(s.indices)
+    assert sorted(j for s in shares for j in s.indices) == list(range(300))
+    # the instances' parts of the shares merge back into the batch's order
+    parts = [Part(s.n, s.indices, tuple([r] for r in s.records)) for s in shares]
+    assert merge_parts(parts[::-1]) == records
+    with pytest.raises(KeyGroupError, match="has no key field 'customer'"):
+        split(records, Splitting("customer", 2, M))
+
+
+def test_a_share_for_another_instance_is_refused(tmp_path: Path) -> None:
+    spec = _specs(str(tmp_path / "store"), 2)[0].instances()[1]
+    share = split(list(_source(20)), Splitting("key", 2, M))[0]
+    with pytest.raises(KeyGroupError, match="a share of instance 0 reached instance 1"):
+        InstanceWork(spec).process(RunningAggregate(), None, (share,))  # type: ignore[arg-type]
+
+
+def test_which_producers_split_their_output(tmp_path: Path) -> None:
+    store = str(tmp_path / "store")
+    agg = _specs(store, 3)[0]
+    pre = StageSpec("pre", Enrich, store)
+    after = StageSpec("agg", RunningAggregate, store, parallelism=3, key="key",
+                      max_parallelism=M, inputs=("pre",))
+    # the source, for a keyed first stage of 3 instances
+    assert set(Graph([agg, _specs(store, 3)[1]], ["seq"]).splits) == {SOURCE}
+    # a single-instance stage, for its only reader; not at parallelism 1, not keyless
+    assert set(Graph([pre, after], ["agg"]).splits) == {"pre"}
+    assert not Graph(_specs(store, 1), ["seq"]).splits
+    assert not Graph(_specs(store, 1, key=None, seq_parallelism=2), ["seq"]).splits
+    # not a stage a sink (or a second reader) also takes
+    assert not Graph([pre, after], ["agg", "pre"]).splits
+    other = StageSpec("other", Enrich, store, inputs=("pre",))
+    assert not Graph([pre, after, other], ["agg", "other"]).splits
+
+
+def test_a_stage_splitting_for_its_keyed_reader_is_exact_across_a_kill(ray_local: None,
+                                                                      tmp_path: Path) -> None:
+    killed: list[str] = []
+
+    def on_event(ev: PipelineEvent) -> None:
+        if ev.kind == "commit" and ev.step == 2 and not killed:
+            killed.append("agg@2of3")
+            ray.kill(pipe.handles["agg@2of3"], no_restart=True)
+
+    store = str(tmp_path / "store")
+    pre = StageSpec("pre", Enrich, store, block_size=64 * 1024, lease_ttl=30.0,
+                    resources=SMALL)
+    agg, seq = _specs(store, 3)
+    agg = dataclasses.replace(agg, inputs=("pre",))
+    seq = dataclasses.replace(seq, inputs=("agg",))
+    pipe, sink, src = _pipeline(tmp_path, [pre, agg, seq], 3000, on_event=on_event)
+    assert set(pipe.graph.splits) == {"pre"}
+    res = pipe.run()
+    assert killed and res.recoveries >= 1 and res.records_in == 3000
+    plain = [pre, StageSpec("agg", RunningAggregate, store, inputs=("pre",)), seq]
+    assert sink.read_all() == run_reference(src, plain)  # parallelism 1: the same output
+    assert _keyed_state(store, 3) == _aggregate(src)

@@ -67,10 +67,11 @@ from blockstore import BlockStore, Lease, parse_store_url
 
 from ..checkpoint.background import PendingCheckpoint
 from ..errors import CheckpointFailed, CheckpointKeyRequired, StageError
-from .batches import EncodedBatch, num_rows, run_stage
+from .batches import EncodedBatch, num_rows, run_stage, to_records
 from .hooks import StageRegistrar, StageRegistration
 from .instance import InstanceWork
-from .routing import KeySpec, Part, merge_parts
+from .routing import KeySpec, Part, Splitting, merge_parts
+from .routing import split as split_batch
 from .stage import Stage, check_parallel, ray_context
 from .incarnation import Incarnation, RollbackUnavailable, open_store_for, register_quietly
 from .incarnation import restore_or_initial
@@ -342,10 +343,13 @@ class StageActor:
                                stage_id=self.spec.stage_id)
 
     # -- data path (default concurrency group: one at a time, in submission order) --------
-    def process_batch(self, records: Any, *parts: Any, encode: Any = None) -> Any:
+    def process_batch(self, records: Any, *parts: Any, encode: Any = None,
+                      split: Splitting | None = None) -> Any:
         """Feed ``records`` in order; return every output, in order (``encode``: a sink's
         batch encoder - the output returned encoded, ``EncodedBatch``, for the pipeline's
-        sink writer; ``stages/pipeline/sink_writer.py``).
+        sink writer; ``stages/pipeline/sink_writer.py``; ``split``: the output returned as
+        one :class:`~stages.actors.routing.Share` per instance of the keyed stage that
+        reads it - called with ``num_returns`` = its parallelism).
 
         ``records`` is a batch (a list of records or a ``pyarrow.Table``); a record stage
         returns a list, a batch stage (``process_batch``) a table
@@ -369,6 +373,8 @@ class StageActor:
                 n = num_rows(records)
             self._records_total += n
             self._records_since += n
+        if split is not None:  # outside the lock: no state touched
+            return tuple(split_batch(to_records(out), split))
         if encode is not None and self._work is None and isinstance(out, list):
             try:  # outside the lock: no state touched
                 return EncodedBatch(encode(out), len(out))

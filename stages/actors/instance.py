@@ -40,10 +40,10 @@ from ..checkpoint.keyed import KeyedState
 from ..checkpoint.keygroups import key_group, key_group_range
 from ..checkpoint.reports import CheckpointInfo
 from ..checkpoint.state import CheckpointedStageState
-from ..errors import CheckpointFailed, NoCheckpointError
+from ..errors import CheckpointFailed, KeyGroupError, NoCheckpointError
 from .batches import batch_format_of, to_records
 from .incarnation import Incarnation, RollbackUnavailable
-from .routing import Part, merge_parts, record_key
+from .routing import Part, Share, merge_parts, record_key
 
 __all__ = ["InstanceWork", "KeyedIncarnation"]
 
@@ -167,8 +167,10 @@ class InstanceWork:
         """This instance's :class:`Part` of the batch ``parts`` make, and how many records
         it processed. If the stage raises, the state may hold part of the batch (the
         pipeline rolls back)."""
-        records = to_records(merge_parts(parts))
         process = stage.process
+        if len(parts) == 1 and isinstance(parts[0], Share):
+            return self._process_share(process, inc, parts[0])
+        records = to_records(merge_parts(parts))
         indices: list[int] = []
         outputs: list[list[Any]] = []
         if self.groups is not None:
@@ -188,3 +190,16 @@ class InstanceWork:
                     outputs.append(list(process(state, record)))
             wrapper["seen"] = seen + len(records)
         return Part(len(records), tuple(indices), tuple(outputs)), len(indices)
+
+    def _process_share(self, process: Any, inc: Incarnation, share: Share) -> tuple[Part, int]:
+        """A keyed instance's own records, split by the producer (``routing.split``): each
+        comes with its key group, so it is not hashed again; a share for another instance,
+        or a group this instance does not own, is :class:`KeyGroupError` (a routing bug)."""
+        if self.groups is None or share.index != self.index:
+            raise KeyGroupError(f"a share of instance {share.index} reached instance "
+                                f"{self.index} of {self.parallelism} (keyed: "
+                                f"{self.groups is not None}): a routing bug")
+        ks = inc.ks  # type: ignore[attr-defined]
+        outputs = tuple(list(process(ks.group_at(g), record))
+                        for g, record in zip(share.groups, share.records))
+        return Part(share.n, share.indices, outputs), len(share.records)

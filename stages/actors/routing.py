@@ -1,8 +1,7 @@
 """Routing records to the instances of a parallel stage, and putting their outputs back in order.
 
 A stage with ``StageSpec(parallelism=N)`` runs as N instance actors
-(``stages/actors/instance.py``). While the driver is still in the data path (issue 20 item 5
-moves it out), every instance receives the whole upstream batch and keeps its own records:
+(``stages/actors/instance.py``). Each record belongs to one instance:
 
 * **keyed** (``key=...``): record ``r`` belongs to the instance whose key-group range
   (``stages/checkpoint/keygroups.py``) holds ``key_group(key(r), max_parallelism)``;
@@ -10,17 +9,23 @@ moves it out), every instance receives the whole upstream batch and keeps its ow
   the start of the run, a counter each instance keeps in its checkpointed state) belongs to
   instance ``j % N`` - round robin, record by record.
 
+How a batch reaches the instances:
+
+* **split by the producer** (keyed, N > 1, when the producer is the source or a single
+  instance whose only reader is the keyed stage): the producer hashes each record once and
+  sends each instance only its :class:`Share` - the records it owns, their positions in the
+  batch and their key groups (:func:`split`; a stage returns the N shares as N objects,
+  ``num_returns=N``, so each instance fetches only its own);
+* **broadcast** otherwise (keyless, or a producer whose output has other readers or that is
+  itself parallel): every instance receives the whole batch and keeps its own records; each
+  deserialises and hashes every record of the batch.
+
 Each instance answers with a :class:`Part`: the outputs of each record it kept, tagged with
 the record's position in the batch. :func:`merge_parts` of the N parts of one batch is the
 batch's output in input order - the very list one instance would have produced - so the
 next stage (and the sink) see the same order at every parallelism, and a keyed stage's
-committed output does not depend on its parallelism at all.
-
-Why broadcast, not split: the split needs no routing task and no per-instance batch, the
-order is restored without a sequence number per record, and each instance's keyless
-counter advances over the same stream. The cost is that each instance deserialises and
-hashes every record of the batch (N times the routing work); the instances' own work - the
-stage's ``process`` and their checkpoints - is divided.
+committed output does not depend on its parallelism at all. A split changes none of this:
+a share's positions are the batch's.
 """
 
 from __future__ import annotations
@@ -29,9 +34,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..checkpoint.keygroups import instance_of_group, key_group
 from ..errors import KeyGroupError
 
-__all__ = ["Part", "merge_parts", "record_key"]
+__all__ = ["Part", "Share", "Splitting", "merge_parts", "record_key", "split"]
 
 #: What ``StageSpec.key`` may be: a record field's name, or a function of the record.
 KeySpec = str | Callable[[Any], Any]
@@ -50,6 +56,54 @@ class Part:
     n: int
     indices: tuple[int, ...]
     outputs: tuple[list[Any], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Splitting:
+    """How a producer splits a batch for a keyed stage: its ``key``, ``parallelism`` and
+    ``max_parallelism`` (the stage's)."""
+
+    key: KeySpec
+    parallelism: int
+    max_parallelism: int
+
+
+@dataclass(frozen=True, slots=True)
+class Share:
+    """The records of one batch that one instance of a keyed stage owns, split by the
+    producer.
+
+    Attributes:
+        n: records in the whole batch.
+        index: the instance the share is for.
+        indices: positions (in the batch, ascending) of ``records``.
+        groups: the key group of each of ``records``.
+        records: the records themselves.
+    """
+
+    n: int
+    index: int
+    indices: tuple[int, ...]
+    groups: tuple[int, ...]
+    records: list[Any]
+
+
+def split(records: Sequence[Any], how: Splitting) -> list[Share]:
+    """``records`` split into one :class:`Share` per instance (each record hashed once).
+    A record without its key is :class:`KeyGroupError` naming it (see :func:`record_key`)."""
+    p, m, key = how.parallelism, how.max_parallelism, how.key
+    owner = [instance_of_group(g, p, m) for g in range(m)]
+    indices: list[list[int]] = [[] for _ in range(p)]
+    groups: list[list[int]] = [[] for _ in range(p)]
+    mine: list[list[Any]] = [[] for _ in range(p)]
+    for j, record in enumerate(records):
+        g = key_group(record_key(key, record), m)
+        i = owner[g]
+        indices[i].append(j)
+        groups[i].append(g)
+        mine[i].append(record)
+    n = len(records)
+    return [Share(n, i, tuple(indices[i]), tuple(groups[i]), mine[i]) for i in range(p)]
 
 
 def merge_parts(parts: Sequence[Any]) -> Any:

@@ -152,6 +152,19 @@ class KeyedState:
         it in any way - the whole group is re-serialised at the next checkpoint."""
         return self._group(key, True)
 
+    def group_at(self, g: int) -> dict[Any, Any]:
+        """:meth:`group_for_write` of key group ``g`` itself (its keys' group computed by the
+        caller: a producer that split a batch, ``stages/actors/routing.py``);
+        :class:`KeyGroupError` if this object does not own ``g``."""
+        if g not in self._owned:
+            raise KeyGroupError(f"key group {g} is not owned by this instance "
+                                f"({_ranges(self._owned)} of {self._m})")
+        d = self._data.get(g)
+        if d is None:
+            d = self._data[g] = {}
+        self._dirty.add(g)
+        return d
+
     def __getitem__(self, key: Any) -> Any:
         return self._group(key, False)[key]
 

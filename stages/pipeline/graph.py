@@ -35,6 +35,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from ..actors.actor import StageSpec
+from ..actors.routing import Splitting
 from ..errors import PipelineGraphError
 from .sink import FenceToken, Sink
 
@@ -88,6 +89,9 @@ class Graph:
             raise PipelineGraphError(f"the output of {unread} goes nowhere: no stage reads it "
                                      "and no sink takes it (give sink={stage_id: Sink, ...})")
         self.sinks: tuple[str, ...] = tuple(sinks)
+        #: producer (a stage, or :data:`SOURCE`) -> how it splits its output for its only
+        #: reader, a keyed stage of several instances (``stages/actors/routing.py``)
+        self.splits: dict[str, Splitting] = _splits(specs, self.inputs, self.sinks)
 
     def record(self) -> dict[str, Any]:
         """The graph as a run's step records keep it (``meta["graph"]``)."""
@@ -116,6 +120,24 @@ class Graph:
         names = list(self.inputs)
         return all(ins == ((names[i - 1],) if i else (SOURCE,))
                    for i, ins in enumerate(self.inputs.values()))
+
+
+def _splits(specs: Sequence[StageSpec], inputs: Mapping[str, tuple[str, ...]],
+            sinks: Sequence[str]) -> dict[str, Splitting]:
+    """The producers that split their output: the source or a single-instance stage, read
+    by one keyed stage of parallelism > 1 only and taken by no sink."""
+    by_id = {s.stage_id: s for s in specs}
+    readers: dict[str, list[str]] = {}
+    for sid, ins in inputs.items():
+        for name in ins:
+            readers.setdefault(name, []).append(sid)
+    out: dict[str, Splitting] = {}
+    for name, who in readers.items():
+        spec = by_id[who[0]]
+        if (len(who) == 1 and spec.key is not None and spec.parallelism > 1
+                and name not in sinks and (name == SOURCE or not by_id[name].parallel)):
+            out[name] = Splitting(spec.key, spec.parallelism, spec.max_parallelism)
+    return out
 
 
 def _topological(ids: Sequence[str], inputs: Mapping[str, tuple[str, ...]]) -> tuple[str, ...]:

@@ -72,9 +72,10 @@ import ray
 
 from ..actors.actor import StageSpec, launch_stage, open_store_for
 from ..actors.batches import num_rows
+from ..actors.routing import split
 from .barrier import Barrier
 from .graph import SOURCE, Graph, SinkSet
-from ..errors import PipelineError, RunFencedError, StageProcessError
+from ..errors import KeyGroupError, PipelineError, RunFencedError, StageProcessError
 from .events import PipelineEvent, PipelineResult
 from ..actors.hooks import StageLostHook
 from ..checkpoint.observer import CheckpointFlushObserver
@@ -452,17 +453,41 @@ class Pipeline(Recovering, Committing):
 
     # -- internals: the data path ---------------------------------------------------------------
     def _submit(self, records: Any) -> dict[str, list[list[Any]]]:
-        # One call per output of each input, inputs in their listed order (``graph.py``);
-        # every instance gets the whole batch (or the parts of it) and keeps its share
-        # (``stages/actors/routing.py``).
-        # An output stage the sink writer takes from encodes its own output (``encoders``).
-        outs: dict[str, list[list[Any]]] = {SOURCE: [[records]]}
+        # One call per output of each input, inputs in their listed order (``graph.py``).
+        # A keyed stage's instances get their shares when the producer splits for them,
+        # else the whole batch (or the parts of it), each keeping its share
+        # (``stages/actors/routing.py``). An output stage the sink writer takes from encodes
+        # its own output (``encoders``).
+        splits = self.graph.splits
+        source = [records]
+        shared: set[str] = set()  # the producers whose outputs are shares, one per instance
+        if SOURCE in splits and isinstance(records, list):
+            shared.add(SOURCE)
+            try:
+                source = split(records, splits[SOURCE])
+            except KeyGroupError as exc:  # a record without its key: replaying fails again
+                raise PipelineError(f"the source's batch at position {self._position!r}: "
+                                    f"{exc}") from exc
+        outs: dict[str, list[list[Any]]] = {SOURCE: [source]}
         for sid in self.graph.order:
-            instances = self._by_id[sid].instances()
-            kw = {"encode": self._encoders[sid]} if sid in self._encoders else {}
-            outs[sid] = [[self._handles[inst.stage_id].process_batch.remote(*group, **kw)
-                          for inst in instances]
-                         for name in self.graph.inputs[sid] for group in outs[name]]
+            instances = [self._handles[inst.stage_id]
+                         for inst in self._by_id[sid].instances()]
+            kw: dict[str, Any] = {"encode": self._encoders[sid]} if sid in self._encoders else {}
+            how = splits.get(sid)
+            calls: list[list[Any]] = []
+            for name in self.graph.inputs[sid]:
+                for group in outs[name]:
+                    if name in shared:
+                        calls.append([h.process_batch.remote(share, **kw)
+                                      for h, share in zip(instances, group)])
+                    elif how is not None:  # one instance: its output as one share per reader
+                        calls.append(list(instances[0].process_batch.options(
+                            num_returns=how.parallelism).remote(*group, split=how, **kw)))
+                    else:
+                        calls.append([h.process_batch.remote(*group, **kw) for h in instances])
+            outs[sid] = calls
+            if how is not None:
+                shared.add(sid)
         return {sid: outs[sid] for sid in self.graph.sinks}
 
     def rollback_options(self, sid: str, step: int) -> dict[str, Any]:
