@@ -60,6 +60,23 @@ def seen() -> Iterator[Seen]:
         yield s
 
 
+def test_the_lease_size_reported_is_the_one_compaction_left(store_dir: str,
+                                                           seen: Seen) -> None:
+    """A state that shrinks: compaction gives the lease's tail back after the commit, and
+    the lease_bytes gauge reports the size the lease has then (it reported the size before
+    compaction: review of issue 23)."""
+    with open_store(store_dir, block_size=4096) as st, st.acquire("agg", holder="me", ttl=60) as lease:
+        css = CheckpointedStageState(b"x" * (60 * 4096), lease, compression="none",
+                                     allow_unauthenticated=True)
+        css.checkpoint(step=1)
+        big = lease.num_blocks
+        for step in range(2, 6):
+            css.state = b"y"
+            css.checkpoint(step=step)
+            assert seen.of("lease_bytes", stage="agg")[-1] == lease.num_blocks * 4096, step
+        assert lease.num_blocks < big  # it did shrink
+
+
 def test_checkpoints_and_restores_report_their_figures(store_dir: str, seen: Seen) -> None:
     with open_store(store_dir, block_size=4096) as st, st.acquire("agg", holder="me", ttl=60) as lease:
         css = CheckpointedStageState({"n": 0, "pad": b"x" * 20000}, lease, retention=2,

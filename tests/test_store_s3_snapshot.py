@@ -10,6 +10,7 @@ blocks. Writes send the record check beside their uploads; a refused one leaves 
 from __future__ import annotations
 
 import uuid
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -211,3 +212,38 @@ def test_a_checkpoint_checks_the_record_once_per_pool_sized_write(s3_server) -> 
     # header write; the lease size looked up once (not again by a grow, nor by the metrics);
     # the 2 flushes. It was 12 before.
     assert gets <= 1 + 2 + 1 + 1 + 2, gets
+
+
+def test_a_write_call_holds_at_most_max_write_batch(s3_server) -> None:  # type: ignore[no-untyped-def]
+    """The store's preferred call size is capped: with a large pool of large blocks (here
+    64 x 4 MiB: 1 GiB preferred) a call still carries at most MAX_WRITE_BATCH, counting a
+    pack of compressed chunks as its whole block - the writer holds a call's blocks until it
+    returns (review of issue 23: one call held the whole checkpoint)."""
+    np = pytest.importorskip("numpy")
+    from stages import CheckpointedStageState
+    from stages.checkpoint.writer import MAX_WRITE_BATCH
+
+    mib = 1024 * 1024
+    with ObjectStore(_url(s3_server) + "&concurrency=64", block_size=4 * mib) as st:
+        assert st.write_batch_bytes == 4 * 64 * 4 * mib > MAX_WRITE_BATCH
+        lease = st.acquire("stage", ttl=60)
+        calls: list[int] = []
+        real = lease.write_blocks
+
+        def counted(writes: Any) -> None:
+            items = list(writes.items()) if isinstance(writes, dict) else list(writes)
+            calls.append(len(items))
+            real(writes)
+
+        lease.write_blocks = counted  # type: ignore[method-assign]
+        # 160 MiB that compresses to a little over half a block per chunk: one pack a chunk
+        rng = np.random.default_rng(1)
+        chunk = np.concatenate([rng.integers(0, 256, 2_300_000, dtype=np.uint8),
+                                np.zeros(4 * mib - 2_300_000, dtype=np.uint8)])
+        css = CheckpointedStageState(np.tile(chunk, 40), lease, key=b"snapshot-test-key",
+                                     compression="zstd")
+        css.checkpoint(step=1)
+        back = CheckpointedStageState.restore(lease, key=b"snapshot-test-key")
+        assert np.array_equal(back.state, css.state)
+    data_calls = [n for n in calls if n > 1]
+    assert data_calls and max(data_calls) * 4 * mib <= MAX_WRITE_BATCH, calls

@@ -81,7 +81,7 @@ class Committed:
     """A durable generation: its header, the blocks it references, its map, its depth
     (incremental), what was written, the blocks compaction may not have given back
     (``None``: unknown, the next commit sweeps every free block) and the lease's size in
-    blocks after the commit."""
+    blocks after the commit and its compaction (``None``: unknown, compaction failed)."""
 
     header: Header
     blocks: frozenset[int]
@@ -89,7 +89,7 @@ class Committed:
     depth: int
     stats: WriteStats
     dropped: set[int] | None
-    lease_blocks: int
+    lease_blocks: int | None
 
 
 def commit_generation(lease: Lease, slots: list[SlotState], target: int, payload: Payload,
@@ -198,5 +198,6 @@ def commit_generation(lease: Lease, slots: list[SlotState], target: int, payload
     stats = WriteStats(n_written, reused, (len(erase) + n_map + 1) * bs + w.bytes_written,
                        w.visited)
     # Step 6: never raises; None (unknown) makes the next commit sweep every free block.
-    dropped_now = compaction.give_back(lease, slots, k, nb, need, dropped, dropped_before)
-    return Committed(h, frozenset(used), entries, depth, stats, dropped_now, nb)
+    dropped_now, nb_now = compaction.give_back(lease, slots, k, nb, need, dropped,
+                                               dropped_before)
+    return Committed(h, frozenset(used), entries, depth, stats, dropped_now, nb_now)

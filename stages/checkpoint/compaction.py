@@ -75,7 +75,7 @@ def plan(*, num_blocks: int, slots: int, referenced: Iterable[int], next_need: i
 
 def give_back(lease: Lease, slots: list[SlotState], retention: int, num_blocks: int,
               need: int, dropped: frozenset[int],
-              maybe_dropped: set[int] | None) -> set[int] | None:
+              maybe_dropped: set[int] | None) -> tuple[set[int] | None, int | None]:
     """Right after a commit: shrink ``lease`` and discard dropped blocks, as :func:`plan` says.
 
     ``slots`` is the writer's view with the new generation committed, ``dropped`` the blocks
@@ -85,7 +85,8 @@ def give_back(lease: Lease, slots: list[SlotState], retention: int, num_blocks: 
 
     Returns:
         What may hold dropped data afterwards: an empty set, or ``None`` (unknown) after a
-        failure, so that the next commit sweeps every unreferenced block.
+        failure, so that the next commit sweeps every unreferenced block; and the lease's
+        size afterwards (``None``: unknown, after a failure).
     """
     if maybe_dropped is not None:
         maybe_dropped = maybe_dropped | dropped
@@ -106,5 +107,5 @@ def give_back(lease: Lease, slots: list[SlotState], retention: int, num_blocks: 
     except Exception as exc:  # committed already: report, and sweep at the next commit
         log.warning("lease %r: giving back unused blocks failed (%s: %s); retried at the next "
                     "checkpoint", lease.name, type(exc).__name__, exc)
-        return None
-    return set()
+        return None, None
+    return set(), min(todo.num_blocks, num_blocks)

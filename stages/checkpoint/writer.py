@@ -43,7 +43,7 @@ from .chunkchecks import MacChain
 from .mac import KeySetting
 from .reader import SlotScan, load_map, worker_pool
 
-__all__ = ["SlotState", "WINDOW", "WRITE_BATCH", "Written", "allocate", "blocks_of", "chunks",
+__all__ = ["MAX_WRITE_BATCH", "SlotState", "WINDOW", "WRITE_BATCH", "Written", "allocate", "blocks_of", "chunks",
            "encode_and_offer", "encode_batch", "learn_slots", "refuse_newer_format", "target_slot",
            "write_chunks", "write_map"]
 
@@ -51,6 +51,9 @@ log = logging.getLogger(__name__)
 
 #: Bytes handed to one ``write_blocks`` call / one pool task.
 WRITE_BATCH = 8 * 1024 * 1024
+#: The most a write call carries, whatever the store prefers (``BlockStore.write_batch_bytes``):
+#: the encoded blocks of one call are held in memory until it returns.
+MAX_WRITE_BATCH = 64 * 1024 * 1024
 #: Pool tasks in flight ahead of the writer.
 WINDOW = 3
 
@@ -321,13 +324,15 @@ def write_chunks(lease: Lease, coder: ChunkCoder, segments: Sequence[memoryview]
 
     refill()
     # A store with a request's round trip per block (an object store) gets larger calls:
-    # each call checks the epoch once and waits for its slowest upload.
-    write_batch = max(WRITE_BATCH, lease.store.write_batch_bytes)
+    # each call checks the epoch once and waits for its slowest upload. Bounded: a call's
+    # blocks are held until it returns (``held`` counts a pack's whole buffer).
+    write_batch = min(MAX_WRITE_BATCH, max(WRITE_BATCH, lease.store.write_batch_bytes))
     entries: list[MapEntry] = []
     packed: list[bytes] = []
     used: set[int] = set()
     writes: list[tuple[int, memoryview | bytes | bytearray]] = []
-    wbytes = 0
+    wbytes = 0  # stored bytes in ``writes`` (progress)
+    held = 0  # memory ``writes`` holds (a pack: its whole block)
     pack: bytearray | None = None
     pack_block = -1
     pack_fill = 0
@@ -364,6 +369,7 @@ def write_chunks(lease: Lease, coder: ChunkCoder, segments: Sequence[memoryview]
                 b = next(alloc)
                 writes.append((b, stored))
                 wbytes += n
+                held += n
                 total_bytes += bs  # a short last chunk is padded to a block by the store
                 entry = MapEntry(b, 0, n, raw, crc, flags, digest)
                 used.add(b)
@@ -372,6 +378,7 @@ def write_chunks(lease: Lease, coder: ChunkCoder, segments: Sequence[memoryview]
                     if pack is not None:
                         writes.append((pack_block, memoryview(pack)[:pack_fill]))
                         wbytes += pack_fill
+                        held += bs
                         total_bytes += bs
                     pack, pack_block, pack_fill = bytearray(bs), next(alloc), 0
                     used.add(pack_block)
@@ -380,12 +387,13 @@ def write_chunks(lease: Lease, coder: ChunkCoder, segments: Sequence[memoryview]
                 pack_fill += n
             entries.append(entry)
             packed.append(ENTRY.pack(*entry))
-            if wbytes >= write_batch:
+            if held >= write_batch:
                 lease.write_blocks(writes)
                 advance("checkpoint_bytes", wbytes)
-                writes, wbytes = [], 0
+                writes, wbytes, held = [], 0, 0
     if pack is not None:
         writes.append((pack_block, memoryview(pack)[:pack_fill]))
+        wbytes += pack_fill
         total_bytes += bs
     if writes:
         lease.write_blocks(writes)
