@@ -50,6 +50,7 @@ base references is touched, the header write is the commit.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -109,6 +110,17 @@ class StoredRun:
             return None
         return cls(run, frozenset(e.block for e in run), pack_entries(run),
                    sum(e.stored for e in run))
+
+
+    @classmethod
+    def join(cls, runs: Sequence[StoredRun]) -> StoredRun:
+        """The runs, stored one after the other, as one run (C-level copies only): a commit
+        then takes consecutive clean groups as one item."""
+        if len(runs) == 1:
+            return runs[0]
+        return cls(tuple(itertools.chain.from_iterable(r.entries for r in runs)),
+                   frozenset().union(*(r.blocks for r in runs)),
+                   b"".join(r.packed for r in runs), sum(r.stored for r in runs))
 
 
 @dataclass(frozen=True, slots=True)

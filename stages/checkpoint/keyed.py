@@ -57,7 +57,7 @@ from .incremental import StoredRun
 from .keygroups import DEFAULT_MAX_PARALLELISM, key_group
 from .reports import CheckpointInfo, RestoreReport
 from .state import CheckpointedStageState
-from .table import Manifest, frame, read_manifest
+from .table import FrameCache, Manifest, frame, frame_again, read_manifest
 
 __all__ = ["KeyedState"]
 
@@ -102,6 +102,9 @@ class KeyedState:
         self._segments: dict[int, tuple[memoryview, int]] = {}  # padded bytes, true length
         self._chunks: dict[int, StoredRun] = {}  # each clean group's chunks in _chunks_gen
         self._chunks_gen: int | None = None
+        self._frame = FrameCache()  # the last payload's table and manifest
+        #: the last payload's groups in order, their positions and segments (``None``: none)
+        self._layout: tuple[list[int], dict[int, int], list[tuple[memoryview, int]]] | None = None
         self.restored: RestoreReport | None = None
         #: the report of every source of the last restore (one per lease, in order)
         self.restored_reports: tuple[RestoreReport, ...] = ()
@@ -261,26 +264,42 @@ class KeyedState:
         bs = self.lease.block_size
         if self._check:
             self._check_clean()
-        written = 0
+        written: list[int] = []
+        layout = self._layout  # None: the groups or a group's size changed since
         for g in sorted(self._dirty):
             d = self._data.get(g)
             self._chunks.pop(g, None)
             if not d:
                 self._data.pop(g, None)
-                self._segments.pop(g, None)
+                if self._segments.pop(g, None) is not None:
+                    layout = None
                 continue
-            self._segments[g] = _pad(self._serialise(g, d), bs)
-            written += 1
+            old = self._segments.get(g)
+            new = self._segments[g] = _pad(self._serialise(g, d), bs)
+            if old is None or old[1] != new[1] or old[0].nbytes != new[0].nbytes:
+                layout = None
+            written.append(g)
         self._dirty.clear()
-        self.last_groups_written = written
-        order = sorted(self._segments)
-        man = Manifest(self._m, order, [self._segments[g][1] for g in order])
-        payload, offsets = frame(man, [self._segments[g] for g in order], bs)
-        # One run per clean group: the commit takes it whole, without visiting its chunks.
+        self.last_groups_written = len(written)
+        self._layout = None  # until this commit's payload is framed
+        if layout is not None:  # only bytes changed: the table and manifest are the same
+            order, index, segs = layout
+            for g in written:
+                segs[index[g]] = self._segments[g]
+            offsets = self._frame.offsets
+            payload = frame_again(self._frame, segs)
+        else:
+            order = sorted(self._segments)
+            segs = [self._segments[g] for g in order]
+            man = Manifest(self._m, order, [n for _, n in segs])
+            payload, offsets = frame(man, segs, bs, self._frame)
+            index = {g: i for i, g in enumerate(order)}
+        self._layout = (order, index, segs)
+        # The clean groups' runs, consecutive ones joined: the commit takes each run whole,
+        # without visiting its chunks.
         reuse: list[tuple[int, StoredRun]] = []
         if self._chunks_gen is not None:
-            chunks = self._chunks
-            reuse = [(off // bs, chunks[g]) for g, off in zip(order, offsets) if g in chunks]
+            reuse = _joined_runs(order, offsets, self._chunks, bs)
         payload = Payload(payload.segments, payload.length, reuse, self._chunks_gen)
         info = self._css.checkpoint_payload(payload, step=step, meta=meta)
         self._learn_chunks(order, offsets, bs)
@@ -309,8 +328,9 @@ class KeyedState:
     def _learn_chunks(self, order: Sequence[int], offsets: Sequence[int], bs: int) -> None:
         """After a commit: where each group's chunks are stored in the new base.
 
-        A group whose entries are the run it was reused as keeps that run (one C-level
-        comparison); only the others - the groups written - build a new one.
+        A group whose run the commit took keeps that run: the new map holds the run's own
+        entry objects (one identity check); only the others - the groups written, and any
+        the commit encoded - are compared and build a new one.
         """
         committed = self._css.committed_map()
         before, self._chunks = self._chunks, {}
@@ -318,14 +338,19 @@ class KeyedState:
         if committed is None:
             return
         gen, entries = committed
+        chunks = self._chunks
         for g, off in zip(order, offsets):
             first = off // bs
-            now = tuple(entries[first:first + self._segments[g][0].nbytes // bs])
             run = before.get(g)
+            # A run the commit took is in the new map as the very same entry objects.
+            if run is not None and first < len(entries) and entries[first] is run.entries[0]:
+                chunks[g] = run
+                continue
+            now = tuple(entries[first:first + self._segments[g][0].nbytes // bs])
             if run is None or run.entries != now:
                 run = StoredRun.of(now, bs)
             if run is not None:
-                self._chunks[g] = run
+                chunks[g] = run
         self._chunks_gen = gen
 
     # -- restore -------------------------------------------------------------------------
@@ -395,6 +420,30 @@ class KeyedState:
         else:
             ks._dirty = set(found)  # a new lease: everything is written once
         return ks
+
+
+def _joined_runs(order: Sequence[int], offsets: Sequence[int], chunks: dict[int, StoredRun],
+                 bs: int) -> list[tuple[int, StoredRun]]:
+    """``(first chunk, run)`` of the clean groups (those in ``chunks``), consecutive groups'
+    runs joined into one (``StoredRun.join``)."""
+    out: list[tuple[int, StoredRun]] = []
+    group: list[StoredRun] = []
+    start = end = -1
+    for g, off in zip(order, offsets):
+        run = chunks.get(g)
+        if run is None:
+            continue
+        first = off // bs
+        if group and first != end:
+            out.append((start, StoredRun.join(group)))
+            group = []
+        if not group:
+            start = first
+        group.append(run)
+        end = first + len(run.entries)
+    if group:
+        out.append((start, StoredRun.join(group)))
+    return out
 
 
 def _pad(raw: bytes, bs: int) -> tuple[memoryview, int]:

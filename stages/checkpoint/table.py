@@ -21,7 +21,8 @@ from typing import Any
 from ..errors import KeyedStateMismatch
 from .codec import Payload
 
-__all__ = ["MANIFEST_FORMAT", "MANIFEST_VERSION", "Manifest", "frame", "read_manifest"]
+__all__ = ["MANIFEST_FORMAT", "MANIFEST_VERSION", "FrameCache", "Manifest", "frame", "frame_again",
+           "read_manifest"]
 
 #: The manifest's ``format`` value: this payload is keyed state.
 MANIFEST_FORMAT = "blockpoint-keyed"
@@ -44,11 +45,29 @@ class Manifest:
     segments: Sequence[memoryview] = field(default_factory=list)
 
 
+@dataclass(slots=True)
+class FrameCache:
+    """The table and manifest :func:`frame` built last, for :func:`frame_again`."""
+
+    table: bytes = b""
+    stream: bytes = b""
+    offsets: list[int] = field(default_factory=list)
+
+
+def frame_again(cache: FrameCache, padded: Sequence[tuple[memoryview, int]]) -> Payload:
+    """:func:`frame`'s payload for the same groups, each of the same padded size and true
+    length as when ``cache`` was filled (the caller knows: only the bytes changed), without
+    building the table and the manifest again."""
+    segs = [memoryview(cache.table), *(buf for buf, _ in padded), memoryview(cache.stream)]
+    end = cache.offsets[-1] + padded[-1][0].nbytes if padded else len(cache.table)
+    return Payload(segs, end + len(cache.stream))
+
+
 def frame(man: Manifest, padded: Sequence[tuple[memoryview, int]],
-          bs: int) -> tuple[Payload, list[int]]:
+          bs: int, cache: FrameCache | None = None) -> tuple[Payload, list[int]]:
     """The payload of ``man``'s groups (``padded``: each group's block-padded bytes and true
     length, in ``man.groups`` order) and each group's payload offset. Nothing is copied
-    but the table and the manifest."""
+    but the table and the manifest (kept in ``cache`` for :func:`frame_again`)."""
     s = len(padded) + 1
     table_len = -(-(_HEAD.size + _ENTRY.size * s) // bs) * bs
     offsets: list[int] = []
@@ -69,6 +88,9 @@ def frame(man: Manifest, padded: Sequence[tuple[memoryview, int]],
     for j, (off, (_, n)) in enumerate(zip(offsets, padded), 1):
         _ENTRY.pack_into(table, _HEAD.size + j * _ENTRY.size, off, n)
     segs = [memoryview(table), *(buf for buf, _ in padded), memoryview(stream)]
+    if cache is not None:
+        cache.table, cache.stream, cache.offsets = bytes(table), stream, offsets
+        segs[0] = memoryview(cache.table)
     return Payload(segs, pos + len(stream)), offsets
 
 
