@@ -72,7 +72,11 @@ class Committing:
                         f"no progress for {self.call_timeout:.0f}s"))
                 return
             self._last_progress = time.monotonic()
-        while self._batches and _ready(self._batches[0].refs):
+        # Which batches are complete: one look at every batch in flight (not one per batch).
+        inflight = [r for b in self._batches for r in b.refs]
+        done = set(ray.wait(inflight, num_returns=len(inflight), timeout=0)[0]) if inflight \
+            else set()
+        while self._batches and all(r in done for r in self._batches[0].refs):
             b = self._batches.popleft()
             step_out = self._outputs.setdefault(b.step, {})
             if self._writer is not None:  # the refs: the writer gets the outputs at the commit
@@ -134,8 +138,3 @@ class Committing:
             "records_out": n_out,
             "generations": {sid: i.get("generation") for sid, i in infos.items()},
             "stored_bytes": {sid: i.get("stored_bytes") for sid, i in infos.items()}})
-
-
-def _ready(refs: list[Any]) -> bool:
-    """Every one of ``refs`` has its result (without waiting)."""
-    return len(ray.wait(refs, num_returns=len(refs), timeout=0)[0]) == len(refs)
