@@ -28,7 +28,7 @@ from stages.actors.instance import InstanceWork
 from stages.actors.routing import Part, Splitting, merge_parts, split
 from stages.checkpoint.keygroups import key_group, key_group_range
 from stages.checkpoint.policy import CheckpointPolicy
-from stages.errors import KeyGroupError, PipelineError
+from stages.errors import KeyGroupError, PipelineError, StageProcessError
 from stages.pipeline.graph import SOURCE, Graph
 from stages.pipeline.pipeline import Pipeline, PipelineEvent, run_reference
 from stages.pipeline.runs import RunStore
@@ -218,6 +218,13 @@ def test_a_record_without_its_key_stops_the_run_naming_it(ray_local: None,
     with pytest.raises(PipelineError, match="has no key field 'customer'") as err:
         pipe.run()
     assert "'i': 0" in str(err.value)
+    # A key function that raises is the stage's own error, as it was in an instance before
+    # the driver split the source's batches (review of issue 20: a bare KeyError escaped).
+    pipe, _, _ = _pipeline(tmp_path / "fn", _specs(store, 2, key=lambda r: r["customer"]), 200,
+                           run_id="kf")
+    with pytest.raises(StageProcessError, match="stage agg raised.*KeyError") as err2:
+        pipe.run()
+    assert err2.value.stage_id == "agg"
 
 
 def test_parallel_options_are_checked_when_the_spec_is_made(tmp_path: Path) -> None:

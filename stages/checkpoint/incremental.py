@@ -100,6 +100,9 @@ class StoredRun:
     blocks: frozenset[int]
     packed: bytes  # the entries in the map layout (``format.pack_entries``)
     stored: int
+    #: ``(block, offset)`` of each entry: where its stored bytes are (a chunk the commit
+    #: encodes may not be reused as one of these - it would be referenced twice)
+    places: frozenset[tuple[int, int]] = frozenset()
 
     @classmethod
     def of(cls, entries: Sequence[MapEntry], block_size: int) -> StoredRun | None:
@@ -109,7 +112,7 @@ class StoredRun:
         if not run or any(e.raw != block_size for e in run):
             return None
         return cls(run, frozenset(e.block for e in run), pack_entries(run),
-                   sum(e.stored for e in run))
+                   sum(e.stored for e in run), frozenset((e.block, e.offset) for e in run))
 
 
     @classmethod
@@ -120,7 +123,8 @@ class StoredRun:
             return runs[0]
         return cls(tuple(itertools.chain.from_iterable(r.entries for r in runs)),
                    frozenset().union(*(r.blocks for r in runs)),
-                   b"".join(r.packed for r in runs), sum(r.stored for r in runs))
+                   b"".join(r.packed for r in runs), sum(r.stored for r in runs),
+                   frozenset().union(*(r.places for r in runs)))
 
 
 @dataclass(frozen=True, slots=True)

@@ -265,7 +265,10 @@ class KeyedState:
         if self._check:
             self._check_clean()
         written: list[int] = []
-        layout = self._layout  # None: the groups or a group's size changed since
+        # None: the groups or a group's size changed since. Dropped until this commit's
+        # payload is framed: a group that fails to pickle below leaves the segments before
+        # it changed, so a retry must frame afresh.
+        layout, self._layout = self._layout, None
         for g in sorted(self._dirty):
             d = self._data.get(g)
             self._chunks.pop(g, None)
@@ -281,7 +284,6 @@ class KeyedState:
             written.append(g)
         self._dirty.clear()
         self.last_groups_written = len(written)
-        self._layout = None  # until this commit's payload is framed
         if layout is not None:  # only bytes changed: the table and manifest are the same
             order, index, segs = layout
             for g in written:

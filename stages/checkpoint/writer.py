@@ -159,20 +159,24 @@ _NO_HASH = bytes(fmt.HASH_SIZE)
 
 def encode_batch(coder: ChunkCoder, chunks: list[memoryview], start: int = 0,
                  hashing: bool = False,
-                 base: Sequence[MapEntry] | None = None) -> list[Encoded]:
+                 base: Sequence[MapEntry] | None = None,
+                 claimed: frozenset[tuple[int, int]] = frozenset()) -> list[Encoded]:
     """Encode chunks ``start, start + 1, ...`` of a payload (runs in the pool, or in the
     caller when it is the commit's only batch).
 
     With ``hashing`` each chunk's content hash is computed; a chunk whose raw length and
     hash equal those of ``base[i]`` (the base generation's chunk at the same position) is
-    unchanged and comes back as that entry, not encoded.
+    unchanged and comes back as that entry, not encoded - unless that entry's place
+    (``(block, offset)``) is ``claimed`` by a known run the commit also takes (a run moved
+    over it): a stored chunk is referenced once only (docs/FORMAT.md 2.7, step 3).
     """
     out: list[Encoded] = []
     for i, c in enumerate(chunks, start):
         digest = content_hash(c) if hashing else _NO_HASH
         if base is not None and i < len(base):
             old = base[i]
-            if old.raw == c.nbytes and old.hash == digest:
+            if (old.raw == c.nbytes and old.hash == digest
+                    and (not claimed or (old.block, old.offset) not in claimed)):
                 out.append((None, old.flags, old.crc, old.raw, digest, old))
                 continue
         stored, flags = coder.encode(c)
@@ -250,13 +254,14 @@ def _plan(n_chunks: int, whole: int, per_task: int,
 
 def encode_and_offer(coder: ChunkCoder, batch: list[memoryview], lo: int, hashing: bool,
                      base: Sequence[MapEntry] | None, mac: MacChain | None,
-                     n: int) -> list[Encoded]:
+                     n: int, claimed: frozenset[tuple[int, int]] = frozenset()
+                     ) -> list[Encoded]:
     """:func:`encode_batch`, then the batch's bytes offered to the payload MAC as item ``n``
     while they are still in this core's cache (``None`` if encoding failed: the chain is
     broken and the commit fails with the encoding's error)."""
     out = None
     try:
-        out = encode_batch(coder, batch, lo, hashing, base)
+        out = encode_batch(coder, batch, lo, hashing, base, claimed)
     finally:
         if mac is not None:
             mac.offer(n, batch if out is not None else None)
@@ -287,6 +292,10 @@ def write_chunks(lease: Lease, coder: ChunkCoder, segments: Sequence[memoryview]
     n_chunks = -(-length // bs)
     plan = _plan(n_chunks, length // bs, per_task, known)
     todo = n_chunks - sum(len(run.entries) for _, run in known)
+    # Where the known runs' chunks are stored: never reused again for another position.
+    claimed: frozenset[tuple[int, int]] = (
+        frozenset().union(*(run.places for _, run in known)) if known and base is not None
+        else frozenset())
     inline = todo <= per_task
     inflight: deque[Future[list[Encoded]] | list[Encoded] | StoredRun] = deque()
     futures = 0
@@ -311,10 +320,10 @@ def write_chunks(lease: Lease, coder: ChunkCoder, segments: Sequence[memoryview]
         batch = list(chunks(segments, bs, lo, hi, starts))
         visited += len(batch)
         if inline:
-            inflight.append(encode_and_offer(coder, batch, lo, hashing, base, mac, n))
+            inflight.append(encode_and_offer(coder, batch, lo, hashing, base, mac, n, claimed))
         else:
             inflight.append(pool.submit(encode_and_offer, coder, batch, lo, hashing, base,
-                                        mac, n))
+                                        mac, n, claimed))
             futures += 1
         return True
 

@@ -463,11 +463,18 @@ class Pipeline(Recovering, Committing):
         shared: set[str] = set()  # the producers whose outputs are shares, one per instance
         if SOURCE in splits and isinstance(records, list):
             shared.add(SOURCE)
+            reader = next(sid for sid in self.graph.order if SOURCE in self.graph.inputs[sid])
             try:
                 source = split(records, splits[SOURCE])
             except KeyGroupError as exc:  # a record without its key: replaying fails again
-                raise PipelineError(f"the source's batch at position {self._position!r}: "
-                                    f"{exc}") from exc
+                raise StageProcessError(
+                    f"stage {reader} (its key, for the source's batch at position "
+                    f"{self._position!r}): {exc}", stage_id=reader) from exc
+            except Exception as exc:  # the stage's key function raised, as in an instance
+                raise StageProcessError(
+                    f"stage {reader} raised (its key, for the source's batch at position "
+                    f"{self._position!r}): {type(exc).__name__}: {exc}",
+                    stage_id=reader) from exc
         outs: dict[str, list[list[Any]]] = {SOURCE: [source]}
         for sid in self.graph.order:
             instances = [self._handles[inst.stage_id]
