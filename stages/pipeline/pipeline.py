@@ -387,8 +387,8 @@ class Pipeline(Recovering, Committing):
             try:
                 infos[sid] = self._get(ref, sid)
                 self._note_info(sid, infos[sid])
-            except StageFailure:
-                raise PipelineError(f"stage {sid!r} did not start") from None
+            except StageFailure as exc:  # what Ray said: an error in its constructor, a lost worker
+                raise PipelineError(f"stage {sid!r} did not start: {exc.cause!r}") from exc
         # Keyed instances start empty: their restore is the rollback's (from the leases the
         # committed step names), so they are not among the ``first`` infos.
         first = {sid: i for sid, i in infos.items() if self._spec_of[sid].key is None}
