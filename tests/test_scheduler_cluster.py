@@ -270,6 +270,21 @@ def test_drain_closer_than_the_restore_allowance_checkpoints_first(
 # --------------------------------------------------------------------------- scheduler loss
 
 
+def _saved_stages(store: str, name: str) -> Any:
+    """The stages of scheduler ``name``'s registry as saved in ``store`` (``None``: none)."""
+    from blockstore import open_store
+    from scheduler.registry import RegistryStore
+
+    with open_store(store) as st:
+        lease = next((i.name for i in st.list_leases()
+                      if i.name.startswith("_blockpoint/scheduler/")
+                      and i.name.endswith(f"/{name}")), None)
+        if lease is None:
+            return None
+        found = RegistryStore(st, lease).load()
+    return None if found is None else found.document["manager"]["stages"]
+
+
 def test_scheduler_node_lost_registry_reloaded_elsewhere(env: dict[str, Any]) -> None:
     """The scheduler's own node dies: Ray restarts it elsewhere and it reloads its registry
     from the store; the (detached) stages it launched keep running and stay managed."""
@@ -292,6 +307,11 @@ def test_scheduler_node_lost_registry_reloaded_elsewhere(env: dict[str, Any]) ->
         ray.get(handle_of({"sched": sched}, "survivor").process_batch.remote([2, 3]))
         ray.get(sched.checkpoint.remote("survivor"))
         before = ray.get(sched.snapshot.remote())
+        # A change made only of progress (a new generation) is saved within a second
+        # (watcher.SAVE_INTERVAL_S), not at once: the loss must come after the save, or the
+        # reloaded registry rightly has the generation before (the test flaked on it).
+        wait_for(lambda: _saved_stages(env["store"], name) == before["stages"],
+                 what="the registry saved with the checkpoint")
 
         cluster.remove_node(home, allow_graceful=False)
         info = wait_for(lambda: _ping(sched, first["pid"]), timeout=120, what="scheduler back")
