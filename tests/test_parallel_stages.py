@@ -108,17 +108,26 @@ def test_keyed_stage_at_parallelism_p_commits_the_output_of_parallelism_1(
     assert _keyed_state(store, p) == _aggregate(src)
 
 
-def test_killed_instance_mid_run_is_restored_and_output_is_exact(ray_local: None,
-                                                                 tmp_path: Path) -> None:
+def _kill_after_step_2(instance: str) -> tuple[list[str], Any, list[Pipeline]]:
+    """An ``on_event`` that kills ``instance`` once step 2 committed; the kills it made; the
+    list to put the pipeline in (made after the callback)."""
     killed: list[str] = []
+    holder: list[Pipeline] = []
 
     def on_event(ev: PipelineEvent) -> None:
         if ev.kind == "commit" and ev.step == 2 and not killed:
-            killed.append("agg@1of2")
-            ray.kill(pipe.handles["agg@1of2"], no_restart=True)
+            killed.append(instance)
+            ray.kill(holder[0].handles[instance], no_restart=True)
 
+    return killed, on_event, holder
+
+
+def test_killed_instance_mid_run_is_restored_and_output_is_exact(ray_local: None,
+                                                                 tmp_path: Path) -> None:
+    killed, on_event, holder = _kill_after_step_2("agg@1of2")
     store = str(tmp_path / "store")
     pipe, sink, src = _pipeline(tmp_path, _specs(store, 2), 3000, on_event=on_event)
+    holder.append(pipe)
     res = pipe.run()
     assert killed and res.recoveries >= 1 and res.relaunches >= 1
     relaunched = {e.stage_id for e in res.events if e.kind == "relaunched"}
@@ -292,13 +301,7 @@ def test_which_producers_split_their_output(tmp_path: Path) -> None:
 
 def test_a_stage_splitting_for_its_keyed_reader_is_exact_across_a_kill(ray_local: None,
                                                                       tmp_path: Path) -> None:
-    killed: list[str] = []
-
-    def on_event(ev: PipelineEvent) -> None:
-        if ev.kind == "commit" and ev.step == 2 and not killed:
-            killed.append("agg@2of3")
-            ray.kill(pipe.handles["agg@2of3"], no_restart=True)
-
+    killed, on_event, holder = _kill_after_step_2("agg@2of3")
     store = str(tmp_path / "store")
     pre = StageSpec("pre", Enrich, store, block_size=64 * 1024, lease_ttl=30.0,
                     resources=SMALL)
@@ -306,6 +309,7 @@ def test_a_stage_splitting_for_its_keyed_reader_is_exact_across_a_kill(ray_local
     agg = dataclasses.replace(agg, inputs=("pre",))
     seq = dataclasses.replace(seq, inputs=("agg",))
     pipe, sink, src = _pipeline(tmp_path, [pre, agg, seq], 3000, on_event=on_event)
+    holder.append(pipe)
     assert set(pipe.graph.splits) == {"pre"}
     res = pipe.run()
     assert killed and res.recoveries >= 1 and res.records_in == 3000

@@ -139,7 +139,11 @@ class KeyedState:
         return g
 
     def _group(self, key: Any, write: bool) -> dict[Any, Any]:
-        g = self.group_of(key)
+        return self._dict_of(self.group_of(key), write)
+
+    def _dict_of(self, g: int, write: bool) -> dict[Any, Any]:
+        """Group ``g``'s dict (owned: checked by the caller); ``write``: made if missing and
+        counted as written."""
         d = self._data.get(g)
         if d is None:
             d = {}
@@ -162,11 +166,7 @@ class KeyedState:
         if g not in self._owned:
             raise KeyGroupError(f"key group {g} is not owned by this instance "
                                 f"({_ranges(self._owned)} of {self._m})")
-        d = self._data.get(g)
-        if d is None:
-            d = self._data[g] = {}
-        self._dirty.add(g)
-        return d
+        return self._dict_of(g, True)
 
     def __getitem__(self, key: Any) -> Any:
         return self._group(key, False)[key]
