@@ -48,8 +48,8 @@ from typing import Any, Protocol, runtime_checkable
 from blockstore import canonical_json
 from blockstore.fileio import FILE_MODE
 
-from ..actors.batches import to_records
 from ..errors import SinkFencedError
+from .jsonl import encode_jsonl
 
 __all__ = ["EncodedParts", "FenceToken", "FileSink", "Sink", "encode_jsonl"]
 
@@ -111,11 +111,6 @@ class Sink(Protocol):
     def committed_steps(self) -> list[int]:
         """Steps with visible (committed) output, ascending."""
         ...
-
-
-def encode_jsonl(records: Any) -> bytes:
-    """``records`` (a list or a table) as JSON lines: canonical JSON, one record a line."""
-    return b"".join(canonical_json(r) + b"\n" for r in to_records(records))
 
 
 @dataclass(frozen=True, slots=True)
