@@ -67,7 +67,7 @@ from blockstore import BlockStore, Lease, parse_store_url
 
 from ..checkpoint.background import PendingCheckpoint
 from ..errors import CheckpointFailed, CheckpointKeyRequired, StageError
-from .batches import EncodedBatch, num_rows, run_stage, to_records
+from .batches import EncodedBatch, mark_raised, num_rows, run_stage, to_records
 from .hooks import StageRegistrar, StageRegistration
 from .instance import InstanceWork
 from .routing import KeySpec, Part, Splitting, merge_parts
@@ -364,13 +364,17 @@ class StageActor:
         """
         with self._lock:
             self._check_running()
-            if self._work is not None:
-                out, n = self._work.process(self._stage, self._inc, (records, *parts))
-            else:
-                if parts or isinstance(records, Part):
-                    records = merge_parts((records, *parts))
-                out = run_stage(self._stage, self._css.state, records)
-                n = num_rows(records)
+            try:
+                if self._work is not None:
+                    out, n = self._work.process(self._stage, self._inc, (records, *parts))
+                else:
+                    if parts or isinstance(records, Part):
+                        records = merge_parts((records, *parts))
+                    out = run_stage(self._stage, self._css.state, records)
+                    n = num_rows(records)
+            except Exception as exc:  # named for the driver, however many calls it crosses
+                mark_raised(exc, self.spec.stage_id)
+                raise
             self._records_total += n
             self._records_since += n
         if split is not None:  # outside the lock: no state touched

@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["BATCH_FORMATS", "EncodedBatch", "batch_format_of", "concat", "num_rows", "run_stage",
+__all__ = ["BATCH_FORMATS", "EncodedBatch", "batch_format_of", "concat", "mark_raised", "num_rows", "raised_in", "run_stage",
            "to_format", "to_records", "to_table"]
 
 #: The batch formats a batch stage may ask for.
@@ -162,3 +162,22 @@ def concat(batches: Sequence[Any]) -> Any:
         return []
     return tables[0] if len(tables) == 1 else pa.concat_tables(tables,
                                                                 promote_options="default")
+
+
+#: the attribute naming the stage whose ``process`` raised an exception (it travels with the
+#: exception's pickle, through every call that had the failed output as an argument)
+_RAISED_IN = "blockpoint_stage_id"
+
+
+def mark_raised(exc: BaseException, stage_id: str) -> None:
+    """Note on ``exc`` that stage ``stage_id`` raised it (the first stage to note it wins)."""
+    if getattr(exc, _RAISED_IN, None) is None:
+        try:
+            setattr(exc, _RAISED_IN, stage_id)
+        except (AttributeError, TypeError):  # an exception without a __dict__
+            pass
+
+
+def raised_in(exc: BaseException | None) -> str | None:
+    """The stage :func:`mark_raised` named on ``exc``, if any."""
+    return getattr(exc, _RAISED_IN, None)

@@ -78,11 +78,12 @@ class Committing:
             else set()
         while self._batches and all(r in done for r in self._batches[0].refs):
             b = self._batches.popleft()
-            step_out = self._outputs.setdefault(b.step, {})
-            if self._writer is not None:  # the refs: the writer gets the outputs at the commit
+            if self._handoff is not None:  # the refs: to the writer, in chunks as they come
                 for sid, calls in b.outs.items():
-                    step_out.setdefault(sid, []).extend(calls)
+                    for group in calls:
+                        self._handoff.add(b.step, sid, group)
                 continue
+            step_out = self._outputs.setdefault(b.step, {})
             for sid, calls in b.outs.items():
                 step_out.setdefault(sid, []).extend(
                     merge_parts([self._get(r, None) for r in group]) for group in calls)
@@ -93,18 +94,13 @@ class Committing:
 
     def _commit(self, bar: Barrier, infos: Mapping[str, Mapping[str, Any]]) -> None:
         hold = self._driver()
-        if self._writer is not None:
-            # The step's outputs go to the writer as refs: Ray hands them over, and an output
-            # that is a stage's error fails the call with it, as a get here would have.
-            by_ref = self._outputs.pop(bar.step, {})
-            layout = [(sid, len(group)) for sid in self.graph.sinks
-                      for group in by_ref.get(sid, [])]
-            flat = [r for sid in self.graph.sinks for group in by_ref.get(sid, []) for r in group]
-            # No call timeout, as for a commit in the driver: a slow disk is not a lost stage
-            # (a writer that dies still fails the call).
-            n_out, error = get_sorted(
-                self._writer.commit.remote(bar.step, hold.token, layout, *flat), None,
-                timeout=None, actor_ids=self._actor_ids)
+        if self._handoff is not None:
+            # The step's outputs went (or go now) to the writer as refs: Ray hands them over,
+            # and an output that is a stage's error fails the call with it, as a get here
+            # would have. No call timeout, as for a commit in the driver: a slow disk is not
+            # a lost stage (a writer that dies still fails the call).
+            n_out, error = get_sorted(self._handoff.commit(bar.step, hold.token), None,
+                                      timeout=None, actor_ids=self._actor_ids)
             if error is not None:  # the sink's own error (e.g. RunFencedError), as if here
                 raise error
         else:

@@ -90,7 +90,7 @@ from .instances import check_layout, expand, sources_for
 from .run_records import RunStep
 from .runs import RunClaim, RunStore
 from .sink import Sink
-from .sink_writer import commits_anywhere, sink_places, stage_encoders, start_writer
+from .sink_writer import Handoff, commits_anywhere, sink_places, stage_encoders, start_writer
 from .source import Source
 
 __all__ = [
@@ -206,6 +206,7 @@ class Pipeline(Recovering, Committing):
         #: may commit in another process (``stages/pipeline/sink_writer.py``)
         self.remote_commit = commits_anywhere(sink)
         self._writer: Any = None
+        self._handoff: Handoff | None = None  # the driver's side of the writer
         read = {name for ins in self.graph.inputs.values() for name in ins}
         self._encoders = {sid: enc for sid, enc in stage_encoders(
             sink, self.graph.sinks, read).items()
@@ -331,7 +332,7 @@ class Pipeline(Recovering, Committing):
                         unregister=not fenced)
             if self._writer is not None:
                 ray.kill(self._writer, no_restart=True)
-                self._writer = None
+                self._writer = self._handoff = None
             hold.release()
         return PipelineResult(
             run_id=self.run_id, committed_step=self._committed,
@@ -377,6 +378,8 @@ class Pipeline(Recovering, Committing):
         if self.remote_commit:
             self._writer = start_writer(self.sink, self.graph.sinks)
             self._check_writer_sees_the_sink()
+            if self._writer is not None:
+                self._handoff = Handoff(self._writer)
         for spec in self.instances:
             node = self.placement.get(spec.stage_id, self.placement.get(spec.base_id))
             self._handles[spec.stage_id] = launch_stage(
@@ -438,6 +441,11 @@ class Pipeline(Recovering, Committing):
                 with contextlib.suppress(Exception):
                     ray.kill(self._writer, no_restart=True)
                 self._writer = start_writer(self.sink, self.graph.sinks)
+                assert self._handoff is not None
+                self._handoff.rewind(self._writer)
+            else:
+                assert self._handoff is not None
+                self._handoff.rewind()  # the chunks of the attempt before: never named again
         self._replayed += self._uncommitted_read
         note_replayed(self.run_id, self._uncommitted_read)
         self._uncommitted_read = 0

@@ -30,6 +30,7 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
 
 from ..actors.actor import StageSpec, StageStopped
+from ..actors.batches import raised_in
 from ..actors.placement import NodeCapacity, pick_node
 from ..errors import (
     CheckpointEncodeError,
@@ -98,7 +99,8 @@ def get_sorted(ref: Any, sid: str | None, *, timeout: float | None,
         if isinstance(exc.cause, StageError):  # e.g. RollbackUnavailable, CheckpointCorrupt
             raise PipelineError(f"stage {sid or '?'} cannot recover: "
                                 f"{type(exc.cause).__name__}: {exc.cause}") from exc
-        raise StageProcessError(f"stage {sid or '?'} raised: {exc}", stage_id=sid) from exc
+        who = raised_in(exc.cause) or sid  # the stage that raised, named by its actor
+        raise StageProcessError(f"stage {who or '?'} raised: {exc}", stage_id=who) from exc
     except RayError as exc:  # object lost with its node, owner died, ...
         raise StageFailure({sid} if sid else set(), exc) from exc
 

@@ -63,9 +63,8 @@ class Recovering:
             raise PipelineError(f"giving up after {self.max_recoveries} recoveries; last "
                                 f"failure: {failure}") from failure.cause
         dropped = [r for b in self._batches for r in b.refs]
-        if self._writer is not None:  # drained outputs kept as references for the writer
-            dropped.extend(r for out in self._outputs.values() for calls in out.values()
-                           for group in calls for r in group)
+        if self._handoff is not None:  # drained outputs kept as references for the writer
+            dropped.extend(self._handoff.refs())
         if self._barrier is not None:
             dropped.extend(self._barrier.refs())
         lost = set(failure.stages) | {s for s, h in self._handles.items()
