@@ -26,6 +26,7 @@ only after this one committed, so each stage has at most one flush in flight.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +50,8 @@ class Barrier:
         durable: stage id -> reference of its ``flushed`` call (pending stages only).
         infos: stage id -> the ``CheckpointInfo`` dict of its durable generation.
         acked: stages whose ``checkpoint`` call returned.
+        commit: the step's commit, running in the driver's committer thread once the
+            barrier is complete (``stages/pipeline/committing.py``); ``None`` before.
     """
 
     step: int
@@ -58,6 +61,7 @@ class Barrier:
     durable: dict[str, Any] = field(default_factory=dict)
     infos: dict[str, Mapping[str, Any]] = field(default_factory=dict)
     acked: set[str] = field(default_factory=set)
+    commit: Future[int] | None = None
 
     @property
     def complete(self) -> bool:

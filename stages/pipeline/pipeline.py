@@ -65,6 +65,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -207,6 +208,7 @@ class Pipeline(Recovering, Committing):
         self.remote_commit = commits_anywhere(sink)
         self._writer: Any = None
         self._handoff: Handoff | None = None  # the driver's side of the writer
+        self._committer: Any = None  # the thread a step's commit runs in (per run)
         read = {name for ins in self.graph.inputs.values() for name in ins}
         self._encoders = {sid: enc for sid, enc in stage_encoders(
             sink, self.graph.sinks, read).items()
@@ -222,6 +224,7 @@ class Pipeline(Recovering, Committing):
         # Step records older than every stage's retained generations can no longer be
         # restored; keeping them would grow the store by a lease per step forever.
         self.keep_steps = keep_steps or max(s.retention for s in stages)
+        self._clock = clock
         self.manager = CheckpointManager(policy or CheckpointPolicy(every_records=4096),
                                          clock=clock)
         self.observer = observer
@@ -291,6 +294,8 @@ class Pipeline(Recovering, Committing):
                                               claim=claim)
         failure: StageFailure | None = None
         fenced = False
+        self._committer = ThreadPoolExecutor(max_workers=1,
+                                             thread_name_prefix=f"commit-{self.run_id}")
         try:
             last = self.runs.latest_step(self.run_id)
             self._committed = last.step if last is not None else 0
@@ -328,6 +333,7 @@ class Pipeline(Recovering, Committing):
             fenced = True
             raise
         finally:
+            self._committer.shutdown(wait=True)  # a running commit ends before all else
             stop_stages(self.instances, self._handles, timeout=self.ping_timeout,
                         unregister=not fenced)
             if self._writer is not None:
@@ -354,6 +360,7 @@ class Pipeline(Recovering, Committing):
         self._position: Any = None
         self._open_step = 1
         self._open_records = 0
+        self._open_since = 0.0  # when the open step's barrier before it was injected
         self._uncommitted_read = 0
         self._exhausted = False
         self._idle = False
@@ -531,7 +538,8 @@ class Pipeline(Recovering, Committing):
 
     def _fill(self) -> None:
         self._idle = False
-        while (not self._exhausted and len(self._batches) < self.max_in_flight):
+        while (not self._exhausted and len(self._batches) < self.max_in_flight
+               and not self._step_full()):
             records, new_position = self.source.read(self._position, self.batch_size)
             n = num_rows(records)
             if not n:

@@ -51,6 +51,11 @@ class Recovering:
             note_recovery(self.run_id, time.monotonic() - t0)
 
     def _recover_inner(self, failure: StageFailure) -> None:
+        # A commit still running ends first: one that reached its status write committed
+        # its step, whatever failed meanwhile (``committing.py``); its own failure is this
+        # recovery's, except a fenced driver's or a sink's error, raised as before.
+        with contextlib.suppress(StageFailure):
+            self._settle(wait=True)
         # A failure may be the stages' leases taken by a driver that took the run over:
         # relaunching would steal them back. A fenced driver stops here.
         self._driver().check()
