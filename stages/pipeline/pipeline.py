@@ -28,8 +28,9 @@ How, and why this way:
   committed by the driver's status write under the run's control lease
   (:class:`~stages.pipeline.run_driver.RunDriver`): that write is the commit point; then the sink
   publishes ``s``. At most one barrier is outstanding (records keep flowing while it waits
-  for background flushes), so every stage's lease holds the last committed step and at most
-  one newer, uncommitted one, and each stage has at most one flush in flight.
+  for background flushes, and while the step commits in the driver's committer thread:
+  ``stages/pipeline/committing.py``), so every stage's lease holds the last committed step
+  and at most one newer, uncommitted one, and each stage has at most one flush in flight.
 * **One driver per run, fenced** (``stages/pipeline/run_driver.py``). ``run()`` holds the run's
   control lease (keepalive) from start to return; sink writes and step commits carry its
   epoch. A second driver is refused (``RunActiveError``) before it touches anything, or with
