@@ -68,6 +68,7 @@ from blockstore import BlockStore, Lease, parse_store_url
 from ..checkpoint.background import PendingCheckpoint
 from ..errors import CheckpointFailed, CheckpointKeyRequired, StageError
 from .batches import EncodedBatch, mark_raised, num_rows, run_stage, to_records
+from .control import StageView
 from .hooks import StageRegistrar, StageRegistration
 from .instance import InstanceWork
 from .routing import KeySpec, Part, Splitting, merge_parts
@@ -283,7 +284,7 @@ def restore_state(lease: Lease, spec: StageSpec, *, observer: CheckpointFlushObs
                               max_step=max_step, name=spec.stage_id, **spec.state_options())
 
 
-class StageActor:
+class StageActor(StageView):
     """One incarnation of a stage: its lease, its state, its counters.
 
     A plain class (``launch_stage`` applies ``ray.remote``), so it also runs in-process for
@@ -502,55 +503,6 @@ class StageActor:
             self._stopped = True
             self._inc.release()
             return info
-
-    # -- control (own concurrency group: answers during a flush) -------------------------
-    def info(self) -> dict[str, Any]:
-        """A snapshot: stage_id, node_id, epoch, lease_id, generation, step, meta,
-        records_since_checkpoint, records_total, restored_from, restored_step,
-        restored_skipped (``[(generation, reason)]`` the last restore could not use), pid,
-        stopped, aligned, flushing (a checkpoint is being written right now).
-
-        ``generation``/``step``/``meta`` are those of the last checkpoint written or restored
-        by this incarnation (``None`` if neither).
-
-        Raises:
-            CheckpointKeyRequired: this stage could never checkpoint (pickle, no key, a
-                shared store): a configuration error, raised before any record is sent.
-        """
-        if self._refused is not None:
-            raise self._refused
-        last = self._css.last_checkpoint
-        return {
-            "stage_id": self.spec.stage_id,
-            "node_id": self._node_id,
-            "epoch": self._lease.epoch,
-            "lease_id": self._lease.lease_id,
-            "generation": None if last is None else last.generation,
-            "step": None if last is None else last.step,
-            "meta": None if last is None else dict(last.meta or {}),
-            "records_since_checkpoint": self._records_since,
-            "records_total": self._records_total,
-            "last_checkpoint_at": self._inc.last_checkpoint_at,
-            **{k: v for k, v in self._inc.restored_summary().items() if k != "restored_meta"},
-            "pid": self._pid,
-            "stopped": self._stopped,
-            "aligned": self._aligned,
-            "flushing": self._css.flushing,
-        }
-
-    def ping(self) -> str:
-        """Liveness probe; returns the stage id."""
-        return self.spec.stage_id
-
-    def registration(self) -> StageRegistration:
-        """The record sent to the scheduler."""
-        last = self._css.last_checkpoint
-        return StageRegistration(
-            stage_id=self.spec.stage_id, actor=self._handle, node_id=self._node_id,
-            priority=self.spec.priority, lease_id=self._lease.lease_id, epoch=self._lease.epoch,
-            resources=dict(self.spec.resources),
-            generation=None if last is None else last.generation,
-            step=None if last is None else last.step, pid=self._pid, spec=self.spec)
 
 
 def actor_options(spec: StageSpec, *, node_id: str | None = None, soft: bool = False,
