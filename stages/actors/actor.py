@@ -67,7 +67,7 @@ from blockstore import BlockStore, Lease, parse_store_url
 
 from ..checkpoint.background import PendingCheckpoint
 from ..errors import CheckpointFailed, CheckpointKeyRequired, StageError
-from .batches import EncodedBatch, mark_raised, num_rows, run_stage, to_records
+from .batches import EncodedBatch, mark_raised, num_rows, run_stage, to_records, warm_up
 from .control import StageView
 from .hooks import StageRegistrar, StageRegistration
 from .instance import InstanceWork
@@ -302,6 +302,7 @@ class StageActor(StageView):
                  restore_step: int | None = None) -> None:
         self.spec = spec
         self._stage = spec.factory()
+        warm_up(self._stage)
         self._node_id, self._handle = ray_context()
         self._pid = os.getpid()
         # An instance of a parallel stage: its share of the records, its key groups.

@@ -35,11 +35,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["BATCH_FORMATS", "EncodedBatch", "batch_format_of", "concat", "mark_raised", "num_rows", "raised_in", "run_stage",
-           "to_format", "to_records", "to_table"]
+__all__ = ["BATCH_FORMATS", "EncodedBatch", "batch_format_of", "concat", "mark_raised",
+           "num_rows", "raised_in", "run_stage", "to_format", "to_records", "to_table",
+           "warm_up"]
 
 #: The batch formats a batch stage may ask for.
 BATCH_FORMATS = ("numpy", "pyarrow", "pandas")
+
+
+def warm_up(stage: Any) -> None:
+    """Import now what a batch stage's worker will need at its first batch: Ray's
+    serializer of Arrow tables imports ``pyarrow.compute`` at the first table a worker
+    sends (~0.3 s of CPU in each stage actor of ``bench_batch``, in the middle of the run's
+    first batches). A record stage imports nothing."""
+    if batch_format_of(stage) is not None:
+        import pyarrow.compute  # noqa: F401
 
 
 def batch_format_of(stage: Any) -> str | None:
