@@ -66,11 +66,46 @@ def test_enums_and_uuids_encode_the_same_whichever_encoder_runs() -> None:
     class Colour(enum.Enum):
         RED = "red"
 
+    class Status(str, enum.Enum):  # a mixin whose content is not its value (review 37)
+        ACTIVE = "A"
+
+        def __new__(cls, value: str) -> "Status":
+            member = str.__new__(cls, "Active")
+            member._value_ = value
+            return member
+
+    class Level(int, enum.Enum):
+        HIGH = 3
+
+        def __new__(cls, value: int) -> "Level":
+            member = int.__new__(cls, 3)
+            member._value_ = "high"
+            return member
+
     u = uuid.UUID(int=7)
-    fast = record_line({"c": Colour.RED, "u": u})
-    slow = record_line({"c": Colour.RED, "u": u, "n": None})  # null: the slow encoder
-    assert json.loads(fast) == {"c": "red", "u": str(u)}
-    assert json.loads(slow) == {"c": "red", "u": str(u), "n": None}
+    fast = record_line({"c": Colour.RED, "u": u, "s": Status.ACTIVE, "l": [Level.HIGH]})
+    slow = record_line({"c": Colour.RED, "u": u, "s": Status.ACTIVE, "l": [Level.HIGH],
+                        "n": None})  # null: the slow encoder
+    want = {"c": "red", "u": str(u), "s": "A", "l": ["high"]}
+    assert json.loads(fast) == want
+    assert json.loads(slow) == {**want, "n": None}
+
+
+def test_a_fragment_that_would_split_the_line_is_refused() -> None:
+    orjson = pytest.importorskip("orjson")
+    with pytest.raises(TypeError):
+        record_line({"f": orjson.Fragment(b'1}\n{"i":99')})
+    with pytest.raises(TypeError):
+        record_line({"f": orjson.Fragment(b'1}\r{"i":99')})
+    assert record_line({"f": orjson.Fragment(b"[1,2]")}) == b'{"f":[1,2]}'
+
+
+def test_a_circular_record_is_a_value_error_with_either_encoder() -> None:
+    a: list[object] = []
+    a.append(a)
+    for value in ({"a": a}, {"a": a, "n": None}):
+        with pytest.raises(ValueError):
+            record_line(value)
 
 
 def test_a_file_sink_step_reads_back_the_records(tmp_path) -> None:

@@ -266,20 +266,33 @@ class CheckpointManager:
             t.outstanding = req
             return req
 
-    def complete(self, stage_id: str, info: CheckpointInfo | Mapping[str, Any] | None = None
-                 ) -> None:
-        """The running (or pending) request succeeded: counters and timers restart."""
+    def complete(self, stage_id: str, info: CheckpointInfo | Mapping[str, Any] | None = None,
+                 *, since: float | None = None) -> None:
+        """The running (or pending) request succeeded: counters and timers restart (the
+        time trigger from ``since``, a clock reading, if given: e.g. when the records after
+        the checkpoint began before it completed)."""
         with self._lock:
             t = self._track(stage_id)
             t.outstanding = None
             t.completed += 1
             t.records_since = 0
-            t.since = self._clock()
+            t.since = self._clock() if since is None else since
             t.last_error = None
             if info is not None:
                 get = info.get if isinstance(info, Mapping) else lambda k: getattr(info, k)
                 t.last_generation = get("generation")
                 t.last_step = get("step")
+
+    def restart(self, stage_id: str) -> None:
+        """Forget the records and time counted, and a request they made due (the caller went
+        back to its last checkpoint: it counts again from there); a manual request stays."""
+        with self._lock:
+            t = self._track(stage_id)
+            if t.outstanding is not None and (t.outstanding.running
+                                              or t.outstanding.reason != REASON_MANUAL):
+                t.outstanding = None
+            t.records_since = 0
+            t.since = self._clock()
 
     def fail(self, stage_id: str, error: BaseException | str) -> None:
         """The request failed: counted; triggers stay armed (records/time are not reset)."""

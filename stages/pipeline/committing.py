@@ -23,8 +23,10 @@ reached its status write committed its step, whatever failed meanwhile.
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent import futures
 from typing import Any
 
@@ -39,10 +41,41 @@ from .instances import layout_of
 from .recovery import StageFailure, get_sorted
 from .runs import StageCommit
 
-__all__ = ["PIPELINE_TRACK", "Committing"]
+__all__ = ["PIPELINE_TRACK", "Committer", "Committing"]
 
 #: The policy track of the pipeline as a whole in its :class:`CheckpointManager`.
 PIPELINE_TRACK = "pipeline"
+
+
+class Committer:
+    """One daemon thread that runs the calls given to it in order (a step's commit): a
+    commit stuck on a disk never keeps the driver's process from exiting."""
+
+    def __init__(self, name: str) -> None:
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> futures.Future[Any]:
+        """Run ``fn(*args)`` after everything submitted before; its future."""
+        fut: futures.Future[Any] = futures.Future()
+        self._queue.put((fut, fn, args))
+        return fut
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            fut, fn, args = item
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn(*args))
+            except BaseException as exc:  # noqa: BLE001 - the future carries it
+                fut.set_exception(exc)
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Stop after what was submitted; wait for it (at most ``timeout`` seconds)."""
+        self._queue.put(None)
+        self._thread.join(timeout)
 
 
 class Committing:
@@ -186,8 +219,11 @@ class Committing:
         self._checkpoints += len(infos)
         self._steps_this_run += 1
         self._step_counts[bar.step] = (bar.records, n_out)
-        self.manager.complete(PIPELINE_TRACK, {"step": bar.step, "generation": None})
-        if self._open_records:  # read since the barrier: they count towards the next one
+        # The open step began at the barrier, not now: its records and its time count
+        # towards the next barrier.
+        self.manager.complete(PIPELINE_TRACK, {"step": bar.step, "generation": None},
+                              since=self._open_since)
+        if self._open_records:
             self.manager.record(PIPELINE_TRACK, self._open_records)
         self._emit("commit", bar.step, detail={
             "source_position": bar.position, "records_in": bar.records,

@@ -19,9 +19,13 @@ by ``canonical_json`` instead:
   through on purpose, since ``json`` refuses those two).
 
 The one difference left is the spelling of some floats (``1e-7`` for ``1e-07``,
-``0.00001`` for ``1e-05``): the same number. orjson writes enums and UUIDs, which ``json`` refuses; the
-fallback's encoder writes them the same way (an enum as its value, a UUID as its string),
-so such a record does not encode or fail depending on its other fields.
+``0.00001`` for ``1e-05``): the same number. Where orjson has its own rule, both encoders
+follow it, so a record never encodes one way or the other depending on its other fields: an
+enum member is written as its ``value`` (``json`` refuses a plain enum, and writes a str or
+int mixin's own content, which a custom ``_value_`` may make differ), a UUID as its string.
+An ``orjson.Fragment`` is written as the raw JSON it holds (orjson's meaning, not checked),
+unless it holds a line break, which would split the record: refused (``TypeError``), as
+``json`` refuses every fragment.
 """
 
 from __future__ import annotations
@@ -41,18 +45,22 @@ from ..actors.batches import to_records
 __all__ = ["encode_jsonl", "record_line"]
 
 
-class _Encoder(json.JSONEncoder):
-    """``canonical_json``'s encoder, writing enums and UUIDs as orjson does."""
-
-    def default(self, o: Any) -> Any:
-        if isinstance(o, enum.Enum):
-            return o.value
-        if isinstance(o, uuid.UUID):
-            return str(o)
-        return super().default(o)
+_SLOW = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
 
 
-_SLOW = _Encoder(sort_keys=True, separators=(",", ":"))
+def _as_orjson_sees(value: Any) -> Any:
+    """``value`` with enum members and UUIDs (not keys) as orjson writes them."""
+    if isinstance(value, enum.Enum):
+        return _as_orjson_sees(value.value)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _as_orjson_sees(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_as_orjson_sees(v) for v in value]
+    return value
+
+
 _OPTS = 0 if orjson is None else (orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS
                                   | orjson.OPT_PASSTHROUGH_DATETIME
                                   | orjson.OPT_PASSTHROUGH_SUBCLASS)
@@ -70,9 +78,14 @@ def record_line(record: Any) -> bytes:
         except TypeError:  # orjson.JSONEncodeError is a TypeError
             pass
         else:
-            if out.isascii() and b"null" not in out:
+            # a raw line break can only be a Fragment's (JSON escapes them in strings)
+            if out.isascii() and b"null" not in out and b"\n" not in out and b"\r" not in out:
                 return out
-    return _SLOW.encode(record).encode()
+    try:
+        plain = _as_orjson_sees(record)
+    except RecursionError as exc:  # a circular structure, as json reports it
+        raise ValueError("Circular reference detected") from exc
+    return _SLOW.encode(plain).encode()
 
 
 def encode_jsonl(records: Any) -> bytes:

@@ -66,7 +66,6 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,7 +84,7 @@ from ..checkpoint.policy import CheckpointManager, CheckpointPolicy
 from .metering import note_event, note_replayed
 from .recovery import StageFailure, alive, get_sorted, stop_stages
 from .reference import run_reference
-from .committing import PIPELINE_TRACK, Committing
+from .committing import PIPELINE_TRACK, Committer, Committing
 from .rollback import Recovering
 from .run_driver import RunDriver
 from .instances import check_layout, expand, sources_for
@@ -295,8 +294,8 @@ class Pipeline(Recovering, Committing):
                                               claim=claim)
         failure: StageFailure | None = None
         fenced = False
-        self._committer = ThreadPoolExecutor(max_workers=1,
-                                             thread_name_prefix=f"commit-{self.run_id}")
+        self._committer = Committer(f"commit-{self.run_id}")
+        clean = False
         try:
             last = self.runs.latest_step(self.run_id)
             self._committed = last.step if last is not None else 0
@@ -330,11 +329,14 @@ class Pipeline(Recovering, Committing):
             elif pause:
                 hold.pause(self._committed)
             self._emit("done", self._committed, detail={"finished": finished})
+            clean = True
         except RunFencedError:
             fenced = True
             raise
         finally:
-            self._committer.shutdown(wait=True)  # a running commit ends before all else
+            # A running commit ends before all else - on an error (Ctrl-C) for a while
+            # only: a commit cut short is a driver crash mid-commit, which loses nothing.
+            self._committer.shutdown(None if clean else self.ping_timeout)
             stop_stages(self.instances, self._handles, timeout=self.ping_timeout,
                         unregister=not fenced)
             if self._writer is not None:
@@ -466,6 +468,7 @@ class Pipeline(Recovering, Committing):
         pending = self.manager.pending(PIPELINE_TRACK)
         if pending is not None and pending.running:
             self.manager.fail(PIPELINE_TRACK, "rolled back")
+        self.manager.restart(PIPELINE_TRACK)  # the replay counts from the committed step
 
     # -- internals: the data path ---------------------------------------------------------------
     def _submit(self, records: Any) -> dict[str, list[list[Any]]]:
@@ -539,6 +542,7 @@ class Pipeline(Recovering, Committing):
 
     def _fill(self) -> None:
         self._idle = False
+        self._maybe_barrier(final=False)  # a step already due (read while one committed)
         while (not self._exhausted and len(self._batches) < self.max_in_flight
                and not self._step_full()):
             records, new_position = self.source.read(self._position, self.batch_size)

@@ -94,7 +94,10 @@ def get_sorted(ref: Any, sid: str | None, *, timeout: float | None,
     except RayTaskError as exc:
         if isinstance(exc.cause, (CheckpointKeyRequired, CheckpointEncodeError)):
             raise _not_replayable(exc.cause, sid) from exc
-        if isinstance(exc.cause, (RayActorError, CheckpointFailed, StageStopped)):
+        # Ray's own failure inside a call (an argument lost with its node or its owner, an
+        # actor that died): replayable, not the stage's code (review 37)
+        if isinstance(exc.cause, (RayActorError, CheckpointFailed, StageStopped)) or (
+                isinstance(exc.cause, RayError) and not isinstance(exc.cause, RayTaskError)):
             raise StageFailure({sid} if sid else set(), exc) from exc
         if isinstance(exc.cause, StageError):  # e.g. RollbackUnavailable, CheckpointCorrupt
             raise PipelineError(f"stage {sid or '?'} cannot recover: "

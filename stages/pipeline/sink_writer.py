@@ -150,6 +150,9 @@ class SinkWriter:
     def _combine(self, sid: str, parts: list[Any]) -> Any:
         """One output stage's share of the step: the encoded bytes in order, when its sink
         encodes batches (each encoded by its stage, or here), else the records."""
+        # A batch that made no rows says nothing of the stage's kind: a batch stage may
+        # return None (nothing), which reaches here as an empty list, beside its tables.
+        parts = [p for p in parts if (p.rows if isinstance(p, EncodedBatch) else num_rows(p))]
         encode = getattr(self._of[sid], "encode", None)
         if encode is None or not all(isinstance(p, (EncodedBatch, list)) for p in parts):
             # Tables (a batch stage's output): concatenated first, as the driver does, so a
