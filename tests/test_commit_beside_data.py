@@ -179,9 +179,12 @@ def test_the_committer_does_not_hold_the_process_past_its_bound() -> None:
 
 
 _CHILD = textwrap.dedent("""
-    import sys, time
+    import signal, sys, time
     from pathlib import Path
     import ray
+    # An xdist worker ignores SIGINT, and a child inherits that (Python then installs no
+    # KeyboardInterrupt handler): what an operator's shell gives a driver, given back.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.path[:0] = [sys.argv[2], sys.argv[2] + "/tests"]
     from test_commit_beside_data import HeldCommitSink, _specs
     from stages import CheckpointPolicy, GeneratedSource, Pipeline
