@@ -7,7 +7,7 @@ one committed step).
 
 | row | cases tried | outcome |
 |-----|-------------|---------|
-| driver killed at every point of a step commit | SIGKILL of the driver process at step 1 and at step 2 (steps 1-4 with ``BLOCKPOINT_FAULTS_FULL=1``) at each of the 5 points of ``Pipeline._commit`` (``stages/pipeline/committing.py``): before the sink commit; after it, before the step record; after the step record, before the status write (the commit point, ``stages/pipeline/run_driver.py``); after the status write, before the sink's publish; after the publish. Then: a reader of the sink, and a restarted driver (after the dead one's control lease expired) | nothing lost: before the restart the sink shows only steps the run committed (a prefix of the reference); after it the output equals the reference exactly and the step records cover every source record once |
+| driver killed at every point of a step commit | SIGKILL of the driver process at step 1 and at step 2 (steps 1-4 with ``BLOCKPOINT_FAULTS_FULL=1``) at each of the 5 points of ``Committing._commit_step`` (``stages/pipeline/committing.py``, the committer thread): before the sink commit; after it, before the step record; after the step record, before the status write (the commit point, ``stages/pipeline/run_driver.py``); after the status write, before the sink's publish; after the publish. Then: a reader of the sink, and a restarted driver (after the dead one's control lease expired) | nothing lost: before the restart the sink shows only steps the run committed (a prefix of the reference); after it the output equals the reference exactly and the step records cover every source record once |
 | two drivers on one run | a second driver while the first (another process) runs: (a) plain - refused with ``RunActiveError`` naming the holder, before it touched anything, the first finishes; (b) ``takeover=True`` - the first is fenced (its next commit or recovery fails with ``RunFencedError``, exit code 3) and the second finishes the run | nothing lost or duplicated: output equals the reference, step records cover every source record once |
 
 Before the fix (issue 9, defect 2) the second driver was not refused and the sink showed
@@ -45,7 +45,7 @@ RUN_TTL = 2.0  # where a dead driver's control lease is waited out
 #: Where a driver must keep its run however slow its keepalive is under load.
 HELD_TTL = 60.0
 EVERY = 150  # records per step
-#: The points of one step commit, in order (``Pipeline._commit``).
+#: The points of one step commit, in order (``Committing._commit_step``).
 KILL_POINTS = ["before_sink_commit", "after_sink_commit", "after_step_record",
                "after_status_write", "after_publish"]
 #: The steps killed at: the first one (nothing committed yet) and a later one; every step of
