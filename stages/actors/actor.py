@@ -69,6 +69,7 @@ from ..checkpoint.background import PendingCheckpoint
 from ..errors import CheckpointFailed, CheckpointKeyRequired, StageError
 from .batches import EncodedBatch, mark_raised, num_rows, run_stage, to_records, warm_up
 from .control import StageView
+from .pushing import PUSH_CONCURRENCY, PUSH_GROUP, Pushed
 from .hooks import StageRegistrar, StageRegistration
 from .instance import InstanceWork
 from .routing import KeySpec, Part, Splitting, merge_parts
@@ -284,7 +285,7 @@ def restore_state(lease: Lease, spec: StageSpec, *, observer: CheckpointFlushObs
                               max_step=max_step, name=spec.stage_id, **spec.state_options())
 
 
-class StageActor(StageView):
+class StageActor(StageView, Pushed):
     """One incarnation of a stage: its lease, its state, its counters.
 
     A plain class (``launch_stage`` applies ``ray.remote``), so it also runs in-process for
@@ -365,24 +366,34 @@ class StageActor(StageView):
         trusting this incarnation again.
         """
         with self._lock:
-            self._check_running()
-            try:
-                if self._work is not None:
-                    out, n = self._work.process(self._stage, self._inc, (records, *parts))
-                else:
-                    if parts or isinstance(records, Part):
-                        records = merge_parts((records, *parts))
-                    out = run_stage(self._stage, self._css.state, records)
-                    n = num_rows(records)
-            except Exception as exc:  # named for the driver, however many calls it crosses
-                mark_raised(exc, self.spec.stage_id)
-                raise
-            self._records_total += n
-            self._records_since += n
-        if split is not None:  # outside the lock: no state touched
+            out = self._process_locked(records, parts)
+        return self._shaped(out, encode, split)
+
+    def _process_locked(self, records: Any, parts: tuple[Any, ...]) -> Any:
+        """:meth:`process_batch`'s work on the state (the caller holds the lock)."""
+        self._check_running()
+        try:
+            if self._work is not None:
+                out, n = self._work.process(self._stage, self._inc, (records, *parts))
+            else:
+                if parts or isinstance(records, Part):
+                    records = merge_parts((records, *parts))
+                out = run_stage(self._stage, self._css.state, records)
+                n = num_rows(records)
+        except Exception as exc:  # named for the driver, however many calls it crosses
+            mark_raised(exc, self.spec.stage_id)
+            raise
+        self._records_total += n
+        self._records_since += n
+        return out
+
+    def _shaped(self, out: Any, encode: Any, split: Splitting | None) -> Any:
+        """An output as the next hop takes it: split into shares, or encoded for the sink
+        (outside the lock: no state touched)."""
+        if split is not None:
             return tuple(split_batch(to_records(out), split))
         if encode is not None and self._work is None and isinstance(out, list):
-            try:  # outside the lock: no state touched
+            try:
                 return EncodedBatch(encode(out), len(out))
             except Exception:  # noqa: BLE001 - the sink's error: raised by its commit
                 return out
@@ -402,20 +413,24 @@ class StageActor(StageView):
         would only evict a barrier generation the rollback may need.
         """
         with self._lock:
-            self._check_running()
-            if step >= 1:
-                self._aligned = True
-            elif self._aligned:
-                return self._skipped()
-            if step >= 1 and self.spec.async_checkpoints:
-                pending = self._inc.checkpoint_async(step=step, meta=meta)
-                self._pending = pending
-                self._records_since = 0
-                return {"stage_id": self.spec.stage_id, "lease_id": self._lease.lease_id,
-                        "step": step, "pending": True, "stall_s": pending.stall_s}
-            info = self._inc.checkpoint(step=step, meta=meta)
+            return self._checkpoint_locked(step, meta)
+
+    def _checkpoint_locked(self, step: int, meta: dict[str, Any] | None) -> dict[str, Any]:
+        """:meth:`checkpoint`'s work (the caller holds the lock)."""
+        self._check_running()
+        if step >= 1:
+            self._aligned = True
+        elif self._aligned:
+            return self._skipped()
+        if step >= 1 and self.spec.async_checkpoints:
+            pending = self._inc.checkpoint_async(step=step, meta=meta)
+            self._pending = pending
             self._records_since = 0
-            return info.to_dict()
+            return {"stage_id": self.spec.stage_id, "lease_id": self._lease.lease_id,
+                    "step": step, "pending": True, "stall_s": pending.stall_s}
+        info = self._inc.checkpoint(step=step, meta=meta)
+        self._records_since = 0
+        return info.to_dict()
 
     def flushed(self, step: int) -> dict[str, Any]:
         """Wait until the checkpoint of barrier ``step`` is durable; its ``CheckpointInfo``.
@@ -455,6 +470,7 @@ class StageActor(StageView):
         """
         with self._lock:
             self._check_running()
+            self._unwire()  # a push attempt ends here (``stages/actors/pushing.py``)
             if self._work is not None and self.spec.key is not None:
                 self._inc.bind(step, sources)  # type: ignore[call-arg]
             else:
@@ -502,6 +518,7 @@ class StageActor(StageView):
                 info = self._inc.checkpoint(step=step, meta=meta).to_dict()
                 self._records_since = 0
             self._stopped = True
+            self._unwire()
             self._inc.release()
             return info
 
@@ -552,6 +569,20 @@ class ControlledStageActor(StageActor):
     def flushed(self, step: int) -> dict[str, Any]:
         return StageActor.flushed(self, step)
 
+    @ray.method(concurrency_group=PUSH_GROUP)
+    def push(self, attempt: int, step: int, seq: int, key: tuple[int, ...], part: int,
+             payload: Any) -> Any:
+        return StageActor.push(self, attempt, step, seq, key, part, payload)
+
+    @ray.method(concurrency_group=PUSH_GROUP)
+    def push_barrier(self, attempt: int, step: int, last_seq: int,
+                     meta: dict[str, Any] | None) -> Any:
+        return StageActor.push_barrier(self, attempt, step, last_seq, meta)
+
+    @ray.method(concurrency_group=PUSH_GROUP)
+    def barrier_done(self, attempt: int, step: int) -> Any:
+        return StageActor.barrier_done(self, attempt, step)
+
 
 _remote_cls: Any = None
 
@@ -562,7 +593,8 @@ def remote_stage_class() -> Any:
     global _remote_cls
     if _remote_cls is None:
         _remote_cls = ray.remote(concurrency_groups={CONTROL_GROUP: CONTROL_CONCURRENCY,
-                                                     FLUSH_GROUP: FLUSH_CONCURRENCY})(
+                                                     FLUSH_GROUP: FLUSH_CONCURRENCY,
+                                                     PUSH_GROUP: PUSH_CONCURRENCY})(
             ControlledStageActor)
     return _remote_cls
 

@@ -35,7 +35,9 @@ class StageView:
         """A snapshot: stage_id, node_id, epoch, lease_id, generation, step, meta,
         records_since_checkpoint, records_total, restored_from, restored_step,
         restored_skipped (``[(generation, reason)]`` the last restore could not use), pid,
-        stopped, aligned, flushing (a checkpoint is being written right now).
+        stopped, aligned, flushing (a checkpoint is being written right now), push_held (the
+        most calls this attempt's inbox held at once, ``stages/actors/pushing.py``; ``None``
+        off the push data path).
 
         ``generation``/``step``/``meta`` are those of the last checkpoint written or restored
         by this incarnation (``None`` if neither).
@@ -63,6 +65,8 @@ class StageView:
             "stopped": self._stopped,
             "aligned": self._aligned,
             "flushing": self._css.flushing,
+            # the push data path: the most calls its inbox held waiting (backpressure)
+            "push_held": None if getattr(self, "_inbox", None) is None else self._inbox.most,
         }
 
     def ping(self) -> str:

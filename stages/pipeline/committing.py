@@ -92,8 +92,9 @@ class Committing:
         self.manager.begin(PIPELINE_TRACK)
         step = self._open_step
         meta = {"source_position": self._position, "run_id": self.run_id}
-        refs = {sid: h.checkpoint.remote(step=step, meta=meta)
-                for sid, h in self._handles.items()}
+        refs = (self._push_barrier(step, meta) if self._push else
+                {sid: h.checkpoint.remote(step=step, meta=meta)
+                 for sid, h in self._handles.items()})
         self._barrier = Barrier(step, self._position, self._open_records, refs)
         self._open_step += 1
         self._open_records = 0
@@ -136,6 +137,12 @@ class Committing:
             else set()
         while self._batches and all(r in done for r in self._batches[0].refs):
             b = self._batches.popleft()
+            if self._push:  # the first stages' answers: their errors raised here
+                for sid, calls in b.outs.items():
+                    for group in calls:
+                        for r in group:
+                            self._push_answered(r, sid)
+                continue
             if self._handoff is not None:  # the refs: to the writer, in chunks as they come
                 for sid, calls in b.outs.items():
                     for group in calls:
@@ -156,7 +163,10 @@ class Committing:
         """Hand the step's commit to the committer thread; what it needs of the driver's
         state (the outputs, the writer's hand-off) is taken here, in the driver thread."""
         hold = self._driver()
-        if self._handoff is not None:
+        if self._push:  # the outputs were pushed to the writer by the output stages
+            bar.commit = self._committer.submit(self._commit_step, bar,
+                                                self._push_commit(bar.step, hold.token), None)
+        elif self._handoff is not None:
             call = self._handoff.commit(bar.step, hold.token)
             bar.commit = self._committer.submit(self._commit_step, bar, call, None)
         else:

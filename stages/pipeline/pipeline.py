@@ -72,6 +72,7 @@ from typing import Any
 import ray
 
 from ..actors.actor import StageSpec, launch_stage, open_store_for
+from ..actors.pushing import STALE
 from ..actors.batches import num_rows
 from ..actors.routing import split
 from .barrier import Barrier
@@ -85,6 +86,7 @@ from .metering import note_event, note_replayed
 from .recovery import StageFailure, alive, get_sorted, stop_stages
 from .reference import run_reference
 from .committing import PIPELINE_TRACK, Committer, Committing
+from .pushing import DATA_PATHS, Pushing
 from .rollback import Recovering
 from .run_driver import RunDriver
 from .instances import check_layout, expand, sources_for
@@ -122,7 +124,7 @@ class _Batch:
         return [r for calls in self.outs.values() for group in calls for r in group]
 
 
-class Pipeline(Recovering, Committing):
+class Pipeline(Recovering, Committing, Pushing):
     """Checkpointed stage actors - a chain, or a DAG - between a replayable source and sinks.
 
     Args:
@@ -160,6 +162,11 @@ class Pipeline(Recovering, Committing):
         takeover: fence a live driver of the run and take over (default: refuse).
         run_ttl: TTL of the run's control lease (kept alive while this driver runs): how
             long after a driver died its run needs ``takeover`` to be driven.
+        data_path: ``"driver"`` (the driver submits every stage's call of every batch) or
+            ``"push"`` (it feeds the first stages; each stage sends its output to the next
+            ones and to the sink writer itself, backpressure per edge:
+            ``stages/pipeline/pushing.py``). The same calls in the same order, the same
+            committed output; ``"push"`` needs a sink the writer commits.
     """
 
     def __init__(self, source: Source, stages: Sequence[StageSpec],
@@ -176,7 +183,7 @@ class Pipeline(Recovering, Committing):
                  max_recoveries: int = 20, call_timeout: float = 60.0,
                  ping_timeout: float = 10.0, clock: Callable[[], float] = time.monotonic,
                  keep_steps: int | None = None, takeover: bool = False,
-                 run_ttl: float = 10.0) -> None:
+                 run_ttl: float = 10.0, data_path: str = "driver") -> None:
         if not stages:
             raise ValueError("a pipeline needs at least one stage")
         if keep_steps is not None and keep_steps < 1:
@@ -189,6 +196,8 @@ class Pipeline(Recovering, Committing):
                 raise ValueError(f"{s.stage_id!r} is an instance spec: give the stage's own")
         if batch_size < 1 or max_in_flight < 1:
             raise ValueError("batch_size and max_in_flight must be >= 1")
+        if data_path not in DATA_PATHS:
+            raise ValueError(f"data_path must be one of {DATA_PATHS}, got {data_path!r}")
         self.source = source
         self.specs = list(stages)
         if isinstance(sink, Mapping):
@@ -206,6 +215,16 @@ class Pipeline(Recovering, Committing):
         #: outputs go stage -> sink writer -> sink, never through the driver, when the sink
         #: may commit in another process (``stages/pipeline/sink_writer.py``)
         self.remote_commit = commits_anywhere(sink)
+        if data_path == "push" and not self.remote_commit:
+            names = sorted({type(x).__name__ for x in (
+                sink.sinks.values() if isinstance(sink, SinkSet) else [sink])})
+            raise ValueError(f"data_path='push' sends the outputs to the sink writer, but "
+                             f"{names} commit(s) in the driver (no commit_anywhere = True): "
+                             "use data_path='driver'")
+        #: the stages push to each other (``stages/pipeline/pushing.py``)
+        self._push = data_path == "push"
+        self._attempt = 0
+        self._loose_pushes: list[Any] = []
         self._writer: Any = None
         self._handoff: Handoff | None = None  # the driver's side of the writer
         self._committer: Any = None  # the thread a step's commit runs in (per run)
@@ -432,6 +451,10 @@ class Pipeline(Recovering, Committing):
         self._writer = None
         self.remote_commit = False
         self._encoders = {}
+        if self._push:
+            log.warning("run %s: data_path='push' needs the sink writer: the driver submits "
+                        "every call instead", self.run_id)
+            self._push = False
 
     def _note_info(self, sid: str, info: Mapping[str, Any]) -> None:
         self._nodes[sid] = info.get("node_id")
@@ -456,6 +479,8 @@ class Pipeline(Recovering, Committing):
             else:
                 assert self._handoff is not None
                 self._handoff.rewind()  # the chunks of the attempt before: never named again
+        if self._push:  # a new attempt: the stages' inboxes and the writer start afresh
+            self._wire()
         self._replayed += self._uncommitted_read
         note_replayed(self.run_id, self._uncommitted_read)
         self._uncommitted_read = 0
@@ -494,6 +519,8 @@ class Pipeline(Recovering, Committing):
                     f"stage {reader} raised (its key, for the source's batch at position "
                     f"{self._position!r}): {type(exc).__name__}: {exc}",
                     stage_id=reader) from exc
+        if self._push:
+            return self._push_submit(records, source if shared else None)
         outs: dict[str, list[list[Any]]] = {SOURCE: [source]}
         for sid in self.graph.order:
             instances = [self._handles[inst.stage_id]
@@ -565,7 +592,11 @@ class Pipeline(Recovering, Committing):
         self._maybe_barrier(final=self._exhausted or self._idle)
 
     def _get(self, ref: Any, sid: str | None) -> Any:
-        return get_sorted(ref, sid, timeout=self.call_timeout, actor_ids=self._actor_ids)
+        got = get_sorted(ref, sid, timeout=self.call_timeout, actor_ids=self._actor_ids)
+        if self._push and isinstance(got, str) and got == STALE:  # its attempt ended
+            raise StageFailure({sid} if sid else set(),
+                               RuntimeError(f"stage {sid!r} ended the push attempt"))
+        return got
 
     def _driver(self) -> RunDriver:
         assert self._hold is not None, "only while run() runs"  # set for the whole of it

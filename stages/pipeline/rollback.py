@@ -72,6 +72,7 @@ class Recovering:
             dropped.extend(self._handoff.refs())
         if self._barrier is not None:
             dropped.extend(self._barrier.refs())
+        dropped.extend(self._loose_pushes)
         lost = set(failure.stages) | {s for s, h in self._handles.items()
                                       if s not in failure.stages
                                       and not alive(h, self.ping_timeout)}

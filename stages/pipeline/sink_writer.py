@@ -98,6 +98,10 @@ class SinkWriter:
         self._of = _by_output(sink, self._outputs)
         #: chunk id -> (output stage, one call's outputs merged), in order
         self._chunks: dict[int, list[tuple[str, Any]]] = {}
+        #: the push data path (``stages/actors/pushing.py``): the driver's attempt, and per
+        #: step, output stage and call ``(seq, key)``, each instance's part
+        self._attempt: int | None = None
+        self._pushed: dict[int, dict[str, dict[tuple[int, tuple[int, ...]], dict[int, Any]]]] = {}
 
     def ping(self) -> bool:
         return True
@@ -115,6 +119,55 @@ class SinkWriter:
     def reset(self) -> None:
         """Drop every chunk (the driver rolled back: no commit will name them)."""
         self._chunks.clear()
+
+    # -- the push data path -------------------------------------------------------------------
+    def reset_pushed(self, attempt: int) -> bool:
+        """Start the driver's ``attempt``: drop every output pushed before (none of them is
+        committed); pushes of any other attempt are dropped from now on."""
+        self._attempt = attempt
+        self._pushed.clear()
+        self._chunks.clear()
+        return True
+
+    def push(self, attempt: int, step: int, seq: int, key: tuple[int, ...], sid: str,
+             part: int, out: Any) -> Any:
+        """Keep one output stage instance's output of one call until ``step`` commits."""
+        if attempt != self._attempt:
+            return "stale"
+        self._pushed.setdefault(step, {}).setdefault(sid, {}).setdefault(
+            (seq, tuple(key)), {})[part] = out
+        return None
+
+    def commit_pushed(self, step: int, token: FenceToken,
+                      expected: dict[str, tuple[int, int]]) -> tuple[int, BaseException | None]:
+        """Commit ``step``'s pushed output: per output stage, ``expected`` gives the calls of
+        the step and the parts of each (its instances); anything short of that is a
+        ``SinkCommitError`` and nothing is committed. Outputs go in ``(seq, key)`` order -
+        the driver path's order - each call's parts merged in input order."""
+        got = self._pushed.get(step, {})
+        parts: dict[str, list[Any]] = {sid: [] for sid in self._outputs}
+        rows = 0
+        for sid, (calls, width) in expected.items():
+            units = got.get(sid, {})
+            short = [u for u, p in units.items() if len(p) != width]
+            if len(units) != calls or short:
+                return 0, SinkCommitError(
+                    f"step {step}: the writer holds {len(units)} of {calls} outputs of stage "
+                    f"{sid!r} ({len(short)} of them short of a part); not committed")
+            for unit in sorted(units):
+                p = units[unit]
+                batch = merge_parts([p[i] for i in sorted(p)])
+                parts[sid].append(batch)
+                rows += batch.rows if isinstance(batch, EncodedBatch) else num_rows(batch)
+        try:
+            step_out = {sid: self._combine(sid, p) for sid, p in parts.items()}
+            self._sink.commit(step, step_out if isinstance(self._sink, SinkSet)
+                              else step_out[self._outputs[0]], token=token)
+        except Exception as exc:  # noqa: BLE001 - handed back whole, raised by the driver
+            return rows, _portable(exc)
+        for s in [s for s in self._pushed if s <= step]:
+            del self._pushed[s]
+        return rows, None
 
     def commit(self, step: int, token: FenceToken, chunks: int,
                layout: Sequence[tuple[str, int]], *outs: Any) -> tuple[int, BaseException | None]:
