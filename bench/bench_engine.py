@@ -17,13 +17,17 @@ The work: ``GeneratedSource`` events (16 keys) -> ``Enrich`` -> ``RunningAggrega
   writes the output a pipeline writes;
 * ``pipeline off``: ``Pipeline`` of the three as ``StageSpec``s (file store, ``num_cpus=0.5``,
   8 batches in flight, a ``FileSink`` without fsync), one barrier at the end;
-* ``pipeline on``: the same with a barrier every 15,000 records (6,000 quick).
+* ``pipeline on``: the same with a barrier every 15,000 records (6,000 quick);
+* ``push off`` / ``push on``: the same two on ``data_path="push"`` - the driver feeds the
+  first stage only, each stage pushes to the next and the last to the sink writer
+  (``stages/pipeline/pushing.py``).
 
 records/s over the whole run of each case (for the pipeline: its ``started`` to ``done``
 events, stage launch excluded); medians of ``repeat`` (default 3), cases interleaved per
 round. Ratios: ``vs chain`` (pipeline off / hand-rolled chain; the target is >= 0.9),
 ``vs chain, JSONL`` (pipeline off / the chain writing the same output) and
-``vs off`` (on / off; the target is >= 0.9). ``python -m bench.bench_engine``;
+``vs off`` (on / off; the target is >= 0.9), the same for the push rows and ``vs pipeline
+off`` (push off / pipeline off). ``python -m bench.bench_engine``;
 ``blockpoint bench --only engine``.
 """
 
@@ -142,8 +146,10 @@ def chain(events: int, out_file: str | None = None) -> tuple[float, list[Any]]:
     return seconds, outs
 
 
-def pipeline(events: int, every: int | None, root: str) -> tuple[float, list[Any], dict[str, Any]]:
-    """Seconds, outputs and figures of one ``Pipeline`` run (``every``: None = off)."""
+def pipeline(events: int, every: int | None, root: str, data_path: str = "driver"
+             ) -> tuple[float, list[Any], dict[str, Any]]:
+    """Seconds, outputs and figures of one ``Pipeline`` run (``every``: None = off;
+    ``data_path``: the driver submits every call, or the stages push)."""
     from blockstore import open_store
     from stages import CheckpointPolicy, FileSink, GeneratedSource, Pipeline, StageSpec
     from stages.pipeline.source import Enrich, RunningAggregate
@@ -160,7 +166,7 @@ def pipeline(events: int, every: int | None, root: str) -> tuple[float, list[Any
     sink = FileSink(os.path.join(work, "out"), fsync=False)
     pipe = Pipeline(GeneratedSource(seed=2026, n=events, keys=16), specs, sink,
                     batch_size=BATCH, max_in_flight=IN_FLIGHT, policy=policy,
-                    call_timeout=120.0)
+                    call_timeout=120.0, data_path=data_path)
     try:
         res = pipe.run()
         outs = sink.read_all()
@@ -188,7 +194,8 @@ def run(quick: bool = False, repeat: int | None = None,
     root = tempfile.mkdtemp(prefix="bench-engine-")
     rates: dict[str, list[float]] = {c: [] for c in
                                      ("loop", "hand-rolled chain", "hand-rolled chain, JSONL",
-                                      "pipeline off", "pipeline on")}
+                                      "pipeline off", "pipeline on", "push off",
+                                      "push on")}
     extra: dict[str, dict[str, Any]] = {}
     try:
         _, want = loop(events)
@@ -201,8 +208,10 @@ def run(quick: bool = False, repeat: int | None = None,
             s, out = chain(events, os.path.join(root, "chain.jsonl"))
             _same(out, want, "hand-rolled chain, JSONL")
             rates["hand-rolled chain, JSONL"].append(events / s)
-            for case, ev in (("pipeline off", None), ("pipeline on", every)):
-                s, out, fig = pipeline(events, ev, root)
+            for case, ev, path in (("pipeline off", None, "driver"),
+                                   ("pipeline on", every, "driver"),
+                                   ("push off", None, "push"), ("push on", every, "push")):
+                s, out, fig = pipeline(events, ev, root, path)
                 _same(out, want, case)
                 rates[case].append(events / s)
                 extra[case] = fig
@@ -220,6 +229,12 @@ def run(quick: bool = False, repeat: int | None = None,
             row["vs chain, JSONL"] = round(med[case] / med["hand-rolled chain, JSONL"], 3)
         if case == "pipeline on":
             row["vs off"] = round(med[case] / med["pipeline off"], 3)
+            row["every_records"] = every
+        if case == "push off":
+            row["vs chain"] = round(med[case] / med["hand-rolled chain"], 3)
+            row["vs pipeline off"] = round(med[case] / med["pipeline off"], 3)
+        if case == "push on":
+            row["vs off"] = round(med[case] / med["push off"], 3)
             row["every_records"] = every
         row.update(extra.get(case, {}))
         rows.append(row)

@@ -54,13 +54,15 @@ _AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("backend", ["file", "s3"])
+@pytest.mark.parametrize("backend, path", [("file", "driver"), ("s3", "driver"),
+                                           ("file", "push")])
 def test_node_of_stateful_stage_removed_mid_run(s3_server: Any, ray_cluster: Any,
-                                                tmp_path: Path, backend: str) -> None:
+                                                tmp_path: Path, backend: str, path: str) -> None:
     """With the store in a directory, and on an S3-compatible server on loopback (no shared
     filesystem: the restored stage reads its checkpoint from the object store). The server
     (session-scoped) starts before the cluster, so every node has its credentials in the
-    environment."""
+    environment. ``push``: the stages send to each other and to the sink writer across the
+    nodes (``data_path="push"``)."""
     cluster = ray_cluster
     store = (s3_server.url(f"pipeline-{tmp_path.name}") if backend == "s3"
              else str(tmp_path / "store"))
@@ -94,7 +96,7 @@ def test_node_of_stateful_stage_removed_mid_run(s3_server: Any, ray_cluster: Any
     p = Pipeline(src, specs, sink, batch_size=50, max_in_flight=4,
                  policy=CheckpointPolicy(every_records=400),
                  placement={"agg": victim.node_id, "seq": workers[1].node_id},
-                 on_event=on_event, ping_timeout=30.0, call_timeout=60.0)
+                 on_event=on_event, ping_timeout=30.0, call_timeout=60.0, data_path=path)
     try:
         res = p.run()
     finally:
