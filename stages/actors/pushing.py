@@ -54,7 +54,7 @@ __all__ = ["PUSH_CONCURRENCY", "PUSH_GROUP", "STALE", "Edge", "Inbox", "Pushed",
 #: Concurrency group of the push messages (each waits until its call ran).
 PUSH_GROUP = "push"
 #: Threads of that group: bounds ``senders x bound`` (see ``stages/pipeline/pushing.py``).
-PUSH_CONCURRENCY = 64
+PUSH_CONCURRENCY = 32
 
 #: What a message of an attempt that ended gets back (never an error: nothing to report).
 STALE = "stale"

@@ -127,3 +127,24 @@ def sources_for(spec: StageSpec, step: RunStep | None) -> list[str] | None:
         raise PipelineError(f"keyed stage {spec.base_id!r} has no instance in the record of "
                             f"step {step.step}: it did not run at that step")
     return out
+
+
+def split_source(graph: Any, records: list[Any], position: Any) -> list[Any]:
+    """The source's batch split into one share per instance of its keyed reader
+    (``graph.splits[SOURCE]``). A record without its key, or a key function that raises, is
+    the reader's ``StageProcessError`` naming the batch's position (replaying fails again)."""
+    from ..actors.routing import split
+    from ..errors import KeyGroupError, StageProcessError
+    from .graph import SOURCE
+
+    reader = next(sid for sid in graph.order if SOURCE in graph.inputs[sid])
+    try:
+        return split(records, graph.splits[SOURCE])
+    except KeyGroupError as exc:
+        raise StageProcessError(
+            f"stage {reader} (its key, for the source's batch at position {position!r}): "
+            f"{exc}", stage_id=reader) from exc
+    except Exception as exc:  # the stage's key function raised, as in an instance
+        raise StageProcessError(
+            f"stage {reader} raised (its key, for the source's batch at position "
+            f"{position!r}): {type(exc).__name__}: {exc}", stage_id=reader) from exc

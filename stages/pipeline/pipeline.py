@@ -70,14 +70,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import ray
+from ray.exceptions import RayTaskError
 
 from ..actors.actor import StageSpec, launch_stage, open_store_for
 from ..actors.pushing import STALE
 from ..actors.batches import num_rows
-from ..actors.routing import split
 from .barrier import Barrier
 from .graph import SOURCE, Graph, SinkSet
-from ..errors import KeyGroupError, PipelineError, RunFencedError, StageProcessError
+from ..errors import PipelineError, RunFencedError, StageProcessError
 from .events import PipelineEvent, PipelineResult
 from ..actors.hooks import StageLostHook
 from ..checkpoint.observer import CheckpointFlushObserver
@@ -89,11 +89,11 @@ from .committing import PIPELINE_TRACK, Committer, Committing
 from .pushing import DATA_PATHS, Pushing
 from .rollback import Recovering
 from .run_driver import RunDriver
-from .instances import check_layout, expand, sources_for
+from .instances import check_layout, expand, sources_for, split_source
 from .run_records import RunStep
 from .runs import RunClaim, RunStore
 from .sink import Sink
-from .sink_writer import Handoff, commits_anywhere, sink_places, stage_encoders, start_writer
+from .sink_writer import Handoff, commits_anywhere, stage_encoders, start_writer, writer_sees
 from .source import Source
 
 __all__ = [
@@ -258,6 +258,7 @@ class Pipeline(Recovering, Committing, Pushing):
         self._nodes: dict[str, str | None] = {}
         self._epochs: dict[str, int] = {}
         self._actor_ids: dict[str, str] = {}
+        self._lease_ids: dict[str, str | None] = {}
         self._events: list[PipelineEvent] = []
         self._reset_counters()
 
@@ -435,19 +436,10 @@ class Pipeline(Recovering, Committing, Pushing):
             "driver_epoch": self._driver().epoch})
 
     def _check_writer_sees_the_sink(self) -> None:
-        """The writer must see the sink's directories as this process does; where it does
-        not (or does not answer), the sink commits here, as before the writer."""
-        mine = sink_places(self.sink)
-        try:
-            theirs = ray.get(self._writer.places.remote(), timeout=self.call_timeout)
-        except Exception as exc:  # noqa: BLE001 - any failure: commit in the driver
-            theirs = exc
-        if theirs == mine and None not in mine:
+        """Where the writer does not see the sink's directories as this process does, the
+        sink commits here, as before the writer (``sink_writer.writer_sees``)."""
+        if writer_sees(self._writer, self.sink, self.call_timeout, self.run_id):
             return
-        log.warning("run %s: the sink writer on this node sees the sink's directory as %r, "
-                    "this process as %r: committing in the driver", self.run_id, theirs, mine)
-        with contextlib.suppress(Exception):
-            ray.kill(self._writer, no_restart=True)
         self._writer = None
         self.remote_commit = False
         self._encoders = {}
@@ -458,6 +450,7 @@ class Pipeline(Recovering, Committing, Pushing):
 
     def _note_info(self, sid: str, info: Mapping[str, Any]) -> None:
         self._nodes[sid] = info.get("node_id")
+        self._lease_ids[sid] = info.get("lease_id")
         self._epochs[sid] = int(info.get("epoch", 0))
         try:
             self._actor_ids[self._handles[sid]._actor_id.hex()] = sid
@@ -503,22 +496,11 @@ class Pipeline(Recovering, Committing, Pushing):
         # (``stages/actors/routing.py``). An output stage the sink writer takes from encodes
         # its own output (``encoders``).
         splits = self.graph.splits
-        source = [records]
         shared: set[str] = set()  # the producers whose outputs are shares, one per instance
+        source = [records]
         if SOURCE in splits and isinstance(records, list):
             shared.add(SOURCE)
-            reader = next(sid for sid in self.graph.order if SOURCE in self.graph.inputs[sid])
-            try:
-                source = split(records, splits[SOURCE])
-            except KeyGroupError as exc:  # a record without its key: replaying fails again
-                raise StageProcessError(
-                    f"stage {reader} (its key, for the source's batch at position "
-                    f"{self._position!r}): {exc}", stage_id=reader) from exc
-            except Exception as exc:  # the stage's key function raised, as in an instance
-                raise StageProcessError(
-                    f"stage {reader} raised (its key, for the source's batch at position "
-                    f"{self._position!r}): {type(exc).__name__}: {exc}",
-                    stage_id=reader) from exc
+            source = split_source(self.graph, records, self._position)
         if self._push:
             return self._push_submit(records, source if shared else None)
         outs: dict[str, list[list[Any]]] = {SOURCE: [source]}
@@ -592,7 +574,15 @@ class Pipeline(Recovering, Committing, Pushing):
         self._maybe_barrier(final=self._exhausted or self._idle)
 
     def _get(self, ref: Any, sid: str | None) -> Any:
-        got = get_sorted(ref, sid, timeout=self.call_timeout, actor_ids=self._actor_ids)
+        try:
+            got = get_sorted(ref, sid, timeout=self.call_timeout, actor_ids=self._actor_ids)
+        except StageFailure as f:
+            # On the push path a stage passes on what failed further down (a receiver lost,
+            # a fenced checkpoint): the suspect is the stage the error names, not the one
+            # whose call carried it; none named - the recovery probes every stage.
+            if self._push and isinstance(f.cause, RayTaskError):
+                raise StageFailure(self._named_in(f.cause), f.cause) from f.cause
+            raise
         if self._push and isinstance(got, str) and got == STALE:  # its attempt ended
             raise StageFailure({sid} if sid else set(),
                                RuntimeError(f"stage {sid!r} ended the push attempt"))

@@ -26,8 +26,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import ray
+from ray.exceptions import RayActorError, RayTaskError
 
 from ..actors.pushing import PUSH_CONCURRENCY, STALE, Edge, Route
+from ..errors import CheckpointFailed
 from .graph import SOURCE
 from .recovery import StageFailure
 
@@ -151,3 +153,18 @@ class Pushing:
         expected = {sid: (n * len(self._calls(sid)), self._width(sid))
                     for sid in self.graph.sinks}
         return self._writer.commit_pushed.remote(step, token, expected)
+
+    def _named_in(self, exc: BaseException) -> set[str]:
+        """The stage a failure passed on through pushes names: the actor that died, the
+        lease a checkpoint failed on, the stage that was stopped."""
+        inner: Any = exc
+        while isinstance(inner, RayTaskError) and inner.cause is not None \
+                and inner.cause is not inner:
+            inner = inner.cause
+        if isinstance(inner, RayActorError):
+            sid = self._actor_ids.get(getattr(inner, "actor_id", None) or "")
+            return {sid} if sid else set()
+        if isinstance(inner, CheckpointFailed) and inner.lease_id:
+            return {sid for sid, lease in self._lease_ids.items() if lease == inner.lease_id}
+        who = getattr(inner, "stage_id", None)
+        return {who} if isinstance(who, str) and who in self._handles else set()

@@ -56,7 +56,7 @@ from .graph import SinkSet
 from ..errors import SinkCommitError
 from .sink import EncodedParts, FenceToken, Sink
 
-__all__ = ["HAND_OVER_EVERY", "Handoff", "SinkWriter", "commits_anywhere", "sink_places", "stage_encoders", "start_writer"]
+__all__ = ["HAND_OVER_EVERY", "Handoff", "SinkWriter", "commits_anywhere", "sink_places", "stage_encoders", "start_writer", "writer_sees"]
 
 
 def commits_anywhere(sink: Sink | SinkSet) -> bool:
@@ -310,6 +310,28 @@ def sink_places(sink: Sink | SinkSet) -> list[tuple[int, int] | None]:
             st = None
         out.append(None if st is None else (st.st_dev, st.st_ino))
     return out
+
+
+def writer_sees(writer: Any, sink: Sink | SinkSet, timeout: float, run_id: str) -> bool:
+    """The writer sees the sink's directories as this process does (:func:`sink_places`);
+    where it does not (or does not answer), it is killed and False returned: the sink then
+    commits in the driver, as before the writer."""
+    import contextlib
+    import logging
+
+    mine = sink_places(sink)
+    try:
+        theirs = ray.get(writer.places.remote(), timeout=timeout)
+    except Exception as exc:  # noqa: BLE001 - any failure: commit in the driver
+        theirs = exc
+    if theirs == mine and None not in mine:
+        return True
+    logging.getLogger(__name__).warning(
+        "run %s: the sink writer on this node sees the sink's directory as %r, this process "
+        "as %r: committing in the driver", run_id, theirs, mine)
+    with contextlib.suppress(Exception):
+        ray.kill(writer, no_restart=True)
+    return False
 
 
 def stage_encoders(sink: Sink | SinkSet, outputs: Sequence[str],
