@@ -113,6 +113,17 @@ class Route:
     split: Splitting | None = None
 
 
+class _Waiter:
+    """What one message waits for: set once, with the outcome."""
+
+    __slots__ = ("event", "ok", "value")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.ok = False
+        self.value: Any = None
+
+
 class Inbox:
     """The calls and barriers of one attempt, run in the driver's order by one thread."""
 
@@ -135,11 +146,15 @@ class Inbox:
         self.most = 0
         self._sent: dict[int, deque[Any]] = {}  # receiver (id) -> pushes unanswered
         self._loose: list[Any] = []  # barrier messages sent (answered at once)
+        self._waiters: dict[tuple[int, int], _Waiter] = {}  # per call waiting to run
+        self._step_waiters: dict[int, _Waiter] = {}  # per step a barrier_done waits for
         self._thread = threading.Thread(target=self._run, daemon=True,
                                         name=f"inbox-{route.attempt}")
         self._thread.start()
 
     # -- messages (Ray's threads of the push group) -------------------------------------------
+    # Each waits on an event of its own (its call's, its step's), set once: a condition all
+    # of them waited on woke every one of them at every call (a wake-up storm on the GIL).
     def push(self, step: int, seq: int, key: tuple[int, ...], part: int, payload: Any) -> Any:
         """Keep one part of one call; return once the call ran (``STALE`` if the attempt
         ended first); raise the inbox's error if it failed."""
@@ -148,35 +163,51 @@ class Inbox:
             raise ValueError(f"call key {key!r} is not one of this stage's "
                              f"{[k for k, _ in self.route.expected]} (a routing bug)")
         with self._cond:
+            if self._error is not None:
+                raise self._error
+            if self._stopped or (seq, ki) < (self._seq, self._ki):
+                return STALE  # ended, or a call that ran already (never sent twice)
             self._units.setdefault((seq, ki), {})[part] = (step, payload)
             self.most = max(self.most, len(self._units))
-            self._cond.notify_all()
-            while (seq, ki) >= (self._seq, self._ki):
-                if self._error is not None:
-                    raise self._error
-                if self._stopped:
-                    return STALE
-                self._cond.wait()
-        return None
+            waiter = self._waiters.setdefault((seq, ki), _Waiter())
+            self._cond.notify()  # the thread: one waiter
+        waiter.event.wait()
+        return self._outcome(waiter)
 
     def barrier(self, step: int, last_seq: int, meta: dict[str, Any] | None) -> None:
         """One sender's barrier of ``step`` (whose last batch is ``last_seq``)."""
         with self._cond:
             entry = self._barriers.setdefault(step, [0, last_seq, meta])
             entry[0] += 1
-            self._cond.notify_all()
+            self._cond.notify()
 
     def done(self, step: int) -> Any:
         """Wait until ``step`` is checkpointed here; its info (``STALE`` if the attempt
         ended first). Raises the inbox's error if it failed."""
         with self._cond:
-            while step not in self._done:
-                if self._error is not None:
-                    raise self._error
-                if self._stopped:
-                    return STALE
-                self._cond.wait()
-            return self._done[step]
+            if step in self._done:
+                return self._done[step]
+            if self._error is not None:
+                raise self._error
+            if self._stopped:
+                return STALE
+            waiter = self._step_waiters.setdefault(step, _Waiter())
+        waiter.event.wait()
+        return self._outcome(waiter)
+
+    def _outcome(self, waiter: _Waiter) -> Any:
+        if waiter.ok:
+            return waiter.value
+        if self._error is not None:
+            raise self._error
+        return STALE
+
+    def _release_all(self) -> None:
+        """Every waiting message is answered (the caller holds the condition)."""
+        for w in (*self._waiters.values(), *self._step_waiters.values()):
+            w.event.set()
+        self._waiters.clear()
+        self._step_waiters.clear()
 
     def stop(self) -> None:
         """End the attempt: waiting messages get ``STALE``; the thread ends after the call
@@ -184,6 +215,7 @@ class Inbox:
         with self._cond:
             self._stopped = True
             self._units.clear()
+            self._release_all()
             self._cond.notify_all()
 
     # -- the thread --------------------------------------------------------------------------
@@ -220,27 +252,33 @@ class Inbox:
                     self._call(what)
                     with self._cond:
                         self._units.pop((self._seq, self._ki), None)
+                        waiter = self._waiters.pop((self._seq, self._ki), None)
                         self._ki += 1
                         if self._ki == len(self.route.expected):
                             self._seq, self._ki = self._seq + 1, 0
-                        self._cond.notify_all()
+                    if waiter is not None:
+                        waiter.ok = True
+                        waiter.event.set()
                 else:
                     info = self._checkpoint(what)
                     with self._cond:
                         self._done[self._step] = info
                         self._done.pop(self._step - 3, None)
                         self._barriers.pop(self._step, None)
+                        waiter = self._step_waiters.pop(self._step, None)
                         self._step += 1
-                        self._cond.notify_all()
+                    if waiter is not None:
+                        waiter.ok, waiter.value = True, info
+                        waiter.event.set()
         except InboxStopped:  # a receiver's attempt ended, or this one: nothing to report
             with self._cond:
                 self._stopped = True
-                self._cond.notify_all()
+                self._release_all()
         except BaseException as exc:  # noqa: BLE001 - every waiting message raises it
             with self._cond:
                 if not self._stopped:
                     self._error = exc
-                self._cond.notify_all()
+                self._release_all()
 
     def _call(self, parts: Sequence[Any]) -> None:
         r = self.route

@@ -167,6 +167,9 @@ class Pipeline(Recovering, Committing, Pushing):
             ones and to the sink writer itself, backpressure per edge:
             ``stages/pipeline/pushing.py``). The same calls in the same order, the same
             committed output; ``"push"`` needs a sink the writer commits.
+        source_reader: on the push path, read the source in an actor of its own
+            (``stages/pipeline/reader.py``; the source must pickle): no record crosses the
+            driver, which gets back each batch's count and end position only.
     """
 
     def __init__(self, source: Source, stages: Sequence[StageSpec],
@@ -183,7 +186,8 @@ class Pipeline(Recovering, Committing, Pushing):
                  max_recoveries: int = 20, call_timeout: float = 60.0,
                  ping_timeout: float = 10.0, clock: Callable[[], float] = time.monotonic,
                  keep_steps: int | None = None, takeover: bool = False,
-                 run_ttl: float = 10.0, data_path: str = "driver") -> None:
+                 run_ttl: float = 10.0, data_path: str = "driver",
+                 source_reader: bool = False) -> None:
         if not stages:
             raise ValueError("a pipeline needs at least one stage")
         if keep_steps is not None and keep_steps < 1:
@@ -198,6 +202,9 @@ class Pipeline(Recovering, Committing, Pushing):
             raise ValueError("batch_size and max_in_flight must be >= 1")
         if data_path not in DATA_PATHS:
             raise ValueError(f"data_path must be one of {DATA_PATHS}, got {data_path!r}")
+        if source_reader and data_path != "push":
+            raise ValueError("source_reader=True sends batches from the reader to the first "
+                             "stages: it needs data_path='push'")
         self.source = source
         self.specs = list(stages)
         if isinstance(sink, Mapping):
@@ -225,6 +232,8 @@ class Pipeline(Recovering, Committing, Pushing):
         self._push = data_path == "push"
         self._attempt = 0
         self._loose_pushes: list[Any] = []
+        self._reader_wanted = source_reader
+        self._reader: Any = None  # the source reader actor (``source_reader``)
         self._writer: Any = None
         self._handoff: Handoff | None = None  # the driver's side of the writer
         self._committer: Any = None  # the thread a step's commit runs in (per run)
@@ -359,9 +368,11 @@ class Pipeline(Recovering, Committing, Pushing):
             self._committer.shutdown(None if clean else self.ping_timeout)
             stop_stages(self.instances, self._handles, timeout=self.ping_timeout,
                         unregister=not fenced)
-            if self._writer is not None:
-                ray.kill(self._writer, no_restart=True)
-                self._writer = self._handoff = None
+            for helper in (self._writer, self._reader):
+                if helper is not None:
+                    with contextlib.suppress(Exception):
+                        ray.kill(helper, no_restart=True)
+            self._writer = self._handoff = self._reader = None
             hold.release()
         return PipelineResult(
             run_id=self.run_id, committed_step=self._committed,
@@ -446,7 +457,7 @@ class Pipeline(Recovering, Committing, Pushing):
         if self._push:
             log.warning("run %s: data_path='push' needs the sink writer: the driver submits "
                         "every call instead", self.run_id)
-            self._push = False
+            self._push = self._reader_wanted = False
 
     def _note_info(self, sid: str, info: Mapping[str, Any]) -> None:
         self._nodes[sid] = info.get("node_id")
@@ -550,6 +561,8 @@ class Pipeline(Recovering, Committing, Pushing):
             self._await_progress()
 
     def _fill(self) -> None:
+        if self._reader_wanted:  # the source is read by the reader actor
+            return self._fill_from_reader()
         self._idle = False
         self._maybe_barrier(final=False)  # a step already due (read while one committed)
         while (not self._exhausted and len(self._batches) < self.max_in_flight
@@ -557,21 +570,28 @@ class Pipeline(Recovering, Committing, Pushing):
             records, new_position = self.source.read(self._position, self.batch_size)
             n = num_rows(records)
             if not n:
-                # A followed directory (``exhausted``) may have more later: commit, ask again.
-                ended = getattr(self.source, "exhausted", None)
-                if ended is None or ended(self._position):
-                    self._exhausted = True
-                else:
-                    self._idle = True
+                self._source_ended()
                 break
-            refs = self._submit(records)
-            self._batches.append(_Batch(self._open_step, new_position, n, refs))
-            self._position = new_position
-            self._open_records += n
-            self._uncommitted_read += n
-            self.manager.record(PIPELINE_TRACK, n)
+            self._add_batch(n, new_position, self._submit(records))
             self._maybe_barrier(final=False)
         self._maybe_barrier(final=self._exhausted or self._idle)
+
+    def _source_ended(self) -> None:
+        """The source gave nothing: exhausted, or (a followed directory, ``exhausted``)
+        nothing yet - commit, ask again."""
+        ended = getattr(self.source, "exhausted", None)
+        if ended is None or ended(self._position):
+            self._exhausted = True
+        else:
+            self._idle = True
+
+    def _add_batch(self, n: int, new_position: Any, outs: dict[str, list[list[Any]]]) -> None:
+        """A batch of the open step was sent: in flight, counted towards the step."""
+        self._batches.append(_Batch(self._open_step, new_position, n, outs))
+        self._position = new_position
+        self._open_records += n
+        self._uncommitted_read += n
+        self.manager.record(PIPELINE_TRACK, n)
 
     def _get(self, ref: Any, sid: str | None) -> Any:
         try:

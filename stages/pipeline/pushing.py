@@ -22,6 +22,7 @@ the outputs go to it, not to the driver. :class:`Pushing` is mixed into
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,9 +30,11 @@ import ray
 from ray.exceptions import RayActorError, RayTaskError
 
 from ..actors.pushing import PUSH_CONCURRENCY, STALE, Edge, Route
+from .committing import PIPELINE_TRACK
 from ..errors import CheckpointFailed
 from .graph import SOURCE
-from .recovery import StageFailure
+from .reader import start_reader
+from .recovery import StageFailure, alive
 
 __all__ = ["DATA_PATHS", "Pushing"]
 
@@ -98,9 +101,54 @@ class Pushing:
         self._loose_pushes: list[Any] = []
         routes = self._routes(self._attempt)
         self._get(self._writer.reset_pushed.remote(self._attempt), None)
+        if self._reader_wanted:
+            self._wire_reader()
         refs = {sid: self._handles[sid].wire.remote(route) for sid, route in routes.items()}
         for sid, ref in refs.items():
             self._get(ref, sid)
+
+    def _wire_reader(self) -> None:
+        """The source reader for this attempt: started (again, if it was lost), then told
+        where the source's batches go."""
+        if self._reader is not None and not alive(self._reader, self.ping_timeout):
+            with contextlib.suppress(Exception):
+                ray.kill(self._reader, no_restart=True)
+            self._reader = None
+        first = self._first()
+        if self._reader is None:
+            lead = self._by_id[first[0][0]].instances()[0].stage_id
+            self._reader = start_reader(self.source, self._nodes.get(lead))
+        wiring = [([self._handles[i.stage_id] for i in self._by_id[sid].instances()], j)
+                  for sid, j in first]
+        self._get(self._reader.wire.remote(self._attempt, self.graph, wiring,
+                                           SOURCE in self.graph.splits), None)
+
+    def _fill_from_reader(self) -> None:
+        """``Pipeline._fill`` with the reader reading: one feed per round, as many batches
+        as there is room for, up to the record count the barrier policy waits for."""
+        self._idle = False
+        self._maybe_barrier(final=False)
+        first = [sid for sid, _ in self._first()]
+        while (not self._exhausted and len(self._batches) < self.max_in_flight
+               and not self._step_full()):
+            every = self.manager.policy_for(PIPELINE_TRACK).every_records
+            budget = (1 if self.manager.pending(PIPELINE_TRACK) is not None
+                      else None if every is None else max(1, every - self._open_records))
+            fed = self._get(self._reader.feed.remote(
+                self._attempt, self._open_step, self._seq, self._position, self.batch_size,
+                self.max_in_flight - len(self._batches), budget), None)
+            ended = False
+            for n, after, refs in fed:
+                if not n:
+                    ended = True
+                    break
+                self._seq += 1
+                self._add_batch(n, after, {sid: [refs[i]] for i, sid in enumerate(first)})
+            self._maybe_barrier(final=False)
+            if ended:
+                self._source_ended()
+                break
+        self._maybe_barrier(final=self._exhausted or self._idle)
 
     def _first(self) -> list[tuple[str, int]]:
         """The stages that read the source, with the source's place among their inputs."""
