@@ -418,9 +418,8 @@ class ControlledStageActor(StageActor):
         return StageActor.flushed(self, step)
 
     @ray.method(concurrency_group=PUSH_GROUP)
-    def push(self, attempt: int, step: int, seq: int, key: tuple[int, ...], part: int,
-             payload: Any) -> Any:
-        return StageActor.push(self, attempt, step, seq, key, part, payload)
+    def push(self, attempt: int, step: int, items: Any) -> Any:
+        return StageActor.push(self, attempt, step, items)
 
     @ray.method(concurrency_group=PUSH_GROUP)
     def push_barrier(self, attempt: int, step: int, last_seq: int,

@@ -165,11 +165,11 @@ class Pushing:
         for sid, j in self._first():
             insts = [self._handles[i.stage_id] for i in self._by_id[sid].instances()]
             if shares is not None:
-                refs = [h.push.remote(self._attempt, step, seq, (j,), 0, share)
+                refs = [h.push.remote(self._attempt, step, [(seq, (j,), 0, share)])
                         for h, share in zip(insts, shares)]
             else:
                 payload = ray.put(records) if len(insts) > 1 else records
-                refs = [h.push.remote(self._attempt, step, seq, (j,), 0, payload)
+                refs = [h.push.remote(self._attempt, step, [(seq, (j,), 0, payload)])
                         for h in insts]
             outs[sid] = [refs]
         return outs

@@ -73,11 +73,11 @@ class SourceReader:
             refs: dict[int, list[Any]] = {}
             for i, (insts, j) in enumerate(self._first):
                 if shares is not None:
-                    refs[i] = [h.push.remote(attempt, step, seq + k, (j,), 0, share)
+                    refs[i] = [h.push.remote(attempt, step, [(seq + k, (j,), 0, share)])
                                for h, share in zip(insts, shares)]
                 else:
                     payload = ray.put(got) if len(insts) > 1 else got
-                    refs[i] = [h.push.remote(attempt, step, seq + k, (j,), 0, payload)
+                    refs[i] = [h.push.remote(attempt, step, [(seq + k, (j,), 0, payload)])
                                for h in insts]
             out.append((n, after, refs))
             position = after

@@ -129,13 +129,15 @@ class SinkWriter:
         self._chunks.clear()
         return True
 
-    def push(self, attempt: int, step: int, seq: int, key: tuple[int, ...], sid: str,
-             part: int, out: Any) -> Any:
-        """Keep one output stage instance's output of one call until ``step`` commits."""
+    def push_many(self, attempt: int, step: int, sid: str, part: int,
+                  outs: Sequence[tuple[int, tuple[int, ...], Any]]) -> Any:
+        """Keep one output stage instance's outputs of ``step`` - ``(seq, call key,
+        output)`` each - until the step commits."""
         if attempt != self._attempt:
             return "stale"
-        self._pushed.setdefault(step, {}).setdefault(sid, {}).setdefault(
-            (seq, tuple(key)), {})[part] = out
+        units = self._pushed.setdefault(step, {}).setdefault(sid, {})
+        for seq, key, out in outs:
+            units.setdefault((seq, tuple(key)), {})[part] = out
         return None
 
     def commit_pushed(self, step: int, token: FenceToken,
