@@ -198,3 +198,60 @@ def test_push_needs_a_sink_the_writer_commits(tmp_path: Path) -> None:
         Pipeline(GeneratedSource(seed=1, n=10), specs, FileSink(tmp_path / "o"),
                  data_path="stages")
     assert not (tmp_path / "store").exists()
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("victim", [None, "reader", "agg@1of2"])
+def test_the_source_read_by_a_reader_actor(ray_local: None, tmp_path: Path,
+                                           victim: str | None) -> None:
+    """``source_reader=True``: the reader actor reads the source and pushes each batch (split
+    for the keyed first stage) to the first stages; the driver gets counts and positions.
+    A reader or an instance killed mid-run: recovered, exact."""
+    store = str(tmp_path / "store")
+    specs = [_spec(store, "agg", RunningAggregate, parallelism=2, key="key",
+                   max_parallelism=16),
+             _spec(store, "last", Enrich)]
+    killed: list[str] = []
+
+    def on_event(ev: PipelineEvent) -> None:
+        if victim and ev.kind == "commit" and ev.step == 2 and not killed:
+            killed.append(victim)
+            ray.kill(pipe._reader if victim == "reader" else pipe.handles[victim],
+                     no_restart=True)
+
+    src = GeneratedSource(seed=8, n=2500, keys=20)
+    sink = FileSink(tmp_path / "out", fsync=False)
+    pipe = Pipeline(src, specs, sink, batch_size=64, max_in_flight=4, on_event=on_event,
+                    policy=CheckpointPolicy(every_records=300), data_path="push",
+                    source_reader=True)
+    read_here: list[Any] = []
+    pipe.source = _Spy(src, read_here)  # read by the reader actor: its copy logs, not ours
+    res = pipe.run()
+    assert res.finished and res.records_in == 2500
+    assert sink.read_all() == run_reference(src, pipe.specs, batch_size=64)
+    assert not read_here, "the driver read the source itself"
+    # the policy's steps: 300 records -> a barrier after the 5th batch of 64 (320)
+    commits = [e for e in res.events if e.kind == "commit"]
+    assert commits[0].detail["records_in"] == 320
+    if victim:
+        assert killed and res.recoveries >= 1
+
+
+class _Spy:
+    """A source that records every read in the driver's process."""
+
+    def __init__(self, inner: GeneratedSource, log: list[Any]) -> None:
+        self.inner, self.log = inner, log
+
+    def initial_position(self) -> Any:
+        return self.inner.initial_position()
+
+    def read(self, position: Any, max_n: int) -> Any:
+        self.log.append(position)
+        return self.inner.read(position, max_n)
+
+
+def test_source_reader_needs_the_push_path(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="source_reader=True .* needs data_path='push'"):
+        Pipeline(GeneratedSource(seed=1, n=10), _chain(str(tmp_path / "store")),
+                 FileSink(tmp_path / "o"), source_reader=True)

@@ -49,7 +49,8 @@ import ray
 from ..errors import StageError
 from .routing import Splitting
 
-__all__ = ["PUSH_CONCURRENCY", "PUSH_GROUP", "STALE", "Edge", "Inbox", "Pushed", "Route"]
+__all__ = ["PUSH_CONCURRENCY", "PUSH_GROUP", "STALE", "Edge", "Inbox", "PushGroupMethods", "Pushed",
+           "Route"]
 
 #: Concurrency group of the push messages (each waits until its call ran).
 PUSH_GROUP = "push"
@@ -371,6 +372,24 @@ class Inbox:
             while q:
                 self._answer(q.popleft()[0])
         return info
+
+
+class PushGroupMethods:
+    """:class:`Pushed`'s messages in the ``push`` concurrency group (mixed into
+    ``ControlledStageActor`` before the stage actor, whose class declares the group)."""
+
+    @ray.method(concurrency_group=PUSH_GROUP)
+    def push(self, attempt: int, step: int, items: Any) -> Any:
+        return Pushed.push(self, attempt, step, items)  # type: ignore[arg-type]
+
+    @ray.method(concurrency_group=PUSH_GROUP)
+    def push_barrier(self, attempt: int, step: int, last_seq: int,
+                     meta: dict[str, Any] | None) -> Any:
+        return Pushed.push_barrier(self, attempt, step, last_seq, meta)  # type: ignore[arg-type]
+
+    @ray.method(concurrency_group=PUSH_GROUP)
+    def barrier_done(self, attempt: int, step: int) -> Any:
+        return Pushed.barrier_done(self, attempt, step)  # type: ignore[arg-type]
 
 
 class Pushed:

@@ -37,7 +37,7 @@ from typing import Any
 from ..checkpoint.keygroups import instance_of_group, key_group
 from ..errors import KeyGroupError
 
-__all__ = ["Part", "Share", "Splitting", "merge_parts", "record_key", "split"]
+__all__ = ["Part", "Share", "Splitting", "merge_parts", "record_key", "shaped", "split"]
 
 #: What ``StageSpec.key`` may be: a record field's name, or a function of the record.
 KeySpec = str | Callable[[Any], Any]
@@ -104,6 +104,22 @@ def split(records: Sequence[Any], how: Splitting) -> list[Share]:
         mine[i].append(record)
     n = len(records)
     return [Share(n, i, tuple(indices[i]), tuple(groups[i]), mine[i]) for i in range(p)]
+
+
+def shaped(out: Any, encode: Any, how: Splitting | None, *, parallel: bool) -> Any:
+    """A stage's output as the next hop takes it: split into one :class:`Share` per instance
+    of the keyed reader (``how``), or encoded for the sink (``encode``, a plain stage's list
+    of records: an ``EncodedBatch``; the sink's own error is left for its commit)."""
+    from .batches import EncodedBatch, to_records
+
+    if how is not None:
+        return tuple(split(to_records(out), how))
+    if encode is not None and not parallel and isinstance(out, list):
+        try:
+            return EncodedBatch(encode(out), len(out))
+        except Exception:  # noqa: BLE001 - the sink's error: raised by its commit
+            return out
+    return out
 
 
 def merge_parts(parts: Sequence[Any]) -> Any:

@@ -89,7 +89,7 @@ from .committing import PIPELINE_TRACK, Committer, Committing
 from .pushing import DATA_PATHS, Pushing
 from .rollback import Recovering
 from .run_driver import RunDriver
-from .instances import check_layout, expand, sources_for, split_source
+from .instances import check_layout, expand, split_source
 from .run_records import RunStep
 from .runs import RunClaim, RunStore
 from .sink import Sink
@@ -459,15 +459,6 @@ class Pipeline(Recovering, Committing, Pushing):
                         "every call instead", self.run_id)
             self._push = self._reader_wanted = False
 
-    def _note_info(self, sid: str, info: Mapping[str, Any]) -> None:
-        self._nodes[sid] = info.get("node_id")
-        self._lease_ids[sid] = info.get("lease_id")
-        self._epochs[sid] = int(info.get("epoch", 0))
-        try:
-            self._actor_ids[self._handles[sid]._actor_id.hex()] = sid
-        except AttributeError:  # pragma: no cover - handle without an id
-            pass
-
     def _rewind(self) -> None:
         """Reset the driver's cursor to the last committed step."""
         self._batches.clear()
@@ -536,16 +527,6 @@ class Pipeline(Recovering, Committing, Pushing):
                 shared.add(sid)
         return {sid: outs[sid] for sid in self.graph.sinks}
 
-    def rollback_options(self, sid: str, step: int) -> dict[str, Any]:
-        """The ``rollback`` arguments of stage (instance) ``sid`` to ``step``: a keyed
-        instance's source leases, from ``step``'s run record (``instances.sources_for``)."""
-        spec = self._spec_of[sid]
-        if spec.key is None:
-            return {}
-        if step not in self._records:
-            self._records[step] = self.runs.load_step(self.run_id, step) if step else None
-        return {"sources": sources_for(spec, self._records[step])}
-
     def _drive(self) -> bool:
         """Run until done (True) or until ``max_steps`` were committed (True)."""
         while True:
@@ -611,8 +592,3 @@ class Pipeline(Recovering, Committing, Pushing):
     def _driver(self) -> RunDriver:
         assert self._hold is not None, "only while run() runs"  # set for the whole of it
         return self._hold
-
-    def _observer(self, spec: StageSpec) -> CheckpointFlushObserver | None:
-        if self.observer_for is not None:
-            return self.observer_for(spec)
-        return self.observer

@@ -21,8 +21,10 @@ from typing import Any
 import ray
 
 from ..actors.actor import StageSpec, launch_stage
+from ..checkpoint.observer import CheckpointFlushObserver
 from ..errors import PipelineError
 from .metering import note_recovery, note_replayed
+from .instances import sources_for
 from .recovery import (
     StageFailure,
     alive,
@@ -148,7 +150,31 @@ class Recovering:
             "requested_step": step, "restored_step": target, "source_position": position,
             "skipped": reasons})
 
+    def rollback_options(self, sid: str, step: int) -> dict[str, Any]:
+        """The ``rollback`` arguments of stage (instance) ``sid`` to ``step``: a keyed
+        instance's source leases, from ``step``'s run record (``instances.sources_for``)."""
+        spec = self._spec_of[sid]
+        if spec.key is None:
+            return {}
+        if step not in self._records:
+            self._records[step] = self.runs.load_step(self.run_id, step) if step else None
+        return {"sources": sources_for(spec, self._records[step])}
+
     def _relaunch(self, spec: StageSpec, exclude: Sequence[str], step: int) -> Any:
         node = relaunch_node(spec, exclude, self._nodes, self._spec_of)
         return launch_stage(spec, node_id=node, soft=True, spill=True,
                             observer=self._observer(spec), restore_step=step)
+
+    def _note_info(self, sid: str, info: Mapping[str, Any]) -> None:
+        self._nodes[sid] = info.get("node_id")
+        self._lease_ids[sid] = info.get("lease_id")
+        self._epochs[sid] = int(info.get("epoch", 0))
+        try:
+            self._actor_ids[self._handles[sid]._actor_id.hex()] = sid
+        except AttributeError:  # pragma: no cover - handle without an id
+            pass
+
+    def _observer(self, spec: StageSpec) -> CheckpointFlushObserver | None:
+        if self.observer_for is not None:
+            return self.observer_for(spec)
+        return self.observer
