@@ -20,7 +20,8 @@ The work: ``GeneratedSource`` events (16 keys) -> ``Enrich`` -> ``RunningAggrega
 * ``pipeline on``: the same with a barrier every 15,000 records (6,000 quick);
 * ``push off`` / ``push on``: the same two on ``data_path="push"`` - the driver feeds the
   first stage only, each stage pushes to the next and the last to the sink writer
-  (``stages/pipeline/pushing.py``).
+  (``stages/pipeline/pushing.py``); ``push off, reader``: with the source read by a reader
+  actor (``source_reader=True``), the driver reading nothing.
 
 records/s over the whole run of each case (for the pipeline: its ``started`` to ``done``
 events, stage launch excluded); medians of ``repeat`` (default 3), cases interleaved per
@@ -146,8 +147,8 @@ def chain(events: int, out_file: str | None = None) -> tuple[float, list[Any]]:
     return seconds, outs
 
 
-def pipeline(events: int, every: int | None, root: str, data_path: str = "driver"
-             ) -> tuple[float, list[Any], dict[str, Any]]:
+def pipeline(events: int, every: int | None, root: str, data_path: str = "driver",
+             source_reader: bool = False) -> tuple[float, list[Any], dict[str, Any]]:
     """Seconds, outputs and figures of one ``Pipeline`` run (``every``: None = off;
     ``data_path``: the driver submits every call, or the stages push)."""
     from blockstore import open_store
@@ -166,7 +167,7 @@ def pipeline(events: int, every: int | None, root: str, data_path: str = "driver
     sink = FileSink(os.path.join(work, "out"), fsync=False)
     pipe = Pipeline(GeneratedSource(seed=2026, n=events, keys=16), specs, sink,
                     batch_size=BATCH, max_in_flight=IN_FLIGHT, policy=policy,
-                    call_timeout=120.0, data_path=data_path)
+                    call_timeout=120.0, data_path=data_path, source_reader=source_reader)
     try:
         res = pipe.run()
         outs = sink.read_all()
@@ -195,7 +196,7 @@ def run(quick: bool = False, repeat: int | None = None,
     rates: dict[str, list[float]] = {c: [] for c in
                                      ("loop", "hand-rolled chain", "hand-rolled chain, JSONL",
                                       "pipeline off", "pipeline on", "push off",
-                                      "push on")}
+                                      "push on", "push off, reader")}
     extra: dict[str, dict[str, Any]] = {}
     try:
         _, want = loop(events)
@@ -210,8 +211,9 @@ def run(quick: bool = False, repeat: int | None = None,
             rates["hand-rolled chain, JSONL"].append(events / s)
             for case, ev, path in (("pipeline off", None, "driver"),
                                    ("pipeline on", every, "driver"),
-                                   ("push off", None, "push"), ("push on", every, "push")):
-                s, out, fig = pipeline(events, ev, root, path)
+                                   ("push off", None, "push"), ("push on", every, "push"),
+                                   ("push off, reader", None, "push")):
+                s, out, fig = pipeline(events, ev, root, path, case.endswith("reader"))
                 _same(out, want, case)
                 rates[case].append(events / s)
                 extra[case] = fig
@@ -230,6 +232,8 @@ def run(quick: bool = False, repeat: int | None = None,
         if case == "pipeline on":
             row["vs off"] = round(med[case] / med["pipeline off"], 3)
             row["every_records"] = every
+        if case == "push off, reader":
+            row["vs push off"] = round(med[case] / med["push off"], 3)
         if case == "push off":
             row["vs chain"] = round(med[case] / med["hand-rolled chain"], 3)
             row["vs pipeline off"] = round(med[case] / med["pipeline off"], 3)

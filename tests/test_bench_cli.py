@@ -60,7 +60,8 @@ def test_bench_quick_runs_every_benchmark(tmp_path: Path) -> None:
     assert [r["mode"] for r in report["pipeline"]] == ["off", "sync", "async"]
     engine = {r["case"]: r for r in report["engine"]}
     assert list(engine) == ["loop", "hand-rolled chain", "hand-rolled chain, JSONL",
-                            "pipeline off", "pipeline on", "push off", "push on"]
+                            "pipeline off", "pipeline on", "push off", "push on",
+                            "push off, reader"]
     assert all(r["records_per_s"] > 0 for r in engine.values())
     assert engine["pipeline off"]["vs chain"] > 0 and engine["pipeline on"]["vs off"] > 0
     assert engine["push off"]["vs pipeline off"] > 0 and engine["push on"]["vs off"] > 0
