@@ -255,3 +255,23 @@ def test_source_reader_needs_the_push_path(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="source_reader=True .* needs data_path='push'"):
         Pipeline(GeneratedSource(seed=1, n=10), _chain(str(tmp_path / "store")),
                  FileSink(tmp_path / "o"), source_reader=True)
+
+
+@pytest.mark.ray
+def test_many_batches_in_flight_into_a_fan_in_of_the_source_and_a_stage(
+        ray_local: None, tmp_path: Path) -> None:
+    """``max_in_flight=100``: the driver's edge takes the bound of every other, so its
+    pushes never hold every push thread of ``j`` while ``j`` waits for ``a``'s parts or a
+    barrier message (a run that never ended before: review of session 18)."""
+    store = str(tmp_path / "store")
+    specs = [_spec(store, "a", Enrich),
+             _spec(store, "j", RunningAggregate, inputs=("source", "a"))]
+    src = GeneratedSource(seed=6, n=3000)
+    sink = FileSink(tmp_path / "out", fsync=False)
+    pipe = Pipeline(src, specs, sink, batch_size=10, max_in_flight=100,
+                    policy=CheckpointPolicy(every_records=500), data_path="push",
+                    call_timeout=60.0, max_recoveries=0)
+    assert pipe.edge_bound == 12 and pipe._room == 12  # (32 threads - 8) / 2 senders
+    res = pipe.run()
+    assert res.finished and res.recoveries == 0
+    assert sink.read_all() == run_reference(src, pipe.specs, batch_size=10)

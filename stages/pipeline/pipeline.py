@@ -249,6 +249,9 @@ class Pipeline(Recovering, Committing, Pushing):
         self._hold: RunDriver | None = None
         self.batch_size = batch_size
         self.max_in_flight = max_in_flight
+        #: batches the driver keeps in flight: on the push path its edge has the bound of
+        #: every other (a push holds a thread of its receiver until its call ran)
+        self._room = min(max_in_flight, self.edge_bound) if self._push else max_in_flight
         # Step records older than every stage's retained generations can no longer be
         # restored; keeping them would grow the store by a lease per step forever.
         self.keep_steps = keep_steps or max(s.retention for s in stages)
@@ -458,6 +461,7 @@ class Pipeline(Recovering, Committing, Pushing):
             log.warning("run %s: data_path='push' needs the sink writer: the driver submits "
                         "every call instead", self.run_id)
             self._push = self._reader_wanted = False
+            self._room = self.max_in_flight
 
     def _rewind(self) -> None:
         """Reset the driver's cursor to the last committed step."""
@@ -546,7 +550,7 @@ class Pipeline(Recovering, Committing, Pushing):
             return self._fill_from_reader()
         self._idle = False
         self._maybe_barrier(final=False)  # a step already due (read while one committed)
-        while (not self._exhausted and len(self._batches) < self.max_in_flight
+        while (not self._exhausted and len(self._batches) < self._room
                and not self._step_full()):
             records, new_position = self.source.read(self._position, self.batch_size)
             n = num_rows(records)

@@ -129,14 +129,14 @@ class Pushing:
         self._idle = False
         self._maybe_barrier(final=False)
         first = [sid for sid, _ in self._first()]
-        while (not self._exhausted and len(self._batches) < self.max_in_flight
+        while (not self._exhausted and len(self._batches) < self._room
                and not self._step_full()):
             every = self.manager.policy_for(PIPELINE_TRACK).every_records
             budget = (1 if self.manager.pending(PIPELINE_TRACK) is not None
                       else None if every is None else max(1, every - self._open_records))
             fed = self._get(self._reader.feed.remote(
                 self._attempt, self._open_step, self._seq, self._position, self.batch_size,
-                self.max_in_flight - len(self._batches), budget), None)
+                self._room - len(self._batches), budget), None)
             ended = False
             for n, after, refs in fed:
                 if not n:
