@@ -57,9 +57,15 @@ def _batch_numpy() -> KeyedSumBatch:
     return KeyedSumBatch("numpy")
 
 
-@pytest.mark.parametrize("factory", [KeyedSum, _batch_numpy], ids=["records", "numpy-batches"])
+@pytest.mark.parametrize(("factory", "path"), [
+    (KeyedSum, {}), (_batch_numpy, {}), (KeyedSum, {"data_path": "push"}),
+    (_batch_numpy, {"data_path": "push", "source_reader": True})],
+    ids=["records", "numpy-batches", "records-push", "numpy-batches-push-reader"])
 def test_parquet_keyed_aggregation_killed_mid_run_is_exact(ray_local: None, tmp_path: Path,
-                                                           factory: Any) -> None:
+                                                           factory: Any,
+                                                           path: dict[str, Any]) -> None:
+    """On the push path (``data_path="push"``) the output stage pushes its tables to the
+    sink writer, which writes the step's files: no row passes the driver."""
     write_input(tmp_path / "in", files=6, rows=500, row_group_size=128)
     src = ParquetSource(tmp_path / "in")
     spec = _spec(tmp_path / "store", factory)
@@ -83,7 +89,8 @@ def test_parquet_keyed_aggregation_killed_mid_run_is_exact(ray_local: None, tmp_
             ray.kill(p.handles["agg"], no_restart=True)
 
     p = Pipeline(src, [spec], sink, batch_size=100, max_in_flight=4,
-                 policy=CheckpointPolicy(every_records=400), on_event=on_event)
+                 policy=CheckpointPolicy(every_records=400), on_event=on_event, **path)
+    assert p.remote_commit == bool(path)
     with ReadAlong(lambda: _read(out), ref) as along:
         res = p.run()
     assert killed and res.recoveries >= 1 and res.relaunches >= 1 and res.finished
@@ -98,8 +105,10 @@ def test_parquet_keyed_aggregation_killed_mid_run_is_exact(ray_local: None, tmp_
         (r["i"], r["count"], r["sum"]) for r in ref)
 
 
+@pytest.mark.parametrize("path", [{}, {"data_path": "push", "source_reader": True}],
+                         ids=["driver", "push-reader"])
 def test_followed_directory_reads_files_added_while_running_exactly_once(
-        ray_local: None, tmp_path: Path) -> None:
+        ray_local: None, tmp_path: Path, path: dict[str, Any]) -> None:
     landing = tmp_path / "landing"
     write_input(landing, files=1, rows=300)
     src = ParquetSource(landing, follow=True, poll_interval=0.05)
@@ -116,7 +125,7 @@ def test_followed_directory_reads_files_added_while_running_exactly_once(
             (landing / "_DONE").write_text("")
 
     p = Pipeline(src, [_spec(tmp_path / "store", KeyedSum)], sink, batch_size=128,
-                 policy=CheckpointPolicy(every_records=10_000), on_event=on_event)
+                 policy=CheckpointPolicy(every_records=10_000), on_event=on_event, **path)
     res = p.run()
     assert res.finished and added[0] == 5 and res.records_in == 1500
     ref = run_reference(ParquetSource(landing), [KeyedSum])

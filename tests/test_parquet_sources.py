@@ -182,3 +182,35 @@ def test_follow_reads_files_as_they_appear_and_ends_at_the_marker(tmp_path: Path
     assert not src.exhausted(positions[-1])  # a file listed before the marker is still read
     last, positions = _drain(src, 20, positions[-1])
     assert last == list(range(80, 85)) and src.exhausted(positions[-1])
+
+
+@pytest.mark.parametrize("cls", [ParquetSource, JsonlSource])
+def test_a_pickled_source_reads_as_the_original(parquet_dir: Path, tmp_path: Path,
+                                                cls: type) -> None:
+    """A copy sent to another process (the push path's source reader actor) starts with
+    empty caches and reads the same rows - a copy of a source that had read already too, and
+    one given its schema (a Parquet source's check needs it in the copy)."""
+    import pickle
+
+    if cls is JsonlSource:
+        d = tmp_path / "jl"
+        d.mkdir()
+        for k in range(3):
+            (d / f"p{k}.jsonl").write_text("".join(json.dumps({"i": 10 * k + j}) + "\n"
+                                                   for j in range(10)))
+        src, want = JsonlSource(d), list(range(30))
+    else:
+        src, want = ParquetSource(parquet_dir), list(range(400))
+    copies = [pickle.loads(pickle.dumps(src))]
+    first, pos = src.read(src.initial_position(), 7)  # the caches now hold an open file
+    copies.append(pickle.loads(pickle.dumps(src)))
+    for copy in copies:
+        assert _drain(copy, 13)[0] == want
+    if cls is ParquetSource:
+        schema = pq.read_schema(parquet_dir / "part-000.parquet")
+        typed = pickle.loads(pickle.dumps(ParquetSource(parquet_dir, schema=schema)))
+        assert _drain(typed, 50)[0] == want
+        wrong = pickle.loads(pickle.dumps(ParquetSource(
+            parquet_dir, schema=pa.schema([("i", pa.int32())]))))
+        with pytest.raises(SourceSchemaMismatch, match="part-000.parquet"):
+            _drain(wrong, 50)

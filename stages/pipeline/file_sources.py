@@ -57,6 +57,9 @@ class ParquetSource(FileSource):
         self._c_group: tuple[str, int, int, int, Any] | None = None
         self._c_schema: Any = schema
 
+    def _empty_caches(self) -> dict[str, Any]:
+        return {"_c_file": None, "_c_group": None, "_c_schema": self.schema}
+
     def _open(self, path: str, pos: FilePosition) -> Any:
         import pyarrow.parquet as pq
 

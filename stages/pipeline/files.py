@@ -194,9 +194,14 @@ class FileSource:
         self._names: list[str] | None = None
         self._digests: list[str] = [EMPTY_DIGEST]
 
-    def __getstate__(self) -> dict[str, Any]:  # the caches stay behind
+    def __getstate__(self) -> dict[str, Any]:  # the caches stay behind, emptied
         return {k: v for k, v in self.__dict__.items() if not k.startswith("_c")} | {
-            "_names": None, "_digests": [EMPTY_DIGEST]}
+            "_names": None, "_digests": [EMPTY_DIGEST]} | self._empty_caches()
+
+    def _empty_caches(self) -> dict[str, Any]:
+        """The reading caches (attributes named ``_c*``) as a fresh copy holds them: a
+        copy read in another process (the source reader actor) starts with these."""
+        return {}
 
     def _fs_path(self, p: str) -> str:
         if "://" in p:  # the filesystem's path: no scheme, no query (options, endpoint)

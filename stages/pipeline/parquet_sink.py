@@ -138,6 +138,9 @@ class ParquetSink(FileSink):
     #: record stages at 3,000,000 events, one run each: 108k rec/s through the writer against
     #: 130k in the driver).
     commit_anywhere = False
+    #: On the push data path the output stages push their tables to the sink writer as they
+    #: come (``stages/actors/pushing.py``): the writer commits, no record passes the driver.
+    commit_pushed_anywhere = True
 
     def _write_step(self, step: int, records: Any, *, visible: bool) -> None:
         table = to_table(records)

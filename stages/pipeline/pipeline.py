@@ -221,12 +221,13 @@ class Pipeline(Recovering, Committing, Pushing):
         self.sink = sink
         #: outputs go stage -> sink writer -> sink, never through the driver, when the sink
         #: may commit in another process (``stages/pipeline/sink_writer.py``)
-        self.remote_commit = commits_anywhere(sink)
+        self.remote_commit = commits_anywhere(sink, pushed=data_path == "push")
         if data_path == "push" and not self.remote_commit:
             names = sorted({type(x).__name__ for x in (
                 sink.sinks.values() if isinstance(sink, SinkSet) else [sink])})
             raise ValueError(f"data_path='push' sends the outputs to the sink writer, but "
-                             f"{names} commit(s) in the driver (no commit_anywhere = True): "
+                             f"{names} commit(s) in the driver (no commit_anywhere = True nor "
+                             "commit_pushed_anywhere = True): "
                              "use data_path='driver'")
         #: the stages push to each other (``stages/pipeline/pushing.py``)
         self._push = data_path == "push"

@@ -59,12 +59,15 @@ from .sink import EncodedParts, FenceToken, Sink
 __all__ = ["HAND_OVER_EVERY", "Handoff", "SinkWriter", "commits_anywhere", "sink_places", "stage_encoders", "start_writer", "writer_sees"]
 
 
-def commits_anywhere(sink: Sink | SinkSet) -> bool:
+def commits_anywhere(sink: Sink | SinkSet, pushed: bool = False) -> bool:
     """True if ``sink`` (every sink of a set) says its ``commit`` may run in another process
     on this machine (``commit_anywhere = True``: it touches only its files; a sink that
     builds its files from a step's records whole, like ``ParquetSink``, says False: the
-    driver fetching them as they come overlaps that work with the run)."""
-    return all(_says_anywhere(type(s)) for s in _sinks(sink))
+    driver fetching them as they come overlaps that work with the run). On the push data
+    path (``pushed``) ``commit_pushed_anywhere = True`` is enough: there the output stages
+    push their outputs to the writer as they come, so the writer has the overlap the driver
+    had, and a commit in the driver would bring every record through it."""
+    return all(_says_anywhere(type(s), pushed) for s in _sinks(sink))
 
 
 def _sinks(sink: Sink | SinkSet) -> list[Sink]:
@@ -77,11 +80,14 @@ def _by_output(sink: Sink | SinkSet, outputs: Sequence[str]) -> dict[str, Sink]:
     return dict(sink.sinks) if isinstance(sink, SinkSet) else {outputs[0]: sink}
 
 
-def _says_anywhere(cls: type) -> bool:
-    """The class itself sets ``commit_anywhere = True``: a subclass does not inherit it (its
-    ``commit`` may keep state in memory or act on the driver's process, which a commit in the
-    writer would do elsewhere), unless it says so again."""
-    return cls.__dict__.get("commit_anywhere", False) is True
+def _says_anywhere(cls: type, pushed: bool = False) -> bool:
+    """The class itself sets ``commit_anywhere = True`` (or, ``pushed``,
+    ``commit_pushed_anywhere = True``): a subclass does not inherit it (its ``commit`` may
+    keep state in memory or act on the driver's process, which a commit in the writer would
+    do elsewhere), unless it says so again."""
+    own = cls.__dict__
+    return (own.get("commit_anywhere", False) is True
+            or (pushed and own.get("commit_pushed_anywhere", False) is True))
 
 
 #: outputs (one per call a sink's stage made) handed to the writer per call during a step
