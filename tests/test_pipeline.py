@@ -595,3 +595,26 @@ def test_stage_killed_during_background_flush_recovers_previous_step(
     assert rollback.step == 1 and set(rollback.detail["restored_steps"].values()) == {1}
     assert sink.read_all() == run_reference(src, specs)
     assert res.finished and res.replayed_records > 0
+
+
+def test_a_checkpoint_requested_while_a_barrier_runs_gets_a_barrier_of_its_own(
+        ray_local: None, tmp_path: Path) -> None:
+    """``request_checkpoint`` while a barrier is on its way covers what came after it: a
+    barrier follows once that one commits (it was folded into the running one before, so
+    nothing after it was committed until the end)."""
+    asked: list[int] = []
+    barriers: list[tuple[int, int]] = []
+
+    def on_event(ev: PipelineEvent) -> None:
+        if ev.kind == "barrier":
+            barriers.append((ev.step, ev.detail["source_position"]))
+            if not asked:
+                asked.append(ev.step)
+                p.request_checkpoint("after the first barrier")
+
+    p, sink, src = _pipeline(tmp_path, 3000, policy=CheckpointPolicy(), on_event=on_event)
+    p.request_checkpoint("at the start")
+    res = p.run()
+    assert res.finished and sink.read_all() == run_reference(src, p.specs)
+    assert asked == [1] and len(barriers) == 3, barriers  # asked, asked again, the final one
+    assert 0 < barriers[0][1] < barriers[1][1] < barriers[2][1] == 3000

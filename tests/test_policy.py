@@ -95,6 +95,39 @@ def test_manual_request_coalesces_and_cancel() -> None:
     assert (c.failed, c.completed, c.last_error) == (1, 0, "disk full")
 
 
+def test_manual_request_while_one_runs_is_queued_behind_it() -> None:
+    """A request made while a checkpoint runs is not folded into it (that one began before
+    and does not cover what came since): it is outstanding once the running one ends - by
+    completing, failing or a rollback - and a second request meanwhile joins it."""
+    for end in ("complete", "fail", "restart"):
+        m = CheckpointManager(CheckpointPolicy(every_records=1000), clock=Clock())
+        m.record("s", 5)
+        running = m.begin("s")
+        later = m.request("s", note="before the risky part")
+        assert later != running and later.reason == REASON_MANUAL and not later.running
+        assert m.pending("s") == running and m.queued("s") == later
+        assert m.request("s") == later and m.counters("s").coalesced == 1
+        with pytest.raises(RuntimeError):
+            m.begin("s")  # the running one is still the one running
+        if end == "complete":
+            m.complete("s")
+        elif end == "fail":
+            m.fail("s", OSError("disk full"))
+        else:
+            m.restart("s")
+        assert m.pending("s") == later and m.queued("s") is None, end
+        assert m.begin("s").request_id == later.request_id
+        m.complete("s")
+        assert m.pending("s") is None and m.counters("s").completed == 1 + (end == "complete")
+    m = CheckpointManager(CheckpointPolicy(every_records=1000), clock=Clock())
+    m.begin("s")
+    queued = m.request("s")
+    assert m.cancel("s") == queued and m.queued("s") is None  # not begun: cancellable
+    assert m.cancel("s") is None  # the running one never is
+    m.complete("s")
+    assert m.pending("s") is None and m.counters("s").cancelled == 1
+
+
 def test_failure_keeps_trigger_armed() -> None:
     m = CheckpointManager(CheckpointPolicy(every_records=10), clock=Clock())
     assert m.record("s", 10) is not None

@@ -14,9 +14,11 @@ threads, an injectable clock) makes it testable exactly.
 
 Rules (each one tested):
 
-* one outstanding request per stage: while a request is pending or running, ``record``,
-  ``poll`` and ``request`` create no second one (``request`` returns the outstanding one and
-  counts a coalesced request);
+* one outstanding request per stage: while a request is pending or running, ``record`` and
+  ``poll`` create no second one; ``request`` returns a pending one (counts a coalesced
+  request), but while one *runs* it queues one manual request behind it (the running one
+  began before the call, so it does not cover what came since), outstanding once the
+  running one completes, fails or is rolled back;
 * ``cancel`` drops a pending request (not one already running: a flush in progress is never
   abandoned half-way; it completes or fails);
 * counters: requested, completed, failed, cancelled, coalesced; a failed checkpoint leaves the
@@ -127,8 +129,8 @@ class PolicyCounters:
 
 class _Track:
     __slots__ = ("policy", "requested", "completed", "failed", "cancelled", "coalesced",
-                 "records_since", "since", "outstanding", "last_generation", "last_step",
-                 "last_error")
+                 "records_since", "since", "outstanding", "queued", "last_generation",
+                 "last_step", "last_error")
 
     def __init__(self, policy: CheckpointPolicy, now: float) -> None:
         self.policy = policy
@@ -136,6 +138,8 @@ class _Track:
         self.records_since = 0
         self.since = now
         self.outstanding: CheckpointRequest | None = None
+        #: a manual request made while ``outstanding`` ran: outstanding once that one ends
+        self.queued: CheckpointRequest | None = None
         self.last_generation: int | None = None
         self.last_step: int | None = None
         self.last_error: str | None = None
@@ -222,25 +226,52 @@ class CheckpointManager:
             return self._maybe_due(self._track(stage_id), stage_id)
 
     def request(self, stage_id: str, note: str | None = None) -> CheckpointRequest:
-        """Ask for a checkpoint now (manual). Returns the outstanding request if one exists
-        (counted as coalesced), else a new one."""
+        """Ask for a checkpoint now (manual), one that covers everything counted so far.
+        Returns the outstanding request if it has not begun (counted as coalesced), else a
+        new one; while a checkpoint runs (it began before this call, so it does not cover
+        what came since) the new one is queued and becomes outstanding when the running one
+        completes, fails or is rolled back (a second request meanwhile joins it)."""
         with self._lock:
             t = self._track(stage_id)
+            if t.outstanding is not None and t.outstanding.running:
+                if t.queued is not None:
+                    t.coalesced += 1
+                    return t.queued
+                req = CheckpointRequest(self._next_id, stage_id, REASON_MANUAL,
+                                        self._clock(), note)
+                self._next_id += 1
+                t.requested += 1
+                t.queued = req
+                return req
             if t.outstanding is not None:
                 t.coalesced += 1
                 return t.outstanding
             return self._new_request(t, stage_id, REASON_MANUAL, note)
+
+    @staticmethod
+    def _unqueue(t: _Track) -> None:
+        """The running request ended: a request queued behind it is outstanding now."""
+        t.outstanding, t.queued = t.queued, None
 
     def pending(self, stage_id: str) -> CheckpointRequest | None:
         """The outstanding request (pending or running), or ``None``."""
         with self._lock:
             return self._track(stage_id).outstanding
 
+    def queued(self, stage_id: str) -> CheckpointRequest | None:
+        """A manual request waiting for the running one to end (:meth:`request`), or ``None``."""
+        with self._lock:
+            return self._track(stage_id).queued
+
     def cancel(self, stage_id: str) -> CheckpointRequest | None:
         """Drop the pending request; return it, or ``None`` if there was none or it is
         already running (a running checkpoint is never abandoned)."""
         with self._lock:
             t = self._track(stage_id)
+            if t.queued is not None:  # waiting behind a running one: not begun
+                req, t.queued = t.queued, None
+                t.cancelled += 1
+                return req
             req = t.outstanding
             if req is None or req.running:
                 return None
@@ -273,7 +304,7 @@ class CheckpointManager:
         the checkpoint began before it completed)."""
         with self._lock:
             t = self._track(stage_id)
-            t.outstanding = None
+            self._unqueue(t)
             t.completed += 1
             t.records_since = 0
             t.since = self._clock() if since is None else since
@@ -291,6 +322,8 @@ class CheckpointManager:
             if t.outstanding is not None and (t.outstanding.running
                                               or t.outstanding.reason != REASON_MANUAL):
                 t.outstanding = None
+            if t.outstanding is None:
+                self._unqueue(t)
             t.records_since = 0
             t.since = self._clock()
 
@@ -298,7 +331,7 @@ class CheckpointManager:
         """The request failed: counted; triggers stay armed (records/time are not reset)."""
         with self._lock:
             t = self._track(stage_id)
-            t.outstanding = None
+            self._unqueue(t)
             t.failed += 1
             t.last_error = str(error) or type(error).__name__
 
