@@ -82,7 +82,8 @@ __all__ = [
 ]
 
 from .checkpoint import CheckpointManager, CheckpointPolicy, CheckpointRequest, PolicyCounters
-from .errors import PipelineError, RunActiveError, RunError, RunFencedError, SinkFencedError
+from .errors import PipelineError
+from .pipeline.run_errors import RunActiveError, RunError, RunFencedError, SinkFencedError
 from .errors import SourceError, SourceFileChanged, SourceFileCorrupt, SourceSchemaMismatch
 from .errors import (
     KeylessRescaleRefused,

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from blockstore import open_store
-from stages.errors import RunActiveError, RunFencedError, SinkFencedError
+from stages.pipeline.run_errors import RunActiveError, RunFencedError, SinkFencedError
 from stages.pipeline.run_driver import RunDriver
 from stages.pipeline.runs import RunStore
 from stages.pipeline.sink import FenceToken, FileSink
@@ -40,7 +40,7 @@ def _commit(hold: RunDriver, sink: FileSink, step: int) -> None:
 _OTHER_DRIVER = textwrap.dedent("""
     import sys
     from blockstore import open_store
-    from stages.errors import RunActiveError
+    from stages.pipeline.run_errors import RunActiveError
     from stages.pipeline.run_driver import RunDriver
     from stages.pipeline.runs import RunStore
     runs = RunStore(open_store(sys.argv[1]))

@@ -77,7 +77,8 @@ from ..actors.pushing import STALE
 from ..actors.batches import num_rows
 from .barrier import Barrier
 from .graph import SOURCE, Graph, SinkSet
-from ..errors import PipelineError, RunFencedError, StageProcessError
+from ..errors import PipelineError, StageProcessError
+from .run_errors import RunFencedError
 from .events import PipelineEvent, PipelineResult
 from ..actors.hooks import StageLostHook
 from ..checkpoint.observer import CheckpointFlushObserver

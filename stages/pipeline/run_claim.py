@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from blockstore import Lease
 
-from ..errors import RunError
+from .run_errors import RunError
 from .run_records import RunStatus
 
 __all__ = ["ClaimKeeper", "RunClaim"]

@@ -44,7 +44,7 @@ from typing import Any
 from blockstore import Lease, LeaseHeldError, default_holder
 from blockstore.errors import LeaseError, LeaseExpiredError
 
-from ..errors import RunActiveError, RunFencedError, RunNotFoundError, RunNotPausedError
+from .run_errors import RunActiveError, RunFencedError, RunNotFoundError, RunNotPausedError
 from .run_records import FINISHED, PAUSED, RUNNING, RunStatus, RunStep, StageCommit
 from .runs import RunClaim, RunStore
 from .sink import FenceToken

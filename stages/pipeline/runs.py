@@ -59,7 +59,7 @@ from blockstore import (
 from blockstore.checks import check_id
 from blockstore.errors import LeaseError, LeaseNotFoundError
 
-from ..errors import (
+from .run_errors import (
     RunActiveError,
     RunClaimConflict,
     RunClaimLost,

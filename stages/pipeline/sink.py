@@ -48,7 +48,7 @@ from typing import Any, Protocol, runtime_checkable
 from blockstore import canonical_json
 from blockstore.fileio import FILE_MODE
 
-from ..errors import SinkFencedError
+from .run_errors import SinkFencedError
 from .jsonl import encode_jsonl
 
 __all__ = ["EncodedParts", "FenceToken", "FileSink", "Sink", "encode_jsonl"]

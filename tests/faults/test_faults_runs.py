@@ -30,7 +30,7 @@ import ray
 
 from blockstore import open_store
 from stages.actors.actor import StageSpec
-from stages.errors import RunActiveError
+from stages.pipeline.run_errors import RunActiveError
 from stages.pipeline.pipeline import Pipeline, run_reference
 from stages.checkpoint.policy import CheckpointPolicy
 from stages.pipeline.runs import RunStore
@@ -59,7 +59,7 @@ _DRIVER = textwrap.dedent("""
     import functools, os, signal, sys, time
     import ray
     from stages.actors.actor import StageSpec
-    from stages.errors import RunFencedError
+    from stages.pipeline.run_errors import RunFencedError
     from stages.pipeline.pipeline import Pipeline
     from stages.checkpoint.policy import CheckpointPolicy
     from stages.pipeline.runs import RunStore
