@@ -22,7 +22,7 @@ import pytest
 import ray
 import ray.cloudpickle
 
-from stages import StageProcessError
+from stages import SourceFileChanged, StageProcessError
 from stages.actors.actor import StageSpec
 from stages.checkpoint.policy import CheckpointPolicy
 from stages.pipeline.pipeline import Pipeline, PipelineEvent, run_reference
@@ -275,3 +275,33 @@ def test_many_batches_in_flight_into_a_fan_in_of_the_source_and_a_stage(
     res = pipe.run()
     assert res.finished and res.recoveries == 0
     assert sink.read_all() == run_reference(src, pipe.specs, batch_size=10)
+
+
+class ChangesAt500(GeneratedSource):
+    """A source whose input changes under position 500 (as a file source finds it)."""
+
+    def read(self, position: Any, max_n: int) -> Any:
+        if int(position) >= 500:
+            raise SourceFileChanged("the file under position 500 changed", path="/in/f1",
+                                    recorded="size=10", found="size=9")
+        return super().read(position, max_n)
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("reader", [False, True], ids=["driver-reads", "reader"])
+def test_a_source_error_reaches_the_caller_as_itself(ray_local: None, tmp_path: Path,
+                                                     reader: bool) -> None:
+    """What the source raises reaches the caller as the driver reading would raise it -
+    also from the reader actor (it came back as "stage ? cannot recover" before, review of
+    session 19); what was committed stays."""
+    sink = FileSink(tmp_path / "out", fsync=False)
+    src = ChangesAt500(seed=5, n=1500)
+    pipe = Pipeline(src, _chain(str(tmp_path / "store")), sink, batch_size=50,
+                    policy=CheckpointPolicy(every_records=200), data_path="push",
+                    source_reader=reader)
+    with pytest.raises(SourceFileChanged) as err:
+        pipe.run()
+    assert err.value.path == "/in/f1" and err.value.found == "size=9"
+    committed = sink.read_all()
+    assert committed and committed == run_reference(
+        GeneratedSource(seed=5, n=1500), pipe.specs)[:len(committed)]
