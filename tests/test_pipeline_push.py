@@ -155,7 +155,7 @@ def test_a_stage_error_three_hops_away_names_the_stage(ray_local: None,
 class Slow(Enrich):
     def process(self, state: dict[str, int], record: dict[str, Any]) -> Any:
         if record["i"] % 50 == 0:
-            time.sleep(0.02)
+            time.sleep(0.05)
         return super().process(state, record)
 
 
@@ -271,7 +271,7 @@ def test_many_batches_in_flight_into_a_fan_in_of_the_source_and_a_stage(
     pipe = Pipeline(src, specs, sink, batch_size=10, max_in_flight=100,
                     policy=CheckpointPolicy(every_records=500), data_path="push",
                     call_timeout=60.0, max_recoveries=0)
-    assert pipe.edge_bound == 12 and pipe._room == 12  # (32 threads - 8) / 2 senders
+    assert pipe.edge_bound == 27 and pipe._room == 27  # (64 threads - 8) / 2 senders - 1
     res = pipe.run()
     assert res.finished and res.recoveries == 0
     assert sink.read_all() == run_reference(src, pipe.specs, batch_size=10)
@@ -305,3 +305,45 @@ def test_a_source_error_reaches_the_caller_as_itself(ray_local: None, tmp_path: 
     committed = sink.read_all()
     assert committed and committed == run_reference(
         GeneratedSource(seed=5, n=1500), pipe.specs)[:len(committed)]
+
+
+WIDE = 12  # senders of j: (64 - 8) // 12 - 1 = a bound of 3 (with 32 threads and no - 1: 2)
+
+
+class SlowLastInstance(Enrich):
+    """Slow on the records only the last of ``WIDE`` round-robin instances gets, so the
+    others run ahead and fill the receiver's push threads while it waits for that part."""
+
+    def process(self, state: Any, record: Any) -> Any:
+        if record["i"] % WIDE == WIDE - 1:
+            time.sleep(0.05)
+        return super().process(state, record)
+
+
+@pytest.mark.ray
+def test_a_wide_fan_in_behind_a_stage_never_fills_the_receiver_s_threads(
+        ray_local: None, tmp_path: Path) -> None:
+    """``a -> p (12 instances) -> j``: each instance of ``p`` may hold its bound plus one
+    push at ``j``; the bound leaves room for that (with 12 senders or more the run never
+    ended before: review of session 19). 29 senders fit no bound: refused at build time."""
+    store = str(tmp_path / "store")
+    def tiny(sid: str, factory: Any, **kw: Any) -> StageSpec:
+        return StageSpec(sid, factory, store, block_size=64 * 1024, lease_ttl=30.0,
+                         resources={"num_cpus": 0.1}, **kw)
+
+    specs = [tiny("a", Enrich), tiny("p", SlowLastInstance, parallelism=WIDE),
+             tiny("j", RunningAggregate)]
+    src = GeneratedSource(seed=3, n=40 * WIDE, keys=8)
+    sink = FileSink(tmp_path / "out", fsync=False)
+    pipe = Pipeline(src, specs, sink, batch_size=WIDE, max_in_flight=8,
+                    policy=CheckpointPolicy(every_records=10 * WIDE), data_path="push",
+                    call_timeout=60.0, max_recoveries=0)
+    assert pipe.edge_bound == 3
+    res = pipe.run()
+    assert res.finished and res.recoveries == 0
+    assert sink.read_all() == run_reference(src, pipe.specs, batch_size=WIDE)
+    too_wide = [_spec(store, "a", Enrich), _spec(store, "p", Enrich, parallelism=29),
+                _spec(store, "j", RunningAggregate)]
+    with pytest.raises(ValueError, match=r"stage 'j' reads 29 instances, more than the 28"):
+        Pipeline(src, too_wide, sink, data_path="push")
+    Pipeline(src, too_wide, sink)  # the driver path takes it

@@ -49,13 +49,20 @@ import ray
 from ..errors import StageError
 from .routing import Splitting
 
-__all__ = ["PUSH_CONCURRENCY", "PUSH_GROUP", "STALE", "Edge", "Inbox", "PushGroupMethods", "Pushed",
+__all__ = ["MAX_PUSH_SENDERS", "PUSH_CONCURRENCY", "PUSH_GROUP", "PUSH_RESERVE", "STALE", "Edge", "Inbox", "PushGroupMethods", "Pushed",
            "Route"]
 
 #: Concurrency group of the push messages (each waits until its call ran).
 PUSH_GROUP = "push"
-#: Threads of that group: bounds ``senders x bound`` (see ``stages/pipeline/pushing.py``).
-PUSH_CONCURRENCY = 32
+#: Threads of that group. Every push holds one until its call ran, and a sender may hold
+#: ``bound + 1`` at a receiver (it waits once past the bound): so a receiver of ``n``
+#: sending instances needs ``n x (bound + 1)`` threads beside :data:`PUSH_RESERVE`
+#: (``stages/pipeline/pushing.py``, ``Pushing.edge_bound``). Idle threads cost no CPU.
+PUSH_CONCURRENCY = 64
+#: Threads kept for barrier messages and the driver's ``barrier_done``.
+PUSH_RESERVE = 8
+#: The most sending instances one receiver may have (a bound of 1 each).
+MAX_PUSH_SENDERS = (PUSH_CONCURRENCY - PUSH_RESERVE) // 2
 
 #: Outputs an output stage sends the sink writer per call (and at every barrier).
 WRITER_CHUNK = 32

@@ -29,7 +29,7 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError, RayError, RayTaskError
 
-from ..actors.pushing import PUSH_CONCURRENCY, STALE, Edge, Route
+from ..actors.pushing import MAX_PUSH_SENDERS, PUSH_CONCURRENCY, PUSH_RESERVE, STALE, Edge, Route
 from .committing import PIPELINE_TRACK
 from ..errors import CheckpointFailed, PipelineError
 from .graph import SOURCE
@@ -57,13 +57,28 @@ class Pushing:
         """Instances of ``name`` (the source: one)."""
         return 1 if name == SOURCE else len(self._by_id[name].instances())
 
+    def _senders(self) -> tuple[int, str]:
+        """The most sending instances any stage's instance has, and that stage."""
+        return max((sum(self._width(n) for n in self.graph.inputs[sid]), sid)
+                   for sid in self.graph.order)
+
     @property
     def edge_bound(self) -> int:
         """Pushes a sender keeps unanswered per receiving instance: ``max_in_flight``, less
-        where a receiver has so many senders that its push threads would not hold them."""
-        most = max(sum(self._width(n) for n in self.graph.inputs[sid])
-                   for sid in self.graph.order)
-        return max(1, min(self.max_in_flight, (PUSH_CONCURRENCY - 8) // max(1, most)))
+        where a receiver has so many senders that its push threads would not hold them - a
+        sender may hold one past its bound, so ``senders x (bound + 1)`` threads (fewer
+        was a run that never ended with 12 senders or more: review of session 19)."""
+        most = max(1, self._senders()[0])
+        return max(1, min(self.max_in_flight, (PUSH_CONCURRENCY - PUSH_RESERVE) // most - 1))
+
+    def _check_senders(self) -> None:
+        """Refuse a graph whose widest fan-in no bound of 1 fits (``ValueError``)."""
+        most, sid = self._senders()
+        if most > MAX_PUSH_SENDERS:
+            raise ValueError(
+                f"data_path='push': stage {sid!r} reads {most} instances, more than the "
+                f"{MAX_PUSH_SENDERS} a receiver's {PUSH_CONCURRENCY} push threads hold (each "
+                "sender may hold two); use data_path='driver' or fewer instances")
 
     def _routes(self, attempt: int) -> dict[str, Route]:
         """Each instance's :class:`Route` for ``attempt``."""
