@@ -11,7 +11,7 @@ What stays the driver path's: the steps, their barrier policy, the commit protoc
 order (sink commit, run record, status write, publish), recovery (relaunch, roll back,
 replay), the order of every call and so the committed output, bit for bit. What changes:
 backpressure is per edge (each sender keeps at most :attr:`Pushing.edge_bound` pushes
-unanswered per receiver; the driver's own edge is ``max_in_flight`` batches), and after a
+unanswered per receiver, the driver's own edge too), and after a
 rollback the driver wires a new *attempt*: every instance and the writer drop what the
 attempt before left and refuse its late messages.
 
