@@ -202,7 +202,7 @@ def test_a_pickled_source_reads_as_the_original(parquet_dir: Path, tmp_path: Pat
     else:
         src, want = ParquetSource(parquet_dir), list(range(400))
     copies = [pickle.loads(pickle.dumps(src))]
-    first, pos = src.read(src.initial_position(), 7)  # the caches now hold an open file
+    src.read(src.initial_position(), 7)  # the caches now hold an open file
     copies.append(pickle.loads(pickle.dumps(src)))
     for copy in copies:
         assert _drain(copy, 13)[0] == want

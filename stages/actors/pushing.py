@@ -49,8 +49,8 @@ import ray
 from ..errors import StageError
 from .routing import Splitting
 
-__all__ = ["MAX_PUSH_SENDERS", "PUSH_CONCURRENCY", "PUSH_GROUP", "PUSH_RESERVE", "STALE", "Edge", "Inbox", "PushGroupMethods", "Pushed",
-           "Route"]
+__all__ = ["MAX_PUSH_SENDERS", "PUSH_CONCURRENCY", "PUSH_GROUP", "PUSH_RESERVE", "STALE", "Edge",
+           "Inbox", "PushGroupMethods", "Pushed", "Route"]
 
 #: Concurrency group of the push messages (each waits until its call ran).
 PUSH_GROUP = "push"

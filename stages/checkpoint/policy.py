@@ -197,12 +197,16 @@ class CheckpointManager:
         return {"retention": self.policy_for(stage_id).retention}
 
     # -- triggers --------------------------------------------------------------------------
-    def _new_request(self, t: _Track, stage_id: str, reason: str,
-                     note: str | None) -> CheckpointRequest:
+    def _new_request(self, t: _Track, stage_id: str, reason: str, note: str | None, *,
+                     queue: bool = False) -> CheckpointRequest:
+        """A new request, counted: outstanding, or (``queue``) queued behind the running one."""
         req = CheckpointRequest(self._next_id, stage_id, reason, self._clock(), note)
         self._next_id += 1
         t.requested += 1
-        t.outstanding = req
+        if queue:
+            t.queued = req
+        else:
+            t.outstanding = req
         return req
 
     def _maybe_due(self, t: _Track, stage_id: str) -> CheckpointRequest | None:
@@ -237,12 +241,7 @@ class CheckpointManager:
                 if t.queued is not None:
                     t.coalesced += 1
                     return t.queued
-                req = CheckpointRequest(self._next_id, stage_id, REASON_MANUAL,
-                                        self._clock(), note)
-                self._next_id += 1
-                t.requested += 1
-                t.queued = req
-                return req
+                return self._new_request(t, stage_id, REASON_MANUAL, note, queue=True)
             if t.outstanding is not None:
                 t.coalesced += 1
                 return t.outstanding

@@ -251,10 +251,10 @@ class Pipeline(Recovering, Committing, Pushing):
         self._hold: RunDriver | None = None
         self.batch_size = batch_size
         self.max_in_flight = max_in_flight
-        #: batches the driver keeps in flight: on the push path its edge has the bound of
-        #: every other (a push holds a thread of its receiver until its call ran)
         if self._push:
             self._check_senders()
+        #: batches the driver keeps in flight: on the push path its edge has the bound of
+        #: every other (a push holds a thread of its receiver until its call ran)
         self._room = min(max_in_flight, self.edge_bound) if self._push else max_in_flight
         # Step records older than every stage's retained generations can no longer be
         # restored; keeping them would grow the store by a lease per step forever.

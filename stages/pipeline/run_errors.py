@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from ..errors import StageError
 
-__all__ = ["RunActiveError", "RunClaimConflict", "RunClaimLost", "RunError", "RunFencedError", "RunNotFoundError", "RunNotPausedError", "RunStepExistsError", "SinkFencedError"]
+__all__ = ["RunActiveError", "RunClaimConflict", "RunClaimLost", "RunError", "RunFencedError",
+           "RunNotFoundError", "RunNotPausedError", "RunStepExistsError", "SinkFencedError"]
 
 
 class RunError(StageError):
