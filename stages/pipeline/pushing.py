@@ -27,11 +27,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError, RayError, RayTaskError
+from ray.exceptions import RayActorError, RayTaskError
 
 from ..actors.pushing import MAX_PUSH_SENDERS, PUSH_CONCURRENCY, PUSH_RESERVE, STALE, Edge, Route
 from .committing import PIPELINE_TRACK
-from ..errors import CheckpointFailed, PipelineError
+from ..errors import CheckpointFailed
 from .graph import SOURCE
 from .reader import start_reader
 from .recovery import StageFailure, alive
@@ -149,9 +149,9 @@ class Pushing:
             every = self.manager.policy_for(PIPELINE_TRACK).every_records
             budget = (1 if self.manager.pending(PIPELINE_TRACK) is not None
                       else None if every is None else max(1, every - self._open_records))
-            fed = self._feed(self._reader.feed.remote(
+            fed, error = self._get(self._reader.feed.remote(
                 self._attempt, self._open_step, self._seq, self._position, self.batch_size,
-                self._room - len(self._batches), budget))
+                self._room - len(self._batches), budget), None)
             ended = False
             for n, after, refs in fed:
                 if not n:
@@ -159,26 +159,13 @@ class Pushing:
                     break
                 self._seq += 1
                 self._add_batch(n, after, {sid: [refs[i]] for i, sid in enumerate(first)})
+            if error is not None:  # the source's own error: as the driver reading raises it
+                raise error
             self._maybe_barrier(final=False)
             if ended:
                 self._source_ended()
                 break
         self._maybe_barrier(final=self._exhausted or self._idle)
-
-    def _feed(self, ref: Any) -> Any:
-        """The reader's answer to a feed. What the source (or the split of its batch) raised
-        in the reader is raised as itself, as the driver reading would raise it (e.g.
-        ``SourceFileChanged``, not a stage that cannot recover); a lost reader is a
-        failure to recover from."""
-        try:
-            return self._get(ref, None)
-        except PipelineError as exc:
-            task = exc.__cause__
-            inner = getattr(task, "cause", None)
-            if isinstance(task, RayTaskError) and isinstance(inner, Exception) \
-                    and not isinstance(inner, RayError):
-                raise inner from exc
-            raise
 
     def _first(self) -> list[tuple[str, int]]:
         """The stages that read the source, with the source's place among their inputs."""

@@ -51,25 +51,31 @@ class SourceReader:
         return True
 
     def feed(self, attempt: int, step: int, seq: int, position: Any, batch_size: int,
-             batches: int, records: int | None) -> list[tuple[int, Any, dict[int, list[Any]]]]:
+             batches: int, records: int | None
+             ) -> tuple[list[tuple[int, Any, dict[int, list[Any]]]], Exception | None]:
         """Read and push up to ``batches`` batches of ``step`` from ``position``, numbered
         from ``seq``, stopping after the one that reaches ``records`` records (``None``: no
         such stop) or at the source's end; per batch: its rows, the position after it and
         the pushes' references per first stage (by its index in the wiring). An empty read
-        ends the list with ``(0, position, {})``."""
+        ends the list with ``(0, position, {})``. What the source's read (or the split of
+        its batch) raised comes back beside the batches pushed before it, for the driver to
+        raise as itself - as it would have, reading itself."""
         if attempt != self._attempt:
             raise RuntimeError(f"the reader is wired for attempt {self._attempt}, not "
                                f"{attempt}")
         out: list[tuple[int, Any, dict[int, list[Any]]]] = []
         total = 0
         for k in range(batches):
-            got, after = self._source.read(position, batch_size)
-            n = num_rows(got)
+            try:
+                got, after = self._source.read(position, batch_size)
+                n = num_rows(got)
+                shares = (split_source(self._graph, got, position)
+                          if n and self._split and isinstance(got, list) else None)
+            except Exception as exc:  # noqa: BLE001 - the source's own error, raised by the driver
+                return out, exc
             if not n:
                 out.append((0, position, {}))
                 break
-            shares = (split_source(self._graph, got, position)
-                      if self._split and isinstance(got, list) else None)
             refs: dict[int, list[Any]] = {}
             for i, (insts, j) in enumerate(self._first):
                 if shares is not None:
@@ -84,7 +90,7 @@ class SourceReader:
             total += n
             if records is not None and total >= records:
                 break
-        return out
+        return out, None
 
 
 def start_reader(source: Any, node_id: str | None) -> Any:
